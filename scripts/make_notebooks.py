@@ -1,0 +1,102 @@
+"""Regenerate notebooks/*.ipynb (outputs cleared) from the cell sources below."""
+import nbformat as nbf
+from pathlib import Path
+
+PARAMS = '''run_dir: str = "../outputs/interactive"  # folder for this run's results
+model_dir: str = ""  # Hugging Face model folder; empty means the bundled SmolLM2-135M-Instruct
+name_prefix: str = "smollm2"  # registered names are PREFIX-PRECISION
+precisions: list = ["fp32", "int8", "int4"]  # precisions to build, register, test and benchmark
+method: str = "builder"  # conversion route: builder | olive | olive-config
+template: str = "auto"  # prompt template: auto | chatml | phi3 | llama3 | gemma
+cases: str = ""  # JSONL test cases; empty means the bundled cases
+prompt_lengths: list = [16, 128]  # benchmark prompt lengths in tokens
+gen_tokens: int = 32  # tokens generated per benchmark run
+repeats: int = 3  # measured benchmark runs per prompt length
+warmup: int = 1  # discarded warm-up runs
+cache_dir: str = ""  # Foundry Local cache; empty means $SLMOPS_CACHE_DIR or ~/.slmops/foundry
+interactive: bool = True  # show widgets (papermill runs set this to False)'''
+
+def nb(title, intro, cells):
+    n = nbf.v4.new_notebook()
+    n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    n.cells.append(nbf.v4.new_markdown_cell(f"# {title}\n\n{intro}"))
+    p = nbf.v4.new_code_cell(PARAMS); p.metadata["tags"] = ["parameters"]
+    n.cells.append(p)
+    for c in cells:
+        n.cells.append(nbf.v4.new_markdown_cell(c[1:]) if c.startswith("#MD") else nbf.v4.new_code_cell(c))
+    return n
+
+books = {
+"01_convert": nb("1. Convert and quantize",
+ "Converts the model to ONNX for ONNX Runtime GenAI at each precision (the tutorial's stage 1), "
+ "with a `manifest.json` beside each model: route, options, tool versions, wall time, peak RSS and size. "
+ "The tutorial's advice: start with INT4; if quality is not good enough, try INT8 or FP16.",
+ ['''from pathlib import Path
+
+import toolkit
+from toolkit import convert, plots, report
+from widgets import PrecisionPicker
+
+picker = PrecisionPicker(precisions)
+picker if interactive else picker.value''',
+ '''source = Path(model_dir) if model_dir else toolkit.bundled_model()
+manifests = convert.convert_all(source, list(picker.value.precisions), Path(run_dir) / "models",
+                                method=method, int4=picker.value.int4)
+report.table(manifests, ["precision", "method", "size_mb", "size_ratio_vs_source", "tutorial_size_ratio",
+                         "wall_s", "peak_rss_mb"])''',
+ '''#MDSize against the tutorial's table (FP16 ×0.5, INT8 ×0.25, INT4 ×0.125 of FP32). Real models keep some
+tensors (embeddings, scales) in higher precision, so measured ratios sit above the table.''',
+ '''ax = plots.plot_sizes(manifests)
+report.save_figure(ax, Path(run_dir) / "sizes.png")
+ax.figure''']),
+"02_register": nb("2. Register with Foundry Local",
+ "Registers each converted model with Foundry Local as `PREFIX-PRECISION`: the `models/custom/NAME/` folder "
+ "with `inference_model.json` (read by the `foundry` CLI), the matching Jinja chat template in the tokenizer "
+ "files (read by the SDK's ChatSession), and the SDK's local catalog entry.",
+ ['''from pathlib import Path
+
+from toolkit import register, report
+from widgets import TemplatePicker
+
+picker = TemplatePicker(template)
+picker if interactive else picker.value''',
+ '''registered = register.register_all(Path(run_dir) / "models" / "convert.json", name_prefix,
+                                   template=picker.value.template, cache=cache_dir or None, force=True)
+report.table(registered)''',
+ '''#MDWhat Foundry Local now lists (as `foundry cache ls`):''',
+ '''report.table(register.list_models(cache_dir or None))''']),
+"03_test": nb("3. Quality checklist",
+ "Runs the tutorial's checklist against each registered precision: domain answers from a cases file, "
+ "response format, and edge cases (empty and whitespace prompts). Greedy decoding keeps results repeatable.",
+ ['''from pathlib import Path
+
+from toolkit import evaluate, report
+
+names = [f"{name_prefix}-{p}" for p in precisions]
+results = [r for name in names for r in evaluate.run_checklist(name, cases=evaluate.load_cases(cases or None),
+                                                              cache=cache_dir or None)]
+summary = evaluate.write_report(results, Path(run_dir) / "test.json")
+report.table([{"model": m, **s} for m, s in summary["summary"].items()])''',
+ '''report.table(results, ["model", "check", "case", "threshold", "passed", "value"])''']),
+"04_benchmark": nb("4. Benchmark",
+ "Measures each precision through Foundry Local, each model in its own process: time to first token, "
+ "prefill and decode tokens/s, end-to-end latency, peak process RSS, CPU use and size on disk.",
+ ['''from pathlib import Path
+
+from toolkit import bench, plots, report
+
+names = [f"{name_prefix}-{p}" for p in precisions]
+rows = bench.bench(names, prompt_lengths=prompt_lengths, gen_tokens=gen_tokens, repeats=repeats, warmup=warmup,
+                   cache=cache_dir or None)
+results = bench.write_results(rows, run_dir)
+report.table(results["rows"], ["model", "precision", "prompt_tokens", "gen_tokens", "ttft_ms", "prefill_tps",
+                               "decode_tps", "decode_tps_sd", "e2e_ms", "peak_rss_mb", "cpu_percent", "size_mb"])''',
+ '''ax = plots.plot_metric(results["rows"], "decode_tps", ylabel="decode tokens/s")
+report.save_figure(ax, Path(run_dir) / "decode_tps.png")
+ax.figure''',
+ '''ax = plots.plot_metric(results["rows"], "ttft_ms", ylabel="time to first token (ms)")
+report.save_figure(ax, Path(run_dir) / "ttft_ms.png")
+ax.figure''']),
+}
+for name, book in books.items():
+    nbf.write(book, Path(__file__).resolve().parent.parent / "notebooks" / f"{name}.ipynb")

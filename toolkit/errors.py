@@ -1,0 +1,94 @@
+"""The toolkit's errors: one base class, small subclasses that say what to do."""
+
+from __future__ import annotations
+
+
+class SlmopsError(Exception):
+    """Base class for every error the toolkit raises on purpose.
+
+    Each message names the problem and the fix, so the CLI can print it as-is.
+    """
+
+
+class ModelFolderError(SlmopsError):
+    """A model folder is missing, incomplete, or not a Hugging Face / ONNX model."""
+
+    def __init__(self, path: object, problem: str, fix: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {problem}. {fix}")
+
+
+class UnsupportedArchitectureError(SlmopsError):
+    """The model's architecture is not one the conversion route can build."""
+
+    def __init__(self, architecture: str, supported: list[str]) -> None:
+        self.architecture = architecture
+        self.supported = supported
+        super().__init__(
+            f"Architecture {architecture!r} is not supported by the ONNX Runtime GenAI "
+            f"builder. Supported: {', '.join(supported)}."
+        )
+
+
+class InvalidOptionError(SlmopsError):
+    """An option is out of range or not one of its choices."""
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(f"{name}={value!r} is not valid: expected {allowed}.")
+
+
+class ToolFailedError(SlmopsError):
+    """An external tool (builder, Olive, quantizer) exited with an error."""
+
+    def __init__(self, tool: str, returncode: int, log_path: object, tail: str) -> None:
+        self.tool = tool
+        self.returncode = returncode
+        self.log_path = str(log_path)
+        super().__init__(
+            f"{tool} failed with exit code {returncode}; nothing was written to the target. "
+            f"Full log: {log_path}\n--- last lines ---\n{tail}"
+        )
+
+
+class TemplateError(SlmopsError):
+    """A prompt template is malformed or cannot be derived."""
+
+
+class InvalidNameError(SlmopsError):
+    """A model name is unsafe (path separators, `..`, whitespace, too long)."""
+
+
+class RegistrationError(SlmopsError):
+    """Foundry Local refused or cannot find a registration."""
+
+
+class ModelNotFoundError(RegistrationError):
+    """No model with that name is registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        listing = ", ".join(known) if known else "none"
+        super().__init__(
+            f"No model named {name!r} is registered (registered: {listing}). "
+            f"Register it with `slmops register ONNX_DIR --name {name}`."
+        )
+
+
+class PromptTooLongError(SlmopsError):
+    """A prompt plus the requested output does not fit the model's context."""
+
+    def __init__(self, prompt_tokens: int, max_output: int, context: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.context = context
+        super().__init__(
+            f"The prompt is {prompt_tokens} tokens and {max_output} output tokens were "
+            f"requested, but the model's context is {context} tokens. Shorten the prompt "
+            f"or lower max output tokens."
+        )
+
+
+class InvalidPromptError(SlmopsError):
+    """A prompt the model cannot answer (empty, or only whitespace with no history)."""

