@@ -311,12 +311,11 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     """
     from tqdm.auto import tqdm
 
+    source = validate(spec)
     spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider)
     target = spec.output_dir.resolve()
     bar = tqdm(total=len(_steps(spec)), desc=f"convert {spec.precision}", disable=not progress, unit="step")
-    bar.set_postfix_str("validate")
-    source = validate(spec)
     bar.update()
     target.parent.mkdir(parents=True, exist_ok=True)
     if dry_run:

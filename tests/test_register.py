@@ -1,0 +1,101 @@
+"""Stage 2 with the real Foundry Local SDK: register, list, chat, re-register, refuse bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from toolkit import register as R
+from toolkit import templates as T
+from toolkit.errors import InvalidNameError, InvalidOptionError, InvalidPromptError, ModelNotFoundError, RegistrationError
+from toolkit.foundry import LoadedModel
+
+
+def snapshot(folder: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in folder.rglob("*")} if folder.exists() else {}
+
+
+def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> None:
+    reg = R.register(tiny_int4, "tiny-layout")
+    assert reg.model_id == "tiny-layout:1"
+    assert reg.path == cache / "models" / "custom" / "tiny-layout"
+    info = json.loads((reg.path / "inference_model.json").read_text())
+    assert set(info) == {"Name", "Description", "Version", "PromptTemplate", "ModelConfig"}
+    assert set(info["PromptTemplate"]) == {"system", "user", "assistant", "prompt"}
+    assert info["ModelConfig"] == {"max_length": 512, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+    # The runtime reads tokenizer_config.json's chat_template first, then chat_template.jinja.
+    tokenizer_config = json.loads((reg.path / "tokenizer_config.json").read_text())
+    assert tokenizer_config["chat_template"] == (reg.path / "chat_template.jinja").read_text()
+    assert json.loads((reg.path / "genai_config.json").read_text())["search"]["max_length"] == 512
+    rows = {row["name"]: row for row in R.list_models()}
+    assert rows["tiny-layout"]["registered"] and rows["tiny-layout"]["folder"]
+    assert rows["tiny-layout"]["precision"] == "int4"
+
+
+def test_the_runtime_receives_the_chosen_template(tiny_int4: Path) -> None:
+    from tokenizers import Tokenizer
+
+    R.register(tiny_int4, "tiny-phi3", template="phi3")
+    messages = [{"role": "user", "content": "capital of France"}]
+    with LoadedModel("tiny-phi3") as model:
+        generation = model.generate(messages, max_tokens=4)
+    expected = T.render(T.PRESETS[T.Template.PHI3], messages)
+    tokens = Tokenizer.from_file(str(tiny_int4 / "tokenizer.json")).encode(expected, add_special_tokens=False)
+    assert generation.prompt_tokens == len(tokens.ids)
+    assert generation.completion_tokens == 4 and generation.finish_reason == "length"
+
+
+def test_reregister_updates_and_other_model_needs_force(tiny_int4: Path, tmp_path: Path) -> None:
+    R.register(tiny_int4, "tiny-again")
+    R.register(tiny_int4, "tiny-again", template="chatml")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_int4, other)
+    before = snapshot(R.models_root() / "tiny-again")
+    with pytest.raises(RegistrationError, match="--force"):
+        R.register(other, "tiny-again")
+    assert snapshot(R.models_root() / "tiny-again") == before
+    assert R.register(other, "tiny-again", force=True).name == "tiny-again"
+    v2 = R.register(other, "tiny-again", version=2, force=True)
+    assert v2.model_id == "tiny-again:2"
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "has space", "x" * 65, "..", "", "name:1", "-lead"])
+def test_unsafe_names_are_refused_with_nothing_written(tiny_int4: Path, name: str) -> None:
+    before = snapshot(R.models_root())
+    with pytest.raises(InvalidNameError):
+        R.register(tiny_int4, name)
+    assert snapshot(R.models_root()) == before
+
+
+def test_bad_model_config_is_refused(tiny_int4: Path) -> None:
+    with pytest.raises(InvalidOptionError, match="context"):
+        R.register(tiny_int4, "tiny-long", model_config=R.ModelConfig(max_length=100_000))
+    with pytest.raises(InvalidOptionError, match="top_p"):
+        R.register(tiny_int4, "tiny-topp", model_config=R.ModelConfig(max_length=256, top_p=0))
+    assert not (R.models_root() / "tiny-long").exists()
+
+
+def test_chat_is_multi_turn_and_resettable(tiny_int4: Path) -> None:
+    R.register(tiny_int4, "tiny-chat")
+    with LoadedModel("tiny-chat") as model:
+        first = list(model.chat("hello", system="Be brief.", max_tokens=3, temperature=0))
+        second = list(model.chat("again", max_tokens=3, temperature=0))
+        assert all(isinstance(p, str) for p in first[:-1])
+        assert second[-1].prompt_tokens > first[-1].prompt_tokens  # history is kept
+        model.reset()
+        third = list(model.chat("again", max_tokens=3, temperature=0))
+        assert third[-1].prompt_tokens < second[-1].prompt_tokens
+        with pytest.raises(InvalidPromptError):
+            model.generate([{"role": "user", "content": ""}])
+
+
+def test_unknown_model_and_unregister(tiny_int4: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="slmops register"):
+        LoadedModel("never-registered")
+    R.register(tiny_int4, "tiny-gone")
+    R.unregister("tiny-gone")
+    assert "tiny-gone" not in {row["name"] for row in R.list_models()}
+    assert not (R.models_root() / "tiny-gone").exists()

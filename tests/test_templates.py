@@ -1,0 +1,68 @@
+"""Templates: presets, auto derivation, and the strings-vs-Jinja consistency check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit import templates as T
+from toolkit.errors import TemplateError
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+
+
+@pytest.mark.parametrize("preset", [t for t in T.PRESETS])
+def test_presets_render_the_same_both_ways(preset: T.Template) -> None:
+    template = T.PRESETS[preset]
+    assert T.render(template, CONVERSATION) == T.render_jinja(T.to_jinja(template), CONVERSATION)
+
+
+def test_chatml_matches_the_tutorial_apart_from_trailing_newlines() -> None:
+    chatml = T.PRESETS[T.Template.CHATML]
+    assert chatml.user.rstrip("\n") == "<|im_start|>user\n{Content}<|im_end|>"
+    assert chatml.prompt.startswith("<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant")
+
+
+def test_auto_derives_from_the_models_own_template(tiny_model: Path) -> None:
+    resolved = T.resolve("auto", tiny_model)
+    assert resolved.prompt_template == T.PRESETS[T.Template.CHATML]
+    T.check_consistency(resolved)
+
+
+def test_auto_without_a_chat_template_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(TemplateError, match="--template"):
+        T.resolve("auto", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        T.PromptTemplate("sys", "<u>{Content}", "<a>{Content}", "<u>{Content}<a>"),
+        T.PromptTemplate("<s>{Content}", "<u>{Content}{Content}", "<a>{Content}", "<u>{Content}<a>"),
+        T.PromptTemplate("<s>{Content}", "<u>{Content}", "<a>{Content} {Name}", "<u>{Content}<a>"),
+    ],
+)
+def test_malformed_custom_templates_are_refused(bad: T.PromptTemplate, tiny_model: Path) -> None:
+    with pytest.raises(TemplateError):
+        T.resolve("custom", tiny_model, bad)
+
+
+def test_unknown_template_name_lists_the_choices(tiny_model: Path) -> None:
+    with pytest.raises(TemplateError, match="chatml"):
+        T.resolve("vicuna", tiny_model)
+
+
+def test_hostile_jinja_is_sandboxed() -> None:
+    hostile = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(TemplateError):
+        T.render_jinja(hostile, CONVERSATION)
+
+
+def test_consistency_check_catches_a_mismatch() -> None:
+    chatml = T.PRESETS[T.Template.CHATML]
+    resolved = T.ResolvedTemplate(T.Template.CHATML, chatml, T.to_jinja(T.PRESETS[T.Template.PHI3]))
+    with pytest.raises(TemplateError, match="disagree"):
+        T.check_consistency(resolved)
