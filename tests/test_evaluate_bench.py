@@ -56,6 +56,7 @@ def test_checklist_on_a_random_model(tiny_int4: Path, tmp_path: Path) -> None:
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     R.register(tiny_int4, "tiny-bench")
     rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_tokens=8, repeats=2, warmup=1, progress=False)
+    assert [r.target_prompt_tokens for r in rows] == [16, 64]
     # Cut text re-tokenizes within a token or two of the asked length.
     assert [abs(r.prompt_tokens - want) <= 2 for r, want in zip(rows, [16, 64])] == [True, True]
     for row in rows:

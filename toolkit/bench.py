@@ -35,12 +35,14 @@ _FILLER = (
 class BenchRow:
     """One benchmark figure set: one model at one prompt length (mean over repeats).
 
-    Fields follow SPEC.md's ``bench.json`` row.
+    Fields follow SPEC.md's ``bench.json`` row; ``target_prompt_tokens`` is the asked
+    length, ``prompt_tokens`` what the runtime counted (template included).
     """
 
     model: str
     precision: str
     engine: str
+    target_prompt_tokens: int
     prompt_tokens: int
     gen_tokens: float
     ttft_ms: float
@@ -100,7 +102,7 @@ def measure_model(name: str, prompt_lengths: list[int], gen_tokens: int, repeats
             manifest = read_manifest(folder)
             rows.append(asdict(BenchRow(
                 model=name, precision=manifest.get("precision", "?"), engine="foundry-local",
-                prompt_tokens=gens[0].prompt_tokens,
+                target_prompt_tokens=length, prompt_tokens=gens[0].prompt_tokens,
                 gen_tokens=statistics.mean(g.completion_tokens for g in gens),
                 ttft_ms=round(statistics.mean(ttfts), 2),
                 ttft_ms_sd=round(statistics.stdev(ttfts), 2) if len(ttfts) > 1 else 0.0,

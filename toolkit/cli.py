@@ -91,7 +91,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 for piece in model.chat(line, system=args.system, max_tokens=args.max_tokens,
                                         temperature=args.temperature):
                     if isinstance(piece, Generation):
-                        print(f"\n[{piece.completion_tokens} tokens, {piece.decode_tps:.1f} tok/s]", file=sys.stderr)
+                        print()
+                        print(f"[{piece.completion_tokens} tokens, {piece.decode_tps:.1f} tok/s]", file=sys.stderr)
                     else:
                         print(piece, end="", flush=True)
             except SlmopsError as exc:
