@@ -82,6 +82,10 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     run_dir = Path(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     merged = {**DEMO_PARAMS, **params, "run_dir": str(run_dir)}
+    # Notebooks run with the run folder as their working directory: pin user paths now.
+    for key in ("model_dir", "cases", "cache_dir"):
+        if merged[key]:
+            merged[key] = str(Path(merged[key]).expanduser().resolve())
     (run_dir / "params.json").write_text(json.dumps(merged, indent=2))
     status: dict[str, str] = {}
     failure = None

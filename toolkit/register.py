@@ -210,6 +210,11 @@ def register(
             shutil.rmtree(target, ignore_errors=True)
             if backup is not None:
                 backup.rename(target)
+                if record.get("version"):  # put the previous registration back as it was
+                    try:
+                        _catalog_register(target, name, int(record["version"]), cache)
+                    except Exception:  # the original error is the one to report
+                        pass
             raise
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
