@@ -20,7 +20,8 @@ def nb(title, intro, cells):
     n = nbf.v4.new_notebook()
     n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     n.cells.append(nbf.v4.new_markdown_cell(f"# {title}\n\n{intro}"))
-    p = nbf.v4.new_code_cell(PARAMS); p.metadata["tags"] = ["parameters"]
+    p = nbf.v4.new_code_cell(PARAMS)
+    p.metadata["tags"] = ["parameters"]
     n.cells.append(p)
     for c in cells:
         n.cells.append(nbf.v4.new_markdown_cell(c[1:]) if c.startswith("#MD") else nbf.v4.new_code_cell(c))

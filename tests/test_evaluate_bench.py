@@ -58,7 +58,7 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_tokens=8, repeats=2, warmup=1, progress=False)
     assert [r.target_prompt_tokens for r in rows] == [16, 64]
     # Cut text re-tokenizes within a token or two of the asked length.
-    assert [abs(r.prompt_tokens - want) <= 2 for r, want in zip(rows, [16, 64])] == [True, True]
+    assert [abs(r.prompt_tokens - want) <= 2 for r, want in zip(rows, [16, 64], strict=True)] == [True, True]
     for row in rows:
         assert row.precision == "int4" and row.engine == "foundry-local"
         assert row.decode_tps > 0 and row.ttft_ms > 0 and row.e2e_ms >= row.ttft_ms

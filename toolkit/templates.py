@@ -65,10 +65,6 @@ class PromptTemplate:
         return {name: getattr(self, name) for name in _FIELDS}
 
 
-def _turns(prefix: str, suffix: str) -> tuple[str, str]:
-    return prefix + PLACEHOLDER + suffix, prefix
-
-
 def _preset(system: str, user: str, assistant: str, end: str) -> PromptTemplate:
     return PromptTemplate(
         system=system + PLACEHOLDER + end,
