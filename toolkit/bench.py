@@ -58,24 +58,29 @@ class BenchRow:
     repeats: int
 
 
-def _prompt_of(tokenizer_file: Path, content_tokens: int) -> str:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    ids: list[int] = []
+def _prompt_of(tokenizer, content_tokens: int) -> str:
+    """The repeated filler cut to its first ``content_tokens`` tokens."""
+    text = _FILLER
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
     while len(ids) < content_tokens:
-        ids = tokenizer.encode(_FILLER * (1 + 2 * len(ids) // 40 + 1), add_special_tokens=False).ids
+        text += _FILLER
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
     return tokenizer.decode(ids[:content_tokens])
 
 
 def measure_model(name: str, prompt_lengths: list[int], gen_tokens: int, repeats: int, warmup: int,
                   cache: str | None) -> list[dict]:
     """Measure one model in this process (the child's job); returns row dicts."""
+    from tokenizers import Tokenizer
+
     from toolkit.convert import dir_size_mb, read_manifest
     from toolkit.foundry import LoadedModel
     from toolkit.register import models_root
 
     folder = models_root(cache) / name.split(":")[0]
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    precision = read_manifest(folder).get("precision", "?")
+    size_mb = round(dir_size_mb(folder), 1)
     start = time.perf_counter()
     model = LoadedModel(name, cache)
     load_s = time.perf_counter() - start
@@ -83,10 +88,10 @@ def measure_model(name: str, prompt_lengths: list[int], gen_tokens: int, repeats
     try:
         # The template adds its own tokens (role markers, a default system prompt): measure
         # them once so prompts hit the asked length.
-        probe = model.generate([{"role": "user", "content": _prompt_of(folder / "tokenizer.json", 4)}], max_tokens=1)
+        probe = model.generate([{"role": "user", "content": _prompt_of(tokenizer, 4)}], max_tokens=1)
         overhead = max(0, probe.prompt_tokens - 4)
         for length in prompt_lengths:
-            prompt = _prompt_of(folder / "tokenizer.json", max(1, length - overhead))
+            prompt = _prompt_of(tokenizer, max(1, length - overhead))
             messages = [{"role": "user", "content": prompt}]
             for _ in range(warmup):
                 model.generate(messages, max_tokens=gen_tokens)
@@ -99,9 +104,8 @@ def measure_model(name: str, prompt_lengths: list[int], gen_tokens: int, repeats
             gens = [g for g, _ in runs]
             ttfts = [g.ttft_s * 1000 for g in gens]
             decodes = [g.decode_tps for g in gens]
-            manifest = read_manifest(folder)
             rows.append(asdict(BenchRow(
-                model=name, precision=manifest.get("precision", "?"), engine="foundry-local",
+                model=name, precision=precision, engine="foundry-local",
                 target_prompt_tokens=length, prompt_tokens=gens[0].prompt_tokens,
                 gen_tokens=statistics.mean(g.completion_tokens for g in gens),
                 ttft_ms=round(statistics.mean(ttfts), 2),
@@ -111,7 +115,7 @@ def measure_model(name: str, prompt_lengths: list[int], gen_tokens: int, repeats
                 decode_tps_sd=round(statistics.stdev(decodes), 2) if len(decodes) > 1 else 0.0,
                 e2e_ms=round(statistics.mean(g.total_s for g in gens) * 1000, 2),
                 peak_rss_mb=0.0, cpu_percent=round(statistics.mean(c for _, c in runs), 1),
-                size_mb=round(dir_size_mb(folder), 1), load_s=round(load_s, 3), repeats=repeats,
+                size_mb=size_mb, load_s=round(load_s, 3), repeats=repeats,
             )))
     finally:
         model.close()

@@ -268,9 +268,9 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def dir_size_mb(path: Path) -> float:
-    """Total size of the files under ``path`` in MB (10^6 bytes)."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
+def dir_size_mb(path: Path, pattern: str = "**/*") -> float:
+    """Total size in MB (10^6 bytes) of the files under ``path`` matching ``pattern`` (all by default)."""
+    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file()) / 1e6
 
 
 def _copy_support_files(source: Path, target: Path) -> None:
@@ -363,7 +363,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
                                    f"See the logs in {logs}.")
         if spec.method is Method.OLIVE_CONFIG:
             shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
-        source_mb = dir_size_mb_glob(source.path, "*.safetensors")
+        source_mb = dir_size_mb(source.path, "*.safetensors")
         size_mb = dir_size_mb(staging)
         manifest = {
             "model": source.path.name,
@@ -393,11 +393,6 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
         shutil.rmtree(scratch, ignore_errors=True)
         bar.close()
     return ConvertResult(target, manifest)
-
-
-def dir_size_mb_glob(path: Path, pattern: str) -> float:
-    """Size in MB of the files matching ``pattern`` directly under ``path``."""
-    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file()) / 1e6
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:

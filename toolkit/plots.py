@@ -39,14 +39,13 @@ def plot_metric(rows: Sequence[dict], metric: str = "decode_tps", *, ax=None, yl
     """
     ax = _axes(ax)
     models = list(dict.fromkeys(r["model"] for r in rows))
-    key = "target_prompt_tokens" if all("target_prompt_tokens" in r for r in rows) else "prompt_tokens"
-    lengths = sorted({r[key] for r in rows})
+    lengths = sorted({r["target_prompt_tokens"] for r in rows})
     width = 0.8 / max(1, len(lengths))
     for i, length in enumerate(lengths):
-        values = [next((r[metric] for r in rows if r["model"] == m and r[key] == length), 0)
-                  for m in models]
-        errors = [next((r.get(f"{metric}_sd", 0) for r in rows if r["model"] == m and r[key] == length),
-                       0) for m in models]
+        cells = [next((r for r in rows if r["model"] == m and r["target_prompt_tokens"] == length), {})
+                 for m in models]
+        values = [cell.get(metric, 0) for cell in cells]
+        errors = [cell.get(f"{metric}_sd", 0) for cell in cells]
         ax.bar([x + i * width for x in range(len(models))], values, width, yerr=errors,
                label=f"~{length} prompt tokens")
     ax.set_xticks([x + width * (len(lengths) - 1) / 2 for x in range(len(models))], models)
