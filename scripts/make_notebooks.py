@@ -7,7 +7,9 @@ model_dir: str = ""  # Hugging Face model folder; empty means the bundled SmolLM
 name_prefix: str = "smollm2"  # registered names are PREFIX-PRECISION
 precisions: list = ["fp32", "int8", "int4"]  # precisions to build, register, test and benchmark
 method: str = "builder"  # conversion route: builder | olive | olive-config
-template: str = "auto"  # prompt template: auto | chatml | phi3 | llama3 | gemma
+int4_recipe: str = "builder-default"  # INT4 recipe: builder-default | compact | int8-head | hqq
+compare_recipes: bool = True  # build every INT4 recipe and measure it against FP32 (needs fp32 in precisions)
+template: str = "auto"  # prompt template: auto | chatml | qwen | smollm | phi3 | llama3 | mistral | gemma
 cases: str = ""  # JSONL test cases; empty means the bundled cases
 prompt_lengths: list = [16, 128]  # benchmark prompt lengths in tokens
 gen_tokens: int = 32  # tokens generated per benchmark run
@@ -34,38 +36,72 @@ books = {
  "The tutorial's advice: start with INT4; if quality is not good enough, try INT8 or FP16.",
  ['''from pathlib import Path
 
+from IPython.display import Markdown, display
+
 import toolkit
 from toolkit import convert, plots, report
 from widgets import PrecisionPicker
 
-picker = PrecisionPicker(precisions)
+picker = PrecisionPicker(precisions, recipe=int4_recipe)
 picker if interactive else picker.value''',
  '''source = Path(model_dir) if model_dir else toolkit.bundled_model()
-manifests = convert.convert_all(source, list(picker.value.precisions), Path(run_dir) / "models",
-                                method=method, int4=picker.value.int4)
-report.table(manifests, ["precision", "method", "size_mb", "size_ratio_vs_source", "tutorial_size_ratio",
-                         "wall_s", "peak_rss_mb"])''',
- '''#MDSize against the tutorial's table (FP16 ×0.5, INT8 ×0.25, INT4 ×0.125 of FP32). Real models keep some
-tensors (embeddings, scales) in higher precision, so measured ratios sit above the table.''',
+models = Path(run_dir) / "models"
+manifests = convert.convert_all(source, list(picker.value.precisions), models, method=method, int4=picker.value.int4)
+report.table(convert.summary(manifests))''',
+ '''#MDSize against the FP32 build and the tutorial's table (FP16 ×0.5, INT8 ×0.25, INT4 ×0.125). `lm_head` and
+`embeddings` say where those two big tables went: the builder's INT4 keeps the embedding table in FP32,
+which is why its ratio sits well above ×0.125.''',
  '''ax = plots.plot_sizes(manifests)
-report.save_figure(ax, Path(run_dir) / "sizes.png")
-ax.figure''']),
+report.figure(ax, Path(run_dir) / "sizes.png")''',
+ '''#MD## Which INT4 recipe?
+
+Each recipe is built and read against the FP32 build on a bundled text (teacher-forced, like llama.cpp's
+KL-divergence mode): **top-1** is how often the greedy next token matches FP32's, **KL** how far the
+distributions are, **perplexity** how well each predicts the text; a short greedy run probes decode speed.
+Targets: at most 0.25× FP32 size and at least 0.85 top-1 agreement.''',
+ '''recipes = []
+if compare_recipes and (models / "fp32").is_dir():
+    current = convert.recipe_name(picker.value.int4)
+    reuse = {current: models / "int4"} if current and (models / "int4").is_dir() else {}
+    recipes = convert.compare_int4_recipes(source, models / "recipes", models / "fp32", method=method, reuse=reuse)
+report.table(recipes)''',
+ '''if recipes:
+    recommended, why = convert.recommend_recipe(recipes)
+    ax = plots.plot_recipes(recipes)
+    display(Markdown(f"**Recommended INT4 recipe: `{recommended}`.** {why}"),
+            report.figure(ax, Path(run_dir) / "recipes.png"))
+else:
+    print("Recipe comparison skipped: set compare_recipes=True and include fp32 in precisions.")''']),
 "02_register": nb("2. Register with Foundry Local",
  "Registers each converted model with Foundry Local as `PREFIX-PRECISION`: the `models/custom/NAME/` folder "
  "with `inference_model.json` (read by the `foundry` CLI), the matching Jinja chat template in the tokenizer "
  "files (read by the SDK's ChatSession), and the SDK's local catalog entry.",
  ['''from pathlib import Path
 
-from toolkit import register, report
-from widgets import TemplatePicker
+from IPython.display import HTML, display
 
-picker = TemplatePicker(template)
+from toolkit import register, report
+from widgets import ChatBox, TemplatePicker
+
+models = Path(run_dir) / "models"
+picker = TemplatePicker(template, model_dir=models / precisions[0])
 picker if interactive else picker.value''',
- '''registered = register.register_all(Path(run_dir) / "models" / "convert.json", name_prefix,
-                                   template=picker.value.template, cache=cache_dir or None, force=True)
+ '''registered = register.register_all(models / "convert.json", name_prefix, template=picker.value.template,
+                                   custom_template=picker.value.custom, cache=cache_dir or None, force=True)
 report.table(registered)''',
  '''#MDWhat Foundry Local now lists (as `foundry cache ls`):''',
- '''report.table(register.list_models(cache_dir or None))''']),
+ '''report.table(register.list_models(cache_dir or None))''',
+ '''#MD## Chat
+
+Talk to the last registered model (type and press Enter; **Reset** starts over). A headless run asks one
+question so the report shows the model answering through Foundry Local.''',
+ '''chat = ChatBox(registered[-1]["name"], cache=cache_dir or None, temperature=0)
+if interactive:
+    display(chat)
+else:
+    chat.send("What is the capital of France?")
+    display(HTML(chat.transcript_html()))
+    chat.close()''']),
 "03_test": nb("3. Quality checklist",
  "Runs the tutorial's checklist against each registered precision: domain answers from a cases file, "
  "response format, and edge cases (empty and whitespace prompts). Greedy decoding keeps results repeatable.",
@@ -93,11 +129,9 @@ results = bench.write_results(rows, run_dir)
 report.table(results["rows"], ["model", "precision", "prompt_tokens", "gen_tokens", "ttft_ms", "prefill_tps",
                                "decode_tps", "decode_tps_sd", "e2e_ms", "peak_rss_mb", "cpu_percent", "size_mb"])''',
  '''ax = plots.plot_metric(results["rows"], "decode_tps", ylabel="decode tokens/s")
-report.save_figure(ax, Path(run_dir) / "decode_tps.png")
-ax.figure''',
+report.figure(ax, Path(run_dir) / "decode_tps.png")''',
  '''ax = plots.plot_metric(results["rows"], "ttft_ms", ylabel="time to first token (ms)")
-report.save_figure(ax, Path(run_dir) / "ttft_ms.png")
-ax.figure''']),
+report.figure(ax, Path(run_dir) / "ttft_ms.png")''']),
 }
 for name, book in books.items():
     nbf.write(book, Path(__file__).resolve().parent.parent / "notebooks" / f"{name}.ipynb")

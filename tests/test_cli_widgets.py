@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from toolkit import cli
-from toolkit.convert import Int4Options, Precision
+from toolkit.convert import INT4_RECIPES, Int4Algorithm, Int4Options, Precision, TablePrecision
 from toolkit.templates import Template
 from widgets import PrecisionPicker, TemplatePicker
 
-COMMANDS = ["demo", "run", "convert", "register", "ls", "chat", "test", "bench", "doctor", "bundled"]
+COMMANDS = ["demo", "run", "convert", "recipes", "register", "rm", "ls", "chat", "test", "bench", "doctor", "bundled"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -45,7 +46,7 @@ def test_cli_convert_register_ls_doctor(tiny_model: Path, tmp_path: Path, capsys
     listing = capsys.readouterr().out
     assert "tiny-cli:1" in listing and "int4" in listing
     assert cli.main(["doctor", str(out.parent.parent / "nope")]) == 1
-    assert "FAIL  genai_config.json" in capsys.readouterr().out
+    assert "FAIL  folder" in capsys.readouterr().out
     from toolkit.register import models_root
 
     assert cli.main(["doctor", str(models_root() / "tiny-cli")]) == 0
@@ -53,12 +54,23 @@ def test_cli_convert_register_ls_doctor(tiny_model: Path, tmp_path: Path, capsys
 
 
 def test_precision_picker_value_follows_children() -> None:
-    picker = PrecisionPicker(["fp32", "int4"], block_size=64)
+    picker = PrecisionPicker(["fp32", "int4"], int4=Int4Options(block_size=64))
     assert picker.value.precisions == (Precision.FP32, Precision.INT4)
     assert picker.value.int4 == Int4Options(block_size=64)
     picker._precisions.value = (Precision.INT8,)
     picker._block_size.value = 128
     assert picker.value.precisions == (Precision.INT8,) and picker.value.int4.block_size == 128
+    picker._recipe.value = "hqq"
+    assert picker.value.int4 == INT4_RECIPES["hqq"]
+    picker._lm_head.value = "fp32"  # an edit after the recipe stays
+    assert picker.value.int4.lm_head is TablePrecision.FP32 and picker.value.int4.algorithm is Int4Algorithm.HQQ
+
+
+def test_convert_flags_override_the_recipe() -> None:
+    args = cli.build_parser().parse_args(["convert", "m", "--out", "o", "--recipe", "compact", "--block-size", "64"])
+    assert cli._int4_options(args) == Int4Options(block_size=64, algorithm="rtn", embeddings="int4")
+    args = cli.build_parser().parse_args(["convert", "m", "--out", "o", "--asymmetric", "--lm-head", "int8"])
+    assert cli._int4_options(args) == Int4Options(symmetric=False, lm_head="int8")
 
 
 def test_template_picker_previews_the_prompt() -> None:
@@ -67,3 +79,36 @@ def test_template_picker_previews_the_prompt() -> None:
     picker._preset.value = "phi3"
     assert picker.value.template is Template.PHI3
     assert "&lt;|user|&gt;" in picker._preview.value
+
+
+def test_template_picker_edits_become_a_custom_template(tiny_model: Path) -> None:
+    from toolkit.templates import PRESETS, PromptTemplate
+
+    picker = TemplatePicker("auto", model_dir=tiny_model)
+    assert picker._fields["user"].value == PRESETS[Template.CHATML].user  # derived from the model
+    picker._fields["system"].value = "SYSTEM: {Content}\n"
+    assert picker.value.template is Template.CUSTOM and picker._preset.value == "custom"
+    assert picker.value.custom == PromptTemplate("SYSTEM: {Content}\n", *(PRESETS[Template.CHATML].as_json()[k]
+                                                                        for k in ("user", "assistant", "prompt")))
+    assert "SYSTEM: You are a helpful assistant." in picker._preview.value
+    picker._fields["user"].value = "no placeholder"
+    assert "exactly once" in picker._preview.value
+    picker._preset.value = "mistral"
+    assert picker.value.template is Template.MISTRAL and picker.value.custom is None
+    assert "[INST]And of Italy?[/INST]" in picker._preview.value
+
+
+def test_cli_register_custom_file_and_rm(tiny_int4: Path, tmp_path: Path, capsys) -> None:
+    from toolkit.register import list_models, models_root
+
+    strings = tmp_path / "t.json"
+    strings.write_text('{"system": "S:{Content}\\n", "user": "U:{Content}\\n", "assistant": "A:{Content}\\n", '
+                       '"prompt": "U:{Content}\\nA:"}')
+    assert cli.main(["register", str(tiny_int4), "--name", "tiny-file", "--template-file", str(strings),
+                     "--temperature", "0.3"]) == 0
+    info = json.loads((models_root() / "tiny-file" / "inference_model.json").read_text())
+    assert info["PromptTemplate"]["prompt"] == "U:{Content}\nA:" and info["ModelConfig"]["temperature"] == 0.3
+    assert cli.main(["rm", "tiny-file"]) == 0
+    assert "tiny-file" not in {row["name"] for row in list_models()}
+    assert cli.main(["register", str(tiny_int4), "--name", "tiny-x", "--top-p", "0"]) == 2
+    assert "top_p" in capsys.readouterr().err

@@ -46,7 +46,7 @@ def test_olive_config_follows_the_tutorial(tmp_path: Path) -> None:
 
 def test_olive_command_is_the_tutorials_method_1() -> None:
     command = C.olive_command(spec(Path("/m"), Path("o")), Path("/o"))
-    assert command[2:4] == ["olive", "auto-opt"]
+    assert command[2:4] == ["toolkit.olive_cli", "auto-opt"]  # Olive's CLI, telemetry off from the start
     for flag, value in [("--model_name_or_path", "/m"), ("--device", "cpu"),
                         ("--provider", "CPUExecutionProvider"), ("--precision", "int4"), ("--output_path", "/o")]:
         assert command[command.index(flag) + 1] == value
@@ -54,21 +54,71 @@ def test_olive_command_is_the_tutorials_method_1() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "error"),
+    ("change", "error", "says"),
     [
-        ({"precision": "fp16"}, InvalidOptionError),
-        ({"precision": "int2"}, InvalidOptionError),
-        ({"precision": "int8", "method": "olive"}, InvalidOptionError),
-        ({"int4": C.Int4Options(block_size=100)}, InvalidOptionError),
-        ({"int4": C.Int4Options(accuracy_level=9)}, InvalidOptionError),
+        ({"precision": "fp16"}, InvalidOptionError, "execution-provider cuda"),
+        ({"precision": "int2"}, InvalidOptionError, "precision in"),
+        ({"method": "optimum"}, InvalidOptionError, "method in"),
+        ({"int4": {"block_size": 100}}, InvalidOptionError, "block_size"),
+        ({"int4": {"accuracy_level": 9}}, InvalidOptionError, "accuracy_level"),
+        ({"int4": {"algorithm": "gptq"}}, InvalidOptionError, "hqq"),
+        ({"int4": {"lm_head": "int2"}}, InvalidOptionError, "lm_head"),
+        # The tiny model's hidden size is 64: a quantized table needs a block size dividing it.
+        ({"int4": {"block_size": 128, "embeddings": "int4"}}, InvalidOptionError, r"\[16, 32, 64\]"),
+        ({"execution_provider": "tpu"}, InvalidOptionError, "execution_provider"),
     ],
 )
-def test_bad_options_are_refused_before_any_work(tiny_model: Path, tmp_path: Path, change: dict, error: type) -> None:
+def test_bad_options_are_refused_before_any_work(tiny_model: Path, tmp_path: Path, change: dict, error: type,
+                                                 says: str) -> None:
     out = tmp_path / "out"
-    with pytest.raises(error):
+    with pytest.raises(error, match=says):
+        if "int4" in change:
+            change = {**change, "int4": C.Int4Options(**change["int4"])}
         C.convert(spec(tiny_model, out, **change), progress=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
+    rtn = spec(Path("m"), Path("o"), int4=C.Int4Options(algorithm="rtn"))
+    assert not C.needs_quantizer(rtn)
+    extra = C.builder_command(rtn, tmp_path, tmp_path)
+    assert {"int4_algo_config=rtn", "shared_embeddings=false"} <= set(extra)
+    for options in [C.INT4_RECIPES["compact"], C.INT4_RECIPES["hqq"], C.Int4Options(algorithm="k_quant"),
+                    C.Int4Options(lm_head="fp32")]:
+        s = spec(Path("m"), Path("o"), int4=options)
+        assert C.needs_quantizer(s)
+        command = C.builder_command(s, tmp_path, tmp_path)
+        assert command[command.index("-p") + 1] == "fp32"
+        assert C.build_olive_config(s, tmp_path, tmp_path)["passes"]["builder"] == {"type": "ModelBuilder",
+                                                                                    "precision": "fp32"}
+    # olive auto-opt takes no INT4 options, so non-default ones go through the quantizer there too.
+    assert C.needs_quantizer(spec(Path("m"), Path("o"), method=C.Method.OLIVE, int4=C.Int4Options(block_size=64)))
+    assert not C.needs_quantizer(spec(Path("m"), Path("o"), method=C.Method.OLIVE))
+    plan = C.quant_plan(spec(Path("m"), Path("o"), int4=C.INT4_RECIPES["hqq"]))
+    assert (plan.bits, plan.algorithm, plan.lm_head_bits, plan.embedding_bits) == (4, "hqq", 8, 8)
+    plan = C.quant_plan(spec(Path("m"), Path("o"), precision=C.Precision.INT8), hidden_size=576)
+    assert (plan.bits, plan.lm_head_bits, plan.embedding_bits) == (8, 8, 8)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
+    import numpy as np
+
+    from toolkit.quantize import quantize_table
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(6, 64)).astype(np.float32)
+    data, scales = quantize_table(table, bits, 32)
+    assert data.shape == (6, 64 * bits // 8) and scales.shape == (6, 2)
+    if bits == 4:  # unpack: low nibble first
+        values = np.stack([data & 0xF, data >> 4], axis=-1).reshape(6, 64)
+    else:
+        values = data
+    restored = (values.astype(np.float32) - 2 ** (bits - 1)).reshape(6, 2, 32) * scales[..., None]
+    error = np.abs(restored.reshape(6, 64) - table)
+    assert (error <= np.repeat(scales, 32, axis=1) / 2 + 1e-6).all()
+    assert error.max() > 0  # it did quantize
 
 
 def test_missing_and_non_hf_folders_are_refused(tmp_path: Path) -> None:
@@ -135,15 +185,83 @@ def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, preci
     assert [p.name for p in tmp_path.iterdir()] == [precision]  # no scratch left
 
 
-def test_int8_has_int8_weights_and_int4_has_nbits(tiny_model: Path, tmp_path: Path) -> None:
+def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny_model: Path, tmp_path: Path) -> None:
     import onnx
 
     int8 = C.convert(spec(tiny_model, tmp_path / "int8", precision=C.Precision.INT8), progress=False)
-    ops = {node.op_type for node in onnx.load(str(int8.output_dir / "model.onnx"), load_external_data=False).graph.node}
-    assert "MatMulInteger" in ops
+    graph = onnx.load(str(int8.output_dir / "model.onnx"), load_external_data=False).graph
+    bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == {8}
+    assert int8.manifest["weights"]["parameters"].keys() == {"int8"}  # embeddings and LM head too
+    assert int8.manifest["quantizer"]["bits"] == 8
     int4 = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False)
-    ops = {node.op_type for node in onnx.load(str(int4.output_dir / "model.onnx"), load_external_data=False).graph.node}
-    assert "MatMulNBits" in ops
+    assert int4.manifest["weights"]["lm_head"] == "int4" and int4.manifest["weights"]["embeddings"] == "fp32"
+    assert int4.manifest["quantizer"] is None  # the builder quantized it itself
+
+
+@pytest.fixture(scope="module")
+def tied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from toolkit.models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tied") / "qwen2", tie_embeddings=True)
+
+
+def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: Path) -> None:
+    from toolkit.evaluate import compare_to_reference
+
+    manifests = C.convert_all(tied_model, ["int4", "fp32"], tmp_path, int4=C.INT4_RECIPES["int8-head"],
+                              progress=False)
+    fp32, int4 = manifests  # FP32 is built first whatever the order asked
+    assert fp32["precision"] == "fp32" and int4["fp32_size_from"].startswith("measured")
+    assert int4["size_ratio_vs_fp32"] == pytest.approx(int4["size_mb"] / fp32["size_mb"], rel=0.01)
+    weights = int4["weights"]
+    assert (weights["lm_head"], weights["embeddings"]) == ("int8", "int8")
+    vocab_x_hidden = fp32["weights"]["parameters"]["fp32"] - weights["parameters"]["int4"]
+    assert weights["parameters"]["int8"] == vocab_x_hidden  # one table, not two
+    same, quantized = compare_to_reference(tmp_path / "fp32", {"same": tmp_path / "fp32",
+                                                               "int4": tmp_path / "int4"})
+    assert same.top1 == 1.0 and same.kl == pytest.approx(0, abs=1e-9)
+    assert 0 < quantized.kl < 0.05 and quantized.top1 > 0.5
+
+
+def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:
+    from toolkit.models import inspect_source
+
+    m = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
+    assert m["fp32_size_from"].startswith("estimated")
+    assert m["fp32_size_mb"] == pytest.approx(inspect_source(tiny_model).parameters * 4 / 1e6, abs=0.01)
+    assert m["size_vs_tutorial"] == pytest.approx(m["size_ratio_vs_fp32"] / 0.125, abs=0.01)
+
+
+def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
+    def result(name: str, ratio: float, top1: float, tps: float) -> C.RecipeResult:
+        return C.RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
+
+    fast_winner = [result("a", 0.37, 0.9, 100), result("b", 0.2, 0.88, 90), result("c", 0.15, 0.6, 110)]
+    assert C.recommend_recipe(fast_winner)[0] == "b"
+    slow_only = [result("a", 0.37, 0.66, 100), result("h", 0.21, 0.98, 5), result("c", 0.19, 0.72, 110)]
+    name, why = C.recommend_recipe(slow_only)
+    assert name == "c" and "`h`" in why and "No fast recipe" in why
+
+
+def test_olive_runs_with_telemetry_off_before_its_heartbeat(monkeypatch) -> None:
+    from olive.telemetry import telemetry as T
+
+    from toolkit import olive_cli
+
+    beats: list[int] = []
+    monkeypatch.setattr(T.Telemetry, "_log_heartbeat", lambda self: beats.append(1))
+    monkeypatch.setattr(T.Telemetry, "_is_ci_environment", T.Telemetry.__dict__["_is_ci_environment"])  # restored after
+    for var in T._CI_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(T.Telemetry, "_instance", None)
+    T.Telemetry()
+    assert beats == [1]  # Olive's own start-up queues a heartbeat, even with OLIVE_DISABLE_TELEMETRY=1
+    monkeypatch.setattr(T.Telemetry, "_instance", None)
+    monkeypatch.setattr("sys.argv", ["olive", "run", "--config", "/no/such/config.json"])
+    with pytest.raises(Exception, match="config.json"):  # fails after Olive's start-up, before any work
+        olive_cli.main()
+    assert beats == [1]  # ours never does
 
 
 def test_olive_config_dry_run_writes_config_only(tiny_model: Path, tmp_path: Path) -> None:
@@ -162,3 +280,23 @@ def test_olive_routes_convert_for_real(tiny_model: Path, tmp_path: Path, method:
     if method == "olive-config":
         assert (result.output_dir / C.OLIVE_CONFIG).is_file()
     assert not list(tmp_path.glob(".*"))  # Olive's cache went with the scratch folder
+
+
+def test_fp16_builds_for_a_gpu_provider(tiny_model: Path, tmp_path: Path) -> None:
+    result = C.convert(spec(tiny_model, tmp_path / "fp16", precision=C.Precision.FP16, execution_provider="cuda"),
+                       progress=False)
+    assert result.manifest["execution_provider"] == "cuda"
+    assert result.manifest["weights"]["parameters"].keys() == {"fp16"}
+    config = json.loads((result.output_dir / "genai_config.json").read_text())
+    assert "cuda" in json.dumps(config["model"]["decoder"]["session_options"]["provider_options"])
+
+
+def test_too_little_disk_is_refused_before_any_work(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 1000))
+    with pytest.raises(ModelFolderError, match="MB free"):
+        C.convert(spec(tiny_model, tmp_path / "out"), progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -30,3 +30,41 @@ def test_bundled_fp32_and_int4_through_foundry(bundled: Path, tmp_path: Path) ->
     figures = bench.bench(["smol-fp32", "smol-int4"], prompt_lengths=[16], gen_tokens=24, repeats=2, progress=False)
     decode = {row.precision: row.decode_tps for row in figures}
     assert decode["int4"] > decode["fp32"]
+
+
+@pytest.mark.slow
+def test_bundled_int8_and_compact_int4_answer_and_the_prompt_matches_the_preview(bundled: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from toolkit import templates
+
+    manifests = convert.convert_all(bundled, ["int8"], tmp_path / "int8", progress=False)
+    assert manifests[0]["weights"]["parameters"].keys() == {"int8"}
+    assert manifests[0]["size_ratio_vs_fp32"] < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
+    compact = convert.convert(convert.ConvertSpec(bundled, tmp_path / "compact", convert.Precision.INT4,
+                                                  int4=convert.INT4_RECIPES["int8-head"]), progress=False)
+    assert compact.manifest["size_ratio_vs_fp32"] < 0.25
+    tokenizer = Tokenizer.from_file(str(bundled / "tokenizer.json"))
+    messages = [{"role": "system", "content": "Answer in one sentence."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    for folder, name in [(tmp_path / "int8" / "int8", "smol8"), (compact.output_dir, "smol4c")]:
+        reg = register.register(folder, name)  # auto: the model's own template, derived strings
+        preview = templates.render(reg_strings(reg.path), messages)
+        with LoadedModel(name) as model:
+            answer = model.generate(messages, max_tokens=16, temperature=0)
+        assert "Paris" in answer.text
+        assert answer.prompt_tokens == len(tokenizer.encode(preview, add_special_tokens=False).ids)
+        # A different template would have been told apart: ChatML and Phi-3 differ in length here.
+        other = templates.render(templates.PRESETS[templates.Template.PHI3], messages)
+        assert len(tokenizer.encode(other, add_special_tokens=False).ids) != answer.prompt_tokens
+        assert register.register(folder, name).model_id == f"{name}:1"  # re-register in place
+        register.unregister(name)
+        assert name not in {row["name"] for row in register.list_models()}
+
+
+def reg_strings(folder: Path):
+    import json
+
+    from toolkit.templates import PromptTemplate
+
+    return PromptTemplate(**json.loads((folder / "inference_model.json").read_text())["PromptTemplate"])

@@ -49,9 +49,16 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
         errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+        widgets = [o["data"]["text/plain"] for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                   if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert all("%|" in text for text in widgets), widgets  # headless: only progress bars, no pickers
+    html = {name: (tmp_path / "run" / f"{name}.html").read_text() for name in report.NOTEBOOKS}
+    assert html["01_convert"].count("data:image/png") >= 2  # sizes and recipes plots
+    assert "Recommended INT4 recipe" in html["01_convert"] and "INT4 recipes against FP32" in page
+    assert "chat with tinypipe-int4" in html["02_register"]
     bench = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert {r["precision"] for r in bench["rows"]} == {"fp32", "int4"}
-    for png in ("sizes.png", "decode_tps.png", "ttft_ms.png"):
+    for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png"):
         assert (tmp_path / "run" / png).stat().st_size > 1000 and f'src="{png}"' in page
 
 

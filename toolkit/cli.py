@@ -24,32 +24,71 @@ def cmd_bundled(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    from toolkit.convert import ConvertSpec, Int4Options, convert
+def _int4_options(args: argparse.Namespace):
+    """The recipe's INT4 options with any flag the user gave on top."""
+    from dataclasses import replace
 
-    spec = ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
-                       Int4Options(args.block_size, not args.asymmetric, args.accuracy_level),
+    from toolkit.convert import INT4_RECIPES
+
+    chosen = {"block_size": args.block_size, "accuracy_level": args.accuracy_level, "algorithm": args.algorithm,
+              "lm_head": args.lm_head, "embeddings": args.embeddings}
+    if args.asymmetric:
+        chosen["symmetric"] = False
+    return replace(INT4_RECIPES[args.recipe], **{k: v for k, v in chosen.items() if v is not None})
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from toolkit.convert import ConvertSpec, convert
+
+    spec = ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method, _int4_options(args),
                        args.execution_provider)
     result = convert(spec, dry_run=args.dry_run)
     if args.dry_run:
         print(f"Wrote {result.manifest['config']} (dry run: nothing converted)")
         return 0
     m = result.manifest
-    print(f"{m['precision']} model in {result.output_dir}: {m['size_mb']:.1f} MB "
-          f"({m['size_ratio_vs_source']:.2f}x the source; tutorial table x{m['tutorial_size_ratio']}), "
-          f"{m['wall_s']:.1f} s, peak RSS {m['peak_rss_mb']:.0f} MB")
+    weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m["weights"]["parameters"].items())
+    print(f"{m['precision']} model in {result.output_dir}: {m['size_mb']:.1f} MB = {m['size_ratio_vs_fp32']:.3f}x FP32 "
+          f"({m['fp32_size_from']}; tutorial table x{m['tutorial_size_ratio']}), {m['wall_s']:.1f} s, "
+          f"peak RSS {m['peak_rss_mb']:.0f} MB\nweights: {weights}; LM head {m['weights']['lm_head']}, "
+          f"embeddings {m['weights']['embeddings']}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from toolkit.convert import compare_int4_recipes, recommend_recipe
+    from toolkit.report import table
+
+    results = compare_int4_recipes(args.model_dir, args.out, args.reference, args.recipe or None, method=args.method)
+    print(table([{"recipe": r.recipe, "MB": r.size_mb, "x FP32": r.size_ratio_vs_fp32, "top-1": r.top1,
+                  "KL": r.kl, "ppl": r.perplexity, "tok/s": r.decode_tps} for r in results]))
+    print(recommend_recipe(results)[1])
+    print(f"Wrote {Path(args.out) / 'recipes.json'}")
     return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     from toolkit.register import ModelConfig, register
+    from toolkit.templates import load_prompt_template
 
-    config = None
-    if args.max_length is not None:
-        config = ModelConfig(max_length=args.max_length)
-    reg = register(args.onnx_dir, args.name, version=args.version, template=args.template, model_config=config,
-                   cache=args.cache_dir, force=args.force, description=args.description)
-    print(f"Registered {reg.model_id} ({reg.template} template) at {reg.path}")
+    custom = load_prompt_template(args.template_file) if args.template_file else None
+    template = "custom" if custom and args.template == "auto" else args.template
+    config = ModelConfig(max_length=args.max_length, temperature=args.temperature, top_p=args.top_p,
+                         repetition_penalty=args.repetition_penalty)
+    reg = register(args.onnx_dir, args.name, version=args.version, template=template, custom_template=custom,
+                   model_config=config, cache=args.cache_dir, force=args.force, description=args.description)
+    print(f"Registered {reg.model_id} ({reg.template} template, max_length {reg.model_config.max_length}) "
+          f"at {reg.path}")
+    for note in reg.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from toolkit.register import unregister
+
+    unregister(args.name, cache=args.cache_dir, remove_files=not args.keep_files)
+    print(f"Unregistered {args.name}" + ("" if args.keep_files else " and removed its folder"))
     return 0
 
 
@@ -129,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from toolkit.doctor import diagnose
 
-    checks = diagnose(Path(args.model_dir))
+    checks = diagnose(Path(args.model_dir), load=not args.no_load)
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     return 0 if all(c.ok for c in checks) else 1
@@ -151,10 +190,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int4_arguments(p: argparse.ArgumentParser) -> None:
+    from toolkit.convert import ACCURACY_LEVELS, BLOCK_SIZES, INT4_RECIPES, RECIPE_NOTES, Int4Algorithm, TablePrecision
+
+    g = p.add_argument_group("INT4 options", "start from --recipe; each flag given overrides it")
+    g.add_argument("--recipe", choices=list(INT4_RECIPES), default="builder-default",
+                   help="; ".join(f"{name}: {note}" for name, note in RECIPE_NOTES.items()))
+    g.add_argument("--block-size", type=int, choices=BLOCK_SIZES, help="weights per quantization block (default 32)")
+    g.add_argument("--asymmetric", action="store_true", help="int4 with zero points (uint4)")
+    g.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS,
+                   help="MatMul compute type: 4 int8 (default), 3 bf16, 2 fp16, 1 fp32, 0 unset")
+    g.add_argument("--algorithm", choices=[a.value for a in Int4Algorithm],
+                   help="default (builder's min-max), rtn, k_quant, hqq (float zero points: accurate, slow on CPU)")
+    g.add_argument("--lm-head", choices=[t.value for t in TablePrecision], help="LM head precision (default int4)")
+    g.add_argument("--embeddings", choices=[t.value for t in TablePrecision],
+                   help="embedding table precision (default fp32); a tied model shares one table with the LM head "
+                   "when both have the same quantized precision")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from toolkit.convert import Method, Precision
-    from toolkit.templates import Template
+    from toolkit.convert import INT4_RECIPES, Method, Precision
+    from toolkit.templates import TEMPLATE_NOTES, Template
 
     parser = argparse.ArgumentParser(
         prog="slmops", description="Fine-tuned small language model -> quantized ONNX -> Foundry Local, tested "
@@ -172,28 +229,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert one Hugging Face model to ONNX at one precision")
     p.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
-    p.add_argument("--precision", choices=[x.value for x in Precision], default="int4")
+    p.add_argument("--precision", choices=[x.value for x in Precision], default="int4",
+                   help="int4 (default; see INT4 options), int8 (8-bit weights, MatMulNBits), fp32 (reference), "
+                   "fp16 (GPUs only: with --execution-provider cuda)")
     p.add_argument("--out", required=True, help="output folder (replaced only when the conversion succeeds)")
     p.add_argument("--method", choices=[x.value for x in Method], default="builder",
                    help="builder: ONNX Runtime GenAI builder; olive: olive auto-opt; olive-config: olive run --config")
-    p.add_argument("--block-size", type=int, default=32, help="INT4 block size: 16, 32, 64, 128 or 256")
-    p.add_argument("--asymmetric", action="store_true", help="INT4 with zero points (uint4)")
-    p.add_argument("--accuracy-level", type=int, default=4, help="INT4 MatMul compute: 4 int8, 3 bf16, 2 fp16, 1 fp32")
-    p.add_argument("--execution-provider", choices=["cpu", "cuda"], default="cpu")
+    _int4_arguments(p)
+    p.add_argument("--execution-provider", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda builds for NVIDIA GPUs (needed for fp16); cpu for Foundry Local on CPU")
     p.add_argument("--dry-run", action="store_true", help="with --method olive-config: write the config only")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("recipes", help="build INT4 recipes and compare size, agreement and speed with FP32",
+                       description="Builds each INT4 recipe, measures greedy top-1 agreement, KL divergence and "
+                       "perplexity against the FP32 build on a bundled text, probes decode speed, and recommends one.")
+    p.add_argument("model_dir", help="Hugging Face model folder")
+    p.add_argument("--reference", required=True, help="the FP32 build of the same model (slmops convert --precision fp32)")
+    p.add_argument("--out", required=True, help="folder for the recipe builds and recipes.json")
+    p.add_argument("--recipe", action="append", choices=list(INT4_RECIPES), help="repeatable; default: all")
+    p.add_argument("--method", choices=[x.value for x in Method], default="builder")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("register", help="register a converted model with Foundry Local", epilog=EPILOG)
     p.add_argument("onnx_dir", help="folder written by `slmops convert`")
     p.add_argument("--name", required=True, help="model name: letters, digits, '.', '_', '-'")
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--template", choices=[t.value for t in Template if t is not Template.CUSTOM], default="auto",
-                   help="prompt template; auto derives it from the model's own chat template")
-    p.add_argument("--max-length", type=int, help="ModelConfig max_length (default: min(2048, context))")
+    p.add_argument("--template", choices=[t.value for t in Template], default="auto", metavar="TEMPLATE",
+                   help="; ".join(f"{t.value}: {note}" for t, note in TEMPLATE_NOTES.items()))
+    p.add_argument("--template-file", help="JSON with the four PromptTemplate strings (system, user, assistant, "
+                   "prompt), each with {Content}; implies --template custom")
+    g = p.add_argument_group("ModelConfig", "written to inference_model.json and genai_config.json's search defaults")
+    g.add_argument("--max-length", type=int, help="prompt + answer tokens (default: min(2048, the model's context))")
+    g.add_argument("--temperature", type=float, default=0.7, help="0..2 (default 0.7)")
+    g.add_argument("--top-p", type=float, default=0.9, help="(0, 1] (default 0.9)")
+    g.add_argument("--repetition-penalty", type=float, default=1.1, help="1..2 (default 1.1)")
     p.add_argument("--description", default="")
     p.add_argument("--force", action="store_true", help="replace a different model registered under this name")
     _cache_option(p)
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("rm", help="unregister a model and remove its folder (as `foundry cache remove`)",
+                       epilog=EPILOG)
+    p.add_argument("name", help="registered model name")
+    p.add_argument("--keep-files", action="store_true", help="only drop the catalog entry")
+    _cache_option(p)
+    p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("ls", help="list registered models (as `foundry cache ls`)", epilog=EPILOG)
     p.add_argument("--json", action="store_true")
@@ -225,8 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_option(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("doctor", help="check a model folder for everything Foundry Local needs")
-    p.add_argument("model_dir")
+    p = sub.add_parser("doctor", help="check a model folder for everything Foundry Local needs",
+                       description="One line per check with the fix; exit 1 on any failure. Checks genai_config.json, "
+                       "one model per folder, complete model files, a non-empty chat template, PromptTemplate "
+                       "placeholders, max_length within the context, and (unless --no-load) that the installed "
+                       "Foundry Local runtime loads it and generates a token.")
+    p.add_argument("model_dir", help="a converted model folder or a registered models/custom/NAME folder")
+    p.add_argument("--no-load", action="store_true", help="skip loading it with the Foundry Local runtime")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bundled", help="print the bundled model's Hugging Face folder (built on first use)")

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 from toolkit import tools
 from toolkit.errors import InvalidOptionError, ModelFolderError, UnsupportedArchitectureError
 from toolkit.models import SourceModel, fingerprint, inspect_source
+from toolkit.quantize import QuantPlan, weight_summary
 
 MANIFEST = "manifest.json"
 OLIVE_CONFIG = "finetuned_conversion_config.json"
@@ -58,30 +60,101 @@ TUTORIAL_ADVICE: dict[Precision, str] = {
     Precision.INT4: "acceptable quality, fastest; constrained devices (start here)",
 }
 
-_BLOCK_SIZES = (16, 32, 64, 128, 256)
-_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+
+
+class Int4Algorithm(StrEnum):
+    """How INT4 weights are chosen.
+
+    ``default`` is the builder's (min-max, blockwise); ``rtn`` round-to-nearest; ``k_quant``
+    llama.cpp-style k-quants; ``hqq`` half-quadratic quantization (asymmetric with float
+    zero points: closest to the weights, but ONNX Runtime's CPU kernels run float zero
+    points on a slow path).
+    """
+
+    DEFAULT = "default"
+    RTN = "rtn"
+    K_QUANT = "k_quant"
+    HQQ = "hqq"
+
+
+class TablePrecision(StrEnum):
+    """Storage of the embedding table or the LM head."""
+
+    FP32 = "fp32"
+    INT8 = "int8"
+    INT4 = "int4"
+
+    @property
+    def bits(self) -> int:
+        """Bits per weight (32 for FP32)."""
+        return {"fp32": 32, "int8": 8, "int4": 4}[self.value]
 
 
 @dataclass(frozen=True)
 class Int4Options:
-    """INT4 (MatMulNBits) quantization options; defaults are the builder's.
+    """INT4 quantization options; the defaults are the model builder's own INT4.
 
     Attributes:
         block_size: Weights per quantization block (16, 32, 64, 128 or 256).
-        symmetric: Symmetric int4 (True) or asymmetric uint4 with zero points.
+        symmetric: Symmetric int4 (True) or asymmetric uint4 with zero points (HQQ is always asymmetric).
         accuracy_level: Compute type of the int4 MatMul: 4 int8, 3 bf16, 2 fp16, 1 fp32, 0 unset.
+        algorithm: How the int4 weights are chosen (see :class:`Int4Algorithm`).
+        lm_head: Precision of the LM head (the vocabulary projection).
+        embeddings: Precision of the embedding table. When the model ties it to the LM head
+            and both have the same quantized precision, one table serves both.
     """
 
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+    algorithm: Int4Algorithm = Int4Algorithm.DEFAULT
+    lm_head: TablePrecision = TablePrecision.INT4
+    embeddings: TablePrecision = TablePrecision.FP32
+
+    def __post_init__(self) -> None:
+        for name, kind in (("algorithm", Int4Algorithm), ("lm_head", TablePrecision), ("embeddings", TablePrecision)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError as exc:
+                raise InvalidOptionError(name, value, f"one of {[k.value for k in kind]}") from exc
 
     def validate(self) -> None:
         """Raise :class:`InvalidOptionError` for an option out of range."""
-        if self.block_size not in _BLOCK_SIZES:
-            raise InvalidOptionError("block_size", self.block_size, f"one of {_BLOCK_SIZES}")
-        if self.accuracy_level not in _ACCURACY_LEVELS:
-            raise InvalidOptionError("accuracy_level", self.accuracy_level, f"one of {_ACCURACY_LEVELS}")
+        if self.block_size not in BLOCK_SIZES:
+            raise InvalidOptionError("block_size", self.block_size, f"one of {BLOCK_SIZES}")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise InvalidOptionError("accuracy_level", self.accuracy_level, f"one of {ACCURACY_LEVELS}")
+
+    @property
+    def builder_native(self) -> bool:
+        """The model builder can make this INT4 itself (otherwise: FP32 build, then our quantizer).
+
+        The 0.14 builder's ``k_quant`` always makes the LM head 8-bit, and its shared
+        quantized tables break for some block sizes, so only ``default``/``rtn`` with an
+        int4 LM head and an FP32 table go through it.
+        """
+        return (self.algorithm in {Int4Algorithm.DEFAULT, Int4Algorithm.RTN}
+                and self.lm_head is TablePrecision.INT4 and self.embeddings is TablePrecision.FP32)
+
+
+#: Named INT4 recipes that notebook 01 compares; ``builder-default`` is the tutorial's.
+INT4_RECIPES: dict[str, Int4Options] = {
+    "builder-default": Int4Options(),
+    "compact": Int4Options(algorithm=Int4Algorithm.RTN, embeddings=TablePrecision.INT4),
+    "int8-head": Int4Options(lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
+    "hqq": Int4Options(algorithm=Int4Algorithm.HQQ, lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
+}
+
+#: One line per recipe, for pickers and ``--help``.
+RECIPE_NOTES: dict[str, str] = {
+    "builder-default": "the builder's INT4: MatMuls int4, embedding table FP32 (the tutorial's)",
+    "compact": "everything int4 (RTN), one int4 table for embeddings and LM head: smallest",
+    "int8-head": "int4 body, one int8 table for embeddings and LM head",
+    "hqq": "HQQ int4 body (float zero points: accurate, slow on CPU), int8 table",
+}
 
 
 @dataclass(frozen=True)
@@ -135,43 +208,90 @@ def supported_architectures() -> list[str]:
     return sorted(set(re.findall(r'architectures\[0\] == "(\w+)"', source.read_text())))
 
 
+def needs_quantizer(spec: ConvertSpec) -> bool:
+    """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`toolkit.quantize`.
+
+    INT8 always is (the 0.14 builder has no int8); INT4 is when its options go beyond what
+    the builder does itself, or on ``olive auto-opt`` (which takes no INT4 options) when
+    they are not the defaults.
+    """
+    if spec.precision is Precision.INT8:
+        return True
+    if spec.precision is not Precision.INT4:
+        return False
+    return not spec.int4.builder_native or (spec.method is Method.OLIVE and spec.int4 != Int4Options())
+
+
+def route_precision(spec: ConvertSpec) -> Precision:
+    """The precision the route itself builds (FP32 when our quantizer follows)."""
+    return Precision.FP32 if needs_quantizer(spec) else spec.precision
+
+
+def quant_plan(spec: ConvertSpec, hidden_size: int = 0) -> QuantPlan:
+    """The :class:`~toolkit.quantize.QuantPlan` for ``spec`` (when :func:`needs_quantizer`).
+
+    INT8 is 8-bit weight-only ``MatMulNBits`` (symmetric, block 32) for every MatMul and
+    the LM head, with an 8-bit embedding table (shared with the LM head when tied).
+
+    Example:
+        >>> quant_plan(ConvertSpec(Path("m"), Path("o"), Precision.INT8)).bits
+        8
+    """
+    if spec.precision is Precision.INT8:
+        table = 8 if not hidden_size or hidden_size % 32 == 0 else 32
+        return QuantPlan(bits=8, algorithm="default", block_size=32, symmetric=True,
+                         accuracy_level=spec.int4.accuracy_level, lm_head_bits=8, embedding_bits=table)
+    o = spec.int4
+    return QuantPlan(bits=4, algorithm=str(o.algorithm), block_size=o.block_size, symmetric=o.symmetric,
+                     accuracy_level=o.accuracy_level, lm_head_bits=o.lm_head.bits, embedding_bits=o.embeddings.bits)
+
+
+def _builder_int4_options(int4: Int4Options) -> dict[str, object]:
+    """The builder's own INT4 settings for a :attr:`Int4Options.builder_native` choice."""
+    options: dict[str, object] = {
+        "int4_block_size": int4.block_size,
+        "int4_is_symmetric": int4.symmetric,
+        "int4_accuracy_level": int4.accuracy_level,
+    }
+    if int4.algorithm is Int4Algorithm.RTN:
+        # RTN would otherwise share an int4 table with the LM head on tied models.
+        options |= {"int4_algo_config": "rtn", "shared_embeddings": False}
+    return options
+
+
 def builder_command(spec: ConvertSpec, output: Path, cache: Path) -> list[str]:
     """The ``python -m onnxruntime_genai.models.builder`` argv for ``spec``.
-
-    INT8 is built as FP32 here and quantized afterwards (the 0.14 builder has no int8).
 
     Example:
         >>> builder_command(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))[3:5]
         ['-i', 'm']
     """
-    precision = Precision.FP32 if spec.precision is Precision.INT8 else spec.precision
+    precision = route_precision(spec)
     command = tools.python_module(
         "onnxruntime_genai.models.builder",
         "-i", str(spec.model_dir), "-o", str(output), "-p", str(precision),
         "-e", spec.execution_provider, "-c", str(cache),
     )
     extra = ["hf_token=false", "hf_remote=false"]
-    if spec.precision is Precision.INT4:
-        extra += [
-            f"int4_block_size={spec.int4.block_size}",
-            f"int4_is_symmetric={str(spec.int4.symmetric).lower()}",
-            f"int4_accuracy_level={spec.int4.accuracy_level}",
-        ]
+    if precision is Precision.INT4:
+        extra += [f"{key}={str(value).lower()}" for key, value in _builder_int4_options(spec.int4).items()]
     return [*command, "--extra_options", *extra]
 
 
 def olive_command(spec: ConvertSpec, output: Path) -> list[str]:
     """The tutorial's method 1: ``olive auto-opt ... --use_model_builder``.
 
+    Runs through :mod:`toolkit.olive_cli`, which turns Olive's telemetry off before it starts.
+
     Example:
         >>> "--use_model_builder" in olive_command(ConvertSpec(Path("m"), Path("o")), Path("o"))
         True
     """
     return tools.python_module(
-        "olive", "auto-opt", "--model_name_or_path", str(spec.model_dir),
+        "toolkit.olive_cli", "auto-opt", "--model_name_or_path", str(spec.model_dir),
         "--device", "gpu" if spec.execution_provider == "cuda" else "cpu",
         "--provider", _PROVIDERS[spec.execution_provider], "--use_model_builder",
-        "--precision", str(spec.precision), "--output_path", str(output),
+        "--precision", str(route_precision(spec)), "--output_path", str(output),
         "--log_level", "1", "--disable_telemetry",
     )
 
@@ -179,20 +299,23 @@ def olive_command(spec: ConvertSpec, output: Path) -> list[str]:
 def build_olive_config(spec: ConvertSpec, output: Path, cache: Path) -> dict:
     """The tutorial's method 2: an Olive workflow with one ``ModelBuilder`` pass.
 
-    The tutorial nests ``quantization_config`` under the pass; Olive 0.13's pass takes
-    the same settings as flat ``int4_*`` fields, which is what we write.
+    The tutorial nests ``quantization_config`` under the pass; Olive 0.13 ignores that key
+    with only a warning (so its block size would silently not apply) and takes the same
+    settings as flat ``int4_*`` fields, which is what we write. Options the builder cannot do are applied afterwards by our quantizer,
+    so the pass then builds FP32.
 
     Example:
         >>> build_olive_config(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))["passes"]["builder"]["type"]
         'ModelBuilder'
     """
-    builder_pass: dict = {"type": "ModelBuilder", "precision": str(spec.precision)}
-    if spec.precision is Precision.INT4:
-        builder_pass |= {
-            "int4_block_size": spec.int4.block_size,
-            "int4_is_symmetric": spec.int4.symmetric,
-            "int4_accuracy_level": spec.int4.accuracy_level,
-        }
+    precision = route_precision(spec)
+    builder_pass: dict = {"type": "ModelBuilder", "precision": str(precision)}
+    if precision is Precision.INT4:
+        options = _builder_int4_options(spec.int4)
+        shared = options.pop("shared_embeddings", None)
+        builder_pass |= options
+        if shared is not None:
+            builder_pass["extra_options"] = {"shared_embeddings": shared}
     return {
         "input_model": {"type": "HfModel", "model_path": str(spec.model_dir), "task": "text-generation"},
         "systems": {
@@ -241,14 +364,19 @@ def validate(spec: ConvertSpec) -> SourceModel:
             "a GPU target: FP16 is for GPUs and runs slowly or not at all on the CPU provider; "
             "pass --execution-provider cuda to build for a GPU, or choose int8/int4 for CPU",
         )
-    if precision is Precision.INT8 and method is not Method.BUILDER:
+    spec = ConvertSpec(spec.model_dir, spec.output_dir, precision, method, spec.int4, spec.execution_provider)
+    plan = quant_plan(spec, source.hidden_size) if needs_quantizer(spec) else None
+    if plan and (plan.lm_head_bits < 32 or plan.embedding_bits < 32) and source.hidden_size % plan.block_size:
+        fits = [b for b in BLOCK_SIZES if source.hidden_size % b == 0]
         raise InvalidOptionError(
-            "method", str(method), "'builder' for int8 (Olive's ModelBuilder pass has no int8 in this version)"
+            "block_size", plan.block_size,
+            f"a divisor of the model's hidden size {source.hidden_size} when the LM head or embedding table is "
+            f"quantized ({fits or 'none fits: keep both in fp32'})",
         )
-    weights = sum(p.stat().st_size for p in source.path.glob("*.safetensors")) or 1
+    weights = max(sum(p.stat().st_size for p in source.path.glob("*.safetensors")), 4 * source.parameters, 1)
     free = shutil.disk_usage(Path(spec.output_dir).resolve().parent if Path(spec.output_dir).parent.exists()
                              else Path.cwd()).free
-    # A conversion writes up to ~2x the FP32 weights (intermediate FP32 model for INT8).
+    # A conversion writes up to ~2x the FP32 weights (the FP32 build, then the quantized copy).
     if free < 2 * weights:
         raise ModelFolderError(
             spec.output_dir, f"only {free / 1e6:.0f} MB free, about {2 * weights / 1e6:.0f} MB needed",
@@ -280,12 +408,23 @@ def _copy_support_files(source: Path, target: Path) -> None:
 
 
 def _steps(spec: ConvertSpec) -> list[str]:
-    steps = {Method.BUILDER: "build ONNX (model builder)", Method.OLIVE: "olive auto-opt",
-             Method.OLIVE_CONFIG: "olive run --config"}
-    names = ["validate", steps[Method(spec.method)]]
-    if spec.precision is Precision.INT8:
-        names.append("quantize weights to int8")
-    return [*names, "write manifest and move into place"]
+    steps = {Method.BUILDER: "model builder", Method.OLIVE: "olive auto-opt", Method.OLIVE_CONFIG: "olive run"}
+    names = ["validate", f"{steps[spec.method]} ({route_precision(spec)})"]
+    if needs_quantizer(spec):
+        names.append(f"quantize to {spec.precision}")
+    return [*names, "manifest, move into place"]
+
+
+def fp32_reference(source: SourceModel, target: Path, source_fingerprint: str) -> tuple[float, str]:
+    """Size in MB of the FP32 build of the same model, and where the figure comes from.
+
+    A sibling ``fp32`` build of the same source (same fingerprint) is measured; otherwise
+    the size is estimated as the source's parameter count times 4 bytes.
+    """
+    sibling = read_manifest(target.parent / str(Precision.FP32))
+    if sibling.get("precision") == "fp32" and sibling.get("source_fingerprint") == source_fingerprint:
+        return float(sibling["size_mb"]), f"measured ({target.parent / 'fp32'})"
+    return source.parameters * 4 / 1e6, f"estimated ({source.parameters:,} parameters x 4 bytes)"
 
 
 def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) -> ConvertResult:
@@ -294,7 +433,8 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     The model is built in a temporary folder beside the target and moved into place
     only when every step succeeded, so a failure or Ctrl-C leaves the target as it was.
     A ``manifest.json`` in the output records route, options, versions, wall time,
-    peak RSS, size and the source's fingerprint.
+    peak RSS, size (also against the FP32 build and the tutorial's table), where the
+    weights went, and the source's fingerprint.
 
     Args:
         spec: What to convert and how.
@@ -307,7 +447,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
 
     Example:
         >>> convert(ConvertSpec(bundled_model(), Path("out/int4"))).size_mb
-        194.5
+        203.4
     """
     from tqdm.auto import tqdm
 
@@ -315,84 +455,107 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider)
     target = spec.output_dir.resolve()
-    bar = tqdm(total=len(_steps(spec)), desc=f"convert {spec.precision}", disable=not progress, unit="step")
-    bar.update()
+    if dry_run and spec.method is not Method.OLIVE_CONFIG:
+        raise InvalidOptionError("dry_run", True, "only with --method olive-config")
     target.parent.mkdir(parents=True, exist_ok=True)
     if dry_run:
-        if spec.method is not Method.OLIVE_CONFIG:
-            raise InvalidOptionError("dry_run", True, "only with --method olive-config")
         target.mkdir(parents=True, exist_ok=True)
         config = build_olive_config(spec, target, target.parent / ".olive-cache")
         (target / OLIVE_CONFIG).write_text(json.dumps(config, indent=2))
-        bar.close()
         return ConvertResult(target, {"dry_run": True, "config": str(target / OLIVE_CONFIG)})
 
+    steps = _steps(spec)
+    bar = tqdm(total=len(steps), desc=f"convert {spec.precision}", disable=not progress, unit="step")
+    bar.update()
+    # Hash the source while the tools run (hashlib releases the GIL): ~1 s on a 540 MB model.
+    hashing = ThreadPoolExecutor(max_workers=1)
+    source_fingerprint = hashing.submit(fingerprint, source.path)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
     try:
         staging = scratch / "model"
         logs = scratch / "logs"
+        # Not named "fp32": Olive resolves config strings that name an existing path in its cwd.
+        first = scratch / "route-output" if needs_quantizer(spec) else staging
         runs: list[tools.ToolRun] = []
-        bar.set_postfix_str(_steps(spec)[1])
+        bar.set_postfix_str(steps[1])
         start = time.perf_counter()
         if spec.method is Method.BUILDER:
-            first = scratch / "fp32" if spec.precision is Precision.INT8 else staging
             runs.append(tools.run_tool(builder_command(spec, first, scratch / "cache"),
                                        log_path=logs / "builder.log", name="onnxruntime_genai builder"))
         elif spec.method is Method.OLIVE:
-            runs.append(tools.run_tool(olive_command(spec, staging), log_path=logs / "olive.log",
+            runs.append(tools.run_tool(olive_command(spec, first), log_path=logs / "olive.log",
                                        cwd=scratch, name="olive auto-opt"))
         else:
-            config = build_olive_config(spec, staging, scratch / "olive-cache")
+            config = build_olive_config(spec, first, scratch / "olive-cache")
             config_file = scratch / OLIVE_CONFIG
             config_file.write_text(json.dumps(config, indent=2))
-            runs.append(tools.run_tool(tools.python_module("olive", "run", "--config", str(config_file)),
+            runs.append(tools.run_tool(tools.python_module("toolkit.olive_cli", "run", "--config", str(config_file)),
                                        log_path=logs / "olive.log", cwd=scratch, name="olive run"))
         bar.update()
-        if spec.precision is Precision.INT8:
-            bar.set_postfix_str("quantize int8")
+        plan = None
+        if needs_quantizer(spec):
+            plan = quant_plan(spec, source.hidden_size)
+            bar.set_postfix_str(steps[2])
             staging.mkdir()
             runs.append(tools.run_tool(
-                tools.python_module("toolkit.quantize", str(first / "model.onnx"), str(staging / "model.onnx")),
-                log_path=logs / "quantize.log", name="int8 quantizer"))
+                tools.python_module("toolkit.quantize", str(first / "model.onnx"), str(staging / "model.onnx"),
+                                    "--plan", json.dumps(asdict(plan))),
+                log_path=logs / "quantize.log", name="weight quantizer"))
             _copy_support_files(first, staging)
             bar.update()
         wall = time.perf_counter() - start
-        bar.set_postfix_str("finalize")
+        bar.set_postfix_str(steps[-1])
         if not (staging / "genai_config.json").is_file():
             raise ModelFolderError(staging, "the tool finished but wrote no genai_config.json",
                                    f"See the logs in {logs}.")
         if spec.method is Method.OLIVE_CONFIG:
             shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
-        source_mb = dir_size_mb(source.path, "*.safetensors")
-        size_mb = dir_size_mb(staging)
-        manifest = {
-            "model": source.path.name,
-            "source_path": str(source.path),
-            "source_fingerprint": fingerprint(source.path),
-            "architecture": source.architecture,
-            "method": str(spec.method),
-            "precision": str(spec.precision),
-            "execution_provider": spec.execution_provider,
-            "options": asdict(spec.int4) if spec.precision is Precision.INT4 else {},
-            "commands": [list(run.command) for run in runs],
-            "wall_s": round(wall, 3),
-            "tool_wall_s": [round(run.wall_s, 3) for run in runs],
-            "peak_rss_mb": round(max(run.peak_rss_mb for run in runs), 1),
-            "size_mb": round(size_mb, 2),
-            "source_size_mb": round(source_mb, 2),
-            "size_ratio_vs_source": round(size_mb / source_mb, 4) if source_mb else None,
-            "tutorial_size_ratio": TUTORIAL_SIZE_RATIO[spec.precision],
-            "versions": _versions(),
-            "python": platform.python_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _swap_into_place(staging, target)
         bar.update()
     finally:
+        hashing.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(scratch, ignore_errors=True)
         bar.close()
     return ConvertResult(target, manifest)
+
+
+def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[tools.ToolRun],
+              wall: float, plan: QuantPlan | None, source_fingerprint: str) -> dict:
+    size_mb = dir_size_mb(staging)
+    fp32_mb, fp32_from = fp32_reference(source, target, source_fingerprint)
+    if spec.precision is Precision.FP32:
+        fp32_mb, fp32_from = size_mb, "this build"
+    ratio = size_mb / fp32_mb if fp32_mb else None
+    tutorial = TUTORIAL_SIZE_RATIO[spec.precision]
+    return {
+        "model": source.path.name,
+        "source_path": str(source.path),
+        "source_fingerprint": source_fingerprint,
+        "architecture": source.architecture,
+        "parameters": source.parameters,
+        "method": str(spec.method),
+        "precision": str(spec.precision),
+        "execution_provider": spec.execution_provider,
+        "options": asdict(spec.int4) if spec.precision is Precision.INT4 else {},
+        "quantizer": asdict(plan) if plan else None,
+        "weights": weight_summary(staging / "model.onnx"),
+        "commands": [list(run.command) for run in runs],
+        "wall_s": round(wall, 3),
+        "tool_wall_s": [round(run.wall_s, 3) for run in runs],
+        "peak_rss_mb": round(max(run.peak_rss_mb for run in runs), 1),
+        "size_mb": round(size_mb, 3),
+        "source_size_mb": round(dir_size_mb(source.path, "*.safetensors"), 2),
+        "fp32_size_mb": round(fp32_mb, 3),
+        "fp32_size_from": fp32_from,
+        "size_ratio_vs_fp32": round(ratio, 4) if ratio else None,
+        "tutorial_size_ratio": tutorial,
+        "size_vs_tutorial": round(ratio / tutorial, 3) if ratio else None,
+        "versions": _versions(),
+        "python": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
@@ -417,6 +580,25 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> dict:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
+def summary(manifests: list[dict]) -> list[dict]:
+    """One flat row per build for tables: size against FP32 and the tutorial, where the weights went, cost."""
+    rows = []
+    for m in manifests:
+        weights = m.get("weights", {})
+        rows.append({
+            "precision": m["precision"], "method": m["method"], "size_mb": m["size_mb"],
+            "x_fp32": m.get("size_ratio_vs_fp32"), "tutorial_x": m["tutorial_size_ratio"],
+            "vs_tutorial": m.get("size_vs_tutorial"), "lm_head": weights.get("lm_head"),
+            "embeddings": weights.get("embeddings"), "wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
+        })
+    return rows
+
+
+def recipe_name(options: Int4Options) -> str | None:
+    """The :data:`INT4_RECIPES` name of ``options``, or None when they were edited."""
+    return next((name for name, recipe in INT4_RECIPES.items() if recipe == options), None)
+
+
 def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_dir: str | os.PathLike[str], *,
                 method: Method | str = Method.BUILDER, int4: Int4Options | None = None,
                 progress: bool = True) -> list[dict]:
@@ -427,10 +609,131 @@ def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_di
         ['fp32', 'int4']
     """
     out = Path(out_dir)
+    order = list(Precision)  # FP32 first, so the others can measure their size against it.
+    specs = [ConvertSpec(Path(model_dir), out / str(p), Precision(p), Method(method), int4 or Int4Options())
+             for p in sorted(dict.fromkeys(Precision(p) for p in precisions), key=order.index)]
+    for spec in specs:  # every choice is checked before anything is built
+        validate(spec)
     manifests = []
-    for precision in precisions:
-        result = convert(ConvertSpec(Path(model_dir), out / str(precision), Precision(precision), Method(method),
-                                     int4 or Int4Options()), progress=progress)
+    for spec in specs:
+        result = convert(spec, progress=progress)
         manifests.append({**result.manifest, "output_dir": str(result.output_dir)})
     (out / "convert.json").write_text(json.dumps(manifests, indent=2))
     return manifests
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """One INT4 recipe built and measured against the FP32 build.
+
+    Attributes:
+        recipe: Name in :data:`INT4_RECIPES`.
+        note: What the recipe does.
+        output_dir: Where it was built.
+        size_mb: Size on disk.
+        size_ratio_vs_fp32: Size over the FP32 build's.
+        top1: Greedy next-token agreement with FP32 on the bundled text.
+        kl: Mean KL divergence from FP32 (nats).
+        perplexity: Perplexity on the bundled text (FP32's is in ``reference_perplexity``).
+        reference_perplexity: The FP32 build's perplexity on the same text.
+        decode_tps: Quick greedy decode probe through ONNX Runtime GenAI (tokens/s).
+    """
+
+    recipe: str
+    note: str
+    output_dir: str
+    size_mb: float
+    size_ratio_vs_fp32: float
+    top1: float
+    kl: float
+    perplexity: float
+    reference_perplexity: float
+    decode_tps: float
+
+
+def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
+                     speed_floor: float = 0.5) -> tuple[str, str]:
+    """Pick the recipe to use and say why, in one sentence.
+
+    The winner meets the size target (ratio to FP32) and the agreement target and decodes
+    at least ``speed_floor`` times as fast as the fastest recipe; among those, the best
+    agreement wins. When none does, the best agreement among the fast recipes wins, and
+    the sentence names any recipe that met both targets only by being slow.
+
+    Example:
+        >>> recommend_recipe(results)[0]
+        'int8-head'
+    """
+    fastest = max(r.decode_tps for r in results)
+    fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
+    on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1 >= top1_target]
+
+    def describe(r: RecipeResult) -> str:
+        return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1:.3f}, "
+                f"{r.decode_tps:.0f} tok/s)")
+
+    winners = [r for r in on_target if r in fast]
+    if winners:
+        best = max(winners, key=lambda r: (r.top1, -r.size_mb))
+        return best.recipe, f"Use {describe(best)}: it meets <= {size_target}x size and >= {top1_target} agreement."
+    best = max(fast, key=lambda r: (r.top1, -r.size_mb))
+    sentence = (f"No fast recipe meets both <= {size_target}x size and >= {top1_target} top-1 agreement; "
+                f"the best fast one is {describe(best)}.")
+    slow = [r for r in on_target if r not in fast]
+    if slow:
+        sentence += (" " + ", ".join(describe(r) for r in slow) + " meets both targets but decodes at under "
+                     f"{speed_floor:.0%} of the fastest recipe's speed; choose it when size and fidelity matter more.")
+    return best.recipe, sentence
+
+
+def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                         reference_dir: str | os.PathLike[str], recipes: list[str] | None = None, *,
+                         method: Method | str = Method.BUILDER, reuse: dict[str, str] | None = None,
+                         progress: bool = True) -> list[RecipeResult]:
+    """Build each INT4 recipe into ``out_dir/<recipe>`` and measure it against the FP32 build.
+
+    Args:
+        model_dir: The Hugging Face model.
+        out_dir: Where the recipe builds go; ``recipes.json`` is written there.
+        reference_dir: The FP32 build of the same model.
+        recipes: Names from :data:`INT4_RECIPES` (all by default).
+        method: Conversion route.
+        reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
+        progress: Show progress bars.
+
+    Example:
+        >>> [r.recipe for r in compare_int4_recipes(bundled_model(), "out/recipes", "out/fp32")]
+        ['builder-default', 'compact', 'int8-head', 'hqq']
+    """
+    from tqdm.auto import tqdm
+
+    from toolkit import genai
+    from toolkit.evaluate import compare_to_reference
+
+    names = list(recipes or INT4_RECIPES)
+    unknown = [n for n in names if n not in INT4_RECIPES]
+    if unknown:
+        raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
+    out, reuse = Path(out_dir), dict(reuse or {})
+    specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n])
+             for n in names if n not in reuse}
+    for spec in specs.values():
+        validate(spec)
+    folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
+    for name in tqdm(list(specs), desc="build recipes", disable=not progress):
+        convert(specs[name], progress=False)
+    agreement = {a.model: a for a in compare_to_reference(reference_dir, {n: folders[n] for n in names})}
+    fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
+    speeds = genai.run("decode", *(f"{n}={folders[n].resolve()}" for n in names))
+    results = []
+    for name in names:
+        size = read_manifest(folders[name]).get("size_mb") or dir_size_mb(folders[name])
+        a = agreement[name]
+        results.append(RecipeResult(
+            recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
+            size_ratio_vs_fp32=round(size / fp32_mb, 4), top1=a.top1, kl=a.kl, perplexity=a.perplexity,
+            reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
+        ))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipes.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return results

@@ -153,3 +153,64 @@ def write_report(results: list[CheckResult], path: str | os.PathLike[str]) -> di
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     return report
+
+
+REFERENCE_TEXT = "reference_text.txt"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely a quantized build follows its FP32 reference on one text.
+
+    Measured teacher-forced (both models read the same tokens), like llama.cpp's
+    ``perplexity --kl-divergence``: at every position, does the greedy (top-1) next token
+    match, how far apart are the distributions, and how well does each predict the text.
+
+    Attributes:
+        model: Candidate model folder (or a label).
+        tokens: Positions compared.
+        top1: Share of positions where the greedy next token is the reference's.
+        kl: Mean KL divergence reference || candidate, in nats.
+        perplexity: Candidate's perplexity on the text.
+        reference_perplexity: The FP32 reference's perplexity on the same text.
+    """
+
+    model: str
+    tokens: int
+    top1: float
+    kl: float
+    perplexity: float
+    reference_perplexity: float
+
+
+def reference_text() -> str:
+    """The bundled English text (about 430 SmolLM2 tokens) used for agreement checks."""
+    return resources.files("toolkit.data").joinpath(REFERENCE_TEXT).read_text()
+
+
+def compare_to_reference(reference_dir: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]],
+                         text: str | None = None) -> list[Agreement]:
+    """Top-1 agreement, KL divergence and perplexity of each candidate against the FP32 reference.
+
+    Runs ONNX Runtime GenAI in a child process (see :mod:`toolkit.genai`).
+
+    Args:
+        reference_dir: The FP32 build (an ONNX model folder).
+        candidates: Label to ONNX model folder.
+        text: Text to read; the bundled :func:`reference_text` by default.
+
+    Example:
+        >>> compare_to_reference("models/fp32", {"int4": "models/int4"})[0].top1
+        0.6659
+    """
+    import tempfile
+
+    from toolkit import genai
+
+    with tempfile.TemporaryDirectory(prefix="slmops-text-") as tmp:
+        text_file = Path(tmp) / "text.txt"
+        text_file.write_text(text or reference_text())
+        rows = genai.run("compare", str(Path(reference_dir).resolve()),
+                         *(f"{label}={Path(folder).resolve()}" for label, folder in candidates.items()),
+                         "--text-file", str(text_file))
+    return [Agreement(**row) for row in rows]

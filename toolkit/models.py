@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
+import struct
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,12 +43,18 @@ class SourceModel:
         architecture: ``config.json``'s first ``architectures`` entry.
         model_type: ``config.json``'s ``model_type``.
         context_length: ``max_position_embeddings``.
+        hidden_size: Width of the embedding table.
+        tied_embeddings: The LM head reuses the embedding table (``tie_word_embeddings``).
+        parameters: Number of weights in the safetensors files (0 if only ``*.bin``).
     """
 
     path: Path
     architecture: str
     model_type: str
     context_length: int
+    hidden_size: int = 0
+    tied_embeddings: bool = False
+    parameters: int = 0
 
 
 def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
@@ -82,7 +90,18 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         architecture=architectures[0],
         model_type=str(config.get("model_type", "unknown")),
         context_length=int(config.get("max_position_embeddings") or config.get("n_positions") or 0),
+        hidden_size=int(config.get("hidden_size") or 0),
+        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        parameters=sum(_safetensors_parameters(file) for file in folder.glob("*.safetensors")),
     )
+
+
+def _safetensors_parameters(file: Path) -> int:
+    """Count the weights in a safetensors file from its JSON header (no tensor is read)."""
+    with file.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
@@ -204,6 +223,7 @@ def make_tiny_model(
     model_type: str = "qwen2",
     seed: int = 0,
     chat_template: str = CHATML_TEMPLATE,
+    tie_embeddings: bool = False,
 ) -> Path:
     """Build a tiny random causal LM with a locally trained tokenizer (for fast tests).
 
@@ -216,6 +236,7 @@ def make_tiny_model(
         model_type: ``"qwen2"`` or ``"llama"``.
         seed: Seed for the random weights.
         chat_template: Jinja chat template stored with the tokenizer.
+        tie_embeddings: Share one table between the embeddings and the LM head (as SmolLM2 does).
 
     Example:
         >>> make_tiny_model(tmp_path / "tiny").joinpath("config.json").is_file()
@@ -242,11 +263,11 @@ def make_tiny_model(
     tokenizer.chat_template = chat_template
     vocab = len(tokenizer)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
-    common = dict(
+    common = dict(  # noqa: C408 (keyword form reads like the config it is)
         vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
     )
     torch.manual_seed(seed)
     if model_type == "qwen2":

@@ -16,6 +16,8 @@ DEMO_PARAMS: dict = {
     "name_prefix": "smollm2",
     "precisions": ["fp32", "int8", "int4"],
     "method": "builder",
+    "int4_recipe": "builder-default",
+    "compare_recipes": True,
     "template": "auto",
     "cases": "",
     "prompt_lengths": [16, 128],
@@ -81,7 +83,8 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     settings.apply_offline_env()
     run_dir = Path(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    merged = {**DEMO_PARAMS, **params, "run_dir": str(run_dir)}
+    # Headless: notebooks show chosen values instead of widgets that would not render in HTML.
+    merged = {**DEMO_PARAMS, **params, "run_dir": str(run_dir), "interactive": False}
     # Notebooks run with the run folder as their working directory: pin user paths now.
     for key in ("model_dir", "cases", "cache_dir"):
         if merged[key]:

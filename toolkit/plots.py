@@ -14,7 +14,7 @@ def _axes(ax):
 
 
 def plot_sizes(manifests: Sequence[dict], *, ax=None):
-    """Bars of size relative to the source model per precision, against the tutorial's table.
+    """Bars of size relative to the FP32 build per precision, against the tutorial's table.
 
     Example:
         >>> plot_sizes([read_manifest("out/int4")]).figure.savefig("sizes.png")
@@ -22,12 +22,36 @@ def plot_sizes(manifests: Sequence[dict], *, ax=None):
     ax = _axes(ax)
     labels = [m["precision"] for m in manifests]
     xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], [m["size_ratio_vs_source"] for m in manifests], 0.4, label="measured")
+    measured = ax.bar([x - 0.2 for x in xs], [m["size_ratio_vs_fp32"] for m in manifests], 0.4, label="measured")
     ax.bar([x + 0.2 for x in xs], [m["tutorial_size_ratio"] for m in manifests], 0.4, label="tutorial table")
+    ax.bar_label(measured, fmt="%.2f", fontsize="small")
     ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("size / source FP32 size")
+    ax.set_ylabel("size / FP32 build")
     ax.set_title("Model size by precision")
     ax.legend()
+    return ax
+
+
+def plot_recipes(results: Sequence, *, size_target: float = 0.25, top1_target: float = 0.85, ax=None):
+    """INT4 recipes as points: size against FP32 (x) and top-1 agreement (y), the targets as a box.
+
+    Example:
+        >>> plot_recipes(compare_int4_recipes(model, "out/recipes", "out/fp32")).figure.savefig("recipes.png")
+    """
+    ax = _axes(ax)
+    ax.axvspan(0, size_target, ymin=0, ymax=1, alpha=0.08, color="green")
+    ax.axhline(top1_target, color="green", linestyle="--", linewidth=1, label=f"targets: <= {size_target}x, "
+               f">= {top1_target} agreement")
+    for r in results:
+        ax.scatter(r.size_ratio_vs_fp32, r.top1, s=40)
+        ax.annotate(f"{r.recipe}\n{r.decode_tps:.0f} tok/s", (r.size_ratio_vs_fp32, r.top1), fontsize="small",
+                    xytext=(5, -4), textcoords="offset points")
+    ax.set_xlim(0, max(0.5, max(r.size_ratio_vs_fp32 for r in results) * 1.3))
+    ax.set_ylim(min(0.5, min(r.top1 for r in results) - 0.05), 1.03)
+    ax.set_xlabel("size / FP32 build")
+    ax.set_ylabel("top-1 agreement with FP32")
+    ax.set_title("INT4 recipes: size against fidelity")
+    ax.legend(fontsize="small", loc="lower right")
     return ax
 
 

@@ -1,40 +1,273 @@
-"""INT8 weight quantization of an FP32 ONNX model (run as a child process).
+"""Weight-only quantization of an FP32 ONNX Runtime GenAI model (run as a child process).
 
-The 0.14 model builder has no int8 precision, so INT8 is built as FP32 by the builder,
-then ONNX Runtime's dynamic quantization turns every MatMul with a constant weight into
-``MatMulInteger`` with int8 weights (activations are quantized on the fly).
+The 0.14 model builder quantizes to int4 only, with a fixed choice of algorithms and with
+the embedding table left in FP32. For everything else (INT8, HQQ, the precision of the
+embedding table and of the LM head) the builder writes FP32 and this module quantizes it
+with ONNX Runtime's ``MatMulNBitsQuantizer``:
 
-Why not 8-bit ``MatMulNBits``: ONNX Runtime GenAI 0.14 runs it correctly, but the
-runtime inside foundry-local-sdk 2.2.1 (genai-core 0.18) produces garbage with it on
-CPU (checked on the bundled model), while ``MatMulInteger`` agrees in both. Usage::
+* every MatMul with a constant weight becomes ``MatMulNBits`` (4 or 8 bits, blockwise),
+  with the chosen algorithm (``default`` min-max, ``rtn``, ``k_quant`` or ``hqq``);
+* the LM head gets its own precision, symmetric blockwise, so that
+* the embedding table can be a ``GatherBlockQuantized`` over the LM head's quantized
+  table when the model ties them (one table on disk, as the builder's
+  ``shared_embeddings``), or its own quantized table when it does not.
 
-    python -m toolkit.quantize IN.onnx OUT.onnx [--per-channel]
+Weights only: activations stay FP32 (``accuracy_level`` picks the MatMul compute type).
+Usage::
+
+    python -m toolkit.quantize IN.onnx OUT.onnx --plan '{"bits": 8, ...}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 
-def quantize_int8(source: Path, target: Path, *, per_channel: bool = False) -> None:
-    """Quantize ``source``'s MatMul weights to int8 and save to ``target`` (external data).
+LM_HEAD = "/lm_head/MatMul"
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """What to quantize and how.
+
+    Attributes:
+        bits: Bits of the transformer body's MatMul weights (4 or 8).
+        algorithm: ``default`` (min-max), ``rtn``, ``k_quant`` or ``hqq``.
+        block_size: Weights per quantization block.
+        symmetric: Symmetric quantization (no zero points); HQQ is always asymmetric.
+        accuracy_level: MatMulNBits compute type (4 int8, 3 bf16, 2 fp16, 1 fp32, 0 unset).
+        lm_head_bits: 4, 8, or 32 to keep the LM head in FP32.
+        embedding_bits: 4, 8, or 32 to keep the embedding table in FP32.
+    """
+
+    bits: int = 4
+    algorithm: str = "default"
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+    lm_head_bits: int = 4
+    embedding_bits: int = 32
+
+
+def quantize_table(weights: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric blockwise quantization of a ``[rows, cols]`` table along ``cols``.
+
+    The layout is the one ``MatMulNBits`` (weight ``[N, K]``) and ``GatherBlockQuantized``
+    (``quantize_axis=1``) share: unsigned values offset by ``2**(bits-1)`` (their default
+    zero point), two 4-bit values per byte low nibble first, one scale per block.
+
+    Returns:
+        ``(data, scales)``: uint8 ``[rows, cols * bits // 8]`` and float32 ``[rows, cols // block_size]``.
 
     Example:
-        >>> quantize_int8(Path("fp32/model.onnx"), Path("int8/model.onnx"))
+        >>> data, scales = quantize_table(np.eye(32, dtype=np.float32), 8, 32)
+        >>> data.shape, scales.shape
+        ((32, 32), (32, 1))
     """
-    import logging
+    rows, cols = weights.shape
+    blocks = weights.reshape(rows, cols // block_size, block_size).astype(np.float32)
+    qmax = 2 ** (bits - 1) - 1
+    scales = np.abs(blocks).max(axis=-1) / qmax
+    scales[scales == 0] = 1.0
+    values = np.clip(np.rint(blocks / scales[..., None]), -qmax - 1, qmax) + 2 ** (bits - 1)
+    values = values.astype(np.uint8).reshape(rows, cols)
+    if bits == 4:
+        values = values[:, 0::2] | (values[:, 1::2] << 4)
+    return values, scales.astype(np.float32)
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # ORT warns about "pre-processing" meant for CNNs; it does not apply to LLM graphs.
-    logging.getLogger().setLevel(logging.ERROR)
+def _algo_config(plan: QuantPlan, bits: int):
+    from onnxruntime.quantization import matmul_nbits_quantizer as q
+
+    if plan.algorithm == "hqq":
+        return q.HQQWeightOnlyQuantConfig(block_size=plan.block_size, bits=bits, op_types_to_quantize=("MatMul",))
+    if plan.algorithm == "rtn":
+        return q.RTNWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+    if plan.algorithm == "k_quant":
+        return q.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+    return q.DefaultWeightOnlyQuantConfig(block_size=plan.block_size, is_symmetric=plan.symmetric,
+                                          accuracy_level=plan.accuracy_level, bits=bits,
+                                          op_types_to_quantize=("MatMul",))
+
+
+def _initializers(graph) -> dict:
+    return {init.name: init for init in graph.initializer}
+
+
+def _quantize_body(model, plan: QuantPlan):
+    """MatMulNBits for every constant-weight MatMul except the LM head."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if plan.algorithm in {"rtn", "k_quant"} and plan.bits != 4:
+        raise ValueError(f"{plan.algorithm} quantizes to 4 bits only; use 'default' for 8 bits")
+    quantizer = MatMulNBitsQuantizer(model, block_size=plan.block_size, is_symmetric=plan.symmetric,
+                                     accuracy_level=plan.accuracy_level, nodes_to_exclude=[LM_HEAD],
+                                     algo_config=_algo_config(plan, plan.bits))
+    quantizer.process()
+    model = quantizer.model.model
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            _set_attribute(node, "accuracy_level", plan.accuracy_level)
+    return model
+
+
+def _set_attribute(node, name: str, value: int) -> None:
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            attribute.i = value
+            return
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _quantized_lm_head_and_table(model, plan: QuantPlan) -> None:
+    """Quantize the LM head and the embedding table in place (symmetric, our own layout)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = _initializers(graph)
+    nodes = {node.name: node for node in graph.node}
+    head = nodes.get(LM_HEAD)
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.name.startswith("/model/embed_tokens")), None)
+    transpose = next((n for n in graph.node if n.op_type == "Transpose" and gather is not None
+                      and n.output[0] == gather.input[0]), None)
+    tied = head is not None and transpose is not None and transpose.input[0] == head.input[1]
+    head_weight = numpy_helper.to_array(inits[head.input[1]]) if head is not None and head.input[1] in inits else None
+
+    table_name = None
+    if head_weight is not None and plan.lm_head_bits < 32:
+        k, n = head_weight.shape  # MatMul weight is [K, N]; MatMulNBits wants [N, K] rows.
+        data, scales = quantize_table(head_weight.T, plan.lm_head_bits, plan.block_size)
+        blocks = k // plan.block_size
+        table_name = f"lm_head.MatMul.weight_Q{plan.lm_head_bits}G{plan.block_size}"
+        graph.initializer.extend([
+            numpy_helper.from_array(data.reshape(n, blocks, -1), table_name),
+            numpy_helper.from_array(scales.reshape(-1), "lm_head.MatMul.weight_scales"),
+        ])
+        new_head = helper.make_node(
+            "MatMulNBits", [head.input[0], table_name, "lm_head.MatMul.weight_scales"], list(head.output),
+            name=f"{LM_HEAD}_Q{plan.lm_head_bits}", domain="com.microsoft", K=k, N=n, bits=plan.lm_head_bits,
+            block_size=plan.block_size, accuracy_level=plan.accuracy_level,
+        )
+        graph.node.insert(list(graph.node).index(head), new_head)
+        graph.node.remove(head)
+
+    if gather is not None and plan.embedding_bits < 32:
+        if tied and table_name is not None and plan.embedding_bits == plan.lm_head_bits:
+            # Share the LM head's quantized table: no second copy on disk.
+            vocab, hidden = head_weight.shape[1], head_weight.shape[0]
+            shape_name = "/model/embed_tokens/table_shape"
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array([vocab, hidden * plan.lm_head_bits // 8], np.int64), shape_name),
+                numpy_helper.from_array(np.array([vocab, hidden // plan.block_size], np.int64), shape_name + "_scales"),
+            ])
+            reshape = helper.make_node("Reshape", [table_name, shape_name], ["/model/embed_tokens/table"],
+                                       name="/model/embed_tokens/Reshape")
+            reshape_scales = helper.make_node("Reshape", ["lm_head.MatMul.weight_scales", shape_name + "_scales"],
+                                              ["/model/embed_tokens/scales"], name="/model/embed_tokens/ReshapeScales")
+            data_input, scales_input, extra = "/model/embed_tokens/table", "/model/embed_tokens/scales", [
+                reshape, reshape_scales]
+        else:
+            source = transpose.input[0] if transpose is not None else gather.input[0]
+            table = numpy_helper.to_array(inits[source])
+            table = table.T if transpose is not None else table
+            data, scales = quantize_table(table, plan.embedding_bits, plan.block_size)
+            data_input, scales_input, extra = "model.embed_tokens.weight_Q", "model.embed_tokens.weight_scales", []
+            graph.initializer.extend([numpy_helper.from_array(data, data_input),
+                                      numpy_helper.from_array(scales, scales_input)])
+        new_gather = helper.make_node(
+            "GatherBlockQuantized", [data_input, gather.input[1], scales_input], list(gather.output),
+            name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
+            bits=plan.embedding_bits, block_size=plan.block_size, gather_axis=0, quantize_axis=1,
+        )
+        position = list(graph.node).index(gather)
+        for node in [*extra, new_gather]:
+            graph.node.insert(position, node)
+            position += 1
+        graph.node.remove(gather)
+        if transpose is not None:
+            graph.node.remove(transpose)
+
+    # Drop FP32 initializers nothing reads any more.
+    used = {name for node in graph.node for name in node.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+
+
+def quantize(source: Path, target: Path, plan: QuantPlan) -> None:
+    """Quantize the FP32 model ``source`` to ``target`` (external data) following ``plan``.
+
+    Example:
+        >>> quantize(Path("fp32/model.onnx"), Path("int8/model.onnx"), QuantPlan(bits=8, lm_head_bits=8, embedding_bits=8))
+    """
+    import onnx
+
+    # ORT's quantizer logs every node at INFO.
+    logging.disable(logging.INFO)
+    model = onnx.load(str(source))
+    model = _quantize_body(model, plan)
+    _quantized_lm_head_and_table(model, plan)
     target.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-        per_channel=per_channel, use_external_data_format=True,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{target.name}.data", size_threshold=1024)
+
+
+def weight_summary(model_file: Path) -> dict:
+    """Where the weights went: parameter counts per storage type, and the LM head's and table's precision.
+
+    Read from the graph alone (no tensor data), so it reports what was built, not what was asked.
+
+    Example:
+        >>> weight_summary(Path("int4/model.onnx"))["lm_head"]
+        'int4'
+    """
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    dtypes = {init.name: onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name for init in graph.initializer}
+    counts: dict[str, int] = {}
+    counted: set[str] = set()
+    where = {"lm_head": "absent", "embeddings": "absent"}
+    for node in graph.node:
+        found = _weight_of(node, dims, dtypes)
+        if found is None:
+            continue
+        kind, name, parameters = found
+        if name not in counted:
+            counts[kind] = counts.get(kind, 0) + parameters
+            counted.add(name)
+        if node.name.startswith("/lm_head/"):
+            where["lm_head"] = kind
+        elif node.name.startswith("/model/embed_tokens/"):
+            where["embeddings"] = kind
+    return {"parameters": counts, **where}
+
+
+def _weight_of(node, dims: dict, dtypes: dict) -> tuple[str, str, int] | None:
+    """``(storage kind, initializer name, parameter count)`` of a node that reads a weight table."""
+    attrs = {a.name: a.i for a in node.attribute}
+    if node.op_type == "MatMulNBits":
+        return f"int{attrs['bits']}", node.input[1], attrs["K"] * attrs["N"]
+    if node.op_type == "GatherBlockQuantized":
+        data = node.input[0]
+        # A reshaped view of the LM head's table is counted once, at the LM head.
+        count = int(np.prod(dims[data])) * 8 // attrs["bits"] if data in dims else 0
+        return f"int{attrs['bits']}", data, count
+    if node.op_type == "MatMulInteger":
+        return "int8", node.input[1], int(np.prod(dims.get(node.input[1], [0])))
+    weight = {"MatMul": 1, "Gather": 0, "Transpose": 0}.get(node.op_type)
+    if weight is None or node.input[weight] not in dims or len(dims[node.input[weight]]) != 2:
+        return None
+    name = node.input[weight]
+    return {"float32": "fp32", "float16": "fp16"}.get(dtypes[name], dtypes[name]), name, int(np.prod(dims[name]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,9 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
-    parser.add_argument("--per-channel", action="store_true")
+    parser.add_argument("--plan", type=json.loads, default="{}", help="QuantPlan fields as JSON")
     args = parser.parse_args(argv)
-    quantize_int8(args.source, args.target, per_channel=args.per_channel)
+    plan = QuantPlan(**args.plan)
+    quantize(args.source, args.target, plan)
+    print(json.dumps({"plan": asdict(plan), **weight_summary(args.target)}))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,16 @@ def save_figure(ax, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def figure(ax, path: str | os.PathLike[str]):
+    """Save the figure of ``ax`` as PNG and return it as an image the notebook (and its HTML) shows.
+
+    The toolkit's figures are built without pyplot, so Jupyter has no display hook for them.
+    """
+    from IPython.display import Image
+
+    return Image(filename=str(save_figure(ax, path)))
+
+
 def _read(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -58,8 +68,14 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     parts.append("</ul>")
     converted = _read(run / "models" / "convert.json")
     if converted:
-        parts += ["<h2>Conversion</h2>", _html_table(converted, [
-            "precision", "method", "size_mb", "size_ratio_vs_source", "tutorial_size_ratio", "wall_s", "peak_rss_mb"])]
+        from toolkit.convert import summary
+
+        rows = summary(converted)
+        parts += ["<h2>Conversion</h2>", _html_table(rows, list(rows[0]))]
+    recipes = _read(run / "models" / "recipes" / "recipes.json")
+    if recipes:
+        parts += ["<h2>INT4 recipes against FP32</h2>", _html_table(recipes, [
+            "recipe", "size_mb", "size_ratio_vs_fp32", "top1", "kl", "perplexity", "decode_tps", "note"])]
     tests = _read(run / "test.json")
     if tests:
         rows = [{"model": m, **s} for m, s in tests["summary"].items()]

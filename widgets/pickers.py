@@ -8,17 +8,30 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ipywidgets as w
 import traitlets
 
-from toolkit.convert import TUTORIAL_ADVICE, TUTORIAL_SIZE_RATIO, Int4Options, Precision
+from toolkit.convert import (
+    BLOCK_SIZES,
+    INT4_RECIPES,
+    RECIPE_NOTES,
+    TUTORIAL_ADVICE,
+    TUTORIAL_SIZE_RATIO,
+    Int4Algorithm,
+    Int4Options,
+    Precision,
+    TablePrecision,
+)
 from toolkit.errors import TemplateError
-from toolkit.templates import PRESETS, Template, render
+from toolkit.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
 
 _SAMPLE = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
 ]
 
 
@@ -31,75 +44,152 @@ class PrecisionChoice:
 
 
 class PrecisionPicker(w.VBox):
-    """Pick precisions (with the tutorial's size/speed/quality trade-off) and the INT4 block size.
+    """Pick precisions (with the tutorial's size/speed/quality trade-off) and every INT4 option.
+
+    A recipe fills the INT4 fields; editing a field afterwards keeps the edit.
 
     Example:
-        >>> picker = PrecisionPicker(["fp32", "int4"])
-        >>> picker.value.precisions
-        (<Precision.FP32: 'fp32'>, <Precision.INT4: 'int4'>)
+        >>> picker = PrecisionPicker(["fp32", "int4"], recipe="compact")
+        >>> picker.value.precisions, picker.value.int4.embeddings
+        ((<Precision.FP32: 'fp32'>, <Precision.INT4: 'int4'>), <TablePrecision.INT4: 'int4'>)
     """
 
     value = traitlets.Instance(PrecisionChoice)
 
-    def __init__(self, precisions: list[str] | tuple[str, ...] = ("int4",), *, block_size: int = 32) -> None:
+    def __init__(self, precisions: list[str] | tuple[str, ...] = ("int4",), *, recipe: str = "builder-default",
+                 int4: Int4Options | None = None) -> None:
         self._precisions = w.SelectMultiple(
             options=[(f"{p.value}: ×{TUTORIAL_SIZE_RATIO[p]} size, {TUTORIAL_ADVICE[p]}", p) for p in Precision],
             value=tuple(Precision(p) for p in precisions), rows=4, description="Precisions",
             layout=w.Layout(width="640px"),
         )
-        self._block_size = w.Dropdown(options=[16, 32, 64, 128, 256], value=block_size, description="INT4 block")
-        super().__init__(children=[self._precisions, self._block_size])
+        self._recipe = w.Dropdown(options=[(f"{name}: {RECIPE_NOTES[name]}", name) for name in INT4_RECIPES],
+                                  value=recipe, description="INT4 recipe", layout=w.Layout(width="640px"))
+        style = {"description_width": "initial"}
+        self._block_size = w.Dropdown(options=list(BLOCK_SIZES), description="block size", style=style)
+        self._symmetric = w.Checkbox(description="symmetric", indent=False)
+        self._accuracy = w.Dropdown(options=[("4: int8 compute", 4), ("3: bf16", 3), ("2: fp16", 2), ("1: fp32", 1),
+                                             ("0: unset", 0)], description="accuracy level", style=style)
+        self._algorithm = w.Dropdown(options=[a.value for a in Int4Algorithm], description="algorithm", style=style)
+        self._lm_head = w.Dropdown(options=[t.value for t in TablePrecision], description="LM head", style=style)
+        self._embeddings = w.Dropdown(options=[t.value for t in TablePrecision], description="embeddings",
+                                      style=style)
+        self._fields = [self._block_size, self._symmetric, self._accuracy, self._algorithm, self._lm_head,
+                        self._embeddings]
+        self._set_fields(int4 or INT4_RECIPES[recipe])
+        super().__init__(children=[self._precisions, self._recipe,
+                                   w.HBox(self._fields[:3]), w.HBox(self._fields[3:])])
         self.value = self._current()
-        self._precisions.observe(self._on_precisions_change, names="value")
-        self._block_size.observe(self._on_block_size_change, names="value")
+        self._precisions.observe(self._on_field_change, names="value")
+        self._recipe.observe(self._on_recipe_change, names="value")
+        for child in self._fields:
+            child.observe(self._on_field_change, names="value")
+
+    def _set_fields(self, options: Int4Options) -> None:
+        self._block_size.value = options.block_size
+        self._symmetric.value = options.symmetric
+        self._accuracy.value = options.accuracy_level
+        self._algorithm.value = options.algorithm.value
+        self._lm_head.value = options.lm_head.value
+        self._embeddings.value = options.embeddings.value
 
     def _current(self) -> PrecisionChoice:
-        return PrecisionChoice(tuple(self._precisions.value), Int4Options(block_size=self._block_size.value))
+        options = Int4Options(self._block_size.value, self._symmetric.value, self._accuracy.value,
+                              self._algorithm.value, self._lm_head.value, self._embeddings.value)
+        return PrecisionChoice(tuple(self._precisions.value), options)
 
-    def _on_precisions_change(self, _change: dict) -> None:
+    def _on_recipe_change(self, change: dict) -> None:
+        self._set_fields(INT4_RECIPES[change["new"]])
         self.value = self._current()
 
-    def _on_block_size_change(self, _change: dict) -> None:
+    def _on_field_change(self, _change: dict) -> None:
         self.value = self._current()
 
 
 @dataclass(frozen=True)
 class TemplateChoice:
-    """A template preset name (``auto`` derives it from the model)."""
+    """A template preset (``auto`` derives it from the model), or ``custom`` with its four strings."""
 
     template: Template = Template.AUTO
+    custom: PromptTemplate | None = None
+
+
+_FIELDS = ("system", "user", "assistant", "prompt")
 
 
 class TemplatePicker(w.VBox):
-    """Pick a prompt-template preset and preview what a sample conversation becomes.
+    """Pick a prompt-template preset, edit its four strings, and see the prompt a sample chat becomes.
+
+    Editing a field turns the choice into ``custom`` with the edited strings; the preview
+    follows every keystroke and shows what is wrong when a string is malformed.
 
     Example:
-        >>> TemplatePicker("chatml").value.template
-        <Template.CHATML: 'chatml'>
+        >>> picker = TemplatePicker("chatml")
+        >>> picker._fields["system"].value = "SYS: {Content}\\n"
+        >>> picker.value.template, picker.value.custom.system
+        (<Template.CUSTOM: 'custom'>, 'SYS: {Content}\\n')
     """
 
     value = traitlets.Instance(TemplateChoice)
 
-    def __init__(self, template: str = "auto") -> None:
-        self._preset = w.Dropdown(options=[t.value for t in Template if t is not Template.CUSTOM],
-                                  value=Template(template).value, description="Template")
+    def __init__(self, template: str = "auto", *, model_dir: str | Path | None = None) -> None:
+        self._model_dir = Path(model_dir) if model_dir else None
+        self._preset = w.Dropdown(options=[(f"{t.value}: {TEMPLATE_NOTES[t]}", t.value) for t in Template],
+                                  value=Template(template).value, description="Template",
+                                  layout=w.Layout(width="640px"))
+        self._fields = {name: w.Textarea(description=name, rows=2, layout=w.Layout(width="640px"))
+                        for name in _FIELDS}
         self._preview = w.HTML()
-        super().__init__(children=[self._preset, self._preview])
+        self._filling = False
+        super().__init__(children=[self._preset, *self._fields.values(), w.HTML("<b>Preview</b> (system, user, "
+                                   "assistant, user):"), self._preview])
         self.value = TemplateChoice(Template(template))
-        self._show_preview()
+        self._fill(Template(template))
         self._preset.observe(self._on_preset_change, names="value")
+        for field_widget in self._fields.values():
+            field_widget.observe(self._on_field_change, names="value")
 
-    def _show_preview(self) -> None:
-        template = PRESETS.get(self.value.template)
-        if template is None:
-            text = "derived from the model's own chat template at registration"
-        else:
+    def _strings_for(self, template: Template) -> tuple[PromptTemplate | None, str]:
+        if template in PRESETS:
+            return PRESETS[template], ""
+        if template is Template.AUTO and self._model_dir is not None:
             try:
-                text = render(template, _SAMPLE)
+                return resolve(Template.AUTO, self._model_dir).prompt_template, ""
             except TemplateError as exc:
-                text = f"error: {exc}"
-        self._preview.value = f"<pre>{html.escape(text)}</pre>"
+                return None, str(exc)
+        if template is Template.AUTO:
+            return None, "derived from the model's own chat template at registration"
+        return self.value.custom, "type the four strings, each with {Content}"
+
+    def _fill(self, template: Template) -> None:
+        strings, message = self._strings_for(template)
+        self._filling = True
+        for name, field_widget in self._fields.items():
+            field_widget.value = getattr(strings, name) if strings else field_widget.value
+        self._filling = False
+        self._show_preview(strings, message)
+
+    def _show_preview(self, strings: PromptTemplate | None, message: str = "") -> None:
+        if strings is None:
+            self._preview.value = f"<i>{html.escape(message)}</i>"
+            return
+        try:
+            strings.validate()
+            self._preview.value = f"<pre>{html.escape(render(strings, _SAMPLE))}</pre>"
+        except TemplateError as exc:
+            self._preview.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
 
     def _on_preset_change(self, change: dict) -> None:
-        self.value = TemplateChoice(Template(change["new"]))
-        self._show_preview()
+        template = Template(change["new"])
+        self.value = TemplateChoice(template, self.value.custom if template is Template.CUSTOM else None)
+        self._fill(template)
+
+    def _on_field_change(self, _change: dict) -> None:
+        if self._filling:
+            return
+        edited = PromptTemplate(**{name: f.value for name, f in self._fields.items()})
+        self.value = TemplateChoice(Template.CUSTOM, edited)
+        self._filling = True
+        self._preset.value = Template.CUSTOM.value
+        self._filling = False
+        self._show_preview(edited)

@@ -1,0 +1,154 @@
+"""The one place ONNX Runtime GenAI runs a model directly, outside Foundry Local.
+
+Foundry's chat API returns text, not logits; the measurements that compare a quantized
+build with its FP32 reference (top-1 agreement, KL divergence, perplexity) and a quick
+decode-speed probe need the runtime the builder targets. They run in a child process
+(:func:`run`): the ``onnxruntime_genai`` module cannot load into a process that already
+holds Foundry Local's own build of the same native library. Usage::
+
+    python -m toolkit.genai compare REF_DIR LABEL=DIR ... --text-file F --out result.json
+    python -m toolkit.genai decode LABEL=DIR ... --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _context_length(model_dir: Path) -> int:
+    config = json.loads((model_dir / "genai_config.json").read_text())
+    return int(config["model"]["context_length"])
+
+
+def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``text`` and the model's next-token logits at every position (one forward pass).
+
+    The text is cut to fit the model's context.
+
+    Returns:
+        ``(ids, logits)``: int ``[T]`` and float64 ``[T, vocab]``.
+
+    Example:
+        >>> ids, out = logits("outputs/demo/models/fp32", "The capital of France is")
+        >>> out.shape[0] == len(ids)
+        True
+    """
+    import onnxruntime_genai as og
+
+    folder = Path(model_dir)
+    model = og.Model(str(folder))
+    ids = np.asarray(og.Tokenizer(model).encode(text), dtype=np.int64)[: _context_length(folder) - 1]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    return ids, np.asarray(generator.get_output("logits"))[0].astype(np.float64)
+
+
+def decode_tps(model_dir: str | os.PathLike[str], *, prompt: str = "The capital of France is",
+               tokens: int = 32) -> float:
+    """Greedy decode speed in tokens/s (first token excluded), a quick probe, not a benchmark.
+
+    Example:
+        >>> decode_tps("outputs/demo/models/int4") > 0
+        True
+    """
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    ids = og.Tokenizer(model).encode(prompt)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + tokens + 1, min_length=len(ids) + tokens + 1, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    generator.generate_next_token()
+    start, produced = time.perf_counter(), 0
+    while not generator.is_done() and produced < tokens:
+        generator.generate_next_token()
+        produced += 1
+    return produced / (time.perf_counter() - start)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], text: str) -> list[dict]:
+    """Teacher-forced top-1 agreement, KL divergence and perplexity of each candidate against the reference.
+
+    Returns:
+        One dict per candidate: ``model``, ``tokens``, ``top1``, ``kl``, ``perplexity``,
+        ``reference_perplexity``.
+    """
+    ids, ref = logits(reference_dir, text)
+    ref_log = _log_softmax(ref)
+    positions = np.arange(len(ids) - 1)
+
+    def perplexity(log_probs: np.ndarray) -> float:
+        return float(np.exp(-log_probs[positions, ids[1:]].mean()))
+
+    rows = []
+    for label, folder in candidates.items():
+        cand_ids, cand = logits(folder, text)
+        if not np.array_equal(cand_ids, ids):
+            raise ValueError(f"{label} tokenizes the text differently from the reference")
+        cand_log = _log_softmax(cand)
+        rows.append({
+            "model": label, "tokens": len(ids),
+            "top1": round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 4),
+            "kl": round(float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1).mean()), 5),
+            "perplexity": round(perplexity(cand_log), 3), "reference_perplexity": round(perplexity(ref_log), 3),
+        })
+    return rows
+
+
+def run(command: str, *args: str) -> object:
+    """Run ``python -m toolkit.genai COMMAND ARGS`` in a child process and return its JSON result.
+
+    Example:
+        >>> run("decode", "int4=outputs/demo/models/int4")
+        {'int4': 118.2}
+    """
+    from toolkit import tools
+
+    with tempfile.TemporaryDirectory(prefix="slmops-genai-") as tmp:
+        out = Path(tmp) / "result.json"
+        tools.run_tool(tools.python_module("toolkit.genai", command, *args, "--out", str(out)),
+                       log_path=Path(tmp) / "genai.log", name=f"onnxruntime-genai {command}")
+        return json.loads(out.read_text())
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in items)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry for the child process."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("compare")
+    p.add_argument("reference")
+    p.add_argument("candidates", nargs="+", help="LABEL=DIR")
+    p.add_argument("--text-file", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("decode")
+    p.add_argument("models", nargs="+", help="LABEL=DIR")
+    p.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "compare":
+        result: object = compare(args.reference, _pairs(args.candidates), args.text_file.read_text())
+    else:
+        result = {label: round(decode_tps(folder), 1) for label, folder in _pairs(args.models).items()}
+    args.out.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
