@@ -10,7 +10,13 @@ import pytest
 
 from toolkit import register as R
 from toolkit import templates as T
-from toolkit.errors import InvalidNameError, InvalidOptionError, InvalidPromptError, ModelNotFoundError, RegistrationError
+from toolkit.errors import (
+    InvalidNameError,
+    InvalidOptionError,
+    InvalidPromptError,
+    ModelNotFoundError,
+    RegistrationError,
+)
 from toolkit.foundry import LoadedModel
 
 
@@ -99,3 +105,66 @@ def test_unknown_model_and_unregister(tiny_int4: Path) -> None:
     R.unregister("tiny-gone")
     assert "tiny-gone" not in {row["name"] for row in R.list_models()}
     assert not (R.models_root() / "tiny-gone").exists()
+
+
+def test_hostile_or_broken_model_templates_change_nothing(tiny_int4: Path, tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile"
+    shutil.copytree(tiny_int4, hostile)
+    config = json.loads((hostile / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    (hostile / "tokenizer_config.json").write_text(json.dumps(config))
+    before = snapshot(R.models_root())
+    with pytest.raises(T.TemplateError):
+        R.register(hostile, "tiny-hostile")
+    with pytest.raises(T.TemplateError, match="exactly once"):
+        R.register(tiny_int4, "tiny-badcustom", template="custom",
+                   custom_template=T.PromptTemplate("S", "U{Content}", "A{Content}", "P{Content}"))
+    assert snapshot(R.models_root()) == before
+
+
+def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
+    reg = R.register(tiny_int4, "tiny-config", model_config=R.ModelConfig(temperature=0.2, top_p=0.5,
+                                                                          repetition_penalty=1.3))
+    search = json.loads((reg.path / "genai_config.json").read_text())["search"]
+    assert (search["max_length"], search["temperature"], search["top_p"], search["repetition_penalty"]) == \
+        (512, 0.2, 0.5, 1.3)
+
+
+def test_doctor_finds_truncated_nested_and_unloadable_models(tiny_int4: Path, tmp_path: Path) -> None:
+    from toolkit.doctor import diagnose
+
+    good = diagnose(tiny_int4)
+    assert all(c.ok for c in good) and good[-1].name == "runtime load"
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_int4, truncated)
+    data = truncated / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    failed = {c.name for c in diagnose(truncated) if not c.ok}
+    assert failed == {"model files"}
+    nested = tmp_path / "nested"
+    shutil.copytree(tiny_int4, nested / "inner")
+    shutil.copy(tiny_int4 / "genai_config.json", nested / "genai_config.json")
+    assert "own folder" in {c.name for c in diagnose(nested, load=False) if not c.ok}
+    unloadable = tmp_path / "unloadable"
+    shutil.copytree(tiny_int4, unloadable)
+    config = json.loads((unloadable / "genai_config.json").read_text())
+    config["model"]["type"] = "no-such-architecture"
+    (unloadable / "genai_config.json").write_text(json.dumps(config))
+    last = diagnose(unloadable)[-1]
+    assert (last.name, last.ok) == ("runtime load", False) and "cannot load" in last.detail
+
+
+def test_chat_box_streams_keeps_history_and_resets(tiny_int4: Path) -> None:
+    from widgets import ChatBox
+
+    R.register(tiny_int4, "tiny-box")
+    box = ChatBox("tiny-box", max_tokens=3, temperature=0)
+    try:
+        answer = box.send("hello")
+        assert answer and "hello" in box.transcript_html() and "tokens" in box._status.value
+        box.send("again")
+        assert box.transcript_html().count("<b>you</b>") == 2
+        box.reset()
+        assert "<b>you</b>" not in box.transcript_html()
+    finally:
+        box.close()

@@ -66,3 +66,35 @@ def test_consistency_check_catches_a_mismatch() -> None:
     resolved = T.ResolvedTemplate(T.Template.CHATML, chatml, T.to_jinja(T.PRESETS[T.Template.PHI3]))
     with pytest.raises(TemplateError, match="disagree"):
         T.check_consistency(resolved)
+
+
+SMOLLM_LIKE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_auto_notes_a_default_system_prompt_only_the_jinja_adds(tmp_path: Path) -> None:
+    from toolkit.models import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "smollm-like", chat_template=SMOLLM_LIKE)
+    resolved = T.resolve("auto", model)
+    assert resolved.prompt_template == T.PRESETS[T.Template.SMOLLM]
+    T.check_consistency(resolved)  # the probe (with a system turn) agrees
+    assert len(resolved.notes) == 1 and "You are a helpful AI assistant." in resolved.notes[0]
+
+
+def test_template_files_are_read_and_checked(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text('{"system": "S:{Content}\\n", "user": "U:{Content}\\n", "assistant": "A:{Content}\\n", '
+                    '"prompt": "U:{Content}\\nA:"}')
+    assert T.load_prompt_template(good).prompt == "U:{Content}\nA:"
+    for text, says in [("{not json", "Cannot read"), ('{"system": "x"}', "exactly the string keys"),
+                       ('{"system": "S", "user": "U:{Content}", "assistant": "A:{Content}", "prompt": "P:{Content}"}',
+                        "exactly once")]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(TemplateError, match=says):
+            T.load_prompt_template(bad)

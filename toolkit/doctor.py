@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import templates
+from toolkit.errors import SlmopsError
 
 
 @dataclass(frozen=True)
@@ -18,23 +20,99 @@ class Check:
     detail: str
 
 
-def diagnose(folder: Path) -> list[Check]:
-    """Run every check on ``folder`` (an ONNX model, or a registered ``models/custom/NAME``)."""
-    checks = []
+def _external_data_complete(model_file: Path) -> tuple[bool, str]:
+    """Every external tensor of ``model_file`` lies inside its data file (catches truncated copies)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception as exc:  # any parse failure means the file is damaged
+        return False, f"{model_file.name} cannot be parsed ({type(exc).__name__}); convert it again"
+    needed: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        needed[info["location"]] = max(needed.get(info["location"], 0), end)
+    for location, end in needed.items():
+        data = model_file.parent / location
+        size = data.stat().st_size if data.is_file() else -1
+        if size < end:
+            return False, (f"{location} is {'missing' if size < 0 else f'{size:,} bytes'} but the graph reads up to "
+                           f"byte {end:,}: a truncated copy; copy or convert it again")
+    return True, f"{model_file.name} and {', '.join(needed) or 'no external data'} complete"
+
+
+def _own_folder(folder: Path) -> tuple[bool, str]:
+    nested = [p.parent.relative_to(folder) for p in folder.rglob("genai_config.json") if p.parent != folder]
+    if nested:
+        return False, (f"other models inside it ({', '.join(map(str, nested[:3]))}); Foundry Local wants one model "
+                       "per folder: move them out")
+    if folder.parent.name == "custom" and folder.parent.parent.name == "models":
+        return True, f"in the Foundry cache layout models/custom/{folder.name}/"
+    return True, "one model in this folder (`slmops register` places it in models/custom/NAME/)"
+
+
+def runtime_check(folder: Path) -> Check:
+    """Load ``folder`` with the installed Foundry Local runtime and generate one token.
+
+    The model is registered into a throwaway cache (files hard-linked, nothing copied),
+    so the folder and the real cache are not touched.
+    """
+    import importlib.metadata
+
+    from toolkit.foundry import LoadedModel
+    from toolkit.register import register
+
+    version = importlib.metadata.version("foundry-local-sdk")
+    with tempfile.TemporaryDirectory(prefix="slmops-doctor-") as cache:
+        info_file = folder / "inference_model.json"
+        custom = None
+        if info_file.is_file():  # keep a registered model's own strings
+            custom = templates.PromptTemplate(**json.loads(info_file.read_text())["PromptTemplate"])
+        try:
+            register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
+                     cache=cache)
+            with LoadedModel("doctor-probe", cache) as model:
+                generation = model.generate([{"role": "user", "content": "Hello"}], max_tokens=1)
+        except SlmopsError as exc:
+            return Check("runtime load", False, f"cannot be registered for the check: {exc}")
+        except Exception as exc:  # the runtime's own error is the finding
+            return Check("runtime load", False, f"foundry-local-sdk {version} cannot load or run it: "
+                         f"{type(exc).__name__}: {exc}; convert it again with this toolkit's pinned versions")
+    return Check("runtime load", True, f"foundry-local-sdk {version} loads it and generated "
+                 f"{generation.completion_tokens} token from a {generation.prompt_tokens}-token prompt")
+
+
+def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
+    """Run every check on ``folder`` (an ONNX model, or a registered ``models/custom/NAME``).
+
+    Args:
+        folder: The model folder.
+        load: Also load it with the installed Foundry Local runtime (a few seconds).
+    """
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        return [Check("folder", False, f"{folder} does not exist; check the path (`slmops ls` shows registered ones)")]
     config_file = folder / "genai_config.json"
     if not config_file.is_file():
         return [Check("genai_config.json", False, f"missing in {folder}; convert with `slmops convert`")]
     try:
         config = json.loads(config_file.read_text())
-        checks.append(Check("genai_config.json", True, "present and valid JSON"))
-    except json.JSONDecodeError as exc:
-        return [Check("genai_config.json", False, f"not valid JSON ({exc}); re-run the conversion")]
-    filename = config.get("model", {}).get("decoder", {}).get("filename", "model.onnx")
+        context = int(config["model"].get("context_length", 0))
+        checks = [Check("genai_config.json", True, f"present, valid, context {context} tokens")]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return [Check("genai_config.json", False, f"not a valid genai config ({exc}); re-run the conversion")]
+    ok, detail = _own_folder(folder)
+    checks.append(Check("own folder", ok, detail))
+    filename = config["model"].get("decoder", {}).get("filename", "model.onnx")
     model_file = folder / filename
-    data_ok = model_file.is_file() and (not (folder / f"{filename}.data").exists()
-                                        or (folder / f"{filename}.data").stat().st_size > 0)
-    checks.append(Check("model files", data_ok, f"{filename} present" if data_ok
-                        else f"{filename} (or its .data) missing or empty; re-run the conversion"))
+    if model_file.is_file():
+        ok, detail = _external_data_complete(model_file)
+    else:
+        ok, detail = False, f"{filename} missing; re-run the conversion"
+    checks.append(Check("model files", ok, detail))
     jinja = templates.read_chat_template(folder)
     checks.append(Check("chat template", bool(jinja.strip()), "non-empty" if jinja.strip()
                         else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
@@ -43,15 +121,16 @@ def diagnose(folder: Path) -> list[Check]:
         info = json.loads(info_file.read_text())
         try:
             templates.PromptTemplate(**info["PromptTemplate"]).validate()
-            checks.append(Check("PromptTemplate", True, "every field has one {Content}"))
-        except Exception as exc:  # malformed JSON shape or placeholders
+            checks.append(Check("PromptTemplate", True, "every field has one {Content} and no other placeholder"))
+        except (TypeError, KeyError, SlmopsError) as exc:
             checks.append(Check("PromptTemplate", False, f"{exc}; re-register with `slmops register`"))
-        context = int(config["model"].get("context_length", 0))
         max_length = int(info.get("ModelConfig", {}).get("max_length", 0))
         ok = 0 < max_length <= (context or max_length)
         checks.append(Check("max_length", ok, f"{max_length} within context {context}" if ok
                             else f"{max_length} exceeds the model's context {context}; lower --max-length"))
     else:
-        checks.append(Check("inference_model.json", False, "missing: the foundry CLI will not list this model; "
-                            "register it with `slmops register`"))
+        checks.append(Check("inference_model.json", True, "not registered yet (the foundry CLI lists a model once "
+                            "`slmops register` writes it)"))
+    if load and all(c.ok for c in checks):
+        checks.append(runtime_check(folder))
     return checks

@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from toolkit import foundry, settings, templates
@@ -39,20 +39,29 @@ class ModelConfig:
     """Generation defaults for ``inference_model.json`` and ``genai_config.json``.
 
     Attributes:
-        max_length: Prompt plus answer, in tokens (at most the model's context).
+        max_length: Prompt plus answer, in tokens (at most the model's context); None means
+            the tutorial's 2048, or the model's context when shorter.
         temperature: Sampling temperature, 0 to 2.
         top_p: Nucleus sampling mass, (0, 1].
         repetition_penalty: 1 means none; 1 to 2.
     """
 
-    max_length: int = 2048
+    max_length: int | None = None
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
 
+    def for_context(self, context_length: int) -> ModelConfig:
+        """This config with ``max_length`` filled in for a model of ``context_length`` tokens."""
+        if self.max_length is not None:
+            return self
+        return replace(self, max_length=min(2048, context_length or 2048))
+
     def validate(self, context_length: int) -> None:
         """Raise :class:`InvalidOptionError` for a value out of range."""
-        if not 1 <= self.max_length <= (context_length or self.max_length):
+        if self.max_length is None:
+            return self.for_context(context_length).validate(context_length)
+        if not isinstance(self.max_length, int) or not 1 <= self.max_length <= (context_length or self.max_length):
             raise InvalidOptionError("max_length", self.max_length,
                                      f"1..{context_length} (the model's context length)")
         if not 0 <= self.temperature <= 2:
@@ -73,6 +82,7 @@ class Registration:
     path: Path
     template: str
     model_config: ModelConfig = field(default_factory=ModelConfig)
+    notes: tuple[str, ...] = ()
 
 
 def validate_name(name: str) -> str:
@@ -177,8 +187,7 @@ def register(
     source = Path(onnx_dir).expanduser().resolve()
     genai_config = _check_onnx_dir(source)
     context = int(genai_config["model"].get("context_length", 0))
-    # The tutorial's 2048 unless the model's context is shorter.
-    model_config = model_config or ModelConfig(max_length=min(2048, context or 2048))
+    model_config = (model_config or ModelConfig()).for_context(context)
     model_config.validate(context)
     resolved = templates.resolve(template, source, custom_template)
     templates.check_consistency(resolved)
@@ -196,6 +205,7 @@ def register(
         _stage(source, staging, genai_config, resolved, model_config, name, version, description)
         (staging / _RECORD).write_text(json.dumps({
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
+            "notes": list(resolved.notes),
             "registered": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }, indent=2))
         os.chmod(staging, 0o755)
@@ -220,7 +230,8 @@ def register(
             shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config)
+    return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
+                        resolved.notes)
 
 
 def _catalog_register(path: Path, name: str, version: int, cache: str | Path | None) -> None:
@@ -312,18 +323,24 @@ def find_model(name: str, cache: str | Path | None = None):
 
 
 def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template: str = "auto",
+                 custom_template: templates.PromptTemplate | None = None, model_config: ModelConfig | None = None,
                  cache: str | Path | None = None, force: bool = False) -> list[dict]:
     """Register every model listed in a ``convert.json`` as ``PREFIX-PRECISION``.
+
+    Every name is checked before the first registration, so a bad prefix changes nothing.
 
     Example:
         >>> [r["name"] for r in register_all("outputs/run/models/convert.json", "smollm2")]
         ['smollm2-fp32', 'smollm2-int4']
     """
+    manifests = json.loads(Path(convert_json).read_text())
+    for manifest in manifests:
+        validate_name(f"{prefix}-{manifest['precision']}")
     rows = []
-    for manifest in json.loads(Path(convert_json).read_text()):
+    for manifest in manifests:
         registration = register(manifest["output_dir"], f"{prefix}-{manifest['precision']}", template=template,
-                                cache=cache, force=force)
+                                custom_template=custom_template, model_config=model_config, cache=cache, force=force)
         rows.append({"name": registration.name, "model_id": registration.model_id,
                      "precision": manifest["precision"], "template": registration.template,
-                     "path": str(registration.path)})
+                     "path": str(registration.path), "notes": " ".join(registration.notes)})
     return rows

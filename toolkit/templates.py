@@ -30,8 +30,11 @@ class Template(StrEnum):
 
     AUTO = "auto"
     CHATML = "chatml"
+    QWEN = "qwen"
+    SMOLLM = "smollm"
     PHI3 = "phi3"
     LLAMA3 = "llama3"
+    MISTRAL = "mistral"
     GEMMA = "gemma"
     CUSTOM = "custom"
 
@@ -65,6 +68,23 @@ class PromptTemplate:
         return {name: getattr(self, name) for name in _FIELDS}
 
 
+def load_prompt_template(path: str | Path) -> PromptTemplate:
+    """Read the four strings from a JSON file (``{"system": ..., "user": ..., "assistant": ..., "prompt": ...}``).
+
+    Raises:
+        TemplateError: unreadable, not JSON, missing or extra keys, or malformed strings.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TemplateError(f"Cannot read the template file {path}: {exc}.") from exc
+    if not isinstance(data, dict) or set(data) != set(_FIELDS) or not all(isinstance(v, str) for v in data.values()):
+        raise TemplateError(f"{path} must be a JSON object with exactly the string keys {list(_FIELDS)}.")
+    template = PromptTemplate(**data)
+    template.validate()
+    return template
+
+
 def _preset(system: str, user: str, assistant: str, end: str) -> PromptTemplate:
     return PromptTemplate(
         system=system + PLACEHOLDER + end,
@@ -74,16 +94,41 @@ def _preset(system: str, user: str, assistant: str, end: str) -> PromptTemplate:
     )
 
 
-#: Presets, exact to each family's published chat template.
+_CHATML = _preset("<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n")
+
+#: Presets, exact to each family's published chat template for system/user/assistant turns.
+#: Qwen and SmolLM use ChatML (the tutorial's template); their own Jinja adds a default
+#: system prompt when none is given, which four strings cannot express. Mistral is the
+#: v7 format with a real system turn (Mistral Small 3 and later; older Mistral templates
+#: fold the system prompt into the first user turn, which four strings cannot express).
 PRESETS: dict[Template, PromptTemplate] = {
-    Template.CHATML: _preset("<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n"),
+    Template.CHATML: _CHATML,
+    Template.QWEN: _CHATML,
+    Template.SMOLLM: _CHATML,
     Template.PHI3: _preset("<|system|>\n", "<|user|>\n", "<|assistant|>\n", "<|end|>\n"),
     Template.LLAMA3: _preset(
         "<|start_header_id|>system<|end_header_id|>\n\n", "<|start_header_id|>user<|end_header_id|>\n\n",
         "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>",
     ),
+    Template.MISTRAL: PromptTemplate(
+        system="[SYSTEM_PROMPT]" + PLACEHOLDER + "[/SYSTEM_PROMPT]", user="[INST]" + PLACEHOLDER + "[/INST]",
+        assistant=PLACEHOLDER + "</s>", prompt="[INST]" + PLACEHOLDER + "[/INST]",
+    ),
     Template.GEMMA: _preset("<start_of_turn>user\n", "<start_of_turn>user\n", "<start_of_turn>model\n",
                             "<end_of_turn>\n"),
+}
+
+#: One line per preset, for pickers and ``--help``.
+TEMPLATE_NOTES: dict[Template, str] = {
+    Template.AUTO: "derived from the model's own chat template",
+    Template.CHATML: "ChatML, the tutorial's (<|im_start|>role ... <|im_end|>)",
+    Template.QWEN: "Qwen 1.5/2/2.5/3: ChatML",
+    Template.SMOLLM: "SmolLM/SmolLM2: ChatML",
+    Template.PHI3: "Phi-3/3.5 (<|user|> ... <|end|>)",
+    Template.LLAMA3: "Llama 3.x (<|start_header_id|>role<|end_header_id|> ... <|eot_id|>)",
+    Template.MISTRAL: "Mistral v7 ([SYSTEM_PROMPT] ... [INST] ... [/INST])",
+    Template.GEMMA: "Gemma (<start_of_turn>user/model ... <end_of_turn>; system as a user turn)",
+    Template.CUSTOM: "your four strings, each with {Content}",
 }
 
 
@@ -233,11 +278,20 @@ def special_tokens(model_dir: Path) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ResolvedTemplate:
-    """A template choice made concrete: the four strings and the Jinja that matches them."""
+    """A template choice made concrete: the four strings and the Jinja that matches them.
+
+    Attributes:
+        choice: The preset (or ``auto``/``custom``).
+        prompt_template: The four ``inference_model.json`` strings.
+        jinja: The chat template written to the tokenizer files.
+        notes: Differences worth knowing that do not make the two disagree on the probe
+            (e.g. a default system prompt only the Jinja adds).
+    """
 
     choice: Template
     prompt_template: PromptTemplate
     jinja: str
+    notes: tuple[str, ...] = ()
 
 
 def resolve(choice: Template | str, model_dir: Path, custom: PromptTemplate | None = None) -> ResolvedTemplate:
@@ -256,7 +310,19 @@ def resolve(choice: Template | str, model_dir: Path, custom: PromptTemplate | No
     if choice is Template.AUTO:
         jinja = read_chat_template(model_dir)
         bos, eos = special_tokens(model_dir)
-        return ResolvedTemplate(choice, derive(jinja, bos_token=bos, eos_token=eos), jinja)
+        derived = derive(jinja, bos_token=bos, eos_token=eos)
+        # The probe has a system turn; without one, some templates add a default system prompt.
+        without_system = PROBE[1:]
+        jinja_text = render_jinja(jinja, without_system, bos_token=bos, eos_token=eos)
+        strings_text = render(derived, without_system)
+        notes: tuple[str, ...] = ()
+        if jinja_text != strings_text:
+            note = (f"Without a system message the model's chat template renders differently from "
+                    f"inference_model.json (it adds {_extra(jinja_text, strings_text)!r}); the SDK's ChatSession "
+                    "will add it, the foundry CLI will not. Send a system message, or register a preset to drop it "
+                    "everywhere.")
+            notes = (note,)
+        return ResolvedTemplate(choice, derived, jinja, notes)
     if choice is Template.CUSTOM:
         if custom is None:
             raise TemplateError("--template custom needs the four strings (system, user, assistant, prompt).")
@@ -265,6 +331,12 @@ def resolve(choice: Template | str, model_dir: Path, custom: PromptTemplate | No
         template = PRESETS[choice]
     template.validate()
     return ResolvedTemplate(choice, template, to_jinja(template))
+
+
+def _extra(longer: str, shorter: str) -> str:
+    """What ``longer`` has that ``shorter`` lacks, shown as the first differing stretch."""
+    start = next((i for i, (a, b) in enumerate(zip(longer, shorter)) if a != b), min(len(longer), len(shorter)))
+    return longer[start:start + max(0, len(longer) - len(shorter))]
 
 
 def check_consistency(resolved: ResolvedTemplate, *, bos_token: str = "", eos_token: str = "") -> None:

@@ -1,5 +1,6 @@
-"""ipywidgets controls for the notebooks; each ``value`` is a frozen dataclass the toolkit takes."""
+"""ipywidgets controls for the notebooks; each picker's ``value`` is a frozen dataclass the toolkit takes."""
 
+from widgets.chat import ChatBox
 from widgets.pickers import PrecisionChoice, PrecisionPicker, TemplateChoice, TemplatePicker
 
-__all__ = ["PrecisionChoice", "PrecisionPicker", "TemplateChoice", "TemplatePicker"]
+__all__ = ["ChatBox", "PrecisionChoice", "PrecisionPicker", "TemplateChoice", "TemplatePicker"]
