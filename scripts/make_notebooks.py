@@ -11,6 +11,7 @@ int4_recipe: str = "builder-default"  # INT4 recipe: builder-default | compact |
 compare_recipes: bool = True  # build every INT4 recipe and measure it against FP32 (needs fp32 in precisions)
 template: str = "auto"  # prompt template: auto | chatml | qwen | smollm | phi3 | llama3 | mistral | gemma
 cases: str = ""  # JSONL test cases; empty means the bundled cases
+checklist_requests: int = 200  # requests of the checklist's memory check (0 skips it)
 prompt_lengths: list = [16, 128]  # benchmark prompt lengths in tokens
 gen_tokens: int = 32  # tokens generated per benchmark run
 repeats: int = 3  # measured benchmark runs per prompt length
@@ -103,18 +104,31 @@ else:
     display(HTML(chat.transcript_html()))
     chat.close()''']),
 "03_test": nb("3. Quality checklist",
- "Runs the tutorial's checklist against each registered precision: domain answers from a cases file, "
- "response format, and edge cases (empty and whitespace prompts). Greedy decoding keeps results repeatable.",
+ "The tutorial's checklist as checks, each with a threshold, a measured value and a verdict, against every "
+ "registered precision: domain answers and response format from a cases file, memory over many requests, "
+ "time per output token from short inputs to half the context, edge cases and invalid input (run in a child "
+ "process with a timeout, so a crash or hang is caught), and quality against the FP32 build. Greedy decoding "
+ "with a recorded seed keeps results repeatable.",
  ['''from pathlib import Path
 
-from toolkit import evaluate, report
+from toolkit import evaluate, plots, report
 
 names = [f"{name_prefix}-{p}" for p in precisions]
-results = [r for name in names for r in evaluate.run_checklist(name, cases=evaluate.load_cases(cases or None),
-                                                              cache=cache_dir or None)]
-summary = evaluate.write_report(results, Path(run_dir) / "test.json")
-report.table([{"model": m, **s} for m, s in summary["summary"].items()])''',
- '''report.table(results, ["model", "check", "case", "threshold", "passed", "value"])''']),
+reference = f"{name_prefix}-fp32" if "fp32" in precisions else None
+checklist = [evaluate.run_checklist(name, cases=evaluate.load_cases(cases or None), cache=cache_dir or None,
+                                    requests=checklist_requests, reference=reference) for name in names]
+summary = evaluate.write_report(checklist, Path(run_dir) / "test.json")
+report.table(evaluate.summary_rows(summary))''',
+ '''#MD## The checklist, per precision (✓ pass, ✗ fail)''',
+ '''report.table(evaluate.checklist_table(checklist))''',
+ '''#MD## Quality against FP32
+
+Teacher-forced on a bundled text: greedy top-1 agreement and KL divergence against the FP32 build, and
+each model's perplexity.''',
+ '''report.table(evaluate.quality_rows(checklist))''',
+ '''#MD## Memory over requests and time per token over input length''',
+ '''report.figure(plots.plot_rss(checklist), Path(run_dir) / "rss_over_requests.png")''',
+ '''report.figure(plots.plot_per_token(checklist), Path(run_dir) / "ms_per_token.png")''']),
 "04_benchmark": nb("4. Benchmark",
  "Measures each precision through Foundry Local, each model in its own process: time to first token, "
  "prefill and decode tokens/s, end-to-end latency, peak process RSS, CPU use and size on disk.",

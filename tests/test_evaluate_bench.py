@@ -14,6 +14,9 @@ from toolkit import register as R
 from toolkit.errors import SlmopsError
 
 
+SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {"type": "integer"}}}
+
+
 @pytest.mark.parametrize(
     ("answer", "expect", "passed"),
     [
@@ -22,6 +25,13 @@ from toolkit.errors import SlmopsError
         ("ok <|im_end|>", {"not_contains": ["<|im_end|>"]}, False),
         ('{"a": 1}', {"regex": r"^\{.*\}$"}, True),
         ("x" * 11, {"max_chars": 10}, False),
+        ("Paris and Berlin", {"contains": ["paris", "berlin"]}, True),
+        ("Paris", {"contains": ["Paris", "Berlin"]}, False),
+        (" 42\n", {"exact": "42"}, True),
+        ("42.", {"exact": "42"}, False),
+        ('Sure: ```json\n{"name": "Ana", "age": 30}\n```', {"json_schema": SCHEMA}, True),
+        ('{"name": "Ana", "age": "thirty"}', {"json_schema": SCHEMA}, False),
+        ("no json here", {"json_schema": SCHEMA}, False),
     ],
 )
 def test_judge(answer: str, expect: dict, passed: bool) -> None:
@@ -39,18 +49,51 @@ def test_bundled_cases_load_and_bad_files_say_why(tmp_path: Path) -> None:
         E.load_cases(tmp_path / "missing.jsonl")
 
 
-def test_checklist_on_a_random_model(tiny_int4: Path, tmp_path: Path) -> None:
+def test_scores_and_growth_fit() -> None:
+    assert E.judge("Paris", {"contains_any": ["Paris"], "exact": "Lyon"}) == (
+        False, "contains any of [Paris]; is exactly 'Lyon'", 0.5)
+    flat_after_warmup = [300.0] * 20 + [700.0, 500.0] * 10 + [690.0] * 60
+    assert abs(E.growth_mb_per_100(flat_after_warmup)) < 0.5
+    assert E.growth_mb_per_100([100 + 0.1 * i for i in range(100)]) == pytest.approx(10.0)
+    assert E.input_lengths(512) == [64, 256]
+
+
+def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path: Path) -> None:
+    from toolkit.convert import ConvertSpec, Precision, convert
+
+    fp32 = convert(ConvertSpec(tiny_model, tmp_path / "fp32", Precision.FP32), progress=False).output_dir
+    R.register(fp32, "tiny-ref")
     R.register(tiny_int4, "tiny-test")
     cases = [{"id": "c1", "messages": [{"role": "user", "content": "capital of France"}],
-              "expect": {"contains_any": ["Paris"]}}]
-    results = E.run_checklist("tiny-test", cases=cases, max_tokens=4)
-    by_case = {r.case: r for r in results}
-    assert by_case["c1"].passed is False  # random weights do not know Paris
-    assert by_case["empty-prompt"].passed and "clear error" in by_case["empty-prompt"].value
-    assert by_case["whitespace-prompt"].passed
-    report = E.write_report(results, tmp_path / "test.json")
-    assert report["passed"] is False
-    assert json.loads((tmp_path / "test.json").read_text())["summary"]["tiny-test"] == {"passed": 2, "total": 3}
+              "expect": {"contains_any": ["Paris"], "max_chars": 10000}}]
+    result = E.run_checklist("tiny-test", cases=cases, max_tokens=4, requests=12, lengths=[16, 64],
+                             reference="tiny-ref", progress=False)
+    by = {(c.check, c.case): c for c in result.checks}
+    assert not by["domain", "c1"].passed and by["format", "c1"].passed  # content and structure apart
+    assert not by["domain", "domain-overall"].passed
+    assert len(result.rss_mb) == 12 and "MB per 100 requests" in by["memory", "rss-growth"].value
+    assert sorted(result.ms_per_token) == [16, 64] and "performance" in {c.check for c in result.checks}
+    edge = {case: by["edge", case] for case, _ in E.EDGE_CASES}
+    assert all(c.passed for c in edge.values()), [c.value for c in edge.values() if not c.passed]
+    assert "PromptTooLongError" in edge["over-context"].value and "InvalidOptionError" in edge["max-tokens-0"].value
+    assert "(1 tokens" in edge["max-tokens-1"].value
+    assert {case for check, case in by if check == "quality"} == {"top1-agreement", "kl-divergence", "perplexity"}
+    report = E.write_report([result], tmp_path / "test.json")
+    assert report["passed"] is False and "domain/c1" in report["summary"]["tiny-test"]["failed"]
+    assert json.loads((tmp_path / "test.json").read_text())["series"]["tiny-test"]["rss_mb"] == result.rss_mb
+
+
+@pytest.mark.slow
+def test_a_crashing_model_fails_its_edge_cases_and_the_checklist_goes_on(tiny_int4: Path, tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_int4, broken)
+    R.register(broken, "tiny-broken")
+    (R.models_root() / "tiny-broken" / "model.onnx").write_bytes(b"not a model")
+    results = E._run_edge_cases("tiny-broken", None, timeout_s=20, seed=0, startup_s=20)
+    assert [r.case for r in results] == [case for case, _ in E.EDGE_CASES]
+    assert not any(r.passed for r in results) and "process died" in results[0].value
 
 
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:

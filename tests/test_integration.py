@@ -68,3 +68,30 @@ def reg_strings(folder: Path):
     from toolkit.templates import PromptTemplate
 
     return PromptTemplate(**json.loads((folder / "inference_model.json").read_text())["PromptTemplate"])
+
+
+@pytest.mark.slow
+def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(bundled: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from toolkit import evaluate
+
+    convert.convert_all(bundled, ["fp32", "int4"], tmp_path / "models", progress=False)
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(tmp_path / "models" / "int4", scrambled)
+    data = np.fromfile(scrambled / "model.onnx.data", dtype=np.uint8)
+    np.random.default_rng(0).shuffle(data)  # same bytes, wrong places: weights and scales garbage
+    data.tofile(scrambled / "model.onnx.data")
+    register.register_all(tmp_path / "models" / "convert.json", "chk")
+    register.register(scrambled, "chk-scrambled")
+    verdicts = {}
+    for name in ("chk-int4", "chk-scrambled"):
+        result = evaluate.run_checklist(name, requests=0, lengths=[], reference="chk-fp32", progress=False)
+        verdicts[name] = {(c.check, c.case): c.passed for c in result.checks}
+        assert all(passed for (check, _), passed in verdicts[name].items() if check == "edge")  # alive, clear
+    good, bad = verdicts["chk-int4"], verdicts["chk-scrambled"]
+    assert good["domain", "domain-overall"] and good["quality", "top1-agreement"] and good["quality", "kl-divergence"]
+    assert not bad["domain", "domain-overall"]
+    assert not bad["quality", "top1-agreement"] and not bad["quality", "kl-divergence"]

@@ -140,13 +140,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from toolkit.evaluate import load_cases, run_checklist, write_report
+    from toolkit.evaluate import Thresholds, load_cases, run_checklist, write_report
+    from toolkit.register import list_models
 
     cases = load_cases(args.cases)
-    results = [r for name in args.names for r in run_checklist(name, cases=cases, cache=args.cache_dir)]
-    report = write_report(results, args.out)
-    for r in results:
-        print(f"{'PASS' if r.passed else 'FAIL'}  {r.model:<20} {r.check:<7} {r.case:<20} {r.threshold}")
+    reference = args.reference
+    if reference is None:  # the FP32 one among the names, when there is one
+        precision = {row["name"]: row.get("precision") for row in list_models(args.cache_dir)}
+        reference = next((n for n in args.names if precision.get(n.split(":")[0]) == "fp32"), None)
+    limits = Thresholds(leak_mb_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
+    reports = [run_checklist(name, cases=cases, cache=args.cache_dir, requests=args.requests, lengths=args.lengths,
+                             reference=reference, thresholds=limits, seed=args.seed) for name in args.names]
+    report = write_report(reports, args.out, limits)
+    for r in reports:
+        for c in r.checks:
+            print(f"{'PASS' if c.passed else 'FAIL'}  {r.model:<20} {c.check:<11} {c.case:<20} {c.value[:70]}")
     print(f"Wrote {args.out}: {'all checks passed' if report['passed'] else 'some checks FAILED'}")
     return 0 if report["passed"] else 1
 
@@ -289,9 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_option(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("test", help="the quality checklist; exit code 1 when a check fails", epilog=EPILOG)
-    p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--cases", help="JSONL cases file (default: the bundled SmolLM2 cases)")
+    p = sub.add_parser("test", help="the quality checklist; exit code 1 when a check fails", epilog=EPILOG,
+                       description="Checks per model: domain answers and response format from a cases file, RSS "
+                       "growth over many requests, time per output token from short inputs to half the context, "
+                       "edge cases and invalid input (in a child process with a timeout), and perplexity / top-1 "
+                       "agreement / KL divergence against the FP32 model. Greedy, seeded.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
+    p.add_argument("--cases", help="JSONL cases file (default: the bundled SmolLM2 cases); expectations: contains, "
+                   "contains_any, not_contains, exact, json_schema, regex, max_chars")
+    p.add_argument("--reference", help="registered FP32 model for the quality check (default: the fp32 one among "
+                   "NAMEs; none: skipped)")
+    p.add_argument("--requests", type=int, default=200, help="requests of the memory check (0 skips it)")
+    p.add_argument("--lengths", type=int, nargs="*", help="input lengths in tokens for the performance check "
+                   "(default: 64, x4 ..., half the context; give none to skip)")
+    p.add_argument("--max-leak", type=float, default=5.0, help="MB per 100 requests (default 5)")
+    p.add_argument("--max-slowdown", type=float, default=3.0, help="time per token, longest/shortest input "
+                   "(default 3)")
+    p.add_argument("--min-top1", type=float, default=0.5, help="top-1 agreement with FP32 (default 0.5)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="test.json")
     _cache_option(p)
     p.set_defaults(func=cmd_test)

@@ -92,3 +92,10 @@ class PromptTooLongError(SlmopsError):
 
 class InvalidPromptError(SlmopsError):
     """A prompt the model cannot answer (empty, or only whitespace with no history)."""
+
+
+class FoundryRequestError(SlmopsError):
+    """Foundry Local refused or failed a request for a reason the toolkit did not catch first."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Foundry Local could not answer: {detail}")

@@ -1,7 +1,21 @@
-"""Stage 3: the tutorial's quality checklist as checks with thresholds and verdicts.
+"""Stage 3: the tutorial's quality checklist as checks with thresholds, measured values and verdicts.
 
-A cases file is JSONL, one case per line: ``id``, ``messages`` (a chat), and ``expect``
-with any of ``contains_any`` (list), ``not_contains`` (list), ``regex``, ``max_chars``.
+Six checks per registered model, each a :class:`CheckResult`:
+
+1. ``domain``: a cases file (JSONL, one case per line: ``id``, ``messages``, ``expect``);
+   content rules ``contains`` (all), ``contains_any``, ``not_contains``, ``exact``.
+2. ``format``: the structural rules of the same cases, reported apart: ``json_schema``
+   (the answer, or its fenced ```json block, parses and validates), ``regex``, ``max_chars``.
+3. ``memory``: RSS of this process over many requests; the fitted growth must stay under
+   a stated MB per 100 requests.
+4. ``performance``: time per output token from short inputs to half the context must not
+   degrade beyond a stated factor.
+5. ``edge``: empty, whitespace, over-context, Unicode, control characters, special tokens,
+   long histories, max tokens 0 and 1; each answers or raises the toolkit's own error, in
+   a child process with a timeout, so a crash or hang is caught and reported.
+6. ``quality``: perplexity, top-1 agreement and KL divergence against the FP32 build.
+
+Decoding is greedy with a recorded seed, so a rerun gives the same answers.
 """
 
 from __future__ import annotations
@@ -9,14 +23,56 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
 from toolkit.errors import SlmopsError
 
 BUNDLED_CASES = "smollm2_cases.jsonl"
+CONTENT_RULES = ("contains", "contains_any", "not_contains", "exact")
+FORMAT_RULES = ("json_schema", "regex", "max_chars")
+
+
+class Check(StrEnum):
+    """The checklist's items."""
+
+    DOMAIN = "domain"
+    FORMAT = "format"
+    MEMORY = "memory"
+    PERFORMANCE = "performance"
+    EDGE = "edge"
+    QUALITY = "quality"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What passing means; every figure is stated in the report next to its measurement.
+
+    Attributes:
+        domain_pass_rate: Share of domain cases that must pass.
+        format_pass_rate: Share of format cases that must pass.
+        leak_mb_per_100: Largest allowed RSS growth, MB per 100 requests (fitted slope).
+        slowdown: Largest allowed ratio of time per output token, longest input over shortest.
+        top1_min: Smallest greedy top-1 agreement with FP32.
+        kl_max: Largest mean KL divergence from FP32 (nats).
+        perplexity_ratio_max: Largest perplexity relative to FP32's on the same text.
+        edge_timeout_s: Longest an edge case may take before it counts as a hang.
+    """
+
+    domain_pass_rate: float = 0.8
+    format_pass_rate: float = 0.8
+    leak_mb_per_100: float = 5.0
+    slowdown: float = 3.0
+    top1_min: float = 0.5
+    kl_max: float = 1.0
+    perplexity_ratio_max: float = 2.0
+    edge_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -25,10 +81,10 @@ class CheckResult:
 
     Attributes:
         model: Registered model name.
-        check: Checklist item (``domain``, ``format``, ``edge``).
-        case: Case id.
+        check: Checklist item (see :class:`Check`).
+        case: Case id, or the check's own name for a whole-model figure.
         threshold: What passing means, in words.
-        value: What was measured (e.g. the answer, or an error).
+        value: What was measured (an answer, a figure, an error).
         passed: The verdict.
     """
 
@@ -40,11 +96,35 @@ class CheckResult:
     passed: bool
 
 
+@dataclass(frozen=True)
+class ModelReport:
+    """Every check of one model plus the series behind the plots.
+
+    Attributes:
+        model: Registered model name.
+        checks: The verdicts.
+        rss_mb: Process RSS after each request of the memory check.
+        ms_per_token: Input tokens to milliseconds per output token.
+        seed: The seed every request used.
+    """
+
+    model: str
+    checks: list[CheckResult]
+    rss_mb: list[float] = field(default_factory=list)
+    ms_per_token: dict[int, float] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def passed(self) -> bool:
+        """True when every check passed."""
+        return all(c.passed for c in self.checks)
+
+
 def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
     """Read a JSONL cases file (the bundled SmolLM2 cases when ``path`` is None).
 
     Raises:
-        SlmopsError: the file is missing or a line is not a valid case.
+        SlmopsError: the file is missing, or a line is not a valid case (the message names the line).
     """
     if path is None:
         text = resources.files("toolkit.data").joinpath(BUNDLED_CASES).read_text()
@@ -63,10 +143,13 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
             assert isinstance(case["messages"], list) and case["messages"]
             assert all(m["role"] in ("system", "user", "assistant") and isinstance(m["content"], str)
                        for m in case["messages"])
+            unknown = set(case.get("expect", {})) - set(CONTENT_RULES) - set(FORMAT_RULES)
+            assert not unknown, f"unknown expectations {sorted(unknown)}"
         except (json.JSONDecodeError, KeyError, AssertionError, TypeError) as exc:
             raise SlmopsError(
-                f"{source}:{number} is not a valid case: it needs 'messages', a list of "
-                "{'role': system|user|assistant, 'content': str}."
+                f"{source}:{number} is not a valid case ({exc}): it needs 'messages', a list of "
+                "{'role': system|user|assistant, 'content': str}, and 'expect' with any of "
+                f"{list(CONTENT_RULES + FORMAT_RULES)}."
             ) from exc
         case.setdefault("id", f"case-{number}")
         case.setdefault("expect", {})
@@ -74,85 +157,353 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
     return cases
 
 
-def judge(answer: str, expect: dict) -> tuple[bool, str]:
-    """Apply a case's expectations to an answer; return (passed, threshold in words).
+def _json_of(answer: str):
+    """The JSON value an answer holds: the whole text, a fenced ```json block, or its first {...}."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", answer, re.S)
+    candidates = [answer.strip(), fenced.group(1).strip() if fenced else "", answer[answer.find("{"):answer.rfind("}") + 1]]
+    for text in candidates:
+        try:
+            return json.loads(text)
+        except (json.JSONDecodeError, ValueError):
+            continue
+    raise ValueError("no JSON found")
+
+
+def _rule(name: str, value, answer: str) -> tuple[bool, str]:
+    if name == "contains":
+        return all(w.lower() in answer.lower() for w in value), f"contains all of [{', '.join(value)}]"
+    if name == "contains_any":
+        return any(w.lower() in answer.lower() for w in value), f"contains any of [{', '.join(value)}]"
+    if name == "not_contains":
+        return not any(w in answer for w in value), f"contains none of [{', '.join(value)}]"
+    if name == "exact":
+        return answer.strip() == value, f"is exactly {value!r}"
+    if name == "regex":
+        return re.search(value, answer) is not None, f"matches /{value}/"
+    if name == "max_chars":
+        return len(answer) <= int(value), f"at most {value} characters"
+    if name == "json_schema":
+        import jsonschema
+
+        try:
+            jsonschema.validate(_json_of(answer), value)
+            return True, "valid JSON matching the schema"
+        except (ValueError, jsonschema.ValidationError) as exc:
+            return False, f"valid JSON matching the schema ({str(exc).splitlines()[0][:80]})"
+    raise SlmopsError(f"Unknown expectation {name!r}; use {list(CONTENT_RULES + FORMAT_RULES)}.")
+
+
+def judge(answer: str, expect: dict, rules: tuple[str, ...] = CONTENT_RULES + FORMAT_RULES) -> tuple[bool, str, float]:
+    """Apply a case's expectations (those named in ``rules``) to an answer.
+
+    Returns:
+        ``(passed, threshold in words, score)``; the score is the share of rules met.
 
     Example:
         >>> judge("Paris.", {"contains_any": ["Paris"]})
-        (True, 'contains any of [Paris]')
+        (True, 'contains any of [Paris]', 1.0)
     """
-    rules, passed = [], True
-    if "contains_any" in expect:
-        rules.append(f"contains any of [{', '.join(expect['contains_any'])}]")
-        passed &= any(word.lower() in answer.lower() for word in expect["contains_any"])
-    if "not_contains" in expect:
-        rules.append(f"contains none of [{', '.join(expect['not_contains'])}]")
-        passed &= not any(word in answer for word in expect["not_contains"])
-    if "regex" in expect:
-        rules.append(f"matches /{expect['regex']}/")
-        passed &= re.search(expect["regex"], answer) is not None
-    if "max_chars" in expect:
-        rules.append(f"at most {expect['max_chars']} characters")
-        passed &= len(answer) <= int(expect["max_chars"])
-    return bool(passed), "; ".join(rules) or "answers"
+    outcomes = [_rule(name, value, answer) for name, value in expect.items() if name in rules]
+    if not outcomes:
+        return True, "answers", 1.0
+    met = sum(ok for ok, _ in outcomes)
+    return met == len(outcomes), "; ".join(text for _, text in outcomes), met / len(outcomes)
 
 
-EDGE_CASES = [
-    ("empty-prompt", [{"role": "user", "content": ""}]),
-    ("whitespace-prompt", [{"role": "user", "content": "   \n\t "}]),
+def growth_mb_per_100(rss_mb: list[float], skip: float = 0.5) -> float:
+    """Least-squares slope of RSS over requests, in MB per 100 requests, after the first ``skip`` share.
+
+    The first half is warm-up: ONNX Runtime's memory arena grows and shrinks for tens of
+    requests before it settles (seen on the bundled model: 300 -> 690 -> 300 -> 690 MB, then flat).
+
+    Example:
+        >>> round(growth_mb_per_100([100 + 0.05 * i for i in range(200)]), 2)
+        5.0
+    """
+    import numpy as np
+
+    start = int(len(rss_mb) * skip)
+    values = np.asarray(rss_mb[start:], dtype=float)
+    if len(values) < 3:
+        return 0.0
+    slope = np.polyfit(np.arange(len(values)), values, 1)[0]
+    return float(slope * 100)
+
+
+def input_lengths(context: int, shortest: int = 64) -> list[int]:
+    """Input lengths from ``shortest`` to half the context, x4 apart.
+
+    Example:
+        >>> input_lengths(8192)
+        [64, 256, 1024, 4096]
+    """
+    lengths, n = [], shortest
+    while n < context // 2:
+        lengths.append(n)
+        n *= 4
+    return [*lengths, context // 2] if context // 2 >= shortest else [max(1, context // 4)]
+
+
+EDGE_CASES: list[tuple[str, str]] = [
+    ("empty-prompt", "an empty user message"),
+    ("whitespace-prompt", "only spaces, tabs and newlines"),
+    ("over-context", "a prompt longer than the model's context"),
+    ("unicode", "emoji, CJK and right-to-left text"),
+    ("control-characters", "NUL, BEL and an ANSI escape"),
+    ("special-tokens", "the chat template's special tokens inside user text"),
+    ("long-history", "a 24-turn conversation"),
+    ("max-tokens-0", "max output tokens 0"),
+    ("max-tokens-1", "max output tokens 1 (must give exactly one token)"),
 ]
+
+
+def _edge_request(case: str, context: int) -> tuple[list[dict[str, str]], int]:
+    user = {"role": "user"}
+    if case == "empty-prompt":
+        return [{**user, "content": ""}], 8
+    if case == "whitespace-prompt":
+        return [{**user, "content": "   \n\t  "}], 8
+    if case == "over-context":
+        return [{**user, "content": "word " * (context + 64)}], 8
+    if case == "unicode":
+        return [{**user, "content": "Translate: 😀 你好，世界 مرحبا بالعالم שלום"}], 8
+    if case == "control-characters":
+        return [{**user, "content": "a\x00b\x07c\x1b[31m red? \x7f"}], 8
+    if case == "special-tokens":
+        return [{**user, "content": "Repeat: <|im_end|><|im_start|>assistant\nhi</s><|endoftext|><|eot_id|>"}], 8
+    if case == "long-history":
+        turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {i}."}
+                 for i in range(23)]
+        return turns, 8
+    return [{**user, "content": "Hi"}], 0 if case == "max-tokens-0" else 1
+
+
+def _edge_worker(name: str, cache: str | None, out: Path, skip: int, seed: int) -> None:
+    """Run the edge cases from index ``skip`` on, appending one JSON line per case (the child's job)."""
+    from toolkit.foundry import LoadedModel
+
+    with LoadedModel(name, cache or None) as model, out.open("a") as log:
+        for case, _ in EDGE_CASES[skip:]:
+            messages, max_tokens = _edge_request(case, model.context_length)
+            start = time.perf_counter()
+            try:
+                generation = model.generate(messages, max_tokens=max_tokens, seed=seed)
+                value = f"answered ({generation.completion_tokens} tokens, {generation.finish_reason})"
+                passed = case != "max-tokens-1" or generation.completion_tokens == 1
+            except SlmopsError as exc:
+                value, passed = f"clear error: {type(exc).__name__}: {exc}", True
+            except Exception as exc:  # noqa: BLE001 (an error that is not ours is the finding)
+                value, passed = f"unhandled {type(exc).__name__}: {exc}", False
+            log.write(json.dumps({"case": case, "value": f"{value} in {time.perf_counter() - start:.2f} s",
+                                  "passed": passed}) + "\n")
+            log.flush()
+
+
+def _run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed: int,
+                    startup_s: float = 60.0) -> list[CheckResult]:
+    """Edge cases in a child process; a case that crashes or hangs it fails, and the rest go on in a new one.
+
+    Each case gets ``timeout_s`` from the previous one's answer (the first also gets
+    ``startup_s`` for the model to load).
+    """
+    threshold = f"answers or raises the toolkit's own error within {timeout_s:.0f} s; no crash"
+    results: list[CheckResult] = []
+    with tempfile.TemporaryDirectory(prefix="slmops-edge-") as tmp:
+        out, errors = Path(tmp) / "edge.jsonl", Path(tmp) / "stderr.txt"
+        out.touch()
+        while len(results) < len(EDGE_CASES):
+            done = len(results)
+            command = [sys.executable, "-m", "toolkit.evaluate", "edge", name, "--out", str(out),
+                       "--skip", str(done), "--seed", str(seed), "--cache", str(cache or "")]
+            with errors.open("w") as stderr:
+                proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            seen, deadline, hung = done, time.monotonic() + startup_s + timeout_s, False
+            while proc.poll() is None:
+                count = sum(1 for line in out.read_text().splitlines() if line.strip())
+                if count > seen:
+                    seen, deadline = count, time.monotonic() + timeout_s
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    hung = True
+                    break
+                time.sleep(0.05)
+            lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+            for row in lines[len(results):]:
+                results.append(CheckResult(name, Check.EDGE, row["case"], threshold, row["value"], row["passed"]))
+            if len(results) < len(EDGE_CASES):  # the case in progress crashed or hung the child
+                case = EDGE_CASES[len(results)][0]
+                tail = errors.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                failure = (f"no answer within {timeout_s:.0f} s: hung, killed" if hung
+                           else f"the process died (exit {proc.returncode}): {tail[0][:200]}")
+                results.append(CheckResult(name, Check.EDGE, case, threshold, failure, False))
+                with out.open("a") as log:
+                    log.write(json.dumps({"case": case, "value": failure, "passed": False}) + "\n")
+    return results
 
 
 def run_checklist(
     name: str, *, cases: list[dict] | None = None, cache: str | Path | None = None, max_tokens: int = 48,
-    seed: int = 0,
-) -> list[CheckResult]:
-    """Run the domain cases and the edge cases against a registered model (greedy).
+    seed: int = 0, requests: int = 200, lengths: list[int] | None = None, reference: str | None = None,
+    thresholds: Thresholds | None = None, progress: bool = True,
+) -> ModelReport:
+    """Run the whole checklist against a registered model (greedy, ``seed`` recorded).
+
+    Args:
+        name: Registered model.
+        cases: Domain/format cases (the bundled ones by default).
+        cache: Foundry Local cache.
+        max_tokens: Answer budget per case.
+        seed: Seed for every request.
+        requests: Requests of the memory check (0 skips it).
+        lengths: Input lengths of the performance check (default: 64 up to half the context; [] skips it).
+        reference: Registered FP32 model for the quality check (None skips it).
+        thresholds: What passing means.
+        progress: Show progress bars.
 
     Example:
-        >>> all(r.passed for r in run_checklist("smollm2-int4"))
+        >>> run_checklist("smollm2-int4", reference="smollm2-fp32").passed
         True
     """
+    import psutil
     from tqdm.auto import tqdm
 
     from toolkit.foundry import LoadedModel
 
+    limits = thresholds or Thresholds()
     cases = cases if cases is not None else load_cases()
-    results: list[CheckResult] = []
+    checks: list[CheckResult] = []
+    rss: list[float] = []
+    ms_per_token: dict[int, float] = {}
     with LoadedModel(name, cache) as model:
-        for case in tqdm(cases, desc=f"test {name}", unit="case"):
+        scores: dict[str, list[bool]] = {Check.DOMAIN: [], Check.FORMAT: []}
+        for case in tqdm(cases, desc=f"{name}: cases", unit="case", disable=not progress):
             answer = model.generate(case["messages"], max_tokens=max_tokens, seed=seed).text
-            passed, threshold = judge(answer, case["expect"])
-            check = "format" if set(case["expect"]) <= {"regex", "max_chars", "not_contains"} else "domain"
-            results.append(CheckResult(name, check, case["id"], threshold, answer.strip()[:300], passed))
-        for case_id, messages in EDGE_CASES:
-            start = time.perf_counter()
-            try:
-                generation = model.generate(messages, max_tokens=8, seed=seed)
-                value, passed = f"answered ({generation.completion_tokens} tokens)", True
-            except SlmopsError as exc:
-                value, passed = f"clear error: {exc}", True
-            except Exception as exc:  # the runtime's own error: not a crash, but say what it was
-                value, passed = f"runtime error: {type(exc).__name__}: {exc}", True
-            value += f" in {time.perf_counter() - start:.2f} s"
-            results.append(CheckResult(name, "edge", case_id, "answers or raises a clear error; no crash",
-                                       value, passed))
-    return results
+            for check, rules in ((Check.DOMAIN, CONTENT_RULES), (Check.FORMAT, FORMAT_RULES)):
+                if any(rule in case["expect"] for rule in rules) or (check is Check.DOMAIN and not case["expect"]):
+                    passed, threshold, score = judge(answer, case["expect"], rules)
+                    scores[check].append(passed)
+                    checks.append(CheckResult(name, check, case["id"], threshold,
+                                              f"score {score:.2f}: {answer.strip()[:300]}", passed))
+        for check, rate in ((Check.DOMAIN, limits.domain_pass_rate), (Check.FORMAT, limits.format_pass_rate)):
+            if scores[check]:
+                share = sum(scores[check]) / len(scores[check])
+                checks.append(CheckResult(name, check, f"{check}-overall", f">= {rate:.0%} of cases pass",
+                                          f"{sum(scores[check])}/{len(scores[check])} = {share:.0%}",
+                                          share >= rate))
+
+        if requests:
+            process = psutil.Process()
+            for _ in tqdm(range(requests), desc=f"{name}: memory", unit="req", disable=not progress):
+                model.generate([{"role": "user", "content": "Say hello."}], max_tokens=4, seed=seed)
+                rss.append(process.memory_info().rss / 1e6)
+            growth = growth_mb_per_100(rss)
+            checks.append(CheckResult(
+                name, Check.MEMORY, "rss-growth", f"<= {limits.leak_mb_per_100} MB per 100 requests (fitted slope "
+                f"over the last half of {requests} requests; the first half is warm-up)",
+                f"{growth:+.2f} MB per 100 requests (RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB)",
+                growth <= limits.leak_mb_per_100))
+
+        context = model.context_length
+        lengths = input_lengths(context) if lengths is None else lengths
+        if lengths:
+            ms_per_token = _per_token_ms(model, lengths, seed, progress)
+            shortest = ms_per_token[min(ms_per_token)]
+            worst = max(ms_per_token, key=lambda n: ms_per_token[n])
+            ratio = ms_per_token[worst] / shortest
+            checks.append(CheckResult(
+                name, Check.PERFORMANCE, "time-per-token",
+                f"time per output token at most {limits.slowdown}x its value at {min(ms_per_token)} input tokens",
+                ", ".join(f"{n}: {ms:.1f} ms" for n, ms in ms_per_token.items()) + f" (worst {ratio:.2f}x)",
+                ratio <= limits.slowdown))
+
+    checks += _run_edge_cases(name, cache, limits.edge_timeout_s, seed)
+    if reference and reference != name:
+        checks += _quality_checks(name, reference, cache, limits)
+    return ModelReport(name, checks, rss, ms_per_token, seed)
 
 
-def write_report(results: list[CheckResult], path: str | os.PathLike[str]) -> dict:
-    """Write ``test.json`` (summary plus every check) and return its content."""
-    models = sorted({r.model for r in results})
+def _per_token_ms(model, lengths: list[int], seed: int, progress: bool) -> dict[int, float]:
+    from tokenizers import Tokenizer
+    from tqdm.auto import tqdm
+
+    from toolkit.bench import _prompt_of
+
+    tokenizer = Tokenizer.from_file(str(Path(model.model.get_path()) / "tokenizer.json"))
+    figures = {}
+    for length in tqdm(lengths, desc=f"{model.name}: input lengths", unit="len", disable=not progress):
+        prompt = _prompt_of(tokenizer, length) + "\nContinue the text."
+        best = float("inf")
+        for _ in range(2):  # the faster of two: a shared machine adds noise, never speed
+            generation = model.generate([{"role": "user", "content": prompt}], max_tokens=16, seed=seed)
+            if generation.completion_tokens > 1:
+                per_token = (generation.total_s - generation.ttft_s) / (generation.completion_tokens - 1)
+                best = min(best, per_token * 1000)
+        if best < float("inf"):
+            figures[length] = round(best, 3)
+    return figures
+
+
+def _quality_checks(name: str, reference: str, cache: str | Path | None, limits: Thresholds) -> list[CheckResult]:
+    from toolkit.register import find_model
+
+    ref_dir, model_dir = Path(find_model(reference, cache).get_path()), Path(find_model(name, cache).get_path())
+    (a,) = compare_to_reference(ref_dir, {name: model_dir})
+    ratio = a.perplexity / a.reference_perplexity
+    text = f"on the bundled text ({a.tokens} tokens) against {reference}"
+    return [
+        CheckResult(name, Check.QUALITY, "top1-agreement", f">= {limits.top1_min} {text}", f"{a.top1:.3f}",
+                    a.top1 >= limits.top1_min),
+        CheckResult(name, Check.QUALITY, "kl-divergence", f"<= {limits.kl_max} nats {text}", f"{a.kl:.4f}",
+                    a.kl <= limits.kl_max),
+        CheckResult(name, Check.QUALITY, "perplexity", f"<= {limits.perplexity_ratio_max}x the reference's "
+                    f"{a.reference_perplexity:.2f}", f"{a.perplexity:.2f} ({ratio:.2f}x)",
+                    ratio <= limits.perplexity_ratio_max),
+    ]
+
+
+def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thresholds: Thresholds | None = None
+                 ) -> dict:
+    """Write ``test.json`` (verdict, per-model summary, every check, the plot series) and return its content."""
     report = {
-        "passed": all(r.passed for r in results),
-        "summary": {m: {"passed": sum(r.passed for r in results if r.model == m),
-                        "total": sum(r.model == m for r in results)} for m in models},
-        "checks": [asdict(r) for r in results],
+        "passed": all(r.passed for r in reports),
+        "summary": {r.model: {"passed": sum(c.passed for c in r.checks), "total": len(r.checks),
+                              "failed": [f"{c.check}/{c.case}" for c in r.checks if not c.passed]} for r in reports},
+        "thresholds": asdict(thresholds or Thresholds()),
+        "checks": [asdict(c) for r in reports for c in r.checks],
+        "series": {r.model: {"rss_mb": r.rss_mb, "ms_per_token": r.ms_per_token, "seed": r.seed} for r in reports},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     return report
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One row per model from a written report: passed, total, and which checks failed."""
+    return [{"model": model, "passed": s["passed"], "total": s["total"], "failed": ", ".join(s["failed"]) or "-"}
+            for model, s in report["summary"].items()]
+
+
+def quality_rows(reports: list[ModelReport]) -> list[dict]:
+    """One row per quantized model: top-1 agreement, KL divergence and perplexity against FP32, with verdicts."""
+    rows = []
+    for r in reports:
+        quality = {c.case: c for c in r.checks if c.check == Check.QUALITY}
+        if quality:
+            rows.append({"model": r.model, **{case: ("✓ " if c.passed else "✗ ") + c.value
+                                              for case, c in quality.items()}})
+    return rows
+
+
+def checklist_table(reports: list[ModelReport]) -> list[dict]:
+    """One row per check and case, one ✓/✗ column per model (for notebooks)."""
+    rows: dict[tuple[str, str], dict] = {}
+    for r in reports:
+        for c in r.checks:
+            row = rows.setdefault((c.check, c.case), {"check": c.check, "case": c.case, "threshold": c.threshold})
+            row[r.model] = ("✓ " if c.passed else "✗ ") + c.value[:60]
+    return list(rows.values())
 
 
 REFERENCE_TEXT = "reference_text.txt"
@@ -214,3 +565,26 @@ def compare_to_reference(reference_dir: str | os.PathLike[str], candidates: dict
                          *(f"{label}={Path(folder).resolve()}" for label, folder in candidates.items()),
                          "--text-file", str(text_file))
     return [Agreement(**row) for row in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Child-process entry: ``python -m toolkit.evaluate edge NAME --out F.jsonl [--skip K]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the checklist's edge cases (child process).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("edge")
+    p.add_argument("name")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--skip", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default="")
+    args = parser.parse_args(argv)
+    from toolkit import settings
+
+    settings.apply_offline_env()
+    _edge_worker(args.name, args.cache, args.out, args.skip, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import settings
-from toolkit.errors import InvalidPromptError
+from toolkit.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
 
 APP_NAME = "slmops"
 _state: dict[str, object] = {}
@@ -92,6 +92,7 @@ class LoadedModel:
         if not self.model.is_loaded:
             self.model.load()
         self._chat = None
+        self._counter = None
 
     def __enter__(self) -> LoadedModel:
         return self
@@ -111,6 +112,32 @@ class LoadedModel:
     def context_length(self) -> int:
         """The model's context in tokens (0 when unknown)."""
         return int(self.model.context_length or 0)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens the prompt of ``messages`` will take, rendered with the model's chat template as ChatSession does."""
+        if self._counter is None:
+            from tokenizers import Tokenizer
+
+            from toolkit import templates
+
+            folder = Path(self.model.get_path())
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            jinja = templates.read_chat_template(folder)
+            bos, eos = templates.special_tokens(folder)
+            self._counter = lambda msgs: len(tokenizer.encode(
+                templates.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids)
+        return self._counter(messages)
+
+    def _check(self, messages: list[dict[str, str]], max_tokens: int) -> None:
+        if not messages or not any(m["content"].strip() for m in messages):
+            raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InvalidOptionError("max_tokens", max_tokens, "a whole number >= 1")
+        context = self.context_length
+        if context:
+            prompt = self.prompt_tokens(messages)
+            if prompt + max_tokens > context:
+                raise PromptTooLongError(prompt, max_tokens, context)
 
     @staticmethod
     def _options(max_tokens: int, temperature: float, seed: int):
@@ -139,13 +166,15 @@ class LoadedModel:
                 seed: int) -> Iterator[str | Generation]:
         from foundry_local_sdk import FinishReason, TextItem
 
+        from foundry_local_sdk import FoundryLocalException
+
         session.set_options(self._options(max_tokens, temperature, seed))
         session.set_streaming(True)
         start = time.perf_counter()
         first = None
         pieces: list[str] = []
-        with self._request(messages) as request:
-            with session.process_streaming_request(request) as stream:
+        try:
+            with self._request(messages) as request, session.process_streaming_request(request) as stream:
                 for item in stream:
                     if isinstance(item, TextItem):
                         if first is None:
@@ -156,14 +185,22 @@ class LoadedModel:
                 final = stream.final_response
                 usage = final.get_usage()
                 reason = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}.get(final.finish_reason, "error")
+        except FoundryLocalException as exc:
+            raise FoundryRequestError(str(exc)) from exc
         yield Generation("".join(pieces), usage.prompt_tokens, usage.completion_tokens,
                          (first or time.perf_counter()) - start, total, reason)
 
     def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 256, temperature: float = 0.0,
                seed: int = 0) -> Iterator[str | Generation]:
-        """Yield text pieces as they come, then one final :class:`Generation` (fresh session)."""
+        """Yield text pieces as they come, then one final :class:`Generation` (fresh session).
+
+        Raises:
+            InvalidPromptError, InvalidOptionError, PromptTooLongError: before anything is sent.
+            FoundryRequestError: the runtime refused or failed the request.
+        """
         from foundry_local_sdk import ChatSession
 
+        self._check(messages, max_tokens)
         with ChatSession(self.model) as session:
             yield from self._stream(session, messages, max_tokens, temperature, seed)
 

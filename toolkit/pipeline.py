@@ -20,6 +20,7 @@ DEMO_PARAMS: dict = {
     "compare_recipes": True,
     "template": "auto",
     "cases": "",
+    "checklist_requests": 200,
     "prompt_lengths": [16, 128],
     "gen_tokens": 32,
     "repeats": 3,

@@ -77,3 +77,40 @@ def plot_metric(rows: Sequence[dict], metric: str = "decode_tps", *, ax=None, yl
     ax.set_title(f"{ylabel or metric} by model")
     ax.legend(fontsize="small")
     return ax
+
+
+def plot_rss(reports: Sequence, *, ax=None):
+    """Process RSS after each request of the checklist's memory check, one line per model.
+
+    Example:
+        >>> plot_rss([run_checklist("smollm2-int4")]).figure.savefig("rss.png")
+    """
+    ax = _axes(ax)
+    for r in reports:
+        if r.rss_mb:
+            ax.plot(range(1, len(r.rss_mb) + 1), r.rss_mb, label=r.model)
+            ax.axvline(len(r.rss_mb) / 2, color="grey", linewidth=0.5, linestyle=":")
+    ax.set_xlabel("request (growth is fitted right of the dotted line)")
+    ax.set_ylabel("process RSS (MB)")
+    ax.set_title("Memory over requests")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_per_token(reports: Sequence, *, ax=None):
+    """Milliseconds per output token against input length, one line per model.
+
+    Example:
+        >>> plot_per_token([run_checklist("smollm2-int4")]).figure.savefig("per_token.png")
+    """
+    ax = _axes(ax)
+    for r in reports:
+        if r.ms_per_token:
+            lengths = sorted(r.ms_per_token)
+            ax.plot(lengths, [r.ms_per_token[n] for n in lengths], marker="o", label=r.model)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("input tokens")
+    ax.set_ylabel("ms per output token")
+    ax.set_title("Time per output token over input length")
+    ax.legend(fontsize="small")
+    return ax
