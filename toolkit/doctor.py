@@ -74,11 +74,12 @@ def runtime_check(folder: Path) -> Check:
         try:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
                      cache=cache)
-            with LoadedModel("doctor-probe", cache) as model:
-                generation = model.generate([{"role": "user", "content": "Hello"}], max_tokens=1)
         except SlmopsError as exc:
             return Check("runtime load", False, f"cannot be registered for the check: {exc}")
-        except Exception as exc:  # the runtime's own error is the finding
+        try:
+            with LoadedModel("doctor-probe", cache) as model:
+                generation = model.generate([{"role": "user", "content": "Hello"}], max_tokens=1)
+        except Exception as exc:  # the runtime's own error (or ours wrapping it) is the finding
             return Check("runtime load", False, f"foundry-local-sdk {version} cannot load or run it: "
                          f"{type(exc).__name__}: {exc}; convert it again with this toolkit's pinned versions")
     return Check("runtime load", True, f"foundry-local-sdk {version} loads it and generated "

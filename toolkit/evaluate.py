@@ -159,7 +159,7 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
 
 def _json_of(answer: str):
     """The JSON value an answer holds: the whole text, a fenced ```json block, or its first {...}."""
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", answer, re.S)
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", answer, re.DOTALL)
     candidates = [answer.strip(), fenced.group(1).strip() if fenced else "", answer[answer.find("{"):answer.rfind("}") + 1]]
     for text in candidates:
         try:
@@ -408,6 +408,10 @@ def run_checklist(
         lengths = input_lengths(context) if lengths is None else lengths
         if lengths:
             ms_per_token = _per_token_ms(model, lengths, seed, progress)
+        if lengths and not ms_per_token:
+            checks.append(CheckResult(name, Check.PERFORMANCE, "time-per-token", "answers of 2+ tokens to time",
+                                      "every answer stopped after one token: nothing to time", False))
+        elif lengths:
             shortest = ms_per_token[min(ms_per_token)]
             worst = max(ms_per_token, key=lambda n: ms_per_token[n])
             ratio = ms_per_token[worst] / shortest

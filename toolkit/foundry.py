@@ -164,9 +164,7 @@ class LoadedModel:
 
     def _stream(self, session, messages: list[dict[str, str]], max_tokens: int, temperature: float,
                 seed: int) -> Iterator[str | Generation]:
-        from foundry_local_sdk import FinishReason, TextItem
-
-        from foundry_local_sdk import FoundryLocalException
+        from foundry_local_sdk import FinishReason, FoundryLocalException, TextItem
 
         session.set_options(self._options(max_tokens, temperature, seed))
         session.set_streaming(True)

@@ -78,8 +78,9 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
             "recipe", "size_mb", "size_ratio_vs_fp32", "top1", "kl", "perplexity", "decode_tps", "note"])]
     tests = _read(run / "test.json")
     if tests:
-        rows = [{"model": m, **s} for m, s in tests["summary"].items()]
-        parts += ["<h2>Quality checklist</h2>", _html_table(rows, ["model", "passed", "total"])]
+        rows = [{"model": m, "passed": s["passed"], "total": s["total"],
+                 "failed": ", ".join(s.get("failed", [])) or "-"} for m, s in tests["summary"].items()]
+        parts += ["<h2>Quality checklist</h2>", _html_table(rows, ["model", "passed", "total", "failed"])]
     bench = _read(run / "bench.json")
     if bench:
         parts += ["<h2>Benchmark</h2>", _html_table(bench["rows"], [
