@@ -98,20 +98,44 @@ def test_a_crashing_model_fails_its_edge_cases_and_the_checklist_goes_on(tiny_in
 
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     R.register(tiny_int4, "tiny-bench")
-    rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_tokens=8, repeats=2, warmup=1, progress=False)
-    assert [r.target_prompt_tokens for r in rows] == [16, 64]
-    # Cut text re-tokenizes within a token or two of the asked length.
-    assert [abs(r.prompt_tokens - want) <= 2 for r, want in zip(rows, [16, 64], strict=True)] == [True, True]
+    rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_tokens=8, repeats=3, warmup=1, progress=False)
+    foundry = [r for r in rows if r.engine == "foundry-local"]
+    direct = [r for r in rows if r.engine == "ort-genai"]
+    assert [r.target_prompt_tokens for r in foundry] == [16, 64] == [r.target_prompt_tokens for r in direct]
+    # Cut text re-tokenizes within a token or two of the asked length; both engines get the same ids.
+    assert [abs(r.prompt_tokens - want) <= 2 for r, want in zip(foundry, [16, 64], strict=True)] == [True, True]
+    assert [r.prompt_tokens for r in foundry] == [r.prompt_tokens for r in direct]
+    assert all(r.gen_tokens == 8 for r in direct)  # EOS ignored: exactly the asked number
     for row in rows:
-        assert row.precision == "int4" and row.engine == "foundry-local"
+        assert row.precision == "int4" and row.repeats == 3
         assert row.decode_tps > 0 and row.ttft_ms > 0 and row.e2e_ms >= row.ttft_ms
-        assert 20 < row.peak_rss_mb < 4000 and row.size_mb > 0 and row.repeats == 2
+        assert row.decode_tps_p50 <= row.decode_tps_p90 or row.decode_cv == 0
+        assert row.noisy == (row.decode_cv > B.NOISY_CV)
+        assert 20 < row.peak_rss_mb < 4000 and row.size_mb > 0
     report = B.write_results(rows, tmp_path)
     assert report["metadata"]["versions"]["foundry-local-sdk"] == "2.2.1"
+    assert [(r["model"], r["target_prompt_tokens"]) for r in report["engine_ratios"]] == [("tiny-bench", 16),
+                                                                                         ("tiny-bench", 64)]
+    assert all(r["ratio"] > 0 for r in report["engine_ratios"])
     with (tmp_path / "bench.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 2
+        assert len(list(csv.DictReader(handle))) == 4
 
 
 def test_bench_rejects_bad_settings() -> None:
     with pytest.raises(SlmopsError, match="repeats"):
         B.bench(["x"], repeats=0)
+    with pytest.raises(SlmopsError, match="engines"):
+        B.bench(["x"], engines=("llama.cpp",))
+
+
+def test_summary_and_ceiling_from_a_report() -> None:
+    def row(precision: str, engine: str, tps: float, size: float) -> dict:
+        return {"model": f"m-{precision}", "precision": precision, "engine": engine, "target_prompt_tokens": 16,
+                "decode_tps": tps, "size_mb": size}
+
+    report = {"rows": [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
+                       row("int4", "ort-genai", 100.0, 200.0)]}
+    quality = {"checks": [{"model": "m-int4", "check": "quality", "case": "top1-agreement", "value": "0.666"}]}
+    assert B.summary(report, quality) == ["int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666"]
+    ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
+    assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0

@@ -58,7 +58,11 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
     assert "chat with tinypipe-int4" in html["02_register"]
     bench = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert {r["precision"] for r in bench["rows"]} == {"fp32", "int4"}
-    for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png"):
+    assert {r["engine"] for r in bench["rows"]} == {"foundry-local", "ort-genai"}
+    assert len(bench["engine_ratios"]) == 2 and bench["metadata"]["memory_bandwidth_gbs"] > 0
+    assert "int4: " in html["04_benchmark"] and "x fp32 decode speed" in html["04_benchmark"]  # generated summary
+    for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "e2e_ms.png", "peak_rss_mb.png",
+                "tradeoff.png", "rss_over_requests.png", "ms_per_token.png"):
         assert (tmp_path / "run" / png).stat().st_size > 1000 and f'src="{png}"' in page
 
 

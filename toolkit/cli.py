@@ -163,12 +163,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from toolkit.bench import bench, write_results
 
     rows = bench(args.names, prompt_lengths=args.prompt_lengths, gen_tokens=args.gen_tokens, repeats=args.repeats,
-                 warmup=args.warmup, cache=args.cache_dir)
-    write_results(rows, args.out)
-    print(f"{'MODEL':<24} {'PROMPT':>6} {'TTFT ms':>8} {'DECODE tok/s':>13} {'E2E ms':>8} {'RSS MB':>7}")
+                 warmup=args.warmup, cache=args.cache_dir, engines=tuple(args.engines))
+    report = write_results(rows, args.out)
+    print(f"{'MODEL':<22} {'ENGINE':<14} {'PROMPT':>6} {'GEN':>4} {'TTFT ms':>8} {'DECODE tok/s':>13} {'CV':>6} "
+          f"{'E2E ms':>8} {'RSS MB':>7}")
     for r in rows:
-        print(f"{r.model:<24} {r.prompt_tokens:>6} {r.ttft_ms:>8.1f} {r.decode_tps:>13.1f} {r.e2e_ms:>8.1f} "
-              f"{r.peak_rss_mb:>7.0f}")
+        print(f"{r.model:<22} {r.engine:<14} {r.prompt_tokens:>6} {r.gen_tokens:>4.0f} {r.ttft_ms:>8.1f} "
+              f"{r.decode_tps:>7.1f} ±{r.decode_tps_sd:<5.1f} {r.decode_cv:>6.1%} {r.e2e_ms:>8.1f} {r.peak_rss_mb:>7.0f}"
+              + ("  (noisy: rerun on a quieter machine)" if r.noisy else ""))
+    for ratio in report["engine_ratios"]:
+        print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt tokens: Foundry Local decodes at "
+              f"{ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
     print(f"Wrote {Path(args.out) / 'bench.json'} and bench.csv")
     return 0
 
@@ -325,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--engines", nargs="+", choices=["foundry-local", "ort-genai"],
+                   default=["foundry-local", "ort-genai"],
+                   help="foundry-local (in-process, what users deploy) and ort-genai (ONNX Runtime GenAI directly, "
+                   "the reference; exactly --gen-tokens tokens, EOS ignored); same token ids for both")
     p.add_argument("--out", default=".", help="folder for bench.json and bench.csv")
     _cache_option(p)
     p.set_defaults(func=cmd_bench)

@@ -113,8 +113,8 @@ class LoadedModel:
         """The model's context in tokens (0 when unknown)."""
         return int(self.model.context_length or 0)
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """Tokens the prompt of ``messages`` will take, rendered with the model's chat template as ChatSession does."""
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the prompt ``messages`` become, rendered with the model's chat template as ChatSession does."""
         if self._counter is None:
             from tokenizers import Tokenizer
 
@@ -124,9 +124,13 @@ class LoadedModel:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             jinja = templates.read_chat_template(folder)
             bos, eos = templates.special_tokens(folder)
-            self._counter = lambda msgs: len(tokenizer.encode(
-                templates.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids)
-        return self._counter(messages)
+            self._counter = lambda msgs: tokenizer.encode(
+                templates.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids
+        return list(self._counter(messages))
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """How many tokens :meth:`prompt_ids` gives."""
+        return len(self.prompt_ids(messages))
 
     def _check(self, messages: list[dict[str, str]], max_tokens: int) -> None:
         if not messages or not any(m["content"].strip() for m in messages):

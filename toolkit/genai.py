@@ -8,6 +8,7 @@ holds Foundry Local's own build of the same native library. Usage::
 
     python -m toolkit.genai compare REF_DIR LABEL=DIR ... --text-file F --out result.json
     python -m toolkit.genai decode LABEL=DIR ... --out result.json
+    python -m toolkit.genai bench DIR --job JOB.json --out result.json
 """
 
 from __future__ import annotations
@@ -76,6 +77,50 @@ def decode_tps(model_dir: str | os.PathLike[str], *, prompt: str = "The capital 
     return produced / (time.perf_counter() - start)
 
 
+def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_tokens: int, repeats: int,
+                warmup: int) -> dict:
+    """Time greedy generation of exactly ``gen_tokens`` tokens (EOS ignored) after each prompt of token ids.
+
+    The method of ONNX Runtime GenAI's ``benchmark_e2e.py``: time to first token covers the
+    prompt pass and choosing the first token; each later token is one model step. Run in a
+    child process so the peak RSS is this model's own.
+
+    Returns:
+        ``{"load_s", "peak_rss_mb", "runs": [[{"ttft_s", "total_s", "gen_tokens"}, ...] per prompt]}``.
+    """
+    import resource
+
+    import onnxruntime_genai as og
+
+    start = time.perf_counter()
+    model = og.Model(str(model_dir))
+    load_s = time.perf_counter() - start
+    runs = []
+    for ids in prompts:
+        measured = []
+        for index in range(warmup + repeats):
+            params = og.GeneratorParams(model)
+            total = len(ids) + gen_tokens
+            params.set_search_options(max_length=total, min_length=total, do_sample=False)
+            generator = og.Generator(model, params)
+            cpu0, begin = time.process_time(), time.perf_counter()
+            generator.append_tokens(ids)
+            generator.generate_next_token()
+            first = time.perf_counter()
+            produced = 1
+            while not generator.is_done():
+                generator.generate_next_token()
+                produced += 1
+            end = time.perf_counter()
+            if index >= warmup:
+                measured.append({"ttft_s": first - begin, "total_s": end - begin, "gen_tokens": produced,
+                                 "cpu_percent": (time.process_time() - cpu0) / (end - begin) * 100})
+            del generator
+        runs.append(measured)
+    return {"load_s": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "runs": runs}
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
@@ -142,9 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("decode")
     p.add_argument("models", nargs="+", help="LABEL=DIR")
     p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("bench")
+    p.add_argument("model")
+    p.add_argument("--job", type=Path, required=True, help="JSON: prompts (token id lists), gen_tokens, repeats, warmup")
+    p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "compare":
         result: object = compare(args.reference, _pairs(args.candidates), args.text_file.read_text())
+    elif args.command == "bench":
+        result = bench_model(args.model, **json.loads(args.job.read_text()))
     else:
         result = {label: round(decode_tps(folder), 1) for label, folder in _pairs(args.models).items()}
     args.out.write_text(json.dumps(result))

@@ -114,3 +114,27 @@ def plot_per_token(reports: Sequence, *, ax=None):
     ax.set_title("Time per output token over input length")
     ax.legend(fontsize="small")
     return ax
+
+
+def plot_tradeoff(report: dict, quality: dict | None = None, *, ax=None):
+    """Size against decode speed per model (Foundry Local, shortest prompt), labelled with top-1 agreement.
+
+    Example:
+        >>> plot_tradeoff(json.load(open("bench.json")), json.load(open("test.json"))).figure.savefig("t.png")
+    """
+    ax = _axes(ax)
+    rows = [r for r in report["rows"] if r["engine"] == "foundry-local"]
+    shortest = min(r["target_prompt_tokens"] for r in rows)
+    top1 = {c["model"]: c["value"] for c in (quality or {}).get("checks", [])
+            if c["check"] == "quality" and c["case"] == "top1-agreement"}
+    for r in (r for r in rows if r["target_prompt_tokens"] == shortest):
+        ax.scatter(r["size_mb"], r["decode_tps"], s=50)
+        label = r["precision"] + (f"\ntop-1 {top1[r['model']]}" if r["model"] in top1 else "")
+        ax.annotate(label, (r["size_mb"], r["decode_tps"]), xytext=(5, 3), textcoords="offset points",
+                    fontsize="small")
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title("Size, speed and quality")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    return ax

@@ -36,8 +36,11 @@ def figure(ax, path: str | os.PathLike[str]):
     return Image(filename=str(save_figure(ax, path)))
 
 
-def _read(path: Path):
+def read_json(path: str | os.PathLike[str]):
+    """A JSON file's content, or None when it does not exist (e.g. a stage that did not run)."""
+    path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
+
 
 
 def _html_table(rows: list[dict], columns: list[str]) -> str:
@@ -66,28 +69,36 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
             links.append(f'(<a href="{name}.ipynb">ipynb</a>)')
         parts.append(f"<li>{' '.join(links)}: {html.escape(state)}</li>")
     parts.append("</ul>")
-    converted = _read(run / "models" / "convert.json")
+    converted = read_json(run / "models" / "convert.json")
     if converted:
         from toolkit.convert import summary
 
         rows = summary(converted)
         parts += ["<h2>Conversion</h2>", _html_table(rows, list(rows[0]))]
-    recipes = _read(run / "models" / "recipes" / "recipes.json")
+    recipes = read_json(run / "models" / "recipes" / "recipes.json")
     if recipes:
         parts += ["<h2>INT4 recipes against FP32</h2>", _html_table(recipes, [
             "recipe", "size_mb", "size_ratio_vs_fp32", "top1", "kl", "perplexity", "decode_tps", "note"])]
-    tests = _read(run / "test.json")
+    tests = read_json(run / "test.json")
     if tests:
         rows = [{"model": m, "passed": s["passed"], "total": s["total"],
                  "failed": ", ".join(s.get("failed", [])) or "-"} for m, s in tests["summary"].items()]
         parts += ["<h2>Quality checklist</h2>", _html_table(rows, ["model", "passed", "total", "failed"])]
-    bench = _read(run / "bench.json")
+    bench = read_json(run / "bench.json")
     if bench:
-        parts += ["<h2>Benchmark</h2>", _html_table(bench["rows"], [
-            "model", "precision", "prompt_tokens", "gen_tokens", "ttft_ms", "decode_tps", "e2e_ms", "peak_rss_mb",
-            "size_mb"])]
+        from toolkit.bench import summary
+
+        parts += ["<h2>Benchmark</h2>", "<ul>" + "".join(f"<li>{html.escape(line)}</li>"
+                                                            for line in summary(bench, tests)) + "</ul>",
+                  _html_table(bench["rows"], [
+                      "model", "engine", "prompt_tokens", "gen_tokens", "ttft_ms", "decode_tps", "decode_tps_sd",
+                      "decode_cv", "noisy", "e2e_ms", "peak_rss_mb", "size_mb"]),
+                  "<h3>Foundry Local against ONNX Runtime GenAI directly</h3>",
+                  _html_table(bench.get("engine_ratios", []), ["model", "target_prompt_tokens", "foundry_decode_tps",
+                                                               "direct_decode_tps", "ratio"])]
         meta = bench["metadata"]
-        parts.append(f"<p>CPU: {html.escape(str(meta['cpu']))}, {meta['cores']} cores; "
+        parts.append(f"<p>CPU: {html.escape(str(meta['cpu']))}, {meta['cores']} cores; memory bandwidth "
+                     f"{meta.get('memory_bandwidth_gbs', '?')} GB/s; "
                      f"versions: {html.escape(json.dumps(meta['versions']))}; {html.escape(meta['timestamp'])}</p>")
     for png in sorted(run.glob("*.png")):
         parts.append(f'<figure><img src="{png.name}" alt="{png.stem}"><figcaption>{png.stem}</figcaption></figure>')
