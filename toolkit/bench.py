@@ -19,7 +19,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -159,11 +158,8 @@ def measure_direct(name: str, job: dict, prompt_lengths: list[int], gen_tokens: 
     """The same prompts (token ids) through ONNX Runtime GenAI directly, in its own child process."""
     from toolkit import genai
 
-    with tempfile.TemporaryDirectory(prefix="slmops-bench-") as tmp:
-        spec = Path(tmp) / "job.json"
-        spec.write_text(json.dumps({"prompts": job["prompts"], "gen_tokens": gen_tokens, "repeats": repeats,
-                                    "warmup": warmup}))
-        result = genai.run("bench", job["folder"], "--job", str(spec))
+    result = genai.run("bench", job["folder"], files={"job": json.dumps({
+        "prompts": job["prompts"], "gen_tokens": gen_tokens, "repeats": repeats, "warmup": warmup})})
     return [_row(name, job["precision"], "ort-genai", length, len(ids), runs, job["size_mb"], result["load_s"],
                  result["peak_rss_mb"]) for length, ids, runs in zip(prompt_lengths, job["prompts"], result["runs"],
                                                                       strict=True)]

@@ -301,8 +301,8 @@ def build_olive_config(spec: ConvertSpec, output: Path, cache: Path) -> dict:
 
     The tutorial nests ``quantization_config`` under the pass; Olive 0.13 ignores that key
     with only a warning (so its block size would silently not apply) and takes the same
-    settings as flat ``int4_*`` fields, which is what we write. Options the builder cannot do are applied afterwards by our quantizer,
-    so the pass then builds FP32.
+    settings as flat ``int4_*`` fields, which is what we write. Options the builder cannot do
+    are applied afterwards by our quantizer, so the pass then builds FP32.
 
     Example:
         >>> build_olive_config(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))["passes"]["builder"]["type"]
@@ -524,9 +524,10 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
 def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[tools.ToolRun],
               wall: float, plan: QuantPlan | None, source_fingerprint: str) -> dict:
     size_mb = dir_size_mb(staging)
-    fp32_mb, fp32_from = fp32_reference(source, target, source_fingerprint)
     if spec.precision is Precision.FP32:
         fp32_mb, fp32_from = size_mb, "this build"
+    else:
+        fp32_mb, fp32_from = fp32_reference(source, target, source_fingerprint)
     ratio = size_mb / fp32_mb if fp32_mb else None
     tutorial = TUTORIAL_SIZE_RATIO[spec.precision]
     return {

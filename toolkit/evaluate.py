@@ -485,8 +485,8 @@ def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thres
 
 def summary_rows(report: dict) -> list[dict]:
     """One row per model from a written report: passed, total, and which checks failed."""
-    return [{"model": model, "passed": s["passed"], "total": s["total"], "failed": ", ".join(s["failed"]) or "-"}
-            for model, s in report["summary"].items()]
+    return [{"model": model, "passed": s["passed"], "total": s["total"],
+             "failed": ", ".join(s.get("failed", [])) or "-"} for model, s in report["summary"].items()]
 
 
 def quality_rows(reports: list[ModelReport]) -> list[dict]:
@@ -558,16 +558,11 @@ def compare_to_reference(reference_dir: str | os.PathLike[str], candidates: dict
         >>> compare_to_reference("models/fp32", {"int4": "models/int4"})[0].top1
         0.6659
     """
-    import tempfile
-
     from toolkit import genai
 
-    with tempfile.TemporaryDirectory(prefix="slmops-text-") as tmp:
-        text_file = Path(tmp) / "text.txt"
-        text_file.write_text(text or reference_text())
-        rows = genai.run("compare", str(Path(reference_dir).resolve()),
-                         *(f"{label}={Path(folder).resolve()}" for label, folder in candidates.items()),
-                         "--text-file", str(text_file))
+    rows = genai.run("compare", str(Path(reference_dir).resolve()),
+                     *(f"{label}={Path(folder).resolve()}" for label, folder in candidates.items()),
+                     files={"text-file": text or reference_text()})
     return [Agreement(**row) for row in rows]
 
 

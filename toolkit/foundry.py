@@ -92,7 +92,7 @@ class LoadedModel:
         if not self.model.is_loaded:
             self.model.load()
         self._chat = None
-        self._counter = None
+        self._encode = None
 
     def __enter__(self) -> LoadedModel:
         return self
@@ -115,7 +115,7 @@ class LoadedModel:
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the prompt ``messages`` become, rendered with the model's chat template as ChatSession does."""
-        if self._counter is None:
+        if self._encode is None:
             from tokenizers import Tokenizer
 
             from toolkit import templates
@@ -124,9 +124,9 @@ class LoadedModel:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             jinja = templates.read_chat_template(folder)
             bos, eos = templates.special_tokens(folder)
-            self._counter = lambda msgs: tokenizer.encode(
+            self._encode = lambda msgs: tokenizer.encode(
                 templates.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids
-        return list(self._counter(messages))
+        return list(self._encode(messages))
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """How many tokens :meth:`prompt_ids` gives."""

@@ -155,8 +155,14 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
     return rows
 
 
-def run(command: str, *args: str) -> object:
+def run(command: str, *args: str, files: dict[str, str] | None = None) -> object:
     """Run ``python -m toolkit.genai COMMAND ARGS`` in a child process and return its JSON result.
+
+    Args:
+        command: ``compare``, ``decode`` or ``bench``.
+        args: Its positional arguments.
+        files: Option name to file content, written to a temporary file passed as ``--NAME PATH``
+            (e.g. ``{"text-file": text}``).
 
     Example:
         >>> run("decode", "int4=outputs/demo/models/int4")
@@ -165,8 +171,13 @@ def run(command: str, *args: str) -> object:
     from toolkit import tools
 
     with tempfile.TemporaryDirectory(prefix="slmops-genai-") as tmp:
+        options = []
+        for name, content in (files or {}).items():
+            path = Path(tmp) / name
+            path.write_text(content)
+            options += [f"--{name}", str(path)]
         out = Path(tmp) / "result.json"
-        tools.run_tool(tools.python_module("toolkit.genai", command, *args, "--out", str(out)),
+        tools.run_tool(tools.python_module("toolkit.genai", command, *args, *options, "--out", str(out)),
                        log_path=Path(tmp) / "genai.log", name=f"onnxruntime-genai {command}")
         return json.loads(out.read_text())
 

@@ -81,9 +81,10 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
             "recipe", "size_mb", "size_ratio_vs_fp32", "top1", "kl", "perplexity", "decode_tps", "note"])]
     tests = read_json(run / "test.json")
     if tests:
-        rows = [{"model": m, "passed": s["passed"], "total": s["total"],
-                 "failed": ", ".join(s.get("failed", [])) or "-"} for m, s in tests["summary"].items()]
-        parts += ["<h2>Quality checklist</h2>", _html_table(rows, ["model", "passed", "total", "failed"])]
+        from toolkit.evaluate import summary_rows
+
+        parts += ["<h2>Quality checklist</h2>",
+                  _html_table(summary_rows(tests), ["model", "passed", "total", "failed"])]
     bench = read_json(run / "bench.json")
     if bench:
         from toolkit.bench import summary
