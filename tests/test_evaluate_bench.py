@@ -12,7 +12,7 @@ from toolkit import bench as B
 from toolkit import evaluate as E
 from toolkit import register as R
 from toolkit.errors import SlmopsError
-
+from toolkit.quantize import lookup_only_mb
 
 SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {"type": "integer"}}}
 
@@ -98,7 +98,7 @@ def test_a_crashing_model_fails_its_edge_cases_and_the_checklist_goes_on(tiny_in
 
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     R.register(tiny_int4, "tiny-bench")
-    rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_tokens=8, repeats=3, warmup=1, progress=False)
+    rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_lengths=[8], repeats=3, warmup=1, progress=False)
     foundry = [r for r in rows if r.engine == "foundry-local"]
     direct = [r for r in rows if r.engine == "ort-genai"]
     assert [r.target_prompt_tokens for r in foundry] == [16, 64] == [r.target_prompt_tokens for r in direct]
@@ -106,19 +106,51 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     assert [abs(r.prompt_tokens - want) <= 2 for r, want in zip(foundry, [16, 64], strict=True)] == [True, True]
     assert [r.prompt_tokens for r in foundry] == [r.prompt_tokens for r in direct]
     assert all(r.gen_tokens == 8 for r in direct)  # EOS ignored: exactly the asked number
+    assert {r.threads for r in rows} == {0}  # nothing registered: the runtime's default, on both engines
+    # The builder's INT4 keeps an FP32 embedding table apart from the int4 LM head: decoding a
+    # token reads one row of it, so it is left out of the weights read per token.
+    table_mb = json.loads((tiny_int4 / "manifest.json").read_text())["weights"]["parameters"]["fp32"] * 4 / 1e6
+    assert lookup_only_mb(tiny_int4 / "model.onnx") == round(table_mb, 1) > 0
+    assert all(r.weights_read_mb == round(r.size_mb - round(table_mb, 1), 1) for r in rows)
     for row in rows:
-        assert row.precision == "int4" and row.repeats == 3
+        assert row.precision == "int4" and row.repeats == 3 and row.target_gen_tokens == 8
         assert row.decode_tps > 0 and row.ttft_ms > 0 and row.e2e_ms >= row.ttft_ms
         assert row.decode_tps_p50 <= row.decode_tps_p90 or row.decode_cv == 0
         assert row.noisy == (row.decode_cv > B.NOISY_CV)
-        assert 20 < row.peak_rss_mb < 4000 and row.size_mb > 0
+        assert 20 < row.peak_rss_mb < 4000 and row.size_mb > 0 and row.load_s > 0 and row.load_rss_mb > 0
+        assert row.cpu_percent > 10 and 0 <= row.system_cpu_percent <= 100  # ticks are 10 ms: tiny runs read 0
+        assert 0 <= row.harness_overhead_pct < 100
     report = B.write_results(rows, tmp_path)
     assert report["metadata"]["versions"]["foundry-local-sdk"] == "2.2.1"
+    assert report["metadata"]["physical_cores"] >= 1 and report["metadata"]["cpu"]
     assert [(r["model"], r["target_prompt_tokens"]) for r in report["engine_ratios"]] == [("tiny-bench", 16),
                                                                                          ("tiny-bench", 64)]
     assert all(r["ratio"] > 0 for r in report["engine_ratios"])
+    assert report["max_harness_overhead_pct"] == max(r.harness_overhead_pct for r in rows)
     with (tmp_path / "bench.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
+    stems = set(B.figures(report))
+    assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mb", "tradeoff"}  # no sweeps asked
+
+
+def test_bench_sweeps_generation_lengths_and_threads(tiny_int4: Path, tmp_path: Path) -> None:
+    reg = R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads=2))
+    config = json.loads((reg.path / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 2
+    assert "threads" not in config["search"]
+    assert B.configured_threads(tiny_int4) == 0  # the source folder is untouched
+    rows = B.bench(["tiny-threads"], prompt_lengths=[16], gen_lengths=[4, 12], threads=[1, 2], repeats=2, warmup=0,
+                   progress=False)
+    cells = sorted((r.engine, r.target_gen_tokens, r.threads) for r in rows)
+    assert cells == [("foundry-local", 4, 2), ("foundry-local", 12, 2), ("ort-genai", 4, 1), ("ort-genai", 4, 2),
+                     ("ort-genai", 12, 1), ("ort-genai", 12, 2)]
+    assert [r.gen_tokens for r in rows if r.engine == "ort-genai"] == [4, 12, 4, 12]
+    report = B.write_results(rows, tmp_path)
+    # Foundry runs with its registered 2 threads, so it is compared with the direct engine at 2 threads only.
+    assert [(r["target_gen_tokens"], r["threads"]) for r in report["engine_ratios"]] == [(4, 2), (12, 2)]
+    assert {"latency_vs_generation", "decode_vs_threads"} <= set(B.figures(report))
+    with pytest.raises(Exception, match="threads"):
+        R.register(tiny_int4, "tiny-threads-bad", model_config=R.ModelConfig(threads=0))
 
 
 def test_bench_rejects_bad_settings() -> None:
@@ -126,6 +158,10 @@ def test_bench_rejects_bad_settings() -> None:
         B.bench(["x"], repeats=0)
     with pytest.raises(SlmopsError, match="engines"):
         B.bench(["x"], engines=("llama.cpp",))
+    with pytest.raises(SlmopsError, match="generation lengths"):
+        B.bench(["x"], gen_lengths=[1])
+    with pytest.raises(SlmopsError, match="Thread counts"):
+        B.bench(["x"], threads=[0])
 
 
 def test_summary_and_ceiling_from_a_report() -> None:

@@ -27,7 +27,7 @@ def test_bundled_fp32_and_int4_through_foundry(bundled: Path, tmp_path: Path) ->
     with LoadedModel("smol-int4") as model:
         answer = model.generate([{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
     assert "Paris" in answer.text
-    figures = bench.bench(["smol-fp32", "smol-int4"], prompt_lengths=[16], gen_tokens=24, repeats=2, progress=False)
+    figures = bench.bench(["smol-fp32", "smol-int4"], prompt_lengths=[16], gen_lengths=[24], repeats=2, progress=False)
     decode = {row.precision: row.decode_tps for row in figures if row.engine == "foundry-local"}
     assert decode["int4"] > decode["fp32"]
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from toolkit import pipeline, report
+from toolkit import cli, pipeline, report
 from toolkit.errors import SlmopsError
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -24,6 +25,9 @@ def test_notebooks_are_thin_and_clean(name: str) -> None:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None  # committed with outputs cleared
             assert not re.search(r"^\s*(def|class) ", cell.source, re.M)  # no logic in notebooks
+        else:
+            assert not cell.source.startswith("MD")  # the generator's marker never leaks into the text
+    assert book.cells[0].cell_type == "markdown" and len(book.cells[0].source) > 200  # opens with its stage
     params = set(re.findall(r"^(\w+):", tagged[0].source, re.M))
     assert params == set(pipeline.DEMO_PARAMS) | {"run_dir", "interactive"}
 
@@ -33,14 +37,31 @@ def test_load_params_rejects_unknown_names(tmp_path: Path) -> None:
     file.write_text("precisions: [int4]\ntypo_param: 1\n")
     with pytest.raises(SlmopsError, match="typo_param"):
         pipeline.load_params(file)
-    file.write_text("precisions: [int4]\ngen_tokens: 4\n")
-    assert pipeline.load_params(file) == {"precisions": ["int4"], "gen_tokens": 4}
+    file.write_text("precisions: [int4]\ngen_lengths: [4]\n")
+    assert pipeline.load_params(file) == {"precisions": ["int4"], "gen_lengths": [4]}
+    file.write_text("sweep:\n  int4_block_size: 32\n")
+    with pytest.raises(SlmopsError, match="non-empty lists"):
+        pipeline.load_params(file)
+    file.write_text("sweep:\n  block: [32]\n")
+    with pytest.raises(SlmopsError, match="block"):
+        pipeline.load_params(file)
+
+
+def test_sweep_runs_are_every_combination_with_their_own_names() -> None:
+    runs = pipeline.sweep_runs({"name_prefix": "m", "repeats": 1,
+                                "sweep": {"precisions": [["fp32", "int4"], ["int8"]], "int4_block_size": [32, 128]}})
+    assert [label for label, _ in runs] == ["1-precisions=fp32+int4_int4_block_size=32",
+                                            "2-precisions=fp32+int4_int4_block_size=128",
+                                            "3-precisions=int8_int4_block_size=32",
+                                            "4-precisions=int8_int4_block_size=128"]
+    assert [p["name_prefix"] for _, p in runs] == ["m-s1", "m-s2", "m-s3", "m-s4"]
+    assert runs[1][1] == {"name_prefix": "m-s2", "repeats": 1, "precisions": ["fp32", "int4"], "int4_block_size": 128}
 
 
 @pytest.mark.slow
 def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
     params = {"model_dir": str(tiny_model), "name_prefix": "tinypipe", "precisions": ["fp32", "int4"],
-              "prompt_lengths": [16], "gen_tokens": 4, "repeats": 1, "warmup": 0}
+              "prompt_lengths": [16, 32], "gen_lengths": [4], "repeats": 1, "warmup": 0}
     index = pipeline.run_pipeline(params, tmp_path / "run", progress=False)
     page = index.read_text()
     for name in report.NOTEBOOKS:
@@ -59,11 +80,40 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
     bench = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert {r["precision"] for r in bench["rows"]} == {"fp32", "int4"}
     assert {r["engine"] for r in bench["rows"]} == {"foundry-local", "ort-genai"}
-    assert len(bench["engine_ratios"]) == 2 and bench["metadata"]["memory_bandwidth_gbs"] > 0
+    assert len(bench["engine_ratios"]) == 4 and bench["metadata"]["memory_bandwidth_gbs"] > 0
     assert "int4: " in html["04_benchmark"] and "x fp32 decode speed" in html["04_benchmark"]  # generated summary
-    for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "e2e_ms.png", "peak_rss_mb.png",
+    for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "latency_vs_prompt.png", "peak_rss_mb.png",
                 "tradeoff.png", "rss_over_requests.png", "ms_per_token.png"):
         assert (tmp_path / "run" / png).stat().st_size > 1000 and f'src="{png}"' in page
+    for text in html.values():  # readable offline: no widget views, nothing fetched from a CDN
+        assert "widget-view+json" not in text and "cdnjs" not in text and "unpkg" not in text
+    assert "<h2>Summary</h2>" in page and "<td>int4</td>" in page and "<h2>Versions</h2>" in page
+    assert "<td>foundry-local-sdk</td><td>2.2.1</td>" in page
+    assert "&quot;name_prefix&quot;: &quot;tinypipe&quot;" in page  # the exact parameters
+    # The report is self-contained: every link resolves inside the archive, weights left out.
+    assert cli.main(["report", str(tmp_path / "run"), "--zip"]) == 0
+    with zipfile.ZipFile(tmp_path / "run.zip") as archive:
+        names = set(archive.namelist())
+    links = set(re.findall(r'(?:href|src)="([^"]+)"', page))
+    assert links and {f"run/{link}" for link in links} <= names
+    assert not any(n.endswith((".onnx", ".data")) for n in names) and "run/models/int4/manifest.json" in names
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_set_and_compares_them(tiny_model: Path, tmp_path: Path) -> None:
+    params = tmp_path / "sweep.yaml"
+    params.write_text(f"model_dir: {tiny_model}\nname_prefix: tinysweep\nprecisions: [int4]\ncompare_recipes: false\n"
+                      "checklist_requests: 0\nprompt_lengths: [16]\ngen_lengths: [4]\nrepeats: 1\nwarmup: 0\n"
+                      "sweep:\n  int4_block_size: [32, 64]\n")
+    assert cli.main(["run", "--params", str(params), "--out", str(tmp_path / "sweep")]) == 0
+    page = (tmp_path / "sweep" / "index.html").read_text()
+    for number, block in ((1, 32), (2, 64)):
+        label = f"{number}-int4_block_size={block}"
+        assert f'href="{label}/index.html"' in page
+        manifest = json.loads((tmp_path / "sweep" / label / "models" / "int4" / "manifest.json").read_text())
+        assert manifest["options"]["block_size"] == block  # each run really built its own block size
+        assert (tmp_path / "sweep" / label / "index.html").is_file()
+    assert page.count("<td>int4</td>") == 2
 
 
 @pytest.mark.slow

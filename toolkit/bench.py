@@ -4,9 +4,11 @@ Each model and engine is measured in its own child process, so its peak RSS is t
 process's own and models do not share memory. Prompts of the asked token lengths are cut
 from one fixed text with the model's tokenizer; both engines get the same token ids (the
 chat template applied once, as Foundry's ChatSession does); decoding is greedy; warm-up
-runs are discarded. The direct engine generates exactly ``gen_tokens`` (EOS ignored, the
-method of ONNX Runtime GenAI's ``benchmark_e2e.py``); Foundry Local's request options have
-no minimum length, so its rows record how many tokens it did generate.
+runs are discarded. The direct engine generates exactly the asked number of tokens (EOS
+ignored, the method of ONNX Runtime GenAI's ``benchmark_e2e.py``) with a fixed, recorded
+thread count. Foundry Local's request options have no minimum length, so its prompt asks
+the model to go on writing, and its rows record how many tokens it did generate (``short``
+in ``bench.json`` lists rows that stopped early).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -32,14 +35,28 @@ _FILLER = (
     "generated token needs fewer bytes read from memory. Quality drops a little, so every "
     "precision is tested against the full-precision reference before it is deployed. "
 )
+# Asks for a long answer, so Foundry Local (which has no minimum length) rarely stops early.
+_INSTRUCTION = "Continue this text for several paragraphs:\n\n"
 
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One benchmark figure set: one model at one prompt length (mean over repeats).
+    """One benchmark figure set: one model, engine, prompt length, generation length and thread count.
 
-    Fields follow SPEC.md's ``bench.json`` row; ``target_prompt_tokens`` is the asked
-    length, ``prompt_tokens`` what the runtime counted (template included).
+    Fields follow SPEC.md's ``bench.json`` row. Means over ``repeats`` measured runs, with
+    spread where it matters.
+
+    Attributes:
+        target_prompt_tokens: The asked prompt length; ``prompt_tokens`` is what the runtime counted.
+        target_gen_tokens: The asked generation length; ``gen_tokens`` the mean generated.
+        threads: ONNX Runtime's intra-op threads as configured (0: the runtime's default).
+        cpu_percent: The benchmarked process's CPU time over wall time (100 = one core busy).
+        system_cpu_percent: All CPUs' busy time over the same runs (100 = the whole machine busy).
+        harness_overhead_pct: Time spent in this toolkit's own code between tokens, as a
+            percentage of decode time.
+        load_s, load_rss_mb: Model load time and the process memory the load added.
+        weights_read_mb: Weights read to decode one token: size on disk less tables only
+            looked up by row (an embedding table not shared with the LM head).
     """
 
     model: str
@@ -47,7 +64,9 @@ class BenchRow:
     engine: str
     target_prompt_tokens: int
     prompt_tokens: int
+    target_gen_tokens: int
     gen_tokens: float
+    threads: int
     ttft_ms: float
     ttft_ms_sd: float
     prefill_tps: float
@@ -58,10 +77,15 @@ class BenchRow:
     decode_cv: float
     noisy: bool
     e2e_ms: float
+    e2e_ms_sd: float
     peak_rss_mb: float
     cpu_percent: float
+    system_cpu_percent: float
+    harness_overhead_pct: float
     size_mb: float
+    weights_read_mb: float
     load_s: float
+    load_rss_mb: float
     repeats: int
 
 
@@ -69,100 +93,175 @@ class BenchRow:
 NOISY_CV = 0.10
 
 
-def _row(name: str, precision: str, engine: str, length: int, prompt_tokens: int, runs: list[dict],
-         size_mb: float, load_s: float, peak_rss_mb: float) -> dict:
-    """A :class:`BenchRow` (as a dict) from timed runs of ``{ttft_s, total_s, gen_tokens, cpu_percent}``."""
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _row(model: dict, engine: str, length: int, gen: int, prompt_tokens: int, runs: list[dict], *, threads: int,
+         load_s: float, load_rss_mb: float, peak_rss_mb: float) -> dict:
+    """A :class:`BenchRow` (as a dict) from timed runs.
+
+    Each run holds ``ttft_s``, ``total_s``, ``gen_tokens``, ``harness_s``, ``cpu_percent`` and
+    ``system_cpu_percent``; ``model`` holds ``name``, ``precision``, ``size_mb`` and ``weights_read_mb``.
+    """
     ttfts = [r["ttft_s"] * 1000 for r in runs]
-    decodes = [(r["gen_tokens"] - 1) / (r["total_s"] - r["ttft_s"]) for r in runs
-               if r["gen_tokens"] > 1 and r["total_s"] > r["ttft_s"]] or [0.0]
+    decode_s = [r["total_s"] - r["ttft_s"] for r in runs]
+    decodes = [(r["gen_tokens"] - 1) / d for r, d in zip(runs, decode_s, strict=True)
+               if r["gen_tokens"] > 1 and d > 0] or [0.0]
     mean = statistics.mean(decodes)
-    sd = statistics.stdev(decodes) if len(decodes) > 1 else 0.0
     ordered = sorted(decodes)
 
     def pick(q: float) -> float:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
-    cv = sd / mean if mean else 0.0
+    cv = _sd(decodes) / mean if mean else 0.0
+    e2e = [r["total_s"] * 1000 for r in runs]
+    overhead = [r["harness_s"] / d * 100 for r, d in zip(runs, decode_s, strict=True) if d > 0] or [0.0]
     return asdict(BenchRow(
-        model=name, precision=precision, engine=engine, target_prompt_tokens=length, prompt_tokens=prompt_tokens,
-        gen_tokens=statistics.mean(r["gen_tokens"] for r in runs),
-        ttft_ms=round(statistics.mean(ttfts), 2), ttft_ms_sd=round(statistics.stdev(ttfts), 2) if len(ttfts) > 1 else 0.0,
+        model=model["name"], precision=model["precision"], engine=engine, target_prompt_tokens=length,
+        prompt_tokens=prompt_tokens, target_gen_tokens=gen, gen_tokens=statistics.mean(r["gen_tokens"] for r in runs),
+        threads=threads, ttft_ms=round(statistics.mean(ttfts), 2), ttft_ms_sd=round(_sd(ttfts), 2),
         prefill_tps=round(prompt_tokens / (statistics.mean(ttfts) / 1000), 1),
-        decode_tps=round(mean, 2), decode_tps_sd=round(sd, 2), decode_tps_p50=round(pick(0.5), 2),
+        decode_tps=round(mean, 2), decode_tps_sd=round(_sd(decodes), 2), decode_tps_p50=round(pick(0.5), 2),
         decode_tps_p90=round(pick(0.9), 2), decode_cv=round(cv, 4), noisy=cv > NOISY_CV,
-        e2e_ms=round(statistics.mean(r["total_s"] for r in runs) * 1000, 2), peak_rss_mb=round(peak_rss_mb, 1),
-        cpu_percent=round(statistics.mean(r["cpu_percent"] for r in runs), 1), size_mb=size_mb,
-        load_s=round(load_s, 3), repeats=len(runs),
+        e2e_ms=round(statistics.mean(e2e), 2), e2e_ms_sd=round(_sd(e2e), 2), peak_rss_mb=round(peak_rss_mb, 1),
+        cpu_percent=round(statistics.mean(r["cpu_percent"] for r in runs), 1),
+        system_cpu_percent=round(statistics.mean(r["system_cpu_percent"] for r in runs), 1),
+        harness_overhead_pct=round(statistics.mean(overhead), 4), size_mb=model["size_mb"],
+        weights_read_mb=model["weights_read_mb"], load_s=round(load_s, 3),
+        load_rss_mb=round(load_rss_mb, 1), repeats=len(runs),
     ))
 
 
-def _prompt_of(tokenizer, content_tokens: int) -> str:
-    """The repeated filler cut to its first ``content_tokens`` tokens."""
-    text = _FILLER
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (0 where ``/proc`` is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _system_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine from ``/proc/stat`` ((0, 0) where missing)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """Process and whole-machine CPU use between :meth:`start` and :meth:`stop`."""
+
+    def start(self) -> None:
+        """Take the starting readings."""
+        self._cpu, self._ticks, self._wall = time.process_time(), _system_ticks(), time.perf_counter()
+
+    def stop(self) -> dict:
+        """``{"cpu_percent", "system_cpu_percent"}`` since :meth:`start`."""
+        wall = time.perf_counter() - self._wall
+        busy, total = (now - then for now, then in zip(_system_ticks(), self._ticks, strict=True))
+        return {"cpu_percent": (time.process_time() - self._cpu) / wall * 100 if wall > 0 else 0.0,
+                "system_cpu_percent": busy / total * 100 if total > 0 else 0.0}
+
+
+def prompt_text(tokenizer, tokens: int) -> str:
+    """The instruction and the repeated filler, cut to their first ``tokens`` tokens."""
+    text = _INSTRUCTION + _FILLER
     ids = tokenizer.encode(text, add_special_tokens=False).ids
-    while len(ids) < content_tokens:
+    while len(ids) < tokens:
         text += _FILLER
         ids = tokenizer.encode(text, add_special_tokens=False).ids
-    return tokenizer.decode(ids[:content_tokens])
+    return tokenizer.decode(ids[:tokens])
 
 
-def measure_model(name: str, prompt_lengths: list[int], gen_tokens: int, repeats: int, warmup: int,
+def configured_threads(folder: str | os.PathLike[str]) -> int:
+    """The intra-op thread count a model folder's ``genai_config.json`` sets (0: the runtime's default)."""
+    config = json.loads((Path(folder) / "genai_config.json").read_text())
+    options = config["model"]["decoder"].get("session_options", {})
+    return int(options.get("intra_op_num_threads", 0))
+
+
+def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequence[int], repeats: int, warmup: int,
                   cache: str | None) -> dict:
     """Measure one model through Foundry Local in this process (the child's job).
 
     Returns:
         ``rows`` (dicts), ``prompts`` (the token ids each length became, for the direct engine),
-        and the model's ``folder``, ``precision`` and ``size_mb``.
+        and the model's ``folder``, ``precision``, ``size_mb`` and ``threads``.
     """
     from tokenizers import Tokenizer
 
     from toolkit.convert import dir_size_mb, read_manifest
     from toolkit.foundry import LoadedModel
+    from toolkit.quantize import lookup_only_mb
     from toolkit.register import models_root
 
     folder = models_root(cache) / name.split(":")[0]
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    precision = read_manifest(folder).get("precision", "?")
     size_mb = round(dir_size_mb(folder), 1)
-    start = time.perf_counter()
+    decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"]
+    info = {"name": name, "precision": read_manifest(folder).get("precision", "?"), "size_mb": size_mb,
+            "weights_read_mb": round(size_mb - lookup_only_mb(folder / decoder), 1)}
+    threads = configured_threads(folder)
+    rss0, start = rss_mb(), time.perf_counter()
     model = LoadedModel(name, cache)
-    load_s = time.perf_counter() - start
-    rows, prompts = [], []
+    load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
+    measured, prompts = [], []
+    meter = CpuMeter()
     try:
         # The template adds its own tokens (role markers, a default system prompt): measure
         # them once so prompts hit the asked length.
-        overhead = max(0, model.prompt_tokens([{"role": "user", "content": _prompt_of(tokenizer, 4)}]) - 4)
+        overhead = max(0, model.prompt_tokens([{"role": "user", "content": prompt_text(tokenizer, 16)}]) - 16)
         for length in prompt_lengths:
-            messages = [{"role": "user", "content": _prompt_of(tokenizer, max(1, length - overhead))}]
+            messages = [{"role": "user", "content": prompt_text(tokenizer, max(1, length - overhead))}]
             prompts.append(model.prompt_ids(messages))
-            for _ in range(warmup):
-                model.generate(messages, max_tokens=gen_tokens)
-            runs = []
-            for _ in range(repeats):
-                cpu0, wall0 = time.process_time(), time.perf_counter()
-                g = model.generate(messages, max_tokens=gen_tokens)
-                cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0) * 100
-                runs.append({"ttft_s": g.ttft_s, "total_s": g.total_s, "gen_tokens": g.completion_tokens,
-                             "cpu_percent": cpu, "prompt_tokens": g.prompt_tokens})
-            rows.append((length, runs))
+            for gen in gen_lengths:
+                for _ in range(warmup):
+                    model.generate(messages, max_tokens=gen)
+                runs = []
+                for _ in range(repeats):
+                    meter.start()
+                    g = model.generate(messages, max_tokens=gen)
+                    runs.append({"ttft_s": g.ttft_s, "total_s": g.total_s, "gen_tokens": g.completion_tokens,
+                                 "harness_s": g.harness_s, "prompt_tokens": g.prompt_tokens, **meter.stop()})
+                measured.append((length, gen, runs))
     finally:
         model.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rows": [_row(name, precision, "foundry-local", length, runs[0]["prompt_tokens"], runs, size_mb, load_s,
-                          peak) for length, runs in rows],
-            "prompts": prompts, "folder": str(folder), "precision": precision, "size_mb": size_mb}
+    peak = peak_rss_mb()
+    return {"rows": [_row(info, "foundry-local", length, gen, runs[0]["prompt_tokens"], runs, threads=threads,
+                          load_s=load_s, load_rss_mb=load_rss, peak_rss_mb=peak) for length, gen, runs in measured],
+            "prompts": prompts, "folder": str(folder), "threads": threads, **info}
 
 
-def measure_direct(name: str, job: dict, prompt_lengths: list[int], gen_tokens: int, repeats: int,
-                   warmup: int) -> list[dict]:
-    """The same prompts (token ids) through ONNX Runtime GenAI directly, in its own child process."""
+def measure_direct(job: dict, prompt_lengths: Sequence[int], gen_lengths: Sequence[int], repeats: int,
+                   warmup: int, threads: int) -> list[dict]:
+    """The same prompts (token ids) through ONNX Runtime GenAI directly, in its own child process.
+
+    Args:
+        job: What :func:`measure_model` returned for the model.
+        threads: Intra-op threads for the session (0: the runtime's default).
+    """
     from toolkit import genai
 
     result = genai.run("bench", job["folder"], files={"job": json.dumps({
-        "prompts": job["prompts"], "gen_tokens": gen_tokens, "repeats": repeats, "warmup": warmup})})
-    return [_row(name, job["precision"], "ort-genai", length, len(ids), runs, job["size_mb"], result["load_s"],
-                 result["peak_rss_mb"]) for length, ids, runs in zip(prompt_lengths, job["prompts"], result["runs"],
-                                                                      strict=True)]
+        "prompts": job["prompts"], "gen_lengths": list(gen_lengths), "repeats": repeats, "warmup": warmup,
+        "threads": threads})})
+    rows = []
+    for length, ids, per_gen in zip(prompt_lengths, job["prompts"], result["runs"], strict=True):
+        for gen, runs in zip(gen_lengths, per_gen, strict=True):
+            rows.append(_row(job, "ort-genai", length, gen, len(ids), runs, threads=threads, load_s=result["load_s"],
+                             load_rss_mb=result["load_rss_mb"], peak_rss_mb=result["peak_rss_mb"]))
+    return rows
 
 
 def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
@@ -184,18 +283,34 @@ def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
 
 
 def decode_ceiling(rows: list[dict], bandwidth_gbs: float) -> list[dict]:
-    """Each row's decode speed against the bandwidth bound: every token reads all weights once.
+    """Each row's decode speed against the bandwidth bound: every token reads the weights once.
 
-    The bound is bandwidth / model size on disk (the weights); real decode also reads the KV
-    cache and spends time computing, so 100% is out of reach, and the gap says how far.
+    The bound is bandwidth / ``weights_read_mb`` (size on disk less tables only looked up by
+    row); real decode also reads the KV cache and spends time computing, so 100% is out of
+    reach, and the gap says how far.
     """
     out = []
     for row in rows:
-        ceiling = bandwidth_gbs * 1e9 / (row["size_mb"] * 1e6) if row["size_mb"] else 0.0
+        read_mb = row.get("weights_read_mb", row["size_mb"])
+        ceiling = bandwidth_gbs * 1e9 / (read_mb * 1e6) if read_mb else 0.0
         out.append({"model": row["model"], "engine": row["engine"], "target_prompt_tokens": row["target_prompt_tokens"],
-                    "decode_tps": row["decode_tps"], "ceiling_tps": round(ceiling, 1),
+                    "target_gen_tokens": row.get("target_gen_tokens", 0), "threads": row.get("threads", 0),
+                    "weights_read_mb": read_mb, "decode_tps": row["decode_tps"], "ceiling_tps": round(ceiling, 1),
                     "percent_of_ceiling": round(100 * row["decode_tps"] / ceiling, 1) if ceiling else 0.0})
     return out
+
+
+def headline_rows(rows: list[dict], engine: str = "foundry-local") -> list[dict]:
+    """One row per model for headline figures: ``engine``, the shortest prompt, the first generation length."""
+    rows = [r for r in rows if r["engine"] == engine]
+    if not rows:
+        return []
+    shortest = min(r["target_prompt_tokens"] for r in rows)
+    picked: dict[str, dict] = {}
+    for row in rows:
+        if row["target_prompt_tokens"] == shortest:
+            picked.setdefault(row["model"], row)
+    return list(picked.values())
 
 
 def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32") -> list[str]:
@@ -209,11 +324,7 @@ def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32"
         >>> summary(report)[0]
         'int4: 3.3x fp32 decode speed at 0.37x size'
     """
-    rows = rows_for(report)
-    if not rows:
-        return []
-    shortest = min(r["target_prompt_tokens"] for r in rows)
-    by_precision = {r["precision"]: r for r in rows if r["target_prompt_tokens"] == shortest}
+    by_precision = {r["precision"]: r for r in headline_rows(report["rows"])}
     base = by_precision.get(baseline)
     top1 = {}
     for check in (quality or {}).get("checks", []):
@@ -231,52 +342,70 @@ def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32"
     return sentences
 
 
-def run_metadata() -> dict:
-    """Versions, threads, CPU and time of this run, for ``bench.json``."""
-    import importlib.metadata
-
+def cpu_info() -> dict:
+    """CPU model, logical CPUs and physical cores of this machine."""
     cpu = platform.processor() or platform.machine()
+    cores: set[tuple[str, str]] = set()
+    physical = core = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                cpu = value
+            elif key == "physical id":
+                physical = value
+            elif key == "core id":
+                core = value
+                cores.add((physical, core))
     except OSError:
         pass
-    versions = {}
-    for package in ("foundry-local-sdk", "onnxruntime-genai-core", "onnxruntime-genai", "onnxruntime"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": os.cpu_count(), "python": platform.python_version(),
-            "versions": versions, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "physical_cores": len(cores) or os.cpu_count()}
+
+
+def run_metadata() -> dict:
+    """CPU, versions (Python and packages) and time of this run, for ``bench.json`` (threads are per row)."""
+    from toolkit.report import versions
+
+    return {**cpu_info(), "versions": versions(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 ENGINES = ("foundry-local", "ort-genai")
 
 
-def bench(names: list[str], *, prompt_lengths: list[int] = (16, 128), gen_tokens: int = 32, repeats: int = 3,
-          warmup: int = 1, cache: str | Path | None = None, engines: tuple[str, ...] = ENGINES,
-          progress: bool = True) -> list[BenchRow]:
+def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = (16, 128), gen_lengths: Sequence[int] = (32,),
+          repeats: int = 3, warmup: int = 1, threads: Sequence[int] | None = None, cache: str | Path | None = None,
+          engines: Sequence[str] = ENGINES, progress: bool = True) -> list[BenchRow]:
     """Benchmark each registered model in fresh child processes, through each engine.
 
+    Args:
+        names: Registered model names.
+        prompt_lengths: Prompt lengths in tokens (chat template included).
+        gen_lengths: Tokens to generate per run; several make a generation-length sweep.
+        repeats: Measured runs per figure, after ``warmup`` discarded ones.
+        threads: Thread counts for the direct engine (a sweep when several). None: the same
+            count Foundry Local uses, the model's registered ``threads`` (see
+            ``slmops register --threads``). Foundry Local always runs with its registered count.
+        engines: ``foundry-local`` and/or ``ort-genai``.
+
     Example:
-        >>> rows = bench(["smollm2-fp32", "smollm2-int4"], gen_tokens=32)
+        >>> rows = bench(["smollm2-fp32", "smollm2-int4"], gen_lengths=[32])
         >>> {r.engine for r in rows}
         {'foundry-local', 'ort-genai'}
     """
     from tqdm.auto import tqdm
 
-    if repeats < 1 or warmup < 0 or gen_tokens < 2 or not prompt_lengths:
-        raise SlmopsError("bench needs repeats >= 1, warmup >= 0, gen_tokens >= 2 and at least one prompt length.")
+    if repeats < 1 or warmup < 0 or not prompt_lengths or not gen_lengths or min(gen_lengths) < 2 \
+            or min(prompt_lengths) < 1:
+        raise SlmopsError("bench needs repeats >= 1, warmup >= 0, prompt lengths >= 1 and generation lengths >= 2.")
+    if threads is not None and (not threads or min(threads) < 1):
+        raise SlmopsError("Thread counts must be whole numbers >= 1; leave them out to use the model's own.")
     unknown = set(engines) - set(ENGINES)
     if unknown or not engines:
         raise SlmopsError(f"Unknown engines {sorted(unknown)}; choose from {list(ENGINES)}.")
     cache_arg = str(settings.cache_dir(cache))
     rows: list[BenchRow] = []
     for name in tqdm(names, desc="bench", unit="model", disable=not progress):
-        job = json.dumps({"name": name, "prompt_lengths": list(prompt_lengths), "gen_tokens": gen_tokens,
+        job = json.dumps({"name": name, "prompt_lengths": list(prompt_lengths), "gen_lengths": list(gen_lengths),
                           "repeats": repeats, "warmup": warmup, "cache": cache_arg})
         env = {**os.environ, **settings.OFFLINE_ENV}
         done = subprocess.run([sys.executable, "-m", "toolkit.bench", job], capture_output=True, text=True, env=env,
@@ -287,8 +416,9 @@ def bench(names: list[str], *, prompt_lengths: list[int] = (16, 128), gen_tokens
         if "foundry-local" in engines:
             rows += [BenchRow(**row) for row in result["rows"]]
         if "ort-genai" in engines:
-            rows += [BenchRow(**row) for row in measure_direct(name, result, list(prompt_lengths), gen_tokens,
-                                                                repeats, warmup)]
+            for count in threads or [result["threads"]]:
+                rows += [BenchRow(**row) for row in measure_direct(result, prompt_lengths, gen_lengths, repeats,
+                                                                    warmup, count)]
     return rows
 
 
@@ -297,26 +427,54 @@ def rows_for(report: dict, engine: str = "foundry-local") -> list[dict]:
     return [row for row in report["rows"] if row["engine"] == engine]
 
 
-def engine_ratios(rows: list[BenchRow]) -> list[dict]:
-    """Foundry Local's decode tokens/s over the direct engine's, per model and prompt length."""
-    direct = {(r.model, r.target_prompt_tokens): r for r in rows if r.engine == "ort-genai"}
-    return [{"model": r.model, "target_prompt_tokens": r.target_prompt_tokens, "foundry_decode_tps": r.decode_tps,
-             "direct_decode_tps": direct[r.model, r.target_prompt_tokens].decode_tps,
-             "ratio": round(r.decode_tps / direct[r.model, r.target_prompt_tokens].decode_tps, 3)}
-            for r in rows if r.engine == "foundry-local" and (r.model, r.target_prompt_tokens) in direct
-            and direct[r.model, r.target_prompt_tokens].decode_tps]
+def engine_ratios(rows: Sequence[BenchRow]) -> list[dict]:
+    """Foundry Local's decode tokens/s over the direct engine's at the same lengths and thread count."""
+    direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads): r for r in rows
+              if r.engine == "ort-genai"}
+    out = []
+    for r in rows:
+        other = direct.get((r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads))
+        if r.engine == "foundry-local" and other is not None and other.decode_tps:
+            out.append({"model": r.model, "target_prompt_tokens": r.target_prompt_tokens,
+                        "target_gen_tokens": r.target_gen_tokens, "threads": r.threads,
+                        "foundry_decode_tps": r.decode_tps, "direct_decode_tps": other.decode_tps,
+                        "ratio": round(r.decode_tps / other.decode_tps, 3)})
+    return out
 
 
-def write_results(rows: list[BenchRow], out_dir: str | os.PathLike[str]) -> dict:
-    """Write ``bench.json`` (rows plus run metadata) and ``bench.csv`` into ``out_dir``."""
+def warnings(rows: Sequence[BenchRow]) -> list[str]:
+    """What makes figures less trustworthy: noisy rows, generations that stopped early, visible harness cost."""
+    out = []
+    for r in rows:
+        where = f"{r.model} {r.engine} prompt {r.target_prompt_tokens} gen {r.target_gen_tokens} threads {r.threads}"
+        if r.noisy:
+            out.append(f"{where}: decode varies {r.decode_cv:.0%} between runs (over {NOISY_CV:.0%}); "
+                       "rerun with more --repeats on a quieter machine")
+        if r.gen_tokens < r.target_gen_tokens:
+            out.append(f"{where}: generated {r.gen_tokens:.1f} of {r.target_gen_tokens} tokens on average "
+                       "(the model stopped early); decode tokens/s is over the tokens it did generate")
+        if r.harness_overhead_pct >= 1:
+            out.append(f"{where}: the harness took {r.harness_overhead_pct:.2f}% of decode time")
+    return out
+
+
+def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> dict:
+    """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = run_metadata()
     meta["memory_bandwidth_gbs"] = round(memory_bandwidth_gbs(), 2)
     report = {"metadata": meta, "rows": [asdict(r) for r in rows], "engine_ratios": engine_ratios(rows),
-              "noisy": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}" for r in rows if r.noisy]}
+              "noisy": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
+                        for r in rows if r.noisy],
+              "short": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
+                        for r in rows if r.gen_tokens < r.target_gen_tokens],
+              "max_harness_overhead_pct": max((r.harness_overhead_pct for r in rows), default=0.0),
+              "warnings": warnings(rows)}
     report["decode_ceiling"] = decode_ceiling(report["rows"], meta["memory_bandwidth_gbs"])
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    tmp = out / "bench.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out / "bench.json")
     with (out / "bench.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(BenchRow)])
         writer.writeheader()
@@ -324,10 +482,48 @@ def write_results(rows: list[BenchRow], out_dir: str | os.PathLike[str]) -> dict
     return report
 
 
+def figures(report: dict, quality: dict | None = None) -> dict[str, object]:
+    """The benchmark's plots (matplotlib Axes) by file stem: speed, latency, memory, sweeps, trade-off.
+
+    Sweeps appear only when the run swept them (several generation lengths or thread counts).
+
+    Example:
+        >>> for stem, ax in figures(report).items():
+        ...     ax.figure.savefig(f"{stem}.png")
+    """
+    from toolkit import plots
+
+    engine = "foundry-local" if rows_for(report) else "ort-genai"
+    main = rows_for(report, engine)
+    first_gen = [r for r in main if r["target_gen_tokens"] == main[0]["target_gen_tokens"]]
+    out = {
+        "decode_tps": plots.plot_metric(main, "decode_tps", ylabel="decode tokens/s"),
+        "ttft_ms": plots.plot_metric(main, "ttft_ms", ylabel="time to first token (ms)"),
+        "latency_vs_prompt": plots.plot_lines(
+            first_gen, "target_prompt_tokens", "e2e_ms",
+            xlabel="prompt tokens", ylabel="end-to-end latency (ms)",
+            title=f"Latency against prompt length ({first_gen[0]['target_gen_tokens']} generated tokens)"),
+        "peak_rss_mb": plots.plot_metric(main, "peak_rss_mb", ylabel="peak process RSS (MB)"),
+    }
+    if len({r["target_gen_tokens"] for r in report["rows"]}) > 1:
+        out["latency_vs_generation"] = plots.plot_lines(
+            [r for r in main if r["target_prompt_tokens"] == main[0]["target_prompt_tokens"]],
+            "target_gen_tokens", "e2e_ms", xlabel="generated tokens", ylabel="end-to-end latency (ms)",
+            title="Latency against generation length")
+    direct = rows_for(report, "ort-genai")
+    if len({r["threads"] for r in direct}) > 1:
+        out["decode_vs_threads"] = plots.plot_lines(
+            [r for r in direct if r["target_prompt_tokens"] == direct[0]["target_prompt_tokens"]
+             and r["target_gen_tokens"] == direct[0]["target_gen_tokens"]], "threads", "decode_tps",
+            xlabel="intra-op threads", ylabel="decode tokens/s", title="Decode speed against threads (direct engine)")
+    out["tradeoff"] = plots.plot_tradeoff(report, quality, engine=engine)
+    return out
+
+
 def _worker(job_json: str) -> None:
     job = json.loads(job_json)
     settings.apply_offline_env()
-    result = measure_model(job["name"], job["prompt_lengths"], job["gen_tokens"], job["repeats"], job["warmup"],
+    result = measure_model(job["name"], job["prompt_lengths"], job["gen_lengths"], job["repeats"], job["warmup"],
                            job["cache"])
     print(json.dumps(result))
 

@@ -74,7 +74,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     custom = load_prompt_template(args.template_file) if args.template_file else None
     template = "custom" if custom and args.template == "auto" else args.template
     config = ModelConfig(max_length=args.max_length, temperature=args.temperature, top_p=args.top_p,
-                         repetition_penalty=args.repetition_penalty)
+                         repetition_penalty=args.repetition_penalty, threads=args.threads)
     reg = register(args.onnx_dir, args.name, version=args.version, template=template, custom_template=custom,
                    model_config=config, cache=args.cache_dir, force=args.force, description=args.description)
     print(f"Registered {reg.model_id} ({reg.template} template, max_length {reg.model_config.max_length}) "
@@ -160,21 +160,29 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from toolkit.bench import bench, write_results
+    from toolkit import report as report_mod
+    from toolkit.bench import bench, figures, summary, write_results
 
-    rows = bench(args.names, prompt_lengths=args.prompt_lengths, gen_tokens=args.gen_tokens, repeats=args.repeats,
-                 warmup=args.warmup, cache=args.cache_dir, engines=tuple(args.engines))
+    rows = bench(args.names, prompt_lengths=args.prompt_lengths, gen_lengths=args.gen_tokens, threads=args.threads,
+                 repeats=args.repeats, warmup=args.warmup, cache=args.cache_dir, engines=tuple(args.engines))
     report = write_results(rows, args.out)
-    print(f"{'MODEL':<22} {'ENGINE':<14} {'PROMPT':>6} {'GEN':>4} {'TTFT ms':>8} {'DECODE tok/s':>13} {'CV':>6} "
-          f"{'E2E ms':>8} {'RSS MB':>7}")
+    print(f"{'MODEL':<22} {'ENGINE':<14} {'PROMPT':>6} {'GEN':>5} {'THR':>3} {'TTFT ms':>8} {'DECODE tok/s':>13} "
+          f"{'CV':>6} {'E2E ms':>8} {'RSS MB':>7} {'CPU%':>5} {'SYS%':>5}")
     for r in rows:
-        print(f"{r.model:<22} {r.engine:<14} {r.prompt_tokens:>6} {r.gen_tokens:>4.0f} {r.ttft_ms:>8.1f} "
-              f"{r.decode_tps:>7.1f} ±{r.decode_tps_sd:<5.1f} {r.decode_cv:>6.1%} {r.e2e_ms:>8.1f} {r.peak_rss_mb:>7.0f}"
-              + ("  (noisy: rerun on a quieter machine)" if r.noisy else ""))
+        print(f"{r.model:<22} {r.engine:<14} {r.prompt_tokens:>6} {r.gen_tokens:>5.0f} {r.threads or 'def':>3} "
+              f"{r.ttft_ms:>8.1f} {r.decode_tps:>7.1f} ±{r.decode_tps_sd:<5.1f} {r.decode_cv:>6.1%} {r.e2e_ms:>8.1f} "
+              f"{r.peak_rss_mb:>7.0f} {r.cpu_percent:>5.0f} {r.system_cpu_percent:>5.0f}")
     for ratio in report["engine_ratios"]:
-        print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt tokens: Foundry Local decodes at "
-              f"{ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
-    print(f"Wrote {Path(args.out) / 'bench.json'} and bench.csv")
+        print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
+              f"tokens: Foundry Local decodes at {ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
+    for line in summary(report, report_mod.read_json(Path(args.out) / "test.json")):
+        print(line)
+    print(f"Harness overhead: at most {report['max_harness_overhead_pct']:.3f}% of decode time")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    for stem, ax in figures(report).items():
+        report_mod.save_figure(ax, Path(args.out) / f"{stem}.png")
+    print(f"Wrote {Path(args.out) / 'bench.json'}, bench.csv and plots")
     return 0
 
 
@@ -188,10 +196,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from toolkit.pipeline import load_params, run_pipeline
+    from toolkit.pipeline import load_params, run_pipeline, run_sweep
 
-    index = run_pipeline(load_params(args.params), args.out)
+    params = load_params(args.params)
+    index = run_sweep(params, args.out) if "sweep" in params else run_pipeline(params, args.out)
     print(f"Report: {index}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from toolkit import report
+
+    run = Path(args.run_dir)
+    if not run.is_dir():
+        raise SlmopsError(f"No run folder at {run}; run `slmops demo` or `slmops run --params FILE --out {run}`.")
+    index = report.write_index(run)
+    print(f"Report: {index}")
+    if args.zip:
+        target = report.archive(run, args.out, with_models=args.with_models)
+        print(f"Archive: {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -223,7 +246,10 @@ def _int4_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    import textwrap
+
     from toolkit.convert import INT4_RECIPES, Method, Precision
+    from toolkit.pipeline import DEMO_PARAMS
     from toolkit.templates import TEMPLATE_NOTES, Template
 
     parser = argparse.ArgumentParser(
@@ -235,10 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="run folder (default: outputs/demo)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="the four notebooks with papermill, parameters from a YAML/JSON file")
+    p = sub.add_parser(
+        "run", help="the four notebooks with papermill, parameters from a YAML/JSON file (or a sweep of them)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=textwrap.fill(
+            "A parameters file sets notebook parameters (the first cell of each notebook explains them): "
+            + ", ".join(DEMO_PARAMS) + ".", 88) + """ E.g.:
+
+  precisions: [fp32, int4]
+  checklist_requests: 100
+
+A `sweep` mapping runs every combination as its own run in OUT/LABEL/ and writes a
+comparison page OUT/index.html:
+
+  precisions: [fp32, int4]
+  sweep:
+    int4_recipe: [builder-default, int8-head]
+    int4_block_size: [32, 128]
+
+""" + EPILOG)
     p.add_argument("--params", required=True, help="YAML/JSON file of notebook parameters")
     p.add_argument("--out", required=True, help="run folder, e.g. outputs/my-run")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="rewrite a run's index.html; --zip packs the run folder to send",
+                       epilog=EPILOG)
+    p.add_argument("run_dir", metavar="RUN", help="a run folder, e.g. outputs/demo")
+    p.add_argument("--zip", action="store_true", help="also write RUN.zip (model weights left out)")
+    p.add_argument("--with-models", action="store_true", help="keep the ONNX model weights in the archive")
+    p.add_argument("--out", help="archive path (default: RUN.zip beside the run folder)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("convert", help="convert one Hugging Face model to ONNX at one precision")
     p.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
@@ -277,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.7, help="0..2 (default 0.7)")
     g.add_argument("--top-p", type=float, default=0.9, help="(0, 1] (default 0.9)")
     g.add_argument("--repetition-penalty", type=float, default=1.1, help="1..2 (default 1.1)")
+    g.add_argument("--threads", type=int, help="CPU threads per request, written to genai_config.json's session "
+                   "options (default: ONNX Runtime's own choice; compare with `slmops bench --threads`)")
     p.add_argument("--description", default="")
     p.add_argument("--force", action="store_true", help="replace a different model registered under this name")
     _cache_option(p)
@@ -324,12 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_option(p)
     p.set_defaults(func=cmd_test)
 
-    p = sub.add_parser("bench", help="benchmark registered models; writes bench.json, bench.csv", epilog=EPILOG)
+    p = sub.add_parser("bench", help="benchmark registered models; writes bench.json, bench.csv and plots",
+                       epilog=EPILOG)
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--prompt-lengths", type=int, nargs="+", default=[16, 128])
-    p.add_argument("--gen-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--prompt-lengths", type=int, nargs="+", default=[16, 128, 512, 1024], metavar="N",
+                   help="prompt lengths in tokens, chat template included (default 16 128 512 1024)")
+    p.add_argument("--gen-tokens", type=int, nargs="+", default=[32], metavar="N",
+                   help="tokens generated per run; several make a generation-length sweep (default 32)")
+    p.add_argument("--threads", type=int, nargs="+", metavar="N",
+                   help="thread counts for the direct engine, a sweep when several (default: the model's own, as "
+                   "Foundry Local runs it; set that with `slmops register --threads`)")
+    p.add_argument("--repeats", type=int, default=3, help="measured runs per figure (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="discarded runs before them (default 1)")
     p.add_argument("--engines", nargs="+", choices=["foundry-local", "ort-genai"],
                    default=["foundry-local", "ort-genai"],
                    help="foundry-local (in-process, what users deploy) and ort-genai (ONNX Runtime GenAI directly, "

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -208,6 +208,19 @@ def supported_architectures() -> list[str]:
     return sorted(set(re.findall(r'architectures\[0\] == "(\w+)"', source.read_text())))
 
 
+def recipe_options(recipe: str, *, block_size: int = 0) -> Int4Options:
+    """The INT4 options of a named recipe (see :data:`INT4_RECIPES`), with another block size when given.
+
+    Example:
+        >>> recipe_options("compact", block_size=64).block_size
+        64
+    """
+    if recipe not in INT4_RECIPES:
+        raise InvalidOptionError("int4_recipe", recipe, f"one of {list(INT4_RECIPES)}")
+    options = INT4_RECIPES[recipe]
+    return replace(options, block_size=block_size) if block_size else options
+
+
 def needs_quantizer(spec: ConvertSpec) -> bool:
     """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`toolkit.quantize`.
 
@@ -336,6 +349,20 @@ def build_olive_config(spec: ConvertSpec, output: Path, cache: Path) -> dict:
     }
 
 
+def check_source(model_dir: str | os.PathLike[str]) -> SourceModel:
+    """Describe a Hugging Face model folder, or say why this toolkit cannot convert it.
+
+    Raises:
+        ModelFolderError: not a Hugging Face model folder.
+        UnsupportedArchitectureError: the builder cannot convert this architecture.
+    """
+    source = inspect_source(model_dir)
+    supported = supported_architectures()
+    if supported and source.architecture not in supported:
+        raise UnsupportedArchitectureError(source.architecture, supported)
+    return source
+
+
 def validate(spec: ConvertSpec) -> SourceModel:
     """Check everything about ``spec`` before any work starts.
 
@@ -353,10 +380,7 @@ def validate(spec: ConvertSpec) -> SourceModel:
         ) from exc
     if spec.execution_provider not in _PROVIDERS:
         raise InvalidOptionError("execution_provider", spec.execution_provider, f"one of {sorted(_PROVIDERS)}")
-    source = inspect_source(spec.model_dir)
-    supported = supported_architectures()
-    if supported and source.architecture not in supported:
-        raise UnsupportedArchitectureError(source.architecture, supported)
+    source = check_source(spec.model_dir)
     spec.int4.validate()
     if precision is Precision.FP16 and spec.execution_provider == "cpu":
         raise InvalidOptionError(

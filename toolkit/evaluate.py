@@ -431,12 +431,12 @@ def _per_token_ms(model, lengths: list[int], seed: int, progress: bool) -> dict[
     from tokenizers import Tokenizer
     from tqdm.auto import tqdm
 
-    from toolkit.bench import _prompt_of
+    from toolkit.bench import prompt_text
 
     tokenizer = Tokenizer.from_file(str(Path(model.model.get_path()) / "tokenizer.json"))
     figures = {}
     for length in tqdm(lengths, desc=f"{model.name}: input lengths", unit="len", disable=not progress):
-        prompt = _prompt_of(tokenizer, length) + "\nContinue the text."
+        prompt = prompt_text(tokenizer, length)
         best = float("inf")
         for _ in range(2):  # the faster of two: a shared machine adds noise, never speed
             generation = model.generate([{"role": "user", "content": prompt}], max_tokens=16, seed=seed)

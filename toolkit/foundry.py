@@ -57,6 +57,8 @@ class Generation:
         ttft_s: Seconds to the first streamed token.
         total_s: Seconds for the whole request.
         finish_reason: ``stop``, ``length`` or ``error``.
+        harness_s: Seconds spent in this toolkit's code (and its caller's) between streamed
+            pieces, the benchmark harness's own cost.
     """
 
     text: str
@@ -65,6 +67,7 @@ class Generation:
     ttft_s: float
     total_s: float
     finish_reason: str
+    harness_s: float = 0.0
 
     @property
     def decode_tps(self) -> float:
@@ -175,14 +178,17 @@ class LoadedModel:
         start = time.perf_counter()
         first = None
         pieces: list[str] = []
+        harness = 0.0
         try:
             with self._request(messages) as request, session.process_streaming_request(request) as stream:
                 for item in stream:
+                    arrived = time.perf_counter()
                     if isinstance(item, TextItem):
                         if first is None:
-                            first = time.perf_counter()
+                            first = arrived
                         pieces.append(item.text)
                         yield item.text
+                    harness += time.perf_counter() - arrived
                 total = time.perf_counter() - start
                 final = stream.final_response
                 usage = final.get_usage()
@@ -190,7 +196,7 @@ class LoadedModel:
         except FoundryLocalException as exc:
             raise FoundryRequestError(str(exc)) from exc
         yield Generation("".join(pieces), usage.prompt_tokens, usage.completion_tokens,
-                         (first or time.perf_counter()) - start, total, reason)
+                         (first or time.perf_counter()) - start, total, reason, harness)
 
     def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 256, temperature: float = 0.0,
                seed: int = 0) -> Iterator[str | Generation]:

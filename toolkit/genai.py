@@ -77,48 +77,71 @@ def decode_tps(model_dir: str | os.PathLike[str], *, prompt: str = "The capital 
     return produced / (time.perf_counter() - start)
 
 
-def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_tokens: int, repeats: int,
-                warmup: int) -> dict:
-    """Time greedy generation of exactly ``gen_tokens`` tokens (EOS ignored) after each prompt of token ids.
+def load(model_dir: str | os.PathLike[str], threads: int = 0):
+    """An ``og.Model`` for ``model_dir``; ``threads`` > 0 fixes the session's intra-op threads (files untouched)."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(model_dir))
+    if threads:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    return og.Model(config)
+
+
+def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
+                warmup: int, threads: int = 0) -> dict:
+    """Time greedy generation of exactly each of ``gen_lengths`` tokens (EOS ignored) after each prompt of token ids.
 
     The method of ONNX Runtime GenAI's ``benchmark_e2e.py``: time to first token covers the
-    prompt pass and choosing the first token; each later token is one model step. Run in a
+    prompt pass and choosing the first token; each later token is one model step. Each step
+    is timed too, so what the loop around them costs (the harness) is measured. Run in a
     child process so the peak RSS is this model's own.
 
     Returns:
-        ``{"load_s", "peak_rss_mb", "runs": [[{"ttft_s", "total_s", "gen_tokens"}, ...] per prompt]}``.
+        ``{"load_s", "load_rss_mb", "peak_rss_mb", "runs": [[[run, ...] per generation length] per prompt]}``,
+        each run ``{"ttft_s", "total_s", "gen_tokens", "harness_s", "cpu_percent", "system_cpu_percent"}``.
     """
-    import resource
+    from toolkit.bench import peak_rss_mb, rss_mb
 
+    rss0, start = rss_mb(), time.perf_counter()
+    model = load(model_dir, threads)
+    load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
+    runs = [[time_generation(model, ids, gen, repeats, warmup) for gen in gen_lengths] for ids in prompts]
+    return {"load_s": load_s, "load_rss_mb": load_rss, "peak_rss_mb": peak_rss_mb(), "runs": runs}
+
+
+def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup: int) -> list[dict]:
+    """Timed greedy runs of exactly ``gen_tokens`` tokens after ``ids`` on a loaded ``og.Model``.
+
+    See :func:`bench_model` for the method and each run's keys.
+    """
     import onnxruntime_genai as og
 
-    start = time.perf_counter()
-    model = og.Model(str(model_dir))
-    load_s = time.perf_counter() - start
-    runs = []
-    for ids in prompts:
-        measured = []
-        for index in range(warmup + repeats):
-            params = og.GeneratorParams(model)
-            total = len(ids) + gen_tokens
-            params.set_search_options(max_length=total, min_length=total, do_sample=False)
-            generator = og.Generator(model, params)
-            cpu0, begin = time.process_time(), time.perf_counter()
-            generator.append_tokens(ids)
+    from toolkit.bench import CpuMeter
+
+    meter = CpuMeter()
+    measured = []
+    for index in range(warmup + repeats):
+        params = og.GeneratorParams(model)
+        total = len(ids) + gen_tokens
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        generator = og.Generator(model, params)
+        meter.start()
+        begin = time.perf_counter()
+        generator.append_tokens(ids)
+        generator.generate_next_token()
+        first = time.perf_counter()
+        produced, in_steps = 1, 0.0
+        while not generator.is_done():
+            step = time.perf_counter()
             generator.generate_next_token()
-            first = time.perf_counter()
-            produced = 1
-            while not generator.is_done():
-                generator.generate_next_token()
-                produced += 1
-            end = time.perf_counter()
-            if index >= warmup:
-                measured.append({"ttft_s": first - begin, "total_s": end - begin, "gen_tokens": produced,
-                                 "cpu_percent": (time.process_time() - cpu0) / (end - begin) * 100})
-            del generator
-        runs.append(measured)
-    return {"load_s": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "runs": runs}
+            in_steps += time.perf_counter() - step
+            produced += 1
+        end = time.perf_counter()
+        if index >= warmup:
+            measured.append({"ttft_s": first - begin, "total_s": end - begin, "gen_tokens": produced,
+                             "harness_s": (end - first) - in_steps, **meter.stop()})
+        del generator
+    return measured
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -200,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("bench")
     p.add_argument("model")
-    p.add_argument("--job", type=Path, required=True, help="JSON: prompts (token id lists), gen_tokens, repeats, warmup")
+    p.add_argument("--job", type=Path, required=True,
+                   help="JSON: prompts (token id lists), gen_lengths, repeats, warmup, threads")
     p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "compare":

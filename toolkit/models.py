@@ -97,11 +97,19 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
 
 
 def _safetensors_parameters(file: Path) -> int:
-    """Count the weights in a safetensors file from its JSON header (no tensor is read)."""
-    with file.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    """Count the weights in a safetensors file from its JSON header (no tensor is read).
+
+    Raises:
+        ModelFolderError: the file is empty, truncated or not safetensors.
+    """
+    try:
+        with file.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, MemoryError, OverflowError) as exc:
+        raise ModelFolderError(file.parent, f"{file.name} is not a readable safetensors file ({type(exc).__name__})",
+                               "Re-save the model's weights (save_pretrained with safe_serialization).") from exc
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:

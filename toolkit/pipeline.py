@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -17,12 +18,14 @@ DEMO_PARAMS: dict = {
     "precisions": ["fp32", "int8", "int4"],
     "method": "builder",
     "int4_recipe": "builder-default",
+    "int4_block_size": 0,
     "compare_recipes": True,
     "template": "auto",
     "cases": "",
     "checklist_requests": 200,
-    "prompt_lengths": [16, 128],
-    "gen_tokens": 32,
+    "prompt_lengths": [16, 128, 512],
+    "gen_lengths": [32],
+    "threads": [],
     "repeats": 3,
     "warmup": 1,
     "cache_dir": "",
@@ -50,23 +53,48 @@ def load_params(path: str | os.PathLike[str]) -> dict:
         params = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SlmopsError(f"{file} is not valid YAML/JSON: {exc}") from exc
-    unknown = set(params) - set(DEMO_PARAMS)
+    if not isinstance(params, dict):
+        raise SlmopsError(f"{file} must hold a mapping of parameter names to values.")
+    sweep = params.get("sweep")
+    if sweep is not None and (not isinstance(sweep, dict) or not sweep
+                              or not all(isinstance(v, list) and v for v in sweep.values())):
+        raise SlmopsError(f"`sweep` in {file} must map parameter names to non-empty lists of values, "
+                          "e.g. sweep: {int4_block_size: [32, 128]}.")
+    unknown = (set(params) - {"sweep"} - set(DEMO_PARAMS)) | (set(sweep or {}) - set(DEMO_PARAMS))
     if unknown:
         raise SlmopsError(f"Unknown parameters in {file}: {sorted(unknown)}. Known: {sorted(DEMO_PARAMS)}.")
     return params
 
 
 def _render_html(notebook: Path) -> Path:
+    """Render an executed notebook to HTML that reads well offline.
+
+    Widget outputs (the progress bars of a headless run) are left out: a widget view needs a
+    live kernel or a renderer from the web, and its saved text is the bar's first frame. The
+    template's scripts from CDNs (MathJax, Mermaid, require.js) are dropped too, so the page
+    loads nothing from the network.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
+    book = nbformat.read(notebook, as_version=4)
+    book.metadata.pop("widgets", None)
+    for cell in book.cells:
+        if "outputs" in cell:
+            cell.outputs = [o for o in cell.outputs
+                            if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
     exporter = HTMLExporter()
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    body, _ = exporter.from_notebook_node(book)
+    body = _REMOTE_SCRIPT.sub("", body)
     target = notebook.with_suffix(".html")
     target.write_text(body)
     return target
+
+
+_REMOTE_SCRIPT = re.compile(r"<script\b[^>]*>(?:(?!</script>).)*?https://(?:cdnjs|unpkg)(?:(?!</script>).)*?</script>"
+                            r"|<script\b[^>]*src=\"https?://[^\"]*\"[^>]*>\s*</script>", re.S)
 
 
 def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = True) -> Path:
@@ -118,3 +146,52 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
 def demo(out: str | os.PathLike[str] = "outputs/demo", *, progress: bool = True) -> Path:
     """The whole pipeline on the bundled model (fp32, int8, int4)."""
     return run_pipeline(DEMO_PARAMS, out, progress=progress)
+
+
+def sweep_runs(params: dict) -> list[tuple[str, dict]]:
+    """The runs of a sweep: ``params["sweep"]`` maps names to value lists; every combination is one run.
+
+    Each run gets its own label and registered-name prefix, so runs never overwrite each
+    other's models.
+
+    Example:
+        >>> [label for label, _ in sweep_runs({"sweep": {"precisions": [["int4"], ["int8"]]}})]
+        ['1-precisions=int4', '2-precisions=int8']
+    """
+    import itertools
+
+    base = {k: v for k, v in params.items() if k != "sweep"}
+    names = list(params["sweep"])
+    runs = []
+    for number, values in enumerate(itertools.product(*(params["sweep"][n] for n in names)), start=1):
+        chosen = dict(zip(names, values, strict=True))
+        text = "_".join(f"{n}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for n, v in chosen.items())
+        label = f"{number}-" + re.sub(r"[^A-Za-z0-9_.+=-]", "", text)[:80]
+        prefix = f"{base.get('name_prefix', DEMO_PARAMS['name_prefix'])}-s{number}"
+        runs.append((label, {**base, **chosen, "name_prefix": prefix}))
+    return runs
+
+
+def run_sweep(params: dict, out: str | os.PathLike[str], *, progress: bool = True) -> Path:
+    """Run every parameter set of a sweep as its own pipeline run in ``out/LABEL/``; write ``out/index.html``.
+
+    A failed run is reported on the comparison page and the others still run.
+
+    Raises:
+        SlmopsError: after all runs, when any failed.
+    """
+    out_dir = Path(out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = sweep_runs(params)
+    results = []
+    for label, run_params in runs:
+        try:
+            run_pipeline(run_params, out_dir / label, progress=progress)
+            results.append((label, run_params, "ok"))
+        except SlmopsError as exc:
+            results.append((label, run_params, f"FAILED: {exc}"))
+    index = report.write_sweep_index(out_dir, results, swept=list(params["sweep"]))
+    failed = [label for label, _, state in results if state != "ok"]
+    if failed:
+        raise SlmopsError(f"{len(failed)} of {len(runs)} sweep runs failed ({', '.join(failed)}); see {index}")
+    return index

@@ -79,6 +79,29 @@ def plot_metric(rows: Sequence[dict], metric: str = "decode_tps", *, ax=None, yl
     return ax
 
 
+def plot_lines(rows: Sequence[dict], x: str, y: str, *, group: str = "model", ax=None, xlabel: str | None = None,
+               ylabel: str | None = None, title: str | None = None):
+    """One line per ``group`` value of ``y`` against ``x`` (the first row wins where a group repeats an ``x``).
+
+    Example:
+        >>> plot_lines(rows, "target_prompt_tokens", "e2e_ms").figure.savefig("latency.png")
+    """
+    ax = _axes(ax)
+    for key in dict.fromkeys(r[group] for r in rows):
+        points: dict = {}
+        for r in rows:
+            if r[group] == key:
+                points.setdefault(r[x], r[y])
+        xs = sorted(points)
+        ax.plot(xs, [points[v] for v in xs], marker="o", label=str(key))
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    ax.set_title(title or f"{ylabel or y} against {xlabel or x}")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
+    return ax
+
+
 def plot_rss(reports: Sequence, *, ax=None):
     """Process RSS after each request of the checklist's memory check, one line per model.
 
@@ -116,25 +139,25 @@ def plot_per_token(reports: Sequence, *, ax=None):
     return ax
 
 
-def plot_tradeoff(report: dict, quality: dict | None = None, *, ax=None):
-    """Size against decode speed per model (Foundry Local, shortest prompt), labelled with top-1 agreement.
+def plot_tradeoff(report: dict, quality: dict | None = None, *, engine: str = "foundry-local", ax=None):
+    """Size against decode speed per model (shortest prompt), labelled with top-1 agreement.
 
     Example:
         >>> plot_tradeoff(json.load(open("bench.json")), json.load(open("test.json"))).figure.savefig("t.png")
     """
+    from toolkit.bench import headline_rows
+
     ax = _axes(ax)
-    rows = [r for r in report["rows"] if r["engine"] == "foundry-local"]
-    shortest = min(r["target_prompt_tokens"] for r in rows)
     top1 = {c["model"]: c["value"] for c in (quality or {}).get("checks", [])
             if c["check"] == "quality" and c["case"] == "top1-agreement"}
-    for r in (r for r in rows if r["target_prompt_tokens"] == shortest):
+    for r in headline_rows(report["rows"], engine):
         ax.scatter(r["size_mb"], r["decode_tps"], s=50)
         label = r["precision"] + (f"\ntop-1 {top1[r['model']]}" if r["model"] in top1 else "")
         ax.annotate(label, (r["size_mb"], r["decode_tps"]), xytext=(5, 3), textcoords="offset points",
                     fontsize="small")
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel("decode tokens/s")
-    ax.set_title("Size, speed and quality")
+    ax.set_title(f"Size, speed and quality ({engine})")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     return ax

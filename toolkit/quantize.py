@@ -251,6 +251,28 @@ def weight_summary(model_file: Path) -> dict:
     return {"parameters": counts, **where}
 
 
+def lookup_only_mb(model_file: Path) -> float:
+    """MB of weights only ever looked up by row (an embedding table not shared with the LM head).
+
+    Decoding a token reads one row of such a table, not all of it, so a decode-speed bound
+    from bytes read per token leaves them out. Read from the graph alone.
+
+    Example:
+        >>> lookup_only_mb(Path("int4/model.onnx"))  # the builder's INT4 keeps a 113 MB FP32 table
+        113.2
+    """
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    sizes = {init.name: int(np.prod(init.dims)) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+             for init in graph.initializer}
+    gathered, used_elsewhere = set(), set()
+    for node in graph.node:
+        target = gathered if node.op_type in ("Gather", "GatherBlockQuantized") else used_elsewhere
+        target.update(name for name in node.input if name in sizes)
+    return round(sum(sizes[name] for name in gathered - used_elsewhere) / 1e6, 1)
+
+
 def _weight_of(node, dims: dict, dtypes: dict) -> tuple[str, str, int] | None:
     """``(storage kind, initializer name, parameter count)`` of a node that reads a weight table."""
     attrs = {a.name: a.i for a in node.attribute}

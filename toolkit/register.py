@@ -44,12 +44,21 @@ class ModelConfig:
         temperature: Sampling temperature, 0 to 2.
         top_p: Nucleus sampling mass, (0, 1].
         repetition_penalty: 1 means none; 1 to 2.
+        threads: CPU threads ONNX Runtime uses for one request (``intra_op_num_threads`` in
+            ``genai_config.json``, as Ollama's ``num_thread``); None leaves the runtime's default.
     """
 
     max_length: int | None = None
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.1
+    threads: int | None = None
+
+    def search_options(self) -> dict:
+        """The generation defaults for ``search`` and ``inference_model.json`` (everything but ``threads``)."""
+        options = asdict(self)
+        del options["threads"]
+        return options
 
     def for_context(self, context_length: int) -> ModelConfig:
         """This config with ``max_length`` filled in for a model of ``context_length`` tokens."""
@@ -70,6 +79,8 @@ class ModelConfig:
             raise InvalidOptionError("top_p", self.top_p, "a number in (0, 1]")
         if not 1 <= self.repetition_penalty <= 2:
             raise InvalidOptionError("repetition_penalty", self.repetition_penalty, "1..2")
+        if self.threads is not None and (not isinstance(self.threads, int) or not 1 <= self.threads <= 256):
+            raise InvalidOptionError("threads", self.threads, "a whole number from 1 (or leave it unset)")
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,11 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
     for item in onnx_dir.iterdir():
         if item.is_file() and item.name not in rewritten:
             _link_or_copy(item, staging / item.name)
-    genai_config["search"] = {**genai_config.get("search", {}), **asdict(model_config)}
+    genai_config["search"] = {**genai_config.get("search", {}), **model_config.search_options()}
+    if model_config.threads:
+        decoder = genai_config["model"]["decoder"]
+        options = decoder.get("session_options", {})
+        decoder["session_options"] = {**options, "intra_op_num_threads": model_config.threads}
     (staging / "genai_config.json").write_text(json.dumps(genai_config, indent=4))
     tokenizer_file = onnx_dir / "tokenizer_config.json"
     tokenizer_config = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
@@ -151,7 +166,7 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
         "Description": description or f"{name} converted by slmops",
         "Version": str(version),
         "PromptTemplate": resolved.prompt_template.as_json(),
-        "ModelConfig": asdict(model_config),
+        "ModelConfig": model_config.search_options(),
     }
     (staging / INFERENCE_MODEL).write_text(json.dumps(inference_model, indent=2, ensure_ascii=False))
 

@@ -43,10 +43,29 @@ class PrecisionChoice:
     int4: Int4Options = field(default_factory=Int4Options)
 
 
-class PrecisionPicker(w.VBox):
-    """Pick precisions (with the tutorial's size/speed/quality trade-off) and every INT4 option.
+def _figure(value: object, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "–"
 
-    A recipe fills the INT4 fields; editing a field afterwards keeps the edit.
+
+def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict]) -> str:
+    """HTML: the tutorial's expected trade-off per chosen precision, beside what a run measured."""
+    head = ("<tr><th>precision</th><th>expected size</th><th>expected</th><th>measured MB</th><th>× FP32</th>"
+            "<th>top-1 vs FP32</th><th>decode tok/s</th></tr>")
+    rows = []
+    for p in precisions:
+        got = measured.get(p.value, {})
+        rows.append(f"<tr><td>{p.value}</td><td>×{TUTORIAL_SIZE_RATIO[p]}</td><td>{TUTORIAL_ADVICE[p]}</td>"
+                    f"<td>{_figure(got.get('size_mb'), '.4g')}</td><td>{_figure(got.get('x_fp32'), '.3f')}</td>"
+                    f"<td>{_figure(got.get('top1'), '.3f')}</td><td>{_figure(got.get('decode_tps'), '.1f')}</td></tr>")
+    return f"<table class='slmops-tradeoff'>{head}{''.join(rows)}</table>"
+
+
+class PrecisionPicker(w.VBox):
+    """Pick precisions and every INT4 option; a table shows the expected trade-off and, once measured, the real one.
+
+    A recipe fills the INT4 fields; editing a field afterwards keeps the edit. With a
+    ``run_dir``, the table shows what that run measured (:func:`toolkit.report.measured_figures`),
+    and :meth:`refresh` rereads it; :attr:`measured` can also be set directly.
 
     Example:
         >>> picker = PrecisionPicker(["fp32", "int4"], recipe="compact")
@@ -55,9 +74,11 @@ class PrecisionPicker(w.VBox):
     """
 
     value = traitlets.Instance(PrecisionChoice)
+    measured = traitlets.Dict()
 
     def __init__(self, precisions: list[str] | tuple[str, ...] = ("int4",), *, recipe: str = "builder-default",
-                 int4: Int4Options | None = None) -> None:
+                 int4: Int4Options | None = None, run_dir: str | Path | None = None) -> None:
+        self._run_dir = run_dir
         self._precisions = w.SelectMultiple(
             options=[(f"{p.value}: ×{TUTORIAL_SIZE_RATIO[p]} size, {TUTORIAL_ADVICE[p]}", p) for p in Precision],
             value=tuple(Precision(p) for p in precisions), rows=4, description="Precisions",
@@ -77,9 +98,13 @@ class PrecisionPicker(w.VBox):
         self._fields = [self._block_size, self._symmetric, self._accuracy, self._algorithm, self._lm_head,
                         self._embeddings]
         self._set_fields(int4 or INT4_RECIPES[recipe])
+        self._tradeoff = w.HTML()
         super().__init__(children=[self._precisions, self._recipe,
-                                   w.HBox(self._fields[:3]), w.HBox(self._fields[3:])])
+                                   w.HBox(self._fields[:3]), w.HBox(self._fields[3:]), self._tradeoff])
         self.value = self._current()
+        self.refresh()
+        self._show_tradeoff()
+        self.observe(lambda _change: self._show_tradeoff(), names=["value", "measured"])
         self._precisions.observe(self._on_field_change, names="value")
         self._recipe.observe(self._on_recipe_change, names="value")
         for child in self._fields:
@@ -97,6 +122,15 @@ class PrecisionPicker(w.VBox):
         options = Int4Options(self._block_size.value, self._symmetric.value, self._accuracy.value,
                               self._algorithm.value, self._lm_head.value, self._embeddings.value)
         return PrecisionChoice(tuple(self._precisions.value), options)
+
+    def refresh(self) -> None:
+        """Reread the measured figures of ``run_dir``."""
+        from toolkit.report import measured_figures
+
+        self.measured = measured_figures(self._run_dir) if self._run_dir else {}
+
+    def _show_tradeoff(self) -> None:
+        self._tradeoff.value = tradeoff_table(self.value.precisions, self.measured)
 
     def _on_recipe_change(self, change: dict) -> None:
         self._set_fields(INT4_RECIPES[change["new"]])
