@@ -500,7 +500,7 @@ def figures(report: dict, quality: dict | None = None) -> dict[str, object]:
         "decode_tps": plots.plot_metric(main, "decode_tps", ylabel="decode tokens/s"),
         "ttft_ms": plots.plot_metric(main, "ttft_ms", ylabel="time to first token (ms)"),
         "latency_vs_prompt": plots.plot_lines(
-            first_gen, "target_prompt_tokens", "e2e_ms",
+            first_gen, "prompt_tokens", "e2e_ms",
             xlabel="prompt tokens", ylabel="end-to-end latency (ms)",
             title=f"Latency against prompt length ({first_gen[0]['target_gen_tokens']} generated tokens)"),
         "peak_rss_mb": plots.plot_metric(main, "peak_rss_mb", ylabel="peak process RSS (MB)"),

@@ -86,7 +86,7 @@ def _render_html(notebook: Path) -> Path:
     exporter = HTMLExporter()
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
-    body, _ = exporter.from_notebook_node(book)
+    body, _ = exporter.from_notebook_node(book, resources={"metadata": {"name": f"slmops {notebook.stem}"}})
     body = _REMOTE_SCRIPT.sub("", body)
     target = notebook.with_suffix(".html")
     target.write_text(body)
