@@ -7,7 +7,6 @@ Config first, run second: :func:`builder_command`, :func:`olive_command` and
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -409,15 +408,8 @@ def validate(spec: ConvertSpec) -> SourceModel:
     return source
 
 
-def _versions() -> dict[str, str]:
-    names = ["onnxruntime-genai", "onnxruntime", "olive-ai", "transformers", "torch", "foundry-local-sdk"]
-    found = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+#: Packages whose versions a manifest records.
+_MANIFEST_PACKAGES = ("onnxruntime-genai", "onnxruntime", "olive-ai", "transformers", "torch", "foundry-local-sdk")
 
 
 def dir_size_mb(path: Path, pattern: str = "**/*") -> float:
@@ -577,7 +569,7 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
         "size_ratio_vs_fp32": round(ratio, 4) if ratio else None,
         "tutorial_size_ratio": tutorial,
         "size_vs_tutorial": round(ratio / tutorial, 3) if ratio else None,
-        "versions": _versions(),
+        "versions": tools.package_versions(_MANIFEST_PACKAGES),
         "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -45,14 +45,15 @@ def read_json(path: str | os.PathLike[str]):
 
 
 def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
-    """What a run has measured so far, per precision: size, top-1 agreement with FP32, decode tokens/s.
+    """What a run has measured so far, per precision: size, top-1 agreement with FP32, and the
+    benchmark's headline decode tokens/s, time to first token and peak RSS.
 
     Reads ``models/convert.json``, ``test.json`` and ``bench.json`` where they exist; a
     precision appears once it has been converted.
 
     Example:
         >>> measured_figures("outputs/demo")["int4"]
-        {'size_mb': 203.3, 'x_fp32': 0.374, 'top1': 0.666, 'decode_tps': 93.8}
+        {'size_mb': 203.3, 'x_fp32': 0.374, 'top1': 0.666, 'decode_tps': 93.8, 'ttft_ms': 265.2, 'peak_rss_mb': 814.2}
     """
     run = Path(run_dir)
     figures: dict[str, dict] = {}
@@ -68,7 +69,7 @@ def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
 
         for row in headline_rows(bench["rows"]):
             if row["precision"] in figures:
-                figures[row["precision"]]["decode_tps"] = row["decode_tps"]
+                figures[row["precision"]].update({key: row[key] for key in ("decode_tps", "ttft_ms", "peak_rss_mb")})
     return figures
 
 
@@ -91,16 +92,11 @@ RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/r
 
 def versions() -> dict[str, str]:
     """Python, the platform and the versions of the packages that shape a run's figures."""
-    import importlib.metadata
     import platform
 
-    found = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in VERSIONED:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    from toolkit.tools import package_versions
+
+    return {"python": platform.python_version(), "platform": platform.platform(), **package_versions(VERSIONED)}
 
 
 def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
@@ -109,18 +105,10 @@ def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
     figures = measured_figures(run)
     tests = read_json(run / "test.json") or {}
     passed = {r["model"].rsplit("-", 1)[-1]: f"{r['passed']}/{r['total']}" for r in _checklist_rows(tests)}
-    bench = read_json(run / "bench.json") or {"rows": []}
-    from toolkit.bench import headline_rows
-
-    speed = {r["precision"]: r for r in headline_rows(bench["rows"])}
-    rows = []
-    for precision, got in figures.items():
-        row = speed.get(precision, {})
-        rows.append({"precision": precision, "size_mb": got.get("size_mb"), "x_fp32": got.get("x_fp32"),
-                     "checks_passed": passed.get(precision, "–"), "top1_vs_fp32": got.get("top1", "–"),
-                     "decode_tps": row.get("decode_tps", "–"), "ttft_ms": row.get("ttft_ms", "–"),
-                     "peak_rss_mb": row.get("peak_rss_mb", "–")})
-    return rows
+    return [{"precision": precision, "size_mb": got.get("size_mb"), "x_fp32": got.get("x_fp32"),
+             "checks_passed": passed.get(precision, "–"), "top1_vs_fp32": got.get("top1", "–"),
+             "decode_tps": got.get("decode_tps", "–"), "ttft_ms": got.get("ttft_ms", "–"),
+             "peak_rss_mb": got.get("peak_rss_mb", "–")} for precision, got in figures.items()]
 
 
 def _checklist_rows(tests: dict) -> list[dict]:

@@ -34,6 +34,19 @@ class ToolRun:
     log_path: Path
 
 
+def package_versions(names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Installed version of each package ("not installed" when missing), for manifests and reports."""
+    import importlib.metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def python_module(module: str, *args: str) -> list[str]:
     """An argv that runs ``python -m module args`` in this interpreter."""
     return [sys.executable, "-m", module, *args]
