@@ -35,10 +35,13 @@ browser:
 demo: setup
 	$(BIN)/slmops demo
 
+# lint-imports checks the layering (pyproject.toml: each layer imports only those below it).
 test: setup browser
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-fast: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:

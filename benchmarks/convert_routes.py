@@ -5,7 +5,7 @@ and precision:
 
 * ``direct builder``: ``python -m onnxruntime_genai.models.builder`` with exactly the
   arguments our builder route passes (the baseline);
-* ``slmops builder``: :func:`toolkit.convert.convert` with ``method=builder``, end to end
+* ``slmops builder``: :func:`toolkit.stages.convert.convert` with ``method=builder``, end to end
   (validation, fingerprint, manifest, atomic move included);
 * ``slmops olive`` / ``slmops olive-config``: the two Olive routes, end to end;
 * ``direct olive``: ``python -m olive auto-opt ... --disable_telemetry`` as Olive
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit import convert as C
-from toolkit import settings, tools
+from toolkit.core import settings, workers
+from toolkit.stages import convert as C
 
 ROUTES = ("direct builder", "slmops builder", "direct olive", "slmops olive", "slmops olive-config")
 
@@ -42,17 +42,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _without_launcher(command: list[str]) -> list[str]:
+    """``python -m MODULE ...`` itself, without the toolkit's child launcher in between."""
+    assert command[1:3] == ["-m", "toolkit.core.workers"]
+    return [command[0], "-m", *command[3:]]
+
+
 def _direct_builder(spec: C.ConvertSpec, work: Path) -> None:
     out = work / "direct-builder"
-    tools.run_tool(C.builder_command(spec, out, work / "cache"), log_path=work / "direct-builder.log")
+    command = _without_launcher(C.builder_command(spec, out, work / "cache"))
+    workers.run_tool(command, log_path=work / "direct-builder.log")
     shutil.rmtree(out)
 
 
 def _direct_olive(spec: C.ConvertSpec, work: Path) -> None:
     out = work / "direct-olive"
-    command = C.olive_command(spec, out)
+    command = _without_launcher(C.olive_command(spec, out))
     command[2] = "olive"  # Olive's own CLI instead of our telemetry-off launcher
-    tools.run_tool(command, log_path=work / "direct-olive.log", cwd=work)
+    workers.run_tool(command, log_path=work / "direct-olive.log", cwd=work)
     shutil.rmtree(out)
     shutil.rmtree(work / ".olive-cache", ignore_errors=True)
 
@@ -75,11 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="slmops-bench-convert-") as tmp:
         work = Path(tmp)
         if args.model == "tiny":
-            from toolkit.models import make_tiny_model
+            from toolkit.domain.sources import make_tiny_model
 
             model = make_tiny_model(work / "tiny")
         elif args.model == "bundled":
-            from toolkit.models import bundled_model
+            from toolkit.domain.sources import bundled_model
 
             model = bundled_model()
         else:

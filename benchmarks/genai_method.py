@@ -6,7 +6,7 @@ generation runs with ``min_length = max_length = prompt + generated`` (EOS ignor
 first ``generate_next_token`` after the prompt is the prompt-processing time; every later
 call is timed on its own, and token generation throughput is one over their mean. This
 script measures that way, independently of the toolkit's code, and then runs
-``toolkit.bench.bench`` on the same registered models with the same prompt and generation
+``toolkit.stages.bench.bench`` on the same registered models with the same prompt and generation
 lengths. The two alternate, model by model, for several rounds, and each figure is the
 median over rounds, so a noisy moment on a shared machine hits both alike and does not
 decide the verdict. A paired check then runs the method and the toolkit's direct-engine
@@ -88,7 +88,7 @@ def paired(folder: str, prompt_length: int, gen_length: int, pairs: int) -> dict
     """
     import onnxruntime_genai as og
 
-    from toolkit.genai import time_generation
+    from toolkit.runtimes.genai import time_generation
 
     model = og.Model(folder)
     tokens = _method_prompt(og, model, og.Tokenizer(model), prompt_length)
@@ -126,8 +126,8 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from toolkit import bench
-    from toolkit.register import models_root
+    from toolkit.runtimes.foundry import models_root
+    from toolkit.stages import bench
 
     print(f"{'model':<14} {'prompt':>6} {'method':>8} {'foundry':>8} {'direct':>8} {'f/method':>9} {'d/method':>9}"
           f"  prefill method/direct   (medians of {args.rounds} rounds)")

@@ -1,25 +1,12 @@
 """Regenerate notebooks/*.ipynb (outputs cleared) from the cell sources below."""
-import nbformat as nbf
 from pathlib import Path
 
-PARAMS = '''run_dir: str = "../outputs/interactive"  # folder for this run's results
-model_dir: str = ""  # Hugging Face model folder; empty means the bundled SmolLM2-135M-Instruct
-name_prefix: str = "smollm2"  # registered names are PREFIX-PRECISION
-precisions: list = ["fp32", "int8", "int4"]  # precisions to build, register, test and benchmark
-method: str = "builder"  # conversion route: builder | olive | olive-config
-int4_recipe: str = "builder-default"  # INT4 recipe: builder-default | compact | int8-head | hqq
-int4_block_size: int = 0  # INT4 block size 16 | 32 | 64 | 128 | 256; 0 keeps the recipe's
-compare_recipes: bool = True  # build every INT4 recipe and measure it against FP32 (needs fp32 in precisions)
-template: str = "auto"  # prompt template: auto | chatml | qwen | smollm | phi3 | llama3 | mistral | gemma
-cases: str = ""  # JSONL test cases; empty means the bundled cases
-checklist_requests: int = 200  # requests of the checklist's memory check (0 skips it)
-prompt_lengths: list = [16, 128, 512]  # benchmark prompt lengths in tokens
-gen_lengths: list = [32]  # tokens generated per benchmark run (several: a generation-length sweep)
-threads: list = []  # direct-engine thread counts to sweep; empty means the model's own (as Foundry runs it)
-repeats: int = 3  # measured benchmark runs per prompt length
-warmup: int = 1  # discarded warm-up runs
-cache_dir: str = ""  # Foundry Local cache; empty means $SLMOPS_CACHE_DIR or ~/.slmops/foundry
-interactive: bool = True  # show widgets (papermill runs set this to False)'''
+import nbformat as nbf
+
+from toolkit.domain.params import parameters_cell
+
+# One source: the parameter model (toolkit/domain/params.py) writes the parameters cell.
+PARAMS = parameters_cell()
 
 def nb(title, intro, cells):
     n = nbf.v4.new_notebook()
@@ -41,12 +28,15 @@ books = {
 
 from IPython.display import Markdown, display
 
-from toolkit import convert, plots, report
+from toolkit.domain import options
+from toolkit.orchestration import recipes as int4_recipes
+from toolkit.presentation import plots, report
+from toolkit.stages import convert
 from widgets import ModelPicker, PrecisionPicker, RunPanel
 
 model = ModelPicker(model_dir)
 picker = PrecisionPicker(precisions, recipe=int4_recipe,
-                         int4=convert.recipe_options(int4_recipe, block_size=int4_block_size), run_dir=run_dir)
+                         int4=options.recipe_options(int4_recipe, block_size=int4_block_size), run_dir=run_dir)
 display(model, picker) if interactive else (model.value, picker.value)''',
  '''#MDChange the model or the precisions above, then press **Run convert**: the table under the picker fills in
 with the measured size (and, after the later notebooks, top-1 agreement and decode speed).''',
@@ -69,13 +59,13 @@ distributions are, **perplexity** how well each predicts the text; a short greed
 Targets: at most 0.25× FP32 size and at least 0.85 top-1 agreement.''',
  '''recipes = []
 if compare_recipes and (models / "fp32").is_dir():
-    current = convert.recipe_name(picker.value.int4)
+    current = options.recipe_name(picker.value.int4)
     reuse = {current: models / "int4"} if current and (models / "int4").is_dir() else {}
-    recipes = convert.compare_int4_recipes(model.value.path, models / "recipes", models / "fp32", method=method,
+    recipes = int4_recipes.compare_int4_recipes(model.value.path, models / "recipes", models / "fp32", method=method,
                                            reuse=reuse)
 report.table(recipes)''',
  '''if recipes:
-    recommended, why = convert.recommend_recipe(recipes)
+    recommended, why = int4_recipes.recommend_recipe(recipes)
     ax = plots.plot_recipes(recipes)
     display(Markdown(f"**Recommended INT4 recipe: `{recommended}`.** {why}"),
             report.figure(ax, Path(run_dir) / "recipes.png"))
@@ -89,7 +79,8 @@ else:
 
 from IPython.display import HTML, display
 
-from toolkit import register, report
+from toolkit.presentation import report
+from toolkit.stages import register
 from widgets import ChatBox, TemplatePicker
 
 models = Path(run_dir) / "models"
@@ -119,7 +110,8 @@ else:
  "with a recorded seed keeps results repeatable.",
  ['''from pathlib import Path
 
-from toolkit import evaluate, plots, report
+from toolkit.presentation import plots, report
+from toolkit.stages import checklist as evaluate
 
 names = [f"{name_prefix}-{p}" for p in precisions]
 reference = f"{name_prefix}-fp32" if "fp32" in precisions else None
@@ -148,11 +140,13 @@ each model's perplexity.''',
 
 from IPython.display import Markdown, display
 
-from toolkit import bench, report
+from toolkit.core.artifacts import read_json
+from toolkit.presentation import plots, report
+from toolkit.stages import bench
 from widgets import RunPanel
 
 names = [f"{name_prefix}-{p}" for p in precisions]
-quality = report.read_json(Path(run_dir) / "test.json")
+quality = read_json(Path(run_dir) / "test.json")
 panel = RunPanel("benchmark", lambda: bench.write_results(bench.bench(
                      names, prompt_lengths=prompt_lengths, gen_lengths=gen_lengths, threads=threads or None,
                      repeats=repeats, warmup=warmup, cache=cache_dir or None), run_dir),
@@ -168,7 +162,7 @@ report.table(results["rows"], ["model", "engine", "prompt_tokens", "gen_tokens",
  '''#MDFoundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no overhead):''',
  '''report.table(results["engine_ratios"])''',
  '''#MD## Speed, latency and memory''',
- '''figures = bench.figures(results, quality)
+ '''figures = plots.bench_figures(results, quality)
 for stem, ax in figures.items():
     if stem != "tradeoff":
         display(report.figure(ax, Path(run_dir) / f"{stem}.png"))''',

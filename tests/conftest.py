@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import settings
+from toolkit.core import settings
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,14 +26,14 @@ def cache(_isolated_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.models import make_tiny_model
+    from toolkit.domain.sources import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
 @pytest.fixture(scope="session")
 def tiny_int4(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.convert import ConvertSpec, Precision, convert
+    from toolkit.stages.convert import ConvertSpec, Precision, convert
 
     out = tmp_path_factory.mktemp("converted") / "int4"
     return convert(ConvertSpec(tiny_model, out, Precision.INT4), progress=False).output_dir
@@ -41,6 +41,6 @@ def tiny_int4(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def bundled() -> Path:
-    from toolkit.models import bundled_model
+    from toolkit.domain.sources import bundled_model
 
     return bundled_model()

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import convert as C
-from toolkit import tools
-from toolkit.errors import InvalidOptionError, ModelFolderError, ToolFailedError, UnsupportedArchitectureError
+from toolkit.core import workers
+from toolkit.core.errors import InvalidOptionError, ModelFolderError, ToolFailedError, UnsupportedArchitectureError
+from toolkit.domain.options import INT4_RECIPES
+from toolkit.orchestration import recipes
+from toolkit.runtimes import genai
+from toolkit.stages import convert as C
 
 
 def spec(model: Path, out: Path, **kw) -> C.ConvertSpec:
@@ -46,7 +49,8 @@ def test_olive_config_follows_the_tutorial(tmp_path: Path) -> None:
 
 def test_olive_command_is_the_tutorials_method_1() -> None:
     command = C.olive_command(spec(Path("/m"), Path("o")), Path("/o"))
-    assert command[2:4] == ["toolkit.olive_cli", "auto-opt"]  # Olive's CLI, telemetry off from the start
+    # Olive's CLI through our launcher: telemetry off from the start
+    assert command[2:5] == ["toolkit.core.workers", "toolkit.runtimes.olive_cli", "auto-opt"]
     for flag, value in [("--model_name_or_path", "/m"), ("--device", "cpu"),
                         ("--provider", "CPUExecutionProvider"), ("--precision", "int4"), ("--output_path", "/o")]:
         assert command[command.index(flag) + 1] == value
@@ -84,7 +88,7 @@ def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
     assert not C.needs_quantizer(rtn)
     extra = C.builder_command(rtn, tmp_path, tmp_path)
     assert {"int4_algo_config=rtn", "shared_embeddings=false"} <= set(extra)
-    for options in [C.INT4_RECIPES["compact"], C.INT4_RECIPES["hqq"], C.Int4Options(algorithm="k_quant"),
+    for options in [INT4_RECIPES["compact"], INT4_RECIPES["hqq"], C.Int4Options(algorithm="k_quant"),
                     C.Int4Options(lm_head="fp32")]:
         s = spec(Path("m"), Path("o"), int4=options)
         assert C.needs_quantizer(s)
@@ -95,7 +99,7 @@ def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
     # olive auto-opt takes no INT4 options, so non-default ones go through the quantizer there too.
     assert C.needs_quantizer(spec(Path("m"), Path("o"), method=C.Method.OLIVE, int4=C.Int4Options(block_size=64)))
     assert not C.needs_quantizer(spec(Path("m"), Path("o"), method=C.Method.OLIVE))
-    plan = C.quant_plan(spec(Path("m"), Path("o"), int4=C.INT4_RECIPES["hqq"]))
+    plan = C.quant_plan(spec(Path("m"), Path("o"), int4=INT4_RECIPES["hqq"]))
     assert (plan.bits, plan.algorithm, plan.lm_head_bits, plan.embedding_bits) == (4, "hqq", 8, 8)
     plan = C.quant_plan(spec(Path("m"), Path("o"), precision=C.Precision.INT8), hidden_size=576)
     assert (plan.bits, plan.lm_head_bits, plan.embedding_bits) == (8, 8, 8)
@@ -105,7 +109,7 @@ def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
 def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
     import numpy as np
 
-    from toolkit.quantize import quantize_table
+    from toolkit.domain.quantize import quantize_table
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(6, 64)).astype(np.float32)
@@ -154,7 +158,7 @@ def test_failed_tool_leaves_existing_model_untouched(tiny_model: Path, tmp_path:
         log_path.write_text("boom")
         raise ToolFailedError("builder", 1, log_path, "boom")
 
-    monkeypatch.setattr(tools, "run_tool", broken)
+    monkeypatch.setattr(workers, "run_tool", broken)
     with pytest.raises(ToolFailedError):
         C.convert(spec(tiny_model, target), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -165,7 +169,7 @@ def test_interrupt_leaves_nothing_behind(tiny_model: Path, tmp_path: Path, monke
     def interrupted(*_args, **_kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tools, "run_tool", interrupted)
+    monkeypatch.setattr(workers, "run_tool", interrupted)
     with pytest.raises(KeyboardInterrupt):
         C.convert(spec(tiny_model, tmp_path / "model"), progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -201,15 +205,14 @@ def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny
 
 @pytest.fixture(scope="module")
 def tied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.models import make_tiny_model
+    from toolkit.domain.sources import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tied") / "qwen2", tie_embeddings=True)
 
 
 def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: Path) -> None:
-    from toolkit.evaluate import compare_to_reference
 
-    manifests = C.convert_all(tied_model, ["int4", "fp32"], tmp_path, int4=C.INT4_RECIPES["int8-head"],
+    manifests = C.convert_all(tied_model, ["int4", "fp32"], tmp_path, int4=INT4_RECIPES["int8-head"],
                               progress=False)
     fp32, int4 = manifests  # FP32 is built first whatever the order asked
     assert fp32["precision"] == "fp32" and int4["fp32_size_from"].startswith("measured")
@@ -218,14 +221,14 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
     assert (weights["lm_head"], weights["embeddings"]) == ("int8", "int8")
     vocab_x_hidden = fp32["weights"]["parameters"]["fp32"] - weights["parameters"]["int4"]
     assert weights["parameters"]["int8"] == vocab_x_hidden  # one table, not two
-    same, quantized = compare_to_reference(tmp_path / "fp32", {"same": tmp_path / "fp32",
+    same, quantized = genai.agreement(tmp_path / "fp32", {"same": tmp_path / "fp32",
                                                                "int4": tmp_path / "int4"})
     assert same.top1 == 1.0 and same.kl == pytest.approx(0, abs=1e-9)
     assert 0 < quantized.kl < 0.05 and quantized.top1 > 0.5
 
 
 def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:
-    from toolkit.models import inspect_source
+    from toolkit.domain.sources import inspect_source
 
     m = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
     assert m["fp32_size_from"].startswith("estimated")
@@ -234,20 +237,20 @@ def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, 
 
 
 def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
-    def result(name: str, ratio: float, top1: float, tps: float) -> C.RecipeResult:
-        return C.RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
+    def result(name: str, ratio: float, top1: float, tps: float) -> recipes.RecipeResult:
+        return recipes.RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
 
     fast_winner = [result("a", 0.37, 0.9, 100), result("b", 0.2, 0.88, 90), result("c", 0.15, 0.6, 110)]
-    assert C.recommend_recipe(fast_winner)[0] == "b"
+    assert recipes.recommend_recipe(fast_winner)[0] == "b"
     slow_only = [result("a", 0.37, 0.66, 100), result("h", 0.21, 0.98, 5), result("c", 0.19, 0.72, 110)]
-    name, why = C.recommend_recipe(slow_only)
+    name, why = recipes.recommend_recipe(slow_only)
     assert name == "c" and "`h`" in why and "No fast recipe" in why
 
 
 def test_olive_runs_with_telemetry_off_before_its_heartbeat(monkeypatch) -> None:
     from olive.telemetry import telemetry as T
 
-    from toolkit import olive_cli
+    from toolkit.runtimes import olive_cli
 
     beats: list[int] = []
     monkeypatch.setattr(T.Telemetry, "_log_heartbeat", lambda self: beats.append(1))

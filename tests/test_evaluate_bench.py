@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import bench as B
-from toolkit import evaluate as E
-from toolkit import register as R
-from toolkit.errors import SlmopsError
-from toolkit.quantize import lookup_only_mb
+from toolkit.core.errors import SlmopsError
+from toolkit.domain.quantize import lookup_only_mb
+from toolkit.presentation import plots
+from toolkit.runtimes.foundry import models_root
+from toolkit.stages import bench as B
+from toolkit.stages import checklist as E
+from toolkit.stages import register as R
 
 SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {"type": "integer"}}}
 
@@ -59,7 +61,7 @@ def test_scores_and_growth_fit() -> None:
 
 
 def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path: Path) -> None:
-    from toolkit.convert import ConvertSpec, Precision, convert
+    from toolkit.stages.convert import ConvertSpec, Precision, convert
 
     fp32 = convert(ConvertSpec(tiny_model, tmp_path / "fp32", Precision.FP32), progress=False).output_dir
     R.register(fp32, "tiny-ref")
@@ -90,7 +92,7 @@ def test_a_crashing_model_fails_its_edge_cases_and_the_checklist_goes_on(tiny_in
     broken = tmp_path / "broken"
     shutil.copytree(tiny_int4, broken)
     R.register(broken, "tiny-broken")
-    (R.models_root() / "tiny-broken" / "model.onnx").write_bytes(b"not a model")
+    (models_root() / "tiny-broken" / "model.onnx").write_bytes(b"not a model")
     results = E._run_edge_cases("tiny-broken", None, timeout_s=20, seed=0, startup_s=20)
     assert [r.case for r in results] == [case for case, _ in E.EDGE_CASES]
     assert not any(r.passed for r in results) and "process died" in results[0].value
@@ -129,7 +131,7 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     assert report["max_harness_overhead_pct"] == max(r.harness_overhead_pct for r in rows)
     with (tmp_path / "bench.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
-    stems = set(B.figures(report))
+    stems = set(plots.bench_figures(report))
     assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mb", "tradeoff"}  # no sweeps asked
 
 
@@ -148,7 +150,7 @@ def test_bench_sweeps_generation_lengths_and_threads(tiny_int4: Path, tmp_path: 
     report = B.write_results(rows, tmp_path)
     # Foundry runs with its registered 2 threads, so it is compared with the direct engine at 2 threads only.
     assert [(r["target_gen_tokens"], r["threads"]) for r in report["engine_ratios"]] == [(4, 2), (12, 2)]
-    assert {"latency_vs_generation", "decode_vs_threads"} <= set(B.figures(report))
+    assert {"latency_vs_generation", "decode_vs_threads"} <= set(plots.bench_figures(report))
     with pytest.raises(Exception, match="threads"):
         R.register(tiny_int4, "tiny-threads-bad", model_config=R.ModelConfig(threads=0))
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import bench, convert, register
-from toolkit.foundry import LoadedModel
-from toolkit.models import inspect_source
+from toolkit.domain.options import INT4_RECIPES
+from toolkit.domain.sources import inspect_source
+from toolkit.runtimes.foundry import LoadedModel
+from toolkit.stages import bench, convert, register
 
 
 @pytest.mark.slow
@@ -36,13 +37,13 @@ def test_bundled_fp32_and_int4_through_foundry(bundled: Path, tmp_path: Path) ->
 def test_bundled_int8_and_compact_int4_answer_and_the_prompt_matches_the_preview(bundled: Path, tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    from toolkit import templates
+    from toolkit.domain import templates
 
     manifests = convert.convert_all(bundled, ["int8"], tmp_path / "int8", progress=False)
     assert manifests[0]["weights"]["parameters"].keys() == {"int8"}
     assert manifests[0]["size_ratio_vs_fp32"] < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
     compact = convert.convert(convert.ConvertSpec(bundled, tmp_path / "compact", convert.Precision.INT4,
-                                                  int4=convert.INT4_RECIPES["int8-head"]), progress=False)
+                                                  int4=INT4_RECIPES["int8-head"]), progress=False)
     assert compact.manifest["size_ratio_vs_fp32"] < 0.25
     tokenizer = Tokenizer.from_file(str(bundled / "tokenizer.json"))
     messages = [{"role": "system", "content": "Answer in one sentence."},
@@ -65,7 +66,7 @@ def test_bundled_int8_and_compact_int4_answer_and_the_prompt_matches_the_preview
 def reg_strings(folder: Path):
     import json
 
-    from toolkit.templates import PromptTemplate
+    from toolkit.domain.templates import PromptTemplate
 
     return PromptTemplate(**json.loads((folder / "inference_model.json").read_text())["PromptTemplate"])
 
@@ -76,7 +77,7 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(bundled: P
 
     import numpy as np
 
-    from toolkit import evaluate
+    from toolkit.stages import checklist as evaluate
 
     convert.convert_all(bundled, ["fp32", "int4"], tmp_path / "models", progress=False)
     scrambled = tmp_path / "scrambled"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import models as M
-from toolkit.errors import ModelFolderError
+from toolkit.core.errors import ModelFolderError
+from toolkit.domain import sources as M
 
 
 def test_tiny_model_is_a_complete_hf_folder(tiny_model: Path) -> None:

@@ -24,10 +24,10 @@ def hook(event, args):
 sys.addaudithook(hook)
 
 from pathlib import Path
-from toolkit.models import make_tiny_model
-from toolkit.convert import ConvertSpec, Precision, convert
-from toolkit.register import register
-from toolkit.foundry import LoadedModel
+from toolkit.domain.sources import make_tiny_model
+from toolkit.stages.convert import ConvertSpec, Precision, convert
+from toolkit.stages.register import register
+from toolkit.runtimes.foundry import LoadedModel
 
 work = Path(sys.argv[1])
 model = make_tiny_model(work / "hf")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import re
 import zipfile
@@ -10,8 +11,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from toolkit import cli, pipeline, report
-from toolkit.errors import SlmopsError
+from toolkit import cli
+from toolkit.core.errors import SlmopsError
+from toolkit.domain.params import parameters_cell, parse
+from toolkit.orchestration import pipeline
+from toolkit.presentation import report
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -28,23 +32,21 @@ def test_notebooks_are_thin_and_clean(name: str) -> None:
         else:
             assert not cell.source.startswith("MD")  # the generator's marker never leaks into the text
     assert book.cells[0].cell_type == "markdown" and len(book.cells[0].source) > 200  # opens with its stage
-    params = set(re.findall(r"^(\w+):", tagged[0].source, re.M))
-    assert params == set(pipeline.DEMO_PARAMS) | {"run_dir", "interactive"}
+    # One source: the cell is exactly what the parameter model generates (scripts/make_notebooks.py).
+    assert tagged[0].source == parameters_cell()
 
 
-def test_load_params_rejects_unknown_names(tmp_path: Path) -> None:
+def test_load_params_rejects_unknown_names_and_takes_a_runs_own_params(tmp_path: Path) -> None:
     file = tmp_path / "p.yaml"
     file.write_text("precisions: [int4]\ntypo_param: 1\n")
     with pytest.raises(SlmopsError, match="typo_param"):
         pipeline.load_params(file)
     file.write_text("precisions: [int4]\ngen_lengths: [4]\n")
     assert pipeline.load_params(file) == {"precisions": ["int4"], "gen_lengths": [4]}
-    file.write_text("sweep:\n  int4_block_size: 32\n")
-    with pytest.raises(SlmopsError, match="non-empty lists"):
-        pipeline.load_params(file)
-    file.write_text("sweep:\n  block: [32]\n")
-    with pytest.raises(SlmopsError, match="block"):
-        pipeline.load_params(file)
+    # A run's params.json (every parameter, run_dir and interactive included) is a valid params file.
+    written = tmp_path / "params.json"
+    written.write_text(json.dumps(parse({"precisions": ["int4"], "run_dir": "/x", "interactive": False}).as_dict()))
+    assert pipeline.load_params(written)["precisions"] == ["int4"]
 
 
 def test_sweep_runs_are_every_combination_with_their_own_names() -> None:
@@ -89,7 +91,7 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
         assert "widget-view+json" not in text and "cdnjs" not in text and "unpkg" not in text
     assert "<h2>Summary</h2>" in page and "<td>int4</td>" in page and "<h2>Versions</h2>" in page
     assert "<td>foundry-local-sdk</td><td>2.2.1</td>" in page
-    assert "&quot;name_prefix&quot;: &quot;tinypipe&quot;" in page  # the exact parameters
+    assert '"name_prefix": "tinypipe"' in html_module.unescape(page)  # the exact parameters
     # The report is self-contained: every link resolves inside the archive, weights left out.
     assert cli.main(["report", str(tmp_path / "run"), "--zip"]) == 0
     with zipfile.ZipFile(tmp_path / "run.zip") as archive:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import register as R
-from toolkit import templates as T
-from toolkit.errors import (
+from toolkit.core.errors import (
     InvalidNameError,
     InvalidOptionError,
     InvalidPromptError,
     ModelNotFoundError,
     RegistrationError,
 )
-from toolkit.foundry import LoadedModel
+from toolkit.domain import templates as T
+from toolkit.runtimes.foundry import LoadedModel, models_root
+from toolkit.stages import register as R
 
 
 def snapshot(folder: Path) -> dict[str, float]:
@@ -59,10 +59,10 @@ def test_reregister_updates_and_other_model_needs_force(tiny_int4: Path, tmp_pat
     R.register(tiny_int4, "tiny-again", template="chatml")
     other = tmp_path / "other"
     shutil.copytree(tiny_int4, other)
-    before = snapshot(R.models_root() / "tiny-again")
+    before = snapshot(models_root() / "tiny-again")
     with pytest.raises(RegistrationError, match="--force"):
         R.register(other, "tiny-again")
-    assert snapshot(R.models_root() / "tiny-again") == before
+    assert snapshot(models_root() / "tiny-again") == before
     assert R.register(other, "tiny-again", force=True).name == "tiny-again"
     v2 = R.register(other, "tiny-again", version=2, force=True)
     assert v2.model_id == "tiny-again:2"
@@ -70,10 +70,10 @@ def test_reregister_updates_and_other_model_needs_force(tiny_int4: Path, tmp_pat
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "has space", "x" * 65, "..", "", "name:1", "-lead"])
 def test_unsafe_names_are_refused_with_nothing_written(tiny_int4: Path, name: str) -> None:
-    before = snapshot(R.models_root())
+    before = snapshot(models_root())
     with pytest.raises(InvalidNameError):
         R.register(tiny_int4, name)
-    assert snapshot(R.models_root()) == before
+    assert snapshot(models_root()) == before
 
 
 def test_bad_model_config_is_refused(tiny_int4: Path) -> None:
@@ -81,7 +81,7 @@ def test_bad_model_config_is_refused(tiny_int4: Path) -> None:
         R.register(tiny_int4, "tiny-long", model_config=R.ModelConfig(max_length=100_000))
     with pytest.raises(InvalidOptionError, match="top_p"):
         R.register(tiny_int4, "tiny-topp", model_config=R.ModelConfig(max_length=256, top_p=0))
-    assert not (R.models_root() / "tiny-long").exists()
+    assert not (models_root() / "tiny-long").exists()
 
 
 def test_chat_is_multi_turn_and_resettable(tiny_int4: Path) -> None:
@@ -104,7 +104,7 @@ def test_unknown_model_and_unregister(tiny_int4: Path) -> None:
     R.register(tiny_int4, "tiny-gone")
     R.unregister("tiny-gone")
     assert "tiny-gone" not in {row["name"] for row in R.list_models()}
-    assert not (R.models_root() / "tiny-gone").exists()
+    assert not (models_root() / "tiny-gone").exists()
 
 
 def test_hostile_or_broken_model_templates_change_nothing(tiny_int4: Path, tmp_path: Path) -> None:
@@ -113,13 +113,13 @@ def test_hostile_or_broken_model_templates_change_nothing(tiny_int4: Path, tmp_p
     config = json.loads((hostile / "tokenizer_config.json").read_text())
     config["chat_template"] = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     (hostile / "tokenizer_config.json").write_text(json.dumps(config))
-    before = snapshot(R.models_root())
+    before = snapshot(models_root())
     with pytest.raises(T.TemplateError):
         R.register(hostile, "tiny-hostile")
     with pytest.raises(T.TemplateError, match="exactly once"):
         R.register(tiny_int4, "tiny-badcustom", template="custom",
                    custom_template=T.PromptTemplate("S", "U{Content}", "A{Content}", "P{Content}"))
-    assert snapshot(R.models_root()) == before
+    assert snapshot(models_root()) == before
 
 
 def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
@@ -131,7 +131,7 @@ def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
 
 
 def test_doctor_finds_truncated_nested_and_unloadable_models(tiny_int4: Path, tmp_path: Path) -> None:
-    from toolkit.doctor import diagnose
+    from toolkit.orchestration.doctor import diagnose
 
     good = diagnose(tiny_int4)
     assert all(c.ok for c in good) and good[-1].name == "runtime load"

@@ -1,14 +1,40 @@
-"""The ``slmops`` command: a thin shell over the toolkit's functions."""
+"""The ``slmops`` command: a thin shell over the toolkit's functions (the top layer: it imports any other)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import textwrap
+from dataclasses import fields, replace
 from pathlib import Path
 
-from toolkit import settings
-from toolkit.errors import SlmopsError
+from toolkit.core import artifacts, settings
+from toolkit.core.errors import SlmopsError
+from toolkit.domain.options import (
+    ACCURACY_LEVELS,
+    BLOCK_SIZES,
+    INT4_RECIPES,
+    RECIPE_NOTES,
+    Int4Algorithm,
+    Method,
+    Precision,
+    TablePrecision,
+)
+from toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
+from toolkit.domain.sources import bundled_model
+from toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
+from toolkit.orchestration import doctor, pipeline, recipes
+from toolkit.presentation import plots, report
+from toolkit.presentation.tables import text_table
+from toolkit.runtimes.foundry import Generation, LoadedModel
+from toolkit.stages import bench, checklist, convert, register
+
+
+def _default(cls: type, name: str) -> object:
+    """The default of dataclass field ``name``: the one place a CLI default comes from."""
+    return next(f.default for f in fields(cls) if f.name == name)
+
 
 EPILOG = "Foundry Local's cache: --cache-dir, else $SLMOPS_CACHE_DIR, else ~/.slmops/foundry. Nothing uses the network."
 
@@ -18,18 +44,12 @@ def _cache_option(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_bundled(args: argparse.Namespace) -> int:
-    from toolkit.models import bundled_model
-
     print(bundled_model(rebuild=args.rebuild))
     return 0
 
 
 def _int4_options(args: argparse.Namespace):
     """The recipe's INT4 options with any flag the user gave on top."""
-    from dataclasses import replace
-
-    from toolkit.convert import INT4_RECIPES
-
     chosen = {"block_size": args.block_size, "accuracy_level": args.accuracy_level, "algorithm": args.algorithm,
               "lm_head": args.lm_head, "embeddings": args.embeddings}
     if args.asymmetric:
@@ -38,11 +58,9 @@ def _int4_options(args: argparse.Namespace):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from toolkit.convert import ConvertSpec, convert
-
-    spec = ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method, _int4_options(args),
-                       args.execution_provider)
-    result = convert(spec, dry_run=args.dry_run)
+    spec = convert.ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
+                               _int4_options(args), args.execution_provider)
+    result = convert.convert(spec, dry_run=args.dry_run)
     if args.dry_run:
         print(f"Wrote {result.manifest['config']} (dry run: nothing converted)")
         return 0
@@ -56,27 +74,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from toolkit.convert import compare_int4_recipes, recommend_recipe
-    from toolkit.report import table
-
-    results = compare_int4_recipes(args.model_dir, args.out, args.reference, args.recipe or None, method=args.method)
-    print(table([{"recipe": r.recipe, "MB": r.size_mb, "x FP32": r.size_ratio_vs_fp32, "top-1": r.top1,
-                  "KL": r.kl, "ppl": r.perplexity, "tok/s": r.decode_tps} for r in results]))
-    print(recommend_recipe(results)[1])
+    results = recipes.compare_int4_recipes(args.model_dir, args.out, args.reference, args.recipe or None,
+                                           method=args.method)
+    print(text_table([vars(r) for r in results], [
+        ("recipe", "RECIPE"), ("size_mb", "MB", ".1f"), ("size_ratio_vs_fp32", "x FP32", ".3f"),
+        ("top1", "TOP-1", ".3f"), ("kl", "KL", ".4f"), ("perplexity", "PPL", ".2f"), ("decode_tps", "TOK/S", ".1f")]))
+    print(recipes.recommend_recipe(results)[1])
     print(f"Wrote {Path(args.out) / 'recipes.json'}")
     return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from toolkit.register import ModelConfig, register
-    from toolkit.templates import load_prompt_template
-
     custom = load_prompt_template(args.template_file) if args.template_file else None
     template = "custom" if custom and args.template == "auto" else args.template
-    config = ModelConfig(max_length=args.max_length, temperature=args.temperature, top_p=args.top_p,
-                         repetition_penalty=args.repetition_penalty, threads=args.threads)
-    reg = register(args.onnx_dir, args.name, version=args.version, template=template, custom_template=custom,
-                   model_config=config, cache=args.cache_dir, force=args.force, description=args.description)
+    config = register.ModelConfig(max_length=args.max_length, temperature=args.temperature, top_p=args.top_p,
+                                  repetition_penalty=args.repetition_penalty, threads=args.threads)
+    reg = register.register(args.onnx_dir, args.name, version=args.version, template=template,
+                            custom_template=custom, model_config=config, cache=args.cache_dir, force=args.force,
+                            description=args.description)
     print(f"Registered {reg.model_id} ({reg.template} template, max_length {reg.model_config.max_length}) "
           f"at {reg.path}")
     for note in reg.notes:
@@ -85,34 +100,25 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from toolkit.register import unregister
-
-    unregister(args.name, cache=args.cache_dir, remove_files=not args.keep_files)
+    register.unregister(args.name, cache=args.cache_dir, remove_files=not args.keep_files)
     print(f"Unregistered {args.name}" + ("" if args.keep_files else " and removed its folder"))
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from toolkit.register import list_models
-
-    rows = list_models(args.cache_dir)
+    rows = register.list_models(args.cache_dir)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print(f"No models registered in {settings.cache_dir(args.cache_dir)}.")
         return 0
-    print(f"{'NAME':<28} {'ID':<30} {'PRECISION':<9} {'SIZE MB':>8}  REGISTERED  FOLDER")
-    for row in rows:
-        size = f"{row['size_mb']:.1f}" if row["size_mb"] is not None else "-"
-        print(f"{row['name']:<28} {row['model_id']:<30} {row['precision']:<9} {size:>8}  "
-              f"{'yes' if row['registered'] else 'no':<10}  {'yes' if row['folder'] else 'no'}")
+    print(text_table(rows, [("name", "NAME"), ("model_id", "ID"), ("precision", "PRECISION"),
+                            ("size_mb", "SIZE MB", ".1f"), ("registered", "REGISTERED"), ("folder", "FOLDER")]))
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from toolkit.foundry import Generation, LoadedModel
-
     with LoadedModel(args.name, args.cache_dir) as model:
         print(f"Chatting with {args.name}. /reset starts over, /exit quits.", file=sys.stderr)
         while True:
@@ -140,73 +146,65 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from toolkit.evaluate import Thresholds, load_cases, run_checklist, write_report
-    from toolkit.register import list_models
-
-    cases = load_cases(args.cases)
+    cases = checklist.load_cases(args.cases)
     reference = args.reference
     if reference is None:  # the FP32 one among the names, when there is one
-        precision = {row["name"]: row.get("precision") for row in list_models(args.cache_dir)}
+        precision = {row["name"]: row.get("precision") for row in register.list_models(args.cache_dir)}
         reference = next((n for n in args.names if precision.get(n.split(":")[0]) == "fp32"), None)
-    limits = Thresholds(leak_mb_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
-    reports = [run_checklist(name, cases=cases, cache=args.cache_dir, requests=args.requests, lengths=args.lengths,
-                             reference=reference, thresholds=limits, seed=args.seed) for name in args.names]
-    report = write_report(reports, args.out, limits)
-    for r in reports:
-        for c in r.checks:
-            print(f"{'PASS' if c.passed else 'FAIL'}  {r.model:<20} {c.check:<11} {c.case:<20} {c.value[:70]}")
-    print(f"Wrote {args.out}: {'all checks passed' if report['passed'] else 'some checks FAILED'}")
-    return 0 if report["passed"] else 1
+    limits = checklist.Thresholds(leak_mb_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
+    reports = [checklist.run_checklist(name, cases=cases, cache=args.cache_dir, requests=args.requests,
+                                       lengths=args.lengths, reference=reference, thresholds=limits, seed=args.seed)
+               for name in args.names]
+    written = checklist.write_report(reports, args.out, limits)
+    print(text_table([{"verdict": "PASS" if c.passed else "FAIL", "model": c.model, "check": c.check, "case": c.case,
+                       "value": c.value[:70]} for r in reports for c in r.checks],
+                     [("verdict", "VERDICT"), ("model", "MODEL"), ("check", "CHECK"), ("case", "CASE"),
+                      ("value", "MEASURED")]))
+    print(f"Wrote {args.out}: {'all checks passed' if written['passed'] else 'some checks FAILED'}")
+    return 0 if written["passed"] else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from toolkit import report as report_mod
-    from toolkit.bench import bench, figures, summary, write_results
-
-    rows = bench(args.names, prompt_lengths=args.prompt_lengths, gen_lengths=args.gen_tokens, threads=args.threads,
-                 repeats=args.repeats, warmup=args.warmup, cache=args.cache_dir, engines=tuple(args.engines))
-    report = write_results(rows, args.out)
-    print(f"{'MODEL':<22} {'ENGINE':<14} {'PROMPT':>6} {'GEN':>5} {'THR':>3} {'TTFT ms':>8} {'DECODE tok/s':>13} "
-          f"{'CV':>6} {'E2E ms':>8} {'RSS MB':>7} {'CPU%':>5} {'SYS%':>5}")
-    for r in rows:
-        print(f"{r.model:<22} {r.engine:<14} {r.prompt_tokens:>6} {r.gen_tokens:>5.0f} {r.threads or 'def':>3} "
-              f"{r.ttft_ms:>8.1f} {r.decode_tps:>7.1f} ±{r.decode_tps_sd:<5.1f} {r.decode_cv:>6.1%} {r.e2e_ms:>8.1f} "
-              f"{r.peak_rss_mb:>7.0f} {r.cpu_percent:>5.0f} {r.system_cpu_percent:>5.0f}")
-    for ratio in report["engine_ratios"]:
+    rows = bench.bench(args.names, prompt_lengths=args.prompt_lengths, gen_lengths=args.gen_tokens,
+                       threads=args.threads, repeats=args.repeats, warmup=args.warmup, cache=args.cache_dir,
+                       engines=tuple(args.engines))
+    results = bench.write_results(rows, args.out)
+    print(text_table([{**vars(r), "threads": r.threads or "default"} for r in rows], [
+        ("model", "MODEL"), ("engine", "ENGINE"), ("prompt_tokens", "PROMPT"), ("gen_tokens", "GEN", ".0f"),
+        ("threads", "THREADS"), ("ttft_ms", "TTFT ms", ".1f"), ("decode_tps", "DECODE tok/s", ".1f"),
+        ("decode_tps_sd", "± sd", ".1f"), ("decode_cv", "CV", ".1%"), ("e2e_ms", "E2E ms", ".1f"),
+        ("peak_rss_mb", "RSS MB", ".0f"), ("cpu_percent", "CPU%", ".0f"), ("system_cpu_percent", "SYS%", ".0f")]))
+    for ratio in results["engine_ratios"]:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: Foundry Local decodes at {ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
-    for line in summary(report, report_mod.read_json(Path(args.out) / "test.json")):
+    quality = artifacts.read_json(Path(args.out) / "test.json")
+    for line in bench.summary(results, quality):
         print(line)
-    print(f"Harness overhead: at most {report['max_harness_overhead_pct']:.3f}% of decode time")
-    for warning in report["warnings"]:
+    print(f"Harness overhead: at most {results['max_harness_overhead_pct']:.3f}% of decode time")
+    for warning in results["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    for stem, ax in figures(report).items():
-        report_mod.save_figure(ax, Path(args.out) / f"{stem}.png")
+    for stem, ax in plots.bench_figures(results, quality).items():
+        report.save_figure(ax, Path(args.out) / f"{stem}.png")
     print(f"Wrote {Path(args.out) / 'bench.json'}, bench.csv and plots")
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from toolkit.doctor import diagnose
-
-    checks = diagnose(Path(args.model_dir), load=not args.no_load)
+    checks = doctor.diagnose(Path(args.model_dir), load=not args.no_load)
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     return 0 if all(c.ok for c in checks) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from toolkit.pipeline import load_params, run_pipeline, run_sweep
-
-    params = load_params(args.params)
-    index = run_sweep(params, args.out) if "sweep" in params else run_pipeline(params, args.out)
+    params = pipeline.load_params(args.params, max_runs=args.max_runs)
+    index = (pipeline.run_sweep(params, args.out, max_runs=args.max_runs) if "sweep" in params
+             else pipeline.run_pipeline(params, args.out))
     print(f"Report: {index}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from toolkit import report
-
     run = Path(args.run_dir)
     if not run.is_dir():
         raise SlmopsError(f"No run folder at {run}; run `slmops demo` or `slmops run --params FILE --out {run}`.")
@@ -219,18 +217,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from toolkit.pipeline import demo
-
-    index = demo(args.out)
+    index = pipeline.demo(args.out)
     print(f"Report: {index}")
     return 0
 
 
 def _int4_arguments(p: argparse.ArgumentParser) -> None:
-    from toolkit.convert import ACCURACY_LEVELS, BLOCK_SIZES, INT4_RECIPES, RECIPE_NOTES, Int4Algorithm, TablePrecision
-
     g = p.add_argument_group("INT4 options", "start from --recipe; each flag given overrides it")
-    g.add_argument("--recipe", choices=list(INT4_RECIPES), default="builder-default",
+    g.add_argument("--recipe", choices=list(INT4_RECIPES), default=DEFAULTS.int4_recipe,
                    help="; ".join(f"{name}: {note}" for name, note in RECIPE_NOTES.items()))
     g.add_argument("--block-size", type=int, choices=BLOCK_SIZES, help="weights per quantization block (default 32)")
     g.add_argument("--asymmetric", action="store_true", help="int4 with zero points (uint4)")
@@ -246,15 +240,10 @@ def _int4_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    import textwrap
-
-    from toolkit.convert import INT4_RECIPES, Method, Precision
-    from toolkit.pipeline import DEMO_PARAMS
-    from toolkit.templates import TEMPLATE_NOTES, Template
-
     parser = argparse.ArgumentParser(
         prog="slmops", description="Fine-tuned small language model -> quantized ONNX -> Foundry Local, tested "
         "and benchmarked.", epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled model (fp32, int8, int4)", epilog=EPILOG)
@@ -265,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="the four notebooks with papermill, parameters from a YAML/JSON file (or a sweep of them)",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=textwrap.fill(
             "A parameters file sets notebook parameters (the first cell of each notebook explains them): "
-            + ", ".join(DEMO_PARAMS) + ".", 88) + """ E.g.:
+            + ", ".join(f.name for f in fields(RunParams)) + ".", 88) + """ E.g.:
 
   precisions: [fp32, int4]
   checklist_requests: 100
@@ -281,6 +270,8 @@ comparison page OUT/index.html:
 """ + EPILOG)
     p.add_argument("--params", required=True, help="YAML/JSON file of notebook parameters")
     p.add_argument("--out", required=True, help="run folder, e.g. outputs/my-run")
+    p.add_argument("--max-runs", type=int, default=MAX_SWEEP_RUNS,
+                   help=f"largest sweep allowed (default {MAX_SWEEP_RUNS}); a bigger one is refused before it starts")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="rewrite a run's index.html; --zip packs the run folder to send",
@@ -293,14 +284,16 @@ comparison page OUT/index.html:
 
     p = sub.add_parser("convert", help="convert one Hugging Face model to ONNX at one precision")
     p.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
-    p.add_argument("--precision", choices=[x.value for x in Precision], default="int4",
+    p.add_argument("--precision", choices=[x.value for x in Precision],
+                   default=_default(convert.ConvertSpec, "precision"),
                    help="int4 (default; see INT4 options), int8 (8-bit weights, MatMulNBits), fp32 (reference), "
                    "fp16 (GPUs only: with --execution-provider cuda)")
     p.add_argument("--out", required=True, help="output folder (replaced only when the conversion succeeds)")
-    p.add_argument("--method", choices=[x.value for x in Method], default="builder",
+    p.add_argument("--method", choices=[x.value for x in Method], default=_default(convert.ConvertSpec, "method"),
                    help="builder: ONNX Runtime GenAI builder; olive: olive auto-opt; olive-config: olive run --config")
     _int4_arguments(p)
-    p.add_argument("--execution-provider", choices=["cpu", "cuda"], default="cpu",
+    p.add_argument("--execution-provider", choices=["cpu", "cuda"],
+                   default=_default(convert.ConvertSpec, "execution_provider"),
                    help="cuda builds for NVIDIA GPUs (needed for fp16); cpu for Foundry Local on CPU")
     p.add_argument("--dry-run", action="store_true", help="with --method olive-config: write the config only")
     p.set_defaults(func=cmd_convert)
@@ -312,22 +305,24 @@ comparison page OUT/index.html:
     p.add_argument("--reference", required=True, help="the FP32 build of the same model (slmops convert --precision fp32)")
     p.add_argument("--out", required=True, help="folder for the recipe builds and recipes.json")
     p.add_argument("--recipe", action="append", choices=list(INT4_RECIPES), help="repeatable; default: all")
-    p.add_argument("--method", choices=[x.value for x in Method], default="builder")
+    p.add_argument("--method", choices=[x.value for x in Method], default=DEFAULTS.method)
     p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("register", help="register a converted model with Foundry Local", epilog=EPILOG)
     p.add_argument("onnx_dir", help="folder written by `slmops convert`")
     p.add_argument("--name", required=True, help="model name: letters, digits, '.', '_', '-'")
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--template", choices=[t.value for t in Template], default="auto", metavar="TEMPLATE",
+    p.add_argument("--template", choices=[t.value for t in Template], default=DEFAULTS.template, metavar="TEMPLATE",
                    help="; ".join(f"{t.value}: {note}" for t, note in TEMPLATE_NOTES.items()))
     p.add_argument("--template-file", help="JSON with the four PromptTemplate strings (system, user, assistant, "
                    "prompt), each with {Content}; implies --template custom")
     g = p.add_argument_group("ModelConfig", "written to inference_model.json and genai_config.json's search defaults")
     g.add_argument("--max-length", type=int, help="prompt + answer tokens (default: min(2048, the model's context))")
-    g.add_argument("--temperature", type=float, default=0.7, help="0..2 (default 0.7)")
-    g.add_argument("--top-p", type=float, default=0.9, help="(0, 1] (default 0.9)")
-    g.add_argument("--repetition-penalty", type=float, default=1.1, help="1..2 (default 1.1)")
+    config = register.ModelConfig()
+    g.add_argument("--temperature", type=float, default=config.temperature, help=f"0..2 (default {config.temperature})")
+    g.add_argument("--top-p", type=float, default=config.top_p, help=f"(0, 1] (default {config.top_p})")
+    g.add_argument("--repetition-penalty", type=float, default=config.repetition_penalty,
+                   help=f"1..2 (default {config.repetition_penalty})")
     g.add_argument("--threads", type=int, help="CPU threads per request, written to genai_config.json's session "
                    "options (default: ONNX Runtime's own choice; compare with `slmops bench --threads`)")
     p.add_argument("--description", default="")
@@ -365,13 +360,17 @@ comparison page OUT/index.html:
                    "contains_any, not_contains, exact, json_schema, regex, max_chars")
     p.add_argument("--reference", help="registered FP32 model for the quality check (default: the fp32 one among "
                    "NAMEs; none: skipped)")
-    p.add_argument("--requests", type=int, default=200, help="requests of the memory check (0 skips it)")
+    p.add_argument("--requests", type=int, default=DEFAULTS.checklist_requests,
+                   help=f"requests of the memory check (default {DEFAULTS.checklist_requests}; 0 skips it)")
     p.add_argument("--lengths", type=int, nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., half the context; give none to skip)")
-    p.add_argument("--max-leak", type=float, default=5.0, help="MB per 100 requests (default 5)")
-    p.add_argument("--max-slowdown", type=float, default=3.0, help="time per token, longest/shortest input "
-                   "(default 3)")
-    p.add_argument("--min-top1", type=float, default=0.5, help="top-1 agreement with FP32 (default 0.5)")
+    limits = checklist.Thresholds()
+    p.add_argument("--max-leak", type=float, default=limits.leak_mb_per_100,
+                   help=f"MB per 100 requests (default {limits.leak_mb_per_100})")
+    p.add_argument("--max-slowdown", type=float, default=limits.slowdown,
+                   help=f"time per token, longest/shortest input (default {limits.slowdown})")
+    p.add_argument("--min-top1", type=float, default=limits.top1_min,
+                   help=f"top-1 agreement with FP32 (default {limits.top1_min})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="test.json")
     _cache_option(p)
@@ -380,17 +379,20 @@ comparison page OUT/index.html:
     p = sub.add_parser("bench", help="benchmark registered models; writes bench.json, bench.csv and plots",
                        epilog=EPILOG)
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--prompt-lengths", type=int, nargs="+", default=[16, 128, 512, 1024], metavar="N",
-                   help="prompt lengths in tokens, chat template included (default 16 128 512 1024)")
-    p.add_argument("--gen-tokens", type=int, nargs="+", default=[32], metavar="N",
-                   help="tokens generated per run; several make a generation-length sweep (default 32)")
+    p.add_argument("--prompt-lengths", type=int, nargs="+", default=DEFAULTS.prompt_lengths, metavar="N",
+                   help="prompt lengths in tokens, chat template included (default "
+                   f"{' '.join(map(str, DEFAULTS.prompt_lengths))})")
+    p.add_argument("--gen-tokens", type=int, nargs="+", default=DEFAULTS.gen_lengths, metavar="N",
+                   help="tokens generated per run; several make a generation-length sweep (default "
+                   f"{' '.join(map(str, DEFAULTS.gen_lengths))})")
     p.add_argument("--threads", type=int, nargs="+", metavar="N",
                    help="thread counts for the direct engine, a sweep when several (default: the model's own, as "
                    "Foundry Local runs it; set that with `slmops register --threads`)")
-    p.add_argument("--repeats", type=int, default=3, help="measured runs per figure (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="discarded runs before them (default 1)")
-    p.add_argument("--engines", nargs="+", choices=["foundry-local", "ort-genai"],
-                   default=["foundry-local", "ort-genai"],
+    p.add_argument("--repeats", type=int, default=DEFAULTS.repeats,
+                   help=f"measured runs per figure (default {DEFAULTS.repeats})")
+    p.add_argument("--warmup", type=int, default=DEFAULTS.warmup,
+                   help=f"discarded runs before them (default {DEFAULTS.warmup})")
+    p.add_argument("--engines", nargs="+", choices=list(bench.ENGINES), default=list(bench.ENGINES),
                    help="foundry-local (in-process, what users deploy) and ort-genai (ONNX Runtime GenAI directly, "
                    "the reference; exactly --gen-tokens tokens, EOS ignored); same token ids for both")
     p.add_argument("--out", default=".", help="folder for bench.json and bench.csv")
@@ -419,11 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SlmopsError as exc:
+        if args.debug:
+            raise
         print(f"slmops: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slmops: interrupted; nothing half-written was left in place.", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 (a bug of ours: one line, the traceback on request)
+        if args.debug:
+            raise
+        print(f"slmops: unexpected error: {type(exc).__name__}: {exc}. Run again with --debug for the traceback, "
+              "and please report it.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import ipywidgets as w
 
-from toolkit.errors import SlmopsError
-from toolkit.foundry import Generation, LoadedModel
+from toolkit.core.errors import SlmopsError
+from toolkit.runtimes.foundry import Generation, LoadedModel
 
 
 class ChatBox(w.VBox):

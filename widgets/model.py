@@ -10,8 +10,9 @@ from pathlib import Path
 import ipywidgets as w
 import traitlets
 
-from toolkit.convert import check_source
-from toolkit.errors import SlmopsError
+from toolkit.core.errors import SlmopsError
+from toolkit.domain.sources import bundled_model
+from toolkit.stages.convert import check_source
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,6 @@ class ModelChoice:
         """The folder (the bundled model is unpacked on first use)."""
         if self.folder:
             return Path(self.folder).expanduser()
-        from toolkit.models import bundled_model
-
         return bundled_model()
 
     def __fspath__(self) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 import ipywidgets as w
 import traitlets
 
-from toolkit.convert import (
+from toolkit.core.errors import TemplateError
+from toolkit.domain.options import (
     BLOCK_SIZES,
     INT4_RECIPES,
     RECIPE_NOTES,
@@ -24,8 +25,8 @@ from toolkit.convert import (
     Precision,
     TablePrecision,
 )
-from toolkit.errors import TemplateError
-from toolkit.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
+from toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
+from toolkit.presentation.report import measured_figures
 
 _SAMPLE = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -64,7 +65,7 @@ class PrecisionPicker(w.VBox):
     """Pick precisions and every INT4 option; a table shows the expected trade-off and, once measured, the real one.
 
     A recipe fills the INT4 fields; editing a field afterwards keeps the edit. With a
-    ``run_dir``, the table shows what that run measured (:func:`toolkit.report.measured_figures`),
+    ``run_dir``, the table shows what that run measured (:func:`toolkit.presentation.report.measured_figures`),
     and :meth:`refresh` rereads it; :attr:`measured` can also be set directly.
 
     Example:
@@ -125,8 +126,6 @@ class PrecisionPicker(w.VBox):
 
     def refresh(self) -> None:
         """Reread the measured figures of ``run_dir``."""
-        from toolkit.report import measured_figures
-
         self.measured = measured_figures(self._run_dir) if self._run_dir else {}
 
     def _show_tradeoff(self) -> None:

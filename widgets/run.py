@@ -10,7 +10,7 @@ import ipywidgets as w
 import traitlets
 from IPython.display import display
 
-from toolkit.errors import SlmopsError
+from toolkit.core.errors import SlmopsError
 
 
 @dataclass(frozen=True)

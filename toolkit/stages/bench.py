@@ -14,36 +14,31 @@ in ``bench.json`` lists rows that stopped early).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from toolkit import settings
-from toolkit.errors import SlmopsError
-
-_FILLER = (
-    "Small language models run on laptops and phones when they are converted and quantized. "
-    "The weights shrink from thirty-two bits to eight or four, the model loads faster, and each "
-    "generated token needs fewer bytes read from memory. Quality drops a little, so every "
-    "precision is tested against the full-precision reference before it is deployed. "
-)
-# Asks for a long answer, so Foundry Local (which has no minimum length) rarely stops early.
-_INSTRUCTION = "Continue this text for several paragraphs:\n\n"
+from toolkit.core import artifacts, settings, workers
+from toolkit.core.artifacts import dir_size_mb, read_manifest
+from toolkit.core.errors import SlmopsError
+from toolkit.core.measure import CpuMeter, memory_bandwidth_gbs, peak_rss_mb, rss_mb, run_metadata
+from toolkit.domain.params import DEFAULTS
+from toolkit.domain.prompts import prompt_text
+from toolkit.domain.quantize import lookup_only_mb
+from toolkit.runtimes import genai
+from toolkit.runtimes.foundry import LoadedModel, models_root
 
 
 @dataclass(frozen=True)
 class BenchRow:
     """One benchmark figure set: one model, engine, prompt length, generation length and thread count.
 
-    Fields follow SPEC.md's ``bench.json`` row. Means over ``repeats`` measured runs, with
+    Fields are ``bench.json``'s row (see the README). Means over ``repeats`` measured runs, with
     spread where it matters.
 
     Attributes:
@@ -133,57 +128,6 @@ def _row(model: dict, engine: str, length: int, gen: int, prompt_tokens: int, ru
     ))
 
 
-def rss_mb() -> float:
-    """This process's resident memory now, in MB (0 where ``/proc`` is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _system_ticks() -> tuple[int, int]:
-    """(busy, total) CPU ticks of the whole machine from ``/proc/stat`` ((0, 0) where missing)."""
-    try:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
-
-
-class CpuMeter:
-    """Process and whole-machine CPU use between :meth:`start` and :meth:`stop`."""
-
-    def start(self) -> None:
-        """Take the starting readings."""
-        self._cpu, self._ticks, self._wall = time.process_time(), _system_ticks(), time.perf_counter()
-
-    def stop(self) -> dict:
-        """``{"cpu_percent", "system_cpu_percent"}`` since :meth:`start`."""
-        wall = time.perf_counter() - self._wall
-        busy, total = (now - then for now, then in zip(_system_ticks(), self._ticks, strict=True))
-        return {"cpu_percent": (time.process_time() - self._cpu) / wall * 100 if wall > 0 else 0.0,
-                "system_cpu_percent": busy / total * 100 if total > 0 else 0.0}
-
-
-def prompt_text(tokenizer, tokens: int) -> str:
-    """The instruction and the repeated filler, cut to their first ``tokens`` tokens."""
-    text = _INSTRUCTION + _FILLER
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
-    while len(ids) < tokens:
-        text += _FILLER
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-    return tokenizer.decode(ids[:tokens])
-
-
 def configured_threads(folder: str | os.PathLike[str]) -> int:
     """The intra-op thread count a model folder's ``genai_config.json`` sets (0: the runtime's default)."""
     config = json.loads((Path(folder) / "genai_config.json").read_text())
@@ -200,11 +144,6 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
         and the model's ``folder``, ``precision``, ``size_mb`` and ``threads``.
     """
     from tokenizers import Tokenizer
-
-    from toolkit.convert import dir_size_mb, read_manifest
-    from toolkit.foundry import LoadedModel
-    from toolkit.quantize import lookup_only_mb
-    from toolkit.register import models_root
 
     folder = models_root(cache) / name.split(":")[0]
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -251,35 +190,13 @@ def measure_direct(job: dict, prompt_lengths: Sequence[int], gen_lengths: Sequen
         job: What :func:`measure_model` returned for the model.
         threads: Intra-op threads for the session (0: the runtime's default).
     """
-    from toolkit import genai
-
-    result = genai.run("bench", job["folder"], files={"job": json.dumps({
-        "prompts": job["prompts"], "gen_lengths": list(gen_lengths), "repeats": repeats, "warmup": warmup,
-        "threads": threads})})
+    result = genai.bench(job["folder"], job["prompts"], list(gen_lengths), repeats, warmup, threads)
     rows = []
     for length, ids, per_gen in zip(prompt_lengths, job["prompts"], result["runs"], strict=True):
         for gen, runs in zip(gen_lengths, per_gen, strict=True):
             rows.append(_row(job, "ort-genai", length, gen, len(ids), runs, threads=threads, load_s=result["load_s"],
                              load_rss_mb=result["load_rss_mb"], peak_rss_mb=result["peak_rss_mb"]))
     return rows
-
-
-def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
-    """Measured memory read bandwidth in GB/s: the best of ``repeats`` sums over a buffer larger than caches.
-
-    Example:
-        >>> memory_bandwidth_gbs() > 1
-        True
-    """
-    import numpy as np
-
-    buffer = np.ones(megabytes * 1_000_000 // 8, dtype=np.float64)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        buffer.sum()
-        best = min(best, time.perf_counter() - start)
-    return buffer.nbytes / best / 1e9
 
 
 def decode_ceiling(rows: list[dict], bandwidth_gbs: float) -> list[dict]:
@@ -342,38 +259,12 @@ def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32"
     return sentences
 
 
-def cpu_info() -> dict:
-    """CPU model, logical CPUs and physical cores of this machine."""
-    cpu = platform.processor() or platform.machine()
-    cores: set[tuple[str, str]] = set()
-    physical = core = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                cpu = value
-            elif key == "physical id":
-                physical = value
-            elif key == "core id":
-                core = value
-                cores.add((physical, core))
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "physical_cores": len(cores) or os.cpu_count()}
-
-
-def run_metadata() -> dict:
-    """CPU, versions (Python and packages) and time of this run, for ``bench.json`` (threads are per row)."""
-    from toolkit.report import versions
-
-    return {**cpu_info(), "versions": versions(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
 ENGINES = ("foundry-local", "ort-genai")
 
 
-def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = (16, 128), gen_lengths: Sequence[int] = (32,),
-          repeats: int = 3, warmup: int = 1, threads: Sequence[int] | None = None, cache: str | Path | None = None,
+def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULTS.prompt_lengths),
+          gen_lengths: Sequence[int] = tuple(DEFAULTS.gen_lengths), repeats: int = DEFAULTS.repeats,
+          warmup: int = DEFAULTS.warmup, threads: Sequence[int] | None = None, cache: str | Path | None = None,
           engines: Sequence[str] = ENGINES, progress: bool = True) -> list[BenchRow]:
     """Benchmark each registered model in fresh child processes, through each engine.
 
@@ -405,14 +296,9 @@ def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = (16, 128), ge
     cache_arg = str(settings.cache_dir(cache))
     rows: list[BenchRow] = []
     for name in tqdm(names, desc="bench", unit="model", disable=not progress):
-        job = json.dumps({"name": name, "prompt_lengths": list(prompt_lengths), "gen_lengths": list(gen_lengths),
-                          "repeats": repeats, "warmup": warmup, "cache": cache_arg})
-        env = {**os.environ, **settings.OFFLINE_ENV}
-        done = subprocess.run([sys.executable, "-m", "toolkit.bench", job], capture_output=True, text=True, env=env,
-                              check=False)
-        if done.returncode != 0:
-            raise SlmopsError(f"Benchmarking {name} failed:\n{done.stderr[-2000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        job = {"name": name, "prompt_lengths": list(prompt_lengths), "gen_lengths": list(gen_lengths),
+               "repeats": repeats, "warmup": warmup, "cache": cache_arg}
+        result = workers.run_worker("toolkit.stages.bench", "measure", job, name=f"benchmark of {name}").result
         if "foundry-local" in engines:
             rows += [BenchRow(**row) for row in result["rows"]]
         if "ort-genai" in engines:
@@ -461,7 +347,6 @@ def warnings(rows: Sequence[BenchRow]) -> list[str]:
 def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> dict:
     """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     meta = run_metadata()
     meta["memory_bandwidth_gbs"] = round(memory_bandwidth_gbs(), 2)
     report = {"metadata": meta, "rows": [asdict(r) for r in rows], "engine_ratios": engine_ratios(rows),
@@ -472,61 +357,20 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
               "max_harness_overhead_pct": max((r.harness_overhead_pct for r in rows), default=0.0),
               "warnings": warnings(rows)}
     report["decode_ceiling"] = decode_ceiling(report["rows"], meta["memory_bandwidth_gbs"])
-    tmp = out / "bench.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "bench.json")
-    with (out / "bench.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(BenchRow)])
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    artifacts.write_json(out / "bench.json", report)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    artifacts.write_text(out / "bench.csv", table.getvalue())
     return report
 
 
-def figures(report: dict, quality: dict | None = None) -> dict[str, object]:
-    """The benchmark's plots (matplotlib Axes) by file stem: speed, latency, memory, sweeps, trade-off.
-
-    Sweeps appear only when the run swept them (several generation lengths or thread counts).
-
-    Example:
-        >>> for stem, ax in figures(report).items():
-        ...     ax.figure.savefig(f"{stem}.png")
-    """
-    from toolkit import plots
-
-    engine = "foundry-local" if rows_for(report) else "ort-genai"
-    main = rows_for(report, engine)
-    first_gen = [r for r in main if r["target_gen_tokens"] == main[0]["target_gen_tokens"]]
-    out = {
-        "decode_tps": plots.plot_metric(main, "decode_tps", ylabel="decode tokens/s"),
-        "ttft_ms": plots.plot_metric(main, "ttft_ms", ylabel="time to first token (ms)"),
-        "latency_vs_prompt": plots.plot_lines(
-            first_gen, "prompt_tokens", "e2e_ms",
-            xlabel="prompt tokens", ylabel="end-to-end latency (ms)",
-            title=f"Latency against prompt length ({first_gen[0]['target_gen_tokens']} generated tokens)"),
-        "peak_rss_mb": plots.plot_metric(main, "peak_rss_mb", ylabel="peak process RSS (MB)"),
-    }
-    if len({r["target_gen_tokens"] for r in report["rows"]}) > 1:
-        out["latency_vs_generation"] = plots.plot_lines(
-            [r for r in main if r["target_prompt_tokens"] == main[0]["target_prompt_tokens"]],
-            "target_gen_tokens", "e2e_ms", xlabel="generated tokens", ylabel="end-to-end latency (ms)",
-            title="Latency against generation length")
-    direct = rows_for(report, "ort-genai")
-    if len({r["threads"] for r in direct}) > 1:
-        out["decode_vs_threads"] = plots.plot_lines(
-            [r for r in direct if r["target_prompt_tokens"] == direct[0]["target_prompt_tokens"]
-             and r["target_gen_tokens"] == direct[0]["target_gen_tokens"]], "threads", "decode_tps",
-            xlabel="intra-op threads", ylabel="decode tokens/s", title="Decode speed against threads (direct engine)")
-    out["tradeoff"] = plots.plot_tradeoff(report, quality, engine=engine)
-    return out
-
-
-def _worker(job_json: str) -> None:
-    job = json.loads(job_json)
-    settings.apply_offline_env()
-    result = measure_model(job["name"], job["prompt_lengths"], job["gen_lengths"], job["repeats"], job["warmup"],
-                           job["cache"])
-    print(json.dumps(result))
+def _measure_task(job: dict, _emit) -> dict:
+    """Worker task: :func:`measure_model` on one model through Foundry Local."""
+    return measure_model(job["name"], job["prompt_lengths"], job["gen_lengths"], job["repeats"], job["warmup"],
+                         job["cache"])
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    workers.serve({"measure": _measure_task})

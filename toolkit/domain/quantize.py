@@ -13,20 +13,19 @@ with ONNX Runtime's ``MatMulNBitsQuantizer``:
   ``shared_embeddings``), or its own quantized table when it does not.
 
 Weights only: activations stay FP32 (``accuracy_level`` picks the MatMul compute type).
-Usage::
-
-    python -m toolkit.quantize IN.onnx OUT.onnx --plan '{"bits": 8, ...}'
+It runs as a worker task (``quantize``, see :mod:`toolkit.core.workers`), so its peak memory is
+measured on its own and a crash cannot take the toolkit with it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from toolkit.core import workers
 
 LM_HEAD = "/lm_head/MatMul"
 
@@ -292,17 +291,13 @@ def _weight_of(node, dims: dict, dtypes: dict) -> tuple[str, str, int] | None:
     return {"float32": "fp32", "float16": "fp16"}.get(dtypes[name], dtypes[name]), name, int(np.prod(dims[name]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry for the child process."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("source", type=Path)
-    parser.add_argument("target", type=Path)
-    parser.add_argument("--plan", type=json.loads, default="{}", help="QuantPlan fields as JSON")
-    args = parser.parse_args(argv)
-    plan = QuantPlan(**args.plan)
-    quantize(args.source, args.target, plan)
-    print(json.dumps({"plan": asdict(plan), **weight_summary(args.target)}))
+def _quantize_task(payload: dict, _emit) -> dict:
+    """Worker task: quantize ``payload["source"]`` into ``payload["target"]`` by ``payload["plan"]``."""
+    plan = QuantPlan(**payload["plan"])
+    target = Path(payload["target"])
+    quantize(Path(payload["source"]), target, plan)
+    return {"plan": asdict(plan), **weight_summary(target)}
 
 
 if __name__ == "__main__":
-    main()
+    workers.serve({"quantize": _quantize_task})

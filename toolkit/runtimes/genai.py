@@ -1,26 +1,29 @@
 """The one place ONNX Runtime GenAI runs a model directly, outside Foundry Local.
 
 Foundry's chat API returns text, not logits; the measurements that compare a quantized
-build with its FP32 reference (top-1 agreement, KL divergence, perplexity) and a quick
-decode-speed probe need the runtime the builder targets. They run in a child process
-(:func:`run`): the ``onnxruntime_genai`` module cannot load into a process that already
-holds Foundry Local's own build of the same native library. Usage::
-
-    python -m toolkit.genai compare REF_DIR LABEL=DIR ... --text-file F --out result.json
-    python -m toolkit.genai decode LABEL=DIR ... --out result.json
-    python -m toolkit.genai bench DIR --job JOB.json --out result.json
+build with its FP32 reference (top-1 agreement, KL divergence, perplexity), a quick
+decode-speed probe and the benchmark's direct engine need the runtime the builder targets.
+They run as worker tasks in a child process (:mod:`toolkit.core.workers`): the
+``onnxruntime_genai`` module cannot load into a process that already holds Foundry Local's
+own build of the same native library. :func:`agreement`, :func:`decode_speeds` and
+:func:`bench` are the parent-side calls.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from toolkit.core import workers
+from toolkit.core.measure import CpuMeter, peak_rss_mb, rss_mb
+from toolkit.domain.prompts import reference_text
+
+_MODULE = "toolkit.runtimes.genai"
 
 
 def _context_length(model_dir: Path) -> int:
@@ -100,8 +103,6 @@ def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen
         ``{"load_s", "load_rss_mb", "peak_rss_mb", "runs": [[[run, ...] per generation length] per prompt]}``,
         each run ``{"ttft_s", "total_s", "gen_tokens", "harness_s", "cpu_percent", "system_cpu_percent"}``.
     """
-    from toolkit.bench import peak_rss_mb, rss_mb
-
     rss0, start = rss_mb(), time.perf_counter()
     model = load(model_dir, threads)
     load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
@@ -115,8 +116,6 @@ def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup
     See :func:`bench_model` for the method and each run's keys.
     """
     import onnxruntime_genai as og
-
-    from toolkit.bench import CpuMeter
 
     meter = CpuMeter()
     measured = []
@@ -178,63 +177,67 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
     return rows
 
 
-def run(command: str, *args: str, files: dict[str, str] | None = None) -> object:
-    """Run ``python -m toolkit.genai COMMAND ARGS`` in a child process and return its JSON result.
+@dataclass(frozen=True)
+class Agreement:
+    """How closely a quantized build follows its FP32 reference on one text.
+
+    Measured teacher-forced (both models read the same tokens), like llama.cpp's
+    ``perplexity --kl-divergence``: at every position, does the greedy (top-1) next token
+    match, how far apart are the distributions, and how well does each predict the text.
+
+    Attributes:
+        model: Candidate label.
+        tokens: Positions compared.
+        top1: Share of positions where the greedy next token is the reference's.
+        kl: Mean KL divergence reference || candidate, in nats.
+        perplexity: Candidate's perplexity on the text.
+        reference_perplexity: The FP32 reference's perplexity on the same text.
+    """
+
+    model: str
+    tokens: int
+    top1: float
+    kl: float
+    perplexity: float
+    reference_perplexity: float
+
+
+def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]],
+              text: str | None = None) -> list[Agreement]:
+    """Top-1 agreement, KL divergence and perplexity of each candidate against the FP32 reference (child process).
 
     Args:
-        command: ``compare``, ``decode`` or ``bench``.
-        args: Its positional arguments.
-        files: Option name to file content, written to a temporary file passed as ``--NAME PATH``
-            (e.g. ``{"text-file": text}``).
+        reference_dir: The FP32 build (an ONNX model folder).
+        candidates: Label to ONNX model folder.
+        text: Text to read; the bundled :func:`~toolkit.domain.prompts.reference_text` by default.
 
     Example:
-        >>> run("decode", "int4=outputs/demo/models/int4")
-        {'int4': 118.2}
+        >>> agreement("models/fp32", {"int4": "models/int4"})[0].top1
+        0.6659
     """
-    from toolkit import tools
-
-    with tempfile.TemporaryDirectory(prefix="slmops-genai-") as tmp:
-        options = []
-        for name, content in (files or {}).items():
-            path = Path(tmp) / name
-            path.write_text(content)
-            options += [f"--{name}", str(path)]
-        out = Path(tmp) / "result.json"
-        tools.run_tool(tools.python_module("toolkit.genai", command, *args, *options, "--out", str(out)),
-                       log_path=Path(tmp) / "genai.log", name=f"onnxruntime-genai {command}")
-        return json.loads(out.read_text())
+    payload = {"reference": str(Path(reference_dir).resolve()), "text": text or reference_text(),
+               "candidates": {label: str(Path(folder).resolve()) for label, folder in candidates.items()}}
+    rows = workers.run_worker(_MODULE, "compare", payload, name="agreement with FP32 (onnxruntime-genai)").result
+    return [Agreement(**row) for row in rows]
 
 
-def _pairs(items: list[str]) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in items)
+def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]:
+    """A quick greedy decode probe (tokens/s) of each labelled model folder, in one child process."""
+    payload = {"models": {label: str(Path(folder).resolve()) for label, folder in models.items()}}
+    return workers.run_worker(_MODULE, "decode", payload, name="decode probe (onnxruntime-genai)").result
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry for the child process."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("compare")
-    p.add_argument("reference")
-    p.add_argument("candidates", nargs="+", help="LABEL=DIR")
-    p.add_argument("--text-file", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("decode")
-    p.add_argument("models", nargs="+", help="LABEL=DIR")
-    p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("bench")
-    p.add_argument("model")
-    p.add_argument("--job", type=Path, required=True,
-                   help="JSON: prompts (token id lists), gen_lengths, repeats, warmup, threads")
-    p.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if args.command == "compare":
-        result: object = compare(args.reference, _pairs(args.candidates), args.text_file.read_text())
-    elif args.command == "bench":
-        result = bench_model(args.model, **json.loads(args.job.read_text()))
-    else:
-        result = {label: round(decode_tps(folder), 1) for label, folder in _pairs(args.models).items()}
-    args.out.write_text(json.dumps(result))
+def bench(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
+          warmup: int, threads: int = 0) -> dict:
+    """:func:`bench_model` in a child process of its own, so its peak RSS is this model's alone."""
+    payload = {"model_dir": str(model_dir), "prompts": prompts, "gen_lengths": list(gen_lengths),
+               "repeats": repeats, "warmup": warmup, "threads": threads}
+    return workers.run_worker(_MODULE, "bench", payload, name=f"direct benchmark of {Path(model_dir).name}").result
 
 
 if __name__ == "__main__":
-    main()
+    workers.serve({
+        "compare": lambda job, _emit: compare(job["reference"], job["candidates"], job["text"]),
+        "decode": lambda job, _emit: {label: round(decode_tps(folder), 1) for label, folder in job["models"].items()},
+        "bench": lambda job, _emit: bench_model(**job),
+    })

@@ -12,8 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import settings
-from toolkit.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
+from toolkit.core import settings
+from toolkit.core.errors import (
+    FoundryRequestError,
+    InvalidOptionError,
+    InvalidPromptError,
+    ModelNotFoundError,
+    PromptTooLongError,
+)
+from toolkit.domain import templates
 
 APP_NAME = "slmops"
 _state: dict[str, object] = {}
@@ -44,6 +51,24 @@ def local_catalog(cache: str | Path | None = None):
     from foundry_local_sdk import CatalogType
 
     return manager(cache).get_catalog(CatalogType.LOCAL)
+
+
+def models_root(cache: str | Path | None = None) -> Path:
+    """``<cache>/models/custom``: the Foundry cache folder for custom models (the ``foundry`` CLI's layout)."""
+    return settings.cache_dir(cache) / "models" / "custom"
+
+
+def find_model(name: str, cache: str | Path | None = None):
+    """The registered ``IModel`` for ``name`` (alias, latest version) or ``name:version``.
+
+    Raises:
+        ModelNotFoundError: nothing registered under that name; lists what is.
+    """
+    catalog = local_catalog(cache)
+    model = catalog.get_model_variant(name) if ":" in name else catalog.get_model(name)
+    if model is None:
+        raise ModelNotFoundError(name, sorted(m.id for m in catalog.list_models()))
+    return model
 
 
 @dataclass(frozen=True)
@@ -88,8 +113,6 @@ class LoadedModel:
     """
 
     def __init__(self, name: str, cache: str | Path | None = None) -> None:
-        from toolkit.register import find_model
-
         self.model = find_model(name, cache)
         self.name = name
         if not self.model.is_loaded:
@@ -120,8 +143,6 @@ class LoadedModel:
         """Token ids of the prompt ``messages`` become, rendered with the model's chat template as ChatSession does."""
         if self._encode is None:
             from tokenizers import Tokenizer
-
-            from toolkit import templates
 
             folder = Path(self.model.get_path())
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from toolkit.stages.bench import headline_rows, rows_for
+
 
 def _axes(ax):
     if ax is not None:
@@ -145,8 +147,6 @@ def plot_tradeoff(report: dict, quality: dict | None = None, *, engine: str = "f
     Example:
         >>> plot_tradeoff(json.load(open("bench.json")), json.load(open("test.json"))).figure.savefig("t.png")
     """
-    from toolkit.bench import headline_rows
-
     ax = _axes(ax)
     top1 = {c["model"]: c["value"] for c in (quality or {}).get("checks", [])
             if c["check"] == "quality" and c["case"] == "top1-agreement"}
@@ -161,3 +161,39 @@ def plot_tradeoff(report: dict, quality: dict | None = None, *, engine: str = "f
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     return ax
+
+
+def bench_figures(report: dict, quality: dict | None = None) -> dict[str, object]:
+    """The benchmark's plots (matplotlib Axes) by file stem: speed, latency, memory, sweeps, trade-off.
+
+    Sweeps appear only when the run swept them (several generation lengths or thread counts).
+
+    Example:
+        >>> for stem, ax in bench_figures(report).items():
+        ...     ax.figure.savefig(f"{stem}.png")
+    """
+    engine = "foundry-local" if rows_for(report) else "ort-genai"
+    main = rows_for(report, engine)
+    first_gen = [r for r in main if r["target_gen_tokens"] == main[0]["target_gen_tokens"]]
+    out = {
+        "decode_tps": plot_metric(main, "decode_tps", ylabel="decode tokens/s"),
+        "ttft_ms": plot_metric(main, "ttft_ms", ylabel="time to first token (ms)"),
+        "latency_vs_prompt": plot_lines(
+            first_gen, "prompt_tokens", "e2e_ms",
+            xlabel="prompt tokens", ylabel="end-to-end latency (ms)",
+            title=f"Latency against prompt length ({first_gen[0]['target_gen_tokens']} generated tokens)"),
+        "peak_rss_mb": plot_metric(main, "peak_rss_mb", ylabel="peak process RSS (MB)"),
+    }
+    if len({r["target_gen_tokens"] for r in report["rows"]}) > 1:
+        out["latency_vs_generation"] = plot_lines(
+            [r for r in main if r["target_prompt_tokens"] == main[0]["target_prompt_tokens"]],
+            "target_gen_tokens", "e2e_ms", xlabel="generated tokens", ylabel="end-to-end latency (ms)",
+            title="Latency against generation length")
+    direct = rows_for(report, "ort-genai")
+    if len({r["threads"] for r in direct}) > 1:
+        out["decode_vs_threads"] = plot_lines(
+            [r for r in direct if r["target_prompt_tokens"] == direct[0]["target_prompt_tokens"]
+             and r["target_gen_tokens"] == direct[0]["target_gen_tokens"]], "threads", "decode_tps",
+            xlabel="intra-op threads", ylabel="decode tokens/s", title="Decode speed against threads (direct engine)")
+    out["tradeoff"] = plot_tradeoff(report, quality, engine=engine)
+    return out

@@ -2,68 +2,45 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 from pathlib import Path
 
-from toolkit import report, settings
-from toolkit.errors import SlmopsError
-
-#: The demo: the whole pipeline on the bundled model.
-DEMO_PARAMS: dict = {
-    "model_dir": "",
-    "name_prefix": "smollm2",
-    "precisions": ["fp32", "int8", "int4"],
-    "method": "builder",
-    "int4_recipe": "builder-default",
-    "int4_block_size": 0,
-    "compare_recipes": True,
-    "template": "auto",
-    "cases": "",
-    "checklist_requests": 200,
-    "prompt_lengths": [16, 128, 512],
-    "gen_lengths": [32],
-    "threads": [],
-    "repeats": 3,
-    "warmup": 1,
-    "cache_dir": "",
-}
+from toolkit.core import artifacts, settings
+from toolkit.core.errors import ParamsError, SlmopsError
+from toolkit.domain import params as run_params
+from toolkit.presentation import report
 
 
 def notebooks_dir() -> Path:
     """The folder holding ``01_convert.ipynb`` ... (``$SLMOPS_NOTEBOOKS`` overrides)."""
     env = os.environ.get("SLMOPS_NOTEBOOKS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "notebooks"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "notebooks"
 
 
-def load_params(path: str | os.PathLike[str]) -> dict:
-    """Read notebook parameters from a YAML or JSON file.
+def load_params(path: str | os.PathLike[str], *, max_runs: int = run_params.MAX_SWEEP_RUNS) -> dict:
+    """Read a run's parameters from a YAML or JSON file (a run's own ``params.json`` included).
 
     Raises:
-        SlmopsError: missing file, bad syntax, or unknown parameter names.
+        ParamsError: missing file, bad syntax, an unknown name, a value of the wrong type or
+            range, or a sweep of more than ``max_runs`` combinations.
     """
     file = Path(path)
     if not file.is_file():
-        raise SlmopsError(f"No parameters file at {file}.")
+        raise ParamsError(f"No parameters file at {file}.")
     import yaml
 
     try:
-        params = yaml.safe_load(file.read_text()) or {}
+        loaded = yaml.safe_load(artifacts.read_text(file)) or {}
     except yaml.YAMLError as exc:
-        raise SlmopsError(f"{file} is not valid YAML/JSON: {exc}") from exc
-    if not isinstance(params, dict):
-        raise SlmopsError(f"{file} must hold a mapping of parameter names to values.")
-    sweep = params.get("sweep")
-    if sweep is not None and (not isinstance(sweep, dict) or not sweep
-                              or not all(isinstance(v, list) and v for v in sweep.values())):
-        raise SlmopsError(f"`sweep` in {file} must map parameter names to non-empty lists of values, "
-                          "e.g. sweep: {int4_block_size: [32, 128]}.")
-    unknown = (set(params) - {"sweep"} - set(DEMO_PARAMS)) | (set(sweep or {}) - set(DEMO_PARAMS))
-    if unknown:
-        raise SlmopsError(f"Unknown parameters in {file}: {sorted(unknown)}. Known: {sorted(DEMO_PARAMS)}.")
-    return params
+        raise ParamsError(f"{file} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{file} must hold a mapping of parameter names to values, e.g. precisions: [int4].")
+    run_params.parse({k: v for k, v in loaded.items() if k != "sweep"}, source=str(file))
+    if "sweep" in loaded:
+        run_params.parse_sweep(loaded["sweep"], source=str(file), max_runs=max_runs)
+    return loaded
 
 
 def _render_html(notebook: Path) -> Path:
@@ -88,9 +65,7 @@ def _render_html(notebook: Path) -> Path:
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(book, resources={"metadata": {"name": f"slmops {notebook.stem}"}})
     body = _REMOTE_SCRIPT.sub("", body)
-    target = notebook.with_suffix(".html")
-    target.write_text(body)
-    return target
+    return artifacts.write_text(notebook.with_suffix(".html"), body)
 
 
 _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*>(?:(?!</script>).)*?https://(?:cdnjs|unpkg)(?:(?!</script>).)*?</script>"
@@ -103,22 +78,26 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     A failing notebook is still saved and rendered (with papermill's error banner), the
     index says which one failed, and :class:`SlmopsError` is raised.
 
+    Raises:
+        ParamsError: a parameter of the wrong name, type or range (before anything runs).
+        SlmopsError: a notebook failed.
+
     Example:
-        >>> run_pipeline(DEMO_PARAMS, "outputs/demo").name
+        >>> run_pipeline({"precisions": ["int4"]}, "outputs/int4-only").name
         'index.html'
     """
     import papermill
 
     settings.apply_offline_env()
     run_dir = Path(out).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     # Headless: notebooks show chosen values instead of widgets that would not render in HTML.
-    merged = {**DEMO_PARAMS, **params, "run_dir": str(run_dir), "interactive": False}
+    merged = run_params.parse({**params, "run_dir": str(run_dir), "interactive": False}).as_dict()
     # Notebooks run with the run folder as their working directory: pin user paths now.
-    for key in ("model_dir", "cases", "cache_dir"):
+    for key in run_params.PATH_PARAMS:
         if merged[key]:
             merged[key] = str(Path(merged[key]).expanduser().resolve())
-    (run_dir / "params.json").write_text(json.dumps(merged, indent=2))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(run_dir / "params.json", merged)
     status: dict[str, str] = {}
     failure = None
     for name in report.NOTEBOOKS:
@@ -144,8 +123,8 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
 
 
 def demo(out: str | os.PathLike[str] = "outputs/demo", *, progress: bool = True) -> Path:
-    """The whole pipeline on the bundled model (fp32, int8, int4)."""
-    return run_pipeline(DEMO_PARAMS, out, progress=progress)
+    """The whole pipeline on the bundled model (fp32, int8, int4): every parameter at its default."""
+    return run_pipeline({}, out, progress=progress)
 
 
 def sweep_runs(params: dict) -> list[tuple[str, dict]]:
@@ -167,29 +146,35 @@ def sweep_runs(params: dict) -> list[tuple[str, dict]]:
         chosen = dict(zip(names, values, strict=True))
         text = "_".join(f"{n}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for n, v in chosen.items())
         label = f"{number}-" + re.sub(r"[^A-Za-z0-9_.+=-]", "", text)[:80]
-        prefix = f"{base.get('name_prefix', DEMO_PARAMS['name_prefix'])}-s{number}"
+        prefix = f"{base.get('name_prefix', run_params.DEFAULTS.name_prefix)}-s{number}"
         runs.append((label, {**base, **chosen, "name_prefix": prefix}))
     return runs
 
 
-def run_sweep(params: dict, out: str | os.PathLike[str], *, progress: bool = True) -> Path:
+def run_sweep(params: dict, out: str | os.PathLike[str], *, progress: bool = True,
+              max_runs: int = run_params.MAX_SWEEP_RUNS) -> Path:
     """Run every parameter set of a sweep as its own pipeline run in ``out/LABEL/``; write ``out/index.html``.
 
-    A failed run is reported on the comparison page and the others still run.
+    Every run's parameters are checked before the first starts; a failed run is reported on
+    the comparison page and the others still run.
 
     Raises:
+        ParamsError: a bad parameter in any run, or more than ``max_runs`` runs (before anything runs).
         SlmopsError: after all runs, when any failed.
     """
+    run_params.parse_sweep(params.get("sweep"), max_runs=max_runs)
+    runs = sweep_runs(params)
+    for label, run in runs:
+        run_params.parse(run, source=f"sweep run {label}")
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = sweep_runs(params)
     results = []
-    for label, run_params in runs:
+    for label, chosen in runs:
         try:
-            run_pipeline(run_params, out_dir / label, progress=progress)
-            results.append((label, run_params, "ok"))
+            run_pipeline(chosen, out_dir / label, progress=progress)
+            results.append((label, chosen, "ok"))
         except SlmopsError as exc:
-            results.append((label, run_params, f"FAILED: {exc}"))
+            results.append((label, chosen, f"FAILED: {exc}"))
     index = report.write_sweep_index(out_dir, results, swept=list(params["sweep"]))
     failed = [label for label, _, state in results if state != "ok"]
     if failed:

@@ -2,7 +2,8 @@
 
 Config first, run second: :func:`builder_command`, :func:`olive_command` and
 :func:`build_olive_config` are pure; :func:`convert` validates, runs the tools through
-:mod:`toolkit.tools`, and moves a finished build into place atomically.
+:mod:`toolkit.core.workers`, and moves a finished build into place atomically
+(:mod:`toolkit.core.artifacts`).
 """
 
 from __future__ import annotations
@@ -13,147 +14,27 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from toolkit import tools
-from toolkit.errors import InvalidOptionError, ModelFolderError, UnsupportedArchitectureError
-from toolkit.models import SourceModel, fingerprint, inspect_source
-from toolkit.quantize import QuantPlan, weight_summary
+from toolkit.core import artifacts, workers
+from toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
+from toolkit.core.errors import InvalidOptionError, ModelFolderError, UnsupportedArchitectureError
+from toolkit.core.measure import package_versions, timestamp
+from toolkit.domain.options import (
+    BLOCK_SIZES,
+    TUTORIAL_SIZE_RATIO,
+    Int4Algorithm,
+    Int4Options,
+    Method,
+    Precision,
+)
+from toolkit.domain.quantize import QuantPlan, weight_summary
+from toolkit.domain.sources import SourceModel, fingerprint, inspect_source
 
-MANIFEST = "manifest.json"
 OLIVE_CONFIG = "finetuned_conversion_config.json"
-
-
-class Precision(StrEnum):
-    """Weight precision of the converted model."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-    INT4 = "int4"
-
-
-class Method(StrEnum):
-    """Conversion route: the builder directly, or the tutorial's two Olive methods."""
-
-    BUILDER = "builder"
-    OLIVE = "olive"
-    OLIVE_CONFIG = "olive-config"
-
-
-#: The tutorial's size table, relative to FP32.
-TUTORIAL_SIZE_RATIO: dict[Precision, float] = {
-    Precision.FP32: 1.0, Precision.FP16: 0.5, Precision.INT8: 0.25, Precision.INT4: 0.125,
-}
-
-#: What the tutorial says each precision is for.
-TUTORIAL_ADVICE: dict[Precision, str] = {
-    Precision.FP32: "reference quality; largest and slowest",
-    Precision.FP16: "best quality at half size; for GPUs",
-    Precision.INT8: "good quality, very fast; balanced",
-    Precision.INT4: "acceptable quality, fastest; constrained devices (start here)",
-}
-
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-
-
-class Int4Algorithm(StrEnum):
-    """How INT4 weights are chosen.
-
-    ``default`` is the builder's (min-max, blockwise); ``rtn`` round-to-nearest; ``k_quant``
-    llama.cpp-style k-quants; ``hqq`` half-quadratic quantization (asymmetric with float
-    zero points: closest to the weights, but ONNX Runtime's CPU kernels run float zero
-    points on a slow path).
-    """
-
-    DEFAULT = "default"
-    RTN = "rtn"
-    K_QUANT = "k_quant"
-    HQQ = "hqq"
-
-
-class TablePrecision(StrEnum):
-    """Storage of the embedding table or the LM head."""
-
-    FP32 = "fp32"
-    INT8 = "int8"
-    INT4 = "int4"
-
-    @property
-    def bits(self) -> int:
-        """Bits per weight (32 for FP32)."""
-        return {"fp32": 32, "int8": 8, "int4": 4}[self.value]
-
-
-@dataclass(frozen=True)
-class Int4Options:
-    """INT4 quantization options; the defaults are the model builder's own INT4.
-
-    Attributes:
-        block_size: Weights per quantization block (16, 32, 64, 128 or 256).
-        symmetric: Symmetric int4 (True) or asymmetric uint4 with zero points (HQQ is always asymmetric).
-        accuracy_level: Compute type of the int4 MatMul: 4 int8, 3 bf16, 2 fp16, 1 fp32, 0 unset.
-        algorithm: How the int4 weights are chosen (see :class:`Int4Algorithm`).
-        lm_head: Precision of the LM head (the vocabulary projection).
-        embeddings: Precision of the embedding table. When the model ties it to the LM head
-            and both have the same quantized precision, one table serves both.
-    """
-
-    block_size: int = 32
-    symmetric: bool = True
-    accuracy_level: int = 4
-    algorithm: Int4Algorithm = Int4Algorithm.DEFAULT
-    lm_head: TablePrecision = TablePrecision.INT4
-    embeddings: TablePrecision = TablePrecision.FP32
-
-    def __post_init__(self) -> None:
-        for name, kind in (("algorithm", Int4Algorithm), ("lm_head", TablePrecision), ("embeddings", TablePrecision)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, kind(value))
-            except ValueError as exc:
-                raise InvalidOptionError(name, value, f"one of {[k.value for k in kind]}") from exc
-
-    def validate(self) -> None:
-        """Raise :class:`InvalidOptionError` for an option out of range."""
-        if self.block_size not in BLOCK_SIZES:
-            raise InvalidOptionError("block_size", self.block_size, f"one of {BLOCK_SIZES}")
-        if self.accuracy_level not in ACCURACY_LEVELS:
-            raise InvalidOptionError("accuracy_level", self.accuracy_level, f"one of {ACCURACY_LEVELS}")
-
-    @property
-    def builder_native(self) -> bool:
-        """The model builder can make this INT4 itself (otherwise: FP32 build, then our quantizer).
-
-        The 0.14 builder's ``k_quant`` always makes the LM head 8-bit, and its shared
-        quantized tables break for some block sizes, so only ``default``/``rtn`` with an
-        int4 LM head and an FP32 table go through it.
-        """
-        return (self.algorithm in {Int4Algorithm.DEFAULT, Int4Algorithm.RTN}
-                and self.lm_head is TablePrecision.INT4 and self.embeddings is TablePrecision.FP32)
-
-
-#: Named INT4 recipes that notebook 01 compares; ``builder-default`` is the tutorial's.
-INT4_RECIPES: dict[str, Int4Options] = {
-    "builder-default": Int4Options(),
-    "compact": Int4Options(algorithm=Int4Algorithm.RTN, embeddings=TablePrecision.INT4),
-    "int8-head": Int4Options(lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
-    "hqq": Int4Options(algorithm=Int4Algorithm.HQQ, lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
-}
-
-#: One line per recipe, for pickers and ``--help``.
-RECIPE_NOTES: dict[str, str] = {
-    "builder-default": "the builder's INT4: MatMuls int4, embedding table FP32 (the tutorial's)",
-    "compact": "everything int4 (RTN), one int4 table for embeddings and LM head: smallest",
-    "int8-head": "int4 body, one int8 table for embeddings and LM head",
-    "hqq": "HQQ int4 body (float zero points: accurate, slow on CPU), int8 table",
-}
 
 
 @dataclass(frozen=True)
@@ -205,19 +86,6 @@ def supported_architectures() -> list[str]:
     if not source.is_file():
         return []
     return sorted(set(re.findall(r'architectures\[0\] == "(\w+)"', source.read_text())))
-
-
-def recipe_options(recipe: str, *, block_size: int = 0) -> Int4Options:
-    """The INT4 options of a named recipe (see :data:`INT4_RECIPES`), with another block size when given.
-
-    Example:
-        >>> recipe_options("compact", block_size=64).block_size
-        64
-    """
-    if recipe not in INT4_RECIPES:
-        raise InvalidOptionError("int4_recipe", recipe, f"one of {list(INT4_RECIPES)}")
-    options = INT4_RECIPES[recipe]
-    return replace(options, block_size=block_size) if block_size else options
 
 
 def needs_quantizer(spec: ConvertSpec) -> bool:
@@ -275,11 +143,11 @@ def builder_command(spec: ConvertSpec, output: Path, cache: Path) -> list[str]:
     """The ``python -m onnxruntime_genai.models.builder`` argv for ``spec``.
 
     Example:
-        >>> builder_command(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))[3:5]
+        >>> builder_command(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))[4:6]
         ['-i', 'm']
     """
     precision = route_precision(spec)
-    command = tools.python_module(
+    command = workers.python_module(
         "onnxruntime_genai.models.builder",
         "-i", str(spec.model_dir), "-o", str(output), "-p", str(precision),
         "-e", spec.execution_provider, "-c", str(cache),
@@ -299,8 +167,8 @@ def olive_command(spec: ConvertSpec, output: Path) -> list[str]:
         >>> "--use_model_builder" in olive_command(ConvertSpec(Path("m"), Path("o")), Path("o"))
         True
     """
-    return tools.python_module(
-        "toolkit.olive_cli", "auto-opt", "--model_name_or_path", str(spec.model_dir),
+    return workers.python_module(
+        "toolkit.runtimes.olive_cli", "auto-opt", "--model_name_or_path", str(spec.model_dir),
         "--device", "gpu" if spec.execution_provider == "cuda" else "cpu",
         "--provider", _PROVIDERS[spec.execution_provider], "--use_model_builder",
         "--precision", str(route_precision(spec)), "--output_path", str(output),
@@ -412,11 +280,6 @@ def validate(spec: ConvertSpec) -> SourceModel:
 _MANIFEST_PACKAGES = ("onnxruntime-genai", "onnxruntime", "olive-ai", "transformers", "torch", "foundry-local-sdk")
 
 
-def dir_size_mb(path: Path, pattern: str = "**/*") -> float:
-    """Total size in MB (10^6 bytes) of the files under ``path`` matching ``pattern`` (all by default)."""
-    return sum(p.stat().st_size for p in Path(path).glob(pattern) if p.is_file()) / 1e6
-
-
 def _copy_support_files(source: Path, target: Path) -> None:
     for item in source.iterdir():
         if item.is_file() and not item.name.startswith("model.onnx"):
@@ -477,7 +340,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     if dry_run:
         target.mkdir(parents=True, exist_ok=True)
         config = build_olive_config(spec, target, target.parent / ".olive-cache")
-        (target / OLIVE_CONFIG).write_text(json.dumps(config, indent=2))
+        artifacts.write_json(target / OLIVE_CONFIG, config)
         return ConvertResult(target, {"dry_run": True, "config": str(target / OLIVE_CONFIG)})
 
     steps = _steps(spec)
@@ -486,36 +349,37 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     # Hash the source while the tools run (hashlib releases the GIL): ~1 s on a 540 MB model.
     hashing = ThreadPoolExecutor(max_workers=1)
     source_fingerprint = hashing.submit(fingerprint, source.path)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    artifacts.remove_stale(target.parent)  # scratch of a conversion that was killed
+    scratch = artifacts.staging_dir(target, "building")
     try:
         staging = scratch / "model"
         logs = scratch / "logs"
         # Not named "fp32": Olive resolves config strings that name an existing path in its cwd.
         first = scratch / "route-output" if needs_quantizer(spec) else staging
-        runs: list[tools.ToolRun] = []
+        runs: list[workers.ChildRun] = []
         bar.set_postfix_str(steps[1])
         start = time.perf_counter()
         if spec.method is Method.BUILDER:
-            runs.append(tools.run_tool(builder_command(spec, first, scratch / "cache"),
+            runs.append(workers.run_tool(builder_command(spec, first, scratch / "cache"),
                                        log_path=logs / "builder.log", name="onnxruntime_genai builder"))
         elif spec.method is Method.OLIVE:
-            runs.append(tools.run_tool(olive_command(spec, first), log_path=logs / "olive.log",
+            runs.append(workers.run_tool(olive_command(spec, first), log_path=logs / "olive.log",
                                        cwd=scratch, name="olive auto-opt"))
         else:
             config = build_olive_config(spec, first, scratch / "olive-cache")
             config_file = scratch / OLIVE_CONFIG
             config_file.write_text(json.dumps(config, indent=2))
-            runs.append(tools.run_tool(tools.python_module("toolkit.olive_cli", "run", "--config", str(config_file)),
-                                       log_path=logs / "olive.log", cwd=scratch, name="olive run"))
+            olive_run = workers.python_module("toolkit.runtimes.olive_cli", "run", "--config", str(config_file))
+            runs.append(workers.run_tool(olive_run, log_path=logs / "olive.log", cwd=scratch, name="olive run"))
         bar.update()
         plan = None
         if needs_quantizer(spec):
             plan = quant_plan(spec, source.hidden_size)
             bar.set_postfix_str(steps[2])
             staging.mkdir()
-            runs.append(tools.run_tool(
-                tools.python_module("toolkit.quantize", str(first / "model.onnx"), str(staging / "model.onnx"),
-                                    "--plan", json.dumps(asdict(plan))),
+            runs.append(workers.run_worker(
+                "toolkit.domain.quantize", "quantize",
+                {"source": str(first / "model.onnx"), "target": str(staging / "model.onnx"), "plan": asdict(plan)},
                 log_path=logs / "quantize.log", name="weight quantizer"))
             _copy_support_files(first, staging)
             bar.update()
@@ -527,8 +391,8 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
         if spec.method is Method.OLIVE_CONFIG:
             shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
         manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _swap_into_place(staging, target)
+        artifacts.write_json(staging / MANIFEST, manifest)
+        artifacts.swap_into_place(staging, target)
         bar.update()
     finally:
         hashing.shutdown(wait=False, cancel_futures=True)
@@ -537,7 +401,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     return ConvertResult(target, manifest)
 
 
-def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[tools.ToolRun],
+def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[workers.ChildRun],
               wall: float, plan: QuantPlan | None, source_fingerprint: str) -> dict:
     size_mb = dir_size_mb(staging)
     if spec.precision is Precision.FP32:
@@ -569,32 +433,10 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
         "size_ratio_vs_fp32": round(ratio, 4) if ratio else None,
         "tutorial_size_ratio": tutorial,
         "size_vs_tutorial": round(ratio / tutorial, 3) if ratio else None,
-        "versions": tools.package_versions(_MANIFEST_PACKAGES),
+        "versions": package_versions(_MANIFEST_PACKAGES),
         "python": platform.python_version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": timestamp(),
     }
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Replace ``target`` with ``staging``: the old one is only removed once the new one is in."""
-    os.chmod(staging, 0o755)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-        try:
-            staging.rename(target)
-        except BaseException:
-            old.rename(target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
-
-
-def read_manifest(model_dir: str | os.PathLike[str]) -> dict:
-    """The ``manifest.json`` of a converted model, or ``{}`` when it has none."""
-    file = Path(model_dir) / MANIFEST
-    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def summary(manifests: list[dict]) -> list[dict]:
@@ -609,11 +451,6 @@ def summary(manifests: list[dict]) -> list[dict]:
             "embeddings": weights.get("embeddings"), "wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
         })
     return rows
-
-
-def recipe_name(options: Int4Options) -> str | None:
-    """The :data:`INT4_RECIPES` name of ``options``, or None when they were edited."""
-    return next((name for name, recipe in INT4_RECIPES.items() if recipe == options), None)
 
 
 def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_dir: str | os.PathLike[str], *,
@@ -635,122 +472,5 @@ def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_di
     for spec in specs:
         result = convert(spec, progress=progress)
         manifests.append({**result.manifest, "output_dir": str(result.output_dir)})
-    (out / "convert.json").write_text(json.dumps(manifests, indent=2))
+    artifacts.write_json(out / "convert.json", manifests)
     return manifests
-
-
-@dataclass(frozen=True)
-class RecipeResult:
-    """One INT4 recipe built and measured against the FP32 build.
-
-    Attributes:
-        recipe: Name in :data:`INT4_RECIPES`.
-        note: What the recipe does.
-        output_dir: Where it was built.
-        size_mb: Size on disk.
-        size_ratio_vs_fp32: Size over the FP32 build's.
-        top1: Greedy next-token agreement with FP32 on the bundled text.
-        kl: Mean KL divergence from FP32 (nats).
-        perplexity: Perplexity on the bundled text (FP32's is in ``reference_perplexity``).
-        reference_perplexity: The FP32 build's perplexity on the same text.
-        decode_tps: Quick greedy decode probe through ONNX Runtime GenAI (tokens/s).
-    """
-
-    recipe: str
-    note: str
-    output_dir: str
-    size_mb: float
-    size_ratio_vs_fp32: float
-    top1: float
-    kl: float
-    perplexity: float
-    reference_perplexity: float
-    decode_tps: float
-
-
-def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
-                     speed_floor: float = 0.5) -> tuple[str, str]:
-    """Pick the recipe to use and say why, in one sentence.
-
-    The winner meets the size target (ratio to FP32) and the agreement target and decodes
-    at least ``speed_floor`` times as fast as the fastest recipe; among those, the best
-    agreement wins. When none does, the best agreement among the fast recipes wins, and
-    the sentence names any recipe that met both targets only by being slow.
-
-    Example:
-        >>> recommend_recipe(results)[0]
-        'int8-head'
-    """
-    fastest = max(r.decode_tps for r in results)
-    fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
-    on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1 >= top1_target]
-
-    def describe(r: RecipeResult) -> str:
-        return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1:.3f}, "
-                f"{r.decode_tps:.0f} tok/s)")
-
-    winners = [r for r in on_target if r in fast]
-    if winners:
-        best = max(winners, key=lambda r: (r.top1, -r.size_mb))
-        return best.recipe, f"Use {describe(best)}: it meets <= {size_target}x size and >= {top1_target} agreement."
-    best = max(fast, key=lambda r: (r.top1, -r.size_mb))
-    sentence = (f"No fast recipe meets both <= {size_target}x size and >= {top1_target} top-1 agreement; "
-                f"the best fast one is {describe(best)}.")
-    slow = [r for r in on_target if r not in fast]
-    if slow:
-        sentence += (" " + ", ".join(describe(r) for r in slow) + " meets both targets but decodes at under "
-                     f"{speed_floor:.0%} of the fastest recipe's speed; choose it when size and fidelity matter more.")
-    return best.recipe, sentence
-
-
-def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                         reference_dir: str | os.PathLike[str], recipes: list[str] | None = None, *,
-                         method: Method | str = Method.BUILDER, reuse: dict[str, str] | None = None,
-                         progress: bool = True) -> list[RecipeResult]:
-    """Build each INT4 recipe into ``out_dir/<recipe>`` and measure it against the FP32 build.
-
-    Args:
-        model_dir: The Hugging Face model.
-        out_dir: Where the recipe builds go; ``recipes.json`` is written there.
-        reference_dir: The FP32 build of the same model.
-        recipes: Names from :data:`INT4_RECIPES` (all by default).
-        method: Conversion route.
-        reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
-        progress: Show progress bars.
-
-    Example:
-        >>> [r.recipe for r in compare_int4_recipes(bundled_model(), "out/recipes", "out/fp32")]
-        ['builder-default', 'compact', 'int8-head', 'hqq']
-    """
-    from tqdm.auto import tqdm
-
-    from toolkit import genai
-    from toolkit.evaluate import compare_to_reference
-
-    names = list(recipes or INT4_RECIPES)
-    unknown = [n for n in names if n not in INT4_RECIPES]
-    if unknown:
-        raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
-    out, reuse = Path(out_dir), dict(reuse or {})
-    specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n])
-             for n in names if n not in reuse}
-    for spec in specs.values():
-        validate(spec)
-    folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
-    for name in tqdm(list(specs), desc="build recipes", disable=not progress):
-        convert(specs[name], progress=False)
-    agreement = {a.model: a for a in compare_to_reference(reference_dir, {n: folders[n] for n in names})}
-    fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
-    speeds = genai.run("decode", *(f"{n}={folders[n].resolve()}" for n in names))
-    results = []
-    for name in names:
-        size = read_manifest(folders[name]).get("size_mb") or dir_size_mb(folders[name])
-        a = agreement[name]
-        results.append(RecipeResult(
-            recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
-            size_ratio_vs_fp32=round(size / fp32_mb, 4), top1=a.top1, kl=a.kl, perplexity=a.perplexity,
-            reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
-        ))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipes.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    return results

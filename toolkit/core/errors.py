@@ -40,16 +40,29 @@ class InvalidOptionError(SlmopsError):
 
 
 class ToolFailedError(SlmopsError):
-    """An external tool (builder, Olive, quantizer) exited with an error."""
+    """A child process (an external tool such as the builder or Olive, or one of our workers) failed.
 
-    def __init__(self, tool: str, returncode: int, log_path: object, tail: str) -> None:
+    Attributes:
+        tool: What ran, in words.
+        returncode: Its exit code (negative: killed by that signal).
+        log_path: Its full log, kept for reading.
+        detail: The error in a line or a few (the child's own error, or the log's last lines).
+    """
+
+    def __init__(self, tool: str, returncode: int, log_path: object, detail: str) -> None:
         self.tool = tool
         self.returncode = returncode
         self.log_path = str(log_path)
-        super().__init__(
-            f"{tool} failed with exit code {returncode}; nothing was written to the target. "
-            f"Full log: {log_path}\n--- last lines ---\n{tail}"
-        )
+        self.detail = detail
+        super().__init__(f"{tool} failed (exit code {returncode}): {detail}\nFull log: {log_path}")
+
+
+class ToolTimeoutError(ToolFailedError):
+    """A child process ran past its time limit (or went silent past its idle limit) and was killed."""
+
+    def __init__(self, tool: str, seconds: float, log_path: object) -> None:
+        self.seconds = seconds
+        super().__init__(tool, -9, log_path, f"no progress within {seconds:.0f} s: hung, killed")
 
 
 class TemplateError(SlmopsError):
@@ -58,6 +71,10 @@ class TemplateError(SlmopsError):
 
 class InvalidNameError(SlmopsError):
     """A model name is unsafe (path separators, `..`, whitespace, too long)."""
+
+
+class ParamsError(SlmopsError):
+    """A run's parameters (a params file, a sweep, notebook values) have a wrong name, type or range."""
 
 
 class RegistrationError(SlmopsError):

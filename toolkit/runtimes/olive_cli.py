@@ -6,7 +6,7 @@ Olive then waits for its exporter to give up sending it: offline, that wait was 
 17 s ``olive auto-opt`` on a tiny model. Olive skips the heartbeat when it detects CI; we
 take that same path explicitly, so nothing is queued, sent or cached. Usage::
 
-    python -m toolkit.olive_cli auto-opt --model_name_or_path DIR ...
+    python -m toolkit.core.workers toolkit.runtimes.olive_cli auto-opt --model_name_or_path DIR ...
 """
 
 from __future__ import annotations

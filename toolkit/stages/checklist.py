@@ -23,18 +23,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
-from toolkit.errors import SlmopsError
+from toolkit.core import artifacts, workers
+from toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
+from toolkit.core.measure import rss_mb, timestamp
+from toolkit.domain.prompts import prompt_text
+from toolkit.runtimes import genai
+from toolkit.runtimes.foundry import LoadedModel, find_model
 
 BUNDLED_CASES = "smollm2_cases.jsonl"
+_MODULE = "toolkit.stages.checklist"  # the worker module of the edge cases (this one)
 CONTENT_RULES = ("contains", "contains_any", "not_contains", "exact")
 FORMAT_RULES = ("json_schema", "regex", "max_chars")
 
@@ -127,13 +130,13 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
         SlmopsError: the file is missing, or a line is not a valid case (the message names the line).
     """
     if path is None:
-        text = resources.files("toolkit.data").joinpath(BUNDLED_CASES).read_text()
+        text = resources.files("toolkit.domain.data").joinpath(BUNDLED_CASES).read_text()
         source = BUNDLED_CASES
     else:
         file = Path(path)
         if not file.is_file():
             raise SlmopsError(f"No cases file at {file}; pass --cases FILE.jsonl (one JSON case per line).")
-        text, source = file.read_text(), str(file)
+        text, source = artifacts.read_text(file), str(file)
     cases = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -278,25 +281,21 @@ def _edge_request(case: str, context: int) -> tuple[list[dict[str, str]], int]:
     return [{**user, "content": "Hi"}], 0 if case == "max-tokens-0" else 1
 
 
-def _edge_worker(name: str, cache: str | None, out: Path, skip: int, seed: int) -> None:
-    """Run the edge cases from index ``skip`` on, appending one JSON line per case (the child's job)."""
-    from toolkit.foundry import LoadedModel
-
-    with LoadedModel(name, cache or None) as model, out.open("a") as log:
-        for case, _ in EDGE_CASES[skip:]:
+def _edge_task(job: dict, emit) -> None:
+    """Worker task: run the edge cases from index ``skip`` on, emitting one record per case as it ends."""
+    with LoadedModel(job["name"], job["cache"] or None) as model:
+        for case, _ in EDGE_CASES[job["skip"]:]:
             messages, max_tokens = _edge_request(case, model.context_length)
             start = time.perf_counter()
             try:
-                generation = model.generate(messages, max_tokens=max_tokens, seed=seed)
+                generation = model.generate(messages, max_tokens=max_tokens, seed=job["seed"])
                 value = f"answered ({generation.completion_tokens} tokens, {generation.finish_reason})"
                 passed = case != "max-tokens-1" or generation.completion_tokens == 1
             except SlmopsError as exc:
                 value, passed = f"clear error: {type(exc).__name__}: {exc}", True
             except Exception as exc:  # noqa: BLE001 (an error that is not ours is the finding)
                 value, passed = f"unhandled {type(exc).__name__}: {exc}", False
-            log.write(json.dumps({"case": case, "value": f"{value} in {time.perf_counter() - start:.2f} s",
-                                  "passed": passed}) + "\n")
-            log.flush()
+            emit({"case": case, "value": f"{value} in {time.perf_counter() - start:.2f} s", "passed": passed})
 
 
 def _run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed: int,
@@ -304,41 +303,30 @@ def _run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed:
     """Edge cases in a child process; a case that crashes or hangs it fails, and the rest go on in a new one.
 
     Each case gets ``timeout_s`` from the previous one's answer (the first also gets
-    ``startup_s`` for the model to load).
+    ``startup_s`` for the model to load): the worker's idle timeout.
     """
     threshold = f"answers or raises the toolkit's own error within {timeout_s:.0f} s; no crash"
     results: list[CheckResult] = []
-    with tempfile.TemporaryDirectory(prefix="slmops-edge-") as tmp:
-        out, errors = Path(tmp) / "edge.jsonl", Path(tmp) / "stderr.txt"
-        out.touch()
-        while len(results) < len(EDGE_CASES):
-            done = len(results)
-            command = [sys.executable, "-m", "toolkit.evaluate", "edge", name, "--out", str(out),
-                       "--skip", str(done), "--seed", str(seed), "--cache", str(cache or "")]
-            with errors.open("w") as stderr:
-                proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-            seen, deadline, hung = done, time.monotonic() + startup_s + timeout_s, False
-            while proc.poll() is None:
-                count = sum(1 for line in out.read_text().splitlines() if line.strip())
-                if count > seen:
-                    seen, deadline = count, time.monotonic() + timeout_s
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    hung = True
-                    break
-                time.sleep(0.05)
-            lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-            for row in lines[len(results):]:
-                results.append(CheckResult(name, Check.EDGE, row["case"], threshold, row["value"], row["passed"]))
-            if len(results) < len(EDGE_CASES):  # the case in progress crashed or hung the child
-                case = EDGE_CASES[len(results)][0]
-                tail = errors.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-                failure = (f"no answer within {timeout_s:.0f} s: hung, killed" if hung
-                           else f"the process died (exit {proc.returncode}): {tail[0][:200]}")
-                results.append(CheckResult(name, Check.EDGE, case, threshold, failure, False))
-                with out.open("a") as log:
-                    log.write(json.dumps({"case": case, "value": failure, "passed": False}) + "\n")
+
+    def record(row: dict) -> None:
+        results.append(CheckResult(name, Check.EDGE, row["case"], threshold, row["value"], row["passed"]))
+
+    while len(results) < len(EDGE_CASES):
+        failure = ""
+        try:
+            workers.run_worker(_MODULE, "edge",
+                               {"name": name, "cache": str(cache or ""), "skip": len(results), "seed": seed},
+                               name=f"edge cases of {name}", idle_timeout=timeout_s, startup_s=startup_s,
+                               on_event=record)
+        except ToolTimeoutError:
+            failure = f"no answer within {timeout_s:.0f} s: hung, killed"
+        except ToolFailedError as exc:
+            failure = f"the process died (exit {exc.returncode}): {exc.detail.splitlines()[-1][:200]}"
+        if len(results) < len(EDGE_CASES) and failure:  # the case in progress crashed or hung the child
+            record({"case": EDGE_CASES[len(results)][0], "value": failure, "passed": False})
+        elif len(results) < len(EDGE_CASES):
+            raise SlmopsError(f"The edge-case worker for {name} stopped after {len(results)} of {len(EDGE_CASES)} "
+                              "cases without an error; rerun the checklist.")
     return results
 
 
@@ -365,10 +353,7 @@ def run_checklist(
         >>> run_checklist("smollm2-int4", reference="smollm2-fp32").passed
         True
     """
-    import psutil
     from tqdm.auto import tqdm
-
-    from toolkit.foundry import LoadedModel
 
     limits = thresholds or Thresholds()
     cases = cases if cases is not None else load_cases()
@@ -393,10 +378,9 @@ def run_checklist(
                                           share >= rate))
 
         if requests:
-            process = psutil.Process()
             for _ in tqdm(range(requests), desc=f"{name}: memory", unit="req", disable=not progress):
                 model.generate([{"role": "user", "content": "Say hello."}], max_tokens=4, seed=seed)
-                rss.append(process.memory_info().rss / 1e6)
+                rss.append(rss_mb())
             growth = growth_mb_per_100(rss)
             checks.append(CheckResult(
                 name, Check.MEMORY, "rss-growth", f"<= {limits.leak_mb_per_100} MB per 100 requests (fitted slope "
@@ -431,8 +415,6 @@ def _per_token_ms(model, lengths: list[int], seed: int, progress: bool) -> dict[
     from tokenizers import Tokenizer
     from tqdm.auto import tqdm
 
-    from toolkit.bench import prompt_text
-
     tokenizer = Tokenizer.from_file(str(Path(model.model.get_path()) / "tokenizer.json"))
     figures = {}
     for length in tqdm(lengths, desc=f"{model.name}: input lengths", unit="len", disable=not progress):
@@ -449,10 +431,8 @@ def _per_token_ms(model, lengths: list[int], seed: int, progress: bool) -> dict[
 
 
 def _quality_checks(name: str, reference: str, cache: str | Path | None, limits: Thresholds) -> list[CheckResult]:
-    from toolkit.register import find_model
-
     ref_dir, model_dir = Path(find_model(reference, cache).get_path()), Path(find_model(name, cache).get_path())
-    (a,) = compare_to_reference(ref_dir, {name: model_dir})
+    (a,) = genai.agreement(ref_dir, {name: model_dir})
     ratio = a.perplexity / a.reference_perplexity
     text = f"on the bundled text ({a.tokens} tokens) against {reference}"
     return [
@@ -476,10 +456,9 @@ def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thres
         "thresholds": asdict(thresholds or Thresholds()),
         "checks": [asdict(c) for r in reports for c in r.checks],
         "series": {r.model: {"rss_mb": r.rss_mb, "ms_per_token": r.ms_per_token, "seed": r.seed} for r in reports},
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timestamp": timestamp(),
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    artifacts.write_json(path, report)
     return report
 
 
@@ -510,80 +489,5 @@ def checklist_table(reports: list[ModelReport]) -> list[dict]:
     return list(rows.values())
 
 
-REFERENCE_TEXT = "reference_text.txt"
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """How closely a quantized build follows its FP32 reference on one text.
-
-    Measured teacher-forced (both models read the same tokens), like llama.cpp's
-    ``perplexity --kl-divergence``: at every position, does the greedy (top-1) next token
-    match, how far apart are the distributions, and how well does each predict the text.
-
-    Attributes:
-        model: Candidate model folder (or a label).
-        tokens: Positions compared.
-        top1: Share of positions where the greedy next token is the reference's.
-        kl: Mean KL divergence reference || candidate, in nats.
-        perplexity: Candidate's perplexity on the text.
-        reference_perplexity: The FP32 reference's perplexity on the same text.
-    """
-
-    model: str
-    tokens: int
-    top1: float
-    kl: float
-    perplexity: float
-    reference_perplexity: float
-
-
-def reference_text() -> str:
-    """The bundled English text (about 430 SmolLM2 tokens) used for agreement checks."""
-    return resources.files("toolkit.data").joinpath(REFERENCE_TEXT).read_text()
-
-
-def compare_to_reference(reference_dir: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]],
-                         text: str | None = None) -> list[Agreement]:
-    """Top-1 agreement, KL divergence and perplexity of each candidate against the FP32 reference.
-
-    Runs ONNX Runtime GenAI in a child process (see :mod:`toolkit.genai`).
-
-    Args:
-        reference_dir: The FP32 build (an ONNX model folder).
-        candidates: Label to ONNX model folder.
-        text: Text to read; the bundled :func:`reference_text` by default.
-
-    Example:
-        >>> compare_to_reference("models/fp32", {"int4": "models/int4"})[0].top1
-        0.6659
-    """
-    from toolkit import genai
-
-    rows = genai.run("compare", str(Path(reference_dir).resolve()),
-                     *(f"{label}={Path(folder).resolve()}" for label, folder in candidates.items()),
-                     files={"text-file": text or reference_text()})
-    return [Agreement(**row) for row in rows]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Child-process entry: ``python -m toolkit.evaluate edge NAME --out F.jsonl [--skip K]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Run the checklist's edge cases (child process).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("edge")
-    p.add_argument("name")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--skip", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default="")
-    args = parser.parse_args(argv)
-    from toolkit import settings
-
-    settings.apply_offline_env()
-    _edge_worker(args.name, args.cache, args.out, args.skip, args.seed)
-
-
 if __name__ == "__main__":
-    main()
+    workers.serve({"edge": _edge_task})

@@ -9,24 +9,27 @@ Local's local catalog. Everything is checked and staged before anything is repla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from toolkit import foundry, settings, templates
-from toolkit.convert import read_manifest
-from toolkit.errors import (
+from toolkit.core import artifacts
+from toolkit.core.artifacts import dir_size_mb, read_manifest
+from toolkit.core.errors import (
     InvalidNameError,
     InvalidOptionError,
     ModelFolderError,
     ModelNotFoundError,
     RegistrationError,
 )
+from toolkit.core.measure import timestamp
+from toolkit.domain import templates
+from toolkit.runtimes import foundry
+from toolkit.runtimes.foundry import models_root
 
 INFERENCE_MODEL = "inference_model.json"
 _RECORD = ".slmops-registration.json"
@@ -118,11 +121,6 @@ def validate_name(name: str) -> str:
     return name
 
 
-def models_root(cache: str | Path | None = None) -> Path:
-    """``<cache>/models/custom``: the Foundry cache folder for custom models."""
-    return settings.cache_dir(cache) / "models" / "custom"
-
-
 def _check_onnx_dir(onnx_dir: Path) -> dict:
     if not onnx_dir.is_dir():
         raise ModelFolderError(onnx_dir, "no such folder", "Convert first with `slmops convert`.")
@@ -130,8 +128,12 @@ def _check_onnx_dir(onnx_dir: Path) -> dict:
     if not config_file.is_file():
         raise ModelFolderError(onnx_dir, "no genai_config.json, so Foundry Local cannot load it",
                                "Point at the folder `slmops convert` wrote.")
-    config = json.loads(config_file.read_text())
-    model_file = onnx_dir / config["model"]["decoder"].get("filename", "model.onnx")
+    config = artifacts.read_json(config_file)
+    try:
+        model_file = onnx_dir / config["model"]["decoder"].get("filename", "model.onnx")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ModelFolderError(onnx_dir, "genai_config.json has no model.decoder section",
+                               "Point at the folder `slmops convert` wrote, or convert again.") from exc
     if not model_file.is_file():
         raise ModelFolderError(onnx_dir, f"{model_file.name} is missing", "Re-run the conversion.")
     return config
@@ -214,35 +216,21 @@ def register(
             f"The name {name!r} is already registered to another model ({record.get('source')}). "
             "Choose another --name, or pass --force to replace it."
         )
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root))
+    artifacts.remove_stale(root)  # scratch of a registration that was killed
+    staging = artifacts.staging_dir(target, "staging")
     try:
         _stage(source, staging, genai_config, resolved, model_config, name, version, description)
-        (staging / _RECORD).write_text(json.dumps({
+        artifacts.write_json(staging / _RECORD, {
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
-            "notes": list(resolved.notes),
-            "registered": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }, indent=2))
-        os.chmod(staging, 0o755)
-        backup = None
-        if target.exists():
-            backup = root / f".{name}.old-{os.getpid()}"
-            target.rename(backup)
-        staging.rename(target)
+            "notes": list(resolved.notes), "registered": timestamp(),
+        })
         try:
-            _catalog_register(target, name, version, cache)
+            artifacts.swap_into_place(staging, target, then=lambda: _catalog_register(target, name, version, cache))
         except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            if backup is not None:
-                backup.rename(target)
-                if record.get("version"):  # put the previous registration back as it was
-                    try:
-                        _catalog_register(target, name, int(record["version"]), cache)
-                    except Exception:  # the original error is the one to report
-                        pass
+            if record.get("version"):  # the previous folder is back: put its registration back as it was
+                with contextlib.suppress(Exception):  # the original error is the one to report
+                    _catalog_register(target, name, int(record["version"]), cache)
             raise
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
@@ -298,8 +286,6 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
         One row per model: ``name``, ``model_id``, ``registered`` (in the catalog),
         ``folder`` (has the Foundry layout), ``precision``, ``method``, ``size_mb``, ``path``.
     """
-    from toolkit.convert import dir_size_mb
-
     rows: dict[str, dict] = {}
     root = models_root(cache)
     if root.is_dir():
@@ -324,19 +310,6 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
     return sorted(rows.values(), key=lambda row: row["name"])
 
 
-def find_model(name: str, cache: str | Path | None = None):
-    """The registered ``IModel`` for ``name`` (alias, latest version) or ``name:version``.
-
-    Raises:
-        ModelNotFoundError: nothing registered under that name; lists what is.
-    """
-    catalog = foundry.local_catalog(cache)
-    model = catalog.get_model_variant(name) if ":" in name else catalog.get_model(name)
-    if model is None:
-        raise ModelNotFoundError(name, sorted(m.id for m in catalog.list_models()))
-    return model
-
-
 def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template: str = "auto",
                  custom_template: templates.PromptTemplate | None = None, model_config: ModelConfig | None = None,
                  cache: str | Path | None = None, force: bool = False) -> list[dict]:
@@ -348,7 +321,9 @@ def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template:
         >>> [r["name"] for r in register_all("outputs/run/models/convert.json", "smollm2")]
         ['smollm2-fp32', 'smollm2-int4']
     """
-    manifests = json.loads(Path(convert_json).read_text())
+    manifests = artifacts.read_json(convert_json)
+    if not isinstance(manifests, list):
+        raise ModelFolderError(convert_json, "not a convert.json (a list of manifests)", "Run the convert stage first.")
     for manifest in manifests:
         validate_name(f"{prefix}-{manifest['precision']}")
     rows = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from toolkit.errors import TemplateError
+from toolkit.core.errors import TemplateError
 
 PLACEHOLDER = "{Content}"
 _FIELDS = ("system", "user", "assistant", "prompt")

@@ -1,0 +1,203 @@
+"""The core layer: the one child-process protocol, result files, measurements, text tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from toolkit.core import artifacts, measure, workers
+from toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
+from toolkit.presentation.tables import text_table
+
+WORKER = '''
+import os, time
+from toolkit.core import workers
+from toolkit.core.errors import InvalidPromptError
+
+def echo(payload, emit):
+    for i in range(payload.get("events", 0)):
+        emit({"i": i})
+    return {"got": payload, "offline": os.environ.get("HF_HUB_OFFLINE")}
+
+def refuse(payload, emit):
+    raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
+
+def crash(payload, emit):
+    raise KeyError("deep inside")
+
+def hang(payload, emit):
+    emit({"started": True})
+    time.sleep(60)
+
+def die(payload, emit):
+    emit({"case": "first"})
+    os.kill(os.getpid(), 9)
+
+if __name__ == "__main__":
+    workers.serve({"echo": echo, "refuse": refuse, "crash": crash, "hang": hang, "die": die})
+'''
+
+
+@pytest.fixture()
+def worker_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "probe_worker.py").write_text(WORKER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    return "probe_worker"
+
+
+def test_a_worker_takes_json_in_and_gives_json_out_offline(worker_module: str) -> None:
+    seen: list[dict] = []
+    run = workers.run_worker(worker_module, "echo", {"events": 3, "x": [1, "é"]}, name="echo", on_event=seen.append)
+    assert run.result == {"got": {"events": 3, "x": [1, "é"]}, "offline": "1"}
+    assert seen == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert run.peak_rss_mb > 1 and run.wall_s > 0 and run.command[2] == "toolkit.core.workers"
+
+
+def test_a_workers_own_error_arrives_in_one_line_without_its_traceback(worker_module: str) -> None:
+    with pytest.raises(ToolFailedError) as caught:
+        workers.run_worker(worker_module, "refuse", {}, name="the probe")
+    message = str(caught.value)
+    assert message.startswith("the probe failed (exit code 1): InvalidPromptError: The prompt is empty")
+    assert "Traceback" not in message and Path(caught.value.log_path).is_file()  # the log is kept to read
+    with pytest.raises(ToolFailedError, match="KeyError: 'deep inside'") as caught:
+        workers.run_worker(worker_module, "crash", {}, name="the probe")
+    assert "Traceback" not in str(caught.value) and "Traceback" in Path(caught.value.log_path).read_text()
+
+
+def test_a_silent_worker_is_killed_at_its_idle_timeout(worker_module: str) -> None:
+    seen: list[dict] = []
+    start = time.monotonic()
+    with pytest.raises(ToolTimeoutError, match="no progress within 1 s"):
+        workers.run_worker(worker_module, "hang", {}, name="hang", idle_timeout=1, startup_s=5, on_event=seen.append)
+    assert seen == [{"started": True}] and time.monotonic() - start < 30
+
+
+def test_events_before_a_crash_reach_the_parent(worker_module: str) -> None:
+    seen: list[dict] = []
+    with pytest.raises(ToolFailedError, match="signal 9") as caught:
+        workers.run_worker(worker_module, "die", {}, name="die", on_event=seen.append)
+    assert seen == [{"case": "first"}] and caught.value.returncode == -9
+
+
+def test_children_die_with_their_parent(tmp_path: Path, worker_module: str) -> None:
+    """A toolkit process killed with SIGKILL takes its worker with it (parent-death signal)."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        from toolkit.core import workers
+        workers.run_worker({worker_module!r}, "hang", {{}}, name="hang")
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    children: list[psutil.Process] = []
+    while time.monotonic() < deadline and not children:
+        children = psutil.Process(parent.pid).children()
+        time.sleep(0.1)
+    assert children, "the worker never started"
+    child = children[0]
+    time.sleep(1.0)  # let it reach its task
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    gone, _ = psutil.wait_procs([child], timeout=10)
+    assert gone, "the worker outlived its killed parent"
+
+
+def test_an_external_tool_failure_names_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "tool.log"
+    with pytest.raises(ToolFailedError, match="exit code 3") as caught:
+        workers.run_tool([sys.executable, "-c", "print('why it broke'); raise SystemExit(3)"], log_path=log,
+                         name="tool")
+    assert "why it broke" in str(caught.value) and caught.value.log_path == str(log)
+    ok = workers.run_tool([sys.executable, "-c", "print('fine')"], log_path=log, name="tool")
+    assert ok.result is None and "fine" in log.read_text()
+    with pytest.raises(ToolTimeoutError):
+        workers.run_tool([sys.executable, "-c", "import time; time.sleep(30)"], log_path=log, timeout=0.5)
+
+
+def test_an_atomic_write_that_fails_keeps_the_old_file(tmp_path: Path) -> None:
+    target = artifacts.write_json(tmp_path / "r.json", {"v": 1})
+
+    class Unwritable:
+        pass
+
+    with pytest.raises(TypeError):
+        artifacts.write_json(target, {"v": Unwritable()})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no partial file left behind
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    staging = artifacts.staging_dir(target)
+    (staging / "new.txt").write_text("new")
+
+    def refuse() -> None:
+        raise RuntimeError("catalog said no")
+
+    with pytest.raises(RuntimeError):
+        artifacts.swap_into_place(staging, target, then=refuse)
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    staging = artifacts.staging_dir(target)
+    (staging / "new.txt").write_text("new")
+    artifacts.swap_into_place(staging, target)
+    assert [p.name for p in target.iterdir()] == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_stale_scratch_of_dead_processes_is_removed_and_live_work_is_kept(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".int4.building-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"x" * 100)
+    live = artifacts.staging_dir(tmp_path / "int4", "building")
+    assert artifacts.remove_stale(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir()
+
+
+def test_result_files_that_are_not_json_or_utf8_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bench.json"
+    bad.write_text('{"rows": [1, }')
+    with pytest.raises(SlmopsError, match=r"bench.json is not valid JSON .*line 1"):
+        artifacts.read_json(bad)
+    bad.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(SlmopsError, match="not UTF-8"):
+        artifacts.read_json(bad)
+    assert artifacts.read_json(tmp_path / "missing.json", {"default": True}) == {"default": True}
+
+
+def test_sizes_do_not_count_links(tmp_path: Path) -> None:
+    (tmp_path / "w.bin").write_bytes(b"x" * 2_000_000)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.bin"
+    outside.write_bytes(b"y" * 3_000_000)
+    (tmp_path / "link.bin").symlink_to(outside)
+    assert artifacts.dir_size_mb(tmp_path) == pytest.approx(2.0)
+    outside.unlink()
+
+
+def test_measurements_are_plausible() -> None:
+    meter = measure.CpuMeter()
+    meter.start()
+    sum(i * i for i in range(300_000))
+    cpu = meter.stop()
+    assert 20 < cpu["cpu_percent"] <= 110 and 0 <= cpu["system_cpu_percent"] <= 100
+    assert 1 < measure.rss_mb() <= measure.peak_rss_mb() + 1
+    info = measure.cpu_info()
+    assert info["logical_cpus"] >= info["physical_cores"] >= 1 and info["cpu"]
+    assert measure.versions()["foundry-local-sdk"] == "2.2.1"
+
+
+def test_text_tables_align_numbers_right_and_text_left() -> None:
+    out = text_table([{"name": "fp32", "mb": 517.0, "ok": True}, {"name": "int4", "mb": 9.25, "ok": False}],
+                     [("name", "NAME"), ("mb", "SIZE MB", ".1f"), ("ok", "OK")])
+    assert out.splitlines() == ["NAME  SIZE MB  OK", "fp32    517.0  yes", "int4      9.2  no"]

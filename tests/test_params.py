@@ -1,0 +1,81 @@
+"""The parameter model: one source for notebooks, the demo, `slmops run` and CLI defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit import cli
+from toolkit.core.errors import ParamsError
+from toolkit.domain import params as P
+from toolkit.orchestration import pipeline
+
+
+@pytest.mark.parametrize(("mapping", "says"), [
+    ({"precisions": "int4"}, "precisions must be a list"),  # once iterated character by character
+    ({"precisions": ["int3"]}, "choose one of fp32"),
+    ({"repeats": "3"}, "repeats must be a whole number"),
+    ({"repeats": 0}, "from 1 to"),
+    ({"repeats": True}, "repeats must be a whole number"),  # a bool is not a count
+    ({"compare_recipes": 1}, "compare_recipes must be true or false"),
+    ({"prompt_lengths": [16, -1]}, "prompt_lengths is -1"),
+    ({"gen_lengths": [1]}, "gen_lengths is 1"),
+    ({"int4_block_size": 48}, "choose one of 0, 16, 32"),
+    ({"method": "onnx"}, "choose one of builder"),
+    ({"template": "custom"}, "choose one of auto"),  # custom needs strings a params file cannot give
+    ({"typo": 1}, "unknown parameter 'typo'"),
+])
+def test_wrong_values_are_refused_with_the_parameter_named(mapping: dict, says: str) -> None:
+    with pytest.raises(ParamsError, match=says):
+        P.parse(mapping, source="p.yaml")
+
+
+def test_defaults_are_the_demo_and_round_trip() -> None:
+    defaults = P.DEFAULTS.as_dict()
+    assert P.parse(defaults) == P.DEFAULTS
+    assert defaults["precisions"] == ["fp32", "int8", "int4"] and defaults["checklist_requests"] == 200
+    assert P.parse({"precisions": ["int4"]}).precisions == ["int4"]
+    assert P.RunParams().precisions is not P.RunParams().precisions  # no shared mutable default
+    assert set(P.PATH_PARAMS) == {"model_dir", "cases", "cache_dir"}
+
+
+def test_the_cli_takes_its_defaults_from_the_model() -> None:
+    parser = cli.build_parser()
+    bench = parser.parse_args(["bench", "m"])
+    assert bench.prompt_lengths == P.DEFAULTS.prompt_lengths and bench.repeats == P.DEFAULTS.repeats
+    assert bench.warmup == P.DEFAULTS.warmup and bench.gen_tokens == P.DEFAULTS.gen_lengths
+    assert parser.parse_args(["test", "m"]).requests == P.DEFAULTS.checklist_requests
+
+
+def test_a_sweep_is_checked_and_capped_before_anything_runs(tmp_path: Path) -> None:
+    file = tmp_path / "sweep.yaml"
+    for text, says in [("sweep:\n  repeats: [1, two]\n", "sweep: repeats must be a whole number"),
+                       ("sweep:\n  int4_block_size: 32\n", "non-empty lists"),
+                       ("sweep:\n  block: [32]\n", "unknown parameter 'block'")]:
+        file.write_text(text)
+        with pytest.raises(ParamsError, match=says):
+            pipeline.load_params(file)
+    file.write_text("sweep:\n  repeats: [1, 2, 3, 4, 5, 6, 7, 8]\n  warmup: [0, 1, 2, 3, 4, 5, 6, 7, 8]\n")
+    with pytest.raises(ParamsError, match=r"72 combinations.*--max-runs"):
+        pipeline.load_params(file)
+    assert pipeline.load_params(file, max_runs=72)["sweep"]["warmup"][-1] == 8
+    out = tmp_path / "out"
+    with pytest.raises(ParamsError, match="72 combinations"):
+        pipeline.run_sweep(pipeline.load_params(file, max_runs=72), out)
+    assert not out.exists()  # refused before anything was written
+    assert cli.main(["run", "--params", str(file), "--out", str(out)]) == 2 and not out.exists()
+
+
+def test_bad_params_reach_run_pipeline_through_the_api_too(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="precisions must be a list"):
+        pipeline.run_pipeline({"precisions": "int4"}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_utf8_params_file_is_a_clear_error(tmp_path: Path) -> None:
+    file = tmp_path / "p.yaml"
+    file.write_bytes(b"precisions: [\xff]\n")
+    with pytest.raises(Exception, match="not UTF-8") as caught:
+        pipeline.load_params(file)
+    assert isinstance(caught.value, cli.SlmopsError)

@@ -1,0 +1,273 @@
+"""The one way the toolkit runs a child process.
+
+Two kinds of children, one machinery:
+
+* :func:`run_tool` runs an external program (the model builder, Olive) from its argv;
+* :func:`run_worker` runs a *task* of one of our worker modules: a JSON payload in, a JSON
+  result out, and optional progress *events* on the way (a JSON line each), which the
+  parent sees as they come and which reset an idle timer.
+
+Every child gets the offline environment, a log file (stdout and stderr), its own process
+group (a timeout or Ctrl-C ends it and anything it started), a parent-death signal (it dies
+with the toolkit even when the toolkit is killed with SIGKILL), and its own wall time and
+peak RSS (``wait4``'s rusage for that child alone). Failures are typed:
+:class:`~toolkit.core.errors.ToolFailedError` with the child's own error in one line (never
+its traceback, which stays in the log) and :class:`~toolkit.core.errors.ToolTimeoutError`.
+
+A worker module ends with::
+
+    if __name__ == "__main__":
+        workers.serve({"task": handler})        # handler(payload: dict, emit) -> JSON-able
+
+and children start as ``python -m toolkit.core.workers MODULE ARGS...`` (see :func:`main`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.core import settings
+from toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
+
+_PARENT = "SLMOPS_PARENT_PID"
+_WORKER_FLAG = "--slmops-worker"
+_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """What one child process did and cost.
+
+    Attributes:
+        command: The argv that ran.
+        wall_s: Wall-clock seconds.
+        peak_rss_mb: The child's own peak resident set size in MiB.
+        log_path: Its combined stdout and stderr.
+        result: A worker's JSON result (None for an external tool).
+    """
+
+    command: tuple[str, ...]
+    wall_s: float
+    peak_rss_mb: float
+    log_path: Path
+    result: object = None
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The argv that runs ``python -m module args`` in this interpreter, through the launcher (:func:`main`).
+
+    Example:
+        >>> python_module("onnxruntime_genai.models.builder", "-h")[1:4]
+        ['-m', 'toolkit.core.workers', 'onnxruntime_genai.models.builder']
+    """
+    return [sys.executable, "-m", "toolkit.core.workers", module, *args]
+
+
+def _log_tail(log_path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """Terminate the child's process group, then kill it if it does not go within 5 s."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _run(command: list[str], *, log_path: Path, name: str, cwd: Path | None, timeout: float | None,
+         idle_timeout: float | None, progress: Callable[[], bool] | None,
+         startup_s: float = 0.0) -> tuple[int, float, float]:
+    """Run ``command`` to its end; return (exit code, wall seconds, peak RSS MiB)."""
+    env = {**os.environ, **settings.OFFLINE_ENV, _PARENT: str(os.getpid())}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+                                env=env, start_new_session=True)
+        idle_deadline = start + startup_s + idle_timeout if idle_timeout else None
+        try:
+            while True:
+                # wait4 gives this child's own rusage; Popen.wait would discard it.
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+                    return proc.returncode, time.monotonic() - start, usage.ru_maxrss / 1024
+                now = time.monotonic()
+                if progress is not None and progress() and idle_timeout:
+                    idle_deadline = now + idle_timeout
+                if timeout and now - start > timeout:
+                    raise ToolTimeoutError(name, timeout, log_path)
+                if idle_deadline and now > idle_deadline:
+                    raise ToolTimeoutError(name, idle_timeout, log_path)
+                time.sleep(_POLL_S)
+        except BaseException:
+            _end_group(proc)
+            raise
+
+
+def run_tool(command: list[str], *, log_path: Path, name: str | None = None, cwd: Path | None = None,
+             timeout: float | None = None) -> ChildRun:
+    """Run an external program to completion, offline, logging to ``log_path``.
+
+    Raises:
+        ToolFailedError: non-zero exit; the message carries the log's last lines.
+        ToolTimeoutError: it ran past ``timeout`` seconds and was killed.
+        KeyboardInterrupt: passed on after the child (and its children) ended.
+    """
+    name = name or Path(command[0]).name
+    code, wall, peak = _run(command, log_path=log_path, name=name, cwd=cwd, timeout=timeout, idle_timeout=None,
+                            progress=None)
+    if code != 0:
+        raise ToolFailedError(name, code, log_path, "last lines of its log:\n" + _log_tail(log_path))
+    return ChildRun(tuple(command), wall, peak, log_path)
+
+
+class _Events:
+    """Reads a worker's events file as it grows and hands each new record to ``on_event``."""
+
+    def __init__(self, path: Path, on_event: Callable[[dict], None] | None) -> None:
+        self.path, self.on_event, self.offset, self.count = path, on_event, 0, 0
+
+    def poll(self) -> bool:
+        """Read what arrived since the last call; True when at least one whole record did."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return False
+        complete = chunk[:chunk.rfind(b"\n") + 1]  # a record being written has no newline yet
+        self.offset += len(complete)
+        records = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        for record in records:
+            self.count += 1
+            if self.on_event is not None:
+                self.on_event(record)
+        return bool(records)
+
+
+def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Path | None = None,
+               timeout: float | None = None, idle_timeout: float | None = None, startup_s: float = 0.0,
+               on_event: Callable[[dict], None] | None = None) -> ChildRun:
+    """Run ``task`` of the worker module ``module`` on ``payload`` in a child process; return its result.
+
+    Args:
+        module: A module that calls :func:`serve` under ``__main__``.
+        task: The task's name in that module.
+        payload: JSON-able input.
+        name: What it is, in words, for errors (e.g. "benchmark of smollm2-int4").
+        log_path: Where its log goes (default: a temporary folder, removed on success and
+            kept on failure, so the error can name it).
+        timeout: Seconds it may take in all.
+        idle_timeout: Seconds it may go without an event.
+        startup_s: Extra seconds before the first event (e.g. to load a model).
+        on_event: Called with each event record as it arrives.
+
+    Raises:
+        ToolFailedError: the task raised (the message is its own error, in one line) or the process died.
+        ToolTimeoutError: past ``timeout`` or ``idle_timeout``; the child was killed.
+
+    Example:
+        >>> run_worker("toolkit.runtimes.genai", "decode", {"models": {"int4": "models/int4"}}, name="probe").result
+        {'int4': 118.2}
+    """
+    work = Path(tempfile.mkdtemp(prefix=f"slmops-{task}-"))
+    log = log_path or work / "worker.log"
+    (work / "input.json").write_text(json.dumps({"task": task, "payload": payload}))
+    events = _Events(work / "events.jsonl", on_event)
+    command = python_module(module, _WORKER_FLAG, str(work))
+    ok = False
+    try:
+        code, wall, peak = _run(command, log_path=log, name=name, cwd=None, timeout=timeout,
+                                idle_timeout=idle_timeout, progress=events.poll, startup_s=startup_s)
+        events.poll()
+        output = json.loads((work / "output.json").read_text()) if (work / "output.json").is_file() else {}
+        if code != 0 or "result" not in output:
+            error = output.get("error")
+            detail = f"{error['type']}: {error['message']}" if error else (
+                "the process died" + (f" (signal {-code})" if code < 0 else "") + "; last lines of its log:\n"
+                + _log_tail(log, 5))
+            raise ToolFailedError(name, code, log, detail)
+        ok = True
+        return ChildRun(tuple(command), wall, peak, log, output["result"])
+    finally:
+        if ok or log_path is not None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) -> None:
+    """The child side of :func:`run_worker`: read the payload, run the task, write its result or error.
+
+    A :class:`~toolkit.core.errors.SlmopsError` is reported as it is; any other exception too,
+    with its traceback in the log. Exits 0 on success and 1 on an error.
+    """
+    if len(sys.argv) != 3 or sys.argv[1] != _WORKER_FLAG:
+        sys.exit(f"usage: python -m toolkit.core.workers MODULE {_WORKER_FLAG} DIR (started by run_worker)")
+    work = Path(sys.argv[2])
+    job = json.loads((work / "input.json").read_text())
+    with (work / "events.jsonl").open("a") as events:
+
+        def emit(record: dict) -> None:
+            events.write(json.dumps(record, ensure_ascii=False) + "\n")
+            events.flush()
+
+        try:
+            output: dict = {"result": tasks[job["task"]](job["payload"], emit)}
+            code = 0
+        except Exception as exc:  # noqa: BLE001 (every failure goes back to the parent as data)
+            if not isinstance(exc, SlmopsError):
+                import traceback
+
+                traceback.print_exc()
+            output, code = {"error": {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc)
+                                      else type(exc).__name__}}, 1
+    (work / "output.json.partial").write_text(json.dumps(output))
+    (work / "output.json.partial").replace(work / "output.json")
+    sys.exit(code)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, and stop now if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    parent = os.environ.get(_PARENT)
+    if parent and os.getppid() != int(parent):
+        sys.exit("the toolkit process that started this one has gone; stopping")
+
+
+def main() -> None:
+    """``python -m toolkit.core.workers MODULE ARGS...``: run MODULE as ``__main__``, offline, dying with its parent."""
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m toolkit.core.workers MODULE [ARGS...]")
+    _die_with_parent()
+    settings.apply_offline_env()
+    module = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

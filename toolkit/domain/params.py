@@ -1,0 +1,176 @@
+"""A run's parameters: one model for the notebooks, the demo, ``slmops run`` and the CLI's defaults.
+
+:class:`RunParams` holds every parameter with its type, default, help and allowed values.
+From it come the notebooks' ``parameters`` cell (:func:`parameters_cell`, written by
+``scripts/make_notebooks.py``), the demo's values (the defaults), the checks on a params file
+or a sweep (:func:`parse`, :func:`parse_sweep`), and the defaults of ``slmops bench`` and
+``slmops test`` (:data:`DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from toolkit.core.errors import ParamsError
+from toolkit.domain.options import BLOCK_SIZES, INT4_RECIPES, Method, Precision
+from toolkit.domain.templates import Template
+
+#: Templates a params file can name (``custom`` needs four strings, given through the API or a widget).
+_PRESET_NAMES = tuple(t.value for t in Template if t is not Template.CUSTOM)
+
+#: How many runs a sweep may have unless the caller raises the cap.
+MAX_SWEEP_RUNS = 64
+
+
+def _param(default: object, about: str, *, choices: tuple = (), low: int | None = None, high: int | None = None,
+           path: bool = False):
+    """A parameter's field: its default, one line of help, allowed values (each list item for lists), range."""
+    meta = {"help": about, "choices": tuple(choices), "low": low, "high": high, "path": path}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """Every parameter of a pipeline run (the four notebooks); the defaults are the demo's."""
+
+    run_dir: str = _param("../outputs/interactive", "folder for this run's results (slmops run sets it to --out)")
+    model_dir: str = _param("", "Hugging Face model folder; empty means the bundled SmolLM2-135M-Instruct", path=True)
+    name_prefix: str = _param("smollm2", "registered names are PREFIX-PRECISION")
+    precisions: list[str] = _param(["fp32", "int8", "int4"], "precisions to build, register, test and benchmark",
+                                   choices=tuple(p.value for p in Precision))
+    method: str = _param("builder", "conversion route: builder | olive | olive-config",
+                         choices=tuple(m.value for m in Method))
+    int4_recipe: str = _param("builder-default", "INT4 recipe: " + " | ".join(INT4_RECIPES),
+                              choices=tuple(INT4_RECIPES))
+    int4_block_size: int = _param(0, "INT4 block size " + " | ".join(map(str, BLOCK_SIZES)) + "; 0 keeps the recipe's",
+                                  choices=(0, *BLOCK_SIZES))
+    compare_recipes: bool = _param(True, "build every INT4 recipe and measure it against FP32 "
+                                   "(needs fp32 in precisions)")
+    template: str = _param("auto", "prompt template: " + " | ".join(_PRESET_NAMES), choices=_PRESET_NAMES)
+    cases: str = _param("", "JSONL test cases; empty means the bundled cases", path=True)
+    checklist_requests: int = _param(200, "requests of the checklist's memory check (0 skips it)", low=0, high=100_000)
+    prompt_lengths: list[int] = _param([16, 128, 512], "benchmark prompt lengths in tokens", low=1, high=1 << 20)
+    gen_lengths: list[int] = _param([32], "tokens generated per benchmark run (several: a generation-length sweep)",
+                                    low=2, high=1 << 16)
+    threads: list[int] = _param([], "direct-engine thread counts to sweep; empty means the model's own (as Foundry "
+                                "runs it)", low=1, high=1024)
+    repeats: int = _param(3, "measured benchmark runs per prompt length", low=1, high=1000)
+    warmup: int = _param(1, "discarded warm-up runs", low=0, high=100)
+    cache_dir: str = _param("", "Foundry Local cache; empty means $SLMOPS_CACHE_DIR or ~/.slmops/foundry", path=True)
+    interactive: bool = _param(True, "show widgets (papermill runs set this to False)")
+
+    def as_dict(self) -> dict:
+        """The parameters as plain JSON-able values, in declaration order."""
+        return asdict(self)
+
+
+#: The defaults: the demo's values, and the CLI's where a command shares a parameter.
+DEFAULTS = RunParams()
+
+#: Parameter names that hold a user's path (pinned to absolute before notebooks run in the run folder).
+PATH_PARAMS = tuple(f.name for f in fields(RunParams) if f.metadata["path"])
+
+
+def _types() -> dict[str, object]:
+    return typing.get_type_hints(RunParams)
+
+
+def _type_name(kind: object) -> str:
+    return {str: "text", int: "a whole number", bool: "true or false"}.get(kind, "a list")
+
+
+def _check_scalar(name: str, value: object, kind: type, meta: dict, where: str) -> None:
+    # bool is an int in Python; a parameter of one type never takes the other.
+    if type(value) is not kind:
+        example = {str: '"text"', int: "3", bool: "true"}[kind]
+        raise ParamsError(f"{where}{name} must be {_type_name(kind)} (e.g. {name}: {example}), not "
+                          f"{json.dumps(value)}.")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ParamsError(f"{where}{name} is {json.dumps(value)}; choose one of "
+                          f"{', '.join(map(str, meta['choices']))}.")
+    low, high = meta["low"], meta["high"]
+    if kind is int and ((low is not None and value < low) or (high is not None and value > high)):
+        raise ParamsError(f"{where}{name} is {value}; it must be from {low} to {high}.")
+
+
+def check_value(name: str, value: object, *, where: str = "") -> None:
+    """Raise :class:`ParamsError` unless ``value`` has the type and range of parameter ``name``.
+
+    Example:
+        >>> check_value("precisions", "int4")
+        Traceback (most recent call last):
+        ...
+        toolkit.core.errors.ParamsError: precisions must be a list (e.g. precisions: [fp32, int4]), not "int4".
+    """
+    spec = {f.name: f for f in fields(RunParams)}
+    if name not in spec:
+        raise ParamsError(f"{where}unknown parameter {name!r}. Known: {', '.join(spec)}.")
+    kind, meta = _types()[name], spec[name].metadata
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            example = json.dumps(DEFAULTS.as_dict()[name] or [1]).replace('"', "")
+            raise ParamsError(f"{where}{name} must be a list (e.g. {name}: {example}), not {json.dumps(value)}.")
+        (item,) = typing.get_args(kind)
+        for entry in value:
+            _check_scalar(name, entry, item, meta, where)
+        return
+    _check_scalar(name, value, kind, meta, where)
+
+
+def parse(mapping: object, *, source: str = "parameters") -> RunParams:
+    """Check a mapping of parameters (names, types, ranges) and fill in the defaults.
+
+    Raises:
+        ParamsError: not a mapping, an unknown name, or a value of the wrong type or range;
+            the message names the parameter and an example of a right value.
+
+    Example:
+        >>> parse({"precisions": ["int4"], "repeats": 5}).repeats
+        5
+    """
+    if not isinstance(mapping, dict):
+        raise ParamsError(f"{source} must be a mapping of parameter names to values, e.g. precisions: [int4].")
+    for name, value in mapping.items():
+        check_value(str(name), value, where=f"{source}: ")
+    return RunParams(**mapping)
+
+
+def parse_sweep(sweep: object, *, source: str = "parameters", max_runs: int = MAX_SWEEP_RUNS) -> dict[str, list]:
+    """Check a ``sweep`` mapping: each name a parameter, each value a non-empty list of that parameter's values.
+
+    Raises:
+        ParamsError: a wrong name or value, or more than ``max_runs`` combinations.
+    """
+    if not isinstance(sweep, dict) or not sweep or not all(isinstance(v, list) and v for v in sweep.values()):
+        raise ParamsError(f"`sweep` in {source} must map parameter names to non-empty lists of values, "
+                          "e.g. sweep: {int4_block_size: [32, 128]}.")
+    runs = 1
+    for name, values in sweep.items():
+        for value in values:
+            check_value(str(name), value, where=f"{source}: sweep: ")
+        runs *= len(values)
+    if runs > max_runs:
+        raise ParamsError(f"The sweep in {source} has {runs} combinations, more than the cap of {max_runs}; "
+                          "sweep fewer values, or raise the cap (slmops run --max-runs N).")
+    return sweep
+
+
+def parameters_cell() -> str:
+    """The notebooks' ``parameters`` cell: ``name: type = default  # help``, one line per parameter.
+
+    Example:
+        >>> parameters_cell().splitlines()[2]
+        'name_prefix: str = "smollm2"  # registered names are PREFIX-PRECISION'
+    """
+    lines = []
+    for spec in fields(RunParams):
+        kind = _types()[spec.name]
+        type_name = "list" if typing.get_origin(kind) is list else kind.__name__
+        default = spec.default if spec.default is not MISSING else spec.default_factory()
+        value = repr(default) if isinstance(default, bool) else json.dumps(default)
+        lines.append(f"{spec.name}: {type_name} = {value}  # {spec.metadata['help']}")
+    return "\n".join(lines)

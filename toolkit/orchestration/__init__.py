@@ -1,0 +1,3 @@
+"""Layer 6, orchestration: what composes stages: the notebook pipeline and sweeps, the INT4
+recipe comparison, and the doctor.
+"""

@@ -1,0 +1,131 @@
+"""INT4 recipes compared: each built, read against the FP32 build, probed for speed, and one recommended.
+
+It composes the convert stage (one build per recipe) with ONNX Runtime GenAI's agreement
+and decode measurements, so it sits above the stages.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from toolkit.core import artifacts
+from toolkit.core.artifacts import dir_size_mb, read_manifest
+from toolkit.core.errors import InvalidOptionError
+from toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
+from toolkit.runtimes import genai
+from toolkit.stages.convert import ConvertSpec, convert, validate
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """One INT4 recipe built and measured against the FP32 build.
+
+    Attributes:
+        recipe: Name in :data:`INT4_RECIPES`.
+        note: What the recipe does.
+        output_dir: Where it was built.
+        size_mb: Size on disk.
+        size_ratio_vs_fp32: Size over the FP32 build's.
+        top1: Greedy next-token agreement with FP32 on the bundled text.
+        kl: Mean KL divergence from FP32 (nats).
+        perplexity: Perplexity on the bundled text (FP32's is in ``reference_perplexity``).
+        reference_perplexity: The FP32 build's perplexity on the same text.
+        decode_tps: Quick greedy decode probe through ONNX Runtime GenAI (tokens/s).
+    """
+
+    recipe: str
+    note: str
+    output_dir: str
+    size_mb: float
+    size_ratio_vs_fp32: float
+    top1: float
+    kl: float
+    perplexity: float
+    reference_perplexity: float
+    decode_tps: float
+
+
+def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
+                     speed_floor: float = 0.5) -> tuple[str, str]:
+    """Pick the recipe to use and say why, in one sentence.
+
+    The winner meets the size target (ratio to FP32) and the agreement target and decodes
+    at least ``speed_floor`` times as fast as the fastest recipe; among those, the best
+    agreement wins. When none does, the best agreement among the fast recipes wins, and
+    the sentence names any recipe that met both targets only by being slow.
+
+    Example:
+        >>> recommend_recipe(results)[0]
+        'int8-head'
+    """
+    fastest = max(r.decode_tps for r in results)
+    fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
+    on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1 >= top1_target]
+
+    def describe(r: RecipeResult) -> str:
+        return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1:.3f}, "
+                f"{r.decode_tps:.0f} tok/s)")
+
+    winners = [r for r in on_target if r in fast]
+    if winners:
+        best = max(winners, key=lambda r: (r.top1, -r.size_mb))
+        return best.recipe, f"Use {describe(best)}: it meets <= {size_target}x size and >= {top1_target} agreement."
+    best = max(fast, key=lambda r: (r.top1, -r.size_mb))
+    sentence = (f"No fast recipe meets both <= {size_target}x size and >= {top1_target} top-1 agreement; "
+                f"the best fast one is {describe(best)}.")
+    slow = [r for r in on_target if r not in fast]
+    if slow:
+        sentence += (" " + ", ".join(describe(r) for r in slow) + " meets both targets but decodes at under "
+                     f"{speed_floor:.0%} of the fastest recipe's speed; choose it when size and fidelity matter more.")
+    return best.recipe, sentence
+
+
+def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                         reference_dir: str | os.PathLike[str], recipes: list[str] | None = None, *,
+                         method: Method | str = Method.BUILDER, reuse: dict[str, str] | None = None,
+                         progress: bool = True) -> list[RecipeResult]:
+    """Build each INT4 recipe into ``out_dir/<recipe>`` and measure it against the FP32 build.
+
+    Args:
+        model_dir: The Hugging Face model.
+        out_dir: Where the recipe builds go; ``recipes.json`` is written there.
+        reference_dir: The FP32 build of the same model.
+        recipes: Names from :data:`INT4_RECIPES` (all by default).
+        method: Conversion route.
+        reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
+        progress: Show progress bars.
+
+    Example:
+        >>> [r.recipe for r in compare_int4_recipes(bundled_model(), "out/recipes", "out/fp32")]
+        ['builder-default', 'compact', 'int8-head', 'hqq']
+    """
+    from tqdm.auto import tqdm
+
+    names = list(recipes or INT4_RECIPES)
+    unknown = [n for n in names if n not in INT4_RECIPES]
+    if unknown:
+        raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
+    out, reuse = Path(out_dir), dict(reuse or {})
+    specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n])
+             for n in names if n not in reuse}
+    for spec in specs.values():
+        validate(spec)
+    folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
+    for name in tqdm(list(specs), desc="build recipes", disable=not progress):
+        convert(specs[name], progress=False)
+    agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in names})}
+    fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
+    speeds = genai.decode_speeds({n: folders[n] for n in names})
+    results = []
+    for name in names:
+        size = read_manifest(folders[name]).get("size_mb") or dir_size_mb(folders[name])
+        a = agreement[name]
+        results.append(RecipeResult(
+            recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
+            size_ratio_vs_fp32=round(size / fp32_mb, 4), top1=a.top1, kl=a.kl, perplexity=a.perplexity,
+            reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
+        ))
+    artifacts.write_json(out / "recipes.json", [asdict(r) for r in results])
+    return results

@@ -1,0 +1,191 @@
+"""Shareable reports: tables for notebooks, and the run's ``index.html`` and a sweep's comparison page.
+
+Pages come from the Jinja2 templates in ``pages/`` (autoescaped, one stylesheet); every link
+is relative, so a run folder (or its archive) can be sent as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+from toolkit.core import artifacts
+from toolkit.core.artifacts import read_json
+from toolkit.core.errors import SlmopsError
+from toolkit.core.measure import versions
+from toolkit.stages import bench, checklist, convert
+
+NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark")
+
+
+def _pages():
+    """The Jinja2 environment of ``pages/`` (autoescaped: every value is text, never markup)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=PackageLoader("toolkit.presentation", "pages"),
+                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
+                       trim_blocks=True, lstrip_blocks=True)
+
+
+def table(rows: list[dict], columns: list[str] | None = None):
+    """A pandas DataFrame of ``rows`` (optionally only ``columns``), for display."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in columns if c in frame.columns]] if columns is not None and len(frame) else frame
+
+
+def save_figure(ax, path: str | os.PathLike[str]) -> Path:
+    """Save the figure of ``ax`` as PNG and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.savefig(path, dpi=110)
+    return path
+
+
+def figure(ax, path: str | os.PathLike[str]):
+    """Save the figure of ``ax`` as PNG and return it as an image the notebook (and its HTML) shows.
+
+    The toolkit's figures are built without pyplot, so Jupyter has no display hook for them.
+    """
+    from IPython.display import Image
+
+    return Image(filename=str(save_figure(ax, path)))
+
+
+def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
+    """What a run has measured so far, per precision: size, top-1 agreement with FP32, and the
+    benchmark's headline decode tokens/s, time to first token and peak RSS.
+
+    Reads ``models/convert.json``, ``test.json`` and ``bench.json`` where they exist; a
+    precision appears once it has been converted.
+
+    Example:
+        >>> measured_figures("outputs/demo")["int4"]
+        {'size_mb': 203.3, 'x_fp32': 0.374, 'top1': 0.666, 'decode_tps': 93.8, 'ttft_ms': 265.2, 'peak_rss_mb': 814.2}
+    """
+    run = Path(run_dir)
+    figures: dict[str, dict] = {}
+    for manifest in read_json(run / "models" / "convert.json") or []:
+        figures[manifest["precision"]] = {"size_mb": manifest["size_mb"], "x_fp32": manifest.get("size_ratio_vs_fp32")}
+    for check in (read_json(run / "test.json") or {}).get("checks", []):
+        precision = check["model"].rsplit("-", 1)[-1]
+        if check["check"] == "quality" and check["case"] == "top1-agreement" and precision in figures:
+            figures[precision]["top1"] = float(check["value"])
+    bench_report = read_json(run / "bench.json")
+    if bench_report:
+        for row in bench.headline_rows(bench_report["rows"]):
+            if row["precision"] in figures:
+                figures[row["precision"]].update({key: row[key] for key in ("decode_tps", "ttft_ms", "peak_rss_mb")})
+    return figures
+
+
+#: Result files of a run, linked from the index and kept in its archive.
+RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/recipes/recipes.json", "test.json",
+                "bench.json", "bench.csv")
+
+
+def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
+    """One row per precision of a run: size, checks passed, top-1 agreement, decode speed, latency, memory."""
+    run = Path(run_dir)
+    figures = measured_figures(run)
+    tests = read_json(run / "test.json") or {}
+    passed = {r["model"].rsplit("-", 1)[-1]: f"{r['passed']}/{r['total']}" for r in _checklist_rows(tests)}
+    return [{"precision": precision, "size_mb": got.get("size_mb"), "x_fp32": got.get("x_fp32"),
+             "checks_passed": passed.get(precision, "–"), "top1_vs_fp32": got.get("top1", "–"),
+             "decode_tps": got.get("decode_tps", "–"), "ttft_ms": got.get("ttft_ms", "–"),
+             "peak_rss_mb": got.get("peak_rss_mb", "–")} for precision, got in figures.items()]
+
+
+def _checklist_rows(tests: dict) -> list[dict]:
+    return checklist.summary_rows(tests) if tests else []
+
+
+def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
+                status: dict[str, str] | None = None) -> Path:
+    """Write ``run_dir/index.html``: summary, links to the rendered notebooks and result files, tables,
+    plots, the exact parameters and the package versions (also written to ``versions.json``).
+
+    ``params`` defaults to the run's ``params.json``. Every link is relative, so the folder
+    (or its archive, see :func:`archive`) can be sent as it is.
+
+    Example:
+        >>> write_index("outputs/demo").name
+        'index.html'
+    """
+    run = Path(run_dir)
+    status = status or {}
+    params = params if params is not None else read_json(run / "params.json")
+    found = versions()
+    artifacts.write_json(run / "versions.json", found)
+    tests = read_json(run / "test.json")
+    bench_report = read_json(run / "bench.json")
+    converted = read_json(run / "models" / "convert.json")
+    page = _pages().get_template("index.html.j2").render(
+        run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
+        notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
+                    "status": status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")}
+                   for name in NOTEBOOKS],
+        result_files=[f for f in RESULT_FILES if (run / f).is_file()],
+        conversion=convert.summary(converted) if converted else [],
+        recipes=read_json(run / "models" / "recipes" / "recipes.json") or [],
+        checklist=_checklist_rows(tests), bench=bench_report,
+        bench_summary=bench.summary(bench_report, tests) if bench_report else [],
+        plots=[png.stem for png in sorted(run.glob("*.png"))], params=params,
+        versions=[{"package": k, "version": v} for k, v in found.items()],
+    )
+    return artifacts.write_text(run / "index.html", page)
+
+
+def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dict, str]], *,
+                      swept: list[str]) -> Path:
+    """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
+
+    Args:
+        runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.
+        swept: The parameter names the sweep varied (shown as columns).
+    """
+    out = Path(out_dir)
+    rows = []
+    for label, params, state in runs:
+        varied = {name: json.dumps(params.get(name)) for name in swept}
+        for summary in run_summary(out / label) or [{"precision": "–"}]:
+            rows.append({"label": label, **varied, "status": state, **summary})
+    columns = [*swept, "status", "precision", "size_mb", "x_fp32", "checks_passed", "top1_vs_fp32", "decode_tps",
+               "ttft_ms", "peak_rss_mb"]
+    page = _pages().get_template("sweep.html.j2").render(sweep_name=out.name, run_count=len(runs), swept=swept,
+                                                          columns=columns, rows=rows)
+    return artifacts.write_text(out / "index.html", page)
+
+
+#: Files of a converted model that an archive leaves out unless asked (the weights).
+_WEIGHTS = (".onnx", ".data", ".onnx_data", ".bin", ".safetensors")
+
+
+def archive(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+            with_models: bool = False) -> Path:
+    """Zip a run folder to send: the index, rendered notebooks, plots and result files.
+
+    Model weights are left out unless ``with_models`` (they are hundreds of MB and the
+    receiver can rebuild them from ``params.json``); each model's ``manifest.json`` stays.
+
+    Returns:
+        The archive, ``RUN.zip`` beside the run folder unless ``out`` says otherwise.
+
+    Raises:
+        SlmopsError: the folder is not a run (no ``index.html``).
+    """
+    run = Path(run_dir).resolve()
+    if not (run / "index.html").is_file():
+        raise SlmopsError(f"{run} is not a run folder (no index.html); run `slmops demo` or `slmops run` first.")
+    target = Path(out) if out else run.with_suffix(".zip")
+    with artifacts.atomic_path(target) as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in sorted(run.rglob("*")):
+            # A link could point anywhere (say /etc/shadow): never follow one into the archive.
+            if file.is_symlink() or not file.is_file() or (not with_models and file.suffix in _WEIGHTS):
+                continue
+            zf.write(file, Path(run.name) / file.relative_to(run))
+    return target
