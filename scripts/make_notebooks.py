@@ -115,8 +115,8 @@ from toolkit.stages import checklist as evaluate
 
 names = [f"{name_prefix}-{p}" for p in precisions]
 reference = f"{name_prefix}-fp32" if "fp32" in precisions else None
-checklist = [evaluate.run_checklist(name, cases=evaluate.load_cases(cases or None), cache=cache_dir or None,
-                                    requests=checklist_requests, reference=reference) for name in names]
+checklist = evaluate.run_checklists(names, reference=reference, cases=evaluate.load_cases(cases or None),
+                                    cache=cache_dir or None, requests=checklist_requests)
 summary = evaluate.write_report(checklist, Path(run_dir) / "test.json")
 report.table(evaluate.summary_rows(summary))''',
  '''#MD## The checklist, per precision (✓ pass, ✗ fail)''',

@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from toolkit.core import artifacts, settings
-from toolkit.core.errors import SlmopsError
+from toolkit.core.errors import InputError, SlmopsError
 from toolkit.domain.options import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
@@ -29,6 +29,36 @@ from toolkit.presentation import plots, report
 from toolkit.presentation.tables import text_table
 from toolkit.runtimes.foundry import Generation, LoadedModel
 from toolkit.stages import bench, checklist, convert, register
+
+
+def _whole(low: int, high: int | None = None):
+    """An argparse type: a whole number from ``low`` (to ``high``), refused with the range otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low}..{high if high else 'up'}")
+        return value
+
+    return parse
+
+
+def _fraction(low: float, high: float):
+    """An argparse type: a number from ``low`` to ``high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low}..{high}")
+        return value
+
+    return parse
 
 
 def _default(cls: type, name: str) -> object:
@@ -152,9 +182,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         precision = {row["name"]: row.get("precision") for row in register.list_models(args.cache_dir)}
         reference = next((n for n in args.names if precision.get(n.split(":")[0]) == "fp32"), None)
     limits = checklist.Thresholds(leak_mb_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
-    reports = [checklist.run_checklist(name, cases=cases, cache=args.cache_dir, requests=args.requests,
-                                       lengths=args.lengths, reference=reference, thresholds=limits, seed=args.seed)
-               for name in args.names]
+    reports = checklist.run_checklists(args.names, reference=reference, cases=cases, cache=args.cache_dir,
+                                       requests=args.requests, lengths=args.lengths, thresholds=limits, seed=args.seed)
     written = checklist.write_report(reports, args.out, limits)
     print(text_table([{"verdict": "PASS" if c.passed else "FAIL", "model": c.model, "check": c.check, "case": c.case,
                        "value": c.value[:70]} for r in reports for c in r.checks],
@@ -206,8 +235,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
-    if not run.is_dir():
-        raise SlmopsError(f"No run folder at {run}; run `slmops demo` or `slmops run --params FILE --out {run}`.")
+    if not (run / "params.json").is_file():  # never write an index into a folder that is not a run
+        raise InputError(f"No run folder at {run} (no params.json); run `slmops demo` or "
+                         f"`slmops run --params FILE --out {run}`.")
     index = report.write_index(run)
     print(f"Report: {index}")
     if args.zip:
@@ -270,7 +300,7 @@ comparison page OUT/index.html:
 """ + EPILOG)
     p.add_argument("--params", required=True, help="YAML/JSON file of notebook parameters")
     p.add_argument("--out", required=True, help="run folder, e.g. outputs/my-run")
-    p.add_argument("--max-runs", type=int, default=MAX_SWEEP_RUNS,
+    p.add_argument("--max-runs", type=_whole(1), default=MAX_SWEEP_RUNS,
                    help=f"largest sweep allowed (default {MAX_SWEEP_RUNS}); a bigger one is refused before it starts")
     p.set_defaults(func=cmd_run)
 
@@ -311,19 +341,22 @@ comparison page OUT/index.html:
     p = sub.add_parser("register", help="register a converted model with Foundry Local", epilog=EPILOG)
     p.add_argument("onnx_dir", help="folder written by `slmops convert`")
     p.add_argument("--name", required=True, help="model name: letters, digits, '.', '_', '-'")
-    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--version", type=_whole(1, 1_000_000), default=1)
     p.add_argument("--template", choices=[t.value for t in Template], default=DEFAULTS.template, metavar="TEMPLATE",
                    help="; ".join(f"{t.value}: {note}" for t, note in TEMPLATE_NOTES.items()))
     p.add_argument("--template-file", help="JSON with the four PromptTemplate strings (system, user, assistant, "
                    "prompt), each with {Content}; implies --template custom")
     g = p.add_argument_group("ModelConfig", "written to inference_model.json and genai_config.json's search defaults")
-    g.add_argument("--max-length", type=int, help="prompt + answer tokens (default: min(2048, the model's context))")
+    g.add_argument("--max-length", type=_whole(1),
+                   help="prompt + answer tokens (default: min(2048, the model's context))")
     config = register.ModelConfig()
-    g.add_argument("--temperature", type=float, default=config.temperature, help=f"0..2 (default {config.temperature})")
-    g.add_argument("--top-p", type=float, default=config.top_p, help=f"(0, 1] (default {config.top_p})")
-    g.add_argument("--repetition-penalty", type=float, default=config.repetition_penalty,
+    g.add_argument("--temperature", type=_fraction(0, 2), default=config.temperature,
+                   help=f"0..2 (default {config.temperature})")
+    g.add_argument("--top-p", type=_fraction(0, 1), default=config.top_p, help=f"(0, 1] (default {config.top_p})")
+    g.add_argument("--repetition-penalty", type=_fraction(1, 2), default=config.repetition_penalty,
                    help=f"1..2 (default {config.repetition_penalty})")
-    g.add_argument("--threads", type=int, help="CPU threads per request, written to genai_config.json's session "
+    g.add_argument("--threads", type=_whole(1, 1024),
+                   help="CPU threads per request, written to genai_config.json's session "
                    "options (default: ONNX Runtime's own choice; compare with `slmops bench --threads`)")
     p.add_argument("--description", default="")
     p.add_argument("--force", action="store_true", help="replace a different model registered under this name")
@@ -345,8 +378,8 @@ comparison page OUT/index.html:
     p = sub.add_parser("chat", help="interactive streaming chat (as `foundry model run`)", epilog=EPILOG)
     p.add_argument("name", help="registered model name (or NAME:VERSION)")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=_whole(1), default=512)
+    p.add_argument("--temperature", type=_fraction(0, 2), default=0.7)
     _cache_option(p)
     p.set_defaults(func=cmd_chat)
 
@@ -360,18 +393,18 @@ comparison page OUT/index.html:
                    "contains_any, not_contains, exact, json_schema, regex, max_chars")
     p.add_argument("--reference", help="registered FP32 model for the quality check (default: the fp32 one among "
                    "NAMEs; none: skipped)")
-    p.add_argument("--requests", type=int, default=DEFAULTS.checklist_requests,
+    p.add_argument("--requests", type=_whole(0, 100_000), default=DEFAULTS.checklist_requests,
                    help=f"requests of the memory check (default {DEFAULTS.checklist_requests}; 0 skips it)")
-    p.add_argument("--lengths", type=int, nargs="*", help="input lengths in tokens for the performance check "
+    p.add_argument("--lengths", type=_whole(1), nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., half the context; give none to skip)")
     limits = checklist.Thresholds()
-    p.add_argument("--max-leak", type=float, default=limits.leak_mb_per_100,
+    p.add_argument("--max-leak", type=_fraction(0, 1e6), default=limits.leak_mb_per_100,
                    help=f"MB per 100 requests (default {limits.leak_mb_per_100})")
-    p.add_argument("--max-slowdown", type=float, default=limits.slowdown,
+    p.add_argument("--max-slowdown", type=_fraction(1, 1e6), default=limits.slowdown,
                    help=f"time per token, longest/shortest input (default {limits.slowdown})")
-    p.add_argument("--min-top1", type=float, default=limits.top1_min,
+    p.add_argument("--min-top1", type=_fraction(0, 1), default=limits.top1_min,
                    help=f"top-1 agreement with FP32 (default {limits.top1_min})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole(0, 2**31 - 1), default=0)
     p.add_argument("--out", default="test.json")
     _cache_option(p)
     p.set_defaults(func=cmd_test)
@@ -379,18 +412,18 @@ comparison page OUT/index.html:
     p = sub.add_parser("bench", help="benchmark registered models; writes bench.json, bench.csv and plots",
                        epilog=EPILOG)
     p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--prompt-lengths", type=int, nargs="+", default=DEFAULTS.prompt_lengths, metavar="N",
+    p.add_argument("--prompt-lengths", type=_whole(1), nargs="+", default=DEFAULTS.prompt_lengths, metavar="N",
                    help="prompt lengths in tokens, chat template included (default "
                    f"{' '.join(map(str, DEFAULTS.prompt_lengths))})")
-    p.add_argument("--gen-tokens", type=int, nargs="+", default=DEFAULTS.gen_lengths, metavar="N",
+    p.add_argument("--gen-tokens", type=_whole(2), nargs="+", default=DEFAULTS.gen_lengths, metavar="N",
                    help="tokens generated per run; several make a generation-length sweep (default "
                    f"{' '.join(map(str, DEFAULTS.gen_lengths))})")
-    p.add_argument("--threads", type=int, nargs="+", metavar="N",
+    p.add_argument("--threads", type=_whole(1, 1024), nargs="+", metavar="N",
                    help="thread counts for the direct engine, a sweep when several (default: the model's own, as "
                    "Foundry Local runs it; set that with `slmops register --threads`)")
-    p.add_argument("--repeats", type=int, default=DEFAULTS.repeats,
+    p.add_argument("--repeats", type=_whole(1, 1000), default=DEFAULTS.repeats,
                    help=f"measured runs per figure (default {DEFAULTS.repeats})")
-    p.add_argument("--warmup", type=int, default=DEFAULTS.warmup,
+    p.add_argument("--warmup", type=_whole(0, 100), default=DEFAULTS.warmup,
                    help=f"discarded runs before them (default {DEFAULTS.warmup})")
     p.add_argument("--engines", nargs="+", choices=list(bench.ENGINES), default=list(bench.ENGINES),
                    help="foundry-local (in-process, what users deploy) and ort-genai (ONNX Runtime GenAI directly, "
@@ -417,14 +450,17 @@ comparison page OUT/index.html:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slmops`` console script."""
     settings.apply_offline_env()
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage and the error (2), or --help (0)
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except SlmopsError as exc:
         if args.debug:
             raise
         print(f"slmops: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code  # 2: input that cannot be used; 1: a step that failed
     except KeyboardInterrupt:
         print("slmops: interrupted; nothing half-written was left in place.", file=sys.stderr)
         return 130

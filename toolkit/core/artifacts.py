@@ -4,52 +4,108 @@ Every stage writes through here: :func:`write_text`/:func:`write_json` write a t
 sibling and rename it over the target (a rename within one folder is atomic), and
 :func:`swap_into_place` replaces a whole folder only once its replacement is complete.
 Scratch names carry the writer's PID (``.NAME.KIND-PID-XXXX``), so :func:`remove_stale`
-can tell debris of a dead process from work in progress.
+can tell debris of a dead process from work in progress, and put back a previous result
+that a killed swap had moved aside. A full disk becomes a :class:`DiskFullError`, and
+:func:`links_leaving` finds links that would take a copy, hash or archive outside a folder.
+
+Fault injection for crash tests: ``SLMOPS_CRASH_AT=POINT`` makes this process kill itself
+(SIGKILL, as a user's ``kill -9`` would) at the named :func:`crash_point`: ``write:FILE`` just
+before an atomic write of FILE lands, ``swap-aside`` and ``swap-in-place`` inside
+:func:`swap_into_place`, ``convert-built`` and ``register-catalog`` in those stages.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 
-from toolkit.core.errors import SlmopsError
+from toolkit.core.errors import DiskFullError, InputError, ModelFolderError
 
 #: The file beside every converted model that says how it was made.
 MANIFEST = "manifest.json"
 
-_SCRATCH = re.compile(r"^\..+\.(?:building|staging|old|partial)-(\d+)-")
+_SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?P<kind>building|staging|old|partial)-(?P<pid>\d+)-")
+
+
+def crash_point(name: str) -> None:
+    """Kill this process here with SIGKILL when ``$SLMOPS_CRASH_AT`` names this point (crash tests only)."""
+    if os.environ.get("SLMOPS_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn "no space left on device" while writing ``path`` into a :class:`DiskFullError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path) from exc
+        raise
+
+
+def links_leaving(folder: str | os.PathLike[str]) -> list[Path]:
+    """Links under ``folder`` that point outside it (or nowhere): following one would leave the folder.
+
+    Example:
+        >>> links_leaving("outputs/demo/models/int4")
+        []
+    """
+    root = Path(folder).resolve()
+    found = []
+    for item in sorted(Path(folder).rglob("*")):
+        if item.is_symlink():
+            target = item.resolve()
+            if not target.exists() or not target.is_relative_to(root):
+                found.append(item)
+    return found
+
+
+def check_no_links_leaving(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`ModelFolderError` if a link in ``folder`` leads outside it.
+
+    A model folder is copied, hashed, registered and archived as it is; a link to, say,
+    ``/etc/shadow`` must never be followed into Foundry Local's cache or a shared report.
+    """
+    leaving = links_leaving(folder)
+    if leaving:
+        shown = ", ".join(f"{p.relative_to(folder)} -> {os.readlink(p)}" for p in leaving[:3])
+        raise ModelFolderError(folder, f"it holds links that lead outside it ({shown})",
+                               "Copy the real files into the folder (e.g. `cp -rL SRC DST`) and use the copy.")
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
     """A text file's content as UTF-8.
 
     Raises:
-        SlmopsError: missing, unreadable or not UTF-8 (the message names the file and the fix).
+        InputError: missing, unreadable or not UTF-8 (the message names the file and the fix).
     """
     file = Path(path)
     try:
         return file.read_bytes().decode("utf-8")
     except FileNotFoundError as exc:
-        raise SlmopsError(f"{file}: no such file.") from exc
+        raise InputError(f"{file}: no such file.") from exc
     except UnicodeDecodeError as exc:
-        raise SlmopsError(f"{file} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from exc
+        raise InputError(f"{file} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from exc
     except OSError as exc:
-        raise SlmopsError(f"{file} cannot be read ({exc.strerror}).") from exc
+        raise InputError(f"{file} cannot be read ({exc.strerror}).") from exc
 
 
 def read_json(path: str | os.PathLike[str], default: object = None) -> object:
     """A JSON file's content, or ``default`` when it does not exist (e.g. a stage that did not run).
 
     Raises:
-        SlmopsError: the file exists but is not UTF-8 JSON (names the file, line and column).
+        InputError: the file exists but is not UTF-8 JSON (names the file, line and column).
 
     Example:
         >>> read_json("/no/such/file.json", {})
@@ -62,7 +118,7 @@ def read_json(path: str | os.PathLike[str], default: object = None) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SlmopsError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+        raise InputError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
                           "fix it, or write it again with the step that made it.") from exc
 
 
@@ -88,7 +144,8 @@ def _scratch_name(target: Path, kind: str) -> str:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; it becomes ``path`` in one rename when the block ends well.
 
-    On an error the temporary file is removed and ``path`` keeps what it had.
+    On an error the temporary file is removed and ``path`` keeps what it had; a full disk is
+    a :class:`DiskFullError`.
 
     Example:
         >>> with atomic_path("out/report.zip") as partial:
@@ -99,7 +156,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     handle, temporary = tempfile.mkstemp(prefix=_scratch_name(target, "partial"), dir=target.parent)
     os.close(handle)
     try:
-        yield Path(temporary)
+        with disk_full_as_error(target):
+            yield Path(temporary)
+        crash_point(f"write:{target.name}")
         os.chmod(temporary, 0o644)
         os.replace(temporary, target)
     except BaseException:
@@ -134,25 +193,32 @@ def staging_dir(target: str | os.PathLike[str], kind: str = "staging") -> Path:
 
 
 def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete scratch files and folders in ``folder`` left by processes that no longer run.
+    """Clean up after processes that died in ``folder``: delete their scratch, put back what they moved aside.
+
+    A swap killed between moving the previous result aside (``.NAME.old-PID-*``) and putting
+    the new one in place leaves ``NAME`` missing: the previous result is renamed back, never
+    deleted.
 
     Returns:
-        What was removed.
+        What was removed or restored.
     """
-    removed = []
+    cleaned = []
     root = Path(folder)
     if not root.is_dir():
-        return removed
-    for item in root.iterdir():
+        return cleaned
+    for item in sorted(root.iterdir()):
         match = _SCRATCH.match(item.name)
-        if not match or psutil.pid_exists(int(match.group(1))):
+        if not match or psutil.pid_exists(int(match.group("pid"))):
             continue
-        if item.is_dir() and not item.is_symlink():
+        original = root / match.group("name")
+        if match.group("kind") == "old" and not original.exists():
+            item.rename(original)
+        elif item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)
         else:
             item.unlink(missing_ok=True)
-        removed.append(item)
-    return removed
+        cleaned.append(item)
+    return cleaned
 
 
 def swap_into_place(staging: Path, target: Path, *, then: Callable[[], None] | None = None) -> None:
@@ -168,10 +234,12 @@ def swap_into_place(staging: Path, target: Path, *, then: Callable[[], None] | N
         old = Path(tempfile.mkdtemp(prefix=_scratch_name(target, "old"), dir=target.parent))
         old.rmdir()
         target.rename(old)
+        crash_point("swap-aside")
     moved = False
     try:
         staging.rename(target)
         moved = True
+        crash_point("swap-in-place")
         if then is not None:
             then()
     except BaseException:

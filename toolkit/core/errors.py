@@ -1,4 +1,9 @@
-"""The toolkit's errors: one base class, small subclasses that say what to do."""
+"""The toolkit's errors: one base class, small subclasses that say what to do.
+
+Two families, told apart by the CLI's exit code: :class:`InputError` (2: input that cannot
+be used: a wrong path, a malformed file, an unsafe name, a value out of range; raised before
+anything is changed) and every other :class:`SlmopsError` (1: a step that failed).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,26 @@ class SlmopsError(Exception):
     Each message names the problem and the fix, so the CLI can print it as-is.
     """
 
+    #: The ``slmops`` exit code for this error.
+    exit_code = 1
 
-class ModelFolderError(SlmopsError):
+
+class InputError(SlmopsError):
+    """Input that cannot be used (a path, a file, a name, a value); nothing was changed."""
+
+    exit_code = 2
+
+
+class DiskFullError(SlmopsError):
+    """The disk filled up while writing; the previous result is intact and nothing partial was left."""
+
+    def __init__(self, path: object) -> None:
+        self.path = str(path)
+        super().__init__(f"No space left on the device while writing {path}; nothing was changed. "
+                         "Free some disk space (or write elsewhere) and run again.")
+
+
+class ModelFolderError(InputError):
     """A model folder is missing, incomplete, or not a Hugging Face / ONNX model."""
 
     def __init__(self, path: object, problem: str, fix: str) -> None:
@@ -18,7 +41,7 @@ class ModelFolderError(SlmopsError):
         super().__init__(f"{path}: {problem}. {fix}")
 
 
-class UnsupportedArchitectureError(SlmopsError):
+class UnsupportedArchitectureError(InputError):
     """The model's architecture is not one the conversion route can build."""
 
     def __init__(self, architecture: str, supported: list[str]) -> None:
@@ -30,7 +53,7 @@ class UnsupportedArchitectureError(SlmopsError):
         )
 
 
-class InvalidOptionError(SlmopsError):
+class InvalidOptionError(InputError):
     """An option is out of range or not one of its choices."""
 
     def __init__(self, name: str, value: object, allowed: str) -> None:
@@ -65,15 +88,15 @@ class ToolTimeoutError(ToolFailedError):
         super().__init__(tool, -9, log_path, f"no progress within {seconds:.0f} s: hung, killed")
 
 
-class TemplateError(SlmopsError):
+class TemplateError(InputError):
     """A prompt template is malformed or cannot be derived."""
 
 
-class InvalidNameError(SlmopsError):
+class InvalidNameError(InputError):
     """A model name is unsafe (path separators, `..`, whitespace, too long)."""
 
 
-class ParamsError(SlmopsError):
+class ParamsError(InputError):
     """A run's parameters (a params file, a sweep, notebook values) have a wrong name, type or range."""
 
 
@@ -81,7 +104,11 @@ class RegistrationError(SlmopsError):
     """Foundry Local refused or cannot find a registration."""
 
 
-class ModelNotFoundError(RegistrationError):
+class NameTakenError(RegistrationError, InputError):
+    """The name is registered to another model (replace it only with ``--force``)."""
+
+
+class ModelNotFoundError(RegistrationError, InputError):
     """No model with that name is registered."""
 
     def __init__(self, name: str, known: list[str]) -> None:
@@ -94,7 +121,7 @@ class ModelNotFoundError(RegistrationError):
         )
 
 
-class PromptTooLongError(SlmopsError):
+class PromptTooLongError(InputError):
     """A prompt plus the requested output does not fit the model's context."""
 
     def __init__(self, prompt_tokens: int, max_output: int, context: int) -> None:
@@ -107,7 +134,7 @@ class PromptTooLongError(SlmopsError):
         )
 
 
-class InvalidPromptError(SlmopsError):
+class InvalidPromptError(InputError):
     """A prompt the model cannot answer (empty, or only whitespace with no history)."""
 
 

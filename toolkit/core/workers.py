@@ -139,7 +139,9 @@ def run_tool(command: list[str], *, log_path: Path, name: str | None = None, cwd
     code, wall, peak = _run(command, log_path=log_path, name=name, cwd=cwd, timeout=timeout, idle_timeout=None,
                             progress=None)
     if code != 0:
-        raise ToolFailedError(name, code, log_path, "last lines of its log:\n" + _log_tail(log_path))
+        tail = _log_tail(log_path)
+        hint = "the disk is full (free some space and run again); " if "No space left on device" in tail else ""
+        raise ToolFailedError(name, code, log_path, f"{hint}last lines of its log:\n{tail}")
     return ChildRun(tuple(command), wall, peak, log_path)
 
 

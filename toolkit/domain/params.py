@@ -10,6 +10,7 @@ or a sweep (:func:`parse`, :func:`parse_sweep`), and the defaults of ``slmops be
 from __future__ import annotations
 
 import json
+import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
@@ -20,14 +21,17 @@ from toolkit.domain.templates import Template
 #: Templates a params file can name (``custom`` needs four strings, given through the API or a widget).
 _PRESET_NAMES = tuple(t.value for t in Template if t is not Template.CUSTOM)
 
+#: A safe prefix of registered names: letters, digits, '.', '_', '-', at most 48 (a suffix follows).
+_PREFIX = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,47}"
+
 #: How many runs a sweep may have unless the caller raises the cap.
 MAX_SWEEP_RUNS = 64
 
 
 def _param(default: object, about: str, *, choices: tuple = (), low: int | None = None, high: int | None = None,
-           path: bool = False):
+           path: bool = False, pattern: str = ""):
     """A parameter's field: its default, one line of help, allowed values (each list item for lists), range."""
-    meta = {"help": about, "choices": tuple(choices), "low": low, "high": high, "path": path}
+    meta = {"help": about, "choices": tuple(choices), "low": low, "high": high, "path": path, "pattern": pattern}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,7 +43,7 @@ class RunParams:
 
     run_dir: str = _param("../outputs/interactive", "folder for this run's results (slmops run sets it to --out)")
     model_dir: str = _param("", "Hugging Face model folder; empty means the bundled SmolLM2-135M-Instruct", path=True)
-    name_prefix: str = _param("smollm2", "registered names are PREFIX-PRECISION")
+    name_prefix: str = _param("smollm2", "registered names are PREFIX-PRECISION", pattern=_PREFIX)
     precisions: list[str] = _param(["fp32", "int8", "int4"], "precisions to build, register, test and benchmark",
                                    choices=tuple(p.value for p in Precision))
     method: str = _param("builder", "conversion route: builder | olive | olive-config",
@@ -92,6 +96,9 @@ def _check_scalar(name: str, value: object, kind: type, meta: dict, where: str) 
     if meta["choices"] and value not in meta["choices"]:
         raise ParamsError(f"{where}{name} is {json.dumps(value)}; choose one of "
                           f"{', '.join(map(str, meta['choices']))}.")
+    if meta["pattern"] and not re.fullmatch(meta["pattern"], value):
+        raise ParamsError(f"{where}{name} is {json.dumps(value)}: use up to 48 letters, digits, '.', '_' and '-', "
+                          "starting with a letter or digit (no '..', spaces or path separators).")
     low, high = meta["low"], meta["high"]
     if kind is int and ((low is not None and value < low) or (high is not None and value > high)):
         raise ParamsError(f"{where}{name} is {value}; it must be from {low} to {high}.")

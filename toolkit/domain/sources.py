@@ -83,6 +83,7 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         raise ModelFolderError(folder, "no weights (*.safetensors or *.bin)", "Re-save the model with its weights.")
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         raise ModelFolderError(folder, "no tokenizer (tokenizer.json)", "Save the tokenizer next to the model.")
+    artifacts.check_no_links_leaving(folder)
     architectures = config.get("architectures") or ["unknown"]
     return SourceModel(
         path=folder.resolve(),
@@ -120,7 +121,8 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     """
     digest = hashlib.sha256()
     root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != _MARKER):
+    # Links are not followed: a source folder's links are refused (inspect_source) unless they stay inside.
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.name != _MARKER):
         digest.update(str(file.relative_to(root)).encode())
         with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from toolkit.core import artifacts
 from toolkit.core.errors import TemplateError
 
 PLACEHOLDER = "{Content}"
@@ -76,7 +77,7 @@ def load_prompt_template(path: str | Path) -> PromptTemplate:
     """
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise TemplateError(f"Cannot read the template file {path}: {exc}.") from exc
     if not isinstance(data, dict) or set(data) != set(_FIELDS) or not all(isinstance(v, str) for v in data.values()):
         raise TemplateError(f"{path} must be a JSON object with exactly the string keys {list(_FIELDS)}.")
@@ -256,22 +257,21 @@ def read_chat_template(model_dir: Path) -> str:
     ``tokenizer_config.json``'s ``chat_template`` wins over ``chat_template.jinja``, as in
     the Foundry Local runtime (checked: with both present, ChatSession uses the former).
     """
-    config_file = model_dir / "tokenizer_config.json"
-    if config_file.is_file():
-        value = json.loads(config_file.read_text()).get("chat_template")
-        if isinstance(value, str) and value.strip():
-            return value
+    config = artifacts.read_json(model_dir / "tokenizer_config.json", {})
+    value = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(value, str) and value.strip():
+        return value
     jinja_file = model_dir / "chat_template.jinja"
-    return jinja_file.read_text() if jinja_file.is_file() else ""
+    return artifacts.read_text(jinja_file) if jinja_file.is_file() else ""
 
 
 def special_tokens(model_dir: Path) -> tuple[str, str]:
     """``(bos_token, eos_token)`` strings from ``tokenizer_config.json``."""
-    config_file = model_dir / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = artifacts.read_json(model_dir / "tokenizer_config.json", {})
+    config = config if isinstance(config, dict) else {}
 
     def text(value: object) -> str:
-        return value.get("content", "") if isinstance(value, dict) else (value or "")
+        return str(value.get("content", "")) if isinstance(value, dict) else str(value or "")
 
     return text(config.get("bos_token")), text(config.get("eos_token"))
 

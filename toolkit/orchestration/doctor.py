@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core.errors import SlmopsError
+from toolkit.core import artifacts
+from toolkit.core.errors import InputError, SlmopsError
 from toolkit.domain import templates
 from toolkit.runtimes.foundry import LoadedModel
 from toolkit.stages.register import register
@@ -110,6 +111,10 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
         return [Check("genai_config.json", False, f"not a valid genai config ({exc}); re-run the conversion")]
     ok, detail = _own_folder(folder)
     checks.append(Check("own folder", ok, detail))
+    leaving = artifacts.links_leaving(folder)
+    checks.append(Check("links", not leaving, "none leads outside the folder" if not leaving else
+                        f"{', '.join(str(p.relative_to(folder)) for p in leaving[:3])} lead outside it: copy the real "
+                        "files in (e.g. `cp -rL`); a link is never followed into Foundry Local's cache"))
     filename = config["model"].get("decoder", {}).get("filename", "model.onnx")
     model_file = folder / filename
     if model_file.is_file():
@@ -117,21 +122,29 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     else:
         ok, detail = False, f"{filename} missing; re-run the conversion"
     checks.append(Check("model files", ok, detail))
-    jinja = templates.read_chat_template(folder)
-    checks.append(Check("chat template", bool(jinja.strip()), "non-empty" if jinja.strip()
-                        else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
+    try:
+        jinja = templates.read_chat_template(folder)
+        checks.append(Check("chat template", bool(jinja.strip()), "non-empty" if jinja.strip()
+                            else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
+    except InputError as exc:
+        checks.append(Check("chat template", False, f"{exc} Re-register with `slmops register`."))
     info_file = folder / "inference_model.json"
-    if info_file.is_file():
-        info = json.loads(info_file.read_text())
+    try:
+        info = artifacts.read_json(info_file)
+    except InputError as exc:
+        return [*checks, Check("inference_model.json", False, f"{exc} Re-register with `slmops register`.")]
+    if isinstance(info, dict):
         try:
             templates.PromptTemplate(**info["PromptTemplate"]).validate()
             checks.append(Check("PromptTemplate", True, "every field has one {Content} and no other placeholder"))
         except (TypeError, KeyError, SlmopsError) as exc:
             checks.append(Check("PromptTemplate", False, f"{exc}; re-register with `slmops register`"))
-        max_length = int(info.get("ModelConfig", {}).get("max_length", 0))
-        ok = 0 < max_length <= (context or max_length)
+        max_length = (info.get("ModelConfig") or {}).get("max_length", 0)
+        ok = type(max_length) is int and 0 < max_length <= (context or max_length)
         checks.append(Check("max_length", ok, f"{max_length} within context {context}" if ok
                             else f"{max_length} exceeds the model's context {context}; lower --max-length"))
+    elif info is not None:
+        checks.append(Check("inference_model.json", False, "not a JSON object; re-register with `slmops register`"))
     else:
         checks.append(Check("inference_model.json", True, "not registered yet (the foundry CLI lists a model once "
                             "`slmops register` writes it)"))

@@ -34,7 +34,10 @@ def load_params(path: str | os.PathLike[str], *, max_runs: int = run_params.MAX_
     try:
         loaded = yaml.safe_load(artifacts.read_text(file)) or {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{file} is not valid YAML/JSON: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{file} is not valid YAML/JSON: {problem}{where}.") from exc
     if not isinstance(loaded, dict):
         raise ParamsError(f"{file} must hold a mapping of parameter names to values, e.g. precisions: [int4].")
     run_params.parse({k: v for k, v in loaded.items() if k != "sweep"}, source=str(file))

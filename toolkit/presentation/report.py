@@ -14,7 +14,7 @@ from pathlib import Path
 
 from toolkit.core import artifacts
 from toolkit.core.artifacts import read_json
-from toolkit.core.errors import SlmopsError
+from toolkit.core.errors import InputError
 from toolkit.core.measure import versions
 from toolkit.stages import bench, checklist, convert
 
@@ -56,6 +56,12 @@ def figure(ax, path: str | os.PathLike[str]):
     return Image(filename=str(save_figure(ax, path)))
 
 
+def _bench_report(run: Path) -> dict | None:
+    """The run's ``bench.json``, or None when it is missing or not the shape the benchmark writes."""
+    found = read_json(run / "bench.json")
+    return found if isinstance(found, dict) and isinstance(found.get("rows"), list) else None
+
+
 def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
     """What a run has measured so far, per precision: size, top-1 agreement with FP32, and the
     benchmark's headline decode tokens/s, time to first token and peak RSS.
@@ -75,7 +81,7 @@ def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
         precision = check["model"].rsplit("-", 1)[-1]
         if check["check"] == "quality" and check["case"] == "top1-agreement" and precision in figures:
             figures[precision]["top1"] = float(check["value"])
-    bench_report = read_json(run / "bench.json")
+    bench_report = _bench_report(run)
     if bench_report:
         for row in bench.headline_rows(bench_report["rows"]):
             if row["precision"] in figures:
@@ -122,7 +128,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     found = versions()
     artifacts.write_json(run / "versions.json", found)
     tests = read_json(run / "test.json")
-    bench_report = read_json(run / "bench.json")
+    bench_report = _bench_report(run)
     converted = read_json(run / "models" / "convert.json")
     page = _pages().get_template("index.html.j2").render(
         run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
@@ -176,12 +182,13 @@ def archive(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         The archive, ``RUN.zip`` beside the run folder unless ``out`` says otherwise.
 
     Raises:
-        SlmopsError: the folder is not a run (no ``index.html``).
+        InputError: the folder is not a run (no ``index.html``).
     """
     run = Path(run_dir).resolve()
     if not (run / "index.html").is_file():
-        raise SlmopsError(f"{run} is not a run folder (no index.html); run `slmops demo` or `slmops run` first.")
+        raise InputError(f"{run} is not a run folder (no index.html); run `slmops demo` or `slmops run` first.")
     target = Path(out) if out else run.with_suffix(".zip")
+    artifacts.remove_stale(target.parent)  # the partial archive of a zip that was killed
     with artifacts.atomic_path(target) as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
         for file in sorted(run.rglob("*")):
             # A link could point anywhere (say /etc/shadow): never follow one into the archive.

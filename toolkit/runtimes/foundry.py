@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import settings
+from toolkit.core import artifacts, settings
 from toolkit.core.errors import (
     FoundryRequestError,
     InvalidOptionError,
@@ -23,6 +23,7 @@ from toolkit.core.errors import (
 from toolkit.domain import templates
 
 APP_NAME = "slmops"
+_ROLES = ("system", "user", "assistant")
 _state: dict[str, object] = {}
 
 
@@ -37,6 +38,8 @@ def manager(cache: str | Path | None = None):
     if current is not None:
         current.close()
     folder.mkdir(parents=True, exist_ok=True)
+    # A registration killed half-way left scratch, or its previous folder moved aside: recover first.
+    artifacts.remove_stale(models_root(folder))
     config = Configuration(
         app_name=APP_NAME, model_cache_dir=str(folder), app_data_dir=str(folder / ".app"),
         logs_dir=str(folder / ".logs"), disable_nonessential_telemetry=True, log_level=LogLevel.ERROR,
@@ -156,11 +159,22 @@ class LoadedModel:
         """How many tokens :meth:`prompt_ids` gives."""
         return len(self.prompt_ids(messages))
 
-    def _check(self, messages: list[dict[str, str]], max_tokens: int) -> None:
-        if not messages or not any(m["content"].strip() for m in messages):
+    def _check(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0,
+               seed: int = 0) -> None:
+        """Refuse a request the runtime should never see, before anything is sent."""
+        well_formed = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in messages)
+        if not well_formed:
+            raise InvalidPromptError("Messages must be a non-empty list of {'role': system|user|assistant, "
+                                     "'content': text}.")
+        if not any(m["content"].strip() for m in messages):
             raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        if type(max_tokens) is not int or max_tokens < 1:
             raise InvalidOptionError("max_tokens", max_tokens, "a whole number >= 1")
+        if type(temperature) not in (int, float) or not 0 <= temperature <= 2:  # also refuses nan
+            raise InvalidOptionError("temperature", temperature, "a number from 0 to 2")
+        if type(seed) is not int or not 0 <= seed < 2**31:  # the runtime parses it as a 32-bit int
+            raise InvalidOptionError("seed", seed, f"a whole number from 0 to {2**31 - 1}")
         context = self.context_length
         if context:
             prompt = self.prompt_tokens(messages)
@@ -171,6 +185,9 @@ class LoadedModel:
     def _options(max_tokens: int, temperature: float, seed: int):
         from foundry_local_sdk import RequestOptions, SearchOptions
 
+        # The runtime parses the value as a 32-bit float ("stof"): a denormal such as 1e-50 fails
+        # there (found by fuzzing), and any temperature that small is greedy anyway.
+        temperature = round(float(temperature), 6)
         sample = temperature > 0
         return RequestOptions(search=SearchOptions(
             max_output_tokens=max_tokens, temperature=temperature if sample else 0.0, do_sample=sample,
@@ -194,13 +211,13 @@ class LoadedModel:
                 seed: int) -> Iterator[str | Generation]:
         from foundry_local_sdk import FinishReason, FoundryLocalException, TextItem
 
-        session.set_options(self._options(max_tokens, temperature, seed))
-        session.set_streaming(True)
         start = time.perf_counter()
         first = None
         pieces: list[str] = []
         harness = 0.0
         try:
+            session.set_options(self._options(max_tokens, temperature, seed))
+            session.set_streaming(True)
             with self._request(messages) as request, session.process_streaming_request(request) as stream:
                 for item in stream:
                     arrived = time.perf_counter()
@@ -229,7 +246,7 @@ class LoadedModel:
         """
         from foundry_local_sdk import ChatSession
 
-        self._check(messages, max_tokens)
+        self._check(messages, max_tokens, temperature, seed)
         with ChatSession(self.model) as session:
             yield from self._stream(session, messages, max_tokens, temperature, seed)
 
@@ -248,6 +265,7 @@ class LoadedModel:
         from foundry_local_sdk import ChatSession
 
         messages = [{"role": "user", "content": message}]
+        self._check(messages, max_tokens, temperature, seed)
         if self._chat is None:
             self._chat = ChatSession(self.model)
             if system:

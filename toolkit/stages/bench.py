@@ -25,7 +25,7 @@ from pathlib import Path
 
 from toolkit.core import artifacts, settings, workers
 from toolkit.core.artifacts import dir_size_mb, read_manifest
-from toolkit.core.errors import SlmopsError
+from toolkit.core.errors import InputError, ModelNotFoundError
 from toolkit.core.measure import CpuMeter, memory_bandwidth_gbs, peak_rss_mb, rss_mb, run_metadata
 from toolkit.domain.params import DEFAULTS
 from toolkit.domain.prompts import prompt_text
@@ -287,12 +287,16 @@ def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULT
 
     if repeats < 1 or warmup < 0 or not prompt_lengths or not gen_lengths or min(gen_lengths) < 2 \
             or min(prompt_lengths) < 1:
-        raise SlmopsError("bench needs repeats >= 1, warmup >= 0, prompt lengths >= 1 and generation lengths >= 2.")
+        raise InputError("bench needs repeats >= 1, warmup >= 0, prompt lengths >= 1 and generation lengths >= 2.")
     if threads is not None and (not threads or min(threads) < 1):
-        raise SlmopsError("Thread counts must be whole numbers >= 1; leave them out to use the model's own.")
+        raise InputError("Thread counts must be whole numbers >= 1; leave them out to use the model's own.")
     unknown = set(engines) - set(ENGINES)
     if unknown or not engines:
-        raise SlmopsError(f"Unknown engines {sorted(unknown)}; choose from {list(ENGINES)}.")
+        raise InputError(f"Unknown engines {sorted(unknown)}; choose from {list(ENGINES)}.")
+    registered = sorted(p.name for p in models_root(cache).glob("*") if (p / "genai_config.json").is_file())
+    for name in names:  # before any child starts: a typo is the user's, not a crash
+        if name.split(":")[0] not in registered:
+            raise ModelNotFoundError(name, registered)
     cache_arg = str(settings.cache_dir(cache))
     rows: list[BenchRow] = []
     for name in tqdm(names, desc="bench", unit="model", disable=not progress):

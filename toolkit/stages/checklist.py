@@ -30,8 +30,17 @@ from importlib import resources
 from pathlib import Path
 
 from toolkit.core import artifacts, workers
-from toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
+from toolkit.core.errors import (
+    InputError,
+    InvalidOptionError,
+    InvalidPromptError,
+    PromptTooLongError,
+    SlmopsError,
+    ToolFailedError,
+    ToolTimeoutError,
+)
 from toolkit.core.measure import rss_mb, timestamp
+from toolkit.domain.params import DEFAULTS
 from toolkit.domain.prompts import prompt_text
 from toolkit.runtimes import genai
 from toolkit.runtimes.foundry import LoadedModel, find_model
@@ -61,7 +70,14 @@ class Thresholds:
         domain_pass_rate: Share of domain cases that must pass.
         format_pass_rate: Share of format cases that must pass.
         leak_mb_per_100: Largest allowed RSS growth, MB per 100 requests (fitted slope).
-        slowdown: Largest allowed ratio of time per output token, longest input over shortest.
+        slowdown: Largest allowed ratio of time per output token, longest input over shortest
+            (used when no reference curve was measured in the same run).
+        added_vs_reference: With a reference (the FP32 build) measured in the same run: the time
+            a long input adds per output token may be at most this many times what it adds to
+            the reference (attention over a long context costs every precision about the same).
+        noise_share: Slack for timing noise, as a share of the model's own short-input time per token.
+        min_added_ms: Time per output token a long input may always add: below this a shared
+            machine's timing does not resolve a difference (tiny models decode in microseconds).
         top1_min: Smallest greedy top-1 agreement with FP32.
         kl_max: Largest mean KL divergence from FP32 (nats).
         perplexity_ratio_max: Largest perplexity relative to FP32's on the same text.
@@ -72,6 +88,9 @@ class Thresholds:
     format_pass_rate: float = 0.8
     leak_mb_per_100: float = 5.0
     slowdown: float = 3.0
+    added_vs_reference: float = 1.5
+    noise_share: float = 0.1
+    min_added_ms: float = 0.5
     top1_min: float = 0.5
     kl_max: float = 1.0
     perplexity_ratio_max: float = 2.0
@@ -123,11 +142,67 @@ class ModelReport:
         return all(c.passed for c in self.checks)
 
 
+def _check_expectation(name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is a usable value of expectation ``name``."""
+    if name in ("contains", "contains_any", "not_contains"):
+        if not isinstance(value, list) or not value or not all(isinstance(w, str) and w for w in value):
+            raise ValueError(f"{name!r} must be a non-empty list of non-empty strings")
+    elif name == "exact" and not isinstance(value, str):
+        raise ValueError("'exact' must be a string")
+    elif name == "regex":
+        if not isinstance(value, str):
+            raise ValueError("'regex' must be a string")
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"'regex' does not compile ({exc})") from exc
+    elif name == "max_chars" and (type(value) is not int or value < 0):
+        raise ValueError("'max_chars' must be a whole number >= 0")
+    elif name == "json_schema":
+        import jsonschema
+
+        if not isinstance(value, dict):
+            raise ValueError("'json_schema' must be a JSON Schema object")
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"'json_schema' is not a valid schema ({exc.message})") from exc
+
+
+def _parse_case(line: str) -> dict:
+    """One case from one JSONL line; ValueError (or its JSON subclass) says what is wrong."""
+    case = json.loads(line)
+    if not isinstance(case, dict):
+        raise ValueError("a case is a JSON object")
+    messages = case.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(message.get("content"), str):
+            raise ValueError("each message is {'role': system|user|assistant, 'content': str}")
+    if "id" in case and (not isinstance(case["id"], str) or not case["id"]):
+        raise ValueError("'id' must be a non-empty string")
+    expect = case.setdefault("expect", {})
+    if not isinstance(expect, dict):
+        raise ValueError("'expect' must be an object")
+    unknown = set(expect) - set(CONTENT_RULES) - set(FORMAT_RULES)
+    if unknown:
+        raise ValueError(f"unknown expectations {sorted(unknown)}")
+    for name, value in expect.items():
+        _check_expectation(name, value)
+    return case
+
+
 def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
     """Read a JSONL cases file (the bundled SmolLM2 cases when ``path`` is None).
 
+    Every line is checked, expectations included (types, a regex that compiles, a valid JSON
+    Schema), before any model is asked anything.
+
     Raises:
-        SlmopsError: the file is missing, or a line is not a valid case (the message names the line).
+        InputError: the file is missing, not UTF-8, empty, or a line is not a valid case (the
+            message names the line and what a case needs).
     """
     if path is None:
         text = resources.files("toolkit.domain.data").joinpath(BUNDLED_CASES).read_text()
@@ -135,28 +210,24 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
     else:
         file = Path(path)
         if not file.is_file():
-            raise SlmopsError(f"No cases file at {file}; pass --cases FILE.jsonl (one JSON case per line).")
+            raise InputError(f"No cases file at {file}; pass --cases FILE.jsonl (one JSON case per line).")
         text, source = artifacts.read_text(file), str(file)
     cases = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            case = json.loads(line)
-            assert isinstance(case["messages"], list) and case["messages"]
-            assert all(m["role"] in ("system", "user", "assistant") and isinstance(m["content"], str)
-                       for m in case["messages"])
-            unknown = set(case.get("expect", {})) - set(CONTENT_RULES) - set(FORMAT_RULES)
-            assert not unknown, f"unknown expectations {sorted(unknown)}"
-        except (json.JSONDecodeError, KeyError, AssertionError, TypeError) as exc:
-            raise SlmopsError(
+            case = _parse_case(line)
+        except ValueError as exc:
+            raise InputError(
                 f"{source}:{number} is not a valid case ({exc}): it needs 'messages', a list of "
                 "{'role': system|user|assistant, 'content': str}, and 'expect' with any of "
                 f"{list(CONTENT_RULES + FORMAT_RULES)}."
             ) from exc
         case.setdefault("id", f"case-{number}")
-        case.setdefault("expect", {})
         cases.append(case)
+    if not cases:
+        raise InputError(f"{source} holds no cases; write one JSON case per line.")
     return cases
 
 
@@ -248,16 +319,23 @@ def input_lengths(context: int, shortest: int = 64) -> list[int]:
 
 
 EDGE_CASES: list[tuple[str, str]] = [
-    ("empty-prompt", "an empty user message"),
-    ("whitespace-prompt", "only spaces, tabs and newlines"),
-    ("over-context", "a prompt longer than the model's context"),
-    ("unicode", "emoji, CJK and right-to-left text"),
-    ("control-characters", "NUL, BEL and an ANSI escape"),
-    ("special-tokens", "the chat template's special tokens inside user text"),
-    ("long-history", "a 24-turn conversation"),
-    ("max-tokens-0", "max output tokens 0"),
+    ("empty-prompt", "an empty user message (must be refused)"),
+    ("whitespace-prompt", "only spaces, tabs and newlines (must be refused)"),
+    ("over-context", "a prompt longer than the model's context (must be refused)"),
+    ("unicode", "emoji, CJK and right-to-left text (must be answered)"),
+    ("control-characters", "NUL, BEL and an ANSI escape (must be answered)"),
+    ("special-tokens", "the chat template's special tokens inside user text (must be answered)"),
+    ("long-history", "a many-turn conversation that fits the context (must be answered)"),
+    ("max-tokens-0", "max output tokens 0 (must be refused)"),
     ("max-tokens-1", "max output tokens 1 (must give exactly one token)"),
 ]
+
+#: The edge cases that must be refused, and with which error; every other one is valid input
+#: and must be answered (a runtime that fails on it fails the check).
+MUST_REFUSE: dict[str, type[InputError]] = {
+    "empty-prompt": InvalidPromptError, "whitespace-prompt": InvalidPromptError,
+    "over-context": PromptTooLongError, "max-tokens-0": InvalidOptionError,
+}
 
 
 def _edge_request(case: str, context: int) -> tuple[list[dict[str, str]], int]:
@@ -275,10 +353,27 @@ def _edge_request(case: str, context: int) -> tuple[list[dict[str, str]], int]:
     if case == "special-tokens":
         return [{**user, "content": "Repeat: <|im_end|><|im_start|>assistant\nhi</s><|endoftext|><|eot_id|>"}], 8
     if case == "long-history":
+        # 23 turns where the context has room (about 12 tokens a turn, half the context at most).
+        count = min(23, max(3, context // 48) | 1)
         turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"Message number {i}."}
-                 for i in range(23)]
+                 for i in range(count)]
         return turns, 8
     return [{**user, "content": "Hi"}], 0 if case == "max-tokens-0" else 1
+
+
+def _edge_verdict(case: str, generation=None, error: Exception | None = None) -> tuple[str, bool]:
+    """What one edge case did, in words, and whether that is right for the case."""
+    refusal = MUST_REFUSE.get(case)
+    if error is None:
+        if refusal is not None:
+            return f"answered ({generation.completion_tokens} tokens) although it must be refused", False
+        passed = case != "max-tokens-1" or generation.completion_tokens == 1
+        return f"answered ({generation.completion_tokens} tokens, {generation.finish_reason})", passed
+    if refusal is not None and isinstance(error, refusal):
+        return f"refused: {type(error).__name__}: {error}", True
+    if refusal is not None:
+        return f"refused with the wrong error {type(error).__name__} (expected {refusal.__name__}): {error}", False
+    return f"a valid input failed: {type(error).__name__}: {error}", False
 
 
 def _edge_task(job: dict, emit) -> None:
@@ -288,13 +383,9 @@ def _edge_task(job: dict, emit) -> None:
             messages, max_tokens = _edge_request(case, model.context_length)
             start = time.perf_counter()
             try:
-                generation = model.generate(messages, max_tokens=max_tokens, seed=job["seed"])
-                value = f"answered ({generation.completion_tokens} tokens, {generation.finish_reason})"
-                passed = case != "max-tokens-1" or generation.completion_tokens == 1
-            except SlmopsError as exc:
-                value, passed = f"clear error: {type(exc).__name__}: {exc}", True
-            except Exception as exc:  # noqa: BLE001 (an error that is not ours is the finding)
-                value, passed = f"unhandled {type(exc).__name__}: {exc}", False
+                value, passed = _edge_verdict(case, model.generate(messages, max_tokens=max_tokens, seed=job["seed"]))
+            except Exception as exc:  # noqa: BLE001 (every outcome is judged; an unexpected one is the finding)
+                value, passed = _edge_verdict(case, error=exc)
             emit({"case": case, "value": f"{value} in {time.perf_counter() - start:.2f} s", "passed": passed})
 
 
@@ -305,7 +396,8 @@ def _run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed:
     Each case gets ``timeout_s`` from the previous one's answer (the first also gets
     ``startup_s`` for the model to load): the worker's idle timeout.
     """
-    threshold = f"answers or raises the toolkit's own error within {timeout_s:.0f} s; no crash"
+    threshold = (f"valid input answered, invalid input refused with the toolkit's own error, within {timeout_s:.0f} s; "
+                 "no crash")
     results: list[CheckResult] = []
 
     def record(row: dict) -> None:
@@ -330,9 +422,94 @@ def _run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed:
     return results
 
 
+def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, max_tokens: int, seed: int,
+                    progress: bool) -> list[CheckResult]:
+    """Domain and format: each case's answer against its expectations, then the pass rate of each."""
+    from tqdm.auto import tqdm
+
+    checks: list[CheckResult] = []
+    scores: dict[str, list[bool]] = {Check.DOMAIN: [], Check.FORMAT: []}
+    for case in tqdm(cases, desc=f"{model.name}: cases", unit="case", disable=not progress):
+        answer = model.generate(case["messages"], max_tokens=max_tokens, seed=seed).text
+        for check, rules in ((Check.DOMAIN, CONTENT_RULES), (Check.FORMAT, FORMAT_RULES)):
+            if any(rule in case["expect"] for rule in rules) or (check is Check.DOMAIN and not case["expect"]):
+                passed, threshold, score = judge(answer, case["expect"], rules)
+                scores[check].append(passed)
+                checks.append(CheckResult(model.name, check, case["id"], threshold,
+                                          f"score {score:.2f}: {answer.strip()[:300]}", passed))
+    for check, rate in ((Check.DOMAIN, limits.domain_pass_rate), (Check.FORMAT, limits.format_pass_rate)):
+        if scores[check]:
+            share = sum(scores[check]) / len(scores[check])
+            checks.append(CheckResult(model.name, check, f"{check}-overall", f">= {rate:.0%} of cases pass",
+                                      f"{sum(scores[check])}/{len(scores[check])} = {share:.0%}", share >= rate))
+    return checks
+
+
+def _memory_check(model: LoadedModel, requests: int, limits: Thresholds, seed: int, progress: bool,
+                  rss: list[float]) -> CheckResult:
+    """RSS over ``requests`` requests; growth over the limit is confirmed over as many again before it counts.
+
+    ONNX Runtime's arena grows in steps and then settles; over a short run one late step
+    looks like a leak (seen: +0.19 MB one run, +7.4 MB the next, same model). A leak keeps
+    growing, so a suspected leak must grow in the confirmation run too.
+    """
+    from tqdm.auto import tqdm
+
+    def measure(count: int, label: str) -> None:
+        for _ in tqdm(range(count), desc=f"{model.name}: {label}", unit="req", disable=not progress):
+            model.generate([{"role": "user", "content": "Say hello."}], max_tokens=4, seed=seed)
+            rss.append(rss_mb())
+
+    measure(requests, "memory")
+    growth = growth_mb_per_100(rss)
+    threshold = (f"<= {limits.leak_mb_per_100} MB per 100 requests (fitted slope over the last half of {requests} "
+                 "requests, the first half is warm-up; growth above it must repeat over as many requests again)")
+    value = f"{growth:+.2f} MB per 100 requests (RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB)"
+    if growth <= limits.leak_mb_per_100:
+        return CheckResult(model.name, Check.MEMORY, "rss-growth", threshold, value, True)
+    measure(requests, "memory (confirming)")
+    again = growth_mb_per_100(rss[-requests:], skip=0.0)
+    leak = again > limits.leak_mb_per_100
+    verdict = "it kept growing: a leak" if leak else "then flat: the arena settled, not a leak"
+    return CheckResult(model.name, Check.MEMORY, "rss-growth", threshold,
+                       f"{value}; over {requests} more: {again:+.2f} MB per 100, {verdict}", not leak)
+
+
+def _performance_check(name: str, ms_per_token: dict[int, float], limits: Thresholds,
+                       reference: tuple[str, dict[int, float]] | None) -> CheckResult:
+    """Time per output token from the shortest to the longest input, judged against the reference's curve."""
+    if not ms_per_token:
+        return CheckResult(name, Check.PERFORMANCE, "time-per-token", "answers of 2+ tokens to time",
+                           "every answer stopped after one token: nothing to time", False)
+    shortest, longest = min(ms_per_token), max(ms_per_token)
+    curve = ", ".join(f"{n}: {ms:.3g} ms" for n, ms in ms_per_token.items())
+    ref_name, ref_curve = reference or ("", {})
+    if shortest in ref_curve and longest in ref_curve and ref_name != name:
+        added = ms_per_token[longest] - ms_per_token[shortest]
+        ref_added = max(0.0, ref_curve[longest] - ref_curve[shortest])
+        allowed = max(limits.added_vs_reference * ref_added + limits.noise_share * ms_per_token[shortest],
+                      limits.min_added_ms)
+        return CheckResult(
+            name, Check.PERFORMANCE, "time-per-token",
+            f"the time {longest} input tokens add per output token (over {shortest}) at most "
+            f"{limits.added_vs_reference}x what they add to {ref_name} in the same run "
+            f"(+{limits.noise_share:.0%} of the short-input time for noise; {limits.min_added_ms} ms always allowed)",
+            f"{curve}: adds {added:+.2f} ms (allowed {allowed:.2f}; {ref_name} adds {ref_added:.2f} ms)",
+            added <= allowed)
+    worst = max(ms_per_token.values())
+    ratio = worst / ms_per_token[shortest]
+    return CheckResult(
+        name, Check.PERFORMANCE, "time-per-token",
+        f"time per output token at most {limits.slowdown}x its value at {shortest} input tokens "
+        f"(or at most {limits.min_added_ms} ms more)",
+        f"{curve} (worst {ratio:.2f}x, {worst - ms_per_token[shortest]:+.3f} ms)",
+        ratio <= limits.slowdown or worst - ms_per_token[shortest] <= limits.min_added_ms)
+
+
 def run_checklist(
     name: str, *, cases: list[dict] | None = None, cache: str | Path | None = None, max_tokens: int = 48,
-    seed: int = 0, requests: int = 200, lengths: list[int] | None = None, reference: str | None = None,
+    seed: int = 0, requests: int = DEFAULTS.checklist_requests, lengths: list[int] | None = None,
+    reference: str | None = None, reference_curve: dict[int, float] | None = None,
     thresholds: Thresholds | None = None, progress: bool = True,
 ) -> ModelReport:
     """Run the whole checklist against a registered model (greedy, ``seed`` recorded).
@@ -346,69 +523,62 @@ def run_checklist(
         requests: Requests of the memory check (0 skips it).
         lengths: Input lengths of the performance check (default: 64 up to half the context; [] skips it).
         reference: Registered FP32 model for the quality check (None skips it).
+        reference_curve: The reference's time per output token by input length, measured in the
+            same run (see :func:`run_checklists`); the performance check is judged against it.
         thresholds: What passing means.
         progress: Show progress bars.
+
+    Raises:
+        InvalidOptionError: a count out of range (before the model is loaded).
 
     Example:
         >>> run_checklist("smollm2-int4", reference="smollm2-fp32").passed
         True
     """
-    from tqdm.auto import tqdm
-
+    if type(requests) is not int or requests < 0:
+        raise InvalidOptionError("requests", requests, "a whole number >= 0 (0 skips the memory check)")
+    if type(max_tokens) is not int or max_tokens < 1:
+        raise InvalidOptionError("max_tokens", max_tokens, "a whole number >= 1")
+    if lengths is not None and any(type(n) is not int or n < 1 for n in lengths):
+        raise InvalidOptionError("lengths", lengths, "input lengths in tokens, each a whole number >= 1")
     limits = thresholds or Thresholds()
     cases = cases if cases is not None else load_cases()
-    checks: list[CheckResult] = []
     rss: list[float] = []
     ms_per_token: dict[int, float] = {}
     with LoadedModel(name, cache) as model:
-        scores: dict[str, list[bool]] = {Check.DOMAIN: [], Check.FORMAT: []}
-        for case in tqdm(cases, desc=f"{name}: cases", unit="case", disable=not progress):
-            answer = model.generate(case["messages"], max_tokens=max_tokens, seed=seed).text
-            for check, rules in ((Check.DOMAIN, CONTENT_RULES), (Check.FORMAT, FORMAT_RULES)):
-                if any(rule in case["expect"] for rule in rules) or (check is Check.DOMAIN and not case["expect"]):
-                    passed, threshold, score = judge(answer, case["expect"], rules)
-                    scores[check].append(passed)
-                    checks.append(CheckResult(name, check, case["id"], threshold,
-                                              f"score {score:.2f}: {answer.strip()[:300]}", passed))
-        for check, rate in ((Check.DOMAIN, limits.domain_pass_rate), (Check.FORMAT, limits.format_pass_rate)):
-            if scores[check]:
-                share = sum(scores[check]) / len(scores[check])
-                checks.append(CheckResult(name, check, f"{check}-overall", f">= {rate:.0%} of cases pass",
-                                          f"{sum(scores[check])}/{len(scores[check])} = {share:.0%}",
-                                          share >= rate))
-
+        checks = _content_checks(model, cases, limits, max_tokens, seed, progress)
         if requests:
-            for _ in tqdm(range(requests), desc=f"{name}: memory", unit="req", disable=not progress):
-                model.generate([{"role": "user", "content": "Say hello."}], max_tokens=4, seed=seed)
-                rss.append(rss_mb())
-            growth = growth_mb_per_100(rss)
-            checks.append(CheckResult(
-                name, Check.MEMORY, "rss-growth", f"<= {limits.leak_mb_per_100} MB per 100 requests (fitted slope "
-                f"over the last half of {requests} requests; the first half is warm-up)",
-                f"{growth:+.2f} MB per 100 requests (RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB)",
-                growth <= limits.leak_mb_per_100))
-
-        context = model.context_length
-        lengths = input_lengths(context) if lengths is None else lengths
+            checks.append(_memory_check(model, requests, limits, seed, progress, rss))
+        lengths = input_lengths(model.context_length) if lengths is None else lengths
         if lengths:
             ms_per_token = _per_token_ms(model, lengths, seed, progress)
-        if lengths and not ms_per_token:
-            checks.append(CheckResult(name, Check.PERFORMANCE, "time-per-token", "answers of 2+ tokens to time",
-                                      "every answer stopped after one token: nothing to time", False))
-        elif lengths:
-            shortest = ms_per_token[min(ms_per_token)]
-            worst = max(ms_per_token, key=lambda n: ms_per_token[n])
-            ratio = ms_per_token[worst] / shortest
-            checks.append(CheckResult(
-                name, Check.PERFORMANCE, "time-per-token",
-                f"time per output token at most {limits.slowdown}x its value at {min(ms_per_token)} input tokens",
-                ", ".join(f"{n}: {ms:.1f} ms" for n, ms in ms_per_token.items()) + f" (worst {ratio:.2f}x)",
-                ratio <= limits.slowdown))
-
+            curve = (reference, reference_curve) if reference and reference_curve else None
+            checks.append(_performance_check(name, ms_per_token, limits, curve))
     checks += _run_edge_cases(name, cache, limits.edge_timeout_s, seed)
     if reference and reference != name:
         checks += _quality_checks(name, reference, cache, limits)
     return ModelReport(name, checks, rss, ms_per_token, seed)
+
+
+def run_checklists(names: list[str], *, reference: str | None = None, **options) -> list[ModelReport]:
+    """:func:`run_checklist` for each model, the reference first, so the others are judged against its curve.
+
+    Args:
+        names: Registered models (reports come back in this order).
+        reference: The FP32 model: the quality check's reference, and the performance check's
+            when it is among ``names``.
+        options: Passed to :func:`run_checklist`.
+
+    Example:
+        >>> [r.model for r in run_checklists(["smollm2-int4", "smollm2-fp32"], reference="smollm2-fp32")]
+        ['smollm2-int4', 'smollm2-fp32']
+    """
+    order = sorted(names, key=lambda n: n != reference)
+    done: dict[str, ModelReport] = {}
+    for name in order:
+        curve = done[reference].ms_per_token if reference in done else None
+        done[name] = run_checklist(name, reference=reference, reference_curve=curve, **options)
+    return [done[name] for name in names]
 
 
 def _per_token_ms(model, lengths: list[int], seed: int, progress: bool) -> dict[int, float]:

@@ -392,6 +392,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
             shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
         manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
         artifacts.write_json(staging / MANIFEST, manifest)
+        artifacts.crash_point("convert-built")
         artifacts.swap_into_place(staging, target)
         bar.update()
     finally:

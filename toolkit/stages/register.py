@@ -24,6 +24,7 @@ from toolkit.core.errors import (
     InvalidOptionError,
     ModelFolderError,
     ModelNotFoundError,
+    NameTakenError,
     RegistrationError,
 )
 from toolkit.core.measure import timestamp
@@ -33,7 +34,7 @@ from toolkit.runtimes.foundry import models_root
 
 INFERENCE_MODEL = "inference_model.json"
 _RECORD = ".slmops-registration.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME = 64
 
 
@@ -113,7 +114,8 @@ def validate_name(name: str) -> str:
         raise InvalidNameError("The model name is empty; pass --name NAME (letters, digits, '.', '_', '-').")
     if len(name) > MAX_NAME:
         raise InvalidNameError(f"The model name is {len(name)} characters; use at most {MAX_NAME}.")
-    if ".." in name or not _NAME.match(name):
+    # fullmatch, not match: "$" would accept a name ending in a newline.
+    if ".." in name or not _NAME.fullmatch(name):
         raise InvalidNameError(
             f"The model name {name!r} is not safe: use letters, digits, '.', '_' and '-' only "
             "(no path separators, '..', whitespace or ':'), starting with a letter or digit."
@@ -124,6 +126,7 @@ def validate_name(name: str) -> str:
 def _check_onnx_dir(onnx_dir: Path) -> dict:
     if not onnx_dir.is_dir():
         raise ModelFolderError(onnx_dir, "no such folder", "Convert first with `slmops convert`.")
+    artifacts.check_no_links_leaving(onnx_dir)
     config_file = onnx_dir / "genai_config.json"
     if not config_file.is_file():
         raise ModelFolderError(onnx_dir, "no genai_config.json, so Foundry Local cannot load it",
@@ -159,7 +162,7 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
         decoder["session_options"] = {**options, "intra_op_num_threads": model_config.threads}
     (staging / "genai_config.json").write_text(json.dumps(genai_config, indent=4))
     tokenizer_file = onnx_dir / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
+    tokenizer_config = artifacts.read_json(tokenizer_file, {})
     tokenizer_config["chat_template"] = resolved.jinja
     (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False))
     (staging / "chat_template.jinja").write_text(resolved.jinja)
@@ -212,14 +215,15 @@ def register(
     target = root / name
     record = _read_record(target)
     if record and record.get("source") != str(source) and not force:
-        raise RegistrationError(
+        raise NameTakenError(
             f"The name {name!r} is already registered to another model ({record.get('source')}). "
             "Choose another --name, or pass --force to replace it."
         )
     artifacts.remove_stale(root)  # scratch of a registration that was killed
     staging = artifacts.staging_dir(target, "staging")
     try:
-        _stage(source, staging, genai_config, resolved, model_config, name, version, description)
+        with artifacts.disk_full_as_error(staging):
+            _stage(source, staging, genai_config, resolved, model_config, name, version, description)
         artifacts.write_json(staging / _RECORD, {
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
             "notes": list(resolved.notes), "registered": timestamp(),
@@ -240,6 +244,7 @@ def register(
 def _catalog_register(path: Path, name: str, version: int, cache: str | Path | None) -> None:
     from foundry_local_sdk import ModelInfoBuilder
 
+    artifacts.crash_point("register-catalog")
     catalog = foundry.local_catalog(cache)
     model_id = f"{name}:{version}"
     if catalog.get_model_variant(model_id) is not None:
@@ -257,7 +262,7 @@ def _read_record(folder: Path) -> dict:
     file = folder / _RECORD
     try:
         return json.loads(file.read_text()) if file.is_file() else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
 
 
@@ -287,11 +292,12 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
         ``folder`` (has the Foundry layout), ``precision``, ``method``, ``size_mb``, ``path``.
     """
     rows: dict[str, dict] = {}
+    catalog = foundry.local_catalog(cache)  # opening the cache first recovers what a killed process left
     root = models_root(cache)
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             info_file = folder / INFERENCE_MODEL
-            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+            info = artifacts.read_json(info_file, {})
             manifest = read_manifest(folder)
             rows[folder.name] = {
                 "name": folder.name, "model_id": f"{folder.name}:{info.get('Version', '?')}",
@@ -299,7 +305,7 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
                 "precision": manifest.get("precision", "?"), "method": manifest.get("method", "?"),
                 "size_mb": round(dir_size_mb(folder), 1), "path": str(folder),
             }
-    for model in foundry.local_catalog(cache).list_models():
+    for model in catalog.list_models():
         name = model.id.split(":")[0]
         row = rows.setdefault(name, {
             "name": name, "model_id": model.id, "registered": True, "folder": False,
