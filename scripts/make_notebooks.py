@@ -3,16 +3,16 @@ from pathlib import Path
 
 import nbformat as nbf
 
-from toolkit.domain.params import parameters_cell
+from toolkit.domain.params import CompareParams, parameters_cell
 
 # One source: the parameter model (toolkit/domain/params.py) writes the parameters cell.
 PARAMS = parameters_cell()
 
-def nb(title, intro, cells):
+def nb(title, intro, cells, params=PARAMS):
     n = nbf.v4.new_notebook()
     n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     n.cells.append(nbf.v4.new_markdown_cell(f"# {title}\n\n{intro}"))
-    p = nbf.v4.new_code_cell(PARAMS)
+    p = nbf.v4.new_code_cell(params)
     p.metadata["tags"] = ["parameters"]
     n.cells.append(p)
     for c in cells:
@@ -116,7 +116,7 @@ from toolkit.stages import checklist as evaluate
 names = [f"{name_prefix}-{p}" for p in precisions]
 reference = f"{name_prefix}-fp32" if "fp32" in precisions else None
 checklist = evaluate.run_checklists(names, reference=reference, cases=evaluate.load_cases(cases or None),
-                                    cache=cache_dir or None, requests=checklist_requests)
+                                    cache=cache_dir or None, requests=checklist_requests, seed=seed)
 summary = evaluate.write_report(checklist, Path(run_dir) / "test.json")
 report.table(evaluate.summary_rows(summary))''',
  '''#MD## The checklist, per precision (✓ pass, ✗ fail)''',
@@ -171,6 +171,27 @@ for stem, ax in figures.items():
 Decode reads every weight once per token, so measured memory bandwidth / model size bounds decode speed.''',
  '''report.table(results["decode_ceiling"])''',
  '''report.figure(figures["tradeoff"], Path(run_dir) / "tradeoff.png")''']),
+"05_compare": nb("5. Compare two runs",
+ "Puts two runs side by side: a rerun of a report, a new fine-tune, a new release of the runtime. Parameters, "
+ "inputs and package versions that differ; sizes, quality against FP32 and every checklist verdict with its "
+ "delta, changes first; timings judged against both runs' measured spread, so a change inside the noise is "
+ "never called a regression. `slmops compare RUN_A RUN_B` does the same from a shell and exits 1 on a regression.",
+ ['''from IPython.display import Markdown, display
+
+from toolkit.presentation import compare, report
+
+result = compare.compare_runs(compare.load_run(run_a), compare.load_run(run_b))
+page = compare.write_comparison(result, out_dir)
+display(Markdown("\\n".join(["**Regressions:**", *(f"- {line}" for line in result.regressions)] if result.regressions
+                             else ["**No regression:** no verdict got worse, no quality figure moved too far."])))
+report.table(result.summary)''',
+ '''#MD## What differs going in''',
+ '''display(report.table(result.params), Markdown("\\n".join(f"- {line}" for line in result.inputs + result.machine)
+                                              or "Inputs and versions: the same."))''',
+ '''#MD## Checklist verdicts (changes first), sizes and quality''',
+ '''display(report.table(result.verdicts), report.table(result.sizes), report.table(result.quality))''',
+ '''#MD## Timings, judged against both runs' noise''',
+ '''report.table(result.timings)'''], params=parameters_cell(CompareParams)),
 }
 for name, book in books.items():
     nbf.write(book, Path(__file__).resolve().parent.parent / "notebooks" / f"{name}.ipynb")

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
 from toolkit import cli
@@ -61,9 +62,13 @@ def test_sweep_runs_are_every_combination_with_their_own_names() -> None:
 
 
 @pytest.mark.slow
-def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
+def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"id": "hi", "messages": [{"role": "user", "content": "Say hi."}], '
+                     '"expect": {"max_chars": 400}}\n')
     params = {"model_dir": str(tiny_model), "name_prefix": "tinypipe", "precisions": ["fp32", "int4"],
-              "prompt_lengths": [16, 32], "gen_lengths": [4], "repeats": 1, "warmup": 0}
+              "prompt_lengths": [16, 32], "gen_lengths": [4], "repeats": 1, "warmup": 0, "cases": str(cases),
+              "checklist_requests": 40}
     index = pipeline.run_pipeline(params, tmp_path / "run", progress=False)
     page = index.read_text()
     for name in report.NOTEBOOKS:
@@ -99,6 +104,20 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
     links = set(re.findall(r'(?:href|src)="([^"]+)"', page))
     assert links and {f"run/{link}" for link in links} <= names
     assert not any(n.endswith((".onnx", ".data")) for n in names) and "run/models/int4/manifest.json" in names
+    # The run is a recipe: rerun from its own folder, it gives the same non-timing figures and verdicts.
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["inputs"]["seed"] == 0 and record["inputs"]["model"]["path"] == str(tiny_model)
+    assert cli.main(["rerun", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
+    assert "differs from the recorded run" not in capsys.readouterr().err  # same inputs, nothing to say
+    assert cli.main(["compare", str(tmp_path / "run"), str(tmp_path / "again"), "--out", str(tmp_path / "cmp")]) == 0
+    same = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert same["passed"] and not same["params"] and not same["inputs"] and not same["regressions"]
+    assert same["verdicts"] and {v["change"] for v in same["verdicts"]} == {"same"}
+    assert {s["delta"] for s in same["sizes"]} == {0.0} and {q["delta"] for q in same["quality"]} == {0.0}
+    # A rerun against a changed cases file says so before it starts.
+    cases.write_text('{"id": "hi", "messages": [{"role": "user", "content": "Say hello."}]}\n')
+    changed, _machine = pipeline.rerun_differences(tmp_path / "run" / "params.json")
+    assert len(changed) == 1 and changed[0].startswith("cases: ")
 
 
 @pytest.mark.slow
@@ -116,6 +135,21 @@ def test_a_sweep_runs_each_set_and_compares_them(tiny_model: Path, tmp_path: Pat
         assert manifest["options"]["block_size"] == block  # each run really built its own block size
         assert (tmp_path / "sweep" / label / "index.html").is_file()
     assert page.count("<td>int4</td>") == 2
+    # The two runs differ in one INT4 option (and, by design, their registered names): exactly that shows.
+    runs = [tmp_path / "sweep" / "1-int4_block_size=32", tmp_path / "sweep" / "2-int4_block_size=64"]
+    assert cli.main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) in (0, 1)
+    found = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [p["parameter"] for p in found["params"]] == ["int4_block_size", "name_prefix"]
+    assert not found["inputs"] and [s["precision"] for s in found["sizes"]] == ["int4"]
+    assert found["sizes"][0]["delta"] != 0  # block 64 has fewer scales than block 32
+    # Notebook 05 does the same in a real kernel.
+    notebook = tmp_path / "05_compare.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / "05_compare.ipynb"), str(notebook), kernel_name="python3",
+                               parameters={"run_a": str(runs[0]), "run_b": str(runs[1]),
+                                           "out_dir": str(tmp_path / "cmp-nb")}, progress_bar=False)
+    executed = nbformat.read(notebook, as_version=4)
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert json.loads((tmp_path / "cmp-nb" / "compare.json").read_text())["params"] == found["params"]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,11 @@ class FakeModel:
         self.calls += 1
         size = self.grow_at.get(self.calls, self.grow_at.get(0, 0))
         if size:
-            self.kept.append(b"\x01" * size)  # written, so it is resident
+            # Fresh pages from the kernel, each written: resident whatever the heap had free before.
+            pages = mmap.mmap(-1, size)
+            for offset in range(0, size, mmap.PAGESIZE):
+                pages[offset] = 1
+            self.kept.append(pages)
         return answer()
 
 

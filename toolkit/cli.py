@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 from dataclasses import fields, replace
@@ -25,7 +26,7 @@ from toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from toolkit.domain.sources import bundled_model
 from toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
 from toolkit.orchestration import doctor, pipeline, recipes
-from toolkit.presentation import plots, report
+from toolkit.presentation import compare, plots, report
 from toolkit.presentation.tables import text_table
 from toolkit.runtimes.foundry import Generation, LoadedModel
 from toolkit.stages import bench, checklist, convert, register
@@ -225,12 +226,73 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def _say_what_differs(params_file: Path) -> None:
+    """Before a rerun starts: what differs from the run that wrote ``params_file`` (nothing when it was not one)."""
+    changed, machine = pipeline.rerun_differences(params_file)
+    for line in changed:
+        print(f"note: this rerun differs from the recorded run: {line}", file=sys.stderr)
+    if machine:
+        print(f"note: another machine than the recorded run's ({'; '.join(machine)}): timings will differ",
+              file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     params = pipeline.load_params(args.params, max_runs=args.max_runs)
-    index = (pipeline.run_sweep(params, args.out, max_runs=args.max_runs) if "sweep" in params
-             else pipeline.run_pipeline(params, args.out))
+    if "sweep" in params:
+        index = pipeline.run_sweep(params, args.out, max_runs=args.max_runs)
+    else:
+        _say_what_differs(Path(args.params))
+        index = pipeline.run_pipeline(params, args.out)
     print(f"Report: {index}")
     return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    params_file = Path(args.run_dir) / "params.json"
+    if not params_file.is_file():
+        raise InputError(f"No run folder at {args.run_dir} (no params.json); rerun a folder that "
+                         "`slmops demo` or `slmops run` wrote.")
+    params = pipeline.load_params(params_file)
+    _say_what_differs(params_file)
+    print(f"Report: {pipeline.run_pipeline(params, args.out)}")
+    return 0
+
+
+def _fail_on(text: str) -> tuple[str, float]:
+    """An argparse type: ``FIGURE=LIMIT`` for ``slmops compare --fail-on``."""
+    name, _, value = text.partition("=")
+    if name not in compare.FAIL_ON:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a quality figure; use {', '.join(compare.FAIL_ON)}")
+    try:
+        limit = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write FIGURE=LIMIT, e.g. top1=0.01") from None
+    if not 0 <= limit < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: the limit must be a number >= 0")
+    return name, limit
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    runs = []
+    for folder in (args.run_a, args.run_b):
+        if not (Path(folder) / "params.json").is_file():
+            raise InputError(f"No run folder at {folder} (no params.json); compare folders that `slmops demo` or "
+                             "`slmops run` wrote.")
+        runs.append(compare.load_run(folder))
+    result = compare.compare_runs(*runs, fail_on=dict(args.fail_on or []))
+    out = Path(args.out or Path(args.run_b).parent / f"compare-{runs[0].name}-vs-{runs[1].name}")
+    page = compare.write_comparison(result, out)
+    changed = [v for v in result.verdicts if v["change"] != "same"]
+    print(f"{result.b} against {result.a}: {len(result.params)} parameters differ, "
+          f"{len(changed)} of {len(result.verdicts)} verdicts changed, "
+          f"{sum(t['judged'] in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "
+          "moved beyond the noise")
+    for line in result.inputs:
+        print(f"differs: {line}")
+    for line in result.regressions:
+        print(f"REGRESSION: {line}")
+    print(f"Report: {page}")
+    return 0 if result.passed else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -303,6 +365,26 @@ comparison page OUT/index.html:
     p.add_argument("--max-runs", type=_whole(1), default=MAX_SWEEP_RUNS,
                    help=f"largest sweep allowed (default {MAX_SWEEP_RUNS}); a bigger one is refused before it starts")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("rerun", help="run a report again as written (its params.json); first says what differs",
+                       epilog=EPILOG)
+    p.add_argument("run_dir", metavar="RUN", help="a run folder, e.g. outputs/demo")
+    p.add_argument("--out", required=True, help="the new run folder, e.g. outputs/demo-again")
+    p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser(
+        "compare", help="two runs side by side; exit 1 when a verdict got worse or a quality figure moved too far",
+        description="Parameters, inputs and versions that differ; sizes, quality against FP32 and every checklist "
+        "verdict with deltas (changes first); timings judged against both runs' measured spread. Writes "
+        "compare.html and compare.json. Exit code 1 on a regression, so CI can gate a release of a fine-tune.")
+    p.add_argument("run_a", metavar="RUN_A", help="the baseline run folder")
+    p.add_argument("run_b", metavar="RUN_B", help="the run to judge against it")
+    p.add_argument("--out", help="folder for compare.html and compare.json (default: compare-A-vs-B beside RUN_B)")
+    p.add_argument("--fail-on", type=_fail_on, nargs="+", metavar="FIGURE=LIMIT",
+                   help="how far a quality figure may move the wrong way: "
+                   + ", ".join(f"{k}={v}" for k, v in compare.FAIL_ON.items())
+                   + " by default (top1 and kl absolute, perplexity relative)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="rewrite a run's index.html; --zip packs the run folder to send",
                        epilog=EPILOG)

@@ -79,6 +79,23 @@ def cpu_info() -> dict:
             "physical_cores": psutil.cpu_count(logical=False) or os.cpu_count()}
 
 
+def _cache_sizes() -> dict[str, str]:
+    """CPU cache sizes by level and type (e.g. ``{"L1d": "32K", "L2": "2048K"}``), from Linux's sysfs."""
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            caches[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = (index / "size").read_text().strip()
+        except OSError:
+            continue
+    return caches
+
+
+def machine() -> dict:
+    """This machine as a run records it: CPU, cores, cache sizes and memory."""
+    return {**cpu_info(), "caches": _cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
+
+
 def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
     """Measured memory read bandwidth in GB/s: the best of ``repeats`` sums over a buffer larger than caches.
 

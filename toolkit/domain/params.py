@@ -64,12 +64,23 @@ class RunParams:
                                 "runs it)", low=1, high=1024)
     repeats: int = _param(3, "measured benchmark runs per prompt length", low=1, high=1000)
     warmup: int = _param(1, "discarded warm-up runs", low=0, high=100)
+    seed: int = _param(0, "seed of every checklist request (decoding is greedy; recorded for reruns)", low=0,
+                       high=2**31 - 1)
     cache_dir: str = _param("", "Foundry Local cache; empty means $SLMOPS_CACHE_DIR or ~/.slmops/foundry", path=True)
     interactive: bool = _param(True, "show widgets (papermill runs set this to False)")
 
     def as_dict(self) -> dict:
         """The parameters as plain JSON-able values, in declaration order."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CompareParams:
+    """The parameters of notebook 05 (two runs compared), as ``slmops compare`` takes them."""
+
+    run_a: str = _param("../outputs/demo", "the baseline run folder")
+    run_b: str = _param("../outputs/demo-again", "the run to judge against it")
+    out_dir: str = _param("../outputs/compare", "folder for compare.html and compare.json")
 
 
 #: The defaults: the demo's values, and the CLI's where a command shares a parameter.
@@ -79,8 +90,8 @@ DEFAULTS = RunParams()
 PATH_PARAMS = tuple(f.name for f in fields(RunParams) if f.metadata["path"])
 
 
-def _types() -> dict[str, object]:
-    return typing.get_type_hints(RunParams)
+def _types(cls: type = RunParams) -> dict[str, object]:
+    return typing.get_type_hints(cls)
 
 
 def _type_name(kind: object) -> str:
@@ -166,16 +177,16 @@ def parse_sweep(sweep: object, *, source: str = "parameters", max_runs: int = MA
     return sweep
 
 
-def parameters_cell() -> str:
-    """The notebooks' ``parameters`` cell: ``name: type = default  # help``, one line per parameter.
+def parameters_cell(cls: type = RunParams) -> str:
+    """A notebook's ``parameters`` cell: ``name: type = default  # help``, one line per parameter of ``cls``.
 
     Example:
         >>> parameters_cell().splitlines()[2]
         'name_prefix: str = "smollm2"  # registered names are PREFIX-PRECISION'
     """
     lines = []
-    for spec in fields(RunParams):
-        kind = _types()[spec.name]
+    for spec in fields(cls):
+        kind = _types(cls)[spec.name]
         type_name = "list" if typing.get_origin(kind) is list else kind.__name__
         default = spec.default if spec.default is not MISSING else spec.default_factory()
         value = repr(default) if isinstance(default, bool) else json.dumps(default)

@@ -20,6 +20,9 @@ _INSTRUCTION = "Continue this text for several paragraphs:\n\n"
 
 REFERENCE_TEXT = "reference_text.txt"
 
+#: The bundled cases file (JSONL) the checklist uses when a run names none.
+BUNDLED_CASES = "smollm2_cases.jsonl"
+
 
 def prompt_text(tokenizer, tokens: int) -> str:
     """The instruction and the repeated filler, cut to their first ``tokens`` tokens."""

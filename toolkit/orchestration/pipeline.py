@@ -10,6 +10,7 @@ from pathlib import Path
 from toolkit.core import artifacts, settings
 from toolkit.core.errors import ParamsError, SlmopsError
 from toolkit.domain import params as run_params
+from toolkit.domain import provenance
 from toolkit.presentation import report
 
 
@@ -44,6 +45,22 @@ def load_params(path: str | os.PathLike[str], *, max_runs: int = run_params.MAX_
     if "sweep" in loaded:
         run_params.parse_sweep(loaded["sweep"], source=str(file), max_runs=max_runs)
     return loaded
+
+
+def rerun_differences(params_file: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """What a rerun of the run that wrote ``params_file`` would use differently, before it starts.
+
+    Returns:
+        ``(differences, machine)``: source model, cases file, seed and package versions that
+        differ from the recorded run's ``run.json``, and how this machine differs (both empty
+        when ``params_file`` has no ``run.json`` beside it, i.e. it is not a run's own).
+    """
+    recorded = artifacts.read_json(Path(params_file).parent / "run.json")
+    if not isinstance(recorded, dict):
+        return [], []
+    params = load_params(params_file)
+    current = provenance.run_record(run_params.parse({k: v for k, v in params.items() if k != "sweep"}))
+    return provenance.differences(recorded, current), provenance.machine_differences(recorded, current)
 
 
 def _render_html(notebook: Path) -> Path:
@@ -101,6 +118,8 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
             merged[key] = str(Path(merged[key]).expanduser().resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "params.json", merged)
+    # What a rerun needs beyond the parameters: inputs' fingerprints, seed, versions, machine.
+    artifacts.write_json(run_dir / "run.json", provenance.run_record(run_params.parse(merged)))
     status: dict[str, str] = {}
     failure = None
     for name in report.NOTEBOOKS:

@@ -16,18 +16,11 @@ from toolkit.core import artifacts
 from toolkit.core.artifacts import read_json
 from toolkit.core.errors import InputError
 from toolkit.core.measure import versions
+from toolkit.presentation import compare
+from toolkit.presentation.render import render_page
 from toolkit.stages import bench, checklist, convert
 
 NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark")
-
-
-def _pages():
-    """The Jinja2 environment of ``pages/`` (autoescaped: every value is text, never markup)."""
-    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
-    return Environment(loader=PackageLoader("toolkit.presentation", "pages"),
-                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True)
 
 
 def table(rows: list[dict], columns: list[str] | None = None):
@@ -66,26 +59,20 @@ def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
     """What a run has measured so far, per precision: size, top-1 agreement with FP32, and the
     benchmark's headline decode tokens/s, time to first token and peak RSS.
 
-    Reads ``models/convert.json``, ``test.json`` and ``bench.json`` where they exist; a
-    precision appears once it has been converted.
+    A precision appears once it has been converted (read with :func:`compare.load_run`).
 
     Example:
         >>> measured_figures("outputs/demo")["int4"]
         {'size_mb': 203.3, 'x_fp32': 0.374, 'top1': 0.666, 'decode_tps': 93.8, 'ttft_ms': 265.2, 'peak_rss_mb': 814.2}
     """
-    run = Path(run_dir)
-    figures: dict[str, dict] = {}
-    for manifest in read_json(run / "models" / "convert.json") or []:
-        figures[manifest["precision"]] = {"size_mb": manifest["size_mb"], "x_fp32": manifest.get("size_ratio_vs_fp32")}
-    for check in (read_json(run / "test.json") or {}).get("checks", []):
-        precision = check["model"].rsplit("-", 1)[-1]
-        if check["check"] == "quality" and check["case"] == "top1-agreement" and precision in figures:
-            figures[precision]["top1"] = float(check["value"])
-    bench_report = _bench_report(run)
-    if bench_report:
-        for row in bench.headline_rows(bench_report["rows"]):
-            if row["precision"] in figures:
-                figures[row["precision"]].update({key: row[key] for key in ("decode_tps", "ttft_ms", "peak_rss_mb")})
+    run = compare.load_run(run_dir)
+    figures = {p: {"size_mb": size, "x_fp32": run.size_ratios.get(p)} for p, size in run.sizes.items()}
+    for precision, got in figures.items():
+        if run.quality.get(precision, {}).get("top1") is not None:
+            got["top1"] = run.quality[precision]["top1"]
+        head = run.headline.get(precision)
+        if head:
+            got.update({key: head[key] for key in ("decode_tps", "ttft_ms", "peak_rss_mb")})
     return figures
 
 
@@ -96,14 +83,8 @@ RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/r
 
 def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
     """One row per precision of a run: size, checks passed, top-1 agreement, decode speed, latency, memory."""
-    run = Path(run_dir)
-    figures = measured_figures(run)
-    tests = read_json(run / "test.json") or {}
-    passed = {r["model"].rsplit("-", 1)[-1]: f"{r['passed']}/{r['total']}" for r in _checklist_rows(tests)}
-    return [{"precision": precision, "size_mb": got.get("size_mb"), "x_fp32": got.get("x_fp32"),
-             "checks_passed": passed.get(precision, "–"), "top1_vs_fp32": got.get("top1", "–"),
-             "decode_tps": got.get("decode_tps", "–"), "ttft_ms": got.get("ttft_ms", "–"),
-             "peak_rss_mb": got.get("peak_rss_mb", "–")} for precision, got in figures.items()]
+    rows = compare.side_by_side([("", compare.load_run(run_dir))])
+    return [{k: v for k, v in row.items() if k != "run"} for row in rows if row["precision"] != "–"]
 
 
 def _checklist_rows(tests: dict) -> list[dict]:
@@ -130,8 +111,8 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     tests = read_json(run / "test.json")
     bench_report = _bench_report(run)
     converted = read_json(run / "models" / "convert.json")
-    page = _pages().get_template("index.html.j2").render(
-        run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
+    page = render_page(
+        "index.html.j2", run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
         notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
                     "status": status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")}
                    for name in NOTEBOOKS],
@@ -150,6 +131,8 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
                       swept: list[str]) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
+    The table is :func:`toolkit.presentation.compare.side_by_side`, the one a comparison of two runs shows.
+
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.
         swept: The parameter names the sweep varied (shown as columns).
@@ -158,12 +141,12 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
     rows = []
     for label, params, state in runs:
         varied = {name: json.dumps(params.get(name)) for name in swept}
-        for summary in run_summary(out / label) or [{"precision": "–"}]:
-            rows.append({"label": label, **varied, "status": state, **summary})
+        for row in compare.side_by_side([(label, compare.load_run(out / label))]):
+            rows.append({"label": label, **varied, "status": state, **row})
     columns = [*swept, "status", "precision", "size_mb", "x_fp32", "checks_passed", "top1_vs_fp32", "decode_tps",
                "ttft_ms", "peak_rss_mb"]
-    page = _pages().get_template("sweep.html.j2").render(sweep_name=out.name, run_count=len(runs), swept=swept,
-                                                          columns=columns, rows=rows)
+    page = render_page("sweep.html.j2", sweep_name=out.name, run_count=len(runs), swept=swept, columns=columns,
+                       rows=rows)
     return artifacts.write_text(out / "index.html", page)
 
 

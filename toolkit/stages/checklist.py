@@ -41,11 +41,10 @@ from toolkit.core.errors import (
 )
 from toolkit.core.measure import rss_mb, timestamp
 from toolkit.domain.params import DEFAULTS
-from toolkit.domain.prompts import prompt_text
+from toolkit.domain.prompts import BUNDLED_CASES, prompt_text
 from toolkit.runtimes import genai
 from toolkit.runtimes.foundry import LoadedModel, find_model
 
-BUNDLED_CASES = "smollm2_cases.jsonl"
 _MODULE = "toolkit.stages.checklist"  # the worker module of the edge cases (this one)
 CONTENT_RULES = ("contains", "contains_any", "not_contains", "exact")
 FORMAT_RULES = ("json_schema", "regex", "max_chars")

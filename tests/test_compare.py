@@ -1,0 +1,102 @@
+"""Comparing two runs: differences, verdict changes first, timings judged against their noise, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit import cli
+from toolkit.domain import provenance
+from toolkit.domain.params import RunParams
+from toolkit.presentation import compare
+
+
+def bench_row(precision: str, decode: float, sd: float, ttft: float, *, noisy: bool = False) -> dict:
+    return {"model": f"m-{precision}", "precision": precision, "engine": "foundry-local", "target_prompt_tokens": 16,
+            "prompt_tokens": 31, "target_gen_tokens": 32, "gen_tokens": 32, "threads": 0, "decode_tps": decode,
+            "decode_tps_sd": sd, "ttft_ms": ttft, "ttft_ms_sd": 2.0, "noisy": noisy, "peak_rss_mb": 500.0}
+
+
+def write_run(folder: Path, *, block: int, int4_mb: float, top1: float, domain_ok: bool, decode: float,
+              ttft: float, record: dict | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps({**RunParams().as_dict(), "int4_block_size": block,
+                                                    "run_dir": str(folder)}))
+    (folder / "models").mkdir()
+    (folder / "models" / "convert.json").write_text(json.dumps([{"precision": "fp32", "size_mb": 100.0},
+                                                                {"precision": "int4", "size_mb": int4_mb}]))
+    checks = [{"model": "m-int4", "check": "domain", "case": "capital", "threshold": "t", "value": "v",
+               "passed": domain_ok},
+              {"model": "m-int4", "check": "quality", "case": "top1-agreement", "threshold": "t", "value": str(top1),
+               "passed": True},
+              {"model": "m-int4", "check": "quality", "case": "perplexity", "threshold": "t", "value": "12.0 (1.1x)",
+               "passed": True},
+              {"model": "m-fp32", "check": "edge", "case": "unicode", "threshold": "t", "value": "v", "passed": True}]
+    (folder / "test.json").write_text(json.dumps({"checks": checks}))
+    (folder / "bench.json").write_text(json.dumps({"rows": [bench_row("fp32", 50.0, 1.0, 100.0),
+                                                            bench_row("int4", decode, 2.0, ttft)]}))
+    if record is not None:
+        (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_identical_runs_compare_equal_and_timing_noise_is_not_a_regression(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
+    b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=122.0, ttft=91.0)
+    result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    assert result.passed and not result.params and all(v["change"] == "same" for v in result.verdicts)
+    assert {t["judged"] for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
+    assert [row["run"] for row in result.summary] == ["a: a", "a: a", "b: b", "b: b"]
+
+
+def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.70, domain_ok=True, decode=120.0, ttft=90.0)
+    b = write_run(tmp_path / "b", block=64, int4_mb=38.5, top1=0.65, domain_ok=False, decode=100.0, ttft=90.0)
+    result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    assert result.params == [{"parameter": "int4_block_size", "a": 32, "b": 64}]  # exactly the one difference
+    assert result.verdicts[0] == {"precision": "int4", "check": "domain", "case": "capital", "a": "pass",
+                                  "b": "FAIL", "change": "worse"}  # changes first
+    assert {r.split(":")[0] for r in result.regressions} == {"int4 domain/capital", "int4 top1"}
+    assert [s["delta"] for s in result.sizes] == [0.0, -1.5]
+    decode = next(t for t in result.timings if t["precision"] == "int4" and t["figure"] == "decode_tps")
+    assert decode["judged"] == "slower" and decode["change_pct"] == pytest.approx(-16.7)
+    assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 1
+    out = capsys.readouterr().out
+    assert "1 parameters differ, 1 of 4 verdicts changed" in out and "REGRESSION: int4 top1" in out
+    page = (tmp_path / "c" / "compare.html").read_text()
+    assert "Regressions (2)" in page and "int4_block_size" in page
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())["passed"] is False
+    # A looser threshold lets the agreement drop pass; the verdict that got worse still fails it.
+    loose = compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1": 0.1})
+    assert [r.split(":")[0] for r in loose.regressions] == ["int4 domain/capital"]
+    assert cli.main(["compare", str(a), str(b), "--fail-on", "top1=x"]) == 2
+    assert cli.main(["compare", str(a), str(tmp_path / "nope")]) == 2
+
+
+def test_a_noisy_run_is_never_judged(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
+    b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=60.0, ttft=90.0)
+    bench = json.loads((b / "bench.json").read_text())
+    bench["rows"][1]["noisy"] = True
+    (b / "bench.json").write_text(json.dumps(bench))
+    result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    decode = next(t for t in result.timings if t["precision"] == "int4" and t["figure"] == "decode_tps")
+    assert decode["judged"].startswith("a run is too noisy") and result.passed
+
+
+def test_a_rerun_on_another_cases_file_or_package_set_is_flagged(tiny_model: Path, tmp_path: Path) -> None:
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    params = RunParams(model_dir=str(tiny_model), cases=str(cases))
+    recorded = provenance.run_record(params)
+    assert provenance.differences(recorded, provenance.run_record(params)) == []
+    cases.write_text('{"messages": [{"role": "user", "content": "hello"}]}\n')
+    now = provenance.run_record(params)
+    changed = provenance.differences(recorded, now)
+    assert len(changed) == 1 and changed[0].startswith("cases: ")
+    now["versions"]["onnxruntime"] = "9.9.9"
+    assert any(line.startswith("onnxruntime: ") for line in provenance.differences(recorded, now))
+    assert set(recorded["machine"]) >= {"cpu", "logical_cpus", "physical_cores", "memory_gb", "caches"}

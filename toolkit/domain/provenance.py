@@ -1,0 +1,80 @@
+"""What a run was made from, so it can be rerun as written and a rerun can say what changed.
+
+A run folder's ``run.json`` records, beside its ``params.json``: the source model's
+fingerprint, the cases file's hash, the seed, the toolkit and package versions, and the
+machine. :func:`differences` compares such a record with what a rerun would use now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+from toolkit.core.measure import machine, timestamp, versions
+from toolkit.domain.params import RunParams
+from toolkit.domain.prompts import BUNDLED_CASES
+from toolkit.domain.sources import bundled_model, fingerprint
+
+
+def cases_hash(cases: str) -> str:
+    """A short SHA-256 of the cases file a run uses (the bundled one when ``cases`` is empty)."""
+    if cases:
+        data = Path(cases).read_bytes()
+    else:
+        data = resources.files("toolkit.domain.data").joinpath(BUNDLED_CASES).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def run_record(params: RunParams) -> dict:
+    """The record of what ``params`` resolve to now: inputs' fingerprints, seed, versions, machine.
+
+    Example:
+        >>> run_record(RunParams())["inputs"]["model"]["path"].endswith("SmolLM2-135M-Instruct")
+        True
+    """
+    model = Path(params.model_dir) if params.model_dir else bundled_model()
+    return {
+        "inputs": {
+            "model": {"path": str(model), "fingerprint": fingerprint(model)},
+            "cases": {"path": params.cases or f"(bundled) {BUNDLED_CASES}", "sha256": cases_hash(params.cases)},
+            "seed": params.seed,
+        },
+        "versions": versions(),
+        "machine": machine(),
+        "recorded": timestamp(),
+    }
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """What a rerun would use that the recorded run did not: source model, cases, seed, packages.
+
+    The machine is reported apart (a rerun elsewhere is expected; its timings will differ).
+
+    Example:
+        >>> differences({"inputs": {"seed": 0}}, {"inputs": {"seed": 1}})
+        ['seed: 0 then, 1 now']
+    """
+    found = []
+    then, now = recorded.get("inputs", {}), current.get("inputs", {})
+    for name in ("model", "cases"):
+        key = "fingerprint" if name == "model" else "sha256"
+        old, new = then.get(name, {}), now.get(name, {})
+        if old.get(key) != new.get(key):
+            found.append(f"{name}: {old.get('path', '?')} ({old.get(key, '?')}) then, "
+                         f"{new.get('path', '?')} ({new.get(key, '?')}) now")
+    if then.get("seed") != now.get("seed"):
+        found.append(f"seed: {then.get('seed')} then, {now.get('seed')} now")
+    old_versions, new_versions = recorded.get("versions", {}), current.get("versions", {})
+    for package in sorted(set(old_versions) | set(new_versions)):
+        if package != "platform" and old_versions.get(package) != new_versions.get(package):
+            found.append(f"{package}: {old_versions.get(package, 'absent')} then, "
+                         f"{new_versions.get(package, 'absent')} now")
+    return found
+
+
+def machine_differences(recorded: dict, current: dict) -> list[str]:
+    """How this machine differs from the recorded run's (CPU, cores, caches, memory)."""
+    old, new = recorded.get("machine", {}), current.get("machine", {})
+    return [f"{key}: {old.get(key)} then, {new.get(key)} now" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]

@@ -1,0 +1,18 @@
+"""HTML pages from the Jinja2 templates in ``pages/`` (autoescaped: every value is text, never markup)."""
+
+from __future__ import annotations
+
+
+def render_page(template: str, **context: object) -> str:
+    """Render ``pages/TEMPLATE`` with ``context``; a name the template uses but was not given is an error.
+
+    Example:
+        >>> "<h1>" in render_page("sweep.html.j2", sweep_name="s", run_count=0, swept=[], columns=[], rows=[])
+        True
+    """
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    environment = Environment(loader=PackageLoader("toolkit.presentation", "pages"),
+                              autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template(template).render(**context)
