@@ -49,6 +49,8 @@ def test_identical_runs_compare_equal_and_timing_noise_is_not_a_regression(tmp_p
     assert result.passed and not result.params and all(v["change"] == "same" for v in result.verdicts)
     assert {t["judged"] for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
     assert [row["run"] for row in result.summary] == ["a: a", "a: a", "b: b", "b: b"]
+    # Both precisions pass their checks: the smaller one, int4, is recommended; fp32 lost on size.
+    assert result.recommendations["a"] == "int4 (40.0 MB, passes all 3 checks); fp32 lost: larger (100.0 MB)"
 
 
 def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command(
@@ -61,6 +63,8 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
                                   "b": "FAIL", "change": "worse"}  # changes first
     assert {r.split(":")[0] for r in result.regressions} == {"int4 domain/capital", "int4 top1"}
     assert [s["delta"] for s in result.sizes] == [0.0, -1.5]
+    assert result.recommendations["b"].startswith("fp32 (100.0 MB") and "int4 lost: failed domain/capital" \
+        in result.recommendations["b"]
     decode = next(t for t in result.timings if t["precision"] == "int4" and t["figure"] == "decode_tps")
     assert decode["judged"] == "slower" and decode["change_pct"] == pytest.approx(-16.7)
     assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 1

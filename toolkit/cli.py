@@ -289,6 +289,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
           "moved beyond the noise")
     for line in result.inputs:
         print(f"differs: {line}")
+    for run, line in result.recommendations.items():
+        print(f"{run} recommends {line}")
     for line in result.regressions:
         print(f"REGRESSION: {line}")
     print(f"Report: {page}")

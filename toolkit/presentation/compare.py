@@ -113,6 +113,30 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
     return rows
 
 
+def recommendation(run: RunFigures) -> str:
+    """The precision to deploy from a run, in one sentence, and why each other one lost.
+
+    The smallest precision that passes every checklist item wins (the faster decode breaks a
+    tie); another loses on a failed check, or on size when it passed too.
+
+    Example:
+        >>> recommendation(load_run("outputs/demo"))
+        'int8 (157.3 MB, passes all 26 checks); int4 lost: failed format/json-object; fp32 lost: larger (543.9 MB)'
+    """
+    precisions = list(dict.fromkeys([*run.sizes, *(p for p, _, _ in run.verdicts)]))
+    failed = {p: [f"{check}/{case}" for (q, check, case), ok in run.verdicts.items() if q == p and not ok]
+              for p in precisions}
+    passing = [p for p in precisions if not failed[p] and any(q == p for q, _, _ in run.verdicts)]
+    if not passing:
+        return "none: every precision failed a check (" + "; ".join(
+            f"{p}: {', '.join(f[:3])}" for p, f in failed.items() if f) + ")"
+    best = min(passing, key=lambda p: (run.sizes.get(p, math.inf), -run.headline.get(p, {}).get("decode_tps", 0)))
+    checks = sum(1 for q, _, _ in run.verdicts if q == best)
+    lost = [f"{p} lost: failed {', '.join(failed[p][:3])}" if failed[p] else
+            f"{p} lost: larger ({run.sizes.get(p, '?')} MB)" for p in precisions if p != best]
+    return "; ".join([f"{best} ({run.sizes.get(best, '?')} MB, passes all {checks} checks)", *lost])
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Two runs compared; :attr:`regressions` is what makes ``slmops compare`` exit 1."""
@@ -128,6 +152,7 @@ class Comparison:
     verdicts: list[dict]
     timings: list[dict]
     regressions: list[str]
+    recommendations: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -199,7 +224,8 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
                for key in a.timings if key in b.timings for figure in ("decode_tps", "ttft_ms")]
     return Comparison(a.name, b.name, params, differences(a.record, b.record) if a.record and b.record else [],
                       machine_differences(a.record, b.record), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),
-                      sizes, quality, verdicts, timings, regressions)
+                      sizes, quality, verdicts, timings, regressions,
+                      {a.name: recommendation(a), b.name: recommendation(b)})
 
 
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str]) -> Path:
