@@ -56,24 +56,13 @@ def _bench_report(run: Path) -> dict | None:
 
 
 def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
-    """What a run has measured so far, per precision: size, top-1 agreement with FP32, and the
-    benchmark's headline decode tokens/s, time to first token and peak RSS.
-
-    A precision appears once it has been converted (read with :func:`compare.load_run`).
+    """:func:`run_summary` by precision: what a run has measured so far (a precision appears once converted).
 
     Example:
-        >>> measured_figures("outputs/demo")["int4"]
-        {'size_mb': 203.3, 'x_fp32': 0.374, 'top1': 0.666, 'decode_tps': 93.8, 'ttft_ms': 265.2, 'peak_rss_mb': 814.2}
+        >>> measured_figures("outputs/demo")["int4"]["size_mb"]
+        203.283
     """
-    run = compare.load_run(run_dir)
-    figures = {p: {"size_mb": size, "x_fp32": run.size_ratios.get(p)} for p, size in run.sizes.items()}
-    for precision, got in figures.items():
-        if run.quality.get(precision, {}).get("top1") is not None:
-            got["top1"] = run.quality[precision]["top1"]
-        head = run.headline.get(precision)
-        if head:
-            got.update({key: head[key] for key in ("decode_tps", "ttft_ms", "peak_rss_mb")})
-    return figures
+    return {row["precision"]: row for row in run_summary(run_dir)}
 
 
 #: Result files of a run, linked from the index and kept in its archive.
