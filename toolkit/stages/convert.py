@@ -352,49 +352,51 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     artifacts.remove_stale(target.parent)  # scratch of a conversion that was killed
     scratch = artifacts.staging_dir(target, "building")
     try:
-        staging = scratch / "model"
-        logs = scratch / "logs"
-        # Not named "fp32": Olive resolves config strings that name an existing path in its cwd.
-        first = scratch / "route-output" if needs_quantizer(spec) else staging
-        runs: list[workers.ChildRun] = []
-        bar.set_postfix_str(steps[1])
-        start = time.perf_counter()
-        if spec.method is Method.BUILDER:
-            runs.append(workers.run_tool(builder_command(spec, first, scratch / "cache"),
-                                       log_path=logs / "builder.log", name="onnxruntime_genai builder"))
-        elif spec.method is Method.OLIVE:
-            runs.append(workers.run_tool(olive_command(spec, first), log_path=logs / "olive.log",
-                                       cwd=scratch, name="olive auto-opt"))
-        else:
-            config = build_olive_config(spec, first, scratch / "olive-cache")
-            config_file = scratch / OLIVE_CONFIG
-            config_file.write_text(json.dumps(config, indent=2))
-            olive_run = workers.python_module("toolkit.runtimes.olive_cli", "run", "--config", str(config_file))
-            runs.append(workers.run_tool(olive_run, log_path=logs / "olive.log", cwd=scratch, name="olive run"))
-        bar.update()
-        plan = None
-        if needs_quantizer(spec):
-            plan = quant_plan(spec, source.hidden_size)
-            bar.set_postfix_str(steps[2])
-            staging.mkdir()
-            runs.append(workers.run_worker(
-                "toolkit.domain.quantize", "quantize",
-                {"source": str(first / "model.onnx"), "target": str(staging / "model.onnx"), "plan": asdict(plan)},
-                log_path=logs / "quantize.log", name="weight quantizer"))
-            _copy_support_files(first, staging)
+        # A write of ours that finds the disk full is a DiskFullError (a tool's own says so in its log).
+        with artifacts.disk_full_as_error(target):
+            staging = scratch / "model"
+            logs = scratch / "logs"
+            # Not named "fp32": Olive resolves config strings that name an existing path in its cwd.
+            first = scratch / "route-output" if needs_quantizer(spec) else staging
+            runs: list[workers.ChildRun] = []
+            bar.set_postfix_str(steps[1])
+            start = time.perf_counter()
+            if spec.method is Method.BUILDER:
+                runs.append(workers.run_tool(builder_command(spec, first, scratch / "cache"),
+                                           log_path=logs / "builder.log", name="onnxruntime_genai builder"))
+            elif spec.method is Method.OLIVE:
+                runs.append(workers.run_tool(olive_command(spec, first), log_path=logs / "olive.log",
+                                           cwd=scratch, name="olive auto-opt"))
+            else:
+                config = build_olive_config(spec, first, scratch / "olive-cache")
+                config_file = scratch / OLIVE_CONFIG
+                config_file.write_text(json.dumps(config, indent=2))
+                olive_run = workers.python_module("toolkit.runtimes.olive_cli", "run", "--config", str(config_file))
+                runs.append(workers.run_tool(olive_run, log_path=logs / "olive.log", cwd=scratch, name="olive run"))
             bar.update()
-        wall = time.perf_counter() - start
-        bar.set_postfix_str(steps[-1])
-        if not (staging / "genai_config.json").is_file():
-            raise ModelFolderError(staging, "the tool finished but wrote no genai_config.json",
-                                   f"See the logs in {logs}.")
-        if spec.method is Method.OLIVE_CONFIG:
-            shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
-        manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
-        artifacts.write_json(staging / MANIFEST, manifest)
-        artifacts.crash_point("convert-built")
-        artifacts.swap_into_place(staging, target)
-        bar.update()
+            plan = None
+            if needs_quantizer(spec):
+                plan = quant_plan(spec, source.hidden_size)
+                bar.set_postfix_str(steps[2])
+                staging.mkdir()
+                runs.append(workers.run_worker(
+                    "toolkit.domain.quantize", "quantize",
+                    {"source": str(first / "model.onnx"), "target": str(staging / "model.onnx"), "plan": asdict(plan)},
+                    log_path=logs / "quantize.log", name="weight quantizer"))
+                _copy_support_files(first, staging)
+                bar.update()
+            wall = time.perf_counter() - start
+            bar.set_postfix_str(steps[-1])
+            if not (staging / "genai_config.json").is_file():
+                raise ModelFolderError(staging, "the tool finished but wrote no genai_config.json",
+                                       f"See the logs in {logs}.")
+            if spec.method is Method.OLIVE_CONFIG:
+                shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
+            manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
+            artifacts.write_json(staging / MANIFEST, manifest)
+            artifacts.crash_point("convert-built")
+            artifacts.swap_into_place(staging, target)
+            bar.update()
     finally:
         hashing.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(scratch, ignore_errors=True)
