@@ -48,7 +48,10 @@ _LAZY = {
     "unregister": "toolkit.stages.register",
     "list_models": "toolkit.stages.register",
     "run_checklist": "toolkit.stages.checklist",
+    "run_checklists": "toolkit.stages.checklist",
     "bench": "toolkit.stages.bench",
+    "load_run": "toolkit.presentation.compare",
+    "compare_runs": "toolkit.presentation.compare",
     "run_pipeline": "toolkit.orchestration.pipeline",
     "demo": "toolkit.orchestration.pipeline",
 }
