@@ -141,7 +141,7 @@ each model's perplexity.''',
 from IPython.display import Markdown, display
 
 from toolkit.core.artifacts import read_json
-from toolkit.presentation import plots, report
+from toolkit.presentation import compare, plots, report
 from toolkit.stages import bench
 from widgets import RunPanel
 
@@ -159,6 +159,13 @@ report.table(results["rows"], ["model", "engine", "prompt_tokens", "gen_tokens",
                                "decode_tps", "decode_tps_sd", "decode_tps_p50", "decode_tps_p90", "decode_cv", "noisy",
                                "e2e_ms", "peak_rss_mb", "load_s", "load_rss_mb", "cpu_percent", "system_cpu_percent",
                                "harness_overhead_pct", "size_mb"])''',
+ '''#MD## Recommendation
+
+The smallest, then fastest, precision that passes every checklist item (from `test.json` and `bench.json`), and
+why each other one lost.''',
+ '''decision = compare.recommend(compare.load_run(run_dir))
+display(Markdown(f"**{decision.sentence}**"))
+report.table(decision.rows)''',
  '''#MDFoundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no overhead):''',
  '''report.table(results["engine_ratios"])''',
  '''#MD## Speed, latency and memory''',

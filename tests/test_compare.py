@@ -50,7 +50,8 @@ def test_identical_runs_compare_equal_and_timing_noise_is_not_a_regression(tmp_p
     assert {t["judged"] for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
     assert [row["run"] for row in result.summary] == ["a: a", "a: a", "b: b", "b: b"]
     # Both precisions pass their checks: the smaller one, int4, is recommended; fp32 lost on size.
-    assert result.recommendations["a"] == "int4 (40.0 MB, passes all 3 checks); fp32 lost: larger (100.0 MB)"
+    assert result.recommendations["a"] == ("Deploy int4 (40.0 MB, 120 tok/s, passes all 3 checks, INT4 recipe "
+                                           "builder-default). fp32 lost: larger (100.0 MB against 40.0).")
 
 
 def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command(
@@ -63,7 +64,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
                                   "b": "FAIL", "change": "worse"}  # changes first
     assert {r.split(":")[0] for r in result.regressions} == {"int4 domain/capital", "int4 top1"}
     assert [s["delta"] for s in result.sizes] == [0.0, -1.5]
-    assert result.recommendations["b"].startswith("fp32 (100.0 MB") and "int4 lost: failed domain/capital" \
+    assert result.recommendations["b"].startswith("Deploy fp32 (100.0 MB") and "int4 lost: failed domain/capital" \
         in result.recommendations["b"]
     decode = next(t for t in result.timings if t["precision"] == "int4" and t["figure"] == "decode_tps")
     assert decode["judged"] == "slower" and decode["change_pct"] == pytest.approx(-16.7)
@@ -104,3 +105,25 @@ def test_a_rerun_on_another_cases_file_or_package_set_is_flagged(tiny_model: Pat
     now["versions"]["onnxruntime"] = "9.9.9"
     assert any(line.startswith("onnxruntime: ") for line in provenance.differences(recorded, now))
     assert set(recorded["machine"]) >= {"cpu", "logical_cpus", "physical_cores", "memory_gb", "caches"}
+
+
+def test_recommend_names_the_smallest_passing_precision_and_why_the_others_lost(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
+    assert cli.main(["recommend", str(run)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("Deploy fp32 (100.0 MB, 50 tok/s, passes all 1 checks)")
+    assert "int4 lost: failed domain/capital" in line and len(line.splitlines()) == 1
+    assert cli.main(["recommend", str(run), "--json"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["choice"] == "fp32"
+    assert {r["precision"]: r["verdict"] for r in decision["rows"]} == {
+        "fp32": "recommended", "int4": "lost: failed domain/capital"}
+    # Every precision failing a check: nothing to deploy, and the command says so with exit 1.
+    tests = json.loads((run / "test.json").read_text())
+    for check in tests["checks"]:
+        check["passed"] = False
+    (run / "test.json").write_text(json.dumps(tests))
+    assert cli.main(["recommend", str(run)]) == 1
+    assert capsys.readouterr().out.startswith("Nothing to deploy: every precision failed a check")
+    assert cli.main(["recommend", str(tmp_path / "nope")]) == 2

@@ -21,6 +21,13 @@ from toolkit.presentation import report
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+def cli_output(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``slmops ARGV`` prints (run in this process; it must succeed, or find nothing to deploy)."""
+    capsys.readouterr()
+    assert cli.main(argv) in (0, 1)
+    return capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", report.NOTEBOOKS)
 def test_notebooks_are_thin_and_clean(name: str) -> None:
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
@@ -94,7 +101,7 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
         assert (tmp_path / "run" / png).stat().st_size > 1000 and f'src="{png}"' in page
     for text in html.values():  # readable offline: no widget views, nothing fetched from a CDN
         assert "widget-view+json" not in text and "cdnjs" not in text and "unpkg" not in text
-    assert "<h2>Summary</h2>" in page and "<td>int4</td>" in page and "<h2>Versions</h2>" in page
+    assert "<h2>Recommendation</h2>" in page and "<td>int4</td>" in page and "<h2>Versions</h2>" in page
     assert "<td>foundry-local-sdk</td><td>2.2.1</td>" in page
     assert '"name_prefix": "tinypipe"' in html_module.unescape(page)  # the exact parameters
     # The report is self-contained: every link resolves inside the archive, weights left out.
@@ -104,6 +111,15 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     links = set(re.findall(r'(?:href|src)="([^"]+)"', page))
     assert links and {f"run/{link}" for link in links} <= names
     assert not any(n.endswith((".onnx", ".data")) for n in names) and "run/models/int4/manifest.json" in names
+    # The recommendation tops the page (it replaces the summary table) and agrees with test.json.
+    assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Notebooks</h2>") and "<h2>Summary</h2>" not in page
+    decision = json.loads(cli_output(["recommend", str(tmp_path / "run"), "--json"], capsys))
+    tests = json.loads((tmp_path / "run" / "test.json").read_text())
+    if decision["choice"]:
+        assert tests["summary"][f"tinypipe-{decision['choice']}"]["failed"] == []
+    for row in decision["rows"]:
+        if row["verdict"].startswith("lost: failed"):
+            assert tests["summary"][f"tinypipe-{row['precision']}"]["failed"]
     # The run is a recipe: rerun from its own folder, it gives the same non-timing figures and verdicts.
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["inputs"]["seed"] == 0 and record["inputs"]["model"]["path"] == str(tiny_model)

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import textwrap
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from toolkit.core import artifacts, settings
@@ -297,6 +297,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    if not (Path(args.run_dir) / "test.json").is_file():
+        raise InputError(f"No checklist results in {args.run_dir} (no test.json); run the pipeline (`slmops demo` or "
+                         "`slmops run`) or `slmops test` there first.")
+    decision = compare.recommend(compare.load_run(args.run_dir))
+    print(json.dumps(asdict(decision), indent=2) if args.json else decision.sentence)
+    return 0 if decision.choice else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     if not (run / "params.json").is_file():  # never write an index into a folder that is not a run
@@ -387,6 +396,14 @@ comparison page OUT/index.html:
                    + ", ".join(f"{k}={v}" for k, v in compare.FAIL_ON.items())
                    + " by default (top1 and kl absolute, perplexity relative)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("recommend", help="the precision to deploy from a run, and why the others lost",
+                       description="The smallest, then fastest, precision that passes every checklist item, read "
+                       "from the run's test.json and bench.json; for each other precision the reason it lost (a "
+                       "failed check, size, speed). Exit 1 when nothing passes.")
+    p.add_argument("run_dir", metavar="RUN", help="a run folder, e.g. outputs/demo")
+    p.add_argument("--json", action="store_true", help="the decision and every precision's figures as JSON")
+    p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("report", help="rewrite a run's index.html; --zip packs the run folder to send",
                        epilog=EPILOG)

@@ -113,28 +113,69 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
     return rows
 
 
-def recommendation(run: RunFigures) -> str:
-    """The precision to deploy from a run, in one sentence, and why each other one lost.
+@dataclass(frozen=True)
+class Recommendation:
+    """The precision to deploy from one run, its figures beside the alternatives', and why each lost.
 
-    The smallest precision that passes every checklist item wins (the faster decode breaks a
-    tie); another loses on a failed check, or on size when it passed too.
+    Attributes:
+        choice: The recommended precision (None when every precision failed a check).
+        sentence: The decision in one line.
+        rows: One per precision: its figures and ``verdict`` (recommended, or why it lost).
+    """
+
+    choice: str | None
+    sentence: str
+    rows: list[dict]
+
+
+def recommend(run: RunFigures) -> Recommendation:
+    """The smallest, then fastest, precision of ``run`` that passes every checklist item.
+
+    Read from the run's own test.json and bench.json (through :func:`load_run`), so it agrees
+    with them by construction. Another precision loses on a failed check, else on size, else
+    on speed.
 
     Example:
-        >>> recommendation(load_run("outputs/demo"))
-        'int8 (157.3 MB, passes all 26 checks); int4 lost: failed format/json-object; fp32 lost: larger (543.9 MB)'
+        >>> recommend(load_run("outputs/demo")).sentence
+        'Deploy int8 (157.3 MB, 0.29x FP32, 133 tok/s, passes all 26 checks). fp32 lost: larger (543.9 MB against ...'
     """
-    precisions = list(dict.fromkeys([*run.sizes, *(p for p, _, _ in run.verdicts)]))
+    def decode(p: str) -> float:
+        value = run.headline.get(p, {}).get("decode_tps")
+        return value if isinstance(value, int | float) else 0.0
+
+    checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
     failed = {p: [f"{check}/{case}" for (q, check, case), ok in run.verdicts.items() if q == p and not ok]
-              for p in precisions}
-    passing = [p for p in precisions if not failed[p] and any(q == p for q, _, _ in run.verdicts)]
-    if not passing:
-        return "none: every precision failed a check (" + "; ".join(
-            f"{p}: {', '.join(f[:3])}" for p, f in failed.items() if f) + ")"
-    best = min(passing, key=lambda p: (run.sizes.get(p, math.inf), -run.headline.get(p, {}).get("decode_tps", 0)))
-    checks = sum(1 for q, _, _ in run.verdicts if q == best)
-    lost = [f"{p} lost: failed {', '.join(failed[p][:3])}" if failed[p] else
-            f"{p} lost: larger ({run.sizes.get(p, '?')} MB)" for p in precisions if p != best]
-    return "; ".join([f"{best} ({run.sizes.get(best, '?')} MB, passes all {checks} checks)", *lost])
+              for p in checked}
+    passing = sorted((p for p in checked if not failed[p]), key=lambda p: (run.sizes.get(p, math.inf), -decode(p)))
+    choice = passing[0] if passing else None
+    rows = []
+    for row in side_by_side([("", run)]):
+        p = row.pop("precision")
+        del row["run"]
+        if p == choice:
+            verdict = "recommended"
+        elif failed.get(p):
+            verdict = "lost: failed " + ", ".join(failed[p][:3]) + (" ..." if len(failed[p]) > 3 else "")
+        elif p not in failed:
+            verdict = "not checked"
+        elif run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):
+            verdict = f"lost: larger ({run.sizes[p]:.1f} MB against {run.sizes[choice]:.1f})"
+        else:
+            verdict = f"lost: slower ({decode(p):.0f} tok/s against {decode(choice):.0f})"
+        rows.append({"precision": p, **row, "verdict": verdict})
+    if choice is None:
+        return Recommendation(None, "Nothing to deploy: every precision failed a check ("
+                              + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ").", rows)
+    recipe = f", INT4 recipe {run.params['int4_recipe']}" if choice == "int4" and run.params.get("int4_recipe") else ""
+    best = next(r for r in rows if r["precision"] == choice)
+    figures = [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
+               f"{best['x_fp32']:.2f}x FP32" if isinstance(best["x_fp32"], int | float) else "",
+               f"{decode(choice):.0f} tok/s" if decode(choice) else "",
+               f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"]
+    others = [f"{r['precision']} {r['verdict']}" for r in rows if r["precision"] != choice]
+    sentence = f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})." + (
+        " " + "; ".join(others) + "." if others else "")
+    return Recommendation(choice, sentence, rows)
 
 
 @dataclass(frozen=True)
@@ -225,7 +266,7 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
     return Comparison(a.name, b.name, params, differences(a.record, b.record) if a.record and b.record else [],
                       machine_differences(a.record, b.record), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),
                       sizes, quality, verdicts, timings, regressions,
-                      {a.name: recommendation(a), b.name: recommendation(b)})
+                      {a.name: recommend(a).sentence, b.name: recommend(b).sentence})
 
 
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str]) -> Path:

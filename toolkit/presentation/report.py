@@ -102,6 +102,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     converted = read_json(run / "models" / "convert.json")
     page = render_page(
         "index.html.j2", run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
+        recommendation=compare.recommend(compare.load_run(run)) if tests else None,
         notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
                     "status": status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")}
                    for name in NOTEBOOKS],
