@@ -137,12 +137,19 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_each_set_and_compares_them(tiny_model: Path, tmp_path: Path) -> None:
+def test_a_sweep_runs_each_set_and_compares_them(tiny_model: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     params = tmp_path / "sweep.yaml"
     params.write_text(f"model_dir: {tiny_model}\nname_prefix: tinysweep\nprecisions: [int4]\ncompare_recipes: false\n"
                       "checklist_requests: 0\nprompt_lengths: [16]\ngen_lengths: [4]\nrepeats: 1\nwarmup: 0\n"
                       "sweep:\n  int4_block_size: [32, 64]\n")
     assert cli.main(["run", "--params", str(params), "--out", str(tmp_path / "sweep")]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()  # one line as each stage starts and one as it ends
+    assert lines[:2] == ["[1/4] convert and quantize: int4 ...", lines[1]] and lines[1].startswith(
+        "[1/4] convert and quantize: ok in ")
+    assert sum(line.startswith("[4/4] benchmark: ok in ") for line in lines) == 2
+    assert "Executing" not in printed.err  # papermill's cell counter is off
     page = (tmp_path / "sweep" / "index.html").read_text()
     for number, block in ((1, 32), (2, 64)):
         label = f"{number}-int4_block_size={block}"

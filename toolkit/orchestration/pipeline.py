@@ -14,6 +14,11 @@ from toolkit.domain import provenance
 from toolkit.presentation import report
 
 
+#: What each notebook does, for the one line per stage a run prints.
+_STAGES = {"01_convert": "convert and quantize", "02_register": "register with Foundry Local",
+           "03_test": "quality checklist", "04_benchmark": "benchmark"}
+
+
 def notebooks_dir() -> Path:
     """The folder holding ``01_convert.ipynb`` ... (``$SLMOPS_NOTEBOOKS`` overrides)."""
     env = os.environ.get("SLMOPS_NOTEBOOKS")
@@ -122,13 +127,16 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     artifacts.write_json(run_dir / "run.json", provenance.run_record(run_params.parse(merged)))
     status: dict[str, str] = {}
     failure = None
-    for name in report.NOTEBOOKS:
+    for number, name in enumerate(report.NOTEBOOKS, 1):
         target = run_dir / f"{name}.ipynb"
         start = time.perf_counter()
+        if progress:  # one line per stage, instead of papermill's cell counter
+            print(f"[{number}/{len(report.NOTEBOOKS)}] {_STAGES[name]}: {', '.join(merged['precisions'])} ...",
+                  flush=True)
         try:
             papermill.execute_notebook(
                 str(notebooks_dir() / f"{name}.ipynb"), str(target), parameters=merged, kernel_name="python3",
-                progress_bar=progress, cwd=str(run_dir),
+                progress_bar=False, cwd=str(run_dir),
             )
             status[name] = f"ok in {time.perf_counter() - start:.0f} s"
         except Exception as exc:  # papermill saves the failed notebook before raising
@@ -136,6 +144,8 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
             failure = (name, exc)
         if target.is_file():
             _render_html(target)
+        if progress:
+            print(f"[{number}/{len(report.NOTEBOOKS)}] {_STAGES[name]}: {status[name]}", flush=True)
         if failure:
             break
     index = report.write_index(run_dir, params=merged, status=status)
