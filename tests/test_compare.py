@@ -73,6 +73,9 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert "1 parameters differ, 1 of 4 verdicts changed" in out and "REGRESSION: int4 top1" in out
     page = (tmp_path / "c" / "compare.html").read_text()
     assert "Regressions (2)" in page and "int4_block_size" in page
+    # Verdicts are marked in colour and in words; headings are words with units.
+    assert '<td class="bad">FAIL</td>' in page and '<td class="bad">worse</td>' in page
+    assert '<td class="good">pass</td>' in page and "<th>size (MB)</th>" in page
     assert json.loads((tmp_path / "c" / "compare.json").read_text())["passed"] is False
     # A looser threshold lets the agreement drop pass; the verdict that got worse still fails it.
     loose = compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1": 0.1})
