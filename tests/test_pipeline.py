@@ -132,7 +132,8 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert {s["delta"] for s in same["sizes"]} == {0.0} and {q["delta"] for q in same["quality"]} == {0.0}
     # A rerun against a changed cases file says so before it starts.
     cases.write_text('{"id": "hi", "messages": [{"role": "user", "content": "Say hello."}]}\n')
-    changed, _machine = pipeline.rerun_differences(tmp_path / "run" / "params.json")
+    recorded_params = tmp_path / "run" / "params.json"
+    changed, _machine = pipeline.rerun_differences(recorded_params, pipeline.load_params(recorded_params))
     assert len(changed) == 1 and changed[0].startswith("cases: ")
 
 

@@ -226,9 +226,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _say_what_differs(params_file: Path) -> None:
+def _say_what_differs(params_file: Path, params: dict) -> None:
     """Before a rerun starts: what differs from the run that wrote ``params_file`` (nothing when it was not one)."""
-    changed, machine = pipeline.rerun_differences(params_file)
+    changed, machine = pipeline.rerun_differences(params_file, params)
     for line in changed:
         print(f"note: this rerun differs from the recorded run: {line}", file=sys.stderr)
     if machine:
@@ -241,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "sweep" in params:
         index = pipeline.run_sweep(params, args.out, max_runs=args.max_runs)
     else:
-        _say_what_differs(Path(args.params))
+        _say_what_differs(Path(args.params), params)
         index = pipeline.run_pipeline(params, args.out)
     print(f"Report: {index}")
     return 0
@@ -253,7 +253,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         raise InputError(f"No run folder at {args.run_dir} (no params.json); rerun a folder that "
                          "`slmops demo` or `slmops run` wrote.")
     params = pipeline.load_params(params_file)
-    _say_what_differs(params_file)
+    _say_what_differs(params_file, params)
     print(f"Report: {pipeline.run_pipeline(params, args.out)}")
     return 0
 

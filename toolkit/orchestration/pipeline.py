@@ -52,8 +52,12 @@ def load_params(path: str | os.PathLike[str], *, max_runs: int = run_params.MAX_
     return loaded
 
 
-def rerun_differences(params_file: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+def rerun_differences(params_file: str | os.PathLike[str], params: dict) -> tuple[list[str], list[str]]:
     """What a rerun of the run that wrote ``params_file`` would use differently, before it starts.
+
+    Args:
+        params_file: The run's ``params.json`` (its ``run.json`` lies beside it).
+        params: That file's parameters, as :func:`load_params` read them.
 
     Returns:
         ``(differences, machine)``: source model, cases file, seed and package versions that
@@ -63,7 +67,6 @@ def rerun_differences(params_file: str | os.PathLike[str]) -> tuple[list[str], l
     recorded = artifacts.read_json(Path(params_file).parent / "run.json")
     if not isinstance(recorded, dict):
         return [], []
-    params = load_params(params_file)
     current = provenance.run_record(run_params.parse({k: v for k, v in params.items() if k != "sweep"}))
     return provenance.differences(recorded, current), provenance.machine_differences(recorded, current)
 

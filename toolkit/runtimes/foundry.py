@@ -196,10 +196,9 @@ class LoadedModel:
 
     @staticmethod
     def _request(messages: list[dict[str, str]]):
+        """The SDK request for ``messages`` (already checked by :meth:`_check`)."""
         from foundry_local_sdk import MessageItem, Request
 
-        if not messages or not any(m["content"] for m in messages):
-            raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
         request = Request()
         for message in messages:
             builder = {"system": MessageItem.system, "user": MessageItem.user,
