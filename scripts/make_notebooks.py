@@ -80,7 +80,7 @@ else:
 from IPython.display import HTML, display
 
 from toolkit.presentation import report
-from toolkit.stages import register
+from toolkit.stages import register, serve
 from widgets import ChatBox, TemplatePicker
 
 models = Path(run_dir) / "models"
@@ -101,7 +101,18 @@ if interactive:
 else:
     chat.send("What is the capital of France?")
     display(HTML(chat.transcript_html()))
-    chat.close()''']),
+    chat.close()''',
+ '''#MD## Serve it to applications
+
+`slmops serve NAME` runs an OpenAI-compatible endpoint (`/v1/models`, `/v1/chat/completions`, streaming,
+`response_format`) over the same runtime, for any OpenAI client. Here it starts in the background, answers
+through the official `openai` client, and stops.''',
+ '''name = registered[-1]["name"]
+with serve.background([name], cache=cache_dir or None) as endpoint:
+    client = endpoint.client()
+    answer = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Name a city in France."}],
+                                            max_tokens=32, temperature=0)
+    print(f"{endpoint.url} answered: {answer.choices[0].message.content!r} ({answer.usage.total_tokens} tokens)")''']),
 "03_test": nb("3. Quality checklist",
  "The tutorial's checklist as checks, each with a threshold, a measured value and a verdict, against every "
  "registered precision: domain answers and response format from a cases file, memory over many requests, "

@@ -29,7 +29,7 @@ from toolkit.orchestration import doctor, pipeline, recipes
 from toolkit.presentation import compare, plots, report
 from toolkit.presentation.tables import text_table
 from toolkit.runtimes.foundry import Generation, LoadedModel
-from toolkit.stages import bench, checklist, convert, register
+from toolkit.stages import bench, checklist, convert, register, serve
 
 
 def _whole(low: int, high: int | None = None):
@@ -194,10 +194,20 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0 if written["passed"] else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    serve.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
+              log_level="info" if args.debug else "warning")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    rows = bench.bench(args.names, prompt_lengths=args.prompt_lengths, gen_lengths=args.gen_tokens,
-                       threads=args.threads, repeats=args.repeats, warmup=args.warmup, cache=args.cache_dir,
-                       engines=tuple(args.engines))
+    options = {"prompt_lengths": args.prompt_lengths, "gen_lengths": args.gen_tokens, "threads": args.threads,
+               "repeats": args.repeats, "warmup": args.warmup, "cache": args.cache_dir, "engines": tuple(args.engines)}
+    if "endpoint" in args.engines:  # the endpoint runs in its own process, as an application would reach it
+        with serve.background(args.names, cache=args.cache_dir) as endpoint:
+            rows = bench.bench(args.names, endpoint=(endpoint.url, endpoint.api_key), **options)
+    else:
+        rows = bench.bench(args.names, **options)
     results = bench.write_results(rows, args.out)
     print(text_table([{**vars(r), "threads": r.threads or "default"} for r in rows], [
         ("model", "MODEL"), ("engine", "ENGINE"), ("prompt_tokens", "PROMPT"), ("gen_tokens", "GEN", ".0f"),
@@ -207,6 +217,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for ratio in results["engine_ratios"]:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: Foundry Local decodes at {ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
+    for ratio in results["endpoint_ratios"]:
+        print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
+              f"tokens: through HTTP it decodes at {ratio['decode_ratio']:.3f}x in-process, first token "
+              f"{ratio['ttft_overhead_ms']:+.1f} ms")
     quality = artifacts.read_json(Path(args.out) / "test.json")
     for line in bench.summary(results, quality):
         print(line)
@@ -484,6 +498,24 @@ comparison page OUT/index.html:
     _cache_option(p)
     p.set_defaults(func=cmd_chat)
 
+    p = sub.add_parser("serve", help="serve registered models through an OpenAI-compatible endpoint",
+                       epilog=EPILOG, description="GET /v1/models and POST /v1/chat/completions (plain or stream: "
+                       "true; max_tokens, temperature, top_p, seed, stop, response_format json_object or "
+                       "json_schema) over the Foundry Local runtime, for any OpenAI client: "
+                       "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none'). Each model answers one "
+                       "request at a time (others queue); bad requests get OpenAI-style 4xx JSON errors; 503 "
+                       "while a model loads. Foundry Local's own web service is used where it serves locally "
+                       "registered models (foundry-local-sdk 2.2.1's does not).")
+    p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
+    p.add_argument("--host", default=serve.DEFAULT_HOST,
+                   help=f"address to listen on (default {serve.DEFAULT_HOST}: this machine only; any other needs "
+                   "--api-key)")
+    p.add_argument("--port", type=_whole(1, 65535), default=serve.DEFAULT_PORT,
+                   help=f"port (default {serve.DEFAULT_PORT})")
+    p.add_argument("--api-key", help="bearer token clients must send (Authorization: Bearer KEY)")
+    _cache_option(p)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("test", help="the quality checklist; exit code 1 when a check fails", epilog=EPILOG,
                        description="Checks per model: domain answers and response format from a cases file, RSS "
                        "growth over many requests, time per output token from short inputs to half the context, "
@@ -526,9 +558,11 @@ comparison page OUT/index.html:
                    help=f"measured runs per figure (default {DEFAULTS.repeats})")
     p.add_argument("--warmup", type=_whole(0, 100), default=DEFAULTS.warmup,
                    help=f"discarded runs before them (default {DEFAULTS.warmup})")
-    p.add_argument("--engines", nargs="+", choices=list(bench.ENGINES), default=list(bench.ENGINES),
-                   help="foundry-local (in-process, what users deploy) and ort-genai (ONNX Runtime GenAI directly, "
-                   "the reference; exactly --gen-tokens tokens, EOS ignored); same token ids for both")
+    p.add_argument("--engines", nargs="+", choices=list(bench.ENGINES), default=["foundry-local", "ort-genai"],
+                   help="foundry-local (in-process, what users deploy), ort-genai (ONNX Runtime GenAI directly, "
+                   "the reference; exactly --gen-tokens tokens, EOS ignored) and endpoint (the same prompts "
+                   "streamed through `slmops serve` with the openai client); same prompts for all (default: "
+                   "foundry-local ort-genai)")
     p.add_argument("--out", default=".", help="folder for bench.json and bench.csv")
     _cache_option(p)
     p.set_defaults(func=cmd_bench)

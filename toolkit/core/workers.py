@@ -1,11 +1,13 @@
 """The one way the toolkit runs a child process.
 
-Two kinds of children, one machinery:
+Three kinds of children, one machinery:
 
 * :func:`run_tool` runs an external program (the model builder, Olive) from its argv;
 * :func:`run_worker` runs a *task* of one of our worker modules: a JSON payload in, a JSON
   result out, and optional progress *events* on the way (a JSON line each), which the
-  parent sees as they come and which reset an idle timer.
+  parent sees as they come and which reset an idle timer;
+* :func:`start_service` starts a long-running child (the endpoint server), waits until it
+  is ready, and stops it with SIGTERM (a graceful shutdown) when asked.
 
 Every child gets the offline environment, a log file (stdout and stderr), its own process
 group (a timeout or Ctrl-C ends it and anything it started), a parent-death signal (it dies
@@ -247,6 +249,73 @@ def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) ->
     (work / "output.json.partial").write_text(json.dumps(output))
     (work / "output.json.partial").replace(work / "output.json")
     sys.exit(code)
+
+
+class Service:
+    """A long-running child (a server) started by :func:`start_service`; stop it with :meth:`stop` or ``with``.
+
+    Attributes:
+        command: Its argv.
+        log_path: Its combined stdout and stderr.
+    """
+
+    def __init__(self, proc: subprocess.Popen, command: list[str], log_path: Path, name: str) -> None:
+        self._proc, self.command, self.log_path, self.name = proc, tuple(command), log_path, name
+
+    @property
+    def running(self) -> bool:
+        """True until the child exits."""
+        return self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._proc.pid
+
+    def stop(self, grace_s: float = 30.0) -> int:
+        """SIGTERM (a graceful shutdown: in-flight work finishes), SIGKILL after ``grace_s``; the exit code."""
+        if self.running:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _end_group(self._proc)
+        return self._proc.wait()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def start_service(command: list[str], *, log_path: Path, name: str, ready: Callable[[], bool],
+                  startup_timeout: float = 120.0) -> Service:
+    """Start a long-running child (offline, own process group, dying with its parent) and wait until ``ready()``.
+
+    Raises:
+        ToolFailedError: it exited before it was ready (the message carries its log's last lines).
+        ToolTimeoutError: not ready within ``startup_timeout`` seconds; it was stopped.
+    """
+    env = {**os.environ, **settings.OFFLINE_ENV, _PARENT: str(os.getpid())}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    service = Service(proc, command, log_path, name)
+    deadline = time.monotonic() + startup_timeout
+    try:
+        while not ready():
+            if not service.running:
+                raise ToolFailedError(name, proc.returncode, log_path,
+                                      f"it stopped before it was ready; last lines of its log:\n{_log_tail(log_path, 5)}")
+            if time.monotonic() > deadline:
+                raise ToolTimeoutError(name, startup_timeout, log_path)
+            time.sleep(0.1)
+    except BaseException:
+        _end_group(proc)
+        raise
+    return service
 
 
 def _die_with_parent() -> None:

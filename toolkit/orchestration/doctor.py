@@ -11,10 +11,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts
+from toolkit.core import artifacts, settings
 from toolkit.core.errors import InputError, SlmopsError
 from toolkit.domain import templates
-from toolkit.runtimes.foundry import LoadedModel
+from toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from toolkit.stages.register import register
 
 
@@ -61,8 +61,8 @@ def _own_folder(folder: Path) -> tuple[bool, str]:
     return True, "one model in this folder (`slmops register` places it in models/custom/NAME/)"
 
 
-def runtime_check(folder: Path) -> Check:
-    """Load ``folder`` with the installed Foundry Local runtime and generate one token.
+def runtime_check(folder: Path) -> list[Check]:
+    """Load ``folder`` with the installed Foundry Local runtime and generate one token; ask its web service for it.
 
     The model is registered into a throwaway cache (files hard-linked, nothing copied),
     so the folder and the real cache are not touched.
@@ -79,15 +79,18 @@ def runtime_check(folder: Path) -> Check:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
                      cache=cache)
         except SlmopsError as exc:
-            return Check("runtime load", False, f"cannot be registered for the check: {exc}")
+            return [Check("runtime load", False, f"cannot be registered for the check: {exc}")]
         try:
             with LoadedModel("doctor-probe", cache) as model:
                 generation = model.generate([{"role": "user", "content": "Hello"}], max_tokens=1)
         except Exception as exc:  # the runtime's own error (or ours wrapping it) is the finding
-            return Check("runtime load", False, f"foundry-local-sdk {version} cannot load or run it: "
-                         f"{type(exc).__name__}: {exc}; convert it again with this toolkit's pinned versions")
-    return Check("runtime load", True, f"foundry-local-sdk {version} loads it and generated "
-                 f"{generation.completion_tokens} token from a {generation.prompt_tokens}-token prompt")
+            return [Check("runtime load", False, f"foundry-local-sdk {version} cannot load or run it: "
+                          f"{type(exc).__name__}: {exc}; convert it again with this toolkit's pinned versions")]
+        # Not a failure either way: `slmops serve` uses the runtime's own service where it can, else its own.
+        probe = probe_web_service("doctor-probe", cache, record_dir=settings.cache_dir())
+    return [Check("runtime load", True, f"foundry-local-sdk {version} loads it and generated "
+                  f"{generation.completion_tokens} token from a {generation.prompt_tokens}-token prompt"),
+            Check("web service", True, probe.detail)]
 
 
 def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
@@ -149,5 +152,5 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
         checks.append(Check("inference_model.json", True, "not registered yet (the foundry CLI lists a model once "
                             "`slmops register` writes it)"))
     if load and all(c.ok for c in checks):
-        checks.append(runtime_check(folder))
+        checks += runtime_check(folder)
     return checks

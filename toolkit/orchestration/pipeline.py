@@ -140,6 +140,8 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
             papermill.execute_notebook(
                 str(notebooks_dir() / f"{name}.ipynb"), str(target), parameters=merged, kernel_name="python3",
                 progress_bar=False, cwd=str(run_dir),
+                # The kernel's own startup warnings (plain TCP on localhost) are not the user's concern.
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
             status[name] = f"ok in {time.perf_counter() - start:.0f} s"
         except Exception as exc:  # papermill saves the failed notebook before raising

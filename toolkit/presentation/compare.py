@@ -156,6 +156,9 @@ def recommend(run: RunFigures) -> Recommendation:
             verdict = "recommended"
         elif failed.get(p):
             verdict = "lost: failed " + ", ".join(failed[p][:3]) + (" ..." if len(failed[p]) > 3 else "")
+            structured = [ok for (q, check, _), ok in run.verdicts.items() if q == p and check == "structured"]
+            if structured and all(ok for ok in structured) and all(f.startswith("format/") for f in failed[p]):
+                verdict += " (passes with response_format: deployable where the application asks for structured output)"
         elif p not in failed:
             verdict = "not checked"
         elif run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):

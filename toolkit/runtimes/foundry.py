@@ -7,12 +7,13 @@ different cache is asked for.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, settings
+from toolkit.core import artifacts, settings, workers
 from toolkit.core.errors import (
     FoundryRequestError,
     InvalidOptionError,
@@ -27,13 +28,16 @@ _ROLES = ("system", "user", "assistant")
 _state: dict[str, object] = {}
 
 
-def manager(cache: str | Path | None = None):
-    """The process's ``FoundryLocalManager`` for ``cache`` (see :func:`settings.cache_dir`)."""
+def manager(cache: str | Path | None = None, web_urls: str | None = None):
+    """The process's ``FoundryLocalManager`` for ``cache`` (see :func:`settings.cache_dir`).
+
+    ``web_urls`` binds Foundry Local's own web service (started with ``start_web_service``).
+    """
     from foundry_local_sdk import Configuration, FoundryLocalManager, LogLevel
 
     folder = settings.cache_dir(cache)
     current = FoundryLocalManager.instance
-    if current is not None and _state.get("cache") == folder:
+    if current is not None and _state.get("cache") == folder and (web_urls is None or _state.get("web") == web_urls):
         return current
     if current is not None:
         current.close()
@@ -43,9 +47,10 @@ def manager(cache: str | Path | None = None):
     config = Configuration(
         app_name=APP_NAME, model_cache_dir=str(folder), app_data_dir=str(folder / ".app"),
         logs_dir=str(folder / ".logs"), disable_nonessential_telemetry=True, log_level=LogLevel.ERROR,
+        web=Configuration.WebService(urls=web_urls) if web_urls else None,
     )
     FoundryLocalManager.initialize(config)
-    _state["cache"] = folder
+    _state["cache"], _state["web"] = folder, web_urls
     return FoundryLocalManager.instance
 
 
@@ -104,11 +109,80 @@ class Generation:
         return (self.completion_tokens - 1) / decode_s if self.completion_tokens > 1 and decode_s > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What the runtime counted for one request, and why it stopped (the end of a chunk stream)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+    def as_openai(self) -> dict[str, int]:
+        """The OpenAI ``usage`` object."""
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+def native_response_format(response_format: dict | None) -> dict | None:
+    """OpenAI's ``response_format`` in the form Foundry Local's constrained decoding takes.
+
+    OpenAI wraps a schema as ``{"name", "schema", "strict"}``; the runtime wants the schema
+    object itself under ``json_schema`` (a string fails natively). ``text`` means no constraint.
+    """
+    if not response_format or response_format.get("type") == "text":
+        return None
+    if response_format.get("type") == "json_schema":
+        inner = response_format.get("json_schema")
+        if isinstance(inner, dict) and isinstance(inner.get("schema"), dict):
+            inner = inner["schema"]
+        return {"type": "json_schema", "json_schema": inner}
+    return dict(response_format)
+
+
+def _check_stop(stop: object) -> list[str]:
+    """``stop`` as a list of at most four non-empty strings (OpenAI's rule)."""
+    items = [stop] if isinstance(stop, str) else stop
+    if stop is None:
+        return []
+    if not isinstance(items, list) or len(items) > 4 or not all(isinstance(s, str) and s for s in items):
+        raise InvalidOptionError("stop", stop, "a non-empty string or a list of up to 4 of them")
+    return items
+
+
+def check_response_format(response_format: object) -> None:
+    """Refuse a ``response_format`` the runtime cannot constrain to.
+
+    Raises:
+        InvalidOptionError: not ``text``, ``json_object`` or ``json_schema`` with a valid JSON Schema.
+    """
+    if response_format is None:
+        return
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise InvalidOptionError("response_format", response_format,
+                                 "{'type': 'text' | 'json_object' | 'json_schema', ...}")
+    if kind == "json_schema":
+        import jsonschema
+
+        schema = native_response_format(response_format)["json_schema"]
+        if not isinstance(schema, dict):
+            raise InvalidOptionError("response_format", response_format,
+                                     "json_schema as {'name': ..., 'schema': {a JSON Schema object}}")
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise InvalidOptionError("response_format", "json_schema",
+                                     f"a valid JSON Schema ({exc.message})") from exc
+
+
 class LoadedModel:
     """A registered model loaded in Foundry Local, answering chat requests.
 
-    Each :meth:`generate` call starts from a fresh session, so calls are independent;
-    :meth:`chat` keeps one multi-turn session.
+    Every request goes through the runtime's own OpenAI-format layer (an OpenAI JSON request
+    in a fresh ``ChatSession``), the layer Foundry Local's web service uses: the same sampling
+    options, ``stop`` sequences and constrained decoding (``response_format``) reach it from
+    Python, from the checklist and from ``slmops serve``. :meth:`chat` keeps a conversation by
+    sending its whole history each turn.
 
     Example:
         >>> with LoadedModel("smollm2-int4") as model:
@@ -120,7 +194,7 @@ class LoadedModel:
         self.name = name
         if not self.model.is_loaded:
             self.model.load()
-        self._chat = None
+        self._history: list[dict[str, str]] = []
         self._encode = None
 
     def __enter__(self) -> LoadedModel:
@@ -130,10 +204,8 @@ class LoadedModel:
         self.close()
 
     def close(self) -> None:
-        """Close the chat session and unload the model."""
-        if self._chat is not None:
-            self._chat._close()
-            self._chat = None
+        """Forget the conversation and unload the model."""
+        self._history = []
         if self.model.is_loaded:
             self.model.unload()
 
@@ -159,9 +231,16 @@ class LoadedModel:
         """How many tokens :meth:`prompt_ids` gives."""
         return len(self.prompt_ids(messages))
 
-    def _check(self, messages: list[dict[str, str]], max_tokens: int, temperature: float = 0.0,
-               seed: int = 0) -> None:
-        """Refuse a request the runtime should never see, before anything is sent."""
+    def check(self, messages: list[dict[str, str]], max_tokens: int | None, temperature: float = 0.0,
+              seed: int = 0, *, top_p: float | None = None, stop: object = None,
+              response_format: object = None) -> None:
+        """Refuse a request the runtime should never see, before anything is sent.
+
+        Raises:
+            InvalidPromptError: malformed or empty messages.
+            InvalidOptionError: an option out of range (names the option and what is allowed).
+            PromptTooLongError: prompt plus ``max_tokens`` (None: the prompt alone) over the context.
+        """
         well_formed = isinstance(messages, list) and messages and all(
             isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in messages)
         if not well_formed:
@@ -169,110 +248,236 @@ class LoadedModel:
                                      "'content': text}.")
         if not any(m["content"].strip() for m in messages):
             raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
-        if type(max_tokens) is not int or max_tokens < 1:
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
             raise InvalidOptionError("max_tokens", max_tokens, "a whole number >= 1")
         if type(temperature) not in (int, float) or not 0 <= temperature <= 2:  # also refuses nan
             raise InvalidOptionError("temperature", temperature, "a number from 0 to 2")
+        if top_p is not None and (type(top_p) not in (int, float) or not 0 < top_p <= 1):
+            raise InvalidOptionError("top_p", top_p, "a number above 0 and at most 1")
         if type(seed) is not int or not 0 <= seed < 2**31:  # the runtime parses it as a 32-bit int
             raise InvalidOptionError("seed", seed, f"a whole number from 0 to {2**31 - 1}")
+        _check_stop(stop)
+        check_response_format(response_format)
         context = self.context_length
         if context:
             prompt = self.prompt_tokens(messages)
-            if prompt + max_tokens > context:
-                raise PromptTooLongError(prompt, max_tokens, context)
+            if prompt + (max_tokens or 1) > context:
+                raise PromptTooLongError(prompt, max_tokens or 1, context)
 
-    @staticmethod
-    def _options(max_tokens: int, temperature: float, seed: int):
-        from foundry_local_sdk import RequestOptions, SearchOptions
-
+    def body(self, messages: list[dict[str, str]], *, max_tokens: int | None = 256, temperature: float = 0.0,
+             seed: int = 0, top_p: float | None = None, stop: object = None, response_format: object = None,
+             stream: bool = True) -> dict:
+        """The OpenAI-format request the runtime gets for these (already checked) options."""
         # The runtime parses the value as a 32-bit float ("stof"): a denormal such as 1e-50 fails
         # there (found by fuzzing), and any temperature that small is greedy anyway.
         temperature = round(float(temperature), 6)
-        sample = temperature > 0
-        return RequestOptions(search=SearchOptions(
-            max_output_tokens=max_tokens, temperature=temperature if sample else 0.0, do_sample=sample,
-            seed=seed, top_k=None if sample else 1,
-        ))
+        body: dict = {"model": self.name, "messages": messages, "temperature": temperature, "seed": seed}
+        optional = {"max_tokens": max_tokens, "top_p": top_p, "stop": _check_stop(stop) or None,
+                    "response_format": native_response_format(response_format), "stream": stream or None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if temperature == 0:
+            body["metadata"] = {"top_k": "1"}  # greedy, exactly
+        return body
 
-    @staticmethod
-    def _request(messages: list[dict[str, str]]):
-        """The SDK request for ``messages`` (already checked by :meth:`_check`)."""
-        from foundry_local_sdk import MessageItem, Request
+    def native_stream(self, body: dict) -> Iterator[str | Usage]:
+        """Send an OpenAI-format request (``stream`` set) and yield the runtime's chunks as JSON text, then a :class:`Usage`.
 
-        request = Request()
-        for message in messages:
-            builder = {"system": MessageItem.system, "user": MessageItem.user,
-                       "assistant": MessageItem.assistant}[message["role"]]
-            request.add_item(builder(message["content"]))
-        return request
+        Closing the iterator early cancels the generation.
 
-    def _stream(self, session, messages: list[dict[str, str]], max_tokens: int, temperature: float,
-                seed: int) -> Iterator[str | Generation]:
-        from foundry_local_sdk import FinishReason, FoundryLocalException, TextItem
+        Raises:
+            FoundryRequestError: the runtime refused or failed the request.
+        """
+        from foundry_local_sdk import ChatSession, FinishReason, FoundryLocalException, Request
+        from foundry_local_sdk.items import TextItem, TextItemType
 
-        start = time.perf_counter()
-        first = None
-        pieces: list[str] = []
-        harness = 0.0
         try:
-            session.set_options(self._options(max_tokens, temperature, seed))
-            session.set_streaming(True)
-            with self._request(messages) as request, session.process_streaming_request(request) as stream:
-                for item in stream:
-                    arrived = time.perf_counter()
-                    if isinstance(item, TextItem):
-                        if first is None:
-                            first = arrived
-                        pieces.append(item.text)
+            with ChatSession(self.model) as session, Request() as request:
+                session.set_streaming(True)
+                request.add_item(TextItem(json.dumps(body), TextItemType.OPENAI_JSON))
+                with session.process_streaming_request(request) as stream:
+                    for item in stream:
                         yield item.text
-                    harness += time.perf_counter() - arrived
-                total = time.perf_counter() - start
-                final = stream.final_response
-                usage = final.get_usage()
-                reason = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}.get(final.finish_reason, "error")
+                    final = stream.final_response
+                    usage = final.get_usage()
+                    reason = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}.get(
+                        final.finish_reason, "error")
         except FoundryLocalException as exc:
             raise FoundryRequestError(str(exc)) from exc
-        yield Generation("".join(pieces), usage.prompt_tokens, usage.completion_tokens,
-                         (first or time.perf_counter()) - start, total, reason, harness)
+        yield Usage(usage.prompt_tokens, usage.completion_tokens, reason)
+
+    def native_complete(self, body: dict) -> dict:
+        """Send an OpenAI-format request (no ``stream``) and return the runtime's ``chat.completion`` object."""
+        from foundry_local_sdk import ChatSession, FoundryLocalException, Request
+        from foundry_local_sdk.items import TextItem, TextItemType
+
+        try:
+            with ChatSession(self.model) as session, Request() as request:
+                request.add_item(TextItem(json.dumps(body), TextItemType.OPENAI_JSON))
+                with session.process_request(request) as response:
+                    return json.loads(response.get_item(0).text)
+        except FoundryLocalException as exc:
+            raise FoundryRequestError(str(exc)) from exc
 
     def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 256, temperature: float = 0.0,
-               seed: int = 0) -> Iterator[str | Generation]:
-        """Yield text pieces as they come, then one final :class:`Generation` (fresh session).
+               seed: int = 0, top_p: float | None = None, stop: object = None,
+               response_format: object = None) -> Iterator[str | Generation]:
+        """Yield text pieces as they come, then one final :class:`Generation` (a fresh session; greedy by default).
+
+        Args:
+            messages: The whole conversation.
+            max_tokens: Most tokens to generate.
+            temperature: 0 is greedy.
+            seed: Sampling seed (recorded, so a sampled answer can be repeated).
+            top_p: Nucleus sampling share.
+            stop: A string or up to four strings that end the answer (not included).
+            response_format: OpenAI's ``{"type": "json_object"}`` or ``{"type": "json_schema",
+                "json_schema": {"name": ..., "schema": {...}}}``: the runtime constrains decoding to it.
 
         Raises:
             InvalidPromptError, InvalidOptionError, PromptTooLongError: before anything is sent.
             FoundryRequestError: the runtime refused or failed the request.
         """
-        from foundry_local_sdk import ChatSession
-
-        self._check(messages, max_tokens, temperature, seed)
-        with ChatSession(self.model) as session:
-            yield from self._stream(session, messages, max_tokens, temperature, seed)
+        self.check(messages, max_tokens, temperature, seed, top_p=top_p, stop=stop, response_format=response_format)
+        body = self.body(messages, max_tokens=max_tokens, temperature=temperature, seed=seed, top_p=top_p,
+                         stop=stop, response_format=response_format)
+        start = time.perf_counter()
+        first = None
+        pieces: list[str] = []
+        harness = 0.0
+        for chunk in self.native_stream(body):
+            arrived = time.perf_counter()
+            if isinstance(chunk, Usage):
+                yield Generation("".join(pieces), chunk.prompt_tokens, chunk.completion_tokens,
+                                 (first or arrived) - start, arrived - start, chunk.finish_reason, harness)
+                return
+            choices = json.loads(chunk).get("choices") or [{}]
+            text = (choices[0].get("delta") or {}).get("content")
+            if text:
+                if first is None:
+                    first = arrived
+                pieces.append(text)
+                yield text
+            harness += time.perf_counter() - arrived
 
     def generate(self, messages: list[dict[str, str]], *, max_tokens: int = 256, temperature: float = 0.0,
-                 seed: int = 0) -> Generation:
-        """Answer ``messages`` (a whole conversation) in a fresh session; greedy by default."""
+                 seed: int = 0, **options: object) -> Generation:
+        """Answer ``messages`` (a whole conversation) in a fresh session; the options are :meth:`stream`'s."""
         result = None
-        for piece in self.stream(messages, max_tokens=max_tokens, temperature=temperature, seed=seed):
+        for piece in self.stream(messages, max_tokens=max_tokens, temperature=temperature, seed=seed, **options):
             result = piece
         assert isinstance(result, Generation)
         return result
 
     def chat(self, message: str, *, system: str | None = None, max_tokens: int = 512,
              temperature: float = 0.7, seed: int = 0) -> Iterator[str | Generation]:
-        """One turn of a multi-turn conversation kept in this object (see :meth:`reset`)."""
-        from foundry_local_sdk import ChatSession
+        """One turn of a multi-turn conversation kept in this object (see :meth:`reset`).
 
-        messages = [{"role": "user", "content": message}]
-        self._check(messages, max_tokens, temperature, seed)
-        if self._chat is None:
-            self._chat = ChatSession(self.model)
-            if system:
-                messages.insert(0, {"role": "system", "content": system})
-        yield from self._stream(self._chat, messages, max_tokens, temperature, seed)
+        ``system`` applies when the conversation starts.
+        """
+        history = self._history or ([{"role": "system", "content": system}] if system else [])
+        messages = [*history, {"role": "user", "content": message}]
+        answer = None
+        for piece in self.stream(messages, max_tokens=max_tokens, temperature=temperature, seed=seed):
+            answer = piece
+            yield piece
+        if isinstance(answer, Generation):
+            self._history = [*messages, {"role": "assistant", "content": answer.text}]
 
     def reset(self) -> None:
         """Forget the multi-turn conversation of :meth:`chat`."""
-        if self._chat is not None:
-            self._chat._close()
-            self._chat = None
+        self._history = []
+
+
+def _web_service_task(job: dict, _emit) -> dict:
+    """Worker task: start Foundry Local's own web service and ask it for ``job["name"]``."""
+    import urllib.error
+    import urllib.request
+
+    service = manager(job["cache"])
+    find_model(job["name"], job["cache"]).load()
+    service.start_web_service()
+    try:
+        url = service.urls[0].rstrip("/")
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as response:
+            listed = [m.get("id") for m in json.loads(response.read()).get("data", [])]
+        body = json.dumps({"model": job["name"], "messages": [{"role": "user", "content": "Hi"}],
+                           "max_tokens": 1}).encode()
+        request = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+    finally:
+        service.stop_web_service()
+    return {"listed": listed, "chat_status": status}
+
+
+@dataclass(frozen=True)
+class WebServiceProbe:
+    """Whether Foundry Local's own web service serves a locally registered model.
+
+    Attributes:
+        serves: ``/v1/models`` lists it and a chat request to it succeeds.
+        detail: What was seen, in words.
+        sdk: The foundry-local-sdk version probed.
+    """
+
+    serves: bool
+    detail: str
+    sdk: str
+
+
+def probe_web_service(name: str, cache: str | Path | None = None,
+                      record_dir: str | Path | None = None) -> WebServiceProbe:
+    """Ask Foundry Local's built-in web service (in a child process: it logs its catalog retries) for ``name``.
+
+    The answer depends on the SDK version, not on the model, so it is kept per version in
+    ``record_dir`` (default: the cache) as ``.slmops-web-service.json`` and the probe (about
+    5 s offline) runs once.
+    """
+    import importlib.metadata
+
+    sdk = importlib.metadata.version("foundry-local-sdk")
+    record_path = settings.cache_dir(record_dir or cache) / ".slmops-web-service.json"
+    try:
+        record = json.loads(record_path.read_text())
+        if record.get("sdk") == sdk:
+            return WebServiceProbe(**record)
+    except (OSError, ValueError, TypeError):
+        pass
+    result = workers.run_worker("toolkit.runtimes.foundry", "web-service",
+                                {"name": name, "cache": str(settings.cache_dir(cache))},
+                                name="Foundry Local web service probe", timeout=120).result
+    serves = name in result["listed"] and result["chat_status"] == 200
+    detail = (f"foundry-local-sdk {sdk}'s web service serves locally registered models" if serves else
+              f"foundry-local-sdk {sdk}'s web service does not serve locally registered models (/v1/models "
+              f"listed {len(result['listed'])}, chat answered {result['chat_status']}): `slmops serve` runs "
+              "its own OpenAI-compatible endpoint over the same runtime")
+    probe = WebServiceProbe(serves, detail, sdk)
+    artifacts.write_json(record_path, {"serves": serves, "detail": detail, "sdk": sdk})
+    return probe
+
+
+def serve_natively(names: list[str], host: str, port: int, cache: str | Path | None = None) -> None:
+    """Serve ``names`` with Foundry Local's own web service until SIGTERM or SIGINT (where it serves them)."""
+    import signal
+
+    service = manager(cache, web_urls=f"http://{host}:{port}")
+    models = [find_model(name, cache) for name in names]
+    for model in models:
+        model.load()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    service.start_web_service()
+    print(f"Foundry Local's web service: {', '.join(service.urls)}/v1 serving {', '.join(names)}", flush=True)
+    try:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        service.stop_web_service()
+        for model in models:
+            model.unload()
+
+
+if __name__ == "__main__":
+    workers.serve({"web-service": _web_service_task})

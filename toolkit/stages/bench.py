@@ -155,7 +155,7 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     rss0, start = rss_mb(), time.perf_counter()
     model = LoadedModel(name, cache)
     load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
-    measured, prompts = [], []
+    measured, prompts, texts = [], [], []
     meter = CpuMeter()
     try:
         # The template adds its own tokens (role markers, a default system prompt): measure
@@ -164,6 +164,7 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
         for length in prompt_lengths:
             messages = [{"role": "user", "content": prompt_text(tokenizer, max(1, length - overhead))}]
             prompts.append(model.prompt_ids(messages))
+            texts.append(messages)
             for gen in gen_lengths:
                 for _ in range(warmup):
                     model.generate(messages, max_tokens=gen)
@@ -179,7 +180,7 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     peak = peak_rss_mb()
     return {"rows": [_row(info, "foundry-local", length, gen, runs[0]["prompt_tokens"], runs, threads=threads,
                           load_s=load_s, load_rss_mb=load_rss, peak_rss_mb=peak) for length, gen, runs in measured],
-            "prompts": prompts, "folder": str(folder), "threads": threads, **info}
+            "prompts": prompts, "messages": texts, "folder": str(folder), "threads": threads, **info}
 
 
 def measure_direct(job: dict, prompt_lengths: Sequence[int], gen_lengths: Sequence[int], repeats: int,
@@ -259,13 +260,76 @@ def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32"
     return sentences
 
 
-ENGINES = ("foundry-local", "ort-genai")
+def measure_endpoint(job: dict, url: str, api_key: str, gen_lengths: Sequence[int], repeats: int,
+                     warmup: int) -> list[dict]:
+    """The same prompts as Foundry Local in-process, streamed through an OpenAI-compatible endpoint.
+
+    Runs the official ``openai`` client in this process (the bench's own child): time to first
+    content chunk, decode speed over the runtime's token count (``usage``), greedy.
+
+    Args:
+        job: What :func:`measure_model` returned for the model (its prompts as messages).
+        url: The endpoint's base URL (``http://host:port/v1``), serving ``job["name"]``.
+        api_key: Its key (any text when it needs none).
+    """
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=600)
+    meter = CpuMeter()
+
+    def once(messages: list[dict], gen: int) -> dict:
+        start = time.perf_counter()
+        first, usage, harness = None, None, 0.0
+        stream = client.chat.completions.create(model=job["name"], messages=messages, max_tokens=gen, temperature=0,
+                                                seed=0, stream=True, stream_options={"include_usage": True})
+        for chunk in stream:
+            arrived = time.perf_counter()
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = arrived
+            usage = chunk.usage or usage
+            harness += time.perf_counter() - arrived
+        total = time.perf_counter() - start
+        return {"ttft_s": (first or total + start) - start, "total_s": total, "gen_tokens": usage.completion_tokens,
+                "prompt_tokens": usage.prompt_tokens, "harness_s": harness}
+
+    rows = []
+    for length, messages in zip(job["prompt_lengths"], job["messages"], strict=True):
+        for gen in gen_lengths:
+            for _ in range(warmup):
+                once(messages, gen)
+            runs = []
+            for _ in range(repeats):
+                meter.start()
+                run = once(messages, gen)
+                runs.append({**run, **meter.stop()})
+            rows.append(_row(job, "endpoint", length, gen, runs[0]["prompt_tokens"], runs, threads=job["threads"],
+                             load_s=0.0, load_rss_mb=0.0, peak_rss_mb=0.0))
+    return rows
+
+
+def endpoint_ratios(rows: Sequence[BenchRow]) -> list[dict]:
+    """The endpoint against Foundry Local in-process at the same lengths: decode ratio and first-token overhead."""
+    direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens): r for r in rows if r.engine == "foundry-local"}
+    out = []
+    for r in rows:
+        base = direct.get((r.model, r.target_prompt_tokens, r.target_gen_tokens))
+        if r.engine == "endpoint" and base is not None and base.decode_tps:
+            out.append({"model": r.model, "target_prompt_tokens": r.target_prompt_tokens,
+                        "target_gen_tokens": r.target_gen_tokens, "in_process_decode_tps": base.decode_tps,
+                        "endpoint_decode_tps": r.decode_tps, "decode_ratio": round(r.decode_tps / base.decode_tps, 3),
+                        "in_process_ttft_ms": base.ttft_ms, "endpoint_ttft_ms": r.ttft_ms,
+                        "ttft_overhead_ms": round(r.ttft_ms - base.ttft_ms, 2)})
+    return out
+
+
+ENGINES = ("foundry-local", "ort-genai", "endpoint")
 
 
 def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULTS.prompt_lengths),
           gen_lengths: Sequence[int] = tuple(DEFAULTS.gen_lengths), repeats: int = DEFAULTS.repeats,
           warmup: int = DEFAULTS.warmup, threads: Sequence[int] | None = None, cache: str | Path | None = None,
-          engines: Sequence[str] = ENGINES, progress: bool = True) -> list[BenchRow]:
+          engines: Sequence[str] = ("foundry-local", "ort-genai"), endpoint: tuple[str, str] | None = None,
+          progress: bool = True) -> list[BenchRow]:
     """Benchmark each registered model in fresh child processes, through each engine.
 
     Args:
@@ -276,7 +340,9 @@ def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULT
         threads: Thread counts for the direct engine (a sweep when several). None: the same
             count Foundry Local uses, the model's registered ``threads`` (see
             ``slmops register --threads``). Foundry Local always runs with its registered count.
-        engines: ``foundry-local`` and/or ``ort-genai``.
+        engines: ``foundry-local``, ``ort-genai`` and/or ``endpoint``.
+        endpoint: ``(base URL, API key)`` of an OpenAI-compatible endpoint serving ``names``
+            (``slmops serve``), for the ``endpoint`` engine.
 
     Example:
         >>> rows = bench(["smollm2-fp32", "smollm2-int4"], gen_lengths=[32])
@@ -293,6 +359,8 @@ def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULT
     unknown = set(engines) - set(ENGINES)
     if unknown or not engines:
         raise InputError(f"Unknown engines {sorted(unknown)}; choose from {list(ENGINES)}.")
+    if "endpoint" in engines and endpoint is None:
+        raise InputError("The endpoint engine needs a running endpoint: `slmops bench --engines endpoint` starts one.")
     registered = sorted(p.name for p in models_root(cache).glob("*") if (p / "genai_config.json").is_file())
     for name in names:  # before any child starts: a typo is the user's, not a crash
         if name.split(":")[0] not in registered:
@@ -305,6 +373,11 @@ def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULT
         result = workers.run_worker("toolkit.stages.bench", "measure", job, name=f"benchmark of {name}").result
         if "foundry-local" in engines:
             rows += [BenchRow(**row) for row in result["rows"]]
+        if "endpoint" in engines:
+            client_job = {**result, "prompt_lengths": list(prompt_lengths), "url": endpoint[0], "key": endpoint[1],
+                          "gen_lengths": list(gen_lengths), "repeats": repeats, "warmup": warmup}
+            rows += [BenchRow(**row) for row in workers.run_worker(
+                "toolkit.stages.bench", "endpoint", client_job, name=f"endpoint benchmark of {name}").result]
         if "ort-genai" in engines:
             for count in threads or [result["threads"]]:
                 rows += [BenchRow(**row) for row in measure_direct(result, prompt_lengths, gen_lengths, repeats,
@@ -354,6 +427,7 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
     meta = run_metadata()
     meta["memory_bandwidth_gbs"] = round(memory_bandwidth_gbs(), 2)
     report = {"metadata": meta, "rows": [asdict(r) for r in rows], "engine_ratios": engine_ratios(rows),
+              "endpoint_ratios": endpoint_ratios(rows),
               "noisy": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
                         for r in rows if r.noisy],
               "short": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
@@ -376,5 +450,10 @@ def _measure_task(job: dict, _emit) -> dict:
                          job["cache"])
 
 
+def _endpoint_task(job: dict, _emit) -> list[dict]:
+    """Worker task: :func:`measure_endpoint` (the client in its own process, as an application's would be)."""
+    return measure_endpoint(job, job["url"], job["key"], job["gen_lengths"], job["repeats"], job["warmup"])
+
+
 if __name__ == "__main__":
-    workers.serve({"measure": _measure_task})
+    workers.serve({"measure": _measure_task, "endpoint": _endpoint_task})

@@ -1,11 +1,16 @@
 """Stage 3: the tutorial's quality checklist as checks with thresholds, measured values and verdicts.
 
-Six checks per registered model, each a :class:`CheckResult`:
+The checks per registered model, each a :class:`CheckResult`:
 
 1. ``domain``: a cases file (JSONL, one case per line: ``id``, ``messages``, ``expect``);
    content rules ``contains`` (all), ``contains_any``, ``not_contains``, ``exact``.
 2. ``format``: the structural rules of the same cases, reported apart: ``json_schema``
    (the answer, or its fenced ```json block, parses and validates), ``regex``, ``max_chars``.
+   ``structured``: the ``json_schema`` cases again, asked with ``response_format`` so Foundry
+   Local's constrained decoding enforces a schema (what an application using
+   ``response_format`` gets), reported beside the free answers: the case's own
+   ``response_format`` when it has one (the schema the application would send), else its
+   ``json_schema``.
 3. ``memory``: RSS of this process over many requests; the fitted growth must stay under
    a stated MB per 100 requests, and growth above it must repeat over as many requests
    again before it counts (an arena that grows in a step and settles is not a leak).
@@ -46,7 +51,7 @@ from toolkit.core.measure import rss_mb, timestamp
 from toolkit.domain.params import DEFAULTS
 from toolkit.domain.prompts import BUNDLED_CASES, prompt_text
 from toolkit.runtimes import genai
-from toolkit.runtimes.foundry import LoadedModel, find_model
+from toolkit.runtimes.foundry import LoadedModel, check_response_format, find_model
 
 _MODULE = "toolkit.stages.checklist"  # the worker module of the edge cases (this one)
 CONTENT_RULES = ("contains", "contains_any", "not_contains", "exact")
@@ -58,6 +63,7 @@ class Check(StrEnum):
 
     DOMAIN = "domain"
     FORMAT = "format"
+    STRUCTURED = "structured"
     MEMORY = "memory"
     PERFORMANCE = "performance"
     EDGE = "edge"
@@ -193,6 +199,13 @@ def _parse_case(line: str) -> dict:
         raise ValueError(f"unknown expectations {sorted(unknown)}")
     for name, value in expect.items():
         _check_expectation(name, value)
+    if "response_format" in case:
+        if "json_schema" not in expect:
+            raise ValueError("'response_format' needs a 'json_schema' expectation to judge the answer by")
+        try:
+            check_response_format(case["response_format"])
+        except InputError as exc:
+            raise ValueError(str(exc)) from exc
     return case
 
 
@@ -439,7 +452,20 @@ def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, m
                 scores[check].append(passed)
                 checks.append(CheckResult(model.name, check, case["id"], threshold,
                                           f"score {score:.2f}: {answer.strip()[:300]}", passed))
-    for check, rate in ((Check.DOMAIN, limits.domain_pass_rate), (Check.FORMAT, limits.format_pass_rate)):
+    # The schema cases again, as an application asking for structured output would send them.
+    schema_cases = [case for case in cases if "json_schema" in case["expect"]]
+    scores[Check.STRUCTURED] = []
+    for case in tqdm(schema_cases, desc=f"{model.name}: structured", unit="case", disable=not progress):
+        response_format = case.get("response_format") or {
+            "type": "json_schema", "json_schema": {"name": case["id"], "schema": case["expect"]["json_schema"]}}
+        answer = model.generate(case["messages"], max_tokens=max_tokens, seed=seed,
+                                response_format=response_format).text
+        passed, threshold, score = judge(answer, case["expect"], FORMAT_RULES)
+        scores[Check.STRUCTURED].append(passed)
+        checks.append(CheckResult(model.name, Check.STRUCTURED, case["id"], f"with response_format: {threshold}",
+                                  f"score {score:.2f}: {answer.strip()[:300]}", passed))
+    for check, rate in ((Check.DOMAIN, limits.domain_pass_rate), (Check.FORMAT, limits.format_pass_rate),
+                        (Check.STRUCTURED, limits.format_pass_rate)):
         if scores[check]:
             share = sum(scores[check]) / len(scores[check])
             checks.append(CheckResult(model.name, check, f"{check}-overall", f">= {rate:.0%} of cases pass",

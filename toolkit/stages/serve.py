@@ -1,0 +1,510 @@
+"""Stage 5: serve registered models to applications through an OpenAI-compatible HTTP API.
+
+Foundry Local's own web service is used where it serves locally registered models
+(:func:`~toolkit.runtimes.foundry.probe_web_service`); foundry-local-sdk 2.2.1's does not
+(it looks models up in the online catalog), so this module serves the same runtime
+in-process on FastAPI and uvicorn:
+
+* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``;
+* ``POST /v1/chat/completions``, plain and ``stream: true`` (server-sent events), with
+  ``usage`` and ``finish_reason``; ``max_tokens``, ``temperature``, ``top_p``, ``seed``,
+  ``stop``, and ``response_format`` (``json_object``, ``json_schema``) through Foundry
+  Local's constrained decoding.
+
+Requests are checked before the runtime sees them and refused as OpenAI-style JSON errors
+(400 bad request or value, 401 missing key, 404 unknown model, 413 body too large, 503 while
+a model loads); the server keeps serving after any of them. Each model answers one request
+at a time in its own thread (others queue in arrival order), so generations never interleave.
+SIGTERM shuts down gracefully: in-flight requests finish, then the models unload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from toolkit.core import settings, workers
+from toolkit.core.errors import InputError, PromptTooLongError, SlmopsError
+from toolkit.runtimes import foundry
+from toolkit.runtimes.foundry import LoadedModel, Usage, find_model
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a long chat history is tens of KB; 4 MiB leaves room and stops floods
+SHUTDOWN_GRACE_S = 60  # how long in-flight requests may take to finish after SIGTERM
+
+
+class ModelState(StrEnum):
+    """Where a served model is."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ApiError(Exception):
+    """An OpenAI-style error answer.
+
+    Attributes:
+        status: HTTP status.
+        message: What is wrong and what to do.
+        type: OpenAI's error type (``invalid_request_error``, ...).
+        param: The request field at fault, if one is.
+        code: A machine-readable code.
+    """
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        """The JSON body: ``{"error": {...}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Strict(BaseModel):
+    # Strict: "5" is not a number and true is not 1. Unknown fields are ignored, as OpenAI clients
+    # send some (user, logprobs: false...); those that would change the answer are refused instead.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextPart(_Strict):
+    """A text part of a message's content."""
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    """One chat message (``developer`` is served as ``system``)."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+
+class StreamOptions(_Strict):
+    """OpenAI's ``stream_options``."""
+
+    include_usage: bool = False
+
+
+class ChatRequest(_Strict):
+    """The ``POST /v1/chat/completions`` body this endpoint accepts (OpenAI's names and ranges)."""
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, lt=2**31)  # the runtime parses it as a 32-bit int
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: dict | None = None
+    n: int = Field(1, ge=1, le=1)
+    tools: list | None = None
+    logprobs: bool = False
+
+
+class ModelHost:
+    """One served model: loaded in the background, then answering one request at a time in its own thread."""
+
+    def __init__(self, name: str, cache: str | Path | None) -> None:
+        self.name, self.cache = name, cache
+        self.state = ModelState.LOADING
+        self.error = ""
+        self.model: LoadedModel | None = None
+        self.created = int(time.time())
+        # One thread per model: requests queue in arrival order and a generation is never interleaved.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"serve-{name}")
+
+    def load(self) -> None:
+        """Load the model (runs in the loader thread); a failure is kept and reported to requests."""
+        try:
+            self.model = LoadedModel(self.name, self.cache)
+            self.state = ModelState.READY
+        except Exception as exc:  # noqa: BLE001 (the failure is served to clients as a 503)
+            self.error, self.state = f"{type(exc).__name__}: {exc}", ModelState.FAILED
+
+    def close(self) -> None:
+        """Let queued requests finish, then unload."""
+        self.executor.shutdown(wait=True)
+        if self.model is not None:
+            self.model.close()
+
+    def describe(self) -> dict:
+        """The model's ``/v1/models`` entry."""
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "slmops",
+                "status": self.state.value}
+
+
+def _plain_messages(request: ChatRequest) -> list[dict[str, str]]:
+    """Messages as the runtime takes them: text content (parts joined), ``developer`` as ``system``."""
+    out = []
+    for message in request.messages:
+        content = message.content if isinstance(message.content, str) else "".join(p.text for p in message.content)
+        out.append({"role": "system" if message.role == "developer" else message.role, "content": content})
+    return out
+
+
+def _validation_error(exc: ValidationError) -> ApiError:
+    """A pydantic ValidationError as a 400 naming the field."""
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    return ApiError(400, f"Invalid request: {param or 'body'}: {first['msg']}.", param=param, code="invalid_value")
+
+
+async def _read_body(request: Request, limit: int) -> dict:
+    """The request's JSON object, refusing over-long and malformed bodies before parsing more than ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"The request body is {int(declared)} bytes; the limit is {limit}.",
+                       code="body_too_large")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, f"The request body is over the limit of {limit} bytes.", code="body_too_large")
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"The body is not valid JSON ({exc}); send a JSON object.", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "The body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _runtime_body(host: ModelHost, request: ChatRequest) -> dict:
+    """Check a parsed request against the model (context, options) and build the runtime's request."""
+    if request.tools:
+        raise ApiError(400, "Tool calls are not supported by this endpoint; send no 'tools'.", param="tools")
+    if request.logprobs:
+        raise ApiError(400, "logprobs are not supported by this endpoint.", param="logprobs")
+    messages = _plain_messages(request)
+    max_tokens = request.max_completion_tokens or request.max_tokens
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    options = {"top_p": request.top_p, "stop": request.stop, "response_format": request.response_format}
+    try:
+        host.model.check(messages, max_tokens, request.temperature, seed, **options)
+    except PromptTooLongError as exc:
+        raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
+    except InputError as exc:
+        raise ApiError(400, str(exc), param=getattr(exc, "name", None), code="invalid_value") from exc
+    return host.model.body(messages, max_tokens=max_tokens, temperature=request.temperature, seed=seed,
+                           stream=request.stream, **options)
+
+
+def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES):
+    """The FastAPI application serving ``names`` (loaded in the background when it starts).
+
+    Args:
+        names: Registered model names.
+        cache: Foundry cache (see :func:`toolkit.core.settings.cache_dir`).
+        api_key: When set, every request needs ``Authorization: Bearer <api_key>``.
+        max_body_bytes: Largest request body accepted.
+    """
+    hosts = {name: ModelHost(name, cache) for name in names}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        def load_all() -> None:  # one after another: the runtime's manager is shared
+            for host in hosts.values():
+                start = time.perf_counter()
+                host.load()
+                outcome = "ready" if host.state is ModelState.READY else f"failed to load: {host.error}"
+                print(f"{host.name}: {outcome} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+        loader = threading.Thread(target=load_all, name="serve-loader", daemon=True)
+        loader.start()
+        yield
+        await asyncio.to_thread(loader.join)
+        for host in hosts.values():
+            await asyncio.to_thread(host.close)
+        print("Stopped: in-flight requests finished, models unloaded.", file=sys.stderr, flush=True)
+
+    app = FastAPI(title="slmops OpenAI-compatible endpoint", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.hosts = hosts
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, exc: ApiError):
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, exc: HTTPException):
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404
+                                     else None).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request, exc: Exception):
+        return JSONResponse(ApiError(500, f"Internal error: {type(exc).__name__}: {exc}", type="server_error").body(),
+                            status_code=500)
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                error = ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                                 type="authentication_error", code="invalid_api_key")
+                return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
+
+    def ready_host(name: str) -> ModelHost:
+        host = hosts.get(name)
+        if host is None:
+            raise ApiError(404, f"The model {name!r} is not served here; served: {sorted(hosts)}.", param="model",
+                           code="model_not_found")
+        if host.state is ModelState.LOADING:
+            raise ApiError(503, f"The model {name!r} is loading; retry in a moment.", type="server_error",
+                           code="model_loading")
+        if host.state is ModelState.FAILED:
+            raise ApiError(503, f"The model {name!r} failed to load: {host.error}", type="server_error",
+                           code="model_failed")
+        return host
+
+    @app.get("/health")
+    async def health():
+        states = {name: host.state.value for name, host in hosts.items()}
+        ok = all(state == ModelState.READY for state in states.values())
+        return JSONResponse({"status": "ok" if ok else "loading", "models": states}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [host.describe() for host in hosts.values()]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str):
+        if name not in hosts:
+            raise ApiError(404, f"The model {name!r} is not served here; served: {sorted(hosts)}.",
+                           param="model", code="model_not_found")
+        return hosts[name].describe()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        raw = await _read_body(request, max_body_bytes)
+        try:
+            parsed = ChatRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise _validation_error(exc) from exc
+        host = ready_host(parsed.model)
+        body = _runtime_body(host, parsed)
+        loop = asyncio.get_running_loop()
+        if not parsed.stream:
+            answer = await loop.run_in_executor(host.executor, host.model.native_complete, body)
+            answer["model"] = parsed.model
+            return answer
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        return StreamingResponse(_sse(host, body, include_usage, loop), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+_END = object()
+
+
+async def _sse(host: ModelHost, body: dict, include_usage: bool, loop) -> AsyncIterator[str]:
+    """Server-sent events of one streamed generation, produced in the model's thread.
+
+    A client that goes away cancels its generation, so the queue moves on.
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+    gone = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in host.model.native_stream(body):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if gone.is_set():
+                    break  # closing the runtime's stream cancels the generation
+        except Exception as exc:  # noqa: BLE001 (sent to the client as an error event)
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    loop.run_in_executor(host.executor, produce)
+    chunk_id = None
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, Exception):
+                error = item if isinstance(item, SlmopsError) else f"{type(item).__name__}: {item}"
+                yield f"data: {json.dumps(ApiError(500, str(error), type='server_error').body())}\n\n"
+                break
+            if isinstance(item, Usage):
+                if include_usage:
+                    usage = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                             "model": body["model"], "choices": [], "usage": item.as_openai()}
+                    yield f"data: {json.dumps(usage)}\n\n"
+                continue
+            if chunk_id is None:
+                chunk_id = json.loads(item).get("id")
+            yield f"data: {item}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        gone.set()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_options(names: Sequence[str], host: str, port: int, api_key: str | None,
+                  cache: str | Path | None = None) -> None:
+    """Refuse a server that would be unsafe or cannot start, before anything is loaded.
+
+    Raises:
+        InputError: no names, a port out of range, a non-loopback host without an API key, or an
+            empty key.
+        ModelNotFoundError: a name that is not registered.
+    """
+    if not names:
+        raise InputError("Name at least one registered model to serve (`slmops ls` lists them).")
+    if type(port) is not int or not 0 <= port <= 65535:
+        raise InputError(f"--port {port!r} is not a port: use a whole number from 1 to 65535 (0: any free port).")
+    if api_key is not None and (not api_key.strip() or any(c.isspace() for c in api_key)):
+        raise InputError("--api-key must be a non-empty token without spaces.")
+    if not _is_loopback(host) and api_key is None:
+        raise InputError(f"Serving on {host} makes the models reachable from other machines: give --api-key KEY "
+                         "(clients send it as a bearer token), or keep the default --host 127.0.0.1.")
+    for name in names:
+        find_model(name, cache)
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str | None = None,
+        cache: str | Path | None = None, log_level: str = "warning") -> None:
+    """Serve ``names`` until SIGTERM or Ctrl-C (both graceful); see the module docstring.
+
+    Raises:
+        InputError, ModelNotFoundError: from :func:`check_options`, before anything starts.
+        InputError: the port is taken.
+    """
+    import uvicorn
+
+    check_options(names, host, port, api_key, cache)
+    with socket.socket() as probe:  # a taken port is the user's to change, not a traceback
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port.") from exc
+    if api_key is None and foundry.probe_web_service(names[0], cache).serves:
+        foundry.serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
+        return
+    app = create_app(names, cache=cache, api_key=api_key)
+    print(f"Serving {', '.join(names)} at http://{host}:{port}/v1 (OpenAI-compatible, "
+          f"{'bearer key required' if api_key else 'no key'}); loading. Ctrl-C or SIGTERM stops it once in-flight "
+          "requests finish.", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    uvicorn.Server(config).run()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A running endpoint in a child process (see :func:`background`).
+
+    Attributes:
+        url: Its OpenAI base URL (``http://host:port/v1``).
+        api_key: The key clients send (``"none"`` when the endpoint needs none: OpenAI's client wants one).
+        service: The child process.
+    """
+
+    url: str
+    api_key: str
+    service: workers.Service
+
+    def client(self, **options):
+        """An official ``openai.OpenAI`` client for this endpoint."""
+        import openai
+
+        return openai.OpenAI(base_url=self.url, api_key=self.api_key, **options)
+
+    def stop(self) -> int:
+        """Stop it gracefully (SIGTERM); the child's exit code."""
+        return self.service.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def background(names: Sequence[str], *, port: int | None = None, cache: str | Path | None = None,
+               api_key: str | None = None, log_path: Path | None = None):
+    """Start the endpoint for ``names`` in a child process, yield an :class:`Endpoint` once every model is loaded.
+
+    Example:
+        >>> with background(["smollm2-int4"]) as endpoint:
+        ...     endpoint.client().chat.completions.create(model="smollm2-int4", messages=[...])
+    """
+    check_options(names, DEFAULT_HOST, port or 0, api_key, cache)
+    port = port or free_port()
+    root = f"http://{DEFAULT_HOST}:{port}"
+    args = [*names, "--host", DEFAULT_HOST, "--port", str(port), "--cache-dir", str(settings.cache_dir(cache))]
+    if api_key:
+        args += ["--api-key", api_key]
+    log = log_path or settings.cache_dir(cache) / ".logs" / f"serve-{port}.log"
+    service = workers.start_service(workers.python_module("toolkit.stages.serve", *args), log_path=log,
+                                    name=f"endpoint for {', '.join(names)}", ready=lambda: _healthy(root))
+    with service:
+        yield Endpoint(f"{root}/v1", api_key or "none", service)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m toolkit.stages.serve NAME... [--host H] [--port N] [--api-key K] [--cache-dir D]`` (the child)."""
+    parser = argparse.ArgumentParser(prog="python -m toolkit.stages.serve")
+    parser.add_argument("names", nargs="+")
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--api-key")
+    parser.add_argument("--cache-dir")
+    args = parser.parse_args(argv)
+    try:
+        run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir)
+    except SlmopsError as exc:
+        sys.exit(str(exc))
+
+
+if __name__ == "__main__":
+    main()
