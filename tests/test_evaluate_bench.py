@@ -99,7 +99,7 @@ def test_a_crashing_model_fails_its_edge_cases_and_the_checklist_goes_on(tiny_in
 
 
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
-    R.register(tiny_int4, "tiny-bench")
+    R.register(tiny_int4, "tiny-bench", model_config=R.ModelConfig(threads=None))
     rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_lengths=[8], repeats=3, warmup=1, progress=False)
     foundry = [r for r in rows if r.engine == "foundry-local"]
     direct = [r for r in rows if r.engine == "ort-genai"]
@@ -177,3 +177,11 @@ def test_summary_and_ceiling_from_a_report() -> None:
     assert B.summary(report, quality) == ["int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666"]
     ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
     assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0
+    assert not any(row["above_bound_because"] for row in ceiling)
+    # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
+    rows = [{**row, "threads": 2} for row in report["rows"]]
+    ceiling = B.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mb=256.0)
+    assert ceiling[1]["bandwidth_gbs"] == 10.0 and ceiling[1]["percent_of_ceiling"] == 198.0
+    assert "fit in the 256 MB last-level cache" in ceiling[1]["above_bound_because"]
+    assert "under-measured" in B.decode_ceiling(rows, {2: 10.0}, llc_mb=32.0)[1]["above_bound_because"]
+    assert B.last_level_cache_mb({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0

@@ -130,6 +130,31 @@ def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
         (512, 0.2, 0.5, 1.3)
 
 
+def test_threads_auto_probes_each_count_and_writes_the_fastest(tiny_int4: Path) -> None:
+    reg = R.register(tiny_int4, "tiny-threads")  # auto is the default
+    probe = reg.threads.probe
+    assert [row["threads"] for row in probe] == R.probe_counts() and all(row["decode_tps"] > 0 for row in probe)
+    assert reg.threads.chosen == R.pick_threads(list(probe)) >= 1 and reg.model_config.threads == reg.threads.chosen
+    session = json.loads((reg.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert session["intra_op_num_threads"] == reg.threads.chosen
+    record = json.loads((reg.path / ".slmops-registration.json").read_text())["threads"]
+    assert record["chosen"] == reg.threads.chosen and record["probe"] == list(probe)
+    plain = R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads=None))  # back to the default
+    session = json.loads((plain.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert "intra_op_num_threads" not in session and plain.threads is None
+    assert R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads=3)).model_config.threads == 3
+    with pytest.raises(InvalidOptionError, match="threads"):
+        R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads="fast"))
+
+
+def test_thread_choice_rules() -> None:
+    assert R.probe_counts(1) == [0, 1] and R.probe_counts(2) == [0, 1, 2] and R.probe_counts(6) == [0, 1, 2, 4, 6]
+    probe = [{"threads": 0, "decode_tps": 300.0, "ttft_ms": 90.0}, {"threads": 1, "decode_tps": 181.0, "ttft_ms": 227.0},
+             {"threads": 2, "decode_tps": 238.0, "ttft_ms": 164.0}, {"threads": 4, "decode_tps": 238.0, "ttft_ms": 150.0}]
+    assert R.pick_threads(probe) == 4  # never the default; a tie goes to the quicker first token
+    assert R.ThreadChoice(4, tuple(probe)).speedup == round(238 / 300, 3)
+
+
 def test_doctor_finds_truncated_nested_and_unloadable_models(tiny_int4: Path, tmp_path: Path) -> None:
     from toolkit.orchestration.doctor import diagnose
 

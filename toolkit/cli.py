@@ -70,6 +70,16 @@ def _default(cls: type, name: str) -> object:
 EPILOG = "Foundry Local's cache: --cache-dir, else $SLMOPS_CACHE_DIR, else ~/.slmops/foundry. Nothing uses the network."
 
 
+def _threads_setting(text: str) -> int | str | None:
+    """An argparse type for ``register --threads``: ``auto``, ``default`` (None) or a count from 1 to 1024."""
+    if text in (register.AUTO_THREADS, "default"):
+        return None if text == "default" else text
+    try:
+        return _whole(1, 1024)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, default or a whole number from 1 to 1024") from None
+
+
 def _cache_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="Foundry Local model cache (default: $SLMOPS_CACHE_DIR or ~/.slmops/foundry)")
 
@@ -125,6 +135,10 @@ def cmd_register(args: argparse.Namespace) -> int:
                             description=args.description)
     print(f"Registered {reg.model_id} ({reg.template} template, max_length {reg.model_config.max_length}) "
           f"at {reg.path}")
+    if reg.threads:
+        tried = ", ".join(f"{row['threads'] or 'default'}: {row['decode_tps']:.0f} tok/s, first token "
+                          f"{row['ttft_ms']:.0f} ms" for row in reg.threads.probe)
+        print(f"Threads: {reg.threads.chosen} ({reg.threads.speedup:.2f}x the runtime's default decode; tried {tried})")
     for note in reg.notes:
         print(f"note: {note}", file=sys.stderr)
     return 0
@@ -470,9 +484,10 @@ comparison page OUT/index.html:
     g.add_argument("--top-p", type=_fraction(0, 1), default=config.top_p, help=f"(0, 1] (default {config.top_p})")
     g.add_argument("--repetition-penalty", type=_fraction(1, 2), default=config.repetition_penalty,
                    help=f"1..2 (default {config.repetition_penalty})")
-    g.add_argument("--threads", type=_whole(1, 1024),
-                   help="CPU threads per request, written to genai_config.json's session "
-                   "options (default: ONNX Runtime's own choice; compare with `slmops bench --threads`)")
+    g.add_argument("--threads", type=_threads_setting, default=config.threads, metavar="auto|default|N",
+                   help="CPU threads per request, written to genai_config.json's session options: auto (the "
+                   "default) probes decode speed and time to first token at each count and writes the fastest; "
+                   "default leaves ONNX Runtime's own choice; N fixes it (compare with `slmops bench --threads`)")
     p.add_argument("--description", default="")
     p.add_argument("--force", action="store_true", help="replace a different model registered under this name")
     _cache_option(p)

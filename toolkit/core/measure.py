@@ -96,24 +96,6 @@ def machine() -> dict:
     return {**cpu_info(), "caches": _cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
 
 
-def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
-    """Measured memory read bandwidth in GB/s: the best of ``repeats`` sums over a buffer larger than caches.
-
-    Example:
-        >>> memory_bandwidth_gbs(64, 2) > 1
-        True
-    """
-    import numpy as np
-
-    buffer = np.ones(megabytes * 1_000_000 // 8, dtype=np.float64)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        buffer.sum()
-        best = min(best, time.perf_counter() - start)
-    return buffer.nbytes / best / 1e9
-
-
 def package_versions(names: tuple[str, ...] | list[str] = VERSIONED) -> dict[str, str]:
     """Installed version of each package ("not installed" when missing).
 

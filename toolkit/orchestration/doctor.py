@@ -15,7 +15,7 @@ from toolkit.core import artifacts, settings
 from toolkit.core.errors import InputError, SlmopsError
 from toolkit.domain import templates
 from toolkit.runtimes.foundry import LoadedModel, probe_web_service
-from toolkit.stages.register import register
+from toolkit.stages.register import ModelConfig, register
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def runtime_check(folder: Path) -> list[Check]:
             custom = templates.PromptTemplate(**json.loads(info_file.read_text())["PromptTemplate"])
         try:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
-                     cache=cache)
+                     model_config=ModelConfig(threads=None), cache=cache)  # loading it is the check, not tuning
         except SlmopsError as exc:
             return [Check("runtime load", False, f"cannot be registered for the check: {exc}")]
         try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from toolkit.core import artifacts, settings, workers
 from toolkit.core.artifacts import dir_size_mb, read_manifest
 from toolkit.core.errors import InputError, ModelNotFoundError
-from toolkit.core.measure import CpuMeter, memory_bandwidth_gbs, peak_rss_mb, rss_mb, run_metadata
+from toolkit.core.measure import CpuMeter, machine, peak_rss_mb, rss_mb, run_metadata
 from toolkit.domain.params import DEFAULTS
 from toolkit.domain.prompts import prompt_text
 from toolkit.domain.quantize import lookup_only_mb
@@ -200,22 +200,47 @@ def measure_direct(job: dict, prompt_lengths: Sequence[int], gen_lengths: Sequen
     return rows
 
 
-def decode_ceiling(rows: list[dict], bandwidth_gbs: float) -> list[dict]:
+def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], llc_mb: float = 0.0) -> list[dict]:
     """Each row's decode speed against the bandwidth bound: every token reads the weights once.
 
     The bound is bandwidth / ``weights_read_mb`` (size on disk less tables only looked up by
     row); real decode also reads the KV cache and spends time computing, so 100% is out of
-    reach, and the gap says how far.
+    reach, and the gap says how far. A row above 100% gets its likely reason.
+
+    Args:
+        rows: ``bench.json`` rows.
+        bandwidth_gbs: Read bandwidth in GB/s, one figure or one per thread count (the row's
+            ``threads``; 0 is the runtime's default).
+        llc_mb: The last-level cache in MB: weights that fit in it are not read from memory.
     """
     out = []
     for row in rows:
         read_mb = row.get("weights_read_mb", row["size_mb"])
-        ceiling = bandwidth_gbs * 1e9 / (read_mb * 1e6) if read_mb else 0.0
+        threads = row.get("threads", 0)
+        gbs = bandwidth_gbs.get(threads, max(bandwidth_gbs.values(), default=0.0)) \
+            if isinstance(bandwidth_gbs, dict) else bandwidth_gbs
+        ceiling = gbs * 1e9 / (read_mb * 1e6) if read_mb else 0.0
+        percent = round(100 * row["decode_tps"] / ceiling, 1) if ceiling else 0.0
+        reason = ""
+        if percent > 100:
+            reason = (f"the weights read per token ({read_mb:.0f} MB) fit in the {llc_mb:.0f} MB last-level cache"
+                      if read_mb <= llc_mb else "faster than the measured read bandwidth allows: the probe "
+                      "under-measured this machine's bandwidth (rerun on a quieter machine)")
         out.append({"model": row["model"], "engine": row["engine"], "target_prompt_tokens": row["target_prompt_tokens"],
-                    "target_gen_tokens": row.get("target_gen_tokens", 0), "threads": row.get("threads", 0),
-                    "weights_read_mb": read_mb, "decode_tps": row["decode_tps"], "ceiling_tps": round(ceiling, 1),
-                    "percent_of_ceiling": round(100 * row["decode_tps"] / ceiling, 1) if ceiling else 0.0})
+                    "target_gen_tokens": row.get("target_gen_tokens", 0), "threads": threads,
+                    "weights_read_mb": read_mb, "bandwidth_gbs": round(gbs, 2), "decode_tps": row["decode_tps"],
+                    "ceiling_tps": round(ceiling, 1), "percent_of_ceiling": percent, "above_bound_because": reason})
     return out
+
+
+def last_level_cache_mb(caches: dict[str, str]) -> float:
+    """The largest cache in MB from :func:`toolkit.core.measure.machine`'s ``caches`` (``{"L3": "32768K"}``)."""
+    sizes = []
+    for size in caches.values():
+        number = size.rstrip("KMG")
+        if number.isdigit():
+            sizes.append(int(number) * {"K": 1 / 1024, "M": 1, "G": 1024}.get(size[-1:], 1 / 1024 / 1024))
+    return max(sizes, default=0.0)
 
 
 def headline_rows(rows: list[dict], engine: str = "foundry-local") -> list[dict]:
@@ -424,8 +449,11 @@ def warnings(rows: Sequence[BenchRow]) -> list[str]:
 def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> dict:
     """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``."""
     out = Path(out_dir)
-    meta = run_metadata()
-    meta["memory_bandwidth_gbs"] = round(memory_bandwidth_gbs(), 2)
+    meta = {**run_metadata(), "caches": machine()["caches"]}
+    # Measured the way decode reads, with each thread count the rows ran with.
+    bandwidths = genai.read_bandwidths([r.threads for r in rows] or [0])
+    meta["memory_bandwidth_gbs"] = max(bandwidths.values())
+    meta["memory_bandwidth_gbs_by_threads"] = {str(t): gbs for t, gbs in bandwidths.items()}
     report = {"metadata": meta, "rows": [asdict(r) for r in rows], "engine_ratios": engine_ratios(rows),
               "endpoint_ratios": endpoint_ratios(rows),
               "noisy": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
@@ -434,7 +462,7 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
                         for r in rows if r.gen_tokens < r.target_gen_tokens],
               "max_harness_overhead_pct": max((r.harness_overhead_pct for r in rows), default=0.0),
               "warnings": warnings(rows)}
-    report["decode_ceiling"] = decode_ceiling(report["rows"], meta["memory_bandwidth_gbs"])
+    report["decode_ceiling"] = decode_ceiling(report["rows"], bandwidths, last_level_cache_mb(meta["caches"]))
     artifacts.write_json(out / "bench.json", report)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])
