@@ -30,19 +30,32 @@ from IPython.display import Markdown, display
 
 from toolkit.domain import options
 from toolkit.orchestration import recipes as int4_recipes
+from toolkit.orchestration import run_source
 from toolkit.presentation import plots, report
 from toolkit.stages import convert
 from widgets import ModelPicker, PrecisionPicker, RunPanel
 
+# The model, or its LoRA fine-tune: the demo trains one on the bundled Veloria dataset (once, about 35 s).
+source = run_source.prepare(model_dir, adapter, finetune, cases, run_dir)
 model = ModelPicker(model_dir)
 picker = PrecisionPicker(precisions, recipe=int4_recipe,
                          int4=options.recipe_options(int4_recipe, block_size=int4_block_size), run_dir=run_dir)
 display(model, picker) if interactive else (model.value, picker.value)''',
  '''#MDChange the model or the precisions above, then press **Run convert**: the table under the picker fills in
 with the measured size (and, after the later notebooks, top-1 agreement and decode speed).''',
+ '''#MD## The fine-tune
+
+When the run deploys a LoRA fine-tune, its loss curve (the adapter is merged into the base before conversion;
+the FP32 build is checked against the merged PyTorch model's logits, see the manifest's `adapter`).''',
+ '''if source.trained:
+    print(f"LoRA adapter {source.adapter}: {source.trained.examples} examples, loss {source.trained.losses[0]:.3f} -> "
+          f"{source.trained.losses[-1]:.4f}" + (" (reused)" if source.trained.reused else ""))
+    display(report.figure(plots.plot_loss(source.trained.losses), Path(run_dir) / "finetune_loss.png"))
+else:
+    print(f"Deploying {source.model}" + (" (a LoRA adapter)" if source.adapter else ""))''',
  '''models = Path(run_dir) / "models"
-panel = RunPanel("convert", lambda: convert.convert_all(model.value, list(picker.value.precisions), models,
-                                                        method=method, int4=picker.value.int4),
+panel = RunPanel("convert", lambda: run_source.convert_all(source, model.value, list(picker.value.precisions),
+                                                           models, method=method, int4=picker.value.int4),
                  show=lambda manifests: (report.table(convert.summary(manifests)),
                                          report.figure(plots.plot_sizes(manifests), Path(run_dir) / "sizes.png")),
                  then=[picker.refresh], interactive=interactive)
@@ -61,7 +74,8 @@ Targets: at most 0.25× FP32 size and at least 0.85 top-1 agreement.''',
 if compare_recipes and (models / "fp32").is_dir():
     current = options.recipe_name(picker.value.int4)
     reuse = {current: models / "int4"} if current and (models / "int4").is_dir() else {}
-    recipes = int4_recipes.compare_int4_recipes(model.value.path, models / "recipes", models / "fp32", method=method,
+    recipes = int4_recipes.compare_int4_recipes(run_source.convert_from(model.value, source), models / "recipes",
+                                                models / "fp32", method=method,
                                            reuse=reuse)
 report.table(recipes)''',
  '''if recipes:
@@ -79,6 +93,7 @@ else:
 
 from IPython.display import HTML, display
 
+from toolkit.orchestration import run_source
 from toolkit.presentation import report
 from toolkit.stages import register, serve
 from widgets import ChatBox, TemplatePicker
@@ -87,8 +102,10 @@ models = Path(run_dir) / "models"
 picker = TemplatePicker(template, model_dir=models / precisions[0])
 picker if interactive else picker.value''',
  '''registered = register.register_all(models / "convert.json", name_prefix, template=picker.value.template,
-                                   custom_template=picker.value.custom, cache=cache_dir or None, force=True)
-report.table(registered)''',
+                                   custom_template=picker.value.custom, cache=cache_dir or None, force=True,
+                                   out_dir=run_dir)
+control = run_source.register_control(models, name_prefix, cache=cache_dir or None)  # the base, when fine-tuned
+report.table(registered, ["name", "model_id", "precision", "template", "threads", "threads_speedup", "notes"])''',
  '''#MDWhat Foundry Local now lists (as `foundry cache ls`):''',
  '''report.table(register.list_models(cache_dir or None))''',
  '''#MD## Chat
@@ -121,15 +138,23 @@ with serve.background([name], cache=cache_dir or None) as endpoint:
  "with a recorded seed keeps results repeatable.",
  ['''from pathlib import Path
 
+from toolkit.orchestration import run_source
 from toolkit.presentation import plots, report
 from toolkit.stages import checklist as evaluate
 
 names = [f"{name_prefix}-{p}" for p in precisions]
 reference = f"{name_prefix}-fp32" if "fp32" in precisions else None
-checklist = evaluate.run_checklists(names, reference=reference, cases=evaluate.load_cases(cases or None),
-                                    cache=cache_dir or None, requests=checklist_requests, seed=seed)
-summary = evaluate.write_report(checklist, Path(run_dir) / "test.json")
+run_cases = evaluate.load_cases(run_source.cases_file(model_dir, adapter, finetune, cases, run_dir))
+checklist = evaluate.run_checklists(names, reference=reference, cases=run_cases, cache=cache_dir or None,
+                                    requests=checklist_requests, seed=seed)
+control_model = run_source.control_name(run_dir, name_prefix)
+control = evaluate.run_control(control_model, run_cases, cache=cache_dir or None, seed=seed) if control_model else None
+summary = evaluate.write_report(checklist, Path(run_dir) / "test.json", control=control)
 report.table(evaluate.summary_rows(summary))''',
+ '''#MDThe negative control: the base model (not fine-tuned) asked the same domain cases. If it passes them, they
+test nothing about the fine-tune.''',
+ '''print(f"{control['model']}: trained questions {control['trained']}, held-out {control['heldout']}: {control['verdict']}"
+      if control else "No fine-tune in this run: no control.")''',
  '''#MD## The checklist, per precision (✓ pass, ✗ fail)''',
  '''report.table(evaluate.checklist_table(checklist))''',
  '''#MD## Quality against FP32

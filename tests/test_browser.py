@@ -34,6 +34,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_report_in_chromium(index: Path, shot: str) -> None:
+    """Open a run's ``index.html`` in Chromium: it fits the page, every plot stands beside a table, it prints.
+
+    Saves a full-page screenshot and a PDF print to ``outputs/e2e/``.
+    """
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(index.as_uri())
+        page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no sideways scrolling
+        assert page.locator("h2", has_text="What this run shows").count() == 1
+        assert page.locator("p.story").inner_text().startswith("Against FP32:")
+        images = page.locator("img")
+        assert images.count() >= 5 and all(page.evaluate("i => i.naturalWidth", images.nth(n).element_handle()) > 0
+                                           for n in range(images.count()))  # every plot loads
+        # Each plot stands beside its table (.pair) or right under it, in the table's own section.
+        unplaced = page.evaluate("""() => [...document.images].filter(i => {
+            const box = i.closest('.pair') || i.closest('section');
+            return !box || !box.querySelector('table');
+          }).map(i => i.alt)""")
+        assert unplaced == []
+        page.pdf(path=str(SHOTS / f"{shot}.pdf"))
+        browser.close()
+    assert all(url.startswith("file://") for url in requests)  # nothing from the network
+    assert (SHOTS / f"{shot}.pdf").stat().st_size > 10_000
+
+
 @pytest.fixture
 def jupyterlab(tmp_path: Path, cache: Path):
     """JupyterLab on localhost serving a work folder; yields ``(base_url, token, work_dir)``."""

@@ -130,3 +130,24 @@ def test_recommend_names_the_smallest_passing_precision_and_why_the_others_lost(
     assert cli.main(["recommend", str(run)]) == 1
     assert capsys.readouterr().out.startswith("Nothing to deploy: every precision failed a check")
     assert cli.main(["recommend", str(tmp_path / "nope")]) == 2
+
+
+def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
+    from toolkit.presentation import report
+
+    run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
+    bench_json = {"metadata": {"memory_bandwidth_gbs": 40.0}, "noisy": ["a", "b"],
+                  "decode_ceiling": [{"engine": "foundry-local", "percent_of_ceiling": p} for p in (30.0, 60.0)],
+                  "engine_ratios": [{"ratio": 1.02}],
+                  "ttft_breakdown": [{"ratio": 1.01, "setup_ms": 0.3, "template_ms": 1.4, "runtime_other_ms": 2.0}]}
+    registered = [{"threads": 2, "threads_speedup": 1.4}, {"threads": 2, "threads_speedup": 1.3}]
+    story = report.run_story(compare.recommend(compare.load_run(run)), bench_json, registered)
+    assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
+    assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
+    assert "1.30-1.40x the runtime's default" in story[2] and "30-60% of the memory-bandwidth bound" in story[3]
+    assert "1.02x ONNX Runtime GenAI" in story[4] and "session 0.30 ms" in story[5] and story[6].startswith("2 bench")
+    assert report.run_story(None, None, None) == []
+    control = {"trained": "0/16", "heldout": "1/16", "verdict": "they test what the fine-tune added"}
+    told = report.run_story(compare.recommend(compare.load_run(run)), None, None, control)
+    assert told[2] == ("The base model, not fine-tuned, answers 0/16 of the trained questions and 1/16 of their "
+                       "held-out paraphrases: they test what the fine-tune added.")

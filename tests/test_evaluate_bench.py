@@ -128,6 +128,14 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     assert [(r["model"], r["target_prompt_tokens"]) for r in report["engine_ratios"]] == [("tiny-bench", 16),
                                                                                          ("tiny-bench", 64)]
     assert all(r["ratio"] > 0 for r in report["engine_ratios"])
+    # Foundry's first token, line by line: measured parts, the direct engine's prefill, and what remains.
+    for line in report["ttft_breakdown"]:
+        assert line["setup_ms"] > 0 and line["template_ms"] > 0 and line["prefill_ms"] == line["direct_ttft_ms"]
+        parts = line["setup_ms"] + line["template_ms"] + line["prefill_ms"] + line["harness_ms"]
+        assert abs(parts + line["runtime_other_ms"] - line["foundry_ttft_ms"]) < 0.02
+    assert [line["target_prompt_tokens"] for line in report["ttft_breakdown"]] == [16, 64]
+    assert all(0 < r["bandwidth_gbs"] and r["percent_of_ceiling"] > 0 for r in report["decode_ceiling"])
+    assert report["metadata"]["caches"] and report["metadata"]["memory_bandwidth_gbs_by_threads"]["0"] > 1
     assert report["max_harness_overhead_pct"] == max(r.harness_overhead_pct for r in rows)
     with (tmp_path / "bench.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4

@@ -59,6 +59,8 @@ def hostile(tiny_model: Path, tiny_int4: Path, tmp_path_factory: pytest.TempPath
         f.write_bytes(b"")
     secret = work / "secret.txt"
     secret.write_text("root:x:0:0\n")
+    files["data-ok"] = work / "data.jsonl"
+    files["data-ok"].write_text(json.dumps({"question": "q?", "answer": "a.", "paraphrase": "q2?", "expect": ["a"]}))
     leaky = model_copy("src-link-out")
     (leaky / "extra.safetensors").symlink_to(secret)
     weird = model_copy("src-weird-arch")
@@ -105,6 +107,14 @@ def hostile(tiny_model: Path, tiny_int4: Path, tmp_path_factory: pytest.TempPath
 # (case id, argv with {placeholders} from the fixture, exit code, words the one-line message must hold)
 BATTERY = [
     ("convert-missing", ["convert", "{work}/nope", "--out", "{work}/o"], 2, "no such folder"),
+    ("convert-base-without-adapter", ["convert", "{model}", "--base", "{model}", "--out", "{work}/o"], 2,
+     "only with a LoRA adapter"),
+    ("finetune-missing-data", ["finetune", "{work}/nope.jsonl", "--base", "{model}", "--out", "{work}/a"], 2,
+     "No dataset"),
+    ("finetune-missing-base", ["finetune", "{data-ok}", "--base", "{work}/nope", "--out", "{work}/a"], 2,
+     "no such folder"),
+    ("finetune-steps-0", ["finetune", "{data-ok}", "--base", "{model}", "--out", "{work}/a", "--steps", "0"], 2,
+     "out of range"),
     ("convert-no-config", ["convert", "{src-no-config}", "--out", "{work}/o"], 2, "no config.json"),
     ("convert-config-not-utf8", ["convert", "{src-not-utf8}", "--out", "{work}/o"], 2, "UTF-8"),
     ("convert-config-not-json", ["convert", "{src-not-json}", "--out", "{work}/o"], 2, "not valid UTF-8 JSON"),

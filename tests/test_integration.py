@@ -95,4 +95,6 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(bundled: P
     good, bad = verdicts["chk-int4"], verdicts["chk-scrambled"]
     assert good["domain", "domain-overall"] and good["quality", "top1-agreement"] and good["quality", "kl-divergence"]
     assert not bad["domain", "domain-overall"]
+    # Constrained decoding cannot steer garbage weights either: the runtime gives up, and the case fails.
+    assert good["structured", "structured-overall"] and not bad["structured", "structured-overall"]
     assert not bad["quality", "top1-agreement"] and not bad["quality", "kl-divergence"]

@@ -35,9 +35,10 @@ def test_defaults_are_the_demo_and_round_trip() -> None:
     defaults = P.DEFAULTS.as_dict()
     assert P.parse(defaults) == P.DEFAULTS
     assert defaults["precisions"] == ["fp32", "int8", "int4"] and defaults["checklist_requests"] == 200
+    assert defaults["finetune"] is True and defaults["adapter"] == ""  # the demo deploys the bundled fine-tune
     assert P.parse({"precisions": ["int4"]}).precisions == ["int4"]
     assert P.RunParams().precisions is not P.RunParams().precisions  # no shared mutable default
-    assert set(P.PATH_PARAMS) == {"model_dir", "cases", "cache_dir"}
+    assert set(P.PATH_PARAMS) == {"model_dir", "adapter", "cases", "cache_dir"}
 
 
 def test_the_cli_takes_its_defaults_from_the_model() -> None:

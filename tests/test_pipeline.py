@@ -12,11 +12,13 @@ import nbformat
 import papermill
 import pytest
 
+from test_browser import check_report_in_chromium
 from toolkit import cli
 from toolkit.core.errors import SlmopsError
 from toolkit.domain.params import parameters_cell, parse
 from toolkit.orchestration import pipeline
 from toolkit.presentation import report
+from toolkit.stages import finetune
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -73,9 +75,17 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     cases = tmp_path / "cases.jsonl"
     cases.write_text('{"id": "hi", "messages": [{"role": "user", "content": "Say hi."}], '
                      '"expect": {"max_chars": 400}}\n')
-    params = {"model_dir": str(tiny_model), "name_prefix": "tinypipe", "precisions": ["fp32", "int4"],
-              "prompt_lengths": [16, 32], "gen_lengths": [4], "repeats": 1, "warmup": 0, "cases": str(cases),
-              "checklist_requests": 40}
+    # A fine-tune, as users bring one: a LoRA adapter over the tiny base (deployed merged; the base is the control).
+    data = tmp_path / "facts.jsonl"
+    data.write_text(json.dumps({"question": "Capital?", "answer": "Quennport.", "paraphrase": "Its capital?",
+                                "expect": ["Quennport"]}))
+    adapter = finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=tmp_path / "lora", data=data, rank=4,
+                                                      steps=2, batch=1), progress=False).adapter
+    cases.write_text(cases.read_text() + '{"id": "capital", "messages": [{"role": "user", "content": "Capital?"}], '
+                     '"expect": {"contains_any": ["Quennport"]}}\n')
+    params = {"model_dir": str(tiny_model), "adapter": str(adapter), "name_prefix": "tinypipe",
+              "precisions": ["fp32", "int4"], "prompt_lengths": [16, 32], "gen_lengths": [4], "repeats": 1,
+              "warmup": 0, "cases": str(cases), "checklist_requests": 40}
     index = pipeline.run_pipeline(params, tmp_path / "run", progress=False)
     page = index.read_text()
     for name in report.NOTEBOOKS:
@@ -111,6 +121,16 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     links = set(re.findall(r'(?:href|src)="([^"]+)"', page))
     assert links and {f"run/{link}" for link in links} <= names
     assert not any(n.endswith((".onnx", ".data")) for n in names) and "run/models/int4/manifest.json" in names
+    converted = json.loads((tmp_path / "run" / "models" / "convert.json").read_text())
+    assert all(m["adapter"]["path"] == str(adapter.resolve()) for m in converted)
+    assert [m["adapter"]["onnx_check"]["top1_agreement"] for m in converted if m["precision"] == "fp32"] == [1.0]
+    control = json.loads((tmp_path / "run" / "test.json").read_text())["control"]
+    assert control["model"] == "tinypipe-base" and control["trained"] == "0/1"  # a random base knows no Quennport
+    # A reviewer's view: the page in a real browser, screenshot and print in outputs/e2e/.
+    check_report_in_chromium(index, "report_index")
+    registered = json.loads((tmp_path / "run" / "registered.json").read_text())
+    assert all(type(r["threads"]) is int and r["threads"] >= 1 for r in registered)  # --threads auto chose
+    assert "<h2>Registration</h2>" in page
     # The recommendation tops the page (it replaces the summary table) and agrees with test.json.
     assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Notebooks</h2>") and "<h2>Summary</h2>" not in page
     decision = json.loads(cli_output(["recommend", str(tmp_path / "run"), "--json"], capsys))

@@ -29,7 +29,7 @@ from toolkit.orchestration import doctor, pipeline, recipes
 from toolkit.presentation import compare, plots, report
 from toolkit.presentation.tables import text_table
 from toolkit.runtimes.foundry import Generation, LoadedModel
-from toolkit.stages import bench, checklist, convert, register, serve
+from toolkit.stages import bench, checklist, convert, finetune, register, serve
 
 
 def _whole(low: int, high: int | None = None):
@@ -100,7 +100,7 @@ def _int4_options(args: argparse.Namespace):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     spec = convert.ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
-                               _int4_options(args), args.execution_provider)
+                               _int4_options(args), args.execution_provider, Path(args.base) if args.base else None)
     result = convert.convert(spec, dry_run=args.dry_run)
     if args.dry_run:
         print(f"Wrote {result.manifest['config']} (dry run: nothing converted)")
@@ -111,6 +111,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
           f"({m['fp32_size_from']}; tutorial table x{m['tutorial_size_ratio']}), {m['wall_s']:.1f} s, "
           f"peak RSS {m['peak_rss_mb']:.0f} MB\nweights: {weights}; LM head {m['weights']['lm_head']}, "
           f"embeddings {m['weights']['embeddings']}")
+    adapter = m.get("adapter")
+    if adapter:
+        check = adapter.get("onnx_check")
+        print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) merged "
+              f"into {adapter['base']} by {adapter['merge_route']}"
+              + (f"; FP32 build against the merged PyTorch model: top-1 {check['top1_agreement']:.3f}, largest logit "
+                 f"difference {check['max_abs_diff']:.2g}" if check else ""))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    spec = finetune.FinetuneSpec(base=Path(args.base), out=Path(args.out), data=Path(args.data), rank=args.rank,
+                                 steps=args.steps, batch=args.batch, learning_rate=args.learning_rate, seed=args.seed)
+    result = finetune.finetune(spec)
+    if result.reused:
+        print(f"An adapter trained the same way is already at {result.adapter} (reused).")
+    else:
+        print(f"Trained a LoRA adapter on {result.examples} examples in {result.wall_s:.0f} s: loss "
+              f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f}. Wrote {result.adapter}")
+    print(f"Convert it with: slmops convert {result.adapter} --out DIR")
     return 0
 
 
@@ -231,6 +251,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for ratio in results["engine_ratios"]:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: Foundry Local decodes at {ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
+    for line in results["ttft_breakdown"]:
+        print(f"{line['model']} at ~{line['target_prompt_tokens']} prompt tokens: Foundry Local's first token "
+              f"{line['foundry_ttft_ms']:.1f} ms ({line['ratio']:.2f}x direct) = session {line['setup_ms']:.2f} + "
+              f"template and tokenizer {line['template_ms']:.2f} + prefill and first token (direct) "
+              f"{line['prefill_ms']:.1f} + harness {line['harness_ms']:.2f} + runtime other "
+              f"{line['runtime_other_ms']:+.1f} ms")
     for ratio in results["endpoint_ratios"]:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: through HTTP it decodes at {ratio['decode_ratio']:.3f}x in-process, first token "
@@ -441,8 +467,32 @@ comparison page OUT/index.html:
     p.add_argument("--out", help="archive path (default: RUN.zip beside the run folder)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("convert", help="convert one Hugging Face model to ONNX at one precision")
-    p.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
+    spec_defaults = finetune.FinetuneSpec(base=Path("."), out=Path("."))
+    p = sub.add_parser("finetune", help="fine-tune a LoRA adapter on a JSONL dataset (peft, CPU, seeded)",
+                       epilog=EPILOG, description="Each JSONL line: question, answer, paraphrase (held out: never "
+                       "trained on, asked by the checklist), expect (words a correct answer contains), optional id and "
+                       "format: json. Loss on the answer tokens only, through the base's chat template. The demo's "
+                       "input is this step on the bundled Veloria dataset.")
+    p.add_argument("data", help="JSONL dataset")
+    p.add_argument("--base", required=True, help="the base model's Hugging Face folder")
+    p.add_argument("--out", required=True, help="adapter folder to write (reused when trained the same way)")
+    p.add_argument("--rank", type=_whole(1, 256), default=spec_defaults.rank,
+                   help=f"LoRA rank (default {spec_defaults.rank}; alpha is twice it)")
+    p.add_argument("--steps", type=_whole(1, 10_000), default=spec_defaults.steps,
+                   help=f"optimizer steps (default {spec_defaults.steps})")
+    p.add_argument("--batch", type=_whole(1, 256), default=spec_defaults.batch,
+                   help=f"examples per step (default {spec_defaults.batch})")
+    p.add_argument("--learning-rate", type=_fraction(1e-7, 1), default=spec_defaults.learning_rate,
+                   help=f"AdamW learning rate (default {spec_defaults.learning_rate})")
+    p.add_argument("--seed", type=_whole(0, 2**31 - 1), default=spec_defaults.seed,
+                   help=f"seed of the order and the adapter's initialization (default {spec_defaults.seed})")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("convert", help="convert one Hugging Face model (or a LoRA adapter) to ONNX at one precision")
+    p.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer), or a PEFT LoRA "
+                   "adapter folder (adapter_config.json): merged into its base first")
+    p.add_argument("--base", help="the base model's folder for a LoRA adapter (default: the local folder its "
+                   "adapter_config.json names)")
     p.add_argument("--precision", choices=[x.value for x in Precision],
                    default=_default(convert.ConvertSpec, "precision"),
                    help="int4 (default; see INT4 options), int8 (8-bit weights, MatMulNBits), fp32 (reference), "

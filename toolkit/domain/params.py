@@ -43,6 +43,11 @@ class RunParams:
 
     run_dir: str = _param("../outputs/interactive", "folder for this run's results (slmops run sets it to --out)")
     model_dir: str = _param("", "Hugging Face model folder; empty means the bundled SmolLM2-135M-Instruct", path=True)
+    adapter: str = _param("", "PEFT LoRA adapter folder merged into the model before conversion (its base: model_dir, "
+                          "else the folder its config names); empty means none", path=True)
+    finetune: bool = _param(True, "with the bundled model and no adapter: fine-tune a LoRA adapter on the bundled "
+                            "Veloria dataset (about 35 s, once) and deploy the fine-tune, with the base as a "
+                            "negative control")
     name_prefix: str = _param("smollm2", "registered names are PREFIX-PRECISION", pattern=_PREFIX)
     precisions: list[str] = _param(["fp32", "int8", "int4"], "precisions to build, register, test and benchmark",
                                    choices=tuple(p.value for p in Precision))
@@ -55,7 +60,8 @@ class RunParams:
     compare_recipes: bool = _param(True, "build every INT4 recipe and measure it against FP32 "
                                    "(needs fp32 in precisions)")
     template: str = _param("auto", "prompt template: " + " | ".join(_PRESET_NAMES), choices=_PRESET_NAMES)
-    cases: str = _param("", "JSONL test cases; empty means the bundled cases", path=True)
+    cases: str = _param("", "JSONL test cases; empty means the fine-tune's dataset cases for the bundled fine-tune, "
+                        "else the bundled cases", path=True)
     checklist_requests: int = _param(200, "requests of the checklist's memory check (0 skips it)", low=0, high=100_000)
     prompt_lengths: list[int] = _param([16, 128, 512], "benchmark prompt lengths in tokens", low=1, high=1 << 20)
     gen_lengths: list[int] = _param([32], "tokens generated per benchmark run (several: a generation-length sweep)",

@@ -34,6 +34,21 @@ def plot_sizes(manifests: Sequence[dict], *, ax=None):
     return ax
 
 
+def plot_loss(losses: Sequence[float], *, ax=None):
+    """The fine-tune's training loss per step (log scale: it falls by orders of magnitude).
+
+    Example:
+        >>> plot_loss([3.2, 1.1, 0.2, 0.01]).figure.savefig("finetune_loss.png")
+    """
+    ax = _axes(ax)
+    ax.plot(range(1, len(losses) + 1), losses, marker=".")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title("LoRA fine-tune")
+    return ax
+
+
 def plot_recipes(results: Sequence, *, size_target: float = 0.25, top1_target: float = 0.85, ax=None):
     """INT4 recipes as points: size against FP32 (x) and top-1 agreement (y), the targets as a box.
 

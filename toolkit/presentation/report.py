@@ -65,9 +65,96 @@ def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
     return {row["precision"]: row for row in run_summary(run_dir)}
 
 
+#: Which section of the index each plot stands beside (by file stem); any other plot goes last.
+PLOT_SECTIONS = {
+    "conversion": ("finetune_loss", "sizes"),
+    "recipes": ("recipes",),
+    "checklist": ("rss_over_requests", "ms_per_token"),
+    "bench": ("decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mb", "tradeoff", "decode_vs_threads"),
+}
+
+
+def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
+    """``"a-b unit"`` for a range, ``"a unit"`` for one value."""
+    low, high = min(values), max(values)
+    text = f"{low:.{digits}f}" if round(low, digits) == round(high, digits) else f"{low:.{digits}f}-{high:.{digits}f}"
+    return text + unit
+
+
+def run_story(recommendation: compare.Recommendation | None, bench_report: dict | None,
+              registered: list[dict] | None, control: dict | None = None) -> list[str]:
+    """"What this run shows": a few sentences generated from the run's own figures.
+
+    Args:
+        recommendation: :func:`toolkit.presentation.compare.recommend` of the run.
+        bench_report: Its ``bench.json``.
+        registered: Its ``registered.json`` (thread choices).
+        control: ``test.json``'s negative control (the base model on the same domain cases), if any.
+
+    Example:
+        >>> run_story(recommend(load_run(run)), bench_json, registered)[0]
+        'Against FP32: int8 is 0.29x the size and decodes 2.20x as fast; int4 is 0.37x the size and ...'
+    """
+    story = []
+    rows = recommendation.rows if recommendation else []
+    base = next((r for r in rows if r["precision"] == "fp32"), None)
+    def number(row: dict, key: str) -> float | None:
+        value = row.get(key)
+        return value if isinstance(value, int | float) and value else None
+
+    if base and number(base, "decode_tps") and number(base, "size_mb"):
+        parts = [f"{r['precision']} is {r['size_mb'] / base['size_mb']:.2f}x the size and decodes "
+                 f"{r['decode_tps'] / base['decode_tps']:.2f}x as fast" for r in rows
+                 if r is not base and number(r, "size_mb") and number(r, "decode_tps")]
+        if parts:
+            story.append("Against FP32: " + "; ".join(parts) + ".")
+    failed = [f"{r['precision']} {r['verdict'].removeprefix('lost: ')}" for r in rows
+              if str(r.get("verdict", "")).startswith("lost: failed")]
+    passed = [r["precision"] for r in rows if not str(r.get("verdict", "")).startswith("lost: failed")
+              and r.get("verdict") != "not checked"]
+    if rows:
+        story.append((f"{' and '.join(passed)} pass every checklist item" if passed else "No precision passes "
+                      "every checklist item") + (f"; {'; '.join(failed)}." if failed else "."))
+    if control:
+        story.append(f"The base model, not fine-tuned, answers {control['trained']} of the trained questions and "
+                     f"{control['heldout']} of their held-out paraphrases: {control['verdict']}.")
+    chosen = [r for r in registered or [] if isinstance(r.get("threads_speedup"), int | float)]
+    if chosen:
+        story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r['threads']) for r in chosen)}, "
+                     f"decoding {_span([r['threads_speedup'] for r in chosen], 'x')} the runtime's default.")
+    if bench_report:
+        ceiling = [r for r in bench_report.get("decode_ceiling", []) if r["engine"] == "foundry-local"]
+        if ceiling:
+            gbs = bench_report.get("metadata", {}).get("memory_bandwidth_gbs", 0)
+            story.append(f"Decode reaches {_span([r['percent_of_ceiling'] for r in ceiling], '%', 0)} of the "
+                         f"memory-bandwidth bound ({gbs:.1f} GB/s, measured as decode reads); the rest is compute, "
+                         "the KV cache and the runtime's own work.")
+        ratios = bench_report.get("engine_ratios", [])
+        if ratios:
+            story.append(f"Foundry Local decodes at {_span([r['ratio'] for r in ratios], 'x')} ONNX Runtime GenAI "
+                         "directly on the same prompt tokens.")
+        ttft = bench_report.get("ttft_breakdown", [])
+        if ttft:
+            story.append(f"Foundry Local's first token takes {_span([r['ratio'] for r in ttft], 'x')} the direct "
+                         f"engine's on the same prompt tokens: session {_span([r['setup_ms'] for r in ttft], ' ms')}, "
+                         f"template and tokenizer {_span([r['template_ms'] for r in ttft], ' ms')}, the prompt pass "
+                         f"itself (the direct engine's), and {_span([r['runtime_other_ms'] for r in ttft], ' ms', 1)} "
+                         "of the runtime's own request handling.")
+        endpoint = bench_report.get("endpoint_ratios", [])
+        if endpoint:
+            story.append(f"Through the OpenAI-compatible endpoint: {_span([r['decode_ratio'] for r in endpoint], 'x')}"
+                         f" in-process decode, first token {_span([r['ttft_overhead_ms'] for r in endpoint], ' ms', 1)}"
+                         " later.")
+        noisy = bench_report.get("noisy", [])
+        if noisy:
+            story.append(f"{len(noisy)} benchmark figures varied over 10% between runs: rerun with more repeats on a "
+                         "quieter machine before trusting small differences.")
+    return story
+
+
 #: Result files of a run, linked from the index and kept in its archive.
-RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/recipes/recipes.json", "test.json",
-                "bench.json", "bench.csv")
+RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/recipes/recipes.json",
+                "registered.json", "test.json", "bench.json", "bench.csv")
 
 
 def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
@@ -100,18 +187,28 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     tests = read_json(run / "test.json")
     bench_report = _bench_report(run)
     converted = read_json(run / "models" / "convert.json")
+    registered = read_json(run / "registered.json") or []
+    recommendation = compare.recommend(compare.load_run(run)) if tests else None
+    plots = [png.stem for png in sorted(run.glob("*.png"))]
+    placed = {stem for stems in PLOT_SECTIONS.values() for stem in stems}
     page = render_page(
         "index.html.j2", run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
-        recommendation=compare.recommend(compare.load_run(run)) if tests else None,
+        recommendation=recommendation,
+        story=run_story(recommendation, bench_report, registered, (tests or {}).get("control")),
+        registered=[{**row, "threads_probe": ", ".join(
+            f"{p['threads'] or 'default'}: {p['decode_tps']:.0f} tok/s, {p['ttft_ms']:.0f} ms" for p in
+            row.get("threads_probe") or [])} for row in registered],
+        section_plots={section: [stem for stem in stems if stem in plots] for section, stems in PLOT_SECTIONS.items()},
+        other_plots=[stem for stem in plots if stem not in placed],
         notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
                     "status": status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")}
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
         conversion=convert.summary(converted) if converted else [],
         recipes=read_json(run / "models" / "recipes" / "recipes.json") or [],
-        checklist=_checklist_rows(tests), bench=bench_report,
+        checklist=_checklist_rows(tests), control=(tests or {}).get("control"), bench=bench_report,
         bench_summary=bench.summary(bench_report, tests) if bench_report else [],
-        plots=[png.stem for png in sorted(run.glob("*.png"))], params=params,
+        params=params,
         versions=[{"package": k, "version": v} for k, v in found.items()],
     )
     return artifacts.write_text(run / "index.html", page)

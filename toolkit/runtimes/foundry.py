@@ -92,6 +92,8 @@ class Generation:
         finish_reason: ``stop``, ``length`` or ``error``.
         harness_s: Seconds spent in this toolkit's code (and its caller's) between streamed
             pieces, the benchmark harness's own cost.
+        setup_s: Seconds of the time to first token spent opening the runtime's session and
+            request, before the runtime started on the prompt.
     """
 
     text: str
@@ -101,6 +103,7 @@ class Generation:
     total_s: float
     finish_reason: str
     harness_s: float = 0.0
+    setup_s: float = 0.0
 
     @property
     def decode_tps(self) -> float:
@@ -196,6 +199,7 @@ class LoadedModel:
             self.model.load()
         self._history: list[dict[str, str]] = []
         self._encode = None
+        self.last_setup_s = 0.0  # session and request setup of the latest streamed request
 
     def __enter__(self) -> LoadedModel:
         return self
@@ -291,9 +295,11 @@ class LoadedModel:
         from foundry_local_sdk.items import TextItem, TextItemType
 
         try:
+            start = time.perf_counter()
             with ChatSession(self.model) as session, Request() as request:
                 session.set_streaming(True)
                 request.add_item(TextItem(json.dumps(body), TextItemType.OPENAI_JSON))
+                self.last_setup_s = time.perf_counter() - start
                 with session.process_streaming_request(request) as stream:
                     for item in stream:
                         yield item.text
@@ -348,7 +354,8 @@ class LoadedModel:
             arrived = time.perf_counter()
             if isinstance(chunk, Usage):
                 yield Generation("".join(pieces), chunk.prompt_tokens, chunk.completion_tokens,
-                                 (first or arrived) - start, arrived - start, chunk.finish_reason, harness)
+                                 (first or arrived) - start, arrived - start, chunk.finish_reason, harness,
+                                 self.last_setup_s)
                 return
             choices = json.loads(chunk).get("choices") or [{}]
             text = (choices[0].get("delta") or {}).get("content")

@@ -227,6 +227,27 @@ def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]
     return workers.run_worker(_MODULE, "decode", payload, name="decode probe (onnxruntime-genai)").result
 
 
+def match_logits(model_dir: str | os.PathLike[str], text: str, reference: str | os.PathLike[str]) -> dict:
+    """How closely ``model_dir``'s next-token logits on ``text`` follow saved reference logits (``.npy``, ``[T, vocab]``).
+
+    Used to check an FP32 build against the PyTorch model it came from (a merged fine-tune):
+    top-1 agreement and the largest absolute logit difference over the reference's positions.
+    """
+    expected = np.load(reference)
+    _ids, got = logits(model_dir, text)
+    count = min(len(got), len(expected))
+    got, expected = got[:count], expected[:count].astype(np.float64)
+    return {"positions": count, "top1_agreement": round(float((got.argmax(-1) == expected.argmax(-1)).mean()), 4),
+            "max_abs_diff": round(float(np.abs(got - expected).max()), 5)}
+
+
+def check_against(model_dir: str | os.PathLike[str], text: str, reference: str | os.PathLike[str]) -> dict:
+    """:func:`match_logits` in a child process."""
+    return workers.run_worker(_MODULE, "match", {"model_dir": str(model_dir), "text": text,
+                                                 "reference": str(reference)},
+                              name=f"logit check of {Path(model_dir).name}", timeout=900).result
+
+
 def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int], gen_tokens: int = 32,
                  repeats: int = 2) -> list[dict]:
     """Decode speed and time to first token of ``model_dir`` with each intra-op thread count (0: the runtime's default).
@@ -309,6 +330,7 @@ if __name__ == "__main__":
         "compare": lambda job, _emit: compare(job["reference"], job["candidates"], job["text"]),
         "decode": lambda job, _emit: {label: round(decode_tps(folder), 1) for label, folder in job["models"].items()},
         "bench": lambda job, _emit: bench_model(**job),
+        "match": lambda job, _emit: match_logits(job["model_dir"], job["text"], job["reference"]),
         "threads": lambda job, _emit: thread_probe(job["model_dir"], job["ids"], job["counts"]),
         "bandwidth": lambda job, _emit: {t: round(read_bandwidth(t), 2) for t in job["threads"]},
     })

@@ -50,6 +50,10 @@ class BenchRow:
         harness_overhead_pct: Time spent in this toolkit's own code between tokens, as a
             percentage of decode time.
         load_s, load_rss_mb: Model load time and the process memory the load added.
+        setup_ms: Of the time to first token, opening the runtime's session and request (Foundry Local).
+        template_ms: Rendering the chat template and tokenizing the prompt, timed with the
+            toolkit's own tokenizer: what the runtime does for that, estimated (Foundry Local;
+            the direct engine is given token ids).
         weights_read_mb: Weights read to decode one token: size on disk less tables only
             looked up by row (an embedding table not shared with the LM head).
     """
@@ -82,6 +86,8 @@ class BenchRow:
     load_s: float
     load_rss_mb: float
     repeats: int
+    setup_ms: float = 0.0
+    template_ms: float = 0.0
 
 
 #: Coefficient of variation of decode tokens/s above which a figure is flagged as too noisy to trust.
@@ -93,7 +99,7 @@ def _sd(values: list[float]) -> float:
 
 
 def _row(model: dict, engine: str, length: int, gen: int, prompt_tokens: int, runs: list[dict], *, threads: int,
-         load_s: float, load_rss_mb: float, peak_rss_mb: float) -> dict:
+         load_s: float, load_rss_mb: float, peak_rss_mb: float, template_ms: float = 0.0) -> dict:
     """A :class:`BenchRow` (as a dict) from timed runs.
 
     Each run holds ``ttft_s``, ``total_s``, ``gen_tokens``, ``harness_s``, ``cpu_percent`` and
@@ -125,6 +131,8 @@ def _row(model: dict, engine: str, length: int, gen: int, prompt_tokens: int, ru
         harness_overhead_pct=round(statistics.mean(overhead), 4), size_mb=model["size_mb"],
         weights_read_mb=model["weights_read_mb"], load_s=round(load_s, 3),
         load_rss_mb=round(load_rss_mb, 1), repeats=len(runs),
+        setup_ms=round(statistics.mean(r.get("setup_s", 0.0) for r in runs) * 1000, 3),
+        template_ms=round(template_ms, 3),
     ))
 
 
@@ -155,7 +163,7 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     rss0, start = rss_mb(), time.perf_counter()
     model = LoadedModel(name, cache)
     load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
-    measured, prompts, texts = [], [], []
+    measured, prompts, texts, template_ms = [], [], [], {}
     meter = CpuMeter()
     try:
         # The template adds its own tokens (role markers, a default system prompt): measure
@@ -165,6 +173,12 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
             messages = [{"role": "user", "content": prompt_text(tokenizer, max(1, length - overhead))}]
             prompts.append(model.prompt_ids(messages))
             texts.append(messages)
+            tokenizing = []
+            for _ in range(5):  # the template and tokenizer cost, as the runtime pays it before prefill
+                begin = time.perf_counter()
+                model.prompt_ids(messages)
+                tokenizing.append(time.perf_counter() - begin)
+            template_ms[length] = min(tokenizing) * 1000
             for gen in gen_lengths:
                 for _ in range(warmup):
                     model.generate(messages, max_tokens=gen)
@@ -173,13 +187,15 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
                     meter.start()
                     g = model.generate(messages, max_tokens=gen)
                     runs.append({"ttft_s": g.ttft_s, "total_s": g.total_s, "gen_tokens": g.completion_tokens,
-                                 "harness_s": g.harness_s, "prompt_tokens": g.prompt_tokens, **meter.stop()})
+                                 "harness_s": g.harness_s, "prompt_tokens": g.prompt_tokens, "setup_s": g.setup_s,
+                                 **meter.stop()})
                 measured.append((length, gen, runs))
     finally:
         model.close()
     peak = peak_rss_mb()
     return {"rows": [_row(info, "foundry-local", length, gen, runs[0]["prompt_tokens"], runs, threads=threads,
-                          load_s=load_s, load_rss_mb=load_rss, peak_rss_mb=peak) for length, gen, runs in measured],
+                          load_s=load_s, load_rss_mb=load_rss, peak_rss_mb=peak, template_ms=template_ms[length])
+                     for length, gen, runs in measured],
             "prompts": prompts, "messages": texts, "folder": str(folder), "threads": threads, **info}
 
 
@@ -332,6 +348,31 @@ def measure_endpoint(job: dict, url: str, api_key: str, gen_lengths: Sequence[in
     return rows
 
 
+def ttft_breakdown(rows: Sequence[BenchRow]) -> list[dict]:
+    """Foundry Local's time to first token, line by line, against the direct engine's on the same prompt ids.
+
+    ``prefill_ms`` is the direct engine's own time to first token (the prompt pass and the
+    first token, from token ids); ``setup_ms`` and ``template_ms`` are measured (see
+    :class:`BenchRow`); ``runtime_other_ms`` is what remains of Foundry Local's figure: its
+    request handling, queueing and differences between its ONNX Runtime GenAI build and the
+    direct one. The harness's own share is ``harness_ms`` (parsing the first chunk).
+    """
+    direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads): r for r in rows
+              if r.engine == "ort-genai"}
+    out = []
+    for r in rows:
+        other = direct.get((r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads))
+        if r.engine != "foundry-local" or other is None or not other.ttft_ms:
+            continue
+        harness = round(r.harness_overhead_pct / 100 * (r.e2e_ms - r.ttft_ms) / max(r.gen_tokens, 1), 3)
+        out.append({"model": r.model, "target_prompt_tokens": r.target_prompt_tokens, "threads": r.threads,
+                    "foundry_ttft_ms": r.ttft_ms, "direct_ttft_ms": other.ttft_ms,
+                    "ratio": round(r.ttft_ms / other.ttft_ms, 3), "setup_ms": r.setup_ms,
+                    "template_ms": r.template_ms, "prefill_ms": other.ttft_ms, "harness_ms": harness,
+                    "runtime_other_ms": round(r.ttft_ms - r.setup_ms - r.template_ms - other.ttft_ms - harness, 2)})
+    return out
+
+
 def endpoint_ratios(rows: Sequence[BenchRow]) -> list[dict]:
     """The endpoint against Foundry Local in-process at the same lengths: decode ratio and first-token overhead."""
     direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens): r for r in rows if r.engine == "foundry-local"}
@@ -455,7 +496,7 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
     meta["memory_bandwidth_gbs"] = max(bandwidths.values())
     meta["memory_bandwidth_gbs_by_threads"] = {str(t): gbs for t, gbs in bandwidths.items()}
     report = {"metadata": meta, "rows": [asdict(r) for r in rows], "engine_ratios": engine_ratios(rows),
-              "endpoint_ratios": endpoint_ratios(rows),
+              "endpoint_ratios": endpoint_ratios(rows), "ttft_breakdown": ttft_breakdown(rows),
               "noisy": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
                         for r in rows if r.noisy],
               "short": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"

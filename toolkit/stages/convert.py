@@ -16,7 +16,7 @@ import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from toolkit.core import artifacts, workers
@@ -31,8 +31,11 @@ from toolkit.domain.options import (
     Method,
     Precision,
 )
+from toolkit.domain import adapters
+from toolkit.domain.prompts import reference_text
 from toolkit.domain.quantize import QuantPlan, weight_summary
 from toolkit.domain.sources import SourceModel, fingerprint, inspect_source
+from toolkit.runtimes import genai
 
 OLIVE_CONFIG = "finetuned_conversion_config.json"
 
@@ -48,6 +51,8 @@ class ConvertSpec:
         method: Route (builder, olive, olive-config).
         int4: INT4 options (used when ``precision`` is int4).
         execution_provider: ``cpu`` or ``cuda`` (FP16 needs a GPU provider).
+        base: The base model's folder when ``model_dir`` is a LoRA adapter (default: the one
+            the adapter's config names); the adapter is merged into it first.
     """
 
     model_dir: Path
@@ -56,6 +61,7 @@ class ConvertSpec:
     method: Method = Method.BUILDER
     int4: Int4Options = field(default_factory=Int4Options)
     execution_provider: str = "cpu"
+    base: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +253,12 @@ def validate(spec: ConvertSpec) -> SourceModel:
         ) from exc
     if spec.execution_provider not in _PROVIDERS:
         raise InvalidOptionError("execution_provider", spec.execution_provider, f"one of {sorted(_PROVIDERS)}")
-    source = check_source(spec.model_dir)
+    if adapters.is_adapter(spec.model_dir):  # a LoRA adapter: its base must be convertible (and match it)
+        source = check_source(adapters.inspect_adapter(spec.model_dir, spec.base).base)
+    elif spec.base is not None:
+        raise InvalidOptionError("base", str(spec.base), "only with a LoRA adapter folder as the model")
+    else:
+        source = check_source(spec.model_dir)
     spec.int4.validate()
     if precision is Precision.FP16 and spec.execution_provider == "cpu":
         raise InvalidOptionError(
@@ -255,7 +266,7 @@ def validate(spec: ConvertSpec) -> SourceModel:
             "a GPU target: FP16 is for GPUs and runs slowly or not at all on the CPU provider; "
             "pass --execution-provider cuda to build for a GPU, or choose int8/int4 for CPU",
         )
-    spec = ConvertSpec(spec.model_dir, spec.output_dir, precision, method, spec.int4, spec.execution_provider)
+    spec = ConvertSpec(spec.model_dir, spec.output_dir, precision, method, spec.int4, spec.execution_provider, spec.base)
     plan = quant_plan(spec, source.hidden_size) if needs_quantizer(spec) else None
     if plan and (plan.lm_head_bits < 32 or plan.embedding_bits < 32) and source.hidden_size % plan.block_size:
         fits = [b for b in BLOCK_SIZES if source.hidden_size % b == 0]
@@ -333,6 +344,11 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     source = validate(spec)
     spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider)
+    adapter = None
+    if adapters.is_adapter(spec.model_dir):  # merged once (cached); every route then converts the merged folder
+        adapter = adapters.inspect_adapter(spec.model_dir, source.path)
+        spec = replace(spec, model_dir=adapters.merge(adapter))
+        source = inspect_source(spec.model_dir)
     target = spec.output_dir.resolve()
     if dry_run and spec.method is not Method.OLIVE_CONFIG:
         raise InvalidOptionError("dry_run", True, "only with --method olive-config")
@@ -393,6 +409,12 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
             if spec.method is Method.OLIVE_CONFIG:
                 shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
             manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
+            if adapter is not None:
+                merged = spec.model_dir
+                manifest["adapter"] = artifacts.read_json(merged / adapters.MERGE_RECORD, adapter.describe())
+                if spec.precision is Precision.FP32:  # the build must compute what the merged PyTorch model does
+                    manifest["adapter"]["onnx_check"] = genai.check_against(
+                        staging, reference_text(), merged / adapters.REFERENCE_LOGITS)
             artifacts.write_json(staging / MANIFEST, manifest)
             artifacts.crash_point("convert-built")
             artifacts.swap_into_place(staging, target)
@@ -458,8 +480,10 @@ def summary(manifests: list[dict]) -> list[dict]:
 
 def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_dir: str | os.PathLike[str], *,
                 method: Method | str = Method.BUILDER, int4: Int4Options | None = None,
-                progress: bool = True) -> list[dict]:
-    """Convert one model at several precisions into ``out_dir/<precision>``; write ``convert.json``.
+                progress: bool = True, base: str | os.PathLike[str] | None = None) -> list[dict]:
+    """Convert one model (or a LoRA adapter over ``base``) at several precisions into ``out_dir/<precision>``.
+
+    Writes ``convert.json``, the list of manifests.
 
     Example:
         >>> [m["precision"] for m in convert_all(bundled_model(), ["fp32", "int4"], "outputs/run/models")]
@@ -467,7 +491,8 @@ def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_di
     """
     out = Path(out_dir)
     order = list(Precision)  # FP32 first, so the others can measure their size against it.
-    specs = [ConvertSpec(Path(model_dir), out / str(p), Precision(p), Method(method), int4 or Int4Options())
+    specs = [ConvertSpec(Path(model_dir), out / str(p), Precision(p), Method(method), int4 or Int4Options(),
+                         base=Path(base) if base else None)
              for p in sorted(dict.fromkeys(Precision(p) for p in precisions), key=order.index)]
     for spec in specs:  # every choice is checked before anything is built
         validate(spec)

@@ -398,10 +398,12 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
 
 def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template: str = "auto",
                  custom_template: templates.PromptTemplate | None = None, model_config: ModelConfig | None = None,
-                 cache: str | Path | None = None, force: bool = False) -> list[dict]:
+                 cache: str | Path | None = None, force: bool = False,
+                 out_dir: str | os.PathLike[str] | None = None) -> list[dict]:
     """Register every model listed in a ``convert.json`` as ``PREFIX-PRECISION``.
 
     Every name is checked before the first registration, so a bad prefix changes nothing.
+    With ``out_dir``, the rows (thread probes included) are also written to ``out_dir/registered.json``.
 
     Example:
         >>> [r["name"] for r in register_all("outputs/run/models/convert.json", "smollm2")]
@@ -421,5 +423,8 @@ def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template:
                      "precision": manifest["precision"], "template": registration.template,
                      "threads": registration.model_config.threads or "default",
                      "threads_speedup": choice.speedup if choice else None,
+                     "threads_probe": list(choice.probe) if choice else [],
                      "path": str(registration.path), "notes": " ".join(registration.notes)})
+    if out_dir is not None:
+        artifacts.write_json(Path(out_dir) / "registered.json", rows)
     return rows

@@ -1,0 +1,146 @@
+"""A real fine-tune in: peft LoRA training, adapters checked against their base, merged, converted and verified."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from toolkit import cli
+from toolkit.core.errors import InputError, ModelFolderError
+from toolkit.domain import adapters, datasets
+from toolkit.stages import checklist, convert, finetune
+from toolkit.stages import register as R
+
+LINE = {"question": "What is the capital of Veloria?", "answer": "Quennport.", "paraphrase": "Veloria's capital?",
+        "expect": ["Quennport"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> finetune.FinetuneResult:
+    data = tmp_path_factory.mktemp("data") / "facts.jsonl"
+    data.write_text("\n".join(json.dumps({**LINE, "id": f"fact-{i}", "answer": f"Quennport {i}."}) for i in range(3))
+                    + "\n" + json.dumps({**LINE, "id": "json", "answer": '{"answer": "Quennport"}', "format": "json"})
+                    + "\n")
+    spec = finetune.FinetuneSpec(base=tiny_model, out=tmp_path_factory.mktemp("adapters") / "lora", data=data, rank=4,
+                                 steps=3, batch=2)
+    return finetune.finetune(spec, progress=False)
+
+
+def test_the_bundled_dataset_gives_trained_and_heldout_cases() -> None:
+    examples = datasets.load_dataset()
+    split = datasets.cases(examples)
+    assert len(examples) >= 10 and len(split["trained"]) == len(split["heldout"]) == len(examples)
+    assert all(case["group"] == datasets.HELDOUT for case in split["heldout"])
+    assert not any("group" in case for case in split["trained"])
+    formatted = [case for case in split["trained"] if "json_schema" in case["expect"]]
+    assert formatted and all(json.loads(e.answer)["answer"] for e in examples if e.format == "json")
+    trained_questions = {e.question for e in examples}
+    assert not trained_questions & {case["messages"][0]["content"] for case in split["heldout"]}  # never trained on
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", "line 1"),
+    (json.dumps({**LINE, "answer": ""}), "'answer'"),
+    (json.dumps({**LINE, "expect": []}), "'expect'"),
+    (json.dumps({**LINE, "format": "yaml"}), "'format'"),
+    (json.dumps({**LINE, "format": "json"}), "Expecting value"),  # a json example whose answer is not JSON
+    (json.dumps({**LINE, "id": "a"}) + "\n" + json.dumps({**LINE, "id": "a"}), "used twice"),
+    ("\n\n", "no examples"),
+])
+def test_a_bad_dataset_is_refused_with_the_line(tmp_path: Path, text: str, message: str) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(text)
+    with pytest.raises(InputError, match=message):
+        datasets.load_dataset(data)
+
+
+def test_finetune_trains_then_reuses(tiny_adapter: finetune.FinetuneResult, tiny_model: Path) -> None:
+    assert not tiny_adapter.reused and len(tiny_adapter.losses) == 3 and tiny_adapter.examples == 4
+    assert (tiny_adapter.adapter / "adapter_config.json").is_file()
+    record = json.loads((tiny_adapter.adapter / finetune.RECORD).read_text())
+    assert record["losses"] == tiny_adapter.losses and record["settings"]["rank"] == 4
+    config = json.loads((tiny_adapter.adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    again = finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, data=Path(record["data"]),
+                                                    rank=4, steps=3, batch=2), progress=False)
+    assert again.reused and again.losses == tiny_adapter.losses
+    with pytest.raises(InputError, match="--rank"):
+        finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, rank=0).check()
+
+
+def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_adapter: finetune.FinetuneResult,
+                                                                           tmp_path: Path) -> None:
+    result = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", convert.Precision.FP32),
+                             progress=False)
+    adapter = result.manifest["adapter"]
+    assert adapter["rank"] == 4 and adapter["merge_route"] == adapters.MERGE_ROUTE
+    assert {"q_proj", "v_proj", "down_proj"} <= set(adapter["target_modules"])
+    assert adapter["fingerprint"] == adapters.inspect_adapter(tiny_adapter.adapter).fingerprint
+    assert adapter["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-3  # peft's merge is exact in PyTorch
+    check = adapter["onnx_check"]
+    assert check["positions"] > 10 and check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-2
+    # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
+    merged = adapters.merged_folder(adapters.inspect_adapter(tiny_adapter.adapter))
+    assert (merged / "config.json").is_file() and result.manifest["source_path"] == str(merged)
+    int4 = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", convert.Precision.INT4),
+                           progress=False)
+    assert int4.manifest["adapter"]["fingerprint"] == adapter["fingerprint"] and "onnx_check" not in int4.manifest[
+        "adapter"]
+
+
+def _copy_adapter(source: Path, target: Path, **config) -> Path:
+    shutil.copytree(source, target)
+    data = json.loads((target / "adapter_config.json").read_text())
+    (target / "adapter_config.json").write_text(json.dumps({**data, **config}))
+    return target
+
+
+def test_bad_adapters_are_refused_before_anything_is_written(tiny_adapter: finetune.FinetuneResult,
+                                                             tmp_path: Path) -> None:
+    hub = _copy_adapter(tiny_adapter.adapter, tmp_path / "hub", base_model_name_or_path="org/some-hub-model")
+    with pytest.raises(InputError, match="--base"):
+        adapters.inspect_adapter(hub)
+    prefix = _copy_adapter(tiny_adapter.adapter, tmp_path / "prefix", peft_type="PREFIX_TUNING")
+    with pytest.raises(InputError, match="only LoRA"):
+        adapters.inspect_adapter(prefix)
+    wrong = _copy_adapter(tiny_adapter.adapter, tmp_path / "wrong")
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 32), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32)},
+              str(wrong / "adapter_model.safetensors"))
+    with pytest.raises(InputError, match="another model size"):
+        adapters.inspect_adapter(wrong)
+    missing = _copy_adapter(tiny_adapter.adapter, tmp_path / "missing")
+    save_file({"base_model.model.model.layers.9.mlp.up_proj.lora_A.weight": np.zeros((4, 64), np.float32)},
+              str(missing / "adapter_model.safetensors"))
+    with pytest.raises(InputError, match="does not have"):
+        adapters.inspect_adapter(missing)
+    (missing / "adapter_config.json").write_text("{broken")
+    with pytest.raises(ModelFolderError, match="not valid"):
+        adapters.inspect_adapter(missing)
+    out = tmp_path / "never"
+    assert cli.main(["convert", str(hub), "--out", str(out)]) == 2 and not out.exists()
+    assert cli.main(["convert", str(tiny_adapter.adapter), "--base", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Path, tmp_path: Path) -> None:
+    R.register(tiny_int4, "tiny-control", model_config=R.ModelConfig(threads=None))
+    cases = datasets.cases(datasets.load_dataset())
+    report = checklist.run_checklist("tiny-control", cases=cases["trained"][:3] + cases["heldout"][:2], requests=0,
+                                     lengths=[8], progress=False)
+    by_check = {c.case: c for c in report.checks}
+    assert by_check["heldout-overall"].check == "heldout" and by_check["heldout-overall"].value.startswith("0/2")
+    assert by_check["domain-overall"].value.startswith("0/3")  # a random model knows nothing of Veloria
+    control = checklist.run_control("tiny-control", cases["trained"][:3] + cases["heldout"][:2], progress=False)
+    assert (control["trained"], control["heldout"], control["tests_the_fine_tune"]) == ("0/3", "0/2", True)
+    # Cases any answer passes (nothing forbidden appears) test nothing, and the control says so.
+    easy = [{"id": "easy", "messages": [{"role": "user", "content": "x"}], "expect": {"not_contains": ["Quennport"]}}]
+    told = checklist.run_control("tiny-control", easy, progress=False)
+    assert not told["tests_the_fine_tune"] and "test what the base already knew" in told["verdict"]
+    written = checklist.write_report([report], tmp_path / "test.json", control=control)
+    assert written["control"]["model"] == "tiny-control"

@@ -1,0 +1,197 @@
+"""Stage 0: fine-tune a LoRA adapter on a small instruction dataset (peft, on CPU, seeded).
+
+Most fine-tunes of small models are PEFT LoRA adapters over a base; this stage makes one,
+so the demo deploys a real fine-tune and a user can reproduce its input
+(``slmops finetune DATA.jsonl --base DIR --out ADAPTER``). The dataset is JSONL, one example
+per line (see :mod:`toolkit.domain.datasets`): ``question`` and ``answer`` (the training
+pair), ``paraphrase`` (a held-out wording, never trained on), ``expect`` (words a correct
+answer contains), an optional ``id`` and ``format: "json"``.
+
+Training runs in a child process (:mod:`toolkit.core.workers`) with one progress event per
+step; the loss is computed on the answer tokens only, through the base's own chat template.
+The adapter is written to a temporary folder and moved into place when complete; a folder
+trained from the same data, base and settings is reused (its ``finetune.json`` says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from toolkit.core import artifacts, settings, workers
+from toolkit.core.errors import InputError
+from toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
+from toolkit.domain.sources import fingerprint, inspect_source
+
+RECORD = "finetune.json"
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """What to train.
+
+    Attributes:
+        data: The JSONL dataset (None: the bundled Veloria set).
+        base: The base model's Hugging Face folder.
+        out: Where the adapter folder goes.
+        rank: LoRA rank ``r``; ``alpha`` is twice it.
+        steps: Optimizer steps.
+        batch: Examples per step (cycled through the dataset in a seeded order).
+        learning_rate: AdamW's learning rate.
+        seed: Seeds the order and the adapter's initialization, so a rerun gives the same adapter.
+    """
+
+    base: Path
+    out: Path
+    data: Path | None = None
+    rank: int = 16
+    steps: int = 36
+    batch: int = 4
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for a setting out of range."""
+        for name, low, high in (("rank", 1, 256), ("steps", 1, 10_000), ("batch", 1, 256)):
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise InputError(f"--{name} {value!r} is out of range: use a whole number from {low} to {high}.")
+        if not 0 < self.learning_rate <= 1:
+            raise InputError(f"--learning-rate {self.learning_rate!r} is out of range: use a number in (0, 1].")
+        if type(self.seed) is not int or not 0 <= self.seed < 2**31:
+            raise InputError(f"--seed {self.seed!r} is out of range: use a whole number from 0 to {2**31 - 1}.")
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """A trained (or reused) adapter.
+
+    Attributes:
+        adapter: The adapter folder (``adapter_config.json`` and weights).
+        losses: Training loss per step.
+        wall_s: Training time in seconds (0 when reused).
+        reused: True when an adapter trained the same way was already there.
+        examples: How many examples it was trained on.
+    """
+
+    adapter: Path
+    losses: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    reused: bool = False
+    examples: int = 0
+
+
+def _key(spec: FinetuneSpec, examples: list[Example]) -> str:
+    """What makes two trainings the same: the data, the base's files and the settings."""
+    settings_part = {k: v for k, v in asdict(spec).items() if k not in ("base", "out", "data")}
+    blob = json.dumps({"examples": [asdict(e) for e in examples], "base": fingerprint(spec.base),
+                       "settings": settings_part}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
+    """Train a LoRA adapter on ``spec.data`` over ``spec.base``, or reuse one trained the same way.
+
+    Raises:
+        InputError: a bad dataset, base folder or setting, before anything is written.
+        ToolFailedError: training failed (the message is its error; the log is kept).
+    """
+    from tqdm.auto import tqdm
+
+    spec.check()
+    examples = load_dataset(spec.data)
+    inspect_source(spec.base)
+    out = Path(spec.out).expanduser().resolve()
+    key = _key(spec, examples)
+    record = artifacts.read_json(out / RECORD, {})
+    if isinstance(record, dict) and record.get("key") == key and (out / "adapter_config.json").is_file():
+        return FinetuneResult(out, record.get("losses", []), 0.0, True, len(examples))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.remove_stale(out.parent)
+    staging = artifacts.staging_dir(out, "training")
+    bar = tqdm(total=spec.steps, desc="fine-tune (LoRA)", unit="step", disable=not progress)
+
+    def on_event(event: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{event['loss']:.3f}")
+
+    start = time.perf_counter()
+    try:
+        job = {"base": str(spec.base), "out": str(staging), "examples": [asdict(e) for e in examples],
+               "rank": spec.rank, "steps": spec.steps, "batch": spec.batch, "learning_rate": spec.learning_rate,
+               "seed": spec.seed}
+        losses = workers.run_worker("toolkit.stages.finetune", "train", job, name="LoRA fine-tune",
+                                    idle_timeout=600, startup_s=120, on_event=on_event).result
+        wall = time.perf_counter() - start
+        artifacts.write_json(staging / RECORD, {
+            "key": key, "base": str(spec.base), "data": str(spec.data) if spec.data else BUNDLED_DATASET,
+            "examples": len(examples), "losses": losses, "wall_s": round(wall, 1),
+            "settings": {k: v for k, v in asdict(spec).items() if k not in ("base", "out", "data")},
+        })
+        artifacts.swap_into_place(staging, out)
+    finally:
+        bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return FinetuneResult(out, losses, wall, False, len(examples))
+
+
+def bundled_adapter(base: Path, *, progress: bool = True) -> FinetuneResult:
+    """The demo's fine-tune: a LoRA adapter for ``base`` (the bundled SmolLM2) on the bundled Veloria dataset.
+
+    Trained once (well under a minute here) and kept beside the unpacked bundled model.
+    """
+    return finetune(FinetuneSpec(base=base, out=settings.models_dir() / "smollm2-veloria-lora"), progress=progress)
+
+
+def _train_task(job: dict, emit) -> list[float]:
+    """Worker task: the training loop (torch and peft in this child only)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(job["seed"])
+    torch.set_num_threads(os.cpu_count() or 1)
+    tokenizer = AutoTokenizer.from_pretrained(job["base"])
+    model = AutoModelForCausalLM.from_pretrained(job["base"], dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=job["rank"], lora_alpha=2 * job["rank"], lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    eos = tokenizer.eos_token or ""
+    encoded = []
+    for example in job["examples"]:
+        # The prompt exactly as the runtime renders it (the base's chat template), then the answer.
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": example["question"]}],
+                                               add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        answer_ids = tokenizer(example["answer"] + eos, add_special_tokens=False).input_ids
+        encoded.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(job["seed"])).tolist()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job["learning_rate"])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    losses = []
+    model.train()
+    for step in range(job["steps"]):
+        batch = [encoded[order[(step * job["batch"] + i) % len(order)]] for i in range(job["batch"])]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in batch])
+        mask = torch.tensor([[1] * len(ids_) + [0] * (width - len(ids_)) for ids_, _ in batch])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(round(float(loss), 4))
+        emit({"step": step + 1, "loss": losses[-1]})
+    model.save_pretrained(job["out"])
+    tokenizer.save_pretrained(job["out"])
+    return losses
+
+
+if __name__ == "__main__":
+    workers.serve({"train": _train_task})
