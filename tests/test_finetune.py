@@ -144,3 +144,31 @@ def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Pat
     assert not told["tests_the_fine_tune"] and "test what the base already knew" in told["verdict"]
     written = checklist.write_report([report], tmp_path / "test.json", control=control)
     assert written["control"]["model"] == "tiny-control"
+
+
+@pytest.mark.parametrize("variant", ["bf16-sharded", "fp16", "tied"])
+def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_path: Path, variant: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.domain.sources import inspect_source, make_tiny_model
+
+    folder = tmp_path / variant
+    if variant == "tied":
+        make_tiny_model(folder, tie_embeddings=True)
+    else:
+        dtype = torch.bfloat16 if variant.startswith("bf16") else torch.float16
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
+        model.save_pretrained(folder, max_shard_size="100KB" if "sharded" in variant else "5GB")
+        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    source = inspect_source(folder)
+    assert source.parameters > 0 and source.tied_embeddings == (variant == "tied")
+    if "sharded" in variant:
+        assert len(list(folder.glob("*.safetensors"))) > 1
+    result = convert.convert(convert.ConvertSpec(folder, tmp_path / "int4", convert.Precision.INT4), progress=False)
+    assert result.manifest["parameters"] == source.parameters and result.size_mb > 0
+    R.register(result.output_dir, f"tiny-{variant}", model_config=R.ModelConfig(threads=None))
+    from toolkit.runtimes.foundry import LoadedModel
+
+    with LoadedModel(f"tiny-{variant}") as loaded:
+        assert loaded.generate([{"role": "user", "content": "hello"}], max_tokens=3).completion_tokens >= 1
