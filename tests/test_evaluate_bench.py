@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,19 @@ def test_summary_and_ceiling_from_a_report() -> None:
     assert "fit in the 256 MB last-level cache" in ceiling[1]["above_bound_because"]
     assert "under-measured" in B.decode_ceiling(rows, {2: 10.0}, llc_mb=32.0)[1]["above_bound_because"]
     assert B.last_level_cache_mb({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
+
+
+def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
+    def row(engine: str, tps: float, gen: float) -> dict:
+        return {"model": "m-int4", "precision": "int4", "engine": engine, "target_prompt_tokens": 16,
+                "target_gen_tokens": 32, "gen_tokens": gen, "threads": 2, "decode_tps": tps, "size_mb": 200.0,
+                "weights_read_mb": 180.0}
+
+    short, direct = row("foundry-local", 9.0, 4.0), row("ort-genai", 240.0, 32.0)
+    assert B.timed_too_few(short) and not B.timed_too_few(direct)
+    head = B.headline_rows([short, direct])[0]
+    assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
+    assert [r["engine"] for r in B.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
+    rows = [B.BenchRow(**{f.name: 0 for f in fields(B.BenchRow)} | r) for r in (short, direct)]
+    assert B.engine_ratios(rows) == []  # nothing to compare over four tokens
+    assert B.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
