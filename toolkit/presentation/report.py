@@ -70,7 +70,8 @@ PLOT_SECTIONS = {
     "conversion": ("finetune_loss", "sizes"),
     "recipes": ("recipes",),
     "checklist": ("rss_over_requests", "ms_per_token"),
-    "bench": ("decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mb", "tradeoff", "decode_vs_threads"),
+    "bench": ("decode_tps", "ttft_ms", "latency_vs_prompt", "latency_vs_generation", "peak_rss_mb", "tradeoff",
+              "decode_vs_threads"),
 }
 
 

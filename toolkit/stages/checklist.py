@@ -445,6 +445,14 @@ def _run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed:
     return results
 
 
+def _answer(model: LoadedModel, case: dict, max_tokens: int, seed: int, **options: object) -> str:
+    """A case's answer; a runtime failure on it (valid input, or a model a grammar cannot steer) is a failed answer."""
+    try:
+        return model.generate(case["messages"], max_tokens=max_tokens, seed=seed, **options).text
+    except FoundryRequestError as exc:
+        return f"(the runtime failed: {exc})"
+
+
 def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, max_tokens: int, seed: int,
                     progress: bool) -> list[CheckResult]:
     """Domain and format: each case's answer against its expectations, then the pass rate of each."""
@@ -453,10 +461,7 @@ def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, m
     checks: list[CheckResult] = []
     scores: dict[str, list[bool]] = {Check.DOMAIN: [], Check.HELDOUT: [], Check.FORMAT: []}
     for case in tqdm(cases, desc=f"{model.name}: cases", unit="case", disable=not progress):
-        try:
-            answer = model.generate(case["messages"], max_tokens=max_tokens, seed=seed).text
-        except FoundryRequestError as exc:  # valid input the runtime fails on: the case fails, the run goes on
-            answer = f"(the runtime failed: {exc})"
+        answer = _answer(model, case, max_tokens, seed)
         content = Check.HELDOUT if case.get("group") == HELDOUT else Check.DOMAIN
         for check, rules in ((content, CONTENT_RULES), (Check.FORMAT, FORMAT_RULES)):
             if any(rule in case["expect"] for rule in rules) or (check is content and not case["expect"]):
@@ -471,11 +476,7 @@ def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, m
                      disable=not progress or not schema_cases):
         response_format = case.get("response_format") or {
             "type": "json_schema", "json_schema": {"name": case["id"], "schema": case["expect"]["json_schema"]}}
-        try:
-            answer = model.generate(case["messages"], max_tokens=max_tokens, seed=seed,
-                                    response_format=response_format).text
-        except FoundryRequestError as exc:  # e.g. a broken model the grammar cannot steer: a failed case
-            answer = f"(the runtime failed: {exc})"
+        answer = _answer(model, case, max_tokens, seed, response_format=response_format)
         passed, threshold, score = judge(answer, case["expect"], FORMAT_RULES)
         scores[Check.STRUCTURED].append(passed)
         checks.append(CheckResult(model.name, Check.STRUCTURED, case["id"], f"with response_format: {threshold}",
@@ -683,7 +684,7 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     passed = {"trained": [], HELDOUT: []}
     with LoadedModel(name, cache) as model:
         for case in tqdm(content, desc=f"{name}: control", unit="case", disable=not progress):
-            answer = model.generate(case["messages"], max_tokens=max_tokens, seed=seed).text
+            answer = _answer(model, case, max_tokens, seed)
             passed[HELDOUT if case.get("group") == HELDOUT else "trained"].append(
                 judge(answer, case["expect"], CONTENT_RULES)[0])
     rate = sum(passed["trained"]) / len(passed["trained"]) if passed["trained"] else 0.0
