@@ -154,7 +154,8 @@ report.table(evaluate.summary_rows(summary))''',
  '''#MDThe negative control: the base model (not fine-tuned) asked the same domain cases. If it passes them, they
 test nothing about the fine-tune.''',
  '''print(f"{control['model']}: trained questions {control['trained']}, held-out {control['heldout']}: {control['verdict']}"
-      if control else "No fine-tune in this run: no control.")''',
+      if control else "No fine-tune in this run: no control.")
+report.table(evaluate.before_after(control, checklist[0])) if control else None''',
  '''#MD## The checklist, per precision (✓ pass, ✗ fail)''',
  '''report.table(evaluate.checklist_table(checklist))''',
  '''#MD## Quality against FP32

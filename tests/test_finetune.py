@@ -138,6 +138,9 @@ def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Pat
     assert by_check["domain-overall"].value.startswith("0/3")  # a random model knows nothing of Veloria
     control = checklist.run_control("tiny-control", cases["trained"][:3] + cases["heldout"][:2], progress=False)
     assert (control["trained"], control["heldout"], control["tests_the_fine_tune"]) == ("0/3", "0/2", True)
+    side = checklist.before_after(control, report)  # the base's answers beside the model's, case by case
+    assert [row["case"] for row in side] == [c["id"] for c in cases["trained"][:3] + cases["heldout"][:1]]
+    assert all(row["base"] == control["answers"][row["case"]][:120] and "tiny-control" in row for row in side)
     # Cases any answer passes (nothing forbidden appears) test nothing, and the control says so.
     easy = [{"id": "easy", "messages": [{"role": "user", "content": "x"}], "expect": {"not_contains": ["Quennport"]}}]
     told = checklist.run_control("tiny-control", easy, progress=False)

@@ -672,8 +672,8 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     If the base passes them, they test nothing about the fine-tune, and the verdict says so.
 
     Returns:
-        ``{"model", "trained", "heldout", "pass_rate", "tests_the_fine_tune", "verdict"}`` (``trained`` and
-        ``heldout`` as ``"passed/total"``).
+        ``{"model", "trained", "heldout", "pass_rate", "tests_the_fine_tune", "answers", "verdict"}``
+        (``trained`` and ``heldout`` as ``"passed/total"``, ``answers`` by case id).
     """
     from tqdm.auto import tqdm
 
@@ -681,17 +681,18 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     if not content:
         return {"model": name, "trained": "0/0", "heldout": "0/0", "pass_rate": 0.0, "tests_the_fine_tune": None,
                 "verdict": "the cases have no domain expectations, so there is nothing for the base to answer"}
-    passed = {"trained": [], HELDOUT: []}
+    passed: dict[str, list[bool]] = {"trained": [], HELDOUT: []}
+    answers = {}
     with LoadedModel(name, cache) as model:
         for case in tqdm(content, desc=f"{name}: control", unit="case", disable=not progress):
-            answer = _answer(model, case, max_tokens, seed)
+            answers[case["id"]] = _answer(model, case, max_tokens, seed)
             passed[HELDOUT if case.get("group") == HELDOUT else "trained"].append(
-                judge(answer, case["expect"], CONTENT_RULES)[0])
+                judge(answers[case["id"]], case["expect"], CONTENT_RULES)[0])
     rate = sum(passed["trained"]) / len(passed["trained"]) if passed["trained"] else 0.0
     useful = rate <= CONTROL_MAX_PASS
     return {"model": name, "trained": f"{sum(passed['trained'])}/{len(passed['trained'])}",
             "heldout": f"{sum(passed[HELDOUT])}/{len(passed[HELDOUT])}", "pass_rate": round(rate, 3),
-            "tests_the_fine_tune": useful,
+            "tests_the_fine_tune": useful, "answers": answers,
             "verdict": (f"the base model passes {rate:.0%} of the domain cases (at most {CONTROL_MAX_PASS:.0%}): "
                         "they test what the fine-tune added") if useful else
                        (f"the base model passes {rate:.0%} of the domain cases, over {CONTROL_MAX_PASS:.0%}: they "
@@ -717,6 +718,18 @@ def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thres
         report["control"] = control
     artifacts.write_json(path, report)
     return report
+
+
+def before_after(control: dict, report: ModelReport, count: int = 4) -> list[dict]:
+    """A few domain cases side by side: the base's answer (the control) and the fine-tune's.
+
+    Example:
+        >>> before_after(control, reports[0])[0]["case"]
+        'trained-capital'
+    """
+    tuned = {c.case: c.value.split(": ", 1)[-1] for c in report.checks if c.check in (Check.DOMAIN, Check.HELDOUT)}
+    cases = [case for case in control.get("answers", {}) if case in tuned][:count]
+    return [{"case": case, "base": control["answers"][case][:120], report.model: tuned[case][:120]} for case in cases]
 
 
 def summary_rows(report: dict) -> list[dict]:
