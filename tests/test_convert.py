@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from toolkit.core import workers
-from toolkit.core.errors import InvalidOptionError, ModelFolderError, ToolFailedError, UnsupportedArchitectureError
+from toolkit.core.errors import (
+    InsufficientMemoryError,
+    InvalidOptionError,
+    ModelFolderError,
+    ToolFailedError,
+    UnsupportedArchitectureError,
+)
 from toolkit.domain.options import INT4_RECIPES
 from toolkit.orchestration import recipes
 from toolkit.runtimes import genai
@@ -20,13 +26,16 @@ def spec(model: Path, out: Path, **kw) -> C.ConvertSpec:
     return C.ConvertSpec(model, out, **kw)
 
 
-def test_builder_command_carries_int4_options(tmp_path: Path) -> None:
+def test_builder_int4_is_a_lean_fp32_export_then_the_quantizer_with_its_options(tmp_path: Path) -> None:
     s = spec(Path("m"), Path("o"), int4=C.Int4Options(block_size=128, symmetric=False, accuracy_level=1))
     command = C.builder_command(s, tmp_path / "o", tmp_path / "c")
-    assert command[command.index("-p") + 1] == "int4"
+    assert command[2:4] == ["toolkit.core.workers", "toolkit.runtimes.genai_builder"]
+    assert command[command.index("-p") + 1] == "fp32"
     assert command[command.index("-e") + 1] == "cpu"
-    extra = command[command.index("--extra_options") + 1:]
-    assert {"int4_block_size=128", "int4_is_symmetric=false", "int4_accuracy_level=1", "hf_remote=false"} <= set(extra)
+    assert "hf_remote=false" in command[command.index("--extra_options") + 1:]
+    plan = C.quant_plan(s)
+    assert (plan.bits, plan.block_size, plan.symmetric, plan.accuracy_level) == (4, 128, False, 1)
+    assert plan.lm_head_with_body  # the builder's own INT4: the LM head through ORT's quantizer too
 
 
 def test_int8_is_built_as_fp32_first(tmp_path: Path) -> None:
@@ -36,8 +45,8 @@ def test_int8_is_built_as_fp32_first(tmp_path: Path) -> None:
 
 
 def test_olive_config_follows_the_tutorial(tmp_path: Path) -> None:
-    config = C.build_olive_config(spec(Path("/m"), Path("o"), int4=C.Int4Options(block_size=128, symmetric=False)),
-                                  tmp_path / "out", tmp_path / "cache")
+    config = C.build_olive_config(spec(Path("/m"), Path("o"), int4=C.Int4Options(block_size=128, symmetric=False),
+                                       method=C.Method.OLIVE_CONFIG), tmp_path / "out", tmp_path / "cache")
     assert config["input_model"] == {"type": "HfModel", "model_path": "/m", "task": "text-generation"}
     system = config["systems"]["local_system"]
     assert system["type"] == "LocalSystem"
@@ -49,7 +58,7 @@ def test_olive_config_follows_the_tutorial(tmp_path: Path) -> None:
 
 
 def test_olive_command_is_the_tutorials_method_1() -> None:
-    command = C.olive_command(spec(Path("/m"), Path("o")), Path("/o"))
+    command = C.olive_command(spec(Path("/m"), Path("o"), method=C.Method.OLIVE), Path("/o"))
     # Olive's CLI through our launcher: telemetry off from the start
     assert command[2:5] == ["toolkit.core.workers", "toolkit.runtimes.olive_cli", "auto-opt"]
     for flag, value in [("--model_name_or_path", "/m"), ("--device", "cpu"),
@@ -85,10 +94,11 @@ def test_bad_options_are_refused_before_any_work(tiny_model: Path, tmp_path: Pat
 
 
 def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
-    rtn = spec(Path("m"), Path("o"), int4=C.Int4Options(algorithm="rtn"))
-    assert not C.needs_quantizer(rtn)
-    extra = C.builder_command(rtn, tmp_path, tmp_path)
-    assert {"int4_algo_config=rtn", "shared_embeddings=false"} <= set(extra)
+    rtn = spec(Path("m"), Path("o"), int4=C.Int4Options(algorithm="rtn"), method=C.Method.OLIVE_CONFIG)
+    assert not C.needs_quantizer(rtn)  # Olive's builder pass makes it itself
+    assert C.build_olive_config(rtn, tmp_path, tmp_path)["passes"]["builder"]["extra_options"] == {
+        "shared_embeddings": False}
+    assert C.needs_quantizer(spec(Path("m"), Path("o"), int4=C.Int4Options(algorithm="rtn")))
     for options in [INT4_RECIPES["compact"], INT4_RECIPES["hqq"], C.Int4Options(algorithm="k_quant"),
                     C.Int4Options(lm_head="fp32")]:
         s = spec(Path("m"), Path("o"), int4=options)
@@ -198,7 +208,89 @@ def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny
     assert int8.manifest["quantizer"]["bits"] == 8
     int4 = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False)
     assert int4.manifest["weights"]["lm_head"] == "int4" and int4.manifest["weights"]["embeddings"] == "fp32"
-    assert int4.manifest["quantizer"] is None  # the builder quantized it itself
+    assert int4.manifest["quantizer"]["lm_head_with_body"]  # the builder's INT4, made tensor by tensor
+
+
+def _tensors_and_nodes(model_file: Path) -> tuple[dict, list]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_file))
+    tensors = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    nodes = [(n.op_type, tuple(n.input), sorted((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute))
+             for n in model.graph.node]
+    return tensors, sorted(nodes, key=repr)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_builder_route_int4_equals_the_builders_own_int4(tmp_path: Path, tied: bool) -> None:
+    """The lean path (FP32 export, then ORT's quantizer one MatMul at a time) writes the builder's INT4 exactly."""
+    import numpy as np
+
+    from toolkit.domain.sources import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m", tie_embeddings=tied, seed=3)
+    ours = C.convert(spec(model, tmp_path / "ours"), progress=False).output_dir
+    own = workers.python_module("onnxruntime_genai.models.builder", "-i", str(model), "-o", str(tmp_path / "own"),
+                                "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "cache"),
+                                "--extra_options", "hf_token=false", "hf_remote=false")
+    workers.run_tool(own, log_path=tmp_path / "own.log", name="builder int4")
+    mine, theirs = _tensors_and_nodes(ours / "model.onnx"), _tensors_and_nodes(tmp_path / "own" / "model.onnx")
+    assert mine[1] == theirs[1]  # same graph
+    assert mine[0].keys() == theirs[0].keys()
+    for name, array in theirs[0].items():
+        assert np.array_equal(mine[0][name], array), name
+
+
+def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from toolkit.domain import quantize as Q
+
+    weight = np.random.default_rng(1).normal(size=(64, 200)).astype(np.float32)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul")
+    opsets = [helper.make_opsetid("", 21)]
+    for plan in (Q.QuantPlan(), Q.QuantPlan(bits=8), Q.QuantPlan(symmetric=False), Q.QuantPlan(algorithm="rtn"),
+                 Q.QuantPlan(algorithm="k_quant")):
+        whole_nodes, whole = Q._quantize_one(node, weight, plan, opsets)
+        monkeypatch.setattr(Q, "CHUNK_BYTES", 64 * 4 * 48)  # 48 columns a slice: 5 slices, the last one short
+        sliced_nodes, sliced = Q._quantize_one(node, weight, plan, opsets)
+        monkeypatch.undo()
+        assert [onnx.helper.printable_node(n) for n in sliced_nodes] == [onnx.helper.printable_node(n)
+                                                                          for n in whole_nodes]
+        assert [i.name for i in sliced] == [i.name for i in whole]
+        for a, b in zip(sliced, whole, strict=True):
+            assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)), (plan, a.name)
+    assert "hqq" not in Q.SLICEABLE  # its early stop looks at the whole tensor: quantized whole
+
+
+def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4: Path) -> None:
+    memory = json.loads((tiny_int4 / "manifest.json").read_text())["memory"]
+    assert memory["measured_peak_mb"] > 0 and memory["checked"]
+    assert set(memory["steps"]) == {"export (model builder, fp32)", "quantize (tensor by tensor)"}
+    assert set(memory["measured_steps"]) == {"builder", "quantize"}
+    # On a tiny model both are the processes' own footprint: the prediction is in the right range.
+    assert 0.5 < memory["predicted_peak_mb"] / memory["measured_peak_mb"] < 3
+
+
+def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(C, "available_mb", lambda: 50.0)  # a machine with 50 MiB free
+    out = tmp_path / "models" / "int4"
+    with pytest.raises(InsufficientMemoryError) as refused:
+        C.convert_all(tiny_model, ["fp32", "int4"], tmp_path / "models", progress=False)
+    message = str(refused.value)
+    assert "needs about" in message and "0.0 GiB is available" in message and "Nothing was started" in message
+    assert "--skip-memory-check" in message and "more memory" in message
+    assert not (tmp_path / "models").exists()
+    with pytest.raises(InsufficientMemoryError, match="use --method builder"):
+        C.convert(spec(tiny_model, out, method=C.Method.OLIVE), progress=False)
+    assert not out.exists()
+    # The user may insist: the prediction is still recorded, marked unchecked.
+    done = C.convert(spec(tiny_model, out), progress=False, memory_check=False)
+    assert done.manifest["memory"]["checked"] is False
 
 
 @pytest.fixture(scope="module")

@@ -51,3 +51,34 @@ def test_missing_bundled_package_says_how_to_install(monkeypatch, tmp_path: Path
     monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelFolderError, match="make setup"):
         M.bundled_gguf()
+
+
+def test_a_real_shape_is_written_shard_by_shard_and_loads(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.domain import memory
+    from toolkit.domain.options import Method, Precision
+
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 16, "vocab_size": 5000, "tie_word_embeddings": False}
+    folder = M.make_shaped_model(tmp_path / "m", config, shard_mb=1)  # 1 MB shards: several files and an index
+    shards = sorted(folder.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
+    source = M.inspect_source(folder)
+    assert source.largest_tensor == 5000 * 64  # the embedding table (and the LM head)
+    assert source.checkpoint_bytes == sum(f.stat().st_size for f in shards)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.vocab_size == 5000 and model.lm_head.weight.dtype == torch.bfloat16
+    assert sum(p.numel() for p in model.parameters()) == source.parameters
+    assert float(model.model.norm.weight.detach().float().mean()) == 1.0  # norms start at one, like a real init
+    # A bigger vocabulary is predicted to need more: the largest tensor is in every step's peak.
+    base = dict(parameters=source.parameters, checkpoint_bytes=source.checkpoint_bytes, method=Method.BUILDER,
+                route_precision=Precision.FP32, quantized=True)
+    small, large = (memory.estimate(largest_tensor=n, **base) for n in (source.largest_tensor, 100 * 2**20))
+    assert large.peak_mb > small.peak_mb
+    olive = memory.estimate(largest_tensor=source.largest_tensor, **{**base, "method": Method.OLIVE,
+                                                                       "route_precision": Precision.INT4,
+                                                                       "quantized": False})
+    assert olive.peak_step.startswith("export (olive: the builder's in-memory int4)")

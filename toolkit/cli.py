@@ -101,7 +101,7 @@ def _int4_options(args: argparse.Namespace):
 def cmd_convert(args: argparse.Namespace) -> int:
     spec = convert.ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
                                _int4_options(args), args.execution_provider, Path(args.base) if args.base else None)
-    result = convert.convert(spec, dry_run=args.dry_run)
+    result = convert.convert(spec, dry_run=args.dry_run, memory_check=not args.skip_memory_check)
     if args.dry_run:
         print(f"Wrote {result.manifest['config']} (dry run: nothing converted)")
         return 0
@@ -109,8 +109,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m["weights"]["parameters"].items())
     print(f"{m['precision']} model in {result.output_dir}: {m['size_mb']:.1f} MB = {m['size_ratio_vs_fp32']:.3f}x FP32 "
           f"({m['fp32_size_from']}; tutorial table x{m['tutorial_size_ratio']}), {m['wall_s']:.1f} s, "
-          f"peak RSS {m['peak_rss_mb']:.0f} MB\nweights: {weights}; LM head {m['weights']['lm_head']}, "
-          f"embeddings {m['weights']['embeddings']}")
+          f"peak RSS {m['peak_rss_mb']:.0f} MB (predicted {m['memory']['predicted_peak_mb']:.0f} MB)\n"
+          f"weights: {weights}; LM head {m['weights']['lm_head']}, embeddings {m['weights']['embeddings']}")
     adapter = m.get("adapter")
     if adapter:
         check = adapter.get("onnx_check")
@@ -505,6 +505,9 @@ comparison page OUT/index.html:
                    default=_default(convert.ConvertSpec, "execution_provider"),
                    help="cuda builds for NVIDIA GPUs (needed for fp16); cpu for Foundry Local on CPU")
     p.add_argument("--dry-run", action="store_true", help="with --method olive-config: write the config only")
+    p.add_argument("--skip-memory-check", action="store_true",
+                   help="start even when the predicted peak memory exceeds what is available (the prediction "
+                   "and the measured peak are in manifest.json either way)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("recipes", help="build INT4 recipes and compare size, agreement and speed with FP32",

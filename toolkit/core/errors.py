@@ -143,3 +143,7 @@ class FoundryRequestError(SlmopsError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"Foundry Local could not answer: {detail}")
+
+
+class InsufficientMemoryError(InputError):
+    """A step is predicted to need more memory than the machine has available; nothing was started."""

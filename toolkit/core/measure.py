@@ -32,6 +32,25 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / _MIB
 
 
+def available_mb() -> float:
+    """Memory a new process can use now, in MiB: the system's available memory, capped by a cgroup limit.
+
+    Example:
+        >>> available_mb() > 0
+        True
+    """
+    available = psutil.virtual_memory().available
+    limit_file = Path("/sys/fs/cgroup/memory.max")
+    try:
+        limit = limit_file.read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available / _MIB
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MiB (psutil has no peak; rusage does)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

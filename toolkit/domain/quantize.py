@@ -13,6 +13,13 @@ with ONNX Runtime's ``MatMulNBitsQuantizer``:
   ``shared_embeddings``), or its own quantized table when it does not.
 
 Weights only: activations stay FP32 (``accuracy_level`` picks the MatMul compute type).
+
+It works tensor by tensor: the graph is read without its weights, each MatMul's weight is
+read from the external data file, quantized alone (ORT's quantizer on a one-node model)
+and appended to the output's data file, so peak memory is about one FP32 tensor and its
+quantized copy, whatever the model's size (the builder's own INT4 holds the whole FP32
+model and its quantized copy at once). With ``lm_head_with_body`` the LM head goes
+through ORT's quantizer like the body, which is exactly the builder's own INT4.
 It runs as a worker task (``quantize``, see :mod:`toolkit.core.workers`), so its peak memory is
 measured on its own and a crash cannot take the toolkit with it.
 """
@@ -42,6 +49,8 @@ class QuantPlan:
         accuracy_level: MatMulNBits compute type (4 int8, 3 bf16, 2 fp16, 1 fp32, 0 unset).
         lm_head_bits: 4, 8, or 32 to keep the LM head in FP32.
         embedding_bits: 4, 8, or 32 to keep the embedding table in FP32.
+        lm_head_with_body: Quantize the LM head with the body's algorithm and settings (the
+            builder's own INT4) instead of our symmetric table layout.
     """
 
     bits: int = 4
@@ -51,6 +60,7 @@ class QuantPlan:
     accuracy_level: int = 4
     lm_head_bits: int = 4
     embedding_bits: int = 32
+    lm_head_with_body: bool = False
 
 
 def quantize_table(weights: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +90,13 @@ def quantize_table(weights: np.ndarray, bits: int, block_size: int) -> tuple[np.
     return values, scales.astype(np.float32)
 
 
+def _quantize_rows(table: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_table` a slice of rows at a time (rows are independent), to bound its temporaries."""
+    step = max(1, CHUNK_BYTES // max(1, table.shape[1] * 4))
+    parts = [quantize_table(table[start:start + step], bits, block_size) for start in range(0, table.shape[0], step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def _algo_config(plan: QuantPlan, bits: int):
     from onnxruntime.quantization import matmul_nbits_quantizer as q
 
@@ -94,25 +111,179 @@ def _algo_config(plan: QuantPlan, bits: int):
                                           op_types_to_quantize=("MatMul",))
 
 
-def _initializers(graph) -> dict:
-    return {init.name: init for init in graph.initializer}
+class _Weights:
+    """Initializers read one at a time from a model's external data, and new ones appended to the output's.
+
+    Reads go through ``np.fromfile`` (a private copy freed after use), not a memory map,
+    so pages of tensors already done do not pile up in the resident set.
+    """
+
+    def __init__(self, source_dir: Path, target_data: Path) -> None:
+        self.source_dir = source_dir
+        self.target_data = target_data
+        self.handle = target_data.open("wb")
+        self.stored: set[str] = set()
+
+    def read(self, tensor) -> np.ndarray:
+        """The array of initializer ``tensor`` (inline or in an external file)."""
+        from onnx import helper, numpy_helper
+
+        if tensor.data_location != 1:  # stored inline
+            return numpy_helper.to_array(tensor)
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        data = np.fromfile(self.source_dir / where["location"], dtype=dtype, count=count,
+                           offset=int(where.get("offset", 0)))
+        return data.reshape(tuple(tensor.dims))
+
+    def store(self, tensor) -> None:
+        """Move ``tensor``'s bytes to the output's data file; ``tensor`` then points there."""
+        from onnx import numpy_helper
+
+        data = numpy_helper.to_array(tensor) if tensor.data_location != 1 else self.read(tensor)
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                      "string_data"):
+            tensor.ClearField(field)
+        self._append(tensor, data)
+
+    def write(self, name: str, array: np.ndarray, *, transposed: bool = False):
+        """A new initializer ``name`` holding ``array`` (or its transpose), written straight to the data file.
+
+        The transpose is written in slices, so no whole transposed copy is ever made.
+        """
+        from onnx import TensorProto, helper
+
+        shape = array.shape[::-1] if transposed else array.shape
+        tensor = TensorProto(name=name, dims=list(shape), data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        self._append(tensor, array, transposed=transposed)
+        return tensor
+
+    def _append(self, tensor, array: np.ndarray, *, transposed: bool = False) -> None:
+        """Append ``array`` (or its transpose, in slices) to the data file and point ``tensor`` at it."""
+        offset = self.handle.tell()
+        if offset % 4096:  # page-aligned, as onnx's own writer does, so the runtime can map it
+            self.handle.write(b"\0" * (4096 - offset % 4096))
+            offset = self.handle.tell()
+        if transposed:
+            step = max(1, CHUNK_BYTES // max(1, array.shape[0] * array.itemsize))
+            for start in range(0, array.shape[1], step):
+                np.ascontiguousarray(array[:, start:start + step].T).tofile(self.handle)
+        else:
+            np.ascontiguousarray(array).tofile(self.handle)  # no bytes copy of a large table
+        del tensor.external_data[:]
+        tensor.data_location = 1
+        for key, value in (("location", self.target_data.name), ("offset", str(offset)),
+                           ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.stored.add(tensor.name)
+
+    def inline(self, tensor) -> None:
+        """Keep ``tensor`` inside the graph (small tensors: shapes must be inline for ORT's shape inference)."""
+        if tensor.data_location == 1:
+            data = np.ascontiguousarray(self.read(tensor))
+            del tensor.external_data[:]
+            tensor.data_location = 0
+            tensor.raw_data = data.tobytes()
+        self.stored.add(tensor.name)
+
+    def close(self) -> None:
+        self.handle.close()
 
 
-def _quantize_body(model, plan: QuantPlan):
-    """MatMulNBits for every constant-weight MatMul except the LM head."""
+def _constant_matmuls(graph, plan: QuantPlan) -> list:
+    names = {init.name for init in graph.initializer}
+    return [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in names
+            and (node.name != LM_HEAD or plan.lm_head_with_body)]
+
+
+#: Largest slice of a weight quantized at once: ORT's quantizer holds about four copies of
+#: what it is given, which for a 150k-token LM head (545 MB in FP32) peaked at 2.6 GB.
+CHUNK_BYTES = 64 * 2**20
+
+
+#: Tensors smaller than this stay inside the graph (as onnx's own writer's threshold).
+INLINE_BYTES = 1024
+
+#: Algorithms whose result for a column does not depend on the others (HQQ stops its
+#: optimization on the whole tensor's error, so a slice would stop elsewhere).
+SLICEABLE = frozenset({"default", "rtn", "k_quant"})
+
+
+def _quantize_one(node, weight: np.ndarray, plan: QuantPlan, opsets) -> tuple[list, list]:
+    """Quantize one MatMul with ORT's quantizer; return its replacement nodes and initializers.
+
+    A large weight ``[K, N]`` is quantized in slices of output columns: MatMulNBits stores
+    every input row-major by ``N`` (blocks run along ``K``), so the slices' tensors stack
+    into exactly what the whole weight gives, at a fraction of the memory.
+    """
+    from onnx import numpy_helper
+
+    k, n = weight.shape
+    step = max(1, min(n, CHUNK_BYTES // max(1, k * weight.itemsize)))
+    if step >= n or plan.algorithm not in SLICEABLE:
+        return _quantize_slice(node, weight, plan, opsets)
+    parts = [_quantize_slice(node, np.ascontiguousarray(weight[:, start:start + step]), plan, opsets)
+             for start in range(0, n, step)]
+    nodes, first = parts[0]
+    if len(nodes) != 1 or nodes[0].op_type != "MatMulNBits":
+        raise ValueError(f"unexpected quantized form of {node.name}: {[x.op_type for x in nodes]}")
+    stacked = []
+    for index, init in enumerate(first):
+        pieces = [numpy_helper.to_array(part[1][index]) for part in parts]
+        stacked.append(numpy_helper.from_array(np.concatenate(pieces, axis=0), init.name))
+    _set_attribute(nodes[0], "N", n)
+    return nodes, stacked
+
+
+def _quantize_slice(node, weight: np.ndarray, plan: QuantPlan, opsets) -> tuple[list, list]:
+    from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    graph = helper.make_graph(
+        [node], "one_matmul", [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, node.input[1])])
+    quantizer = MatMulNBitsQuantizer(helper.make_model(graph, opset_imports=opsets), block_size=plan.block_size,
+                                     is_symmetric=plan.symmetric, accuracy_level=plan.accuracy_level,
+                                     algo_config=_algo_config(plan, plan.bits))
+    quantizer.process()
+    done = quantizer.model.model.graph
+    for new in done.node:
+        if new.op_type == "MatMulNBits":
+            _set_attribute(new, "accuracy_level", plan.accuracy_level)
+    return list(done.node), list(done.initializer)
+
+
+def _quantize_body(model, plan: QuantPlan, weights: _Weights) -> None:
+    """MatMulNBits for every constant-weight MatMul (but the LM head unless ``lm_head_with_body``), one at a time."""
+    from tqdm.auto import tqdm
 
     if plan.algorithm in {"rtn", "k_quant"} and plan.bits != 4:
         raise ValueError(f"{plan.algorithm} quantizes to 4 bits only; use 'default' for 8 bits")
-    quantizer = MatMulNBitsQuantizer(model, block_size=plan.block_size, is_symmetric=plan.symmetric,
-                                     accuracy_level=plan.accuracy_level, nodes_to_exclude=[LM_HEAD],
-                                     algo_config=_algo_config(plan, plan.bits))
-    quantizer.process()
-    model = quantizer.model.model
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            _set_attribute(node, "accuracy_level", plan.accuracy_level)
-    return model
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    matmuls = _constant_matmuls(graph, plan)
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for node in tqdm(matmuls, desc=f"quantize int{plan.bits}", unit="matmul", mininterval=5):
+        weight_name = node.input[1]
+        weight = weights.read(inits[weight_name])
+        replacement, new_inits = _quantize_one(node, weight, plan, model.opset_import)
+        del weight
+        for init in new_inits:
+            weights.store(init)
+        graph.initializer.extend(new_inits)
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate(replacement):
+            graph.node.insert(position + offset, new)
+        readers[weight_name] -= 1
+        if not readers[weight_name]:  # nothing else reads the FP32 weight: it is not copied over
+            graph.initializer.remove(inits.pop(weight_name))
 
 
 def _set_attribute(node, name: str, value: int) -> None:
@@ -125,30 +296,34 @@ def _set_attribute(node, name: str, value: int) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
-def _quantized_lm_head_and_table(model, plan: QuantPlan) -> None:
+def _quantized_lm_head_and_table(model, plan: QuantPlan, weights: _Weights) -> None:
     """Quantize the LM head and the embedding table in place (symmetric, our own layout)."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = _initializers(graph)
+    inits = {init.name: init for init in graph.initializer}
     nodes = {node.name: node for node in graph.node}
     head = nodes.get(LM_HEAD)
+    if head is not None and head.op_type != "MatMul":  # already quantized with the body
+        head = None
     gather = next((n for n in graph.node if n.op_type == "Gather" and n.name.startswith("/model/embed_tokens")), None)
     transpose = next((n for n in graph.node if n.op_type == "Transpose" and gather is not None
                       and n.output[0] == gather.input[0]), None)
     tied = head is not None and transpose is not None and transpose.input[0] == head.input[1]
-    head_weight = numpy_helper.to_array(inits[head.input[1]]) if head is not None and head.input[1] in inits else None
+    quantize_head = head is not None and head.input[1] in inits and plan.lm_head_bits < 32
+    head_weight = weights.read(inits[head.input[1]]) if quantize_head or (tied and plan.embedding_bits < 32) else None
 
     table_name = None
-    if head_weight is not None and plan.lm_head_bits < 32:
+    if quantize_head:
         k, n = head_weight.shape  # MatMul weight is [K, N]; MatMulNBits wants [N, K] rows.
-        data, scales = quantize_table(head_weight.T, plan.lm_head_bits, plan.block_size)
+        data, scales = _quantize_rows(head_weight.T, plan.lm_head_bits, plan.block_size)
         blocks = k // plan.block_size
         table_name = f"lm_head.MatMul.weight_Q{plan.lm_head_bits}G{plan.block_size}"
         graph.initializer.extend([
             numpy_helper.from_array(data.reshape(n, blocks, -1), table_name),
             numpy_helper.from_array(scales.reshape(-1), "lm_head.MatMul.weight_scales"),
         ])
+        del data, scales
         new_head = helper.make_node(
             "MatMulNBits", [head.input[0], table_name, "lm_head.MatMul.weight_scales"], list(head.output),
             name=f"{LM_HEAD}_Q{plan.lm_head_bits}", domain="com.microsoft", K=k, N=n, bits=plan.lm_head_bits,
@@ -174,12 +349,14 @@ def _quantized_lm_head_and_table(model, plan: QuantPlan) -> None:
                 reshape, reshape_scales]
         else:
             source = transpose.input[0] if transpose is not None else gather.input[0]
-            table = numpy_helper.to_array(inits[source])
+            table = head_weight if tied and head_weight is not None else weights.read(inits[source])
             table = table.T if transpose is not None else table
-            data, scales = quantize_table(table, plan.embedding_bits, plan.block_size)
+            data, scales = _quantize_rows(table, plan.embedding_bits, plan.block_size)
+            del table
             data_input, scales_input, extra = "model.embed_tokens.weight_Q", "model.embed_tokens.weight_scales", []
             graph.initializer.extend([numpy_helper.from_array(data, data_input),
                                       numpy_helper.from_array(scales, scales_input)])
+            del data, scales
         new_gather = helper.make_node(
             "GatherBlockQuantized", [data_input, gather.input[1], scales_input], list(gather.output),
             name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
@@ -193,6 +370,15 @@ def _quantized_lm_head_and_table(model, plan: QuantPlan) -> None:
         if transpose is not None:
             graph.node.remove(transpose)
 
+    elif gather is not None and transpose is not None and transpose.input[0] in inits and not any(
+            transpose.input[0] in node.input for node in graph.node if node is not transpose):
+        # The LM head no longer reads the tied FP32 table: store it the way the embedding
+        # reads it (as the builder's own INT4 does) instead of transposing it at load time.
+        graph.initializer.append(weights.write("model.embed_tokens.weight", weights.read(inits[transpose.input[0]]),
+                                               transposed=True))
+        gather.input[0] = "model.embed_tokens.weight"
+        graph.node.remove(transpose)
+
     # Drop FP32 initializers nothing reads any more.
     used = {name for node in graph.node for name in node.input}
     for init in list(graph.initializer):
@@ -201,21 +387,33 @@ def _quantized_lm_head_and_table(model, plan: QuantPlan) -> None:
 
 
 def quantize(source: Path, target: Path, plan: QuantPlan) -> None:
-    """Quantize the FP32 model ``source`` to ``target`` (external data) following ``plan``.
+    """Quantize the FP32 model ``source`` to ``target`` (external data) following ``plan``, tensor by tensor.
 
     Example:
         >>> quantize(Path("fp32/model.onnx"), Path("int8/model.onnx"), QuantPlan(bits=8, lm_head_bits=8, embedding_bits=8))
     """
     import onnx
+    from onnx import helper
 
     # ORT's quantizer logs every node at INFO.
     logging.disable(logging.INFO)
-    model = onnx.load(str(source))
-    model = _quantize_body(model, plan)
-    _quantized_lm_head_and_table(model, plan)
+    model = onnx.load(str(source), load_external_data=False)
     target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=f"{target.name}.data", size_threshold=1024)
+    weights = _Weights(source.parent, target.parent / f"{target.name}.data")
+    try:
+        _quantize_body(model, plan, weights)
+        _quantized_lm_head_and_table(model, plan, weights)
+        for init in model.graph.initializer:  # the rest (norms, biases, new tables) follow, one at a time
+            if init.name in weights.stored:
+                continue
+            nbytes = int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            if nbytes < INLINE_BYTES:
+                weights.inline(init)
+            else:
+                weights.store(init)
+    finally:
+        weights.close()
+    onnx.save(model, str(target))
 
 
 def weight_summary(model_file: Path) -> dict:

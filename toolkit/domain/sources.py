@@ -45,6 +45,8 @@ class SourceModel:
         hidden_size: Width of the embedding table.
         tied_embeddings: The LM head reuses the embedding table (``tie_word_embeddings``).
         parameters: Number of weights in the safetensors files (0 if only ``*.bin``).
+        largest_tensor: Weights in the largest single tensor (usually the embedding table).
+        checkpoint_bytes: Size of the weight files on disk.
     """
 
     path: Path
@@ -54,6 +56,8 @@ class SourceModel:
     hidden_size: int = 0
     tied_embeddings: bool = False
     parameters: int = 0
+    largest_tensor: int = 0
+    checkpoint_bytes: int = 0
 
 
 def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
@@ -85,6 +89,8 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         raise ModelFolderError(folder, "no tokenizer (tokenizer.json)", "Save the tokenizer next to the model.")
     artifacts.check_no_links_leaving(folder)
     architectures = config.get("architectures") or ["unknown"]
+    counts = [_safetensors_parameters(file) for file in folder.glob("*.safetensors")]
+    weight_files = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
     return SourceModel(
         path=folder.resolve(),
         architecture=architectures[0],
@@ -92,12 +98,14 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         context_length=int(config.get("max_position_embeddings") or config.get("n_positions") or 0),
         hidden_size=int(config.get("hidden_size") or 0),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-        parameters=sum(_safetensors_parameters(file) for file in folder.glob("*.safetensors")),
+        parameters=sum(total for total, _ in counts),
+        largest_tensor=max((largest for _, largest in counts), default=0),
+        checkpoint_bytes=sum(file.stat().st_size for file in weight_files),
     )
 
 
-def _safetensors_parameters(file: Path) -> int:
-    """Count the weights in a safetensors file from its JSON header (no tensor is read).
+def _safetensors_parameters(file: Path) -> tuple[int, int]:
+    """Count the weights in a safetensors file, and in its largest tensor, from its JSON header (no tensor is read).
 
     Raises:
         ModelFolderError: the file is empty, truncated or not safetensors.
@@ -106,7 +114,8 @@ def _safetensors_parameters(file: Path) -> int:
         with file.open("rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             header = json.loads(handle.read(length))
-        return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+        sizes = [math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__"]
+        return sum(sizes), max(sizes, default=0)
     except (struct.error, ValueError, KeyError, TypeError, AttributeError, MemoryError, OverflowError) as exc:
         raise ModelFolderError(file.parent, f"{file.name} is not a readable safetensors file ({type(exc).__name__})",
                                "Re-save the model's weights (save_pretrained with safe_serialization).") from exc
@@ -251,27 +260,13 @@ def make_tiny_model(
     """
     settings.apply_offline_env()
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     folder = Path(target)
     folder.mkdir(parents=True, exist_ok=True)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
-    )
-    tokenizer.chat_template = chat_template
-    vocab = len(tokenizer)
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
+    tokenizer, ids = _tiny_tokenizer(chat_template)
     common = dict(  # noqa: C408 (keyword form reads like the config it is)
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=tie_embeddings,
@@ -285,5 +280,95 @@ def make_tiny_model(
         raise ValueError(f"model_type must be 'qwen2' or 'llama', not {model_type!r}")
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _tiny_tokenizer(chat_template: str = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer trained on a few sentences, with ChatML's special tokens and ``chat_template``.
+
+    Returns:
+        ``(tokenizer, ids)``: a ``PreTrainedTokenizerFast`` and the ids of its special tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    tokenizer.chat_template = chat_template
+    return tokenizer, {tok: tokenizer.convert_tokens_to_ids(tok) for tok in specials}
+
+
+def make_shaped_model(target: str | os.PathLike[str], config: dict, *, dtype: str = "bfloat16", seed: int = 0,
+                      shard_mb: int = 2000) -> Path:
+    """Write a random-initialized model of a real configuration (shapes only, nothing downloaded).
+
+    Weights are drawn tensor by tensor (normal, std 0.02) and written in safetensors shards
+    of about ``shard_mb``, so a 4B model is written without ever holding it in memory. The
+    tokenizer is the tiny local one: the model keeps its real vocabulary size (its table is
+    larger than the tokenizer, as real checkpoints' tables often are).
+
+    Args:
+        target: Folder to write (created).
+        config: ``config.json`` fields; ``model_type`` and ``architectures`` are required.
+        dtype: Storage dtype of the weights (``bfloat16``, ``float16`` or ``float32``).
+        seed: Seed for the random weights.
+        shard_mb: Largest shard in MB.
+
+    Example:
+        >>> make_shaped_model(tmp_path / "m", {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+        ...                   "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1024}).is_dir()
+        True
+    """
+    settings.apply_offline_env()
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer, ids = _tiny_tokenizer()
+    fields = {k: v for k, v in config.items() if k != "model_type"}
+    fields |= {"eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+               "bos_token_id": ids["<|endoftext|>"], "dtype": dtype}
+    hf_config = AutoConfig.for_model(config["model_type"], **fields)
+    with torch.device("meta"):
+        shapes = {name: tuple(t.shape) for name, t in AutoModelForCausalLM.from_config(hf_config).state_dict().items()}
+    if hf_config.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    torch_dtype = getattr(torch, dtype)
+    itemsize = torch.empty((), dtype=torch_dtype).element_size()
+    plan: list[list[str]] = [[]]  # names per shard, planned first so the files can be named "-of-N"
+    filled = 0
+    for name, shape in shapes.items():
+        nbytes = math.prod(shape) * itemsize
+        if plan[-1] and filled + nbytes > shard_mb * 1e6:
+            plan.append([])
+            filled = 0
+        plan[-1].append(name)
+        filled += nbytes
+    generator = torch.Generator().manual_seed(seed)
+    index: dict[str, str] = {}
+    for number, names in enumerate(plan, 1):
+        file = f"model-{number:05d}-of-{len(plan):05d}.safetensors" if len(plan) > 1 else "model.safetensors"
+        shard = {name: (torch.ones(shapes[name]) if name.endswith("norm.weight")
+                        else torch.randn(shapes[name], generator=generator) * 0.02).to(torch_dtype) for name in names}
+        save_file(shard, str(folder / file), metadata={"format": "pt"})
+        index |= dict.fromkeys(shard, file)
+        del shard
+    if len(plan) > 1:
+        total = sum(math.prod(shape) * itemsize for shape in shapes.values())
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": index}, indent=1))
+    hf_config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -21,8 +21,14 @@ from pathlib import Path
 
 from toolkit.core import artifacts, workers
 from toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
-from toolkit.core.errors import InvalidOptionError, ModelFolderError, UnsupportedArchitectureError
-from toolkit.core.measure import package_versions, timestamp
+from toolkit.core.errors import (
+    InsufficientMemoryError,
+    InvalidOptionError,
+    ModelFolderError,
+    UnsupportedArchitectureError,
+)
+from toolkit.core.measure import available_mb, package_versions, timestamp
+from toolkit.domain import adapters, memory
 from toolkit.domain.options import (
     BLOCK_SIZES,
     TUTORIAL_SIZE_RATIO,
@@ -31,7 +37,6 @@ from toolkit.domain.options import (
     Method,
     Precision,
 )
-from toolkit.domain import adapters
 from toolkit.domain.prompts import reference_text
 from toolkit.domain.quantize import QuantPlan, weight_summary
 from toolkit.domain.sources import SourceModel, fingerprint, inspect_source
@@ -95,16 +100,22 @@ def supported_architectures() -> list[str]:
 
 
 def needs_quantizer(spec: ConvertSpec) -> bool:
-    """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`toolkit.quantize`.
+    """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`toolkit.domain.quantize`.
 
-    INT8 always is (the 0.14 builder has no int8); INT4 is when its options go beyond what
-    the builder does itself, or on ``olive auto-opt`` (which takes no INT4 options) when
-    they are not the defaults.
+    INT8 always is (the 0.14 builder has no int8). INT4 always is on the builder route: the
+    builder's own INT4 holds the whole FP32 model and its quantized copy in memory (6-7x a
+    bf16 checkpoint), while its FP32 export followed by our tensor-by-tensor pass, which
+    runs the same ONNX Runtime quantizer with the same settings, peaks near the checkpoint's
+    size. On the Olive routes INT4 is when its options go beyond what the builder does
+    itself, or on ``olive auto-opt`` (which takes no INT4 options) when they are not the
+    defaults.
     """
     if spec.precision is Precision.INT8:
         return True
     if spec.precision is not Precision.INT4:
         return False
+    if spec.method is Method.BUILDER:
+        return True
     return not spec.int4.builder_native or (spec.method is Method.OLIVE and spec.int4 != Int4Options())
 
 
@@ -129,7 +140,8 @@ def quant_plan(spec: ConvertSpec, hidden_size: int = 0) -> QuantPlan:
                          accuracy_level=spec.int4.accuracy_level, lm_head_bits=8, embedding_bits=table)
     o = spec.int4
     return QuantPlan(bits=4, algorithm=str(o.algorithm), block_size=o.block_size, symmetric=o.symmetric,
-                     accuracy_level=o.accuracy_level, lm_head_bits=o.lm_head.bits, embedding_bits=o.embeddings.bits)
+                     accuracy_level=o.accuracy_level, lm_head_bits=o.lm_head.bits, embedding_bits=o.embeddings.bits,
+                     lm_head_with_body=o.builder_native)
 
 
 def _builder_int4_options(int4: Int4Options) -> dict[str, object]:
@@ -146,22 +158,18 @@ def _builder_int4_options(int4: Int4Options) -> dict[str, object]:
 
 
 def builder_command(spec: ConvertSpec, output: Path, cache: Path) -> list[str]:
-    """The ``python -m onnxruntime_genai.models.builder`` argv for ``spec``.
+    """The model builder's argv for ``spec``, through :mod:`toolkit.runtimes.genai_builder` (its lean export).
 
     Example:
         >>> builder_command(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))[4:6]
         ['-i', 'm']
     """
-    precision = route_precision(spec)
     command = workers.python_module(
-        "onnxruntime_genai.models.builder",
-        "-i", str(spec.model_dir), "-o", str(output), "-p", str(precision),
+        "toolkit.runtimes.genai_builder",
+        "-i", str(spec.model_dir), "-o", str(output), "-p", str(route_precision(spec)),
         "-e", spec.execution_provider, "-c", str(cache),
     )
-    extra = ["hf_token=false", "hf_remote=false"]
-    if precision is Precision.INT4:
-        extra += [f"{key}={str(value).lower()}" for key, value in _builder_int4_options(spec.int4).items()]
-    return [*command, "--extra_options", *extra]
+    return [*command, "--extra_options", "hf_token=false", "hf_remote=false"]
 
 
 def olive_command(spec: ConvertSpec, output: Path) -> list[str]:
@@ -236,13 +244,45 @@ def check_source(model_dir: str | os.PathLike[str]) -> SourceModel:
     return source
 
 
-def validate(spec: ConvertSpec) -> SourceModel:
+def memory_estimate(spec: ConvertSpec, source: SourceModel) -> memory.MemoryEstimate:
+    """The predicted peak memory of converting ``source`` (the adapter's base, for an adapter) by ``spec``."""
+    return memory.estimate(
+        parameters=source.parameters, largest_tensor=source.largest_tensor,
+        checkpoint_bytes=source.checkpoint_bytes or 4 * source.parameters, method=Method(spec.method),
+        route_precision=route_precision(spec), quantized=needs_quantizer(spec),
+        adapter=adapters.is_adapter(spec.model_dir))
+
+
+def check_memory(spec: ConvertSpec, source: SourceModel) -> memory.MemoryEstimate:
+    """Refuse a conversion predicted to need more memory than is available now.
+
+    Raises:
+        InsufficientMemoryError: the prediction exceeds the available memory (the message
+            gives the figures and the options).
+    """
+    estimate = memory_estimate(spec, source)
+    free = available_mb()
+    if estimate.peak_mb > free:
+        options = "; ".join(memory.shortfall_options(estimate, free, Method(spec.method)))
+        raise InsufficientMemoryError(
+            f"Converting {source.path.name} to {spec.precision} by the {spec.method} route needs about "
+            f"{estimate.peak_mb / 1024:.1f} GiB of memory at its peak ({estimate.peak_step}; {estimate.basis}), "
+            f"but {free / 1024:.1f} GiB is available. Nothing was started. Options: {options}.")
+    return estimate
+
+
+def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
     """Check everything about ``spec`` before any work starts.
+
+    Args:
+        spec: The conversion.
+        memory_check: Also refuse when the predicted peak memory exceeds what is available.
 
     Raises:
         ModelFolderError: the source is not a Hugging Face model folder, or too little disk.
         UnsupportedArchitectureError: the builder cannot convert this architecture.
         InvalidOptionError: an unknown precision/method or an option out of range.
+        InsufficientMemoryError: the conversion would not fit in the available memory.
     """
     try:
         precision, method = Precision(spec.precision), Method(spec.method)
@@ -284,6 +324,8 @@ def validate(spec: ConvertSpec) -> SourceModel:
             spec.output_dir, f"only {free / 1e6:.0f} MB free, about {2 * weights / 1e6:.0f} MB needed",
             "Free some disk space or choose another --out.",
         )
+    if memory_check:
+        check_memory(spec, source)
     return source
 
 
@@ -317,7 +359,8 @@ def fp32_reference(source: SourceModel, target: Path, source_fingerprint: str) -
     return source.parameters * 4 / 1e6, f"estimated ({source.parameters:,} parameters x 4 bytes)"
 
 
-def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) -> ConvertResult:
+def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
+            memory_check: bool = True) -> ConvertResult:
     """Convert ``spec.model_dir`` to an ONNX Runtime GenAI model in ``spec.output_dir``.
 
     The model is built in a temporary folder beside the target and moved into place
@@ -331,6 +374,8 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
         progress: Show a progress bar over the steps.
         dry_run: With the ``olive-config`` method, write the Olive config to
             ``output_dir`` and stop.
+        memory_check: Refuse before starting when the predicted peak memory exceeds what
+            is available (the prediction is recorded in the manifest either way).
 
     Raises:
         SlmopsError: a specific subclass for bad input (before any work) or a tool failure.
@@ -341,9 +386,11 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
     """
     from tqdm.auto import tqdm
 
-    source = validate(spec)
+    source = validate(spec, memory_check=memory_check)
     spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider)
+    predicted = memory_estimate(spec, source)
+    free_at_start = available_mb()
     adapter = None
     if adapters.is_adapter(spec.model_dir):  # merged once (cached); every route then converts the merged folder
         adapter = adapters.inspect_adapter(spec.model_dir, source.path)
@@ -409,6 +456,12 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False) 
             if spec.method is Method.OLIVE_CONFIG:
                 shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
             manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
+            manifest["memory"] = {
+                **predicted.as_dict(), "available_mb_at_start": round(free_at_start, 1),
+                "measured_peak_mb": manifest["peak_rss_mb"],
+                "measured_steps": {run.log_path.stem: round(run.peak_rss_mb, 1) for run in runs},
+                "checked": memory_check,
+            }
             if adapter is not None:
                 merged = spec.model_dir
                 manifest["adapter"] = artifacts.read_json(merged / adapters.MERGE_RECORD, adapter.describe())
@@ -480,7 +533,8 @@ def summary(manifests: list[dict]) -> list[dict]:
 
 def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_dir: str | os.PathLike[str], *,
                 method: Method | str = Method.BUILDER, int4: Int4Options | None = None,
-                progress: bool = True, base: str | os.PathLike[str] | None = None) -> list[dict]:
+                progress: bool = True, base: str | os.PathLike[str] | None = None,
+                memory_check: bool = True) -> list[dict]:
     """Convert one model (or a LoRA adapter over ``base``) at several precisions into ``out_dir/<precision>``.
 
     Writes ``convert.json``, the list of manifests.
@@ -495,10 +549,10 @@ def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_di
                          base=Path(base) if base else None)
              for p in sorted(dict.fromkeys(Precision(p) for p in precisions), key=order.index)]
     for spec in specs:  # every choice is checked before anything is built
-        validate(spec)
+        validate(spec, memory_check=memory_check)
     manifests = []
     for spec in specs:
-        result = convert(spec, progress=progress)
+        result = convert(spec, progress=progress, memory_check=memory_check)
         manifests.append({**result.manifest, "output_dir": str(result.output_dir)})
     artifacts.write_json(out / "convert.json", manifests)
     return manifests

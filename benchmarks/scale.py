@@ -1,0 +1,198 @@
+"""Benchmark: real model sizes (0.5B to 3.8B parameters) through convert, register and a short bench.
+
+Random-initialized models of real configurations (shapes only, nothing downloaded: bf16
+safetensors written tensor by tensor, a tiny local tokenizer) go through ``slmops convert``
+at int4 and int8 (builder route), then Foundry Local registration and a short benchmark
+(64-token prompt, 32 generated). For each it records wall time, peak RSS against the
+checkpoint's size and against the prediction made before starting, size on disk, decode
+speed and time to first token. Decode speed and first-token time come from ONNX Runtime
+GenAI directly (the runtime Foundry Local wraps): a random model's tokens lie beyond its
+tiny tokenizer, so Foundry Local streams them as empty text and its per-token timing
+cannot be read.
+
+The baseline, measured in the same run: the builder's own in-memory INT4 (``python -m
+onnxruntime_genai.models.builder -p int4``, what the toolkit ran before), for the shapes
+whose predicted peak fits in the memory available; the others are reported as the
+prediction alone (e.g. the 3.8B shape's ~48 GB on a 24 GB machine). Writes ``scale.json``
+and ``scale.png`` (each figure against parameter count) and prints a Markdown table. Usage::
+
+    .venv/bin/python benchmarks/scale.py                              # all four shapes (~30 min here)
+    .venv/bin/python benchmarks/scale.py --shapes qwen2.5-0.5b --no-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from toolkit.core import workers
+from toolkit.core.measure import available_mb
+from toolkit.domain import memory
+from toolkit.domain.options import Method, Precision
+from toolkit.domain.sources import inspect_source, make_shaped_model
+from toolkit.stages import bench, convert
+from toolkit.stages import register as R
+
+#: Published configurations (config.json fields that set the shapes).
+SHAPES: dict[str, dict] = {
+    "qwen2.5-0.5b": {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 896,
+                     "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                     "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+                     "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6},
+    "llama-3.2-1b": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 2048,
+                     "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                     "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+                     "max_position_embeddings": 131072, "tie_word_embeddings": True, "rope_theta": 500000.0,
+                     "rms_norm_eps": 1e-5},
+    "qwen2.5-1.5b": {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 1536,
+                     "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                     "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+                     "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6},
+    "phi-3-mini": {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "hidden_size": 3072,
+                   "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32,
+                   "num_key_value_heads": 32, "vocab_size": 32064, "max_position_embeddings": 4096,
+                   "tie_word_embeddings": False, "rope_theta": 10000.0, "rms_norm_eps": 1e-5},
+}
+
+
+def builder_own_int4(model: Path, out: Path, work: Path) -> dict:
+    """The baseline: the builder's own INT4 (whole model in memory), when it is predicted to fit."""
+    source = inspect_source(model)
+    predicted = memory.estimate(parameters=source.parameters, largest_tensor=source.largest_tensor,
+                                checkpoint_bytes=source.checkpoint_bytes, method=Method.OLIVE,
+                                route_precision=Precision.INT4, quantized=False)
+    free = available_mb()
+    if predicted.peak_mb > free:
+        return {"skipped": f"predicted {predicted.peak_mb / 1024:.1f} GiB > {free / 1024:.1f} GiB available",
+                "predicted_peak_mb": round(predicted.peak_mb)}
+    command = workers.python_module("onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out),
+                                    "-p", "int4", "-e", "cpu", "-c", str(work / "cache"),
+                                    "--extra_options", "hf_token=false", "hf_remote=false")
+    run = workers.run_tool(command, log_path=work / "builder-int4.log", name="builder int4 (baseline)")
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall_s": round(run.wall_s, 1), "peak_rss_mb": round(run.peak_rss_mb), "size_mb": round(size),
+            "predicted_peak_mb": round(predicted.peak_mb)}
+
+
+def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bool) -> dict:
+    """Make the shape's model (reused), run the baseline, convert, register and bench; return its figures."""
+    model = work / "models" / name
+    if not (model / "config.json").is_file():
+        start = time.perf_counter()
+        make_shaped_model(model, SHAPES[name])
+        print(f"{name}: random bf16 checkpoint written in {time.perf_counter() - start:.0f} s", flush=True)
+    source = inspect_source(model)
+    row: dict = {"shape": name, "parameters": source.parameters, "checkpoint_mb": round(source.checkpoint_bytes / 1e6)}
+    row["baseline_int4"] = builder_own_int4(model, work / "baseline-int4", work)
+    print(f"{name}: builder's own int4: {row['baseline_int4']}", flush=True)
+    for precision in precisions:
+        out = work / "onnx" / name / precision
+        result = convert.convert(convert.ConvertSpec(model, out, Precision(precision)), progress=True)
+        m = result.manifest
+        figures = {"wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
+                   "predicted_peak_mb": m["memory"]["predicted_peak_mb"], "size_mb": round(m["size_mb"]),
+                   "rss_per_checkpoint": round(m["peak_rss_mb"] * 2**20 / source.checkpoint_bytes, 2),
+                   "steps_mb": m["memory"]["measured_steps"]}
+        if run_bench:
+            registered = f"scale-{name}-{precision}".replace(".", "-")
+            R.register(out, registered, model_config=R.ModelConfig(threads=None), force=True)
+            try:
+                rows = bench.bench([registered], engines=("foundry-local", "ort-genai"), prompt_lengths=[64],
+                                   gen_lengths=[32], repeats=2, warmup=1, progress=False)
+            finally:
+                R.unregister(registered)
+            for r in rows:
+                key = "foundry" if r.engine == "foundry-local" else "direct"
+                figures |= {f"{key}_decode_tps": round(r.decode_tps, 1), f"{key}_ttft_ms": round(r.ttft_ms),
+                            f"{key}_gen_tokens": r.gen_tokens, f"{key}_bench_rss_mb": round(r.peak_rss_mb)}
+        row[precision] = figures
+        print(f"{name} {precision}: {figures}", flush=True)
+        shutil.rmtree(out, ignore_errors=True)  # 3.8B builds are GBs; the figures are what we keep
+    return row
+
+
+def table(rows: list[dict], precisions: list[str]) -> str:
+    """The Markdown table the README and closing notes quote."""
+    lines = [("| shape | params | checkpoint (bf16) | builder's own int4: peak RSS (x ckpt) | precision | wall | "
+              "peak RSS (x ckpt) | predicted peak | vs builder's own | size | decode tok/s | TTFT |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        base = row["baseline_int4"]
+        checkpoint = row["checkpoint_mb"] * 1e6 / 2**20  # MiB, as RSS is measured
+        base_text = (f"{base['peak_rss_mb'] / 1024:.1f} GiB ({base['peak_rss_mb'] / checkpoint:.1f}x), "
+                     f"{base['wall_s']:.0f} s" if "peak_rss_mb" in base else f"not run: {base['skipped']}")
+        for precision in precisions:
+            f = row[precision]
+            versus = (f"{f['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if "peak_rss_mb" in base
+                      and precision == "int4" else "")
+            decode = f.get("direct_decode_tps", "")
+            ttft = f.get("direct_ttft_ms", "")
+            lines.append(
+                f"| {row['shape']} | {row['parameters'] / 1e9:.2f}B | {checkpoint / 1024:.2f} GiB | {base_text} | "
+                f"{precision} | {f['wall_s']:.0f} s | {f['peak_rss_mb'] / 1024:.1f} GiB ({f['rss_per_checkpoint']:.2f}x) "
+                f"| {f['predicted_peak_mb'] / 1024:.1f} GiB | {versus} | {f['size_mb'] / 1000:.2f} GB | {decode} | "
+                f"{f'{ttft} ms' if ttft != '' else ''} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], precisions: list[str], target: Path) -> None:
+    """Each figure against parameter count, one line per precision (and the baseline's peak)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("peak_rss_mb", "peak RSS (MB)"), ("wall_s", "conversion wall time (s)"), ("size_mb", "size (MB)"),
+              ("direct_decode_tps", "decode (tok/s)"), ("direct_ttft_ms", "first token (ms, 64-token prompt)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    billions = [row["parameters"] / 1e9 for row in rows]
+    for axis, (key, label) in zip(axes, panels, strict=True):
+        for precision in precisions:
+            values = [row[precision].get(key) for row in rows]
+            points = [(x, y) for x, y in zip(billions, values, strict=True) if y is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", label=precision)
+        if key == "peak_rss_mb":
+            base = [(x, row["baseline_int4"]["peak_rss_mb"]) for x, row in zip(billions, rows, strict=True)
+                    if "peak_rss_mb" in row["baseline_int4"]]
+            predicted = [(x, row["baseline_int4"]["predicted_peak_mb"]) for x, row in zip(billions, rows, strict=True)]
+            if base:
+                axis.plot(*zip(*base, strict=True), marker="s", linestyle="--", label="builder's own int4")
+            axis.plot(*zip(*predicted, strict=True), linestyle=":", color="grey", label="its prediction")
+            axis.plot(billions, [row["checkpoint_mb"] * 1e6 / 2**20 * 2.5 for row in rows], color="red", linewidth=0.8,
+                      label="2.5x checkpoint")
+        axis.set_xlabel("parameters (B)")
+        axis.set_title(label, fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--precisions", nargs="+", choices=["int4", "int8"], default=["int4", "int8"])
+    parser.add_argument("--work", default="outputs/scale", help="models, logs, scale.json and scale.png go here")
+    parser.add_argument("--no-bench", action="store_true", help="convert only (no registration or benchmark)")
+    args = parser.parse_args()
+
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{available_mb() / 1024:.1f} GiB available", flush=True)
+    rows = [measure_shape(name, work, args.precisions, run_bench=not args.no_bench) for name in args.shapes]
+    (work / "scale.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, args.precisions, work / "scale.png")
+    print(table(rows, args.precisions))
+    print(f"wrote {work / 'scale.json'} and {work / 'scale.png'}")
+
+
+if __name__ == "__main__":
+    main()

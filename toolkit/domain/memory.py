@@ -1,0 +1,115 @@
+"""How much memory a conversion will need at its peak, predicted from the checkpoint before it starts.
+
+A conversion is a few child processes run one after another (merge an adapter, export
+with the builder or Olive, quantize), so its peak is the largest of theirs. Each is
+predicted from three numbers the safetensors headers give without reading a weight:
+the checkpoint's size on disk, the parameter count, and the largest single tensor
+(the embedding table or LM head, which every step handles whole at least once).
+
+The coefficients come from measurements of random-initialized models of real shapes
+(``benchmarks/scale.py``, 0.5B to 3.8B parameters, bf16 checkpoints), rounded up:
+
+* the builder's export through :mod:`toolkit.runtimes.genai_builder` holds the checkpoint
+  (memory-mapped, its pages resident once read) plus one tensor cast in flight;
+* the builder's own in-memory INT4 (what Olive runs) holds the FP32 model, its proto and
+  the quantized copy: about 3.2x the FP32 size;
+* our tensor-by-tensor quantizer holds the largest FP32 tensor and slices of it;
+* peft's merge loads the base in FP32 and keeps the merged copy while saving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolkit.domain.options import Method, Precision
+
+_MIB = 2**20
+#: Interpreter, torch, transformers and the ONNX libraries in a builder or Olive child.
+EXPORT_BASE_MB = 600.0
+#: Interpreter, ONNX and ONNX Runtime's quantizer in the quantizer child.
+QUANTIZE_BASE_MB = 350.0
+#: Slices of one weight in flight in the quantizer (its ``CHUNK_BYTES`` with ORT's copies).
+QUANTIZE_SLICES_MB = 450.0
+#: Head room on every prediction: allocator slack and the page cache's share of the RSS.
+MARGIN = 1.1
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak resident memory of each step of a conversion, in MiB.
+
+    Attributes:
+        steps: ``(step, MiB)`` in the order they run.
+        basis: What the prediction was computed from, for the manifest and messages.
+    """
+
+    steps: tuple[tuple[str, float], ...]
+    basis: str
+
+    @property
+    def peak_mb(self) -> float:
+        """The largest step's prediction: the conversion's peak."""
+        return max(mb for _, mb in self.steps)
+
+    @property
+    def peak_step(self) -> str:
+        """The step predicted to peak."""
+        return max(self.steps, key=lambda step: step[1])[0]
+
+    def as_dict(self) -> dict:
+        """The estimate as the manifest records it."""
+        return {"predicted_peak_mb": round(self.peak_mb, 1), "peak_step": self.peak_step,
+                "steps": {name: round(mb, 1) for name, mb in self.steps}, "basis": self.basis}
+
+
+def estimate(*, parameters: int, largest_tensor: int, checkpoint_bytes: int, method: Method,
+             route_precision: Precision, quantized: bool, adapter: bool = False) -> MemoryEstimate:
+    """Predict the peak memory of a conversion.
+
+    Args:
+        parameters: Weights in the checkpoint.
+        largest_tensor: Weights in its largest tensor.
+        checkpoint_bytes: Size of its weight files on disk.
+        method: The route.
+        route_precision: What the route itself builds (FP32 when our quantizer follows).
+        quantized: Whether our quantizer runs after the route.
+        adapter: Whether a LoRA adapter is merged into the checkpoint first (the merged
+            folder is FP32, so the export then reads an FP32 checkpoint).
+
+    Example:
+        >>> e = estimate(parameters=494_000_000, largest_tensor=136_000_000, checkpoint_bytes=988_000_000,
+        ...              method=Method.BUILDER, route_precision=Precision.FP32, quantized=True)
+        >>> e.peak_step
+        'export (model builder, fp32)'
+    """
+    fp32_mb = parameters * 4 / _MIB
+    largest_mb = largest_tensor * 4 / _MIB
+    checkpoint_mb = checkpoint_bytes / _MIB
+    steps: list[tuple[str, float]] = []
+    if adapter:
+        steps.append(("merge the adapter (peft, fp32)", EXPORT_BASE_MB + 2 * fp32_mb))
+        checkpoint_mb = fp32_mb
+    if method is Method.BUILDER:
+        steps.append((f"export (model builder, {route_precision})", EXPORT_BASE_MB + checkpoint_mb + largest_mb))
+    elif route_precision is Precision.INT4:
+        steps.append((f"export ({method}: the builder's in-memory int4)", EXPORT_BASE_MB + 3.2 * fp32_mb))
+    else:  # Olive's builder keeps each FP32 cast it writes
+        steps.append((f"export ({method}, {route_precision})", EXPORT_BASE_MB + checkpoint_mb + fp32_mb))
+    if quantized:
+        steps.append(("quantize (tensor by tensor)", QUANTIZE_BASE_MB + 2 * largest_mb + QUANTIZE_SLICES_MB))
+    basis = (f"{parameters / 1e9:.2f}B parameters, largest tensor {largest_tensor / 1e6:.0f}M, "
+             f"checkpoint {checkpoint_bytes / 1e9:.2f} GB{', LoRA merge first' if adapter else ''}")
+    return MemoryEstimate(tuple((name, mb * MARGIN) for name, mb in steps), basis)
+
+
+def shortfall_options(estimate_: MemoryEstimate, available_mb: float, method: Method) -> list[str]:
+    """What a user can do when ``estimate_`` does not fit in ``available_mb``."""
+    options = []
+    if method is not Method.BUILDER:
+        options.append("use --method builder, which exports lean and quantizes tensor by tensor")
+    options += [
+        f"free about {(estimate_.peak_mb - available_mb) / 1024:.1f} GiB (close other programs, stop other runs)",
+        "convert on a machine with more memory and copy the model folder here (the result is portable)",
+        "pass --skip-memory-check to try anyway (the system may kill the conversion)",
+    ]
+    return options
