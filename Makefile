@@ -18,7 +18,7 @@ setup: $(STAMP) $(SMOL)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,lab]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,lab,cluster]"
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

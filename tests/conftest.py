@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny random model, a temporary Foundry cache, the bundled model."""
+"""Shared fixtures: a tiny random model, a temporary Foundry cache, the bundled model, a tiny sweep."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -44,3 +46,24 @@ def bundled() -> Path:
     from toolkit.domain.sources import bundled_model
 
     return bundled_model()
+
+
+#: A two-point sweep on the tiny model, as small as a whole pipeline run gets.
+TINY_SWEEP = ("name_prefix: tinysweep\nprecisions: [int4]\ncompare_recipes: false\n"
+              "checklist_requests: 0\nprompt_lengths: [16]\ngen_lengths: [4]\nrepeats: 1\nwarmup: 0\n"
+              "sweep:\n  int4_block_size: [32, 64]\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str, str]:
+    """``slmops run --params sweep.yaml --out DIR`` run serially: ``(params file, DIR, stdout, stderr)``."""
+    from toolkit import cli
+
+    work = tmp_path_factory.mktemp("sweep")
+    params = work / "sweep.yaml"
+    params.write_text(f"model_dir: {tiny_model}\n{TINY_SWEEP}")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", "--params", str(params), "--out", str(work / "sweep")])
+    assert code == 0, out.getvalue() + err.getvalue()
+    return params, work / "sweep", out.getvalue(), err.getvalue()

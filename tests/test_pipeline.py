@@ -158,29 +158,23 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_each_set_and_compares_them(tiny_model: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    params = tmp_path / "sweep.yaml"
-    params.write_text(f"model_dir: {tiny_model}\nname_prefix: tinysweep\nprecisions: [int4]\ncompare_recipes: false\n"
-                      "checklist_requests: 0\nprompt_lengths: [16]\ngen_lengths: [4]\nrepeats: 1\nwarmup: 0\n"
-                      "sweep:\n  int4_block_size: [32, 64]\n")
-    assert cli.main(["run", "--params", str(params), "--out", str(tmp_path / "sweep")]) == 0
-    printed = capsys.readouterr()
-    lines = printed.out.splitlines()  # one line as each stage starts and one as it ends
+def test_a_sweep_runs_each_set_and_compares_them(tiny_sweep: tuple[Path, Path, str, str], tmp_path: Path) -> None:
+    _params, sweep, printed, errors = tiny_sweep
+    lines = printed.splitlines()  # one line as each stage starts and one as it ends
     assert lines[:2] == ["[1/4] convert and quantize: int4 ...", lines[1]] and lines[1].startswith(
         "[1/4] convert and quantize: ok in ")
     assert sum(line.startswith("[4/4] benchmark: ok in ") for line in lines) == 2
-    assert "Executing" not in printed.err  # papermill's cell counter is off
-    page = (tmp_path / "sweep" / "index.html").read_text()
+    assert "Executing" not in errors  # papermill's cell counter is off
+    page = (sweep / "index.html").read_text()
     for number, block in ((1, 32), (2, 64)):
         label = f"{number}-int4_block_size={block}"
         assert f'href="{label}/index.html"' in page
-        manifest = json.loads((tmp_path / "sweep" / label / "models" / "int4" / "manifest.json").read_text())
+        manifest = json.loads((sweep / label / "models" / "int4" / "manifest.json").read_text())
         assert manifest["options"]["block_size"] == block  # each run really built its own block size
-        assert (tmp_path / "sweep" / label / "index.html").is_file()
+        assert (sweep / label / "index.html").is_file()
     assert page.count("<td>int4</td>") == 2
     # The two runs differ in one INT4 option (and, by design, their registered names): exactly that shows.
-    runs = [tmp_path / "sweep" / "1-int4_block_size=32", tmp_path / "sweep" / "2-int4_block_size=64"]
+    runs = [sweep / "1-int4_block_size=32", sweep / "2-int4_block_size=64"]
     assert cli.main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) in (0, 1)
     found = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [p["parameter"] for p in found["params"]] == ["int4_block_size", "name_prefix"]

@@ -25,7 +25,7 @@ from toolkit.domain.options import (
 from toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from toolkit.domain.sources import bundled_model
 from toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
-from toolkit.orchestration import doctor, pipeline, recipes
+from toolkit.orchestration import cluster, doctor, pipeline, recipes
 from toolkit.presentation import compare, plots, report
 from toolkit.presentation.tables import text_table
 from toolkit.runtimes.foundry import Generation, LoadedModel
@@ -292,7 +292,12 @@ def _say_what_differs(params_file: Path, params: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     params = pipeline.load_params(args.params, max_runs=args.max_runs)
-    if "sweep" in params:
+    if args.ray is not None and "sweep" not in params:
+        raise InputError(f"--ray runs the points of a sweep on Ray, and {args.params} has no sweep: section; "
+                         "add one (see `slmops run --help`) or drop --ray.")
+    if args.ray is not None:
+        index = cluster.run_sweep(params, args.out, address=args.ray or None, max_runs=args.max_runs)
+    elif "sweep" in params:
         index = pipeline.run_sweep(params, args.out, max_runs=args.max_runs)
     else:
         _say_what_differs(Path(args.params), params)
@@ -429,6 +434,10 @@ comparison page OUT/index.html:
     p.add_argument("--out", required=True, help="run folder, e.g. outputs/my-run")
     p.add_argument("--max-runs", type=_whole(1), default=MAX_SWEEP_RUNS,
                    help=f"largest sweep allowed (default {MAX_SWEEP_RUNS}); a bigger one is refused before it starts")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the sweep's points as Ray tasks, each holding a whole node (a failed node's point is "
+                   "run again elsewhere); no ADDRESS starts a local Ray, HOST:PORT joins a cluster. Needs the "
+                   "[cluster] extra: pip install 'slmops-toolkit[cluster]'")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("rerun", help="run a report again as written (its params.json); first says what differs",

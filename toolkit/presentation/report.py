@@ -216,7 +216,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
 
 
 def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dict, str]], *,
-                      swept: list[str]) -> Path:
+                      swept: list[str], placements: dict[str, dict] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
     The table is :func:`toolkit.presentation.compare.side_by_side`, the one a comparison of two runs shows.
@@ -224,17 +224,26 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.
         swept: The parameter names the sweep varied (shown as columns).
+        placements: Per label, where a distributed sweep ran it (``host``, ``node``,
+            ``node_type``, ``attempts``, ``lost``): shown as columns, with a warning when the
+            runs' timings come from different kinds of node.
     """
     out = Path(out_dir)
+    placements = placements or {}
     rows = []
     for label, params, state in runs:
         varied = {name: json.dumps(params.get(name)) for name in swept}
+        where = placements.get(label)
+        ran = ({"node": f"{where['host']} ({where['node']})", "node_type": where["node_type"],
+                "attempts": where["attempts"]} if where else {})
         for row in compare.side_by_side([(label, compare.load_run(out / label))]):
-            rows.append({"label": label, **varied, "status": state, **row})
-    columns = [*swept, "status", "precision", "size_mb", "x_fp32", "checks_passed", "top1_vs_fp32", "decode_tps",
-               "ttft_ms", "peak_rss_mb"]
+            rows.append({"label": label, **varied, "status": state, **ran, **row})
+    columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
+               "x_fp32", "checks_passed", "top1_vs_fp32", "decode_tps", "ttft_ms", "peak_rss_mb"]
+    node_types = sorted({where["node_type"] for where in placements.values() if where["status"] == "ok"})
+    retried = [(label, where["lost"]) for label, where in placements.items() if where["lost"]]
     page = render_page("sweep.html.j2", sweep_name=out.name, run_count=len(runs), swept=swept, columns=columns,
-                       rows=rows)
+                       rows=rows, node_types=node_types, retried=retried, distributed=bool(placements))
     return artifacts.write_text(out / "index.html", page)
 
 

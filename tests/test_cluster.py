@@ -1,0 +1,128 @@
+"""Sweeps on Ray: a real two-node Ray cluster on this machine (a head and a second node with its own CPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from toolkit import cli
+from toolkit.core.errors import InputError
+from toolkit.orchestration import cluster, pipeline
+from toolkit.presentation import compare
+
+
+def test_ray_needs_a_sweep_and_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    single = tmp_path / "one.yaml"
+    single.write_text("precisions: [int4]\n")
+    assert cli.main(["run", "--params", str(single), "--out", str(tmp_path / "r"), "--ray"]) == 2
+    assert "has no sweep: section" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [cluster] extra were not installed
+    with pytest.raises(InputError, match=r"slmops-toolkit\[cluster\]"):
+        cluster.connect(None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_no_address_starts_a_local_ray_with_this_machines_cpus() -> None:
+    import ray
+
+    try:
+        cluster.connect(None)
+        nodes = cluster._nodes()
+        assert [node["cpus"] for node in nodes.values()] == [os.cpu_count()]
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A Ray head with 1 CPU and a second node with 2: two kinds of node, as a real cluster may have."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    ray_cluster.add_node(num_cpus=2)
+    ray_cluster.wait_for_nodes()
+    yield ray_cluster
+    ray.shutdown()
+    ray_cluster.shutdown()
+
+
+def _kill_first_try_of(label: str, killed: list[int], stop: threading.Event) -> None:
+    """Fault injection: SIGKILL the Ray worker running ``label`` a few seconds into its first try."""
+    while not stop.is_set():
+        for folder in cluster.SCRATCH.glob(f"{label}-*"):
+            pid = int(folder.name.rsplit("-", 1)[-1])
+            time.sleep(3)
+            try:
+                worker = psutil.Process(pid)
+                orphans = worker.children(recursive=True)
+                os.kill(pid, signal.SIGKILL)
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                continue
+            killed.append(pid)
+            time.sleep(2)
+            for child in orphans:  # the killed worker's kernel and tools would run on unattended
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            return
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
+        two_nodes, tiny_model: Path, tiny_sweep: tuple[Path, Path, str, str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    params_file, serial, _, _ = tiny_sweep
+    params = pipeline.load_params(params_file)
+    first = pipeline.sweep_runs(params)[0][0]
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_first_try_of, args=(first, killed, stop), daemon=True)
+    killer.start()
+    try:
+        code = cli.main(["run", "--params", str(params_file), "--out", str(tmp_path / "sweep"),
+                         "--ray", two_nodes.address])
+    finally:
+        stop.set()
+        killer.join()
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert killed, "the fault was never injected"
+    assert f"[ray] {first}: try 1 on " in printed and f"[ray] {first}: try 2 on " in printed
+    placements = {p["label"]: p for p in json.loads((tmp_path / "sweep" / "placements.json").read_text())}
+    assert placements[first]["attempts"] == 2 and "WorkerCrashedError" in placements[first]["lost"][0]
+    assert all(p["status"] == "ok" for p in placements.values())
+    # Each task held its whole node: 1 CPU on the head, 2 on the other.
+    assert {p["cpus"] for p in placements.values()} <= {1, 2}
+    assert not list(cluster.SCRATCH.glob(f"{first}-{killed[0]}"))  # the killed try's scratch is cleaned
+
+    page = (tmp_path / "sweep" / "index.html").read_text()
+    types = {p["node_type"] for p in placements.values()}
+    if len(types) > 1:
+        assert "Timings compare machines as well as settings" in page
+    else:
+        assert "All ran on one kind of node" in page
+    assert f"{first} was run again" in page
+    for label, placement in placements.items():
+        assert f'href="{label}/index.html"' in page and placement["host"] in page
+        # Everything that does not depend on the machine equals the serial sweep's.
+        ray_run, serial_run = compare.load_run(tmp_path / "sweep" / label), compare.load_run(serial / label)
+        for ours, theirs in zip(compare.side_by_side([(label, ray_run)]), compare.side_by_side([(label, serial_run)]),
+                                strict=True):
+            for figure in ("precision", "size_mb", "x_fp32", "checks_passed", "top1_vs_fp32"):
+                assert ours[figure] == theirs[figure], (label, figure)
+        manifest = json.loads((tmp_path / "sweep" / label / "models" / "int4" / "manifest.json").read_text())
+        assert manifest["options"] == json.loads((serial / label / "models" / "int4" / "manifest.json")
+                                                 .read_text())["options"]
+        assert not list((tmp_path / "sweep" / label / "models").rglob("*.onnx"))  # weights stayed on the node
