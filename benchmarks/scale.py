@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from toolkit.core import workers
@@ -149,7 +151,7 @@ def plot(rows: list[dict], precisions: list[str], target: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("peak_rss_mb", "peak RSS (MB)"), ("wall_s", "conversion wall time (s)"), ("size_mb", "size (MB)"),
+    panels = [("peak_rss_mb", "conversion peak RSS (MiB)"), ("wall_s", "conversion wall time (s)"), ("size_mb", "size (MB)"),
               ("direct_decode_tps", "decode (tok/s)"), ("direct_ttft_ms", "first token (ms, 64-token prompt)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     billions = [row["parameters"] / 1e9 for row in rows]
@@ -167,7 +169,9 @@ def plot(rows: list[dict], precisions: list[str], target: Path) -> None:
                 axis.plot(*zip(*base, strict=True), marker="s", linestyle="--", label="builder's own int4")
             axis.plot(*zip(*predicted, strict=True), linestyle=":", color="grey", label="its prediction")
             axis.plot(billions, [row["checkpoint_mb"] * 1e6 / 2**20 * 2.5 for row in rows], color="red", linewidth=0.8,
-                      label="2.5x checkpoint")
+                      label="2.5x checkpoint (target)")
+            axis.axhline(psutil.virtual_memory().total / 2**20, color="black", linewidth=0.8, linestyle="-.",
+                         label="this machine's memory")
         axis.set_xlabel("parameters (B)")
         axis.set_title(label, fontsize=10)
         axis.grid(alpha=0.3)
