@@ -111,6 +111,10 @@ def _algo_config(plan: QuantPlan, bits: int):
                                           op_types_to_quantize=("MatMul",))
 
 
+#: ``TensorProto.EXTERNAL``: the tensor's bytes are in a file beside the graph.
+_EXTERNAL = 1
+
+
 class _Weights:
     """Initializers read one at a time from a model's external data, and new ones appended to the output's.
 
@@ -128,20 +132,20 @@ class _Weights:
         """The array of initializer ``tensor`` (inline or in an external file)."""
         from onnx import helper, numpy_helper
 
-        if tensor.data_location != 1:  # stored inline
+        if tensor.data_location != _EXTERNAL:
             return numpy_helper.to_array(tensor)
         where = {entry.key: entry.value for entry in tensor.external_data}
+        file = (self.source_dir / where["location"]).resolve()
+        if not file.is_relative_to(self.source_dir.resolve()):  # as onnx's own loader, never outside the model
+            raise ValueError(f"{tensor.name}'s data is outside the model's folder: {where['location']}")
         dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
         count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        data = np.fromfile(self.source_dir / where["location"], dtype=dtype, count=count,
-                           offset=int(where.get("offset", 0)))
+        data = np.fromfile(file, dtype=dtype, count=count, offset=int(where.get("offset", 0)))
         return data.reshape(tuple(tensor.dims))
 
     def store(self, tensor) -> None:
         """Move ``tensor``'s bytes to the output's data file; ``tensor`` then points there."""
-        from onnx import numpy_helper
-
-        data = numpy_helper.to_array(tensor) if tensor.data_location != 1 else self.read(tensor)
+        data = self.read(tensor)
         for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
                       "string_data"):
             tensor.ClearField(field)
@@ -162,7 +166,8 @@ class _Weights:
     def _append(self, tensor, array: np.ndarray, *, transposed: bool = False) -> None:
         """Append ``array`` (or its transpose, in slices) to the data file and point ``tensor`` at it."""
         offset = self.handle.tell()
-        if offset % 4096:  # page-aligned, as onnx's own writer does, so the runtime can map it
+        # Large tensors start on a page, as onnx's own writer places them, so the runtime can map them.
+        if array.nbytes >= ALIGN_ABOVE_BYTES and offset % 4096:
             self.handle.write(b"\0" * (4096 - offset % 4096))
             offset = self.handle.tell()
         if transposed:
@@ -172,7 +177,7 @@ class _Weights:
         else:
             np.ascontiguousarray(array).tofile(self.handle)  # no bytes copy of a large table
         del tensor.external_data[:]
-        tensor.data_location = 1
+        tensor.data_location = _EXTERNAL
         for key, value in (("location", self.target_data.name), ("offset", str(offset)),
                            ("length", str(array.nbytes))):
             entry = tensor.external_data.add()
@@ -181,10 +186,10 @@ class _Weights:
 
     def inline(self, tensor) -> None:
         """Keep ``tensor`` inside the graph (small tensors: shapes must be inline for ORT's shape inference)."""
-        if tensor.data_location == 1:
+        if tensor.data_location == _EXTERNAL:
             data = np.ascontiguousarray(self.read(tensor))
             del tensor.external_data[:]
-            tensor.data_location = 0
+            tensor.data_location = 0  # TensorProto.DEFAULT: inline
             tensor.raw_data = data.tobytes()
         self.stored.add(tensor.name)
 
@@ -205,6 +210,8 @@ CHUNK_BYTES = 64 * 2**20
 
 #: Tensors smaller than this stay inside the graph (as onnx's own writer's threshold).
 INLINE_BYTES = 1024
+#: Tensors from this size start on a page boundary in the data file (onnx's ``align_threshold``).
+ALIGN_ABOVE_BYTES = 2**20
 
 #: Algorithms whose result for a column does not depend on the others (HQQ stops its
 #: optimization on the whole tensor's error, so a slice would stop elsewhere).

@@ -518,7 +518,10 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
 
 
 def summary(manifests: list[dict]) -> list[dict]:
-    """One flat row per build for tables: size against FP32 and the tutorial, where the weights went, cost."""
+    """One flat row per build for tables: size against FP32 and the tutorial, where the weights went, cost.
+
+    Cost is wall time and peak RSS, beside the peak predicted before the build started.
+    """
     rows = []
     for m in manifests:
         weights = m.get("weights", {})
@@ -527,6 +530,7 @@ def summary(manifests: list[dict]) -> list[dict]:
             "x_fp32": m.get("size_ratio_vs_fp32"), "tutorial_x": m["tutorial_size_ratio"],
             "vs_tutorial": m.get("size_vs_tutorial"), "lm_head": weights.get("lm_head"),
             "embeddings": weights.get("embeddings"), "wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
+            "predicted_peak_mb": m.get("memory", {}).get("predicted_peak_mb"),
         })
     return rows
 
