@@ -13,6 +13,7 @@ import json
 import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 from toolkit.core.errors import ParamsError
 from toolkit.domain.options import BLOCK_SIZES, INT4_RECIPES, Method, Precision
@@ -94,6 +95,20 @@ DEFAULTS = RunParams()
 
 #: Parameter names that hold a user's path (pinned to absolute before notebooks run in the run folder).
 PATH_PARAMS = tuple(f.name for f in fields(RunParams) if f.metadata["path"])
+
+
+def with_absolute_paths(params: dict) -> dict:
+    """``params`` with every user path (:data:`PATH_PARAMS`) made absolute against this process's cwd.
+
+    Notebooks run in the run folder and sweep points on other machines: a relative path
+    must be pinned where the user wrote it.
+
+    Example:
+        >>> with_absolute_paths({"model_dir": "m", "repeats": 2})["model_dir"].startswith("/")
+        True
+    """
+    return {key: str(Path(value).expanduser().resolve()) if key in PATH_PARAMS and value else value
+            for key, value in params.items()}
 
 
 def _types(cls: type = RunParams) -> dict[str, object]:

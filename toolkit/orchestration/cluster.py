@@ -247,20 +247,18 @@ def run_sweep(params: dict, out: str | os.PathLike[str], *, address: str | None 
     """
     run_params.parse_sweep(params.get("sweep"), max_runs=max_runs)
     runs = pipeline.sweep_runs(params)
-    resolved = []
     for label, run in runs:
         run_params.parse(run, source=f"sweep run {label}")
-        # Paths are the driver's: a point runs elsewhere, so they are made absolute here.
-        resolved.append((label, {key: str(Path(value).expanduser().resolve()) if key in run_params.PATH_PARAMS
-                                 and value else value for key, value in run.items()}))
+    # Paths are the driver's: a point runs elsewhere, so they are made absolute here.
+    resolved = [(label, run_params.with_absolute_paths(run)) for label, run in runs]
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     connect(address)
     placements = run_points(resolved, out_dir, progress=progress)
     results = [(label, chosen, placement.status) for (label, chosen), placement in zip(runs, placements, strict=True)]
-    artifacts.write_json(out_dir / "placements.json", [{**asdict(p), "node_type": p.node_type} for p in placements])
-    index = report.write_sweep_index(out_dir, results, swept=list(params["sweep"]),
-                                     placements=placement_rows(placements))
+    rows = placement_rows(placements)
+    artifacts.write_json(out_dir / "placements.json", list(rows.values()))
+    index = report.write_sweep_index(out_dir, results, swept=list(params["sweep"]), placements=rows)
     failed = [p.label for p in placements if p.status != "ok"]
     if failed:
         raise SlmopsError(f"{len(failed)} of {len(runs)} sweep runs failed ({', '.join(failed)}); see {index}")

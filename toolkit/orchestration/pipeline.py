@@ -120,10 +120,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     run_dir = Path(out).resolve()
     # Headless: notebooks show chosen values instead of widgets that would not render in HTML.
     merged = run_params.parse({**params, "run_dir": str(run_dir), "interactive": False}).as_dict()
-    # Notebooks run with the run folder as their working directory: pin user paths now.
-    for key in run_params.PATH_PARAMS:
-        if merged[key]:
-            merged[key] = str(Path(merged[key]).expanduser().resolve())
+    merged = run_params.with_absolute_paths(merged)  # notebooks run with the run folder as their cwd
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "params.json", merged)
     # What a rerun needs beyond the parameters: inputs' fingerprints, seed, versions, machine.
