@@ -197,12 +197,6 @@ class _Weights:
         self.handle.close()
 
 
-def _constant_matmuls(graph, plan: QuantPlan) -> list:
-    names = {init.name for init in graph.initializer}
-    return [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in names
-            and (node.name != LM_HEAD or plan.lm_head_with_body)]
-
-
 #: Largest slice of a weight quantized at once: ORT's quantizer holds about four copies of
 #: what it is given, which for a 150k-token LM head (545 MB in FP32) peaked at 2.6 GB.
 CHUNK_BYTES = 64 * 2**20
@@ -271,14 +265,10 @@ def _quantize_body(model, plan: QuantPlan, weights: _Weights) -> None:
         raise ValueError(f"{plan.algorithm} quantizes to 4 bits only; use 'default' for 8 bits")
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    matmuls = _constant_matmuls(graph, plan)
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in inits
+               and (node.name != LM_HEAD or plan.lm_head_with_body)]
     for node in tqdm(matmuls, desc=f"quantize int{plan.bits}", unit="matmul", mininterval=5):
-        weight_name = node.input[1]
-        weight = weights.read(inits[weight_name])
+        weight = weights.read(inits[node.input[1]])
         replacement, new_inits = _quantize_one(node, weight, plan, model.opset_import)
         del weight
         for init in new_inits:
@@ -288,9 +278,7 @@ def _quantize_body(model, plan: QuantPlan, weights: _Weights) -> None:
         graph.node.remove(node)
         for offset, new in enumerate(replacement):
             graph.node.insert(position + offset, new)
-        readers[weight_name] -= 1
-        if not readers[weight_name]:  # nothing else reads the FP32 weight: it is not copied over
-            graph.initializer.remove(inits.pop(weight_name))
+    # The FP32 weights nothing reads any more are dropped with the others by _quantized_lm_head_and_table.
 
 
 def _set_attribute(node, name: str, value: int) -> None:
