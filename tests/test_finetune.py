@@ -82,15 +82,16 @@ def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_ad
     assert {"q_proj", "v_proj", "down_proj"} <= set(adapter["target_modules"])
     assert adapter["fingerprint"] == adapters.inspect_adapter(tiny_adapter.adapter).fingerprint
     assert adapter["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-3  # peft's merge is exact in PyTorch
-    check = adapter["onnx_check"]
-    assert check["positions"] > 10 and check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-2
+    check = result.manifest["parity"]["checks"][0]  # the FP32 build against the merged model in transformers
+    assert check["positions"] > 10 and check["top1_agreement"] == 1.0 and check["max_diff_of_range"] < 1e-3
+    assert result.manifest["parity"]["verdict"] == "pass"
     # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
     merged = adapters.merged_folder(adapters.inspect_adapter(tiny_adapter.adapter))
     assert (merged / "config.json").is_file() and result.manifest["source_path"] == str(merged)
     int4 = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", convert.Precision.INT4),
                            progress=False)
-    assert int4.manifest["adapter"]["fingerprint"] == adapter["fingerprint"] and "onnx_check" not in int4.manifest[
-        "adapter"]
+    assert int4.manifest["adapter"]["fingerprint"] == adapter["fingerprint"]
+    assert [c["build"] for c in int4.manifest["parity"]["checks"]] == ["fp32", "int4"]
 
 
 def _copy_adapter(source: Path, target: Path, **config) -> Path:

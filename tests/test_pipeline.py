@@ -123,7 +123,7 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert not any(n.endswith((".onnx", ".data")) for n in names) and "run/models/int4/manifest.json" in names
     converted = json.loads((tmp_path / "run" / "models" / "convert.json").read_text())
     assert all(m["adapter"]["path"] == str(adapter.resolve()) for m in converted)
-    assert [m["adapter"]["onnx_check"]["top1_agreement"] for m in converted if m["precision"] == "fp32"] == [1.0]
+    assert [m["parity"]["checks"][0]["top1_agreement"] for m in converted if m["precision"] == "fp32"] == [1.0]
     control = json.loads((tmp_path / "run" / "test.json").read_text())["control"]
     assert control["model"] == "tinypipe-base" and control["trained"] == "0/1"  # a random base knows no Quennport
     # A reviewer's view: the page in a real browser, screenshot and print in outputs/e2e/.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from toolkit.core import artifacts, settings
 from toolkit.core.errors import InputError, SlmopsError
+from toolkit.domain import parity
 from toolkit.domain.options import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
@@ -113,11 +114,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
           f"weights: {weights}; LM head {m['weights']['lm_head']}, embeddings {m['weights']['embeddings']}")
     adapter = m.get("adapter")
     if adapter:
-        check = adapter.get("onnx_check")
         print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) merged "
-              f"into {adapter['base']} by {adapter['merge_route']}"
-              + (f"; FP32 build against the merged PyTorch model: top-1 {check['top1_agreement']:.3f}, largest logit "
-                 f"difference {check['max_abs_diff']:.2g}" if check else ""))
+              f"into {adapter['base']} by {adapter['merge_route']}")
+    for check in m.get("parity", {}).get("checks", []):
+        print(f"parity of the {check['build']} model with the source in {check['reference']}: "
+              f"{parity.ParityCheck.from_json(check).summary()}")
     return 0
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import shutil
 import signal
@@ -141,10 +142,30 @@ def run_tool(command: list[str], *, log_path: Path, name: str | None = None, cwd
     code, wall, peak = _run(command, log_path=log_path, name=name, cwd=cwd, timeout=timeout, idle_timeout=None,
                             progress=None)
     if code != 0:
-        tail = _log_tail(log_path)
-        hint = "the disk is full (free some space and run again); " if "No space left on device" in tail else ""
-        raise ToolFailedError(name, code, log_path, f"{hint}last lines of its log:\n{tail}")
+        tail = _log_tail(log_path, 60)
+        if "No space left on device" in tail:
+            raise ToolFailedError(name, code, log_path, "the disk is full: free some space and run again")
+        fallback = f"it was killed by signal {-code}" if code < 0 else "it printed no error"
+        raise ToolFailedError(name, code, log_path, cause(tail) or fallback)
     return ChildRun(tuple(command), wall, peak, log_path)
+
+
+#: A Python exception line as a traceback ends (``KeyError: 'position_ids'``, ``a.b.SomeError: ...``).
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$")
+
+
+def cause(log_text: str) -> str:
+    """The one line of a child's log that says why it failed: its last exception line, else its last line.
+
+    Example:
+        >>> cause("Traceback (most recent call last):\\n  File 'x'\\nKeyError: 'position_ids'\\n")
+        "KeyError: 'position_ids'"
+    """
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line[:500]
+    return lines[-1][:500] if lines else ""
 
 
 class _Events:
@@ -209,15 +230,29 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
         output = json.loads((work / "output.json").read_text()) if (work / "output.json").is_file() else {}
         if code != 0 or "result" not in output:
             error = output.get("error")
-            detail = f"{error['type']}: {error['message']}" if error else (
-                "the process died" + (f" (signal {-code})" if code < 0 else "") + "; last lines of its log:\n"
-                + _log_tail(log, 5))
+            if error:
+                _raise_typed(error)
+                detail = f"{error['type']}: {error['message']}"
+            else:
+                detail = ("the process died" + (f" (signal {-code})" if code < 0 else "") + ": "
+                          + (cause(_log_tail(log, 60)) or "it printed no error"))
             raise ToolFailedError(name, code, log, detail)
         ok = True
         return ChildRun(tuple(command), wall, peak, log, output["result"])
     finally:
         if ok or log_path is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _raise_typed(error: dict) -> None:
+    """Raise a child's own :class:`~toolkit.core.errors.SlmopsError` as the same class here, so its exit code holds."""
+    from toolkit.core import errors
+
+    cls = getattr(errors, str(error.get("type")), None)
+    if isinstance(cls, type) and issubclass(cls, SlmopsError) and not issubclass(cls, ToolFailedError):
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, error["message"])
+        raise exc
 
 
 def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) -> None:
@@ -244,8 +279,9 @@ def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) ->
                 import traceback
 
                 traceback.print_exc()
-            output, code = {"error": {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc)
-                                      else type(exc).__name__}}, 1
+            # Our own errors are written as messages for the user; another's first line is its cause.
+            message = str(exc) if isinstance(exc, SlmopsError) else (str(exc).splitlines() or [""])[0]
+            output, code = {"error": {"type": type(exc).__name__, "message": message or type(exc).__name__}}, 1
     (work / "output.json.partial").write_text(json.dumps(output))
     (work / "output.json.partial").replace(work / "output.json")
     sys.exit(code)

@@ -56,6 +56,25 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
     return ids, np.asarray(generator.get_output("logits"))[0].astype(np.float64)
 
 
+def logits_for_ids(model: object, ids: list[int] | np.ndarray) -> np.ndarray:
+    """A loaded model's next-token logits at every position of ``ids`` (one prompt pass, nothing cut).
+
+    Args:
+        model: An ``og.Model``.
+        ids: Token ids ``[T]``; ``T`` must be below the model's context length.
+
+    Returns:
+        float32 ``[T, vocab]``.
+    """
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.asarray(ids, dtype=np.int32))
+    return np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
+
+
 def decode_tps(model_dir: str | os.PathLike[str], *, prompt: str = "The capital of France is",
                tokens: int = 32) -> float:
     """Greedy decode speed in tokens/s (first token excluded), a quick probe, not a benchmark.
@@ -227,27 +246,6 @@ def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]
     return workers.run_worker(_MODULE, "decode", payload, name="decode probe (onnxruntime-genai)").result
 
 
-def match_logits(model_dir: str | os.PathLike[str], text: str, reference: str | os.PathLike[str]) -> dict:
-    """How closely ``model_dir``'s next-token logits on ``text`` follow saved reference logits (``.npy``, ``[T, vocab]``).
-
-    Used to check an FP32 build against the PyTorch model it came from (a merged fine-tune):
-    top-1 agreement and the largest absolute logit difference over the reference's positions.
-    """
-    expected = np.load(reference)
-    _ids, got = logits(model_dir, text)
-    count = min(len(got), len(expected))
-    got, expected = got[:count], expected[:count].astype(np.float64)
-    return {"positions": count, "top1_agreement": round(float((got.argmax(-1) == expected.argmax(-1)).mean()), 4),
-            "max_abs_diff": round(float(np.abs(got - expected).max()), 5)}
-
-
-def check_against(model_dir: str | os.PathLike[str], text: str, reference: str | os.PathLike[str]) -> dict:
-    """:func:`match_logits` in a child process."""
-    return workers.run_worker(_MODULE, "match", {"model_dir": str(model_dir), "text": text,
-                                                 "reference": str(reference)},
-                              name=f"logit check of {Path(model_dir).name}", timeout=900).result
-
-
 def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int], gen_tokens: int = 32,
                  repeats: int = 2) -> list[dict]:
     """Decode speed and time to first token of ``model_dir`` with each intra-op thread count (0: the runtime's default).
@@ -330,7 +328,6 @@ if __name__ == "__main__":
         "compare": lambda job, _emit: compare(job["reference"], job["candidates"], job["text"]),
         "decode": lambda job, _emit: {label: round(decode_tps(folder), 1) for label, folder in job["models"].items()},
         "bench": lambda job, _emit: bench_model(**job),
-        "match": lambda job, _emit: match_logits(job["model_dir"], job["text"], job["reference"]),
         "threads": lambda job, _emit: thread_probe(job["model_dir"], job["ids"], job["counts"]),
         "bandwidth": lambda job, _emit: {t: round(read_bandwidth(t), 2) for t in job["threads"]},
     })

@@ -19,16 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from toolkit.core import artifacts, workers
+from toolkit.core import artifacts, settings, workers
 from toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
 from toolkit.core.errors import (
     InsufficientMemoryError,
     InvalidOptionError,
     ModelFolderError,
+    ToolFailedError,
+    ToolTimeoutError,
     UnsupportedArchitectureError,
 )
 from toolkit.core.measure import available_mb, package_versions, timestamp
-from toolkit.domain import adapters, memory
+from toolkit.domain import adapters, memory, parity
 from toolkit.domain.options import (
     BLOCK_SIZES,
     TUTORIAL_SIZE_RATIO,
@@ -37,10 +39,9 @@ from toolkit.domain.options import (
     Method,
     Precision,
 )
-from toolkit.domain.prompts import reference_text
 from toolkit.domain.quantize import QuantPlan, weight_summary
 from toolkit.domain.sources import SourceModel, fingerprint, inspect_source
-from toolkit.runtimes import genai
+from toolkit.runtimes import reference
 
 OLIVE_CONFIG = "finetuned_conversion_config.json"
 
@@ -463,20 +464,78 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 "checked": memory_check,
             }
             if adapter is not None:
-                merged = spec.model_dir
-                manifest["adapter"] = artifacts.read_json(merged / adapters.MERGE_RECORD, adapter.describe())
-                if spec.precision is Precision.FP32:  # the build must compute what the merged PyTorch model does
-                    manifest["adapter"]["onnx_check"] = genai.check_against(
-                        staging, reference_text(), merged / adapters.REFERENCE_LOGITS)
+                manifest["adapter"] = artifacts.read_json(spec.model_dir / adapters.MERGE_RECORD, adapter.describe())
+            bar.set_postfix_str("parity check against transformers")
+            manifest["parity"] = _parity_gate(spec, source, first if needs_quantizer(spec) else None, staging,
+                                              logs / "parity.log")
+            manifest["memory"]["measured_steps"]["parity"] = manifest["parity"].pop("peak_rss_mb", None)
             artifacts.write_json(staging / MANIFEST, manifest)
             artifacts.crash_point("convert-built")
             artifacts.swap_into_place(staging, target)
             bar.update()
+    except ToolFailedError as exc:  # the log it names is in the scratch folder, about to go
+        kept = _keep_logs(scratch / "logs", target)
+        raise _relocated(exc, scratch / "logs", kept) from exc
+    except BaseException:
+        _keep_logs(scratch / "logs", target)
+        raise
     finally:
         hashing.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(scratch, ignore_errors=True)
         bar.close()
     return ConvertResult(target, manifest)
+
+
+def _keep_logs(logs: Path, target: Path) -> Path:
+    """Move a failed conversion's logs out of its scratch folder (which is removed) and return where they went.
+
+    They go to ``<home>/logs/convert-<parent>-<target>``, replacing that target's previous
+    failure's, so failed runs leave one folder per target and no more.
+    """
+    kept = settings.home() / "logs" / f"convert-{target.parent.name}-{target.name}"
+    if logs.is_dir():
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(logs), str(kept))
+    return kept
+
+
+def _relocated(exc: ToolFailedError, logs: Path, kept: Path) -> ToolFailedError:
+    """``exc`` naming its log where :func:`_keep_logs` moved it."""
+    log = Path(exc.log_path)
+    if log.is_relative_to(logs) and (kept / log.relative_to(logs)).exists():
+        log = kept / log.relative_to(logs)
+    if isinstance(exc, ToolTimeoutError):
+        return ToolTimeoutError(exc.tool, exc.seconds, log)
+    return ToolFailedError(exc.tool, exc.returncode, log, exc.detail)
+
+
+def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None, build: Path, log: Path) -> dict:
+    """Check the build (and the FP32 model a quantizer started from) against transformers; refuse a mismatch.
+
+    The FP32 model must match exactly (:data:`~toolkit.domain.parity.EXACT`); a quantized build
+    within what quantization may change (:data:`~toolkit.domain.parity.QUANTIZED`, top-1 and KL).
+
+    Returns:
+        The manifest's ``parity`` entry: ``{"verdict", "checks": [record per build], "peak_rss_mb"}``.
+
+    Raises:
+        ParityError: a build is outside its tolerance (nothing is put in place).
+    """
+    if spec.execution_provider != "cpu":
+        return {"verdict": "not checked", "checks": [],
+                "reason": f"built for {spec.execution_provider}: this machine runs the CPU provider only"}
+    candidates = {str(Precision.FP32): fp32_route} if fp32_route is not None else {}
+    candidates[str(spec.precision)] = build
+    run, result = reference.check(spec.model_dir, candidates, log_path=log)
+    checks = []
+    for label in candidates:
+        tolerance = parity.EXACT if label == str(Precision.FP32) else parity.QUANTIZED
+        check = reference.judged(result, label, tolerance)
+        if check.verdict is not parity.Verdict.PASS:
+            raise parity.refuse(check, source.architecture, str(spec.method))
+        checks.append(check.to_json())
+    return {"verdict": str(parity.Verdict.PASS), "checks": checks, "peak_rss_mb": round(run.peak_rss_mb, 1)}
 
 
 def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[workers.ChildRun],

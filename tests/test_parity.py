@@ -1,0 +1,105 @@
+"""The parity gate: every build is compared with transformers on the same token ids, and kept only when it matches."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.core import settings
+from toolkit.core.errors import ParityError, ToolFailedError
+from toolkit.domain import parity
+from toolkit.domain.sources import make_tiny_model
+from toolkit.runtimes import reference
+from toolkit.stages import convert as C
+
+
+def test_figures_measure_what_they_name() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((100, 50))
+    same = parity.figures(ref, ref.astype(np.float32))
+    assert same.top1_agreement == 1.0 and same.max_abs_diff < 1e-6 and same.kl_divergence < 1e-9
+    assert same.verdict(parity.EXACT) is parity.Verdict.PASS
+    moved = ref.copy()
+    moved[10] += 10 * np.eye(50)[0]  # one position gets a new favourite token
+    f = parity.figures(ref, moved)
+    assert f.top1_agreement == pytest.approx(0.99) and f.max_abs_diff == pytest.approx(10)
+    assert f.max_diff_of_range == pytest.approx(10 / (ref.max() - ref.min()))
+    assert f.verdict(parity.EXACT) is parity.Verdict.FAIL  # 10 is far over 1% of the range
+    padded = np.concatenate([ref, np.zeros((100, 14))], axis=1)  # a builder's padded vocabulary
+    assert parity.figures(ref, padded).max_abs_diff == 0
+
+
+def test_a_record_reads_back_and_says_which_version() -> None:
+    check = parity.judge("fp32", "transformers", [("text", 3)], [parity.figures(np.eye(3), np.eye(3))], parity.EXACT)
+    assert parity.ParityCheck.from_json(check.to_json()) == check
+    with pytest.raises(ValueError, match="version 0"):
+        parity.ParityCheck.from_json({**check.to_json(), "schema_version": 0})
+
+
+class _Tokenizer:
+    """Enough of a Hugging Face tokenizer: one id per character, a BOS of 1 when special tokens are added."""
+
+    def __call__(self, text: str, add_special_tokens: bool = True):
+        ids = [1] * add_special_tokens + [2 + ord(c) % 50 for c in text]
+        return type("Encoding", (), {"input_ids": ids})()
+
+
+def test_a_model_with_a_sliding_window_is_read_past_it() -> None:
+    windowed = type("Config", (), {"max_position_embeddings": 2048, "sliding_window": 128,
+                                   "layer_types": ["sliding_attention", "full_attention"]})()
+    seqs = reference.sequences(_Tokenizer(), windowed, "abc " * 100)
+    assert [len(ids) for _, ids in seqs] == [401, 128 + parity.PAST_WINDOW]
+    assert seqs[1][1][0] == 1 and seqs[1][1][1:5] == seqs[0][1][1:5]  # the BOS once, then the text repeated
+    no_window = type("Config", (), {"max_position_embeddings": 2048, "sliding_window": 128,
+                                    "layer_types": ["full_attention"] * 2})()
+    assert len(reference.sequences(_Tokenizer(), no_window, "abc")) == 1
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's twin with other weights: what a wrong build computes, as far as parity can tell."""
+    return make_tiny_model(tmp_path_factory.mktemp("other") / "qwen2", seed=1)
+
+
+def test_a_build_that_differs_from_its_source_is_refused(tiny_model: Path, other_model: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault injected around the builder: it is handed other weights than the source's."""
+    real = C.builder_command
+    monkeypatch.setattr(C, "builder_command", lambda spec, out, cache: real(
+        C.ConvertSpec(other_model, spec.output_dir, spec.precision), out, cache))
+    target = tmp_path / "models" / "fp32"
+    with pytest.raises(ParityError) as caught:
+        C.convert(C.ConvertSpec(tiny_model, target, C.Precision.FP32), progress=False)
+    message = str(caught.value)
+    assert "Qwen2ForCausalLM" in message and "top-1 agreement" in message and "Nothing was put in place" in message
+    assert "\n" not in message
+    assert not target.exists() and [p.name for p in target.parent.iterdir()] == []
+
+
+def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> None:
+    result = C.convert(C.ConvertSpec(tiny_model, tmp_path / "int8", C.Precision.INT8), progress=False)
+    gate = result.manifest["parity"]
+    assert gate["verdict"] == "pass"
+    fp32, int8 = gate["checks"]  # the FP32 model the quantizer started from, then the build itself
+    assert (fp32["build"], int8["build"]) == ("fp32", "int8")
+    assert fp32["top1_agreement"] == 1.0 and fp32["max_diff_of_range"] < 1e-3
+    assert int8["kl_divergence"] < 0.01 and fp32["positions"] == int8["positions"] > 100
+    assert result.manifest["memory"]["measured_steps"]["parity"] > 0
+
+
+def test_a_failed_child_is_one_line_and_its_log_outlives_the_command(tiny_model: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
+    crash = "import sys; print('Traceback (most recent call last):'); print('  File x'); " \
+            "print(\"KeyError: 'position_ids'\"); sys.exit(1)"
+    monkeypatch.setattr(C, "builder_command", lambda *_: [sys.executable, "-c", crash])
+    with pytest.raises(ToolFailedError) as caught:
+        C.convert(C.ConvertSpec(tiny_model, tmp_path / "out" / "fp32", C.Precision.FP32), progress=False)
+    first, log_line = str(caught.value).split("\n")
+    assert first.endswith("KeyError: 'position_ids'") and "Traceback" not in first
+    log = Path(log_line.removeprefix("Full log: "))
+    assert log.is_file() and "position_ids" in log.read_text()
+    assert log.is_relative_to(settings.home())

@@ -1,0 +1,240 @@
+"""Parity: does a build compute what its source model computes?
+
+The reference is transformers' forward pass of the source Hugging Face folder in FP32; the
+candidate is the ONNX Runtime GenAI build reading the same token ids. Both give next-token
+logits ``[T, vocab]`` at every position, compared teacher-forced as llama.cpp's
+``perplexity --kl-divergence`` does: top-1 agreement (share of positions whose greedy next
+token is the same), the largest and mean absolute logit difference (also as a share of the
+reference's logit range, so models of any scale read alike) and the mean KL divergence
+reference || candidate in nats.
+
+Two tolerances, one per kind of build:
+
+* an FP32 build must be the same function: the only differences allowed are those of
+  summation order between PyTorch's and ONNX Runtime's kernels (measured here: 1e-6 to 1e-4
+  of the logit range on every family that builds correctly, against 1-3% for a build that
+  applies a sliding window to the wrong layers or the wrong RoPE base);
+* a quantized build is compared by what quantization is allowed to change: its top-1
+  agreement and KL divergence (the demo's INT4 follows FP32 on about 70% of positions at a
+  KL of 0.4 nats; a broken build falls to chance and several nats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from toolkit.core.errors import ParityError
+
+#: Version of the ``parity`` record in ``manifest.json``.
+SCHEMA_VERSION = 1
+#: Positions of the reference text compared (the bundled text is about 430 SmolLM2 tokens).
+TEXT_POSITIONS = 512
+#: Positions past the sliding window in the second sequence, so its windowed layers matter.
+PAST_WINDOW = 64
+#: Longest second sequence: windows beyond this are not exercised (recorded as such).
+LONGEST_SEQUENCE = 4160
+#: Positions compared at once when computing the figures (bounds the float64 copies).
+_CHUNK = 64
+
+
+class Verdict(StrEnum):
+    """Outcome of a parity check."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a build may differ from its reference by.
+
+    Attributes:
+        min_top1: Lowest top-1 agreement allowed (share of positions, 0-1).
+        max_diff_of_range: Largest absolute logit difference allowed, as a share of the
+            reference's logit range (max minus min over all positions); ``None``: not checked.
+        max_kl: Largest mean KL divergence allowed, nats; ``None``: not checked.
+    """
+
+    min_top1: float
+    max_diff_of_range: float | None = None
+    max_kl: float | None = None
+
+
+#: FP32 against FP32: the same function up to summation order.
+EXACT = Tolerance(min_top1=0.99, max_diff_of_range=0.01)
+#: A quantized build against FP32: what 4- and 8-bit weights are allowed to change.
+QUANTIZED = Tolerance(min_top1=0.25, max_kl=1.5)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """How closely one candidate's logits follow the reference's.
+
+    Attributes:
+        positions: Token positions compared.
+        top1_agreement: Share of positions with the same greedy next token (0-1).
+        max_abs_diff: Largest absolute logit difference.
+        mean_abs_diff: Mean absolute logit difference.
+        logit_range: The reference's largest minus smallest logit.
+        kl_divergence: Mean KL divergence reference || candidate, nats.
+    """
+
+    positions: int
+    top1_agreement: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    logit_range: float
+    kl_divergence: float
+
+    @property
+    def max_diff_of_range(self) -> float:
+        """The largest difference as a share of the logit range."""
+        return self.max_abs_diff / self.logit_range if self.logit_range else 0.0
+
+    def verdict(self, tolerance: Tolerance) -> Verdict:
+        """Pass when every bound of ``tolerance`` holds."""
+        ok = self.top1_agreement >= tolerance.min_top1
+        if tolerance.max_diff_of_range is not None:
+            ok = ok and self.max_diff_of_range <= tolerance.max_diff_of_range
+        if tolerance.max_kl is not None:
+            ok = ok and self.kl_divergence <= tolerance.max_kl
+        return Verdict.PASS if ok else Verdict.FAIL
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
+    """Compare two ``[T, vocab]`` logit arrays position by position.
+
+    Args:
+        reference: The source model's logits.
+        candidate: The build's logits on the same token ids (same shape; a wider vocabulary,
+            as builders pad tables, is cut to the reference's).
+
+    Raises:
+        ValueError: the position counts differ, or the candidate's vocabulary is smaller.
+
+    Example:
+        >>> f = figures(np.eye(3), np.eye(3) * 1.01)
+        >>> f.top1_agreement, round(f.max_abs_diff, 2)
+        (1.0, 0.01)
+    """
+    if reference.shape[0] != candidate.shape[0] or candidate.shape[1] < reference.shape[1]:
+        raise ValueError(f"logits of shape {candidate.shape} cannot be compared with {reference.shape}")
+    candidate = candidate[:, :reference.shape[1]]
+    top1 = max_diff = diff_sum = kl_sum = 0.0
+    low, high = np.inf, -np.inf
+    for start in range(0, reference.shape[0], _CHUNK):
+        ref = reference[start:start + _CHUNK].astype(np.float64)
+        cand = candidate[start:start + _CHUNK].astype(np.float64)
+        diff = np.abs(ref - cand)
+        top1 += float((ref.argmax(-1) == cand.argmax(-1)).sum())
+        max_diff = max(max_diff, float(diff.max()))
+        diff_sum += float(diff.mean(-1).sum())
+        low, high = min(low, float(ref.min())), max(high, float(ref.max()))
+        ref_log, cand_log = _log_softmax(ref), _log_softmax(cand)
+        kl_sum += float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1).sum())
+    count = reference.shape[0]
+    return Figures(positions=count, top1_agreement=top1 / count, max_abs_diff=max_diff,
+                   mean_abs_diff=diff_sum / count, logit_range=high - low, kl_divergence=max(kl_sum / count, 0.0))
+
+
+def merge(parts: list[Figures]) -> Figures:
+    """Figures over several sequences as if they were one (weighted by positions)."""
+    count = sum(p.positions for p in parts)
+
+    def mean(field: str) -> float:
+        return sum(getattr(p, field) * p.positions for p in parts) / count
+
+    low_high = max(p.logit_range for p in parts)
+    return Figures(positions=count, top1_agreement=mean("top1_agreement"),
+                   max_abs_diff=max(p.max_abs_diff for p in parts), mean_abs_diff=mean("mean_abs_diff"),
+                   logit_range=low_high, kl_divergence=mean("kl_divergence"))
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """One build checked against its source: the record ``manifest.json`` keeps under ``parity``.
+
+    Attributes:
+        build: What was checked (``fp32``, or e.g. ``int4`` for the final quantized model).
+        reference: What it was compared with, in words (library, version, dtype).
+        sequences: ``(what, positions)`` of each token sequence read.
+        figures: The figures over all sequences.
+        tolerance: The bounds applied.
+        verdict: Pass or fail.
+    """
+
+    build: str
+    reference: str
+    sequences: tuple[tuple[str, int], ...]
+    figures: Figures
+    tolerance: Tolerance
+    verdict: Verdict
+
+    def to_json(self) -> dict:
+        """A flat, versioned record (numbers stay numbers)."""
+        f = self.figures
+        return {
+            "schema_version": SCHEMA_VERSION, "build": self.build, "reference": self.reference,
+            "sequences": [{"what": what, "positions": n} for what, n in self.sequences],
+            "positions": f.positions, "top1_agreement": round(f.top1_agreement, 5),
+            "max_abs_diff": float(f"{f.max_abs_diff:.4g}"), "mean_abs_diff": float(f"{f.mean_abs_diff:.4g}"),
+            "logit_range": round(f.logit_range, 3), "max_diff_of_range": float(f"{f.max_diff_of_range:.4g}"),
+            "kl_divergence": float(f"{f.kl_divergence:.4g}"), "tolerance": asdict(self.tolerance),
+            "verdict": str(self.verdict),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ParityCheck:
+        """Read a record written by :meth:`to_json`.
+
+        Raises:
+            ValueError: a record of another schema version.
+        """
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"parity record version {data.get('schema_version')} is not {SCHEMA_VERSION}")
+        figures_ = Figures(positions=data["positions"], top1_agreement=data["top1_agreement"],
+                           max_abs_diff=data["max_abs_diff"], mean_abs_diff=data["mean_abs_diff"],
+                           logit_range=data["logit_range"], kl_divergence=data["kl_divergence"])
+        return cls(data["build"], data["reference"], tuple((s["what"], s["positions"]) for s in data["sequences"]),
+                   figures_, Tolerance(**data["tolerance"]), Verdict(data["verdict"]))
+
+    def summary(self) -> str:
+        """One line for tables and ``doctor``: the figures and the verdict."""
+        f = self.figures
+        return (f"{self.verdict}: top-1 agreement {f.top1_agreement:.4f}, largest logit difference "
+                f"{f.max_abs_diff:.3g} ({f.max_diff_of_range:.2%} of the range {f.logit_range:.3g}), "
+                f"KL {f.kl_divergence:.3g} nats over {f.positions} positions")
+
+
+def judge(build: str, reference: str, sequences: list[tuple[str, int]], parts: list[Figures],
+          tolerance: Tolerance) -> ParityCheck:
+    """The :class:`ParityCheck` of one build from its per-sequence figures."""
+    total = merge(parts)
+    return ParityCheck(build, reference, tuple(sequences), total, tolerance, total.verdict(tolerance))
+
+
+def refuse(check: ParityCheck, architecture: str, route: str) -> ParityError:
+    """The one-line error for a build that failed its check: the architecture, the figure and what to do."""
+    f = check.figures
+    bounds = [f"top-1 agreement at least {check.tolerance.min_top1}"]
+    if check.tolerance.max_diff_of_range is not None:
+        bounds.append(f"largest difference at most {check.tolerance.max_diff_of_range:.0%} of the range")
+    if check.tolerance.max_kl is not None:
+        bounds.append(f"KL at most {check.tolerance.max_kl} nats")
+    where = ", ".join(f"{what} ({n})" for what, n in check.sequences)
+    return ParityError(
+        f"The {check.build} build of {architecture} by the {route} route does not compute what its source model "
+        f"computes in {check.reference}: top-1 agreement {f.top1_agreement:.4f}, largest logit difference "
+        f"{f.max_abs_diff:.3g} ({f.max_diff_of_range:.2%} of the logit range {f.logit_range:.3g}), KL "
+        f"{f.kl_divergence:.3g} nats over {f.positions} positions of {where}; allowed: {'; '.join(bounds)}. "
+        "Nothing was put in place. Try another route (--method builder or olive) or precision; if every route "
+        "fails, this family is not converted exactly by the installed builder: report it with the manifest's "
+        "figures.")

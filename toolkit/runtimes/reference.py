@@ -1,0 +1,128 @@
+"""transformers as the reference a build is compared with (child process entry point).
+
+:func:`check` runs one worker task that loads the source Hugging Face folder with
+transformers in FP32, computes its next-token logits on a few token sequences, frees it,
+then loads each ONNX build with ONNX Runtime GenAI and compares its logits on the same ids
+(:mod:`toolkit.domain.parity`). One model is held at a time, so the check's peak is the
+larger of the two models, not their sum.
+
+The sequences: the bundled reference text (with the special tokens the tokenizer adds,
+e.g. a BOS), cut to :data:`~toolkit.domain.parity.TEXT_POSITIONS`; and, when the model has
+a sliding window shorter than its context, the same text repeated to
+:data:`~toolkit.domain.parity.PAST_WINDOW` tokens past the window, so a window applied to
+the wrong layers (or not at all) shows.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+from toolkit.core import workers
+from toolkit.domain import parity
+from toolkit.domain.prompts import reference_text
+
+_MODULE = "toolkit.runtimes.reference"
+
+
+def _sliding_window(config: object, context: int) -> int:
+    """The model's attention window when some layer uses one shorter than the context (0 otherwise)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if layer_types and "sliding_attention" not in layer_types:
+        return 0
+    if not isinstance(window, int) or window <= 0 or (context and window + 1 >= context):
+        return 0
+    return window
+
+
+def sequences(tokenizer: object, config: object, text: str) -> list[tuple[str, list[int]]]:
+    """The token sequences a parity check reads: the text, and one past the sliding window when there is one."""
+    context = int(getattr(config, "max_position_embeddings", 0) or 0)
+    limit = context - 1 if context else parity.LONGEST_SEQUENCE
+    ids = list(tokenizer(text).input_ids)
+    out = [("the reference text", ids[:min(parity.TEXT_POSITIONS, limit)])]
+    window = _sliding_window(config, context)
+    if window:
+        length = min(window + parity.PAST_WINDOW, limit, parity.LONGEST_SEQUENCE)
+        if length > window:
+            body = list(tokenizer(text, add_special_tokens=False).input_ids)
+            prefix = ids[:len(ids) - len(body)] if ids[-len(body):] == body else []
+            long_ids = list(prefix)
+            while len(long_ids) < length:
+                long_ids += body
+            out.append((f"past the sliding window of {window}", long_ids[:length]))
+    return out
+
+
+def _parity_task(job: dict, emit) -> dict:
+    """Worker task: reference logits from transformers, then each candidate's figures on the same ids."""
+    import numpy as np
+    import onnxruntime_genai as og
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from toolkit.runtimes.genai import logits_for_ids
+
+    hf_logging.set_verbosity_error()
+    source = job["source"]
+    config = AutoConfig.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    seqs = sequences(tokenizer, getattr(config, "text_config", None) or config, job["text"])
+    emit({"step": "reference"})
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model.eval()
+    reference = []
+    with torch.no_grad():
+        for _what, ids in seqs:
+            reference.append(model(torch.tensor([ids])).logits[0].float().numpy())
+    del model
+    gc.collect()
+    results = {}
+    for label, folder in job["candidates"].items():
+        emit({"step": label})
+        onnx_model = og.Model(str(folder))
+        parts = [parity.figures(ref, logits_for_ids(onnx_model, ids)) for ref, (_what, ids) in zip(reference, seqs)]
+        del onnx_model
+        gc.collect()
+        results[label] = [vars(part) for part in parts]
+    return {"reference": f"transformers {transformers.__version__} (float32)",
+            "sequences": [[what, len(ids)] for what, ids in seqs], "figures": results,
+            "vocab": int(np.asarray(reference[0]).shape[-1])}
+
+
+def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]], *,
+          log_path: Path | None = None, text: str | None = None) -> tuple[workers.ChildRun, dict]:
+    """Compare each candidate build with transformers' forward pass of ``source``, in one child process.
+
+    Args:
+        source: The Hugging Face folder the builds came from (a merged fine-tune for an adapter).
+        candidates: Label (``fp32``, ``int4``, ...) to ONNX model folder.
+        log_path: The child's log (kept with the conversion's logs).
+        text: Text to read; the bundled reference text by default.
+
+    Returns:
+        ``(run, result)``: the child's cost, and ``{"reference", "sequences": [[what, positions]],
+        "figures": {label: [Figures fields per sequence]}}``.
+
+    Raises:
+        ToolFailedError: transformers or ONNX Runtime GenAI could not load or run a model.
+    """
+    payload = {"source": str(source), "text": text or reference_text(),
+               "candidates": {label: str(Path(folder).resolve()) for label, folder in candidates.items()}}
+    run = workers.run_worker(_MODULE, "parity", payload, name="parity check against transformers",
+                             log_path=log_path, idle_timeout=1800)
+    return run, run.result
+
+
+def judged(result: dict, label: str, tolerance: parity.Tolerance) -> parity.ParityCheck:
+    """The :class:`~toolkit.domain.parity.ParityCheck` of one candidate of a :func:`check` result."""
+    parts = [parity.Figures(**fields) for fields in result["figures"][label]]
+    return parity.judge(label, result["reference"], [tuple(s) for s in result["sequences"]], parts, tolerance)
+
+
+if __name__ == "__main__":
+    workers.serve({"parity": _parity_task})
