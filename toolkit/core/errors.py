@@ -41,6 +41,26 @@ class ModelFolderError(InputError):
         super().__init__(f"{path}: {problem}. {fix}")
 
 
+class QuantizedCheckpointError(InputError):
+    """A checkpoint is already quantized (bitsandbytes, GPTQ, AWQ, FP8, ...); the toolkit converts 16/32-bit weights.
+
+    Attributes:
+        path: The checkpoint's folder.
+        method: The quantization, in words (``"bitsandbytes 4-bit"``, ``"gptq"``).
+        original: A guess at the 16-bit model it was quantized from (``""`` when there is none).
+    """
+
+    def __init__(self, path: object, method: str, original: str, message: str) -> None:
+        self.path = str(path)
+        self.method = method
+        self.original = original
+        super().__init__(message)
+
+
+class InconsistentCheckpointError(ModelFolderError):
+    """A checkpoint's ``config.json`` contradicts its weights (vocabulary, width, layers, a missing LM head)."""
+
+
 class UnsupportedArchitectureError(InputError):
     """The model's architecture is not one the conversion route can build."""
 
@@ -147,3 +167,7 @@ class FoundryRequestError(SlmopsError):
 
 class InsufficientMemoryError(InputError):
     """A step is predicted to need more memory than the machine has available; nothing was started."""
+
+
+class ParityError(SlmopsError):
+    """A build does not compute what its source model computes (its logits differ beyond tolerance); it was not kept."""
