@@ -46,7 +46,7 @@ with the measured size (and, after the later notebooks, top-1 agreement and deco
  '''#MD## The fine-tune
 
 When the run deploys a LoRA fine-tune, its loss curve (the adapter is merged into the base before conversion;
-the FP32 build is checked against the merged PyTorch model's logits, see the manifest's `adapter`).''',
+every build is checked against the merged model in transformers: the table's `parity` columns).''',
  '''if source.trained:
     print(f"LoRA adapter {source.adapter}: {source.trained.examples} examples, loss {source.trained.losses[0]:.3f} -> "
           f"{source.trained.losses[-1]:.4f}" + (" (reused)" if source.trained.reused else ""))

@@ -19,7 +19,9 @@ every measured peak fell under its prediction:
   GiB for Llama-3.2-1B);
 * our tensor-by-tensor quantizer holds the largest FP32 tensor and slices of it, and its
   allocator keeps a little of every tensor it has seen (about a tenth of the FP32 model);
-* peft's merge loads the base in FP32 and keeps the merged copy while saving.
+* peft's merge loads the base in FP32 and keeps the merged copy while saving;
+* the parity check holds one model at a time: the source in transformers (FP32, or bf16 when
+  FP32 would not fit), then the FP32 build in ONNX Runtime GenAI, plus their logits.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class MemoryEstimate:
 
 
 def estimate(*, parameters: int, largest_tensor: int, checkpoint_bytes: int, method: Method,
-             route_precision: Precision, quantized: bool, adapter: bool = False) -> MemoryEstimate:
+             route_precision: Precision, quantized: bool, adapter: bool = False,
+             parity_bytes_per_weight: int = 4, parity_logits: int = 0) -> MemoryEstimate:
     """Predict the peak memory of a conversion.
 
     Args:
@@ -84,12 +87,16 @@ def estimate(*, parameters: int, largest_tensor: int, checkpoint_bytes: int, met
         quantized: Whether our quantizer runs after the route.
         adapter: Whether a LoRA adapter is merged into the checkpoint first (the merged
             folder is FP32, so the export then reads an FP32 checkpoint).
+        parity_bytes_per_weight: Bytes per weight of the reference model the parity check
+            loads in transformers (4: FP32; 2: bf16 when FP32 would not fit); 0: no check.
+        parity_logits: Logits the parity check holds at once (positions x vocabulary, three
+            copies: the reference's, the build's and one being compared).
 
     Example:
         >>> e = estimate(parameters=494_000_000, largest_tensor=136_000_000, checkpoint_bytes=988_000_000,
         ...              method=Method.BUILDER, route_precision=Precision.FP32, quantized=True)
         >>> e.peak_step
-        'export (model builder, fp32)'
+        'parity check (transformers, then the build)'
     """
     fp32_mb = parameters * 4 / _MIB
     largest_mb = largest_tensor * 4 / _MIB
@@ -108,6 +115,10 @@ def estimate(*, parameters: int, largest_tensor: int, checkpoint_bytes: int, met
     if quantized:
         steps.append(("quantize (tensor by tensor)",
                       QUANTIZE_BASE_MB + 2 * largest_mb + QUANTIZE_SLICES_MB + QUANTIZE_RESIDUE * fp32_mb))
+    if parity_bytes_per_weight:  # one model at a time: transformers', then each build's
+        steps.append(("parity check (transformers, then the build)",
+                      EXPORT_BASE_MB + max(parity_bytes_per_weight, 4 if not quantized else 1) * parameters / _MIB
+                      + 3 * 4 * parity_logits / _MIB))
     basis = (f"{parameters / 1e9:.2f}B parameters, largest tensor {largest_tensor / 1e6:.0f}M, "
              f"checkpoint {checkpoint_bytes / 1e9:.2f} GB{', LoRA merge first' if adapter else ''}")
     return MemoryEstimate(tuple((name, mb * MARGIN) for name, mb in steps), basis)

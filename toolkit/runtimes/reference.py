@@ -73,7 +73,7 @@ def _parity_task(job: dict, emit) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(source)
     seqs = sequences(tokenizer, getattr(config, "text_config", None) or config, job["text"])
     emit({"step": "reference"})
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, job["dtype"]))
     model.eval()
     reference = []
     with torch.no_grad():
@@ -89,13 +89,14 @@ def _parity_task(job: dict, emit) -> dict:
         del onnx_model
         gc.collect()
         results[label] = [vars(part) for part in parts]
-    return {"reference": f"transformers {transformers.__version__} (float32)",
+    return {"reference": f"transformers {transformers.__version__} ({job['dtype']})",
             "sequences": [[what, len(ids)] for what, ids in seqs], "figures": results,
             "vocab": int(np.asarray(reference[0]).shape[-1])}
 
 
 def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]], *,
-          log_path: Path | None = None, text: str | None = None) -> tuple[workers.ChildRun, dict]:
+          log_path: Path | None = None, text: str | None = None,
+          dtype: str = "float32") -> tuple[workers.ChildRun, dict]:
     """Compare each candidate build with transformers' forward pass of ``source``, in one child process.
 
     Args:
@@ -103,6 +104,8 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
         candidates: Label (``fp32``, ``int4``, ...) to ONNX model folder.
         log_path: The child's log (kept with the conversion's logs).
         text: Text to read; the bundled reference text by default.
+        dtype: What transformers loads the source in (``float32``; ``bfloat16`` for a source
+            whose FP32 copy would not fit in memory).
 
     Returns:
         ``(run, result)``: the child's cost, and ``{"reference", "sequences": [[what, positions]],
@@ -111,7 +114,7 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
     Raises:
         ToolFailedError: transformers or ONNX Runtime GenAI could not load or run a model.
     """
-    payload = {"source": str(source), "text": text or reference_text(),
+    payload = {"source": str(source), "text": text or reference_text(), "dtype": dtype,
                "candidates": {label: str(Path(folder).resolve()) for label, folder in candidates.items()}}
     run = workers.run_worker(_MODULE, "parity", payload, name="parity check against transformers",
                              log_path=log_path, idle_timeout=1800)

@@ -245,13 +245,28 @@ def check_source(model_dir: str | os.PathLike[str]) -> SourceModel:
     return source
 
 
-def memory_estimate(spec: ConvertSpec, source: SourceModel) -> memory.MemoryEstimate:
-    """The predicted peak memory of converting ``source`` (the adapter's base, for an adapter) by ``spec``."""
+def memory_estimate(spec: ConvertSpec, source: SourceModel, reference_dtype: str = "float32") -> memory.MemoryEstimate:
+    """The predicted peak memory of converting ``source`` (the adapter's base, for an adapter) by ``spec``.
+
+    ``reference_dtype`` is what the parity check loads the source in (see :func:`reference_dtype`).
+    """
+    vocab = source.largest_tensor // source.hidden_size if source.hidden_size else 0
     return memory.estimate(
         parameters=source.parameters, largest_tensor=source.largest_tensor,
         checkpoint_bytes=source.checkpoint_bytes or 4 * source.parameters, method=Method(spec.method),
         route_precision=route_precision(spec), quantized=needs_quantizer(spec),
-        adapter=adapters.is_adapter(spec.model_dir))
+        adapter=adapters.is_adapter(spec.model_dir),
+        parity_bytes_per_weight=4 if reference_dtype == "float32" else 2,
+        parity_logits=vocab * 2 * parity.TEXT_POSITIONS)
+
+
+def reference_dtype(spec: ConvertSpec, source: SourceModel, available: float) -> str:
+    """The dtype the parity check loads the source in: FP32, unless that alone would not fit in ``available`` MiB.
+
+    In bf16 the comparison is looser (:data:`~toolkit.domain.parity.NEAR`), and the manifest says so.
+    """
+    fp32 = memory_estimate(spec, source, "float32")
+    return "float32" if fp32.peak_mb <= available else "bfloat16"
 
 
 def check_memory(spec: ConvertSpec, source: SourceModel) -> memory.MemoryEstimate:
@@ -261,8 +276,8 @@ def check_memory(spec: ConvertSpec, source: SourceModel) -> memory.MemoryEstimat
         InsufficientMemoryError: the prediction exceeds the available memory (the message
             gives the figures and the options).
     """
-    estimate = memory_estimate(spec, source)
     free = available_mb()
+    estimate = memory_estimate(spec, source, reference_dtype(spec, source, free))
     if estimate.peak_mb > free:
         options = "; ".join(memory.shortfall_options(estimate, free, Method(spec.method)))
         raise InsufficientMemoryError(
@@ -390,8 +405,9 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
     source = validate(spec, memory_check=memory_check)
     spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider)
-    predicted = memory_estimate(spec, source)
     free_at_start = available_mb()
+    dtype = reference_dtype(spec, source, free_at_start)
+    predicted = memory_estimate(spec, source, dtype)
     adapter = None
     if adapters.is_adapter(spec.model_dir):  # merged once (cached); every route then converts the merged folder
         adapter = adapters.inspect_adapter(spec.model_dir, source.path)
@@ -467,7 +483,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 manifest["adapter"] = artifacts.read_json(spec.model_dir / adapters.MERGE_RECORD, adapter.describe())
             bar.set_postfix_str("parity check against transformers")
             manifest["parity"] = _parity_gate(spec, source, first if needs_quantizer(spec) else None, staging,
-                                              logs / "parity.log")
+                                              logs / "parity.log", dtype)
             manifest["memory"]["measured_steps"]["parity"] = manifest["parity"].pop("peak_rss_mb", None)
             artifacts.write_json(staging / MANIFEST, manifest)
             artifacts.crash_point("convert-built")
@@ -510,11 +526,13 @@ def _relocated(exc: ToolFailedError, logs: Path, kept: Path) -> ToolFailedError:
     return ToolFailedError(exc.tool, exc.returncode, log, exc.detail)
 
 
-def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None, build: Path, log: Path) -> dict:
+def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None, build: Path, log: Path,
+                 dtype: str = "float32") -> dict:
     """Check the build (and the FP32 model a quantizer started from) against transformers; refuse a mismatch.
 
-    The FP32 model must match exactly (:data:`~toolkit.domain.parity.EXACT`); a quantized build
-    within what quantization may change (:data:`~toolkit.domain.parity.QUANTIZED`, top-1 and KL).
+    The FP32 model must match exactly (:data:`~toolkit.domain.parity.EXACT`; :data:`~toolkit.domain.parity.NEAR`
+    when the reference had to be loaded in bf16 to fit); a quantized build within what quantization
+    may change (:data:`~toolkit.domain.parity.QUANTIZED`, top-1 and KL).
 
     Returns:
         The manifest's ``parity`` entry: ``{"verdict", "checks": [record per build], "peak_rss_mb"}``.
@@ -527,10 +545,11 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
                 "reason": f"built for {spec.execution_provider}: this machine runs the CPU provider only"}
     candidates = {str(Precision.FP32): fp32_route} if fp32_route is not None else {}
     candidates[str(spec.precision)] = build
-    run, result = reference.check(spec.model_dir, candidates, log_path=log)
+    run, result = reference.check(spec.model_dir, candidates, log_path=log, dtype=dtype)
+    exact = parity.EXACT if dtype == "float32" else parity.NEAR
     checks = []
     for label in candidates:
-        tolerance = parity.EXACT if label == str(Precision.FP32) else parity.QUANTIZED
+        tolerance = exact if label == str(Precision.FP32) else parity.QUANTIZED
         check = reference.judged(result, label, tolerance)
         if check.verdict is not parity.Verdict.PASS:
             raise parity.refuse(check, source.architecture, str(spec.method))
@@ -577,9 +596,11 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
 
 
 def summary(manifests: list[dict]) -> list[dict]:
-    """One flat row per build for tables: size against FP32 and the tutorial, where the weights went, cost.
+    """One flat row per build for tables: size against FP32 and the tutorial, where the weights went, cost, parity.
 
-    Cost is wall time and peak RSS, beside the peak predicted before the build started.
+    Cost is wall time and peak RSS, beside the peak predicted before the build started. Parity is
+    the build's own check against its source in transformers (top-1 agreement, the largest logit
+    difference as a share of the logit range, KL in nats).
     """
     rows = []
     for m in manifests:
@@ -590,8 +611,18 @@ def summary(manifests: list[dict]) -> list[dict]:
             "vs_tutorial": m.get("size_vs_tutorial"), "lm_head": weights.get("lm_head"),
             "embeddings": weights.get("embeddings"), "wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
             "predicted_peak_mb": m.get("memory", {}).get("predicted_peak_mb"),
+            **_parity_columns(m.get("parity")),
         })
     return rows
+
+
+def _parity_columns(gate: dict | None) -> dict:
+    """The conversion table's parity figures: the verdict, and how the build itself follows its source."""
+    if not gate or not gate.get("checks"):
+        return {"parity": (gate or {}).get("verdict", "not checked")}
+    own = gate["checks"][-1]  # the build itself (after the FP32 model a quantizer started from)
+    return {"parity": gate["verdict"], "top1_vs_source": own["top1_agreement"],
+            "max_logit_diff_of_range": own["max_diff_of_range"], "kl_vs_source": own["kl_divergence"]}
 
 
 def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_dir: str | os.PathLike[str], *,
