@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import sys
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.core import artifacts, settings
-from toolkit.core.errors import ModelFolderError
+from toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +45,7 @@ class SourceModel:
         context_length: ``max_position_embeddings``.
         hidden_size: Width of the embedding table.
         tied_embeddings: The LM head reuses the embedding table (``tie_word_embeddings``).
-        parameters: Number of weights in the safetensors files (0 if only ``*.bin``).
+        parameters: Number of weights in the checkpoint (safetensors or ``pytorch_model*.bin``).
         largest_tensor: Weights in the largest single tensor (usually the embedding table).
         checkpoint_bytes: Size of the weight files on disk.
     """
@@ -61,10 +62,19 @@ class SourceModel:
 
 
 def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
-    """Check that ``path`` is a Hugging Face model folder and describe it.
+    """Check that ``path`` is a Hugging Face model folder this toolkit can convert, and describe it.
+
+    Everything is read from ``config.json`` and the weights' headers (a ``pytorch_model*.bin``
+    checkpoint is opened weights-only, memory-mapped onto the meta device: no tensor data is
+    read and no pickled code runs), before anything is written. An already-quantized
+    checkpoint is refused naming the 16-bit model to convert instead, and so is a
+    ``config.json`` that contradicts the weights (see :func:`check_consistency`).
 
     Raises:
-        ModelFolderError: the folder is missing or lacks config, weights or tokenizer.
+        ModelFolderError: the folder is missing or lacks config, weights or tokenizer, or a
+            weight file is unreadable (or a ``.bin`` holds more than plain weights).
+        QuantizedCheckpointError: the checkpoint is already quantized (bitsandbytes, GPTQ, AWQ, ...).
+        InconsistentCheckpointError: ``config.json`` contradicts the weights.
 
     Example:
         >>> inspect_source(bundled_model()).model_type
@@ -83,14 +93,20 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFolderError(folder, f"config.json is not valid UTF-8 JSON ({exc})", "Re-save the model.") from exc
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        raise ModelFolderError(folder, "no weights (*.safetensors or *.bin)", "Re-save the model with its weights.")
+    if not isinstance(config, dict):
+        raise ModelFolderError(folder, "config.json is not a JSON object", "Re-save the model.")
+    files = weight_files(folder)
+    if not files:
+        raise ModelFolderError(folder, "no weights (*.safetensors or pytorch_model*.bin)",
+                               "Re-save the model with its weights.")
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         raise ModelFolderError(folder, "no tokenizer (tokenizer.json)", "Save the tokenizer next to the model.")
     artifacts.check_no_links_leaving(folder)
+    tensors = read_tensors(folder, files)
+    check_quantization(folder, config, tensors)
+    check_consistency(folder, config, tensors)
     architectures = config.get("architectures") or ["unknown"]
-    counts = [_safetensors_parameters(file) for file in folder.glob("*.safetensors")]
-    weight_files = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
+    sizes = [math.prod(info.shape) for info in tensors.values()]
     return SourceModel(
         path=folder.resolve(),
         architecture=architectures[0],
@@ -98,14 +114,66 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         context_length=int(config.get("max_position_embeddings") or config.get("n_positions") or 0),
         hidden_size=int(config.get("hidden_size") or 0),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-        parameters=sum(total for total, _ in counts),
-        largest_tensor=max((largest for _, largest in counts), default=0),
-        checkpoint_bytes=sum(file.stat().st_size for file in weight_files),
+        parameters=sum(sizes),
+        largest_tensor=max(sizes, default=0),
+        checkpoint_bytes=sum(file.stat().st_size for file in files),
     )
 
 
-def _safetensors_parameters(file: Path) -> tuple[int, int]:
-    """Count the weights in a safetensors file, and in its largest tensor, from its JSON header (no tensor is read).
+@dataclass(frozen=True)
+class TensorInfo:
+    """One stored tensor, as its file's header describes it.
+
+    Attributes:
+        dtype: safetensors' dtype name (``F32``, ``BF16``, ``U8``, ``F8_E4M3``, ...).
+        shape: Its shape.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The files that hold a Hugging Face folder's weights, in the order transformers prefers them.
+
+    safetensors when there are any (the files its index names, else every ``*.safetensors``),
+    else ``pytorch_model*.bin`` (never another ``.bin`` such as a trainer's ``training_args.bin``).
+    An empty list when there are none.
+    """
+    folder = Path(folder)
+    for pattern, index in (("*.safetensors", "model.safetensors.index.json"),
+                           ("pytorch_model*.bin", "pytorch_model.bin.index.json")):
+        found = sorted(folder.glob(pattern))
+        if not found:
+            continue
+        try:
+            named = set(json.loads((folder / index).read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return found
+        listed = [folder / name for name in sorted(named) if (folder / name).is_file()]
+        return listed or found
+    return []
+
+
+def read_tensors(folder: str | os.PathLike[str], files: list[Path] | None = None) -> dict[str, TensorInfo]:
+    """Every stored tensor's name, dtype and shape, from the weight files' headers (no tensor data is read).
+
+    Args:
+        folder: A Hugging Face model folder.
+        files: Its weight files (default: :func:`weight_files`).
+
+    Raises:
+        ModelFolderError: a file is empty, truncated or not safetensors, or a ``.bin`` file
+            is not a plain weights-only state dict.
+    """
+    tensors: dict[str, TensorInfo] = {}
+    for file in weight_files(folder) if files is None else files:
+        tensors.update(_bin_tensors(file) if file.suffix == ".bin" else _safetensors_tensors(file))
+    return tensors
+
+
+def _safetensors_tensors(file: Path) -> dict[str, TensorInfo]:
+    """A safetensors file's tensors, from its JSON header alone.
 
     Raises:
         ModelFolderError: the file is empty, truncated or not safetensors.
@@ -113,12 +181,178 @@ def _safetensors_parameters(file: Path) -> tuple[int, int]:
     try:
         with file.open("rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:
+                raise ValueError("the header is implausibly large")
             header = json.loads(handle.read(length))
-        sizes = [math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__"]
-        return sum(sizes), max(sizes, default=0)
+        return {name: TensorInfo(str(entry["dtype"]), tuple(int(n) for n in entry["shape"]))
+                for name, entry in header.items() if name != "__metadata__"}
     except (struct.error, ValueError, KeyError, TypeError, AttributeError, MemoryError, OverflowError) as exc:
         raise ModelFolderError(file.parent, f"{file.name} is not a readable safetensors file ({type(exc).__name__})",
                                "Re-save the model's weights (save_pretrained with safe_serialization).") from exc
+
+
+def _bin_tensors(file: Path) -> dict[str, TensorInfo]:
+    """A ``pytorch_model*.bin`` file's tensors: loaded weights-only onto the meta device (no data, no code runs).
+
+    Raises:
+        ModelFolderError: the file is not a torch checkpoint, holds more than tensors (a
+            weights-only load refuses arbitrary pickled objects), or is not a state dict.
+    """
+    import pickle
+
+    import torch
+
+    fix = ("Re-save it as safetensors from a copy you trust: AutoModelForCausalLM.from_pretrained(DIR)"
+           ".save_pretrained(NEW_DIR).")
+    try:
+        try:
+            state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # an old (pre-zip) torch.save format cannot be memory-mapped
+            if "mmap" not in str(exc) and "zipfile" not in str(exc):
+                raise
+            state = torch.load(file, map_location="meta", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
+        problem = " ".join(str(exc).split())[:160]
+        raise ModelFolderError(file.parent, f"{file.name} cannot be read as plain weights ({type(exc).__name__}: "
+                               f"{problem})", fix) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFolderError(file.parent, f"{file.name} is not a state dict of tensors", fix)
+    return {str(name): TensorInfo(_DTYPE_NAMES.get(str(t.dtype), str(t.dtype).removeprefix("torch.")),
+                                  tuple(t.shape)) for name, t in state.items()}
+
+
+#: torch dtypes by safetensors' names for them.
+_DTYPE_NAMES = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16", "torch.float64": "F64",
+                "torch.int8": "I8", "torch.uint8": "U8", "torch.int16": "I16", "torch.int32": "I32",
+                "torch.int64": "I64", "torch.bool": "BOOL", "torch.float8_e4m3fn": "F8_E4M3",
+                "torch.float8_e5m2": "F8_E5M2"}
+_FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+#: Tensor-name endings that only quantized checkpoints store, and whose they are.
+_QUANT_MARKS = {".absmax": "bitsandbytes", ".quant_map": "bitsandbytes", ".nested_absmax": "bitsandbytes",
+                ".SCB": "bitsandbytes 8-bit", ".qweight": "GPTQ/AWQ", ".qzeros": "GPTQ/AWQ", ".g_idx": "GPTQ",
+                ".weight_scale": "FP8", ".weight_packed": "compressed-tensors", ".weight_scale_inv": "FP8"}
+
+
+def quantization(config: dict, tensors: dict[str, TensorInfo]) -> str:
+    """How a checkpoint is already quantized, in words (``""`` for plain 16/32-bit weights).
+
+    From ``config.json``'s ``quantization_config`` (``quant_method``, and bitsandbytes' bits),
+    else from the weights: the extra tensors bitsandbytes, GPTQ, AWQ and FP8 store beside a
+    weight (``.absmax``, ``.quant_state.*``, ``.qweight``, ``.qzeros``, ``.scales``, ...), or
+    a layer's ``.weight`` stored as integers or 8-bit floats.
+    """
+    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    if isinstance(quant, dict) and quant:
+        method = str(quant.get("quant_method") or "unknown method")
+        if method == "bitsandbytes" or quant.get("load_in_4bit") or quant.get("load_in_8bit"):
+            bits = "4-bit" if quant.get("load_in_4bit") else "8-bit" if quant.get("load_in_8bit") else ""
+            return f"bitsandbytes {bits}".strip()
+        bits = quant.get("bits") or quant.get("w_bit")
+        return f"{method} {bits}-bit" if bits else method
+    for name, info in tensors.items():
+        if ".quant_state." in name:
+            return "bitsandbytes 4-bit"
+        for mark, method in _QUANT_MARKS.items():
+            if name.endswith(mark):
+                return method
+        if name.endswith(".weight") and len(info.shape) == 2 and info.dtype not in _FLOAT_DTYPES:
+            return f"{info.dtype} weights"
+    return ""
+
+
+def original_model_hint(folder: Path, config: dict) -> str:
+    """A guess at the 16-bit model a quantized checkpoint was made from (``""`` when there is none).
+
+    ``config.json``'s ``_name_or_path`` when it names something else, else the folder's name
+    without the usual quantization suffix (``Llama-3.2-1B-Instruct-bnb-4bit`` gives
+    ``Llama-3.2-1B-Instruct``).
+    """
+    named = str(config.get("_name_or_path") or "")
+    if named and Path(named).expanduser().resolve() != folder.expanduser().resolve():
+        return named
+    stripped = re.sub(r"[-_.](unsloth[-_])?(bnb|4bit|8bit|gptq|awq|int4|int8|nf4|fp8|w4a16|w8a8|quantized)\b.*$", "",
+                      folder.expanduser().resolve().name, flags=re.IGNORECASE)
+    return stripped if stripped and stripped != folder.expanduser().resolve().name else ""
+
+
+def check_quantization(folder: Path, config: dict, tensors: dict[str, TensorInfo]) -> None:
+    """Refuse an already-quantized checkpoint, naming the 16-bit model to convert instead.
+
+    Every route here exports the FP32 graph from plain weights and quantizes it itself
+    (``--precision int8``/``int4``). The pinned builder reads only GPTQ, AWQ, Quark and Olive
+    packings, and only into an INT4 graph of its own (no FP32 build to check against
+    transformers, whose GPTQ/AWQ kernels are not installed here); bitsandbytes, FP8 and the
+    rest it cannot read at all. Starting from the 16-bit model gives the same precisions with
+    a build that is checked.
+
+    Raises:
+        QuantizedCheckpointError: the checkpoint is already quantized.
+    """
+    method = quantization(config, tensors)
+    if not method:
+        return
+    original = original_model_hint(folder, config)
+    raise QuantizedCheckpointError(
+        folder, method, original,
+        f"{folder} is an already-quantized checkpoint ({method}): this toolkit converts 16- or 32-bit weights and "
+        "quantizes them itself (--precision int8 or int4). Convert the 16-bit model it was quantized from instead"
+        + (f" ({original}, saved with save_pretrained)." if original else " (saved with save_pretrained)."))
+
+
+def _text_config(config: dict) -> dict:
+    """The language model's own fields (a multimodal config nests them under ``text_config``)."""
+    text = config.get("text_config")
+    return {**config, **text} if isinstance(text, dict) else config
+
+
+def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]) -> None:
+    """Refuse a ``config.json`` that contradicts the weights, from the headers alone.
+
+    Checked where the weights use the usual names (``...embed_tokens.weight``,
+    ``...layers.N.``, ``lm_head.weight``): ``vocab_size`` against the embedding table's rows,
+    ``hidden_size`` against its width, ``num_hidden_layers`` against the layers stored, and
+    ``tie_word_embeddings: false`` with no ``lm_head.weight`` (transformers and the builder
+    would both start the LM head from random numbers, without a word).
+
+    Raises:
+        InconsistentCheckpointError: a field contradicts the weights (the message names the fix).
+    """
+    fields = _text_config(config)
+    embeddings = sorted((name for name in tensors if name.endswith("embed_tokens.weight")
+                         and not any(part in name for part in ("vision", "audio", "visual"))),
+                        key=lambda name: name.count("."))
+    if not embeddings:
+        return
+    table = tensors[embeddings[0]].shape
+    if len(table) != 2:
+        return
+    rows, width = table
+    vocab, hidden = fields.get("vocab_size"), fields.get("hidden_size")
+    if isinstance(vocab, int) and vocab != rows:
+        raise InconsistentCheckpointError(
+            folder, f"config.json says vocab_size {vocab}, but the embedding table {embeddings[0]} has {rows} rows",
+            f"Set vocab_size to {rows} in config.json (or resize the model with resize_token_embeddings and "
+            "save it again).")
+    if isinstance(hidden, int) and hidden != width:
+        raise InconsistentCheckpointError(
+            folder, f"config.json says hidden_size {hidden}, but the embedding table {embeddings[0]} is {width} wide",
+            "The config belongs to another model size: save the config that came with these weights.")
+    prefix = embeddings[0].removesuffix("embed_tokens.weight") + "layers."
+    stored = {int(match.group(1)) for name in tensors if (match := re.match(re.escape(prefix) + r"(\d+)\.", name))}
+    layers = fields.get("num_hidden_layers")
+    extra = int(fields.get("num_nextn_predict_layers") or 0)
+    if stored and isinstance(layers, int) and len(stored) not in (layers, layers + extra):
+        raise InconsistentCheckpointError(
+            folder, f"config.json says num_hidden_layers {layers}, but the weights hold {len(stored)} layers",
+            f"Set num_hidden_layers to {len(stored)} in config.json if the model was pruned, or save the config "
+            "that came with these weights.")
+    untied = fields.get("tie_word_embeddings") is False
+    if untied and not any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in tensors):
+        raise InconsistentCheckpointError(
+            folder, "config.json says tie_word_embeddings false, but the weights hold no lm_head.weight (the LM head "
+            "would start from random numbers)",
+            "Set tie_word_embeddings to true in config.json if the model shares its embedding table with its LM "
+            "head, or save the model again with its lm_head.weight.")
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
