@@ -8,14 +8,25 @@ strings from a model's own Jinja template by rendering probe conversations.
 
 Rendering rule for the four strings: every message but the last is its role's string
 with ``{Content}`` replaced; a final user message uses ``prompt`` (user turn plus the
-start of the assistant's answer). Strings are concatenated with nothing in between.
+start of the assistant's answer). Strings are concatenated with nothing in between. A
+family that writes a BOS token (Llama 3, Gemma, Mistral) has it once, before the first
+message (:attr:`PromptTemplate.bos`): measured on foundry-local-sdk 2.2.1, the runtime
+encodes the rendered prompt without adding special tokens, even when ``tokenizer.json``'s
+post-processor would add BOS, so the template must write it, as transformers' does.
+
+Models' own Jinja templates are rendered as transformers 5 renders them (:func:`render_jinja`):
+the same sandbox settings, globals (``raise_exception``, ``strftime_now``, ``namespace``,
+``dict``), the ``tojson`` filter, loop controls and the ``{% generation %}`` tag. Foundry
+Local's runtime renders all of them too (checked on 2.2.1), so ``auto`` keeps the model's own.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -42,12 +53,21 @@ class Template(StrEnum):
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """The four ``inference_model.json`` strings, each with one ``{Content}``."""
+    """The four ``inference_model.json`` strings, each with one ``{Content}``.
+
+    Attributes:
+        system: A system turn.
+        user: A user turn (all but a final one).
+        assistant: An assistant turn, ending with the end-of-turn marker.
+        prompt: A final user turn plus the start of the answer.
+        bos: The BOS token the family writes once before the first message ('' for none).
+    """
 
     system: str
     user: str
     assistant: str
     prompt: str
+    bos: str = ""
 
     def validate(self) -> None:
         """Raise :class:`TemplateError` unless every field has exactly one ``{Content}``
@@ -65,8 +85,34 @@ class PromptTemplate:
                 )
 
     def as_json(self) -> dict[str, str]:
-        """The ``PromptTemplate`` object of ``inference_model.json``."""
-        return {name: getattr(self, name) for name in _FIELDS}
+        """The ``PromptTemplate`` object of ``inference_model.json``.
+
+        Four strings cannot write a token once per conversation: a BOS goes at the start of
+        ``system`` and ``prompt``, the first string of a conversation with and without a
+        system message (the Jinja written beside it writes BOS exactly once).
+        """
+        fields = {name: getattr(self, name) for name in _FIELDS}
+        for name in ("system", "prompt"):
+            fields[name] = self.bos + fields[name]
+        return fields
+
+    @property
+    def turn_end(self) -> str:
+        """What follows an assistant turn's content: the end-of-turn marker (e.g. ``<|im_end|>\\n``)."""
+        return self.assistant.split(PLACEHOLDER, 1)[1]
+
+    @classmethod
+    def from_json(cls, data: dict, bos_token: str = "") -> PromptTemplate:
+        """Read ``inference_model.json``'s four strings back, taking a BOS that :meth:`as_json` folded in out again.
+
+        Raises:
+            TypeError: not the four string fields.
+        """
+        template = cls(**{name: data[name] for name in _FIELDS}) if set(data) >= set(_FIELDS) else cls(**data)
+        if bos_token and template.system.startswith(bos_token) and template.prompt.startswith(bos_token):
+            template = replace(template, system=template.system[len(bos_token):],
+                               prompt=template.prompt[len(bos_token):], bos=bos_token)
+        return template
 
 
 def load_prompt_template(path: str | Path) -> PromptTemplate:
@@ -86,12 +132,13 @@ def load_prompt_template(path: str | Path) -> PromptTemplate:
     return template
 
 
-def _preset(system: str, user: str, assistant: str, end: str) -> PromptTemplate:
+def _preset(system: str, user: str, assistant: str, end: str, bos: str = "") -> PromptTemplate:
     return PromptTemplate(
         system=system + PLACEHOLDER + end,
         user=user + PLACEHOLDER + end,
         assistant=assistant + PLACEHOLDER + end,
         prompt=user + PLACEHOLDER + end + assistant,
+        bos=bos,
     )
 
 
@@ -102,6 +149,7 @@ _CHATML = _preset("<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>ass
 #: system prompt when none is given, which four strings cannot express. Mistral is the
 #: v7 format with a real system turn (Mistral Small 3 and later; older Mistral templates
 #: fold the system prompt into the first user turn, which four strings cannot express).
+#: Llama 3, Mistral and Gemma carry the BOS their tokenizers' templates write.
 PRESETS: dict[Template, PromptTemplate] = {
     Template.CHATML: _CHATML,
     Template.QWEN: _CHATML,
@@ -109,15 +157,39 @@ PRESETS: dict[Template, PromptTemplate] = {
     Template.PHI3: _preset("<|system|>\n", "<|user|>\n", "<|assistant|>\n", "<|end|>\n"),
     Template.LLAMA3: _preset(
         "<|start_header_id|>system<|end_header_id|>\n\n", "<|start_header_id|>user<|end_header_id|>\n\n",
-        "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>",
+        "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>", "<|begin_of_text|>",
     ),
     Template.MISTRAL: PromptTemplate(
         system="[SYSTEM_PROMPT]" + PLACEHOLDER + "[/SYSTEM_PROMPT]", user="[INST]" + PLACEHOLDER + "[/INST]",
-        assistant=PLACEHOLDER + "</s>", prompt="[INST]" + PLACEHOLDER + "[/INST]",
+        assistant=PLACEHOLDER + "</s>", prompt="[INST]" + PLACEHOLDER + "[/INST]", bos="<s>",
     ),
     Template.GEMMA: _preset("<start_of_turn>user\n", "<start_of_turn>user\n", "<start_of_turn>model\n",
-                            "<end_of_turn>\n"),
+                            "<end_of_turn>\n", "<bos>"),
 }
+
+#: Markers that identify a family's template, to name the preset that fits a template four strings cannot express.
+_MARKERS: tuple[tuple[Template, str], ...] = (
+    (Template.GEMMA, "<start_of_turn>"), (Template.LLAMA3, "<|start_header_id|>"), (Template.PHI3, "<|user|>"),
+    (Template.MISTRAL, "[INST]"), (Template.CHATML, "<|im_start|>"),
+)
+
+
+def matching_preset(jinja_template: str) -> Template | None:
+    """The preset whose turn markers the template writes, if any.
+
+    Example:
+        >>> matching_preset("{{ '<start_of_turn>user\\n' + message['content'] }}")
+        <Template.GEMMA: 'gemma'>
+    """
+    return next((preset for preset, marker in _MARKERS if marker in (jinja_template or "")), None)
+
+
+def _fix(jinja_template: str) -> str:
+    """The fix a refusal names: the preset whose markers match, else custom strings."""
+    preset = matching_preset(jinja_template)
+    if preset is None:
+        return "write the four strings with --template custom (or --template-file)"
+    return f"register with --template {preset} (its markers match this template) or --template custom"
 
 #: One line per preset, for pickers and ``--help``.
 TEMPLATE_NOTES: dict[Template, str] = {
@@ -140,7 +212,7 @@ def render(template: PromptTemplate, messages: list[dict[str, str]]) -> str:
         >>> render(PRESETS[Template.CHATML], [{"role": "user", "content": "Hi"}])
         '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
-    parts = []
+    parts = [template.bos] if messages else []
     for index, message in enumerate(messages):
         last_user = index == len(messages) - 1 and message["role"] == "user"
         pattern = template.prompt if last_user else getattr(template, message["role"])
@@ -165,8 +237,9 @@ def to_jinja(template: PromptTemplate) -> str:
         before, after = pattern.split(PLACEHOLDER)
         return "{{ " + _literal(before) + " + message['content'] + " + _literal(after) + " }}"
 
+    bos = "{{ " + _literal(template.bos) + " }}" if template.bos else ""
     return (
-        "{% for message in messages %}"
+        bos + "{% for message in messages %}"
         "{% if loop.last and message['role'] == 'user' %}" + expr(template.prompt)
         + "{% elif message['role'] == 'system' %}" + expr(template.system)
         + "{% elif message['role'] == 'user' %}" + expr(template.user)
@@ -175,28 +248,95 @@ def to_jinja(template: PromptTemplate) -> str:
     )
 
 
-def render_jinja(jinja_template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
-                 bos_token: str = "", eos_token: str = "") -> str:
-    """Render a Jinja chat template in a sandbox (no attribute access to Python internals).
+class TemplateRaised(TemplateError):
+    """The chat template called ``raise_exception`` (its message is :attr:`reason`)."""
 
-    Raises:
-        TemplateError: the template does not parse or fails to render.
-    """
-    from jinja2 import TemplateError as JinjaError
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the chat template raised: {reason}")
+        self.reason = reason
+
+
+class _TemplateDict:
+    """transformers' ``dict`` global: builds dicts, offers ``fromkeys``, exposes nothing else."""
+
+    def __call__(self, *args, **kwargs):
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args, **kwargs):
+        return dict.fromkeys(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(jinja_template: str):
+    """Compile a chat template in the environment transformers 5 uses (``utils/chat_template_utils.py``)."""
+    import jinja2
+    import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class GenerationTag(jinja2.ext.Extension):
+        """``{% generation %}...{% endgeneration %}``: marks the assistant's tokens for training; renders its body."""
+
+        tags = {"generation"}  # noqa: RUF012 (jinja's own class attribute)
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller) -> str:
+            return caller()
+
+    class Namespace(jinja2.utils.Namespace):
+        """transformers' namespace: no underscore-prefixed attributes."""
+
+        def __init__(*args, **kwargs):  # the signature trick of jinja's own Namespace
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                Namespace._check(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            Namespace._check(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check(name):
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} starts with an underscore")
 
     def raise_exception(message: str) -> None:
-        raise TemplateError(f"the chat template raised: {message}")
+        raise TemplateRaised(str(message))
 
-    env.globals["raise_exception"] = raise_exception
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt),
+                       dict=_TemplateDict(), namespace=Namespace)
+    return env.from_string(jinja_template)
+
+
+def render_jinja(jinja_template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
+                 bos_token: str = "", eos_token: str = "") -> str:
+    """Render a Jinja chat template as transformers' ``apply_chat_template`` does, in its sandbox.
+
+    Raises:
+        TemplateRaised: the template called ``raise_exception``.
+        TemplateError: the template does not parse or fails to render (one line).
+    """
+    from jinja2 import TemplateError as JinjaError
+
     try:
-        return env.from_string(jinja_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token
+        return _compile(jinja_template).render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token, eos_token=eos_token,
         )
     except JinjaError as exc:
-        raise TemplateError(f"the chat template cannot be rendered: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise TemplateError(f"the chat template cannot be rendered: {reason}") from exc
 
 
 _S, _U1, _A1, _U2 = "\x02SYS\x03", "\x02USER1\x03", "\x02ASSISTANT1\x03", "\x02USER2\x03"
@@ -206,63 +346,99 @@ PROBE = [
 ]
 
 
+def _probe_render(jinja_template: str, messages: list[dict[str, str]], **options: object) -> str:
+    """Render a probe, turning the template's own refusal into one line that names the fix."""
+    try:
+        return render_jinja(jinja_template, messages, **options)
+    except TemplateRaised as exc:
+        raise TemplateError(f"The model's chat template refuses a system/user/assistant conversation "
+                            f"(it raises {' '.join(exc.reason.split())!r}), so four strings cannot express it: "
+                            f"{_fix(jinja_template)}.") from exc
+    except TemplateError as exc:
+        raise TemplateError(f"The model's {exc}; {_fix(jinja_template)}.") from exc
+
+
 def derive(jinja_template: str, *, bos_token: str = "", eos_token: str = "") -> PromptTemplate:
     """Derive the four strings from a model's Jinja chat template by rendering a probe.
 
     Works for templates where every turn is ``prefix + content + end`` with one shared
-    ``end`` (ChatML, Phi-3, Llama-3, Gemma, SmolLM and most others).
+    ``end`` (ChatML, Phi-3, Llama-3, Gemma 1, SmolLM and most others). The template is
+    rendered with the model's own ``bos_token`` and ``eos_token``; a BOS it writes before
+    the first message, with or without a system message, becomes :attr:`PromptTemplate.bos`.
 
     Raises:
-        TemplateError: the template is empty, fails, or has a shape we cannot express;
-            the message says to pick a preset or ``custom``.
+        TemplateError: the template is empty, fails, or has a shape we cannot express; the
+            message names the preset whose markers match, or ``custom``.
     """
     if not jinja_template or not jinja_template.strip():
         raise TemplateError("The model has no chat template; choose a preset with --template (e.g. chatml).")
-    text = render_jinja(jinja_template, PROBE, bos_token=bos_token, eos_token=eos_token)
-    closed = render_jinja(jinja_template, PROBE[:3], add_generation_prompt=False, bos_token=bos_token,
-                          eos_token=eos_token)
+    tokens = {"bos_token": bos_token, "eos_token": eos_token}
+    text = _probe_render(jinja_template, PROBE, **tokens)
+    closed = _probe_render(jinja_template, PROBE[:3], add_generation_prompt=False, **tokens)
+    fix = _fix(jinja_template)
     try:
         pos = [text.index(marker) for marker in (_S, _U1, _A1, _U2)]
         end = closed[closed.index(_A1) + len(_A1):]
     except ValueError as exc:
         raise TemplateError(
-            "The chat template drops some messages of a system/user/assistant probe; "
-            "choose a preset or --template custom."
+            f"The chat template drops some messages of a system/user/assistant probe; {fix}."
         ) from exc
+    if pos != sorted(pos):
+        raise TemplateError(f"The chat template reorders the messages of a probe; {fix}.")
     system_prefix = text[:pos[0]]
     between = [text[pos[i] + len(m):pos[i + 1]] for i, m in enumerate((_S, _U1, _A1))]
     if not end or not all(part.startswith(end) for part in between):
-        raise TemplateError(
-            "The chat template's turns do not share one end marker; choose a preset or --template custom."
-        )
+        folded = bool(end) and not between[0].startswith(end)
+        what = ("folds the system text into the first user turn" if folded
+                else "ends its turns with different markers")
+        raise TemplateError(f"The chat template {what}, which four strings cannot express; {fix}.")
     user_prefix, assistant_prefix = between[0][len(end):], between[1][len(end):]
     if between[2][len(end):] != user_prefix:
-        raise TemplateError("The chat template formats user turns differently; choose a preset or custom.")
+        raise TemplateError(f"The chat template formats user turns differently; {fix}.")
     generation = text[pos[3] + len(_U2):]
     if not generation.startswith(end):
-        raise TemplateError("The chat template's generation prompt has an unexpected shape; choose a preset.")
+        raise TemplateError(f"The chat template's generation prompt has an unexpected shape; {fix}.")
+    bos = ""
+    if bos_token and system_prefix.startswith(bos_token):
+        # Written before the first message whichever it is (a user turn alone too): once per conversation.
+        if _probe_render(jinja_template, PROBE[1:2], **tokens).startswith(bos_token):
+            bos, system_prefix = bos_token, system_prefix[len(bos_token):]
     derived = PromptTemplate(
         system=system_prefix + PLACEHOLDER + end,
         user=user_prefix + PLACEHOLDER + end,
         assistant=assistant_prefix + PLACEHOLDER + end,
         prompt=user_prefix + PLACEHOLDER + generation,
+        bos=bos,
     )
     derived.validate()
     return derived
 
 
-def read_chat_template(model_dir: Path) -> str:
+def read_chat_template(model_dir: Path, *, runtime: bool = False) -> str:
     """The Jinja chat template a model folder carries ('' when none).
 
-    ``tokenizer_config.json``'s ``chat_template`` wins over ``chat_template.jinja``, as in
-    the Foundry Local runtime (checked: with both present, ChatSession uses the former).
+    Read as transformers 5 reads it: ``chat_template.jinja`` wins over ``tokenizer_config.json``'s
+    ``chat_template``, which may be a string or a list of named templates (``[{"name": "default",
+    "template": ...}]``; the ``default`` one is used). With ``runtime``, as Foundry Local's runtime
+    reads it: ``tokenizer_config.json`` first (checked: with both present, ChatSession uses it).
+    Registration writes the same template to both.
+
+    Raises:
+        TemplateError: named templates without a ``default`` one.
     """
     config = artifacts.read_json(model_dir / "tokenizer_config.json", {})
     value = config.get("chat_template") if isinstance(config, dict) else None
-    if isinstance(value, str) and value.strip():
-        return value
+    if isinstance(value, list):
+        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
+        if "default" not in named:
+            raise TemplateError(f"tokenizer_config.json has chat templates named {sorted(map(str, named))} but no "
+                                "'default' one; choose a preset with --template or --template custom.")
+        value = named["default"]
+    from_config = value if isinstance(value, str) and value.strip() else ""
     jinja_file = model_dir / "chat_template.jinja"
-    return artifacts.read_text(jinja_file) if jinja_file.is_file() else ""
+    from_file = artifacts.read_text(jinja_file) if jinja_file.is_file() else ""
+    first, second = (from_config, from_file) if runtime else (from_file, from_config)
+    return first if first.strip() else second
 
 
 def special_tokens(model_dir: Path) -> tuple[str, str]:
@@ -286,12 +462,16 @@ class ResolvedTemplate:
         jinja: The chat template written to the tokenizer files.
         notes: Differences worth knowing that do not make the two disagree on the probe
             (e.g. a default system prompt only the Jinja adds).
+        bos_token: The model's BOS token, as the runtime passes it to the Jinja.
+        eos_token: The model's EOS token, likewise.
     """
 
     choice: Template
     prompt_template: PromptTemplate
     jinja: str
     notes: tuple[str, ...] = ()
+    bos_token: str = ""
+    eos_token: str = ""
 
 
 def resolve(choice: Template | str, model_dir: Path, custom: PromptTemplate | None = None) -> ResolvedTemplate:
@@ -307,9 +487,9 @@ def resolve(choice: Template | str, model_dir: Path, custom: PromptTemplate | No
         choice = Template(choice)
     except ValueError as exc:
         raise TemplateError(f"Unknown template {choice!r}; choose one of {[t.value for t in Template]}.") from exc
+    bos, eos = special_tokens(model_dir)
     if choice is Template.AUTO:
         jinja = read_chat_template(model_dir)
-        bos, eos = special_tokens(model_dir)
         derived = derive(jinja, bos_token=bos, eos_token=eos)
         # The probe has a system turn; without one, some templates add a default system prompt.
         without_system = PROBE[1:]
@@ -322,7 +502,7 @@ def resolve(choice: Template | str, model_dir: Path, custom: PromptTemplate | No
                     "will add it, the foundry CLI will not. Send a system message, or register a preset to drop it "
                     "everywhere.")
             notes = (note,)
-        return ResolvedTemplate(choice, derived, jinja, notes)
+        return ResolvedTemplate(choice, derived, jinja, notes, bos, eos)
     if choice is Template.CUSTOM:
         if custom is None:
             raise TemplateError("--template custom needs the four strings (system, user, assistant, prompt).")
@@ -330,7 +510,7 @@ def resolve(choice: Template | str, model_dir: Path, custom: PromptTemplate | No
     else:
         template = PRESETS[choice]
     template.validate()
-    return ResolvedTemplate(choice, template, to_jinja(template))
+    return ResolvedTemplate(choice, template, to_jinja(template), (), bos, eos)
 
 
 def _extra(longer: str, shorter: str) -> str:
@@ -339,12 +519,55 @@ def _extra(longer: str, shorter: str) -> str:
     return longer[start:start + max(0, len(longer) - len(shorter))]
 
 
-def check_consistency(resolved: ResolvedTemplate, *, bos_token: str = "", eos_token: str = "") -> None:
-    """Render the probe both ways and raise :class:`TemplateError` on any difference."""
+def check_consistency(resolved: ResolvedTemplate, *, bos_token: str | None = None,
+                      eos_token: str | None = None) -> None:
+    """Render the probe both ways, the Jinja with the model's BOS and EOS as the runtime does; raise on any difference.
+
+    Raises:
+        TemplateError: they disagree (one line, both renderings, the fix).
+    """
+    bos = resolved.bos_token if bos_token is None else bos_token
+    eos = resolved.eos_token if eos_token is None else eos_token
     from_strings = render(resolved.prompt_template, PROBE)
-    from_jinja = render_jinja(resolved.jinja, PROBE, bos_token=bos_token, eos_token=eos_token)
+    from_jinja = render_jinja(resolved.jinja, PROBE, bos_token=bos, eos_token=eos)
     if from_strings != from_jinja:
         raise TemplateError(
-            "inference_model.json and the chat template disagree on a probe conversation:\n"
-            f"  strings: {from_strings!r}\n  jinja:   {from_jinja!r}\nChoose a preset or --template custom."
+            "inference_model.json and the chat template disagree on a probe conversation "
+            f"(strings: {from_strings!r}; jinja: {from_jinja!r}); {_fix(resolved.jinja)}."
         )
+
+
+def end_of_turn_tokens(template: PromptTemplate | str, tokenizer_file: Path) -> list[tuple[int, str]]:
+    """The special token an assistant turn ends with, as ``[(id, token)]``: what must stop generation.
+
+    Args:
+        template: The four strings, or the end marker itself (what follows an assistant's content,
+            e.g. ``<|im_end|>\\n``, ``<end_of_turn>\\n``, ``<|eot_id|>``).
+        tokenizer_file: The model's ``tokenizer.json``.
+
+    Returns:
+        The longest added token the marker starts with; ``[]`` for a plain-text marker (no token
+        id can stop on it).
+    """
+    from tokenizers import Tokenizer
+
+    end = template.turn_end if isinstance(template, PromptTemplate) else template
+    if not end:
+        return []
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    added = {token.content: index for index, token in tokenizer.get_added_tokens_decoder().items()}
+    for length in range(len(end), 0, -1):
+        if end[:length] in added:
+            return [(added[end[:length]], end[:length])]
+    return []
+
+
+def rendered_turn_end(jinja_template: str, *, bos_token: str = "", eos_token: str = "") -> str:
+    """What a Jinja chat template writes after an assistant's content (its end-of-turn marker).
+
+    Raises:
+        TemplateError: the template fails on a user/assistant conversation.
+    """
+    closed = render_jinja(jinja_template, PROBE[1:3], add_generation_prompt=False, bos_token=bos_token,
+                          eos_token=eos_token)
+    return closed[closed.index(_A1) + len(_A1):] if _A1 in closed else ""

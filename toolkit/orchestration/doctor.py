@@ -61,6 +61,36 @@ def _own_folder(folder: Path) -> tuple[bool, str]:
     return True, "one model in this folder (`slmops register` places it in models/custom/NAME/)"
 
 
+def stop_check(folder: Path, config: dict) -> Check:
+    """Whether the token the chat template ends an answer with is one generation stops on (``eos_token_id``).
+
+    A model fine-tuned on ChatML that kept ``<|endoftext|>`` as its EOS (or a Gemma with ``<eos>``
+    while turns end in ``<end_of_turn>``) answers and then runs on to max tokens.
+    """
+    eos = config["model"].get("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    try:
+        bos, eos_text = templates.special_tokens(folder)
+        end = templates.rendered_turn_end(templates.read_chat_template(folder, runtime=True), bos_token=bos,
+                                          eos_token=eos_text)
+    except SlmopsError as exc:
+        return Check("stop tokens", False, f"the chat template cannot be rendered ({exc}); register with --template")
+    if not (folder / "tokenizer.json").is_file():
+        return Check("stop tokens", False, "tokenizer.json missing; convert it again")
+    tokens = templates.end_of_turn_tokens(end, folder / "tokenizer.json")
+    if not tokens:
+        return Check("stop tokens", False, f"the chat template ends a turn with {end!r}, which is no single token, "
+                     "so nothing stops generation there: register a preset whose turns end in a special token "
+                     "(`slmops register --template ...`)")
+    (token_id, token), = tokens
+    if token_id not in eos:
+        return Check("stop tokens", False, f"{token} ({token_id}) ends every turn of the chat template but "
+                     f"genai_config.json's eos_token_id is {eos}: answers run to max tokens; register it with "
+                     f"`slmops register` (it adds {token_id}) or add {token_id} to eos_token_id")
+    return Check("stop tokens", True, f"{token} ({token_id}) ends the template's turns and stops generation "
+                 f"(eos_token_id {eos})")
+
+
 def runtime_check(folder: Path) -> list[Check]:
     """Load ``folder`` with the installed Foundry Local runtime and generate one token; ask its web service for it.
 
@@ -74,7 +104,8 @@ def runtime_check(folder: Path) -> list[Check]:
         info_file = folder / "inference_model.json"
         custom = None
         if info_file.is_file():  # keep a registered model's own strings
-            custom = templates.PromptTemplate(**json.loads(info_file.read_text())["PromptTemplate"])
+            custom = templates.PromptTemplate.from_json(json.loads(info_file.read_text())["PromptTemplate"],
+                                                        templates.special_tokens(folder)[0])
         try:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
                      model_config=ModelConfig(threads=None), cache=cache)  # loading it is the check, not tuning
@@ -126,9 +157,11 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
         ok, detail = False, f"{filename} missing; re-run the conversion"
     checks.append(Check("model files", ok, detail))
     try:
-        jinja = templates.read_chat_template(folder)
+        jinja = templates.read_chat_template(folder, runtime=True)
         checks.append(Check("chat template", bool(jinja.strip()), "non-empty" if jinja.strip()
                             else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
+        if jinja.strip():
+            checks.append(stop_check(folder, config))
     except InputError as exc:
         checks.append(Check("chat template", False, f"{exc} Re-register with `slmops register`."))
     info_file = folder / "inference_model.json"

@@ -225,7 +225,7 @@ class LoadedModel:
 
             folder = Path(self.model.get_path())
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            jinja = templates.read_chat_template(folder)
+            jinja = templates.read_chat_template(folder, runtime=True)  # as ChatSession reads it
             bos, eos = templates.special_tokens(folder)
             self._encode = lambda msgs: tokenizer.encode(
                 templates.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids

@@ -22,6 +22,9 @@ The checks per registered model, each a :class:`CheckResult`:
    with the toolkit's own error, in a child process with a timeout, so a crash or hang is
    caught and reported.
 6. ``quality``: perplexity, top-1 agreement and KL divergence against the FP32 build.
+7. ``stop``: the free answers to the cases must end with finish_reason ``stop`` (the model
+   ended its turn on a stop token) before max tokens; a model that never stops fails, whatever
+   its text.
 
 Decoding is greedy with a recorded seed, so a rerun gives the same answers.
 """
@@ -71,6 +74,7 @@ class Check(StrEnum):
     PERFORMANCE = "performance"
     EDGE = "edge"
     QUALITY = "quality"
+    STOP = "stop"
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class Thresholds:
         kl_max: Largest mean KL divergence from FP32 (nats).
         perplexity_ratio_max: Largest perplexity relative to FP32's on the same text.
         edge_timeout_s: Longest an edge case may take before it counts as a hang.
+        stop_pass_rate: Share of the cases' free answers that must end with finish_reason ``stop``
+            before max tokens (a fine-tune that answers and ends its turn stops on nearly all).
     """
 
     domain_pass_rate: float = 0.8
@@ -109,6 +115,7 @@ class Thresholds:
     kl_max: float = 1.0
     perplexity_ratio_max: float = 2.0
     edge_timeout_s: float = 60.0
+    stop_pass_rate: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -447,10 +454,33 @@ def _run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed:
 
 def _answer(model: LoadedModel, case: dict, max_tokens: int, seed: int, **options: object) -> str:
     """A case's answer; a runtime failure on it (valid input, or a model a grammar cannot steer) is a failed answer."""
+    return _generation(model, case, max_tokens, seed, **options)[0]
+
+
+def _generation(model: LoadedModel, case: dict, max_tokens: int, seed: int,
+                **options: object) -> tuple[str, str, int]:
+    """A case's ``(answer, finish_reason, completion tokens)``; a runtime failure is answered as ``error``."""
     try:
-        return model.generate(case["messages"], max_tokens=max_tokens, seed=seed, **options).text
+        generation = model.generate(case["messages"], max_tokens=max_tokens, seed=seed, **options)
     except FoundryRequestError as exc:
-        return f"(the runtime failed: {exc})"
+        return f"(the runtime failed: {exc})", "error", 0
+    return generation.text, generation.finish_reason, generation.completion_tokens
+
+
+def _stop_check(name: str, finishes: list[tuple[str, int]], max_tokens: int, limits: Thresholds) -> CheckResult:
+    """Whether the free answers end on a stop token, well before ``max_tokens``."""
+    stopped = [tokens for reason, tokens in finishes if reason == "stop" and tokens < max_tokens]
+    share = len(stopped) / len(finishes)
+    ran_on = sum(reason == "length" for reason, _ in finishes)
+    longest = f", longest stopped answer {max(stopped)} tokens" if stopped else ""
+    return CheckResult(
+        name, Check.STOP, "stop-overall",
+        f">= {limits.stop_pass_rate:.0%} of the cases' answers end with finish_reason stop before max tokens "
+        f"({max_tokens}); a model that never ends its turn fails whatever its text",
+        f"{len(stopped)}/{len(finishes)} = {share:.0%} stopped; {ran_on} ran to max tokens{longest}"
+        + ("" if stopped else ": the end-of-turn token does not stop generation (run `slmops doctor` on the "
+           "model folder)"),
+        share >= limits.stop_pass_rate)
 
 
 def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, max_tokens: int, seed: int,
@@ -460,8 +490,10 @@ def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, m
 
     checks: list[CheckResult] = []
     scores: dict[str, list[bool]] = {Check.DOMAIN: [], Check.HELDOUT: [], Check.FORMAT: []}
+    finishes: list[tuple[str, int]] = []
     for case in tqdm(cases, desc=f"{model.name}: cases", unit="case", disable=not progress):
-        answer = _answer(model, case, max_tokens, seed)
+        answer, reason, tokens = _generation(model, case, max_tokens, seed)
+        finishes.append((reason, tokens))
         content = Check.HELDOUT if case.get("group") == HELDOUT else Check.DOMAIN
         for check, rules in ((content, CONTENT_RULES), (Check.FORMAT, FORMAT_RULES)):
             if any(rule in case["expect"] for rule in rules) or (check is content and not case["expect"]):
@@ -487,6 +519,8 @@ def _content_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, m
             share = sum(scores[check]) / len(scores[check])
             checks.append(CheckResult(model.name, check, f"{check}-overall", f">= {rate:.0%} of cases pass",
                                       f"{sum(scores[check])}/{len(scores[check])} = {share:.0%}", share >= rate))
+    if finishes:
+        checks.append(_stop_check(model.name, finishes, max_tokens, limits))
     return checks
 
 

@@ -166,6 +166,86 @@ class Registration:
     model_config: ModelConfig = field(default_factory=ModelConfig)
     notes: tuple[str, ...] = ()
     threads: ThreadChoice | None = None
+    stop: StopTokens | None = None
+
+
+@dataclass(frozen=True)
+class StopTokens:
+    """The token ids that end generation, reconciled at registration.
+
+    Attributes:
+        eos_token_id: ``genai_config.json``'s ``model.eos_token_id`` as registered.
+        before: What the converted model had.
+        added: ``{"id", "token", "from"}`` per id added: the chat template's end of turn, or
+            ``generation_config.json``'s EOS list.
+        generation_config: The ``generation_config.json`` read ('' when none was found).
+    """
+
+    eos_token_id: tuple[int, ...]
+    before: tuple[int, ...]
+    added: tuple[dict, ...]
+    generation_config: str = ""
+
+    def note(self) -> str:
+        """One line for the CLI: what was added, or that nothing was needed."""
+        if not self.added:
+            return f"Stop tokens: eos_token_id {list(self.eos_token_id)} already holds the end of turn; nothing added."
+        what = ", ".join(f"{row['token']} ({row['id']}, {row['from']})" for row in self.added)
+        return (f"Stop tokens: added {what} to genai_config.json's eos_token_id: {list(self.before)} -> "
+                f"{list(self.eos_token_id)}.")
+
+    def as_json(self) -> dict:
+        """The registration record's ``stop_tokens``."""
+        return {"eos_token_id": list(self.eos_token_id), "before": list(self.before), "added": list(self.added),
+                "generation_config": self.generation_config}
+
+
+def _ids(value: object) -> list[int]:
+    """An ``eos_token_id`` (an int, a list of them, or missing) as a list."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [v for v in value if isinstance(v, int) and not isinstance(v, bool)] if isinstance(value, list) else []
+
+
+def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: templates.PromptTemplate) -> StopTokens:
+    """The EOS ids generation must stop on: the converted model's, the template's end of turn, generation_config's.
+
+    A model fine-tuned on ChatML often keeps ``<|endoftext|>`` as its only EOS while every turn it
+    learned ends in ``<|im_end|>`` (Gemma: ``<eos>`` and ``<end_of_turn>``); without the end-of-turn
+    id, generation runs to max tokens. ``generation_config.json`` is read from the converted folder,
+    else from the folder it was converted from (``manifest.json``'s ``source_path``).
+    """
+    before = _ids(genai_config["model"].get("eos_token_id"))
+    found: list[tuple[int, str, str]] = []
+    tokenizer_file = onnx_dir / "tokenizer.json"
+    if tokenizer_file.is_file():
+        found += [(i, tok, "the chat template's end of turn")
+                  for i, tok in templates.end_of_turn_tokens(template, tokenizer_file)]
+    source = read_manifest(onnx_dir).get("source_path")
+    generation_file = next((f for f in (onnx_dir / "generation_config.json",
+                                        Path(source) / "generation_config.json" if source else None)
+                            if f is not None and f.is_file()), None)
+    if generation_file is not None:
+        config = artifacts.read_json(generation_file, {})
+        found += [(i, _token_text(tokenizer_file, i), "generation_config.json")
+                  for i in _ids(config.get("eos_token_id") if isinstance(config, dict) else None)]
+    eos = list(before)
+    added = []
+    for token_id, token, origin in found:
+        if token_id not in eos:
+            eos.append(token_id)
+            added.append({"id": token_id, "token": token, "from": origin})
+    return StopTokens(tuple(eos), tuple(before), tuple(added), str(generation_file or ""))
+
+
+def _token_text(tokenizer_file: Path, token_id: int) -> str:
+    if not tokenizer_file.is_file():
+        return str(token_id)
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_file)).id_to_token(token_id) or str(token_id)
 
 
 def validate_name(name: str) -> str:
@@ -219,6 +299,9 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _write_genai_config(folder: Path, genai_config: dict, threads: int | str | None) -> None:
     decoder = genai_config["model"]["decoder"]
+    eos = _ids(genai_config["model"].get("eos_token_id"))
+    if eos:
+        genai_config["model"]["eos_token_id"] = eos[0] if len(eos) == 1 else eos
     options = {k: v for k, v in decoder.get("session_options", {}).items() if k != "intra_op_num_threads"}
     if type(threads) is int:
         options["intra_op_num_threads"] = threads
@@ -284,6 +367,8 @@ def register(
     model_config.validate(context)
     resolved = templates.resolve(template, source, custom_template)
     templates.check_consistency(resolved)
+    stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
+    genai_config["model"]["eos_token_id"] = list(stop.eos_token_id)
     root = models_root(cache)
     target = root / name
     record = _read_record(target)
@@ -304,7 +389,7 @@ def register(
             _write_genai_config(staging, genai_config, threads.chosen)
         artifacts.write_json(staging / _RECORD, {
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
-            "notes": list(resolved.notes), "registered": timestamp(),
+            "notes": list(resolved.notes), "registered": timestamp(), "stop_tokens": stop.as_json(),
             "threads": {"setting": "auto", "chosen": threads.chosen, "speedup_vs_default": threads.speedup,
                         "probe": list(threads.probe)} if threads else {"setting": model_config.threads},
         })
@@ -318,7 +403,7 @@ def register(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
-                        resolved.notes, threads)
+                        (*resolved.notes, stop.note()), threads, stop)
 
 
 def _catalog_register(path: Path, name: str, version: int, cache: str | Path | None) -> None:
