@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,82 @@ def test_template_files_are_read_and_checked(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(TemplateError, match=says):
             T.load_prompt_template(bad)
+
+
+# --- Rendered as transformers renders them (issue 24) ---
+
+_CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                 {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Again"}]
+
+
+@pytest.mark.parametrize("family", ["llama3", "chatml-generation", "gemma3"])
+def test_templates_render_exactly_as_transformers_does(family: str) -> None:
+    from scripted_models import FAMILIES
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    jinja = FAMILIES[family].template + "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}" \
+        "{{ {'a': 'é<'} | tojson }}{% set ns = namespace(n=1) %}{{ ns.n }}{{ dict(x=1) }}{% endfor %}"
+    conversation = _CONVERSATION
+    theirs, _ = render_jinja_template([conversation], chat_template=jinja, add_generation_prompt=True,
+                                      bos_token="<B>", eos_token="<E>")
+    assert T.render_jinja(jinja, conversation, bos_token="<B>", eos_token="<E>") == theirs[0]
+
+
+def test_strftime_now_and_generation_tags_are_rendered() -> None:
+    from datetime import datetime
+
+    assert T.render_jinja("{{ strftime_now('%Y') }}", []) == str(datetime.now().year)
+    assert T.render_jinja("a{% generation %}b{% endgeneration %}c", []) == "abc"
+
+
+def test_a_template_that_raises_is_refused_in_one_line_naming_the_preset(tmp_path: Path) -> None:
+    from scripted_models import GEMMA2_TEMPLATE
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": GEMMA2_TEMPLATE, "bos_token": "<bos>"}))
+    with pytest.raises(TemplateError) as refused:
+        T.resolve("auto", tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and "System role not supported" in message and "--template gemma" in message
+
+
+def test_a_template_folding_the_system_text_names_the_gemma_preset() -> None:
+    from scripted_models import GEMMA3_TEMPLATE
+
+    with pytest.raises(TemplateError, match="folds the system text into the first user turn.*--template gemma"):
+        T.derive(GEMMA3_TEMPLATE, bos_token="<bos>")
+
+
+def test_auto_with_a_bos_template_passes_its_own_consistency_check(tmp_path: Path) -> None:
+    from scripted_models import LLAMA32_TEMPLATE
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": LLAMA32_TEMPLATE, "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
+    resolved = T.resolve("auto", tmp_path)
+    T.check_consistency(resolved)  # rendered with the model's BOS, as derived
+    assert resolved.prompt_template.bos == "<|begin_of_text|>"
+    assert T.render(resolved.prompt_template, _CONVERSATION).count("<|begin_of_text|>") == 1
+
+
+@pytest.mark.parametrize(("preset", "bos"), [(T.Template.LLAMA3, "<|begin_of_text|>"), (T.Template.GEMMA, "<bos>"),
+                                             (T.Template.MISTRAL, "<s>"), (T.Template.CHATML, "")])
+def test_presets_write_their_familys_bos_once(preset: T.Template, bos: str) -> None:
+    template = T.PRESETS[preset]
+    for messages in (_CONVERSATION, _CONVERSATION[1:2]):
+        text = T.render(template, messages)
+        assert text.startswith(bos) and (not bos or text.count(bos) == 1)
+        assert T.render_jinja(T.to_jinja(template), messages) == text
+    folded = template.as_json()
+    assert folded["system"].startswith(bos) and folded["prompt"].startswith(bos)
+    assert T.PromptTemplate.from_json(folded, bos) == template
+
+
+def test_named_templates_and_the_jinja_file_are_read(tmp_path: Path) -> None:
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
+    assert T.read_chat_template(tmp_path) == "D"
+    (tmp_path / "chat_template.jinja").write_text("F")
+    assert T.read_chat_template(tmp_path) == "F" and T.read_chat_template(tmp_path, runtime=True) == "D"
+    (tmp_path / "chat_template.jinja").unlink()
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "rag", "template": "R"}]}))
+    with pytest.raises(TemplateError, match="no 'default'"):
+        T.read_chat_template(tmp_path)
