@@ -4,7 +4,17 @@ An adapter folder holds ``adapter_config.json`` and ``adapter_model.safetensors`
 is the local folder its config names (``base_model_name_or_path``) or the one given with
 ``--base``. Everything is checked from the files' headers before anything is written: the
 adapter kind (only LoRA merges into plain weights), a reachable base, and that every
-adapted module exists in the base with the shapes the adapter's matrices need.
+adapted module exists in the base with the shapes the adapter's matrices need (the base's
+weights may be safetensors or a weights-only ``pytorch_model*.bin``). A QLoRA adapter's
+4-bit base is refused naming the 16-bit base to pass instead. An adapter trained with added
+tokens (embedding table and LM head resized, both saved through ``modules_to_save``) is
+merged into the base resized to the adapter's vocabulary first; one whose new rows were not
+saved, or whose tokenizer does not fit its table, is refused naming both sizes.
+
+Trainers save the tokenizer and chat template they trained with next to the adapter
+(``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``,
+``chat_template.jinja``, ``generation_config.json``): those win over the base's in the merged
+folder, and the merge record (the manifest's ``adapter`` entry) says which files were used.
 
 The merge is peft's own ``merge_and_unload`` on the FP32 base, in a child process; it
 writes an ordinary Hugging Face folder that every conversion route takes, and records the
@@ -23,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.core import artifacts, settings, workers
-from toolkit.core.errors import InputError, ModelFolderError
+from toolkit.core.errors import InputError, ModelFolderError, QuantizedCheckpointError
 from toolkit.domain.prompts import reference_text
-from toolkit.domain.sources import fingerprint, inspect_source
+from toolkit.domain.sources import TensorInfo, fingerprint, inspect_source, read_tensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_RECORD = "merge.json"
@@ -33,6 +43,11 @@ REFERENCE_LOGITS = "merged_logits.npy"
 MERGE_ROUTE = "peft merge_and_unload (FP32)"
 #: Token positions of the reference text whose logits the merge keeps for the FP32 check.
 CHECK_TOKENS = 64
+#: Files of an adapter folder that win over the base's in the merged model (the tokenizer and template it trained with).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt")
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+GENERATION_CONFIG = "generation_config.json"
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,10 @@ class AdapterSource:
         alpha: LoRA alpha.
         target_modules: The base's modules it adapts.
         fingerprint: SHA-256 prefix of the adapter's files.
+        modules_to_save: The base's modules it replaces whole (``embed_tokens``, ``lm_head``, ...).
+        vocab_size: The adapter's vocabulary when it resized the base's (0: the base's is kept).
+        base_vocab_size: The base's vocabulary (its embedding table's rows; 0 when unknown).
+        own_files: The adapter folder's tokenizer, template and generation files, which win over the base's.
     """
 
     path: Path
@@ -54,11 +73,18 @@ class AdapterSource:
     alpha: float
     target_modules: tuple[str, ...]
     fingerprint: str
+    modules_to_save: tuple[str, ...] = ()
+    vocab_size: int = 0
+    base_vocab_size: int = 0
+    own_files: tuple[str, ...] = ()
 
     def describe(self) -> dict:
         """The manifest's ``adapter`` entry."""
         return {"path": str(self.path), "fingerprint": self.fingerprint, "base": str(self.base), "rank": self.rank,
-                "alpha": self.alpha, "target_modules": list(self.target_modules), "merge_route": MERGE_ROUTE}
+                "alpha": self.alpha, "target_modules": list(self.target_modules),
+                "modules_to_save": list(self.modules_to_save),
+                "vocab_size": {"base": self.base_vocab_size, "merged": self.vocab_size or self.base_vocab_size},
+                "files_from_adapter": list(self.own_files), "merge_route": MERGE_ROUTE}
 
 
 def is_adapter(path: str | os.PathLike[str]) -> bool:
@@ -112,27 +138,137 @@ def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] |
         raise InputError(f"The adapter's base {named!r} is not a local model folder"
                          + (" (the adapter names a hub id; this toolkit works offline)" if named and not base else "")
                          + ": pass --base DIR, the Hugging Face folder it was trained on.")
-    base_source = inspect_source(Path(str(named)))
-    _check_shapes(folder, weights, base_source.path)
-    rank = int(config.get("r") or 0)
-    return AdapterSource(folder, base_source.path, rank, float(config.get("lora_alpha") or rank),
-                         tuple(sorted(_adapted_modules(weights))), fingerprint(folder))
-
-
-def _adapted_modules(weights: Path) -> set[str]:
-    """The short names (``q_proj``, ...) of the modules an adapter's weights adapt."""
-    return {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name in _safetensors_shapes(weights) if ".lora_A" in name}
-
-
-def _check_shapes(folder: Path, weights: Path, base: Path) -> None:
-    """Every adapted module must exist in the base, with ``in`` and ``out`` sizes the LoRA matrices fit."""
     try:
-        adapter = _safetensors_shapes(weights)
-        base_shapes: dict[str, list[int]] = {}
-        for file in sorted(base.glob("*.safetensors")):
-            base_shapes.update(_safetensors_shapes(file))
+        base_source = inspect_source(Path(str(named)))
+    except QuantizedCheckpointError as exc:
+        raise InputError(
+            f"The adapter's base {exc.path} is an already-quantized checkpoint ({exc.method}), as QLoRA trains on: "
+            "the merge needs the 16-bit model it was quantized from; pass it with --base DIR"
+            + (f" ({exc.original}, saved with save_pretrained)." if exc.original else ".")) from exc
+    try:
+        adapter_tensors = _safetensors_shapes(weights)
+        base_tensors = read_tensors(base_source.path)
     except (OSError, ValueError, struct.error) as exc:
         raise ModelFolderError(folder, f"cannot read the weights' headers ({exc})", "Re-save the adapter.") from exc
+    _check_shapes(folder, adapter_tensors, {name: list(info.shape) for name, info in base_tensors.items()},
+                  base_source.path)
+    own = own_files(folder)
+    vocab, base_vocab = _check_vocabulary(folder, adapter_tensors, base_tensors, base_source.path, own)
+    rank = int(config.get("r") or 0)
+    return AdapterSource(folder, base_source.path, rank, float(config.get("lora_alpha") or rank),
+                         tuple(sorted(_adapted_modules(adapter_tensors))), fingerprint(folder),
+                         modules_to_save=tuple(sorted(_saved_modules(adapter_tensors))), vocab_size=vocab,
+                         base_vocab_size=base_vocab, own_files=own)
+
+
+def own_files(folder: Path) -> tuple[str, ...]:
+    """The tokenizer, template and generation files an adapter folder carries (they win over the base's)."""
+    return tuple(name for name in (*TOKENIZER_FILES, *TEMPLATE_FILES, GENERATION_CONFIG) if (folder / name).is_file())
+
+
+def _has_tokenizer(names: tuple[str, ...]) -> bool:
+    """Whether these files make a tokenizer on their own (not just a template or generation settings)."""
+    return "tokenizer.json" in names or "tokenizer.model" in names or {"vocab.json", "merges.txt"} <= set(names)
+
+
+def _tokenizer_size(folder: Path) -> int:
+    """The number of token ids a folder's ``tokenizer.json`` can produce (0 when it has none or it is unreadable)."""
+    try:
+        data = json.loads((folder / "tokenizer.json").read_text())
+        ids = [int(i) for i in ((data.get("model") or {}).get("vocab") or {}).values() if isinstance(i, int)]
+        ids += [int(t["id"]) for t in data.get("added_tokens") or [] if isinstance(t, dict) and "id" in t]
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return 0
+    return max(ids, default=-1) + 1
+
+
+def _module_key(name: str) -> str:
+    """An adapter's full-module tensor name as the base names it.
+
+    peft saves a ``modules_to_save`` module as ``base_model.model.<name>.weight`` (older
+    versions) or beside ``.modules_to_save.`` and ``.original_module.`` copies (0.17 on).
+    """
+    key = name.removeprefix("base_model.model.")
+    for part in (".modules_to_save.default.", ".modules_to_save.", ".original_module.", ".base_layer."):
+        key = key.replace(part, ".")
+    return key
+
+
+def _saved_modules(adapter: dict[str, list[int]]) -> set[str]:
+    """The short names of the modules an adapter saves whole (``modules_to_save``)."""
+    keys = {_module_key(name) for name in adapter if "lora_" not in name and ".original_module." not in name}
+    return {key.rsplit(".", 2)[-2] for key in keys if key.endswith(".weight")}
+
+
+def _rows(tensors: dict[str, list[int]], ending: str) -> int:
+    """Rows of the first 2-D tensor whose name ends with ``ending`` (0 when there is none)."""
+    return next((shape[0] for name, shape in sorted(tensors.items()) if name.endswith(ending) and len(shape) == 2), 0)
+
+
+def _check_vocabulary(folder: Path, adapter: dict[str, list[int]], base_tensors: dict[str, TensorInfo], base: Path,
+                      own: tuple[str, ...]) -> tuple[int, int]:
+    """Check an adapter that resized the base's vocabulary (added tokens), from the headers alone.
+
+    Its saved embedding table (``modules_to_save``) sets the merged vocabulary; an untied
+    base's LM head must be saved with as many rows (the new tokens' output rows exist only
+    there), and the tokenizer the merged model uses (the adapter's own, else the base's)
+    must not produce ids past the table.
+
+    Returns:
+        ``(vocab_size, base_vocab_size)``: the adapter's vocabulary when it differs from the
+        base's (else 0), and the base's.
+
+    Raises:
+        InputError: the LM head's new rows were not saved, or the tokenizer does not fit the table.
+    """
+    saved = {_module_key(name): shape for name, shape in adapter.items()
+             if "lora_" not in name and ".original_module." not in name}
+    base_shapes = {name: list(info.shape) for name, info in base_tensors.items()}
+    base_rows = _rows(base_shapes, "embed_tokens.weight")
+    rows = _rows(saved, "embed_tokens.weight") or _rows(saved, "lm_head.weight")
+    tokenizer_dir = folder if _has_tokenizer(own) else base
+    tokens = _tokenizer_size(tokenizer_dir)
+    if not rows or not base_rows or rows == base_rows:
+        return 0, base_rows
+    sizes = f"the adapter's vocabulary is {rows} tokens, the base {base.name}'s {base_rows}"
+    untied = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in base_shapes)
+    if untied and _rows(saved, "lm_head.weight") != rows:
+        raise InputError(f"{folder}: {sizes}, but the adapter saves no {rows}-row lm_head, so the new tokens' output "
+                         "rows were never saved: train with modules_to_save=['embed_tokens', 'lm_head'] and save the "
+                         "adapter again.")
+    if tokens > rows:
+        raise InputError(f"{folder}: {sizes}, and the tokenizer in {tokenizer_dir} has {tokens} tokens, more than "
+                         "the adapter's table: save the tokenizer the adapter was trained with next to it "
+                         "(tokenizer.save_pretrained(ADAPTER_DIR)).")
+    return rows, base_rows
+
+
+def _adapted_modules(adapter: dict[str, list[int]]) -> set[str]:
+    """The short names (``q_proj``, ...) of the modules an adapter's weights adapt."""
+    return {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name in adapter if ".lora_A" in name}
+
+
+def _check_shapes(folder: Path, adapter: dict[str, list[int]], base_shapes: dict[str, list[int]], base: Path) -> None:
+    """Every adapted or saved module must exist in the base, with the sizes the adapter's matrices fit.
+
+    A module saved whole (``modules_to_save``) must match the base's shape, except the rows
+    of the embedding table and LM head (a resized vocabulary, see :func:`_check_vocabulary`).
+
+    Raises:
+        ModelFolderError: the adapter holds no LoRA matrices.
+        InputError: a module the base lacks, or of another size.
+    """
+    for name, shape in adapter.items():
+        if "lora_" in name or ".original_module." in name or "token_adapter" in name:
+            continue
+        key = _module_key(name)
+        if key not in base_shapes:
+            raise InputError(f"The adapter saves {key.removesuffix('.weight')} whole, which the base {base} does not "
+                             "have: this adapter was trained on another model; pass the right --base.")
+        vocabulary = key.endswith(("embed_tokens.weight", "lm_head.weight"))
+        if (shape[1:] if vocabulary else shape) != (base_shapes[key][1:] if vocabulary else base_shapes[key]):
+            raise InputError(f"The adapter's {key.removesuffix('.weight')} is {shape}, the base's {base_shapes[key]}: "
+                             "this adapter was trained on another model size; pass the right --base.")
     lora_a = {name.split(".lora_A")[0]: shape for name, shape in adapter.items() if ".lora_A" in name}
     if not lora_a:
         raise ModelFolderError(folder, "adapter_model.safetensors holds no LoRA matrices", "Re-save the adapter.")
@@ -157,6 +293,10 @@ def merged_folder(adapter: AdapterSource) -> Path:
 def merge(adapter: AdapterSource) -> Path:
     """Merge ``adapter`` into its base (once; reused after) and return the merged Hugging Face folder.
 
+    The merge record (``merge.json``, the manifest's ``adapter`` entry) holds
+    :meth:`AdapterSource.describe`, the merge's own check (merged against unmerged logits)
+    and where the merged model's tokenizer, chat template and generation settings came from.
+
     Raises:
         ToolFailedError: the merge failed in its child process (the message says why).
     """
@@ -167,11 +307,14 @@ def merge(adapter: AdapterSource) -> Path:
     artifacts.remove_stale(target.parent)
     staging = artifacts.staging_dir(target, "merging")
     try:
-        check = workers.run_worker("toolkit.domain.adapters", "merge",
-                                   {"adapter": str(adapter.path), "base": str(adapter.base), "out": str(staging)},
-                                   name=f"merge of {adapter.path.name} into {adapter.base.name}",
-                                   idle_timeout=1800).result
-        artifacts.write_json(staging / MERGE_RECORD, {**adapter.describe(), "merge_check": check})
+        result = workers.run_worker("toolkit.domain.adapters", "merge",
+                                    {"adapter": str(adapter.path), "base": str(adapter.base), "out": str(staging),
+                                     "vocab_size": adapter.vocab_size, "own_files": list(adapter.own_files)},
+                                    name=f"merge of {adapter.path.name} into {adapter.base.name}",
+                                    idle_timeout=1800).result
+        check = {"max_abs_diff_vs_unmerged": result["max_abs_diff_vs_unmerged"]}
+        artifacts.write_json(staging / MERGE_RECORD, {**adapter.describe(), "merge_check": check,
+                                                      "tokenizer": result["tokenizer"]})
         artifacts.swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -179,7 +322,16 @@ def merge(adapter: AdapterSource) -> Path:
 
 
 def _merge_task(job: dict, _emit) -> dict:
-    """Worker task: peft's merge into the FP32 base; saves the merged folder and its reference logits."""
+    """Worker task: peft's merge into the FP32 base; saves the merged folder and its reference logits.
+
+    A resized vocabulary (``job["vocab_size"]``) resizes the base first (new rows zero: the
+    adapter's saved embedding table and LM head replace them). The adapter folder's own
+    tokenizer, chat template and generation settings (``job["own_files"]``) win over the base's.
+
+    Returns:
+        The merge check (``max_abs_diff_vs_unmerged``) and a ``tokenizer`` record: where the
+        tokenizer, template and generation settings came from, and any EOS id added.
+    """
     import numpy as np
     import torch
     from peft import PeftModel
@@ -187,22 +339,63 @@ def _merge_task(job: dict, _emit) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    base = AutoModelForCausalLM.from_pretrained(job["base"], dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(job["base"])
+    adapter_dir, base_dir, out = Path(job["adapter"]), Path(job["base"]), Path(job["out"])
+    own = tuple(job.get("own_files") or ())
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if job.get("vocab_size"):
+        base.resize_token_embeddings(int(job["vocab_size"]), mean_resizing=False)
+    tokenizer_dir = adapter_dir if _has_tokenizer(own) else base_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if "chat_template.jinja" in own:
+        tokenizer.chat_template = (adapter_dir / "chat_template.jinja").read_text()
+    template_from = "adapter" if tokenizer_dir == adapter_dir or "chat_template.jinja" in own else "base"
+    if not tokenizer.chat_template and tokenizer_dir == adapter_dir:  # the adapter's tokenizer came without one
+        tokenizer.chat_template = AutoTokenizer.from_pretrained(base_dir).chat_template
+        template_from = "base"
     ids = tokenizer(reference_text(), return_tensors="pt", add_special_tokens=False).input_ids[:, :CHECK_TOKENS]
-    peft_model = PeftModel.from_pretrained(base, job["adapter"])
+    peft_model = PeftModel.from_pretrained(base, adapter_dir)
     with torch.no_grad():
         unmerged = peft_model(ids).logits[0]
         merged_model = peft_model.merge_and_unload()
         merged = merged_model(ids).logits[0]
-    out = Path(job["out"])
     merged_model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    for extra in ("generation_config.json", "chat_template.jinja"):
-        if (Path(job["base"]) / extra).is_file() and not (out / extra).is_file():
-            shutil.copy2(Path(job["base"]) / extra, out / extra)
+    for extra in (GENERATION_CONFIG, "chat_template.jinja"):
+        if extra in own:
+            shutil.copy2(adapter_dir / extra, out / extra)
+        elif (base_dir / extra).is_file() and not (out / extra).is_file():
+            shutil.copy2(base_dir / extra, out / extra)
+    added = _add_tokenizer_eos(out, tokenizer) if tokenizer_dir == adapter_dir else []
     np.save(out / REFERENCE_LOGITS, merged.numpy().astype(np.float32))
-    return {"max_abs_diff_vs_unmerged": float((merged - unmerged).abs().max())}
+    return {"max_abs_diff_vs_unmerged": float((merged - unmerged).abs().max()),
+            "tokenizer": {"tokenizer_from": "adapter" if tokenizer_dir == adapter_dir else "base",
+                          "chat_template_from": template_from,
+                          "generation_config_from": "adapter" if GENERATION_CONFIG in own else "base",
+                          "files_from_adapter": list(own), "eos_token_ids_added": added,
+                          "vocab_size": int(merged_model.get_input_embeddings().weight.shape[0])}}
+
+
+def _add_tokenizer_eos(out: Path, tokenizer) -> list[int]:
+    """Add the adapter tokenizer's EOS id to the merged ``generation_config.json`` when it is not there yet.
+
+    A fine-tune that added its own end-of-turn token as EOS stops on it only when the
+    runtime knows it; the base's generation settings name the base's EOS alone.
+
+    Returns:
+        The ids added (empty when nothing was).
+    """
+    eos = tokenizer.eos_token_id
+    file = out / GENERATION_CONFIG
+    if eos is None or not file.is_file():
+        return []
+    settings_ = json.loads(file.read_text())
+    known = settings_.get("eos_token_id")
+    known = [] if known is None else known if isinstance(known, list) else [known]
+    if eos in known:
+        return []
+    settings_["eos_token_id"] = [*known, eos] if known else eos
+    file.write_text(json.dumps(settings_, indent=2) + "\n")
+    return [int(eos)]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,203 @@
+"""Adapters as trainers save them (issue 24, items 4-7): added tokens, their own tokenizer and template, a QLoRA
+4-bit base, a base saved as pytorch_model.bin. Real peft adapters on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_checkpoint_forms import as_bin, bnb_4bit_tensors
+
+from toolkit import cli
+from toolkit.core.errors import InputError
+from toolkit.domain import adapters
+
+ADDED = ["<|tool|>", "<|end_turn|>"]
+#: A template unlike the base's ChatML, as a fine-tune might bring its own.
+ADAPTER_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] + ':\n' + message['content'] + "
+                    "'<|end_turn|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}")
+
+
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merged folders go to a temporary toolkit home (the merge's child inherits it)."""
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
+
+
+def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_to_save: list[str] | None = None,
+                 save_tokenizer: bool = False, template: str | None = None, eos: str | None = None,
+                 seed: int = 0, save_embedding_layers: bool | str = "auto") -> Path:
+    """A LoRA adapter on ``base`` with random (nonzero) trained weights, saved as peft and trainers save it.
+
+    Args:
+        base: The base model's folder.
+        out: The adapter folder to write.
+        added: Special tokens added before training (the embedding table and LM head are resized).
+        modules_to_save: Modules trained and saved whole.
+        save_tokenizer: Save the tokenizer beside the adapter (as TRL and Unsloth do).
+        template: A chat template the tokenizer is given before saving.
+        eos: The tokenizer's EOS token, when the fine-tune changed it.
+        seed: Seed of the trained weights.
+        save_embedding_layers: peft's option (``"auto"`` saves a resized model's embedding layers).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if added:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(added)})
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if template is not None:
+        tokenizer.chat_template = template
+    if eos is not None:
+        tokenizer.eos_token = eos
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  modules_to_save=modules_to_save))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    peft_model.save_pretrained(out, save_embedding_layers=save_embedding_layers)
+    if save_tokenizer:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = make_adapter(tiny_model, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
+                           modules_to_save=["embed_tokens", "lm_head"])
+    checked = adapters.inspect_adapter(adapter)  # was: passed, then the merge died with a truncated RuntimeError
+    assert (checked.vocab_size, checked.base_vocab_size) == (402, 400)
+    assert set(checked.modules_to_save) == {"embed_tokens", "lm_head"}
+    merged = adapters.merge(checked)
+    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
+    assert record["vocab_size"] == {"base": 400, "merged": 402} and record["tokenizer"]["vocab_size"] == 402
+    assert record["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    new_ids = tokenizer.convert_tokens_to_ids(ADDED)
+    assert len(tokenizer) == 402 and new_ids == [400, 401]
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert torch.equal(model.get_input_embeddings().weight[400:], saved["base_model.model.model.embed_tokens.weight"][400:])
+    # The merged model computes what base + adapter compute, on ids that include the new tokens.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    base.resize_token_embeddings(402, mean_resizing=False)
+    ids = torch.tensor([[5, 400, 17, 401, 3]])
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base, adapter)(ids).logits
+        assert torch.allclose(model(ids).logits, expected, atol=1e-4)
+    out = tmp_path / "fp32"
+    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["adapter"]["vocab_size"]["merged"] == 402
+    assert manifest["adapter"]["tokenizer"]["tokenizer_from"] == "adapter"
+
+
+def test_a_resized_adapter_that_cannot_be_merged_is_refused_naming_both_sizes(tiny_model: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    from transformers import AutoTokenizer
+
+    # peft 0.17 on saves a resized model's LM head by itself: mergeable.
+    saved_head = make_adapter(tiny_model, tmp_path / "saved-head", added=tuple(ADDED), save_tokenizer=True,
+                              modules_to_save=["embed_tokens"])
+    assert adapters.inspect_adapter(saved_head).vocab_size == 402
+    # Saved without it (older peft, or save_embedding_layers=False): the new tokens' output rows are lost.
+    no_head = make_adapter(tiny_model, tmp_path / "no-head", added=tuple(ADDED), save_tokenizer=True,
+                           modules_to_save=["embed_tokens"], save_embedding_layers=False)
+    with pytest.raises(InputError, match=r"vocabulary is 402 tokens, the base qwen2's 400.*no 402-row lm_head.*"
+                                         r"modules_to_save=\['embed_tokens', 'lm_head'\]") as raised:
+        adapters.inspect_adapter(no_head)
+    assert "\n" not in str(raised.value)
+    out = tmp_path / "never"
+    assert cli.main(["convert", str(no_head), "--out", str(out)]) == 2 and not out.exists()
+    assert "402" in capsys.readouterr().err
+    larger = make_adapter(tiny_model, tmp_path / "larger", added=tuple(ADDED), save_tokenizer=True,
+                          modules_to_save=["embed_tokens", "lm_head"])
+    tokenizer = AutoTokenizer.from_pretrained(larger)
+    tokenizer.add_special_tokens({"additional_special_tokens": [*ADDED, "<|extra|>"]})
+    tokenizer.save_pretrained(larger)  # a tokenizer saved after one more token was added: 403 ids, 402 rows
+    with pytest.raises(InputError, match="402 tokens, the base qwen2's 400, and the tokenizer in .* has 403"):
+        adapters.inspect_adapter(larger)
+    assert not (tmp_path / "home" / "models" / "merged").exists()
+
+
+def test_the_adapters_own_tokenizer_template_and_generation_config_win(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    adapter = make_adapter(tiny_model, tmp_path / "own", save_tokenizer=True, template=ADAPTER_TEMPLATE,
+                           eos="<|endoftext|>")
+    base_tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert base_tokenizer.eos_token == "<|im_end|>" and base_tokenizer.chat_template != ADAPTER_TEMPLATE
+    checked = adapters.inspect_adapter(adapter)
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(checked.own_files)
+    merged = adapters.merge(checked)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    assert tokenizer.chat_template == ADAPTER_TEMPLATE and tokenizer.eos_token == "<|endoftext|>"
+    record = json.loads((merged / adapters.MERGE_RECORD).read_text())["tokenizer"]
+    assert (record["tokenizer_from"], record["chat_template_from"], record["generation_config_from"]) == (
+        "adapter", "adapter", "base")
+    endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    assert record["eos_token_ids_added"] == [endoftext]  # the fine-tune's EOS joins the base's in generation_config
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, endoftext]
+    # A generation_config.json and a template saved alone (no tokenizer files) win too; the base's tokenizer stays.
+    template_only = make_adapter(tiny_model, tmp_path / "template-only", seed=1)
+    (template_only / "chat_template.jinja").write_text(ADAPTER_TEMPLATE)
+    (template_only / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, 7], "do_sample": False}))
+    merged = adapters.merge(adapters.inspect_adapter(template_only))
+    assert AutoTokenizer.from_pretrained(merged).chat_template == ADAPTER_TEMPLATE
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, 7]
+    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
+    assert (record["tokenizer"]["tokenizer_from"], record["tokenizer"]["chat_template_from"]) == ("base", "adapter")
+    assert record["files_from_adapter"] == ["chat_template.jinja", "generation_config.json"]
+
+
+def test_a_qlora_adapter_on_a_4bit_base_is_refused_naming_the_16_bit_base(tiny_model: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from safetensors.numpy import save_file
+
+    quantized = tmp_path / "qwen2-tiny-bnb-4bit"
+    shutil.copytree(tiny_model, quantized, ignore=shutil.ignore_patterns("*.safetensors"))
+    save_file(bnb_4bit_tensors(), str(quantized / "model.safetensors"))
+    config = json.loads((quantized / "config.json").read_text())
+    (quantized / "config.json").write_text(json.dumps({**config, "quantization_config": {
+        "quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}}))
+    adapter = make_adapter(tiny_model, tmp_path / "qlora")
+    data = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**data, "base_model_name_or_path": str(quantized)}))
+    with pytest.raises(InputError, match=r"already-quantized checkpoint \(bitsandbytes 4-bit\), as QLoRA.*--base DIR "
+                                         r"\(qwen2-tiny, saved") as raised:
+        adapters.inspect_adapter(adapter)  # was: "trained on another model size"
+    assert "another model" not in str(raised.value) and "\n" not in str(raised.value)
+    out = tmp_path / "never"
+    assert cli.main(["convert", str(adapter), "--out", str(out)]) == 2 and not out.exists()
+    assert "QLoRA" in capsys.readouterr().err
+    assert adapters.inspect_adapter(adapter, tiny_model).base == tiny_model.resolve()  # the 16-bit base, with --base
+
+
+def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    base = as_bin(tiny_model, tmp_path / "bin-base")
+    adapter = make_adapter(tiny_model, tmp_path / "on-bin")
+    checked = adapters.inspect_adapter(adapter, base)  # was: "the base does not have q_proj"
+    assert checked.target_modules == ("q_proj", "v_proj") and checked.base == base.resolve()
+    merged = adapters.merge(checked)
+    assert json.loads((merged / adapters.MERGE_RECORD).read_text())["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
+    wrong = tmp_path / "wrong"
+    shutil.copytree(adapter, wrong)
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 32), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32)},
+              str(wrong / "adapter_model.safetensors"))
+    with pytest.raises(InputError, match="another model size"):  # the shapes really come from the .bin
+        adapters.inspect_adapter(wrong, base)
