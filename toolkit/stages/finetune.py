@@ -26,7 +26,7 @@ from pathlib import Path
 from toolkit.core import artifacts, settings, workers
 from toolkit.core.errors import InputError
 from toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
-from toolkit.domain.sources import fingerprint, inspect_source
+from toolkit.domain.sources import BUNDLED_NAME, fingerprint, inspect_source
 
 RECORD = "finetune.json"
 
@@ -90,7 +90,7 @@ def _key(spec: FinetuneSpec, examples: list[Example]) -> str:
     """What makes two trainings the same: the data, the base's files and the settings."""
     settings_part = {k: v for k, v in asdict(spec).items() if k not in ("base", "out", "data")}
     blob = json.dumps({"examples": [asdict(e) for e in examples], "base": fingerprint(spec.base),
-                       "settings": settings_part}, sort_keys=True)
+                       "settings": settings_part, "answer_format": "template turn"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -141,11 +141,26 @@ def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
 
 
 def bundled_adapter(base: Path, *, progress: bool = True) -> FinetuneResult:
-    """The demo's fine-tune: a LoRA adapter for ``base`` (the bundled SmolLM2) on the bundled Veloria dataset.
+    """The demo's fine-tune: a LoRA adapter for ``base`` (the bundled SmolLM2 or a packaged model) on the Veloria set.
 
     Trained once (well under a minute here) and kept beside the unpacked bundled model.
     """
-    return finetune(FinetuneSpec(base=base, out=settings.models_dir() / "smollm2-veloria-lora"), progress=progress)
+    name = "smollm2" if base.name == BUNDLED_NAME else base.name.lower()
+    return finetune(FinetuneSpec(base=base, out=settings.models_dir() / f"{name}-veloria-lora"), progress=progress)
+
+
+def _answer_turn(tokenizer, example: dict, prompt: str) -> str:
+    """The answer as the chat template closes an assistant turn (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``).
+
+    The model learns to end its answers with the marker its turns end in, which registration
+    makes a stop token; the tokenizer's EOS is only the fallback, since many templates end a
+    turn with another token (Gemma's ``<end_of_turn>`` against ``<eos>``).
+    """
+    messages = [{"role": "user", "content": example["question"]}, {"role": "assistant", "content": example["answer"]}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if full.startswith(prompt) and example["answer"] in full[len(prompt):]:
+        return full[len(prompt):].rstrip()  # the turn's end marker, without the newline some templates add
+    return example["answer"] + (tokenizer.eos_token or "")
 
 
 def _train_task(job: dict, emit) -> list[float]:
@@ -162,14 +177,13 @@ def _train_task(job: dict, emit) -> list[float]:
     model = AutoModelForCausalLM.from_pretrained(job["base"], dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=job["rank"], lora_alpha=2 * job["rank"], lora_dropout=0.0,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
-    eos = tokenizer.eos_token or ""
     encoded = []
     for example in job["examples"]:
         # The prompt exactly as the runtime renders it (the base's chat template), then the answer.
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": example["question"]}],
                                                add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        answer_ids = tokenizer(example["answer"] + eos, add_special_tokens=False).input_ids
+        answer_ids = tokenizer(_answer_turn(tokenizer, example, prompt), add_special_tokens=False).input_ids
         encoded.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(job["seed"])).tolist()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job["learning_rate"])
