@@ -113,6 +113,7 @@ def test_hostile_or_broken_model_templates_change_nothing(tiny_int4: Path, tmp_p
     config = json.loads((hostile / "tokenizer_config.json").read_text())
     config["chat_template"] = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     (hostile / "tokenizer_config.json").write_text(json.dumps(config))
+    (hostile / "chat_template.jinja").unlink(missing_ok=True)  # it wins over tokenizer_config.json, as in transformers
     before = snapshot(models_root())
     with pytest.raises(T.TemplateError):
         R.register(hostile, "tiny-hostile")
