@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from toolkit.core import settings
 from toolkit.core.errors import ParityError, ToolFailedError
 from toolkit.domain import parity
 from toolkit.domain.sources import make_tiny_model
+from toolkit.orchestration import doctor
 from toolkit.runtimes import reference
 from toolkit.stages import convert as C
 
@@ -88,6 +90,13 @@ def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> N
     assert fp32["top1_agreement"] == 1.0 and fp32["max_diff_of_range"] < 1e-3
     assert int8["kl_divergence"] < 0.01 and fp32["positions"] == int8["positions"] > 100
     assert result.manifest["memory"]["measured_steps"]["parity"] > 0
+    shown = doctor.parity_check(result.output_dir)  # doctor shows the figures, and fails a failed record
+    assert shown.ok and "int8 pass: top-1 agreement" in shown.detail
+    manifest = json.loads((result.output_dir / "manifest.json").read_text())
+    manifest["parity"]["verdict"] = "fail"
+    (result.output_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert not doctor.parity_check(result.output_dir).ok
+    assert "not checked" in doctor.parity_check(tmp_path).detail
 
 
 def test_a_failed_child_is_one_line_and_its_log_outlives_the_command(tiny_model: Path, tmp_path: Path,

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.core import artifacts, settings
+from toolkit.core.artifacts import read_manifest
 from toolkit.core.errors import InputError, SlmopsError
-from toolkit.domain import templates
+from toolkit.domain import parity, templates
 from toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from toolkit.stages.register import ModelConfig, register
 
@@ -124,6 +125,27 @@ def runtime_check(folder: Path) -> list[Check]:
             Check("web service", True, probe.detail)]
 
 
+def parity_check(folder: Path) -> Check:
+    """Whether the build computes what its source computes, from the conversion's parity record in ``manifest.json``.
+
+    A folder this toolkit did not convert has no record: reported, not failed (convert it here to check it).
+    """
+    gate = read_manifest(folder).get("parity")
+    if not isinstance(gate, dict):
+        return Check("parity", True, "not checked: no parity record in manifest.json (not converted by this "
+                     "toolkit); `slmops convert` checks every build against its source in transformers")
+    if not gate.get("checks"):
+        return Check("parity", True, f"not checked: {gate.get('reason', 'no check recorded')}")
+    lines = []
+    for record in gate["checks"]:
+        try:
+            lines.append(f"{record['build']} {parity.ParityCheck.from_json(record).summary()}")
+        except (KeyError, TypeError, ValueError) as exc:
+            return Check("parity", False, f"unreadable parity record ({exc}); convert it again")
+    ok = gate.get("verdict") == str(parity.Verdict.PASS)
+    return Check("parity", ok, "; ".join(lines) + ("" if ok else "; convert it again"))
+
+
 def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     """Run every check on ``folder`` (an ONNX model, or a registered ``models/custom/NAME``).
 
@@ -156,6 +178,7 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     else:
         ok, detail = False, f"{filename} missing; re-run the conversion"
     checks.append(Check("model files", ok, detail))
+    checks.append(parity_check(folder))
     try:
         jinja = templates.read_chat_template(folder, runtime=True)
         checks.append(Check("chat template", bool(jinja.strip()), "non-empty" if jinja.strip()

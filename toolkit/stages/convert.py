@@ -331,7 +331,7 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
             f"a divisor of the model's hidden size {source.hidden_size} when the LM head or embedding table is "
             f"quantized ({fits or 'none fits: keep both in fp32'})",
         )
-    weights = max(sum(p.stat().st_size for p in source.path.glob("*.safetensors")), 4 * source.parameters, 1)
+    weights = max(source.checkpoint_bytes, 4 * source.parameters, 1)
     free = shutil.disk_usage(Path(spec.output_dir).resolve().parent if Path(spec.output_dir).parent.exists()
                              else Path.cwd()).free
     # A conversion writes up to ~2x the FP32 weights (the FP32 build, then the quantized copy).
@@ -472,6 +472,9 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                                        f"See the logs in {logs}.")
             if spec.method is Method.OLIVE_CONFIG:
                 shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
+            # The source's stop tokens travel with the build (registration joins them to genai_config's EOS).
+            if (source.path / "generation_config.json").is_file() and not (staging / "generation_config.json").exists():
+                shutil.copy2(source.path / "generation_config.json", staging / "generation_config.json")
             manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
             manifest["memory"] = {
                 **predicted.as_dict(), "available_mb_at_start": round(free_at_start, 1),
@@ -583,7 +586,7 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
         "tool_wall_s": [round(run.wall_s, 3) for run in runs],
         "peak_rss_mb": round(max(run.peak_rss_mb for run in runs), 1),
         "size_mb": round(size_mb, 3),
-        "source_size_mb": round(dir_size_mb(source.path, "*.safetensors"), 2),
+        "source_size_mb": round(source.checkpoint_bytes / 1e6, 2),
         "fp32_size_mb": round(fp32_mb, 3),
         "fp32_size_from": fp32_from,
         "size_ratio_vs_fp32": round(ratio, 4) if ratio else None,
