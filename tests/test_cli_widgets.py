@@ -96,6 +96,9 @@ def test_template_picker_edits_become_a_custom_template(tiny_model: Path) -> Non
     picker._preset.value = "mistral"
     assert picker.value.template is Template.MISTRAL and picker.value.custom is None
     assert "[INST]And of Italy?[/INST]" in picker._preview.value
+    picker._preset.value = "llama3"  # editing a preset keeps the BOS its family writes
+    picker._fields["system"].value = picker._fields["system"].value + " "
+    assert picker.value.custom.bos == PRESETS[Template.LLAMA3].bos == "<|begin_of_text|>"
 
 
 def test_cli_register_custom_file_and_rm(tiny_int4: Path, tmp_path: Path, capsys) -> None:

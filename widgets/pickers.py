@@ -199,6 +199,7 @@ class TemplatePicker(w.VBox):
         self._filling = True
         for name, field_widget in self._fields.items():
             field_widget.value = getattr(strings, name) if strings else field_widget.value
+        self._bos = strings.bos if strings else getattr(self, "_bos", "")  # edits keep the family's BOS
         self._filling = False
         self._show_preview(strings, message)
 
@@ -220,7 +221,7 @@ class TemplatePicker(w.VBox):
     def _on_field_change(self, _change: dict) -> None:
         if self._filling:
             return
-        edited = PromptTemplate(**{name: f.value for name, f in self._fields.items()})
+        edited = PromptTemplate(**{name: f.value for name, f in self._fields.items()}, bos=self._bos)
         self.value = TemplateChoice(Template.CUSTOM, edited)
         self._filling = True
         self._preset.value = Template.CUSTOM.value
