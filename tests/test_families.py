@@ -1,0 +1,131 @@
+"""Each family people fine-tune builds to the logits transformers computes (tiny random models).
+
+A model of each family's real configuration (:data:`toolkit.domain.families.FAMILIES`: RoPE and
+its scaling, sliding windows per layer type, layers without RoPE, soft-capping, multipliers)
+is converted at FP32 with the builder command :func:`toolkit.stages.convert.builder_command`
+runs, and its logits are compared with transformers' on 64 token ids (four times the sliding
+window), both in one prefill and token by token after a 40-token prefill (the KV cache path).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit.domain.families import FAMILIES, make_family_model
+
+TOKENS, PREFILL = 64, 40
+#: Largest |logit difference| allowed, as a fraction of the logit range (the issue's target).
+TOLERANCE = 1e-3
+
+
+def _ids() -> list[int]:
+    return np.random.default_rng(0).integers(3, 400, TOKENS).tolist()
+
+
+def _reference(model_dir: Path) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor([_ids()])).logits[0].numpy()
+
+
+def _genai(onnx_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(prefill logits for every position, logits of the positions PREFILL-1.. decoded one token at a time)."""
+    import onnxruntime_genai as og
+
+    ids = _ids()
+    model = og.Model(str(onnx_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=TOKENS + 1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    prefill = np.asarray(generator.get_output("logits"))[0]
+    del generator
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids[:PREFILL])
+    steps = [np.asarray(generator.get_output("logits"))[0][-1]]
+    for token in ids[PREFILL:-1]:
+        generator.append_tokens([token])
+        steps.append(np.asarray(generator.get_output("logits"))[0][-1])
+    return prefill, np.stack(steps)
+
+
+def _disagreement(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(top-1 agreement, largest |difference| / logit range)."""
+    top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
+    return top1, float(np.abs(got - ref).max() / (ref.max() - ref.min()))
+
+
+def _build(command: list[str], log: Path) -> None:
+    from toolkit.core import workers
+
+    workers.run_tool(command, log_path=log, name="model builder", timeout=600)
+
+
+def _builder_command(model_dir: Path, out: Path, cache: Path) -> list[str]:
+    from toolkit.stages.convert import ConvertSpec, Precision, builder_command
+
+    return builder_command(ConvertSpec(model_dir, out, Precision.FP32), out, cache)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fp32_build_equals_transformers(family: str, tmp_path: Path) -> None:
+    source = make_family_model(tmp_path / "hf", family)
+    _build(_builder_command(source, tmp_path / "onnx", tmp_path / "cache"), tmp_path / "build.log")
+    ref = _reference(source)
+    prefill, steps = _genai(tmp_path / "onnx")
+    top1, rel = _disagreement(prefill, ref)
+    assert top1 == 1.0 and rel < TOLERANCE, f"{family} prefill: top-1 {top1:.3f}, max diff {rel:.2e} of range"
+    top1, rel = _disagreement(steps, ref[PREFILL - 1 : -1])
+    assert top1 == 1.0 and rel < TOLERANCE, f"{family} decode: top-1 {top1:.3f}, max diff {rel:.2e} of range"
+
+
+def test_the_check_fails_on_the_unpatched_builder(tmp_path: Path) -> None:
+    """Gemma 2 through the builder as shipped (window on the odd layers): the comparison above refuses it."""
+    source = make_family_model(tmp_path / "hf", "gemma2")
+    out = tmp_path / "onnx"
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
+               "-p", "fp32", "-e", "cpu", "-c", str(tmp_path / "cache"),
+               "--extra_options", "hf_token=false", "hf_remote=false"]
+    _build(command, tmp_path / "build.log")
+    prefill, _ = _genai(out)
+    ref = _reference(source)
+    _, rel = _disagreement(prefill, ref)
+    assert rel > 100 * TOLERANCE
+    # The same up to the window (16 tokens): the difference is the sliding layers alone.
+    assert _disagreement(prefill[:16], ref[:16])[1] < TOLERANCE
+
+
+def test_transformers5_rope_parameters_get_the_names_the_builder_reads() -> None:
+    from transformers import AutoConfig
+
+    from toolkit.runtimes.genai_builder import normalize_config
+
+    fields = {k: v for k, v in FAMILIES["gemma3"].items() if k != "model_type"}
+    config = AutoConfig.for_model("gemma3_text", **fields)
+    normalize_config(config)
+    assert (config.rope_theta, config.rope_local_base_freq) == (1e6, 1e4)
+    config = AutoConfig.for_model("qwen2", rope_theta=1e6)
+    normalize_config(config)
+    assert config.rope_theta == 1e6
+
+
+def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path: Path) -> None:
+    from toolkit.core.errors import ToolFailedError
+
+    fields = FAMILIES["gemma3"] | {"rope_parameters": {
+        "full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 8.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    FAMILIES["gemma3-yarn"] = fields
+    try:
+        source = make_family_model(tmp_path / "hf", "gemma3-yarn")
+    finally:
+        del FAMILIES["gemma3-yarn"]
+    with pytest.raises(ToolFailedError, match="RoPE type 'yarn' on full_attention layers"):
+        _build(_builder_command(source, tmp_path / "onnx", tmp_path / "cache"), tmp_path / "build.log")
