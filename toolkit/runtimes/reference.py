@@ -19,11 +19,13 @@ import gc
 import os
 from pathlib import Path
 
-from toolkit.core import workers
+from toolkit.core import artifacts, settings, workers
 from toolkit.domain import parity
 from toolkit.domain.prompts import reference_text
 
 _MODULE = "toolkit.runtimes.reference"
+#: Reference logits up to this size are kept on disk for the next build of the same source.
+_CACHE_LIMIT_BYTES = 64 * 2**20
 
 
 def _sliding_window(config: object, context: int) -> int:
@@ -56,16 +58,12 @@ def sequences(tokenizer: object, config: object, text: str) -> list[tuple[str, l
     return out
 
 
-def _parity_task(job: dict, emit) -> dict:
-    """Worker task: reference logits from transformers, then each candidate's figures on the same ids."""
-    import numpy as np
-    import onnxruntime_genai as og
+def _reference_logits(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
+    """transformers' logits on the check's sequences: ``(what it was, [(what, ids)], [float32 [T, vocab]])``."""
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from toolkit.runtimes.genai import logits_for_ids
 
     hf_logging.set_verbosity_error()
     source = job["source"]
@@ -75,12 +73,57 @@ def _parity_task(job: dict, emit) -> dict:
     emit({"step": "reference"})
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, job["dtype"]))
     model.eval()
-    reference = []
+    logits = []
     with torch.no_grad():
         for _what, ids in seqs:
-            reference.append(model(torch.tensor([ids])).logits[0].float().numpy())
+            logits.append(model(torch.tensor([ids])).logits[0].float().numpy())
     del model
     gc.collect()
+    return f"transformers {transformers.__version__} ({job['dtype']})", seqs, logits
+
+
+def _cached_reference(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
+    """:func:`_reference_logits`, kept on disk by the source's fingerprint when small (tests convert one model often).
+
+    The key covers the source's files, the text, the dtype and the installed transformers
+    version, so a cached reference is the one transformers would compute again.
+    """
+    import hashlib
+    import importlib.metadata
+    import json
+
+    import numpy as np
+
+    key = job.get("fingerprint")
+    if not key:
+        return _reference_logits(job, emit)
+    blob = json.dumps([key, job["text"], job["dtype"], parity.TEXT_POSITIONS, parity.PAST_WINDOW,
+                       importlib.metadata.version("transformers")])
+    file = settings.home() / "cache" / "parity" / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
+    if file.is_file():
+        with np.load(file, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            seqs = [(what, saved[f"ids{i}"].tolist()) for i, what in enumerate(meta["what"])]
+            return meta["reference"], seqs, [saved[f"logits{i}"] for i in range(len(seqs))]
+    reference, seqs, logits = _reference_logits(job, emit)
+    if sum(array.nbytes for array in logits) <= _CACHE_LIMIT_BYTES:
+        arrays = {f"logits{i}": array for i, array in enumerate(logits)}
+        arrays |= {f"ids{i}": np.asarray(ids, dtype=np.int64) for i, (_what, ids) in enumerate(seqs)}
+        meta = json.dumps({"reference": reference, "what": [what for what, _ in seqs]})
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with artifacts.atomic_path(file) as partial, partial.open("wb") as handle:
+            np.savez(handle, meta=np.asarray(meta), **arrays)
+    return reference, seqs, logits
+
+
+def _parity_task(job: dict, emit) -> dict:
+    """Worker task: reference logits from transformers, then each candidate's figures on the same ids."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from toolkit.runtimes.genai import logits_for_ids
+
+    reference_name, seqs, reference = _cached_reference(job, emit)
     results = {}
     for label, folder in job["candidates"].items():
         emit({"step": label})
@@ -89,14 +132,14 @@ def _parity_task(job: dict, emit) -> dict:
         del onnx_model
         gc.collect()
         results[label] = [vars(part) for part in parts]
-    return {"reference": f"transformers {transformers.__version__} ({job['dtype']})",
+    return {"reference": reference_name,
             "sequences": [[what, len(ids)] for what, ids in seqs], "figures": results,
             "vocab": int(np.asarray(reference[0]).shape[-1])}
 
 
 def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]], *,
-          log_path: Path | None = None, text: str | None = None,
-          dtype: str = "float32") -> tuple[workers.ChildRun, dict]:
+          log_path: Path | None = None, text: str | None = None, dtype: str = "float32",
+          fingerprint: str = "") -> tuple[workers.ChildRun, dict]:
     """Compare each candidate build with transformers' forward pass of ``source``, in one child process.
 
     Args:
@@ -106,6 +149,8 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
         text: Text to read; the bundled reference text by default.
         dtype: What transformers loads the source in (``float32``; ``bfloat16`` for a source
             whose FP32 copy would not fit in memory).
+        fingerprint: The source's content fingerprint; when given, a small reference is kept
+            on disk under ``<home>/cache/parity`` and reused for the next build of the same source.
 
     Returns:
         ``(run, result)``: the child's cost, and ``{"reference", "sequences": [[what, positions]],
@@ -114,7 +159,7 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
     Raises:
         ToolFailedError: transformers or ONNX Runtime GenAI could not load or run a model.
     """
-    payload = {"source": str(source), "text": text or reference_text(), "dtype": dtype,
+    payload = {"source": str(source), "text": text or reference_text(), "dtype": dtype, "fingerprint": fingerprint,
                "candidates": {label: str(Path(folder).resolve()) for label, folder in candidates.items()}}
     run = workers.run_worker(_MODULE, "parity", payload, name="parity check against transformers",
                              log_path=log_path, idle_timeout=1800)

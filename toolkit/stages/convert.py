@@ -486,7 +486,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 manifest["adapter"] = artifacts.read_json(spec.model_dir / adapters.MERGE_RECORD, adapter.describe())
             bar.set_postfix_str("parity check against transformers")
             manifest["parity"] = _parity_gate(spec, source, first if needs_quantizer(spec) else None, staging,
-                                              logs / "parity.log", dtype)
+                                              logs / "parity.log", dtype, manifest["source_fingerprint"])
             manifest["memory"]["measured_steps"]["parity"] = manifest["parity"].pop("peak_rss_mb", None)
             artifacts.write_json(staging / MANIFEST, manifest)
             artifacts.crash_point("convert-built")
@@ -530,7 +530,7 @@ def _relocated(exc: ToolFailedError, logs: Path, kept: Path) -> ToolFailedError:
 
 
 def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None, build: Path, log: Path,
-                 dtype: str = "float32") -> dict:
+                 dtype: str = "float32", source_fingerprint: str = "") -> dict:
     """Check the build (and the FP32 model a quantizer started from) against transformers; refuse a mismatch.
 
     The FP32 model must match exactly (:data:`~toolkit.domain.parity.EXACT`; :data:`~toolkit.domain.parity.NEAR`
@@ -548,7 +548,8 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
                 "reason": f"built for {spec.execution_provider}: this machine runs the CPU provider only"}
     candidates = {str(Precision.FP32): fp32_route} if fp32_route is not None else {}
     candidates[str(spec.precision)] = build
-    run, result = reference.check(spec.model_dir, candidates, log_path=log, dtype=dtype)
+    run, result = reference.check(spec.model_dir, candidates, log_path=log, dtype=dtype,
+                                  fingerprint=source_fingerprint)
     exact = parity.EXACT if dtype == "float32" else parity.NEAR
     checks = []
     for label in candidates:
