@@ -50,8 +50,9 @@ def test_identical_runs_compare_equal_and_timing_noise_is_not_a_regression(tmp_p
     assert {t["judged"] for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
     assert [row["run"] for row in result.summary] == ["a: a", "a: a", "b: b", "b: b"]
     # Both precisions pass their checks: the smaller one, int4, is recommended; fp32 lost on size.
-    assert result.recommendations["a"] == ("Deploy int4 (40.0 MB, 120 tok/s, passes all 3 checks, INT4 recipe "
-                                           "builder-default). fp32 lost: larger (100.0 MB against 40.0).")
+    assert result.recommendations["a"] == ("Deploy int4 (40.0 MB, 120 tok/s, first token 90 ms at 16 prompt tokens, "
+                                           "passes all 3 checks, INT4 recipe builder-default). fp32 lost: larger "
+                                           "(100.0 MB against 40.0).")
 
 
 def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command(
@@ -115,7 +116,7 @@ def test_recommend_names_the_smallest_passing_precision_and_why_the_others_lost(
     run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
     assert cli.main(["recommend", str(run)]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("Deploy fp32 (100.0 MB, 50 tok/s, passes all 1 checks)")
+    assert line.startswith("Deploy fp32 (100.0 MB, 50 tok/s, first token 100 ms at 16 prompt tokens, passes all 1 checks)")
     assert "int4 lost: failed domain/capital" in line and len(line.splitlines()) == 1
     assert cli.main(["recommend", str(run), "--json"]) == 0
     decision = json.loads(capsys.readouterr().out)

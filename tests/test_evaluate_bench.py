@@ -74,7 +74,7 @@ def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path
     by = {(c.check, c.case): c for c in result.checks}
     assert not by["domain", "c1"].passed and by["format", "c1"].passed  # content and structure apart
     assert not by["domain", "domain-overall"].passed
-    assert len(result.rss_mb) == 12 and "MB per 100 requests" in by["memory", "rss-growth"].value
+    assert len(result.rss_mb) >= 12 and "MB per 100 requests" in by["memory", "rss-growth"].value  # windows may be added
     assert sorted(result.ms_per_token) == [16, 64] and "performance" in {c.check for c in result.checks}
     edge = {case: by["edge", case] for case, _ in E.EDGE_CASES}
     assert all(c.passed for c in edge.values()), [c.value for c in edge.values() if not c.passed]

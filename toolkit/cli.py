@@ -221,7 +221,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     reports = checklist.run_checklists(args.names, reference=reference, cases=cases, cache=args.cache_dir,
                                        requests=args.requests, lengths=args.lengths, thresholds=limits, seed=args.seed)
     written = checklist.write_report(reports, args.out, limits)
-    print(text_table([{"verdict": "PASS" if c.passed else "FAIL", "model": c.model, "check": c.check, "case": c.case,
+    print(text_table([{"verdict": c.verdict.upper(), "model": c.model, "check": c.check, "case": c.case,
                        "value": c.value[:70]} for r in reports for c in r.checks],
                      [("verdict", "VERDICT"), ("model", "MODEL"), ("check", "CHECK"), ("case", "CASE"),
                       ("value", "MEASURED")]))

@@ -52,9 +52,12 @@ class RunFigures:
         sizes: Size on disk in MB.
         size_ratios: Size over the FP32 build's (measured, or estimated when FP32 was not built).
         quality: ``top1``, ``kl`` and ``perplexity`` against the FP32 build.
-        verdicts: ``(precision, check, case)`` to passed.
+        verdicts: ``(precision, check, case)`` to ``pass``, ``fail`` or ``inconclusive``.
         timings: ``(precision, engine, prompt tokens, generated tokens, threads)`` to the bench row.
         headline: The benchmark's headline row per precision (Foundry Local, shortest prompt).
+        first_token: Per precision, the Foundry Local row whose prompt is nearest :data:`TYPICAL_PROMPT`
+            tokens (its ``ttft_ms``, ``decode_tps``, ``target_gen_tokens``): a typical request.
+        isa: The benchmark machine's vector extensions (``bench.json`` metadata).
     """
 
     name: str
@@ -66,6 +69,21 @@ class RunFigures:
     verdicts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     headline: dict = field(default_factory=dict)
+    first_token: dict = field(default_factory=dict)
+    isa: dict = field(default_factory=dict)
+
+
+#: Prompt tokens of a typical request, for the first-token figure the recommendation weighs.
+TYPICAL_PROMPT = 128
+
+#: A smaller precision is recommended while a typical request (first token plus the generated
+#: tokens) takes at most this many times the fastest passing precision's.
+LATENCY_SLACK = 1.25
+
+
+def _verdict(check: dict) -> str:
+    """A test.json check's verdict (files written before inconclusive verdicts hold only ``passed``)."""
+    return check.get("verdict") or ("pass" if check["passed"] else "fail")
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
@@ -79,7 +97,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     verdicts = {}
     for check in (read_json(run / "test.json", {}) or {}).get("checks", []):
         precision = _precision(check["model"])
-        verdicts[(precision, check["check"], check["case"])] = bool(check["passed"])
+        verdicts[(precision, check["check"], check["case"])] = _verdict(check)
         if check["check"] == "quality" and check["case"] in _QUALITY_CASES:
             quality.setdefault(precision, {})[_QUALITY_CASES[check["case"]]] = _number(check["value"])
     report = read_json(run / "bench.json", {}) or {}
@@ -87,8 +105,16 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     timings = {(row["precision"], row["engine"], row["target_prompt_tokens"], row["target_gen_tokens"],
                 row["threads"]): row for row in rows}
     headline = {row["precision"]: row for row in bench.headline_rows(rows)}
+    first_token: dict[str, dict] = {}
+    for row in rows:
+        if row["engine"] == "foundry-local" and not bench.timed_too_few(row):
+            best = first_token.get(row["precision"])
+            if best is None or abs(row["target_prompt_tokens"] - TYPICAL_PROMPT) < abs(
+                    best["target_prompt_tokens"] - TYPICAL_PROMPT):
+                first_token[row["precision"]] = row
+    isa = (report.get("metadata", {}) if isinstance(report, dict) else {}).get("isa", {})
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
-                      sizes, ratios, quality, verdicts, timings, headline)
+                      sizes, ratios, quality, verdicts, timings, headline, first_token, isa)
 
 
 def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
@@ -100,12 +126,14 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
     for label, run in runs:
         precisions = list(dict.fromkeys([*run.sizes, *(p for p, _, _ in run.verdicts)]))
         for precision in precisions or ["–"]:
-            checks = [passed for (p, _, _), passed in run.verdicts.items() if p == precision]
+            checks = [verdict for (p, _, _), verdict in run.verdicts.items() if p == precision]
+            unsure = checks.count("inconclusive")
             head = run.headline.get(precision, {})
             rows.append({
                 "run": label, "precision": precision, "size_mb": run.sizes.get(precision, "–"),
                 "x_fp32": run.size_ratios.get(precision) or "–",
-                "checks_passed": f"{sum(checks)}/{len(checks)}" if checks else "–",
+                "checks_passed": (f"{checks.count('pass')}/{len(checks)}" + (f" ({unsure} inconclusive)" if unsure
+                                                                              else "")) if checks else "–",
                 "top1_vs_fp32": run.quality.get(precision, {}).get("top1", "–"),
                 "decode_tps": head.get("decode_tps", "–"), "ttft_ms": head.get("ttft_ms", "–"),
                 "peak_rss_mb": head.get("peak_rss_mb", "–"),
@@ -128,56 +156,112 @@ class Recommendation:
     rows: list[dict]
 
 
+def _typical_ms(run: RunFigures, p: str) -> float | None:
+    """A typical request's time: first token at about :data:`TYPICAL_PROMPT` prompt tokens plus its generated tokens."""
+    row = run.first_token.get(p) or run.headline.get(p) or {}
+    ttft, tps, gen = row.get("ttft_ms"), row.get("decode_tps"), row.get("target_gen_tokens") or 32
+    if not isinstance(ttft, int | float) or not isinstance(tps, int | float) or not tps:
+        return None
+    return ttft + (gen - 1) / tps * 1000
+
+
+def _slow_start(run: RunFigures, p: str) -> str:
+    """Why precision ``p`` starts slower than FP32, in words, when it does (first token at a typical prompt)."""
+    mine, base = run.first_token.get(p, {}), run.first_token.get("fp32", {})
+    if p == "fp32" or not mine.get("ttft_ms") or not base.get("ttft_ms") or mine["ttft_ms"] <= base["ttft_ms"]:
+        return ""
+    text = (f"{p}'s first token at {mine['target_prompt_tokens']} prompt tokens is slower than fp32's "
+            f"({mine['ttft_ms']:.0f} against {base['ttft_ms']:.0f} ms)")
+    isa = run.isa or {}
+    if isa and not (isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8")):
+        return (text + ": this CPU has no AVX-512 VNNI, AVX-VNNI or AMX, so ONNX Runtime's quantized MatMuls lack "
+                "a fast integer dot product for the compute-bound prompt pass (decode, bound by memory bandwidth, "
+                "still gains)")
+    if isa:
+        return text + " although this CPU has integer dot-product instructions (the instruction set is not why)"
+    return text
+
+
 def recommend(run: RunFigures) -> Recommendation:
-    """The smallest, then fastest, precision of ``run`` that passes every checklist item.
+    """The smallest precision of ``run`` that passes every checklist item and is not slow to answer.
 
     Read from the run's own test.json and bench.json (through :func:`load_run`), so it agrees
-    with them by construction. Another precision loses on a failed check, else on size, else
-    on speed.
+    with them by construction. A precision that failed a check loses. Among the rest, a
+    typical request (first token at about :data:`TYPICAL_PROMPT` prompt tokens, then the
+    benchmark's generated tokens at its decode speed) weighs first-token time and decode
+    together: the smallest precision within :data:`LATENCY_SLACK` of the fastest passing one's
+    is chosen; a smaller one slower than that loses on speed, a larger one on size. An
+    inconclusive check is not a failure; the verdict says to rerun it. When a smaller precision
+    starts slower than FP32, the sentence says so and whether the CPU's instruction set is why.
 
     Example:
         >>> recommend(load_run("outputs/demo")).sentence
-        'Deploy int8 (157.3 MB, 0.29x FP32, 133 tok/s, passes all 26 checks). fp32 lost: larger (543.9 MB against ...'
+        'Deploy int8 (157.3 MB, 0.29x FP32, 133 tok/s, first token 120 ms, passes all 26 checks). fp32 lost: ...'
     """
     def decode(p: str) -> float:
         value = run.headline.get(p, {}).get("decode_tps")
         return value if isinstance(value, int | float) else 0.0
 
     checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
-    failed = {p: [f"{check}/{case}" for (q, check, case), ok in run.verdicts.items() if q == p and not ok]
+    failed = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"]
+              for p in checked}
+    unsure = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "inconclusive"]
               for p in checked}
     passing = sorted((p for p in checked if not failed[p]), key=lambda p: (run.sizes.get(p, math.inf), -decode(p)))
-    choice = passing[0] if passing else None
+    typical = {p: _typical_ms(run, p) for p in passing}
+    timed = [t for t in typical.values() if t is not None]
+    fastest = min(timed) if timed else None
+    quick = [p for p in passing if fastest is None or typical[p] is None or typical[p] <= LATENCY_SLACK * fastest]
+    choice = quick[0] if quick else None
+
+    def typical_words(p: str) -> str:
+        row = run.first_token.get(p) or run.headline.get(p) or {}
+        return (f"a typical request {typical[p]:.0f} ms: first token {row.get('ttft_ms', 0):.0f} ms at "
+                f"{row.get('target_prompt_tokens')} prompt tokens, {decode(p) or row.get('decode_tps', 0):.0f} tok/s")
+
     rows = []
     for row in side_by_side([("", run)]):
         p = row.pop("precision")
         del row["run"]
+        row["ttft_typical_ms"] = (run.first_token.get(p) or {}).get("ttft_ms", "–")
         if p == choice:
             verdict = "recommended"
         elif failed.get(p):
             verdict = "lost: failed " + ", ".join(failed[p][:3]) + (" ..." if len(failed[p]) > 3 else "")
-            structured = [ok for (q, check, _), ok in run.verdicts.items() if q == p and check == "structured"]
-            if structured and all(ok for ok in structured) and all(f.startswith("format/") for f in failed[p]):
+            structured = [v for (q, check, _), v in run.verdicts.items() if q == p and check == "structured"]
+            if structured and all(v == "pass" for v in structured) and all(f.startswith("format/") for f in failed[p]):
                 verdict += " (passes with response_format: deployable where the application asks for structured output)"
         elif p not in failed:
             verdict = "not checked"
         elif run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):
             verdict = f"lost: larger ({run.sizes[p]:.1f} MB against {run.sizes[choice]:.1f})"
+        elif p not in quick:
+            verdict = (f"lost: slower ({typical_words(p)}; against {typical[choice]:.0f} ms)" if choice and
+                       typical.get(choice) is not None else "lost: slower")
         else:
             verdict = f"lost: slower ({decode(p):.0f} tok/s against {decode(choice):.0f})"
+        if unsure.get(p) and not failed.get(p):
+            verdict += f"; inconclusive: rerun ({', '.join(unsure[p][:3])})"
         rows.append({"precision": p, **row, "verdict": verdict})
     if choice is None:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
                               + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ").", rows)
     recipe = f", INT4 recipe {run.params['int4_recipe']}" if choice == "int4" and run.params.get("int4_recipe") else ""
     best = next(r for r in rows if r["precision"] == choice)
+    first = run.first_token.get(choice, {})
     figures = [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
                f"{best['x_fp32']:.2f}x FP32" if isinstance(best["x_fp32"], int | float) else "",
                f"{decode(choice):.0f} tok/s" if decode(choice) else "",
-               f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"]
+               f"first token {first['ttft_ms']:.0f} ms at {first['target_prompt_tokens']} prompt tokens"
+               if first.get("ttft_ms") else "",
+               f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks" if not unsure.get(choice)
+               else f"passes {sum(1 for (q, _, _), v in run.verdicts.items() if q == choice and v == 'pass')} "
+                    f"checks, {len(unsure[choice])} inconclusive"]
     others = [f"{r['precision']} {r['verdict']}" for r in rows if r["precision"] != choice]
-    sentence = f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})." + (
-        " " + "; ".join(others) + "." if others else "")
+    slow = [text for p in checked if (text := _slow_start(run, p)) and run.sizes.get(p, 0) < run.sizes.get("fp32", 0)]
+    sentence = (f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})."
+                + (" " + "; ".join(others) + "." if others else "")
+                + (" " + "; ".join(slow) + "." if slow else ""))
     return Recommendation(choice, sentence, rows)
 
 
@@ -223,6 +307,9 @@ def _timing(figure: str, row_a: dict, row_b: dict) -> dict:
             "noise": round(noise, 2), "judged": judged}
 
 
+_SHOWN = {"pass": "pass", "fail": "FAIL", "inconclusive": "inconclusive: rerun", None: "–"}
+
+
 def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None = None) -> Comparison:
     """Compare run ``b`` with run ``a`` (the baseline).
 
@@ -254,14 +341,14 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
     verdicts = []
     for key in dict.fromkeys([*a.verdicts, *b.verdicts]):
         old, new = a.verdicts.get(key), b.verdicts.get(key)
-        change = ("same" if old == new else "worse" if old and new is False else "better" if old is False and new
-                  else f"only in {'a' if new is None else 'b'}")
+        change = ("same" if old == new else f"only in {'a' if new is None else 'b'}" if None in (old, new)
+                  else "inconclusive, not counted" if "inconclusive" in (old, new)
+                  else "worse" if new == "fail" else "better")
         if change == "worse":
             regressions.append(f"{key[0]} {key[1]}/{key[2]}: passed in {a.name}, fails in {b.name}")
         verdicts.append({"precision": key[0], "check": key[1], "case": key[2],
-                         "a": {True: "pass", False: "FAIL", None: "–"}[old],
-                         "b": {True: "pass", False: "FAIL", None: "–"}[new], "change": change})
-    order = {"worse": 0, "better": 1, "only in a": 2, "only in b": 2, "same": 3}
+                         "a": _SHOWN[old], "b": _SHOWN[new], "change": change})
+    order = {"worse": 0, "better": 1, "inconclusive, not counted": 2, "only in a": 2, "only in b": 2, "same": 3}
     verdicts.sort(key=lambda row: order[row["change"]])
     timings = [{"precision": key[0], "engine": key[1], "prompt": key[2], "gen": key[3], "threads": key[4],
                 **_timing(figure, a.timings[key], b.timings[key])}

@@ -129,8 +129,7 @@ def plot_rss(reports: Sequence, *, ax=None):
     for r in reports:
         if r.rss_mb:
             ax.plot(range(1, len(r.rss_mb) + 1), r.rss_mb, label=r.model)
-            ax.axvline(len(r.rss_mb) / 2, color="grey", linewidth=0.5, linestyle=":")
-    ax.set_xlabel("request (growth is fitted right of the dotted line)")
+    ax.set_xlabel("request (the check compares each window's high-water mark after the first, warm-up, window)")
     ax.set_ylabel("process RSS (MB)")
     ax.set_title("Memory over requests")
     ax.legend(fontsize="small")

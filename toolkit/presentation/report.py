@@ -136,11 +136,16 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
                          "directly on the same prompt tokens.")
         ttft = bench_report.get("ttft_breakdown", [])
         if ttft:
+            other = [r["runtime_other_ms"] for r in ttft if r.get("runtime_other_ms") is not None]
+            together = [r for r in ttft if r.get("runtime_other_ms") is None]
             story.append(f"Foundry Local's first token takes {_span([r['ratio'] for r in ttft], 'x')} the direct "
                          f"engine's on the same prompt tokens: session {_span([r['setup_ms'] for r in ttft], ' ms')}, "
                          f"template and tokenizer {_span([r['template_ms'] for r in ttft], ' ms')}, the prompt pass "
-                         f"itself (the direct engine's), and {_span([r['runtime_other_ms'] for r in ttft], ' ms', 1)} "
-                         "of the runtime's own request handling.")
+                         "itself (the direct engine's)"
+                         + (f", and {_span(other, ' ms', 1)} of the runtime's own request handling" if other else "")
+                         + (f"; in {len(together)} of {len(ttft)} rows Foundry Local's own build prefills faster than "
+                            "the direct engine, so its prefill and request handling are given together (not "
+                            "measurable apart)" if together else "") + ".")
         endpoint = bench_report.get("endpoint_ratios", [])
         if endpoint:
             story.append(f"Through the OpenAI-compatible endpoint: {_span([r['decode_ratio'] for r in endpoint], 'x')}"

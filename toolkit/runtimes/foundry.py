@@ -7,7 +7,9 @@ different cache is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -393,6 +395,64 @@ class LoadedModel:
     def reset(self) -> None:
         """Forget the multi-turn conversation of :meth:`chat`."""
         self._history = []
+
+
+#: Suffix of a fixed-length registration's name (see :func:`fixed_length_registration`).
+FIXED_LENGTH_SUFFIX = "-fixed-length"
+
+
+@contextlib.contextmanager
+def fixed_length_registration(name: str, cache: str | Path | None = None) -> Iterator[str]:
+    """Register the same model files again with generation that never ends before max tokens; yield its name.
+
+    Timing needs a known number of generated tokens, and a terse fine-tune ends its turn after
+    a few whatever the prompt asks. Foundry Local's request options have no minimum length (its
+    native layer reads ``max_tokens``, ``top_k``, ``random_seed``, ``do_sample`` ... but no
+    ``min_length``), while ONNX Runtime GenAI's ``search.min_length`` in ``genai_config.json``
+    holds the end-of-sequence tokens back until the sequence (prompt included) is that long. This
+    copy (every file linked, not copied, except ``genai_config.json``, whose ``min_length`` is the
+    context) runs the same weights, graph, threads and runtime; only the end of turn is held back,
+    so every request generates exactly its ``max_tokens``. It lives outside ``models/custom``
+    (``slmops ls`` never lists it) and is unregistered and removed on exit.
+
+    Example:
+        >>> with fixed_length_registration("smollm2-int4") as timing:
+        ...     LoadedModel(timing).generate(messages, max_tokens=32).completion_tokens
+        32
+    """
+    from foundry_local_sdk import ModelInfoBuilder
+
+    source = Path(find_model(name, cache).get_path())
+    base = name.split(":")[0]
+    timing = f"{base}{FIXED_LENGTH_SUFFIX}"
+    folder = settings.cache_dir(cache) / ".fixed-length" / base
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.name != "genai_config.json":
+            (folder / item.name).symlink_to(item.resolve())
+    config = json.loads((source / "genai_config.json").read_text())
+    search = config.setdefault("search", {})
+    search["min_length"] = int(search.get("max_length") or config["model"].get("context_length") or 1 << 20)
+    (folder / "genai_config.json").write_text(json.dumps(config, indent=2))
+    catalog = local_catalog(cache)
+    model_id = f"{timing}:1"
+    if catalog.get_model_variant(model_id) is not None:
+        catalog.unregister_model(model_id)
+    with ModelInfoBuilder() as metadata:
+        metadata.set_string_property("task", "chat-completion")
+        metadata.set_string_property("display_name", timing)
+        catalog.register_model(model_path=str(folder), model_id=model_id, metadata=metadata)
+    try:
+        yield model_id
+    finally:
+        catalog = local_catalog(cache)
+        variant = catalog.get_model_variant(model_id)
+        if variant is not None:
+            if variant.is_loaded:
+                variant.unload()
+            catalog.unregister_model(model_id)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _web_service_task(job: dict, _emit) -> dict:

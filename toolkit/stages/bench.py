@@ -6,13 +6,17 @@ from one fixed text with the model's tokenizer; both engines get the same token 
 chat template applied once, as Foundry's ChatSession does); decoding is greedy; warm-up
 runs are discarded. The direct engine generates exactly the asked number of tokens (EOS
 ignored, the method of ONNX Runtime GenAI's ``benchmark_e2e.py``) with a fixed, recorded
-thread count. Foundry Local's request options have no minimum length, so its prompt asks
-the model to go on writing, and its rows record how many tokens it did generate (``short``
-in ``bench.json`` lists rows that stopped early).
+thread count. Foundry Local's request options have no minimum length, so its rows run on the
+model's fixed-length registration (:func:`~toolkit.runtimes.foundry.fixed_length_registration`:
+the same files and runtime, ``search.min_length`` set to the context so the end of turn is held
+back): a terse fine-tune generates the asked tokens too, and decode and first-token figures and
+their ratios to the direct engine are measured for every precision. Rows record how many tokens
+were generated (``short`` in ``bench.json`` lists any that stopped early).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,7 +35,7 @@ from toolkit.domain.params import DEFAULTS
 from toolkit.domain.prompts import prompt_text
 from toolkit.domain.quantize import lookup_only_mb
 from toolkit.runtimes import genai
-from toolkit.runtimes.foundry import LoadedModel, models_root
+from toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,10 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     info = {"name": name, "precision": read_manifest(folder).get("precision", "?"), "size_mb": size_mb,
             "weights_read_mb": round(size_mb - lookup_only_mb(folder / decoder), 1)}
     threads = configured_threads(folder)
+    registrations = contextlib.ExitStack()  # the fixed-length copy: every request generates its asked tokens
+    timing = registrations.enter_context(fixed_length_registration(name, cache))
     rss0, start = rss_mb(), time.perf_counter()
-    model = LoadedModel(name, cache)
+    model = LoadedModel(timing, cache)
     load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
     measured, prompts, texts, template_ms = [], [], [], {}
     meter = CpuMeter()
@@ -192,6 +198,7 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
                 measured.append((length, gen, runs))
     finally:
         model.close()
+        registrations.close()
     peak = peak_rss_mb()
     return {"rows": [_row(info, "foundry-local", length, gen, runs[0]["prompt_tokens"], runs, threads=threads,
                           load_s=load_s, load_rss_mb=load_rss, peak_rss_mb=peak, template_ms=template_ms[length])
@@ -375,11 +382,15 @@ def measure_endpoint(job: dict, url: str, api_key: str, gen_lengths: Sequence[in
 def ttft_breakdown(rows: Sequence[BenchRow]) -> list[dict]:
     """Foundry Local's time to first token, line by line, against the direct engine's on the same prompt ids.
 
-    ``prefill_ms`` is the direct engine's own time to first token (the prompt pass and the
-    first token, from token ids); ``setup_ms`` and ``template_ms`` are measured (see
-    :class:`BenchRow`); ``runtime_other_ms`` is what remains of Foundry Local's figure: its
-    request handling, queueing and differences between its ONNX Runtime GenAI build and the
-    direct one. The harness's own share is ``harness_ms`` (parsing the first chunk).
+    ``setup_ms`` and ``template_ms`` are measured (see :class:`BenchRow`) and ``harness_ms`` is
+    the harness's own share (parsing the first chunk). ``prefill_ms`` is the direct engine's
+    own time to first token (the prompt pass and the first token, from token ids) and
+    ``runtime_other_ms`` what remains of Foundry Local's figure: its request handling and
+    queueing. The parts always add up to ``foundry_ttft_ms``. The direct engine is another
+    ONNX Runtime GenAI build (the toolkit's, where Foundry Local ships its own), so Foundry's
+    prefill can be the faster one; the remainder would then be negative. In that case the
+    prefill inside Foundry Local and its other handling cannot be told apart: ``prefill_ms``
+    holds both together, ``runtime_other_ms`` is None and ``unmeasured`` says so.
     """
     direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads): r for r in rows
               if r.engine == "ort-genai"}
@@ -389,11 +400,19 @@ def ttft_breakdown(rows: Sequence[BenchRow]) -> list[dict]:
         if r.engine != "foundry-local" or other is None or not other.ttft_ms:
             continue
         harness = round(r.harness_overhead_pct / 100 * (r.e2e_ms - r.ttft_ms) / max(r.gen_tokens, 1), 3)
-        out.append({"model": r.model, "target_prompt_tokens": r.target_prompt_tokens, "threads": r.threads,
-                    "foundry_ttft_ms": r.ttft_ms, "direct_ttft_ms": other.ttft_ms,
-                    "ratio": round(r.ttft_ms / other.ttft_ms, 3), "setup_ms": r.setup_ms,
-                    "template_ms": r.template_ms, "prefill_ms": other.ttft_ms, "harness_ms": harness,
-                    "runtime_other_ms": round(r.ttft_ms - r.setup_ms - r.template_ms - other.ttft_ms - harness, 2)})
+        measured = r.setup_ms + r.template_ms + harness
+        remainder = round(r.ttft_ms - measured - other.ttft_ms, 2)
+        line = {"model": r.model, "target_prompt_tokens": r.target_prompt_tokens, "threads": r.threads,
+                "foundry_ttft_ms": r.ttft_ms, "direct_ttft_ms": other.ttft_ms,
+                "ratio": round(r.ttft_ms / other.ttft_ms, 3), "setup_ms": r.setup_ms,
+                "template_ms": r.template_ms, "prefill_ms": other.ttft_ms, "harness_ms": harness,
+                "runtime_other_ms": remainder, "unmeasured": ""}
+        if remainder < 0:
+            line.update(prefill_ms=round(r.ttft_ms - measured, 2), runtime_other_ms=None,
+                        unmeasured=(f"Foundry Local's prefill is {-remainder:.0f} ms faster than the direct engine's "
+                                    f"({other.ttft_ms:.0f} ms): its prefill and its request handling are given "
+                                    "together, they cannot be measured apart"))
+        out.append(line)
     return out
 
 
@@ -496,25 +515,51 @@ def engine_ratios(rows: Sequence[BenchRow]) -> list[dict]:
 
 
 def warnings(rows: Sequence[BenchRow]) -> list[str]:
-    """What makes figures less trustworthy: noisy rows, generations that stopped early, visible harness cost."""
+    """What makes figures less trustworthy, one sentence per cause naming every row it touches.
+
+    Causes: decode that varies between runs, generations that stopped early, visible harness cost.
+    """
+    def where(r: BenchRow) -> str:
+        return f"{r.model} {r.engine} {r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
+
+    def listed(items: list[str]) -> str:
+        return ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+
+    noisy = [f"{where(r)} ({r.decode_cv:.0%})" for r in rows if r.noisy]
+    short = [f"{where(r)} ({r.gen_tokens:.1f} of {r.target_gen_tokens})" for r in rows
+             if r.gen_tokens < r.target_gen_tokens]
+    harness = [f"{where(r)} ({r.harness_overhead_pct:.1f}%)" for r in rows if r.harness_overhead_pct >= 1]
     out = []
-    for r in rows:
-        where = f"{r.model} {r.engine} prompt {r.target_prompt_tokens} gen {r.target_gen_tokens} threads {r.threads}"
-        if r.noisy:
-            out.append(f"{where}: decode varies {r.decode_cv:.0%} between runs (over {NOISY_CV:.0%}); "
-                       "rerun with more --repeats on a quieter machine")
-        if r.gen_tokens < r.target_gen_tokens:
-            out.append(f"{where}: generated {r.gen_tokens:.1f} of {r.target_gen_tokens} tokens on average "
-                       "(the model stopped early); decode tokens/s is over the tokens it did generate")
-        if r.harness_overhead_pct >= 1:
-            out.append(f"{where}: the harness took {r.harness_overhead_pct:.2f}% of decode time")
+    if noisy:
+        out.append(f"Decode varies over {NOISY_CV:.0%} between runs in {len(noisy)} rows (model engine "
+                   f"prompt/gen/threads: {listed(noisy)}); rerun with more --repeats on a quieter machine.")
+    if short:
+        out.append(f"{len(short)} rows stopped before their asked tokens ({listed(short)}); their decode tokens/s "
+                   "is over the tokens they did generate.")
+    if harness:
+        out.append(f"The harness took 1% or more of decode time in {len(harness)} rows ({listed(harness)}).")
     return out
+
+
+def instruction_sets() -> dict[str, bool]:
+    """The CPU's vector extensions that decide ONNX Runtime's quantized kernels (``/proc/cpuinfo`` flags).
+
+    Without AVX-512 (or AVX-VNNI), INT8 and INT4 MatMuls have no fast integer dot product, so a
+    quantized model's prefill (compute-bound) can be slower than FP32's while its decode
+    (bandwidth-bound) is faster.
+    """
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
 
 
 def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> dict:
     """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``."""
     out = Path(out_dir)
-    meta = {**run_metadata(), "caches": machine()["caches"]}
+    meta = {**run_metadata(), "caches": machine()["caches"], "isa": instruction_sets()}
     # Measured the way decode reads, with each thread count the rows ran with.
     bandwidths = genai.read_bandwidths([r.threads for r in rows] or [0])
     meta["memory_bandwidth_gbs"] = max(bandwidths.values())

@@ -1,0 +1,148 @@
+"""Issue 29: verdicts that hold run to run, the deployed runtime benchmarked for real, first tokens weighed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from toolkit.presentation import compare
+from toolkit.runtimes import foundry
+from toolkit.stages import bench as B
+from toolkit.stages import checklist as E
+from toolkit.stages import register as R
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scripted_models import make_scripted_model  # noqa: E402
+from test_verdicts import FakeModel  # noqa: E402
+
+
+def test_a_statistic_within_its_spread_of_the_threshold_is_inconclusive() -> None:
+    assert E.decide([1.0, 1.2, 0.9, 1.1, 1.0], 5.0).verdict == "pass"
+    assert E.decide([9.0, 9.5, 8.8, 9.2], 5.0).verdict == "fail"
+    near = E.decide([3.0, 7.0, 4.5, 6.0, 5.2], 5.0)  # the median is a coin flip away from the threshold
+    assert near.verdict == "inconclusive" and near.spread > abs(near.value - near.threshold)
+    # One slow round (a burst of load) moves neither the median nor the robust spread much.
+    assert E.decide([1.0, 1.1, 0.9, 1.0, 30.0], 5.0).verdict == "pass"
+
+
+def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_a_comparison(tmp_path: Path) -> None:
+    limits = E.Thresholds()
+    fp32 = [(30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0)]
+    # INT4 adds 9.2 ms +- 3 ms where 9.2 are allowed (1.5 x 6 + 10% of 2 ms): it could land either side.
+    int4 = [(2.0, 8.2), (2.0, 14.2), (2.0, 11.2), (2.0, 9.7), (2.0, 12.7)]
+    check = E._performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
+    assert check.inconclusive and check.verdict == "inconclusive" and "inconclusive: rerun" in check.value
+    report = E.ModelReport("m-int4", [check, E.CheckResult("m-int4", "domain", "c1", "t", "v", True)])
+    assert report.passed  # `slmops test` exits 0
+    written = E.write_report([report], tmp_path / "test.json")
+    assert written["passed"] and written["summary"]["m-int4"]["inconclusive"] == ["performance/time-per-token"]
+    assert written["checks"][0]["verdict"] == "inconclusive"
+    # The same check passed in run a and is inconclusive in run b: no regression for --fail-on.
+    for name, verdicts in (("a", [True, True]), ("b", [False, True])):
+        run = tmp_path / name
+        run.mkdir()
+        checks = [{"model": "m-int4", "check": "performance", "case": "time-per-token", "passed": verdicts[0],
+                   **({} if verdicts[0] else {"verdict": "inconclusive", "inconclusive": True})},
+                  {"model": "m-int4", "check": "domain", "case": "c1", "passed": verdicts[1]}]
+        (run / "test.json").write_text(json.dumps({"checks": checks}))
+    result = compare.compare_runs(compare.load_run(tmp_path / "a"), compare.load_run(tmp_path / "b"))
+    assert result.passed and result.regressions == []
+    row = next(v for v in result.verdicts if v["check"] == "performance")
+    assert row["change"] == "inconclusive, not counted" and row["b"] == "inconclusive: rerun"
+
+
+def test_an_arena_that_grows_in_shrinking_steps_is_not_called_a_leak() -> None:
+    """The FP32 flip of the issue: +43.65 MB per 100 requests, then +16.61 over 200 more, then flat."""
+    limits = E.Thresholds()
+    arena = FakeModel({130: 30_000_000, 170: 12_000_000, 290: 8_000_000})
+    result = E._memory_check(arena, 200, limits, 0, False, rss := [])
+    assert result.passed and "levels off" in result.value and len(rss) <= 280  # decided before the last step
+    leak = E._memory_check(FakeModel({0: 300_000}), 200, limits, 0, False, [])  # 30 MB per 100 requests
+    assert not leak.passed and not leak.inconclusive and "every window" in leak.value
+
+
+def _bench_row(**values: object) -> B.BenchRow:
+    return B.BenchRow(**({f.name: 0 for f in fields(B.BenchRow)} | {"model": "m-int4", "precision": "int4",
+                                                                    "target_gen_tokens": 32, "gen_tokens": 32.0,
+                                                                    "threads": 2} | values))
+
+
+def test_the_first_token_breakdown_adds_up_or_says_what_it_could_not_measure() -> None:
+    rows = [_bench_row(engine="foundry-local", target_prompt_tokens=128, ttft_ms=300.0, e2e_ms=600.0, setup_ms=2.0,
+                       template_ms=1.0),
+            _bench_row(engine="ort-genai", target_prompt_tokens=128, ttft_ms=380.0, e2e_ms=700.0)]
+    (line,) = B.ttft_breakdown(rows)
+    assert line["runtime_other_ms"] is None and "cannot be measured apart" in line["unmeasured"]
+    parts = line["setup_ms"] + line["template_ms"] + line["prefill_ms"] + line["harness_ms"]
+    assert parts == pytest.approx(line["foundry_ttft_ms"], abs=0.02) and line["prefill_ms"] > 0
+
+
+def test_warnings_are_one_sentence_per_cause() -> None:
+    rows = [_bench_row(engine="foundry-local", target_prompt_tokens=n, gen_tokens=3.0, noisy=n == 16,
+                       decode_cv=0.2) for n in (16, 128, 512)] * 4
+    found = B.warnings(rows)
+    assert len(found) == 2 and "12 rows stopped" in found[1] and "and 6 more" in found[1]
+
+
+def _run(ttft: dict[str, float], isa: dict[str, bool]) -> compare.RunFigures:
+    sizes = {"fp32": 540.0, "int8": 160.0, "int4": 200.0}
+    decode = {"fp32": 40.0, "int8": 100.0, "int4": 120.0}
+    rows = {p: {"precision": p, "target_prompt_tokens": 128, "target_gen_tokens": 32, "ttft_ms": ttft[p],
+                "decode_tps": decode[p], "engine": "foundry-local"} for p in sizes}
+    verdicts = {(p, "domain", "domain-overall"): "pass" for p in sizes}
+    return compare.RunFigures("run", sizes=sizes, verdicts=verdicts, headline=rows, first_token=rows, isa=isa)
+
+
+def test_the_recommendation_weighs_the_first_token_and_names_the_instruction_set() -> None:
+    avx2 = {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "amx_int8": False}
+    # INT8 is the smallest, but its first token is so slow that a typical request takes longer than INT4's.
+    slow_int8 = compare.recommend(_run({"fp32": 266.0, "int8": 1400.0, "int4": 343.0}, avx2))
+    assert slow_int8.choice == "int4"
+    int8 = next(r for r in slow_int8.rows if r["precision"] == "int8")
+    assert int8["verdict"].startswith("lost: slower") and "first token 1400 ms" in int8["verdict"]
+    assert "no AVX-512 VNNI" in slow_int8.sentence and "int4's first token at 128 prompt tokens" in slow_int8.sentence
+    # A first token a little slower than FP32's does not outweigh a faster decode and a smaller size.
+    mild = compare.recommend(_run({"fp32": 266.0, "int8": 373.0, "int4": 343.0}, avx2))
+    assert mild.choice == "int8" and "first token 373 ms" in mild.sentence
+    vnni = compare.recommend(_run({"fp32": 266.0, "int8": 373.0, "int4": 343.0}, {**avx2, "avx512_vnni": True}))
+    assert "the instruction set is not why" in vnni.sentence
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A scripted fine-tune that answers in two tokens and ends its turn, registered at FP32."""
+    from toolkit.stages.convert import ConvertSpec, Precision, convert
+
+    work = tmp_path_factory.mktemp("terse")
+    built = convert(ConvertSpec(make_scripted_model(work / "hf"), work / "fp32", Precision.FP32),
+                    progress=False).output_dir
+    return R.register(built, "terse-fp32", force=True).name
+
+
+def test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens(scripted: str, tmp_path: Path) -> None:
+    with foundry.LoadedModel(scripted) as model:
+        assert model.generate([{"role": "user", "content": "Hi"}], max_tokens=24).completion_tokens < 4
+    rows = B.bench([scripted], prompt_lengths=[16, 64], gen_lengths=[24], repeats=2, warmup=0, progress=False)
+    assert [r.gen_tokens for r in rows if r.engine == "foundry-local"] == [24, 24]
+    report = B.write_results(rows, tmp_path)
+    assert [(r["target_prompt_tokens"], r["ratio"] > 0) for r in report["engine_ratios"]] == [(16, True), (64, True)]
+    assert report["short"] == [] and {r["engine"] for r in report["decode_ceiling"]} == {"foundry-local", "ort-genai"}
+    assert "isa" in report["metadata"]
+    # The fixed-length registration is gone: nothing left in the catalog or the cache's listing.
+    assert [m.id for m in foundry.local_catalog().list_models() if foundry.FIXED_LENGTH_SUFFIX in m.id] == []
+    assert scripted in {row["name"] for row in R.list_models()}
+
+
+def test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_run(scripted: str) -> None:
+    cases = [{"id": f"c{i}", "messages": [{"role": "user", "content": f"Question {i}?"}],
+              "expect": {"contains_any": ["Hello"]}} for i in range(3)]
+    runs = [E.run_checklists([scripted], cases=cases, requests=20, lengths=[16, 64], progress=False)[0]
+            for _ in range(2)]
+    assert runs[0].generated == runs[1].generated and runs[0].generated[0][1:] == ["stop", 2]
+    (perf,) = [c for c in runs[0].checks if c.check == "performance"]
+    assert "medians of" in perf.value and sorted(runs[0].ms_per_token) == [16, 64]
+    assert all(r.requests >= 3 + 20 + 2 * 3 for r in runs)  # cases, memory, three interleaved rounds at least
