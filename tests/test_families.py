@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.domain.families import FAMILIES, make_family_model
+from toolkit.domain.families import FAMILIES, VARIANTS, make_family_model
 
 TOKENS, PREFILL = 64, 40
 #: Largest |logit difference| allowed, as a fraction of the logit range (the issue's target).
@@ -74,7 +74,7 @@ def _builder_command(model_dir: Path, out: Path, cache: Path) -> list[str]:
     return builder_command(ConvertSpec(model_dir, out, Precision.FP32), out, cache)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", [*sorted(FAMILIES), *sorted(VARIANTS)])
 def test_fp32_build_equals_transformers(family: str, tmp_path: Path) -> None:
     source = make_family_model(tmp_path / "hf", family)
     _build(_builder_command(source, tmp_path / "onnx", tmp_path / "cache"), tmp_path / "build.log")
@@ -84,6 +84,17 @@ def test_fp32_build_equals_transformers(family: str, tmp_path: Path) -> None:
     assert top1 == 1.0 and rel < TOLERANCE, f"{family} prefill: top-1 {top1:.3f}, max diff {rel:.2e} of range"
     top1, rel = _disagreement(steps, ref[PREFILL - 1 : -1])
     assert top1 == 1.0 and rel < TOLERANCE, f"{family} decode: top-1 {top1:.3f}, max diff {rel:.2e} of range"
+
+
+def test_install_is_idempotent() -> None:
+    from toolkit.runtimes import genai_builder
+
+    genai_builder.install()
+    from builders import base
+
+    patched = base.Model.make_attention
+    genai_builder.install()
+    assert base.Model.make_attention is patched and base.Model.make_initializer is genai_builder._lean_make_initializer
 
 
 def test_the_check_fails_on_the_unpatched_builder(tmp_path: Path) -> None:
@@ -122,10 +133,6 @@ def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path
     fields = FAMILIES["gemma3"] | {"rope_parameters": {
         "full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 8.0},
         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
-    FAMILIES["gemma3-yarn"] = fields
-    try:
-        source = make_family_model(tmp_path / "hf", "gemma3-yarn")
-    finally:
-        del FAMILIES["gemma3-yarn"]
+    source = make_family_model(tmp_path / "hf", fields)
     with pytest.raises(ToolFailedError, match="RoPE type 'yarn' on full_attention layers"):
         _build(_builder_command(source, tmp_path / "onnx", tmp_path / "cache"), tmp_path / "build.log")

@@ -148,13 +148,28 @@ FAMILIES: dict[str, dict] = {
     },
 }
 
+#: Settings of these families that public checkpoints rarely use but configs allow, same check.
+VARIANTS: dict[str, dict] = {
+    # Qwen2 with use_sliding_window: the window on layers from max_window_layers on, not all
+    "qwen2.5-sliding": FAMILIES["qwen2.5"] | {"use_sliding_window": True, "sliding_window": 16,
+                                              "max_window_layers": 1},
+    # longrope past original_max_position_embeddings (the long factors) within 64 tokens
+    "phi3.5-long": FAMILIES["phi3.5"] | {"original_max_position_embeddings": 32},
+    # Gemma 3 4B and larger: linear RoPE scaling (factor 8) on the full-attention layers only
+    "gemma3-linear": FAMILIES["gemma3"] | {"rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+}
+
 #: How much the random weights are scaled up (std 0.02 -> 0.3): attention becomes selective.
 WEIGHT_SCALE = 15.0
 
 
-def make_family_model(target: str | os.PathLike[str], family: str, *, seed: int = 0,
+def make_family_model(target: str | os.PathLike[str], family: str | dict, *, seed: int = 0,
                       scale: float = WEIGHT_SCALE) -> Path:
-    """Write the tiny random FP32 model of ``family`` (see :data:`FAMILIES`) into ``target``.
+    """Write the tiny random FP32 model of ``family`` into ``target``.
+
+    ``family`` is a name in :data:`FAMILIES` or :data:`VARIANTS`, or ``config.json`` fields.
 
     Linear and embedding weights are multiplied by ``scale``; norm weights get a little noise
     around their stored value, so an offset or a missing norm shows in the logits.
@@ -164,7 +179,8 @@ def make_family_model(target: str | os.PathLike[str], family: str, *, seed: int 
 
     from toolkit.domain.sources import make_shaped_model
 
-    folder = make_shaped_model(target, FAMILIES[family], dtype="float32", seed=seed)
+    config = family if isinstance(family, dict) else FAMILIES.get(family) or VARIANTS[family]
+    folder = make_shaped_model(target, config, dtype="float32", seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     for file in sorted(folder.glob("*.safetensors")):
         tensors = load_file(str(file))

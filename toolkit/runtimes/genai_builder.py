@@ -190,13 +190,25 @@ def install_compat() -> None:
     gemma.Gemma3Model.make_rotary_embedding_caches = gemma3_cache_names
 
 
-def main() -> None:
-    """Install the lean initializer and the transformers 5 compatibility, then hand over to the builder's CLI."""
+def install() -> None:
+    """Patch the builder in this process: the lean initializer and :func:`install_compat`.
+
+    For any process that runs the builder's ``create_model`` in-process (Olive's ``ModelBuilder``
+    pass, through :mod:`toolkit.runtimes.olive_cli`) as well as for :func:`main`. Idempotent.
+    """
     import onnxruntime_genai.models  # noqa: F401  (puts the builder's ``builders`` package on sys.path)
     from builders import base  # the name builder.py itself imports its classes under
 
+    if getattr(base.Model, "_slmops_installed", False):
+        return
     base.Model.make_initializer = _lean_make_initializer
     install_compat()
+    base.Model._slmops_installed = True
+
+
+def main() -> None:
+    """Install the lean initializer and the transformers 5 compatibility, then hand over to the builder's CLI."""
+    install()
     sys.argv = ["onnxruntime_genai.models.builder", *sys.argv[1:]]
     runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__", alter_sys=True)
 
