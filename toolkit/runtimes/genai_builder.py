@@ -1,4 +1,10 @@
-"""Run ONNX Runtime GenAI's model builder with a lean FP32 export (child process entry point).
+"""Run ONNX Runtime GenAI's model builder with a lean FP32 export and transformers 5 compatibility.
+
+Two patches of the pinned builder (onnxruntime-genai 0.14.1), installed by :func:`install`
+in the child that runs it (:func:`main`) or in any process that calls its ``create_model``
+(Olive's ``ModelBuilder`` pass): :func:`install_compat`, which makes its graphs compute what
+transformers 5 computes for every family in :mod:`toolkit.domain.families` (its docstring
+lists each cause), and the lean initializer below.
 
 The 0.14 builder stores each weight as a lazy tensor that casts the checkpoint's tensor
 (bf16 in most fine-tunes) to the ONNX dtype when it is saved, and its closure keeps the
