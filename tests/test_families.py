@@ -136,3 +136,16 @@ def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path
     source = make_family_model(tmp_path / "hf", fields)
     with pytest.raises(ToolFailedError, match="RoPE type 'yarn' on full_attention layers"):
         _build(_builder_command(source, tmp_path / "onnx", tmp_path / "cache"), tmp_path / "build.log")
+
+
+@pytest.mark.parametrize(("family", "method"), [("gemma2", "olive"), ("gemma3", "olive-config"), ("smollm3", "olive")])
+def test_the_olive_routes_build_them_exactly_through_the_parity_gate(family: str, method: str, tmp_path: Path) -> None:
+    """Olive's in-process builder gets the same fixes (toolkit.runtimes.olive_cli), and the gate proves it."""
+    from toolkit.stages.convert import ConvertSpec, Method, Precision, convert
+
+    source = make_family_model(tmp_path / "hf", family)
+    result = convert(ConvertSpec(source, tmp_path / "fp32", Precision.FP32, Method(method)), progress=False)
+    check = result.manifest["parity"]["checks"][0]
+    assert result.manifest["method"] == method and check["verdict"] == "pass"
+    assert check["top1_agreement"] == 1.0 and check["max_diff_of_range"] < TOLERANCE
+    assert any("sliding window" in s["what"] for s in check["sequences"]) == (family != "smollm3")

@@ -13,10 +13,19 @@ from __future__ import annotations
 
 
 def main() -> None:
-    """Disable Olive's telemetry before it starts, then hand over to Olive's CLI."""
+    """Disable Olive's telemetry, give its in-process model builder our fixes, then hand over to Olive's CLI.
+
+    Olive's ``ModelBuilder`` pass calls the builder's ``create_model`` in this process, so the
+    transformers 5 compatibility and the lean FP32 export of :mod:`toolkit.runtimes.genai_builder`
+    apply to the Olive routes as they do to the builder route.
+    """
     from olive.telemetry.telemetry import Telemetry
 
     Telemetry._is_ci_environment = staticmethod(lambda: True)
+
+    from toolkit.runtimes import genai_builder
+
+    genai_builder.install()
 
     from olive.cli.launcher import main as olive_main
 
