@@ -269,8 +269,10 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
 def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4: Path) -> None:
     memory = json.loads((tiny_int4 / "manifest.json").read_text())["memory"]
     assert memory["measured_peak_mb"] > 0 and memory["checked"]
-    assert set(memory["steps"]) == {"export (model builder, fp32)", "quantize (tensor by tensor)"}
-    assert set(memory["measured_steps"]) == {"builder", "quantize"}
+    assert set(memory["steps"]) == {"export (model builder, fp32)", "quantize (tensor by tensor)",
+                                    "parity check (transformers, then the build)"}
+    assert set(memory["measured_steps"]) == {"builder", "quantize", "parity"}
+    assert memory["measured_peak_mb"] == max(memory["measured_steps"].values())
     # On a tiny model both are the processes' own footprint: the prediction is in the right range.
     assert 0.5 < memory["predicted_peak_mb"] / memory["measured_peak_mb"] < 3
 

@@ -142,7 +142,9 @@ def install_compat() -> None:
         types = self.slmops_layer_types
         if types is not None and layer_id < len(types):
             window = self.window_size if self.window_size is not None else -1
-            self.window_size = window if types[layer_id] == _SLIDING and window > 0 else -1
+            # None (no window configured) leaves the attribute out, as the builder writes it; -1 is its default.
+            self.window_size = window if types[layer_id] == _SLIDING and window > 0 else (
+                None if self.window_size is None else -1)
         rope_layers = self.slmops_rope_layers
         if rope_layers is not None and layer_id < len(rope_layers) and not rope_layers[layer_id]:
             self.attention_attrs["rope"] = False

@@ -487,7 +487,11 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
             bar.set_postfix_str("parity check against transformers")
             manifest["parity"] = _parity_gate(spec, source, first if needs_quantizer(spec) else None, staging,
                                               logs / "parity.log", dtype, manifest["source_fingerprint"])
-            manifest["memory"]["measured_steps"]["parity"] = manifest["parity"].pop("peak_rss_mb", None)
+            parity_peak = manifest["parity"].pop("peak_rss_mb", None)
+            if parity_peak is not None:  # the check is a step of the conversion: its peak counts
+                manifest["memory"]["measured_steps"]["parity"] = parity_peak
+                manifest["peak_rss_mb"] = manifest["memory"]["measured_peak_mb"] = max(manifest["peak_rss_mb"],
+                                                                                      parity_peak)
             artifacts.write_json(staging / MANIFEST, manifest)
             artifacts.crash_point("convert-built")
             artifacts.swap_into_place(staging, target)
@@ -558,7 +562,8 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
         if check.verdict is not parity.Verdict.PASS:
             raise parity.refuse(check, source.architecture, str(spec.method))
         checks.append(check.to_json())
-    return {"verdict": str(parity.Verdict.PASS), "checks": checks, "peak_rss_mb": round(run.peak_rss_mb, 1)}
+    return {"verdict": str(parity.Verdict.PASS), "checks": checks, "wall_s": round(run.wall_s, 2),
+            "peak_rss_mb": round(run.peak_rss_mb, 1)}
 
 
 def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[workers.ChildRun],
