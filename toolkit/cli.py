@@ -614,7 +614,7 @@ comparison page OUT/index.html:
     p.add_argument("--requests", type=_whole(0, 100_000), default=DEFAULTS.checklist_requests,
                    help=f"requests of the memory check (default {DEFAULTS.checklist_requests}; 0 skips it)")
     p.add_argument("--lengths", type=_whole(1), nargs="*", help="input lengths in tokens for the performance check "
-                   "(default: 64, x4 ..., half the context; give none to skip)")
+                   "(default: 64, x4 ..., 1024 or half the context; give none to skip)")
     limits = checklist.Thresholds()
     p.add_argument("--max-leak", type=_fraction(0, 1e6), default=limits.leak_mb_per_100,
                    help=f"MB per 100 requests (default {limits.leak_mb_per_100})")
