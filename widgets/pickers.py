@@ -17,6 +17,7 @@ from toolkit.core.errors import TemplateError
 from toolkit.domain.options import (
     BLOCK_SIZES,
     INT4_RECIPES,
+    Int4Mix,
     RECIPE_NOTES,
     TUTORIAL_ADVICE,
     TUTORIAL_SIZE_RATIO,
@@ -96,8 +97,9 @@ class PrecisionPicker(w.VBox):
         self._lm_head = w.Dropdown(options=[t.value for t in TablePrecision], description="LM head", style=style)
         self._embeddings = w.Dropdown(options=[t.value for t in TablePrecision], description="embeddings",
                                       style=style)
+        self._mix = w.Dropdown(options=[m.value for m in Int4Mix], description="8-bit MatMuls", style=style)
         self._fields = [self._block_size, self._symmetric, self._accuracy, self._algorithm, self._lm_head,
-                        self._embeddings]
+                        self._embeddings, self._mix]
         self._set_fields(int4 or INT4_RECIPES[recipe])
         self._tradeoff = w.HTML()
         super().__init__(children=[self._precisions, self._recipe,
@@ -118,10 +120,11 @@ class PrecisionPicker(w.VBox):
         self._algorithm.value = options.algorithm.value
         self._lm_head.value = options.lm_head.value
         self._embeddings.value = options.embeddings.value
+        self._mix.value = options.mix.value
 
     def _current(self) -> PrecisionChoice:
         options = Int4Options(self._block_size.value, self._symmetric.value, self._accuracy.value,
-                              self._algorithm.value, self._lm_head.value, self._embeddings.value)
+                              self._algorithm.value, self._lm_head.value, self._embeddings.value, self._mix.value)
         return PrecisionChoice(tuple(self._precisions.value), options)
 
     def refresh(self) -> None:

@@ -74,6 +74,20 @@ class TablePrecision(StrEnum):
         return {"fp32": 32, "int8": 8, "int4": 4}[self.value]
 
 
+class Int4Mix(StrEnum):
+    """Which MatMuls an INT4 body keeps at 8 bits (see :data:`toolkit.domain.quantize.MIXES`).
+
+    ``none`` is a uniform 4-bit body; ``q4_k_m`` is llama.cpp's Q4_K_M choice (value and MLP
+    down projections of the ``use_more_bits`` layers: first and last eighth, every third
+    between); ``v-all-down-more-bits`` keeps every layer's value projection (split out of a
+    fused ``qkv_proj``) and those layers' down projections.
+    """
+
+    NONE = "none"
+    Q4_K_M = "q4_k_m"
+    V_ALL_DOWN_MORE_BITS = "v-all-down-more-bits"
+
+
 @dataclass(frozen=True)
 class Int4Options:
     """INT4 quantization options; the defaults are the model builder's own INT4.
@@ -86,6 +100,7 @@ class Int4Options:
         lm_head: Precision of the LM head (the vocabulary projection).
         embeddings: Precision of the embedding table. When the model ties it to the LM head
             and both have the same quantized precision, one table serves both.
+        mix: MatMuls of the body kept at 8 bits (see :class:`Int4Mix`).
     """
 
     block_size: int = 32
@@ -94,9 +109,11 @@ class Int4Options:
     algorithm: Int4Algorithm = Int4Algorithm.DEFAULT
     lm_head: TablePrecision = TablePrecision.INT4
     embeddings: TablePrecision = TablePrecision.FP32
+    mix: Int4Mix = Int4Mix.NONE
 
     def __post_init__(self) -> None:
-        for name, kind in (("algorithm", Int4Algorithm), ("lm_head", TablePrecision), ("embeddings", TablePrecision)):
+        for name, kind in (("algorithm", Int4Algorithm), ("lm_head", TablePrecision), ("embeddings", TablePrecision),
+                           ("mix", Int4Mix)):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, kind(value))
@@ -118,7 +135,7 @@ class Int4Options:
         quantized tables break for some block sizes, so only ``default``/``rtn`` with an
         int4 LM head and an FP32 table go through it.
         """
-        return (self.algorithm in {Int4Algorithm.DEFAULT, Int4Algorithm.RTN}
+        return (self.algorithm in {Int4Algorithm.DEFAULT, Int4Algorithm.RTN} and self.mix is Int4Mix.NONE
                 and self.lm_head is TablePrecision.INT4 and self.embeddings is TablePrecision.FP32)
 
 
@@ -128,6 +145,8 @@ INT4_RECIPES: dict[str, Int4Options] = {
     "compact": Int4Options(algorithm=Int4Algorithm.RTN, embeddings=TablePrecision.INT4),
     "int8-head": Int4Options(lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
     "hqq": Int4Options(algorithm=Int4Algorithm.HQQ, lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
+    "mixed": Int4Options(lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8,
+                         mix=Int4Mix.V_ALL_DOWN_MORE_BITS),
 }
 
 #: One line per recipe, for pickers and ``--help``.
@@ -136,6 +155,7 @@ RECIPE_NOTES: dict[str, str] = {
     "compact": "everything int4 (RTN), one int4 table for embeddings and LM head: smallest",
     "int8-head": "int4 body, one int8 table for embeddings and LM head",
     "hqq": "HQQ int4 body (float zero points: accurate, slow on CPU), int8 table",
+    "mixed": "int4 body with 8-bit value projections and llama.cpp's use_more_bits down projections, int8 table",
 }
 
 

@@ -27,7 +27,8 @@ measured on its own and a crash cannot take the toolkit with it.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,9 @@ class QuantPlan:
         embedding_bits: 4, 8, or 32 to keep the embedding table in FP32.
         lm_head_with_body: Quantize the LM head with the body's algorithm and settings (the
             builder's own INT4) instead of our symmetric table layout.
+        mix: A named rule in :data:`MIXES` choosing MatMuls (or the value part of a fused
+            ``qkv_proj``) that get ``mix_bits`` instead of ``bits``; empty for a uniform body.
+        mix_bits: Bits of the MatMuls the mix chooses (8).
     """
 
     bits: int = 4
@@ -61,6 +65,65 @@ class QuantPlan:
     lm_head_bits: int = 4
     embedding_bits: int = 32
     lm_head_with_body: bool = False
+    mix: str = ""
+    mix_bits: int = 8
+
+
+def use_more_bits(layer: int, layers: int) -> bool:
+    """llama.cpp's ``use_more_bits``: the first and last eighth of the layers and every third one between.
+
+    Example:
+        >>> [i for i in range(30) if use_more_bits(i, 30)]
+        [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+    """
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
+#: Mixed-precision rules: name -> (which projections, which layers) that get ``mix_bits``.
+#: ``v`` is the value projection (split out of a fused ``qkv_proj``), ``down`` the MLP's.
+#: Measured on the demo's fine-tune (KL against FP32, see README "INT4 recipes"): the value
+#: projections and a few MLP down projections (layer 11's alone carries a fifth of the
+#: 4-bit body's KL) are where 4 bits lose the fine-tune.
+MIXES: dict[str, dict[str, str]] = {
+    "q4_k_m": {"v": "more-bits", "down": "more-bits"},  # llama.cpp's Q4_K_M choice of tensors
+    "v-all-down-more-bits": {"v": "all", "down": "more-bits"},
+}
+
+
+_LAYER = re.compile(r"/model/layers\.(\d+)/")
+
+
+def _projection(node_name: str) -> str:
+    for kind, names in (("v", ("/v_proj/", "/qkv_proj/")), ("down", ("/down_proj/",))):
+        if any(name in node_name for name in names):
+            return kind
+    return ""
+
+
+def mixed_bits(node_name: str, plan: QuantPlan, layers: int) -> int:
+    """Bits of MatMul ``node_name`` under ``plan``'s mix (for a fused ``qkv_proj``: of its value part).
+
+    Example:
+        >>> mixed_bits("/model/layers.11/mlp/down_proj/MatMul", QuantPlan(mix="q4_k_m"), 30)
+        8
+    """
+    rule = MIXES.get(plan.mix, {}).get(_projection(node_name))
+    found = _LAYER.search(node_name)
+    if rule is None or found is None:
+        return plan.bits
+    chosen = rule == "all" or (rule == "more-bits" and use_more_bits(int(found.group(1)), layers))
+    return plan.mix_bits if chosen else plan.bits
+
+
+def _value_columns(model_dir: Path, weight_columns: int, hidden: int) -> int:
+    """How many of a fused ``qkv_proj``'s output columns are the value projection (from ``genai_config.json``)."""
+    import json
+
+    try:
+        decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
+        return int(decoder["head_size"]) * int(decoder["num_key_value_heads"])
+    except (OSError, KeyError, ValueError):
+        return (weight_columns - hidden) // 2  # q is as wide as the hidden state, k as v
 
 
 def quantize_table(weights: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,19 +320,60 @@ def _quantize_slice(node, weight: np.ndarray, plan: QuantPlan, opsets) -> tuple[
     return list(done.node), list(done.initializer)
 
 
+def _plan_with_bits(plan: QuantPlan, bits: int) -> QuantPlan:
+    """``plan`` for one MatMul at ``bits`` (RTN and k-quant are 4-bit only: 8 bits go through the default)."""
+    if bits == plan.bits:
+        return plan
+    return replace(plan, bits=bits, algorithm="default" if plan.algorithm in {"rtn", "k_quant"} else plan.algorithm)
+
+
+def _split_value(node, weight: np.ndarray, plan: QuantPlan, opsets, value_columns: int) -> tuple[list, list]:
+    """A fused ``qkv_proj`` as two MatMulNBits, query/key at ``plan.bits`` and value at ``plan.mix_bits``, concatenated."""
+    from onnx import helper
+
+    nodes, inits = [], []
+    outputs = []
+    for part, columns, bits in (("qk", slice(0, weight.shape[1] - value_columns), plan.bits),
+                                ("v", slice(weight.shape[1] - value_columns, None), plan.mix_bits)):
+        name = node.name.replace("/MatMul", f"/{part}/MatMul")
+        piece = helper.make_node("MatMul", [node.input[0], f"{node.input[1]}.{part}"], [f"{node.output[0]}.{part}"],
+                                 name=name)
+        done, new_inits = _quantize_one(piece, np.ascontiguousarray(weight[:, columns]),
+                                        _plan_with_bits(plan, bits), opsets)
+        nodes += done
+        inits += new_inits
+        outputs.append(piece.output[0])
+    nodes.append(helper.make_node("Concat", outputs, list(node.output), name=node.name.replace("/MatMul", "/Concat"),
+                                  axis=-1))
+    return nodes, inits
+
+
 def _quantize_body(model, plan: QuantPlan, weights: _Weights) -> None:
-    """MatMulNBits for every constant-weight MatMul (but the LM head unless ``lm_head_with_body``), one at a time."""
+    """MatMulNBits for every constant-weight MatMul (but the LM head unless ``lm_head_with_body``), one at a time.
+
+    With a mix, the MatMuls it chooses get ``mix_bits``; a fused ``qkv_proj`` whose value
+    part is chosen is split in two (query/key, value) joined by a Concat.
+    """
     from tqdm.auto import tqdm
 
     if plan.algorithm in {"rtn", "k_quant"} and plan.bits != 4:
         raise ValueError(f"{plan.algorithm} quantizes to 4 bits only; use 'default' for 8 bits")
+    if plan.mix and plan.mix not in MIXES:
+        raise ValueError(f"unknown mix {plan.mix!r}: one of {sorted(MIXES)}")
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in inits
                and (node.name != LM_HEAD or plan.lm_head_with_body)]
+    layers = 1 + max((int(m.group(1)) for node in matmuls if (m := _LAYER.search(node.name))), default=0)
     for node in tqdm(matmuls, desc=f"quantize int{plan.bits}", unit="matmul", mininterval=5):
         weight = weights.read(inits[node.input[1]])
-        replacement, new_inits = _quantize_one(node, weight, plan, model.opset_import)
+        bits = mixed_bits(node.name, plan, layers) if plan.mix else plan.bits
+        if bits != plan.bits and "/qkv_proj/" in node.name:
+            hidden = weight.shape[0]
+            replacement, new_inits = _split_value(node, weight, plan, model.opset_import,
+                                                  _value_columns(weights.source_dir, weight.shape[1], hidden))
+        else:
+            replacement, new_inits = _quantize_one(node, weight, _plan_with_bits(plan, bits), model.opset_import)
         del weight
         for init in new_inits:
             weights.store(init)

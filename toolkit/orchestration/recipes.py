@@ -13,9 +13,9 @@ from pathlib import Path
 from toolkit.core import artifacts
 from toolkit.core.artifacts import dir_size_mb, read_manifest
 from toolkit.core.errors import InvalidOptionError
-from toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
+from toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Int4Mix, Method, Precision
 from toolkit.runtimes import genai
-from toolkit.stages.convert import ConvertSpec, convert, validate
+from toolkit.stages.convert import ConvertSpec, convert, quant_plan, validate
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class RecipeResult:
         perplexity: Perplexity on the bundled text (FP32's is in ``reference_perplexity``).
         reference_perplexity: The FP32 build's perplexity on the same text.
         decode_tps: Quick greedy decode probe through ONNX Runtime GenAI (tokens/s).
+        kl_to_base: Mean KL divergence from the base model's FP32 build (nats), when one was given.
+        moved_toward_base: The build is closer to the base than to the fine-tuned FP32 (KL to
+            the base below KL to FP32): quantization rounded the fine-tune away.
+        pass_rate: Share of domain cases passed, when measured (None otherwise).
     """
 
     recipe: str
@@ -45,6 +49,17 @@ class RecipeResult:
     perplexity: float
     reference_perplexity: float
     decode_tps: float
+    kl_to_base: float | None = None
+    moved_toward_base: bool = False
+    pass_rate: float | None = None
+
+
+def fidelity_key(r: RecipeResult) -> tuple:
+    """Sort key, best first: not moved toward the base, domain pass rate, lowest KL, top-1, smallest.
+
+    Perplexity is not in it: on a generic text it rewards a build that fell back to the base.
+    """
+    return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl, -r.top1, r.size_mb)
 
 
 def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
@@ -52,8 +67,9 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     """Pick the recipe to use and say why, in one sentence.
 
     The winner meets the size target (ratio to FP32) and the agreement target and decodes
-    at least ``speed_floor`` times as fast as the fastest recipe; among those, the best
-    agreement wins. When none does, the best agreement among the fast recipes wins, and
+    at least ``speed_floor`` times as fast as the fastest recipe; among those, the one
+    closest to FP32 wins (:func:`fidelity_key`: not moved toward the base model, domain pass
+    rate, lowest KL, then top-1). When none does, the closest among the fast recipes wins, and
     the sentence names any recipe that met both targets only by being slow.
 
     Example:
@@ -66,13 +82,14 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
 
     def describe(r: RecipeResult) -> str:
         return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1:.3f}, "
-                f"{r.decode_tps:.0f} tok/s)")
+                f"KL {r.kl:.3f}, {r.decode_tps:.0f} tok/s)")
 
     winners = [r for r in on_target if r in fast]
     if winners:
-        best = max(winners, key=lambda r: (r.top1, -r.size_mb))
-        return best.recipe, f"Use {describe(best)}: it meets <= {size_target}x size and >= {top1_target} agreement."
-    best = max(fast, key=lambda r: (r.top1, -r.size_mb))
+        best = min(winners, key=fidelity_key)
+        return best.recipe, (f"Use {describe(best)}: closest to FP32 of those meeting <= {size_target}x size and "
+                             f">= {top1_target} agreement.")
+    best = min(fast, key=fidelity_key)
     sentence = (f"No fast recipe meets both <= {size_target}x size and >= {top1_target} top-1 agreement; "
                 f"the best fast one is {describe(best)}.")
     slow = [r for r in on_target if r not in fast]
@@ -82,10 +99,24 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     return best.recipe, sentence
 
 
+def buildable(recipe: str) -> bool:
+    """Whether the convert stage builds ``recipe`` as it asks (its mix reaches the quantizer's plan).
+
+    A recipe with a mix needs ``toolkit.stages.convert.quant_plan`` to pass ``mix``; until it
+    does, such a recipe would silently build as a uniform 4-bit body, so it is left out.
+    """
+    options = INT4_RECIPES[recipe]
+    if options.mix is Int4Mix.NONE:
+        return True
+    plan = quant_plan(ConvertSpec(Path("."), Path("."), Precision.INT4, Method.BUILDER, options))
+    return getattr(plan, "mix", "") == str(options.mix)
+
+
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                          reference_dir: str | os.PathLike[str], recipes: list[str] | None = None, *,
                          method: Method | str = Method.BUILDER, reuse: dict[str, str] | None = None,
-                         progress: bool = True) -> list[RecipeResult]:
+                         progress: bool = True, base_reference_dir: str | os.PathLike[str] | None = None,
+                         ) -> list[RecipeResult]:
     """Build each INT4 recipe into ``out_dir/<recipe>`` and measure it against the FP32 build.
 
     Args:
@@ -96,6 +127,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         method: Conversion route.
         reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
         progress: Show progress bars.
+        base_reference_dir: The FP32 build of the base model (for a fine-tune): each recipe's
+            KL to it is measured, and a recipe closer to the base than to ``reference_dir`` is flagged.
 
     Example:
         >>> [r.recipe for r in compare_int4_recipes(bundled_model(), "out/recipes", "out/fp32")]
@@ -103,7 +136,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or INT4_RECIPES)
+    names = list(recipes or [n for n in INT4_RECIPES if buildable(n)])
     unknown = [n for n in names if n not in INT4_RECIPES]
     if unknown:
         raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
@@ -114,8 +147,13 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         validate(spec)
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
     for name in tqdm(list(specs), desc="build recipes", disable=not progress):
+        if not buildable(name):
+            raise InvalidOptionError("recipe", name, "a recipe the convert stage builds as asked: its mix is not "
+                                     "passed to the quantizer by toolkit.stages.convert.quant_plan yet")
         convert(specs[name], progress=False)
     agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in names})}
+    to_base = ({a.model: a for a in genai.agreement(base_reference_dir, {n: folders[n] for n in names})}
+               if base_reference_dir else {})
     fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
     speeds = genai.decode_speeds({n: folders[n] for n in names})
     results = []
@@ -126,6 +164,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
             recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
             size_ratio_vs_fp32=round(size / fp32_mb, 4), top1=a.top1, kl=a.kl, perplexity=a.perplexity,
             reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
+            kl_to_base=to_base[name].kl if name in to_base else None,
+            moved_toward_base=name in to_base and to_base[name].kl < a.kl,
         ))
     artifacts.write_json(out / "recipes.json", [asdict(r) for r in results])
     return results

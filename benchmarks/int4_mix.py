@@ -1,0 +1,74 @@
+"""INT4 recipes against the fine-tuned FP32 and the base, on the demo's fine-tune (issue 25).
+
+Builds each variant from the FP32 ONNX build with the project's quantizer
+(:func:`toolkit.domain.quantize.quantize`), then measures with the same metric code as
+``slmops recipes`` (:func:`toolkit.runtimes.genai.agreement`, the bundled reference text):
+bits per weight (model files x 8 / parameters), size, top-1 and KL against the fine-tuned
+FP32, KL against the base's FP32, and a quick decode probe.
+
+    .venv/bin/python benchmarks/int4_mix.py --fp32 FT_FP32_DIR --base-fp32 BASE_FP32_DIR --out /tmp/int4-mix
+
+The FP32 builds: ``slmops convert MERGED_FT --precision fp32 --out FT_FP32_DIR`` and the same for
+the base (``slmops bundled``). The merged fine-tune is
+``toolkit.domain.adapters.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from toolkit.domain.quantize import QuantPlan, quantize
+from toolkit.runtimes import genai
+
+VARIANTS = {
+    "builder-default": QuantPlan(lm_head_bits=4, embedding_bits=32, lm_head_with_body=True),
+    "int8-head": QuantPlan(lm_head_bits=8, embedding_bits=8),
+    "q4_k_m mix": QuantPlan(lm_head_bits=8, embedding_bits=8, mix="q4_k_m"),
+    "mixed (v-all-down-more-bits)": QuantPlan(lm_head_bits=8, embedding_bits=8, mix="v-all-down-more-bits"),
+    "int8": QuantPlan(bits=8, lm_head_bits=8, embedding_bits=8),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fp32", type=Path, required=True)
+    parser.add_argument("--base-fp32", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/int4-mix"))
+    parser.add_argument("--parameters", type=int, default=0, help="default: read from the FP32 build's size / 4")
+    args = parser.parse_args()
+    fp32_bytes = sum(f.stat().st_size for f in args.fp32.glob("model.onnx*"))
+    params = args.parameters or fp32_bytes // 4
+    folders = {}
+    for name, plan in VARIANTS.items():
+        out = args.out / name.split()[0]
+        folders[name] = str(out)
+        if (out / "model.onnx").exists():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        for f in args.fp32.iterdir():
+            if f.is_file() and not f.name.startswith("model.onnx") and f.name != "manifest.json":
+                shutil.copy2(f, out / f.name)
+        quantize(args.fp32 / "model.onnx", out / "model.onnx", plan)
+    ft = {a.model: a for a in genai.agreement(args.fp32, folders)}
+    base = {a.model: a for a in genai.agreement(args.base_fp32, folders)} if args.base_fp32 else {}
+    speeds = genai.decode_speeds(folders)
+    rows = []
+    print("| build | bits/weight | size | top-1 vs FP32 | KL vs FP32 | KL vs base FP32 | decode tok/s | perplexity |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, folder in folders.items():
+        size = sum(f.stat().st_size for f in Path(folder).glob("model.onnx*"))
+        a, b = ft[name], base.get(name)
+        rows.append({"build": name, "bpw": round(size * 8 / params, 2), "size_mb": round(size / 1e6, 1),
+                     "top1": a.top1, "kl": a.kl, "kl_to_base": b.kl if b else None, "decode_tps": speeds[name],
+                     "perplexity": a.perplexity, "moved_toward_base": bool(b and b.kl < a.kl)})
+        r = rows[-1]
+        print(f"| {name} | {r['bpw']:.2f} | {r['size_mb']:.1f} MB | {a.top1:.3f} | {a.kl:.4f} | "
+              f"{(f'{b.kl:.4f}' if b else '-')} | {speeds[name]:.0f} | {a.perplexity:.1f} |")
+    (args.out / "int4_mix.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""INT4 recipes that keep the fine-tune (issue 25): mixed precision per MatMul, ranking by distance to FP32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.domain.options import INT4_RECIPES, Int4Mix, Int4Options, Precision
+from toolkit.domain.quantize import QuantPlan, mixed_bits, quantize, use_more_bits
+from toolkit.orchestration.recipes import RecipeResult, recommend_recipe
+
+
+def test_use_more_bits_is_llama_cpps_choice_of_layers() -> None:
+    assert [i for i in range(30) if use_more_bits(i, 30)] == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+
+
+def test_mixes_choose_value_and_down_projections() -> None:
+    plan = QuantPlan(mix="v-all-down-more-bits")
+    assert mixed_bits("/model/layers.4/attn/qkv_proj/MatMul", plan, 30) == 8
+    assert mixed_bits("/model/layers.4/mlp/down_proj/MatMul", plan, 30) == 4
+    assert mixed_bits("/model/layers.11/mlp/down_proj/MatMul", plan, 30) == 8
+    assert mixed_bits("/model/layers.11/mlp/up_proj/MatMul", plan, 30) == 4
+    assert mixed_bits("/model/layers.4/attn/qkv_proj/MatMul", QuantPlan(mix="q4_k_m"), 30) == 4
+
+
+def test_mixed_recipe_is_a_named_recipe_and_not_the_builders() -> None:
+    mixed = INT4_RECIPES["mixed"]
+    assert mixed.mix is Int4Mix.V_ALL_DOWN_MORE_BITS and not mixed.builder_native
+    assert Int4Options().mix is Int4Mix.NONE
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from toolkit.stages.convert import ConvertSpec, convert
+
+    out = tmp_path_factory.mktemp("fp32") / "fp32"
+    return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
+
+
+def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_qkv(tiny_fp32: Path,
+                                                                                    tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime_genai as og
+    import shutil
+
+    out = tmp_path / "mixed"
+    out.mkdir()
+    for f in tiny_fp32.iterdir():
+        if f.is_file() and not f.name.startswith("model.onnx"):
+            shutil.copy2(f, out / f.name)
+    quantize(tiny_fp32 / "model.onnx", out / "model.onnx",
+             QuantPlan(lm_head_bits=8, embedding_bits=8, mix="v-all-down-more-bits"))
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.node if n.op_type == "MatMulNBits"}
+    layers = 1 + max(int(name.split("layers.")[1].split("/")[0]) for name in bits if "layers." in name)
+    for name, b in bits.items():
+        if "/v/MatMul" in name:
+            assert b == 8, name
+        elif "/qk/MatMul" in name:
+            assert b == 4, name
+        elif "down_proj" in name:
+            layer = int(name.split("layers.")[1].split("/")[0])
+            assert b == (8 if use_more_bits(layer, layers) else 4), name
+    assert any("/v/MatMul" in n for n in bits) and any(b == 8 for n, b in bits.items() if "down_proj" in n)
+    # The split model runs and computes what the unsplit one does, up to quantization.
+    model = og.Model(str(out))
+    from toolkit.runtimes.genai import logits_for_ids
+
+    assert np.isfinite(logits_for_ids(model, [1, 2, 3, 4])).all()
+
+
+def _result(name: str, top1: float, kl: float, perplexity: float, *, tps: float = 100.0, kl_to_base=None,
+            moved=False) -> RecipeResult:
+    return RecipeResult(recipe=name, note="", output_dir="", size_mb=100.0, size_ratio_vs_fp32=0.2, top1=top1, kl=kl,
+                        perplexity=perplexity, reference_perplexity=57.0, decode_tps=tps, kl_to_base=kl_to_base,
+                        moved_toward_base=moved)
+
+
+def test_recommendation_ranks_by_kl_not_perplexity_and_never_picks_a_build_that_moved_to_the_base() -> None:
+    results = [
+        _result("hqq-like", top1=0.90, kl=0.05, perplexity=17.0, kl_to_base=0.01, moved=True),
+        _result("int8-head", top1=0.90, kl=0.31, perplexity=40.0),
+        _result("mixed", top1=0.90, kl=0.13, perplexity=55.0),
+    ]
+    assert recommend_recipe(results, top1_target=0.85)[0] == "mixed"
+    assert "KL" in recommend_recipe(results, top1_target=0.85)[1]
+    # Without a target met: still the closest to FP32 among the fast ones.
+    assert recommend_recipe(results, top1_target=0.99)[0] == "mixed"
