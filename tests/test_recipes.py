@@ -88,3 +88,13 @@ def test_recommendation_ranks_by_kl_not_perplexity_and_never_picks_a_build_that_
     assert "KL" in recommend_recipe(results, top1_target=0.85)[1]
     # Without a target met: still the closest to FP32 among the fast ones.
     assert recommend_recipe(results, top1_target=0.99)[0] == "mixed"
+
+
+def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path, tmp_path: Path) -> None:
+    from toolkit.stages.convert import ConvertSpec, convert, quant_plan
+
+    options = INT4_RECIPES["mixed"]
+    assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).mix == str(options.mix)
+    built = convert(ConvertSpec(tiny_model, tmp_path / "mixed", Precision.INT4, int4=options), progress=False)
+    assert built.manifest["quantizer"]["mix"] == str(options.mix) and built.manifest["parity"]["verdict"] == "pass"
+    assert {"int4", "int8"} <= set(built.manifest["weights"]["parameters"])

@@ -13,9 +13,9 @@ from pathlib import Path
 from toolkit.core import artifacts
 from toolkit.core.artifacts import dir_size_mb, read_manifest
 from toolkit.core.errors import InvalidOptionError
-from toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Int4Mix, Method, Precision
+from toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
 from toolkit.runtimes import genai
-from toolkit.stages.convert import ConvertSpec, convert, quant_plan, validate
+from toolkit.stages.convert import ConvertSpec, convert, validate
 
 
 @dataclass(frozen=True)
@@ -99,19 +99,6 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     return best.recipe, sentence
 
 
-def buildable(recipe: str) -> bool:
-    """Whether the convert stage builds ``recipe`` as it asks (its mix reaches the quantizer's plan).
-
-    A recipe with a mix needs ``toolkit.stages.convert.quant_plan`` to pass ``mix``; until it
-    does, such a recipe would silently build as a uniform 4-bit body, so it is left out.
-    """
-    options = INT4_RECIPES[recipe]
-    if options.mix is Int4Mix.NONE:
-        return True
-    plan = quant_plan(ConvertSpec(Path("."), Path("."), Precision.INT4, Method.BUILDER, options))
-    return getattr(plan, "mix", "") == str(options.mix)
-
-
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                          reference_dir: str | os.PathLike[str], recipes: list[str] | None = None, *,
                          method: Method | str = Method.BUILDER, reuse: dict[str, str] | None = None,
@@ -136,7 +123,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or [n for n in INT4_RECIPES if buildable(n)])
+    names = list(recipes or INT4_RECIPES)
     unknown = [n for n in names if n not in INT4_RECIPES]
     if unknown:
         raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
@@ -147,9 +134,6 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         validate(spec)
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
     for name in tqdm(list(specs), desc="build recipes", disable=not progress):
-        if not buildable(name):
-            raise InvalidOptionError("recipe", name, "a recipe the convert stage builds as asked: its mix is not "
-                                     "passed to the quantizer by toolkit.stages.convert.quant_plan yet")
         convert(specs[name], progress=False)
     agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in names})}
     to_base = ({a.model: a for a in genai.agreement(base_reference_dir, {n: folders[n] for n in names})}

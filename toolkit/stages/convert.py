@@ -35,6 +35,7 @@ from toolkit.domain.options import (
     BLOCK_SIZES,
     TUTORIAL_SIZE_RATIO,
     Int4Algorithm,
+    Int4Mix,
     Int4Options,
     Method,
     Precision,
@@ -142,7 +143,7 @@ def quant_plan(spec: ConvertSpec, hidden_size: int = 0) -> QuantPlan:
     o = spec.int4
     return QuantPlan(bits=4, algorithm=str(o.algorithm), block_size=o.block_size, symmetric=o.symmetric,
                      accuracy_level=o.accuracy_level, lm_head_bits=o.lm_head.bits, embedding_bits=o.embeddings.bits,
-                     lm_head_with_body=o.builder_native)
+                     lm_head_with_body=o.builder_native, mix="" if o.mix is Int4Mix.NONE else str(o.mix))
 
 
 def _builder_int4_options(int4: Int4Options) -> dict[str, object]:
