@@ -104,7 +104,8 @@ picker if interactive else picker.value''',
  '''registered = register.register_all(models / "convert.json", name_prefix, template=picker.value.template,
                                    custom_template=picker.value.custom, cache=cache_dir or None, force=True,
                                    out_dir=run_dir)
-control = run_source.register_control(models, name_prefix, cache=cache_dir or None)  # the base, when fine-tuned
+control = run_source.register_control(models, name_prefix, template=picker.value.template,
+                                     custom_template=picker.value.custom, cache=cache_dir or None)  # the base, when fine-tuned
 report.table(registered, ["name", "model_id", "precision", "template", "threads", "threads_speedup", "notes"])''',
  '''#MDWhat Foundry Local now lists (as `foundry cache ls`):''',
  '''report.table(register.list_models(cache_dir or None))''',

@@ -15,6 +15,7 @@ from pathlib import Path
 from toolkit.domain import adapters, datasets, packaged
 from toolkit.domain.options import Precision
 from toolkit.domain.sources import bundled_model
+from toolkit.domain.templates import PromptTemplate
 from toolkit.stages import convert, finetune, register
 
 CONTROL_DIR = "control-fp32"  # under the run's models folder
@@ -104,13 +105,15 @@ def control_name(run_dir: str | os.PathLike[str], prefix: str) -> str | None:
         else None
 
 
-def register_control(models_dir: str | os.PathLike[str], prefix: str, *, cache: str | os.PathLike[str] | None = None
-                     ) -> str | None:
-    """Register the control build as ``PREFIX-base`` (when the run made one); its name, else None."""
+def register_control(models_dir: str | os.PathLike[str], prefix: str, *, template: str = "auto",
+                     custom_template: PromptTemplate | None = None,
+                     cache: str | os.PathLike[str] | None = None) -> str | None:
+    """Register the control build as ``PREFIX-base`` (when the run made one) with the run's template; its name, else None."""
     folder = Path(models_dir) / CONTROL_DIR
     if not (folder / "genai_config.json").is_file():
         return None
     name = f"{prefix}-{CONTROL_SUFFIX}"
     # Only asked the domain cases: no thread probe needed.
-    register.register(folder, name, model_config=register.ModelConfig(threads=None), cache=cache, force=True)
+    register.register(folder, name, template=template, custom_template=custom_template,
+                      model_config=register.ModelConfig(threads=None), cache=cache, force=True)
     return name
