@@ -34,7 +34,7 @@ def test_wrong_values_are_refused_with_the_parameter_named(mapping: dict, says: 
 def test_defaults_are_the_demo_and_round_trip() -> None:
     defaults = P.DEFAULTS.as_dict()
     assert P.parse(defaults) == P.DEFAULTS
-    assert defaults["precisions"] == ["fp32", "int8", "int4"] and defaults["checklist_requests"] == 200
+    assert defaults["precisions"] == ["fp32", "int8", "int4"] and defaults["checklist_requests"] == 120
     assert defaults["finetune"] is True and defaults["adapter"] == ""  # the demo deploys the bundled fine-tune
     assert P.parse({"precisions": ["int4"]}).precisions == ["int4"]
     assert P.RunParams().precisions is not P.RunParams().precisions  # no shared mutable default

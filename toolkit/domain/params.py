@@ -63,7 +63,8 @@ class RunParams:
     template: str = _param("auto", "prompt template: " + " | ".join(_PRESET_NAMES), choices=_PRESET_NAMES)
     cases: str = _param("", "JSONL test cases; empty means the fine-tune's dataset cases for the bundled fine-tune, "
                         "else the bundled cases", path=True)
-    checklist_requests: int = _param(200, "requests of the checklist's memory check (0 skips it)", low=0, high=100_000)
+    checklist_requests: int = _param(120, "requests of the checklist's memory check, in 5 windows (0 skips it)",
+                                     low=0, high=100_000)
     prompt_lengths: list[int] = _param([16, 128, 512], "benchmark prompt lengths in tokens", low=1, high=1 << 20)
     gen_lengths: list[int] = _param([32], "tokens generated per benchmark run (several: a generation-length sweep)",
                                     low=2, high=1 << 16)
