@@ -133,7 +133,8 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     for line in report["ttft_breakdown"]:
         assert line["setup_ms"] > 0 and line["template_ms"] > 0 and line["prefill_ms"] == line["direct_ttft_ms"]
         parts = line["setup_ms"] + line["template_ms"] + line["prefill_ms"] + line["harness_ms"]
-        assert abs(parts + line["runtime_other_ms"] - line["foundry_ttft_ms"]) < 0.02
+        other = line["runtime_other_ms"]  # None: Foundry's prefill beat the direct engine's, given together
+        assert abs(parts + (other or 0.0) - line["foundry_ttft_ms"]) < 0.02 and (other is None) == bool(line["unmeasured"])
     assert [line["target_prompt_tokens"] for line in report["ttft_breakdown"]] == [16, 64]
     assert all(0 < r["bandwidth_gbs"] and r["percent_of_ceiling"] > 0 for r in report["decode_ceiling"])
     assert report["metadata"]["caches"] and report["metadata"]["memory_bandwidth_gbs_by_threads"]["0"] > 1
