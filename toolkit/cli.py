@@ -255,9 +255,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for line in results["ttft_breakdown"]:
         print(f"{line['model']} at ~{line['target_prompt_tokens']} prompt tokens: Foundry Local's first token "
               f"{line['foundry_ttft_ms']:.1f} ms ({line['ratio']:.2f}x direct) = session {line['setup_ms']:.2f} + "
-              f"template and tokenizer {line['template_ms']:.2f} + prefill and first token (direct) "
-              f"{line['prefill_ms']:.1f} + harness {line['harness_ms']:.2f} + runtime other "
-              f"{line['runtime_other_ms']:+.1f} ms")
+              f"template and tokenizer {line['template_ms']:.2f} + "
+              + (f"prefill and first token (direct) {line['prefill_ms']:.1f} + harness {line['harness_ms']:.2f} + "
+                 f"runtime other {line['runtime_other_ms']:+.1f} ms" if line["runtime_other_ms"] is not None else
+                 f"prefill and runtime together {line['prefill_ms']:.1f} + harness {line['harness_ms']:.2f} ms "
+                 f"({line['unmeasured']})"))
     for ratio in results["endpoint_ratios"]:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: through HTTP it decodes at {ratio['decode_ratio']:.3f}x in-process, first token "
