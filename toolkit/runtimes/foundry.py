@@ -63,6 +63,23 @@ def local_catalog(cache: str | Path | None = None):
     return manager(cache).get_catalog(CatalogType.LOCAL)
 
 
+def catalog_register(path: str | Path, model_id: str, display_name: str, cache: str | Path | None = None) -> None:
+    """Register the model folder ``path`` as ``model_id`` (``NAME:VERSION``) in the local catalog, replacing it if there.
+
+    Raises:
+        Exception: the SDK's own (``FoundryLocalException`` with the native message) when it refuses.
+    """
+    from foundry_local_sdk import ModelInfoBuilder
+
+    catalog = local_catalog(cache)
+    if catalog.get_model_variant(model_id) is not None:
+        catalog.unregister_model(model_id)
+    with ModelInfoBuilder() as metadata:
+        metadata.set_string_property("task", "chat-completion")
+        metadata.set_string_property("display_name", display_name)
+        catalog.register_model(model_path=str(path), model_id=model_id, metadata=metadata)
+
+
 def models_root(cache: str | Path | None = None) -> Path:
     """``<cache>/models/custom``: the Foundry cache folder for custom models (the ``foundry`` CLI's layout)."""
     return settings.cache_dir(cache) / "models" / "custom"
@@ -420,8 +437,6 @@ def fixed_length_registration(name: str, cache: str | Path | None = None) -> Ite
         ...     LoadedModel(timing).generate(messages, max_tokens=32).completion_tokens
         32
     """
-    from foundry_local_sdk import ModelInfoBuilder
-
     source = Path(find_model(name, cache).get_path())
     base = name.split(":")[0]
     timing = f"{base}{FIXED_LENGTH_SUFFIX}"
@@ -435,14 +450,8 @@ def fixed_length_registration(name: str, cache: str | Path | None = None) -> Ite
     search = config.setdefault("search", {})
     search["min_length"] = int(search.get("max_length") or config["model"].get("context_length") or 1 << 20)
     (folder / "genai_config.json").write_text(json.dumps(config, indent=2))
-    catalog = local_catalog(cache)
     model_id = f"{timing}:1"
-    if catalog.get_model_variant(model_id) is not None:
-        catalog.unregister_model(model_id)
-    with ModelInfoBuilder() as metadata:
-        metadata.set_string_property("task", "chat-completion")
-        metadata.set_string_property("display_name", timing)
-        catalog.register_model(model_path=str(folder), model_id=model_id, metadata=metadata)
+    catalog_register(folder, model_id, timing, cache)
     try:
         yield model_id
     finally:

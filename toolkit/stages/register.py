@@ -407,20 +407,12 @@ def register(
 
 
 def _catalog_register(path: Path, name: str, version: int, cache: str | Path | None) -> None:
-    from foundry_local_sdk import ModelInfoBuilder
-
     artifacts.crash_point("register-catalog")
-    catalog = foundry.local_catalog(cache)
     model_id = f"{name}:{version}"
-    if catalog.get_model_variant(model_id) is not None:
-        catalog.unregister_model(model_id)
-    with ModelInfoBuilder() as metadata:
-        metadata.set_string_property("task", "chat-completion")
-        metadata.set_string_property("display_name", name)
-        try:
-            catalog.register_model(model_path=str(path), model_id=model_id, metadata=metadata)
-        except Exception as exc:  # the SDK raises FoundryLocalException with the native message
-            raise RegistrationError(f"Foundry Local refused {model_id}: {exc}") from exc
+    try:
+        foundry.catalog_register(path, model_id, name, cache)
+    except Exception as exc:  # the SDK raises FoundryLocalException with the native message
+        raise RegistrationError(f"Foundry Local refused {model_id}: {exc}") from exc
 
 
 def _read_record(folder: Path) -> dict:
