@@ -74,9 +74,10 @@ Targets: at most 0.25× FP32 size and at least 0.85 top-1 agreement.''',
 if compare_recipes and (models / "fp32").is_dir():
     current = options.recipe_name(picker.value.int4)
     reuse = {current: models / "int4"} if current and (models / "int4").is_dir() else {}
+    control = models / run_source.CONTROL_DIR  # the base: a recipe closer to it than to the fine-tune is flagged
     recipes = int4_recipes.compare_int4_recipes(run_source.convert_from(model.value, source), models / "recipes",
-                                                models / "fp32", method=method,
-                                           reuse=reuse)
+                                                models / "fp32", method=method, reuse=reuse,
+                                                base_reference_dir=control if control.is_dir() else None)
 report.table(recipes)''',
  '''if recipes:
     recommended, why = int4_recipes.recommend_recipe(recipes)
