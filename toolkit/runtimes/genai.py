@@ -31,10 +31,32 @@ def _context_length(model_dir: Path) -> int:
     return int(config["model"]["context_length"])
 
 
+def _special_prefix(model_dir: Path) -> list[int]:
+    """The special tokens the model's tokenizer puts before a text (Gemma's and Llama's BOS), as transformers adds them.
+
+    Read from ``tokenizer.json``'s ``TemplateProcessing`` post-processor; ONNX Runtime GenAI's
+    tokenizer does not apply it, and a model that always saw a BOS reads a text without one
+    badly (Gemma 3: perplexity in the tens of thousands).
+    """
+    try:
+        processor = json.loads((model_dir / "tokenizer.json").read_text()).get("post_processor") or {}
+    except (OSError, ValueError):
+        return []
+    if processor.get("type") != "TemplateProcessing":
+        return []
+    prefix = []
+    for piece in processor.get("single", []):
+        if "SpecialToken" not in piece:
+            break
+        prefix += processor.get("special_tokens", {}).get(piece["SpecialToken"]["id"], {}).get("ids", [])
+    return [int(i) for i in prefix]
+
+
 def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of ``text`` and the model's next-token logits at every position (one forward pass).
 
-    The text is cut to fit the model's context.
+    The text starts with the special tokens the tokenizer adds (a BOS, see :func:`_special_prefix`)
+    and is cut to fit the model's context.
 
     Returns:
         ``(ids, logits)``: int ``[T]`` and float64 ``[T, vocab]``.
@@ -48,7 +70,11 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
 
     folder = Path(model_dir)
     model = og.Model(str(folder))
-    ids = np.asarray(og.Tokenizer(model).encode(text), dtype=np.int64)[: _context_length(folder) - 1]
+    encoded = [int(i) for i in og.Tokenizer(model).encode(text)]
+    prefix = _special_prefix(folder)
+    if prefix and encoded[:len(prefix)] != prefix:
+        encoded = prefix + encoded
+    ids = np.asarray(encoded, dtype=np.int64)[: _context_length(folder) - 1]
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + 1)
     generator = og.Generator(model, params)
