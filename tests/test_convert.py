@@ -342,8 +342,10 @@ def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
 def test_olive_runs_with_telemetry_off_before_its_heartbeat(monkeypatch) -> None:
     from olive.telemetry import telemetry as T
 
-    from toolkit.runtimes import olive_cli
+    from toolkit.runtimes import genai_builder, olive_cli
 
+    # The builder's patches load ONNX Runtime GenAI, which cannot share this process with Foundry Local's build.
+    monkeypatch.setattr(genai_builder, "install", lambda: None)
     beats: list[int] = []
     monkeypatch.setattr(T.Telemetry, "_log_heartbeat", lambda self: beats.append(1))
     monkeypatch.setattr(T.Telemetry, "_is_ci_environment", T.Telemetry.__dict__["_is_ci_environment"])  # restored after
