@@ -74,6 +74,7 @@ def hostile(tiny_model: Path, tiny_int4: Path, tmp_path_factory: pytest.TempPath
     tokenizer = json.loads((sandbox / "tokenizer_config.json").read_text())
     tokenizer["chat_template"] = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     (sandbox / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    (sandbox / "chat_template.jinja").write_text(tokenizer["chat_template"])  # where transformers reads it first
     model_copy("onnx-other", tiny_int4)
     texts = {
         "cases-not-utf8.jsonl": b'{"messages": [{"role": "user", "content": "\xff"}]}\n',

@@ -178,3 +178,13 @@ def test_named_templates_and_the_jinja_file_are_read(tmp_path: Path) -> None:
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "rag", "template": "R"}]}))
     with pytest.raises(TemplateError, match="no 'default'"):
         T.read_chat_template(tmp_path)
+
+
+def test_a_bos_that_only_looks_like_the_first_turns_start_is_not_taken_for_one() -> None:
+    """SmolLM2's BOS is ``<|im_start|>``, which its ChatML template never writes as a BOS: no BOS is derived,
+    else the foundry CLI's strings would start a conversation without a system message with it twice."""
+    derived = T.derive(T.to_jinja(T.PRESETS[T.Template.CHATML]), bos_token="<|im_start|>", eos_token="<|im_end|>")
+    assert derived.bos == "" and derived == T.PRESETS[T.Template.CHATML]
+    assert T.render(derived, [{"role": "user", "content": "Hi"}]).startswith("<|im_start|>user")
+    writes_bos = "{{ bos_token }}" + T.to_jinja(T.PRESETS[T.Template.CHATML])
+    assert T.derive(writes_bos, bos_token="<|im_start|>").bos == "<|im_start|>"

@@ -339,6 +339,7 @@ def render_jinja(jinja_template: str, messages: list[dict[str, str]], *, add_gen
         raise TemplateError(f"the chat template cannot be rendered: {reason}") from exc
 
 
+_BOS = "\x02BOS\x03"
 _S, _U1, _A1, _U2 = "\x02SYS\x03", "\x02USER1\x03", "\x02ASSISTANT1\x03", "\x02USER2\x03"
 PROBE = [
     {"role": "system", "content": _S}, {"role": "user", "content": _U1},
@@ -400,8 +401,11 @@ def derive(jinja_template: str, *, bos_token: str = "", eos_token: str = "") -> 
         raise TemplateError(f"The chat template's generation prompt has an unexpected shape; {fix}.")
     bos = ""
     if bos_token and system_prefix.startswith(bos_token):
-        # Written before the first message whichever it is (a user turn alone too): once per conversation.
-        if _probe_render(jinja_template, PROBE[1:2], **tokens).startswith(bos_token):
+        # The template writes {{ bos_token }} itself (rendered with a marker in its place, so a ChatML template whose
+        # first turn merely starts like SmolLM2's BOS "<|im_start|>" is not taken for one), before the first
+        # message whichever it is (a user turn alone too): once per conversation.
+        marked = {"bos_token": _BOS, "eos_token": eos_token}
+        if all(_probe_render(jinja_template, probe, **marked).startswith(_BOS) for probe in (PROBE, PROBE[1:2])):
             bos, system_prefix = bos_token, system_prefix[len(bos_token):]
     derived = PromptTemplate(
         system=system_prefix + PLACEHOLDER + end,
