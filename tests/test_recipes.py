@@ -41,9 +41,9 @@ def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_qkv(tiny_fp32: Path,
                                                                                     tmp_path: Path) -> None:
     import numpy as np
-    import onnx
-    import onnxruntime_genai as og
     import shutil
+
+    import onnx
 
     out = tmp_path / "mixed"
     out.mkdir()
@@ -64,11 +64,12 @@ def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_q
             layer = int(name.split("layers.")[1].split("/")[0])
             assert b == (8 if use_more_bits(layer, layers) else 4), name
     assert any("/v/MatMul" in n for n in bits) and any(b == 8 for n, b in bits.items() if "down_proj" in n)
-    # The split model runs and computes what the unsplit one does, up to quantization.
-    model = og.Model(str(out))
-    from toolkit.runtimes.genai import logits_for_ids
+    # The split model runs and computes what the unsplit one does, up to quantization (in a child process:
+    # ONNX Runtime GenAI cannot load beside Foundry Local's own build, which other tests load in this one).
+    from toolkit.runtimes import genai
 
-    assert np.isfinite(logits_for_ids(model, [1, 2, 3, 4])).all()
+    (mixed,) = genai.agreement(tiny_fp32, {"mixed": out})
+    assert np.isfinite(mixed.kl) and mixed.kl < 0.05
 
 
 def _result(name: str, top1: float, kl: float, perplexity: float, *, tps: float = 100.0, kl_to_base=None,
