@@ -176,3 +176,17 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
 
     with LoadedModel(f"tiny-{variant}") as loaded:
         assert loaded.generate([{"role": "user", "content": "hello"}], max_tokens=3).completion_tokens >= 1
+
+
+def test_a_packaged_models_demo_fine_tune_uses_its_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 3 needs a gentler LoRA than SmolLM2 (the run around the training is replaced: only its settings count)."""
+    from toolkit.domain import packaged
+
+    folder = tmp_path / "gemma-3-270m"
+    folder.mkdir()
+    (folder / packaged._MARKER).write_text(json.dumps({"key": "gemma3-270m"}))
+    seen: list[finetune.FinetuneSpec] = []
+    monkeypatch.setattr(finetune, "finetune", lambda spec, progress=True: seen.append(spec))
+    finetune.bundled_adapter(folder)
+    finetune.bundled_adapter(tmp_path)  # any other folder: the defaults
+    assert [(s.learning_rate, s.steps) for s in seen] == [(5e-4, 72), (2e-3, 36)]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from toolkit.core import artifacts, settings, workers
 from toolkit.core.errors import InputError
+from toolkit.domain import packaged
 from toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
 from toolkit.domain.sources import BUNDLED_NAME, fingerprint, inspect_source
 
@@ -143,10 +144,15 @@ def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
 def bundled_adapter(base: Path, *, progress: bool = True) -> FinetuneResult:
     """The demo's fine-tune: a LoRA adapter for ``base`` (the bundled SmolLM2 or a packaged model) on the Veloria set.
 
-    Trained once (well under a minute here) and kept beside the unpacked bundled model.
+    Trained once (well under a minute here for SmolLM2) and kept beside the unpacked model; a
+    packaged model's own settings (:attr:`~toolkit.domain.packaged.PackagedModel.finetune`) apply.
     """
     name = "smollm2" if base.name == BUNDLED_NAME else base.name.lower()
-    return finetune(FinetuneSpec(base=base, out=settings.models_dir() / f"{name}-veloria-lora"), progress=progress)
+    key = packaged.packaged_key(base)
+    tuned = dict(packaged.PACKAGED[key].finetune) if key else {}
+    steps = int(tuned.pop("steps", FinetuneSpec.steps))
+    return finetune(FinetuneSpec(base=base, out=settings.models_dir() / f"{name}-veloria-lora", steps=steps, **tuned),
+                    progress=progress)
 
 
 def _answer_turn(tokenizer, example: dict, prompt: str) -> str:
