@@ -17,9 +17,9 @@ Trainers save the tokenizer and chat template they trained with next to the adap
 folder, and the merge record (the manifest's ``adapter`` entry) says which files were used.
 
 The merge is peft's own ``merge_and_unload`` on the FP32 base, in a child process; it
-writes an ordinary Hugging Face folder that every conversion route takes, and records the
-merged model's next-token logits on a fixed text so the FP32 ONNX build can be checked
-against them (:func:`toolkit.stages.convert.convert` does). The merged folder is kept under
+writes an ordinary Hugging Face folder that every conversion route takes (and checks each
+build against in transformers: :mod:`toolkit.runtimes.reference`), after checking the merged
+model's logits against the unmerged one's on a fixed text. The merged folder is kept under
 the toolkit's models folder, keyed by the adapter's and the base's contents, and reused.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,6 @@ from toolkit.domain.sources import TensorInfo, fingerprint, inspect_source, read
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_RECORD = "merge.json"
-REFERENCE_LOGITS = "merged_logits.npy"
 MERGE_ROUTE = "peft merge_and_unload (FP32)"
 #: Token positions of the reference text whose logits the merge keeps for the FP32 check.
 CHECK_TOKENS = 64
@@ -92,16 +90,6 @@ def is_adapter(path: str | os.PathLike[str]) -> bool:
     return (Path(path).expanduser() / ADAPTER_CONFIG).is_file()
 
 
-def _safetensors_shapes(file: Path) -> dict[str, list[int]]:
-    """Tensor names to shapes, from a safetensors file's header alone."""
-    with file.open("rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        if size > 100_000_000:
-            raise ValueError("the header is implausibly large")
-        header = json.loads(handle.read(size))
-    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
-
-
 def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> AdapterSource:
     """Check a LoRA adapter folder and its base, and describe them.
 
@@ -146,9 +134,9 @@ def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] |
             "the merge needs the 16-bit model it was quantized from; pass it with --base DIR"
             + (f" ({exc.original}, saved with save_pretrained)." if exc.original else ".")) from exc
     try:
-        adapter_tensors = _safetensors_shapes(weights)
+        adapter_tensors = {name: list(info.shape) for name, info in read_tensors(folder, [weights]).items()}
         base_tensors = read_tensors(base_source.path)
-    except (OSError, ValueError, struct.error) as exc:
+    except OSError as exc:
         raise ModelFolderError(folder, f"cannot read the weights' headers ({exc})", "Re-save the adapter.") from exc
     _check_shapes(folder, adapter_tensors, {name: list(info.shape) for name, info in base_tensors.items()},
                   base_source.path)
@@ -322,7 +310,7 @@ def merge(adapter: AdapterSource) -> Path:
 
 
 def _merge_task(job: dict, _emit) -> dict:
-    """Worker task: peft's merge into the FP32 base; saves the merged folder and its reference logits.
+    """Worker task: peft's merge into the FP32 base; saves the merged folder.
 
     A resized vocabulary (``job["vocab_size"]``) resizes the base first (new rows zero: the
     adapter's saved embedding table and LM head replace them). The adapter folder's own
@@ -332,7 +320,6 @@ def _merge_task(job: dict, _emit) -> dict:
         The merge check (``max_abs_diff_vs_unmerged``) and a ``tokenizer`` record: where the
         tokenizer, template and generation settings came from, and any EOS id added.
     """
-    import numpy as np
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -366,7 +353,6 @@ def _merge_task(job: dict, _emit) -> dict:
         elif (base_dir / extra).is_file() and not (out / extra).is_file():
             shutil.copy2(base_dir / extra, out / extra)
     added = _add_tokenizer_eos(out, tokenizer) if tokenizer_dir == adapter_dir else []
-    np.save(out / REFERENCE_LOGITS, merged.numpy().astype(np.float32))
     return {"max_abs_diff_vs_unmerged": float((merged - unmerged).abs().max()),
             "tokenizer": {"tokenizer_from": "adapter" if tokenizer_dir == adapter_dir else "base",
                           "chat_template_from": template_from,

@@ -106,7 +106,8 @@ class Figures:
         return Verdict.PASS if ok else Verdict.FAIL
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-probabilities ``[..., vocab]`` from logits, along the last axis (shifted by the maximum for stability)."""
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
@@ -141,7 +142,7 @@ def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
         max_diff = max(max_diff, float(diff.max()))
         diff_sum += float(diff.mean(-1, dtype=np.float64).sum())
         low, high = min(low, float(ref.min())), max(high, float(ref.max()))
-        ref_log, cand_log = _log_softmax(ref), _log_softmax(cand)
+        ref_log, cand_log = log_softmax(ref), log_softmax(cand)
         kl_sum += float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1, dtype=np.float64).sum())
     count = reference.shape[0]
     return Figures(positions=count, top1_agreement=top1 / count, max_abs_diff=max_diff,

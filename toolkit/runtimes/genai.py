@@ -21,6 +21,7 @@ import numpy as np
 
 from toolkit.core import workers
 from toolkit.core.measure import CpuMeter, peak_rss_mb, rss_mb
+from toolkit.domain.parity import log_softmax
 from toolkit.domain.prompts import reference_text
 
 _MODULE = "toolkit.runtimes.genai"
@@ -188,11 +189,6 @@ def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup
     return measured
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], text: str) -> list[dict]:
     """Teacher-forced top-1 agreement, KL divergence and perplexity of each candidate against the reference.
 
@@ -201,7 +197,7 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
         ``reference_perplexity``.
     """
     ids, ref = logits(reference_dir, text)
-    ref_log = _log_softmax(ref)
+    ref_log = log_softmax(ref)
     positions = np.arange(len(ids) - 1)
 
     def perplexity(log_probs: np.ndarray) -> float:
@@ -212,7 +208,7 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
         cand_ids, cand = logits(folder, text)
         if not np.array_equal(cand_ids, ids):
             raise ValueError(f"{label} tokenizes the text differently from the reference")
-        cand_log = _log_softmax(cand)
+        cand_log = log_softmax(cand)
         rows.append({
             "model": label, "tokens": len(ids),
             "top1": round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 4),
