@@ -96,7 +96,8 @@ from IPython.display import HTML, display
 
 from toolkit.orchestration import run_source
 from toolkit.presentation import report
-from toolkit.stages import register, serve
+from toolkit import endpoint as serve
+from toolkit.stages import register
 from widgets import ChatBox, TemplatePicker
 
 models = Path(run_dir) / "models"

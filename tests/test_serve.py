@@ -16,7 +16,8 @@ import openai
 import pytest
 
 from toolkit.core.errors import InputError, ModelNotFoundError
-from toolkit.stages import bench, serve
+from toolkit import endpoint as serve
+from toolkit.stages import bench
 from toolkit.stages import register as R
 
 MODEL = "tiny-serve"

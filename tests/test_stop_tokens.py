@@ -94,7 +94,7 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
 
 
 def test_the_endpoint_answers_stop(scripted) -> None:
-    from toolkit.stages import serve
+    from toolkit import endpoint as serve
 
     source, onnx = scripted("chatml-endoftext")
     R.register(onnx, "stop-served", model_config=NO_PROBE)

@@ -30,7 +30,8 @@ from toolkit.orchestration import cluster, doctor, pipeline, recipes
 from toolkit.presentation import compare, plots, report
 from toolkit.presentation.tables import text_table
 from toolkit.runtimes.foundry import Generation, LoadedModel
-from toolkit.stages import bench, checklist, convert, finetune, register, serve
+from toolkit import endpoint as serve
+from toolkit.stages import bench, checklist, convert, finetune, register
 
 
 def _whole(low: int, high: int | None = None):

@@ -1,4 +1,4 @@
-"""Stage 5: serve registered models to applications through an OpenAI-compatible HTTP API.
+"""The HTTP interface: serve registered models to applications through an OpenAI-compatible API.
 
 Foundry Local's own web service is used where it serves locally registered models
 (:func:`~toolkit.runtimes.foundry.probe_web_service`); foundry-local-sdk 2.2.1's does not
@@ -510,15 +510,15 @@ def background(names: Sequence[str], *, port: int | None = None, cache: str | Pa
     if api_key:
         args += ["--api-key", api_key]
     log = log_path or settings.cache_dir(cache) / ".logs" / f"serve-{port}.log"
-    service = workers.start_service(workers.python_module("toolkit.stages.serve", *args), log_path=log,
+    service = workers.start_service(workers.python_module("toolkit.endpoint", *args), log_path=log,
                                     name=f"endpoint for {', '.join(names)}", ready=lambda: _healthy(root))
     with service:
         yield Endpoint(f"{root}/v1", api_key or "none", service)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m toolkit.stages.serve NAME... [--host H] [--port N] [--api-key K] [--cache-dir D]`` (the child)."""
-    parser = argparse.ArgumentParser(prog="python -m toolkit.stages.serve")
+    """``python -m toolkit.endpoint NAME... [--host H] [--port N] [--api-key K] [--cache-dir D]`` (the child)."""
+    parser = argparse.ArgumentParser(prog="python -m toolkit.endpoint")
     parser.add_argument("names", nargs="+")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
