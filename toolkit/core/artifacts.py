@@ -22,13 +22,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 
+from toolkit.core import platform
 from toolkit.core.errors import DiskFullError, InputError, ModelFolderError
 
 #: The file beside every converted model that says how it was made.
@@ -40,7 +40,7 @@ _SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?P<kind>building|staging|old|partial)-
 def crash_point(name: str) -> None:
     """Kill this process here with SIGKILL when ``$SLMOPS_CRASH_AT`` names this point (crash tests only)."""
     if os.environ.get("SLMOPS_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+        platform.kill_self()
 
 
 @contextlib.contextmanager

@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import resource
 import time
-from pathlib import Path
 
 import psutil
+
+from toolkit.core import platform as system
 
 _MIB = 1 << 20
 
@@ -40,20 +40,13 @@ def available_mb() -> float:
         True
     """
     available = psutil.virtual_memory().available
-    limit_file = Path("/sys/fs/cgroup/memory.max")
-    try:
-        limit = limit_file.read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            available = min(available, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return available / _MIB
+    left = system.memory_limit_left_bytes()
+    return (available if left is None else min(available, left)) / _MIB
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (psutil has no peak; rusage does)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory so far, in MiB (see :func:`toolkit.core.platform.peak_rss_mb`)."""
+    return system.peak_rss_mb()
 
 
 class CpuMeter:
@@ -80,39 +73,15 @@ class CpuMeter:
                 "system_cpu_percent": (total - idle) / total * 100 if total > 0 else 0.0}
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (psutil does not give it; ``/proc/cpuinfo`` does on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                return value
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_info() -> dict:
     """CPU model, logical CPUs and physical cores of this machine."""
-    return {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(),
+    return {"cpu": system.cpu_model(), "logical_cpus": os.cpu_count(),
             "physical_cores": psutil.cpu_count(logical=False) or os.cpu_count()}
-
-
-def _cache_sizes() -> dict[str, str]:
-    """CPU cache sizes by level and type (e.g. ``{"L1d": "32K", "L2": "2048K"}``), from Linux's sysfs."""
-    caches = {}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
-            caches[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = (index / "size").read_text().strip()
-        except OSError:
-            continue
-    return caches
 
 
 def machine() -> dict:
     """This machine as a run records it: CPU, cores, cache sizes and memory."""
-    return {**cpu_info(), "caches": _cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
+    return {**cpu_info(), "caches": system.cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
 
 
 def package_versions(names: tuple[str, ...] | list[str] = VERSIONED) -> dict[str, str]:

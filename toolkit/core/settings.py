@@ -28,22 +28,29 @@ def home() -> Path:
     return Path(os.environ.get("SLMOPS_HOME") or Path.home() / ".slmops")
 
 
+_FOUNDRY_MODELS = "models"  # the folder `foundry cache location` prints, inside the cache
+
+
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """Foundry Local's model cache and registrations.
 
     Order: the ``override`` argument (``--cache-dir``), ``$SLMOPS_CACHE_DIR``,
-    then ``<home>/foundry``.
+    then ``<home>/foundry``. The ``foundry`` CLI's own cache is accepted as printed by
+    ``foundry cache location`` (its ``models`` folder, e.g. ``~/.foundry/cache/models``): the
+    cache is the folder above it, so registrations land in its ``models/custom`` where the
+    ``foundry`` CLI lists them.
 
     Example:
         >>> cache_dir("/tmp/fl")
         PosixPath('/tmp/fl')
     """
-    if override:
-        return Path(override).expanduser().resolve()
-    env = os.environ.get("SLMOPS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser().resolve()
-    return (home() / "foundry").resolve()
+    chosen = override or os.environ.get("SLMOPS_CACHE_DIR")
+    if not chosen:
+        return (home() / "foundry").resolve()
+    folder = Path(chosen).expanduser().resolve()
+    if folder.name == _FOUNDRY_MODELS and not (folder / _FOUNDRY_MODELS).is_dir():
+        return folder.parent
+    return folder
 
 
 def models_dir() -> Path:

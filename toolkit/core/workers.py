@@ -10,9 +10,9 @@ Three kinds of children, one machinery:
   is ready, and stops it with SIGTERM (a graceful shutdown) when asked.
 
 Every child gets the offline environment, a log file (stdout and stderr), its own process
-group (a timeout or Ctrl-C ends it and anything it started), a parent-death signal (it dies
+group (a timeout or Ctrl-C ends it and anything it started), a tie to its parent (it dies
 with the toolkit even when the toolkit is killed with SIGKILL), and its own wall time and
-peak RSS (``wait4``'s rusage for that child alone). Failures are typed:
+peak RSS (that child's alone); :mod:`toolkit.core.platform` does each the way the system allows. Failures are typed:
 :class:`~toolkit.core.errors.ToolFailedError` with the child's own error in one line (never
 its traceback, which stays in the log) and :class:`~toolkit.core.errors.ToolTimeoutError`.
 
@@ -31,7 +31,6 @@ import os
 import re
 import runpy
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.core import platform as system
 from toolkit.core import settings
 from toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
 
@@ -86,11 +86,10 @@ def _log_tail(log_path: Path, lines: int = 15) -> str:
 
 def _end_group(proc: subprocess.Popen) -> None:
     """Terminate the child's process group, then kill it if it does not go within 5 s."""
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+    for force, grace in ((False, 5.0), (True, 5.0)):
+        if proc.poll() is not None:
             break
+        system.signal_group(proc, force=force)
         try:
             proc.wait(timeout=grace)
             break
@@ -107,15 +106,15 @@ def _run(command: list[str], *, log_path: Path, name: str, cwd: Path | None, tim
     start = time.monotonic()
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-                                env=env, start_new_session=True)
+                                env=env, **system.own_group_kwargs())
+        watch = system.ChildWatch(proc)
         idle_deadline = start + startup_s + idle_timeout if idle_timeout else None
         try:
             while True:
-                # wait4 gives this child's own rusage; Popen.wait would discard it.
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    proc.returncode = os.waitstatus_to_exitcode(status)
-                    return proc.returncode, time.monotonic() - start, usage.ru_maxrss / 1024
+                # The child's own peak memory, kept by the watch (Popen.wait would discard it on POSIX).
+                code = watch.poll()
+                if code is not None:
+                    return code, time.monotonic() - start, watch.peak_rss_mb
                 now = time.monotonic()
                 if progress is not None and progress() and idle_timeout:
                     idle_deadline = now + idle_timeout
@@ -311,7 +310,7 @@ class Service:
     def stop(self, grace_s: float = 30.0) -> int:
         """SIGTERM (a graceful shutdown: in-flight work finishes), SIGKILL after ``grace_s``; the exit code."""
         if self.running:
-            os.killpg(self._proc.pid, signal.SIGTERM)
+            system.signal_group(self._proc)
             try:
                 self._proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
@@ -337,7 +336,7 @@ def start_service(command: list[str], *, log_path: Path, name: str, ready: Calla
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+                                **system.own_group_kwargs())
     service = Service(proc, command, log_path, name)
     deadline = time.monotonic() + startup_timeout
     try:
@@ -355,12 +354,9 @@ def start_service(command: list[str], *, log_path: Path, name: str, ready: Calla
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, and stop now if it already has."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    """End this process when its parent dies (see :func:`toolkit.core.platform.die_with_parent`); stop now if it has."""
     parent = os.environ.get(_PARENT)
+    system.die_with_parent(int(parent) if parent else None)
     if parent and os.getppid() != int(parent):
         sys.exit("the toolkit process that started this one has gone; stopping")
 

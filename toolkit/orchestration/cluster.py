@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, settings
+from toolkit.core import artifacts, platform, settings
 from toolkit.core.errors import InputError, SlmopsError
 from toolkit.core.measure import cpu_info
 from toolkit.domain import params as run_params
@@ -111,7 +111,7 @@ def _clean_scratch() -> None:
     """Remove the scratch of points whose process is gone (a killed worker's)."""
     for folder in SCRATCH.glob("*-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not platform.pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, settings, workers
+from toolkit.core import artifacts, platform, settings, workers
 from toolkit.core.errors import (
     FoundryRequestError,
     InvalidOptionError,
@@ -538,17 +538,15 @@ def probe_web_service(name: str, cache: str | Path | None = None,
 
 def serve_natively(names: list[str], host: str, port: int, cache: str | Path | None = None) -> None:
     """Serve ``names`` with Foundry Local's own web service until SIGTERM or SIGINT (where it serves them)."""
-    import signal
-
     service = manager(cache, web_urls=f"http://{host}:{port}")
     models = [find_model(name, cache) for name in names]
     for model in models:
         model.load()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    platform.block_stop_signals()
     service.start_web_service()
     print(f"Foundry Local's web service: {', '.join(service.urls)}/v1 serving {', '.join(names)}", flush=True)
     try:
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        platform.wait_for_stop()
     finally:
         service.stop_web_service()
         for model in models:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from toolkit.core import artifacts, settings, workers
+from toolkit.core import artifacts, platform, settings, workers
 from toolkit.core.artifacts import dir_size_mb, read_manifest
 from toolkit.core.errors import InputError, ModelNotFoundError
 from toolkit.core.measure import CpuMeter, machine, peak_rss_mb, rss_mb, run_metadata
@@ -542,17 +542,13 @@ def warnings(rows: Sequence[BenchRow]) -> list[str]:
 
 
 def instruction_sets() -> dict[str, bool]:
-    """The CPU's vector extensions that decide ONNX Runtime's quantized kernels (``/proc/cpuinfo`` flags).
+    """The CPU's vector extensions that decide ONNX Runtime's quantized kernels (the CPU's flags).
 
     Without AVX-512 (or AVX-VNNI), INT8 and INT4 MatMuls have no fast integer dot product, so a
     quantized model's prefill (compute-bound) can be slower than FP32's while its decode
     (bandwidth-bound) is faster.
     """
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        flags = []
+    flags = platform.cpu_flags()
     return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
 
 
