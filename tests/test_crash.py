@@ -152,11 +152,11 @@ def test_a_zip_onto_a_full_disk_is_a_clear_error_and_keeps_the_earlier_archive(
     run.mkdir()
     (run / "params.json").write_text("{}")
     target = small_disk / "run.zip"
-    assert cli.main(["report", str(run), "--zip", "--out", str(target)]) == 0
+    assert cli.main(["report", str(run), "--zip", "--out", str(small_disk)]) == 0
     before = target.read_bytes()
     (run / "noise.txt").write_bytes(os.urandom(2_000_000))  # does not compress: cannot fit 1 MiB
     capsys.readouterr()
-    assert cli.main(["report", str(run), "--zip", "--out", str(target)]) == 1
+    assert cli.main(["report", str(run), "--zip", "--out", str(small_disk)]) == 1
     err = capsys.readouterr().err
     assert "No space left" in err and "Free some disk space" in err and len(err.strip().splitlines()) == 1
     assert target.read_bytes() == before and sorted(os.listdir(small_disk)) == ["run.zip"]

@@ -216,7 +216,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(
     def broken(_args: object) -> int:
         raise KeyError("a bug of ours")
 
-    monkeypatch.setattr(cli, "cmd_ls", broken)
+    monkeypatch.setattr(cli.models, "cmd_ls", broken)
     assert cli.main(["ls"]) == 1
     err = capsys.readouterr().err
     assert "unexpected error: KeyError" in err and "--debug" in err and "Traceback" not in err

@@ -144,7 +144,7 @@ def check_value(name: str, value: object, *, where: str = "") -> None:
         >>> check_value("precisions", "int4")
         Traceback (most recent call last):
         ...
-        toolkit.core.errors.ParamsError: precisions must be a list (e.g. precisions: [fp32, int4]), not "int4".
+        toolkit.core.errors.ParamsError: precisions must be a list (e.g. precisions: [fp32, int8, int4]), not "int4".
     """
     spec = {f.name: f for f in fields(RunParams)}
     if name not in spec:
@@ -203,7 +203,7 @@ def parameters_cell(cls: type = RunParams) -> str:
     """A notebook's ``parameters`` cell: ``name: type = default  # help``, one line per parameter of ``cls``.
 
     Example:
-        >>> parameters_cell().splitlines()[2]
+        >>> parameters_cell().splitlines()[4]
         'name_prefix: str = "smollm2"  # registered names are PREFIX-PRECISION'
     """
     lines = []
@@ -214,3 +214,80 @@ def parameters_cell(cls: type = RunParams) -> str:
         value = repr(default) if isinstance(default, bool) else json.dumps(default)
         lines.append(f"{spec.name}: {type_name} = {value}  # {spec.metadata['help']}")
     return "\n".join(lines)
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """Read one ``KEY=VALUE`` (``slmops run --set``): the value in YAML, checked as a params file's would be.
+
+    A text parameter takes the value as written; a list parameter takes ``[a, b]`` or one item.
+
+    Raises:
+        ParamsError: no ``=``, an unknown name, or a value of the wrong type or range.
+
+    Example:
+        >>> parse_assignment("precisions=[fp32, int4]")
+        ('precisions', ['fp32', 'int4'])
+        >>> parse_assignment("repeats=5")
+        ('repeats', 5)
+    """
+    name, sep, raw = (part.strip() for part in text.partition("="))
+    if not sep or not name:
+        raise ParamsError(f"--set {text!r}: write KEY=VALUE, e.g. --set precisions=[int4] or --set repeats=5.")
+    kinds = _types()
+    if name not in kinds:
+        raise ParamsError(f"--set: unknown parameter {name!r}. Known: {', '.join(kinds)}.")
+    kind = kinds[name]
+    if kind is str:
+        value: object = raw
+    else:
+        import yaml
+
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            raise ParamsError(f"--set {name}={raw}: not a value; write e.g. {name}=3, {name}=true or "
+                              f"{name}=[a, b].") from None
+        if typing.get_origin(kind) is list and not isinstance(value, list):
+            value = [] if value is None else [value]
+    check_value(name, value, where="--set ")
+    return name, value
+
+
+def item_parser(name: str):
+    """A converter from text to one value (one item, for a list) of parameter ``name``, checked for type and range.
+
+    The CLI's options that set a run parameter take their type, range and choices from here,
+    so they cannot drift from :class:`RunParams`.
+
+    Example:
+        >>> item_parser("repeats")("4")
+        4
+    """
+    kind = _types()[name]
+    item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+
+    def convert(text: str) -> object:
+        try:
+            value = item(text) if item is not bool else {"true": True, "false": False}[text.lower()]
+        except (ValueError, KeyError):
+            raise ParamsError(f"{text!r} is not {_type_name(item)}") from None
+        _check_scalar(name, value, item, {f.name: f for f in fields(RunParams)}[name].metadata, "")
+        return value
+
+    convert.__name__ = _type_name(item).removeprefix("a ")  # argparse names the type in its errors
+    return convert
+
+
+def describe(name: str) -> str:
+    """One line of help for parameter ``name``: its help, allowed range or values, and default.
+
+    Example:
+        >>> describe("repeats")
+        'measured benchmark runs per prompt length (1..1000; default 3)'
+    """
+    spec = {f.name: f for f in fields(RunParams)}[name]
+    meta, default = spec.metadata, DEFAULTS.as_dict()[name]
+    allowed = (" | ".join(map(str, meta["choices"])) if meta["choices"] else
+               f"{meta['low']}..{meta['high']}" if meta["low"] is not None else "")
+    shown = " ".join(map(str, default)) if isinstance(default, list) else default
+    return f"{meta['help']} ({allowed + '; ' if allowed else ''}default {shown if shown != '' else 'none'})"

