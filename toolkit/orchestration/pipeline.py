@@ -22,9 +22,18 @@ _STAGES = {"01_convert": "convert and quantize", "02_register": "register with F
 
 
 def notebooks_dir() -> Path:
-    """The folder holding ``01_convert.ipynb`` ... (``$SLMOPS_NOTEBOOKS`` overrides)."""
+    """The folder holding ``01_convert.ipynb`` ...: ``$SLMOPS_NOTEBOOKS``, else the package's own copy.
+
+    An installed wheel carries them inside the package (``notebooks/`` beside ``orchestration/``,
+    put there by the build's ``force-include``); a checkout has them at its top, where
+    ``scripts/make_notebooks.py`` writes them.
+    """
     env = os.environ.get("SLMOPS_NOTEBOOKS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "notebooks"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parents[1]
+    inside = package / "notebooks"
+    return inside if inside.is_dir() else package.parent / "notebooks"
 
 
 def load_params(path: str | os.PathLike[str], *, max_runs: int = run_params.MAX_SWEEP_RUNS) -> dict:
