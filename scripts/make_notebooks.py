@@ -142,6 +142,7 @@ with serve.background([name], cache=cache_dir or None) as endpoint:
  ['''from pathlib import Path
 
 from toolkit.orchestration import run_source
+from toolkit.presentation import checklist as tables
 from toolkit.presentation import plots, report
 from toolkit.stages import checklist as evaluate
 
@@ -153,19 +154,19 @@ checklist = evaluate.run_checklists(names, reference=reference, cases=run_cases,
 control_model = run_source.control_name(run_dir, name_prefix)
 control = evaluate.run_control(control_model, run_cases, cache=cache_dir or None, seed=seed) if control_model else None
 summary = evaluate.write_report(checklist, Path(run_dir) / "test.json", control=control)
-report.table(evaluate.summary_rows(summary))''',
+report.table(tables.summary_rows(summary))''',
  '''#MDThe negative control: the base model (not fine-tuned) asked the same domain cases. If it passes them, they
 test nothing about the fine-tune.''',
- '''print(f"{control['model']}: trained questions {control['trained']}, held-out {control['heldout']}: {control['verdict']}"
+ '''print("{model}: trained questions {trained}, held-out {heldout}: {verdict}".format(**tables.control_row(control))
       if control else "No fine-tune in this run: no control.")
-report.table(evaluate.before_after(control, checklist[0])) if control else None''',
+report.table(tables.before_after(control, checklist[0])) if control else None''',
  '''#MD## The checklist, per precision (✓ pass, ✗ fail)''',
- '''report.table(evaluate.checklist_table(checklist))''',
+ '''report.table(tables.checklist_table(checklist))''',
  '''#MD## Quality against FP32
 
 Teacher-forced on a bundled text: greedy top-1 agreement and KL divergence against the FP32 build, and
 each model's perplexity.''',
- '''report.table(evaluate.quality_rows(checklist))''',
+ '''report.table(tables.quality_rows(checklist))''',
  '''#MD## Memory over requests and time per token over input length''',
  '''report.figure(plots.plot_rss(checklist), Path(run_dir) / "rss_over_requests.png")''',
  '''report.figure(plots.plot_per_token(checklist), Path(run_dir) / "ms_per_token.png")''']),
@@ -180,13 +181,12 @@ each model's perplexity.''',
 
 from IPython.display import Markdown, display
 
-from toolkit.core.artifacts import read_json
 from toolkit.presentation import compare, plots, report
-from toolkit.stages import bench
+from toolkit.stages import bench, checklist
 from widgets import RunPanel
 
 names = [f"{name_prefix}-{p}" for p in precisions]
-quality = read_json(Path(run_dir) / "test.json")
+quality = checklist.read_report(Path(run_dir) / "test.json")
 panel = RunPanel("benchmark", lambda: bench.write_results(bench.bench(
                      names, prompt_lengths=prompt_lengths, gen_lengths=gen_lengths, threads=threads or None,
                      repeats=repeats, warmup=warmup, cache=cache_dir or None), run_dir),

@@ -10,7 +10,21 @@ import pytest
 from toolkit import cli
 from toolkit.domain import provenance
 from toolkit.domain.params import RunParams
+from toolkit.domain.results.checklist import (
+    Bound,
+    Check,
+    ChecklistReport,
+    CheckResult,
+    ControlResult,
+    ModelReport,
+    QualityRecord,
+    Thresholds,
+    Unit,
+    Verdict,
+    verdict_of,
+)
 from toolkit.presentation import compare
+from toolkit.stages.checklist import quality_checks
 
 
 def bench_row(precision: str, decode: float, sd: float, ttft: float, *, noisy: bool = False) -> dict:
@@ -27,14 +41,15 @@ def write_run(folder: Path, *, block: int, int4_mb: float, top1: float, domain_o
     (folder / "models").mkdir()
     (folder / "models" / "convert.json").write_text(json.dumps([{"precision": "fp32", "size_mb": 100.0},
                                                                 {"precision": "int4", "size_mb": int4_mb}]))
-    checks = [{"model": "m-int4", "check": "domain", "case": "capital", "threshold": "t", "value": "v",
-               "passed": domain_ok},
-              {"model": "m-int4", "check": "quality", "case": "top1-agreement", "threshold": "t", "value": str(top1),
-               "passed": True},
-              {"model": "m-int4", "check": "quality", "case": "perplexity", "threshold": "t", "value": "12.0 (1.1x)",
-               "passed": True},
-              {"model": "m-fp32", "check": "edge", "case": "unicode", "threshold": "t", "value": "v", "passed": True}]
-    (folder / "test.json").write_text(json.dumps({"checks": checks}))
+    def check(model: str, kind: Check, case: str, value: float, passed: bool) -> CheckResult:
+        return CheckResult(model, kind, case, value, Unit.SHARE, 0.5, Bound.AT_LEAST, verdict_of(passed), "t")
+
+    quality = QualityRecord("m-fp32", top1, 0.2, 12.0, 10.9, 300)
+    int4 = ModelReport("m-int4", [check("m-int4", Check.DOMAIN, "capital", float(domain_ok), domain_ok),
+                                  *quality_checks("m-int4", quality, Thresholds())[::2]], quality=quality)
+    fp32 = ModelReport("m-fp32", [CheckResult("m-fp32", Check.EDGE, "unicode", 0.1, Unit.SECONDS, 60.0, Bound.AT_MOST,
+                                              Verdict.PASS, "t", "answered")])
+    (folder / "test.json").write_text(json.dumps(ChecklistReport([int4, fp32]).to_json()))
     (folder / "bench.json").write_text(json.dumps({"rows": [bench_row("fp32", 50.0, 1.0, 100.0),
                                                             bench_row("int4", decode, 2.0, ttft)]}))
     if record is not None:
@@ -126,7 +141,7 @@ def test_recommend_names_the_smallest_passing_precision_and_why_the_others_lost(
     # Every precision failing a check: nothing to deploy, and the command says so with exit 1.
     tests = json.loads((run / "test.json").read_text())
     for check in tests["checks"]:
-        check["passed"] = False
+        check["verdict"] = "fail"
     (run / "test.json").write_text(json.dumps(tests))
     assert cli.main(["recommend", str(run)]) == 1
     assert capsys.readouterr().out.startswith("Nothing to deploy: every precision failed a check")
@@ -148,7 +163,47 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert "1.30-1.40x the runtime's default" in story[2] and "30-60% of the memory-bandwidth bound" in story[3]
     assert "1.02x ONNX Runtime GenAI" in story[4] and "session 0.30 ms" in story[5] and story[6].startswith("2 bench")
     assert report.run_story(None, None, None) == []
-    control = {"trained": "0/16", "heldout": "1/16", "verdict": "they test what the fine-tune added"}
+    control = ControlResult("base", 0, 16, 1, 16, 0.0, 0.1, True)
     told = report.run_story(compare.recommend(compare.load_run(run)), None, None, control)
     assert told[2] == ("The base model, not fine-tuned, answers 0/16 of the trained questions and 1/16 of their "
-                       "held-out paraphrases: they test what the fine-tune added.")
+                       "held-out paraphrases: the base model passes 0% of the domain cases (at most 10%): they test "
+                       "what the fine-tune added.")
+
+
+def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:
+    from toolkit.domain.results import ResultVersionError
+    from toolkit.presentation import checklist as tables
+    from toolkit.presentation import report
+    from toolkit.stages.checklist import read_report
+
+    run = write_run(tmp_path / "old", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
+    # test.json as the toolkit wrote it before schema_version: every figure inside a sentence.
+    old = {"passed": False, "thresholds": {"domain_pass_rate": 0.8, "timing_rounds": [3, 7]},
+           "summary": {"m-int4": {"passed": 0, "total": 2, "failed": ["domain/capital", "domain/domain-overall"],
+                                  "inconclusive": [], "rates": {"domain": "0/1 = 0%"}, "requests": 1, "seconds": {}}},
+           "checks": [{"model": "m-int4", "check": "domain", "case": "capital", "threshold": "contains any of [Paris]",
+                       "value": "score 0.00: Lyon", "passed": False, "inconclusive": False, "verdict": "fail"},
+                      {"model": "m-int4", "check": "domain", "case": "domain-overall", "threshold": ">= 80% of cases pass",
+                       "value": "0/1 = 0%", "passed": False},
+                      {"model": "m-fp32", "check": "edge", "case": "unicode", "threshold": "t",
+                       "value": "answered (3 tokens, length) in 0.10 s", "passed": True}],
+           "series": {"m-int4": {"rss_mb": [300.0, 301.5], "ms_per_token": {"64": 2.0}, "seed": 0, "generated": []}},
+           "control": {"model": "base", "trained": "0/16", "heldout": "1/16", "verdict": "words"}, "timestamp": "t"}
+    (run / "test.json").write_text(json.dumps(old))
+    loaded = read_report(run / "test.json")
+    assert loaded.schema_version == 1 and not loaded.passed and loaded.thresholds.timing_rounds == (3, 7)
+    assert [str(c.verdict) for c in loaded.checks] == ["fail", "fail", "pass"] and loaded.checks[0].value is None
+    assert loaded.checks[0].detail == "score 0.00: Lyon" and loaded.models[0].rss_mib == [300.0, 301.5]
+    assert loaded.models[0].ms_per_token == {64: 2.0} and loaded.control is None  # its words are not re-read
+    assert tables.summary_rows(loaded)[0]["domain"] == "0/1 = 0%"  # shown as it was written
+    assert compare.recommend(compare.load_run(run)).choice == "fp32"  # the old verdicts still decide
+    for thin in ("models/convert.json", "bench.json"):  # this fixture's are too thin for the page's tables
+        (run / thin).unlink()
+    page = report.write_index(run).read_text()
+    assert "<h2>Quality checklist</h2>" in page and "0/1 = 0%" in page
+    # A file from a newer toolkit is refused in one line that names its version.
+    (run / "test.json").write_text(json.dumps({"schema_version": 99, "checks": []}))
+    with pytest.raises(ResultVersionError, match="schema_version 99") as refused:
+        read_report(run / "test.json")
+    assert "\n" not in str(refused.value)
+    assert cli.main(["recommend", str(run)]) == 2

@@ -56,8 +56,8 @@ def test_scores_and_growth_fit() -> None:
     assert E.judge("Paris", {"contains_any": ["Paris"], "exact": "Lyon"}) == (
         False, "contains any of [Paris]; is exactly 'Lyon'", 0.5)
     flat_after_warmup = [300.0] * 20 + [700.0, 500.0] * 10 + [690.0] * 60
-    assert abs(E.growth_mb_per_100(flat_after_warmup)) < 0.5
-    assert E.growth_mb_per_100([100 + 0.1 * i for i in range(100)]) == pytest.approx(10.0)
+    assert abs(E.growth_mib_per_100(flat_after_warmup)) < 0.5
+    assert E.growth_mib_per_100([100 + 0.1 * i for i in range(100)]) == pytest.approx(10.0)
     assert E.input_lengths(512) == [64, 256]
 
 
@@ -74,16 +74,19 @@ def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path
     by = {(c.check, c.case): c for c in result.checks}
     assert not by["domain", "c1"].passed and by["format", "c1"].passed  # content and structure apart
     assert not by["domain", "domain-overall"].passed
-    assert len(result.rss_mb) >= 12 and "MB per 100 requests" in by["memory", "rss-growth"].value  # windows may be added
+    assert len(result.rss_mib) >= 12 and by["memory", "rss-growth"].unit == "MiB per 100 requests"  # windows may be added
     assert sorted(result.ms_per_token) == [16, 64] and "performance" in {c.check for c in result.checks}
     edge = {case: by["edge", case] for case, _ in E.EDGE_CASES}
-    assert all(c.passed for c in edge.values()), [c.value for c in edge.values() if not c.passed]
-    assert "PromptTooLongError" in edge["over-context"].value and "InvalidOptionError" in edge["max-tokens-0"].value
-    assert "(1 tokens" in edge["max-tokens-1"].value
+    assert all(c.passed for c in edge.values()), [c.detail for c in edge.values() if not c.passed]
+    assert "PromptTooLongError" in edge["over-context"].detail and "InvalidOptionError" in edge["max-tokens-0"].detail
+    assert "(1 tokens" in edge["max-tokens-1"].detail and all(c.value < c.threshold for c in edge.values())
     assert {case for check, case in by if check == "quality"} == {"top1-agreement", "kl-divergence", "perplexity"}
-    report = E.write_report([result], tmp_path / "test.json")
+    quality = result.quality
+    assert quality is not None and by["quality", "top1-agreement"].value == quality.top1_agreement
+    report = E.write_report([result], tmp_path / "test.json").to_json()
     assert report["passed"] is False and "domain/c1" in report["summary"]["tiny-test"]["failed"]
-    assert json.loads((tmp_path / "test.json").read_text())["series"]["tiny-test"]["rss_mb"] == result.rss_mb
+    assert json.loads((tmp_path / "test.json").read_text())["series"]["tiny-test"]["rss_mib"] == result.rss_mib
+    assert E.read_report(tmp_path / "test.json") == E.ChecklistReport.from_json(report)
 
 
 @pytest.mark.slow
@@ -94,9 +97,9 @@ def test_a_crashing_model_fails_its_edge_cases_and_the_checklist_goes_on(tiny_in
     shutil.copytree(tiny_int4, broken)
     R.register(broken, "tiny-broken")
     (models_root() / "tiny-broken" / "model.onnx").write_bytes(b"not a model")
-    results = E._run_edge_cases("tiny-broken", None, timeout_s=20, seed=0, startup_s=20)
+    results = E.run_edge_cases("tiny-broken", None, timeout_s=20, seed=0, startup_s=20)
     assert [r.case for r in results] == [case for case, _ in E.EDGE_CASES]
-    assert not any(r.passed for r in results) and "process died" in results[0].value
+    assert not any(r.passed for r in results) and "process died" in results[0].detail and results[0].value is None
 
 
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
@@ -183,7 +186,7 @@ def test_summary_and_ceiling_from_a_report() -> None:
 
     report = {"rows": [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
                        row("int4", "ort-genai", 100.0, 200.0)]}
-    quality = {"checks": [{"model": "m-int4", "check": "quality", "case": "top1-agreement", "value": "0.666"}]}
+    quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
     assert B.summary(report, quality) == ["int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666"]
     ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
     assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0

@@ -13,6 +13,7 @@ from safetensors.numpy import save_file
 from toolkit import cli
 from toolkit.core.errors import InputError, ModelFolderError
 from toolkit.domain import adapters, datasets
+from toolkit.presentation import checklist as tables
 from toolkit.stages import checklist, convert, finetune
 from toolkit.stages import register as R
 
@@ -135,19 +136,21 @@ def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Pat
     report = checklist.run_checklist("tiny-control", cases=cases["trained"][:3] + cases["heldout"][:2], requests=0,
                                      lengths=[8], progress=False)
     by_check = {c.case: c for c in report.checks}
-    assert by_check["heldout-overall"].check == "heldout" and by_check["heldout-overall"].value.startswith("0/2")
-    assert by_check["domain-overall"].value.startswith("0/3")  # a random model knows nothing of Veloria
+    heldout, domain = by_check["heldout-overall"], by_check["domain-overall"]
+    assert heldout.check == "heldout" and (heldout.passes, heldout.samples, heldout.value) == (0, 2, 0.0)
+    assert (domain.passes, domain.samples) == (0, 3)  # a random model knows nothing of Veloria
     control = checklist.run_control("tiny-control", cases["trained"][:3] + cases["heldout"][:2], progress=False)
-    assert (control["trained"], control["heldout"], control["tests_the_fine_tune"]) == ("0/3", "0/2", True)
-    side = checklist.before_after(control, report)  # the base's answers beside the model's, case by case
+    assert (control.trained_passed, control.trained_total, control.heldout_passed, control.heldout_total,
+            control.tests_the_fine_tune) == (0, 3, 0, 2, True)
+    side = tables.before_after(control, report)  # the base's answers beside the model's, case by case
     assert [row["case"] for row in side] == [c["id"] for c in cases["trained"][:3] + cases["heldout"][:1]]
-    assert all(row["base"] == control["answers"][row["case"]][:120] and "tiny-control" in row for row in side)
+    assert all(row["base"] == control.answers[row["case"]][:120] and "tiny-control" in row for row in side)
     # Cases any answer passes (nothing forbidden appears) test nothing, and the control says so.
     easy = [{"id": "easy", "messages": [{"role": "user", "content": "x"}], "expect": {"not_contains": ["Quennport"]}}]
     told = checklist.run_control("tiny-control", easy, progress=False)
-    assert not told["tests_the_fine_tune"] and "test what the base already knew" in told["verdict"]
-    written = checklist.write_report([report], tmp_path / "test.json", control=control)
-    assert written["control"]["model"] == "tiny-control"
+    assert not told.tests_the_fine_tune and "test what the base already knew" in tables.control_verdict(told)
+    checklist.write_report([report], tmp_path / "test.json", control=control)
+    assert checklist.read_report(tmp_path / "test.json").control == control
 
 
 @pytest.mark.parametrize("variant", ["bf16-sharded", "fp16", "tied"])

@@ -16,8 +16,8 @@ from toolkit.stages import checklist as E
 from toolkit.stages import register as R
 
 sys.path.insert(0, str(Path(__file__).parent))
-from scripted_models import make_scripted_model  # noqa: E402
-from test_verdicts import FakeModel  # noqa: E402
+from scripted_models import make_scripted_model
+from test_verdicts import FakeModel
 
 
 def test_a_statistic_within_its_spread_of_the_threshold_is_inconclusive() -> None:
@@ -34,11 +34,13 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
     fp32 = [(30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0)]
     # INT4 adds 9.2 ms +- 3 ms where 9.2 are allowed (1.5 x 6 + 10% of 2 ms): it could land either side.
     int4 = [(2.0, 8.2), (2.0, 14.2), (2.0, 11.2), (2.0, 9.7), (2.0, 12.7)]
-    check = E._performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
-    assert check.inconclusive and check.verdict == "inconclusive" and "inconclusive: rerun" in check.value
-    report = E.ModelReport("m-int4", [check, E.CheckResult("m-int4", "domain", "c1", "t", "v", True)])
+    check = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
+    assert check.inconclusive and check.verdict == "inconclusive" and "inconclusive: rerun" in check.detail
+    assert check.spread > abs(check.value - check.threshold)  # the threshold lies within the measured spread
+    domain = E.CheckResult("m-int4", E.Check.DOMAIN, "c1", 1.0, E.Unit.SHARE, 1.0, E.Bound.AT_LEAST, E.Verdict.PASS, "t")
+    report = E.ModelReport("m-int4", [check, domain])
     assert report.passed  # `slmops test` exits 0
-    written = E.write_report([report], tmp_path / "test.json")
+    written = E.write_report([report], tmp_path / "test.json").to_json()
     assert written["passed"] and written["summary"]["m-int4"]["inconclusive"] == ["performance/time-per-token"]
     assert written["checks"][0]["verdict"] == "inconclusive"
     # The same check passed in run a and is inconclusive in run b: no regression for --fail-on.
@@ -59,10 +61,10 @@ def test_an_arena_that_grows_in_shrinking_steps_is_not_called_a_leak() -> None:
     """The FP32 flip of the issue: +43.65 MB per 100 requests, then +16.61 over 200 more, then flat."""
     limits = E.Thresholds()
     arena = FakeModel({130: 30_000_000, 170: 12_000_000, 290: 8_000_000})
-    result = E._memory_check(arena, 200, limits, 0, False, rss := [])
-    assert result.passed and "levels off" in result.value and len(rss) <= 280  # decided before the last step
-    leak = E._memory_check(FakeModel({0: 300_000}), 200, limits, 0, False, [])  # 30 MB per 100 requests
-    assert not leak.passed and not leak.inconclusive and "every window" in leak.value
+    result = E.memory_check(arena, 200, limits, 0, False, rss := [])
+    assert result.passed and "levels off" in result.detail and len(rss) <= 280  # decided before the last step
+    leak = E.memory_check(FakeModel({0: 300_000}), 200, limits, 0, False, [])  # 30 MB per 100 requests
+    assert not leak.passed and not leak.inconclusive and "every window" in leak.detail
 
 
 def _bench_row(**values: object) -> B.BenchRow:

@@ -16,14 +16,12 @@ from toolkit.cli.common import (
     cache_option,
     default_of,
     fraction,
-    jsonable,
     json_option,
     out_option,
     print_json,
     run_param,
     whole,
 )
-from toolkit.core import artifacts
 from toolkit.core.errors import InputError
 from toolkit.domain import parity
 from toolkit.domain import params as run_params
@@ -40,6 +38,7 @@ from toolkit.domain.options import (
 from toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
 from toolkit.orchestration import cluster, pipeline, recipes
+from toolkit.presentation import checklist as checklist_tables
 from toolkit.presentation import plots, report
 from toolkit.presentation.tables import text_table
 from toolkit.stages import bench, checklist, convert, finetune, register
@@ -208,14 +207,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written = checklist.write_report(reports, out / "test.json", limits)
     if args.json:
-        print_json({"file": out / "test.json", **jsonable(written)})
+        print_json({"file": out / "test.json", **written.to_json()})
     else:
         print(text_table([{"verdict": c.verdict.upper(), "model": c.model, "check": c.check, "case": c.case,
-                           "value": c.value[:70]} for r in reports for c in r.checks],
+                           "value": checklist_tables.describe(c)[:70]} for r in reports for c in r.checks],
                          [("verdict", "VERDICT"), ("model", "MODEL"), ("check", "CHECK"), ("case", "CASE"),
                           ("value", "MEASURED")]))
-        print(f"Wrote {out / 'test.json'}: {'all checks passed' if written['passed'] else 'some checks FAILED'}")
-    return 0 if written["passed"] else 1
+        print(f"Wrote {out / 'test.json'}: {'all checks passed' if written.passed else 'some checks FAILED'}")
+    return 0 if written.passed else 1
 
 
 def _print_bench(rows: list, results: dict, quality: dict | None) -> None:
@@ -255,7 +254,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = bench.write_results(rows, out)
-    quality = artifacts.read_json(out / "test.json")
+    quality = checklist.read_report(out / "test.json")
     for stem, ax in plots.bench_figures(results, quality).items():
         report.save_figure(ax, out / f"{stem}.png")
     for warning in results["warnings"]:

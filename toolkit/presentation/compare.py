@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from toolkit.core import artifacts
@@ -19,26 +20,19 @@ from toolkit.core.artifacts import read_json
 from toolkit.domain.provenance import differences, machine_differences
 from toolkit.presentation.render import render_page
 from toolkit.stages import bench
+from toolkit.stages.checklist import read_report
 
 #: Quality figures a comparison gates on, and how far each may move the wrong way by default:
 #: top-1 agreement may drop and KL divergence rise by that much (absolute), perplexity rise by
 #: that share (relative).
 FAIL_ON = {"top1": 0.02, "kl": 0.05, "perplexity": 0.05}
 
-_QUALITY_CASES = {"top1-agreement": "top1", "kl-divergence": "kl", "perplexity": "perplexity"}
 _IGNORED_PARAMS = {"run_dir", "interactive"}
 
 
 def _precision(model: str) -> str:
     """Registered names are PREFIX-PRECISION; runs with other prefixes still line up by precision."""
     return model.rsplit("-", 1)[-1]
-
-
-def _number(text: object) -> float | None:
-    try:
-        return float(str(text).split()[0])
-    except (ValueError, IndexError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -81,11 +75,6 @@ TYPICAL_PROMPT = 128
 LATENCY_SLACK = 1.25
 
 
-def _verdict(check: dict) -> str:
-    """A test.json check's verdict (files written before inconclusive verdicts hold only ``passed``)."""
-    return check.get("verdict") or ("pass" if check["passed"] else "fail")
-
-
 def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     """Read a run folder's result files (any that are missing are simply empty)."""
     run = Path(run_dir)
@@ -95,11 +84,14 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     ratios = {m["precision"]: m.get("size_ratio_vs_fp32") for m in manifests}
     quality: dict[str, dict] = {}
     verdicts = {}
-    for check in (read_json(run / "test.json", {}) or {}).get("checks", []):
-        precision = _precision(check["model"])
-        verdicts[(precision, check["check"], check["case"])] = _verdict(check)
-        if check["check"] == "quality" and check["case"] in _QUALITY_CASES:
-            quality.setdefault(precision, {})[_QUALITY_CASES[check["case"]]] = _number(check["value"])
+    tests = read_report(run / "test.json")
+    for model in tests.models if tests is not None else []:
+        precision = _precision(model.model)
+        for check in model.checks:
+            verdicts[(precision, str(check.check), check.case)] = str(check.verdict)
+        if model.quality is not None:
+            quality[precision] = {"top1": model.quality.top1_agreement, "kl": model.quality.kl_divergence,
+                                  "perplexity": model.quality.perplexity}
     report = read_json(run / "bench.json", {}) or {}
     rows = report.get("rows", []) if isinstance(report, dict) else []
     timings = {(row["precision"], row["engine"], row["target_prompt_tokens"], row["target_gen_tokens"],
@@ -141,6 +133,16 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
     return rows
 
 
+class Outcome(StrEnum):
+    """Where a precision stands in a recommendation (the row's ``outcome``; its ``verdict`` says it in words)."""
+
+    RECOMMENDED = "recommended"
+    FAILED = "failed"  # failed a check
+    LARGER = "larger"
+    SLOWER = "slower"
+    NOT_CHECKED = "not_checked"
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """The precision to deploy from one run, its figures beside the alternatives', and why each lost.
@@ -148,7 +150,8 @@ class Recommendation:
     Attributes:
         choice: The recommended precision (None when every precision failed a check).
         sentence: The decision in one line.
-        rows: One per precision: its figures and ``verdict`` (recommended, or why it lost).
+        rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
+            in words: recommended, or why it lost).
     """
 
     choice: str | None
@@ -203,7 +206,7 @@ def recommend(run: RunFigures) -> Recommendation:
         return value if isinstance(value, int | float) else 0.0
 
     checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
-    failed = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"]
+    failed = {p: [(check, case) for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"]
               for p in checked}
     unsure = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "inconclusive"]
               for p in checked}
@@ -225,24 +228,27 @@ def recommend(run: RunFigures) -> Recommendation:
         del row["run"]
         row["ttft_typical_ms"] = (run.first_token.get(p) or {}).get("ttft_ms", "–")
         if p == choice:
-            verdict = "recommended"
+            outcome, verdict = Outcome.RECOMMENDED, "recommended"
         elif failed.get(p):
-            verdict = "lost: failed " + ", ".join(failed[p][:3]) + (" ..." if len(failed[p]) > 3 else "")
+            outcome = Outcome.FAILED
+            verdict = ("lost: failed " + ", ".join(f"{check}/{case}" for check, case in failed[p][:3])
+                       + (" ..." if len(failed[p]) > 3 else ""))
             structured = [v for (q, check, _), v in run.verdicts.items() if q == p and check == "structured"]
-            if structured and all(v == "pass" for v in structured) and all(f.startswith("format/") for f in failed[p]):
+            if structured and all(v == "pass" for v in structured) and all(check == "format" for check, _ in failed[p]):
                 verdict += " (passes with response_format: deployable where the application asks for structured output)"
         elif p not in failed:
-            verdict = "not checked"
+            outcome, verdict = Outcome.NOT_CHECKED, "not checked"
         elif run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):
-            verdict = f"lost: larger ({run.sizes[p]:.1f} MB against {run.sizes[choice]:.1f})"
+            outcome, verdict = Outcome.LARGER, f"lost: larger ({run.sizes[p]:.1f} MB against {run.sizes[choice]:.1f})"
         elif p not in quick:
+            outcome = Outcome.SLOWER
             verdict = (f"lost: slower ({typical_words(p)}; against {typical[choice]:.0f} ms)" if choice and
                        typical.get(choice) is not None else "lost: slower")
         else:
-            verdict = f"lost: slower ({decode(p):.0f} tok/s against {decode(choice):.0f})"
+            outcome, verdict = Outcome.SLOWER, f"lost: slower ({decode(p):.0f} tok/s against {decode(choice):.0f})"
         if unsure.get(p) and not failed.get(p):
             verdict += f"; inconclusive: rerun ({', '.join(unsure[p][:3])})"
-        rows.append({"precision": p, **row, "verdict": verdict})
+        rows.append({"precision": p, **row, "outcome": str(outcome), "verdict": verdict})
     if choice is None:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
                               + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ").", rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from toolkit.domain.results.checklist import ChecklistReport
 from toolkit.stages.bench import headline_rows, rows_for
 
 
@@ -127,8 +128,8 @@ def plot_rss(reports: Sequence, *, ax=None):
     """
     ax = _axes(ax)
     for r in reports:
-        if r.rss_mb:
-            ax.plot(range(1, len(r.rss_mb) + 1), r.rss_mb, label=r.model)
+        if r.rss_mib:
+            ax.plot(range(1, len(r.rss_mib) + 1), r.rss_mib, label=r.model)
     ax.set_xlabel("request (the check compares each window's high-water mark after the first, warm-up, window)")
     ax.set_ylabel("process RSS (MB)")
     ax.set_title("Memory over requests")
@@ -155,18 +156,17 @@ def plot_per_token(reports: Sequence, *, ax=None):
     return ax
 
 
-def plot_tradeoff(report: dict, quality: dict | None = None, *, engine: str = "foundry-local", ax=None):
+def plot_tradeoff(report: dict, quality: ChecklistReport | None = None, *, engine: str = "foundry-local", ax=None):
     """Size against decode speed per model (shortest prompt), labelled with top-1 agreement.
 
     Example:
-        >>> plot_tradeoff(json.load(open("bench.json")), json.load(open("test.json"))).figure.savefig("t.png")
+        >>> plot_tradeoff(json.load(open("bench.json")), read_report("test.json")).figure.savefig("t.png")
     """
     ax = _axes(ax)
-    top1 = {c["model"]: c["value"] for c in (quality or {}).get("checks", [])
-            if c["check"] == "quality" and c["case"] == "top1-agreement"}
+    top1 = quality.top1_agreement() if quality is not None else {}
     for r in headline_rows(report["rows"], engine):
         ax.scatter(r["size_mb"], r["decode_tps"], s=50)
-        label = r["precision"] + (f"\ntop-1 {top1[r['model']]}" if r["model"] in top1 else "")
+        label = r["precision"] + (f"\ntop-1 {top1[r['model']]:.3f}" if r["model"] in top1 else "")
         ax.annotate(label, (r["size_mb"], r["decode_tps"]), xytext=(5, 3), textcoords="offset points",
                     fontsize="small")
     ax.set_xlabel("size on disk (MB)")
@@ -177,7 +177,7 @@ def plot_tradeoff(report: dict, quality: dict | None = None, *, engine: str = "f
     return ax
 
 
-def bench_figures(report: dict, quality: dict | None = None) -> dict[str, object]:
+def bench_figures(report: dict, quality: ChecklistReport | None = None) -> dict[str, object]:
     """The benchmark's plots (matplotlib Axes) by file stem: speed, latency, memory, sweeps, trade-off.
 
     Sweeps appear only when the run swept them (several generation lengths or thread counts).

@@ -16,6 +16,8 @@ from toolkit.core import artifacts
 from toolkit.core.artifacts import read_json
 from toolkit.core.errors import InputError
 from toolkit.core.measure import versions
+from toolkit.domain.results.checklist import ControlResult
+from toolkit.presentation import checklist as checklist_tables
 from toolkit.presentation import compare
 from toolkit.presentation.render import render_page
 from toolkit.stages import bench, checklist, convert
@@ -83,7 +85,7 @@ def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
 
 
 def run_story(recommendation: compare.Recommendation | None, bench_report: dict | None,
-              registered: list[dict] | None, control: dict | None = None) -> list[str]:
+              registered: list[dict] | None, control: ControlResult | None = None) -> list[str]:
     """"What this run shows": a few sentences generated from the run's own figures.
 
     Args:
@@ -110,15 +112,15 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         if parts:
             story.append("Against FP32: " + "; ".join(parts) + ".")
     failed = [f"{r['precision']} {r['verdict'].removeprefix('lost: ')}" for r in rows
-              if str(r.get("verdict", "")).startswith("lost: failed")]
-    passed = [r["precision"] for r in rows if not str(r.get("verdict", "")).startswith("lost: failed")
-              and r.get("verdict") != "not checked"]
+              if r["outcome"] == compare.Outcome.FAILED]
+    passed = [r["precision"] for r in rows if r["outcome"] not in (compare.Outcome.FAILED, compare.Outcome.NOT_CHECKED)]
     if rows:
         story.append((f"{' and '.join(passed)} pass every checklist item" if passed else "No precision passes "
                       "every checklist item") + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
-        story.append(f"The base model, not fine-tuned, answers {control['trained']} of the trained questions and "
-                     f"{control['heldout']} of their held-out paraphrases: {control['verdict']}.")
+        row = checklist_tables.control_row(control)
+        story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions and "
+                     f"{row['heldout']} of their held-out paraphrases: {row['verdict']}.")
     chosen = [r for r in registered or [] if isinstance(r.get("threads_speedup"), int | float)]
     if chosen:
         story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r['threads']) for r in chosen)}, "
@@ -169,10 +171,6 @@ def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "run"} for row in rows if row["precision"] != "–"]
 
 
-def _checklist_rows(tests: dict) -> list[dict]:
-    return checklist.summary_rows(tests) if tests else []
-
-
 def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                 status: dict[str, str] | None = None) -> Path:
     """Write ``run_dir/index.html``: summary, links to the rendered notebooks and result files, tables,
@@ -190,7 +188,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     params = params if params is not None else read_json(run / "params.json")
     found = versions()
     artifacts.write_json(run / "versions.json", found)
-    tests = read_json(run / "test.json")
+    tests = checklist.read_report(run / "test.json")
     bench_report = _bench_report(run)
     converted = read_json(run / "models" / "convert.json")
     registered = read_json(run / "registered.json") or []
@@ -200,7 +198,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     page = render_page(
         "index.html.j2", run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
         recommendation=recommendation,
-        story=run_story(recommendation, bench_report, registered, (tests or {}).get("control")),
+        story=run_story(recommendation, bench_report, registered, tests.control if tests else None),
         registered=[{**row, "threads_probe": ", ".join(
             f"{p['threads'] or 'default'}: {p['decode_tps']:.0f} tok/s, {p['ttft_ms']:.0f} ms" for p in
             row.get("threads_probe") or [])} for row in registered],
@@ -212,7 +210,8 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
         conversion=convert.summary(converted) if converted else [],
         recipes=read_json(run / "models" / "recipes" / "recipes.json") or [],
-        checklist=_checklist_rows(tests), control=(tests or {}).get("control"), bench=bench_report,
+        checklist=checklist_tables.summary_rows(tests) if tests else [],
+        control=checklist_tables.control_row(tests.control) if tests and tests.control else None, bench=bench_report,
         bench_summary=bench.summary(bench_report, tests) if bench_report else [],
         params=params,
         versions=[{"package": k, "version": v} for k, v in found.items()],

@@ -34,6 +34,7 @@ from toolkit.core.measure import CpuMeter, machine, peak_rss_mb, rss_mb, run_met
 from toolkit.domain.params import DEFAULTS
 from toolkit.domain.prompts import prompt_text
 from toolkit.domain.quantize import lookup_only_mb
+from toolkit.domain.results.checklist import ChecklistReport
 from toolkit.runtimes import genai
 from toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
 
@@ -303,12 +304,12 @@ def headline_rows(rows: list[dict], engine: str = "foundry-local") -> list[dict]
     return list(picked.values())
 
 
-def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32") -> list[str]:
+def summary(report: dict, quality: ChecklistReport | None = None, *, baseline: str = "fp32") -> list[str]:
     """One sentence per precision against the baseline precision (Foundry Local rows, shortest prompt).
 
     Args:
         report: A written ``bench.json``.
-        quality: The checklist's ``test.json``, for top-1 agreement when present.
+        quality: The checklist's result (``test.json``), for top-1 agreement when present.
 
     Example:
         >>> summary(report)[0]
@@ -316,10 +317,7 @@ def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32"
     """
     by_precision = {r["precision"]: r for r in headline_rows(report["rows"])}
     base = by_precision.get(baseline)
-    top1 = {}
-    for check in (quality or {}).get("checks", []):
-        if check["check"] == "quality" and check["case"] == "top1-agreement":
-            top1[check["model"]] = check["value"]
+    top1 = quality.top1_agreement() if quality is not None else {}
     sentences = []
     for precision, row in by_precision.items():
         if base is None or precision == baseline or not base["decode_tps"]:
@@ -327,7 +325,7 @@ def summary(report: dict, quality: dict | None = None, *, baseline: str = "fp32"
         text = (f"{precision}: {row['decode_tps'] / base['decode_tps']:.1f}x {baseline} decode speed at "
                 f"{row['size_mb'] / base['size_mb']:.2f}x size")
         if row["model"] in top1:
-            text += f", top-1 agreement {top1[row['model']]}"
+            text += f", top-1 agreement {top1[row['model']]:.3f}"
         sentences.append(text)
     return sentences
 

@@ -1,0 +1,91 @@
+"""Quality against the FP32 build (top-1 agreement, KL divergence, perplexity) and the negative control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolkit.domain.datasets import HELDOUT
+from toolkit.domain.params import DEFAULTS
+from toolkit.domain.results.checklist import (
+    Bound,
+    Check,
+    CheckResult,
+    ControlResult,
+    QualityRecord,
+    Thresholds,
+    Unit,
+    verdict_of,
+)
+from toolkit.runtimes import genai
+from toolkit.runtimes.foundry import LoadedModel, find_model
+from toolkit.stages.checklist.answers import generation
+from toolkit.stages.checklist.cases import CONTENT_RULES, judge
+
+#: Largest share of the domain cases the base model (not fine-tuned) may pass before the cases count as testing nothing.
+CONTROL_MAX_PASS = 0.1
+
+
+def quality_records(names: list[str], reference: str, cache: str | Path | None) -> dict[str, QualityRecord]:
+    """Top-1 agreement, KL divergence and perplexity of every model against the reference, its logits read once.
+
+    Example:
+        >>> quality_records(["smollm2-int4"], "smollm2-fp32", None)["smollm2-int4"].top1_agreement
+        0.6659
+    """
+    ref_dir = Path(find_model(reference, cache).get_path())
+    found = genai.agreement(ref_dir, {n: Path(find_model(n, cache).get_path()) for n in names})
+    return {a.model: QualityRecord(reference, a.top1, a.kl, a.perplexity, a.reference_perplexity, a.tokens)
+            for a in found}
+
+
+def quality_checks(name: str, record: QualityRecord, limits: Thresholds) -> list[CheckResult]:
+    """The three quality checks of one model from its :class:`QualityRecord`.
+
+    Example:
+        >>> [c.case for c in quality_checks("m", QualityRecord("ref", 0.9, 0.1, 11.0, 10.0, 300), Thresholds())]
+        ['top1-agreement', 'kl-divergence', 'perplexity']
+    """
+    text = f"on the bundled text ({record.tokens} tokens) against {record.reference}"
+    ratio = record.perplexity_ratio
+    return [
+        CheckResult(name, Check.QUALITY, "top1-agreement", record.top1_agreement, Unit.SHARE, limits.top1_min,
+                    Bound.AT_LEAST, verdict_of(record.top1_agreement >= limits.top1_min),
+                    f">= {limits.top1_min} {text}", samples=record.tokens),
+        CheckResult(name, Check.QUALITY, "kl-divergence", record.kl_divergence, Unit.NATS, limits.kl_max,
+                    Bound.AT_MOST, verdict_of(record.kl_divergence <= limits.kl_max),
+                    f"<= {limits.kl_max} nats {text}", samples=record.tokens),
+        CheckResult(name, Check.QUALITY, "perplexity", round(ratio, 4), Unit.RATIO, limits.perplexity_ratio_max,
+                    Bound.AT_MOST, verdict_of(ratio <= limits.perplexity_ratio_max),
+                    f"<= {limits.perplexity_ratio_max}x the reference's {record.reference_perplexity:.2f}",
+                    f"{record.perplexity:.2f} ({ratio:.2f}x)", samples=record.tokens),
+    ]
+
+
+def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None, seed: int = DEFAULTS.seed,
+                max_tokens: int = 48, progress: bool = True) -> ControlResult:
+    """A negative control: the base model (not fine-tuned) answers the same domain and held-out cases.
+
+    If the base passes them, they test nothing about the fine-tune, and the verdict says so. The
+    base gets the same answer budget as the checked models (``max_tokens``, the checklist's 48):
+    the control asks whether the same question, judged the same way, is answered without the
+    fine-tune (128 tokens cost the base 2.7x the time and only gave it more words to match by chance).
+
+    Example:
+        >>> run_control("smollm2-base-fp32", load_cases()).tests_the_fine_tune
+        True
+    """
+    from tqdm.auto import tqdm
+
+    content = [c for c in cases if any(rule in c["expect"] for rule in CONTENT_RULES)]
+    if not content:
+        return ControlResult(name, 0, 0, 0, 0, 0.0, CONTROL_MAX_PASS, None)
+    passed: dict[str, list[bool]] = {"trained": [], HELDOUT: []}
+    answers = {}
+    with LoadedModel(name, cache) as model:
+        for case in tqdm(content, desc=f"{name}: control", unit="case", disable=not progress):
+            answers[case["id"]] = generation(model, case, max_tokens, seed)[0]
+            passed[HELDOUT if case.get("group") == HELDOUT else "trained"].append(
+                judge(answers[case["id"]], case["expect"], CONTENT_RULES)[0])
+    rate = sum(passed["trained"]) / len(passed["trained"]) if passed["trained"] else 0.0
+    return ControlResult(name, sum(passed["trained"]), len(passed["trained"]), sum(passed[HELDOUT]),
+                         len(passed[HELDOUT]), round(rate, 3), CONTROL_MAX_PASS, rate <= CONTROL_MAX_PASS, answers)
