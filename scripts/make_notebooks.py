@@ -94,9 +94,9 @@ else:
 
 from IPython.display import HTML, display
 
+from toolkit import endpoint as serve
 from toolkit.orchestration import run_source
 from toolkit.presentation import report
-from toolkit import endpoint as serve
 from toolkit.stages import register
 from widgets import ChatBox, TemplatePicker
 

@@ -146,8 +146,8 @@ def _edited(tiny_model: Path, target: Path, **fields) -> Path:
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"vocab_size": 512}, "vocab_size 512, but the embedding table model.embed_tokens.weight has 400 rows. Set vocab_size "
-                          "to 400"),
+    ({"vocab_size": 512}, ("vocab_size 512, but the embedding table model.embed_tokens.weight has 400 rows. "
+                           "Set vocab_size to 400")),
     ({"hidden_size": 128}, "hidden_size 128, but the embedding table .* is 64 wide"),
     ({"num_hidden_layers": 3}, "num_hidden_layers 3, but the weights hold 2 layers. Set num_hidden_layers to 2"),
     ({"num_hidden_layers": 1}, "num_hidden_layers 1, but the weights hold 2 layers"),

@@ -74,8 +74,8 @@ def test_a_real_shape_is_written_shard_by_shard_and_loads(tmp_path: Path) -> Non
     assert sum(p.numel() for p in model.parameters()) == source.parameters
     assert float(model.model.norm.weight.detach().float().mean()) == 1.0  # norms start at one, like a real init
     # A bigger vocabulary is predicted to need more: the largest tensor is in every step's peak.
-    base = dict(parameters=source.parameters, checkpoint_bytes=source.checkpoint_bytes, method=Method.BUILDER,
-                route_precision=Precision.FP32, quantized=True)
+    base = {"parameters": source.parameters, "checkpoint_bytes": source.checkpoint_bytes, "method": Method.BUILDER,
+            "route_precision": Precision.FP32, "quantized": True}
     small, large = (memory.estimate(largest_tensor=n, **base) for n in (source.largest_tensor, 100 * 2**20))
     assert large.peak_mb > small.peak_mb
     olive = memory.estimate(largest_tensor=source.largest_tensor, **{**base, "method": Method.OLIVE,

@@ -40,9 +40,9 @@ def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_qkv(tiny_fp32: Path,
                                                                                     tmp_path: Path) -> None:
-    import numpy as np
     import shutil
 
+    import numpy as np
     import onnx
 
     out = tmp_path / "mixed"

@@ -15,8 +15,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from toolkit.core.errors import InputError, ModelNotFoundError
 from toolkit import endpoint as serve
+from toolkit.core.errors import InputError, ModelNotFoundError
 from toolkit.stages import bench
 from toolkit.stages import register as R
 

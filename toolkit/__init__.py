@@ -59,8 +59,9 @@ _LAZY = {
 __all__ = [
     "InvalidNameError", "InvalidOptionError", "InvalidPromptError", "ModelFolderError", "ModelNotFoundError",
     "ParamsError", "PromptTooLongError", "RegistrationError", "SlmopsError", "TemplateError", "ToolFailedError",
-    "ToolTimeoutError", "UnsupportedArchitectureError", *_LAZY,
+    "ToolTimeoutError", "UnsupportedArchitectureError",
 ]
+__all__ += list(_LAZY)  # the lazily imported public names
 
 
 def __getattr__(name: str):

@@ -17,11 +17,11 @@ from toolkit.core.errors import TemplateError
 from toolkit.domain.options import (
     BLOCK_SIZES,
     INT4_RECIPES,
-    Int4Mix,
     RECIPE_NOTES,
     TUTORIAL_ADVICE,
     TUTORIAL_SIZE_RATIO,
     Int4Algorithm,
+    Int4Mix,
     Int4Options,
     Precision,
     TablePrecision,

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, f"error: {exc}" if not as_json else str(exc), exc.exit_code, type(exc).__name__, as_json)
     except KeyboardInterrupt:
         return _fail(args, "interrupted; nothing half-written was left in place.", 130, "interrupted", as_json)
-    except Exception as exc:  # noqa: BLE001 (a bug of ours: one line, the traceback on request)
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
         if debug:
             raise
         return _fail(args, f"unexpected error: {type(exc).__name__}: {exc}. Run again with --debug for the "

@@ -72,7 +72,7 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", Formatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str):  # noqa: D102 (argparse's hook)
+    def error(self, message: str):  # argparse's hook, called with the message of a usage error
         raise UsageError(self, message)
 
 

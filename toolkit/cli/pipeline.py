@@ -23,8 +23,8 @@ from toolkit.cli.common import (
     whole,
 )
 from toolkit.core.errors import InputError
-from toolkit.domain import parity
 from toolkit.domain import params as run_params
+from toolkit.domain import parity
 from toolkit.domain.options import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,

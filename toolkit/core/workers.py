@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from toolkit.core import platform as system
 from toolkit.core import settings
@@ -317,7 +318,7 @@ class Service:
                 _end_group(self._proc)
         return self._proc.wait()
 
-    def __enter__(self) -> Service:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:

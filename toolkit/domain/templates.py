@@ -22,9 +22,9 @@ Local's runtime renders all of them too (checked on 2.2.1), so ``auto`` keeps th
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import functools
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum

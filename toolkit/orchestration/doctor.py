@@ -34,7 +34,7 @@ def _external_data_complete(model_file: Path) -> tuple[bool, str]:
 
     try:
         model = onnx.load(str(model_file), load_external_data=False)
-    except Exception as exc:  # any parse failure means the file is damaged
+    except Exception as exc:  # noqa: BLE001 (any parse failure means the file is damaged)
         return False, f"{model_file.name} cannot be parsed ({type(exc).__name__}); convert it again"
     needed: dict[str, int] = {}
     for tensor in model.graph.initializer:
@@ -115,7 +115,7 @@ def runtime_check(folder: Path) -> list[Check]:
         try:
             with LoadedModel("doctor-probe", cache) as model:
                 generation = model.generate([{"role": "user", "content": "Hello"}], max_tokens=1)
-        except Exception as exc:  # the runtime's own error (or ours wrapping it) is the finding
+        except Exception as exc:  # noqa: BLE001 (the runtime's own error, or ours wrapping it, is the finding)
             return [Check("runtime load", False, f"foundry-local-sdk {version} cannot load or run it: "
                           f"{type(exc).__name__}: {exc}; convert it again with this toolkit's pinned versions")]
         # Not a failure either way: `slmops serve` uses the runtime's own service where it can, else its own.

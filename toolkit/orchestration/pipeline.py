@@ -10,8 +10,8 @@ from pathlib import Path
 
 from toolkit.core import artifacts, settings
 from toolkit.core.errors import ParamsError, SlmopsError
-from toolkit.domain import params as run_params
 from toolkit.domain import packaged, provenance
+from toolkit.domain import params as run_params
 from toolkit.presentation import report
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _render_html(notebook: Path) -> Path:
 
 
 _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*>(?:(?!</script>).)*?https://(?:cdnjs|unpkg)(?:(?!</script>).)*?</script>"
-                            r"|<script\b[^>]*src=\"https?://[^\"]*\"[^>]*>\s*</script>", re.S)
+                            r"|<script\b[^>]*src=\"https?://[^\"]*\"[^>]*>\s*</script>", re.DOTALL)
 
 
 def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = True) -> Path:
@@ -151,7 +151,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
             status[name] = f"ok in {time.perf_counter() - start:.0f} s"
-        except Exception as exc:  # papermill saves the failed notebook before raising
+        except Exception as exc:  # noqa: BLE001 (papermill saved the failed notebook; reported below)
             status[name] = f"FAILED: {getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
             failure = (name, exc)
         if target.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -92,4 +93,4 @@ def window_growth(rss_mib: list[float], per_window: int) -> tuple[list[float], l
         [50.0, 50.0]
     """
     levels = [max(rss_mib[i:i + per_window]) for i in range(per_window, len(rss_mib) - per_window + 1, per_window)]
-    return levels, [round((b - a) * 100 / per_window, 3) for a, b in zip(levels, levels[1:])]
+    return levels, [round((b - a) * 100 / per_window, 3) for a, b in itertools.pairwise(levels)]

@@ -16,6 +16,7 @@ from toolkit.domain.prompts import prompt_text
 from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
 from toolkit.runtimes.foundry import LoadedModel, fixed_length_registration
 from toolkit.stages.checklist.statistics import decide
+import itertools
 
 #: The long input the performance check times by default (at most half the context). At 1024 tokens attention already adds a resolved share
 #: of the bundled model's time per token (its KV cache reads 47 MB a token against 150-540 MB of
@@ -110,7 +111,7 @@ def per_token_ms(model: LoadedModel, prompt: str, tokens: int, seed: int) -> flo
             arrivals.append(time.perf_counter())
         else:
             generation = piece
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     if len(gaps) >= max(2, tokens // 2):
         return statistics.median(gaps) * 1000
     if generation is None or generation.completion_tokens < 2 or generation.total_s <= generation.ttft_s:
