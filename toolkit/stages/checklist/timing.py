@@ -8,6 +8,7 @@ median over rounds decided outside its spread (:func:`~toolkit.stages.checklist.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -16,7 +17,6 @@ from toolkit.domain.prompts import prompt_text
 from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
 from toolkit.runtimes.foundry import LoadedModel, fixed_length_registration
 from toolkit.stages.checklist.statistics import decide
-import itertools
 
 #: The long input the performance check times by default (at most half the context). At 1024 tokens attention already adds a resolved share
 #: of the bundled model's time per token (its KV cache reads 47 MB a token against 150-540 MB of
