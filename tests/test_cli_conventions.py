@@ -245,4 +245,4 @@ def test_cli_ranges_come_from_the_parameter_model(capsys: pytest.CaptureFixture[
     parser = cli.build_parser()
     assert parser.parse_args(["bench", "m", "--repeats", str(high)]).repeats == high
     code, _, err = run_cli(["bench", "m", "--repeats", str(high + 1)], capsys)
-    assert code == 2 and f"from 1 to {high}" in err
+    assert code == 2 and f"{high + 1} is out of range: use 1..{high}" in err

@@ -271,7 +271,11 @@ def item_parser(name: str):
             value = item(text) if item is not bool else {"true": True, "false": False}[text.lower()]
         except (ValueError, KeyError):
             raise ParamsError(f"{text!r} is not {_type_name(item)}") from None
-        _check_scalar(name, value, item, {f.name: f for f in fields(RunParams)}[name].metadata, "")
+        meta = {f.name: f for f in fields(RunParams)}[name].metadata
+        low, high = meta["low"], meta["high"]
+        if item is int and ((low is not None and value < low) or (high is not None and value > high)):
+            raise ParamsError(f"{value} is out of range: use {low}..{high}")  # the CLI's wording for a range
+        _check_scalar(name, value, item, meta, "")
         return value
 
     convert.__name__ = _type_name(item).removeprefix("a ")  # argparse names the type in its errors
