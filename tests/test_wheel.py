@@ -47,11 +47,14 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     (site / "dependencies-from-the-test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Their data files too (nbconvert's templates and Jupyter's kernelspecs live in <prefix>/share/jupyter).
+    (env_dir / "share").mkdir()
+    (env_dir / "share" / "jupyter").symlink_to(Path(sys.prefix) / "share" / "jupyter")
     # The bundled model's package as a first use would have fetched it (this venv's copy; fetching is tested below).
     shared = packaged.install_dir(sources.BUNDLED_KEY)
     if shared.is_dir():
         target = env_dir / "share" / "slmops" / sources.BUNDLED_KEY
-        target.parent.mkdir(parents=True)
+        target.parent.mkdir()
         target.symlink_to(shared)
     return env_dir
 
