@@ -130,7 +130,8 @@ def test_windows_ends_the_childs_tree_through_psutil(monkeypatch: pytest.MonkeyP
     assert calls == [("terminate", 101), ("terminate", 100), ("kill", 101), ("kill", 100)]
 
 
-def test_a_real_child_group_is_ended_on_linux() -> None:
+@pytest.mark.skipif(sys.platform == "win32", reason="a real SIGTERM to a process group: POSIX only")
+def test_a_real_child_group_is_ended_on_posix() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], **system.own_group_kwargs())
     watch = system.ChildWatch(proc)
     system.signal_group(proc)
