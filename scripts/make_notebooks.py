@@ -181,6 +181,8 @@ each model's perplexity.''',
 
 from IPython.display import Markdown, display
 
+from toolkit.domain.results.bench import rows_of as bench_rows
+from toolkit.presentation import bench as bench_text
 from toolkit.presentation import compare, plots, report
 from toolkit.stages import bench, checklist
 from widgets import RunPanel
@@ -190,14 +192,16 @@ quality = checklist.read_report(Path(run_dir) / "test.json")
 panel = RunPanel("benchmark", lambda: bench.write_results(bench.bench(
                      names, prompt_lengths=prompt_lengths, gen_lengths=gen_lengths, threads=threads or None,
                      repeats=repeats, warmup=warmup, cache=cache_dir or None), run_dir),
-                 show=lambda results: Markdown("\\n".join(f"- {line}" for line in bench.summary(results, quality)
-                                                        + results["warnings"])),
+                 show=lambda results: Markdown("\\n".join(
+                     f"- {line}" for line in bench_text.summary(results, quality)
+                     + bench_text.warnings(bench_rows(results)))),
                  interactive=interactive)
 display(panel) if interactive else None
 results = panel.run()
 report.table(results["rows"], ["model", "engine", "prompt_tokens", "gen_tokens", "threads", "ttft_ms", "prefill_tps",
-                               "decode_tps", "decode_tps_sd", "decode_tps_p50", "decode_tps_p90", "decode_cv", "noisy",
-                               "e2e_ms", "peak_rss_mb", "load_s", "load_rss_mb", "cpu_percent", "system_cpu_percent",
+                               "decode_tps", "decode_tps_sd", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90", "ttft_ms_p90",
+                               "decode_cv", "noisy", "e2e_ms", "peak_rss_mib", "load_s", "load_rss_mib", "cpu_percent",
+                               "system_cpu_percent",
                                "harness_overhead_pct", "size_mb"])''',
  '''#MD## Recommendation
 

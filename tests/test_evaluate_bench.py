@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from toolkit.core.errors import SlmopsError
 from toolkit.domain.quantize import lookup_only_mb
+from toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
+from toolkit.presentation import bench as bench_text
 from toolkit.presentation import plots
 from toolkit.runtimes.foundry import models_root
 from toolkit.stages import bench as B
@@ -121,9 +124,9 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     for row in rows:
         assert row.precision == "int4" and row.repeats == 3 and row.target_gen_tokens == 8
         assert row.decode_tps > 0 and row.ttft_ms > 0 and row.e2e_ms >= row.ttft_ms
-        assert row.decode_tps_p50 <= row.decode_tps_p90 or row.decode_cv == 0
+        assert 0 < row.tpot_ms_p50 <= row.tpot_ms_p90 and row.ttft_ms_p50 <= row.ttft_ms_p90  # latencies
         assert row.noisy == (row.decode_cv > B.NOISY_CV)
-        assert 20 < row.peak_rss_mb < 4000 and row.size_mb > 0 and row.load_s > 0 and row.load_rss_mb > 0
+        assert 20 < row.peak_rss_mib < 4000 and row.size_mb > 0 and row.load_s > 0 and row.load_rss_mib > 0
         assert row.cpu_percent > 10 and 0 <= row.system_cpu_percent <= 100  # ticks are 10 ms: tiny runs read 0
         assert 0 <= row.harness_overhead_pct < 100
     report = B.write_results(rows, tmp_path)
@@ -145,7 +148,26 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     with (tmp_path / "bench.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
     stems = set(plots.bench_figures(report))
-    assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mb", "tradeoff"}  # no sweeps asked
+    assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mib", "tradeoff"}  # no sweeps asked
+    assert report["schema_version"] == 2 and rows_of(json.loads((tmp_path / "bench.json").read_text())) == rows
+
+
+def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_file() -> None:
+    runs = [TimedRun(0.1, 1.1, 33), TimedRun(0.2, 2.2, 33), TimedRun(0.1, 0.6, 33)]  # 32, 16 and 64 tok/s
+    figures = run_metrics(runs, prompt_tokens=16)
+    assert figures["decode_tps"] == round((32 + 16 + 64) / 3, 2) == round(statistics.mean(r.decode_tps for r in runs), 2)
+    # Percentiles of the latency (ms per output token), never of the throughput: p90 is the slow run.
+    assert (figures["tpot_ms_p50"], figures["tpot_ms_p90"]) == (31.25, 62.5) and figures["ttft_ms_p90"] == 200.0
+    assert decode_tps(1, 0.1, 1.0) == 0.0 and TimedRun(0.1, 0.1, 5).tpot_ms == 0.0  # nothing to time
+    # bench.json before schema_version: memory under its MiB names, the throughput percentiles gone.
+    old = {"rows": [{**{f.name: 0 for f in fields(B.BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
+                     "decode_tps_p90": 99.0, "model": "m-int4"}]}
+    for key in ("peak_rss_mib", "load_rss_mib", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90", "ttft_ms_p50", "ttft_ms_p90"):
+        old["rows"][0].pop(key)
+    row = rows_of(old)[0]
+    assert (row.peak_rss_mib, row.load_rss_mib, row.tpot_ms) == (512.0, 64.0, 0.0)
+    with pytest.raises(SlmopsError, match="schema_version 3"):
+        rows_of({"schema_version": 3, "rows": []})
 
 
 def test_bench_sweeps_generation_lengths_and_threads(tiny_int4: Path, tmp_path: Path) -> None:
@@ -187,7 +209,7 @@ def test_summary_and_ceiling_from_a_report() -> None:
     report = {"rows": [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
                        row("int4", "ort-genai", 100.0, 200.0)]}
     quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
-    assert B.summary(report, quality) == ["int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666"]
+    assert bench_text.summary(report, quality) == ["int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666"]
     ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
     assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0
     assert not any(row["above_bound_because"] for row in ceiling)

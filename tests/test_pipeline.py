@@ -106,7 +106,7 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert {r["engine"] for r in bench["rows"]} == {"foundry-local", "ort-genai"}
     assert len(bench["engine_ratios"]) == 4 and bench["metadata"]["memory_bandwidth_gbs"] > 0
     assert "int4: " in html["04_benchmark"] and "x fp32 decode speed" in html["04_benchmark"]  # generated summary
-    for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "latency_vs_prompt.png", "peak_rss_mb.png",
+    for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "latency_vs_prompt.png", "peak_rss_mib.png",
                 "tradeoff.png", "rss_over_requests.png", "ms_per_token.png"):
         assert (tmp_path / "run" / png).stat().st_size > 1000 and f'src="{png}"' in page
     for text in html.values():  # readable offline: no widget views, nothing fetched from a CDN

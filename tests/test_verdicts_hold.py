@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.presentation import bench as bench_text
 from toolkit.presentation import compare
 from toolkit.runtimes import foundry
 from toolkit.stages import bench as B
@@ -86,7 +87,7 @@ def test_the_first_token_breakdown_adds_up_or_says_what_it_could_not_measure() -
 def test_warnings_are_one_sentence_per_cause() -> None:
     rows = [_bench_row(engine="foundry-local", target_prompt_tokens=n, gen_tokens=3.0, noisy=n == 16,
                        decode_cv=0.2) for n in (16, 128, 512)] * 4
-    found = B.warnings(rows)
+    found = bench_text.warnings(rows)
     assert len(found) == 2 and "12 rows stopped" in found[1] and "and 6 more" in found[1]
 
 

@@ -38,6 +38,7 @@ from toolkit.domain.options import (
 from toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
 from toolkit.orchestration import cluster, pipeline, recipes
+from toolkit.presentation import bench as bench_text
 from toolkit.presentation import checklist as checklist_tables
 from toolkit.presentation import plots, report
 from toolkit.presentation.tables import text_table
@@ -222,7 +223,7 @@ def _print_bench(rows: list, results: dict, quality: dict | None) -> None:
         ("model", "MODEL"), ("engine", "ENGINE"), ("prompt_tokens", "PROMPT"), ("gen_tokens", "GEN", ".0f"),
         ("threads", "THREADS"), ("ttft_ms", "TTFT ms", ".1f"), ("decode_tps", "DECODE tok/s", ".1f"),
         ("decode_tps_sd", "± sd", ".1f"), ("decode_cv", "CV", ".1%"), ("e2e_ms", "E2E ms", ".1f"),
-        ("peak_rss_mb", "RSS MB", ".0f"), ("cpu_percent", "CPU%", ".0f"), ("system_cpu_percent", "SYS%", ".0f")]))
+        ("peak_rss_mib", "RSS MiB", ".0f"), ("cpu_percent", "CPU%", ".0f"), ("system_cpu_percent", "SYS%", ".0f")]))
     for ratio in results["engine_ratios"]:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: Foundry Local decodes at {ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
@@ -238,7 +239,7 @@ def _print_bench(rows: list, results: dict, quality: dict | None) -> None:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: through HTTP it decodes at {ratio['decode_ratio']:.3f}x in-process, first token "
               f"{ratio['ttft_overhead_ms']:+.1f} ms")
-    for line in bench.summary(results, quality):
+    for line in bench_text.summary(results, quality):
         print(line)
     print(f"Harness overhead: at most {results['max_harness_overhead_pct']:.3f}% of decode time")
 
@@ -257,10 +258,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     quality = checklist.read_report(out / "test.json")
     for stem, ax in plots.bench_figures(results, quality).items():
         report.save_figure(ax, out / f"{stem}.png")
-    for warning in results["warnings"]:
+    for warning in bench_text.warnings(rows):
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print_json({"file": out / "bench.json", **results})
+        print_json({"file": out / "bench.json", **results, "warnings": bench_text.warnings(rows)})
         return 0
     _print_bench(rows, results, quality)
     print(f"Wrote {out / 'bench.json'}, bench.csv and plots")

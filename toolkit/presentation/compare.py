@@ -18,6 +18,7 @@ from pathlib import Path
 from toolkit.core import artifacts
 from toolkit.core.artifacts import read_json
 from toolkit.domain.provenance import differences, machine_differences
+from toolkit.domain.results.bench import rows_of
 from toolkit.presentation.render import render_page
 from toolkit.stages import bench
 from toolkit.stages.checklist import read_report
@@ -93,7 +94,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
             quality[precision] = {"top1": model.quality.top1_agreement, "kl": model.quality.kl_divergence,
                                   "perplexity": model.quality.perplexity}
     report = read_json(run / "bench.json", {}) or {}
-    rows = report.get("rows", []) if isinstance(report, dict) else []
+    rows = [row.to_json() for row in rows_of(report)] if isinstance(report, dict) else []
     timings = {(row["precision"], row["engine"], row["target_prompt_tokens"], row["target_gen_tokens"],
                 row["threads"]): row for row in rows}
     headline = {row["precision"]: row for row in bench.headline_rows(rows)}
@@ -128,7 +129,7 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
                                                                               else "")) if checks else "–",
                 "top1_vs_fp32": run.quality.get(precision, {}).get("top1", "–"),
                 "decode_tps": head.get("decode_tps", "–"), "ttft_ms": head.get("ttft_ms", "–"),
-                "peak_rss_mb": head.get("peak_rss_mb", "–"),
+                "peak_rss_mib": head.get("peak_rss_mib", "–"),
             })
     return rows
 

@@ -196,7 +196,7 @@ def bench_figures(report: dict, quality: ChecklistReport | None = None) -> dict[
             first_gen, "prompt_tokens", "e2e_ms",
             xlabel="prompt tokens", ylabel="end-to-end latency (ms)",
             title=f"Latency against prompt length ({first_gen[0]['target_gen_tokens']} generated tokens)"),
-        "peak_rss_mb": plot_metric(main, "peak_rss_mb", ylabel="peak process RSS (MB)"),
+        "peak_rss_mib": plot_metric(main, "peak_rss_mib", ylabel="peak process RSS (MiB)"),
     }
     if len({r["target_gen_tokens"] for r in report["rows"]}) > 1:
         out["latency_vs_generation"] = plot_lines(

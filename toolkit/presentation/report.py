@@ -16,7 +16,9 @@ from toolkit.core import artifacts
 from toolkit.core.artifacts import read_json
 from toolkit.core.errors import InputError
 from toolkit.core.measure import versions
+from toolkit.domain.results.bench import rows_of
 from toolkit.domain.results.checklist import ControlResult
+from toolkit.presentation import bench as bench_text
 from toolkit.presentation import checklist as checklist_tables
 from toolkit.presentation import compare
 from toolkit.presentation.render import render_page
@@ -53,8 +55,7 @@ def figure(ax, path: str | os.PathLike[str]):
 
 def _bench_report(run: Path) -> dict | None:
     """The run's ``bench.json``, or None when it is missing or not the shape the benchmark writes."""
-    found = read_json(run / "bench.json")
-    return found if isinstance(found, dict) and isinstance(found.get("rows"), list) else None
+    return bench.read_results(run / "bench.json")
 
 
 def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
@@ -72,7 +73,7 @@ PLOT_SECTIONS = {
     "conversion": ("finetune_loss", "sizes"),
     "recipes": ("recipes",),
     "checklist": ("rss_over_requests", "ms_per_token"),
-    "bench": ("decode_tps", "ttft_ms", "latency_vs_prompt", "latency_vs_generation", "peak_rss_mb", "tradeoff",
+    "bench": ("decode_tps", "ttft_ms", "latency_vs_prompt", "latency_vs_generation", "peak_rss_mib", "tradeoff",
               "decode_vs_threads"),
 }
 
@@ -212,7 +213,8 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
         recipes=read_json(run / "models" / "recipes" / "recipes.json") or [],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         control=checklist_tables.control_row(tests.control) if tests and tests.control else None, bench=bench_report,
-        bench_summary=bench.summary(bench_report, tests) if bench_report else [],
+        bench_summary=bench_text.summary(bench_report, tests) if bench_report else [],
+        bench_warnings=bench_text.warnings(rows_of(bench_report)) if bench_report else [],
         params=params,
         versions=[{"package": k, "version": v} for k, v in found.items()],
     )
@@ -243,7 +245,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
         for row in compare.side_by_side([(label, compare.load_run(out / label))]):
             rows.append({"label": label, **varied, "status": state, **ran, **row})
     columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
-               "x_fp32", "checks_passed", "top1_vs_fp32", "decode_tps", "ttft_ms", "peak_rss_mb"]
+               "x_fp32", "checks_passed", "top1_vs_fp32", "decode_tps", "ttft_ms", "peak_rss_mib"]
     node_types = sorted({where["node_type"] for where in placements.values() if where["status"] == "ok"})
     retried = [(label, where["lost"]) for label, where in placements.items() if where["lost"]]
     page = render_page("sweep.html.j2", sweep_name=out.name, run_count=len(runs), swept=swept, columns=columns,

@@ -24,6 +24,7 @@ from toolkit.core.errors import (
     PromptTooLongError,
 )
 from toolkit.domain import templates
+from toolkit.domain.results.bench import decode_tps
 
 APP_NAME = "slmops"
 _ROLES = ("system", "user", "assistant")
@@ -127,8 +128,7 @@ class Generation:
     @property
     def decode_tps(self) -> float:
         """Tokens per second after the first one."""
-        decode_s = self.total_s - self.ttft_s
-        return (self.completion_tokens - 1) / decode_s if self.completion_tokens > 1 and decode_s > 0 else 0.0
+        return decode_tps(self.completion_tokens, self.ttft_s, self.total_s)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from toolkit.core import workers
 from toolkit.core.measure import CpuMeter, peak_rss_mb, rss_mb
 from toolkit.domain.parity import log_softmax
 from toolkit.domain.prompts import reference_text
+from toolkit.domain.results.bench import TimedRun
 
 _MODULE = "toolkit.runtimes.genai"
 
@@ -282,7 +283,7 @@ def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list
     for order in (counts, counts[::-1]):
         for count in order:
             for run in time_generation(models[count], ids, gen_tokens, repeats, warmup=1):
-                decode = (run["gen_tokens"] - 1) / (run["total_s"] - run["ttft_s"])
+                decode = TimedRun.from_json(run).decode_tps
                 current = best.setdefault(count, {"threads": count, "decode_tps": 0.0, "ttft_ms": float("inf")})
                 current["decode_tps"] = round(max(current["decode_tps"], decode), 1)
                 current["ttft_ms"] = round(min(current["ttft_ms"], run["ttft_s"] * 1000), 1)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from toolkit.domain.prompts import prompt_text
+from toolkit.domain.results.bench import decode_tps
 from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
 from toolkit.runtimes.foundry import LoadedModel, fixed_length_registration
 from toolkit.stages.checklist.statistics import decide
@@ -114,9 +115,8 @@ def per_token_ms(model: LoadedModel, prompt: str, tokens: int, seed: int) -> flo
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     if len(gaps) >= max(2, tokens // 2):
         return statistics.median(gaps) * 1000
-    if generation is None or generation.completion_tokens < 2 or generation.total_s <= generation.ttft_s:
-        return None
-    return (generation.total_s - generation.ttft_s) / (generation.completion_tokens - 1) * 1000
+    rate = decode_tps(generation.completion_tokens, generation.ttft_s, generation.total_s) if generation else 0.0
+    return 1000 / rate if rate else None
 
 
 def performance_checks(names: list[str], reference: str | None, cache: str | Path | None,

@@ -1,0 +1,242 @@
+"""The benchmark's records: one timed run, the one function that turns timed runs into figures, and a ``bench.json`` row.
+
+Every decode rate in the toolkit comes from :func:`decode_tps` (tokens after the first over the
+time after the first token); every row of ``bench.json`` from :func:`run_metrics`. Latency
+percentiles are of latencies (time to first token, time per output token), never of a
+throughput, whose p90 would be the optimistic figure.
+
+Version history of ``bench.json``:
+
+1. (no ``schema_version``) rows had ``decode_tps_p50``/``decode_tps_p90`` (percentiles of a
+   throughput) and ``peak_rss_mb``/``load_rss_mb`` (MiB); still loaded by :meth:`BenchRow.from_json`:
+   memory under its ``_mib`` name, the throughput percentiles dropped, the latency percentiles absent (0).
+2. rows with ``tpot_ms`` and latency percentiles, memory in ``_mib``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, fields
+
+from toolkit.domain.results import schema_version
+
+#: The version :func:`toolkit.stages.bench.write_results` writes.
+SCHEMA_VERSION = 2
+
+#: Coefficient of variation of decode tokens/s above which a figure is flagged as too noisy to trust.
+NOISY_CV = 0.10
+
+
+def decode_tps(gen_tokens: float, ttft_s: float, total_s: float) -> float:
+    """Decode rate: the tokens after the first over the time after the first token (0 when it cannot be timed).
+
+    Example:
+        >>> decode_tps(33, 0.1, 1.1)
+        32.0
+    """
+    decode_s = total_s - ttft_s
+    return (gen_tokens - 1) / decode_s if gen_tokens > 1 and decode_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """One timed generation: the record every engine's timing produces.
+
+    Attributes:
+        ttft_s: Seconds to the first token.
+        total_s: Seconds for the whole request.
+        gen_tokens: Tokens generated.
+        prompt_tokens: Prompt tokens the runtime counted.
+        harness_s: Seconds the toolkit's own code spent between tokens.
+        setup_s: Seconds of ``ttft_s`` spent opening the runtime's session and request (Foundry Local).
+        cpu_percent: This process's CPU time over wall time (100 = one core busy).
+        system_cpu_percent: All CPUs' busy time over the same run (100 = the whole machine busy).
+    """
+
+    ttft_s: float
+    total_s: float
+    gen_tokens: int
+    prompt_tokens: int = 0
+    harness_s: float = 0.0
+    setup_s: float = 0.0
+    cpu_percent: float = 0.0
+    system_cpu_percent: float = 0.0
+
+    @property
+    def decode_s(self) -> float:
+        """Seconds after the first token."""
+        return self.total_s - self.ttft_s
+
+    @property
+    def decode_tps(self) -> float:
+        """Tokens per second after the first (:func:`decode_tps`)."""
+        return decode_tps(self.gen_tokens, self.ttft_s, self.total_s)
+
+    @property
+    def tpot_ms(self) -> float:
+        """Time per output token after the first, ms (0 when it cannot be timed)."""
+        rate = self.decode_tps
+        return 1000 / rate if rate else 0.0
+
+    @classmethod
+    def from_json(cls, data: dict) -> TimedRun:
+        """A run from a child's JSON (unknown keys ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One benchmark figure set: one model, engine, prompt length, generation length and thread count.
+
+    Means over ``repeats`` measured runs, with spread where it matters.
+
+    Attributes:
+        model: Registered name.
+        precision: The build's precision (from its manifest).
+        engine: ``foundry-local``, ``ort-genai`` or ``endpoint``.
+        target_prompt_tokens: The asked prompt length; ``prompt_tokens`` is what the runtime counted.
+        target_gen_tokens: The asked generation length; ``gen_tokens`` the mean generated.
+        threads: ONNX Runtime's intra-op threads as configured (0: the runtime's default).
+        ttft_ms, ttft_ms_sd, ttft_ms_p50, ttft_ms_p90: Time to first token, ms: mean, sd, median, 90th percentile.
+        prefill_tps: Prompt tokens over the mean time to first token, tokens/s.
+        decode_tps, decode_tps_sd: Decode rate (:func:`decode_tps`), tokens/s: mean and sd over runs.
+        tpot_ms, tpot_ms_p50, tpot_ms_p90: Time per output token after the first, ms: mean, median, 90th percentile.
+        decode_cv: Coefficient of variation of the decode rate over runs.
+        noisy: ``decode_cv`` over :data:`NOISY_CV`.
+        e2e_ms, e2e_ms_sd: Whole request, ms.
+        peak_rss_mib: Peak RSS of the benchmarking process, MiB.
+        cpu_percent: The benchmarked process's CPU time over wall time (100 = one core busy).
+        system_cpu_percent: All CPUs' busy time over the same runs (100 = the whole machine busy).
+        harness_overhead_pct: Time spent in this toolkit's own code between tokens, % of decode time.
+        size_mb: The model folder on disk, MB (10^6 bytes).
+        weights_read_mb: Weights read to decode one token, MB (10^6 bytes): size on disk less tables only
+            looked up by row (an embedding table not shared with the LM head).
+        load_s: Model load time, s.
+        load_rss_mib: Process memory the load added, MiB.
+        repeats: Measured runs.
+        setup_ms: Of the time to first token, opening the runtime's session and request (Foundry Local), ms.
+        template_ms: Rendering the chat template and tokenizing the prompt, timed with the
+            toolkit's own tokenizer, ms: what the runtime does for that, estimated (Foundry Local;
+            the direct engine is given token ids).
+    """
+
+    model: str
+    precision: str
+    engine: str
+    target_prompt_tokens: int
+    prompt_tokens: int
+    target_gen_tokens: int
+    gen_tokens: float
+    threads: int
+    ttft_ms: float
+    ttft_ms_sd: float
+    prefill_tps: float
+    decode_tps: float
+    decode_tps_sd: float
+    decode_cv: float
+    noisy: bool
+    e2e_ms: float
+    e2e_ms_sd: float
+    peak_rss_mib: float
+    cpu_percent: float
+    system_cpu_percent: float
+    harness_overhead_pct: float
+    size_mb: float
+    weights_read_mb: float
+    load_s: float
+    load_rss_mib: float
+    repeats: int
+    setup_ms: float = 0.0
+    template_ms: float = 0.0
+    tpot_ms: float = 0.0
+    tpot_ms_p50: float = 0.0
+    tpot_ms_p90: float = 0.0
+    ttft_ms_p50: float = 0.0
+    ttft_ms_p90: float = 0.0
+
+    def to_json(self) -> dict:
+        """The row as ``bench.json`` holds it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, version: int = SCHEMA_VERSION) -> BenchRow:
+        """A row of ``bench.json`` of ``version`` (see the module's history)."""
+        if version == 1:
+            data = {**data, "peak_rss_mib": data.get("peak_rss_mb", 0.0), "load_rss_mib": data.get("load_rss_mb", 0.0)}
+        # A field a file lacks (a hand-written or partial file) reads as its type's zero.
+        empty = {"str": "", "bool": False, "int": 0, "float": 0.0}
+        return cls(**{f.name: data.get(f.name, empty.get(str(f.type), 0)) for f in fields(cls)})
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank; 0 for none).
+
+    Example:
+        >>> percentile([1.0, 2.0, 3.0, 4.0, 10.0], 0.9)
+        10.0
+    """
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def run_metrics(runs: list[TimedRun], prompt_tokens: int) -> dict[str, float | bool | int]:
+    """The figures of a set of timed runs: the one place a row's timing figures are computed.
+
+    Returns:
+        The timing fields of :class:`BenchRow` (``ttft_ms*``, ``prefill_tps``, ``decode_tps*``, ``tpot_ms*``,
+        ``decode_cv``, ``noisy``, ``e2e_ms*``, ``gen_tokens``, ``cpu_percent``, ``system_cpu_percent``,
+        ``harness_overhead_pct``, ``setup_ms``, ``repeats``).
+
+    Example:
+        >>> run_metrics([TimedRun(0.1, 1.1, 33)], 16)["decode_tps"]
+        32.0
+    """
+    ttfts = [r.ttft_s * 1000 for r in runs]
+    timed = [r for r in runs if r.decode_tps]
+    decodes = [r.decode_tps for r in timed] or [0.0]
+    tpots = [r.tpot_ms for r in timed] or [0.0]
+    mean = statistics.mean(decodes)
+    cv = _sd(decodes) / mean if mean else 0.0
+    e2e = [r.total_s * 1000 for r in runs]
+    overhead = [r.harness_s / r.decode_s * 100 for r in runs if r.decode_s > 0] or [0.0]
+    return {
+        "gen_tokens": statistics.mean(r.gen_tokens for r in runs),
+        "ttft_ms": round(statistics.mean(ttfts), 2), "ttft_ms_sd": round(_sd(ttfts), 2),
+        "ttft_ms_p50": round(percentile(ttfts, 0.5), 2), "ttft_ms_p90": round(percentile(ttfts, 0.9), 2),
+        "prefill_tps": round(prompt_tokens / (statistics.mean(ttfts) / 1000), 1) if statistics.mean(ttfts) else 0.0,
+        "decode_tps": round(mean, 2), "decode_tps_sd": round(_sd(decodes), 2),
+        "tpot_ms": round(statistics.mean(tpots), 4), "tpot_ms_p50": round(percentile(tpots, 0.5), 4),
+        "tpot_ms_p90": round(percentile(tpots, 0.9), 4),
+        "decode_cv": round(cv, 4), "noisy": cv > NOISY_CV,
+        "e2e_ms": round(statistics.mean(e2e), 2), "e2e_ms_sd": round(_sd(e2e), 2),
+        "cpu_percent": round(statistics.mean(r.cpu_percent for r in runs), 1),
+        "system_cpu_percent": round(statistics.mean(r.system_cpu_percent for r in runs), 1),
+        "harness_overhead_pct": round(statistics.mean(overhead), 4),
+        "setup_ms": round(statistics.mean(r.setup_s for r in runs) * 1000, 3),
+        "repeats": len(runs),
+    }
+
+
+def bench_version(data: dict) -> int:
+    """The ``schema_version`` of a loaded ``bench.json`` (1 when absent).
+
+    Raises:
+        ResultVersionError: a version newer than this toolkit knows.
+    """
+    return schema_version(data, "bench.json", SCHEMA_VERSION)
+
+
+def rows_of(data: dict) -> list[BenchRow]:
+    """The rows of a loaded ``bench.json`` of any known version, typed.
+
+    Example:
+        >>> rows_of({"rows": []})
+        []
+    """
+    version = bench_version(data)
+    return [BenchRow.from_json(row, version) for row in data.get("rows", [])]

@@ -1,0 +1,60 @@
+"""``bench.json`` and ``bench.csv``: the benchmark's result files (:mod:`toolkit.domain.results.bench` has the row)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from toolkit.core import artifacts
+from toolkit.core.measure import machine, run_metadata
+from toolkit.domain.results.bench import SCHEMA_VERSION, BenchRow, rows_of
+from toolkit.runtimes import genai
+from toolkit.stages.bench.analysis import (
+    decode_ceiling,
+    endpoint_ratios,
+    engine_ratios,
+    instruction_sets,
+    last_level_cache_mb,
+    ttft_breakdown,
+)
+
+
+def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> dict:
+    """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``."""
+    out = Path(out_dir)
+    meta = {**run_metadata(), "caches": machine()["caches"], "isa": instruction_sets()}
+    # Measured the way decode reads, with each thread count the rows ran with.
+    bandwidths = genai.read_bandwidths([r.threads for r in rows] or [0])
+    meta["memory_bandwidth_gbs"] = max(bandwidths.values())
+    meta["memory_bandwidth_gbs_by_threads"] = {str(t): gbs for t, gbs in bandwidths.items()}
+    report = {"schema_version": SCHEMA_VERSION, "metadata": meta, "rows": [r.to_json() for r in rows], "engine_ratios": engine_ratios(rows),
+              "endpoint_ratios": endpoint_ratios(rows), "ttft_breakdown": ttft_breakdown(rows),
+              "noisy": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
+                        for r in rows if r.noisy],
+              "short": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
+                        for r in rows if r.gen_tokens < r.target_gen_tokens],
+              "max_harness_overhead_pct": max((r.harness_overhead_pct for r in rows), default=0.0)}
+    report["decode_ceiling"] = decode_ceiling(report["rows"], bandwidths, last_level_cache_mb(meta["caches"]))
+    artifacts.write_json(out / "bench.json", report)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    artifacts.write_text(out / "bench.csv", table.getvalue())
+    return report
+
+
+def read_results(path: str | os.PathLike[str]) -> dict | None:
+    """A written ``bench.json`` (any known version; its rows under today's names), or None when there is none.
+
+    Raises:
+        ResultVersionError: it was written by a newer toolkit.
+    """
+    found = artifacts.read_json(Path(path))
+    if not isinstance(found, dict) or not isinstance(found.get("rows"), list):
+        return None
+    return {**found, "rows": [row.to_json() for row in rows_of(found)]}
