@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from toolkit import endpoint as serve
 from toolkit.cli.common import Command, Group, cache_option, flag, fraction, json_option, print_json, whole
 from toolkit.core import settings
-from toolkit.core.errors import SlmopsError
+from toolkit.core.errors import InputError, SlmopsError
+from toolkit.domain import tools
 from toolkit.domain.sources import bundled_model
 from toolkit.orchestration import doctor
 from toolkit.presentation.tables import text_table
@@ -57,9 +59,50 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_tools(path: str | None) -> list[dict] | None:
+    """``--tools FILE``: a JSON list of OpenAI tool definitions (or ``{"tools": [...]}``), checked."""
+    if path is None:
+        return None
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--tools {file}: cannot read it as JSON ({exc}); pass a JSON list of OpenAI tool "
+                         "definitions ([{\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}]).") from exc
+    return tools.check_tools(data.get("tools") if isinstance(data, dict) else data)
+
+
+def _tool_choice(text: str | None, offered: list[dict] | None) -> object:
+    """``--tool-choice``: auto, required, none or a function's name."""
+    if text is None or text in ("auto", "required", "none"):
+        return tools.check_tool_choice(text, offered)
+    return tools.check_tool_choice({"type": "function", "function": {"name": text}}, offered)
+
+
+def _chat_turn(model: LoadedModel, text: str, args: argparse.Namespace, offered, choice, **turn) -> Generation | None:
+    """Stream one answer; returns its :class:`Generation` (None after an error)."""
+    try:
+        for piece in model.chat(text, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+                                tool_defs=offered, tool_choice=choice, **turn):
+            if isinstance(piece, Generation):
+                for call in piece.tool_calls:
+                    print(f"[tool call {call['id']}] {call['function']['name']}({call['function']['arguments']})")
+                print()
+                print(f"[{piece.completion_tokens} tokens, {piece.decode_tps:.1f} tok/s, {piece.finish_reason}]",
+                      file=sys.stderr)
+                return piece
+            print(piece, end="", flush=True)
+    except SlmopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return None
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
+    offered = _read_tools(args.tools)
+    choice = _tool_choice(args.tool_choice, offered)
     with LoadedModel(args.name, args.cache_dir) as model:
-        print(f"Chatting with {args.name}. /reset starts over, /exit quits.", file=sys.stderr)
+        print(f"Chatting with {args.name}. /reset starts over, /exit quits."
+              + (" After a tool call, type its result." if offered else ""), file=sys.stderr)
         while True:
             try:
                 line = input(">>> ")
@@ -71,16 +114,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 model.reset()
                 print("(conversation reset)", file=sys.stderr)
                 continue
-            try:
-                for piece in model.chat(line, system=args.system, max_tokens=args.max_tokens,
-                                        temperature=args.temperature):
-                    if isinstance(piece, Generation):
-                        print()
-                        print(f"[{piece.completion_tokens} tokens, {piece.decode_tps:.1f} tok/s]", file=sys.stderr)
-                    else:
-                        print(piece, end="", flush=True)
-            except SlmopsError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+            answer = _chat_turn(model, line, args, offered, choice)
+            while answer is not None and answer.tool_calls:
+                results = []
+                for call in answer.tool_calls:
+                    try:
+                        results.append((call["id"], input(f"result of {call['function']['name']} ({call['id']})> ")))
+                    except EOFError:
+                        return 0
+                for call_id, result in results[:-1]:  # all but the last join the history unanswered
+                    model.add_tool_result(call_id, result)
+                answer = _chat_turn(model, results[-1][1], args, offered, "auto" if offered else None, role="tool",
+                                    tool_call_id=results[-1][0])
     return 0
 
 
@@ -122,6 +167,11 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.add_argument("--system", help="system prompt (default: none)")
     p.add_argument("--max-tokens", type=whole(1), default=512, help="most tokens per answer")
     p.add_argument("--temperature", type=fraction(0, 2), default=0.7, help="sampling temperature, 0..2")
+    p.add_argument("--tools", metavar="FILE.json",
+                   help="OpenAI tool definitions the model may call (a JSON list); you type each call's result "
+                   "(default: none)")
+    p.add_argument("--tool-choice", metavar="auto|required|none|NAME",
+                   help="with --tools: whether the model must call (default: auto)")
     cache_option(p)
     p.set_defaults(func=cmd_chat)
 

@@ -178,7 +178,8 @@ def cmd_register(args: argparse.Namespace) -> int:
                                   repetition_penalty=args.repetition_penalty, threads=args.threads)
     reg = register.register(args.onnx_dir, args.name, version=args.version, template=template,
                             custom_template=custom, model_config=config, cache=args.cache_dir, force=args.force,
-                            description=args.description)
+                            description=args.description,
+                            tool_markers=tuple(args.tool_markers) if args.tool_markers else None)
     for note in reg.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
@@ -190,6 +191,10 @@ def cmd_register(args: argparse.Namespace) -> int:
         tried = ", ".join(f"{row['threads'] or 'default'}: {row['decode_tps']:.0f} tok/s, first token "
                           f"{row['ttft_ms']:.0f} ms" for row in reg.threads.probe)
         print(f"Threads: {reg.threads.chosen} ({reg.threads.speedup:.2f}x the runtime's default decode; tried {tried})")
+    if reg.tool_calling:
+        calls = "supports tool calling" if reg.tool_calling.supports else "tool calling not marked as supported"
+        markers = " ".join(reg.tool_calling.markers) or "none"
+        print(f"Tools: markers {markers}; {calls} (probe: {reg.tool_calling.detail})")
     return 0
 
 
@@ -416,6 +421,11 @@ comparison page OUT/index.html:
                    "default) probes decode speed and time to first token at each count and writes the fastest; "
                    "default leaves ONNX Runtime's own choice; N fixes it (compare with `slmops bench --threads`)")
     p.add_argument("--description", default="", help="a line of description in the catalog (default: none)")
+    p.add_argument("--tool-markers", nargs=2, metavar=("START", "END"),
+                   help="the tokens the model opens and closes a tool call with, each one token of its tokenizer "
+                   "(default: a known pair the tokenizer has, e.g. <tool_call> </tool_call>; none: no tool calls); "
+                   "published to Foundry Local, which then constrains and parses calls; supports_tool_calling is "
+                   "set when a probe request gets a valid call")
     p.add_argument("--force", action="store_true", help="replace a different model registered under this name")
     json_option(p, "the registration record")
     cache_option(p)

@@ -3,7 +3,13 @@
 One example per line: ``question`` and ``answer`` (the training pair), ``paraphrase`` (a
 held-out wording of the same question, never trained on), ``expect`` (words a correct
 answer contains), an optional ``id`` and ``format: "json"`` (the answer is a JSON object, a
-format the fine-tune must keep). The bundled set is about Veloria, a fictional country no
+format the fine-tune must keep).
+
+A tool example adds ``tools`` (OpenAI tool definitions offered with the question) and either
+``call`` (``{"name", "arguments"}``: the call the question must get; then ``answer`` and
+``expect`` are optional) or no ``call`` (the question must be answered in text although tools
+are offered). With ``call``, ``result`` (the tool's result) and ``answer`` train and test the
+answer after the result is fed back. The bundled set is about Veloria, a fictional country no
 base model can know, so a base that passes its cases shows the cases test nothing.
 """
 
@@ -21,6 +27,8 @@ from toolkit.core.errors import InputError
 BUNDLED_DATASET = "veloria.jsonl"
 #: The group of held-out cases (paraphrases): scored apart from the trained questions.
 HELDOUT = "heldout"
+#: How many call questions :func:`tool_cases` also asks with no tools offered.
+UNOFFERED = 2
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,18 @@ class Example:
     paraphrase: str
     expect: tuple[str, ...]
     format: str = ""
+    tools: tuple[dict, ...] = ()
+    call: dict | None = None
+    result: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``text`` (no tools), ``tool_call`` (a call expected), ``tool_none`` (tools offered, no call), ``tool_result``."""
+        if not self.tools:
+            return "text"
+        if self.call is None:
+            return "tool_none"
+        return "tool_result" if self.result else "tool_call"
 
 
 
@@ -58,9 +78,14 @@ def load_dataset(path: str | os.PathLike[str] | None = None) -> list[Example]:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("an example is a JSON object")
-            for key in ("question", "answer", "paraphrase"):
+            tools, call = _tool_fields(row)
+            needed = ("question", "paraphrase") if call and not row.get("result") else ("question", "answer", "paraphrase")
+            for key in needed:
                 if not isinstance(row.get(key), str) or not row[key].strip():
                     raise ValueError(f"{key!r} must be a non-empty string")
+            if call and not row.get("result"):
+                row.setdefault("answer", "")
+                row.setdefault("expect", [str(v) for v in call["arguments"].values()] or [call["name"]])
             expect = row.get("expect")
             if not isinstance(expect, list) or not expect or not all(isinstance(w, str) and w for w in expect):
                 raise ValueError("'expect' must be a non-empty list of words a correct answer contains")
@@ -69,11 +94,12 @@ def load_dataset(path: str | os.PathLike[str] | None = None) -> list[Example]:
             if row.get("format") == "json":
                 json.loads(row["answer"])
             example = Example(str(row.get("id") or f"example-{number}"), row["question"], row["answer"],
-                              row["paraphrase"], tuple(expect), row.get("format", ""))
+                              row["paraphrase"], tuple(expect), row.get("format", ""), tuple(tools), call,
+                              str(row.get("result") or ""))
         except ValueError as exc:  # JSONDecodeError included
             raise InputError(f"{source}:{number} is not a valid example ({exc}): it needs 'question', 'answer', "
-                             "'paraphrase' and 'expect' (a list of words), optionally 'id' and 'format': 'json'.") \
-                from exc
+                             "'paraphrase' and 'expect' (a list of words), optionally 'id', 'format': 'json', "
+                             "'tools' with 'call' ({'name', 'arguments'}) and 'result'.") from exc
         if example.id in seen:
             raise InputError(f"{source}:{number}: the id {example.id!r} is used twice; ids must be unique.")
         seen.add(example.id)
@@ -81,6 +107,33 @@ def load_dataset(path: str | os.PathLike[str] | None = None) -> list[Example]:
     if not examples:
         raise InputError(f"{source} holds no examples; write one JSON example per line.")
     return examples
+
+
+def _tool_fields(row: dict) -> tuple[list[dict], dict | None]:
+    """A line's ``tools`` and ``call``, checked (ValueError naming the problem)."""
+    from toolkit.domain import tools as tool_defs
+
+    if "tools" not in row:
+        if "call" in row or "result" in row:
+            raise ValueError("'call' and 'result' need 'tools'")
+        return [], None
+    try:
+        tools = tool_defs.check_tools(row["tools"])
+    except InputError as exc:
+        raise ValueError(str(exc)) from exc
+    call = row.get("call")
+    if call is None:
+        if "result" in row:
+            raise ValueError("'result' needs 'call'")
+        return tools, None
+    if not isinstance(call, dict) or call.get("name") not in tool_defs.tool_names(tools) or \
+            not isinstance(call.get("arguments", {}), dict):
+        raise ValueError(f"'call' must be {{'name': one of {tool_defs.tool_names(tools)}, 'arguments': {{...}}}}")
+    checked = tool_defs.check_call([{"function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}],
+                                   tools, None)
+    if any("schema" in problem for problem in checked.problems):
+        raise ValueError(f"'call' does not fit its tool: {checked.problems[0]}")
+    return tools, {"name": call["name"], "arguments": dict(call.get("arguments", {}))}
 
 
 def cases(examples: list[Example]) -> dict[str, list[dict]]:
@@ -96,6 +149,8 @@ def cases(examples: list[Example]) -> dict[str, list[dict]]:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
     out: dict[str, list[dict]] = {"trained": [], "heldout": []}
     for example in examples:
+        if example.tools:
+            continue  # tool examples give tool_call cases (:func:`tool_cases`)
         for kind, question in (("trained", example.question), (HELDOUT, example.paraphrase)):
             expect: dict = {"contains_any": list(example.expect)}
             if example.format == "json":
@@ -106,8 +161,47 @@ def cases(examples: list[Example]) -> dict[str, list[dict]]:
     return out
 
 
+def tool_cases(examples: list[Example]) -> list[dict]:
+    """The checklist's ``tool_call`` cases from a dataset's tool examples: trained, then held-out.
+
+    A call example expects its call; a text example with tools offered expects no call and its
+    words; a result example (call, result, then the answer) expects no further call and its
+    words. The first :data:`UNOFFERED` call questions are also asked with no tools offered: a
+    model that calls anyway fails (it would call tools nobody offered).
+    """
+    out: list[dict] = []
+    unoffered = 0
+    for kind in ("trained", HELDOUT):
+        for example in examples:
+            if not example.tools:
+                continue
+            question = example.question if kind == "trained" else example.paraphrase
+            messages: list[dict] = [{"role": "user", "content": question}]
+            expect: dict = {"call": example.call} if example.kind == "tool_call" else {"no_call": True}
+            if example.kind == "tool_result":
+                call = {"id": "call_1", "type": "function",
+                        "function": {"name": example.call["name"], "arguments": json.dumps(example.call["arguments"])}}
+                messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                             {"role": "tool", "tool_call_id": "call_1", "content": example.result}]
+            if example.kind != "tool_call":
+                expect["contains_any"] = list(example.expect)
+            group = {"group": HELDOUT} if kind == HELDOUT else {}
+            out.append({"id": f"{kind}-{example.id}", "type": "tool_call", "messages": messages,
+                        "tools": list(example.tools), "expect": expect, **group})
+            if kind == "trained" and example.kind == "tool_call" and unoffered < UNOFFERED:
+                unoffered += 1
+                out.append({"id": f"unoffered-{example.id}", "type": "tool_call", "messages": messages, "tools": [],
+                            "expect": {"no_call": True}})
+    return out
+
+
+def tool_probe(examples: list[Example]) -> dict | None:
+    """The registration probe for a fine-tune of this dataset: its first trained ``tool_call`` case (None: no tool examples)."""
+    return next((case for case in tool_cases(examples) if "call" in case["expect"]), None)
+
+
 def write_cases(examples: list[Example], path: str | os.PathLike[str]) -> Path:
-    """Write :func:`cases` (trained, then held-out) as a checklist cases file (JSONL)."""
+    """Write :func:`cases` (trained, then held-out), then :func:`tool_cases`, as a checklist cases file (JSONL)."""
     split = cases(examples)
-    lines = [json.dumps(case, ensure_ascii=False) for case in split["trained"] + split[HELDOUT]]
+    lines = [json.dumps(case, ensure_ascii=False) for case in split["trained"] + split[HELDOUT] + tool_cases(examples)]
     return artifacts.write_text(Path(path), "\n".join(lines) + "\n")

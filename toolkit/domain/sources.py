@@ -481,6 +481,8 @@ def make_tiny_model(
     seed: int = 0,
     chat_template: str = CHATML_TEMPLATE,
     tie_embeddings: bool = False,
+    tool_tokens: bool = False,
+    context: int = 512,
 ) -> Path:
     """Build a tiny random causal LM with a locally trained tokenizer (for fast tests).
 
@@ -494,6 +496,9 @@ def make_tiny_model(
         seed: Seed for the random weights.
         chat_template: Jinja chat template stored with the tokenizer.
         tie_embeddings: Share one table between the embeddings and the LM head (as SmolLM2 does).
+        tool_tokens: Add ``<tool_call>`` and ``</tool_call>`` tokens (as Qwen2.5's tokenizer has).
+        context: ``max_position_embeddings`` (Foundry Local's tool protocol alone is about 1,000 of
+            this tokenizer's tokens).
 
     Example:
         >>> make_tiny_model(tmp_path / "tiny").joinpath("config.json").is_file()
@@ -505,10 +510,10 @@ def make_tiny_model(
 
     folder = Path(target)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer, ids = _tiny_tokenizer(chat_template)
+    tokenizer, ids = _tiny_tokenizer(chat_template, tool_tokens)
     common = dict(  # noqa: C408 (keyword form reads like the config it is)
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=context,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=tie_embeddings,
     )
@@ -525,7 +530,7 @@ def make_tiny_model(
     return folder
 
 
-def _tiny_tokenizer(chat_template: str = CHATML_TEMPLATE):
+def _tiny_tokenizer(chat_template: str = CHATML_TEMPLATE, tool_tokens: bool = False):
     """A byte-level BPE tokenizer trained on a few sentences, with ChatML's special tokens and ``chat_template``.
 
     Returns:
@@ -534,7 +539,7 @@ def _tiny_tokenizer(chat_template: str = CHATML_TEMPLATE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(["<tool_call>", "</tool_call>"] if tool_tokens else [])]
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -16,7 +16,7 @@ from toolkit.domain.results.checklist import (
 MARK = {Verdict.PASS: "✓ ", Verdict.FAIL: "✗ ", Verdict.INCONCLUSIVE: "? inconclusive: rerun: "}
 
 #: The case checks whose pass rates the summary shows, in its column order.
-RATE_COLUMNS = (Check.DOMAIN, Check.HELDOUT, Check.FORMAT, Check.STRUCTURED)
+RATE_COLUMNS = (Check.DOMAIN, Check.HELDOUT, Check.FORMAT, Check.STRUCTURED, Check.TOOL_CALL, Check.TOOL_CALL_HELDOUT)
 
 #: Digits a figure of each unit is shown with.
 _DIGITS = {Unit.SHARE: 3, Unit.NATS: 4, Unit.RATIO: 2, Unit.MS: 2, Unit.MIB_PER_100_REQUESTS: 2, Unit.SECONDS: 2}
@@ -122,4 +122,5 @@ def control_verdict(control: ControlResult) -> str:
 def control_row(control: ControlResult) -> dict:
     """The negative control as the report shows it: the base model, its counts in words and the verdict."""
     return {"model": control.model, "trained": f"{control.trained_passed}/{control.trained_total}",
-            "heldout": f"{control.heldout_passed}/{control.heldout_total}", "verdict": control_verdict(control)}
+            "heldout": f"{control.heldout_passed}/{control.heldout_total}", "verdict": control_verdict(control),
+            "tools": f"{control.tool_passed}/{control.tool_total}" if control.tool_total else ""}

@@ -23,11 +23,11 @@ from toolkit.core.errors import (
     ModelNotFoundError,
     PromptTooLongError,
 )
-from toolkit.domain import templates
+from toolkit.domain import templates, tools
 from toolkit.domain.results.bench import decode_tps
 
 APP_NAME = "slmops"
-_ROLES = ("system", "user", "assistant")
+_ROLES = ("system", "user", "assistant", "tool")
 _state: dict[str, object] = {}
 
 
@@ -64,8 +64,14 @@ def local_catalog(cache: str | Path | None = None):
     return manager(cache).get_catalog(CatalogType.LOCAL)
 
 
-def catalog_register(path: str | Path, model_id: str, display_name: str, cache: str | Path | None = None) -> None:
+def catalog_register(path: str | Path, model_id: str, display_name: str, cache: str | Path | None = None, *,
+                     markers: tools.Markers | None = None, supports_tool_calling: bool = False) -> None:
     """Register the model folder ``path`` as ``model_id`` (``NAME:VERSION``) in the local catalog, replacing it if there.
+
+    ``markers`` publishes the model's tool-call boundaries to the runtime (``tool_call_start`` and
+    ``tool_call_end``; the folder's ``genai_config.json`` must carry the same tokens' ids as
+    ``bot_token_id``/``eot_token_id``), so it can constrain and parse tool calls;
+    ``supports_tool_calling`` sets the catalog flag of that name.
 
     Raises:
         Exception: the SDK's own (``FoundryLocalException`` with the native message) when it refuses.
@@ -78,6 +84,11 @@ def catalog_register(path: str | Path, model_id: str, display_name: str, cache: 
     with ModelInfoBuilder() as metadata:
         metadata.set_string_property("task", "chat-completion")
         metadata.set_string_property("display_name", display_name)
+        if markers is not None:
+            metadata.set_string_property("tool_call_start", markers.start)
+            metadata.set_string_property("tool_call_end", markers.end)
+        if supports_tool_calling:
+            metadata.set_int_property("supports_tool_calling", 1)
         catalog.register_model(model_path=str(path), model_id=model_id, metadata=metadata)
 
 
@@ -114,6 +125,8 @@ class Generation:
             pieces, the benchmark harness's own cost.
         setup_s: Seconds of the time to first token spent opening the runtime's session and
             request, before the runtime started on the prompt.
+        tool_calls: OpenAI ``tool_calls`` (``id``, ``type``, ``function.name``, ``function.arguments``
+            as a JSON string) when the model called tools (``finish_reason`` ``tool_calls``).
     """
 
     text: str
@@ -124,6 +137,7 @@ class Generation:
     finish_reason: str
     harness_s: float = 0.0
     setup_s: float = 0.0
+    tool_calls: tuple[dict, ...] = ()
 
     @property
     def decode_tps(self) -> float:
@@ -197,6 +211,32 @@ def check_response_format(response_format: object) -> None:
                                      f"a valid JSON Schema ({exc.message})") from exc
 
 
+def _well_formed(message: object) -> bool:
+    """An OpenAI chat message this runtime takes: text content, an assistant's tool calls, a tool's result."""
+    if not isinstance(message, dict) or message.get("role") not in _ROLES:
+        return False
+    content, calls = message.get("content"), message.get("tool_calls")
+    if message["role"] == "assistant" and calls:
+        return isinstance(calls, list) and all(
+            isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("function"), dict)
+            and isinstance(c["function"].get("name"), str) and isinstance(c["function"].get("arguments"), str)
+            for c in calls) and (content is None or isinstance(content, str))
+    if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+        return False
+    return isinstance(content, str)
+
+
+def merge_tool_call_deltas(calls: dict[int, dict], deltas: list[dict]) -> None:
+    """Fold streamed ``delta.tool_calls`` pieces into whole calls (keyed by ``index``), as OpenAI clients do."""
+    for piece in deltas:
+        call = calls.setdefault(int(piece.get("index", 0)),
+                                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = piece.get("id") or call["id"]
+        function = piece.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+
 class LoadedModel:
     """A registered model loaded in Foundry Local, answering chat requests.
 
@@ -219,6 +259,8 @@ class LoadedModel:
         self._history: list[dict[str, str]] = []
         self._encode = None
         self.last_setup_s = 0.0  # session and request setup of the latest streamed request
+        #: The tool-call boundaries the model was registered with (None: it cannot call tools).
+        self.markers = tools.registered_markers(Path(self.model.get_path()))
 
     def __enter__(self) -> LoadedModel:
         return self
@@ -237,8 +279,15 @@ class LoadedModel:
         """The model's context in tokens (0 when unknown)."""
         return int(self.model.context_length or 0)
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the prompt ``messages`` become, rendered with the model's chat template as ChatSession does."""
+    def prompt_ids(self, messages: list[dict[str, str]], tool_defs: list[dict] | None = None,
+                   tool_choice: object = None) -> list[int]:
+        """Token ids of the prompt ``messages`` become, rendered with the model's chat template as ChatSession does.
+
+        With ``tool_defs`` the runtime's tool protocol and calls are rendered as it renders them
+        (:func:`tools.runtime_messages`).
+        """
+        if tool_defs or any(m.get("tool_calls") for m in messages):
+            messages = tools.runtime_messages(messages, tool_defs, self.markers, tool_choice or "auto")
         if self._encode is None:
             from tokenizers import Tokenizer
 
@@ -256,20 +305,20 @@ class LoadedModel:
 
     def check(self, messages: list[dict[str, str]], max_tokens: int | None, temperature: float = 0.0,
               seed: int = 0, *, top_p: float | None = None, stop: object = None,
-              response_format: object = None) -> None:
+              response_format: object = None, tool_defs: object = None, tool_choice: object = None) -> None:
         """Refuse a request the runtime should never see, before anything is sent.
 
         Raises:
             InvalidPromptError: malformed or empty messages.
             InvalidOptionError: an option out of range (names the option and what is allowed).
+            ToolDefinitionError: ``tool_defs`` or ``tool_choice`` as OpenAI's API would refuse them.
             PromptTooLongError: prompt plus ``max_tokens`` (None: the prompt alone) over the context.
         """
-        well_formed = isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str) for m in messages)
-        if not well_formed:
-            raise InvalidPromptError("Messages must be a non-empty list of {'role': system|user|assistant, "
-                                     "'content': text}.")
-        if not any(m["content"].strip() for m in messages):
+        if not isinstance(messages, list) or not messages or not all(_well_formed(m) for m in messages):
+            raise InvalidPromptError("Messages must be a non-empty list of {'role': system|user|assistant|tool, "
+                                     "'content': text} (an assistant turn may carry 'tool_calls' instead of text; "
+                                     "a tool turn needs its 'tool_call_id').")
+        if not any((m.get("content") or "").strip() or m.get("tool_calls") for m in messages):
             raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
             raise InvalidOptionError("max_tokens", max_tokens, "a whole number >= 1")
@@ -281,22 +330,32 @@ class LoadedModel:
             raise InvalidOptionError("seed", seed, f"a whole number from 0 to {2**31 - 1}")
         _check_stop(stop)
         check_response_format(response_format)
+        if tool_defs is not None:
+            tool_defs = tools.check_tools(tool_defs)
+            if self.markers is None:
+                raise tools.ToolDefinitionError("tools", f"The model {self.name!r} was registered without tool-call "
+                                                "markers, so it cannot call tools: register it again with "
+                                                "`slmops register DIR --name NAME --tool-markers START END`, or send "
+                                                "no 'tools'.")
+        tools.check_tool_choice(tool_choice, tool_defs)
         context = self.context_length
         if context:
-            prompt = self.prompt_tokens(messages)
+            prompt = len(self.prompt_ids(messages, tool_defs, tool_choice))
             if prompt + (max_tokens or 1) > context:
                 raise PromptTooLongError(prompt, max_tokens or 1, context)
 
     def body(self, messages: list[dict[str, str]], *, max_tokens: int | None = 256, temperature: float = 0.0,
              seed: int = 0, top_p: float | None = None, stop: object = None, response_format: object = None,
-             stream: bool = True) -> dict:
+             stream: bool = True, tool_defs: list[dict] | None = None, tool_choice: object = None) -> dict:
         """The OpenAI-format request the runtime gets for these (already checked) options."""
         # The runtime parses the value as a 32-bit float ("stof"): a denormal such as 1e-50 fails
         # there (found by fuzzing), and any temperature that small is greedy anyway.
         temperature = round(float(temperature), 6)
         body: dict = {"model": self.name, "messages": messages, "temperature": temperature, "seed": seed}
         optional = {"max_tokens": max_tokens, "top_p": top_p, "stop": _check_stop(stop) or None,
-                    "response_format": native_response_format(response_format), "stream": stream or None}
+                    "response_format": native_response_format(response_format), "stream": stream or None,
+                    "tools": tools.check_tools(tool_defs) if tool_defs else None,
+                    "tool_choice": tools.check_tool_choice(tool_choice, tool_defs)}
         body.update({k: v for k, v in optional.items() if v is not None})
         if temperature == 0:
             body["metadata"] = {"top_k": "1"}  # greedy, exactly
@@ -324,8 +383,8 @@ class LoadedModel:
                         yield item.text
                     final = stream.final_response
                     usage = final.get_usage()
-                    reason = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}.get(
-                        final.finish_reason, "error")
+                    reason = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
+                              FinishReason.TOOL_CALLS: "tool_calls"}.get(final.finish_reason, "error")
         except FoundryLocalException as exc:
             raise FoundryRequestError(str(exc)) from exc
         yield Usage(usage.prompt_tokens, usage.completion_tokens, reason)
@@ -345,7 +404,8 @@ class LoadedModel:
 
     def stream(self, messages: list[dict[str, str]], *, max_tokens: int = 256, temperature: float = 0.0,
                seed: int = 0, top_p: float | None = None, stop: object = None,
-               response_format: object = None) -> Iterator[str | Generation]:
+               response_format: object = None, tool_defs: list[dict] | None = None,
+               tool_choice: object = None) -> Iterator[str | Generation]:
         """Yield text pieces as they come, then one final :class:`Generation` (a fresh session; greedy by default).
 
         Args:
@@ -357,27 +417,38 @@ class LoadedModel:
             stop: A string or up to four strings that end the answer (not included).
             response_format: OpenAI's ``{"type": "json_object"}`` or ``{"type": "json_schema",
                 "json_schema": {"name": ..., "schema": {...}}}``: the runtime constrains decoding to it.
+            tool_defs: OpenAI ``tools`` the model may call (a model registered with tool-call markers).
+                Calls come in the final :class:`Generation`'s ``tool_calls``; the runtime constrains
+                a call's arguments to its tool's JSON Schema.
+            tool_choice: ``none``, ``auto`` (the default with tools), ``required`` or
+                ``{"type": "function", "function": {"name": ...}}``.
 
         Raises:
             InvalidPromptError, InvalidOptionError, PromptTooLongError: before anything is sent.
             FoundryRequestError: the runtime refused or failed the request.
         """
-        self.check(messages, max_tokens, temperature, seed, top_p=top_p, stop=stop, response_format=response_format)
+        self.check(messages, max_tokens, temperature, seed, top_p=top_p, stop=stop, response_format=response_format,
+                   tool_defs=tool_defs, tool_choice=tool_choice)
         body = self.body(messages, max_tokens=max_tokens, temperature=temperature, seed=seed, top_p=top_p,
-                         stop=stop, response_format=response_format)
+                         stop=stop, response_format=response_format, tool_defs=tool_defs, tool_choice=tool_choice)
         start = time.perf_counter()
         first = None
         pieces: list[str] = []
+        calls: dict[int, dict] = {}
         harness = 0.0
         for chunk in self.native_stream(body):
             arrived = time.perf_counter()
             if isinstance(chunk, Usage):
                 yield Generation("".join(pieces), chunk.prompt_tokens, chunk.completion_tokens,
                                  (first or arrived) - start, arrived - start, chunk.finish_reason, harness,
-                                 self.last_setup_s)
+                                 self.last_setup_s, tuple(calls[i] for i in sorted(calls)))
                 return
             choices = json.loads(chunk).get("choices") or [{}]
-            text = (choices[0].get("delta") or {}).get("content")
+            delta = choices[0].get("delta") or {}
+            merge_tool_call_deltas(calls, delta.get("tool_calls") or [])
+            if delta.get("tool_calls") and first is None:
+                first = arrived
+            text = delta.get("content")
             if text:
                 if first is None:
                     first = arrived
@@ -395,19 +466,36 @@ class LoadedModel:
         return result
 
     def chat(self, message: str, *, system: str | None = None, max_tokens: int = 512,
-             temperature: float = 0.7, seed: int = 0) -> Iterator[str | Generation]:
+             temperature: float = 0.7, seed: int = 0, tool_defs: list[dict] | None = None,
+             tool_choice: object = None, role: str = "user", tool_call_id: str | None = None
+             ) -> Iterator[str | Generation]:
         """One turn of a multi-turn conversation kept in this object (see :meth:`reset`).
 
-        ``system`` applies when the conversation starts.
+        ``system`` applies when the conversation starts. With ``tool_defs`` the model may answer
+        with tool calls (kept in the history); send each result back as ``role="tool"`` with its
+        ``tool_call_id``.
         """
         history = self._history or ([{"role": "system", "content": system}] if system else [])
-        messages = [*history, {"role": "user", "content": message}]
+        turn = {"role": role, "content": message, **({"tool_call_id": tool_call_id} if role == "tool" else {})}
+        messages = [*history, turn]
         answer = None
-        for piece in self.stream(messages, max_tokens=max_tokens, temperature=temperature, seed=seed):
+        for piece in self.stream(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                 tool_defs=tool_defs, tool_choice=tool_choice):
             answer = piece
             yield piece
         if isinstance(answer, Generation):
-            self._history = [*messages, {"role": "assistant", "content": answer.text}]
+            reply = {"role": "assistant", "content": answer.text}
+            if answer.tool_calls:
+                reply["tool_calls"] = list(answer.tool_calls)
+            self._history = [*messages, reply]
+
+    def add_tool_result(self, tool_call_id: str, content: str) -> None:
+        """Add one tool's result to the conversation of :meth:`chat` without asking for an answer yet.
+
+        For a turn with several calls: add all results but the last, then send the last with
+        ``chat(result, role="tool", tool_call_id=...)``.
+        """
+        self._history.append({"role": "tool", "tool_call_id": tool_call_id, "content": content})
 
     def reset(self) -> None:
         """Forget the multi-turn conversation of :meth:`chat`."""

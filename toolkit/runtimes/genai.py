@@ -26,6 +26,48 @@ from toolkit.domain.prompts import reference_text
 from toolkit.domain.results.bench import TimedRun
 
 _MODULE = "toolkit.runtimes.genai"
+#: ``genai_config.json`` model keys newer ONNX Runtime GenAI releases read (Foundry Local's 0.18: the
+#: tool-call and reasoning boundary token ids) that the pinned 0.14.1's parser refuses as unknown.
+NEWER_MODEL_KEYS = ("bot_token_id", "eot_token_id", "bor_token_id", "eor_token_id")
+
+
+def readable_dir(model_dir: str | os.PathLike[str]) -> Path:
+    """``model_dir``, or when its ``genai_config.json`` has :data:`NEWER_MODEL_KEYS`, a folder this package can load.
+
+    That folder (under the system's temporary folder, kept by the config's path and content) links
+    every file of ``model_dir`` except ``genai_config.json``, written without those keys: the
+    same weights, graph, tokenizer and settings.
+    """
+    import hashlib
+    import tempfile
+
+    folder = Path(model_dir)
+    try:
+        text = (folder / "genai_config.json").read_text(encoding="utf-8")
+        config = json.loads(text)
+    except (OSError, ValueError):
+        return folder
+    model = config.get("model") or {}
+    if not any(key in model for key in NEWER_MODEL_KEYS):
+        return folder
+    for key in NEWER_MODEL_KEYS:
+        model.pop(key, None)
+    digest = hashlib.sha256(f"{folder.resolve()}\n{text}".encode()).hexdigest()[:16]
+    shadow = Path(tempfile.gettempdir()) / "slmops-genai-compat" / digest
+    if not (shadow / "genai_config.json").is_file():
+        staging = shadow.with_name(f".{digest}.{os.getpid()}")
+        staging.mkdir(parents=True, exist_ok=True)
+        for item in folder.iterdir():
+            if item.name != "genai_config.json" and not (staging / item.name).exists():
+                (staging / item.name).symlink_to(item.resolve())
+        (staging / "genai_config.json").write_text(json.dumps(config, indent=2))
+        try:
+            staging.rename(shadow)
+        except OSError:  # another process made it first
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return shadow
 
 
 def _context_length(model_dir: Path) -> int:
@@ -71,7 +113,7 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
     import onnxruntime_genai as og
 
     folder = Path(model_dir)
-    model = og.Model(str(folder))
+    model = og.Model(str(readable_dir(folder)))
     encoded = [int(i) for i in og.Tokenizer(model).encode(text)]
     prefix = _special_prefix(folder)
     if prefix and encoded[:len(prefix)] != prefix:
@@ -113,7 +155,7 @@ def decode_tps(model_dir: str | os.PathLike[str], *, prompt: str = "The capital 
     """
     import onnxruntime_genai as og
 
-    model = og.Model(str(model_dir))
+    model = og.Model(str(readable_dir(model_dir)))
     ids = og.Tokenizer(model).encode(prompt)
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + tokens + 1, min_length=len(ids) + tokens + 1, do_sample=False)
@@ -131,7 +173,7 @@ def load(model_dir: str | os.PathLike[str], threads: int = 0):
     """An ``og.Model`` for ``model_dir``; ``threads`` > 0 fixes the session's intra-op threads (files untouched)."""
     import onnxruntime_genai as og
 
-    config = og.Config(str(model_dir))
+    config = og.Config(str(readable_dir(model_dir)))
     if threads:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     return og.Model(config)

@@ -28,8 +28,9 @@ from toolkit.core.errors import (
     RegistrationError,
 )
 from toolkit.core.measure import timestamp
-from toolkit.domain import templates
+from toolkit.domain import templates, tools
 from toolkit.domain.prompts import prompt_text
+from toolkit.domain.results.registration import registered_file
 from toolkit.runtimes import foundry, genai
 from toolkit.runtimes.foundry import models_root
 
@@ -167,6 +168,80 @@ class Registration:
     notes: tuple[str, ...] = ()
     threads: ThreadChoice | None = None
     stop: StopTokens | None = None
+    tool_calling: ToolCalling | None = None
+
+
+#: The default probe (a tool_call case): a call any general model that can call tools makes. A
+#: fine-tune taught its own functions is probed with one of its own cases (``tool_probe``).
+PROBE_CASE = {"messages": [{"role": "user", "content": "What is the weather in Paris right now?"}],
+              "tools": [{"type": "function", "function": {
+                  "name": "get_weather", "description": "The current weather in a city.",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                 "required": ["city"]}}}],
+              "expect": {"call": {"name": "get_weather", "arguments": {}}}}
+PROBE_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class ToolCalling:
+    """How tool calling was set up at registration.
+
+    Attributes:
+        markers: The tool-call boundaries published to the runtime (``[start, end]``; empty: none).
+        supports: Whether ``supports_tool_calling`` was set: the probe got a valid call.
+        detail: What the probe saw, in words.
+    """
+
+    markers: tuple[str, ...]
+    supports: bool
+    detail: str
+
+    def as_json(self) -> dict:
+        """The registration record's ``tool_calling`` entry."""
+        return {"markers": list(self.markers), "supports_tool_calling": self.supports, "probe": self.detail}
+
+
+def fine_tune_probe(onnx_dir: Path) -> dict | None:
+    """A tool case from the dataset the model was fine-tuned on (its manifest's adapter, that adapter's
+    ``finetune.json``), or None: a fine-tune taught its own functions is probed with one of them."""
+    from toolkit.core.errors import InputError
+    from toolkit.domain import datasets
+
+    adapter = read_manifest(onnx_dir).get("adapter") or {}
+    record = artifacts.read_json(Path(adapter.get("path", "")) / "finetune.json", {}) if adapter.get("path") else {}
+    data = record.get("data") if isinstance(record, dict) else None
+    if not data:
+        return None
+    try:
+        return datasets.tool_probe(datasets.load_dataset(None if data == datasets.BUNDLED_DATASET else data))
+    except InputError:
+        return None
+
+
+def probe_tool_calling(model_id: str, cache: str | Path | None, case: dict | None = None) -> tuple[bool, str]:
+    """Ask the registered model a tool case (``tool_choice: auto``, greedy): True when it made the expected call.
+
+    The runtime constrains a call once the model opens one; a model that never learned the
+    markers answers in text (or runs out of tokens), and is not marked as able to call tools.
+
+    Args:
+        model_id: The registration to ask.
+        cache: Foundry cache.
+        case: ``{"messages", "tools", "expect": {"call": {"name", "arguments"}}}`` (default :data:`PROBE_CASE`).
+    """
+    from toolkit.core.errors import SlmopsError
+
+    case = case or PROBE_CASE
+    try:
+        with foundry.LoadedModel(model_id, cache) as model:
+            answer = model.generate(case["messages"], max_tokens=PROBE_MAX_TOKENS, tool_defs=case["tools"],
+                                    tool_choice="auto")
+    except SlmopsError as exc:
+        return False, f"no call: {str(exc)[-200:]}"
+    check = tools.check_call(list(answer.tool_calls), case["tools"], case["expect"]["call"])
+    if check.passed:
+        return True, f"called {answer.tool_calls[0]['function']['name']}({answer.tool_calls[0]['function']['arguments']})"
+    return False, f"no valid call ({'; '.join(check.problems)}); answered {answer.text[:80]!r}"
 
 
 @dataclass(frozen=True)
@@ -343,11 +418,20 @@ def register(
     description: str = "",
     cache: str | Path | None = None,
     force: bool = False,
+    tool_markers: tuple[str, str] | None = None,
+    tool_probe: dict | None = None,
 ) -> Registration:
     """Register a converted model with Foundry Local as ``NAME:VERSION``.
 
     Re-registering the same source updates the folder and the registration in place;
     a name that holds another model is refused unless ``force``.
+
+    Tool calling: the tokenizer's tool-call tokens (``tool_markers``, or a known pair such as
+    ``<tool_call>``/``</tool_call>``) are published to the runtime (the catalog's
+    ``tool_call_start``/``tool_call_end``, ``genai_config.json``'s ``bot_token_id``/``eot_token_id``),
+    so it constrains and parses calls; ``supports_tool_calling`` is set only when a probe request
+    (:func:`probe_tool_calling`, with ``tool_probe`` as its case, else a tool case of the dataset a
+    fine-tune was trained on, else a generic one) gets the expected call.
 
     Raises:
         InvalidNameError, ModelFolderError, TemplateError, InvalidOptionError,
@@ -369,6 +453,11 @@ def register(
     templates.check_consistency(resolved)
     stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
     genai_config["model"]["eos_token_id"] = list(stop.eos_token_id)
+    markers = tools.find_markers(source, *(tool_markers or (None, None)))
+    for key in ("bot_token_id", "eot_token_id"):
+        genai_config["model"].pop(key, None)
+    if markers is not None:
+        genai_config["model"]["bot_token_id"], genai_config["model"]["eot_token_id"] = markers.start_id, markers.end_id
     root = models_root(cache)
     target = root / name
     record = _read_record(target)
@@ -394,23 +483,45 @@ def register(
                         "probe": list(threads.probe)} if threads else {"setting": model_config.threads},
         })
         try:
-            artifacts.swap_into_place(staging, target, then=lambda: _catalog_register(target, name, version, cache))
+            artifacts.swap_into_place(staging, target,
+                                      then=lambda: _catalog_register(target, name, version, cache, markers))
         except BaseException:
             if record.get("version"):  # the previous folder is back: put its registration back as it was
                 with contextlib.suppress(Exception):  # the original error is the one to report
-                    _catalog_register(target, name, int(record["version"]), cache)
+                    _catalog_register(target, name, int(record["version"]), cache,
+                                      tools.registered_markers(target),
+                                      supports_tool_calling=bool(record.get("tool_calling", {}).get(
+                                          "supports_tool_calling")))
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    tool_calling = ToolCalling((), False, "no tool-call tokens in the tokenizer (pass --tool-markers START END)")
+    if markers is not None:
+        supports, detail = probe_tool_calling(f"{name}:{version}", cache, tool_probe or fine_tune_probe(source))
+        if supports:
+            _catalog_register(target, name, version, cache, markers, supports_tool_calling=True)
+        tool_calling = ToolCalling((markers.start, markers.end), supports, detail)
+    record = _read_record(target)
+    artifacts.write_json(target / _RECORD, {**record, "tool_calling": tool_calling.as_json()})
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
-                        (*resolved.notes, stop.note()), threads, stop)
+                        (*resolved.notes, stop.note()), threads, stop, tool_calling)
 
 
-def _catalog_register(path: Path, name: str, version: int, cache: str | Path | None) -> None:
+def _tool_calling_words(tool_calling: ToolCalling | None) -> str:
+    """The registration table's ``tool_calling`` cell."""
+    if tool_calling is None or not tool_calling.markers:
+        return "no markers"
+    return f"{'supported' if tool_calling.supports else 'not supported (probe: no valid call)'}, markers " \
+           f"{' '.join(tool_calling.markers)}"
+
+
+def _catalog_register(path: Path, name: str, version: int, cache: str | Path | None,
+                      markers: tools.Markers | None = None, *, supports_tool_calling: bool = False) -> None:
     artifacts.crash_point("register-catalog")
     model_id = f"{name}:{version}"
     try:
-        foundry.catalog_register(path, model_id, name, cache)
+        foundry.catalog_register(path, model_id, name, cache, markers=markers,
+                                 supports_tool_calling=supports_tool_calling)
     except Exception as exc:  # the SDK raises FoundryLocalException with the native message
         raise RegistrationError(f"Foundry Local refused {model_id}: {exc}") from exc
 
@@ -476,7 +587,7 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
 def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template: str = "auto",
                  custom_template: templates.PromptTemplate | None = None, model_config: ModelConfig | None = None,
                  cache: str | Path | None = None, force: bool = False,
-                 out_dir: str | os.PathLike[str] | None = None) -> list[dict]:
+                 out_dir: str | os.PathLike[str] | None = None, tool_probe: dict | None = None) -> list[dict]:
     """Register every model listed in a ``convert.json`` as ``PREFIX-PRECISION``.
 
     Every name is checked before the first registration, so a bad prefix changes nothing.
@@ -494,14 +605,16 @@ def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template:
     rows = []
     for manifest in manifests:
         registration = register(manifest["output_dir"], f"{prefix}-{manifest['precision']}", template=template,
-                                custom_template=custom_template, model_config=model_config, cache=cache, force=force)
+                                custom_template=custom_template, model_config=model_config, cache=cache, force=force,
+                                tool_probe=tool_probe)
         choice = registration.threads
         rows.append({"name": registration.name, "model_id": registration.model_id,
                      "precision": manifest["precision"], "template": registration.template,
                      "threads": registration.model_config.threads or "default",
                      "threads_speedup": choice.speedup if choice else None,
                      "threads_probe": list(choice.probe) if choice else [],
+                     "tool_calling": _tool_calling_words(registration.tool_calling),
                      "path": str(registration.path), "notes": " ".join(registration.notes)})
     if out_dir is not None:
-        artifacts.write_json(Path(out_dir) / "registered.json", rows)
+        artifacts.write_json(Path(out_dir) / "registered.json", registered_file(rows))
     return rows

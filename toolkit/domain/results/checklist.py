@@ -36,6 +36,8 @@ class Check(StrEnum):
     EDGE = "edge"
     QUALITY = "quality"
     STOP = "stop"
+    TOOL_CALL = "tool_call"
+    TOOL_CALL_HELDOUT = "tool_call_heldout"
 
 
 class Verdict(StrEnum):
@@ -106,10 +108,15 @@ class Thresholds:
         timing_rounds: Fewest and most interleaved rounds of the performance check (rounds are added
             one at a time while the verdict is still inside the spread).
         memory_windows: Windows the memory check's requests are split into (the first is warm-up).
+        tool_call_pass_rate: Share of the trained ``tool_call`` cases that must pass (the right
+            function with schema-valid arguments and the expected values; no call where none is due).
+        tool_call_heldout_pass_rate: The same for the held-out ``tool_call`` cases (paraphrases).
     """
 
     domain_pass_rate: float = 0.8
     heldout_pass_rate: float = 0.5
+    tool_call_pass_rate: float = 0.9
+    tool_call_heldout_pass_rate: float = 0.5
     format_pass_rate: float = 0.8
     leak_mb_per_100: float = 5.0
     slowdown: float = 3.0
@@ -254,6 +261,8 @@ class ControlResult:
         max_pass_rate: The largest pass rate at which the cases still test the fine-tune (share).
         tests_the_fine_tune: ``pass_rate <= max_pass_rate``; None when the cases have no domain expectations.
         answers: The base's answer per case id.
+        tool_passed: ``tool_call`` cases (trained and held-out) the base passed.
+        tool_total: ``tool_call`` cases asked (0: none in the cases file).
     """
 
     model: str
@@ -265,6 +274,8 @@ class ControlResult:
     max_pass_rate: float
     tests_the_fine_tune: bool | None
     answers: dict[str, str] = field(default_factory=dict)
+    tool_passed: int = 0
+    tool_total: int = 0
 
     def to_json(self) -> dict:
         """The control as ``test.json`` holds it."""

@@ -16,6 +16,7 @@ from toolkit.domain.datasets import HELDOUT
 from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
 from toolkit.runtimes.foundry import LoadedModel
 from toolkit.stages.checklist.cases import CONTENT_RULES, FORMAT_RULES, judge
+from toolkit.stages.checklist.tool_calls import is_tool_case, tool_call_checks
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def generation(model: LoadedModel, case: dict, max_tokens: int, seed: int,
 
 def requests_of(cases: list[dict]) -> int:
     """Requests :func:`case_checks` sends for ``cases``: one free answer each, plus one per check that asks again."""
-    return len(cases) + sum(1 for check in CASE_CHECKS if check.request for case in cases if check.selects(case))
+    text = [case for case in cases if not is_tool_case(case)]
+    return len(cases) + sum(1 for check in CASE_CHECKS if check.request for case in text if check.selects(case))
 
 
 def stop_check(name: str, finishes: list[tuple[str, int]], max_tokens: int, limits: Thresholds) -> CheckResult:
@@ -116,6 +118,8 @@ def case_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, max_t
     """
     from tqdm.auto import tqdm
 
+    tool_cases = [case for case in cases if is_tool_case(case)]  # judged by their calls, apart
+    cases = [case for case in cases if not is_tool_case(case)]
     checks: list[CheckResult] = []
     scores: dict[Check, list[bool]] = {c.check: [] for c in CASE_CHECKS}
     finishes: list[tuple[str, int]] = []
@@ -147,4 +151,4 @@ def case_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, max_t
                                       samples=len(scores[spec.check])))
     if finishes:
         checks.append(stop_check(model.name, finishes, max_tokens, limits))
-    return checks
+    return checks + tool_call_checks(model, tool_cases, limits, progress, [])

@@ -1,7 +1,7 @@
 """The cases file (JSONL) and the rules a case's answer is judged by.
 
 A case: ``id``, ``messages``, ``expect`` (rules by name), optionally ``group`` (``heldout``) and
-``response_format``. Each rule is a :class:`Rule` in :data:`RULES`: how its expectation is
+``response_format``; or a ``"type": "tool_call"`` case (:mod:`~toolkit.stages.checklist.tool_calls`). Each rule is a :class:`Rule` in :data:`RULES`: how its expectation is
 checked when the file is read, and how an answer is judged by it. A new rule is one more
 entry (:func:`register_rule`); the checks that ask the cases are in
 :mod:`toolkit.stages.checklist.answers`.
@@ -23,6 +23,7 @@ from toolkit.core.errors import InputError, SlmopsError
 from toolkit.domain.datasets import HELDOUT
 from toolkit.domain.prompts import BUNDLED_CASES
 from toolkit.runtimes.foundry import check_response_format
+from toolkit.stages.checklist.tool_calls import is_tool_case, parse_tool_case
 
 
 class RuleKind(StrEnum):
@@ -187,6 +188,8 @@ def parse_case(line: str) -> dict:
     case = json.loads(line)
     if not isinstance(case, dict):
         raise ValueError("a case is a JSON object")
+    if is_tool_case(case):
+        return parse_tool_case(case)
     messages = case.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")

@@ -20,6 +20,7 @@ from toolkit.runtimes import genai
 from toolkit.runtimes.foundry import LoadedModel, find_model
 from toolkit.stages.checklist.answers import generation
 from toolkit.stages.checklist.cases import CONTENT_RULES, judge
+from toolkit.stages.checklist.tool_calls import ask_tool_case, is_tool_case
 
 #: Largest share of the domain cases the base model (not fine-tuned) may pass before the cases count as testing nothing.
 CONTROL_MAX_PASS = 0.1
@@ -76,7 +77,8 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     """
     from tqdm.auto import tqdm
 
-    content = [c for c in cases if any(rule in c["expect"] for rule in CONTENT_RULES)]
+    content = [c for c in cases if not is_tool_case(c) and any(rule in c["expect"] for rule in CONTENT_RULES)]
+    tool_cases = [c for c in cases if is_tool_case(c)]
     if not content:
         return ControlResult(name, 0, 0, 0, 0, 0.0, CONTROL_MAX_PASS, None)
     passed: dict[str, list[bool]] = {"trained": [], HELDOUT: []}
@@ -86,6 +88,14 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
             answers[case["id"]] = generation(model, case, max_tokens, seed)[0]
             passed[HELDOUT if case.get("group") == HELDOUT else "trained"].append(
                 judge(answers[case["id"]], case["expect"], CONTENT_RULES)[0])
+        # The base on the tool cases too (asked with its tools when the base has markers; else it cannot call).
+        tools_passed = 0
+        for case in tqdm(tool_cases, desc=f"{name}: control tool calls", unit="case", disable=not progress):
+            result = ask_tool_case(model, case) if model.markers is not None or not case.get("tools") else None
+            tools_passed += bool(result and result.passed)
+            answers[case["id"]] = result.text if result and not result.calls else (
+                f"[tool call] {result.calls[0]['function']['name']}" if result else "(no tool-call markers)")
     rate = sum(passed["trained"]) / len(passed["trained"]) if passed["trained"] else 0.0
     return ControlResult(name, sum(passed["trained"]), len(passed["trained"]), sum(passed[HELDOUT]),
-                         len(passed[HELDOUT]), round(rate, 3), CONTROL_MAX_PASS, rate <= CONTROL_MAX_PASS, answers)
+                         len(passed[HELDOUT]), round(rate, 3), CONTROL_MAX_PASS, rate <= CONTROL_MAX_PASS, answers,
+                         tools_passed, len(tool_cases))
