@@ -141,13 +141,16 @@ with serve.background([name], cache=cache_dir or None) as endpoint:
  "with a recorded seed keeps results repeatable.",
  ['''from pathlib import Path
 
+from toolkit.domain.results.registration import read_registered, reference_of
 from toolkit.orchestration import run_source
 from toolkit.presentation import checklist as tables
 from toolkit.presentation import plots, report
 from toolkit.stages import checklist as evaluate
 
-names = [f"{name_prefix}-{p}" for p in precisions]
-reference = f"{name_prefix}-fp32" if "fp32" in precisions else None
+# The models notebook 02 registered (whatever precisions notebook 01's picker converted), and the FP32 one.
+registered = read_registered(Path(run_dir) / "registered.json")
+names = [m.name for m in registered]
+reference = reference_of(registered)
 run_cases = evaluate.load_cases(run_source.cases_file(model_dir, adapter, finetune, cases, run_dir))
 checklist = evaluate.run_checklists(names, reference=reference, cases=run_cases, cache=cache_dir or None,
                                     requests=checklist_requests, seed=seed)
@@ -182,12 +185,13 @@ each model's perplexity.''',
 from IPython.display import Markdown, display
 
 from toolkit.domain.results.bench import rows_of as bench_rows
+from toolkit.domain.results.registration import read_registered
 from toolkit.presentation import bench as bench_text
 from toolkit.presentation import compare, plots, report
 from toolkit.stages import bench, checklist
 from widgets import RunPanel
 
-names = [f"{name_prefix}-{p}" for p in precisions]
+names = [m.name for m in read_registered(Path(run_dir) / "registered.json")]  # the models notebook 02 registered
 quality = checklist.read_report(Path(run_dir) / "test.json")
 panel = RunPanel("benchmark", lambda: bench.write_results(bench.bench(
                      names, prompt_lengths=prompt_lengths, gen_lengths=gen_lengths, threads=threads or None,

@@ -23,6 +23,7 @@ from toolkit.domain.results.checklist import (
     Verdict,
     verdict_of,
 )
+from toolkit.domain.results.registration import read_registered, registered_file
 from toolkit.presentation import compare
 from toolkit.stages.checklist import quality_checks
 
@@ -207,3 +208,43 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
         read_report(run / "test.json")
     assert "\n" not in str(refused.value)
     assert cli.main(["recommend", str(run)]) == 2
+
+
+def test_the_report_keeps_the_versions_the_run_ran_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.presentation import report
+
+    run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0,
+                    record={"versions": {"onnxruntime": "1.0.0"}})
+    for thin in ("models/convert.json", "bench.json"):  # this fixture's are too thin for the page's tables
+        (run / thin).unlink()
+    monkeypatch.setattr(report, "versions", lambda: {"onnxruntime": "9.9.9"})  # an upgrade since the run
+    page = report.write_index(run).read_text()
+    assert json.loads((run / "versions.json").read_text()) == {"onnxruntime": "1.0.0"}
+    assert "1.0.0" in page and "9.9.9" not in page
+
+
+def test_runs_line_up_by_the_precision_each_model_was_registered_at(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
+    (run / "bench.json").unlink()
+    # Names that say nothing about their precision: registered.json does.
+    tests = json.loads((run / "test.json").read_text())
+    for check in tests["checks"]:
+        check["model"] = {"m-int4": "small", "m-fp32": "big"}[check["model"]]
+    tests["quality"] = {"small": tests["quality"]["m-int4"]}
+    (run / "test.json").write_text(json.dumps(tests))
+    (run / "registered.json").write_text(json.dumps(registered_file([
+        {"name": "big", "model_id": "big:1", "precision": "fp32"},
+        {"name": "small", "model_id": "small:1", "precision": "int4"}])))
+    loaded = compare.load_run(run)
+    assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"]["top1"] == 0.7
+    assert [m.precision for m in read_registered(run / "registered.json")] == ["fp32", "int4"]
+
+
+def test_test_and_bench_take_their_models_from_the_runs_registration(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "-o", str(tmp_path)]) == 2  # nothing named and nothing registered: said, not guessed
+    assert "registered.json" in capsys.readouterr().err
+    (tmp_path / "registered.json").write_text(json.dumps(registered_file([
+        {"name": "picked-int8", "model_id": "picked-int8:1", "precision": "int8"}])))
+    assert cli.main(["bench", "-o", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "picked-int8" in capsys.readouterr().err  # the registered model was asked for (and is not in this cache)

@@ -21,7 +21,7 @@ from toolkit.presentation.tables import text_table
 WORKER = '''
 import os, time
 from toolkit.core import workers
-from toolkit.core.errors import InvalidPromptError
+from toolkit.core.errors import InvalidOptionError, InvalidPromptError
 
 def echo(payload, emit):
     for i in range(payload.get("events", 0)):
@@ -30,6 +30,13 @@ def echo(payload, emit):
 
 def refuse(payload, emit):
     raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
+
+def bad_option(payload, emit):
+    raise InvalidOptionError("max_tokens", 0, "a whole number >= 1")
+
+def segfault(payload, emit):
+    import ctypes
+    ctypes.string_at(0)
 
 def crash(payload, emit):
     raise KeyError("deep inside")
@@ -43,7 +50,8 @@ def die(payload, emit):
     os.kill(os.getpid(), 9)
 
 if __name__ == "__main__":
-    workers.serve({"echo": echo, "refuse": refuse, "crash": crash, "hang": hang, "die": die})
+    workers.serve({"echo": echo, "refuse": refuse, "crash": crash, "hang": hang, "die": die,
+                   "bad_option": bad_option, "segfault": segfault})
 '''
 
 
@@ -71,6 +79,23 @@ def test_a_workers_own_error_arrives_in_one_line_without_its_traceback(worker_mo
     with pytest.raises(ToolFailedError, match="KeyError: 'deep inside'") as caught:
         workers.run_worker(worker_module, "crash", {}, name="the probe")
     assert "Traceback" not in str(caught.value) and "Traceback" in Path(caught.value.log_path).read_text()
+
+
+def test_a_childs_typed_error_keeps_its_class_fields_and_exit_code(worker_module: str) -> None:
+    from toolkit.core.errors import InvalidOptionError
+
+    with pytest.raises(InvalidOptionError) as refused:
+        workers.run_worker(worker_module, "bad_option", {}, name="the probe")
+    # exit_code is what the CLI exits with (2: bad input), as if it had been raised in this process.
+    assert refused.value.exit_code == 2 and (refused.value.name, refused.value.value) == ("max_tokens", 0)
+    assert str(refused.value).startswith("max_tokens")
+
+
+def test_a_native_crash_in_a_child_leaves_its_stack_in_the_log(worker_module: str) -> None:
+    with pytest.raises(ToolFailedError) as caught:
+        workers.run_worker(worker_module, "segfault", {}, name="the probe")
+    log = Path(caught.value.log_path).read_text()
+    assert caught.value.returncode != 0 and "Fatal Python error: Segmentation fault" in log and "segfault" in log
 
 
 def test_a_silent_worker_is_killed_at_its_idle_timeout(worker_module: str) -> None:

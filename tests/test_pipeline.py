@@ -16,6 +16,7 @@ from test_browser import check_report_in_chromium
 from toolkit import cli
 from toolkit.core.errors import SlmopsError
 from toolkit.domain.params import parameters_cell, parse
+from toolkit.domain.results.registration import read_registered
 from toolkit.orchestration import pipeline
 from toolkit.presentation import report
 from toolkit.stages import finetune
@@ -128,8 +129,10 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert control["model"] == "tinypipe-base" and (control["trained_passed"], control["trained_total"]) == (0, 1)  # a random base knows no Quennport
     # A reviewer's view: the page in a real browser, screenshot and print in outputs/e2e/.
     check_report_in_chromium(index, "report_index")
-    registered = json.loads((tmp_path / "run" / "registered.json").read_text())
-    assert all(type(r["threads"]) is int and r["threads"] >= 1 for r in registered)  # --threads auto chose
+    registered = read_registered(tmp_path / "run" / "registered.json")  # what notebooks 03 and 04 took their models from
+    assert all(type(r.threads) is int and r.threads >= 1 for r in registered)  # --threads auto chose
+    assert [m.name for m in registered] == [f"tinypipe-{p}" for p in ("fp32", "int4")] and {
+        m.precision for m in registered} == {"fp32", "int4"}
     assert "<h2>Registration</h2>" in page
     # The recommendation tops the page (it replaces the summary table) and agrees with test.json.
     assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Notebooks</h2>") and "<h2>Summary</h2>" not in page

@@ -36,6 +36,7 @@ from toolkit.domain.options import (
     TablePrecision,
 )
 from toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
+from toolkit.domain.results.registration import read_registered
 from toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
 from toolkit.orchestration import cluster, pipeline, recipes
 from toolkit.presentation import bench as bench_text
@@ -198,16 +199,22 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def registered_names(args: argparse.Namespace) -> list[str]:
+    """The models named on the command line, else those the run in ``--out`` registered (its ``registered.json``)."""
+    return args.names or [m.name for m in read_registered(Path(args.out) / "registered.json")]
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     cases = checklist.load_cases(args.cases)
+    names = registered_names(args)
     reference = args.reference
     if reference == NO_REFERENCE:
         reference = None
-    elif reference is None:  # the FP32 one among the names, when there is one
+    elif reference is None:  # the FP32 one among the names, when there is one (its manifest's precision)
         precision = {row["name"]: row.get("precision") for row in register.list_models(args.cache_dir)}
-        reference = next((n for n in args.names if precision.get(n.split(":")[0]) == "fp32"), None)
+        reference = next((n for n in names if precision.get(n.split(":")[0]) == "fp32"), None)
     limits = checklist.Thresholds(leak_mb_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
-    reports = checklist.run_checklists(args.names, reference=reference, cases=cases, cache=args.cache_dir,
+    reports = checklist.run_checklists(names, reference=reference, cases=cases, cache=args.cache_dir,
                                        requests=args.requests, lengths=args.lengths, thresholds=limits, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +257,7 @@ def _print_bench(rows: list, results: dict, quality: dict | None) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    args.names = registered_names(args)
     options = {"prompt_lengths": args.prompt_lengths, "gen_lengths": args.gen_tokens, "threads": args.threads,
                "repeats": args.repeats, "warmup": args.warmup, "cache": args.cache_dir, "engines": tuple(args.engines)}
     if "endpoint" in args.engines:  # the endpoint runs in its own process, as an application would reach it
@@ -437,7 +445,8 @@ comparison page OUT/index.html:
                        "edge cases and invalid input (in a child process with a timeout), and perplexity / top-1 "
                        "agreement / KL divergence against the FP32 model. Greedy, seeded. Writes OUT/test.json; "
                        "exit code 1 when a check fails.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
+    p.add_argument("names", nargs="*", metavar="NAME", help="registered models (default: the models OUT/registered.json "
+                   "lists, as a run registered them)")
     p.add_argument("--cases", help="JSONL cases file (default: the bundled SmolLM2 cases); expectations: contains, "
                    "contains_any, not_contains, exact, json_schema, regex, max_chars")
     p.add_argument("--reference", metavar="FP32_NAME|none",
@@ -447,7 +456,7 @@ comparison page OUT/index.html:
     p.add_argument("--lengths", type=whole(1), nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., 1024 or half the context; give none to skip)")
     limits = checklist.Thresholds()
-    p.add_argument("--max-leak", type=fraction(0, 1e6), default=limits.leak_mb_per_100, help="MB per 100 requests")
+    p.add_argument("--max-leak", type=fraction(0, 1e6), default=limits.leak_mb_per_100, help="MiB per 100 requests")
     p.add_argument("--max-slowdown", type=fraction(1, 1e6), default=limits.slowdown,
                    help="time per token, longest/shortest input")
     p.add_argument("--min-top1", type=fraction(0, 1), default=limits.top1_min, help="top-1 agreement with FP32")
@@ -460,7 +469,8 @@ comparison page OUT/index.html:
 
     p = sub.add_parser("bench", parents=parents, description=about["bench"] + "; writes OUT/bench.json, "
                        "OUT/bench.csv and plots (next to the checklist's test.json when it is there).")
-    p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
+    p.add_argument("names", nargs="*", metavar="NAME", help="registered models (default: the models OUT/registered.json "
+                   "lists, as a run registered them)")
     p.add_argument("--prompt-lengths", metavar="N", **run_param("prompt_lengths"))
     p.add_argument("--gen-tokens", metavar="N", **run_param("gen_lengths"))
     p.add_argument("--threads", metavar="N", **{**run_param("threads"), "default": None,

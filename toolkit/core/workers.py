@@ -26,6 +26,7 @@ and children start as ``python -m toolkit.core.workers MODULE ARGS...`` (see :fu
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import re
@@ -40,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from toolkit.core import errors, settings
 from toolkit.core import platform as system
-from toolkit.core import settings
 from toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
 
 _PARENT = "SLMOPS_PARENT_PID"
@@ -245,14 +246,29 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
 
 
 def _raise_typed(error: dict) -> None:
-    """Raise a child's own :class:`~toolkit.core.errors.SlmopsError` as the same class here, so its exit code holds."""
-    from toolkit.core import errors
+    """Raise a child's own :class:`~toolkit.core.errors.SlmopsError` as the same class here, so its exit code holds.
 
+    Its message and its fields (``InvalidOptionError.name``, ``ModelFolderError.path``, ...: those
+    the child could send as JSON) come back with it.
+    """
     cls = getattr(errors, str(error.get("type")), None)
     if isinstance(cls, type) and issubclass(cls, SlmopsError) and not issubclass(cls, ToolFailedError):
         exc = cls.__new__(cls)
         Exception.__init__(exc, error["message"])
+        exc.__dict__.update(error.get("fields") or {})
         raise exc
+
+
+def _fields(exc: BaseException) -> dict:
+    """An error's own attributes that JSON can carry (the rest stay behind)."""
+    out = {}
+    for key, value in vars(exc).items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        out[key] = value
+    return out
 
 
 def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) -> None:
@@ -281,7 +297,8 @@ def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) ->
                 traceback.print_exc()
             # Our own errors are written as messages for the user; another's first line is its cause.
             message = str(exc) if isinstance(exc, SlmopsError) else (str(exc).splitlines() or [""])[0]
-            output, code = {"error": {"type": type(exc).__name__, "message": message or type(exc).__name__}}, 1
+            output, code = {"error": {"type": type(exc).__name__, "message": message or type(exc).__name__,
+                                      "fields": _fields(exc) if isinstance(exc, SlmopsError) else {}}}, 1
     (work / "output.json.partial").write_text(json.dumps(output))
     (work / "output.json.partial").replace(work / "output.json")
     sys.exit(code)
@@ -367,6 +384,8 @@ def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python -m toolkit.core.workers MODULE [ARGS...]")
     _die_with_parent()
+    # A native crash (a segfault in ONNX Runtime, an abort in the SDK) leaves every thread's stack in the log.
+    faulthandler.enable()
     settings.apply_offline_env()
     module = sys.argv[1]
     sys.argv = sys.argv[1:]

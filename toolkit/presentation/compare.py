@@ -19,6 +19,8 @@ from toolkit.core import artifacts
 from toolkit.core.artifacts import read_json
 from toolkit.domain.provenance import differences, machine_differences
 from toolkit.domain.results.bench import rows_of
+from toolkit.domain.results.conversion import read_conversions
+from toolkit.domain.results.registration import read_registered
 from toolkit.presentation.render import render_page
 from toolkit.stages import bench
 from toolkit.stages.checklist import read_report
@@ -31,9 +33,16 @@ FAIL_ON = {"top1": 0.02, "kl": 0.05, "perplexity": 0.05}
 _IGNORED_PARAMS = {"run_dir", "interactive"}
 
 
-def _precision(model: str) -> str:
-    """Registered names are PREFIX-PRECISION; runs with other prefixes still line up by precision."""
-    return model.rsplit("-", 1)[-1]
+def _precisions(run: Path, bench_rows: list[dict]) -> dict[str, str]:
+    """Each registered model's precision, read from the run's ``registered.json`` and its benchmark rows.
+
+    Runs line up by precision whatever their models were named; a model neither file knows
+    keeps its own name as its label.
+    """
+    known = {row["model"]: row["precision"] for row in bench_rows if row.get("precision")}
+    if (run / "registered.json").is_file():
+        known.update({m.name: m.precision for m in read_registered(run / "registered.json")})
+    return known
 
 
 @dataclass(frozen=True)
@@ -79,22 +88,22 @@ LATENCY_SLACK = 1.25
 def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     """Read a run folder's result files (any that are missing are simply empty)."""
     run = Path(run_dir)
-    manifests = [m for m in read_json(run / "models" / "convert.json", []) or []
-                 if isinstance(m, dict) and "precision" in m]
+    manifests = read_conversions(run / "models" / "convert.json")
     sizes = {m["precision"]: m["size_mb"] for m in manifests}
     ratios = {m["precision"]: m.get("size_ratio_vs_fp32") for m in manifests}
+    report = read_json(run / "bench.json", {}) or {}
+    rows = [row.to_json() for row in rows_of(report)] if isinstance(report, dict) else []
+    precisions = _precisions(run, rows)
     quality: dict[str, dict] = {}
     verdicts = {}
     tests = read_report(run / "test.json")
     for model in tests.models if tests is not None else []:
-        precision = _precision(model.model)
+        precision = precisions.get(model.model, model.model)
         for check in model.checks:
             verdicts[(precision, str(check.check), check.case)] = str(check.verdict)
         if model.quality is not None:
             quality[precision] = {"top1": model.quality.top1_agreement, "kl": model.quality.kl_divergence,
                                   "perplexity": model.quality.perplexity}
-    report = read_json(run / "bench.json", {}) or {}
-    rows = [row.to_json() for row in rows_of(report)] if isinstance(report, dict) else []
     timings = {(row["precision"], row["engine"], row["target_prompt_tokens"], row["target_gen_tokens"],
                 row["threads"]): row for row in rows}
     headline = {row["precision"]: row for row in bench.headline_rows(rows)}
@@ -153,11 +162,13 @@ class Recommendation:
         sentence: The decision in one line.
         rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
             in words: recommended, or why it lost).
+        failed: Per precision that failed a check, which, in words (its verdict without "lost: ").
     """
 
     choice: str | None
     sentence: str
     rows: list[dict]
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def _typical_ms(run: RunFigures, p: str) -> float | None:
@@ -184,6 +195,16 @@ def _slow_start(run: RunFigures, p: str) -> str:
     if isa:
         return text + " although this CPU has integer dot-product instructions (the instruction set is not why)"
     return text
+
+
+def failed_words(failed: list[tuple[str, str]]) -> str:
+    """The checks a precision failed, in words (the first three).
+
+    Example:
+        >>> failed_words([("domain", "capital")])
+        'failed domain/capital'
+    """
+    return "failed " + ", ".join(f"{check}/{case}" for check, case in failed[:3]) + (" ..." if len(failed) > 3 else "")
 
 
 def recommend(run: RunFigures) -> Recommendation:
@@ -224,6 +245,7 @@ def recommend(run: RunFigures) -> Recommendation:
                 f"{row.get('target_prompt_tokens')} prompt tokens, {decode(p) or row.get('decode_tps', 0):.0f} tok/s")
 
     rows = []
+    reasons: dict[str, str] = {}
     for row in side_by_side([("", run)]):
         p = row.pop("precision")
         del row["run"]
@@ -231,12 +253,12 @@ def recommend(run: RunFigures) -> Recommendation:
         if p == choice:
             outcome, verdict = Outcome.RECOMMENDED, "recommended"
         elif failed.get(p):
-            outcome = Outcome.FAILED
-            verdict = ("lost: failed " + ", ".join(f"{check}/{case}" for check, case in failed[p][:3])
-                       + (" ..." if len(failed[p]) > 3 else ""))
+            outcome, why = Outcome.FAILED, failed_words(failed[p])
             structured = [v for (q, check, _), v in run.verdicts.items() if q == p and check == "structured"]
             if structured and all(v == "pass" for v in structured) and all(check == "format" for check, _ in failed[p]):
-                verdict += " (passes with response_format: deployable where the application asks for structured output)"
+                why += " (passes with response_format: deployable where the application asks for structured output)"
+            reasons[p] = why
+            verdict = "lost: " + why
         elif p not in failed:
             outcome, verdict = Outcome.NOT_CHECKED, "not checked"
         elif run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):
@@ -252,7 +274,7 @@ def recommend(run: RunFigures) -> Recommendation:
         rows.append({"precision": p, **row, "outcome": str(outcome), "verdict": verdict})
     if choice is None:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
-                              + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ").", rows)
+                              + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ").", rows, reasons)
     recipe = f", INT4 recipe {run.params['int4_recipe']}" if choice == "int4" and run.params.get("int4_recipe") else ""
     best = next(r for r in rows if r["precision"] == choice)
     first = run.first_token.get(choice, {})
@@ -269,7 +291,7 @@ def recommend(run: RunFigures) -> Recommendation:
     sentence = (f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})."
                 + (" " + "; ".join(others) + "." if others else "")
                 + (" " + "; ".join(slow) + "." if slow else ""))
-    return Recommendation(choice, sentence, rows)
+    return Recommendation(choice, sentence, rows, reasons)
 
 
 @dataclass(frozen=True)

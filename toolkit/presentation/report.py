@@ -18,6 +18,8 @@ from toolkit.core.errors import InputError
 from toolkit.core.measure import versions
 from toolkit.domain.results.bench import rows_of
 from toolkit.domain.results.checklist import ControlResult
+from toolkit.domain.results.conversion import read_conversions
+from toolkit.domain.results.registration import read_registered
 from toolkit.presentation import bench as bench_text
 from toolkit.presentation import checklist as checklist_tables
 from toolkit.presentation import compare
@@ -112,8 +114,7 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
                  if r is not base and number(r, "size_mb") and number(r, "decode_tps")]
         if parts:
             story.append("Against FP32: " + "; ".join(parts) + ".")
-    failed = [f"{r['precision']} {r['verdict'].removeprefix('lost: ')}" for r in rows
-              if r["outcome"] == compare.Outcome.FAILED]
+    failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
     passed = [r["precision"] for r in rows if r["outcome"] not in (compare.Outcome.FAILED, compare.Outcome.NOT_CHECKED)]
     if rows:
         story.append((f"{' and '.join(passed)} pass every checklist item" if passed else "No precision passes "
@@ -172,10 +173,30 @@ def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "run"} for row in rows if row["precision"] != "–"]
 
 
+def run_versions(run_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """The package versions a run ran with: its ``run.json``'s, else its ``versions.json``, else this environment's.
+
+    Example:
+        >>> run_versions("outputs/demo")["onnxruntime-genai"]
+        '0.14.1'
+    """
+    run = Path(run_dir)
+    record = read_json(run / "run.json")
+    recorded = record.get("versions") if isinstance(record, dict) else None
+    if isinstance(recorded, dict) and recorded:
+        return recorded
+    written = read_json(run / "versions.json")
+    return written if isinstance(written, dict) and written else versions()
+
+
 def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                 status: dict[str, str] | None = None) -> Path:
     """Write ``run_dir/index.html``: summary, links to the rendered notebooks and result files, tables,
-    plots, the exact parameters and the package versions (also written to ``versions.json``).
+    plots, the exact parameters and the package versions the run ran with (``versions.json``).
+
+    The versions are the run's own: its ``run.json`` record, else an existing ``versions.json``;
+    only a run with neither gets this environment's (and ``versions.json`` is then written). A
+    report rewritten after an upgrade never replaces them with the upgraded packages.
 
     ``params`` defaults to the run's ``params.json``. Every link is relative, so the folder
     (or its archive, see :func:`archive`) can be sent as it is.
@@ -187,12 +208,14 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     run = Path(run_dir)
     status = status or {}
     params = params if params is not None else read_json(run / "params.json")
-    found = versions()
-    artifacts.write_json(run / "versions.json", found)
+    found = run_versions(run)
+    if not (run / "versions.json").is_file():
+        artifacts.write_json(run / "versions.json", found)
     tests = checklist.read_report(run / "test.json")
     bench_report = _bench_report(run)
-    converted = read_json(run / "models" / "convert.json")
-    registered = read_json(run / "registered.json") or []
+    converted = read_conversions(run / "models" / "convert.json")
+    registered = ([m.to_json() for m in read_registered(run / "registered.json")]
+                  if (run / "registered.json").is_file() else [])
     recommendation = compare.recommend(compare.load_run(run)) if tests else None
     plots = [png.stem for png in sorted(run.glob("*.png"))]
     placed = {stem for stems in PLOT_SECTIONS.values() for stem in stems}

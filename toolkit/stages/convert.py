@@ -41,6 +41,7 @@ from toolkit.domain.options import (
     Precision,
 )
 from toolkit.domain.quantize import QuantPlan, weight_summary
+from toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
 from toolkit.domain.sources import SourceModel, fingerprint, inspect_source
 from toolkit.runtimes import reference
 
@@ -577,6 +578,7 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
     ratio = size_mb / fp32_mb if fp32_mb else None
     tutorial = TUTORIAL_SIZE_RATIO[spec.precision]
     return {
+        "schema_version": CONVERSION_SCHEMA_VERSION,
         "model": source.path.name,
         "source_path": str(source.path),
         "source_fingerprint": source_fingerprint,
