@@ -123,8 +123,10 @@ def test_errors_are_json_under_json(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, err = run_cli(["recommend", str(tmp_path / "nope"), "--json"], capsys)
     assert code == 2 and json.loads(out) == {"error": json.loads(out)["error"], "kind": "InputError", "exit_code": 2}
     assert "no test.json" in json.loads(out)["error"] and err == ""
-    code, out, _ = run_cli(["bench", "--json"], capsys)  # a usage error
+    code, out, _ = run_cli(["bench", "--engines", "nope", "--json"], capsys)  # a usage error
     assert code == 2 and json.loads(out)["kind"] == "usage"
+    code, out, _ = run_cli(["bench", "-o", str(tmp_path), "--json"], capsys)  # no names, and no registered.json there
+    assert code == 2 and json.loads(out)["kind"] == "InputError" and "registered.json" in json.loads(out)["error"]
     code, out, err = run_cli(["recommend", str(tmp_path / "nope")], capsys)
     assert code == 2 and out == "" and err.startswith("slmops: error: No checklist results")
 
