@@ -7,6 +7,7 @@ timeout, so a crash or a hang is a finding about that case and the rest go on in
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from toolkit.core import workers
@@ -98,21 +99,52 @@ def edge_verdict(case: str, generation=None, error: Exception | None = None) -> 
     return f"a valid input failed: {type(error).__name__}: {error}", False
 
 
-def edge_task(job: dict, emit) -> None:
-    """Worker task: run the edge cases from index ``skip`` on, emitting one record per case as it ends.
+@dataclass(frozen=True)
+class EdgeJob:
+    """What the edge-case child is asked (its JSON payload).
 
-    Each record: ``{"case", "outcome" (words), "passed", "seconds"}``.
+    Attributes:
+        name: The registered model.
+        cache: The Foundry Local cache ("" for the default).
+        skip: Edge cases already done (by a child that crashed or hung on the next one).
+        seed: The seed of every request.
     """
-    with LoadedModel(job["name"], job["cache"] or None) as model:
-        for case, _ in EDGE_CASES[job["skip"]:]:
+
+    name: str
+    cache: str
+    skip: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EdgeOutcome:
+    """One edge case as the child reports it (an event).
+
+    Attributes:
+        case: The edge case (see :data:`EDGE_CASES`).
+        outcome: What happened, in words.
+        passed: Whether that is right for the case.
+        seconds: How long it took, s (None when it crashed or hung the child).
+    """
+
+    case: str
+    outcome: str
+    passed: bool
+    seconds: float | None
+
+
+def edge_task(payload: dict, emit) -> None:
+    """Worker task: run the edge cases from ``skip`` on (an :class:`EdgeJob`), emitting an :class:`EdgeOutcome` each."""
+    job = EdgeJob(**payload)
+    with LoadedModel(job.name, job.cache or None) as model:
+        for case, _ in EDGE_CASES[job.skip:]:
             messages, max_tokens = edge_request(case, model.context_length)
             start = time.perf_counter()
             try:
-                outcome, passed = edge_verdict(case, model.generate(messages, max_tokens=max_tokens, seed=job["seed"]))
+                outcome, passed = edge_verdict(case, model.generate(messages, max_tokens=max_tokens, seed=job.seed))
             except Exception as exc:  # noqa: BLE001 (every outcome is judged; an unexpected one is the finding)
                 outcome, passed = edge_verdict(case, error=exc)
-            emit({"case": case, "outcome": outcome, "passed": passed,
-                  "seconds": round(time.perf_counter() - start, 3)})
+            emit(asdict(EdgeOutcome(case, outcome, passed, round(time.perf_counter() - start, 3))))
 
 
 def run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed: int,
@@ -131,16 +163,15 @@ def run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed: 
                  f"{timeout_s:.0f} s; no crash")
     results: list[CheckResult] = []
 
-    def record(row: dict) -> None:
-        seconds = row.get("seconds")
-        results.append(CheckResult(name, Check.EDGE, row["case"], seconds, Unit.SECONDS, timeout_s, Bound.AT_MOST,
-                                   verdict_of(row["passed"]), criterion, row["outcome"]))
+    def record(event: dict | EdgeOutcome) -> None:
+        row = event if isinstance(event, EdgeOutcome) else EdgeOutcome(**event)
+        results.append(CheckResult(name, Check.EDGE, row.case, row.seconds, Unit.SECONDS, timeout_s, Bound.AT_MOST,
+                                   verdict_of(row.passed), criterion, row.outcome))
 
     while len(results) < len(EDGE_CASES):
         failure = ""
         try:
-            workers.run_worker(WORKER, "edge",
-                               {"name": name, "cache": str(cache or ""), "skip": len(results), "seed": seed},
+            workers.run_worker(WORKER, "edge", asdict(EdgeJob(name, str(cache or ""), len(results), seed)),
                                name=f"edge cases of {name}", idle_timeout=timeout_s, startup_s=startup_s,
                                on_event=record)
         except ToolTimeoutError:
@@ -148,7 +179,7 @@ def run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed: 
         except ToolFailedError as exc:
             failure = f"the process died (exit {exc.returncode}): {exc.detail.splitlines()[-1][:200]}"
         if len(results) < len(EDGE_CASES) and failure:  # the case in progress crashed or hung the child
-            record({"case": EDGE_CASES[len(results)][0], "outcome": failure, "passed": False, "seconds": None})
+            record(EdgeOutcome(EDGE_CASES[len(results)][0], failure, False, None))
         elif len(results) < len(EDGE_CASES):
             raise SlmopsError(f"The edge-case worker for {name} stopped after {len(results)} of {len(EDGE_CASES)} "
                               "cases without an error; rerun the checklist.")
