@@ -32,8 +32,9 @@ from toolkit.core.errors import ParityError
 SCHEMA_VERSION = 1
 #: Positions of the reference text compared (the bundled text is about 430 SmolLM2 tokens).
 TEXT_POSITIONS = 512
-#: Positions past the sliding window in the second sequence, so its windowed layers matter.
-PAST_WINDOW = 64
+#: Positions past the sliding window in the second sequence, so its windowed layers matter (128 also
+#: brings a Gemma 3 check to over 1,000 positions: 426 of text and 640 past its window of 512).
+PAST_WINDOW = 128
 #: Longest second sequence: windows beyond this are not exercised (recorded as such).
 LONGEST_SEQUENCE = 4160
 #: Positions compared at once when computing the figures (bounds the float64 copies).
