@@ -132,7 +132,33 @@ with serve.background([name], cache=cache_dir or None) as endpoint:
     client = endpoint.client()
     answer = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Name a city in France."}],
                                             max_tokens=32, temperature=0)
-    print(f"{endpoint.url} answered: {answer.choices[0].message.content!r} ({answer.usage.total_tokens} tokens)")''']),
+    print(f"{endpoint.url} answered: {answer.choices[0].message.content!r} ({answer.usage.total_tokens} tokens)")''',
+ '''#MD## Call a tool through the endpoint
+
+The demo's fine-tune also learned two functions (`city_weather`, `city_population`). Offered as OpenAI
+`tools`, the model answers with a call whose arguments Foundry Local constrained to the tool's JSON Schema;
+the result goes back as a `tool` message and the model answers from it.''',
+ '''case = run_source.tool_case(model_dir, adapter, finetune)  # a trained tool question and its tools (None: none learned)
+tool_model = registered[0]["name"]
+if case is None:
+    print("This run's model learned no tool calls.")
+else:
+    with serve.background([tool_model], cache=cache_dir or None) as endpoint:
+        client = endpoint.client()
+        asked = client.chat.completions.create(model=tool_model, messages=case["messages"], tools=case["tools"],
+                                               max_tokens=64, temperature=0)
+        message = asked.choices[0].message
+        for call in message.tool_calls or []:
+            print(f"{case['messages'][-1]['content']!r} -> {call.function.name}({call.function.arguments}) "
+                  f"[finish_reason {asked.choices[0].finish_reason}]")
+        if message.tool_calls:
+            result = {"role": "tool", "tool_call_id": message.tool_calls[0].id,
+                      "content": '{"sky": "rain", "temperature_c": 11}'}
+            answer = client.chat.completions.create(model=tool_model, messages=[*case["messages"], message, result],
+                                                    tools=case["tools"], max_tokens=48, temperature=0)
+            print(f"after the result: {answer.choices[0].message.content!r}")
+        else:
+            print(f"no call: {message.content!r}")''']),
 "03_test": nb("3. Quality checklist",
  "The tutorial's checklist as checks, each with a threshold, a measured value and a verdict, against every "
  "registered precision: domain answers and response format from a cases file, memory over many requests, "

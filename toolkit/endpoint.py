@@ -9,7 +9,11 @@ in-process on FastAPI and uvicorn:
 * ``POST /v1/chat/completions``, plain and ``stream: true`` (server-sent events), with
   ``usage`` and ``finish_reason``; ``max_tokens``, ``temperature``, ``top_p``, ``seed``,
   ``stop``, and ``response_format`` (``json_object``, ``json_schema``) through Foundry
-  Local's constrained decoding.
+  Local's constrained decoding; ``tools`` and ``tool_choice`` (``none``, ``auto``,
+  ``required``, a named function) answered with ``message.tool_calls`` and
+  ``finish_reason: "tool_calls"`` (streamed as ``delta.tool_calls``), the arguments constrained
+  by the runtime to each tool's JSON Schema, and histories with ``assistant`` tool calls and
+  ``tool`` results.
 
 Requests are checked before the runtime sees them and refused as OpenAI-style JSON errors
 (400 bad request or value, 401 missing key, 404 unknown model, 413 body too large, 503 while
@@ -102,11 +106,28 @@ class TextPart(_Strict):
     text: str
 
 
-class Message(_Strict):
-    """One chat message (``developer`` is served as ``system``)."""
+class FunctionCall(_Strict):
+    """The function of an assistant's tool call: its name and arguments (a JSON string)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    """One tool call of an assistant turn in the history."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Strict):
+    """One chat message (``developer`` is served as ``system``); an assistant turn may carry tool calls, a tool turn a result."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(_Strict):
@@ -131,6 +152,8 @@ class ChatRequest(_Strict):
     response_format: dict | None = None
     n: int = Field(1, ge=1, le=1)
     tools: list | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool = False
 
 
@@ -166,12 +189,25 @@ class ModelHost:
                 "status": self.state.value}
 
 
-def _plain_messages(request: ChatRequest) -> list[dict[str, str]]:
-    """Messages as the runtime takes them: text content (parts joined), ``developer`` as ``system``."""
+def _plain_messages(request: ChatRequest) -> list[dict]:
+    """Messages as the runtime takes them: text content (parts joined), ``developer`` as ``system``, tool calls and results."""
     out = []
     for message in request.messages:
-        content = message.content if isinstance(message.content, str) else "".join(p.text for p in message.content)
-        out.append({"role": "system" if message.role == "developer" else message.role, "content": content})
+        content = message.content
+        if isinstance(content, list):
+            content = "".join(p.text for p in content)
+        if content is None and not message.tool_calls:
+            raise ApiError(400, f"Invalid request: a {message.role} message needs 'content'.", param="messages",
+                           code="invalid_value")
+        plain: dict = {"role": "system" if message.role == "developer" else message.role, "content": content}
+        if message.tool_calls:
+            plain["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+        if message.role == "tool":
+            if not message.tool_call_id:
+                raise ApiError(400, "Invalid request: a tool message needs the 'tool_call_id' it answers.",
+                               param="messages", code="invalid_value")
+            plain["tool_call_id"] = message.tool_call_id
+        out.append(plain)
     return out
 
 
@@ -204,22 +240,24 @@ async def _read_body(request: Request, limit: int) -> dict:
 
 def _runtime_body(host: ModelHost, request: ChatRequest) -> dict:
     """Check a parsed request against the model (context, options) and build the runtime's request."""
-    if request.tools:
-        raise ApiError(400, "Tool calls are not supported by this endpoint; send no 'tools'.", param="tools")
     if request.logprobs:
         raise ApiError(400, "logprobs are not supported by this endpoint.", param="logprobs")
     messages = _plain_messages(request)
     max_tokens = request.max_completion_tokens or request.max_tokens
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    options = {"top_p": request.top_p, "stop": request.stop, "response_format": request.response_format}
+    options = {"top_p": request.top_p, "stop": request.stop, "response_format": request.response_format,
+               "tool_defs": request.tools, "tool_choice": request.tool_choice}
     try:
         host.model.check(messages, max_tokens, request.temperature, seed, **options)
     except PromptTooLongError as exc:
         raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except InputError as exc:
         raise ApiError(400, str(exc), param=getattr(exc, "name", None), code="invalid_value") from exc
-    return host.model.body(messages, max_tokens=max_tokens, temperature=request.temperature, seed=seed,
+    body = host.model.body(messages, max_tokens=max_tokens, temperature=request.temperature, seed=seed,
                            stream=request.stream, **options)
+    if request.parallel_tool_calls is not None and request.tools:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
+    return body
 
 
 def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key: str | None = None,
@@ -323,6 +361,10 @@ def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key
         if not parsed.stream:
             answer = await loop.run_in_executor(host.executor, host.model.native_complete, body)
             answer["model"] = parsed.model
+            for choice in answer.get("choices") or []:
+                message = choice.get("message") or {}
+                if message.get("tool_calls") and not message.get("content"):
+                    message["content"] = None  # as OpenAI answers a turn that only calls tools
             return answer
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         return StreamingResponse(_sse(host, body, include_usage, loop, stream_interval_s),

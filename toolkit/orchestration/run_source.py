@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.domain import adapters, datasets, packaged
+from toolkit.domain import adapters, datasets, packaged, tools
 from toolkit.domain.options import Precision
 from toolkit.domain.sources import bundled_model
 from toolkit.domain.templates import PromptTemplate
@@ -70,6 +70,19 @@ def cases_file(model_dir: str, adapter: str, train: bool, cases: str, run_dir: s
     if cases:
         return Path(cases)
     return Path(run_dir) / "cases.jsonl" if train and _trains(model_dir) and not adapter else None
+
+
+def tool_case(model_dir: str, adapter: str, train: bool) -> dict | None:
+    """A tool question of the run's fine-tune with its tools (a ``tool_call`` case), or None when it learned none.
+
+    For notebook 02's call through the endpoint: the bundled fine-tune's dataset has tool examples.
+    """
+    if adapter or not (train and _trains(model_dir)):
+        return None
+    base = Path(model_dir).expanduser() if model_dir else bundled_model()
+    if tools.find_markers(base) is None:  # no tool-call tokens: the fine-tune skipped its tool examples
+        return None
+    return datasets.tool_probe(datasets.load_dataset())
 
 
 def _trains(model_dir: str) -> bool:

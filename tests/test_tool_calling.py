@@ -1,0 +1,187 @@
+"""Tool calling through the real Foundry Local runtime: registration, the Python API and ``slmops serve``
+driven by the official ``openai`` client.
+
+A tiny random model with ``<tool_call>`` tokens shows what needs no skill: the markers reach the
+runtime, a model that cannot call is not marked as able to, and bad requests get OpenAI's 400s.
+The demo's fine-tune (slow: the bundled SmolLM2 with the Veloria adapter, FP32) makes real calls.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import openai
+import pytest
+
+from toolkit import endpoint as serve
+from toolkit.domain import datasets, tools
+from toolkit.runtimes import foundry
+from toolkit.stages import register as R
+
+pytestmark = pytest.mark.slow  # every test here converts and loads a model
+
+TINY = "tiny-tools"
+PICK = {"type": "function", "function": {
+    "name": "pick_city", "description": "Pick a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Quennport", "Lunmere"]}},
+                   "required": ["city"]}}}
+ASK = [{"role": "user", "content": "Pick a city."}]
+
+
+@pytest.fixture(scope="module")
+def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
+    from toolkit.domain.sources import make_tiny_model
+    from toolkit.stages.convert import ConvertSpec, Precision, convert
+
+    # Foundry Local's tool protocol is about 1,000 of the tiny tokenizer's tokens: a longer context.
+    source = make_tiny_model(tmp_path_factory.mktemp("tools") / "qwen2", tool_tokens=True, context=2048)
+    out = convert(ConvertSpec(source, tmp_path_factory.mktemp("tools-int4") / "int4", Precision.INT4),
+                  progress=False).output_dir
+    return R.register(out, TINY)  # threads auto: the pinned onnxruntime-genai reads the folder too
+
+
+@pytest.fixture(scope="module")
+def tiny_endpoint(tiny_tools: R.Registration):
+    with serve.background([TINY]) as running:
+        yield running
+
+
+def test_registration_publishes_the_markers_and_does_not_claim_a_random_model_can_call(
+        tiny_tools: R.Registration) -> None:
+    config = json.loads((tiny_tools.path / "genai_config.json").read_text())["model"]
+    markers = tools.find_markers(tiny_tools.path)
+    assert (config["bot_token_id"], config["eot_token_id"]) == (markers.start_id, markers.end_id)
+    assert tiny_tools.tool_calling.markers == ("<tool_call>", "</tool_call>")
+    assert not tiny_tools.tool_calling.supports and tiny_tools.tool_calling.detail.startswith("no ")
+    assert not foundry.find_model(TINY).supports_tool_calling
+    record = json.loads((tiny_tools.path / ".slmops-registration.json").read_text())
+    assert record["tool_calling"]["supports_tool_calling"] is False
+    with foundry.LoadedModel(TINY) as model:
+        assert model.markers == markers
+        # The runtime renders the prompt as we do: our count is the runtime's own usage.
+        answer = model.generate(ASK, max_tokens=2, tool_defs=[PICK], tool_choice="none")
+        assert answer.prompt_tokens == len(model.prompt_ids(ASK, [PICK], "none"))
+
+
+def test_a_model_registered_without_markers_refuses_tools(tiny_int4: Path) -> None:
+    R.register(tiny_int4, "tiny-no-tools")
+    with foundry.LoadedModel("tiny-no-tools") as model:
+        assert model.markers is None
+        with pytest.raises(tools.ToolDefinitionError, match="--tool-markers"):
+            model.generate(ASK, max_tokens=4, tool_defs=[PICK])
+        assert model.generate(ASK, max_tokens=4).text  # without tools it answers as before
+
+
+@pytest.mark.parametrize(("options", "param"), [
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
+    ({"tools": [PICK, PICK]}, "tools[1].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                            "properties": {"a": {"type": 3}}}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [PICK], "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [PICK], "tool_choice": "always"}, "tool_choice"),
+])
+def test_bad_tool_definitions_get_openai_400s(tiny_endpoint: serve.Endpoint, options: dict, param: str) -> None:
+    client = tiny_endpoint.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=TINY, messages=ASK, max_tokens=4, **options)
+    assert caught.value.status_code == 400 and caught.value.body["param"] == param
+    after = client.chat.completions.create(model=TINY, messages=ASK, max_tokens=2)  # the server keeps serving
+    assert after.usage.completion_tokens >= 1 and after.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: serve.Endpoint) -> None:
+    client = tiny_endpoint.client()
+    call = {"id": "call_1", "type": "function", "function": {"name": "pick_city", "arguments": '{"city": "Lunmere"}'}}
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "Lunmere it is."}]
+    answer = client.chat.completions.create(model=TINY, messages=history, tools=[PICK], tool_choice="none",
+                                            max_tokens=4, temperature=0)
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+    with pytest.raises(openai.BadRequestError, match="tool_call_id"):
+        client.chat.completions.create(model=TINY, messages=[*history[:2], {"role": "tool", "content": "x"}],
+                                       max_tokens=4)
+
+
+# --- The demo's fine-tune: real calls -------------------------------------------------------------------
+
+TUNED = "veloria-tools-fp32"
+
+
+@pytest.fixture(scope="module")
+def tuned(bundled: Path, tmp_path_factory: pytest.TempPathFactory):
+    from toolkit.stages.convert import ConvertSpec, Precision, convert
+    from toolkit.stages.finetune import bundled_adapter
+
+    adapter = bundled_adapter(bundled, progress=False).adapter
+    out = convert(ConvertSpec(adapter, tmp_path_factory.mktemp("tuned") / "fp32", Precision.FP32),
+                  progress=False).output_dir
+    examples = datasets.load_dataset()
+    registration = R.register(out, TUNED, tool_probe=datasets.tool_probe(examples))
+    with serve.background([TUNED]) as running:
+        yield registration, running, examples
+
+
+def _valid(call, offered: list[dict]) -> dict:
+    """The call's arguments, parsed and validated against its tool's schema."""
+    schema = next(t["function"]["parameters"] for t in offered if t["function"]["name"] == call.function.name)
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, schema)
+    return arguments
+
+
+@pytest.mark.slow
+def test_the_fine_tune_calls_through_the_openai_client(tuned) -> None:
+    registration, endpoint, examples = tuned
+    assert registration.tool_calling.supports and foundry.find_model(TUNED).supports_tool_calling
+    case = datasets.tool_probe(examples)
+    offered, want = case["tools"], case["expect"]["call"]
+    client = endpoint.client()
+    plain = client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered, temperature=0,
+                                           max_tokens=64)
+    choice = plain.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.id and call.type == "function" and call.function.name == want["name"]
+    assert _valid(call, offered) == want["arguments"]
+    chunks = list(client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered,
+                                                 temperature=0, max_tokens=64, stream=True))
+    pieces = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert pieces and {p.index for p in pieces} == {0}
+    assert "".join(p.function.arguments or "" for p in pieces) == call.function.arguments
+    assert "".join(p.function.name or "" for p in pieces) == call.function.name
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    # The result fed back: the model answers from it, in text.
+    history = [*case["messages"], choice.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": '{"city": "Quennport", "sky": "rain", '
+                                                                     '"temperature_c": 11}'}]
+    answer = client.chat.completions.create(model=TUNED, messages=history, tools=offered, temperature=0,
+                                            max_tokens=48).choices[0]
+    assert answer.finish_reason == "stop" and not answer.message.tool_calls and "rain" in answer.message.content
+
+
+@pytest.mark.slow
+def test_tool_choice_named_required_and_none_are_honoured(tuned) -> None:
+    _, endpoint, examples = tuned
+    case = datasets.tool_probe(examples)  # a weather question
+    offered = case["tools"]
+    client = endpoint.client()
+    other = next(t["function"]["name"] for t in offered if t["function"]["name"] != case["expect"]["call"]["name"])
+    named = client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered, temperature=0,
+                                           max_tokens=64, tool_choice={"type": "function", "function": {"name": other}})
+    assert [c.function.name for c in named.choices[0].message.tool_calls] == [other]
+    _valid(named.choices[0].message.tool_calls[0], offered)
+    plain_question = [{"role": "user", "content": "What is the capital of Veloria?"}]
+    required = client.chat.completions.create(model=TUNED, messages=plain_question, tools=offered, temperature=0,
+                                              max_tokens=64, tool_choice="required").choices[0]
+    assert required.finish_reason == "tool_calls" and required.message.tool_calls
+    _valid(required.message.tool_calls[0], offered)
+    none = client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered, temperature=0,
+                                          max_tokens=48, tool_choice="none").choices[0]
+    assert not none.message.tool_calls and none.message.content and none.finish_reason == "stop"
+    auto_text = client.chat.completions.create(model=TUNED, messages=plain_question, tools=offered, temperature=0,
+                                               max_tokens=48).choices[0]
+    assert not auto_text.message.tool_calls and "Quennport" in auto_text.message.content
