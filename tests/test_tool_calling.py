@@ -185,3 +185,20 @@ def test_tool_choice_named_required_and_none_are_honoured(tuned) -> None:
     auto_text = client.chat.completions.create(model=TUNED, messages=plain_question, tools=offered, temperature=0,
                                                max_tokens=48).choices[0]
     assert not auto_text.message.tool_calls and "Quennport" in auto_text.message.content
+
+
+@pytest.mark.slow
+def test_the_python_api_keeps_a_call_in_the_conversation_and_answers_its_result(tuned) -> None:
+    """LoadedModel.chat, read as slmops chat reads it: up to the Generation, then the tool's result."""
+    from toolkit.runtimes.foundry import Generation
+
+    _, _, examples = tuned
+    case = datasets.tool_probe(examples)
+    with foundry.LoadedModel(TUNED) as model:
+        turn = model.chat(case["messages"][0]["content"], tool_defs=case["tools"], temperature=0, max_tokens=64)
+        first = next(piece for piece in turn if isinstance(piece, Generation))  # the caller stops reading here
+        assert first.finish_reason == "tool_calls" and first.tool_calls[0]["function"]["name"] == "city_weather"
+        reply = [piece for piece in model.chat('{"sky": "rain", "temperature_c": 11}', role="tool",
+                                               tool_call_id=first.tool_calls[0]["id"], tool_defs=case["tools"],
+                                               temperature=0, max_tokens=48)][-1]
+        assert reply.finish_reason == "stop" and not reply.tool_calls and "rain" in reply.text

@@ -478,16 +478,14 @@ class LoadedModel:
         history = self._history or ([{"role": "system", "content": system}] if system else [])
         turn = {"role": role, "content": message, **({"tool_call_id": tool_call_id} if role == "tool" else {})}
         messages = [*history, turn]
-        answer = None
         for piece in self.stream(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
                                  tool_defs=tool_defs, tool_choice=tool_choice):
-            answer = piece
+            if isinstance(piece, Generation):  # kept before it is handed out: a caller may stop reading there
+                reply = {"role": "assistant", "content": piece.text}
+                if piece.tool_calls:
+                    reply["tool_calls"] = list(piece.tool_calls)
+                self._history = [*messages, reply]
             yield piece
-        if isinstance(answer, Generation):
-            reply = {"role": "assistant", "content": answer.text}
-            if answer.tool_calls:
-                reply["tool_calls"] = list(answer.tool_calls)
-            self._history = [*messages, reply]
 
     def add_tool_result(self, tool_call_id: str, content: str) -> None:
         """Add one tool's result to the conversation of :meth:`chat` without asking for an answer yet.

@@ -261,8 +261,8 @@ class ControlResult:
         max_pass_rate: The largest pass rate at which the cases still test the fine-tune (share).
         tests_the_fine_tune: ``pass_rate <= max_pass_rate``; None when the cases have no domain expectations.
         answers: The base's answer per case id.
-        tool_passed: ``tool_call`` cases (trained and held-out) the base passed.
-        tool_total: ``tool_call`` cases asked (0: none in the cases file).
+        tool_passed: Trained ``tool_call`` cases expecting a call that the base passed.
+        tool_total: Those cases asked (0: none in the cases file).
     """
 
     model: str
