@@ -60,6 +60,7 @@ HEAVY_TESTS = frozenset({
     "test_llama3_template_with_bos_and_strftime_now_registers_with_auto", "test_the_endpoint_answers_stop",
     "test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens",
     "test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_run",
+    "test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again",
 })
 
 

@@ -397,3 +397,30 @@ def test_too_little_disk_is_refused_before_any_work(tiny_model: Path, tmp_path: 
     with pytest.raises(ModelFolderError, match="MB free"):
         C.convert(spec(tiny_model, tmp_path / "out"), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(tiny_model: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    from toolkit.domain.sources import make_tiny_model
+
+    manifests = C.convert_all(tiny_model, ["int4", "fp32", "int8"], tmp_path / "run", progress=False)
+    fp32 = str((tmp_path / "run" / "fp32").resolve())
+    by_precision = {m["precision"]: m for m in manifests}
+    for precision in ("int8", "int4"):
+        made = by_precision[precision]
+        assert made["quantized_from"] == fp32
+        assert not any("toolkit.runtimes.genai_builder" in c for c in made["commands"])  # no export
+        assert [c["build"] for c in made["parity"]["checks"]] == [precision]  # the FP32 passed its own check
+    # The same bytes as an INT4 quantized from a fresh export.
+    fresh = C.convert(C.ConvertSpec(tiny_model, tmp_path / "fresh", C.Precision.INT4), progress=False)
+    assert "quantized_from" not in fresh.manifest
+
+    def digest(folder: Path) -> str:
+        return hashlib.sha256((folder / "model.onnx.data").read_bytes()).hexdigest()
+
+    assert digest(tmp_path / "run" / "int4") == digest(fresh.output_dir)
+    # An FP32 build of another model is not used: the export runs.
+    other = make_tiny_model(tmp_path / "other" / "qwen2", seed=1)
+    spec = C.ConvertSpec(other, tmp_path / "other-int4", C.Precision.INT4, quantize_from=tmp_path / "run" / "fp32")
+    assert "quantized_from" not in C.convert(spec, progress=False).manifest

@@ -128,7 +128,9 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     if unknown:
         raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
     out, reuse = Path(out_dir), dict(reuse or {})
-    specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n])
+    # Every recipe quantizes the same FP32 export: the reference build when it is one (checked by convert).
+    specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n],
+                            quantize_from=Path(reference_dir))
              for n in names if n not in reuse}
     for spec in specs.values():
         validate(spec)

@@ -61,6 +61,10 @@ class ConvertSpec:
         execution_provider: ``cpu`` or ``cuda`` (FP16 needs a GPU provider).
         base: The base model's folder when ``model_dir`` is a LoRA adapter (default: the one
             the adapter's config names); the adapter is merged into it first.
+        quantize_from: An FP32 build of this same source on the builder route (for example the
+            run's ``fp32``): an INT8 or INT4 build our quantizer makes starts from it instead of
+            exporting FP32 again. Used only when its manifest shows the same source fingerprint,
+            the builder route and a passed parity check; otherwise the export runs as usual.
     """
 
     model_dir: Path
@@ -70,6 +74,7 @@ class ConvertSpec:
     int4: Int4Options = field(default_factory=Int4Options)
     execution_provider: str = "cpu"
     base: Path | None = None
+    quantize_from: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -351,9 +356,21 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
 _MANIFEST_PACKAGES = ("onnxruntime-genai", "onnxruntime", "olive-ai", "transformers", "torch", "foundry-local-sdk")
 
 
+def _reusable_fp32(spec: ConvertSpec, source_fingerprint: str) -> Path | None:
+    """``spec.quantize_from`` when the quantizer may start from it (see :class:`ConvertSpec`), else None."""
+    folder = spec.quantize_from
+    if folder is None or not needs_quantizer(spec) or spec.method is not Method.BUILDER:
+        return None
+    made = read_manifest(folder)
+    same = (made.get("precision") == str(Precision.FP32) and made.get("method") == str(Method.BUILDER)
+            and made.get("source_fingerprint") == source_fingerprint
+            and (made.get("parity") or {}).get("verdict") == "pass" and (Path(folder) / "model.onnx").is_file())
+    return Path(folder).resolve() if same else None
+
+
 def _copy_support_files(source: Path, target: Path) -> None:
     for item in source.iterdir():
-        if item.is_file() and not item.name.startswith("model.onnx"):
+        if item.is_file() and not item.name.startswith("model.onnx") and item.name != MANIFEST:
             shutil.copy2(item, target / item.name)
 
 
@@ -406,7 +423,8 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
 
     source = validate(spec, memory_check=memory_check)
     spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
-                       Method(spec.method), spec.int4, spec.execution_provider)
+                       Method(spec.method), spec.int4, spec.execution_provider,
+                       quantize_from=Path(spec.quantize_from) if spec.quantize_from else None)
     free_at_start = available_mb()
     dtype = reference_dtype(spec, source, free_at_start)
     predicted = memory_estimate(spec, source, dtype)
@@ -443,7 +461,10 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
             runs: list[workers.ChildRun] = []
             bar.set_postfix_str(steps[1])
             start = time.perf_counter()
-            if spec.method is Method.BUILDER:
+            reused = _reusable_fp32(spec, source_fingerprint.result())
+            if reused is not None:
+                first = reused  # read only: the quantizer writes into staging
+            elif spec.method is Method.BUILDER:
                 runs.append(workers.run_tool(builder_command(spec, first, scratch / "cache"),
                                            log_path=logs / "builder.log", name="onnxruntime_genai builder"))
             elif spec.method is Method.OLIVE:
@@ -484,10 +505,13 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 "measured_steps": {run.log_path.stem: round(run.peak_rss_mb, 1) for run in runs},
                 "checked": memory_check,
             }
+            if reused is not None:
+                manifest["quantized_from"] = str(reused)
             if adapter is not None:
                 manifest["adapter"] = artifacts.read_json(spec.model_dir / adapters.MERGE_RECORD, adapter.describe())
             bar.set_postfix_str("parity check against transformers")
-            manifest["parity"] = _parity_gate(spec, source, first if needs_quantizer(spec) else None, staging,
+            fp32_route = first if needs_quantizer(spec) and reused is None else None  # a reused one passed already
+            manifest["parity"] = _parity_gate(spec, source, fp32_route, staging,
                                               logs / "parity.log", dtype, manifest["source_fingerprint"])
             parity_peak = manifest["parity"].pop("peak_rss_mb", None)
             if parity_peak is not None:  # the check is a step of the conversion: its peak counts
@@ -651,9 +675,11 @@ def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_di
     """
     out = Path(out_dir)
     order = list(Precision)  # FP32 first, so the others can measure their size against it.
-    specs = [ConvertSpec(Path(model_dir), out / str(p), Precision(p), Method(method), int4 or Int4Options(),
-                         base=Path(base) if base else None)
-             for p in sorted(dict.fromkeys(Precision(p) for p in precisions), key=order.index)]
+    chosen = sorted(dict.fromkeys(Precision(p) for p in precisions), key=order.index)
+    fp32 = out / str(Precision.FP32) if Precision.FP32 in chosen else None  # built first: the others quantize it
+    specs = [ConvertSpec(Path(model_dir), out / str(p), p, Method(method), int4 or Int4Options(),
+                         base=Path(base) if base else None, quantize_from=fp32)
+             for p in chosen]
     for spec in specs:  # every choice is checked before anything is built
         validate(spec, memory_check=memory_check)
     manifests = []
