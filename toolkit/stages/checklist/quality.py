@@ -92,7 +92,8 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
                 judge(answers[case["id"]], case["expect"], CONTENT_RULES)[0])
         # The base on the cases that expect a call (asked with its tools when the base has markers; else it cannot call).
         tools_passed = 0
-        for case in tqdm(tool_cases, desc=f"{name}: control tool calls", unit="case", disable=not progress):
+        for case in tqdm(tool_cases, desc=f"{name}: control tool calls", unit="case",
+                         disable=not progress or not tool_cases):  # no empty bar when no case calls
             result = ask_tool_case(model, case) if model.markers is not None or not case.get("tools") else None
             tools_passed += bool(result and result.passed)
             answers[case["id"]] = result.text if result and not result.calls else (
