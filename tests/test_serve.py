@@ -128,7 +128,9 @@ def test_curl_streams_server_sent_events(endpoint: serve.Endpoint) -> None:
     (json.dumps({"model": MODEL, "messages": ASK, "seed": 2**31}), 400, "seed"),
     (json.dumps({"model": MODEL, "messages": ASK, "n": 2}), 400, "n"),
     (json.dumps({"model": MODEL, "messages": ASK, "stop": ["a", "b", "c", "d", "e"]}), 400, "stop"),
-    (json.dumps({"model": MODEL, "messages": ASK, "tools": [{"type": "function"}]}), 400, "tools"),
+    (json.dumps({"model": MODEL, "messages": ASK, "tools": [{"type": "function"}]}), 400, "tools[0].function"),
+    (json.dumps({"model": MODEL, "messages": ASK, "tools": [{"type": "function", "function": {"name": "f"}}]}), 400,
+     "tools"),  # a valid tool, but the model was registered without tool-call markers
     (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "   "}]}), 400, None),
     (json.dumps({"model": MODEL, "messages": ASK, "response_format": {"type": "yaml"}}), 400, "response_format"),
     (json.dumps({"model": MODEL, "messages": ASK, "response_format": {
