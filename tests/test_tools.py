@@ -258,3 +258,13 @@ def test_tool_case_checks_score_each_case_and_the_pass_rates() -> None:
                                                                                                        6, 0.9)
     assert "3 of 4 returned calls had schema-valid arguments" in overall.detail
     assert "called a tool although none was offered" in next(c.detail for c in checks if c.case == "unoffered")
+
+
+def test_the_fine_tunes_cases_file_has_tool_cases_only_for_a_model_that_learned_them(tmp_path: Path) -> None:
+    from toolkit.stages import checklist
+
+    examples = datasets.load_dataset()
+    written = checklist.load_cases(datasets.write_cases(examples, tmp_path / "cases.jsonl"))
+    assert sum(c.get("type") == "tool_call" for c in written) == len(datasets.tool_cases(examples)) > 20
+    plain = checklist.load_cases(datasets.write_cases(examples, tmp_path / "plain.jsonl", with_tools=False))
+    assert not any(c.get("type") == "tool_call" for c in plain) and len(plain) == len(written) - 28

@@ -200,8 +200,13 @@ def tool_probe(examples: list[Example]) -> dict | None:
     return next((case for case in tool_cases(examples) if "call" in case["expect"]), None)
 
 
-def write_cases(examples: list[Example], path: str | os.PathLike[str]) -> Path:
-    """Write :func:`cases` (trained, then held-out), then :func:`tool_cases`, as a checklist cases file (JSONL)."""
+def write_cases(examples: list[Example], path: str | os.PathLike[str], *, with_tools: bool = True) -> Path:
+    """Write :func:`cases` (trained, then held-out), then :func:`tool_cases`, as a checklist cases file (JSONL).
+
+    ``with_tools=False`` leaves the tool cases out (a model without tool-call tokens, whose fine-tune
+    skipped the tool examples).
+    """
     split = cases(examples)
-    lines = [json.dumps(case, ensure_ascii=False) for case in split["trained"] + split[HELDOUT] + tool_cases(examples)]
+    chosen = split["trained"] + split[HELDOUT] + (tool_cases(examples) if with_tools else [])
+    lines = [json.dumps(case, ensure_ascii=False) for case in chosen]
     return artifacts.write_text(Path(path), "\n".join(lines) + "\n")

@@ -59,8 +59,9 @@ def prepare(model_dir: str, adapter: str, train: bool, cases: str, run_dir: str 
         return RunSource(checked.path, checked.base, checked.path, None, Path(cases) if cases else None)
     if train and _trains(model_dir):
         trained = finetune.bundled_adapter(base, progress=progress)
-        chosen = Path(cases) if cases else datasets.write_cases(datasets.load_dataset(),
-                                                                 Path(run_dir) / "cases.jsonl")
+        learned_tools = tools.find_markers(base) is not None  # else the fine-tune skipped its tool examples
+        chosen = Path(cases) if cases else datasets.write_cases(datasets.load_dataset(), Path(run_dir) / "cases.jsonl",
+                                                                 with_tools=learned_tools)
         return RunSource(trained.adapter, base, trained.adapter, trained, chosen)
     return RunSource(base, base, None, None, Path(cases) if cases else None)
 
