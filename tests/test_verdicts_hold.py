@@ -147,5 +147,5 @@ def test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_
             for _ in range(2)]
     assert runs[0].generated == runs[1].generated and runs[0].generated[0][1:] == ["stop", 2]
     (perf,) = [c for c in runs[0].checks if c.check == "performance"]
-    assert "medians of" in perf.value and sorted(runs[0].ms_per_token) == [16, 64]
+    assert "medians of" in perf.detail and sorted(runs[0].ms_per_token) == [16, 64]
     assert all(r.requests >= 3 + 20 + 2 * 3 for r in runs)  # cases, memory, three interleaved rounds at least
