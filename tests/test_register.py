@@ -195,3 +195,24 @@ def test_chat_box_streams_keeps_history_and_resets(tiny_int4: Path) -> None:
         assert "<b>you</b>" not in box.transcript_html()
     finally:
         box.close()
+
+
+def test_a_thread_probe_is_reused_for_the_same_graph_only(tiny_int4: Path, tmp_path: Path) -> None:
+    import onnx
+
+    def threads(name: str) -> dict:
+        return json.loads((models_root() / name / ".slmops-registration.json").read_text())["threads"]
+
+    R.register(tiny_int4, "probe-a")  # --threads auto, the default
+    R.register(tiny_int4, "probe-b")
+    first, second = threads("probe-a"), threads("probe-b")
+    assert second["reused_probe"] and (second["chosen"], second["probe"]) == (first["chosen"], first["probe"])
+    other = tmp_path / "other"  # the same weights behind another graph: probed anew
+    shutil.copytree(tiny_int4, other)
+    graph = onnx.load(str(other / "model.onnx"), load_external_data=False)
+    graph.doc_string = "another graph"
+    onnx.save(graph, str(other / "model.onnx"))
+    R.register(other, "probe-c")
+    assert threads("probe-c")["reused_probe"] is False
+    for name in ("probe-a", "probe-b", "probe-c"):
+        R.unregister(name)

@@ -10,6 +10,8 @@ Local's local catalog. Everything is checked and staged before anything is repla
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -17,7 +19,7 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from toolkit.core import artifacts
+from toolkit.core import artifacts, platform, settings
 from toolkit.core.artifacts import dir_size_mb, read_manifest
 from toolkit.core.errors import (
     InvalidNameError,
@@ -51,10 +53,13 @@ class ThreadChoice:
     Attributes:
         chosen: The thread count written to ``genai_config.json``.
         probe: ``{"threads", "decode_tps", "ttft_ms"}`` per count tried (0: the runtime's default).
+        reused: The probe was measured earlier on the same compute graph on this machine (see
+            :func:`choose_threads`) and read back rather than run again.
     """
 
     chosen: int
     probe: tuple[dict, ...]
+    reused: bool = False
 
     @property
     def speedup(self) -> float:
@@ -99,7 +104,22 @@ def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     length = max(8, min(PROBE_PROMPT_TOKENS, (context_length or 4 * PROBE_PROMPT_TOKENS) // 4))
     ids = tokenizer.encode(prompt_text(tokenizer, length), add_special_tokens=False).ids
-    probe = genai.probe_threads(folder, ids, probe_counts())
+    counts = probe_counts()
+    # The fastest count depends on the compute graph and the machine, not on the weights' values: a
+    # fine-tune and its base at one precision share a graph (model.onnx holds it; the weights sit in
+    # model.onnx.data), so a probe is kept by the graph's hash and reused, which also keeps the choice
+    # the same run to run.
+    key = hashlib.sha256(json.dumps([
+        hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(), len(ids), counts, platform.cpu_model(),
+        os.cpu_count(), importlib.metadata.version("onnxruntime-genai")]).encode()).hexdigest()[:20]
+    kept = settings.home() / "cache" / "threads" / f"{key}.json"
+    if kept.is_file():
+        probe = artifacts.read_json(kept, {}).get("probe") or []
+        if probe:
+            return ThreadChoice(pick_threads(probe), tuple(probe), reused=True)
+    probe = genai.probe_threads(folder, ids, counts)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(kept, {"probe": probe})
     return ThreadChoice(pick_threads(probe), tuple(probe))
 
 
@@ -480,7 +500,8 @@ def register(
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
             "notes": list(resolved.notes), "registered": timestamp(), "stop_tokens": stop.as_json(),
             "threads": {"setting": "auto", "chosen": threads.chosen, "speedup_vs_default": threads.speedup,
-                        "probe": list(threads.probe)} if threads else {"setting": model_config.threads},
+                        "probe": list(threads.probe), "reused_probe": threads.reused}
+            if threads else {"setting": model_config.threads},
         })
         try:
             artifacts.swap_into_place(staging, target,
