@@ -53,9 +53,10 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
 
     from toolkit.domain import templates
 
-    manifests = convert.convert_all(bundled, ["int8"], tmp_path / "int8", progress=False)
-    assert manifests[0]["weights"]["parameters"].keys() == {"int8"}
-    assert manifests[0]["size_ratio_vs_fp32"] < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
+    int8 = convert.convert(convert.ConvertSpec(bundled, tmp_path / "int8" / "int8", convert.Precision.INT8,
+                                               quantize_from=fp32_int4.folder / "fp32"), progress=False)
+    assert int8.manifest["weights"]["parameters"].keys() == {"int8"} and "quantized_from" in int8.manifest
+    assert int8.manifest["size_ratio_vs_fp32"] < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
     tokenizer = Tokenizer.from_file(str(bundled / "tokenizer.json"))
     messages = [{"role": "system", "content": "Answer in one sentence."},
                 {"role": "user", "content": "What is the capital of France?"}]
