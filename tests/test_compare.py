@@ -248,3 +248,25 @@ def test_test_and_bench_take_their_models_from_the_runs_registration(tmp_path: P
         {"name": "picked-int8", "model_id": "picked-int8:1", "precision": "int8"}])))
     assert cli.main(["bench", "-o", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "picked-int8" in capsys.readouterr().err  # the registered model was asked for (and is not in this cache)
+
+
+def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.99, domain_ok=True, decode=120.0, ttft=90.0)
+    report = json.loads((run / "test.json").read_text())
+    reports = ChecklistReport.from_json(report)
+
+    def miss(model: str, case: str) -> CheckResult:
+        return CheckResult(model, Check.HELDOUT, case, 0.0, Unit.SHARE, 0.5, Bound.AT_LEAST, Verdict.FAIL, "t")
+
+    for model in reports.models:
+        model.checks.append(miss(model.model, "language"))  # both fail the same held-out paraphrase
+    (run / "test.json").write_text(json.dumps(reports.to_json()))
+    decision = compare.recommend(compare.load_run(run))
+    assert decision.choice == "int4"  # the smaller one: the shared miss tells them apart no more
+    assert "Every build, FP32 included, fails heldout/language" in decision.sentence
+    # A miss of INT4 alone is a loss of precision: INT4 loses, and FP32 carries the shared miss.
+    reports.models[0].checks.append(miss("m-int4", "currency"))
+    (run / "test.json").write_text(json.dumps(reports.to_json()))
+    decision = compare.recommend(compare.load_run(run))
+    assert decision.choice == "fp32" and decision.failed == {"int4": "failed heldout/currency"}

@@ -138,8 +138,9 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Notebooks</h2>") and "<h2>Summary</h2>" not in page
     decision = json.loads(cli_output(["recommend", str(tmp_path / "run"), "--json"], capsys))
     tests = json.loads((tmp_path / "run" / "test.json").read_text())
-    if decision["choice"]:
-        assert tests["summary"][f"tinypipe-{decision['choice']}"]["failed"] == []
+    if decision["choice"]:  # it fails nothing but what every build fails, FP32 included
+        shared = set.intersection(*(set(tests["summary"][f"tinypipe-{p}"]["failed"]) for p in ("fp32", "int4")))
+        assert set(tests["summary"][f"tinypipe-{decision['choice']}"]["failed"]) <= shared
     for row in decision["rows"]:
         if row["outcome"] == "failed":
             assert tests["summary"][f"tinypipe-{row['precision']}"]["failed"]

@@ -208,10 +208,13 @@ def failed_words(failed: list[tuple[str, str]]) -> str:
 
 
 def recommend(run: RunFigures) -> Recommendation:
-    """The smallest precision of ``run`` that passes every checklist item and is not slow to answer.
+    """The smallest precision of ``run`` that loses no checklist item FP32 passes and is not slow to answer.
 
     Read from the run's own test.json and bench.json (through :func:`load_run`), so it agrees
-    with them by construction. A precision that failed a check loses. Among the rest, a
+    with them by construction. A precision that failed a check loses, unless every precision
+    that ran the check failed it, FP32 among them and at least two in all: such a miss belongs
+    to the model (a fine-tune that never learned a paraphrase), not to a precision, so it
+    disqualifies none and the sentence names it. Among the rest, a
     typical request (first token at about :data:`TYPICAL_PROMPT` prompt tokens, then the
     benchmark's generated tokens at its decode speed) weighs first-token time and decode
     together: the smallest precision within :data:`LATENCY_SLACK` of the fastest passing one's
@@ -228,8 +231,14 @@ def recommend(run: RunFigures) -> Recommendation:
         return value if isinstance(value, int | float) else 0.0
 
     checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
-    failed = {p: [(check, case) for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"]
-              for p in checked}
+    # A miss of every build, FP32 among them, is the model's own: it tells no precision from another.
+    ran: dict[tuple[str, str], list[str]] = {}
+    for (q, check, case), v in run.verdicts.items():
+        ran.setdefault((check, case), []).append(v)
+    shared = [key for key, verdicts in ran.items() if len(verdicts) > 1 and set(verdicts) == {"fail"}
+              and run.verdicts.get(("fp32", *key)) == "fail"]
+    failed = {p: [(check, case) for (q, check, case), v in run.verdicts.items()
+                  if q == p and v == "fail" and (check, case) not in shared] for p in checked}
     unsure = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "inconclusive"]
               for p in checked}
     passing = sorted((p for p in checked if not failed[p]), key=lambda p: (run.sizes.get(p, math.inf), -decode(p)))
@@ -283,12 +292,17 @@ def recommend(run: RunFigures) -> Recommendation:
                f"{decode(choice):.0f} tok/s" if decode(choice) else "",
                f"first token {first['ttft_ms']:.0f} ms at {first['target_prompt_tokens']} prompt tokens"
                if first.get("ttft_ms") else "",
-               f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks" if not unsure.get(choice)
+               f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
+               if not unsure.get(choice) and not shared
                else f"passes {sum(1 for (q, _, _), v in run.verdicts.items() if q == choice and v == 'pass')} "
-                    f"checks, {len(unsure[choice])} inconclusive"]
+                    f"of {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
+                    + (f", {len(unsure[choice])} inconclusive" if unsure.get(choice) else "")]
     others = [f"{r['precision']} {r['verdict']}" for r in rows if r["precision"] != choice]
     slow = [text for p in checked if (text := _slow_start(run, p)) and run.sizes.get(p, 0) < run.sizes.get("fp32", 0)]
+    inherited = [f"{check}/{case}" for check, case in shared if run.verdicts.get((choice, check, case)) == "fail"]
     sentence = (f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})."
+                + (f" Every build, FP32 included, fails {', '.join(inherited)}: the model's own miss, not a "
+                   "loss of precision." if inherited else "")
                 + (" " + "; ".join(others) + "." if others else "")
                 + (" " + "; ".join(slow) + "." if slow else ""))
     return Recommendation(choice, sentence, rows, reasons)
