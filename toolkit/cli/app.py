@@ -8,7 +8,11 @@ import json
 import sys
 import textwrap
 
-from toolkit.cli import models, pipeline, runs
+# The command groups by their own module names: `from toolkit.cli import ...` would import the package, whose
+# __init__ imports this module (an import circle).
+import toolkit.cli.models as models  # noqa: PLR0402
+import toolkit.cli.pipeline as pipeline  # noqa: PLR0402
+import toolkit.cli.runs as runs  # noqa: PLR0402
 from toolkit.cli.common import GROUP_TITLES, Group, Parser, UsageError, configure_logging, flag, global_options
 from toolkit.core import settings
 from toolkit.core.errors import SlmopsError
