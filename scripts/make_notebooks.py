@@ -235,7 +235,7 @@ report.table(results["rows"], ["model", "engine", "prompt_tokens", "gen_tokens",
                                "harness_overhead_pct", "size_mb"])''',
  '''#MD## Recommendation
 
-The smallest, then fastest, precision that passes every checklist item (from `test.json` and `bench.json`), and
+The smallest, then fastest, precision that loses no checklist item to the others (from `test.json` and `bench.json`), and
 why each other one lost.''',
  '''decision = compare.recommend(compare.load_run(run_dir))
 display(Markdown(f"**{decision.sentence}**"))

@@ -137,8 +137,9 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("recommend", parents=parents,
-                       description="The smallest, then fastest, precision that passes every checklist item, read "
-                       "from the run's test.json and bench.json; for each other precision the reason it lost (a "
+                       description="The smallest, then fastest, precision that loses no checklist item to the "
+                       "others (a miss every precision shares is the model's own), read from the run's test.json "
+                       "and bench.json; for each other precision the reason it lost (a "
                        "failed check, size, speed). Exit 1 when nothing passes.")
     p.add_argument("run_dir", metavar="RUN", help="a run folder, e.g. outputs/demo")
     json_option(p, "the decision and every precision's figures")

@@ -158,7 +158,7 @@ class Recommendation:
     """The precision to deploy from one run, its figures beside the alternatives', and why each lost.
 
     Attributes:
-        choice: The recommended precision (None when every precision failed a check).
+        choice: The recommended precision (None when every precision failed a check the others did not all fail).
         sentence: The decision in one line.
         rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
             in words: recommended, or why it lost).
