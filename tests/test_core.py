@@ -67,7 +67,7 @@ def test_a_worker_takes_json_in_and_gives_json_out_offline(worker_module: str) -
     run = workers.run_worker(worker_module, "echo", {"events": 3, "x": [1, "é"]}, name="echo", on_event=seen.append)
     assert run.result == {"got": {"events": 3, "x": [1, "é"]}, "offline": "1"}
     assert seen == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert run.peak_rss_mb > 1 and run.wall_s > 0 and run.command[2] == "toolkit.core.workers"
+    assert run.peak_rss_mib > 1 and run.wall_s > 0 and run.command[2] == "toolkit.core.workers"
 
 
 def test_a_workers_own_error_arrives_in_one_line_without_its_traceback(worker_module: str) -> None:
@@ -216,7 +216,7 @@ def test_measurements_are_plausible() -> None:
     sum(i * i for i in range(300_000))
     cpu = meter.stop()
     assert 20 < cpu["cpu_percent"] <= 110 and 0 <= cpu["system_cpu_percent"] <= 100
-    assert 1 < measure.rss_mb() <= measure.peak_rss_mb() + 1
+    assert 1 < measure.rss_mib() <= measure.peak_rss_mib() + 1
     info = measure.cpu_info()
     assert info["logical_cpus"] >= info["physical_cores"] >= 1 and info["cpu"]
     assert measure.versions()["foundry-local-sdk"] == "2.2.1"

@@ -215,11 +215,11 @@ def test_summary_and_ceiling_from_a_report() -> None:
     assert not any(row["above_bound_because"] for row in ceiling)
     # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
     rows = [{**row, "threads": 2} for row in report["rows"]]
-    ceiling = B.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mb=256.0)
+    ceiling = B.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
     assert ceiling[1]["bandwidth_gbs"] == 10.0 and ceiling[1]["percent_of_ceiling"] == 198.0
-    assert "fit in the 256 MB last-level cache" in ceiling[1]["above_bound_because"]
-    assert "under-measured" in B.decode_ceiling(rows, {2: 10.0}, llc_mb=32.0)[1]["above_bound_because"]
-    assert B.last_level_cache_mb({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
+    assert "fit in the 256 MiB last-level cache" in ceiling[1]["above_bound_because"]
+    assert "under-measured" in B.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1]["above_bound_because"]
+    assert B.last_level_cache_mib({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
 
 
 def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:

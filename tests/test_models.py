@@ -77,7 +77,7 @@ def test_a_real_shape_is_written_shard_by_shard_and_loads(tmp_path: Path) -> Non
     base = {"parameters": source.parameters, "checkpoint_bytes": source.checkpoint_bytes, "method": Method.BUILDER,
             "route_precision": Precision.FP32, "quantized": True}
     small, large = (memory.estimate(largest_tensor=n, **base) for n in (source.largest_tensor, 100 * 2**20))
-    assert large.peak_mb > small.peak_mb
+    assert large.peak_mib > small.peak_mib
     olive = memory.estimate(largest_tensor=source.largest_tensor, **{**base, "method": Method.OLIVE,
                                                                        "route_precision": Precision.INT4,
                                                                        "quantized": False})

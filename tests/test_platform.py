@@ -37,9 +37,9 @@ def test_peak_rss_uses_each_systems_units(monkeypatch: pytest.MonkeyPatch) -> No
     fake = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda _: types.SimpleNamespace(ru_maxrss=2 * _MIB))
     monkeypatch.setitem(sys.modules, "resource", fake)
     monkeypatch.setattr(sys, "platform", "linux")
-    assert system.peak_rss_mb() == 2048.0  # KiB
+    assert system.peak_rss_mib() == 2048.0  # KiB
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert system.peak_rss_mb() == 2.0  # bytes
+    assert system.peak_rss_mib() == 2.0  # bytes
 
 
 def test_peak_rss_on_windows_is_psutils_peak_working_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,8 +47,8 @@ def test_peak_rss_on_windows_is_psutils_peak_working_set(monkeypatch: pytest.Mon
     _no_resource(monkeypatch)
     info = types.SimpleNamespace(rss=1 * _MIB, peak_wset=300 * _MIB)
     monkeypatch.setattr(psutil.Process, "memory_info", lambda self: info)
-    assert system.peak_rss_mb() == 300.0
-    assert measure.peak_rss_mb() == 300.0
+    assert system.peak_rss_mib() == 300.0
+    assert measure.peak_rss_mib() == 300.0
 
 
 def test_a_cgroup_limit_counts_on_linux_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,14 +57,14 @@ def test_a_cgroup_limit_counts_on_linux_only(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(system, "CGROUP_DIR", tmp_path)
     monkeypatch.setattr(sys, "platform", "linux")
     assert system.memory_limit_left_bytes() == 1 << 29
-    assert measure.available_mb() <= 512
+    assert measure.available_mib() <= 512
     (tmp_path / "memory.max").write_text("max\n")
     assert system.memory_limit_left_bytes() is None
     (tmp_path / "memory.max").write_text("1073741824\n")
     for other in ("darwin", "win32"):
         monkeypatch.setattr(sys, "platform", other)
         assert system.memory_limit_left_bytes() is None
-        assert measure.available_mb() > 0
+        assert measure.available_mib() > 0
 
 
 def test_cpu_model_flags_and_caches_per_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,7 +147,7 @@ def test_a_childs_own_peak_memory_is_measured(monkeypatch: pytest.MonkeyPatch) -
     watch = system.ChildWatch(proc)
     while watch.poll() is None:
         pass
-    assert proc.returncode == 0 and watch.peak_rss_mb > 120
+    assert proc.returncode == 0 and watch.peak_rss_mib > 120
 
 
 def test_windows_samples_a_childs_peak_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,8 +159,8 @@ def test_windows_samples_a_childs_peak_while_it_runs(monkeypatch: pytest.MonkeyP
     codes = iter([None, 0])
     proc = types.SimpleNamespace(pid=7, poll=lambda: next(codes))
     watch = system.ChildWatch(proc)
-    assert watch.poll() is None and watch.peak_rss_mb == 10
-    assert watch.poll() == 0 and watch.peak_rss_mb == 50
+    assert watch.poll() is None and watch.peak_rss_mib == 10
+    assert watch.poll() == 0 and watch.peak_rss_mib == 50
 
 
 def test_dying_with_the_parent_without_prctl_is_a_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,7 +61,7 @@ def test_the_memory_check_tells_an_arena_that_settles_from_a_leak() -> None:
     # An arena: one 40 MB step late in the run, then flat: one window's growth never decides.
     arena = E.memory_check(FakeModel({35: 40_000_000}), 40, limits, 0, False, rss := [])
     assert arena.passed and "levels off" in arena.detail and len(rss) == 40
-    assert arena.unit == "MiB per 100 requests" and arena.value < arena.threshold == limits.leak_mb_per_100
+    assert arena.unit == "MiB per 100 requests" and arena.value < arena.threshold == limits.leak_mib_per_100
     # A leak: 1 MB kept by every request grows in every window.
     leak = E.memory_check(FakeModel({0: 1_000_000}), 40, limits, 0, False, [])
     assert not leak.passed and not leak.inconclusive and "a leak" in leak.detail and leak.value > leak.threshold

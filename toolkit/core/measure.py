@@ -1,7 +1,7 @@
 """Measurements of this process and machine: memory, CPU, memory bandwidth, versions, time.
 
-Memory figures are MiB (the kernel counts KiB) under ``_mb`` names, as ``bench.json`` has
-always recorded them; sizes on disk (:func:`toolkit.core.artifacts.dir_size_mb`) are 10^6 bytes.
+Memory figures are MiB (2^20 bytes; the kernel counts KiB) under ``_mib`` names; sizes on disk
+(:func:`toolkit.core.artifacts.dir_size_mb`) are MB (10^6 bytes) under ``_mb`` names.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def rss_mb() -> float:
+def rss_mib() -> float:
     """This process's resident memory now, in MiB."""
     return psutil.Process().memory_info().rss / _MIB
 
 
-def available_mb() -> float:
+def available_mib() -> float:
     """Memory a new process can use now, in MiB: the system's available memory, capped by a cgroup limit.
 
     Example:
-        >>> available_mb() > 0
+        >>> available_mib() > 0
         True
     """
     available = psutil.virtual_memory().available
@@ -44,9 +44,9 @@ def available_mb() -> float:
     return (available if left is None else min(available, left)) / _MIB
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (see :func:`toolkit.core.platform.peak_rss_mb`)."""
-    return system.peak_rss_mb()
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (see :func:`toolkit.core.platform.peak_rss_mib`)."""
+    return system.peak_rss_mib()
 
 
 class CpuMeter:

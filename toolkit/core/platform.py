@@ -77,7 +77,7 @@ def _posix() -> bool:
     return current() in (System.LINUX, System.MACOS)
 
 
-def _rusage_mb(maxrss: float) -> float:
+def _rusage_mib(maxrss: float) -> float:
     """``ru_maxrss`` in MiB: Linux counts KiB, macOS bytes."""
     return maxrss / _MIB if current() is System.MACOS else maxrss / 1024
 
@@ -85,14 +85,14 @@ def _rusage_mb(maxrss: float) -> float:
 # --- memory ---------------------------------------------------------------------------------
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mib() -> float:
     """This process's peak resident memory so far, in MiB (psutil has no peak on POSIX; rusage does)."""
     try:
         import resource
     except ImportError:  # Windows
         resource = None
     if resource is not None and _posix():
-        return _rusage_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        return _rusage_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     info = psutil.Process().memory_info()
     return getattr(info, "peak_wset", info.rss) / _MIB
 
@@ -234,12 +234,12 @@ class ChildWatch:
     Windows: the child's ``peak_wset``, sampled at every :meth:`poll` while it runs.
 
     Attributes:
-        peak_rss_mb: The child's peak resident memory so far, MiB.
+        peak_rss_mib: The child's peak resident memory so far, MiB.
     """
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self._proc = proc
-        self.peak_rss_mb = 0.0
+        self.peak_rss_mib = 0.0
         self._wait4 = getattr(os, "wait4", None) if _posix() else None
 
     def poll(self) -> int | None:
@@ -249,11 +249,11 @@ class ChildWatch:
             if not pid:
                 return None
             self._proc.returncode = os.waitstatus_to_exitcode(status)
-            self.peak_rss_mb = _rusage_mb(usage.ru_maxrss)
+            self.peak_rss_mib = _rusage_mib(usage.ru_maxrss)
             return self._proc.returncode
         with contextlib.suppress(psutil.Error):
             info = psutil.Process(self._proc.pid).memory_info()
-            self.peak_rss_mb = max(self.peak_rss_mb, getattr(info, "peak_wset", info.rss) / _MIB)
+            self.peak_rss_mib = max(self.peak_rss_mib, getattr(info, "peak_wset", info.rss) / _MIB)
         return self._proc.poll()
 
 

@@ -57,14 +57,14 @@ class ChildRun:
     Attributes:
         command: The argv that ran.
         wall_s: Wall-clock seconds.
-        peak_rss_mb: The child's own peak resident set size in MiB.
+        peak_rss_mib: The child's own peak resident set size in MiB.
         log_path: Its combined stdout and stderr.
         result: A worker's JSON result (None for an external tool).
     """
 
     command: tuple[str, ...]
     wall_s: float
-    peak_rss_mb: float
+    peak_rss_mib: float
     log_path: Path
     result: object = None
 
@@ -116,7 +116,7 @@ def _run(command: list[str], *, log_path: Path, name: str, cwd: Path | None, tim
                 # The child's own peak memory, kept by the watch (Popen.wait would discard it on POSIX).
                 code = watch.poll()
                 if code is not None:
-                    return code, time.monotonic() - start, watch.peak_rss_mb
+                    return code, time.monotonic() - start, watch.peak_rss_mib
                 now = time.monotonic()
                 if progress is not None and progress() and idle_timeout:
                     idle_deadline = now + idle_timeout

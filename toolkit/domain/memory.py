@@ -32,11 +32,11 @@ from toolkit.domain.options import Method, Precision
 
 _MIB = 2**20
 #: Interpreter, torch, transformers and the ONNX libraries in a builder or Olive child.
-EXPORT_BASE_MB = 600.0
+EXPORT_BASE_MIB = 600.0
 #: Interpreter, ONNX and ONNX Runtime's quantizer in the quantizer child.
-QUANTIZE_BASE_MB = 350.0
+QUANTIZE_BASE_MIB = 350.0
 #: Slices of one weight in flight in the quantizer (its ``CHUNK_BYTES`` with ORT's copies).
-QUANTIZE_SLICES_MB = 450.0
+QUANTIZE_SLICES_MIB = 450.0
 #: The checkpoint's share of the export's peak (1.0 plus what split fused weights add).
 EXPORT_CHECKPOINT_FACTOR = 1.25
 #: The quantizer's allocator keeps this share of the FP32 model it has read.
@@ -58,7 +58,7 @@ class MemoryEstimate:
     basis: str
 
     @property
-    def peak_mb(self) -> float:
+    def peak_mib(self) -> float:
         """The largest step's prediction: the conversion's peak."""
         return max(mb for _, mb in self.steps)
 
@@ -69,7 +69,7 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         """The estimate as the manifest records it."""
-        return {"predicted_peak_mb": round(self.peak_mb, 1), "peak_step": self.peak_step,
+        return {"predicted_peak_mib": round(self.peak_mib, 1), "peak_step": self.peak_step,
                 "steps": {name: round(mb, 1) for name, mb in self.steps}, "basis": self.basis}
 
 
@@ -98,39 +98,39 @@ def estimate(*, parameters: int, largest_tensor: int, checkpoint_bytes: int, met
         >>> e.peak_step
         'parity check (transformers, then the build)'
     """
-    fp32_mb = parameters * 4 / _MIB
-    largest_mb = largest_tensor * 4 / _MIB
-    checkpoint_mb = checkpoint_bytes / _MIB
+    fp32_mib = parameters * 4 / _MIB
+    largest_mib = largest_tensor * 4 / _MIB
+    checkpoint_mib = checkpoint_bytes / _MIB
     steps: list[tuple[str, float]] = []
     if adapter:
-        steps.append(("merge the adapter (peft, fp32)", EXPORT_BASE_MB + 2 * fp32_mb))
-        checkpoint_mb = fp32_mb
+        steps.append(("merge the adapter (peft, fp32)", EXPORT_BASE_MIB + 2 * fp32_mib))
+        checkpoint_mib = fp32_mib
     if method is Method.BUILDER:
         steps.append((f"export (model builder, {route_precision})",
-                      EXPORT_BASE_MB + EXPORT_CHECKPOINT_FACTOR * checkpoint_mb + largest_mb))
+                      EXPORT_BASE_MIB + EXPORT_CHECKPOINT_FACTOR * checkpoint_mib + largest_mib))
     elif route_precision is Precision.INT4:
-        steps.append((f"export ({method}: the builder's in-memory int4)", EXPORT_BASE_MB + 3.2 * fp32_mb))
+        steps.append((f"export ({method}: the builder's in-memory int4)", EXPORT_BASE_MIB + 3.2 * fp32_mib))
     else:  # Olive's builder keeps each FP32 cast it writes
-        steps.append((f"export ({method}, {route_precision})", EXPORT_BASE_MB + checkpoint_mb + fp32_mb))
+        steps.append((f"export ({method}, {route_precision})", EXPORT_BASE_MIB + checkpoint_mib + fp32_mib))
     if quantized:
         steps.append(("quantize (tensor by tensor)",
-                      QUANTIZE_BASE_MB + 2 * largest_mb + QUANTIZE_SLICES_MB + QUANTIZE_RESIDUE * fp32_mb))
+                      QUANTIZE_BASE_MIB + 2 * largest_mib + QUANTIZE_SLICES_MIB + QUANTIZE_RESIDUE * fp32_mib))
     if parity_bytes_per_weight:  # one model at a time: transformers', then each build's
         steps.append(("parity check (transformers, then the build)",
-                      EXPORT_BASE_MB + max(parity_bytes_per_weight, 4 if not quantized else 1) * parameters / _MIB
+                      EXPORT_BASE_MIB + max(parity_bytes_per_weight, 4 if not quantized else 1) * parameters / _MIB
                       + 3 * 4 * parity_logits / _MIB))
     basis = (f"{parameters / 1e9:.2f}B parameters, largest tensor {largest_tensor / 1e6:.0f}M, "
              f"checkpoint {checkpoint_bytes / 1e9:.2f} GB{', LoRA merge first' if adapter else ''}")
     return MemoryEstimate(tuple((name, mb * MARGIN) for name, mb in steps), basis)
 
 
-def shortfall_options(estimate_: MemoryEstimate, available_mb: float, method: Method) -> list[str]:
-    """What a user can do when ``estimate_`` does not fit in ``available_mb``."""
+def shortfall_options(estimate_: MemoryEstimate, available_mib: float, method: Method) -> list[str]:
+    """What a user can do when ``estimate_`` does not fit in ``available_mib``."""
     options = []
     if method is not Method.BUILDER:
         options.append("use --method builder, which exports lean and quantizes tensor by tensor")
     options += [
-        f"free about {(estimate_.peak_mb - available_mb) / 1024:.1f} GiB (close other programs, stop other runs)",
+        f"free about {(estimate_.peak_mib - available_mib) / 1024:.1f} GiB (close other programs, stop other runs)",
         "convert on a machine with more memory and copy the model folder here (the result is portable)",
         "pass --skip-memory-check to try anyway (the system may kill the conversion)",
     ]

@@ -10,7 +10,10 @@ Version history of ``test.json``:
 1. (no ``schema_version`` field) each check's ``threshold`` and ``value`` were sentences;
    still loaded: the sentences become ``criterion`` and ``detail``, the verdicts are kept, the
    measured figures, the quality record and the negative control are absent.
-2. typed checks, a quality record per model, a typed negative control.
+2. typed checks, a quality record per model, a typed negative control; the memory limit as
+   ``thresholds.leak_mb_per_100`` (MiB).
+3. the memory limit as ``thresholds.leak_mib_per_100`` (``_mib`` for memory, ``_mb`` only for
+   10^6 bytes); a version-2 file's ``leak_mb_per_100`` still loads under the new name.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from enum import StrEnum
 from toolkit.domain.results import schema_version
 
 #: The version :meth:`ChecklistReport.to_json` writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Check(StrEnum):
@@ -87,7 +90,7 @@ class Thresholds:
         heldout_pass_rate: Share of held-out cases (``"group": "heldout"``: paraphrases of the
             fine-tuning questions, never trained on) that must pass; scored apart from the domain cases.
         format_pass_rate: Share of format cases that must pass.
-        leak_mb_per_100: Largest allowed RSS growth, MiB per 100 requests.
+        leak_mib_per_100: Largest allowed RSS growth, MiB per 100 requests.
         slowdown: Largest allowed ratio of time per output token, longest input over shortest
             (used when no reference curve was measured in the same run).
         added_vs_reference: With a reference (the FP32 build) measured in the same run: the time
@@ -118,7 +121,7 @@ class Thresholds:
     tool_call_pass_rate: float = 0.9
     tool_call_heldout_pass_rate: float = 0.5
     format_pass_rate: float = 0.8
-    leak_mb_per_100: float = 5.0
+    leak_mib_per_100: float = 5.0
     slowdown: float = 3.0
     added_vs_reference: float = 1.5
     noise_share: float = 0.1
@@ -134,9 +137,13 @@ class Thresholds:
 
     @classmethod
     def from_json(cls, data: dict) -> Thresholds:
-        """Thresholds from ``test.json`` (unknown keys ignored, missing ones at their defaults)."""
+        """Thresholds from ``test.json`` (unknown keys ignored, missing ones at their defaults).
+
+        Versions 1-2 named the memory limit ``leak_mb_per_100`` (it was MiB); it loads as ``leak_mib_per_100``.
+        """
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in (data or {}).items() if k in known}
+        renamed = {"leak_mb_per_100": "leak_mib_per_100"}
+        values = {renamed.get(k, k): v for k, v in (data or {}).items() if renamed.get(k, k) in known}
         if "timing_rounds" in values:
             values["timing_rounds"] = tuple(values["timing_rounds"])
         return cls(**values)

@@ -29,7 +29,7 @@ from toolkit.stages.bench.analysis import (
     engine_ratios,
     headline_rows,
     instruction_sets,
-    last_level_cache_mb,
+    last_level_cache_mib,
     rows_for,
     timed_too_few,
     ttft_breakdown,
@@ -46,6 +46,6 @@ from toolkit.stages.bench.results import read_results, write_results
 
 __all__ = [
     "ENGINES", "NOISY_CV", "BenchRow", "TimedRun", "bench", "configured_threads", "decode_ceiling", "endpoint_ratios",
-    "engine_ratios", "headline_rows", "instruction_sets", "last_level_cache_mb", "measure_direct", "measure_endpoint",
+    "engine_ratios", "headline_rows", "instruction_sets", "last_level_cache_mib", "measure_direct", "measure_endpoint",
     "measure_model", "read_results", "rows_for", "run_metrics", "timed_too_few", "ttft_breakdown", "write_results",
 ]

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from toolkit.core import platform
 from toolkit.domain.results.bench import BenchRow
 
+_MIB = 1 << 20
+
 
 def timed_too_few(row: dict | BenchRow) -> bool:
     """True when a row generated under half its asked tokens: too few to time decode by.
@@ -114,7 +116,7 @@ def ttft_breakdown(rows: Sequence[BenchRow]) -> list[dict]:
     return out
 
 
-def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], llc_mb: float = 0.0) -> list[dict]:
+def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], llc_mib: float = 0.0) -> list[dict]:
     """Each row's decode speed against the bandwidth bound: every token reads the weights once.
 
     The bound is bandwidth / ``weights_read_mb`` (size on disk less tables only looked up by
@@ -126,7 +128,7 @@ def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], ll
         rows: ``bench.json`` rows.
         bandwidth_gbs: Read bandwidth in GB/s, one figure or one per thread count (the row's
             ``threads``; 0 is the runtime's default).
-        llc_mb: The last-level cache in MB: weights that fit in it are not read from memory.
+        llc_mib: The last-level cache in MiB: weights that fit in it are not read from memory.
     """
     out = []
     for row in rows:
@@ -140,8 +142,8 @@ def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], ll
         percent = round(100 * row["decode_tps"] / ceiling, 1) if ceiling else 0.0
         reason = ""
         if percent > 100:
-            reason = (f"the weights read per token ({read_mb:.0f} MB) fit in the {llc_mb:.0f} MB last-level cache"
-                      if read_mb <= llc_mb else "faster than the measured read bandwidth allows: the probe "
+            reason = (f"the weights read per token ({read_mb:.0f} MB) fit in the {llc_mib:.0f} MiB last-level cache"
+                      if read_mb <= llc_mib * _MIB / 1e6 else "faster than the measured read bandwidth allows: the probe "
                       "under-measured this machine's bandwidth (rerun on a quieter machine)")
         out.append({"model": row["model"], "engine": row["engine"], "target_prompt_tokens": row["target_prompt_tokens"],
                     "target_gen_tokens": row.get("target_gen_tokens", 0), "threads": threads,
@@ -150,8 +152,8 @@ def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], ll
     return out
 
 
-def last_level_cache_mb(caches: dict[str, str]) -> float:
-    """The largest cache in MB from :func:`toolkit.core.measure.machine`'s ``caches`` (``{"L3": "32768K"}``)."""
+def last_level_cache_mib(caches: dict[str, str]) -> float:
+    """The largest cache in MiB from :func:`toolkit.core.measure.machine`'s ``caches`` (``{"L3": "32768K"}``)."""
     sizes = []
     for size in caches.values():
         number = size.rstrip("KMG")

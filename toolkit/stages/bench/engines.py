@@ -14,7 +14,7 @@ from pathlib import Path
 from toolkit.core import settings, workers
 from toolkit.core.artifacts import dir_size_mb, read_manifest
 from toolkit.core.errors import InputError, ModelNotFoundError
-from toolkit.core.measure import CpuMeter, peak_rss_mb, rss_mb
+from toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
 from toolkit.domain.params import DEFAULTS
 from toolkit.domain.prompts import prompt_text
 from toolkit.domain.quantize import lookup_only_mb
@@ -67,9 +67,9 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     threads = configured_threads(folder)
     registrations = contextlib.ExitStack()  # the fixed-length copy: every request generates its asked tokens
     timing = registrations.enter_context(fixed_length_registration(name, cache))
-    rss0, start = rss_mb(), time.perf_counter()
+    rss0, start = rss_mib(), time.perf_counter()
     model = LoadedModel(timing, cache)
-    load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
+    load_s, load_rss = time.perf_counter() - start, rss_mib() - rss0
     measured, prompts, texts, template_ms = [], [], [], {}
     meter = CpuMeter()
     try:
@@ -99,7 +99,7 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     finally:
         model.close()
         registrations.close()
-    peak = peak_rss_mb()
+    peak = peak_rss_mib()
     return {"rows": [_row(info, "foundry-local", length, gen, runs[0]["prompt_tokens"], runs, threads=threads,
                           load_s=load_s, load_rss_mib=load_rss, peak_rss_mib=peak, template_ms=template_ms[length])
                      for length, gen, runs in measured],
@@ -119,7 +119,7 @@ def measure_direct(job: dict, prompt_lengths: Sequence[int], gen_lengths: Sequen
     for length, ids, per_gen in zip(prompt_lengths, job["prompts"], result["runs"], strict=True):
         for gen, runs in zip(gen_lengths, per_gen, strict=True):
             rows.append(_row(job, "ort-genai", length, gen, len(ids), runs, threads=threads, load_s=result["load_s"],
-                             load_rss_mib=result["load_rss_mb"], peak_rss_mib=result["peak_rss_mb"]))
+                             load_rss_mib=result["load_rss_mib"], peak_rss_mib=result["peak_rss_mib"]))
     return rows
 
 

@@ -18,7 +18,7 @@ from toolkit.stages.bench.analysis import (
     endpoint_ratios,
     engine_ratios,
     instruction_sets,
-    last_level_cache_mb,
+    last_level_cache_mib,
     ttft_breakdown,
 )
 
@@ -38,7 +38,7 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
               "short": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
                         for r in rows if r.gen_tokens < r.target_gen_tokens],
               "max_harness_overhead_pct": max((r.harness_overhead_pct for r in rows), default=0.0)}
-    report["decode_ceiling"] = decode_ceiling(report["rows"], bandwidths, last_level_cache_mb(meta["caches"]))
+    report["decode_ceiling"] = decode_ceiling(report["rows"], bandwidths, last_level_cache_mib(meta["caches"]))
     artifacts.write_json(out / "bench.json", report)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])

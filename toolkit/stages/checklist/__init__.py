@@ -12,7 +12,7 @@ The checks per registered model, each a :class:`CheckResult`:
    ``response_format`` when it has one (the schema the application would send), else its
    ``json_schema``.
 3. ``memory``: RSS of this process over windows of requests; the median growth of the last
-   three windows' high-water marks must stay under a stated MB per 100 requests, and a leak
+   three windows' high-water marks must stay under a stated MiB per 100 requests, and a leak
    must grow in each of them (an arena grows in steps that level off).
 4. ``performance``: time per output token at a long input (1024 tokens, or half a smaller
    context: :data:`DECISIVE_LONG`) against a short one (64), judged against the FP32 build's measured interleaved in the same rounds

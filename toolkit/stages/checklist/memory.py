@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit.core.measure import rss_mb
+from toolkit.core.measure import rss_mib
 from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
 from toolkit.runtimes.foundry import LoadedModel
 from toolkit.stages.checklist.statistics import decide, window_growth
@@ -37,10 +37,10 @@ def memory_check(model: LoadedModel, requests: int, limits: Thresholds, seed: in
     def measure(count: int, label: str) -> None:
         for _ in tqdm(range(count), desc=f"{model.name}: {label}", unit="req", disable=not progress):
             model.generate([{"role": "user", "content": "Say hello."}], max_tokens=4, seed=seed)
-            rss.append(rss_mb())
+            rss.append(rss_mib())
 
     measure(max(requests, per * windows), "memory")
-    limit = limits.leak_mb_per_100
+    limit = limits.leak_mib_per_100
     for extra in range(windows + 1):
         levels, growth = window_growth(rss, per)
         recent = growth[-3:]
@@ -49,12 +49,12 @@ def memory_check(model: LoadedModel, requests: int, limits: Thresholds, seed: in
         if decision.verdict is Verdict.PASS or (decision.verdict is Verdict.FAIL and keeps_growing) or extra == windows:
             break
         measure(per, "memory (one more window)")
-    criterion = (f"median growth of the last 3 windows' high-water RSS <= {limit} MB per 100 requests, "
+    criterion = (f"median growth of the last 3 windows' high-water RSS <= {limit} MiB per 100 requests, "
                  f"beyond {limits.spread_sigmas:g} standard errors ({per} requests a window, the first is warm-up); "
                  "a leak must grow in each of the last 3 windows")
-    detail = (f"growth per window {', '.join(f'{g:+.2f}' for g in growth)} MB per 100 requests (high-water "
-              f"{', '.join(f'{v:.0f}' for v in levels)} MB over {len(rss)} requests): median of the last 3 "
-              f"{decision.words('MB per 100')}")
+    detail = (f"growth per window {', '.join(f'{g:+.2f}' for g in growth)} MiB per 100 requests (high-water "
+              f"{', '.join(f'{v:.0f}' for v in levels)} MiB over {len(rss)} requests): median of the last 3 "
+              f"{decision.words('MiB per 100')}")
     if decision.verdict is Verdict.PASS:
         verdict = Verdict.PASS
         detail += "; levels off: an arena, not a leak" if any(g > limit for g in growth) else "; flat"
