@@ -120,7 +120,7 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
         ray_run, serial_run = compare.load_run(tmp_path / "sweep" / label), compare.load_run(serial / label)
         for ours, theirs in zip(compare.side_by_side([(label, ray_run)]), compare.side_by_side([(label, serial_run)]),
                                 strict=True):
-            for figure in ("precision", "size_mb", "x_fp32", "checks_passed", "top1_vs_fp32"):
+            for figure in ("precision", "size_mb", "x_fp32", "checks_passed", "top1_agreement"):
                 assert ours[figure] == theirs[figure], (label, figure)
         manifest = json.loads((tmp_path / "sweep" / label / "models" / "int4" / "manifest.json").read_text())
         assert manifest["options"] == json.loads((serial / label / "models" / "int4" / "manifest.json")

@@ -79,7 +79,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert result.params == [{"parameter": "int4_block_size", "a": 32, "b": 64}]  # exactly the one difference
     assert result.verdicts[0] == {"precision": "int4", "check": "domain", "case": "capital", "a": "pass",
                                   "b": "FAIL", "change": "worse"}  # changes first
-    assert {r.split(":")[0] for r in result.regressions} == {"int4 domain/capital", "int4 top1"}
+    assert {r.split(":")[0] for r in result.regressions} == {"int4 domain/capital", "int4 top1_agreement"}
     assert [s["delta"] for s in result.sizes] == [0.0, -1.5]
     assert result.recommendations["b"].startswith("Deploy fp32 (100.0 MB") and "int4 lost: failed domain/capital" \
         in result.recommendations["b"]
@@ -87,16 +87,24 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert decode["judged"] == "slower" and decode["change_pct"] == pytest.approx(-16.7)
     assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 1
     out = capsys.readouterr().out
-    assert "1 parameters differ, 1 of 4 verdicts changed" in out and "REGRESSION: int4 top1" in out
+    assert "1 parameters differ, 1 of 4 verdicts changed" in out and "REGRESSION: int4 top1_agreement" in out
     page = (tmp_path / "c" / "compare.html").read_text()
     assert "Regressions (2)" in page and "int4_block_size" in page
     # Verdicts are marked in colour and in words; headings are words with units.
     assert '<td class="bad">FAIL</td>' in page and '<td class="bad">worse</td>' in page
     assert '<td class="good">pass</td>' in page and "<th>size (MB)</th>" in page
-    assert json.loads((tmp_path / "c" / "compare.json").read_text())["passed"] is False
+    written = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert written["passed"] is False and written["schema_version"] == compare.SCHEMA_VERSION == 2
+    assert {row["figure"] for row in written["quality"]} == {"top1_agreement", "kl_divergence", "perplexity"}
     # A looser threshold lets the agreement drop pass; the verdict that got worse still fails it.
-    loose = compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1": 0.1})
+    loose = compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1_agreement": 0.1})
     assert [r.split(":")[0] for r in loose.regressions] == ["int4 domain/capital"]
+    # The old spellings of --fail-on still name the same figures.
+    assert compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1": 0.1}).regressions \
+        == loose.regressions
+    for spelling in ("top1=0.1", "kl=0.1", "kl_divergence=0.1"):  # accepted (1: the verdict still got worse)
+        assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c2"), "--fail-on", spelling]) == 1
+    assert cli.main(["compare", str(a), str(b), "--fail-on", "kl_nats=0.1"]) == 2  # not a figure: a usage error
     assert cli.main(["compare", str(a), str(b), "--fail-on", "top1=x"]) == 2
     assert cli.main(["compare", str(a), str(tmp_path / "nope")]) == 2
 
@@ -210,6 +218,60 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
     assert cli.main(["recommend", str(run)]) == 2
 
 
+def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_renders(tmp_path: Path) -> None:
+    """Memory under ``_mb`` names (manifest version 2, test.json version 2) and ``top1``/``kl`` (recipes.json version 1)."""
+    from toolkit.domain.results import ResultVersionError
+    from toolkit.domain.results.conversion import read_conversions
+    from toolkit.domain.results.recipes import read_recipes
+    from toolkit.presentation import report
+    from toolkit.stages.checklist import read_report
+
+    run = write_run(tmp_path / "old", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
+    (run / "bench.json").unlink()  # this fixture's is too thin for the page's tables
+
+    def manifest(precision: str, size: float, peak: float) -> dict:
+        return {"schema_version": 2, "precision": precision, "method": "builder", "size_mb": size,
+                "size_ratio_vs_fp32": size / 100.0, "tutorial_size_ratio": 1.0, "size_vs_tutorial": 1.0,
+                "weights": {"lm_head": "fp32", "embeddings": "fp32"}, "wall_s": 3.0, "peak_rss_mb": peak,
+                "memory": {"predicted_peak_mb": 2345.6, "measured_peak_mb": peak, "available_mb_at_start": 9000.0},
+                "parity": {"verdict": "pass", "checks": [{"top1_agreement": 0.998, "max_diff_of_range": 0.001,
+                                                          "kl_divergence": 0.0004}]}}
+
+    (run / "models" / "convert.json").write_text(json.dumps([manifest("fp32", 100.0, 1234.5),
+                                                             manifest("int4", 40.0, 876.5)]))
+    tests = json.loads((run / "test.json").read_text())
+    tests["schema_version"] = 2
+    tests["thresholds"]["leak_mb_per_100"] = 7.5
+    del tests["thresholds"]["leak_mib_per_100"]
+    (run / "test.json").write_text(json.dumps(tests))
+    (run / "models" / "recipes").mkdir()
+    (run / "models" / "recipes" / "recipes.json").write_text(json.dumps([
+        {"recipe": "int8-head", "note": "n", "output_dir": "d", "size_mb": 30.0, "size_ratio_vs_fp32": 0.3,
+         "top1": 0.8765, "kl": 0.0432, "perplexity": 12.0, "reference_perplexity": 11.0, "decode_tps": 99.0,
+         "kl_to_base": 0.2, "moved_toward_base": False, "pass_rate": None}]))
+
+    converted = read_conversions(run / "models" / "convert.json")
+    assert [m["peak_rss_mib"] for m in converted] == [1234.5, 876.5] and "peak_rss_mb" not in converted[0]
+    assert converted[0]["memory"] == {"predicted_peak_mib": 2345.6, "measured_peak_mib": 1234.5,
+                                      "available_mib_at_start": 9000.0}
+    assert read_report(run / "test.json").thresholds.leak_mib_per_100 == 7.5
+    (recipe,) = read_recipes(run / "models" / "recipes" / "recipes.json")
+    assert (recipe.top1_agreement, recipe.kl_divergence, recipe.kl_divergence_to_base) == (0.8765, 0.0432, 0.2)
+    assert [q["top1_agreement"] for q in compare.load_run(run).quality.values()] == [0.7]
+    page = report.write_index(run).read_text()
+    conversion = page.split("<th>predicted peak (MiB)</th>")[1].split("</table>")[0]  # the conversion table
+    assert "<td>1234</td>" in conversion and "<td>876</td>" in conversion and "<td>2346</td>" in conversion
+    recipes = page.split("<td>int8-head</td>")[1].split("</tr>")[0]  # the recipes table, read from the old names
+    assert "<td>0.88</td><td>0.0432</td>" in recipes and "<th>top-1 vs FP32</th><th>KL (nats)</th>" in page
+    # A file from a newer toolkit is refused in one line that names its version.
+    (run / "models" / "convert.json").write_text(json.dumps([{**manifest("fp32", 100.0, 1.0), "schema_version": 4}]))
+    with pytest.raises(ResultVersionError, match="schema_version 4"):
+        read_conversions(run / "models" / "convert.json")
+    (run / "models" / "recipes" / "recipes.json").write_text(json.dumps({"schema_version": 3, "recipes": []}))
+    with pytest.raises(ResultVersionError, match="schema_version 3"):
+        read_recipes(run / "models" / "recipes" / "recipes.json")
+
+
 def test_the_report_keeps_the_versions_the_run_ran_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from toolkit.presentation import report
 
@@ -236,7 +298,7 @@ def test_runs_line_up_by_the_precision_each_model_was_registered_at(tmp_path: Pa
         {"name": "big", "model_id": "big:1", "precision": "fp32"},
         {"name": "small", "model_id": "small:1", "precision": "int4"}])))
     loaded = compare.load_run(run)
-    assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"]["top1"] == 0.7
+    assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"]["top1_agreement"] == 0.7
     assert [m.precision for m in read_registered(run / "registered.json")] == ["fp32", "int4"]
 
 

@@ -190,7 +190,7 @@ def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, preci
     assert {"genai_config.json", "model.onnx", "tokenizer.json", "manifest.json"} <= files
     manifest = C.read_manifest(result.output_dir)
     assert manifest["precision"] == precision and manifest["method"] == "builder"
-    assert manifest["peak_rss_mb"] > 50 and manifest["wall_s"] > 0
+    assert manifest["peak_rss_mib"] > 50 and manifest["wall_s"] > 0
     assert manifest["size_mb"] == pytest.approx(C.dir_size_mb(result.output_dir) - 0.002, abs=0.01)
     assert manifest["versions"]["onnxruntime-genai"] == "0.14.1"
     assert len(manifest["source_fingerprint"]) == 16
@@ -268,18 +268,18 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
 
 def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4: Path) -> None:
     memory = json.loads((tiny_int4 / "manifest.json").read_text())["memory"]
-    assert memory["measured_peak_mb"] > 0 and memory["checked"]
+    assert memory["measured_peak_mib"] > 0 and memory["checked"]
     assert set(memory["steps"]) == {"export (model builder, fp32)", "quantize (tensor by tensor)",
                                     "parity check (transformers, then the build)"}
     assert set(memory["measured_steps"]) == {"builder", "quantize", "parity"}
-    assert memory["measured_peak_mb"] == max(memory["measured_steps"].values())
+    assert memory["measured_peak_mib"] == max(memory["measured_steps"].values())
     # On a tiny model both are the processes' own footprint: the prediction is in the right range.
-    assert 0.5 < memory["predicted_peak_mb"] / memory["measured_peak_mb"] < 3
+    assert 0.5 < memory["predicted_peak_mib"] / memory["measured_peak_mib"] < 3
 
 
 def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
         tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(C, "available_mb", lambda: 50.0)  # a machine with 50 MiB free
+    monkeypatch.setattr(C, "available_mib", lambda: 50.0)  # a machine with 50 MiB free
     out = tmp_path / "models" / "int4"
     with pytest.raises(InsufficientMemoryError) as refused:
         C.convert_all(tiny_model, ["fp32", "int4"], tmp_path / "models", progress=False)
@@ -315,8 +315,8 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
     assert weights["parameters"]["int8"] == vocab_x_hidden  # one table, not two
     same, quantized = genai.agreement(tmp_path / "fp32", {"same": tmp_path / "fp32",
                                                                "int4": tmp_path / "int4"})
-    assert same.top1 == 1.0 and same.kl == pytest.approx(0, abs=1e-9)
-    assert 0 < quantized.kl < 0.05 and quantized.top1 > 0.5
+    assert same.top1_agreement == 1.0 and same.kl_divergence == pytest.approx(0, abs=1e-9)
+    assert 0 < quantized.kl_divergence < 0.05 and quantized.top1_agreement > 0.5
 
 
 def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:

@@ -69,13 +69,13 @@ def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_q
     from toolkit.runtimes import genai
 
     (mixed,) = genai.agreement(tiny_fp32, {"mixed": out})
-    assert np.isfinite(mixed.kl) and mixed.kl < 0.05
+    assert np.isfinite(mixed.kl_divergence) and mixed.kl_divergence < 0.05
 
 
 def _result(name: str, top1: float, kl: float, perplexity: float, *, tps: float = 100.0, kl_to_base=None,
             moved=False) -> RecipeResult:
-    return RecipeResult(recipe=name, note="", output_dir="", size_mb=100.0, size_ratio_vs_fp32=0.2, top1=top1, kl=kl,
-                        perplexity=perplexity, reference_perplexity=57.0, decode_tps=tps, kl_to_base=kl_to_base,
+    return RecipeResult(recipe=name, note="", output_dir="", size_mb=100.0, size_ratio_vs_fp32=0.2, top1_agreement=top1, kl_divergence=kl,
+                        perplexity=perplexity, reference_perplexity=57.0, decode_tps=tps, kl_divergence_to_base=kl_to_base,
                         moved_toward_base=moved)
 
 

@@ -58,7 +58,7 @@ def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict])
         got = measured.get(p.value, {})
         rows.append(f"<tr><td>{p.value}</td><td>×{TUTORIAL_SIZE_RATIO[p]}</td><td>{TUTORIAL_ADVICE[p]}</td>"
                     f"<td>{_figure(got.get('size_mb'), '.4g')}</td><td>{_figure(got.get('x_fp32'), '.3f')}</td>"
-                    f"<td>{_figure(got.get('top1_vs_fp32'), '.3f')}</td><td>{_figure(got.get('decode_tps'), '.1f')}</td></tr>")
+                    f"<td>{_figure(got.get('top1_agreement'), '.3f')}</td><td>{_figure(got.get('decode_tps'), '.1f')}</td></tr>")
     return f"<table class='slmops-tradeoff'>{head}{''.join(rows)}</table>"
 
 

@@ -128,7 +128,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m["weights"]["parameters"].items())
     print(f"{m['precision']} model in {result.output_dir}: {m['size_mb']:.1f} MB = {m['size_ratio_vs_fp32']:.3f}x FP32 "
           f"({m['fp32_size_from']}; tutorial table x{m['tutorial_size_ratio']}), {m['wall_s']:.1f} s, "
-          f"peak RSS {m['peak_rss_mb']:.0f} MB (predicted {m['memory']['predicted_peak_mb']:.0f} MB)\n"
+          f"peak RSS {m['peak_rss_mib']:.0f} MiB (predicted {m['memory']['predicted_peak_mib']:.0f} MiB)\n"
           f"weights: {weights}; LM head {m['weights']['lm_head']}, embeddings {m['weights']['embeddings']}")
     adapter = m.get("adapter")
     if adapter:
@@ -166,7 +166,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         return 0
     print(text_table([vars(r) for r in results], [
         ("recipe", "RECIPE"), ("size_mb", "MB", ".1f"), ("size_ratio_vs_fp32", "x FP32", ".3f"),
-        ("top1", "TOP-1", ".3f"), ("kl", "KL", ".4f"), ("perplexity", "PPL", ".2f"), ("decode_tps", "TOK/S", ".1f")]))
+        ("top1_agreement", "TOP-1", ".3f"), ("kl_divergence", "KL", ".4f"), ("perplexity", "PPL", ".2f"), ("decode_tps", "TOK/S", ".1f")]))
     print(best[1])
     print(f"Wrote {Path(args.out) / 'recipes.json'}")
     return 0
@@ -213,7 +213,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     elif reference is None:  # the FP32 one among the names, when there is one (its manifest's precision)
         precision = {row["name"]: row.get("precision") for row in register.list_models(args.cache_dir)}
         reference = next((n for n in names if precision.get(n.split(":")[0]) == "fp32"), None)
-    limits = checklist.Thresholds(leak_mb_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
+    limits = checklist.Thresholds(leak_mib_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
     reports = checklist.run_checklists(names, reference=reference, cases=cases, cache=args.cache_dir,
                                        requests=args.requests, lengths=args.lengths, thresholds=limits, seed=args.seed)
     out = Path(args.out)
@@ -456,7 +456,7 @@ comparison page OUT/index.html:
     p.add_argument("--lengths", type=whole(1), nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., 1024 or half the context; give none to skip)")
     limits = checklist.Thresholds()
-    p.add_argument("--max-leak", type=fraction(0, 1e6), default=limits.leak_mb_per_100, help="MiB per 100 requests")
+    p.add_argument("--max-leak", type=fraction(0, 1e6), default=limits.leak_mib_per_100, help="MiB per 100 requests")
     p.add_argument("--max-slowdown", type=fraction(1, 1e6), default=limits.slowdown,
                    help="time per token, longest/shortest input")
     p.add_argument("--min-top1", type=fraction(0, 1), default=limits.top1_min, help="top-1 agreement with FP32")

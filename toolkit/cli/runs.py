@@ -39,14 +39,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def _fail_on(text: str) -> tuple[str, float]:
-    """An argparse type: ``FIGURE=LIMIT`` for ``slmops compare --fail-on``."""
+    """An argparse type: ``FIGURE=LIMIT`` for ``slmops compare --fail-on`` (``top1``, ``kl``: the old spellings)."""
     name, _, value = text.partition("=")
+    name = compare.FAIL_ON_ALIASES.get(name, name)
     if name not in compare.FAIL_ON:
         raise argparse.ArgumentTypeError(f"{name!r} is not a quality figure; use {', '.join(compare.FAIL_ON)}")
     try:
         limit = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write FIGURE=LIMIT, e.g. top1=0.01") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: write FIGURE=LIMIT, e.g. top1_agreement=0.01") from None
     if not 0 <= limit < math.inf:
         raise argparse.ArgumentTypeError(f"{text!r}: the limit must be a number >= 0")
     return name, limit
@@ -132,7 +133,8 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.add_argument("--fail-on", type=_fail_on, nargs="+", metavar="FIGURE=LIMIT",
                    help="how far a quality figure may move the wrong way: "
                    + ", ".join(f"{k}={v}" for k, v in compare.FAIL_ON.items())
-                   + " by default (top1 and kl absolute, perplexity relative)")
+                   + " by default (top1_agreement and kl_divergence absolute, perplexity relative; top1 and kl "
+                   "are accepted for the first two)")
     json_option(p, "the comparison")
     p.set_defaults(func=cmd_compare)
 

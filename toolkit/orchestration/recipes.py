@@ -7,51 +7,15 @@ and decode measurements, so it sits above the stages.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from toolkit.core import artifacts
 from toolkit.core.artifacts import dir_size_mb, read_manifest
 from toolkit.core.errors import InvalidOptionError
 from toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
+from toolkit.domain.results.recipes import RecipeResult, recipes_file
 from toolkit.runtimes import genai
 from toolkit.stages.convert import ConvertSpec, convert, validate
-
-
-@dataclass(frozen=True)
-class RecipeResult:
-    """One INT4 recipe built and measured against the FP32 build.
-
-    Attributes:
-        recipe: Name in :data:`INT4_RECIPES`.
-        note: What the recipe does.
-        output_dir: Where it was built.
-        size_mb: Size on disk.
-        size_ratio_vs_fp32: Size over the FP32 build's.
-        top1: Greedy next-token agreement with FP32 on the bundled text.
-        kl: Mean KL divergence from FP32 (nats).
-        perplexity: Perplexity on the bundled text (FP32's is in ``reference_perplexity``).
-        reference_perplexity: The FP32 build's perplexity on the same text.
-        decode_tps: Quick greedy decode probe through ONNX Runtime GenAI (tokens/s).
-        kl_to_base: Mean KL divergence from the base model's FP32 build (nats), when one was given.
-        moved_toward_base: The build is closer to the base than to the fine-tuned FP32 (KL to
-            the base below KL to FP32): quantization rounded the fine-tune away.
-        pass_rate: Share of domain cases passed, when measured (None otherwise).
-    """
-
-    recipe: str
-    note: str
-    output_dir: str
-    size_mb: float
-    size_ratio_vs_fp32: float
-    top1: float
-    kl: float
-    perplexity: float
-    reference_perplexity: float
-    decode_tps: float
-    kl_to_base: float | None = None
-    moved_toward_base: bool = False
-    pass_rate: float | None = None
 
 
 def fidelity_key(r: RecipeResult) -> tuple:
@@ -59,7 +23,7 @@ def fidelity_key(r: RecipeResult) -> tuple:
 
     Perplexity is not in it: on a generic text it rewards a build that fell back to the base.
     """
-    return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl, -r.top1, r.size_mb)
+    return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
 
 
 def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
@@ -78,11 +42,11 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     """
     fastest = max(r.decode_tps for r in results)
     fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
-    on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1 >= top1_target]
+    on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1_agreement >= top1_target]
 
     def describe(r: RecipeResult) -> str:
-        return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1:.3f}, "
-                f"KL {r.kl:.3f}, {r.decode_tps:.0f} tok/s)")
+        return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1_agreement:.3f}, "
+                f"KL {r.kl_divergence:.3f}, {r.decode_tps:.0f} tok/s)")
 
     winners = [r for r in on_target if r in fast]
     if winners:
@@ -148,10 +112,10 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         a = agreement[name]
         results.append(RecipeResult(
             recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
-            size_ratio_vs_fp32=round(size / fp32_mb, 4), top1=a.top1, kl=a.kl, perplexity=a.perplexity,
+            size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
             reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
-            kl_to_base=to_base[name].kl if name in to_base else None,
-            moved_toward_base=name in to_base and to_base[name].kl < a.kl,
+            kl_divergence_to_base=to_base[name].kl_divergence if name in to_base else None,
+            moved_toward_base=name in to_base and to_base[name].kl_divergence < a.kl_divergence,
         ))
-    artifacts.write_json(out / "recipes.json", [asdict(r) for r in results])
+    artifacts.write_json(out / "recipes.json", recipes_file(results))
     return results

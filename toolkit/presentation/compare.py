@@ -28,7 +28,14 @@ from toolkit.stages.checklist import read_report
 #: Quality figures a comparison gates on, and how far each may move the wrong way by default:
 #: top-1 agreement may drop and KL divergence rise by that much (absolute), perplexity rise by
 #: that share (relative).
-FAIL_ON = {"top1": 0.02, "kl": 0.05, "perplexity": 0.05}
+FAIL_ON = {"top1_agreement": 0.02, "kl_divergence": 0.05, "perplexity": 0.05}
+
+#: Earlier spellings of :data:`FAIL_ON`'s figures, still accepted by ``slmops compare --fail-on``.
+FAIL_ON_ALIASES = {"top1": "top1_agreement", "kl": "kl_divergence"}
+
+#: The version of ``compare.json`` :func:`write_comparison` writes (1: before it was recorded, quality figures
+#: named ``top1`` and ``kl`` and the summary's agreement ``top1_vs_fp32``).
+SCHEMA_VERSION = 2
 
 _IGNORED_PARAMS = {"run_dir", "interactive"}
 
@@ -55,7 +62,7 @@ class RunFigures:
         record: Its ``run.json`` (inputs' fingerprints, seed, versions, machine).
         sizes: Size on disk in MB.
         size_ratios: Size over the FP32 build's (measured, or estimated when FP32 was not built).
-        quality: ``top1``, ``kl`` and ``perplexity`` against the FP32 build.
+        quality: ``top1_agreement``, ``kl_divergence`` (nats) and ``perplexity`` against the FP32 build.
         verdicts: ``(precision, check, case)`` to ``pass``, ``fail`` or ``inconclusive``.
         timings: ``(precision, engine, prompt tokens, generated tokens, threads)`` to the bench row.
         headline: The benchmark's headline row per precision (Foundry Local, shortest prompt).
@@ -102,7 +109,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
         for check in model.checks:
             verdicts[(precision, str(check.check), check.case)] = str(check.verdict)
         if model.quality is not None:
-            quality[precision] = {"top1": model.quality.top1_agreement, "kl": model.quality.kl_divergence,
+            quality[precision] = {"top1_agreement": model.quality.top1_agreement, "kl_divergence": model.quality.kl_divergence,
                                   "perplexity": model.quality.perplexity}
     timings = {(row["precision"], row["engine"], row["target_prompt_tokens"], row["target_gen_tokens"],
                 row["threads"]): row for row in rows}
@@ -136,7 +143,7 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
                 "x_fp32": run.size_ratios.get(precision) or "–",
                 "checks_passed": (f"{checks.count('pass')}/{len(checks)}" + (f" ({unsure} inconclusive)" if unsure
                                                                               else "")) if checks else "–",
-                "top1_vs_fp32": run.quality.get(precision, {}).get("top1", "–"),
+                "top1_agreement": run.quality.get(precision, {}).get("top1_agreement", "–"),
                 "decode_tps": head.get("decode_tps", "–"), "ttft_ms": head.get("ttft_ms", "–"),
                 "peak_rss_mib": head.get("peak_rss_mib", "–"),
             })
@@ -357,13 +364,13 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
     """Compare run ``b`` with run ``a`` (the baseline).
 
     Args:
-        fail_on: Thresholds of :data:`FAIL_ON` to override.
+        fail_on: Thresholds of :data:`FAIL_ON` to override (an alias of :data:`FAIL_ON_ALIASES` names its figure).
 
     Example:
         >>> compare_runs(load_run("outputs/demo"), load_run("outputs/again")).regressions
         []
     """
-    limits = {**FAIL_ON, **(fail_on or {})}
+    limits = {**FAIL_ON, **{FAIL_ON_ALIASES.get(k, k): v for k, v in (fail_on or {}).items()}}
     regressions: list[str] = []
     params = [{"parameter": k, "a": a.params.get(k, "absent"), "b": b.params.get(k, "absent")}
               for k in sorted((set(a.params) | set(b.params)) - _IGNORED_PARAMS) if a.params.get(k) != b.params.get(k)]
@@ -375,7 +382,7 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
             old, new = a.quality.get(p, {}).get(figure), b.quality.get(p, {}).get(figure)
             moved = ""
             if old is not None and new is not None:
-                worse = {"top1": old - new, "kl": new - old, "perplexity": (new - old) / old if old else 0.0}[figure]
+                worse = {"top1_agreement": old - new, "kl_divergence": new - old, "perplexity": (new - old) / old if old else 0.0}[figure]
                 if worse > limit:
                     moved = f"worse by more than {limit}" + (" (relative)" if figure == "perplexity" else "")
                     regressions.append(f"{p} {figure}: {old} -> {new} ({moved})")
@@ -405,5 +412,6 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``compare.json`` and ``compare.html`` into ``out_dir``; return the page."""
     out = Path(out_dir)
-    artifacts.write_json(out / "compare.json", {**asdict(comparison), "passed": comparison.passed})
+    artifacts.write_json(out / "compare.json", {"schema_version": SCHEMA_VERSION, **asdict(comparison),
+                                              "passed": comparison.passed})
     return artifacts.write_text(out / "compare.html", render_page("compare.html.j2", c=comparison))

@@ -61,11 +61,11 @@ def plot_recipes(results: Sequence, *, size_target: float = 0.25, top1_target: f
     ax.axhline(top1_target, color="green", linestyle="--", linewidth=1, label=f"targets: <= {size_target}x, "
                f">= {top1_target} agreement")
     for r in results:
-        ax.scatter(r.size_ratio_vs_fp32, r.top1, s=40)
-        ax.annotate(f"{r.recipe}\n{r.decode_tps:.0f} tok/s", (r.size_ratio_vs_fp32, r.top1), fontsize="small",
+        ax.scatter(r.size_ratio_vs_fp32, r.top1_agreement, s=40)
+        ax.annotate(f"{r.recipe}\n{r.decode_tps:.0f} tok/s", (r.size_ratio_vs_fp32, r.top1_agreement), fontsize="small",
                     xytext=(5, -4), textcoords="offset points")
     ax.set_xlim(0, max(0.5, max(r.size_ratio_vs_fp32 for r in results) * 1.3))
-    ax.set_ylim(min(0.5, min(r.top1 for r in results) - 0.05), 1.03)
+    ax.set_ylim(min(0.5, min(r.top1_agreement for r in results) - 0.05), 1.03)
     ax.set_xlabel("size / FP32 build")
     ax.set_ylabel("top-1 agreement with FP32")
     ax.set_title("INT4 recipes: size against fidelity")
@@ -131,7 +131,7 @@ def plot_rss(reports: Sequence, *, ax=None):
         if r.rss_mib:
             ax.plot(range(1, len(r.rss_mib) + 1), r.rss_mib, label=r.model)
     ax.set_xlabel("request (the check compares each window's high-water mark after the first, warm-up, window)")
-    ax.set_ylabel("process RSS (MB)")
+    ax.set_ylabel("process RSS (MiB)")
     ax.set_title("Memory over requests")
     ax.legend(fontsize="small")
     return ax

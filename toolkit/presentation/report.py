@@ -19,6 +19,7 @@ from toolkit.core.measure import versions
 from toolkit.domain.results.bench import rows_of
 from toolkit.domain.results.checklist import ControlResult
 from toolkit.domain.results.conversion import read_conversions
+from toolkit.domain.results.recipes import read_recipes
 from toolkit.domain.results.registration import read_registered
 from toolkit.presentation import bench as bench_text
 from toolkit.presentation import checklist as checklist_tables
@@ -233,7 +234,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
         conversion=convert.summary(converted) if converted else [],
-        recipes=read_json(run / "models" / "recipes" / "recipes.json") or [],
+        recipes=[r.to_json() for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         control=checklist_tables.control_row(tests.control) if tests and tests.control else None, bench=bench_report,
         bench_summary=bench_text.summary(bench_report, tests) if bench_report else [],
@@ -268,7 +269,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
         for row in compare.side_by_side([(label, compare.load_run(out / label))]):
             rows.append({"label": label, **varied, "status": state, **ran, **row})
     columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
-               "x_fp32", "checks_passed", "top1_vs_fp32", "decode_tps", "ttft_ms", "peak_rss_mib"]
+               "x_fp32", "checks_passed", "top1_agreement", "decode_tps", "ttft_ms", "peak_rss_mib"]
     node_types = sorted({where["node_type"] for where in placements.values() if where["status"] == "ok"})
     retried = [(label, where["lost"]) for label, where in placements.items() if where["lost"]]
     page = render_page("sweep.html.j2", sweep_name=out.name, run_count=len(runs), swept=swept, columns=columns,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.core import workers
-from toolkit.core.measure import CpuMeter, peak_rss_mb, rss_mb
+from toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
 from toolkit.domain.parity import log_softmax
 from toolkit.domain.prompts import reference_text
 from toolkit.domain.results.bench import TimedRun
@@ -189,14 +189,14 @@ def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen
     child process so the peak RSS is this model's own.
 
     Returns:
-        ``{"load_s", "load_rss_mb", "peak_rss_mb", "runs": [[[run, ...] per generation length] per prompt]}``,
+        ``{"load_s", "load_rss_mib", "peak_rss_mib", "runs": [[[run, ...] per generation length] per prompt]}``,
         each run ``{"ttft_s", "total_s", "gen_tokens", "harness_s", "cpu_percent", "system_cpu_percent"}``.
     """
-    rss0, start = rss_mb(), time.perf_counter()
+    rss0, start = rss_mib(), time.perf_counter()
     model = load(model_dir, threads)
-    load_s, load_rss = time.perf_counter() - start, rss_mb() - rss0
+    load_s, load_rss = time.perf_counter() - start, rss_mib() - rss0
     runs = [[time_generation(model, ids, gen, repeats, warmup) for gen in gen_lengths] for ids in prompts]
-    return {"load_s": load_s, "load_rss_mb": load_rss, "peak_rss_mb": peak_rss_mb(), "runs": runs}
+    return {"load_s": load_s, "load_rss_mib": load_rss, "peak_rss_mib": peak_rss_mib(), "runs": runs}
 
 
 def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup: int) -> list[dict]:
@@ -236,7 +236,7 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
     """Teacher-forced top-1 agreement, KL divergence and perplexity of each candidate against the reference.
 
     Returns:
-        One dict per candidate: ``model``, ``tokens``, ``top1``, ``kl``, ``perplexity``,
+        One dict per candidate: ``model``, ``tokens``, ``top1_agreement``, ``kl_divergence``, ``perplexity``,
         ``reference_perplexity``.
     """
     ids, ref = logits(reference_dir, text)
@@ -254,8 +254,8 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
         cand_log = log_softmax(cand)
         rows.append({
             "model": label, "tokens": len(ids),
-            "top1": round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 4),
-            "kl": round(float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1).mean()), 5),
+            "top1_agreement": round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 4),
+            "kl_divergence": round(float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1).mean()), 5),
             "perplexity": round(perplexity(cand_log), 3), "reference_perplexity": round(perplexity(ref_log), 3),
         })
     return rows
@@ -272,16 +272,16 @@ class Agreement:
     Attributes:
         model: Candidate label.
         tokens: Positions compared.
-        top1: Share of positions where the greedy next token is the reference's.
-        kl: Mean KL divergence reference || candidate, in nats.
+        top1_agreement: Share of positions where the greedy next token is the reference's.
+        kl_divergence: Mean KL divergence reference || candidate, in nats.
         perplexity: Candidate's perplexity on the text.
         reference_perplexity: The FP32 reference's perplexity on the same text.
     """
 
     model: str
     tokens: int
-    top1: float
-    kl: float
+    top1_agreement: float
+    kl_divergence: float
     perplexity: float
     reference_perplexity: float
 
@@ -296,7 +296,7 @@ def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str |
         text: Text to read; the bundled :func:`~toolkit.domain.prompts.reference_text` by default.
 
     Example:
-        >>> agreement("models/fp32", {"int4": "models/int4"})[0].top1
+        >>> agreement("models/fp32", {"int4": "models/int4"})[0].top1_agreement
         0.6659
     """
     payload = {"reference": str(Path(reference_dir).resolve()), "text": text or reference_text(),

@@ -29,7 +29,7 @@ from toolkit.core.errors import (
     ToolTimeoutError,
     UnsupportedArchitectureError,
 )
-from toolkit.core.measure import available_mb, package_versions, timestamp
+from toolkit.core.measure import available_mib, package_versions, timestamp
 from toolkit.domain import adapters, memory, parity
 from toolkit.domain.options import (
     BLOCK_SIZES,
@@ -273,7 +273,7 @@ def reference_dtype(spec: ConvertSpec, source: SourceModel, available: float) ->
     In bf16 the comparison is looser (:data:`~toolkit.domain.parity.NEAR`), and the manifest says so.
     """
     fp32 = memory_estimate(spec, source, "float32")
-    return "float32" if fp32.peak_mb <= available else "bfloat16"
+    return "float32" if fp32.peak_mib <= available else "bfloat16"
 
 
 def check_memory(spec: ConvertSpec, source: SourceModel) -> memory.MemoryEstimate:
@@ -283,13 +283,13 @@ def check_memory(spec: ConvertSpec, source: SourceModel) -> memory.MemoryEstimat
         InsufficientMemoryError: the prediction exceeds the available memory (the message
             gives the figures and the options).
     """
-    free = available_mb()
+    free = available_mib()
     estimate = memory_estimate(spec, source, reference_dtype(spec, source, free))
-    if estimate.peak_mb > free:
+    if estimate.peak_mib > free:
         options = "; ".join(memory.shortfall_options(estimate, free, Method(spec.method)))
         raise InsufficientMemoryError(
             f"Converting {source.path.name} to {spec.precision} by the {spec.method} route needs about "
-            f"{estimate.peak_mb / 1024:.1f} GiB of memory at its peak ({estimate.peak_step}; {estimate.basis}), "
+            f"{estimate.peak_mib / 1024:.1f} GiB of memory at its peak ({estimate.peak_step}; {estimate.basis}), "
             f"but {free / 1024:.1f} GiB is available. Nothing was started. Options: {options}.")
     return estimate
 
@@ -425,7 +425,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
     spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider,
                        quantize_from=Path(spec.quantize_from) if spec.quantize_from else None)
-    free_at_start = available_mb()
+    free_at_start = available_mib()
     dtype = reference_dtype(spec, source, free_at_start)
     predicted = memory_estimate(spec, source, dtype)
     adapter = None
@@ -500,9 +500,9 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 shutil.copy2(source.path / "generation_config.json", staging / "generation_config.json")
             manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
             manifest["memory"] = {
-                **predicted.as_dict(), "available_mb_at_start": round(free_at_start, 1),
-                "measured_peak_mb": manifest["peak_rss_mb"],
-                "measured_steps": {run.log_path.stem: round(run.peak_rss_mb, 1) for run in runs},
+                **predicted.as_dict(), "available_mib_at_start": round(free_at_start, 1),
+                "measured_peak_mib": manifest["peak_rss_mib"],
+                "measured_steps": {run.log_path.stem: round(run.peak_rss_mib, 1) for run in runs},
                 "checked": memory_check,
             }
             if reused is not None:
@@ -513,10 +513,10 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
             fp32_route = first if needs_quantizer(spec) and reused is None else None  # a reused one passed already
             manifest["parity"] = _parity_gate(spec, source, fp32_route, staging,
                                               logs / "parity.log", dtype, manifest["source_fingerprint"])
-            parity_peak = manifest["parity"].pop("peak_rss_mb", None)
+            parity_peak = manifest["parity"].pop("peak_rss_mib", None)
             if parity_peak is not None:  # the check is a step of the conversion: its peak counts
                 manifest["memory"]["measured_steps"]["parity"] = parity_peak
-                manifest["peak_rss_mb"] = manifest["memory"]["measured_peak_mb"] = max(manifest["peak_rss_mb"],
+                manifest["peak_rss_mib"] = manifest["memory"]["measured_peak_mib"] = max(manifest["peak_rss_mib"],
                                                                                       parity_peak)
             artifacts.write_json(staging / MANIFEST, manifest)
             artifacts.crash_point("convert-built")
@@ -568,7 +568,7 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
     may change (:data:`~toolkit.domain.parity.QUANTIZED`, top-1 and KL).
 
     Returns:
-        The manifest's ``parity`` entry: ``{"verdict", "checks": [record per build], "peak_rss_mb"}``.
+        The manifest's ``parity`` entry: ``{"verdict", "checks": [record per build], "peak_rss_mib"}``.
 
     Raises:
         ParityError: a build is outside its tolerance (nothing is put in place).
@@ -589,7 +589,7 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
             raise parity.refuse(check, source.architecture, str(spec.method))
         checks.append(check.to_json())
     return {"verdict": str(parity.Verdict.PASS), "checks": checks, "wall_s": round(run.wall_s, 2),
-            "peak_rss_mb": round(run.peak_rss_mb, 1)}
+            "peak_rss_mib": round(run.peak_rss_mib, 1)}
 
 
 def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[workers.ChildRun],
@@ -617,7 +617,7 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
         "commands": [list(run.command) for run in runs],
         "wall_s": round(wall, 3),
         "tool_wall_s": [round(run.wall_s, 3) for run in runs],
-        "peak_rss_mb": round(max(run.peak_rss_mb for run in runs), 1),
+        "peak_rss_mib": round(max(run.peak_rss_mib for run in runs), 1),
         "size_mb": round(size_mb, 3),
         "source_size_mb": round(source.checkpoint_bytes / 1e6, 2),
         "fp32_size_mb": round(fp32_mb, 3),
@@ -645,8 +645,8 @@ def summary(manifests: list[dict]) -> list[dict]:
             "precision": m["precision"], "method": m["method"], "size_mb": m["size_mb"],
             "x_fp32": m.get("size_ratio_vs_fp32"), "tutorial_x": m["tutorial_size_ratio"],
             "vs_tutorial": m.get("size_vs_tutorial"), "lm_head": weights.get("lm_head"),
-            "embeddings": weights.get("embeddings"), "wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
-            "predicted_peak_mb": m.get("memory", {}).get("predicted_peak_mb"),
+            "embeddings": weights.get("embeddings"), "wall_s": m["wall_s"], "peak_rss_mib": m["peak_rss_mib"],
+            "predicted_peak_mib": m.get("memory", {}).get("predicted_peak_mib"),
             **_parity_columns(m.get("parity")),
         })
     return rows
@@ -657,8 +657,8 @@ def _parity_columns(gate: dict | None) -> dict:
     if not gate or not gate.get("checks"):
         return {"parity": (gate or {}).get("verdict", "not checked")}
     own = gate["checks"][-1]  # the build itself (after the FP32 model a quantizer started from)
-    return {"parity": gate["verdict"], "top1_vs_source": own["top1_agreement"],
-            "max_logit_diff_of_range": own["max_diff_of_range"], "kl_vs_source": own["kl_divergence"]}
+    return {"parity": gate["verdict"], "top1_agreement_vs_source": own["top1_agreement"],
+            "max_logit_diff_of_range": own["max_diff_of_range"], "kl_divergence_vs_source": own["kl_divergence"]}
 
 
 def convert_all(model_dir: str | os.PathLike[str], precisions: list[str], out_dir: str | os.PathLike[str], *,

@@ -35,7 +35,7 @@ def quality_records(names: list[str], reference: str, cache: str | Path | None) 
     """
     ref_dir = Path(find_model(reference, cache).get_path())
     found = genai.agreement(ref_dir, {n: Path(find_model(n, cache).get_path()) for n in names})
-    return {a.model: QualityRecord(reference, a.top1, a.kl, a.perplexity, a.reference_perplexity, a.tokens)
+    return {a.model: QualityRecord(reference, a.top1_agreement, a.kl_divergence, a.perplexity, a.reference_perplexity, a.tokens)
             for a in found}
 
 
