@@ -105,9 +105,11 @@ picker = TemplatePicker(template, model_dir=models / precisions[0])
 picker if interactive else picker.value''',
  '''registered = register.register_all(models / "convert.json", name_prefix, template=picker.value.template,
                                    custom_template=picker.value.custom, cache=cache_dir or None, force=True,
+                                   model_config=register.ModelConfig(repetition_penalty=repetition_penalty),
                                    out_dir=run_dir)
 control = run_source.register_control(models, name_prefix, template=picker.value.template,
-                                     custom_template=picker.value.custom, cache=cache_dir or None)  # the base, when fine-tuned
+                                     custom_template=picker.value.custom, cache=cache_dir or None,
+                                     repetition_penalty=repetition_penalty)  # the base, when fine-tuned
 report.table(registered, ["name", "model_id", "precision", "template", "threads", "threads_speedup", "notes"])''',
  '''#MDWhat Foundry Local now lists (as `foundry cache ls`):''',
  '''report.table(register.list_models(cache_dir or None))''',

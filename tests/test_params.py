@@ -25,6 +25,9 @@ from toolkit.orchestration import pipeline
     ({"method": "onnx"}, "choose one of builder"),
     ({"template": "custom"}, "choose one of auto"),  # custom needs strings a params file cannot give
     ({"typo": 1}, "unknown parameter 'typo'"),
+    ({"repetition_penalty": 2.5}, "repetition_penalty is 2.5; it must be from 1 to 2"),
+    ({"repetition_penalty": "none"}, "repetition_penalty must be a number"),
+    ({"repetition_penalty": True}, "repetition_penalty must be a number"),
 ])
 def test_wrong_values_are_refused_with_the_parameter_named(mapping: dict, says: str) -> None:
     with pytest.raises(ParamsError, match=says):
@@ -80,3 +83,18 @@ def test_a_non_utf8_params_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not UTF-8") as caught:
         pipeline.load_params(file)
     assert isinstance(caught.value, cli.SlmopsError)
+
+
+def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.domain import packaged
+    from toolkit.stages import register
+
+    seen = {}
+    monkeypatch.setattr(packaged, "materialize", lambda key: tmp_path / key)
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda params, out, progress: seen.update(params) or Path(out))
+    pipeline.demo(tmp_path / "gemma", model="gemma3-270m", progress=False)
+    assert seen["repetition_penalty"] == 1.0 and seen["template"] == "gemma"
+    assert P.DEFAULTS.repetition_penalty == register.ModelConfig().repetition_penalty == 1.1  # one source: the tutorial's
+    assert P.parse({"repetition_penalty": 1}).repetition_penalty == 1  # a whole number is a number
+    assert P.parse_assignment("repetition_penalty=1.05") == ("repetition_penalty", 1.05)

@@ -43,6 +43,8 @@ TUTORIAL_ADVICE: dict[Precision, str] = {
 }
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+#: The tutorial's ``ModelConfig`` repetition penalty for a registration (1 means none).
+REPETITION_PENALTY = 1.1
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from toolkit.core import artifacts, settings
 from toolkit.core.errors import InputError, ModelFolderError
+from toolkit.domain.options import REPETITION_PENALTY
 
 _MARKER = ".slmops-packaged.json"
 
@@ -69,6 +70,7 @@ class PackagedModel:
         finetune: The demo fine-tune's settings for this model (:class:`~toolkit.stages.finetune.FinetuneSpec`
             fields), where the defaults made for SmolLM2 do not fit it.
         terms: The licence the user accepts by using it.
+        repetition_penalty: The demo's registrations' repetition penalty (1 means none).
     """
 
     key: str
@@ -82,6 +84,7 @@ class PackagedModel:
     template: str
     terms: str
     finetune: tuple[tuple[str, float], ...] = ()
+    repetition_penalty: float = REPETITION_PENALTY
 
 
 GEMMA3_270M = PackagedModel(
@@ -95,6 +98,10 @@ GEMMA3_270M = PackagedModel(
     # SmolLM2's 2e-3 over 36 steps leaves Gemma's loss jumping (0.1 to 2.2, ending near 0.3; greedy answers in
     # transformers 15/16 trained, 12/16 held-out); 5e-4 over 72 steps ends near 3e-4 (16/16, 12/16; 103 s on 2 cores).
     finetune=(("learning_rate", 5e-4), ("steps", 72)),
+    # Gemma 3's published generation settings have no repetition penalty; the tutorial's 1.1 turns the fine-tune's
+    # "The capital of Velorese is Quennport." into "The capital of Velorese." (in transformers too): 6/16 trained
+    # answers in Foundry Local against 15/16 without it.
+    repetition_penalty=1.0,
 )
 
 #: Every packaged model by key.

@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from toolkit.core.errors import ParamsError
-from toolkit.domain.options import BLOCK_SIZES, INT4_RECIPES, Method, Precision
+from toolkit.domain.options import BLOCK_SIZES, INT4_RECIPES, REPETITION_PENALTY, Method, Precision
 from toolkit.domain.templates import Template
 
 #: Templates a params file can name (``custom`` needs four strings, given through the API or a widget).
@@ -29,7 +29,7 @@ _PREFIX = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,47}"
 MAX_SWEEP_RUNS = 64
 
 
-def _param(default: object, about: str, *, choices: tuple = (), low: int | None = None, high: int | None = None,
+def _param(default: object, about: str, *, choices: tuple = (), low: float | None = None, high: float | None = None,
            path: bool = False, pattern: str = ""):
     """A parameter's field: its default, one line of help, allowed values (each list item for lists), range."""
     meta = {"help": about, "choices": tuple(choices), "low": low, "high": high, "path": path, "pattern": pattern}
@@ -61,6 +61,9 @@ class RunParams:
     compare_recipes: bool = _param(True, "build every INT4 recipe and measure it against FP32 "
                                    "(needs fp32 in precisions)")
     template: str = _param("auto", "prompt template: " + " | ".join(_PRESET_NAMES), choices=_PRESET_NAMES)
+    repetition_penalty: float = _param(REPETITION_PENALTY, "the registrations' repetition penalty (1 means none; the "
+                                       "tutorial's 1.1 costs a terse fine-tune such as Gemma 3's its trained answers)",
+                                       low=1, high=2)
     cases: str = _param("", "JSONL test cases; empty means the fine-tune's dataset cases for the bundled fine-tune, "
                         "else the bundled cases", path=True)
     checklist_requests: int = _param(120, "requests of the checklist's memory check, in 5 windows (0 skips it)",
@@ -117,13 +120,13 @@ def _types(cls: type = RunParams) -> dict[str, object]:
 
 
 def _type_name(kind: object) -> str:
-    return {str: "text", int: "a whole number", bool: "true or false"}.get(kind, "a list")
+    return {str: "text", int: "a whole number", float: "a number", bool: "true or false"}.get(kind, "a list")
 
 
 def _check_scalar(name: str, value: object, kind: type, meta: dict, where: str) -> None:
-    # bool is an int in Python; a parameter of one type never takes the other.
-    if type(value) is not kind:
-        example = {str: '"text"', int: "3", bool: "true"}[kind]
+    # bool is an int in Python; a parameter of one type never takes the other (a number takes a whole one).
+    if type(value) is not kind and not (kind is float and type(value) is int):
+        example = {str: '"text"', int: "3", float: "1.0", bool: "true"}[kind]
         raise ParamsError(f"{where}{name} must be {_type_name(kind)} (e.g. {name}: {example}), not "
                           f"{json.dumps(value)}.")
     if meta["choices"] and value not in meta["choices"]:
@@ -133,7 +136,7 @@ def _check_scalar(name: str, value: object, kind: type, meta: dict, where: str) 
         raise ParamsError(f"{where}{name} is {json.dumps(value)}: use up to 48 letters, digits, '.', '_' and '-', "
                           "starting with a letter or digit (no '..', spaces or path separators).")
     low, high = meta["low"], meta["high"]
-    if kind is int and ((low is not None and value < low) or (high is not None and value > high)):
+    if kind in (int, float) and ((low is not None and value < low) or (high is not None and value > high)):
         raise ParamsError(f"{where}{name} is {value}; it must be from {low} to {high}.")
 
 
@@ -273,7 +276,7 @@ def item_parser(name: str):
             raise ParamsError(f"{text!r} is not {_type_name(item)}") from None
         meta = {f.name: f for f in fields(RunParams)}[name].metadata
         low, high = meta["low"], meta["high"]
-        if item is int and ((low is not None and value < low) or (high is not None and value > high)):
+        if item in (int, float) and ((low is not None and value < low) or (high is not None and value > high)):
             raise ParamsError(f"{value} is out of range: use {low}..{high}")  # the CLI's wording for a range
         _check_scalar(name, value, item, meta, "")
         return value

@@ -187,8 +187,9 @@ def demo(out: str | os.PathLike[str] | None = None, *, model: str = "smollm2-135
         raise ParamsError(f"No demo model {model!r}; choose one of {list(DEMO_MODELS)}.")
     params: dict = {}
     if model != DEMO_MODELS[0]:
+        chosen = packaged.PACKAGED[model]
         params = {"model_dir": str(packaged.materialize(model)), "name_prefix": model.split("-")[0],
-                  "template": packaged.PACKAGED[model].template}
+                  "template": chosen.template, "repetition_penalty": chosen.repetition_penalty}
     default = "outputs/demo" if model == DEMO_MODELS[0] else f"outputs/demo-{model}"
     return run_pipeline(params, out or default, progress=progress)
 

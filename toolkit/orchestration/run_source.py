@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.domain import adapters, datasets, packaged, tools
+from toolkit.domain import adapters, datasets, options, packaged, tools
 from toolkit.domain.options import Precision
 from toolkit.domain.sources import bundled_model
 from toolkit.domain.templates import PromptTemplate
@@ -120,14 +120,19 @@ def control_name(run_dir: str | os.PathLike[str], prefix: str) -> str | None:
 
 
 def register_control(models_dir: str | os.PathLike[str], prefix: str, *, template: str = "auto",
-                     custom_template: PromptTemplate | None = None,
-                     cache: str | os.PathLike[str] | None = None) -> str | None:
-    """Register the control build as ``PREFIX-base`` (when the run made one) with the run's template; its name, else None."""
+                     custom_template: PromptTemplate | None = None, cache: str | os.PathLike[str] | None = None,
+                     repetition_penalty: float = options.REPETITION_PENALTY) -> str | None:
+    """Register the control build as ``PREFIX-base`` (when the run made one) with the run's template and penalty.
+
+    Returns:
+        Its registered name, or None when the run made no control build.
+    """
     folder = Path(models_dir) / CONTROL_DIR
     if not (folder / "genai_config.json").is_file():
         return None
     name = f"{prefix}-{CONTROL_SUFFIX}"
     # Only asked the domain cases: no thread probe needed.
     register.register(folder, name, template=template, custom_template=custom_template,
-                      model_config=register.ModelConfig(threads=None), cache=cache, force=True)
+                      model_config=register.ModelConfig(threads=None, repetition_penalty=repetition_penalty), cache=cache,
+                      force=True)
     return name

@@ -30,7 +30,7 @@ from toolkit.core.errors import (
     RegistrationError,
 )
 from toolkit.core.measure import timestamp
-from toolkit.domain import templates, tools
+from toolkit.domain import options, templates, tools
 from toolkit.domain.prompts import prompt_text
 from toolkit.domain.results.registration import registered_file
 from toolkit.runtimes import foundry, genai
@@ -143,7 +143,7 @@ class ModelConfig:
     max_length: int | None = None
     temperature: float = 0.7
     top_p: float = 0.9
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = options.REPETITION_PENALTY
     threads: int | str | None = AUTO_THREADS
 
     def search_options(self) -> dict:
