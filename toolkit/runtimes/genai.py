@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +179,68 @@ def load(model_dir: str | os.PathLike[str], threads: int = 0):
     return og.Model(config)
 
 
+@dataclass(frozen=True)
+class BenchJob:
+    """What the direct benchmark's child is asked (the ``bench`` task's payload).
+
+    Attributes:
+        model_dir: The ONNX model folder.
+        prompts: Prompts as token ids.
+        gen_lengths: Tokens to generate after each prompt, each length in turn.
+        repeats: Timed runs per prompt and length.
+        warmup: Untimed runs before them.
+        threads: ONNX Runtime intra-op threads (0: the runtime's default).
+    """
+
+    model_dir: str
+    prompts: tuple[tuple[int, ...], ...]
+    gen_lengths: tuple[int, ...]
+    repeats: int
+    warmup: int
+    threads: int = 0
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> BenchJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["model_dir"]), tuple(tuple(ids) for ids in data["prompts"]), tuple(data["gen_lengths"]),
+                   int(data["repeats"]), int(data["warmup"]), int(data.get("threads", 0)))
+
+
+@dataclass(frozen=True)
+class DirectBench:
+    """What the direct benchmark's child measured (the ``bench`` task's result).
+
+    Attributes:
+        load_s: Seconds to load the model.
+        load_rss_mib: Resident memory the load added, MiB.
+        peak_rss_mib: The child's peak resident memory, MiB.
+        runs: Timed runs, per prompt, per generation length (``runs[prompt][length]``).
+    """
+
+    load_s: float
+    load_rss_mib: float
+    peak_rss_mib: float
+    runs: tuple[tuple[tuple[TimedRun, ...], ...], ...]
+
+    def to_json(self) -> dict:
+        """The result as the child sends it."""
+        return {"load_s": self.load_s, "load_rss_mib": self.load_rss_mib, "peak_rss_mib": self.peak_rss_mib,
+                "runs": [[[asdict(run) for run in per_length] for per_length in per_prompt] for per_prompt in self.runs]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DirectBench:
+        """A result as :meth:`to_json` wrote it."""
+        runs = tuple(tuple(tuple(TimedRun.from_json(run) for run in per_length) for per_length in per_prompt)
+                     for per_prompt in data["runs"])
+        return cls(float(data["load_s"]), float(data["load_rss_mib"]), float(data["peak_rss_mib"]), runs)
+
+
 def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
-                warmup: int, threads: int = 0) -> dict:
+                warmup: int, threads: int = 0) -> DirectBench:
     """Time greedy generation of exactly each of ``gen_lengths`` tokens (EOS ignored) after each prompt of token ids.
 
     The method of ONNX Runtime GenAI's ``benchmark_e2e.py``: time to first token covers the
@@ -189,14 +249,14 @@ def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen
     child process so the peak RSS is this model's own.
 
     Returns:
-        ``{"load_s", "load_rss_mib", "peak_rss_mib", "runs": [[[run, ...] per generation length] per prompt]}``,
-        each run ``{"ttft_s", "total_s", "gen_tokens", "harness_s", "cpu_percent", "system_cpu_percent"}``.
+        The load's cost and every timed run (:class:`DirectBench`).
     """
     rss0, start = rss_mib(), time.perf_counter()
     model = load(model_dir, threads)
     load_s, load_rss = time.perf_counter() - start, rss_mib() - rss0
-    runs = [[time_generation(model, ids, gen, repeats, warmup) for gen in gen_lengths] for ids in prompts]
-    return {"load_s": load_s, "load_rss_mib": load_rss, "peak_rss_mib": peak_rss_mib(), "runs": runs}
+    runs = tuple(tuple(tuple(TimedRun.from_json(run) for run in time_generation(model, list(ids), gen, repeats, warmup))
+                       for gen in gen_lengths) for ids in prompts)
+    return DirectBench(load_s, load_rss, peak_rss_mib(), runs)
 
 
 def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup: int) -> list[dict]:
@@ -232,12 +292,11 @@ def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup
     return measured
 
 
-def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], text: str) -> list[dict]:
+def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], text: str) -> list[Agreement]:
     """Teacher-forced top-1 agreement, KL divergence and perplexity of each candidate against the reference.
 
     Returns:
-        One dict per candidate: ``model``, ``tokens``, ``top1_agreement``, ``kl_divergence``, ``perplexity``,
-        ``reference_perplexity``.
+        One :class:`Agreement` per candidate.
     """
     ids, ref = logits(reference_dir, text)
     ref_log = log_softmax(ref)
@@ -252,12 +311,12 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
         if not np.array_equal(cand_ids, ids):
             raise ValueError(f"{label} tokenizes the text differently from the reference")
         cand_log = log_softmax(cand)
-        rows.append({
-            "model": label, "tokens": len(ids),
-            "top1_agreement": round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 4),
-            "kl_divergence": round(float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1).mean()), 5),
-            "perplexity": round(perplexity(cand_log), 3), "reference_perplexity": round(perplexity(ref_log), 3),
-        })
+        rows.append(Agreement(
+            model=label, tokens=len(ids),
+            top1_agreement=round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 4),
+            kl_divergence=round(float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1).mean()), 5),
+            perplexity=round(perplexity(cand_log), 3), reference_perplexity=round(perplexity(ref_log), 3),
+        ))
     return rows
 
 
@@ -285,6 +344,16 @@ class Agreement:
     perplexity: float
     reference_perplexity: float
 
+    def to_json(self) -> dict:
+        """The record as the child sends it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Agreement:
+        """A record as :meth:`to_json` wrote it (unknown keys ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]],
               text: str | None = None) -> list[Agreement]:
@@ -302,7 +371,7 @@ def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str |
     payload = {"reference": str(Path(reference_dir).resolve()), "text": text or reference_text(),
                "candidates": {label: str(Path(folder).resolve()) for label, folder in candidates.items()}}
     rows = workers.run_worker(_MODULE, "compare", payload, name="agreement with FP32 (onnxruntime-genai)").result
-    return [Agreement(**row) for row in rows]
+    return [Agreement.from_json(row) for row in rows]
 
 
 def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]:
@@ -381,18 +450,18 @@ def read_bandwidths(threads: list[int]) -> dict[int, float]:
 
 
 def bench(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
-          warmup: int, threads: int = 0) -> dict:
+          warmup: int, threads: int = 0) -> DirectBench:
     """:func:`bench_model` in a child process of its own, so its peak RSS is this model's alone."""
-    payload = {"model_dir": str(model_dir), "prompts": prompts, "gen_lengths": list(gen_lengths),
-               "repeats": repeats, "warmup": warmup, "threads": threads}
-    return workers.run_worker(_MODULE, "bench", payload, name=f"direct benchmark of {Path(model_dir).name}").result
+    job = BenchJob(str(model_dir), tuple(tuple(ids) for ids in prompts), tuple(gen_lengths), repeats, warmup, threads)
+    result = workers.run_worker(_MODULE, "bench", job.to_json(), name=f"direct benchmark of {Path(model_dir).name}")
+    return DirectBench.from_json(result.result)
 
 
 if __name__ == "__main__":
     workers.serve({
-        "compare": lambda job, _emit: compare(job["reference"], job["candidates"], job["text"]),
+        "compare": lambda job, _emit: [a.to_json() for a in compare(job["reference"], job["candidates"], job["text"])],
         "decode": lambda job, _emit: {label: round(decode_tps(folder), 1) for label, folder in job["models"].items()},
-        "bench": lambda job, _emit: bench_model(**job),
+        "bench": lambda job, _emit: bench_model(**vars(BenchJob.from_json(job))).to_json(),
         "threads": lambda job, _emit: thread_probe(job["model_dir"], job["ids"], job["counts"]),
         "bandwidth": lambda job, _emit: {t: round(read_bandwidth(t), 2) for t in job["threads"]},
     })

@@ -116,10 +116,10 @@ def measure_direct(job: dict, prompt_lengths: Sequence[int], gen_lengths: Sequen
     """
     result = genai.bench(job["folder"], job["prompts"], list(gen_lengths), repeats, warmup, threads)
     rows = []
-    for length, ids, per_gen in zip(prompt_lengths, job["prompts"], result["runs"], strict=True):
+    for length, ids, per_gen in zip(prompt_lengths, job["prompts"], result.runs, strict=True):
         for gen, runs in zip(gen_lengths, per_gen, strict=True):
-            rows.append(_row(job, "ort-genai", length, gen, len(ids), runs, threads=threads, load_s=result["load_s"],
-                             load_rss_mib=result["load_rss_mib"], peak_rss_mib=result["peak_rss_mib"]))
+            rows.append(_row(job, "ort-genai", length, gen, len(ids), [asdict(run) for run in runs], threads=threads,
+                             load_s=result.load_s, load_rss_mib=result.load_rss_mib, peak_rss_mib=result.peak_rss_mib))
     return rows
 
 
