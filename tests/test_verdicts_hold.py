@@ -33,7 +33,7 @@ def test_a_statistic_within_its_spread_of_the_threshold_is_inconclusive() -> Non
 def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_a_comparison(tmp_path: Path) -> None:
     limits = E.Thresholds()
     fp32 = [(30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0)]
-    # INT4 adds 9.2 ms +- 3 ms where 9.2 are allowed (1.5 x 6 + 10% of 2 ms): it could land either side.
+    # INT4 adds 9.2 ms +- 3 ms where 9.2 are allowed (1.5 x 6 + 10% of 2 ms): a share of 1 +- 0.3, either side.
     int4 = [(2.0, 8.2), (2.0, 14.2), (2.0, 11.2), (2.0, 9.7), (2.0, 12.7)]
     check = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
     assert check.inconclusive and check.verdict == "inconclusive" and "inconclusive: rerun" in check.detail

@@ -14,6 +14,9 @@ Version history of ``test.json``:
    ``thresholds.leak_mb_per_100`` (MiB).
 3. the memory limit as ``thresholds.leak_mib_per_100`` (``_mib`` for memory, ``_mb`` only for
    10^6 bytes); a version-2 file's ``leak_mb_per_100`` still loads under the new name.
+4. the performance check's ``value`` is what a long input adds per output token as a share of
+   what it may add (unit ``ratio``, threshold 1), which a burst of load does not move; older files
+   keep their difference in ms (unit ``ms``, threshold 0), which their checks carry.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from enum import StrEnum
 from toolkit.domain.results import schema_version
 
 #: The version :meth:`ChecklistReport.to_json` writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Check(StrEnum):
@@ -64,8 +67,8 @@ class Unit(StrEnum):
 
     SHARE = "share"  # a fraction from 0 to 1 (a pass rate, a share of rules met, top-1 agreement)
     NATS = "nats"  # KL divergence
-    RATIO = "ratio"  # a figure over the reference's (perplexity)
-    MS = "ms"  # milliseconds per output token
+    RATIO = "ratio"  # a figure over its reference or allowance (perplexity; time a long input adds per token)
+    MS = "ms"  # milliseconds per output token (the performance check of a version-3 test.json or older)
     MIB_PER_100_REQUESTS = "MiB per 100 requests"  # RSS growth
     SECONDS = "s"
     NONE = ""  # nothing measured (a check that could not run)

@@ -16,8 +16,9 @@ The checks per registered model, each a :class:`CheckResult`:
    must grow in each of them (an arena grows in steps that level off).
 4. ``performance``: time per output token at a long input (1024 tokens, or half a smaller
    context: :data:`DECISIVE_LONG`) against a short one (64), judged against the FP32 build's measured interleaved in the same rounds
-   (:func:`run_checklists`), else against a stated factor; every model is timed as its
-   fixed-length registration, so each request generates the same number of tokens.
+   (:func:`run_checklists`), else against a stated factor; judged as a share of what the long input
+   may add, round by round, so a burst of load that slows a round moves neither side; every model
+   is timed as its fixed-length registration, so each request generates the same number of tokens.
 5. ``edge``: empty, whitespace, over-context, Unicode, control characters, special tokens,
    long histories, max tokens 0 and 1; valid input must be answered and invalid input refused
    with the toolkit's own error, in a child process with a timeout, so a crash or hang is
