@@ -58,6 +58,20 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
     assert row["change"] == "inconclusive, not counted" and row["b"] == "inconclusive: rerun"
 
 
+def test_a_burst_of_load_that_slows_whole_rounds_moves_neither_the_figure_nor_the_verdict() -> None:
+    limits = E.Thresholds()
+    fp32 = [(30.0, 36.0 * j) for j in (1.02, 0.98, 1.01, 0.99, 1.03, 0.97, 1.0)]
+    int4 = [(2.0, 9.0 * j) for j in (1.0, 0.97, 1.03, 0.99, 1.01, 0.98, 1.02)]  # adds 7 ms of the 9.2 allowed
+    quiet = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 1024))
+    # The same rounds while other processes took the cores: every request of a round k times slower.
+    loads = (1.0, 1.7, 2.6, 1.2, 3.1, 2.0, 1.0)
+    busy = E.performance_check("m-int4", [(s * k, l * k) for (s, l), k in zip(int4, loads, strict=True)], limits,
+                               ("m-fp32", [(s * k, l * k) for (s, l), k in zip(fp32, loads, strict=True)]), (64, 1024))
+    assert quiet.verdict == busy.verdict == "pass" and quiet.unit == busy.unit == "ratio"
+    assert busy.value == pytest.approx(quiet.value, abs=0.01) and busy.spread == pytest.approx(quiet.spread, abs=0.01)
+    assert busy.value + busy.spread < busy.threshold == 1.0
+
+
 def test_an_arena_that_grows_in_shrinking_steps_is_not_called_a_leak() -> None:
     """The FP32 flip of the issue: +43.65 MB per 100 requests, then +16.61 over 200 more, then flat."""
     limits = E.Thresholds()
