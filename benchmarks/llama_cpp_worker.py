@@ -13,7 +13,11 @@ library. Requests:
   exactly ``gen`` tokens (end of sequence ignored) after ``ids``, the method of the project's
   ``genai.time_generation``: the first token's time covers the prompt pass and choosing the
   token; each later token is one model step.
+* ``{"cmd": "probe", "model": GGUF}``: eight tokens through the model (a crash ends this process).
 * ``{"cmd": "info"}``: the versions and the system info llama.cpp reports.
+
+``SLMOPS_LLAMA_EXTRA_BUFTS=0`` loads models without llama.cpp's extra weight buffers (``use_extra_bufts``:
+the repacked and AMX layouts), for builds whose kernels for them crash on the machine.
 """
 
 from __future__ import annotations
@@ -32,12 +36,26 @@ def _import_llama_cpp():
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     import llama_cpp
+    import llama_cpp.llama_cpp
 
     return llama_cpp
 
 
 llama_cpp = _import_llama_cpp()
 MODELS: dict = {}
+_DEFAULT_MODEL_PARAMS = llama_cpp.llama_model_default_params
+#: llama.cpp's extra weight buffers (repacked and AMX layouts); the parent may turn them off where they crash.
+EXTRA_BUFTS = os.environ.get("SLMOPS_LLAMA_EXTRA_BUFTS", "1") != "0"
+
+
+def _model_params():
+    params = _DEFAULT_MODEL_PARAMS()
+    params.use_extra_bufts = EXTRA_BUFTS
+    return params
+
+
+# What llama_cpp.Llama calls: the function of the llama_cpp.llama_cpp module (the package re-exports it).
+llama_cpp.llama_cpp.llama_model_default_params = llama_cpp.llama_model_default_params = _model_params
 
 
 def _ftype(name: str) -> int:
@@ -98,12 +116,19 @@ def timed(job: dict) -> dict:
     return {"ttft_s": first - begin, "total_s": end - begin, "gen_tokens": produced}
 
 
+def probe(job: dict) -> dict:
+    """A few tokens through ``job["model"]``: where llama.cpp's kernels crash, this process dies and the parent sees it."""
+    llm = llama_cpp.Llama(model_path=job["model"], n_ctx=64, n_threads=int(job.get("threads", 2)), verbose=False)
+    llm.eval(list(range(1, 9)))
+    return {"extra_bufts": EXTRA_BUFTS}
+
+
 def info(_job: dict) -> dict:
-    return {"llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+    return {"llama_cpp_python": importlib.metadata.version("llama-cpp-python"), "extra_bufts": EXTRA_BUFTS,
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
 
 
-HANDLERS = {"quantize": quantize, "logits": logits, "load": load, "time": timed, "info": info}
+HANDLERS = {"quantize": quantize, "logits": logits, "load": load, "time": timed, "info": info, "probe": probe}
 
 
 def main() -> None:

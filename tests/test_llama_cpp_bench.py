@@ -46,13 +46,13 @@ def test_agreement_figures_match_the_projects_formula():
     ids = rng.integers(0, 7, size=12)
     reference = rng.standard_normal((12, 7))
     same = bench.agreement_figures(ids, reference, reference.astype(np.float32))
-    assert same["top1"] == 1.0 and same["kl"] == pytest.approx(0, abs=1e-5) and same["tokens"] == 12
+    assert same["top1_agreement"] == 1.0 and same["kl_divergence"] == pytest.approx(0, abs=1e-5) and same["tokens"] == 12
     shifted = bench.agreement_figures(ids, reference, reference + rng.standard_normal((12, 7)))
-    assert 0 <= shifted["top1"] < 1 and shifted["kl"] > 0
+    assert 0 <= shifted["top1_agreement"] < 1 and shifted["kl_divergence"] > 0
     # KL of two explicit distributions (the same at both positions): p = (0.5, 0.5), q = (0.25, 0.75).
     one = bench.agreement_figures(np.array([0, 1]), np.log([[0.5, 0.5]] * 2), np.log([[0.25, 0.75]] * 2))
     assert one["perplexity"] == pytest.approx(1 / 0.75, abs=1e-3)
-    assert one["kl"] == pytest.approx(round(0.5 * np.log(2) + 0.5 * np.log(0.5 / 0.75), 5))
+    assert one["kl_divergence"] == pytest.approx(round(0.5 * np.log(2) + 0.5 * np.log(0.5 / 0.75), 5))
     with pytest.raises(ValueError):
         bench.agreement_figures(ids, reference, reference[:, :6])
 
@@ -70,15 +70,15 @@ def test_builds_are_interleaved_and_the_order_reverses():
 
 ROWS = [
     {"build": "ours INT4 (builder default)", "kind": "int4", "engine": "onnxruntime-genai", "size_mb": 203.3,
-     "bpw": 12.09, "top1": 0.70, "kl": 0.4, "ttft_ms": 392.0, "decode_tps": 104.0},
+     "bpw": 12.09, "top1_agreement": 0.70, "kl_divergence": 0.4, "ttft_ms": 392.0, "decode_tps": 104.0},
     {"build": "ours recipe mixed", "kind": "int4", "engine": "onnxruntime-genai", "size_mb": 100.0, "bpw": 6.0,
-     "top1": 0.95, "kl": 0.05, "ttft_ms": None, "decode_tps": None},
+     "top1_agreement": 0.95, "kl_divergence": 0.05, "ttft_ms": None, "decode_tps": None},
     {"build": "ours INT8", "kind": "int8", "engine": "onnxruntime-genai", "size_mb": 151.0, "bpw": 9.14,
-     "top1": 0.97, "kl": 0.004, "ttft_ms": 485.0, "decode_tps": 78.5},
-    {"build": "llama.cpp Q4_0", "kind": "Q4_0", "engine": "llama.cpp", "size_mb": 92.0, "bpw": 5.46, "top1": 0.754,
-     "kl": 0.315, "ttft_ms": 274.0, "decode_tps": 112.0},
+     "top1_agreement": 0.97, "kl_divergence": 0.004, "ttft_ms": 485.0, "decode_tps": 78.5},
+    {"build": "llama.cpp Q4_0", "kind": "Q4_0", "engine": "llama.cpp", "size_mb": 92.0, "bpw": 5.46, "top1_agreement": 0.754,
+     "kl_divergence": 0.315, "ttft_ms": 274.0, "decode_tps": 112.0},
     {"build": "llama.cpp Q4_K_M", "kind": "Q4_K_M", "engine": "llama.cpp", "size_mb": 105.4, "bpw": 6.27,
-     "top1": 0.915, "kl": 0.061, "ttft_ms": 432.0, "decode_tps": 74.0},
+     "top1_agreement": 0.915, "kl_divergence": 0.061, "ttft_ms": 432.0, "decode_tps": 74.0},
 ]
 
 
