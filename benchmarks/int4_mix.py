@@ -62,11 +62,11 @@ def main() -> None:
         size = sum(f.stat().st_size for f in Path(folder).glob("model.onnx*"))
         a, b = ft[name], base.get(name)
         rows.append({"build": name, "bpw": round(size * 8 / params, 2), "size_mb": round(size / 1e6, 1),
-                     "top1": a.top1, "kl": a.kl, "kl_to_base": b.kl if b else None, "decode_tps": speeds[name],
-                     "perplexity": a.perplexity, "moved_toward_base": bool(b and b.kl < a.kl)})
+                     "top1_agreement": a.top1_agreement, "kl_divergence": a.kl_divergence, "kl_divergence_to_base": b.kl_divergence if b else None, "decode_tps": speeds[name],
+                     "perplexity": a.perplexity, "moved_toward_base": bool(b and b.kl_divergence < a.kl_divergence)})
         r = rows[-1]
-        print(f"| {name} | {r['bpw']:.2f} | {r['size_mb']:.1f} MB | {a.top1:.3f} | {a.kl:.4f} | "
-              f"{(f'{b.kl:.4f}' if b else '-')} | {speeds[name]:.0f} | {a.perplexity:.1f} |")
+        print(f"| {name} | {r['bpw']:.2f} | {r['size_mb']:.1f} MB | {a.top1_agreement:.3f} | {a.kl_divergence:.4f} | "
+              f"{(f'{b.kl_divergence:.4f}' if b else '-')} | {speeds[name]:.0f} | {a.perplexity:.1f} |")
     (args.out / "int4_mix.json").write_text(json.dumps(rows, indent=1))
 
 
