@@ -75,7 +75,7 @@ def test_olive_command_is_the_tutorials_method_1() -> None:
         ({"method": "optimum"}, InvalidOptionError, "method in"),
         ({"int4": {"block_size": 100}}, InvalidOptionError, "block_size"),
         ({"int4": {"accuracy_level": 9}}, InvalidOptionError, "accuracy_level"),
-        ({"int4": {"algorithm": "gptq"}}, InvalidOptionError, "hqq"),
+        ({"int4": {"algorithm": "awq"}}, InvalidOptionError, "hqq"),
         ({"int4": {"lm_head": "int2"}}, InvalidOptionError, "lm_head"),
         # The tiny model's hidden size is 64: a quantized table needs a block size dividing it.
         ({"int4": {"block_size": 128, "embeddings": "int4"}}, InvalidOptionError, r"\[16, 32, 64\]"),

@@ -301,7 +301,8 @@ def _int4_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS,
                    help="MatMul compute type: 4 int8 (default), 3 bf16, 2 fp16, 1 fp32, 0 unset")
     g.add_argument("--algorithm", choices=[a.value for a in Int4Algorithm],
-                   help="default (builder's min-max), rtn, k_quant, hqq (float zero points: accurate, slow on CPU)")
+                   help="default (builder's min-max), rtn, k_quant, hqq (float zero points: accurate, slow on CPU), "
+                        "gptq (calibrated on the bundled fine-tuning set, about a minute)")
     g.add_argument("--lm-head", choices=[t.value for t in TablePrecision], help="LM head precision (default int4)")
     g.add_argument("--embeddings", choices=[t.value for t in TablePrecision],
                    help="embedding table precision (default fp32); a tied model shares one table with the LM head "

@@ -54,13 +54,16 @@ class Int4Algorithm(StrEnum):
     ``default`` is the builder's (min-max, blockwise); ``rtn`` round-to-nearest; ``k_quant``
     llama.cpp-style k-quants; ``hqq`` half-quadratic quantization (asymmetric with float
     zero points: closest to the weights, but ONNX Runtime's CPU kernels run float zero
-    points on a slow path).
+    points on a slow path); ``gptq`` GPTQ (Frantar et al. 2022) calibrated on the fine-tune's
+    dataset, on the default's symmetric grid, so it runs on the same kernels at the same
+    size (see :mod:`toolkit.domain.gptq`).
     """
 
     DEFAULT = "default"
     RTN = "rtn"
     K_QUANT = "k_quant"
     HQQ = "hqq"
+    GPTQ = "gptq"
 
 
 class TablePrecision(StrEnum):
@@ -128,6 +131,8 @@ class Int4Options:
             raise InvalidOptionError("block_size", self.block_size, f"one of {BLOCK_SIZES}")
         if self.accuracy_level not in ACCURACY_LEVELS:
             raise InvalidOptionError("accuracy_level", self.accuracy_level, f"one of {ACCURACY_LEVELS}")
+        if self.algorithm is Int4Algorithm.GPTQ and not self.symmetric:
+            raise InvalidOptionError("symmetric", self.symmetric, "symmetric (True) with the gptq algorithm")
 
     @property
     def builder_native(self) -> bool:

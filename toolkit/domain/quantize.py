@@ -44,7 +44,8 @@ class QuantPlan:
 
     Attributes:
         bits: Bits of the transformer body's MatMul weights (4 or 8).
-        algorithm: ``default`` (min-max), ``rtn``, ``k_quant`` or ``hqq``.
+        algorithm: ``default`` (min-max), ``rtn``, ``k_quant``, ``hqq``, or ``gptq`` (calibrated on
+            ``calibration``, see :mod:`toolkit.domain.gptq`; symmetric, the default's grid and kernels).
         block_size: Weights per quantization block.
         symmetric: Symmetric quantization (no zero points); HQQ is always asymmetric.
         accuracy_level: MatMulNBits compute type (4 int8, 3 bf16, 2 fp16, 1 fp32, 0 unset).
@@ -55,6 +56,7 @@ class QuantPlan:
         mix: A named rule in :data:`MIXES` choosing MatMuls (or the value part of a fused
             ``qkv_proj``) that get ``mix_bits`` instead of ``bits``; empty for a uniform body.
         mix_bits: Bits of the MatMuls the mix chooses (8).
+        calibration: GPTQ's calibration dataset (a fine-tuning JSONL); empty for the bundled Veloria set.
     """
 
     bits: int = 4
@@ -67,6 +69,7 @@ class QuantPlan:
     lm_head_with_body: bool = False
     mix: str = ""
     mix_bits: int = 8
+    calibration: str = ""
 
 
 def use_more_bits(layer: int, layers: int) -> bool:
@@ -87,6 +90,7 @@ def use_more_bits(layer: int, layers: int) -> bool:
 MIXES: dict[str, dict[str, str]] = {
     "q4_k_m": {"v": "more-bits", "down": "more-bits"},  # llama.cpp's Q4_K_M choice of tensors
     "v-all-down-more-bits": {"v": "all", "down": "more-bits"},
+    "v-down-all": {"v": "all", "down": "all"},  # at block 64: 6.35 bits/weight, KL 0.176 (benchmarks/int4_gptq.py)
 }
 
 
@@ -275,8 +279,26 @@ ALIGN_ABOVE_BYTES = 2**20
 SLICEABLE = frozenset({"default", "rtn", "k_quant"})
 
 
-def _quantize_one(node, weight: np.ndarray, plan: QuantPlan, opsets) -> tuple[list, list]:
-    """Quantize one MatMul with ORT's quantizer; return its replacement nodes and initializers.
+def _gptq_one(node, weight: np.ndarray, plan: QuantPlan, hessian: np.ndarray) -> tuple[list, list]:
+    """One MatMul by GPTQ (:mod:`toolkit.domain.gptq`): a ``MatMulNBits`` with ORT's symmetric layout, no zero points."""
+    from onnx import helper, numpy_helper
+
+    from toolkit.domain import gptq
+
+    k, n = weight.shape
+    codes, scales = gptq.gptq(weight, hessian, plan.bits, plan.block_size)
+    base = node.input[1]
+    data, scale_name = f"{base}_Q{plan.bits}G{plan.block_size}", f"{base}_scales"
+    new = helper.make_node("MatMulNBits", [node.input[0], data, scale_name], list(node.output),
+                           name=f"{node.name}_Q{plan.bits}", domain="com.microsoft", K=k, N=n, bits=plan.bits,
+                           block_size=plan.block_size, accuracy_level=plan.accuracy_level)
+    return [new], [numpy_helper.from_array(gptq.pack(codes, plan.bits, plan.block_size), data),
+                   numpy_helper.from_array(scales.reshape(-1), scale_name)]
+
+
+def _quantize_one(node, weight: np.ndarray, plan: QuantPlan, opsets, hessian: np.ndarray | None = None,
+                  ) -> tuple[list, list]:
+    """Quantize one MatMul with ORT's quantizer (or GPTQ given its ``hessian``); return its replacement nodes and initializers.
 
     A large weight ``[K, N]`` is quantized in slices of output columns: MatMulNBits stores
     every input row-major by ``N`` (blocks run along ``K``), so the slices' tensors stack
@@ -284,6 +306,8 @@ def _quantize_one(node, weight: np.ndarray, plan: QuantPlan, opsets) -> tuple[li
     """
     from onnx import numpy_helper
 
+    if plan.algorithm == "gptq":
+        return _gptq_one(node, weight, plan, hessian)
     k, n = weight.shape
     step = max(1, min(n, CHUNK_BYTES // max(1, k * weight.itemsize)))
     if step >= n or plan.algorithm not in SLICEABLE:
@@ -321,13 +345,14 @@ def _quantize_slice(node, weight: np.ndarray, plan: QuantPlan, opsets) -> tuple[
 
 
 def _plan_with_bits(plan: QuantPlan, bits: int) -> QuantPlan:
-    """``plan`` for one MatMul at ``bits`` (RTN and k-quant are 4-bit only: 8 bits go through the default)."""
+    """``plan`` for one MatMul at ``bits`` (RTN and k-quant are 4-bit only: 8 bits go through the default; GPTQ does both)."""
     if bits == plan.bits:
         return plan
     return replace(plan, bits=bits, algorithm="default" if plan.algorithm in {"rtn", "k_quant"} else plan.algorithm)
 
 
-def _split_value(node, weight: np.ndarray, plan: QuantPlan, opsets, value_columns: int) -> tuple[list, list]:
+def _split_value(node, weight: np.ndarray, plan: QuantPlan, opsets, value_columns: int,
+                 hessian: np.ndarray | None = None) -> tuple[list, list]:
     """A fused ``qkv_proj`` as two MatMulNBits, query/key at ``plan.bits`` and value at ``plan.mix_bits``, concatenated."""
     from onnx import helper
 
@@ -339,7 +364,7 @@ def _split_value(node, weight: np.ndarray, plan: QuantPlan, opsets, value_column
         piece = helper.make_node("MatMul", [node.input[0], f"{node.input[1]}.{part}"], [f"{node.output[0]}.{part}"],
                                  name=name)
         done, new_inits = _quantize_one(piece, np.ascontiguousarray(weight[:, columns]),
-                                        _plan_with_bits(plan, bits), opsets)
+                                        _plan_with_bits(plan, bits), opsets, hessian)
         nodes += done
         inits += new_inits
         outputs.append(piece.output[0])
@@ -348,7 +373,18 @@ def _split_value(node, weight: np.ndarray, plan: QuantPlan, opsets, value_column
     return nodes, inits
 
 
-def _quantize_body(model, plan: QuantPlan, weights: _Weights) -> None:
+def _calibrate(source: Path, plan: QuantPlan, inputs: set[str]) -> dict[str, np.ndarray]:
+    """GPTQ's ``X^T X`` per MatMul input over the calibration set (none for the other algorithms)."""
+    if plan.algorithm != "gptq":
+        return {}
+    from toolkit.domain import gptq
+
+    sequences = gptq.calibration_ids(source.parent, plan.calibration or None)
+    sums, _ = gptq.hessians(source, sequences, inputs)
+    return sums
+
+
+def _quantize_body(model, plan: QuantPlan, weights: _Weights, source: Path) -> None:
     """MatMulNBits for every constant-weight MatMul (but the LM head unless ``lm_head_with_body``), one at a time.
 
     With a mix, the MatMuls it chooses get ``mix_bits``; a fused ``qkv_proj`` whose value
@@ -365,15 +401,20 @@ def _quantize_body(model, plan: QuantPlan, weights: _Weights) -> None:
     matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in inits
                and (node.name != LM_HEAD or plan.lm_head_with_body)]
     layers = 1 + max((int(m.group(1)) for node in matmuls if (m := _LAYER.search(node.name))), default=0)
-    for node in tqdm(matmuls, desc=f"quantize int{plan.bits}", unit="matmul", mininterval=5):
+    hessians = _calibrate(source, plan, {node.input[0] for node in matmuls})
+    last_reader = {node.input[0]: index for index, node in enumerate(matmuls)}
+    for index, node in enumerate(tqdm(matmuls, desc=f"quantize int{plan.bits}", unit="matmul", mininterval=5)):
         weight = weights.read(inits[node.input[1]])
         bits = mixed_bits(node.name, plan, layers) if plan.mix else plan.bits
+        # MatMuls reading one input (qkv, gate/up) share its Hessian; it is freed after the last of them.
+        hessian = (hessians.pop if last_reader[node.input[0]] == index else hessians.get)(node.input[0], None)
         if bits != plan.bits and "/qkv_proj/" in node.name:
             hidden = weight.shape[0]
             replacement, new_inits = _split_value(node, weight, plan, model.opset_import,
-                                                  _value_columns(weights.source_dir, weight.shape[1], hidden))
+                                                  _value_columns(weights.source_dir, weight.shape[1], hidden), hessian)
         else:
-            replacement, new_inits = _quantize_one(node, weight, _plan_with_bits(plan, bits), model.opset_import)
+            replacement, new_inits = _quantize_one(node, weight, _plan_with_bits(plan, bits), model.opset_import,
+                                                   hessian)
         del weight
         for init in new_inits:
             weights.store(init)
@@ -500,7 +541,7 @@ def quantize(source: Path, target: Path, plan: QuantPlan) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     weights = _Weights(source.parent, target.parent / f"{target.name}.data")
     try:
-        _quantize_body(model, plan, weights)
+        _quantize_body(model, plan, weights, source)
         _quantized_lm_head_and_table(model, plan, weights)
         for init in model.graph.initializer:  # the rest (norms, biases, new tables) follow, one at a time
             if init.name in weights.stored:
