@@ -5,7 +5,7 @@ and precision:
 
 * ``direct builder``: ``python -m onnxruntime_genai.models.builder`` with exactly the
   arguments our builder route passes (the baseline);
-* ``slmops builder``: :func:`toolkit.stages.convert.convert` with ``method=builder``, end to end
+* ``slmops builder``: :func:`slmops.toolkit.stages.convert.convert` with ``method=builder``, end to end
   (validation, fingerprint, manifest, atomic move included);
 * ``slmops olive`` / ``slmops olive-config``: the two Olive routes, end to end;
 * ``direct olive``: ``python -m olive auto-opt ... --disable_telemetry`` as Olive
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.core import settings, workers
-from toolkit.stages import convert as C
+from slmops.toolkit.core import settings, workers
+from slmops.toolkit.stages import convert as C
 
 ROUTES = ("direct builder", "slmops builder", "direct olive", "slmops olive", "slmops olive-config")
 
@@ -44,7 +44,7 @@ def _timed(fn) -> float:
 
 def _without_launcher(command: list[str]) -> list[str]:
     """``python -m MODULE ...`` itself, without the toolkit's child launcher in between."""
-    assert command[1:3] == ["-m", "toolkit.core.workers"]
+    assert command[1:3] == ["-m", "slmops.toolkit.core.workers"]
     return [command[0], "-m", *command[3:]]
 
 
@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="slmops-bench-convert-") as tmp:
         work = Path(tmp)
         if args.model == "tiny":
-            from toolkit.domain.sources import make_tiny_model
+            from slmops.toolkit.domain.sources import make_tiny_model
 
             model = make_tiny_model(work / "tiny")
         elif args.model == "bundled":
-            from toolkit.domain.sources import bundled_model
+            from slmops.toolkit.domain.sources import bundled_model
 
             model = bundled_model()
         else:

@@ -6,7 +6,7 @@ generation runs with ``min_length = max_length = prompt + generated`` (EOS ignor
 first ``generate_next_token`` after the prompt is the prompt-processing time; every later
 call is timed on its own, and token generation throughput is one over their mean. This
 script measures that way, independently of the toolkit's code, and then runs
-``toolkit.stages.bench.bench`` on the same registered models with the same prompt and generation
+``slmops.toolkit.stages.bench.bench`` on the same registered models with the same prompt and generation
 lengths. The two alternate, model by model, for several rounds, and each figure is the
 median over rounds, so a noisy moment on a shared machine hits both alike and does not
 decide the verdict. A paired check then runs the method and the toolkit's direct-engine
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from toolkit.domain.results.bench import TimedRun
+from slmops.toolkit.domain.results.bench import TimedRun
 
 TOLERANCE = 0.10
 
@@ -90,7 +90,7 @@ def paired(folder: str, prompt_length: int, gen_length: int, pairs: int) -> dict
     """
     import onnxruntime_genai as og
 
-    from toolkit.runtimes.genai import time_generation
+    from slmops.toolkit.runtimes.genai import time_generation
 
     model = og.Model(folder)
     tokens = _method_prompt(og, model, og.Tokenizer(model), prompt_length)
@@ -128,8 +128,8 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from toolkit.runtimes.foundry import models_root
-    from toolkit.stages import bench
+    from slmops.toolkit.runtimes.foundry import models_root
+    from slmops.toolkit.stages import bench
 
     print(f"{'model':<14} {'prompt':>6} {'method':>8} {'foundry':>8} {'direct':>8} {'f/method':>9} {'d/method':>9}"
           f"  prefill method/direct   (medians of {args.rounds} rounds)")

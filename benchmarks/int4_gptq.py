@@ -1,9 +1,9 @@
 """GPTQ-calibrated INT4 recipes against round-to-nearest at the same plans, on the demo's fine-tune (issue 25).
 
 Each variant is built from the fine-tuned FP32 ONNX build with the project's quantizer
-(:func:`toolkit.domain.quantize.quantize`; ``algorithm="gptq"`` is calibrated on the bundled
-Veloria set, see :mod:`toolkit.domain.gptq`) and measured with the same metric code as
-``slmops recipes`` (:func:`toolkit.runtimes.genai.agreement` on the bundled reference text):
+(:func:`slmops.toolkit.domain.quantize.quantize`; ``algorithm="gptq"`` is calibrated on the bundled
+Veloria set, see :mod:`slmops.toolkit.domain.gptq`) and measured with the same metric code as
+``slmops recipes`` (:func:`slmops.toolkit.runtimes.genai.agreement` on the bundled reference text):
 bits per weight (model files x 8 / parameters), size, top-1 and KL against the fine-tuned FP32,
 KL against the base's FP32, decode tokens/s against the builder's INT4 in the same run, and
 the build time.
@@ -22,8 +22,8 @@ import shutil
 import time
 from pathlib import Path
 
-from toolkit.domain.quantize import QuantPlan, quantize
-from toolkit.runtimes import genai
+from slmops.toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.runtimes import genai
 
 README = str(Path(__file__).resolve().parents[1] / "outputs" / "calibration-readme.txt")
 TABLE8 = {"lm_head_bits": 8, "embedding_bits": 8}

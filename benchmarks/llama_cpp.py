@@ -7,11 +7,11 @@ quantizer (Q4_0, Q4_K_M, Q5_K_M, Q8_0)? For each build it prints, in one table:
 * size (MB) and bits per weight (the model files' bytes x 8 / the Hugging Face model's parameters);
 * top-1 agreement and KL divergence (nats) against OUR FP32 build's logits, teacher-forced on the
   same token ids: the bundled reference text, tokenized by the FP32 build as ``slmops recipes``
-  does. Ours through the project's own code (:func:`toolkit.runtimes.genai.agreement`); llama.cpp's
+  does. Ours through the project's own code (:func:`slmops.toolkit.runtimes.genai.agreement`); llama.cpp's
   logits (``logits_all``, one prompt pass) through ``llama-cpp-python`` on those ids, then the same
   formula (checked here against the project's figures for our builds);
 * first-token time (ms) at 128 prompt tokens and decode tokens/s at 128 generated tokens, greedy,
-  2 threads: ours through ONNX Runtime GenAI directly (:func:`toolkit.runtimes.genai.time_generation`),
+  2 threads: ours through ONNX Runtime GenAI directly (:func:`slmops.toolkit.runtimes.genai.time_generation`),
   llama.cpp through ``llama-cpp-python``, measured alternately (every repeat runs each build once,
   ours and llama.cpp's interleaved, the order reversed every repeat; medians), so machine load
   hits both alike.
@@ -33,7 +33,7 @@ process of the project's Python (which has both) with the converter's own vendor
 
 Inputs: the demo's builds (``make demo``: ``outputs/demo/models/fp32``, ``int8``, ``int4`` and
 ``recipes/*``) and the FP32 merged fine-tune they were built from (their manifest's
-``source_path``; else ``toolkit.domain.adapters.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``).
+``source_path``; else ``slmops.toolkit.domain.adapters.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``).
 GGUF files are kept in ``--out`` and reused.
 """
 
@@ -92,9 +92,9 @@ def bits_per_weight(size_bytes: int, parameters: int) -> float:
 def agreement_figures(ids: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> dict:
     """Top-1 agreement, KL divergence (reference || candidate, nats) and perplexity, as ``slmops recipes`` computes them.
 
-    The formula and rounding of :func:`toolkit.runtimes.genai.compare`, on logits ``[T, vocab]`` of the same ids.
+    The formula and rounding of :func:`slmops.toolkit.runtimes.genai.compare`, on logits ``[T, vocab]`` of the same ids.
     """
-    from toolkit.domain.parity import log_softmax
+    from slmops.toolkit.domain.parity import log_softmax
 
     if reference.shape != candidate.shape:
         raise ValueError(f"logits of shape {candidate.shape} against the reference's {reference.shape}")
@@ -109,7 +109,7 @@ def agreement_figures(ids: np.ndarray, reference: np.ndarray, candidate: np.ndar
 
 def summarize_runs(runs: list[dict]) -> dict:
     """Median first-token time (ms) and decode tokens/s of timed runs (``ttft_s``, ``total_s``, ``gen_tokens``)."""
-    from toolkit.domain.results.bench import TimedRun
+    from slmops.toolkit.domain.results.bench import TimedRun
 
     timed = [TimedRun(ttft_s=r["ttft_s"], total_s=r["total_s"], gen_tokens=r["gen_tokens"]) for r in runs]
     return {"ttft_ms": round(statistics.median(r.ttft_s * 1000 for r in timed), 1),
@@ -323,9 +323,9 @@ def hf_source(fp32: Path, given: Path | None) -> Path:
         source = json.loads(manifest.read_text()).get("source_path")
         if source and Path(source, "config.json").is_file():
             return Path(source)
-    from toolkit.domain.adapters import inspect_adapter, merge
-    from toolkit.domain.sources import bundled_model
-    from toolkit.stages.finetune import bundled_adapter
+    from slmops.toolkit.domain.adapters import inspect_adapter, merge
+    from slmops.toolkit.domain.sources import bundled_model
+    from slmops.toolkit.stages.finetune import bundled_adapter
 
     return merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))
 
@@ -372,7 +372,7 @@ def main() -> None:
                              "unless a probe crashes")
     args = parser.parse_args()
 
-    from toolkit.core import settings
+    from slmops.toolkit.core import settings
 
     venv = args.llama_venv or settings.home() / "llama-cpp-venv"
     src = args.llama_src or settings.home() / "llama-cpp-src"
@@ -385,8 +385,8 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from toolkit.domain.prompts import prompt_text, reference_text
-    from toolkit.runtimes import genai
+    from slmops.toolkit.domain.prompts import prompt_text, reference_text
+    from slmops.toolkit.runtimes import genai
 
     ours = our_builds(args.models, {n for n in args.untimed.split(",") if n})
     fp32 = next((Path(r["folder"]) for r in ours if r["kind"] == "fp32"), None)

@@ -33,13 +33,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.core import workers
-from toolkit.core.measure import available_mb
-from toolkit.domain import memory
-from toolkit.domain.options import Method, Precision
-from toolkit.domain.sources import inspect_source, make_shaped_model
-from toolkit.stages import bench, convert
-from toolkit.stages import register as R
+from slmops.toolkit.core import workers
+from slmops.toolkit.core.measure import available_mb
+from slmops.toolkit.domain import memory
+from slmops.toolkit.domain.options import Method, Precision
+from slmops.toolkit.domain.sources import inspect_source, make_shaped_model
+from slmops.toolkit.stages import bench, convert
+from slmops.toolkit.stages import register as R
 
 #: Published configurations (config.json fields that set the shapes).
 SHAPES: dict[str, dict] = {

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.stages import serve
+from slmops.toolkit.stages import serve
 
 PROMPTS = ("Name a colour.", "Say hello in French.", "What is two plus two?", "Name a planet.",
            "Give me a fruit.", "Name an ocean.", "Say something kind.", "Name a tree.")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.stages import bench
-from toolkit.stages import register as R
+from slmops.toolkit.stages import bench
+from slmops.toolkit.stages import register as R
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """How far the performance check's verdict lies from its threshold, by two statistics on the same rounds (issue 29).
 
 The checklist's performance check times every model and its FP32 reference in interleaved
-rounds (:func:`toolkit.stages.checklist.timing.performance_checks`). This benchmark runs it on
+rounds (:func:`slmops.toolkit.stages.checklist.timing.performance_checks`). This benchmark runs it on
 registered builds, quiet and with a process that burns one core in bursts (2.5 s on, 2 s off:
 another job on a shared machine), and judges the same rounds two ways:
 
@@ -22,9 +22,9 @@ import json
 import multiprocessing
 import time
 
-from toolkit.domain.results.checklist import Thresholds
-from toolkit.stages.checklist import timing
-from toolkit.stages.checklist.statistics import decide
+from slmops.toolkit.domain.results.checklist import Thresholds
+from slmops.toolkit.stages.checklist import timing
+from slmops.toolkit.stages.checklist.statistics import decide
 
 
 def _burn(stop: multiprocessing.synchronize.Event) -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import nbformat as nbf
 
-from toolkit.domain.params import CompareParams, parameters_cell
+from slmops.toolkit.domain.params import CompareParams, parameters_cell
 
 # One source: the parameter model (toolkit/domain/params.py) writes the parameters cell.
 PARAMS = parameters_cell()
@@ -28,12 +28,12 @@ books = {
 
 from IPython.display import Markdown, display
 
-from toolkit.domain import options
-from toolkit.orchestration import recipes as int4_recipes
-from toolkit.orchestration import run_source
-from toolkit.presentation import plots, report
-from toolkit.stages import convert
-from widgets import ModelPicker, PrecisionPicker, RunPanel
+from slmops.toolkit.domain import options
+from slmops.toolkit.orchestration import recipes as int4_recipes
+from slmops.toolkit.orchestration import run_source
+from slmops.toolkit.presentation import plots, report
+from slmops.toolkit.stages import convert
+from slmops.widgets import ModelPicker, PrecisionPicker, RunPanel
 
 # The model, or its LoRA fine-tune: the demo trains one on the bundled Veloria dataset (once, about 35 s).
 source = run_source.prepare(model_dir, adapter, finetune, cases, run_dir)
@@ -94,11 +94,11 @@ else:
 
 from IPython.display import HTML, display
 
-from toolkit import endpoint as serve
-from toolkit.orchestration import run_source
-from toolkit.presentation import report
-from toolkit.stages import register
-from widgets import ChatBox, TemplatePicker
+from slmops.toolkit import endpoint as serve
+from slmops.toolkit.orchestration import run_source
+from slmops.toolkit.presentation import report
+from slmops.toolkit.stages import register
+from slmops.widgets import ChatBox, TemplatePicker
 
 models = Path(run_dir) / "models"
 picker = TemplatePicker(template, model_dir=models / precisions[0])
@@ -169,11 +169,11 @@ else:
  "with a recorded seed keeps results repeatable.",
  ['''from pathlib import Path
 
-from toolkit.domain.results.registration import read_registered, reference_of
-from toolkit.orchestration import run_source
-from toolkit.presentation import checklist as tables
-from toolkit.presentation import plots, report
-from toolkit.stages import checklist as evaluate
+from slmops.toolkit.domain.results.registration import read_registered, reference_of
+from slmops.toolkit.orchestration import run_source
+from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.presentation import plots, report
+from slmops.toolkit.stages import checklist as evaluate
 
 # The models notebook 02 registered (whatever precisions notebook 01's picker converted), and the FP32 one.
 registered = read_registered(Path(run_dir) / "registered.json")
@@ -212,12 +212,12 @@ each model's perplexity.''',
 
 from IPython.display import Markdown, display
 
-from toolkit.domain.results.bench import rows_of as bench_rows
-from toolkit.domain.results.registration import read_registered
-from toolkit.presentation import bench as bench_text
-from toolkit.presentation import compare, plots, report
-from toolkit.stages import bench, checklist
-from widgets import RunPanel
+from slmops.toolkit.domain.results.bench import rows_of as bench_rows
+from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import compare, plots, report
+from slmops.toolkit.stages import bench, checklist
+from slmops.widgets import RunPanel
 
 names = [m.name for m in read_registered(Path(run_dir) / "registered.json")]  # the models notebook 02 registered
 quality = checklist.read_report(Path(run_dir) / "test.json")
@@ -261,7 +261,7 @@ Decode reads every weight once per token, so measured memory bandwidth / model s
  "never called a regression. `slmops compare RUN_A RUN_B` does the same from a shell and exits 1 on a regression.",
  ['''from IPython.display import Markdown, display
 
-from toolkit.presentation import compare, report
+from slmops.toolkit.presentation import compare, report
 
 result = compare.compare_runs(compare.load_run(run_a), compare.load_run(run_b))
 page = compare.write_comparison(result, out_dir)

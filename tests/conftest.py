@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core import settings
+from slmops.toolkit.core import settings
 
 #: The fast tier (``make test-fast``, ``pytest -m "not slow"``) leaves out every test that converts,
 #: fine-tunes, registers or loads a real model, starts a cluster, a browser or a venv: those using
@@ -97,14 +97,14 @@ def cache(_isolated_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.domain.sources import make_tiny_model
+    from slmops.toolkit.domain.sources import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
 @pytest.fixture(scope="session")
 def tiny_int4(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 
     out = tmp_path_factory.mktemp("converted") / "int4"
     return convert(ConvertSpec(tiny_model, out, Precision.INT4), progress=False).output_dir
@@ -112,7 +112,7 @@ def tiny_int4(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def bundled() -> Path:
-    from toolkit.domain.sources import bundled_model
+    from slmops.toolkit.domain.sources import bundled_model
 
     return bundled_model()
 
@@ -126,7 +126,7 @@ TINY_SWEEP = ("name_prefix: tinysweep\nprecisions: [int4]\ncompare_recipes: fals
 @pytest.fixture(scope="session")
 def tiny_sweep(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str, str]:
     """``slmops run --params sweep.yaml --out DIR`` run serially: ``(params file, DIR, stdout, stderr)``."""
-    from toolkit import cli
+    from slmops.toolkit import cli
 
     work = tmp_path_factory.mktemp("sweep")
     params = work / "sweep.yaml"

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import settings
+from slmops.toolkit.core import settings
 
 ANSWER = "Hello there"
 _CORPUS = ("Hello there friend. The quick brown fox jumps over the lazy dog. Hello there again. "

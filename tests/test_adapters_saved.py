@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from test_checkpoint_forms import as_bin, bnb_4bit_tensors
 
-from toolkit import cli
-from toolkit.core.errors import InputError
-from toolkit.domain import adapters
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import adapters
 
 ADDED = ["<|tool|>", "<|end_turn|>"]
 #: A template unlike the base's ChatML, as a fine-tune might bring its own.

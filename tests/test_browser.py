@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core import settings
+from slmops.toolkit.core import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import cli
-from toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
-from toolkit.domain import sources as S
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
+from slmops.toolkit.domain import sources as S
 
 
 def as_bin(model: Path, target: Path, *, shards: int = 1) -> Path:

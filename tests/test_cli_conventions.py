@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import cli
-from toolkit.cli import common, models, pipeline, runs
-from toolkit.core.errors import ParamsError
-from toolkit.domain import params as run_params
+from slmops.toolkit import cli
+from slmops.toolkit.cli import common, models, pipeline, runs
+from slmops.toolkit.core.errors import ParamsError
+from slmops.toolkit.domain import params as run_params
 
 SLMOPS = str(Path(sys.executable).parent / "slmops")
 
@@ -96,7 +96,7 @@ def test_global_flags_work_after_the_subcommand(monkeypatch: pytest.MonkeyPatch,
 def test_quiet_and_verbose_set_what_the_library_logs(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     def chatty(_args: object) -> int:
-        log = logging.getLogger("toolkit.orchestration.pipeline")
+        log = logging.getLogger("slmops.toolkit.orchestration.pipeline")
         log.debug("a debug line")
         log.info("[1/4] convert and quantize: ok in 1 s")
         log.warning("a warning")

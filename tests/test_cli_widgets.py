@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import cli
-from toolkit.domain.options import INT4_RECIPES, Int4Algorithm, Int4Options, Precision, TablePrecision
-from toolkit.domain.templates import Template
-from widgets import ModelChoice, ModelPicker, PrecisionPicker, RunPanel, TemplatePicker
+from slmops.toolkit import cli
+from slmops.toolkit.domain.options import INT4_RECIPES, Int4Algorithm, Int4Options, Precision, TablePrecision
+from slmops.toolkit.domain.templates import Template
+from slmops.widgets import ModelChoice, ModelPicker, PrecisionPicker, RunPanel, TemplatePicker
 
 COMMANDS = ["demo", "run", "report", "convert", "recipes", "register", "rm", "ls", "chat", "test", "bench", "doctor",
             "bundled"]
@@ -47,7 +47,7 @@ def test_cli_convert_register_ls_doctor(tiny_model: Path, tmp_path: Path, capsys
     assert "tiny-cli:1" in listing and "int4" in listing
     assert cli.main(["doctor", str(out.parent.parent / "nope")]) == 1
     assert "FAIL  folder" in capsys.readouterr().out
-    from toolkit.runtimes.foundry import models_root
+    from slmops.toolkit.runtimes.foundry import models_root
 
     assert cli.main(["doctor", str(models_root() / "tiny-cli")]) == 0
     assert "FAIL" not in capsys.readouterr().out
@@ -82,7 +82,7 @@ def test_template_picker_previews_the_prompt() -> None:
 
 
 def test_template_picker_edits_become_a_custom_template(tiny_model: Path) -> None:
-    from toolkit.domain.templates import PRESETS, PromptTemplate
+    from slmops.toolkit.domain.templates import PRESETS, PromptTemplate
 
     picker = TemplatePicker("auto", model_dir=tiny_model)
     assert picker._fields["user"].value == PRESETS[Template.CHATML].user  # derived from the model
@@ -102,8 +102,8 @@ def test_template_picker_edits_become_a_custom_template(tiny_model: Path) -> Non
 
 
 def test_cli_register_custom_file_and_rm(tiny_int4: Path, tmp_path: Path, capsys) -> None:
-    from toolkit.runtimes.foundry import models_root
-    from toolkit.stages.register import list_models
+    from slmops.toolkit.runtimes.foundry import models_root
+    from slmops.toolkit.stages.register import list_models
 
     strings = tmp_path / "t.json"
     strings.write_text('{"system": "S:{Content}\\n", "user": "U:{Content}\\n", "assistant": "A:{Content}\\n", '
@@ -150,7 +150,7 @@ def test_model_picker_checks_the_folder_as_it_is_typed(tiny_model: Path, tmp_pat
 
 
 def test_run_panel_runs_shows_and_reports_errors(capsys) -> None:
-    from toolkit.core.errors import InvalidOptionError
+    from slmops.toolkit.core.errors import InvalidOptionError
 
     shown = []
     panel = RunPanel("stage", lambda: 41 + 1, show=shown.append, interactive=False)

@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from toolkit import cli
-from toolkit.core.errors import InputError
-from toolkit.orchestration import cluster, pipeline
-from toolkit.presentation import compare
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.orchestration import cluster, pipeline
+from slmops.toolkit.presentation import compare
 
 
 def test_ray_needs_a_sweep_and_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

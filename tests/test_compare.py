@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import cli
-from toolkit.domain import provenance
-from toolkit.domain.params import RunParams
-from toolkit.domain.results.checklist import (
+from slmops.toolkit import cli
+from slmops.toolkit.domain import provenance
+from slmops.toolkit.domain.params import RunParams
+from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
     ChecklistReport,
@@ -23,9 +23,9 @@ from toolkit.domain.results.checklist import (
     Verdict,
     verdict_of,
 )
-from toolkit.domain.results.registration import read_registered, registered_file
-from toolkit.presentation import compare
-from toolkit.stages.checklist import quality_checks
+from slmops.toolkit.domain.results.registration import read_registered, registered_file
+from slmops.toolkit.presentation import compare
+from slmops.toolkit.stages.checklist import quality_checks
 
 
 def bench_row(precision: str, decode: float, sd: float, ttft: float, *, noisy: bool = False) -> dict:
@@ -158,7 +158,7 @@ def test_recommend_names_the_smallest_passing_precision_and_why_the_others_lost(
 
 
 def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
-    from toolkit.presentation import report
+    from slmops.toolkit.presentation import report
 
     run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
     bench_json = {"metadata": {"memory_bandwidth_gbs": 40.0}, "noisy": ["a", "b"],
@@ -180,10 +180,10 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
 
 
 def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:
-    from toolkit.domain.results import ResultVersionError
-    from toolkit.presentation import checklist as tables
-    from toolkit.presentation import report
-    from toolkit.stages.checklist import read_report
+    from slmops.toolkit.domain.results import ResultVersionError
+    from slmops.toolkit.presentation import checklist as tables
+    from slmops.toolkit.presentation import report
+    from slmops.toolkit.stages.checklist import read_report
 
     run = write_run(tmp_path / "old", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
     # test.json as the toolkit wrote it before schema_version: every figure inside a sentence.
@@ -220,11 +220,11 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
 
 def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_renders(tmp_path: Path) -> None:
     """Memory under ``_mb`` names (manifest version 2, test.json version 2) and ``top1``/``kl`` (recipes.json version 1)."""
-    from toolkit.domain.results import ResultVersionError
-    from toolkit.domain.results.conversion import read_conversions
-    from toolkit.domain.results.recipes import read_recipes
-    from toolkit.presentation import report
-    from toolkit.stages.checklist import read_report
+    from slmops.toolkit.domain.results import ResultVersionError
+    from slmops.toolkit.domain.results.conversion import read_conversions
+    from slmops.toolkit.domain.results.recipes import read_recipes
+    from slmops.toolkit.presentation import report
+    from slmops.toolkit.stages.checklist import read_report
 
     run = write_run(tmp_path / "old", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     (run / "bench.json").unlink()  # this fixture's is too thin for the page's tables
@@ -273,7 +273,7 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
 
 
 def test_the_report_keeps_the_versions_the_run_ran_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from toolkit.presentation import report
+    from slmops.toolkit.presentation import report
 
     run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0,
                     record={"versions": {"onnxruntime": "1.0.0"}})

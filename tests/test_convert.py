@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core import workers
-from toolkit.core.errors import (
+from slmops.toolkit.core import workers
+from slmops.toolkit.core.errors import (
     InsufficientMemoryError,
     InvalidOptionError,
     ModelFolderError,
     ToolFailedError,
     UnsupportedArchitectureError,
 )
-from toolkit.domain.options import INT4_RECIPES
-from toolkit.orchestration import recipes
-from toolkit.runtimes import genai
-from toolkit.stages import convert as C
+from slmops.toolkit.domain.options import INT4_RECIPES
+from slmops.toolkit.orchestration import recipes
+from slmops.toolkit.runtimes import genai
+from slmops.toolkit.stages import convert as C
 
 
 def spec(model: Path, out: Path, **kw) -> C.ConvertSpec:
@@ -29,7 +29,7 @@ def spec(model: Path, out: Path, **kw) -> C.ConvertSpec:
 def test_builder_int4_is_a_lean_fp32_export_then_the_quantizer_with_its_options(tmp_path: Path) -> None:
     s = spec(Path("m"), Path("o"), int4=C.Int4Options(block_size=128, symmetric=False, accuracy_level=1))
     command = C.builder_command(s, tmp_path / "o", tmp_path / "c")
-    assert command[2:4] == ["toolkit.core.workers", "toolkit.runtimes.genai_builder"]
+    assert command[2:4] == ["slmops.toolkit.core.workers", "slmops.toolkit.runtimes.genai_builder"]
     assert command[command.index("-p") + 1] == "fp32"
     assert command[command.index("-e") + 1] == "cpu"
     assert "hf_remote=false" in command[command.index("--extra_options") + 1:]
@@ -60,7 +60,7 @@ def test_olive_config_follows_the_tutorial(tmp_path: Path) -> None:
 def test_olive_command_is_the_tutorials_method_1() -> None:
     command = C.olive_command(spec(Path("/m"), Path("o"), method=C.Method.OLIVE), Path("/o"))
     # Olive's CLI through our launcher: telemetry off from the start
-    assert command[2:5] == ["toolkit.core.workers", "toolkit.runtimes.olive_cli", "auto-opt"]
+    assert command[2:5] == ["slmops.toolkit.core.workers", "slmops.toolkit.runtimes.olive_cli", "auto-opt"]
     for flag, value in [("--model_name_or_path", "/m"), ("--device", "cpu"),
                         ("--provider", "CPUExecutionProvider"), ("--precision", "int4"), ("--output_path", "/o")]:
         assert command[command.index(flag) + 1] == value
@@ -120,7 +120,7 @@ def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
 def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
     import numpy as np
 
-    from toolkit.domain.quantize import quantize_table
+    from slmops.toolkit.domain.quantize import quantize_table
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(6, 64)).astype(np.float32)
@@ -227,7 +227,7 @@ def test_builder_route_int4_equals_the_builders_own_int4(tmp_path: Path, tied: b
     """The lean path (FP32 export, then ORT's quantizer one MatMul at a time) writes the builder's INT4 exactly."""
     import numpy as np
 
-    from toolkit.domain.sources import make_tiny_model
+    from slmops.toolkit.domain.sources import make_tiny_model
 
     model = make_tiny_model(tmp_path / "m", tie_embeddings=tied, seed=3)
     ours = C.convert(spec(model, tmp_path / "ours"), progress=False).output_dir
@@ -247,7 +247,7 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
     import onnx
     from onnx import helper, numpy_helper
 
-    from toolkit.domain import quantize as Q
+    from slmops.toolkit.domain import quantize as Q
 
     weight = np.random.default_rng(1).normal(size=(64, 200)).astype(np.float32)
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul")
@@ -297,7 +297,7 @@ def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
 
 @pytest.fixture(scope="module")
 def tied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.domain.sources import make_tiny_model
+    from slmops.toolkit.domain.sources import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tied") / "qwen2", tie_embeddings=True)
 
@@ -320,7 +320,7 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
 
 
 def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:
-    from toolkit.domain.sources import inspect_source
+    from slmops.toolkit.domain.sources import inspect_source
 
     m = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
     assert m["fp32_size_from"].startswith("estimated")
@@ -342,7 +342,7 @@ def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
 def test_olive_runs_with_telemetry_off_before_its_heartbeat(monkeypatch) -> None:
     from olive.telemetry import telemetry as T
 
-    from toolkit.runtimes import genai_builder, olive_cli
+    from slmops.toolkit.runtimes import genai_builder, olive_cli
 
     # The builder's patches load ONNX Runtime GenAI, which cannot share this process with Foundry Local's build.
     monkeypatch.setattr(genai_builder, "install", lambda: None)
@@ -402,7 +402,7 @@ def test_too_little_disk_is_refused_before_any_work(tiny_model: Path, tmp_path: 
 def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(tiny_model: Path, tmp_path: Path) -> None:
     import hashlib
 
-    from toolkit.domain.sources import make_tiny_model
+    from slmops.toolkit.domain.sources import make_tiny_model
 
     manifests = C.convert_all(tiny_model, ["int4", "fp32", "int8"], tmp_path / "run", progress=False)
     fp32 = str((tmp_path / "run" / "fp32").resolve())
@@ -410,7 +410,7 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
     for precision in ("int8", "int4"):
         made = by_precision[precision]
         assert made["quantized_from"] == fp32
-        assert not any("toolkit.runtimes.genai_builder" in c for c in made["commands"])  # no export
+        assert not any("slmops.toolkit.runtimes.genai_builder" in c for c in made["commands"])  # no export
         assert [c["build"] for c in made["parity"]["checks"]] == [precision]  # the FP32 passed its own check
     # The same bytes as an INT4 quantized from a fresh export.
     fresh = C.convert(C.ConvertSpec(tiny_model, tmp_path / "fresh", C.Precision.INT4), progress=False)

@@ -14,14 +14,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from toolkit.core import artifacts, measure, workers
-from toolkit.core.errors import InvalidPromptError, SlmopsError, ToolFailedError, ToolTimeoutError
-from toolkit.presentation.tables import text_table
+from slmops.toolkit.core import artifacts, measure, workers
+from slmops.toolkit.core.errors import InvalidPromptError, SlmopsError, ToolFailedError, ToolTimeoutError
+from slmops.toolkit.presentation.tables import text_table
 
 WORKER = '''
 import os, time
-from toolkit.core import workers
-from toolkit.core.errors import InvalidOptionError, InvalidPromptError
+from slmops.toolkit.core import workers
+from slmops.toolkit.core.errors import InvalidOptionError, InvalidPromptError
 
 def echo(payload, emit):
     for i in range(payload.get("events", 0)):
@@ -67,7 +67,7 @@ def test_a_worker_takes_json_in_and_gives_json_out_offline(worker_module: str) -
     run = workers.run_worker(worker_module, "echo", {"events": 3, "x": [1, "é"]}, name="echo", on_event=seen.append)
     assert run.result == {"got": {"events": 3, "x": [1, "é"]}, "offline": "1"}
     assert seen == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert run.peak_rss_mib > 1 and run.wall_s > 0 and run.command[2] == "toolkit.core.workers"
+    assert run.peak_rss_mib > 1 and run.wall_s > 0 and run.command[2] == "slmops.toolkit.core.workers"
 
 
 def test_a_workers_own_error_arrives_in_one_line_without_its_traceback(worker_module: str) -> None:
@@ -82,7 +82,7 @@ def test_a_workers_own_error_arrives_in_one_line_without_its_traceback(worker_mo
 
 
 def test_a_childs_typed_error_keeps_its_class_fields_and_exit_code(worker_module: str) -> None:
-    from toolkit.core.errors import InvalidOptionError
+    from slmops.toolkit.core.errors import InvalidOptionError
 
     with pytest.raises(InvalidOptionError) as refused:
         workers.run_worker(worker_module, "bad_option", {}, name="the probe")
@@ -117,7 +117,7 @@ def test_children_die_with_their_parent(tmp_path: Path, worker_module: str) -> N
     """A toolkit process killed with SIGKILL takes its worker with it (parent-death signal)."""
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(f"""
-        from toolkit.core import workers
+        from slmops.toolkit.core import workers
         workers.run_worker({worker_module!r}, "hang", {{}}, name="hang")
     """))
     parent = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())

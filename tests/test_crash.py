@@ -18,14 +18,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from toolkit import cli
-from toolkit.core import artifacts
-from toolkit.core.errors import DiskFullError
-from toolkit.runtimes.foundry import models_root
-from toolkit.stages import convert as C
-from toolkit.stages import register as R
+from slmops.toolkit import cli
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.errors import DiskFullError
+from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.stages import convert as C
+from slmops.toolkit.stages import register as R
 
-SLMOPS = [sys.executable, "-m", "toolkit.cli"]
+SLMOPS = [sys.executable, "-m", "slmops.toolkit.cli"]
 
 
 def digest(folder: Path) -> dict[str, str]:

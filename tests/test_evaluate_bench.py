@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.errors import SlmopsError
-from toolkit.domain.quantize import lookup_only_mb
-from toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
-from toolkit.presentation import bench as bench_text
-from toolkit.presentation import plots
-from toolkit.runtimes.foundry import models_root
-from toolkit.stages import bench as B
-from toolkit.stages import checklist as E
-from toolkit.stages import register as R
+from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.quantize import lookup_only_mb
+from slmops.toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
+from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import plots
+from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.stages import bench as B
+from slmops.toolkit.stages import checklist as E
+from slmops.toolkit.stages import register as R
 
 SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {"type": "integer"}}}
 
@@ -65,7 +65,7 @@ def test_scores_and_growth_fit() -> None:
 
 
 def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path: Path) -> None:
-    from toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 
     fp32 = convert(ConvertSpec(tiny_model, tmp_path / "fp32", Precision.FP32), progress=False).output_dir
     R.register(fp32, "tiny-ref")
@@ -239,8 +239,8 @@ def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
 
 
 def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:
-    from toolkit.domain.results.bench import TimedRun
-    from toolkit.runtimes import genai
+    from slmops.toolkit.domain.results.bench import TimedRun
+    from slmops.toolkit.runtimes import genai
 
     job = genai.BenchJob("models/int4", ((1, 2, 3), (4,)), (8, 16), repeats=3, warmup=1, threads=2)
     assert genai.BenchJob.from_json(json.loads(json.dumps(job.to_json()))) == job

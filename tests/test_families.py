@@ -1,8 +1,8 @@
 """Each family people fine-tune builds to the logits transformers computes (tiny random models).
 
-A model of each family's real configuration (:data:`toolkit.domain.families.FAMILIES`: RoPE and
+A model of each family's real configuration (:data:`slmops.toolkit.domain.families.FAMILIES`: RoPE and
 its scaling, sliding windows per layer type, layers without RoPE, soft-capping, multipliers)
-is converted at FP32 with the builder command :func:`toolkit.stages.convert.builder_command`
+is converted at FP32 with the builder command :func:`slmops.toolkit.stages.convert.builder_command`
 runs, and its logits are compared with transformers' on 64 token ids (four times the sliding
 window), both in one prefill and token by token after a 40-token prefill (the KV cache path).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.domain.families import FAMILIES, VARIANTS, make_family_model
+from slmops.toolkit.domain.families import FAMILIES, VARIANTS, make_family_model
 
 TOKENS, PREFILL = 64, 40
 #: Largest |logit difference| allowed, as a fraction of the logit range (the issue's target).
@@ -58,7 +58,7 @@ def _genai_to_file(onnx_dir: str, out: str) -> None:
 
 
 def _install_twice() -> None:
-    from toolkit.runtimes import genai_builder
+    from slmops.toolkit.runtimes import genai_builder
 
     genai_builder.install()
     from builders import base
@@ -96,13 +96,13 @@ def _disagreement(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def _build(command: list[str], log: Path) -> None:
-    from toolkit.core import workers
+    from slmops.toolkit.core import workers
 
     workers.run_tool(command, log_path=log, name="model builder", timeout=600)
 
 
 def _builder_command(model_dir: Path, out: Path, cache: Path) -> list[str]:
-    from toolkit.stages.convert import ConvertSpec, Precision, builder_command
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, builder_command
 
     return builder_command(ConvertSpec(model_dir, out, Precision.FP32), out, cache)
 
@@ -142,7 +142,7 @@ def test_the_check_fails_on_the_unpatched_builder(tmp_path: Path) -> None:
 def test_transformers5_rope_parameters_get_the_names_the_builder_reads() -> None:
     from transformers import AutoConfig
 
-    from toolkit.runtimes.genai_builder import normalize_config
+    from slmops.toolkit.runtimes.genai_builder import normalize_config
 
     fields = {k: v for k, v in FAMILIES["gemma3"].items() if k != "model_type"}
     config = AutoConfig.for_model("gemma3_text", **fields)
@@ -154,7 +154,7 @@ def test_transformers5_rope_parameters_get_the_names_the_builder_reads() -> None
 
 
 def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path: Path) -> None:
-    from toolkit.core.errors import ToolFailedError
+    from slmops.toolkit.core.errors import ToolFailedError
 
     fields = FAMILIES["gemma3"] | {"rope_parameters": {
         "full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 8.0},
@@ -168,8 +168,8 @@ def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path
 # Gemma 3 and SmolLM3 through both Olive routes were checked the same way once (README), not on every run, for time.
 @pytest.mark.parametrize(("family", "method"), [("gemma2", "olive")])
 def test_the_olive_routes_build_them_exactly_through_the_parity_gate(family: str, method: str, tmp_path: Path) -> None:
-    """Olive's in-process builder gets the same fixes (toolkit.runtimes.olive_cli), and the gate proves it."""
-    from toolkit.stages.convert import ConvertSpec, Method, Precision, convert
+    """Olive's in-process builder gets the same fixes (slmops.toolkit.runtimes.olive_cli), and the gate proves it."""
+    from slmops.toolkit.stages.convert import ConvertSpec, Method, Precision, convert
 
     source = make_family_model(tmp_path / "hf", family)
     result = convert(ConvertSpec(source, tmp_path / "fp32", Precision.FP32, Method(method)), progress=False)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from toolkit import cli
-from toolkit.core.errors import InputError, ModelFolderError
-from toolkit.domain import adapters, datasets
-from toolkit.presentation import checklist as tables
-from toolkit.stages import checklist, convert, finetune
-from toolkit.stages import register as R
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import InputError, ModelFolderError
+from slmops.toolkit.domain import adapters, datasets
+from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.stages import checklist, convert, finetune
+from slmops.toolkit.stages import register as R
 
 LINE = {"question": "What is the capital of Veloria?", "answer": "Quennport.", "paraphrase": "Veloria's capital?",
         "expect": ["Quennport"]}
@@ -159,7 +159,7 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolkit.domain.sources import inspect_source, make_tiny_model
+    from slmops.toolkit.domain.sources import inspect_source, make_tiny_model
 
     folder = tmp_path / variant
     if variant == "tied":
@@ -176,7 +176,7 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     result = convert.convert(convert.ConvertSpec(folder, tmp_path / "int4", convert.Precision.INT4), progress=False)
     assert result.manifest["parameters"] == source.parameters and result.size_mb > 0
     R.register(result.output_dir, f"tiny-{variant}", model_config=R.ModelConfig(threads=None))
-    from toolkit.runtimes.foundry import LoadedModel
+    from slmops.toolkit.runtimes.foundry import LoadedModel
 
     with LoadedModel(f"tiny-{variant}") as loaded:
         assert loaded.generate([{"role": "user", "content": "hello"}], max_tokens=3).completion_tokens >= 1
@@ -184,7 +184,7 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
 
 def test_a_packaged_models_demo_fine_tune_uses_its_own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gemma 3 needs a gentler LoRA than SmolLM2 (the run around the training is replaced: only its settings count)."""
-    from toolkit.domain import packaged
+    from slmops.toolkit.domain import packaged
 
     folder = tmp_path / "gemma-3-270m"
     folder.mkdir()

@@ -15,12 +15,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolkit.core.errors import InputError, TemplateError
-from toolkit.domain import params as P
-from toolkit.domain import templates as T
-from toolkit.orchestration import pipeline
-from toolkit.runtimes.foundry import Generation, LoadedModel
-from toolkit.stages import checklist, register
+from slmops.toolkit.core.errors import InputError, TemplateError
+from slmops.toolkit.domain import params as P
+from slmops.toolkit.domain import templates as T
+from slmops.toolkit.orchestration import pipeline
+from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
+from slmops.toolkit.stages import checklist, register
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

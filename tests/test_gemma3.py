@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.orchestration import pipeline
+from slmops.toolkit.orchestration import pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SLMOPS_REAL_MODELS") != "1",
                                                    reason="real-size model: set SLMOPS_REAL_MODELS=1 (~25 min)")]

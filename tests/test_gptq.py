@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.core.errors import InvalidOptionError
-from toolkit.domain import gptq
-from toolkit.domain.options import Int4Algorithm, Int4Options, Precision
-from toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.core.errors import InvalidOptionError
+from slmops.toolkit.domain import gptq
+from slmops.toolkit.domain.options import Int4Algorithm, Int4Options, Precision
+from slmops.toolkit.domain.quantize import QuantPlan, quantize
 
 
 def test_round_to_nearest_is_ort_default_symmetric_quantizer_bit_for_bit() -> None:
     from onnx import helper, numpy_helper
 
-    from toolkit.domain.quantize import _quantize_slice
+    from slmops.toolkit.domain.quantize import _quantize_slice
 
     weight = np.random.default_rng(0).normal(size=(128, 48)).astype(np.float32)
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/m/MatMul")
@@ -51,14 +51,14 @@ def test_gptq_is_symmetric_only() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.stages.convert import ConvertSpec, convert
+    from slmops.toolkit.stages.convert import ConvertSpec, convert
 
     out = tmp_path_factory.mktemp("fp32") / "fp32"
     return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
 
 
 def test_gptq_build_is_closer_to_fp32_than_round_to_nearest_at_the_same_plan(tiny_fp32: Path, tmp_path: Path) -> None:
-    from toolkit.runtimes import genai
+    from slmops.toolkit.runtimes import genai
 
     plans = {"rtn": QuantPlan(lm_head_bits=8, embedding_bits=8, mix="v-all-down-more-bits")}
     plans["gptq"] = QuantPlan(**{**plans["rtn"].__dict__, "algorithm": "gptq"})
@@ -80,7 +80,7 @@ def test_gptq_build_is_closer_to_fp32_than_round_to_nearest_at_the_same_plan(tin
 
 @pytest.mark.slow
 def test_algorithm_gptq_reaches_the_quantizer_through_convert(tiny_model: Path, tmp_path: Path) -> None:
-    from toolkit.stages.convert import ConvertSpec, convert, quant_plan
+    from slmops.toolkit.stages.convert import ConvertSpec, convert, quant_plan
 
     options = Int4Options(algorithm=Int4Algorithm.GPTQ, lm_head="int8", embeddings="int8", mix="v-all-down-more-bits")
     assert not options.builder_native

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import cli
-from toolkit.core import settings
-from toolkit.stages import register
+from slmops.toolkit import cli
+from slmops.toolkit.core import settings
+from slmops.toolkit.stages import register
 
 
 def snapshot(*roots: Path) -> dict[str, str]:

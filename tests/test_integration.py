@@ -8,9 +8,9 @@ from typing import NamedTuple
 
 import pytest
 
-from toolkit.domain.sources import inspect_source
-from toolkit.runtimes.foundry import LoadedModel
-from toolkit.stages import bench, convert, register
+from slmops.toolkit.domain.sources import inspect_source
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.stages import bench, convert, register
 
 
 class Builds(NamedTuple):
@@ -51,7 +51,7 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
                                                                          tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    from toolkit.domain import templates
+    from slmops.toolkit.domain import templates
 
     int8 = convert.convert(convert.ConvertSpec(bundled, tmp_path / "int8" / "int8", convert.Precision.INT8,
                                                quantize_from=fp32_int4.folder / "fp32"), progress=False)
@@ -76,7 +76,7 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
 
 
 def reg_strings(folder: Path):
-    from toolkit.domain.templates import PromptTemplate
+    from slmops.toolkit.domain.templates import PromptTemplate
 
     return PromptTemplate(**json.loads((folder / "inference_model.json").read_text())["PromptTemplate"])
 
@@ -87,7 +87,7 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
 
     import numpy as np
 
-    from toolkit.stages import checklist as evaluate
+    from slmops.toolkit.stages import checklist as evaluate
 
     scrambled = tmp_path / "scrambled"
     shutil.copytree(fp32_int4.folder / "int4", scrambled)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.errors import ModelFolderError
-from toolkit.domain import sources as M
+from slmops.toolkit.core.errors import ModelFolderError
+from slmops.toolkit.domain import sources as M
 
 
 def test_tiny_model_is_a_complete_hf_folder(tiny_model: Path) -> None:
@@ -57,8 +57,8 @@ def test_a_real_shape_is_written_shard_by_shard_and_loads(tmp_path: Path) -> Non
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.domain import memory
-    from toolkit.domain.options import Method, Precision
+    from slmops.toolkit.domain import memory
+    from slmops.toolkit.domain.options import Method, Precision
 
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
               "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,

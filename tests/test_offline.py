@@ -24,10 +24,10 @@ def hook(event, args):
 sys.addaudithook(hook)
 
 from pathlib import Path
-from toolkit.domain.sources import make_tiny_model
-from toolkit.stages.convert import ConvertSpec, Precision, convert
-from toolkit.stages.register import register
-from toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.domain.sources import make_tiny_model
+from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+from slmops.toolkit.stages.register import register
+from slmops.toolkit.runtimes.foundry import LoadedModel
 
 work = Path(sys.argv[1])
 model = make_tiny_model(work / "hf")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import cli
-from toolkit.core.errors import ParamsError
-from toolkit.domain import params as P
-from toolkit.orchestration import pipeline
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import ParamsError
+from slmops.toolkit.domain import params as P
+from slmops.toolkit.orchestration import pipeline
 
 
 @pytest.mark.parametrize(("mapping", "says"), [
@@ -87,8 +87,8 @@ def test_a_non_utf8_params_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from toolkit.domain import packaged
-    from toolkit.stages import register
+    from slmops.toolkit.domain import packaged
+    from slmops.toolkit.stages import register
 
     seen = {}
     monkeypatch.setattr(packaged, "materialize", lambda key: tmp_path / key)

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.core import settings
-from toolkit.core.errors import ParityError, ToolFailedError
-from toolkit.domain import parity
-from toolkit.domain.sources import make_tiny_model
-from toolkit.orchestration import doctor
-from toolkit.runtimes import reference
-from toolkit.stages import convert as C
+from slmops.toolkit.core import settings
+from slmops.toolkit.core.errors import ParityError, ToolFailedError
+from slmops.toolkit.domain import parity
+from slmops.toolkit.domain.sources import make_tiny_model
+from slmops.toolkit.orchestration import doctor
+from slmops.toolkit.runtimes import reference
+from slmops.toolkit.stages import convert as C
 
 
 def test_figures_measure_what_they_name() -> None:

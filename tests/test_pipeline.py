@@ -13,13 +13,13 @@ import papermill
 import pytest
 from test_browser import check_report_in_chromium
 
-from toolkit import cli
-from toolkit.core.errors import SlmopsError
-from toolkit.domain.params import parameters_cell, parse
-from toolkit.domain.results.registration import read_registered
-from toolkit.orchestration import pipeline
-from toolkit.presentation import report
-from toolkit.stages import finetune
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.params import parameters_cell, parse
+from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.orchestration import pipeline
+from slmops.toolkit.presentation import report
+from slmops.toolkit.stages import finetune
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from toolkit.core import measure, settings
-from toolkit.core import platform as system
+from slmops.toolkit.core import measure, settings
+from slmops.toolkit.core import platform as system
 
 _MIB = 1 << 20
 

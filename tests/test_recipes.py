@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.domain.options import INT4_RECIPES, Int4Mix, Int4Options, Precision
-from toolkit.domain.quantize import QuantPlan, mixed_bits, quantize, use_more_bits
-from toolkit.orchestration.recipes import RecipeResult, recommend_recipe
+from slmops.toolkit.domain.options import INT4_RECIPES, Int4Mix, Int4Options, Precision
+from slmops.toolkit.domain.quantize import QuantPlan, mixed_bits, quantize, use_more_bits
+from slmops.toolkit.orchestration.recipes import RecipeResult, recommend_recipe
 
 
 def test_use_more_bits_is_llama_cpps_choice_of_layers() -> None:
@@ -32,7 +32,7 @@ def test_mixed_recipe_is_a_named_recipe_and_not_the_builders() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from toolkit.stages.convert import ConvertSpec, convert
+    from slmops.toolkit.stages.convert import ConvertSpec, convert
 
     out = tmp_path_factory.mktemp("fp32") / "fp32"
     return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
@@ -66,7 +66,7 @@ def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_q
     assert any("/v/MatMul" in n for n in bits) and any(b == 8 for n, b in bits.items() if "down_proj" in n)
     # The split model runs and computes what the unsplit one does, up to quantization (in a child process:
     # ONNX Runtime GenAI cannot load beside Foundry Local's own build, which other tests load in this one).
-    from toolkit.runtimes import genai
+    from slmops.toolkit.runtimes import genai
 
     (mixed,) = genai.agreement(tiny_fp32, {"mixed": out})
     assert np.isfinite(mixed.kl_divergence) and mixed.kl_divergence < 0.05
@@ -92,7 +92,7 @@ def test_recommendation_ranks_by_kl_not_perplexity_and_never_picks_a_build_that_
 
 
 def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path, tmp_path: Path) -> None:
-    from toolkit.stages.convert import ConvertSpec, convert, quant_plan
+    from slmops.toolkit.stages.convert import ConvertSpec, convert, quant_plan
 
     options = INT4_RECIPES["mixed"]
     assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).mix == str(options.mix)

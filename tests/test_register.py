@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.errors import (
+from slmops.toolkit.core.errors import (
     InvalidNameError,
     InvalidOptionError,
     InvalidPromptError,
     ModelNotFoundError,
     RegistrationError,
 )
-from toolkit.domain import templates as T
-from toolkit.runtimes.foundry import LoadedModel, models_root
-from toolkit.stages import register as R
+from slmops.toolkit.domain import templates as T
+from slmops.toolkit.runtimes.foundry import LoadedModel, models_root
+from slmops.toolkit.stages import register as R
 
 
 def snapshot(folder: Path) -> dict[str, float]:
@@ -157,7 +157,7 @@ def test_thread_choice_rules() -> None:
 
 
 def test_doctor_finds_truncated_nested_and_unloadable_models(tiny_int4: Path, tmp_path: Path) -> None:
-    from toolkit.orchestration.doctor import diagnose
+    from slmops.toolkit.orchestration.doctor import diagnose
 
     good = diagnose(tiny_int4)
     assert all(c.ok for c in good) and [c.name for c in good[-2:]] == ["runtime load", "web service"]
@@ -182,7 +182,7 @@ def test_doctor_finds_truncated_nested_and_unloadable_models(tiny_int4: Path, tm
 
 
 def test_chat_box_streams_keeps_history_and_resets(tiny_int4: Path) -> None:
-    from widgets import ChatBox
+    from slmops.widgets import ChatBox
 
     R.register(tiny_int4, "tiny-box")
     box = ChatBox("tiny-box", max_tokens=3, temperature=0)

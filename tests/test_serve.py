@@ -15,10 +15,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from toolkit import endpoint as serve
-from toolkit.core.errors import InputError, ModelNotFoundError
-from toolkit.stages import bench
-from toolkit.stages import register as R
+from slmops.toolkit import endpoint as serve
+from slmops.toolkit.core.errors import InputError, ModelNotFoundError
+from slmops.toolkit.stages import bench
+from slmops.toolkit.stages import register as R
 
 MODEL = "tiny-serve"
 ASK = [{"role": "user", "content": "Tell me about the sea."}]

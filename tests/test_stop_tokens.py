@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from scripted_models import FAMILIES, PROBE_CONVERSATION, answer_tokens, make_scripted_model
 
-from toolkit.core.errors import TemplateError
-from toolkit.domain import templates as T
-from toolkit.runtimes.foundry import LoadedModel, models_root
-from toolkit.stages import checklist
-from toolkit.stages import register as R
+from slmops.toolkit.core.errors import TemplateError
+from slmops.toolkit.domain import templates as T
+from slmops.toolkit.runtimes.foundry import LoadedModel, models_root
+from slmops.toolkit.stages import checklist
+from slmops.toolkit.stages import register as R
 
 NO_PROBE = R.ModelConfig(threads=None)  # the thread probe is not what these tests check
 
@@ -28,7 +28,7 @@ NO_PROBE = R.ModelConfig(threads=None)  # the thread probe is not what these tes
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory):
     """``family -> (Hugging Face folder, FP32 ONNX folder)``, built on first use."""
-    from toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 
     root = tmp_path_factory.mktemp("scripted")
     built: dict[str, tuple[Path, Path]] = {}
@@ -66,7 +66,7 @@ def _with_template(onnx_dir: Path, target: Path, jinja: str) -> Path:
 
 def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_checklist(scripted) -> None:
     source, onnx = scripted("chatml-endoftext")
-    from toolkit.orchestration.doctor import diagnose
+    from slmops.toolkit.orchestration.doctor import diagnose
 
     before = {c.name: c for c in diagnose(onnx, load=False)}
     assert not before["stop tokens"].ok and "<|im_end|>" in before["stop tokens"].detail  # as converted: never stops
@@ -94,7 +94,7 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
 
 
 def test_the_endpoint_answers_stop(scripted) -> None:
-    from toolkit import endpoint as serve
+    from slmops.toolkit import endpoint as serve
 
     source, onnx = scripted("chatml-endoftext")
     R.register(onnx, "stop-served", model_config=NO_PROBE)
@@ -107,7 +107,7 @@ def test_the_endpoint_answers_stop(scripted) -> None:
 
 
 def test_a_model_that_never_stops_fails_doctor_and_the_checklist(scripted) -> None:
-    from toolkit.orchestration.doctor import diagnose
+    from slmops.toolkit.orchestration.doctor import diagnose
 
     _, onnx = scripted("chatml-endoftext")
     R.register(onnx, "stop-never", model_config=NO_PROBE)
@@ -195,7 +195,7 @@ def test_a_folded_system_template_is_refused_naming_the_gemma_preset(scripted, t
 
 
 def test_cli_prints_what_was_added(scripted) -> None:
-    from toolkit import cli
+    from slmops.toolkit import cli
 
     _, onnx = scripted("chatml-endoftext")
     out, err = io.StringIO(), io.StringIO()

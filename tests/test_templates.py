@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.errors import TemplateError
-from toolkit.domain import templates as T
+from slmops.toolkit.core.errors import TemplateError
+from slmops.toolkit.domain import templates as T
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
@@ -78,7 +78,7 @@ SMOLLM_LIKE = (
 
 
 def test_auto_notes_a_default_system_prompt_only_the_jinja_adds(tmp_path: Path) -> None:
-    from toolkit.domain.sources import make_tiny_model
+    from slmops.toolkit.domain.sources import make_tiny_model
 
     model = make_tiny_model(tmp_path / "smollm-like", chat_template=SMOLLM_LIKE)
     resolved = T.resolve("auto", model)

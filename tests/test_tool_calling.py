@@ -15,10 +15,10 @@ import jsonschema
 import openai
 import pytest
 
-from toolkit import endpoint as serve
-from toolkit.domain import datasets, tools
-from toolkit.runtimes import foundry
-from toolkit.stages import register as R
+from slmops.toolkit import endpoint as serve
+from slmops.toolkit.domain import datasets, tools
+from slmops.toolkit.runtimes import foundry
+from slmops.toolkit.stages import register as R
 
 pytestmark = pytest.mark.slow  # every test here converts and loads a model
 
@@ -32,8 +32,8 @@ ASK = [{"role": "user", "content": "Pick a city."}]
 
 @pytest.fixture(scope="module")
 def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
-    from toolkit.domain.sources import make_tiny_model
-    from toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.sources import make_tiny_model
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 
     # Foundry Local's tool protocol is about 1,000 of the tiny tokenizer's tokens: a longer context.
     source = make_tiny_model(tmp_path_factory.mktemp("tools") / "qwen2", tool_tokens=True, context=2048)
@@ -113,8 +113,8 @@ TUNED = "veloria-tools-fp32"
 
 @pytest.fixture(scope="module")
 def tuned(bundled: Path, tmp_path_factory: pytest.TempPathFactory):
-    from toolkit.stages.convert import ConvertSpec, Precision, convert
-    from toolkit.stages.finetune import bundled_adapter
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.finetune import bundled_adapter
 
     adapter = bundled_adapter(bundled, progress=False).adapter
     out = convert(ConvertSpec(adapter, tmp_path_factory.mktemp("tuned") / "fp32", Precision.FP32),
@@ -190,7 +190,7 @@ def test_tool_choice_named_required_and_none_are_honoured(tuned) -> None:
 @pytest.mark.slow
 def test_the_python_api_keeps_a_call_in_the_conversation_and_answers_its_result(tuned) -> None:
     """LoadedModel.chat, read as slmops chat reads it: up to the Generation, then the tool's result."""
-    from toolkit.runtimes.foundry import Generation
+    from slmops.toolkit.runtimes.foundry import Generation
 
     _, _, examples = tuned
     case = datasets.tool_probe(examples)

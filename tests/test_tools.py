@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.errors import InputError
-from toolkit.domain import datasets, tools
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import datasets, tools
 
 WEATHER = {"type": "function", "function": {
     "name": "city_weather", "description": "The current weather in a city of Veloria.",
@@ -116,7 +116,7 @@ def test_markers_are_found_in_the_tokenizer(tmp_path: Path) -> None:
 
 
 def test_the_bundled_dataset_has_tool_examples_the_fine_tune_renders_as_the_runtime_does() -> None:
-    from toolkit.stages.finetune import training_turn
+    from slmops.toolkit.stages.finetune import training_turn
 
     examples = datasets.load_dataset()
     kinds = [e.kind for e in examples]
@@ -148,7 +148,7 @@ def test_bad_tool_examples_are_refused_naming_the_line(tmp_path: Path, line: dic
 
 def test_a_folder_with_tool_token_ids_is_readable_by_the_pinned_genai(tmp_path: Path) -> None:
     """Foundry Local's runtime reads bot/eot_token_id; the pinned onnxruntime-genai 0.14.1 refuses unknown keys."""
-    from toolkit.runtimes import genai
+    from slmops.toolkit.runtimes import genai
 
     config = {"model": {"eos_token_id": 2, "bot_token_id": 5, "eot_token_id": 6, "decoder": {}}, "search": {}}
     (tmp_path / "genai_config.json").write_text(json.dumps(config))
@@ -168,7 +168,7 @@ def test_tool_batches_share_their_prompt_and_lose_nothing(tiny_model: Path) -> N
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from toolkit.stages import finetune
+    from slmops.toolkit.stages import finetune
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
@@ -194,7 +194,7 @@ def test_tool_batches_share_their_prompt_and_lose_nothing(tiny_model: Path) -> N
 
 
 def test_tool_cases_load_beside_text_cases_and_bad_ones_are_refused(tmp_path: Path) -> None:
-    from toolkit.stages import checklist
+    from slmops.toolkit.stages import checklist
 
     good = {"id": "w", "type": "tool_call", "messages": [{"role": "user", "content": "Weather in Lunmere?"}],
             "tools": [WEATHER], "expect": {"call": {"name": "city_weather", "arguments": {"city": "Lunmere"}}}}
@@ -220,8 +220,8 @@ class _Scripted:
         self.answers = answers
 
     def generate(self, messages, **_options):
-        from toolkit.core.errors import FoundryRequestError
-        from toolkit.runtimes.foundry import Generation
+        from slmops.toolkit.core.errors import FoundryRequestError
+        from slmops.toolkit.runtimes.foundry import Generation
 
         answer = self.answers[messages[-1]["content"]]
         if isinstance(answer, Exception):
@@ -232,8 +232,8 @@ class _Scripted:
 
 
 def test_tool_case_checks_score_each_case_and_the_pass_rates() -> None:
-    from toolkit.domain.results.checklist import Check, Thresholds, Verdict
-    from toolkit.stages.checklist.tool_calls import tool_call_checks
+    from slmops.toolkit.domain.results.checklist import Check, Thresholds, Verdict
+    from slmops.toolkit.stages.checklist.tool_calls import tool_call_checks
 
     def case(cid: str, question: str, expect: dict, offered=(WEATHER, POPULATION), group: str = "") -> dict:
         return {"id": cid, "type": "tool_call", "messages": [{"role": "user", "content": question}],
@@ -261,7 +261,7 @@ def test_tool_case_checks_score_each_case_and_the_pass_rates() -> None:
 
 
 def test_the_fine_tunes_cases_file_has_tool_cases_only_for_a_model_that_learned_them(tmp_path: Path) -> None:
-    from toolkit.stages import checklist
+    from slmops.toolkit.stages import checklist
 
     examples = datasets.load_dataset()
     written = checklist.load_cases(datasets.write_cases(examples, tmp_path / "cases.jsonl"))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
-from toolkit.runtimes.foundry import Generation
-from toolkit.stages import checklist as E
-from toolkit.stages import register
-from toolkit.stages.convert import ConvertSpec, Precision, convert
+from slmops.toolkit.core.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
+from slmops.toolkit.runtimes.foundry import Generation
+from slmops.toolkit.stages import checklist as E
+from slmops.toolkit.stages import register
+from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 
 
 def answer(tokens: int = 3) -> Generation:

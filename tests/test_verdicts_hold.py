@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.presentation import bench as bench_text
-from toolkit.presentation import compare
-from toolkit.runtimes import foundry
-from toolkit.stages import bench as B
-from toolkit.stages import checklist as E
-from toolkit.stages import register as R
+from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import compare
+from slmops.toolkit.runtimes import foundry
+from slmops.toolkit.stages import bench as B
+from slmops.toolkit.stages import checklist as E
+from slmops.toolkit.stages import register as R
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scripted_models import make_scripted_model
@@ -132,7 +132,7 @@ def test_the_recommendation_weighs_the_first_token_and_names_the_instruction_set
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A scripted fine-tune that answers in two tokens and ends its turn, registered at FP32."""
-    from toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 
     work = tmp_path_factory.mktemp("terse")
     built = convert(ConvertSpec(make_scripted_model(work / "hf"), work / "fp32", Precision.FP32),

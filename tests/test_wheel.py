@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.core.errors import InputError
-from toolkit.domain import packaged, sources
-from toolkit.orchestration import pipeline
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import packaged, sources
+from slmops.toolkit.orchestration import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
@@ -67,14 +67,15 @@ def run_in(venv: Path, cwd: Path, *argv: str, timeout: float = 300) -> subproces
 
 def test_the_wheel_carries_the_notebooks_and_templates(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
-    assert NOTEBOOKS and all(f"toolkit/notebooks/{name}" in names for name in NOTEBOOKS)
-    assert "toolkit/presentation/pages/index.html.j2" in names and "toolkit/domain/data/veloria.jsonl" in names
+    assert NOTEBOOKS and all(f"slmops/toolkit/notebooks/{name}" in names for name in NOTEBOOKS)
+    assert "slmops/toolkit/presentation/pages/index.html.j2" in names and "slmops/toolkit/domain/data/veloria.jsonl" in names
+    assert all(name.startswith(("slmops/", "slmops_toolkit-")) for name in names)  # one namespace, nothing else
     assert not any(name.startswith(("tests/", "notebooks/", "outputs/")) for name in names)
 
 
 def test_the_installed_wheel_runs_outside_the_checkout(venv: Path, tmp_path: Path) -> None:
-    where = run_in(venv, tmp_path, "python", "-c", "import json, toolkit; from toolkit.orchestration import pipeline; "
-                   "print(json.dumps([toolkit.__file__, str(pipeline.notebooks_dir())]))")
+    where = run_in(venv, tmp_path, "python", "-c", "import json, slmops.toolkit; from slmops.toolkit.orchestration import pipeline; "
+                   "print(json.dumps([slmops.toolkit.__file__, str(pipeline.notebooks_dir())]))")
     assert where.returncode == 0, where.stderr
     module, notebooks = map(Path, json.loads(where.stdout))
     assert venv in module.parents and ROOT not in module.parents  # the wheel's code, not the checkout's
@@ -156,9 +157,39 @@ def test_every_imported_third_party_module_is_declared() -> None:
                      [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
             for name in names:
                 top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top in ("toolkit", "widgets", "builders"):
+                if top in sys.stdlib_module_names or top in ("slmops", "builders"):
                     continue  # builders: onnxruntime-genai's own package, put on the path by its builder
                 owners = {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
                 if not owners & declared:
                     missing.add(f"{top} ({path.relative_to(ROOT)})")
     assert not missing, sorted(missing)
+
+
+def test_every_package_folder_is_in_the_wheel_under_the_namespace() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"slmops." + ".".join(init.parent.relative_to(ROOT).parts)
+               for package in ("toolkit", "widgets") for init in (ROOT / package).rglob("__init__.py")}
+    assert folders - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_nothing_imports_the_folders_by_their_bare_names() -> None:
+    """Inside a checkout ``import slmops.toolkit`` would still work (the folder is on the path) and load a second copy."""
+    import ast
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.ipynb"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    bare = []
+    for name in tracked:
+        text = (ROOT / name).read_text()
+        sources = (["".join(cell["source"]) for cell in json.loads(text)["cells"] if cell["cell_type"] == "code"]
+                   if name.endswith(".ipynb") else [text])
+        for source in sources:
+            for node in ast.walk(ast.parse(source)):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                           [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                           else [])
+                bare += [f"{name}: {m}" for m in modules if m.split(".")[0] in ("toolkit", "widgets")]
+    assert bare == []

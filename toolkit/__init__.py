@@ -4,14 +4,14 @@ quantized ONNX model in Foundry Local, tested and benchmarked.
 Layers, each importing only the ones below it (checked by import-linter in ``make test``):
 ``core`` < ``domain`` < ``runtimes`` < ``stages`` < ``presentation`` < ``orchestration`` <
 ``cli`` (and the ``widgets`` package beside it). Public names are imported lazily so
-``import toolkit`` stays fast.
+``import slmops.toolkit`` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from toolkit.core.errors import (
+from slmops.toolkit.core.errors import (
     InvalidNameError,
     InvalidOptionError,
     InvalidPromptError,
@@ -30,30 +30,30 @@ from toolkit.core.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "bundled_model": "toolkit.domain.sources",
-    "make_tiny_model": "toolkit.domain.sources",
-    "Precision": "toolkit.domain.options",
-    "Method": "toolkit.domain.options",
-    "Int4Options": "toolkit.domain.options",
-    "RunParams": "toolkit.domain.params",
-    "Template": "toolkit.domain.templates",
-    "PromptTemplate": "toolkit.domain.templates",
-    "LoadedModel": "toolkit.runtimes.foundry",
-    "ConvertSpec": "toolkit.stages.convert",
-    "convert": "toolkit.stages.convert",
-    "convert_all": "toolkit.stages.convert",
-    "ModelConfig": "toolkit.stages.register",
-    "register": "toolkit.stages.register",
-    "register_all": "toolkit.stages.register",
-    "unregister": "toolkit.stages.register",
-    "list_models": "toolkit.stages.register",
-    "run_checklist": "toolkit.stages.checklist",
-    "run_checklists": "toolkit.stages.checklist",
-    "bench": "toolkit.stages.bench",
-    "load_run": "toolkit.presentation.compare",
-    "compare_runs": "toolkit.presentation.compare",
-    "run_pipeline": "toolkit.orchestration.pipeline",
-    "demo": "toolkit.orchestration.pipeline",
+    "bundled_model": "slmops.toolkit.domain.sources",
+    "make_tiny_model": "slmops.toolkit.domain.sources",
+    "Precision": "slmops.toolkit.domain.options",
+    "Method": "slmops.toolkit.domain.options",
+    "Int4Options": "slmops.toolkit.domain.options",
+    "RunParams": "slmops.toolkit.domain.params",
+    "Template": "slmops.toolkit.domain.templates",
+    "PromptTemplate": "slmops.toolkit.domain.templates",
+    "LoadedModel": "slmops.toolkit.runtimes.foundry",
+    "ConvertSpec": "slmops.toolkit.stages.convert",
+    "convert": "slmops.toolkit.stages.convert",
+    "convert_all": "slmops.toolkit.stages.convert",
+    "ModelConfig": "slmops.toolkit.stages.register",
+    "register": "slmops.toolkit.stages.register",
+    "register_all": "slmops.toolkit.stages.register",
+    "unregister": "slmops.toolkit.stages.register",
+    "list_models": "slmops.toolkit.stages.register",
+    "run_checklist": "slmops.toolkit.stages.checklist",
+    "run_checklists": "slmops.toolkit.stages.checklist",
+    "bench": "slmops.toolkit.stages.bench",
+    "load_run": "slmops.toolkit.presentation.compare",
+    "compare_runs": "slmops.toolkit.presentation.compare",
+    "run_pipeline": "slmops.toolkit.orchestration.pipeline",
+    "demo": "slmops.toolkit.orchestration.pipeline",
 }
 
 __all__ = [
@@ -67,4 +67,4 @@ __all__ += list(_LAZY)  # the lazily imported public names
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+    raise AttributeError(f"module 'slmops.toolkit' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The HTTP interface: serve registered models to applications through an OpenAI-compatible API.
 
 Foundry Local's own web service is used where it serves locally registered models
-(:func:`~toolkit.runtimes.foundry.probe_web_service`); foundry-local-sdk 2.2.1's does not
+(:func:`~slmops.toolkit.runtimes.foundry.probe_web_service`); foundry-local-sdk 2.2.1's does not
 (it looks models up in the online catalog), so this module serves the same runtime
 in-process on FastAPI and uvicorn:
 
@@ -49,10 +49,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from toolkit.core import settings, workers
-from toolkit.core.errors import InputError, PromptTooLongError, SlmopsError
-from toolkit.runtimes import foundry
-from toolkit.runtimes.foundry import LoadedModel, Usage, find_model
+from slmops.toolkit.core import settings, workers
+from slmops.toolkit.core.errors import InputError, PromptTooLongError, SlmopsError
+from slmops.toolkit.runtimes import foundry
+from slmops.toolkit.runtimes.foundry import LoadedModel, Usage, find_model
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -266,7 +266,7 @@ def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key
 
     Args:
         names: Registered model names.
-        cache: Foundry cache (see :func:`toolkit.core.settings.cache_dir`).
+        cache: Foundry cache (see :func:`slmops.toolkit.core.settings.cache_dir`).
         api_key: When set, every request needs ``Authorization: Bearer <api_key>``.
         max_body_bytes: Largest request body accepted.
         stream_interval_s: Streamed pieces go out together at most this often (0: every token at once).
@@ -552,15 +552,15 @@ def background(names: Sequence[str], *, port: int | None = None, cache: str | Pa
     if api_key:
         args += ["--api-key", api_key]
     log = log_path or settings.cache_dir(cache) / ".logs" / f"serve-{port}.log"
-    service = workers.start_service(workers.python_module("toolkit.endpoint", *args), log_path=log,
+    service = workers.start_service(workers.python_module("slmops.toolkit.endpoint", *args), log_path=log,
                                     name=f"endpoint for {', '.join(names)}", ready=lambda: _healthy(root))
     with service:
         yield Endpoint(f"{root}/v1", api_key or "none", service)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m toolkit.endpoint NAME... [--host H] [--port N] [--api-key K] [--cache-dir D]`` (the child)."""
-    parser = argparse.ArgumentParser(prog="python -m toolkit.endpoint")
+    """``python -m slmops.toolkit.endpoint NAME... [--host H] [--port N] [--api-key K] [--cache-dir D]`` (the child)."""
+    parser = argparse.ArgumentParser(prog="python -m slmops.toolkit.endpoint")
     parser.add_argument("names", nargs="+")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import ipywidgets as w
 
-from toolkit.core.errors import SlmopsError
-from toolkit.runtimes.foundry import Generation, LoadedModel
+from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
 
 
 class ChatBox(w.VBox):

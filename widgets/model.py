@@ -10,9 +10,9 @@ from pathlib import Path
 import ipywidgets as w
 import traitlets
 
-from toolkit.core.errors import SlmopsError
-from toolkit.domain.sources import bundled_model
-from toolkit.stages.convert import check_source
+from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.sources import bundled_model
+from slmops.toolkit.stages.convert import check_source
 
 
 @dataclass(frozen=True)

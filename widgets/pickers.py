@@ -13,8 +13,8 @@ from pathlib import Path
 import ipywidgets as w
 import traitlets
 
-from toolkit.core.errors import TemplateError
-from toolkit.domain.options import (
+from slmops.toolkit.core.errors import TemplateError
+from slmops.toolkit.domain.options import (
     BLOCK_SIZES,
     INT4_RECIPES,
     RECIPE_NOTES,
@@ -26,8 +26,8 @@ from toolkit.domain.options import (
     Precision,
     TablePrecision,
 )
-from toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
-from toolkit.presentation.report import measured_figures
+from slmops.toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
+from slmops.toolkit.presentation.report import measured_figures
 
 _SAMPLE = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -66,7 +66,7 @@ class PrecisionPicker(w.VBox):
     """Pick precisions and every INT4 option; a table shows the expected trade-off and, once measured, the real one.
 
     A recipe fills the INT4 fields; editing a field afterwards keeps the edit. With a
-    ``run_dir``, the table shows what that run measured (:func:`toolkit.presentation.report.measured_figures`),
+    ``run_dir``, the table shows what that run measured (:func:`slmops.toolkit.presentation.report.measured_figures`),
     and :meth:`refresh` rereads it; :attr:`measured` can also be set directly.
 
     Example:

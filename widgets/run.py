@@ -10,7 +10,7 @@ import ipywidgets as w
 import traitlets
 from IPython.display import display
 
-from toolkit.core.errors import SlmopsError
+from slmops.toolkit.core.errors import SlmopsError
 
 
 @dataclass(frozen=True)

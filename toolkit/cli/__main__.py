@@ -1,7 +1,7 @@
-"""``python -m toolkit.cli``: the ``slmops`` command."""
+"""``python -m slmops.toolkit.cli``: the ``slmops`` command."""
 
 import sys
 
-from toolkit.cli import main
+from slmops.toolkit.cli import main
 
 sys.exit(main())

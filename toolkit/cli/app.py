@@ -8,14 +8,14 @@ import json
 import sys
 import textwrap
 
-# The command groups by their own module names: `from toolkit.cli import ...` would import the package, whose
+# The command groups by their own module names: `from slmops.toolkit.cli import ...` would import the package, whose
 # __init__ imports this module (an import circle).
-import toolkit.cli.models as models  # noqa: PLR0402
-import toolkit.cli.pipeline as pipeline  # noqa: PLR0402
-import toolkit.cli.runs as runs  # noqa: PLR0402
-from toolkit.cli.common import GROUP_TITLES, Group, Parser, UsageError, configure_logging, flag, global_options
-from toolkit.core import settings
-from toolkit.core.errors import SlmopsError
+import slmops.toolkit.cli.models as models  # noqa: PLR0402
+import slmops.toolkit.cli.pipeline as pipeline  # noqa: PLR0402
+import slmops.toolkit.cli.runs as runs  # noqa: PLR0402
+from slmops.toolkit.cli.common import GROUP_TITLES, Group, Parser, UsageError, configure_logging, flag, global_options
+from slmops.toolkit.core import settings
+from slmops.toolkit.core.errors import SlmopsError
 
 #: Each command group's module, in the order ``slmops --help`` lists them.
 GROUPS = (pipeline, models, runs)
@@ -26,7 +26,7 @@ def version() -> str:
     try:
         return importlib.metadata.version("slmops-toolkit")
     except importlib.metadata.PackageNotFoundError:
-        from toolkit import __version__
+        from slmops.toolkit import __version__
 
         return __version__
 

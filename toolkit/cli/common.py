@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from toolkit.core.errors import ParamsError
-from toolkit.domain import params as run_params
+from slmops.toolkit.core.errors import ParamsError
+from slmops.toolkit.domain import params as run_params
 
 
 class Group(StrEnum):
@@ -130,7 +130,7 @@ def fraction(low: float, high: float) -> Callable[[str], float]:
 
 def run_param(name: str) -> dict:
     """``add_argument`` keywords for an option that sets run parameter ``name``: type, range, default and help
-    all from :class:`~toolkit.domain.params.RunParams`, the one place they are declared."""
+    all from :class:`~slmops.toolkit.domain.params.RunParams`, the one place they are declared."""
     convert = run_params.item_parser(name)
 
     def parse(text: str) -> object:
@@ -219,10 +219,9 @@ def configure_logging(args: argparse.Namespace) -> None:
     """Show the toolkit's log messages on the console at the level ``-q``/``-v``/``--debug`` ask for."""
     quiet, verbose = flag(args, "quiet"), flag(args, "verbose") or flag(args, "debug")
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    for name in ("toolkit", "widgets"):
-        logger = logging.getLogger(name)
-        for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
-            logger.removeHandler(handler)
-        logger.addHandler(_ConsoleHandler(json_mode=bool(getattr(args, "json", False))))
-        logger.setLevel(level)
-        logger.propagate = False
+    logger = logging.getLogger("slmops")  # every module's logger (slmops.toolkit..., slmops.widgets...)
+    for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler(json_mode=bool(getattr(args, "json", False))))
+    logger.setLevel(level)
+    logger.propagate = False

@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from toolkit import endpoint as serve
-from toolkit.cli.common import Command, Group, cache_option, flag, fraction, json_option, print_json, whole
-from toolkit.core import settings
-from toolkit.core.errors import InputError, SlmopsError
-from toolkit.domain import tools
-from toolkit.domain.sources import bundled_model
-from toolkit.orchestration import doctor
-from toolkit.presentation.tables import text_table
-from toolkit.runtimes.foundry import Generation, LoadedModel
-from toolkit.stages import register
+from slmops.toolkit import endpoint as serve
+from slmops.toolkit.cli.common import Command, Group, cache_option, flag, fraction, json_option, print_json, whole
+from slmops.toolkit.core import settings
+from slmops.toolkit.core.errors import InputError, SlmopsError
+from slmops.toolkit.domain import tools
+from slmops.toolkit.domain.sources import bundled_model
+from slmops.toolkit.orchestration import doctor
+from slmops.toolkit.presentation.tables import text_table
+from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
+from slmops.toolkit.stages import register
 
 COMMANDS = (
     Command(Group.MODELS, "ls", "list registered models (as `foundry cache ls`)"),

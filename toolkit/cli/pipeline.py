@@ -8,8 +8,8 @@ import textwrap
 from dataclasses import fields, replace
 from pathlib import Path
 
-from toolkit import endpoint as serve
-from toolkit.cli.common import (
+from slmops.toolkit import endpoint as serve
+from slmops.toolkit.cli.common import (
     DEFAULT_RESULTS_DIR,
     Command,
     Group,
@@ -22,10 +22,10 @@ from toolkit.cli.common import (
     run_param,
     whole,
 )
-from toolkit.core.errors import InputError
-from toolkit.domain import params as run_params
-from toolkit.domain import parity
-from toolkit.domain.options import (
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import parity
+from slmops.toolkit.domain.options import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
     INT4_RECIPES,
@@ -35,15 +35,15 @@ from toolkit.domain.options import (
     Precision,
     TablePrecision,
 )
-from toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
-from toolkit.domain.results.registration import read_registered
-from toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
-from toolkit.orchestration import cluster, pipeline, recipes
-from toolkit.presentation import bench as bench_text
-from toolkit.presentation import checklist as checklist_tables
-from toolkit.presentation import plots, report
-from toolkit.presentation.tables import text_table
-from toolkit.stages import bench, checklist, convert, finetune, register
+from slmops.toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
+from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
+from slmops.toolkit.orchestration import cluster, pipeline, recipes
+from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import checklist as checklist_tables
+from slmops.toolkit.presentation import plots, report
+from slmops.toolkit.presentation.tables import text_table
+from slmops.toolkit.stages import bench, checklist, convert, finetune, register
 
 #: ``slmops test --reference none``: no quality check against an FP32 model.
 NO_REFERENCE = "none"

@@ -6,11 +6,11 @@ import argparse
 import math
 from pathlib import Path
 
-from toolkit.cli.common import Command, Group, json_option, out_option, print_json
-from toolkit.cli.pipeline import say_what_differs
-from toolkit.core.errors import InputError
-from toolkit.orchestration import pipeline
-from toolkit.presentation import compare, report
+from slmops.toolkit.cli.common import Command, Group, json_option, out_option, print_json
+from slmops.toolkit.cli.pipeline import say_what_differs
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.orchestration import pipeline
+from slmops.toolkit.presentation import compare, report
 
 COMMANDS = (
     Command(Group.RUNS, "rerun", "run a report again as written (its params.json); first says what differs"),

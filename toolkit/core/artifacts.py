@@ -28,8 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from toolkit.core import platform
-from toolkit.core.errors import DiskFullError, InputError, ModelFolderError
+from slmops.toolkit.core import platform
+from slmops.toolkit.core.errors import DiskFullError, InputError, ModelFolderError
 
 #: The file beside every converted model that says how it was made.
 MANIFEST = "manifest.json"

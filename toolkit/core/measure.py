@@ -1,7 +1,7 @@
 """Measurements of this process and machine: memory, CPU, memory bandwidth, versions, time.
 
 Memory figures are MiB (2^20 bytes; the kernel counts KiB) under ``_mib`` names; sizes on disk
-(:func:`toolkit.core.artifacts.dir_size_mb`) are MB (10^6 bytes) under ``_mb`` names.
+(:func:`slmops.toolkit.core.artifacts.dir_size_mb`) are MB (10^6 bytes) under ``_mb`` names.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from toolkit.core import platform as system
+from slmops.toolkit.core import platform as system
 
 _MIB = 1 << 20
 
@@ -45,7 +45,7 @@ def available_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (see :func:`toolkit.core.platform.peak_rss_mib`)."""
+    """This process's peak resident memory so far, in MiB (see :func:`slmops.toolkit.core.platform.peak_rss_mib`)."""
     return system.peak_rss_mib()
 
 

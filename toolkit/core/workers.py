@@ -12,16 +12,16 @@ Three kinds of children, one machinery:
 Every child gets the offline environment, a log file (stdout and stderr), its own process
 group (a timeout or Ctrl-C ends it and anything it started), a tie to its parent (it dies
 with the toolkit even when the toolkit is killed with SIGKILL), and its own wall time and
-peak RSS (that child's alone); :mod:`toolkit.core.platform` does each the way the system allows. Failures are typed:
-:class:`~toolkit.core.errors.ToolFailedError` with the child's own error in one line (never
-its traceback, which stays in the log) and :class:`~toolkit.core.errors.ToolTimeoutError`.
+peak RSS (that child's alone); :mod:`slmops.toolkit.core.platform` does each the way the system allows. Failures are typed:
+:class:`~slmops.toolkit.core.errors.ToolFailedError` with the child's own error in one line (never
+its traceback, which stays in the log) and :class:`~slmops.toolkit.core.errors.ToolTimeoutError`.
 
 A worker module ends with::
 
     if __name__ == "__main__":
         workers.serve({"task": handler})        # handler(payload: dict, emit) -> JSON-able
 
-and children start as ``python -m toolkit.core.workers MODULE ARGS...`` (see :func:`main`).
+and children start as ``python -m slmops.toolkit.core.workers MODULE ARGS...`` (see :func:`main`).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from toolkit.core import errors, settings
-from toolkit.core import platform as system
-from toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
+from slmops.toolkit.core import errors, settings
+from slmops.toolkit.core import platform as system
+from slmops.toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
 
 _PARENT = "SLMOPS_PARENT_PID"
 _WORKER_FLAG = "--slmops-worker"
@@ -74,9 +74,9 @@ def python_module(module: str, *args: str) -> list[str]:
 
     Example:
         >>> python_module("onnxruntime_genai.models.builder", "-h")[1:4]
-        ['-m', 'toolkit.core.workers', 'onnxruntime_genai.models.builder']
+        ['-m', 'slmops.toolkit.core.workers', 'onnxruntime_genai.models.builder']
     """
-    return [sys.executable, "-m", "toolkit.core.workers", module, *args]
+    return [sys.executable, "-m", "slmops.toolkit.core.workers", module, *args]
 
 
 def _log_tail(log_path: Path, lines: int = 15) -> str:
@@ -215,7 +215,7 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
         ToolTimeoutError: past ``timeout`` or ``idle_timeout``; the child was killed.
 
     Example:
-        >>> run_worker("toolkit.runtimes.genai", "decode", {"models": {"int4": "models/int4"}}, name="probe").result
+        >>> run_worker("slmops.toolkit.runtimes.genai", "decode", {"models": {"int4": "models/int4"}}, name="probe").result
         {'int4': 118.2}
     """
     work = Path(tempfile.mkdtemp(prefix=f"slmops-{task}-"))
@@ -246,7 +246,7 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
 
 
 def _raise_typed(error: dict) -> None:
-    """Raise a child's own :class:`~toolkit.core.errors.SlmopsError` as the same class here, so its exit code holds.
+    """Raise a child's own :class:`~slmops.toolkit.core.errors.SlmopsError` as the same class here, so its exit code holds.
 
     Its message and its fields (``InvalidOptionError.name``, ``ModelFolderError.path``, ...: those
     the child could send as JSON) come back with it.
@@ -274,11 +274,11 @@ def _fields(exc: BaseException) -> dict:
 def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) -> None:
     """The child side of :func:`run_worker`: read the payload, run the task, write its result or error.
 
-    A :class:`~toolkit.core.errors.SlmopsError` is reported as it is; any other exception too,
+    A :class:`~slmops.toolkit.core.errors.SlmopsError` is reported as it is; any other exception too,
     with its traceback in the log. Exits 0 on success and 1 on an error.
     """
     if len(sys.argv) != 3 or sys.argv[1] != _WORKER_FLAG:
-        sys.exit(f"usage: python -m toolkit.core.workers MODULE {_WORKER_FLAG} DIR (started by run_worker)")
+        sys.exit(f"usage: python -m slmops.toolkit.core.workers MODULE {_WORKER_FLAG} DIR (started by run_worker)")
     work = Path(sys.argv[2])
     job = json.loads((work / "input.json").read_text())
     with (work / "events.jsonl").open("a") as events:
@@ -372,7 +372,7 @@ def start_service(command: list[str], *, log_path: Path, name: str, ready: Calla
 
 
 def _die_with_parent() -> None:
-    """End this process when its parent dies (see :func:`toolkit.core.platform.die_with_parent`); stop now if it has."""
+    """End this process when its parent dies (see :func:`slmops.toolkit.core.platform.die_with_parent`); stop now if it has."""
     parent = os.environ.get(_PARENT)
     system.die_with_parent(int(parent) if parent else None)
     if parent and os.getppid() != int(parent):
@@ -380,9 +380,9 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    """``python -m toolkit.core.workers MODULE ARGS...``: run MODULE as ``__main__``, offline, dying with its parent."""
+    """``python -m slmops.toolkit.core.workers MODULE ARGS...``: run MODULE as ``__main__``, offline, dying with its parent."""
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m toolkit.core.workers MODULE [ARGS...]")
+        sys.exit("usage: python -m slmops.toolkit.core.workers MODULE [ARGS...]")
     _die_with_parent()
     # A native crash (a segfault in ONNX Runtime, an abort in the SDK) leaves every thread's stack in the log.
     faulthandler.enable()

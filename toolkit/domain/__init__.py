@@ -1,5 +1,5 @@
 """Layer 2, domain: the toolkit's vocabulary: precisions, INT4 options and recipes, prompt
 templates, source models, the weight quantizer, prompts and run parameters.
 
-Imports only :mod:`toolkit.core`.
+Imports only :mod:`slmops.toolkit.core`.
 """

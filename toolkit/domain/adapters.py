@@ -18,7 +18,7 @@ folder, and the merge record (the manifest's ``adapter`` entry) says which files
 
 The merge is peft's own ``merge_and_unload`` on the FP32 base, in a child process; it
 writes an ordinary Hugging Face folder that every conversion route takes (and checks each
-build against in transformers: :mod:`toolkit.runtimes.reference`), after checking the merged
+build against in transformers: :mod:`slmops.toolkit.runtimes.reference`), after checking the merged
 model's logits against the unmerged one's on a fixed text. The merged folder is kept under
 the toolkit's models folder, keyed by the adapter's and the base's contents, and reused.
 """
@@ -31,10 +31,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, settings, workers
-from toolkit.core.errors import InputError, ModelFolderError, QuantizedCheckpointError
-from toolkit.domain.prompts import reference_text
-from toolkit.domain.sources import TensorInfo, fingerprint, inspect_source, read_tensors
+from slmops.toolkit.core import artifacts, settings, workers
+from slmops.toolkit.core.errors import InputError, ModelFolderError, QuantizedCheckpointError
+from slmops.toolkit.domain.prompts import reference_text
+from slmops.toolkit.domain.sources import TensorInfo, fingerprint, inspect_source, read_tensors
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_RECORD = "merge.json"
@@ -295,7 +295,7 @@ def merge(adapter: AdapterSource) -> Path:
     artifacts.remove_stale(target.parent)
     staging = artifacts.staging_dir(target, "merging")
     try:
-        result = workers.run_worker("toolkit.domain.adapters", "merge",
+        result = workers.run_worker("slmops.toolkit.domain.adapters", "merge",
                                     {"adapter": str(adapter.path), "base": str(adapter.base), "out": str(staging),
                                      "vocab_size": adapter.vocab_size, "own_files": list(adapter.own_files)},
                                     name=f"merge of {adapter.path.name} into {adapter.base.name}",

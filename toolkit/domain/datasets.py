@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.errors import InputError
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.errors import InputError
 
 BUNDLED_DATASET = "veloria.jsonl"
 #: The group of held-out cases (paraphrases): scored apart from the trained questions.
@@ -64,7 +64,7 @@ def load_dataset(path: str | os.PathLike[str] | None = None) -> list[Example]:
             (the message names the line and what an example needs).
     """
     if path is None:
-        text, source = resources.files("toolkit.domain.data").joinpath(BUNDLED_DATASET).read_text(), BUNDLED_DATASET
+        text, source = resources.files("slmops.toolkit.domain.data").joinpath(BUNDLED_DATASET).read_text(), BUNDLED_DATASET
     else:
         file = Path(path)
         if not file.is_file():
@@ -111,7 +111,7 @@ def load_dataset(path: str | os.PathLike[str] | None = None) -> list[Example]:
 
 def _tool_fields(row: dict) -> tuple[list[dict], dict | None]:
     """A line's ``tools`` and ``call``, checked (ValueError naming the problem)."""
-    from toolkit.domain import tools as tool_defs
+    from slmops.toolkit.domain import tools as tool_defs
 
     if "tools" not in row:
         if "call" in row or "result" in row:

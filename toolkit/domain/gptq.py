@@ -138,8 +138,8 @@ def output_error(weight: np.ndarray, quantized: np.ndarray, hessian: np.ndarray)
 
 def _dataset_texts(model_dir: Path, dataset: str | None) -> list[str]:
     """The dataset's questions and paraphrases with their answers, in the build's chat template."""
-    from toolkit.domain.datasets import load_dataset
-    from toolkit.domain.templates import render_jinja
+    from slmops.toolkit.domain.datasets import load_dataset
+    from slmops.toolkit.domain.templates import render_jinja
 
     template_file = model_dir / "chat_template.jinja"
     config = json.loads((model_dir / "tokenizer_config.json").read_text()) if (

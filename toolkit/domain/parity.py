@@ -26,7 +26,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from toolkit.core.errors import ParityError
+from slmops.toolkit.core.errors import ParityError
 
 #: Version of the ``parity`` record in ``manifest.json``.
 SCHEMA_VERSION = 1

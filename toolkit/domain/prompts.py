@@ -36,4 +36,4 @@ def prompt_text(tokenizer, tokens: int) -> str:
 
 def reference_text() -> str:
     """The bundled English text (about 430 SmolLM2 tokens) used for agreement checks."""
-    return resources.files("toolkit.domain.data").joinpath(REFERENCE_TEXT).read_text()
+    return resources.files("slmops.toolkit.domain.data").joinpath(REFERENCE_TEXT).read_text()

@@ -11,10 +11,10 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
-from toolkit.core.measure import machine, timestamp, versions
-from toolkit.domain.params import RunParams
-from toolkit.domain.prompts import BUNDLED_CASES
-from toolkit.domain.sources import bundled_model, fingerprint
+from slmops.toolkit.core.measure import machine, timestamp, versions
+from slmops.toolkit.domain.params import RunParams
+from slmops.toolkit.domain.prompts import BUNDLED_CASES
+from slmops.toolkit.domain.sources import bundled_model, fingerprint
 
 
 def cases_hash(cases: str) -> str:
@@ -22,7 +22,7 @@ def cases_hash(cases: str) -> str:
     if cases:
         data = Path(cases).read_bytes()
     else:
-        data = resources.files("toolkit.domain.data").joinpath(BUNDLED_CASES).read_bytes()
+        data = resources.files("slmops.toolkit.domain.data").joinpath(BUNDLED_CASES).read_bytes()
     return hashlib.sha256(data).hexdigest()[:16]
 
 

@@ -20,7 +20,7 @@ and appended to the output's data file, so peak memory is about one FP32 tensor 
 quantized copy, whatever the model's size (the builder's own INT4 holds the whole FP32
 model and its quantized copy at once). With ``lm_head_with_body`` the LM head goes
 through ORT's quantizer like the body, which is exactly the builder's own INT4.
-It runs as a worker task (``quantize``, see :mod:`toolkit.core.workers`), so its peak memory is
+It runs as a worker task (``quantize``, see :mod:`slmops.toolkit.core.workers`), so its peak memory is
 measured on its own and a crash cannot take the toolkit with it.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core import workers
+from slmops.toolkit.core import workers
 
 LM_HEAD = "/lm_head/MatMul"
 
@@ -45,7 +45,7 @@ class QuantPlan:
     Attributes:
         bits: Bits of the transformer body's MatMul weights (4 or 8).
         algorithm: ``default`` (min-max), ``rtn``, ``k_quant``, ``hqq``, or ``gptq`` (calibrated on
-            ``calibration``, see :mod:`toolkit.domain.gptq`; symmetric, the default's grid and kernels).
+            ``calibration``, see :mod:`slmops.toolkit.domain.gptq`; symmetric, the default's grid and kernels).
         block_size: Weights per quantization block.
         symmetric: Symmetric quantization (no zero points); HQQ is always asymmetric.
         accuracy_level: MatMulNBits compute type (4 int8, 3 bf16, 2 fp16, 1 fp32, 0 unset).
@@ -280,10 +280,10 @@ SLICEABLE = frozenset({"default", "rtn", "k_quant"})
 
 
 def _gptq_one(node, weight: np.ndarray, plan: QuantPlan, hessian: np.ndarray) -> tuple[list, list]:
-    """One MatMul by GPTQ (:mod:`toolkit.domain.gptq`): a ``MatMulNBits`` with ORT's symmetric layout, no zero points."""
+    """One MatMul by GPTQ (:mod:`slmops.toolkit.domain.gptq`): a ``MatMulNBits`` with ORT's symmetric layout, no zero points."""
     from onnx import helper, numpy_helper
 
-    from toolkit.domain import gptq
+    from slmops.toolkit.domain import gptq
 
     k, n = weight.shape
     codes, scales = gptq.gptq(weight, hessian, plan.bits, plan.block_size)
@@ -377,7 +377,7 @@ def _calibrate(source: Path, plan: QuantPlan, inputs: set[str]) -> dict[str, np.
     """GPTQ's ``X^T X`` per MatMul input over the calibration set (none for the other algorithms)."""
     if plan.algorithm != "gptq":
         return {}
-    from toolkit.domain import gptq
+    from slmops.toolkit.domain import gptq
 
     sequences = gptq.calibration_ids(source.parent, plan.calibration or None)
     sums, _ = gptq.hessians(source, sequences, inputs)

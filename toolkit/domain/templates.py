@@ -30,8 +30,8 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.errors import TemplateError
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.errors import TemplateError
 
 PLACEHOLDER = "{Content}"
 _FIELDS = ("system", "user", "assistant", "prompt")

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core.errors import InputError, InvalidOptionError
+from slmops.toolkit.core.errors import InputError, InvalidOptionError
 
 #: Tool-call boundary pairs models publish, first found wins: Qwen2.5/Qwen3/SmolLM3/Hermes,
 #: Phi-4-mini, then SmolLM2's notebook tokens (SmolLM2 has no tool tokens; these two are never

@@ -25,12 +25,12 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, platform, settings
-from toolkit.core.errors import InputError, SlmopsError
-from toolkit.core.measure import cpu_info
-from toolkit.domain import params as run_params
-from toolkit.orchestration import pipeline
-from toolkit.presentation import report
+from slmops.toolkit.core import artifacts, platform, settings
+from slmops.toolkit.core.errors import InputError, SlmopsError
+from slmops.toolkit.core.measure import cpu_info
+from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.orchestration import pipeline
+from slmops.toolkit.presentation import report
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def placement_rows(placements: list[Placement]) -> dict[str, dict]:
 
 def run_sweep(params: dict, out: str | os.PathLike[str], *, address: str | None = None, progress: bool = True,
               max_runs: int = run_params.MAX_SWEEP_RUNS) -> Path:
-    """:func:`toolkit.orchestration.pipeline.run_sweep` with each point a Ray task on its own node.
+    """:func:`slmops.toolkit.orchestration.pipeline.run_sweep` with each point a Ray task on its own node.
 
     Every point's parameters are checked before Ray starts. The comparison page says which
     node ran which point and warns when the points ran on different kinds of node.

@@ -11,12 +11,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, settings
-from toolkit.core.artifacts import read_manifest
-from toolkit.core.errors import InputError, SlmopsError
-from toolkit.domain import parity, templates
-from toolkit.runtimes.foundry import LoadedModel, probe_web_service
-from toolkit.stages.register import ModelConfig, register
+from slmops.toolkit.core import artifacts, settings
+from slmops.toolkit.core.artifacts import read_manifest
+from slmops.toolkit.core.errors import InputError, SlmopsError
+from slmops.toolkit.domain import parity, templates
+from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
+from slmops.toolkit.stages.register import ModelConfig, register
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import re
 import time
 from pathlib import Path
 
-from toolkit.core import artifacts, settings
-from toolkit.core.errors import ParamsError, SlmopsError
-from toolkit.domain import packaged, provenance
-from toolkit.domain import params as run_params
-from toolkit.presentation import report
+from slmops.toolkit.core import artifacts, settings
+from slmops.toolkit.core.errors import ParamsError, SlmopsError
+from slmops.toolkit.domain import packaged, provenance
+from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.presentation import report
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     return index
 
 
-#: Models ``slmops demo --model`` takes: the bundled SmolLM2, and packaged ones (:mod:`toolkit.domain.packaged`).
+#: Models ``slmops demo --model`` takes: the bundled SmolLM2, and packaged ones (:mod:`slmops.toolkit.domain.packaged`).
 DEMO_MODELS = ("smollm2-135m", *packaged.PACKAGED)
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.artifacts import dir_size_mb, read_manifest
-from toolkit.core.errors import InvalidOptionError
-from toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
-from toolkit.domain.results.recipes import RecipeResult, recipes_file
-from toolkit.runtimes import genai
-from toolkit.stages.convert import ConvertSpec, convert, validate
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
+from slmops.toolkit.core.errors import InvalidOptionError
+from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
+from slmops.toolkit.domain.results.recipes import RecipeResult, recipes_file
+from slmops.toolkit.runtimes import genai
+from slmops.toolkit.stages.convert import ConvertSpec, convert, validate
 
 
 def fidelity_key(r: RecipeResult) -> tuple:

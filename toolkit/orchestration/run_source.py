@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.domain import adapters, datasets, options, packaged, tools
-from toolkit.domain.options import Precision
-from toolkit.domain.sources import bundled_model
-from toolkit.domain.templates import PromptTemplate
-from toolkit.stages import convert, finetune, register
+from slmops.toolkit.domain import adapters, datasets, options, packaged, tools
+from slmops.toolkit.domain.options import Precision
+from slmops.toolkit.domain.sources import bundled_model
+from slmops.toolkit.domain.templates import PromptTemplate
+from slmops.toolkit.stages import convert, finetune, register
 
 CONTROL_DIR = "control-fp32"  # under the run's models folder
 CONTROL_SUFFIX = "base"  # registered as PREFIX-base
@@ -49,7 +49,7 @@ def prepare(model_dir: str, adapter: str, train: bool, cases: str, run_dir: str 
         model_dir: The run's ``model_dir`` (empty: the bundled SmolLM2).
         adapter: The run's ``adapter`` (empty: none).
         train: The run's ``finetune``: with the bundled model (or a packaged one, see
-            :mod:`toolkit.domain.packaged`) and no adapter, deploy the Veloria fine-tune of it.
+            :mod:`slmops.toolkit.domain.packaged`) and no adapter, deploy the Veloria fine-tune of it.
         cases: The run's ``cases`` (empty: the fine-tune dataset's cases, written to ``run_dir/cases.jsonl``,
             for the bundled fine-tune; else the bundled SmolLM2 cases).
     """
@@ -101,7 +101,7 @@ def convert_all(source: RunSource, picked: str | os.PathLike[str], precisions: l
                 models_dir: str | os.PathLike[str], **options) -> list[dict]:
     """Convert what was picked (the fine-tune when its base is picked) at each precision, and the control.
 
-    ``options`` go to :func:`toolkit.stages.convert.convert_all` (method, INT4 options).
+    ``options`` go to :func:`slmops.toolkit.stages.convert.convert_all` (method, INT4 options).
     """
     model = convert_from(picked, source)
     fine_tuned = source.adapter is not None and model == source.model

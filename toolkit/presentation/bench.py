@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from toolkit.domain.results.bench import NOISY_CV, BenchRow
-from toolkit.domain.results.checklist import ChecklistReport
-from toolkit.stages.bench import headline_rows
+from slmops.toolkit.domain.results.bench import NOISY_CV, BenchRow
+from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.stages.bench import headline_rows
 
 
 def summary(report: dict, quality: ChecklistReport | None = None, *, baseline: str = "fp32") -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolkit.domain.results.checklist import (
+from slmops.toolkit.domain.results.checklist import (
     Check,
     ChecklistReport,
     CheckResult,

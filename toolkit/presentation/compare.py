@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.artifacts import read_json
-from toolkit.domain.provenance import differences, machine_differences
-from toolkit.domain.results.bench import rows_of
-from toolkit.domain.results.conversion import read_conversions
-from toolkit.domain.results.registration import read_registered
-from toolkit.presentation.render import render_page
-from toolkit.stages import bench
-from toolkit.stages.checklist import read_report
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.artifacts import read_json
+from slmops.toolkit.domain.provenance import differences, machine_differences
+from slmops.toolkit.domain.results.bench import rows_of
+from slmops.toolkit.domain.results.conversion import read_conversions
+from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.presentation.render import render_page
+from slmops.toolkit.stages import bench
+from slmops.toolkit.stages.checklist import read_report
 
 #: Quality figures a comparison gates on, and how far each may move the wrong way by default:
 #: top-1 agreement may drop and KL divergence rise by that much (absolute), perplexity rise by

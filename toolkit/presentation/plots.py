@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from toolkit.domain.results.checklist import ChecklistReport
-from toolkit.stages.bench import headline_rows, rows_for
+from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.stages.bench import headline_rows, rows_for
 
 
 def _axes(ax):

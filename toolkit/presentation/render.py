@@ -12,7 +12,7 @@ def render_page(template: str, **context: object) -> str:
     """
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    environment = Environment(loader=PackageLoader("toolkit.presentation", "pages"),
+    environment = Environment(loader=PackageLoader("slmops.toolkit.presentation", "pages"),
                               autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True)
     return environment.get_template(template).render(**context)

@@ -12,20 +12,20 @@ import time
 import zipfile
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.artifacts import read_json
-from toolkit.core.errors import InputError
-from toolkit.core.measure import versions
-from toolkit.domain.results.bench import rows_of
-from toolkit.domain.results.checklist import ControlResult
-from toolkit.domain.results.conversion import read_conversions
-from toolkit.domain.results.recipes import read_recipes
-from toolkit.domain.results.registration import read_registered
-from toolkit.presentation import bench as bench_text
-from toolkit.presentation import checklist as checklist_tables
-from toolkit.presentation import compare
-from toolkit.presentation.render import render_page
-from toolkit.stages import bench, checklist, convert
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.artifacts import read_json
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.core.measure import versions
+from slmops.toolkit.domain.results.bench import rows_of
+from slmops.toolkit.domain.results.checklist import ControlResult
+from slmops.toolkit.domain.results.conversion import read_conversions
+from slmops.toolkit.domain.results.recipes import read_recipes
+from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import checklist as checklist_tables
+from slmops.toolkit.presentation import compare
+from slmops.toolkit.presentation.render import render_page
+from slmops.toolkit.stages import bench, checklist, convert
 
 NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark")
 
@@ -93,7 +93,7 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
     """"What this run shows": a few sentences generated from the run's own figures.
 
     Args:
-        recommendation: :func:`toolkit.presentation.compare.recommend` of the run.
+        recommendation: :func:`slmops.toolkit.presentation.compare.recommend` of the run.
         bench_report: Its ``bench.json``.
         registered: Its ``registered.json`` (thread choices).
         control: ``test.json``'s negative control (the base model on the same domain cases), if any.
@@ -249,7 +249,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
                       swept: list[str], placements: dict[str, dict] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
-    The table is :func:`toolkit.presentation.compare.side_by_side`, the one a comparison of two runs shows.
+    The table is :func:`slmops.toolkit.presentation.compare.side_by_side`, the one a comparison of two runs shows.
 
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.

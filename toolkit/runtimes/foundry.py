@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.core import artifacts, platform, settings, workers
-from toolkit.core.errors import (
+from slmops.toolkit.core import artifacts, platform, settings, workers
+from slmops.toolkit.core.errors import (
     FoundryRequestError,
     InvalidOptionError,
     InvalidPromptError,
     ModelNotFoundError,
     PromptTooLongError,
 )
-from toolkit.domain import templates, tools
-from toolkit.domain.results.bench import decode_tps
+from slmops.toolkit.domain import templates, tools
+from slmops.toolkit.domain.results.bench import decode_tps
 
 APP_NAME = "slmops"
 _ROLES = ("system", "user", "assistant", "tool")
@@ -609,7 +609,7 @@ def probe_web_service(name: str, cache: str | Path | None = None,
             return WebServiceProbe(**record)
     except (OSError, ValueError, TypeError):
         pass
-    result = workers.run_worker("toolkit.runtimes.foundry", "web-service",
+    result = workers.run_worker("slmops.toolkit.runtimes.foundry", "web-service",
                                 {"name": name, "cache": str(settings.cache_dir(cache))},
                                 name="Foundry Local web service probe", timeout=120).result
     serves = name in result["listed"] and result["chat_status"] == 200

@@ -3,7 +3,7 @@
 Foundry's chat API returns text, not logits; the measurements that compare a quantized
 build with its FP32 reference (top-1 agreement, KL divergence, perplexity), a quick
 decode-speed probe and the benchmark's direct engine need the runtime the builder targets.
-They run as worker tasks in a child process (:mod:`toolkit.core.workers`): the
+They run as worker tasks in a child process (:mod:`slmops.toolkit.core.workers`): the
 ``onnxruntime_genai`` module cannot load into a process that already holds Foundry Local's
 own build of the same native library. :func:`agreement`, :func:`decode_speeds` and
 :func:`bench` are the parent-side calls.
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core import workers
-from toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
-from toolkit.domain.parity import log_softmax
-from toolkit.domain.prompts import reference_text
-from toolkit.domain.results.bench import TimedRun
+from slmops.toolkit.core import workers
+from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
+from slmops.toolkit.domain.parity import log_softmax
+from slmops.toolkit.domain.prompts import reference_text
+from slmops.toolkit.domain.results.bench import TimedRun
 
-_MODULE = "toolkit.runtimes.genai"
+_MODULE = "slmops.toolkit.runtimes.genai"
 #: ``genai_config.json`` model keys newer ONNX Runtime GenAI releases read (Foundry Local's 0.18: the
 #: tool-call and reasoning boundary token ids) that the pinned 0.14.1's parser refuses as unknown.
 NEWER_MODEL_KEYS = ("bot_token_id", "eot_token_id", "bor_token_id", "eor_token_id")
@@ -362,7 +362,7 @@ def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str |
     Args:
         reference_dir: The FP32 build (an ONNX model folder).
         candidates: Label to ONNX model folder.
-        text: Text to read; the bundled :func:`~toolkit.domain.prompts.reference_text` by default.
+        text: Text to read; the bundled :func:`~slmops.toolkit.domain.prompts.reference_text` by default.
 
     Example:
         >>> agreement("models/fp32", {"int4": "models/int4"})[0].top1_agreement

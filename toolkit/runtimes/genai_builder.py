@@ -3,7 +3,7 @@
 Two patches of the pinned builder (onnxruntime-genai 0.14.1), installed by :func:`install`
 in the child that runs it (:func:`main`) or in any process that calls its ``create_model``
 (Olive's ``ModelBuilder`` pass): :func:`install_compat`, which makes its graphs compute what
-transformers 5 computes for every family in :mod:`toolkit.domain.families` (its docstring
+transformers 5 computes for every family in :mod:`slmops.toolkit.domain.families` (its docstring
 lists each cause), and the lean initializer below.
 
 The 0.14 builder stores each weight as a lazy tensor that casts the checkpoint's tensor
@@ -14,7 +14,7 @@ and once in FP32. Measured on a random Qwen2.5-0.5B-shaped bf16 checkpoint (988 
 contiguous in one step, the peak is the checkpoint itself plus one tensor in flight. Nothing else changes: the
 same graph and bytes are written. Usage::
 
-    python -m toolkit.core.workers toolkit.runtimes.genai_builder -i DIR -o OUT -p fp32 ...
+    python -m slmops.toolkit.core.workers slmops.toolkit.runtimes.genai_builder -i DIR -o OUT -p fp32 ...
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def install() -> None:
     """Patch the builder in this process: the lean initializer and :func:`install_compat`.
 
     For any process that runs the builder's ``create_model`` in-process (Olive's ``ModelBuilder``
-    pass, through :mod:`toolkit.runtimes.olive_cli`) as well as for :func:`main`. Idempotent.
+    pass, through :mod:`slmops.toolkit.runtimes.olive_cli`) as well as for :func:`main`. Idempotent.
     """
     import onnxruntime_genai.models  # noqa: F401  (puts the builder's ``builders`` package on sys.path)
     from builders import base  # the name builder.py itself imports its classes under

@@ -3,13 +3,13 @@
 :func:`check` runs one worker task that loads the source Hugging Face folder with
 transformers in FP32, computes its next-token logits on a few token sequences, frees it,
 then loads each ONNX build with ONNX Runtime GenAI and compares its logits on the same ids
-(:mod:`toolkit.domain.parity`). One model is held at a time, so the check's peak is the
+(:mod:`slmops.toolkit.domain.parity`). One model is held at a time, so the check's peak is the
 larger of the two models, not their sum.
 
 The sequences: the bundled reference text (with the special tokens the tokenizer adds,
-e.g. a BOS), cut to :data:`~toolkit.domain.parity.TEXT_POSITIONS`; and, when the model has
+e.g. a BOS), cut to :data:`~slmops.toolkit.domain.parity.TEXT_POSITIONS`; and, when the model has
 a sliding window shorter than its context, the same text repeated to
-:data:`~toolkit.domain.parity.PAST_WINDOW` tokens past the window, so a window applied to
+:data:`~slmops.toolkit.domain.parity.PAST_WINDOW` tokens past the window, so a window applied to
 the wrong layers (or not at all) shows.
 """
 
@@ -19,11 +19,11 @@ import gc
 import os
 from pathlib import Path
 
-from toolkit.core import artifacts, settings, workers
-from toolkit.domain import parity
-from toolkit.domain.prompts import reference_text
+from slmops.toolkit.core import artifacts, settings, workers
+from slmops.toolkit.domain import parity
+from slmops.toolkit.domain.prompts import reference_text
 
-_MODULE = "toolkit.runtimes.reference"
+_MODULE = "slmops.toolkit.runtimes.reference"
 #: Reference logits up to this size are kept on disk for the next build of the same source.
 _CACHE_LIMIT_BYTES = 64 * 2**20
 
@@ -121,7 +121,7 @@ def _parity_task(job: dict, emit) -> dict:
     import numpy as np
     import onnxruntime_genai as og
 
-    from toolkit.runtimes.genai import logits_for_ids
+    from slmops.toolkit.runtimes.genai import logits_for_ids
 
     reference_name, seqs, reference = _cached_reference(job, emit)
     results = {}
@@ -167,7 +167,7 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
 
 
 def judged(result: dict, label: str, tolerance: parity.Tolerance) -> parity.ParityCheck:
-    """The :class:`~toolkit.domain.parity.ParityCheck` of one candidate of a :func:`check` result."""
+    """The :class:`~slmops.toolkit.domain.parity.ParityCheck` of one candidate of a :func:`check` result."""
     parts = [parity.Figures(**fields) for fields in result["figures"][label]]
     return parity.judge(label, result["reference"], [tuple(s) for s in result["sequences"]], parts, tolerance)
 

@@ -2,8 +2,8 @@
 
 Config first, run second: :func:`builder_command`, :func:`olive_command` and
 :func:`build_olive_config` are pure; :func:`convert` validates, runs the tools through
-:mod:`toolkit.core.workers`, and moves a finished build into place atomically
-(:mod:`toolkit.core.artifacts`).
+:mod:`slmops.toolkit.core.workers`, and moves a finished build into place atomically
+(:mod:`slmops.toolkit.core.artifacts`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from toolkit.core import artifacts, settings, workers
-from toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
-from toolkit.core.errors import (
+from slmops.toolkit.core import artifacts, settings, workers
+from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
+from slmops.toolkit.core.errors import (
     InsufficientMemoryError,
     InvalidOptionError,
     ModelFolderError,
@@ -29,9 +29,9 @@ from toolkit.core.errors import (
     ToolTimeoutError,
     UnsupportedArchitectureError,
 )
-from toolkit.core.measure import available_mib, package_versions, timestamp
-from toolkit.domain import adapters, memory, parity
-from toolkit.domain.options import (
+from slmops.toolkit.core.measure import available_mib, package_versions, timestamp
+from slmops.toolkit.domain import adapters, memory, parity
+from slmops.toolkit.domain.options import (
     BLOCK_SIZES,
     TUTORIAL_SIZE_RATIO,
     Int4Algorithm,
@@ -40,10 +40,10 @@ from toolkit.domain.options import (
     Method,
     Precision,
 )
-from toolkit.domain.quantize import QuantPlan, weight_summary
-from toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
-from toolkit.domain.sources import SourceModel, fingerprint, inspect_source
-from toolkit.runtimes import reference
+from slmops.toolkit.domain.quantize import QuantPlan, weight_summary
+from slmops.toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
+from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source
+from slmops.toolkit.runtimes import reference
 
 OLIVE_CONFIG = "finetuned_conversion_config.json"
 
@@ -108,7 +108,7 @@ def supported_architectures() -> list[str]:
 
 
 def needs_quantizer(spec: ConvertSpec) -> bool:
-    """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`toolkit.domain.quantize`.
+    """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`slmops.toolkit.domain.quantize`.
 
     INT8 always is (the 0.14 builder has no int8). INT4 always is on the builder route: the
     builder's own INT4 holds the whole FP32 model and its quantized copy in memory (6-7x a
@@ -133,7 +133,7 @@ def route_precision(spec: ConvertSpec) -> Precision:
 
 
 def quant_plan(spec: ConvertSpec, hidden_size: int = 0) -> QuantPlan:
-    """The :class:`~toolkit.quantize.QuantPlan` for ``spec`` (when :func:`needs_quantizer`).
+    """The :class:`~slmops.toolkit.domain.quantize.QuantPlan` for ``spec`` (when :func:`needs_quantizer`).
 
     INT8 is 8-bit weight-only ``MatMulNBits`` (symmetric, block 32) for every MatMul and
     the LM head, with an 8-bit embedding table (shared with the LM head when tied).
@@ -166,14 +166,14 @@ def _builder_int4_options(int4: Int4Options) -> dict[str, object]:
 
 
 def builder_command(spec: ConvertSpec, output: Path, cache: Path) -> list[str]:
-    """The model builder's argv for ``spec``, through :mod:`toolkit.runtimes.genai_builder` (its lean export).
+    """The model builder's argv for ``spec``, through :mod:`slmops.toolkit.runtimes.genai_builder` (its lean export).
 
     Example:
         >>> builder_command(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))[4:6]
         ['-i', 'm']
     """
     command = workers.python_module(
-        "toolkit.runtimes.genai_builder",
+        "slmops.toolkit.runtimes.genai_builder",
         "-i", str(spec.model_dir), "-o", str(output), "-p", str(route_precision(spec)),
         "-e", spec.execution_provider, "-c", str(cache),
     )
@@ -183,14 +183,14 @@ def builder_command(spec: ConvertSpec, output: Path, cache: Path) -> list[str]:
 def olive_command(spec: ConvertSpec, output: Path) -> list[str]:
     """The tutorial's method 1: ``olive auto-opt ... --use_model_builder``.
 
-    Runs through :mod:`toolkit.olive_cli`, which turns Olive's telemetry off before it starts.
+    Runs through :mod:`slmops.toolkit.runtimes.olive_cli`, which turns Olive's telemetry off before it starts.
 
     Example:
         >>> "--use_model_builder" in olive_command(ConvertSpec(Path("m"), Path("o")), Path("o"))
         True
     """
     return workers.python_module(
-        "toolkit.runtimes.olive_cli", "auto-opt", "--model_name_or_path", str(spec.model_dir),
+        "slmops.toolkit.runtimes.olive_cli", "auto-opt", "--model_name_or_path", str(spec.model_dir),
         "--device", "gpu" if spec.execution_provider == "cuda" else "cpu",
         "--provider", _PROVIDERS[spec.execution_provider], "--use_model_builder",
         "--precision", str(route_precision(spec)), "--output_path", str(output),
@@ -270,7 +270,7 @@ def memory_estimate(spec: ConvertSpec, source: SourceModel, reference_dtype: str
 def reference_dtype(spec: ConvertSpec, source: SourceModel, available: float) -> str:
     """The dtype the parity check loads the source in: FP32, unless that alone would not fit in ``available`` MiB.
 
-    In bf16 the comparison is looser (:data:`~toolkit.domain.parity.NEAR`), and the manifest says so.
+    In bf16 the comparison is looser (:data:`~slmops.toolkit.domain.parity.NEAR`), and the manifest says so.
     """
     fp32 = memory_estimate(spec, source, "float32")
     return "float32" if fp32.peak_mib <= available else "bfloat16"
@@ -474,7 +474,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 config = build_olive_config(spec, first, scratch / "olive-cache")
                 config_file = scratch / OLIVE_CONFIG
                 config_file.write_text(json.dumps(config, indent=2))
-                olive_run = workers.python_module("toolkit.runtimes.olive_cli", "run", "--config", str(config_file))
+                olive_run = workers.python_module("slmops.toolkit.runtimes.olive_cli", "run", "--config", str(config_file))
                 runs.append(workers.run_tool(olive_run, log_path=logs / "olive.log", cwd=scratch, name="olive run"))
             bar.update()
             plan = None
@@ -483,7 +483,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 bar.set_postfix_str(steps[2])
                 staging.mkdir()
                 runs.append(workers.run_worker(
-                    "toolkit.domain.quantize", "quantize",
+                    "slmops.toolkit.domain.quantize", "quantize",
                     {"source": str(first / "model.onnx"), "target": str(staging / "model.onnx"), "plan": asdict(plan)},
                     log_path=logs / "quantize.log", name="weight quantizer"))
                 _copy_support_files(first, staging)
@@ -563,9 +563,9 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
                  dtype: str = "float32", source_fingerprint: str = "") -> dict:
     """Check the build (and the FP32 model a quantizer started from) against transformers; refuse a mismatch.
 
-    The FP32 model must match exactly (:data:`~toolkit.domain.parity.EXACT`; :data:`~toolkit.domain.parity.NEAR`
+    The FP32 model must match exactly (:data:`~slmops.toolkit.domain.parity.EXACT`; :data:`~slmops.toolkit.domain.parity.NEAR`
     when the reference had to be loaded in bf16 to fit); a quantized build within what quantization
-    may change (:data:`~toolkit.domain.parity.QUANTIZED`, top-1 and KL).
+    may change (:data:`~slmops.toolkit.domain.parity.QUANTIZED`, top-1 and KL).
 
     Returns:
         The manifest's ``parity`` entry: ``{"verdict", "checks": [record per build], "peak_rss_mib"}``.

@@ -3,11 +3,11 @@
 Most fine-tunes of small models are PEFT LoRA adapters over a base; this stage makes one,
 so the demo deploys a real fine-tune and a user can reproduce its input
 (``slmops finetune DATA.jsonl --base DIR --out ADAPTER``). The dataset is JSONL, one example
-per line (see :mod:`toolkit.domain.datasets`): ``question`` and ``answer`` (the training
+per line (see :mod:`slmops.toolkit.domain.datasets`): ``question`` and ``answer`` (the training
 pair), ``paraphrase`` (a held-out wording, never trained on), ``expect`` (words a correct
 answer contains), an optional ``id`` and ``format: "json"``.
 
-Training runs in a child process (:mod:`toolkit.core.workers`) with one progress event per
+Training runs in a child process (:mod:`slmops.toolkit.core.workers`) with one progress event per
 step; the loss is computed on the answer tokens only, through the base's own chat template.
 The adapter is written to a temporary folder and moved into place when complete; a folder
 trained from the same data, base and settings is reused (its ``finetune.json`` says so).
@@ -23,11 +23,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from toolkit.core import artifacts, settings, workers
-from toolkit.core.errors import InputError
-from toolkit.domain import packaged, tools
-from toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
-from toolkit.domain.sources import BUNDLED_NAME, fingerprint, inspect_source
+from slmops.toolkit.core import artifacts, settings, workers
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import packaged, tools
+from slmops.toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
+from slmops.toolkit.domain.sources import BUNDLED_NAME, fingerprint, inspect_source
 
 RECORD = "finetune.json"
 #: Steps of the bundled SmolLM2's demo fine-tune: the Veloria set with its tool examples (29) at
@@ -133,7 +133,7 @@ def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
         job = {"base": str(spec.base), "out": str(staging), "examples": [asdict(e) for e in examples],
                "rank": spec.rank, "steps": spec.steps, "batch": spec.batch, "learning_rate": spec.learning_rate,
                "seed": spec.seed}
-        losses = workers.run_worker("toolkit.stages.finetune", "train", job, name="LoRA fine-tune",
+        losses = workers.run_worker("slmops.toolkit.stages.finetune", "train", job, name="LoRA fine-tune",
                                     idle_timeout=600, startup_s=120, on_event=on_event).result
         wall = time.perf_counter() - start
         artifacts.write_json(staging / RECORD, {
@@ -152,7 +152,7 @@ def bundled_adapter(base: Path, *, progress: bool = True) -> FinetuneResult:
     """The demo's fine-tune: a LoRA adapter for ``base`` (the bundled SmolLM2 or a packaged model) on the Veloria set.
 
     Trained once (well under a minute here for SmolLM2) and kept beside the unpacked model; a
-    packaged model's own settings (:attr:`~toolkit.domain.packaged.PackagedModel.finetune`) apply.
+    packaged model's own settings (:attr:`~slmops.toolkit.domain.packaged.PackagedModel.finetune`) apply.
     """
     name = "smollm2" if base.name == BUNDLED_NAME else base.name.lower()
     key = packaged.packaged_key(base)

@@ -19,9 +19,9 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from toolkit.core import artifacts, platform, settings
-from toolkit.core.artifacts import dir_size_mb, read_manifest
-from toolkit.core.errors import (
+from slmops.toolkit.core import artifacts, platform, settings
+from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
+from slmops.toolkit.core.errors import (
     InvalidNameError,
     InvalidOptionError,
     ModelFolderError,
@@ -29,12 +29,12 @@ from toolkit.core.errors import (
     NameTakenError,
     RegistrationError,
 )
-from toolkit.core.measure import timestamp
-from toolkit.domain import options, templates, tools
-from toolkit.domain.prompts import prompt_text
-from toolkit.domain.results.registration import registered_file
-from toolkit.runtimes import foundry, genai
-from toolkit.runtimes.foundry import models_root
+from slmops.toolkit.core.measure import timestamp
+from slmops.toolkit.domain import options, templates, tools
+from slmops.toolkit.domain.prompts import prompt_text
+from slmops.toolkit.domain.results.registration import registered_file
+from slmops.toolkit.runtimes import foundry, genai
+from slmops.toolkit.runtimes.foundry import models_root
 
 INFERENCE_MODEL = "inference_model.json"
 _RECORD = ".slmops-registration.json"
@@ -224,8 +224,8 @@ class ToolCalling:
 def fine_tune_probe(onnx_dir: Path) -> dict | None:
     """A tool case from the dataset the model was fine-tuned on (its manifest's adapter, that adapter's
     ``finetune.json``), or None: a fine-tune taught its own functions is probed with one of them."""
-    from toolkit.core.errors import InputError
-    from toolkit.domain import datasets
+    from slmops.toolkit.core.errors import InputError
+    from slmops.toolkit.domain import datasets
 
     adapter = read_manifest(onnx_dir).get("adapter") or {}
     record = artifacts.read_json(Path(adapter.get("path", "")) / "finetune.json", {}) if adapter.get("path") else {}
@@ -249,7 +249,7 @@ def probe_tool_calling(model_id: str, cache: str | Path | None, case: dict | Non
         cache: Foundry cache.
         case: ``{"messages", "tools", "expect": {"call": {"name", "arguments"}}}`` (default :data:`PROBE_CASE`).
     """
-    from toolkit.core.errors import SlmopsError
+    from slmops.toolkit.core.errors import SlmopsError
 
     case = case or PROBE_CASE
     try:

@@ -8,7 +8,7 @@ are documented in ``docs/results.md``.
 
 from __future__ import annotations
 
-from toolkit.core.errors import InputError
+from slmops.toolkit.core.errors import InputError
 
 
 class ResultVersionError(InputError):

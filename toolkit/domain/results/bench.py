@@ -18,9 +18,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, fields
 
-from toolkit.domain.results import schema_version
+from slmops.toolkit.domain.results import schema_version
 
-#: The version :func:`toolkit.stages.bench.write_results` writes.
+#: The version :func:`slmops.toolkit.stages.bench.write_results` writes.
 SCHEMA_VERSION = 2
 
 #: Coefficient of variation of decode tokens/s above which a figure is flagged as too noisy to trust.

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
-from toolkit.domain.results import schema_version
+from slmops.toolkit.domain.results import schema_version
 
 #: The version :meth:`ChecklistReport.to_json` writes.
 SCHEMA_VERSION = 4

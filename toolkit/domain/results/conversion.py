@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.domain.results import schema_version
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.domain.results import schema_version
 
 #: The version the conversion stage writes into each manifest.
 SCHEMA_VERSION = 3

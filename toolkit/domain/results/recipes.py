@@ -14,8 +14,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.domain.results import schema_version
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.domain.results import schema_version
 
 #: The version :func:`recipes_file` writes.
 SCHEMA_VERSION = 2
@@ -29,7 +29,7 @@ class RecipeResult:
     """One INT4 recipe built and measured against the FP32 build.
 
     Attributes:
-        recipe: Name in :data:`toolkit.domain.options.INT4_RECIPES`.
+        recipe: Name in :data:`slmops.toolkit.domain.options.INT4_RECIPES`.
         note: What the recipe does.
         output_dir: Where it was built.
         size_mb: Size on disk, MB (10^6 bytes).

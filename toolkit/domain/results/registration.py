@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.errors import InputError
-from toolkit.domain.results import schema_version
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain.results import schema_version
 
 #: The version :func:`registered_file` writes.
 SCHEMA_VERSION = 2

@@ -7,23 +7,23 @@ chat template applied once, as Foundry's ChatSession does); decoding is greedy; 
 runs are discarded. The direct engine generates exactly the asked number of tokens (EOS
 ignored, the method of ONNX Runtime GenAI's ``benchmark_e2e.py``) with a fixed, recorded
 thread count. Foundry Local's request options have no minimum length, so its rows run on the
-model's fixed-length registration (:func:`~toolkit.runtimes.foundry.fixed_length_registration`:
+model's fixed-length registration (:func:`~slmops.toolkit.runtimes.foundry.fixed_length_registration`:
 the same files and runtime, ``search.min_length`` set to the context so the end of turn is held
 back): a terse fine-tune generates the asked tokens too, and decode and first-token figures and
 their ratios to the direct engine are measured for every precision. Rows record how many tokens
 were generated (``short`` in ``bench.json`` lists any that stopped early).
 
-Where each part lives: the row and the one metrics function in :mod:`toolkit.domain.results.bench`;
-:mod:`~toolkit.stages.bench.engines` (the three engines and :func:`bench`, children in
-:mod:`~toolkit.stages.bench.worker`); :mod:`~toolkit.stages.bench.analysis` (what rows say
-together); :mod:`~toolkit.stages.bench.results` (``bench.json``, ``bench.csv``); its sentences
-(summary, warnings) in :mod:`toolkit.presentation.bench`.
+Where each part lives: the row and the one metrics function in :mod:`slmops.toolkit.domain.results.bench`;
+:mod:`~slmops.toolkit.stages.bench.engines` (the three engines and :func:`bench`, children in
+:mod:`~slmops.toolkit.stages.bench.worker`); :mod:`~slmops.toolkit.stages.bench.analysis` (what rows say
+together); :mod:`~slmops.toolkit.stages.bench.results` (``bench.json``, ``bench.csv``); its sentences
+(summary, warnings) in :mod:`slmops.toolkit.presentation.bench`.
 """
 
 from __future__ import annotations
 
-from toolkit.domain.results.bench import NOISY_CV, BenchRow, TimedRun, run_metrics
-from toolkit.stages.bench.analysis import (
+from slmops.toolkit.domain.results.bench import NOISY_CV, BenchRow, TimedRun, run_metrics
+from slmops.toolkit.stages.bench.analysis import (
     decode_ceiling,
     endpoint_ratios,
     engine_ratios,
@@ -34,7 +34,7 @@ from toolkit.stages.bench.analysis import (
     timed_too_few,
     ttft_breakdown,
 )
-from toolkit.stages.bench.engines import (
+from slmops.toolkit.stages.bench.engines import (
     ENGINES,
     bench,
     configured_threads,
@@ -42,7 +42,7 @@ from toolkit.stages.bench.engines import (
     measure_endpoint,
     measure_model,
 )
-from toolkit.stages.bench.results import read_results, write_results
+from slmops.toolkit.stages.bench.results import read_results, write_results
 
 __all__ = [
     "ENGINES", "NOISY_CV", "BenchRow", "TimedRun", "bench", "configured_threads", "decode_ceiling", "endpoint_ratios",

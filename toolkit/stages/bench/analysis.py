@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from toolkit.core import platform
-from toolkit.domain.results.bench import BenchRow
+from slmops.toolkit.core import platform
+from slmops.toolkit.domain.results.bench import BenchRow
 
 _MIB = 1 << 20
 
@@ -153,7 +153,7 @@ def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], ll
 
 
 def last_level_cache_mib(caches: dict[str, str]) -> float:
-    """The largest cache in MiB from :func:`toolkit.core.measure.machine`'s ``caches`` (``{"L3": "32768K"}``)."""
+    """The largest cache in MiB from :func:`slmops.toolkit.core.measure.machine`'s ``caches`` (``{"L3": "32768K"}``)."""
     sizes = []
     for size in caches.values():
         number = size.rstrip("KMG")

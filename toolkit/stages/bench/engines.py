@@ -1,5 +1,5 @@
 """The engines a benchmark measures: Foundry Local in-process, ONNX Runtime GenAI directly, an OpenAI-compatible
-endpoint; each model and engine in its own child process (:mod:`toolkit.stages.bench.worker`)."""
+endpoint; each model and engine in its own child process (:mod:`slmops.toolkit.stages.bench.worker`)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from toolkit.core import settings, workers
-from toolkit.core.artifacts import dir_size_mb, read_manifest
-from toolkit.core.errors import InputError, ModelNotFoundError
-from toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
-from toolkit.domain.params import DEFAULTS
-from toolkit.domain.prompts import prompt_text
-from toolkit.domain.quantize import lookup_only_mb
-from toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
-from toolkit.runtimes import genai
-from toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
+from slmops.toolkit.core import settings, workers
+from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
+from slmops.toolkit.core.errors import InputError, ModelNotFoundError
+from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
+from slmops.toolkit.domain.params import DEFAULTS
+from slmops.toolkit.domain.prompts import prompt_text
+from slmops.toolkit.domain.quantize import lookup_only_mb
+from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
+from slmops.toolkit.runtimes import genai
+from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
 
 #: The worker module the children run.
-WORKER = "toolkit.stages.bench.worker"
+WORKER = "slmops.toolkit.stages.bench.worker"
 
 
 def _row(model: dict, engine: str, length: int, gen: int, prompt_tokens: int, runs: list[dict], *, threads: int,

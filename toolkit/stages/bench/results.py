@@ -1,4 +1,4 @@
-"""``bench.json`` and ``bench.csv``: the benchmark's result files (:mod:`toolkit.domain.results.bench` has the row)."""
+"""``bench.json`` and ``bench.csv``: the benchmark's result files (:mod:`slmops.toolkit.domain.results.bench` has the row)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.measure import machine, run_metadata
-from toolkit.domain.results.bench import SCHEMA_VERSION, BenchRow, rows_of
-from toolkit.runtimes import genai
-from toolkit.stages.bench.analysis import (
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.measure import machine, run_metadata
+from slmops.toolkit.domain.results.bench import SCHEMA_VERSION, BenchRow, rows_of
+from slmops.toolkit.runtimes import genai
+from slmops.toolkit.stages.bench.analysis import (
     decode_ceiling,
     endpoint_ratios,
     engine_ratios,

@@ -1,11 +1,11 @@
-"""The benchmark's child processes: ``python -m toolkit.core.workers toolkit.stages.bench.worker``.
+"""The benchmark's child processes: ``python -m slmops.toolkit.core.workers slmops.toolkit.stages.bench.worker``.
 
-Thin on purpose: it serves :func:`~toolkit.stages.bench.engines.measure_model` (Foundry Local in the
-child) and :func:`~toolkit.stages.bench.engines.measure_endpoint` (the endpoint's client).
+Thin on purpose: it serves :func:`~slmops.toolkit.stages.bench.engines.measure_model` (Foundry Local in the
+child) and :func:`~slmops.toolkit.stages.bench.engines.measure_endpoint` (the endpoint's client).
 """
 
-from toolkit.core import workers
-from toolkit.stages.bench.engines import measure_endpoint, measure_model
+from slmops.toolkit.core import workers
+from slmops.toolkit.stages.bench.engines import measure_endpoint, measure_model
 
 
 def _measure_task(job: dict, _emit) -> dict:

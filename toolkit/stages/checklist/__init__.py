@@ -31,27 +31,27 @@ The checks per registered model, each a :class:`CheckResult`:
 Decoding is greedy (top-k 1) with a recorded seed, so a rerun sends the same requests and gets the
 same answers and lengths (``generated`` in ``test.json``). A timing or memory verdict is decided
 by a median over repeated rounds or windows only when it lies beyond its measured run-to-run
-spread from the threshold (:func:`~toolkit.stages.checklist.statistics.decide`); nearer, it is ``inconclusive: rerun``, which never
+spread from the threshold (:func:`~slmops.toolkit.stages.checklist.statistics.decide`); nearer, it is ``inconclusive: rerun``, which never
 fails ``slmops test`` nor counts as a regression in ``slmops compare``.
 
 Where each part lives (one module per concern):
 
-- :mod:`~toolkit.stages.checklist.cases`: the cases file and the rules answers are judged by
-  (:data:`~toolkit.stages.checklist.cases.RULES`, one entry per rule);
-- :mod:`~toolkit.stages.checklist.answers`: asking the cases and the checks that judge them
-  (:data:`~toolkit.stages.checklist.answers.CASE_CHECKS`, one entry per kind of case), ``stop``;
-- :mod:`~toolkit.stages.checklist.statistics`: verdicts outside the measured spread;
-- :mod:`~toolkit.stages.checklist.memory`, :mod:`~toolkit.stages.checklist.timing`,
-  :mod:`~toolkit.stages.checklist.edge` (and its child, ``edge_worker``),
-  :mod:`~toolkit.stages.checklist.quality` (and the negative control): one check each;
-- :mod:`~toolkit.stages.checklist.run`: running it all, and ``test.json``;
+- :mod:`~slmops.toolkit.stages.checklist.cases`: the cases file and the rules answers are judged by
+  (:data:`~slmops.toolkit.stages.checklist.cases.RULES`, one entry per rule);
+- :mod:`~slmops.toolkit.stages.checklist.answers`: asking the cases and the checks that judge them
+  (:data:`~slmops.toolkit.stages.checklist.answers.CASE_CHECKS`, one entry per kind of case), ``stop``;
+- :mod:`~slmops.toolkit.stages.checklist.statistics`: verdicts outside the measured spread;
+- :mod:`~slmops.toolkit.stages.checklist.memory`, :mod:`~slmops.toolkit.stages.checklist.timing`,
+  :mod:`~slmops.toolkit.stages.checklist.edge` (and its child, ``edge_worker``),
+  :mod:`~slmops.toolkit.stages.checklist.quality` (and the negative control): one check each;
+- :mod:`~slmops.toolkit.stages.checklist.run`: running it all, and ``test.json``;
 - the result types (:class:`CheckResult`, :class:`ChecklistReport`, ...):
-  :mod:`toolkit.domain.results.checklist`; tables: :mod:`toolkit.presentation.checklist`.
+  :mod:`slmops.toolkit.domain.results.checklist`; tables: :mod:`slmops.toolkit.presentation.checklist`.
 """
 
 from __future__ import annotations
 
-from toolkit.domain.results.checklist import (
+from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
     ChecklistReport,
@@ -63,14 +63,22 @@ from toolkit.domain.results.checklist import (
     Unit,
     Verdict,
 )
-from toolkit.stages.checklist.answers import CASE_CHECKS, CaseCheck, case_checks, stop_check
-from toolkit.stages.checklist.cases import CONTENT_RULES, FORMAT_RULES, RULES, Rule, judge, load_cases, register_rule
-from toolkit.stages.checklist.edge import EDGE_CASES, MUST_REFUSE, edge_request, edge_verdict, run_edge_cases
-from toolkit.stages.checklist.memory import memory_check
-from toolkit.stages.checklist.quality import CONTROL_MAX_PASS, quality_checks, quality_records, run_control
-from toolkit.stages.checklist.run import read_report, run_checklist, run_checklists, write_report
-from toolkit.stages.checklist.statistics import Decision, decide, growth_mib_per_100, window_growth
-from toolkit.stages.checklist.timing import DECISIVE_LONG, input_lengths, performance_check, performance_checks
+from slmops.toolkit.stages.checklist.answers import CASE_CHECKS, CaseCheck, case_checks, stop_check
+from slmops.toolkit.stages.checklist.cases import (
+    CONTENT_RULES,
+    FORMAT_RULES,
+    RULES,
+    Rule,
+    judge,
+    load_cases,
+    register_rule,
+)
+from slmops.toolkit.stages.checklist.edge import EDGE_CASES, MUST_REFUSE, edge_request, edge_verdict, run_edge_cases
+from slmops.toolkit.stages.checklist.memory import memory_check
+from slmops.toolkit.stages.checklist.quality import CONTROL_MAX_PASS, quality_checks, quality_records, run_control
+from slmops.toolkit.stages.checklist.run import read_report, run_checklist, run_checklists, write_report
+from slmops.toolkit.stages.checklist.statistics import Decision, decide, growth_mib_per_100, window_growth
+from slmops.toolkit.stages.checklist.timing import DECISIVE_LONG, input_lengths, performance_check, performance_checks
 
 __all__ = [
     "CASE_CHECKS", "CONTENT_RULES", "CONTROL_MAX_PASS", "DECISIVE_LONG", "EDGE_CASES", "FORMAT_RULES", "MUST_REFUSE",

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from toolkit.core.errors import FoundryRequestError
-from toolkit.domain.datasets import HELDOUT
-from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
-from toolkit.runtimes.foundry import LoadedModel
-from toolkit.stages.checklist.cases import CONTENT_RULES, FORMAT_RULES, judge
-from toolkit.stages.checklist.tool_calls import is_tool_case, tool_call_checks
+from slmops.toolkit.core.errors import FoundryRequestError
+from slmops.toolkit.domain.datasets import HELDOUT
+from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, FORMAT_RULES, judge
+from slmops.toolkit.stages.checklist.tool_calls import is_tool_case, tool_call_checks
 
 
 @dataclass(frozen=True)

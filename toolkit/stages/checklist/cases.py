@@ -1,10 +1,10 @@
 """The cases file (JSONL) and the rules a case's answer is judged by.
 
 A case: ``id``, ``messages``, ``expect`` (rules by name), optionally ``group`` (``heldout``) and
-``response_format``; or a ``"type": "tool_call"`` case (:mod:`~toolkit.stages.checklist.tool_calls`). Each rule is a :class:`Rule` in :data:`RULES`: how its expectation is
+``response_format``; or a ``"type": "tool_call"`` case (:mod:`~slmops.toolkit.stages.checklist.tool_calls`). Each rule is a :class:`Rule` in :data:`RULES`: how its expectation is
 checked when the file is read, and how an answer is judged by it. A new rule is one more
 entry (:func:`register_rule`); the checks that ask the cases are in
-:mod:`toolkit.stages.checklist.answers`.
+:mod:`slmops.toolkit.stages.checklist.answers`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.errors import InputError, SlmopsError
-from toolkit.domain.datasets import HELDOUT
-from toolkit.domain.prompts import BUNDLED_CASES
-from toolkit.runtimes.foundry import check_response_format
-from toolkit.stages.checklist.tool_calls import is_tool_case, parse_tool_case
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.errors import InputError, SlmopsError
+from slmops.toolkit.domain.datasets import HELDOUT
+from slmops.toolkit.domain.prompts import BUNDLED_CASES
+from slmops.toolkit.runtimes.foundry import check_response_format
+from slmops.toolkit.stages.checklist.tool_calls import is_tool_case, parse_tool_case
 
 
 class RuleKind(StrEnum):
@@ -234,7 +234,7 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
         'capital-france'
     """
     if path is None:
-        text = resources.files("toolkit.domain.data").joinpath(BUNDLED_CASES).read_text()
+        text = resources.files("slmops.toolkit.domain.data").joinpath(BUNDLED_CASES).read_text()
         source = BUNDLED_CASES
     else:
         file = Path(path)

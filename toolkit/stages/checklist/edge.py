@@ -1,6 +1,6 @@
 """The edge-case check: valid input answered, invalid input refused with the toolkit's own error, no crash, no hang.
 
-The cases run in a child process (:mod:`toolkit.stages.checklist.edge_worker`) with an idle
+The cases run in a child process (:mod:`slmops.toolkit.stages.checklist.edge_worker`) with an idle
 timeout, so a crash or a hang is a finding about that case and the rest go on in a new child.
 """
 
@@ -10,8 +10,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from toolkit.core import workers
-from toolkit.core.errors import (
+from slmops.toolkit.core import workers
+from slmops.toolkit.core.errors import (
     InputError,
     InvalidOptionError,
     InvalidPromptError,
@@ -20,11 +20,11 @@ from toolkit.core.errors import (
     ToolFailedError,
     ToolTimeoutError,
 )
-from toolkit.domain.results.checklist import Bound, Check, CheckResult, Unit, verdict_of
-from toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Unit, verdict_of
+from slmops.toolkit.runtimes.foundry import LoadedModel
 
 #: The worker module of the edge cases.
-WORKER = "toolkit.stages.checklist.edge_worker"
+WORKER = "slmops.toolkit.stages.checklist.edge_worker"
 
 EDGE_CASES: list[tuple[str, str]] = [
     ("empty-prompt", "an empty user message (must be refused)"),

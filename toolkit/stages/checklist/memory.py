@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from toolkit.core.measure import rss_mib
-from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
-from toolkit.runtimes.foundry import LoadedModel
-from toolkit.stages.checklist.statistics import decide, window_growth
+from slmops.toolkit.core.measure import rss_mib
+from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.stages.checklist.statistics import decide, window_growth
 
 
 def memory_check(model: LoadedModel, requests: int, limits: Thresholds, seed: int, progress: bool,
@@ -14,7 +14,7 @@ def memory_check(model: LoadedModel, requests: int, limits: Thresholds, seed: in
 
     The requests are split into ``limits.memory_windows`` windows; the first is warm-up. The
     statistic is the median growth of the last three windows' high-water marks (MiB per 100
-    requests), judged outside its spread (:func:`~toolkit.stages.checklist.statistics.decide`).
+    requests), judged outside its spread (:func:`~slmops.toolkit.stages.checklist.statistics.decide`).
     A leak is a fail only when every one of the last three windows grew (it keeps growing
     linearly); growth that has not settled either way gets up to as many windows again, then is
     inconclusive. One window alone never decides (seen: one window +43.65 MiB per 100 requests,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.domain.datasets import HELDOUT
-from toolkit.domain.params import DEFAULTS
-from toolkit.domain.results.checklist import (
+from slmops.toolkit.domain.datasets import HELDOUT
+from slmops.toolkit.domain.params import DEFAULTS
+from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
     CheckResult,
@@ -16,11 +16,11 @@ from toolkit.domain.results.checklist import (
     Unit,
     verdict_of,
 )
-from toolkit.runtimes import genai
-from toolkit.runtimes.foundry import LoadedModel, find_model
-from toolkit.stages.checklist.answers import generation
-from toolkit.stages.checklist.cases import CONTENT_RULES, judge
-from toolkit.stages.checklist.tool_calls import ask_tool_case, is_tool_case
+from slmops.toolkit.runtimes import genai
+from slmops.toolkit.runtimes.foundry import LoadedModel, find_model
+from slmops.toolkit.stages.checklist.answers import generation
+from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, judge
+from slmops.toolkit.stages.checklist.tool_calls import ask_tool_case, is_tool_case
 
 #: Largest share of the domain cases the base model (not fine-tuned) may pass before the cases count as testing nothing.
 CONTROL_MAX_PASS = 0.1

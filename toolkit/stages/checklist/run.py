@@ -6,18 +6,18 @@ import os
 import time
 from pathlib import Path
 
-from toolkit.core import artifacts
-from toolkit.core.errors import InvalidOptionError
-from toolkit.core.measure import timestamp
-from toolkit.domain.params import DEFAULTS
-from toolkit.domain.results.checklist import ChecklistReport, ControlResult, ModelReport, Thresholds
-from toolkit.runtimes.foundry import LoadedModel
-from toolkit.stages.checklist.answers import case_checks, requests_of
-from toolkit.stages.checklist.cases import load_cases
-from toolkit.stages.checklist.edge import run_edge_cases
-from toolkit.stages.checklist.memory import memory_check
-from toolkit.stages.checklist.quality import quality_checks, quality_records
-from toolkit.stages.checklist.timing import performance_checks
+from slmops.toolkit.core import artifacts
+from slmops.toolkit.core.errors import InvalidOptionError
+from slmops.toolkit.core.measure import timestamp
+from slmops.toolkit.domain.params import DEFAULTS
+from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult, ModelReport, Thresholds
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.stages.checklist.answers import case_checks, requests_of
+from slmops.toolkit.stages.checklist.cases import load_cases
+from slmops.toolkit.stages.checklist.edge import run_edge_cases
+from slmops.toolkit.stages.checklist.memory import memory_check
+from slmops.toolkit.stages.checklist.quality import quality_checks, quality_records
+from slmops.toolkit.stages.checklist.timing import performance_checks
 
 
 def run_checklist(
@@ -71,9 +71,9 @@ def run_checklists(names: list[str], *, reference: str | None = None, cases: lis
     Per model: the cases (domain, held-out, format, structured, stop, from one set of greedy
     answers), the memory windows and the edge cases. Across models: the performance check times
     every model and the reference interleaved, round by round
-    (:func:`~toolkit.stages.checklist.timing.performance_checks`), and
+    (:func:`~slmops.toolkit.stages.checklist.timing.performance_checks`), and
     the quality check reads the reference's logits once for every model
-    (:func:`~toolkit.runtimes.genai.agreement` with all of them).
+    (:func:`~slmops.toolkit.runtimes.genai.agreement` with all of them).
 
     Args:
         names: Registered models (reports come back in this order).
@@ -151,7 +151,7 @@ class _Clock:
 
 def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thresholds: Thresholds | None = None,
                  control: ControlResult | None = None) -> ChecklistReport:
-    """Write ``test.json`` (:class:`~toolkit.domain.results.checklist.ChecklistReport`) and return what was written.
+    """Write ``test.json`` (:class:`~slmops.toolkit.domain.results.checklist.ChecklistReport`) and return what was written.
 
     Example:
         >>> write_report(run_checklists(["smollm2-int4"]), "outputs/demo/test.json").passed

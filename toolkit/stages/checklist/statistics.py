@@ -6,7 +6,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from toolkit.domain.results.checklist import Verdict
+from slmops.toolkit.domain.results.checklist import Verdict
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every model (and the FP32 reference) is timed as its fixed-length registration, interleaved
 round by round, so a burst of load from other processes hits them alike; the verdict is a
-median over rounds decided outside its spread (:func:`~toolkit.stages.checklist.statistics.decide`).
+median over rounds decided outside its spread (:func:`~slmops.toolkit.stages.checklist.statistics.decide`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import statistics
 import time
 from pathlib import Path
 
-from toolkit.domain.prompts import prompt_text
-from toolkit.domain.results.bench import decode_tps
-from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
-from toolkit.runtimes.foundry import LoadedModel, fixed_length_registration
-from toolkit.stages.checklist.statistics import decide
+from slmops.toolkit.domain.prompts import prompt_text
+from slmops.toolkit.domain.results.bench import decode_tps
+from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
+from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration
+from slmops.toolkit.stages.checklist.statistics import decide
 
 #: The long input the performance check times by default (at most half the context). At 1024 tokens attention already adds a resolved share
 #: of the bundled model's time per token (its KV cache reads 47 MB a token against 150-540 MB of
@@ -145,7 +145,7 @@ def performance_checks(names: list[str], reference: str | None, cache: str | Pat
     """Time per output token of every model and the reference, interleaved round by round.
 
     Each model runs as its fixed-length registration
-    (:func:`~toolkit.runtimes.foundry.fixed_length_registration`), so every request generates
+    (:func:`~slmops.toolkit.runtimes.foundry.fixed_length_registration`), so every request generates
     exactly ``tokens`` tokens whatever the fine-tune's style. A round asks every model (in an
     order that turns each round) for the shortest and the longest input, so a burst of load from
     other processes hits the models and their reference alike. Rounds go on, from

@@ -10,8 +10,8 @@ must be present) or ``{"no_call": true}`` (the model must answer in text), optio
 ``contains_any`` (words the text answer holds, e.g. after a tool result in the history);
 ``tool_choice`` and ``group: "heldout"`` are optional; ``tools`` may be empty (nothing offered:
 a model that calls anyway fails). Each case is asked once, greedily, through the runtime's own
-tool calling (:class:`~toolkit.runtimes.foundry.LoadedModel`), and scored by
-:func:`toolkit.domain.tools.check_call`: the right function, arguments that parse and validate
+tool calling (:class:`~slmops.toolkit.runtimes.foundry.LoadedModel`), and scored by
+:func:`slmops.toolkit.domain.tools.check_call`: the right function, arguments that parse and validate
 against the tool's JSON Schema, the required values present, no call when none is expected.
 """
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from toolkit.core.errors import InputError, SlmopsError
-from toolkit.domain import tools
-from toolkit.domain.datasets import HELDOUT
-from toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
+from slmops.toolkit.core.errors import InputError, SlmopsError
+from slmops.toolkit.domain import tools
+from slmops.toolkit.domain.datasets import HELDOUT
+from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
 
 TOOL_CALL = "tool_call"
 #: Most tokens a tool case may generate (the demo's calls are 21 tokens, its text answers under 20; a base that
