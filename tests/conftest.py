@@ -73,17 +73,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every test talks to a temporary Foundry cache and a temporary toolkit home.
-
-    The home's caches (thread probes, parity references) and logs start empty each session, so a test
-    never passes on what an earlier run left in ~/.slmops; only its materialized source models (the
-    bundled one, built once) are shared, through a link.
-    """
-    models = settings.models_dir()
-    models.mkdir(parents=True, exist_ok=True)
-    home = tmp_path_factory.mktemp("slmops-home")
-    (home / "models").symlink_to(models, target_is_directory=True)
-    os.environ["SLMOPS_HOME"] = str(home)
+    """Every test talks to a temporary Foundry cache, never ~/.slmops/foundry."""
     cache = tmp_path_factory.mktemp("foundry-cache")
     os.environ["SLMOPS_CACHE_DIR"] = str(cache)
     settings.apply_offline_env()

@@ -197,8 +197,12 @@ def test_chat_box_streams_keeps_history_and_resets(tiny_int4: Path) -> None:
         box.close()
 
 
-def test_a_thread_probe_is_reused_for_the_same_graph_only(tiny_int4: Path, tmp_path: Path) -> None:
+def test_a_thread_probe_is_reused_for_the_same_graph_only(tiny_int4: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
+
+    # Probes are kept in <home>/cache/threads: start from none, whatever an earlier run (or test) kept.
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
 
     def threads(name: str) -> dict:
         return json.loads((models_root() / name / ".slmops-registration.json").read_text())["threads"]
