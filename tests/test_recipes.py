@@ -70,6 +70,7 @@ def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_q
 
     (mixed,) = genai.agreement(tiny_fp32, {"mixed": out})
     assert np.isfinite(mixed.kl_divergence) and mixed.kl_divergence < 0.05
+    assert genai.decode_speeds({"mixed": out})["mixed"] > 0  # the decode probe's child, as recipes call it
 
 
 def _result(name: str, top1: float, kl: float, perplexity: float, *, tps: float = 100.0, kl_to_base=None,

@@ -368,43 +368,156 @@ def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str |
         >>> agreement("models/fp32", {"int4": "models/int4"})[0].top1_agreement
         0.6659
     """
-    payload = {"reference": str(Path(reference_dir).resolve()), "text": text or reference_text(),
-               "candidates": {label: str(Path(folder).resolve()) for label, folder in candidates.items()}}
-    rows = workers.run_worker(_MODULE, "compare", payload, name="agreement with FP32 (onnxruntime-genai)").result
+    job = CompareJob(str(Path(reference_dir).resolve()), text or reference_text(),
+                     {label: str(Path(folder).resolve()) for label, folder in candidates.items()})
+    rows = workers.run_worker(_MODULE, "compare", job.to_json(), name="agreement with FP32 (onnxruntime-genai)").result
     return [Agreement.from_json(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class CompareJob:
+    """What the agreement child is asked (the ``compare`` task's payload).
+
+    Attributes:
+        reference: The FP32 build's folder.
+        text: The text both models read.
+        candidates: Label to ONNX model folder.
+    """
+
+    reference: str
+    text: str
+    candidates: dict[str, str]
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> CompareJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["reference"]), str(data["text"]),
+                   {str(label): str(folder) for label, folder in data["candidates"].items()})
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """What the decode probe's child is asked (the ``decode`` task's payload; its result is tokens/s by label).
+
+    Attributes:
+        models: Label to ONNX model folder.
+    """
+
+    models: dict[str, str]
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> DecodeJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls({str(label): str(folder) for label, folder in data["models"].items()})
+
+
+def _compare_task(job: dict, _emit) -> list[dict]:
+    """Worker task: :func:`compare` on a :class:`CompareJob`."""
+    job_ = CompareJob.from_json(job)
+    return [row.to_json() for row in compare(job_.reference, job_.candidates, job_.text)]
 
 
 def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]:
     """A quick greedy decode probe (tokens/s) of each labelled model folder, in one child process."""
-    payload = {"models": {label: str(Path(folder).resolve()) for label, folder in models.items()}}
-    return workers.run_worker(_MODULE, "decode", payload, name="decode probe (onnxruntime-genai)").result
+    job = DecodeJob({label: str(Path(folder).resolve()) for label, folder in models.items()})
+    result = workers.run_worker(_MODULE, "decode", job.to_json(), name="decode probe (onnxruntime-genai)").result
+    return {str(label): float(tps) for label, tps in result.items()}
+
+
+def _decode_task(job: dict, _emit) -> dict[str, float]:
+    """Worker task: :func:`decode_tps` of each model of a :class:`DecodeJob`."""
+    return {label: round(decode_tps(folder), 1) for label, folder in DecodeJob.from_json(job).models.items()}
+
+
+@dataclass(frozen=True)
+class ThreadJob:
+    """What the thread probe's child is asked (the ``threads`` task's payload).
+
+    Attributes:
+        model_dir: The ONNX model folder.
+        ids: The prompt as token ids.
+        counts: Intra-op thread counts to try (0: the runtime's default).
+    """
+
+    model_dir: str
+    ids: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ThreadJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["model_dir"]), tuple(int(i) for i in data["ids"]), tuple(int(c) for c in data["counts"]))
+
+
+@dataclass(frozen=True)
+class ThreadSpeed:
+    """One thread count's best decode speed and time to first token (a row of the ``threads`` task's result).
+
+    Attributes:
+        threads: Intra-op threads (0: the runtime's default).
+        decode_tps: Best decode speed, tokens/s.
+        ttft_ms: Best time to first token, ms.
+    """
+
+    threads: int
+    decode_tps: float
+    ttft_ms: float
+
+    def to_json(self) -> dict:
+        """The row as the child sends it (and registration keeps it)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ThreadSpeed:
+        """A row as :meth:`to_json` wrote it."""
+        return cls(int(data["threads"]), float(data["decode_tps"]), float(data["ttft_ms"]))
 
 
 def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int], gen_tokens: int = 32,
-                 repeats: int = 2) -> list[dict]:
+                 repeats: int = 2) -> list[ThreadSpeed]:
     """Decode speed and time to first token of ``model_dir`` with each intra-op thread count (0: the runtime's default).
 
     Counts are tried in turn, twice over in alternating order, so a burst of machine noise does not favour one.
 
     Returns:
-        One ``{"threads", "decode_tps", "ttft_ms"}`` per count (best of its runs).
+        One :class:`ThreadSpeed` per count (best of its runs).
     """
     models = {count: load(model_dir, count) for count in counts}
-    best: dict[int, dict] = {}
+    best: dict[int, ThreadSpeed] = {}
     for order in (counts, counts[::-1]):
         for count in order:
             for run in time_generation(models[count], ids, gen_tokens, repeats, warmup=1):
                 decode = TimedRun.from_json(run).decode_tps
-                current = best.setdefault(count, {"threads": count, "decode_tps": 0.0, "ttft_ms": float("inf")})
-                current["decode_tps"] = round(max(current["decode_tps"], decode), 1)
-                current["ttft_ms"] = round(min(current["ttft_ms"], run["ttft_s"] * 1000), 1)
+                current = best.get(count, ThreadSpeed(count, 0.0, float("inf")))
+                best[count] = ThreadSpeed(count, round(max(current.decode_tps, decode), 1),
+                                          round(min(current.ttft_ms, run["ttft_s"] * 1000), 1))
     return [best[count] for count in counts]
 
 
-def probe_threads(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int]) -> list[dict]:
+def probe_threads(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int]) -> list[ThreadSpeed]:
     """:func:`thread_probe` in a child process."""
-    return workers.run_worker(_MODULE, "threads", {"model_dir": str(model_dir), "ids": ids, "counts": counts},
-                              name=f"thread probe of {Path(model_dir).name}", timeout=900).result
+    job = ThreadJob(str(model_dir), tuple(ids), tuple(counts))
+    rows = workers.run_worker(_MODULE, "threads", job.to_json(), name=f"thread probe of {Path(model_dir).name}",
+                              timeout=900).result
+    return [ThreadSpeed.from_json(row) for row in rows]
+
+
+def _threads_task(job: dict, _emit) -> list[dict]:
+    """Worker task: :func:`thread_probe` on a :class:`ThreadJob`."""
+    job_ = ThreadJob.from_json(job)
+    return [row.to_json() for row in thread_probe(job_.model_dir, list(job_.ids), list(job_.counts))]
 
 
 def read_bandwidth(threads: int, megabytes: int = 512, passes: int = 12) -> float:
@@ -442,11 +555,36 @@ def read_bandwidth(threads: int, megabytes: int = 512, passes: int = 12) -> floa
     return weights.nbytes / best / 1e9
 
 
+@dataclass(frozen=True)
+class BandwidthJob:
+    """What the bandwidth probe's child is asked (the ``bandwidth`` task's payload; its result is GB/s by count).
+
+    Attributes:
+        threads: Intra-op thread counts to measure with (0: ONNX Runtime's default).
+    """
+
+    threads: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> BandwidthJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(tuple(int(t) for t in data["threads"]))
+
+
 def read_bandwidths(threads: list[int]) -> dict[int, float]:
     """:func:`read_bandwidth` for each thread count, in a child process; GB/s by thread count."""
-    result = workers.run_worker(_MODULE, "bandwidth", {"threads": sorted(set(threads))},
-                                name="memory bandwidth probe", timeout=600).result
-    return {int(t): gbs for t, gbs in result.items()}
+    job = BandwidthJob(tuple(sorted(set(threads))))
+    result = workers.run_worker(_MODULE, "bandwidth", job.to_json(), name="memory bandwidth probe", timeout=600).result
+    return {int(t): float(gbs) for t, gbs in result.items()}  # JSON keys are strings
+
+
+def _bandwidth_task(job: dict, _emit) -> dict[int, float]:
+    """Worker task: :func:`read_bandwidth` with each count of a :class:`BandwidthJob`."""
+    return {t: round(read_bandwidth(t), 2) for t in BandwidthJob.from_json(job).threads}
 
 
 def bench(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
@@ -459,9 +597,9 @@ def bench(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengt
 
 if __name__ == "__main__":
     workers.serve({
-        "compare": lambda job, _emit: [a.to_json() for a in compare(job["reference"], job["candidates"], job["text"])],
-        "decode": lambda job, _emit: {label: round(decode_tps(folder), 1) for label, folder in job["models"].items()},
+        "compare": _compare_task,
+        "decode": _decode_task,
         "bench": lambda job, _emit: bench_model(**vars(BenchJob.from_json(job))).to_json(),
-        "threads": lambda job, _emit: thread_probe(job["model_dir"], job["ids"], job["counts"]),
-        "bandwidth": lambda job, _emit: {t: round(read_bandwidth(t), 2) for t in job["threads"]},
+        "threads": _threads_task,
+        "bandwidth": _bandwidth_task,
     })

@@ -117,7 +117,7 @@ def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
         probe = artifacts.read_json(kept, {}).get("probe") or []
         if probe:
             return ThreadChoice(pick_threads(probe), tuple(probe), reused=True)
-    probe = genai.probe_threads(folder, ids, counts)
+    probe = [row.to_json() for row in genai.probe_threads(folder, ids, counts)]
     kept.parent.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(kept, {"probe": probe})
     return ThreadChoice(pick_threads(probe), tuple(probe))
