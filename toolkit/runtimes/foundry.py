@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, platform, settings, workers
@@ -550,19 +550,64 @@ def fixed_length_registration(name: str, cache: str | Path | None = None) -> Ite
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _web_service_task(job: dict, _emit) -> dict:
-    """Worker task: start Foundry Local's own web service and ask it for ``job["name"]``."""
+@dataclass(frozen=True)
+class WebServiceJob:
+    """What the web-service probe's child is asked (the ``web-service`` task's payload).
+
+    Attributes:
+        name: The registered model to ask for.
+        cache: The Foundry Local cache folder.
+    """
+
+    name: str
+    cache: str
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> WebServiceJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["name"]), str(data["cache"]))
+
+
+@dataclass(frozen=True)
+class WebServiceSeen:
+    """What Foundry Local's own web service answered (the ``web-service`` task's result).
+
+    Attributes:
+        listed: The model ids ``/v1/models`` listed.
+        chat_status: The HTTP status of a one-token chat request for the model.
+    """
+
+    listed: tuple[str, ...]
+    chat_status: int
+
+    def to_json(self) -> dict:
+        """The result as the child sends it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> WebServiceSeen:
+        """A result as :meth:`to_json` wrote it."""
+        return cls(tuple(str(model) for model in data["listed"]), int(data["chat_status"]))
+
+
+def _web_service_task(payload: dict, _emit) -> dict:
+    """Worker task: start Foundry Local's own web service and ask it for the model of a :class:`WebServiceJob`."""
     import urllib.error
     import urllib.request
 
-    service = manager(job["cache"])
-    find_model(job["name"], job["cache"]).load()
+    job = WebServiceJob.from_json(payload)
+    service = manager(job.cache)
+    find_model(job.name, job.cache).load()
     service.start_web_service()
     try:
         url = service.urls[0].rstrip("/")
         with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as response:
-            listed = [m.get("id") for m in json.loads(response.read()).get("data", [])]
-        body = json.dumps({"model": job["name"], "messages": [{"role": "user", "content": "Hi"}],
+            listed = [str(m.get("id")) for m in json.loads(response.read()).get("data", [])]
+        body = json.dumps({"model": job.name, "messages": [{"role": "user", "content": "Hi"}],
                            "max_tokens": 1}).encode()
         request = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
                                          headers={"Content-Type": "application/json"})
@@ -573,7 +618,7 @@ def _web_service_task(job: dict, _emit) -> dict:
             status = exc.code
     finally:
         service.stop_web_service()
-    return {"listed": listed, "chat_status": status}
+    return WebServiceSeen(tuple(listed), status).to_json()
 
 
 @dataclass(frozen=True)
@@ -609,13 +654,13 @@ def probe_web_service(name: str, cache: str | Path | None = None,
             return WebServiceProbe(**record)
     except (OSError, ValueError, TypeError):
         pass
-    result = workers.run_worker("slmops.toolkit.runtimes.foundry", "web-service",
-                                {"name": name, "cache": str(settings.cache_dir(cache))},
-                                name="Foundry Local web service probe", timeout=120).result
-    serves = name in result["listed"] and result["chat_status"] == 200
+    job = WebServiceJob(name, str(settings.cache_dir(cache)))
+    seen = WebServiceSeen.from_json(workers.run_worker("slmops.toolkit.runtimes.foundry", "web-service", job.to_json(),
+                                                       name="Foundry Local web service probe", timeout=120).result)
+    serves = name in seen.listed and seen.chat_status == 200
     detail = (f"foundry-local-sdk {sdk}'s web service serves locally registered models" if serves else
               f"foundry-local-sdk {sdk}'s web service does not serve locally registered models (/v1/models "
-              f"listed {len(result['listed'])}, chat answered {result['chat_status']}): `slmops serve` runs "
+              f"listed {len(seen.listed)}, chat answered {seen.chat_status}): `slmops serve` runs "
               "its own OpenAI-compatible endpoint over the same runtime")
     probe = WebServiceProbe(serves, detail, sdk)
     artifacts.write_json(record_path, {"serves": serves, "detail": detail, "sdk": sdk})
