@@ -629,12 +629,40 @@ def _weight_of(node, dims: dict, dtypes: dict) -> tuple[str, str, int] | None:
     return {"float32": "fp32", "float16": "fp16"}.get(dtypes[name], dtypes[name]), name, int(np.prod(dims[name]))
 
 
+@dataclass(frozen=True)
+class QuantizeJob:
+    """What the quantizer's child is asked (the ``quantize`` task's payload).
+
+    Attributes:
+        source: The FP32 ``model.onnx`` to read.
+        target: The ``model.onnx`` to write (its weights beside it).
+        plan: What to quantize and how.
+    """
+
+    source: str
+    target: str
+    plan: QuantPlan
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> QuantizeJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["source"]), str(data["target"]), QuantPlan(**data["plan"]))
+
+
 def _quantize_task(payload: dict, _emit) -> dict:
-    """Worker task: quantize ``payload["source"]`` into ``payload["target"]`` by ``payload["plan"]``."""
-    plan = QuantPlan(**payload["plan"])
-    target = Path(payload["target"])
-    quantize(Path(payload["source"]), target, plan)
-    return {"plan": asdict(plan), **weight_summary(target)}
+    """Worker task: quantize a :class:`QuantizeJob`'s source into its target by its plan.
+
+    Returns:
+        The plan and the build's :func:`weight_summary`, for the log (the manifest reads the build itself).
+    """
+    job = QuantizeJob.from_json(payload)
+    target = Path(job.target)
+    quantize(Path(job.source), target, job.plan)
+    return {"plan": asdict(job.plan), **weight_summary(target)}
 
 
 if __name__ == "__main__":

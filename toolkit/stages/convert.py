@@ -40,7 +40,7 @@ from slmops.toolkit.domain.options import (
     Method,
     Precision,
 )
-from slmops.toolkit.domain.quantize import QuantPlan, weight_summary
+from slmops.toolkit.domain.quantize import QuantizeJob, QuantPlan, weight_summary
 from slmops.toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
 from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source
 from slmops.toolkit.runtimes import reference
@@ -482,10 +482,9 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 plan = quant_plan(spec, source.hidden_size)
                 bar.set_postfix_str(steps[2])
                 staging.mkdir()
-                runs.append(workers.run_worker(
-                    "slmops.toolkit.domain.quantize", "quantize",
-                    {"source": str(first / "model.onnx"), "target": str(staging / "model.onnx"), "plan": asdict(plan)},
-                    log_path=logs / "quantize.log", name="weight quantizer"))
+                job = QuantizeJob(str(first / "model.onnx"), str(staging / "model.onnx"), plan)
+                runs.append(workers.run_worker("slmops.toolkit.domain.quantize", "quantize", job.to_json(),
+                                               log_path=logs / "quantize.log", name="weight quantizer"))
                 _copy_support_files(first, staging)
                 bar.update()
             wall = time.perf_counter() - start
