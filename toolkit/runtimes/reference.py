@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings, workers
@@ -58,7 +59,66 @@ def sequences(tokenizer: object, config: object, text: str) -> list[tuple[str, l
     return out
 
 
-def _reference_logits(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
+@dataclass(frozen=True)
+class ParityJob:
+    """What the parity child is asked (the ``parity`` task's payload).
+
+    Attributes:
+        source: The Hugging Face folder the builds came from.
+        text: The text whose tokens both sides read.
+        dtype: What transformers loads the source in (``float32`` or ``bfloat16``).
+        fingerprint: The source's content fingerprint ("" keeps no reference on disk).
+        candidates: Label to ONNX model folder.
+    """
+
+    source: str
+    text: str
+    dtype: str
+    fingerprint: str
+    candidates: dict[str, str]
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ParityJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["source"]), str(data["text"]), str(data["dtype"]), str(data.get("fingerprint") or ""),
+                   {str(label): str(folder) for label, folder in data["candidates"].items()})
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """What the parity child measured (the ``parity`` task's result).
+
+    Attributes:
+        reference: What the reference was (``transformers 4.x (float32)``).
+        sequences: ``(what, positions)`` of each sequence compared.
+        figures: Label to one :class:`~slmops.toolkit.domain.parity.Figures` per sequence.
+        vocab: The reference's vocabulary size (logits per position).
+    """
+
+    reference: str
+    sequences: tuple[tuple[str, int], ...]
+    figures: dict[str, tuple[parity.Figures, ...]]
+    vocab: int
+
+    def to_json(self) -> dict:
+        """The result as the child sends it."""
+        return {"reference": self.reference, "sequences": [[what, positions] for what, positions in self.sequences],
+                "figures": {label: [asdict(part) for part in parts] for label, parts in self.figures.items()},
+                "vocab": self.vocab}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ParityResult:
+        """A result as :meth:`to_json` wrote it."""
+        return cls(str(data["reference"]), tuple((str(what), int(positions)) for what, positions in data["sequences"]),
+                   {str(label): tuple(parity.Figures(**part) for part in parts)
+                    for label, parts in data["figures"].items()}, int(data["vocab"]))
+
+
+def _reference_logits(job: ParityJob, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
     """transformers' logits on the check's sequences: ``(what it was, [(what, ids)], [float32 [T, vocab]])``."""
     import torch
     import transformers
@@ -66,12 +126,12 @@ def _reference_logits(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]]
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    source = job["source"]
+    source = job.source
     config = AutoConfig.from_pretrained(source)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    seqs = sequences(tokenizer, getattr(config, "text_config", None) or config, job["text"])
+    seqs = sequences(tokenizer, getattr(config, "text_config", None) or config, job.text)
     emit({"step": "reference"})
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, job["dtype"]))
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, job.dtype))
     model.eval()
     logits = []
     with torch.no_grad():
@@ -79,10 +139,10 @@ def _reference_logits(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]]
             logits.append(model(torch.tensor([ids])).logits[0].float().numpy())
     del model
     gc.collect()
-    return f"transformers {transformers.__version__} ({job['dtype']})", seqs, logits
+    return f"transformers {transformers.__version__} ({job.dtype})", seqs, logits
 
 
-def _cached_reference(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
+def _cached_reference(job: ParityJob, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
     """:func:`_reference_logits`, kept on disk by the source's fingerprint when small (tests convert one model often).
 
     The key covers the source's files, the text, the dtype and the installed transformers
@@ -94,10 +154,10 @@ def _cached_reference(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]]
 
     import numpy as np
 
-    key = job.get("fingerprint")
+    key = job.fingerprint
     if not key:
         return _reference_logits(job, emit)
-    blob = json.dumps([key, job["text"], job["dtype"], parity.TEXT_POSITIONS, parity.PAST_WINDOW,
+    blob = json.dumps([key, job.text, job.dtype, parity.TEXT_POSITIONS, parity.PAST_WINDOW,
                        importlib.metadata.version("transformers")])
     file = settings.home() / "cache" / "parity" / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
     if file.is_file():
@@ -116,30 +176,30 @@ def _cached_reference(job: dict, emit) -> tuple[str, list[tuple[str, list[int]]]
     return reference, seqs, logits
 
 
-def _parity_task(job: dict, emit) -> dict:
-    """Worker task: reference logits from transformers, then each candidate's figures on the same ids."""
+def _parity_task(payload: dict, emit) -> dict:
+    """Worker task: reference logits from transformers, then each candidate's figures on the same ids (a :class:`ParityJob`)."""
     import numpy as np
     import onnxruntime_genai as og
 
     from slmops.toolkit.runtimes.genai import logits_for_ids
 
+    job = ParityJob.from_json(payload)
     reference_name, seqs, reference = _cached_reference(job, emit)
     results = {}
-    for label, folder in job["candidates"].items():
+    for label, folder in job.candidates.items():
         emit({"step": label})
         onnx_model = og.Model(str(folder))
         parts = [parity.figures(ref, logits_for_ids(onnx_model, ids)) for ref, (_what, ids) in zip(reference, seqs)]
         del onnx_model
         gc.collect()
-        results[label] = [vars(part) for part in parts]
-    return {"reference": reference_name,
-            "sequences": [[what, len(ids)] for what, ids in seqs], "figures": results,
-            "vocab": int(np.asarray(reference[0]).shape[-1])}
+        results[label] = tuple(parts)
+    return ParityResult(reference_name, tuple((what, len(ids)) for what, ids in seqs), results,
+                        int(np.asarray(reference[0]).shape[-1])).to_json()
 
 
 def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]], *,
           log_path: Path | None = None, text: str | None = None, dtype: str = "float32",
-          fingerprint: str = "") -> tuple[workers.ChildRun, dict]:
+          fingerprint: str = "") -> tuple[workers.ChildRun, ParityResult]:
     """Compare each candidate build with transformers' forward pass of ``source``, in one child process.
 
     Args:
@@ -153,23 +213,21 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
             on disk under ``<home>/cache/parity`` and reused for the next build of the same source.
 
     Returns:
-        ``(run, result)``: the child's cost, and ``{"reference", "sequences": [[what, positions]],
-        "figures": {label: [Figures fields per sequence]}}``.
+        ``(run, result)``: the child's cost, and what it measured (:class:`ParityResult`).
 
     Raises:
         ToolFailedError: transformers or ONNX Runtime GenAI could not load or run a model.
     """
-    payload = {"source": str(source), "text": text or reference_text(), "dtype": dtype, "fingerprint": fingerprint,
-               "candidates": {label: str(Path(folder).resolve()) for label, folder in candidates.items()}}
-    run = workers.run_worker(_MODULE, "parity", payload, name="parity check against transformers",
+    job = ParityJob(str(source), text or reference_text(), dtype, fingerprint,
+                    {label: str(Path(folder).resolve()) for label, folder in candidates.items()})
+    run = workers.run_worker(_MODULE, "parity", job.to_json(), name="parity check against transformers",
                              log_path=log_path, idle_timeout=1800)
-    return run, run.result
+    return run, ParityResult.from_json(run.result)
 
 
-def judged(result: dict, label: str, tolerance: parity.Tolerance) -> parity.ParityCheck:
+def judged(result: ParityResult, label: str, tolerance: parity.Tolerance) -> parity.ParityCheck:
     """The :class:`~slmops.toolkit.domain.parity.ParityCheck` of one candidate of a :func:`check` result."""
-    parts = [parity.Figures(**fields) for fields in result["figures"][label]]
-    return parity.judge(label, result["reference"], [tuple(s) for s in result["sequences"]], parts, tolerance)
+    return parity.judge(label, result.reference, list(result.sequences), list(result.figures[label]), tolerance)
 
 
 if __name__ == "__main__":
