@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings, workers
@@ -295,30 +295,112 @@ def merge(adapter: AdapterSource) -> Path:
     artifacts.remove_stale(target.parent)
     staging = artifacts.staging_dir(target, "merging")
     try:
-        result = workers.run_worker("slmops.toolkit.domain.adapters", "merge",
-                                    {"adapter": str(adapter.path), "base": str(adapter.base), "out": str(staging),
-                                     "vocab_size": adapter.vocab_size, "own_files": list(adapter.own_files)},
-                                    name=f"merge of {adapter.path.name} into {adapter.base.name}",
-                                    idle_timeout=1800).result
-        check = {"max_abs_diff_vs_unmerged": result["max_abs_diff_vs_unmerged"]}
+        job = MergeJob(str(adapter.path), str(adapter.base), str(staging), adapter.vocab_size, adapter.own_files)
+        result = MergeResult.from_json(workers.run_worker(
+            "slmops.toolkit.domain.adapters", "merge", job.to_json(),
+            name=f"merge of {adapter.path.name} into {adapter.base.name}", idle_timeout=1800).result)
+        check = {"max_abs_diff_vs_unmerged": result.max_abs_diff_vs_unmerged}
         artifacts.write_json(staging / MERGE_RECORD, {**adapter.describe(), "merge_check": check,
-                                                      "tokenizer": result["tokenizer"]})
+                                                      "tokenizer": result.tokenizer.to_json()})
         artifacts.swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def _merge_task(job: dict, _emit) -> dict:
-    """Worker task: peft's merge into the FP32 base; saves the merged folder.
+@dataclass(frozen=True)
+class MergeJob:
+    """What the merge child is asked (the ``merge`` task's payload).
 
-    A resized vocabulary (``job["vocab_size"]``) resizes the base first (new rows zero: the
+    Attributes:
+        adapter: The adapter folder.
+        base: The base model's Hugging Face folder.
+        out: Where the merged folder is saved.
+        vocab_size: The adapter's vocabulary when it resized the base's (0: the base's is kept).
+        own_files: The adapter folder's tokenizer, template and generation files, which win over the base's.
+    """
+
+    adapter: str
+    base: str
+    out: str
+    vocab_size: int = 0
+    own_files: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MergeJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["adapter"]), str(data["base"]), str(data["out"]), int(data.get("vocab_size") or 0),
+                   tuple(str(name) for name in data.get("own_files") or ()))
+
+
+@dataclass(frozen=True)
+class TokenizerOrigin:
+    """Where a merged model's tokenizer, chat template and generation settings came from (``merge.json``'s ``tokenizer``).
+
+    Attributes:
+        tokenizer_from: ``adapter`` or ``base``.
+        chat_template_from: ``adapter`` or ``base``.
+        generation_config_from: ``adapter`` or ``base``.
+        files_from_adapter: The adapter folder's own files that were used.
+        eos_token_ids_added: EOS ids added to the merged ``generation_config.json``.
+        vocab_size: The merged model's vocabulary (embedding rows).
+    """
+
+    tokenizer_from: str
+    chat_template_from: str
+    generation_config_from: str
+    files_from_adapter: tuple[str, ...]
+    eos_token_ids_added: tuple[int, ...]
+    vocab_size: int
+
+    def to_json(self) -> dict:
+        """The record as ``merge.json`` keeps it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TokenizerOrigin:
+        """A record as :meth:`to_json` wrote it."""
+        return cls(str(data["tokenizer_from"]), str(data["chat_template_from"]), str(data["generation_config_from"]),
+                   tuple(str(name) for name in data["files_from_adapter"]),
+                   tuple(int(i) for i in data["eos_token_ids_added"]), int(data["vocab_size"]))
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What the merge child did (the ``merge`` task's result).
+
+    Attributes:
+        max_abs_diff_vs_unmerged: Largest absolute logit difference, merged against unmerged, on the reference text.
+        tokenizer: Where the tokenizer, template and generation settings came from.
+    """
+
+    max_abs_diff_vs_unmerged: float
+    tokenizer: TokenizerOrigin
+
+    def to_json(self) -> dict:
+        """The result as the child sends it."""
+        return {"max_abs_diff_vs_unmerged": self.max_abs_diff_vs_unmerged, "tokenizer": self.tokenizer.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> MergeResult:
+        """A result as :meth:`to_json` wrote it."""
+        return cls(float(data["max_abs_diff_vs_unmerged"]), TokenizerOrigin.from_json(data["tokenizer"]))
+
+
+def _merge_task(payload: dict, _emit) -> dict:
+    """Worker task: peft's merge into the FP32 base (a :class:`MergeJob`); saves the merged folder.
+
+    A resized vocabulary (``vocab_size``) resizes the base first (new rows zero: the
     adapter's saved embedding table and LM head replace them). The adapter folder's own
-    tokenizer, chat template and generation settings (``job["own_files"]``) win over the base's.
+    tokenizer, chat template and generation settings (``own_files``) win over the base's.
 
     Returns:
-        The merge check (``max_abs_diff_vs_unmerged``) and a ``tokenizer`` record: where the
-        tokenizer, template and generation settings came from, and any EOS id added.
+        A :class:`MergeResult`: the merge check and where the tokenizer, template and generation
+        settings came from, and any EOS id added.
     """
     import torch
     from peft import PeftModel
@@ -326,11 +408,12 @@ def _merge_task(job: dict, _emit) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    adapter_dir, base_dir, out = Path(job["adapter"]), Path(job["base"]), Path(job["out"])
-    own = tuple(job.get("own_files") or ())
+    job = MergeJob.from_json(payload)
+    adapter_dir, base_dir, out = Path(job.adapter), Path(job.base), Path(job.out)
+    own = job.own_files
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if job.get("vocab_size"):
-        base.resize_token_embeddings(int(job["vocab_size"]), mean_resizing=False)
+    if job.vocab_size:
+        base.resize_token_embeddings(job.vocab_size, mean_resizing=False)
     tokenizer_dir = adapter_dir if _has_tokenizer(own) else base_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if "chat_template.jinja" in own:
@@ -353,12 +436,10 @@ def _merge_task(job: dict, _emit) -> dict:
         elif (base_dir / extra).is_file() and not (out / extra).is_file():
             shutil.copy2(base_dir / extra, out / extra)
     added = _add_tokenizer_eos(out, tokenizer) if tokenizer_dir == adapter_dir else []
-    return {"max_abs_diff_vs_unmerged": float((merged - unmerged).abs().max()),
-            "tokenizer": {"tokenizer_from": "adapter" if tokenizer_dir == adapter_dir else "base",
-                          "chat_template_from": template_from,
-                          "generation_config_from": "adapter" if GENERATION_CONFIG in own else "base",
-                          "files_from_adapter": list(own), "eos_token_ids_added": added,
-                          "vocab_size": int(merged_model.get_input_embeddings().weight.shape[0])}}
+    origin = TokenizerOrigin("adapter" if tokenizer_dir == adapter_dir else "base", template_from,
+                             "adapter" if GENERATION_CONFIG in own else "base", own, tuple(added),
+                             int(merged_model.get_input_embeddings().weight.shape[0]))
+    return MergeResult(float((merged - unmerged).abs().max()), origin).to_json()
 
 
 def _add_tokenizer_eos(out: Path, tokenizer) -> list[int]:
