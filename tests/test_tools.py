@@ -7,7 +7,6 @@ official ``openai`` client) are in ``tests/test_tool_calling.py``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -123,11 +122,11 @@ def test_the_bundled_dataset_has_tool_examples_the_fine_tune_renders_as_the_runt
     assert kinds.count("tool_call") >= 6 and "tool_none" in kinds and "tool_result" in kinds
     assert all(e.paraphrase != e.question for e in examples)
     call = next(e for e in examples if e.kind == "tool_call")
-    messages, answer = training_turn(asdict(call), MARKERS)
+    messages, answer = training_turn(call, MARKERS)
     assert messages == tools.runtime_messages([{"role": "user", "content": call.question}], list(call.tools), MARKERS)
     assert answer.startswith("<tool_call>[{\"name\":\"" + call.call["name"]) and answer.endswith("</tool_call>")
     plain = next(e for e in examples if e.kind == "tool_none")
-    assert training_turn(asdict(plain), MARKERS)[1] == tools.MESSAGE_FRAME + plain.answer
+    assert training_turn(plain, MARKERS)[1] == tools.MESSAGE_FRAME + plain.answer
     # the text cases leave tool examples to the tool cases
     assert not any(c["id"].endswith(call.id) for c in datasets.cases(examples)["trained"])
 
@@ -185,10 +184,9 @@ def test_tool_batches_share_their_prompt_and_lose_nothing(tiny_model: Path) -> N
     assert abs(float(shared) - float(full)) < 1e-5
     shared.backward()  # the adapter still learns from the answers
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
-    job = {"seed": 0, "batch": 2, "steps": 8}
     encoded = [([i], [i]) for i in range(6)]
     tooled = [False, False, False, False, True, True]
-    batches = list(finetune._batches(encoded, tooled, job))
+    batches = list(finetune._batches(encoded, tooled, seed=0, batch=2, steps=8))
     assert all(len({tooled[ids[0]] for ids, _ in b}) == 1 for b in batches)  # never mixed
     assert sum(tooled[b[0][0][0]] for b in batches) in (2, 3)  # tool steps in proportion (2 of 6 examples)
 

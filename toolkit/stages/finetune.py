@@ -130,10 +130,9 @@ def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
 
     start = time.perf_counter()
     try:
-        job = {"base": str(spec.base), "out": str(staging), "examples": [asdict(e) for e in examples],
-               "rank": spec.rank, "steps": spec.steps, "batch": spec.batch, "learning_rate": spec.learning_rate,
-               "seed": spec.seed}
-        losses = workers.run_worker("slmops.toolkit.stages.finetune", "train", job, name="LoRA fine-tune",
+        job = TrainJob(str(spec.base), str(staging), tuple(examples), spec.rank, spec.steps, spec.batch,
+                       spec.learning_rate, spec.seed)
+        losses = workers.run_worker("slmops.toolkit.stages.finetune", "train", job.to_json(), name="LoRA fine-tune",
                                     idle_timeout=600, startup_s=120, on_event=on_event).result
         wall = time.perf_counter() - start
         artifacts.write_json(staging / RECORD, {
@@ -175,35 +174,35 @@ def _answer_turn(tokenizer, messages: list[dict], answer: str, prompt: str) -> s
     return answer + (tokenizer.eos_token or "")
 
 
-def training_turn(example: dict, markers: tools.Markers | None) -> tuple[list[dict], str]:
-    """The conversation the runtime renders for ``example`` (an :class:`Example` as a dict) and the answer to learn.
+def training_turn(example: Example, markers: tools.Markers | None) -> tuple[list[dict], str]:
+    """The conversation the runtime renders for ``example`` and the answer to learn.
 
     A plain example is the question alone. A tool example is rendered as Foundry Local renders
     a request with its tools offered (``tool_choice: auto``, see :func:`tools.runtime_messages`):
     the answer is the call (``<start>[...]<end>``), or ``MESSAGE``-framed text when no call is
     due or after the tool's result.
     """
-    question = [{"role": "user", "content": example["question"]}]
-    if not example.get("tools"):
-        return question, example["answer"]
-    offered = list(example["tools"])
-    call = example.get("call")
+    question = [{"role": "user", "content": example.question}]
+    if not example.tools:
+        return question, example.answer
+    offered = list(example.tools)
+    call = example.call
     if call is None:
-        return tools.runtime_messages(question, offered, markers), tools.MESSAGE_FRAME + example["answer"]
+        return tools.runtime_messages(question, offered, markers), tools.MESSAGE_FRAME + example.answer
     tool_call = {"id": "call_1", "type": "function",
                  "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}
-    if not example.get("result"):
+    if not example.result:
         return tools.runtime_messages(question, offered, markers), tools.call_text([tool_call], markers)
     history = [*question, {"role": "assistant", "content": "", "tool_calls": [tool_call]},
-               {"role": "tool", "tool_call_id": "call_1", "content": example["result"]}]
-    return tools.runtime_messages(history, offered, markers), tools.MESSAGE_FRAME + example["answer"]
+               {"role": "tool", "tool_call_id": "call_1", "content": example.result}]
+    return tools.runtime_messages(history, offered, markers), tools.MESSAGE_FRAME + example.answer
 
 
 #: A batch whose prompts share at least this many leading tokens computes them once (see :func:`_batch_loss`).
 SHARED_PREFIX_MIN = 64
 
 
-def _batches(encoded: list[tuple[list[int], list[int]]], tooled: list[bool], job: dict):
+def _batches(encoded: list[tuple[list[int], list[int]]], tooled: list[bool], *, seed: int, batch: int, steps: int):
     """The training batches, one per step, cycling through the examples in a seeded order.
 
     Without tool examples this is the plain cycle over one shuffled order. With them, tool
@@ -212,17 +211,17 @@ def _batches(encoded: list[tuple[list[int], list[int]]], tooled: list[bool], job
     """
     import torch
 
-    generator = torch.Generator().manual_seed(job["seed"])
+    generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(encoded), generator=generator).tolist()
-    size = job["batch"]
+    size = batch
     groups = [[i for i in order if not tooled[i]], [i for i in order if tooled[i]]]
     if not groups[1] or not groups[0]:
-        for step in range(job["steps"]):
+        for step in range(steps):
             yield [encoded[order[(step * size + i) % len(order)]] for i in range(size)]
         return
     cursor = [0, 0]
     share = len(groups[1]) / len(encoded)
-    for step in range(job["steps"]):
+    for step in range(steps):
         kind = int(int((step + 1) * share) > int(step * share))  # 1: a tool step, spread evenly
         group = groups[kind]
         yield [encoded[group[(cursor[kind] + i) % len(group)]] for i in range(size)]
@@ -259,48 +258,87 @@ def _batch_loss(model, batch: list[tuple[list[int], list[int]]], pad: int):
     return model(input_ids=ids, attention_mask=mask, labels=labels, past_key_values=cache).loss
 
 
-def _train_task(job: dict, emit) -> list[float]:
-    """Worker task: the training loop (torch and peft in this child only)."""
+@dataclass(frozen=True)
+class TrainJob:
+    """What the training child is asked (the ``train`` task's payload; its result is the loss of each step).
+
+    Attributes:
+        base: The base model's Hugging Face folder.
+        out: Where the adapter is saved.
+        examples: The examples to learn.
+        rank: LoRA rank (alpha is twice it).
+        steps: Optimizer steps.
+        batch: Examples per step.
+        learning_rate: AdamW's learning rate.
+        seed: The seed of the initialization and of the examples' order.
+    """
+
+    base: str
+    out: str
+    examples: tuple[Example, ...]
+    rank: int
+    steps: int
+    batch: int
+    learning_rate: float
+    seed: int
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainJob:
+        """A job as :meth:`to_json` wrote it."""
+        examples = tuple(Example(**{**e, "expect": tuple(e["expect"]), "tools": tuple(e.get("tools") or ())})
+                         for e in data["examples"])
+        return cls(str(data["base"]), str(data["out"]), examples, int(data["rank"]), int(data["steps"]),
+                   int(data["batch"]), float(data["learning_rate"]), int(data["seed"]))
+
+
+def _train_task(payload: dict, emit) -> list[float]:
+    """Worker task: the training loop of a :class:`TrainJob` (torch and peft in this child only)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    torch.manual_seed(job["seed"])
+    job = TrainJob.from_json(payload)
+    torch.manual_seed(job.seed)
     torch.set_num_threads(os.cpu_count() or 1)
-    tokenizer = AutoTokenizer.from_pretrained(job["base"])
-    model = AutoModelForCausalLM.from_pretrained(job["base"], dtype=torch.float32)
-    markers = tools.find_markers(job["base"])
+    tokenizer = AutoTokenizer.from_pretrained(job.base)
+    model = AutoModelForCausalLM.from_pretrained(job.base, dtype=torch.float32)
+    markers = tools.find_markers(job.base)
     extra = {}
-    if markers is not None and any(e.get("tools") for e in job["examples"]):
+    if markers is not None and any(e.tools for e in job.examples):
         # The markers' embedding rows are trained too: a base that never used them (SmolLM2's notebook
         # tokens) has near-identical rows for them and its other special tokens (cosine 0.99), so with
         # tied embeddings no LoRA on the linear layers can make it emit one rather than another.
         extra["trainable_token_indices"] = [markers.start_id, markers.end_id]
-    model = get_peft_model(model, LoraConfig(r=job["rank"], lora_alpha=2 * job["rank"], lora_dropout=0.0,
+    model = get_peft_model(model, LoraConfig(r=job.rank, lora_alpha=2 * job.rank, lora_dropout=0.0,
                                              target_modules="all-linear", task_type="CAUSAL_LM", **extra))
     encoded = []
-    for example in job["examples"]:
+    for example in job.examples:
         # The prompt exactly as the runtime renders it (the base's chat template), then the answer.
         messages, answer = training_turn(example, markers)
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
         answer_ids = tokenizer(_answer_turn(tokenizer, messages, answer, prompt), add_special_tokens=False).input_ids
         encoded.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job["learning_rate"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job.learning_rate)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     losses = []
     model.train()
-    for step, batch in enumerate(_batches(encoded, [bool(e.get("tools")) for e in job["examples"]], job)):
+    tooled = [bool(e.tools) for e in job.examples]
+    for step, batch in enumerate(_batches(encoded, tooled, seed=job.seed, batch=job.batch, steps=job.steps)):
         loss = _batch_loss(model, batch, pad)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(round(float(loss), 4))
         emit({"step": step + 1, "loss": losses[-1]})
-    model.save_pretrained(job["out"])
-    tokenizer.save_pretrained(job["out"])
+    model.save_pretrained(job.out)
+    tokenizer.save_pretrained(job.out)
     return losses
 
 
