@@ -60,6 +60,22 @@ LLAMA_CPP_PYTHON = "0.3.36"
 GGUF = "0.19.0"
 #: Only the libraries llama-cpp-python loads; no tools, tests, examples or the multimodal library.
 CMAKE_ARGS = "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF"
+
+
+def isa_cmake_args(flags: set[str]) -> str:
+    """llama.cpp's instruction-set options for a CPU with ``flags`` (``/proc/cpuinfo`` names), AMX left out.
+
+    A ``-march=native`` build on a virtual machine that reports AMX but does not run it crashed in
+    the first decode of any quantized model here; without AMX (its repacked AVX-512 kernels on)
+    it runs. So the build names the instruction sets instead of asking for the native ones.
+
+    Example:
+        >>> isa_cmake_args({"avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "amx_int8"})
+        '-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON'
+    """
+    wanted = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C",
+              "avx512f": "GGML_AVX512", "avx512_vnni": "GGML_AVX512_VNNI"}
+    return " ".join(["-DGGML_NATIVE=OFF", *(f"-D{option}=ON" for flag, option in wanted.items() if flag in flags)])
 QUANTS = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q8_0")
 WORKER = Path(__file__).resolve().parent / "llama_cpp_worker.py"
 #: Our build that each llama.cpp quant is the counterpart of, for the ratio lines.
@@ -206,7 +222,10 @@ def setup(venv: Path, src: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     probe = subprocess.run([str(python), "-c", "import llama_cpp, gguf"], check=False, capture_output=True)
     if probe.returncode:
-        env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", CMAKE_ARGS),
+        from slmops.toolkit.core import platform
+
+        default = f"{CMAKE_ARGS} {isa_cmake_args(platform.cpu_flags())}"
+        env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", default), "PIP_NO_CACHE_DIR": "1",
                "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))}
         print(f"Building llama-cpp-python {LLAMA_CPP_PYTHON} from source in {venv} (CMAKE_ARGS={env['CMAKE_ARGS']}, "
               f"{env['CMAKE_BUILD_PARALLEL_LEVEL']} parallel jobs); this takes a while", flush=True)

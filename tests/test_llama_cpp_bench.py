@@ -99,3 +99,11 @@ def test_targets_follow_the_issues():
     assert len(speed) == 1 and speed[0]["met"] is False and "1.431x" in speed[0]["measured"]
     quality = {g["target"].split(":")[0]: g["met"] for g in goals if g["issue"] == 25}
     assert quality == {"ours INT4 (builder default)": False, "ours recipe mixed": True}
+
+
+def test_the_llama_cpp_build_names_its_instruction_sets_and_leaves_amx_out() -> None:
+    # A -march=native build crashed in its first quantized decode on a virtual machine that reports AMX.
+    avx512 = bench.isa_cmake_args({"avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "amx_int8", "amx_tile"})
+    assert "-DGGML_NATIVE=OFF" in avx512 and "-DGGML_AVX512_VNNI=ON" in avx512 and "AMX" not in avx512
+    avx2 = bench.isa_cmake_args({"avx", "avx2", "fma", "f16c"})
+    assert "-DGGML_AVX2=ON" in avx2 and "AVX512" not in avx2  # never an instruction the CPU lacks
