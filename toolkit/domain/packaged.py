@@ -98,9 +98,9 @@ GEMMA3_270M = PackagedModel(
     # SmolLM2's 2e-3 over 36 steps leaves Gemma's loss jumping (0.1 to 2.2, ending near 0.3; greedy answers in
     # transformers 15/16 trained, 12/16 held-out); 5e-4 over 72 steps ends near 3e-4 (16/16, 12/16; 103 s on 2 cores).
     finetune=(("learning_rate", 5e-4), ("steps", 72)),
-    # Gemma 3's published generation settings have no repetition penalty; the tutorial's 1.1 turns the fine-tune's
-    # "The capital of Velorese is Quennport." into "The capital of Velorese." (in transformers too): 6/16 trained
-    # answers in Foundry Local against 15/16 without it.
+    # Gemma 3's published generation settings have no repetition penalty; the tutorial's 1.1 turned an earlier
+    # fine-tune's "The capital of Velorese is Quennport." into "The capital of Velorese." (6/16 trained answers in
+    # Foundry Local); at 1.0 the current fine-tune answers 16/16 (benchmarks/gemma_domain.py).
     repetition_penalty=1.0,
 )
 
