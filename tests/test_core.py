@@ -213,7 +213,9 @@ def test_sizes_do_not_count_links(tmp_path: Path) -> None:
 def test_measurements_are_plausible() -> None:
     meter = measure.CpuMeter()
     meter.start()
-    sum(i * i for i in range(300_000))
+    # About 0.3 s of work: over a few milliseconds one burst of another process (a cluster still
+    # shutting down) can take the core and read as a low share (seen once in a full run).
+    sum(i * i for i in range(3_000_000))
     cpu = meter.stop()
     assert 20 < cpu["cpu_percent"] <= 110 and 0 <= cpu["system_cpu_percent"] <= 100
     assert 1 < measure.rss_mib() <= measure.peak_rss_mib() + 1
