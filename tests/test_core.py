@@ -213,11 +213,12 @@ def test_sizes_do_not_count_links(tmp_path: Path) -> None:
 def test_measurements_are_plausible() -> None:
     meter = measure.CpuMeter()
     meter.start()
-    # About 0.3 s of work: over a few milliseconds one burst of another process (a cluster still
-    # shutting down) can take the core and read as a low share (seen once in a full run).
+    # About 0.3 s of work: over a few milliseconds one burst of another process can take the core.
     sum(i * i for i in range(3_000_000))
     cpu = meter.stop()
-    assert 20 < cpu["cpu_percent"] <= 110 and 0 <= cpu["system_cpu_percent"] <= 100
+    # The process's share counts all its threads: in a full run, threads earlier tests left in this
+    # process add theirs (111% was seen), up to every core of the machine.
+    assert 20 < cpu["cpu_percent"] <= 100 * (os.cpu_count() or 1) + 10 and 0 <= cpu["system_cpu_percent"] <= 100
     assert 1 < measure.rss_mib() <= measure.peak_rss_mib() + 1
     info = measure.cpu_info()
     assert info["logical_cpus"] >= info["physical_cores"] >= 1 and info["cpu"]
