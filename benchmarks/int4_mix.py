@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
 from pathlib import Path
 
 from slmops.toolkit.domain.quantize import QuantPlan, quantize
@@ -32,6 +33,23 @@ VARIANTS = {
 }
 
 
+
+def build_variant(fp32: Path, out: Path, plan: QuantPlan) -> float | None:
+    """Quantize the FP32 build ``fp32`` with ``plan`` into ``out`` beside copies of its other files.
+
+    Returns:
+        The quantizer's wall time in seconds, or None when ``out`` already holds a build (kept).
+    """
+    if (out / "model.onnx").exists():
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    for f in fp32.iterdir():
+        if f.is_file() and not f.name.startswith("model.onnx") and f.name != "manifest.json":
+            shutil.copy2(f, out / f.name)
+    start = time.perf_counter()
+    quantize(fp32 / "model.onnx", out / "model.onnx", plan)
+    return time.perf_counter() - start
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fp32", type=Path, required=True)
@@ -45,13 +63,7 @@ def main() -> None:
     for name, plan in VARIANTS.items():
         out = args.out / name.split()[0]
         folders[name] = str(out)
-        if (out / "model.onnx").exists():
-            continue
-        out.mkdir(parents=True, exist_ok=True)
-        for f in args.fp32.iterdir():
-            if f.is_file() and not f.name.startswith("model.onnx") and f.name != "manifest.json":
-                shutil.copy2(f, out / f.name)
-        quantize(args.fp32 / "model.onnx", out / "model.onnx", plan)
+        build_variant(args.fp32, out, plan)
     ft = {a.model: a for a in genai.agreement(args.fp32, folders)}
     base = {a.model: a for a in genai.agreement(args.base_fp32, folders)} if args.base_fp32 else {}
     speeds = genai.decode_speeds(folders)
