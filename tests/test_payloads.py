@@ -9,12 +9,21 @@ import pytest
 from slmops.toolkit.domain import adapters, parity
 from slmops.toolkit.domain.datasets import Example
 from slmops.toolkit.domain.quantize import QuantizeJob, QuantPlan
+from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.runtimes import foundry, genai, reference
 from slmops.toolkit.stages import finetune
+from slmops.toolkit.stages.bench import engines
+from slmops.toolkit.stages.checklist import edge
 
 _TOOL = {"type": "function", "function": {"name": "city_weather", "parameters": {"type": "object", "properties": {}}}}
 _FIGURES = parity.Figures(positions=64, top1_agreement=0.9375, max_abs_diff=0.5, mean_abs_diff=0.01,
                           logit_range=30.0, kl_divergence=0.0123)
+_FACTS = engines.ModelFacts("smollm2-int4", "int4", 210.4, 182.1)
+_ROW = BenchRow(model="smollm2-int4", precision="int4", engine="foundry-local", target_prompt_tokens=16,
+                prompt_tokens=17, target_gen_tokens=8, threads=0, peak_rss_mib=812.0, size_mb=210.4,
+                weights_read_mb=182.1, load_s=1.5, load_rss_mib=300.2, template_ms=0.25,
+                **run_metrics([TimedRun(0.1, 0.5, 8, 17, 0.001, 0.02, 98.0, 12.5)], 17))
+_MESSAGES = (({"role": "user", "content": "Some text."},), ({"role": "user", "content": "Some longer text."},))
 
 RECORDS = [
     genai.CompareJob("/m/fp32", "Some text.", {"int4": "/m/int4", "int8": "/m/int8"}),
@@ -36,6 +45,24 @@ RECORDS = [
     foundry.WebServiceJob("smollm2-int4", "/cache"),
     foundry.WebServiceSeen(("smollm2-int4", "other"), 404),
     QuantizeJob("/m/fp32/model.onnx", "/m/int4/model.onnx", QuantPlan(bits=4, algorithm="gptq", mix="v")),
+    _FACTS,
+    engines.MeasureJob("smollm2-int4", (16, 64), (8, 32), repeats=3, warmup=1, cache="/cache"),
+    engines.MeasuredModel(_FACTS, "/cache/models/custom/smollm2-int4", 2, ((1, 2, 3), (4, 5)), _MESSAGES,
+                          (_ROW, _ROW)),
+    engines.EndpointJob(_FACTS, 2, (16, 64), _MESSAGES, "http://127.0.0.1:5273/v1", "key", (8,), repeats=3,
+                        warmup=1),
+    edge.EdgeJob("smollm2-int4", "", skip=2, seed=0),
+    edge.EdgeOutcome("empty-prompt", "refused: InvalidPromptError: The prompt is empty.", True, 0.012),
+    edge.EdgeOutcome("long-history", "the process died (exit -11)", False, None),
+]
+
+#: A job or result of each task that was sent as a loose dict, and one of its number fields (a word there is refused).
+STRICT = [
+    (engines.MeasureJob("smollm2-int4", (16,), (8,), 3, 1, "/cache"), "repeats"),
+    (engines.MeasuredModel(_FACTS, "/m", 0, ((1,),), _MESSAGES[:1], (_ROW,)), "threads"),
+    (engines.EndpointJob(_FACTS, 0, (16,), _MESSAGES[:1], "http://127.0.0.1:5273/v1", "", (8,), 3, 1), "warmup"),
+    (edge.EdgeJob("smollm2-int4", "", 0, 0), "skip"),
+    (edge.EdgeOutcome("unicode", "answered (8 tokens, length)", True, 0.4), "seconds"),
 ]
 
 
@@ -55,3 +82,21 @@ def test_payload_json_keeps_the_shapes_children_and_files_read() -> None:
                             "eos_token_ids_added", "vocab_size"]  # merge.json's ``tokenizer`` entry
     assert list(genai.ThreadSpeed(0, 1.0, 2.0).to_json()) == ["threads", "decode_tps", "ttft_ms"]  # registration's probe
     assert QuantizeJob("s", "t", QuantPlan()).to_json()["plan"] == json.loads(json.dumps(QuantPlan().__dict__))
+
+
+@pytest.mark.parametrize(("record", "number"), STRICT, ids=lambda r: r if isinstance(r, str) else type(r).__name__)
+def test_a_payload_missing_a_field_or_with_a_wrong_one_is_refused(record, number: str) -> None:
+    sent = json.loads(json.dumps(record.to_json()))
+    for field in sent:  # every field is needed: a missing one is a KeyError naming it, as in the other payloads
+        with pytest.raises(KeyError, match=field):
+            type(record).from_json({k: v for k, v in sent.items() if k != field})
+    with pytest.raises(ValueError):
+        type(record).from_json({**sent, number: "many"})
+
+
+def test_the_bench_and_edge_payloads_keep_the_json_their_children_read() -> None:
+    assert engines.MeasureJob("m", (16,), (8,), 3, 1, "/c").to_json() == {
+        "name": "m", "prompt_lengths": (16,), "gen_lengths": (8,), "repeats": 3, "warmup": 1, "cache": "/c"}
+    assert edge.EdgeJob("m", "", 2, 0).to_json() == {"name": "m", "cache": "", "skip": 2, "seed": 0}
+    sent = json.loads(json.dumps(engines.MeasuredModel(_FACTS, "/m", 0, ((1, 2),), _MESSAGES[:1], (_ROW,)).to_json()))
+    assert sent["rows"] == [_ROW.to_json()] and sent["prompts"] == [[1, 2]]  # rows as bench.json holds them

@@ -8,7 +8,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from slmops.toolkit.core import settings, workers
@@ -26,19 +26,155 @@ from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registrati
 WORKER = "slmops.toolkit.stages.bench.worker"
 
 
-def _row(model: dict, engine: str, length: int, gen: int, prompt_tokens: int, runs: list[dict], *, threads: int,
-         load_s: float, load_rss_mib: float, peak_rss_mib: float, template_ms: float = 0.0) -> dict:
-    """A :class:`BenchRow` (as a dict) from timed runs (each a :class:`TimedRun` as JSON), through :func:`run_metrics`.
+@dataclass(frozen=True)
+class ModelFacts:
+    """What every row of a benchmarked model says about the model itself.
 
-    ``model`` holds ``name``, ``precision``, ``size_mb`` and ``weights_read_mb``.
+    Attributes:
+        name: Registered name.
+        precision: The build's precision (from its manifest).
+        size_mb: The model folder on disk, MB (10^6 bytes).
+        weights_read_mb: Weights read to decode one token, MB (10^6 bytes; see :class:`BenchRow`).
     """
-    figures = run_metrics([TimedRun.from_json(r) for r in runs], prompt_tokens)
+
+    name: str
+    precision: str
+    size_mb: float
+    weights_read_mb: float
+
+    def to_json(self) -> dict:
+        """The facts as a child sends and reads them."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelFacts:
+        """Facts as :meth:`to_json` wrote them."""
+        return cls(str(data["name"]), str(data["precision"]), float(data["size_mb"]), float(data["weights_read_mb"]))
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """What the Foundry Local child is asked (the ``measure`` task's payload).
+
+    Attributes:
+        name: The registered model.
+        prompt_lengths: Prompt lengths in tokens (chat template included).
+        gen_lengths: Tokens to generate after each prompt, each length in turn.
+        repeats: Timed runs per prompt and length.
+        warmup: Untimed runs before them.
+        cache: The Foundry Local cache folder.
+    """
+
+    name: str
+    prompt_lengths: tuple[int, ...]
+    gen_lengths: tuple[int, ...]
+    repeats: int
+    warmup: int
+    cache: str
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MeasureJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["name"]), tuple(int(n) for n in data["prompt_lengths"]),
+                   tuple(int(n) for n in data["gen_lengths"]), int(data["repeats"]), int(data["warmup"]),
+                   str(data["cache"]))
+
+
+@dataclass(frozen=True)
+class MeasuredModel:
+    """What the Foundry Local child measured of one model (the ``measure`` task's result).
+
+    Attributes:
+        model: The model's facts, as its rows carry them.
+        folder: The registered model's folder.
+        threads: The intra-op threads its ``genai_config.json`` sets (0: the runtime's default).
+        prompts: Each prompt length's prompt as the token ids it became (for the direct engine).
+        messages: Each prompt length's prompt as chat messages (for the endpoint engine).
+        rows: Foundry Local's rows, one per prompt and generation length.
+    """
+
+    model: ModelFacts
+    folder: str
+    threads: int
+    prompts: tuple[tuple[int, ...], ...]
+    messages: tuple[tuple[dict[str, str], ...], ...]
+    rows: tuple[BenchRow, ...]
+
+    def to_json(self) -> dict:
+        """The result as the child sends it."""
+        return {"model": self.model.to_json(), "folder": self.folder, "threads": self.threads,
+                "prompts": [list(ids) for ids in self.prompts],
+                "messages": [[dict(message) for message in messages] for messages in self.messages],
+                "rows": [row.to_json() for row in self.rows]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> MeasuredModel:
+        """A result as :meth:`to_json` wrote it."""
+        return cls(ModelFacts.from_json(data["model"]), str(data["folder"]), int(data["threads"]),
+                   tuple(tuple(int(i) for i in ids) for ids in data["prompts"]),
+                   tuple(tuple({str(k): str(v) for k, v in message.items()} for message in messages)
+                         for messages in data["messages"]),
+                   tuple(BenchRow.from_json(row) for row in data["rows"]))
+
+
+@dataclass(frozen=True)
+class EndpointJob:
+    """What the endpoint client's child is asked (the ``endpoint`` task's payload; its result is rows).
+
+    Attributes:
+        model: The model's facts, as its rows carry them (``model.name`` is the name the endpoint serves).
+        threads: The intra-op threads the model is registered with, recorded in its rows.
+        prompt_lengths: The asked prompt length of each of ``messages``.
+        messages: Each prompt as chat messages (what Foundry Local in-process was given).
+        url: The endpoint's base URL (``http://host:port/v1``).
+        key: Its API key (any text when it needs none).
+        gen_lengths: Tokens to generate after each prompt, each length in turn.
+        repeats: Timed runs per prompt and length.
+        warmup: Untimed runs before them.
+    """
+
+    model: ModelFacts
+    threads: int
+    prompt_lengths: tuple[int, ...]
+    messages: tuple[tuple[dict[str, str], ...], ...]
+    url: str
+    key: str
+    gen_lengths: tuple[int, ...]
+    repeats: int
+    warmup: int
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return {"model": self.model.to_json(), "threads": self.threads, "prompt_lengths": list(self.prompt_lengths),
+                "messages": [[dict(message) for message in messages] for messages in self.messages], "url": self.url,
+                "key": self.key, "gen_lengths": list(self.gen_lengths), "repeats": self.repeats,
+                "warmup": self.warmup}
+
+    @classmethod
+    def from_json(cls, data: dict) -> EndpointJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(ModelFacts.from_json(data["model"]), int(data["threads"]),
+                   tuple(int(n) for n in data["prompt_lengths"]),
+                   tuple(tuple({str(k): str(v) for k, v in message.items()} for message in messages)
+                         for messages in data["messages"]),
+                   str(data["url"]), str(data["key"]), tuple(int(n) for n in data["gen_lengths"]),
+                   int(data["repeats"]), int(data["warmup"]))
+
+
+def _row(model: ModelFacts, engine: str, length: int, gen: int, prompt_tokens: int, runs: Sequence[TimedRun], *,
+         threads: int, load_s: float, load_rss_mib: float, peak_rss_mib: float, template_ms: float = 0.0) -> BenchRow:
+    """A :class:`BenchRow` from timed runs, through :func:`run_metrics`."""
+    figures = run_metrics(list(runs), prompt_tokens)
     return BenchRow(
-        model=model["name"], precision=model["precision"], engine=engine, target_prompt_tokens=length,
+        model=model.name, precision=model.precision, engine=engine, target_prompt_tokens=length,
         prompt_tokens=prompt_tokens, target_gen_tokens=gen, threads=threads, peak_rss_mib=round(peak_rss_mib, 1),
-        size_mb=model["size_mb"], weights_read_mb=model["weights_read_mb"], load_s=round(load_s, 3),
+        size_mb=model.size_mb, weights_read_mb=model.weights_read_mb, load_s=round(load_s, 3),
         load_rss_mib=round(load_rss_mib, 1), template_ms=round(template_ms, 3), **figures,
-    ).to_json()
+    )
 
 
 def configured_threads(folder: str | os.PathLike[str]) -> int:
@@ -49,12 +185,12 @@ def configured_threads(folder: str | os.PathLike[str]) -> int:
 
 
 def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequence[int], repeats: int, warmup: int,
-                  cache: str | None) -> dict:
+                  cache: str | None) -> MeasuredModel:
     """Measure one model through Foundry Local in this process (the child's job).
 
     Returns:
-        ``rows`` (dicts), ``prompts`` (the token ids each length became, for the direct engine),
-        and the model's ``folder``, ``precision``, ``size_mb`` and ``threads``.
+        Its rows, the prompts (the token ids and messages each length became, for the other
+        engines), and the model's facts, ``folder`` and ``threads``.
     """
     from tokenizers import Tokenizer
 
@@ -62,8 +198,8 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     size_mb = round(dir_size_mb(folder), 1)
     decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"]
-    info = {"name": name, "precision": read_manifest(folder).get("precision", "?"), "size_mb": size_mb,
-            "weights_read_mb": round(size_mb - lookup_only_mb(folder / decoder), 1)}
+    info = ModelFacts(name, read_manifest(folder).get("precision", "?"), size_mb,
+                      round(size_mb - lookup_only_mb(folder / decoder), 1))
     threads = configured_threads(folder)
     registrations = contextlib.ExitStack()  # the fixed-length copy: every request generates its asked tokens
     timing = registrations.enter_context(fixed_length_registration(name, cache))
@@ -78,8 +214,8 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
         overhead = max(0, model.prompt_tokens([{"role": "user", "content": prompt_text(tokenizer, 16)}]) - 16)
         for length in prompt_lengths:
             messages = [{"role": "user", "content": prompt_text(tokenizer, max(1, length - overhead))}]
-            prompts.append(model.prompt_ids(messages))
-            texts.append(messages)
+            prompts.append(tuple(model.prompt_ids(messages)))
+            texts.append(tuple(messages))
             tokenizing = []
             for _ in range(5):  # the template and tokenizer cost, as the runtime pays it before prefill
                 begin = time.perf_counter()
@@ -93,58 +229,58 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
                 for _ in range(repeats):
                     meter.start()
                     g = model.generate(messages, max_tokens=gen)
-                    runs.append(asdict(TimedRun(g.ttft_s, g.total_s, g.completion_tokens, g.prompt_tokens, g.harness_s,
-                                                g.setup_s, **meter.stop())))
+                    runs.append(TimedRun(g.ttft_s, g.total_s, g.completion_tokens, g.prompt_tokens, g.harness_s,
+                                         g.setup_s, **meter.stop()))
                 measured.append((length, gen, runs))
     finally:
         model.close()
         registrations.close()
     peak = peak_rss_mib()
-    return {"rows": [_row(info, "foundry-local", length, gen, runs[0]["prompt_tokens"], runs, threads=threads,
-                          load_s=load_s, load_rss_mib=load_rss, peak_rss_mib=peak, template_ms=template_ms[length])
-                     for length, gen, runs in measured],
-            "prompts": prompts, "messages": texts, "folder": str(folder), "threads": threads, **info}
+    rows = tuple(_row(info, "foundry-local", length, gen, runs[0].prompt_tokens, runs, threads=threads, load_s=load_s,
+                      load_rss_mib=load_rss, peak_rss_mib=peak, template_ms=template_ms[length])
+                 for length, gen, runs in measured)
+    return MeasuredModel(info, str(folder), threads, tuple(prompts), tuple(texts), rows)
 
 
-def measure_direct(job: dict, prompt_lengths: Sequence[int], gen_lengths: Sequence[int], repeats: int,
-                   warmup: int, threads: int) -> list[dict]:
+def measure_direct(measured: MeasuredModel, prompt_lengths: Sequence[int], gen_lengths: Sequence[int], repeats: int,
+                   warmup: int, threads: int) -> list[BenchRow]:
     """The same prompts (token ids) through ONNX Runtime GenAI directly, in its own child process.
 
     Args:
-        job: What :func:`measure_model` returned for the model.
+        measured: What :func:`measure_model` returned for the model.
         threads: Intra-op threads for the session (0: the runtime's default).
     """
-    result = genai.bench(job["folder"], job["prompts"], list(gen_lengths), repeats, warmup, threads)
+    result = genai.bench(measured.folder, [list(ids) for ids in measured.prompts], list(gen_lengths), repeats, warmup,
+                         threads)
     rows = []
-    for length, ids, per_gen in zip(prompt_lengths, job["prompts"], result.runs, strict=True):
+    for length, ids, per_gen in zip(prompt_lengths, measured.prompts, result.runs, strict=True):
         for gen, runs in zip(gen_lengths, per_gen, strict=True):
-            rows.append(_row(job, "ort-genai", length, gen, len(ids), [asdict(run) for run in runs], threads=threads,
+            rows.append(_row(measured.model, "ort-genai", length, gen, len(ids), runs, threads=threads,
                              load_s=result.load_s, load_rss_mib=result.load_rss_mib, peak_rss_mib=result.peak_rss_mib))
     return rows
 
 
-def measure_endpoint(job: dict, url: str, api_key: str, gen_lengths: Sequence[int], repeats: int,
-                     warmup: int) -> list[dict]:
+def measure_endpoint(job: EndpointJob) -> list[BenchRow]:
     """The same prompts as Foundry Local in-process, streamed through an OpenAI-compatible endpoint.
 
     Runs the official ``openai`` client in this process (the bench's own child): time to first
     content chunk, decode speed over the runtime's token count (``usage``), greedy.
 
     Args:
-        job: What :func:`measure_model` returned for the model (its prompts as messages).
-        url: The endpoint's base URL (``http://host:port/v1``), serving ``job["name"]``.
-        api_key: Its key (any text when it needs none).
+        job: The model (served by the endpoint as ``job.model.name``), its prompts as messages
+            (what :func:`measure_model` returned), and the endpoint's URL and key.
     """
     import openai
 
-    client = openai.OpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=600)
+    client = openai.OpenAI(base_url=job.url, api_key=job.key, max_retries=0, timeout=600)
     meter = CpuMeter()
 
-    def once(messages: list[dict], gen: int) -> dict:
+    def once(messages: list[dict], gen: int) -> TimedRun:
         start = time.perf_counter()
         first, usage, harness = None, None, 0.0
-        stream = client.chat.completions.create(model=job["name"], messages=messages, max_tokens=gen, temperature=0,
-                                                seed=0, stream=True, stream_options={"include_usage": True})
+        stream = client.chat.completions.create(model=job.model.name, messages=messages, max_tokens=gen,
+                                                temperature=0, seed=0, stream=True,
+                                                stream_options={"include_usage": True})
         for chunk in stream:
             arrived = time.perf_counter()
             if first is None and chunk.choices and chunk.choices[0].delta.content:
@@ -152,20 +288,19 @@ def measure_endpoint(job: dict, url: str, api_key: str, gen_lengths: Sequence[in
             usage = chunk.usage or usage
             harness += time.perf_counter() - arrived
         total = time.perf_counter() - start
-        return asdict(TimedRun((first or total + start) - start, total, usage.completion_tokens, usage.prompt_tokens,
-                               harness))
+        return TimedRun((first or total + start) - start, total, usage.completion_tokens, usage.prompt_tokens, harness)
 
     rows = []
-    for length, messages in zip(job["prompt_lengths"], job["messages"], strict=True):
-        for gen in gen_lengths:
-            for _ in range(warmup):
-                once(messages, gen)
+    for length, messages in zip(job.prompt_lengths, job.messages, strict=True):
+        for gen in job.gen_lengths:
+            for _ in range(job.warmup):
+                once(list(messages), gen)
             runs = []
-            for _ in range(repeats):
+            for _ in range(job.repeats):
                 meter.start()
-                run = once(messages, gen)
-                runs.append({**run, **meter.stop()})  # the CPU figures of the same TimedRun
-            rows.append(_row(job, "endpoint", length, gen, runs[0]["prompt_tokens"], runs, threads=job["threads"],
+                run = once(list(messages), gen)
+                runs.append(replace(run, **meter.stop()))  # the CPU figures of the same run
+            rows.append(_row(job.model, "endpoint", length, gen, runs[0].prompt_tokens, runs, threads=job.threads,
                              load_s=0.0, load_rss_mib=0.0, peak_rss_mib=0.0))
     return rows
 
@@ -216,18 +351,17 @@ def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULT
     cache_arg = str(settings.cache_dir(cache))
     rows: list[BenchRow] = []
     for name in tqdm(names, desc="bench", unit="model", disable=not progress):
-        job = {"name": name, "prompt_lengths": list(prompt_lengths), "gen_lengths": list(gen_lengths),
-               "repeats": repeats, "warmup": warmup, "cache": cache_arg}
-        result = workers.run_worker(WORKER, "measure", job, name=f"benchmark of {name}").result
+        job = MeasureJob(name, tuple(prompt_lengths), tuple(gen_lengths), repeats, warmup, cache_arg)
+        measured = MeasuredModel.from_json(
+            workers.run_worker(WORKER, "measure", job.to_json(), name=f"benchmark of {name}").result)
         if "foundry-local" in engines:
-            rows += [BenchRow(**row) for row in result["rows"]]
+            rows += measured.rows
         if "endpoint" in engines:
-            client_job = {**result, "prompt_lengths": list(prompt_lengths), "url": endpoint[0], "key": endpoint[1],
-                          "gen_lengths": list(gen_lengths), "repeats": repeats, "warmup": warmup}
-            rows += [BenchRow(**row) for row in workers.run_worker(
-                WORKER, "endpoint", client_job, name=f"endpoint benchmark of {name}").result]
+            client_job = EndpointJob(measured.model, measured.threads, tuple(prompt_lengths), measured.messages,
+                                     endpoint[0], endpoint[1], tuple(gen_lengths), repeats, warmup)
+            rows += [BenchRow.from_json(row) for row in workers.run_worker(
+                WORKER, "endpoint", client_job.to_json(), name=f"endpoint benchmark of {name}").result]
         if "ort-genai" in engines:
-            for count in threads or [result["threads"]]:
-                rows += [BenchRow(**row) for row in measure_direct(result, prompt_lengths, gen_lengths, repeats,
-                                                                    warmup, count)]
+            for count in threads or [measured.threads]:
+                rows += measure_direct(measured, prompt_lengths, gen_lengths, repeats, warmup, count)
     return rows

@@ -5,18 +5,18 @@ child) and :func:`~slmops.toolkit.stages.bench.engines.measure_endpoint` (the en
 """
 
 from slmops.toolkit.core import workers
-from slmops.toolkit.stages.bench.engines import measure_endpoint, measure_model
+from slmops.toolkit.stages.bench.engines import EndpointJob, MeasureJob, measure_endpoint, measure_model
 
 
-def _measure_task(job: dict, _emit) -> dict:
-    """Worker task: :func:`measure_model` on one model through Foundry Local."""
-    return measure_model(job["name"], job["prompt_lengths"], job["gen_lengths"], job["repeats"], job["warmup"],
-                         job["cache"])
+def _measure_task(payload: dict, _emit) -> dict:
+    """Worker task: :func:`measure_model` on the model of a :class:`MeasureJob`; a :class:`MeasuredModel` back."""
+    job = MeasureJob.from_json(payload)
+    return measure_model(job.name, job.prompt_lengths, job.gen_lengths, job.repeats, job.warmup, job.cache).to_json()
 
 
-def _endpoint_task(job: dict, _emit) -> list[dict]:
-    """Worker task: :func:`measure_endpoint` (the client in its own process, as an application's would be)."""
-    return measure_endpoint(job, job["url"], job["key"], job["gen_lengths"], job["repeats"], job["warmup"])
+def _endpoint_task(payload: dict, _emit) -> list[dict]:
+    """Worker task: :func:`measure_endpoint` on an :class:`EndpointJob` (its own process, as an application's)."""
+    return [row.to_json() for row in measure_endpoint(EndpointJob.from_json(payload))]
 
 
 if __name__ == "__main__":
