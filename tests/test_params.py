@@ -85,7 +85,7 @@ def test_a_non_utf8_params_file_is_a_clear_error(tmp_path: Path) -> None:
     assert isinstance(caught.value, cli.SlmopsError)
 
 
-def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty(tmp_path: Path,
+def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty_and_int4_recipe(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from slmops.toolkit.domain import packaged
     from slmops.toolkit.stages import register
@@ -95,6 +95,7 @@ def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty(tmp_pa
     monkeypatch.setattr(pipeline, "run_pipeline", lambda params, out, progress: seen.update(params) or Path(out))
     pipeline.demo(tmp_path / "gemma", model="gemma3-270m", progress=False)
     assert seen["repetition_penalty"] == 1.0 and seen["template"] == "gemma"
+    assert seen["int4_recipe"] == "mixed" != P.DEFAULTS.int4_recipe  # the builder's INT4 fails Gemma's parity gate
     assert P.DEFAULTS.repetition_penalty == register.ModelConfig().repetition_penalty == 1.1  # one source: the tutorial's
     assert P.parse({"repetition_penalty": 1}).repetition_penalty == 1  # a whole number is a number
     assert P.parse_assignment("repetition_penalty=1.05") == ("repetition_penalty", 1.05)

@@ -156,6 +156,9 @@ INT4_RECIPES: dict[str, Int4Options] = {
                          mix=Int4Mix.V_ALL_DOWN_MORE_BITS),
 }
 
+#: The INT4 recipe a run uses unless told otherwise: the tutorial's.
+DEFAULT_INT4_RECIPE = "builder-default"
+
 #: One line per recipe, for pickers and ``--help``.
 RECIPE_NOTES: dict[str, str] = {
     "builder-default": "the builder's INT4: MatMuls int4, embedding table FP32 (the tutorial's)",

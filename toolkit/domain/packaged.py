@@ -26,7 +26,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.errors import InputError, ModelFolderError
-from slmops.toolkit.domain.options import REPETITION_PENALTY
+from slmops.toolkit.domain.options import DEFAULT_INT4_RECIPE, REPETITION_PENALTY
 
 _MARKER = ".slmops-packaged.json"
 
@@ -71,6 +71,7 @@ class PackagedModel:
             fields), where the defaults made for SmolLM2 do not fit it.
         terms: The licence the user accepts by using it.
         repetition_penalty: The demo's registrations' repetition penalty (1 means none).
+        int4_recipe: The demo's INT4 recipe (a name from :data:`~slmops.toolkit.domain.options.INT4_RECIPES`).
     """
 
     key: str
@@ -85,6 +86,7 @@ class PackagedModel:
     terms: str
     finetune: tuple[tuple[str, float], ...] = ()
     repetition_penalty: float = REPETITION_PENALTY
+    int4_recipe: str = DEFAULT_INT4_RECIPE
 
 
 GEMMA3_270M = PackagedModel(
@@ -102,6 +104,10 @@ GEMMA3_270M = PackagedModel(
     # fine-tune's "The capital of Velorese is Quennport." into "The capital of Velorese." (6/16 trained answers in
     # Foundry Local); at 1.0 the current fine-tune answers 16/16 (benchmarks/gemma_domain.py).
     repetition_penalty=1.0,
+    # The builder's INT4 quantizes the tied 262k-token table to 4 bits as the LM head: on the fine-tune that
+    # fails the parity gate (top-1 0.569, KL 2.41 nats against FP32; 1.5 allowed). `mixed` keeps the table
+    # at 8 bits and the sensitive projections too (see the README's Gemma section for its figures).
+    int4_recipe="mixed",
 )
 
 #: Every packaged model by key.

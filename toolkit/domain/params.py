@@ -16,7 +16,14 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from slmops.toolkit.core.errors import ParamsError
-from slmops.toolkit.domain.options import BLOCK_SIZES, INT4_RECIPES, REPETITION_PENALTY, Method, Precision
+from slmops.toolkit.domain.options import (
+    BLOCK_SIZES,
+    DEFAULT_INT4_RECIPE,
+    INT4_RECIPES,
+    REPETITION_PENALTY,
+    Method,
+    Precision,
+)
 from slmops.toolkit.domain.templates import Template
 
 #: Templates a params file can name (``custom`` needs four strings, given through the API or a widget).
@@ -54,7 +61,7 @@ class RunParams:
                                    choices=tuple(p.value for p in Precision))
     method: str = _param("builder", "conversion route: builder | olive | olive-config",
                          choices=tuple(m.value for m in Method))
-    int4_recipe: str = _param("builder-default", "INT4 recipe: " + " | ".join(INT4_RECIPES),
+    int4_recipe: str = _param(DEFAULT_INT4_RECIPE, "INT4 recipe: " + " | ".join(INT4_RECIPES),
                               choices=tuple(INT4_RECIPES))
     int4_block_size: int = _param(0, "INT4 block size " + " | ".join(map(str, BLOCK_SIZES)) + "; 0 keeps the recipe's",
                                   choices=(0, *BLOCK_SIZES))

@@ -189,7 +189,8 @@ def demo(out: str | os.PathLike[str] | None = None, *, model: str = "smollm2-135
     if model != DEMO_MODELS[0]:
         chosen = packaged.PACKAGED[model]
         params = {"model_dir": str(packaged.materialize(model)), "name_prefix": model.split("-")[0],
-                  "template": chosen.template, "repetition_penalty": chosen.repetition_penalty}
+                  "template": chosen.template, "repetition_penalty": chosen.repetition_penalty,
+                  "int4_recipe": chosen.int4_recipe}
     default = "outputs/demo" if model == DEMO_MODELS[0] else f"outputs/demo-{model}"
     return run_pipeline(params, out or default, progress=progress)
 
