@@ -68,8 +68,7 @@ def main() -> None:
         if seconds is not None:
             build_s[name] = round(seconds, 1)
         print(f"{name}: built in {build_s[name]} s", flush=True)
-    ft = {a.model: a for a in genai.agreement(args.fp32, folders)}
-    base = {a.model: a for a in genai.agreement(args.base_fp32, folders)} if args.base_fp32 else {}
+    ft = {a.model: a for a in genai.agreement(args.fp32, folders, base_dir=args.base_fp32)}
     speeds = genai.decode_speeds(folders)
     reference_speed = speeds.get("builder-default")
     rows = []
@@ -78,16 +77,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, folder in folders.items():
         size = sum(f.stat().st_size for f in Path(folder).glob("model.onnx*"))
-        a, b = ft[name], base.get(name)
+        a = ft[name]
+        b = a.kl_divergence_to_base
         ratio = speeds[name] / reference_speed if reference_speed else None
         rows.append({"build": name, "bpw": round(size * 8 / params, 2), "size_mb": round(size / 1e6, 1),
                      "top1_agreement": a.top1_agreement, "kl_divergence": a.kl_divergence,
-                     "kl_divergence_to_base": b.kl_divergence if b else None, "decode_tps": speeds[name],
+                     "kl_divergence_to_base": b, "decode_tps": speeds[name],
                      "speed_vs_builder": round(ratio, 3) if ratio else None, "build_s": build_s.get(name),
-                     "moved_toward_base": bool(b and b.kl_divergence < a.kl_divergence)})
+                     "moved_toward_base": bool(b is not None and b < a.kl_divergence)})
         r = rows[-1]
         print(f"| {name} | {r['bpw']:.2f} | {r['size_mb']:.1f} MB | {a.top1_agreement:.3f} | {a.kl_divergence:.4f} | "
-              f"{(f'{b.kl_divergence:.4f}' if b else '-')} | {speeds[name]:.0f} | "
+              f"{(f'{b:.4f}' if b is not None else '-')} | {speeds[name]:.0f} | "
               f"{(f'{ratio:.2f}' if ratio else '-')} | {r['build_s'] if r['build_s'] is not None else '-'} |",
               flush=True)
     (args.out / "int4_gptq.json").write_text(json.dumps(rows, indent=1))

@@ -64,21 +64,21 @@ def main() -> None:
         out = args.out / name.split()[0]
         folders[name] = str(out)
         build_variant(args.fp32, out, plan)
-    ft = {a.model: a for a in genai.agreement(args.fp32, folders)}
-    base = {a.model: a for a in genai.agreement(args.base_fp32, folders)} if args.base_fp32 else {}
+    ft = {a.model: a for a in genai.agreement(args.fp32, folders, base_dir=args.base_fp32)}
     speeds = genai.decode_speeds(folders)
     rows = []
     print("| build | bits/weight | size | top-1 vs FP32 | KL vs FP32 | KL vs base FP32 | decode tok/s | perplexity |")
     print("|---|---|---|---|---|---|---|---|")
     for name, folder in folders.items():
         size = sum(f.stat().st_size for f in Path(folder).glob("model.onnx*"))
-        a, b = ft[name], base.get(name)
+        a = ft[name]
+        b = a.kl_divergence_to_base
         rows.append({"build": name, "bpw": round(size * 8 / params, 2), "size_mb": round(size / 1e6, 1),
-                     "top1_agreement": a.top1_agreement, "kl_divergence": a.kl_divergence, "kl_divergence_to_base": b.kl_divergence if b else None, "decode_tps": speeds[name],
-                     "perplexity": a.perplexity, "moved_toward_base": bool(b and b.kl_divergence < a.kl_divergence)})
+                     "top1_agreement": a.top1_agreement, "kl_divergence": a.kl_divergence, "kl_divergence_to_base": b, "decode_tps": speeds[name],
+                     "perplexity": a.perplexity, "moved_toward_base": bool(b is not None and b < a.kl_divergence)})
         r = rows[-1]
         print(f"| {name} | {r['bpw']:.2f} | {r['size_mb']:.1f} MB | {a.top1_agreement:.3f} | {a.kl_divergence:.4f} | "
-              f"{(f'{b.kl_divergence:.4f}' if b else '-')} | {speeds[name]:.0f} | {a.perplexity:.1f} |")
+              f"{(f'{b:.4f}' if b is not None else '-')} | {speeds[name]:.0f} | {a.perplexity:.1f} |")
     (args.out / "int4_mix.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -71,6 +71,13 @@ def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_q
     (mixed,) = genai.agreement(tiny_fp32, {"mixed": out})
     assert np.isfinite(mixed.kl_divergence) and mixed.kl_divergence < 0.05
     assert genai.decode_speeds({"mixed": out})["mixed"] > 0  # the decode probe's child, as recipes call it
+    # Distance to a base model comes from the same pass, and equals a comparison made against that base alone.
+    one_pass = {a.model: a for a in genai.agreement(tiny_fp32, {"fp32": tiny_fp32, "mixed": out}, base_dir=out)}
+    (alone,) = genai.agreement(out, {"fp32": tiny_fp32})
+    assert one_pass["mixed"].kl_divergence_to_base == 0
+    assert one_pass["fp32"].kl_divergence_to_base == alone.kl_divergence > 0
+    assert one_pass["mixed"].kl_divergence == mixed.kl_divergence and one_pass["fp32"].kl_divergence == 0
+    assert mixed.kl_divergence_to_base is None  # no base given
 
 
 def _result(name: str, top1: float, kl: float, perplexity: float, *, tps: float = 100.0, kl_to_base=None,

@@ -101,9 +101,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
     for name in tqdm(list(specs), desc="build recipes", disable=not progress):
         convert(specs[name], progress=False)
-    agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in names})}
-    to_base = ({a.model: a for a in genai.agreement(base_reference_dir, {n: folders[n] for n in names})}
-               if base_reference_dir else {})
+    agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in names},
+                                                     base_dir=base_reference_dir)}
     fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
     speeds = genai.decode_speeds({n: folders[n] for n in names})
     results = []
@@ -114,8 +113,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
             recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
             size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
             reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
-            kl_divergence_to_base=to_base[name].kl_divergence if name in to_base else None,
-            moved_toward_base=name in to_base and to_base[name].kl_divergence < a.kl_divergence,
+            kl_divergence_to_base=a.kl_divergence_to_base,
+            moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
         ))
     artifacts.write_json(out / "recipes.json", recipes_file(results))
     return results

@@ -292,30 +292,47 @@ def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup
     return measured
 
 
-def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], text: str) -> list[Agreement]:
+def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], text: str,
+            base_dir: str | os.PathLike[str] | None = None) -> list[Agreement]:
     """Teacher-forced top-1 agreement, KL divergence and perplexity of each candidate against the reference.
+
+    Each model is loaded and run once: with ``base_dir``, each candidate's KL divergence to the
+    base model is measured from the same pass (what a second comparison against the base would
+    load and run again). Only log-probabilities ``[T, vocab]`` are kept (the top-1 of a row is the
+    same on logits and on their log-softmax).
 
     Returns:
         One :class:`Agreement` per candidate.
+
+    Raises:
+        ValueError: a model tokenizes the text differently from the reference.
     """
-    ids, ref = logits(reference_dir, text)
-    ref_log = log_softmax(ref)
+    def log_probs(folder: str | os.PathLike[str], label: str, expected: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        ids, out = logits(folder, text)
+        if expected is not None and not np.array_equal(ids, expected):
+            raise ValueError(f"{label} tokenizes the text differently from the reference")
+        return ids, log_softmax(out)
+
+    ids, ref_log = log_probs(reference_dir, "the reference", None)
+    base_log = log_probs(base_dir, "the base model", ids)[1] if base_dir else None
+    ref_top1 = ref_log.argmax(-1)
     positions = np.arange(len(ids) - 1)
 
-    def perplexity(log_probs: np.ndarray) -> float:
-        return float(np.exp(-log_probs[positions, ids[1:]].mean()))
+    def perplexity(log_probs_: np.ndarray) -> float:
+        return float(np.exp(-log_probs_[positions, ids[1:]].mean()))
+
+    def kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+        return round(float((np.exp(reference) * (reference - candidate)).sum(-1).mean()), 5)
 
     rows = []
     for label, folder in candidates.items():
-        cand_ids, cand = logits(folder, text)
-        if not np.array_equal(cand_ids, ids):
-            raise ValueError(f"{label} tokenizes the text differently from the reference")
-        cand_log = log_softmax(cand)
+        cand_log = log_probs(folder, label, ids)[1]
         rows.append(Agreement(
             model=label, tokens=len(ids),
-            top1_agreement=round(float((ref.argmax(-1) == cand.argmax(-1)).mean()), 4),
-            kl_divergence=round(float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1).mean()), 5),
+            top1_agreement=round(float((ref_top1 == cand_log.argmax(-1)).mean()), 4),
+            kl_divergence=kl(ref_log, cand_log),
             perplexity=round(perplexity(cand_log), 3), reference_perplexity=round(perplexity(ref_log), 3),
+            kl_divergence_to_base=kl(base_log, cand_log) if base_log is not None else None,
         ))
     return rows
 
@@ -335,6 +352,7 @@ class Agreement:
         kl_divergence: Mean KL divergence reference || candidate, in nats.
         perplexity: Candidate's perplexity on the text.
         reference_perplexity: The FP32 reference's perplexity on the same text.
+        kl_divergence_to_base: Mean KL divergence base || candidate, in nats (None: no base model given).
     """
 
     model: str
@@ -343,6 +361,7 @@ class Agreement:
     kl_divergence: float
     perplexity: float
     reference_perplexity: float
+    kl_divergence_to_base: float | None = None
 
     def to_json(self) -> dict:
         """The record as the child sends it."""
@@ -356,20 +375,23 @@ class Agreement:
 
 
 def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]],
-              text: str | None = None) -> list[Agreement]:
+              text: str | None = None, *, base_dir: str | os.PathLike[str] | None = None) -> list[Agreement]:
     """Top-1 agreement, KL divergence and perplexity of each candidate against the FP32 reference (child process).
 
     Args:
         reference_dir: The FP32 build (an ONNX model folder).
         candidates: Label to ONNX model folder.
         text: Text to read; the bundled :func:`~slmops.toolkit.domain.prompts.reference_text` by default.
+        base_dir: The base model's FP32 build (for a fine-tune): each candidate's KL divergence to it
+            too, from the same pass (:func:`compare`).
 
     Example:
         >>> agreement("models/fp32", {"int4": "models/int4"})[0].top1_agreement
         0.6659
     """
     job = CompareJob(str(Path(reference_dir).resolve()), text or reference_text(),
-                     {label: str(Path(folder).resolve()) for label, folder in candidates.items()})
+                     {label: str(Path(folder).resolve()) for label, folder in candidates.items()},
+                     str(Path(base_dir).resolve()) if base_dir else None)
     rows = workers.run_worker(_MODULE, "compare", job.to_json(), name="agreement with FP32 (onnxruntime-genai)").result
     return [Agreement.from_json(row) for row in rows]
 
@@ -382,11 +404,13 @@ class CompareJob:
         reference: The FP32 build's folder.
         text: The text both models read.
         candidates: Label to ONNX model folder.
+        base: The base model's FP32 build, or None.
     """
 
     reference: str
     text: str
     candidates: dict[str, str]
+    base: str | None = None
 
     def to_json(self) -> dict:
         """The payload as the child reads it."""
@@ -395,8 +419,10 @@ class CompareJob:
     @classmethod
     def from_json(cls, data: dict) -> CompareJob:
         """A job as :meth:`to_json` wrote it."""
+        base = data.get("base")
         return cls(str(data["reference"]), str(data["text"]),
-                   {str(label): str(folder) for label, folder in data["candidates"].items()})
+                   {str(label): str(folder) for label, folder in data["candidates"].items()},
+                   str(base) if base is not None else None)
 
 
 @dataclass(frozen=True)
@@ -422,7 +448,7 @@ class DecodeJob:
 def _compare_task(job: dict, _emit) -> list[dict]:
     """Worker task: :func:`compare` on a :class:`CompareJob`."""
     job_ = CompareJob.from_json(job)
-    return [row.to_json() for row in compare(job_.reference, job_.candidates, job_.text)]
+    return [row.to_json() for row in compare(job_.reference, job_.candidates, job_.text, job_.base)]
 
 
 def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]:
