@@ -131,6 +131,11 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     check_report_in_chromium(index, "report_index")
     registered = read_registered(tmp_path / "run" / "registered.json")  # what notebooks 03 and 04 took their models from
     assert all(type(r.threads) is int and r.threads >= 1 for r in registered)  # --threads auto chose
+    from slmops.toolkit.runtimes.foundry import find_model
+
+    # The control answers with the threads its FP32 sibling was given (the same graph: the probe is read back).
+    control_config = json.loads((Path(find_model("tinypipe-base").get_path()) / "genai_config.json").read_text())
+    assert control_config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == registered[0].threads
     assert [m.name for m in registered] == [f"tinypipe-{p}" for p in ("fp32", "int4")] and {
         m.precision for m in registered} == {"fp32", "int4"}
     assert "<h2>Registration</h2>" in page
