@@ -229,3 +229,15 @@ def test_text_tables_align_numbers_right_and_text_left() -> None:
     out = text_table([{"name": "fp32", "mb": 517.0, "ok": True}, {"name": "int4", "mb": 9.25, "ok": False}],
                      [("name", "NAME"), ("mb", "SIZE MB", ".1f"), ("ok", "OK")])
     assert out.splitlines() == ["NAME  SIZE MB  OK", "fp32    517.0  yes", "int4      9.2  no"]
+
+
+def test_a_cache_is_pruned_least_recently_used_first(tmp_path: Path) -> None:
+    import os
+
+    for age, name in enumerate(["new", "middle", "old"]):
+        (tmp_path / f"{name}.npz").write_bytes(b"x" * 100)
+        os.utime(tmp_path / f"{name}.npz", (1000 - age, 1000 - age))
+    (tmp_path / "other.txt").write_bytes(b"x" * 500)  # not an entry
+    assert artifacts.prune_least_recent(tmp_path, "*.npz", 250) == [tmp_path / "old.npz"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["middle.npz", "new.npz", "other.txt"]
+    assert artifacts.prune_least_recent(tmp_path, "*.npz", 250) == []  # under the limit: nothing more

@@ -136,6 +136,29 @@ def dir_size_mb(path: str | os.PathLike[str], pattern: str = "**/*") -> float:
     return sum(p.lstat().st_size for p in Path(path).glob(pattern) if p.is_file() and not p.is_symlink()) / 1e6
 
 
+def prune_least_recent(folder: str | os.PathLike[str], pattern: str, limit_bytes: int) -> list[Path]:
+    """Delete the least recently modified files of ``folder`` matching ``pattern`` until the rest total at most ``limit_bytes``.
+
+    A cache marks an entry used by touching it, so the entries read last are kept.
+
+    Returns:
+        The files deleted.
+
+    Example:
+        >>> prune_least_recent(Path.home() / ".slmops" / "cache" / "parity", "*.npz", 2**30)
+        []
+    """
+    newest_first = sorted((f for f in Path(folder).glob(pattern) if f.is_file()),
+                          key=lambda f: f.stat().st_mtime, reverse=True)
+    total, deleted = 0, []
+    for file in newest_first:
+        total += file.stat().st_size
+        if total > limit_bytes:
+            file.unlink(missing_ok=True)
+            deleted.append(file)
+    return deleted
+
+
 def _scratch_name(target: Path, kind: str) -> str:
     return f".{target.name}.{kind}-{os.getpid()}-"
 
