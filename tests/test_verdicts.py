@@ -65,6 +65,7 @@ def test_the_memory_check_tells_an_arena_that_settles_from_a_leak() -> None:
     # A leak: 1 MB kept by every request grows in every window.
     leak = E.memory_check(FakeModel({0: 1_000_000}), 40, limits, 0, False, [])
     assert not leak.passed and not leak.inconclusive and "a leak" in leak.detail and leak.value > leak.threshold
+    assert "rose on 32 of 32 requests after warm-up, by 1.0 MiB" in leak.detail  # how it grew: on every request
     quiet = E.memory_check(FakeModel({}), 40, limits, 0, False, rss := [])
     assert quiet.passed and len(rss) == 40  # no more windows when nothing grew
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from slmops.toolkit.core.measure import rss_mib
 from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
 from slmops.toolkit.runtimes.foundry import LoadedModel
@@ -60,7 +62,10 @@ def memory_check(model: LoadedModel, requests: int, limits: Thresholds, seed: in
         detail += "; levels off: an arena, not a leak" if any(g > limit for g in growth) else "; flat"
     elif decision.verdict is Verdict.FAIL and keeps_growing:
         verdict = Verdict.FAIL
-        detail += "; it grew in every window: a leak"
+        rises = [b - a for a, b in zip(rss[per - 1:], rss[per:], strict=False) if b - a > 0.5]
+        detail += (f"; it grew in every window: a leak (memory rose on {len(rises)} of {len(rss) - per} requests "
+                   f"after warm-up, by {statistics.median(rises) if rises else 0.0:.1f} MiB in the median; an "
+                   "allocator's pool growing as steadily reads the same, and a longer run tells them apart)")
     else:
         verdict = Verdict.INCONCLUSIVE
         detail += f"; growth has not settled within {len(rss)} requests: inconclusive: rerun with more requests"
