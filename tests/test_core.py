@@ -81,6 +81,29 @@ def test_a_workers_own_error_arrives_in_one_line_without_its_traceback(worker_mo
     assert "Traceback" not in str(caught.value) and "Traceback" in Path(caught.value.log_path).read_text()
 
 
+def test_a_failed_child_leaves_no_scratch_folder_and_its_log_where_the_error_says(
+        worker_module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    scratch, home = tmp_path / "tmp", tmp_path / "home"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("SLMOPS_HOME", str(home))
+    monkeypatch.setattr(workers, "KEPT_LOGS", 2)
+    logs = []
+    for task, error in (("crash", ToolFailedError), ("die", ToolFailedError), ("hang", ToolTimeoutError)):
+        with pytest.raises(error) as caught:
+            workers.run_worker(worker_module, task, {}, name="the probe", idle_timeout=1, startup_s=5)
+        logs.append(Path(caught.value.log_path))
+        assert logs[-1].parent == home / "logs" and logs[-1].is_file() and str(logs[-1]) in str(caught.value)
+        if task == "crash":
+            assert "KeyError: 'deep inside'" in logs[-1].read_text()  # the child's own traceback
+    with pytest.raises(InvalidPromptError):
+        workers.run_worker(worker_module, "refuse", {}, name="the probe")
+    assert list(scratch.iterdir()) == []  # every failure cleaned its scratch folder (they used to stay in /tmp)
+    assert sorted(home.joinpath("logs").iterdir()) == sorted(logs[1:])  # the newest KEPT_LOGS are kept
+
+
 def test_a_childs_typed_error_keeps_its_class_fields_and_exit_code(worker_module: str) -> None:
     from slmops.toolkit.core.errors import InvalidOptionError
 

@@ -203,8 +203,8 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
         task: The task's name in that module.
         payload: JSON-able input.
         name: What it is, in words, for errors (e.g. "benchmark of smollm2-int4").
-        log_path: Where its log goes (default: a temporary folder, removed on success and
-            kept on failure, so the error can name it).
+        log_path: Where its log goes (default: a scratch folder, removed whatever happens; on a
+            failure the log is first moved to :func:`kept_log`, which the error names).
         timeout: Seconds it may take in all.
         idle_timeout: Seconds it may go without an event.
         startup_s: Extra seconds before the first event (e.g. to load a model).
@@ -223,7 +223,6 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
     (work / "input.json").write_text(json.dumps({"task": task, "payload": payload}))
     events = _Events(work / "events.jsonl", on_event)
     command = python_module(module, _WORKER_FLAG, str(work))
-    ok = False
     try:
         code, wall, peak = _run(command, log_path=log, name=name, cwd=None, timeout=timeout,
                                 idle_timeout=idle_timeout, progress=events.poll, startup_s=startup_s)
@@ -238,11 +237,39 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
                 detail = ("the process died" + (f" (signal {-code})" if code < 0 else "") + ": "
                           + (cause(_log_tail(log, 60)) or "it printed no error"))
             raise ToolFailedError(name, code, log, detail)
-        ok = True
         return ChildRun(tuple(command), wall, peak, log, output["result"])
+    except ToolFailedError as exc:
+        if log_path is not None:
+            raise
+        # The scratch folder goes; the log the error names must not go with it.
+        kept = kept_log(task, log)
+        if isinstance(exc, ToolTimeoutError):
+            raise ToolTimeoutError(exc.tool, exc.seconds, kept) from exc
+        raise ToolFailedError(exc.tool, exc.returncode, kept, exc.detail) from exc
     finally:
-        if ok or log_path is not None:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+#: Failed children's logs kept under ``<home>/logs``; older ones are deleted.
+KEPT_LOGS = 50
+
+
+def kept_log(task: str, log: Path) -> Path:
+    """Move a failed child's log out of its scratch folder into ``<home>/logs`` and return where it went.
+
+    Each failure gets its own file (``worker-<task>-<time>-<pid>.log``), so an error's log is the
+    one it names; only the newest :data:`KEPT_LOGS` are kept, so failed runs leave no growing debris.
+    """
+    folder = settings.home() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = folder / f"worker-{task}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.perf_counter_ns() % 10**6}.log"
+    if log.is_file():
+        shutil.move(str(log), str(kept))
+    else:
+        kept.write_text("(the child wrote no log)\n")
+    for old in sorted(folder.glob("worker-*.log"), key=lambda f: f.stat().st_mtime)[:-KEPT_LOGS]:
+        old.unlink(missing_ok=True)
+    return kept
 
 
 def _raise_typed(error: dict) -> None:
