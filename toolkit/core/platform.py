@@ -282,6 +282,19 @@ def die_with_parent(parent_pid: int | None, *, interval_s: float = 1.0) -> None:
 _M_MMAP_THRESHOLD = -3  # from glibc's <malloc.h>
 
 
+def _glibc():
+    """This process's C library when it is glibc on Linux (its allocator's calls), else None."""
+    if current() is not System.LINUX or _stdlib_platform.libc_ver()[0] != "glibc":
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def fix_mmap_threshold(bytes_: int = 1 << 20) -> bool:
     """Make glibc serve every allocation of ``bytes_`` or more with its own mapping, returned to the system when freed.
 
@@ -294,14 +307,8 @@ def fix_mmap_threshold(bytes_: int = 1 << 20) -> bool:
     Returns:
         True where it was set (Linux with glibc); elsewhere nothing changes.
     """
-    if current() is not System.LINUX or _stdlib_platform.libc_ver()[0] != "glibc":
-        return False
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, int(bytes_)))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(bytes_))) if libc is not None else False
 
 
 def release_free_memory() -> bool:
@@ -314,14 +321,10 @@ def release_free_memory() -> bool:
     Returns:
         True where it ran (Linux with glibc); elsewhere nothing changes.
     """
-    if current() is not System.LINUX or _stdlib_platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
+    libc.malloc_trim(0)
     return True
 
 
