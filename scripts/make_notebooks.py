@@ -35,7 +35,7 @@ from slmops.toolkit.presentation import plots, report
 from slmops.toolkit.stages import convert
 from slmops.widgets import ModelPicker, PrecisionPicker, RunPanel
 
-# The model, or its LoRA fine-tune: the demo trains one on the bundled Veloria dataset (once, about 35 s).
+# The model, or its LoRA fine-tune: the demo trains one on the bundled Veloria dataset (once, about 2 minutes).
 source = run_source.prepare(model_dir, adapter, finetune, cases, run_dir)
 model = ModelPicker(model_dir)
 picker = PrecisionPicker(precisions, recipe=int4_recipe,
@@ -79,7 +79,9 @@ if compare_recipes and (models / "fp32").is_dir():
                                                 models / "fp32", method=method, reuse=reuse,
                                                 base_reference_dir=control if control.is_dir() else None)
 report.table(recipes)''',
- '''if recipes:
+ '''if recipes and all(r.refused for r in recipes):
+    print("Every INT4 recipe was refused by the parity gate (the table gives the gate's figures).")
+elif recipes:
     recommended, why = int4_recipes.recommend_recipe(recipes)
     ax = plots.plot_recipes(recipes)
     display(Markdown(f"**Recommended INT4 recipe: `{recommended}`.** {why}"),

@@ -107,3 +107,34 @@ def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path
     built = convert(ConvertSpec(tiny_model, tmp_path / "mixed", Precision.INT4, int4=options), progress=False)
     assert built.manifest["quantizer"]["mix"] == str(options.mix) and built.manifest["parity"]["verdict"] == "pass"
     assert {"int4", "int8"} <= set(built.manifest["weights"]["parameters"])
+
+
+def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_recommended(
+        tiny_model: Path, tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Gemma 3 fine-tune's builder INT4 fails the gate: the comparison used to stop the whole run there."""
+    from slmops.toolkit.domain import parity
+    from slmops.toolkit.domain.results.recipes import read_recipes
+    from slmops.toolkit.orchestration import recipes
+    from slmops.toolkit.stages import convert as convert_stage
+
+    real_convert, usual = recipes.convert, parity.QUANTIZED
+
+    def strict_for_compact(spec, **kwargs):  # a fault injected into the real gate: compact's build cannot pass
+        strict = spec.output_dir.name == "compact"
+        monkeypatch.setattr(convert_stage.parity, "QUANTIZED", parity.Tolerance(min_top1=1.01) if strict else usual)
+        return real_convert(spec, **kwargs)
+
+    monkeypatch.setattr(recipes, "convert", strict_for_compact)
+    results = recipes.compare_int4_recipes(tiny_model, tmp_path / "recipes", tiny_fp32, ["compact", "int8-head"],
+                                           progress=False)
+    compact, int8_head = results
+    assert compact.refused.startswith("The int4 build of") and "Nothing was put in place" in compact.refused
+    assert compact.decode_tps is None and compact.perplexity is None and compact.output_dir == ""
+    assert 0 <= compact.top1_agreement <= 1 and compact.kl_divergence >= 0 and compact.size_mb > 0  # the gate's figures
+    assert not (tmp_path / "recipes" / "compact" / "model.onnx").exists()
+    assert not int8_head.refused and int8_head.decode_tps > 0
+    name, why = recipes.recommend_recipe(results)
+    assert name == "int8-head" and "Refused by the parity gate" in why and "`compact`" in why
+    assert read_recipes(tmp_path / "recipes" / "recipes.json") == results
+    with pytest.raises(ValueError, match="every INT4 recipe"):
+        recipes.recommend_recipe([compact])

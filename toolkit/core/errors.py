@@ -170,4 +170,13 @@ class InsufficientMemoryError(InputError):
 
 
 class ParityError(SlmopsError):
-    """A build does not compute what its source model computes (its logits differ beyond tolerance); it was not kept."""
+    """A build does not compute what its source model computes (its logits differ beyond tolerance); it was not kept.
+
+    Attributes:
+        record: The failed check as a manifest keeps one (figures and tolerance, numbers as numbers), with the
+            refused build's ``size_mb``; empty when the raiser had none.
+    """
+
+    def __init__(self, message: str, record: dict | None = None) -> None:
+        self.record = dict(record or {})
+        super().__init__(message)

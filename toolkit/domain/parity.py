@@ -134,7 +134,8 @@ def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
     candidate = candidate[:, :reference.shape[1]]
     top1 = max_diff = diff_sum = kl_sum = 0.0
     low, high = np.inf, -np.inf
-    # float32 arithmetic, float64 sums: a 262k vocabulary over 1,000 positions in seconds, KL to ~1e-7 nats.
+    # float32 arithmetic (pairwise row sums), float64 totals: a 262k vocabulary over 1,000 positions in
+    # seconds, KL within ~1e-6 of its value.
     for start in range(0, reference.shape[0], _CHUNK):
         ref = np.asarray(reference[start:start + _CHUNK], dtype=np.float32)
         cand = np.asarray(candidate[start:start + _CHUNK], dtype=np.float32)
@@ -144,7 +145,7 @@ def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
         diff_sum += float(diff.mean(-1, dtype=np.float64).sum())
         low, high = min(low, float(ref.min())), max(high, float(ref.max()))
         ref_log, cand_log = log_softmax(ref), log_softmax(cand)
-        kl_sum += float((np.exp(ref_log) * (ref_log - cand_log)).sum(-1, dtype=np.float64).sum())
+        kl_sum += float(np.einsum("tv,tv->t", np.exp(ref_log), ref_log - cand_log).sum(dtype=np.float64))
     count = reference.shape[0]
     return Figures(positions=count, top1_agreement=top1 / count, max_abs_diff=max_diff,
                    mean_abs_diff=diff_sum / count, logit_range=high - low, kl_divergence=max(kl_sum / count, 0.0))
@@ -226,8 +227,12 @@ def judge(build: str, reference: str, sequences: list[tuple[str, int]], parts: l
     return ParityCheck(build, reference, tuple(sequences), total, tolerance, total.verdict(tolerance))
 
 
-def refuse(check: ParityCheck, architecture: str, route: str) -> ParityError:
-    """The one-line error for a build that failed its check: the architecture, the figure and what to do."""
+def refuse(check: ParityCheck, architecture: str, route: str, size_mb: float | None = None) -> ParityError:
+    """The one-line error for a build that failed its check: the architecture, the figure and what to do.
+
+    The error's ``record`` is the check's :meth:`ParityCheck.to_json` with the refused build's ``size_mb``
+    (for a caller that compares builds, such as the INT4 recipe comparison).
+    """
     f = check.figures
     bounds = [f"top-1 agreement at least {check.tolerance.min_top1}"]
     if check.tolerance.max_diff_of_range is not None:
@@ -242,4 +247,4 @@ def refuse(check: ParityCheck, architecture: str, route: str) -> ParityError:
         f"{f.kl_divergence:.3g} nats over {f.positions} positions of {where}; allowed: {'; '.join(bounds)}. "
         "Nothing was put in place. Try another route (--method builder or olive) or precision; if every route "
         "fails, this family is not converted exactly by the installed builder: report it with the manifest's "
-        "figures.")
+        "figures.", {**check.to_json(), "size_mb": size_mb})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
-from slmops.toolkit.core.errors import InvalidOptionError
+from slmops.toolkit.core.errors import InvalidOptionError, ParityError
 from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.recipes import RecipeResult, recipes_file
 from slmops.toolkit.runtimes import genai
@@ -23,7 +23,7 @@ def fidelity_key(r: RecipeResult) -> tuple:
 
     Perplexity is not in it: on a generic text it rewards a build that fell back to the base.
     """
-    return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
+    return (bool(r.refused), r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
 
 
 def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
@@ -34,25 +34,35 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     at least ``speed_floor`` times as fast as the fastest recipe; among those, the one
     closest to FP32 wins (:func:`fidelity_key`: not moved toward the base model, domain pass
     rate, lowest KL, then top-1). When none does, the closest among the fast recipes wins, and
-    the sentence names any recipe that met both targets only by being slow.
+    the sentence names any recipe that met both targets only by being slow. A recipe the parity
+    gate refused is never recommended; the sentence names it.
+
+    Raises:
+        ValueError: every recipe was refused (there is nothing to recommend).
 
     Example:
         >>> recommend_recipe(results)[0]
         'int8-head'
     """
-    fastest = max(r.decode_tps for r in results)
-    fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
+    refused = [r for r in results if r.refused]
+    results = [r for r in results if not r.refused]
+    if not results:
+        raise ValueError("every INT4 recipe was refused by the parity gate")
+    fastest = max(r.decode_tps or 0.0 for r in results)
+    fast = [r for r in results if (r.decode_tps or 0.0) >= speed_floor * fastest] or results
     on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1_agreement >= top1_target]
 
     def describe(r: RecipeResult) -> str:
         return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1_agreement:.3f}, "
                 f"KL {r.kl_divergence:.3f}, {r.decode_tps:.0f} tok/s)")
 
+    gate = (" Refused by the parity gate (not built): " + ", ".join(
+        f"`{r.recipe}` (top-1 {r.top1_agreement:.3f}, KL {r.kl_divergence:.3f})" for r in refused) + ".") if refused else ""
     winners = [r for r in on_target if r in fast]
     if winners:
         best = min(winners, key=fidelity_key)
         return best.recipe, (f"Use {describe(best)}: closest to FP32 of those meeting <= {size_target}x size and "
-                             f">= {top1_target} agreement.")
+                             f">= {top1_target} agreement." + gate)
     best = min(fast, key=fidelity_key)
     sentence = (f"No fast recipe meets both <= {size_target}x size and >= {top1_target} top-1 agreement; "
                 f"the best fast one is {describe(best)}.")
@@ -60,7 +70,7 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     if slow:
         sentence += (" " + ", ".join(describe(r) for r in slow) + " meets both targets but decodes at under "
                      f"{speed_floor:.0%} of the fastest recipe's speed; choose it when size and fidelity matter more.")
-    return best.recipe, sentence
+    return best.recipe, sentence + gate
 
 
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -81,6 +91,11 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         base_reference_dir: The FP32 build of the base model (for a fine-tune): each recipe's
             KL to it is measured, and a recipe closer to the base than to ``reference_dir`` is flagged.
 
+    Returns:
+        One result per recipe, in order. A recipe whose build the parity gate refuses stays in
+        the list with ``refused`` set to the gate's reason and its figures (nothing was kept for
+        it, so no perplexity or decode speed); the others are measured as usual.
+
     Example:
         >>> [r.recipe for r in compare_int4_recipes(bundled_model(), "out/recipes", "out/fp32")]
         ['builder-default', 'compact', 'int8-head', 'hqq']
@@ -99,14 +114,22 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     for spec in specs.values():
         validate(spec)
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
-    for name in tqdm(list(specs), desc="build recipes", disable=not progress):
-        convert(specs[name], progress=False)
-    agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in names},
-                                                     base_dir=base_reference_dir)}
     fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
-    speeds = genai.decode_speeds({n: folders[n] for n in names})
+    refused: dict[str, RecipeResult] = {}
+    for name in tqdm(list(specs), desc="build recipes", disable=not progress):
+        try:
+            convert(specs[name], progress=False)
+        except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
+            refused[name] = _refused(name, exc, fp32_mb)
+    built = [n for n in names if n not in refused]
+    agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in built},
+                                                     base_dir=base_reference_dir)} if built else {}
+    speeds = genai.decode_speeds({n: folders[n] for n in built}) if built else {}
     results = []
     for name in names:
+        if name in refused:
+            results.append(refused[name])
+            continue
         size = read_manifest(folders[name]).get("size_mb") or dir_size_mb(folders[name])
         a = agreement[name]
         results.append(RecipeResult(
@@ -118,3 +141,14 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         ))
     artifacts.write_json(out / "recipes.json", recipes_file(results))
     return results
+
+
+def _refused(name: str, error: ParityError, fp32_mb: float) -> RecipeResult:
+    """A recipe the parity gate refused, with the gate's figures (against the source model) and its reason."""
+    record = error.record
+    size = float(record.get("size_mb") or 0.0)
+    return RecipeResult(
+        recipe=name, note=RECIPE_NOTES[name], output_dir="", size_mb=round(size, 2),
+        size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=float(record.get("top1_agreement", 0.0)),
+        kl_divergence=float(record.get("kl_divergence", 0.0)), perplexity=None, reference_perplexity=None,
+        decode_tps=None, refused=str(error))

@@ -60,9 +60,10 @@ def plot_recipes(results: Sequence, *, size_target: float = 0.25, top1_target: f
     ax.axvspan(0, size_target, ymin=0, ymax=1, alpha=0.08, color="green")
     ax.axhline(top1_target, color="green", linestyle="--", linewidth=1, label=f"targets: <= {size_target}x, "
                f">= {top1_target} agreement")
-    for r in results:
-        ax.scatter(r.size_ratio_vs_fp32, r.top1_agreement, s=40)
-        ax.annotate(f"{r.recipe}\n{r.decode_tps:.0f} tok/s", (r.size_ratio_vs_fp32, r.top1_agreement), fontsize="small",
+    for r in results:  # a recipe the parity gate refused: a cross at the gate's figures
+        ax.scatter(r.size_ratio_vs_fp32, r.top1_agreement, s=40, marker="x" if r.refused else "o")
+        label = "refused by the parity gate" if r.refused else f"{r.decode_tps:.0f} tok/s"
+        ax.annotate(f"{r.recipe}\n{label}", (r.size_ratio_vs_fp32, r.top1_agreement), fontsize="small",
                     xytext=(5, -4), textcoords="offset points")
     ax.set_xlim(0, max(0.5, max(r.size_ratio_vs_fp32 for r in results) * 1.3))
     ax.set_ylim(min(0.5, min(r.top1_agreement for r in results) - 0.05), 1.03)

@@ -581,11 +581,11 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
                                   fingerprint=source_fingerprint)
     exact = parity.EXACT if dtype == "float32" else parity.NEAR
     checks = []
-    for label in candidates:
+    for label, folder in candidates.items():
         tolerance = exact if label == str(Precision.FP32) else parity.QUANTIZED
         check = reference.judged(result, label, tolerance)
         if check.verdict is not parity.Verdict.PASS:
-            raise parity.refuse(check, source.architecture, str(spec.method))
+            raise parity.refuse(check, source.architecture, str(spec.method), round(dir_size_mb(folder), 3))
         checks.append(check.to_json())
     return {"verdict": str(parity.Verdict.PASS), "checks": checks, "wall_s": round(run.wall_s, 2),
             "peak_rss_mib": round(run.peak_rss_mib, 1)}

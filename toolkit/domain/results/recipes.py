@@ -6,6 +6,9 @@ Version history of ``recipes.json``:
    still loaded under the current names.
 2. ``{"schema_version": 2, "recipes": [RecipeResult, ...]}``: ``top1_agreement``,
    ``kl_divergence`` and ``kl_divergence_to_base``, the names every other result file uses.
+3. ``refused``: a recipe whose build the parity gate refused stays in the comparison with the
+   gate's figures, the reason, and no perplexity or decode speed (``None``); older files load
+   with ``refused`` empty.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from slmops.toolkit.core import artifacts
 from slmops.toolkit.domain.results import schema_version
 
 #: The version :func:`recipes_file` writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Version-1 field names and their names since version 2.
 _RENAMED = {"top1": "top1_agreement", "kl": "kl_divergence", "kl_to_base": "kl_divergence_to_base"}
@@ -34,15 +37,18 @@ class RecipeResult:
         output_dir: Where it was built.
         size_mb: Size on disk, MB (10^6 bytes).
         size_ratio_vs_fp32: Size over the FP32 build's.
-        top1_agreement: Greedy next-token agreement with FP32 on the bundled text (share, 0-1).
-        kl_divergence: Mean KL divergence from FP32 (nats).
-        perplexity: Perplexity on the bundled text (FP32's is in ``reference_perplexity``).
-        reference_perplexity: The FP32 build's perplexity on the same text.
-        decode_tps: Quick greedy decode probe through ONNX Runtime GenAI (tokens/s).
+        top1_agreement: Greedy next-token agreement with FP32 on the bundled text (share, 0-1); for a
+            refused recipe, the parity gate's (against the source model in transformers).
+        kl_divergence: Mean KL divergence from FP32 (nats); for a refused recipe, the gate's.
+        perplexity: Perplexity on the bundled text (FP32's is in ``reference_perplexity``); None when refused.
+        reference_perplexity: The FP32 build's perplexity on the same text; None when refused.
+        decode_tps: Quick greedy decode probe through ONNX Runtime GenAI (tokens/s); None when refused.
         kl_divergence_to_base: Mean KL divergence from the base model's FP32 build (nats), when one was given.
         moved_toward_base: The build is closer to the base than to the fine-tuned FP32 (KL to
             the base below KL to FP32): quantization rounded the fine-tune away.
         pass_rate: Share of domain cases passed, when measured (None otherwise).
+        refused: Why the parity gate refused the recipe's build (nothing was kept, nothing else measured);
+            empty when it was built.
     """
 
     recipe: str
@@ -52,12 +58,13 @@ class RecipeResult:
     size_ratio_vs_fp32: float
     top1_agreement: float
     kl_divergence: float
-    perplexity: float
-    reference_perplexity: float
-    decode_tps: float
+    perplexity: float | None
+    reference_perplexity: float | None
+    decode_tps: float | None
     kl_divergence_to_base: float | None = None
     moved_toward_base: bool = False
     pass_rate: float | None = None
+    refused: str = ""
 
     def to_json(self) -> dict:
         """The recipe as ``recipes.json`` holds it."""
