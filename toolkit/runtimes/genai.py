@@ -103,7 +103,7 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
     and is cut to fit the model's context.
 
     Returns:
-        ``(ids, logits)``: int ``[T]`` and float64 ``[T, vocab]``.
+        ``(ids, logits)``: int ``[T]`` and float32 ``[T, vocab]`` (the graph's own output type).
 
     Example:
         >>> ids, out = logits("outputs/demo/models/fp32", "The capital of France is")
@@ -123,7 +123,7 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
     params.set_search_options(max_length=len(ids) + 1)
     generator = og.Generator(model, params)
     generator.append_tokens(ids)
-    return ids, np.asarray(generator.get_output("logits"))[0].astype(np.float64)
+    return ids, np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
 
 
 def logits_for_ids(model: object, ids: list[int] | np.ndarray) -> np.ndarray:
@@ -299,7 +299,9 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
     Each model is loaded and run once: with ``base_dir``, each candidate's KL divergence to the
     base model is measured from the same pass (what a second comparison against the base would
     load and run again). Only log-probabilities ``[T, vocab]`` are kept (the top-1 of a row is the
-    same on logits and on their log-softmax).
+    same on logits and on their log-softmax), in float32 as the parity gate's
+    :func:`~slmops.toolkit.domain.parity.figures` (KL within about 1e-6 of its value); the
+    reference's and the base's probabilities are computed once, not once per candidate.
 
     Returns:
         One :class:`Agreement` per candidate.
@@ -319,10 +321,14 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
     positions = np.arange(len(ids) - 1)
 
     def perplexity(log_probs_: np.ndarray) -> float:
-        return float(np.exp(-log_probs_[positions, ids[1:]].mean()))
+        return float(np.exp(-log_probs_[positions, ids[1:]].mean(dtype=np.float64)))
 
-    def kl(reference: np.ndarray, candidate: np.ndarray) -> float:
-        return round(float((np.exp(reference) * (reference - candidate)).sum(-1).mean()), 5)
+    def kl(reference: tuple[np.ndarray, np.ndarray], candidate: np.ndarray) -> float:
+        log_p, p = reference
+        return round(float(np.einsum("tv,tv->t", p, log_p - candidate).mean(dtype=np.float64)), 5)
+
+    ref = (ref_log, np.exp(ref_log))
+    base = (base_log, np.exp(base_log)) if base_log is not None else None
 
     rows = []
     for label, folder in candidates.items():
@@ -330,9 +336,9 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
         rows.append(Agreement(
             model=label, tokens=len(ids),
             top1_agreement=round(float((ref_top1 == cand_log.argmax(-1)).mean()), 4),
-            kl_divergence=kl(ref_log, cand_log),
+            kl_divergence=kl(ref, cand_log),
             perplexity=round(perplexity(cand_log), 3), reference_perplexity=round(perplexity(ref_log), 3),
-            kl_divergence_to_base=kl(base_log, cand_log) if base_log is not None else None,
+            kl_divergence_to_base=kl(base, cand_log) if base is not None else None,
         ))
     return rows
 
@@ -515,16 +521,17 @@ def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list
                  repeats: int = 2) -> list[ThreadSpeed]:
     """Decode speed and time to first token of ``model_dir`` with each intra-op thread count (0: the runtime's default).
 
-    Counts are tried in turn, twice over in alternating order, so a burst of machine noise does not favour one.
+    Counts are tried in turn, twice over in alternating order, so a burst of machine noise does not favour one;
+    each count is warmed up once, on its first turn (its second finds the session warm).
 
     Returns:
         One :class:`ThreadSpeed` per count (best of its runs).
     """
     models = {count: load(model_dir, count) for count in counts}
     best: dict[int, ThreadSpeed] = {}
-    for order in (counts, counts[::-1]):
+    for turn, order in enumerate((counts, counts[::-1])):
         for count in order:
-            for run in time_generation(models[count], ids, gen_tokens, repeats, warmup=1):
+            for run in time_generation(models[count], ids, gen_tokens, repeats, warmup=1 if turn == 0 else 0):
                 decode = TimedRun.from_json(run).decode_tps
                 current = best.get(count, ThreadSpeed(count, 0.0, float("inf")))
                 best[count] = ThreadSpeed(count, round(max(current.decode_tps, decode), 1),
