@@ -107,6 +107,12 @@ def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path
     built = convert(ConvertSpec(tiny_model, tmp_path / "mixed", Precision.INT4, int4=options), progress=False)
     assert built.manifest["quantizer"]["mix"] == str(options.mix) and built.manifest["parity"]["verdict"] == "pass"
     assert {"int4", "int8"} <= set(built.manifest["weights"]["parameters"])
+    # Asymmetric: every body MatMulNBits has its zero points (the blocks of a de-quantized GGUF carry a minimum).
+    import onnx
+
+    graph = onnx.load(str(built.output_dir / "model.onnx"), load_external_data=False).graph
+    body = [n for n in graph.node if n.op_type == "MatMulNBits" and "/layers." in n.name]
+    assert body and all(len(n.input) >= 4 and n.input[3] for n in body)
 
 
 def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_recommended(

@@ -152,7 +152,9 @@ INT4_RECIPES: dict[str, Int4Options] = {
     "compact": Int4Options(algorithm=Int4Algorithm.RTN, embeddings=TablePrecision.INT4),
     "int8-head": Int4Options(lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
     "hqq": Int4Options(algorithm=Int4Algorithm.HQQ, lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8),
-    "mixed": Int4Options(lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8,
+    # Zero points per block: the Gemma 3 fine-tune (de-quantized from a Q4_K_M GGUF, whose blocks carry a
+    # minimum) goes from KL 1.41 to 0.435 against FP32; SmolLM2's from 0.143 to 0.136, at the same decode speed.
+    "mixed": Int4Options(symmetric=False, lm_head=TablePrecision.INT8, embeddings=TablePrecision.INT8,
                          mix=Int4Mix.V_ALL_DOWN_MORE_BITS),
 }
 
@@ -165,7 +167,8 @@ RECIPE_NOTES: dict[str, str] = {
     "compact": "everything int4 (RTN), one int4 table for embeddings and LM head: smallest",
     "int8-head": "int4 body, one int8 table for embeddings and LM head",
     "hqq": "HQQ int4 body (float zero points: accurate, slow on CPU), int8 table",
-    "mixed": "int4 body with 8-bit value projections and llama.cpp's use_more_bits down projections, int8 table",
+    "mixed": "asymmetric int4 body with 8-bit value projections and llama.cpp's use_more_bits down projections, "
+             "int8 table",
 }
 
 
