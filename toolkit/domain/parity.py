@@ -134,8 +134,8 @@ def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
     candidate = candidate[:, :reference.shape[1]]
     top1 = max_diff = diff_sum = kl_sum = 0.0
     low, high = np.inf, -np.inf
-    # float32 arithmetic (pairwise row sums), float64 totals: a 262k vocabulary over 1,000 positions in
-    # seconds, KL within ~1e-6 of its value.
+    # float32 arithmetic, float64 totals: a 262k vocabulary over 1,000 positions in seconds, KL within
+    # ~1e-5 of its value (measured against float64 on 434 x 49k random logits: 7e-6).
     for start in range(0, reference.shape[0], _CHUNK):
         ref = np.asarray(reference[start:start + _CHUNK], dtype=np.float32)
         cand = np.asarray(candidate[start:start + _CHUNK], dtype=np.float32)
