@@ -443,8 +443,8 @@ comparison page OUT/index.html:
     p = sub.add_parser("test", parents=parents,
                        description="Checks per model: domain answers and response format from a cases file, RSS "
                        "growth over many requests, time per output token from short inputs to half the context, "
-                       "edge cases and invalid input (in a child process with a timeout), and perplexity / top-1 "
-                       "agreement / KL divergence against the FP32 model. Greedy, seeded. Writes OUT/test.json; "
+                       "edge cases and invalid input (in a child process with a timeout), and top-1 agreement / KL "
+                       "divergence against the FP32 model (perplexity reported, not judged). Greedy, seeded. Writes OUT/test.json; "
                        "exit code 1 when a check fails.")
     p.add_argument("names", nargs="*", metavar="NAME", help="registered models (default: the models OUT/registered.json "
                    "lists, as a run registered them)")

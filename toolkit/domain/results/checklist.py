@@ -104,7 +104,6 @@ class Thresholds:
             machine's timing does not resolve a difference (tiny models decode in microseconds).
         top1_min: Smallest greedy top-1 agreement with FP32 (share).
         kl_max: Largest mean KL divergence from FP32 (nats).
-        perplexity_ratio_max: Largest perplexity relative to FP32's on the same text.
         edge_timeout_s: Longest an edge case may take before it counts as a hang (s).
         stop_pass_rate: Share of the cases' free answers that must end with finish_reason ``stop``
             before max tokens (a fine-tune that answers and ends its turn stops on nearly all).
@@ -131,7 +130,6 @@ class Thresholds:
     min_added_ms: float = 0.5
     top1_min: float = 0.5
     kl_max: float = 1.0
-    perplexity_ratio_max: float = 2.0
     edge_timeout_s: float = 60.0
     stop_pass_rate: float = 0.5
     spread_sigmas: float = 3.0

@@ -40,25 +40,28 @@ def quality_records(names: list[str], reference: str, cache: str | Path | None) 
 
 
 def quality_checks(name: str, record: QualityRecord, limits: Thresholds) -> list[CheckResult]:
-    """The three quality checks of one model from its :class:`QualityRecord`.
+    """The quality checks of one model from its :class:`QualityRecord`: top-1 agreement and KL divergence.
+
+    Both measure the distance to the FP32 reference itself. Perplexity on the generic reference text
+    is not a check, only information in the KL check's detail: a fine-tune moves it away from the
+    base's (the Gemma 3 fine-tune's FP32 reads 183), so a quantized build that keeps the fine-tune can
+    read several times its FP32's (Gemma's INT4: 2.7x at KL 0.45, every domain answer kept) while one
+    that rounds the fine-tune back toward the base reads lower.
 
     Example:
         >>> [c.case for c in quality_checks("m", QualityRecord("ref", 0.9, 0.1, 11.0, 10.0, 300), Thresholds())]
-        ['top1-agreement', 'kl-divergence', 'perplexity']
+        ['top1-agreement', 'kl-divergence']
     """
     text = f"on the bundled text ({record.tokens} tokens) against {record.reference}"
-    ratio = record.perplexity_ratio
     return [
         CheckResult(name, Check.QUALITY, "top1-agreement", record.top1_agreement, Unit.SHARE, limits.top1_min,
                     Bound.AT_LEAST, verdict_of(record.top1_agreement >= limits.top1_min),
                     f">= {limits.top1_min} {text}", samples=record.tokens),
         CheckResult(name, Check.QUALITY, "kl-divergence", record.kl_divergence, Unit.NATS, limits.kl_max,
                     Bound.AT_MOST, verdict_of(record.kl_divergence <= limits.kl_max),
-                    f"<= {limits.kl_max} nats {text}", samples=record.tokens),
-        CheckResult(name, Check.QUALITY, "perplexity", round(ratio, 4), Unit.RATIO, limits.perplexity_ratio_max,
-                    Bound.AT_MOST, verdict_of(ratio <= limits.perplexity_ratio_max),
-                    f"<= {limits.perplexity_ratio_max}x the reference's {record.reference_perplexity:.2f}",
-                    f"{record.perplexity:.2f} ({ratio:.2f}x)", samples=record.tokens),
+                    f"<= {limits.kl_max} nats {text}",
+                    f"perplexity {record.perplexity:.2f}, {record.perplexity_ratio:.2f}x the reference's "
+                    f"{record.reference_perplexity:.2f} (information only)", samples=record.tokens),
     ]
 
 
