@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
 from slmops.toolkit.domain import gptq, quantize
 from slmops.toolkit.domain.quantize import QuantPlan
@@ -83,20 +84,12 @@ def choose(rows: list[dict], extra_bits: float) -> set[str]:
 
 
 def build(fp32: Path, out: Path, plan: QuantPlan, chosen: set[str]) -> None:
-    """The project's quantizer, with the mix rule replaced by ``chosen`` (names that get 8 bits)."""
-    import shutil
-
-    if (out / "model.onnx").exists():
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    for f in fp32.iterdir():
-        if f.is_file() and not f.name.startswith("model.onnx") and f.name != "manifest.json":
-            shutil.copy2(f, out / f.name)
+    """:func:`int4_mix.build_variant`, with the mix rule replaced by ``chosen`` (names that get 8 bits)."""
     quantize.MIXES["ranked"] = {}
     original = quantize.mixed_bits
     quantize.mixed_bits = lambda name, plan_, layers: plan_.mix_bits if name in chosen else plan_.bits
     try:
-        quantize.quantize(fp32 / "model.onnx", out / "model.onnx", replace(plan, mix="ranked") if chosen else plan)
+        build_variant(fp32, out, replace(plan, mix="ranked") if chosen else plan)
     finally:
         quantize.mixed_bits = original
 

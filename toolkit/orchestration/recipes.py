@@ -23,7 +23,7 @@ def fidelity_key(r: RecipeResult) -> tuple:
 
     Perplexity is not in it: on a generic text it rewards a build that fell back to the base.
     """
-    return (bool(r.refused), r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
+    return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
 
 
 def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
@@ -48,8 +48,8 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     results = [r for r in results if not r.refused]
     if not results:
         raise ValueError("every INT4 recipe was refused by the parity gate")
-    fastest = max(r.decode_tps or 0.0 for r in results)
-    fast = [r for r in results if (r.decode_tps or 0.0) >= speed_floor * fastest] or results
+    fastest = max(r.decode_tps for r in results)
+    fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
     on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1_agreement >= top1_target]
 
     def describe(r: RecipeResult) -> str:
