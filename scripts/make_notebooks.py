@@ -77,7 +77,7 @@ if compare_recipes and (models / "fp32").is_dir():
     control = models / run_source.CONTROL_DIR  # the base: a recipe closer to it than to the fine-tune is flagged
     recipes = int4_recipes.compare_int4_recipes(run_source.convert_from(model.value, source), models / "recipes",
                                                 models / "fp32", method=method, reuse=reuse,
-                                                base_reference_dir=control if control.is_dir() else None)
+                                                base_reference_dir=control if control.is_dir() else None, cache=True)
 report.table(recipes)''',
  '''if recipes and all(r.refused for r in recipes):
     print("Every INT4 recipe was refused by the parity gate (the table gives the gate's figures).")

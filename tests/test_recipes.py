@@ -131,8 +131,9 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
         return real_convert(spec, **kwargs)
 
     monkeypatch.setattr(recipes, "convert", strict_for_compact)
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
     results = recipes.compare_int4_recipes(tiny_model, tmp_path / "recipes", tiny_fp32, ["compact", "int8-head"],
-                                           progress=False)
+                                           progress=False, cache=True)
     compact, int8_head = results
     assert compact.refused.startswith("The int4 build of") and "Nothing was put in place" in compact.refused
     assert compact.decode_tps is None and compact.perplexity is None and compact.output_dir == ""
@@ -144,3 +145,27 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     assert read_recipes(tmp_path / "recipes" / "recipes.json") == results
     with pytest.raises(ValueError, match="every INT4 recipe"):
         recipes.recommend_recipe([compact])
+
+
+    # The next comparison of the same source, options, packages and code copies the build and the refusal
+    # from the build cache (nothing is converted) and measures the same figures.
+    def no_convert(spec, **kwargs):
+        raise AssertionError(f"{spec.output_dir.name} was built again")
+
+    monkeypatch.setattr(recipes, "convert", no_convert)
+    again = recipes.compare_int4_recipes(tiny_model, tmp_path / "again", tiny_fp32, ["compact", "int8-head"],
+                                         progress=False, cache=True)
+    assert again[0].refused == compact.refused and again[0].top1_agreement == compact.top1_agreement
+    assert (again[1].top1_agreement, again[1].kl_divergence, again[1].size_mb) == (
+        int8_head.top1_agreement, int8_head.kl_divergence, int8_head.size_mb)
+    from slmops.toolkit.core.artifacts import read_manifest
+
+    assert read_manifest(tmp_path / "again" / "int8-head")["build_cache"]["key"]
+    # Other toolkit code (a changed quantizer) never reuses them: both are made again.
+    built = []
+    monkeypatch.setattr(recipes, "convert", lambda spec, **kwargs: built.append(spec.output_dir.name) or real_convert(
+        spec, **kwargs))
+    monkeypatch.setattr(recipes.build_cache, "code_fingerprint", lambda *modules: "other code")
+    recipes.compare_int4_recipes(tiny_model, tmp_path / "third", tiny_fp32, ["compact", "int8-head"],
+                                 progress=False, cache=True)
+    assert built == ["compact", "int8-head"]

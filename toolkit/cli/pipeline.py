@@ -158,7 +158,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     results = recipes.compare_int4_recipes(args.model_dir, args.out, args.reference, args.recipe or None,
-                                           method=args.method)
+                                           method=args.method, cache=not args.rebuild)
     best = recipes.recommend_recipe(results)
     if args.json:
         print_json({"recipes": [vars(r) for r in results], "recommendation": best[1],
@@ -406,6 +406,9 @@ comparison page OUT/index.html:
     out_option(p, "folder for the recipe builds and recipes.json", required=True)
     p.add_argument("--recipe", action="append", choices=list(INT4_RECIPES), help="repeatable (default: all)")
     p.add_argument("--method", **{**run_param("method"), "choices": [x.value for x in Method], "type": str})
+    p.add_argument("--rebuild", action="store_true",
+                   help="build every recipe again instead of copying a build of the same source, options, packages "
+                   "and toolkit code from the build cache (<home>/cache/recipe-builds)")
     json_option(p, "the comparison")
     p.set_defaults(func=cmd_recipes)
 

@@ -7,10 +7,12 @@ and decode measurements, so it sits above the stages.
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts
-from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
+from slmops.toolkit.core import artifacts, build_cache
+from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import InvalidOptionError, ParityError
 from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.recipes import RecipeResult, recipes_file
@@ -77,7 +79,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
                          reference_dir: str | os.PathLike[str], recipes: list[str] | None = None, *,
                          method: Method | str = Method.BUILDER, reuse: dict[str, str] | None = None,
                          progress: bool = True, base_reference_dir: str | os.PathLike[str] | None = None,
-                         ) -> list[RecipeResult]:
+                         cache: bool = False) -> list[RecipeResult]:
     """Build each INT4 recipe into ``out_dir/<recipe>`` and measure it against the FP32 build.
 
     Args:
@@ -90,6 +92,9 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         progress: Show progress bars.
         base_reference_dir: The FP32 build of the base model (for a fine-tune): each recipe's
             KL to it is measured, and a recipe closer to the base than to ``reference_dir`` is flagged.
+        cache: Reuse a build (or a refusal) of the same recipe, source, FP32 reference, packages and
+            toolkit code from the build cache (:func:`recipe_cache_key`), and keep new ones there.
+            Agreement and decode speed are measured every time.
 
     Returns:
         One result per recipe, in order. A recipe whose build the parity gate refuses stays in
@@ -116,11 +121,25 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
     fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
     refused: dict[str, RecipeResult] = {}
+    keys = recipe_cache_keys(model_dir, reference_dir, specs) if cache and specs else {}
     for name in tqdm(list(specs), desc="build recipes", disable=not progress):
+        kept = build_cache.lookup(_CACHE, keys[name]) if cache else None
+        if kept is not None and (kept / _REFUSAL).is_file():
+            record = artifacts.read_json(kept / _REFUSAL)
+            refused[name] = _refused(name, record["reason"], record["record"], fp32_mb)
+            continue
+        if kept is not None:
+            _copy_kept(kept, folders[name], keys[name])
+            continue
         try:
             convert(specs[name], progress=False)
         except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
-            refused[name] = _refused(name, exc, fp32_mb)
+            refused[name] = _refused(name, str(exc), exc.record, fp32_mb)
+            if cache:
+                _keep_refusal(keys[name], str(exc), exc.record)
+            continue
+        if cache:
+            build_cache.store(_CACHE, keys[name], folders[name])
     built = [n for n in names if n not in refused]
     agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in built},
                                                      base_dir=base_reference_dir)} if built else {}
@@ -143,12 +162,50 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     return results
 
 
-def _refused(name: str, error: ParityError, fp32_mb: float) -> RecipeResult:
+#: The build cache's kind for recipe builds, and the file an entry of a refused recipe holds instead.
+_CACHE, _REFUSAL = "recipe-builds", "refused.json"
+
+
+def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os.PathLike[str],
+                      specs: dict[str, ConvertSpec]) -> dict[str, str]:
+    """Each recipe's build-cache key: everything that decides what its build holds.
+
+    That is the source folder's content, the FP32 reference's source fingerprint and package
+    versions (the recipes quantize its export), the recipe's options, the route and execution
+    provider, and the source of the toolkit modules that build and check it (so a changed
+    quantizer never reuses an old build).
+    """
+    from slmops.toolkit.domain import gptq, options, parity, quantize, sources
+    from slmops.toolkit.runtimes import genai_builder
+    from slmops.toolkit.stages import convert as convert_stage
+
+    made = read_manifest(reference_dir)
+    common = (sources.fingerprint(model_dir), made.get("source_fingerprint"), made.get("versions"),
+              build_cache.code_fingerprint(quantize, gptq, parity, options, convert_stage, genai_builder))
+    return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)
+            for name, spec in specs.items()}
+
+
+def _copy_kept(kept: Path, target: Path, key: str) -> None:
+    """Put a cached recipe build at ``target``; its manifest says where it came from."""
+    build_cache.copy_out(kept, target)
+    manifest = read_manifest(target)
+    manifest["build_cache"] = {"key": key, "entry": str(kept)}
+    artifacts.write_json(target / MANIFEST, manifest)
+
+
+def _keep_refusal(key: str, reason: str, record: dict) -> None:
+    """Cache a refusal (the gate's reason and figures), so the same build is not made again to be refused."""
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts.write_json(Path(scratch) / _REFUSAL, {"reason": reason, "record": record})
+        build_cache.store(_CACHE, key, Path(scratch))
+
+
+def _refused(name: str, reason: str, record: dict, fp32_mb: float) -> RecipeResult:
     """A recipe the parity gate refused, with the gate's figures (against the source model) and its reason."""
-    record = error.record
     size = float(record.get("size_mb") or 0.0)
     return RecipeResult(
         recipe=name, note=RECIPE_NOTES[name], output_dir="", size_mb=round(size, 2),
         size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=float(record.get("top1_agreement", 0.0)),
         kl_divergence=float(record.get("kl_divergence", 0.0)), perplexity=None, reference_perplexity=None,
-        decode_tps=None, refused=str(error))
+        decode_tps=None, refused=reason)
