@@ -264,3 +264,24 @@ def test_a_cache_is_pruned_least_recently_used_first(tmp_path: Path) -> None:
     assert artifacts.prune_least_recent(tmp_path, "*.npz", 250) == [tmp_path / "old.npz"]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["middle.npz", "new.npz", "other.txt"]
     assert artifacts.prune_least_recent(tmp_path, "*.npz", 250) == []  # under the limit: nothing more
+
+
+def test_the_build_cache_keeps_whole_folders_and_drops_the_least_recently_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slmops.toolkit.core import build_cache
+
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx.data").write_bytes(b"x" * 400_000)
+    assert build_cache.lookup("builds", "k1") is None
+    first = build_cache.store("builds", "k1", tmp_path / "a", max_mb=1.0)
+    os.utime(first, (1000, 1000))
+    build_cache.store("builds", "k2", tmp_path / "b", max_mb=1.0)
+    assert build_cache.lookup("builds", "k1") == first  # used now: k2 is the least recent
+    build_cache.store("builds", "k3", tmp_path / "c", max_mb=1.0)  # 1.2 MB with all three: one goes
+    assert sorted(p.name for p in build_cache.folder("builds").iterdir()) == ["k1", "k3"]
+    build_cache.copy_out(first, tmp_path / "out" / "int4")
+    assert (tmp_path / "out" / "int4" / "model.onnx.data").stat().st_size == 400_000
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["int4"]  # no scratch left beside it
+    assert build_cache.key_of("source", {"bits": 4}) != build_cache.key_of("source", {"bits": 8})

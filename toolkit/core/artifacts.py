@@ -137,9 +137,10 @@ def dir_size_mb(path: str | os.PathLike[str], pattern: str = "**/*") -> float:
 
 
 def prune_least_recent(folder: str | os.PathLike[str], pattern: str, limit_bytes: int) -> list[Path]:
-    """Delete the least recently modified files of ``folder`` matching ``pattern`` until the rest total at most ``limit_bytes``.
+    """Delete the least recently modified entries of ``folder`` matching ``pattern`` until the rest total at most ``limit_bytes``.
 
-    A cache marks an entry used by touching it, so the entries read last are kept.
+    An entry is a file or a folder (counted with everything in it). A cache marks an entry used
+    by touching it, so the entries read last are kept.
 
     Returns:
         The files deleted.
@@ -148,14 +149,17 @@ def prune_least_recent(folder: str | os.PathLike[str], pattern: str, limit_bytes
         >>> prune_least_recent(Path.home() / ".slmops" / "cache" / "parity", "*.npz", 2**30)
         []
     """
-    newest_first = sorted((f for f in Path(folder).glob(pattern) if f.is_file()),
+    newest_first = sorted((f for f in Path(folder).glob(pattern) if f.is_file() or f.is_dir()),
                           key=lambda f: f.stat().st_mtime, reverse=True)
-    total, deleted = 0, []
-    for file in newest_first:
-        total += file.stat().st_size
+    total, deleted = 0.0, []
+    for entry in newest_first:
+        total += dir_size_mb(entry) * 1e6 if entry.is_dir() else entry.stat().st_size
         if total > limit_bytes:
-            file.unlink(missing_ok=True)
-            deleted.append(file)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            deleted.append(entry)
     return deleted
 
 

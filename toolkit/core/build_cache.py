@@ -53,7 +53,7 @@ def store(kind: str, key: str, source: Path, *, max_mb: float = 4096.0) -> Path:
     """Copy the complete folder ``source`` into the cache as ``key`` and return the entry.
 
     An existing entry of that key is replaced. Entries beyond ``max_mb`` (oldest use first) are
-    removed, never the one just stored.
+    removed (the one just stored last).
 
     Raises:
         DiskFullError: the disk filled during the copy (nothing is left in the cache).
@@ -70,7 +70,8 @@ def store(kind: str, key: str, source: Path, *, max_mb: float = 4096.0) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _prune(root, max_mb, keep=entry)
+    os.utime(entry)  # the copy took the source's times: mark it used now, so it is pruned last
+    artifacts.prune_least_recent(root, "[!.]*", int(max_mb * 1e6))
     return entry
 
 
@@ -86,12 +87,3 @@ def copy_out(entry: Path, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-
-def _prune(root: Path, max_mb: float, keep: Path) -> None:
-    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
-    total = 0.0
-    for entry in entries:
-        total += artifacts.dir_size_mb(entry)
-        if total > max_mb and entry != keep:
-            shutil.rmtree(entry, ignore_errors=True)
