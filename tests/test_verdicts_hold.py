@@ -163,3 +163,47 @@ def test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_
     (perf,) = [c for c in runs[0].checks if c.check == "performance"]
     assert "medians of" in perf.detail and sorted(runs[0].ms_per_token) == [16, 64]
     assert all(r.requests >= 3 + 20 + 2 * 3 for r in runs)  # cases, memory, three interleaved rounds at least
+
+
+def test_extra_timing_rounds_time_only_the_undecided_models_and_their_reference(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A noisy INT8 takes more rounds; INT4, decided after the first rounds, is not timed again."""
+    import contextlib
+    import itertools
+
+    from slmops.toolkit.stages.checklist import timing
+
+    class Loaded:  # the runtime around the scheduling under test: a loaded model with a context length
+        def __init__(self, name: str, _cache: object) -> None:
+            self.name, self.context_length = name, 4096
+            self.model = type("Files", (), {"get_path": lambda _self: "."})()
+
+        def __enter__(self) -> Loaded:
+            return self
+
+        def __exit__(self, *_exc: object) -> None:
+            return None
+
+    # Per output token (ms) at the short and the long input: FP32 adds 6, INT4 adds 2 (decided: pass),
+    # INT8 adds 9.2 +- 3 where 9.2 are allowed (within its spread: undecided every round).
+    noisy = itertools.cycle([8.2, 14.2, 11.2, 9.7, 12.7, 6.2, 12.2])
+    added = {"m-fp32": lambda: 6.0, "m-int4": lambda: 2.0, "m-int8": lambda: next(noisy)}
+    timed: list[str] = []
+
+    def per_token_ms(model: Loaded, prompt: str, _tokens: int, _seed: int) -> float:
+        timed.append(model.name)
+        return 30.0 + (added[model.name]() if prompt == "long" else 0.0)
+
+    monkeypatch.setattr(timing, "LoadedModel", Loaded)
+    monkeypatch.setattr(timing, "fixed_length_registration", lambda name, cache: contextlib.nullcontext(name))
+    monkeypatch.setattr(timing, "per_token_ms", per_token_ms)
+    monkeypatch.setattr(timing, "prompt_text", lambda _tokenizer, n: "long" if n == 1024 else "short")
+    monkeypatch.setattr("tokenizers.Tokenizer.from_file", lambda _path: None)
+    limits = E.Thresholds()
+    low, high = limits.timing_rounds
+    checks, _curves, requests = timing.performance_checks(["m-fp32", "m-int8", "m-int4"], "m-fp32", None,
+                                                          [64, 1024], limits, 0, False)
+    assert checks["m-int4"].verdict == "pass" and checks["m-int8"].inconclusive
+    assert requests["m-int4"] == 2 * low  # decided: timed in the first rounds only
+    assert requests["m-int8"] == requests["m-fp32"] == 2 * high  # undecided, and the reference it is judged against
+    assert timed.count("m-int4") == 2 * low

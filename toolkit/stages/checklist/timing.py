@@ -149,8 +149,10 @@ def performance_checks(names: list[str], reference: str | None, cache: str | Pat
     exactly ``tokens`` tokens whatever the fine-tune's style. A round asks every model (in an
     order that turns each round) for the shortest and the longest input, so a burst of load from
     other processes hits the models and their reference alike. Rounds go on, from
-    ``limits.timing_rounds[0]`` to ``[1]``, while a verdict is still within its spread. The
-    lengths between are measured once, for the curve only: they decide nothing.
+    ``limits.timing_rounds[0]`` to ``[1]``, while a verdict is still within its spread; those
+    rounds time only the models still undecided and the reference they are judged against (a
+    decided model's rounds, and so its verdict, stay as they were). The lengths between are
+    measured once, for the curve only: they decide nothing.
 
     Returns:
         ``(check per model, curve per model, requests per model)``.
@@ -180,9 +182,10 @@ def performance_checks(names: list[str], reference: str | None, cache: str | Pat
         low, high = limits.timing_rounds
         checks: dict[str, CheckResult] = {}
         bar = tqdm(total=low, desc="performance: interleaved rounds", unit="round", disable=not progress)
+        active = list(timed)
         for index in range(high):
-            turn = index % len(timed)
-            for n in timed[turn:] + timed[:turn]:
+            turn = index % len(active)
+            for n in active[turn:] + active[:turn]:
                 pair = []
                 for length in ((shortest, longest) if index % 2 == 0 else (longest, shortest)):
                     pair.append((length, per_token_ms(models[n], prompts[length], tokens, seed)))
@@ -202,6 +205,8 @@ def performance_checks(names: list[str], reference: str | None, cache: str | Pat
                 break
             if index + 1 >= low:
                 bar.total = high
+                undecided = {n for n, c in checks.items() if c.inconclusive}
+                active = [n for n in timed if n in undecided or n == reference]
         bar.close()
     for n in timed:
         if rounds[n]:
