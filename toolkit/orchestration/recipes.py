@@ -93,7 +93,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         base_reference_dir: The FP32 build of the base model (for a fine-tune): each recipe's
             KL to it is measured, and a recipe closer to the base than to ``reference_dir`` is flagged.
         cache: Reuse a build (or a refusal) of the same recipe, source, FP32 reference, packages and
-            toolkit code from the build cache (:func:`recipe_cache_key`), and keep new ones there.
+            toolkit code from the build cache (:func:`recipe_cache_keys`), and keep new ones there.
             Agreement and decode speed are measured every time.
 
     Returns:
