@@ -156,6 +156,14 @@ def test_a_folder_with_tool_token_ids_is_readable_by_the_pinned_genai(tmp_path: 
     assert shadow != tmp_path and (shadow / "model.onnx").resolve() == (tmp_path / "model.onnx").resolve()
     assert json.loads((shadow / "genai_config.json").read_text())["model"] == {"eos_token_id": 2, "decoder": {}}
     assert genai.readable_dir(tmp_path) == shadow  # made once
+    # Its model folder deleted, the shadow goes when the next one is made (with a dead process's scratch).
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "genai_config.json").write_text(json.dumps(config))
+    (tmp_path / "model.onnx").unlink()
+    dead = shadow.parent / f".{shadow.name}.999999999"
+    dead.mkdir()
+    assert genai.readable_dir(other).is_dir() and not shadow.exists() and not dead.exists()
     del config["model"]["bot_token_id"], config["model"]["eot_token_id"]
     (tmp_path / "genai_config.json").write_text(json.dumps(config))
     assert genai.readable_dir(tmp_path) == tmp_path

@@ -55,6 +55,7 @@ def readable_dir(model_dir: str | os.PathLike[str]) -> Path:
     digest = hashlib.sha256(f"{folder.resolve()}\n{text}".encode()).hexdigest()[:16]
     shadow = Path(tempfile.gettempdir()) / "slmops-genai-compat" / digest
     if not (shadow / "genai_config.json").is_file():
+        _prune_shadows(shadow.parent)
         staging = shadow.with_name(f".{digest}.{os.getpid()}")
         staging.mkdir(parents=True, exist_ok=True)
         for item in folder.iterdir():
@@ -68,6 +69,27 @@ def readable_dir(model_dir: str | os.PathLike[str]) -> Path:
 
             shutil.rmtree(staging, ignore_errors=True)
     return shadow
+
+
+def _prune_shadows(root: Path) -> None:
+    """Remove the :func:`readable_dir` folders whose model folder is gone, and scratch of dead processes."""
+    import shutil
+
+    import psutil
+
+    if not root.is_dir():
+        return
+    for shadow in root.iterdir():
+        if shadow.name.startswith("."):  # .DIGEST.PID: a copy being made, or left by a process that died
+            pid = shadow.name.rsplit(".", 1)[-1]
+            gone = not (pid.isdigit() and psutil.pid_exists(int(pid)))
+        else:
+            try:
+                gone = any(link.is_symlink() and not link.exists() for link in shadow.iterdir())
+            except OSError:  # another process pruned it first
+                continue
+        if gone:
+            shutil.rmtree(shadow, ignore_errors=True)
 
 
 def _context_length(model_dir: Path) -> int:
