@@ -117,7 +117,10 @@ def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path
 
 def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_recommended(
         tiny_model: Path, tiny_fp32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Gemma 3 fine-tune's builder INT4 fails the gate: the comparison used to stop the whole run there."""
+    """The Gemma 3 fine-tune's builder INT4 fails the gate: the comparison used to stop the whole run there.
+
+    Then the build cache: the next comparison copies the build and the refusal instead of making them again.
+    """
     from slmops.toolkit.domain import parity
     from slmops.toolkit.domain.results.recipes import read_recipes
     from slmops.toolkit.orchestration import recipes
@@ -145,7 +148,6 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     assert read_recipes(tmp_path / "recipes" / "recipes.json") == results
     with pytest.raises(ValueError, match="every INT4 recipe"):
         recipes.recommend_recipe([compact])
-
 
     # The next comparison of the same source, options, packages and code copies the build and the refusal
     # from the build cache (nothing is converted) and measures the same figures.
