@@ -185,7 +185,8 @@ run_cases = evaluate.load_cases(run_source.cases_file(model_dir, adapter, finetu
 checklist = evaluate.run_checklists(names, reference=reference, cases=run_cases, cache=cache_dir or None,
                                     requests=checklist_requests, seed=seed)
 control_model = run_source.control_name(run_dir, name_prefix)
-control = evaluate.run_control(control_model, run_cases, cache=cache_dir or None, seed=seed) if control_model else None
+control = evaluate.run_control(control_model, run_cases, cache=cache_dir or None, seed=seed,
+                               keep=True) if control_model else None
 summary = evaluate.write_report(checklist, Path(run_dir) / "test.json", control=control)
 report.table(tables.summary_rows(summary))''',
  '''#MDThe negative control: the base model (not fine-tuned) asked the same domain cases. If it passes them, they

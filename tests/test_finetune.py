@@ -154,6 +154,32 @@ def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Pat
     assert checklist.read_report(tmp_path / "test.json").control == control
 
 
+def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
+        tiny_int4: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slmops.toolkit.stages.checklist import quality
+
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
+    R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None))
+    cases = datasets.cases(datasets.load_dataset())
+    chosen = cases["trained"][:2] + cases["heldout"][:1]
+    asked = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
+    assert asked.kept_from == "" and "kept" not in tables.control_verdict(asked)
+    real_generation = quality.generation
+
+    def nothing_asked(*args, **kwargs):
+        raise AssertionError("the control was asked again")
+
+    monkeypatch.setattr(quality, "generation", nothing_asked)
+    kept = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
+    assert kept.answers == asked.answers and kept.trained_total == 2 and kept.kept_from
+    assert f"answers asked at {kept.kept_from}, kept" in tables.control_verdict(kept)
+    # Other cases, or the model's files changed (here its search settings, as a new registration writes them): asked.
+    monkeypatch.setattr(quality, "generation", real_generation)
+    assert checklist.run_control("tiny-kept", chosen[:2], progress=False, keep=True).kept_from == ""
+    R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None, max_length=64), force=True)
+    assert checklist.run_control("tiny-kept", chosen, progress=False, keep=True).kept_from == ""
+
+
 @pytest.mark.parametrize("variant", ["bf16-sharded", "fp16", "tied"])
 def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_path: Path, variant: str) -> None:
     import torch

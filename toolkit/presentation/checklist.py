@@ -110,13 +110,16 @@ def control_verdict(control: ControlResult) -> str:
         >>> control_verdict(ControlResult("base", 0, 16, 1, 16, 0.0, 0.1, True))
         'the base model passes 0% of the domain cases (at most 10%): they test what the fine-tune added'
     """
+    kept = (f" (answers asked at {control.kept_from}, kept: same base build, cases and runtime)"
+            if control.kept_from else "")
     if control.tests_the_fine_tune is None:
         return "the cases have no domain expectations, so there is nothing for the base to answer"
     if control.tests_the_fine_tune:
         return (f"the base model passes {control.pass_rate:.0%} of the domain cases (at most "
-                f"{control.max_pass_rate:.0%}): they test what the fine-tune added")
+                f"{control.max_pass_rate:.0%}): they test what the fine-tune added" + kept)
     return (f"the base model passes {control.pass_rate:.0%} of the domain cases, over {control.max_pass_rate:.0%}: "
-            "they test what the base already knew, not the fine-tune; write cases only the fine-tune can answer")
+            "they test what the base already knew, not the fine-tune; write cases only the fine-tune can answer"
+            + kept)
 
 
 def control_row(control: ControlResult) -> dict:

@@ -17,6 +17,8 @@ Version history of ``test.json``:
 4. the performance check's ``value`` is what a long input adds per output token as a share of
    what it may add (unit ``ratio``, threshold 1), which a burst of load does not move; older files
    keep their difference in ms (unit ``ms``, threshold 0), which their checks carry.
+5. the negative control's ``kept_from``: when its answers were asked, if they were read back from
+   an earlier run of the same base build, cases and runtime (empty when asked in this run).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from enum import StrEnum
 from slmops.toolkit.domain.results import schema_version
 
 #: The version :meth:`ChecklistReport.to_json` writes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Check(StrEnum):
@@ -271,6 +273,8 @@ class ControlResult:
         answers: The base's answer per case id.
         tool_passed: Trained ``tool_call`` cases expecting a call that the base passed.
         tool_total: Those cases asked (0: none in the cases file).
+        kept_from: When the answers were asked (ISO 8601), if they were read back from an earlier run
+            of the same base build, cases and runtime; empty when they were asked in this run.
     """
 
     model: str
@@ -284,6 +288,7 @@ class ControlResult:
     answers: dict[str, str] = field(default_factory=dict)
     tool_passed: int = 0
     tool_total: int = 0
+    kept_from: str = ""
 
     def to_json(self) -> dict:
         """The control as ``test.json`` holds it."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+from slmops.toolkit.core import artifacts, build_cache
+from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain.datasets import HELDOUT
 from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.results.checklist import (
@@ -16,6 +21,7 @@ from slmops.toolkit.domain.results.checklist import (
     Unit,
     verdict_of,
 )
+from slmops.toolkit.domain.sources import fingerprint
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel, find_model
 from slmops.toolkit.stages.checklist.answers import generation
@@ -66,13 +72,20 @@ def quality_checks(name: str, record: QualityRecord, limits: Thresholds) -> list
 
 
 def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None, seed: int = DEFAULTS.seed,
-                max_tokens: int = 48, progress: bool = True) -> ControlResult:
+                max_tokens: int = 48, progress: bool = True, keep: bool = False) -> ControlResult:
     """A negative control: the base model (not fine-tuned) answers the same domain and held-out cases.
 
     If the base passes them, they test nothing about the fine-tune, and the verdict says so. The
     base gets the same answer budget as the checked models (``max_tokens``, the checklist's 48):
     the control asks whether the same question, judged the same way, is answered without the
     fine-tune (128 tokens cost the base 2.7x the time and only gave it more words to match by chance).
+
+    With ``keep``, the result is kept in the build cache by everything that decides the answers
+    (:func:`control_key`: the registered folder's files, its search settings and thread count
+    included, the cases, the budget, the seed, the runtime's version and the code that asks and
+    judges), and a later control with the same key is read back (``kept_from`` says when it was
+    asked): decoding is greedy, so asking again gives the same answers (about a minute for the
+    demo's base).
 
     Example:
         >>> run_control("smollm2-base-fp32", load_cases()).tests_the_fine_tune
@@ -89,6 +102,10 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     passed: dict[str, list[bool]] = {"trained": [], HELDOUT: []}
     answers = {}
     with LoadedModel(name, cache) as model:
+        key = control_key(Path(model.model.get_path()), content + tool_cases, max_tokens, seed) if keep else ""
+        kept = build_cache.lookup(_KEPT, key) if keep else None
+        if kept is not None and (kept / _RESULT).is_file():
+            return replace(ControlResult.from_json(artifacts.read_json(kept / _RESULT)), model=name)
         for case in tqdm(content, desc=f"{name}: control", unit="case", disable=not progress):
             answers[case["id"]] = generation(model, case, max_tokens, seed)[0]
             passed[HELDOUT if case.get("group") == HELDOUT else "trained"].append(
@@ -102,6 +119,29 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
             answers[case["id"]] = result.text if result and not result.calls else (
                 f"[tool call] {result.calls[0]['function']['name']}" if result else "(no tool-call markers)")
     rate = sum(passed["trained"]) / len(passed["trained"]) if passed["trained"] else 0.0
-    return ControlResult(name, sum(passed["trained"]), len(passed["trained"]), sum(passed[HELDOUT]),
-                         len(passed[HELDOUT]), round(rate, 3), CONTROL_MAX_PASS, rate <= CONTROL_MAX_PASS, answers,
-                         tools_passed, len(tool_cases))
+    result = ControlResult(name, sum(passed["trained"]), len(passed["trained"]), sum(passed[HELDOUT]),
+                           len(passed[HELDOUT]), round(rate, 3), CONTROL_MAX_PASS, rate <= CONTROL_MAX_PASS, answers,
+                           tools_passed, len(tool_cases))
+    if keep:
+        with tempfile.TemporaryDirectory() as scratch:
+            artifacts.write_json(Path(scratch) / _RESULT, replace(result, kept_from=timestamp()).to_json())
+            build_cache.store(_KEPT, key, Path(scratch))
+    return result
+
+
+#: The build cache's kind for kept negative controls, and the file an entry holds.
+_KEPT, _RESULT = "control-answers", "control.json"
+
+
+def control_key(folder: Path, cases: list[dict], max_tokens: int, seed: int) -> str:
+    """What decides a negative control's answers: the registered model's files, the cases, budget, seed and code."""
+    import importlib.metadata
+
+    from slmops.toolkit.domain import tools
+    from slmops.toolkit.runtimes import foundry
+    from slmops.toolkit.stages.checklist import answers, tool_calls
+    from slmops.toolkit.stages.checklist import cases as case_rules
+
+    code = build_cache.code_fingerprint(sys.modules[__name__], answers, case_rules, tool_calls, foundry, tools)
+    return build_cache.key_of(fingerprint(folder), cases, max_tokens, seed, code,
+                              importlib.metadata.version("foundry-local-sdk"))
