@@ -170,6 +170,8 @@ def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
         raise AssertionError("the control was asked again")
 
     monkeypatch.setattr(quality, "generation", nothing_asked)
+    # Registered again as the next demo run does (new records with new times, the same files): read back.
+    R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None), force=True)
     kept = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
     assert kept.answers == asked.answers and kept.trained_total == 2 and kept.kept_from
     assert f"answers asked at {kept.kept_from}, kept" in tables.control_verdict(kept)

@@ -360,8 +360,8 @@ def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]
             "head, or save the model again with its lm_head.weight.")
 
 
-def fingerprint(path: str | os.PathLike[str]) -> str:
-    """A short SHA-256 over a folder's file names and contents (sorted, recursive).
+def fingerprint(path: str | os.PathLike[str], ignore: tuple[str, ...] = ()) -> str:
+    """A short SHA-256 over a folder's file names and contents (sorted, recursive), files named in ``ignore`` left out.
 
     Example:
         >>> len(fingerprint(bundled_model()))
@@ -370,7 +370,8 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     root = Path(path)
     # Links are not followed: a source folder's links are refused (inspect_source) unless they stay inside.
-    for file in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.name != _MARKER):
+    for file in sorted(p for p in root.rglob("*")
+                       if p.is_file() and not p.is_symlink() and p.name != _MARKER and p.name not in ignore):
         digest.update(str(file.relative_to(root)).encode())
         with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -32,12 +32,11 @@ from slmops.toolkit.core.errors import (
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import options, templates, tools
 from slmops.toolkit.domain.prompts import prompt_text
-from slmops.toolkit.domain.results.registration import registered_file
+from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, registered_file
 from slmops.toolkit.runtimes import foundry, genai
 from slmops.toolkit.runtimes.foundry import models_root
 
 INFERENCE_MODEL = "inference_model.json"
-_RECORD = ".slmops-registration.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME = 64
 
@@ -406,7 +405,7 @@ def _write_genai_config(folder: Path, genai_config: dict, threads: int | str | N
 
 def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: templates.ResolvedTemplate,
            model_config: ModelConfig, name: str, version: int, description: str) -> None:
-    rewritten = {"genai_config.json", "tokenizer_config.json", "chat_template.jinja", INFERENCE_MODEL, _RECORD}
+    rewritten = {"genai_config.json", "tokenizer_config.json", "chat_template.jinja", INFERENCE_MODEL, REGISTRATION_RECORD}
     for item in onnx_dir.iterdir():
         if item.is_file() and item.name not in rewritten:
             _link_or_copy(item, staging / item.name)
@@ -496,7 +495,7 @@ def register(
             threads = choose_threads(staging, context)
             model_config = replace(model_config, threads=threads.chosen)
             _write_genai_config(staging, genai_config, threads.chosen)
-        artifacts.write_json(staging / _RECORD, {
+        artifacts.write_json(staging / REGISTRATION_RECORD, {
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
             "notes": list(resolved.notes), "registered": timestamp(), "stop_tokens": stop.as_json(),
             "threads": {"setting": "auto", "chosen": threads.chosen, "speedup_vs_default": threads.speedup,
@@ -523,7 +522,7 @@ def register(
             _catalog_register(target, name, version, cache, markers, supports_tool_calling=True)
         tool_calling = ToolCalling((markers.start, markers.end), supports, detail)
     record = _read_record(target)
-    artifacts.write_json(target / _RECORD, {**record, "tool_calling": tool_calling.as_json()})
+    artifacts.write_json(target / REGISTRATION_RECORD, {**record, "tool_calling": tool_calling.as_json()})
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
                         (*resolved.notes, stop.note()), threads, stop, tool_calling)
 
@@ -548,7 +547,7 @@ def _catalog_register(path: Path, name: str, version: int, cache: str | Path | N
 
 
 def _read_record(folder: Path) -> dict:
-    file = folder / _RECORD
+    file = folder / REGISTRATION_RECORD
     try:
         return json.loads(file.read_text()) if file.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -24,6 +24,8 @@ from slmops.toolkit.domain.results import schema_version
 
 #: The version :func:`registered_file` writes.
 SCHEMA_VERSION = 2
+#: The record written beside each registered model in Foundry Local's cache (how and when it was registered).
+REGISTRATION_RECORD = ".slmops-registration.json"
 
 _FIELDS = ("name", "model_id", "precision", "template", "threads", "threads_speedup", "threads_probe", "path",
            "notes")

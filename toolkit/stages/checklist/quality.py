@@ -21,6 +21,7 @@ from slmops.toolkit.domain.results.checklist import (
     Unit,
     verdict_of,
 )
+from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD
 from slmops.toolkit.domain.sources import fingerprint
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel, find_model
@@ -134,7 +135,11 @@ _KEPT, _RESULT = "control-answers", "control.json"
 
 
 def control_key(folder: Path, cases: list[dict], max_tokens: int, seed: int) -> str:
-    """What decides a negative control's answers: the registered model's files, the cases, budget, seed and code."""
+    """What decides a negative control's answers: the registered model's files, the cases, budget, seed and code.
+
+    The model's files are all but its records (the build's manifest and the registration's), which
+    hold times and paths that differ between two registrations of the same build.
+    """
     import importlib.metadata
 
     from slmops.toolkit.domain import tools
@@ -143,5 +148,5 @@ def control_key(folder: Path, cases: list[dict], max_tokens: int, seed: int) -> 
     from slmops.toolkit.stages.checklist import cases as case_rules
 
     code = build_cache.code_fingerprint(sys.modules[__name__], answers, case_rules, tool_calls, foundry, tools)
-    return build_cache.key_of(fingerprint(folder), cases, max_tokens, seed, code,
-                              importlib.metadata.version("foundry-local-sdk"))
+    files = fingerprint(folder, ignore=(artifacts.MANIFEST, REGISTRATION_RECORD))
+    return build_cache.key_of(files, cases, max_tokens, seed, code, importlib.metadata.version("foundry-local-sdk"))
