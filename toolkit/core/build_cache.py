@@ -62,21 +62,18 @@ def store(kind: str, key: str, source: Path, *, max_mb: float = 4096.0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     artifacts.remove_stale(root)
     entry = root / key
-    staging = artifacts.staging_dir(entry)
-    try:
-        with artifacts.disk_full_as_error(root):
-            shutil.copytree(source, staging, dirs_exist_ok=True)
-        artifacts.swap_into_place(staging, entry)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    copy_out(source, entry)
     os.utime(entry)  # the copy took the source's times: mark it used now, so it is pruned last
     artifacts.prune_least_recent(root, "[!.]*", int(max_mb * 1e6))
     return entry
 
 
 def copy_out(entry: Path, target: Path) -> None:
-    """Put a copy of ``entry`` at ``target`` (replacing it), complete or not at all."""
+    """Put a copy of the folder ``entry`` at ``target`` (replacing it), complete or not at all.
+
+    Raises:
+        DiskFullError: the disk filled during the copy (nothing is left at ``target``'s side).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = artifacts.staging_dir(target)
     try:
