@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings
@@ -66,6 +67,13 @@ def store(kind: str, key: str, source: Path, *, max_mb: float = 4096.0) -> Path:
     os.utime(entry)  # the copy took the source's times: mark it used now, so it is pruned last
     artifacts.prune_least_recent(root, "[!.]*", int(max_mb * 1e6))
     return entry
+
+
+def store_json(kind: str, key: str, name: str, data: object) -> Path:
+    """Keep ``data`` as the JSON file ``name`` of a new entry ``key`` (see :func:`store`) and return the entry."""
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts.write_json(Path(scratch) / name, data)
+        return store(kind, key, Path(scratch))
 
 
 def copy_out(entry: Path, target: Path) -> None:

@@ -7,7 +7,6 @@ and decode measurements, so it sits above the stages.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -135,8 +134,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
             convert(specs[name], progress=False)
         except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
             refused[name] = _refused(name, str(exc), exc.record, fp32_mb)
-            if cache:
-                _keep_refusal(keys[name], str(exc), exc.record)
+            if cache:  # kept too, so the same build is not made again to be refused
+                build_cache.store_json(_CACHE, keys[name], _REFUSAL, {"reason": str(exc), "record": exc.record})
             continue
         if cache:
             build_cache.store(_CACHE, keys[name], folders[name])
@@ -192,13 +191,6 @@ def _copy_kept(kept: Path, target: Path, key: str) -> None:
     manifest = read_manifest(target)
     manifest["build_cache"] = {"key": key, "entry": str(kept)}
     artifacts.write_json(target / MANIFEST, manifest)
-
-
-def _keep_refusal(key: str, reason: str, record: dict) -> None:
-    """Cache a refusal (the gate's reason and figures), so the same build is not made again to be refused."""
-    with tempfile.TemporaryDirectory() as scratch:
-        artifacts.write_json(Path(scratch) / _REFUSAL, {"reason": reason, "record": record})
-        build_cache.store(_CACHE, key, Path(scratch))
 
 
 def _refused(name: str, reason: str, record: dict, fp32_mb: float) -> RecipeResult:

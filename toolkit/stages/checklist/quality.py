@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,9 +123,7 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
                            len(passed[HELDOUT]), round(rate, 3), CONTROL_MAX_PASS, rate <= CONTROL_MAX_PASS, answers,
                            tools_passed, len(tool_cases))
     if keep:
-        with tempfile.TemporaryDirectory() as scratch:
-            artifacts.write_json(Path(scratch) / _RESULT, replace(result, kept_from=timestamp()).to_json())
-            build_cache.store(_KEPT, key, Path(scratch))
+        build_cache.store_json(_KEPT, key, _RESULT, replace(result, kept_from=timestamp()).to_json())
     return result
 
 
