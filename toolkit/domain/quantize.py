@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from slmops.toolkit.core import workers
+from slmops.toolkit.domain.rotate import ROTATION_PREFIX
 
 LM_HEAD = "/lm_head/MatMul"
 
@@ -57,6 +58,8 @@ class QuantPlan:
             ``qkv_proj``) that get ``mix_bits`` instead of ``bits``; empty for a uniform body.
         mix_bits: Bits of the MatMuls the mix chooses (8).
         calibration: GPTQ's calibration dataset (a fine-tuning JSONL); empty for the bundled Veloria set.
+        rotate: Rotate the residual stream (and values per head) before quantizing, which spreads
+            outlier channels over all of them (see :mod:`slmops.toolkit.domain.rotate`).
     """
 
     bits: int = 4
@@ -70,6 +73,7 @@ class QuantPlan:
     mix: str = ""
     mix_bits: int = 8
     calibration: str = ""
+    rotate: bool = False
 
 
 def use_more_bits(layer: int, layers: int) -> bool:
@@ -399,7 +403,7 @@ def _quantize_body(model, plan: QuantPlan, weights: _Weights, source: Path) -> N
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in inits
-               and (node.name != LM_HEAD or plan.lm_head_with_body)]
+               and (node.name != LM_HEAD or plan.lm_head_with_body) and not node.name.startswith(ROTATION_PREFIX)]
     layers = 1 + max((int(m.group(1)) for node in matmuls if (m := _LAYER.search(node.name))), default=0)
     hessians = _calibrate(source, plan, {node.input[0] for node in matmuls})
     last_reader = {node.input[0]: index for index, node in enumerate(matmuls)}
@@ -535,6 +539,9 @@ def quantize(source: Path, target: Path, plan: QuantPlan) -> None:
     import onnx
     from onnx import helper
 
+    if plan.rotate:
+        _quantize_rotated(source, target, plan)
+        return
     # ORT's quantizer logs every node at INFO.
     logging.disable(logging.INFO)
     model = onnx.load(str(source), load_external_data=False)
@@ -554,6 +561,42 @@ def quantize(source: Path, target: Path, plan: QuantPlan) -> None:
     finally:
         weights.close()
     onnx.save(model, str(target))
+
+
+def _quantize_rotated(source: Path, target: Path, plan: QuantPlan) -> None:
+    """Rotate ``source`` into a scratch folder beside ``target`` (its other files copied, for GPTQ's
+    tokenizer), quantize that, and remove the scratch whatever happens."""
+    import shutil
+
+    from slmops.toolkit.core.errors import InputError
+    from slmops.toolkit.domain.rotate import UnsupportedGraph, rotate
+
+    scratch = target.parent / ".rotated-fp32"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        for f in source.parent.iterdir():
+            if f.is_file() and not f.name.startswith(source.name):
+                shutil.copy2(f, scratch / f.name)
+        decoder = _decoder(source.parent)
+        head_dim = int(decoder.get("head_size", 0))
+        try:
+            rotate(source, scratch / source.name, head_dim=head_dim,
+                   value_columns=head_dim * int(decoder.get("num_key_value_heads", 0)))
+        except UnsupportedGraph as exc:
+            raise InputError(f"cannot rotate this model ({exc}): quantize it without rotate") from exc
+        quantize(scratch / source.name, target, replace(plan, rotate=False))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _decoder(model_dir: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 def weight_summary(model_file: Path) -> dict:

@@ -174,13 +174,13 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     provider, and the source of the toolkit modules that build and check it (so a changed
     quantizer never reuses an old build).
     """
-    from slmops.toolkit.domain import gptq, options, parity, quantize, sources
+    from slmops.toolkit.domain import gptq, options, parity, quantize, rotate, sources
     from slmops.toolkit.runtimes import genai_builder
     from slmops.toolkit.stages import convert as convert_stage
 
     made = read_manifest(reference_dir)
     common = (sources.fingerprint(model_dir), made.get("source_fingerprint"), made.get("versions"),
-              build_cache.code_fingerprint(quantize, gptq, parity, options, convert_stage, genai_builder))
+              build_cache.code_fingerprint(quantize, rotate, gptq, parity, options, convert_stage, genai_builder))
     return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)
             for name, spec in specs.items()}
 

@@ -1,0 +1,216 @@
+"""Rotate an FP32 ONNX Runtime GenAI model's residual stream before quantizing it (QuaRot-style).
+
+A transformer whose blocks read the residual stream only through RMS norms and write to
+it only through linear layers computes the same function when the stream is multiplied
+by an orthogonal matrix ``R`` (Ashkboos et al. 2024, "SliceGPT" section 3 and "QuaRot"
+section 4): ``rms(x R) = rms(x)``, so with each norm's gain folded into the weights that
+read it, ``norm(x R) = norm(x) R``. The weights become
+
+* embedding table ``E R``; every MatMul reading a norm ``R^T diag(g) W``;
+* every MatMul writing to the stream ``W R``;
+* the final norm's gain: folded into an untied LM head, or (when the LM head shares the
+  embedding table) one FP32 MatMul ``R^T diag(g) R`` before it, so the table stays shared.
+
+Optionally the value/output projections are rotated per attention head by ``Q`` (``W_v Q``,
+``Q^T W_o``), which attention's weighted sum of values leaves unchanged.
+
+Nothing changes in what the FP32 graph computes (up to float rounding); what changes is
+that outlier channels are spread over all of them, so a 4-bit grid per block of 32 inputs
+fits the weights better. A graph whose stream is read or written any other way (Gemma's
+norms after each block, biases in the norms) is refused with :class:`UnsupportedGraph`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+NORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}  # op -> gain's input
+LM_HEAD = "/lm_head/MatMul"
+#: Name prefix of the MatMuls this module adds; the quantizer keeps them in FP32.
+ROTATION_PREFIX = "/rotation/"
+
+
+class UnsupportedGraph(ValueError):
+    """The graph's residual stream is not read through RMS norms and written by MatMuls only."""
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What :func:`rotate` changed.
+
+    Attributes:
+        hidden: Width of the residual stream.
+        readers: MatMuls that read a norm (gain folded, rotated on their input side).
+        writers: MatMuls that write to the stream (rotated on their output side).
+        heads: Value/output projection pairs rotated per head (0 when not asked).
+        tied_head: The LM head shares the embedding table (an FP32 MatMul was added before it).
+    """
+
+    hidden: int
+    readers: int
+    writers: int
+    heads: int
+    tied_head: bool
+
+
+def random_orthogonal(size: int, seed: int) -> np.ndarray:
+    """A Haar-random orthogonal ``[size, size]`` float64 matrix (QR of a Gaussian, signs fixed)."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(size, size)))
+    return q * np.sign(np.diag(r))
+
+
+def _load_inline(graph, folder: Path) -> None:
+    """Read every external initializer into the graph (``np.fromfile``: onnx's own loader refuses the
+    hard-linked data files the toolkit's runs share)."""
+    from onnx import helper
+
+    for tensor in graph.initializer:
+        if tensor.data_location != 1:  # TensorProto.EXTERNAL
+            continue
+        where = {entry.key: entry.value for entry in tensor.external_data}
+        file = (folder / where["location"]).resolve()
+        if not file.is_relative_to(folder.resolve()):
+            raise UnsupportedGraph(f"{tensor.name}'s data is outside the model's folder: {where['location']}")
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        data = np.fromfile(file, dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type), count=count,
+                           offset=int(where.get("offset", 0)))
+        del tensor.external_data[:]
+        tensor.data_location = 0
+        tensor.raw_data = data.tobytes()
+
+
+def rotate(source: Path, target: Path, *, seed: int = 0, head_dim: int = 0, value_columns: int = 0) -> Rotation:
+    """Write ``source`` (an FP32 ``model.onnx``) to ``target`` with its residual stream rotated.
+
+    Args:
+        source: FP32 model file (external data beside it).
+        target: Output model file; its data goes to ``target.name + ".data"``.
+        seed: Seed of the random orthogonal rotation.
+        head_dim: Attention head size; with ``value_columns``, also rotate values per head.
+        value_columns: How many of a fused ``qkv_proj``'s output columns are values (the last ones).
+
+    Raises:
+        UnsupportedGraph: The stream is read or written other than through RMS norms and MatMuls.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source), load_external_data=False)
+    graph = model.graph
+    _load_inline(graph, source.parent)
+    inits = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    producer = {out: node for node in graph.node for out in node.output}
+    arrays: dict[str, np.ndarray] = {}
+
+    def weight(name: str) -> np.ndarray:
+        if name not in arrays:
+            arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float64)
+        return arrays[name]
+
+    def constant_matmul(node) -> bool:
+        return node is not None and node.op_type == "MatMul" and node.input[1] in inits
+
+    norms = [node for node in graph.node if node.op_type in NORMS]
+    if not norms:
+        raise UnsupportedGraph("no RMS norms in the graph")
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.name.startswith("/model/embed_tokens")), None)
+    if gather is None:
+        raise UnsupportedGraph("no embedding Gather")
+    head = next((n for n in graph.node if n.name == LM_HEAD), None)
+    if not constant_matmul(head):
+        raise UnsupportedGraph("no constant LM head MatMul")
+    transpose = producer.get(gather.input[0])
+    tied = transpose is not None and transpose.op_type == "Transpose" and transpose.input[0] == head.input[1]
+    hidden = weight(head.input[1]).shape[0]
+    r = random_orthogonal(hidden, seed)
+
+    # The stream: the embedding's output, each Skip norm's sum, and what writes into the Skip norms.
+    stream = {gather.output[0]} | {n.output[3] for n in norms if len(n.output) > 3 and n.output[3]}
+    writers = []
+    for node in norms:
+        if node.op_type == "SkipSimplifiedLayerNormalization":
+            if len(node.input) > 3 and node.input[3]:
+                raise UnsupportedGraph(f"{node.name} has a bias")
+            for name in node.input[:2]:
+                if name in stream:
+                    continue
+                writer = producer.get(name)
+                if not constant_matmul(writer):
+                    raise UnsupportedGraph(f"{node.name} reads {name}, not written by a MatMul")
+                writers.append(writer)
+                stream.add(name)
+        elif node.input[0] not in stream:
+            raise UnsupportedGraph(f"{node.name} normalizes {node.input[0]}, which is not the residual stream")
+    for name in stream:
+        for reader in consumers[name]:
+            if reader.op_type not in NORMS:
+                raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads the residual stream {name}")
+
+    readers, final = [], None
+    for node in norms:
+        gain_name = node.input[NORMS[node.op_type]]
+        gain = weight(gain_name).copy()
+        for reader in consumers[node.output[0]]:
+            if reader is head:
+                final = (node, gain)
+            elif constant_matmul(reader) and reader.input[0] == node.output[0]:
+                arrays[reader.input[1]] = r.T @ (gain[:, None] * weight(reader.input[1]))
+                readers.append(reader)
+            else:
+                raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads norm {node.name}")
+        arrays[gain_name] = np.ones_like(gain)
+    if final is None:
+        raise UnsupportedGraph("the LM head does not read a norm")
+    for writer in writers:
+        arrays[writer.input[1]] = weight(writer.input[1]) @ r
+
+    node, gain = final
+    if tied:
+        # Table E R (the head's weight is E^T), and R^T diag(g) R before the head keeps it shared.
+        arrays[head.input[1]] = r.T @ weight(head.input[1])
+        name = ROTATION_PREFIX + "final_norm_gain"
+        arrays[name] = r.T @ (gain[:, None] * r)
+        graph.initializer.append(numpy_helper.from_array(arrays[name].astype(np.float32), name))
+        mid = ROTATION_PREFIX + "final_norm_gain/output_0"
+        graph.node.insert(list(graph.node).index(head),
+                          helper.make_node("MatMul", [head.input[0], name], [mid], name=ROTATION_PREFIX + "MatMul"))
+        head.input[0] = mid
+    else:
+        arrays[head.input[1]] = r.T @ (gain[:, None] * weight(head.input[1]))
+        table = gather.input[0]
+        if table not in inits:
+            raise UnsupportedGraph("the embedding table is not a constant")
+        arrays[table] = weight(table) @ r
+
+    heads = 0
+    if head_dim and value_columns:
+        q = random_orthogonal(head_dim, seed + 1)
+        blocks = np.kron(np.eye(value_columns // head_dim), q)
+        for node in graph.node:
+            if "/o_proj/" in node.name and constant_matmul(node):
+                arrays[node.input[1]] = np.kron(np.eye(weight(node.input[1]).shape[0] // head_dim), q).T @ \
+                    weight(node.input[1])
+                heads += 1
+            elif constant_matmul(node) and ("/qkv_proj/" in node.name or "/v_proj/" in node.name):
+                # The value columns (the last ones of a fused qkv_proj) and their bias, if any.
+                for name in [node.input[1]] + [i for c in consumers[node.output[0]] if c.op_type == "Add"
+                                               for i in c.input if i in inits]:
+                    w = weight(name)
+                    w[..., w.shape[-1] - value_columns:] = w[..., w.shape[-1] - value_columns:] @ blocks
+
+    for name, array in arrays.items():
+        if name in inits:
+            inits[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{target.name}.data", size_threshold=1024)
+    return Rotation(hidden=hidden, readers=len(readers), writers=len(writers), heads=heads, tied_head=tied)
