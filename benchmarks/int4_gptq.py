@@ -1,4 +1,4 @@
-"""GPTQ-calibrated INT4 recipes against round-to-nearest at the same plans, on the demo's fine-tune (issue 25).
+"""GPTQ-calibrated and rotated INT4 recipes against round-to-nearest at the same plans, on the demo's fine-tune.
 
 Each variant is built from the fine-tuned FP32 ONNX build with the project's quantizer
 (:func:`slmops.toolkit.domain.quantize.quantize`; ``algorithm="gptq"`` is calibrated on the bundled
@@ -6,7 +6,8 @@ Veloria set, see :mod:`slmops.toolkit.domain.gptq`) and measured with the same m
 ``slmops recipes`` (:func:`slmops.toolkit.runtimes.genai.agreement` on the bundled reference text):
 bits per weight (model files x 8 / parameters), size, top-1 and KL against the fine-tuned FP32,
 KL against the base's FP32, decode tokens/s against the builder's INT4 in the same run, and
-the build time.
+the build time. The ``-rotated`` variants rotate the residual stream and the values per head first
+(``QuantPlan(rotate=True)``, :mod:`slmops.toolkit.domain.rotate`).
 
     flock /tmp/heavy.lock .venv/bin/python benchmarks/int4_gptq.py --fp32 FT_FP32_DIR --base-fp32 BASE_FP32_DIR
 
@@ -44,6 +45,14 @@ VARIANTS = {
     "v-down-all-b64": QuantPlan(**TABLE8, mix="v-down-all", block_size=64),
     "gptq-v-down-all-b64": QuantPlan(algorithm="gptq", **TABLE8, mix="v-down-all", block_size=64),
     "int8": QuantPlan(bits=8, **TABLE8),
+    "int8-head-rotated": QuantPlan(**TABLE8, rotate=True),
+    "mixed-rotated": QuantPlan(**MIXED, rotate=True),
+    "gptq-mixed-rotated": QuantPlan(algorithm="gptq", **MIXED, rotate=True),
+    "gptq-readme-mixed-rotated": QuantPlan(algorithm="gptq", **MIXED, calibration=README, rotate=True),
+    "gptq-readme-v-down-all-b64": QuantPlan(algorithm="gptq", **TABLE8, mix="v-down-all", block_size=64,
+                                            calibration=README),
+    "gptq-readme-v-down-all-b64-rotated": QuantPlan(algorithm="gptq", **TABLE8, mix="v-down-all", block_size=64,
+                                                    calibration=README, rotate=True),
 }
 
 
@@ -67,7 +76,7 @@ def main() -> None:
         seconds = build_variant(args.fp32, out, VARIANTS[name])
         if seconds is not None:
             build_s[name] = round(seconds, 1)
-        print(f"{name}: built in {build_s[name]} s", flush=True)
+        print(f"{name}: built in {build_s.get(name, '-')} s", flush=True)
     ft = {a.model: a for a in genai.agreement(args.fp32, folders, base_dir=args.base_fp32)}
     speeds = genai.decode_speeds(folders)
     reference_speed = speeds.get("builder-default")

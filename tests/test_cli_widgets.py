@@ -73,6 +73,28 @@ def test_convert_flags_override_the_recipe() -> None:
     assert cli._int4_options(args) == Int4Options(symmetric=False, lm_head="int8")
 
 
+def test_the_closest_int4_is_reachable_from_the_command_line(tmp_path: Path) -> None:
+    """The rotated, GPTQ-calibrated v-down-all plan (README, INT4 recipes): from the mixed recipe, which is
+    asymmetric, --algorithm gptq makes it symmetric; a calibration file is checked before anything runs."""
+    from slmops.toolkit.core.errors import InvalidOptionError
+
+    text = tmp_path / "prose.txt"
+    text.write_text("Generic prose. " * 50)
+    args = cli.build_parser().parse_args(["convert", "m", "--out", "o", "--recipe", "mixed", "--algorithm", "gptq",
+                                          "--mix", "v-down-all", "--block-size", "64", "--rotate",
+                                          "--calibration", str(text)])
+    options = cli._int4_options(args)
+    options.validate()
+    assert options == Int4Options(block_size=64, algorithm="gptq", lm_head="int8", embeddings="int8",
+                                  mix="v-down-all", rotate=True, calibration=str(text))
+    assert not options.builder_native
+    for flags, problem in ((["--calibration", str(text)], "only with the gptq"),
+                           (["--algorithm", "gptq", "--calibration", str(tmp_path / "none.txt")], "existing")):
+        args = cli.build_parser().parse_args(["convert", "m", "--out", "o", *flags])
+        with pytest.raises(InvalidOptionError, match=problem):
+            cli._int4_options(args).validate()
+
+
 def test_template_picker_previews_the_prompt() -> None:
     picker = TemplatePicker("auto")
     assert "derived" in picker._preview.value

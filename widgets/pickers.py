@@ -98,12 +98,15 @@ class PrecisionPicker(w.VBox):
         self._embeddings = w.Dropdown(options=[t.value for t in TablePrecision], description="embeddings",
                                       style=style)
         self._mix = w.Dropdown(options=[m.value for m in Int4Mix], description="8-bit MatMuls", style=style)
+        self._rotate = w.Checkbox(description="rotate", indent=False)
+        self._calibration = w.Text(description="GPTQ calibration", placeholder="bundled fine-tuning set", style=style)
         self._fields = [self._block_size, self._symmetric, self._accuracy, self._algorithm, self._lm_head,
-                        self._embeddings, self._mix]
+                        self._embeddings, self._mix, self._rotate, self._calibration]
         self._set_fields(int4 or INT4_RECIPES[recipe])
         self._tradeoff = w.HTML()
         super().__init__(children=[self._precisions, self._recipe,
-                                   w.HBox(self._fields[:3]), w.HBox(self._fields[3:]), self._tradeoff])
+                                   w.HBox(self._fields[:3]), w.HBox(self._fields[3:6]), w.HBox(self._fields[6:]),
+                                   self._tradeoff])
         self.value = self._current()
         self.refresh()
         self._show_tradeoff()
@@ -121,10 +124,13 @@ class PrecisionPicker(w.VBox):
         self._lm_head.value = options.lm_head.value
         self._embeddings.value = options.embeddings.value
         self._mix.value = options.mix.value
+        self._rotate.value = options.rotate
+        self._calibration.value = options.calibration
 
     def _current(self) -> PrecisionChoice:
         options = Int4Options(self._block_size.value, self._symmetric.value, self._accuracy.value,
-                              self._algorithm.value, self._lm_head.value, self._embeddings.value, self._mix.value)
+                              self._algorithm.value, self._lm_head.value, self._embeddings.value, self._mix.value,
+                              self._rotate.value, self._calibration.value.strip())
         return PrecisionChoice(tuple(self._precisions.value), options)
 
     def refresh(self) -> None:

@@ -31,6 +31,7 @@ from slmops.toolkit.domain.options import (
     INT4_RECIPES,
     RECIPE_NOTES,
     Int4Algorithm,
+    Int4Mix,
     Method,
     Precision,
     TablePrecision,
@@ -111,6 +112,14 @@ def int4_options(args: argparse.Namespace):
               "lm_head": args.lm_head, "embeddings": args.embeddings}
     if args.asymmetric:
         chosen["symmetric"] = False
+    if args.rotate:
+        chosen["rotate"] = True
+    if args.mix:
+        chosen["mix"] = args.mix
+    if args.calibration:
+        chosen["calibration"] = args.calibration
+    if args.algorithm == "gptq" and not args.asymmetric:
+        chosen["symmetric"] = True  # GPTQ rounds onto the symmetric grid, whatever the recipe's
     return replace(INT4_RECIPES[args.recipe], **{k: v for k, v in chosen.items() if v is not None})
 
 
@@ -302,11 +311,20 @@ def _int4_arguments(p: argparse.ArgumentParser) -> None:
                    help="MatMul compute type: 4 int8 (default), 3 bf16, 2 fp16, 1 fp32, 0 unset")
     g.add_argument("--algorithm", choices=[a.value for a in Int4Algorithm],
                    help="default (builder's min-max), rtn, k_quant, hqq (float zero points: accurate, slow on CPU), "
-                        "gptq (calibrated on the bundled fine-tuning set, about a minute)")
+                        "gptq (calibrated, about a minute: see --calibration; symmetric)")
     g.add_argument("--lm-head", choices=[t.value for t in TablePrecision], help="LM head precision (default int4)")
     g.add_argument("--embeddings", choices=[t.value for t in TablePrecision],
                    help="embedding table precision (default fp32); a tied model shares one table with the LM head "
                    "when both have the same quantized precision")
+    g.add_argument("--mix", choices=[m.value for m in Int4Mix],
+                   help="MatMuls kept at 8 bits: q4_k_m (llama.cpp's choice), v-all-down-more-bits (the mixed "
+                        "recipe's), v-down-all (every value and down projection)")
+    g.add_argument("--calibration", metavar="FILE",
+                   help="GPTQ's calibration data, a fine-tuning .jsonl or a .txt of generic prose "
+                        "(default: the bundled fine-tuning set)")
+    g.add_argument("--rotate", action="store_true",
+                   help="rotate the residual stream before quantizing (QuaRot-style, the FP32 function unchanged): "
+                        "helps with --algorithm gptq, can hurt round-to-nearest; not for Gemma's post-norms")
 
 
 def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:

@@ -149,7 +149,8 @@ def quant_plan(spec: ConvertSpec, hidden_size: int = 0) -> QuantPlan:
     o = spec.int4
     return QuantPlan(bits=4, algorithm=str(o.algorithm), block_size=o.block_size, symmetric=o.symmetric,
                      accuracy_level=o.accuracy_level, lm_head_bits=o.lm_head.bits, embedding_bits=o.embeddings.bits,
-                     lm_head_with_body=o.builder_native, mix="" if o.mix is Int4Mix.NONE else str(o.mix))
+                     lm_head_with_body=o.builder_native, mix="" if o.mix is Int4Mix.NONE else str(o.mix),
+                     rotate=o.rotate, calibration=str(Path(o.calibration).resolve()) if o.calibration else "")
 
 
 def _builder_int4_options(int4: Int4Options) -> dict[str, object]:
