@@ -1,4 +1,4 @@
-"""Rotated INT4 (issue 25): the rotation changes nothing the FP32 graph computes, and 4 bits lose less after it."""
+"""Rotated INT4 (issue 25): the rotation changes nothing the FP32 graph computes, through the quantizer too."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ def _fp32(tmp_path: Path, family: str) -> Path:
     return convert(ConvertSpec(hf, tmp_path / "fp32", Precision.FP32), progress=False).output_dir
 
 
+@pytest.fixture(scope="module")
+def qwen_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen2.5 ties its table to the LM head and has qkv biases."""
+    return _fp32(tmp_path_factory.mktemp("qwen2.5"), "qwen2.5")
+
+
 def _copy_beside(fp32: Path, out: Path) -> Path:
     out.mkdir(parents=True)
     for f in fp32.iterdir():
@@ -37,11 +43,12 @@ def _decoder(fp32: Path) -> dict:
 
 
 @pytest.mark.parametrize(("family", "tied"), [("qwen2.5", True), ("mistral", False)])
-def test_a_rotated_fp32_graph_computes_what_its_source_computes(family: str, tied: bool, tmp_path: Path) -> None:
-    """Qwen2.5 ties its table to the LM head (kept shared) and has qkv biases; Mistral ties nothing."""
+def test_a_rotated_fp32_graph_computes_what_its_source_computes(family: str, tied: bool, qwen_fp32: Path,
+                                                                tmp_path: Path) -> None:
+    """The tied table stays shared (an FP32 MatMul before the head); Mistral ties nothing."""
     from slmops.toolkit.runtimes import genai
 
-    fp32 = _fp32(tmp_path, family)
+    fp32 = qwen_fp32 if family == "qwen2.5" else _fp32(tmp_path, family)
     out = _copy_beside(fp32, tmp_path / "rotated")
     decoder = _decoder(fp32)
     done = rotate(fp32 / "model.onnx", out / "model.onnx", head_dim=decoder["head_size"],
@@ -52,12 +59,12 @@ def test_a_rotated_fp32_graph_computes_what_its_source_computes(family: str, tie
     assert found.top1_agreement == 1.0 and found.kl_divergence < 1e-5, found
 
 
-def test_a_rotated_int4_build_stays_close_and_leaves_no_scratch(tmp_path: Path) -> None:
+def test_a_rotated_int4_build_stays_close_and_leaves_no_scratch(qwen_fp32: Path, tmp_path: Path) -> None:
     """Through the quantizer (GPTQ, the plan rotation helps): the added FP32 MatMul before the tied LM
     head is kept in FP32, the table stays shared, and the rotated FP32 scratch is removed."""
     from slmops.toolkit.runtimes import genai
 
-    fp32 = _fp32(tmp_path, "qwen2.5")
+    fp32 = qwen_fp32
     plans = {"plain": QuantPlan(algorithm="gptq", lm_head_bits=8, embedding_bits=8),
              "rotated": QuantPlan(algorithm="gptq", lm_head_bits=8, embedding_bits=8, rotate=True)}
     folders = {}

@@ -13,7 +13,8 @@ quantized, weighted by the inverse Hessian ``H = 2 X^T X`` of the layer's calibr
   extra graph output, and accumulates ``X^T X`` per distinct input (the fused ``qkv_proj`` and the
   ``gate``/``up`` projections share one): the exact activations the graph's MatMuls see;
 * :func:`gptq` quantizes one ``[K, N]`` weight to the symmetric blockwise grid ONNX Runtime's own
-  ``MatMulNBits`` quantizer uses (one float scale per block along ``K``, no zero points), so a GPTQ
+  ``MatMulNBits`` quantizer uses (one float scale per block along ``K``, searched for the least
+  rounding error instead of set by the largest value, no zero points), so a GPTQ
   build runs on the very same kernels as the round-to-nearest one, at the same size and speed.
 
 The Hessians come from the FP32 model's activations for every layer at once (not layer by layer
@@ -35,6 +36,8 @@ import numpy as np
 DAMP = 0.01
 #: Columns updated together before the rest of the matrix catches up (the paper's lazy batch).
 LAZY_BLOCK = 128
+#: Scale candidates :func:`searched_scales` tries per block.
+SCALE_STEPS = 16
 #: Calibration sequences cap (tokens each).
 MAX_TOKENS = 512
 
@@ -50,6 +53,26 @@ def symmetric_scales(block: np.ndarray, bits: int) -> np.ndarray:
     scales = extreme / -(2 ** (bits - 1))
     scales[scales == 0] = 1.0
     return scales
+
+
+def searched_scales(block: np.ndarray, bits: int, steps: int = SCALE_STEPS) -> np.ndarray:
+    """Per row of ``block`` ``[rows, block_size]``, the scale with the least squared rounding error.
+
+    The candidates are :func:`symmetric_scales` times ``steps`` factors from 1.0 down to 0.70: a
+    smaller scale clips the extreme value and rounds the others finer (the search of llama.cpp's
+    ``make_qx_quants``, here on ONNX Runtime's grid). Factor 1.0 is always a candidate, so the
+    error is never above the plain rule's. On the demo's rotated ``v-down-all`` plan at block 64
+    it took GPTQ's KL against FP32 from 0.094 to 0.088; weights still on a GGUF's grid keep their
+    largest value's scale.
+    """
+    base = symmetric_scales(block, bits)
+    best, best_err = base, np.full(base.shape, np.inf)
+    for factor in np.linspace(1.0, 0.70, steps):
+        scales = base * factor
+        err = ((_round(block, scales[:, None], bits) * scales[:, None] - block) ** 2).sum(axis=1)
+        better = err < best_err
+        best, best_err = np.where(better, scales, best), np.where(better, err, best_err)
+    return best
 
 
 def _round(values: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
@@ -76,7 +99,8 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, *,
     """GPTQ of a MatMul weight ``[K, N]`` given ``hessian = X^T X`` ``[K, K]`` of its inputs.
 
     Blocks of ``block_size`` along ``K`` get their scale when the first of their columns comes
-    up (from the weights as already updated by the error feedback), as the paper's grouped variant.
+    up (from the weights as already updated by the error feedback), as the paper's grouped variant,
+    chosen by :func:`searched_scales`.
 
     Returns:
         ``(codes, scales)`` as :func:`rtn`.
@@ -101,7 +125,7 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, *,
         for i in range(stop - start):
             column = start + i
             if column % block_size == 0:
-                scales[:, column // block_size] = symmetric_scales(w1[:, i:i + block_size], bits)
+                scales[:, column // block_size] = searched_scales(w1[:, i:i + block_size], bits)
             scale = scales[:, column // block_size]
             q = _round(w1[:, i], scale, bits)
             codes[:, column] = q
