@@ -72,9 +72,15 @@ def test_a_rotated_int4_build_stays_close_and_leaves_no_scratch(qwen_fp32: Path,
         folders[name] = _copy_beside(fp32, tmp_path / name)
         quantize(fp32 / "model.onnx", folders[name] / "model.onnx", plan)
     assert [f.name for f in folders["rotated"].iterdir() if f.name.startswith(".")] == []
+    import onnx
+
+    ops = {n.name: n.op_type for n in onnx.load(str(folders["rotated"] / "model.onnx"),
+                                                 load_external_data=False).graph.node}
+    assert ops["/rotation/MatMul"] == "MatMul"  # FP32, not quantized with the body
+    assert ops["/model/embed_tokens/Reshape"] == "Reshape"  # the embedding reads the LM head's int8 table
     found = {a.model: a for a in genai.agreement(fp32, folders)}
-    # A broken rotation (the head's MatMul quantized, a gain folded twice) multiplies KL; a random tiny
-    # model has no outlier channels to spread, so the two stay about equal.
+    # A broken rotation (a gain folded twice, a head rotated one way only) multiplies KL; a random
+    # tiny model has no outlier channels to spread, so the two stay about equal.
     assert found["rotated"].kl_divergence < 1.5 * found["plain"].kl_divergence, found
     sizes = {name: sum(f.stat().st_size for f in folder.glob("model.onnx*")) for name, folder in folders.items()}
     assert sizes["rotated"] < 1.1 * sizes["plain"], sizes

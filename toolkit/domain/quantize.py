@@ -125,12 +125,10 @@ def mixed_bits(node_name: str, plan: QuantPlan, layers: int) -> int:
 
 def _value_columns(model_dir: Path, weight_columns: int, hidden: int) -> int:
     """How many of a fused ``qkv_proj``'s output columns are the value projection (from ``genai_config.json``)."""
-    import json
-
+    decoder = _decoder(model_dir)
     try:
-        decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
         return int(decoder["head_size"]) * int(decoder["num_key_value_heads"])
-    except (OSError, KeyError, ValueError):
+    except (KeyError, ValueError):
         return (weight_columns - hidden) // 2  # q is as wide as the hidden state, k as v
 
 
