@@ -80,13 +80,20 @@ def _round(values: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(np.rint(values / scales), -half, half - 1)
 
 
+def _padded(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """``weight`` ``[K, N]`` with zero rows up to a multiple of ``block_size`` (ONNX Runtime pads its last block so)."""
+    extra = -weight.shape[0] % block_size
+    return np.pad(weight, ((0, extra), (0, 0))) if extra else weight
+
+
 def rtn(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Round-to-nearest on the same grid as :func:`gptq` (the reference it is measured against).
 
     Returns:
-        ``(codes, scales)``: int8 ``[N, K]`` in ``[-2**(bits-1), 2**(bits-1))`` and float32 ``[N, K // block_size]``.
+        ``(codes, scales)``: int8 ``[N, Kp]`` in ``[-2**(bits-1), 2**(bits-1))`` and float32 ``[N, Kp // block_size]``,
+        where ``Kp`` is ``K`` rounded up to a multiple of ``block_size`` (the padding's codes are 0).
     """
-    wt = weight.T.astype(np.float64)
+    wt = _padded(weight, block_size).T.astype(np.float64)
     n, k = wt.shape
     blocks = wt.reshape(n, k // block_size, block_size)
     scales = symmetric_scales(blocks.reshape(-1, block_size), bits).reshape(n, -1)
@@ -103,11 +110,13 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, *,
     chosen by :func:`searched_scales`.
 
     Returns:
-        ``(codes, scales)`` as :func:`rtn`.
+        ``(codes, scales)`` as :func:`rtn` (a ``K`` that is not a multiple of ``block_size`` is padded
+        with zero weights whose inputs the Hessian marks dead).
     """
-    w = weight.T.astype(np.float64)  # [N, K]: rows are outputs, GPTQ walks the K input columns
+    w = _padded(weight, block_size).T.astype(np.float64)  # [N, Kp]: rows are outputs, GPTQ walks the input columns
     n, k = w.shape
-    h = hessian.astype(np.float64)
+    h = np.zeros((k, k))
+    h[:weight.shape[0], :weight.shape[0]] = hessian
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -136,22 +145,24 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, *,
     return codes, scales.astype(np.float32)
 
 
-def pack(codes: np.ndarray, bits: int, block_size: int) -> np.ndarray:
-    """``MatMulNBits``' ``B``: ``[N, K // block_size, block_size * bits // 8]`` uint8, offset by the default zero point.
+def pack(codes: np.ndarray, bits: int, block_size: int, rows: int | None = None) -> np.ndarray:
+    """``MatMulNBits``' ``B``: ``[N, Kp // block_size, block_size * bits // 8]`` uint8, offset by the default zero point.
 
-    Two 4-bit values a byte, the lower ``K`` index in the low nibble.
+    Two 4-bit values a byte, the lower ``K`` index in the low nibble. Past the weight's ``rows``
+    inputs the bytes are 0, as ONNX Runtime's quantizer writes its padding (the kernel never reads them).
     """
     n, k = codes.shape
     values = (codes.astype(np.int16) + 2 ** (bits - 1)).astype(np.uint8)
+    values[:, k if rows is None else rows:] = 0
     if bits == 4:
         values = values[:, 0::2] | (values[:, 1::2] << 4)
     return values.reshape(n, k // block_size, block_size * bits // 8)
 
 
-def dequantize(codes: np.ndarray, scales: np.ndarray, block_size: int) -> np.ndarray:
-    """The ``[K, N]`` weight ``(codes, scales)`` stand for."""
+def dequantize(codes: np.ndarray, scales: np.ndarray, block_size: int, rows: int | None = None) -> np.ndarray:
+    """The ``[K, N]`` weight ``(codes, scales)`` stand for (its first ``rows`` rows: the padding dropped)."""
     n, k = codes.shape
-    return (codes.reshape(n, -1, block_size) * scales[..., None]).reshape(n, k).T.astype(np.float32)
+    return (codes.reshape(n, -1, block_size) * scales[..., None]).reshape(n, k).T[:rows].astype(np.float32)
 
 
 def output_error(weight: np.ndarray, quantized: np.ndarray, hessian: np.ndarray) -> float:

@@ -294,7 +294,7 @@ def _gptq_one(node, weight: np.ndarray, plan: QuantPlan, hessian: np.ndarray) ->
     new = helper.make_node("MatMulNBits", [node.input[0], data, scale_name], list(node.output),
                            name=f"{node.name}_Q{plan.bits}", domain="com.microsoft", K=k, N=n, bits=plan.bits,
                            block_size=plan.block_size, accuracy_level=plan.accuracy_level)
-    return [new], [numpy_helper.from_array(gptq.pack(codes, plan.bits, plan.block_size), data),
+    return [new], [numpy_helper.from_array(gptq.pack(codes, plan.bits, plan.block_size, rows=k), data),
                    numpy_helper.from_array(scales.reshape(-1), scale_name)]
 
 
