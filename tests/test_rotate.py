@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from slmops.toolkit.domain.families import make_family_model
 from slmops.toolkit.domain.options import Precision
-from slmops.toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.domain.quantize import QuantPlan, _decoder, quantize
 from slmops.toolkit.domain.rotate import rotate
 
 pytestmark = pytest.mark.slow  # each converts a tiny model (about 10 s)
@@ -36,10 +35,6 @@ def _copy_beside(fp32: Path, out: Path) -> Path:
         if f.is_file() and not f.name.startswith("model.onnx"):
             shutil.copy2(f, out / f.name)
     return out
-
-
-def _decoder(fp32: Path) -> dict:
-    return json.loads((fp32 / "genai_config.json").read_text())["model"]["decoder"]
 
 
 @pytest.mark.parametrize(("family", "tied"), [("qwen2.5", True), ("mistral", False)])

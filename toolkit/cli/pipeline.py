@@ -109,15 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def int4_options(args: argparse.Namespace):
     """The recipe's INT4 options with any flag the user gave on top."""
     chosen = {"block_size": args.block_size, "accuracy_level": args.accuracy_level, "algorithm": args.algorithm,
-              "lm_head": args.lm_head, "embeddings": args.embeddings}
+              "lm_head": args.lm_head, "embeddings": args.embeddings, "mix": args.mix, "calibration": args.calibration}
     if args.asymmetric:
         chosen["symmetric"] = False
     if args.rotate:
         chosen["rotate"] = True
-    if args.mix:
-        chosen["mix"] = args.mix
-    if args.calibration:
-        chosen["calibration"] = args.calibration
     if args.algorithm == "gptq" and not args.asymmetric:
         chosen["symmetric"] = True  # GPTQ rounds onto the symmetric grid, whatever the recipe's
     return replace(INT4_RECIPES[args.recipe], **{k: v for k, v in chosen.items() if v is not None})

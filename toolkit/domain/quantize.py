@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from slmops.toolkit.core import workers
-from slmops.toolkit.domain.rotate import ROTATION_PREFIX
 
 LM_HEAD = "/lm_head/MatMul"
+#: Name prefix of the MatMuls :mod:`slmops.toolkit.domain.rotate` adds; they stay in FP32.
+ROTATION_PREFIX = "/rotation/"
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,29 @@ def _algo_config(plan: QuantPlan, bits: int):
 _EXTERNAL = 1
 
 
+def read_initializer(tensor, folder: Path) -> np.ndarray:
+    """The array of initializer ``tensor`` of the model in ``folder`` (inline or in an external file).
+
+    External data is read with ``np.fromfile`` (a private copy, freed after use; onnx's own loader
+    also refuses the hard-linked data files the toolkit's runs share), never from outside ``folder``.
+
+    Raises:
+        ValueError: the tensor's data file is outside ``folder``.
+    """
+    from onnx import helper, numpy_helper
+
+    if tensor.data_location != _EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    where = {entry.key: entry.value for entry in tensor.external_data}
+    file = (folder / where["location"]).resolve()
+    if not file.is_relative_to(folder.resolve()):  # as onnx's own loader, never outside the model
+        raise ValueError(f"{tensor.name}'s data is outside the model's folder: {where['location']}")
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    data = np.fromfile(file, dtype=dtype, count=count, offset=int(where.get("offset", 0)))
+    return data.reshape(tuple(tensor.dims))
+
+
 class _Weights:
     """Initializers read one at a time from a model's external data, and new ones appended to the output's.
 
@@ -199,18 +223,7 @@ class _Weights:
 
     def read(self, tensor) -> np.ndarray:
         """The array of initializer ``tensor`` (inline or in an external file)."""
-        from onnx import helper, numpy_helper
-
-        if tensor.data_location != _EXTERNAL:
-            return numpy_helper.to_array(tensor)
-        where = {entry.key: entry.value for entry in tensor.external_data}
-        file = (self.source_dir / where["location"]).resolve()
-        if not file.is_relative_to(self.source_dir.resolve()):  # as onnx's own loader, never outside the model
-            raise ValueError(f"{tensor.name}'s data is outside the model's folder: {where['location']}")
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        data = np.fromfile(file, dtype=dtype, count=count, offset=int(where.get("offset", 0)))
-        return data.reshape(tuple(tensor.dims))
+        return read_initializer(tensor, self.source_dir)
 
     def store(self, tensor) -> None:
         """Move ``tensor``'s bytes to the output's data file; ``tensor`` then points there."""

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.domain.quantize import LM_HEAD, ROTATION_PREFIX, read_initializer
+
 NORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}  # op -> gain's input
-#: Name prefix of the MatMuls this module adds; the quantizer keeps them in FP32.
-ROTATION_PREFIX = "/rotation/"
 
 
 class UnsupportedGraph(ValueError):
@@ -67,26 +67,6 @@ def random_orthogonal(size: int, seed: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _load_inline(graph, folder: Path) -> None:
-    """Read every external initializer into the graph (``np.fromfile``: onnx's own loader refuses the
-    hard-linked data files the toolkit's runs share)."""
-    from onnx import helper
-
-    for tensor in graph.initializer:
-        if tensor.data_location != 1:  # TensorProto.EXTERNAL
-            continue
-        where = {entry.key: entry.value for entry in tensor.external_data}
-        file = (folder / where["location"]).resolve()
-        if not file.is_relative_to(folder.resolve()):
-            raise UnsupportedGraph(f"{tensor.name}'s data is outside the model's folder: {where['location']}")
-        count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        data = np.fromfile(file, dtype=helper.tensor_dtype_to_np_dtype(tensor.data_type), count=count,
-                           offset=int(where.get("offset", 0)))
-        del tensor.external_data[:]
-        tensor.data_location = 0
-        tensor.raw_data = data.tobytes()
-
-
 def rotate(source: Path, target: Path, *, seed: int = 0, head_dim: int = 0, value_columns: int = 0) -> Rotation:
     """Write ``source`` (an FP32 ``model.onnx``) to ``target`` with its residual stream rotated.
 
@@ -103,11 +83,11 @@ def rotate(source: Path, target: Path, *, seed: int = 0, head_dim: int = 0, valu
     import onnx
     from onnx import helper, numpy_helper
 
-    from slmops.toolkit.domain.quantize import LM_HEAD  # quantize imports this module
-
     model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
-    _load_inline(graph, source.parent)
+    for tensor in graph.initializer:  # all inside the graph, so the save writes every one to the new data file
+        if tensor.external_data:
+            tensor.CopyFrom(numpy_helper.from_array(read_initializer(tensor, source.parent), tensor.name))
     inits = {init.name: init for init in graph.initializer}
     consumers: dict[str, list] = defaultdict(list)
     for node in graph.node:
@@ -164,36 +144,35 @@ def rotate(source: Path, target: Path, *, seed: int = 0, head_dim: int = 0, valu
             if reader.op_type not in NORMS:
                 raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads the residual stream {name}")
 
-    readers, final = [], None
+    readers, final_gain = [], None
     for node in norms:
         gain_name = node.input[NORMS[node.op_type]]
         gain = weight(gain_name)
         for reader in consumers[node.output[0]]:
             if reader is head:
-                final = (node, gain)
+                final_gain = gain
             elif constant_matmul(reader) and reader.input[0] == node.output[0]:
                 store(reader.input[1], r.T @ (gain[:, None] * weight(reader.input[1])))
                 readers.append(reader)
             else:
                 raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads norm {node.name}")
         store(gain_name, np.ones_like(gain))
-    if final is None:
+    if final_gain is None:
         raise UnsupportedGraph("the LM head does not read a norm")
     for writer in writers:
         store(writer.input[1], weight(writer.input[1]) @ r)
 
-    node, gain = final
     if tied:
         # Table E R (the head's weight is E^T), and R^T diag(g) R before the head keeps it shared.
         store(head.input[1], r.T @ weight(head.input[1]))
         name = ROTATION_PREFIX + "final_norm_gain"
-        graph.initializer.append(numpy_helper.from_array((r.T @ (gain[:, None] * r)).astype(np.float32), name))
+        graph.initializer.append(numpy_helper.from_array((r.T @ (final_gain[:, None] * r)).astype(np.float32), name))
         mid = ROTATION_PREFIX + "final_norm_gain/output_0"
         graph.node.insert(list(graph.node).index(head),
                           helper.make_node("MatMul", [head.input[0], name], [mid], name=ROTATION_PREFIX + "MatMul"))
         head.input[0] = mid
     else:
-        store(head.input[1], r.T @ (gain[:, None] * weight(head.input[1])))
+        store(head.input[1], r.T @ (final_gain[:, None] * weight(head.input[1])))
         table = gather.input[0]
         if table not in inits:
             raise UnsupportedGraph("the embedding table is not a constant")
