@@ -64,11 +64,22 @@ HEAVY_TESTS = frozenset({
 })
 
 
+#: ``make test`` runs the tests on two workers (pytest-xdist, ``--dist loadgroup``), a module at a time,
+#: so a module's fixtures are built once. Modules that share an expensive session fixture run on
+#: one worker: the tiny sweep (a pipeline run) and the bundled model with its fine-tune (built in
+#: ``~/.slmops``, which two workers must not build at once).
+SHARED_GROUPS = {"test_pipeline": "tiny_sweep", "test_cluster": "tiny_sweep",
+                 "test_integration": "bundled", "test_tool_calling": "bundled"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the heavy tests ``slow`` (see :data:`HEAVY_FIXTURES`)."""
+    """Mark the heavy tests ``slow`` (see :data:`HEAVY_FIXTURES`) and group each module's tests for xdist."""
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.originalname in HEAVY_TESTS:
             item.add_marker(pytest.mark.slow)
+        module = Path(str(item.fspath)).stem
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
 
 
 @pytest.fixture(scope="session", autouse=True)
