@@ -43,9 +43,9 @@ lint: setup
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/lint-imports
 
-# Two workers, a module (or a group of modules sharing a fixture) at a time: tests/conftest.py.
+# Two workers, a module (or modules sharing a fixture) at a time: tests/conftest.py.
 test: lint browser
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"

@@ -64,22 +64,33 @@ HEAVY_TESTS = frozenset({
 })
 
 
-#: ``make test`` runs the tests on two workers (pytest-xdist, ``--dist loadgroup``), a module at a time,
-#: so a module's fixtures are built once. Modules that share an expensive session fixture run on
-#: one worker: the tiny sweep (a pipeline run) and the bundled model with its fine-tune (built in
-#: ``~/.slmops``, which two workers must not build at once).
-SHARED_GROUPS = {"test_pipeline": "tiny_sweep", "test_cluster": "tiny_sweep",
-                 "test_integration": "bundled", "test_tool_calling": "bundled"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the heavy tests ``slow`` (see :data:`HEAVY_FIXTURES`) and group each module's tests for xdist."""
+    """Mark the heavy tests ``slow`` (see :data:`HEAVY_FIXTURES`)."""
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.originalname in HEAVY_TESTS:
             item.add_marker(pytest.mark.slow)
-        module = Path(str(item.fspath)).stem
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
+
+
+#: Modules that share an expensive session fixture, run on one worker: the tiny sweep (a pipeline
+#: run) and the bundled model with its fine-tune (built in ``~/.slmops``, once).
+SHARED_SCOPES = {"test_pipeline": "tiny_sweep", "test_cluster": "tiny_sweep",
+                 "test_integration": "bundled", "test_tool_calling": "bundled"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``make test`` (``-n 2 --dist loadscope``): a module's tests on one worker, so its fixtures are built
+    once, and the modules of :data:`SHARED_SCOPES` together. (``--dist loadgroup`` cannot do this on
+    pytest 9: pytest-xdist 3.8 renames a test's ``_nodeid``, which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = Path(nodeid.split("::", 1)[0]).stem
+            return SHARED_SCOPES.get(module, module)
+
+    return SharedScopes(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
