@@ -43,6 +43,7 @@ HEAVY_TESTS = frozenset({
     "test_the_check_fails_on_the_unpatched_builder", "test_the_olive_routes_build_them_exactly_through_the_parity_gate",
     "test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model",
     "test_checkpoints_in_any_dtype_sharded_or_tied_convert", "test_finetune_trains_then_reuses",
+    "test_two_processes_asking_for_one_fine_tune_at_once_train_it_once",
     "test_heldout_cases_are_scored_apart_and_the_base_is_a_control", "test_names_are_accepted_only_when_safe",
     "test_params_files_are_refused_with_the_parameter_named_or_fully_valid",
     "test_convert_register_chat_without_network", "test_a_build_is_kept_with_its_figures",
@@ -77,10 +78,16 @@ SHARED_SCOPES = {"test_pipeline": "tiny_sweep", "test_cluster": "tiny_sweep",
                  "test_integration": "bundled", "test_tool_calling": "bundled"}
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the machine's cores: torch in each (and in its children) computes on one thread,
+    # since a thread waiting for a core the other worker holds stalls every operation (a fine-tune took over 4x longer).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """``make test`` (``-n 2 --dist loadscope``): a module's tests on one worker, so its fixtures are built
     once, and the modules of :data:`SHARED_SCOPES` together. (``--dist loadgroup`` cannot do this on
-    pytest 9: pytest-xdist 3.8 renames a test's ``_nodeid``, which pytest 9 no longer reads.)"""
+    pytest 9: pytest-xdist 3.8 marks a group by setting a test's ``_nodeid``, which pytest 9 no longer reads.)"""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling

@@ -202,15 +202,19 @@ def test_a_failed_swap_puts_the_old_folder_back(tmp_path: Path) -> None:
     assert [p.name for p in target.iterdir()] == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
 
 
-def test_stale_scratch_of_dead_processes_is_removed_and_live_work_is_kept(tmp_path: Path) -> None:
+# The scratch each stage makes: a conversion, a registration, a fine-tune, a merge, a Ray node's unpacking.
+@pytest.mark.parametrize("kind", ["building", "staging", "training", "merging", "unpacking"])
+def test_stale_scratch_of_dead_processes_is_removed_and_live_work_is_kept(tmp_path: Path, kind: str) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".int4.building-{dead.pid}-abc"
+    stale = tmp_path / f".int4.{kind}-{dead.pid}-abc"
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"x" * 100)
-    live = artifacts.staging_dir(tmp_path / "int4", "building")
+    live = artifacts.staging_dir(tmp_path / "int4", kind)
     assert artifacts.remove_stale(tmp_path) == [stale]
     assert not stale.exists() and live.is_dir()
+    with pytest.raises(ValueError, match="remove_stale would never clean it"):
+        artifacts.staging_dir(tmp_path / "int4", "scratch")
 
 
 def test_result_files_that_are_not_json_or_utf8_name_the_file(tmp_path: Path) -> None:

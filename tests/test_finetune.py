@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,20 @@ def test_finetune_trains_then_reuses(tiny_adapter: finetune.FinetuneResult, tiny
     assert again.reused and again.losses == tiny_adapter.losses
     with pytest.raises(InputError, match="--rank"):
         finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, rank=0).check()
+
+
+def test_two_processes_asking_for_one_fine_tune_at_once_train_it_once(tiny_model: Path, tmp_path: Path) -> None:
+    """Two notebooks or terminals starting the same fine-tune: the second waits, then reuses the first's adapter."""
+    data = tmp_path / "facts.jsonl"
+    data.write_text(json.dumps(LINE) + "\n")
+    argv = [sys.executable, "-m", "slmops.toolkit.cli", "finetune", str(data), "--base", str(tiny_model),
+            "-o", str(tmp_path / "lora"), "--steps", "3", "--batch", "1", "--rank", "4", "--json"]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    reused = sorted((json.loads(out)["reused"], "waiting for another process building this fine-tune" in err)
+                    for out, err in outputs)
+    assert reused == [(False, False), (True, True)], outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["facts.jsonl", "lora"]  # no scratch, no lock file
 
 
 def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_adapter: finetune.FinetuneResult,

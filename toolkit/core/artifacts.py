@@ -18,23 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 
-from slmops.toolkit.core import platform
+from slmops.toolkit.core import platform, settings
 from slmops.toolkit.core.errors import DiskFullError, InputError, ModelFolderError
 
 #: The file beside every converted model that says how it was made.
 MANIFEST = "manifest.json"
 
-_SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?P<kind>building|staging|old|partial)-(?P<pid>\d+)-")
+#: What a scratch folder of :func:`staging_dir` is for (its name says it, and :func:`remove_stale` knows each).
+SCRATCH_KINDS = ("building", "staging", "training", "merging", "unpacking")
+_SCRATCH = re.compile(rf"^\.(?P<name>.+)\.(?P<kind>{'|'.join((*SCRATCH_KINDS, 'old', 'partial'))})-(?P<pid>\d+)-")
 
 
 def crash_point(name: str) -> None:
@@ -168,6 +172,38 @@ def _scratch_name(target: Path, kind: str) -> str:
 
 
 @contextlib.contextmanager
+def built_once(target: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold ``target``'s lock across processes while checking for it and building it.
+
+    A result built once and reused (the bundled model, a fine-tune, a merge) is checked for and
+    built under this lock, so two processes that start at once (two notebooks, two terminals,
+    two test workers) build it once: the second waits, then finds it complete. The lock is the
+    operating system's, released when its holder exits, even killed. Its file, named by a hash
+    of ``target``'s absolute path, lies in ``locks/`` under :func:`settings.home`, not beside a
+    user's folders.
+
+    Args:
+        target: The folder being built.
+        what: What it is, for the line printed while waiting (``"the bundled model"``).
+    """
+    from filelock import FileLock, Timeout
+
+    target = Path(target).resolve()
+    locks = settings.home() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(locks / f"{hashlib.sha256(str(target).encode()).hexdigest()[:20]}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process building {what} ({target}) ...", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; it becomes ``path`` in one rename when the block ends well.
 
@@ -212,8 +248,13 @@ def staging_dir(target: str | os.PathLike[str], kind: str = "staging") -> Path:
 
     Args:
         target: The folder the work will become.
-        kind: ``building`` or ``staging`` (shown in the name; see :func:`remove_stale`).
+        kind: One of :data:`SCRATCH_KINDS` (shown in the name; see :func:`remove_stale`).
+
+    Raises:
+        ValueError: an unknown ``kind``, whose scratch :func:`remove_stale` would not know.
     """
+    if kind not in SCRATCH_KINDS:
+        raise ValueError(f"scratch kind {kind!r} is not one of {SCRATCH_KINDS}: remove_stale would never clean it")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=_scratch_name(target, kind), dir=target.parent))

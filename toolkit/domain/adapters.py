@@ -291,7 +291,14 @@ def merge(adapter: AdapterSource) -> Path:
     target = merged_folder(adapter)
     if (target / MERGE_RECORD).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with artifacts.built_once(target, f"the merge of {adapter.path.name}"):
+        if not (target / MERGE_RECORD).is_file():  # not merged meanwhile by another process
+            _merge_into(adapter, target)
+    return target
+
+
+def _merge_into(adapter: AdapterSource, target: Path) -> None:
+    """Merge ``adapter`` in a child process into a scratch sibling of ``target``, swapped into place."""
     artifacts.remove_stale(target.parent)
     staging = artifacts.staging_dir(target, "merging")
     try:
@@ -305,7 +312,6 @@ def merge(adapter: AdapterSource) -> Path:
         artifacts.swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 @dataclass(frozen=True)

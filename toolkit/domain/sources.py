@@ -438,6 +438,14 @@ def bundled_model(target: str | os.PathLike[str] | None = None, *, rebuild: bool
     folder = Path(target) if target else settings.models_dir() / BUNDLED_NAME
     if not rebuild and _is_complete(folder):
         return folder
+    with artifacts.built_once(folder, "the bundled model"):
+        if rebuild or not _is_complete(folder):  # not built meanwhile by another process
+            _build_bundled(folder)
+    return folder
+
+
+def _build_bundled(folder: Path) -> None:
+    """Build :func:`bundled_model`'s folder from the GGUF (in a scratch sibling, swapped into place)."""
     gguf = bundled_gguf()
     settings.apply_offline_env()
     import torch
@@ -464,7 +472,6 @@ def bundled_model(target: str | os.PathLike[str] | None = None, *, rebuild: bool
         artifacts.swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 
 _TINY_CORPUS = (
