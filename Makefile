@@ -45,7 +45,7 @@ lint: setup
 
 # Two workers, a module (or modules sharing a fixture) at a time: tests/conftest.py.
 test: lint browser
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"

@@ -65,17 +65,20 @@ HEAVY_TESTS = frozenset({
 })
 
 
+#: Modules that share an expensive session fixture, run on one worker: the bundled model with its
+#: fine-tune (built in ``~/.slmops``, once) and the tiny sweep (a pipeline run). Each group takes
+#: several minutes, so they run first, one on each worker (``--no-loadscope-reorder``).
+SHARED_SCOPES = {"test_tool_calling": "bundled", "test_integration": "bundled",
+                 "test_cluster": "tiny_sweep", "test_pipeline": "tiny_sweep"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the heavy tests ``slow`` (see :data:`HEAVY_FIXTURES`)."""
+    """Mark the heavy tests ``slow`` (see :data:`HEAVY_FIXTURES`); the :data:`SHARED_SCOPES` modules go first."""
     for item in items:
         if HEAVY_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.originalname in HEAVY_TESTS:
             item.add_marker(pytest.mark.slow)
-
-
-#: Modules that share an expensive session fixture, run on one worker: the tiny sweep (a pipeline
-#: run) and the bundled model with its fine-tune (built in ``~/.slmops``, once).
-SHARED_SCOPES = {"test_pipeline": "tiny_sweep", "test_cluster": "tiny_sweep",
-                 "test_integration": "bundled", "test_tool_calling": "bundled"}
+    first = list(SHARED_SCOPES)
+    items.sort(key=lambda item: first.index(item.path.stem) if item.path.stem in first else len(first))
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -85,7 +88,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``make test`` (``-n 2 --dist loadscope``): a module's tests on one worker, so its fixtures are built
+    """``make test`` (``-n 2 --dist loadscope --no-loadscope-reorder``): a module's tests on one worker, so its fixtures are built
     once, and the modules of :data:`SHARED_SCOPES` together. (``--dist loadgroup`` cannot do this on
     pytest 9: pytest-xdist 3.8 marks a group by setting a test's ``_nodeid``, which pytest 9 no longer reads.)"""
     if config.getvalue("dist") != "loadscope":
