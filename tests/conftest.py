@@ -83,14 +83,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers share the machine's cores: torch in each (and in its children) computes on one thread,
-    # since a thread waiting for a core the other worker holds stalls every operation (a fine-tune took over 4x longer).
+    # since a thread waiting for a core the other worker holds stalls every operation (a fine-tune's
+    # setup took 696 s on two threads, 263-304 s on one).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``make test`` (``-n 2 --dist loadscope --no-loadscope-reorder``): a module's tests on one worker, so its fixtures are built
-    once, and the modules of :data:`SHARED_SCOPES` together. (``--dist loadgroup`` cannot do this on
-    pytest 9: pytest-xdist 3.8 marks a group by setting a test's ``_nodeid``, which pytest 9 no longer reads.)"""
+    """``make test`` (``-n 2 --dist loadscope --no-loadscope-reorder``): a module's tests on one worker, so
+    its fixtures are built once, and the modules of :data:`SHARED_SCOPES` together.
+
+    ``--dist loadgroup`` cannot do this on pytest 9: pytest-xdist 3.8 marks a group by setting a
+    test's ``_nodeid``, which pytest 9 no longer reads.
+    """
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling

@@ -312,8 +312,9 @@ def _train_task(payload: dict, emit) -> list[float]:
     job = TrainJob.from_json(payload)
     torch.manual_seed(job.seed)
     # Every logical CPU (torch counts physical cores only), unless OMP_NUM_THREADS says otherwise: on a
-    # machine another job shares, a thread that waits for a busy core stalls every step (over 4x slower in a test run here).
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
+    # machine another job shares, a thread that waits for a busy core stalls every step.
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(asked) if asked.isdigit() and int(asked) > 0 else os.cpu_count() or 1)
     tokenizer = AutoTokenizer.from_pretrained(job.base)
     model = AutoModelForCausalLM.from_pretrained(job.base, dtype=torch.float32)
     markers = tools.find_markers(job.base)
