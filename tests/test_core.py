@@ -136,8 +136,10 @@ def test_events_before_a_crash_reach_the_parent(worker_module: str) -> None:
     assert seen == [{"case": "first"}] and caught.value.returncode == -9
 
 
-def test_children_die_with_their_parent(tmp_path: Path, worker_module: str) -> None:
-    """A toolkit process killed with SIGKILL takes its worker with it (parent-death signal)."""
+def test_children_die_with_their_parent(tmp_path: Path, worker_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A toolkit process killed with SIGKILL takes its worker with it (parent-death signal), and the
+    scratch folder it could not remove is removed by the next child any process runs."""
+    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent(f"""
         from slmops.toolkit.core import workers
@@ -156,6 +158,11 @@ def test_children_die_with_their_parent(tmp_path: Path, worker_module: str) -> N
     parent.wait()
     gone, _ = psutil.wait_procs([child], timeout=10)
     assert gone, "the worker outlived its killed parent"
+    scratch = tmp_path / "home" / "workers"
+    left = [p.name for p in scratch.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".hang.working-{parent.pid}-")
+    assert workers.run_worker(worker_module, "echo", {}, name="echo").result["got"] == {}
+    assert list(scratch.iterdir()) == []
 
 
 def test_an_external_tool_failure_names_its_log(tmp_path: Path) -> None:
@@ -202,8 +209,9 @@ def test_a_failed_swap_puts_the_old_folder_back(tmp_path: Path) -> None:
     assert [p.name for p in target.iterdir()] == ["new.txt"] and sorted(os.listdir(tmp_path)) == ["model"]
 
 
-# The scratch each stage makes: a conversion, a registration, a fine-tune, a merge, a Ray node's unpacking.
-@pytest.mark.parametrize("kind", ["building", "staging", "training", "merging", "unpacking"])
+# The scratch each stage makes: a conversion, a registration, a fine-tune, a merge, a Ray node's unpacking,
+# a child process's input and events.
+@pytest.mark.parametrize("kind", ["building", "staging", "training", "merging", "unpacking", "working"])
 def test_stale_scratch_of_dead_processes_is_removed_and_live_work_is_kept(tmp_path: Path, kind: str) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

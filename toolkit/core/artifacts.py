@@ -37,7 +37,7 @@ from slmops.toolkit.core.errors import DiskFullError, InputError, ModelFolderErr
 MANIFEST = "manifest.json"
 
 #: What a scratch folder of :func:`staging_dir` is for (its name says it, and :func:`remove_stale` knows each).
-SCRATCH_KINDS = ("building", "staging", "training", "merging", "unpacking")
+SCRATCH_KINDS = ("building", "staging", "training", "merging", "unpacking", "working")
 _SCRATCH = re.compile(rf"^\.(?P<name>.+)\.(?P<kind>{'|'.join((*SCRATCH_KINDS, 'old', 'partial'))})-(?P<pid>\d+)-")
 
 

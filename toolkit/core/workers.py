@@ -34,14 +34,13 @@ import runpy
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from slmops.toolkit.core import errors, settings
+from slmops.toolkit.core import artifacts, errors, settings
 from slmops.toolkit.core import platform as system
 from slmops.toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
 
@@ -218,7 +217,7 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
         >>> run_worker("slmops.toolkit.runtimes.genai", "decode", {"models": {"int4": "models/int4"}}, name="probe").result
         {'int4': 118.2}
     """
-    work = Path(tempfile.mkdtemp(prefix=f"slmops-{task}-"))
+    work = _scratch(task)
     log = log_path or work / "worker.log"
     (work / "input.json").write_text(json.dumps({"task": task, "payload": payload}))
     events = _Events(work / "events.jsonl", on_event)
@@ -248,6 +247,17 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
         raise ToolFailedError(exc.tool, exc.returncode, kept, exc.detail) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _scratch(task: str) -> Path:
+    """A new folder for one child's input, events, result and log: ``<home>/workers/.TASK.working-PID-*``.
+
+    The parent removes it when the child is done; a parent killed before that (SIGKILL, a power
+    cut) leaves it, and the next :func:`run_worker` of any process removes those of dead processes.
+    """
+    root = settings.home() / "workers"
+    artifacts.remove_stale(root)
+    return artifacts.staging_dir(root / task, "working")
 
 
 #: Failed children's logs kept under ``<home>/logs``; older ones are deleted.
