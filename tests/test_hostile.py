@@ -102,6 +102,10 @@ def hostile(tiny_model: Path, tiny_int4: Path, tmp_path_factory: pytest.TempPath
         files[name] = work / name
     (work / "not-a-run").mkdir()
     files["not-a-run"] = work / "not-a-run"
+    # A user's project: their model beside their notes (an --out here must not delete either).
+    files["project"] = work / "project"
+    shutil.copytree(tiny_model, work / "project" / "mybase")
+    (work / "project" / "notes.txt").write_text("my notes\n")
     return files
 
 
@@ -126,6 +130,15 @@ BATTERY = [
     ("convert-fp16-on-cpu", ["convert", "{model}", "--precision", "fp16", "--out", "{work}/o"], 2, "GPU"),
     ("convert-block-size", ["convert", "{model}", "--block-size", "48", "--out", "{work}/o"], 2, "invalid choice"),
     ("convert-recipe", ["convert", "{model}", "--recipe", "nope", "--out", "{work}/o"], 2, "invalid choice"),
+    ("convert-out-holds-source", ["convert", "{project}/mybase", "--out", "{project}"], 2,
+     "holds the source model"),
+    ("convert-out-is-source", ["convert", "{project}/mybase", "--out", "{project}/mybase"], 2, "is the source model"),
+    ("convert-out-other-files", ["convert", "{model}", "--out", "{project}"], 2, "holds other files"),
+    ("convert-out-file", ["convert", "{model}", "--out", "{work}/secret.txt"], 2, "is a file"),
+    ("finetune-out-holds-base", ["finetune", "{data-ok}", "--base", "{project}/mybase", "--out", "{project}"], 2,
+     "holds the base model"),
+    ("finetune-out-other-files", ["finetune", "{data-ok}", "--base", "{model}", "--out", "{project}"], 2,
+     "holds other files"),
     ("convert-dry-run-builder", ["convert", "{model}", "--dry-run", "--out", "{work}/o"], 2, "olive-config"),
     ("register-missing", ["register", "{work}/nope", "--name", "x"], 2, "no such folder"),
     ("register-traversal", ["register", "{onnx}", "--name", "../evil"], 2, "not safe"),
@@ -205,6 +218,22 @@ def test_hostile_input_is_refused_cleanly_and_changes_nothing(
     # One line naming the problem (argparse adds its usage line above its own one-line error).
     assert len(err.splitlines()) == 1 or err.splitlines()[0].startswith("usage:"), err
     assert snapshot(cache, hostile["work"]) == before
+
+
+@pytest.mark.parametrize("command", ["convert", "finetune"])
+def test_an_out_that_is_the_current_folder_is_refused(
+        tiny_model: Path, hostile: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """``--out .`` (or a folder above it) would have the result replace the whole current folder."""
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "thesis.txt").write_text("years of work\n")
+    monkeypatch.chdir(tmp_path / "inside")
+    argv = (["convert", str(tiny_model)] if command == "convert"
+            else ["finetune", str(hostile["data-ok"]), "--base", str(tiny_model)])
+    for out in (".", ".."):
+        assert cli.main([*argv, "--out", out]) == 2
+        assert "the current folder" in capsys.readouterr().err
+    assert (tmp_path / "thesis.txt").read_text() == "years of work\n" and (tmp_path / "inside").is_dir()
 
 
 def test_the_battery_is_large_enough() -> None:

@@ -260,6 +260,44 @@ def staging_dir(target: str | os.PathLike[str], kind: str = "staging") -> Path:
     return Path(tempfile.mkdtemp(prefix=_scratch_name(target, kind), dir=target.parent))
 
 
+def check_replaceable(target: str | os.PathLike[str], what: str, markers: tuple[str, ...],
+                      inputs: dict[str, str | os.PathLike[str] | None] | None = None) -> None:
+    """Refuse an output folder whose replacement (:func:`swap_into_place`) would delete what is not ours.
+
+    A result replaces its whole folder, so ``--out`` must be new, empty, or an earlier result
+    of the same kind (holding one of ``markers``); never an input, a folder holding an input,
+    or the current folder.
+
+    Args:
+        target: The output folder.
+        what: The result, in words (e.g. "conversion"), for the message.
+        markers: Files an earlier result of this kind holds (e.g. ``manifest.json``).
+        inputs: What the work reads, by name (e.g. ``{"source model": path}``); None values are skipped.
+
+    Raises:
+        InputError: ``target`` is an input or holds one, is or holds the current folder, is a
+            file, or is a folder of other files; before anything is changed.
+    """
+    out = Path(target).expanduser().resolve()
+    fix = "choose a new or empty folder for --out"
+    for name, path in (inputs or {}).items():
+        if path is None:
+            continue
+        read = Path(path).expanduser().resolve()
+        if out == read or out in read.parents:
+            raise InputError(f"--out {out} {'is' if out == read else 'holds'} the {name} {read}: writing the "
+                             f"{what} there would delete it; {fix}.")
+    here = Path.cwd().resolve()
+    if out == here or out in here.parents:
+        raise InputError(f"--out {out} {'is' if out == here else 'holds'} the current folder: writing the {what} "
+                         f"there would delete everything in it; {fix}.")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder: {fix}.")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in markers):
+        raise InputError(f"--out {out} holds other files and no earlier {what} (no {' or '.join(markers)}): "
+                         f"writing the {what} there would delete them; {fix}, or remove it yourself first.")
+
+
 def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
     """Clean up after processes that died in ``folder``: delete their scratch, put back what they moved aside.
 

@@ -324,6 +324,9 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
     else:
         source = check_source(spec.model_dir)
     spec.int4.validate()
+    quantizes = spec.quantize_from if needs_quantizer(replace(spec, precision=precision, method=method)) else None
+    artifacts.check_replaceable(spec.output_dir, "conversion", (MANIFEST, "genai_config.json", OLIVE_CONFIG), {
+        "source model": spec.model_dir, "base model": source.path, "FP32 build it quantizes": quantizes})
     if precision is Precision.FP16 and spec.execution_provider == "cpu":
         raise InvalidOptionError(
             "precision", "fp16",

@@ -106,6 +106,7 @@ def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
         ToolFailedError: training failed (the message is its error; the log is kept).
     """
     spec.check()
+    artifacts.check_replaceable(spec.out, "fine-tune", (RECORD,), {"base model": spec.base, "dataset": spec.data})
     examples = load_dataset(spec.data)
     inspect_source(spec.base)
     skipped = 0
