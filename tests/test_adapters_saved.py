@@ -28,7 +28,8 @@ def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_to_save: list[str] | None = None,
                  save_tokenizer: bool = False, template: str | None = None, eos: str | None = None,
-                 seed: int = 0, save_embedding_layers: bool | str = "auto") -> Path:
+                 seed: int = 0, save_embedding_layers: bool | str = "auto",
+                 target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
     """A LoRA adapter on ``base`` with random (nonzero) trained weights, saved as peft and trainers save it.
 
     Args:
@@ -41,6 +42,7 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
         eos: The tokenizer's EOS token, when the fine-tune changed it.
         seed: Seed of the trained weights.
         save_embedding_layers: peft's option (``"auto"`` saves a resized model's embedding layers).
+        target_modules: The modules LoRA adapts.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -55,7 +57,7 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
         tokenizer.chat_template = template
     if eos is not None:
         tokenizer.eos_token = eos
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules),
                                                   modules_to_save=modules_to_save))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -101,6 +103,47 @@ def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["adapter"]["vocab_size"]["merged"] == 402
     assert manifest["adapter"]["tokenizer"]["tokenizer_from"] == "adapter"
+
+
+def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Path) -> None:
+    """SmolLM2, Qwen2.5, Llama 3.2 and Gemma tie their LM head to the embeddings and store no lm_head.weight."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from slmops.toolkit.domain.sources import make_tiny_model
+
+    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
+    adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
+                           modules_to_save=["embed_tokens", "lm_head"])
+    checked = adapters.inspect_adapter(adapter)  # was: "saves lm_head whole, which the base does not have"
+    assert checked.vocab_size == 402
+    merged = adapters.merge(checked)
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    base = AutoModelForCausalLM.from_pretrained(tied)
+    base.resize_token_embeddings(402, mean_resizing=False)
+    ids = torch.tensor([[5, 400, 17, 401, 3]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, PeftModel.from_pretrained(base, adapter)(ids).logits, atol=1e-4)
+    out = tmp_path / "fp32"
+    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["parity"]["verdict"] == "pass"
+
+
+def test_lora_on_a_tied_head_is_refused_and_a_merge_that_changes_the_model_is_never_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slmops.toolkit.domain.sources import make_tiny_model
+
+    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
+    adapter = make_adapter(tied, tmp_path / "head-lora", target_modules=("q_proj", "lm_head"))
+    with pytest.raises(InputError, match="trains LoRA on lm_head, which the base .* ties to its embedding table"):
+        adapters.inspect_adapter(adapter)
+    # Past that check, peft's merge changes the embeddings too: the merge's own check refuses to keep it.
+    monkeypatch.setattr(adapters, "_check_shapes", lambda *args: None)
+    with pytest.raises(InputError, match="changes what the adapter computes .*nothing was kept"):
+        adapters.merge(adapters.inspect_adapter(adapter))
+    merged = tmp_path / "home" / "models" / "merged"
+    assert not merged.exists() or list(merged.iterdir()) == []
 
 
 def test_a_resized_adapter_that_cannot_be_merged_is_refused_naming_both_sizes(tiny_model: Path, tmp_path: Path,

@@ -246,6 +246,16 @@ def _check_shapes(folder: Path, adapter: dict[str, list[int]], base_shapes: dict
         ModelFolderError: the adapter holds no LoRA matrices.
         InputError: a module the base lacks, or of another size.
     """
+    embedding = next((k for k in base_shapes if k.endswith("embed_tokens.weight")), None)
+    if embedding and not any(k == "lm_head.weight" or k.endswith(".lm_head.weight") for k in base_shapes):
+        # A tied base stores no LM head: its embedding table is the head. A head saved whole
+        # (modules_to_save) replaces it in the merge, which unties the two; LoRA on it cannot be merged
+        # without changing the embeddings too.
+        if any(".lora_A" in name and name.split(".lora_A")[0].endswith("lm_head") for name in adapter):
+            raise InputError(f"{folder}: the adapter trains LoRA on lm_head, which the base {base} ties to its "
+                             "embedding table, so merging it would change the embeddings as well: retrain without "
+                             "lm_head in target_modules (or with modules_to_save=['lm_head']).")
+        base_shapes = {**base_shapes, "lm_head.weight": base_shapes[embedding]}
     for name, shape in adapter.items():
         if "lora_" in name or ".original_module." in name or "token_adapter" in name:
             continue
@@ -273,6 +283,11 @@ def _check_shapes(folder: Path, adapter: dict[str, list[int]], base_shapes: dict
                              "trained on another model size; pass the right --base.")
 
 
+#: The largest logit difference a merge may make against the unmerged adapter, as a share of the logit range
+#: (an FP32 merge differs by rounding, about 1e-7 of it; a merge that changes the model, by far more).
+MERGE_TOLERANCE = 1e-3
+
+
 def merged_folder(adapter: AdapterSource) -> Path:
     """Where the merge of ``adapter`` into its base is kept (keyed by both folders' contents)."""
     return settings.models_dir() / "merged" / f"{adapter.path.name}-{adapter.fingerprint[:8]}-{fingerprint(adapter.base)[:8]}"
@@ -287,6 +302,8 @@ def merge(adapter: AdapterSource) -> Path:
 
     Raises:
         ToolFailedError: the merge failed in its child process (the message says why).
+        InputError: the merged model's logits differ from the unmerged adapter's by more than
+            :data:`MERGE_TOLERANCE` of their range (nothing is kept).
     """
     target = merged_folder(adapter)
     if (target / MERGE_RECORD).is_file():
@@ -306,7 +323,15 @@ def _merge_into(adapter: AdapterSource, target: Path) -> None:
         result = MergeResult.from_json(workers.run_worker(
             "slmops.toolkit.domain.adapters", "merge", job.to_json(),
             name=f"merge of {adapter.path.name} into {adapter.base.name}", idle_timeout=1800).result)
-        check = {"max_abs_diff_vs_unmerged": result.max_abs_diff_vs_unmerged}
+        allowed = MERGE_TOLERANCE * max(result.logit_range, 1.0)
+        if result.max_abs_diff_vs_unmerged > allowed:
+            raise InputError(
+                f"Merging {adapter.path} into {adapter.base} changes what the adapter computes (largest logit "
+                f"difference {result.max_abs_diff_vs_unmerged:.4g} against the unmerged adapter, allowed "
+                f"{allowed:.3g}), so no build of it could be correct; nothing was kept. Check that the adapter "
+                "was trained on this base, and retrain it with plain LoRA on the linear layers.")
+        check = {"max_abs_diff_vs_unmerged": result.max_abs_diff_vs_unmerged, "logit_range": result.logit_range,
+                 "allowed": allowed}
         artifacts.write_json(staging / MERGE_RECORD, {**adapter.describe(), "merge_check": check,
                                                       "tokenizer": result.tokenizer.to_json()})
         artifacts.swap_into_place(staging, target)
@@ -382,19 +407,23 @@ class MergeResult:
     Attributes:
         max_abs_diff_vs_unmerged: Largest absolute logit difference, merged against unmerged, on the reference text.
         tokenizer: Where the tokenizer, template and generation settings came from.
+        logit_range: The unmerged model's largest minus smallest logit there (the scale of the difference).
     """
 
     max_abs_diff_vs_unmerged: float
     tokenizer: TokenizerOrigin
+    logit_range: float = 0.0
 
     def to_json(self) -> dict:
         """The result as the child sends it."""
-        return {"max_abs_diff_vs_unmerged": self.max_abs_diff_vs_unmerged, "tokenizer": self.tokenizer.to_json()}
+        return {"max_abs_diff_vs_unmerged": self.max_abs_diff_vs_unmerged, "tokenizer": self.tokenizer.to_json(),
+                "logit_range": self.logit_range}
 
     @classmethod
     def from_json(cls, data: dict) -> MergeResult:
         """A result as :meth:`to_json` wrote it."""
-        return cls(float(data["max_abs_diff_vs_unmerged"]), TokenizerOrigin.from_json(data["tokenizer"]))
+        return cls(float(data["max_abs_diff_vs_unmerged"]), TokenizerOrigin.from_json(data["tokenizer"]),
+                   float(data.get("logit_range") or 0.0))
 
 
 def _merge_task(payload: dict, _emit) -> dict:
@@ -445,7 +474,7 @@ def _merge_task(payload: dict, _emit) -> dict:
     origin = TokenizerOrigin("adapter" if tokenizer_dir == adapter_dir else "base", template_from,
                              "adapter" if GENERATION_CONFIG in own else "base", own, tuple(added),
                              int(merged_model.get_input_embeddings().weight.shape[0]))
-    return MergeResult(float((merged - unmerged).abs().max()), origin).to_json()
+    return MergeResult(float((merged - unmerged).abs().max()), origin, float(unmerged.max() - unmerged.min())).to_json()
 
 
 def _add_tokenizer_eos(out: Path, tokenizer) -> list[int]:
