@@ -16,7 +16,7 @@ from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import parity, templates
 from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
-from slmops.toolkit.stages.register import ModelConfig, register
+from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,10 @@ def stop_check(folder: Path, config: dict) -> Check:
                      "so nothing stops generation there: register a preset whose turns end in a special token "
                      "(`slmops register --template ...`)")
     (token_id, token), = tokens
+    vocab = config["model"].get("vocab_size")
+    if isinstance(vocab, int) and token_id >= vocab:
+        return Check("stop tokens", False, vocabulary_gap(folder, token, token_id, vocab,
+                                                          "the chat template's end of turn"))
     if token_id not in eos:
         return Check("stop tokens", False, f"{token} ({token_id}) ends every turn of the chat template but "
                      f"genai_config.json's eos_token_id is {eos}: answers run to max tokens; register it with "

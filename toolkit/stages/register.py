@@ -22,6 +22,7 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts, platform, settings
 from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import (
+    InputError,
     InvalidNameError,
     InvalidOptionError,
     ModelFolderError,
@@ -310,6 +311,9 @@ def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: template
     learned ends in ``<|im_end|>`` (Gemma: ``<eos>`` and ``<end_of_turn>``); without the end-of-turn
     id, generation runs to max tokens. ``generation_config.json`` is read from the converted folder,
     else from the folder it was converted from (``manifest.json``'s ``source_path``).
+
+    Raises:
+        InputError: a stop token is past the model's vocabulary (its tokenizer grew, the model was never resized).
     """
     before = _ids(genai_config["model"].get("eos_token_id"))
     found: list[tuple[int, str, str]] = []
@@ -325,6 +329,11 @@ def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: template
         config = artifacts.read_json(generation_file, {})
         found += [(i, _token_text(tokenizer_file, i), "generation_config.json")
                   for i in _ids(config.get("eos_token_id") if isinstance(config, dict) else None)]
+    vocab = genai_config["model"].get("vocab_size")
+    outside = [(i, tok, origin) for i, tok, origin in found if isinstance(vocab, int) and i >= vocab]
+    if outside:
+        token_id, token, origin = outside[0]
+        raise InputError(vocabulary_gap(onnx_dir, token, token_id, vocab, origin))
     eos = list(before)
     added = []
     for token_id, token, origin in found:
@@ -332,6 +341,13 @@ def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: template
             eos.append(token_id)
             added.append({"id": token_id, "token": token, "from": origin})
     return StopTokens(tuple(eos), tuple(before), tuple(added), str(generation_file or ""))
+
+
+def vocabulary_gap(folder: Path, token: str, token_id: int, vocab: int, origin: str) -> str:
+    """The one-line refusal of a stop token the model has no row for (its tokenizer grew, the model did not)."""
+    return (f"{folder}: {token} ({origin}) is token {token_id}, past the model's {vocab}-token vocabulary: the "
+            "tokenizer holds tokens the model was never resized for, so no answer could end there. Resize the model "
+            "(model.resize_token_embeddings(len(tokenizer))), train or save it again and convert it again.")
 
 
 def _token_text(tokenizer_file: Path, token_id: int) -> str:
