@@ -169,3 +169,26 @@ def test_an_untied_config_without_an_lm_head_is_refused(tmp_path: Path) -> None:
     (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
     with pytest.raises(InconsistentCheckpointError, match="no lm_head.weight.*Set tie_word_embeddings to true"):
         S.inspect_source(tied)
+    # Left out, the architecture's default decides: Llama's (and Qwen2's) is untied, as transformers loads it.
+    config.pop("tie_word_embeddings")
+    (tied / "config.json").write_text(json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(InconsistentCheckpointError, match="no lm_head.weight"):
+        S.inspect_source(tied)
+    (tied / "config.json").write_text(json.dumps({**config, "model_type": "gemma", "architectures": ["GemmaForCausalLM"]}))
+    assert S.inspect_source(tied).tied_embeddings  # Gemma's default is tied
+
+
+def test_a_truncated_safetensors_file_is_refused_before_any_work(tiny_model: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """An interrupted download: the header is whole, the tensors' data is not."""
+    folder = tmp_path / "partial"
+    shutil.copytree(tiny_model, folder)
+    weights = next(folder.glob("*.safetensors"))
+    whole = weights.stat().st_size
+    with weights.open("r+b") as handle:
+        handle.truncate(whole - 1000)
+    with pytest.raises(ModelFolderError, match=rf"{weights.name} is truncated \({whole - 1000:,} of {whole:,} bytes\)"):
+        S.inspect_source(folder)
+    out = tmp_path / "never"
+    assert cli.main(["convert", str(folder), "--out", str(out)]) == 2 and not out.exists()
+    assert "Download or copy the model again" in capsys.readouterr().err

@@ -118,7 +118,8 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         model_type=str(config.get("model_type", "unknown")),
         context_length=int(config.get("max_position_embeddings") or config.get("n_positions") or 0),
         hidden_size=int(config.get("hidden_size") or 0),
-        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        tied_embeddings=(config["tie_word_embeddings"] if isinstance(config.get("tie_word_embeddings"), bool)
+                         else not any(name.endswith("lm_head.weight") for name in tensors)),
         parameters=sum(sizes),
         largest_tensor=max(sizes, default=0),
         checkpoint_bytes=sum(file.stat().st_size for file in files),
@@ -189,11 +190,19 @@ def _safetensors_tensors(file: Path) -> dict[str, TensorInfo]:
             if length > 100_000_000:
                 raise ValueError("the header is implausibly large")
             header = json.loads(handle.read(length))
-        return {name: TensorInfo(str(entry["dtype"]), tuple(int(n) for n in entry["shape"]))
-                for name, entry in header.items() if name != "__metadata__"}
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError, MemoryError, OverflowError) as exc:
+        tensors = {name: TensorInfo(str(entry["dtype"]), tuple(int(n) for n in entry["shape"]))
+                   for name, entry in header.items() if name != "__metadata__"}
+        end = 8 + length + max((int(entry["data_offsets"][1]) for name, entry in header.items()
+                                if name != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, MemoryError, OverflowError,
+            IndexError) as exc:
         raise ModelFolderError(file.parent, f"{file.name} is not a readable safetensors file ({type(exc).__name__})",
                                "Re-save the model's weights (save_pretrained with safe_serialization).") from exc
+    size = file.stat().st_size
+    if size < end:  # an interrupted download or copy: the header promises data the file does not hold
+        raise ModelFolderError(file.parent, f"{file.name} is truncated ({size:,} of {end:,} bytes)",
+                               "Download or copy the model again.")
+    return tensors
 
 
 def _bin_tensors(file: Path) -> dict[str, TensorInfo]:
@@ -316,8 +325,9 @@ def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]
     Checked where the weights use the usual names (``...embed_tokens.weight``,
     ``...layers.N.``, ``lm_head.weight``): ``vocab_size`` against the embedding table's rows,
     ``hidden_size`` against its width, ``num_hidden_layers`` against the layers stored, and
-    ``tie_word_embeddings: false`` with no ``lm_head.weight`` (transformers and the builder
-    would both start the LM head from random numbers, without a word).
+    ``tie_word_embeddings: false`` (or left out where the architecture's default is false, as
+    Llama's is) with no ``lm_head.weight`` (transformers and the builder would both start the LM
+    head from random numbers, without a word).
 
     Raises:
         InconsistentCheckpointError: a field contradicts the weights (the message names the fix).
@@ -351,13 +361,26 @@ def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]
             folder, f"config.json says num_hidden_layers {layers}, but the weights hold {len(stored)} layers",
             f"Set num_hidden_layers to {len(stored)} in config.json if the model was pruned, or save the config "
             "that came with these weights.")
-    untied = fields.get("tie_word_embeddings") is False
-    if untied and not any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in tensors):
+    has_head = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in tensors)
+    tied = fields.get("tie_word_embeddings")
+    if tied is None and not has_head:  # left out: the architecture's own default decides (False for Llama)
+        tied = _default_tie_word_embeddings(fields)
+    if tied is False and not has_head:
         raise InconsistentCheckpointError(
             folder, "config.json says tie_word_embeddings false, but the weights hold no lm_head.weight (the LM head "
             "would start from random numbers)",
             "Set tie_word_embeddings to true in config.json if the model shares its embedding table with its LM "
             "head, or save the model again with its lm_head.weight.")
+
+
+def _default_tie_word_embeddings(fields: dict) -> bool | None:
+    """What transformers' config class for ``fields["model_type"]`` sets ``tie_word_embeddings`` to when it is left out."""
+    try:
+        from transformers import AutoConfig
+
+        return bool(AutoConfig.for_model(str(fields.get("model_type"))).tie_word_embeddings)
+    except (ValueError, KeyError, AttributeError, TypeError, ImportError):
+        return None
 
 
 def fingerprint(path: str | os.PathLike[str], ignore: tuple[str, ...] = ()) -> str:
