@@ -244,3 +244,16 @@ def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model:
               str(wrong / "adapter_model.safetensors"))
     with pytest.raises(InputError, match="another model size"):  # the shapes really come from the .bin
         adapters.inspect_adapter(wrong, base)
+
+
+def test_a_base_other_than_the_one_the_adapter_names_is_noted(tiny_model: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """An instruct adapter merged into a base checkpoint of the same shapes runs without an error: say so."""
+    adapter = make_adapter(tiny_model, tmp_path / "adapter")
+    other = shutil.copytree(tiny_model, tmp_path / "other-base")
+    with caplog.at_level("WARNING"):
+        adapters.inspect_adapter(adapter)
+        assert not caplog.records
+        adapters.inspect_adapter(adapter, other)
+    (record,) = caplog.records
+    assert f"names {tiny_model} as the base it was trained on; merging into --base {other}" in record.getMessage()

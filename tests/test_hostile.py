@@ -112,6 +112,7 @@ def hostile(tiny_model: Path, tiny_int4: Path, tmp_path_factory: pytest.TempPath
 # (case id, argv with {placeholders} from the fixture, exit code, words the one-line message must hold)
 BATTERY = [
     ("convert-missing", ["convert", "{work}/nope", "--out", "{work}/o"], 2, "no such folder"),
+    ("convert-a-file", ["convert", "{data-ok}", "--out", "{work}/o"], 2, "a file, not a model folder"),
     ("convert-base-without-adapter", ["convert", "{model}", "--base", "{model}", "--out", "{work}/o"], 2,
      "only with a LoRA adapter"),
     ("finetune-missing-data", ["finetune", "{work}/nope.jsonl", "--base", "{model}", "--out", "{work}/a"], 2,

@@ -26,6 +26,7 @@ the toolkit's models folder, keyed by the adapter's and the base's contents, and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -35,6 +36,8 @@ from slmops.toolkit.core import artifacts, settings, workers
 from slmops.toolkit.core.errors import InputError, ModelFolderError, QuantizedCheckpointError
 from slmops.toolkit.domain.prompts import reference_text
 from slmops.toolkit.domain.sources import TensorInfo, fingerprint, inspect_source, read_tensors
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_RECORD = "merge.json"
@@ -121,7 +124,13 @@ def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] |
         raise ModelFolderError(folder, "no adapter_model.safetensors", "Re-save the adapter with "
                                "save_pretrained(safe_serialization=True).")
     artifacts.check_no_links_leaving(folder)
-    named = base or config.get("base_model_name_or_path")
+    trained_on = config.get("base_model_name_or_path")
+    if (base and trained_on and (Path(str(trained_on)).expanduser() / "config.json").is_file()
+            and Path(str(trained_on)).expanduser().resolve() != Path(base).expanduser().resolve()):
+        # An instruct adapter on a base checkpoint (or the reverse) merges without an error, and answers worse.
+        log.warning("%s: adapter_config.json names %s as the base it was trained on; merging into --base %s instead.",
+                    folder.name, trained_on, base)
+    named = base or trained_on
     if not named or not (Path(str(named)).expanduser() / "config.json").is_file():
         raise InputError(f"The adapter's base {named!r} is not a local model folder"
                          + (" (the adapter names a hub id; this toolkit works offline)" if named and not base else "")

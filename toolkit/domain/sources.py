@@ -87,7 +87,8 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ModelFolderError(folder, "no such folder", "Check the path, or use `slmops bundled`.")
+        raise ModelFolderError(folder, "a file, not a model folder" if folder.exists() else "no such folder",
+                               "Point at the folder that holds config.json, or use `slmops bundled`.")
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelFolderError(
