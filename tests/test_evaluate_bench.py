@@ -29,6 +29,10 @@ SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {
         ("It is Paris.", {"contains_any": ["paris"]}, True),
         ("It is Lyon.", {"contains_any": ["Paris"]}, False),
         ("ok <|im_end|>", {"not_contains": ["<|im_end|>"]}, False),
+        # The three word rules ignore case alike: "Paris" is a "paris" that not_contains forbids.
+        ("The capital is Paris.", {"not_contains": ["paris"]}, False),
+        ("The capital is Lyon.", {"not_contains": ["paris"]}, True),
+        ("42", {"exact": "42 "}, True),
         ('{"a": 1}', {"regex": r"^\{.*\}$"}, True),
         ("x" * 11, {"max_chars": 10}, False),
         ("Paris and Berlin", {"contains": ["paris", "berlin"]}, True),
