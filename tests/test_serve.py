@@ -54,6 +54,19 @@ def test_sync_client_answers_with_usage_and_finish_reason(endpoint: serve.Endpoi
     assert again.choices[0].message.content == choice.message.content  # greedy is repeatable
 
 
+def test_without_max_tokens_an_answer_may_fill_the_context_and_chat_caps_its_default(endpoint: serve.Endpoint) -> None:
+    """The runtime's own default (2048 tokens) does not fit a 512-token model: every plain call got a 500."""
+    from slmops.toolkit.runtimes.foundry import LoadedModel
+
+    answer = endpoint.client().chat.completions.create(model=MODEL, messages=ASK, temperature=0)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    with LoadedModel(MODEL) as model:
+        context = model.context_length
+        assert answer.usage.total_tokens <= context == 512
+        reply = list(model.chat("Tell me about the sea.", max_tokens=512, temperature=0))[-1]  # was refused
+        assert reply.prompt_tokens + reply.completion_tokens <= context
+
+
 def test_streaming_matches_the_plain_answer(endpoint: serve.Endpoint) -> None:
     client = endpoint.client()
     plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=16, temperature=0)

@@ -253,6 +253,8 @@ def _runtime_body(host: ModelHost, request: ChatRequest) -> dict:
         raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from exc
     except InputError as exc:
         raise ApiError(400, str(exc), param=getattr(exc, "name", None), code="invalid_value") from exc
+    if max_tokens is None:  # as OpenAI's API: up to the end of the context (the runtime's default may not fit)
+        max_tokens = host.model.room(messages, request.tools, request.tool_choice)
     body = host.model.body(messages, max_tokens=max_tokens, temperature=request.temperature, seed=seed,
                            stream=request.stream, **options)
     if request.parallel_tool_calls is not None and request.tools:

@@ -165,7 +165,8 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p = sub.add_parser("chat", parents=parents, description=about["chat"] + "; /reset starts over, /exit quits.")
     p.add_argument("name", help="registered model name (or NAME:VERSION)")
     p.add_argument("--system", help="system prompt (default: none)")
-    p.add_argument("--max-tokens", type=whole(1), default=512, help="most tokens per answer")
+    p.add_argument("--max-tokens", type=whole(1), default=512,
+                   help="most tokens per answer (capped at what the context leaves)")
     p.add_argument("--temperature", type=fraction(0, 2), default=0.7, help="sampling temperature, 0..2")
     p.add_argument("--tools", metavar="FILE.json",
                    help="OpenAI tool definitions the model may call (a JSON list); you type each call's result "

@@ -303,6 +303,16 @@ class LoadedModel:
         """How many tokens :meth:`prompt_ids` gives."""
         return len(self.prompt_ids(messages))
 
+    def room(self, messages: list[dict[str, str]], tool_defs: list[dict] | None = None,
+             tool_choice: object = None) -> int | None:
+        """Tokens the context leaves for an answer to ``messages`` (already checked), or None when it is unknown.
+
+        An answer without a ``max_tokens`` of its own gets this: the runtime's own default (2048) is
+        refused whenever it does not fit, as OpenAI's API would instead stop at the context's end.
+        """
+        context = self.context_length
+        return context - len(self.prompt_ids(messages, tool_defs, tool_choice)) if context else None
+
     def check(self, messages: list[dict[str, str]], max_tokens: int | None, temperature: float = 0.0,
               seed: int = 0, *, top_p: float | None = None, stop: object = None,
               response_format: object = None, tool_defs: object = None, tool_choice: object = None) -> None:
@@ -478,6 +488,11 @@ class LoadedModel:
         history = self._history or ([{"role": "system", "content": system}] if system else [])
         turn = {"role": role, "content": message, **({"tool_call_id": tool_call_id} if role == "tool" else {})}
         messages = [*history, turn]
+        # At most what the context leaves, as `foundry model run` does: a 512-token default on a
+        # 512-token model would refuse every message, and any long conversation would end in refusals.
+        self.check(messages, None, temperature, seed, tool_defs=tool_defs, tool_choice=tool_choice)
+        left = self.room(messages, tool_defs, tool_choice)
+        max_tokens = min(max_tokens, left) if left else max_tokens
         for piece in self.stream(messages, max_tokens=max_tokens, temperature=temperature, seed=seed,
                                  tool_defs=tool_defs, tool_choice=tool_choice):
             if isinstance(piece, Generation):  # kept before it is handed out: a caller may stop reading there
