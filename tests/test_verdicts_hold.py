@@ -212,3 +212,23 @@ def test_extra_timing_rounds_time_only_the_undecided_models_and_their_reference(
     assert requests["m-int4"] == 2 * low  # decided: timed in the first rounds only
     assert requests["m-int8"] == requests["m-fp32"] == 2 * high  # undecided, and the reference it is judged against
     assert timed.count("m-int4") == 2 * low
+
+
+def test_a_case_longer_than_the_context_is_refused_by_name_before_any_is_asked(
+        scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One over-long case used to stop the checklist after the cases before it, naming no case."""
+    from slmops.toolkit import cli
+
+    cases = tmp_path / "cases.jsonl"
+    short = {"id": "short", "messages": [{"role": "user", "content": "Say hi"}], "expect": {"contains": ["hello"]}}
+    long = {"id": "too-long", "messages": [{"role": "user", "content": "The quick brown fox. " * 200}],
+            "expect": {"contains": ["fox"]}}
+    cases.write_text("\n".join(json.dumps(c) for c in (short, long)) + "\n")
+    out = tmp_path / "run"
+    argv = ["test", scripted, "--cases", str(cases), "--reference", "none", "--requests", "0", "--lengths",
+            "-o", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Case 'too-long' does not fit terse-fp32" in err and "512-token context" in err
+    assert "cases:" not in err  # refused before the first case was asked
+    assert not (out / "test.json").exists()

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from slmops.toolkit.core.errors import FoundryRequestError
+from slmops.toolkit.core.errors import FoundryRequestError, InputError
 from slmops.toolkit.domain.datasets import HELDOUT
 from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, FORMAT_RULES, judge
+from slmops.toolkit.stages.checklist.tool_calls import MAX_TOKENS as TOOL_MAX_TOKENS
 from slmops.toolkit.stages.checklist.tool_calls import is_tool_case, tool_call_checks
 
 
@@ -105,6 +106,26 @@ def stop_check(name: str, finishes: list[tuple[str, int]], max_tokens: int, limi
            "model folder)"), samples=len(finishes))
 
 
+def check_cases_fit(model: LoadedModel, cases: list[dict], max_tokens: int) -> None:
+    """Refuse, before any case is asked, a case whose prompt and answer budget overrun the model's context.
+
+    Raises:
+        InputError: names the first such case, its prompt's tokens and the context.
+    """
+    context = model.context_length
+    if not context:
+        return
+    for case in cases:
+        tool = is_tool_case(case)
+        budget = TOOL_MAX_TOKENS if tool else max_tokens
+        left = model.room(case["messages"], case.get("tools") if tool and model.markers is not None else None)
+        if left is not None and left < budget:
+            raise InputError(
+                f"Case {case['id']!r} does not fit {model.name}: its prompt is {context - left} tokens and the "
+                f"checklist allows {budget} for the answer, over the model's {context}-token context. Shorten "
+                "the case or leave it out of the cases file.")
+
+
 def case_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, max_tokens: int, seed: int,
                 progress: bool, generated: list[list] | None = None) -> list[CheckResult]:
     """Every case check (:data:`CASE_CHECKS`) of one model, then the pass rate of each and the ``stop`` check.
@@ -118,6 +139,7 @@ def case_checks(model: LoadedModel, cases: list[dict], limits: Thresholds, max_t
     """
     from tqdm.auto import tqdm
 
+    check_cases_fit(model, cases, max_tokens)
     tool_cases = [case for case in cases if is_tool_case(case)]  # judged by their calls, apart
     cases = [case for case in cases if not is_tool_case(case)]
     checks: list[CheckResult] = []
