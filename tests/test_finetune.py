@@ -77,6 +77,23 @@ def test_finetune_trains_then_reuses(tiny_adapter: finetune.FinetuneResult, tiny
         finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, rank=0).check()
 
 
+def test_an_adapter_trained_from_a_relative_base_finds_it_from_anywhere(tiny_model: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finetune data.jsonl --base tiny`` wrote "tiny" into adapter_config.json: found from no other folder."""
+    from slmops.toolkit.domain import adapters
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text(json.dumps(LINE) + "\n")
+    monkeypatch.chdir(tiny_model.parent)
+    result = finetune.finetune(finetune.FinetuneSpec(base=Path(tiny_model.name), out=tmp_path / "lora",
+                                                     data=data, rank=2, steps=1, batch=1),
+                               progress=False)
+    config = json.loads((result.adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert adapters.inspect_adapter(result.adapter).base == tiny_model.resolve()
+
+
 def test_two_processes_asking_for_one_fine_tune_at_once_train_it_once(tiny_model: Path, tmp_path: Path) -> None:
     """Two notebooks or terminals starting the same fine-tune: the second waits, then reuses the first's adapter."""
     data = tmp_path / "facts.jsonl"

@@ -133,7 +133,8 @@ def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] |
     named = base or trained_on
     if not named or not (Path(str(named)).expanduser() / "config.json").is_file():
         raise InputError(f"The adapter's base {named!r} is not a local model folder"
-                         + (" (the adapter names a hub id; this toolkit works offline)" if named and not base else "")
+                         + (f" (a hub id, or a path relative to another folder than {Path.cwd()}: this toolkit works offline)"
+                            if named and not base else "")
                          + ": pass --base DIR, the Hugging Face folder it was trained on.")
     try:
         base_source = inspect_source(Path(str(named)))

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings, workers
@@ -106,6 +106,9 @@ def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
         ToolFailedError: training failed (the message is its error; the log is kept).
     """
     spec.check()
+    # The adapter's config names its base by this path: relative, it would mean another folder from elsewhere.
+    spec = replace(spec, base=Path(spec.base).expanduser().resolve(),
+                   data=Path(spec.data).expanduser().resolve() if spec.data else None)
     artifacts.check_replaceable(spec.out, "fine-tune", (RECORD,), {"base model": spec.base, "dataset": spec.data})
     examples = load_dataset(spec.data)
     inspect_source(spec.base)
