@@ -94,6 +94,19 @@ def test_an_adapter_trained_from_a_relative_base_finds_it_from_anywhere(tiny_mod
     assert adapters.inspect_adapter(result.adapter).base == tiny_model.resolve()
 
 
+def test_an_example_longer_than_the_context_is_refused_naming_it(tiny_model: Path, tmp_path: Path) -> None:
+    """It trained without a word on 12,480 tokens against a 512-token context."""
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps(LINE) + "\n" + json.dumps({**LINE, "answer": " ".join(f"word{i}" for i in range(1500)),
+                                                           "expect": ["word1"]}) + "\n")
+    out = tmp_path / "lora"
+    with pytest.raises(InputError, match=r"Example 'example-2' is \d+ tokens with its prompt, over the base's "
+                                         r"512-token context"):
+        finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=out, data=data, rank=2, steps=1, batch=1),
+                          progress=False)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["long.jsonl"]
+
+
 def test_two_processes_asking_for_one_fine_tune_at_once_train_it_once(tiny_model: Path, tmp_path: Path) -> None:
     """Two notebooks or terminals starting the same fine-tune: the second waits, then reuses the first's adapter."""
     data = tmp_path / "facts.jsonl"

@@ -338,6 +338,11 @@ def _train_task(payload: dict, emit) -> list[float]:
         prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
         answer_ids = tokenizer(_answer_turn(tokenizer, messages, answer, prompt), add_special_tokens=False).input_ids
         encoded.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+        context = getattr(model.config, "max_position_embeddings", None)
+        if isinstance(context, int) and len(encoded[-1][0]) > context:
+            # Positions past the context were never trained; the runtime would refuse such a prompt anyway.
+            raise InputError(f"Example {example.id!r} is {len(encoded[-1][0])} tokens with its prompt, over the base's "
+                             f"{context}-token context: shorten its answer or leave it out of the dataset.")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=job.learning_rate)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     losses = []
