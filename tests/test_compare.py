@@ -88,6 +88,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 1
     out = capsys.readouterr().out
     assert "1 parameters differ, 1 of 4 verdicts changed" in out and "REGRESSION: int4 top1_agreement" in out
+    assert "differs: parameter int4_block_size: 32 -> 64" in out  # named, not only counted
     page = (tmp_path / "c" / "compare.html").read_text()
     assert "Regressions (2)" in page and "int4_block_size" in page
     # Verdicts are marked in colour and in words; headings are words with units.
@@ -107,6 +108,15 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert cli.main(["compare", str(a), str(b), "--fail-on", "kl_nats=0.1"]) == 2  # not a figure: a usage error
     assert cli.main(["compare", str(a), str(b), "--fail-on", "top1=x"]) == 2
     assert cli.main(["compare", str(a), str(tmp_path / "nope")]) == 2
+
+
+def test_a_quality_figure_one_run_lacks_is_not_judged_within_threshold(tmp_path: Path) -> None:
+    a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
+    b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
+    (b / "test.json").write_text(json.dumps(ChecklistReport([ModelReport("m-fp32", [])]).to_json()))  # int4 not checked
+    result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    int4 = [row for row in result.quality if row["precision"] == "int4"]
+    assert int4 and {row["judged"] for row in int4} == {"only in a"}
 
 
 def test_a_noisy_run_is_never_judged(tmp_path: Path) -> None:

@@ -70,6 +70,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"{len(changed)} of {len(result.verdicts)} verdicts changed, "
           f"{sum(t['judged'] in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "
           "moved beyond the noise")
+    for row in result.params:
+        print(f"differs: parameter {row['parameter']}: {row['a']} -> {row['b']}")
     for line in result.inputs:
         print(f"differs: {line}")
     for run, line in result.recommendations.items():

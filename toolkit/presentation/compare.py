@@ -392,8 +392,9 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
                 if worse > limit:
                     moved = f"worse by more than {limit}" + (" (relative)" if figure == "perplexity" else "")
                     regressions.append(f"{p} {figure}: {old} -> {new} ({moved})")
+            alone = "" if (old is None) == (new is None) else f"only in {'a' if new is None else 'b'}"
             quality.append({"precision": p, "figure": figure, "a": old, "b": new, "delta": _delta(old, new),
-                            "judged": moved or "within threshold"})
+                            "judged": moved or alone or "within threshold"})
     verdicts = []
     for key in dict.fromkeys([*a.verdicts, *b.verdicts]):
         old, new = a.verdicts.get(key), b.verdicts.get(key)
