@@ -58,7 +58,8 @@ def test_without_max_tokens_an_answer_may_fill_the_context_and_chat_caps_its_def
     """The runtime's own default (2048 tokens) does not fit a 512-token model: every plain call got a 500."""
     from slmops.toolkit.runtimes.foundry import LoadedModel
 
-    answer = endpoint.client().chat.completions.create(model=MODEL, messages=ASK, temperature=0)
+    answer = endpoint.client().chat.completions.create(model=MODEL, messages=ASK, temperature=0, frequency_penalty=0,
+                                                       presence_penalty=0, logit_bias={})  # neutral: accepted
     assert answer.choices[0].finish_reason in ("stop", "length")
     with LoadedModel(MODEL) as model:
         context = model.context_length
@@ -140,6 +141,10 @@ def test_curl_streams_server_sent_events(endpoint: serve.Endpoint) -> None:
     (json.dumps({"model": MODEL, "messages": ASK, "temperature": 3}), 400, "temperature"),
     (json.dumps({"model": MODEL, "messages": ASK, "seed": 2**31}), 400, "seed"),
     (json.dumps({"model": MODEL, "messages": ASK, "n": 2}), 400, "n"),
+    # Options the runtime lacks: accepted at their neutral values only, never silently ignored.
+    (json.dumps({"model": MODEL, "messages": ASK, "frequency_penalty": 0.5}), 400, "frequency_penalty"),
+    (json.dumps({"model": MODEL, "messages": ASK, "presence_penalty": -1.0}), 400, "presence_penalty"),
+    (json.dumps({"model": MODEL, "messages": ASK, "logit_bias": {"5": 10}}), 400, "logit_bias"),
     (json.dumps({"model": MODEL, "messages": ASK, "stop": ["a", "b", "c", "d", "e"]}), 400, "stop"),
     (json.dumps({"model": MODEL, "messages": ASK, "tools": [{"type": "function"}]}), 400, "tools[0].function"),
     (json.dumps({"model": MODEL, "messages": ASK, "tools": [{"type": "function", "function": {"name": "f"}}]}), 400,

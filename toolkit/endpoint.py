@@ -155,6 +155,11 @@ class ChatRequest(_Strict):
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool | None = None
     logprobs: bool = False
+    # Accepted at OpenAI's neutral values only: the runtime has no such options, and ignoring them would answer
+    # something else than what was asked.
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict | None = None
 
 
 class ModelHost:
@@ -242,6 +247,11 @@ def _runtime_body(host: ModelHost, request: ChatRequest) -> dict:
     """Check a parsed request against the model (context, options) and build the runtime's request."""
     if request.logprobs:
         raise ApiError(400, "logprobs are not supported by this endpoint.", param="logprobs")
+    for param in ("frequency_penalty", "presence_penalty", "logit_bias"):
+        if getattr(request, param):  # 0, 0.0, {} and null are OpenAI's defaults: nothing asked
+            raise ApiError(400, f"{param} is not supported by this endpoint (Foundry Local's runtime has no such "
+                                "option); leave it out. A repetition penalty is set when the model is registered "
+                                "(slmops register --repetition-penalty).", param=param)
     messages = _plain_messages(request)
     max_tokens = request.max_completion_tokens or request.max_tokens
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
