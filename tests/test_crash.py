@@ -132,6 +132,24 @@ def test_a_zip_killed_before_it_lands_keeps_the_earlier_archive(tmp_path: Path) 
     assert not debris(tmp_path) and (tmp_path / "run.zip").read_bytes() != before
 
 
+def test_a_zip_says_what_it_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Weights and links stay out of an archive; it used to leave them out without a word."""
+    import zipfile
+
+    run = tmp_path / "run"
+    (run / "models" / "int4").mkdir(parents=True)
+    (run / "params.json").write_text("{}")
+    (run / "models" / "int4" / "model.onnx").write_bytes(b"w" * 2_000_000)
+    (run / "secret").symlink_to("/etc/passwd")
+    assert cli.main(["report", str(run), "--zip"]) == 0
+    err = capsys.readouterr()
+    said = err.out + err.err
+    assert "Left out 1 model weight files (2 MB): --with-models adds them." in said
+    assert "Left out 1 links (never followed into an archive): secret" in said
+    names = zipfile.ZipFile(tmp_path / "run.zip").namelist()
+    assert "run/params.json" in names and not any("model.onnx" in n or "secret" in n for n in names)
+
+
 @pytest.fixture()
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs), so a write really runs out of space."""

@@ -7,6 +7,7 @@ is relative, so a run folder (or its archive) can be sent as it is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import zipfile
@@ -26,6 +27,8 @@ from slmops.toolkit.presentation import checklist as checklist_tables
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.stages import bench, checklist, convert
+
+log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark")
 
@@ -299,10 +302,19 @@ def archive(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         raise InputError(f"{run} is not a run folder (no index.html); run `slmops demo` or `slmops run` first.")
     target = Path(out) if out else run.with_suffix(".zip")
     artifacts.remove_stale(target.parent)  # the partial archive of a zip that was killed
+    links, weights = [], []
     with artifacts.atomic_path(target) as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
         for file in sorted(run.rglob("*")):
             # A link could point anywhere (say /etc/shadow): never follow one into the archive.
-            if file.is_symlink() or not file.is_file() or (not with_models and file.suffix in _WEIGHTS):
-                continue
-            zf.write(file, Path(run.name) / file.relative_to(run))
+            if file.is_symlink():
+                links.append(file.relative_to(run))
+            elif file.is_file() and not with_models and file.suffix in _WEIGHTS:
+                weights.append(file.stat().st_size)
+            elif file.is_file():
+                zf.write(file, Path(run.name) / file.relative_to(run))
+    if weights:
+        log.info("Left out %d model weight files (%.0f MB): --with-models adds them.", len(weights), sum(weights) / 1e6)
+    if links:
+        log.warning("Left out %d links (never followed into an archive): %s%s", len(links),
+                    ", ".join(map(str, links[:3])), " ..." if len(links) > 3 else "")
     return target
