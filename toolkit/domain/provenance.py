@@ -8,6 +8,7 @@ machine. :func:`differences` compares such a record with what a rerun would use 
 from __future__ import annotations
 
 import hashlib
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def cases_hash(cases: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+#: Parameters that say where and how a run is shown, not what it computes.
+_NOT_COMPARED = ("run_dir", "interactive")
+
+
 def run_record(params: RunParams) -> dict:
     """The record of what ``params`` resolve to now: inputs' fingerprints, seed, versions, machine.
 
@@ -39,6 +44,8 @@ def run_record(params: RunParams) -> dict:
             "model": {"path": str(model), "fingerprint": fingerprint(model)},
             "cases": {"path": params.cases or f"(bundled) {BUNDLED_CASES}", "sha256": cases_hash(params.cases)},
             "seed": params.seed,
+            # What it was asked, as run (params.json beside it can be edited afterwards, by hand or on purpose).
+            "params": json.loads(json.dumps({k: v for k, v in params.as_dict().items() if k not in _NOT_COMPARED})),
         },
         "versions": versions(),
         "machine": machine(),
@@ -71,6 +78,22 @@ def differences(recorded: dict, current: dict) -> list[str]:
             found.append(f"{package}: {old_versions.get(package, 'absent')} then, "
                          f"{new_versions.get(package, 'absent')} now")
     return found
+
+
+def parameter_differences(recorded: dict, current: dict) -> list[str]:
+    """Parameters a rerun would use that differ from those the recorded run ran with (``params.json`` edited since).
+
+    Runs recorded before their parameters were kept have none to compare (an empty list).
+
+    Example:
+        >>> parameter_differences({"inputs": {"params": {"repeats": 3}}}, {"inputs": {"params": {"repeats": 5}}})
+        ['parameter repeats: 3 then, 5 now']
+    """
+    then, now = recorded.get("inputs", {}).get("params"), current.get("inputs", {}).get("params") or {}
+    if not isinstance(then, dict):
+        return []
+    return [f"parameter {key}: {then.get(key, 'absent')} then, {now.get(key, 'absent')} now"
+            for key in sorted(set(then) | set(now)) if key != "seed" and then.get(key) != now.get(key)]
 
 
 def machine_differences(recorded: dict, current: dict) -> list[str]:

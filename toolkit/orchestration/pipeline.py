@@ -71,15 +71,17 @@ def rerun_differences(params_file: str | os.PathLike[str], params: dict) -> tupl
         params: That file's parameters, as :func:`load_params` read them.
 
     Returns:
-        ``(differences, machine)``: source model, cases file, seed and package versions that
-        differ from the recorded run's ``run.json``, and how this machine differs (both empty
-        when ``params_file`` has no ``run.json`` beside it, i.e. it is not a run's own).
+        ``(differences, machine)``: source model, cases file, seed, package versions and
+        parameters (``params.json`` edited since) that differ from the recorded run's
+        ``run.json``, and how this machine differs (both empty when ``params_file`` has no
+        ``run.json`` beside it, i.e. it is not a run's own).
     """
     recorded = artifacts.read_json(Path(params_file).parent / "run.json")
     if not isinstance(recorded, dict):
         return [], []
     current = provenance.run_record(run_params.parse({k: v for k, v in params.items() if k != "sweep"}))
-    return provenance.differences(recorded, current), provenance.machine_differences(recorded, current)
+    return ([*provenance.differences(recorded, current), *provenance.parameter_differences(recorded, current)],
+            provenance.machine_differences(recorded, current))
 
 
 def _render_html(notebook: Path) -> Path:
