@@ -311,7 +311,11 @@ class LoadedModel:
         refused whenever it does not fit, as OpenAI's API would instead stop at the context's end.
         """
         context = self.context_length
-        return context - len(self.prompt_ids(messages, tool_defs, tool_choice)) if context else None
+        if not context:
+            return None
+        # Rendered as check() renders them (defaults filled in), so the count is the runtime's.
+        offered = tools.check_tools(tool_defs) if tool_defs else None
+        return context - len(self.prompt_ids(messages, offered, tool_choice))
 
     def check(self, messages: list[dict[str, str]], max_tokens: int | None, temperature: float = 0.0,
               seed: int = 0, *, top_p: float | None = None, stop: object = None,
