@@ -35,7 +35,7 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts, settings, workers
 from slmops.toolkit.core.errors import InputError, ModelFolderError, QuantizedCheckpointError
 from slmops.toolkit.domain.prompts import reference_text
-from slmops.toolkit.domain.sources import TensorInfo, fingerprint, inspect_source, read_tensors
+from slmops.toolkit.domain.sources import TensorInfo, fingerprint, inspect_source, read_tensors, stores_lm_head
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _check_vocabulary(folder: Path, adapter: dict[str, list[int]], base_tensors:
     if not rows or not base_rows or rows == base_rows:
         return 0, base_rows
     sizes = f"the adapter's vocabulary is {rows} tokens, the base {base.name}'s {base_rows}"
-    untied = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in base_shapes)
+    untied = stores_lm_head(base_shapes)
     if untied and _rows(saved, "lm_head.weight") != rows:
         raise InputError(f"{folder}: {sizes}, but the adapter saves no {rows}-row lm_head, so the new tokens' output "
                          "rows were never saved: train with modules_to_save=['embed_tokens', 'lm_head'] and save the "
@@ -257,7 +257,7 @@ def _check_shapes(folder: Path, adapter: dict[str, list[int]], base_shapes: dict
         InputError: a module the base lacks, or of another size.
     """
     embedding = next((k for k in base_shapes if k.endswith("embed_tokens.weight")), None)
-    if embedding and not any(k == "lm_head.weight" or k.endswith(".lm_head.weight") for k in base_shapes):
+    if embedding and not stores_lm_head(base_shapes):
         # A tied base stores no LM head: its embedding table is the head. A head saved whole
         # (modules_to_save) replaces it in the merge, which unties the two; LoRA on it cannot be merged
         # without changing the embeddings too.

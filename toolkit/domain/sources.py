@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         context_length=int(config.get("max_position_embeddings") or config.get("n_positions") or 0),
         hidden_size=int(config.get("hidden_size") or 0),
         tied_embeddings=(config["tie_word_embeddings"] if isinstance(config.get("tie_word_embeddings"), bool)
-                         else not any(name.endswith("lm_head.weight") for name in tensors)),
+                         else not stores_lm_head(tensors)),
         parameters=sum(sizes),
         largest_tensor=max(sizes, default=0),
         checkpoint_bytes=sum(file.stat().st_size for file in files),
@@ -362,7 +363,7 @@ def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]
             folder, f"config.json says num_hidden_layers {layers}, but the weights hold {len(stored)} layers",
             f"Set num_hidden_layers to {len(stored)} in config.json if the model was pruned, or save the config "
             "that came with these weights.")
-    has_head = any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in tensors)
+    has_head = stores_lm_head(tensors)
     tied = fields.get("tie_word_embeddings")
     if tied is None and not has_head:  # left out: the architecture's own default decides (False for Llama)
         tied = _default_tie_word_embeddings(fields)
@@ -372,6 +373,11 @@ def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]
             "would start from random numbers)",
             "Set tie_word_embeddings to true in config.json if the model shares its embedding table with its LM "
             "head, or save the model again with its lm_head.weight.")
+
+
+def stores_lm_head(names: Iterable[str]) -> bool:
+    """Whether weights with these tensor names store an LM head (a tied model stores none: its embeddings are it)."""
+    return any(name == "lm_head.weight" or name.endswith(".lm_head.weight") for name in names)
 
 
 def _default_tie_word_embeddings(fields: dict) -> bool | None:
