@@ -30,7 +30,7 @@ from slmops.toolkit.core.errors import (
     UnsupportedArchitectureError,
 )
 from slmops.toolkit.core.measure import available_mib, package_versions, timestamp
-from slmops.toolkit.domain import adapters, memory, parity
+from slmops.toolkit.domain import adapters, memory, parity, stop_tokens
 from slmops.toolkit.domain.options import (
     BLOCK_SIZES,
     TUTORIAL_SIZE_RATIO,
@@ -323,6 +323,9 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
         raise InvalidOptionError("base", str(spec.base), "only with a LoRA adapter folder as the model")
     else:
         source = check_source(spec.model_dir)
+    # The stop token goes into genai_config.json, which ONNX Runtime GenAI refuses with a null one.
+    if stop_tokens.resolve(spec.model_dir) is None:
+        stop_tokens.require(source.path)
     spec.int4.validate()
     quantizes = spec.quantize_from if needs_quantizer(replace(spec, precision=precision, method=method)) else None
     artifacts.check_replaceable(spec.output_dir, "conversion", (MANIFEST, "genai_config.json", OLIVE_CONFIG), {
@@ -426,7 +429,8 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
     from tqdm.auto import tqdm
 
     source = validate(spec, memory_check=memory_check)
-    spec = ConvertSpec(Path(spec.model_dir), Path(spec.output_dir), Precision(spec.precision),
+    # Absolute: the Olive routes run in a scratch folder, where a relative path would read as a hub id.
+    spec = ConvertSpec(Path(spec.model_dir).resolve(), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider,
                        quantize_from=Path(spec.quantize_from) if spec.quantize_from else None)
     free_at_start = available_mib()
@@ -480,6 +484,9 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 config_file.write_text(json.dumps(config, indent=2))
                 olive_run = workers.python_module("slmops.toolkit.runtimes.olive_cli", "run", "--config", str(config_file))
                 runs.append(workers.run_tool(olive_run, log_path=logs / "olive.log", cwd=scratch, name="olive run"))
+            stop = stop_tokens.require(spec.model_dir)
+            if reused is None:  # the builder writes null where config.json and generation_config.json name none
+                stop_tokens.complete_genai_config(first, stop)
             bar.update()
             plan = None
             if needs_quantizer(spec):
@@ -501,7 +508,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
             # The source's stop tokens travel with the build (registration joins them to genai_config's EOS).
             if (source.path / "generation_config.json").is_file() and not (staging / "generation_config.json").exists():
                 shutil.copy2(source.path / "generation_config.json", staging / "generation_config.json")
-            manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result())
+            manifest = _manifest(spec, source, staging, target, runs, wall, plan, source_fingerprint.result(), stop)
             manifest["memory"] = {
                 **predicted.as_dict(), "available_mib_at_start": round(free_at_start, 1),
                 "measured_peak_mib": manifest["peak_rss_mib"],
@@ -596,7 +603,7 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
 
 
 def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[workers.ChildRun],
-              wall: float, plan: QuantPlan | None, source_fingerprint: str) -> dict:
+              wall: float, plan: QuantPlan | None, source_fingerprint: str, stop: stop_tokens.StopTokens) -> dict:
     size_mb = dir_size_mb(staging)
     if spec.precision is Precision.FP32:
         fp32_mb, fp32_from = size_mb, "this build"
@@ -616,6 +623,8 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
         "execution_provider": spec.execution_provider,
         "options": asdict(spec.int4) if spec.precision is Precision.INT4 else {},
         "quantizer": asdict(plan) if plan else None,
+        "eos_token_id": list(stop.ids),
+        "eos_token_id_from": stop.source,
         "weights": weight_summary(staging / "model.onnx"),
         "commands": [list(run.command) for run in runs],
         "wall_s": round(wall, 3),

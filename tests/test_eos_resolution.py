@@ -1,0 +1,94 @@
+"""A model's end-of-sequence ids are resolved before conversion, as transformers resolves them.
+
+A config made in code with transformers 5 (``Qwen2Config(...)``) has no ``eos_token_id``; the model
+builder wrote ``null`` into ``genai_config.json``, which ONNX Runtime GenAI refuses, and the
+conversion failed after the whole build, blamed on the parity check.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slmops.toolkit.core.errors import ModelFolderError
+from slmops.toolkit.domain import stop_tokens
+
+
+def _write(folder: Path, name: str, data: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(data))
+
+
+def _drop_eos(folder: Path, *, tokenizer: bool = False) -> None:
+    """Remove ``eos_token_id`` from the folder's configs (and the tokenizer's ``eos_token`` when asked)."""
+    for name in ("config.json", "generation_config.json") + (("tokenizer_config.json",) if tokenizer else ()):
+        file = folder / name
+        if file.is_file():
+            data = json.loads(file.read_text())
+            data.pop("eos_token_id", None)
+            data.pop("eos_token", None)
+            file.write_text(json.dumps(data))
+
+
+def test_generation_config_then_config_then_tokenizer(tmp_path: Path) -> None:
+    _write(tmp_path, "config.json", {"eos_token_id": 5})
+    _write(tmp_path, "generation_config.json", {"eos_token_id": [7, 8]})
+    _write(tmp_path, "tokenizer_config.json", {"eos_token": "<end>"})
+    _write(tmp_path, "tokenizer.json", {"added_tokens": [{"id": 9, "content": "<end>"}], "model": {"vocab": {}}})
+    assert stop_tokens.resolve(tmp_path) == stop_tokens.StopTokens((7, 8), "generation_config.json")
+    _write(tmp_path, "generation_config.json", {"eos_token_id": None})
+    assert stop_tokens.resolve(tmp_path) == stop_tokens.StopTokens((5,), "config.json")
+    _write(tmp_path, "config.json", {"text_config": {"eos_token_id": 6}})
+    assert stop_tokens.resolve(tmp_path).ids == (6,)  # a multimodal config nests the language model's
+    _write(tmp_path, "config.json", {"eos_token_id": None})
+    assert stop_tokens.resolve(tmp_path) == stop_tokens.StopTokens((9,), "tokenizer_config.json")
+    _write(tmp_path, "tokenizer_config.json", {"eos_token": {"content": "</s>"}})
+    _write(tmp_path, "tokenizer.json", {"added_tokens": [], "model": {"vocab": {"</s>": 3}}})
+    assert stop_tokens.resolve(tmp_path).ids == (3,)  # an AddedToken dict, found in the vocabulary
+    _write(tmp_path, "tokenizer_config.json", {"eos_token": None})
+    assert stop_tokens.resolve(tmp_path) is None
+    with pytest.raises(ModelFolderError, match=r"no end-of-sequence token.*Set eos_token_id in config\.json"):
+        stop_tokens.require(tmp_path)
+
+
+def test_a_null_eos_in_genai_config_is_filled_and_a_set_one_kept(tmp_path: Path) -> None:
+    _write(tmp_path, "genai_config.json", {"model": {"eos_token_id": None, "pad_token_id": None}})
+    assert stop_tokens.complete_genai_config(tmp_path, stop_tokens.StopTokens((4, 6), "config.json"))
+    model = json.loads((tmp_path / "genai_config.json").read_text())["model"]
+    assert (model["eos_token_id"], model["pad_token_id"]) == ([4, 6], 4)
+    assert not stop_tokens.complete_genai_config(tmp_path, stop_tokens.StopTokens((1,), "config.json"))
+    assert json.loads((tmp_path / "genai_config.json").read_text())["model"]["eos_token_id"] == [4, 6]
+
+
+@pytest.mark.slow
+def test_a_config_without_eos_converts_with_the_tokenizers_eos(tiny_model: Path, tmp_path: Path) -> None:
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+
+    source = tmp_path / "no-eos"
+    subprocess.run(["cp", "-r", str(tiny_model), str(source)], check=True)
+    _drop_eos(source)
+    expected = json.loads((tiny_model / "config.json").read_text())["eos_token_id"]
+    result = convert(ConvertSpec(source, tmp_path / "int4", Precision.INT4), progress=False)
+    genai = json.loads((result.output_dir / "genai_config.json").read_text())["model"]
+    assert genai["eos_token_id"] == expected
+    assert result.manifest["parity"]["verdict"] == "pass"
+    assert (result.manifest["eos_token_id"], result.manifest["eos_token_id_from"]) == ([expected],
+                                                                                       "tokenizer_config.json")
+
+
+@pytest.mark.slow
+def test_a_model_with_no_eos_anywhere_is_refused_before_any_work(tiny_model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "none"
+    subprocess.run(["cp", "-r", str(tiny_model), str(source)], check=True)
+    _drop_eos(source, tokenizer=True)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "slmops.toolkit.cli", "convert", str(source), "--precision", "int4",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no end-of-sequence token" in lines[0] and "Set eos_token_id" in lines[0]
+    assert not out.exists() and not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
