@@ -5,7 +5,10 @@ safetensors written tensor by tensor, a tiny local tokenizer) go through ``slmop
 at int4 and int8 (builder route), then Foundry Local registration and a short benchmark
 (64-token prompt, 32 generated). For each it records wall time, peak RSS against the
 checkpoint's size and against the prediction made before starting, size on disk, decode
-speed and time to first token. Decode speed and first-token time come from ONNX Runtime
+speed and time to first token, and each build's parity check against transformers (the FP32
+export's top-1 agreement, then the quantized build's). The configs are written as a config made
+in code with transformers 5 is (``Qwen2Config(...)``): no ``eos_token_id`` in ``config.json`` or
+``generation_config.json``, the tokenizer naming its ``eos_token``. Decode speed and first-token time come from ONNX Runtime
 GenAI directly (the runtime Foundry Local wraps): a random model's tokens lie beyond its
 tiny tokenizer, so Foundry Local streams them as empty text and its per-token timing
 cannot be read.
@@ -16,13 +19,14 @@ whose predicted peak fits in the memory available; the others are reported as th
 prediction alone (e.g. the 3.8B shape's ~48 GB on a 24 GB machine). Writes ``scale.json``
 and ``scale.png`` (each figure against parameter count) and prints a Markdown table. Usage::
 
-    .venv/bin/python benchmarks/scale.py                              # all four shapes (~30 min here)
-    .venv/bin/python benchmarks/scale.py --shapes qwen2.5-0.5b --no-bench
+    .venv/bin/python benchmarks/scale.py                              # all four shapes
+    .venv/bin/python benchmarks/scale.py --shapes qwen2.5-0.5b --no-bench --no-baseline
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shutil
 import sys
@@ -34,7 +38,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slmops.toolkit.core import workers
-from slmops.toolkit.core.measure import available_mb
+from slmops.toolkit.core.measure import available_mib, machine
 from slmops.toolkit.domain import memory
 from slmops.toolkit.domain.options import Method, Precision
 from slmops.toolkit.domain.sources import inspect_source, make_shaped_model
@@ -69,39 +73,56 @@ def builder_own_int4(model: Path, out: Path, work: Path) -> dict:
     predicted = memory.estimate(parameters=source.parameters, largest_tensor=source.largest_tensor,
                                 checkpoint_bytes=source.checkpoint_bytes, method=Method.OLIVE,
                                 route_precision=Precision.INT4, quantized=False)
-    free = available_mb()
-    if predicted.peak_mb > free:
-        return {"skipped": f"predicted {predicted.peak_mb / 1024:.1f} GiB > {free / 1024:.1f} GiB available",
-                "predicted_peak_mb": round(predicted.peak_mb)}
+    free = available_mib()
+    if predicted.peak_mib > free:
+        return {"skipped": f"predicted {predicted.peak_mib / 1024:.1f} GiB > {free / 1024:.1f} GiB available",
+                "predicted_peak_mib": round(predicted.peak_mib)}
     command = workers.python_module("onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out),
                                     "-p", "int4", "-e", "cpu", "-c", str(work / "cache"),
                                     "--extra_options", "hf_token=false", "hf_remote=false")
     run = workers.run_tool(command, log_path=work / "builder-int4.log", name="builder int4 (baseline)")
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file()) / 1e6
     shutil.rmtree(out, ignore_errors=True)
-    return {"wall_s": round(run.wall_s, 1), "peak_rss_mb": round(run.peak_rss_mb), "size_mb": round(size),
-            "predicted_peak_mb": round(predicted.peak_mb)}
+    return {"wall_s": round(run.wall_s, 1), "peak_rss_mib": round(run.peak_rss_mib), "size_mb": round(size),
+            "predicted_peak_mib": round(predicted.peak_mib)}
 
 
-def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bool) -> dict:
+def without_eos(model: Path) -> None:
+    """Leave ``eos_token_id`` out of the configs, as transformers 5's ``Qwen2Config(...)`` does."""
+    for name in ("config.json", "generation_config.json"):
+        file = model / name
+        if file.is_file():
+            data = json.loads(file.read_text())
+            data.pop("eos_token_id", None)
+            file.write_text(json.dumps(data, indent=2))
+
+
+def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bool, baseline: bool) -> dict:
     """Make the shape's model (reused), run the baseline, convert, register and bench; return its figures."""
     model = work / "models" / name
     if not (model / "config.json").is_file():
         start = time.perf_counter()
         make_shaped_model(model, SHAPES[name])
+        without_eos(model)
         print(f"{name}: random bf16 checkpoint written in {time.perf_counter() - start:.0f} s", flush=True)
     source = inspect_source(model)
     row: dict = {"shape": name, "parameters": source.parameters, "checkpoint_mb": round(source.checkpoint_bytes / 1e6)}
-    row["baseline_int4"] = builder_own_int4(model, work / "baseline-int4", work)
+    row["baseline_int4"] = (builder_own_int4(model, work / "baseline-int4", work) if baseline
+                            else {"skipped": "not asked (--no-baseline)"})
     print(f"{name}: builder's own int4: {row['baseline_int4']}", flush=True)
     for precision in precisions:
         out = work / "onnx" / name / precision
         result = convert.convert(convert.ConvertSpec(model, out, Precision(precision)), progress=True)
         m = result.manifest
-        figures = {"wall_s": m["wall_s"], "peak_rss_mb": m["peak_rss_mb"],
-                   "predicted_peak_mb": m["memory"]["predicted_peak_mb"], "size_mb": round(m["size_mb"]),
-                   "rss_per_checkpoint": round(m["peak_rss_mb"] * 2**20 / source.checkpoint_bytes, 2),
-                   "steps_mb": m["memory"]["measured_steps"]}
+        checks = {check["build"]: check for check in m["parity"]["checks"]}
+        figures = {"wall_s": m["wall_s"], "peak_rss_mib": m["peak_rss_mib"],
+                   "predicted_peak_mib": m["memory"]["predicted_peak_mib"], "size_mb": round(m["size_mb"]),
+                   "rss_per_checkpoint": round(m["peak_rss_mib"] * 2**20 / source.checkpoint_bytes, 2),
+                   "steps_mib": m["memory"]["measured_steps"], "eos_token_id_from": m["eos_token_id_from"],
+                   "parity": m["parity"]["verdict"],
+                   "fp32_top1": checks.get("fp32", {}).get("top1_agreement"),
+                   "top1": checks.get(precision, {}).get("top1_agreement"),
+                   "kl": checks.get(precision, {}).get("kl_divergence")}
         if run_bench:
             registered = f"scale-{name}-{precision}".replace(".", "-")
             R.register(out, registered, model_config=R.ModelConfig(threads=None), force=True)
@@ -113,7 +134,7 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
             for r in rows:
                 key = "foundry" if r.engine == "foundry-local" else "direct"
                 figures |= {f"{key}_decode_tps": round(r.decode_tps, 1), f"{key}_ttft_ms": round(r.ttft_ms),
-                            f"{key}_gen_tokens": r.gen_tokens, f"{key}_bench_rss_mb": round(r.peak_rss_mb)}
+                            f"{key}_gen_tokens": r.gen_tokens, f"{key}_bench_rss_mb": round(r.peak_rss_mib)}
         row[precision] = figures
         print(f"{name} {precision}: {figures}", flush=True)
         shutil.rmtree(out, ignore_errors=True)  # 3.8B builds are GBs; the figures are what we keep
@@ -121,26 +142,33 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
 
 
 def table(rows: list[dict], precisions: list[str]) -> str:
-    """The Markdown table the README and closing notes quote."""
-    lines = [("| shape | params | checkpoint (bf16) | builder's own int4: peak RSS (x ckpt) | precision | wall | "
-              "peak RSS (x ckpt) | predicted peak | vs builder's own | size | decode tok/s | TTFT |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The Markdown table of the benchmarks page, under a line giving the date, the machine and the command."""
+    host = machine()
+    command = " ".join([".venv/bin/python", "benchmarks/scale.py", *sys.argv[1:]])
+    lines = [(f"Measured {datetime.date.today().isoformat()} on {host['cpu']} ({host['physical_cores']} cores, "
+              f"{host['memory_gb']} GB) by `{command}`."),
+             "",
+             ("| shape | params | checkpoint (bf16) | builder's own int4: peak RSS (x ckpt) | precision | wall | "
+              "peak RSS (x ckpt) | predicted peak | vs builder's own | size | FP32 parity top-1 | build top-1 | "
+              "build KL (nats) | decode tok/s | TTFT |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         base = row["baseline_int4"]
         checkpoint = row["checkpoint_mb"] * 1e6 / 2**20  # MiB, as RSS is measured
-        base_text = (f"{base['peak_rss_mb'] / 1024:.1f} GiB ({base['peak_rss_mb'] / checkpoint:.1f}x), "
-                     f"{base['wall_s']:.0f} s" if "peak_rss_mb" in base else f"not run: {base['skipped']}")
+        base_text = (f"{base['peak_rss_mib'] / 1024:.1f} GiB ({base['peak_rss_mib'] / checkpoint:.1f}x), "
+                     f"{base['wall_s']:.0f} s" if "peak_rss_mib" in base else f"not run: {base['skipped']}")
         for precision in precisions:
             f = row[precision]
-            versus = (f"{f['peak_rss_mb'] / base['peak_rss_mb']:.2f}x" if "peak_rss_mb" in base
+            versus = (f"{f['peak_rss_mib'] / base['peak_rss_mib']:.2f}x" if "peak_rss_mib" in base
                       and precision == "int4" else "")
             decode = f.get("direct_decode_tps", "")
             ttft = f.get("direct_ttft_ms", "")
+            fp32_top1 = f"{f['fp32_top1']:.3f}" if f.get("fp32_top1") is not None else "-"
             lines.append(
                 f"| {row['shape']} | {row['parameters'] / 1e9:.2f}B | {checkpoint / 1024:.2f} GiB | {base_text} | "
-                f"{precision} | {f['wall_s']:.0f} s | {f['peak_rss_mb'] / 1024:.1f} GiB ({f['rss_per_checkpoint']:.2f}x) "
-                f"| {f['predicted_peak_mb'] / 1024:.1f} GiB | {versus} | {f['size_mb'] / 1000:.2f} GB | {decode} | "
-                f"{f'{ttft} ms' if ttft != '' else ''} |")
+                f"{precision} | {f['wall_s']:.0f} s | {f['peak_rss_mib'] / 1024:.1f} GiB ({f['rss_per_checkpoint']:.2f}x) "
+                f"| {f['predicted_peak_mib'] / 1024:.1f} GiB | {versus} | {f['size_mb'] / 1000:.2f} GB | {fp32_top1} | "
+                f"{f['top1']:.3f} | {f['kl']:.3g} | {decode} | {f'{ttft} ms' if ttft != '' else ''} |")
     return "\n".join(lines)
 
 
@@ -151,7 +179,7 @@ def plot(rows: list[dict], precisions: list[str], target: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("peak_rss_mb", "conversion peak RSS (MiB)"), ("wall_s", "conversion wall time (s)"), ("size_mb", "size (MB)"),
+    panels = [("peak_rss_mib", "conversion peak RSS (MiB)"), ("wall_s", "conversion wall time (s)"), ("size_mb", "size (MB)"),
               ("direct_decode_tps", "decode (tok/s)"), ("direct_ttft_ms", "first token (ms, 64-token prompt)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     billions = [row["parameters"] / 1e9 for row in rows]
@@ -161,13 +189,15 @@ def plot(rows: list[dict], precisions: list[str], target: Path) -> None:
             points = [(x, y) for x, y in zip(billions, values, strict=True) if y is not None]
             if points:
                 axis.plot(*zip(*points, strict=True), marker="o", label=precision)
-        if key == "peak_rss_mb":
-            base = [(x, row["baseline_int4"]["peak_rss_mb"]) for x, row in zip(billions, rows, strict=True)
-                    if "peak_rss_mb" in row["baseline_int4"]]
-            predicted = [(x, row["baseline_int4"]["predicted_peak_mb"]) for x, row in zip(billions, rows, strict=True)]
+        if key == "peak_rss_mib":
+            base = [(x, row["baseline_int4"]["peak_rss_mib"]) for x, row in zip(billions, rows, strict=True)
+                    if "peak_rss_mib" in row["baseline_int4"]]
+            predicted = [(x, row["baseline_int4"]["predicted_peak_mib"]) for x, row in zip(billions, rows, strict=True)
+                         if "predicted_peak_mib" in row["baseline_int4"]]
             if base:
                 axis.plot(*zip(*base, strict=True), marker="s", linestyle="--", label="builder's own int4")
-            axis.plot(*zip(*predicted, strict=True), linestyle=":", color="grey", label="its prediction")
+            if predicted:
+                axis.plot(*zip(*predicted, strict=True), linestyle=":", color="grey", label="its prediction")
             axis.plot(billions, [row["checkpoint_mb"] * 1e6 / 2**20 * 2.5 for row in rows], color="red", linewidth=0.8,
                       label="2.5x checkpoint (target)")
             axis.axhline(psutil.virtual_memory().total / 2**20, color="black", linewidth=0.8, linestyle="-.",
@@ -186,12 +216,15 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", choices=["int4", "int8"], default=["int4", "int8"])
     parser.add_argument("--work", default="outputs/scale", help="models, logs, scale.json and scale.png go here")
     parser.add_argument("--no-bench", action="store_true", help="convert only (no registration or benchmark)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the builder's own in-memory INT4 (the baseline of the 'vs builder's own' column)")
     args = parser.parse_args()
 
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{available_mb() / 1024:.1f} GiB available", flush=True)
-    rows = [measure_shape(name, work, args.precisions, run_bench=not args.no_bench) for name in args.shapes]
+    print(f"{available_mib() / 1024:.1f} GiB available", flush=True)
+    rows = [measure_shape(name, work, args.precisions, run_bench=not args.no_bench, baseline=not args.no_baseline)
+            for name in args.shapes]
     (work / "scale.json").write_text(json.dumps(rows, indent=2))
     plot(rows, args.precisions, work / "scale.png")
     print(table(rows, args.precisions))

@@ -34,6 +34,30 @@ def test_figures_measure_what_they_name() -> None:
     assert parity.figures(ref, padded).max_abs_diff == 0
 
 
+def test_top1_is_judged_up_to_near_ties_so_random_weights_pass_faithful_and_fail_broken() -> None:
+    """A random model of a real vocabulary is near ties everywhere: its faithful INT4 was refused on top-1 0.08."""
+    rng = np.random.default_rng(1)
+    flat = rng.standard_normal((128, 150_000)).astype(np.float32) * 0.72  # no position has a clear favourite
+    noisy = flat + rng.standard_normal(flat.shape).astype(np.float32) * 0.5  # quantization-like noise
+    f = parity.figures(flat, noisy)
+    assert f.top1_agreement < 0.25 < f.top1_up_to_ties and f.kl_divergence < 0.2
+    assert f.verdict(parity.QUANTIZED) is parity.Verdict.PASS
+    broken = parity.figures(flat, rng.permutation(flat, axis=1))  # the same values on the wrong tokens
+    assert broken.top1_up_to_ties < 0.05 and broken.kl_divergence < parity.QUANTIZED.max_kl  # KL alone would pass
+    assert broken.verdict(parity.QUANTIZED) is parity.Verdict.FAIL
+    decided = flat[:, :1000].copy()
+    decided[:, 0] += 8.0  # a trained model's clear favourite: up to ties is plain top-1
+    moved = decided.copy()
+    moved[:100, 1] += 12.0  # another token overtakes at 100 of 128 positions
+    g = parity.figures(decided, moved)
+    assert g.top1_agreement == g.top1_up_to_ties == pytest.approx(28 / 128)
+    assert g.verdict(parity.QUANTIZED) is parity.Verdict.FAIL
+    assert "up to near ties" in parity.judge("int4", "t", [("x", 128)], [f], parity.QUANTIZED).summary()
+    old = {**parity.judge("int4", "t", [("x", 128)], [g], parity.QUANTIZED).to_json(), "schema_version": 1}
+    del old["top1_up_to_ties"]
+    assert parity.ParityCheck.from_json(old).figures.top1_up_to_ties == old["top1_agreement"]
+
+
 def test_a_record_reads_back_and_says_which_version() -> None:
     check = parity.judge("fp32", "transformers", [("text", 3)], [parity.figures(np.eye(3), np.eye(3))], parity.EXACT)
     assert parity.ParityCheck.from_json(check.to_json()) == check

@@ -15,8 +15,15 @@ Two tolerances, one per kind of build:
   of the logit range on every family that builds correctly, against 1-3% for a build that
   applies a sliding window to the wrong layers or the wrong RoPE base);
 * a quantized build is compared by what quantization is allowed to change: its top-1
-  agreement and KL divergence (the demo's INT4 follows FP32 on about 70% of positions at a
-  KL of 0.4 nats; a broken build falls to chance and several nats).
+  agreement and KL divergence (a broken build falls to chance and several nats).
+
+A top-1 bound is judged up to near ties (:data:`TIE_MARGIN`): a position agrees when the build's
+greedy token is one the reference finds at least half as likely as its own. Where the reference
+has decided (its favourite twice as likely as any other token) that is plain top-1 agreement;
+where two tokens are near a tie, which comes first is below any build's resolution. Random
+weights of a real vocabulary (150k tokens) are near ties at every position: a faithful INT4 of
+one agreed on 8% of positions by plain top-1 at a KL of 0.06 nats, while a build that puts the
+same logits on the wrong tokens agrees on none, up to ties or not.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import numpy as np
 
 from slmops.toolkit.core.errors import ParityError
 
-#: Version of the ``parity`` record in ``manifest.json``.
-SCHEMA_VERSION = 1
+#: Version of the ``parity`` record in ``manifest.json`` (2 adds ``top1_up_to_ties``; a version 1
+#: record reads with it equal to ``top1_agreement``, its lower bound).
+SCHEMA_VERSION = 2
 #: Positions of the reference text compared (the bundled text is about 430 SmolLM2 tokens).
 TEXT_POSITIONS = 512
 #: Positions past the sliding window in the second sequence, so its windowed layers matter (128 also
@@ -39,6 +47,9 @@ PAST_WINDOW = 128
 LONGEST_SEQUENCE = 4160
 #: Positions compared at once when computing the figures (bounds the float64 copies).
 _CHUNK = 64
+#: Two tokens are near a tie when their reference logits differ by less than this (nats: ln 2, one
+#: token less than twice as likely as the other).
+TIE_MARGIN = float(np.log(2.0))
 
 
 class Verdict(StrEnum):
@@ -83,6 +94,8 @@ class Figures:
         mean_abs_diff: Mean absolute logit difference.
         logit_range: The reference's largest minus smallest logit.
         kl_divergence: Mean KL divergence reference || candidate, nats.
+        top1_up_to_ties: Share of positions whose greedy token the reference finds at least half as
+            likely as its own (0-1, at least ``top1_agreement``; see :data:`TIE_MARGIN`).
     """
 
     positions: int
@@ -91,6 +104,7 @@ class Figures:
     mean_abs_diff: float
     logit_range: float
     kl_divergence: float
+    top1_up_to_ties: float = 0.0
 
     @property
     def max_diff_of_range(self) -> float:
@@ -98,8 +112,8 @@ class Figures:
         return self.max_abs_diff / self.logit_range if self.logit_range else 0.0
 
     def verdict(self, tolerance: Tolerance) -> Verdict:
-        """Pass when every bound of ``tolerance`` holds."""
-        ok = self.top1_agreement >= tolerance.min_top1
+        """Pass when every bound of ``tolerance`` holds (top-1 judged up to near ties)."""
+        ok = self.top1_up_to_ties >= tolerance.min_top1
         if tolerance.max_diff_of_range is not None:
             ok = ok and self.max_diff_of_range <= tolerance.max_diff_of_range
         if tolerance.max_kl is not None:
@@ -132,7 +146,7 @@ def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
     if reference.shape[0] != candidate.shape[0] or candidate.shape[1] < reference.shape[1]:
         raise ValueError(f"logits of shape {candidate.shape} cannot be compared with {reference.shape}")
     candidate = candidate[:, :reference.shape[1]]
-    top1 = max_diff = diff_sum = kl_sum = 0.0
+    top1 = max_diff = diff_sum = kl_sum = near = 0.0
     low, high = np.inf, -np.inf
     # float32 arithmetic, float64 totals: a 262k vocabulary over 1,000 positions in seconds, KL within
     # ~1e-5 of its value (measured against float64 on 434 x 49k random logits: 7e-6).
@@ -140,7 +154,9 @@ def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
         ref = np.asarray(reference[start:start + _CHUNK], dtype=np.float32)
         cand = np.asarray(candidate[start:start + _CHUNK], dtype=np.float32)
         diff = np.abs(ref - cand)
-        top1 += float((ref.argmax(-1) == cand.argmax(-1)).sum())
+        chosen = cand.argmax(-1)
+        top1 += float((ref.argmax(-1) == chosen).sum())
+        near += float((ref[np.arange(len(ref)), chosen] >= ref.max(-1) - TIE_MARGIN).sum())
         max_diff = max(max_diff, float(diff.max()))
         diff_sum += float(diff.mean(-1, dtype=np.float64).sum())
         low, high = min(low, float(ref.min())), max(high, float(ref.max()))
@@ -148,7 +164,8 @@ def figures(reference: np.ndarray, candidate: np.ndarray) -> Figures:
         kl_sum += float(np.einsum("tv,tv->t", np.exp(ref_log), ref_log - cand_log).sum(dtype=np.float64))
     count = reference.shape[0]
     return Figures(positions=count, top1_agreement=top1 / count, max_abs_diff=max_diff,
-                   mean_abs_diff=diff_sum / count, logit_range=high - low, kl_divergence=max(kl_sum / count, 0.0))
+                   mean_abs_diff=diff_sum / count, logit_range=high - low, kl_divergence=max(kl_sum / count, 0.0),
+                   top1_up_to_ties=near / count)
 
 
 def merge(parts: list[Figures]) -> Figures:
@@ -161,7 +178,7 @@ def merge(parts: list[Figures]) -> Figures:
     low_high = max(p.logit_range for p in parts)
     return Figures(positions=count, top1_agreement=mean("top1_agreement"),
                    max_abs_diff=max(p.max_abs_diff for p in parts), mean_abs_diff=mean("mean_abs_diff"),
-                   logit_range=low_high, kl_divergence=mean("kl_divergence"))
+                   logit_range=low_high, kl_divergence=mean("kl_divergence"), top1_up_to_ties=mean("top1_up_to_ties"))
 
 
 @dataclass(frozen=True)
@@ -193,8 +210,8 @@ class ParityCheck:
             "positions": f.positions, "top1_agreement": round(f.top1_agreement, 5),
             "max_abs_diff": float(f"{f.max_abs_diff:.4g}"), "mean_abs_diff": float(f"{f.mean_abs_diff:.4g}"),
             "logit_range": round(f.logit_range, 3), "max_diff_of_range": float(f"{f.max_diff_of_range:.4g}"),
-            "kl_divergence": float(f"{f.kl_divergence:.4g}"), "tolerance": asdict(self.tolerance),
-            "verdict": str(self.verdict),
+            "kl_divergence": float(f"{f.kl_divergence:.4g}"), "top1_up_to_ties": round(f.top1_up_to_ties, 5),
+            "tolerance": asdict(self.tolerance), "verdict": str(self.verdict),
         }
 
     @classmethod
@@ -204,18 +221,20 @@ class ParityCheck:
         Raises:
             ValueError: a record of another schema version.
         """
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in (1, SCHEMA_VERSION):
             raise ValueError(f"parity record version {data.get('schema_version')} is not {SCHEMA_VERSION}")
         figures_ = Figures(positions=data["positions"], top1_agreement=data["top1_agreement"],
                            max_abs_diff=data["max_abs_diff"], mean_abs_diff=data["mean_abs_diff"],
-                           logit_range=data["logit_range"], kl_divergence=data["kl_divergence"])
+                           logit_range=data["logit_range"], kl_divergence=data["kl_divergence"],
+                           top1_up_to_ties=data.get("top1_up_to_ties", data["top1_agreement"]))
         return cls(data["build"], data["reference"], tuple((s["what"], s["positions"]) for s in data["sequences"]),
                    figures_, Tolerance(**data["tolerance"]), Verdict(data["verdict"]))
 
     def summary(self) -> str:
         """One line for tables and ``doctor``: the figures and the verdict."""
         f = self.figures
-        return (f"{self.verdict}: top-1 agreement {f.top1_agreement:.4f}, largest logit difference "
+        return (f"{self.verdict}: top-1 agreement {f.top1_agreement:.4f} ({f.top1_up_to_ties:.4f} up to near ties), "
+                f"largest logit difference "
                 f"{f.max_abs_diff:.3g} ({f.max_diff_of_range:.2%} of the range {f.logit_range:.3g}), "
                 f"KL {f.kl_divergence:.3g} nats over {f.positions} positions")
 
@@ -234,7 +253,7 @@ def refuse(check: ParityCheck, architecture: str, route: str, size_mb: float | N
     (for a caller that compares builds, such as the INT4 recipe comparison).
     """
     f = check.figures
-    bounds = [f"top-1 agreement at least {check.tolerance.min_top1}"]
+    bounds = [f"top-1 agreement up to near ties at least {check.tolerance.min_top1}"]
     if check.tolerance.max_diff_of_range is not None:
         bounds.append(f"largest difference at most {check.tolerance.max_diff_of_range:.0%} of the range")
     if check.tolerance.max_kl is not None:
@@ -242,7 +261,8 @@ def refuse(check: ParityCheck, architecture: str, route: str, size_mb: float | N
     where = ", ".join(f"{what} ({n})" for what, n in check.sequences)
     return ParityError(
         f"The {check.build} build of {architecture} by the {route} route does not compute what its source model "
-        f"computes in {check.reference}: top-1 agreement {f.top1_agreement:.4f}, largest logit difference "
+        f"computes in {check.reference}: top-1 agreement {f.top1_agreement:.4f} ({f.top1_up_to_ties:.4f} up to "
+        f"near ties), largest logit difference "
         f"{f.max_abs_diff:.3g} ({f.max_diff_of_range:.2%} of the logit range {f.logit_range:.3g}), KL "
         f"{f.kl_divergence:.3g} nats over {f.positions} positions of {where}; allowed: {'; '.join(bounds)}. "
         "Nothing was put in place. Try another route (--method builder or olive) or precision; if every route "
