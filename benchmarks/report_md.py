@@ -53,11 +53,15 @@ def section(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]
     """A benchmarks-page section: heading, date, machine, command, the table and a note.
 
     Example:
-        >>> print(section("Threads", ["x", "y"], [[1, 2]], argv=["b.py"], when=datetime.date(2026, 1, 2)))
-        ... # doctest: +ELLIPSIS
+        >>> print(section("Threads", ["x", "y"], [[1, 2]], argv=["b.py"], when=datetime.date(2026, 1, 2)))  # doctest: +ELLIPSIS
         ## Threads
         <BLANKLINE>
-        Measured 2026-01-02. Machine: ...
+        Measured 2026-01-02. Machine: ...; ... cores (... logical), ... GB. Command: `python b.py`.
+        <BLANKLINE>
+        | x | y |
+        |---|---|
+        | 1 | 2 |
+        <BLANKLINE>
     """
     day = (when or datetime.datetime.now(datetime.UTC).date()).isoformat()
     parts = [f"## {title}", "", f"Measured {day}. Machine: {machine_line()}. Command: `{command_line(argv)}`.", "",

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import griffe
 from griffe._internal.docstrings import google
+from mkdocs.plugins import event_priority
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
@@ -282,6 +283,7 @@ def api_sources() -> Path:
     return API_SOURCES
 
 
+@event_priority(100)  # before mkdocstrings reads its search paths
 def on_config(config: object, **_: object) -> object:
     """mkdocs' hook, before any page is read: the source links the API pages need.
 
