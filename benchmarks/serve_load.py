@@ -11,6 +11,7 @@ concurrency must never change an answer. Usage::
 
     .venv/bin/python benchmarks/serve_load.py                       # smollm2-int4 (run `make demo` first)
     .venv/bin/python benchmarks/serve_load.py --model smollm2-fp32 --requests 20 --max-tokens 64
+    .venv/bin/python benchmarks/serve_load.py --markdown /tmp/serve.md   # also a section for docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slmops.toolkit.stages import serve
+from report_md import append, section
+
+from slmops.toolkit import endpoint as serve
 
 PROMPTS = ("Name a colour.", "Say hello in French.", "What is two plus two?", "Name a planet.",
            "Give me a fruit.", "Name an ocean.", "Say something kind.", "Name a tree.")
@@ -75,7 +78,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--requests", type=int, default=20, help="requests per client (default 20)")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--markdown", metavar="FILE", help="append the levels as a dated section of the benchmarks page")
     args = parser.parse_args()
+    rows = []
 
     with serve.background([args.model]) as endpoint:
         # Each prompt's answer with nobody else asking: the reference for every concurrent answer.
@@ -94,9 +99,16 @@ def main() -> None:
             print(f"{clients:>7} {len(ok) / wall:>7.2f} {tps:>7.1f} {statistics.median(latencies):>8.0f} "
                   f"{_quantile(latencies, 0.95):>8.0f} {statistics.median(r['ttft_s'] * 1000 for r in ok):>9.0f} "
                   f"{len(results) - len(ok):>6} {changed:>7} {tps / base:>10.2f}")
+            rows.append([clients, f"{len(ok) / wall:.2f}", f"{tps:.1f}", f"{statistics.median(latencies):.0f}",
+                         f"{_quantile(latencies, 0.95):.0f}", len(results) - len(ok), changed, f"{tps / base:.2f}"])
             for r in results:
                 if r["error"]:
                     print(f"  error: {r['error']}")
+    append(args.markdown, section(
+        "Serving under load", ["clients", "requests/s", "tokens/s", "p50 latency ms", "p95 latency ms", "errors",
+                               "answers changed", "tokens/s vs 1 client"], rows,
+        note=f"`{args.model}` behind `slmops serve`, the async `openai` client, {args.requests} streamed greedy "
+             f"requests per client, at most {args.max_tokens} tokens each."))
 
 
 async def _one(endpoint, model: str, prompt: str, max_tokens: int) -> str:

@@ -74,7 +74,7 @@ def test_convert_flags_override_the_recipe() -> None:
 
 
 def test_the_closest_int4_is_reachable_from_the_command_line(tmp_path: Path) -> None:
-    """The rotated, GPTQ-calibrated v-down-all plan (README, INT4 recipes): from the mixed recipe, which is
+    """The rotated, GPTQ-calibrated v-down-all plan (docs/benchmarks.md, "Rotation and GPTQ"): from the mixed recipe, which is
     asymmetric, --algorithm gptq makes it symmetric; a calibration file is checked before anything runs."""
     from slmops.toolkit.core.errors import InvalidOptionError
 

@@ -165,7 +165,7 @@ def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path
 
 
 # Gemma 2 is the family Olive's unpatched builder gets silently wrong (the gate refuses it at 54% of the logit range);
-# Gemma 3 and SmolLM3 through both Olive routes were checked the same way once (README), not on every run, for time.
+# Gemma 3 and SmolLM3 through both Olive routes were checked the same way once, not on every run, for time.
 @pytest.mark.parametrize(("family", "method"), [("gemma2", "olive")])
 def test_the_olive_routes_build_them_exactly_through_the_parity_gate(family: str, method: str, tmp_path: Path) -> None:
     """Olive's in-process builder gets the same fixes (slmops.toolkit.runtimes.olive_cli), and the gate proves it."""

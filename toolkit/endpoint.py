@@ -59,8 +59,8 @@ DEFAULT_PORT = 8000
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a long chat history is tens of KB; 4 MiB leaves room and stops floods
 SHUTDOWN_GRACE_S = 60  # how long in-flight requests may take to finish after SIGTERM
 # Streamed pieces go out together at most this often (each at once when tokens come slower; the first at
-# once). Waking the server for every token at hundreds a second slowed decode by 10-13% on a 2-core machine,
-# where ONNX Runtime's threads use every core; 50 ms (20 updates a second) brought it back to in-process speed.
+# once). Waking the server for every token at hundreds a second takes CPU from decode where ONNX Runtime's
+# threads use every core; 50 ms (20 updates a second) keeps decode at in-process speed (docs: benchmarks page).
 STREAM_INTERVAL_S = 0.05
 
 

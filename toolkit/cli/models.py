@@ -192,8 +192,8 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     interval = round(serve.STREAM_INTERVAL_S * 1000)
     p.add_argument("--stream-interval-ms", type=whole(0, 10_000), default=interval,
                    help="streamed tokens go out together at most this often; the first token at once (default "
-                   f"{interval}: at hundreds of tokens a second, one write per token "
-                   "slowed decode by 10-13%% on 2 cores; 0 sends every token at once)")
+                   f"{interval}: at hundreds of tokens a second, one write per token costs decode speed; "
+                   "0 sends every token at once)")
     cache_option(p)
     p.set_defaults(func=cmd_serve)
 

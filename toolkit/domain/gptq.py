@@ -20,9 +20,9 @@ quantized, weighted by the inverse Hessian ``H = 2 X^T X`` of the layer's calibr
 The Hessians come from the FP32 model's activations for every layer at once (not layer by layer
 through the already quantized ones, as the paper does): one calibration pass, no PyTorch.
 
-Measured on the demo's fine-tune (README "Precisions and INT4 recipes", ``benchmarks/int4_gptq.py``):
-calibrated on the 29-example Veloria set it does not beat round-to-nearest on generic text
-(the set is too narrow); on 4,000 tokens of generic prose it cuts the ``mixed`` plan's KL by a fifth.
+On the demo's fine-tune (``benchmarks/int4_gptq.py``; its figures are on the docs site's benchmarks
+page, ``docs/benchmarks.md``), calibration on the narrow Veloria set does not beat round-to-nearest on
+generic text, while calibration on generic prose does.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ GEMMA3_270M = PackagedModel(
     repetition_penalty=1.0,
     # The builder's INT4 quantizes the tied 262k-token table to 4 bits as the LM head: on the fine-tune that
     # fails the parity gate (top-1 0.569, KL 2.41 nats against FP32; 1.5 allowed). `mixed` keeps the table
-    # at 8 bits and the sensitive projections too (see the README's Gemma section for its figures).
+    # at 8 bits and the sensitive projections too (figures: docs/benchmarks.md, "Gemma 3 270M").
     int4_recipe="mixed",
 )
 

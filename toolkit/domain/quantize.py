@@ -89,7 +89,7 @@ def use_more_bits(layer: int, layers: int) -> bool:
 
 #: Mixed-precision rules: name -> (which projections, which layers) that get ``mix_bits``.
 #: ``v`` is the value projection (split out of a fused ``qkv_proj``), ``down`` the MLP's.
-#: Measured on the demo's fine-tune (KL against FP32, see README "INT4 recipes"): the value
+#: Measured on the demo's fine-tune (KL against FP32, see docs/benchmarks.md, "INT4 recipes"): the value
 #: projections and a few MLP down projections (layer 11's alone carries a fifth of the
 #: 4-bit body's KL) are where 4 bits lose the fine-tune.
 MIXES: dict[str, dict[str, str]] = {

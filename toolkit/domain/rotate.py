@@ -16,12 +16,12 @@ Optionally the value/output projections are rotated per attention head by ``Q`` 
 
 Nothing changes in what the FP32 graph computes (up to float rounding); what changes is
 that outlier channels are spread over all of them, which calibrated rounding (GPTQ) turns
-into a closer 4-bit build (README, "Precisions and INT4 recipes": measured, round-to-nearest
+into a closer 4-bit build (measured in docs/benchmarks.md, "Rotation and GPTQ": round-to-nearest
 can get worse). A graph whose stream is read or written any other way (Gemma's norms after
 each block, biases in the norms) is refused with :class:`UnsupportedGraph`. The whole FP32
-model is held in memory, with a float32 copy of the weights it changes: SmolLM2-135M peaked
-at 1.6 GB (about 12 bytes per parameter) and took 6 s here; its rotated FP32 build reads the
-reference text with top-1 1.0 and KL 0.0 against the unrotated one.
+model is held in memory, with a float32 copy of the weights it changes (about 12 bytes per
+parameter at the peak); a rotated FP32 build reads the reference text with top-1 1.0 and KL 0.0
+against the unrotated one.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def notebooks_dir() -> Path:
     """The folder holding ``01_convert.ipynb`` ...: ``$SLMOPS_NOTEBOOKS``, else the package's own copy.
 
     An installed wheel carries them inside the package (``notebooks/`` beside ``orchestration/``,
-    put there by the build's ``force-include``); a checkout has them at its top, where
+    mapped there by setuptools' ``package-dir`` in ``pyproject.toml``); a checkout has them at its top, where
     ``scripts/make_notebooks.py`` writes them.
     """
     env = os.environ.get("SLMOPS_NOTEBOOKS")

@@ -323,7 +323,25 @@ def recommend(run: RunFigures) -> Recommendation:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two runs compared; :attr:`regressions` is what makes ``slmops compare`` exit 1."""
+    """Two runs compared; :attr:`regressions` is what makes ``slmops compare`` exit 1.
+
+    Attributes:
+        a: The baseline run's folder name.
+        b: The judged run's folder name (``b`` is judged against ``a``).
+        params: Each parameter that differs: ``parameter``, ``a``, ``b`` (``absent`` where a run lacks it).
+        inputs: Inputs that differ (source model, cases file, seed, packages), in words.
+        machine: How the machines differ (CPU, cores, memory), in words; timings then compare machines too.
+        summary: Per run and precision: ``size_mb`` (MB), ``x_fp32``, ``checks_passed``, ``top1_agreement``
+            (share), ``decode_tps`` (tokens/s), ``ttft_ms`` (ms), ``peak_rss_mib`` (MiB).
+        sizes: Per precision: ``a``, ``b`` (MB, 10^6 bytes) and ``delta``.
+        quality: Per precision and figure (``top1_agreement``, ``kl_divergence``, ``perplexity``): ``a``,
+            ``b``, ``delta`` and how it was ``judged`` (``only in a/b`` when one run lacks it).
+        verdicts: Every checklist verdict in both runs (``precision``, ``check``, ``case``, ``change``), changes first.
+        timings: Each timing in both runs, judged against both runs' measured spread (within two standard
+            deviations of the difference: "same, within noise").
+        regressions: Each regression in words (empty: ``passed``).
+        recommendations: What each run recommends deploying: run name to the recommendation's sentence.
+    """
 
     a: str
     b: str

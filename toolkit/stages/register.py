@@ -136,8 +136,8 @@ class ModelConfig:
         threads: CPU threads ONNX Runtime uses for one request (``intra_op_num_threads`` in
             ``genai_config.json``, as Ollama's ``num_thread``): a count, ``"auto"`` (a short probe
             of decode speed and time to first token at each count picks the fastest, see
-            :func:`pick_threads`), or None for the runtime's default (one thread of two on a
-            2-core machine, measured).
+            :func:`pick_threads`), or None for the runtime's default (which may use fewer
+            threads than there are cores).
     """
 
     max_length: int | None = None
@@ -469,8 +469,12 @@ def register(
     fine-tune was trained on, else a generic one) gets the expected call.
 
     Raises:
-        InvalidNameError, ModelFolderError, TemplateError, InvalidOptionError,
-        RegistrationError: each before anything in the cache is changed.
+        InvalidNameError: An unsafe name; raised before anything in the cache is changed, as are the others.
+        ModelFolderError: A folder that is not a complete converted model.
+        TemplateError: A malformed template, or one that cannot be derived.
+        InvalidOptionError: An option out of range (a ``ModelConfig`` value, ``version``).
+        RegistrationError: Foundry Local refused the registration (``NameTakenError``: the name holds
+            another model and ``force`` is off).
 
     Example:
         >>> register("outputs/demo/models/int4", "smollm2-int4").model_id

@@ -3,7 +3,8 @@
 Each result is a frozen dataclass with ``schema_version``, ``to_json()`` and ``from_json()``:
 a stage writes one, the next stage (or the report) reads it back through ``from_json``, never
 by guessing at a dict's shape or parsing a figure out of text. The fields of every result file
-are documented in ``docs/results.md``.
+are documented in the docs site's result files reference (``docs/reference/results.md``),
+generated from these modules' records and docstrings.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Version history of a manifest:
 3. Memory figures under ``_mib`` names (``peak_rss_mib``, ``memory.predicted_peak_mib``,
    ``memory.measured_peak_mib``, ``memory.available_mib_at_start``); ``_mb`` is left to sizes
    on disk (10^6 bytes: ``size_mb``, ``source_size_mb``, ``fp32_size_mb``). The fields are
-   documented in ``docs/results.md``.
+   documented in the docs site's result files reference (``docs/reference/results.md``, generated from
+   these modules).
 
 The manifest stays a mapping (its fields are many and grow with the routes); what is read back
 goes through :func:`read_conversions`, which renames an older version's keys and refuses a
