@@ -142,7 +142,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print_json({"ok": all(c.ok for c in checks), "checks": checks})
     else:
         for check in checks:
-            print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+            print(f"{str(check.status).upper():4}  {check.name}: {check.detail}")
     return 0 if all(c.ok for c in checks) else 1
 
 

@@ -66,6 +66,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print_json({"report": page, "passed": result.passed, "comparison": result})
         return 0 if result.passed else 1
     changed = [v for v in result.verdicts if v["change"] != "same"]
+    print(result.headline)
     print(f"{result.b} against {result.a}: {len(result.params)} parameters differ, "
           f"{len(changed)} of {len(result.verdicts)} verdicts changed, "
           f"{sum(t['judged'] in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "

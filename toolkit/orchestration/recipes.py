@@ -15,6 +15,7 @@ from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import InvalidOptionError, ParityError
 from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.recipes import RecipeResult, recipes_file
+from slmops.toolkit.domain.verdicts import TOP1_TARGET
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages.convert import ConvertSpec, convert, validate
 
@@ -27,7 +28,7 @@ def fidelity_key(r: RecipeResult) -> tuple:
     return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
 
 
-def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
+def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = TOP1_TARGET,
                      speed_floor: float = 0.5) -> tuple[str, str]:
     """Pick the recipe to use and say why, in one sentence.
 
