@@ -159,3 +159,50 @@ def test_the_comparison_headline_agrees_with_its_timing_table(tmp_path) -> None:
         "status"] == "warn"
     same = compare.compare_runs(compare.load_run(a), compare.load_run(a))
     assert same.status is Status.PASS and same.headline.startswith("PASS: ")
+
+
+def test_the_run_deploys_the_recipe_its_comparison_recommends(tmp_path) -> None:
+    import json
+
+    from slmops.toolkit.domain.results.recipes import RecipeResult
+    from slmops.toolkit.orchestration import recipes
+
+    models = tmp_path / "models"
+    for folder, recipe, weights in ((models / "int4", "builder-default", b"default"),
+                                    (models / "recipes" / "mixed", "mixed", b"mixed!")):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(weights)
+        (folder / "manifest.json").write_text(json.dumps({"precision": "int4", "size_mb": len(weights) / 1e6}))
+    (models / "convert.json").write_text(json.dumps([{"precision": "fp32", "size_mb": 1.0},
+                                                     {"precision": "int4", "size_mb": 7e-6}]))
+
+    def result(name: str, folder, top1: float, refused: str = "") -> RecipeResult:
+        return RecipeResult(name, "", str(folder), 0.2, 0.3, top1, 0.1, 10.0, 9.0, 100.0, refused=refused)
+
+    measured = [result("builder-default", models / "int4", 0.66), result("mixed", models / "recipes" / "mixed", 0.9),
+                result("hqq", "", 0.1, refused="gate")]
+    said = recipes.adopt_recipe(measured, "mixed", models)
+    assert "deploys INT4 recipe `mixed`" in said and "int4_recipe" in said
+    assert (models / "int4" / "model.onnx").read_bytes() == b"mixed!"  # the measured build itself, not a rebuild
+    int4 = next(m for m in json.loads((models / "convert.json").read_text()) if m["precision"] == "int4")
+    assert int4["recipe"] == "mixed" and int4["output_dir"] == str(models / "int4")
+    assert compare.load_run(tmp_path).int4_recipe == "mixed"
+    with pytest.raises(Exception, match="hqq"):
+        recipes.adopt_recipe(measured, "hqq", models)  # refused by the parity gate: never deployed
+
+
+def test_the_picker_shows_a_built_int4s_measured_size_and_its_status_against_the_target() -> None:
+    from slmops.toolkit.domain.options import Precision
+    from slmops.widgets import pickers
+
+    measured = {"int4": {"size_mb": 203.3, "x_fp32": 0.376, "top1_agreement": 0.66},
+                "int8": {"size_mb": 157.3, "x_fp32": 0.291, "top1_agreement": 0.97}}
+    page = pickers.tradeoff_table((Precision.INT8, Precision.INT4, Precision.FP16), measured)
+    int4 = next(row for row in page.split("<tr>") if row.startswith("<td>int4"))
+    assert "×0.376 measured (tutorial ×0.125)" in int4 and "start here" not in int4
+    assert "warn: top-1 agreement 0.660 against a target of &gt;= 0.85" in int4
+    assert "pass: top-1 agreement 0.970" in next(row for row in page.split("<tr>") if row.startswith("<td>int8"))
+    fp16 = next(row for row in page.split("<tr>") if row.startswith("<td>fp16"))
+    assert "×0.5 (tutorial)" in fp16 and "expected:" in fp16  # not built yet: the tutorial's expectation, said so
+    assert pickers.precision_label(Precision.INT4, measured) == "int4: 203.3 MB, ×0.38 FP32 (measured)"
+    assert "×0.125" in pickers.precision_label(Precision.INT4, {})

@@ -77,6 +77,8 @@ class RunFigures:
         first_token: Per precision, the Foundry Local row whose prompt is nearest :data:`TYPICAL_PROMPT`
             tokens (its ``ttft_ms``, ``decode_tps``, ``target_gen_tokens``): a typical request.
         isa: The benchmark machine's vector extensions (``bench.json`` metadata).
+        int4_recipe: The INT4 recipe the run deployed, when the recipe comparison put it in place
+            (its manifest's ``recipe``); empty: the one ``params.json`` names.
     """
 
     name: str
@@ -90,6 +92,7 @@ class RunFigures:
     headline: dict = field(default_factory=dict)
     first_token: dict = field(default_factory=dict)
     isa: dict = field(default_factory=dict)
+    int4_recipe: str = ""
 
 
 #: Prompt tokens of a typical request, for the first-token figure the recommendation weighs.
@@ -130,8 +133,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
                     best["target_prompt_tokens"] - TYPICAL_PROMPT):
                 first_token[row["precision"]] = row
     isa = (report.get("metadata", {}) if isinstance(report, dict) else {}).get("isa", {})
+    adopted = next((m.get("recipe", "") for m in manifests if m["precision"] == "int4"), "")
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
-                      sizes, ratios, quality, verdicts, timings, headline, first_token, isa)
+                      sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
 
 
 def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
@@ -330,7 +334,8 @@ def recommend(run: RunFigures) -> Recommendation:
                               + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ")."
                               + _paired_words(comparisons, below), rows, reasons,
                               [c.to_json() for cs in comparisons.values() for c in cs])
-    recipe = f", INT4 recipe {run.params['int4_recipe']}" if choice == "int4" and run.params.get("int4_recipe") else ""
+    deployed = run.int4_recipe or run.params.get("int4_recipe")
+    recipe = f", INT4 recipe {deployed}" if choice == "int4" and deployed else ""
     best = next(r for r in rows if r["precision"] == choice)
     first = run.first_token.get(choice, {})
     figures = [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
