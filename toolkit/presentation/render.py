@@ -13,12 +13,12 @@ def render_page(template: str, **context: object) -> str:
         True
     """
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-    from markupsafe import Markup
 
     environment = Environment(loader=PackageLoader("slmops.toolkit.presentation", "pages"),
                               autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
                               trim_blocks=True, lstrip_blocks=True)
-    # Tables come from the renderer the notebooks use (it escapes every cell); the page's stylesheet styles them.
-    environment.globals["html_table"] = lambda rows, columns=None, marks=None: Markup(
-        html_table(rows, columns, marks={k: tuple(v) for k, v in (marks or {}).items()}, style=False))
+    # Tables come from the renderer the notebooks use (it escapes every cell, and its Html is markup to Jinja2);
+    # the page's stylesheet styles them.
+    environment.globals["html_table"] = lambda rows, columns=None, marks=None: html_table(
+        rows, columns, marks={k: tuple(v) for k, v in (marks or {}).items()}, style=False)
     return environment.get_template(template).render(**context)
