@@ -227,13 +227,14 @@ def _slow_start(run: RunFigures, p: str) -> str:
 
 
 def failed_words(failed: list[tuple[str, str]]) -> str:
-    """The checks a precision failed, in words (the first three).
+    """The checks a precision failed, in words (the first three, then how many more: never a bare ellipsis).
 
     Example:
         >>> failed_words([("domain", "capital")])
         'failed domain/capital'
     """
-    return "failed " + ", ".join(f"{check}/{case}" for check, case in failed[:3]) + (" ..." if len(failed) > 3 else "")
+    return "failed " + ", ".join(f"{check}/{case}" for check, case in failed[:3]) + (
+        f" and {len(failed) - 3} more" if len(failed) > 3 else "")
 
 
 def recommend(run: RunFigures) -> Recommendation:
