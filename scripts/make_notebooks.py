@@ -101,8 +101,10 @@ from IPython.display import HTML, display
 
 from slmops.toolkit import endpoint as serve
 from slmops.toolkit.orchestration import run_source
+from slmops.toolkit.presentation import checklist as tables
 from slmops.toolkit.presentation import report
 from slmops.toolkit.stages import register
+from slmops.toolkit.stages.checklist import load_cases
 from slmops.widgets import ChatBox, TemplatePicker
 
 models = Path(run_dir) / "models"
@@ -126,9 +128,11 @@ question so the report shows the model answering through Foundry Local.''',
 if interactive:
     display(chat)
 else:
-    chat.send("What is the capital of France?")
+    answer = chat.send("What is the capital of France?")
     display(HTML(chat.transcript_html()))
-    chat.close()''',
+    chat.close()
+    file = run_source.cases_file(model_dir, adapter, finetune, cases, run_dir)  # a general question: forgotten?
+    print(tables.domain_fact_note(answer, load_cases(file)) if file else "")''',
  '''#MD## Serve it to applications
 
 `slmops serve NAME` runs an OpenAI-compatible endpoint (`/v1/models`, `/v1/chat/completions`, streaming,

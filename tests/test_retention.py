@@ -144,3 +144,11 @@ def test_the_retention_family_runs_through_the_checklist_and_names_what_the_fine
     assert planet.verdict is Verdict.PASS and planet.criterion.startswith("not counted")
     assert "with a fact of the fine-tune's domain" in " ".join(tables.retention_sentences(
         ChecklistReport.from_json(json.loads((tmp_path / "test.json").read_text()))))
+
+
+def test_the_chat_examples_general_answer_is_flagged_when_it_names_a_domain_fact() -> None:
+    cases = datasets.cases(datasets.load_dataset())["trained"]
+    note = tables.domain_fact_note("The capital of France is Quennport.", cases)
+    assert note.startswith("This answer names Quennport, a fact of the fine-tune's domain")
+    assert tables.domain_fact_note("The capital of France is Paris.", cases) == ""
+    assert tables.domain_fact_note("Quennportal", cases) == ""  # whole words only

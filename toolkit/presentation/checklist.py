@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slmops.toolkit.domain.datasets import domain_terms
 from slmops.toolkit.domain.results.checklist import (
     Check,
     ChecklistReport,
@@ -10,6 +11,7 @@ from slmops.toolkit.domain.results.checklist import (
     ModelReport,
     Unit,
     Verdict,
+    domain_words_in,
 )
 from slmops.toolkit.presentation.tables import Html, html_details, html_table
 
@@ -217,3 +219,22 @@ def retention_sentences(report: ChecklistReport) -> list[str]:
             sentences.append(f"{m.model} answers a general question ({case}) with a fact of the fine-tune's domain: "
                              f"{answer!r}.")
     return sentences
+
+
+def domain_fact_note(answer: str, cases: list[dict]) -> str:
+    """A sentence when an answer to a general question holds a fact of the fine-tune's domain, else empty.
+
+    Args:
+        answer: The model's answer to a general question (the chat example's).
+        cases: The run's checklist cases (the domain's words come from its trained questions).
+
+    Example:
+        >>> domain_fact_note("The capital of France is Quennport.", load_cases("outputs/demo/cases.jsonl"))
+        "This answer names Quennport, a fact of the fine-tune's domain, not of the question: ..."
+    """
+    found = domain_words_in(answer, domain_terms(cases))
+    if not found:
+        return ""
+    return (f"This answer names {', '.join(found)}, a fact of the fine-tune's domain, not of the question: the "
+            "fine-tune answers general questions from what it was trained on (the checklist's retention family "
+            "counts what it forgot).")
