@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slmops.toolkit.presentation.tables import html_table
+from slmops.toolkit.presentation.tables import cell_text, heading, html_table
 
 
 def render_page(template: str, **context: object) -> str:
@@ -21,4 +21,5 @@ def render_page(template: str, **context: object) -> str:
     # the page's stylesheet styles them.
     environment.globals["html_table"] = lambda rows, columns=None, marks=None: html_table(
         rows, columns, marks={k: tuple(v) for k, v in (marks or {}).items()}, style=False)
+    environment.filters["heading"], environment.filters["cell"] = heading, cell_text  # for a hand-built table
     return environment.get_template(template).render(**context)
