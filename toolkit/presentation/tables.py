@@ -102,6 +102,9 @@ class Html(str):
     def __html__(self) -> str:  # Jinja2 includes it as markup, not as text to escape
         return str(self)
 
+    def __repr__(self) -> str:  # a notebook's text/plain beside the table: short, not the markup again
+        return f"<HTML table, {self.count('<tr>') - self.count('<thead>')} rows>"
+
 
 def heading(column: str) -> str:
     """A column's heading in words (with its unit).
@@ -134,7 +137,7 @@ def cell_text(value: object) -> str:
         return (f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 10
                 else f"{value:.2f}" if size >= 0.1 or size == 0 else f"{value:.3g}")
     if isinstance(value, list | tuple):
-        return ", ".join(cell_text(v) for v in value)
+        return "; ".join(cell_text(v) for v in value)
     return str(value)
 
 
