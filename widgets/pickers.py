@@ -88,8 +88,8 @@ def precision_label(p: Precision, measured: dict[str, dict]) -> str:
     """A precision's option in the picker: its measured size once built, else the tutorial's expectation.
 
     Example:
-        >>> precision_label(Precision.INT4, {"int4": {"size_mb": 203.3, "x_fp32": 0.37}})
-        'int4: 203.3 MB, ×0.37 FP32 (measured)'
+        >>> precision_label(Precision.INT4, {"int4": {"size_mb": 40.0, "x_fp32": 0.4}})
+        'int4: 40.0 MB, ×0.40 FP32 (measured)'
     """
     got = measured.get(p.value, {})
     if isinstance(got.get("size_mb"), int | float):

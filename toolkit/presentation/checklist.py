@@ -82,8 +82,9 @@ def quality_rows(reports: list[ModelReport]) -> list[dict]:
     figure against itself means nothing, and a model that was not compared is left out.
 
     Example:
-        >>> [row["top1_agreement"] for row in quality_rows(reports)]
-        ['reference', 0.9986, 0.6659]
+        >>> quality_rows([ModelReport("m-int4", [], quality=QualityRecord("m-fp32", 0.9, 0.1, 11.0, 10.0, 300)),
+        ...               ModelReport("m-fp32", [])])[-1]["top1_agreement"]
+        'reference'
     """
     rows = []
     references = list(dict.fromkeys(r.quality.reference for r in reports if r.quality is not None))
