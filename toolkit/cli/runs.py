@@ -63,7 +63,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.run_b).parent / f"compare-{runs[0].name}-vs-{runs[1].name}")
     page = compare.write_comparison(result, out)
     if args.json:
-        print_json({"report": page, "passed": result.passed, "comparison": result})
+        print_json({"report": page, "passed": result.passed, "status": result.status, "headline": result.headline,
+                    "comparison": result})
         return 0 if result.passed else 1
     changed = [v for v in result.verdicts if v["change"] != "same"]
     print(result.headline)
