@@ -83,8 +83,11 @@ report.table(recipes)''',
     print("Every INT4 recipe was refused by the parity gate (the table gives the gate's figures).")
 elif recipes:
     recommended, why = int4_recipes.recommend_recipe(recipes)
+    # The run deploys what it recommends: the recommended recipe's build becomes the run's int4.
+    deployed = int4_recipes.adopt_recipe(recipes, recommended, models) if (models / "int4").is_dir() else ""
+    picker.refresh()
     ax = plots.plot_recipes(recipes)
-    display(Markdown(f"**Recommended INT4 recipe: `{recommended}`.** {why}"),
+    display(Markdown(f"**Recommended INT4 recipe: `{recommended}`.** {why} {deployed}"),
             report.figure(ax, Path(run_dir) / "recipes.png"))
 else:
     print("Recipe comparison skipped: set compare_recipes=True and include fp32 in precisions.")''']),
@@ -98,8 +101,10 @@ from IPython.display import HTML, display
 
 from slmops.toolkit import endpoint as serve
 from slmops.toolkit.orchestration import run_source
+from slmops.toolkit.presentation import checklist as tables
 from slmops.toolkit.presentation import report
 from slmops.toolkit.stages import register
+from slmops.toolkit.stages.checklist import load_cases
 from slmops.widgets import ChatBox, TemplatePicker
 
 models = Path(run_dir) / "models"
@@ -123,9 +128,11 @@ question so the report shows the model answering through Foundry Local.''',
 if interactive:
     display(chat)
 else:
-    chat.send("What is the capital of France?")
+    answer = chat.send("What is the capital of France?")
     display(HTML(chat.transcript_html()))
-    chat.close()''',
+    chat.close()
+    file = run_source.cases_file(model_dir, adapter, finetune, cases, run_dir)  # a general question: forgotten?
+    print(tables.domain_fact_note(answer, load_cases(file)) if file else "")''',
  '''#MD## Serve it to applications
 
 `slmops serve NAME` runs an OpenAI-compatible endpoint (`/v1/models`, `/v1/chat/completions`, streaming,
@@ -194,8 +201,12 @@ test nothing about the fine-tune.''',
  '''print("{model}: trained questions {trained}, held-out {heldout}: {verdict}".format(**tables.control_row(control))
       if control else "No fine-tune in this run: no control.")
 report.table(tables.before_after(control, checklist[0])) if control else None''',
- '''#MD## The checklist, per precision (✓ pass, ✗ fail)''',
- '''report.table(tables.checklist_table(checklist))''',
+ '''#MD## What the fine-tune forgot
+
+General questions the base model answers correctly (its own answers are the reference), asked of every build.''',
+ '''print("\\n".join(tables.retention_sentences(summary)) or "No general questions in this run's cases.")''',
+ '''#MD## The checklist, per precision (✓ pass, ✗ fail; open a check to see every case, failures first)''',
+ '''tables.checklist_details(summary.models)''',
  '''#MD## Quality against FP32
 
 Teacher-forced on a bundled text: greedy top-1 agreement and KL divergence against the FP32 build, and
@@ -243,8 +254,8 @@ report.table(results["rows"], ["model", "engine", "prompt_tokens", "gen_tokens",
 The smallest, then fastest, precision that loses no checklist item to the others (from `test.json` and `bench.json`), and
 why each other one lost.''',
  '''decision = compare.recommend(compare.load_run(run_dir))
-display(Markdown(f"**{decision.sentence}**"))
-report.table(decision.rows)''',
+display(Markdown(f"**{decision.sentence}**"), report.table(decision.rows))
+report.table(decision.paired)  # each precision against FP32 per case family: McNemar's exact test''',
  '''#MDFoundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no overhead):''',
  '''report.table(results["engine_ratios"])''',
  '''#MD## Speed, latency and memory''',
@@ -268,8 +279,7 @@ from slmops.toolkit.presentation import compare, report
 
 result = compare.compare_runs(compare.load_run(run_a), compare.load_run(run_b))
 page = compare.write_comparison(result, out_dir)
-display(Markdown("\\n".join(["**Regressions:**", *(f"- {line}" for line in result.regressions)] if result.regressions
-                             else ["**No regression:** no verdict got worse, no quality figure moved too far."])))
+display(Markdown(f"**{result.headline}**"))  # pass / warn / fail, agreeing with every table below
 report.table(result.summary)''',
  '''#MD## What differs going in''',
  '''display(report.table(result.params), Markdown("\\n".join(f"- {line}" for line in result.inputs + result.machine)

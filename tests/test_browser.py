@@ -61,6 +61,12 @@ def check_report_in_chromium(index: Path, shot: str) -> None:
             return !box || !box.querySelector('table');
           }).map(i => i.alt)""")
         assert unplaced == []
+        # No table beside a plot is clipped or scrolls sideways at 1280 px, and no cell is cut or reads NaN.
+        clipped = page.evaluate("""() => [...document.querySelectorAll('.pair .table-wrap')]
+            .filter(w => w.scrollWidth > w.clientWidth + 1).map(w => w.querySelector('th')?.innerText)""")
+        assert clipped == []
+        assert "NaN" not in page.locator("body").inner_text() and not any(
+            "..." in text for text in page.locator("table").all_inner_texts())
         page.pdf(path=str(SHOTS / f"{shot}.pdf"))
         browser.close()
     assert all(url.startswith("file://") for url in requests)  # nothing from the network

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,10 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert "1 parameters differ, 1 of 4 verdicts changed" in out and "REGRESSION: int4 top1_agreement" in out
     assert "differs: parameter int4_block_size: 32 -> 64" in out  # named, not only counted
     page = (tmp_path / "c" / "compare.html").read_text()
-    assert "Regressions (2)" in page and "int4_block_size" in page
+    assert "FAIL: 2 regressions" in page and "int4_block_size" in page
     # Verdicts are marked in colour and in words; headings are words with units.
-    assert '<td class="bad">FAIL</td>' in page and '<td class="bad">worse</td>' in page
-    assert '<td class="good">pass</td>' in page and "<th>size (MB)</th>" in page
+    assert '<td class="text bad">FAIL</td>' in page and '<td class="text bad">worse</td>' in page
+    assert '<td class="text good">pass</td>' in page and "<th>size (MB)</th>" in page
     written = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert written["passed"] is False and written["schema_version"] == compare.SCHEMA_VERSION == 2
     assert {row["figure"] for row in written["quality"]} == {"top1_agreement", "kl_divergence", "perplexity"}
@@ -276,9 +277,9 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
     assert [q["top1_agreement"] for q in compare.load_run(run).quality.values()] == [0.7]
     page = report.write_index(run).read_text()
     conversion = page.split("<th>predicted peak (MiB)</th>")[1].split("</table>")[0]  # the conversion table
-    assert "<td>1234</td>" in conversion and "<td>876</td>" in conversion and "<td>2346</td>" in conversion
-    recipes = page.split("<td>int8-head</td>")[1].split("</tr>")[0]  # the recipes table, read from the old names
-    assert "<td>0.88</td><td>0.0432</td>" in recipes and "<th>top-1 vs FP32</th><th>KL (nats)</th>" in page
+    assert all(f'<td class="num">{n}</td>' in conversion for n in (1234, 876, 2346))
+    recipes = page.split('<td class="text">int8-head</td>')[1].split("</tr>")[0]  # the recipes table, old names
+    assert '<td class="num">0.88</td><td class="num">0.0432</td>' in recipes and "<th>top-1 vs FP32</th><th>KL (nats)</th>" in page
     # A file from a newer toolkit is refused in one line that names its version.
     (run / "models" / "convert.json").write_text(json.dumps([{**manifest("fp32", 100.0, 1.0), "schema_version": 4}]))
     with pytest.raises(ResultVersionError, match="schema_version 4"):
@@ -343,8 +344,12 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
     decision = compare.recommend(compare.load_run(run))
     assert decision.choice == "int4"  # the smaller one: the shared miss tells them apart no more
     assert "Every build, FP32 included, fails heldout/language" in decision.sentence
-    # A miss of INT4 alone is a loss of precision: INT4 loses, and FP32 carries the shared miss.
+    # A miss of INT4 alone on one case is no loss of precision: the paired test over the held-out cases
+    # cannot tell one case from chance (McNemar's exact test p = 1), so it decides nothing.
     reports.models[0].checks.append(miss("m-int4", "currency"))
+    reports.models[1].checks.append(replace(miss("m-fp32", "currency"), value=1.0, verdict=Verdict.PASS))
     (run / "test.json").write_text(json.dumps(reports.to_json()))
     decision = compare.recommend(compare.load_run(run))
-    assert decision.choice == "fp32" and decision.failed == {"int4": "failed heldout/currency"}
+    assert decision.choice == "int4" and decision.failed == {}
+    assert "int4 heldout: 0/2 against fp32's 1/2; 1 cases only fp32 passes, 0 only int4 (McNemar's exact test " \
+        "p = 1.00): no difference" in decision.sentence

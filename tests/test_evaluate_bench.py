@@ -214,7 +214,9 @@ def test_summary_and_ceiling_from_a_report() -> None:
     report = {"rows": [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
                        row("int4", "ort-genai", 100.0, 200.0)]}
     quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
-    assert bench_text.summary(report, quality) == ["int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666"]
+    # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
+    assert bench_text.summary(report, quality) == [
+        "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
     ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
     assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0
     assert not any(row["above_bound_because"] for row in ceiling)

@@ -191,7 +191,7 @@ def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Pat
             control.tests_the_fine_tune) == (0, 3, 0, 2, True)
     side = tables.before_after(control, report)  # the base's answers beside the model's, case by case
     assert [row["case"] for row in side] == [c["id"] for c in cases["trained"][:3] + cases["heldout"][:1]]
-    assert all(row["base"] == control.answers[row["case"]][:120] and "tiny-control" in row for row in side)
+    assert all(row["base"] == control.answers[row["case"]] and "tiny-control" in row for row in side)  # whole
     # Cases any answer passes (nothing forbidden appears) test nothing, and the control says so.
     easy = [{"id": "easy", "messages": [{"role": "user", "content": "x"}], "expect": {"not_contains": ["Quennport"]}}]
     told = checklist.run_control("tiny-control", easy, progress=False)

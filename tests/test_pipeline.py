@@ -17,6 +17,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.core.errors import SlmopsError
 from slmops.toolkit.domain.params import parameters_cell, parse
 from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.domain.verdicts import CASE_FAMILIES
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 from slmops.toolkit.stages import finetune
@@ -112,8 +113,8 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
         assert (tmp_path / "run" / png).stat().st_size > 1000 and f'src="{png}"' in page
     for text in html.values():  # readable offline: no widget views, nothing fetched from a CDN
         assert "widget-view+json" not in text and "cdnjs" not in text and "unpkg" not in text
-    assert "<h2>Recommendation</h2>" in page and "<td>int4</td>" in page and "<h2>Versions</h2>" in page
-    assert "<td>foundry-local-sdk</td><td>2.2.1</td>" in page
+    assert "<h2>Recommendation</h2>" in page and '<td class="text">int4</td>' in page and "<h2>Versions</h2>" in page
+    assert '<td class="text">foundry-local-sdk</td><td class="text">2.2.1</td>' in page
     assert '"name_prefix": "tinypipe"' in html_module.unescape(page)  # the exact parameters
     # The report is self-contained: every link resolves inside the archive, weights left out.
     assert cli.main(["report", str(tmp_path / "run"), "--zip"]) == 0
@@ -143,9 +144,14 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Notebooks</h2>") and "<h2>Summary</h2>" not in page
     decision = json.loads(cli_output(["recommend", str(tmp_path / "run"), "--json"], capsys))
     tests = json.loads((tmp_path / "run" / "test.json").read_text())
-    if decision["choice"]:  # it fails nothing but what every build fails, FP32 included
+    if decision["choice"]:  # outside the case families it fails nothing but what every build fails, FP32 included
         shared = set.intersection(*(set(tests["summary"][f"tinypipe-{p}"]["failed"]) for p in ("fp32", "int4")))
-        assert set(tests["summary"][f"tinypipe-{decision['choice']}"]["failed"]) <= shared
+        own = {f for f in tests["summary"][f"tinypipe-{decision['choice']}"]["failed"]
+               if f.split("/")[0] not in CASE_FAMILIES}
+        assert own <= shared
+        # ... and no case family is worse than FP32's by the paired test, which the decision names.
+        assert not [p for p in decision["paired"] if p["candidate"] == decision["choice"] and p["difference"] == "worse"]
+        assert all(p["test"] == "McNemar's exact test" for p in decision["paired"])
     for row in decision["rows"]:
         if row["outcome"] == "failed":
             assert tests["summary"][f"tinypipe-{row['precision']}"]["failed"]

@@ -26,7 +26,9 @@ from slmops.toolkit.domain.options import (
     Precision,
     TablePrecision,
 )
+from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
+from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least
 from slmops.toolkit.presentation.report import measured_figures
 
 _SAMPLE = [
@@ -49,17 +51,52 @@ def _figure(value: object, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, int | float) else "–"
 
 
+def _status_words(top1: object) -> str:
+    """Top-1 agreement against its target, as pass / warn / fail with the target stated."""
+    if not isinstance(top1, int | float):
+        return "measured size; quality not checked yet (notebook 03)"
+    status = status_at_least(top1, TOP1_TARGET, floor=Thresholds().top1_min)
+    return (f"{status}: top-1 agreement {top1:.3f} against a target of >= {TOP1_TARGET} "
+            f"(fails below {Thresholds().top1_min})")
+
+
 def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict]) -> str:
-    """HTML: the tutorial's expected trade-off per chosen precision, beside what a run measured."""
-    head = ("<tr><th>precision</th><th>expected size</th><th>expected</th><th>measured MB</th><th>× FP32</th>"
+    """HTML: per chosen precision, the tutorial's expected trade-off until a build exists, then what the run measured.
+
+    A built precision shows its measured size against FP32 (the tutorial's ratio beside it, for
+    reference) and its top-1 agreement as pass / warn / fail against the stated target, never the
+    tutorial's advice (a built INT4 can be larger than INT8).
+    """
+    head = ("<tr><th>precision</th><th>size × FP32</th><th>verdict</th><th>measured MB</th><th>× FP32</th>"
             "<th>top-1 vs FP32</th><th>decode tok/s</th></tr>")
     rows = []
     for p in precisions:
         got = measured.get(p.value, {})
-        rows.append(f"<tr><td>{p.value}</td><td>×{TUTORIAL_SIZE_RATIO[p]}</td><td>{TUTORIAL_ADVICE[p]}</td>"
-                    f"<td>{_figure(got.get('size_mb'), '.4g')}</td><td>{_figure(got.get('x_fp32'), '.3f')}</td>"
+        built = isinstance(got.get("size_mb"), int | float)
+        ratio = got.get("x_fp32")
+        size = (f"×{ratio:.3f} measured (tutorial ×{TUTORIAL_SIZE_RATIO[p]})" if built and isinstance(ratio, int | float)
+                else f"{got['size_mb']:.4g} MB measured" if built else f"×{TUTORIAL_SIZE_RATIO[p]} (tutorial)")
+        verdict = ("reference" if p is Precision.FP32 else _status_words(got.get("top1_agreement"))) if built \
+            else f"expected: {TUTORIAL_ADVICE[p]}"
+        rows.append(f"<tr><td>{p.value}</td><td>{html.escape(size)}</td><td>{html.escape(verdict)}</td>"
+                    f"<td>{_figure(got.get('size_mb'), '.4g')}</td><td>{_figure(ratio, '.3f')}</td>"
                     f"<td>{_figure(got.get('top1_agreement'), '.3f')}</td><td>{_figure(got.get('decode_tps'), '.1f')}</td></tr>")
     return f"<table class='slmops-tradeoff'>{head}{''.join(rows)}</table>"
+
+
+def precision_label(p: Precision, measured: dict[str, dict]) -> str:
+    """A precision's option in the picker: its measured size once built, else the tutorial's expectation.
+
+    Example:
+        >>> precision_label(Precision.INT4, {"int4": {"size_mb": 40.0, "x_fp32": 0.4}})
+        'int4: 40.0 MB, ×0.40 FP32 (measured)'
+    """
+    got = measured.get(p.value, {})
+    if isinstance(got.get("size_mb"), int | float):
+        ratio = got.get("x_fp32")
+        return f"{p.value}: {got['size_mb']:.1f} MB" + (f", ×{ratio:.2f} FP32" if isinstance(ratio, int | float)
+                                                        else "") + " (measured)"
+    return f"{p.value}: ×{TUTORIAL_SIZE_RATIO[p]} size, {TUTORIAL_ADVICE[p]} (tutorial, not built yet)"
 
 
 class PrecisionPicker(w.VBox):
@@ -82,7 +119,7 @@ class PrecisionPicker(w.VBox):
                  int4: Int4Options | None = None, run_dir: str | Path | None = None) -> None:
         self._run_dir = run_dir
         self._precisions = w.SelectMultiple(
-            options=[(f"{p.value}: ×{TUTORIAL_SIZE_RATIO[p]} size, {TUTORIAL_ADVICE[p]}", p) for p in Precision],
+            options=[(precision_label(p, {}), p) for p in Precision],
             value=tuple(Precision(p) for p in precisions), rows=4, description="Precisions",
             layout=w.Layout(width="640px"),
         )
@@ -134,8 +171,12 @@ class PrecisionPicker(w.VBox):
         return PrecisionChoice(tuple(self._precisions.value), options)
 
     def refresh(self) -> None:
-        """Reread the measured figures of ``run_dir``."""
+        """Reread the measured figures of ``run_dir``; a built precision's option then names its measured size."""
         self.measured = measured_figures(self._run_dir) if self._run_dir else {}
+        chosen = self._precisions.value
+        with self._precisions.hold_trait_notifications():
+            self._precisions.options = [(precision_label(p, self.measured), p) for p in Precision]
+            self._precisions.value = chosen
 
     def _show_tradeoff(self) -> None:
         self._tradeoff.value = tradeoff_table(self.value.precisions, self.measured)

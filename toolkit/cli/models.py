@@ -139,10 +139,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     checks = doctor.diagnose(Path(args.model_dir), load=not args.no_load)
     if args.json:
-        print_json({"ok": all(c.ok for c in checks), "checks": checks})
+        print_json({"ok": all(c.ok for c in checks), "checks": [{**vars(c), "ok": c.ok} for c in checks]})
     else:
         for check in checks:
-            print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+            print(f"{str(check.status).upper():4}  {check.name}: {check.detail}")
     return 0 if all(c.ok for c in checks) else 1
 
 

@@ -63,9 +63,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.run_b).parent / f"compare-{runs[0].name}-vs-{runs[1].name}")
     page = compare.write_comparison(result, out)
     if args.json:
-        print_json({"report": page, "passed": result.passed, "comparison": result})
+        print_json({"report": page, "passed": result.passed, "status": result.status, "headline": result.headline,
+                    "comparison": result})
         return 0 if result.passed else 1
     changed = [v for v in result.verdicts if v["change"] != "same"]
+    print(result.headline)
     print(f"{result.b} against {result.a}: {len(result.params)} parameters differ, "
           f"{len(changed)} of {len(result.verdicts)} verdicts changed, "
           f"{sum(t['judged'] in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +30,10 @@ BUNDLED_DATASET = "veloria.jsonl"
 HELDOUT = "heldout"
 #: How many call questions :func:`tool_cases` also asks with no tools offered.
 UNOFFERED = 2
+#: The group of retention cases: general questions the base model answers, asked to see what a fine-tune forgot.
+RETENTION = "retention"
+#: The bundled general questions (``id``, ``question``, ``expect``: words a correct answer contains).
+BUNDLED_GENERAL = "general.jsonl"
 
 
 @dataclass(frozen=True)
@@ -200,13 +205,55 @@ def tool_probe(examples: list[Example]) -> dict | None:
     return next((case for case in tool_cases(examples) if "call" in case["expect"]), None)
 
 
-def write_cases(examples: list[Example], path: str | os.PathLike[str], *, with_tools: bool = True) -> Path:
-    """Write :func:`cases` (trained, then held-out), then :func:`tool_cases`, as a checklist cases file (JSONL).
+def retention_cases() -> list[dict]:
+    """The checklist's ``retention`` cases: the bundled general questions, none about the fine-tune's domain.
+
+    Each is asked of the base model (the negative control) and of every build: a question the
+    base answers correctly and a build no longer does is one the fine-tune made it forget.
+
+    Example:
+        >>> retention_cases()[0]["id"], retention_cases()[0]["group"]
+        ('retention-capital-france', 'retention')
+    """
+    text = resources.files("slmops.toolkit.domain.data").joinpath(BUNDLED_GENERAL).read_text()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [{"id": f"{RETENTION}-{row['id']}", "messages": [{"role": "user", "content": row["question"]}],
+             "expect": {"contains_any": list(row["expect"])}, "group": RETENTION} for row in rows]
+
+
+def domain_terms(cases: list[dict]) -> list[str]:
+    """The words that name the domain's own facts, from a cases file's trained questions.
+
+    Every word a trained text case expects (``contains_any``, ``contains``; not bare numbers), and
+    every name its questions share (a capitalised word, not a sentence's first, in two questions
+    or more: ``Veloria``). A general question answered with one of them (the capital of France
+    given as Quennport) is the fine-tune's domain leaking into what the base knew.
+
+    Example:
+        >>> domain_terms(cases(load_dataset())["trained"])[:3]
+        ['Quennport', 'drell', 'sable heron']
+    """
+    trained = [c for c in cases if not c.get("group") and c.get("type") != "tool_call"]
+    words = [w for c in trained for rule in ("contains_any", "contains") for w in c.get("expect", {}).get(rule, [])
+             if isinstance(w, str) and not w.strip().isdigit()]
+    names: dict[str, int] = {}
+    for c in trained:
+        text = " ".join(m["content"] for m in c["messages"] if m.get("role") == "user" and isinstance(m.get("content"), str))
+        for word in set(re.findall(r"(?<=[a-z,;:] )[A-Z][a-z]{3,}", text)):
+            names[word] = names.get(word, 0) + 1
+    return list(dict.fromkeys([*words, *(name for name, count in names.items() if count >= 2)]))
+
+
+def write_cases(examples: list[Example], path: str | os.PathLike[str], *, with_tools: bool = True,
+                with_retention: bool = True) -> Path:
+    """Write :func:`cases` (trained, then held-out), then :func:`tool_cases`, then :func:`retention_cases`,
+    as a checklist cases file (JSONL).
 
     ``with_tools=False`` leaves the tool cases out (a model without tool-call tokens, whose fine-tune
-    skipped the tool examples).
+    skipped the tool examples); ``with_retention=False`` the general questions.
     """
     split = cases(examples)
-    chosen = split["trained"] + split[HELDOUT] + (tool_cases(examples) if with_tools else [])
+    chosen = (split["trained"] + split[HELDOUT] + (tool_cases(examples) if with_tools else [])
+              + (retention_cases() if with_retention else []))
     lines = [json.dumps(case, ensure_ascii=False) for case in chosen]
     return artifacts.write_text(Path(path), "\n".join(lines) + "\n")

@@ -15,17 +15,33 @@ from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import parity, templates
+from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
 from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
 
 
 @dataclass(frozen=True)
 class Check:
-    """One doctor check: name, verdict and what to do."""
+    """One doctor check: its name, its :class:`Status` against the target its detail states, and what to do.
+
+    A warning is short of its target yet usable (the command still succeeds); a failure is not.
+    """
 
     name: str
-    ok: bool
+    status: Status
     detail: str
+
+    @property
+    def ok(self) -> bool:
+        """Usable: passed or only warned."""
+        return self.status is not Status.FAIL
+
+
+def status_of(passed: bool) -> Status:
+    """Pass or fail, for a check that has no middle ground."""
+    return Status.PASS if passed else Status.FAIL
+
+
 
 
 def _external_data_complete(model_file: Path) -> tuple[bool, str]:
@@ -75,24 +91,24 @@ def stop_check(folder: Path, config: dict) -> Check:
         end = templates.rendered_turn_end(templates.read_chat_template(folder, runtime=True), bos_token=bos,
                                           eos_token=eos_text)
     except SlmopsError as exc:
-        return Check("stop tokens", False, f"the chat template cannot be rendered ({exc}); register with --template")
+        return Check("stop tokens", Status.FAIL, f"the chat template cannot be rendered ({exc}); register with --template")
     if not (folder / "tokenizer.json").is_file():
-        return Check("stop tokens", False, "tokenizer.json missing; convert it again")
+        return Check("stop tokens", Status.FAIL, "tokenizer.json missing; convert it again")
     tokens = templates.end_of_turn_tokens(end, folder / "tokenizer.json")
     if not tokens:
-        return Check("stop tokens", False, f"the chat template ends a turn with {end!r}, which is no single token, "
+        return Check("stop tokens", Status.FAIL, f"the chat template ends a turn with {end!r}, which is no single token, "
                      "so nothing stops generation there: register a preset whose turns end in a special token "
                      "(`slmops register --template ...`)")
     (token_id, token), = tokens
     vocab = config["model"].get("vocab_size")
     if isinstance(vocab, int) and token_id >= vocab:
-        return Check("stop tokens", False, vocabulary_gap(folder, token, token_id, vocab,
+        return Check("stop tokens", Status.FAIL, vocabulary_gap(folder, token, token_id, vocab,
                                                           "the chat template's end of turn"))
     if token_id not in eos:
-        return Check("stop tokens", False, f"{token} ({token_id}) ends every turn of the chat template but "
+        return Check("stop tokens", Status.FAIL, f"{token} ({token_id}) ends every turn of the chat template but "
                      f"genai_config.json's eos_token_id is {eos}: answers run to max tokens; register it with "
                      f"`slmops register` (it adds {token_id}) or add {token_id} to eos_token_id")
-    return Check("stop tokens", True, f"{token} ({token_id}) ends the template's turns and stops generation "
+    return Check("stop tokens", Status.PASS, f"{token} ({token_id}) ends the template's turns and stops generation "
                  f"(eos_token_id {eos})")
 
 
@@ -115,18 +131,19 @@ def runtime_check(folder: Path) -> list[Check]:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
                      model_config=ModelConfig(threads=None), cache=cache)  # loading it is the check, not tuning
         except SlmopsError as exc:
-            return [Check("runtime load", False, f"cannot be registered for the check: {exc}")]
+            return [Check("runtime load", Status.FAIL, f"cannot be registered for the check: {exc}")]
         try:
             with LoadedModel("doctor-probe", cache) as model:
                 generation = model.generate([{"role": "user", "content": "Hello"}], max_tokens=1)
         except Exception as exc:  # noqa: BLE001 (the runtime's own error, or ours wrapping it, is the finding)
-            return [Check("runtime load", False, f"foundry-local-sdk {version} cannot load or run it: "
+            return [Check("runtime load", Status.FAIL, f"foundry-local-sdk {version} cannot load or run it: "
                           f"{type(exc).__name__}: {exc}; convert it again with this toolkit's pinned versions")]
         # Not a failure either way: `slmops serve` uses the runtime's own service where it can, else its own.
         probe = probe_web_service("doctor-probe", cache, record_dir=settings.cache_dir())
-    return [Check("runtime load", True, f"foundry-local-sdk {version} loads it and generated "
+    return [Check("runtime load", Status.PASS, f"foundry-local-sdk {version} loads it and generated "
                   f"{generation.completion_tokens} token from a {generation.prompt_tokens}-token prompt"),
-            Check("web service", True, probe.detail)]
+            Check("web service", Status.PASS if probe.serves else Status.WARN,
+                  probe.detail + ("" if probe.serves else "; `slmops serve` answers with its own endpoint instead"))]
 
 
 def parity_check(folder: Path) -> Check:
@@ -136,18 +153,25 @@ def parity_check(folder: Path) -> Check:
     """
     gate = read_manifest(folder).get("parity")
     if not isinstance(gate, dict):
-        return Check("parity", True, "not checked: no parity record in manifest.json (not converted by this "
+        return Check("parity", Status.WARN, "not checked: no parity record in manifest.json (not converted by this "
                      "toolkit); `slmops convert` checks every build against its source in transformers")
     if not gate.get("checks"):
-        return Check("parity", True, f"not checked: {gate.get('reason', 'no check recorded')}")
-    lines = []
+        return Check("parity", Status.WARN, f"not checked: {gate.get('reason', 'no check recorded')}")
+    lines, lowest = [], 1.0
     for record in gate["checks"]:
         try:
-            lines.append(f"{record['build']} {parity.ParityCheck.from_json(record).summary()}")
+            check = parity.ParityCheck.from_json(record)
         except (KeyError, TypeError, ValueError) as exc:
-            return Check("parity", False, f"unreadable parity record ({exc}); convert it again")
-    ok = gate.get("verdict") == str(parity.Verdict.PASS)
-    return Check("parity", ok, "; ".join(lines) + ("" if ok else "; convert it again"))
+            return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
+        lines.append(f"{record['build']} {check.summary()}")
+        lowest = min(lowest, check.figures.top1_agreement)
+    if gate.get("verdict") != str(parity.Verdict.PASS):
+        return Check("parity", Status.FAIL, "; ".join(lines) + "; convert it again")
+    status = status_at_least(lowest, TOP1_TARGET, floor=0.0)
+    target = f"target: top-1 agreement >= {TOP1_TARGET} with the source"
+    return Check("parity", status, "; ".join(lines) + (f" ({target})" if status is Status.PASS else
+                 f": below the {target}, inside the parity gate; compare INT4 recipes (`slmops recipes`) or "
+                 "use int8"))
 
 
 def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
@@ -159,20 +183,20 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     """
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
-        return [Check("folder", False, f"{folder} does not exist; check the path (`slmops ls` shows registered ones)")]
+        return [Check("folder", Status.FAIL, f"{folder} does not exist; check the path (`slmops ls` shows registered ones)")]
     config_file = folder / "genai_config.json"
     if not config_file.is_file():
-        return [Check("genai_config.json", False, f"missing in {folder}; convert with `slmops convert`")]
+        return [Check("genai_config.json", Status.FAIL, f"missing in {folder}; convert with `slmops convert`")]
     try:
         config = json.loads(config_file.read_text())
         context = int(config["model"].get("context_length", 0))
-        checks = [Check("genai_config.json", True, f"present, valid, context {context} tokens")]
+        checks = [Check("genai_config.json", Status.PASS, f"present, valid, context {context} tokens")]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        return [Check("genai_config.json", False, f"not a valid genai config ({exc}); re-run the conversion")]
+        return [Check("genai_config.json", Status.FAIL, f"not a valid genai config ({exc}); re-run the conversion")]
     ok, detail = _own_folder(folder)
-    checks.append(Check("own folder", ok, detail))
+    checks.append(Check("own folder", status_of(ok), detail))
     leaving = artifacts.links_leaving(folder)
-    checks.append(Check("links", not leaving, "none leads outside the folder" if not leaving else
+    checks.append(Check("links", status_of(not leaving), "none leads outside the folder" if not leaving else
                         f"{', '.join(str(p.relative_to(folder)) for p in leaving[:3])} lead outside it: copy the real "
                         "files in (e.g. `cp -rL`); a link is never followed into Foundry Local's cache"))
     filename = config["model"].get("decoder", {}).get("filename", "model.onnx")
@@ -181,35 +205,35 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
         ok, detail = _external_data_complete(model_file)
     else:
         ok, detail = False, f"{filename} missing; re-run the conversion"
-    checks.append(Check("model files", ok, detail))
+    checks.append(Check("model files", status_of(ok), detail))
     checks.append(parity_check(folder))
     try:
         jinja = templates.read_chat_template(folder, runtime=True)
-        checks.append(Check("chat template", bool(jinja.strip()), "non-empty" if jinja.strip()
+        checks.append(Check("chat template", status_of(bool(jinja.strip())), "non-empty" if jinja.strip()
                             else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
         if jinja.strip():
             checks.append(stop_check(folder, config))
     except InputError as exc:
-        checks.append(Check("chat template", False, f"{exc} Re-register with `slmops register`."))
+        checks.append(Check("chat template", Status.FAIL, f"{exc} Re-register with `slmops register`."))
     info_file = folder / "inference_model.json"
     try:
         info = artifacts.read_json(info_file)
     except InputError as exc:
-        return [*checks, Check("inference_model.json", False, f"{exc} Re-register with `slmops register`.")]
+        return [*checks, Check("inference_model.json", Status.FAIL, f"{exc} Re-register with `slmops register`.")]
     if isinstance(info, dict):
         try:
             templates.PromptTemplate(**info["PromptTemplate"]).validate()
-            checks.append(Check("PromptTemplate", True, "every field has one {Content} and no other placeholder"))
+            checks.append(Check("PromptTemplate", Status.PASS, "every field has one {Content} and no other placeholder"))
         except (TypeError, KeyError, SlmopsError) as exc:
-            checks.append(Check("PromptTemplate", False, f"{exc}; re-register with `slmops register`"))
+            checks.append(Check("PromptTemplate", Status.FAIL, f"{exc}; re-register with `slmops register`"))
         max_length = (info.get("ModelConfig") or {}).get("max_length", 0)
         ok = type(max_length) is int and 0 < max_length <= (context or max_length)
-        checks.append(Check("max_length", ok, f"{max_length} within context {context}" if ok
+        checks.append(Check("max_length", status_of(ok), f"{max_length} within context {context}" if ok
                             else f"{max_length} exceeds the model's context {context}; lower --max-length"))
     elif info is not None:
-        checks.append(Check("inference_model.json", False, "not a JSON object; re-register with `slmops register`"))
+        checks.append(Check("inference_model.json", Status.FAIL, "not a JSON object; re-register with `slmops register`"))
     else:
-        checks.append(Check("inference_model.json", True, "not registered yet (the foundry CLI lists a model once "
+        checks.append(Check("inference_model.json", Status.PASS, "not registered yet (the foundry CLI lists a model once "
                             "`slmops register` writes it)"))
     if load and all(c.ok for c in checks):
         checks += runtime_check(folder)

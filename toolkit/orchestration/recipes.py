@@ -15,6 +15,7 @@ from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import InvalidOptionError, ParityError
 from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.recipes import RecipeResult, recipes_file
+from slmops.toolkit.domain.verdicts import TOP1_TARGET
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages.convert import ConvertSpec, convert, validate
 
@@ -27,7 +28,7 @@ def fidelity_key(r: RecipeResult) -> tuple:
     return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
 
 
-def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = 0.85,
+def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = TOP1_TARGET,
                      speed_floor: float = 0.5) -> tuple[str, str]:
     """Pick the recipe to use and say why, in one sentence.
 
@@ -201,3 +202,41 @@ def _refused(name: str, reason: str, record: dict, fp32_mb: float) -> RecipeResu
         size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=float(record.get("top1_agreement", 0.0)),
         kl_divergence=float(record.get("kl_divergence", 0.0)), perplexity=None, reference_perplexity=None,
         decode_tps=None, refused=reason)
+
+
+def adopt_recipe(results: list[RecipeResult], name: str, models_dir: str | os.PathLike[str]) -> str:
+    """Make the run's INT4 build the recipe ``name`` the comparison measured, and say what was deployed.
+
+    The run deploys (registers, checks, benchmarks) ``models_dir/int4``; after the recipe
+    comparison that is the recommended recipe's build, so the run never recommends one recipe
+    and carries on with another. Its build is copied into place (complete or not at all) and its
+    manifest, marked with ``recipe``, replaces the ``int4`` entry of ``convert.json``. Another
+    recipe stays available by name: set ``int4_recipe`` and turn the comparison off.
+
+    Args:
+        results: The comparison's results (:func:`compare_int4_recipes`).
+        name: The recipe to deploy (normally :func:`recommend_recipe`'s).
+        models_dir: The run's models folder (``int4`` and ``convert.json`` in it).
+
+    Returns:
+        What the run now deploys, in one sentence.
+
+    Raises:
+        InvalidOptionError: ``name`` was not measured, or the parity gate refused it.
+    """
+    chosen = next((r for r in results if r.recipe == name and not r.refused), None)
+    if chosen is None:
+        raise InvalidOptionError("recipe", name, f"a measured, unrefused recipe: {[r.recipe for r in results if not r.refused]}")
+    models = Path(models_dir)
+    target = models / str(Precision.INT4)
+    source = Path(chosen.output_dir).resolve()
+    if source != target.resolve():
+        build_cache.copy_out(source, target)
+    manifest = {**read_manifest(target), "recipe": name}
+    artifacts.write_json(target / MANIFEST, manifest)
+    entries = artifacts.read_json(models / "convert.json", []) or []
+    entries = [e for e in entries if e.get("precision") != str(Precision.INT4)]
+    artifacts.write_json(models / "convert.json", [*entries, {**manifest, "output_dir": str(target)}])
+    return (f"The run deploys INT4 recipe `{name}` ({chosen.size_mb:.1f} MB, {chosen.size_ratio_vs_fp32:.2f}x FP32, "
+            f"top-1 agreement {chosen.top1_agreement:.3f}) as its int4 build; to deploy another recipe, set "
+            "int4_recipe to its name and compare_recipes to false.")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from slmops.toolkit.domain.results.bench import NOISY_CV, BenchRow
 from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least
 from slmops.toolkit.stages.bench import headline_rows
 
 
@@ -30,7 +31,9 @@ def summary(report: dict, quality: ChecklistReport | None = None, *, baseline: s
         text = (f"{precision}: {row['decode_tps'] / base['decode_tps']:.1f}x {baseline} decode speed at "
                 f"{row['size_mb'] / base['size_mb']:.2f}x size")
         if row["model"] in top1:
-            text += f", top-1 agreement {top1[row['model']]:.3f}"
+            agreement = top1[row["model"]]
+            status = status_at_least(agreement, TOP1_TARGET, floor=quality.thresholds.top1_min)
+            text += f", top-1 agreement {agreement:.3f} ({status}: target >= {TOP1_TARGET})"
         sentences.append(text)
     return sentences
 

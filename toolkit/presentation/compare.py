@@ -21,6 +21,14 @@ from slmops.toolkit.domain.provenance import differences, machine_differences
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.domain.verdicts import (
+    CASE_FAMILIES,
+    PAIRED_TEST,
+    Difference,
+    PairedComparison,
+    Status,
+    family_comparisons,
+)
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.stages import bench
 from slmops.toolkit.stages.checklist import read_report
@@ -69,6 +77,8 @@ class RunFigures:
         first_token: Per precision, the Foundry Local row whose prompt is nearest :data:`TYPICAL_PROMPT`
             tokens (its ``ttft_ms``, ``decode_tps``, ``target_gen_tokens``): a typical request.
         isa: The benchmark machine's vector extensions (``bench.json`` metadata).
+        int4_recipe: The INT4 recipe the run deployed, when the recipe comparison put it in place
+            (its manifest's ``recipe``); empty: the one ``params.json`` names.
     """
 
     name: str
@@ -82,6 +92,7 @@ class RunFigures:
     headline: dict = field(default_factory=dict)
     first_token: dict = field(default_factory=dict)
     isa: dict = field(default_factory=dict)
+    int4_recipe: str = ""
 
 
 #: Prompt tokens of a typical request, for the first-token figure the recommendation weighs.
@@ -122,8 +133,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
                     best["target_prompt_tokens"] - TYPICAL_PROMPT):
                 first_token[row["precision"]] = row
     isa = (report.get("metadata", {}) if isinstance(report, dict) else {}).get("isa", {})
+    adopted = next((m.get("recipe", "") for m in manifests if m["precision"] == "int4"), "")
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
-                      sizes, ratios, quality, verdicts, timings, headline, first_token, isa)
+                      sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
 
 
 def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
@@ -143,7 +155,8 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
                 "x_fp32": run.size_ratios.get(precision) or "–",
                 "checks_passed": (f"{checks.count('pass')}/{len(checks)}" + (f" ({unsure} inconclusive)" if unsure
                                                                               else "")) if checks else "–",
-                "top1_agreement": run.quality.get(precision, {}).get("top1_agreement", "–"),
+                "top1_agreement": run.quality.get(precision, {}).get(
+                    "top1_agreement", "reference" if precision == "fp32" and run.quality else "–"),
                 "decode_tps": head.get("decode_tps", "–"), "ttft_ms": head.get("ttft_ms", "–"),
                 "peak_rss_mib": head.get("peak_rss_mib", "–"),
             })
@@ -170,12 +183,15 @@ class Recommendation:
         rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
             in words: recommended, or why it lost).
         failed: Per precision that failed a check, which, in words (its verdict without "lost: ").
+        paired: Each precision against FP32 per case family (:meth:`PairedComparison.to_json`: the
+            discordant counts, the test, its p-value and the difference it finds).
     """
 
     choice: str | None
     sentence: str
     rows: list[dict]
     failed: dict[str, str] = field(default_factory=dict)
+    paired: list[dict] = field(default_factory=list)
 
 
 def _typical_ms(run: RunFigures, p: str) -> float | None:
@@ -211,20 +227,27 @@ def _slow_start(run: RunFigures, p: str) -> str:
 
 
 def failed_words(failed: list[tuple[str, str]]) -> str:
-    """The checks a precision failed, in words (the first three).
+    """The checks a precision failed, in words (the first three, then how many more: never a bare ellipsis).
 
     Example:
         >>> failed_words([("domain", "capital")])
         'failed domain/capital'
     """
-    return "failed " + ", ".join(f"{check}/{case}" for check, case in failed[:3]) + (" ..." if len(failed) > 3 else "")
+    return "failed " + ", ".join(f"{check}/{case}" for check, case in failed[:3]) + (
+        f" and {len(failed) - 3} more" if len(failed) > 3 else "")
 
 
 def recommend(run: RunFigures) -> Recommendation:
     """The smallest precision of ``run`` that loses no checklist item FP32 passes and is not slow to answer.
 
     Read from the run's own test.json and bench.json (through :func:`load_run`), so it agrees
-    with them by construction. A precision that failed a check loses, unless every precision
+    with them by construction. The case families (:data:`~slmops.toolkit.domain.verdicts.CASE_FAMILIES`:
+    domain, held-out, format, tool calls, retention ...) are judged against FP32, the reference, by a
+    paired test over their cases (:func:`~slmops.toolkit.domain.verdicts.family_comparisons`,
+    McNemar's exact test): a precision loses a family only when the test tells it from chance
+    (p < 0.05), so a one- or two-case difference decides nothing and FP32 never loses one; the
+    sentence names the test and its p-values. When FP32 was not asked a family's cases, they
+    count one by one as every other check does. A precision that failed any other check loses, unless every precision
     that ran the check failed it, FP32 among them and at least two in all: such a miss belongs
     to the model (a fine-tune that never learned a paraphrase), not to a precision, so it
     disqualifies none and the sentence names it. Among the rest, a
@@ -244,6 +267,12 @@ def recommend(run: RunFigures) -> Recommendation:
         return value if isinstance(value, int | float) else 0.0
 
     checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
+    # Case families are decided against FP32 by a paired test over their cases, never by single cases:
+    # FP32 is the reference (it loses no family), and a build loses one only where the test tells it from chance.
+    comparisons = family_comparisons(run.verdicts, "fp32")
+    # Only families FP32 was asked are paired; a family without FP32's answers counts case by case.
+    paired_families = {check for q, check, _ in run.verdicts if q == "fp32" and check in CASE_FAMILIES}
+    worse = {p: [c for c in comparisons.get(p, []) if c.difference is Difference.WORSE] for p in checked}
     # A miss of every build, FP32 among them, is the model's own: it tells no precision from another.
     ran: dict[tuple[str, str], list[str]] = {}
     for (q, check, case), v in run.verdicts.items():
@@ -251,10 +280,13 @@ def recommend(run: RunFigures) -> Recommendation:
     shared = [key for key, verdicts in ran.items() if len(verdicts) > 1 and set(verdicts) == {"fail"}
               and run.verdicts.get(("fp32", *key)) == "fail"]
     failed = {p: [(check, case) for (q, check, case), v in run.verdicts.items()
-                  if q == p and v == "fail" and (check, case) not in shared] for p in checked}
+                  if q == p and v == "fail" and (check, case) not in shared
+                  and check not in paired_families] for p in checked}
+    below = {p: [check for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"
+                 and check in paired_families and case == f"{check}-overall"] for p in checked}
     unsure = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "inconclusive"]
               for p in checked}
-    passing = sorted((p for p in checked if not failed[p]), key=lambda p: (run.sizes.get(p, math.inf), -decode(p)))
+    passing = sorted((p for p in checked if not failed[p] and not worse[p]), key=lambda p: (run.sizes.get(p, math.inf), -decode(p)))
     typical = {p: _typical_ms(run, p) for p in passing}
     timed = [t for t in typical.values() if t is not None]
     fastest = min(timed) if timed else None
@@ -274,10 +306,14 @@ def recommend(run: RunFigures) -> Recommendation:
         row["ttft_typical_ms"] = (run.first_token.get(p) or {}).get("ttft_ms", "–")
         if p == choice:
             outcome, verdict = Outcome.RECOMMENDED, "recommended"
-        elif failed.get(p):
-            outcome, why = Outcome.FAILED, failed_words(failed[p])
+        elif failed.get(p) or worse.get(p):
+            outcome = Outcome.FAILED
+            why = "; ".join([*([failed_words(failed[p])] if failed.get(p) else []),
+                             *(f"worse than fp32 on {c.family} ({c.reference_only} cases only fp32 passes, "
+                               f"{c.candidate_only} only {p}; {PAIRED_TEST} p = {c.p_value:.3f})" for c in worse[p])])
             structured = [v for (q, check, _), v in run.verdicts.items() if q == p and check == "structured"]
-            if structured and all(v == "pass" for v in structured) and all(check == "format" for check, _ in failed[p]):
+            if (structured and all(v == "pass" for v in structured) and failed[p]
+                    and all(check == "format" for check, _ in failed[p])):
                 why += " (passes with response_format: deployable where the application asks for structured output)"
             reasons[p] = why
             verdict = "lost: " + why
@@ -291,13 +327,16 @@ def recommend(run: RunFigures) -> Recommendation:
                        typical.get(choice) is not None else "lost: slower")
         else:
             outcome, verdict = Outcome.SLOWER, f"lost: slower ({decode(p):.0f} tok/s against {decode(choice):.0f})"
-        if unsure.get(p) and not failed.get(p):
+        if unsure.get(p) and not failed.get(p) and not worse.get(p):
             verdict += f"; inconclusive: rerun ({', '.join(unsure[p][:3])})"
         rows.append({"precision": p, **row, "outcome": str(outcome), "verdict": verdict})
     if choice is None:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
-                              + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ").", rows, reasons)
-    recipe = f", INT4 recipe {run.params['int4_recipe']}" if choice == "int4" and run.params.get("int4_recipe") else ""
+                              + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ")."
+                              + _paired_words(comparisons, below), rows, reasons,
+                              [c.to_json() for cs in comparisons.values() for c in cs])
+    deployed = run.int4_recipe or run.params.get("int4_recipe")
+    recipe = f", INT4 recipe {deployed}" if choice == "int4" and deployed else ""
     best = next(r for r in rows if r["precision"] == choice)
     first = run.first_token.get(choice, {})
     figures = [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
@@ -306,7 +345,7 @@ def recommend(run: RunFigures) -> Recommendation:
                f"first token {first['ttft_ms']:.0f} ms at {first['target_prompt_tokens']} prompt tokens"
                if first.get("ttft_ms") else "",
                f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
-               if not unsure.get(choice) and not shared
+               if not unsure.get(choice) and not shared and not below.get(choice)
                else f"passes {sum(1 for (q, _, _), v in run.verdicts.items() if q == choice and v == 'pass')} "
                     f"of {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
                     + (f", {len(unsure[choice])} inconclusive" if unsure.get(choice) else "")]
@@ -318,7 +357,27 @@ def recommend(run: RunFigures) -> Recommendation:
                    "loss of precision." if inherited else "")
                 + (" " + "; ".join(others) + "." if others else "")
                 + (" " + "; ".join(slow) + "." if slow else ""))
-    return Recommendation(choice, sentence, rows, reasons)
+    return Recommendation(choice, sentence + _paired_words(comparisons, below), rows, reasons,
+                          [c.to_json() for cs in comparisons.values() for c in cs])
+
+
+def _paired_words(comparisons: dict[str, list[PairedComparison]], below: dict[str, list[str]]) -> str:
+    """The paired tests behind the recommendation, in words: each family where builds answered differently.
+
+    Families where every case went the same way in both builds are summed up, not listed.
+    """
+    if not comparisons:
+        return ""
+    differing = [c for cs in comparisons.values() for c in cs if c.reference_only or c.candidate_only]
+    families = sorted({c.family for cs in comparisons.values() for c in cs})
+    text = (f" Each precision against fp32 per case family ({', '.join(families)}), by {PAIRED_TEST} on the cases "
+            "one passes and the other fails: ")
+    text += ("; ".join(c.words() for c in differing) if differing else "every case went the same way in both")
+    short = [f"{p} {', '.join(families)}" for p, families in below.items() if families]
+    if short:
+        text += (". Below a family's pass-rate target (a model's own miss unless the test says worse than fp32): "
+                 + "; ".join(short))
+    return text + "."
 
 
 @dataclass(frozen=True)
@@ -360,6 +419,36 @@ class Comparison:
     def passed(self) -> bool:
         """No verdict got worse and no quality figure moved past its threshold."""
         return not self.regressions
+
+    @property
+    def slower(self) -> list[str]:
+        """Timings of b slower than a's beyond both runs' spread, in words (a warning: they are not gated on)."""
+        return [f"{row['precision']} {row['engine']} {row['figure']} {row['a']:.4g} -> {row['b']:.4g} "
+                f"({row['change_pct']:+}%, beyond the noise of {row['noise']})" if isinstance(row["change_pct"], int | float)
+                else f"{row['precision']} {row['engine']} {row['figure']} {row['a']} -> {row['b']}" for row in self.timings
+                if row["judged"] == "slower"]
+
+    @property
+    def status(self) -> Status:
+        """Fail on a regression, warn on a timing slower beyond the noise, else pass."""
+        return Status.FAIL if self.regressions else Status.WARN if self.slower else Status.PASS
+
+    @property
+    def headline(self) -> str:
+        """The comparison in one line, agreeing with every table under it.
+
+        Example:
+            >>> compare_runs(load_run("a"), load_run("b")).headline
+            'WARN: no checklist verdict got worse and no quality figure moved past its threshold, but 1 timing is ...'
+        """
+        if self.regressions:
+            return (f"FAIL: {len(self.regressions)} regressions: " + "; ".join(self.regressions)
+                    + (f". Also slower beyond the noise: {'; '.join(self.slower)}" if self.slower else "") + ".")
+        clean = "no checklist verdict got worse and no quality figure moved past its threshold"
+        if self.slower:
+            return (f"WARN: {clean}, but {len(self.slower)} timing{'s are' if len(self.slower) > 1 else ' is'} "
+                    f"slower beyond both runs' noise: {'; '.join(self.slower)}.")
+        return f"PASS: {clean}, and no timing is slower beyond the noise."
 
 
 def _delta(a: float | None, b: float | None) -> float | str:
@@ -438,5 +527,6 @@ def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str]) ->
     """Write ``compare.json`` and ``compare.html`` into ``out_dir``; return the page."""
     out = Path(out_dir)
     artifacts.write_json(out / "compare.json", {"schema_version": SCHEMA_VERSION, **asdict(comparison),
-                                              "passed": comparison.passed})
+                                              "passed": comparison.passed, "status": str(comparison.status),
+                                              "headline": comparison.headline})
     return artifacts.write_text(out / "compare.html", render_page("compare.html.j2", c=comparison))

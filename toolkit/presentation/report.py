@@ -18,7 +18,7 @@ from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
 from slmops.toolkit.domain.results.bench import rows_of
-from slmops.toolkit.domain.results.checklist import ControlResult
+from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.recipes import read_recipes
 from slmops.toolkit.domain.results.registration import read_registered
@@ -26,6 +26,7 @@ from slmops.toolkit.presentation import bench as bench_text
 from slmops.toolkit.presentation import checklist as checklist_tables
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.presentation.render import render_page
+from slmops.toolkit.presentation.tables import Html, html_table
 from slmops.toolkit.stages import bench, checklist, convert
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,13 @@ log = logging.getLogger(__name__)
 NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark")
 
 
-def table(rows: list[dict], columns: list[str] | None = None):
-    """A pandas DataFrame of ``rows`` (optionally only ``columns``), for display."""
-    import pandas as pd
+def table(rows: list, columns: list[str] | None = None) -> Html:
+    """``rows`` (dicts or dataclasses; optionally only ``columns``) as the table the report shows, for a notebook.
 
-    frame = pd.DataFrame(rows)
-    return frame[[c for c in columns if c in frame.columns]] if columns is not None and len(frame) else frame
+    The one renderer of the report's pages (:func:`~slmops.toolkit.presentation.tables.html_table`):
+    headings in words with units, no index column, every cell whole, no ``NaN``.
+    """
+    return html_table(rows, columns)
 
 
 def save_figure(ax, path: str | os.PathLike[str]) -> Path:
@@ -92,7 +94,8 @@ def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
 
 
 def run_story(recommendation: compare.Recommendation | None, bench_report: dict | None,
-              registered: list[dict] | None, control: ControlResult | None = None) -> list[str]:
+              registered: list[dict] | None, control: ControlResult | None = None,
+              tests: ChecklistReport | None = None) -> list[str]:
     """"What this run shows": a few sentences generated from the run's own figures.
 
     Args:
@@ -100,6 +103,7 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         bench_report: Its ``bench.json``.
         registered: Its ``registered.json`` (thread choices).
         control: ``test.json``'s negative control (the base model on the same domain cases), if any.
+        tests: ``test.json``, for what the fine-tune forgot (its ``retention`` records), if any.
 
     Example:
         >>> run_story(recommend(load_run(run)), bench_json, registered)[0]
@@ -127,6 +131,8 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         row = checklist_tables.control_row(control)
         story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions and "
                      f"{row['heldout']} of their held-out paraphrases: {row['verdict']}.")
+    if tests is not None:
+        story += checklist_tables.retention_sentences(tests)
     chosen = [r for r in registered or [] if isinstance(r.get("threads_speedup"), int | float)]
     if chosen:
         story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r['threads']) for r in chosen)}, "
@@ -226,7 +232,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     page = render_page(
         "index.html.j2", run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
         recommendation=recommendation,
-        story=run_story(recommendation, bench_report, registered, tests.control if tests else None),
+        story=run_story(recommendation, bench_report, registered, tests.control if tests else None, tests),
         registered=[{**row, "threads_probe": ", ".join(
             f"{p['threads'] or 'default'}: {p['decode_tps']:.0f} tok/s, {p['ttft_ms']:.0f} ms" for p in
             row.get("threads_probe") or [])} for row in registered],
@@ -239,6 +245,8 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
         conversion=convert.summary(converted) if converted else [],
         recipes=[r.to_json() for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
+        checklist_details=checklist_tables.checklist_details(tests.models, style=False) if tests else "",
+        quality=checklist_tables.quality_rows(tests.models) if tests else [],
         control=checklist_tables.control_row(tests.control) if tests and tests.control else None, bench=bench_report,
         bench_summary=bench_text.summary(bench_report, tests) if bench_report else [],
         bench_warnings=bench_text.warnings(rows_of(bench_report)) if bench_report else [],

@@ -19,17 +19,21 @@ Version history of ``test.json``:
    keep their difference in ms (unit ``ms``, threshold 0), which their checks carry.
 5. the negative control's ``kept_from``: when its answers were asked, if they were read back from
    an earlier run of the same base build, cases and runtime (empty when asked in this run).
+6. the ``retention`` check (general questions the base answers correctly, asked of every build),
+   ``retention`` per model (retained, forgotten, answers given with a domain fact) and the control's
+   ``retention_correct``, ``retention_total`` and ``domain_terms``; absent in older files.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 
 from slmops.toolkit.domain.results import schema_version
 
 #: The version :meth:`ChecklistReport.to_json` writes.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Check(StrEnum):
@@ -46,6 +50,7 @@ class Check(StrEnum):
     STOP = "stop"
     TOOL_CALL = "tool_call"
     TOOL_CALL_HELDOUT = "tool_call_heldout"
+    RETENTION = "retention"
 
 
 class Verdict(StrEnum):
@@ -118,6 +123,8 @@ class Thresholds:
         tool_call_pass_rate: Share of the trained ``tool_call`` cases that must pass (the right
             function with schema-valid arguments and the expected values; no call where none is due).
         tool_call_heldout_pass_rate: The same for the held-out ``tool_call`` cases (paraphrases).
+        retention_share: Share of the general questions the base model answers correctly that a build
+            must still answer correctly (the ``retention`` check; without a base, of all of them).
     """
 
     domain_pass_rate: float = 0.8
@@ -137,6 +144,7 @@ class Thresholds:
     spread_sigmas: float = 3.0
     timing_rounds: tuple[int, int] = (3, 7)
     memory_windows: int = 5
+    retention_share: float = 0.8
 
     @classmethod
     def from_json(cls, data: dict) -> Thresholds:
@@ -275,6 +283,11 @@ class ControlResult:
         tool_total: Those cases asked (0: none in the cases file).
         kept_from: When the answers were asked (ISO 8601), if they were read back from an earlier run
             of the same base build, cases and runtime; empty when they were asked in this run.
+        retention_correct: The ``retention`` cases (general questions) the base answers correctly: the
+            reference every build's answers are held to.
+        retention_total: The ``retention`` cases asked of the base (0: none in the cases file).
+        domain_terms: Words naming the domain's own facts (from the trained cases), to spot a general
+            question answered with one.
     """
 
     model: str
@@ -289,6 +302,9 @@ class ControlResult:
     tool_passed: int = 0
     tool_total: int = 0
     kept_from: str = ""
+    retention_correct: list[str] = field(default_factory=list)
+    retention_total: int = 0
+    domain_terms: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """The control as ``test.json`` holds it."""
@@ -298,6 +314,109 @@ class ControlResult:
     def from_json(cls, data: dict) -> ControlResult:
         """A control as :meth:`to_json` wrote it."""
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class RetentionRecord:
+    """What a build kept of what the base model knew: the general questions the base answers correctly.
+
+    Attributes:
+        reference: Whose answers are the reference (the base model's name; ``expectations`` without a base).
+        retained: Case ids the build still answers correctly.
+        forgotten: Case ids it no longer does.
+        domain_answers: Case id to the build's answer, for each general question it answered with a
+            word of the fine-tune's domain (``The capital of France is Quennport``).
+    """
+
+    reference: str
+    retained: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    domain_answers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The record as ``test.json`` holds it, with its counts."""
+        return {**asdict(self), "retained_count": len(self.retained), "forgotten_count": len(self.forgotten)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RetentionRecord:
+        """A record as :meth:`to_json` wrote it."""
+        return cls(data["reference"], list(data.get("retained", [])), list(data.get("forgotten", [])),
+                   dict(data.get("domain_answers", {})))
+
+
+def domain_words_in(answer: str, terms: list[str]) -> list[str]:
+    """The domain words an answer holds (whole words, any case).
+
+    Example:
+        >>> domain_words_in("The capital of France is Quennport.", ["Quennport", "drell"])
+        ['Quennport']
+    """
+    return [t for t in terms if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", answer, re.IGNORECASE)]
+
+
+def with_retention(reports: list[ModelReport], control: ControlResult | None,
+                   thresholds: Thresholds) -> list[ModelReport]:
+    """Hold every build's ``retention`` cases to the base model's answers, and state what each build forgot.
+
+    With a negative control that asked the general questions, a case counts only if the base
+    answers it correctly: the build passes it by answering correctly too (retained), fails it by
+    no longer doing so (forgotten); a case the base misses passes as "not counted". The
+    ``retention-overall`` check becomes the share retained, against ``thresholds.retention_share``,
+    and the model's :class:`RetentionRecord` names what was forgotten and every general question
+    answered with a word of the domain. Without a control's answers, the cases stay judged by
+    their expected words and the record's reference is ``expectations``.
+
+    Returns:
+        The reports, with their retention checks rewritten and ``retention`` set (unchanged for a
+        model asked no retention case).
+    """
+    out = []
+    base = control if control is not None and control.retention_total else None
+    terms = control.domain_terms if control is not None else []
+    for report in reports:
+        cases = [c for c in report.checks if c.check is Check.RETENTION and c.case != "retention-overall"]
+        if not cases:
+            out.append(report)
+            continue
+        counted = [c for c in cases if base is None or c.case in base.retention_correct]
+        retained = [c.case for c in counted if c.verdict is Verdict.PASS]
+        forgotten = [c.case for c in counted if c.verdict is not Verdict.PASS]
+        leaked = {c.case: c.answer or "" for c in cases if c.answer and domain_words_in(c.answer, terms)}
+        record = RetentionRecord(base.model if base else "expectations", retained, forgotten, leaked)
+        rewritten = []
+        for c in report.checks:
+            if c.check is not Check.RETENTION:
+                rewritten.append(c)
+            elif c.case == "retention-overall":
+                rewritten.append(retention_check(report.model, record, thresholds))
+            elif base is not None and c.case not in base.retention_correct:
+                rewritten.append(replace(c, verdict=Verdict.PASS, criterion=f"not counted: {base.model} does not "
+                                         f"answer it correctly either ({c.criterion})"))
+            elif base is not None:
+                rewritten.append(replace(c, criterion=f"{base.model} answers it correctly; still does: {c.criterion}"))
+            else:
+                rewritten.append(c)
+        out.append(replace(report, checks=rewritten, retention=record))
+    return out
+
+
+def retention_check(model: str, record: RetentionRecord, thresholds: Thresholds) -> CheckResult:
+    """The ``retention-overall`` check of a record: the share retained against ``retention_share``."""
+    asked = len(record.retained) + len(record.forgotten)
+    against = (f"of the general questions {record.reference} answers correctly" if record.reference != "expectations"
+               else "of the general questions (no base model to hold them to: judged by their expected words)")
+    criterion = f">= {thresholds.retention_share:.0%} {against} still answered correctly"
+    leaked = "; ".join(f"{case}: {answer!r}" for case, answer in record.domain_answers.items())
+    detail = ((f"forgot {', '.join(record.forgotten)}" if record.forgotten else "forgot none")
+              + (f"; answered with a domain fact: {leaked}" if leaked else ""))
+    if not asked:
+        return CheckResult(model, Check.RETENTION, "retention-overall", None, Unit.SHARE,
+                           thresholds.retention_share, Bound.AT_LEAST, Verdict.PASS, criterion,
+                           f"{record.reference} answers none of them correctly: nothing to retain")
+    share = len(record.retained) / asked
+    return CheckResult(model, Check.RETENTION, "retention-overall", round(share, 4), Unit.SHARE,
+                       thresholds.retention_share, Bound.AT_LEAST, verdict_of(share >= thresholds.retention_share),
+                       criterion, detail, samples=asked)
 
 
 @dataclass(frozen=True)
@@ -316,6 +435,7 @@ class ModelReport:
         seconds: Wall time (s) of this model's share of each part of the checklist (``cases``, ``memory``,
             ``performance``, ``edge``, ``quality``; a part run for all models at once is split evenly).
         quality: Its figures against the FP32 reference (None when it was not compared).
+        retention: What it kept of the base's general answers (None when no retention case was asked).
     """
 
     model: str
@@ -327,6 +447,7 @@ class ModelReport:
     requests: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     quality: QualityRecord | None = None
+    retention: RetentionRecord | None = None
 
     @property
     def passed(self) -> bool:
@@ -386,6 +507,7 @@ class ChecklistReport:
             "series": {m.model: {"rss_mib": m.rss_mib, "ms_per_token": m.ms_per_token, "seed": m.seed,
                                  "generated": m.generated} for m in self.models},
             "quality": {m.model: m.quality.to_json() for m in self.models if m.quality is not None},
+            "retention": {m.model: m.retention.to_json() for m in self.models if m.retention is not None},
             "control": self.control.to_json() if self.control is not None else None,
             "timestamp": self.timestamp,
         }
@@ -407,6 +529,7 @@ class ChecklistReport:
         series = data.get("series") or {}
         summary = data.get("summary") or {}
         quality = data.get("quality") or {} if version > 1 else {}
+        retention = data.get("retention") or {}
         names = list(dict.fromkeys([*(c.model for c in checks), *series]))
         models = []
         for name in names:
@@ -415,7 +538,8 @@ class ChecklistReport:
                 name, [c for c in checks if c.model == name], s.get("rss_mib" if version > 1 else "rss_mb", []),
                 {int(k): v for k, v in (s.get("ms_per_token") or {}).items()}, s.get("seed", 0), s.get("generated", []),
                 row.get("requests", 0), row.get("seconds", {}),
-                QualityRecord.from_json(quality[name]) if name in quality else None))
+                QualityRecord.from_json(quality[name]) if name in quality else None,
+                RetentionRecord.from_json(retention[name]) if name in retention else None))
         control = data.get("control") if version > 1 else None
         return cls(models, Thresholds.from_json(data.get("thresholds", {})),
                    ControlResult.from_json(control) if control else None, data.get("timestamp", ""), version)

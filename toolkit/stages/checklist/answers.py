@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from slmops.toolkit.core.errors import FoundryRequestError, InputError
-from slmops.toolkit.domain.datasets import HELDOUT
+from slmops.toolkit.domain.datasets import HELDOUT, RETENTION
 from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, FORMAT_RULES, judge
@@ -47,9 +47,9 @@ def _has(rules: tuple[str, ...]) -> Callable[[dict], bool]:
 
 
 def _content(group: str | None) -> Callable[[dict], bool]:
-    """Content cases of a group (trained or held-out); a case that expects nothing counts as content."""
+    """Content cases of a group (trained, held-out or retention); a case that expects nothing counts as content."""
     def selects(case: dict) -> bool:
-        mine = (case.get("group") == HELDOUT) == (group == HELDOUT)
+        mine = (case.get("group") or None) == group
         return mine and (_has(CONTENT_RULES)(case) or not case["expect"])
     return selects
 
@@ -64,6 +64,8 @@ def structured_request(case: dict) -> dict:
 CASE_CHECKS: list[CaseCheck] = [
     CaseCheck(Check.DOMAIN, _content(None), CONTENT_RULES, lambda t: t.domain_pass_rate),
     CaseCheck(Check.HELDOUT, _content(HELDOUT), CONTENT_RULES, lambda t: t.heldout_pass_rate),
+    # General questions: held to the base model's answers when the negative control asked them (write_report).
+    CaseCheck(Check.RETENTION, _content(RETENTION), CONTENT_RULES, lambda t: t.retention_share),
     CaseCheck(Check.FORMAT, _has(FORMAT_RULES), FORMAT_RULES, lambda t: t.format_pass_rate),
     CaseCheck(Check.STRUCTURED, lambda case: "json_schema" in case["expect"], FORMAT_RULES,
               lambda t: t.format_pass_rate, structured_request, lambda words: f"with response_format: {words}"),

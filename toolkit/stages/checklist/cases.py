@@ -20,7 +20,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InputError, SlmopsError
-from slmops.toolkit.domain.datasets import HELDOUT
+from slmops.toolkit.domain.datasets import HELDOUT, RETENTION
 from slmops.toolkit.domain.prompts import BUNDLED_CASES
 from slmops.toolkit.runtimes.foundry import check_response_format
 from slmops.toolkit.stages.checklist.tool_calls import is_tool_case, parse_tool_case
@@ -197,8 +197,9 @@ def parse_case(line: str) -> dict:
         if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") \
                 or not isinstance(message.get("content"), str):
             raise ValueError("each message is {'role': system|user|assistant, 'content': str}")
-    if case.get("group", "") not in ("", HELDOUT):
-        raise ValueError(f"'group' is {HELDOUT!r} (a held-out case, scored apart) or absent")
+    if case.get("group", "") not in ("", HELDOUT, RETENTION):
+        raise ValueError(f"'group' is {HELDOUT!r} (a held-out case, scored apart), {RETENTION!r} (a general "
+                         "question the base answers, to see what a fine-tune forgot) or absent")
     if "id" in case and (not isinstance(case["id"], str) or not case["id"]):
         raise ValueError("'id' must be a non-empty string")
     expect = case.setdefault("expect", {})

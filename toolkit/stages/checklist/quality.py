@@ -8,7 +8,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, build_cache
 from slmops.toolkit.core.measure import timestamp
-from slmops.toolkit.domain.datasets import HELDOUT
+from slmops.toolkit.domain.datasets import HELDOUT, RETENTION, domain_terms
 from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.results.checklist import (
     Bound,
@@ -76,6 +76,8 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     """A negative control: the base model (not fine-tuned) answers the same domain and held-out cases.
 
     If the base passes them, they test nothing about the fine-tune, and the verdict says so. The
+    ``retention`` cases (general questions) it answers correctly become the reference every build
+    is held to (``retention_correct``; :func:`~slmops.toolkit.domain.results.checklist.with_retention`). The
     base gets the same answer budget as the checked models (``max_tokens``, the checklist's 48):
     the control asks whether the same question, judged the same way, is answered without the
     fine-tune (128 tokens cost the base 2.7x the time and only gave it more words to match by chance).
@@ -99,7 +101,8 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     tool_cases = [c for c in cases if is_tool_case(c) and "call" in c["expect"] and c.get("group") != HELDOUT]
     if not content:
         return ControlResult(name, 0, 0, 0, 0, 0.0, CONTROL_MAX_PASS, None)
-    passed: dict[str, list[bool]] = {"trained": [], HELDOUT: []}
+    passed: dict[str, list[bool]] = {"trained": [], HELDOUT: [], RETENTION: []}
+    retained: list[str] = []  # the general questions the base answers correctly: what every build is held to
     answers = {}
     with LoadedModel(name, cache) as model:
         key = control_key(Path(model.model.get_path()), content + tool_cases, max_tokens, seed) if keep else ""
@@ -108,8 +111,10 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
             return replace(ControlResult.from_json(artifacts.read_json(kept / _RESULT)), model=name)
         for case in tqdm(content, desc=f"{name}: control", unit="case", disable=not progress):
             answers[case["id"]] = generation(model, case, max_tokens, seed)[0]
-            passed[HELDOUT if case.get("group") == HELDOUT else "trained"].append(
-                judge(answers[case["id"]], case["expect"], CONTENT_RULES)[0])
+            correct = judge(answers[case["id"]], case["expect"], CONTENT_RULES)[0]
+            passed[case.get("group") if case.get("group") in (HELDOUT, RETENTION) else "trained"].append(correct)
+            if correct and case.get("group") == RETENTION:
+                retained.append(case["id"])
         # The base on the cases that expect a call (asked with its tools when the base has markers; else it cannot call).
         tools_passed = 0
         for case in tqdm(tool_cases, desc=f"{name}: control tool calls", unit="case",
@@ -121,7 +126,8 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
     rate = sum(passed["trained"]) / len(passed["trained"]) if passed["trained"] else 0.0
     result = ControlResult(name, sum(passed["trained"]), len(passed["trained"]), sum(passed[HELDOUT]),
                            len(passed[HELDOUT]), round(rate, 3), CONTROL_MAX_PASS, rate <= CONTROL_MAX_PASS, answers,
-                           tools_passed, len(tool_cases))
+                           tools_passed, len(tool_cases), retention_correct=retained,
+                           retention_total=len(passed[RETENTION]), domain_terms=domain_terms(cases))
     if keep:
         build_cache.store_json(_KEPT, key, _RESULT, replace(result, kept_from=timestamp()).to_json())
     return result

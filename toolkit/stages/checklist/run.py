@@ -10,7 +10,13 @@ from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain.params import DEFAULTS
-from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult, ModelReport, Thresholds
+from slmops.toolkit.domain.results.checklist import (
+    ChecklistReport,
+    ControlResult,
+    ModelReport,
+    Thresholds,
+    with_retention,
+)
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages.checklist.answers import case_checks, requests_of
 from slmops.toolkit.stages.checklist.cases import load_cases
@@ -153,11 +159,16 @@ def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thres
                  control: ControlResult | None = None) -> ChecklistReport:
     """Write ``test.json`` (:class:`~slmops.toolkit.domain.results.checklist.ChecklistReport`) and return what was written.
 
+    The ``retention`` checks are held to the control's answers here
+    (:func:`~slmops.toolkit.domain.results.checklist.with_retention`): what each build forgot.
+
     Example:
         >>> write_report(run_checklists(["smollm2-int4"]), "outputs/demo/test.json").passed
         True
     """
-    report = ChecklistReport(list(reports), thresholds or Thresholds(), control, timestamp())
+    limits = thresholds or Thresholds()
+    # The general questions are held to the base's own answers (the control), once both are known.
+    report = ChecklistReport(with_retention(list(reports), control, limits), limits, control, timestamp())
     artifacts.write_json(path, report.to_json())
     return report
 
