@@ -49,7 +49,7 @@ MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 #: Each result file (or files), the module whose docstring tells its history and version, and its records in reading order.
 RESULT_FILES = (
     (("test.json",), "slmops.toolkit.domain.results.checklist",
-     ("ChecklistReport", "ModelReport", "CheckResult", "Thresholds", "QualityRecord", "ControlResult",
+     ("ChecklistReport", "ModelReport", "CheckResult", "Thresholds", "QualityRecord", "RetentionRecord", "ControlResult",
       "Check", "Verdict", "Bound", "Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchRow", "TimedRun")),
     (("registered.json",), "slmops.toolkit.domain.results.registration", ("RegisteredModel",)),
