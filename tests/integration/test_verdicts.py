@@ -1,4 +1,5 @@
-"""Issue 29: verdicts that hold run to run, the deployed runtime benchmarked for real, first tokens weighed."""
+"""Checklist verdicts that hold run to run on real models: the same requests and lengths each run, the same
+verdicts in five runs, the deployed runtime benchmarked over the tokens asked."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import checklist as E
 from slmops.toolkit.stages import register
-from slmops.toolkit.stages import register as R
 from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 from tests.scripted_models import make_scripted_model
 
@@ -19,12 +19,10 @@ from tests.scripted_models import make_scripted_model
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A scripted fine-tune that answers in two tokens and ends its turn, registered at FP32."""
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
-
     work = tmp_path_factory.mktemp("terse")
     built = convert(ConvertSpec(make_scripted_model(work / "hf"), work / "fp32", Precision.FP32),
                     progress=False).output_dir
-    return R.register(built, "terse-fp32", force=True).name
+    return register.register(built, "terse-fp32", force=True).name
 
 
 def test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens(scripted: str, tmp_path: Path) -> None:
@@ -38,7 +36,7 @@ def test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens(scripted: str, t
     assert "isa" in report["metadata"]
     # The fixed-length registration is gone: nothing left in the catalog or the cache's listing.
     assert [m.id for m in foundry.local_catalog().list_models() if foundry.FIXED_LENGTH_SUFFIX in m.id] == []
-    assert scripted in {row["name"] for row in R.list_models()}
+    assert scripted in {row["name"] for row in register.list_models()}
 
 
 def test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_run(scripted: str) -> None:
