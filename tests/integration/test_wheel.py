@@ -68,6 +68,13 @@ def test_the_wheel_carries_the_notebooks_and_templates(wheel: Path) -> None:
     assert "slmops/toolkit/presentation/pages/index.html.j2" in names and "slmops/toolkit/domain/data/veloria.jsonl" in names
     assert all(name.startswith(("slmops/", "slmops_toolkit-")) for name in names)  # one namespace, nothing else
     assert not any(name.startswith(("tests/", "notebooks/", "outputs/")) for name in names)
+    # Every package folder (setup.py discovers them), with each of its modules.
+    modules = {"slmops/" + path.relative_to(ROOT).as_posix() for package in ("toolkit", "widgets")
+               for path in (ROOT / package).rglob("*.py")}
+    assert modules - set(names) == set()
+    folders = {str(Path(name).parent) for name in names}
+    assert {f"slmops/{folder.relative_to(ROOT).as_posix()}" for package in ("toolkit", "widgets")
+            for folder in (ROOT / package).rglob("*") if folder.is_dir() and folder.name != "__pycache__"} <= folders
 
 
 def test_the_installed_wheel_runs_outside_the_checkout(venv: Path, tmp_path: Path) -> None:

@@ -85,13 +85,19 @@ def test_every_imported_third_party_module_is_declared() -> None:
     assert not missing, sorted(missing)
 
 
-def test_every_package_folder_is_in_the_wheel_under_the_namespace() -> None:
-    import tomllib
+def test_every_package_folder_is_discovered_under_the_namespace() -> None:
+    """setup.py's discovery finds every folder of toolkit/ and widgets/ (data folders too), named under ``slmops``."""
+    import importlib.util
 
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    folders = {"slmops." + ".".join(init.parent.relative_to(ROOT).parts)
-               for package in ("toolkit", "widgets") for init in (ROOT / package).rglob("__init__.py")}
-    assert folders - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    spec = importlib.util.spec_from_file_location("slmops_setup", ROOT / "setup.py")
+    setup_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_py)  # defines packages(); setup() runs only as setuptools runs the file
+    folders = {"slmops." + ".".join(folder.relative_to(ROOT).parts)
+               for package in ("toolkit", "widgets") for folder in [ROOT / package, *(ROOT / package).rglob("*")]
+               if folder.is_dir() and folder.name != "__pycache__" and any(f.is_file() for f in folder.iterdir())}
+    found = setup_py.packages()
+    assert folders - set(found) == set() and len(found) == len(set(found))
+    assert "slmops.toolkit.presentation.pages" in found and "slmops.toolkit.notebooks" in found
 
 
 def test_nothing_imports_the_folders_by_their_bare_names() -> None:
