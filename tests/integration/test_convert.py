@@ -61,7 +61,7 @@ def test_builder_route_int4_equals_the_builders_own_int4(tmp_path: Path, tied: b
     """The lean path (FP32 export, then ORT's quantizer one MatMul at a time) writes the builder's INT4 exactly."""
     import numpy as np
 
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     model = make_tiny_model(tmp_path / "m", tie_embeddings=tied, seed=3)
     ours = C.convert(spec(model, tmp_path / "ours"), progress=False).output_dir
@@ -107,7 +107,7 @@ def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
 
 @pytest.fixture(scope="module")
 def tied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tied") / "qwen2", tie_embeddings=True)
 
@@ -161,7 +161,7 @@ def test_fp16_builds_for_a_gpu_provider(tiny_model: Path, tmp_path: Path) -> Non
 def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(tiny_model: Path, tmp_path: Path) -> None:
     import hashlib
 
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     manifests = C.convert_all(tiny_model, ["int4", "fp32", "int8"], tmp_path / "run", progress=False)
     fp32 = str((tmp_path / "run" / "fp32").resolve())

@@ -1,6 +1,6 @@
 """Each family people fine-tune builds to the logits transformers computes (tiny random models).
 
-A model of each family's real configuration (:data:`slmops.toolkit.domain.families.FAMILIES`: RoPE and
+A model of each family's real configuration (:data:`tests.families.FAMILIES`: RoPE and
 its scaling, sliding windows per layer type, layers without RoPE, soft-capping, multipliers)
 is converted at FP32 with the builder command :func:`slmops.toolkit.stages.convert.builder_command`
 runs, and its logits are compared with transformers' on 64 token ids (four times the sliding
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.toolkit.domain.families import FAMILIES, VARIANTS, make_family_model
+from tests.families import FAMILIES, VARIANTS, make_family_model
 
 TOKENS, PREFILL = 64, 40
 #: Largest |logit difference| allowed, as a fraction of the logit range (the issue's target).

@@ -172,7 +172,8 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmops.toolkit.domain.sources import inspect_source, make_tiny_model
+    from slmops.toolkit.domain.sources import inspect_source
+    from tests.models import make_tiny_model
 
     folder = tmp_path / variant
     if variant == "tied":

@@ -24,7 +24,7 @@ def hook(event, args):
 sys.addaudithook(hook)
 
 from pathlib import Path
-from slmops.toolkit.domain.sources import make_tiny_model
+from tests.models import make_tiny_model
 from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 from slmops.toolkit.stages.register import register
 from slmops.toolkit.runtimes.foundry import LoadedModel

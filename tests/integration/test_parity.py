@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import ParityError
-from slmops.toolkit.domain.sources import make_tiny_model
 from slmops.toolkit.orchestration import doctor
 from slmops.toolkit.stages import convert as C
+from tests.models import make_tiny_model
 
 
 @pytest.fixture(scope="module")

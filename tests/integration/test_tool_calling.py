@@ -31,8 +31,8 @@ ASK = [{"role": "user", "content": "Pick a city."}]
 
 @pytest.fixture(scope="module")
 def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
-    from slmops.toolkit.domain.sources import make_tiny_model
     from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from tests.models import make_tiny_model
 
     # Foundry Local's tool protocol is about 1,000 of the tiny tokenizer's tokens: a longer context.
     source = make_tiny_model(tmp_path_factory.mktemp("tools") / "qwen2", tool_tokens=True, context=2048)

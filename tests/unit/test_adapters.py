@@ -70,7 +70,7 @@ def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
     adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
@@ -91,7 +91,7 @@ def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Pa
 
 def test_lora_on_a_tied_head_is_refused_and_a_merge_that_changes_the_model_is_never_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
     adapter = make_adapter(tied, tmp_path / "head-lora", target_modules=("q_proj", "lm_head"))

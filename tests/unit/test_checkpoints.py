@@ -12,6 +12,7 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
 from slmops.toolkit.domain import sources as S
+from tests.models import make_shaped_model, make_tiny_model
 
 
 def as_bin(model: Path, target: Path, *, shards: int = 1) -> Path:
@@ -65,7 +66,7 @@ def test_safetensors_in_each_dtype_sharded_are_read_from_the_headers(tmp_path: P
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "head_dim": 16, "vocab_size": 1000, "tie_word_embeddings": False}
-    folder = S.make_shaped_model(tmp_path / dtype, config, dtype=dtype, shard_mb=0.1)
+    folder = make_shaped_model(tmp_path / dtype, config, dtype=dtype, shard_mb=0.1)
     assert len(list(folder.glob("*.safetensors"))) > 1
     source = S.inspect_source(folder)
     assert source.largest_tensor == 1000 * 64 and source.parameters > 2 * 1000 * 64
@@ -146,7 +147,7 @@ def test_config_flags_that_contradict_the_weights_are_refused(tiny_model: Path, 
 
 
 def test_an_untied_config_without_an_lm_head_is_refused(tmp_path: Path) -> None:
-    tied = S.make_tiny_model(tmp_path / "tied", tie_embeddings=True)
+    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
     assert S.inspect_source(tied).tied_embeddings
     config = json.loads((tied / "config.json").read_text())
     (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))

@@ -3,7 +3,7 @@ the names it reads."""
 
 from __future__ import annotations
 
-from slmops.toolkit.domain.families import FAMILIES
+from tests.families import FAMILIES
 
 
 def test_transformers5_rope_parameters_get_the_names_the_builder_reads() -> None:

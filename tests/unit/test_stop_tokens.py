@@ -21,9 +21,9 @@ def test_an_end_of_turn_token_past_the_vocabulary_is_refused_at_registration(tmp
     from transformers import AutoTokenizer
 
     from slmops.toolkit.core.errors import InputError
-    from slmops.toolkit.domain.sources import make_tiny_model
     from slmops.toolkit.orchestration import doctor
     from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from tests.models import make_tiny_model
 
     source = make_tiny_model(tmp_path / "grown")
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -78,7 +78,7 @@ SMOLLM_LIKE = (
 
 
 def test_auto_notes_a_default_system_prompt_only_the_jinja_adds(tmp_path: Path) -> None:
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     model = make_tiny_model(tmp_path / "smollm-like", chat_template=SMOLLM_LIKE)
     resolved = T.resolve("auto", model)

@@ -3,7 +3,7 @@
 Two patches of the pinned builder (onnxruntime-genai 0.14.1), installed by :func:`install`
 in the child that runs it (:func:`main`) or in any process that calls its ``create_model``
 (Olive's ``ModelBuilder`` pass): :func:`install_compat`, which makes its graphs compute what
-transformers 5 computes for every family in :mod:`slmops.toolkit.domain.families` (its docstring
+transformers 5 computes for every family in ``tests/families.py`` (its docstring
 lists each cause), and the lean initializer below.
 
 The 0.14 builder stores each weight as a lazy tensor that casts the checkpoint's tensor
