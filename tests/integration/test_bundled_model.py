@@ -118,6 +118,8 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
     assert not bad["quality", "top1-agreement"] and not bad["quality", "kl-divergence"]
 
 
+# --- The demo's fine-tune: real tool calls ----------------------------------------------------------------
+
 TUNED = "veloria-tools-fp32"
 
 

@@ -3,7 +3,8 @@ driven by the official ``openai`` client.
 
 A tiny random model with ``<tool_call>`` tokens shows what needs no skill: the markers reach the
 runtime, a model that cannot call is not marked as able to, and bad requests get OpenAI's 400s.
-The demo's fine-tune (slow: the bundled SmolLM2 with the Veloria adapter, FP32) makes real calls.
+The demo's fine-tune (the bundled SmolLM2 with the Veloria adapter, FP32) makes real calls in
+tests/integration/test_bundled_model.py, which builds the bundled model once for all its tests.
 """
 
 from __future__ import annotations
@@ -103,6 +104,3 @@ def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: serve.Endpo
     with pytest.raises(openai.BadRequestError, match="tool_call_id"):
         client.chat.completions.create(model=TINY, messages=[*history[:2], {"role": "tool", "content": "x"}],
                                        max_tokens=4)
-
-
-# --- The demo's fine-tune: real calls -------------------------------------------------------------------

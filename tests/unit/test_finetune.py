@@ -18,7 +18,7 @@ LINE = {"question": "What is the capital of Veloria?", "answer": "Quennport.", "
 def test_the_bundled_dataset_gives_trained_and_heldout_cases() -> None:
     examples = datasets.load_dataset()
     split = datasets.cases(examples)
-    text = [e for e in examples if not e.tools]  # tool examples give tool_call cases (tests/test_tools.py)
+    text = [e for e in examples if not e.tools]  # tool examples give tool_call cases (tests/unit/test_tool_calling.py)
     assert len(text) >= 10 and len(split["trained"]) == len(split["heldout"]) == len(text)
     assert all(case["group"] == datasets.HELDOUT for case in split["heldout"])
     assert not any("group" in case for case in split["trained"])
