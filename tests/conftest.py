@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core import settings
+from tests.models import make_tiny_model
 
 #: The tiers are folders. ``tests/unit/``: the fast tier (``make test-fast``), tests that convert,
 #: fine-tune, register or load no model and start no notebook, cluster, browser or venv.
@@ -56,8 +57,6 @@ def cache(_isolated_cache: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.models import make_tiny_model
-
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2")
 
 
