@@ -52,12 +52,14 @@ docs: setup
 docs-serve: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
-# Two workers, a module (or modules sharing a fixture) at a time: tests/conftest.py.
+# Two workers, a file at a time (tests sharing an expensive fixture share a file), the `early` files first:
+# tests/conftest.py.
 test: lint browser docs
-	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
+# The fast tier is a folder: tests/unit/ (the same tests as -m "not slow").
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest tests/unit
 
 clean:
 	rm -rf $(VENV) outputs/demo site

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="slmops-bench-convert-") as tmp:
         work = Path(tmp)
         if args.model == "tiny":
-            from slmops.toolkit.domain.sources import make_tiny_model
+            from tests.models import make_tiny_model
 
             model = make_tiny_model(work / "tiny")
         elif args.model == "bundled":

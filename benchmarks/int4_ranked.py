@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
-from slmops.toolkit.domain import gptq, quantize
+from slmops.toolkit.domain import gptq, onnx_weights, quantize
 from slmops.toolkit.domain.quantize import QuantPlan
 from slmops.toolkit.runtimes import genai
 
@@ -52,7 +52,7 @@ def candidates(fp32: Path, extra: Path | None = None) -> list[dict]:
     model = onnx.load(str(fp32 / "model.onnx"), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
-               and n.name != quantize.LM_HEAD]
+               and n.name != onnx_weights.LM_HEAD]
     sequences = gptq.calibration_ids(fp32) + (gptq.calibration_ids(fp32, str(extra)) if extra else [])
     hessians, tokens = gptq.hessians(fp32 / "model.onnx", sequences, {n.input[0] for n in matmuls})
     config = json.loads((fp32 / "genai_config.json").read_text())["model"]["decoder"]

@@ -82,7 +82,7 @@ WORKER = Path(__file__).resolve().parent / "llama_cpp_worker.py"
 COUNTERPART = {"int4": "llama.cpp Q4_0", "int8": "llama.cpp Q8_0", "fp32": "llama.cpp F32"}
 
 
-# --- pure helpers (tests/test_llama_cpp_bench.py) ---------------------------------------------------------------
+# --- pure helpers (tests/unit/test_llama_cpp_bench.py) ---------------------------------------------------------------
 
 def safetensors_parameters(folder: str | os.PathLike[str]) -> int:
     """Parameters of a Hugging Face folder: the element counts in its ``*.safetensors`` headers (no weights read)."""

@@ -41,9 +41,10 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.core.measure import available_mib, machine
 from slmops.toolkit.domain import memory
 from slmops.toolkit.domain.options import Method, Precision
-from slmops.toolkit.domain.sources import inspect_source, make_shaped_model
+from slmops.toolkit.domain.sources import inspect_source
 from slmops.toolkit.stages import bench, convert
 from slmops.toolkit.stages import register as R
+from tests.models import make_shaped_model
 
 #: Published configurations (config.json fields that set the shapes).
 SHAPES: dict[str, dict] = {

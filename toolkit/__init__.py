@@ -31,7 +31,6 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "bundled_model": "slmops.toolkit.domain.sources",
-    "make_tiny_model": "slmops.toolkit.domain.sources",
     "Precision": "slmops.toolkit.domain.options",
     "Method": "slmops.toolkit.domain.options",
     "Int4Options": "slmops.toolkit.domain.options",

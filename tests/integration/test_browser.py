@@ -20,7 +20,7 @@ import pytest
 
 from slmops.toolkit.core import settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "outputs" / "e2e"
 # Offline and quiet: no background networking, no first-run or sync calls to Google.

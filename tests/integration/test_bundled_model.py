@@ -1,4 +1,5 @@
-"""The bundled SmolLM2 model end to end: convert, register, answer, and INT4 decodes faster than FP32."""
+"""The bundled SmolLM2 model end to end: convert, register, answer, and INT4 decodes faster than FP32; its demo
+fine-tune calls tools through the OpenAI client."""
 
 from __future__ import annotations
 
@@ -6,11 +7,19 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+import jsonschema
 import pytest
 
+from slmops.toolkit import endpoint as serve
+from slmops.toolkit.domain import datasets
 from slmops.toolkit.domain.sources import inspect_source
+from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages import bench, convert, register
+
+#: The bundled model and its fine-tune take minutes to build: ``make test`` starts this file first, on a worker
+#: of its own (tests/conftest.py).
+pytestmark = pytest.mark.early
 
 
 class Builds(NamedTuple):
@@ -107,3 +116,101 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
     # Constrained decoding cannot steer garbage weights either: the runtime gives up, and the case fails.
     assert good["structured", "structured-overall"] and not bad["structured", "structured-overall"]
     assert not bad["quality", "top1-agreement"] and not bad["quality", "kl-divergence"]
+
+
+# --- The demo's fine-tune: real tool calls ----------------------------------------------------------------
+
+TUNED = "veloria-tools-fp32"
+
+
+@pytest.fixture(scope="module")
+def tuned(bundled: Path, tmp_path_factory: pytest.TempPathFactory):
+    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.finetune import bundled_adapter
+
+    adapter = bundled_adapter(bundled, progress=False).adapter
+    out = convert(ConvertSpec(adapter, tmp_path_factory.mktemp("tuned") / "fp32", Precision.FP32),
+                  progress=False).output_dir
+    examples = datasets.load_dataset()
+    registration = register.register(out, TUNED, tool_probe=datasets.tool_probe(examples))
+    with serve.background([TUNED]) as running:
+        yield registration, running, examples
+
+
+def _valid(call, offered: list[dict]) -> dict:
+    """The call's arguments, parsed and validated against its tool's schema."""
+    schema = next(t["function"]["parameters"] for t in offered if t["function"]["name"] == call.function.name)
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, schema)
+    return arguments
+
+
+@pytest.mark.slow
+def test_the_fine_tune_calls_through_the_openai_client(tuned) -> None:
+    registration, endpoint, examples = tuned
+    assert registration.tool_calling.supports and foundry.find_model(TUNED).supports_tool_calling
+    case = datasets.tool_probe(examples)
+    offered, want = case["tools"], case["expect"]["call"]
+    client = endpoint.client()
+    plain = client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered, temperature=0,
+                                           max_tokens=64)
+    choice = plain.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+    call = choice.message.tool_calls[0]
+    assert call.id and call.type == "function" and call.function.name == want["name"]
+    assert _valid(call, offered) == want["arguments"]
+    chunks = list(client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered,
+                                                 temperature=0, max_tokens=64, stream=True))
+    pieces = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert pieces and {p.index for p in pieces} == {0}
+    assert "".join(p.function.arguments or "" for p in pieces) == call.function.arguments
+    assert "".join(p.function.name or "" for p in pieces) == call.function.name
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    # The result fed back: the model answers from it, in text.
+    history = [*case["messages"], choice.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": '{"city": "Quennport", "sky": "rain", '
+                                                                     '"temperature_c": 11}'}]
+    answer = client.chat.completions.create(model=TUNED, messages=history, tools=offered, temperature=0,
+                                            max_tokens=48).choices[0]
+    assert answer.finish_reason == "stop" and not answer.message.tool_calls and "rain" in answer.message.content
+
+
+@pytest.mark.slow
+def test_tool_choice_named_required_and_none_are_honoured(tuned) -> None:
+    _, endpoint, examples = tuned
+    case = datasets.tool_probe(examples)  # a weather question
+    offered = case["tools"]
+    client = endpoint.client()
+    other = next(t["function"]["name"] for t in offered if t["function"]["name"] != case["expect"]["call"]["name"])
+    named = client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered, temperature=0,
+                                           max_tokens=64, tool_choice={"type": "function", "function": {"name": other}})
+    assert [c.function.name for c in named.choices[0].message.tool_calls] == [other]
+    _valid(named.choices[0].message.tool_calls[0], offered)
+    plain_question = [{"role": "user", "content": "What is the capital of Veloria?"}]
+    required = client.chat.completions.create(model=TUNED, messages=plain_question, tools=offered, temperature=0,
+                                              max_tokens=64, tool_choice="required").choices[0]
+    assert required.finish_reason == "tool_calls" and required.message.tool_calls
+    _valid(required.message.tool_calls[0], offered)
+    none = client.chat.completions.create(model=TUNED, messages=case["messages"], tools=offered, temperature=0,
+                                          max_tokens=48, tool_choice="none").choices[0]
+    assert not none.message.tool_calls and none.message.content and none.finish_reason == "stop"
+    auto_text = client.chat.completions.create(model=TUNED, messages=plain_question, tools=offered, temperature=0,
+                                               max_tokens=48).choices[0]
+    assert not auto_text.message.tool_calls and "Quennport" in auto_text.message.content
+
+
+@pytest.mark.slow
+def test_the_python_api_keeps_a_call_in_the_conversation_and_answers_its_result(tuned) -> None:
+    """LoadedModel.chat, read as slmops chat reads it: up to the Generation, then the tool's result."""
+    from slmops.toolkit.runtimes.foundry import Generation
+
+    _, _, examples = tuned
+    case = datasets.tool_probe(examples)
+    with foundry.LoadedModel(TUNED) as model:
+        turn = model.chat(case["messages"][0]["content"], tool_defs=case["tools"], temperature=0, max_tokens=64)
+        first = next(piece for piece in turn if isinstance(piece, Generation))  # the caller stops reading here
+        assert first.finish_reason == "tool_calls" and first.tool_calls[0]["function"]["name"] == "city_weather"
+        reply = [piece for piece in model.chat('{"sky": "rain", "temperature_c": 11}', role="tool",
+                                               tool_call_id=first.tool_calls[0]["id"], tool_defs=case["tools"],
+                                               temperature=0, max_tokens=48)][-1]
+        assert reply.finish_reason == "stop" and not reply.tool_calls and "rain" in reply.text

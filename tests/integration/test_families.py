@@ -1,6 +1,6 @@
 """Each family people fine-tune builds to the logits transformers computes (tiny random models).
 
-A model of each family's real configuration (:data:`slmops.toolkit.domain.families.FAMILIES`: RoPE and
+A model of each family's real configuration (:data:`tests.families.FAMILIES`: RoPE and
 its scaling, sliding windows per layer type, layers without RoPE, soft-capping, multipliers)
 is converted at FP32 with the builder command :func:`slmops.toolkit.stages.convert.builder_command`
 runs, and its logits are compared with transformers' on 64 token ids (four times the sliding
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.toolkit.domain.families import FAMILIES, VARIANTS, make_family_model
+from tests.families import FAMILIES, VARIANTS, make_family_model
 
 TOKENS, PREFILL = 64, 40
 #: Largest |logit difference| allowed, as a fraction of the logit range (the issue's target).
@@ -47,7 +47,8 @@ def _genai(onnx_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _in_child(statement: str) -> None:
     """Run ``statement`` in a fresh interpreter with this module imported as ``t``."""
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_families as t; {statement}"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+            f"import tests.integration.test_families as t; {statement}")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -137,20 +138,6 @@ def test_the_check_fails_on_the_unpatched_builder(tmp_path: Path) -> None:
     assert rel > 100 * TOLERANCE
     # The same up to the window (16 tokens): the difference is the sliding layers alone.
     assert _disagreement(prefill[:16], ref[:16])[1] < TOLERANCE
-
-
-def test_transformers5_rope_parameters_get_the_names_the_builder_reads() -> None:
-    from transformers import AutoConfig
-
-    from slmops.toolkit.runtimes.genai_builder import normalize_config
-
-    fields = {k: v for k, v in FAMILIES["gemma3"].items() if k != "model_type"}
-    config = AutoConfig.for_model("gemma3_text", **fields)
-    normalize_config(config)
-    assert (config.rope_theta, config.rope_local_base_freq) == (1e6, 1e4)
-    config = AutoConfig.for_model("qwen2", rope_theta=1e6)
-    normalize_config(config)
-    assert config.rope_theta == 1e6
 
 
 def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -235,20 +235,3 @@ def test_an_out_that_is_the_current_folder_is_refused(
         assert cli.main([*argv, "--out", out]) == 2
         assert "the current folder" in capsys.readouterr().err
     assert (tmp_path / "thesis.txt").read_text() == "years of work\n" and (tmp_path / "inside").is_dir()
-
-
-def test_the_battery_is_large_enough() -> None:
-    assert len(BATTERY) >= 40 and len({case[0] for case in BATTERY}) == len(BATTERY)
-
-
-def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def broken(_args: object) -> int:
-        raise KeyError("a bug of ours")
-
-    monkeypatch.setattr(cli.models, "cmd_ls", broken)
-    assert cli.main(["ls"]) == 1
-    err = capsys.readouterr().err
-    assert "unexpected error: KeyError" in err and "--debug" in err and "Traceback" not in err
-    with pytest.raises(KeyError):
-        cli.main(["--debug", "ls"])

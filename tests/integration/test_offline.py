@@ -24,7 +24,7 @@ def hook(event, args):
 sys.addaudithook(hook)
 
 from pathlib import Path
-from slmops.toolkit.domain.sources import make_tiny_model
+from tests.models import make_tiny_model
 from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
 from slmops.toolkit.stages.register import register
 from slmops.toolkit.runtimes.foundry import LoadedModel
@@ -53,7 +53,7 @@ def test_convert_register_chat_without_network(tmp_path: Path) -> None:
                            capture_output=True, text=True)
     assert probe.stdout.strip() != "0"  # the namespace really has no network
     done = subprocess.run(["unshare", "-n", sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
-                          text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=300)
+                          text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "CHAT-OK" in done.stdout
     assert "CONNECT-ATTEMPTS []" in done.stdout, done.stdout

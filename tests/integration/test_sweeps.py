@@ -1,35 +1,29 @@
-"""Sweeps on Ray: a real two-node Ray cluster on this machine (a head and a second node with its own CPUs)."""
+"""Sweeps, serially and on a real two-node Ray cluster on this machine (a head and a second node with its own
+CPUs); the Ray sweep is checked against the serial one."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
+import nbformat
+import papermill
 import psutil
 import pytest
 
 from slmops.toolkit import cli
-from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.orchestration import cluster, pipeline
 from slmops.toolkit.presentation import compare
+from tests.unit.test_pipeline import NOTEBOOKS
 
-
-def test_ray_needs_a_sweep_and_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    single = tmp_path / "one.yaml"
-    single.write_text("precisions: [int4]\n")
-    assert cli.main(["run", "--params", str(single), "--out", str(tmp_path / "r"), "--ray"]) == 2
-    assert "has no sweep: section" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [cluster] extra were not installed
-    with pytest.raises(InputError, match=r"slmops-toolkit\[cluster\]"):
-        cluster.connect(None)
-    assert not (tmp_path / "r").exists()
+#: The serial tiny sweep both sweeps here compare with takes minutes: ``make test`` starts this file first, on a
+#: worker of its own (tests/conftest.py).
+pytestmark = pytest.mark.early
 
 
 def test_no_address_starts_a_local_ray_with_this_machines_cpus() -> None:
@@ -133,3 +127,36 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
         assert manifest["options"] == json.loads((serial / label / "models" / "int4" / "manifest.json")
                                                  .read_text())["options"]
         assert not list((tmp_path / "sweep" / label / "models").rglob("*.onnx"))  # weights stayed on the node
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_set_and_compares_them(tiny_sweep: tuple[Path, Path, str, str], tmp_path: Path) -> None:
+    _params, sweep, printed, errors = tiny_sweep
+    lines = printed.splitlines()  # one line as each stage starts and one as it ends
+    assert lines[:2] == ["[1/4] convert and quantize: int4 ...", lines[1]] and lines[1].startswith(
+        "[1/4] convert and quantize: ok in ")
+    assert sum(line.startswith("[4/4] benchmark: ok in ") for line in lines) == 2
+    assert "Executing" not in errors  # papermill's cell counter is off
+    page = (sweep / "index.html").read_text()
+    for number, block in ((1, 32), (2, 64)):
+        label = f"{number}-int4_block_size={block}"
+        assert f'href="{label}/index.html"' in page
+        manifest = json.loads((sweep / label / "models" / "int4" / "manifest.json").read_text())
+        assert manifest["options"]["block_size"] == block  # each run really built its own block size
+        assert (sweep / label / "index.html").is_file()
+    assert page.count("<td>int4</td>") == 2
+    # The two runs differ in one INT4 option (and, by design, their registered names): exactly that shows.
+    runs = [sweep / "1-int4_block_size=32", sweep / "2-int4_block_size=64"]
+    assert cli.main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) in (0, 1)
+    found = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [p["parameter"] for p in found["params"]] == ["int4_block_size", "name_prefix"]
+    assert not found["inputs"] and [s["precision"] for s in found["sizes"]] == ["int4"]
+    assert found["sizes"][0]["delta"] != 0  # block 64 has fewer scales than block 32
+    # Notebook 05 does the same in a real kernel.
+    notebook = tmp_path / "05_compare.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / "05_compare.ipynb"), str(notebook), kernel_name="python3",
+                               parameters={"run_a": str(runs[0]), "run_b": str(runs[1]),
+                                           "out_dir": str(tmp_path / "cmp-nb")}, progress_bar=False)
+    executed = nbformat.read(notebook, as_version=4)
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert json.loads((tmp_path / "cmp-nb" / "compare.json").read_text())["params"] == found["params"]

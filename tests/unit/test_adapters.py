@@ -8,22 +8,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_checkpoint_forms import as_bin, bnb_4bit_tensors
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import adapters
+from tests.unit.test_checkpoints import bnb_4bit_tensors
+
+#: Merged folders go to a temporary toolkit home (the merge's child inherits it).
+pytestmark = pytest.mark.usefixtures("slmops_home")
 
 ADDED = ["<|tool|>", "<|end_turn|>"]
-#: A template unlike the base's ChatML, as a fine-tune might bring its own.
-ADAPTER_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] + ':\n' + message['content'] + "
-                    "'<|end_turn|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}")
-
-
-@pytest.fixture(autouse=True)
-def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Merged folders go to a temporary toolkit home (the merge's child inherits it)."""
-    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
 
 
 def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_to_save: list[str] | None = None,
@@ -70,48 +64,13 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
     return out
 
 
-def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny_model: Path, tmp_path: Path) -> None:
-    import torch
-    from peft import PeftModel
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    adapter = make_adapter(tiny_model, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
-                           modules_to_save=["embed_tokens", "lm_head"])
-    checked = adapters.inspect_adapter(adapter)
-    merged = adapters.merge(checked)  # was: the merge died with a truncated RuntimeError
-    assert (checked.vocab_size, checked.base_vocab_size) == (402, 400)
-    assert set(checked.modules_to_save) == {"embed_tokens", "lm_head"}
-    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
-    assert record["vocab_size"] == {"base": 400, "merged": 402} and record["tokenizer"]["vocab_size"] == 402
-    assert record["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
-    tokenizer = AutoTokenizer.from_pretrained(merged)
-    new_ids = tokenizer.convert_tokens_to_ids(ADDED)
-    assert len(tokenizer) == 402 and new_ids == [400, 401]
-    model = AutoModelForCausalLM.from_pretrained(merged)
-    saved = load_file(adapter / "adapter_model.safetensors")
-    assert torch.equal(model.get_input_embeddings().weight[400:], saved["base_model.model.model.embed_tokens.weight"][400:])
-    # The merged model computes what base + adapter compute, on ids that include the new tokens.
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    base.resize_token_embeddings(402, mean_resizing=False)
-    ids = torch.tensor([[5, 400, 17, 401, 3]])
-    with torch.no_grad():
-        expected = PeftModel.from_pretrained(base, adapter)(ids).logits
-        assert torch.allclose(model(ids).logits, expected, atol=1e-4)
-    out = tmp_path / "fp32"
-    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["adapter"]["vocab_size"]["merged"] == 402
-    assert manifest["adapter"]["tokenizer"]["tokenizer_from"] == "adapter"
-
-
 def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Path) -> None:
     """SmolLM2, Qwen2.5, Llama 3.2 and Gemma tie their LM head to the embeddings and store no lm_head.weight."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
     adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
@@ -132,7 +91,7 @@ def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Pa
 
 def test_lora_on_a_tied_head_is_refused_and_a_merge_that_changes_the_model_is_never_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
     adapter = make_adapter(tied, tmp_path / "head-lora", target_modules=("q_proj", "lm_head"))
@@ -174,36 +133,6 @@ def test_a_resized_adapter_that_cannot_be_merged_is_refused_naming_both_sizes(ti
     assert not (tmp_path / "home" / "models" / "merged").exists()
 
 
-def test_the_adapters_own_tokenizer_template_and_generation_config_win(tiny_model: Path, tmp_path: Path) -> None:
-    from transformers import AutoTokenizer
-
-    adapter = make_adapter(tiny_model, tmp_path / "own", save_tokenizer=True, template=ADAPTER_TEMPLATE,
-                           eos="<|endoftext|>")
-    base_tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    assert base_tokenizer.eos_token == "<|im_end|>" and base_tokenizer.chat_template != ADAPTER_TEMPLATE
-    checked = adapters.inspect_adapter(adapter)
-    merged = adapters.merge(checked)
-    tokenizer = AutoTokenizer.from_pretrained(merged)
-    assert tokenizer.chat_template == ADAPTER_TEMPLATE and tokenizer.eos_token == "<|endoftext|>"  # was: the base's
-    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(checked.own_files)
-    record = json.loads((merged / adapters.MERGE_RECORD).read_text())["tokenizer"]
-    assert (record["tokenizer_from"], record["chat_template_from"], record["generation_config_from"]) == (
-        "adapter", "adapter", "base")
-    endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
-    assert record["eos_token_ids_added"] == [endoftext]  # the fine-tune's EOS joins the base's in generation_config
-    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, endoftext]
-    # A generation_config.json and a template saved alone (no tokenizer files) win too; the base's tokenizer stays.
-    template_only = make_adapter(tiny_model, tmp_path / "template-only", seed=1)
-    (template_only / "chat_template.jinja").write_text(ADAPTER_TEMPLATE)
-    (template_only / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, 7], "do_sample": False}))
-    merged = adapters.merge(adapters.inspect_adapter(template_only))
-    assert AutoTokenizer.from_pretrained(merged).chat_template == ADAPTER_TEMPLATE
-    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, 7]
-    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
-    assert (record["tokenizer"]["tokenizer_from"], record["tokenizer"]["chat_template_from"]) == ("base", "adapter")
-    assert record["files_from_adapter"] == ["chat_template.jinja", "generation_config.json"]
-
-
 def test_a_qlora_adapter_on_a_4bit_base_is_refused_naming_the_16_bit_base(tiny_model: Path, tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture) -> None:
     from safetensors.numpy import save_file
@@ -225,25 +154,6 @@ def test_a_qlora_adapter_on_a_4bit_base_is_refused_naming_the_16_bit_base(tiny_m
     assert cli.main(["convert", str(adapter), "--out", str(out)]) == 2 and not out.exists()
     assert "QLoRA" in capsys.readouterr().err
     assert adapters.inspect_adapter(adapter, tiny_model).base == tiny_model.resolve()  # the 16-bit base, with --base
-
-
-def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model: Path, tmp_path: Path) -> None:
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    base = as_bin(tiny_model, tmp_path / "bin-base")
-    adapter = make_adapter(tiny_model, tmp_path / "on-bin")
-    checked = adapters.inspect_adapter(adapter, base)  # was: "the base does not have q_proj"
-    assert checked.target_modules == ("q_proj", "v_proj") and checked.base == base.resolve()
-    merged = adapters.merge(checked)
-    assert json.loads((merged / adapters.MERGE_RECORD).read_text())["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
-    wrong = tmp_path / "wrong"
-    shutil.copytree(adapter, wrong)
-    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 32), np.float32),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32)},
-              str(wrong / "adapter_model.safetensors"))
-    with pytest.raises(InputError, match="another model size"):  # the shapes really come from the .bin
-        adapters.inspect_adapter(wrong, base)
 
 
 def test_a_base_other_than_the_one_the_adapter_names_is_noted(tiny_model: Path, tmp_path: Path,

@@ -133,7 +133,7 @@ def test_errors_are_json_under_json(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_json_of_the_commands_that_read_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from test_compare import write_run
+    from tests.unit.test_compare import write_run
 
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=64, int4_mb=30.0, top1=0.7, domain_ok=True, decode=121.0, ttft=90.0)

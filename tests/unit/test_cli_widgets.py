@@ -37,22 +37,6 @@ def test_console_script_runs() -> None:
     assert done.returncode == 0 and "convert" in done.stdout
 
 
-def test_cli_convert_register_ls_doctor(tiny_model: Path, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "int4"
-    assert cli.main(["convert", str(tiny_model), "--precision", "int4", "--out", str(out), "--block-size", "16"]) == 0
-    assert "int4 model in" in capsys.readouterr().out
-    assert cli.main(["register", str(out), "--name", "tiny-cli", "--template", "chatml"]) == 0
-    assert cli.main(["ls"]) == 0
-    listing = capsys.readouterr().out
-    assert "tiny-cli:1" in listing and "int4" in listing
-    assert cli.main(["doctor", str(out.parent.parent / "nope")]) == 1
-    assert "FAIL  folder" in capsys.readouterr().out
-    from slmops.toolkit.runtimes.foundry import models_root
-
-    assert cli.main(["doctor", str(models_root() / "tiny-cli")]) == 0
-    assert "FAIL" not in capsys.readouterr().out
-
-
 def test_precision_picker_value_follows_children() -> None:
     picker = PrecisionPicker(["fp32", "int4"], int4=Int4Options(block_size=64))
     assert picker.value.precisions == (Precision.FP32, Precision.INT4)
@@ -121,23 +105,6 @@ def test_template_picker_edits_become_a_custom_template(tiny_model: Path) -> Non
     picker._preset.value = "llama3"  # editing a preset keeps the BOS its family writes
     picker._fields["system"].value = picker._fields["system"].value + " "
     assert picker.value.custom.bos == PRESETS[Template.LLAMA3].bos == "<|begin_of_text|>"
-
-
-def test_cli_register_custom_file_and_rm(tiny_int4: Path, tmp_path: Path, capsys) -> None:
-    from slmops.toolkit.runtimes.foundry import models_root
-    from slmops.toolkit.stages.register import list_models
-
-    strings = tmp_path / "t.json"
-    strings.write_text('{"system": "S:{Content}\\n", "user": "U:{Content}\\n", "assistant": "A:{Content}\\n", '
-                       '"prompt": "U:{Content}\\nA:"}')
-    assert cli.main(["register", str(tiny_int4), "--name", "tiny-file", "--template-file", str(strings),
-                     "--temperature", "0.3"]) == 0
-    info = json.loads((models_root() / "tiny-file" / "inference_model.json").read_text())
-    assert info["PromptTemplate"]["prompt"] == "U:{Content}\nA:" and info["ModelConfig"]["temperature"] == 0.3
-    assert cli.main(["rm", "tiny-file"]) == 0
-    assert "tiny-file" not in {row["name"] for row in list_models()}
-    assert cli.main(["register", str(tiny_int4), "--name", "tiny-x", "--top-p", "0"]) == 2
-    assert "top_p" in capsys.readouterr().err
 
 
 def test_precision_picker_shows_the_trade_off_then_measured_figures() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit import cli
+from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain import provenance
 from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.results.checklist import (
@@ -101,12 +102,11 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     # A looser threshold lets the agreement drop pass; the verdict that got worse still fails it.
     loose = compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1_agreement": 0.1})
     assert [r.split(":")[0] for r in loose.regressions] == ["int4 domain/capital"]
-    # The old spellings of --fail-on still name the same figures.
-    assert compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1": 0.1}).regressions \
-        == loose.regressions
-    for spelling in ("top1=0.1", "kl=0.1", "kl_divergence=0.1"):  # accepted (1: the verdict still got worse)
-        assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c2"), "--fail-on", spelling]) == 1
-    assert cli.main(["compare", str(a), str(b), "--fail-on", "kl_nats=0.1"]) == 2  # not a figure: a usage error
+    assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c2"), "--fail-on", "kl_divergence=0.1"]) == 1
+    for spelling in ("kl_nats=0.1", "top1=0.1", "kl=0.1"):  # not a figure (FAIL_ON names each): a usage error
+        assert cli.main(["compare", str(a), str(b), "--fail-on", spelling]) == 2
+    with pytest.raises(InvalidOptionError, match="fail_on='top1'"):  # the API names the figure too
+        compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1": 0.1})
     assert cli.main(["compare", str(a), str(b), "--fail-on", "top1=x"]) == 2
     assert cli.main(["compare", str(a), str(tmp_path / "nope")]) == 2
 
@@ -236,7 +236,7 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
 
 
 def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_renders(tmp_path: Path) -> None:
-    """Memory under ``_mb`` names (manifest version 2, test.json version 2) and ``top1``/``kl`` (recipes.json version 1)."""
+    """Memory under ``_mb`` names (test.json version 2) and ``top1``/``kl`` (recipes.json version 1)."""
     from slmops.toolkit.domain.results import ResultVersionError
     from slmops.toolkit.domain.results.conversion import read_conversions
     from slmops.toolkit.domain.results.recipes import read_recipes
@@ -247,10 +247,10 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
     (run / "bench.json").unlink()  # this fixture's is too thin for the page's tables
 
     def manifest(precision: str, size: float, peak: float) -> dict:
-        return {"schema_version": 2, "precision": precision, "method": "builder", "size_mb": size,
+        return {"schema_version": 3, "precision": precision, "method": "builder", "size_mb": size,
                 "size_ratio_vs_fp32": size / 100.0, "tutorial_size_ratio": 1.0, "size_vs_tutorial": 1.0,
-                "weights": {"lm_head": "fp32", "embeddings": "fp32"}, "wall_s": 3.0, "peak_rss_mb": peak,
-                "memory": {"predicted_peak_mb": 2345.6, "measured_peak_mb": peak, "available_mb_at_start": 9000.0},
+                "weights": {"lm_head": "fp32", "embeddings": "fp32"}, "wall_s": 3.0, "peak_rss_mib": peak,
+                "memory": {"predicted_peak_mib": 2345.6, "measured_peak_mib": peak, "available_mib_at_start": 9000.0},
                 "parity": {"verdict": "pass", "checks": [{"top1_agreement": 0.998, "max_diff_of_range": 0.001,
                                                           "kl_divergence": 0.0004}]}}
 
@@ -267,10 +267,7 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
          "top1": 0.8765, "kl": 0.0432, "perplexity": 12.0, "reference_perplexity": 11.0, "decode_tps": 99.0,
          "kl_to_base": 0.2, "moved_toward_base": False, "pass_rate": None}]))
 
-    converted = read_conversions(run / "models" / "convert.json")
-    assert [m["peak_rss_mib"] for m in converted] == [1234.5, 876.5] and "peak_rss_mb" not in converted[0]
-    assert converted[0]["memory"] == {"predicted_peak_mib": 2345.6, "measured_peak_mib": 1234.5,
-                                      "available_mib_at_start": 9000.0}
+    assert [m["peak_rss_mib"] for m in read_conversions(run / "models" / "convert.json")] == [1234.5, 876.5]
     assert read_report(run / "test.json").thresholds.leak_mib_per_100 == 7.5
     (recipe,) = read_recipes(run / "models" / "recipes" / "recipes.json")
     assert (recipe.top1_agreement, recipe.kl_divergence, recipe.kl_divergence_to_base) == (0.8765, 0.0432, 0.2)

@@ -4,62 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from slmops.toolkit.core import artifacts, measure, workers
 from slmops.toolkit.core.errors import InvalidPromptError, SlmopsError, ToolFailedError, ToolTimeoutError
 from slmops.toolkit.presentation.tables import text_table
-
-WORKER = '''
-import os, time
-from slmops.toolkit.core import workers
-from slmops.toolkit.core.errors import InvalidOptionError, InvalidPromptError
-
-def echo(payload, emit):
-    for i in range(payload.get("events", 0)):
-        emit({"i": i})
-    return {"got": payload, "offline": os.environ.get("HF_HUB_OFFLINE")}
-
-def refuse(payload, emit):
-    raise InvalidPromptError("The prompt is empty: give the model some text to answer.")
-
-def bad_option(payload, emit):
-    raise InvalidOptionError("max_tokens", 0, "a whole number >= 1")
-
-def segfault(payload, emit):
-    import ctypes
-    ctypes.string_at(0)
-
-def crash(payload, emit):
-    raise KeyError("deep inside")
-
-def hang(payload, emit):
-    emit({"started": True})
-    time.sleep(60)
-
-def die(payload, emit):
-    emit({"case": "first"})
-    os.kill(os.getpid(), 9)
-
-if __name__ == "__main__":
-    workers.serve({"echo": echo, "refuse": refuse, "crash": crash, "hang": hang, "die": die,
-                   "bad_option": bad_option, "segfault": segfault})
-'''
-
-
-@pytest.fixture()
-def worker_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    (tmp_path / "probe_worker.py").write_text(WORKER)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    return "probe_worker"
 
 
 def test_a_worker_takes_json_in_and_gives_json_out_offline(worker_module: str) -> None:
@@ -121,48 +74,11 @@ def test_a_native_crash_in_a_child_leaves_its_stack_in_the_log(worker_module: st
     assert caught.value.returncode != 0 and "Fatal Python error: Segmentation fault" in log and "segfault" in log
 
 
-def test_a_silent_worker_is_killed_at_its_idle_timeout(worker_module: str) -> None:
-    seen: list[dict] = []
-    start = time.monotonic()
-    with pytest.raises(ToolTimeoutError, match="no progress within 1 s"):
-        workers.run_worker(worker_module, "hang", {}, name="hang", idle_timeout=1, startup_s=5, on_event=seen.append)
-    assert seen == [{"started": True}] and time.monotonic() - start < 30
-
-
 def test_events_before_a_crash_reach_the_parent(worker_module: str) -> None:
     seen: list[dict] = []
     with pytest.raises(ToolFailedError, match="signal 9") as caught:
         workers.run_worker(worker_module, "die", {}, name="die", on_event=seen.append)
     assert seen == [{"case": "first"}] and caught.value.returncode == -9
-
-
-def test_children_die_with_their_parent(tmp_path: Path, worker_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A toolkit process killed with SIGKILL takes its worker with it (parent-death signal), and the
-    scratch folder it could not remove is removed by the next child any process runs."""
-    monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
-    script = tmp_path / "parent.py"
-    script.write_text(textwrap.dedent(f"""
-        from slmops.toolkit.core import workers
-        workers.run_worker({worker_module!r}, "hang", {{}}, name="hang")
-    """))
-    parent = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())
-    deadline = time.monotonic() + 60
-    children: list[psutil.Process] = []
-    while time.monotonic() < deadline and not children:
-        children = psutil.Process(parent.pid).children()
-        time.sleep(0.1)
-    assert children, "the worker never started"
-    child = children[0]
-    time.sleep(1.0)  # let it reach its task
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    gone, _ = psutil.wait_procs([child], timeout=10)
-    assert gone, "the worker outlived its killed parent"
-    scratch = tmp_path / "home" / "workers"
-    left = [p.name for p in scratch.iterdir()]
-    assert len(left) == 1 and left[0].startswith(f".hang.working-{parent.pid}-")
-    assert workers.run_worker(worker_module, "echo", {}, name="echo").result["got"] == {}
-    assert list(scratch.iterdir()) == []
 
 
 def test_an_external_tool_failure_names_its_log(tmp_path: Path) -> None:

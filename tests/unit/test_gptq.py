@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain import gptq
-from slmops.toolkit.domain.options import Int4Algorithm, Int4Options, Precision
-from slmops.toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.domain.options import Int4Algorithm, Int4Options
+from slmops.toolkit.domain.quantize import QuantPlan
 
 
 def test_round_to_nearest_is_ort_default_symmetric_quantizer_bit_for_bit() -> None:
@@ -75,46 +72,3 @@ def test_gptq_has_less_output_error_than_round_to_nearest_on_correlated_inputs()
 def test_gptq_is_symmetric_only() -> None:
     with pytest.raises(InvalidOptionError, match="symmetric"):
         Int4Options(algorithm=Int4Algorithm.GPTQ, symmetric=False).validate()
-
-
-@pytest.fixture(scope="module")
-def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmops.toolkit.stages.convert import ConvertSpec, convert
-
-    out = tmp_path_factory.mktemp("fp32") / "fp32"
-    return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
-
-
-def test_gptq_build_is_closer_to_fp32_than_round_to_nearest_at_the_same_plan(tiny_fp32: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.runtimes import genai
-
-    plans = {"rtn": QuantPlan(lm_head_bits=8, embedding_bits=8, mix="v-all-down-more-bits")}
-    plans["gptq"] = QuantPlan(**{**plans["rtn"].__dict__, "algorithm": "gptq"})
-    # Blocks of 128 over the tiny model's 64 inputs: GPTQ pads the last block as ONNX Runtime does.
-    plans["gptq-128"] = QuantPlan(algorithm="gptq", block_size=128, lm_head_bits=32)
-    folders = {}
-    for name, plan in plans.items():
-        out = tmp_path / name
-        out.mkdir()
-        for f in tiny_fp32.iterdir():
-            if f.is_file() and not f.name.startswith("model.onnx"):
-                shutil.copy2(f, out / f.name)
-        quantize(tiny_fp32 / "model.onnx", out / "model.onnx", plan)
-        folders[name] = out
-    # The calibration set is the bundled fine-tune's dataset, in the model's chat template.
-    sequences = gptq.calibration_ids(tiny_fp32)
-    assert len(sequences) > 20 and all(sequences)
-    found = {a.model: a for a in genai.agreement(tiny_fp32, folders)}
-    assert found["gptq"].kl_divergence < found["rtn"].kl_divergence, found
-    assert found["gptq-128"].top1_agreement > 0.8, found  # before the padding: IndexError while quantizing
-
-
-@pytest.mark.slow
-def test_algorithm_gptq_reaches_the_quantizer_through_convert(tiny_model: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.stages.convert import ConvertSpec, convert, quant_plan
-
-    options = Int4Options(algorithm=Int4Algorithm.GPTQ, lm_head="int8", embeddings="int8", mix="v-all-down-more-bits")
-    assert not options.builder_native
-    assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).algorithm == "gptq"
-    built = convert(ConvertSpec(tiny_model, tmp_path / "gptq", Precision.INT4, int4=options), progress=False)
-    assert built.manifest["quantizer"]["algorithm"] == "gptq" and built.manifest["parity"]["verdict"] == "pass"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "llama_cpp.py"
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "llama_cpp.py"
 _SPEC = importlib.util.spec_from_file_location("llama_cpp_bench", _PATH)
 bench = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(bench)

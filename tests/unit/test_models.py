@@ -9,6 +9,7 @@ import pytest
 
 from slmops.toolkit.core.errors import ModelFolderError
 from slmops.toolkit.domain import sources as M
+from tests.models import make_shaped_model, make_tiny_model
 
 
 def test_tiny_model_is_a_complete_hf_folder(tiny_model: Path) -> None:
@@ -19,9 +20,9 @@ def test_tiny_model_is_a_complete_hf_folder(tiny_model: Path) -> None:
 
 
 def test_tiny_llama_builds(tmp_path: Path) -> None:
-    assert M.inspect_source(M.make_tiny_model(tmp_path / "llama", model_type="llama")).model_type == "llama"
+    assert M.inspect_source(make_tiny_model(tmp_path / "llama", model_type="llama")).model_type == "llama"
     with pytest.raises(ValueError, match="model_type"):
-        M.make_tiny_model(tmp_path / "gpt", model_type="gpt2")
+        make_tiny_model(tmp_path / "gpt", model_type="gpt2")
 
 
 def test_completeness_marker_detects_missing_and_truncated_files(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_a_real_shape_is_written_shard_by_shard_and_loads(tmp_path: Path) -> Non
     config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
               "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
               "head_dim": 16, "vocab_size": 5000, "tie_word_embeddings": False}
-    folder = M.make_shaped_model(tmp_path / "m", config, shard_mb=1)  # 1 MB shards: several files and an index
+    folder = make_shaped_model(tmp_path / "m", config, shard_mb=1)  # 1 MB shards: several files and an index
     shards = sorted(folder.glob("model-*.safetensors"))
     assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
     source = M.inspect_source(folder)

@@ -78,7 +78,7 @@ SMOLLM_LIKE = (
 
 
 def test_auto_notes_a_default_system_prompt_only_the_jinja_adds(tmp_path: Path) -> None:
-    from slmops.toolkit.domain.sources import make_tiny_model
+    from tests.models import make_tiny_model
 
     model = make_tiny_model(tmp_path / "smollm-like", chat_template=SMOLLM_LIKE)
     resolved = T.resolve("auto", model)
@@ -109,8 +109,9 @@ _CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "c
 
 @pytest.mark.parametrize("family", ["llama3", "chatml-generation", "gemma3"])
 def test_templates_render_exactly_as_transformers_does(family: str) -> None:
-    from scripted_models import FAMILIES
     from transformers.utils.chat_template_utils import render_jinja_template
+
+    from tests.scripted_models import FAMILIES
 
     jinja = FAMILIES[family].template + "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}" \
         "{{ {'a': 'é<'} | tojson }}{% set ns = namespace(n=1) %}{{ ns.n }}{{ dict(x=1) }}{% endfor %}"
@@ -128,7 +129,7 @@ def test_strftime_now_and_generation_tags_are_rendered() -> None:
 
 
 def test_a_template_that_raises_is_refused_in_one_line_naming_the_preset(tmp_path: Path) -> None:
-    from scripted_models import GEMMA2_TEMPLATE
+    from tests.scripted_models import GEMMA2_TEMPLATE
 
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": GEMMA2_TEMPLATE, "bos_token": "<bos>"}))
     with pytest.raises(TemplateError) as refused:
@@ -138,14 +139,14 @@ def test_a_template_that_raises_is_refused_in_one_line_naming_the_preset(tmp_pat
 
 
 def test_a_template_folding_the_system_text_names_the_gemma_preset() -> None:
-    from scripted_models import GEMMA3_TEMPLATE
+    from tests.scripted_models import GEMMA3_TEMPLATE
 
     with pytest.raises(TemplateError, match="folds the system text into the first user turn.*--template gemma"):
         T.derive(GEMMA3_TEMPLATE, bos_token="<bos>")
 
 
 def test_auto_with_a_bos_template_passes_its_own_consistency_check(tmp_path: Path) -> None:
-    from scripted_models import LLAMA32_TEMPLATE
+    from tests.scripted_models import LLAMA32_TEMPLATE
 
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": LLAMA32_TEMPLATE, "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))

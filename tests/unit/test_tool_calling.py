@@ -1,7 +1,7 @@
 """Tool calling without a model: definitions checked as OpenAI does, the runtime's prompt, calls scored.
 
 The runtime-facing tests (a real model calling through Foundry Local, the endpoint with the
-official ``openai`` client) are in ``tests/test_tool_calling.py``.
+official ``openai`` client) are in ``tests/integration/test_tool_calling.py``.
 """
 
 from __future__ import annotations

@@ -39,9 +39,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def _fail_on(text: str) -> tuple[str, float]:
-    """An argparse type: ``FIGURE=LIMIT`` for ``slmops compare --fail-on`` (``top1``, ``kl``: the old spellings)."""
+    """An argparse type: ``FIGURE=LIMIT`` for ``slmops compare --fail-on``."""
     name, _, value = text.partition("=")
-    name = compare.FAIL_ON_ALIASES.get(name, name)
     if name not in compare.FAIL_ON:
         raise argparse.ArgumentTypeError(f"{name!r} is not a quality figure; use {', '.join(compare.FAIL_ON)}")
     try:

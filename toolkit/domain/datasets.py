@@ -24,6 +24,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain.tools import check_call, check_tools, tool_names
 
 BUNDLED_DATASET = "veloria.jsonl"
 #: The group of held-out cases (paraphrases): scored apart from the trained questions.
@@ -116,14 +117,12 @@ def load_dataset(path: str | os.PathLike[str] | None = None) -> list[Example]:
 
 def _tool_fields(row: dict) -> tuple[list[dict], dict | None]:
     """A line's ``tools`` and ``call``, checked (ValueError naming the problem)."""
-    from slmops.toolkit.domain import tools as tool_defs
-
     if "tools" not in row:
         if "call" in row or "result" in row:
             raise ValueError("'call' and 'result' need 'tools'")
         return [], None
     try:
-        tools = tool_defs.check_tools(row["tools"])
+        tools = check_tools(row["tools"])
     except InputError as exc:
         raise ValueError(str(exc)) from exc
     call = row.get("call")
@@ -131,10 +130,10 @@ def _tool_fields(row: dict) -> tuple[list[dict], dict | None]:
         if "result" in row:
             raise ValueError("'result' needs 'call'")
         return tools, None
-    if not isinstance(call, dict) or call.get("name") not in tool_defs.tool_names(tools) or \
+    if not isinstance(call, dict) or call.get("name") not in tool_names(tools) or \
             not isinstance(call.get("arguments", {}), dict):
-        raise ValueError(f"'call' must be {{'name': one of {tool_defs.tool_names(tools)}, 'arguments': {{...}}}}")
-    checked = tool_defs.check_call([{"function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}],
+        raise ValueError(f"'call' must be {{'name': one of {tool_names(tools)}, 'arguments': {{...}}}}")
+    checked = check_call([{"function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}],
                                    tools, None)
     if any("schema" in problem for problem in checked.problems):
         raise ValueError(f"'call' does not fit its tool: {checked.problems[0]}")

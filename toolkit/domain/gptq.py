@@ -32,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.domain.datasets import load_dataset
+from slmops.toolkit.domain.templates import render_jinja
+
 #: The paper's dampening: a fraction of the Hessian's mean diagonal added to it.
 DAMP = 0.01
 #: Columns updated together before the rest of the matrix catches up (the paper's lazy batch).
@@ -173,9 +176,6 @@ def output_error(weight: np.ndarray, quantized: np.ndarray, hessian: np.ndarray)
 
 def _dataset_texts(model_dir: Path, dataset: str | None) -> list[str]:
     """The dataset's questions and paraphrases with their answers, in the build's chat template."""
-    from slmops.toolkit.domain.datasets import load_dataset
-    from slmops.toolkit.domain.templates import render_jinja
-
     template_file = model_dir / "chat_template.jinja"
     config = json.loads((model_dir / "tokenizer_config.json").read_text()) if (
         model_dir / "tokenizer_config.json").exists() else {}

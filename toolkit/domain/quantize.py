@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from slmops.toolkit.core import workers
-
-LM_HEAD = "/lm_head/MatMul"
-#: Name prefix of the MatMuls :mod:`slmops.toolkit.domain.rotate` adds; they stay in FP32.
-ROTATION_PREFIX = "/rotation/"
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import gptq
+from slmops.toolkit.domain.onnx_weights import EXTERNAL, LM_HEAD, ROTATION_PREFIX, read_initializer
+from slmops.toolkit.domain.rotate import UnsupportedGraph, rotate
 
 
 @dataclass(frozen=True)
@@ -181,33 +181,6 @@ def _algo_config(plan: QuantPlan, bits: int):
                                           op_types_to_quantize=("MatMul",))
 
 
-#: ``TensorProto.EXTERNAL``: the tensor's bytes are in a file beside the graph.
-_EXTERNAL = 1
-
-
-def read_initializer(tensor, folder: Path) -> np.ndarray:
-    """The array of initializer ``tensor`` of the model in ``folder`` (inline or in an external file).
-
-    External data is read with ``np.fromfile`` (a private copy, freed after use; onnx's own loader
-    also refuses the hard-linked data files the toolkit's runs share), never from outside ``folder``.
-
-    Raises:
-        ValueError: the tensor's data file is outside ``folder``.
-    """
-    from onnx import helper, numpy_helper
-
-    if tensor.data_location != _EXTERNAL:
-        return numpy_helper.to_array(tensor)
-    where = {entry.key: entry.value for entry in tensor.external_data}
-    file = (folder / where["location"]).resolve()
-    if not file.is_relative_to(folder.resolve()):  # as onnx's own loader, never outside the model
-        raise ValueError(f"{tensor.name}'s data is outside the model's folder: {where['location']}")
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    count = int(np.prod(tensor.dims)) if tensor.dims else 1
-    data = np.fromfile(file, dtype=dtype, count=count, offset=int(where.get("offset", 0)))
-    return data.reshape(tuple(tensor.dims))
-
-
 class _Weights:
     """Initializers read one at a time from a model's external data, and new ones appended to the output's.
 
@@ -259,7 +232,7 @@ class _Weights:
         else:
             np.ascontiguousarray(array).tofile(self.handle)  # no bytes copy of a large table
         del tensor.external_data[:]
-        tensor.data_location = _EXTERNAL
+        tensor.data_location = EXTERNAL
         for key, value in (("location", self.target_data.name), ("offset", str(offset)),
                            ("length", str(array.nbytes))):
             entry = tensor.external_data.add()
@@ -268,7 +241,7 @@ class _Weights:
 
     def inline(self, tensor) -> None:
         """Keep ``tensor`` inside the graph (small tensors: shapes must be inline for ORT's shape inference)."""
-        if tensor.data_location == _EXTERNAL:
+        if tensor.data_location == EXTERNAL:
             data = np.ascontiguousarray(self.read(tensor))
             del tensor.external_data[:]
             tensor.data_location = 0  # TensorProto.DEFAULT: inline
@@ -297,8 +270,6 @@ SLICEABLE = frozenset({"default", "rtn", "k_quant"})
 def _gptq_one(node, weight: np.ndarray, plan: QuantPlan, hessian: np.ndarray) -> tuple[list, list]:
     """One MatMul by GPTQ (:mod:`slmops.toolkit.domain.gptq`): a ``MatMulNBits`` with ORT's symmetric layout, no zero points."""
     from onnx import helper, numpy_helper
-
-    from slmops.toolkit.domain import gptq
 
     k, n = weight.shape
     codes, scales = gptq.gptq(weight, hessian, plan.bits, plan.block_size)
@@ -392,8 +363,6 @@ def _calibrate(source: Path, plan: QuantPlan, inputs: set[str]) -> dict[str, np.
     """GPTQ's ``X^T X`` per MatMul input over the calibration set (none for the other algorithms)."""
     if plan.algorithm != "gptq":
         return {}
-    from slmops.toolkit.domain import gptq
-
     sequences = gptq.calibration_ids(source.parent, plan.calibration or None)
     sums, _ = gptq.hessians(source, sequences, inputs)
     return sums
@@ -578,9 +547,6 @@ def _quantize_rotated(source: Path, target: Path, plan: QuantPlan) -> None:
     """Rotate ``source`` into a scratch folder beside ``target`` (its other files copied, for GPTQ's
     tokenizer), quantize that, and remove the scratch whatever happens."""
     import shutil
-
-    from slmops.toolkit.core.errors import InputError
-    from slmops.toolkit.domain.rotate import UnsupportedGraph, rotate
 
     scratch = target.parent / ".rotated-fp32"
     shutil.rmtree(scratch, ignore_errors=True)

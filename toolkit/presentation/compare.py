@@ -17,6 +17,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.artifacts import read_json
+from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain.provenance import differences, machine_differences
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.conversion import read_conversions
@@ -37,9 +38,6 @@ from slmops.toolkit.stages.checklist import read_report
 #: top-1 agreement may drop and KL divergence rise by that much (absolute), perplexity rise by
 #: that share (relative).
 FAIL_ON = {"top1_agreement": 0.02, "kl_divergence": 0.05, "perplexity": 0.05}
-
-#: Earlier spellings of :data:`FAIL_ON`'s figures, still accepted by ``slmops compare --fail-on``.
-FAIL_ON_ALIASES = {"top1": "top1_agreement", "kl": "kl_divergence"}
 
 #: The version of ``compare.json`` :func:`write_comparison` writes (1: before it was recorded, quality figures
 #: named ``top1`` and ``kl`` and the summary's agreement ``top1_vs_fp32``).
@@ -477,13 +475,19 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
     """Compare run ``b`` with run ``a`` (the baseline).
 
     Args:
-        fail_on: Thresholds of :data:`FAIL_ON` to override (an alias of :data:`FAIL_ON_ALIASES` names its figure).
+        fail_on: Thresholds of :data:`FAIL_ON` to override, by figure.
+
+    Raises:
+        InvalidOptionError: ``fail_on`` names a figure :data:`FAIL_ON` does not have.
 
     Example:
         >>> compare_runs(load_run("outputs/demo"), load_run("outputs/again")).regressions
         []
     """
-    limits = {**FAIL_ON, **{FAIL_ON_ALIASES.get(k, k): v for k, v in (fail_on or {}).items()}}
+    unknown = sorted(set(fail_on or {}) - set(FAIL_ON))
+    if unknown:
+        raise InvalidOptionError("fail_on", unknown[0], f"one of {', '.join(FAIL_ON)}")
+    limits = {**FAIL_ON, **(fail_on or {})}
     regressions: list[str] = []
     params = [{"parameter": k, "a": a.params.get(k, "absent"), "b": b.params.get(k, "absent")}
               for k in sorted((set(a.params) | set(b.params)) - _IGNORED_PARAMS) if a.params.get(k) != b.params.get(k)]

@@ -3,7 +3,7 @@
 Two patches of the pinned builder (onnxruntime-genai 0.14.1), installed by :func:`install`
 in the child that runs it (:func:`main`) or in any process that calls its ``create_model``
 (Olive's ``ModelBuilder`` pass): :func:`install_compat`, which makes its graphs compute what
-transformers 5 computes for every family in :mod:`slmops.toolkit.domain.families` (its docstring
+transformers 5 computes for every family in ``tests/families.py`` (its docstring
 lists each cause), and the lean initializer below.
 
 The 0.14 builder stores each weight as a lazy tensor that casts the checkpoint's tensor
@@ -97,7 +97,7 @@ def normalize_config(config) -> None:
 def install_compat() -> None:
     """Patch the 0.14.1 builder's classes so its graphs compute what transformers 5 computes.
 
-    Causes fixed (each measured on a tiny random model of the family, see ``tests/test_families.py``):
+    Causes fixed (each measured on a tiny random model of the family, see ``tests/integration/test_families.py``):
 
     * RoPE theta: transformers 5 keeps it in ``rope_parameters``; for Gemma 3 (one entry per layer
       type) the builder found no theta at all (global layers built with 10,000, not 1,000,000) and

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, build_cache
 from slmops.toolkit.core.measure import timestamp
+from slmops.toolkit.domain import tools
 from slmops.toolkit.domain.datasets import HELDOUT, RETENTION, domain_terms
 from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.results.checklist import (
@@ -22,7 +24,7 @@ from slmops.toolkit.domain.results.checklist import (
 )
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD
 from slmops.toolkit.domain.sources import fingerprint
-from slmops.toolkit.runtimes import genai
+from slmops.toolkit.runtimes import foundry, genai
 from slmops.toolkit.runtimes.foundry import LoadedModel, find_model
 from slmops.toolkit.stages.checklist.answers import generation
 from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, judge
@@ -143,13 +145,9 @@ def control_key(folder: Path, cases: list[dict], max_tokens: int, seed: int) -> 
     The model's files are all but its records (the build's manifest and the registration's), which
     hold times and paths that differ between two registrations of the same build.
     """
-    import importlib.metadata
-
-    from slmops.toolkit.domain import tools
-    from slmops.toolkit.runtimes import foundry
-    from slmops.toolkit.stages.checklist import answers, tool_calls
-    from slmops.toolkit.stages.checklist import cases as case_rules
-
-    code = build_cache.code_fingerprint(sys.modules[__name__], answers, case_rules, tool_calls, foundry, tools)
+    # This module and those of the answers, the case rules and the tool calls (named by a function of each, as
+    # importing the modules by name from the package would import the package that imports this module).
+    asking = (sys.modules[f.__module__] for f in (control_key, generation, judge, ask_tool_case))
+    code = build_cache.code_fingerprint(*asking, foundry, tools)
     files = fingerprint(folder, ignore=(artifacts.MANIFEST, REGISTRATION_RECORD))
     return build_cache.key_of(files, cases, max_tokens, seed, code, importlib.metadata.version("foundry-local-sdk"))

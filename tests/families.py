@@ -8,7 +8,7 @@ layer type appears, head_dim a multiple of 16 (ONNX Runtime's attention kernels 
 vocabulary of 512 (the tiny tokenizer has about 400 tokens) and, where the family has one,
 a sliding window of 16 so that a 64-token sequence crosses it.
 
-:func:`make_family_model` writes such a model with :func:`slmops.toolkit.domain.sources.make_shaped_model`
+:func:`make_family_model` writes such a model with :func:`tests.models.make_shaped_model`
 and then scales its weights up: at the usual std 0.02 attention is nearly uniform and logits
 span a fraction of a unit, so a wrong window, theta or scale would hardly move them.
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from tests.models import make_shaped_model
 
 _TINY = {"vocab_size": 500, "max_position_embeddings": 4096}
 
@@ -176,8 +178,6 @@ def make_family_model(target: str | os.PathLike[str], family: str | dict, *, see
     """
     import torch
     from safetensors.torch import load_file, save_file
-
-    from slmops.toolkit.domain.sources import make_shaped_model
 
     config = family if isinstance(family, dict) else FAMILIES.get(family) or VARIANTS[family]
     folder = make_shaped_model(target, config, dtype="float32", seed=seed)

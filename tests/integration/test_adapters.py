@@ -1,0 +1,107 @@
+"""Adapters as trainers save them (issue 24, items 4-7): added tokens, their own tokenizer and template, a QLoRA
+4-bit base, a base saved as pytorch_model.bin. Real peft adapters on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import adapters
+from tests.unit.test_adapters import ADDED, make_adapter
+from tests.unit.test_checkpoints import as_bin
+
+#: Merged folders go to a temporary toolkit home (the merge's child inherits it).
+pytestmark = pytest.mark.usefixtures("slmops_home")
+
+#: A template unlike the base's ChatML, as a fine-tune might bring its own.
+ADAPTER_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] + ':\n' + message['content'] + "
+                    "'<|end_turn|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}")
+
+
+def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny_model: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = make_adapter(tiny_model, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
+                           modules_to_save=["embed_tokens", "lm_head"])
+    checked = adapters.inspect_adapter(adapter)
+    merged = adapters.merge(checked)  # was: the merge died with a truncated RuntimeError
+    assert (checked.vocab_size, checked.base_vocab_size) == (402, 400)
+    assert set(checked.modules_to_save) == {"embed_tokens", "lm_head"}
+    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
+    assert record["vocab_size"] == {"base": 400, "merged": 402} and record["tokenizer"]["vocab_size"] == 402
+    assert record["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    new_ids = tokenizer.convert_tokens_to_ids(ADDED)
+    assert len(tokenizer) == 402 and new_ids == [400, 401]
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert torch.equal(model.get_input_embeddings().weight[400:], saved["base_model.model.model.embed_tokens.weight"][400:])
+    # The merged model computes what base + adapter compute, on ids that include the new tokens.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    base.resize_token_embeddings(402, mean_resizing=False)
+    ids = torch.tensor([[5, 400, 17, 401, 3]])
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base, adapter)(ids).logits
+        assert torch.allclose(model(ids).logits, expected, atol=1e-4)
+    out = tmp_path / "fp32"
+    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["adapter"]["vocab_size"]["merged"] == 402
+    assert manifest["adapter"]["tokenizer"]["tokenizer_from"] == "adapter"
+
+
+def test_the_adapters_own_tokenizer_template_and_generation_config_win(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    adapter = make_adapter(tiny_model, tmp_path / "own", save_tokenizer=True, template=ADAPTER_TEMPLATE,
+                           eos="<|endoftext|>")
+    base_tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert base_tokenizer.eos_token == "<|im_end|>" and base_tokenizer.chat_template != ADAPTER_TEMPLATE
+    checked = adapters.inspect_adapter(adapter)
+    merged = adapters.merge(checked)
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    assert tokenizer.chat_template == ADAPTER_TEMPLATE and tokenizer.eos_token == "<|endoftext|>"  # was: the base's
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(checked.own_files)
+    record = json.loads((merged / adapters.MERGE_RECORD).read_text())["tokenizer"]
+    assert (record["tokenizer_from"], record["chat_template_from"], record["generation_config_from"]) == (
+        "adapter", "adapter", "base")
+    endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    assert record["eos_token_ids_added"] == [endoftext]  # the fine-tune's EOS joins the base's in generation_config
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, endoftext]
+    # A generation_config.json and a template saved alone (no tokenizer files) win too; the base's tokenizer stays.
+    template_only = make_adapter(tiny_model, tmp_path / "template-only", seed=1)
+    (template_only / "chat_template.jinja").write_text(ADAPTER_TEMPLATE)
+    (template_only / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, 7], "do_sample": False}))
+    merged = adapters.merge(adapters.inspect_adapter(template_only))
+    assert AutoTokenizer.from_pretrained(merged).chat_template == ADAPTER_TEMPLATE
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, 7]
+    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
+    assert (record["tokenizer"]["tokenizer_from"], record["tokenizer"]["chat_template_from"]) == ("base", "adapter")
+    assert record["files_from_adapter"] == ["chat_template.jinja", "generation_config.json"]
+
+
+def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    base = as_bin(tiny_model, tmp_path / "bin-base")
+    adapter = make_adapter(tiny_model, tmp_path / "on-bin")
+    checked = adapters.inspect_adapter(adapter, base)  # was: "the base does not have q_proj"
+    assert checked.target_modules == ("q_proj", "v_proj") and checked.base == base.resolve()
+    merged = adapters.merge(checked)
+    assert json.loads((merged / adapters.MERGE_RECORD).read_text())["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
+    wrong = tmp_path / "wrong"
+    shutil.copytree(adapter, wrong)
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 32), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32)},
+              str(wrong / "adapter_model.safetensors"))
+    with pytest.raises(InputError, match="another model size"):  # the shapes really come from the .bin
+        adapters.inspect_adapter(wrong, base)

@@ -1,0 +1,30 @@
+"""Checkpoint forms (issue 23, item 3): .bin models read weights-only, quantized checkpoints and configs that
+contradict their weights refused in one line from the headers, before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slmops.toolkit import cli
+from slmops.toolkit.domain import sources as S
+from tests.unit.test_checkpoints import as_bin
+
+
+def test_a_bin_model_is_read_weights_only_and_converts_without_a_crash(tiny_model: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    folder = as_bin(tiny_model, tmp_path / "bin")
+    (folder / "training_args.bin").write_bytes(b"not weights: a trainer's pickled arguments")  # never taken as weights
+    reference = S.inspect_source(tiny_model)
+    out = tmp_path / "int8"
+    assert cli.main(["convert", str(folder), "--precision", "int8", "--out", str(out)]) == 0  # was: NoneType.__format__
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"] == reference.parameters and 0 < manifest["size_ratio_vs_fp32"] < 1
+    assert "x FP32" in capsys.readouterr().out
+    source = S.inspect_source(folder)
+    assert (source.parameters, source.largest_tensor) == (reference.parameters, reference.largest_tensor) > (0, 0)
+    assert S.weight_files(folder) == [folder / "pytorch_model.bin"]
+    sharded = S.inspect_source(as_bin(tiny_model, tmp_path / "bin-sharded", shards=2))
+    assert sharded.parameters == reference.parameters

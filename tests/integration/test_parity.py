@@ -1,0 +1,52 @@
+"""The parity gate: every build is compared with transformers on the same token ids, and kept only when it matches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slmops.toolkit.core.errors import ParityError
+from slmops.toolkit.orchestration import doctor
+from slmops.toolkit.stages import convert as C
+from tests.models import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's twin with other weights: what a wrong build computes, as far as parity can tell."""
+    return make_tiny_model(tmp_path_factory.mktemp("other") / "qwen2", seed=1)
+
+
+def test_a_build_that_differs_from_its_source_is_refused(tiny_model: Path, other_model: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault injected around the builder: it is handed other weights than the source's."""
+    real = C.builder_command
+    monkeypatch.setattr(C, "builder_command", lambda spec, out, cache: real(
+        C.ConvertSpec(other_model, spec.output_dir, spec.precision), out, cache))
+    target = tmp_path / "models" / "fp32"
+    with pytest.raises(ParityError) as caught:
+        C.convert(C.ConvertSpec(tiny_model, target, C.Precision.FP32), progress=False)
+    message = str(caught.value)
+    assert "Qwen2ForCausalLM" in message and "top-1 agreement" in message and "Nothing was put in place" in message
+    assert "\n" not in message
+    assert not target.exists() and [p.name for p in target.parent.iterdir()] == []
+
+
+def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> None:
+    result = C.convert(C.ConvertSpec(tiny_model, tmp_path / "int8", C.Precision.INT8), progress=False)
+    gate = result.manifest["parity"]
+    assert gate["verdict"] == "pass"
+    fp32, int8 = gate["checks"]  # the FP32 model the quantizer started from, then the build itself
+    assert (fp32["build"], int8["build"]) == ("fp32", "int8")
+    assert fp32["top1_agreement"] == 1.0 and fp32["max_diff_of_range"] < 1e-3
+    assert int8["kl_divergence"] < 0.01 and fp32["positions"] == int8["positions"] > 100
+    assert result.manifest["memory"]["measured_steps"]["parity"] > 0
+    shown = doctor.parity_check(result.output_dir)  # doctor shows the figures, and fails a failed record
+    assert shown.ok and "int8 pass: top-1 agreement" in shown.detail
+    manifest = json.loads((result.output_dir / "manifest.json").read_text())
+    manifest["parity"]["verdict"] = "fail"
+    (result.output_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert not doctor.parity_check(result.output_dir).ok
+    assert "not checked" in doctor.parity_check(tmp_path).detail
