@@ -6,6 +6,8 @@ declarative ``packages.find`` finds ``toolkit.cli`` but cannot name it ``slmops.
 discovery is here: a folder added under ``toolkit/`` or ``widgets/`` ships without being listed.
 """
 
+from pathlib import Path
+
 from setuptools import find_namespace_packages, setup
 
 #: The repository's top folders that are packages, each installed as ``slmops.<folder>``.
@@ -14,7 +16,8 @@ FOLDERS = ("toolkit", "widgets")
 
 def packages() -> list[str]:
     """Every package folder under :data:`FOLDERS` (data folders without an ``__init__.py`` too), and the notebooks."""
-    found = find_namespace_packages(include=[f"{folder}{tail}" for folder in FOLDERS for tail in ("", ".*")],
+    found = find_namespace_packages(str(Path(__file__).resolve().parent),
+                                    include=[f"{folder}{tail}" for folder in FOLDERS for tail in ("", ".*")],
                                     exclude=["*.__pycache__", "*.__pycache__.*"])
     return [f"slmops.{name}" for name in found] + ["slmops.toolkit.notebooks"]
 

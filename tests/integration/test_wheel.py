@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,9 +26,14 @@ NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from a copy of the checkout without its build outputs: setuptools never empties an old
+    ``build/`` folder, whose modules deleted since would ship in the wheel."""
+    source = tmp_path_factory.mktemp("source") / "checkout"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                                "outputs", "__pycache__", ".*_cache"))
     out = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(ROOT)], check=True, capture_output=True)
+                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True)
     (built,) = out.glob("slmops_toolkit-*.whl")
     return built
 
@@ -71,7 +77,8 @@ def test_the_wheel_carries_the_notebooks_and_templates(wheel: Path) -> None:
     # Every package folder (setup.py discovers them), with each of its modules.
     modules = {"slmops/" + path.relative_to(ROOT).as_posix() for package in ("toolkit", "widgets")
                for path in (ROOT / package).rglob("*.py")}
-    assert modules - set(names) == set()
+    shipped = {name for name in names if name.endswith(".py")}
+    assert modules - shipped == set() and shipped - modules == set()  # nothing missing, nothing stale
     folders = {str(Path(name).parent) for name in names}
     assert {f"slmops/{folder.relative_to(ROOT).as_posix()}" for package in ("toolkit", "widgets")
             for folder in (ROOT / package).rglob("*") if folder.is_dir() and folder.name != "__pycache__"} <= folders

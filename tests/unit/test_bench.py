@@ -1,0 +1,99 @@
+"""Stage 4, the benchmark, without a model: one metrics function, settings refused, the summary and its
+ceiling, the direct engine's payloads."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import fields
+
+import pytest
+
+from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
+from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.stages import bench as B
+from slmops.toolkit.stages import checklist as E
+
+
+def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_file() -> None:
+    runs = [TimedRun(0.1, 1.1, 33), TimedRun(0.2, 2.2, 33), TimedRun(0.1, 0.6, 33)]  # 32, 16 and 64 tok/s
+    figures = run_metrics(runs, prompt_tokens=16)
+    assert figures["decode_tps"] == round((32 + 16 + 64) / 3, 2) == round(statistics.mean(r.decode_tps for r in runs), 2)
+    # Percentiles of the latency (ms per output token), never of the throughput: p90 is the slow run.
+    assert (figures["tpot_ms_p50"], figures["tpot_ms_p90"]) == (31.25, 62.5) and figures["ttft_ms_p90"] == 200.0
+    assert decode_tps(1, 0.1, 1.0) == 0.0 and TimedRun(0.1, 0.1, 5).tpot_ms == 0.0  # nothing to time
+    # bench.json before schema_version: memory under its MiB names, the throughput percentiles gone.
+    old = {"rows": [{**{f.name: 0 for f in fields(B.BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
+                     "decode_tps_p90": 99.0, "model": "m-int4"}]}
+    for key in ("peak_rss_mib", "load_rss_mib", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90", "ttft_ms_p50", "ttft_ms_p90"):
+        old["rows"][0].pop(key)
+    row = rows_of(old)[0]
+    assert (row.peak_rss_mib, row.load_rss_mib, row.tpot_ms) == (512.0, 64.0, 0.0)
+    with pytest.raises(SlmopsError, match="schema_version 3"):
+        rows_of({"schema_version": 3, "rows": []})
+
+
+def test_bench_rejects_bad_settings() -> None:
+    with pytest.raises(SlmopsError, match="repeats"):
+        B.bench(["x"], repeats=0)
+    with pytest.raises(SlmopsError, match="engines"):
+        B.bench(["x"], engines=("llama.cpp",))
+    with pytest.raises(SlmopsError, match="generation lengths"):
+        B.bench(["x"], gen_lengths=[1])
+    with pytest.raises(SlmopsError, match="Thread counts"):
+        B.bench(["x"], threads=[0])
+
+
+def test_summary_and_ceiling_from_a_report() -> None:
+    def row(precision: str, engine: str, tps: float, size: float) -> dict:
+        return {"model": f"m-{precision}", "precision": precision, "engine": engine, "target_prompt_tokens": 16,
+                "decode_tps": tps, "size_mb": size}
+
+    report = {"rows": [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
+                       row("int4", "ort-genai", 100.0, 200.0)]}
+    quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
+    # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
+    assert bench_text.summary(report, quality) == [
+        "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
+    ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
+    assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0
+    assert not any(row["above_bound_because"] for row in ceiling)
+    # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
+    rows = [{**row, "threads": 2} for row in report["rows"]]
+    ceiling = B.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
+    assert ceiling[1]["bandwidth_gbs"] == 10.0 and ceiling[1]["percent_of_ceiling"] == 198.0
+    assert "fit in the 256 MiB last-level cache" in ceiling[1]["above_bound_because"]
+    assert "under-measured" in B.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1]["above_bound_because"]
+    assert B.last_level_cache_mib({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
+
+
+def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
+    def row(engine: str, tps: float, gen: float) -> dict:
+        return {"model": "m-int4", "precision": "int4", "engine": engine, "target_prompt_tokens": 16,
+                "target_gen_tokens": 32, "gen_tokens": gen, "threads": 2, "decode_tps": tps, "size_mb": 200.0,
+                "weights_read_mb": 180.0}
+
+    short, direct = row("foundry-local", 9.0, 4.0), row("ort-genai", 240.0, 32.0)
+    assert B.timed_too_few(short) and not B.timed_too_few(direct)
+    head = B.headline_rows([short, direct])[0]
+    assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
+    assert [r["engine"] for r in B.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
+    rows = [B.BenchRow(**{f.name: 0 for f in fields(B.BenchRow)} | r) for r in (short, direct)]
+    assert B.engine_ratios(rows) == []  # nothing to compare over four tokens
+    assert B.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
+
+
+def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:
+    from slmops.toolkit.domain.results.bench import TimedRun
+    from slmops.toolkit.runtimes import genai
+
+    job = genai.BenchJob("models/int4", ((1, 2, 3), (4,)), (8, 16), repeats=3, warmup=1, threads=2)
+    assert genai.BenchJob.from_json(json.loads(json.dumps(job.to_json()))) == job
+    run = TimedRun(ttft_s=0.1, total_s=0.5, gen_tokens=9, harness_s=0.001, cpu_percent=98.0)
+    measured = genai.DirectBench(1.5, 300.25, 812.0, (((run, run), (run,)),))
+    back = genai.DirectBench.from_json(json.loads(json.dumps(measured.to_json())))
+    assert back == measured and back.runs[0][0][1].decode_tps == run.decode_tps == 20.0
+    agreement = genai.Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
+    assert genai.Agreement.from_json({**agreement.to_json(), "extra": 1}) == agreement
+    assert set(agreement.to_json()) >= {"top1_agreement", "kl_divergence"}
