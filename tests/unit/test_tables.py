@@ -7,8 +7,6 @@ import math
 import re
 from pathlib import Path
 
-from test_compare import write_run
-
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
@@ -24,6 +22,7 @@ from slmops.toolkit.presentation import checklist as tables
 from slmops.toolkit.presentation import report
 from slmops.toolkit.presentation.tables import html_table
 from slmops.toolkit.stages.checklist import quality_checks
+from tests.unit.test_compare import write_run
 
 NOTE = ("Without a system message the model's chat template adds its own default system text; register with "
         "--template to keep the fine-tune's prompt shape, or pass a system message with every request so the "

@@ -144,7 +144,7 @@ def test_the_comparison_headline_agrees_with_its_timing_table(tmp_path) -> None:
     import html
     import json
 
-    from test_compare import write_run
+    from tests.unit.test_compare import write_run
 
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=88.0, ttft=90.0)
