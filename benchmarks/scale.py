@@ -26,7 +26,6 @@ and ``scale.png`` (each figure against parameter count) and prints a Markdown ta
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import sys
@@ -37,8 +36,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from report_md import append, section
+
 from slmops.toolkit.core import workers
-from slmops.toolkit.core.measure import available_mib, machine
+from slmops.toolkit.core.measure import available_mib
 from slmops.toolkit.domain import memory
 from slmops.toolkit.domain.options import Method, Precision
 from slmops.toolkit.domain.sources import inspect_source
@@ -123,6 +124,7 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
                    "parity": m["parity"]["verdict"],
                    "fp32_top1": checks.get("fp32", {}).get("top1_agreement"),
                    "top1": checks.get(precision, {}).get("top1_agreement"),
+                   "top1_up_to_ties": checks.get(precision, {}).get("top1_up_to_ties"),
                    "kl": checks.get(precision, {}).get("kl_divergence")}
         if run_bench:
             registered = f"scale-{name}-{precision}".replace(".", "-")
@@ -142,17 +144,14 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
     return row
 
 
-def table(rows: list[dict], precisions: list[str]) -> str:
-    """The Markdown table of the benchmarks page, under a line giving the date, the machine and the command."""
-    host = machine()
-    command = " ".join([".venv/bin/python", "benchmarks/scale.py", *sys.argv[1:]])
-    lines = [(f"Measured {datetime.date.today().isoformat()} on {host['cpu']} ({host['physical_cores']} cores, "
-              f"{host['memory_gb']} GB) by `{command}`."),
-             "",
-             ("| shape | params | checkpoint (bf16) | builder's own int4: peak RSS (x ckpt) | precision | wall | "
-              "peak RSS (x ckpt) | predicted peak | vs builder's own | size | FP32 parity top-1 | build top-1 | "
-              "build KL (nats) | decode tok/s | TTFT |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+HEADERS = ("shape", "params", "checkpoint (bf16)", "builder's own int4: peak RSS (x ckpt)", "precision", "wall",
+           "peak RSS (x ckpt)", "its largest step", "predicted peak", "vs builder's own", "size",
+           "FP32 parity top-1", "build top-1 (up to near ties)", "build KL (nats)", "decode tok/s", "TTFT")
+
+
+def rows_of(rows: list[dict], precisions: list[str]) -> list[list[object]]:
+    """The benchmarks page's table: one row per shape and precision."""
+    out = []
     for row in rows:
         base = row["baseline_int4"]
         checkpoint = row["checkpoint_mb"] * 1e6 / 2**20  # MiB, as RSS is measured
@@ -162,15 +161,16 @@ def table(rows: list[dict], precisions: list[str]) -> str:
             f = row[precision]
             versus = (f"{f['peak_rss_mib'] / base['peak_rss_mib']:.2f}x" if "peak_rss_mib" in base
                       and precision == "int4" else "")
-            decode = f.get("direct_decode_tps", "")
+            step = max(f["steps_mib"], key=f["steps_mib"].get)
             ttft = f.get("direct_ttft_ms", "")
-            fp32_top1 = f"{f['fp32_top1']:.3f}" if f.get("fp32_top1") is not None else "-"
-            lines.append(
-                f"| {row['shape']} | {row['parameters'] / 1e9:.2f}B | {checkpoint / 1024:.2f} GiB | {base_text} | "
-                f"{precision} | {f['wall_s']:.0f} s | {f['peak_rss_mib'] / 1024:.1f} GiB ({f['rss_per_checkpoint']:.2f}x) "
-                f"| {f['predicted_peak_mib'] / 1024:.1f} GiB | {versus} | {f['size_mb'] / 1000:.2f} GB | {fp32_top1} | "
-                f"{f['top1']:.3f} | {f['kl']:.3g} | {decode} | {f'{ttft} ms' if ttft != '' else ''} |")
-    return "\n".join(lines)
+            out.append([
+                row["shape"], f"{row['parameters'] / 1e9:.2f}B", f"{checkpoint / 1024:.2f} GiB", base_text, precision,
+                f"{f['wall_s']:.0f} s", f"{f['peak_rss_mib'] / 1024:.1f} GiB ({f['rss_per_checkpoint']:.2f}x)",
+                f"{step} ({f['steps_mib'][step] / 1024:.1f} GiB)", f"{f['predicted_peak_mib'] / 1024:.1f} GiB", versus,
+                f"{f['size_mb'] / 1000:.2f} GB", "-" if f.get("fp32_top1") is None else f"{f['fp32_top1']:.3f}",
+                f"{f['top1']:.3f} ({f['top1_up_to_ties']:.3f})", f"{f['kl']:.3g}", f.get("direct_decode_tps", "-"),
+                f"{ttft} ms" if ttft != "" else "-"])
+    return out
 
 
 def plot(rows: list[dict], precisions: list[str], target: Path) -> None:
@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--precisions", nargs="+", choices=["int4", "int8"], default=["int4", "int8"])
     parser.add_argument("--work", default="outputs/scale", help="models, logs, scale.json and scale.png go here")
+    parser.add_argument("--markdown", metavar="FILE", help="append the table as a dated section of the benchmarks page")
     parser.add_argument("--no-bench", action="store_true", help="convert only (no registration or benchmark)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the builder's own in-memory INT4 (the baseline of the 'vs builder's own' column)")
@@ -228,7 +229,9 @@ def main() -> None:
             for name in args.shapes]
     (work / "scale.json").write_text(json.dumps(rows, indent=2))
     plot(rows, args.precisions, work / "scale.png")
-    print(table(rows, args.precisions))
+    text = section("Models from 0.5B to 4B: memory and speed", HEADERS, rows_of(rows, args.precisions))
+    print(text)
+    append(args.markdown, text)
     print(f"wrote {work / 'scale.json'} and {work / 'scale.png'}")
 
 
