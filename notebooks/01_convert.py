@@ -64,7 +64,7 @@ converted = panel.run()
 # %%
 recipes = RunPanel("recipes", lambda: stages.compare_recipes(run),
                    show=lambda results: (
-                       report.table(results),
+                       report.table(results) if results else None,
                        Markdown(stages.recipe_words(results)),
                        report.figure(plots.plot_recipes(results), run.dir / "recipes.png") if results else None),
                    interactive=run.interactive)

@@ -49,6 +49,7 @@ registered = panel.run()
 if run.interactive:
     display(chat)
 else:
+    chat.model = stages.registered_names(run, control=False)[-1]  # the smallest build, the one a run deploys
     chat.send("What is the capital of France?")
     display(HTML(chat.transcript_html()))
     chat.close()

@@ -62,6 +62,7 @@ HEAVY_TESTS = frozenset({
     "test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens",
     "test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_run",
     "test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again",
+    "test_the_cli_run_and_an_interactive_run_give_the_same_verdicts",
 })
 
 

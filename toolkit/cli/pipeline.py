@@ -240,6 +240,14 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def in_run(option: dict) -> dict:
+    """A run parameter's option for ``test`` and ``bench``: unless given, the run folder's own value (its params.json)."""
+    shown = " ".join(map(str, option["default"])) if isinstance(option["default"], list) else option["default"]
+    about = option["help"].rsplit(" (", 1)[0]
+    return {**option, "default": None, "help": f"{about} (default: the run folder's, as its params.json says; "
+            f"else {shown})"}
+
+
 def registered_names(args: argparse.Namespace) -> list[str]:
     """The models named on the command line, else those the run in ``--out`` registered (its ``registered.json``)."""
     return args.names or [m.name for m in read_registered(Path(args.out) / "registered.json")]
@@ -532,7 +540,7 @@ comparison page OUT/index.html:
     p.add_argument("--reference", metavar="FP32_NAME|none",
                    help="registered FP32 model for the quality check (default: the fp32 one among NAMEs; "
                    f"{NO_REFERENCE}: skip the quality check)")
-    p.add_argument("--requests", **run_param("checklist_requests"))
+    p.add_argument("--requests", **in_run(run_param("checklist_requests")))
     p.add_argument("--lengths", type=whole(1), nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., 1024 or half the context; give none to skip)")
     limits = checklist.Thresholds()
@@ -540,7 +548,7 @@ comparison page OUT/index.html:
     p.add_argument("--max-slowdown", type=fraction(1, 1e6), default=limits.slowdown,
                    help="time per token, longest/shortest input")
     p.add_argument("--min-top1", type=fraction(0, 1), default=limits.top1_min, help="top-1 agreement with FP32")
-    p.add_argument("--seed", **run_param("seed"))
+    p.add_argument("--seed", **in_run(run_param("seed")))
     out_option(p, "folder for test.json (default: outputs/run, where `slmops bench` looks for it)",
                default=str(DEFAULT_RESULTS_DIR))
     json_option(p, "every check and the verdict")
@@ -551,13 +559,13 @@ comparison page OUT/index.html:
                        "OUT/bench.csv and plots (next to the checklist's test.json when it is there).")
     p.add_argument("names", nargs="*", metavar="NAME", help="registered models (default: the models OUT/registered.json "
                    "lists, as a run registered them)")
-    p.add_argument("--prompt-lengths", metavar="N", **run_param("prompt_lengths"))
-    p.add_argument("--gen-tokens", metavar="N", **run_param("gen_lengths"))
+    p.add_argument("--prompt-lengths", metavar="N", **in_run(run_param("prompt_lengths")))
+    p.add_argument("--gen-tokens", metavar="N", **in_run(run_param("gen_lengths")))
     p.add_argument("--threads", metavar="N", **{**run_param("threads"), "default": None,
                    "help": "thread counts for the direct engine, a sweep when several (default: the model's own, as "
                    "Foundry Local runs it; set that with `slmops register --threads`)"})
-    p.add_argument("--repeats", **run_param("repeats"))
-    p.add_argument("--warmup", **run_param("warmup"))
+    p.add_argument("--repeats", **in_run(run_param("repeats")))
+    p.add_argument("--warmup", **in_run(run_param("warmup")))
     p.add_argument("--engines", nargs="+", choices=list(bench.ENGINES), default=["foundry-local", "ort-genai"],
                    help="foundry-local (in-process, what users deploy), ort-genai (ONNX Runtime GenAI directly, "
                    "the reference; exactly --gen-tokens tokens, EOS ignored) and endpoint (the same prompts "
