@@ -16,7 +16,8 @@ def notebook(source: Path) -> nbformat.NotebookNode:
     """The notebook a percent-format source makes: its cells, no outputs, the python3 kernel, no jupytext header."""
     book = jupytext.read(source, fmt="py:percent")
     book.metadata = {"kernelspec": KERNEL, "language_info": {"name": "python"}}
-    for cell in book.cells:
+    for number, cell in enumerate(book.cells):
+        cell.id = f"{source.stem}-{number}"  # stable ids: regenerating changes nothing that was not edited
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     return book
