@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -169,7 +170,7 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         good = system.input_value()
         system.fill("SYSTEM without its placeholder")
         page.get_by_role("button", name="Run register").click()
-        expect(page.get_by_text("exactly once")).to_be_visible()
+        expect(page.get_by_text("✗ PromptTemplate.system must contain {Content} exactly once")).to_be_visible()
         assert not (work / "registered.json").exists()
         system.fill("[system] " + good)
         page.get_by_role("button", name="Run register").click()
@@ -187,7 +188,8 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         expect(transcript).to_contain_text(f"you: {question}")
         expect(page.get_by_text("endpoint done")).to_be_visible()
         # ... and the base (the fine-tune's control) is a model one can talk to.
-        page.locator(".widget-dropdown", has_text="Model").locator("select").select_option("browser-base")
+        models = page.locator(".widget-dropdown").filter(has=page.locator("label", has_text=re.compile(r"^Model$")))
+        models.locator("select").select_option("browser-base")
         box.fill("Hello, base?")
         page.get_by_role("button", name="Send").click()
         expect(transcript).to_contain_text("chat with browser-base")
