@@ -108,7 +108,7 @@ def _open(page, base: str, token: str, notebook: str) -> None:
     from playwright.sync_api import expect
 
     page.goto(f"{base}/lab/tree/{notebook}?token={token}")
-    expect(page.locator(".jp-Notebook")).to_be_visible()
+    expect(page.locator(".jp-Notebook").last).to_be_visible()  # JupyterLab restores the tabs opened before
     dialog = page.get_by_role("dialog").filter(has_text="Select Kernel")
     try:  # a fresh JupyterLab may ask which kernel to start: the notebook's own (python3)
         dialog.get_by_role("button", name="Select", exact=True).click(timeout=10_000)
@@ -147,6 +147,7 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("dialog", lambda dialog: dialog.accept())  # leaving a notebook with unsaved outputs
         page.set_default_timeout(300_000)
         expect.set_options(timeout=300_000)
 
