@@ -10,9 +10,9 @@
 
 # %% tags=["parameters"]
 run_file = "params.json"  # this run's parameters; papermill's injected parameters override them
-run_a = ""  # the baseline run folder (one slmops demo, run or lab wrote); empty: set it first
-run_b = ""  # the run to judge against it; empty means this run (the folder of the run file)
-out_dir = ""  # folder for compare.html and compare.json; empty means RUN_B/compare
+run_a: str = ""  # the baseline run folder (one slmops demo, run or lab wrote); empty: set it first
+run_b: str = ""  # the run to judge against it; empty means this run (the folder of the run file)
+out_dir: str = ""  # folder for compare.html and compare.json; empty means RUN_B/compare
 
 # %%
 from IPython.display import Markdown, display

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def test_the_cli_takes_its_defaults_from_the_model(tmp_path: Path) -> None:
     assert run.warmup == P.DEFAULTS.warmup and run.gen_lengths == P.DEFAULTS.gen_lengths
     test = parser.parse_args(["test", "m", "--out", str(tmp_path)])
     assert cli_run(test, checklist_requests=test.requests).params.checklist_requests == P.DEFAULTS.checklist_requests
-    (tmp_path / "params.json").write_text('{"checklist_requests": 7, "run_dir": "%s"}' % tmp_path)
+    (tmp_path / "params.json").write_text(json.dumps({"checklist_requests": 7, "run_dir": str(tmp_path)}))
     assert cli_run(test, checklist_requests=test.requests).params.checklist_requests == 7  # the run's own
     given = parser.parse_args(["test", "m", "--out", str(tmp_path), "--requests", "9"])
     assert cli_run(given, checklist_requests=given.requests).params.checklist_requests == 9  # given wins

@@ -1,4 +1,4 @@
-"""The four notebooks through papermill in a real kernel, and the run's index page."""
+"""The notebooks through papermill in a real kernel (01-04 as `slmops run`, 05 alone), and the run's index page."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from test_browser import check_report_in_chromium
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.domain.params import parse
+from slmops.toolkit.domain.params import CompareParams, parameters_cell, parse
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
@@ -53,6 +53,8 @@ def test_notebooks_are_thin_clean_and_made_from_their_source(name: str) -> None:
     assert book.cells[0].cell_type == "markdown" and len(book.cells[0].source) > 200  # opens with its stage
     # The parameters are the run file's (one for the five notebooks); papermill's injected ones override them.
     assert tagged[0].source.startswith('run_file = "params.json"')
+    if name == "05_compare":  # its own parameters: as the parameter model declares them
+        assert tagged[0].source.splitlines()[1:] == parameters_cell(CompareParams).splitlines()
     # The .ipynb is what its readable source makes (edit notebooks/NAME.py, run scripts/make_notebooks.py).
     made = _made_from_source(NOTEBOOKS / f"{name}.py")
     assert [(c.cell_type, c.source, c.metadata) for c in book.cells] == [

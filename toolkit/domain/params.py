@@ -1,8 +1,9 @@
 """A run's parameters: one model for the notebooks, the demo, ``slmops run`` and the CLI's defaults.
 
 :class:`RunParams` holds every parameter with its type, default, help and allowed values.
-From it come the notebooks' ``parameters`` cell (:func:`parameters_cell`, written by
-``scripts/make_notebooks.py``), the demo's values (the defaults), the checks on a params file
+From it come a run's ``params.json`` (the run file every notebook reads: ``slmops lab`` and
+``slmops run`` write it with every parameter), notebook 05's ``parameters`` cell
+(:func:`parameters_cell` of :class:`CompareParams`), the demo's values (the defaults), the checks on a params file
 or a sweep (:func:`parse`, :func:`parse_sweep`), and the defaults of ``slmops bench`` and
 ``slmops test`` (:data:`DEFAULTS`).
 """

@@ -26,7 +26,7 @@ def notebooks_dir() -> Path:
 
     An installed wheel carries them inside the package (``notebooks/`` beside ``orchestration/``,
     put there by the build's ``force-include``); a checkout has them at its top, where
-    ``scripts/make_notebooks.py`` writes them.
+    ``scripts/make_notebooks.py`` makes them from their sources, ``notebooks/*.py``.
     """
     env = os.environ.get("SLMOPS_NOTEBOOKS")
     if env:
