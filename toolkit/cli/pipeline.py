@@ -244,8 +244,8 @@ def in_run(option: dict) -> dict:
     """A run parameter's option for ``test`` and ``bench``: unless given, the run folder's own value (its params.json)."""
     shown = " ".join(map(str, option["default"])) if isinstance(option["default"], list) else option["default"]
     about = option["help"].rsplit(" (", 1)[0]
-    return {**option, "default": None, "help": f"{about} (default: the run folder's, as its params.json says; "
-            f"else {shown})"}
+    return {**option, "default": None, "help": f"{about} (default {shown}, or the value in the run folder's "
+            "params.json)"}
 
 
 def registered_names(args: argparse.Namespace) -> list[str]:
@@ -271,13 +271,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     reference = None if args.reference == NO_REFERENCE else args.reference or stage_api.AUTO
     written = stage_api.test(run, names=args.names or None, reference=reference, thresholds=limits,
                              lengths=args.lengths)
-    reports = written.models
     out = run.dir
     if args.json:
         print_json({"file": out / "test.json", **written.to_json()})
     else:
         print(text_table([{"verdict": c.verdict.upper(), "model": c.model, "check": c.check, "case": c.case,
-                           "value": checklist_tables.describe(c)[:70]} for r in reports for c in r.checks],
+                           "value": checklist_tables.describe(c)[:70]} for r in written.models for c in r.checks],
                          [("verdict", "VERDICT"), ("model", "MODEL"), ("check", "CHECK"), ("case", "CASE"),
                           ("value", "MEASURED")]))
         print(f"Wrote {out / 'test.json'}: {'all checks passed' if written.passed else 'some checks FAILED'}")

@@ -8,6 +8,7 @@ and every result stay in ``DIR``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -94,8 +95,6 @@ def lab_command(workspace: Workspace, *, browser: bool = True) -> list[str]:
 
 def jupyterlab_missing() -> str | None:
     """Why JupyterLab cannot start (one line naming the fix), or None when it is installed."""
-    try:
-        import jupyterlab  # noqa: F401 (only whether it imports)
-    except ImportError:
+    if importlib.util.find_spec("jupyterlab") is None:  # the optional [lab] extra
         return "JupyterLab is not installed: pip install 'slmops-toolkit[lab]' (or pip install jupyterlab)."
     return None
