@@ -88,9 +88,13 @@ def create(folder: str | os.PathLike[str], params: dict | None = None) -> Worksp
 
 
 def lab_command(workspace: Workspace, *, browser: bool = True) -> list[str]:
-    """The command that starts JupyterLab in ``workspace`` (this Python's, so the toolkit's kernel is at hand)."""
+    """The command that starts JupyterLab in ``workspace`` (this Python's, so the toolkit's kernel is at hand).
+
+    As root (a container's usual user) it adds ``--allow-root``, without which JupyterLab refuses to start;
+    it still listens on localhost only, behind its token.
+    """
     command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={workspace.folder}"]
-    return command + ([] if browser else ["--no-browser"])
+    return command + ([] if browser else ["--no-browser"]) + (["--allow-root"] if os.geteuid() == 0 else [])
 
 
 def jupyterlab_missing() -> str | None:
