@@ -200,3 +200,11 @@ def test_the_cli_run_and_an_interactive_run_give_the_same_verdicts(tiny_model: P
     assert json.loads((made.folder / "test.json").read_text())["control"]["model"] == "labsame-base"
     # The interactive run is recorded as the CLI's: `slmops report` works on it.
     assert cli.main(["report", str(made.folder)]) == 0
+
+
+def test_a_later_stage_takes_the_choices_an_earlier_button_recorded(tmp_path: Path) -> None:
+    run = stages.open_run(workspace.create(tmp_path / "lab", {"int4_recipe": "builder-default"}).run_file)
+    stages.record(run, int4_recipe="compact", precisions=["int4"])  # the convert button, as notebook 01 calls it
+    later = stages.current(run)  # the recipes button of the same notebook holds the run it opened
+    assert (later.params.int4_recipe, later.params.precisions) == ("compact", ["int4"])
+    assert later.params.repeats == run.params.repeats

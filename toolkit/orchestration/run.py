@@ -165,6 +165,25 @@ def record(run: Run, **changes: object) -> Run:
     return updated
 
 
+#: The parameters a widget chooses (and :func:`record` writes back); a later stage reads them from the run file.
+CHOSEN = ("model_dir", "precisions", "int4_recipe", "int4_block_size", "template")
+
+
+def current(run: Run) -> Run:
+    """The run with the widgets' latest choices (:data:`CHOSEN`) read back from its run file.
+
+    A notebook keeps the run it opened; a stage started later takes what an earlier button recorded.
+    """
+    file = run.dir / RUN_FILE
+    recorded = artifacts.read_json(file) if file.is_file() else None
+    if not isinstance(recorded, dict):
+        return run
+    chosen = {k: recorded[k] for k in CHOSEN if k in recorded}
+    for name, value in chosen.items():
+        run_params.check_value(name, value, where=f"{file}: ")
+    return Run(replace(run.params, **chosen))
+
+
 @dataclass(frozen=True)
 class Converted:
     """The convert stage's result.
@@ -242,13 +261,14 @@ def compare_recipes(run: Run, *, progress: bool = True) -> list[RecipeResult]:
         One result per recipe (``models/recipes/recipes.json``); none when the run does not compare
         recipes or has no FP32 build.
     """
+    run = current(run)
     p = run.params
     fp32 = run.models / "fp32"
     if not p.compare_recipes or not (fp32 / "genai_config.json").is_file():
         return []
     source = run_source.prepare(p.model_dir, p.adapter, p.finetune, p.cases, run.dir, progress=progress)
-    current = options.recipe_name(options.recipe_options(p.int4_recipe, block_size=p.int4_block_size))
-    reuse = {current: run.models / "int4"} if current and (run.models / "int4").is_dir() else {}
+    built = options.recipe_name(options.recipe_options(p.int4_recipe, block_size=p.int4_block_size))
+    reuse = {built: run.models / "int4"} if built and (run.models / "int4").is_dir() else {}
     control = run.models / run_source.CONTROL_DIR  # the base: a recipe closer to it than to the fine-tune is flagged
     return recipes.compare_int4_recipes(source.model, run.models / "recipes", fp32, method=p.method, reuse=reuse,
                                         base_reference_dir=control if control.is_dir() else None, cache=True,
@@ -299,6 +319,7 @@ def register(run: Run, *, template: Template | str | None = None, custom: Prompt
         TemplateError: a malformed custom template (one line; nothing registered).
         InputError: nothing converted yet.
     """
+    run = current(run)
     chosen = Template(template) if template is not None else Template(run.params.template)
     if chosen is Template.CUSTOM:
         if custom is None:
@@ -334,6 +355,7 @@ def registered_names(run: Run, *, control: bool = True) -> list[str]:
 
 def tool_case(run: Run) -> dict | None:
     """A tool question the run's fine-tune learned, with its tools; None when it learned none."""
+    run = current(run)
     return run_source.tool_case(run.params.model_dir, run.params.adapter, run.params.finetune)
 
 
