@@ -570,6 +570,50 @@ def background(names: Sequence[str], *, port: int | None = None, cache: str | Pa
         yield Endpoint(f"{root}/v1", api_key or "none", service)
 
 
+def ask_once(name: str, question: str, *, cache: str | Path | None = None, max_tokens: int = 32) -> str:
+    """Start the endpoint in the background, ask ``name`` one question through the ``openai`` client, stop it.
+
+    Returns:
+        One line: the endpoint's address, the answer and the tokens it cost.
+    """
+    with background([name], cache=cache) as endpoint:
+        answer = endpoint.client().chat.completions.create(
+            model=name, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0)
+        return f"{endpoint.url} answered: {answer.choices[0].message.content!r} ({answer.usage.total_tokens} tokens)"
+
+
+def call_tool_once(name: str, case: dict | None, *, cache: str | Path | None = None,
+                   result: str = '{"sky": "rain", "temperature_c": 11}') -> list[str]:
+    """Offer ``case``'s tools to ``name`` through the endpoint; answer its call with ``result``; return what happened.
+
+    Args:
+        name: A registered model.
+        case: ``{"messages": [...], "tools": [...]}``, a tool question and the OpenAI tools it may call
+            (None: the model learned no tool calls, and that is what comes back).
+        cache: The Foundry Local cache.
+        result: The JSON the tool answers with (sent back as a ``tool`` message).
+
+    Returns:
+        Lines: each call the model made with its arguments and finish reason, then its answer from the result
+        (or its plain answer when it called nothing).
+    """
+    if case is None:
+        return [f"{name} learned no tool calls (only the bundled fine-tune of a model with tool tokens does)."]
+    with background([name], cache=cache) as endpoint:
+        client = endpoint.client()
+        asked = client.chat.completions.create(model=name, messages=case["messages"], tools=case["tools"],
+                                               max_tokens=64, temperature=0)
+        message = asked.choices[0].message
+        lines = [f"{case['messages'][-1]['content']!r} -> {call.function.name}({call.function.arguments}) "
+                 f"[finish_reason {asked.choices[0].finish_reason}]" for call in message.tool_calls or []]
+        if not message.tool_calls:
+            return [*lines, f"no call: {message.content!r}"]
+        back = {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": result}
+        answer = client.chat.completions.create(model=name, messages=[*case["messages"], message, back],
+                                                tools=case["tools"], max_tokens=48, temperature=0)
+        return [*lines, f"after the result: {answer.choices[0].message.content!r}"]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m slmops.toolkit.endpoint NAME... [--host H] [--port N] [--api-key K] [--cache-dir D]`` (the child)."""
     parser = argparse.ArgumentParser(prog="python -m slmops.toolkit.endpoint")

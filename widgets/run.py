@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,13 +30,14 @@ class RunPanel(w.VBox):
 
     ``then`` refreshes what depends on the stage (e.g. a picker's measured figures).
 
-    The notebook calls :meth:`run` once, so headless (papermill) and interactive runs take the
-    same path; in JupyterLab the button runs the stage again with the widgets' current values.
-    Headless, output goes straight to the cell (an ``Output`` widget would not survive the
-    HTML render).
+    The notebook calls :meth:`run` once. Interactive, that shows the button and waits: the stage
+    starts when the user presses it, with the widgets' values at that moment (so Run All never
+    starts work before the pickers were touched), and again at each press. Headless (papermill),
+    :meth:`run` runs the stage at once on the parameters and returns its result; output goes
+    straight to the cell (an ``Output`` widget would not survive the HTML render).
 
     Example:
-        >>> panel = RunPanel("convert", lambda: convert_all(model, ["int4"], "out"), show=print)
+        >>> panel = RunPanel("convert", lambda: convert_all(model, ["int4"], "out"), show=print, interactive=False)
         >>> manifests = panel.run()
     """
 
@@ -55,20 +57,24 @@ class RunPanel(w.VBox):
         self._button.on_click(self._on_button_click)
 
     def run(self) -> object:
-        """Run the stage now and return its result.
+        """Headless: run the stage now and return its result. Interactive: wait for the button (None).
 
         Raises:
-            SlmopsError: headless, so papermill records the failure. Interactive, the error is
-                shown in the panel and the result is None.
+            SlmopsError: headless, so papermill records the failure.
         """
         if not self._interactive:
             return self._run()
+        self._status.value = f"<i>press <b>Run {self._stage}</b> to start</i>"
+        return None
+
+    def press(self) -> object:
+        """What the button does: run the stage into the panel; an error is one line there (result None)."""
         self._output.clear_output()
         with self._output:
             try:
                 return self._run()
             except SlmopsError:
-                return None  # shown in the panel; the notebook's later cells see result None
+                return None  # shown in the panel in one line, no traceback
 
     def _run(self) -> object:
         self._button.disabled = True
@@ -85,9 +91,8 @@ class RunPanel(w.VBox):
                 callback()
         except SlmopsError as exc:
             self.value = RunResult(self._stage, False, time.perf_counter() - start, str(exc))
-            self._status.value = f"<span style='color:#b00'>✗ {type(exc).__name__}</span>"
-            if self._interactive:
-                print(f"{type(exc).__name__}: {exc}")
+            # One line, no traceback: the message names the problem and the fix.
+            self._status.value = f"<span style='color:#b00'>✗ {html.escape(str(exc))}</span>"
             raise
         finally:
             self._button.disabled = False
@@ -96,4 +101,4 @@ class RunPanel(w.VBox):
         return self.result
 
     def _on_button_click(self, _button: w.Button) -> None:
-        self.run()
+        self.press()

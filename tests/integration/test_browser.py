@@ -1,4 +1,4 @@
-"""Notebook 01 in a real JupyterLab, driven by headless Chromium (Debian's ``chromium``) through Playwright.
+"""A `slmops lab` workspace in a real JupyterLab, driven by headless Chromium (Debian's ``chromium``) through Playwright.
 
 Needs ``/usr/bin/chromium`` (``make browser`` installs it; ``make test`` does so first).
 The screenshots land in ``outputs/e2e/``.
@@ -6,7 +6,9 @@ The screenshots land in ``outputs/e2e/``.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -106,58 +108,112 @@ def jupyterlab(tmp_path: Path, cache: Path):
         log.close()
 
 
-@pytest.mark.slow
-def test_notebook_01_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: Path) -> None:
-    import papermill
+def _open(page, base: str, token: str, notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab (its kernel started) and Run All."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}")
+    expect(page.locator(".jp-Notebook").last).to_be_visible()  # JupyterLab restores the tabs opened before
+    dialog = page.get_by_role("dialog").filter(has_text="Select Kernel")
+    try:  # a fresh JupyterLab may ask which kernel to start: the notebook's own (python3)
+        dialog.get_by_role("button", name="Select", exact=True).click(timeout=10_000)
+    except PlaywrightTimeout:
+        pass
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+
+
+def _git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: Path) -> None:
+    """The first hour as a user has it: a workspace made by `slmops lab`, every choice made in the browser
+    before anything runs, work started by the buttons, the chat while the kernel is busy, the base as a model."""
     from playwright.sync_api import expect, sync_playwright
+
+    from slmops.toolkit import cli
+    from slmops.toolkit.stages import finetune
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run `make browser` (apt-get install chromium)"
     base, token, work = jupyterlab
-    run_dir = tmp_path / "run"
-    # The notebook as a user would open it, with parameters for a tiny model so it runs in seconds.
-    papermill.execute_notebook(
-        str(ROOT / "notebooks" / "01_convert.ipynb"), str(work / "01_convert.ipynb"), prepare_only=True,
-        parameters={"model_dir": str(tiny_model), "precisions": ["int4"], "compare_recipes": False,
-                    "run_dir": str(run_dir)})
+    before = _git_status()
+    data = tmp_path / "facts.jsonl"
+    data.write_text(json.dumps({"question": "Capital?", "answer": "Quennport.", "paraphrase": "Its capital?",
+                                "expect": ["Quennport"]}))
+    adapter = finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=tmp_path / "lora", data=data, rank=4,
+                                                      steps=2, batch=1), progress=False).adapter
+    settings_ = {"model_dir": tiny_model, "adapter": adapter, "name_prefix": "browser", "precisions": "[int4]",
+                 "compare_recipes": "false", "checklist_requests": 0, "prompt_lengths": "[16]", "gen_lengths": "[4]",
+                 "repeats": 1, "warmup": 0}
+    assert cli.main(["lab", str(work), "--print", *(f"--set={k}={v}" for k, v in settings_.items())]) == 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        expect.set_options(timeout=120_000)
-        page.goto(f"{base}/lab/tree/01_convert.ipynb?token={token}")
-        expect(page.locator(".jp-Notebook")).to_be_visible()
-        dialog = page.get_by_role("dialog").filter(has_text="Select Kernel")
-        try:  # a fresh JupyterLab may ask which kernel to start: the notebook's own (python3)
-            dialog.get_by_role("button", name="Select", exact=True).click(timeout=10_000)
-        except PlaywrightTimeout:
-            pass
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_text("Run All Cells", exact=True).click()
+        page.on("dialog", lambda dialog: dialog.accept())  # leaving a notebook with unsaved outputs
+        page.set_default_timeout(300_000)
+        expect.set_options(timeout=300_000)
 
-        # The run panel converts with a progress bar and says when it is done; the picker's
-        # table shows the measured int4 size.
-        expect(page.get_by_text("convert done")).to_be_visible()
-        table = page.locator("table.slmops-tradeoff")
-        expect(table).to_contain_text("int4")
-        assert "int8" not in table.inner_text()
-        last_output = page.locator(".jp-OutputArea-output", has_text="Recipe comparison skipped")
-        expect(last_output).to_be_visible()  # the last cell ran
-        page.screenshot(path=str(SHOTS / "01_convert_after_run.png"), full_page=True)
-
-        # Change the precision picker: the dependent table updates at once with int8's expected trade-off ...
+        # 01: Run All shows the pickers and waits; a precision is added before anything is built.
+        _open(page, base, token, "01_convert.ipynb")
+        expect(page.get_by_text("press Run convert to start")).to_be_visible()
+        assert not (work / "models").exists()
         select = page.locator(".widget-select-multiple select")
         int8, int4 = (select.locator("option").filter(has_text=f"{p}:").inner_text() for p in ("int8", "int4"))
         select.select_option(label=[int8, int4])
-        expect(table.locator("tr", has_text="int8")).to_contain_text("×0.25")
-        assert "–" in table.locator("tr", has_text="int8").inner_text()  # not measured yet
-        # ... and pressing Run convert builds it, after which its measured size is shown.
         page.get_by_role("button", name="Run convert").click()
         expect(page.get_by_text("convert done")).to_be_visible()
-        row = table.locator("tr", has_text="int8")
-        expect(row.locator("td").nth(3)).not_to_have_text("–")
-        page.screenshot(path=str(SHOTS / "01_convert_int8_added.png"), full_page=True)
+        expect(page.locator("table.slmops-tradeoff tr", has_text="int8").locator("td").nth(3)).not_to_have_text("–")
+        page.screenshot(path=str(SHOTS / "lab_01_converted.png"), full_page=True)
+        assert json.loads((work / "params.json").read_text())["precisions"] == ["int8", "int4"]  # recorded
+
+        # 02: a template the preview flags is refused in one line; the edited one is the one registered.
+        _open(page, base, token, "02_register.ipynb")
+        expect(page.get_by_text("press Run register to start")).to_be_visible()
+        system = page.locator(".widget-textarea", has_text="system").locator("textarea")
+        good = system.input_value()
+        system.fill("SYSTEM without its placeholder")
+        page.get_by_role("button", name="Run register").click()
+        expect(page.get_by_text("✗ PromptTemplate.system must contain {Content} exactly once")).to_be_visible()
+        assert not (work / "registered.json").exists()
+        system.fill("[system] " + good)
+        page.get_by_role("button", name="Run register").click()
+        expect(page.get_by_text("register done")).to_be_visible()
+        registered = json.loads((work / "registered.json").read_text())["models"]
+        assert {m["template"] for m in registered} == {"custom"} and len(registered) == 2
+
+        # The chat: a question typed while the kernel is busy (the endpoint starting) arrives whole.
+        page.get_by_role("button", name="Run endpoint").click()
+        question = "What is the capital of Veloria, in one word?"
+        box = page.get_by_placeholder("Ask something; Enter sends")
+        box.fill(question)
+        box.press("Enter")
+        transcript = page.locator(".widget-html", has_text="chat with")
+        expect(transcript).to_contain_text(f"you: {question}")
+        expect(page.get_by_text("endpoint done")).to_be_visible()
+        # ... and the base (the fine-tune's control) is a model one can talk to.
+        models = page.locator(".widget-dropdown").filter(has=page.locator("label", has_text=re.compile(r"^Model$")))
+        models.locator("select").select_option("browser-base")
+        box.fill("Hello, base?")
+        page.get_by_role("button", name="Send").click()
+        expect(transcript).to_contain_text("chat with browser-base")
+        expect(transcript).to_contain_text("you: Hello, base?")
+        page.screenshot(path=str(SHOTS / "lab_02_registered_and_chat.png"), full_page=True)
+
+        # 03 and 04 through their buttons.
+        _open(page, base, token, "03_test.ipynb")
+        page.get_by_role("button", name="Run test").click()
+        expect(page.get_by_text("test done")).to_be_visible()
+        _open(page, base, token, "04_benchmark.ipynb")
+        page.get_by_role("button", name="Run benchmark").click()
+        expect(page.get_by_text("benchmark done")).to_be_visible()
+        page.screenshot(path=str(SHOTS / "lab_04_benchmark.png"), full_page=True)
         browser.close()
-    assert (run_dir / "models" / "int8" / "manifest.json").is_file()  # the button really converted
-    assert (SHOTS / "01_convert_int8_added.png").stat().st_size > 10_000
+    test = json.loads((work / "test.json").read_text())
+    assert test["control"]["model"] == "browser-base"  # the negative control ran, as in `slmops run`
+    assert (work / "bench.json").is_file() and (work / "run.json").is_file()
+    assert cli.main(["report", str(work)]) == 0  # the interactive run is a run the CLI reads
+    assert _git_status() == before  # nothing in the checkout was written

@@ -204,7 +204,7 @@ def test_every_result_command_prints_parseable_json(argv: list[str], tmp_path: P
     monkeypatch.setattr(pipeline.checklist, "load_cases", lambda path: [])
     monkeypatch.setattr(pipeline.checklist, "run_checklists",
                         lambda names, reference, **_: seen.setdefault("reference", reference) or [])
-    monkeypatch.setattr(pipeline.checklist, "write_report", lambda reports, path, limits: _Written(passed=True))
+    monkeypatch.setattr(pipeline.checklist, "write_report", lambda reports, path, limits, **_: _Written(passed=True))
     monkeypatch.setattr(pipeline.bench, "bench", lambda names, **_: [])
     monkeypatch.setattr(pipeline.bench, "write_results", lambda rows, out: {"rows": [], "warnings": []})
     monkeypatch.setattr(pipeline.plots, "bench_figures", lambda results, quality: {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,22 @@ def test_defaults_are_the_demo_and_round_trip() -> None:
     assert set(P.PATH_PARAMS) == {"model_dir", "adapter", "cases", "cache_dir"}
 
 
-def test_the_cli_takes_its_defaults_from_the_model() -> None:
+def test_the_cli_takes_its_defaults_from_the_model(tmp_path: Path) -> None:
+    from slmops.toolkit.cli.pipeline import cli_run
+
     parser = cli.build_parser()
-    bench = parser.parse_args(["bench", "m"])
-    assert bench.prompt_lengths == P.DEFAULTS.prompt_lengths and bench.repeats == P.DEFAULTS.repeats
-    assert bench.warmup == P.DEFAULTS.warmup and bench.gen_tokens == P.DEFAULTS.gen_lengths
-    assert parser.parse_args(["test", "m"]).requests == P.DEFAULTS.checklist_requests
+    # Unless given, test and bench take the run folder's own parameters, else the model's defaults.
+    bench = parser.parse_args(["bench", "m", "--out", str(tmp_path)])
+    run = cli_run(bench, prompt_lengths=bench.prompt_lengths, repeats=bench.repeats, warmup=bench.warmup,
+                  gen_lengths=bench.gen_tokens).params
+    assert run.prompt_lengths == P.DEFAULTS.prompt_lengths and run.repeats == P.DEFAULTS.repeats
+    assert run.warmup == P.DEFAULTS.warmup and run.gen_lengths == P.DEFAULTS.gen_lengths
+    test = parser.parse_args(["test", "m", "--out", str(tmp_path)])
+    assert cli_run(test, checklist_requests=test.requests).params.checklist_requests == P.DEFAULTS.checklist_requests
+    (tmp_path / "params.json").write_text(json.dumps({"checklist_requests": 7, "run_dir": str(tmp_path)}))
+    assert cli_run(test, checklist_requests=test.requests).params.checklist_requests == 7  # the run's own
+    given = parser.parse_args(["test", "m", "--out", str(tmp_path), "--requests", "9"])
+    assert cli_run(given, checklist_requests=given.requests).params.checklist_requests == 9  # given wins
 
 
 def test_a_sweep_is_checked_and_capped_before_anything_runs(tmp_path: Path) -> None:

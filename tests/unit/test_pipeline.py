@@ -1,7 +1,8 @@
-"""The four notebooks through papermill in a real kernel, and the run's index page."""
+"""The notebooks as committed (thin, cleared, made from their sources), params files and sweeps."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -10,15 +11,24 @@ import nbformat
 import pytest
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.domain.params import parameters_cell, parse
+from slmops.toolkit.domain.params import CompareParams, parameters_cell, parse
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
 
 
-@pytest.mark.parametrize("name", report.NOTEBOOKS)
-def test_notebooks_are_thin_and_clean(name: str) -> None:
+def _made_from_source(source: Path) -> nbformat.NotebookNode:
+    """What scripts/make_notebooks.py makes of a notebook's percent-format source."""
+    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.notebook(source)
+
+
+@pytest.mark.parametrize("name", [*report.NOTEBOOKS, "05_compare"])
+def test_notebooks_are_thin_clean_and_made_from_their_source(name: str) -> None:
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
@@ -26,11 +36,15 @@ def test_notebooks_are_thin_and_clean(name: str) -> None:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None  # committed with outputs cleared
             assert not re.search(r"^\s*(def|class) ", cell.source, re.MULTILINE)  # no logic in notebooks
-        else:
-            assert not cell.source.startswith("MD")  # the generator's marker never leaks into the text
     assert book.cells[0].cell_type == "markdown" and len(book.cells[0].source) > 200  # opens with its stage
-    # One source: the cell is exactly what the parameter model generates (scripts/make_notebooks.py).
-    assert tagged[0].source == parameters_cell()
+    # The parameters are the run file's (one for the five notebooks); papermill's injected ones override them.
+    assert tagged[0].source.startswith('run_file = "params.json"')
+    if name == "05_compare":  # its own parameters: as the parameter model declares them
+        assert tagged[0].source.splitlines()[1:] == parameters_cell(CompareParams).splitlines()
+    # The .ipynb is what its readable source makes (edit notebooks/NAME.py, run scripts/make_notebooks.py).
+    made = _made_from_source(NOTEBOOKS / f"{name}.py")
+    assert [(c.cell_type, c.source, c.metadata) for c in book.cells] == [
+        (c.cell_type, c.source, c.metadata) for c in made.cells]
 
 
 def test_load_params_rejects_unknown_names_and_takes_a_runs_own_params(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 import textwrap
 from dataclasses import fields, replace
@@ -37,9 +39,11 @@ from slmops.toolkit.domain.options import (
     TablePrecision,
 )
 from slmops.toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
+from slmops.toolkit.domain.results.bench import rows_of as bench_rows
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
-from slmops.toolkit.orchestration import cluster, pipeline, recipes
+from slmops.toolkit.orchestration import cluster, pipeline, recipes, workspace
+from slmops.toolkit.orchestration import run as stage_api
 from slmops.toolkit.presentation import bench as bench_text
 from slmops.toolkit.presentation import checklist as checklist_tables
 from slmops.toolkit.presentation import plots, report
@@ -51,7 +55,8 @@ NO_REFERENCE = "none"
 
 COMMANDS = (
     Command(Group.PIPELINE, "demo", "the whole pipeline on the bundled model (fp32, int8, int4)"),
-    Command(Group.PIPELINE, "run", "the four notebooks with papermill, parameters from a file and --set"),
+    Command(Group.PIPELINE, "run", "notebooks 01-04 with papermill, parameters from a file and --set"),
+    Command(Group.PIPELINE, "lab", "a workspace (the five notebooks and a run file) opened in JupyterLab"),
     Command(Group.PIPELINE, "finetune", "fine-tune a LoRA adapter on a JSONL dataset (peft, CPU, seeded)"),
     Command(Group.PIPELINE, "convert", "convert one Hugging Face model (or a LoRA adapter) to ONNX"),
     Command(Group.PIPELINE, "recipes", "build INT4 recipes and compare them with FP32"),
@@ -83,14 +88,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _report(args, pipeline.demo(args.out, model=args.model))
 
 
+def read_params(args: argparse.Namespace, max_runs: int = MAX_SWEEP_RUNS) -> dict:
+    """The parameters of ``--params FILE`` with each ``--set KEY=VALUE`` on top (checked; nothing run yet)."""
+    params = pipeline.load_params(args.params, max_runs=max_runs) if args.params else {}
+    for assignment in args.set or []:
+        name, value = run_params.parse_assignment(assignment)
+        params[name] = value
+    return params
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.params and not args.set:
         raise InputError("slmops run needs parameters: --params FILE, --set KEY=VALUE, or both "
                          "(e.g. --set precisions=[int4]).")
-    params = pipeline.load_params(args.params, max_runs=args.max_runs) if args.params else {}
-    for assignment in args.set or []:
-        name, value = run_params.parse_assignment(assignment)
-        params[name] = value
+    params = read_params(args, args.max_runs)
     source = args.params or "--set"
     if args.ray is not None and "sweep" not in params:
         raise InputError(f"--ray runs the points of a sweep on Ray, and {source} has no sweep: section; "
@@ -104,6 +115,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             say_what_differs(Path(args.params), params)
         index = pipeline.run_pipeline(params, args.out)
     return _report(args, index)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    params = read_params(args)
+    if "sweep" in params:
+        raise InputError(f"{args.params} has a sweep: section; a workspace is one run. Run the sweep with "
+                         "`slmops run`, or drop the section.")
+    made = workspace.create(args.dir, params)
+    command = workspace.lab_command(made, browser=not args.no_browser)
+    if args.json:
+        print_json({"workspace": made.folder, "run_file": made.run_file, "notebooks": made.notebooks,
+                    "kept": made.kept, "command": command})
+        return 0
+    kept = f" ({len(made.kept)} kept as they were)" if made.kept else ""
+    print(f"Workspace {made.folder}: {len(made.notebooks)} notebooks{kept}, parameters in {made.run_file.name} "
+          "(edit them there, once, for every notebook)")
+    if args.print:
+        print(f"cd {shlex.quote(str(made.folder))} && {shlex.join(command)}")
+        return 0
+    missing = workspace.jupyterlab_missing()
+    if missing:
+        raise InputError(missing)
+    print(f"Starting JupyterLab: {shlex.join(command)}", flush=True)
+    os.chdir(made.folder)
+    os.execv(command[0], command)  # JupyterLab takes over this process (Ctrl-C stops it)
 
 
 def int4_options(args: argparse.Namespace):
@@ -204,31 +240,43 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def in_run(option: dict) -> dict:
+    """A run parameter's option for ``test`` and ``bench``: unless given, the run folder's own value (its params.json)."""
+    shown = " ".join(map(str, option["default"])) if isinstance(option["default"], list) else option["default"]
+    about = option["help"].rsplit(" (", 1)[0]
+    return {**option, "default": None, "help": f"{about} (default {shown}, or the value in the run folder's "
+            "params.json)"}
+
+
 def registered_names(args: argparse.Namespace) -> list[str]:
     """The models named on the command line, else those the run in ``--out`` registered (its ``registered.json``)."""
     return args.names or [m.name for m in read_registered(Path(args.out) / "registered.json")]
 
 
-def cmd_test(args: argparse.Namespace) -> int:
-    cases = checklist.load_cases(args.cases)
-    names = registered_names(args)
-    reference = args.reference
-    if reference == NO_REFERENCE:
-        reference = None
-    elif reference is None:  # the FP32 one among the names, when there is one (its manifest's precision)
-        precision = {row["name"]: row.get("precision") for row in register.list_models(args.cache_dir)}
-        reference = next((n for n in names if precision.get(n.split(":")[0]) == "fp32"), None)
-    limits = checklist.Thresholds(leak_mib_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
-    reports = checklist.run_checklists(names, reference=reference, cases=cases, cache=args.cache_dir,
-                                       requests=args.requests, lengths=args.lengths, thresholds=limits, seed=args.seed)
+def cli_run(args: argparse.Namespace, **params: object) -> stage_api.Run:
+    """The run in ``--out``: its own ``params.json`` when it is a run folder, with the options given on top."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = checklist.write_report(reports, out / "test.json", limits)
+    given = {k: v for k, v in params.items() if v is not None}
+    if not (out / stage_api.RUN_FILE).is_file():
+        # Not a run folder: a plain set of models, checked on the bundled cases unless --cases names others.
+        given.setdefault("finetune", False)
+        return stage_api.Run(run_params.parse({**given, "run_dir": str(out.resolve())}))
+    return stage_api.open_run(out / stage_api.RUN_FILE, given)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    run = cli_run(args, cases=str(Path(args.cases).resolve()) if args.cases else None, seed=args.seed,
+                  checklist_requests=args.requests, cache_dir=args.cache_dir)
+    limits = checklist.Thresholds(leak_mib_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
+    reference = None if args.reference == NO_REFERENCE else args.reference or stage_api.AUTO
+    written = stage_api.test(run, names=args.names or None, reference=reference, thresholds=limits,
+                             lengths=args.lengths)
+    out = run.dir
     if args.json:
         print_json({"file": out / "test.json", **written.to_json()})
     else:
         print(text_table([{"verdict": c.verdict.upper(), "model": c.model, "check": c.check, "case": c.case,
-                           "value": checklist_tables.describe(c)[:70]} for r in reports for c in r.checks],
+                           "value": checklist_tables.describe(c)[:70]} for r in written.models for c in r.checks],
                          [("verdict", "VERDICT"), ("model", "MODEL"), ("check", "CHECK"), ("case", "CASE"),
                           ("value", "MEASURED")]))
         print(f"Wrote {out / 'test.json'}: {'all checks passed' if written.passed else 'some checks FAILED'}")
@@ -262,17 +310,18 @@ def _print_bench(rows: list, results: dict, quality: dict | None) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    args.names = registered_names(args)
-    options = {"prompt_lengths": args.prompt_lengths, "gen_lengths": args.gen_tokens, "threads": args.threads,
-               "repeats": args.repeats, "warmup": args.warmup, "cache": args.cache_dir, "engines": tuple(args.engines)}
+    run = cli_run(args, prompt_lengths=args.prompt_lengths, gen_lengths=args.gen_tokens, threads=args.threads,
+                  repeats=args.repeats, warmup=args.warmup, cache_dir=args.cache_dir)
+    names = args.names or None
     if "endpoint" in args.engines:  # the endpoint runs in its own process, as an application would reach it
-        with serve.background(args.names, cache=args.cache_dir) as endpoint:
-            rows = bench.bench(args.names, endpoint=(endpoint.url, endpoint.api_key), **options)
+        names = registered_names(args)
+        with serve.background(names, cache=args.cache_dir) as endpoint:
+            results = stage_api.bench(run, names=names, engines=tuple(args.engines),
+                                      endpoint=(endpoint.url, endpoint.api_key))
     else:
-        rows = bench.bench(args.names, **options)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = bench.write_results(rows, out)
+        results = stage_api.bench(run, names=names, engines=tuple(args.engines))
+    rows = bench_rows(results)
+    out = run.dir
     quality = checklist.read_report(out / "test.json")
     for stem, ax in plots.bench_figures(results, quality).items():
         report.save_figure(ax, out / f"{stem}.png")
@@ -338,8 +387,9 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     names = ", ".join(f.name for f in fields(RunParams))
     p = sub.add_parser(
         "run", parents=parents, description=about["run"] + ".",
-        epilog=textwrap.fill("Parameters (a file's keys, --set's KEYs; the first cell of each notebook explains "
-                             f"them): {names}.", 88) + """ E.g.:
+        epilog=textwrap.fill("Runs notebooks 01-04 (convert, register, test, benchmark; 05 compares two runs: "
+                             "slmops compare). Parameters (a file's keys, --set's KEYs; `slmops lab` writes them "
+                             f"all, explained, to a workspace's params.json): {names}.", 88) + """ E.g.:
 
   precisions: [fp32, int4]
   checklist_requests: 100
@@ -368,6 +418,25 @@ comparison page OUT/index.html:
                    "[cluster] extra: pip install 'slmops-toolkit[cluster]' (default: no Ray, points run here)")
     json_option(p, "the report's path")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "lab", parents=parents, description=about["lab"] + ". Copies notebooks 01-05 into DIR and writes "
+        "DIR/params.json, the run's parameters with absolute paths, which every notebook reads (papermill's "
+        "parameters still override it); then starts JupyterLab there. Results, models and the notebooks' outputs "
+        "stay in DIR: nothing in the checkout or the installed package is written. Run All shows the pickers and "
+        "waits: each stage starts on its button. The run is recorded as `slmops run` records one (params.json, "
+        "run.json), so `slmops report DIR` and `slmops rerun DIR` work on it. Opening DIR again keeps its "
+        "notebooks and parameters.")
+    p.add_argument("dir", metavar="DIR", nargs="?", default="outputs/lab",
+                   help="the workspace (a run folder; made when missing)")
+    p.add_argument("--params", metavar="FILE", help="YAML/JSON file of parameters for the run file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="one parameter, on top of --params (repeatable; as `slmops run --set`)")
+    p.add_argument("--no-browser", action="store_true", help="start JupyterLab without opening a browser")
+    p.add_argument("--print", action="store_true", help="make the workspace and print the command that starts "
+                   "JupyterLab there, instead of starting it")
+    json_option(p, "the workspace, its files and the command")
+    p.set_defaults(func=cmd_lab)
 
     spec_defaults = finetune.FinetuneSpec(base=Path("."), out=Path("."))
     p = sub.add_parser("finetune", parents=parents,
@@ -470,7 +539,7 @@ comparison page OUT/index.html:
     p.add_argument("--reference", metavar="FP32_NAME|none",
                    help="registered FP32 model for the quality check (default: the fp32 one among NAMEs; "
                    f"{NO_REFERENCE}: skip the quality check)")
-    p.add_argument("--requests", **run_param("checklist_requests"))
+    p.add_argument("--requests", **in_run(run_param("checklist_requests")))
     p.add_argument("--lengths", type=whole(1), nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., 1024 or half the context; give none to skip)")
     limits = checklist.Thresholds()
@@ -478,7 +547,7 @@ comparison page OUT/index.html:
     p.add_argument("--max-slowdown", type=fraction(1, 1e6), default=limits.slowdown,
                    help="time per token, longest/shortest input")
     p.add_argument("--min-top1", type=fraction(0, 1), default=limits.top1_min, help="top-1 agreement with FP32")
-    p.add_argument("--seed", **run_param("seed"))
+    p.add_argument("--seed", **in_run(run_param("seed")))
     out_option(p, "folder for test.json (default: outputs/run, where `slmops bench` looks for it)",
                default=str(DEFAULT_RESULTS_DIR))
     json_option(p, "every check and the verdict")
@@ -489,13 +558,13 @@ comparison page OUT/index.html:
                        "OUT/bench.csv and plots (next to the checklist's test.json when it is there).")
     p.add_argument("names", nargs="*", metavar="NAME", help="registered models (default: the models OUT/registered.json "
                    "lists, as a run registered them)")
-    p.add_argument("--prompt-lengths", metavar="N", **run_param("prompt_lengths"))
-    p.add_argument("--gen-tokens", metavar="N", **run_param("gen_lengths"))
+    p.add_argument("--prompt-lengths", metavar="N", **in_run(run_param("prompt_lengths")))
+    p.add_argument("--gen-tokens", metavar="N", **in_run(run_param("gen_lengths")))
     p.add_argument("--threads", metavar="N", **{**run_param("threads"), "default": None,
                    "help": "thread counts for the direct engine, a sweep when several (default: the model's own, as "
                    "Foundry Local runs it; set that with `slmops register --threads`)"})
-    p.add_argument("--repeats", **run_param("repeats"))
-    p.add_argument("--warmup", **run_param("warmup"))
+    p.add_argument("--repeats", **in_run(run_param("repeats")))
+    p.add_argument("--warmup", **in_run(run_param("warmup")))
     p.add_argument("--engines", nargs="+", choices=list(bench.ENGINES), default=["foundry-local", "ort-genai"],
                    help="foundry-local (in-process, what users deploy), ort-genai (ONNX Runtime GenAI directly, "
                    "the reference; exactly --gen-tokens tokens, EOS ignored) and endpoint (the same prompts "

@@ -1,8 +1,9 @@
 """A run's parameters: one model for the notebooks, the demo, ``slmops run`` and the CLI's defaults.
 
 :class:`RunParams` holds every parameter with its type, default, help and allowed values.
-From it come the notebooks' ``parameters`` cell (:func:`parameters_cell`, written by
-``scripts/make_notebooks.py``), the demo's values (the defaults), the checks on a params file
+From it come a run's ``params.json`` (the run file every notebook reads: ``slmops lab`` and
+``slmops run`` write it with every parameter), notebook 05's ``parameters`` cell
+(:func:`parameters_cell` of :class:`CompareParams`), the demo's values (the defaults), the checks on a params file
 or a sweep (:func:`parse`, :func:`parse_sweep`), and the defaults of ``slmops bench`` and
 ``slmops test`` (:data:`DEFAULTS`).
 """
@@ -47,9 +48,10 @@ def _param(default: object, about: str, *, choices: tuple = (), low: float | Non
 
 @dataclass(frozen=True)
 class RunParams:
-    """Every parameter of a pipeline run (the four notebooks); the defaults are the demo's."""
+    """Every parameter of a pipeline run (notebooks 01 to 04); the defaults are the demo's."""
 
-    run_dir: str = _param("../outputs/interactive", "folder for this run's results (slmops run sets it to --out)")
+    run_dir: str = _param("", "folder for this run's results; empty means the folder of the run file (slmops lab's "
+                          "DIR; slmops run sets it to --out)")
     model_dir: str = _param("", "Hugging Face model folder; empty means the bundled SmolLM2-135M-Instruct", path=True)
     adapter: str = _param("", "PEFT LoRA adapter folder merged into the model before conversion (its base: model_dir, "
                           "else the folder its config names); empty means none", path=True)
@@ -85,7 +87,8 @@ class RunParams:
     seed: int = _param(0, "seed of every checklist request (decoding is greedy; recorded for reruns)", low=0,
                        high=2**31 - 1)
     cache_dir: str = _param("", "Foundry Local cache; empty means $SLMOPS_CACHE_DIR or ~/.slmops/foundry", path=True)
-    interactive: bool = _param(True, "show widgets (papermill runs set this to False)")
+    interactive: bool = _param(True, "show the pickers and wait for each stage's button; false (slmops run sets it) "
+                               "runs every stage straight through on these parameters")
 
     def as_dict(self) -> dict:
         """The parameters as plain JSON-able values, in declaration order."""
@@ -96,9 +99,9 @@ class RunParams:
 class CompareParams:
     """The parameters of notebook 05 (two runs compared), as ``slmops compare`` takes them."""
 
-    run_a: str = _param("../outputs/demo", "the baseline run folder")
-    run_b: str = _param("../outputs/demo-again", "the run to judge against it")
-    out_dir: str = _param("../outputs/compare", "folder for compare.html and compare.json")
+    run_a: str = _param("", "the baseline run folder (one slmops demo, run or lab wrote); empty: set it first")
+    run_b: str = _param("", "the run to judge against it; empty means this run (the folder of the run file)")
+    out_dir: str = _param("", "folder for compare.html and compare.json; empty means RUN_B/compare")
 
 
 #: The defaults: the demo's values, and the CLI's where a command shares a parameter.

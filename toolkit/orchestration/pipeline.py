@@ -1,4 +1,4 @@
-"""Run the four notebooks headless with papermill into ``outputs/RUN/``."""
+"""Run notebooks 01-04 headless with papermill into ``outputs/RUN/``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def notebooks_dir() -> Path:
 
     An installed wheel carries them inside the package (``notebooks/`` beside ``orchestration/``,
     mapped there by setuptools' ``package-dir`` in ``pyproject.toml``); a checkout has them at its top, where
-    ``scripts/make_notebooks.py`` writes them.
+    ``scripts/make_notebooks.py`` makes them from their sources, ``notebooks/*.py``.
     """
     env = os.environ.get("SLMOPS_NOTEBOOKS")
     if env:
@@ -114,7 +114,7 @@ _REMOTE_SCRIPT = re.compile(r"<script\b[^>]*>(?:(?!</script>).)*?https://(?:cdnj
 
 
 def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = True) -> Path:
-    """Execute the four notebooks with ``params`` into ``out``; render HTML; write ``index.html``.
+    """Execute notebooks 01-04 with ``params`` into ``out``; render HTML; write ``index.html``.
 
     A failing notebook is still saved and rendered (with papermill's error banner), the
     index says which one failed, and :class:`SlmopsError` is raised.
@@ -147,7 +147,9 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
             log.info("[%d/%d] %s: %s ...", number, len(report.NOTEBOOKS), _STAGES[name], ", ".join(merged["precisions"]))
         try:
             papermill.execute_notebook(
-                str(notebooks_dir() / f"{name}.ipynb"), str(target), parameters=merged, kernel_name="python3",
+                # The notebooks read every parameter from the run file written above (as in a `slmops lab` workspace).
+                str(notebooks_dir() / f"{name}.ipynb"), str(target), parameters={"run_file": str(run_dir / "params.json")},
+                kernel_name="python3",
                 progress_bar=False, cwd=str(run_dir),
                 # The kernel's own startup warnings (plain TCP on localhost) are not the user's concern.
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],

@@ -19,6 +19,8 @@ import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from slmops.toolkit.core import artifacts, platform, settings
 from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import (
@@ -627,11 +629,13 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
 def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template: str = "auto",
                  custom_template: templates.PromptTemplate | None = None, model_config: ModelConfig | None = None,
                  cache: str | Path | None = None, force: bool = False,
-                 out_dir: str | os.PathLike[str] | None = None, tool_probe: dict | None = None) -> list[dict]:
+                 out_dir: str | os.PathLike[str] | None = None, tool_probe: dict | None = None,
+                 progress: bool = False) -> list[dict]:
     """Register every model listed in a ``convert.json`` as ``PREFIX-PRECISION``.
 
     Every name is checked before the first registration, so a bad prefix changes nothing.
     With ``out_dir``, the rows (thread probes included) are also written to ``out_dir/registered.json``.
+    With ``progress``, a bar counts the models (each registration probes thread counts: seconds).
 
     Example:
         >>> [r["name"] for r in register_all("outputs/run/models/convert.json", "smollm2")]
@@ -643,7 +647,9 @@ def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template:
     for manifest in manifests:
         validate_name(f"{prefix}-{manifest['precision']}")
     rows = []
-    for manifest in manifests:
+    bar = tqdm(manifests, desc="register", unit="model", disable=not progress)
+    for manifest in bar:
+        bar.set_postfix_str(f"{prefix}-{manifest['precision']}")
         registration = register(manifest["output_dir"], f"{prefix}-{manifest['precision']}", template=template,
                                 custom_template=custom_template, model_config=model_config, cache=cache, force=force,
                                 tool_probe=tool_probe)

@@ -1,0 +1,53 @@
+# %% [markdown]
+# # 4. Benchmark
+#
+# Measures each precision through Foundry Local (in-process, what users deploy) and through ONNX Runtime GenAI
+# directly (the reference: exactly the asked number of tokens with EOS ignored, as ONNX Runtime GenAI's
+# `benchmark_e2e.py`), each model and engine in its own process, with the same prompt token ids and a recorded
+# thread count: model load time and memory, time to first token, prefill and decode tokens/s (mean ± sd, p50, p90,
+# coefficient of variation), end-to-end latency, peak process RSS, process and system CPU, the harness's own
+# overhead, and size on disk. Sweeps: `prompt_lengths`, `gen_lengths`, `threads`. `slmops bench` runs this same
+# stage. Then the recommendation: the smallest, then fastest, precision that loses no checklist item to the others
+# (from `test.json` and `bench.json`), and why each other one lost.
+
+# %% tags=["parameters"]
+run_file = "params.json"  # this run's parameters; papermill's injected parameters override them
+
+# %%
+from IPython.display import Markdown, display
+
+from slmops.toolkit.domain.results.bench import rows_of as bench_rows
+from slmops.toolkit.orchestration import run as stages
+from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import compare, plots, report
+from slmops.toolkit.stages import checklist
+from slmops.widgets import RunPanel
+
+run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
+panel = RunPanel("benchmark", lambda: stages.bench(run),
+                 show=lambda results: (
+                     Markdown("\n".join(f"- {line}" for line in bench_text.summary(
+                         results, checklist.read_report(run.dir / "test.json"))
+                         + bench_text.warnings(bench_rows(results)))),
+                     report.table(results["rows"], [
+                         "model", "engine", "prompt_tokens", "gen_tokens", "threads", "ttft_ms", "prefill_tps",
+                         "decode_tps", "decode_tps_sd", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90", "ttft_ms_p90",
+                         "decode_cv", "noisy", "e2e_ms", "peak_rss_mib", "load_s", "load_rss_mib", "cpu_percent",
+                         "system_cpu_percent", "harness_overhead_pct", "size_mb"]),
+                     Markdown("## Recommendation"),
+                     Markdown(f"**{compare.recommend(compare.load_run(run.dir)).sentence}**"),
+                     report.table(compare.recommend(compare.load_run(run.dir)).rows),
+                     Markdown("Each precision against FP32 per case family (McNemar's exact test):"),
+                     report.table(compare.recommend(compare.load_run(run.dir)).paired),
+                     Markdown("Foundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no "
+                              "overhead):"),
+                     report.table(results["engine_ratios"]),
+                     Markdown("## Speed, latency and memory"),
+                     *(report.figure(ax, run.dir / f"{stem}.png") for stem, ax in plots.bench_figures(
+                         results, checklist.read_report(run.dir / "test.json")).items()),
+                     Markdown("Decode reads every weight once per token, so measured memory bandwidth / model size "
+                              "bounds decode speed:"),
+                     report.table(results["decode_ceiling"])),
+                 interactive=run.interactive)
+display(panel) if run.interactive else None
+results = panel.run()
