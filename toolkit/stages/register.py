@@ -32,6 +32,7 @@ from slmops.toolkit.core.errors import (
 )
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import options, templates, tools
+from slmops.toolkit.domain.context import context_problem
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, registered_file
 from slmops.toolkit.runtimes import foundry, genai
@@ -481,9 +482,12 @@ def register(
         raise InvalidOptionError("version", version, "a whole number >= 1")
     source = Path(onnx_dir).expanduser().resolve()
     genai_config = _check_onnx_dir(source)
-    context = int(genai_config["model"].get("context_length", 0))
-    model_config = (model_config or ModelConfig()).for_context(context)
-    model_config.validate(context)
+    problem = context_problem(source, genai_config)
+    if problem:
+        raise ModelFolderError(source, problem, "Nothing was registered.")
+    context_length = int(genai_config["model"].get("context_length", 0))
+    model_config = (model_config or ModelConfig()).for_context(context_length)
+    model_config.validate(context_length)
     resolved = templates.resolve(template, source, custom_template)
     templates.check_consistency(resolved)
     stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
@@ -508,7 +512,7 @@ def register(
             _stage(source, staging, genai_config, resolved, model_config, name, version, description)
         threads = None
         if model_config.threads == AUTO_THREADS:  # measured on the staged folder, before anything is replaced
-            threads = choose_threads(staging, context)
+            threads = choose_threads(staging, context_length)
             model_config = replace(model_config, threads=threads.chosen)
             _write_genai_config(staging, genai_config, threads.chosen)
         artifacts.write_json(staging / REGISTRATION_RECORD, {
