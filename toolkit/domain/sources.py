@@ -112,6 +112,7 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
     tensors = read_tensors(folder, files)
     check_quantization(folder, config, tensors)
     check_consistency(folder, config, tensors)
+    check_dtype(folder, config, tensors)
     architectures = config.get("architectures") or ["unknown"]
     sizes = [math.prod(info.shape) for info in tensors.values()]
     return SourceModel(
@@ -373,6 +374,80 @@ def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]
             "would start from random numbers)",
             "Set tie_word_embeddings to true in config.json if the model shares its embedding table with its LM "
             "head, or save the model again with its lm_head.weight.")
+
+
+#: The dtypes a ``config.json`` may name for plain 16/32-bit weights (transformers loads them in it), by safetensors' names.
+_CONFIG_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
+def check_dtype(folder: Path, config: dict, tensors: dict[str, TensorInfo]) -> None:
+    """Refuse a ``config.json`` whose ``torch_dtype`` (or ``dtype``) is not a float type plain weights load in.
+
+    transformers and the builder load the weights in that dtype: one the weights are not in and
+    cannot be cast to (an 8-bit float over FP32 weights, an integer type, a misspelling) fails
+    deep in the builder (``couldn't find storage object Float8_e4m3fnStorage``). Already-quantized
+    weights were refused before (:func:`check_quantization`), so the weights here are 16/32-bit floats.
+
+    Raises:
+        InconsistentCheckpointError: the dtype field names no 16/32-bit float type (the message names the weights' own).
+    """
+    stored = sorted({info.dtype for info in tensors.values() if info.dtype in _FLOAT_DTYPES})
+    own = next((name for name, code in _CONFIG_DTYPES.items() if [code] == stored), "float32")
+    for where, fields in (("", config), ("text_config.", config.get("text_config"))):
+        if not isinstance(fields, dict):
+            continue
+        for key in ("torch_dtype", "dtype"):
+            value = fields.get(key)
+            if value is None or value == "auto" or (isinstance(value, str) and value.removeprefix("torch.")
+                                                    in _CONFIG_DTYPES):
+                continue
+            raise InconsistentCheckpointError(
+                folder, f"config.json says {where}{key} {value!r}, but the weights are stored as "
+                f"{'/'.join(stored) or 'floats'}, and only float32, float16 or bfloat16 weights convert",
+                f'Set "{key}": "{own}" in config.json (the weights\' own dtype).')
+
+
+def tied_flag_contradicts_head(folder: str | os.PathLike[str]) -> str:
+    """Whether ``config.json`` says ``tie_word_embeddings: true`` while the weights store an LM head of their own
+    that differs from the embedding table (public report LlamaFactory#10560).
+
+    transformers ties the two on loading, so the model it runs uses the embedding table as its LM head
+    and ignores the stored ``lm_head.weight``; the ONNX Runtime GenAI builder reads the stored head,
+    and builds another model. A stored head equal to the table (a trainer that saved both) is fine.
+    Reads the two tensors only, and only when the flag is true and a head is stored.
+
+    Returns:
+        The stored head's tensor name when it differs from the table, else ``""``.
+    """
+    folder = Path(folder)
+    config = artifacts.read_json(folder / "config.json", {})
+    fields = _text_config(config) if isinstance(config, dict) else {}
+    if fields.get("tie_word_embeddings") is not True:
+        return ""
+    files = weight_files(folder)
+    tensors = read_tensors(folder, files)
+    heads = [name for name in tensors if stores_lm_head([name])]
+    tables = sorted((name for name in tensors if name.endswith("embed_tokens.weight")), key=lambda n: n.count("."))
+    if not heads or not tables or tensors[heads[0]].shape != tensors[tables[0]].shape:
+        return heads[0] if heads and tables else ""
+    import torch
+
+    loaded = {}
+    for file in files:
+        wanted = [name for name in (heads[0], tables[0]) if name not in loaded]
+        if not wanted:
+            break
+        if file.suffix == ".bin":
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            loaded |= {name: state[name] for name in wanted if name in state}
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                loaded |= {name: handle.get_tensor(name) for name in wanted if name in handle.keys()}  # noqa: SIM118
+    if len(loaded) < 2:
+        return ""
+    return "" if torch.equal(loaded[heads[0]], loaded[tables[0]]) else heads[0]
 
 
 def stores_lm_head(names: Iterable[str]) -> bool:
