@@ -228,6 +228,9 @@ def _check_targets(folder: Path, config: dict, adapter: dict[str, list[int]], ba
         raise ModelFolderError(folder, f"adapter_config.json is not a LoRA config peft can load "
                                f"({' '.join(str(exc).split())[:200]})", "Re-save the adapter with peft.") from exc
     modules = {name.removesuffix(".weight"): shape for name, shape in base_shapes.items() if name.endswith(".weight")}
+    embedding = next((name for name in modules if name.endswith("embed_tokens")), None)
+    if embedding and not stores_lm_head(base_shapes):  # a tied base stores no head, but has the module
+        modules["lm_head"] = modules[embedding]
     try:
         targeted = {key for key in modules if check_target_module_exists(lora, key)}
     except (TypeError, ValueError, re.error) as exc:

@@ -102,6 +102,7 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         raise ModelFolderError(folder, f"config.json is not valid UTF-8 JSON ({exc})", "Re-save the model.") from exc
     if not isinstance(config, dict):
         raise ModelFolderError(folder, "config.json is not a JSON object", "Re-save the model.")
+    check_fields(folder, config)
     files = weight_files(folder)
     if not files:
         raise ModelFolderError(folder, "no weights (*.safetensors or pytorch_model*.bin)",
@@ -316,6 +317,46 @@ def check_quantization(folder: Path, config: dict, tensors: dict[str, TensorInfo
         + (f" ({original}, saved with save_pretrained)." if original else " (saved with save_pretrained)."))
 
 
+#: ``config.json`` fields that are whole numbers above zero when present (the language model's own, or ``text_config``'s).
+_COUNT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "n_positions")
+
+
+def check_fields(folder: Path, config: dict) -> None:
+    """Refuse a ``config.json`` whose fields have the wrong type, before anything reads them.
+
+    ``architectures`` is a non-empty list of names, ``model_type`` a name, the sizes in
+    :data:`_COUNT_FIELDS` whole numbers above zero, ``tie_word_embeddings`` true or false.
+    (Found by the property test: ``"hidden_size": "x"`` or ``"architectures": 5`` ended in
+    ``unexpected error: ValueError``.)
+
+    Raises:
+        InconsistentCheckpointError: a field of the wrong type (the message names it and what it must be).
+    """
+    def refuse(key: str, value: object, expected: str) -> None:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InconsistentCheckpointError(folder, f"config.json's {key} is {shown}, not {expected}",
+                                          "Save the config.json that came with these weights (save_pretrained).")
+
+    architectures = config.get("architectures")
+    if architectures is not None and (not isinstance(architectures, list) or not architectures
+                                      or not all(isinstance(a, str) and a for a in architectures)):
+        refuse("architectures", architectures, 'a list of class names (e.g. ["LlamaForCausalLM"])')
+    if "model_type" in config and not (isinstance(config["model_type"], str) and config["model_type"]):
+        refuse("model_type", config["model_type"], 'a model type name (e.g. "llama")')
+    text = config.get("text_config")
+    if text is not None and not isinstance(text, dict):
+        refuse("text_config", text, "an object")
+    for where, fields in (("", config), ("text_config.", text or {})):
+        for key in _COUNT_FIELDS:
+            value = fields.get(key)
+            if value is not None and (type(value) is not int or value < 1):
+                refuse(where + key, value, "a whole number above zero")
+        tied = fields.get("tie_word_embeddings")
+        if tied is not None and not isinstance(tied, bool):
+            refuse(where + "tie_word_embeddings", tied, "true or false")
+
+
 def _text_config(config: dict) -> dict:
     """The language model's own fields (a multimodal config nests them under ``text_config``)."""
     text = config.get("text_config")
@@ -411,9 +452,10 @@ def tied_flag_contradicts_head(folder: str | os.PathLike[str]) -> str:
     """Whether ``config.json`` says ``tie_word_embeddings: true`` while the weights store an LM head of their own
     that differs from the embedding table (public report LlamaFactory#10560).
 
-    transformers ties the two on loading, so the model it runs uses the embedding table as its LM head
-    and ignores the stored ``lm_head.weight``; the ONNX Runtime GenAI builder reads the stored head,
-    and builds another model. A stored head equal to the table (a trainer that saved both) is fine.
+    transformers 5 does not tie two stored tensors that differ (it warns, and keeps the stored
+    ``lm_head.weight``); the ONNX Runtime GenAI builder follows the flag and uses the embedding
+    table as the head, and builds another model. A stored head equal to the table (a trainer that
+    saved both) is fine.
     Reads the two tensors only, and only when the flag is true and a head is stored.
 
     Returns:

@@ -15,7 +15,7 @@ from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import parity, templates
-from slmops.toolkit.domain.context import context_problem
+from slmops.toolkit.domain.genai_config import config_problem, context_problem
 from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
 
@@ -166,12 +166,15 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
         return [Check("genai_config.json", False, f"missing in {folder}; convert with `slmops convert`")]
     try:
         config = json.loads(config_file.read_text())
-        context = int(config["model"].get("context_length", 0))
-        checks = [Check("genai_config.json", True, f"present, valid, context {context} tokens")]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return [Check("genai_config.json", False, f"not a valid genai config ({exc}); re-run the conversion")]
+    problem = config_problem(config)
+    if problem:
+        return [Check("genai_config.json", False, f"{problem}; re-run the conversion")]
     problem = context_problem(folder, config)
-    checks.append(Check("context length", not problem, problem or "within the positions the model was built for"))
+    context = 0 if problem else int(config["model"].get("context_length") or 0)
+    checks = [Check("genai_config.json", True, f"present, valid, context {context} tokens"),
+              Check("context length", not problem, problem or "within the positions the model was built for")]
     ok, detail = _own_folder(folder)
     checks.append(Check("own folder", ok, detail))
     leaving = artifacts.links_leaving(folder)

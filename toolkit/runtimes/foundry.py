@@ -25,7 +25,7 @@ from slmops.toolkit.core.errors import (
     PromptTooLongError,
 )
 from slmops.toolkit.domain import templates, tools
-from slmops.toolkit.domain.context import positions
+from slmops.toolkit.domain.genai_config import positions
 from slmops.toolkit.domain.results.bench import decode_tps
 
 APP_NAME = "slmops"

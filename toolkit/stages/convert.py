@@ -327,10 +327,11 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
         if method is Method.BUILDER and (head := tied_flag_contradicts_head(source.path)):
             raise InconsistentCheckpointError(
                 source.path, f"config.json says tie_word_embeddings true, but the weights store their own {head}, "
-                "which differs from the embedding table (transformers ties them and ignores the stored head; the "
-                "builder would use it, and the build would fail its parity check)",
-                "Set tie_word_embeddings to false in config.json if the stored head is the trained one, or convert "
-                "with --method olive, which builds the model as transformers loads it.")
+                "which differs from the embedding table (transformers 5 keeps the stored head, untied, while the "
+                "builder follows the flag and uses the embedding table as the head: the build would fail its "
+                "parity check)",
+                "Set tie_word_embeddings to false in config.json (as transformers loads it), or convert with "
+                "--method olive, which builds the model as transformers loads it.")
     spec.int4.validate()
     quantizes = spec.quantize_from if needs_quantizer(replace(spec, precision=precision, method=method)) else None
     artifacts.check_replaceable(spec.output_dir, "conversion", (MANIFEST, "genai_config.json", OLIVE_CONFIG), {

@@ -32,7 +32,7 @@ from slmops.toolkit.core.errors import (
 )
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import options, templates, tools
-from slmops.toolkit.domain.context import context_problem
+from slmops.toolkit.domain.genai_config import config_problem, context_problem
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, registered_file
 from slmops.toolkit.runtimes import foundry, genai
@@ -391,11 +391,10 @@ def _check_onnx_dir(onnx_dir: Path) -> dict:
         raise ModelFolderError(onnx_dir, "no genai_config.json, so Foundry Local cannot load it",
                                "Point at the folder `slmops convert` wrote.")
     config = artifacts.read_json(config_file)
-    try:
-        model_file = onnx_dir / config["model"]["decoder"].get("filename", "model.onnx")
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ModelFolderError(onnx_dir, "genai_config.json has no model.decoder section",
-                               "Point at the folder `slmops convert` wrote, or convert again.") from exc
+    problem = config_problem(config)
+    if problem:
+        raise ModelFolderError(onnx_dir, problem, "Point at the folder `slmops convert` wrote, or convert again.")
+    model_file = onnx_dir / config["model"]["decoder"].get("filename", "model.onnx")
     if not model_file.is_file():
         raise ModelFolderError(onnx_dir, f"{model_file.name} is missing", "Re-run the conversion.")
     return config

@@ -1,4 +1,8 @@
-"""A converted model's real context: the positions it was built for, against what ``genai_config.json`` claims.
+"""A converted model's ``genai_config.json``: its shape, and the context it claims against the positions built.
+
+Every reader of the file (registration, doctor, the runtime wrapper) checks it here first
+(:func:`config_problem`), so a field of the wrong type is one line naming it, never a
+``TypeError`` deep inside (found by the property test in ``tests/test_fuzz.py``).
 
 ``genai_config.json``'s ``model.context_length`` is what Foundry Local and ONNX Runtime GenAI
 believe; nothing stops an edit (or another tool's build) from raising it past what the model can
@@ -71,11 +75,40 @@ def positions(folder: Path, genai_config: dict) -> Positions:
     filename = decoder.get("filename", "model.onnx") if isinstance(decoder, dict) else "model.onnx"
     built = graph_positions(folder / str(filename)) if (folder / str(filename)).is_file() else 0
     if built:
-        return Positions(built, f"{filename}'s rotary table (the model's max_position_embeddings)")
+        return Positions(built, f"the rotary table in {filename}, built from the model's max_position_embeddings")
     trained = source_positions(folder)
     if trained:
         return Positions(trained, "the source model's max_position_embeddings")
     return Positions(0, "")
+
+
+def config_problem(genai_config: object) -> str:
+    """Why a parsed ``genai_config.json`` is not one ONNX Runtime GenAI can load (``""`` when its shape is right).
+
+    Checked: ``model`` and ``model.decoder`` are objects, ``decoder.filename`` a file name in the
+    folder, ``model.eos_token_id`` an id or a list of ids, ``search`` an object. The message names
+    the field; the fix (convert again) is the caller's to add.
+    """
+    if not isinstance(genai_config, dict):
+        return "genai_config.json is not a JSON object"
+    model = genai_config.get("model")
+    if not isinstance(model, dict):
+        return "genai_config.json's model is not an object"
+    decoder = model.get("decoder")
+    if not isinstance(decoder, dict):
+        return "genai_config.json has no model.decoder section (an object)"
+    filename = decoder.get("filename", "model.onnx")
+    if not isinstance(filename, str) or not filename or Path(filename).name != filename or filename in (".", ".."):
+        return f"genai_config.json's model.decoder.filename is {filename!r}, not a file name in the model's folder"
+    eos = model.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [eos]
+    if eos is not None and not all(type(i) is int and i >= 0 for i in ids):
+        return f"genai_config.json's model.eos_token_id is {eos!r}, not a token id or a list of them"
+    for section in ("search", "model.decoder.session_options"):
+        node = genai_config.get("search") if section == "search" else decoder.get("session_options")
+        if node is not None and not isinstance(node, dict):
+            return f"genai_config.json's {section} is not an object"
+    return ""
 
 
 def context_problem(folder: Path, genai_config: dict) -> str:
