@@ -397,11 +397,11 @@ def _render_within(template, seconds: float, **variables: object) -> str:
 
 
 def render_jinja(jinja_template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
-                 bos_token: str = "", eos_token: str = "", seconds: float = RENDER_SECONDS) -> str:
+                 bos_token: str = "", eos_token: str = "", seconds: float | None = None) -> str:
     """Render a Jinja chat template as transformers' ``apply_chat_template`` does, in its sandbox, with limits.
 
     Every template the toolkit renders goes through here (registration, doctor, chat, serve, the
-    picker): a rendering stops at ``seconds`` of wall clock, at :data:`MAX_RENDERED_CHARS`, or at
+    picker): a rendering stops at ``seconds`` of wall clock (default :data:`RENDER_SECONDS`), at :data:`MAX_RENDERED_CHARS`, or at
     calls nested :data:`MAX_CALL_DEPTH` deep (a macro that calls itself), with one line.
 
     Raises:
@@ -411,7 +411,7 @@ def render_jinja(jinja_template: str, messages: list[dict[str, str]], *, add_gen
     from jinja2 import TemplateError as JinjaError
 
     try:
-        return _render_within(_compile(jinja_template), seconds,
+        return _render_within(_compile(jinja_template), RENDER_SECONDS if seconds is None else seconds,
                               messages=messages, tools=None, documents=None,
                               add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token)
     except JinjaError as exc:

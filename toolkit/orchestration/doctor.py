@@ -76,7 +76,7 @@ def stop_check(folder: Path, config: dict) -> Check:
         end = templates.rendered_turn_end(templates.read_chat_template(folder, runtime=True), bos_token=bos,
                                           eos_token=eos_text)
     except SlmopsError as exc:
-        return Check("stop tokens", False, f"the chat template cannot be rendered ({exc}); register with --template")
+        return Check("stop tokens", False, f"{exc}; register with --template")
     if not (folder / "tokenizer.json").is_file():
         return Check("stop tokens", False, "tokenizer.json missing; convert it again")
     tokens = templates.end_of_turn_tokens(end, folder / "tokenizer.json")
@@ -191,7 +191,10 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     checks.append(parity_check(folder))
     try:
         jinja = templates.read_chat_template(folder, runtime=True)
-        checks.append(Check("chat template", bool(jinja.strip()), "non-empty" if jinja.strip()
+        if jinja.strip():  # rendered once, within the limits every rendering has (a runaway template fails here)
+            bos, eos = templates.special_tokens(folder)
+            templates.render_jinja(jinja, templates.PROBE[1:2], bos_token=bos, eos_token=eos)
+        checks.append(Check("chat template", bool(jinja.strip()), "non-empty, renders a conversation" if jinja.strip()
                             else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
         if jinja.strip():
             checks.append(stop_check(folder, config))
