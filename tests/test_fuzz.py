@@ -172,7 +172,8 @@ def test_request_messages_are_answered_or_refused_before_the_runtime_sees_them(f
 # another encoding, a truncated file) and runs a cheap command on it: it works, or exits 2 with one line that is not
 # "unexpected error", writes nothing and changes nothing, within a time bound. Found this way and fixed: config.json
 # fields of the wrong type ("hidden_size": "x", "architectures": 5) and genai_config.json sections of the wrong type
-# ("decoder": "x", "filename": 3) ended in "unexpected error: TypeError/AttributeError/ValueError".
+# ("decoder": "x", "filename": 3) and adapter_config.json's r or lora_alpha of the wrong type ("r": "x") ended in
+# "unexpected error: TypeError/AttributeError/ValueError".
 
 MUTATED = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -250,10 +251,11 @@ def works_or_refuses(argv: list[str], *codes: int) -> tuple[int, str]:
 
 
 def _model_files(tiny_model: Path) -> list[str]:
-    return sorted(p.name for p in tiny_model.iterdir() if p.is_file())
+    """The model's files, config.json three times over (every command reads it first, and most fields are its)."""
+    return sorted(p.name for p in tiny_model.iterdir() if p.is_file()) + ["config.json"] * 2
 
 
-@MUTATED
+@settings(MUTATED, max_examples=150)  # the folder the most commands read, and the cheapest command on it
 @given(draw=st.data())
 def test_a_damaged_model_folder_converts_or_is_refused_in_one_line(tiny_model: Path, draw: st.DataObject) -> None:
     """``convert --method olive-config --dry-run`` checks the model as every conversion does, then writes a config."""
