@@ -354,8 +354,8 @@ class _TooLong(Exception):
 
 
 def _limit_message(what: str) -> str:
-    return (f"the chat template cannot be rendered: {what}; fix the template (or choose a preset with --template, "
-            "e.g. chatml)")
+    return (f"the chat template cannot be rendered: {what}; fix the template, or register the model with a preset "
+            "(--template chatml, ...)")
 
 
 def _render_within(template, seconds: float, **variables: object) -> str:
@@ -401,8 +401,9 @@ def render_jinja(jinja_template: str, messages: list[dict[str, str]], *, add_gen
     """Render a Jinja chat template as transformers' ``apply_chat_template`` does, in its sandbox, with limits.
 
     Every template the toolkit renders goes through here (registration, doctor, chat, serve, the
-    picker): a rendering stops at ``seconds`` of wall clock (default :data:`RENDER_SECONDS`), at :data:`MAX_RENDERED_CHARS`, or at
-    calls nested :data:`MAX_CALL_DEPTH` deep (a macro that calls itself), with one line.
+    picker): a rendering stops at ``seconds`` of wall clock (default :data:`RENDER_SECONDS`), at
+    :data:`MAX_RENDERED_CHARS`, or at calls nested :data:`MAX_CALL_DEPTH` deep (a macro that calls
+    itself), with one line.
 
     Raises:
         TemplateRaised: the template called ``raise_exception``.
@@ -445,7 +446,9 @@ def _probe_render(jinja_template: str, messages: list[dict[str, str]], **options
                             f"(it raises {' '.join(exc.reason.split())!r}), so four strings cannot express it: "
                             f"{_fix(jinja_template)}.") from exc
     except TemplateError as exc:
-        raise TemplateError(f"The model's {exc}; {_fix(jinja_template)}.") from exc
+        text = str(exc).removeprefix("the ")  # "the chat template cannot be rendered: ..."
+        raise TemplateError(f"The model's {text}" + ("." if "--template" in text
+                                                     else f"; {_fix(jinja_template)}.")) from exc
 
 
 def derive(jinja_template: str, *, bos_token: str = "", eos_token: str = "") -> PromptTemplate:
