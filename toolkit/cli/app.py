@@ -14,7 +14,7 @@ import slmops.toolkit.cli.models as models  # noqa: PLR0402
 import slmops.toolkit.cli.pipeline as pipeline  # noqa: PLR0402
 import slmops.toolkit.cli.runs as runs  # noqa: PLR0402
 from slmops.toolkit.cli.common import GROUP_TITLES, Group, Parser, UsageError, configure_logging, flag, global_options
-from slmops.toolkit.core import settings
+from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.errors import SlmopsError
 
 #: Each command group's module, in the order ``slmops --help`` lists them.
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args)
     debug = flag(args, "debug")
     try:
+        if getattr(args, "out", None):  # every --out is a folder: one that cannot be made is refused before any work
+            artifacts.check_out_folder(args.out)
         return args.func(args)
     except SlmopsError as exc:
         if debug:

@@ -260,6 +260,25 @@ def staging_dir(target: str | os.PathLike[str], kind: str = "staging") -> Path:
     return Path(tempfile.mkdtemp(prefix=_scratch_name(target, kind), dir=target.parent))
 
 
+def check_out_folder(target: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse an output folder that cannot be made: it, or a folder above it, is an existing file.
+
+    Every command that writes a folder checks this first, so such a path is refused in one
+    line rather than failing midway on ``mkdir`` (``FileExistsError``/``NotADirectoryError``).
+
+    Raises:
+        InputError: ``target`` or one of its parents is a file (or a link to one); before anything is changed.
+    """
+    out = Path(target).expanduser().absolute()
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == out else f"is inside {path}, which is a file"
+            raise InputError(f"{option} {out} {where}, not a folder: choose a folder path whose parents are "
+                             f"folders (or move {path} away).")
+        if path.is_dir():
+            return
+
+
 def check_replaceable(target: str | os.PathLike[str], what: str, markers: tuple[str, ...],
                       inputs: dict[str, str | os.PathLike[str] | None] | None = None) -> None:
     """Refuse an output folder whose replacement (:func:`swap_into_place`) would delete what is not ours.
@@ -278,6 +297,7 @@ def check_replaceable(target: str | os.PathLike[str], what: str, markers: tuple[
         InputError: ``target`` is an input or holds one, is or holds the current folder, is a
             file, or is a folder of other files; before anything is changed.
     """
+    check_out_folder(target)
     out = Path(target).expanduser().resolve()
     fix = "choose a new or empty folder for --out"
     for name, path in (inputs or {}).items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +67,9 @@ class AdapterSource:
         vocab_size: The adapter's vocabulary when it resized the base's (0: the base's is kept).
         base_vocab_size: The base's vocabulary (its embedding table's rows; 0 when unknown).
         own_files: The adapter folder's tokenizer, template and generation files, which win over the base's.
+        rank_pattern: Ranks of the modules (by peft's name pattern) whose rank is not :attr:`rank`.
+        alpha_pattern: Alphas of the modules (by peft's name pattern) whose alpha is not :attr:`alpha`.
+        use_rslora: Rank-stabilized LoRA: the update is scaled by alpha / sqrt(rank), not alpha / rank.
     """
 
     path: Path
@@ -78,11 +82,15 @@ class AdapterSource:
     vocab_size: int = 0
     base_vocab_size: int = 0
     own_files: tuple[str, ...] = ()
+    rank_pattern: tuple[tuple[str, int], ...] = ()
+    alpha_pattern: tuple[tuple[str, float], ...] = ()
+    use_rslora: bool = False
 
     def describe(self) -> dict:
         """The manifest's ``adapter`` entry."""
         return {"path": str(self.path), "fingerprint": self.fingerprint, "base": str(self.base), "rank": self.rank,
-                "alpha": self.alpha, "target_modules": list(self.target_modules),
+                "alpha": self.alpha, "rank_pattern": dict(self.rank_pattern), "alpha_pattern": dict(self.alpha_pattern),
+                "use_rslora": self.use_rslora, "target_modules": list(self.target_modules),
                 "modules_to_save": list(self.modules_to_save),
                 "vocab_size": {"base": self.base_vocab_size, "merged": self.vocab_size or self.base_vocab_size},
                 "files_from_adapter": list(self.own_files), "merge_route": MERGE_ROUTE}
@@ -148,15 +156,107 @@ def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] |
         base_tensors = read_tensors(base_source.path)
     except OSError as exc:
         raise ModelFolderError(folder, f"cannot read the weights' headers ({exc})", "Re-save the adapter.") from exc
-    _check_shapes(folder, adapter_tensors, {name: list(info.shape) for name, info in base_tensors.items()},
-                  base_source.path)
+    base_shapes = {name: list(info.shape) for name, info in base_tensors.items()}
+    _check_shapes(folder, adapter_tensors, base_shapes, base_source.path)
+    _check_targets(folder, config, adapter_tensors, base_shapes, base_source.path)
     own = own_files(folder)
     vocab, base_vocab = _check_vocabulary(folder, adapter_tensors, base_tensors, base_source.path, own)
-    rank = int(config.get("r") or 0)
-    return AdapterSource(folder, base_source.path, rank, float(config.get("lora_alpha") or rank),
+    rank = _number(folder, config, "r", int)
+    ranks, alphas = (_pattern(folder, config, key, kind) for key, kind in (("rank_pattern", int),
+                                                                          ("alpha_pattern", float)))
+    return AdapterSource(folder, base_source.path, rank, float(_number(folder, config, "lora_alpha", float) or rank),
                          tuple(sorted(_adapted_modules(adapter_tensors))), fingerprint(folder),
                          modules_to_save=tuple(sorted(_saved_modules(adapter_tensors))), vocab_size=vocab,
-                         base_vocab_size=base_vocab, own_files=own)
+                         base_vocab_size=base_vocab, own_files=own, rank_pattern=ranks, alpha_pattern=alphas,
+                         use_rslora=config.get("use_rslora") is True)
+
+
+def _number(folder: Path, config: dict, key: str, kind: type) -> float:
+    """``config[key]`` as a positive ``kind`` (0 when absent).
+
+    Raises:
+        ModelFolderError: the value is not a positive number.
+    """
+    value = config.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or int(value) != value and kind is int:
+        raise ModelFolderError(folder, f"adapter_config.json's {key} is {value!r}, not a positive "
+                               f"{'whole number' if kind is int else 'number'}", "Re-save the adapter with peft.")
+    return kind(value)
+
+
+def _pattern(folder: Path, config: dict, key: str, kind: type) -> tuple[tuple[str, float], ...]:
+    """``config[key]`` (peft's ``rank_pattern``/``alpha_pattern``: module name pattern -> number) as sorted pairs.
+
+    Raises:
+        ModelFolderError: it is not an object of positive numbers.
+    """
+    value = config.get(key) or {}
+    if not isinstance(value, dict):
+        raise ModelFolderError(folder, f"adapter_config.json's {key} is not an object", "Re-save the adapter with peft.")
+    return tuple(sorted((str(name), _number(folder, value, name, kind)) for name in value))
+
+
+def _check_targets(folder: Path, config: dict, adapter: dict[str, list[int]], base_shapes: dict[str, list[int]],
+                   base: Path) -> None:
+    """The modules ``adapter_config.json`` targets, matched in the base as peft matches them, must be the adapted ones.
+
+    peft builds the LoRA layers from the config (``target_modules`` as names or a regex,
+    ``layers_to_transform``, ``layers_pattern``, ``exclude_modules``), then loads the weights
+    into them: a config matching no module of the base fails only at the merge, and weights of
+    a module the config does not target are dropped without a word (a merge that leaves part of
+    the fine-tune out). peft's own matcher (``check_target_module_exists``) is run here, on the
+    base's module names from its weights' headers.
+
+    Raises:
+        ModelFolderError: the config is not a valid LoRA config for this peft.
+        InputError: the config targets none of the base's modules, or not the modules the weights adapt.
+    """
+    from dataclasses import fields
+
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = config.get("target_modules")
+    if targets in (None, "all-linear") or config.get("target_parameters"):
+        return  # peft picks the modules itself (every linear layer), or adapts parameters, not modules
+    known = {f.name for f in fields(LoraConfig)}
+    try:
+        lora = LoraConfig(**{key: value for key, value in config.items() if key in known})
+    except (TypeError, ValueError) as exc:
+        raise ModelFolderError(folder, f"adapter_config.json is not a LoRA config peft can load "
+                               f"({' '.join(str(exc).split())[:200]})", "Re-save the adapter with peft.") from exc
+    modules = {name.removesuffix(".weight"): shape for name, shape in base_shapes.items() if name.endswith(".weight")}
+    embedding = next((name for name in modules if name.endswith("embed_tokens")), None)
+    if embedding and not stores_lm_head(base_shapes):  # a tied base stores no head, but has the module
+        modules["lm_head"] = modules[embedding]
+    try:
+        targeted = {key for key in modules if check_target_module_exists(lora, key)}
+    except (TypeError, ValueError, re.error) as exc:
+        raise ModelFolderError(folder, f"adapter_config.json's target_modules {targets!r} cannot be matched "
+                               f"({' '.join(str(exc).split())[:200]})", "Re-save the adapter with peft.") from exc
+    adapted = {name.split(".lora_A")[0].removeprefix("base_model.model.") for name in adapter if ".lora_A" in name}
+    shown = f"target_modules {targets!r}" + "".join(
+        f" with {key} {config[key]!r}" for key in ("layers_to_transform", "layers_pattern", "exclude_modules")
+        if config.get(key) not in (None, [], ""))
+    limits = [key for key in ("layers_to_transform", "layers_pattern") if config.get(key) not in (None, [], "")]
+    fix = (f"set target_modules in adapter_config.json to the modules its weights adapt "
+           f"({sorted({m.rsplit('.', 1)[-1] for m in adapted})})"
+           + (f" and {' and '.join(limits)} to their layers (or remove {'them' if len(limits) > 1 else 'it'})"
+              if limits else "") + ", or pass the --base it was trained on")
+    if not targeted:
+        raise InputError(f"{folder}: adapter_config.json's {shown} match no module of the base {base}, so peft "
+                         f"cannot load it: {fix}.")
+    left_out = sorted(adapted - targeted)
+    if left_out:
+        raise InputError(f"{folder}: the weights adapt {left_out[0]}" + (f" and {len(left_out) - 1} more" if
+                         len(left_out) > 1 else "") + f", which adapter_config.json's {shown} do not match, so peft "
+                         f"would leave them out of the merge: {fix}.")
+    unsupported = sorted(key for key in targeted if len(modules[key]) != 2)
+    if unsupported:
+        raise InputError(f"{folder}: adapter_config.json's {shown} match {unsupported[0]}, which is not a linear or "
+                         f"embedding layer (LoRA cannot adapt it): {fix}.")
 
 
 def own_files(folder: Path) -> tuple[str, ...]:

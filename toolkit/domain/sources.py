@@ -102,6 +102,7 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         raise ModelFolderError(folder, f"config.json is not valid UTF-8 JSON ({exc})", "Re-save the model.") from exc
     if not isinstance(config, dict):
         raise ModelFolderError(folder, "config.json is not a JSON object", "Re-save the model.")
+    check_fields(folder, config)
     files = weight_files(folder)
     if not files:
         raise ModelFolderError(folder, "no weights (*.safetensors or pytorch_model*.bin)",
@@ -112,6 +113,7 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
     tensors = read_tensors(folder, files)
     check_quantization(folder, config, tensors)
     check_consistency(folder, config, tensors)
+    check_dtype(folder, config, tensors)
     architectures = config.get("architectures") or ["unknown"]
     sizes = [math.prod(info.shape) for info in tensors.values()]
     return SourceModel(
@@ -315,6 +317,46 @@ def check_quantization(folder: Path, config: dict, tensors: dict[str, TensorInfo
         + (f" ({original}, saved with save_pretrained)." if original else " (saved with save_pretrained)."))
 
 
+#: ``config.json`` fields that are whole numbers above zero when present (the language model's own, or ``text_config``'s).
+_COUNT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "n_positions")
+
+
+def check_fields(folder: Path, config: dict) -> None:
+    """Refuse a ``config.json`` whose fields have the wrong type, before anything reads them.
+
+    ``architectures`` is a non-empty list of names, ``model_type`` a name, the sizes in
+    :data:`_COUNT_FIELDS` whole numbers above zero, ``tie_word_embeddings`` true or false.
+    (Found by the property test: ``"hidden_size": "x"`` or ``"architectures": 5`` ended in
+    ``unexpected error: ValueError``.)
+
+    Raises:
+        InconsistentCheckpointError: a field of the wrong type (the message names it and what it must be).
+    """
+    def refuse(key: str, value: object, expected: str) -> None:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InconsistentCheckpointError(folder, f"config.json's {key} is {shown}, not {expected}",
+                                          "Save the config.json that came with these weights (save_pretrained).")
+
+    architectures = config.get("architectures")
+    if architectures is not None and (not isinstance(architectures, list) or not architectures
+                                      or not all(isinstance(a, str) and a for a in architectures)):
+        refuse("architectures", architectures, 'a list of class names (e.g. ["LlamaForCausalLM"])')
+    if "model_type" in config and not (isinstance(config["model_type"], str) and config["model_type"]):
+        refuse("model_type", config["model_type"], 'a model type name (e.g. "llama")')
+    text = config.get("text_config")
+    if text is not None and not isinstance(text, dict):
+        refuse("text_config", text, "an object")
+    for where, fields in (("", config), ("text_config.", text or {})):
+        for key in _COUNT_FIELDS:
+            value = fields.get(key)
+            if value is not None and (type(value) is not int or value < 1):
+                refuse(where + key, value, "a whole number above zero")
+        tied = fields.get("tie_word_embeddings")
+        if tied is not None and not isinstance(tied, bool):
+            refuse(where + "tie_word_embeddings", tied, "true or false")
+
+
 def _text_config(config: dict) -> dict:
     """The language model's own fields (a multimodal config nests them under ``text_config``)."""
     text = config.get("text_config")
@@ -373,6 +415,81 @@ def check_consistency(folder: Path, config: dict, tensors: dict[str, TensorInfo]
             "would start from random numbers)",
             "Set tie_word_embeddings to true in config.json if the model shares its embedding table with its LM "
             "head, or save the model again with its lm_head.weight.")
+
+
+#: The dtypes a ``config.json`` may name for plain 16/32-bit weights (transformers loads them in it), by safetensors' names.
+_CONFIG_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
+def check_dtype(folder: Path, config: dict, tensors: dict[str, TensorInfo]) -> None:
+    """Refuse a ``config.json`` whose ``torch_dtype`` (or ``dtype``) is not a float type plain weights load in.
+
+    transformers and the builder load the weights in that dtype: one the weights are not in and
+    cannot be cast to (an 8-bit float over FP32 weights, an integer type, a misspelling) fails
+    deep in the builder (``couldn't find storage object Float8_e4m3fnStorage``). Already-quantized
+    weights were refused before (:func:`check_quantization`), so the weights here are 16/32-bit floats.
+
+    Raises:
+        InconsistentCheckpointError: the dtype field names no 16/32-bit float type (the message names the weights' own).
+    """
+    stored = sorted({info.dtype for info in tensors.values() if info.dtype in _FLOAT_DTYPES})
+    own = next((name for name, code in _CONFIG_DTYPES.items() if [code] == stored), "float32")
+    for where, fields in (("", config), ("text_config.", config.get("text_config"))):
+        if not isinstance(fields, dict):
+            continue
+        for key in ("torch_dtype", "dtype"):
+            value = fields.get(key)
+            if value is None or value == "auto" or (isinstance(value, str) and value.removeprefix("torch.")
+                                                    in _CONFIG_DTYPES):
+                continue
+            raise InconsistentCheckpointError(
+                folder, f"config.json says {where}{key} {value!r}, but the weights are stored as "
+                f"{'/'.join(stored) or 'floats'}, and only float32, float16 or bfloat16 weights convert",
+                f'Set "{key}": "{own}" in config.json (the weights\' own dtype).')
+
+
+def tied_flag_contradicts_head(folder: str | os.PathLike[str]) -> str:
+    """Whether ``config.json`` says ``tie_word_embeddings: true`` while the weights store an LM head of their own
+    that differs from the embedding table (public report LlamaFactory#10560).
+
+    transformers 5 does not tie two stored tensors that differ (it warns, and keeps the stored
+    ``lm_head.weight``); the ONNX Runtime GenAI builder follows the flag and uses the embedding
+    table as the head, and builds another model. A stored head equal to the table (a trainer that
+    saved both) is fine.
+    Reads the two tensors only, and only when the flag is true and a head is stored.
+
+    Returns:
+        The stored head's tensor name when it differs from the table, else ``""``.
+    """
+    folder = Path(folder)
+    config = artifacts.read_json(folder / "config.json", {})
+    fields = _text_config(config) if isinstance(config, dict) else {}
+    if fields.get("tie_word_embeddings") is not True:
+        return ""
+    files = weight_files(folder)
+    tensors = read_tensors(folder, files)
+    heads = [name for name in tensors if stores_lm_head([name])]
+    tables = sorted((name for name in tensors if name.endswith("embed_tokens.weight")), key=lambda n: n.count("."))
+    if not heads or not tables or tensors[heads[0]].shape != tensors[tables[0]].shape:
+        return heads[0] if heads and tables else ""
+    import torch
+
+    loaded = {}
+    for file in files:
+        wanted = [name for name in (heads[0], tables[0]) if name not in loaded]
+        if not wanted:
+            break
+        if file.suffix == ".bin":
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            loaded |= {name: state[name] for name in wanted if name in state}
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                loaded |= {name: handle.get_tensor(name) for name in wanted if name in handle.keys()}  # noqa: SIM118
+    if len(loaded) < 2:
+        return ""
+    return "" if torch.equal(loaded[heads[0]], loaded[tables[0]]) else heads[0]
 
 
 def stores_lm_head(names: Iterable[str]) -> bool:

@@ -22,9 +22,11 @@ Local's runtime renders all of them too (checked on 2.2.1), so ``auto`` keeps th
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import re
+import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -311,32 +313,120 @@ def _compile(jinja_template: str):
     def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    class LimitedSandbox(ImmutableSandboxedEnvironment):
+        """transformers' sandbox, with calls nested at most :data:`MAX_CALL_DEPTH` deep (a macro that recurses)."""
+
+        def call(self, context, obj, /, *args, **kwargs):
+            depth = getattr(_RENDERING, "depth", 0)
+            if depth >= MAX_CALL_DEPTH:
+                raise _TooDeep
+            _RENDERING.depth = depth + 1
+            try:
+                return super().call(context, obj, *args, **kwargs)
+            finally:
+                _RENDERING.depth = depth
+
+    env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt),
                        dict=_TemplateDict(), namespace=Namespace)
     return env.from_string(jinja_template)
 
 
+#: Calls (macros, filters, functions) nested deeper than this stop a rendering: a chat template needs a handful,
+#: and Python's own recursion limit (about 1,000 frames, several per Jinja call) must never be what stops one.
+MAX_CALL_DEPTH = 64
+#: Seconds a rendering may take (wall clock). A chat template renders a conversation in milliseconds; one that
+#: takes longer loops over something huge, and every caller (registration, doctor, chat, serve, the picker) would hang.
+RENDER_SECONDS = 5.0
+#: Characters a rendering may produce: a prompt longer than this fits no small model's context.
+MAX_RENDERED_CHARS = 10_000_000
+
+_RENDERING = threading.local()
+
+
+class _TooDeep(Exception):
+    """Raised inside a rendering whose calls nest past :data:`MAX_CALL_DEPTH`."""
+
+
+class _TooLong(Exception):
+    """Raised (asynchronously) into a rendering still running at its deadline."""
+
+
+def _limit_message(what: str) -> str:
+    return (f"the chat template cannot be rendered: {what}; fix the template, or register the model with a preset "
+            "(--template chatml, ...)")
+
+
+def _render_within(template, seconds: float, **variables: object) -> str:
+    """``template.render(**variables)``, stopped at ``seconds`` of wall clock or :data:`MAX_RENDERED_CHARS`.
+
+    Jinja renders in Python bytecode in this thread; at the deadline a timer raises :class:`_TooLong`
+    in it (``PyThreadState_SetAsyncExc``, checked between bytecodes, so a loop of any shape stops).
+    The lock makes the timer's raise and the end of the rendering exclude each other, and a raise
+    that was sent but not yet delivered is withdrawn.
+    """
+    thread, lock, state = threading.get_ident(), threading.Lock(), {"done": False, "sent": False}
+
+    def expire() -> None:
+        with lock:
+            if not state["done"]:
+                state["sent"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(_TooLong))
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    try:
+        timer.start()
+        try:
+            size, pieces = 0, []
+            for piece in template.generate(**variables):
+                size += len(piece)
+                if size > MAX_RENDERED_CHARS:
+                    raise TemplateError(_limit_message(f"it writes more than {MAX_RENDERED_CHARS:,} characters"))
+                pieces.append(piece)
+            return "".join(pieces)
+        finally:
+            timer.cancel()
+            with lock:
+                state["done"] = True
+                if state["sent"]:  # sent after the last bytecode of the rendering: withdraw it
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), None)
+    except _TooLong:
+        raise TemplateError(_limit_message(f"it ran past {seconds:g} s (a loop over something huge?)")) from None
+
+
 def render_jinja(jinja_template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
-                 bos_token: str = "", eos_token: str = "") -> str:
-    """Render a Jinja chat template as transformers' ``apply_chat_template`` does, in its sandbox.
+                 bos_token: str = "", eos_token: str = "", seconds: float | None = None) -> str:
+    """Render a Jinja chat template as transformers' ``apply_chat_template`` does, in its sandbox, with limits.
+
+    Every template the toolkit renders goes through here (registration, doctor, chat, serve, the
+    picker): a rendering stops at ``seconds`` of wall clock (default :data:`RENDER_SECONDS`), at
+    :data:`MAX_RENDERED_CHARS`, or at calls nested :data:`MAX_CALL_DEPTH` deep (a macro that calls
+    itself), with one line.
 
     Raises:
         TemplateRaised: the template called ``raise_exception``.
-        TemplateError: the template does not parse or fails to render (one line).
+        TemplateError: the template does not parse, fails to render, or passes a limit (one line).
     """
     from jinja2 import TemplateError as JinjaError
 
     try:
-        return _compile(jinja_template).render(
-            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
-            bos_token=bos_token, eos_token=eos_token,
-        )
+        return _render_within(_compile(jinja_template), RENDER_SECONDS if seconds is None else seconds,
+                              messages=messages, tools=None, documents=None,
+                              add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token)
     except JinjaError as exc:
         reason = " ".join(str(exc).split())
         raise TemplateError(f"the chat template cannot be rendered: {reason}") from exc
+    except (_TooDeep, RecursionError):
+        raise TemplateError(_limit_message(f"it nests calls more than {MAX_CALL_DEPTH} deep (a macro that calls "
+                                           "itself without end?)")) from None
+    except (MemoryError, OverflowError) as exc:
+        raise TemplateError(_limit_message(f"it builds a value too large ({type(exc).__name__})")) from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+        # Python's own errors from the template's expressions (1 / 0, 'a' + 1, ...): transformers lets them through.
+        reason = " ".join(str(exc).split())[:200]
+        raise TemplateError(f"the chat template cannot be rendered: {type(exc).__name__}: {reason}") from exc
 
 
 _BOS = "\x02BOS\x03"
@@ -356,7 +446,9 @@ def _probe_render(jinja_template: str, messages: list[dict[str, str]], **options
                             f"(it raises {' '.join(exc.reason.split())!r}), so four strings cannot express it: "
                             f"{_fix(jinja_template)}.") from exc
     except TemplateError as exc:
-        raise TemplateError(f"The model's {exc}; {_fix(jinja_template)}.") from exc
+        text = str(exc).removeprefix("the ")  # "the chat template cannot be rendered: ..."
+        raise TemplateError(f"The model's {text}" + ("." if "--template" in text
+                                                     else f"; {_fix(jinja_template)}.")) from exc
 
 
 def derive(jinja_template: str, *, bos_token: str = "", eos_token: str = "") -> PromptTemplate:
@@ -375,11 +467,10 @@ def derive(jinja_template: str, *, bos_token: str = "", eos_token: str = "") -> 
         raise TemplateError("The model has no chat template; choose a preset with --template (e.g. chatml).")
     tokens = {"bos_token": bos_token, "eos_token": eos_token}
     text = _probe_render(jinja_template, PROBE, **tokens)
-    closed = _probe_render(jinja_template, PROBE[:3], add_generation_prompt=False, **tokens)
     fix = _fix(jinja_template)
     try:
         pos = [text.index(marker) for marker in (_S, _U1, _A1, _U2)]
-        end = closed[closed.index(_A1) + len(_A1):]
+        end = _turn_end(jinja_template, PROBE[:3], bos_token=bos_token, eos_token=eos_token)
     except ValueError as exc:
         raise TemplateError(
             f"The chat template drops some messages of a system/user/assistant probe; {fix}."
@@ -572,6 +663,30 @@ def rendered_turn_end(jinja_template: str, *, bos_token: str = "", eos_token: st
     Raises:
         TemplateError: the template fails on a user/assistant conversation.
     """
-    closed = render_jinja(jinja_template, PROBE[1:3], add_generation_prompt=False, bos_token=bos_token,
-                          eos_token=eos_token)
-    return closed[closed.index(_A1) + len(_A1):] if _A1 in closed else ""
+    try:
+        return _turn_end(jinja_template, PROBE[1:3], bos_token=bos_token, eos_token=eos_token, probe=False)
+    except ValueError:
+        return ""
+
+
+_EOS = "\x02EOS\x03"
+
+
+def _turn_end(jinja_template: str, messages: list[dict[str, str]], *, bos_token: str, eos_token: str,
+              probe: bool = True) -> str:
+    """What follows the last (assistant) message of ``messages`` rendered without a generation prompt.
+
+    A template may close a conversation with the EOS token when no answer is asked for (Phi-4-mini
+    writes ``{% else %}{{ eos_token }}`` after its last ``<|end|>``): a training-time ending that no
+    turn inside a conversation has. It is rendered with a marker in the EOS token's place and left out.
+
+    Raises:
+        ValueError: the rendering drops the last message.
+        TemplateError: the template fails to render.
+    """
+    options = {"add_generation_prompt": False, "bos_token": bos_token, "eos_token": _EOS if eos_token else ""}
+    closed = (_probe_render if probe else render_jinja)(jinja_template, messages, **options)
+    end = closed[closed.index(_A1) + len(_A1):]
+    if end.endswith(_EOS) and end != _EOS:
+        end = end.removesuffix(_EOS)
+    return end.replace(_EOS, eos_token)

@@ -15,6 +15,7 @@ from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import parity, templates
+from slmops.toolkit.domain.genai_config import config_problem, context_problem
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
 from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
@@ -91,7 +92,7 @@ def stop_check(folder: Path, config: dict) -> Check:
         end = templates.rendered_turn_end(templates.read_chat_template(folder, runtime=True), bos_token=bos,
                                           eos_token=eos_text)
     except SlmopsError as exc:
-        return Check("stop tokens", Status.FAIL, f"the chat template cannot be rendered ({exc}); register with --template")
+        return Check("stop tokens", Status.FAIL, f"{exc}; register with --template")
     if not (folder / "tokenizer.json").is_file():
         return Check("stop tokens", Status.FAIL, "tokenizer.json missing; convert it again")
     tokens = templates.end_of_turn_tokens(end, folder / "tokenizer.json")
@@ -189,10 +190,15 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
         return [Check("genai_config.json", Status.FAIL, f"missing in {folder}; convert with `slmops convert`")]
     try:
         config = json.loads(config_file.read_text())
-        context = int(config["model"].get("context_length", 0))
-        checks = [Check("genai_config.json", Status.PASS, f"present, valid, context {context} tokens")]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return [Check("genai_config.json", Status.FAIL, f"not a valid genai config ({exc}); re-run the conversion")]
+    problem = config_problem(config)
+    if problem:
+        return [Check("genai_config.json", Status.FAIL, f"{problem}; re-run the conversion")]
+    problem = context_problem(folder, config)
+    context = 0 if problem else int(config["model"].get("context_length") or 0)
+    checks = [Check("genai_config.json", Status.PASS, f"present, valid, context {context} tokens"),
+              Check("context length", status_of(not problem), problem or "within the positions the model was built for")]
     ok, detail = _own_folder(folder)
     checks.append(Check("own folder", status_of(ok), detail))
     leaving = artifacts.links_leaving(folder)
@@ -209,7 +215,11 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     checks.append(parity_check(folder))
     try:
         jinja = templates.read_chat_template(folder, runtime=True)
-        checks.append(Check("chat template", status_of(bool(jinja.strip())), "non-empty" if jinja.strip()
+        if jinja.strip():  # rendered once, within the limits every rendering has (a runaway template fails here)
+            bos, eos = templates.special_tokens(folder)
+            templates.render_jinja(jinja, templates.PROBE[1:2], bos_token=bos, eos_token=eos)
+        checks.append(Check("chat template", status_of(bool(jinja.strip())), "non-empty, renders a conversation"
+                            if jinja.strip()
                             else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
         if jinja.strip():
             checks.append(stop_check(folder, config))

@@ -8,6 +8,7 @@ different cache is asked for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -24,6 +25,7 @@ from slmops.toolkit.core.errors import (
     PromptTooLongError,
 )
 from slmops.toolkit.domain import templates, tools
+from slmops.toolkit.domain.genai_config import positions
 from slmops.toolkit.domain.results.bench import decode_tps
 
 APP_NAME = "slmops"
@@ -274,10 +276,18 @@ class LoadedModel:
         if self.model.is_loaded:
             self.model.unload()
 
-    @property
+    @functools.cached_property
     def context_length(self) -> int:
-        """The model's context in tokens (0 when unknown)."""
-        return int(self.model.context_length or 0)
+        """The model's context in tokens (0 when unknown).
+
+        The catalog's (``genai_config.json``'s) figure, or the positions the model was built for
+        when those are fewer (a config that claims more: a longer prompt would fail inside ONNX
+        Runtime rather than be refused).
+        """
+        claimed = int(self.model.context_length or 0)
+        folder = Path(self.model.get_path())
+        built = positions(folder, artifacts.read_json(folder / "genai_config.json", {}) or {}).limit
+        return min(claimed, built) if claimed and built else claimed or built
 
     def prompt_ids(self, messages: list[dict[str, str]], tool_defs: list[dict] | None = None,
                    tool_choice: object = None) -> list[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts, settings, workers
 from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import (
+    InconsistentCheckpointError,
     InsufficientMemoryError,
     InvalidOptionError,
     ModelFolderError,
@@ -42,7 +43,7 @@ from slmops.toolkit.domain.options import (
 )
 from slmops.toolkit.domain.quantize import QuantizeJob, QuantPlan, weight_summary
 from slmops.toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
-from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source
+from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source, tied_flag_contradicts_head
 from slmops.toolkit.runtimes import reference
 
 OLIVE_CONFIG = "finetuned_conversion_config.json"
@@ -323,6 +324,14 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
         raise InvalidOptionError("base", str(spec.base), "only with a LoRA adapter folder as the model")
     else:
         source = check_source(spec.model_dir)
+        if method is Method.BUILDER and (head := tied_flag_contradicts_head(source.path)):
+            raise InconsistentCheckpointError(
+                source.path, f"config.json says tie_word_embeddings true, but the weights store their own {head}, "
+                "which differs from the embedding table (transformers 5 keeps the stored head, untied, while the "
+                "builder follows the flag and uses the embedding table as the head: the build would fail its "
+                "parity check)",
+                "Set tie_word_embeddings to false in config.json (as transformers loads it), or convert with "
+                "--method olive, which builds the model as transformers loads it.")
     # The stop token goes into genai_config.json, which ONNX Runtime GenAI refuses with a null one.
     if stop_tokens.resolve(spec.model_dir) is None:
         stop_tokens.require(source.path)

@@ -34,6 +34,7 @@ from slmops.toolkit.core.errors import (
 )
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import options, templates, tools
+from slmops.toolkit.domain.genai_config import config_problem, context_problem
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, registered_file
 from slmops.toolkit.runtimes import foundry, genai
@@ -392,11 +393,10 @@ def _check_onnx_dir(onnx_dir: Path) -> dict:
         raise ModelFolderError(onnx_dir, "no genai_config.json, so Foundry Local cannot load it",
                                "Point at the folder `slmops convert` wrote.")
     config = artifacts.read_json(config_file)
-    try:
-        model_file = onnx_dir / config["model"]["decoder"].get("filename", "model.onnx")
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ModelFolderError(onnx_dir, "genai_config.json has no model.decoder section",
-                               "Point at the folder `slmops convert` wrote, or convert again.") from exc
+    problem = config_problem(config)
+    if problem:
+        raise ModelFolderError(onnx_dir, problem, "Point at the folder `slmops convert` wrote, or convert again.")
+    model_file = onnx_dir / config["model"]["decoder"].get("filename", "model.onnx")
     if not model_file.is_file():
         raise ModelFolderError(onnx_dir, f"{model_file.name} is missing", "Re-run the conversion.")
     return config
@@ -487,9 +487,12 @@ def register(
         raise InvalidOptionError("version", version, "a whole number >= 1")
     source = Path(onnx_dir).expanduser().resolve()
     genai_config = _check_onnx_dir(source)
-    context = int(genai_config["model"].get("context_length", 0))
-    model_config = (model_config or ModelConfig()).for_context(context)
-    model_config.validate(context)
+    problem = context_problem(source, genai_config)
+    if problem:
+        raise ModelFolderError(source, problem, "Nothing was registered.")
+    context_length = int(genai_config["model"].get("context_length", 0))
+    model_config = (model_config or ModelConfig()).for_context(context_length)
+    model_config.validate(context_length)
     resolved = templates.resolve(template, source, custom_template)
     templates.check_consistency(resolved)
     stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
@@ -514,7 +517,7 @@ def register(
             _stage(source, staging, genai_config, resolved, model_config, name, version, description)
         threads = None
         if model_config.threads == AUTO_THREADS:  # measured on the staged folder, before anything is replaced
-            threads = choose_threads(staging, context)
+            threads = choose_threads(staging, context_length)
             model_config = replace(model_config, threads=threads.chosen)
             _write_genai_config(staging, genai_config, threads.chosen)
         artifacts.write_json(staging / REGISTRATION_RECORD, {

@@ -179,6 +179,21 @@ def judge(answer: str, expect: dict, rules: tuple[str, ...] | None = None) -> tu
     return met == len(outcomes), "; ".join(text for _, text in outcomes), met / len(outcomes)
 
 
+def _check_prompt(messages: list) -> None:
+    """The model is asked something: some message has text (the runtime refuses a prompt without any)."""
+    if not any(isinstance(m, dict) and isinstance(m.get("content"), str) and m["content"].strip() for m in messages):
+        raise ValueError("the prompt is empty: every message's 'content' is empty or whitespace")
+
+
+def _case_id(line: str) -> str:
+    """The ``id`` a line gives its case, if any (for naming a case the line fails to describe)."""
+    try:
+        case = json.loads(line)
+    except ValueError:
+        return ""
+    return case["id"] if isinstance(case, dict) and isinstance(case.get("id"), str) else ""
+
+
 def parse_case(line: str) -> dict:
     """One case from one JSONL line.
 
@@ -188,8 +203,12 @@ def parse_case(line: str) -> dict:
     case = json.loads(line)
     if not isinstance(case, dict):
         raise ValueError("a case is a JSON object")
+    if "id" in case and (not isinstance(case["id"], str) or not case["id"].strip()):
+        raise ValueError("'id' must be a non-empty string")
     if is_tool_case(case):
-        return parse_tool_case(case)
+        case = parse_tool_case(case)
+        _check_prompt(case["messages"])
+        return case
     messages = case.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
@@ -202,6 +221,7 @@ def parse_case(line: str) -> dict:
                          "question the base answers, to see what a fine-tune forgot) or absent")
     if "id" in case and (not isinstance(case["id"], str) or not case["id"]):
         raise ValueError("'id' must be a non-empty string")
+    _check_prompt(messages)
     expect = case.setdefault("expect", {})
     if not isinstance(expect, dict):
         raise ValueError("'expect' must be an object")
@@ -227,8 +247,9 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
     Schema), before any model is asked anything.
 
     Raises:
-        InputError: the file is missing, not UTF-8, empty, or a line is not a valid case (the
-            message names the line and what a case needs).
+        InputError: the file is missing, not UTF-8, empty, a line is not a valid case (an empty
+            prompt, a field of the wrong type, ...) or repeats an earlier case's id (the message
+            names the file, the line, the case's id and what a case needs).
 
     Example:
         >>> load_cases()[0]["id"]
@@ -243,18 +264,24 @@ def load_cases(path: str | os.PathLike[str] | None = None) -> list[dict]:
             raise InputError(f"No cases file at {file}; pass --cases FILE.jsonl (one JSON case per line).")
         text, source = artifacts.read_text(file), str(file)
     cases = []
+    lines: dict[str, int] = {}  # each case's id -> the line that gave it
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             case = parse_case(line)
         except ValueError as exc:
+            named = f" (case {_case_id(line)!r})" if _case_id(line) else ""
             raise InputError(
-                f"{source}:{number} is not a valid case ({exc}): it needs 'messages', a list of "
-                "{'role': system|user|assistant, 'content': str}, and 'expect' with any of "
+                f"{source}:{number}{named} is not a valid case ({exc}): it needs 'messages', a list of "
+                "{'role': system|user|assistant, 'content': str} with some text, and 'expect' with any of "
                 f"{list(RULES)}."
             ) from exc
         case.setdefault("id", f"case-{number}")
+        if case["id"] in lines:  # results are kept by id: a second case of one id would replace the first's
+            raise InputError(f"{source}:{number}: case id {case['id']!r} is already used by line {lines[case['id']]}; "
+                             "give each case its own 'id'.")
+        lines[case["id"]] = number
         cases.append(case)
     if not cases:
         raise InputError(f"{source} holds no cases; write one JSON case per line.")
