@@ -5,6 +5,7 @@ of examples) so it runs in `make test`."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import fields
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import params as P
+from slmops.toolkit.domain import templates as T
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
 from slmops.toolkit.stages import register

@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from test_adapters_saved import make_adapter
-from test_hostile import snapshot
 
 from slmops.toolkit import cli
-from slmops.toolkit.core.errors import InconsistentCheckpointError, InputError, PromptTooLongError, TemplateError
+from slmops.toolkit.core.errors import InconsistentCheckpointError, InputError, TemplateError
 from slmops.toolkit.domain import adapters, genai_config, sources
 from slmops.toolkit.domain import templates as T
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages.convert import ConvertSpec, validate
+from tests.integration.test_hostile import snapshot
+from tests.unit.test_adapters import make_adapter
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -134,29 +134,6 @@ def test_a_context_length_past_the_models_positions_is_refused_by_register_and_f
     assert code == 1 and "FAIL  context length: genai_config.json says model.context_length 131072" in out
     set_context(onnx_folder, "4k")
     refused(["register", str(onnx_folder), "--name", "too-long"], "context_length is '4k'")
-
-
-def test_a_prompt_past_the_positions_built_is_refused_even_if_the_registered_config_claims_more(
-        tiny_int4: Path, tmp_path: Path) -> None:
-    """A model registered before this check (its genai_config.json edited since): the runtime's context is the
-    positions built, so a prompt past them is a PromptTooLongError (the endpoint's 400, the CLI's one line)."""
-    from slmops.toolkit.runtimes.foundry import LoadedModel
-    from slmops.toolkit.stages import register
-
-    registered = register.register(tiny_int4, "ctx-claims-more", force=True)
-    config_file = Path(registered.path) / "genai_config.json"
-    config = json.loads(config_file.read_text())
-    config["model"]["context_length"] = 131072
-    config_file.write_text(json.dumps(config))
-    with LoadedModel("ctx-claims-more") as model:
-        assert model.context_length == 512
-        with pytest.raises(PromptTooLongError, match="context is 512 tokens"):
-            model.generate([{"role": "user", "content": "Paris is the capital of France. " * 200}], max_tokens=4)
-    code, out, _ = run(["doctor", str(registered.path), "--no-load"])
-    assert code == 1 and "FAIL  context length" in out
-
-
-# --- 4. cases files checked whole -----------------------------------------------------------------------------------
 
 
 def case(case_id: str, content: str = "What is 2+2?", **extra: object) -> str:

@@ -1,0 +1,113 @@
+"""Bad input a new user produces by accident (issue 42): each kind refused before any work in one line that names
+the input, the field or case and the fix (exit 2), or handled correctly. Tiny models; nothing converted or registered
+here except in the test named in conftest's HEAVY_TESTS."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slmops.toolkit import cli
+from slmops.toolkit.core.errors import PromptTooLongError
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """``slmops ARGV`` in this process: ``(exit code, stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def refused(argv: list[str], *words: str) -> str:
+    """Run ``argv``; assert exit 2 with one line on stderr holding ``words`` and no "unexpected error"; the line."""
+    code, _, err = run(argv)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "unexpected error" not in err and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    return err.strip()
+
+
+def model_copy(tiny_model: Path, target: Path, **config: object) -> Path:
+    """A copy of the tiny model with ``config.json`` fields replaced (``None`` removes one)."""
+    shutil.copytree(tiny_model, target)
+    fields = json.loads((target / "config.json").read_text())
+    fields.update(config)
+    (target / "config.json").write_text(json.dumps({k: v for k, v in fields.items() if v is not None}))
+    return target
+
+
+# --- 1. a config dtype the weights are not in ----------------------------------------------------------------------
+
+
+def fake_onnx_folder(tiny_model: Path, folder: Path) -> Path:
+    """A converted model's files as far as registration and doctor read them before loading: a graph holding a
+    512-row rotary table (nothing else), its genai_config.json and the tiny model's tokenizer."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir()
+    table = helper.make_tensor("cos_cache", TensorProto.FLOAT, [512, 8], [0.0] * 512 * 8)
+    graph = helper.make_graph([helper.make_node("Identity", ["cos_cache"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 8])], [table])
+    onnx.save(helper.make_model(graph), str(folder / "model.onnx"))
+    (folder / "genai_config.json").write_text(json.dumps({
+        "model": {"type": "qwen2", "context_length": 512, "eos_token_id": 2, "vocab_size": 400,
+                  "decoder": {"filename": "model.onnx", "session_options": {}}},
+        "search": {"max_length": 512}}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy2(tiny_model / name, folder / name)
+    return folder
+
+
+def set_context(folder: Path, context: object) -> None:
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["context_length"] = context
+    (folder / "genai_config.json").write_text(json.dumps(config))
+
+
+def test_a_prompt_past_the_positions_built_is_refused_even_if_the_registered_config_claims_more(
+        tiny_int4: Path, tmp_path: Path) -> None:
+    """A model registered before this check (its genai_config.json edited since): the runtime's context is the
+    positions built, so a prompt past them is a PromptTooLongError (the endpoint's 400, the CLI's one line)."""
+    from slmops.toolkit.runtimes.foundry import LoadedModel
+    from slmops.toolkit.stages import register
+
+    registered = register.register(tiny_int4, "ctx-claims-more", force=True)
+    config_file = Path(registered.path) / "genai_config.json"
+    config = json.loads(config_file.read_text())
+    config["model"]["context_length"] = 131072
+    config_file.write_text(json.dumps(config))
+    with LoadedModel("ctx-claims-more") as model:
+        assert model.context_length == 512
+        with pytest.raises(PromptTooLongError, match="context is 512 tokens"):
+            model.generate([{"role": "user", "content": "Paris is the capital of France. " * 200}], max_tokens=4)
+    code, out, _ = run(["doctor", str(registered.path), "--no-load"])
+    assert code == 1 and "FAIL  context length" in out
+
+
+# --- 4. cases files checked whole -----------------------------------------------------------------------------------
+
+
+def case(case_id: str, content: str = "What is 2+2?", **extra: object) -> str:
+    return json.dumps({"id": case_id, "messages": [{"role": "user", "content": content}],
+                       "expect": {"contains_any": ["4"]}, **extra})
+
+
+RECURSIVE = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"
+EXPENSIVE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+PHI4_MINI = ("{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and "
+             "message['tools'] is not none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + "
+             "message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + "
+             "message['content'] + '<|end|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+             "{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}")
+
+
