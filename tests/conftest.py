@@ -18,7 +18,7 @@ from slmops.toolkit.core import settings
 HEAVY_FIXTURES = frozenset({
     "tiny_int4", "tiny_fp32", "tiny_pair", "tiny_adapter", "tiny_sweep", "bundled", "fp32_int4", "tied_model",
     "built", "jupyterlab", "two_nodes", "endpoint", "scripted", "other_model", "fuzz_model", "hostile", "wheel",
-    "venv",
+    "venv", "long_model",
 })
 HEAVY_TESTS = frozenset({
     "test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged",
