@@ -60,8 +60,11 @@ def _client(endpoint: serve.Endpoint, **options) -> httpx.Client:
 
 
 def _peer(response: httpx.Response) -> tuple:
-    """The client side's address of the connection a response came on."""
-    return response.extensions["network_stream"].get_extra_info("client_addr")
+    """The client side's address of the connection a response came on (``"closed"``: the server closed it)."""
+    try:
+        return response.extensions["network_stream"].get_extra_info("client_addr")
+    except OSError:  # httpx closed its socket, as the server said it would close the connection
+        return "closed"
 
 
 def _wait_for(condition, timeout: float = 30) -> None:
@@ -128,22 +131,23 @@ def test_a_500_keeps_the_connection_too(inproc, long_model: str, monkeypatch: py
     def escapes(*_args, **_kwargs):
         raise RuntimeError("a bug in the endpoint")
 
-    for kind, target, replacement in (("runtime failure", "native_stream", fails),
-                                      ("exception escaping the route", "check", escapes)):
+    for kind, targets, replacement in (("runtime failure", ("native_stream", "native_complete"), fails),
+                                       ("exception escaping the route", ("check",), escapes)):
         with httpx.Client(base_url=url, timeout=60) as client:
             peers, served = set(), 0
             for _ in range(20):
-                with monkeypatch.context() as patch:
-                    patch.setattr(host.model, target, replacement)
-                    for stream in (False, True):
+                for stream in (False, True):  # a streamed request that fails before its first token: a 500 too
+                    with monkeypatch.context() as patch:
+                        for target in targets:
+                            patch.setattr(host.model, target, replacement)
                         error = client.post("/chat/completions", json=_chat(long_model, stream=stream))
-                        assert error.status_code == 500 and error.json()["error"]["type"] == "server_error", error.text
-                        peers.add(_peer(error))
-                after = client.post("/chat/completions", json=_chat(long_model))
-                served += after.status_code == 200
-                peers.add(_peer(after))
-            print(f"500 {kind}: next request served {served} of 20, on {len(peers)} connection(s)")
-            assert served == 20 and len(peers) == 1, kind
+                    assert error.status_code == 500 and error.json()["error"]["type"] == "server_error", error.text
+                    peers.add(_peer(error))
+                    after = client.post("/chat/completions", json=_chat(long_model))
+                    served += after.status_code == 200
+                    peers.add(_peer(after))
+            print(f"500 {kind}: next request served {served} of 40, on {len(peers)} connection(s)")
+            assert served == 40 and len(peers) == 1, kind
 
 
 def _start_long(endpoint: serve.Endpoint, model: str, stream: bool) -> socket.socket:
