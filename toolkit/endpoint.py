@@ -5,7 +5,9 @@ Foundry Local's own web service is used where it serves locally registered model
 (it looks models up in the online catalog), so this module serves the same runtime
 in-process on FastAPI and uvicorn:
 
-* ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``;
+* ``GET /v1/models``, ``GET /v1/models/{id}``; ``GET /health`` (each model's state, requests
+  waiting and generating) and ``GET /metrics`` (Prometheus: requests by status, queue depth,
+  requests in flight, time to first token and per output token, tokens in and out);
 * ``POST /v1/chat/completions``, plain and ``stream: true`` (server-sent events), with
   ``usage`` and ``finish_reason``; ``max_tokens``, ``temperature``, ``top_p``, ``seed``,
   ``stop``, and ``response_format`` (``json_object``, ``json_schema``) through Foundry
@@ -17,8 +19,11 @@ in-process on FastAPI and uvicorn:
 
 Requests are checked before the runtime sees them and refused as OpenAI-style JSON errors
 (400 bad request or value, 401 missing key, 404 unknown model, 413 body too large, 503 while
-a model loads); the server keeps serving after any of them. Each model answers one request
-at a time in its own thread (others queue in arrival order), so generations never interleave.
+a model loads or when its queue is full, with ``Retry-After``, 504 past the request timeout,
+500 when the runtime fails); the connection stays open and the server keeps serving after any
+of them. Each model answers one request at a time in its own thread (at most ``max_queue``
+others wait, in arrival order), so generations never interleave. A request whose client leaves,
+streamed or not, stops at its model's next token and frees it (a waiting one leaves the queue).
 SIGTERM shuts down gracefully: in-flight requests finish, then the models unload.
 """
 
@@ -683,16 +688,16 @@ def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key
         job = Job(host, body, interval_s=stream_interval_s if parsed.stream else float("inf"), deadline=deadline,
                   metrics=metrics, arrived=arrived)
         try:
-            first = await job.next_items(request, DISCONNECT_POLL_S)  # the role chunk, or why there is none
+            items = await job.next_items(request, DISCONNECT_POLL_S)  # the role chunk, or why there is none
+            while not parsed.stream and items[-1] is not _END:
+                items += await job.next_items(request, DISCONNECT_POLL_S)
         except _Gone:
             return Response(status_code=499)  # nobody reads it: the client has left
+        except BaseException:
+            job.drop()  # whatever went wrong here, the model is not left generating for nobody
+            raise
+        first = items
         if not parsed.stream:
-            items = list(first)
-            try:
-                while not items or items[-1] is not _END:
-                    items += await job.next_items(request, DISCONNECT_POLL_S)
-            except _Gone:
-                return Response(status_code=499)
             job.record()
             info["usage"] = job.usage
             chunks = [item for item in items if isinstance(item, str)]
@@ -807,11 +812,18 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
 
     Raises:
         InputError, ModelNotFoundError: from :func:`check_options`, before anything starts.
-        InputError: the port is taken.
+        InputError: the port is taken, or an option is out of range.
     """
     import uvicorn
 
     check_options(names, host, port, api_key, cache)
+    if not 0 <= stream_interval_s <= 10:
+        raise InputError(f"--stream-interval-ms {stream_interval_s * 1000:g} is out of range: use 0 to 10000.")
+    if type(max_queue) is not int or max_queue < 0:
+        raise InputError(f"--max-queue {max_queue!r} is not a count: use a whole number from 0 (no waiting).")
+    if request_timeout_s is not None and not request_timeout_s > 0:
+        raise InputError(f"--request-timeout {request_timeout_s!r} is out of range: use seconds above 0 "
+                         "(or leave it out for the default).")
     with socket.socket() as probe:  # a taken port is the user's to change, not a traceback
         try:
             probe.bind((host, port))
@@ -820,8 +832,6 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     if api_key is None and foundry.probe_web_service(names[0], cache).serves:
         foundry.serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
         return
-    if not 0 <= stream_interval_s <= 10:
-        raise InputError(f"--stream-interval-ms {stream_interval_s * 1000:g} is out of range: use 0 to 10000.")
     app = create_app(names, cache=cache, api_key=api_key, stream_interval_s=stream_interval_s, max_queue=max_queue,
                      request_timeout_s=request_timeout_s, log_requests=log_requests)
     print(f"Serving {', '.join(names)} at http://{host}:{port}/v1 (OpenAI-compatible, "
