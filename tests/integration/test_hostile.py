@@ -200,6 +200,8 @@ BATTERY = [
     ("serve-open-host-no-key", ["serve", "hostile-ok", "--host", "0.0.0.0"], 2, "--api-key"),
     ("serve-blank-key", ["serve", "hostile-ok", "--api-key", " "], 2, "non-empty token"),
     ("serve-port", ["serve", "hostile-ok", "--port", "70000"], 2, "out of range"),
+    ("serve-max-queue", ["serve", "hostile-ok", "--max-queue", "-1"], 2, "out of range"),
+    ("serve-request-timeout", ["serve", "hostile-ok", "--request-timeout", "soon"], 2, "not a whole number"),
     ("rm-traversal", ["rm", "../../etc"], 2, "not safe"),
     ("rm-unknown-model", ["rm", "no-such-model"], 2, "No model named"),
     ("recipes-missing", ["recipes", "{work}/nope", "--reference", "{onnx}", "--out", "{work}/o"], 2, "no such folder"),

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from slmops.toolkit import endpoint as serve
+from slmops.toolkit.core.errors import FoundryRequestError
 from slmops.toolkit.domain import tools
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.stages import register as R
@@ -104,3 +105,35 @@ def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: serve.Endpo
     with pytest.raises(openai.BadRequestError, match="tool_call_id"):
         client.chat.completions.create(model=TINY, messages=[*history[:2], {"role": "tool", "content": "x"}],
                                        max_tokens=4)
+
+
+def test_a_plain_answer_equals_the_runtimes_own_non_streamed_answer(tiny_endpoint: serve.Endpoint) -> None:
+    """The endpoint builds a plain answer from the runtime's stream (so a client that leaves can stop it): it must
+    be the answer the runtime's own non-streamed layer gives, and a failure its failure.
+
+    (Real tool calls through the endpoint are the fine-tune's tests below: a random model's forced call is refused
+    by the runtime itself, streamed or not.)
+    """
+    asks = [{"messages": ASK, "max_tokens": 12},
+            {"messages": ASK, "tools": [PICK], "tool_choice": "none", "max_tokens": 12}]
+    client = tiny_endpoint.client(max_retries=0)
+    served = [client.chat.completions.create(model=TINY, temperature=0, seed=7, **ask).model_dump() for ask in asks]
+    forced = {"messages": ASK, "tools": [PICK], "tool_choice": "required", "max_tokens": 400}
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.chat.completions.create(model=TINY, temperature=0, seed=7, **forced)
+    with foundry.LoadedModel(TINY) as model:
+        def native(ask: dict) -> dict:
+            return model.native_complete(model.body(ask["messages"], max_tokens=ask["max_tokens"], temperature=0,
+                                                    seed=7, stream=False, tool_defs=ask.get("tools"),
+                                                    tool_choice=ask.get("tool_choice")))
+
+        answers = [native(ask) for ask in asks]
+        with pytest.raises(FoundryRequestError) as failed:
+            native(forced)
+    assert refused.value.body["message"] == str(failed.value) and refused.value.body["type"] == "server_error"
+    for mine, theirs in zip(served, answers, strict=True):
+        assert mine["choices"][0]["finish_reason"] == theirs["choices"][0]["finish_reason"]
+        assert mine["choices"][0]["message"]["content"] == theirs["choices"][0]["message"]["content"]
+        assert not mine["choices"][0]["message"]["tool_calls"] and not theirs["choices"][0]["message"].get("tool_calls")
+        assert {k: mine["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} == \
+            {k: theirs["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}

@@ -132,7 +132,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
               log_level="info" if flag(args, "debug") or flag(args, "verbose") else "warning",
-              stream_interval_s=args.stream_interval_ms / 1000)
+              stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
+              request_timeout_s=args.request_timeout or None, log_requests=args.log_requests)
     return 0
 
 
@@ -181,7 +182,8 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        "true; max_tokens, temperature, top_p, seed, stop, response_format json_object or "
                        "json_schema) over the Foundry Local runtime, for any OpenAI client: "
                        "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none'). Each model answers one "
-                       "request at a time (others queue); bad requests get OpenAI-style 4xx JSON errors; 503 "
+                       "request at a time (others queue, up to --max-queue; a client that leaves frees its "
+                       "model at once); GET /metrics (Prometheus) and /health; bad requests get OpenAI-style 4xx JSON errors; 503 "
                        "while a model loads. Foundry Local's own web service is used where it serves locally "
                        "registered models (foundry-local-sdk 2.2.1's does not).")
     p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
@@ -194,6 +196,16 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    help="streamed tokens go out together at most this often; the first token at once (default "
                    f"{interval}: at hundreds of tokens a second, one write per token costs decode speed; "
                    "0 sends every token at once)")
+    p.add_argument("--max-queue", type=whole(0, 100_000), default=serve.DEFAULT_MAX_QUEUE,
+                   help="requests that may wait for a model behind the one it answers; more get 503 with "
+                   f"Retry-After (default {serve.DEFAULT_MAX_QUEUE}: beyond a few dozen the wait outlasts clients' "
+                   "usual timeouts)")
+    p.add_argument("--request-timeout", type=whole(0, 86_400), default=round(serve.DEFAULT_REQUEST_TIMEOUT_S),
+                   metavar="SECONDS", help="longest a request may take, queue included; past it its generation "
+                   "stops and it gets a 504 (default "
+                   f"{round(serve.DEFAULT_REQUEST_TIMEOUT_S)}, the openai client's own timeout; 0: no limit)")
+    p.add_argument("--log-requests", action="store_true",
+                   help="write one access-log line per request to stderr (method, path, model, status, tokens, ms)")
     cache_option(p)
     p.set_defaults(func=cmd_serve)
 
