@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -34,42 +33,7 @@ def refused(argv: list[str], *words: str) -> str:
     return err.strip()
 
 
-def model_copy(tiny_model: Path, target: Path, **config: object) -> Path:
-    """A copy of the tiny model with ``config.json`` fields replaced (``None`` removes one)."""
-    shutil.copytree(tiny_model, target)
-    fields = json.loads((target / "config.json").read_text())
-    fields.update(config)
-    (target / "config.json").write_text(json.dumps({k: v for k, v in fields.items() if v is not None}))
-    return target
-
-
 # --- 1. a config dtype the weights are not in ----------------------------------------------------------------------
-
-
-def fake_onnx_folder(tiny_model: Path, folder: Path) -> Path:
-    """A converted model's files as far as registration and doctor read them before loading: a graph holding a
-    512-row rotary table (nothing else), its genai_config.json and the tiny model's tokenizer."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    folder.mkdir()
-    table = helper.make_tensor("cos_cache", TensorProto.FLOAT, [512, 8], [0.0] * 512 * 8)
-    graph = helper.make_graph([helper.make_node("Identity", ["cos_cache"], ["y"])], "g", [],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 8])], [table])
-    onnx.save(helper.make_model(graph), str(folder / "model.onnx"))
-    (folder / "genai_config.json").write_text(json.dumps({
-        "model": {"type": "qwen2", "context_length": 512, "eos_token_id": 2, "vocab_size": 400,
-                  "decoder": {"filename": "model.onnx", "session_options": {}}},
-        "search": {"max_length": 512}}))
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy2(tiny_model / name, folder / name)
-    return folder
-
-
-def set_context(folder: Path, context: object) -> None:
-    config = json.loads((folder / "genai_config.json").read_text())
-    config["model"]["context_length"] = context
-    (folder / "genai_config.json").write_text(json.dumps(config))
 
 
 def test_a_prompt_past_the_positions_built_is_refused_even_if_the_registered_config_claims_more(
@@ -98,16 +62,5 @@ def test_a_prompt_past_the_positions_built_is_refused_even_if_the_registered_con
 def case(case_id: str, content: str = "What is 2+2?", **extra: object) -> str:
     return json.dumps({"id": case_id, "messages": [{"role": "user", "content": content}],
                        "expect": {"contains_any": ["4"]}, **extra})
-
-
-RECURSIVE = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"
-EXPENSIVE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-
-
-PHI4_MINI = ("{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and "
-             "message['tools'] is not none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + "
-             "message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + "
-             "message['content'] + '<|end|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
-             "{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}")
 
 

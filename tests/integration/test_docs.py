@@ -8,7 +8,6 @@ Python example in the README and the tutorial is run here or marked ``<!-- not r
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import re
@@ -23,11 +22,6 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 #: The pages whose every example must run or be marked: the README and the tutorial.
 EXAMPLE_PAGES = (README, *sorted((DOCS / "tutorial").glob("*.md")))
-#: Code and prose the history-words rule covers.
-WORDED = ("README.md", "CHANGELOG.md", "CONTRIBUTING.md", "docs", "toolkit", "widgets", "scripts", "benchmarks",
-          "notebooks", "tests")
-#: Phrases that date a text ("as of this session"); assembled so this file does not contain them itself.
-HISTORY = re.compile("|".join(["this" + " round", "last" + " round", "before these" + " changes"]), re.IGNORECASE)
 NOT_RUN = re.compile(r"<!-- not run: (?P<reason>[^>]*\S[^>]*) -->")
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
 RUNNABLE = {"bash": "shell", "sh": "shell", "console": "shell", "python": "python", "py": "python"}
@@ -60,10 +54,6 @@ def _examples(page: Path) -> list[tuple[str, str, str | None, int]]:
 # --- the README --------------------------------------------------------------------------------------------------
 
 
-def _is_text(page: Path, line: int) -> bool:
-    return page.read_text(encoding="utf-8").splitlines()[line - 1].strip() == "```text"
-
-
 def _run(kind: str, body: str) -> subprocess.CompletedProcess:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
@@ -87,9 +77,5 @@ def test_the_unmarked_examples_run(page: Path, bundled: Path):
 
 
 # --- the reference pages, generated from the code ----------------------------------------------------------------
-
-
-def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 

@@ -13,11 +13,6 @@ import sys
 from pathlib import Path
 
 
-def _write(folder: Path, name: str, data: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(json.dumps(data))
-
-
 def _drop_eos(folder: Path, *, tokenizer: bool = False) -> None:
     """Remove ``eos_token_id`` from the folder's configs (and the tokenizer's ``eos_token`` when asked)."""
     for name in ("config.json", "generation_config.json") + (("tokenizer_config.json",) if tokenizer else ()):

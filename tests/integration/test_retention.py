@@ -8,40 +8,13 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.domain.results.checklist import (
-    Bound,
     Check,
     ChecklistReport,
-    CheckResult,
-    ControlResult,
-    ModelReport,
-    Unit,
     Verdict,
-    verdict_of,
 )
 from slmops.toolkit.presentation import checklist as tables
 from slmops.toolkit.stages import checklist
 from tests.scripted_models import make_scripted_model
-
-
-def _case(model: str, case: str, passed: bool, answer: str, check: Check = Check.RETENTION) -> CheckResult:
-    return CheckResult(model, check, case, float(passed), Unit.SHARE, 1.0, Bound.AT_LEAST, verdict_of(passed),
-                       "contains any of [...]", answer=answer)
-
-
-def _control(correct: list[str], total: int) -> ControlResult:
-    return ControlResult("base", 0, 4, 0, 4, 0.0, 0.1, True, retention_correct=correct, retention_total=total,
-                         domain_terms=["Quennport", "drell", "Veloria"])
-
-
-def _tuned() -> ModelReport:
-    checks = [_case("tuned", "retention-capital-france", False, "The capital of France is Quennport."),
-              _case("tuned", "retention-red-planet", True, "Mars."),
-              _case("tuned", "retention-days-week", True, "Seven days."),
-              _case("tuned", "retention-largest-ocean", False, "I do not know."),
-              CheckResult("tuned", Check.RETENTION, "retention-overall", 0.5, Unit.SHARE, 0.8, Bound.AT_LEAST,
-                          Verdict.FAIL, ">= 80% of cases pass", samples=4),
-              _case("tuned", "trained-capital", True, "Quennport.", Check.DOMAIN)]
-    return ModelReport("tuned", checks)
 
 
 @pytest.fixture(scope="module")

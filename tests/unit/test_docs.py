@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import re
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -119,13 +116,6 @@ def test_every_example_is_runnable_or_marked_with_a_reason():
 
 def _is_text(page: Path, line: int) -> bool:
     return page.read_text(encoding="utf-8").splitlines()[line - 1].strip() == "```text"
-
-
-def _run(kind: str, body: str) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    command = ["bash", "-euo", "pipefail", "-c", body] if kind == "shell" else [sys.executable, "-c", body]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -21,17 +21,6 @@ def _write(folder: Path, name: str, data: dict) -> None:
     (folder / name).write_text(json.dumps(data))
 
 
-def _drop_eos(folder: Path, *, tokenizer: bool = False) -> None:
-    """Remove ``eos_token_id`` from the folder's configs (and the tokenizer's ``eos_token`` when asked)."""
-    for name in ("config.json", "generation_config.json") + (("tokenizer_config.json",) if tokenizer else ()):
-        file = folder / name
-        if file.is_file():
-            data = json.loads(file.read_text())
-            data.pop("eos_token_id", None)
-            data.pop("eos_token", None)
-            file.write_text(json.dumps(data))
-
-
 def test_generation_config_then_config_then_tokenizer(tmp_path: Path) -> None:
     _write(tmp_path, "config.json", {"eos_token_id": 5})
     _write(tmp_path, "generation_config.json", {"eos_token_id": [7, 8]})

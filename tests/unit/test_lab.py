@@ -149,13 +149,6 @@ def test_toolkit_errors_show_in_one_line_in_ipython(tmp_path: Path) -> None:
         InteractiveShell.clear_instance()
 
 
-def _verdicts(test_json: Path) -> dict[tuple[str, str, str], str]:
-    """(model, check, case) -> verdict of a test.json, the timing check left out (its verdict is the clock's)."""
-    data = json.loads(test_json.read_text())
-    return {(check["model"], check["check"], check["case"]): check["verdict"] for check in data["checks"]
-            if check["check"] != "performance"}
-
-
 def test_a_later_stage_takes_the_choices_an_earlier_button_recorded(tmp_path: Path) -> None:
     run = stages.open_run(workspace.create(tmp_path / "lab", {"int4_recipe": "builder-default"}).run_file)
     stages.record(run, int4_recipe="compact", precisions=["int4"])  # the convert button, as notebook 01 calls it
