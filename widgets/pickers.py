@@ -84,19 +84,18 @@ def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict])
     return f"<table class='slmops-tradeoff'>{head}{''.join(rows)}</table>"
 
 
-def precision_label(p: Precision, measured: dict[str, dict]) -> str:
-    """A precision's option in the picker: its measured size once built, else the tutorial's expectation.
+def precision_label(p: Precision) -> str:
+    """A precision's option in the picker: the tutorial's expectation, said to be the tutorial's.
+
+    What a build measured is in the table under the picker (:func:`tradeoff_table`); the options
+    keep their labels, since relabelling a multiple selection in the browser can clear what the
+    user chose.
 
     Example:
-        >>> precision_label(Precision.INT4, {"int4": {"size_mb": 40.0, "x_fp32": 0.4}})
-        'int4: 40.0 MB, ×0.40 FP32 (measured)'
+        >>> precision_label(Precision.INT8)
+        'int8: tutorial ×0.25 size, good quality, very fast; balanced (measured in the table below once built)'
     """
-    got = measured.get(p.value, {})
-    if isinstance(got.get("size_mb"), int | float):
-        ratio = got.get("x_fp32")
-        return f"{p.value}: {got['size_mb']:.1f} MB" + (f", ×{ratio:.2f} FP32" if isinstance(ratio, int | float)
-                                                        else "") + " (measured)"
-    return f"{p.value}: ×{TUTORIAL_SIZE_RATIO[p]} size, {TUTORIAL_ADVICE[p]} (tutorial, not built yet)"
+    return f"{p.value}: tutorial ×{TUTORIAL_SIZE_RATIO[p]} size, {TUTORIAL_ADVICE[p]} (measured in the table below once built)"
 
 
 class PrecisionPicker(w.VBox):
@@ -119,7 +118,7 @@ class PrecisionPicker(w.VBox):
                  int4: Int4Options | None = None, run_dir: str | Path | None = None) -> None:
         self._run_dir = run_dir
         self._precisions = w.SelectMultiple(
-            options=[(precision_label(p, {}), p) for p in Precision],
+            options=[(precision_label(p), p) for p in Precision],
             value=tuple(Precision(p) for p in precisions), rows=4, description="Precisions",
             layout=w.Layout(width="640px"),
         )
@@ -171,12 +170,8 @@ class PrecisionPicker(w.VBox):
         return PrecisionChoice(tuple(self._precisions.value), options)
 
     def refresh(self) -> None:
-        """Reread the measured figures of ``run_dir``; a built precision's option then names its measured size."""
+        """Reread the measured figures of ``run_dir``: the table then shows each built precision's measured size."""
         self.measured = measured_figures(self._run_dir) if self._run_dir else {}
-        chosen = self._precisions.value
-        with self._precisions.hold_trait_notifications():
-            self._precisions.options = [(precision_label(p, self.measured), p) for p in Precision]
-            self._precisions.value = chosen
 
     def _show_tradeoff(self) -> None:
         self._tradeoff.value = tradeoff_table(self.value.precisions, self.measured)

@@ -216,7 +216,7 @@ def test_a_damaged_model_folder_converts_or_is_refused_in_one_line(tiny_model: P
     """``convert --method olive-config --dry-run`` checks the model as every conversion does, then writes a config."""
     import tempfile
 
-    from test_hostile import snapshot
+    from tests.integration.test_hostile import snapshot
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
@@ -236,9 +236,8 @@ def test_a_damaged_adapter_folder_is_checked_or_refused_in_one_line(lora_adapter
     """The checks ``convert`` runs on an adapter before it merges anything (the merge itself is not fuzzed: seconds)."""
     import tempfile
 
-    from test_hostile import snapshot
-
     from slmops.toolkit.stages import convert
+    from tests.integration.test_hostile import snapshot
 
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "adapter"
@@ -254,7 +253,7 @@ def test_a_damaged_adapter_folder_is_checked_or_refused_in_one_line(lora_adapter
 
 @pytest.fixture(scope="module")
 def lora_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_adapters_saved import make_adapter
+    from tests.unit.test_adapters import make_adapter
 
     return make_adapter(tiny_model, tmp_path_factory.mktemp("fuzz-lora") / "lora")
 
@@ -277,7 +276,7 @@ def test_any_chat_template_gets_a_doctor_verdict_without_an_unexpected_error(tin
     import tempfile
 
     monkeypatch.setattr(T, "RENDER_SECONDS", 0.5)  # a runaway loop is stopped sooner than a user's 5 s
-    from test_bad_input import fake_onnx_folder
+    from tests.unit.test_bad_input import fake_onnx_folder
 
     source = "".join(pieces)
     with tempfile.TemporaryDirectory() as tmp:
@@ -295,8 +294,8 @@ def test_a_damaged_genai_config_gets_a_doctor_verdict_and_register_refuses_it_in
                                                                                           draw: st.DataObject) -> None:
     import tempfile
 
-    from test_bad_input import fake_onnx_folder
-    from test_hostile import snapshot
+    from tests.integration.test_hostile import snapshot
+    from tests.unit.test_bad_input import fake_onnx_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = fake_onnx_folder(tiny_model, Path(tmp) / "onnx")

@@ -119,7 +119,10 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert cli.main(["compare", str(tmp_path / "run"), str(tmp_path / "again"), "--out", str(tmp_path / "cmp")]) == 0
     same = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert same["passed"] and not same["params"] and not same["inputs"] and not same["regressions"]
-    assert same["verdicts"] and {v["change"] for v in same["verdicts"]} == {"same"}
+    # Every verdict is the same, but for a timing or memory check the load of the machine may leave undecided.
+    assert same["verdicts"] and all(v["change"] == "same" or (v["check"] in ("performance", "memory")
+                                                              and v["change"] == "inconclusive, not counted")
+                                    for v in same["verdicts"]), same["verdicts"]
     assert {s["delta"] for s in same["sizes"]} == {0.0} and {q["delta"] for q in same["quality"]} == {0.0}
     # A rerun against a changed cases file says so before it starts.
     cases.write_text('{"id": "hi", "messages": [{"role": "user", "content": "Say hello."}]}\n')

@@ -31,8 +31,8 @@ LONG = 4000  # tokens: seconds of generation on this model; a short answer is mi
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory: pytest.TempPathFactory):
     """The registered name of a tiny model with an 8,192-token context that always generates ``max_tokens``."""
-    from slmops.toolkit.domain.sources import make_tiny_model
     from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from tests.models import make_tiny_model
 
     source = make_tiny_model(tmp_path_factory.mktemp("long") / "qwen2", context=8192)
     built = convert(ConvertSpec(source, tmp_path_factory.mktemp("long-int4") / "int4", Precision.INT4),

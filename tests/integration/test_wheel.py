@@ -77,6 +77,8 @@ def test_the_wheel_carries_the_notebooks_and_templates(wheel: Path) -> None:
     # Every package folder (setup.py discovers them), with each of its modules.
     modules = {"slmops/" + path.relative_to(ROOT).as_posix() for package in ("toolkit", "widgets")
                for path in (ROOT / package).rglob("*.py")}
+    # The notebooks' readable sources (notebooks/*.py, jupytext percent format) travel beside them.
+    modules |= {f"slmops/toolkit/notebooks/{path.name}" for path in (ROOT / "notebooks").glob("*.py")}
     shipped = {name for name in names if name.endswith(".py")}
     assert modules - shipped == set() and shipped - modules == set()  # nothing missing, nothing stale
     folders = {str(Path(name).parent) for name in names}

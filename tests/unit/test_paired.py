@@ -204,5 +204,6 @@ def test_the_picker_shows_a_built_int4s_measured_size_and_its_status_against_the
     assert "pass: top-1 agreement 0.970" in next(row for row in page.split("<tr>") if row.startswith("<td>int8"))
     fp16 = next(row for row in page.split("<tr>") if row.startswith("<td>fp16"))
     assert "×0.5 (tutorial)" in fp16 and "expected:" in fp16  # not built yet: the tutorial's expectation, said so
-    assert pickers.precision_label(Precision.INT4, measured) == "int4: 203.3 MB, ×0.38 FP32 (measured)"
-    assert "×0.125" in pickers.precision_label(Precision.INT4, {})
+    # The options keep the tutorial's expectation, said to be the tutorial's (relabelling them in the browser could
+    # clear the user's selection); the measured figures are the table's.
+    assert pickers.precision_label(Precision.INT4).startswith("int4: tutorial ×0.125")

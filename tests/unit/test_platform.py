@@ -151,6 +151,21 @@ def test_a_childs_own_peak_memory_is_measured(monkeypatch: pytest.MonkeyPatch) -
     assert proc.returncode == 0 and watch.peak_rss_mib > 120
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux folds the parent's peak into an exec'd child's")
+def test_a_small_child_of_a_large_process_is_measured_at_its_own_size() -> None:
+    """Linux gives an exec'd child its parent's peak as ``ru_maxrss``: a child of a test process (or a notebook's
+    kernel) holding 600 MiB read 600 MiB, whatever it used itself."""
+    held = bytearray(600 * 1024 * 1024)
+    for i in range(0, len(held), 4096):
+        held[i] = 1
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    watch = system.ChildWatch(proc)
+    while watch.poll() is None:
+        pass
+    assert proc.returncode == 0 and watch.peak_rss_mib < 200
+    del held
+
+
 def test_windows_samples_a_childs_peak_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "win32")
     peaks = iter([10 * _MIB, 50 * _MIB])

@@ -227,10 +227,26 @@ def signal_group(proc: subprocess.Popen, *, force: bool = False) -> None:
             process.kill() if force else process.terminate()
 
 
+def _vm_hwm_mib(pid: int) -> float | None:
+    """Linux: the peak resident memory of ``pid``'s current program (``VmHWM``: since its last exec), MiB; else None."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class ChildWatch:
     """Polls a child to its end and keeps the child's own peak resident memory.
 
-    POSIX: ``wait4`` reaps the child with its own rusage (``Popen.wait`` would discard it).
+    POSIX: ``wait4`` reaps the child with its own rusage (``Popen.wait`` would discard it). Linux
+    folds the spawning process's peak into the child's ``ru_maxrss`` when the child execs (the
+    address space it replaces was its parent's), so a child of a large process reads at least the
+    parent's size: where that figure does not exceed this process's own peak at the spawn, the
+    child's ``VmHWM`` (its program's own peak, sampled at every :meth:`poll`) is taken instead.
     Windows: the child's ``peak_wset``, sampled at every :meth:`poll` while it runs.
 
     Attributes:
@@ -241,15 +257,22 @@ class ChildWatch:
         self._proc = proc
         self.peak_rss_mib = 0.0
         self._wait4 = getattr(os, "wait4", None) if _posix() else None
+        self._parent_peak = _vm_hwm_mib(os.getpid())
+        self._sampled: float | None = None
 
     def poll(self) -> int | None:
         """The child's exit code once it has ended, else None."""
         if self._wait4 is not None:
             pid, status, usage = self._wait4(self._proc.pid, os.WNOHANG)
             if not pid:
+                sampled = _vm_hwm_mib(self._proc.pid)
+                if sampled is not None:
+                    self._sampled = max(self._sampled or 0.0, sampled)
                 return None
             self._proc.returncode = os.waitstatus_to_exitcode(status)
-            self.peak_rss_mib = _rusage_mib(usage.ru_maxrss)
+            rusage = _rusage_mib(usage.ru_maxrss)
+            inherited = self._parent_peak is not None and rusage <= self._parent_peak + 1
+            self.peak_rss_mib = self._sampled if inherited and self._sampled is not None else rusage
             return self._proc.returncode
         with contextlib.suppress(psutil.Error):
             info = psutil.Process(self._proc.pid).memory_info()

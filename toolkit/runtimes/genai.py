@@ -545,8 +545,9 @@ def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list
 
     Counts are tried in turn, twice over in alternating order, so a burst of machine noise does not favour one;
     each count is warmed up once, on its first turn (its second finds the session warm). One timed run a turn
-    (``repeats``) is enough to choose: on a 2-core machine the counts differ by 1.8x (30 against 54 tok/s), and
-    the probe is kept per graph and machine, so the choice does not change run to run.
+    (``repeats``) is enough to choose: on a small machine the counts differ far more than the run-to-run noise
+    (the benchmarks page's thread section), and the probe is kept per graph and machine, so the choice does not
+    change run to run.
 
     Returns:
         One :class:`ThreadSpeed` per count (best of its runs).

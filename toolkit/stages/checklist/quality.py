@@ -30,6 +30,11 @@ from slmops.toolkit.stages.checklist.answers import generation
 from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, judge
 from slmops.toolkit.stages.checklist.tool_calls import ask_tool_case, is_tool_case
 
+#: The code that decides a control's answers: this module and those of the answers, the case rules and the tool
+#: calls (named by a function of each, as importing the modules by name from the package would import the package
+#: that imports this module; taken once, at import, so a function patched later does not change the key).
+_ASKING = (sys.modules[__name__], *(sys.modules[f.__module__] for f in (generation, judge, ask_tool_case)))
+
 #: Largest share of the domain cases the base model (not fine-tuned) may pass before the cases count as testing nothing.
 CONTROL_MAX_PASS = 0.1
 
@@ -145,9 +150,6 @@ def control_key(folder: Path, cases: list[dict], max_tokens: int, seed: int) -> 
     The model's files are all but its records (the build's manifest and the registration's), which
     hold times and paths that differ between two registrations of the same build.
     """
-    # This module and those of the answers, the case rules and the tool calls (named by a function of each, as
-    # importing the modules by name from the package would import the package that imports this module).
-    asking = (sys.modules[f.__module__] for f in (control_key, generation, judge, ask_tool_case))
-    code = build_cache.code_fingerprint(*asking, foundry, tools)
+    code = build_cache.code_fingerprint(*_ASKING, foundry, tools)
     files = fingerprint(folder, ignore=(artifacts.MANIFEST, REGISTRATION_RECORD))
     return build_cache.key_of(files, cases, max_tokens, seed, code, importlib.metadata.version("foundry-local-sdk"))

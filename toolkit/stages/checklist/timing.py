@@ -53,8 +53,8 @@ def share_of_allowance(short: float, long: float, limits: Thresholds, ref: tuple
 
     A share rather than a difference in ms: a burst of load from other processes that slows a
     whole round slows what the long input adds and what it may add alike, so the share holds
-    where a difference would grow with the load (seen: a difference's spread of ±1.3 to ±4.8 ms
-    run to run on the same builds, and a verdict that flipped between pass and inconclusive).
+    where a difference would grow with the load (as a difference in ms did run to run on the same builds, flipping
+    a verdict between pass and inconclusive).
 
     Example:
         >>> share_of_allowance(2.0, 8.0, Thresholds(), (30.0, 36.0))  # adds 6 ms; 1.5 x 6 + 10% of 2 allowed
