@@ -27,11 +27,19 @@ def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_
     import onnxruntime_genai as og
 
     adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
+    # A second fine-tune of the same base, of another rank on some of the same modules: its own file, same build.
+    second = make_adapter(tiny_model, tmp_path / "legal", target_modules=("q_proj",), rank=8, seed=1)
     out = tmp_path / "kept"
-    assert cli.main(["convert", str(adapter), "--keep-adapter", "--precision", "fp32", "--out", str(out)]) == 0
+    assert cli.main(["convert", str(adapter), "--keep-adapter", "--also-adapter", str(second),
+                     "--precision", "fp32", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["adapter"]["kept_apart"] is True
-    [entry] = manifest["adapter_files"]
+    entry, other = manifest["adapter_files"]
+    assert other["path"] == "adapters/legal.onnx_adapter" and other["bytes"] == (out / other["path"]).stat().st_size
+    # Rank 8 on q_proj of 2 layers: (64 + 64) * 8 floats of 4 bytes per layer, plus a header.
+    assert 2 * 8 * 4 * 128 <= other["bytes"] < 2 * 2 * 8 * 4 * 128
+    [second_check] = manifest["parity"]["more_adapters"]["legal"]["checks"]
+    assert second_check["top1_agreement"] == 1.0 and second_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range
     adapter_file = out / entry["path"]
     assert entry["path"] == "adapters/support.onnx_adapter" and entry["bytes"] == adapter_file.stat().st_size > 0
     # Rank 4 on 3 modules of 2 layers: (64+64)*4 + (64+32)*4 + (128+64)*4 floats of 4 bytes per layer, plus a header.
@@ -50,6 +58,9 @@ def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_
     base = og.Model(str(_plain_fp32(tiny_model, tmp_path)))
     assert np.abs(without - logits_for_ids(base, IDS)).max() < 1e-4
     assert np.abs(with_adapter - without).max() > 100 * np.abs(without - logits_for_ids(base, IDS)).max()
+    # Each adapter applies its own change: switching adapters on the one loaded model changes the logits.
+    with_second = logits_for_ids(model, IDS, out / other["path"])
+    assert np.abs(with_second - without).max() > 1e-2 and np.abs(with_second - with_adapter).max() > 1e-2
 
 
 def _plain_fp32(model: Path, tmp_path: Path) -> Path:
@@ -69,4 +80,12 @@ def test_an_adapter_that_cannot_stay_apart_is_refused_in_one_line_before_any_wor
     assert cli.main(["convert", str(tiny_model), "--keep-adapter", "--precision", "fp32", "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "keep_adapter" in error and "adapter folder" in error
+    # A further adapter on a module the first does not adapt: the build would have no LoRA input for it.
+    first = make_adapter(tiny_model, tmp_path / "first")
+    wider = make_adapter(tiny_model, tmp_path / "wider", target_modules=("q_proj", "o_proj"))
+    capsys.readouterr()
+    assert cli.main(["convert", str(first), "--keep-adapter", "--also-adapter", str(wider), "--precision", "fp32",
+                     "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "adapts o_proj" in error
     assert not out.exists() and not (Path.cwd() / "kept").exists()

@@ -691,7 +691,8 @@ def _quantize_task(payload: dict, _emit) -> dict:
 #: How the model builder names the LoRA matrices it builds from a peft adapter
 #: (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``; ``lora_B`` holds B times the LoRA scaling).
 _LORA_WEIGHT = re.compile(r"\.lora_([AB])\.MatMul\.weight$")
-#: The symbolic dimension of a LoRA input (its rank), so an adapter of any rank fits the same graph.
+#: The symbolic dimension of a LoRA input's rank (``lora_r.<module>``), one per module, so an adapter of
+#: any rank, on all or some of the modules (the others keep rank 0), fits the same graph.
 LORA_RANK_DIM = "lora_r"
 
 
@@ -725,7 +726,8 @@ def keep_lora_apart(source: Path, target: Path, adapter_file: Path) -> dict[str,
     Each input keeps a default: an empty matrix of rank 0 (``[in, 0]`` for A, ``[0, out]``
     for B), so the graph without an adapter computes the base model, and with one
     (``og.Adapters``, ``set_active_adapter``) the base plus ``B(Ax)``. The rank is a symbolic
-    dimension (:data:`LORA_RANK_DIM`), so adapters of other ranks with the same modules fit.
+    dimension of its module (:data:`LORA_RANK_DIM`), so adapters of other ranks on (some of) the same
+    modules fit; the shapes the builder noted for the LoRA branch's outputs (its rank) are dropped.
     The base's weights are copied tensor by tensor into ``target``'s own data file.
 
     Returns:
@@ -735,7 +737,6 @@ def keep_lora_apart(source: Path, target: Path, adapter_file: Path) -> dict[str,
         ValueError: the graph holds no LoRA matrices (it was not built with ``adapter_path``).
     """
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(source), load_external_data=False)
@@ -755,21 +756,33 @@ def keep_lora_apart(source: Path, target: Path, adapter_file: Path) -> dict[str,
             empty = list(matrix.shape)
             empty[rank_axis] = 0
             init.CopyFrom(numpy_helper.from_array(np.zeros(empty, dtype=matrix.dtype), init.name))
-            dims = [LORA_RANK_DIM if axis == rank_axis else size for axis, size in enumerate(matrix.shape)]
+            rank = f"{LORA_RANK_DIM}.{init.name[:match.start()]}"
+            dims = [rank if axis == rank_axis else size for axis, size in enumerate(matrix.shape)]
             model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, dims))
     finally:
         weights.close()
     if not matrices:
         raise ValueError(f"{source} holds no LoRA matrices: build it with the adapter (adapter_path)")
+    noted = [info for info in model.graph.value_info if "/lora_A/" in info.name or "/lora_B/" in info.name]
+    for info in noted:
+        model.graph.value_info.remove(info)
     onnx.save(model, str(target))
+    write_onnx_adapter(Path(adapter_file), matrices)
+    return {name: list(matrix.shape) for name, matrix in matrices.items()}
+
+
+def write_onnx_adapter(file: Path, matrices: dict[str, np.ndarray]) -> None:
+    """Save LoRA matrices (graph input name to array) as an ONNX Runtime ``.onnx_adapter`` file."""
+    import onnxruntime as ort
+
+    # An OrtValue made from an array borrows its buffer: the contiguous copies must live until the export.
+    arrays = {name: np.ascontiguousarray(matrix) for name, matrix in matrices.items()}
     adapter = ort.AdapterFormat()
     adapter.set_adapter_version(1)
     adapter.set_model_version(1)
-    adapter.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(matrix))
-                            for name, matrix in matrices.items()})
-    Path(adapter_file).parent.mkdir(parents=True, exist_ok=True)
-    adapter.export_adapter(str(adapter_file))
-    return {name: list(matrix.shape) for name, matrix in matrices.items()}
+    adapter.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in arrays.items()})
+    file.parent.mkdir(parents=True, exist_ok=True)
+    adapter.export_adapter(str(file))
 
 
 def _keep_lora_apart_task(payload: dict, _emit) -> dict:

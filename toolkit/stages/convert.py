@@ -41,7 +41,7 @@ from slmops.toolkit.domain.options import (
     Method,
     Precision,
 )
-from slmops.toolkit.domain.quantize import LoraJob, QuantizeJob, QuantPlan, weight_summary
+from slmops.toolkit.domain.quantize import LoraJob, QuantizeJob, QuantPlan, weight_summary, write_onnx_adapter
 from slmops.toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
 from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source
 from slmops.toolkit.runtimes import reference
@@ -70,6 +70,9 @@ class ConvertSpec:
             with the LoRA matrices as graph inputs, and the adapter as a separate
             ``adapters/<name>.onnx_adapter`` file, instead of merging it into the weights. The
             build with its adapter active is checked against the merged model in transformers.
+        more_adapters: With ``keep_adapter``: other LoRA adapters of the same base on (some of) the
+            same modules, each written as its own adapter file for the same build and checked the
+            same way against its own merged model.
     """
 
     model_dir: Path
@@ -81,6 +84,7 @@ class ConvertSpec:
     base: Path | None = None
     quantize_from: Path | None = None
     keep_adapter: bool = False
+    more_adapters: tuple[Path, ...] = ()
 
 
 #: Where a build whose LoRA was kept apart holds its adapter files (``<name>.onnx_adapter``).
@@ -336,6 +340,8 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
     if spec.keep_adapter and not adapters.is_adapter(spec.model_dir):
         raise InvalidOptionError("keep_adapter", str(spec.model_dir),
                                  "a PEFT LoRA adapter folder (adapter_config.json) as the model")
+    if spec.more_adapters and not spec.keep_adapter:
+        raise InvalidOptionError("more_adapters", ", ".join(map(str, spec.more_adapters)), "only with --keep-adapter")
     if spec.keep_adapter and method is not Method.BUILDER:
         raise InvalidOptionError("method", str(method), "builder with --keep-adapter (the model builder "
                                  "builds the LoRA inputs)")
@@ -343,6 +349,7 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
         adapter = adapters.inspect_adapter(spec.model_dir, spec.base)
         if spec.keep_adapter:
             check_keepable(adapter)
+            _check_more_adapters(adapter, spec.more_adapters)
         source = check_source(adapter.base)
     elif spec.base is not None:
         raise InvalidOptionError("base", str(spec.base), "only with a LoRA adapter folder as the model")
@@ -362,7 +369,7 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
             "pass --execution-provider cuda to build for a GPU, or choose int8/int4 for CPU",
         )
     spec = ConvertSpec(spec.model_dir, spec.output_dir, precision, method, spec.int4, spec.execution_provider, spec.base,
-                       keep_adapter=spec.keep_adapter)
+                       keep_adapter=spec.keep_adapter, more_adapters=spec.more_adapters)
     plan = quant_plan(spec, source.hidden_size) if needs_quantizer(spec) else None
     if plan and (plan.lm_head_bits < 32 or plan.embedding_bits < 32) and source.hidden_size % plan.block_size:
         fits = [b for b in BLOCK_SIZES if source.hidden_size % b == 0]
@@ -460,7 +467,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
     spec = ConvertSpec(Path(spec.model_dir).resolve(), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider,
                        quantize_from=Path(spec.quantize_from) if spec.quantize_from else None,
-                       keep_adapter=spec.keep_adapter)
+                       keep_adapter=spec.keep_adapter, more_adapters=tuple(Path(p) for p in spec.more_adapters))
     free_at_start = available_mib()
     dtype = reference_dtype(spec, source, free_at_start)
     predicted = memory_estimate(spec, source, dtype)
@@ -471,6 +478,9 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
         spec = replace(spec, model_dir=adapters.merge(adapter))
         source = inspect_source(spec.model_dir)
     kept = adapter if spec.keep_adapter else None
+    # Each further adapter's merge is its own reference (made before the build, so a bad one stops it early).
+    more = [adapters.inspect_adapter(folder, kept.base) for folder in spec.more_adapters] if kept else []
+    more_merged = [adapters.merge(other) for other in more]
     target = spec.output_dir.resolve()
     if dry_run and spec.method is not Method.OLIVE_CONFIG:
         raise InvalidOptionError("dry_run", True, "only with --method olive-config")
@@ -525,6 +535,10 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 job = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
                 runs.append(workers.run_worker("slmops.toolkit.domain.quantize", "keep-lora-apart", job.to_json(),
                                                log_path=logs / "keep-lora-apart.log", name="LoRA kept apart"))
+                inputs = runs[-1].result["lora_inputs"]
+                for other in more:  # the same inputs, another adapter's values
+                    write_onnx_adapter(adapter_file.parent / f"{other.path.name}{ADAPTER_SUFFIX}",
+                                       adapters.lora_matrices(other, inputs))
                 _copy_support_files(first, lora_out)
                 first = lora_out
             bar.update()
@@ -562,13 +576,23 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 manifest["quantized_from"] = str(reused)
             if adapter is not None:
                 manifest["adapter"] = artifacts.read_json(spec.model_dir / adapters.MERGE_RECORD, adapter.describe())
+            more_files = [staging / ADAPTERS_DIR / f"{other.path.name}{ADAPTER_SUFFIX}" for other in more]
             if adapter_file is not None:
                 manifest["adapter"]["kept_apart"] = True
-                manifest |= kept_apart_sizes(staging, adapter_file, source.parameters)
+                manifest |= kept_apart_sizes(staging, [adapter_file, *more_files], source.parameters)
+                if more:
+                    manifest["more_adapters"] = [artifacts.read_json(merged / adapters.MERGE_RECORD, other.describe())
+                                                 for other, merged in zip(more, more_merged)]
             bar.set_postfix_str("parity check against transformers")
             fp32_route = first if needs_quantizer(spec) and reused is None else None  # a reused one passed already
             manifest["parity"] = _parity_gate(spec, source, fp32_route, staging,
                                               logs / "parity.log", dtype, manifest["source_fingerprint"], adapter_file)
+            for other, merged, file in zip(more, more_merged, more_files):
+                bar.set_postfix_str(f"parity check of {other.path.name} against transformers")
+                gate = _parity_gate(replace(spec, model_dir=merged), inspect_source(merged), None, staging,
+                                    logs / f"parity-{other.path.name}.log", dtype, fingerprint(merged), file)
+                manifest["memory"]["measured_steps"][f"parity-{other.path.name}"] = gate.pop("peak_rss_mib", 0.0)
+                manifest["parity"].setdefault("more_adapters", {})[other.path.name] = gate
             parity_peak = manifest["parity"].pop("peak_rss_mib", None)
             if parity_peak is not None:  # the check is a step of the conversion: its peak counts
                 manifest["memory"]["measured_steps"]["parity"] = parity_peak
@@ -610,29 +634,53 @@ def check_keepable(adapter: adapters.AdapterSource) -> None:
             + ", which only a merge applies. Convert it without --keep-adapter (merged).")
 
 
-def kept_apart_sizes(build: Path, adapter_file: Path, parameters: int) -> dict:
+def kept_apart_sizes(build: Path, adapter_files: list[Path], parameters: int) -> dict:
     """The manifest's sizes of a build whose LoRA was kept apart.
 
     Args:
         build: The build folder (its ``model.onnx`` and data file are the base's weights).
-        adapter_file: The ``.onnx_adapter`` file in ``build``.
+        adapter_files: The ``.onnx_adapter`` files in ``build``, the build's own adapter first.
         parameters: The base model's parameter count.
 
     Returns:
-        ``adapter_files`` (path relative to the build, name, bytes), ``base_size_mb`` (the graph and
-        its weights, MB), and ``bits_per_weight`` over the base's parameters, counting the adapter's
-        bytes (``bits_per_weight_without_adapter`` without them).
+        ``adapter_files`` (path relative to the build, name, bytes, and bits per weight of the
+        base with that adapter), ``base_size_mb`` (the graph and its weights, MB), and
+        ``bits_per_weight`` over the base's parameters counting the first adapter's bytes
+        (``bits_per_weight_without_adapter`` without them).
     """
     base_bytes = sum(f.stat().st_size for f in build.glob("model.onnx*") if f.is_file())
-    adapter_bytes = adapter_file.stat().st_size
     per_weight = 8 / parameters if parameters else 0.0
+    files = [{"path": str(file.relative_to(build)), "name": file.stem, "bytes": file.stat().st_size,
+              "bits_per_weight": round((base_bytes + file.stat().st_size) * per_weight, 3)} for file in adapter_files]
     return {
-        "adapter_files": [{"path": str(adapter_file.relative_to(build)), "name": adapter_file.stem,
-                           "bytes": adapter_bytes}],
+        "adapter_files": files,
         "base_size_mb": round(base_bytes / 1e6, 3),
-        "bits_per_weight": round((base_bytes + adapter_bytes) * per_weight, 3),
+        "bits_per_weight": files[0]["bits_per_weight"],
         "bits_per_weight_without_adapter": round(base_bytes * per_weight, 3),
     }
+
+
+def _check_more_adapters(first: adapters.AdapterSource, folders: tuple[Path, ...]) -> None:
+    """Further adapters kept apart beside ``first``: keepable LoRA adapters of its base, on its modules, with other names.
+
+    Raises:
+        ModelFolderError, InputError: as :func:`~slmops.toolkit.domain.adapters.inspect_adapter`, or a module
+            ``first`` does not adapt (the build has no LoRA input there).
+        InvalidOptionError: two adapters of one folder name (their files would collide).
+    """
+    names = {first.path.name}
+    for folder in folders:
+        other = adapters.inspect_adapter(folder, first.base)
+        check_keepable(other)
+        outside = sorted(set(other.target_modules) - set(first.target_modules))
+        if outside:  # the build has LoRA inputs only where the first adapter has matrices
+            raise InputError(f"{other.path} adapts {', '.join(outside)}, which {first.path.name} (the adapter the "
+                             f"build's LoRA inputs come from) does not: put first an adapter whose modules cover "
+                             f"the others' ({', '.join(sorted(set(first.target_modules) | set(outside)))}).")
+        if other.path.name in names:
+            raise InvalidOptionError("more_adapters", str(folder), f"adapter folders with distinct names "
+                                     f"({other.path.name!r} is taken: its file would be {other.path.name}{ADAPTER_SUFFIX})")
+        names.add(other.path.name)
 
 
 def _keep_logs(logs: Path, target: Path) -> Path:
