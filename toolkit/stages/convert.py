@@ -342,6 +342,9 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
                                  "a PEFT LoRA adapter folder (adapter_config.json) as the model")
     if spec.more_adapters and not spec.keep_adapter:
         raise InvalidOptionError("more_adapters", ", ".join(map(str, spec.more_adapters)), "only with --keep-adapter")
+    if spec.keep_adapter and precision is Precision.INT4 and spec.int4.rotate:
+        # Rotation folds into the base's weights what the LoRA branch (a graph input) would also have to absorb.
+        raise InvalidOptionError("rotate", True, "off with --keep-adapter (the adapter's matrices are not rotated)")
     if spec.keep_adapter and method is not Method.BUILDER:
         raise InvalidOptionError("method", str(method), "builder with --keep-adapter (the model builder "
                                  "builds the LoRA inputs)")
