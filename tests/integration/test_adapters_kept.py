@@ -13,6 +13,7 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.domain import parity
 from slmops.toolkit.runtimes.genai import logits_for_ids
+from tests.integration.test_adapters import ADAPTER_TEMPLATE
 from tests.unit.test_adapters import make_adapter
 
 #: Merged folders (the reference) go to a temporary toolkit home (the merge's child inherits it).
@@ -26,7 +27,9 @@ def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_
                                                                                      tmp_path: Path) -> None:
     import onnxruntime_genai as og
 
-    adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
+    # Saved with its own chat template, as trainers save it: the build uses the fine-tune's, not the base's.
+    adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"),
+                           save_tokenizer=True, template=ADAPTER_TEMPLATE)
     # A second fine-tune of the same base, of another rank on some of the same modules: its own file, same build.
     second = make_adapter(tiny_model, tmp_path / "legal", target_modules=("q_proj",), rank=8, seed=1)
     out = tmp_path / "kept"
@@ -34,6 +37,7 @@ def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_
                      "--precision", "fp32", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["adapter"]["kept_apart"] is True
+    assert (out / "chat_template.jinja").read_text() == ADAPTER_TEMPLATE
     entry, other = manifest["adapter_files"]
     assert other["path"] == "adapters/legal.onnx_adapter" and other["bytes"] == (out / other["path"]).stat().st_size
     # Rank 8 on q_proj of 2 layers: (64 + 64) * 8 floats of 4 bytes per layer, plus a header.

@@ -533,6 +533,10 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 stop_tokens.complete_genai_config(first, stop)
             adapter_file = None
             if kept is not None:  # the LoRA matrices become graph inputs, their values an adapter file
+                # The builder read the base's tokenizer; the merge holds the one the fine-tune uses (its own, if saved).
+                for name in (*adapters.TOKENIZER_FILES, *adapters.TEMPLATE_FILES):
+                    if (first / name).is_file() and (spec.model_dir / name).is_file():
+                        shutil.copy2(spec.model_dir / name, first / name)
                 lora_out = scratch / "lora-inputs" if needs_quantizer(spec) else staging
                 adapter_file = scratch / ADAPTERS_DIR / f"{kept.path.name}{ADAPTER_SUFFIX}"
                 job = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
