@@ -23,7 +23,7 @@ ADDED = ["<|tool|>", "<|end_turn|>"]
 def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_to_save: list[str] | None = None,
                  save_tokenizer: bool = False, template: str | None = None, eos: str | None = None,
                  seed: int = 0, save_embedding_layers: bool | str = "auto",
-                 target_modules: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+                 target_modules: tuple[str, ...] = ("q_proj", "v_proj"), rank: int = 4) -> Path:
     """A LoRA adapter on ``base`` with random (nonzero) trained weights, saved as peft and trainers save it.
 
     Args:
@@ -37,6 +37,7 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
         seed: Seed of the trained weights.
         save_embedding_layers: peft's option (``"auto"`` saves a resized model's embedding layers).
         target_modules: The modules LoRA adapts.
+        rank: LoRA rank ``r`` (alpha is twice it).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -51,7 +52,7 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
         tokenizer.chat_template = template
     if eos is not None:
         tokenizer.eos_token = eos
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules),
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules),
                                                   modules_to_save=modules_to_save))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

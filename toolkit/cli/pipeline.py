@@ -157,7 +157,9 @@ def int4_options(args: argparse.Namespace):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     spec = convert.ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
-                               int4_options(args), args.execution_provider, Path(args.base) if args.base else None)
+                               int4_options(args), args.execution_provider, Path(args.base) if args.base else None,
+                               keep_adapter=args.keep_adapter,
+                               more_adapters=tuple(Path(folder) for folder in args.also_adapter or ()))
     result = convert.convert(spec, dry_run=args.dry_run, memory_check=not args.skip_memory_check)
     if args.json:
         print_json({"output_dir": result.output_dir, "dry_run": args.dry_run, "manifest": result.manifest})
@@ -172,12 +174,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
           f"peak RSS {m['peak_rss_mib']:.0f} MiB (predicted {m['memory']['predicted_peak_mib']:.0f} MiB)\n"
           f"weights: {weights}; LM head {m['weights']['lm_head']}, embeddings {m['weights']['embeddings']}")
     adapter = m.get("adapter")
-    if adapter:
+    if adapter and adapter.get("kept_apart"):
+        files = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.3f} MB, {f['bits_per_weight']:.2f} bits per weight with "
+                          "the base)" for f in m["adapter_files"])
+        print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) kept "
+              f"apart from its base {adapter['base']}: {files}; base {m['base_size_mb']:.1f} MB, "
+              f"{m['bits_per_weight']:.2f} bits per weight counting the adapter")
+    elif adapter:
         print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) merged "
               f"into {adapter['base']} by {adapter['merge_route']}")
     for check in m.get("parity", {}).get("checks", []):
         print(f"parity of the {check['build']} model with the source in {check['reference']}: "
               f"{parity.ParityCheck.from_json(check).summary()}")
+    for name, gate in m.get("parity", {}).get("more_adapters", {}).items():
+        for check in gate["checks"]:
+            print(f"parity of the {check['build']} model with adapter {name} active, against its merge in "
+                  f"{check['reference']}: {parity.ParityCheck.from_json(check).summary()}")
     return 0
 
 
@@ -463,6 +475,13 @@ comparison page OUT/index.html:
                    "adapter folder (adapter_config.json): merged into its base first")
     p.add_argument("--base", help="the base model's folder for a LoRA adapter (default: the local folder its "
                    "adapter_config.json names)")
+    p.add_argument("--keep-adapter", action="store_true",
+                   help="with a LoRA adapter folder: build the base with LoRA inputs and the adapter as its own "
+                   "adapters/NAME.onnx_adapter file (ONNX Runtime GenAI's Adapters API) instead of merging it; "
+                   "checked with the adapter active against the merged model")
+    p.add_argument("--also-adapter", action="append", metavar="ADAPTER_DIR",
+                   help="with --keep-adapter: another LoRA adapter of the same base, written as its own adapter "
+                   "file for the same build and checked against its own merged model (repeatable)")
     p.add_argument("--precision", choices=[x.value for x in Precision],
                    default=default_of(convert.ConvertSpec, "precision"),
                    help="int4 (default; see INT4 options), int8 (8-bit weights, MatMulNBits), fp32 (reference), "

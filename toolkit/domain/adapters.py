@@ -33,6 +33,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from slmops.toolkit.core import artifacts, settings, workers
 from slmops.toolkit.core.errors import InputError, ModelFolderError, QuantizedCheckpointError
 from slmops.toolkit.domain.prompts import reference_text
@@ -391,6 +393,53 @@ def _check_shapes(folder: Path, adapter: dict[str, list[int]], base_shapes: dict
             raise InputError(f"The adapter's {key.removesuffix('.weight')} expects {in_size if a_shape[-1] != in_size else out_size}"
                              f"-wide weights of another shape than the base's {base_shapes[key]}: this adapter was "
                              "trained on another model size; pass the right --base.")
+
+
+#: A LoRA matrix's layer, module and side, in peft's names (``...layers.0.self_attn.q_proj.lora_A.weight``) and in
+#: the model builder's graph inputs (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``).
+_LORA_KEY = re.compile(r"layers\.(\d+)\.(?:.*\.)?(\w+)\.lora_([AB])\.(?:MatMul\.)?weight$")
+
+
+def lora_matrices(adapter: AdapterSource, inputs: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    """An adapter's LoRA matrices under the graph input names of a build whose LoRA was kept apart.
+
+    The model builder stores A as ``[in, r]`` and B as ``[r, out]`` times the LoRA scaling
+    (alpha / r, alpha / sqrt(r) with rsLoRA), each under a name that keeps the layer and the
+    module; peft saves A as ``[r, in]`` and B as ``[out, r]``. The rank is free (the graph's
+    rank dimension is symbolic); a module the graph has no input for cannot be applied.
+
+    Args:
+        adapter: A checked adapter of the build's base.
+        inputs: The build's LoRA input names and the shapes they were built with.
+
+    Returns:
+        Input name to float32 matrix, for every matrix of the adapter.
+
+    Raises:
+        InputError: per-module ranks or alphas, a LoRA bias, or a module (or size) the build has no input for.
+    """
+    from safetensors.numpy import load_file
+
+    config = json.loads((adapter.path / ADAPTER_CONFIG).read_text())
+    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("lora_bias"):
+        raise InputError(f"{adapter.path}: per-module ranks or alphas (rank_pattern, alpha_pattern) or LoRA biases "
+                         "cannot be kept apart yet: convert it without --keep-adapter (merged).")
+    scale = adapter.alpha / (adapter.rank ** 0.5 if config.get("use_rslora") else adapter.rank)
+    by_key = {m.groups(): name for name in inputs if (m := _LORA_KEY.search(name))}
+    matrices = {}
+    for name, array in load_file(adapter.path / "adapter_model.safetensors").items():
+        match = _LORA_KEY.search(name)
+        target = by_key.get(match.groups()) if match else None
+        if target is not None:
+            side_b = match.group(3) == "B"
+            matrix = (array.T * (scale if side_b else 1.0)).astype(np.float32)
+            fixed = 1 if side_b else 0  # the layer's own size must match; the rank is free
+        if target is None or matrix.shape[fixed] != inputs[target][fixed]:
+            raise InputError(f"{adapter.path}: {name} has no LoRA input of its size in the build (its LoRA inputs "
+                             "are those of the first adapter): keep apart only adapters of the same base on the "
+                             "same modules, or convert this one on its own.")
+        matrices[target] = matrix
+    return matrices
 
 
 #: The largest logit difference a merge may make against the unmerged adapter, as a share of the logit range

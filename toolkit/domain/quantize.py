@@ -382,7 +382,10 @@ def _quantize_body(model, plan: QuantPlan, weights: _Weights, source: Path) -> N
         raise ValueError(f"unknown mix {plan.mix!r}: one of {sorted(MIXES)}")
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
+    # A weight that is also a graph input (a LoRA matrix kept apart, fed by the adapter at run time) is not constant.
+    inputs = {value.name for value in graph.input}
     matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in inits
+               and node.input[1] not in inputs
                and (node.name != LM_HEAD or plan.lm_head_with_body) and not node.name.startswith(ROTATION_PREFIX)]
     layers = 1 + max((int(m.group(1)) for node in matmuls if (m := _LAYER.search(node.name))), default=0)
     hessians = _calibrate(source, plan, {node.input[0] for node in matmuls})
@@ -688,5 +691,108 @@ def _quantize_task(payload: dict, _emit) -> dict:
     return {"plan": asdict(job.plan), **weight_summary(target)}
 
 
+#: How the model builder names the LoRA matrices it builds from a peft adapter
+#: (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``; ``lora_B`` holds B times the LoRA scaling).
+_LORA_WEIGHT = re.compile(r"\.lora_([AB])\.MatMul\.weight$")
+#: The symbolic dimension of a LoRA input's rank (``lora_r.<module>``), one per module, so an adapter of
+#: any rank, on all or some of the modules (the others keep rank 0), fits the same graph.
+LORA_RANK_DIM = "lora_r"
+
+
+@dataclass(frozen=True)
+class LoraJob:
+    """What the keep-apart child is asked (the ``keep-lora-apart`` task's payload).
+
+    Attributes:
+        source: The model builder's ``model.onnx`` built with an adapter (LoRA matrices as initializers).
+        target: The ``model.onnx`` to write: the same graph with each LoRA matrix a graph input.
+        adapter_file: The ``.onnx_adapter`` file to write with the matrices.
+    """
+
+    source: str
+    target: str
+    adapter_file: str
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> LoraJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["source"]), str(data["target"]), str(data["adapter_file"]))
+
+
+def keep_lora_apart(source: Path, target: Path, adapter_file: Path) -> dict[str, list[int]]:
+    """Turn the LoRA matrices of a builder graph into graph inputs and save them as an ``.onnx_adapter`` file.
+
+    Each input keeps a default: an empty matrix of rank 0 (``[in, 0]`` for A, ``[0, out]``
+    for B), so the graph without an adapter computes the base model, and with one
+    (``og.Adapters``, ``set_active_adapter``) the base plus ``B(Ax)``. The rank is a symbolic
+    dimension of its module (:data:`LORA_RANK_DIM`), so adapters of other ranks on (some of) the same
+    modules fit; the shapes the builder noted for the LoRA branch's outputs (its rank) are dropped.
+    The base's weights are copied tensor by tensor into ``target``'s own data file.
+
+    Returns:
+        Input name to the matrix's shape, for every LoRA matrix moved out.
+
+    Raises:
+        ValueError: the graph holds no LoRA matrices (it was not built with ``adapter_path``).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source), load_external_data=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    weights = _Weights(source.parent, target.parent / f"{target.name}.data")
+    matrices: dict[str, np.ndarray] = {}
+    try:
+        for init in model.graph.initializer:
+            match = _LORA_WEIGHT.search(init.name)
+            if match is None:
+                nbytes = int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+                (weights.inline if nbytes < INLINE_BYTES else weights.store)(init)
+                continue
+            matrix = weights.read(init)
+            matrices[init.name] = matrix
+            rank_axis = 1 if match.group(1) == "A" else 0
+            empty = list(matrix.shape)
+            empty[rank_axis] = 0
+            init.CopyFrom(numpy_helper.from_array(np.zeros(empty, dtype=matrix.dtype), init.name))
+            rank = f"{LORA_RANK_DIM}.{init.name[:match.start()]}"
+            dims = [rank if axis == rank_axis else size for axis, size in enumerate(matrix.shape)]
+            model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, dims))
+    finally:
+        weights.close()
+    if not matrices:
+        raise ValueError(f"{source} holds no LoRA matrices: build it with the adapter (adapter_path)")
+    noted = [info for info in model.graph.value_info if "/lora_A/" in info.name or "/lora_B/" in info.name]
+    for info in noted:
+        model.graph.value_info.remove(info)
+    onnx.save(model, str(target))
+    write_onnx_adapter(Path(adapter_file), matrices)
+    return {name: list(matrix.shape) for name, matrix in matrices.items()}
+
+
+def write_onnx_adapter(file: Path, matrices: dict[str, np.ndarray]) -> None:
+    """Save LoRA matrices (graph input name to array) as an ONNX Runtime ``.onnx_adapter`` file."""
+    import onnxruntime as ort
+
+    # An OrtValue made from an array borrows its buffer: the contiguous copies must live until the export.
+    arrays = {name: np.ascontiguousarray(matrix) for name, matrix in matrices.items()}
+    adapter = ort.AdapterFormat()
+    adapter.set_adapter_version(1)
+    adapter.set_model_version(1)
+    adapter.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in arrays.items()})
+    file.parent.mkdir(parents=True, exist_ok=True)
+    adapter.export_adapter(str(file))
+
+
+def _keep_lora_apart_task(payload: dict, _emit) -> dict:
+    """Worker task: :func:`keep_lora_apart` for a :class:`LoraJob`; returns the inputs made and their shapes."""
+    job = LoraJob.from_json(payload)
+    return {"lora_inputs": keep_lora_apart(Path(job.source), Path(job.target), Path(job.adapter_file))}
+
+
 if __name__ == "__main__":
-    workers.serve({"quantize": _quantize_task})
+    workers.serve({"quantize": _quantize_task, "keep-lora-apart": _keep_lora_apart_task})

@@ -148,12 +148,14 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
     return ids, np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
 
 
-def logits_for_ids(model: object, ids: list[int] | np.ndarray) -> np.ndarray:
+def logits_for_ids(model: object, ids: list[int] | np.ndarray, adapter: str | os.PathLike[str] | None = None
+                   ) -> np.ndarray:
     """A loaded model's next-token logits at every position of ``ids`` (one prompt pass, nothing cut).
 
     Args:
         model: An ``og.Model``.
         ids: Token ids ``[T]``; ``T`` must be below the model's context length.
+        adapter: An ``.onnx_adapter`` file to activate (a build whose LoRA was kept apart); none: the graph alone.
 
     Returns:
         float32 ``[T, vocab]``.
@@ -163,6 +165,10 @@ def logits_for_ids(model: object, ids: list[int] | np.ndarray) -> np.ndarray:
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + 1)
     generator = og.Generator(model, params)
+    if adapter is not None:
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter), Path(adapter).stem)
+        generator.set_active_adapter(adapters, Path(adapter).stem)
     generator.append_tokens(np.asarray(ids, dtype=np.int32))
     return np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings, workers
@@ -73,6 +73,7 @@ class ParityJob:
         dtype: What transformers loads the source in (``float32`` or ``bfloat16``).
         fingerprint: The source's content fingerprint ("" keeps no reference on disk).
         candidates: Label to ONNX model folder.
+        adapters: Label to the ``.onnx_adapter`` file activated for that candidate (a LoRA kept apart).
     """
 
     source: str
@@ -80,6 +81,7 @@ class ParityJob:
     dtype: str
     fingerprint: str
     candidates: dict[str, str]
+    adapters: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The payload as the child reads it."""
@@ -89,7 +91,8 @@ class ParityJob:
     def from_json(cls, data: dict) -> ParityJob:
         """A job as :meth:`to_json` wrote it."""
         return cls(str(data["source"]), str(data["text"]), str(data["dtype"]), str(data.get("fingerprint") or ""),
-                   {str(label): str(folder) for label, folder in data["candidates"].items()})
+                   {str(label): str(folder) for label, folder in data["candidates"].items()},
+                   {str(label): str(file) for label, file in (data.get("adapters") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,9 @@ def _parity_task(payload: dict, emit) -> dict:
     for label, folder in job.candidates.items():
         emit({"step": label})
         onnx_model = og.Model(str(folder))
-        parts = [parity.figures(ref, logits_for_ids(onnx_model, ids)) for ref, (_what, ids) in zip(reference, seqs)]
+        adapter = job.adapters.get(label)
+        parts = [parity.figures(ref, logits_for_ids(onnx_model, ids, adapter))
+                 for ref, (_what, ids) in zip(reference, seqs)]
         del onnx_model
         gc.collect()
         results[label] = tuple(parts)
@@ -205,7 +210,8 @@ def _parity_task(payload: dict, emit) -> dict:
 
 def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]], *,
           log_path: Path | None = None, text: str | None = None, dtype: str = "float32",
-          fingerprint: str = "") -> tuple[workers.ChildRun, ParityResult]:
+          fingerprint: str = "", adapters: dict[str, str | os.PathLike[str]] | None = None,
+          ) -> tuple[workers.ChildRun, ParityResult]:
     """Compare each candidate build with transformers' forward pass of ``source``, in one child process.
 
     Args:
@@ -217,6 +223,8 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
             whose FP32 copy would not fit in memory).
         fingerprint: The source's content fingerprint; when given, a small reference is kept
             on disk under ``<home>/cache/parity`` and reused for the next build of the same source.
+        adapters: Label to the ``.onnx_adapter`` file activated when that candidate runs (a
+            build whose LoRA was kept apart, compared with ``source``, the merged fine-tune).
 
     Returns:
         ``(run, result)``: the child's cost, and what it measured (:class:`ParityResult`).
@@ -225,7 +233,8 @@ def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLik
         ToolFailedError: transformers or ONNX Runtime GenAI could not load or run a model.
     """
     job = ParityJob(str(source), text or reference_text(), dtype, fingerprint,
-                    {label: str(Path(folder).resolve()) for label, folder in candidates.items()})
+                    {label: str(Path(folder).resolve()) for label, folder in candidates.items()},
+                    {label: str(Path(file).resolve()) for label, file in (adapters or {}).items()})
     run = workers.run_worker(_MODULE, "parity", job.to_json(), name="parity check against transformers",
                              log_path=log_path, idle_timeout=1800)
     return run, ParityResult.from_json(run.result)

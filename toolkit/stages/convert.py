@@ -23,6 +23,7 @@ from slmops.toolkit.core import artifacts, settings, workers
 from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import (
     InconsistentCheckpointError,
+    InputError,
     InsufficientMemoryError,
     InvalidOptionError,
     ModelFolderError,
@@ -41,7 +42,7 @@ from slmops.toolkit.domain.options import (
     Method,
     Precision,
 )
-from slmops.toolkit.domain.quantize import QuantizeJob, QuantPlan, weight_summary
+from slmops.toolkit.domain.quantize import LoraJob, QuantizeJob, QuantPlan, weight_summary, write_onnx_adapter
 from slmops.toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
 from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source, tied_flag_contradicts_head
 from slmops.toolkit.runtimes import reference
@@ -66,6 +67,13 @@ class ConvertSpec:
             run's ``fp32``): an INT8 or INT4 build our quantizer makes starts from it instead of
             exporting FP32 again. Used only when its manifest shows the same source fingerprint,
             the builder route and a passed parity check; otherwise the export runs as usual.
+        keep_adapter: With a LoRA adapter as ``model_dir`` (builder route): build the base once
+            with the LoRA matrices as graph inputs, and the adapter as a separate
+            ``adapters/<name>.onnx_adapter`` file, instead of merging it into the weights. The
+            build with its adapter active is checked against the merged model in transformers.
+        more_adapters: With ``keep_adapter``: other LoRA adapters of the same base on (some of) the
+            same modules, each written as its own adapter file for the same build and checked the
+            same way against its own merged model.
     """
 
     model_dir: Path
@@ -76,6 +84,13 @@ class ConvertSpec:
     execution_provider: str = "cpu"
     base: Path | None = None
     quantize_from: Path | None = None
+    keep_adapter: bool = False
+    more_adapters: tuple[Path, ...] = ()
+
+
+#: Where a build whose LoRA was kept apart holds its adapter files (``<name>.onnx_adapter``).
+ADAPTERS_DIR = "adapters"
+ADAPTER_SUFFIX = ".onnx_adapter"
 
 
 @dataclass(frozen=True)
@@ -167,8 +182,12 @@ def _builder_int4_options(int4: Int4Options) -> dict[str, object]:
     return options
 
 
-def builder_command(spec: ConvertSpec, output: Path, cache: Path) -> list[str]:
+def builder_command(spec: ConvertSpec, output: Path, cache: Path,
+                    kept: adapters.AdapterSource | None = None) -> list[str]:
     """The model builder's argv for ``spec``, through :mod:`slmops.toolkit.runtimes.genai_builder` (its lean export).
+
+    With ``kept`` (a LoRA adapter kept apart), the builder reads the adapter's base and wraps it in
+    peft with the adapter (``adapter_path``), so the graph holds the LoRA matrices beside the base's.
 
     Example:
         >>> builder_command(ConvertSpec(Path("m"), Path("o")), Path("o"), Path("c"))[4:6]
@@ -176,10 +195,11 @@ def builder_command(spec: ConvertSpec, output: Path, cache: Path) -> list[str]:
     """
     command = workers.python_module(
         "slmops.toolkit.runtimes.genai_builder",
-        "-i", str(spec.model_dir), "-o", str(output), "-p", str(route_precision(spec)),
+        "-i", str(kept.base if kept else spec.model_dir), "-o", str(output), "-p", str(route_precision(spec)),
         "-e", spec.execution_provider, "-c", str(cache),
     )
-    return [*command, "--extra_options", "hf_token=false", "hf_remote=false"]
+    extra = [f"adapter_path={kept.path}"] if kept else []
+    return [*command, "--extra_options", "hf_token=false", "hf_remote=false", *extra]
 
 
 def olive_command(spec: ConvertSpec, output: Path) -> list[str]:
@@ -318,8 +338,23 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
         ) from exc
     if spec.execution_provider not in _PROVIDERS:
         raise InvalidOptionError("execution_provider", spec.execution_provider, f"one of {sorted(_PROVIDERS)}")
+    if spec.keep_adapter and not adapters.is_adapter(spec.model_dir):
+        raise InvalidOptionError("keep_adapter", str(spec.model_dir),
+                                 "a PEFT LoRA adapter folder (adapter_config.json) as the model")
+    if spec.more_adapters and not spec.keep_adapter:
+        raise InvalidOptionError("more_adapters", ", ".join(map(str, spec.more_adapters)), "only with --keep-adapter")
+    if spec.keep_adapter and precision is Precision.INT4 and spec.int4.rotate:
+        # Rotation folds into the base's weights what the LoRA branch (a graph input) would also have to absorb.
+        raise InvalidOptionError("rotate", True, "off with --keep-adapter (the adapter's matrices are not rotated)")
+    if spec.keep_adapter and method is not Method.BUILDER:
+        raise InvalidOptionError("method", str(method), "builder with --keep-adapter (the model builder "
+                                 "builds the LoRA inputs)")
     if adapters.is_adapter(spec.model_dir):  # a LoRA adapter: its base must be convertible (and match it)
-        source = check_source(adapters.inspect_adapter(spec.model_dir, spec.base).base)
+        adapter = adapters.inspect_adapter(spec.model_dir, spec.base)
+        if spec.keep_adapter:
+            check_keepable(adapter)
+            _check_more_adapters(adapter, spec.more_adapters)
+        source = check_source(adapter.base)
     elif spec.base is not None:
         raise InvalidOptionError("base", str(spec.base), "only with a LoRA adapter folder as the model")
     else:
@@ -345,7 +380,8 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
             "a GPU target: FP16 is for GPUs and runs slowly or not at all on the CPU provider; "
             "pass --execution-provider cuda to build for a GPU, or choose int8/int4 for CPU",
         )
-    spec = ConvertSpec(spec.model_dir, spec.output_dir, precision, method, spec.int4, spec.execution_provider, spec.base)
+    spec = ConvertSpec(spec.model_dir, spec.output_dir, precision, method, spec.int4, spec.execution_provider, spec.base,
+                       keep_adapter=spec.keep_adapter, more_adapters=spec.more_adapters)
     plan = quant_plan(spec, source.hidden_size) if needs_quantizer(spec) else None
     if plan and (plan.lm_head_bits < 32 or plan.embedding_bits < 32) and source.hidden_size % plan.block_size:
         fits = [b for b in BLOCK_SIZES if source.hidden_size % b == 0]
@@ -375,7 +411,8 @@ _MANIFEST_PACKAGES = ("onnxruntime-genai", "onnxruntime", "olive-ai", "transform
 def _reusable_fp32(spec: ConvertSpec, source_fingerprint: str) -> Path | None:
     """``spec.quantize_from`` when the quantizer may start from it (see :class:`ConvertSpec`), else None."""
     folder = spec.quantize_from
-    if folder is None or not needs_quantizer(spec) or spec.method is not Method.BUILDER:
+    # A kept-apart build's FP32 has LoRA inputs, a merged one has none: neither stands in for the other.
+    if folder is None or not needs_quantizer(spec) or spec.method is not Method.BUILDER or spec.keep_adapter:
         return None
     made = read_manifest(folder)
     same = (made.get("precision") == str(Precision.FP32) and made.get("method") == str(Method.BUILDER)
@@ -441,15 +478,21 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
     # Absolute: the Olive routes run in a scratch folder, where a relative path would read as a hub id.
     spec = ConvertSpec(Path(spec.model_dir).resolve(), Path(spec.output_dir), Precision(spec.precision),
                        Method(spec.method), spec.int4, spec.execution_provider,
-                       quantize_from=Path(spec.quantize_from) if spec.quantize_from else None)
+                       quantize_from=Path(spec.quantize_from) if spec.quantize_from else None,
+                       keep_adapter=spec.keep_adapter, more_adapters=tuple(Path(p) for p in spec.more_adapters))
     free_at_start = available_mib()
     dtype = reference_dtype(spec, source, free_at_start)
     predicted = memory_estimate(spec, source, dtype)
     adapter = None
     if adapters.is_adapter(spec.model_dir):  # merged once (cached); every route then converts the merged folder
         adapter = adapters.inspect_adapter(spec.model_dir, source.path)
+        # Kept apart, the merge is still made: it is the reference the build with its adapter must match.
         spec = replace(spec, model_dir=adapters.merge(adapter))
         source = inspect_source(spec.model_dir)
+    kept = adapter if spec.keep_adapter else None
+    # Each further adapter's merge is its own reference (made before the build, so a bad one stops it early).
+    more = [adapters.inspect_adapter(folder, kept.base) for folder in spec.more_adapters] if kept else []
+    more_merged = [adapters.merge(other) for other in more]
     target = spec.output_dir.resolve()
     if dry_run and spec.method is not Method.OLIVE_CONFIG:
         raise InvalidOptionError("dry_run", True, "only with --method olive-config")
@@ -474,7 +517,8 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
             staging = scratch / "model"
             logs = scratch / "logs"
             # Not named "fp32": Olive resolves config strings that name an existing path in its cwd.
-            first = scratch / "route-output" if needs_quantizer(spec) else staging
+            # A LoRA kept apart is rewritten from the route's output into staging, so the route writes elsewhere too.
+            first = scratch / "route-output" if needs_quantizer(spec) or kept else staging
             runs: list[workers.ChildRun] = []
             bar.set_postfix_str(steps[1])
             start = time.perf_counter()
@@ -482,7 +526,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
             if reused is not None:
                 first = reused  # read only: the quantizer writes into staging
             elif spec.method is Method.BUILDER:
-                runs.append(workers.run_tool(builder_command(spec, first, scratch / "cache"),
+                runs.append(workers.run_tool(builder_command(spec, first, scratch / "cache", kept),
                                            log_path=logs / "builder.log", name="onnxruntime_genai builder"))
             elif spec.method is Method.OLIVE:
                 runs.append(workers.run_tool(olive_command(spec, first), log_path=logs / "olive.log",
@@ -496,6 +540,23 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
             stop = stop_tokens.require(spec.model_dir)
             if reused is None:  # the builder writes null where config.json and generation_config.json name none
                 stop_tokens.complete_genai_config(first, stop)
+            adapter_file = None
+            if kept is not None:  # the LoRA matrices become graph inputs, their values an adapter file
+                # The builder read the base's tokenizer; the merge holds the one the fine-tune uses (its own, if saved).
+                for name in (*adapters.TOKENIZER_FILES, *adapters.TEMPLATE_FILES):
+                    if (first / name).is_file() and (spec.model_dir / name).is_file():
+                        shutil.copy2(spec.model_dir / name, first / name)
+                lora_out = scratch / "lora-inputs" if needs_quantizer(spec) else staging
+                adapter_file = scratch / ADAPTERS_DIR / f"{kept.path.name}{ADAPTER_SUFFIX}"
+                job = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
+                runs.append(workers.run_worker("slmops.toolkit.domain.quantize", "keep-lora-apart", job.to_json(),
+                                               log_path=logs / "keep-lora-apart.log", name="LoRA kept apart"))
+                inputs = runs[-1].result["lora_inputs"]
+                for other in more:  # the same inputs, another adapter's values
+                    write_onnx_adapter(adapter_file.parent / f"{other.path.name}{ADAPTER_SUFFIX}",
+                                       adapters.lora_matrices(other, inputs))
+                _copy_support_files(first, lora_out)
+                first = lora_out
             bar.update()
             plan = None
             if needs_quantizer(spec):
@@ -514,6 +575,9 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                                        f"See the logs in {logs}.")
             if spec.method is Method.OLIVE_CONFIG:
                 shutil.copy2(scratch / OLIVE_CONFIG, staging / OLIVE_CONFIG)
+            if adapter_file is not None:
+                shutil.move(str(adapter_file.parent), str(staging / ADAPTERS_DIR))
+                adapter_file = staging / ADAPTERS_DIR / adapter_file.name
             # The source's stop tokens travel with the build (registration joins them to genai_config's EOS).
             if (source.path / "generation_config.json").is_file() and not (staging / "generation_config.json").exists():
                 shutil.copy2(source.path / "generation_config.json", staging / "generation_config.json")
@@ -528,10 +592,23 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 manifest["quantized_from"] = str(reused)
             if adapter is not None:
                 manifest["adapter"] = artifacts.read_json(spec.model_dir / adapters.MERGE_RECORD, adapter.describe())
+            more_files = [staging / ADAPTERS_DIR / f"{other.path.name}{ADAPTER_SUFFIX}" for other in more]
+            if adapter_file is not None:
+                manifest["adapter"]["kept_apart"] = True
+                manifest |= kept_apart_sizes(staging, [adapter_file, *more_files], source.parameters)
+                if more:
+                    manifest["more_adapters"] = [artifacts.read_json(merged / adapters.MERGE_RECORD, other.describe())
+                                                 for other, merged in zip(more, more_merged)]
             bar.set_postfix_str("parity check against transformers")
             fp32_route = first if needs_quantizer(spec) and reused is None else None  # a reused one passed already
             manifest["parity"] = _parity_gate(spec, source, fp32_route, staging,
-                                              logs / "parity.log", dtype, manifest["source_fingerprint"])
+                                              logs / "parity.log", dtype, manifest["source_fingerprint"], adapter_file)
+            for other, merged, file in zip(more, more_merged, more_files):
+                bar.set_postfix_str(f"parity check of {other.path.name} against transformers")
+                gate = _parity_gate(replace(spec, model_dir=merged), inspect_source(merged), None, staging,
+                                    logs / f"parity-{other.path.name}.log", dtype, fingerprint(merged), file)
+                manifest["memory"]["measured_steps"][f"parity-{other.path.name}"] = gate.pop("peak_rss_mib", 0.0)
+                manifest["parity"].setdefault("more_adapters", {})[other.path.name] = gate
             parity_peak = manifest["parity"].pop("peak_rss_mib", None)
             if parity_peak is not None:  # the check is a step of the conversion: its peak counts
                 manifest["memory"]["measured_steps"]["parity"] = parity_peak
@@ -552,6 +629,74 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
         shutil.rmtree(scratch, ignore_errors=True)
         bar.close()
     return ConvertResult(target, manifest)
+
+
+def check_keepable(adapter: adapters.AdapterSource) -> None:
+    """Refuse an adapter that cannot stay apart from its base.
+
+    Only LoRA matrices on linear layers become graph inputs; a module saved whole
+    (``modules_to_save``: a resized vocabulary, a retrained LM head) replaces base weights, and
+    LoRA on the embedding table or LM head is not built as a side branch by the model builder.
+
+    Raises:
+        InputError: the adapter saves modules whole or adapts the embeddings or the LM head.
+    """
+    whole = list(adapter.modules_to_save)
+    outer = [name for name in adapter.target_modules if name in {"lm_head", "embed_tokens"}]
+    if whole or outer:
+        raise InputError(
+            f"{adapter.path} cannot be kept apart from its base: it "
+            + (f"saves {', '.join(whole)} whole" if whole else f"adapts {', '.join(outer)}")
+            + ", which only a merge applies. Convert it without --keep-adapter (merged).")
+
+
+def kept_apart_sizes(build: Path, adapter_files: list[Path], parameters: int) -> dict:
+    """The manifest's sizes of a build whose LoRA was kept apart.
+
+    Args:
+        build: The build folder (its ``model.onnx`` and data file are the base's weights).
+        adapter_files: The ``.onnx_adapter`` files in ``build``, the build's own adapter first.
+        parameters: The base model's parameter count.
+
+    Returns:
+        ``adapter_files`` (path relative to the build, name, bytes, and bits per weight of the
+        base with that adapter), ``base_size_mb`` (the graph and its weights, MB), and
+        ``bits_per_weight`` over the base's parameters counting the first adapter's bytes
+        (``bits_per_weight_without_adapter`` without them).
+    """
+    base_bytes = sum(f.stat().st_size for f in build.glob("model.onnx*") if f.is_file())
+    per_weight = 8 / parameters if parameters else 0.0
+    files = [{"path": str(file.relative_to(build)), "name": file.stem, "bytes": file.stat().st_size,
+              "bits_per_weight": round((base_bytes + file.stat().st_size) * per_weight, 3)} for file in adapter_files]
+    return {
+        "adapter_files": files,
+        "base_size_mb": round(base_bytes / 1e6, 3),
+        "bits_per_weight": files[0]["bits_per_weight"],
+        "bits_per_weight_without_adapter": round(base_bytes * per_weight, 3),
+    }
+
+
+def _check_more_adapters(first: adapters.AdapterSource, folders: tuple[Path, ...]) -> None:
+    """Further adapters kept apart beside ``first``: keepable LoRA adapters of its base, on its modules, with other names.
+
+    Raises:
+        ModelFolderError, InputError: as :func:`~slmops.toolkit.domain.adapters.inspect_adapter`, or a module
+            ``first`` does not adapt (the build has no LoRA input there).
+        InvalidOptionError: two adapters of one folder name (their files would collide).
+    """
+    names = {first.path.name}
+    for folder in folders:
+        other = adapters.inspect_adapter(folder, first.base)
+        check_keepable(other)
+        outside = sorted(set(other.target_modules) - set(first.target_modules))
+        if outside:  # the build has LoRA inputs only where the first adapter has matrices
+            raise InputError(f"{other.path} adapts {', '.join(outside)}, which {first.path.name} (the adapter the "
+                             f"build's LoRA inputs come from) does not: put first an adapter whose modules cover "
+                             f"the others' ({', '.join(sorted(set(first.target_modules) | set(outside)))}).")
+        if other.path.name in names:
+            raise InvalidOptionError("more_adapters", str(folder), f"adapter folders with distinct names "
+                                     f"({other.path.name!r} is taken: its file would be {other.path.name}{ADAPTER_SUFFIX})")
+        names.add(other.path.name)
 
 
 def _keep_logs(logs: Path, target: Path) -> Path:
@@ -579,8 +724,11 @@ def _relocated(exc: ToolFailedError, logs: Path, kept: Path) -> ToolFailedError:
 
 
 def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None, build: Path, log: Path,
-                 dtype: str = "float32", source_fingerprint: str = "") -> dict:
+                 dtype: str = "float32", source_fingerprint: str = "", adapter_file: Path | None = None) -> dict:
     """Check the build (and the FP32 model a quantizer started from) against transformers; refuse a mismatch.
+
+    With ``adapter_file`` (a LoRA kept apart) every candidate runs with that adapter active, and
+    ``spec.model_dir`` is the merged fine-tune: the same tolerances apply as to a merged build.
 
     The FP32 model must match exactly (:data:`~slmops.toolkit.domain.parity.EXACT`; :data:`~slmops.toolkit.domain.parity.NEAR`
     when the reference had to be loaded in bf16 to fit); a quantized build within what quantization
@@ -598,7 +746,8 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
     candidates = {str(Precision.FP32): fp32_route} if fp32_route is not None else {}
     candidates[str(spec.precision)] = build
     run, result = reference.check(spec.model_dir, candidates, log_path=log, dtype=dtype,
-                                  fingerprint=source_fingerprint)
+                                  fingerprint=source_fingerprint,
+                                  adapters={label: adapter_file for label in candidates} if adapter_file else None)
     exact = parity.EXACT if dtype == "float32" else parity.NEAR
     checks = []
     for label, folder in candidates.items():

@@ -1,0 +1,95 @@
+"""LoRA adapters kept as adapters (issue 44, first part): ``slmops convert ADAPTER --keep-adapter`` builds the base
+with LoRA inputs and the adapter as its own ``.onnx_adapter`` file, checked with the adapter active against the
+merged model in transformers. Real peft adapters on the tiny random model, real builder and ONNX Runtime GenAI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmops.toolkit import cli
+from slmops.toolkit.domain import parity
+from slmops.toolkit.runtimes.genai import logits_for_ids
+from tests.integration.test_adapters import ADAPTER_TEMPLATE
+from tests.unit.test_adapters import make_adapter
+
+#: Merged folders (the reference) go to a temporary toolkit home (the merge's child inherits it).
+pytestmark = pytest.mark.usefixtures("slmops_home")
+
+#: A few of the tiny tokenizer's ids, past its special tokens.
+IDS = list(range(5, 45))
+
+
+def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_base(tiny_model: Path,
+                                                                                     tmp_path: Path) -> None:
+    import onnxruntime_genai as og
+
+    # Saved with its own chat template, as trainers save it: the build uses the fine-tune's, not the base's.
+    adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"),
+                           save_tokenizer=True, template=ADAPTER_TEMPLATE)
+    # A second fine-tune of the same base, of another rank on some of the same modules: its own file, same build.
+    second = make_adapter(tiny_model, tmp_path / "legal", target_modules=("q_proj",), rank=8, seed=1)
+    out = tmp_path / "kept"
+    assert cli.main(["convert", str(adapter), "--keep-adapter", "--also-adapter", str(second),
+                     "--precision", "fp32", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["adapter"]["kept_apart"] is True
+    assert (out / "chat_template.jinja").read_text() == ADAPTER_TEMPLATE
+    entry, other = manifest["adapter_files"]
+    assert other["path"] == "adapters/legal.onnx_adapter" and other["bytes"] == (out / other["path"]).stat().st_size
+    # Rank 8 on q_proj of 2 layers: (64 + 64) * 8 floats of 4 bytes per layer, plus a header.
+    assert 2 * 8 * 4 * 128 <= other["bytes"] < 2 * 2 * 8 * 4 * 128
+    [second_check] = manifest["parity"]["more_adapters"]["legal"]["checks"]
+    assert second_check["top1_agreement"] == 1.0 and second_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range
+    adapter_file = out / entry["path"]
+    assert entry["path"] == "adapters/support.onnx_adapter" and entry["bytes"] == adapter_file.stat().st_size > 0
+    # Rank 4 on 3 modules of 2 layers: (64+64)*4 + (64+32)*4 + (128+64)*4 floats of 4 bytes per layer, plus a header.
+    assert 2 * 4 * 4 * (128 + 96 + 192) <= entry["bytes"] < 2 * 2 * 4 * 4 * (128 + 96 + 192)
+    [check] = manifest["parity"]["checks"]
+    assert manifest["parity"]["verdict"] == "pass" and check["top1_agreement"] == 1.0
+    assert check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range
+    weights = sum(f.stat().st_size for f in out.glob("model.onnx*"))
+    assert manifest["base_size_mb"] == round(weights / 1e6, 3)
+    parameters = manifest["parameters"]
+    assert manifest["bits_per_weight"] == round(8 * (weights + entry["bytes"]) / parameters, 3)
+    assert manifest["bits_per_weight"] > manifest["bits_per_weight_without_adapter"] > 30  # FP32: ~32 bits
+    # The adapter is really applied: without it the same graph computes the base, and the two differ.
+    model = og.Model(str(out))
+    with_adapter, without = logits_for_ids(model, IDS, adapter_file), logits_for_ids(model, IDS)
+    base = og.Model(str(_plain_fp32(tiny_model, tmp_path)))
+    assert np.abs(without - logits_for_ids(base, IDS)).max() < 1e-4
+    assert np.abs(with_adapter - without).max() > 100 * np.abs(without - logits_for_ids(base, IDS)).max()
+    # Each adapter applies its own change: switching adapters on the one loaded model changes the logits.
+    with_second = logits_for_ids(model, IDS, out / other["path"])
+    assert np.abs(with_second - without).max() > 1e-2 and np.abs(with_second - with_adapter).max() > 1e-2
+
+
+def _plain_fp32(model: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "base-fp32"
+    assert cli.main(["convert", str(model), "--precision", "fp32", "--out", str(out)]) == 0
+    return out
+
+
+def test_an_adapter_that_cannot_stay_apart_is_refused_in_one_line_before_any_work(
+        tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = make_adapter(tiny_model, tmp_path / "whole-head", modules_to_save=["lm_head"])
+    out = tmp_path / "kept"
+    capsys.readouterr()  # transformers' progress bars while the adapter was made
+    assert cli.main(["convert", str(whole), "--keep-adapter", "--precision", "fp32", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "lm_head whole" in error and "without --keep-adapter" in error
+    assert cli.main(["convert", str(tiny_model), "--keep-adapter", "--precision", "fp32", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "keep_adapter" in error and "adapter folder" in error
+    # A further adapter on a module the first does not adapt: the build would have no LoRA input for it.
+    first = make_adapter(tiny_model, tmp_path / "first")
+    wider = make_adapter(tiny_model, tmp_path / "wider", target_modules=("q_proj", "o_proj"))
+    capsys.readouterr()
+    assert cli.main(["convert", str(first), "--keep-adapter", "--also-adapter", str(wider), "--precision", "fp32",
+                     "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "adapts o_proj" in error
+    assert not out.exists() and not (Path.cwd() / "kept").exists()
