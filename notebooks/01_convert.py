@@ -31,7 +31,7 @@ display(model, picker) if run.interactive else (model.value, picker.value)
 # Choose the model and the precisions above, then press **Run convert**: nothing is built before that (a headless
 # run, `slmops run`, converts at once with the run file's values). The choices are written back to the run file.
 # The table under the picker fills in with the measured size (and, after the later notebooks, top-1 agreement and
-# decode speed). When the run deploys a LoRA fine-tune (the demo trains one, once, in about 2 minutes), its loss
+# decode speed). When the run deploys a LoRA fine-tune (the demo trains one once and reuses it), its loss
 # comes first: the adapter is merged into the base before conversion, and every build is checked against the
 # merged model in transformers (the table's `parity` columns).
 #

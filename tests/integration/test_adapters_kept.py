@@ -60,11 +60,14 @@ def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_
     model = og.Model(str(out))
     with_adapter, without = logits_for_ids(model, IDS, adapter_file), logits_for_ids(model, IDS)
     base = og.Model(str(_plain_fp32(tiny_model, tmp_path)))
-    assert np.abs(without - logits_for_ids(base, IDS)).max() < 1e-4
-    assert np.abs(with_adapter - without).max() > 100 * np.abs(without - logits_for_ids(base, IDS)).max()
-    # Each adapter applies its own change: switching adapters on the one loaded model changes the logits.
+    noise = np.abs(without - logits_for_ids(base, IDS)).max()  # two builds of one function: summation order
+    assert noise < 1e-4
+    floor = 100 * max(noise, 1e-6)
+    assert np.abs(with_adapter - without).max() > floor
+    # Each adapter applies its own change: switching adapters on the one loaded model changes the logits (by how
+    # much depends on the few random training steps: compared with the noise floor, not a fixed size).
     with_second = logits_for_ids(model, IDS, out / other["path"])
-    assert np.abs(with_second - without).max() > 1e-2 and np.abs(with_second - with_adapter).max() > 1e-2
+    assert np.abs(with_second - without).max() > floor and np.abs(with_second - with_adapter).max() > floor
 
 
 def _plain_fp32(model: Path, tmp_path: Path) -> Path:

@@ -23,8 +23,8 @@ def test_a_build_that_differs_from_its_source_is_refused(tiny_model: Path, other
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The fault injected around the builder: it is handed other weights than the source's."""
     real = C.builder_command
-    monkeypatch.setattr(C, "builder_command", lambda spec, out, cache: real(
-        C.ConvertSpec(other_model, spec.output_dir, spec.precision), out, cache))
+    monkeypatch.setattr(C, "builder_command", lambda spec, out, cache, *rest: real(
+        C.ConvertSpec(other_model, spec.output_dir, spec.precision), out, cache, *rest))
     target = tmp_path / "models" / "fp32"
     with pytest.raises(ParityError) as caught:
         C.convert(C.ConvertSpec(tiny_model, target, C.Precision.FP32), progress=False)
