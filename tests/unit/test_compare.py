@@ -186,6 +186,11 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     story = report.run_story(compare.recommend(compare.load_run(run)), bench_json, registered)
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
+    # A build that misses checks every build misses is never said to pass every item (the demo's story said so).
+    missing = [{"precision": "fp32", "checks_passed": "94/105", "outcome": "larger"},
+               {"precision": "int4", "checks_passed": "99/107", "outcome": "recommended"}]
+    assert "pass every checklist item" not in report._checks_sentence(missing)
+    assert "fp32 94/105, int4 99/107 passed" in report._checks_sentence(missing)
     assert "1.30-1.40x the runtime's default" in story[2] and "30-60% of the memory-bandwidth bound" in story[3]
     assert "1.02x ONNX Runtime GenAI" in story[4] and "session 0.30 ms" in story[5] and story[6].startswith("2 bench")
     assert report.run_story(None, None, None) == []

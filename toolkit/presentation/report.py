@@ -93,6 +93,19 @@ def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
     return text + unit
 
 
+def _checks_sentence(kept: list[dict]) -> str:
+    """Which precisions lose no check to another: "pass every checklist item" only when they miss none at all."""
+    if not kept:
+        return "No precision passes every checklist item"
+    names = " and ".join(r["precision"] for r in kept)
+    counts = [str(r.get("checks_passed") or "").partition(" ")[0].split("/") for r in kept]
+    if all(len(c) == 2 and c[0] == c[1] for c in counts):
+        return f"{names} pass every checklist item"
+    shown = ", ".join(f"{r['precision']} {r['checks_passed']}" for r in kept)
+    return (f"{names} lose no check to another precision that the paired tests tell from chance ({shown} passed); "
+            "what every build misses is the model's own (the recommendation lists it)")
+
+
 def run_story(recommendation: compare.Recommendation | None, bench_report: dict | None,
               registered: list[dict] | None, control: ControlResult | None = None,
               tests: ChecklistReport | None = None) -> list[str]:
@@ -123,10 +136,9 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         if parts:
             story.append("Against FP32: " + "; ".join(parts) + ".")
     failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
-    passed = [r["precision"] for r in rows if r["outcome"] not in (compare.Outcome.FAILED, compare.Outcome.NOT_CHECKED)]
+    kept = [r for r in rows if r["outcome"] not in (compare.Outcome.FAILED, compare.Outcome.NOT_CHECKED)]
     if rows:
-        story.append((f"{' and '.join(passed)} pass every checklist item" if passed else "No precision passes "
-                      "every checklist item") + (f"; {'; '.join(failed)}." if failed else "."))
+        story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
         row = checklist_tables.control_row(control)
         story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions and "
