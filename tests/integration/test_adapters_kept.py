@@ -1,4 +1,4 @@
-"""LoRA adapters kept as adapters (issue 44, first part): ``slmops convert ADAPTER --keep-adapter`` builds the base
+"""LoRA adapters kept as adapters: ``slmops convert ADAPTER --keep-adapter`` builds the base
 with LoRA inputs and the adapter as its own ``.onnx_adapter`` file, checked with the adapter active against the
 merged model in transformers. Real peft adapters on the tiny random model, real builder and ONNX Runtime GenAI."""
 

@@ -1,39 +1,15 @@
-"""Bad input a new user produces by accident (issue 42): each kind refused before any work in one line that names
-the input, the field or case and the fix (exit 2), or handled correctly. Tiny models; nothing converted or registered
-here except in the test named in conftest's HEAVY_TESTS."""
+"""Bad input a new user produces by accident: a registered config that claims more positions than the model was
+built for (the fast kinds are in ``tests/unit/test_bad_input.py``)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from slmops.toolkit import cli
 from slmops.toolkit.core.errors import PromptTooLongError
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    """``slmops ARGV`` in this process: ``(exit code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def refused(argv: list[str], *words: str) -> str:
-    """Run ``argv``; assert exit 2 with one line on stderr holding ``words`` and no "unexpected error"; the line."""
-    code, _, err = run(argv)
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "unexpected error" not in err and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
-    return err.strip()
-
-
-# --- 1. a config dtype the weights are not in ----------------------------------------------------------------------
+from tests.unit.test_bad_input import run
 
 
 def test_a_prompt_past_the_positions_built_is_refused_even_if_the_registered_config_claims_more(

@@ -1,57 +1,19 @@
-"""The documentation: a README that fits on a page, reference pages generated from the code, examples that run.
+"""The documentation's examples run: every unmarked shell and Python block of the README and the tutorial.
 
-``make test`` also builds the site with ``mkdocs build --strict`` (a broken link or any warning
-fails); these tests check what a build cannot: that the generated references follow the code,
-that the README stays short and free of measurements and history, and that every shell and
-Python example in the README and the tutorial is run here or marked ``<!-- not run: reason -->``.
+The rest of the documentation's checks (what is marked, the generated references) are fast:
+``tests/unit/test_docs.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
-DOCS = ROOT / "docs"
-#: The pages whose every example must run or be marked: the README and the tutorial.
-EXAMPLE_PAGES = (README, *sorted((DOCS / "tutorial").glob("*.md")))
-NOT_RUN = re.compile(r"<!-- not run: (?P<reason>[^>]*\S[^>]*) -->")
-FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
-RUNNABLE = {"bash": "shell", "sh": "shell", "console": "shell", "python": "python", "py": "python"}
-
-
-def _docs_reference():
-    """``scripts/docs_reference.py`` (the mkdocs hook), loaded as a module."""
-    spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "scripts" / "docs_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = _docs_reference()
-
-
-def _examples(page: Path) -> list[tuple[str, str, str | None, int]]:
-    """Each fenced block of ``page``: (kind, body, the not-run reason or None, line number)."""
-    text = page.read_text(encoding="utf-8")
-    found = []
-    for block in FENCE.finditer(text):
-        before = text[:block.start()].rstrip("\n").rsplit("\n", 1)[-1]
-        mark = NOT_RUN.fullmatch(before.strip())
-        kind = RUNNABLE.get(block.group("lang"), "")
-        found.append((kind, block.group("body"), mark.group("reason") if mark else None,
-                      text.count("\n", 0, block.start()) + 1))
-    return found
-
-
-# --- the README --------------------------------------------------------------------------------------------------
+from tests.unit.test_docs import EXAMPLE_PAGES, README, ROOT, _examples
 
 
 def _run(kind: str, body: str) -> subprocess.CompletedProcess:
@@ -74,8 +36,3 @@ def test_the_unmarked_examples_run(page: Path, bundled: Path):
     if page == README:
         assert ran >= 2
         assert str(bundled) in _run("shell", ".venv/bin/slmops bundled").stdout
-
-
-# --- the reference pages, generated from the code ----------------------------------------------------------------
-
-

@@ -122,7 +122,7 @@ def test_request_messages_are_answered_or_refused_before_the_runtime_sees_them(f
     assert answered and refused
 
 
-# --- Mutated folders and files through the commands (issue 42) -------------------------------------------------------
+# --- Mutated folders and files through the commands -------------------------------------------------------
 # Each example damages one thing as people do by accident (a field removed, of the wrong type or size, a huge value,
 # another encoding, a truncated file) and runs a cheap command on it: it works, or exits 2 with one line that is not
 # "unexpected error", writes nothing and changes nothing, within a time bound. Found this way and fixed: config.json

@@ -1,6 +1,6 @@
-"""Bad input a new user produces by accident (issue 42): each kind refused before any work in one line that names
+"""Bad input a new user produces by accident: each kind refused before any work in one line that names
 the input, the field or case and the fix (exit 2), or handled correctly. Tiny models; nothing converted or registered
-here except in the test named in conftest's HEAVY_TESTS."""
+here (the one that registers a real build is in ``tests/integration/test_bad_input.py``)."""
 
 from __future__ import annotations
 
