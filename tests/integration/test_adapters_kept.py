@@ -5,6 +5,8 @@ merged model in transformers. Real peft adapters on the tiny random model, real 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,6 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import parity
-from slmops.toolkit.runtimes.genai import logits_for_ids
 from tests.integration.test_adapters import ADAPTER_TEMPLATE
 from tests.unit.test_adapters import make_adapter
 
@@ -25,8 +26,6 @@ IDS = list(range(5, 45))
 
 def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_base(tiny_model: Path,
                                                                                      tmp_path: Path) -> None:
-    import onnxruntime_genai as og
-
     # Saved with its own chat template, as trainers save it: the build uses the fine-tune's, not the base's.
     adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"),
                            save_tokenizer=True, template=ADAPTER_TEMPLATE)
@@ -57,17 +56,36 @@ def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_
     assert manifest["bits_per_weight"] == round(8 * (weights + entry["bytes"]) / parameters, 3)
     assert manifest["bits_per_weight"] > manifest["bits_per_weight_without_adapter"] > 30  # FP32: ~32 bits
     # The adapter is really applied: without it the same graph computes the base, and the two differ.
-    model = og.Model(str(out))
-    with_adapter, without = logits_for_ids(model, IDS, adapter_file), logits_for_ids(model, IDS)
-    base = og.Model(str(_plain_fp32(tiny_model, tmp_path)))
-    noise = np.abs(without - logits_for_ids(base, IDS)).max()  # two builds of one function: summation order
+    logits = _logits(out, _plain_fp32(tiny_model, tmp_path), adapter_file, out / other["path"], tmp_path)
+    with_adapter, without, with_second = logits["first"], logits["none"], logits["second"]
+    noise = np.abs(without - logits["base"]).max()  # two builds of one function: summation order
     assert noise < 1e-4
     floor = 100 * max(noise, 1e-6)
     assert np.abs(with_adapter - without).max() > floor
     # Each adapter applies its own change: switching adapters on the one loaded model changes the logits (by how
     # much depends on the few random training steps: compared with the noise floor, not a fixed size).
-    with_second = logits_for_ids(model, IDS, out / other["path"])
     assert np.abs(with_second - without).max() > floor and np.abs(with_second - with_adapter).max() > floor
+
+
+def _logits(build: Path, base: Path, first: Path, second: Path, tmp_path: Path) -> dict[str, np.ndarray]:
+    """The build's logits on :data:`IDS` with each adapter and none, switched on one loaded model, and the base's.
+
+    In a child process, as the toolkit runs ONNX Runtime GenAI: a test process may already hold Foundry Local's own
+    copy of the runtime (onnxruntime-genai-core), and the two cannot both be loaded in either order.
+    """
+    saved = tmp_path / "logits.npz"
+    code = (
+        "import sys, numpy as np, onnxruntime_genai as og\n"
+        "from slmops.toolkit.runtimes.genai import logits_for_ids\n"
+        "build, base, first, second, saved, ids = sys.argv[1:6] + [[int(i) for i in sys.argv[6].split(',')]]\n"
+        "model = og.Model(build)\n"
+        "np.savez(saved, first=logits_for_ids(model, ids, first), none=logits_for_ids(model, ids),\n"
+        "         second=logits_for_ids(model, ids, second), base=logits_for_ids(og.Model(base), ids))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(build), str(base), str(first), str(second), str(saved),
+                           ",".join(map(str, IDS))], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with np.load(saved) as arrays:
+        return {name: arrays[name] for name in arrays.files}
 
 
 def _plain_fp32(model: Path, tmp_path: Path) -> Path:
