@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from slmops.toolkit.domain.lm_head import is_pruned, prune_lm_head
+from slmops.toolkit.domain.lm_head import (
+    ALL_POSITIONS,
+    all_positions_graph,
+    is_pruned,
+    prune_lm_head,
+    serve_last_position,
+)
 
 HIDDEN, VOCAB = 8, 11
 
@@ -65,3 +73,32 @@ def test_the_declared_output_shape_is_what_onnx_runtime_genai_reads(tmp_path):
     prune_lm_head(_decoder(tmp_path, np.ones((HIDDEN, VOCAB), np.float32)), served)
     dims = next(o for o in onnx.load(str(served), load_external_data=False).graph.output).type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch_size", 1, VOCAB]
+
+
+def test_a_served_copy_is_pruned_without_touching_the_linked_source(tmp_path):
+    source, served = tmp_path / "source", tmp_path / "served"
+    source.mkdir()
+    served.mkdir()
+    rng = np.random.default_rng(1)
+    full = _decoder(source, rng.standard_normal((HIDDEN, VOCAB)).astype(np.float32))
+    for item in source.iterdir():  # as registration stages a folder: hard links
+        os.link(item, served / item.name)
+    before = full.read_bytes()
+    assert all_positions_graph(served) is None
+    assert serve_last_position(served) is True
+    assert full.read_bytes() == before and not is_pruned(full)  # the source's graph is the same file as before
+    assert is_pruned(served / "model.onnx") and all_positions_graph(served) == ALL_POSITIONS
+    hidden = rng.standard_normal((1, 4, HIDDEN)).astype(np.float32)
+    np.testing.assert_array_equal(_run(served / ALL_POSITIONS, hidden), _run(full, hidden))
+    assert serve_last_position(served) is False  # once is enough
+
+
+def test_a_head_behind_another_branch_is_not_pruned(tmp_path):
+    # A LoRA branch added to the head's output still reads every position: pruning only the MatMul would be wrong.
+    full = _decoder(tmp_path, np.ones((HIDDEN, VOCAB), np.float32))
+    model = onnx.load(str(full), load_external_data=False)
+    head = model.graph.node[-1]
+    head.output[0] = "base_logits"
+    model.graph.node.append(helper.make_node("Add", ["base_logits", "base_logits"], ["logits"], name="/lora/Add"))
+    onnx.save(model, str(tmp_path / "lora.onnx"))
+    assert prune_lm_head(tmp_path / "lora.onnx", tmp_path / "out.onnx") is False

@@ -7,29 +7,36 @@ builder's own ``prune_lm_head`` puts a ``Gather(axis=1, index=-1)`` and an ``Uns
 head so the ``logits`` output is ``[batch, 1, vocab]``; ONNX Runtime GenAI (0.14 and later) reads
 such a graph as "trimmed prefill logits" from that output's static 1. This module makes the same
 edit on a finished graph, so the parity checks and every all-position comparison keep the full
-graph and only the copy that is served (the registered one) is pruned. Only the graph file is
-rewritten: the weights stay in the same external data file, by reference.
+graph and only the copy that is served (the registered one) is pruned, with the full graph kept
+beside it (:data:`ALL_POSITIONS`) for what reads every position. Only graph files are written:
+the weights stay in the same external data file, by reference.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+#: Where a served folder keeps its full graph (every position's logits) beside the pruned ``model.onnx``.
+ALL_POSITIONS = "model_all_positions.onnx"
 #: Names of the nodes and constants the edit adds (the builder's own, under ``/lm_head/prune``).
 GATHER, UNSQUEEZE = "/lm_head/prune/Gather", "/lm_head/prune/Unsqueeze"
 LAST, AXES = "/lm_head/prune/last_index", "/lm_head/prune/axes"
 
 
 def _lm_head_node(graph, logits: str):
-    """The MatMul (or MatMulNBits) node of the LM head: the last MatMul on the path back from ``logits``."""
+    """The MatMul (or MatMulNBits) node of the LM head: ``logits``' producer, or reached through Casts only.
+
+    None when anything else (a LoRA branch's Add, a softcap) sits between them: a node that still
+    reads every position would give the output the sequence's length again.
+    """
     producers = {out: node for node in graph.node for out in node.output}
-    name, seen = logits, set()
-    while name in producers and name not in seen:
-        seen.add(name)
+    name = logits
+    while name in producers:
         node = producers[name]
         if node.op_type in ("MatMul", "MatMulNBits"):
             return node
-        if not node.input:
+        if node.op_type not in ("Cast", "Identity"):
             return None
         name = node.input[0]
     return None
@@ -90,3 +97,29 @@ def prune_lm_head(model_file: str | os.PathLike[str], out_file: str | os.PathLik
     dim.dim_value = 1
     onnx.save(model, str(out_file))
     return True
+
+
+def serve_last_position(folder: str | os.PathLike[str], filename: str = "model.onnx") -> bool:
+    """In a served copy of a model folder, prune ``filename`` and keep its full graph as :data:`ALL_POSITIONS`.
+
+    ``filename`` may be a hard link to the source's graph: it is moved aside, not written through,
+    so the source is untouched. ONNX Runtime GenAI and Foundry Local load the pruned graph (the
+    ``genai_config.json`` is unchanged); what reads the logits of every position (agreement with
+    the FP32 reference) loads :func:`all_positions_graph`.
+
+    Returns:
+        Whether the folder now serves a pruned graph that this call made.
+    """
+    graph, keep = Path(folder) / filename, Path(folder) / ALL_POSITIONS
+    if keep.exists() or is_pruned(graph):
+        return False
+    os.replace(graph, keep)
+    if prune_lm_head(keep, graph):
+        return True
+    os.replace(keep, graph)
+    return False
+
+
+def all_positions_graph(folder: str | os.PathLike[str]) -> str | None:
+    """The file name of the graph that gives every position's logits, when it is not the configured one."""
+    return ALL_POSITIONS if (Path(folder) / ALL_POSITIONS).is_file() else None
