@@ -11,8 +11,9 @@ one crashes): ``pp`` of ``--prompt-tokens`` tokens (its prefill) and ``tg`` of `
 tokens after a context of that prompt (``-d``), at ``--threads`` threads. Ours through ONNX
 Runtime GenAI directly (:func:`slmops.toolkit.runtimes.genai.time_generation`, the same threads
 forced over the build's own ``genai_config.json``): first token (the prompt pass and choosing the
-token) and decode tokens/s after it. Each round runs every engine once, ours and llama.cpp's
-alternating and the order reversed every round; the ratios (ours / llama.cpp for first token,
+token) and decode tokens/s after it. Each round runs every engine in turn, ours and llama.cpp's
+alternating and the order reversed every round, each ``--reps`` times keeping its best (a shared
+machine only ever slows a run down); the ratios (ours / llama.cpp for first token,
 ours / llama.cpp for decode tokens/s) are taken per round, so machine load hits both alike, and
 reported as medians with their range over the rounds. Verdicts against the targets (first token
 <= 1.0x, decode >= 1.0x): ``pass`` when every round meets it, ``fail`` when none does, ``warn``
@@ -147,16 +148,16 @@ def agreement_figures(ids: np.ndarray, reference: np.ndarray, candidate: np.ndar
 
 
 def llama_bench_commands(bench: str | os.PathLike[str], gguf: str | os.PathLike[str], prompt: int, gen: int,
-                         threads: int) -> list[list[str]]:
+                         threads: int, reps: int = 1) -> list[list[str]]:
     """The two ``llama-bench`` runs of one round: prefill of ``prompt`` tokens, then ``gen`` tokens after that context.
 
-    One repetition each (the rounds repeat), JSON out, llama-bench's own warm-up kept.
+    ``reps`` repetitions each, JSON out, llama-bench's own warm-up kept.
 
     Example:
         >>> [c[3:9] for c in llama_bench_commands("llama-bench", "m.gguf", 128, 64, 2)]
         [['-p', '128', '-n', '0', '-d', '0'], ['-p', '0', '-n', '64', '-d', '128']]
     """
-    common = ["-r", "1", "-t", str(threads), "-o", "json"]
+    common = ["-r", str(reps), "-t", str(threads), "-o", "json"]
     return [[str(bench), "-m", str(gguf), "-p", str(prompt), "-n", "0", "-d", "0", *common],
             [str(bench), "-m", str(gguf), "-p", "0", "-n", str(gen), "-d", str(prompt), *common]]
 
@@ -164,8 +165,8 @@ def llama_bench_commands(bench: str | os.PathLike[str], gguf: str | os.PathLike[
 def parse_llama_bench(text: str) -> list[dict]:
     """``llama-bench -o json``'s tests as ``{"n_prompt", "n_gen", "n_depth", "ms", "tps", "threads", "type"}``.
 
-    ``ms`` is the mean time of the test (the whole prompt for ``pp``, all generated tokens for
-    ``tg``); ``tps`` its tokens per second.
+    ``ms`` and ``tps`` list each repetition's time (the whole prompt for ``pp``, all generated
+    tokens for ``tg``) and tokens per second.
 
     Raises:
         ValueError: the text is no llama-bench JSON list, or a test lacks its timing.
@@ -178,16 +179,20 @@ def parse_llama_bench(text: str) -> list[dict]:
         raise ValueError(f"llama-bench printed no tests: {text[:200]!r}")
     out = []
     for test in tests:
-        if "avg_ns" not in test or "avg_ts" not in test:
-            raise ValueError(f"a llama-bench test without avg_ns/avg_ts: {sorted(test)}")
+        if not test.get("samples_ns") or not test.get("samples_ts"):
+            raise ValueError(f"a llama-bench test without samples_ns/samples_ts: {sorted(test)}")
         out.append({"n_prompt": int(test["n_prompt"]), "n_gen": int(test["n_gen"]),
-                    "n_depth": int(test.get("n_depth", 0)), "ms": test["avg_ns"] / 1e6, "tps": float(test["avg_ts"]),
+                    "n_depth": int(test.get("n_depth", 0)), "ms": [ns / 1e6 for ns in test["samples_ns"]],
+                    "tps": [float(ts) for ts in test["samples_ts"]],
                     "threads": int(test.get("n_threads", 0)), "type": test.get("model_type", "")})
     return out
 
 
 def llama_round(tests: list[dict], prompt: int, gen: int) -> dict:
-    """One round's llama.cpp figures from the tests of :func:`llama_bench_commands`: prefill ms and decode tokens/s.
+    """One round's llama.cpp figures from the tests of :func:`llama_bench_commands`: its best prefill ms and decode tokens/s.
+
+    Best of the round's repetitions, as :func:`ours_round` takes ours: on a shared machine a
+    repetition is only ever slowed down by others, never sped up.
 
     Raises:
         ValueError: the prefill or the decode test is missing.
@@ -196,15 +201,15 @@ def llama_round(tests: list[dict], prompt: int, gen: int) -> dict:
     tg = [t for t in tests if t["n_prompt"] == 0 and t["n_gen"] == gen and t["n_depth"] == prompt]
     if not (pp and tg):
         raise ValueError(f"llama-bench ran no pp{prompt} and tg{gen} @ d{prompt}: {tests}")
-    return {"first_token_ms": pp[0]["ms"], "decode_tps": tg[0]["tps"]}
+    return {"first_token_ms": min(pp[0]["ms"]), "decode_tps": max(tg[0]["tps"])}
 
 
-def ours_round(run: dict) -> dict:
-    """One of our timed runs (``ttft_s``, ``total_s``, ``gen_tokens``) as first token ms and decode tokens/s."""
+def ours_round(runs: list[dict]) -> dict:
+    """The best first token ms and decode tokens/s of one round's timed runs (``ttft_s``, ``total_s``, ``gen_tokens``)."""
     from slmops.toolkit.domain.results.bench import TimedRun
 
-    timed = TimedRun(ttft_s=run["ttft_s"], total_s=run["total_s"], gen_tokens=run["gen_tokens"])
-    return {"first_token_ms": timed.ttft_s * 1000, "decode_tps": timed.decode_tps}
+    timed = [TimedRun(ttft_s=r["ttft_s"], total_s=r["total_s"], gen_tokens=r["gen_tokens"]) for r in runs]
+    return {"first_token_ms": min(t.ttft_s for t in timed) * 1000, "decode_tps": max(t.decode_tps for t in timed)}
 
 
 def spread(values: list[float]) -> dict:
@@ -421,7 +426,7 @@ def measure_speed(tools, chosen: tuple[Pair, ...], models: Path, ggufs: dict[str
     def llama(pair: Pair) -> dict:
         tests = []
         for command in llama_bench_commands(tools.bench, ggufs[pair.quant], args.prompt_tokens, args.gen_tokens,
-                                            args.threads):
+                                            args.threads, args.reps):
             done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
             if done.returncode:
                 sys.exit(f"llama-bench failed (exit {done.returncode}): {(done.stderr.strip().splitlines() or [''])[-1]}")
@@ -433,8 +438,8 @@ def measure_speed(tools, chosen: tuple[Pair, ...], models: Path, ggufs: dict[str
     for round_ in range(args.rounds):
         for pair, side in round_order(engines, round_):
             if side == "ours":
-                run = genai.time_generation(loaded[pair.ours], prompt, args.gen_tokens, repeats=1, warmup=0)[0]
-                runs[(pair.ours, side)].append(ours_round(run))
+                done = genai.time_generation(loaded[pair.ours], prompt, args.gen_tokens, repeats=args.reps, warmup=0)
+                runs[(pair.ours, side)].append(ours_round(done))
             else:
                 runs[(pair.ours, side)].append(llama(pair))
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
@@ -507,7 +512,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds, each running every engine once")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each running every engine in turn")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="runs of an engine in its turn of a round; the round keeps its best")
     parser.add_argument("--only", help="comma-separated quants of the pairs to run (Q4_0, Q8_0, Q4_K_M; default all)")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality comparison")
     parser.add_argument("--markdown", type=Path, help="append the benchmarks page's section to this file")
@@ -525,8 +532,8 @@ def main() -> None:
             setup_quality(venv)
         return
     tools = require_tools()
-    if args.rounds < 1 or args.threads < 1 or args.prompt_tokens < 1 or args.gen_tokens < 2:
-        sys.exit("--rounds, --threads and --prompt-tokens must be at least 1 and --gen-tokens at least 2")
+    if min(args.rounds, args.reps, args.threads, args.prompt_tokens) < 1 or args.gen_tokens < 2:
+        sys.exit("--rounds, --reps, --threads and --prompt-tokens must be at least 1 and --gen-tokens at least 2")
     chosen = pairs(args.recipe)
     if args.only:
         wanted = {q.strip().upper() for q in args.only.split(",")}
@@ -556,7 +563,8 @@ def main() -> None:
     print()
     print(f"Same fine-tune ({hf.name}, {parameters:,} parameters); {args.prompt_tokens} prompt / {args.gen_tokens} "
           f"generated tokens, {args.threads} threads; llama.cpp: llama-bench pp{args.prompt_tokens} and "
-          f"tg{args.gen_tokens} @ d{args.prompt_tokens}; medians of {args.rounds} alternating rounds, range in brackets")
+          f"tg{args.gen_tokens} @ d{args.prompt_tokens}; each engine's best of {args.reps} runs per round, medians of "
+          f"{args.rounds} alternating rounds, range in brackets")
     print(f"Machine: {machine}")
     lines = speed_table(speed)
     for line in lines:
@@ -578,7 +586,7 @@ def main() -> None:
               "llama_cpp_tools": {"flavor": str(tools.flavor), "cmake_args": list(tools.cmake_args),
                                   "llama_cpp_python_sdist": LLAMA_CPP_PYTHON},
               "settings": {"threads": args.threads, "prompt_tokens": args.prompt_tokens,
-                           "gen_tokens": args.gen_tokens, "rounds": args.rounds},
+                           "gen_tokens": args.gen_tokens, "rounds": args.rounds, "reps": args.reps},
               "speed": speed, "quality": rows, "formula_check": check, "quality_targets": goals,
               "wall_s": round(time.perf_counter() - started, 1)}
     (args.out / "llama_cpp.json").write_text(json.dumps(result, indent=1))
