@@ -95,6 +95,37 @@ class Pair:
     quant: str
 
 
+def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple[Pair, ...]:
+    """Each of ``chosen`` staged as registration serves it (files linked, LM head on the last position), in ``out``."""
+    from slmops.toolkit.domain import lm_head
+
+    staged = []
+    for pair in chosen:
+        source, target = models / pair.folder, out / "as-registered" / pair.folder
+        if not (target / "genai_config.json").is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            for item in source.iterdir():
+                if item.is_file() and not (target / item.name).exists():
+                    os.link(item, target / item.name)
+            lm_head.serve_last_position(target)
+        staged.append(Pair(f"{pair.ours}, as registered", str(target), pair.quant))
+    return tuple(staged)
+
+
+def parse_also(text: str) -> Pair:
+    """``NAME=MODEL_DIR:QUANT`` (``--also``) as a :class:`Pair`.
+
+    Example:
+        >>> parse_also("ours INT4 block 64=/m/int4-b64:Q4_0")
+        Pair(ours='ours INT4 block 64', folder='/m/int4-b64', quant='Q4_0')
+    """
+    name, sep, rest = text.partition("=")
+    folder, colon, quant = rest.rpartition(":")
+    if not (sep and colon and name and folder and quant):
+        raise ValueError(f"--also {text!r}: write NAME=MODEL_DIR:QUANT (e.g. 'ours INT4 b64=/models/int4-b64:Q4_0')")
+    return Pair(name, folder, quant.upper())
+
+
 def pairs(recipe: str) -> tuple[Pair, ...]:
     """The issue's pairs: builder INT4 / Q4_0, INT8 / Q8_0, the best-quality recipe / Q4_K_M.
 
@@ -517,6 +548,10 @@ def main() -> None:
                         help="runs of an engine in its turn of a round; the round keeps its best")
     parser.add_argument("--only", help="comma-separated quants of the pairs to run (Q4_0, Q8_0, Q4_K_M; default all)")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality comparison")
+    parser.add_argument("--as-registered", action="store_true",
+                        help="also time each of our builds as registration serves it (LM head on the last position)")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=MODEL_DIR:QUANT",
+                        help="also time this build against that llama.cpp quant (repeatable)")
     parser.add_argument("--markdown", type=Path, help="append the benchmarks page's section to this file")
     args = parser.parse_args()
 
@@ -540,7 +575,11 @@ def main() -> None:
         chosen = tuple(p for p in chosen if p.quant.upper() in wanted)
         if not chosen:
             sys.exit(f"--only {args.only}: name one of {', '.join(p.quant for p in pairs(args.recipe))}")
-    for folder in ["fp32", *(p.folder for p in chosen)]:
+    try:
+        extra = tuple(parse_also(text) for text in args.also)
+    except ValueError as error:
+        sys.exit(str(error))
+    for folder in ["fp32", *(p.folder for p in chosen + extra)]:
         if not (args.models / folder / "genai_config.json").is_file():
             sys.exit(f"no build in {args.models / folder}: convert it (slmops convert ... -o {args.models / folder}) "
                      "or pass --models")
@@ -551,11 +590,12 @@ def main() -> None:
     if not (converter_deps() / "sentencepiece").is_dir():
         sys.exit(f"the GGUF converter is not set up: run  {Path(sys.executable).name} {sys.argv[0]} --setup")
     f32 = convert(hf, args.out, args.convert_python)
-    ggufs = {p.quant: quantize(tools.quantize, f32, p.quant, args.threads) for p in chosen}
+    timed = chosen + (registered_pairs(chosen, args.models, args.out) if args.as_registered else ()) + extra
+    ggufs = {p.quant: quantize(tools.quantize, f32, p.quant, args.threads) for p in timed}
 
     rows, check = ([], []) if args.no_quality else measure_quality(args.models, chosen, ggufs, parameters, venv,
                                                                     args.out, args.threads)
-    speed = measure_speed(tools, chosen, args.models, ggufs, args)
+    speed = measure_speed(tools, timed, args.models, ggufs, args)
 
     isa = machine_isa(platform.cpu_flags())
     machine = (f"{platform.cpu_model()}; {', '.join(isa) or 'none of ' + ', '.join(ISA_SHOWN)}; "

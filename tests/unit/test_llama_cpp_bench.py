@@ -160,3 +160,10 @@ def test_the_quality_table_and_targets_follow_issue_25():
 def test_the_machine_line_names_the_instruction_sets_that_decide_quantized_speed():
     assert bench.machine_isa({"avx2", "avx512f", "avx512_vnni", "amx_int8", "sse2"}) == [
         "avx2", "avx512f", "avx512_vnni", "amx_int8"]
+
+
+def test_also_names_a_build_its_folder_and_its_llama_cpp_quant():
+    assert bench.parse_also("ours INT4 b64=/m/a:b/int4:q4_0") == bench.Pair("ours INT4 b64", "/m/a:b/int4", "Q4_0")
+    for bad in ("no-equals", "name=/folder-without-quant", "=/x:Q4_0", "n=:Q4_0"):
+        with pytest.raises(ValueError, match="NAME=MODEL_DIR:QUANT"):
+            bench.parse_also(bad)
