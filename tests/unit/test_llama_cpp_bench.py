@@ -82,7 +82,7 @@ def test_llama_bench_json_is_parsed_and_the_round_picks_its_two_tests():
                         "threads": 2, "type": "llama 256M Q4_0"}
     # The round keeps each test's best repetition, not llama-bench's mean (98 ms, 75 tok/s) that a stall pulls.
     assert bench.llama_round(tests, 128, 128) == {"first_token_ms": 76.0, "decode_tps": 100.0}
-    # A decode test at another depth (or prompt length) is not this round's.
+    # A decode test at another depth (or prompt length) is not the one a round asks for.
     shallow = bench.parse_llama_bench(json.dumps([_PP, {**_TG, "n_depth": 0}]))
     with pytest.raises(ValueError, match="tg128 @ d128"):
         bench.llama_round(shallow, 128, 128)
