@@ -54,6 +54,16 @@ def test_notebooks_get_the_reports_renderer() -> None:
     assert _cells(shown)[-1] == "-"
 
 
+def test_the_precision_pickers_table_is_drawn_by_the_same_renderer() -> None:
+    from slmops.toolkit.domain.options import Precision
+    from slmops.widgets import pickers
+
+    page = pickers.tradeoff_table((Precision.FP32, Precision.INT4), {"fp32": {"size_mb": 540.0, "x_fp32": 1.0}})
+    assert 'class="slmops slmops-tradeoff"' in page and "<thead>" in page  # a heading row, not a first body row
+    assert re.findall(r"<th>(.*?)</th>", page)[3:] == ["size (MB)", "× FP32", "top-1 vs FP32", "decode (tok/s)"]
+    assert "–" not in page and _cells(page)[-1] == "-"  # an INT4 not built yet: nothing measured, said as "-"
+
+
 def _report(failing: set[str], cases: int = 48) -> list[ModelReport]:
     models = []
     for model in ("m-int4", "m-int8"):

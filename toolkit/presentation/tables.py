@@ -157,7 +157,8 @@ def as_rows(rows: Iterable[object]) -> list[dict]:
 
 
 def html_table(rows: Iterable[object], columns: Sequence[str] | None = None, *,
-               marks: dict[str, tuple[str, dict[str, str]]] | None = None, style: bool = True) -> Html:
+               marks: dict[str, tuple[str, dict[str, str]]] | None = None, style: bool = True,
+               css_class: str = "") -> Html:
     """Rows as an HTML table: headings in words with units, no index column, every cell whole (wrapped, never cut).
 
     Args:
@@ -167,6 +168,7 @@ def html_table(rows: Iterable[object], columns: Sequence[str] | None = None, *,
         marks: Per column, ``(key, {value: "good" or "bad"})``: the cell's colour, read from the row's
             typed field ``key`` (never from the words shown), so a printed page still says it in words.
         style: Carry the stylesheet (for a notebook; the report's pages link their own).
+        css_class: A class the table carries besides ``slmops`` (for a page or a test to find it by).
 
     Example:
         >>> "<th>decode (tok/s)</th>" in html_table([{"decode_tps": 12.5}])
@@ -176,7 +178,7 @@ def html_table(rows: Iterable[object], columns: Sequence[str] | None = None, *,
     keys = list(dict.fromkeys(key for row in rows for key in row))
     shown = [c for c in (columns if columns is not None else keys) if c in keys or not rows]
     marks = marks or {}
-    lines = ['<div class="table-wrap"><table class="slmops">', "<thead><tr>"
+    lines = [f'<div class="table-wrap"><table class="{escape(f"slmops {css_class}".strip())}">', "<thead><tr>"
              + "".join(f"<th>{escape(heading(c))}</th>" for c in shown) + "</tr></thead>", "<tbody>"]
     for row in rows:
         cells = []
