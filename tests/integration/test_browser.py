@@ -172,7 +172,7 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
     cli_dir = tmp_path / "cli"
     cli_run = subprocess.Popen(
         [str(Path(sys.executable).with_name("slmops")), "run", "--params", str(work / "params.json"), "--set",
-         "precisions=[int8, int4]", "--set", "interactive=false", "-o", str(cli_dir), "-q"],
+         "precisions=[int8, int4]", "-o", str(cli_dir), "-q"],
         env={**os.environ, "SLMOPS_CACHE_DIR": str(tmp_path / "cli-cache")}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     SHOTS.mkdir(parents=True, exist_ok=True)
