@@ -108,8 +108,10 @@ def test_the_report_page_has_no_index_nan_or_cut_cell_and_stacks_tables_above_pl
     bench = json.loads((run / "bench.json").read_text())
     bench["rows"] = [{**row, "size_mb": {"fp32": 100.0, "int4": 40.0}[row["precision"]]} for row in bench["rows"]]
     (run / "bench.json").write_text(json.dumps(bench))
+    (run / "03_test.html").write_text("<html></html>")  # a notebook that ran (its checks fail: it is no "ok")
     page = report.write_index(run).read_text()
     assert "NaN" not in page and "..." not in page and "<th></th>" not in page
+    assert "</a>: ran</li>" in page and not re.search(r"\bok\b", page)
     assert NOTE.replace("'", "&#x27;") in page and "<details" in page
     fp32 = next(row for row in re.findall(r"<tr>(.*?)</tr>", page) if ">fp32<" in row and "reference" in row)
     assert "reference" in fp32  # FP32's top-1 cell against itself

@@ -251,7 +251,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
         section_plots={section: [stem for stem in stems if stem in plots] for section, stems in PLOT_SECTIONS.items()},
         other_plots=[stem for stem in plots if stem not in placed],
         notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
-                    "status": status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")}
+                    "status": status.get(name, "ran" if (run / f"{name}.html").is_file() else "not run")}
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
         conversion=convert.summary(converted) if converted else [],
