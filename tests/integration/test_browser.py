@@ -260,6 +260,7 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         assert "Parameters: the same." in shown and not re.search(r"\babsent\b|\bNone\b|\bNaN\b", shown), shown
         assert _unreadable_tables(page) == []
         assert {row["precision"] for row in compared["sizes"]} == {"int8", "int4"}
+        headline.scroll_into_view_if_needed()  # JupyterLab scrolls inside the notebook: bring the results in view
         page.screenshot(path=str(SHOTS / "lab_05_compare.png"), full_page=True)
         browser.close()
     test = json.loads((work / "test.json").read_text())
