@@ -267,4 +267,5 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
     assert test["control"]["model"] == "browser-base"  # the negative control ran, as in `slmops run`
     assert (work / "bench.json").is_file() and (work / "run.json").is_file()
     assert cli.main(["report", str(work)]) == 0  # the interactive run is a run the CLI reads
+    assert (work / "index.html").read_text().count(": ran</li>") == 4  # its four notebooks ran (in JupyterLab)
     assert _git_status() == before  # nothing in the checkout was written
