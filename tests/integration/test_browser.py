@@ -126,7 +126,8 @@ def _open(page, base: str, token: str, notebook: str) -> None:
 
 def _unreadable_tables(page) -> list[str]:
     """What the tables of the notebook in front show that no table may: an index column, NaN or None, a cell cut to
-    ``...``, a blank heading (empty: nothing). Read from the rendered page, widgets' outputs included."""
+    ``...``, a blank heading, a word broken across lines (empty: nothing). Read from the rendered page, widgets'
+    outputs included."""
     return page.evaluate("""() => {
       const shown = [...document.querySelectorAll('.jp-NotebookPanel')].filter(p => p.getBoundingClientRect().width > 0);
       const wrong = [];
@@ -136,6 +137,16 @@ def _unreadable_tables(page) -> list[str]:
         for (const td of table.querySelectorAll('td')) {
           const text = td.textContent.trim();
           if (['NaN', 'nan', 'None', 'absent'].includes(text) || text.endsWith('...')) wrong.push(text);
+        }
+        for (const cell of table.querySelectorAll('th, td')) {  // a squeezed column breaks words letter by letter
+          const node = cell.firstChild;
+          if (!node || node.nodeType !== Node.TEXT_NODE) continue;
+          for (const word of node.textContent.matchAll(/[A-Za-z0-9]{2,}/g)) {
+            const range = document.createRange();
+            range.setStart(node, word.index);
+            range.setEnd(node, word.index + word[0].length);
+            if (range.getClientRects().length > 1) { wrong.push('a word broken across lines: ' + word[0]); break; }
+          }
         }
       }
       return wrong;

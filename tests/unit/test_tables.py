@@ -45,6 +45,8 @@ def test_a_table_has_worded_headings_with_units_no_index_and_every_cell_whole() 
     assert NOTE.replace("'", "&#x27;") in page and "..." not in page and "…" not in page  # wrapped, never cut
     assert "&lt;none&gt;" in page  # text is escaped, never markup
     assert "white-space:normal" in page  # a notebook's table carries the style that wraps its cells
+    # ... between words (a squeezed column broke "browser" one letter a line); a wide table scrolls in its own box.
+    assert "anywhere" not in page and "overflow-wrap:break-word" in page and "overflow-x:auto" in page
 
 
 def test_notebooks_get_the_reports_renderer() -> None:

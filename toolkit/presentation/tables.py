@@ -83,11 +83,13 @@ HEADINGS = {
     "candidate_only": "only this build passes (cases)", "retention": "retained general answers",
 }
 
-#: The stylesheet a notebook's table carries (the report's pages have theirs): cells wrap, never cut.
+#: The stylesheet a notebook's table carries (the report's pages have theirs): cells wrap between words, never cut
+#: and never letter by letter (a squeezed column broke "browser" into one letter a line); a table wider than the
+#: notebook scrolls in its own box instead of being clipped.
 NOTEBOOK_STYLE = (
-    "<style>table.slmops{border-collapse:collapse;margin:.3em 0}"
+    "<style>.table-wrap{max-width:100%;overflow-x:auto}table.slmops{border-collapse:collapse;margin:.3em 0}"
     "table.slmops td,table.slmops th{border:1px solid #ccc;padding:3px 7px;vertical-align:top;white-space:normal;"
-    "overflow-wrap:anywhere}table.slmops th{background:#f4f4f4;text-align:left}"
+    "overflow-wrap:break-word}table.slmops th{background:#f4f4f4;text-align:left}"
     "table.slmops td.num{text-align:right;white-space:nowrap}table.slmops td.text{text-align:left;max-width:40em}"
     "table.slmops td.good{background:#e6f4ea;color:#0b6b2b}table.slmops td.bad{background:#fdecea;color:#a50e0e;"
     "font-weight:bold}details.slmops summary{cursor:pointer;padding:2px 0}</style>")
