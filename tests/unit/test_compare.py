@@ -212,6 +212,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert told[2] == ("The base model, not fine-tuned, answers 0/16 of the trained questions and 1/16 of their "
                        "held-out paraphrases: the base model passes 0% of the domain cases (at most 10%): they test "
                        "what the fine-tune added.")
+    alone = report.run_story(None, None, None, ControlResult("base", 1, 8, 0, 0, 0.125, 0.1, False))
+    assert alone[0].startswith("The base model, not fine-tuned, answers 1/8 of the trained questions: ")  # no "0/0"
 
 
 def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:

@@ -143,8 +143,9 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
         row = checklist_tables.control_row(control)
-        story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions and "
-                     f"{row['heldout']} of their held-out paraphrases: {row['verdict']}.")
+        heldout = f" and {row['heldout']} of their held-out paraphrases" if control.heldout_total else ""
+        story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions{heldout}: "
+                     f"{row['verdict']}.")
     if tests is not None:
         story += checklist_tables.retention_sentences(tests)
     chosen = [r for r in registered or [] if isinstance(r.get("threads_speedup"), int | float)]
