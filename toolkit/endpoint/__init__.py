@@ -47,8 +47,10 @@ from slmops.toolkit.endpoint.cli import (
 )
 from slmops.toolkit.endpoint.hosts import ModelHost, ModelState
 from slmops.toolkit.endpoint.options import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_HOST,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_POLICY,
     DEFAULT_PORT,
     DEFAULT_REQUEST_TIMEOUT_S,
     DISCONNECT_POLL_S,
@@ -57,10 +59,31 @@ from slmops.toolkit.endpoint.options import (
     ServeOptions,
 )
 from slmops.toolkit.endpoint.protocol import ApiError, ChatRequest
+from slmops.toolkit.runtimes.batching import Policy
 
 __all__ = [
-    "DEFAULT_HOST", "DEFAULT_MAX_QUEUE", "DEFAULT_PORT", "DEFAULT_REQUEST_TIMEOUT_S", "DISCONNECT_POLL_S",
-    "MAX_BODY_BYTES", "STREAM_INTERVAL_S", "ApiError", "ChatRequest", "Endpoint", "ModelHost", "ModelState",
-    "ServeOptions", "ask_once", "background", "call_tool_once", "check_options", "create_app", "free_port", "main",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_POLICY",
+    "DEFAULT_PORT",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "DISCONNECT_POLL_S",
+    "MAX_BODY_BYTES",
+    "STREAM_INTERVAL_S",
+    "ApiError",
+    "ChatRequest",
+    "Endpoint",
+    "ModelHost",
+    "ModelState",
+    "Policy",
+    "ServeOptions",
+    "ask_once",
+    "background",
+    "call_tool_once",
+    "check_options",
+    "create_app",
+    "free_port",
+    "main",
     "run",
 ]

@@ -140,8 +140,9 @@ def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key
         **limits: Single :class:`~slmops.toolkit.endpoint.options.ServeOptions` fields, instead of ``options``.
     """
     options = options or ServeOptions(**limits)
-    hosts = {name: ModelHost(name, cache) for name in names}
     metrics = Metrics(names)
+    hosts = {name: ModelHost(name, cache, options.batch_size, options.policy, on_step=metrics.batch_size.labels(
+        model=name).observe) for name in names}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -18,8 +18,10 @@ from slmops.toolkit.core import settings, workers
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.endpoint.app import create_app
 from slmops.toolkit.endpoint.options import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_HOST,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_POLICY,
     DEFAULT_PORT,
     DEFAULT_REQUEST_TIMEOUT_S,
     SHUTDOWN_GRACE_S,
@@ -27,6 +29,7 @@ from slmops.toolkit.endpoint.options import (
     ServeOptions,
 )
 from slmops.toolkit.runtimes import foundry
+from slmops.toolkit.runtimes.batching import Policy
 from slmops.toolkit.runtimes.foundry import find_model
 
 
@@ -71,7 +74,8 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str | None = None,
         cache: str | Path | None = None, log_level: str = "warning",
         stream_interval_s: float = STREAM_INTERVAL_S, max_queue: int = DEFAULT_MAX_QUEUE,
-        request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False) -> None:
+        request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY) -> None:
     """Serve ``names`` until SIGTERM or Ctrl-C (both graceful); see :mod:`slmops.toolkit.endpoint`.
 
     Raises:
@@ -85,6 +89,11 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
         raise InputError(f"--stream-interval-ms {stream_interval_s * 1000:g} is out of range: use 0 to 10000.")
     if type(max_queue) is not int or max_queue < 0:
         raise InputError(f"--max-queue {max_queue!r} is not a count: use a whole number from 0 (no waiting).")
+    if type(batch_size) is not int or not 0 <= batch_size <= 256:
+        raise InputError(f"--batch-size {batch_size!r} is out of range: use a whole number from 0 (no batching) "
+                         "to 256.")
+    if policy not in tuple(Policy):
+        raise InputError(f"--schedule {policy!r} is not a policy: use one of {', '.join(Policy)}.")
     if request_timeout_s is not None and not request_timeout_s > 0:
         raise InputError(f"--request-timeout {request_timeout_s!r} is out of range: use seconds above 0 "
                          "(or leave it out for the default).")
@@ -96,7 +105,8 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     if api_key is None and foundry.probe_web_service(names[0], cache).serves:
         foundry.serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
         return
-    options = ServeOptions(stream_interval_s=stream_interval_s, max_queue=max_queue, request_timeout_s=request_timeout_s)
+    options = ServeOptions(stream_interval_s=stream_interval_s, max_queue=max_queue, request_timeout_s=request_timeout_s,
+                           batch_size=batch_size, policy=Policy(policy))
     app = create_app(names, cache=cache, api_key=api_key, options=options, log_requests=log_requests)
     print(f"Serving {', '.join(names)} at http://{host}:{port}/v1 (OpenAI-compatible, "
           f"{'bearer key required' if api_key else 'no key'}); loading. Ctrl-C or SIGTERM stops it once in-flight "
@@ -142,10 +152,12 @@ def healthy(url: str) -> bool:
 @contextlib.contextmanager
 def background(names: Sequence[str], *, port: int | None = None, cache: str | Path | None = None,
                api_key: str | None = None, log_path: Path | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
-               request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False):
+               request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False,
+               batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY):
     """Start the endpoint for ``names`` in a child process, yield an :class:`Endpoint` once every model is loaded.
 
-    ``max_queue``, ``request_timeout_s`` and ``log_requests`` are :class:`ServeOptions` fields and :func:`create_app`'s (the log goes to ``log_path``).
+    ``max_queue``, ``request_timeout_s``, ``batch_size`` and ``policy`` are :class:`ServeOptions` fields,
+    ``log_requests`` :func:`create_app`'s (the log goes to ``log_path``).
 
     Example:
         >>> with background(["smollm2-int4"]) as endpoint:
@@ -157,7 +169,8 @@ def background(names: Sequence[str], *, port: int | None = None, cache: str | Pa
     args = [*names, "--host", DEFAULT_HOST, "--port", str(port), "--cache-dir", str(settings.cache_dir(cache))]
     if api_key:
         args += ["--api-key", api_key]
-    args += ["--max-queue", str(max_queue), "--request-timeout", str(request_timeout_s or 0)]
+    args += ["--max-queue", str(max_queue), "--request-timeout", str(request_timeout_s or 0),
+             "--batch-size", str(batch_size), "--schedule", str(policy)]
     if log_requests:
         args.append("--log-requests")
     log = log_path or settings.cache_dir(cache) / ".logs" / f"serve-{port}.log"
@@ -223,10 +236,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE)
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
     parser.add_argument("--log-requests", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--schedule", default=DEFAULT_POLICY)
     args = parser.parse_args(argv)
     try:
         run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
-            max_queue=args.max_queue, request_timeout_s=args.request_timeout or None, log_requests=args.log_requests)
+            max_queue=args.max_queue, request_timeout_s=args.request_timeout or None, log_requests=args.log_requests,
+            batch_size=args.batch_size, policy=args.schedule)
     except SlmopsError as exc:
         sys.exit(str(exc))
 

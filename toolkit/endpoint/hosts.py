@@ -7,13 +7,16 @@ import math
 import secrets
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from pathlib import Path
 
 from slmops.toolkit.core.errors import InputError, PromptTooLongError
+from slmops.toolkit.endpoint.batched import BatchedChat
 from slmops.toolkit.endpoint.protocol import ApiError, ChatRequest, plain_messages
-from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.batching import Policy
+from slmops.toolkit.runtimes.foundry import LoadedModel, Usage
 
 
 class ModelState(StrEnum):
@@ -25,20 +28,33 @@ class ModelState(StrEnum):
 
 
 class ModelHost:
-    """One served model: loaded in the background, then answering one request at a time in its own thread."""
+    """One served model: loaded in the background, then answering up to ``batch_size`` requests together.
 
-    def __init__(self, name: str, cache: str | Path | None) -> None:
-        self.name, self.cache = name, cache
+    Requests the batch takes (:meth:`BatchedChat.accepts`) hold one of ``batch_size`` slots;
+    constrained decoding and tool calls run on Foundry Local one at a time, in a slot of their own.
+    Both queue in arrival order on the event loop, where a request that is dropped leaves at once.
+
+    Args:
+        name: The registered model.
+        cache: Foundry cache.
+        batch_size: Most requests decoded together (0: none batched, each on Foundry Local in turn).
+        policy: When waiting requests join the batch.
+        on_step: Called with the batch's size at every decode step.
+    """
+
+    def __init__(self, name: str, cache: str | Path | None, batch_size: int = 0,
+                 policy: Policy = Policy.PREFILL_FIRST, on_step: Callable[[int], None] | None = None) -> None:
+        self.name, self.cache, self.batch_size, self.policy, self.on_step = name, cache, batch_size, policy, on_step
         self.state = ModelState.LOADING
         self.error = ""
         self.model: LoadedModel | None = None
+        self.batched: BatchedChat | None = None
         self.created = int(time.time())
-        # One thread per model, entered through one slot: requests queue in arrival order (on the event loop,
-        # where one that is dropped leaves the queue at once) and a generation is never interleaved.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"serve-{name}")
-        self.slot = asyncio.Lock()
-        self.waiting = 0  # requests queued for the slot
-        self.in_flight = 0  # requests generating (0 or 1)
+        self.executor = ThreadPoolExecutor(max_workers=batch_size + 1, thread_name_prefix=f"serve-{name}")
+        self.slot = asyncio.Lock()  # the one request on Foundry Local
+        self.batch_slots = asyncio.Semaphore(max(1, batch_size))
+        self.waiting = 0  # requests queued for a slot
+        self.in_flight = 0  # requests generating
         self.mean_s = 0.0  # moving mean of a generation's seconds, for Retry-After
 
     def note_duration(self, seconds: float) -> None:
@@ -60,6 +76,9 @@ class ModelHost:
         """Load the model (runs in the loader thread); a failure is kept and reported to requests."""
         try:
             self.model = LoadedModel(self.name, self.cache)
+            if self.batch_size:
+                self.batched = BatchedChat(self.model, self.batch_size, self.policy)
+                self.batched.engine.on_step = self.on_step
             self.state = ModelState.READY
         except Exception as exc:  # noqa: BLE001 (the failure is served to clients as a 503)
             self.error, self.state = f"{type(exc).__name__}: {exc}", ModelState.FAILED
@@ -67,8 +86,18 @@ class ModelHost:
     def close(self) -> None:
         """Let queued requests finish, then unload."""
         self.executor.shutdown(wait=True)
+        if self.batched is not None:
+            self.batched.close()
         if self.model is not None:
             self.model.close()
+
+    def slot_for(self, body: dict) -> asyncio.Lock | asyncio.Semaphore:
+        """Where ``body`` waits: a batch slot, or Foundry Local's one."""
+        return self.batch_slots if self.batched is not None and self.batched.accepts(body) else self.slot
+
+    def stream(self, body: dict, batched: bool) -> Iterator[str | Usage]:
+        """The runtime's chunks of ``body``'s answer, then its usage (see :meth:`LoadedModel.native_stream`)."""
+        return self.batched.stream(body) if batched else self.model.native_stream(body)
 
     def describe(self) -> dict:
         """The model's ``/v1/models`` entry."""

@@ -47,6 +47,7 @@ class Job:
         self.first_token_s: float | None = None  # seconds from arrival to the first token
         self.usage: Usage | None = None
         self.loop = asyncio.get_running_loop()
+        self.slot = host.slot_for(body)
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -54,7 +55,7 @@ class Job:
         host.waiting += 1
         self.metrics.waiting.labels(model=name).inc()
         try:
-            async with host.slot:  # FIFO: asyncio.Lock wakes its waiters in arrival order
+            async with self.slot:  # FIFO: asyncio's Lock and Semaphore wake their waiters in arrival order
                 host.waiting -= 1
                 self.metrics.waiting.labels(model=name).dec()
                 self.started = True
@@ -79,7 +80,7 @@ class Job:
         pending: list = []
         last, count = 0.0, 0
         try:
-            for item in self.host.model.native_stream(self.body):
+            for item in self.host.stream(self.body, self.slot is self.host.batch_slots):
                 pending.append(item)
                 count += 1
                 now = time.perf_counter()

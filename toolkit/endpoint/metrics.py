@@ -33,9 +33,11 @@ class Metrics:
                                      registry=self.registry)
         self.generation_tokens = Counter("slmops_generation_tokens", "Tokens generated", ["model"],
                                          registry=self.registry)
+        self.batch_size = Histogram("slmops_batch_size", "Requests decoded together, per decode step", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         for name in names:  # every served model's series exist from the start (at 0), so rates are defined
             for family in (self.waiting, self.in_flight, self.ttft, self.tpot, self.prompt_tokens,
-                           self.generation_tokens):
+                           self.generation_tokens, self.batch_size):
                 family.labels(model=name)
 
     def render(self) -> tuple[bytes, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slmops.toolkit.runtimes.batching import Policy
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a long chat history is tens of KB; 4 MiB leaves room and stops floods
@@ -21,6 +23,9 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 # How often a request that is waiting or generating checks that its client is still there (and its deadline):
 # a client that leaves frees its model within this and one decode step.
 DISCONNECT_POLL_S = 0.02
+# Requests each model decodes together (continuous batching); the benchmarks page has the measurement.
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_POLICY = Policy.PREFILL_FIRST
 
 
 @dataclass(frozen=True)
@@ -35,9 +40,13 @@ class ServeOptions:
         request_timeout_s: Seconds a request may take from its arrival, queue included (None: no
             limit); past it the generation stops and the client gets a 504 (an error event when
             streaming had begun).
+        batch_size: Requests each model decodes together (0: one at a time on Foundry Local).
+        policy: When waiting requests join the batch.
     """
 
     max_body_bytes: int = MAX_BODY_BYTES
     stream_interval_s: float = STREAM_INTERVAL_S
     max_queue: int = DEFAULT_MAX_QUEUE
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S
+    batch_size: int = DEFAULT_BATCH_SIZE
+    policy: Policy = DEFAULT_POLICY
