@@ -182,9 +182,9 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        description="GET /v1/models and POST /v1/chat/completions (plain or stream: "
                        "true; max_tokens, temperature, top_p, seed, stop, response_format json_object or "
                        "json_schema) over the Foundry Local runtime, for any OpenAI client: "
-                       "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none'). Each model answers one "
-                       "request at a time (others queue, up to --max-queue; a client that leaves frees its "
-                       "model at once); GET /metrics (Prometheus) and /health; bad requests get OpenAI-style 4xx JSON errors; 503 "
+                       "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none'). Requests to a model are "
+                       "decoded together (up to --batch-size; others queue, up to --max-queue; a client that "
+                       "leaves frees its slot within one decode step); GET /metrics (Prometheus) and /health; bad requests get OpenAI-style 4xx JSON errors; 503 "
                        "while a model loads. Foundry Local's own web service is used where it serves locally "
                        "registered models (foundry-local-sdk 2.2.1's does not).")
     p.add_argument("names", nargs="+", metavar="NAME", help="registered models")

@@ -21,9 +21,10 @@ Requests are checked before the runtime sees them and refused as OpenAI-style JS
 (400 bad request or value, 401 missing key, 404 unknown model, 413 body too large, 503 while
 a model loads or when its queue is full, with ``Retry-After``, 504 past the request timeout,
 500 when the runtime fails); the connection stays open and the server keeps serving after any
-of them. Each model answers one request at a time in its own thread (at most ``max_queue``
-others wait, in arrival order), so generations never interleave. A request whose client leaves,
-streamed or not, stops at its model's next token and frees it (a waiting one leaves the queue).
+of them. Each model decodes up to ``batch_size`` requests together (continuous batching,
+:mod:`slmops.toolkit.runtimes.batching`; at most ``max_queue`` others wait, in arrival order);
+``response_format`` and ``tools`` run on Foundry Local one at a time. A request whose client
+leaves, streamed or not, stops at its next token and frees its slot (a waiting one leaves the queue).
 SIGTERM shuts down gracefully: in-flight requests finish, then the models unload.
 
 The package is split as vLLM's OpenAI server is: :mod:`.protocol` (the wire format), :mod:`.hosts`

@@ -14,9 +14,9 @@ SHUTDOWN_GRACE_S = 60  # how long in-flight requests may take to finish after SI
 # once). Waking the server for every token at hundreds a second takes CPU from decode where ONNX Runtime's
 # threads use every core; 50 ms (20 updates a second) keeps decode at in-process speed (docs: benchmarks page).
 STREAM_INTERVAL_S = 0.05
-# Requests that may wait for a model behind the one it generates. Each model answers one request at a time, so
-# the wait grows with the queue times a whole generation; past a few dozen, a request would wait minutes, longer
-# than clients usually wait (the openai client gives up at 600 s), so it is told at once to come back instead.
+# Requests that may wait for a model behind those it generates. The wait grows with the queue times a whole
+# generation; past a few dozen, a request would wait minutes, longer than clients usually wait (the openai
+# client gives up at 600 s), so it is told at once to come back instead.
 DEFAULT_MAX_QUEUE = 32
 # The openai client's own default timeout: a request older than this has no default client waiting for it.
 DEFAULT_REQUEST_TIMEOUT_S = 600.0

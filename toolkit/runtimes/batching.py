@@ -121,6 +121,9 @@ class Sequence:
         self.rng = np.random.default_rng(sampling.seed)
         self.length = 0  # tokens in the cache row
         self.cancelled = threading.Event()
+        #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
+        #: score over the next best (a near tie is where batched numerics may pick the other token).
+        self.gaps: list[float] | None = None
 
     def cancel(self) -> None:
         """Stop at the next step and free the row (from any thread)."""
@@ -162,9 +165,10 @@ class BatchEngine:
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt: list[int], sampling: Sampling, emit: Emit) -> Sequence:
-        """Queue a sequence; its tokens go to ``emit`` from the engine's thread."""
+    def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False) -> Sequence:
+        """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`)."""
         sequence = Sequence(prompt, sampling, emit)
+        sequence.gaps = [] if record_gaps else None
         self.inbox.put(sequence)
         return sequence
 
@@ -280,6 +284,9 @@ class BatchEngine:
         if len(sequence.prompt) + len(sequence.generated) < sampling.min_length:
             logits[list(self.settings.eos_ids)] = -np.inf
         if sampling.temperature == 0 or sampling.top_k == 1:
+            if sequence.gaps is not None:
+                top = np.partition(logits, -2)[-2:]
+                sequence.gaps.append(float(top[1] - top[0]))
             return int(np.argmax(logits))
         k = sampling.top_k or logits.size
         candidates = np.argpartition(-logits, k - 1)[:k] if k < logits.size else np.arange(logits.size)
