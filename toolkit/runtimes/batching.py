@@ -117,7 +117,8 @@ class Sequence:
     def __init__(self, prompt: list[int], sampling: Sampling, emit: Emit) -> None:
         self.prompt, self.sampling, self.emit = prompt, sampling, emit
         self.generated: list[int] = []
-        self.seen = np.unique(np.asarray(prompt, dtype=np.int64))
+        self.seen = np.unique(np.asarray(prompt, dtype=np.int64))  # the ids the repetition penalty applies to
+        self._seen = set(self.seen.tolist())
         self.rng = np.random.default_rng(sampling.seed)
         self.length = 0  # tokens in the cache row
         self.cancelled = threading.Event()
@@ -156,6 +157,8 @@ class BatchEngine:
         shape = (batch_size, s.kv_heads, self.capacity, s.head_size)
         self.keys = [np.zeros(shape, np.float32) for _ in range(s.layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(s.layers)]
+        self._bindings: dict[tuple[int, int], object] = {}
+        self.vocab = int(self.session.get_outputs()[0].shape[-1])
         self.active: list[Sequence] = []
         self.inbox: queue.Queue[Sequence | None] = queue.Queue()
         self.waiting: list[Sequence] = []
@@ -221,19 +224,32 @@ class BatchEngine:
         return False
 
     def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One forward pass on the cache rows ``rows`` (past and present share their buffers); the last logits."""
-        binding = self.session.io_binding()
+        """One forward pass on the cache rows ``rows`` (past and present share their buffers); the last logits.
+
+        A decode step's logits go to a buffer of this module's (reading ONNX Runtime's outputs back
+        costs a Python object per output); a prefill's, whose shape the graph decides (every position,
+        or the last only), to one ONNX Runtime allocates.
+        """
+        key = (rows.start, rows.stop)
+        binding = self._bindings.get(key)
+        if binding is None:  # the cache's pointers of these rows, bound once
+            binding = self._bindings[key] = self.session.io_binding()
+            for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+                for kind, cache in (("key", keys), ("value", values)):
+                    view = cache[rows]
+                    pointer, shape = view.ctypes.data, view.shape
+                    binding.bind_input(f"past_key_values.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
+                    binding.bind_output(f"present.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_output("logits", "cpu")  # first: the one output read back
-        for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
-            for kind, cache in (("key", keys), ("value", values)):
-                view = cache[rows]
-                pointer, shape = view.ctypes.data, view.shape
-                binding.bind_input(f"past_key_values.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
-                binding.bind_output(f"present.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
+        if input_ids.shape[1] == 1:
+            logits = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
+            binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+            self.session.run_with_iobinding(binding)
+            return logits[:, -1, :]
+        binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()[:, -1, :]
+        return binding.get_outputs()[-1].numpy()[:, -1, :]
 
     def _prefill(self, sequence: Sequence) -> None:
         row = len(self.active)
@@ -266,7 +282,9 @@ class BatchEngine:
                 continue
             token = self._pick(sequence, row)
             sequence.generated.append(token)
-            sequence.seen = np.union1d(sequence.seen, [token])
+            if token not in sequence._seen:
+                sequence._seen.add(token)
+                sequence.seen = np.append(sequence.seen, token)
             sequence.emit(token, None)
             if token in self.settings.eos_ids:
                 self._finish(sequence, "stop")
@@ -275,8 +293,7 @@ class BatchEngine:
 
     def _pick(self, sequence: Sequence, logits: np.ndarray) -> int:
         """ONNX Runtime GenAI's order: repetition penalty, min length, then greedy or top-k/top-p sampling."""
-        sampling = sequence.sampling
-        logits = logits.astype(np.float32, copy=True)
+        sampling = sequence.sampling  # logits: this sequence's row of a fresh output, changed in place
         if sampling.repetition_penalty != 1.0:
             seen = logits[sequence.seen]
             logits[sequence.seen] = np.where(seen > 0, seen / sampling.repetition_penalty,
