@@ -117,7 +117,7 @@ class BatchedChat:
             while reason is None:
                 token, reason = tokens.get()
                 if token is not None:
-                    count += 1
+                    count += token not in self.engine.settings.eos_ids  # as Foundry Local counts
                     piece = stop.add(text.add(token))
                     if stop.stopped:
                         sequence.cancel()
