@@ -1,12 +1,12 @@
-"""Native llama.cpp tools (``llama-bench``, ``llama-server``) built from the llama-cpp-python sdist's own sources.
+"""Native llama.cpp tools (``llama-bench``, ``llama-server``, ``llama-quantize``) built from the llama-cpp-python sdist's own sources.
 
 The peer our engine is measured against is llama.cpp itself, not llama-cpp-python's one-Python-call-
 per-token loop. ``--setup`` builds the two tools with cmake from ``vendor/llama.cpp`` of the same
 llama-cpp-python sdist that ``benchmarks/llama_cpp.py`` converts and quantizes with, into a folder
 outside the repository::
 
-    <home>/llama-cpp-tools/<version>-native/bin/{llama-bench,llama-server}     -DGGML_NATIVE=ON
-    <home>/llama-cpp-tools/<version>-portable/bin/{llama-bench,llama-server}   named instruction sets, no AMX
+    <home>/llama-cpp-tools/<version>-native/bin/{llama-bench,llama-server,...}     -DGGML_NATIVE=ON
+    <home>/llama-cpp-tools/<version>-portable/bin/{llama-bench,llama-server,...}   named instruction sets, no AMX
 
 (``<home>`` is ``$SLMOPS_HOME`` or ``~/.slmops``.) The native build (``-march=native``) comes first;
 each build is probed with a few tokens of the bundled quantized model, and where the native one
@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 #: The llama-cpp-python release whose vendored llama.cpp is built (the one benchmarks/llama_cpp.py pins).
 LLAMA_CPP_PYTHON = "0.3.36"
-#: The tools built; nothing else of llama.cpp.
-TARGETS = ("llama-bench", "llama-server")
+#: The tools built; nothing else of llama.cpp (``llama-quantize`` makes the benchmark's GGUF quants).
+TARGETS = ("llama-bench", "llama-server", "llama-quantize")
 #: Options of every build: no web UI download, no libcurl, static libraries (the binaries stand alone in bin/).
 COMMON_CMAKE_ARGS = ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_CURL=OFF",
                      "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF")
@@ -73,6 +73,11 @@ class LlamaTools:
     bench: Path
     server: Path
     cmake_args: tuple[str, ...]
+
+    @property
+    def quantize(self) -> Path:
+        """The ``llama-quantize`` binary."""
+        return self.bench.with_name("llama-quantize")
 
 
 def isa_cmake_args(flags: set[str]) -> list[str]:
@@ -122,7 +127,7 @@ def _tools_in(folder: Path) -> LlamaTools | None:
         return None
     info = json.loads(record.read_text())
     bench, server = folder / "bin" / "llama-bench", folder / "bin" / "llama-server"
-    if not (info.get("probe_ok") and bench.is_file() and server.is_file()):
+    if not (info.get("probe_ok") and all((folder / "bin" / name).is_file() for name in TARGETS)):
         return None
     return LlamaTools(folder=folder, flavor=Flavor(info["flavor"]), bench=bench, server=server,
                       cmake_args=tuple(info["cmake_args"]))
