@@ -221,6 +221,9 @@ def main() -> None:
         print(" | ".join(str(cell) for cell in row))
     if ("today", 1) in runs:
         print(f"today (batch size 0), one client: {statistics.median(r['rps'] for r in runs[('today', 1)]):.2f} req/s")
+    for (name, level), rs in sorted(runs.items()):
+        for error in sorted({e for r in rs for e in r["errors"]})[:3]:
+            print(f"error ({name}, {level} clients): {error}")
     print("\n".join(lines))
     append(args.markdown, section("Serving under load: slmops serve and llama-server", header, rows,
                                   note="; ".join(lines)))
