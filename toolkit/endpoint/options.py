@@ -24,7 +24,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 # a client that leaves frees its model within this and one decode step.
 DISCONNECT_POLL_S = 0.02
 # Requests each model decodes together (continuous batching); the benchmarks page has the measurement.
-DEFAULT_BATCH_SIZE = 8
+DEFAULT_BATCH_SIZE = 16
 DEFAULT_POLICY = Policy.PREFILL_FIRST
 
 
