@@ -25,7 +25,11 @@ _CONTEXT_TOKENS = 5
 
 
 class Detokenizer:
-    """Text pieces of a growing token sequence, each exactly once (a piece ending in a partial character waits)."""
+    """Text pieces of a growing token sequence, each exactly once (a piece ending in a partial character waits).
+
+    Bytes that never make a character (a random model's) are dropped, as ONNX Runtime GenAI's
+    streaming decoder drops them, rather than sent as U+FFFD.
+    """
 
     def __init__(self, tokenizer, prompt: list[int]) -> None:
         self.tokenizer, self.ids = tokenizer, list(prompt)
@@ -40,7 +44,7 @@ class Detokenizer:
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
         self.prefix, self.read = self.read, len(self.ids)
-        return after[len(before):]
+        return after[len(before):].replace("\ufffd", "")
 
 
 class StopText:
