@@ -46,12 +46,13 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmops.toolkit.domain import datasets, packaged, tools
+    from slmops.toolkit.domain import datasets, tools
     from slmops.toolkit.stages import finetune
     from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, judge
+    from slmops.toolkit.weights import packaged_build
 
     torch.set_num_threads(2)
-    base = packaged.materialize("gemma3-270m")
+    base = packaged_build.materialize("gemma3-270m")
     examples = [e for e in datasets.load_dataset() if not e.tools or tools.find_markers(base) is not None]
     record: dict = {"settings": vars(args)}
     adapter = args.adapter

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
-from slmops.toolkit.weights.quantize import QuantPlan
+from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.runtimes import genai
 
 README = str(Path(__file__).resolve().parents[1] / "outputs" / "calibration-readme.txt")

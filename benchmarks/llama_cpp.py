@@ -33,7 +33,7 @@ process of the project's Python (which has both) with the converter's own vendor
 
 Inputs: the demo's builds (``make demo``: ``outputs/demo/models/fp32``, ``int8``, ``int4`` and
 ``recipes/*``) and the FP32 merged fine-tune they were built from (their manifest's
-``source_path``; else ``slmops.toolkit.domain.adapters.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``).
+``source_path``; else ``slmops.toolkit.weights.adapter_merge.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``).
 GGUF files are kept in ``--out`` and reused.
 """
 
@@ -342,9 +342,10 @@ def hf_source(fp32: Path, given: Path | None) -> Path:
         source = json.loads(manifest.read_text()).get("source_path")
         if source and Path(source, "config.json").is_file():
             return Path(source)
-    from slmops.toolkit.domain.adapters import inspect_adapter, merge
-    from slmops.toolkit.domain.sources import bundled_model
     from slmops.toolkit.stages.finetune import bundled_adapter
+    from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+    from slmops.toolkit.weights.adapter_merge import merge
+    from slmops.toolkit.weights.bundled import bundled_model
 
     return merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))
 

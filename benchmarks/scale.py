@@ -42,9 +42,9 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.core.measure import available_mib
 from slmops.toolkit.domain import memory
 from slmops.toolkit.domain.options import Method, Precision
-from slmops.toolkit.domain.sources import inspect_source
 from slmops.toolkit.stages import bench, convert
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights.checkpoints import inspect_source
 from tests.models import make_shaped_model
 
 #: Published configurations (config.json fields that set the shapes).

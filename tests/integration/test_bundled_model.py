@@ -12,10 +12,10 @@ import pytest
 
 from slmops.toolkit import endpoint as serve
 from slmops.toolkit.domain import datasets
-from slmops.toolkit.domain.sources import inspect_source
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages import bench, convert, register
+from slmops.toolkit.weights.checkpoints import inspect_source
 
 #: The bundled model and its fine-tune take minutes to build: ``make test`` starts this file first, on a worker
 #: of its own (tests/conftest.py).

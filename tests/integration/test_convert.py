@@ -130,7 +130,7 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
 
 
 def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.domain.sources import inspect_source
+    from slmops.toolkit.weights.checkpoints import inspect_source
 
     m = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
     assert m["fp32_size_from"].startswith("estimated")

@@ -18,6 +18,8 @@ from slmops.toolkit.domain import adapters, datasets
 from slmops.toolkit.presentation import checklist as tables
 from slmops.toolkit.stages import checklist, convert, finetune
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+from slmops.toolkit.weights.adapter_merge import merged_folder
 from tests.unit.test_finetune import LINE
 
 
@@ -67,13 +69,13 @@ def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_ad
     adapter = result.manifest["adapter"]
     assert adapter["rank"] == 4 and adapter["merge_route"] == adapters.MERGE_ROUTE
     assert {"q_proj", "v_proj", "down_proj"} <= set(adapter["target_modules"])
-    assert adapter["fingerprint"] == adapters.inspect_adapter(tiny_adapter.adapter).fingerprint
+    assert adapter["fingerprint"] == inspect_adapter(tiny_adapter.adapter).fingerprint
     assert adapter["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-3  # peft's merge is exact in PyTorch
     check = result.manifest["parity"]["checks"][0]  # the FP32 build against the merged model in transformers
     assert check["positions"] > 10 and check["top1_agreement"] == 1.0 and check["max_diff_of_range"] < 1e-3
     assert result.manifest["parity"]["verdict"] == "pass"
     # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
-    merged = adapters.merged_folder(adapters.inspect_adapter(tiny_adapter.adapter))
+    merged = merged_folder(inspect_adapter(tiny_adapter.adapter))
     assert (merged / "config.json").is_file() and result.manifest["source_path"] == str(merged)
     int4 = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", convert.Precision.INT4),
                            progress=False)
@@ -92,24 +94,24 @@ def test_bad_adapters_are_refused_before_anything_is_written(tiny_adapter: finet
                                                              tmp_path: Path) -> None:
     hub = _copy_adapter(tiny_adapter.adapter, tmp_path / "hub", base_model_name_or_path="org/some-hub-model")
     with pytest.raises(InputError, match="--base"):
-        adapters.inspect_adapter(hub)
+        inspect_adapter(hub)
     prefix = _copy_adapter(tiny_adapter.adapter, tmp_path / "prefix", peft_type="PREFIX_TUNING")
     with pytest.raises(InputError, match="only LoRA"):
-        adapters.inspect_adapter(prefix)
+        inspect_adapter(prefix)
     wrong = _copy_adapter(tiny_adapter.adapter, tmp_path / "wrong")
     save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 32), np.float32),
                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32)},
               str(wrong / "adapter_model.safetensors"))
     with pytest.raises(InputError, match="another model size"):
-        adapters.inspect_adapter(wrong)
+        inspect_adapter(wrong)
     missing = _copy_adapter(tiny_adapter.adapter, tmp_path / "missing")
     save_file({"base_model.model.model.layers.9.mlp.up_proj.lora_A.weight": np.zeros((4, 64), np.float32)},
               str(missing / "adapter_model.safetensors"))
     with pytest.raises(InputError, match="does not have"):
-        adapters.inspect_adapter(missing)
+        inspect_adapter(missing)
     (missing / "adapter_config.json").write_text("{broken")
     with pytest.raises(ModelFolderError, match="not valid"):
-        adapters.inspect_adapter(missing)
+        inspect_adapter(missing)
     out = tmp_path / "never"
     assert cli.main(["convert", str(hub), "--out", str(out)]) == 2 and not out.exists()
     assert cli.main(["convert", str(tiny_adapter.adapter), "--base", str(tmp_path / "nope"), "--out", str(out)]) == 2
@@ -172,7 +174,7 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmops.toolkit.domain.sources import inspect_source
+    from slmops.toolkit.weights.checkpoints import inspect_source
     from tests.models import make_tiny_model
 
     folder = tmp_path / variant

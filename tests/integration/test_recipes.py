@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.domain.options import INT4_RECIPES, Precision
-from slmops.toolkit.weights.quantize import QuantPlan, quantize, use_more_bits
+from slmops.toolkit.domain.quant_plan import QuantPlan, use_more_bits
+from slmops.toolkit.weights.quantize import quantize
 
 
 @pytest.fixture(scope="module")

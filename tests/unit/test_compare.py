@@ -135,17 +135,17 @@ def test_a_rerun_on_another_cases_file_or_package_set_is_flagged(tiny_model: Pat
     cases = tmp_path / "cases.jsonl"
     cases.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     params = RunParams(model_dir=str(tiny_model), cases=str(cases))
-    recorded = provenance.run_record(params)
-    assert provenance.differences(recorded, provenance.run_record(params)) == []
+    recorded = provenance.run_record(params, tiny_model)
+    assert provenance.differences(recorded, provenance.run_record(params, tiny_model)) == []
     cases.write_text('{"messages": [{"role": "user", "content": "hello"}]}\n')
-    now = provenance.run_record(params)
+    now = provenance.run_record(params, tiny_model)
     changed = provenance.differences(recorded, now)
     assert len(changed) == 1 and changed[0].startswith("cases: ")
     now["versions"]["onnxruntime"] = "9.9.9"
     assert any(line.startswith("onnxruntime: ") for line in provenance.differences(recorded, now))
     # A params.json edited after the run (by hand, as a rerun's input): each changed parameter is named.
-    assert provenance.parameter_differences(recorded, provenance.run_record(params)) == []
-    edited = provenance.run_record(RunParams(model_dir=str(tiny_model), cases=str(cases), precisions=["int8", "fp32"]))
+    assert provenance.parameter_differences(recorded, provenance.run_record(params, tiny_model)) == []
+    edited = provenance.run_record(RunParams(model_dir=str(tiny_model), cases=str(cases), precisions=["int8", "fp32"]), tiny_model)
     assert provenance.parameter_differences(recorded, edited) == [
         "parameter precisions: ['fp32', 'int8', 'int4'] then, ['int8', 'fp32'] now"]
     assert provenance.parameter_differences({"inputs": {}}, edited) == []  # recorded before parameters were kept

@@ -16,6 +16,7 @@ from slmops.toolkit.core.errors import (
     UnsupportedArchitectureError,
 )
 from slmops.toolkit.domain.options import INT4_RECIPES
+from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.orchestration import recipes
 from slmops.toolkit.stages import convert as C
 
@@ -118,7 +119,7 @@ def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
 def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
     import numpy as np
 
-    from slmops.toolkit.weights.quantize import quantize_table
+    from slmops.toolkit.weights.table_layout import quantize_table
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(6, 64)).astype(np.float32)
@@ -191,8 +192,8 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
     weight = np.random.default_rng(1).normal(size=(64, 200)).astype(np.float32)
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul")
     opsets = [helper.make_opsetid("", 21)]
-    for plan in (Q.QuantPlan(), Q.QuantPlan(bits=8), Q.QuantPlan(symmetric=False), Q.QuantPlan(algorithm="rtn"),
-                 Q.QuantPlan(algorithm="k_quant")):
+    for plan in (QuantPlan(), QuantPlan(bits=8), QuantPlan(symmetric=False), QuantPlan(algorithm="rtn"),
+                 QuantPlan(algorithm="k_quant")):
         whole_nodes, whole = Q._quantize_one(node, weight, plan, opsets)
         monkeypatch.setattr(Q, "CHUNK_BYTES", 64 * 4 * 48)  # 48 columns a slice: 5 slices, the last one short
         sliced_nodes, sliced = Q._quantize_one(node, weight, plan, opsets)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from slmops.toolkit.core.errors import InvalidOptionError
-from slmops.toolkit.weights import gptq
 from slmops.toolkit.domain.options import Int4Algorithm, Int4Options
-from slmops.toolkit.weights.quantize import QuantPlan
+from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.weights import gptq
 
 
 def test_round_to_nearest_is_ort_default_symmetric_quantizer_bit_for_bit() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from slmops.toolkit.domain import adapters, parity
 from slmops.toolkit.domain.datasets import Example
-from slmops.toolkit.weights.quantize import QuantizeJob, QuantPlan
+from slmops.toolkit.domain.quant_plan import QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.runtimes import foundry, genai, reference
 from slmops.toolkit.stages import finetune

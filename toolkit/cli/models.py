@@ -12,11 +12,11 @@ from slmops.toolkit.cli.common import Command, Group, cache_option, flag, fracti
 from slmops.toolkit.core import settings
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import tools
-from slmops.toolkit.domain.sources import bundled_model
 from slmops.toolkit.orchestration import doctor
 from slmops.toolkit.presentation.tables import text_table
 from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
 from slmops.toolkit.stages import register
+from slmops.toolkit.weights.bundled import bundled_model
 
 COMMANDS = (
     Command(Group.MODELS, "ls", "list registered models (as `foundry cache ls`)"),

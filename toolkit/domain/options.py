@@ -81,7 +81,7 @@ class TablePrecision(StrEnum):
 
 
 class Int4Mix(StrEnum):
-    """Which MatMuls an INT4 body keeps at 8 bits (see :data:`slmops.toolkit.weights.quantize.MIXES`).
+    """Which MatMuls an INT4 body keeps at 8 bits (see :data:`slmops.toolkit.domain.quant_plan.MIXES`).
 
     ``none`` is a uniform 4-bit body; ``q4_k_m`` is llama.cpp's Q4_K_M choice (value and MLP
     down projections of the ``use_more_bits`` layers: first and last eighth, every third

@@ -632,31 +632,6 @@ def check_consistency(resolved: ResolvedTemplate, *, bos_token: str | None = Non
         )
 
 
-def end_of_turn_tokens(template: PromptTemplate | str, tokenizer_file: Path) -> list[tuple[int, str]]:
-    """The special token an assistant turn ends with, as ``[(id, token)]``: what must stop generation.
-
-    Args:
-        template: The four strings, or the end marker itself (what follows an assistant's content,
-            e.g. ``<|im_end|>\\n``, ``<end_of_turn>\\n``, ``<|eot_id|>``).
-        tokenizer_file: The model's ``tokenizer.json``.
-
-    Returns:
-        The longest added token the marker starts with; ``[]`` for a plain-text marker (no token
-        id can stop on it).
-    """
-    from tokenizers import Tokenizer
-
-    end = template.turn_end if isinstance(template, PromptTemplate) else template
-    if not end:
-        return []
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    added = {token.content: index for index, token in tokenizer.get_added_tokens_decoder().items()}
-    for length in range(len(end), 0, -1):
-        if end[:length] in added:
-            return [(added[end[:length]], end[:length])]
-    return []
-
-
 def rendered_turn_end(jinja_template: str, *, bos_token: str = "", eos_token: str = "") -> str:
     """What a Jinja chat template writes after an assistant's content (its end-of-turn marker).
 

@@ -15,10 +15,12 @@ from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import parity, templates
-from slmops.toolkit.domain.genai_config import config_problem, context_problem
+from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
 from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
+from slmops.toolkit.weights.context_limit import context_problem
+from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def stop_check(folder: Path, config: dict) -> Check:
         return Check("stop tokens", Status.FAIL, f"{exc}; register with --template")
     if not (folder / "tokenizer.json").is_file():
         return Check("stop tokens", Status.FAIL, "tokenizer.json missing; convert it again")
-    tokens = templates.end_of_turn_tokens(end, folder / "tokenizer.json")
+    tokens = end_of_turn_tokens(end, folder / "tokenizer.json")
     if not tokens:
         return Check("stop tokens", Status.FAIL, f"the chat template ends a turn with {end!r}, which is no single token, "
                      "so nothing stops generation there: register a preset whose turns end in a special token "

@@ -176,9 +176,9 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     quantizer never reuses an old build).
     """
     from slmops.toolkit.domain import options, parity, sources
-    from slmops.toolkit.weights import gptq, quantize, rotate
     from slmops.toolkit.runtimes import genai_builder
     from slmops.toolkit.stages import convert as convert_stage
+    from slmops.toolkit.weights import gptq, quantize, rotate
 
     made = read_manifest(reference_dir)
     common = (sources.fingerprint(model_dir), made.get("source_fingerprint"), made.get("versions"),

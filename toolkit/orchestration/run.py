@@ -36,6 +36,7 @@ from slmops.toolkit.presentation import compare as comparison
 from slmops.toolkit.stages import bench as bench_stage
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages import register as register_stage
+from slmops.toolkit.weights.bundled import model_or_bundled
 
 #: The run file: a run's parameters, every path absolute (the name ``slmops run`` gives it too).
 RUN_FILE = "params.json"
@@ -146,7 +147,7 @@ def write_record(run: Run) -> Path:
     """Write the run's ``params.json`` and ``run.json`` (as ``slmops run`` writes them); return the former."""
     run.dir.mkdir(parents=True, exist_ok=True)
     written = artifacts.write_json(run.dir / RUN_FILE, run.params.as_dict())
-    artifacts.write_json(run.dir / RECORD_FILE, provenance.run_record(run.params))
+    artifacts.write_json(run.dir / RECORD_FILE, provenance.run_record(run.params, model_or_bundled(run.params.model_dir)))
     return written
 
 

@@ -25,8 +25,8 @@ from slmops.toolkit.core.errors import (
     PromptTooLongError,
 )
 from slmops.toolkit.domain import templates, tools
-from slmops.toolkit.domain.genai_config import positions
 from slmops.toolkit.domain.results.bench import decode_tps
+from slmops.toolkit.weights.context_limit import positions
 
 APP_NAME = "slmops"
 _ROLES = ("system", "user", "assistant", "tool")

@@ -42,10 +42,15 @@ from slmops.toolkit.domain.options import (
     Method,
     Precision,
 )
-from slmops.toolkit.weights.quantize import LoraJob, QuantizeJob, QuantPlan, weight_summary, write_onnx_adapter
+from slmops.toolkit.domain.quant_plan import LoraJob, QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
-from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source, tied_flag_contradicts_head
+from slmops.toolkit.domain.sources import SourceModel, fingerprint
 from slmops.toolkit.runtimes import reference
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+from slmops.toolkit.weights.adapter_merge import merge
+from slmops.toolkit.weights.checkpoints import inspect_source, tied_flag_contradicts_head
+from slmops.toolkit.weights.lora_apart import lora_matrices, write_onnx_adapter
+from slmops.toolkit.weights.weight_summary import weight_summary
 
 OLIVE_CONFIG = "finetuned_conversion_config.json"
 
@@ -149,7 +154,7 @@ def route_precision(spec: ConvertSpec) -> Precision:
 
 
 def quant_plan(spec: ConvertSpec, hidden_size: int = 0) -> QuantPlan:
-    """The :class:`~slmops.toolkit.weights.quantize.QuantPlan` for ``spec`` (when :func:`needs_quantizer`).
+    """The :class:`~slmops.toolkit.domain.quant_plan.QuantPlan` for ``spec`` (when :func:`needs_quantizer`).
 
     INT8 is 8-bit weight-only ``MatMulNBits`` (symmetric, block 32) for every MatMul and
     the LM head, with an 8-bit embedding table (shared with the LM head when tied).
@@ -350,7 +355,7 @@ def validate(spec: ConvertSpec, *, memory_check: bool = True) -> SourceModel:
         raise InvalidOptionError("method", str(method), "builder with --keep-adapter (the model builder "
                                  "builds the LoRA inputs)")
     if adapters.is_adapter(spec.model_dir):  # a LoRA adapter: its base must be convertible (and match it)
-        adapter = adapters.inspect_adapter(spec.model_dir, spec.base)
+        adapter = inspect_adapter(spec.model_dir, spec.base)
         if spec.keep_adapter:
             check_keepable(adapter)
             _check_more_adapters(adapter, spec.more_adapters)
@@ -485,14 +490,14 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
     predicted = memory_estimate(spec, source, dtype)
     adapter = None
     if adapters.is_adapter(spec.model_dir):  # merged once (cached); every route then converts the merged folder
-        adapter = adapters.inspect_adapter(spec.model_dir, source.path)
+        adapter = inspect_adapter(spec.model_dir, source.path)
         # Kept apart, the merge is still made: it is the reference the build with its adapter must match.
-        spec = replace(spec, model_dir=adapters.merge(adapter))
+        spec = replace(spec, model_dir=merge(adapter))
         source = inspect_source(spec.model_dir)
     kept = adapter if spec.keep_adapter else None
     # Each further adapter's merge is its own reference (made before the build, so a bad one stops it early).
-    more = [adapters.inspect_adapter(folder, kept.base) for folder in spec.more_adapters] if kept else []
-    more_merged = [adapters.merge(other) for other in more]
+    more = [inspect_adapter(folder, kept.base) for folder in spec.more_adapters] if kept else []
+    more_merged = [merge(other) for other in more]
     target = spec.output_dir.resolve()
     if dry_run and spec.method is not Method.OLIVE_CONFIG:
         raise InvalidOptionError("dry_run", True, "only with --method olive-config")
@@ -549,12 +554,12 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 lora_out = scratch / "lora-inputs" if needs_quantizer(spec) else staging
                 adapter_file = scratch / ADAPTERS_DIR / f"{kept.path.name}{ADAPTER_SUFFIX}"
                 job = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
-                runs.append(workers.run_worker("slmops.toolkit.weights.quantize", "keep-lora-apart", job.to_json(),
+                runs.append(workers.run_worker("slmops.toolkit.weights.lora_apart", "keep-lora-apart", job.to_json(),
                                                log_path=logs / "keep-lora-apart.log", name="LoRA kept apart"))
                 inputs = runs[-1].result["lora_inputs"]
                 for other in more:  # the same inputs, another adapter's values
                     write_onnx_adapter(adapter_file.parent / f"{other.path.name}{ADAPTER_SUFFIX}",
-                                       adapters.lora_matrices(other, inputs))
+                                       lora_matrices(other, inputs))
                 _copy_support_files(first, lora_out)
                 first = lora_out
             bar.update()
@@ -680,13 +685,13 @@ def _check_more_adapters(first: adapters.AdapterSource, folders: tuple[Path, ...
     """Further adapters kept apart beside ``first``: keepable LoRA adapters of its base, on its modules, with other names.
 
     Raises:
-        ModelFolderError, InputError: as :func:`~slmops.toolkit.domain.adapters.inspect_adapter`, or a module
+        ModelFolderError, InputError: as :func:`~slmops.toolkit.weights.adapter_inspect.inspect_adapter`, or a module
             ``first`` does not adapt (the build has no LoRA input there).
         InvalidOptionError: two adapters of one folder name (their files would collide).
     """
     names = {first.path.name}
     for folder in folders:
-        other = adapters.inspect_adapter(folder, first.base)
+        other = inspect_adapter(folder, first.base)
         check_keepable(other)
         outside = sorted(set(other.target_modules) - set(first.target_modules))
         if outside:  # the build has LoRA inputs only where the first adapter has matrices

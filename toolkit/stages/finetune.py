@@ -27,7 +27,8 @@ from slmops.toolkit.core import artifacts, settings, workers
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import packaged, tools
 from slmops.toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
-from slmops.toolkit.domain.sources import BUNDLED_NAME, fingerprint, inspect_source
+from slmops.toolkit.domain.sources import BUNDLED_NAME, fingerprint
+from slmops.toolkit.weights.checkpoints import inspect_source
 
 RECORD = "finetune.json"
 #: Steps of the bundled SmolLM2's demo fine-tune: the Veloria set with its tool examples (29) at

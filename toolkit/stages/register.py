@@ -34,11 +34,13 @@ from slmops.toolkit.core.errors import (
 )
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import options, templates, tools
-from slmops.toolkit.domain.genai_config import config_problem, context_problem
+from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, registered_file
 from slmops.toolkit.runtimes import foundry, genai
 from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.weights.context_limit import context_problem
+from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 
 INFERENCE_MODEL = "inference_model.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -323,7 +325,7 @@ def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: template
     tokenizer_file = onnx_dir / "tokenizer.json"
     if tokenizer_file.is_file():
         found += [(i, tok, "the chat template's end of turn")
-                  for i, tok in templates.end_of_turn_tokens(template, tokenizer_file)]
+                  for i, tok in end_of_turn_tokens(template, tokenizer_file)]
     source = read_manifest(onnx_dir).get("source_path")
     generation_file = next((f for f in (onnx_dir / "generation_config.json",
                                         Path(source) / "generation_config.json" if source else None)

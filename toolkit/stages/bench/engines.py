@@ -17,10 +17,10 @@ from slmops.toolkit.core.errors import InputError, ModelNotFoundError
 from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
 from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.prompts import prompt_text
-from slmops.toolkit.weights.quantize import lookup_only_mb
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
+from slmops.toolkit.weights.weight_summary import lookup_only_mb
 
 #: The worker module the children run.
 WORKER = "slmops.toolkit.stages.bench.worker"
