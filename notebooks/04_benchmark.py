@@ -16,6 +16,7 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 # %%
 from IPython.display import Markdown, display
 
+from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
 from slmops.toolkit.orchestration import run as stages
 from slmops.toolkit.presentation import bench as bench_text
@@ -35,10 +36,10 @@ panel = RunPanel("benchmark", lambda: stages.bench(run),
                          "decode_cv", "noisy", "e2e_ms", "peak_rss_mib", "load_s", "load_rss_mib", "cpu_percent",
                          "system_cpu_percent", "harness_overhead_pct", "size_mb"]),
                      Markdown("## Recommendation"),
-                     Markdown(f"**{compare.recommend(compare.load_run(run.dir)).sentence}**"),
-                     report.table(compare.recommend(compare.load_run(run.dir)).rows),
+                     Markdown(f"**{deployment_choice.recommend(compare.load_run(run.dir)).sentence}**"),
+                     report.table(deployment_choice.recommend(compare.load_run(run.dir)).rows),
                      Markdown("Each precision against FP32 per case family (McNemar's exact test):"),
-                     report.table(compare.recommend(compare.load_run(run.dir)).paired),
+                     report.table(deployment_choice.recommend(compare.load_run(run.dir)).paired),
                      Markdown("Foundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no "
                               "overhead):"),
                      report.table(results["engine_ratios"]),

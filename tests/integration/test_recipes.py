@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain import recipe_choice
 from slmops.toolkit.domain.options import INT4_RECIPES, Precision
 from slmops.toolkit.domain.quant_plan import QuantPlan, use_more_bits
 from slmops.toolkit.weights.quantize import quantize
@@ -105,11 +106,11 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     assert 0 <= compact.top1_agreement <= 1 and compact.kl_divergence >= 0 and compact.size_mb > 0  # the gate's figures
     assert not (tmp_path / "recipes" / "compact" / "model.onnx").exists()
     assert not int8_head.refused and int8_head.decode_tps > 0
-    name, why = recipes.recommend_recipe(results)
+    name, why = recipe_choice.recommend_recipe(results)
     assert name == "int8-head" and "Refused by the parity gate" in why and "`compact`" in why
     assert read_recipes(tmp_path / "recipes" / "recipes.json") == results
     with pytest.raises(ValueError, match="every INT4 recipe"):
-        recipes.recommend_recipe([compact])
+        recipe_choice.recommend_recipe([compact])
 
     # The next comparison of the same source, options, packages and code copies the build and the refusal
     # from the build cache (nothing is converted) and measures the same figures.

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from slmops.toolkit import cli
+from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.orchestration import cluster, pipeline
 from slmops.toolkit.presentation import compare
@@ -114,7 +115,7 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
         # Everything that does not depend on the machine equals the serial sweep's: sizes, agreement and
         # every verdict but those of timing and memory statistics (a loaded machine may leave them inconclusive).
         ray_run, serial_run = compare.load_run(tmp_path / "sweep" / label), compare.load_run(serial / label)
-        for ours, theirs in zip(compare.side_by_side([(label, ray_run)]), compare.side_by_side([(label, serial_run)]),
+        for ours, theirs in zip(deployment_choice.side_by_side([(label, ray_run)]), deployment_choice.side_by_side([(label, serial_run)]),
                                 strict=True):
             for figure in ("precision", "size_mb", "x_fp32", "top1_agreement"):
                 assert ours[figure] == theirs[figure], (label, figure)

@@ -199,7 +199,7 @@ def test_every_result_command_prints_parseable_json(argv: list[str], tmp_path: P
     monkeypatch.setattr(pipeline.convert, "convert", lambda spec, **_: _Result(output_dir=spec.output_dir, manifest={"a": 1}))
     monkeypatch.setattr(pipeline.finetune, "finetune", lambda spec: {"adapter": spec.out, "losses": [1.0, 0.1]})
     monkeypatch.setattr(pipeline.recipes, "compare_int4_recipes", lambda *a, **k: [_Result(recipe="x", top1_agreement=0.9)])
-    monkeypatch.setattr(pipeline.recipes, "recommend_recipe", lambda results: ("x", "use x"))
+    monkeypatch.setattr(pipeline.recipe_choice, "recommend_recipe", lambda results: ("x", "use x"))
     monkeypatch.setattr(pipeline.register, "register", lambda *a, **k: _Registration("n:1"))
     monkeypatch.setattr(pipeline.checklist, "load_cases", lambda path: [])
     monkeypatch.setattr(pipeline.checklist, "run_checklists",

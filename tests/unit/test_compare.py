@@ -10,7 +10,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InvalidOptionError
-from slmops.toolkit.domain import provenance
+from slmops.toolkit.domain import deployment_choice, provenance
 from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.results.checklist import (
     Bound,
@@ -183,7 +183,7 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
                   "engine_ratios": [{"ratio": 1.02}],
                   "ttft_breakdown": [{"ratio": 1.01, "setup_ms": 0.3, "template_ms": 1.4, "runtime_other_ms": 2.0}]}
     registered = [{"threads": 2, "threads_speedup": 1.4}, {"threads": 2, "threads_speedup": 1.3}]
-    story = report.run_story(compare.recommend(compare.load_run(run)), bench_json, registered)
+    story = report.run_story(deployment_choice.recommend(compare.load_run(run)), bench_json, registered)
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
     # A build that misses checks every build misses is never said to pass every item (the demo's story said so).
@@ -195,7 +195,7 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert "1.02x ONNX Runtime GenAI" in story[4] and "session 0.30 ms" in story[5] and story[6].startswith("2 bench")
     assert report.run_story(None, None, None) == []
     control = ControlResult("base", 0, 16, 1, 16, 0.0, 0.1, True)
-    told = report.run_story(compare.recommend(compare.load_run(run)), None, None, control)
+    told = report.run_story(deployment_choice.recommend(compare.load_run(run)), None, None, control)
     assert told[2] == ("The base model, not fine-tuned, answers 0/16 of the trained questions and 1/16 of their "
                        "held-out paraphrases: the base model passes 0% of the domain cases (at most 10%): they test "
                        "what the fine-tune added.")
@@ -227,7 +227,7 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
     assert loaded.checks[0].detail == "score 0.00: Lyon" and loaded.models[0].rss_mib == [300.0, 301.5]
     assert loaded.models[0].ms_per_token == {64: 2.0} and loaded.control is None  # its words are not re-read
     assert tables.summary_rows(loaded)[0]["domain"] == "0/1 = 0%"  # shown as it was written
-    assert compare.recommend(compare.load_run(run)).choice == "fp32"  # the old verdicts still decide
+    assert deployment_choice.recommend(compare.load_run(run)).choice == "fp32"  # the old verdicts still decide
     for thin in ("models/convert.json", "bench.json"):  # this fixture's are too thin for the page's tables
         (run / thin).unlink()
     page = report.write_index(run).read_text()
@@ -343,7 +343,7 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
     for model in reports.models:
         model.checks.append(miss(model.model, "language"))  # both fail the same held-out paraphrase
     (run / "test.json").write_text(json.dumps(reports.to_json()))
-    decision = compare.recommend(compare.load_run(run))
+    decision = deployment_choice.recommend(compare.load_run(run))
     assert decision.choice == "int4"  # the smaller one: the shared miss tells them apart no more
     assert "Every build, FP32 included, fails heldout/language" in decision.sentence
     # A miss of INT4 alone on one case is no loss of precision: the paired test over the held-out cases
@@ -351,7 +351,7 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
     reports.models[0].checks.append(miss("m-int4", "currency"))
     reports.models[1].checks.append(replace(miss("m-fp32", "currency"), value=1.0, verdict=Verdict.PASS))
     (run / "test.json").write_text(json.dumps(reports.to_json()))
-    decision = compare.recommend(compare.load_run(run))
+    decision = deployment_choice.recommend(compare.load_run(run))
     assert decision.choice == "int4" and decision.failed == {}
     assert "int4 heldout: 0/2 against fp32's 1/2; 1 cases only fp32 passes, 0 only int4 (McNemar's exact test " \
         "p = 1.00): no difference" in decision.sentence

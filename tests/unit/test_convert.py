@@ -15,6 +15,7 @@ from slmops.toolkit.core.errors import (
     ToolFailedError,
     UnsupportedArchitectureError,
 )
+from slmops.toolkit.domain import recipe_choice
 from slmops.toolkit.domain.options import INT4_RECIPES
 from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.orchestration import recipes
@@ -211,9 +212,9 @@ def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
         return recipes.RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
 
     fast_winner = [result("a", 0.37, 0.9, 100), result("b", 0.2, 0.88, 90), result("c", 0.15, 0.6, 110)]
-    assert recipes.recommend_recipe(fast_winner)[0] == "b"
+    assert recipe_choice.recommend_recipe(fast_winner)[0] == "b"
     slow_only = [result("a", 0.37, 0.66, 100), result("h", 0.21, 0.98, 5), result("c", 0.19, 0.72, 110)]
-    name, why = recipes.recommend_recipe(slow_only)
+    name, why = recipe_choice.recommend_recipe(slow_only)
     assert name == "c" and "`h`" in why and "No fast recipe" in why
 
 

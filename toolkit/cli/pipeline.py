@@ -26,7 +26,7 @@ from slmops.toolkit.cli.common import (
 )
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import params as run_params
-from slmops.toolkit.domain import parity
+from slmops.toolkit.domain import parity, recipe_choice
 from slmops.toolkit.domain.options import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
@@ -212,7 +212,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     results = recipes.compare_int4_recipes(args.model_dir, args.out, args.reference, args.recipe or None,
                                            method=args.method, cache=not args.rebuild)
-    best = recipes.recommend_recipe(results)
+    best = recipe_choice.recommend_recipe(results)
     if args.json:
         print_json({"recipes": [vars(r) for r in results], "recommendation": best[1],
                     "file": Path(args.out) / "recipes.json"})

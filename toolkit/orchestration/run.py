@@ -22,7 +22,7 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, ParamsError, SlmopsError
-from slmops.toolkit.domain import options, provenance
+from slmops.toolkit.domain import options, provenance, recipe_choice
 from slmops.toolkit.domain import params as run_params
 from slmops.toolkit.domain.options import Int4Options, Precision
 from slmops.toolkit.domain.params import RunParams
@@ -277,7 +277,7 @@ def compare_recipes(run: Run, *, progress: bool = True) -> list[RecipeResult]:
                                            progress=progress)
     # The run deploys what it recommends: the recommended recipe's build becomes the run's int4.
     if (run.models / "int4").is_dir() and any(not r.refused for r in results):
-        recipes.adopt_recipe(results, recipes.recommend_recipe(results)[0], run.models)
+        recipes.adopt_recipe(results, recipe_choice.recommend_recipe(results)[0], run.models)
     return results
 
 
@@ -287,7 +287,7 @@ def recipe_words(results: list[RecipeResult], run: Run | None = None) -> str:
         return "Recipe comparison skipped: set compare_recipes: true and include fp32 in precisions."
     if all(r.refused for r in results):
         return "Every INT4 recipe was refused by the parity gate (the table gives the gate's figures)."
-    recommended, why = recipes.recommend_recipe(results)
+    recommended, why = recipe_choice.recommend_recipe(results)
     deployed = run is not None and read_manifest(run.models / "int4").get("recipe") == recommended
     return (f"**Recommended INT4 recipe: `{recommended}`.** {why}" + (
         f" The run deploys it as its int4 (`{run.models / 'int4'}`); the tutorial's `builder-default` stays "

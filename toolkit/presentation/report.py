@@ -17,6 +17,7 @@ from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
+from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
@@ -106,13 +107,13 @@ def _checks_sentence(kept: list[dict]) -> str:
             "what every build misses is the model's own (the recommendation lists it)")
 
 
-def run_story(recommendation: compare.Recommendation | None, bench_report: dict | None,
+def run_story(recommendation: deployment_choice.Recommendation | None, bench_report: dict | None,
               registered: list[dict] | None, control: ControlResult | None = None,
               tests: ChecklistReport | None = None) -> list[str]:
     """"What this run shows": a few sentences generated from the run's own figures.
 
     Args:
-        recommendation: :func:`slmops.toolkit.presentation.compare.recommend` of the run.
+        recommendation: :func:`slmops.toolkit.presentation.deployment_choice.recommend` of the run.
         bench_report: Its ``bench.json``.
         registered: Its ``registered.json`` (thread choices).
         control: ``test.json``'s negative control (the base model on the same domain cases), if any.
@@ -136,7 +137,7 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         if parts:
             story.append("Against FP32: " + "; ".join(parts) + ".")
     failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
-    kept = [r for r in rows if r["outcome"] not in (compare.Outcome.FAILED, compare.Outcome.NOT_CHECKED)]
+    kept = [r for r in rows if r["outcome"] not in (deployment_choice.Outcome.FAILED, deployment_choice.Outcome.NOT_CHECKED)]
     if rows:
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
@@ -191,7 +192,7 @@ RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/r
 
 def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
     """One row per precision of a run: size, checks passed, top-1 agreement, decode speed, latency, memory."""
-    rows = compare.side_by_side([("", compare.load_run(run_dir))])
+    rows = deployment_choice.side_by_side([("", compare.load_run(run_dir))])
     return [{k: v for k, v in row.items() if k != "run"} for row in rows if row["precision"] != "–"]
 
 
@@ -238,7 +239,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     converted = read_conversions(run / "models" / "convert.json")
     registered = ([m.to_json() for m in read_registered(run / "registered.json")]
                   if (run / "registered.json").is_file() else [])
-    recommendation = compare.recommend(compare.load_run(run)) if tests else None
+    recommendation = deployment_choice.recommend(compare.load_run(run)) if tests else None
     plots = [png.stem for png in sorted(run.glob("*.png"))]
     placed = {stem for stems in PLOT_SECTIONS.values() for stem in stems}
     page = render_page(
@@ -272,7 +273,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
                       swept: list[str], placements: dict[str, dict] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
-    The table is :func:`slmops.toolkit.presentation.compare.side_by_side`, the one a comparison of two runs shows.
+    The table is :func:`slmops.toolkit.presentation.deployment_choice.side_by_side`, the one a comparison of two runs shows.
 
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.
@@ -289,7 +290,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
         where = placements.get(label)
         ran = ({"node": f"{where['host']} ({where['node']})", "node_type": where["node_type"],
                 "attempts": where["attempts"]} if where else {})
-        for row in compare.side_by_side([(label, compare.load_run(out / label))]):
+        for row in deployment_choice.side_by_side([(label, compare.load_run(out / label))]):
             rows.append({"label": label, **varied, "status": state, **ran, **row})
     columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
                "x_fp32", "checks_passed", "top1_agreement", "decode_tps", "ttft_ms", "peak_rss_mib"]
