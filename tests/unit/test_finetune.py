@@ -80,7 +80,7 @@ def test_a_packaged_models_demo_fine_tune_uses_its_own_settings(tmp_path: Path, 
 
     folder = tmp_path / "gemma-3-270m"
     folder.mkdir()
-    (folder / packaged._MARKER).write_text(json.dumps({"key": "gemma3-270m"}))
+    (folder / packaged.MARKER).write_text(json.dumps({"key": "gemma3-270m"}))
     seen: list[finetune.FinetuneSpec] = []
     monkeypatch.setattr(finetune, "finetune", lambda spec, progress=True: seen.append(spec))
     finetune.bundled_adapter(folder)
