@@ -19,15 +19,14 @@ from IPython.display import Markdown, display
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
 from slmops.toolkit.orchestration import run as stages
-from slmops.toolkit.presentation import bench as bench_text
-from slmops.toolkit.presentation import compare, plots, report
+from slmops.toolkit.presentation import bench_text, compare, plots, report
 from slmops.toolkit.stages import checklist
 from slmops.widgets import RunPanel
 
 run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
 panel = RunPanel("benchmark", lambda: stages.bench(run),
                  show=lambda results: (
-                     Markdown("\n".join(f"- {line}" for line in bench_text.summary(
+                     Markdown("\n".join(f"- {line}" for line in bench_text.summary_lines(
                          results, checklist.read_report(run.dir / "test.json"))
                          + bench_text.warnings(bench_rows(results)))),
                      report.table(results["rows"], [

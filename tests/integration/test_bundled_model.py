@@ -96,7 +96,7 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
 
     import numpy as np
 
-    from slmops.toolkit.stages import checklist as evaluate
+    from slmops.toolkit.stages import checklist
 
     scrambled = tmp_path / "scrambled"
     shutil.copytree(fp32_int4.folder / "int4", scrambled)
@@ -107,7 +107,7 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
     register.register(scrambled, "chk-scrambled")
     verdicts = {}
     for name in ("chk-int4", "chk-scrambled"):
-        result = evaluate.run_checklist(name, requests=0, lengths=[], reference="chk-fp32", progress=False)
+        result = checklist.run_checklist(name, requests=0, lengths=[], reference="chk-fp32", progress=False)
         verdicts[name] = {(c.check, c.case): c.passed for c in result.checks}
         assert all(passed for (check, _), passed in verdicts[name].items() if check == "edge")  # alive, clear
     good, bad = verdicts["chk-int4"], verdicts["chk-scrambled"]

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
-from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist, convert, finetune
 from slmops.toolkit.stages import register as R
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
@@ -130,13 +130,13 @@ def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Pat
     control = checklist.run_control("tiny-control", cases["trained"][:3] + cases["heldout"][:2], progress=False)
     assert (control.trained_passed, control.trained_total, control.heldout_passed, control.heldout_total,
             control.tests_the_fine_tune) == (0, 3, 0, 2, True)
-    side = tables.before_after(control, report)  # the base's answers beside the model's, case by case
+    side = checklist_tables.before_after(control, report)  # the base's answers beside the model's, case by case
     assert [row["case"] for row in side] == [c["id"] for c in cases["trained"][:3] + cases["heldout"][:1]]
     assert all(row["base"] == control.answers[row["case"]] and "tiny-control" in row for row in side)  # whole
     # Cases any answer passes (nothing forbidden appears) test nothing, and the control says so.
     easy = [{"id": "easy", "messages": [{"role": "user", "content": "x"}], "expect": {"not_contains": ["Quennport"]}}]
     told = checklist.run_control("tiny-control", easy, progress=False)
-    assert not told.tests_the_fine_tune and "test what the base already knew" in tables.control_verdict(told)
+    assert not told.tests_the_fine_tune and "test what the base already knew" in checklist_tables.control_verdict(told)
     checklist.write_report([report], tmp_path / "test.json", control=control)
     assert checklist.read_report(tmp_path / "test.json").control == control
 
@@ -150,7 +150,7 @@ def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
     cases = datasets.cases(datasets.load_dataset())
     chosen = cases["trained"][:2] + cases["heldout"][:1]
     asked = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
-    assert asked.kept_from == "" and "kept" not in tables.control_verdict(asked)
+    assert asked.kept_from == "" and "kept" not in checklist_tables.control_verdict(asked)
     real_generation = quality.generation
 
     def nothing_asked(*args, **kwargs):
@@ -161,7 +161,7 @@ def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
     R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None), force=True)
     kept = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
     assert kept.answers == asked.answers and kept.trained_total == 2 and kept.kept_from
-    assert f"answers asked at {kept.kept_from}, kept" in tables.control_verdict(kept)
+    assert f"answers asked at {kept.kept_from}, kept" in checklist_tables.control_verdict(kept)
     # Other cases, or the model's files changed (here its search settings, as a new registration writes them): asked.
     monkeypatch.setattr(quality, "generation", real_generation)
     assert checklist.run_control("tiny-kept", chosen[:2], progress=False, keep=True).kept_from == ""

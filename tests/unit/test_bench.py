@@ -11,7 +11,7 @@ import pytest
 
 from slmops.toolkit.core.errors import SlmopsError
 from slmops.toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
-from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import bench_text
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import checklist as E
 
@@ -54,7 +54,7 @@ def test_summary_and_ceiling_from_a_report() -> None:
                        row("int4", "ort-genai", 100.0, 200.0)]}
     quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
-    assert bench_text.summary(report, quality) == [
+    assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
     ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
     assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0

@@ -203,8 +203,7 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
 
 def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:
     from slmops.toolkit.domain.results import ResultVersionError
-    from slmops.toolkit.presentation import checklist as tables
-    from slmops.toolkit.presentation import report
+    from slmops.toolkit.presentation import checklist_tables, report
     from slmops.toolkit.stages.checklist import read_report
 
     run = write_run(tmp_path / "old", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
@@ -226,7 +225,7 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
     assert [str(c.verdict) for c in loaded.checks] == ["fail", "fail", "pass"] and loaded.checks[0].value is None
     assert loaded.checks[0].detail == "score 0.00: Lyon" and loaded.models[0].rss_mib == [300.0, 301.5]
     assert loaded.models[0].ms_per_token == {64: 2.0} and loaded.control is None  # its words are not re-read
-    assert tables.summary_rows(loaded)[0]["domain"] == "0/1 = 0%"  # shown as it was written
+    assert checklist_tables.summary_rows(loaded)[0]["domain"] == "0/1 = 0%"  # shown as it was written
     assert deployment_choice.recommend(compare.load_run(run)).choice == "fp32"  # the old verdicts still decide
     for thin in ("models/convert.json", "bench.json"):  # this fixture's are too thin for the page's tables
         (run / thin).unlink()

@@ -18,8 +18,7 @@ from slmops.toolkit.domain.results.checklist import (
     Unit,
     verdict_of,
 )
-from slmops.toolkit.presentation import checklist as tables
-from slmops.toolkit.presentation import report
+from slmops.toolkit.presentation import checklist_tables, report
 from slmops.toolkit.presentation.tables import html_table
 from slmops.toolkit.stages.checklist import quality_checks
 from tests.unit.test_compare import write_run
@@ -67,7 +66,7 @@ def _report(failing: set[str], cases: int = 48) -> list[ModelReport]:
 
 def test_the_whole_checklist_shows_collapsible_by_check_failures_first() -> None:
     reports = _report({"case-7"})
-    page = tables.checklist_details(reports)
+    page = checklist_tables.checklist_details(reports)
     sections = re.findall(r"<details class=\"slmops\"( open)?><summary>(.*?)</summary>", page)
     assert [summary.split(":")[0] for _, summary in sections] == ["domain", "heldout", "quality"]
     assert sections[0] == (" open", "domain: m-int4 23/24 pass, m-int8 24/24 pass (failures first)")
@@ -79,7 +78,7 @@ def test_the_whole_checklist_shows_collapsible_by_check_failures_first() -> None
 
 
 def test_the_quality_table_shows_numbers_and_the_reference_says_so() -> None:
-    rows = tables.quality_rows(_report(set()))
+    rows = checklist_tables.quality_rows(_report(set()))
     assert [row["model"] for row in rows] == ["m-int4", "m-int8", "m-fp32"]
     assert rows[0]["kl_divergence"] == 0.4321 and isinstance(rows[0]["top1_agreement"], float)
     assert rows[2]["top1_agreement"] == rows[2]["kl_divergence"] == "reference"

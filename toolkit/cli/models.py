@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from slmops.toolkit import endpoint as serve
+from slmops.toolkit import endpoint
 from slmops.toolkit.cli.common import Command, Group, cache_option, flag, fraction, json_option, print_json, whole
 from slmops.toolkit.core import settings
 from slmops.toolkit.core.errors import InputError, SlmopsError
@@ -130,7 +130,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
+    endpoint.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
               log_level="info" if flag(args, "debug") or flag(args, "verbose") else "warning",
               stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
               request_timeout_s=args.request_timeout or None, log_requests=args.log_requests)
@@ -187,23 +187,23 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        "while a model loads. Foundry Local's own web service is used where it serves locally "
                        "registered models (foundry-local-sdk 2.2.1's does not).")
     p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
-    p.add_argument("--host", default=serve.DEFAULT_HOST,
+    p.add_argument("--host", default=endpoint.DEFAULT_HOST,
                    help="address to listen on (default: this machine only; any other needs --api-key)")
-    p.add_argument("--port", type=whole(1, 65535), default=serve.DEFAULT_PORT, help="port")
+    p.add_argument("--port", type=whole(1, 65535), default=endpoint.DEFAULT_PORT, help="port")
     p.add_argument("--api-key", help="bearer token clients must send (Authorization: Bearer KEY; default: none)")
-    interval = round(serve.STREAM_INTERVAL_S * 1000)
+    interval = round(endpoint.STREAM_INTERVAL_S * 1000)
     p.add_argument("--stream-interval-ms", type=whole(0, 10_000), default=interval,
                    help="streamed tokens go out together at most this often; the first token at once (default "
                    f"{interval}: at hundreds of tokens a second, one write per token costs decode speed; "
                    "0 sends every token at once)")
-    p.add_argument("--max-queue", type=whole(0, 100_000), default=serve.DEFAULT_MAX_QUEUE,
+    p.add_argument("--max-queue", type=whole(0, 100_000), default=endpoint.DEFAULT_MAX_QUEUE,
                    help="requests that may wait for a model behind the one it answers; more get 503 with "
-                   f"Retry-After (default {serve.DEFAULT_MAX_QUEUE}: beyond a few dozen the wait outlasts clients' "
+                   f"Retry-After (default {endpoint.DEFAULT_MAX_QUEUE}: beyond a few dozen the wait outlasts clients' "
                    "usual timeouts)")
-    p.add_argument("--request-timeout", type=whole(0, 86_400), default=round(serve.DEFAULT_REQUEST_TIMEOUT_S),
+    p.add_argument("--request-timeout", type=whole(0, 86_400), default=round(endpoint.DEFAULT_REQUEST_TIMEOUT_S),
                    metavar="SECONDS", help="longest a request may take, queue included; past it its generation "
                    "stops and it gets a 504 (default "
-                   f"{round(serve.DEFAULT_REQUEST_TIMEOUT_S)}, the openai client's own timeout; 0: no limit)")
+                   f"{round(endpoint.DEFAULT_REQUEST_TIMEOUT_S)}, the openai client's own timeout; 0: no limit)")
     p.add_argument("--log-requests", action="store_true",
                    help="write one access-log line per request to stderr (method, path, model, status, tokens, ms)")
     cache_option(p)

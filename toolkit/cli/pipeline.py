@@ -9,14 +9,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from slmops.toolkit import endpoint as serve
-from slmops.toolkit.cli import pipeline_parsers
+from slmops.toolkit import endpoint
 from slmops.toolkit.cli.common import (
     Command,
     Group,
     print_json,
 )
-from slmops.toolkit.cli.pipeline_parsers import NO_REFERENCE
+from slmops.toolkit.cli.pipeline_parsers import NO_REFERENCE, PARSERS
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import params as run_params
 from slmops.toolkit.domain import parity, recipe_choice
@@ -29,9 +28,7 @@ from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.templates import load_prompt_template
 from slmops.toolkit.orchestration import cluster, pipeline, recipes, workspace
 from slmops.toolkit.orchestration import run as stage_api
-from slmops.toolkit.presentation import bench as bench_text
-from slmops.toolkit.presentation import checklist as checklist_tables
-from slmops.toolkit.presentation import plots, report
+from slmops.toolkit.presentation import bench_text, checklist_tables, plots, report
 from slmops.toolkit.presentation.tables import text_table
 from slmops.toolkit.stages import checklist, convert, finetune, register
 
@@ -167,11 +164,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
               f"into {adapter['base']} by {adapter['merge_route']}")
     for check in m.get("parity", {}).get("checks", []):
         print(f"parity of the {check['build']} model with the source in {check['reference']}: "
-              f"{parity.ParityCheck.from_json(check).summary()}")
+              f"{parity.ParityCheck.from_json(check).in_words()}")
     for name, gate in m.get("parity", {}).get("more_adapters", {}).items():
         for check in gate["checks"]:
             print(f"parity of the {check['build']} model with adapter {name} active, against its merge in "
-                  f"{check['reference']}: {parity.ParityCheck.from_json(check).summary()}")
+                  f"{check['reference']}: {parity.ParityCheck.from_json(check).in_words()}")
     return 0
 
 
@@ -290,7 +287,7 @@ def _print_bench(rows: list, results: dict, quality: dict | None) -> None:
         print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
               f"tokens: through HTTP it decodes at {ratio['decode_ratio']:.3f}x in-process, first token "
               f"{ratio['ttft_overhead_ms']:+.1f} ms")
-    for line in bench_text.summary(results, quality):
+    for line in bench_text.summary_lines(results, quality):
         print(line)
     print(f"Harness overhead: at most {results['max_harness_overhead_pct']:.3f}% of decode time")
 
@@ -301,9 +298,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     names = args.names or None
     if "endpoint" in args.engines:  # the endpoint runs in its own process, as an application would reach it
         names = registered_names(args)
-        with serve.background(names, cache=args.cache_dir) as endpoint:
+        with endpoint.background(names, cache=args.cache_dir) as server:
             results = stage_api.bench(run, names=names, engines=tuple(args.engines),
-                                      endpoint=(endpoint.url, endpoint.api_key))
+                                      endpoint=(server.url, server.api_key))
     else:
         results = stage_api.bench(run, names=names, engines=tuple(args.engines))
     rows = bench_rows(results)
@@ -326,5 +323,5 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     about = {c.name: c.summary for c in COMMANDS}
     handlers = {"demo": cmd_demo, "run": cmd_run, "lab": cmd_lab, "finetune": cmd_finetune, "convert": cmd_convert,
                 "recipes": cmd_recipes, "register": cmd_register, "test": cmd_test, "bench": cmd_bench}
-    for name, parser in pipeline_parsers.PARSERS.items():
+    for name, parser in PARSERS.items():
         parser(sub, parents, about).set_defaults(func=handlers[name])

@@ -166,7 +166,7 @@ def parity_check(folder: Path) -> Check:
             check = parity.ParityCheck.from_json(record)
         except (KeyError, TypeError, ValueError) as exc:
             return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
-        lines.append(f"{record['build']} {check.summary()}")
+        lines.append(f"{record['build']} {check.in_words()}")
         lowest = min(lowest, check.figures.top1_agreement)
     if gate.get("verdict") != str(parity.Verdict.PASS):
         return Check("parity", Status.FAIL, "; ".join(lines) + "; convert it again")

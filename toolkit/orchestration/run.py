@@ -31,7 +31,7 @@ from slmops.toolkit.domain.results.recipes import RecipeResult
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
 from slmops.toolkit.domain.templates import PromptTemplate, Template
 from slmops.toolkit.orchestration import pipeline, recipes, run_source
-from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.presentation import compare as comparison
 from slmops.toolkit.stages import bench as bench_stage
 from slmops.toolkit.stages import checklist
@@ -431,7 +431,7 @@ def control_words(summary: ChecklistReport) -> str:
     if summary.control is None:
         return "No fine-tune in this run: no control."
     return "{model}: trained questions {trained}, held-out {heldout}: {verdict}".format(
-        **tables.control_row(summary.control))
+        **checklist_tables.control_row(summary.control))
 
 
 def bench(run: Run, *, names: list[str] | None = None, engines: tuple[str, ...] = ("foundry-local", "ort-genai"),

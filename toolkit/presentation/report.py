@@ -23,9 +23,7 @@ from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResu
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.recipes import read_recipes
 from slmops.toolkit.domain.results.registration import read_registered
-from slmops.toolkit.presentation import bench as bench_text
-from slmops.toolkit.presentation import checklist as checklist_tables
-from slmops.toolkit.presentation import compare
+from slmops.toolkit.presentation import bench_text, checklist_tables, compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.presentation.tables import Html, html_table
 from slmops.toolkit.stages import bench, checklist, convert
@@ -255,13 +253,13 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                     "status": status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")}
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
-        conversion=convert.summary(converted) if converted else [],
+        conversion=convert.conversion_rows(converted) if converted else [],
         recipes=[r.to_json() for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         checklist_details=checklist_tables.checklist_details(tests.models, style=False) if tests else "",
         quality=checklist_tables.quality_rows(tests.models) if tests else [],
         control=checklist_tables.control_row(tests.control) if tests and tests.control else None, bench=bench_report,
-        bench_summary=bench_text.summary(bench_report, tests) if bench_report else [],
+        bench_summary=bench_text.summary_lines(bench_report, tests) if bench_report else [],
         bench_warnings=bench_text.warnings(rows_of(bench_report)) if bench_report else [],
         params=params,
         versions=[{"package": k, "version": v} for k, v in found.items()],

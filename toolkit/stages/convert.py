@@ -806,7 +806,7 @@ def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Pat
     }
 
 
-def summary(manifests: list[dict]) -> list[dict]:
+def conversion_rows(manifests: list[dict]) -> list[dict]:
     """One flat row per build for tables: size against FP32 and the tutorial, where the weights went, cost, parity.
 
     Cost is wall time and peak RSS, beside the peak predicted before the build started. Parity is

@@ -46,7 +46,7 @@ Where each part lives (one module per concern):
   :mod:`~slmops.toolkit.stages.checklist.quality` (and the negative control): one check each;
 - :mod:`~slmops.toolkit.stages.checklist.run`: running it all, and ``test.json``;
 - the result types (:class:`CheckResult`, :class:`ChecklistReport`, ...):
-  :mod:`slmops.toolkit.domain.results.checklist`; tables: :mod:`slmops.toolkit.presentation.checklist`.
+  :mod:`slmops.toolkit.domain.results.checklist`; tables: :mod:`slmops.toolkit.presentation.checklist_tables`.
 """
 
 from __future__ import annotations
