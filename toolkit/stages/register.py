@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.toolkit.core import artifacts, platform, settings
+from slmops.toolkit.core import artifacts, codec, platform, settings
 from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
 from slmops.toolkit.core.errors import (
     InputError,
@@ -120,7 +120,7 @@ def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
         probe = artifacts.read_json(kept, {}).get("probe") or []
         if probe:
             return ThreadChoice(pick_threads(probe), tuple(probe), reused=True)
-    probe = [row.to_json() for row in genai.probe_threads(folder, ids, counts)]
+    probe = codec.dump(genai.probe_threads(folder, ids, counts))
     kept.parent.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(kept, {"probe": probe})
     return ThreadChoice(pick_threads(probe), tuple(probe))
