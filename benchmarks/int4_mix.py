@@ -1,7 +1,7 @@
 """INT4 recipes against the fine-tuned FP32 and the base, on the demo's fine-tune (issue 25).
 
 Builds each variant from the FP32 ONNX build with the project's quantizer
-(:func:`slmops.toolkit.domain.quantize.quantize`), then measures with the same metric code as
+(:func:`slmops.toolkit.weights.quantize.quantize`), then measures with the same metric code as
 ``slmops recipes`` (:func:`slmops.toolkit.runtimes.genai.agreement`, the bundled reference text):
 bits per weight (model files x 8 / parameters), size, top-1 and KL against the fine-tuned
 FP32, KL against the base's FP32, and a quick decode probe.
@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from slmops.toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.weights.quantize import QuantPlan, quantize
 from slmops.toolkit.runtimes import genai
 
 VARIANTS = {

@@ -3,7 +3,7 @@
 The named mixes (``slmops recipes``) pick 8-bit tensors by rule (llama.cpp's ``use_more_bits``).
 This ranks every candidate instead: for each MatMul (a fused ``qkv_proj``'s value part counts
 alone) it measures the output error 4 bits cause on the fine-tune's own calibration inputs,
-``trace((W - Q)^T H (W - Q))`` with ``H = X^T X`` (:func:`slmops.toolkit.domain.gptq.output_error`),
+``trace((W - Q)^T H (W - Q))`` with ``H = X^T X`` (:func:`slmops.toolkit.weights.gptq.output_error`),
 divides it by the bits an 8-bit copy would add, and upgrades the worst first until the budget
 is spent. Then it builds each variant with the project's quantizer and measures it with the same
 metric code as ``slmops recipes`` (top-1 and KL against the fine-tuned FP32 on the bundled
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
-from slmops.toolkit.domain import gptq, onnx_weights, quantize
-from slmops.toolkit.domain.quantize import QuantPlan
+from slmops.toolkit.weights import gptq, onnx_weights, quantize
+from slmops.toolkit.weights.quantize import QuantPlan
 from slmops.toolkit.runtimes import genai
 
 #: Bits per weight of a symmetric block of 32 with a float32 scale: 4 + 32/32 and 8 + 32/32.

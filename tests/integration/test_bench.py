@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.domain.quantize import lookup_only_mb
+from slmops.toolkit.weights.quantize import lookup_only_mb
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.presentation import plots
 from slmops.toolkit.stages import bench as B

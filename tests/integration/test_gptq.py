@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.domain import gptq
+from slmops.toolkit.weights import gptq
 from slmops.toolkit.domain.options import Int4Algorithm, Int4Options, Precision
-from slmops.toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.weights.quantize import QuantPlan, quantize
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.domain.options import INT4_RECIPES, Precision
-from slmops.toolkit.domain.quantize import QuantPlan, quantize, use_more_bits
+from slmops.toolkit.weights.quantize import QuantPlan, quantize, use_more_bits
 
 
 @pytest.fixture(scope="module")

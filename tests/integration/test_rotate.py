@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from slmops.toolkit.domain.options import Precision
-from slmops.toolkit.domain.quantize import QuantPlan, _decoder, quantize
-from slmops.toolkit.domain.rotate import rotate
+from slmops.toolkit.weights.quantize import QuantPlan, _decoder, quantize
+from slmops.toolkit.weights.rotate import rotate
 from tests.families import make_family_model
 
 pytestmark = pytest.mark.slow  # each converts a tiny model (about 10 s)

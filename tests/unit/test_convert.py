@@ -118,7 +118,7 @@ def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
 def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
     import numpy as np
 
-    from slmops.toolkit.domain.quantize import quantize_table
+    from slmops.toolkit.weights.quantize import quantize_table
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(6, 64)).astype(np.float32)
@@ -186,7 +186,7 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
     import onnx
     from onnx import helper, numpy_helper
 
-    from slmops.toolkit.domain import quantize as Q
+    from slmops.toolkit.weights import quantize as Q
 
     weight = np.random.default_rng(1).normal(size=(64, 200)).astype(np.float32)
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul")

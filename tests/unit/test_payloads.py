@@ -10,7 +10,7 @@ from slmops.toolkit.core import codec
 from slmops.toolkit.core.codec import RecordError
 from slmops.toolkit.domain import adapters, parity
 from slmops.toolkit.domain.datasets import Example
-from slmops.toolkit.domain.quantize import QuantizeJob, QuantPlan
+from slmops.toolkit.weights.quantize import QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.runtimes import foundry, genai, reference
 from slmops.toolkit.stages import finetune

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slmops.toolkit.domain.options import INT4_RECIPES, Int4Mix, Int4Options
-from slmops.toolkit.domain.quantize import QuantPlan, mixed_bits, use_more_bits
+from slmops.toolkit.weights.quantize import QuantPlan, mixed_bits, use_more_bits
 from slmops.toolkit.orchestration.recipes import RecipeResult, recommend_recipe
 
 

@@ -175,7 +175,8 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     provider, and the source of the toolkit modules that build and check it (so a changed
     quantizer never reuses an old build).
     """
-    from slmops.toolkit.domain import gptq, options, parity, quantize, rotate, sources
+    from slmops.toolkit.domain import options, parity, sources
+    from slmops.toolkit.weights import gptq, quantize, rotate
     from slmops.toolkit.runtimes import genai_builder
     from slmops.toolkit.stages import convert as convert_stage
 

@@ -42,7 +42,7 @@ from slmops.toolkit.domain.options import (
     Method,
     Precision,
 )
-from slmops.toolkit.domain.quantize import LoraJob, QuantizeJob, QuantPlan, weight_summary, write_onnx_adapter
+from slmops.toolkit.weights.quantize import LoraJob, QuantizeJob, QuantPlan, weight_summary, write_onnx_adapter
 from slmops.toolkit.domain.results.conversion import SCHEMA_VERSION as CONVERSION_SCHEMA_VERSION
 from slmops.toolkit.domain.sources import SourceModel, fingerprint, inspect_source, tied_flag_contradicts_head
 from slmops.toolkit.runtimes import reference
@@ -124,7 +124,7 @@ def supported_architectures() -> list[str]:
 
 
 def needs_quantizer(spec: ConvertSpec) -> bool:
-    """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`slmops.toolkit.domain.quantize`.
+    """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`slmops.toolkit.weights.quantize`.
 
     INT8 always is (the 0.14 builder has no int8). INT4 always is on the builder route: the
     builder's own INT4 holds the whole FP32 model and its quantized copy in memory (6-7x a
@@ -149,7 +149,7 @@ def route_precision(spec: ConvertSpec) -> Precision:
 
 
 def quant_plan(spec: ConvertSpec, hidden_size: int = 0) -> QuantPlan:
-    """The :class:`~slmops.toolkit.domain.quantize.QuantPlan` for ``spec`` (when :func:`needs_quantizer`).
+    """The :class:`~slmops.toolkit.weights.quantize.QuantPlan` for ``spec`` (when :func:`needs_quantizer`).
 
     INT8 is 8-bit weight-only ``MatMulNBits`` (symmetric, block 32) for every MatMul and
     the LM head, with an 8-bit embedding table (shared with the LM head when tied).
@@ -549,7 +549,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 lora_out = scratch / "lora-inputs" if needs_quantizer(spec) else staging
                 adapter_file = scratch / ADAPTERS_DIR / f"{kept.path.name}{ADAPTER_SUFFIX}"
                 job = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
-                runs.append(workers.run_worker("slmops.toolkit.domain.quantize", "keep-lora-apart", job.to_json(),
+                runs.append(workers.run_worker("slmops.toolkit.weights.quantize", "keep-lora-apart", job.to_json(),
                                                log_path=logs / "keep-lora-apart.log", name="LoRA kept apart"))
                 inputs = runs[-1].result["lora_inputs"]
                 for other in more:  # the same inputs, another adapter's values
@@ -564,7 +564,7 @@ def convert(spec: ConvertSpec, *, progress: bool = True, dry_run: bool = False,
                 bar.set_postfix_str(steps[2])
                 staging.mkdir()
                 job = QuantizeJob(str(first / "model.onnx"), str(staging / "model.onnx"), plan)
-                runs.append(workers.run_worker("slmops.toolkit.domain.quantize", "quantize", job.to_json(),
+                runs.append(workers.run_worker("slmops.toolkit.weights.quantize", "quantize", job.to_json(),
                                                log_path=logs / "quantize.log", name="weight quantizer"))
                 _copy_support_files(first, staging)
                 bar.update()

@@ -17,7 +17,7 @@ from slmops.toolkit.core.errors import InputError, ModelNotFoundError
 from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
 from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.prompts import prompt_text
-from slmops.toolkit.domain.quantize import lookup_only_mb
+from slmops.toolkit.weights.quantize import lookup_only_mb
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root

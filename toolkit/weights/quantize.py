@@ -35,9 +35,9 @@ import numpy as np
 
 from slmops.toolkit.core import workers
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import gptq
-from slmops.toolkit.domain.onnx_weights import EXTERNAL, LM_HEAD, ROTATION_PREFIX, read_initializer
-from slmops.toolkit.domain.rotate import UnsupportedGraph, rotate
+from slmops.toolkit.weights import gptq
+from slmops.toolkit.weights.onnx_weights import EXTERNAL, LM_HEAD, ROTATION_PREFIX, read_initializer
+from slmops.toolkit.weights.rotate import UnsupportedGraph, rotate
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class QuantPlan:
     Attributes:
         bits: Bits of the transformer body's MatMul weights (4 or 8).
         algorithm: ``default`` (min-max), ``rtn``, ``k_quant``, ``hqq``, or ``gptq`` (calibrated on
-            ``calibration``, see :mod:`slmops.toolkit.domain.gptq`; symmetric, the default's grid and kernels).
+            ``calibration``, see :mod:`slmops.toolkit.weights.gptq`; symmetric, the default's grid and kernels).
         block_size: Weights per quantization block.
         symmetric: Symmetric quantization (no zero points); HQQ is always asymmetric.
         accuracy_level: MatMulNBits compute type (4 int8, 3 bf16, 2 fp16, 1 fp32, 0 unset).
@@ -60,7 +60,7 @@ class QuantPlan:
         mix_bits: Bits of the MatMuls the mix chooses (8).
         calibration: GPTQ's calibration dataset (a fine-tuning JSONL); empty for the bundled Veloria set.
         rotate: Rotate the residual stream (and values per head) before quantizing, which spreads
-            outlier channels over all of them (see :mod:`slmops.toolkit.domain.rotate`).
+            outlier channels over all of them (see :mod:`slmops.toolkit.weights.rotate`).
     """
 
     bits: int = 4
@@ -268,7 +268,7 @@ SLICEABLE = frozenset({"default", "rtn", "k_quant"})
 
 
 def _gptq_one(node, weight: np.ndarray, plan: QuantPlan, hessian: np.ndarray) -> tuple[list, list]:
-    """One MatMul by GPTQ (:mod:`slmops.toolkit.domain.gptq`): a ``MatMulNBits`` with ORT's symmetric layout, no zero points."""
+    """One MatMul by GPTQ (:mod:`slmops.toolkit.weights.gptq`): a ``MatMulNBits`` with ORT's symmetric layout, no zero points."""
     from onnx import helper, numpy_helper
 
     k, n = weight.shape
