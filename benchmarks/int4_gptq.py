@@ -23,8 +23,8 @@ from pathlib import Path
 
 from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
-from slmops.toolkit.weights.quantize import QuantPlan
 from slmops.toolkit.runtimes import genai
+from slmops.toolkit.weights.quantize import QuantPlan
 
 README = str(Path(__file__).resolve().parents[1] / "outputs" / "calibration-readme.txt")
 TABLE8 = {"lm_head_bits": 8, "embedding_bits": 8}

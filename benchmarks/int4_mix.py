@@ -21,8 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
-from slmops.toolkit.weights.quantize import QuantPlan, quantize
 from slmops.toolkit.runtimes import genai
+from slmops.toolkit.weights.quantize import QuantPlan, quantize
 
 VARIANTS = {
     "builder-default": QuantPlan(lm_head_bits=4, embedding_bits=32, lm_head_with_body=True),

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
+from slmops.toolkit.runtimes import genai
 from slmops.toolkit.weights import gptq, onnx_weights, quantize
 from slmops.toolkit.weights.quantize import QuantPlan
-from slmops.toolkit.runtimes import genai
 
 #: Bits per weight of a symmetric block of 32 with a float32 scale: 4 + 32/32 and 8 + 32/32.
 BITS4, BITS8 = 5.0, 9.0

@@ -52,9 +52,11 @@ RESULT_FILES = (
      ("ChecklistReport", "ModelReport", "CheckResult", "Thresholds", "QualityRecord", "RetentionRecord", "ControlResult",
       "Check", "Verdict", "Bound", "Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchRow", "TimedRun")),
-    (("registered.json",), "slmops.toolkit.domain.results.registration", ("RegisteredModel",)),
+    (("registered.json",), "slmops.toolkit.domain.results.registration",
+     ("RegisteredFile", "RegisteredModel", "ThreadSpeed")),
     (("models/recipes/recipes.json",), "slmops.toolkit.domain.results.recipes", ("RecipeResult",)),
-    (("models/convert.json", "models/PRECISION/manifest.json"), "slmops.toolkit.domain.results.conversion", ()),
+    (("models/convert.json", "models/PRECISION/manifest.json"), "slmops.toolkit.domain.results.conversion",
+     ("Manifest", "MemoryRecord", "ParityGate", "AdapterFile", "BuildCacheEntry")),
     (("compare.json",), "slmops.toolkit.presentation.compare", ("Comparison", "RunFigures", "Recommendation", "Outcome")),
 )
 

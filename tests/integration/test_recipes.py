@@ -66,8 +66,8 @@ def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path
     options = INT4_RECIPES["mixed"]
     assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).mix == str(options.mix)
     built = convert(ConvertSpec(tiny_model, tmp_path / "mixed", Precision.INT4, int4=options), progress=False)
-    assert built.manifest["quantizer"]["mix"] == str(options.mix) and built.manifest["parity"]["verdict"] == "pass"
-    assert {"int4", "int8"} <= set(built.manifest["weights"]["parameters"])
+    assert built.manifest.quantizer["mix"] == str(options.mix) and built.manifest.parity.verdict == "pass"
+    assert {"int4", "int8"} <= set(built.manifest.weights["parameters"])
     # Asymmetric: every body MatMulNBits has its zero points (the blocks of a de-quantized GGUF carry a minimum).
     import onnx
 
@@ -121,9 +121,9 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     assert again[0].refused == compact.refused and again[0].top1_agreement == compact.top1_agreement
     assert (again[1].top1_agreement, again[1].kl_divergence, again[1].size_mb) == (
         int8_head.top1_agreement, int8_head.kl_divergence, int8_head.size_mb)
-    from slmops.toolkit.core.artifacts import read_manifest
+    from slmops.toolkit.domain.results.conversion import read_manifest
 
-    assert read_manifest(tmp_path / "again" / "int8-head")["build_cache"]["key"]
+    assert read_manifest(tmp_path / "again" / "int8-head").build_cache.key
     # Other toolkit code (a changed quantizer) never reuses them: both are made again.
     built = []
     monkeypatch.setattr(recipes, "convert", lambda spec, **kwargs: built.append(spec.output_dir.name) or real_convert(

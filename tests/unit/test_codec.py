@@ -52,6 +52,26 @@ class Result:
         return data
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A versioned record whose version 1 was a bare list of rows, and one with no history."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    rows: tuple[Row, ...]
+
+    @classmethod
+    def upgrade(cls, data: object, version: int) -> object:
+        return {"rows": data} if isinstance(data, list) else data
+
+
+@dataclass(frozen=True)
+class Plain:
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    rows: tuple[Row, ...] = ()
+
+
 _JOB = Job("/m", (Row("a", 1.5, (1, 2)), Row("b", 2.0)), Colour.BLUE, {"int4": 3.25}, None)
 
 
@@ -93,7 +113,10 @@ def test_an_older_version_is_upgraded_and_a_newer_one_refused() -> None:
         with pytest.raises(ResultVersionError, match=f"result.json has schema_version {found!r}"):
             codec.load(Result, {"schema_version": found, "rows": []})
     with pytest.raises(RecordError, match="not a JSON object"):
-        codec.load(Result, [])
+        codec.load(Plain, [])
+    assert codec.load(Listed, [{"name": "a", "tps": 1}]) == Listed((Row("a", 1.0),))  # version 1: a bare list
+    with pytest.raises(RecordError, match="Listed"):
+        codec.load(Listed, "rows")
 
 
 def test_read_and_write_go_through_the_file(tmp_path) -> None:

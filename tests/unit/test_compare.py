@@ -25,7 +25,7 @@ from slmops.toolkit.domain.results.checklist import (
     Verdict,
     verdict_of,
 )
-from slmops.toolkit.domain.results.registration import read_registered, registered_file
+from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.stages.checklist import quality_checks
 
@@ -182,7 +182,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
                   "decode_ceiling": [{"engine": "foundry-local", "percent_of_ceiling": p} for p in (30.0, 60.0)],
                   "engine_ratios": [{"ratio": 1.02}],
                   "ttft_breakdown": [{"ratio": 1.01, "setup_ms": 0.3, "template_ms": 1.4, "runtime_other_ms": 2.0}]}
-    registered = [{"threads": 2, "threads_speedup": 1.4}, {"threads": 2, "threads_speedup": 1.3}]
+    registered = [RegisteredModel("r-int8", "r-int8:1", "int8", threads=2, threads_speedup=1.4),
+                  RegisteredModel("r-int4", "r-int4:1", "int4", threads=2, threads_speedup=1.3)]
     story = report.run_story(compare.recommend(compare.load_run(run)), bench_json, registered)
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
@@ -272,7 +273,7 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
          "top1": 0.8765, "kl": 0.0432, "perplexity": 12.0, "reference_perplexity": 11.0, "decode_tps": 99.0,
          "kl_to_base": 0.2, "moved_toward_base": False, "pass_rate": None}]))
 
-    assert [m["peak_rss_mib"] for m in read_conversions(run / "models" / "convert.json")] == [1234.5, 876.5]
+    assert [m.peak_rss_mib for m in read_conversions(run / "models" / "convert.json")] == [1234.5, 876.5]
     assert read_report(run / "test.json").thresholds.leak_mib_per_100 == 7.5
     (recipe,) = read_recipes(run / "models" / "recipes" / "recipes.json")
     assert (recipe.top1_agreement, recipe.kl_divergence, recipe.kl_divergence_to_base) == (0.8765, 0.0432, 0.2)
@@ -313,9 +314,8 @@ def test_runs_line_up_by_the_precision_each_model_was_registered_at(tmp_path: Pa
         check["model"] = {"m-int4": "small", "m-fp32": "big"}[check["model"]]
     tests["quality"] = {"small": tests["quality"]["m-int4"]}
     (run / "test.json").write_text(json.dumps(tests))
-    (run / "registered.json").write_text(json.dumps(registered_file([
-        {"name": "big", "model_id": "big:1", "precision": "fp32"},
-        {"name": "small", "model_id": "small:1", "precision": "int4"}])))
+    write_registered(run / "registered.json", [RegisteredModel("big", "big:1", "fp32"),
+                                               RegisteredModel("small", "small:1", "int4")])
     loaded = compare.load_run(run)
     assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"]["top1_agreement"] == 0.7
     assert [m.precision for m in read_registered(run / "registered.json")] == ["fp32", "int4"]
@@ -325,8 +325,7 @@ def test_test_and_bench_take_their_models_from_the_runs_registration(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "-o", str(tmp_path)]) == 2  # nothing named and nothing registered: said, not guessed
     assert "registered.json" in capsys.readouterr().err
-    (tmp_path / "registered.json").write_text(json.dumps(registered_file([
-        {"name": "picked-int8", "model_id": "picked-int8:1", "precision": "int8"}])))
+    write_registered(tmp_path / "registered.json", [RegisteredModel("picked-int8", "picked-int8:1", "int8")])
     assert cli.main(["bench", "-o", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "picked-int8" in capsys.readouterr().err  # the registered model was asked for (and is not in this cache)
 

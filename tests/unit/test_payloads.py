@@ -10,12 +10,12 @@ from slmops.toolkit.core import codec
 from slmops.toolkit.core.codec import RecordError
 from slmops.toolkit.domain import adapters, parity
 from slmops.toolkit.domain.datasets import Example
-from slmops.toolkit.weights.quantize import QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.runtimes import foundry, genai, reference
 from slmops.toolkit.stages import finetune
 from slmops.toolkit.stages.bench import engines
 from slmops.toolkit.stages.checklist import edge
+from slmops.toolkit.weights.quantize import QuantizeJob, QuantPlan
 
 _TOOL = {"type": "function", "function": {"name": "city_weather", "parameters": {"type": "object", "properties": {}}}}
 _FIGURES = parity.Figures(positions=64, top1_agreement=0.9375, max_abs_diff=0.5, mean_abs_diff=0.01,

@@ -20,7 +20,8 @@ still be read, how to bring them up to date::
             ...
 
 :func:`load` reads ``schema_version`` (1 when absent: files written before versions were recorded),
-refuses a newer one (:class:`ResultVersionError`), and calls ``upgrade`` for an older one: the one
+refuses a newer one (:class:`ResultVersionError`), and calls ``upgrade`` for an older one (also for
+data that is not a JSON object, taken as version 1: a file that was once a bare list): the one
 place a format's history is handled. Child payloads declare no version (parent and child are the
 same install) and are dumped without one.
 """
@@ -125,12 +126,15 @@ def load(cls: type[T], data: object, *, kind: str | None = None) -> T:
     kind = kind or kind_of(cls)
     current = getattr(cls, "SCHEMA_VERSION", None)
     if current is not None:
-        if not isinstance(data, dict):
+        if isinstance(data, dict):
+            version = version_of(data, kind, current)
+            if version < current and hasattr(cls, "upgrade"):
+                data = cls.upgrade(dict(data), version)
+        elif hasattr(cls, "upgrade"):  # a version-1 file of another shape (a bare list, say)
+            data = cls.upgrade(data, 1)
+        else:
             raise RecordError(f"{kind} is not a JSON object (found {type(data).__name__}); "
                               "write it again with the step that made it.")
-        version = version_of(data, kind, current)
-        if version < current and hasattr(cls, "upgrade"):
-            data = cls.upgrade(dict(data), version)
     try:
         return _adapter(cls).validate_python(data)
     except pydantic.ValidationError as exc:

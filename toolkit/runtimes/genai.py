@@ -24,6 +24,7 @@ from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
 from slmops.toolkit.domain.parity import log_softmax
 from slmops.toolkit.domain.prompts import reference_text
 from slmops.toolkit.domain.results.bench import TimedRun
+from slmops.toolkit.domain.results.registration import ThreadSpeed
 
 _MODULE = "slmops.toolkit.runtimes.genai"
 #: ``genai_config.json`` model keys newer ONNX Runtime GenAI releases read (Foundry Local's 0.18: the
@@ -457,21 +458,6 @@ class ThreadJob:
     model_dir: str
     ids: tuple[int, ...]
     counts: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ThreadSpeed:
-    """One thread count's best decode speed and time to first token (a row of the ``threads`` task's result).
-
-    Attributes:
-        threads: Intra-op threads (0: the runtime's default).
-        decode_tps: Best decode speed, tokens/s.
-        ttft_ms: Best time to first token, ms.
-    """
-
-    threads: int
-    decode_tps: float
-    ttft_ms: float
 
 
 def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int], gen_tokens: int = 32,

@@ -12,15 +12,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slmops.toolkit.core import codec, settings, workers
-from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
+from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InputError, ModelNotFoundError
 from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
 from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.prompts import prompt_text
-from slmops.toolkit.weights.quantize import lookup_only_mb
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
+from slmops.toolkit.weights.quantize import lookup_only_mb
 
 #: The worker module the children run.
 WORKER = "slmops.toolkit.stages.bench.worker"
@@ -145,7 +146,8 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     size_mb = round(dir_size_mb(folder), 1)
     decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"]
-    info = ModelFacts(name, read_manifest(folder).get("precision", "?"), size_mb,
+    made = read_manifest(folder)
+    info = ModelFacts(name, (made.precision if made else "") or "?", size_mb,
                       round(size_mb - lookup_only_mb(folder / decoder), 1))
     threads = configured_threads(folder)
     registrations = contextlib.ExitStack()  # the fixed-length copy: every request generates its asked tokens
