@@ -49,8 +49,8 @@ MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 #: Each result file (or files), the module whose docstring tells its history and version, and its records in reading order.
 RESULT_FILES = (
     (("test.json",), "slmops.toolkit.domain.results.checklist",
-     ("ChecklistReport", "ModelReport", "CheckResult", "Thresholds", "QualityRecord", "RetentionRecord", "ControlResult",
-      "Check", "Verdict", "Bound", "Unit")),
+     ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
+      "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchRow", "TimedRun")),
     (("registered.json",), "slmops.toolkit.domain.results.registration",
      ("RegisteredFile", "RegisteredModel", "ThreadSpeed")),

@@ -15,6 +15,7 @@ from slmops.toolkit.domain.options import INT4_RECIPES
 from slmops.toolkit.domain.results.conversion import read_conversions, read_manifest
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages import convert as C
+from slmops.toolkit.stages import convert_checks
 from tests.unit.test_convert import spec
 
 
@@ -91,7 +92,7 @@ def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4:
 
 def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
         tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(C, "available_mib", lambda: 50.0)  # a machine with 50 MiB free
+    monkeypatch.setattr(convert_checks, "available_mib", lambda: 50.0)  # a machine with 50 MiB free
     out = tmp_path / "models" / "int4"
     with pytest.raises(InsufficientMemoryError) as refused:
         C.convert_all(tiny_model, ["fp32", "int4"], tmp_path / "models", progress=False)

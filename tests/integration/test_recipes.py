@@ -87,14 +87,14 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     from slmops.toolkit.orchestration import recipes
     from slmops.toolkit.stages import convert as convert_stage
 
-    real_convert, usual = recipes.convert, parity.QUANTIZED
+    real_build, usual = recipes.build, parity.QUANTIZED
 
-    def strict_for_compact(spec, **kwargs):  # a fault injected into the real gate: compact's build cannot pass
-        strict = spec.output_dir.name == "compact"
+    def strict_for_compact(prepared, **kwargs):  # a fault injected into the real gate: compact's build cannot pass
+        strict = prepared.spec.output_dir.name == "compact"
         monkeypatch.setattr(convert_stage.parity, "QUANTIZED", parity.Tolerance(min_top1=1.01) if strict else usual)
-        return real_convert(spec, **kwargs)
+        return real_build(prepared, **kwargs)
 
-    monkeypatch.setattr(recipes, "convert", strict_for_compact)
+    monkeypatch.setattr(recipes, "build", strict_for_compact)
     monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
     results = recipes.compare_int4_recipes(tiny_model, tmp_path / "recipes", tiny_fp32, ["compact", "int8-head"],
                                            progress=False, cache=True)
@@ -112,10 +112,10 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
 
     # The next comparison of the same source, options, packages and code copies the build and the refusal
     # from the build cache (nothing is converted) and measures the same figures.
-    def no_convert(spec, **kwargs):
-        raise AssertionError(f"{spec.output_dir.name} was built again")
+    def no_convert(prepared, **kwargs):
+        raise AssertionError(f"{prepared.spec.output_dir.name} was built again")
 
-    monkeypatch.setattr(recipes, "convert", no_convert)
+    monkeypatch.setattr(recipes, "build", no_convert)
     again = recipes.compare_int4_recipes(tiny_model, tmp_path / "again", tiny_fp32, ["compact", "int8-head"],
                                          progress=False, cache=True)
     assert again[0].refused == compact.refused and again[0].top1_agreement == compact.top1_agreement
@@ -126,8 +126,8 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     assert read_manifest(tmp_path / "again" / "int8-head").build_cache.key
     # Other toolkit code (a changed quantizer) never reuses them: both are made again.
     built = []
-    monkeypatch.setattr(recipes, "convert", lambda spec, **kwargs: built.append(spec.output_dir.name) or real_convert(
-        spec, **kwargs))
+    monkeypatch.setattr(recipes, "build", lambda prepared, **kwargs: built.append(prepared.spec.output_dir.name)
+                        or real_build(prepared, **kwargs))
     monkeypatch.setattr(recipes.build_cache, "code_fingerprint", lambda *modules: "other code")
     recipes.compare_int4_recipes(tiny_model, tmp_path / "third", tiny_fp32, ["compact", "int8-head"],
                                  progress=False, cache=True)

@@ -23,6 +23,8 @@ from slmops.toolkit.domain.results.checklist import (
     Thresholds,
     Unit,
     Verdict,
+    dump_report,
+    load_report,
     verdict_of,
 )
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
@@ -52,7 +54,7 @@ def write_run(folder: Path, *, block: int, int4_mb: float, top1: float, domain_o
                                   *quality_checks("m-int4", quality, Thresholds())], quality=quality)
     fp32 = ModelReport("m-fp32", [CheckResult("m-fp32", Check.EDGE, "unicode", 0.1, Unit.SECONDS, 60.0, Bound.AT_MOST,
                                               Verdict.PASS, "t", "answered")])
-    (folder / "test.json").write_text(json.dumps(ChecklistReport([int4, fp32]).to_json()))
+    (folder / "test.json").write_text(json.dumps(dump_report(ChecklistReport([int4, fp32]))))
     (folder / "bench.json").write_text(json.dumps({"rows": [bench_row("fp32", 50.0, 1.0, 100.0),
                                                             bench_row("int4", decode, 2.0, ttft)]}))
     if record is not None:
@@ -114,7 +116,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
 def test_a_quality_figure_one_run_lacks_is_not_judged_within_threshold(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
-    (b / "test.json").write_text(json.dumps(ChecklistReport([ModelReport("m-fp32", [])]).to_json()))  # int4 not checked
+    (b / "test.json").write_text(json.dumps(dump_report(ChecklistReport([ModelReport("m-fp32", [])]))))  # int4 not checked
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
     int4 = [row for row in result.quality if row["precision"] == "int4"]
     assert int4 and {row["judged"] for row in int4} == {"only in a"}
@@ -334,14 +336,14 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.99, domain_ok=True, decode=120.0, ttft=90.0)
     report = json.loads((run / "test.json").read_text())
-    reports = ChecklistReport.from_json(report)
+    reports = load_report(report)
 
     def miss(model: str, case: str) -> CheckResult:
         return CheckResult(model, Check.HELDOUT, case, 0.0, Unit.SHARE, 0.5, Bound.AT_LEAST, Verdict.FAIL, "t")
 
     for model in reports.models:
         model.checks.append(miss(model.model, "language"))  # both fail the same held-out paraphrase
-    (run / "test.json").write_text(json.dumps(reports.to_json()))
+    (run / "test.json").write_text(json.dumps(dump_report(reports)))
     decision = compare.recommend(compare.load_run(run))
     assert decision.choice == "int4"  # the smaller one: the shared miss tells them apart no more
     assert "Every build, FP32 included, fails heldout/language" in decision.sentence
@@ -349,7 +351,7 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
     # cannot tell one case from chance (McNemar's exact test p = 1), so it decides nothing.
     reports.models[0].checks.append(miss("m-int4", "currency"))
     reports.models[1].checks.append(replace(miss("m-fp32", "currency"), value=1.0, verdict=Verdict.PASS))
-    (run / "test.json").write_text(json.dumps(reports.to_json()))
+    (run / "test.json").write_text(json.dumps(dump_report(reports)))
     decision = compare.recommend(compare.load_run(run))
     assert decision.choice == "int4" and decision.failed == {}
     assert "int4 heldout: 0/2 against fp32's 1/2; 1 cases only fp32 passes, 0 only int4 (McNemar's exact test " \

@@ -40,6 +40,7 @@ from slmops.toolkit.domain.options import (
 )
 from slmops.toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
+from slmops.toolkit.domain.results.checklist import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
@@ -292,7 +293,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                              lengths=args.lengths)
     out = run.dir
     if args.json:
-        print_json({"file": out / "test.json", **written.to_json()})
+        print_json({"file": out / "test.json", **dump_report(written)})
     else:
         print(text_table([{"verdict": c.verdict.upper(), "model": c.model, "check": c.check, "case": c.case,
                            "value": checklist_tables.describe(c)[:70]} for r in written.models for c in r.checks],

@@ -22,7 +22,7 @@ from slmops.toolkit.domain.results.conversion import (
     write_conversions,
     write_manifest,
 )
-from slmops.toolkit.domain.results.recipes import RecipeResult, recipes_file
+from slmops.toolkit.domain.results.recipes import RecipeResult, write_recipes
 from slmops.toolkit.domain.verdicts import TOP1_TARGET
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages.convert import ConvertSpec, build, prepare
@@ -165,7 +165,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
             kl_divergence_to_base=a.kl_divergence_to_base,
             moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
         ))
-    artifacts.write_json(out / "recipes.json", recipes_file(results))
+    write_recipes(out / "recipes.json", results)
     return results
 
 
