@@ -32,7 +32,7 @@ display(picker if run.interactive else picker.value)
 panel = RunPanel("register", lambda: stages.register(run, template=picker.value.template,
                                                     custom=picker.value.custom),
                  show=lambda registered: (
-                     report.table([m.to_json() for m in registered.models],
+                     report.table(registered.models,
                                   ["name", "model_id", "precision", "template", "threads", "threads_speedup", "notes"]),
                      report.table(register.list_models(run.cache))),
                  then=[chat.refresh], interactive=run.interactive)

@@ -51,12 +51,14 @@ MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 #: order (a dotted name: a record another module defines).
 RESULT_FILES = (
     (("test.json",), "slmops.toolkit.domain.results.checklist",
-     ("ChecklistReport", "ModelReport", "CheckResult", "Thresholds", "QualityRecord", "RetentionRecord", "ControlResult",
-      "Check", "Verdict", "Bound", "Unit")),
+     ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
+      "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchRow", "TimedRun")),
-    (("registered.json",), "slmops.toolkit.domain.results.registration", ("RegisteredModel",)),
+    (("registered.json",), "slmops.toolkit.domain.results.registration",
+     ("RegisteredFile", "RegisteredModel", "ThreadSpeed")),
     (("models/recipes/recipes.json",), "slmops.toolkit.domain.results.recipes", ("RecipeResult",)),
-    (("models/convert.json", "models/PRECISION/manifest.json"), "slmops.toolkit.domain.results.conversion", ()),
+    (("models/convert.json", "models/PRECISION/manifest.json"), "slmops.toolkit.domain.results.conversion",
+     ("Manifest", "MemoryRecord", "ParityGate", "AdapterFile", "BuildCacheEntry")),
     (("compare.json",), "slmops.toolkit.presentation.compare",
      ("Comparison", "slmops.toolkit.domain.deployment_choice.RunFigures",
       "slmops.toolkit.domain.deployment_choice.Recommendation", "slmops.toolkit.domain.deployment_choice.Outcome")),

@@ -43,7 +43,7 @@ def test_bundled_model_is_a_real_hf_folder(bundled: Path) -> None:
 @pytest.mark.slow
 def test_bundled_fp32_and_int4_through_foundry(fp32_int4: Builds) -> None:
     manifests = fp32_int4.manifests
-    ratio = manifests[1]["size_mb"] / manifests[0]["size_mb"]
+    ratio = manifests[1].size_mb / manifests[0].size_mb
     assert 0.2 < ratio < 0.5  # INT4 with the FP32 embedding table kept (SPEC: 0.37x)
     rows = register.register_all(fp32_int4.folder / "convert.json", "smol")
     assert [r["name"] for r in rows] == ["smol-fp32", "smol-int4"]
@@ -64,8 +64,8 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
 
     int8 = convert.convert(convert.ConvertSpec(bundled, tmp_path / "int8" / "int8", convert.Precision.INT8,
                                                quantize_from=fp32_int4.folder / "fp32"), progress=False)
-    assert int8.manifest["weights"]["parameters"].keys() == {"int8"} and "quantized_from" in int8.manifest
-    assert int8.manifest["size_ratio_vs_fp32"] < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
+    assert int8.manifest.weights["parameters"].keys() == {"int8"} and int8.manifest.quantized_from is not None
+    assert int8.manifest.size_ratio_vs_fp32 < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
     tokenizer = Tokenizer.from_file(str(bundled / "tokenizer.json"))
     messages = [{"role": "system", "content": "Answer in one sentence."},
                 {"role": "user", "content": "What is the capital of France?"}]

@@ -9,8 +9,8 @@ import pytest
 
 from slmops.toolkit.domain.results.checklist import (
     Check,
-    ChecklistReport,
     Verdict,
+    load_report,
 )
 from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist
@@ -56,6 +56,6 @@ def test_the_retention_family_runs_through_the_checklist_and_names_what_the_fine
     planet = next(c for c in written.models[0].checks if c.case == "retention-planet")
     assert planet.verdict is Verdict.PASS and planet.criterion.startswith("not counted")
     assert "with a fact of the fine-tune's domain" in " ".join(checklist_tables.retention_sentences(
-        ChecklistReport.from_json(json.loads((tmp_path / "test.json").read_text()))))
+        load_report(json.loads((tmp_path / "test.json").read_text()))))
 
 

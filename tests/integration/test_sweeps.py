@@ -17,7 +17,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.domain.results.checklist import load_report
 from slmops.toolkit.orchestration import cluster, pipeline
 from slmops.toolkit.presentation import compare
 from tests.unit.test_pipeline import NOTEBOOKS
@@ -120,7 +120,7 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
             for figure in ("precision", "size_mb", "x_fp32", "top1_agreement"):
                 assert ours[figure] == theirs[figure], (label, figure)
         ray_verdicts, serial_verdicts = (
-            {(c.model, c.check, c.case): c.verdict for c in ChecklistReport.from_json(
+            {(c.model, c.check, c.case): c.verdict for c in load_report(
                 json.loads((run / label / "test.json").read_text())).checks if c.spread is None}
             for run in (tmp_path / "sweep", serial))
         assert ray_verdicts and ray_verdicts == serial_verdicts, label

@@ -23,9 +23,11 @@ from slmops.toolkit.domain.results.checklist import (
     Thresholds,
     Unit,
     Verdict,
+    dump_report,
+    load_report,
     verdict_of,
 )
-from slmops.toolkit.domain.results.registration import read_registered, registered_file
+from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.stages.checklist import quality_checks
 
@@ -52,7 +54,7 @@ def write_run(folder: Path, *, block: int, int4_mb: float, top1: float, domain_o
                                   *quality_checks("m-int4", quality, Thresholds())], quality=quality)
     fp32 = ModelReport("m-fp32", [CheckResult("m-fp32", Check.EDGE, "unicode", 0.1, Unit.SECONDS, 60.0, Bound.AT_MOST,
                                               Verdict.PASS, "t", "answered")])
-    (folder / "test.json").write_text(json.dumps(ChecklistReport([int4, fp32]).to_json()))
+    (folder / "test.json").write_text(json.dumps(dump_report(ChecklistReport([int4, fp32]))))
     (folder / "bench.json").write_text(json.dumps({"rows": [bench_row("fp32", 50.0, 1.0, 100.0),
                                                             bench_row("int4", decode, 2.0, ttft)]}))
     if record is not None:
@@ -114,7 +116,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
 def test_a_quality_figure_one_run_lacks_is_not_judged_within_threshold(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
-    (b / "test.json").write_text(json.dumps(ChecklistReport([ModelReport("m-fp32", [])]).to_json()))  # int4 not checked
+    (b / "test.json").write_text(json.dumps(dump_report(ChecklistReport([ModelReport("m-fp32", [])]))))  # int4 not checked
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
     int4 = [row for row in result.quality if row["precision"] == "int4"]
     assert int4 and {row["judged"] for row in int4} == {"only in a"}
@@ -182,7 +184,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
                   "decode_ceiling": [{"engine": "foundry-local", "percent_of_ceiling": p} for p in (30.0, 60.0)],
                   "engine_ratios": [{"ratio": 1.02}],
                   "ttft_breakdown": [{"ratio": 1.01, "setup_ms": 0.3, "template_ms": 1.4, "runtime_other_ms": 2.0}]}
-    registered = [{"threads": 2, "threads_speedup": 1.4}, {"threads": 2, "threads_speedup": 1.3}]
+    registered = [RegisteredModel("r-int8", "r-int8:1", "int8", threads=2, threads_speedup=1.4),
+                  RegisteredModel("r-int4", "r-int4:1", "int4", threads=2, threads_speedup=1.3)]
     story = report.run_story(deployment_choice.recommend(compare.load_run(run)), bench_json, registered)
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
@@ -271,7 +274,7 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
          "top1": 0.8765, "kl": 0.0432, "perplexity": 12.0, "reference_perplexity": 11.0, "decode_tps": 99.0,
          "kl_to_base": 0.2, "moved_toward_base": False, "pass_rate": None}]))
 
-    assert [m["peak_rss_mib"] for m in read_conversions(run / "models" / "convert.json")] == [1234.5, 876.5]
+    assert [m.peak_rss_mib for m in read_conversions(run / "models" / "convert.json")] == [1234.5, 876.5]
     assert read_report(run / "test.json").thresholds.leak_mib_per_100 == 7.5
     (recipe,) = read_recipes(run / "models" / "recipes" / "recipes.json")
     assert (recipe.top1_agreement, recipe.kl_divergence, recipe.kl_divergence_to_base) == (0.8765, 0.0432, 0.2)
@@ -312,9 +315,8 @@ def test_runs_line_up_by_the_precision_each_model_was_registered_at(tmp_path: Pa
         check["model"] = {"m-int4": "small", "m-fp32": "big"}[check["model"]]
     tests["quality"] = {"small": tests["quality"]["m-int4"]}
     (run / "test.json").write_text(json.dumps(tests))
-    (run / "registered.json").write_text(json.dumps(registered_file([
-        {"name": "big", "model_id": "big:1", "precision": "fp32"},
-        {"name": "small", "model_id": "small:1", "precision": "int4"}])))
+    write_registered(run / "registered.json", [RegisteredModel("big", "big:1", "fp32"),
+                                               RegisteredModel("small", "small:1", "int4")])
     loaded = compare.load_run(run)
     assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"]["top1_agreement"] == 0.7
     assert [m.precision for m in read_registered(run / "registered.json")] == ["fp32", "int4"]
@@ -324,8 +326,7 @@ def test_test_and_bench_take_their_models_from_the_runs_registration(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "-o", str(tmp_path)]) == 2  # nothing named and nothing registered: said, not guessed
     assert "registered.json" in capsys.readouterr().err
-    (tmp_path / "registered.json").write_text(json.dumps(registered_file([
-        {"name": "picked-int8", "model_id": "picked-int8:1", "precision": "int8"}])))
+    write_registered(tmp_path / "registered.json", [RegisteredModel("picked-int8", "picked-int8:1", "int8")])
     assert cli.main(["bench", "-o", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "picked-int8" in capsys.readouterr().err  # the registered model was asked for (and is not in this cache)
 
@@ -334,14 +335,14 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.99, domain_ok=True, decode=120.0, ttft=90.0)
     report = json.loads((run / "test.json").read_text())
-    reports = ChecklistReport.from_json(report)
+    reports = load_report(report)
 
     def miss(model: str, case: str) -> CheckResult:
         return CheckResult(model, Check.HELDOUT, case, 0.0, Unit.SHARE, 0.5, Bound.AT_LEAST, Verdict.FAIL, "t")
 
     for model in reports.models:
         model.checks.append(miss(model.model, "language"))  # both fail the same held-out paraphrase
-    (run / "test.json").write_text(json.dumps(reports.to_json()))
+    (run / "test.json").write_text(json.dumps(dump_report(reports)))
     decision = deployment_choice.recommend(compare.load_run(run))
     assert decision.choice == "int4"  # the smaller one: the shared miss tells them apart no more
     assert "Every build, FP32 included, fails heldout/language" in decision.sentence
@@ -349,7 +350,7 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
     # cannot tell one case from chance (McNemar's exact test p = 1), so it decides nothing.
     reports.models[0].checks.append(miss("m-int4", "currency"))
     reports.models[1].checks.append(replace(miss("m-fp32", "currency"), value=1.0, verdict=Verdict.PASS))
-    (run / "test.json").write_text(json.dumps(reports.to_json()))
+    (run / "test.json").write_text(json.dumps(dump_report(reports)))
     decision = deployment_choice.recommend(compare.load_run(run))
     assert decision.choice == "int4" and decision.failed == {}
     assert "int4 heldout: 0/2 against fp32's 1/2; 1 cases only fp32 passes, 0 only int4 (McNemar's exact test " \

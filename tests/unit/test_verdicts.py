@@ -105,7 +105,7 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
     domain = E.CheckResult("m-int4", E.Check.DOMAIN, "c1", 1.0, E.Unit.SHARE, 1.0, E.Bound.AT_LEAST, E.Verdict.PASS, "t")
     report = E.ModelReport("m-int4", [check, domain])
     assert report.passed  # `slmops test` exits 0
-    written = E.write_report([report], tmp_path / "test.json").to_json()
+    written = E.dump_report(E.write_report([report], tmp_path / "test.json"))
     assert written["passed"] and written["summary"]["m-int4"]["inconclusive"] == ["performance/time-per-token"]
     assert written["checks"][0]["verdict"] == "inconclusive"
     # The same check passed in run a and is inconclusive in run b: no regression for --fail-on.

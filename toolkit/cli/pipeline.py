@@ -16,14 +16,17 @@ from slmops.toolkit.cli.common import (
     print_json,
 )
 from slmops.toolkit.cli.pipeline_parsers import NO_REFERENCE, PARSERS
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import params as run_params
-from slmops.toolkit.domain import parity, recipe_choice
+from slmops.toolkit.domain import recipe_choice
 from slmops.toolkit.domain.options import (
     INT4_RECIPES,
 )
 from slmops.toolkit.domain.params import MAX_SWEEP_RUNS
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
+from slmops.toolkit.domain.results.checklist import dump_report
+from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.templates import load_prompt_template
 from slmops.toolkit.orchestration import cluster, pipeline, recipes, workspace
@@ -141,34 +144,41 @@ def cmd_convert(args: argparse.Namespace) -> int:
                                more_adapters=tuple(Path(folder) for folder in args.also_adapter or ()))
     result = convert.convert(spec, dry_run=args.dry_run, memory_check=not args.skip_memory_check)
     if args.json:
-        print_json({"output_dir": result.output_dir, "dry_run": args.dry_run, "manifest": result.manifest})
+        made = (codec.dump(result.manifest) if result.manifest
+                else {"dry_run": True, "config": str(result.olive_config)})
+        print_json({"output_dir": result.output_dir, "dry_run": args.dry_run, "manifest": made})
         return 0
     if args.dry_run:
-        print(f"Wrote {result.manifest['config']} (dry run: nothing converted)")
+        print(f"Wrote {result.olive_config} (dry run: nothing converted)")
         return 0
-    m = result.manifest
-    weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m["weights"]["parameters"].items())
-    print(f"{m['precision']} model in {result.output_dir}: {m['size_mb']:.1f} MB = {m['size_ratio_vs_fp32']:.3f}x FP32 "
-          f"({m['fp32_size_from']}; tutorial table x{m['tutorial_size_ratio']}), {m['wall_s']:.1f} s, "
-          f"peak RSS {m['peak_rss_mib']:.0f} MiB (predicted {m['memory']['predicted_peak_mib']:.0f} MiB)\n"
-          f"weights: {weights}; LM head {m['weights']['lm_head']}, embeddings {m['weights']['embeddings']}")
-    adapter = m.get("adapter")
-    if adapter and adapter.get("kept_apart"):
-        files = ", ".join(f"{f['path']} ({f['bytes'] / 1e6:.3f} MB, {f['bits_per_weight']:.2f} bits per weight with "
-                          "the base)" for f in m["adapter_files"])
+    _print_manifest(result.output_dir, result.manifest)
+    return 0
+
+
+def _print_manifest(folder: Path, m: Manifest) -> None:
+    """What ``slmops convert`` says of a build: size, cost, where the weights went, its adapter and parity."""
+    weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m.weights["parameters"].items())
+    print(f"{m.precision} model in {folder}: {m.size_mb:.1f} MB = {m.size_ratio_vs_fp32:.3f}x FP32 "
+          f"({m.fp32_size_from}; tutorial table x{m.tutorial_size_ratio}), {m.wall_s:.1f} s, "
+          f"peak RSS {m.peak_rss_mib:.0f} MiB (predicted {m.memory.predicted_peak_mib:.0f} MiB)\n"
+          f"weights: {weights}; LM head {m.weights['lm_head']}, embeddings {m.weights['embeddings']}")
+    adapter = m.adapter
+    if adapter and m.kept_apart:
+        files = ", ".join(f"{f.path} ({f.bytes / 1e6:.3f} MB, {f.bits_per_weight:.2f} bits per weight with "
+                          "the base)" for f in m.adapter_files)
         print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) kept "
-              f"apart from its base {adapter['base']}: {files}; base {m['base_size_mb']:.1f} MB, "
-              f"{m['bits_per_weight']:.2f} bits per weight counting the adapter")
+              f"apart from its base {adapter['base']}: {files}; base {m.base_size_mb:.1f} MB, "
+              f"{m.bits_per_weight:.2f} bits per weight counting the adapter")
     elif adapter:
         print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) merged "
               f"into {adapter['base']} by {adapter['merge_route']}")
-    for check in m.get("parity", {}).get("checks", []):
-        print(f"parity of the {check['build']} model with the source in {check['reference']}: "
-              f"{parity.ParityCheck.from_json(check).in_words()}")
-    for name, gate in m.get("parity", {}).get("more_adapters", {}).items():
-        for check in gate["checks"]:
-            print(f"parity of the {check['build']} model with adapter {name} active, against its merge in "
-                  f"{check['reference']}: {parity.ParityCheck.from_json(check).in_words()}")
+    gate = m.parity or ParityGate()
+    for check in gate.parity_checks():
+        print(f"parity of the {check.build} model with the source in {check.reference}: {check.in_words()}")
+    for name, other in gate.more_adapters.items():
+        for check in other.parity_checks():
+            print(f"parity of the {check.build} model with adapter {name} active, against its merge in "
+                  f"{check.reference}: {check.in_words()}")
     return 0
 
 
@@ -221,8 +231,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(f"Registered {reg.model_id} ({reg.template} template, max_length {reg.model_config.max_length}) "
           f"at {reg.path}")
     if reg.threads:
-        tried = ", ".join(f"{row['threads'] or 'default'}: {row['decode_tps']:.0f} tok/s, first token "
-                          f"{row['ttft_ms']:.0f} ms" for row in reg.threads.probe)
+        tried = ", ".join(f"{row.threads or 'default'}: {row.decode_tps:.0f} tok/s, first token "
+                          f"{row.ttft_ms:.0f} ms" for row in reg.threads.probe)
         print(f"Threads: {reg.threads.chosen} ({reg.threads.speedup:.2f}x the runtime's default decode; tried {tried})")
     if reg.tool_calling:
         calls = "supports tool calling" if reg.tool_calling.supports else "tool calling not marked as supported"
@@ -256,7 +266,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                              lengths=args.lengths)
     out = run.dir
     if args.json:
-        print_json({"file": out / "test.json", **written.to_json()})
+        print_json({"file": out / "test.json", **dump_report(written)})
     else:
         print(text_table([{"verdict": c.verdict.upper(), "model": c.model, "check": c.check, "case": c.case,
                            "value": checklist_tables.describe(c)[:70]} for r in written.models for c in r.checks],

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core.errors import InputError, ModelFolderError
@@ -278,16 +278,6 @@ class MergeJob:
     vocab_size: int = 0
     own_files: tuple[str, ...] = ()
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> MergeJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["adapter"]), str(data["base"]), str(data["out"]), int(data.get("vocab_size") or 0),
-                   tuple(str(name) for name in data.get("own_files") or ()))
-
 
 @dataclass(frozen=True)
 class TokenizerOrigin:
@@ -309,17 +299,6 @@ class TokenizerOrigin:
     eos_token_ids_added: tuple[int, ...]
     vocab_size: int
 
-    def to_json(self) -> dict:
-        """The record as ``merge.json`` keeps it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TokenizerOrigin:
-        """A record as :meth:`to_json` wrote it."""
-        return cls(str(data["tokenizer_from"]), str(data["chat_template_from"]), str(data["generation_config_from"]),
-                   tuple(str(name) for name in data["files_from_adapter"]),
-                   tuple(int(i) for i in data["eos_token_ids_added"]), int(data["vocab_size"]))
-
 
 @dataclass(frozen=True)
 class MergeResult:
@@ -334,16 +313,5 @@ class MergeResult:
     max_abs_diff_vs_unmerged: float
     tokenizer: TokenizerOrigin
     logit_range: float = 0.0
-
-    def to_json(self) -> dict:
-        """The result as the child sends it."""
-        return {"max_abs_diff_vs_unmerged": self.max_abs_diff_vs_unmerged, "tokenizer": self.tokenizer.to_json(),
-                "logit_range": self.logit_range}
-
-    @classmethod
-    def from_json(cls, data: dict) -> MergeResult:
-        """A result as :meth:`to_json` wrote it."""
-        return cls(float(data["max_abs_diff_vs_unmerged"]), TokenizerOrigin.from_json(data["tokenizer"]),
-                   float(data.get("logit_range") or 0.0))
 
 

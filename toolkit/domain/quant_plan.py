@@ -6,7 +6,7 @@ Pure: the quantizer that follows a plan is :mod:`slmops.toolkit.weights.quantize
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,6 @@ class QuantizeJob:
     target: str
     plan: QuantPlan
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> QuantizeJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["source"]), str(data["target"]), QuantPlan(**data["plan"]))
-
 
 @dataclass(frozen=True)
 class LoraJob:
@@ -138,12 +129,3 @@ class LoraJob:
     source: str
     target: str
     adapter_file: str
-
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> LoraJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["source"]), str(data["target"]), str(data["adapter_file"]))

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings
-from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, SlmopsError
-from slmops.toolkit.domain import parity, templates
+from slmops.toolkit.domain import templates
 from slmops.toolkit.domain.genai_config import config_problem
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
 from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
@@ -154,21 +154,20 @@ def parity_check(folder: Path) -> Check:
 
     A folder this toolkit did not convert has no record: reported, not failed (convert it here to check it).
     """
-    gate = read_manifest(folder).get("parity")
-    if not isinstance(gate, dict):
+    made = read_manifest(folder)
+    if made is None or made.parity is None:
         return Check("parity", Status.WARN, "not checked: no parity record in manifest.json (not converted by this "
                      "toolkit); `slmops convert` checks every build against its source in transformers")
-    if not gate.get("checks"):
-        return Check("parity", Status.WARN, f"not checked: {gate.get('reason', 'no check recorded')}")
-    lines, lowest = [], 1.0
-    for record in gate["checks"]:
-        try:
-            check = parity.ParityCheck.from_json(record)
-        except (KeyError, TypeError, ValueError) as exc:
-            return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
-        lines.append(f"{record['build']} {check.in_words()}")
-        lowest = min(lowest, check.figures.top1_agreement)
-    if gate.get("verdict") != str(parity.Verdict.PASS):
+    gate = made.parity
+    if not gate.checks:
+        return Check("parity", Status.WARN, f"not checked: {gate.reason or 'no check recorded'}")
+    try:
+        checks = gate.parity_checks()
+    except (KeyError, TypeError, ValueError) as exc:
+        return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
+    lines = [f"{check.build} {check.in_words()}" for check in checks]
+    lowest = min([1.0, *(check.figures.top1_agreement for check in checks)])
+    if not gate.passed:
         return Check("parity", Status.FAIL, "; ".join(lines) + "; convert it again")
     status = status_at_least(lowest, TOP1_TARGET, floor=0.0)
     target = f"target: top-1 agreement >= {TOP1_TARGET} with the source"

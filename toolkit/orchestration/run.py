@@ -20,13 +20,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts
-from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, ParamsError, SlmopsError
 from slmops.toolkit.domain import options, provenance, recipe_choice
 from slmops.toolkit.domain import params as run_params
 from slmops.toolkit.domain.options import Int4Options, Precision
 from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.domain.results.conversion import Manifest, read_manifest
 from slmops.toolkit.domain.results.recipes import RecipeResult
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
 from slmops.toolkit.domain.templates import PromptTemplate, Template
@@ -197,7 +197,7 @@ class Converted:
     """
 
     source: run_source.RunSource
-    manifests: list[dict]
+    manifests: list[Manifest]
     run: Run
 
 
@@ -288,7 +288,7 @@ def recipe_words(results: list[RecipeResult], run: Run | None = None) -> str:
     if all(r.refused for r in results):
         return "Every INT4 recipe was refused by the parity gate (the table gives the gate's figures)."
     recommended, why = recipe_choice.recommend_recipe(results)
-    deployed = run is not None and read_manifest(run.models / "int4").get("recipe") == recommended
+    deployed = run is not None and (made := read_manifest(run.models / "int4")) is not None and made.recipe == recommended
     return (f"**Recommended INT4 recipe: `{recommended}`.** {why}" + (
         f" The run deploys it as its int4 (`{run.models / 'int4'}`); the tutorial's `builder-default` stays "
         "available: set int4_recipe and compare_recipes: false." if deployed else ""))

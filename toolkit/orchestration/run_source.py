@@ -14,6 +14,7 @@ from pathlib import Path
 
 from slmops.toolkit.domain import datasets, options, packaged, tools
 from slmops.toolkit.domain.options import Precision
+from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.domain.templates import PromptTemplate
 from slmops.toolkit.stages import convert, finetune, register
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
@@ -99,7 +100,7 @@ def convert_from(picked: str | os.PathLike[str], source: RunSource) -> Path:
 
 
 def convert_all(source: RunSource, picked: str | os.PathLike[str], precisions: list[str],
-                models_dir: str | os.PathLike[str], **options) -> list[dict]:
+                models_dir: str | os.PathLike[str], **options) -> list[Manifest]:
     """Convert what was picked (the fine-tune when its base is picked) at each precision, and the control.
 
     ``options`` go to :func:`slmops.toolkit.stages.convert.convert_all` (method, INT4 options).

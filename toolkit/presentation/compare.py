@@ -56,8 +56,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     """Read a run folder's result files (any that are missing are simply empty)."""
     run = Path(run_dir)
     manifests = read_conversions(run / "models" / "convert.json")
-    sizes = {m["precision"]: m["size_mb"] for m in manifests}
-    ratios = {m["precision"]: m.get("size_ratio_vs_fp32") for m in manifests}
+    sizes = {m.precision: m.size_mb for m in manifests}
+    ratios = {m.precision: m.size_ratio_vs_fp32 for m in manifests}
     report = read_json(run / "bench.json", {}) or {}
     rows = [row.to_json() for row in rows_of(report)] if isinstance(report, dict) else []
     precisions = _precisions(run, rows)
@@ -82,7 +82,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
                     best["target_prompt_tokens"] - TYPICAL_PROMPT):
                 first_token[row["precision"]] = row
     isa = (report.get("metadata", {}) if isinstance(report, dict) else {}).get("isa", {})
-    adopted = next((m.get("recipe", "") for m in manifests if m["precision"] == "int4"), "")
+    adopted = next((m.recipe for m in manifests if m.precision == "int4"), "")
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
                       sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
 

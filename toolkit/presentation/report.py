@@ -13,7 +13,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
@@ -22,7 +22,7 @@ from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.recipes import read_recipes
-from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
 from slmops.toolkit.presentation import bench_text, checklist_tables, compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.presentation.tables import Html, html_table
@@ -106,7 +106,7 @@ def _checks_sentence(kept: list[dict]) -> str:
 
 
 def run_story(recommendation: deployment_choice.Recommendation | None, bench_report: dict | None,
-              registered: list[dict] | None, control: ControlResult | None = None,
+              registered: list[RegisteredModel] | None, control: ControlResult | None = None,
               tests: ChecklistReport | None = None) -> list[str]:
     """"What this run shows": a few sentences generated from the run's own figures.
 
@@ -144,10 +144,10 @@ def run_story(recommendation: deployment_choice.Recommendation | None, bench_rep
                      f"{row['heldout']} of their held-out paraphrases: {row['verdict']}.")
     if tests is not None:
         story += checklist_tables.retention_sentences(tests)
-    chosen = [r for r in registered or [] if isinstance(r.get("threads_speedup"), int | float)]
+    chosen = [r for r in registered or [] if r.threads_speedup is not None]
     if chosen:
-        story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r['threads']) for r in chosen)}, "
-                     f"decoding {_span([r['threads_speedup'] for r in chosen], 'x')} the runtime's default.")
+        story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r.threads) for r in chosen)}, "
+                     f"decoding {_span([r.threads_speedup for r in chosen], 'x')} the runtime's default.")
     if bench_report:
         ceiling = [r for r in bench_report.get("decode_ceiling", []) if r["engine"] == "foundry-local"]
         if ceiling:
@@ -235,8 +235,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     tests = checklist.read_report(run / "test.json")
     bench_report = _bench_report(run)
     converted = read_conversions(run / "models" / "convert.json")
-    registered = ([m.to_json() for m in read_registered(run / "registered.json")]
-                  if (run / "registered.json").is_file() else [])
+    registered = read_registered(run / "registered.json") if (run / "registered.json").is_file() else []
     recommendation = deployment_choice.recommend(compare.load_run(run)) if tests else None
     plots = [png.stem for png in sorted(run.glob("*.png"))]
     placed = {stem for stems in PLOT_SECTIONS.values() for stem in stems}
@@ -244,9 +243,9 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
         "index.html.j2", run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
         recommendation=recommendation,
         story=run_story(recommendation, bench_report, registered, tests.control if tests else None, tests),
-        registered=[{**row, "threads_probe": ", ".join(
-            f"{p['threads'] or 'default'}: {p['decode_tps']:.0f} tok/s, {p['ttft_ms']:.0f} ms" for p in
-            row.get("threads_probe") or [])} for row in registered],
+        registered=[{**codec.dump(model), "threads_probe": ", ".join(
+            f"{p.threads or 'default'}: {p.decode_tps:.0f} tok/s, {p.ttft_ms:.0f} ms" for p in model.threads_probe)}
+            for model in registered],
         section_plots={section: [stem for stem in stems if stem in plots] for section, stems in PLOT_SECTIONS.items()},
         other_plots=[stem for stem in plots if stem not in placed],
         notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
@@ -254,7 +253,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
         conversion=convert.conversion_rows(converted) if converted else [],
-        recipes=[r.to_json() for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
+        recipes=[codec.dump(r) for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         checklist_details=checklist_tables.checklist_details(tests.models, style=False) if tests else "",
         quality=checklist_tables.quality_rows(tests.models) if tests else [],

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, settings, workers
+from slmops.toolkit.core import artifacts, codec, settings, workers
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain.adapters import (
     CHECK_TOKENS,
@@ -61,8 +61,8 @@ def _merge_into(adapter: AdapterSource, target: Path) -> None:
     staging = artifacts.staging_dir(target, "merging")
     try:
         job = MergeJob(str(adapter.path), str(adapter.base), str(staging), adapter.vocab_size, adapter.own_files)
-        result = MergeResult.from_json(workers.run_worker(
-            "slmops.toolkit.weights.adapter_merge", "merge", job.to_json(),
+        result = codec.load(MergeResult, workers.run_worker(
+            "slmops.toolkit.weights.adapter_merge", "merge", codec.dump(job),
             name=f"merge of {adapter.path.name} into {adapter.base.name}", idle_timeout=1800).result)
         allowed = MERGE_TOLERANCE * max(result.logit_range, 1.0)
         if result.max_abs_diff_vs_unmerged > allowed:
@@ -74,7 +74,7 @@ def _merge_into(adapter: AdapterSource, target: Path) -> None:
         check = {"max_abs_diff_vs_unmerged": result.max_abs_diff_vs_unmerged, "logit_range": result.logit_range,
                  "allowed": allowed}
         artifacts.write_json(staging / MERGE_RECORD, {**adapter.describe(), "merge_check": check,
-                                                      "tokenizer": result.tokenizer.to_json()})
+                                                      "tokenizer": codec.dump(result.tokenizer)})
         artifacts.swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -97,7 +97,7 @@ def _merge_task(payload: dict, _emit) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    job = MergeJob.from_json(payload)
+    job = codec.load(MergeJob, payload)
     adapter_dir, base_dir, out = Path(job.adapter), Path(job.base), Path(job.out)
     own = job.own_files
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -128,7 +128,8 @@ def _merge_task(payload: dict, _emit) -> dict:
     origin = TokenizerOrigin("adapter" if tokenizer_dir == adapter_dir else "base", template_from,
                              "adapter" if GENERATION_CONFIG in own else "base", own, tuple(added),
                              int(merged_model.get_input_embeddings().weight.shape[0]))
-    return MergeResult(float((merged - unmerged).abs().max()), origin, float(unmerged.max() - unmerged.min())).to_json()
+    result = MergeResult(float((merged - unmerged).abs().max()), origin, float(unmerged.max() - unmerged.min()))
+    return codec.dump(result)
 
 
 def _add_tokenizer_eos(out: Path, tokenizer) -> list[int]:

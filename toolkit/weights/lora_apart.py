@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.toolkit.core import workers
+from slmops.toolkit.core import codec, workers
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain.adapters import ADAPTER_CONFIG, AdapterSource
 from slmops.toolkit.domain.quant_plan import LoraJob
@@ -141,7 +141,7 @@ def write_onnx_adapter(file: Path, matrices: dict[str, np.ndarray]) -> None:
 
 def _keep_lora_apart_task(payload: dict, _emit) -> dict:
     """Worker task: :func:`keep_lora_apart` for a :class:`LoraJob`; returns the inputs made and their shapes."""
-    job = LoraJob.from_json(payload)
+    job = codec.load(LoraJob, payload)
     return {"lora_inputs": keep_lora_apart(Path(job.source), Path(job.target), Path(job.adapter_file))}
 
 

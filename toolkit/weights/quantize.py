@@ -27,12 +27,12 @@ measured on its own and a crash cannot take the toolkit with it.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from slmops.toolkit.core import workers
+from slmops.toolkit.core import codec, workers
 from slmops.toolkit.domain.genai_config import decoder_config
 from slmops.toolkit.domain.quant_plan import LAYER_NAME, MIXES, QuantizeJob, QuantPlan, mixed_bits, plan_with_bits
 from slmops.toolkit.weights import calibration, gptq
@@ -263,10 +263,10 @@ def _quantize_task(payload: dict, _emit) -> dict:
     Returns:
         The plan and the build's :func:`weight_summary`, for the log (the manifest reads the build itself).
     """
-    job = QuantizeJob.from_json(payload)
+    job = codec.load(QuantizeJob, payload)
     target = Path(job.target)
     quantize(Path(job.source), target, job.plan)
-    return {"plan": asdict(job.plan), **weight_summary(target)}
+    return {"plan": codec.dump(job.plan), **weight_summary(target)}
 
 
 if __name__ == "__main__":
