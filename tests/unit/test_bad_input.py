@@ -15,7 +15,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InconsistentCheckpointError, InputError, TemplateError
-from slmops.toolkit.domain import sources
+from slmops.toolkit.domain import jinja_render, sources, template_resolve
 from slmops.toolkit.domain import templates as T
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages.convert import ConvertSpec, validate
@@ -184,16 +184,16 @@ def test_template_rendering_stops_at_its_limits_in_one_line(source: str, words: 
     """Was: ``unexpected error: RecursionError``; an expensive template hung register and doctor."""
     started = time.monotonic()
     with pytest.raises(TemplateError, match=words) as raised:
-        T.render_jinja(source, [{"role": "user", "content": "hi"}], seconds=0.5)
+        jinja_render.render_jinja(source, [{"role": "user", "content": "hi"}], seconds=0.5)
     assert time.monotonic() - started < 10 and "\n" not in str(raised.value)
     # The limits leave nothing behind: the next rendering is unaffected.
-    assert T.render_jinja(sources.CHATML_TEMPLATE, [{"role": "user", "content": "hi"}]).endswith("assistant\n")
+    assert jinja_render.render_jinja(sources.CHATML_TEMPLATE, [{"role": "user", "content": "hi"}]).endswith("assistant\n")
 
 
 @pytest.mark.parametrize("source", [RECURSIVE, EXPENSIVE])
 def test_register_and_doctor_refuse_a_runaway_template_in_one_line(onnx_folder: Path, cache: Path, source: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(T, "RENDER_SECONDS", 1.0)  # the limit every rendering has, shortened for the test
+    monkeypatch.setattr(jinja_render, "RENDER_SECONDS", 1.0)  # the limit every rendering has, shortened for the test
     config = json.loads((onnx_folder / "tokenizer_config.json").read_text())
     (onnx_folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": source}))
     (onnx_folder / "chat_template.jinja").write_text(source)
@@ -289,11 +289,11 @@ PHI4_MINI = ("{% for message in messages %}{% if message['role'] == 'system' and
 
 def test_auto_derives_phi4_minis_template_whose_closed_conversation_ends_with_the_eos() -> None:
     """Was: refused as "folds the system text into the first user turn", which it does not."""
-    derived = T.derive(PHI4_MINI, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    derived = template_resolve.derive(PHI4_MINI, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     assert derived == T.PromptTemplate("<|system|>{Content}<|end|>", "<|user|>{Content}<|end|>",
                                        "<|assistant|>{Content}<|end|>", "<|user|>{Content}<|end|><|assistant|>")
-    assert T.render(derived, T.PROBE) == T.render_jinja(PHI4_MINI, T.PROBE, eos_token="<|endoftext|>")
-    assert T.rendered_turn_end(PHI4_MINI, eos_token="<|endoftext|>") == "<|end|>"
+    assert T.render(derived, template_resolve.PROBE) == jinja_render.render_jinja(PHI4_MINI, template_resolve.PROBE, eos_token="<|endoftext|>")
+    assert template_resolve.rendered_turn_end(PHI4_MINI, eos_token="<|endoftext|>") == "<|end|>"
 
 
 # --- found by the property test (tests/test_fuzz.py): fields of the wrong type -------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.errors import InputError, SlmopsError
-from slmops.toolkit.domain import templates
+from slmops.toolkit.domain import jinja_render, template_resolve, templates
 from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
@@ -90,8 +90,8 @@ def stop_check(folder: Path, config: dict) -> Check:
     eos = config["model"].get("eos_token_id")
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     try:
-        bos, eos_text = templates.special_tokens(folder)
-        end = templates.rendered_turn_end(templates.read_chat_template(folder, runtime=True), bos_token=bos,
+        bos, eos_text = template_resolve.special_tokens(folder)
+        end = template_resolve.rendered_turn_end(template_resolve.read_chat_template(folder, runtime=True), bos_token=bos,
                                           eos_token=eos_text)
     except SlmopsError as exc:
         return Check("stop tokens", Status.FAIL, f"{exc}; register with --template")
@@ -129,7 +129,7 @@ def runtime_check(folder: Path) -> list[Check]:
         custom = None
         if info_file.is_file():  # keep a registered model's own strings
             custom = templates.PromptTemplate.from_json(json.loads(info_file.read_text())["PromptTemplate"],
-                                                        templates.special_tokens(folder)[0])
+                                                        template_resolve.special_tokens(folder)[0])
         try:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
                      model_config=ModelConfig(threads=None), cache=cache)  # loading it is the check, not tuning
@@ -215,10 +215,10 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     checks.append(Check("model files", status_of(ok), detail))
     checks.append(parity_check(folder))
     try:
-        jinja = templates.read_chat_template(folder, runtime=True)
+        jinja = template_resolve.read_chat_template(folder, runtime=True)
         if jinja.strip():  # rendered once, within the limits every rendering has (a runaway template fails here)
-            bos, eos = templates.special_tokens(folder)
-            templates.render_jinja(jinja, templates.PROBE[1:2], bos_token=bos, eos_token=eos)
+            bos, eos = template_resolve.special_tokens(folder)
+            jinja_render.render_jinja(jinja, template_resolve.PROBE[1:2], bos_token=bos, eos_token=eos)
         checks.append(Check("chat template", status_of(bool(jinja.strip())), "non-empty, renders a conversation"
                             if jinja.strip()
                             else "empty: ChatSession fails with 'Empty chat template'; register with --template"))

@@ -24,7 +24,7 @@ from slmops.toolkit.core.errors import (
     ModelNotFoundError,
     PromptTooLongError,
 )
-from slmops.toolkit.domain import templates, tools
+from slmops.toolkit.domain import jinja_render, template_resolve, tools
 from slmops.toolkit.domain.results.bench import decode_tps
 from slmops.toolkit.weights.context_limit import positions
 
@@ -303,10 +303,10 @@ class LoadedModel:
 
             folder = Path(self.model.get_path())
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            jinja = templates.read_chat_template(folder, runtime=True)  # as ChatSession reads it
-            bos, eos = templates.special_tokens(folder)
+            jinja = template_resolve.read_chat_template(folder, runtime=True)  # as ChatSession reads it
+            bos, eos = template_resolve.special_tokens(folder)
             self._encode = lambda msgs: tokenizer.encode(
-                templates.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids
+                jinja_render.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids
         return list(self._encode(messages))
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:

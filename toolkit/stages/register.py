@@ -34,7 +34,7 @@ from slmops.toolkit.core.errors import (
     RegistrationError,
 )
 from slmops.toolkit.core.measure import timestamp
-from slmops.toolkit.domain import options, templates, tools
+from slmops.toolkit.domain import options, template_resolve, templates, tools
 from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.conversion import read_conversions, read_manifest
@@ -441,7 +441,7 @@ def _write_genai_config(folder: Path, genai_config: dict, threads: int | str | N
     (folder / "genai_config.json").write_text(json.dumps(genai_config, indent=4))
 
 
-def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: templates.ResolvedTemplate,
+def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template_resolve.ResolvedTemplate,
            model_config: ModelConfig, name: str, version: int, description: str) -> None:
     rewritten = {"genai_config.json", "tokenizer_config.json", "chat_template.jinja", INFERENCE_MODEL, REGISTRATION_RECORD}
     for item in onnx_dir.iterdir():
@@ -513,8 +513,8 @@ def register(
     context_length = int(genai_config["model"].get("context_length", 0))
     model_config = (model_config or ModelConfig()).for_context(context_length)
     model_config.validate(context_length)
-    resolved = templates.resolve(template, source, custom_template)
-    templates.check_consistency(resolved)
+    resolved = template_resolve.resolve(template, source, custom_template)
+    template_resolve.check_consistency(resolved)
     stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
     genai_config["model"]["eos_token_id"] = list(stop.eos_token_id)
     markers = tools.find_markers(source, *(tool_markers or (None, None)))

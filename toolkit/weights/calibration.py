@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from slmops.toolkit.domain.datasets import load_dataset
-from slmops.toolkit.domain.templates import render_jinja
+from slmops.toolkit.domain.jinja_render import render_jinja
 
 #: Calibration sequences cap (tokens each).
 MAX_TOKENS = 512
