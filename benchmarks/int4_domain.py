@@ -18,8 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from slmops.toolkit.domain.jinja_render import render_jinja
 from slmops.toolkit.domain.options import REPETITION_PENALTY
-from slmops.toolkit.domain.templates import render_jinja
 from slmops.toolkit.runtimes.genai import readable_dir
 from slmops.toolkit.stages.checklist.cases import judge, load_cases
 

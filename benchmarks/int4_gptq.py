@@ -1,13 +1,13 @@
 """GPTQ-calibrated and rotated INT4 recipes against round-to-nearest at the same plans, on the demo's fine-tune.
 
 Each variant is built from the fine-tuned FP32 ONNX build with the project's quantizer
-(:func:`slmops.toolkit.domain.quantize.quantize`; ``algorithm="gptq"`` is calibrated on the bundled
-Veloria set, see :mod:`slmops.toolkit.domain.gptq`) and measured with the same metric code as
+(:func:`slmops.toolkit.weights.quantize.quantize`; ``algorithm="gptq"`` is calibrated on the bundled
+Veloria set, see :mod:`slmops.toolkit.weights.gptq`) and measured with the same metric code as
 ``slmops recipes`` (:func:`slmops.toolkit.runtimes.genai.agreement` on the bundled reference text):
 bits per weight (model files x 8 / parameters), size, top-1 and KL against the fine-tuned FP32,
 KL against the base's FP32, decode tokens/s against the builder's INT4 in the same run, and
 the build time. The ``-rotated`` variants rotate the residual stream and the values per head first
-(``QuantPlan(rotate=True)``, :mod:`slmops.toolkit.domain.rotate`).
+(``QuantPlan(rotate=True)``, :mod:`slmops.toolkit.weights.rotate`).
 
     flock /tmp/heavy.lock .venv/bin/python benchmarks/int4_gptq.py --fp32 FT_FP32_DIR --base-fp32 BASE_FP32_DIR
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
-from slmops.toolkit.domain.quantize import QuantPlan
+from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.runtimes import genai
 
 README = str(Path(__file__).resolve().parents[1] / "outputs" / "calibration-readme.txt")

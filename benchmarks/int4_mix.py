@@ -1,7 +1,7 @@
 """INT4 recipes against the fine-tuned FP32 and the base, on the demo's fine-tune (issue 25).
 
 Builds each variant from the FP32 ONNX build with the project's quantizer
-(:func:`slmops.toolkit.domain.quantize.quantize`), then measures with the same metric code as
+(:func:`slmops.toolkit.weights.quantize.quantize`), then measures with the same metric code as
 ``slmops recipes`` (:func:`slmops.toolkit.runtimes.genai.agreement`, the bundled reference text):
 bits per weight (model files x 8 / parameters), size, top-1 and KL against the fine-tuned
 FP32, KL against the base's FP32, and a quick decode probe.
@@ -10,7 +10,7 @@ FP32, KL against the base's FP32, and a quick decode probe.
 
 The FP32 builds: ``slmops convert MERGED_FT --precision fp32 --out FT_FP32_DIR`` and the same for
 the base (``slmops bundled``). The merged fine-tune is
-``slmops.toolkit.domain.adapters.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``.
+``slmops.toolkit.weights.adapter_merge.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import shutil
 import time
 from pathlib import Path
 
-from slmops.toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.runtimes import genai
+from slmops.toolkit.weights.quantize import quantize
 
 VARIANTS = {
     "builder-default": QuantPlan(lm_head_bits=4, embedding_bits=32, lm_head_with_body=True),

@@ -3,7 +3,7 @@
 The named mixes (``slmops recipes``) pick 8-bit tensors by rule (llama.cpp's ``use_more_bits``).
 This ranks every candidate instead: for each MatMul (a fused ``qkv_proj``'s value part counts
 alone) it measures the output error 4 bits cause on the fine-tune's own calibration inputs,
-``trace((W - Q)^T H (W - Q))`` with ``H = X^T X`` (:func:`slmops.toolkit.domain.gptq.output_error`),
+``trace((W - Q)^T H (W - Q))`` with ``H = X^T X`` (:func:`slmops.toolkit.weights.gptq.output_error`),
 divides it by the bits an 8-bit copy would add, and upgrades the worst first until the budget
 is spent. Then it builds each variant with the project's quantizer and measures it with the same
 metric code as ``slmops recipes`` (top-1 and KL against the fine-tuned FP32 on the bundled
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from int4_mix import build_variant  # this folder is on the path when a benchmark runs as a script
 
-from slmops.toolkit.domain import gptq, onnx_weights, quantize
-from slmops.toolkit.domain.quantize import QuantPlan
+from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.runtimes import genai
+from slmops.toolkit.weights import calibration, gptq, onnx_weights, quantize
 
 #: Bits per weight of a symmetric block of 32 with a float32 scale: 4 + 32/32 and 8 + 32/32.
 BITS4, BITS8 = 5.0, 9.0
@@ -53,8 +53,8 @@ def candidates(fp32: Path, extra: Path | None = None) -> list[dict]:
     inits = {i.name: i for i in model.graph.initializer}
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
                and n.name != onnx_weights.LM_HEAD]
-    sequences = gptq.calibration_ids(fp32) + (gptq.calibration_ids(fp32, str(extra)) if extra else [])
-    hessians, tokens = gptq.hessians(fp32 / "model.onnx", sequences, {n.input[0] for n in matmuls})
+    sequences = calibration.calibration_ids(fp32) + (calibration.calibration_ids(fp32, str(extra)) if extra else [])
+    hessians, tokens = calibration.hessians(fp32 / "model.onnx", sequences, {n.input[0] for n in matmuls})
     config = json.loads((fp32 / "genai_config.json").read_text())["model"]["decoder"]
     value_columns = int(config["head_size"]) * int(config["num_key_value_heads"])
     rows = []

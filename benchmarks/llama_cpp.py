@@ -97,7 +97,7 @@ class Pair:
 
 def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple[Pair, ...]:
     """Each of ``chosen`` staged as registration serves it (files linked, LM head on the last position), in ``out``."""
-    from slmops.toolkit.domain import lm_head
+    from slmops.toolkit.weights import lm_head
 
     staged = []
     for pair in chosen:

@@ -251,7 +251,7 @@ def setup(version: str = LLAMA_CPP_PYTHON, home: Path | None = None, model: Path
     if shutil.which("cmake") is None:
         sys.exit("cmake is not installed: install it (apt-get install cmake, or pip install cmake) and a C++ compiler")
     if model is None:
-        from slmops.toolkit.domain.sources import bundled_gguf
+        from slmops.toolkit.weights.bundled import bundled_gguf
 
         model = bundled_gguf()
     for flavor in flavors:

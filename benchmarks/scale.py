@@ -42,9 +42,9 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.core.measure import available_mib
 from slmops.toolkit.domain import memory
 from slmops.toolkit.domain.options import Method, Precision
-from slmops.toolkit.domain.sources import inspect_source
 from slmops.toolkit.stages import bench, convert
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights.checkpoints import inspect_source
 from tests.models import make_shaped_model
 
 #: Published configurations (config.json fields that set the shapes).
@@ -116,16 +116,16 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
         out = work / "onnx" / name / precision
         result = convert.convert(convert.ConvertSpec(model, out, Precision(precision)), progress=True)
         m = result.manifest
-        checks = {check["build"]: check for check in m["parity"]["checks"]}
-        figures = {"wall_s": m["wall_s"], "peak_rss_mib": m["peak_rss_mib"],
-                   "predicted_peak_mib": m["memory"]["predicted_peak_mib"], "size_mb": round(m["size_mb"]),
-                   "rss_per_checkpoint": round(m["peak_rss_mib"] * 2**20 / source.checkpoint_bytes, 2),
-                   "steps_mib": m["memory"]["measured_steps"], "eos_token_id_from": m["eos_token_id_from"],
-                   "parity": m["parity"]["verdict"],
-                   "fp32_top1": checks.get("fp32", {}).get("top1_agreement"),
-                   "top1": checks.get(precision, {}).get("top1_agreement"),
-                   "top1_up_to_ties": checks.get(precision, {}).get("top1_up_to_ties"),
-                   "kl": checks.get(precision, {}).get("kl_divergence")}
+        checks = {check.build: check.figures for check in (m.parity.parity_checks() if m.parity else [])}
+        figures = {"wall_s": m.wall_s, "peak_rss_mib": m.peak_rss_mib,
+                   "predicted_peak_mib": m.memory.predicted_peak_mib, "size_mb": round(m.size_mb),
+                   "rss_per_checkpoint": round(m.peak_rss_mib * 2**20 / source.checkpoint_bytes, 2),
+                   "steps_mib": m.memory.measured_steps, "eos_token_id_from": m.eos_token_id_from,
+                   "parity": m.parity.verdict if m.parity else "not checked",
+                   "fp32_top1": checks["fp32"].top1_agreement if "fp32" in checks else None,
+                   "top1": checks[precision].top1_agreement if precision in checks else None,
+                   "top1_up_to_ties": checks[precision].top1_up_to_ties if precision in checks else None,
+                   "kl": checks[precision].kl_divergence if precision in checks else None}
         if run_bench:
             registered = f"scale-{name}-{precision}".replace(".", "-")
             R.register(out, registered, model_config=R.ModelConfig(threads=None), force=True)

@@ -46,7 +46,7 @@ panel = RunPanel("convert", lambda: stages.convert(run, model=model.value, preci
                      Markdown(stages.source_words(converted.source)),
                      report.figure(plots.plot_loss(converted.source.trained.losses), run.dir / "finetune_loss.png")
                      if converted.source.trained else None,
-                     report.table(convert.summary(converted.manifests)),
+                     report.table(convert.conversion_rows(converted.manifests)),
                      report.figure(plots.plot_sizes(converted.manifests), run.dir / "sizes.png")),
                  then=[picker.refresh], interactive=run.interactive)
 display(panel) if run.interactive else None

@@ -14,8 +14,7 @@ from IPython.display import HTML, display
 
 from slmops.toolkit import endpoint as serve
 from slmops.toolkit.orchestration import run as stages
-from slmops.toolkit.presentation import checklist as tables
-from slmops.toolkit.presentation import report
+from slmops.toolkit.presentation import checklist_tables, report
 from slmops.toolkit.stages import register
 from slmops.widgets import ChatBox, RunPanel, TemplatePicker
 
@@ -33,7 +32,7 @@ display(picker if run.interactive else picker.value)
 panel = RunPanel("register", lambda: stages.register(run, template=picker.value.template,
                                                     custom=picker.value.custom),
                  show=lambda registered: (
-                     report.table([m.to_json() for m in registered.models],
+                     report.table(registered.models,
                                   ["name", "model_id", "precision", "template", "threads", "threads_speedup", "notes"]),
                      report.table(register.list_models(run.cache))),
                  then=[chat.refresh], interactive=run.interactive)
@@ -54,7 +53,7 @@ else:
     answer = chat.send("What is the capital of France?")
     display(HTML(chat.transcript_html()))
     chat.close()
-    print(tables.domain_fact_note(answer, stages.run_cases(run)))  # a general question: did the fine-tune forget?
+    print(checklist_tables.domain_fact_note(answer, stages.run_cases(run)))  # a general question: did the fine-tune forget?
 
 # %% [markdown]
 # ## Serve it to applications

@@ -16,29 +16,28 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 from IPython.display import Markdown, display
 
 from slmops.toolkit.orchestration import run as stages
-from slmops.toolkit.presentation import checklist as tables
-from slmops.toolkit.presentation import plots, report
+from slmops.toolkit.presentation import checklist_tables, plots, report
 from slmops.widgets import RunPanel
 
 run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
 # The models notebook 02 registered (read when the stage starts), FP32 as the reference, the base as control.
 panel = RunPanel("test", lambda: stages.test(run),
                  show=lambda summary: (
-                     report.table(tables.summary_rows(summary)),
+                     report.table(checklist_tables.summary_rows(summary)),
                      Markdown("## The negative control"),
                      Markdown(stages.control_words(summary)),
-                     report.table(tables.before_after(summary.control, summary.models[0])) if summary.control
+                     report.table(checklist_tables.before_after(summary.control, summary.models[0])) if summary.control
                      else None,
                      Markdown("## What the fine-tune forgot\n\nGeneral questions the base model answers correctly "
                               "(its own answers are the reference), asked of every build."),
-                     Markdown("\n\n".join(tables.retention_sentences(summary))
+                     Markdown("\n\n".join(checklist_tables.retention_sentences(summary))
                               or "No general questions in this run's cases."),
                      Markdown("## The checklist, per precision (✓ pass, ✗ fail; open a check to see every case, "
                               "failures first)"),
-                     tables.checklist_details(summary.models),
+                     checklist_tables.checklist_details(summary.models),
                      Markdown("## Quality against FP32\n\nTeacher-forced on a bundled text: greedy top-1 agreement "
                               "and KL divergence against the FP32 build, and each model's perplexity."),
-                     report.table(tables.quality_rows(summary.models)),
+                     report.table(checklist_tables.quality_rows(summary.models)),
                      Markdown("## Memory over requests and time per token over input length"),
                      report.figure(plots.plot_rss(summary.models), run.dir / "rss_over_requests.png"),
                      report.figure(plots.plot_per_token(summary.models), run.dir / "ms_per_token.png")),

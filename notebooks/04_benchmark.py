@@ -16,17 +16,17 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 # %%
 from IPython.display import Markdown, display
 
+from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
 from slmops.toolkit.orchestration import run as stages
-from slmops.toolkit.presentation import bench as bench_text
-from slmops.toolkit.presentation import compare, plots, report
+from slmops.toolkit.presentation import bench_text, compare, plots, report
 from slmops.toolkit.stages import checklist
 from slmops.widgets import RunPanel
 
 run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
 panel = RunPanel("benchmark", lambda: stages.bench(run),
                  show=lambda results: (
-                     Markdown("\n".join(f"- {line}" for line in bench_text.summary(
+                     Markdown("\n".join(f"- {line}" for line in bench_text.summary_lines(
                          results, checklist.read_report(run.dir / "test.json"))
                          + bench_text.warnings(bench_rows(results)))),
                      # Three tables of a dozen columns or fewer: each fits the notebook's width.
@@ -40,10 +40,10 @@ panel = RunPanel("benchmark", lambda: stages.bench(run),
                          "model", "engine", "size_mb", "load_s", "load_rss_mib", "peak_rss_mib", "cpu_percent",
                          "system_cpu_percent"]),
                      Markdown("## Recommendation"),
-                     Markdown(f"**{compare.recommend(compare.load_run(run.dir)).sentence}**"),
-                     report.table(compare.recommend(compare.load_run(run.dir)).rows),
+                     Markdown(f"**{deployment_choice.recommend(compare.load_run(run.dir)).sentence}**"),
+                     report.table(deployment_choice.recommend(compare.load_run(run.dir)).rows),
                      Markdown("Each precision against FP32 per case family (McNemar's exact test):"),
-                     report.table(compare.recommend(compare.load_run(run.dir)).paired),
+                     report.table(deployment_choice.recommend(compare.load_run(run.dir)).paired),
                      Markdown("Foundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no "
                               "overhead):"),
                      report.table(results["engine_ratios"]),

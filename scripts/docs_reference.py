@@ -26,6 +26,7 @@ import re
 import sys
 import typing
 from pathlib import Path
+from types import ModuleType
 
 import griffe
 from griffe._internal.docstrings import google
@@ -46,16 +47,21 @@ API_SOURCES = ROOT / "build" / "docs-api"
 
 MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 
-#: Each result file (or files), the module whose docstring tells its history and version, and its records in reading order.
+#: Each result file (or files), the module whose docstring tells its history and version, and its records in reading
+#: order (a dotted name: a record another module defines).
 RESULT_FILES = (
     (("test.json",), "slmops.toolkit.domain.results.checklist",
-     ("ChecklistReport", "ModelReport", "CheckResult", "Thresholds", "QualityRecord", "RetentionRecord", "ControlResult",
-      "Check", "Verdict", "Bound", "Unit")),
+     ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
+      "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchRow", "TimedRun")),
-    (("registered.json",), "slmops.toolkit.domain.results.registration", ("RegisteredModel",)),
+    (("registered.json",), "slmops.toolkit.domain.results.registration",
+     ("RegisteredFile", "RegisteredModel", "ThreadSpeed")),
     (("models/recipes/recipes.json",), "slmops.toolkit.domain.results.recipes", ("RecipeResult",)),
-    (("models/convert.json", "models/PRECISION/manifest.json"), "slmops.toolkit.domain.results.conversion", ()),
-    (("compare.json",), "slmops.toolkit.presentation.compare", ("Comparison", "RunFigures", "Recommendation", "Outcome")),
+    (("models/convert.json", "models/PRECISION/manifest.json"), "slmops.toolkit.domain.results.conversion",
+     ("Manifest", "MemoryRecord", "ParityGate", "AdapterFile", "BuildCacheEntry")),
+    (("compare.json",), "slmops.toolkit.presentation.compare",
+     ("Comparison", "slmops.toolkit.domain.deployment_choice.RunFigures",
+      "slmops.toolkit.domain.deployment_choice.Recommendation", "slmops.toolkit.domain.deployment_choice.Outcome")),
 )
 
 
@@ -251,6 +257,15 @@ def _record(cls: type) -> list[str]:
     return [*lines, ""]
 
 
+def record_types(module: ModuleType, records: tuple[str, ...]) -> list[type]:
+    """The records named in :data:`RESULT_FILES`: a plain name is ``module``'s, a dotted one its own module's."""
+    found = []
+    for name in records:
+        owner, _, record = name.rpartition(".")
+        found.append(getattr(importlib.import_module(owner) if owner else module, record))
+    return found
+
+
 def results_reference() -> str:
     """Markdown for every result file: the version written, its history, and each record's fields."""
     lines: list[str] = []
@@ -259,8 +274,8 @@ def results_reference() -> str:
         lines += [f"## {' and '.join(f'`{name}`' for name in files)}",
                   "", f"Written at version {module.SCHEMA_VERSION} by `{module_name}`.", "",
                   _rst_to_md(inspect.getdoc(module) or "").strip(), ""]
-        for name in records:
-            lines += _record(getattr(module, name))
+        for record in record_types(module, records):
+            lines += _record(record)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -30,7 +30,7 @@ from slmops.toolkit.core.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "bundled_model": "slmops.toolkit.domain.sources",
+    "bundled_model": "slmops.toolkit.weights.bundled",
     "Precision": "slmops.toolkit.domain.options",
     "Method": "slmops.toolkit.domain.options",
     "Int4Options": "slmops.toolkit.domain.options",

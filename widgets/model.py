@@ -11,8 +11,8 @@ import ipywidgets as w
 import traitlets
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.domain.sources import bundled_model
 from slmops.toolkit.stages.convert import check_source
+from slmops.toolkit.weights.bundled import bundled_model
 
 
 @dataclass(frozen=True)

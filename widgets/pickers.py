@@ -27,7 +27,8 @@ from slmops.toolkit.domain.options import (
     TablePrecision,
 )
 from slmops.toolkit.domain.results.checklist import Thresholds
-from slmops.toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
+from slmops.toolkit.domain.template_resolve import resolve
+from slmops.toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least
 from slmops.toolkit.presentation.report import measured_figures
 from slmops.toolkit.presentation.tables import html_table

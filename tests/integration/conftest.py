@@ -19,7 +19,7 @@ def tiny_int4(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def bundled() -> Path:
-    from slmops.toolkit.domain.sources import bundled_model
+    from slmops.toolkit.weights.bundled import bundled_model
 
     return bundled_model()
 

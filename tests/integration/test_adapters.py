@@ -12,6 +12,8 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import adapters
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+from slmops.toolkit.weights.adapter_merge import merge
 from tests.unit.test_adapters import ADDED, make_adapter
 from tests.unit.test_checkpoints import as_bin
 
@@ -31,8 +33,8 @@ def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny
 
     adapter = make_adapter(tiny_model, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
                            modules_to_save=["embed_tokens", "lm_head"])
-    checked = adapters.inspect_adapter(adapter)
-    merged = adapters.merge(checked)  # was: the merge died with a truncated RuntimeError
+    checked = inspect_adapter(adapter)
+    merged = merge(checked)  # was: the merge died with a truncated RuntimeError
     assert (checked.vocab_size, checked.base_vocab_size) == (402, 400)
     assert set(checked.modules_to_save) == {"embed_tokens", "lm_head"}
     record = json.loads((merged / adapters.MERGE_RECORD).read_text())
@@ -65,8 +67,8 @@ def test_the_adapters_own_tokenizer_template_and_generation_config_win(tiny_mode
                            eos="<|endoftext|>")
     base_tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     assert base_tokenizer.eos_token == "<|im_end|>" and base_tokenizer.chat_template != ADAPTER_TEMPLATE
-    checked = adapters.inspect_adapter(adapter)
-    merged = adapters.merge(checked)
+    checked = inspect_adapter(adapter)
+    merged = merge(checked)
     tokenizer = AutoTokenizer.from_pretrained(merged)
     assert tokenizer.chat_template == ADAPTER_TEMPLATE and tokenizer.eos_token == "<|endoftext|>"  # was: the base's
     assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(checked.own_files)
@@ -80,7 +82,7 @@ def test_the_adapters_own_tokenizer_template_and_generation_config_win(tiny_mode
     template_only = make_adapter(tiny_model, tmp_path / "template-only", seed=1)
     (template_only / "chat_template.jinja").write_text(ADAPTER_TEMPLATE)
     (template_only / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, 7], "do_sample": False}))
-    merged = adapters.merge(adapters.inspect_adapter(template_only))
+    merged = merge(inspect_adapter(template_only))
     assert AutoTokenizer.from_pretrained(merged).chat_template == ADAPTER_TEMPLATE
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, 7]
     record = json.loads((merged / adapters.MERGE_RECORD).read_text())
@@ -94,9 +96,9 @@ def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model:
 
     base = as_bin(tiny_model, tmp_path / "bin-base")
     adapter = make_adapter(tiny_model, tmp_path / "on-bin")
-    checked = adapters.inspect_adapter(adapter, base)  # was: "the base does not have q_proj"
+    checked = inspect_adapter(adapter, base)  # was: "the base does not have q_proj"
     assert checked.target_modules == ("q_proj", "v_proj") and checked.base == base.resolve()
-    merged = adapters.merge(checked)
+    merged = merge(checked)
     assert json.loads((merged / adapters.MERGE_RECORD).read_text())["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
     wrong = tmp_path / "wrong"
     shutil.copytree(adapter, wrong)
@@ -104,4 +106,4 @@ def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model:
                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32)},
               str(wrong / "adapter_model.safetensors"))
     with pytest.raises(InputError, match="another model size"):  # the shapes really come from the .bin
-        adapters.inspect_adapter(wrong, base)
+        inspect_adapter(wrong, base)

@@ -12,10 +12,10 @@ import pytest
 
 from slmops.toolkit import endpoint as serve
 from slmops.toolkit.domain import datasets
-from slmops.toolkit.domain.sources import inspect_source
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages import bench, convert, register
+from slmops.toolkit.weights.checkpoints import inspect_source
 
 #: The bundled model and its fine-tune take minutes to build: ``make test`` starts this file first, on a worker
 #: of its own (tests/conftest.py).
@@ -43,7 +43,7 @@ def test_bundled_model_is_a_real_hf_folder(bundled: Path) -> None:
 @pytest.mark.slow
 def test_bundled_fp32_and_int4_through_foundry(fp32_int4: Builds) -> None:
     manifests = fp32_int4.manifests
-    ratio = manifests[1]["size_mb"] / manifests[0]["size_mb"]
+    ratio = manifests[1].size_mb / manifests[0].size_mb
     assert 0.2 < ratio < 0.5  # INT4 with the FP32 embedding table kept (SPEC: 0.37x)
     rows = register.register_all(fp32_int4.folder / "convert.json", "smol")
     assert [r["name"] for r in rows] == ["smol-fp32", "smol-int4"]
@@ -64,8 +64,8 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
 
     int8 = convert.convert(convert.ConvertSpec(bundled, tmp_path / "int8" / "int8", convert.Precision.INT8,
                                                quantize_from=fp32_int4.folder / "fp32"), progress=False)
-    assert int8.manifest["weights"]["parameters"].keys() == {"int8"} and "quantized_from" in int8.manifest
-    assert int8.manifest["size_ratio_vs_fp32"] < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
+    assert int8.manifest.weights["parameters"].keys() == {"int8"} and int8.manifest.quantized_from is not None
+    assert int8.manifest.size_ratio_vs_fp32 < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
     tokenizer = Tokenizer.from_file(str(bundled / "tokenizer.json"))
     messages = [{"role": "system", "content": "Answer in one sentence."},
                 {"role": "user", "content": "What is the capital of France?"}]
@@ -96,7 +96,7 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
 
     import numpy as np
 
-    from slmops.toolkit.stages import checklist as evaluate
+    from slmops.toolkit.stages import checklist
 
     scrambled = tmp_path / "scrambled"
     shutil.copytree(fp32_int4.folder / "int4", scrambled)
@@ -107,7 +107,7 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
     register.register(scrambled, "chk-scrambled")
     verdicts = {}
     for name in ("chk-int4", "chk-scrambled"):
-        result = evaluate.run_checklist(name, requests=0, lengths=[], reference="chk-fp32", progress=False)
+        result = checklist.run_checklist(name, requests=0, lengths=[], reference="chk-fp32", progress=False)
         verdicts[name] = {(c.check, c.case): c.passed for c in result.checks}
         assert all(passed for (check, _), passed in verdicts[name].items() if check == "edge")  # alive, clear
     good, bad = verdicts["chk-int4"], verdicts["chk-scrambled"]

@@ -36,10 +36,10 @@ def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path
     assert "perplexity" in by["quality", "kl-divergence"].detail  # information, not a verdict
     quality = result.quality
     assert quality is not None and by["quality", "top1-agreement"].value == quality.top1_agreement
-    report = E.write_report([result], tmp_path / "test.json").to_json()
+    report = E.dump_report(E.write_report([result], tmp_path / "test.json"))
     assert report["passed"] is False and "domain/c1" in report["summary"]["tiny-test"]["failed"]
     assert json.loads((tmp_path / "test.json").read_text())["series"]["tiny-test"]["rss_mib"] == result.rss_mib
-    assert E.read_report(tmp_path / "test.json") == E.ChecklistReport.from_json(report)
+    assert E.read_report(tmp_path / "test.json") == E.load_report(report)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import sources as S
+from slmops.toolkit.weights import checkpoints
 from tests.unit.test_checkpoints import as_bin
 
 
@@ -17,14 +18,14 @@ def test_a_bin_model_is_read_weights_only_and_converts_without_a_crash(tiny_mode
                                                                         capsys: pytest.CaptureFixture) -> None:
     folder = as_bin(tiny_model, tmp_path / "bin")
     (folder / "training_args.bin").write_bytes(b"not weights: a trainer's pickled arguments")  # never taken as weights
-    reference = S.inspect_source(tiny_model)
+    reference = checkpoints.inspect_source(tiny_model)
     out = tmp_path / "int8"
     assert cli.main(["convert", str(folder), "--precision", "int8", "--out", str(out)]) == 0  # was: NoneType.__format__
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parameters"] == reference.parameters and 0 < manifest["size_ratio_vs_fp32"] < 1
     assert "x FP32" in capsys.readouterr().out
-    source = S.inspect_source(folder)
+    source = checkpoints.inspect_source(folder)
     assert (source.parameters, source.largest_tensor) == (reference.parameters, reference.largest_tensor) > (0, 0)
     assert S.weight_files(folder) == [folder / "pytorch_model.bin"]
-    sharded = S.inspect_source(as_bin(tiny_model, tmp_path / "bin-sharded", shards=2))
+    sharded = checkpoints.inspect_source(as_bin(tiny_model, tmp_path / "bin-sharded", shards=2))
     assert sharded.parameters == reference.parameters

@@ -12,8 +12,10 @@ from slmops.toolkit.core.errors import (
     InsufficientMemoryError,
 )
 from slmops.toolkit.domain.options import INT4_RECIPES
+from slmops.toolkit.domain.results.conversion import read_conversions, read_manifest
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages import convert as C
+from slmops.toolkit.stages import convert_checks
 from tests.unit.test_convert import spec
 
 
@@ -22,12 +24,13 @@ def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, preci
     result = C.convert(spec(tiny_model, tmp_path / precision, precision=C.Precision(precision)), progress=False)
     files = {p.name for p in result.output_dir.iterdir()}
     assert {"genai_config.json", "model.onnx", "tokenizer.json", "manifest.json"} <= files
-    manifest = C.read_manifest(result.output_dir)
-    assert manifest["precision"] == precision and manifest["method"] == "builder"
-    assert manifest["peak_rss_mib"] > 50 and manifest["wall_s"] > 0
-    assert manifest["size_mb"] == pytest.approx(C.dir_size_mb(result.output_dir) - 0.002, abs=0.01)
-    assert manifest["versions"]["onnxruntime-genai"] == "0.14.1"
-    assert len(manifest["source_fingerprint"]) == 16
+    manifest = read_manifest(result.output_dir)
+    assert manifest == result.manifest  # what was written is what the one reader reads back
+    assert manifest.precision == precision and manifest.method == "builder"
+    assert manifest.peak_rss_mib > 50 and manifest.wall_s > 0
+    assert manifest.size_mb == pytest.approx(C.dir_size_mb(result.output_dir) - 0.002, abs=0.01)
+    assert manifest.versions["onnxruntime-genai"] == "0.14.1"
+    assert len(manifest.source_fingerprint) == 16
     assert [p.name for p in tmp_path.iterdir()] == [precision]  # no scratch left
 
 
@@ -38,11 +41,11 @@ def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny
     graph = onnx.load(str(int8.output_dir / "model.onnx"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {8}
-    assert int8.manifest["weights"]["parameters"].keys() == {"int8"}  # embeddings and LM head too
-    assert int8.manifest["quantizer"]["bits"] == 8
+    assert int8.manifest.weights["parameters"].keys() == {"int8"}  # embeddings and LM head too
+    assert int8.manifest.quantizer["bits"] == 8
     int4 = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False)
-    assert int4.manifest["weights"]["lm_head"] == "int4" and int4.manifest["weights"]["embeddings"] == "fp32"
-    assert int4.manifest["quantizer"]["lm_head_with_body"]  # the builder's INT4, made tensor by tensor
+    assert int4.manifest.weights["lm_head"] == "int4" and int4.manifest.weights["embeddings"] == "fp32"
+    assert int4.manifest.quantizer["lm_head_with_body"]  # the builder's INT4, made tensor by tensor
 
 
 def _tensors_and_nodes(model_file: Path) -> tuple[dict, list]:
@@ -89,7 +92,7 @@ def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4:
 
 def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
         tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(C, "available_mib", lambda: 50.0)  # a machine with 50 MiB free
+    monkeypatch.setattr(convert_checks, "available_mib", lambda: 50.0)  # a machine with 50 MiB free
     out = tmp_path / "models" / "int4"
     with pytest.raises(InsufficientMemoryError) as refused:
         C.convert_all(tiny_model, ["fp32", "int4"], tmp_path / "models", progress=False)
@@ -102,7 +105,7 @@ def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
     assert not out.exists()
     # The user may insist: the prediction is still recorded, marked unchecked.
     done = C.convert(spec(tiny_model, out), progress=False, memory_check=False)
-    assert done.manifest["memory"]["checked"] is False
+    assert done.manifest.memory.checked is False
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +120,11 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
     manifests = C.convert_all(tied_model, ["int4", "fp32"], tmp_path, int4=INT4_RECIPES["int8-head"],
                               progress=False)
     fp32, int4 = manifests  # FP32 is built first whatever the order asked
-    assert fp32["precision"] == "fp32" and int4["fp32_size_from"].startswith("measured")
-    assert int4["size_ratio_vs_fp32"] == pytest.approx(int4["size_mb"] / fp32["size_mb"], rel=0.01)
-    weights = int4["weights"]
+    assert fp32.precision == "fp32" and int4.fp32_size_from.startswith("measured")
+    assert int4.size_ratio_vs_fp32 == pytest.approx(int4.size_mb / fp32.size_mb, rel=0.01)
+    weights = int4.weights
     assert (weights["lm_head"], weights["embeddings"]) == ("int8", "int8")
-    vocab_x_hidden = fp32["weights"]["parameters"]["fp32"] - weights["parameters"]["int4"]
+    vocab_x_hidden = fp32.weights["parameters"]["fp32"] - weights["parameters"]["int4"]
     assert weights["parameters"]["int8"] == vocab_x_hidden  # one table, not two
     same, quantized = genai.agreement(tmp_path / "fp32", {"same": tmp_path / "fp32",
                                                                "int4": tmp_path / "int4"})
@@ -130,12 +133,12 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
 
 
 def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.domain.sources import inspect_source
+    from slmops.toolkit.weights.checkpoints import inspect_source
 
     m = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
-    assert m["fp32_size_from"].startswith("estimated")
-    assert m["fp32_size_mb"] == pytest.approx(inspect_source(tiny_model).parameters * 4 / 1e6, abs=0.01)
-    assert m["size_vs_tutorial"] == pytest.approx(m["size_ratio_vs_fp32"] / 0.125, abs=0.01)
+    assert m.fp32_size_from.startswith("estimated")
+    assert m.fp32_size_mb == pytest.approx(inspect_source(tiny_model).parameters * 4 / 1e6, abs=0.01)
+    assert m.size_vs_tutorial == pytest.approx(m.size_ratio_vs_fp32 / 0.125, abs=0.01)
 
 
 @pytest.mark.slow
@@ -143,7 +146,7 @@ def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, 
 def test_olive_routes_convert_for_real(tiny_model: Path, tmp_path: Path, method: str) -> None:
     result = C.convert(spec(tiny_model, tmp_path / method, method=C.Method(method)), progress=False)
     assert (result.output_dir / "genai_config.json").is_file()
-    assert result.manifest["method"] == method
+    assert result.manifest.method == method
     if method == "olive-config":
         assert (result.output_dir / C.OLIVE_CONFIG).is_file()
     assert not list(tmp_path.glob(".*"))  # Olive's cache went with the scratch folder
@@ -152,8 +155,8 @@ def test_olive_routes_convert_for_real(tiny_model: Path, tmp_path: Path, method:
 def test_fp16_builds_for_a_gpu_provider(tiny_model: Path, tmp_path: Path) -> None:
     result = C.convert(spec(tiny_model, tmp_path / "fp16", precision=C.Precision.FP16, execution_provider="cuda"),
                        progress=False)
-    assert result.manifest["execution_provider"] == "cuda"
-    assert result.manifest["weights"]["parameters"].keys() == {"fp16"}
+    assert result.manifest.execution_provider == "cuda"
+    assert result.manifest.weights["parameters"].keys() == {"fp16"}
     config = json.loads((result.output_dir / "genai_config.json").read_text())
     assert "cuda" in json.dumps(config["model"]["decoder"]["session_options"]["provider_options"])
 
@@ -165,15 +168,16 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
 
     manifests = C.convert_all(tiny_model, ["int4", "fp32", "int8"], tmp_path / "run", progress=False)
     fp32 = str((tmp_path / "run" / "fp32").resolve())
-    by_precision = {m["precision"]: m for m in manifests}
+    by_precision = {m.precision: m for m in manifests}
+    assert read_conversions(tmp_path / "run" / "convert.json") == manifests  # written once, read by its one reader
     for precision in ("int8", "int4"):
         made = by_precision[precision]
-        assert made["quantized_from"] == fp32
-        assert not any("slmops.toolkit.runtimes.genai_builder" in c for c in made["commands"])  # no export
-        assert [c["build"] for c in made["parity"]["checks"]] == [precision]  # the FP32 passed its own check
+        assert made.quantized_from == fp32
+        assert not any("slmops.toolkit.runtimes.genai_builder" in c for c in made.commands)  # no export
+        assert [c["build"] for c in made.parity.checks] == [precision]  # the FP32 passed its own check
     # The same bytes as an INT4 quantized from a fresh export.
     fresh = C.convert(C.ConvertSpec(tiny_model, tmp_path / "fresh", C.Precision.INT4), progress=False)
-    assert "quantized_from" not in fresh.manifest
+    assert fresh.manifest.quantized_from is None
 
     def digest(folder: Path) -> str:
         return hashlib.sha256((folder / "model.onnx.data").read_bytes()).hexdigest()
@@ -182,4 +186,4 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
     # An FP32 build of another model is not used: the export runs.
     other = make_tiny_model(tmp_path / "other" / "qwen2", seed=1)
     spec = C.ConvertSpec(other, tmp_path / "other-int4", C.Precision.INT4, quantize_from=tmp_path / "run" / "fp32")
-    assert "quantized_from" not in C.convert(spec, progress=False).manifest
+    assert C.convert(spec, progress=False).manifest.quantized_from is None

@@ -34,8 +34,8 @@ def test_a_config_without_eos_converts_with_the_tokenizers_eos(tiny_model: Path,
     result = convert(ConvertSpec(source, tmp_path / "int4", Precision.INT4), progress=False)
     genai = json.loads((result.output_dir / "genai_config.json").read_text())["model"]
     assert genai["eos_token_id"] == expected
-    assert result.manifest["parity"]["verdict"] == "pass"
-    assert (result.manifest["eos_token_id"], result.manifest["eos_token_id_from"]) == ([expected],
+    assert result.manifest.parity.verdict == "pass"
+    assert (result.manifest.eos_token_id, result.manifest.eos_token_id_from) == ((expected,),
                                                                                        "tokenizer_config.json")
 
 

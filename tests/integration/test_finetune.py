@@ -15,9 +15,11 @@ from safetensors.numpy import save_file
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
-from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist, convert, finetune
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+from slmops.toolkit.weights.adapter_merge import merged_folder
 from tests.unit.test_finetune import LINE
 
 
@@ -64,21 +66,21 @@ def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_ad
                                                                            tmp_path: Path) -> None:
     result = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", convert.Precision.FP32),
                              progress=False)
-    adapter = result.manifest["adapter"]
+    adapter = result.manifest.adapter
     assert adapter["rank"] == 4 and adapter["merge_route"] == adapters.MERGE_ROUTE
     assert {"q_proj", "v_proj", "down_proj"} <= set(adapter["target_modules"])
-    assert adapter["fingerprint"] == adapters.inspect_adapter(tiny_adapter.adapter).fingerprint
+    assert adapter["fingerprint"] == inspect_adapter(tiny_adapter.adapter).fingerprint
     assert adapter["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-3  # peft's merge is exact in PyTorch
-    check = result.manifest["parity"]["checks"][0]  # the FP32 build against the merged model in transformers
+    check = result.manifest.parity.checks[0]  # the FP32 build against the merged model in transformers
     assert check["positions"] > 10 and check["top1_agreement"] == 1.0 and check["max_diff_of_range"] < 1e-3
-    assert result.manifest["parity"]["verdict"] == "pass"
+    assert result.manifest.parity.verdict == "pass"
     # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
-    merged = adapters.merged_folder(adapters.inspect_adapter(tiny_adapter.adapter))
-    assert (merged / "config.json").is_file() and result.manifest["source_path"] == str(merged)
+    merged = merged_folder(inspect_adapter(tiny_adapter.adapter))
+    assert (merged / "config.json").is_file() and result.manifest.source_path == str(merged)
     int4 = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", convert.Precision.INT4),
                            progress=False)
-    assert int4.manifest["adapter"]["fingerprint"] == adapter["fingerprint"]
-    assert [c["build"] for c in int4.manifest["parity"]["checks"]] == ["fp32", "int4"]
+    assert int4.manifest.adapter["fingerprint"] == adapter["fingerprint"]
+    assert [c["build"] for c in int4.manifest.parity.checks] == ["fp32", "int4"]
 
 
 def _copy_adapter(source: Path, target: Path, **config) -> Path:
@@ -92,24 +94,24 @@ def test_bad_adapters_are_refused_before_anything_is_written(tiny_adapter: finet
                                                              tmp_path: Path) -> None:
     hub = _copy_adapter(tiny_adapter.adapter, tmp_path / "hub", base_model_name_or_path="org/some-hub-model")
     with pytest.raises(InputError, match="--base"):
-        adapters.inspect_adapter(hub)
+        inspect_adapter(hub)
     prefix = _copy_adapter(tiny_adapter.adapter, tmp_path / "prefix", peft_type="PREFIX_TUNING")
     with pytest.raises(InputError, match="only LoRA"):
-        adapters.inspect_adapter(prefix)
+        inspect_adapter(prefix)
     wrong = _copy_adapter(tiny_adapter.adapter, tmp_path / "wrong")
     save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 32), np.float32),
                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32)},
               str(wrong / "adapter_model.safetensors"))
     with pytest.raises(InputError, match="another model size"):
-        adapters.inspect_adapter(wrong)
+        inspect_adapter(wrong)
     missing = _copy_adapter(tiny_adapter.adapter, tmp_path / "missing")
     save_file({"base_model.model.model.layers.9.mlp.up_proj.lora_A.weight": np.zeros((4, 64), np.float32)},
               str(missing / "adapter_model.safetensors"))
     with pytest.raises(InputError, match="does not have"):
-        adapters.inspect_adapter(missing)
+        inspect_adapter(missing)
     (missing / "adapter_config.json").write_text("{broken")
     with pytest.raises(ModelFolderError, match="not valid"):
-        adapters.inspect_adapter(missing)
+        inspect_adapter(missing)
     out = tmp_path / "never"
     assert cli.main(["convert", str(hub), "--out", str(out)]) == 2 and not out.exists()
     assert cli.main(["convert", str(tiny_adapter.adapter), "--base", str(tmp_path / "nope"), "--out", str(out)]) == 2
@@ -128,13 +130,13 @@ def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Pat
     control = checklist.run_control("tiny-control", cases["trained"][:3] + cases["heldout"][:2], progress=False)
     assert (control.trained_passed, control.trained_total, control.heldout_passed, control.heldout_total,
             control.tests_the_fine_tune) == (0, 3, 0, 2, True)
-    side = tables.before_after(control, report)  # the base's answers beside the model's, case by case
+    side = checklist_tables.before_after(control, report)  # the base's answers beside the model's, case by case
     assert [row["case"] for row in side] == [c["id"] for c in cases["trained"][:3] + cases["heldout"][:1]]
     assert all(row["base"] == control.answers[row["case"]] and "tiny-control" in row for row in side)  # whole
     # Cases any answer passes (nothing forbidden appears) test nothing, and the control says so.
     easy = [{"id": "easy", "messages": [{"role": "user", "content": "x"}], "expect": {"not_contains": ["Quennport"]}}]
     told = checklist.run_control("tiny-control", easy, progress=False)
-    assert not told.tests_the_fine_tune and "test what the base already knew" in tables.control_verdict(told)
+    assert not told.tests_the_fine_tune and "test what the base already knew" in checklist_tables.control_verdict(told)
     checklist.write_report([report], tmp_path / "test.json", control=control)
     assert checklist.read_report(tmp_path / "test.json").control == control
 
@@ -148,7 +150,7 @@ def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
     cases = datasets.cases(datasets.load_dataset())
     chosen = cases["trained"][:2] + cases["heldout"][:1]
     asked = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
-    assert asked.kept_from == "" and "kept" not in tables.control_verdict(asked)
+    assert asked.kept_from == "" and "kept" not in checklist_tables.control_verdict(asked)
     real_generation = quality.generation
 
     def nothing_asked(*args, **kwargs):
@@ -159,7 +161,7 @@ def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
     R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None), force=True)
     kept = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
     assert kept.answers == asked.answers and kept.trained_total == 2 and kept.kept_from
-    assert f"answers asked at {kept.kept_from}, kept" in tables.control_verdict(kept)
+    assert f"answers asked at {kept.kept_from}, kept" in checklist_tables.control_verdict(kept)
     # Other cases, or the model's files changed (here its search settings, as a new registration writes them): asked.
     monkeypatch.setattr(quality, "generation", real_generation)
     assert checklist.run_control("tiny-kept", chosen[:2], progress=False, keep=True).kept_from == ""
@@ -172,7 +174,7 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmops.toolkit.domain.sources import inspect_source
+    from slmops.toolkit.weights.checkpoints import inspect_source
     from tests.models import make_tiny_model
 
     folder = tmp_path / variant
@@ -188,7 +190,7 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     if "sharded" in variant:
         assert len(list(folder.glob("*.safetensors"))) > 1
     result = convert.convert(convert.ConvertSpec(folder, tmp_path / "int4", convert.Precision.INT4), progress=False)
-    assert result.manifest["parameters"] == source.parameters and result.size_mb > 0
+    assert result.manifest.parameters == source.parameters and result.size_mb > 0
     R.register(result.output_dir, f"tiny-{variant}", model_config=R.ModelConfig(threads=None))
     from slmops.toolkit.runtimes.foundry import LoadedModel
 

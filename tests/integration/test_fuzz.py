@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import jinja_render
 from slmops.toolkit.domain import params as P
-from slmops.toolkit.domain import templates as T
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
 from slmops.toolkit.stages import register
@@ -275,7 +275,7 @@ def test_any_chat_template_gets_a_doctor_verdict_without_an_unexpected_error(tin
     """doctor renders the template as registration, chat, serve and the picker do (one function, with its limits)."""
     import tempfile
 
-    monkeypatch.setattr(T, "RENDER_SECONDS", 0.5)  # a runaway loop is stopped sooner than a user's 5 s
+    monkeypatch.setattr(jinja_render, "RENDER_SECONDS", 0.5)  # a runaway loop is stopped sooner than a user's 5 s
     from tests.unit.test_bad_input import fake_onnx_folder
 
     source = "".join(pieces)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.domain import gptq
 from slmops.toolkit.domain.options import Int4Algorithm, Int4Options, Precision
-from slmops.toolkit.domain.quantize import QuantPlan, quantize
+from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.weights import calibration
+from slmops.toolkit.weights.quantize import quantize
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_gptq_build_is_closer_to_fp32_than_round_to_nearest_at_the_same_plan(tin
         # The quantizer silences ONNX Runtime's INFO log while it runs, never the process's after it.
         assert logging.root.manager.disable == logging.NOTSET
     # The calibration set is the bundled fine-tune's dataset, in the model's chat template.
-    sequences = gptq.calibration_ids(tiny_fp32)
+    sequences = calibration.calibration_ids(tiny_fp32)
     assert len(sequences) > 20 and all(sequences)
     found = {a.model: a for a in genai.agreement(tiny_fp32, folders)}
     assert found["gptq"].kl_divergence < found["rtn"].kl_divergence, found
@@ -55,4 +56,4 @@ def test_algorithm_gptq_reaches_the_quantizer_through_convert(tiny_model: Path, 
     assert not options.builder_native
     assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).algorithm == "gptq"
     built = convert(ConvertSpec(tiny_model, tmp_path / "gptq", Precision.INT4, int4=options), progress=False)
-    assert built.manifest["quantizer"]["algorithm"] == "gptq" and built.manifest["parity"]["verdict"] == "pass"
+    assert built.manifest.quantizer["algorithm"] == "gptq" and built.manifest.parity.verdict == "pass"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops.toolkit.domain.lm_head import ALL_POSITIONS, is_pruned
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights.lm_head import ALL_POSITIONS, is_pruned
 
 
 def test_the_registered_graph_is_pruned_and_the_full_one_answers_for_every_position(tiny_int4: Path) -> None:

@@ -36,13 +36,13 @@ def test_a_build_that_differs_from_its_source_is_refused(tiny_model: Path, other
 
 def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> None:
     result = C.convert(C.ConvertSpec(tiny_model, tmp_path / "int8", C.Precision.INT8), progress=False)
-    gate = result.manifest["parity"]
-    assert gate["verdict"] == "pass"
-    fp32, int8 = gate["checks"]  # the FP32 model the quantizer started from, then the build itself
+    gate = result.manifest.parity
+    assert gate.verdict == "pass"
+    fp32, int8 = gate.checks  # the FP32 model the quantizer started from, then the build itself
     assert (fp32["build"], int8["build"]) == ("fp32", "int8")
     assert fp32["top1_agreement"] == 1.0 and fp32["max_diff_of_range"] < 1e-3
     assert int8["kl_divergence"] < 0.01 and fp32["positions"] == int8["positions"] > 100
-    assert result.manifest["memory"]["measured_steps"]["parity"] > 0
+    assert result.manifest.memory.measured_steps["parity"] > 0
     shown = doctor.parity_check(result.output_dir)  # doctor shows the figures, and fails a failed record
     assert shown.ok and "int8 pass: top-1 agreement" in shown.detail
     manifest = json.loads((result.output_dir / "manifest.json").read_text())

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain import recipe_choice
 from slmops.toolkit.domain.options import INT4_RECIPES, Precision
-from slmops.toolkit.domain.quantize import QuantPlan, quantize, use_more_bits
+from slmops.toolkit.domain.quant_plan import QuantPlan, use_more_bits
+from slmops.toolkit.weights.quantize import quantize
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,8 @@ def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path
     options = INT4_RECIPES["mixed"]
     assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).mix == str(options.mix)
     built = convert(ConvertSpec(tiny_model, tmp_path / "mixed", Precision.INT4, int4=options), progress=False)
-    assert built.manifest["quantizer"]["mix"] == str(options.mix) and built.manifest["parity"]["verdict"] == "pass"
-    assert {"int4", "int8"} <= set(built.manifest["weights"]["parameters"])
+    assert built.manifest.quantizer["mix"] == str(options.mix) and built.manifest.parity.verdict == "pass"
+    assert {"int4", "int8"} <= set(built.manifest.weights["parameters"])
     # Asymmetric: every body MatMulNBits has its zero points (the blocks of a de-quantized GGUF carry a minimum).
     import onnx
 
@@ -87,14 +89,14 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     from slmops.toolkit.orchestration import recipes
     from slmops.toolkit.stages import convert as convert_stage
 
-    real_convert, usual = recipes.convert, parity.QUANTIZED
+    real_build, usual = recipes.build, parity.QUANTIZED
 
-    def strict_for_compact(spec, **kwargs):  # a fault injected into the real gate: compact's build cannot pass
-        strict = spec.output_dir.name == "compact"
+    def strict_for_compact(prepared, **kwargs):  # a fault injected into the real gate: compact's build cannot pass
+        strict = prepared.spec.output_dir.name == "compact"
         monkeypatch.setattr(convert_stage.parity, "QUANTIZED", parity.Tolerance(min_top1=1.01) if strict else usual)
-        return real_convert(spec, **kwargs)
+        return real_build(prepared, **kwargs)
 
-    monkeypatch.setattr(recipes, "convert", strict_for_compact)
+    monkeypatch.setattr(recipes, "build", strict_for_compact)
     monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
     results = recipes.compare_int4_recipes(tiny_model, tmp_path / "recipes", tiny_fp32, ["compact", "int8-head"],
                                            progress=False, cache=True)
@@ -104,30 +106,30 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     assert 0 <= compact.top1_agreement <= 1 and compact.kl_divergence >= 0 and compact.size_mb > 0  # the gate's figures
     assert not (tmp_path / "recipes" / "compact" / "model.onnx").exists()
     assert not int8_head.refused and int8_head.decode_tps > 0
-    name, why = recipes.recommend_recipe(results)
+    name, why = recipe_choice.recommend_recipe(results)
     assert name == "int8-head" and "Refused by the parity gate" in why and "`compact`" in why
     assert read_recipes(tmp_path / "recipes" / "recipes.json") == results
     with pytest.raises(ValueError, match="every INT4 recipe"):
-        recipes.recommend_recipe([compact])
+        recipe_choice.recommend_recipe([compact])
 
     # The next comparison of the same source, options, packages and code copies the build and the refusal
     # from the build cache (nothing is converted) and measures the same figures.
-    def no_convert(spec, **kwargs):
-        raise AssertionError(f"{spec.output_dir.name} was built again")
+    def no_convert(prepared, **kwargs):
+        raise AssertionError(f"{prepared.spec.output_dir.name} was built again")
 
-    monkeypatch.setattr(recipes, "convert", no_convert)
+    monkeypatch.setattr(recipes, "build", no_convert)
     again = recipes.compare_int4_recipes(tiny_model, tmp_path / "again", tiny_fp32, ["compact", "int8-head"],
                                          progress=False, cache=True)
     assert again[0].refused == compact.refused and again[0].top1_agreement == compact.top1_agreement
     assert (again[1].top1_agreement, again[1].kl_divergence, again[1].size_mb) == (
         int8_head.top1_agreement, int8_head.kl_divergence, int8_head.size_mb)
-    from slmops.toolkit.core.artifacts import read_manifest
+    from slmops.toolkit.domain.results.conversion import read_manifest
 
-    assert read_manifest(tmp_path / "again" / "int8-head")["build_cache"]["key"]
+    assert read_manifest(tmp_path / "again" / "int8-head").build_cache.key
     # Other toolkit code (a changed quantizer) never reuses them: both are made again.
     built = []
-    monkeypatch.setattr(recipes, "convert", lambda spec, **kwargs: built.append(spec.output_dir.name) or real_convert(
-        spec, **kwargs))
+    monkeypatch.setattr(recipes, "build", lambda prepared, **kwargs: built.append(prepared.spec.output_dir.name)
+                        or real_build(prepared, **kwargs))
     monkeypatch.setattr(recipes.build_cache, "code_fingerprint", lambda *modules: "other code")
     recipes.compare_int4_recipes(tiny_model, tmp_path / "third", tiny_fp32, ["compact", "int8-head"],
                                  progress=False, cache=True)

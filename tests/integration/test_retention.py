@@ -9,10 +9,10 @@ import pytest
 
 from slmops.toolkit.domain.results.checklist import (
     Check,
-    ChecklistReport,
     Verdict,
+    load_report,
 )
-from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist
 from tests.scripted_models import make_scripted_model
 
@@ -55,7 +55,7 @@ def test_the_retention_family_runs_through_the_checklist_and_names_what_the_fine
     assert (overall.passes, overall.samples, overall.verdict) == (0, 1, Verdict.FAIL)
     planet = next(c for c in written.models[0].checks if c.case == "retention-planet")
     assert planet.verdict is Verdict.PASS and planet.criterion.startswith("not counted")
-    assert "with a fact of the fine-tune's domain" in " ".join(tables.retention_sentences(
-        ChecklistReport.from_json(json.loads((tmp_path / "test.json").read_text()))))
+    assert "with a fact of the fine-tune's domain" in " ".join(checklist_tables.retention_sentences(
+        load_report(json.loads((tmp_path / "test.json").read_text()))))
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slmops.toolkit.domain.genai_config import decoder_config
 from slmops.toolkit.domain.options import Precision
-from slmops.toolkit.domain.quantize import QuantPlan, _decoder, quantize
-from slmops.toolkit.domain.rotate import rotate
+from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.weights.quantize import quantize
+from slmops.toolkit.weights.rotate import rotate
 from tests.families import make_family_model
 
 pytestmark = pytest.mark.slow  # each converts a tiny model (about 10 s)
@@ -45,7 +47,7 @@ def test_a_rotated_fp32_graph_computes_what_its_source_computes(family: str, tie
 
     fp32 = qwen_fp32 if family == "qwen2.5" else _fp32(tmp_path, family)
     out = _copy_beside(fp32, tmp_path / "rotated")
-    decoder = _decoder(fp32)
+    decoder = decoder_config(fp32)
     done = rotate(fp32 / "model.onnx", out / "model.onnx", head_dim=decoder["head_size"],
                   value_columns=decoder["head_size"] * decoder["num_key_value_heads"])
     assert done.readers > 0 and done.writers > 0 and done.heads > 0

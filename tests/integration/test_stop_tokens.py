@@ -20,6 +20,7 @@ from slmops.toolkit.domain import templates as T
 from slmops.toolkit.runtimes.foundry import LoadedModel, models_root
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 from tests.scripted_models import FAMILIES, PROBE_CONVERSATION, answer_tokens, make_scripted_model
 from tests.unit.test_stop_tokens import NO_PROBE
 
@@ -146,7 +147,7 @@ def test_llama3_template_with_bos_and_strftime_now_registers_with_auto(scripted)
     registration = R.register(onnx, "stop-llama3", model_config=NO_PROBE)  # auto: BOS, strftime_now
     assert registration.template == "auto"
     eot = json.loads((source / "tokenizer_config.json").read_text())  # the builder already took generation_config's
-    assert T.end_of_turn_tokens(T.PRESETS[T.Template.LLAMA3], source / "tokenizer.json")[0][0] in \
+    assert end_of_turn_tokens(T.PRESETS[T.Template.LLAMA3], source / "tokenizer.json")[0][0] in \
         registration.stop.eos_token_id, (eot, registration.stop)
     with LoadedModel("stop-llama3") as model:
         answer = model.generate(PROBE_CONVERSATION, max_tokens=40, temperature=0)

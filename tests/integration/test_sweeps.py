@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from slmops.toolkit import cli
-from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.domain.results.checklist import load_report
 from slmops.toolkit.orchestration import cluster, pipeline
 from slmops.toolkit.presentation import compare
 from tests.unit.test_pipeline import NOTEBOOKS
@@ -114,12 +115,12 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
         # Everything that does not depend on the machine equals the serial sweep's: sizes, agreement and
         # every verdict but those of timing and memory statistics (a loaded machine may leave them inconclusive).
         ray_run, serial_run = compare.load_run(tmp_path / "sweep" / label), compare.load_run(serial / label)
-        for ours, theirs in zip(compare.side_by_side([(label, ray_run)]), compare.side_by_side([(label, serial_run)]),
+        for ours, theirs in zip(deployment_choice.side_by_side([(label, ray_run)]), deployment_choice.side_by_side([(label, serial_run)]),
                                 strict=True):
             for figure in ("precision", "size_mb", "x_fp32", "top1_agreement"):
                 assert ours[figure] == theirs[figure], (label, figure)
         ray_verdicts, serial_verdicts = (
-            {(c.model, c.check, c.case): c.verdict for c in ChecklistReport.from_json(
+            {(c.model, c.check, c.case): c.verdict for c in load_report(
                 json.loads((run / label / "test.json").read_text())).checks if c.spread is None}
             for run in (tmp_path / "sweep", serial))
         assert ray_verdicts and ray_verdicts == serial_verdicts, label

@@ -11,7 +11,9 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import adapters
+from slmops.toolkit.weights import adapter_inspect
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+from slmops.toolkit.weights.adapter_merge import merge
 from tests.unit.test_checkpoints import bnb_4bit_tensors
 
 #: Merged folders go to a temporary toolkit home (the merge's child inherits it).
@@ -76,9 +78,9 @@ def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Pa
     tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
     adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
                            modules_to_save=["embed_tokens", "lm_head"])
-    checked = adapters.inspect_adapter(adapter)  # was: "saves lm_head whole, which the base does not have"
+    checked = inspect_adapter(adapter)  # was: "saves lm_head whole, which the base does not have"
     assert checked.vocab_size == 402
-    merged = adapters.merge(checked)
+    merged = merge(checked)
     model = AutoModelForCausalLM.from_pretrained(merged)
     base = AutoModelForCausalLM.from_pretrained(tied)
     base.resize_token_embeddings(402, mean_resizing=False)
@@ -97,11 +99,11 @@ def test_lora_on_a_tied_head_is_refused_and_a_merge_that_changes_the_model_is_ne
     tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
     adapter = make_adapter(tied, tmp_path / "head-lora", target_modules=("q_proj", "lm_head"))
     with pytest.raises(InputError, match="trains LoRA on lm_head, which the base .* ties to its embedding table"):
-        adapters.inspect_adapter(adapter)
+        inspect_adapter(adapter)
     # Past that check, peft's merge changes the embeddings too: the merge's own check refuses to keep it.
-    monkeypatch.setattr(adapters, "_check_shapes", lambda *args: None)
+    monkeypatch.setattr(adapter_inspect, "check_shapes", lambda *args: None)
     with pytest.raises(InputError, match="changes what the adapter computes .*nothing was kept"):
-        adapters.merge(adapters.inspect_adapter(adapter))
+        merge(inspect_adapter(adapter))
     merged = tmp_path / "home" / "models" / "merged"
     assert not merged.exists() or list(merged.iterdir()) == []
 
@@ -113,13 +115,13 @@ def test_a_resized_adapter_that_cannot_be_merged_is_refused_naming_both_sizes(ti
     # peft 0.17 on saves a resized model's LM head by itself: mergeable.
     saved_head = make_adapter(tiny_model, tmp_path / "saved-head", added=tuple(ADDED), save_tokenizer=True,
                               modules_to_save=["embed_tokens"])
-    assert adapters.inspect_adapter(saved_head).vocab_size == 402
+    assert inspect_adapter(saved_head).vocab_size == 402
     # Saved without it (older peft, or save_embedding_layers=False): the new tokens' output rows are lost.
     no_head = make_adapter(tiny_model, tmp_path / "no-head", added=tuple(ADDED), save_tokenizer=True,
                            modules_to_save=["embed_tokens"], save_embedding_layers=False)
     with pytest.raises(InputError, match=r"vocabulary is 402 tokens, the base qwen2's 400.*no 402-row lm_head.*"
                                          r"modules_to_save=\['embed_tokens', 'lm_head'\]") as raised:
-        adapters.inspect_adapter(no_head)
+        inspect_adapter(no_head)
     assert "\n" not in str(raised.value)
     out = tmp_path / "never"
     assert cli.main(["convert", str(no_head), "--out", str(out)]) == 2 and not out.exists()
@@ -130,7 +132,7 @@ def test_a_resized_adapter_that_cannot_be_merged_is_refused_naming_both_sizes(ti
     tokenizer.add_special_tokens({"additional_special_tokens": [*ADDED, "<|extra|>"]})
     tokenizer.save_pretrained(larger)  # a tokenizer saved after one more token was added: 403 ids, 402 rows
     with pytest.raises(InputError, match="402 tokens, the base qwen2's 400, and the tokenizer in .* has 403"):
-        adapters.inspect_adapter(larger)
+        inspect_adapter(larger)
     assert not (tmp_path / "home" / "models" / "merged").exists()
 
 
@@ -149,12 +151,12 @@ def test_a_qlora_adapter_on_a_4bit_base_is_refused_naming_the_16_bit_base(tiny_m
     (adapter / "adapter_config.json").write_text(json.dumps({**data, "base_model_name_or_path": str(quantized)}))
     with pytest.raises(InputError, match=r"already-quantized checkpoint \(bitsandbytes 4-bit\), as QLoRA.*--base DIR "
                                          r"\(qwen2-tiny, saved") as raised:
-        adapters.inspect_adapter(adapter)  # was: "trained on another model size"
+        inspect_adapter(adapter)  # was: "trained on another model size"
     assert "another model" not in str(raised.value) and "\n" not in str(raised.value)
     out = tmp_path / "never"
     assert cli.main(["convert", str(adapter), "--out", str(out)]) == 2 and not out.exists()
     assert "QLoRA" in capsys.readouterr().err
-    assert adapters.inspect_adapter(adapter, tiny_model).base == tiny_model.resolve()  # the 16-bit base, with --base
+    assert inspect_adapter(adapter, tiny_model).base == tiny_model.resolve()  # the 16-bit base, with --base
 
 
 def test_a_base_other_than_the_one_the_adapter_names_is_noted(tiny_model: Path, tmp_path: Path,
@@ -163,8 +165,8 @@ def test_a_base_other_than_the_one_the_adapter_names_is_noted(tiny_model: Path, 
     adapter = make_adapter(tiny_model, tmp_path / "adapter")
     other = shutil.copytree(tiny_model, tmp_path / "other-base")
     with caplog.at_level("WARNING"):
-        adapters.inspect_adapter(adapter)
+        inspect_adapter(adapter)
         assert not caplog.records
-        adapters.inspect_adapter(adapter, other)
+        inspect_adapter(adapter, other)
     (record,) = caplog.records
     assert f"names {tiny_model} as the base it was trained on; merging into --base {other}" in record.getMessage()

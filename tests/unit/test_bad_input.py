@@ -15,10 +15,12 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InconsistentCheckpointError, InputError, TemplateError
-from slmops.toolkit.domain import adapters, genai_config, sources
+from slmops.toolkit.domain import jinja_render, sources, template_resolve
 from slmops.toolkit.domain import templates as T
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages.convert import ConvertSpec, validate
+from slmops.toolkit.weights import checkpoints, context_limit
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from tests.integration.test_hostile import snapshot
 from tests.unit.test_adapters import make_adapter
 
@@ -66,7 +68,7 @@ def test_a_config_dtype_the_weights_are_not_in_is_refused_before_the_build(tiny_
 def test_a_config_dtype_the_weights_load_in_is_accepted(tiny_model: Path, tmp_path: Path) -> None:
     for dtype in ("bfloat16", "float16", "auto", "torch.float32"):
         shutil.rmtree(tmp_path / "m", ignore_errors=True)
-        assert sources.inspect_source(model_copy(tiny_model, tmp_path / "m", torch_dtype=dtype)).hidden_size == 64
+        assert checkpoints.inspect_source(model_copy(tiny_model, tmp_path / "m", torch_dtype=dtype)).hidden_size == 64
 
 
 # --- 2. an --out inside a file ---------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ def set_context(folder: Path, context: object) -> None:
 def test_a_context_length_past_the_models_positions_is_refused_by_register_and_failed_by_doctor(
         onnx_folder: Path, cache: Path) -> None:
     """Was: registered with exit 0, doctor all ok; a long prompt then got a raw ONNX Runtime error or a 500."""
-    assert genai_config.context_problem(onnx_folder, json.loads((onnx_folder / "genai_config.json").read_text())) == ""
+    assert context_limit.context_problem(onnx_folder, json.loads((onnx_folder / "genai_config.json").read_text())) == ""
     set_context(onnx_folder, 131072)
     before = snapshot(cache)
     refused(["register", str(onnx_folder), "--name", "too-long"], "context_length 131072", "512 positions",
@@ -182,16 +184,16 @@ def test_template_rendering_stops_at_its_limits_in_one_line(source: str, words: 
     """Was: ``unexpected error: RecursionError``; an expensive template hung register and doctor."""
     started = time.monotonic()
     with pytest.raises(TemplateError, match=words) as raised:
-        T.render_jinja(source, [{"role": "user", "content": "hi"}], seconds=0.5)
+        jinja_render.render_jinja(source, [{"role": "user", "content": "hi"}], seconds=0.5)
     assert time.monotonic() - started < 10 and "\n" not in str(raised.value)
     # The limits leave nothing behind: the next rendering is unaffected.
-    assert T.render_jinja(sources.CHATML_TEMPLATE, [{"role": "user", "content": "hi"}]).endswith("assistant\n")
+    assert jinja_render.render_jinja(sources.CHATML_TEMPLATE, [{"role": "user", "content": "hi"}]).endswith("assistant\n")
 
 
 @pytest.mark.parametrize("source", [RECURSIVE, EXPENSIVE])
 def test_register_and_doctor_refuse_a_runaway_template_in_one_line(onnx_folder: Path, cache: Path, source: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(T, "RENDER_SECONDS", 1.0)  # the limit every rendering has, shortened for the test
+    monkeypatch.setattr(jinja_render, "RENDER_SECONDS", 1.0)  # the limit every rendering has, shortened for the test
     config = json.loads((onnx_folder / "tokenizer_config.json").read_text())
     (onnx_folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": source}))
     (onnx_folder / "chat_template.jinja").write_text(source)
@@ -215,7 +217,7 @@ def test_a_tied_flag_over_a_stored_head_that_differs_is_refused_before_the_build
     from safetensors.torch import load_file, save_file
 
     model = model_copy(tiny_model, tmp_path / "m", tie_word_embeddings=True)
-    assert sources.tied_flag_contradicts_head(model) == "lm_head.weight"
+    assert checkpoints.tied_flag_contradicts_head(model) == "lm_head.weight"
     out = tmp_path / "out"
     started = time.monotonic()
     refused(["convert", str(model), "--precision", "fp32", "--out", str(out)], "tie_word_embeddings true",
@@ -226,7 +228,7 @@ def test_a_tied_flag_over_a_stored_head_that_differs_is_refused_before_the_build
     weights = load_file(model / "model.safetensors")
     weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
     save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
-    assert sources.tied_flag_contradicts_head(model) == ""
+    assert checkpoints.tied_flag_contradicts_head(model) == ""
     assert torch.equal(load_file(model / "model.safetensors")["lm_head.weight"], weights["model.embed_tokens.weight"])
 
 
@@ -255,7 +257,7 @@ def test_an_adapter_whose_targets_peft_would_not_load_is_refused_before_the_merg
     (adapter / "adapter_config.json").write_text(json.dumps({**config, **change,
                                                              "base_model_name_or_path": str(tiny_model)}))
     with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
-        adapters.inspect_adapter(adapter)
+        inspect_adapter(adapter)
     out = tmp_path / "out"
     refused(["convert", str(adapter), "--out", str(out)], "set target_modules in adapter_config.json")
     assert not out.exists()
@@ -270,7 +272,7 @@ def test_an_rslora_adapters_rank_and_alpha_patterns_are_recorded(tiny_model: Pat
         r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 8},
         alpha_pattern={"v_proj": 32}))
     peft_model.save_pretrained(tmp_path / "rslora")
-    described = adapters.inspect_adapter(tmp_path / "rslora").describe()
+    described = inspect_adapter(tmp_path / "rslora").describe()
     assert (described["rank"], described["alpha"], described["use_rslora"]) == (4, 8.0, True)
     assert described["rank_pattern"] == {"v_proj": 8} and described["alpha_pattern"] == {"v_proj": 32.0}
 
@@ -287,11 +289,11 @@ PHI4_MINI = ("{% for message in messages %}{% if message['role'] == 'system' and
 
 def test_auto_derives_phi4_minis_template_whose_closed_conversation_ends_with_the_eos() -> None:
     """Was: refused as "folds the system text into the first user turn", which it does not."""
-    derived = T.derive(PHI4_MINI, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    derived = template_resolve.derive(PHI4_MINI, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     assert derived == T.PromptTemplate("<|system|>{Content}<|end|>", "<|user|>{Content}<|end|>",
                                        "<|assistant|>{Content}<|end|>", "<|user|>{Content}<|end|><|assistant|>")
-    assert T.render(derived, T.PROBE) == T.render_jinja(PHI4_MINI, T.PROBE, eos_token="<|endoftext|>")
-    assert T.rendered_turn_end(PHI4_MINI, eos_token="<|endoftext|>") == "<|end|>"
+    assert T.render(derived, template_resolve.PROBE) == jinja_render.render_jinja(PHI4_MINI, template_resolve.PROBE, eos_token="<|endoftext|>")
+    assert template_resolve.rendered_turn_end(PHI4_MINI, eos_token="<|endoftext|>") == "<|end|>"
 
 
 # --- found by the property test (tests/test_fuzz.py): fields of the wrong type -------------------------------------
@@ -305,7 +307,7 @@ def test_config_fields_of_the_wrong_type_are_refused_naming_the_field(tiny_model
     """Was: ``unexpected error: TypeError: 'int' object is not subscriptable`` (or ValueError from int())."""
     model = model_copy(tiny_model, tmp_path / "m", **{field: value})
     with pytest.raises(InconsistentCheckpointError, match=f"config.json's {field} is"):
-        sources.inspect_source(model)
+        checkpoints.inspect_source(model)
     refused(["convert", str(model), "--out", str(tmp_path / "out")], f"config.json's {field} is")
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from slmops.toolkit.core.errors import SlmopsError
 from slmops.toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
-from slmops.toolkit.presentation import bench as bench_text
+from slmops.toolkit.presentation import bench_text
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import checklist as E
 
@@ -54,7 +54,7 @@ def test_summary_and_ceiling_from_a_report() -> None:
                        row("int4", "ort-genai", 100.0, 200.0)]}
     quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
-    assert bench_text.summary(report, quality) == [
+    assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
     ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
     assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0
@@ -85,15 +85,16 @@ def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
 
 
 def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:
+    from slmops.toolkit.core import codec
     from slmops.toolkit.domain.results.bench import TimedRun
     from slmops.toolkit.runtimes import genai
 
     job = genai.BenchJob("models/int4", ((1, 2, 3), (4,)), (8, 16), repeats=3, warmup=1, threads=2)
-    assert genai.BenchJob.from_json(json.loads(json.dumps(job.to_json()))) == job
+    assert codec.load(genai.BenchJob, json.loads(json.dumps(codec.dump(job)))) == job
     run = TimedRun(ttft_s=0.1, total_s=0.5, gen_tokens=9, harness_s=0.001, cpu_percent=98.0)
     measured = genai.DirectBench(1.5, 300.25, 812.0, (((run, run), (run,)),))
-    back = genai.DirectBench.from_json(json.loads(json.dumps(measured.to_json())))
+    back = codec.load(genai.DirectBench, json.loads(json.dumps(codec.dump(measured))))
     assert back == measured and back.runs[0][0][1].decode_tps == run.decode_tps == 20.0
     agreement = genai.Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
-    assert genai.Agreement.from_json({**agreement.to_json(), "extra": 1}) == agreement
-    assert set(agreement.to_json()) >= {"top1_agreement", "kl_divergence"}
+    assert codec.load(genai.Agreement, {**codec.dump(agreement), "extra": 1}) == agreement
+    assert set(codec.dump(agreement)) >= {"top1_agreement", "kl_divergence"}

@@ -11,7 +11,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InconsistentCheckpointError, ModelFolderError, QuantizedCheckpointError
-from slmops.toolkit.domain import sources as S
+from slmops.toolkit.weights import checkpoints
 from tests.models import make_shaped_model, make_tiny_model
 
 
@@ -57,7 +57,7 @@ def test_a_bin_that_holds_code_is_refused_and_never_run(tiny_model: Path, tmp_pa
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     torch.save({**state, "payload": _Payload(marker)}, folder / "pytorch_model.bin")
     with pytest.raises(ModelFolderError, match="cannot be read as plain weights.*safetensors") as raised:
-        S.inspect_source(folder)
+        checkpoints.inspect_source(folder)
     assert not marker.exists() and "\n" not in str(raised.value)
 
 
@@ -68,7 +68,7 @@ def test_safetensors_in_each_dtype_sharded_are_read_from_the_headers(tmp_path: P
               "head_dim": 16, "vocab_size": 1000, "tie_word_embeddings": False}
     folder = make_shaped_model(tmp_path / dtype, config, dtype=dtype, shard_mb=0.1)
     assert len(list(folder.glob("*.safetensors"))) > 1
-    source = S.inspect_source(folder)
+    source = checkpoints.inspect_source(folder)
     assert source.largest_tensor == 1000 * 64 and source.parameters > 2 * 1000 * 64
 
 
@@ -101,22 +101,22 @@ def test_already_quantized_checkpoints_are_refused_naming_the_16_bit_model(tiny_
     bnb = _quantized(tiny_model, tmp_path / "Tiny-Chat-bnb-4bit", bnb_4bit_tensors(),
                      {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
     with pytest.raises(QuantizedCheckpointError, match=r"bitsandbytes 4-bit.*16-bit model.*\(Tiny-Chat,") as raised:
-        S.inspect_source(bnb)
+        checkpoints.inspect_source(bnb)
     assert raised.value.original == "Tiny-Chat" and "\n" not in str(raised.value)
     gptq = {"model.embed_tokens.weight": np.zeros((400, 64), np.float16),
             "model.layers.0.self_attn.q_proj.qweight": np.zeros((8, 64), np.int32),
             "model.layers.0.self_attn.q_proj.qzeros": np.zeros((1, 8), np.int32),
             "model.layers.0.self_attn.q_proj.scales": np.zeros((1, 64), np.float16)}
     with pytest.raises(QuantizedCheckpointError, match=r"\(gptq 4-bit\)"):
-        S.inspect_source(_quantized(tiny_model, tmp_path / "gptq", gptq, {"quant_method": "gptq", "bits": 4}))
+        checkpoints.inspect_source(_quantized(tiny_model, tmp_path / "gptq", gptq, {"quant_method": "gptq", "bits": 4}))
     with pytest.raises(QuantizedCheckpointError, match=r"\(GPTQ/AWQ\)"):  # no quantization_config: told by the names
-        S.inspect_source(_quantized(tiny_model, tmp_path / "awq-noconfig", gptq, None))
+        checkpoints.inspect_source(_quantized(tiny_model, tmp_path / "awq-noconfig", gptq, None))
     with pytest.raises(QuantizedCheckpointError, match="awq"):
-        S.inspect_source(_quantized(tiny_model, tmp_path / "awq", gptq, {"quant_method": "awq", "w_bit": 4}))
+        checkpoints.inspect_source(_quantized(tiny_model, tmp_path / "awq", gptq, {"quant_method": "awq", "w_bit": 4}))
     int8 = {"model.embed_tokens.weight": np.zeros((400, 64), np.float16),
             "model.layers.0.mlp.up_proj.weight": np.zeros((128, 64), np.int8)}
     with pytest.raises(QuantizedCheckpointError, match="I8 weights"):
-        S.inspect_source(_quantized(tiny_model, tmp_path / "int8", int8, None))
+        checkpoints.inspect_source(_quantized(tiny_model, tmp_path / "int8", int8, None))
     out = tmp_path / "never"
     assert cli.main(["convert", str(bnb), "--precision", "int4", "--out", str(out)]) == 2 and not out.exists()
     assert "already-quantized" in capsys.readouterr().err
@@ -140,7 +140,7 @@ def test_config_flags_that_contradict_the_weights_are_refused(tiny_model: Path, 
                                                               message: str) -> None:
     folder = _edited(tiny_model, tmp_path / "edited", **fields)
     with pytest.raises(InconsistentCheckpointError, match=message) as raised:
-        S.inspect_source(folder)
+        checkpoints.inspect_source(folder)
     assert "\n" not in str(raised.value)
     out = tmp_path / "never"
     assert cli.main(["convert", str(folder), "--out", str(out)]) == 2 and not out.exists()
@@ -148,18 +148,18 @@ def test_config_flags_that_contradict_the_weights_are_refused(tiny_model: Path, 
 
 def test_an_untied_config_without_an_lm_head_is_refused(tmp_path: Path) -> None:
     tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
-    assert S.inspect_source(tied).tied_embeddings
+    assert checkpoints.inspect_source(tied).tied_embeddings
     config = json.loads((tied / "config.json").read_text())
     (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
     with pytest.raises(InconsistentCheckpointError, match="no lm_head.weight.*Set tie_word_embeddings to true"):
-        S.inspect_source(tied)
+        checkpoints.inspect_source(tied)
     # Left out, the architecture's default decides: Llama's (and Qwen2's) is untied, as transformers loads it.
     config.pop("tie_word_embeddings")
     (tied / "config.json").write_text(json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(InconsistentCheckpointError, match="no lm_head.weight"):
-        S.inspect_source(tied)
+        checkpoints.inspect_source(tied)
     (tied / "config.json").write_text(json.dumps({**config, "model_type": "gemma", "architectures": ["GemmaForCausalLM"]}))
-    assert S.inspect_source(tied).tied_embeddings  # Gemma's default is tied
+    assert checkpoints.inspect_source(tied).tied_embeddings  # Gemma's default is tied
 
 
 def test_a_truncated_safetensors_file_is_refused_before_any_work(tiny_model: Path, tmp_path: Path,
@@ -172,7 +172,7 @@ def test_a_truncated_safetensors_file_is_refused_before_any_work(tiny_model: Pat
     with weights.open("r+b") as handle:
         handle.truncate(whole - 1000)
     with pytest.raises(ModelFolderError, match=rf"{weights.name} is truncated \({whole - 1000:,} of {whole:,} bytes\)"):
-        S.inspect_source(folder)
+        checkpoints.inspect_source(folder)
     out = tmp_path / "never"
     assert cli.main(["convert", str(folder), "--out", str(out)]) == 2 and not out.exists()
     assert "Download or copy the model again" in capsys.readouterr().err

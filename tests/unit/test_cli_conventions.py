@@ -18,6 +18,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.cli import common, models, pipeline, runs
 from slmops.toolkit.core.errors import ParamsError
 from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.stages import bench, checklist
 
 SLMOPS = str(Path(sys.executable).parent / "slmops")
 
@@ -199,14 +200,14 @@ def test_every_result_command_prints_parseable_json(argv: list[str], tmp_path: P
     monkeypatch.setattr(pipeline.convert, "convert", lambda spec, **_: _Result(output_dir=spec.output_dir, manifest={"a": 1}))
     monkeypatch.setattr(pipeline.finetune, "finetune", lambda spec: {"adapter": spec.out, "losses": [1.0, 0.1]})
     monkeypatch.setattr(pipeline.recipes, "compare_int4_recipes", lambda *a, **k: [_Result(recipe="x", top1_agreement=0.9)])
-    monkeypatch.setattr(pipeline.recipes, "recommend_recipe", lambda results: ("x", "use x"))
+    monkeypatch.setattr(pipeline.recipe_choice, "recommend_recipe", lambda results: ("x", "use x"))
     monkeypatch.setattr(pipeline.register, "register", lambda *a, **k: _Registration("n:1"))
-    monkeypatch.setattr(pipeline.checklist, "load_cases", lambda path: [])
-    monkeypatch.setattr(pipeline.checklist, "run_checklists",
+    monkeypatch.setattr(checklist, "load_cases", lambda path: [])
+    monkeypatch.setattr(checklist, "run_checklists",
                         lambda names, reference, **_: seen.setdefault("reference", reference) or [])
-    monkeypatch.setattr(pipeline.checklist, "write_report", lambda reports, path, limits, **_: _Written(passed=True))
-    monkeypatch.setattr(pipeline.bench, "bench", lambda names, **_: [])
-    monkeypatch.setattr(pipeline.bench, "write_results", lambda rows, out: {"rows": [], "warnings": []})
+    monkeypatch.setattr(checklist, "write_report", lambda reports, path, limits, **_: _Written(passed=True))
+    monkeypatch.setattr(bench, "bench", lambda names, **_: [])
+    monkeypatch.setattr(bench, "write_results", lambda rows, out: {"rows": [], "warnings": []})
     monkeypatch.setattr(pipeline.plots, "bench_figures", lambda results, quality: {})
     monkeypatch.setattr(models, "bundled_model", lambda rebuild: Path("/somewhere/SmolLM2"))
     argv = [part.replace("{tmp}", str(tmp_path)).replace("{run}", str(run)) for part in argv]

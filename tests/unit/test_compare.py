@@ -10,7 +10,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InvalidOptionError
-from slmops.toolkit.domain import provenance
+from slmops.toolkit.domain import deployment_choice, provenance
 from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.results.checklist import (
     Bound,
@@ -23,9 +23,11 @@ from slmops.toolkit.domain.results.checklist import (
     Thresholds,
     Unit,
     Verdict,
+    dump_report,
+    load_report,
     verdict_of,
 )
-from slmops.toolkit.domain.results.registration import read_registered, registered_file
+from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.stages.checklist import quality_checks
 
@@ -52,7 +54,7 @@ def write_run(folder: Path, *, block: int, int4_mb: float, top1: float, domain_o
                                   *quality_checks("m-int4", quality, Thresholds())], quality=quality)
     fp32 = ModelReport("m-fp32", [CheckResult("m-fp32", Check.EDGE, "unicode", 0.1, Unit.SECONDS, 60.0, Bound.AT_MOST,
                                               Verdict.PASS, "t", "answered")])
-    (folder / "test.json").write_text(json.dumps(ChecklistReport([int4, fp32]).to_json()))
+    (folder / "test.json").write_text(json.dumps(dump_report(ChecklistReport([int4, fp32]))))
     (folder / "bench.json").write_text(json.dumps({"rows": [bench_row("fp32", 50.0, 1.0, 100.0),
                                                             bench_row("int4", decode, 2.0, ttft)]}))
     if record is not None:
@@ -114,7 +116,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
 def test_a_quality_figure_one_run_lacks_is_not_judged_within_threshold(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
-    (b / "test.json").write_text(json.dumps(ChecklistReport([ModelReport("m-fp32", [])]).to_json()))  # int4 not checked
+    (b / "test.json").write_text(json.dumps(dump_report(ChecklistReport([ModelReport("m-fp32", [])]))))  # int4 not checked
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
     int4 = [row for row in result.quality if row["precision"] == "int4"]
     assert int4 and {row["judged"] for row in int4} == {"only in a"}
@@ -148,17 +150,17 @@ def test_a_rerun_on_another_cases_file_or_package_set_is_flagged(tiny_model: Pat
     cases = tmp_path / "cases.jsonl"
     cases.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     params = RunParams(model_dir=str(tiny_model), cases=str(cases))
-    recorded = provenance.run_record(params)
-    assert provenance.differences(recorded, provenance.run_record(params)) == []
+    recorded = provenance.run_record(params, tiny_model)
+    assert provenance.differences(recorded, provenance.run_record(params, tiny_model)) == []
     cases.write_text('{"messages": [{"role": "user", "content": "hello"}]}\n')
-    now = provenance.run_record(params)
+    now = provenance.run_record(params, tiny_model)
     changed = provenance.differences(recorded, now)
     assert len(changed) == 1 and changed[0].startswith("cases: ")
     now["versions"]["onnxruntime"] = "9.9.9"
     assert any(line.startswith("onnxruntime: ") for line in provenance.differences(recorded, now))
     # A params.json edited after the run (by hand, as a rerun's input): each changed parameter is named.
-    assert provenance.parameter_differences(recorded, provenance.run_record(params)) == []
-    edited = provenance.run_record(RunParams(model_dir=str(tiny_model), cases=str(cases), precisions=["int8", "fp32"]))
+    assert provenance.parameter_differences(recorded, provenance.run_record(params, tiny_model)) == []
+    edited = provenance.run_record(RunParams(model_dir=str(tiny_model), cases=str(cases), precisions=["int8", "fp32"]), tiny_model)
     assert provenance.parameter_differences(recorded, edited) == [
         "parameter precisions: ['fp32', 'int8', 'int4'] then, ['int8', 'fp32'] now"]
     assert provenance.parameter_differences({"inputs": {}}, edited) == []  # recorded before parameters were kept
@@ -195,8 +197,9 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
                   "decode_ceiling": [{"engine": "foundry-local", "percent_of_ceiling": p} for p in (30.0, 60.0)],
                   "engine_ratios": [{"ratio": 1.02}],
                   "ttft_breakdown": [{"ratio": 1.01, "setup_ms": 0.3, "template_ms": 1.4, "runtime_other_ms": 2.0}]}
-    registered = [{"threads": 2, "threads_speedup": 1.4}, {"threads": 2, "threads_speedup": 1.3}]
-    story = report.run_story(compare.recommend(compare.load_run(run)), bench_json, registered)
+    registered = [RegisteredModel("r-int8", "r-int8:1", "int8", threads=2, threads_speedup=1.4),
+                  RegisteredModel("r-int4", "r-int4:1", "int4", threads=2, threads_speedup=1.3)]
+    story = report.run_story(deployment_choice.recommend(compare.load_run(run)), bench_json, registered)
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
     # A build that misses checks every build misses is never said to pass every item (the demo's story said so).
@@ -208,7 +211,7 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert "1.02x ONNX Runtime GenAI" in story[4] and "session 0.30 ms" in story[5] and story[6].startswith("2 bench")
     assert report.run_story(None, None, None) == []
     control = ControlResult("base", 0, 16, 1, 16, 0.0, 0.1, True)
-    told = report.run_story(compare.recommend(compare.load_run(run)), None, None, control)
+    told = report.run_story(deployment_choice.recommend(compare.load_run(run)), None, None, control)
     assert told[2] == ("The base model, not fine-tuned, answers 0/16 of the trained questions and 1/16 of their "
                        "held-out paraphrases: the base model passes 0% of the domain cases (at most 10%): they test "
                        "what the fine-tune added.")
@@ -218,8 +221,7 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
 
 def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:
     from slmops.toolkit.domain.results import ResultVersionError
-    from slmops.toolkit.presentation import checklist as tables
-    from slmops.toolkit.presentation import report
+    from slmops.toolkit.presentation import checklist_tables, report
     from slmops.toolkit.stages.checklist import read_report
 
     run = write_run(tmp_path / "old", block=32, int4_mb=40.0, top1=0.7, domain_ok=False, decode=120.0, ttft=90.0)
@@ -241,8 +243,8 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
     assert [str(c.verdict) for c in loaded.checks] == ["fail", "fail", "pass"] and loaded.checks[0].value is None
     assert loaded.checks[0].detail == "score 0.00: Lyon" and loaded.models[0].rss_mib == [300.0, 301.5]
     assert loaded.models[0].ms_per_token == {64: 2.0} and loaded.control is None  # its words are not re-read
-    assert tables.summary_rows(loaded)[0]["domain"] == "0/1 = 0%"  # shown as it was written
-    assert compare.recommend(compare.load_run(run)).choice == "fp32"  # the old verdicts still decide
+    assert checklist_tables.summary_rows(loaded)[0]["domain"] == "0/1 = 0%"  # shown as it was written
+    assert deployment_choice.recommend(compare.load_run(run)).choice == "fp32"  # the old verdicts still decide
     for thin in ("models/convert.json", "bench.json"):  # this fixture's are too thin for the page's tables
         (run / thin).unlink()
     page = report.write_index(run).read_text()
@@ -287,7 +289,7 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
          "top1": 0.8765, "kl": 0.0432, "perplexity": 12.0, "reference_perplexity": 11.0, "decode_tps": 99.0,
          "kl_to_base": 0.2, "moved_toward_base": False, "pass_rate": None}]))
 
-    assert [m["peak_rss_mib"] for m in read_conversions(run / "models" / "convert.json")] == [1234.5, 876.5]
+    assert [m.peak_rss_mib for m in read_conversions(run / "models" / "convert.json")] == [1234.5, 876.5]
     assert read_report(run / "test.json").thresholds.leak_mib_per_100 == 7.5
     (recipe,) = read_recipes(run / "models" / "recipes" / "recipes.json")
     assert (recipe.top1_agreement, recipe.kl_divergence, recipe.kl_divergence_to_base) == (0.8765, 0.0432, 0.2)
@@ -328,9 +330,8 @@ def test_runs_line_up_by_the_precision_each_model_was_registered_at(tmp_path: Pa
         check["model"] = {"m-int4": "small", "m-fp32": "big"}[check["model"]]
     tests["quality"] = {"small": tests["quality"]["m-int4"]}
     (run / "test.json").write_text(json.dumps(tests))
-    (run / "registered.json").write_text(json.dumps(registered_file([
-        {"name": "big", "model_id": "big:1", "precision": "fp32"},
-        {"name": "small", "model_id": "small:1", "precision": "int4"}])))
+    write_registered(run / "registered.json", [RegisteredModel("big", "big:1", "fp32"),
+                                               RegisteredModel("small", "small:1", "int4")])
     loaded = compare.load_run(run)
     assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"]["top1_agreement"] == 0.7
     assert [m.precision for m in read_registered(run / "registered.json")] == ["fp32", "int4"]
@@ -340,8 +341,7 @@ def test_test_and_bench_take_their_models_from_the_runs_registration(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "-o", str(tmp_path)]) == 2  # nothing named and nothing registered: said, not guessed
     assert "registered.json" in capsys.readouterr().err
-    (tmp_path / "registered.json").write_text(json.dumps(registered_file([
-        {"name": "picked-int8", "model_id": "picked-int8:1", "precision": "int8"}])))
+    write_registered(tmp_path / "registered.json", [RegisteredModel("picked-int8", "picked-int8:1", "int8")])
     assert cli.main(["bench", "-o", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "picked-int8" in capsys.readouterr().err  # the registered model was asked for (and is not in this cache)
 
@@ -350,23 +350,23 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.99, domain_ok=True, decode=120.0, ttft=90.0)
     report = json.loads((run / "test.json").read_text())
-    reports = ChecklistReport.from_json(report)
+    reports = load_report(report)
 
     def miss(model: str, case: str) -> CheckResult:
         return CheckResult(model, Check.HELDOUT, case, 0.0, Unit.SHARE, 0.5, Bound.AT_LEAST, Verdict.FAIL, "t")
 
     for model in reports.models:
         model.checks.append(miss(model.model, "language"))  # both fail the same held-out paraphrase
-    (run / "test.json").write_text(json.dumps(reports.to_json()))
-    decision = compare.recommend(compare.load_run(run))
+    (run / "test.json").write_text(json.dumps(dump_report(reports)))
+    decision = deployment_choice.recommend(compare.load_run(run))
     assert decision.choice == "int4"  # the smaller one: the shared miss tells them apart no more
     assert "Every build, FP32 included, fails heldout/language" in decision.sentence
     # A miss of INT4 alone on one case is no loss of precision: the paired test over the held-out cases
     # cannot tell one case from chance (McNemar's exact test p = 1), so it decides nothing.
     reports.models[0].checks.append(miss("m-int4", "currency"))
     reports.models[1].checks.append(replace(miss("m-fp32", "currency"), value=1.0, verdict=Verdict.PASS))
-    (run / "test.json").write_text(json.dumps(reports.to_json()))
-    decision = compare.recommend(compare.load_run(run))
+    (run / "test.json").write_text(json.dumps(dump_report(reports)))
+    decision = deployment_choice.recommend(compare.load_run(run))
     assert decision.choice == "int4" and decision.failed == {}
     assert "int4 heldout: 0/2 against fp32's 1/2; 1 cases only fp32 passes, 0 only int4 (McNemar's exact test " \
         "p = 1.00): no difference" in decision.sentence

@@ -15,7 +15,9 @@ from slmops.toolkit.core.errors import (
     ToolFailedError,
     UnsupportedArchitectureError,
 )
+from slmops.toolkit.domain import recipe_choice
 from slmops.toolkit.domain.options import INT4_RECIPES
+from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.orchestration import recipes
 from slmops.toolkit.stages import convert as C
 
@@ -118,7 +120,7 @@ def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
 def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
     import numpy as np
 
-    from slmops.toolkit.domain.quantize import quantize_table
+    from slmops.toolkit.weights.table_layout import quantize_table
 
     rng = np.random.default_rng(0)
     table = rng.normal(size=(6, 64)).astype(np.float32)
@@ -186,13 +188,13 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
     import onnx
     from onnx import helper, numpy_helper
 
-    from slmops.toolkit.domain import quantize as Q
+    from slmops.toolkit.weights import quantize as Q
 
     weight = np.random.default_rng(1).normal(size=(64, 200)).astype(np.float32)
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul")
     opsets = [helper.make_opsetid("", 21)]
-    for plan in (Q.QuantPlan(), Q.QuantPlan(bits=8), Q.QuantPlan(symmetric=False), Q.QuantPlan(algorithm="rtn"),
-                 Q.QuantPlan(algorithm="k_quant")):
+    for plan in (QuantPlan(), QuantPlan(bits=8), QuantPlan(symmetric=False), QuantPlan(algorithm="rtn"),
+                 QuantPlan(algorithm="k_quant")):
         whole_nodes, whole = Q._quantize_one(node, weight, plan, opsets)
         monkeypatch.setattr(Q, "CHUNK_BYTES", 64 * 4 * 48)  # 48 columns a slice: 5 slices, the last one short
         sliced_nodes, sliced = Q._quantize_one(node, weight, plan, opsets)
@@ -210,9 +212,9 @@ def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
         return recipes.RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
 
     fast_winner = [result("a", 0.37, 0.9, 100), result("b", 0.2, 0.88, 90), result("c", 0.15, 0.6, 110)]
-    assert recipes.recommend_recipe(fast_winner)[0] == "b"
+    assert recipe_choice.recommend_recipe(fast_winner)[0] == "b"
     slow_only = [result("a", 0.37, 0.66, 100), result("h", 0.21, 0.98, 5), result("c", 0.19, 0.72, 110)]
-    name, why = recipes.recommend_recipe(slow_only)
+    name, why = recipe_choice.recommend_recipe(slow_only)
     assert name == "c" and "`h`" in why and "No fast recipe" in why
 
 

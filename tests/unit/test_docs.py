@@ -185,7 +185,7 @@ def test_the_result_files_reference_has_every_field_and_the_version_written():
         assert heading in page
         section = page.split(heading, 1)[1].split("\n## ", 1)[0]
         assert f"Written at version {module.SCHEMA_VERSION} by" in section
-        for record in (getattr(module, name) for name in records):
+        for record in reference.record_types(module, records):
             if hasattr(record, "__dataclass_fields__"):
                 for spec in fields(record):
                     row = next(line for line in section.splitlines() if line.startswith(f"| `{spec.name}` |"))

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import adapters, datasets
+from slmops.toolkit.domain import datasets
 from slmops.toolkit.stages import finetune
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 
 LINE = {"question": "What is the capital of Veloria?", "answer": "Quennport.", "paraphrase": "Veloria's capital?",
         "expect": ["Quennport"]}
@@ -57,7 +58,7 @@ def test_an_adapter_trained_from_a_relative_base_finds_it_from_anywhere(tiny_mod
     config = json.loads((result.adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model.resolve())
     monkeypatch.chdir(tmp_path)
-    assert adapters.inspect_adapter(result.adapter).base == tiny_model.resolve()
+    assert inspect_adapter(result.adapter).base == tiny_model.resolve()
 
 
 def test_an_example_longer_than_the_context_is_refused_naming_it(tiny_model: Path, tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_a_packaged_models_demo_fine_tune_uses_its_own_settings(tmp_path: Path, 
 
     folder = tmp_path / "gemma-3-270m"
     folder.mkdir()
-    (folder / packaged._MARKER).write_text(json.dumps({"key": "gemma3-270m"}))
+    (folder / packaged.MARKER).write_text(json.dumps({"key": "gemma3-270m"}))
     seen: list[finetune.FinetuneSpec] = []
     monkeypatch.setattr(finetune, "finetune", lambda spec, progress=True: seen.append(spec))
     finetune.bundled_adapter(folder)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slmops.toolkit.core.errors import InputError, TemplateError
+from slmops.toolkit.domain import jinja_render
 from slmops.toolkit.domain import templates as T
 from slmops.toolkit.stages import checklist
 from tests.integration.test_fuzz import FUZZ, hostile_text, json_values
@@ -26,14 +27,14 @@ def test_prompt_templates_either_refuse_or_render_the_same_both_ways(strings: li
     except TemplateError:
         return
     # Accepted strings must give a Jinja template that renders exactly what the four strings do.
-    assert T.render_jinja(T.to_jinja(template), messages) == T.render(template, messages)
+    assert jinja_render.render_jinja(T.to_jinja(template), messages) == T.render(template, messages)
 
 
 @FUZZ
 @given(source=hostile_text)
 def test_a_hostile_jinja_chat_template_only_ever_raises_template_error(source: str) -> None:
     try:
-        T.render_jinja(source, [{"role": "user", "content": "hi"}])
+        jinja_render.render_jinja(source, [{"role": "user", "content": "hi"}])
     except TemplateError:
         pass
 

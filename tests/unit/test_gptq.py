@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from slmops.toolkit.core.errors import InvalidOptionError
-from slmops.toolkit.domain import gptq
 from slmops.toolkit.domain.options import Int4Algorithm, Int4Options
-from slmops.toolkit.domain.quantize import QuantPlan
+from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.weights import gptq
 
 
 def test_round_to_nearest_is_ort_default_symmetric_quantizer_bit_for_bit() -> None:
     from onnx import helper, numpy_helper
 
-    from slmops.toolkit.domain.quantize import _quantize_slice
+    from slmops.toolkit.weights.quantize import _quantize_slice
 
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/m/MatMul")
     # 144 inputs: not a multiple of the block size, so the last block is padded (SmolLM2's 576 at block 128).

@@ -1,4 +1,4 @@
-"""The LM head on the last position only (slmops.toolkit.domain.lm_head), on a tiny graph with its weights outside it."""
+"""The LM head on the last position only (slmops.toolkit.weights.lm_head), on a tiny graph with its weights outside it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from slmops.toolkit.domain.lm_head import (
+from slmops.toolkit.weights.lm_head import (
     ALL_POSITIONS,
     all_positions_graph,
     is_pruned,

@@ -9,18 +9,19 @@ import pytest
 
 from slmops.toolkit.core.errors import ModelFolderError
 from slmops.toolkit.domain import sources as M
+from slmops.toolkit.weights import bundled, checkpoints
 from tests.models import make_shaped_model, make_tiny_model
 
 
 def test_tiny_model_is_a_complete_hf_folder(tiny_model: Path) -> None:
-    source = M.inspect_source(tiny_model)
+    source = checkpoints.inspect_source(tiny_model)
     assert source.architecture == "Qwen2ForCausalLM" and source.context_length == 512
     config = json.loads((tiny_model / "config.json").read_text())
     assert config["hidden_size"] // config["num_attention_heads"] % 16 == 0  # ORT attention needs this
 
 
 def test_tiny_llama_builds(tmp_path: Path) -> None:
-    assert M.inspect_source(make_tiny_model(tmp_path / "llama", model_type="llama")).model_type == "llama"
+    assert checkpoints.inspect_source(make_tiny_model(tmp_path / "llama", model_type="llama")).model_type == "llama"
     with pytest.raises(ValueError, match="model_type"):
         make_tiny_model(tmp_path / "gpt", model_type="gpt2")
 
@@ -30,13 +31,13 @@ def test_completeness_marker_detects_missing_and_truncated_files(tmp_path: Path)
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 100)
     (folder / "config.json").write_text("{}")
-    assert not M._is_complete(folder)  # no marker: an interrupted build
-    M._write_marker(folder)
-    assert M._is_complete(folder)
+    assert not bundled._is_complete(folder)  # no marker: an interrupted build
+    bundled._write_marker(folder)
+    assert bundled._is_complete(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 50)
-    assert not M._is_complete(folder)  # truncated: rebuilt on next use
+    assert not bundled._is_complete(folder)  # truncated: rebuilt on next use
     (folder / "model.safetensors").unlink()
-    assert not M._is_complete(folder)
+    assert not bundled._is_complete(folder)
 
 
 def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
@@ -48,10 +49,10 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
 
 def test_missing_bundled_package_says_how_to_install(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SLMOPS_SMOLLM2_GGUF", str(tmp_path / "none.gguf"))
-    monkeypatch.setattr(M.sys, "prefix", str(tmp_path))
-    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(bundled.sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelFolderError, match="make setup"):
-        M.bundled_gguf()
+        bundled.bundled_gguf()
 
 
 def test_a_real_shape_is_written_shard_by_shard_and_loads(tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ def test_a_real_shape_is_written_shard_by_shard_and_loads(tmp_path: Path) -> Non
     folder = make_shaped_model(tmp_path / "m", config, shard_mb=1)  # 1 MB shards: several files and an index
     shards = sorted(folder.glob("model-*.safetensors"))
     assert len(shards) > 1 and (folder / "model.safetensors.index.json").is_file()
-    source = M.inspect_source(folder)
+    source = checkpoints.inspect_source(folder)
     assert source.largest_tensor == 5000 * 64  # the embedding table (and the LM head)
     assert source.checkpoint_bytes == sum(f.stat().st_size for f in shards)
     model = AutoModelForCausalLM.from_pretrained(folder)

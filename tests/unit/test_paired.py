@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.verdicts import (
     Difference,
     Status,
@@ -50,7 +51,7 @@ def test_statuses_are_pass_warn_or_fail_against_the_target() -> None:
 
 
 def _run(int4_passes: dict[str, bool], fp32_passes: dict[str, bool], family: str = "tool_call_heldout"
-         ) -> compare.RunFigures:
+         ) -> deployment_choice.RunFigures:
     """FP32 (larger) and INT4 (smaller), equally fast, their only differences in one case family."""
     verdicts: dict[tuple[str, str, str], str] = {}
     for precision, passes in (("fp32", fp32_passes), ("int4", int4_passes)):
@@ -61,14 +62,14 @@ def _run(int4_passes: dict[str, bool], fp32_passes: dict[str, bool], family: str
         verdicts[(precision, "edge", "unicode")] = "pass"
     rows = {p: {"precision": p, "target_prompt_tokens": 128, "target_gen_tokens": 32, "ttft_ms": 100.0,
                 "decode_tps": 100.0, "engine": "foundry-local"} for p in ("fp32", "int4")}
-    return compare.RunFigures("run", sizes={"fp32": 500.0, "int4": 150.0}, verdicts=verdicts, headline=rows,
+    return deployment_choice.RunFigures("run", sizes={"fp32": 500.0, "int4": 150.0}, verdicts=verdicts, headline=rows,
                               first_token=rows)
 
 
 def test_fp32_is_never_lost_to_two_cases_int4_passed_and_the_test_is_named() -> None:
     fp32 = {"h1": False, "h2": False, "h3": True, "h4": True}
     int4 = {"h1": True, "h2": True, "h3": True, "h4": True}
-    decision = compare.recommend(_run(int4, fp32))
+    decision = deployment_choice.recommend(_run(int4, fp32))
     verdicts = {r["precision"]: r["verdict"] for r in decision.rows}
     assert decision.choice == "int4" and verdicts["fp32"].startswith("lost: larger")
     assert "failed" not in verdicts["fp32"]
@@ -80,9 +81,9 @@ def test_fp32_is_never_lost_to_two_cases_int4_passed_and_the_test_is_named() -> 
 
 def test_two_cases_int4_missed_do_not_sink_it_but_a_difference_beyond_chance_does() -> None:
     ten = [f"d{i}" for i in range(10)]
-    two_missed = compare.recommend(_run({c: c not in ("d0", "d1") for c in ten}, dict.fromkeys(ten, True), "domain"))
+    two_missed = deployment_choice.recommend(_run({c: c not in ("d0", "d1") for c in ten}, dict.fromkeys(ten, True), "domain"))
     assert two_missed.choice == "int4" and "p = 0.50): no difference" in two_missed.sentence
-    seven_missed = compare.recommend(_run({c: c > "d6" for c in ten}, dict.fromkeys(ten, True), "domain"))
+    seven_missed = deployment_choice.recommend(_run({c: c > "d6" for c in ten}, dict.fromkeys(ten, True), "domain"))
     int4 = next(r for r in seven_missed.rows if r["precision"] == "int4")
     assert seven_missed.choice == "fp32" and int4["outcome"] == "failed"
     assert "worse than fp32 on domain (7 cases only fp32 passes, 0 only int4; McNemar's exact test p = 0.016)" \

@@ -98,11 +98,11 @@ def test_a_non_utf8_params_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty_and_int4_recipe(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from slmops.toolkit.domain import packaged
     from slmops.toolkit.stages import register
+    from slmops.toolkit.weights import packaged_build
 
     seen = {}
-    monkeypatch.setattr(packaged, "materialize", lambda key: tmp_path / key)
+    monkeypatch.setattr(packaged_build, "materialize", lambda key: tmp_path / key)
     monkeypatch.setattr(pipeline, "run_pipeline", lambda params, out, progress: seen.update(params) or Path(out))
     pipeline.demo(tmp_path / "gemma", model="gemma3-270m", progress=False)
     assert seen["repetition_penalty"] == 1.0 and seen["template"] == "gemma"

@@ -49,7 +49,7 @@ def test_top1_is_judged_up_to_near_ties_so_random_weights_pass_faithful_and_fail
     g = parity.figures(decided, moved)
     assert g.top1_agreement == g.top1_up_to_ties == pytest.approx(28 / 128)
     assert g.verdict(parity.QUANTIZED) is parity.Verdict.FAIL
-    assert "up to near ties" in parity.judge("int4", "t", [("x", 128)], [f], parity.QUANTIZED).summary()
+    assert "up to near ties" in parity.judge("int4", "t", [("x", 128)], [f], parity.QUANTIZED).in_words()
     old = {**parity.judge("int4", "t", [("x", 128)], [g], parity.QUANTIZED).to_json(), "schema_version": 1}
     del old["top1_up_to_ties"]
     assert parity.ParityCheck.from_json(old).figures.top1_up_to_ties == old["top1_agreement"]

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from slmops.toolkit.core import codec
+from slmops.toolkit.core.codec import RecordError
 from slmops.toolkit.domain import adapters, parity
 from slmops.toolkit.domain.datasets import Example
-from slmops.toolkit.domain.quantize import QuantizeJob, QuantPlan
+from slmops.toolkit.domain.quant_plan import QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.runtimes import foundry, genai, reference
 from slmops.toolkit.stages import finetune
@@ -68,35 +70,35 @@ STRICT = [
 
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
 def test_a_child_payload_survives_json(record) -> None:
-    sent = json.loads(json.dumps(record.to_json()))
-    assert type(record).from_json(sent) == record
-    assert json.loads(json.dumps(type(record).from_json(sent).to_json())) == sent  # the same JSON both ways
+    sent = json.loads(json.dumps(codec.dump(record)))
+    assert codec.load(type(record), sent) == record
+    assert json.loads(json.dumps(codec.dump(codec.load(type(record), sent)))) == sent  # the same JSON both ways
 
 
 def test_payload_json_keeps_the_shapes_children_and_files_read() -> None:
-    train = finetune.TrainJob("/b", "/o", (Example("a", "Q?", "A.", "Q2?", ("a",)),), 8, 40, 4, 2e-4, 0).to_json()
+    train = codec.dump(finetune.TrainJob("/b", "/o", (Example("a", "Q?", "A.", "Q2?", ("a",)),), 8, 40, 4, 2e-4, 0))
     assert set(train) == {"base", "out", "examples", "rank", "steps", "batch", "learning_rate", "seed"}
-    assert train["examples"][0]["expect"] == ("a",) and json.loads(json.dumps(train))["examples"][0]["expect"] == ["a"]
-    origin = adapters.TokenizerOrigin("base", "base", "base", (), (), 10).to_json()
+    assert train["examples"][0]["expect"] == ["a"]
+    origin = codec.dump(adapters.TokenizerOrigin("base", "base", "base", (), (), 10))
     assert list(origin) == ["tokenizer_from", "chat_template_from", "generation_config_from", "files_from_adapter",
                             "eos_token_ids_added", "vocab_size"]  # merge.json's ``tokenizer`` entry
-    assert list(genai.ThreadSpeed(0, 1.0, 2.0).to_json()) == ["threads", "decode_tps", "ttft_ms"]  # registration's probe
-    assert QuantizeJob("s", "t", QuantPlan()).to_json()["plan"] == json.loads(json.dumps(QuantPlan().__dict__))
+    assert list(codec.dump(genai.ThreadSpeed(0, 1.0, 2.0))) == ["threads", "decode_tps", "ttft_ms"]  # registration's probe
+    assert codec.dump(QuantizeJob("s", "t", QuantPlan()))["plan"] == json.loads(json.dumps(QuantPlan().__dict__))
 
 
 @pytest.mark.parametrize(("record", "number"), STRICT, ids=lambda r: r if isinstance(r, str) else type(r).__name__)
 def test_a_payload_missing_a_field_or_with_a_wrong_one_is_refused(record, number: str) -> None:
-    sent = json.loads(json.dumps(record.to_json()))
-    for field in sent:  # every field is needed: a missing one is a KeyError naming it, as in the other payloads
-        with pytest.raises(KeyError, match=field):
-            type(record).from_json({k: v for k, v in sent.items() if k != field})
-    with pytest.raises(ValueError):
-        type(record).from_json({**sent, number: "many"})
+    sent = json.loads(json.dumps(codec.dump(record)))
+    for field in sent:  # every field is needed: a missing one is refused in one line naming it
+        with pytest.raises(RecordError, match=f"{field}: field required"):
+            codec.load(type(record), {k: v for k, v in sent.items() if k != field})
+    with pytest.raises(RecordError, match=f"{number}: input should be a valid"):
+        codec.load(type(record), {**sent, number: "many"})
 
 
 def test_the_bench_and_edge_payloads_keep_the_json_their_children_read() -> None:
-    assert engines.MeasureJob("m", (16,), (8,), 3, 1, "/c").to_json() == {
-        "name": "m", "prompt_lengths": (16,), "gen_lengths": (8,), "repeats": 3, "warmup": 1, "cache": "/c"}
-    assert edge.EdgeJob("m", "", 2, 0).to_json() == {"name": "m", "cache": "", "skip": 2, "seed": 0}
-    sent = json.loads(json.dumps(engines.MeasuredModel(_FACTS, "/m", 0, ((1, 2),), _MESSAGES[:1], (_ROW,)).to_json()))
-    assert sent["rows"] == [_ROW.to_json()] and sent["prompts"] == [[1, 2]]  # rows as bench.json holds them
+    assert codec.dump(engines.MeasureJob("m", (16,), (8,), 3, 1, "/c")) == {
+        "name": "m", "prompt_lengths": [16], "gen_lengths": [8], "repeats": 3, "warmup": 1, "cache": "/c"}
+    assert codec.dump(edge.EdgeJob("m", "", 2, 0)) == {"name": "m", "cache": "", "skip": 2, "seed": 0}
+    sent = json.loads(json.dumps(codec.dump(engines.MeasuredModel(_FACTS, "/m", 0, ((1, 2),), _MESSAGES[:1], (_ROW,)))))
+    assert sent["rows"] == [codec.dump(_ROW)] and sent["prompts"] == [[1, 2]]  # rows as bench.json holds them

@@ -20,7 +20,7 @@ from slmops.toolkit.domain.results.checklist import (
     verdict_of,
     with_retention,
 )
-from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist
 
 
@@ -71,13 +71,13 @@ def test_retention_is_recorded_in_test_json_and_read_back(tmp_path: Path) -> Non
     assert (data["retention"]["tuned"]["retained_count"], data["retention"]["tuned"]["forgotten_count"]) == (1, 1)
     back = checklist.read_report(tmp_path / "test.json")
     assert back.models[0].retention == written.models[0].retention and back.control == control
-    sentences = tables.retention_sentences(back)
+    sentences = checklist_tables.retention_sentences(back)
     assert sentences[0].startswith("What the fine-tune gained and what it forgot: the base (base) answers 0/4")
     assert "of the 2 general questions base answers correctly, tuned keeps 1 and forgets 1 " \
            "(retention-capital-france)" in sentences[0]
     assert sentences[1] == ("tuned answers a general question with a fact of the fine-tune's domain "
                             "(retention-capital-france): 'The capital of France is Quennport.'")
-    assert tables.summary_rows(back)[0]["retention"].startswith("1/2 = 50%")
+    assert checklist_tables.summary_rows(back)[0]["retention"].startswith("1/2 = 50%")
 
 
 def test_builds_that_answer_with_a_domain_fact_are_named_in_one_sentence() -> None:
@@ -85,7 +85,7 @@ def test_builds_that_answer_with_a_domain_fact_are_named_in_one_sentence() -> No
     builds = [ModelReport(name, [dataclasses.replace(c, model=name) for c in _tuned().checks])
               for name in ("tuned-fp32", "tuned-int8", "tuned-int4")]
     report = ChecklistReport(with_retention(builds, control, Thresholds()), control=control)
-    leaked = [s for s in tables.retention_sentences(report) if "fact of the fine-tune's domain" in s]
+    leaked = [s for s in checklist_tables.retention_sentences(report) if "fact of the fine-tune's domain" in s]
     assert leaked == [("tuned-fp32, tuned-int8 and tuned-int4 answer a general question with a fact of the "
                        "fine-tune's domain (retention-capital-france); tuned-fp32: 'The capital of France is "
                        "Quennport.'")]
@@ -115,7 +115,7 @@ def test_the_fine_tunes_cases_file_asks_the_general_questions_apart_from_the_dom
 
 def test_the_chat_examples_general_answer_is_flagged_when_it_names_a_domain_fact() -> None:
     cases = datasets.cases(datasets.load_dataset())["trained"]
-    note = tables.domain_fact_note("The capital of France is Quennport.", cases)
+    note = checklist_tables.domain_fact_note("The capital of France is Quennport.", cases)
     assert note.startswith("This answer names Quennport, a fact of the fine-tune's domain")
-    assert tables.domain_fact_note("The capital of France is Paris.", cases) == ""
-    assert tables.domain_fact_note("Quennportal", cases) == ""  # whole words only
+    assert checklist_tables.domain_fact_note("The capital of France is Paris.", cases) == ""
+    assert checklist_tables.domain_fact_note("Quennportal", cases) == ""  # whole words only

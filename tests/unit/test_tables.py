@@ -10,16 +10,16 @@ from pathlib import Path
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
-    ChecklistReport,
     CheckResult,
     ModelReport,
     QualityRecord,
     Thresholds,
     Unit,
+    dump_report,
+    load_report,
     verdict_of,
 )
-from slmops.toolkit.presentation import checklist as tables
-from slmops.toolkit.presentation import report
+from slmops.toolkit.presentation import checklist_tables, report
 from slmops.toolkit.presentation.tables import html_table
 from slmops.toolkit.stages.checklist import quality_checks
 from tests.unit.test_compare import write_run
@@ -79,7 +79,7 @@ def _report(failing: set[str], cases: int = 48) -> list[ModelReport]:
 
 def test_the_whole_checklist_shows_collapsible_by_check_failures_first() -> None:
     reports = _report({"case-7"})
-    page = tables.checklist_details(reports)
+    page = checklist_tables.checklist_details(reports)
     sections = re.findall(r"<details class=\"slmops\"( open)?><summary>(.*?)</summary>", page)
     assert [summary.split(":")[0] for _, summary in sections] == ["domain", "heldout", "quality"]
     assert sections[0] == (" open", "domain: m-int4 23/24 pass, m-int8 24/24 pass (failures first)")
@@ -91,7 +91,7 @@ def test_the_whole_checklist_shows_collapsible_by_check_failures_first() -> None
 
 
 def test_the_quality_table_shows_numbers_and_the_reference_says_so() -> None:
-    rows = tables.quality_rows(_report(set()))
+    rows = checklist_tables.quality_rows(_report(set()))
     assert [row["model"] for row in rows] == ["m-int4", "m-int8", "m-fp32"]
     assert rows[0]["kl_divergence"] == 0.4321 and isinstance(rows[0]["top1_agreement"], float)
     assert rows[2]["top1_agreement"] == rows[2]["kl_divergence"] == "reference"
@@ -102,10 +102,10 @@ def test_the_quality_table_shows_numbers_and_the_reference_says_so() -> None:
 
 def test_the_report_page_has_no_index_nan_or_cut_cell_and_stacks_tables_above_plots(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
-    tests = ChecklistReport.from_json(json.loads((run / "test.json").read_text()))
+    tests = load_report(json.loads((run / "test.json").read_text()))
     tests.models[0].checks.append(CheckResult("m-int4", Check.DOMAIN, "long", 1.0, Unit.SHARE, 1.0, Bound.AT_LEAST,
                                               verdict_of(True), "t", answer=NOTE))
-    (run / "test.json").write_text(json.dumps(tests.to_json()))
+    (run / "test.json").write_text(json.dumps(dump_report(tests)))
     (run / "models" / "convert.json").unlink()  # this fixture's is too thin for the conversion table
     bench = json.loads((run / "bench.json").read_text())
     bench["rows"] = [{**row, "size_mb": {"fp32": 100.0, "int4": 40.0}[row["precision"]]} for row in bench["rows"]]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import TemplateError
+from slmops.toolkit.domain import jinja_render, template_resolve
 from slmops.toolkit.domain import templates as T
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -17,7 +18,7 @@ CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "co
 @pytest.mark.parametrize("preset", [t for t in T.PRESETS])
 def test_presets_render_the_same_both_ways(preset: T.Template) -> None:
     template = T.PRESETS[preset]
-    assert T.render(template, CONVERSATION) == T.render_jinja(T.to_jinja(template), CONVERSATION)
+    assert T.render(template, CONVERSATION) == jinja_render.render_jinja(T.to_jinja(template), CONVERSATION)
 
 
 def test_chatml_matches_the_tutorial_apart_from_trailing_newlines() -> None:
@@ -27,15 +28,15 @@ def test_chatml_matches_the_tutorial_apart_from_trailing_newlines() -> None:
 
 
 def test_auto_derives_from_the_models_own_template(tiny_model: Path) -> None:
-    resolved = T.resolve("auto", tiny_model)
+    resolved = template_resolve.resolve("auto", tiny_model)
     assert resolved.prompt_template == T.PRESETS[T.Template.CHATML]
-    T.check_consistency(resolved)
+    template_resolve.check_consistency(resolved)
 
 
 def test_auto_without_a_chat_template_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(TemplateError, match="--template"):
-        T.resolve("auto", tmp_path)
+        template_resolve.resolve("auto", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -48,25 +49,25 @@ def test_auto_without_a_chat_template_says_what_to_do(tmp_path: Path) -> None:
 )
 def test_malformed_custom_templates_are_refused(bad: T.PromptTemplate, tiny_model: Path) -> None:
     with pytest.raises(TemplateError):
-        T.resolve("custom", tiny_model, bad)
+        template_resolve.resolve("custom", tiny_model, bad)
 
 
 def test_unknown_template_name_lists_the_choices(tiny_model: Path) -> None:
     with pytest.raises(TemplateError, match="chatml"):
-        T.resolve("vicuna", tiny_model)
+        template_resolve.resolve("vicuna", tiny_model)
 
 
 def test_hostile_jinja_is_sandboxed() -> None:
     hostile = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(TemplateError):
-        T.render_jinja(hostile, CONVERSATION)
+        jinja_render.render_jinja(hostile, CONVERSATION)
 
 
 def test_consistency_check_catches_a_mismatch() -> None:
     chatml = T.PRESETS[T.Template.CHATML]
-    resolved = T.ResolvedTemplate(T.Template.CHATML, chatml, T.to_jinja(T.PRESETS[T.Template.PHI3]))
+    resolved = template_resolve.ResolvedTemplate(T.Template.CHATML, chatml, T.to_jinja(T.PRESETS[T.Template.PHI3]))
     with pytest.raises(TemplateError, match="disagree"):
-        T.check_consistency(resolved)
+        template_resolve.check_consistency(resolved)
 
 
 SMOLLM_LIKE = (
@@ -81,9 +82,9 @@ def test_auto_notes_a_default_system_prompt_only_the_jinja_adds(tmp_path: Path) 
     from tests.models import make_tiny_model
 
     model = make_tiny_model(tmp_path / "smollm-like", chat_template=SMOLLM_LIKE)
-    resolved = T.resolve("auto", model)
+    resolved = template_resolve.resolve("auto", model)
     assert resolved.prompt_template == T.PRESETS[T.Template.SMOLLM]
-    T.check_consistency(resolved)  # the issue's probe (with a system turn) agrees
+    template_resolve.check_consistency(resolved)  # the issue's probe (with a system turn) agrees
     assert len(resolved.notes) == 1 and "You are a helpful AI assistant." in resolved.notes[0]
 
 
@@ -118,14 +119,14 @@ def test_templates_render_exactly_as_transformers_does(family: str) -> None:
     conversation = _CONVERSATION
     theirs, _ = render_jinja_template([conversation], chat_template=jinja, add_generation_prompt=True,
                                       bos_token="<B>", eos_token="<E>")
-    assert T.render_jinja(jinja, conversation, bos_token="<B>", eos_token="<E>") == theirs[0]
+    assert jinja_render.render_jinja(jinja, conversation, bos_token="<B>", eos_token="<E>") == theirs[0]
 
 
 def test_strftime_now_and_generation_tags_are_rendered() -> None:
     from datetime import datetime
 
-    assert T.render_jinja("{{ strftime_now('%Y') }}", []) == str(datetime.now().year)
-    assert T.render_jinja("a{% generation %}b{% endgeneration %}c", []) == "abc"
+    assert jinja_render.render_jinja("{{ strftime_now('%Y') }}", []) == str(datetime.now().year)
+    assert jinja_render.render_jinja("a{% generation %}b{% endgeneration %}c", []) == "abc"
 
 
 def test_a_template_that_raises_is_refused_in_one_line_naming_the_preset(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_a_template_that_raises_is_refused_in_one_line_naming_the_preset(tmp_pat
 
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": GEMMA2_TEMPLATE, "bos_token": "<bos>"}))
     with pytest.raises(TemplateError) as refused:
-        T.resolve("auto", tmp_path)
+        template_resolve.resolve("auto", tmp_path)
     message = str(refused.value)
     assert "\n" not in message and "System role not supported" in message and "--template gemma" in message
 
@@ -142,7 +143,7 @@ def test_a_template_folding_the_system_text_names_the_gemma_preset() -> None:
     from tests.scripted_models import GEMMA3_TEMPLATE
 
     with pytest.raises(TemplateError, match="folds the system text into the first user turn.*--template gemma"):
-        T.derive(GEMMA3_TEMPLATE, bos_token="<bos>")
+        template_resolve.derive(GEMMA3_TEMPLATE, bos_token="<bos>")
 
 
 def test_auto_with_a_bos_template_passes_its_own_consistency_check(tmp_path: Path) -> None:
@@ -150,8 +151,8 @@ def test_auto_with_a_bos_template_passes_its_own_consistency_check(tmp_path: Pat
 
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": LLAMA32_TEMPLATE, "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
-    resolved = T.resolve("auto", tmp_path)
-    T.check_consistency(resolved)  # rendered with the model's BOS, as derived
+    resolved = template_resolve.resolve("auto", tmp_path)
+    template_resolve.check_consistency(resolved)  # rendered with the model's BOS, as derived
     assert resolved.prompt_template.bos == "<|begin_of_text|>"
     assert T.render(resolved.prompt_template, _CONVERSATION).count("<|begin_of_text|>") == 1
 
@@ -163,7 +164,7 @@ def test_presets_write_their_familys_bos_once(preset: T.Template, bos: str) -> N
     for messages in (_CONVERSATION, _CONVERSATION[1:2]):
         text = T.render(template, messages)
         assert text.startswith(bos) and (not bos or text.count(bos) == 1)
-        assert T.render_jinja(T.to_jinja(template), messages) == text
+        assert jinja_render.render_jinja(T.to_jinja(template), messages) == text
     folded = template.as_json()
     assert folded["system"].startswith(bos) and folded["prompt"].startswith(bos)
     assert T.PromptTemplate.from_json(folded, bos) == template
@@ -172,20 +173,20 @@ def test_presets_write_their_familys_bos_once(preset: T.Template, bos: str) -> N
 def test_named_templates_and_the_jinja_file_are_read(tmp_path: Path) -> None:
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(
         {"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}))
-    assert T.read_chat_template(tmp_path) == "D"
+    assert template_resolve.read_chat_template(tmp_path) == "D"
     (tmp_path / "chat_template.jinja").write_text("F")
-    assert T.read_chat_template(tmp_path) == "F" and T.read_chat_template(tmp_path, runtime=True) == "D"
+    assert template_resolve.read_chat_template(tmp_path) == "F" and template_resolve.read_chat_template(tmp_path, runtime=True) == "D"
     (tmp_path / "chat_template.jinja").unlink()
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [{"name": "rag", "template": "R"}]}))
     with pytest.raises(TemplateError, match="no 'default'"):
-        T.read_chat_template(tmp_path)
+        template_resolve.read_chat_template(tmp_path)
 
 
 def test_a_bos_that_only_looks_like_the_first_turns_start_is_not_taken_for_one() -> None:
     """SmolLM2's BOS is ``<|im_start|>``, which its ChatML template never writes as a BOS: no BOS is derived,
     else the foundry CLI's strings would start a conversation without a system message with it twice."""
-    derived = T.derive(T.to_jinja(T.PRESETS[T.Template.CHATML]), bos_token="<|im_start|>", eos_token="<|im_end|>")
+    derived = template_resolve.derive(T.to_jinja(T.PRESETS[T.Template.CHATML]), bos_token="<|im_start|>", eos_token="<|im_end|>")
     assert derived.bos == "" and derived == T.PRESETS[T.Template.CHATML]
     assert T.render(derived, [{"role": "user", "content": "Hi"}]).startswith("<|im_start|>user")
     writes_bos = "{{ bos_token }}" + T.to_jinja(T.PRESETS[T.Template.CHATML])
-    assert T.derive(writes_bos, bos_token="<|im_start|>").bos == "<|im_start|>"
+    assert template_resolve.derive(writes_bos, bos_token="<|im_start|>").bos == "<|im_start|>"

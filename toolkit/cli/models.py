@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from slmops.toolkit import endpoint as serve
+from slmops.toolkit import endpoint
 from slmops.toolkit.cli.common import Command, Group, cache_option, flag, fraction, json_option, print_json, whole
 from slmops.toolkit.core import settings
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import tools
-from slmops.toolkit.domain.sources import bundled_model
 from slmops.toolkit.orchestration import doctor
 from slmops.toolkit.presentation.tables import text_table
 from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
 from slmops.toolkit.stages import register
+from slmops.toolkit.weights.bundled import bundled_model
 
 COMMANDS = (
     Command(Group.MODELS, "ls", "list registered models (as `foundry cache ls`)"),
@@ -130,7 +130,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
+    endpoint.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
               log_level="info" if flag(args, "debug") or flag(args, "verbose") else "warning",
               stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
               request_timeout_s=args.request_timeout or None, log_requests=args.log_requests,
@@ -188,33 +188,33 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        "while a model loads. Foundry Local's own web service is used where it serves locally "
                        "registered models (foundry-local-sdk 2.2.1's does not).")
     p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
-    p.add_argument("--host", default=serve.DEFAULT_HOST,
+    p.add_argument("--host", default=endpoint.DEFAULT_HOST,
                    help="address to listen on (default: this machine only; any other needs --api-key)")
-    p.add_argument("--port", type=whole(1, 65535), default=serve.DEFAULT_PORT, help="port")
+    p.add_argument("--port", type=whole(1, 65535), default=endpoint.DEFAULT_PORT, help="port")
     p.add_argument("--api-key", help="bearer token clients must send (Authorization: Bearer KEY; default: none)")
-    interval = round(serve.STREAM_INTERVAL_S * 1000)
+    interval = round(endpoint.STREAM_INTERVAL_S * 1000)
     p.add_argument("--stream-interval-ms", type=whole(0, 10_000), default=interval,
                    help="streamed tokens go out together at most this often; the first token at once (default "
                    f"{interval}: at hundreds of tokens a second, one write per token costs decode speed; "
                    "0 sends every token at once)")
-    p.add_argument("--max-queue", type=whole(0, 100_000), default=serve.DEFAULT_MAX_QUEUE,
+    p.add_argument("--max-queue", type=whole(0, 100_000), default=endpoint.DEFAULT_MAX_QUEUE,
                    help="requests that may wait for a model behind the one it answers; more get 503 with "
-                   f"Retry-After (default {serve.DEFAULT_MAX_QUEUE}: beyond a few dozen the wait outlasts clients' "
+                   f"Retry-After (default {endpoint.DEFAULT_MAX_QUEUE}: beyond a few dozen the wait outlasts clients' "
                    "usual timeouts)")
-    p.add_argument("--request-timeout", type=whole(0, 86_400), default=round(serve.DEFAULT_REQUEST_TIMEOUT_S),
+    p.add_argument("--request-timeout", type=whole(0, 86_400), default=round(endpoint.DEFAULT_REQUEST_TIMEOUT_S),
                    metavar="SECONDS", help="longest a request may take, queue included; past it its generation "
                    "stops and it gets a 504 (default "
-                   f"{round(serve.DEFAULT_REQUEST_TIMEOUT_S)}, the openai client's own timeout; 0: no limit)")
+                   f"{round(endpoint.DEFAULT_REQUEST_TIMEOUT_S)}, the openai client's own timeout; 0: no limit)")
     p.add_argument("--log-requests", action="store_true",
                    help="write one access-log line per request to stderr (method, path, model, status, tokens, ms)")
-    p.add_argument("--batch-size", type=whole(0, 256), default=serve.DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=whole(0, 256), default=endpoint.DEFAULT_BATCH_SIZE,
                    help="requests each model decodes together (continuous batching: a request joins and leaves "
-                   f"between decode steps; default {serve.DEFAULT_BATCH_SIZE}; 0: one at a time on Foundry Local). "
+                   f"between decode steps; default {endpoint.DEFAULT_BATCH_SIZE}; 0: one at a time on Foundry Local). "
                    "response_format and tools run on Foundry Local one at a time")
-    p.add_argument("--schedule", choices=list(serve.Policy), default=serve.DEFAULT_POLICY,
+    p.add_argument("--schedule", choices=list(endpoint.Policy), default=endpoint.DEFAULT_POLICY,
                    help="when waiting requests join the batch: prefill-first (all of them before the next decode "
                    "step: the shortest time to first token) or decode-first (one per decode step); default "
-                   f"{serve.DEFAULT_POLICY}")
+                   f"{endpoint.DEFAULT_POLICY}")
     cache_option(p)
     p.set_defaults(func=cmd_serve)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from slmops.toolkit.cli.common import Command, Group, json_option, out_option, print_json
 from slmops.toolkit.cli.pipeline import say_what_differs
 from slmops.toolkit.core.errors import InputError
+from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import compare, report
 
@@ -87,7 +88,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if not (Path(args.run_dir) / "test.json").is_file():
         raise InputError(f"No checklist results in {args.run_dir} (no test.json); run the pipeline (`slmops demo` or "
                          "`slmops run`) or `slmops test` there first.")
-    decision = compare.recommend(compare.load_run(args.run_dir))
+    decision = deployment_choice.recommend(compare.load_run(args.run_dir))
     if args.json:
         print_json(decision)
     else:

@@ -126,12 +126,6 @@ def read_json(path: str | os.PathLike[str], default: object = None) -> object:
                           "fix it, or write it again with the step that made it.") from exc
 
 
-def read_manifest(model_dir: str | os.PathLike[str]) -> dict:
-    """The ``manifest.json`` of a converted model, or ``{}`` when it has none."""
-    manifest = read_json(Path(model_dir) / MANIFEST, {})
-    return manifest if isinstance(manifest, dict) else {}
-
-
 def dir_size_mb(path: str | os.PathLike[str], pattern: str = "**/*") -> float:
     """Total size in MB (10^6 bytes) of the regular files under ``path`` matching ``pattern``.
 

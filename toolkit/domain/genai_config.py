@@ -9,11 +9,13 @@ believe; nothing stops an edit (or another tool's build) from raising it past wh
 take. The graph's rotary tables (``cos_cache``/``sin_cache``, one row per position, built from the
 source's ``max_position_embeddings``) are the runtime's own limit: a prompt past them fails inside
 ONNX Runtime with an index error. The source model's ``config.json`` (the manifest's
-``source_path``, while it is there) says what the model was trained for.
+``source_path``, while it is there) says what the model was trained for. The graph's limit is
+read by :mod:`slmops.toolkit.weights.context_limit`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,20 +35,6 @@ class Positions:
     source: str
 
 
-def graph_positions(model_file: Path) -> int:
-    """Rows of the graph's rotary table (``cos_cache``; the largest, for a long-context model's pair), 0 if none.
-
-    Read from the graph alone (no tensor data).
-    """
-    import onnx
-
-    try:
-        graph = onnx.load(str(model_file), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 (an unreadable graph is doctor's "model files" check to report)
-        return 0
-    return max((int(init.dims[0]) for init in graph.initializer if "cos_cache" in init.name and init.dims), default=0)
-
-
 def source_positions(folder: Path) -> int:
     """``max_position_embeddings`` of the source model the folder's manifest names (0 when it is gone or silent)."""
     source = artifacts.read_json(folder / artifacts.MANIFEST, {})
@@ -62,24 +50,6 @@ def source_positions(folder: Path) -> int:
     fields = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     value = fields.get("max_position_embeddings") if isinstance(fields, dict) else None
     return value if type(value) is int and value > 0 else 0
-
-
-def positions(folder: Path, genai_config: dict) -> Positions:
-    """The most positions the model in ``folder`` takes: the graph's rotary table, else its source's config.
-
-    Args:
-        folder: A converted (or registered) model folder.
-        genai_config: Its parsed ``genai_config.json`` (names the graph file).
-    """
-    decoder = (genai_config.get("model") or {}).get("decoder") or {}
-    filename = decoder.get("filename", "model.onnx") if isinstance(decoder, dict) else "model.onnx"
-    built = graph_positions(folder / str(filename)) if (folder / str(filename)).is_file() else 0
-    if built:
-        return Positions(built, f"the rotary table in {filename}, built from the model's max_position_embeddings")
-    trained = source_positions(folder)
-    if trained:
-        return Positions(trained, "the source model's max_position_embeddings")
-    return Positions(0, "")
 
 
 def config_problem(genai_config: object) -> str:
@@ -111,17 +81,9 @@ def config_problem(genai_config: object) -> str:
     return ""
 
 
-def context_problem(folder: Path, genai_config: dict) -> str:
-    """Why ``genai_config.json``'s ``context_length`` cannot be used (``""`` when it can), fix included."""
-    context = (genai_config.get("model") or {}).get("context_length")
-    if context is None:
-        return ""  # the runtime's own default applies
-    if type(context) is not int or context < 1:
-        return (f"genai_config.json's model.context_length is {context!r}, not a positive whole number: "
-                "set it to the model's max_position_embeddings (or convert again)")
-    known = positions(folder, genai_config)
-    if known.limit and context > known.limit:
-        return (f"genai_config.json says model.context_length {context}, but the model takes {known.limit} positions "
-                f"({known.source}): a longer prompt would fail inside ONNX Runtime; set context_length to "
-                f"{known.limit} in genai_config.json (or convert again)")
-    return ""
+def decoder_config(model_dir: Path) -> dict:
+    """``model.decoder`` of the folder's ``genai_config.json`` (empty when the file or the section is missing)."""
+    try:
+        return json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
+    except (OSError, KeyError, ValueError):
+        return {}

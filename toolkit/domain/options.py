@@ -57,7 +57,7 @@ class Int4Algorithm(StrEnum):
     zero points: closest to the weights, but ONNX Runtime's CPU kernels run float zero
     points on a slow path); ``gptq`` GPTQ (Frantar et al. 2022) calibrated on the fine-tune's
     dataset, on the default's symmetric grid, so it runs on the same kernels at the same
-    size (see :mod:`slmops.toolkit.domain.gptq`).
+    size (see :mod:`slmops.toolkit.weights.gptq`).
     """
 
     DEFAULT = "default"
@@ -81,7 +81,7 @@ class TablePrecision(StrEnum):
 
 
 class Int4Mix(StrEnum):
-    """Which MatMuls an INT4 body keeps at 8 bits (see :data:`slmops.toolkit.domain.quantize.MIXES`).
+    """Which MatMuls an INT4 body keeps at 8 bits (see :data:`slmops.toolkit.domain.quant_plan.MIXES`).
 
     ``none`` is a uniform 4-bit body; ``q4_k_m`` is llama.cpp's Q4_K_M choice (value and MLP
     down projections of the ``use_more_bits`` layers: first and last eighth, every third
@@ -110,7 +110,7 @@ class Int4Options:
             and both have the same quantized precision, one table serves both.
         mix: MatMuls of the body kept at 8 bits (see :class:`Int4Mix`).
         rotate: Rotate the residual stream and the values per head before quantizing (QuaRot-style,
-            see :mod:`slmops.toolkit.domain.rotate`): the FP32 function is unchanged and outlier
+            see :mod:`slmops.toolkit.weights.rotate`): the FP32 function is unchanged and outlier
             channels are spread. Measured on the demo's fine-tune it helps GPTQ (KL against FP32
             0.136 to 0.088 on ``v-down-all`` at block 64, calibrated on generic prose) and hurts
             round-to-nearest (``int8-head``: 0.333 to 0.742), whose weights, de-quantized from a

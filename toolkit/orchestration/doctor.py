@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings
-from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, SlmopsError
-from slmops.toolkit.domain import parity, templates
-from slmops.toolkit.domain.genai_config import config_problem, context_problem
+from slmops.toolkit.domain import jinja_render, template_resolve, templates
+from slmops.toolkit.domain.genai_config import config_problem
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
 from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
 from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
+from slmops.toolkit.weights.context_limit import context_problem
+from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,14 @@ def stop_check(folder: Path, config: dict) -> Check:
     eos = config["model"].get("eos_token_id")
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     try:
-        bos, eos_text = templates.special_tokens(folder)
-        end = templates.rendered_turn_end(templates.read_chat_template(folder, runtime=True), bos_token=bos,
+        bos, eos_text = template_resolve.special_tokens(folder)
+        end = template_resolve.rendered_turn_end(template_resolve.read_chat_template(folder, runtime=True), bos_token=bos,
                                           eos_token=eos_text)
     except SlmopsError as exc:
         return Check("stop tokens", Status.FAIL, f"{exc}; register with --template")
     if not (folder / "tokenizer.json").is_file():
         return Check("stop tokens", Status.FAIL, "tokenizer.json missing; convert it again")
-    tokens = templates.end_of_turn_tokens(end, folder / "tokenizer.json")
+    tokens = end_of_turn_tokens(end, folder / "tokenizer.json")
     if not tokens:
         return Check("stop tokens", Status.FAIL, f"the chat template ends a turn with {end!r}, which is no single token, "
                      "so nothing stops generation there: register a preset whose turns end in a special token "
@@ -127,7 +129,7 @@ def runtime_check(folder: Path) -> list[Check]:
         custom = None
         if info_file.is_file():  # keep a registered model's own strings
             custom = templates.PromptTemplate.from_json(json.loads(info_file.read_text())["PromptTemplate"],
-                                                        templates.special_tokens(folder)[0])
+                                                        template_resolve.special_tokens(folder)[0])
         try:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
                      model_config=ModelConfig(threads=None), cache=cache)  # loading it is the check, not tuning
@@ -152,21 +154,20 @@ def parity_check(folder: Path) -> Check:
 
     A folder this toolkit did not convert has no record: reported, not failed (convert it here to check it).
     """
-    gate = read_manifest(folder).get("parity")
-    if not isinstance(gate, dict):
+    made = read_manifest(folder)
+    if made is None or made.parity is None:
         return Check("parity", Status.WARN, "not checked: no parity record in manifest.json (not converted by this "
                      "toolkit); `slmops convert` checks every build against its source in transformers")
-    if not gate.get("checks"):
-        return Check("parity", Status.WARN, f"not checked: {gate.get('reason', 'no check recorded')}")
-    lines, lowest = [], 1.0
-    for record in gate["checks"]:
-        try:
-            check = parity.ParityCheck.from_json(record)
-        except (KeyError, TypeError, ValueError) as exc:
-            return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
-        lines.append(f"{record['build']} {check.summary()}")
-        lowest = min(lowest, check.figures.top1_agreement)
-    if gate.get("verdict") != str(parity.Verdict.PASS):
+    gate = made.parity
+    if not gate.checks:
+        return Check("parity", Status.WARN, f"not checked: {gate.reason or 'no check recorded'}")
+    try:
+        checks = gate.parity_checks()
+    except (KeyError, TypeError, ValueError) as exc:
+        return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
+    lines = [f"{check.build} {check.in_words()}" for check in checks]
+    lowest = min([1.0, *(check.figures.top1_agreement for check in checks)])
+    if not gate.passed:
         return Check("parity", Status.FAIL, "; ".join(lines) + "; convert it again")
     status = status_at_least(lowest, TOP1_TARGET, floor=0.0)
     target = f"target: top-1 agreement >= {TOP1_TARGET} with the source"
@@ -214,10 +215,10 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     checks.append(Check("model files", status_of(ok), detail))
     checks.append(parity_check(folder))
     try:
-        jinja = templates.read_chat_template(folder, runtime=True)
+        jinja = template_resolve.read_chat_template(folder, runtime=True)
         if jinja.strip():  # rendered once, within the limits every rendering has (a runaway template fails here)
-            bos, eos = templates.special_tokens(folder)
-            templates.render_jinja(jinja, templates.PROBE[1:2], bos_token=bos, eos_token=eos)
+            bos, eos = template_resolve.special_tokens(folder)
+            jinja_render.render_jinja(jinja, template_resolve.PROBE[1:2], bos_token=bos, eos_token=eos)
         checks.append(Check("chat template", status_of(bool(jinja.strip())), "non-empty, renders a conversation"
                             if jinja.strip()
                             else "empty: ChatSession fails with 'Empty chat template'; register with --template"))

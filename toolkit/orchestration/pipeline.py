@@ -13,6 +13,8 @@ from slmops.toolkit.core.errors import ParamsError, SlmopsError
 from slmops.toolkit.domain import packaged, provenance
 from slmops.toolkit.domain import params as run_params
 from slmops.toolkit.presentation import report
+from slmops.toolkit.weights import packaged_build
+from slmops.toolkit.weights.bundled import model_or_bundled
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ def rerun_differences(params_file: str | os.PathLike[str], params: dict) -> tupl
     recorded = artifacts.read_json(Path(params_file).parent / "run.json")
     if not isinstance(recorded, dict):
         return [], []
-    current = provenance.run_record(run_params.parse({k: v for k, v in params.items() if k != "sweep"}))
+    parsed = run_params.parse({k: v for k, v in params.items() if k != "sweep"})
+    current = provenance.run_record(parsed, model_or_bundled(parsed.model_dir))
     return ([*provenance.differences(recorded, current), *provenance.parameter_differences(recorded, current)],
             provenance.machine_differences(recorded, current))
 
@@ -137,7 +140,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "params.json", merged)
     # What a rerun needs beyond the parameters: inputs' fingerprints, seed, versions, machine.
-    artifacts.write_json(run_dir / "run.json", provenance.run_record(run_params.parse(merged)))
+    artifacts.write_json(run_dir / "run.json", provenance.run_record(parsed := run_params.parse(merged), model_or_bundled(parsed.model_dir)))
     status: dict[str, str] = {}
     failure = None
     for number, name in enumerate(report.NOTEBOOKS, 1):
@@ -192,7 +195,7 @@ def demo(out: str | os.PathLike[str] | None = None, *, model: str = "smollm2-135
     params: dict = {}
     if model != DEMO_MODELS[0]:
         chosen = packaged.PACKAGED[model]
-        params = {"model_dir": str(packaged.materialize(model)), "name_prefix": model.split("-")[0],
+        params = {"model_dir": str(packaged_build.materialize(model)), "name_prefix": model.split("-")[0],
                   "template": chosen.template, "repetition_penalty": chosen.repetition_penalty,
                   "int4_recipe": chosen.int4_recipe}
     default = "outputs/demo" if model == DEMO_MODELS[0] else f"outputs/demo-{model}"

@@ -7,72 +7,24 @@ and decode measurements, so it sits above the stages.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, build_cache
-from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb, read_manifest
+from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InvalidOptionError, ParityError
 from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
-from slmops.toolkit.domain.results.recipes import RecipeResult, recipes_file
-from slmops.toolkit.domain.verdicts import TOP1_TARGET
+from slmops.toolkit.domain.results.conversion import (
+    BuildCacheEntry,
+    Manifest,
+    read_conversions,
+    read_manifest,
+    write_conversions,
+    write_manifest,
+)
+from slmops.toolkit.domain.results.recipes import RecipeResult, write_recipes
 from slmops.toolkit.runtimes import genai
-from slmops.toolkit.stages.convert import ConvertSpec, convert, validate
-
-
-def fidelity_key(r: RecipeResult) -> tuple:
-    """Sort key, best first: not moved toward the base, domain pass rate, lowest KL, top-1, smallest.
-
-    Perplexity is not in it: on a generic text it rewards a build that fell back to the base.
-    """
-    return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
-
-
-def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = TOP1_TARGET,
-                     speed_floor: float = 0.5) -> tuple[str, str]:
-    """Pick the recipe to use and say why, in one sentence.
-
-    The winner meets the size target (ratio to FP32) and the agreement target and decodes
-    at least ``speed_floor`` times as fast as the fastest recipe; among those, the one
-    closest to FP32 wins (:func:`fidelity_key`: not moved toward the base model, domain pass
-    rate, lowest KL, then top-1). When none does, the closest among the fast recipes wins, and
-    the sentence names any recipe that met both targets only by being slow. A recipe the parity
-    gate refused is never recommended; the sentence names it.
-
-    Raises:
-        ValueError: every recipe was refused (there is nothing to recommend).
-
-    Example:
-        >>> recommend_recipe(results)[0]
-        'int8-head'
-    """
-    refused = [r for r in results if r.refused]
-    results = [r for r in results if not r.refused]
-    if not results:
-        raise ValueError("every INT4 recipe was refused by the parity gate")
-    fastest = max(r.decode_tps for r in results)
-    fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
-    on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1_agreement >= top1_target]
-
-    def describe(r: RecipeResult) -> str:
-        return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1_agreement:.3f}, "
-                f"KL {r.kl_divergence:.3f}, {r.decode_tps:.0f} tok/s)")
-
-    gate = (" Refused by the parity gate (not built): " + ", ".join(
-        f"`{r.recipe}` (top-1 {r.top1_agreement:.3f}, KL {r.kl_divergence:.3f})" for r in refused) + ".") if refused else ""
-    winners = [r for r in on_target if r in fast]
-    if winners:
-        best = min(winners, key=fidelity_key)
-        return best.recipe, (f"Use {describe(best)}: closest to FP32 of those meeting <= {size_target}x size and "
-                             f">= {top1_target} agreement." + gate)
-    best = min(fast, key=fidelity_key)
-    sentence = (f"No fast recipe meets both <= {size_target}x size and >= {top1_target} top-1 agreement; "
-                f"the best fast one is {describe(best)}.")
-    slow = [r for r in on_target if r not in fast]
-    if slow:
-        sentence += (" " + ", ".join(describe(r) for r in slow) + " meets both targets but decodes at under "
-                     f"{speed_floor:.0%} of the fastest recipe's speed; choose it when size and fidelity matter more.")
-    return best.recipe, sentence + gate
+from slmops.toolkit.stages.convert import ConvertSpec, build, prepare
 
 
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -116,10 +68,9 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n],
                             quantize_from=Path(reference_dir))
              for n in names if n not in reuse}
-    for spec in specs.values():
-        validate(spec)
+    prepared = {name: prepare(spec) for name, spec in specs.items()}  # every recipe checked before any is built
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
-    fp32_mb = read_manifest(reference_dir).get("size_mb") or dir_size_mb(Path(reference_dir))
+    fp32_mb = _size_mb(Path(reference_dir))
     refused: dict[str, RecipeResult] = {}
     keys = recipe_cache_keys(model_dir, reference_dir, specs) if cache and specs else {}
     for name in tqdm(list(specs), desc="build recipes", disable=not progress):
@@ -132,7 +83,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
             _copy_kept(kept, folders[name], keys[name])
             continue
         try:
-            convert(specs[name], progress=False)
+            build(prepared[name], progress=False)
         except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
             refused[name] = _refused(name, str(exc), exc.record, fp32_mb)
             if cache:  # kept too, so the same build is not made again to be refused
@@ -149,7 +100,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         if name in refused:
             results.append(refused[name])
             continue
-        size = read_manifest(folders[name]).get("size_mb") or dir_size_mb(folders[name])
+        size = _size_mb(folders[name])
         a = agreement[name]
         results.append(RecipeResult(
             recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
@@ -158,7 +109,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
             kl_divergence_to_base=a.kl_divergence_to_base,
             moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
         ))
-    artifacts.write_json(out / "recipes.json", recipes_file(results))
+    write_recipes(out / "recipes.json", results)
     return results
 
 
@@ -175,13 +126,27 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     provider, and the source of the toolkit modules that build and check it (so a changed
     quantizer never reuses an old build).
     """
-    from slmops.toolkit.domain import gptq, options, parity, quantize, rotate, sources
+    from slmops.toolkit.domain import options, parity, quant_plan, sources
     from slmops.toolkit.runtimes import genai_builder
     from slmops.toolkit.stages import convert as convert_stage
+    from slmops.toolkit.stages import convert_checks, convert_plan, convert_record
+    from slmops.toolkit.weights import (
+        calibration,
+        gptq,
+        head_and_table,
+        onnx_weights,
+        quantize,
+        rotate,
+        rotated,
+        table_layout,
+        weight_store,
+    )
 
     made = read_manifest(reference_dir)
-    common = (sources.fingerprint(model_dir), made.get("source_fingerprint"), made.get("versions"),
-              build_cache.code_fingerprint(quantize, rotate, gptq, parity, options, convert_stage, genai_builder))
+    common = (sources.fingerprint(model_dir), made.source_fingerprint if made else None, made.versions if made else None,
+              build_cache.code_fingerprint(quantize, rotate, rotated, gptq, calibration, head_and_table,
+                                           table_layout, weight_store, onnx_weights, quant_plan, parity, options,
+                                           convert_stage, convert_plan, convert_checks, convert_record, genai_builder))
     return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)
             for name, spec in specs.items()}
 
@@ -189,9 +154,13 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
 def _copy_kept(kept: Path, target: Path, key: str) -> None:
     """Put a cached recipe build at ``target``; its manifest says where it came from."""
     build_cache.copy_out(kept, target)
-    manifest = read_manifest(target)
-    manifest["build_cache"] = {"key": key, "entry": str(kept)}
-    artifacts.write_json(target / MANIFEST, manifest)
+    write_manifest(target, replace(read_manifest(target) or Manifest(), build_cache=BuildCacheEntry(key, str(kept))))
+
+
+def _size_mb(build: Path) -> float:
+    """A build's size on disk in MB, as its manifest records it (measured when it has none)."""
+    made = read_manifest(build)
+    return made.size_mb if made and made.size_mb else dir_size_mb(build)
 
 
 def _refused(name: str, reason: str, record: dict, fp32_mb: float) -> RecipeResult:
@@ -215,7 +184,7 @@ def adopt_recipe(results: list[RecipeResult], name: str, models_dir: str | os.Pa
 
     Args:
         results: The comparison's results (:func:`compare_int4_recipes`).
-        name: The recipe to deploy (normally :func:`recommend_recipe`'s).
+        name: The recipe to deploy (normally :func:`~slmops.toolkit.domain.recipe_choice.recommend_recipe`'s).
         models_dir: The run's models folder (``int4`` and ``convert.json`` in it).
 
     Returns:
@@ -232,11 +201,10 @@ def adopt_recipe(results: list[RecipeResult], name: str, models_dir: str | os.Pa
     source = Path(chosen.output_dir).resolve()
     if source != target.resolve():
         build_cache.copy_out(source, target)
-    manifest = {**read_manifest(target), "recipe": name}
-    artifacts.write_json(target / MANIFEST, manifest)
-    entries = artifacts.read_json(models / "convert.json", []) or []
-    entries = [e for e in entries if e.get("precision") != str(Precision.INT4)]
-    artifacts.write_json(models / "convert.json", [*entries, {**manifest, "output_dir": str(target)}])
+    manifest = replace(read_manifest(target) or Manifest(), recipe=name)
+    write_manifest(target, manifest)
+    entries = [m for m in read_conversions(models / "convert.json") if m.precision != str(Precision.INT4)]
+    write_conversions(models / "convert.json", [*entries, replace(manifest, output_dir=str(target))])
     return (f"The run deploys INT4 recipe `{name}` ({chosen.size_mb:.1f} MB, {chosen.size_ratio_vs_fp32:.2f}x FP32, "
             f"top-1 agreement {chosen.top1_agreement:.3f}) as its int4 build; to deploy another recipe, set "
             "int4_recipe to its name and compare_recipes to false.")

@@ -20,22 +20,23 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts
-from slmops.toolkit.core.artifacts import read_manifest
 from slmops.toolkit.core.errors import InputError, ParamsError, SlmopsError
-from slmops.toolkit.domain import options, provenance
+from slmops.toolkit.domain import options, provenance, recipe_choice
 from slmops.toolkit.domain import params as run_params
 from slmops.toolkit.domain.options import Int4Options, Precision
 from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.domain.results.conversion import Manifest, read_manifest
 from slmops.toolkit.domain.results.recipes import RecipeResult
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
 from slmops.toolkit.domain.templates import PromptTemplate, Template
 from slmops.toolkit.orchestration import pipeline, recipes, run_source
-from slmops.toolkit.presentation import checklist as tables
+from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.presentation import compare as comparison
 from slmops.toolkit.stages import bench as bench_stage
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages import register as register_stage
+from slmops.toolkit.weights.bundled import model_or_bundled
 
 #: The run file: a run's parameters, every path absolute (the name ``slmops run`` gives it too).
 RUN_FILE = "params.json"
@@ -146,7 +147,7 @@ def write_record(run: Run) -> Path:
     """Write the run's ``params.json`` and ``run.json`` (as ``slmops run`` writes them); return the former."""
     run.dir.mkdir(parents=True, exist_ok=True)
     written = artifacts.write_json(run.dir / RUN_FILE, run.params.as_dict())
-    artifacts.write_json(run.dir / RECORD_FILE, provenance.run_record(run.params))
+    artifacts.write_json(run.dir / RECORD_FILE, provenance.run_record(run.params, model_or_bundled(run.params.model_dir)))
     return written
 
 
@@ -196,7 +197,7 @@ class Converted:
     """
 
     source: run_source.RunSource
-    manifests: list[dict]
+    manifests: list[Manifest]
     run: Run
 
 
@@ -276,7 +277,7 @@ def compare_recipes(run: Run, *, progress: bool = True) -> list[RecipeResult]:
                                            progress=progress)
     # The run deploys what it recommends: the recommended recipe's build becomes the run's int4.
     if (run.models / "int4").is_dir() and any(not r.refused for r in results):
-        recipes.adopt_recipe(results, recipes.recommend_recipe(results)[0], run.models)
+        recipes.adopt_recipe(results, recipe_choice.recommend_recipe(results)[0], run.models)
     return results
 
 
@@ -286,8 +287,8 @@ def recipe_words(results: list[RecipeResult], run: Run | None = None) -> str:
         return "Recipe comparison skipped: set compare_recipes: true and include fp32 in precisions."
     if all(r.refused for r in results):
         return "Every INT4 recipe was refused by the parity gate (the table gives the gate's figures)."
-    recommended, why = recipes.recommend_recipe(results)
-    deployed = run is not None and read_manifest(run.models / "int4").get("recipe") == recommended
+    recommended, why = recipe_choice.recommend_recipe(results)
+    deployed = run is not None and (made := read_manifest(run.models / "int4")) is not None and made.recipe == recommended
     return (f"**Recommended INT4 recipe: `{recommended}`.** {why}" + (
         f" The run deploys it as its int4 (`{run.models / 'int4'}`); the tutorial's `builder-default` stays "
         "available: set int4_recipe and compare_recipes: false." if deployed else ""))
@@ -430,7 +431,7 @@ def control_words(summary: ChecklistReport) -> str:
     if summary.control is None:
         return "No fine-tune in this run: no control."
     return "{model}: trained questions {trained}, held-out {heldout}: {verdict}".format(
-        **tables.control_row(summary.control))
+        **checklist_tables.control_row(summary.control))
 
 
 def bench(run: Run, *, names: list[str] | None = None, engines: tuple[str, ...] = ("foundry-local", "ort-genai"),

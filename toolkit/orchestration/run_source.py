@@ -12,11 +12,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.domain import adapters, datasets, options, packaged, tools
+from slmops.toolkit.domain import datasets, options, packaged, tools
 from slmops.toolkit.domain.options import Precision
-from slmops.toolkit.domain.sources import bundled_model
+from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.domain.templates import PromptTemplate
 from slmops.toolkit.stages import convert, finetune, register
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+from slmops.toolkit.weights.bundled import bundled_model
 
 CONTROL_DIR = "control-fp32"  # under the run's models folder
 CONTROL_SUFFIX = "base"  # registered as PREFIX-base
@@ -55,7 +57,7 @@ def prepare(model_dir: str, adapter: str, train: bool, cases: str, run_dir: str 
     """
     base = Path(model_dir).expanduser() if model_dir else bundled_model()
     if adapter:
-        checked = adapters.inspect_adapter(adapter, base if model_dir else None)
+        checked = inspect_adapter(adapter, base if model_dir else None)
         return RunSource(checked.path, checked.base, checked.path, None, Path(cases) if cases else None)
     if train and _trains(model_dir):
         trained = finetune.bundled_adapter(base, progress=progress)
@@ -98,7 +100,7 @@ def convert_from(picked: str | os.PathLike[str], source: RunSource) -> Path:
 
 
 def convert_all(source: RunSource, picked: str | os.PathLike[str], precisions: list[str],
-                models_dir: str | os.PathLike[str], **options) -> list[dict]:
+                models_dir: str | os.PathLike[str], **options) -> list[Manifest]:
     """Convert what was picked (the fine-tune when its base is picked) at each precision, and the control.
 
     ``options`` go to :func:`slmops.toolkit.stages.convert.convert_all` (method, INT4 options).

@@ -1,6 +1,6 @@
 """Runs side by side: what a rerun, a new fine-tune or a new release changed.
 
-One implementation for both pages that put runs together: :func:`side_by_side` is the
+One implementation for both pages that put runs together: :func:`~slmops.toolkit.domain.deployment_choice.side_by_side` is the
 per-precision table of any number of runs (a sweep's page, and the top of a comparison), and
 :func:`compare_runs` adds what only two runs have: parameters, inputs and versions that
 differ, and every figure and verdict with its delta. Timing deltas are judged against the
@@ -9,26 +9,27 @@ runs' own measured spread: a change inside the noise is labelled so, never as a 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InvalidOptionError
+from slmops.toolkit.domain.deployment_choice import (
+    NOT_JUDGED,
+    TYPICAL_PROMPT,
+    RunFigures,
+    judge_timing,
+    recommend,
+    side_by_side,
+)
 from slmops.toolkit.domain.provenance import differences, machine_differences
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import (
-    CASE_FAMILIES,
-    PAIRED_TEST,
-    Difference,
-    PairedComparison,
     Status,
-    family_comparisons,
 )
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.stages import bench
@@ -58,55 +59,12 @@ def _precisions(run: Path, bench_rows: list[dict]) -> dict[str, str]:
     return known
 
 
-@dataclass(frozen=True)
-class RunFigures:
-    """What one run folder holds, by precision.
-
-    Attributes:
-        name: The run folder's name.
-        params: Its ``params.json``.
-        record: Its ``run.json`` (inputs' fingerprints, seed, versions, machine).
-        sizes: Size on disk in MB.
-        size_ratios: Size over the FP32 build's (measured, or estimated when FP32 was not built).
-        quality: ``top1_agreement``, ``kl_divergence`` (nats) and ``perplexity`` against the FP32 build.
-        verdicts: ``(precision, check, case)`` to ``pass``, ``fail`` or ``inconclusive``.
-        timings: ``(precision, engine, prompt tokens, generated tokens, threads)`` to the bench row.
-        headline: The benchmark's headline row per precision (Foundry Local, shortest prompt).
-        first_token: Per precision, the Foundry Local row whose prompt is nearest :data:`TYPICAL_PROMPT`
-            tokens (its ``ttft_ms``, ``decode_tps``, ``target_gen_tokens``): a typical request.
-        isa: The benchmark machine's vector extensions (``bench.json`` metadata).
-        int4_recipe: The INT4 recipe the run deployed, when the recipe comparison put it in place
-            (its manifest's ``recipe``); empty: the one ``params.json`` names.
-    """
-
-    name: str
-    params: dict = field(default_factory=dict)
-    record: dict = field(default_factory=dict)
-    sizes: dict = field(default_factory=dict)
-    size_ratios: dict = field(default_factory=dict)
-    quality: dict = field(default_factory=dict)
-    verdicts: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    headline: dict = field(default_factory=dict)
-    first_token: dict = field(default_factory=dict)
-    isa: dict = field(default_factory=dict)
-    int4_recipe: str = ""
-
-
-#: Prompt tokens of a typical request, for the first-token figure the recommendation weighs.
-TYPICAL_PROMPT = 128
-
-#: A smaller precision is recommended while a typical request (first token plus the generated
-#: tokens) takes at most this many times the fastest passing precision's.
-LATENCY_SLACK = 1.25
-
-
 def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     """Read a run folder's result files (any that are missing are simply empty)."""
     run = Path(run_dir)
     manifests = read_conversions(run / "models" / "convert.json")
-    sizes = {m["precision"]: m["size_mb"] for m in manifests}
-    ratios = {m["precision"]: m.get("size_ratio_vs_fp32") for m in manifests}
+    sizes = {m.precision: m.size_mb for m in manifests}
+    ratios = {m.precision: m.size_ratio_vs_fp32 for m in manifests}
     report = read_json(run / "bench.json", {}) or {}
     rows = [row.to_json() for row in rows_of(report)] if isinstance(report, dict) else []
     precisions = _precisions(run, rows)
@@ -131,251 +89,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
                     best["target_prompt_tokens"] - TYPICAL_PROMPT):
                 first_token[row["precision"]] = row
     isa = (report.get("metadata", {}) if isinstance(report, dict) else {}).get("isa", {})
-    adopted = next((m.get("recipe", "") for m in manifests if m["precision"] == "int4"), "")
+    adopted = next((m.recipe for m in manifests if m.precision == "int4"), "")
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
                       sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
-
-
-def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
-    """One row per run and precision: size, checks passed, top-1 agreement, decode, TTFT, peak RSS.
-
-    The sweep page shows it for every run of a sweep; a comparison for its two runs.
-    """
-    rows = []
-    for label, run in runs:
-        precisions = list(dict.fromkeys([*run.sizes, *(p for p, _, _ in run.verdicts)]))
-        for precision in precisions or ["–"]:
-            checks = [verdict for (p, _, _), verdict in run.verdicts.items() if p == precision]
-            unsure = checks.count("inconclusive")
-            head = run.headline.get(precision, {})
-            rows.append({
-                "run": label, "precision": precision, "size_mb": run.sizes.get(precision, "–"),
-                "x_fp32": run.size_ratios.get(precision) or "–",
-                "checks_passed": (f"{checks.count('pass')}/{len(checks)}" + (f" ({unsure} inconclusive)" if unsure
-                                                                              else "")) if checks else "–",
-                "top1_agreement": run.quality.get(precision, {}).get(
-                    "top1_agreement", "reference" if precision == "fp32" and run.quality else "–"),
-                "decode_tps": head.get("decode_tps", "–"), "ttft_ms": head.get("ttft_ms", "–"),
-                "peak_rss_mib": head.get("peak_rss_mib", "–"),
-            })
-    return rows
-
-
-class Outcome(StrEnum):
-    """Where a precision stands in a recommendation (the row's ``outcome``; its ``verdict`` says it in words)."""
-
-    RECOMMENDED = "recommended"
-    FAILED = "failed"  # failed a check
-    LARGER = "larger"
-    SLOWER = "slower"
-    NOT_CHECKED = "not_checked"
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The precision to deploy from one run, its figures beside the alternatives', and why each lost.
-
-    Attributes:
-        choice: The recommended precision (None when every precision failed a check the others did not all fail).
-        sentence: The decision in one line.
-        rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
-            in words: recommended, or why it lost).
-        failed: Per precision that failed a check, which, in words (its verdict without "lost: ").
-        paired: Each precision against FP32 per case family (:meth:`PairedComparison.to_json`: the
-            discordant counts, the test, its p-value and the difference it finds).
-    """
-
-    choice: str | None
-    sentence: str
-    rows: list[dict]
-    failed: dict[str, str] = field(default_factory=dict)
-    paired: list[dict] = field(default_factory=list)
-
-
-def _typical_ms(run: RunFigures, p: str) -> float | None:
-    """A typical request's time: first token at about :data:`TYPICAL_PROMPT` prompt tokens plus its generated tokens."""
-    row = run.first_token.get(p) or run.headline.get(p) or {}
-    ttft, tps, gen = row.get("ttft_ms"), row.get("decode_tps"), row.get("target_gen_tokens") or 32
-    if not isinstance(ttft, int | float) or not isinstance(tps, int | float) or not tps:
-        return None
-    return ttft + (gen - 1) / tps * 1000
-
-
-def _slow_start(run: RunFigures, p: str) -> str:
-    """Why precision ``p`` starts slower than FP32, in words, when it does (first token at a typical prompt).
-
-    Slower means beyond the two rows' measured spread (:func:`_timing`'s rule: more than 2 sd of
-    the difference); a first token inside the noise is not called slower.
-    """
-    mine, base = run.first_token.get(p, {}), run.first_token.get("fp32", {})
-    if p == "fp32" or not mine.get("ttft_ms") or not base.get("ttft_ms"):
-        return ""
-    if _timing("ttft_ms", base, mine)["judged"] != "slower":
-        return ""
-    text = (f"{p}'s first token at {mine['target_prompt_tokens']} prompt tokens is slower than fp32's "
-            f"({mine['ttft_ms']:.0f} against {base['ttft_ms']:.0f} ms)")
-    isa = run.isa or {}
-    if isa and not (isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8")):
-        return (text + ": this CPU has no AVX-512 VNNI, AVX-VNNI or AMX, so ONNX Runtime's quantized MatMuls lack "
-                "a fast integer dot product for the compute-bound prompt pass (decode, bound by memory bandwidth, "
-                "still gains)")
-    if isa:
-        return text + " although this CPU has integer dot-product instructions (the instruction set is not why)"
-    return text
-
-
-def failed_words(failed: list[tuple[str, str]]) -> str:
-    """The checks a precision failed, in words (the first three, then how many more: never a bare ellipsis).
-
-    Example:
-        >>> failed_words([("domain", "capital")])
-        'failed domain/capital'
-    """
-    return "failed " + ", ".join(f"{check}/{case}" for check, case in failed[:3]) + (
-        f" and {len(failed) - 3} more" if len(failed) > 3 else "")
-
-
-def recommend(run: RunFigures) -> Recommendation:
-    """The smallest precision of ``run`` that loses no checklist item FP32 passes and is not slow to answer.
-
-    Read from the run's own test.json and bench.json (through :func:`load_run`), so it agrees
-    with them by construction. The case families (:data:`~slmops.toolkit.domain.verdicts.CASE_FAMILIES`:
-    domain, held-out, format, tool calls, retention ...) are judged against FP32, the reference, by a
-    paired test over their cases (:func:`~slmops.toolkit.domain.verdicts.family_comparisons`,
-    McNemar's exact test): a precision loses a family only when the test tells it from chance
-    (p < 0.05), so a one- or two-case difference decides nothing and FP32 never loses one; the
-    sentence names the test and its p-values. When FP32 was not asked a family's cases, they
-    count one by one as every other check does. A precision that failed any other check loses, unless every precision
-    that ran the check failed it, FP32 among them and at least two in all: such a miss belongs
-    to the model (a fine-tune that never learned a paraphrase), not to a precision, so it
-    disqualifies none and the sentence names it. Among the rest, a
-    typical request (first token at about :data:`TYPICAL_PROMPT` prompt tokens, then the
-    benchmark's generated tokens at its decode speed) weighs first-token time and decode
-    together: the smallest precision within :data:`LATENCY_SLACK` of the fastest passing one's
-    is chosen; a smaller one slower than that loses on speed, a larger one on size. An
-    inconclusive check is not a failure; the verdict says to rerun it. When a smaller precision
-    starts slower than FP32, the sentence says so and whether the CPU's instruction set is why.
-
-    Example:
-        >>> recommend(load_run("outputs/demo")).sentence
-        'Deploy int8 (157.3 MB, 0.29x FP32, 133 tok/s, first token 120 ms, passes all 26 checks). fp32 lost: ...'
-    """
-    def decode(p: str) -> float:
-        value = run.headline.get(p, {}).get("decode_tps")
-        return value if isinstance(value, int | float) else 0.0
-
-    checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
-    # Case families are decided against FP32 by a paired test over their cases, never by single cases:
-    # FP32 is the reference (it loses no family), and a build loses one only where the test tells it from chance.
-    comparisons = family_comparisons(run.verdicts, "fp32")
-    # Only families FP32 was asked are paired; a family without FP32's answers counts case by case.
-    paired_families = {check for q, check, _ in run.verdicts if q == "fp32" and check in CASE_FAMILIES}
-    worse = {p: [c for c in comparisons.get(p, []) if c.difference is Difference.WORSE] for p in checked}
-    # A miss of every build, FP32 among them, is the model's own: it tells no precision from another.
-    ran: dict[tuple[str, str], list[str]] = {}
-    for (q, check, case), v in run.verdicts.items():
-        ran.setdefault((check, case), []).append(v)
-    shared = [key for key, verdicts in ran.items() if len(verdicts) > 1 and set(verdicts) == {"fail"}
-              and run.verdicts.get(("fp32", *key)) == "fail"]
-    failed = {p: [(check, case) for (q, check, case), v in run.verdicts.items()
-                  if q == p and v == "fail" and (check, case) not in shared
-                  and check not in paired_families] for p in checked}
-    below = {p: [check for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"
-                 and check in paired_families and case == f"{check}-overall"] for p in checked}
-    unsure = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "inconclusive"]
-              for p in checked}
-    passing = sorted((p for p in checked if not failed[p] and not worse[p]), key=lambda p: (run.sizes.get(p, math.inf), -decode(p)))
-    typical = {p: _typical_ms(run, p) for p in passing}
-    timed = [t for t in typical.values() if t is not None]
-    fastest = min(timed) if timed else None
-    quick = [p for p in passing if fastest is None or typical[p] is None or typical[p] <= LATENCY_SLACK * fastest]
-    choice = quick[0] if quick else None
-
-    def typical_words(p: str) -> str:
-        row = run.first_token.get(p) or run.headline.get(p) or {}
-        return (f"a typical request {typical[p]:.0f} ms: first token {row.get('ttft_ms', 0):.0f} ms at "
-                f"{row.get('target_prompt_tokens')} prompt tokens, {decode(p) or row.get('decode_tps', 0):.0f} tok/s")
-
-    rows = []
-    reasons: dict[str, str] = {}
-    for row in side_by_side([("", run)]):
-        p = row.pop("precision")
-        del row["run"]
-        row["ttft_typical_ms"] = (run.first_token.get(p) or {}).get("ttft_ms", "–")
-        if p == choice:
-            outcome, verdict = Outcome.RECOMMENDED, "recommended"
-        elif failed.get(p) or worse.get(p):
-            outcome = Outcome.FAILED
-            why = "; ".join([*([failed_words(failed[p])] if failed.get(p) else []),
-                             *(f"worse than fp32 on {c.family} ({c.reference_only} cases only fp32 passes, "
-                               f"{c.candidate_only} only {p}; {PAIRED_TEST} p = {c.p_value:.3f})" for c in worse[p])])
-            structured = [v for (q, check, _), v in run.verdicts.items() if q == p and check == "structured"]
-            if (structured and all(v == "pass" for v in structured) and failed[p]
-                    and all(check == "format" for check, _ in failed[p])):
-                why += " (passes with response_format: deployable where the application asks for structured output)"
-            reasons[p] = why
-            verdict = "lost: " + why
-        elif p not in failed:
-            outcome, verdict = Outcome.NOT_CHECKED, "not checked"
-        elif run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):
-            outcome, verdict = Outcome.LARGER, f"lost: larger ({run.sizes[p]:.1f} MB against {run.sizes[choice]:.1f})"
-        elif p not in quick:
-            outcome = Outcome.SLOWER
-            verdict = (f"lost: slower ({typical_words(p)}; against {typical[choice]:.0f} ms)" if choice and
-                       typical.get(choice) is not None else "lost: slower")
-        else:
-            outcome, verdict = Outcome.SLOWER, f"lost: slower ({decode(p):.0f} tok/s against {decode(choice):.0f})"
-        if unsure.get(p) and not failed.get(p) and not worse.get(p):
-            verdict += f"; inconclusive: rerun ({', '.join(unsure[p][:3])})"
-        rows.append({"precision": p, **row, "outcome": str(outcome), "verdict": verdict})
-    if choice is None:
-        return Recommendation(None, "Nothing to deploy: every precision failed a check ("
-                              + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ")."
-                              + _paired_words(comparisons, below), rows, reasons,
-                              [c.to_json() for cs in comparisons.values() for c in cs])
-    deployed = run.int4_recipe or run.params.get("int4_recipe")
-    recipe = f", INT4 recipe {deployed}" if choice == "int4" and deployed else ""
-    best = next(r for r in rows if r["precision"] == choice)
-    first = run.first_token.get(choice, {})
-    figures = [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
-               f"{best['x_fp32']:.2f}x FP32" if isinstance(best["x_fp32"], int | float) else "",
-               f"{decode(choice):.0f} tok/s" if decode(choice) else "",
-               f"first token {first['ttft_ms']:.0f} ms at {first['target_prompt_tokens']} prompt tokens"
-               if first.get("ttft_ms") else "",
-               f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
-               if not unsure.get(choice) and not shared and not below.get(choice)
-               else f"passes {sum(1 for (q, _, _), v in run.verdicts.items() if q == choice and v == 'pass')} "
-                    f"of {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
-                    + (f", {len(unsure[choice])} inconclusive" if unsure.get(choice) else "")]
-    others = [f"{r['precision']} {r['verdict']}" for r in rows if r["precision"] != choice]
-    slow = [text for p in checked if (text := _slow_start(run, p)) and run.sizes.get(p, 0) < run.sizes.get("fp32", 0)]
-    inherited = [f"{check}/{case}" for check, case in shared if run.verdicts.get((choice, check, case)) == "fail"]
-    sentence = (f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})."
-                + (f" Every build, FP32 included, fails {', '.join(inherited)}: the model's own miss, not a "
-                   "loss of precision." if inherited else "")
-                + (" " + "; ".join(others) + "." if others else "")
-                + (" " + "; ".join(slow) + "." if slow else ""))
-    return Recommendation(choice, sentence + _paired_words(comparisons, below), rows, reasons,
-                          [c.to_json() for cs in comparisons.values() for c in cs])
-
-
-def _paired_words(comparisons: dict[str, list[PairedComparison]], below: dict[str, list[str]]) -> str:
-    """The paired tests behind the recommendation, in words: each family where builds answered differently.
-
-    Families where every case went the same way in both builds are summed up, not listed.
-    """
-    if not comparisons:
-        return ""
-    differing = [c for cs in comparisons.values() for c in cs if c.reference_only or c.candidate_only]
-    families = sorted({c.family for cs in comparisons.values() for c in cs})
-    text = (f" Each precision against fp32 per case family ({', '.join(families)}), by {PAIRED_TEST} on the cases "
-            "one passes and the other fails: ")
-    text += ("; ".join(c.words() for c in differing) if differing else "every case went the same way in both")
-    short = [f"{p} {', '.join(families)}" for p, families in below.items() if families]
-    if short:
-        text += (". Below a family's pass-rate target (a model's own miss unless the test says worse than fp32): "
-                 + "; ".join(short))
-    return text + "."
 
 
 @dataclass(frozen=True)
@@ -457,27 +173,6 @@ def _delta(a: float | None, b: float | None) -> float | str:
     return round(b - a, 4) if a is not None and b is not None else "–"
 
 
-#: How a timing of a run measured once is judged: not at all (set ``repeats`` to 2 or more).
-NOT_JUDGED = "not judged: one repeat measures no spread"
-
-
-def _timing(figure: str, row_a: dict, row_b: dict) -> dict:
-    """One timing figure of two runs, judged against both runs' spread (2 sd of the difference)."""
-    a, b = row_a[figure], row_b[figure]
-    noise = 2 * math.hypot(row_a.get(f"{figure}_sd", 0.0), row_b.get(f"{figure}_sd", 0.0))
-    higher_is_better = figure == "decode_tps"
-    if 1 in (row_a.get("repeats"), row_b.get("repeats")):
-        judged = NOT_JUDGED  # one repeat has no spread: any difference would be called beyond a noise of 0
-    elif row_a.get("noisy") or row_b.get("noisy"):
-        judged = "a run is too noisy to judge (CV over 10%)"
-    elif abs(b - a) <= noise:
-        judged = "same, within noise"
-    else:
-        judged = "faster" if (b > a) == higher_is_better else "slower"
-    return {"figure": figure, "a": a, "b": b, "change_pct": round(100 * (b - a) / a, 1) if a else "–",
-            "noise": round(noise, 2), "judged": judged}
-
-
 _SHOWN = {"pass": "pass", "fail": "FAIL", "inconclusive": "inconclusive: rerun", None: "–"}
 
 
@@ -529,7 +224,7 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
     order = {"worse": 0, "better": 1, "inconclusive, not counted": 2, "only in a": 2, "only in b": 2, "same": 3}
     verdicts.sort(key=lambda row: order[row["change"]])
     timings = [{"precision": key[0], "engine": key[1], "prompt": key[2], "gen": key[3], "threads": key[4],
-                **_timing(figure, a.timings[key], b.timings[key])}
+                **judge_timing(figure, a.timings[key], b.timings[key])}
                for key in a.timings if key in b.timings for figure in ("decode_tps", "ttft_ms")]
     return Comparison(a.name, b.name, params, differences(a.record, b.record) if a.record and b.record else [],
                       machine_differences(a.record, b.record), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),

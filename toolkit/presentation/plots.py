@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.stages.bench import headline_rows, rows_for
 
 
@@ -16,17 +17,17 @@ def _axes(ax):
     return Figure(figsize=(6, 3.5), layout="constrained").subplots()
 
 
-def plot_sizes(manifests: Sequence[dict], *, ax=None):
+def plot_sizes(manifests: Sequence[Manifest], *, ax=None):
     """Bars of size relative to the FP32 build per precision, against the tutorial's table.
 
     Example:
         >>> plot_sizes([read_manifest("out/int4")]).figure.savefig("sizes.png")
     """
     ax = _axes(ax)
-    labels = [m["precision"] for m in manifests]
+    labels = [m.precision for m in manifests]
     xs = range(len(labels))
-    measured = ax.bar([x - 0.2 for x in xs], [m["size_ratio_vs_fp32"] for m in manifests], 0.4, label="measured")
-    ax.bar([x + 0.2 for x in xs], [m["tutorial_size_ratio"] for m in manifests], 0.4, label="tutorial table")
+    measured = ax.bar([x - 0.2 for x in xs], [m.size_ratio_vs_fp32 for m in manifests], 0.4, label="measured")
+    ax.bar([x + 0.2 for x in xs], [m.tutorial_size_ratio for m in manifests], 0.4, label="tutorial table")
     ax.bar_label(measured, fmt="%.2f", fontsize="small")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("size / FP32 build")

@@ -13,18 +13,17 @@ import time
 import zipfile
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
+from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.recipes import read_recipes
-from slmops.toolkit.domain.results.registration import read_registered
-from slmops.toolkit.presentation import bench as bench_text
-from slmops.toolkit.presentation import checklist as checklist_tables
-from slmops.toolkit.presentation import compare
+from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
+from slmops.toolkit.presentation import bench_text, checklist_tables, compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.presentation.tables import Html, html_table
 from slmops.toolkit.stages import bench, checklist, convert
@@ -108,13 +107,13 @@ def _checks_sentence(kept: list[dict]) -> str:
             "what every build misses is the model's own (the recommendation lists it)")
 
 
-def run_story(recommendation: compare.Recommendation | None, bench_report: dict | None,
-              registered: list[dict] | None, control: ControlResult | None = None,
+def run_story(recommendation: deployment_choice.Recommendation | None, bench_report: dict | None,
+              registered: list[RegisteredModel] | None, control: ControlResult | None = None,
               tests: ChecklistReport | None = None) -> list[str]:
     """"What this run shows": a few sentences generated from the run's own figures.
 
     Args:
-        recommendation: :func:`slmops.toolkit.presentation.compare.recommend` of the run.
+        recommendation: :func:`slmops.toolkit.presentation.deployment_choice.recommend` of the run.
         bench_report: Its ``bench.json``.
         registered: Its ``registered.json`` (thread choices).
         control: ``test.json``'s negative control (the base model on the same domain cases), if any.
@@ -138,7 +137,7 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         if parts:
             story.append("Against FP32: " + "; ".join(parts) + ".")
     failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
-    kept = [r for r in rows if r["outcome"] not in (compare.Outcome.FAILED, compare.Outcome.NOT_CHECKED)]
+    kept = [r for r in rows if r["outcome"] not in (deployment_choice.Outcome.FAILED, deployment_choice.Outcome.NOT_CHECKED)]
     if rows:
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
@@ -148,10 +147,10 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
                      f"{row['verdict']}.")
     if tests is not None:
         story += checklist_tables.retention_sentences(tests)
-    chosen = [r for r in registered or [] if isinstance(r.get("threads_speedup"), int | float)]
+    chosen = [r for r in registered or [] if r.threads_speedup is not None]
     if chosen:
-        story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r['threads']) for r in chosen)}, "
-                     f"decoding {_span([r['threads_speedup'] for r in chosen], 'x')} the runtime's default.")
+        story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r.threads) for r in chosen)}, "
+                     f"decoding {_span([r.threads_speedup for r in chosen], 'x')} the runtime's default.")
     if bench_report:
         ceiling = [r for r in bench_report.get("decode_ceiling", []) if r["engine"] == "foundry-local"]
         if ceiling:
@@ -194,7 +193,7 @@ RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/r
 
 def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
     """One row per precision of a run: size, checks passed, top-1 agreement, decode speed, latency, memory."""
-    rows = compare.side_by_side([("", compare.load_run(run_dir))])
+    rows = deployment_choice.side_by_side([("", compare.load_run(run_dir))])
     return [{k: v for k, v in row.items() if k != "run"} for row in rows if row["precision"] != "–"]
 
 
@@ -239,18 +238,17 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     tests = checklist.read_report(run / "test.json")
     bench_report = _bench_report(run)
     converted = read_conversions(run / "models" / "convert.json")
-    registered = ([m.to_json() for m in read_registered(run / "registered.json")]
-                  if (run / "registered.json").is_file() else [])
-    recommendation = compare.recommend(compare.load_run(run)) if tests else None
+    registered = read_registered(run / "registered.json") if (run / "registered.json").is_file() else []
+    recommendation = deployment_choice.recommend(compare.load_run(run)) if tests else None
     plots = [png.stem for png in sorted(run.glob("*.png"))]
     placed = {stem for stems in PLOT_SECTIONS.values() for stem in stems}
     page = render_page(
         "index.html.j2", run_name=run.name, written=time.strftime("%Y-%m-%d %H:%M"), summary=run_summary(run),
         recommendation=recommendation,
         story=run_story(recommendation, bench_report, registered, tests.control if tests else None, tests),
-        registered=[{**row, "threads_probe": ", ".join(
-            f"{p['threads'] or 'default'}: {p['decode_tps']:.0f} tok/s, {p['ttft_ms']:.0f} ms" for p in
-            row.get("threads_probe") or [])} for row in registered],
+        registered=[{**codec.dump(model), "threads_probe": ", ".join(
+            f"{p.threads or 'default'}: {p.decode_tps:.0f} tok/s, {p.ttft_ms:.0f} ms" for p in model.threads_probe)}
+            for model in registered],
         section_plots={section: [stem for stem in stems if stem in plots] for section, stems in PLOT_SECTIONS.items()},
         other_plots=[stem for stem in plots if stem not in placed],
         notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
@@ -258,13 +256,13 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                                         or (run / STAGE_RESULTS[name]).is_file() else "not run")}
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
-        conversion=convert.summary(converted) if converted else [],
-        recipes=[r.to_json() for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
+        conversion=convert.conversion_rows(converted) if converted else [],
+        recipes=[codec.dump(r) for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         checklist_details=checklist_tables.checklist_details(tests.models, style=False) if tests else "",
         quality=checklist_tables.quality_rows(tests.models) if tests else [],
         control=checklist_tables.control_row(tests.control) if tests and tests.control else None, bench=bench_report,
-        bench_summary=bench_text.summary(bench_report, tests) if bench_report else [],
+        bench_summary=bench_text.summary_lines(bench_report, tests) if bench_report else [],
         bench_warnings=bench_text.warnings(rows_of(bench_report)) if bench_report else [],
         params=params,
         versions=[{"package": k, "version": v} for k, v in found.items()],
@@ -276,7 +274,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
                       swept: list[str], placements: dict[str, dict] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
-    The table is :func:`slmops.toolkit.presentation.compare.side_by_side`, the one a comparison of two runs shows.
+    The table is :func:`slmops.toolkit.presentation.deployment_choice.side_by_side`, the one a comparison of two runs shows.
 
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.
@@ -293,7 +291,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
         where = placements.get(label)
         ran = ({"node": f"{where['host']} ({where['node']})", "node_type": where["node_type"],
                 "attempts": where["attempts"]} if where else {})
-        for row in compare.side_by_side([(label, compare.load_run(out / label))]):
+        for row in deployment_choice.side_by_side([(label, compare.load_run(out / label))]):
             rows.append({"label": label, **varied, "status": state, **ran, **row})
     columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
                "x_fp32", "checks_passed", "top1_agreement", "decode_tps", "ttft_ms", "peak_rss_mib"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.toolkit.domain.genai_config import positions
+from slmops.toolkit.weights.context_limit import positions
 
 #: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
 #: model's context or fewer (a request that would not fit is answered outside the batch).

@@ -13,10 +13,10 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, platform, settings, workers
+from slmops.toolkit.core import artifacts, codec, platform, settings, workers
 from slmops.toolkit.core.errors import (
     FoundryRequestError,
     InvalidOptionError,
@@ -24,9 +24,9 @@ from slmops.toolkit.core.errors import (
     ModelNotFoundError,
     PromptTooLongError,
 )
-from slmops.toolkit.domain import templates, tools
-from slmops.toolkit.domain.genai_config import positions
+from slmops.toolkit.domain import jinja_render, template_resolve, tools
 from slmops.toolkit.domain.results.bench import decode_tps
+from slmops.toolkit.weights.context_limit import positions
 
 APP_NAME = "slmops"
 _ROLES = ("system", "user", "assistant", "tool")
@@ -303,10 +303,10 @@ class LoadedModel:
 
             folder = Path(self.model.get_path())
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            jinja = templates.read_chat_template(folder, runtime=True)  # as ChatSession reads it
-            bos, eos = templates.special_tokens(folder)
+            jinja = template_resolve.read_chat_template(folder, runtime=True)  # as ChatSession reads it
+            bos, eos = template_resolve.special_tokens(folder)
             self._encode = lambda msgs: tokenizer.encode(
-                templates.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids
+                jinja_render.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids
         return list(self._encode(messages))
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
@@ -591,15 +591,6 @@ class WebServiceJob:
     name: str
     cache: str
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> WebServiceJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["name"]), str(data["cache"]))
-
 
 @dataclass(frozen=True)
 class WebServiceSeen:
@@ -613,22 +604,13 @@ class WebServiceSeen:
     listed: tuple[str, ...]
     chat_status: int
 
-    def to_json(self) -> dict:
-        """The result as the child sends it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> WebServiceSeen:
-        """A result as :meth:`to_json` wrote it."""
-        return cls(tuple(str(model) for model in data["listed"]), int(data["chat_status"]))
-
 
 def _web_service_task(payload: dict, _emit) -> dict:
     """Worker task: start Foundry Local's own web service and ask it for the model of a :class:`WebServiceJob`."""
     import urllib.error
     import urllib.request
 
-    job = WebServiceJob.from_json(payload)
+    job = codec.load(WebServiceJob, payload)
     service = manager(job.cache)
     find_model(job.name, job.cache).load()
     service.start_web_service()
@@ -647,7 +629,7 @@ def _web_service_task(payload: dict, _emit) -> dict:
             status = exc.code
     finally:
         service.stop_web_service()
-    return WebServiceSeen(tuple(listed), status).to_json()
+    return codec.dump(WebServiceSeen(tuple(listed), status))
 
 
 @dataclass(frozen=True)
@@ -684,7 +666,7 @@ def probe_web_service(name: str, cache: str | Path | None = None,
     except (OSError, ValueError, TypeError):
         pass
     job = WebServiceJob(name, str(settings.cache_dir(cache)))
-    seen = WebServiceSeen.from_json(workers.run_worker("slmops.toolkit.runtimes.foundry", "web-service", job.to_json(),
+    seen = codec.load(WebServiceSeen, workers.run_worker("slmops.toolkit.runtimes.foundry", "web-service", codec.dump(job),
                                                        name="Foundry Local web service probe", timeout=120).result)
     serves = name in seen.listed and seen.chat_status == 200
     detail = (f"foundry-local-sdk {sdk}'s web service serves locally registered models" if serves else

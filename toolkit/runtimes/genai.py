@@ -14,17 +14,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from slmops.toolkit.core import workers
+from slmops.toolkit.core import codec, workers
 from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
-from slmops.toolkit.domain import lm_head
 from slmops.toolkit.domain.parity import log_softmax
 from slmops.toolkit.domain.prompts import reference_text
 from slmops.toolkit.domain.results.bench import TimedRun
+from slmops.toolkit.domain.results.registration import ThreadSpeed
+from slmops.toolkit.weights import lm_head
 
 _MODULE = "slmops.toolkit.runtimes.genai"
 #: ``genai_config.json`` model keys newer ONNX Runtime GenAI releases read (Foundry Local's 0.18: the
@@ -232,16 +233,6 @@ class BenchJob:
     warmup: int
     threads: int = 0
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> BenchJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["model_dir"]), tuple(tuple(ids) for ids in data["prompts"]), tuple(data["gen_lengths"]),
-                   int(data["repeats"]), int(data["warmup"]), int(data.get("threads", 0)))
-
 
 @dataclass(frozen=True)
 class DirectBench:
@@ -259,18 +250,6 @@ class DirectBench:
     peak_rss_mib: float
     runs: tuple[tuple[tuple[TimedRun, ...], ...], ...]
 
-    def to_json(self) -> dict:
-        """The result as the child sends it."""
-        return {"load_s": self.load_s, "load_rss_mib": self.load_rss_mib, "peak_rss_mib": self.peak_rss_mib,
-                "runs": [[[asdict(run) for run in per_length] for per_length in per_prompt] for per_prompt in self.runs]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> DirectBench:
-        """A result as :meth:`to_json` wrote it."""
-        runs = tuple(tuple(tuple(TimedRun.from_json(run) for run in per_length) for per_length in per_prompt)
-                     for per_prompt in data["runs"])
-        return cls(float(data["load_s"]), float(data["load_rss_mib"]), float(data["peak_rss_mib"]), runs)
-
 
 def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
                 warmup: int, threads: int = 0) -> DirectBench:
@@ -287,7 +266,7 @@ def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen
     rss0, start = rss_mib(), time.perf_counter()
     model = load(model_dir, threads)
     load_s, load_rss = time.perf_counter() - start, rss_mib() - rss0
-    runs = tuple(tuple(tuple(TimedRun.from_json(run) for run in time_generation(model, list(ids), gen, repeats, warmup))
+    runs = tuple(tuple(tuple(codec.load(TimedRun, run) for run in time_generation(model, list(ids), gen, repeats, warmup))
                        for gen in gen_lengths) for ids in prompts)
     return DirectBench(load_s, load_rss, peak_rss_mib(), runs)
 
@@ -402,16 +381,6 @@ class Agreement:
     reference_perplexity: float
     kl_divergence_to_base: float | None = None
 
-    def to_json(self) -> dict:
-        """The record as the child sends it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> Agreement:
-        """A record as :meth:`to_json` wrote it (unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]],
               text: str | None = None, *, base_dir: str | os.PathLike[str] | None = None) -> list[Agreement]:
@@ -431,8 +400,8 @@ def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str |
     job = CompareJob(str(Path(reference_dir).resolve()), text or reference_text(),
                      {label: str(Path(folder).resolve()) for label, folder in candidates.items()},
                      str(Path(base_dir).resolve()) if base_dir else None)
-    rows = workers.run_worker(_MODULE, "compare", job.to_json(), name="agreement with FP32 (onnxruntime-genai)").result
-    return [Agreement.from_json(row) for row in rows]
+    rows = workers.run_worker(_MODULE, "compare", codec.dump(job), name="agreement with FP32 (onnxruntime-genai)").result
+    return codec.load(list[Agreement], rows)
 
 
 @dataclass(frozen=True)
@@ -451,18 +420,6 @@ class CompareJob:
     candidates: dict[str, str]
     base: str | None = None
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> CompareJob:
-        """A job as :meth:`to_json` wrote it."""
-        base = data.get("base")
-        return cls(str(data["reference"]), str(data["text"]),
-                   {str(label): str(folder) for label, folder in data["candidates"].items()},
-                   str(base) if base is not None else None)
-
 
 @dataclass(frozen=True)
 class DecodeJob:
@@ -474,32 +431,23 @@ class DecodeJob:
 
     models: dict[str, str]
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> DecodeJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls({str(label): str(folder) for label, folder in data["models"].items()})
-
 
 def _compare_task(job: dict, _emit) -> list[dict]:
     """Worker task: :func:`compare` on a :class:`CompareJob`."""
-    job_ = CompareJob.from_json(job)
-    return [row.to_json() for row in compare(job_.reference, job_.candidates, job_.text, job_.base)]
+    job_ = codec.load(CompareJob, job)
+    return codec.dump(compare(job_.reference, job_.candidates, job_.text, job_.base))
 
 
 def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]:
     """A quick greedy decode probe (tokens/s) of each labelled model folder, in one child process."""
     job = DecodeJob({label: str(Path(folder).resolve()) for label, folder in models.items()})
-    result = workers.run_worker(_MODULE, "decode", job.to_json(), name="decode probe (onnxruntime-genai)").result
-    return {str(label): float(tps) for label, tps in result.items()}
+    result = workers.run_worker(_MODULE, "decode", codec.dump(job), name="decode probe (onnxruntime-genai)").result
+    return codec.load(dict[str, float], result)
 
 
 def _decode_task(job: dict, _emit) -> dict[str, float]:
     """Worker task: :func:`decode_tps` of each model of a :class:`DecodeJob`."""
-    return {label: round(decode_tps(folder), 1) for label, folder in DecodeJob.from_json(job).models.items()}
+    return {label: round(decode_tps(folder), 1) for label, folder in codec.load(DecodeJob, job).models.items()}
 
 
 @dataclass(frozen=True)
@@ -515,39 +463,6 @@ class ThreadJob:
     model_dir: str
     ids: tuple[int, ...]
     counts: tuple[int, ...]
-
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ThreadJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["model_dir"]), tuple(int(i) for i in data["ids"]), tuple(int(c) for c in data["counts"]))
-
-
-@dataclass(frozen=True)
-class ThreadSpeed:
-    """One thread count's best decode speed and time to first token (a row of the ``threads`` task's result).
-
-    Attributes:
-        threads: Intra-op threads (0: the runtime's default).
-        decode_tps: Best decode speed, tokens/s.
-        ttft_ms: Best time to first token, ms.
-    """
-
-    threads: int
-    decode_tps: float
-    ttft_ms: float
-
-    def to_json(self) -> dict:
-        """The row as the child sends it (and registration keeps it)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ThreadSpeed:
-        """A row as :meth:`to_json` wrote it."""
-        return cls(int(data["threads"]), float(data["decode_tps"]), float(data["ttft_ms"]))
 
 
 def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int], gen_tokens: int = 32,
@@ -568,7 +483,7 @@ def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list
     for turn, order in enumerate((counts, counts[::-1])):
         for count in order:
             for run in time_generation(models[count], ids, gen_tokens, repeats, warmup=1 if turn == 0 else 0):
-                decode = TimedRun.from_json(run).decode_tps
+                decode = codec.load(TimedRun, run).decode_tps
                 current = best.get(count, ThreadSpeed(count, 0.0, float("inf")))
                 best[count] = ThreadSpeed(count, round(max(current.decode_tps, decode), 1),
                                           round(min(current.ttft_ms, run["ttft_s"] * 1000), 1))
@@ -578,15 +493,15 @@ def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list
 def probe_threads(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int]) -> list[ThreadSpeed]:
     """:func:`thread_probe` in a child process."""
     job = ThreadJob(str(model_dir), tuple(ids), tuple(counts))
-    rows = workers.run_worker(_MODULE, "threads", job.to_json(), name=f"thread probe of {Path(model_dir).name}",
+    rows = workers.run_worker(_MODULE, "threads", codec.dump(job), name=f"thread probe of {Path(model_dir).name}",
                               timeout=900).result
-    return [ThreadSpeed.from_json(row) for row in rows]
+    return codec.load(list[ThreadSpeed], rows)
 
 
 def _threads_task(job: dict, _emit) -> list[dict]:
     """Worker task: :func:`thread_probe` on a :class:`ThreadJob`."""
-    job_ = ThreadJob.from_json(job)
-    return [row.to_json() for row in thread_probe(job_.model_dir, list(job_.ids), list(job_.counts))]
+    job_ = codec.load(ThreadJob, job)
+    return codec.dump(thread_probe(job_.model_dir, list(job_.ids), list(job_.counts)))
 
 
 def read_bandwidth(threads: int, megabytes: int = 512, passes: int = 12) -> float:
@@ -634,41 +549,32 @@ class BandwidthJob:
 
     threads: tuple[int, ...]
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> BandwidthJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(tuple(int(t) for t in data["threads"]))
-
 
 def read_bandwidths(threads: list[int]) -> dict[int, float]:
     """:func:`read_bandwidth` for each thread count, in a child process; GB/s by thread count."""
     job = BandwidthJob(tuple(sorted(set(threads))))
-    result = workers.run_worker(_MODULE, "bandwidth", job.to_json(), name="memory bandwidth probe", timeout=600).result
-    return {int(t): float(gbs) for t, gbs in result.items()}  # JSON keys are strings
+    result = workers.run_worker(_MODULE, "bandwidth", codec.dump(job), name="memory bandwidth probe", timeout=600).result
+    return codec.load(dict[int, float], result)  # JSON keys are strings
 
 
 def _bandwidth_task(job: dict, _emit) -> dict[int, float]:
     """Worker task: :func:`read_bandwidth` with each count of a :class:`BandwidthJob`."""
-    return {t: round(read_bandwidth(t), 2) for t in BandwidthJob.from_json(job).threads}
+    return {t: round(read_bandwidth(t), 2) for t in codec.load(BandwidthJob, job).threads}
 
 
 def bench(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
           warmup: int, threads: int = 0) -> DirectBench:
     """:func:`bench_model` in a child process of its own, so its peak RSS is this model's alone."""
     job = BenchJob(str(model_dir), tuple(tuple(ids) for ids in prompts), tuple(gen_lengths), repeats, warmup, threads)
-    result = workers.run_worker(_MODULE, "bench", job.to_json(), name=f"direct benchmark of {Path(model_dir).name}")
-    return DirectBench.from_json(result.result)
+    result = workers.run_worker(_MODULE, "bench", codec.dump(job), name=f"direct benchmark of {Path(model_dir).name}")
+    return codec.load(DirectBench, result.result)
 
 
 if __name__ == "__main__":
     workers.serve({
         "compare": _compare_task,
         "decode": _decode_task,
-        "bench": lambda job, _emit: bench_model(**vars(BenchJob.from_json(job))).to_json(),
+        "bench": lambda job, _emit: codec.dump(bench_model(**vars(codec.load(BenchJob, job)))),
         "threads": _threads_task,
         "bandwidth": _bandwidth_task,
     })

@@ -23,11 +23,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, settings, workers
+from slmops.toolkit.core import artifacts, codec, settings, workers
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import packaged, tools
 from slmops.toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
-from slmops.toolkit.domain.sources import BUNDLED_NAME, fingerprint, inspect_source
+from slmops.toolkit.domain.sources import BUNDLED_NAME, fingerprint
+from slmops.toolkit.weights.checkpoints import inspect_source
 
 RECORD = "finetune.json"
 #: Steps of the bundled SmolLM2's demo fine-tune: the Veloria set with its tool examples (29) at
@@ -142,7 +143,7 @@ def _train(spec: FinetuneSpec, examples: list[Example], out: Path, key: str, ski
     try:
         job = TrainJob(str(spec.base), str(staging), tuple(examples), spec.rank, spec.steps, spec.batch,
                        spec.learning_rate, spec.seed)
-        losses = workers.run_worker("slmops.toolkit.stages.finetune", "train", job.to_json(), name="LoRA fine-tune",
+        losses = workers.run_worker("slmops.toolkit.stages.finetune", "train", codec.dump(job), name="LoRA fine-tune",
                                     idle_timeout=600, startup_s=120, on_event=on_event).result
         wall = time.perf_counter() - start
         artifacts.write_json(staging / RECORD, {
@@ -292,18 +293,6 @@ class TrainJob:
     learning_rate: float
     seed: int
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainJob:
-        """A job as :meth:`to_json` wrote it."""
-        examples = tuple(Example(**{**e, "expect": tuple(e["expect"]), "tools": tuple(e.get("tools") or ())})
-                         for e in data["examples"])
-        return cls(str(data["base"]), str(data["out"]), examples, int(data["rank"]), int(data["steps"]),
-                   int(data["batch"]), float(data["learning_rate"]), int(data["seed"]))
-
 
 def _train_task(payload: dict, emit) -> list[float]:
     """Worker task: the training loop of a :class:`TrainJob` (torch and peft in this child only)."""
@@ -313,7 +302,7 @@ def _train_task(payload: dict, emit) -> list[float]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    job = TrainJob.from_json(payload)
+    job = codec.load(TrainJob, payload)
     torch.manual_seed(job.seed)
     # Every logical CPU (torch counts physical cores only), unless OMP_NUM_THREADS says otherwise: on a
     # machine another job shares, a thread that waits for a busy core stalls every step.

@@ -16,13 +16,14 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.toolkit.core import artifacts, platform, settings
-from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
+from slmops.toolkit.core import artifacts, codec, platform, settings
+from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import (
     InputError,
     InvalidNameError,
@@ -33,12 +34,21 @@ from slmops.toolkit.core.errors import (
     RegistrationError,
 )
 from slmops.toolkit.core.measure import timestamp
-from slmops.toolkit.domain import lm_head, options, templates, tools
-from slmops.toolkit.domain.genai_config import config_problem, context_problem
+from slmops.toolkit.domain import options, template_resolve, templates, tools
+from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.prompts import prompt_text
-from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, registered_file
+from slmops.toolkit.domain.results.conversion import read_conversions, read_manifest
+from slmops.toolkit.domain.results.registration import (
+    REGISTRATION_RECORD,
+    RegisteredModel,
+    ThreadSpeed,
+    write_registered,
+)
 from slmops.toolkit.runtimes import foundry, genai
 from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.weights import lm_head
+from slmops.toolkit.weights.context_limit import context_problem
+from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 
 INFERENCE_MODEL = "inference_model.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -55,19 +65,19 @@ class ThreadChoice:
 
     Attributes:
         chosen: The thread count written to ``genai_config.json``.
-        probe: ``{"threads", "decode_tps", "ttft_ms"}`` per count tried (0: the runtime's default).
+        probe: Each count tried (0: the runtime's default), its decode speed and time to first token.
         reused: The probe was measured earlier on the same compute graph on this machine (see
             :func:`choose_threads`) and read back rather than run again.
     """
 
     chosen: int
-    probe: tuple[dict, ...]
+    probe: tuple[ThreadSpeed, ...]
     reused: bool = False
 
     @property
     def speedup(self) -> float:
         """Decode speed of the chosen count over the runtime's default (1.0 when the default was not probed)."""
-        by_count = {row["threads"]: row["decode_tps"] for row in self.probe}
+        by_count = {row.threads: row.decode_tps for row in self.probe}
         return round(by_count[self.chosen] / by_count[0], 3) if by_count.get(0) else 1.0
 
 
@@ -85,19 +95,28 @@ def probe_counts(cpus: int | None = None) -> list[int]:
     return sorted({*counts, cpus})
 
 
-def pick_threads(probe: list[dict]) -> int:
+def pick_threads(probe: Sequence[ThreadSpeed]) -> int:
     """The fastest decoding count of a probe (ties go to the shorter time to first token), never the default (0).
 
     An explicit count keeps the choice the same wherever the runtime's default would differ.
 
     Example:
-        >>> pick_threads([{"threads": 0, "decode_tps": 181, "ttft_ms": 227},
-        ...               {"threads": 1, "decode_tps": 180, "ttft_ms": 226},
-        ...               {"threads": 2, "decode_tps": 238, "ttft_ms": 164}])
+        >>> pick_threads([ThreadSpeed(0, 181, 227), ThreadSpeed(1, 180, 226), ThreadSpeed(2, 238, 164)])
         2
     """
-    explicit = [row for row in probe if row["threads"] > 0]
-    return max(explicit, key=lambda row: (row["decode_tps"], -row["ttft_ms"]))["threads"]
+    explicit = [row for row in probe if row.threads > 0]
+    return max(explicit, key=lambda row: (row.decode_tps, -row.ttft_ms)).threads
+
+
+@dataclass(frozen=True)
+class KeptProbe:
+    """A thread probe kept for a compute graph on this machine (``<home>/cache/threads/KEY.json``).
+
+    Attributes:
+        probe: Each count tried.
+    """
+
+    probe: tuple[ThreadSpeed, ...] = ()
 
 
 def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
@@ -117,13 +136,13 @@ def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
         os.cpu_count(), importlib.metadata.version("onnxruntime-genai")]).encode()).hexdigest()[:20]
     kept = settings.home() / "cache" / "threads" / f"{key}.json"
     if kept.is_file():
-        probe = artifacts.read_json(kept, {}).get("probe") or []
+        probe = codec.read(KeptProbe, kept).probe
         if probe:
-            return ThreadChoice(pick_threads(probe), tuple(probe), reused=True)
-    probe = [row.to_json() for row in genai.probe_threads(folder, ids, counts)]
+            return ThreadChoice(pick_threads(probe), probe, reused=True)
+    probe = tuple(genai.probe_threads(folder, ids, counts))
     kept.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(kept, {"probe": probe})
-    return ThreadChoice(pick_threads(probe), tuple(probe))
+    codec.write(kept, KeptProbe(probe))
+    return ThreadChoice(pick_threads(probe), probe)
 
 
 @dataclass(frozen=True)
@@ -230,7 +249,8 @@ def fine_tune_probe(onnx_dir: Path) -> dict | None:
     from slmops.toolkit.core.errors import InputError
     from slmops.toolkit.domain import datasets
 
-    adapter = read_manifest(onnx_dir).get("adapter") or {}
+    made = read_manifest(onnx_dir)
+    adapter = (made.adapter if made else None) or {}
     record = artifacts.read_json(Path(adapter.get("path", "")) / "finetune.json", {}) if adapter.get("path") else {}
     data = record.get("data") if isinstance(record, dict) else None
     if not data:
@@ -323,8 +343,9 @@ def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: template
     tokenizer_file = onnx_dir / "tokenizer.json"
     if tokenizer_file.is_file():
         found += [(i, tok, "the chat template's end of turn")
-                  for i, tok in templates.end_of_turn_tokens(template, tokenizer_file)]
-    source = read_manifest(onnx_dir).get("source_path")
+                  for i, tok in end_of_turn_tokens(template, tokenizer_file)]
+    made = read_manifest(onnx_dir)
+    source = made.source_path if made else ""
     generation_file = next((f for f in (onnx_dir / "generation_config.json",
                                         Path(source) / "generation_config.json" if source else None)
                             if f is not None and f.is_file()), None)
@@ -421,7 +442,7 @@ def _write_genai_config(folder: Path, genai_config: dict, threads: int | str | N
     (folder / "genai_config.json").write_text(json.dumps(genai_config, indent=4))
 
 
-def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: templates.ResolvedTemplate,
+def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template_resolve.ResolvedTemplate,
            model_config: ModelConfig, name: str, version: int, description: str) -> None:
     rewritten = {"genai_config.json", "tokenizer_config.json", "chat_template.jinja", INFERENCE_MODEL, REGISTRATION_RECORD}
     for item in onnx_dir.iterdir():
@@ -495,8 +516,8 @@ def register(
     context_length = int(genai_config["model"].get("context_length", 0))
     model_config = (model_config or ModelConfig()).for_context(context_length)
     model_config.validate(context_length)
-    resolved = templates.resolve(template, source, custom_template)
-    templates.check_consistency(resolved)
+    resolved = template_resolve.resolve(template, source, custom_template)
+    template_resolve.check_consistency(resolved)
     stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
     genai_config["model"]["eos_token_id"] = list(stop.eos_token_id)
     markers = tools.find_markers(source, *(tool_markers or (None, None)))
@@ -613,11 +634,11 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             info_file = folder / INFERENCE_MODEL
             info = artifacts.read_json(info_file, {})
-            manifest = read_manifest(folder)
+            made = read_manifest(folder)
             rows[folder.name] = {
                 "name": folder.name, "model_id": f"{folder.name}:{info.get('Version', '?')}",
                 "registered": False, "folder": info_file.is_file(),
-                "precision": manifest.get("precision", "?"), "method": manifest.get("method", "?"),
+                "precision": (made.precision if made else "") or "?", "method": (made.method if made else "") or "?",
                 "size_mb": round(dir_size_mb(folder), 1), "path": str(folder),
             }
     for model in catalog.list_models():
@@ -635,7 +656,7 @@ def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template:
                  custom_template: templates.PromptTemplate | None = None, model_config: ModelConfig | None = None,
                  cache: str | Path | None = None, force: bool = False,
                  out_dir: str | os.PathLike[str] | None = None, tool_probe: dict | None = None,
-                 progress: bool = False) -> list[dict]:
+                 progress: bool = False) -> list[RegisteredModel]:
     """Register every model listed in a ``convert.json`` as ``PREFIX-PRECISION``.
 
     Every name is checked before the first registration, so a bad prefix changes nothing.
@@ -643,29 +664,27 @@ def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template:
     With ``progress``, a bar counts the models (each registration probes thread counts: seconds).
 
     Example:
-        >>> [r["name"] for r in register_all("outputs/run/models/convert.json", "smollm2")]
+        >>> [r.name for r in register_all("outputs/run/models/convert.json", "smollm2")]
         ['smollm2-fp32', 'smollm2-int4']
     """
-    manifests = artifacts.read_json(convert_json)
-    if not isinstance(manifests, list):
+    if not isinstance(artifacts.read_json(convert_json), list):
         raise ModelFolderError(convert_json, "not a convert.json (a list of manifests)", "Run the convert stage first.")
+    manifests = read_conversions(convert_json)
     for manifest in manifests:
-        validate_name(f"{prefix}-{manifest['precision']}")
+        validate_name(f"{prefix}-{manifest.precision}")
     rows = []
     bar = tqdm(manifests, desc="register", unit="model", disable=not progress)
     for manifest in bar:
-        bar.set_postfix_str(f"{prefix}-{manifest['precision']}")
-        registration = register(manifest["output_dir"], f"{prefix}-{manifest['precision']}", template=template,
+        bar.set_postfix_str(f"{prefix}-{manifest.precision}")
+        registration = register(manifest.output_dir, f"{prefix}-{manifest.precision}", template=template,
                                 custom_template=custom_template, model_config=model_config, cache=cache, force=force,
                                 tool_probe=tool_probe)
         choice = registration.threads
-        rows.append({"name": registration.name, "model_id": registration.model_id,
-                     "precision": manifest["precision"], "template": registration.template,
-                     "threads": registration.model_config.threads or "default",
-                     "threads_speedup": choice.speedup if choice else None,
-                     "threads_probe": list(choice.probe) if choice else [],
-                     "tool_calling": _tool_calling_words(registration.tool_calling),
-                     "path": str(registration.path), "notes": " ".join(registration.notes)})
+        rows.append(RegisteredModel(
+            registration.name, registration.model_id, manifest.precision, registration.template,
+            threads=registration.model_config.threads or "default", threads_speedup=choice.speedup if choice else None,
+            threads_probe=choice.probe if choice else (), tool_calling=_tool_calling_words(registration.tool_calling),
+            path=str(registration.path), notes=" ".join(registration.notes)))
     if out_dir is not None:
-        artifacts.write_json(Path(out_dir) / "registered.json", registered_file(rows))
+        write_registered(Path(out_dir) / "registered.json", rows)
     return rows

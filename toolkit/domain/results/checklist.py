@@ -27,12 +27,13 @@ Version history of ``test.json``:
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import ClassVar
 
-from slmops.toolkit.domain.results import schema_version
+from slmops.toolkit.core import codec
 
-#: The version :meth:`ChecklistReport.to_json` writes.
+#: The version :func:`dump_report` writes.
 SCHEMA_VERSION = 6
 
 
@@ -146,19 +147,6 @@ class Thresholds:
     memory_windows: int = 5
     retention_share: float = 0.8
 
-    @classmethod
-    def from_json(cls, data: dict) -> Thresholds:
-        """Thresholds from ``test.json`` (unknown keys ignored, missing ones at their defaults).
-
-        Versions 1-2 named the memory limit ``leak_mb_per_100`` (it was MiB); it loads as ``leak_mib_per_100``.
-        """
-        known = {f.name for f in fields(cls)}
-        renamed = {"leak_mb_per_100": "leak_mib_per_100"}
-        values = {renamed.get(k, k): v for k, v in (data or {}).items() if renamed.get(k, k) in known}
-        if "timing_rounds" in values:
-            values["timing_rounds"] = tuple(values["timing_rounds"])
-        return cls(**values)
-
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -212,23 +200,6 @@ class CheckResult:
             return None
         return round(self.value * self.samples)
 
-    def to_json(self) -> dict:
-        """The check as ``test.json`` holds it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> CheckResult:
-        """A check as :meth:`to_json` wrote it."""
-        return cls(**{**data, "check": Check(data["check"]), "unit": Unit(data["unit"]), "bound": Bound(data["bound"]),
-                      "verdict": Verdict(data["verdict"])})
-
-    @classmethod
-    def from_version_1(cls, data: dict) -> CheckResult:
-        """A check of a version-1 ``test.json``: the sentences kept as words, the verdict kept, no figures."""
-        verdict = Verdict(data["verdict"]) if data.get("verdict") else verdict_of(bool(data.get("passed")))
-        return cls(str(data["model"]), Check(data["check"]), str(data["case"]), None, Unit.NONE, None,
-                   Bound.AT_LEAST, verdict, str(data.get("threshold", "")), str(data.get("value", "")))
-
 
 @dataclass(frozen=True)
 class QualityRecord:
@@ -254,15 +225,6 @@ class QualityRecord:
     def perplexity_ratio(self) -> float:
         """The build's perplexity over the reference's."""
         return self.perplexity / self.reference_perplexity if self.reference_perplexity else float("inf")
-
-    def to_json(self) -> dict:
-        """The record as the result files hold it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> QualityRecord:
-        """A record as :meth:`to_json` wrote it."""
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -306,15 +268,6 @@ class ControlResult:
     retention_total: int = 0
     domain_terms: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        """The control as ``test.json`` holds it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ControlResult:
-        """A control as :meth:`to_json` wrote it."""
-        return cls(**data)
-
 
 @dataclass(frozen=True)
 class RetentionRecord:
@@ -332,16 +285,6 @@ class RetentionRecord:
     retained: list[str] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
     domain_answers: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        """The record as ``test.json`` holds it, with its counts."""
-        return {**asdict(self), "retained_count": len(self.retained), "forgotten_count": len(self.forgotten)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> RetentionRecord:
-        """A record as :meth:`to_json` wrote it."""
-        return cls(data["reference"], list(data.get("retained", [])), list(data.get("forgotten", [])),
-                   dict(data.get("domain_answers", {})))
 
 
 def domain_words_in(answer: str, terms: list[str]) -> list[str]:
@@ -491,55 +434,178 @@ class ChecklistReport:
         """Top-1 agreement with the FP32 reference by model, for the models that were compared."""
         return {m.model: m.quality.top1_agreement for m in self.models if m.quality is not None}
 
-    def to_json(self) -> dict:
-        """The file's content: the verdict, a summary per model, every check, the series, the control."""
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "passed": self.passed,
-            "summary": {m.model: {"passed": sum(c.verdict is Verdict.PASS for c in m.checks), "total": len(m.checks),
-                                  "failed": [f"{c.check}/{c.case}" for c in m.checks if c.verdict is Verdict.FAIL],
-                                  "inconclusive": [f"{c.check}/{c.case}" for c in m.checks if c.inconclusive],
-                                  "rates": {str(c.check): {"passed": c.passes, "total": c.samples, "share": c.value}
-                                            for c in m.checks if c.case == f"{c.check}-overall"},
-                                  "requests": m.requests, "seconds": m.seconds} for m in self.models},
-            "thresholds": asdict(self.thresholds),
-            "checks": [c.to_json() for c in self.checks],
-            "series": {m.model: {"rss_mib": m.rss_mib, "ms_per_token": m.ms_per_token, "seed": m.seed,
-                                 "generated": m.generated} for m in self.models},
-            "quality": {m.model: m.quality.to_json() for m in self.models if m.quality is not None},
-            "retention": {m.model: m.retention.to_json() for m in self.models if m.retention is not None},
-            "control": self.control.to_json() if self.control is not None else None,
-            "timestamp": self.timestamp,
-        }
+
+@dataclass(frozen=True)
+class RateSummary:
+    """A pass rate in ``test.json``'s summary.
+
+    Attributes:
+        passed: Cases passed (None when the rate is not a share of cases).
+        total: Cases, rounds, windows or requests it was computed from.
+        share: The rate (None when nothing could be measured).
+    """
+
+    passed: int | None
+    total: int
+    share: float | None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One model's line of ``test.json``'s summary.
+
+    Attributes:
+        passed: Checks passed.
+        total: Checks.
+        failed: ``check/case`` of each failed check.
+        inconclusive: ``check/case`` of each inconclusive check.
+        rates: Each pass-rate check (its ``<check>-overall`` case), by check.
+        requests: Requests the checklist sent to the model.
+        seconds: Wall time of its share of each part of the checklist, s.
+    """
+
+    passed: int = 0
+    total: int = 0
+    failed: list[str] = field(default_factory=list)
+    inconclusive: list[str] = field(default_factory=list)
+    rates: dict[str, RateSummary] = field(default_factory=dict)
+    requests: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSeries:
+    """The series behind one model's plots (see :class:`ModelReport`).
+
+    Attributes:
+        rss_mib: Process RSS after each request of the memory check, MiB.
+        ms_per_token: Input tokens to milliseconds per output token.
+        seed: The seed every request used.
+        generated: ``[case id, finish reason, completion tokens]`` of every case answer.
+    """
+
+    rss_mib: list[float] = field(default_factory=list)
+    ms_per_token: dict[int, float] = field(default_factory=dict)
+    seed: int = 0
+    generated: list[list] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetentionEntry:
+    """A :class:`RetentionRecord` as ``test.json`` holds it, with its counts.
+
+    Attributes:
+        reference: See :class:`RetentionRecord`.
+        retained: See :class:`RetentionRecord`.
+        forgotten: See :class:`RetentionRecord`.
+        domain_answers: See :class:`RetentionRecord`.
+        retained_count: How many were retained.
+        forgotten_count: How many were forgotten.
+    """
+
+    reference: str
+    retained: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    domain_answers: dict[str, str] = field(default_factory=dict)
+    retained_count: int = 0
+    forgotten_count: int = 0
+
+
+@dataclass(frozen=True)
+class ChecklistFile:
+    """``test.json`` as written: the verdict, a summary per model, every check, the series, the control.
+
+    Attributes:
+        passed: No model failed a check.
+        summary: Each model's counts, failures and rates.
+        thresholds: What passing meant.
+        checks: Every check of every model.
+        series: Each model's series.
+        quality: Each compared model's figures against the FP32 reference.
+        retention: Each model's retention record.
+        control: The negative control, if one ran.
+        timestamp: When it was written (UTC, ISO 8601).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    KIND: ClassVar[str] = "test.json"
+
+    passed: bool = True
+    summary: dict[str, ModelSummary] = field(default_factory=dict)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    checks: list[CheckResult] = field(default_factory=list)
+    series: dict[str, ModelSeries] = field(default_factory=dict)
+    quality: dict[str, QualityRecord] = field(default_factory=dict)
+    retention: dict[str, RetentionEntry] = field(default_factory=dict)
+    control: ControlResult | None = None
+    timestamp: str = ""
 
     @classmethod
-    def from_json(cls, data: dict) -> ChecklistReport:
-        """Read ``test.json`` of any known version (see the module's history).
+    def upgrade(cls, data: dict, version: int) -> dict:
+        """A file of an older version (see the module's history) in the current shape."""
+        thresholds = dict(data.get("thresholds") or {})
+        if "leak_mb_per_100" in thresholds:  # versions 1-2 (it was MiB)
+            thresholds["leak_mib_per_100"] = thresholds.pop("leak_mb_per_100")
+        # Only the current summary's rates are read back (as the summary is only read for requests and seconds).
+        summary = {name: {**row, "rates": {k: v for k, v in (row.get("rates") or {}).items() if isinstance(v, dict)}}
+                   for name, row in (data.get("summary") or {}).items() if isinstance(row, dict)}
+        data = {**data, "thresholds": thresholds, "summary": summary}
+        if version > 1:
+            return data
+        # Version 1: the sentences kept as words, the verdicts kept, no figures, no quality record, no control.
+        return {**data, "quality": {}, "control": None, "checks": [_check_of_version_1(c) for c in data.get("checks", [])],
+                "series": {name: {**s, "rss_mib": s.get("rss_mb", [])} for name, s in (data.get("series") or {}).items()}}
 
-        Raises:
-            ResultVersionError: a version newer than this toolkit knows.
 
-        Example:
-            >>> ChecklistReport.from_json(read_json("outputs/demo/test.json")).passed
-            True
-        """
-        version = schema_version(data, "test.json", SCHEMA_VERSION)
-        raw = data.get("checks", [])
-        checks = [CheckResult.from_version_1(c) if version == 1 else CheckResult.from_json(c) for c in raw]
-        series = data.get("series") or {}
-        summary = data.get("summary") or {}
-        quality = data.get("quality") or {} if version > 1 else {}
-        retention = data.get("retention") or {}
-        names = list(dict.fromkeys([*(c.model for c in checks), *series]))
-        models = []
-        for name in names:
-            s, row = series.get(name, {}), summary.get(name, {})
-            models.append(ModelReport(
-                name, [c for c in checks if c.model == name], s.get("rss_mib" if version > 1 else "rss_mb", []),
-                {int(k): v for k, v in (s.get("ms_per_token") or {}).items()}, s.get("seed", 0), s.get("generated", []),
-                row.get("requests", 0), row.get("seconds", {}),
-                QualityRecord.from_json(quality[name]) if name in quality else None,
-                RetentionRecord.from_json(retention[name]) if name in retention else None))
-        control = data.get("control") if version > 1 else None
-        return cls(models, Thresholds.from_json(data.get("thresholds", {})),
-                   ControlResult.from_json(control) if control else None, data.get("timestamp", ""), version)
+def _check_of_version_1(data: dict) -> dict:
+    """A check of a version-1 ``test.json``: the sentences kept as words, the verdict kept, no figures."""
+    verdict = data.get("verdict") or verdict_of(bool(data.get("passed")))
+    return {"model": str(data["model"]), "check": data["check"], "case": str(data["case"]), "value": None,
+            "unit": Unit.NONE, "threshold": None, "bound": Bound.AT_LEAST, "verdict": verdict,
+            "criterion": str(data.get("threshold", "")), "detail": str(data.get("value", ""))}
+
+
+def dump_report(report: ChecklistReport) -> dict:
+    """``test.json``'s content for ``report`` (:class:`ChecklistFile`, through the codec)."""
+    return codec.dump(ChecklistFile(
+        passed=report.passed,
+        summary={m.model: ModelSummary(
+            sum(c.verdict is Verdict.PASS for c in m.checks), len(m.checks),
+            [f"{c.check}/{c.case}" for c in m.checks if c.verdict is Verdict.FAIL],
+            [f"{c.check}/{c.case}" for c in m.checks if c.inconclusive],
+            {str(c.check): RateSummary(c.passes, c.samples, c.value) for c in m.checks if c.case == f"{c.check}-overall"},
+            m.requests, m.seconds) for m in report.models},
+        thresholds=report.thresholds, checks=report.checks,
+        series={m.model: ModelSeries(m.rss_mib, m.ms_per_token, m.seed, m.generated) for m in report.models},
+        quality={m.model: m.quality for m in report.models if m.quality is not None},
+        retention={m.model: RetentionEntry(m.retention.reference, m.retention.retained, m.retention.forgotten,
+                                           m.retention.domain_answers, len(m.retention.retained),
+                                           len(m.retention.forgotten))
+                   for m in report.models if m.retention is not None},
+        control=report.control, timestamp=report.timestamp))
+
+
+def load_report(data: object, kind: str = "test.json") -> ChecklistReport:
+    """A :class:`ChecklistReport` from ``test.json``'s content of any known version (see the module's history).
+
+    Raises:
+        ResultVersionError: a version newer than this toolkit knows.
+        RecordError: content of the wrong shape.
+
+    Example:
+        >>> load_report(read_json("outputs/demo/test.json")).passed
+        True
+    """
+    file = codec.load(ChecklistFile, data, kind=kind)
+    version = data.get(codec.VERSION_KEY, 1) if isinstance(data, dict) else 1
+    names = list(dict.fromkeys([*(c.model for c in file.checks), *file.series]))
+    models = []
+    for name in names:
+        series, summary, kept = file.series.get(name, ModelSeries()), file.summary.get(name, ModelSummary()), None
+        if name in file.retention:
+            entry = file.retention[name]
+            kept = RetentionRecord(entry.reference, entry.retained, entry.forgotten, entry.domain_answers)
+        models.append(ModelReport(name, [c for c in file.checks if c.model == name], series.rss_mib,
+                                  series.ms_per_token, series.seed, series.generated, summary.requests,
+                                  summary.seconds, file.quality.get(name), kept))
+    return ChecklistReport(models, file.thresholds, file.control, file.timestamp, version)

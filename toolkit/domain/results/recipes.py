@@ -14,13 +14,13 @@ Version history of ``recipes.json``:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from slmops.toolkit.core import artifacts
-from slmops.toolkit.domain.results import schema_version
+from slmops.toolkit.core import artifacts, codec
 
-#: The version :func:`recipes_file` writes.
+#: The version :func:`write_recipes` writes.
 SCHEMA_VERSION = 3
 
 #: Version-1 field names and their names since version 2.
@@ -66,20 +66,32 @@ class RecipeResult:
     pass_rate: float | None = None
     refused: str = ""
 
-    def to_json(self) -> dict:
-        """The recipe as ``recipes.json`` holds it."""
-        return asdict(self)
+
+@dataclass(frozen=True)
+class RecipesFile:
+    """``recipes.json``: every recipe the comparison built or the parity gate refused.
+
+    Attributes:
+        recipes: One per recipe, in the order compared.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    KIND: ClassVar[str] = "recipes.json"
+
+    recipes: tuple[RecipeResult, ...] = ()
 
     @classmethod
-    def from_json(cls, data: dict) -> RecipeResult:
-        """A recipe of ``recipes.json`` (version-1 names renamed; unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{_RENAMED.get(k, k): v for k, v in data.items() if _RENAMED.get(k, k) in known})
+    def upgrade(cls, data: object, version: int) -> object:
+        """Version 1 was a bare list with the old names; version 2 had no ``refused`` (read as empty)."""
+        if isinstance(data, list):
+            return {"recipes": [{_RENAMED.get(k, k): v for k, v in row.items()} if isinstance(row, dict) else row
+                                for row in data]}
+        return data
 
 
-def recipes_file(results: list[RecipeResult]) -> dict:
-    """What ``recipes.json`` holds: the current schema version and every recipe."""
-    return {"schema_version": SCHEMA_VERSION, "recipes": [r.to_json() for r in results]}
+def write_recipes(path: str | os.PathLike[str], results: list[RecipeResult]) -> Path:
+    """Write ``recipes.json``: the current schema version and every recipe."""
+    return codec.write(path, RecipesFile(tuple(results)))
 
 
 def read_recipes(path: str | os.PathLike[str]) -> list[RecipeResult]:
@@ -87,13 +99,11 @@ def read_recipes(path: str | os.PathLike[str]) -> list[RecipeResult]:
 
     Raises:
         ResultVersionError: a file written by a newer toolkit.
+        RecordError: a recipe of the wrong shape.
 
     Example:
         >>> [r.recipe for r in read_recipes("outputs/demo/models/recipes/recipes.json")]
         ['builder-default', 'int8-head']
     """
     data = artifacts.read_json(Path(path), None)
-    if isinstance(data, dict):
-        schema_version(data, Path(path).name, SCHEMA_VERSION)
-        data = data.get("recipes")
-    return [RecipeResult.from_json(row) for row in data if isinstance(row, dict)] if isinstance(data, list) else []
+    return list(codec.load(RecipesFile, data, kind=str(path)).recipes) if data is not None else []

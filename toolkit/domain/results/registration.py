@@ -7,28 +7,39 @@ parameters and never by reading a precision back out of a name.
 Version history of ``registered.json``:
 
 1. (no ``schema_version``: a JSON list of rows) ``name``, ``model_id``, ``precision``,
-   ``template``, ``threads``, ``threads_speedup``, ``threads_probe``, ``path``, ``notes`` and
-   other keys; read by :func:`read_registered` as it is (unknown keys kept in ``extra``).
+   ``template``, ``threads``, ``threads_speedup``, ``threads_probe``, ``tool_calling``, ``path``,
+   ``notes``; read by :func:`read_registered` as version 2 (:meth:`RegisteredFile.upgrade`).
 2. ``{"schema_version": 2, "models": [the same rows]}``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from slmops.toolkit.core import artifacts
-from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain.results import schema_version
+from slmops.toolkit.core import codec
 
-#: The version :func:`registered_file` writes.
+#: The version :func:`write_registered` writes.
 SCHEMA_VERSION = 2
 #: The record written beside each registered model in Foundry Local's cache (how and when it was registered).
 REGISTRATION_RECORD = ".slmops-registration.json"
 
-_FIELDS = ("name", "model_id", "precision", "template", "threads", "threads_speedup", "threads_probe", "path",
-           "notes")
+
+@dataclass(frozen=True)
+class ThreadSpeed:
+    """One thread count's best decode speed and time to first token (a row of a thread probe).
+
+    Attributes:
+        threads: Intra-op threads (0: the runtime's default).
+        decode_tps: Best decode speed, tokens/s.
+        ttft_ms: Best time to first token, ms.
+    """
+
+    threads: int
+    decode_tps: float
+    ttft_ms: float
 
 
 @dataclass(frozen=True)
@@ -42,10 +53,10 @@ class RegisteredModel:
         template: The prompt template it was registered with.
         threads: ONNX Runtime intra-op threads it runs with (``"default"``: the runtime's own choice).
         threads_speedup: Decode speed over the runtime's default with the chosen threads (x), when probed.
-        threads_probe: The probe: ``{"threads", "decode_tps" (tokens/s), "ttft_ms" (ms)}`` per count tried.
+        threads_probe: The probe: each count tried, its decode speed (tokens/s) and time to first token (ms).
+        tool_calling: Whether it calls tools, in words (the registration's probe).
         path: Its folder in the Foundry Local cache.
         notes: What registration noted, in words.
-        extra: Any other fields the file holds for it, as written.
     """
 
     name: str
@@ -54,37 +65,47 @@ class RegisteredModel:
     template: str = ""
     threads: int | str = "default"
     threads_speedup: float | None = None
-    threads_probe: list[dict] = field(default_factory=list)
+    threads_probe: tuple[ThreadSpeed, ...] = ()
+    tool_calling: str = ""
     path: str = ""
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
-    def to_json(self) -> dict:
-        """The row as ``registered.json`` holds it."""
-        return {**{name: getattr(self, name) for name in _FIELDS}, **self.extra}
+
+@dataclass(frozen=True)
+class RegisteredFile:
+    """``registered.json``: the models a run registered, in the order registered.
+
+    Attributes:
+        models: One row per model.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    KIND: ClassVar[str] = "registered.json"
+
+    models: tuple[RegisteredModel, ...]
 
     @classmethod
-    def from_json(cls, row: dict) -> RegisteredModel:
-        """A row as :meth:`to_json` (or a version-1 file) wrote it."""
-        return cls(**{name: row[name] for name in _FIELDS if name in row},
-                   extra={k: v for k, v in row.items() if k not in _FIELDS})
+    def upgrade(cls, data: object, version: int) -> object:
+        """Version 1 was the list of rows itself."""
+        return {"models": data} if isinstance(data, list) else data
 
 
-def registered_file(rows: list[dict]) -> dict:
-    """The content of ``registered.json`` for the registration rows of a run (each a :class:`RegisteredModel`).
+def write_registered(path: str | os.PathLike[str], models: list[RegisteredModel]) -> Path:
+    """Write a run's ``registered.json``.
 
     Example:
-        >>> registered_file([{"name": "m-fp32", "model_id": "m-fp32:1", "precision": "fp32"}])["schema_version"]
-        2
+        >>> write_registered("outputs/demo/registered.json", [RegisteredModel("m-fp32", "m-fp32:1", "fp32")]).name
+        'registered.json'
     """
-    return {"schema_version": SCHEMA_VERSION, "models": [RegisteredModel.from_json(row).to_json() for row in rows]}
+    return codec.write(path, RegisteredFile(tuple(models)))
 
 
 def read_registered(path: str | os.PathLike[str]) -> list[RegisteredModel]:
     """The models a run registered, from its ``registered.json``.
 
     Raises:
-        InputError: there is no such file (the registration stage has not run), or it is not a list of models.
+        InputError: there is no such file (the registration stage has not run).
+        RecordError: it is not a list of models.
         ResultVersionError: it was written by a newer toolkit.
 
     Example:
@@ -92,14 +113,9 @@ def read_registered(path: str | os.PathLike[str]) -> list[RegisteredModel]:
         ['fp32', 'int8', 'int4']
     """
     file = Path(path)
-    data = artifacts.read_json(file)
-    if data is None:
-        raise InputError(f"No {file.name} at {file.parent}: register the run's models first (notebook 02, "
-                         "`slmops run`, or `slmops demo`).")
-    rows = data.get("models") if isinstance(data, dict) and schema_version(data, file.name, SCHEMA_VERSION) else data
-    if not isinstance(rows, list) or not all(isinstance(row, dict) and "name" in row for row in rows):
-        raise InputError(f"{file} is not a registration result (a list of registered models).")
-    return [RegisteredModel.from_json(row) for row in rows]
+    found = codec.read(RegisteredFile, file, missing=f"No {file.name} at {file.parent}: register the run's models "
+                       "first (notebook 02, `slmops run`, or `slmops demo`).")
+    return list(found.models)
 
 
 def reference_of(models: list[RegisteredModel]) -> str | None:

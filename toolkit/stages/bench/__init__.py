@@ -17,7 +17,7 @@ Where each part lives: the row and the one metrics function in :mod:`slmops.tool
 :mod:`~slmops.toolkit.stages.bench.engines` (the three engines and :func:`bench`, children in
 :mod:`~slmops.toolkit.stages.bench.worker`); :mod:`~slmops.toolkit.stages.bench.analysis` (what rows say
 together); :mod:`~slmops.toolkit.stages.bench.results` (``bench.json``, ``bench.csv``); its sentences
-(summary, warnings) in :mod:`slmops.toolkit.presentation.bench`.
+(summary, warnings) in :mod:`slmops.toolkit.presentation.bench_text`.
 """
 
 from __future__ import annotations

@@ -8,19 +8,20 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from slmops.toolkit.core import settings, workers
-from slmops.toolkit.core.artifacts import dir_size_mb, read_manifest
+from slmops.toolkit.core import codec, settings, workers
+from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InputError, ModelNotFoundError
 from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
 from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.prompts import prompt_text
-from slmops.toolkit.domain.quantize import lookup_only_mb
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
+from slmops.toolkit.weights.weight_summary import lookup_only_mb
 
 #: The worker module the children run.
 WORKER = "slmops.toolkit.stages.bench.worker"
@@ -41,15 +42,6 @@ class ModelFacts:
     precision: str
     size_mb: float
     weights_read_mb: float
-
-    def to_json(self) -> dict:
-        """The facts as a child sends and reads them."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModelFacts:
-        """Facts as :meth:`to_json` wrote them."""
-        return cls(str(data["name"]), str(data["precision"]), float(data["size_mb"]), float(data["weights_read_mb"]))
 
 
 @dataclass(frozen=True)
@@ -72,17 +64,6 @@ class MeasureJob:
     warmup: int
     cache: str
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> MeasureJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["name"]), tuple(int(n) for n in data["prompt_lengths"]),
-                   tuple(int(n) for n in data["gen_lengths"]), int(data["repeats"]), int(data["warmup"]),
-                   str(data["cache"]))
-
 
 @dataclass(frozen=True)
 class MeasuredModel:
@@ -103,22 +84,6 @@ class MeasuredModel:
     prompts: tuple[tuple[int, ...], ...]
     messages: tuple[tuple[dict[str, str], ...], ...]
     rows: tuple[BenchRow, ...]
-
-    def to_json(self) -> dict:
-        """The result as the child sends it."""
-        return {"model": self.model.to_json(), "folder": self.folder, "threads": self.threads,
-                "prompts": [list(ids) for ids in self.prompts],
-                "messages": [[dict(message) for message in messages] for messages in self.messages],
-                "rows": [row.to_json() for row in self.rows]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> MeasuredModel:
-        """A result as :meth:`to_json` wrote it."""
-        return cls(ModelFacts.from_json(data["model"]), str(data["folder"]), int(data["threads"]),
-                   tuple(tuple(int(i) for i in ids) for ids in data["prompts"]),
-                   tuple(tuple({str(k): str(v) for k, v in message.items()} for message in messages)
-                         for messages in data["messages"]),
-                   tuple(BenchRow.from_json(row) for row in data["rows"]))
 
 
 @dataclass(frozen=True)
@@ -146,23 +111,6 @@ class EndpointJob:
     gen_lengths: tuple[int, ...]
     repeats: int
     warmup: int
-
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return {"model": self.model.to_json(), "threads": self.threads, "prompt_lengths": list(self.prompt_lengths),
-                "messages": [[dict(message) for message in messages] for messages in self.messages], "url": self.url,
-                "key": self.key, "gen_lengths": list(self.gen_lengths), "repeats": self.repeats,
-                "warmup": self.warmup}
-
-    @classmethod
-    def from_json(cls, data: dict) -> EndpointJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(ModelFacts.from_json(data["model"]), int(data["threads"]),
-                   tuple(int(n) for n in data["prompt_lengths"]),
-                   tuple(tuple({str(k): str(v) for k, v in message.items()} for message in messages)
-                         for messages in data["messages"]),
-                   str(data["url"]), str(data["key"]), tuple(int(n) for n in data["gen_lengths"]),
-                   int(data["repeats"]), int(data["warmup"]))
 
 
 def _row(model: ModelFacts, engine: str, length: int, gen: int, prompt_tokens: int, runs: Sequence[TimedRun], *,
@@ -198,7 +146,8 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     size_mb = round(dir_size_mb(folder), 1)
     decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"]
-    info = ModelFacts(name, read_manifest(folder).get("precision", "?"), size_mb,
+    made = read_manifest(folder)
+    info = ModelFacts(name, (made.precision if made else "") or "?", size_mb,
                       round(size_mb - lookup_only_mb(folder / decoder), 1))
     threads = configured_threads(folder)
     registrations = contextlib.ExitStack()  # the fixed-length copy: every request generates its asked tokens
@@ -352,15 +301,15 @@ def bench(names: Sequence[str], *, prompt_lengths: Sequence[int] = tuple(DEFAULT
     rows: list[BenchRow] = []
     for name in tqdm(names, desc="bench", unit="model", disable=not progress):
         job = MeasureJob(name, tuple(prompt_lengths), tuple(gen_lengths), repeats, warmup, cache_arg)
-        measured = MeasuredModel.from_json(
-            workers.run_worker(WORKER, "measure", job.to_json(), name=f"benchmark of {name}").result)
+        measured = codec.load(MeasuredModel,
+                              workers.run_worker(WORKER, "measure", codec.dump(job), name=f"benchmark of {name}").result)
         if "foundry-local" in engines:
             rows += measured.rows
         if "endpoint" in engines:
             client_job = EndpointJob(measured.model, measured.threads, tuple(prompt_lengths), measured.messages,
                                      endpoint[0], endpoint[1], tuple(gen_lengths), repeats, warmup)
-            rows += [BenchRow.from_json(row) for row in workers.run_worker(
-                WORKER, "endpoint", client_job.to_json(), name=f"endpoint benchmark of {name}").result]
+            rows += codec.load(list[BenchRow], workers.run_worker(
+                WORKER, "endpoint", codec.dump(client_job), name=f"endpoint benchmark of {name}").result)
         if "ort-genai" in engines:
             for count in threads or [measured.threads]:
                 rows += measure_direct(measured, prompt_lengths, gen_lengths, repeats, warmup, count)

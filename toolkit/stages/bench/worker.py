@@ -4,19 +4,19 @@ Thin on purpose: it serves :func:`~slmops.toolkit.stages.bench.engines.measure_m
 child) and :func:`~slmops.toolkit.stages.bench.engines.measure_endpoint` (the endpoint's client).
 """
 
-from slmops.toolkit.core import workers
+from slmops.toolkit.core import codec, workers
 from slmops.toolkit.stages.bench.engines import EndpointJob, MeasureJob, measure_endpoint, measure_model
 
 
 def _measure_task(payload: dict, _emit) -> dict:
     """Worker task: :func:`measure_model` on the model of a :class:`MeasureJob`; a :class:`MeasuredModel` back."""
-    job = MeasureJob.from_json(payload)
-    return measure_model(job.name, job.prompt_lengths, job.gen_lengths, job.repeats, job.warmup, job.cache).to_json()
+    job = codec.load(MeasureJob, payload)
+    return codec.dump(measure_model(job.name, job.prompt_lengths, job.gen_lengths, job.repeats, job.warmup, job.cache))
 
 
 def _endpoint_task(payload: dict, _emit) -> list[dict]:
     """Worker task: :func:`measure_endpoint` on an :class:`EndpointJob` (its own process, as an application's)."""
-    return [row.to_json() for row in measure_endpoint(EndpointJob.from_json(payload))]
+    return codec.dump(measure_endpoint(codec.load(EndpointJob, payload)))
 
 
 if __name__ == "__main__":

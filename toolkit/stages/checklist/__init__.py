@@ -46,7 +46,7 @@ Where each part lives (one module per concern):
   :mod:`~slmops.toolkit.stages.checklist.quality` (and the negative control): one check each;
 - :mod:`~slmops.toolkit.stages.checklist.run`: running it all, and ``test.json``;
 - the result types (:class:`CheckResult`, :class:`ChecklistReport`, ...):
-  :mod:`slmops.toolkit.domain.results.checklist`; tables: :mod:`slmops.toolkit.presentation.checklist`.
+  :mod:`slmops.toolkit.domain.results.checklist`; tables: :mod:`slmops.toolkit.presentation.checklist_tables`.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ from slmops.toolkit.domain.results.checklist import (
     Thresholds,
     Unit,
     Verdict,
+    dump_report,
+    load_report,
 )
 from slmops.toolkit.stages.checklist.answers import CASE_CHECKS, CaseCheck, case_checks, stop_check
 from slmops.toolkit.stages.checklist.cases import (
@@ -81,11 +83,49 @@ from slmops.toolkit.stages.checklist.statistics import Decision, decide, growth_
 from slmops.toolkit.stages.checklist.timing import DECISIVE_LONG, input_lengths, performance_check, performance_checks
 
 __all__ = [
-    "CASE_CHECKS", "CONTENT_RULES", "CONTROL_MAX_PASS", "DECISIVE_LONG", "EDGE_CASES", "FORMAT_RULES", "MUST_REFUSE",
-    "RULES", "Bound", "CaseCheck", "Check", "CheckResult", "ChecklistReport", "ControlResult", "Decision",
-    "ModelReport", "QualityRecord", "Rule", "Thresholds", "Unit", "Verdict", "case_checks", "decide", "edge_request",
-    "edge_verdict", "growth_mib_per_100", "input_lengths", "judge", "load_cases", "memory_check",
-    "performance_check", "performance_checks", "quality_checks", "quality_records", "read_report",
-    "register_rule", "run_checklist", "run_checklists", "run_control", "run_edge_cases", "stop_check",
-    "window_growth", "write_report",
+    "CASE_CHECKS",
+    "CONTENT_RULES",
+    "CONTROL_MAX_PASS",
+    "DECISIVE_LONG",
+    "EDGE_CASES",
+    "FORMAT_RULES",
+    "MUST_REFUSE",
+    "RULES",
+    "Bound",
+    "CaseCheck",
+    "Check",
+    "CheckResult",
+    "ChecklistReport",
+    "ControlResult",
+    "Decision",
+    "ModelReport",
+    "QualityRecord",
+    "Rule",
+    "Thresholds",
+    "Unit",
+    "Verdict",
+    "case_checks",
+    "decide",
+    "dump_report",
+    "edge_request",
+    "edge_verdict",
+    "growth_mib_per_100",
+    "input_lengths",
+    "judge",
+    "load_cases",
+    "load_report",
+    "memory_check",
+    "performance_check",
+    "performance_checks",
+    "quality_checks",
+    "quality_records",
+    "read_report",
+    "register_rule",
+    "run_checklist",
+    "run_checklists",
+    "run_control",
+    "run_edge_cases",
+    "stop_check",
+    "window_growth",
+    "write_report",
 ]

@@ -7,10 +7,10 @@ timeout, so a crash or a hang is a finding about that case and the rest go on in
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import workers
+from slmops.toolkit.core import codec, workers
 from slmops.toolkit.core.errors import (
     InputError,
     InvalidOptionError,
@@ -115,15 +115,6 @@ class EdgeJob:
     skip: int
     seed: int
 
-    def to_json(self) -> dict:
-        """The payload as the child reads it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> EdgeJob:
-        """A job as :meth:`to_json` wrote it."""
-        return cls(str(data["name"]), str(data["cache"]), int(data["skip"]), int(data["seed"]))
-
 
 @dataclass(frozen=True)
 class EdgeOutcome:
@@ -141,21 +132,10 @@ class EdgeOutcome:
     passed: bool
     seconds: float | None
 
-    def to_json(self) -> dict:
-        """The event as the child sends it."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> EdgeOutcome:
-        """An event as :meth:`to_json` wrote it."""
-        seconds = data["seconds"]
-        return cls(str(data["case"]), str(data["outcome"]), bool(data["passed"]),
-                   None if seconds is None else float(seconds))
-
 
 def edge_task(payload: dict, emit) -> None:
     """Worker task: run the edge cases from ``skip`` on (an :class:`EdgeJob`), emitting an :class:`EdgeOutcome` each."""
-    job = EdgeJob.from_json(payload)
+    job = codec.load(EdgeJob, payload)
     with LoadedModel(job.name, job.cache or None) as model:
         for case, _ in EDGE_CASES[job.skip:]:
             messages, max_tokens = edge_request(case, model.context_length)
@@ -164,7 +144,7 @@ def edge_task(payload: dict, emit) -> None:
                 outcome, passed = edge_verdict(case, model.generate(messages, max_tokens=max_tokens, seed=job.seed))
             except Exception as exc:  # noqa: BLE001 (every outcome is judged; an unexpected one is the finding)
                 outcome, passed = edge_verdict(case, error=exc)
-            emit(EdgeOutcome(case, outcome, passed, round(time.perf_counter() - start, 3)).to_json())
+            emit(codec.dump(EdgeOutcome(case, outcome, passed, round(time.perf_counter() - start, 3))))
 
 
 def run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed: int,
@@ -184,14 +164,14 @@ def run_edge_cases(name: str, cache: str | Path | None, timeout_s: float, seed: 
     results: list[CheckResult] = []
 
     def record(event: dict | EdgeOutcome) -> None:
-        row = event if isinstance(event, EdgeOutcome) else EdgeOutcome.from_json(event)
+        row = event if isinstance(event, EdgeOutcome) else codec.load(EdgeOutcome, event)
         results.append(CheckResult(name, Check.EDGE, row.case, row.seconds, Unit.SECONDS, timeout_s, Bound.AT_MOST,
                                    verdict_of(row.passed), criterion, row.outcome))
 
     while len(results) < len(EDGE_CASES):
         failure = ""
         try:
-            workers.run_worker(WORKER, "edge", EdgeJob(name, str(cache or ""), len(results), seed).to_json(),
+            workers.run_worker(WORKER, "edge", codec.dump(EdgeJob(name, str(cache or ""), len(results), seed)),
                                name=f"edge cases of {name}", idle_timeout=timeout_s, startup_s=startup_s,
                                on_event=record)
         except ToolTimeoutError:

@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, build_cache
+from slmops.toolkit.core import artifacts, build_cache, codec
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import tools
 from slmops.toolkit.domain.datasets import HELDOUT, RETENTION, domain_terms
@@ -115,7 +115,7 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
         key = control_key(Path(model.model.get_path()), content + tool_cases, max_tokens, seed) if keep else ""
         kept = build_cache.lookup(_KEPT, key) if keep else None
         if kept is not None and (kept / _RESULT).is_file():
-            return replace(ControlResult.from_json(artifacts.read_json(kept / _RESULT)), model=name)
+            return replace(codec.load(ControlResult, artifacts.read_json(kept / _RESULT)), model=name)
         for case in tqdm(content, desc=f"{name}: control", unit="case", disable=not progress):
             answers[case["id"]] = generation(model, case, max_tokens, seed)[0]
             correct = judge(answers[case["id"]], case["expect"], CONTENT_RULES)[0]
@@ -136,7 +136,7 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
                            tools_passed, len(tool_cases), retention_correct=retained,
                            retention_total=len(passed[RETENTION]), domain_terms=domain_terms(cases))
     if keep:
-        build_cache.store_json(_KEPT, key, _RESULT, replace(result, kept_from=timestamp()).to_json())
+        build_cache.store_json(_KEPT, key, _RESULT, codec.dump(replace(result, kept_from=timestamp())))
     return result
 
 

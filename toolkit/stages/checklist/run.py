@@ -15,6 +15,8 @@ from slmops.toolkit.domain.results.checklist import (
     ControlResult,
     ModelReport,
     Thresholds,
+    dump_report,
+    load_report,
     with_retention,
 )
 from slmops.toolkit.runtimes.foundry import LoadedModel
@@ -169,7 +171,7 @@ def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thres
     limits = thresholds or Thresholds()
     # The general questions are held to the base's own answers (the control), once both are known.
     report = ChecklistReport(with_retention(list(reports), control, limits), limits, control, timestamp())
-    artifacts.write_json(path, report.to_json())
+    artifacts.write_json(path, dump_report(report))
     return report
 
 
@@ -180,4 +182,4 @@ def read_report(path: str | os.PathLike[str]) -> ChecklistReport | None:
         ResultVersionError: it was written by a newer toolkit.
     """
     data = artifacts.read_json(Path(path))
-    return ChecklistReport.from_json(data) if isinstance(data, dict) else None
+    return load_report(data, str(path)) if isinstance(data, dict) else None

@@ -135,7 +135,7 @@ def run_tool_cases(model, cases: list[dict], *, max_tokens: int = MAX_TOKENS) ->
     return [ask_tool_case(model, case, max_tokens=max_tokens) for case in cases if is_tool_case(case)]
 
 
-def summary(results: list[ToolCaseResult]) -> dict:
+def tool_call_summary(results: list[ToolCaseResult]) -> dict:
     """Pass rates of the trained and held-out tool cases, and how many returned calls validated.
 
     Returns:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slmops.toolkit.domain.onnx_weights import LM_HEAD, ROTATION_PREFIX, read_initializer
+from slmops.toolkit.weights.onnx_weights import LM_HEAD, ROTATION_PREFIX, read_initializer
 
 NORMS = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}  # op -> gain's input
 

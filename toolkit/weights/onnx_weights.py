@@ -1,7 +1,7 @@
 """What the quantizer and the rotation both read of an ONNX Runtime GenAI graph: node names and initializers.
 
 Both work on the builder's FP32 graph, tensor by tensor; this module is the piece they share, so
-neither imports the other for it (:mod:`slmops.toolkit.domain.quantize` runs the rotation first
+neither imports the other for it (:mod:`slmops.toolkit.weights.quantize` runs the rotation first
 when a plan asks for it).
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 
 #: The LM head's MatMul in the builder's graphs.
 LM_HEAD = "/lm_head/MatMul"
-#: Name prefix of the MatMuls :mod:`slmops.toolkit.domain.rotate` adds; they stay in FP32.
+#: Name prefix of the MatMuls :mod:`slmops.toolkit.weights.rotate` adds; they stay in FP32.
 ROTATION_PREFIX = "/rotation/"
 
 #: ``TensorProto.EXTERNAL``: the tensor's bytes are in a file beside the graph.

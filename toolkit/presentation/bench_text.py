@@ -10,7 +10,7 @@ from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least
 from slmops.toolkit.stages.bench import headline_rows
 
 
-def summary(report: dict, quality: ChecklistReport | None = None, *, baseline: str = "fp32") -> list[str]:
+def summary_lines(report: dict, quality: ChecklistReport | None = None, *, baseline: str = "fp32") -> list[str]:
     """One sentence per precision against the baseline precision (Foundry Local rows, shortest prompt).
 
     Args:
@@ -18,7 +18,7 @@ def summary(report: dict, quality: ChecklistReport | None = None, *, baseline: s
         quality: The checklist's result (``test.json``), for top-1 agreement when present.
 
     Example:
-        >>> summary(report)[0]
+        >>> summary_lines(report)[0]
         'int4: 3.3x fp32 decode speed at 0.37x size'
     """
     by_precision = {r["precision"]: r for r in headline_rows(report["rows"])}

@@ -1,0 +1,135 @@
+"""The one codec: records and child payloads to JSON and back, versions checked, old versions upgraded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar
+
+import pytest
+
+from slmops.toolkit.core import codec
+from slmops.toolkit.core.codec import RecordError, ResultVersionError
+from slmops.toolkit.core.errors import InputError
+
+
+class Colour(StrEnum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    tps: float
+    ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    model_dir: str
+    rows: tuple[Row, ...]
+    colour: Colour = Colour.RED
+    by_label: dict[str, float] = field(default_factory=dict)
+    base: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """A versioned record: version 1 called ``rows`` ``runs``; version 2 renamed it."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+    KIND: ClassVar[str] = "result.json"
+
+    rows: tuple[Row, ...]
+    note: str = ""
+
+    @classmethod
+    def upgrade(cls, data: dict, version: int) -> dict:
+        if version == 1:
+            data["rows"] = data.pop("runs")
+        return data
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A versioned record whose version 1 was a bare list of rows, and one with no history."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    rows: tuple[Row, ...]
+
+    @classmethod
+    def upgrade(cls, data: object, version: int) -> object:
+        return {"rows": data} if isinstance(data, list) else data
+
+
+@dataclass(frozen=True)
+class Plain:
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    rows: tuple[Row, ...] = ()
+
+
+_JOB = Job("/m", (Row("a", 1.5, (1, 2)), Row("b", 2.0)), Colour.BLUE, {"int4": 3.25}, None)
+
+
+def test_a_record_survives_json_unchanged() -> None:
+    sent = json.loads(json.dumps(codec.dump(_JOB)))
+    assert sent == {"model_dir": "/m", "rows": [{"name": "a", "tps": 1.5, "ids": [1, 2]},
+                                                 {"name": "b", "tps": 2.0, "ids": []}],
+                    "colour": "blue", "by_label": {"int4": 3.25}, "base": None}
+    assert codec.load(Job, sent) == _JOB
+    assert codec.dump(codec.load(Job, sent)) == sent
+
+
+def test_a_payload_declares_no_version_and_a_record_writes_its_own_first() -> None:
+    assert codec.VERSION_KEY not in codec.dump(_JOB)
+    assert list(codec.dump(Result((Row("a", 1.0),)))) == ["schema_version", "rows", "note"]
+
+
+def test_json_numbers_and_lists_fill_their_fields_and_unknown_keys_are_ignored() -> None:
+    row = codec.load(Row, {"name": "a", "tps": 3, "ids": [4], "added_later": True})
+    assert row == Row("a", 3.0, (4,)) and isinstance(row.tps, float)
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    ({"name": "a"}, "tps: field required"),
+    ({"name": "a", "tps": "fast"}, "tps: input should be a valid number"),
+    ({"name": 3, "tps": 1.0}, "name: input should be a valid string"),
+    ({"name": "a", "tps": 1.0, "ids": ["x"]}, "ids.0: input should be a valid integer"),
+])
+def test_a_field_missing_or_of_the_wrong_type_is_refused_in_one_line_naming_it(data: dict, where: str) -> None:
+    with pytest.raises(RecordError, match=where) as caught:
+        codec.load(Row, data)
+    assert isinstance(caught.value, InputError) and "\n" not in str(caught.value)
+
+
+def test_an_older_version_is_upgraded_and_a_newer_one_refused() -> None:
+    assert codec.load(Result, {"runs": [{"name": "a", "tps": 1.0}]}) == Result((Row("a", 1.0),))  # version 1
+    assert codec.load(Result, {"schema_version": 2, "rows": []}) == Result(())
+    for found in (3, "2", 0):
+        with pytest.raises(ResultVersionError, match=f"result.json has schema_version {found!r}"):
+            codec.load(Result, {"schema_version": found, "rows": []})
+    with pytest.raises(RecordError, match="not a JSON object"):
+        codec.load(Plain, [])
+    assert codec.load(Listed, [{"name": "a", "tps": 1}]) == Listed((Row("a", 1.0),))  # version 1: a bare list
+    with pytest.raises(RecordError, match="Listed"):
+        codec.load(Listed, "rows")
+
+
+def test_read_and_write_go_through_the_file(tmp_path) -> None:
+    path = codec.write(tmp_path / "result.json", Result((Row("a", 1.0, (2,)),), "n"))
+    assert json.loads(path.read_text())["schema_version"] == 2
+    assert codec.read(Result, path) == Result((Row("a", 1.0, (2,)),), "n")
+    with pytest.raises(InputError, match="run the step first"):
+        codec.read(Result, tmp_path / "none.json", missing="run the step first")
+    (tmp_path / "bad.json").write_text('{"schema_version": 2, "rows": 5}')
+    with pytest.raises(RecordError, match=r"bad.json .*rows"):
+        codec.read(Result, tmp_path / "bad.json")
+
+
+def test_types_other_than_records_load_too() -> None:
+    assert codec.load(dict[str, float], {"a": 1}) == {"a": 1.0}
+    assert codec.load(list[Row], [{"name": "a", "tps": 1}]) == [Row("a", 1.0)]

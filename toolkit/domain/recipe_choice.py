@@ -1,0 +1,65 @@
+"""Which INT4 recipe to deploy, and why, from the recipes' measured figures (the recipe comparison's rule).
+
+Pure: the comparison that builds and measures each recipe is
+:func:`slmops.toolkit.orchestration.recipes.compare_int4_recipes`.
+"""
+
+from __future__ import annotations
+
+from slmops.toolkit.domain.results.recipes import RecipeResult
+from slmops.toolkit.domain.verdicts import TOP1_TARGET
+
+
+def fidelity_key(r: RecipeResult) -> tuple:
+    """Sort key, best first: not moved toward the base, domain pass rate, lowest KL, top-1, smallest.
+
+    Perplexity is not in it: on a generic text it rewards a build that fell back to the base.
+    """
+    return (r.moved_toward_base, -(r.pass_rate if r.pass_rate is not None else 1.0), r.kl_divergence, -r.top1_agreement, r.size_mb)
+
+
+def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, top1_target: float = TOP1_TARGET,
+                     speed_floor: float = 0.5) -> tuple[str, str]:
+    """Pick the recipe to use and say why, in one sentence.
+
+    The winner meets the size target (ratio to FP32) and the agreement target and decodes
+    at least ``speed_floor`` times as fast as the fastest recipe; among those, the one
+    closest to FP32 wins (:func:`fidelity_key`: not moved toward the base model, domain pass
+    rate, lowest KL, then top-1). When none does, the closest among the fast recipes wins, and
+    the sentence names any recipe that met both targets only by being slow. A recipe the parity
+    gate refused is never recommended; the sentence names it.
+
+    Raises:
+        ValueError: every recipe was refused (there is nothing to recommend).
+
+    Example:
+        >>> recommend_recipe(results)[0]
+        'int8-head'
+    """
+    refused = [r for r in results if r.refused]
+    results = [r for r in results if not r.refused]
+    if not results:
+        raise ValueError("every INT4 recipe was refused by the parity gate")
+    fastest = max(r.decode_tps for r in results)
+    fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
+    on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1_agreement >= top1_target]
+
+    def describe(r: RecipeResult) -> str:
+        return (f"`{r.recipe}` ({r.size_ratio_vs_fp32:.2f}x FP32 size, top-1 agreement {r.top1_agreement:.3f}, "
+                f"KL {r.kl_divergence:.3f}, {r.decode_tps:.0f} tok/s)")
+
+    gate = (" Refused by the parity gate (not built): " + ", ".join(
+        f"`{r.recipe}` (top-1 {r.top1_agreement:.3f}, KL {r.kl_divergence:.3f})" for r in refused) + ".") if refused else ""
+    winners = [r for r in on_target if r in fast]
+    if winners:
+        best = min(winners, key=fidelity_key)
+        return best.recipe, (f"Use {describe(best)}: closest to FP32 of those meeting <= {size_target}x size and "
+                             f">= {top1_target} agreement." + gate)
+    best = min(fast, key=fidelity_key)
+    sentence = (f"No fast recipe meets both <= {size_target}x size and >= {top1_target} top-1 agreement; "
+                f"the best fast one is {describe(best)}.")
+    slow = [r for r in on_target if r not in fast]
+    if slow:
+        sentence += (" " + ", ".join(describe(r) for r in slow) + " meets both targets but decodes at under "
+                     f"{speed_floor:.0%} of the fastest recipe's speed; choose it when size and fidelity matter more.")
+    return best.recipe, sentence + gate
