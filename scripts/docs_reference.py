@@ -51,7 +51,7 @@ RESULT_FILES = (
     (("test.json",), "slmops.toolkit.domain.results.checklist",
      ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
       "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
-    (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchRow", "TimedRun")),
+    (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchFile", "BenchRow", "TimedRun")),
     (("registered.json",), "slmops.toolkit.domain.results.registration",
      ("RegisteredFile", "RegisteredModel", "ThreadSpeed")),
     (("models/recipes/recipes.json",), "slmops.toolkit.domain.results.recipes", ("RecipeResult",)),

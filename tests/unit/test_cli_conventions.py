@@ -18,6 +18,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.cli import common, models, pipeline, runs
 from slmops.toolkit.core.errors import ParamsError
 from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain.results.checklist import ChecklistReport
 
 SLMOPS = str(Path(sys.executable).parent / "slmops")
 
@@ -156,15 +157,6 @@ class _Result(types.SimpleNamespace):
     pass
 
 
-class _Written(dict):
-    """What ``checklist.write_report`` returns, read either as a mapping or as a report object."""
-
-    passed = True
-
-    def to_json(self) -> dict:
-        return {"passed": True}
-
-
 @dataclass(frozen=True)
 class _Registration:
     model_id: str
@@ -204,7 +196,7 @@ def test_every_result_command_prints_parseable_json(argv: list[str], tmp_path: P
     monkeypatch.setattr(pipeline.checklist, "load_cases", lambda path: [])
     monkeypatch.setattr(pipeline.checklist, "run_checklists",
                         lambda names, reference, **_: seen.setdefault("reference", reference) or [])
-    monkeypatch.setattr(pipeline.checklist, "write_report", lambda reports, path, limits, **_: _Written(passed=True))
+    monkeypatch.setattr(pipeline.checklist, "write_report", lambda reports, path, limits, **_: ChecklistReport([]))
     monkeypatch.setattr(pipeline.bench, "bench", lambda names, **_: [])
     monkeypatch.setattr(pipeline.bench, "write_results", lambda rows, out: {"rows": [], "warnings": []})
     monkeypatch.setattr(pipeline.plots, "bench_figures", lambda results, quality: {})
