@@ -48,7 +48,7 @@ MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 
 #: Each result file (or files), the module whose docstring tells its history and version, and its records in reading order.
 RESULT_FILES = (
-    (("test.json",), "slmops.toolkit.domain.results.checklist",
+    (("test.json",), "slmops.toolkit.domain.results.checklist_file",
      ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
       "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchFile", "BenchRow", "TimedRun")),

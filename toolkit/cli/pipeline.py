@@ -40,7 +40,7 @@ from slmops.toolkit.domain.options import (
 )
 from slmops.toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
-from slmops.toolkit.domain.results.checklist import dump_report
+from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.templates import TEMPLATE_NOTES, Template, load_prompt_template
