@@ -31,6 +31,7 @@ from slmops.toolkit.core import codec
 from slmops.toolkit.domain.results.checklist import (
     SCHEMA_VERSION,
     Bound,
+    Check,
     ChecklistReport,
     CheckResult,
     ControlResult,
@@ -43,7 +44,9 @@ from slmops.toolkit.domain.results.checklist import (
     verdict_of,
 )
 
-__all__ = ["SCHEMA_VERSION", "ChecklistFile", "ModelSeries", "ModelSummary", "RateSummary", "RetentionEntry",
+# The records the file holds, importable (and documented) from here with the file's own.
+__all__ = ["SCHEMA_VERSION", "Bound", "Check", "CheckResult", "ChecklistFile", "ControlResult", "ModelSeries",
+           "ModelSummary", "QualityRecord", "RateSummary", "RetentionEntry", "Thresholds", "Unit", "Verdict",
            "dump_report", "load_report"]
 
 
