@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.toolkit.core import artifacts
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.errors import (
     InvalidOptionError,
     ModelFolderError,
@@ -278,7 +278,7 @@ def register(
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
             "notes": list(resolved.notes), "registered": timestamp(), "stop_tokens": stop.as_json(),
             "threads": {"setting": "auto", "chosen": threads.chosen, "speedup_vs_default": threads.speedup,
-                        "probe": list(threads.probe), "reused_probe": threads.reused}
+                        "probe": codec.dump(threads.probe), "reused_probe": threads.reused}
             if threads else {"setting": model_config.threads},
         })
         try:
