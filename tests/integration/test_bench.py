@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.weights.quantize import lookup_only_mb
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.presentation import plots
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights.quantize import lookup_only_mb
 
 
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:

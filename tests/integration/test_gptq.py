@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.weights import gptq
 from slmops.toolkit.domain.options import Int4Algorithm, Int4Options, Precision
+from slmops.toolkit.weights import gptq
 from slmops.toolkit.weights.quantize import QuantPlan, quantize
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from slmops.toolkit.core.errors import InvalidOptionError
-from slmops.toolkit.weights import gptq
 from slmops.toolkit.domain.options import Int4Algorithm, Int4Options
+from slmops.toolkit.weights import gptq
 from slmops.toolkit.weights.quantize import QuantPlan
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from slmops.toolkit.domain.options import INT4_RECIPES, Int4Mix, Int4Options
-from slmops.toolkit.weights.quantize import QuantPlan, mixed_bits, use_more_bits
 from slmops.toolkit.orchestration.recipes import RecipeResult, recommend_recipe
+from slmops.toolkit.weights.quantize import QuantPlan, mixed_bits, use_more_bits
 
 
 def test_use_more_bits_is_llama_cpps_choice_of_layers() -> None:
