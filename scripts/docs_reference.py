@@ -50,10 +50,10 @@ MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 #: Each result file (or files), the module whose docstring tells its history and version, and its records in reading
 #: order (a dotted name: a record another module defines).
 RESULT_FILES = (
-    (("test.json",), "slmops.toolkit.domain.results.checklist",
+    (("test.json",), "slmops.toolkit.domain.results.checklist_file",
      ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
       "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
-    (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchRow", "TimedRun")),
+    (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchFile", "BenchRow", "TimedRun")),
     (("registered.json",), "slmops.toolkit.domain.results.registration",
      ("RegisteredFile", "RegisteredModel", "ThreadSpeed")),
     (("models/recipes/recipes.json",), "slmops.toolkit.domain.results.recipes", ("RecipeResult",)),

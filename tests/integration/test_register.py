@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -134,12 +135,12 @@ def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
 def test_threads_auto_probes_each_count_and_writes_the_fastest(tiny_int4: Path) -> None:
     reg = R.register(tiny_int4, "tiny-threads")  # auto is the default
     probe = reg.threads.probe
-    assert [row["threads"] for row in probe] == R.probe_counts() and all(row["decode_tps"] > 0 for row in probe)
+    assert [row.threads for row in probe] == R.probe_counts() and all(row.decode_tps > 0 for row in probe)
     assert reg.threads.chosen == R.pick_threads(list(probe)) >= 1 and reg.model_config.threads == reg.threads.chosen
     session = json.loads((reg.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert session["intra_op_num_threads"] == reg.threads.chosen
     record = json.loads((reg.path / ".slmops-registration.json").read_text())["threads"]
-    assert record["chosen"] == reg.threads.chosen and record["probe"] == list(probe)
+    assert record["chosen"] == reg.threads.chosen and record["probe"] == [asdict(row) for row in probe]
     plain = R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads=None))  # back to the default
     session = json.loads((plain.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert "intra_op_num_threads" not in session and plain.threads is None

@@ -10,8 +10,8 @@ import pytest
 from slmops.toolkit.domain.results.checklist import (
     Check,
     Verdict,
-    load_report,
 )
+from slmops.toolkit.domain.results.checklist_file import load_report
 from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist
 from tests.scripted_models import make_scripted_model

@@ -17,7 +17,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.domain.results.checklist import load_report
+from slmops.toolkit.domain.results.checklist_file import load_report
 from slmops.toolkit.orchestration import cluster, pipeline
 from slmops.toolkit.presentation import compare
 from tests.unit.test_pipeline import NOTEBOOKS

@@ -24,7 +24,7 @@ def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_f
     assert (figures["tpot_ms_p50"], figures["tpot_ms_p90"]) == (31.25, 62.5) and figures["ttft_ms_p90"] == 200.0
     assert decode_tps(1, 0.1, 1.0) == 0.0 and TimedRun(0.1, 0.1, 5).tpot_ms == 0.0  # nothing to time
     # bench.json before schema_version: memory under its MiB names, the throughput percentiles gone.
-    old = {"rows": [{**{f.name: 0 for f in fields(B.BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
+    old = {"rows": [{**{f.name: f.default for f in fields(B.BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
                      "decode_tps_p90": 99.0, "model": "m-int4"}]}
     for key in ("peak_rss_mib", "load_rss_mib", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90", "ttft_ms_p50", "ttft_ms_p90"):
         old["rows"][0].pop(key)

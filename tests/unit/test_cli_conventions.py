@@ -18,6 +18,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.cli import common, models, pipeline, runs
 from slmops.toolkit.core.errors import ParamsError
 from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.stages import bench, checklist
 
 SLMOPS = str(Path(sys.executable).parent / "slmops")
@@ -157,15 +158,6 @@ class _Result(types.SimpleNamespace):
     pass
 
 
-class _Written(dict):
-    """What ``checklist.write_report`` returns, read either as a mapping or as a report object."""
-
-    passed = True
-
-    def to_json(self) -> dict:
-        return {"passed": True}
-
-
 @dataclass(frozen=True)
 class _Registration:
     model_id: str
@@ -205,7 +197,7 @@ def test_every_result_command_prints_parseable_json(argv: list[str], tmp_path: P
     monkeypatch.setattr(checklist, "load_cases", lambda path: [])
     monkeypatch.setattr(checklist, "run_checklists",
                         lambda names, reference, **_: seen.setdefault("reference", reference) or [])
-    monkeypatch.setattr(checklist, "write_report", lambda reports, path, limits, **_: _Written(passed=True))
+    monkeypatch.setattr(checklist, "write_report", lambda reports, path, limits, **_: ChecklistReport([]))
     monkeypatch.setattr(bench, "bench", lambda names, **_: [])
     monkeypatch.setattr(bench, "write_results", lambda rows, out: {"rows": [], "warnings": []})
     monkeypatch.setattr(pipeline.plots, "bench_figures", lambda results, quality: {})

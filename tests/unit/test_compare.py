@@ -23,10 +23,9 @@ from slmops.toolkit.domain.results.checklist import (
     Thresholds,
     Unit,
     Verdict,
-    dump_report,
-    load_report,
     verdict_of,
 )
+from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.stages.checklist import quality_checks

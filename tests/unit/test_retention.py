@@ -18,8 +18,8 @@ from slmops.toolkit.domain.results.checklist import (
     Unit,
     Verdict,
     verdict_of,
-    with_retention,
 )
+from slmops.toolkit.domain.retention import with_retention
 from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist
 

@@ -15,10 +15,9 @@ from slmops.toolkit.domain.results.checklist import (
     QualityRecord,
     Thresholds,
     Unit,
-    dump_report,
-    load_report,
     verdict_of,
 )
+from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.presentation import checklist_tables, report
 from slmops.toolkit.presentation.tables import html_table
 from slmops.toolkit.stages.checklist import quality_checks

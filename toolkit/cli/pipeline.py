@@ -25,7 +25,7 @@ from slmops.toolkit.domain.options import (
 )
 from slmops.toolkit.domain.params import MAX_SWEEP_RUNS
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
-from slmops.toolkit.domain.results.checklist import dump_report
+from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.templates import load_prompt_template

@@ -11,8 +11,8 @@ from slmops.toolkit.domain.results.checklist import (
     ModelReport,
     Unit,
     Verdict,
-    domain_words_in,
 )
+from slmops.toolkit.domain.retention import domain_words_in
 from slmops.toolkit.presentation.tables import Html, html_details, html_table
 
 #: How each verdict is marked in tables.

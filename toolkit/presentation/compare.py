@@ -66,7 +66,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     sizes = {m.precision: m.size_mb for m in manifests}
     ratios = {m.precision: m.size_ratio_vs_fp32 for m in manifests}
     report = read_json(run / "bench.json", {}) or {}
-    rows = [row.to_json() for row in rows_of(report)] if isinstance(report, dict) else []
+    rows = [asdict(row) for row in rows_of(report)] if isinstance(report, dict) else []
     precisions = _precisions(run, rows)
     quality: dict[str, dict] = {}
     verdicts = {}

@@ -1,8 +1,8 @@
-"""The one place that talks to Foundry Local (``foundry-local-sdk``), in-process.
+"""The one place that talks to Foundry Local (``foundry-local-sdk``), in-process: a loaded model and its chat.
 
-Foundry Local's manager is a per-process singleton bound to one model cache; this module
-opens it lazily, offline (telemetry off, local catalog only), and reopens it when a
-different cache is asked for.
+Its parts: the manager and catalog (:mod:`~slmops.toolkit.runtimes.foundry_session`), what a request may hold
+and what it returns (:mod:`~slmops.toolkit.runtimes.foundry_requests`), and Foundry Local's own web service
+(:mod:`~slmops.toolkit.runtimes.foundry_web`); their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -13,230 +13,48 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, codec, platform, settings, workers
+from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.errors import (
     FoundryRequestError,
     InvalidOptionError,
     InvalidPromptError,
-    ModelNotFoundError,
     PromptTooLongError,
 )
 from slmops.toolkit.domain import jinja_render, template_resolve, tools
-from slmops.toolkit.domain.results.bench import decode_tps
+from slmops.toolkit.runtimes.foundry_requests import (
+    Generation,
+    Usage,
+    check_response_format,
+    check_stop,
+    merge_tool_call_deltas,
+    native_response_format,
+    well_formed,
+)
+from slmops.toolkit.runtimes.foundry_session import (
+    APP_NAME,
+    catalog_register,
+    find_model,
+    local_catalog,
+    manager,
+    models_root,
+)
+from slmops.toolkit.runtimes.foundry_web import (
+    WebServiceJob,
+    WebServiceProbe,
+    WebServiceSeen,
+    probe_web_service,
+    serve_natively,
+)
 from slmops.toolkit.weights.context_limit import positions
 
-APP_NAME = "slmops"
-_ROLES = ("system", "user", "assistant", "tool")
-_state: dict[str, object] = {}
-
-
-def manager(cache: str | Path | None = None, web_urls: str | None = None):
-    """The process's ``FoundryLocalManager`` for ``cache`` (see :func:`settings.cache_dir`).
-
-    ``web_urls`` binds Foundry Local's own web service (started with ``start_web_service``).
-    """
-    from foundry_local_sdk import Configuration, FoundryLocalManager, LogLevel
-
-    folder = settings.cache_dir(cache)
-    current = FoundryLocalManager.instance
-    if current is not None and _state.get("cache") == folder and (web_urls is None or _state.get("web") == web_urls):
-        return current
-    if current is not None:
-        current.close()
-    folder.mkdir(parents=True, exist_ok=True)
-    # A registration killed half-way left scratch, or its previous folder moved aside: recover first.
-    artifacts.remove_stale(models_root(folder))
-    config = Configuration(
-        app_name=APP_NAME, model_cache_dir=str(folder), app_data_dir=str(folder / ".app"),
-        logs_dir=str(folder / ".logs"), disable_nonessential_telemetry=True, log_level=LogLevel.ERROR,
-        web=Configuration.WebService(urls=web_urls) if web_urls else None,
-    )
-    FoundryLocalManager.initialize(config)
-    _state["cache"], _state["web"] = folder, web_urls
-    return FoundryLocalManager.instance
-
-
-def local_catalog(cache: str | Path | None = None):
-    """Foundry Local's local (bring-your-own-model) catalog; never the online one."""
-    from foundry_local_sdk import CatalogType
-
-    return manager(cache).get_catalog(CatalogType.LOCAL)
-
-
-def catalog_register(path: str | Path, model_id: str, display_name: str, cache: str | Path | None = None, *,
-                     markers: tools.Markers | None = None, supports_tool_calling: bool = False) -> None:
-    """Register the model folder ``path`` as ``model_id`` (``NAME:VERSION``) in the local catalog, replacing it if there.
-
-    ``markers`` publishes the model's tool-call boundaries to the runtime (``tool_call_start`` and
-    ``tool_call_end``; the folder's ``genai_config.json`` must carry the same tokens' ids as
-    ``bot_token_id``/``eot_token_id``), so it can constrain and parse tool calls;
-    ``supports_tool_calling`` sets the catalog flag of that name.
-
-    Raises:
-        Exception: the SDK's own (``FoundryLocalException`` with the native message) when it refuses.
-    """
-    from foundry_local_sdk import ModelInfoBuilder
-
-    catalog = local_catalog(cache)
-    if catalog.get_model_variant(model_id) is not None:
-        catalog.unregister_model(model_id)
-    with ModelInfoBuilder() as metadata:
-        metadata.set_string_property("task", "chat-completion")
-        metadata.set_string_property("display_name", display_name)
-        if markers is not None:
-            metadata.set_string_property("tool_call_start", markers.start)
-            metadata.set_string_property("tool_call_end", markers.end)
-        if supports_tool_calling:
-            metadata.set_int_property("supports_tool_calling", 1)
-        catalog.register_model(model_path=str(path), model_id=model_id, metadata=metadata)
-
-
-def models_root(cache: str | Path | None = None) -> Path:
-    """``<cache>/models/custom``: the Foundry cache folder for custom models (the ``foundry`` CLI's layout)."""
-    return settings.cache_dir(cache) / "models" / "custom"
-
-
-def find_model(name: str, cache: str | Path | None = None):
-    """The registered ``IModel`` for ``name`` (alias, latest version) or ``name:version``.
-
-    Raises:
-        ModelNotFoundError: nothing registered under that name; lists what is.
-    """
-    catalog = local_catalog(cache)
-    model = catalog.get_model_variant(name) if ":" in name else catalog.get_model(name)
-    if model is None:
-        raise ModelNotFoundError(name, sorted(m.id for m in catalog.list_models()))
-    return model
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One answer and what it cost.
-
-    Attributes:
-        text: The generated text.
-        prompt_tokens: Tokens in the prompt the runtime built (template applied).
-        completion_tokens: Tokens generated.
-        ttft_s: Seconds to the first streamed token.
-        total_s: Seconds for the whole request.
-        finish_reason: ``stop``, ``length`` or ``error``.
-        harness_s: Seconds spent in this toolkit's code (and its caller's) between streamed
-            pieces, the benchmark harness's own cost.
-        setup_s: Seconds of the time to first token spent opening the runtime's session and
-            request, before the runtime started on the prompt.
-        tool_calls: OpenAI ``tool_calls`` (``id``, ``type``, ``function.name``, ``function.arguments``
-            as a JSON string) when the model called tools (``finish_reason`` ``tool_calls``).
-    """
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_s: float
-    total_s: float
-    finish_reason: str
-    harness_s: float = 0.0
-    setup_s: float = 0.0
-    tool_calls: tuple[dict, ...] = ()
-
-    @property
-    def decode_tps(self) -> float:
-        """Tokens per second after the first one."""
-        return decode_tps(self.completion_tokens, self.ttft_s, self.total_s)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What the runtime counted for one request, and why it stopped (the end of a chunk stream)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-
-    def as_openai(self) -> dict[str, int]:
-        """The OpenAI ``usage`` object."""
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
-
-
-def native_response_format(response_format: dict | None) -> dict | None:
-    """OpenAI's ``response_format`` in the form Foundry Local's constrained decoding takes.
-
-    OpenAI wraps a schema as ``{"name", "schema", "strict"}``; the runtime wants the schema
-    object itself under ``json_schema`` (a string fails natively). ``text`` means no constraint.
-    """
-    if not response_format or response_format.get("type") == "text":
-        return None
-    if response_format.get("type") == "json_schema":
-        inner = response_format.get("json_schema")
-        if isinstance(inner, dict) and isinstance(inner.get("schema"), dict):
-            inner = inner["schema"]
-        return {"type": "json_schema", "json_schema": inner}
-    return dict(response_format)
-
-
-def _check_stop(stop: object) -> list[str]:
-    """``stop`` as a list of at most four non-empty strings (OpenAI's rule)."""
-    items = [stop] if isinstance(stop, str) else stop
-    if stop is None:
-        return []
-    if not isinstance(items, list) or len(items) > 4 or not all(isinstance(s, str) and s for s in items):
-        raise InvalidOptionError("stop", stop, "a non-empty string or a list of up to 4 of them")
-    return items
-
-
-def check_response_format(response_format: object) -> None:
-    """Refuse a ``response_format`` the runtime cannot constrain to.
-
-    Raises:
-        InvalidOptionError: not ``text``, ``json_object`` or ``json_schema`` with a valid JSON Schema.
-    """
-    if response_format is None:
-        return
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind not in ("text", "json_object", "json_schema"):
-        raise InvalidOptionError("response_format", response_format,
-                                 "{'type': 'text' | 'json_object' | 'json_schema', ...}")
-    if kind == "json_schema":
-        import jsonschema
-
-        schema = native_response_format(response_format)["json_schema"]
-        if not isinstance(schema, dict):
-            raise InvalidOptionError("response_format", response_format,
-                                     "json_schema as {'name': ..., 'schema': {a JSON Schema object}}")
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            raise InvalidOptionError("response_format", "json_schema",
-                                     f"a valid JSON Schema ({exc.message})") from exc
-
-
-def _well_formed(message: object) -> bool:
-    """An OpenAI chat message this runtime takes: text content, an assistant's tool calls, a tool's result."""
-    if not isinstance(message, dict) or message.get("role") not in _ROLES:
-        return False
-    content, calls = message.get("content"), message.get("tool_calls")
-    if message["role"] == "assistant" and calls:
-        return isinstance(calls, list) and all(
-            isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("function"), dict)
-            and isinstance(c["function"].get("name"), str) and isinstance(c["function"].get("arguments"), str)
-            for c in calls) and (content is None or isinstance(content, str))
-    if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
-        return False
-    return isinstance(content, str)
-
-
-def merge_tool_call_deltas(calls: dict[int, dict], deltas: list[dict]) -> None:
-    """Fold streamed ``delta.tool_calls`` pieces into whole calls (keyed by ``index``), as OpenAI clients do."""
-    for piece in deltas:
-        call = calls.setdefault(int(piece.get("index", 0)),
-                                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        call["id"] = piece.get("id") or call["id"]
-        function = piece.get("function") or {}
-        call["function"]["name"] += function.get("name") or ""
-        call["function"]["arguments"] += function.get("arguments") or ""
+__all__ = [
+    "APP_NAME", "FIXED_LENGTH_SUFFIX", "Generation", "LoadedModel", "Usage", "WebServiceJob", "WebServiceProbe",
+    "WebServiceSeen", "catalog_register", "check_response_format", "find_model", "fixed_length_registration",
+    "local_catalog", "manager", "merge_tool_call_deltas", "models_root", "native_response_format",
+    "probe_web_service", "serve_natively",
+]
 
 
 class LoadedModel:
@@ -338,7 +156,7 @@ class LoadedModel:
             ToolDefinitionError: ``tool_defs`` or ``tool_choice`` as OpenAI's API would refuse them.
             PromptTooLongError: prompt plus ``max_tokens`` (None: the prompt alone) over the context.
         """
-        if not isinstance(messages, list) or not messages or not all(_well_formed(m) for m in messages):
+        if not isinstance(messages, list) or not messages or not all(well_formed(m) for m in messages):
             raise InvalidPromptError("Messages must be a non-empty list of {'role': system|user|assistant|tool, "
                                      "'content': text} (an assistant turn may carry 'tool_calls' instead of text; "
                                      "a tool turn needs its 'tool_call_id').")
@@ -352,7 +170,7 @@ class LoadedModel:
             raise InvalidOptionError("top_p", top_p, "a number above 0 and at most 1")
         if type(seed) is not int or not 0 <= seed < 2**31:  # the runtime parses it as a 32-bit int
             raise InvalidOptionError("seed", seed, f"a whole number from 0 to {2**31 - 1}")
-        _check_stop(stop)
+        check_stop(stop)
         check_response_format(response_format)
         if tool_defs is not None:
             tool_defs = tools.check_tools(tool_defs)
@@ -376,7 +194,7 @@ class LoadedModel:
         # there (found by fuzzing), and any temperature that small is greedy anyway.
         temperature = round(float(temperature), 6)
         body: dict = {"model": self.name, "messages": messages, "temperature": temperature, "seed": seed}
-        optional = {"max_tokens": max_tokens, "top_p": top_p, "stop": _check_stop(stop) or None,
+        optional = {"max_tokens": max_tokens, "top_p": top_p, "stop": check_stop(stop) or None,
                     "response_format": native_response_format(response_format), "stream": stream or None,
                     "tools": tools.check_tools(tool_defs) if tool_defs else None,
                     "tool_choice": tools.check_tool_choice(tool_choice, tool_defs)}
@@ -579,121 +397,3 @@ def fixed_length_registration(name: str, cache: str | Path | None = None) -> Ite
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class WebServiceJob:
-    """What the web-service probe's child is asked (the ``web-service`` task's payload).
-
-    Attributes:
-        name: The registered model to ask for.
-        cache: The Foundry Local cache folder.
-    """
-
-    name: str
-    cache: str
-
-
-@dataclass(frozen=True)
-class WebServiceSeen:
-    """What Foundry Local's own web service answered (the ``web-service`` task's result).
-
-    Attributes:
-        listed: The model ids ``/v1/models`` listed.
-        chat_status: The HTTP status of a one-token chat request for the model.
-    """
-
-    listed: tuple[str, ...]
-    chat_status: int
-
-
-def _web_service_task(payload: dict, _emit) -> dict:
-    """Worker task: start Foundry Local's own web service and ask it for the model of a :class:`WebServiceJob`."""
-    import urllib.error
-    import urllib.request
-
-    job = codec.load(WebServiceJob, payload)
-    service = manager(job.cache)
-    find_model(job.name, job.cache).load()
-    service.start_web_service()
-    try:
-        url = service.urls[0].rstrip("/")
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as response:
-            listed = [str(m.get("id")) for m in json.loads(response.read()).get("data", [])]
-        body = json.dumps({"model": job.name, "messages": [{"role": "user", "content": "Hi"}],
-                           "max_tokens": 1}).encode()
-        request = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-    finally:
-        service.stop_web_service()
-    return codec.dump(WebServiceSeen(tuple(listed), status))
-
-
-@dataclass(frozen=True)
-class WebServiceProbe:
-    """Whether Foundry Local's own web service serves a locally registered model.
-
-    Attributes:
-        serves: ``/v1/models`` lists it and a chat request to it succeeds.
-        detail: What was seen, in words.
-        sdk: The foundry-local-sdk version probed.
-    """
-
-    serves: bool
-    detail: str
-    sdk: str
-
-
-def probe_web_service(name: str, cache: str | Path | None = None,
-                      record_dir: str | Path | None = None) -> WebServiceProbe:
-    """Ask Foundry Local's built-in web service (in a child process: it logs its catalog retries) for ``name``.
-
-    The answer depends on the SDK version, not on the model, so it is kept per version in
-    ``record_dir`` (default: the cache) as ``.slmops-web-service.json`` and the probe (about
-    5 s offline) runs once.
-    """
-    import importlib.metadata
-
-    sdk = importlib.metadata.version("foundry-local-sdk")
-    record_path = settings.cache_dir(record_dir or cache) / ".slmops-web-service.json"
-    try:
-        record = json.loads(record_path.read_text())
-        if record.get("sdk") == sdk:
-            return WebServiceProbe(**record)
-    except (OSError, ValueError, TypeError):
-        pass
-    job = WebServiceJob(name, str(settings.cache_dir(cache)))
-    seen = codec.load(WebServiceSeen, workers.run_worker("slmops.toolkit.runtimes.foundry", "web-service", codec.dump(job),
-                                                       name="Foundry Local web service probe", timeout=120).result)
-    serves = name in seen.listed and seen.chat_status == 200
-    detail = (f"foundry-local-sdk {sdk}'s web service serves locally registered models" if serves else
-              f"foundry-local-sdk {sdk}'s web service does not serve locally registered models (/v1/models "
-              f"listed {len(seen.listed)}, chat answered {seen.chat_status}): `slmops serve` runs "
-              "its own OpenAI-compatible endpoint over the same runtime")
-    probe = WebServiceProbe(serves, detail, sdk)
-    artifacts.write_json(record_path, {"serves": serves, "detail": detail, "sdk": sdk})
-    return probe
-
-
-def serve_natively(names: list[str], host: str, port: int, cache: str | Path | None = None) -> None:
-    """Serve ``names`` with Foundry Local's own web service until SIGTERM or SIGINT (where it serves them)."""
-    service = manager(cache, web_urls=f"http://{host}:{port}")
-    models = [find_model(name, cache) for name in names]
-    for model in models:
-        model.load()
-    platform.block_stop_signals()
-    service.start_web_service()
-    print(f"Foundry Local's web service: {', '.join(service.urls)}/v1 serving {', '.join(names)}", flush=True)
-    try:
-        platform.wait_for_stop()
-    finally:
-        service.stop_web_service()
-        for model in models:
-            model.unload()
-
-
-if __name__ == "__main__":
-    workers.serve({"web-service": _web_service_task})

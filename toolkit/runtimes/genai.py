@@ -6,7 +6,9 @@ decode-speed probe and the benchmark's direct engine need the runtime the builde
 They run as worker tasks in a child process (:mod:`slmops.toolkit.core.workers`): the
 ``onnxruntime_genai`` module cannot load into a process that already holds Foundry Local's
 own build of the same native library. :func:`agreement`, :func:`decode_speeds` and
-:func:`bench` are the parent-side calls.
+:func:`bench` are the parent-side calls; the payloads they exchange with the child are in
+:mod:`~slmops.toolkit.runtimes.genai_jobs`, the folder this package can load in
+:mod:`~slmops.toolkit.runtimes.genai_folders`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,73 +26,19 @@ from slmops.toolkit.domain.parity import log_softmax
 from slmops.toolkit.domain.prompts import reference_text
 from slmops.toolkit.domain.results.bench import TimedRun
 from slmops.toolkit.domain.results.registration import ThreadSpeed
+from slmops.toolkit.runtimes.genai_folders import load, readable_dir
+from slmops.toolkit.runtimes.genai_jobs import (
+    Agreement,
+    BandwidthJob,
+    BenchJob,
+    CompareJob,
+    DecodeJob,
+    DirectBench,
+    ThreadJob,
+)
 from slmops.toolkit.weights import lm_head
 
 _MODULE = "slmops.toolkit.runtimes.genai"
-#: ``genai_config.json`` model keys newer ONNX Runtime GenAI releases read (Foundry Local's 0.18: the
-#: tool-call and reasoning boundary token ids) that the pinned 0.14.1's parser refuses as unknown.
-NEWER_MODEL_KEYS = ("bot_token_id", "eot_token_id", "bor_token_id", "eor_token_id")
-
-
-def readable_dir(model_dir: str | os.PathLike[str]) -> Path:
-    """``model_dir``, or when its ``genai_config.json`` has :data:`NEWER_MODEL_KEYS`, a folder this package can load.
-
-    That folder (under the system's temporary folder, kept by the config's path and content) links
-    every file of ``model_dir`` except ``genai_config.json``, written without those keys: the
-    same weights, graph, tokenizer and settings.
-    """
-    import hashlib
-    import tempfile
-
-    folder = Path(model_dir)
-    try:
-        text = (folder / "genai_config.json").read_text(encoding="utf-8")
-        config = json.loads(text)
-    except (OSError, ValueError):
-        return folder
-    model = config.get("model") or {}
-    if not any(key in model for key in NEWER_MODEL_KEYS):
-        return folder
-    for key in NEWER_MODEL_KEYS:
-        model.pop(key, None)
-    digest = hashlib.sha256(f"{folder.resolve()}\n{text}".encode()).hexdigest()[:16]
-    shadow = Path(tempfile.gettempdir()) / "slmops-genai-compat" / digest
-    if not (shadow / "genai_config.json").is_file():
-        _prune_shadows(shadow.parent)
-        staging = shadow.with_name(f".{digest}.{os.getpid()}")
-        staging.mkdir(parents=True, exist_ok=True)
-        for item in folder.iterdir():
-            if item.name != "genai_config.json" and not (staging / item.name).exists():
-                (staging / item.name).symlink_to(item.resolve())
-        (staging / "genai_config.json").write_text(json.dumps(config, indent=2))
-        try:
-            staging.rename(shadow)
-        except OSError:  # another process made it first
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
-    return shadow
-
-
-def _prune_shadows(root: Path) -> None:
-    """Remove the :func:`readable_dir` folders whose model folder is gone, and scratch of dead processes."""
-    import shutil
-
-    import psutil
-
-    if not root.is_dir():
-        return
-    for shadow in root.iterdir():
-        if shadow.name.startswith("."):  # .DIGEST.PID: a copy being made, or left by a process that died
-            pid = shadow.name.rsplit(".", 1)[-1]
-            gone = not (pid.isdigit() and psutil.pid_exists(int(pid)))
-        else:
-            try:
-                gone = any(link.is_symlink() and not link.exists() for link in shadow.iterdir())
-            except OSError:  # another process pruned it first
-                continue
-        if gone:
-            shutil.rmtree(shadow, ignore_errors=True)
 
 
 def _context_length(model_dir: Path) -> int:
@@ -203,54 +150,6 @@ def decode_tps(model_dir: str | os.PathLike[str], *, prompt: str = "The capital 
     return produced / (time.perf_counter() - start)
 
 
-def load(model_dir: str | os.PathLike[str], threads: int = 0):
-    """An ``og.Model`` for ``model_dir``; ``threads`` > 0 fixes the session's intra-op threads (files untouched)."""
-    import onnxruntime_genai as og
-
-    config = og.Config(str(readable_dir(model_dir)))
-    if threads:
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    return og.Model(config)
-
-
-@dataclass(frozen=True)
-class BenchJob:
-    """What the direct benchmark's child is asked (the ``bench`` task's payload).
-
-    Attributes:
-        model_dir: The ONNX model folder.
-        prompts: Prompts as token ids.
-        gen_lengths: Tokens to generate after each prompt, each length in turn.
-        repeats: Timed runs per prompt and length.
-        warmup: Untimed runs before them.
-        threads: ONNX Runtime intra-op threads (0: the runtime's default).
-    """
-
-    model_dir: str
-    prompts: tuple[tuple[int, ...], ...]
-    gen_lengths: tuple[int, ...]
-    repeats: int
-    warmup: int
-    threads: int = 0
-
-
-@dataclass(frozen=True)
-class DirectBench:
-    """What the direct benchmark's child measured (the ``bench`` task's result).
-
-    Attributes:
-        load_s: Seconds to load the model.
-        load_rss_mib: Resident memory the load added, MiB.
-        peak_rss_mib: The child's peak resident memory, MiB.
-        runs: Timed runs, per prompt, per generation length (``runs[prompt][length]``).
-    """
-
-    load_s: float
-    load_rss_mib: float
-    peak_rss_mib: float
-    runs: tuple[tuple[tuple[TimedRun, ...], ...], ...]
-
-
 def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen_lengths: list[int], repeats: int,
                 warmup: int, threads: int = 0) -> DirectBench:
     """Time greedy generation of exactly each of ``gen_lengths`` tokens (EOS ignored) after each prompt of token ids.
@@ -355,33 +254,6 @@ def compare(reference_dir: str | os.PathLike[str], candidates: dict[str, str], t
     return rows
 
 
-@dataclass(frozen=True)
-class Agreement:
-    """How closely a quantized build follows its FP32 reference on one text.
-
-    Measured teacher-forced (both models read the same tokens), like llama.cpp's
-    ``perplexity --kl-divergence``: at every position, does the greedy (top-1) next token
-    match, how far apart are the distributions, and how well does each predict the text.
-
-    Attributes:
-        model: Candidate label.
-        tokens: Positions compared.
-        top1_agreement: Share of positions where the greedy next token is the reference's.
-        kl_divergence: Mean KL divergence reference || candidate, in nats.
-        perplexity: Candidate's perplexity on the text.
-        reference_perplexity: The FP32 reference's perplexity on the same text.
-        kl_divergence_to_base: Mean KL divergence base || candidate, in nats (None: no base model given).
-    """
-
-    model: str
-    tokens: int
-    top1_agreement: float
-    kl_divergence: float
-    perplexity: float
-    reference_perplexity: float
-    kl_divergence_to_base: float | None = None
-
-
 def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]],
               text: str | None = None, *, base_dir: str | os.PathLike[str] | None = None) -> list[Agreement]:
     """Top-1 agreement, KL divergence and perplexity of each candidate against the FP32 reference (child process).
@@ -404,34 +276,6 @@ def agreement(reference_dir: str | os.PathLike[str], candidates: dict[str, str |
     return codec.load(list[Agreement], rows)
 
 
-@dataclass(frozen=True)
-class CompareJob:
-    """What the agreement child is asked (the ``compare`` task's payload).
-
-    Attributes:
-        reference: The FP32 build's folder.
-        text: The text both models read.
-        candidates: Label to ONNX model folder.
-        base: The base model's FP32 build, or None.
-    """
-
-    reference: str
-    text: str
-    candidates: dict[str, str]
-    base: str | None = None
-
-
-@dataclass(frozen=True)
-class DecodeJob:
-    """What the decode probe's child is asked (the ``decode`` task's payload; its result is tokens/s by label).
-
-    Attributes:
-        models: Label to ONNX model folder.
-    """
-
-    models: dict[str, str]
-
-
 def _compare_task(job: dict, _emit) -> list[dict]:
     """Worker task: :func:`compare` on a :class:`CompareJob`."""
     job_ = codec.load(CompareJob, job)
@@ -448,21 +292,6 @@ def decode_speeds(models: dict[str, str | os.PathLike[str]]) -> dict[str, float]
 def _decode_task(job: dict, _emit) -> dict[str, float]:
     """Worker task: :func:`decode_tps` of each model of a :class:`DecodeJob`."""
     return {label: round(decode_tps(folder), 1) for label, folder in codec.load(DecodeJob, job).models.items()}
-
-
-@dataclass(frozen=True)
-class ThreadJob:
-    """What the thread probe's child is asked (the ``threads`` task's payload).
-
-    Attributes:
-        model_dir: The ONNX model folder.
-        ids: The prompt as token ids.
-        counts: Intra-op thread counts to try (0: the runtime's default).
-    """
-
-    model_dir: str
-    ids: tuple[int, ...]
-    counts: tuple[int, ...]
 
 
 def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list[int], gen_tokens: int = 32,
@@ -537,17 +366,6 @@ def read_bandwidth(threads: int, megabytes: int = 512, passes: int = 12) -> floa
         session.run_with_ort_values(["y"], feeds)
         best = min(best, time.perf_counter() - start)
     return weights.nbytes / best / 1e9
-
-
-@dataclass(frozen=True)
-class BandwidthJob:
-    """What the bandwidth probe's child is asked (the ``bandwidth`` task's payload; its result is GB/s by count).
-
-    Attributes:
-        threads: Intra-op thread counts to measure with (0: ONNX Runtime's default).
-    """
-
-    threads: tuple[int, ...]
 
 
 def read_bandwidths(threads: list[int]) -> dict[int, float]:

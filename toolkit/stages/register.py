@@ -10,139 +10,66 @@ Local's local catalog. Everything is checked and staged before anything is repla
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import json
 import os
-import re
 import shutil
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.toolkit.core import artifacts, codec, platform, settings
-from slmops.toolkit.core.artifacts import dir_size_mb
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.errors import (
-    InputError,
-    InvalidNameError,
     InvalidOptionError,
     ModelFolderError,
-    ModelNotFoundError,
     NameTakenError,
     RegistrationError,
 )
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import options, template_resolve, templates, tools
 from slmops.toolkit.domain.genai_config import config_problem
-from slmops.toolkit.domain.prompts import prompt_text
-from slmops.toolkit.domain.results.conversion import read_conversions, read_manifest
+from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import (
     REGISTRATION_RECORD,
     RegisteredModel,
-    ThreadSpeed,
     write_registered,
 )
-from slmops.toolkit.runtimes import foundry, genai
+from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.stages.register_catalog import (
+    INFERENCE_MODEL,
+    MAX_NAME,
+    list_models,
+    read_record,
+    unregister,
+    validate_name,
+)
+from slmops.toolkit.stages.register_stop import StopTokens, reconcile_stop_tokens, token_ids, vocabulary_gap
+from slmops.toolkit.stages.register_threads import (
+    AUTO_THREADS,
+    PROBE_PROMPT_TOKENS,
+    KeptProbe,
+    ThreadChoice,
+    choose_threads,
+    pick_threads,
+    probe_counts,
+)
+from slmops.toolkit.stages.register_tools import (
+    PROBE_CASE,
+    PROBE_MAX_TOKENS,
+    ToolCalling,
+    fine_tune_probe,
+    probe_tool_calling,
+)
 from slmops.toolkit.weights import lm_head
 from slmops.toolkit.weights.context_limit import context_problem
-from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 
-INFERENCE_MODEL = "inference_model.json"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-MAX_NAME = 64
-
-
-AUTO_THREADS = "auto"
-PROBE_PROMPT_TOKENS = 128  # the prompt of the thread probe (shorter on a model with a small context)
-
-
-@dataclass(frozen=True)
-class ThreadChoice:
-    """What ``--threads auto`` measured and chose.
-
-    Attributes:
-        chosen: The thread count written to ``genai_config.json``.
-        probe: Each count tried (0: the runtime's default), its decode speed and time to first token.
-        reused: The probe was measured earlier on the same compute graph on this machine (see
-            :func:`choose_threads`) and read back rather than run again.
-    """
-
-    chosen: int
-    probe: tuple[ThreadSpeed, ...]
-    reused: bool = False
-
-    @property
-    def speedup(self) -> float:
-        """Decode speed of the chosen count over the runtime's default (1.0 when the default was not probed)."""
-        by_count = {row.threads: row.decode_tps for row in self.probe}
-        return round(by_count[self.chosen] / by_count[0], 3) if by_count.get(0) else 1.0
-
-
-def probe_counts(cpus: int | None = None) -> list[int]:
-    """The thread counts ``--threads auto`` tries: the runtime's default (0), 1, powers of two, and every CPU.
-
-    Example:
-        >>> probe_counts(2), probe_counts(12)
-        ([0, 1, 2], [0, 1, 2, 4, 8, 12])
-    """
-    cpus = cpus or os.cpu_count() or 1
-    counts = [0, 1]
-    while counts[-1] * 2 < cpus:
-        counts.append(counts[-1] * 2)
-    return sorted({*counts, cpus})
-
-
-def pick_threads(probe: Sequence[ThreadSpeed]) -> int:
-    """The fastest decoding count of a probe (ties go to the shorter time to first token), never the default (0).
-
-    An explicit count keeps the choice the same wherever the runtime's default would differ.
-
-    Example:
-        >>> pick_threads([ThreadSpeed(0, 181, 227), ThreadSpeed(1, 180, 226), ThreadSpeed(2, 238, 164)])
-        2
-    """
-    explicit = [row for row in probe if row.threads > 0]
-    return max(explicit, key=lambda row: (row.decode_tps, -row.ttft_ms)).threads
-
-
-@dataclass(frozen=True)
-class KeptProbe:
-    """A thread probe kept for a compute graph on this machine (``<home>/cache/threads/KEY.json``).
-
-    Attributes:
-        probe: Each count tried.
-    """
-
-    probe: tuple[ThreadSpeed, ...] = ()
-
-
-def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
-    """Probe ``folder`` (a complete model folder) at each count of :func:`probe_counts` and pick one."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    length = max(8, min(PROBE_PROMPT_TOKENS, (context_length or 4 * PROBE_PROMPT_TOKENS) // 4))
-    ids = tokenizer.encode(prompt_text(tokenizer, length), add_special_tokens=False).ids
-    counts = probe_counts()
-    # The fastest count depends on the compute graph and the machine, not on the weights' values: a
-    # fine-tune and its base at one precision share a graph (model.onnx holds it; the weights sit in
-    # model.onnx.data), so a probe is kept by the graph's hash and reused, which also keeps the choice
-    # the same run to run.
-    key = hashlib.sha256(json.dumps([
-        hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(), len(ids), counts, platform.cpu_model(),
-        os.cpu_count(), importlib.metadata.version("onnxruntime-genai")]).encode()).hexdigest()[:20]
-    kept = settings.home() / "cache" / "threads" / f"{key}.json"
-    if kept.is_file():
-        probe = codec.read(KeptProbe, kept).probe
-        if probe:
-            return ThreadChoice(pick_threads(probe), probe, reused=True)
-    probe = tuple(genai.probe_threads(folder, ids, counts))
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    codec.write(kept, KeptProbe(probe))
-    return ThreadChoice(pick_threads(probe), probe)
+__all__ = [
+    "AUTO_THREADS", "INFERENCE_MODEL", "MAX_NAME", "PROBE_CASE", "PROBE_MAX_TOKENS", "PROBE_PROMPT_TOKENS", "KeptProbe",
+    "ModelConfig", "Registration", "StopTokens", "ThreadChoice", "ToolCalling", "choose_threads", "fine_tune_probe",
+    "list_models", "pick_threads", "probe_counts", "probe_tool_calling", "reconcile_stop_tokens", "register",
+    "register_all", "unregister", "validate_name", "vocabulary_gap",
+]
 
 
 @dataclass(frozen=True)
@@ -213,198 +140,6 @@ class Registration:
     tool_calling: ToolCalling | None = None
 
 
-#: The default probe (a tool_call case): a call any general model that can call tools makes. A
-#: fine-tune taught its own functions is probed with one of its own cases (``tool_probe``).
-PROBE_CASE = {"messages": [{"role": "user", "content": "What is the weather in Paris right now?"}],
-              "tools": [{"type": "function", "function": {
-                  "name": "get_weather", "description": "The current weather in a city.",
-                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                 "required": ["city"]}}}],
-              "expect": {"call": {"name": "get_weather", "arguments": {}}}}
-PROBE_MAX_TOKENS = 64
-
-
-@dataclass(frozen=True)
-class ToolCalling:
-    """How tool calling was set up at registration.
-
-    Attributes:
-        markers: The tool-call boundaries published to the runtime (``[start, end]``; empty: none).
-        supports: Whether ``supports_tool_calling`` was set: the probe got a valid call.
-        detail: What the probe saw, in words.
-    """
-
-    markers: tuple[str, ...]
-    supports: bool
-    detail: str
-
-    def as_json(self) -> dict:
-        """The registration record's ``tool_calling`` entry."""
-        return {"markers": list(self.markers), "supports_tool_calling": self.supports, "probe": self.detail}
-
-
-def fine_tune_probe(onnx_dir: Path) -> dict | None:
-    """A tool case from the dataset the model was fine-tuned on (its manifest's adapter, that adapter's
-    ``finetune.json``), or None: a fine-tune taught its own functions is probed with one of them."""
-    from slmops.toolkit.core.errors import InputError
-    from slmops.toolkit.domain import datasets
-
-    made = read_manifest(onnx_dir)
-    adapter = (made.adapter if made else None) or {}
-    record = artifacts.read_json(Path(adapter.get("path", "")) / "finetune.json", {}) if adapter.get("path") else {}
-    data = record.get("data") if isinstance(record, dict) else None
-    if not data:
-        return None
-    try:
-        return datasets.tool_probe(datasets.load_dataset(None if data == datasets.BUNDLED_DATASET else data))
-    except InputError:
-        return None
-
-
-def probe_tool_calling(model_id: str, cache: str | Path | None, case: dict | None = None) -> tuple[bool, str]:
-    """Ask the registered model a tool case (``tool_choice: auto``, greedy): True when it made the expected call.
-
-    The runtime constrains a call once the model opens one; a model that never learned the
-    markers answers in text (or runs out of tokens), and is not marked as able to call tools.
-
-    Args:
-        model_id: The registration to ask.
-        cache: Foundry cache.
-        case: ``{"messages", "tools", "expect": {"call": {"name", "arguments"}}}`` (default :data:`PROBE_CASE`).
-    """
-    from slmops.toolkit.core.errors import SlmopsError
-
-    case = case or PROBE_CASE
-    try:
-        with foundry.LoadedModel(model_id, cache) as model:
-            answer = model.generate(case["messages"], max_tokens=PROBE_MAX_TOKENS, tool_defs=case["tools"],
-                                    tool_choice="auto")
-    except SlmopsError as exc:
-        return False, f"no call: {str(exc)[-200:]}"
-    check = tools.check_call(list(answer.tool_calls), case["tools"], case["expect"]["call"])
-    if check.passed:
-        return True, f"called {answer.tool_calls[0]['function']['name']}({answer.tool_calls[0]['function']['arguments']})"
-    return False, f"no valid call ({'; '.join(check.problems)}); answered {answer.text[:80]!r}"
-
-
-@dataclass(frozen=True)
-class StopTokens:
-    """The token ids that end generation, reconciled at registration.
-
-    Attributes:
-        eos_token_id: ``genai_config.json``'s ``model.eos_token_id`` as registered.
-        before: What the converted model had.
-        added: ``{"id", "token", "from"}`` per id added: the chat template's end of turn, or
-            ``generation_config.json``'s EOS list.
-        generation_config: The ``generation_config.json`` read ('' when none was found).
-    """
-
-    eos_token_id: tuple[int, ...]
-    before: tuple[int, ...]
-    added: tuple[dict, ...]
-    generation_config: str = ""
-
-    def note(self) -> str:
-        """One line for the CLI: what was added, or that nothing was needed."""
-        if not self.added:
-            return f"Stop tokens: eos_token_id {list(self.eos_token_id)} already holds the end of turn; nothing added."
-        what = ", ".join(f"{row['token']} ({row['id']}, {row['from']})" for row in self.added)
-        return (f"Stop tokens: added {what} to genai_config.json's eos_token_id: {list(self.before)} -> "
-                f"{list(self.eos_token_id)}.")
-
-    def as_json(self) -> dict:
-        """The registration record's ``stop_tokens``."""
-        return {"eos_token_id": list(self.eos_token_id), "before": list(self.before), "added": list(self.added),
-                "generation_config": self.generation_config}
-
-
-def _ids(value: object) -> list[int]:
-    """An ``eos_token_id`` (an int, a list of them, or missing) as a list."""
-    if isinstance(value, bool):
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [v for v in value if isinstance(v, int) and not isinstance(v, bool)] if isinstance(value, list) else []
-
-
-def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: templates.PromptTemplate) -> StopTokens:
-    """The EOS ids generation must stop on: the converted model's, the template's end of turn, generation_config's.
-
-    A model fine-tuned on ChatML often keeps ``<|endoftext|>`` as its only EOS while every turn it
-    learned ends in ``<|im_end|>`` (Gemma: ``<eos>`` and ``<end_of_turn>``); without the end-of-turn
-    id, generation runs to max tokens. ``generation_config.json`` is read from the converted folder,
-    else from the folder it was converted from (``manifest.json``'s ``source_path``).
-
-    Raises:
-        InputError: a stop token is past the model's vocabulary (its tokenizer grew, the model was never resized).
-    """
-    before = _ids(genai_config["model"].get("eos_token_id"))
-    found: list[tuple[int, str, str]] = []
-    tokenizer_file = onnx_dir / "tokenizer.json"
-    if tokenizer_file.is_file():
-        found += [(i, tok, "the chat template's end of turn")
-                  for i, tok in end_of_turn_tokens(template, tokenizer_file)]
-    made = read_manifest(onnx_dir)
-    source = made.source_path if made else ""
-    generation_file = next((f for f in (onnx_dir / "generation_config.json",
-                                        Path(source) / "generation_config.json" if source else None)
-                            if f is not None and f.is_file()), None)
-    if generation_file is not None:
-        config = artifacts.read_json(generation_file, {})
-        found += [(i, _token_text(tokenizer_file, i), "generation_config.json")
-                  for i in _ids(config.get("eos_token_id") if isinstance(config, dict) else None)]
-    vocab = genai_config["model"].get("vocab_size")
-    outside = [(i, tok, origin) for i, tok, origin in found if isinstance(vocab, int) and i >= vocab]
-    if outside:
-        token_id, token, origin = outside[0]
-        raise InputError(vocabulary_gap(onnx_dir, token, token_id, vocab, origin))
-    eos = list(before)
-    added = []
-    for token_id, token, origin in found:
-        if token_id not in eos:
-            eos.append(token_id)
-            added.append({"id": token_id, "token": token, "from": origin})
-    return StopTokens(tuple(eos), tuple(before), tuple(added), str(generation_file or ""))
-
-
-def vocabulary_gap(folder: Path, token: str, token_id: int, vocab: int, origin: str) -> str:
-    """The one-line refusal of a stop token the model has no row for (its tokenizer grew, the model did not)."""
-    return (f"{folder}: {token} ({origin}) is token {token_id}, past the model's {vocab}-token vocabulary: the "
-            "tokenizer holds tokens the model was never resized for, so no answer could end there. Resize the model "
-            "(model.resize_token_embeddings(len(tokenizer))), train or save it again and convert it again.")
-
-
-def _token_text(tokenizer_file: Path, token_id: int) -> str:
-    if not tokenizer_file.is_file():
-        return str(token_id)
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(tokenizer_file)).id_to_token(token_id) or str(token_id)
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is safe as a folder and model id, else raise.
-
-    Raises:
-        InvalidNameError: path separators, ``..``, whitespace, ``:``, or too long.
-
-    Example:
-        >>> validate_name("smollm2-int4")
-        'smollm2-int4'
-    """
-    if not isinstance(name, str) or not name:
-        raise InvalidNameError("The model name is empty; pass --name NAME (letters, digits, '.', '_', '-').")
-    if len(name) > MAX_NAME:
-        raise InvalidNameError(f"The model name is {len(name)} characters; use at most {MAX_NAME}.")
-    # fullmatch, not match: "$" would accept a name ending in a newline.
-    if ".." in name or not _NAME.fullmatch(name):
-        raise InvalidNameError(
-            f"The model name {name!r} is not safe: use letters, digits, '.', '_' and '-' only "
-            "(no path separators, '..', whitespace or ':'), starting with a letter or digit."
-        )
-    return name
-
-
 def _check_onnx_dir(onnx_dir: Path) -> dict:
     if not onnx_dir.is_dir():
         raise ModelFolderError(onnx_dir, "no such folder", "Convert first with `slmops convert`.")
@@ -432,7 +167,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _write_genai_config(folder: Path, genai_config: dict, threads: int | str | None) -> None:
     decoder = genai_config["model"]["decoder"]
-    eos = _ids(genai_config["model"].get("eos_token_id"))
+    eos = token_ids(genai_config["model"].get("eos_token_id"))
     if eos:
         genai_config["model"]["eos_token_id"] = eos[0] if len(eos) == 1 else eos
     options = {k: v for k, v in decoder.get("session_options", {}).items() if k != "intra_op_num_threads"}
@@ -527,7 +262,7 @@ def register(
         genai_config["model"]["bot_token_id"], genai_config["model"]["eot_token_id"] = markers.start_id, markers.end_id
     root = models_root(cache)
     target = root / name
-    record = _read_record(target)
+    record = read_record(target)
     if record and record.get("source") != str(source) and not force:
         raise NameTakenError(
             f"The name {name!r} is already registered to another model ({record.get('source')}). "
@@ -547,7 +282,7 @@ def register(
             "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
             "notes": list(resolved.notes), "registered": timestamp(), "stop_tokens": stop.as_json(),
             "threads": {"setting": "auto", "chosen": threads.chosen, "speedup_vs_default": threads.speedup,
-                        "probe": list(threads.probe), "reused_probe": threads.reused}
+                        "probe": codec.dump(threads.probe), "reused_probe": threads.reused}
             if threads else {"setting": model_config.threads},
         })
         try:
@@ -569,7 +304,7 @@ def register(
         if supports:
             _catalog_register(target, name, version, cache, markers, supports_tool_calling=True)
         tool_calling = ToolCalling((markers.start, markers.end), supports, detail)
-    record = _read_record(target)
+    record = read_record(target)
     artifacts.write_json(target / REGISTRATION_RECORD, {**record, "tool_calling": tool_calling.as_json()})
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
                         (*resolved.notes, stop.note()), threads, stop, tool_calling)
@@ -592,64 +327,6 @@ def _catalog_register(path: Path, name: str, version: int, cache: str | Path | N
                                  supports_tool_calling=supports_tool_calling)
     except Exception as exc:  # the SDK raises FoundryLocalException with the native message
         raise RegistrationError(f"Foundry Local refused {model_id}: {exc}") from exc
-
-
-def _read_record(folder: Path) -> dict:
-    file = folder / REGISTRATION_RECORD
-    try:
-        return json.loads(file.read_text()) if file.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-
-
-def unregister(name: str, *, cache: str | Path | None = None, remove_files: bool = True) -> None:
-    """Unregister every version of ``name`` and (by default) delete its cache folder.
-
-    Raises:
-        ModelNotFoundError: nothing of that name is registered.
-    """
-    validate_name(name)
-    catalog = foundry.local_catalog(cache)
-    ids = [m.id for m in catalog.list_models() if m.id.split(":")[0] == name]
-    folder = models_root(cache) / name
-    if not ids and not folder.exists():
-        raise ModelNotFoundError(name, [row["name"] for row in list_models(cache)])
-    for model_id in ids:
-        catalog.unregister_model(model_id)
-    if remove_files and folder.exists():
-        shutil.rmtree(folder)
-
-
-def list_models(cache: str | Path | None = None) -> list[dict]:
-    """What Foundry Local has: the ``models/custom`` folders and the SDK's local catalog.
-
-    Returns:
-        One row per model: ``name``, ``model_id``, ``registered`` (in the catalog),
-        ``folder`` (has the Foundry layout), ``precision``, ``method``, ``size_mb``, ``path``.
-    """
-    rows: dict[str, dict] = {}
-    catalog = foundry.local_catalog(cache)  # opening the cache first recovers what a killed process left
-    root = models_root(cache)
-    if root.is_dir():
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            info_file = folder / INFERENCE_MODEL
-            info = artifacts.read_json(info_file, {})
-            made = read_manifest(folder)
-            rows[folder.name] = {
-                "name": folder.name, "model_id": f"{folder.name}:{info.get('Version', '?')}",
-                "registered": False, "folder": info_file.is_file(),
-                "precision": (made.precision if made else "") or "?", "method": (made.method if made else "") or "?",
-                "size_mb": round(dir_size_mb(folder), 1), "path": str(folder),
-            }
-    for model in catalog.list_models():
-        name = model.id.split(":")[0]
-        row = rows.setdefault(name, {
-            "name": name, "model_id": model.id, "registered": True, "folder": False,
-            "precision": "?", "method": "?", "size_mb": None, "path": "",
-        })
-        row["registered"] = True
-        row["model_id"] = model.id
-    return sorted(rows.values(), key=lambda row: row["name"])
 
 
 def register_all(convert_json: str | os.PathLike[str], prefix: str, *, template: str = "auto",

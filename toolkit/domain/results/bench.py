@@ -8,7 +8,7 @@ throughput, whose p90 would be the optimistic figure.
 Version history of ``bench.json``:
 
 1. (no ``schema_version``) rows had ``decode_tps_p50``/``decode_tps_p90`` (percentiles of a
-   throughput) and ``peak_rss_mb``/``load_rss_mb`` (MiB); still loaded by :meth:`BenchRow.from_json`:
+   throughput) and ``peak_rss_mb``/``load_rss_mb`` (MiB); still loaded (:meth:`BenchFile.upgrade`):
    memory under its ``_mib`` name, the throughput percentiles dropped, the latency percentiles absent (0).
 2. rows with ``tpot_ms`` and latency percentiles, memory in ``_mib``.
 """
@@ -16,9 +16,10 @@ Version history of ``bench.json``:
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-from slmops.toolkit.domain.results import schema_version
+from slmops.toolkit.core import codec
 
 #: The version :func:`slmops.toolkit.stages.bench.write_results` writes.
 SCHEMA_VERSION = 2
@@ -78,11 +79,6 @@ class TimedRun:
         rate = self.decode_tps
         return 1000 / rate if rate else 0.0
 
-    @classmethod
-    def from_json(cls, data: dict) -> TimedRun:
-        """A run from a child's JSON (unknown keys ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -121,32 +117,32 @@ class BenchRow:
             the direct engine is given token ids).
     """
 
-    model: str
-    precision: str
-    engine: str
-    target_prompt_tokens: int
-    prompt_tokens: int
-    target_gen_tokens: int
-    gen_tokens: float
-    threads: int
-    ttft_ms: float
-    ttft_ms_sd: float
-    prefill_tps: float
-    decode_tps: float
-    decode_tps_sd: float
-    decode_cv: float
-    noisy: bool
-    e2e_ms: float
-    e2e_ms_sd: float
-    peak_rss_mib: float
-    cpu_percent: float
-    system_cpu_percent: float
-    harness_overhead_pct: float
-    size_mb: float
-    weights_read_mb: float
-    load_s: float
-    load_rss_mib: float
-    repeats: int
+    model: str = ""
+    precision: str = ""
+    engine: str = ""
+    target_prompt_tokens: int = 0
+    prompt_tokens: int = 0
+    target_gen_tokens: int = 0
+    gen_tokens: float = 0.0
+    threads: int = 0
+    ttft_ms: float = 0.0
+    ttft_ms_sd: float = 0.0
+    prefill_tps: float = 0.0
+    decode_tps: float = 0.0
+    decode_tps_sd: float = 0.0
+    decode_cv: float = 0.0
+    noisy: bool = False
+    e2e_ms: float = 0.0
+    e2e_ms_sd: float = 0.0
+    peak_rss_mib: float = 0.0
+    cpu_percent: float = 0.0
+    system_cpu_percent: float = 0.0
+    harness_overhead_pct: float = 0.0
+    size_mb: float = 0.0
+    weights_read_mb: float = 0.0
+    load_s: float = 0.0
+    load_rss_mib: float = 0.0
+    repeats: int = 0
     setup_ms: float = 0.0
     template_ms: float = 0.0
     tpot_ms: float = 0.0
@@ -155,18 +151,7 @@ class BenchRow:
     ttft_ms_p50: float = 0.0
     ttft_ms_p90: float = 0.0
 
-    def to_json(self) -> dict:
-        """The row as ``bench.json`` holds it."""
-        return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict, version: int = SCHEMA_VERSION) -> BenchRow:
-        """A row of ``bench.json`` of ``version`` (see the module's history)."""
-        if version == 1:
-            data = {**data, "peak_rss_mib": data.get("peak_rss_mb", 0.0), "load_rss_mib": data.get("load_rss_mb", 0.0)}
-        # A field a file lacks (a hand-written or partial file) reads as its type's zero.
-        empty = {"str": "", "bool": False, "int": 0, "float": 0.0}
-        return cls(**{f.name: data.get(f.name, empty.get(str(f.type), 0)) for f in fields(cls)})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -222,21 +207,64 @@ def run_metrics(runs: list[TimedRun], prompt_tokens: int) -> dict[str, float | b
     }
 
 
+@dataclass(frozen=True)
+class BenchFile:
+    """``bench.json``: every row, the run's metadata, and what the rows say together.
+
+    A field a row lacks (a hand-written or partial file) reads as its type's zero.
+
+    Attributes:
+        metadata: The machine, packages and run (:func:`slmops.toolkit.core.measure.run_metadata`), its caches,
+            instruction sets and memory bandwidth (GB/s, overall and by thread count).
+        rows: One per model, engine, prompt length, generation length and thread count.
+        engine_ratios: Foundry Local over the direct engine, per model and lengths.
+        endpoint_ratios: The endpoint over Foundry Local in-process, per model and lengths.
+        ttft_breakdown: Foundry Local's first token against the direct engine's, by part.
+        noisy: ``model/engine/prompt/gen/threads`` of each row whose decode figure is too noisy to trust.
+        short: ``model/engine/prompt/gen`` of each row that generated fewer tokens than asked.
+        max_harness_overhead_pct: The largest share of decode time spent in the toolkit's own code, %.
+        decode_ceiling: Each row's decode rate against the memory-bandwidth bound.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    KIND: ClassVar[str] = "bench.json"
+
+    metadata: dict = field(default_factory=dict)
+    rows: tuple[BenchRow, ...] = ()
+    engine_ratios: list[dict] = field(default_factory=list)
+    endpoint_ratios: list[dict] = field(default_factory=list)
+    ttft_breakdown: list[dict] = field(default_factory=list)
+    noisy: list[str] = field(default_factory=list)
+    short: list[str] = field(default_factory=list)
+    max_harness_overhead_pct: float = 0.0
+    decode_ceiling: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def upgrade(cls, data: dict, version: int) -> dict:
+        """Version 1's rows with their memory under the ``_mib`` names."""
+        rows = [{**row, "peak_rss_mib": row.get("peak_rss_mb", 0.0), "load_rss_mib": row.get("load_rss_mb", 0.0)}
+                for row in data.get("rows", []) if isinstance(row, dict)]
+        return {**data, "rows": rows}
+
+
 def bench_version(data: dict) -> int:
     """The ``schema_version`` of a loaded ``bench.json`` (1 when absent).
 
     Raises:
         ResultVersionError: a version newer than this toolkit knows.
     """
-    return schema_version(data, "bench.json", SCHEMA_VERSION)
+    return codec.version_of(data, "bench.json", SCHEMA_VERSION)
 
 
 def rows_of(data: dict) -> list[BenchRow]:
     """The rows of a loaded ``bench.json`` of any known version, typed.
 
+    Raises:
+        ResultVersionError: a version newer than this toolkit knows.
+        RecordError: a row of the wrong shape.
+
     Example:
         >>> rows_of({"rows": []})
         []
     """
-    version = bench_version(data)
-    return [BenchRow.from_json(row, version) for row in data.get("rows", [])]
+    return list(codec.load(BenchFile, data).rows)

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.measure import machine, run_metadata
-from slmops.toolkit.domain.results.bench import SCHEMA_VERSION, BenchRow, rows_of
+from slmops.toolkit.domain.results.bench import BenchFile, BenchRow, rows_of
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages.bench.analysis import (
     decode_ceiling,
@@ -31,14 +31,14 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
     bandwidths = genai.read_bandwidths([r.threads for r in rows] or [0])
     meta["memory_bandwidth_gbs"] = max(bandwidths.values())
     meta["memory_bandwidth_gbs_by_threads"] = {str(t): gbs for t, gbs in bandwidths.items()}
-    report = {"schema_version": SCHEMA_VERSION, "metadata": meta, "rows": [r.to_json() for r in rows], "engine_ratios": engine_ratios(rows),
-              "endpoint_ratios": endpoint_ratios(rows), "ttft_breakdown": ttft_breakdown(rows),
-              "noisy": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
-                        for r in rows if r.noisy],
-              "short": [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
-                        for r in rows if r.gen_tokens < r.target_gen_tokens],
-              "max_harness_overhead_pct": max((r.harness_overhead_pct for r in rows), default=0.0)}
-    report["decode_ceiling"] = decode_ceiling(report["rows"], bandwidths, last_level_cache_mib(meta["caches"]))
+    written = BenchFile(
+        meta, tuple(rows), engine_ratios(rows), endpoint_ratios(rows), ttft_breakdown(rows),
+        [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}" for r in rows if r.noisy],
+        [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
+         for r in rows if r.gen_tokens < r.target_gen_tokens],
+        max((r.harness_overhead_pct for r in rows), default=0.0),
+        decode_ceiling([asdict(r) for r in rows], bandwidths, last_level_cache_mib(meta["caches"])))
+    report = codec.dump(written)
     artifacts.write_json(out / "bench.json", report)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])
@@ -57,4 +57,4 @@ def read_results(path: str | os.PathLike[str]) -> dict | None:
     found = artifacts.read_json(Path(path))
     if not isinstance(found, dict) or not isinstance(found.get("rows"), list):
         return None
-    return {**found, "rows": [row.to_json() for row in rows_of(found)]}
+    return {**found, "rows": [asdict(row) for row in rows_of(found)]}

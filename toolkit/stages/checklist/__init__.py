@@ -62,9 +62,8 @@ from slmops.toolkit.domain.results.checklist import (
     Thresholds,
     Unit,
     Verdict,
-    dump_report,
-    load_report,
 )
+from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.stages.checklist.answers import CASE_CHECKS, CaseCheck, case_checks, stop_check
 from slmops.toolkit.stages.checklist.cases import (
     CONTENT_RULES,

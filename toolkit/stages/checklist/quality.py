@@ -84,7 +84,7 @@ def run_control(name: str, cases: list[dict], *, cache: str | Path | None = None
 
     If the base passes them, they test nothing about the fine-tune, and the verdict says so. The
     ``retention`` cases (general questions) it answers correctly become the reference every build
-    is held to (``retention_correct``; :func:`~slmops.toolkit.domain.results.checklist.with_retention`). The
+    is held to (``retention_correct``; :func:`~slmops.toolkit.domain.retention.with_retention`). The
     base gets the same answer budget as the checked models (``max_tokens``, the checklist's 48):
     the control asks whether the same question, judged the same way, is answered without the
     fine-tune (128 tokens cost the base 2.7x the time and only gave it more words to match by chance).

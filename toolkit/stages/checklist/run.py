@@ -15,10 +15,9 @@ from slmops.toolkit.domain.results.checklist import (
     ControlResult,
     ModelReport,
     Thresholds,
-    dump_report,
-    load_report,
-    with_retention,
 )
+from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
+from slmops.toolkit.domain.retention import with_retention
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages.checklist.answers import case_checks, requests_of
 from slmops.toolkit.stages.checklist.cases import load_cases
@@ -162,7 +161,7 @@ def write_report(reports: list[ModelReport], path: str | os.PathLike[str], thres
     """Write ``test.json`` (:class:`~slmops.toolkit.domain.results.checklist.ChecklistReport`) and return what was written.
 
     The ``retention`` checks are held to the control's answers here
-    (:func:`~slmops.toolkit.domain.results.checklist.with_retention`): what each build forgot.
+    (:func:`~slmops.toolkit.domain.retention.with_retention`): what each build forgot.
 
     Example:
         >>> write_report(run_checklists(["smollm2-int4"]), "outputs/demo/test.json").passed
