@@ -747,7 +747,8 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
     candidates[str(spec.precision)] = build
     run, result = reference.check(spec.model_dir, candidates, log_path=log, dtype=dtype,
                                   fingerprint=source_fingerprint,
-                                  adapters={label: adapter_file for label in candidates} if adapter_file else None)
+                                  adapters={label: adapter_file for label in candidates} if adapter_file else None,
+                                  lean=(str(Precision.FP32),) if fp32_route is not None else ())
     exact = parity.EXACT if dtype == "float32" else parity.NEAR
     checks = []
     for label, folder in candidates.items():
@@ -757,7 +758,7 @@ def _parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None
             raise parity.refuse(check, source.architecture, str(spec.method), round(dir_size_mb(folder), 3))
         checks.append(check.to_json())
     return {"verdict": str(parity.Verdict.PASS), "checks": checks, "wall_s": round(run.wall_s, 2),
-            "peak_rss_mib": round(run.peak_rss_mib, 1)}
+            "peak_rss_mib": round(run.peak_rss_mib, 1), "steps_mib": result.steps}
 
 
 def _manifest(spec: ConvertSpec, source: SourceModel, staging: Path, target: Path, runs: list[workers.ChildRun],
