@@ -174,8 +174,9 @@ def _float32_while_running(model: object, torch: object) -> None:
     """Hooks that give each module its own floating weights and buffers in FP32 while it runs, and back after.
 
     A module's forward then computes in FP32 what it would with the model loaded in FP32 (a 16-bit
-    value is exact in FP32), while the model rests in memory as stored. Tied weights are one
-    tensor: cast where used, put back before the next module.
+    value is exact in FP32), while the model rests in memory as stored: the stored tensor is put
+    back, not a copy. A plain embedding table is not upcast: the rows it gathers are (the same
+    values). Tied weights are one tensor: cast where used, put back before the next module.
     """
     def own(module: object):
         for table in (module._parameters, module._buffers):
@@ -184,16 +185,23 @@ def _float32_while_running(model: object, torch: object) -> None:
                     yield tensor
 
     def up(module: object, _args: object) -> None:
-        module._slmops_dtypes = [(tensor, tensor.dtype) for tensor in own(module)]
-        for tensor, _dtype in module._slmops_dtypes:
-            tensor.data = tensor.data.float()
+        module._slmops_stored = [(tensor, tensor.data) for tensor in own(module)]
+        for tensor, stored in module._slmops_stored:
+            tensor.data = stored.float()
 
     def down(module: object, _args: object, _output: object) -> None:
-        for tensor, dtype in module.__dict__.pop("_slmops_dtypes", []):
-            tensor.data = tensor.data.to(dtype)
+        for tensor, stored in module.__dict__.pop("_slmops_stored", []):
+            tensor.data = stored
+
+    def gathered(_module: object, _args: object, output: object) -> object:
+        return output.float()
 
     for module in model.modules():
-        if any(tensor.dtype != torch.float32 for tensor in own(module)):
+        if not any(tensor.dtype != torch.float32 for tensor in own(module)):
+            continue
+        if type(module) is torch.nn.Embedding:
+            module.register_forward_hook(gathered)
+        else:
             module.register_forward_pre_hook(up)
             module.register_forward_hook(down)
 
