@@ -1,40 +1,43 @@
-"""llama.cpp side by side with our builds on the same fine-tune: size, bits per weight, agreement with FP32, speed.
+"""Our builds against native llama.cpp on the same fine-tune: first token and decode from ``llama-bench``, quality on the same ids.
 
-The question of issues 25 and 29: on the same fine-tuned FP32 model, how do our ONNX builds (FP32,
-INT8, the builder's INT4 and the INT4 recipes) compare with llama.cpp's own conversion and
-quantizer (Q4_0, Q4_K_M, Q5_K_M, Q8_0)? For each build it prints, in one table:
+The question of issues 25, 29 and 45: on the same fine-tuned FP32 model, are our ONNX builds as
+fast as llama.cpp's own conversion and quantizer at each precision, and how close to FP32? The
+pairs: our INT4 (the builder's default) against Q4_0, our INT8 against Q8_0, our best-quality
+INT4 recipe (``--recipe``, default ``mixed``) against Q4_K_M.
 
-* size (MB) and bits per weight (the model files' bytes x 8 / the Hugging Face model's parameters);
-* top-1 agreement and KL divergence (nats) against OUR FP32 build's logits, teacher-forced on the
-  same token ids: the bundled reference text, tokenized by the FP32 build as ``slmops recipes``
-  does. Ours through the project's own code (:func:`slmops.toolkit.runtimes.genai.agreement`); llama.cpp's
-  logits (``logits_all``, one prompt pass) through ``llama-cpp-python`` on those ids, then the same
-  formula (checked here against the project's figures for our builds);
-* first-token time (ms) at 128 prompt tokens and decode tokens/s at 128 generated tokens, greedy,
-  2 threads: ours through ONNX Runtime GenAI directly (:func:`slmops.toolkit.runtimes.genai.time_generation`),
-  llama.cpp through ``llama-cpp-python``, measured alternately (every repeat runs each build once,
-  ours and llama.cpp's interleaved, the order reversed every repeat; medians), so machine load
-  hits both alike.
+**Speed.** llama.cpp through its own ``llama-bench``, built natively from the llama.cpp inside the
+llama-cpp-python sdist (``benchmarks/llama_cpp_native.py``; the portable build where the native
+one crashes): ``pp`` of ``--prompt-tokens`` tokens (its prefill) and ``tg`` of ``--gen-tokens``
+tokens after a context of that prompt (``-d``), at ``--threads`` threads. Ours through ONNX
+Runtime GenAI directly (:func:`slmops.toolkit.runtimes.genai.time_generation`, the same threads
+forced over the build's own ``genai_config.json``): first token (the prompt pass and choosing the
+token) and decode tokens/s after it. Each round runs every engine in turn, ours and llama.cpp's
+alternating and the order reversed every round, each ``--reps`` times keeping its best (a shared
+machine only ever slows a run down); the ratios (ours / llama.cpp for first token,
+ours / llama.cpp for decode tokens/s) are taken per round, so machine load hits both alike, and
+reported as medians with their range over the rounds. Verdicts against the targets (first token
+<= 1.0x, decode >= 1.0x): ``pass`` when every round meets it, ``fail`` when none does, ``warn``
+when the rounds disagree (the median says which way it leans). The CPU model, its instruction
+sets and llama.cpp's build options are printed beside the table.
 
-Then the ratios the issues' targets ask for: our INT4 builds against llama.cpp's Q4_0 (first
-token <= 1.0x, decode >= 1.0x) and quality against Q4_K_M (bits per weight no more, KL no more,
-top-1 no less), our INT8 against Q8_0. All figures go to ``OUT/llama_cpp.json``.
+**Quality** (``--quality``; needs ``--setup-quality``): top-1 agreement and KL divergence against
+OUR FP32 build's logits, teacher-forced on the same token ids (the bundled reference text as the
+FP32 build tokenizes it). Ours through the project's code (:func:`slmops.toolkit.runtimes.genai.agreement`);
+llama.cpp's logits through ``llama-cpp-python`` (``benchmarks/llama_cpp_worker.py`` in its own venv,
+``~/.slmops/llama-cpp-venv``), then the same formula (checked against the project's figures for our
+builds). Bits per weight: the model files' bytes x 8 / the Hugging Face model's parameters.
 
-llama.cpp is optional and never imported by the project's venv: ``--setup`` makes its own venv
-(``~/.slmops/llama-cpp-venv``), builds ``llama-cpp-python`` there from its PyPI sdist (cmake, a C++
-compiler; 4.5 minutes on 2 cores here) and unpacks the sdist's ``vendor/llama.cpp`` converter
-(``convert_hf_to_gguf.py``, its ``conversion`` package and its own ``gguf-py``; ``sentencepiece`` beside it). The llama.cpp side
-runs in a child process of that venv's Python (``benchmarks/llama_cpp_worker.py``, JSON lines on
-stdin/stdout). The converter needs torch and transformers, so it runs by default in a child
-process of the project's Python (which has both) with the converter's own vendored ``gguf``.
+GGUF files: the FP32 merged fine-tune through the sdist's ``convert_hf_to_gguf.py`` (run by the
+project's Python, which has torch and transformers, with the converter's own ``gguf-py``), then
+``llama-quantize``; kept in ``--out`` and reused.
 
-    .venv/bin/python benchmarks/llama_cpp.py --setup        # once; needs the package index
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/llama_cpp.py --out /tmp/llama-cpp-bench
+    .venv/bin/python benchmarks/llama_cpp.py --setup      # once: native llama.cpp tools, the converter
+    flock /work/heavy.lock .venv/bin/python benchmarks/llama_cpp.py --models DIR --out /tmp/llama-cpp-bench
 
-Inputs: the demo's builds (``make demo``: ``outputs/demo/models/fp32``, ``int8``, ``int4`` and
-``recipes/*``) and the FP32 merged fine-tune they were built from (their manifest's
-``source_path``; else ``slmops.toolkit.domain.adapters.merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))``).
-GGUF files are kept in ``--out`` and reused.
+Inputs: ``--models`` holds our builds as the demo writes them (``fp32``, ``int8``, ``int4`` and
+``recipes/NAME``), and ``--hf`` the FP32 merged fine-tune they were built from (default: the FP32
+build's manifest ``source_path``). Everything goes to ``OUT/llama_cpp.json``; ``--markdown FILE``
+appends the benchmarks page's section.
 """
 
 from __future__ import annotations
@@ -42,44 +45,96 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import statistics
 import struct
 import subprocess
 import sys
-import tarfile
 import time
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
-LLAMA_CPP_PYTHON = "0.3.36"
+from llama_cpp_native import LLAMA_CPP_PYTHON, isa_cmake_args, require_tools, tools_root, unpack_sources
+
 GGUF = "0.19.0"
-#: Only the libraries llama-cpp-python loads; no tools, tests, examples or the multimodal library.
+#: llama-cpp-python's build for the quality venv: only its libraries, AMX left out (see isa_cmake_args).
 CMAKE_ARGS = "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF"
+WORKER = Path(__file__).resolve().parent / "llama_cpp_worker.py"
+#: The instruction sets printed beside the table (``/proc/cpuinfo`` names).
+ISA_SHOWN = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "amx_int8", "amx_bf16")
+FIRST_TOKEN_TARGET = 1.0  # ours / llama.cpp, at most
+DECODE_TARGET = 1.0  # ours / llama.cpp tokens/s, at least
 
 
-def isa_cmake_args(flags: set[str]) -> str:
-    """llama.cpp's instruction-set options for a CPU with ``flags`` (``/proc/cpuinfo`` names), AMX left out.
+class Verdict(StrEnum):
+    """A target's verdict over the rounds."""
 
-    A ``-march=native`` build on a virtual machine that reports AMX but does not run it crashed in
-    the first decode of any quantized model here; without AMX (its repacked AVX-512 kernels on)
-    it runs. So the build names the instruction sets instead of asking for the native ones.
+    PASS = "pass"  # every round meets the target
+    WARN = "warn"  # the rounds disagree
+    FAIL = "fail"  # no round meets it
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One of our builds and the llama.cpp quant it is measured against.
+
+    Attributes:
+        ours: the row name of our build.
+        folder: our build's subfolder of ``--models``.
+        quant: llama.cpp's quantization type.
+    """
+
+    ours: str
+    folder: str
+    quant: str
+
+
+def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple[Pair, ...]:
+    """Each of ``chosen`` staged as registration serves it (files linked, LM head on the last position), in ``out``."""
+    from slmops.toolkit.domain import lm_head
+
+    staged = []
+    for pair in chosen:
+        source, target = models / pair.folder, out / "as-registered" / pair.folder
+        if not (target / "genai_config.json").is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            for item in source.iterdir():
+                if item.is_file() and not (target / item.name).exists():
+                    os.link(item, target / item.name)
+            lm_head.serve_last_position(target)
+        staged.append(Pair(f"{pair.ours}, as registered", str(target), pair.quant))
+    return tuple(staged)
+
+
+def parse_also(text: str) -> Pair:
+    """``NAME=MODEL_DIR:QUANT`` (``--also``) as a :class:`Pair`.
 
     Example:
-        >>> isa_cmake_args({"avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "amx_int8"})
-        '-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON'
+        >>> parse_also("ours INT4 block 64=/m/int4-b64:Q4_0")
+        Pair(ours='ours INT4 block 64', folder='/m/int4-b64', quant='Q4_0')
     """
-    wanted = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C",
-              "avx512f": "GGML_AVX512", "avx512_vnni": "GGML_AVX512_VNNI"}
-    return " ".join(["-DGGML_NATIVE=OFF", *(f"-D{option}=ON" for flag, option in wanted.items() if flag in flags)])
-QUANTS = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q8_0")
-WORKER = Path(__file__).resolve().parent / "llama_cpp_worker.py"
-#: Our build that each llama.cpp quant is the counterpart of, for the ratio lines.
-COUNTERPART = {"int4": "llama.cpp Q4_0", "int8": "llama.cpp Q8_0", "fp32": "llama.cpp F32"}
+    name, sep, rest = text.partition("=")
+    folder, colon, quant = rest.rpartition(":")
+    if not (sep and colon and name and folder and quant):
+        raise ValueError(f"--also {text!r}: write NAME=MODEL_DIR:QUANT (e.g. 'ours INT4 b64=/models/int4-b64:Q4_0')")
+    return Pair(name, folder, quant.upper())
+
+
+def pairs(recipe: str) -> tuple[Pair, ...]:
+    """The issue's pairs: builder INT4 / Q4_0, INT8 / Q8_0, the best-quality recipe / Q4_K_M.
+
+    Example:
+        >>> [p.quant for p in pairs("mixed")]
+        ['Q4_0', 'Q8_0', 'Q4_K_M']
+    """
+    return (Pair("ours INT4 (builder default)", "int4", "Q4_0"), Pair("ours INT8", "int8", "Q8_0"),
+            Pair(f"ours INT4 recipe {recipe}", f"recipes/{recipe}", "Q4_K_M"))
 
 
 # --- pure helpers (tests/unit/test_llama_cpp_bench.py) ---------------------------------------------------------------
@@ -123,160 +178,235 @@ def agreement_figures(ids: np.ndarray, reference: np.ndarray, candidate: np.ndar
             "perplexity": round(float(np.exp(-cand_log[positions, ids[1:]].mean())), 3)}
 
 
-def summarize_runs(runs: list[dict]) -> dict:
-    """Median first-token time (ms) and decode tokens/s of timed runs (``ttft_s``, ``total_s``, ``gen_tokens``)."""
-    from slmops.toolkit.domain.results.bench import TimedRun
+def llama_bench_commands(bench: str | os.PathLike[str], gguf: str | os.PathLike[str], prompt: int, gen: int,
+                         threads: int, reps: int = 1) -> list[list[str]]:
+    """The two ``llama-bench`` runs of one round: prefill of ``prompt`` tokens, then ``gen`` tokens after that context.
 
-    timed = [TimedRun(ttft_s=r["ttft_s"], total_s=r["total_s"], gen_tokens=r["gen_tokens"]) for r in runs]
-    return {"ttft_ms": round(statistics.median(r.ttft_s * 1000 for r in timed), 1),
-            "decode_tps": round(statistics.median(r.decode_tps for r in timed), 1),
-            "runs": len(timed)}
+    ``reps`` repetitions each, JSON out, llama-bench's own warm-up kept.
 
-
-def ratio(ours: float | None, theirs: float | None) -> float | None:
-    return round(ours / theirs, 3) if ours and theirs else None
-
-
-def counterpart(row: dict) -> str | None:
-    """The llama.cpp row an our-build row is compared with: Q4_0 for INT4 builds, Q8_0 for INT8, F32 for FP32."""
-    return COUNTERPART.get(row.get("kind", "")) if row["engine"] == "onnxruntime-genai" else None
-
-
-def table(rows: list[dict]) -> list[str]:
-    """The Markdown table of the rows; ratio columns against each our-build row's llama.cpp counterpart."""
-    by_name = {row["build"]: row for row in rows}
-
-    def cell(value, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    lines = [("| build | size MB | bits/weight | top-1 vs our FP32 | KL vs our FP32 (nats) | first token ms @128 "
-              "| decode tok/s @128 | vs llama.cpp | first token x | decode x |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        other = by_name.get(counterpart(row) or "")
-        lines.append(" | ".join([
-            f"| {row['build']}", cell(row["size_mb"], ".1f"), cell(row["bpw"], ".2f"),
-            cell(row.get("top1_agreement"), ".3f"),
-            cell(row.get("kl_divergence"), ".4f"), cell(row.get("ttft_ms"), ".0f"), cell(row.get("decode_tps"), ".1f"),
-            other["build"].removeprefix("llama.cpp ") if other else "-",
-            cell(ratio(row.get("ttft_ms"), other.get("ttft_ms")) if other else None, ".2f"),
-            cell(ratio(row.get("decode_tps"), other.get("decode_tps")) if other else None, ".2f")]) + " |")
-    return lines
-
-
-def targets(rows: list[dict]) -> list[dict]:
-    """The issues' targets, each ``{"target", "measured", "met"}`` (``met`` None where a figure is missing).
-
-    Issue 29: our INT4 (builder default) first token <= 1.0x and decode >= 1.0x llama.cpp's Q4_0; INT8 against
-    Q8_0 the same. Issue 25: an INT4 build at no more bits per weight than Q4_K_M, KL no more, top-1 no less.
+    Example:
+        >>> [c[3:9] for c in llama_bench_commands("llama-bench", "m.gguf", 128, 64, 2)]
+        [['-p', '128', '-n', '0', '-d', '0'], ['-p', '0', '-n', '64', '-d', '128']]
     """
-    by_name = {row["build"]: row for row in rows}
+    common = ["-r", str(reps), "-t", str(threads), "-o", "json"]
+    return [[str(bench), "-m", str(gguf), "-p", str(prompt), "-n", "0", "-d", "0", *common],
+            [str(bench), "-m", str(gguf), "-p", "0", "-n", str(gen), "-d", str(prompt), *common]]
+
+
+def parse_llama_bench(text: str) -> list[dict]:
+    """``llama-bench -o json``'s tests as ``{"n_prompt", "n_gen", "n_depth", "ms", "tps", "threads", "type"}``.
+
+    ``ms`` and ``tps`` list each repetition's time (the whole prompt for ``pp``, all generated
+    tokens for ``tg``) and tokens per second.
+
+    Raises:
+        ValueError: the text is no llama-bench JSON list, or a test lacks its timing.
+    """
+    try:
+        tests = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"llama-bench printed no JSON ({error}): {text[:200]!r}") from error
+    if not isinstance(tests, list) or not tests:
+        raise ValueError(f"llama-bench printed no tests: {text[:200]!r}")
     out = []
-    for ours, theirs in (("ours INT4 (builder default)", "llama.cpp Q4_0"), ("ours INT8", "llama.cpp Q8_0")):
-        a, b = by_name.get(ours), by_name.get(theirs)
-        if not (a and b):
-            continue
-        first, decode = ratio(a.get("ttft_ms"), b.get("ttft_ms")), ratio(a.get("decode_tps"), b.get("decode_tps"))
-        out.append({"issue": 29, "target": f"{ours} first token <= 1.0x and decode >= 1.0x {theirs}",
-                    "measured": f"first token {first}x, decode {decode}x",
-                    "met": None if first is None or decode is None else first <= 1.0 and decode >= 1.0})
-    k = by_name.get("llama.cpp Q4_K_M")
-    if k and k.get("kl_divergence") is not None:
-        for row in rows:
-            if row.get("kind") != "int4" or row.get("kl_divergence") is None:
-                continue
-            met = (row["bpw"] <= k["bpw"] and row["kl_divergence"] <= k["kl_divergence"]
-                   and row["top1_agreement"] >= k["top1_agreement"])
-            out.append({"issue": 25, "target": f"{row['build']}: bits/weight <= {k['bpw']:.2f}, "
-                                               f"KL <= {k['kl_divergence']:.4f}, top-1 >= {k['top1_agreement']:.3f} "
-                                               "(llama.cpp Q4_K_M)",
-                        "measured": f"{row['bpw']:.2f} bits/weight, KL {row['kl_divergence']:.4f}, "
-                                    f"top-1 {row['top1_agreement']:.3f}",
-                        "met": met})
+    for test in tests:
+        if not test.get("samples_ns") or not test.get("samples_ts"):
+            raise ValueError(f"a llama-bench test without samples_ns/samples_ts: {sorted(test)}")
+        out.append({"n_prompt": int(test["n_prompt"]), "n_gen": int(test["n_gen"]),
+                    "n_depth": int(test.get("n_depth", 0)), "ms": [ns / 1e6 for ns in test["samples_ns"]],
+                    "tps": [float(ts) for ts in test["samples_ts"]],
+                    "threads": int(test.get("n_threads", 0)), "type": test.get("model_type", "")})
     return out
 
 
-def interleaved_order(ours: list[str], theirs: list[str], repeat: int) -> list[str]:
-    """Ours and llama.cpp's builds alternating (``ours[0], theirs[0], ours[1], ...``), reversed on odd repeats."""
-    order = []
-    for index in range(max(len(ours), len(theirs))):
-        order += [names[index] for names in (ours, theirs) if index < len(names)]
-    return order if repeat % 2 == 0 else order[::-1]
+def llama_round(tests: list[dict], prompt: int, gen: int) -> dict:
+    """One round's llama.cpp figures from the tests of :func:`llama_bench_commands`: its best prefill ms and decode tokens/s.
+
+    Best of the round's repetitions, as :func:`ours_round` takes ours: on a shared machine a
+    repetition is only ever slowed down by others, never sped up.
+
+    Raises:
+        ValueError: the prefill or the decode test is missing.
+    """
+    pp = [t for t in tests if t["n_prompt"] == prompt and t["n_gen"] == 0]
+    tg = [t for t in tests if t["n_prompt"] == 0 and t["n_gen"] == gen and t["n_depth"] == prompt]
+    if not (pp and tg):
+        raise ValueError(f"llama-bench ran no pp{prompt} and tg{gen} @ d{prompt}: {tests}")
+    return {"first_token_ms": min(pp[0]["ms"]), "decode_tps": max(tg[0]["tps"])}
 
 
-# --- the llama.cpp venv ------------------------------------------------------------------------------------------
+def ours_round(runs: list[dict]) -> dict:
+    """The best first token ms and decode tokens/s of one round's timed runs (``ttft_s``, ``total_s``, ``gen_tokens``)."""
+    from slmops.toolkit.domain.results.bench import TimedRun
+
+    timed = [TimedRun(ttft_s=r["ttft_s"], total_s=r["total_s"], gen_tokens=r["gen_tokens"]) for r in runs]
+    return {"first_token_ms": min(t.ttft_s for t in timed) * 1000, "decode_tps": max(t.decode_tps for t in timed)}
+
+
+def spread(values: list[float]) -> dict:
+    """Median, lowest and highest of ``values``."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def verdict(ratios: list[float], target: float, *, at_most: bool) -> Verdict:
+    """``pass`` when every round's ratio meets ``target`` (``<=`` when ``at_most``, else ``>=``), ``fail`` when none does.
+
+    Example:
+        >>> verdict([0.9, 0.95, 1.02], 1.0, at_most=True)
+        <Verdict.WARN: 'warn'>
+    """
+    met = [r <= target if at_most else r >= target for r in ratios]
+    return Verdict.PASS if all(met) else Verdict.FAIL if not any(met) else Verdict.WARN
+
+
+def pair_result(ours: list[dict], theirs: list[dict]) -> dict:
+    """Per-round ratios of one pair (rounds in the same order on both sides), their spread and the verdicts."""
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError(f"{len(ours)} rounds of ours against {len(theirs)} of llama.cpp")
+    first = [o["first_token_ms"] / t["first_token_ms"] for o, t in zip(ours, theirs, strict=True)]
+    decode = [o["decode_tps"] / t["decode_tps"] for o, t in zip(ours, theirs, strict=True)]
+    return {"ours": {k: spread([r[k] for r in ours]) for k in ("first_token_ms", "decode_tps")},
+            "llama_cpp": {k: spread([r[k] for r in theirs]) for k in ("first_token_ms", "decode_tps")},
+            "first_token_ratio": spread(first), "decode_ratio": spread(decode),
+            "first_token_verdict": str(verdict(first, FIRST_TOKEN_TARGET, at_most=True)),
+            "decode_verdict": str(verdict(decode, DECODE_TARGET, at_most=False)),
+            "rounds": len(ours)}
+
+
+def speed_table(results: dict[str, dict]) -> list[str]:
+    """Markdown rows of the speed comparison, one per pair (medians, range over the rounds in brackets)."""
+    def cell(figure: dict, spec: str) -> str:
+        return f"{figure['median']:{spec}} ({figure['min']:{spec}}-{figure['max']:{spec}})"
+
+    lines = [("| ours | llama.cpp | first token ms, ours / llama.cpp | first token x | decode tok/s, ours / llama.cpp "
+              "| decode x | verdicts (first token <= 1.0x, decode >= 1.0x) |"),
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['quant']} | {r['ours']['first_token_ms']['median']:.1f} / "
+                     f"{r['llama_cpp']['first_token_ms']['median']:.1f} | {cell(r['first_token_ratio'], '.2f')} | "
+                     f"{r['ours']['decode_tps']['median']:.1f} / {r['llama_cpp']['decode_tps']['median']:.1f} | "
+                     f"{cell(r['decode_ratio'], '.2f')} | {r['first_token_verdict']}, {r['decode_verdict']} |")
+    return lines
+
+
+def quality_table(rows: list[dict]) -> list[str]:
+    """Markdown rows of size, bits per weight, top-1 and KL against our FP32 ("-" where not measured)."""
+    def cell(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = ["| build | size MB | bits/weight | top-1 vs our FP32 | KL vs our FP32 (nats) |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['build']} | {cell(row.get('size_mb'), '.1f')} | {cell(row.get('bpw'), '.2f')} | "
+                     f"{cell(row.get('top1_agreement'), '.3f')} | {cell(row.get('kl_divergence'), '.4f')} |")
+    return lines
+
+
+def quality_targets(rows: list[dict]) -> list[dict]:
+    """Issue 25: each INT4 build at no more bits per weight than Q4_K_M, KL no more, top-1 no less."""
+    k = next((r for r in rows if r["build"] == "llama.cpp Q4_K_M"), None)
+    if not k or k.get("kl_divergence") is None:
+        return []
+    out = []
+    for row in rows:
+        if row.get("kind") != "int4" or row.get("kl_divergence") is None:
+            continue
+        met = (row["bpw"] <= k["bpw"] and row["kl_divergence"] <= k["kl_divergence"]
+               and row["top1_agreement"] >= k["top1_agreement"])
+        out.append({"target": f"{row['build']}: bits/weight <= {k['bpw']:.2f}, KL <= {k['kl_divergence']:.4f}, "
+                              f"top-1 >= {k['top1_agreement']:.3f} (llama.cpp Q4_K_M)",
+                    "measured": f"{row['bpw']:.2f} bits/weight, KL {row['kl_divergence']:.4f}, "
+                                f"top-1 {row['top1_agreement']:.3f}",
+                    "verdict": str(Verdict.PASS if met else Verdict.FAIL)})
+    return out
+
+
+def round_order(names: list[str], round_: int) -> list[str]:
+    """The engines of one round: as given on even rounds, reversed on odd ones."""
+    return list(names) if round_ % 2 == 0 else list(reversed(names))
+
+
+def machine_isa(flags: set[str]) -> list[str]:
+    """The instruction sets of :data:`ISA_SHOWN` among ``flags``."""
+    return [flag for flag in ISA_SHOWN if flag in flags]
+
+
+# --- GGUF files --------------------------------------------------------------------------------------------------
+
+def converter_deps() -> Path:
+    """What the converter needs that the project's venv lacks (``sentencepiece``: it imports it for every Llama)."""
+    return tools_root() / "convert-deps"
+
+
+def setup_converter() -> Path:
+    """The sdist's llama.cpp sources (with ``convert_hf_to_gguf.py``) and the converter's ``sentencepiece``."""
+    source = unpack_sources(LLAMA_CPP_PYTHON)
+    if not (converter_deps() / "sentencepiece").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--target", str(converter_deps()), "sentencepiece"],
+                       check=True)
+    return source
+
+
+def convert(hf: Path, out: Path, python: str) -> Path:
+    """``convert_hf_to_gguf.py --outtype f32`` of the merged fine-tune (kept and reused)."""
+    target = out / "f32.gguf"
+    if target.exists():
+        return target
+    script = unpack_sources(LLAMA_CPP_PYTHON) / "convert_hf_to_gguf.py"
+    start = time.perf_counter()
+    staging = out / "f32.gguf.partial"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(converter_deps()),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    with open(out / "convert_hf_to_gguf.log", "w") as log:
+        subprocess.run([python, str(script), str(hf), "--outtype", "f32", "--outfile", str(staging)],
+                       check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    staging.rename(target)
+    print(f"Converted {hf} to {target} in {time.perf_counter() - start:.0f} s", flush=True)
+    return target
+
+
+def quantize(quantizer: Path, f32: Path, quant: str, threads: int) -> Path:
+    """``llama-quantize`` of the F32 GGUF to ``quant`` (its defaults; kept and reused)."""
+    target = f32.with_name(f"{quant.lower()}.gguf")
+    if not target.exists():
+        staging = target.with_name(target.name + ".partial")
+        with open(f32.with_name("llama-quantize.log"), "a") as log:
+            subprocess.run([str(quantizer), str(f32), str(staging), quant, str(threads)], check=True, stdout=log,
+                           stderr=subprocess.STDOUT)
+        staging.rename(target)
+    return target
+
+
+# --- the quality venv (llama-cpp-python, for logits) --------------------------------------------------------------
 
 def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def converter_script(src: Path) -> Path:
-    return src / "llama.cpp" / "convert_hf_to_gguf.py"
-
-
-def setup(venv: Path, src: Path) -> None:
-    """Make the llama.cpp venv (llama-cpp-python built from source) and unpack the sdist's converter; skip what is there."""
-    start = time.perf_counter()
+def setup_quality(venv: Path) -> None:
+    """The venv of ``llama-cpp-python`` built from its sdist (the logits of the quality comparison); skipped when there."""
     python = venv_python(venv)
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    probe = subprocess.run([str(python), "-c", "import llama_cpp, gguf"], check=False, capture_output=True)
-    if probe.returncode:
-        from slmops.toolkit.core import platform
-
-        default = f"{CMAKE_ARGS} {isa_cmake_args(platform.cpu_flags())}"
-        env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", default), "PIP_NO_CACHE_DIR": "1",
-               "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))}
-        print(f"Building llama-cpp-python {LLAMA_CPP_PYTHON} from source in {venv} (CMAKE_ARGS={env['CMAKE_ARGS']}, "
-              f"{env['CMAKE_BUILD_PARALLEL_LEVEL']} parallel jobs); this takes a while", flush=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--no-binary", "llama-cpp-python",
-                        f"llama-cpp-python=={LLAMA_CPP_PYTHON}", f"gguf=={GGUF}", "numpy"], check=True, env=env)
-    unpack_converter(python, src)
-    print(f"llama.cpp ready: {python} (llama-cpp-python {LLAMA_CPP_PYTHON}), converter {converter_script(src)} "
-          f"({time.perf_counter() - start:.0f} s)")
-
-
-def converter_deps(src: Path) -> Path:
-    """What the converter needs that the project's venv lacks (``sentencepiece``: it imports it for every Llama)."""
-    return src / "convert-deps"
-
-
-def unpack_converter(python: Path, src: Path) -> None:
-    """``convert_hf_to_gguf.py``, its ``conversion`` package and ``gguf-py`` from the sdist's ``vendor/llama.cpp``.
-
-    Its other requirements are torch and transformers (the project's venv has both, see :func:`convert`) and
-    ``sentencepiece``, installed on its own into :func:`converter_deps`.
-    """
-    if not (converter_deps(src) / "sentencepiece").is_dir():
-        subprocess.run([str(python), "-m", "pip", "install", "--target", str(converter_deps(src)), "sentencepiece"],
-                       check=True)
-    if converter_script(src).exists():
+    if subprocess.run([str(python), "-c", "import llama_cpp"], check=False, capture_output=True).returncode == 0:
         return
-    src.mkdir(parents=True, exist_ok=True)
-    sdist = src / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
-    if not sdist.exists():
-        subprocess.run([str(python), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(src)], check=True)
-    prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
-    with tarfile.open(sdist) as archive:
-        for member in archive.getmembers():
-            inner = member.name.removeprefix(prefix)
-            if member.name.startswith(prefix) and inner.startswith(wanted) and member.isfile():
-                destination = src / "llama.cpp" / inner
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with archive.extractfile(member) as data, open(destination, "wb") as out:
-                    shutil.copyfileobj(data, out)
+    from slmops.toolkit.core import platform
+
+    env = {**os.environ, "PIP_NO_CACHE_DIR": "1",
+           "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", " ".join([CMAKE_ARGS, *isa_cmake_args(platform.cpu_flags())])),
+           "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))}
+    print(f"Building llama-cpp-python {LLAMA_CPP_PYTHON} from source in {venv} (CMAKE_ARGS={env['CMAKE_ARGS']})",
+          flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--no-binary", "llama-cpp-python",
+                    f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "numpy"], check=True, env=env)
 
 
 class LlamaWorker:
-    """``benchmarks/llama_cpp_worker.py`` in the llama.cpp venv: one JSON request a line, one JSON answer a line."""
+    """``benchmarks/llama_cpp_worker.py`` in the quality venv: one JSON request a line, one JSON answer a line."""
 
-    def __init__(self, python: Path, log: Path, extra_bufts: bool = True):
+    def __init__(self, python: Path, log: Path):
         self.log = open(log, "a")  # noqa: SIM115 (closed in close())
-        env = {**os.environ, "SLMOPS_LLAMA_EXTRA_BUFTS": "1" if extra_bufts else "0"}
         self.process = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.log, text=True, env=env)
+                                        stderr=self.log, text=True)
 
     def __call__(self, cmd: str, **job) -> dict:
         self.process.stdin.write(json.dumps({"cmd": cmd, **job}) + "\n")
@@ -298,41 +428,7 @@ class LlamaWorker:
         self.log.close()
 
 
-def extra_bufts_work(python: Path, model: Path, log: Path) -> bool:
-    """Whether llama.cpp runs ``model`` with its extra weight buffers (repacked, AMX) here, in a throwaway worker.
-
-    A ``-march=native`` build on a machine that reports AMX but whose virtual machine does not run it
-    (this one) dies with a segmentation fault in its first decode of any quantized model.
-    """
-    probe = LlamaWorker(python, log, extra_bufts=True)
-    try:
-        probe("probe", model=str(model))
-        return True
-    except (RuntimeError, BrokenPipeError):
-        return False
-    finally:
-        probe.close()
-
-
 # --- the benchmark -----------------------------------------------------------------------------------------------
-
-def our_builds(models: Path, untimed: set[str]) -> list[dict]:
-    """Our builds in ``models`` (a ``slmops demo`` models folder): FP32, INT8, the builder's INT4, then ``recipes/*``."""
-    rows = []
-    for folder, build, kind in (("fp32", "ours FP32", "fp32"), ("int8", "ours INT8", "int8"),
-                                ("int4", "ours INT4 (builder default)", "int4")):
-        if (models / folder / "model.onnx").exists():
-            rows.append({"build": build, "kind": kind, "folder": str(models / folder)})
-    for folder in sorted((models / "recipes").glob("*/model.onnx")):
-        name = folder.parent.name
-        rows.append({"build": f"ours recipe {name}", "kind": "int4", "folder": str(folder.parent),
-                     "timed": name not in untimed})
-    for row in rows:
-        row.setdefault("timed", True)
-        row["engine"] = "onnxruntime-genai"
-        row["size_bytes"] = sum(f.stat().st_size for f in Path(row["folder"]).glob("model.onnx*"))
-    return rows
-
 
 def hf_source(fp32: Path, given: Path | None) -> Path:
     if given:
@@ -342,188 +438,208 @@ def hf_source(fp32: Path, given: Path | None) -> Path:
         source = json.loads(manifest.read_text()).get("source_path")
         if source and Path(source, "config.json").is_file():
             return Path(source)
-    from slmops.toolkit.domain.adapters import inspect_adapter, merge
-    from slmops.toolkit.domain.sources import bundled_model
-    from slmops.toolkit.stages.finetune import bundled_adapter
-
-    return merge(inspect_adapter(bundled_adapter(bundled_model()).adapter))
+    sys.exit(f"no --hf given and {manifest} names no source_path with a config.json: pass --hf MERGED_DIR")
 
 
-def convert(hf: Path, out: Path, src: Path, python: str) -> tuple[Path, float | None]:
-    """``convert_hf_to_gguf.py --outtype f32`` of the merged fine-tune (kept and reused)."""
-    target = out / "f32.gguf"
-    if target.exists():
-        return target, None
-    start = time.perf_counter()
-    staging = out / "f32.gguf.partial"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(converter_deps(src)),
-                                                                      os.environ.get("PYTHONPATH")]))}
-    with open(out / "convert_hf_to_gguf.log", "w") as log:
-        subprocess.run([python, str(converter_script(src)), str(hf), "--outtype", "f32", "--outfile", str(staging)],
-                       check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-    staging.rename(target)
-    return target, time.perf_counter() - start
+def measure_speed(tools, chosen: tuple[Pair, ...], models: Path, ggufs: dict[str, Path], args) -> dict[str, dict]:
+    """The rounds: every pair's two engines once per round, alternating, order reversed every other round."""
+    from tokenizers import Tokenizer
+
+    from slmops.toolkit.domain.prompts import prompt_text
+    from slmops.toolkit.runtimes import genai
+
+    tokenizer = Tokenizer.from_file(str(models / chosen[0].folder / "tokenizer.json"))
+    prompt = tokenizer.encode(prompt_text(tokenizer, args.prompt_tokens), add_special_tokens=False).ids
+    loaded = {p.ours: genai.load(models / p.folder, args.threads) for p in chosen}
+    for pair in chosen:  # warm-up: one untimed run of ours (llama-bench warms up itself)
+        genai.time_generation(loaded[pair.ours], prompt, args.gen_tokens, repeats=1, warmup=0)
+
+    def llama(pair: Pair) -> dict:
+        tests = []
+        for command in llama_bench_commands(tools.bench, ggufs[pair.quant], args.prompt_tokens, args.gen_tokens,
+                                            args.threads, args.reps):
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+            if done.returncode:
+                sys.exit(f"llama-bench failed (exit {done.returncode}): {(done.stderr.strip().splitlines() or [''])[-1]}")
+            tests += parse_llama_bench(done.stdout)
+        return llama_round(tests, args.prompt_tokens, args.gen_tokens)
+
+    engines = [(pair, side) for pair in chosen for side in ("ours", "llama.cpp")]
+    runs: dict[tuple[str, str], list[dict]] = {(p.ours, s): [] for p, s in engines}
+    for round_ in range(args.rounds):
+        for pair, side in round_order(engines, round_):
+            if side == "ours":
+                done = genai.time_generation(loaded[pair.ours], prompt, args.gen_tokens, repeats=args.reps, warmup=0)
+                runs[(pair.ours, side)].append(ours_round(done))
+            else:
+                runs[(pair.ours, side)].append(llama(pair))
+        print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+    return {p.ours: {"quant": p.quant, **pair_result(runs[(p.ours, "ours")], runs[(p.ours, "llama.cpp")]),
+                     "raw": {"ours": runs[(p.ours, "ours")], "llama_cpp": runs[(p.ours, "llama.cpp")]}}
+            for p in chosen}
+
+
+def measure_quality(models: Path, chosen: tuple[Pair, ...], ggufs: dict[str, Path], parameters: int, venv: Path,
+                    out: Path, threads: int) -> tuple[list[dict], list[dict]]:
+    """Size, bits per weight, top-1 and KL against our FP32 for our builds and the GGUF files; and the formula check."""
+    from slmops.toolkit.domain.prompts import reference_text
+    from slmops.toolkit.runtimes import genai
+
+    fp32 = models / "fp32"
+    rows = [{"build": p.ours, "kind": "int8" if p.quant == "Q8_0" else "int4", "folder": str(models / p.folder)}
+            for p in chosen]
+    for row in rows:
+        row["size_bytes"] = sum(f.stat().st_size for f in Path(row["folder"]).glob("model.onnx*"))
+    theirs = [{"build": f"llama.cpp {quant}", "kind": quant, "file": str(gguf), "size_bytes": gguf.stat().st_size}
+              for quant, gguf in ggufs.items()]
+    for row in rows + theirs:
+        row["size_mb"] = round(row["size_bytes"] / 1e6, 1)
+        row["bpw"] = round(bits_per_weight(row["size_bytes"], parameters), 2)
+    if not venv_python(venv).exists():
+        print(f"Quality: not measured (no llama-cpp-python venv at {venv}: run with --setup-quality)", flush=True)
+        return rows + theirs, []
+    text = reference_text()
+    project = {a.model: a for a in genai.agreement(fp32, {r["build"]: r["folder"] for r in rows})}
+    ids, reference = genai.logits(fp32, text)
+    check = []
+    for row in rows:
+        row.update({k: getattr(project[row["build"]], k) for k in ("top1_agreement", "kl_divergence", "perplexity")})
+        cand_ids, cand = genai.logits(row["folder"], text)
+        mine = agreement_figures(ids, reference, cand)
+        check.append({"build": row["build"], "top1_diff": abs(mine["top1_agreement"] - row["top1_agreement"]),
+                      "kl_diff": abs(mine["kl_divergence"] - row["kl_divergence"]),
+                      "same_ids": bool(np.array_equal(cand_ids, ids))})
+    worker = LlamaWorker(venv_python(venv), out / "llama_cpp_worker.log")
+    try:
+        for row in theirs:
+            npy = out / f"{Path(row['file']).stem}.logits.npy"
+            worker("logits", model=row["file"], ids=[int(i) for i in ids], out=str(npy), threads=threads)
+            row.update({k: v for k, v in agreement_figures(ids, reference, np.load(npy)).items() if k != "tokens"})
+            npy.unlink()
+    finally:
+        worker.close()
+    print(f"Quality on {len(ids)} ids of the bundled reference text; the benchmark's formula against the project's "
+          f"for our builds: max |top-1 diff| {max(c['top1_diff'] for c in check)}, "
+          f"max |KL diff| {max(c['kl_diff'] for c in check):.1e}", flush=True)
+    return rows + theirs, check
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--setup", action="store_true", help="make the llama.cpp venv and unpack the converter, then exit")
+    parser.add_argument("--setup", action="store_true",
+                        help="build native llama-bench/llama-server/llama-quantize and unpack the converter, then exit")
+    parser.add_argument("--setup-quality", action="store_true",
+                        help="also build llama-cpp-python in its own venv (the quality comparison's logits)")
     parser.add_argument("--models", type=Path, default=Path("outputs/demo/models"),
-                        help="our builds: fp32, int8, int4 and recipes/* in it (default: the demo's)")
+                        help="our builds: fp32, int8, int4 and recipes/NAME in it (default: the demo's)")
+    parser.add_argument("--recipe", default="mixed", help="our best-quality INT4 recipe, measured against Q4_K_M")
     parser.add_argument("--hf", type=Path, help="the FP32 merged fine-tune (default: the FP32 build's source_path)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/llama-cpp-bench"), help="GGUF files and llama_cpp.json")
-    parser.add_argument("--llama-venv", type=Path, default=None, help="default: ~/.slmops/llama-cpp-venv")
-    parser.add_argument("--llama-src", type=Path, default=None, help="the unpacked converter (default: ~/.slmops/llama-cpp-src)")
+    parser.add_argument("--llama-venv", type=Path, default=None, help="the quality venv (default: ~/.slmops/llama-cpp-venv)")
     parser.add_argument("--convert-python", default=sys.executable,
                         help="a Python with torch and transformers for convert_hf_to_gguf.py (default: this one)")
-    parser.add_argument("--quants", default=",".join(QUANTS), help="llama.cpp quantization types")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--gen-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each build, interleaved")
-    parser.add_argument("--untimed", default="hqq",
-                        help="recipes left out of the timing (comma-separated; HQQ's float zero points decode at ~5 tok/s)")
-    parser.add_argument("--no-timing", action="store_true")
-    parser.add_argument("--extra-bufts", choices=("auto", "on", "off"), default="auto",
-                        help="llama.cpp's extra weight buffers (repacked/AMX layouts, use_extra_bufts); auto: on "
-                             "unless a probe crashes")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each running every engine in turn")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="runs of an engine in its turn of a round; the round keeps its best")
+    parser.add_argument("--only", help="comma-separated quants of the pairs to run (Q4_0, Q8_0, Q4_K_M; default all)")
+    parser.add_argument("--no-quality", action="store_true", help="skip the quality comparison")
+    parser.add_argument("--as-registered", action="store_true",
+                        help="also time each of our builds as registration serves it (LM head on the last position)")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=MODEL_DIR:QUANT",
+                        help="also time this build against that llama.cpp quant (repeatable)")
+    parser.add_argument("--markdown", type=Path, help="append the benchmarks page's section to this file")
     args = parser.parse_args()
 
-    from slmops.toolkit.core import settings
+    from slmops.toolkit.core import platform, settings
 
     venv = args.llama_venv or settings.home() / "llama-cpp-venv"
-    src = args.llama_src or settings.home() / "llama-cpp-src"
-    if args.setup:
-        setup(venv, src)
+    if args.setup or args.setup_quality:
+        import llama_cpp_native
+
+        llama_cpp_native.setup()
+        setup_converter()
+        if args.setup_quality:
+            setup_quality(venv)
         return
-    if not venv_python(venv).exists() or not converter_script(src).exists() or not converter_deps(src).is_dir():
-        sys.exit(f"llama.cpp is not set up ({venv}, {src}): run  {sys.argv[0]} --setup")
+    tools = require_tools()
+    if min(args.rounds, args.reps, args.threads, args.prompt_tokens) < 1 or args.gen_tokens < 2:
+        sys.exit("--rounds, --reps, --threads and --prompt-tokens must be at least 1 and --gen-tokens at least 2")
+    chosen = pairs(args.recipe)
+    if args.only:
+        wanted = {q.strip().upper() for q in args.only.split(",")}
+        chosen = tuple(p for p in chosen if p.quant.upper() in wanted)
+        if not chosen:
+            sys.exit(f"--only {args.only}: name one of {', '.join(p.quant for p in pairs(args.recipe))}")
+    try:
+        extra = tuple(parse_also(text) for text in args.also)
+    except ValueError as error:
+        sys.exit(str(error))
+    for folder in ["fp32", *(p.folder for p in chosen + extra)]:
+        if not (args.models / folder / "genai_config.json").is_file():
+            sys.exit(f"no build in {args.models / folder}: convert it (slmops convert ... -o {args.models / folder}) "
+                     "or pass --models")
     started = time.perf_counter()
-
-    from tokenizers import Tokenizer
-
-    from slmops.toolkit.domain.prompts import prompt_text, reference_text
-    from slmops.toolkit.runtimes import genai
-
-    ours = our_builds(args.models, {n for n in args.untimed.split(",") if n})
-    fp32 = next((Path(r["folder"]) for r in ours if r["kind"] == "fp32"), None)
-    if fp32 is None:
-        sys.exit(f"no FP32 build in {args.models} (run `make demo`, or pass --models)")
-    hf = hf_source(fp32, args.hf)
+    hf = hf_source(args.models / "fp32", args.hf)
     parameters = safetensors_parameters(hf)
     args.out.mkdir(parents=True, exist_ok=True)
-    worker = LlamaWorker(venv_python(venv), args.out / "llama_cpp_worker.log")
-    try:
-        info = worker("info")
-        print(f"llama-cpp-python {info['llama_cpp_python']}; {info['system_info']}", flush=True)
-        f32, convert_s = convert(hf, args.out, src, args.convert_python)
-        if convert_s is not None:
-            print(f"Converted {hf} to {f32} in {convert_s:.0f} s", flush=True)
-        theirs = [{"build": "llama.cpp F32", "kind": "fp32", "file": str(f32), "timed": True}]
-        for quant in [q.strip().upper() for q in args.quants.split(",") if q.strip()]:
-            target = args.out / f"{quant.lower()}.gguf"
-            if not target.exists():
-                done = worker("quantize", src=str(f32), dst=str(target) + ".partial", ftype=quant, threads=args.threads)
-                Path(str(target) + ".partial").rename(target)
-                print(f"Quantized {quant} in {done['seconds']:.0f} s", flush=True)
-            theirs.append({"build": f"llama.cpp {quant}", "kind": quant, "file": str(target), "timed": True})
-        for row in theirs:
-            row["engine"] = "llama.cpp"
-            row["size_bytes"] = Path(row["file"]).stat().st_size
-        log = args.out / "llama_cpp_worker.log"
-        extra = {"on": True, "off": False}.get(args.extra_bufts)
-        if extra is None:
-            extra = extra_bufts_work(venv_python(venv), Path(theirs[-1]["file"]), log)
-            if not extra:
-                print("WARNING: llama.cpp crashed (segmentation fault) running a quantized model with its extra weight "
-                      "buffers (the repacked/AMX layouts of this -march=native build); measuring without them "
-                      "(use_extra_bufts off), so its quantized models run slower than a build whose kernels work "
-                      "here would", flush=True)
-        worker.close()
-        worker = LlamaWorker(venv_python(venv), log, extra_bufts=extra)
-        info["extra_bufts"] = extra
-        rows = ours + theirs
-        for row in rows:
-            row["size_mb"] = round(row["size_bytes"] / 1e6, 1)
-            row["bpw"] = round(bits_per_weight(row["size_bytes"], parameters), 2)
+    if not (converter_deps() / "sentencepiece").is_dir():
+        sys.exit(f"the GGUF converter is not set up: run  {Path(sys.executable).name} {sys.argv[0]} --setup")
+    f32 = convert(hf, args.out, args.convert_python)
+    timed = chosen + (registered_pairs(chosen, args.models, args.out) if args.as_registered else ()) + extra
+    ggufs = {p.quant: quantize(tools.quantize, f32, p.quant, args.threads) for p in timed}
 
-        # Quality: our builds through the project's code; llama.cpp's on the FP32 build's ids, same formula.
-        text = reference_text()
-        project = {a.model: a for a in genai.agreement(fp32, {r["build"]: r["folder"] for r in ours})}
-        ids, reference = genai.logits(fp32, text)
-        check = []
-        for row in ours:
-            row.update({k: getattr(project[row["build"]], k) for k in ("top1_agreement", "kl_divergence",
-                                                                          "perplexity")})
-            cand_ids, cand = genai.logits(row["folder"], text)
-            mine = agreement_figures(ids, reference, cand)
-            check.append({"build": row["build"], "top1_diff": abs(mine["top1_agreement"] - row["top1_agreement"]),
-                          "kl_diff": abs(mine["kl_divergence"] - row["kl_divergence"]),
-                          "same_ids": bool(np.array_equal(cand_ids, ids))})
-        for row in theirs:
-            npy = args.out / f"{Path(row['file']).stem}.logits.npy"
-            got = worker("logits", model=row["file"], ids=[int(i) for i in ids], out=str(npy), threads=args.threads)
-            row["llama_parameters"] = got["parameters"]
-            row.update({k: v for k, v in agreement_figures(ids, reference, np.load(npy)).items() if k != "tokens"})
-            npy.unlink()
-        print(f"Agreement on the bundled reference text: {len(ids)} token ids of our FP32 build; the benchmark's "
-              f"formula against the project's for our builds: max |top-1 diff| {max(c['top1_diff'] for c in check)}, "
-              f"max |KL diff| {max(c['kl_diff'] for c in check):.1e}", flush=True)
+    rows, check = ([], []) if args.no_quality else measure_quality(args.models, chosen, ggufs, parameters, venv,
+                                                                    args.out, args.threads)
+    speed = measure_speed(tools, timed, args.models, ggufs, args)
 
-        # Speed: alternately, medians.
-        settings_used = {"threads": args.threads, "prompt_tokens": args.prompt_tokens, "gen_tokens": args.gen_tokens,
-                         "repeats": args.repeats, "warmup": 1}
-        if not args.no_timing:
-            tokenizer = Tokenizer.from_file(str(fp32 / "tokenizer.json"))
-            prompt = tokenizer.encode(prompt_text(tokenizer, args.prompt_tokens), add_special_tokens=False).ids
-            loaded = {r["build"]: genai.load(r["folder"], args.threads) for r in ours if r["timed"]}
-            for row in theirs:
-                worker("load", name=row["build"], model=row["file"], threads=args.threads,
-                       n_ctx=max(512, len(prompt) + args.gen_tokens + 8))
-
-            def once(name: str) -> dict:
-                if name in loaded:
-                    return genai.time_generation(loaded[name], prompt, args.gen_tokens, repeats=1, warmup=0)[0]
-                return worker("time", name=name, ids=prompt, gen=args.gen_tokens)
-
-            runs: dict[str, list[dict]] = {name: [] for name in [*loaded, *(r["build"] for r in theirs)]}
-            order_ours, order_theirs = list(loaded), [r["build"] for r in theirs]
-            for name in interleaved_order(order_ours, order_theirs, 0):
-                once(name)  # warm-up
-            for repeat in range(args.repeats):
-                for name in interleaved_order(order_ours, order_theirs, repeat):
-                    runs[name].append(once(name))
-                print(f"timing: repeat {repeat + 1}/{args.repeats} done", flush=True)
-            for row in rows:
-                if row["build"] in runs:
-                    row.update(summarize_runs(runs[row["build"]]))
-                    row["raw_runs"] = [{k: round(v, 5) if isinstance(v, float) else v for k, v in run.items()
-                                        if k in ("ttft_s", "total_s", "gen_tokens")} for run in runs[row["build"]]]
-    finally:
-        worker.close()
-
+    isa = machine_isa(platform.cpu_flags())
+    machine = (f"{platform.cpu_model()}; {', '.join(isa) or 'none of ' + ', '.join(ISA_SHOWN)}; "
+               f"{os.cpu_count()} CPUs; llama.cpp {tools.flavor} build ({' '.join(a for a in tools.cmake_args if 'GGML' in a)})")
     print()
-    print(f"Same fine-tune ({hf.name}, {parameters:,} parameters); agreement on {len(ids)} ids of the bundled "
-          f"reference text against our FP32 build; speed at {args.prompt_tokens} prompt / {args.gen_tokens} "
-          f"generated tokens, {args.threads} threads, medians of {args.repeats} interleaved repeats; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
-    for line in table(rows):
+    print(f"Same fine-tune ({hf.name}, {parameters:,} parameters); {args.prompt_tokens} prompt / {args.gen_tokens} "
+          f"generated tokens, {args.threads} threads; llama.cpp: llama-bench pp{args.prompt_tokens} and "
+          f"tg{args.gen_tokens} @ d{args.prompt_tokens}; each engine's best of {args.reps} runs per round, medians of "
+          f"{args.rounds} alternating rounds, range in brackets")
+    print(f"Machine: {machine}")
+    lines = speed_table(speed)
+    for line in lines:
         print(line)
+    if rows:
+        print()
+        for line in quality_table(rows):
+            print(line)
+    goals = quality_targets(rows)
     print()
-    goals = targets(rows)
+    for name, r in speed.items():
+        print(f"{name} vs llama.cpp {r['quant']}: first token {r['first_token_ratio']['median']:.2f}x (target <= "
+              f"{FIRST_TOKEN_TARGET}x) -> {r['first_token_verdict'].upper()}; decode {r['decode_ratio']['median']:.2f}x "
+              f"(target >= {DECODE_TARGET}x) -> {r['decode_verdict'].upper()}")
     for goal in goals:
-        verdict = {True: "MET", False: "not met", None: "not measured"}[goal["met"]]
-        if goal["issue"] == 29 and not info.get("extra_bufts", True):
-            verdict += " (llama.cpp ran without its repacked weight kernels here: not a verdict to quote)"
-        print(f"issue {goal['issue']}: {goal['target']}: {goal['measured']} -> {verdict}")
+        print(f"quality: {goal['target']}: {goal['measured']} -> {goal['verdict'].upper()}")
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "hf_source": str(hf),
-              "parameters": parameters, "reference_tokens": len(ids), "llama_cpp": info, "settings": settings_used,
-              "formula_check": check, "rows": rows, "targets": goals, "wall_s": round(time.perf_counter() - started, 1),
-              "cpu": platform.processor(), "cpus": os.cpu_count()}
+              "parameters": parameters, "machine": machine, "cpu_model": platform.cpu_model(), "isa": isa,
+              "llama_cpp_tools": {"flavor": str(tools.flavor), "cmake_args": list(tools.cmake_args),
+                                  "llama_cpp_python_sdist": LLAMA_CPP_PYTHON},
+              "settings": {"threads": args.threads, "prompt_tokens": args.prompt_tokens,
+                           "gen_tokens": args.gen_tokens, "rounds": args.rounds, "reps": args.reps},
+              "speed": speed, "quality": rows, "formula_check": check, "quality_targets": goals,
+              "wall_s": round(time.perf_counter() - started, 1)}
     (args.out / "llama_cpp.json").write_text(json.dumps(result, indent=1))
     print(f"Wrote {args.out / 'llama_cpp.json'} ({result['wall_s']:.0f} s)")
+    if args.markdown:
+        from report_md import append, command_line
+
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        text = ["## Against native llama.cpp on the same fine-tune", "",
+                f"Measured {day}. Machine: {machine}. Command: `{command_line()}`.", "", *lines]
+        if rows:
+            text += ["", *quality_table(rows)]
+        append(args.markdown, "\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

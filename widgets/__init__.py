@@ -3,7 +3,7 @@
 from slmops.widgets.chat import ChatBox
 from slmops.widgets.model import ModelChoice, ModelPicker
 from slmops.widgets.pickers import PrecisionChoice, PrecisionPicker, TemplateChoice, TemplatePicker
-from slmops.widgets.run import RunPanel, RunResult
+from slmops.widgets.run import RunChoice, RunPanel, RunPicker, RunResult
 
-__all__ = ["ChatBox", "ModelChoice", "ModelPicker", "PrecisionChoice", "PrecisionPicker", "RunPanel", "RunResult",
-           "TemplateChoice", "TemplatePicker"]
+__all__ = ["ChatBox", "ModelChoice", "ModelPicker", "PrecisionChoice", "PrecisionPicker", "RunChoice", "RunPanel",
+           "RunPicker", "RunResult", "TemplateChoice", "TemplatePicker"]

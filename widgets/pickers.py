@@ -30,6 +30,7 @@ from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render, resolve
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least
 from slmops.toolkit.presentation.report import measured_figures
+from slmops.toolkit.presentation.tables import html_table
 
 _SAMPLE = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -47,10 +48,6 @@ class PrecisionChoice:
     int4: Int4Options = field(default_factory=Int4Options)
 
 
-def _figure(value: object, fmt: str) -> str:
-    return format(value, fmt) if isinstance(value, int | float) else "–"
-
-
 def _status_words(top1: object) -> str:
     """Top-1 agreement against its target, as pass / warn / fail with the target stated."""
     if not isinstance(top1, int | float):
@@ -65,10 +62,8 @@ def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict])
 
     A built precision shows its measured size against FP32 (the tutorial's ratio beside it, for
     reference) and its top-1 agreement as pass / warn / fail against the stated target, never the
-    tutorial's advice (a built INT4 can be larger than INT8).
+    tutorial's advice (a built INT4 can be larger than INT8). The notebooks' one table renderer draws it.
     """
-    head = ("<tr><th>precision</th><th>size × FP32</th><th>verdict</th><th>measured MB</th><th>× FP32</th>"
-            "<th>top-1 vs FP32</th><th>decode tok/s</th></tr>")
     rows = []
     for p in precisions:
         got = measured.get(p.value, {})
@@ -78,10 +73,9 @@ def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict])
                 else f"{got['size_mb']:.4g} MB measured" if built else f"×{TUTORIAL_SIZE_RATIO[p]} (tutorial)")
         verdict = ("reference" if p is Precision.FP32 else _status_words(got.get("top1_agreement"))) if built \
             else f"expected: {TUTORIAL_ADVICE[p]}"
-        rows.append(f"<tr><td>{p.value}</td><td>{html.escape(size)}</td><td>{html.escape(verdict)}</td>"
-                    f"<td>{_figure(got.get('size_mb'), '.4g')}</td><td>{_figure(ratio, '.3f')}</td>"
-                    f"<td>{_figure(got.get('top1_agreement'), '.3f')}</td><td>{_figure(got.get('decode_tps'), '.1f')}</td></tr>")
-    return f"<table class='slmops-tradeoff'>{head}{''.join(rows)}</table>"
+        rows.append({"precision": p.value, "size × FP32": size, "verdict": verdict, "size_mb": got.get("size_mb"),
+                     "x_fp32": ratio, "top1_agreement": got.get("top1_agreement"), "decode_tps": got.get("decode_tps")})
+    return html_table(rows, css_class="slmops-tradeoff")
 
 
 def precision_label(p: Precision) -> str:

@@ -1,17 +1,21 @@
-"""Run panel: runs one stage with its progress bars and shows its results and plots inline."""
+"""Run panel: runs one stage with its progress bars and shows its results and plots inline; run picker:
+the run folder to compare this one with."""
 
 from __future__ import annotations
 
 import html
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import ipywidgets as w
 import traitlets
 from IPython.display import display
 
 from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.orchestration.run import RUN_FILE
 
 
 @dataclass(frozen=True)
@@ -102,3 +106,72 @@ class RunPanel(w.VBox):
 
     def _on_button_click(self, _button: w.Button) -> None:
         self.press()
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """A run folder to compare with; ``os.fspath(choice)`` is the folder.
+
+    Attributes:
+        folder: The folder as typed or picked (empty: none chosen yet).
+        error: Why it is no run folder (no ``params.json``); empty when it is one.
+    """
+
+    folder: str = ""
+    error: str = ""
+
+    def __fspath__(self) -> str:
+        return self.folder
+
+
+def runs_beside(folder: str | os.PathLike[str] | None) -> list[str]:
+    """The run folders (each with a ``params.json``) beside ``folder`` (a run folder or its run file), not
+    ``folder`` itself, newest first."""
+    if not folder:
+        return []
+    here = Path(folder).expanduser().resolve()
+    here = here.parent if here.is_file() else here
+    try:
+        found = [d for d in here.parent.iterdir() if d.is_dir() and d != here and (d / RUN_FILE).is_file()]
+    except OSError:
+        return []
+    return [str(d) for d in sorted(found, key=lambda d: (d / RUN_FILE).stat().st_mtime, reverse=True)]
+
+
+def describe_run(folder: str) -> RunChoice:
+    """A :class:`RunChoice` for ``folder``, with the reason it is no run folder, if any."""
+    folder = folder.strip()
+    if not folder:
+        return RunChoice()
+    if not (Path(folder).expanduser() / RUN_FILE).is_file():
+        return RunChoice(folder, f"{folder} is no run folder (no {RUN_FILE}): pick one `slmops demo`, `slmops run` "
+                                 "or `slmops lab` wrote.")
+    return RunChoice(str(Path(folder).expanduser().resolve()))
+
+
+class RunPicker(w.VBox):
+    """The baseline run to compare with: a folder typed, or picked among the runs beside this one; checked as typed.
+
+    Example:
+        >>> picker = RunPicker("", beside="outputs/lab")
+        >>> picker._folder.value = "/no/such/run"
+        >>> bool(picker.value.error)
+        True
+    """
+
+    value = traitlets.Instance(RunChoice)
+
+    def __init__(self, folder: str = "", *, beside: str | os.PathLike[str] | None = None,
+                 description: str = "Baseline run") -> None:
+        self._folder = w.Combobox(value=folder, options=runs_beside(beside), ensure_option=False,
+                                  description=description, placeholder="a run folder: pick one or type its path",
+                                  style={"description_width": "initial"}, layout=w.Layout(width="60em"))
+        self._note = w.HTML()
+        super().__init__(children=[self._folder, self._note])
+        self._folder.observe(self._update, names="value")
+        self._update()
+
+    def _update(self, _change: object = None) -> None:
+        self.value = describe_run(self._folder.value)
+        self._note.value = (f"<span style='color:#b00'>✗ {html.escape(self.value.error)}</span>" if self.value.error
+                            else "")

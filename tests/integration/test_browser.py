@@ -124,6 +124,35 @@ def _open(page, base: str, token: str, notebook: str) -> None:
     page.get_by_text("Run All Cells", exact=True).click()
 
 
+def _unreadable_tables(page) -> list[str]:
+    """What the tables of the notebook in front show that no table may: an index column, NaN or None, a cell cut to
+    ``...``, a blank heading, a word broken across lines (empty: nothing). Read from the rendered page, widgets'
+    outputs included."""
+    return page.evaluate("""() => {
+      const shown = [...document.querySelectorAll('.jp-NotebookPanel')].filter(p => p.getBoundingClientRect().width > 0);
+      const wrong = [];
+      for (const table of shown.at(-1).querySelectorAll('.jp-OutputArea-output table')) {
+        if (table.querySelector('tbody th')) wrong.push('index column in: ' + table.textContent.slice(0, 60));
+        for (const th of table.querySelectorAll('thead th')) if (!th.textContent.trim()) wrong.push('a blank heading');
+        for (const td of table.querySelectorAll('td')) {
+          const text = td.textContent.trim();
+          if (['NaN', 'nan', 'None', 'absent'].includes(text) || text.endsWith('...')) wrong.push(text);
+        }
+        for (const cell of table.querySelectorAll('th, td')) {  // a squeezed column breaks words letter by letter
+          const node = cell.firstChild;
+          if (!node || node.nodeType !== Node.TEXT_NODE) continue;
+          for (const word of node.textContent.matchAll(/[A-Za-z0-9]{2,}/g)) {
+            const range = document.createRange();
+            range.setStart(node, word.index);
+            range.setEnd(node, word.index + word[0].length);
+            if (range.getClientRects().length > 1) { wrong.push('a word broken across lines: ' + word[0]); break; }
+          }
+        }
+      }
+      return wrong;
+    }""")
+
+
 def _git_status() -> str:
     return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
 
@@ -149,6 +178,14 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
                  "compare_recipes": "false", "checklist_requests": 0, "prompt_lengths": "[16]", "gen_lengths": "[4]",
                  "repeats": 1, "warmup": 0}
     assert cli.main(["lab", str(work), "--print", *(f"--set={k}={v}" for k, v in settings_.items())]) == 0
+    # The same parameters from a shell (`slmops run`), with the precisions the browser is about to choose: notebook
+    # 05 compares the two runs. It runs beside the browser, with a Foundry cache of its own (same model names).
+    cli_dir = tmp_path / "cli"
+    cli_run = subprocess.Popen(
+        [str(Path(sys.executable).with_name("slmops")), "run", "--params", str(work / "params.json"), "--set",
+         "precisions=[int8, int4]", "-o", str(cli_dir), "-q"],
+        env={**os.environ, "SLMOPS_CACHE_DIR": str(tmp_path / "cli-cache")}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -166,7 +203,8 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         select.select_option(label=[int8, int4])
         page.get_by_role("button", name="Run convert").click()
         expect(page.get_by_text("convert done")).to_be_visible()
-        expect(page.locator("table.slmops-tradeoff tr", has_text="int8").locator("td").nth(3)).not_to_have_text("–")
+        assert _unreadable_tables(page) == []
+        expect(page.locator("table.slmops-tradeoff tr", has_text="int8").locator("td").nth(3)).not_to_have_text("-")
         page.screenshot(path=str(SHOTS / "lab_01_converted.png"), full_page=True)
         assert json.loads((work / "params.json").read_text())["precisions"] == ["int8", "int4"]  # recorded
 
@@ -207,13 +245,38 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         _open(page, base, token, "03_test.ipynb")
         page.get_by_role("button", name="Run test").click()
         expect(page.get_by_text("test done")).to_be_visible()
+        assert _unreadable_tables(page) == []
         _open(page, base, token, "04_benchmark.ipynb")
         page.get_by_role("button", name="Run benchmark").click()
         expect(page.get_by_text("benchmark done")).to_be_visible()
+        assert _unreadable_tables(page) == []
         page.screenshot(path=str(SHOTS / "lab_04_benchmark.png"), full_page=True)
+
+        # 05: this run against the CLI run of the same parameters, picked among the runs beside it.
+        output, _ = cli_run.communicate(timeout=600)
+        assert cli_run.returncode == 0, output
+        _open(page, base, token, "05_compare.ipynb")
+        expect(page.get_by_text("press Run compare to start")).to_be_visible()
+        page.get_by_placeholder("a run folder: pick one or type its path").fill(str(cli_dir))
+        page.get_by_role("button", name="Run compare").click()
+        expect(page.get_by_text("compare done")).to_be_visible()
+        compared = json.loads((work / "compare" / "compare.json").read_text())
+        headline = page.locator(".jp-RenderedMarkdown strong", has_text=re.compile(r"^(PASS|WARN|FAIL): "))
+        expect(headline).to_have_text(compared["headline"])  # the headline the tables under it agree with
+        assert compared["headline"].startswith(compared["status"].upper())
+        # Every parameter recorded in both runs (none "absent"), the machines' too (no "None now").
+        assert [row["parameter"] for row in compared["params"]] == []
+        shown = "\n".join(page.locator(".jp-NotebookPanel", has=headline).locator(".jp-OutputArea-output")
+                          .all_inner_texts())
+        assert "Parameters: the same." in shown and not re.search(r"\babsent\b|\bNone\b|\bNaN\b", shown), shown
+        assert _unreadable_tables(page) == []
+        assert {row["precision"] for row in compared["sizes"]} == {"int8", "int4"}
+        headline.scroll_into_view_if_needed()  # JupyterLab scrolls inside the notebook: bring the results in view
+        page.screenshot(path=str(SHOTS / "lab_05_compare.png"), full_page=True)
         browser.close()
     test = json.loads((work / "test.json").read_text())
     assert test["control"]["model"] == "browser-base"  # the negative control ran, as in `slmops run`
     assert (work / "bench.json").is_file() and (work / "run.json").is_file()
     assert cli.main(["report", str(work)]) == 0  # the interactive run is a run the CLI reads
+    assert (work / "index.html").read_text().count(": ran</li>") == 4  # its four notebooks ran (in JupyterLab)
     assert _git_status() == before  # nothing in the checkout was written

@@ -44,9 +44,10 @@ def long_model(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def busy(long_model: str, tmp_path_factory: pytest.TempPathFactory):
-    """The endpoint with a key, a queue of one and an access log."""
+    """The endpoint with a key, a batch of one (decoded by the batching engine), a queue of one and an access log."""
     log = tmp_path_factory.mktemp("busy") / "serve.log"
-    with serve.background([long_model], api_key=KEY, max_queue=1, log_requests=True, log_path=log) as running:
+    with serve.background([long_model], api_key=KEY, max_queue=1, log_requests=True, log_path=log,
+                          batch_size=1) as running:
         yield running
 
 
@@ -131,15 +132,16 @@ def test_a_500_keeps_the_connection_too(inproc, long_model: str, monkeypatch: py
     def escapes(*_args, **_kwargs):
         raise RuntimeError("a bug in the endpoint")
 
-    for kind, targets, replacement in (("runtime failure", ("native_stream", "native_complete"), fails),
-                                       ("exception escaping the route", ("check",), escapes)):
+    runtime = [(host.model, "native_stream"), (host.model, "native_complete"), (host.batched, "stream")]
+    for kind, targets, replacement in (("runtime failure", runtime, fails),
+                                       ("exception escaping the route", [(host.model, "check")], escapes)):
         with httpx.Client(base_url=url, timeout=60) as client:
             peers, served = set(), 0
             for _ in range(20):
                 for stream in (False, True):  # a streamed request that fails before its first token: a 500 too
                     with monkeypatch.context() as patch:
-                        for target in targets:
-                            patch.setattr(host.model, target, replacement)
+                        for owner, target in targets:
+                            patch.setattr(owner, target, replacement)
                         error = client.post("/chat/completions", json=_chat(long_model, stream=stream))
                     assert error.status_code == 500 and error.json()["error"]["type"] == "server_error", error.text
                     peers.add(_peer(error))

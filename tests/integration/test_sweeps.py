@@ -134,8 +134,8 @@ def test_a_sweep_runs_each_set_and_compares_them(tiny_sweep: tuple[Path, Path, s
     _params, sweep, printed, errors = tiny_sweep
     lines = printed.splitlines()  # one line as each stage starts and one as it ends
     assert lines[:2] == ["[1/4] convert and quantize: int4 ...", lines[1]] and lines[1].startswith(
-        "[1/4] convert and quantize: ok in ")
-    assert sum(line.startswith("[4/4] benchmark: ok in ") for line in lines) == 2
+        "[1/4] convert and quantize: ran in ")
+    assert sum(line.startswith("[4/4] benchmark: ran in ") for line in lines) == 2
     assert "Executing" not in errors  # papermill's cell counter is off
     page = (sweep / "index.html").read_text()
     for number, block in ((1, 32), (2, 64)):

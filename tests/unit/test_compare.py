@@ -131,6 +131,19 @@ def test_a_noisy_run_is_never_judged(tmp_path: Path) -> None:
     assert decode["judged"].startswith("a run is too noisy") and result.passed
 
 
+def test_a_timing_measured_once_is_not_judged_and_the_headline_says_so(tmp_path: Path) -> None:
+    # One repeat measures no spread (sd 0): a slower decode cannot be told "beyond the noise".
+    a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
+    b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=60.0, ttft=95.0)
+    for run in (a, b):
+        bench = json.loads((run / "bench.json").read_text())
+        bench["rows"] = [{**row, "repeats": 1, "decode_tps_sd": 0.0, "ttft_ms_sd": 0.0} for row in bench["rows"]]
+        (run / "bench.json").write_text(json.dumps(bench))
+    result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    assert {t["judged"] for t in result.timings} == {compare.NOT_JUDGED} and not result.slower
+    assert result.headline.startswith("PASS: ") and "4 timings are not judged" in result.headline
+
+
 def test_a_rerun_on_another_cases_file_or_package_set_is_flagged(tiny_model: Path, tmp_path: Path) -> None:
     cases = tmp_path / "cases.jsonl"
     cases.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
@@ -199,6 +212,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert told[2] == ("The base model, not fine-tuned, answers 0/16 of the trained questions and 1/16 of their "
                        "held-out paraphrases: the base model passes 0% of the domain cases (at most 10%): they test "
                        "what the fine-tune added.")
+    alone = report.run_story(None, None, None, ControlResult("base", 1, 8, 0, 0, 0.125, 0.1, False))
+    assert alone[0].startswith("The base model, not fine-tuned, answers 1/8 of the trained questions: ")  # no "0/0"
 
 
 def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from slmops.toolkit.core.errors import InputError, TemplateError
 from slmops.toolkit.domain.templates import PromptTemplate
 from slmops.toolkit.orchestration import pipeline, workspace
 from slmops.toolkit.orchestration import run as stages
-from slmops.widgets import ChatBox, RunPanel
+from slmops.widgets import ChatBox, RunPanel, RunPicker
 
 
 def test_lab_makes_a_workspace_with_the_notebooks_and_the_run_file(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -83,6 +83,24 @@ def test_compare_says_what_to_pass(tmp_path: Path) -> None:
         stages.compare("", run_file=made.run_file)
     with pytest.raises(InputError, match="no run folder"):
         stages.compare(str(tmp_path / "nowhere"), run_file=made.run_file)
+
+
+def test_notebook_05_offers_the_runs_beside_this_one_and_waits_for_its_button_in_a_workspace(tmp_path: Path) -> None:
+    lab = workspace.create(tmp_path / "lab")
+    workspace.create(tmp_path / "cli", {"interactive": False})
+    (tmp_path / "not-a-run").mkdir()
+    picker = RunPicker("", beside=lab.run_file)
+    assert picker._folder.options == (str(tmp_path / "cli"),) and picker.value.folder == ""
+    picker._folder.value = str(tmp_path / "not-a-run")
+    assert "no run folder" in picker.value.error and "no run folder" in picker._note.value
+    picker._folder.value = str(tmp_path / "cli")
+    assert picker.value.folder == str(tmp_path / "cli") and not picker.value.error
+    # A workspace's notebook waits for its button; papermill's injected value wins; no run file: straight through.
+    assert stages.waits_for_buttons(lab.run_file) is True
+    assert stages.waits_for_buttons(lab.run_file, {"interactive": False}) is False
+    assert stages.waits_for_buttons(tmp_path / "cli" / "params.json") is False
+    assert stages.waits_for_buttons(tmp_path / "nowhere" / "params.json") is False
+    assert not (tmp_path / "nowhere").exists()  # nothing written
 
 
 def test_a_malformed_template_is_refused_in_one_line_before_anything_registers(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from slmops.toolkit.domain import datasets
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
+    ChecklistReport,
     CheckResult,
     ControlResult,
     ModelReport,
@@ -73,9 +75,20 @@ def test_retention_is_recorded_in_test_json_and_read_back(tmp_path: Path) -> Non
     assert sentences[0].startswith("What the fine-tune gained and what it forgot: the base (base) answers 0/4")
     assert "of the 2 general questions base answers correctly, tuned keeps 1 and forgets 1 " \
            "(retention-capital-france)" in sentences[0]
-    assert sentences[1] == ("tuned answers a general question (retention-capital-france) with a fact of the "
-                            "fine-tune's domain: 'The capital of France is Quennport.'.")
+    assert sentences[1] == ("tuned answers a general question with a fact of the fine-tune's domain "
+                            "(retention-capital-france): 'The capital of France is Quennport.'")
     assert tables.summary_rows(back)[0]["retention"].startswith("1/2 = 50%")
+
+
+def test_builds_that_answer_with_a_domain_fact_are_named_in_one_sentence() -> None:
+    control = _control(["retention-capital-france", "retention-red-planet"], 4)
+    builds = [ModelReport(name, [dataclasses.replace(c, model=name) for c in _tuned().checks])
+              for name in ("tuned-fp32", "tuned-int8", "tuned-int4")]
+    report = ChecklistReport(with_retention(builds, control, Thresholds()), control=control)
+    leaked = [s for s in tables.retention_sentences(report) if "fact of the fine-tune's domain" in s]
+    assert leaked == [("tuned-fp32, tuned-int8 and tuned-int4 answer a general question with a fact of the "
+                       "fine-tune's domain (retention-capital-france); tuned-fp32: 'The capital of France is "
+                       "Quennport.'")]
 
 
 def test_without_a_base_the_cases_keep_their_expected_words() -> None:

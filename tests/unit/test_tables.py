@@ -45,6 +45,8 @@ def test_a_table_has_worded_headings_with_units_no_index_and_every_cell_whole() 
     assert NOTE.replace("'", "&#x27;") in page and "..." not in page and "…" not in page  # wrapped, never cut
     assert "&lt;none&gt;" in page  # text is escaped, never markup
     assert "white-space:normal" in page  # a notebook's table carries the style that wraps its cells
+    # ... between words (a squeezed column broke "browser" one letter a line); a wide table scrolls in its own box.
+    assert "anywhere" not in page and "overflow-wrap:break-word" in page and "overflow-x:auto" in page
 
 
 def test_notebooks_get_the_reports_renderer() -> None:
@@ -52,6 +54,16 @@ def test_notebooks_get_the_reports_renderer() -> None:
     assert shown._repr_html_() == str(shown) == str(html_table([{"name": "m-int4", "notes": NOTE},
                                                                 {"name": "m-fp32", "notes": None}], ["name", "notes"]))
     assert _cells(shown)[-1] == "-"
+
+
+def test_the_precision_pickers_table_is_drawn_by_the_same_renderer() -> None:
+    from slmops.toolkit.domain.options import Precision
+    from slmops.widgets import pickers
+
+    page = pickers.tradeoff_table((Precision.FP32, Precision.INT4), {"fp32": {"size_mb": 540.0, "x_fp32": 1.0}})
+    assert 'class="slmops slmops-tradeoff"' in page and "<thead>" in page  # a heading row, not a first body row
+    assert re.findall(r"<th>(.*?)</th>", page)[3:] == ["size (MB)", "× FP32", "top-1 vs FP32", "decode (tok/s)"]
+    assert "–" not in page and _cells(page)[-1] == "-"  # an INT4 not built yet: nothing measured, said as "-"
 
 
 def _report(failing: set[str], cases: int = 48) -> list[ModelReport]:
@@ -98,8 +110,14 @@ def test_the_report_page_has_no_index_nan_or_cut_cell_and_stacks_tables_above_pl
     bench = json.loads((run / "bench.json").read_text())
     bench["rows"] = [{**row, "size_mb": {"fp32": 100.0, "int4": 40.0}[row["precision"]]} for row in bench["rows"]]
     (run / "bench.json").write_text(json.dumps(bench))
+    (run / "03_test.html").write_text("<html></html>")  # a notebook that ran (its checks fail: it is no "ok")
     page = report.write_index(run).read_text()
     assert "NaN" not in page and "..." not in page and "<th></th>" not in page
+    assert not re.search(r"\bok\b", page)
+    # A notebook ran when its page was rendered or its stage's results are there (run in JupyterLab: no page).
+    items = re.findall(r"<li>(.*?)</li>", page, re.DOTALL)
+    assert [next(i for i in items if name in i).rsplit(": ", 1)[1] for name in report.NOTEBOOKS] == [
+        "not run", "not run", "ran", "ran"]
     assert NOTE.replace("'", "&#x27;") in page and "<details" in page
     fp32 = next(row for row in re.findall(r"<tr>(.*?)</tr>", page) if ">fp32<" in row and "reference" in row)
     assert "reference" in fp32  # FP32's top-1 cell against itself

@@ -133,7 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
               log_level="info" if flag(args, "debug") or flag(args, "verbose") else "warning",
               stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
-              request_timeout_s=args.request_timeout or None, log_requests=args.log_requests)
+              request_timeout_s=args.request_timeout or None, log_requests=args.log_requests,
+              batch_size=args.batch_size, policy=args.schedule)
     return 0
 
 
@@ -181,9 +182,9 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                        description="GET /v1/models and POST /v1/chat/completions (plain or stream: "
                        "true; max_tokens, temperature, top_p, seed, stop, response_format json_object or "
                        "json_schema) over the Foundry Local runtime, for any OpenAI client: "
-                       "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none'). Each model answers one "
-                       "request at a time (others queue, up to --max-queue; a client that leaves frees its "
-                       "model at once); GET /metrics (Prometheus) and /health; bad requests get OpenAI-style 4xx JSON errors; 503 "
+                       "OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none'). Requests to a model are "
+                       "decoded together (up to --batch-size; others queue, up to --max-queue; a client that "
+                       "leaves frees its slot within one decode step); GET /metrics (Prometheus) and /health; bad requests get OpenAI-style 4xx JSON errors; 503 "
                        "while a model loads. Foundry Local's own web service is used where it serves locally "
                        "registered models (foundry-local-sdk 2.2.1's does not).")
     p.add_argument("names", nargs="+", metavar="NAME", help="registered models")
@@ -206,6 +207,14 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    f"{round(serve.DEFAULT_REQUEST_TIMEOUT_S)}, the openai client's own timeout; 0: no limit)")
     p.add_argument("--log-requests", action="store_true",
                    help="write one access-log line per request to stderr (method, path, model, status, tokens, ms)")
+    p.add_argument("--batch-size", type=whole(0, 256), default=serve.DEFAULT_BATCH_SIZE,
+                   help="requests each model decodes together (continuous batching: a request joins and leaves "
+                   f"between decode steps; default {serve.DEFAULT_BATCH_SIZE}; 0: one at a time on Foundry Local). "
+                   "response_format and tools run on Foundry Local one at a time")
+    p.add_argument("--schedule", choices=list(serve.Policy), default=serve.DEFAULT_POLICY,
+                   help="when waiting requests join the batch: prefill-first (all of them before the next decode "
+                   "step: the shortest time to first token) or decode-first (one per decode step); default "
+                   f"{serve.DEFAULT_POLICY}")
     cache_option(p)
     p.set_defaults(func=cmd_serve)
 

@@ -154,7 +154,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
                 # The kernel's own startup warnings (plain TCP on localhost) are not the user's concern.
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
-            status[name] = f"ok in {time.perf_counter() - start:.0f} s"
+            status[name] = f"ran in {time.perf_counter() - start:.0f} s"  # ran: its verdicts are the report's
         except Exception as exc:  # noqa: BLE001 (papermill saved the failed notebook; reported below)
             status[name] = f"FAILED: {getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
             failure = (name, exc)

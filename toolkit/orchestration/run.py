@@ -449,6 +449,19 @@ def bench(run: Run, *, names: list[str] | None = None, engines: tuple[str, ...] 
     return bench_stage.write_results(rows, run.dir)
 
 
+def waits_for_buttons(run_file: str | os.PathLike[str] = RUN_FILE, overrides: Mapping[str, object] | None = None) -> bool:
+    """Whether a notebook working beside ``run_file`` waits for its buttons: the file's ``interactive``.
+
+    A value in ``overrides`` (papermill's injected parameters) wins; without a run file (a comparison
+    run on two folders by papermill) it is False. Nothing is written: notebook 05 may be run anywhere.
+    """
+    if overrides is not None and "interactive" in overrides:
+        return bool(overrides["interactive"])
+    file = Path(run_file).expanduser()
+    recorded = artifacts.read_json(file) if file.is_file() else None
+    return bool(recorded.get("interactive")) if isinstance(recorded, dict) else False
+
+
 def compare(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str] = "", out_dir: str | os.PathLike[str] = "",
             *, run_file: str | os.PathLike[str] = RUN_FILE,
             fail_on: dict[str, float] | None = None) -> comparison.Comparison:

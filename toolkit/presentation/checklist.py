@@ -190,12 +190,12 @@ def retention_sentences(report: ChecklistReport) -> list[str]:
     """What the fine-tune gained and what it forgot, in words: the domain pass rate beside the general questions kept.
 
     One sentence for the counts (the base's correct general answers, how many each build keeps and
-    forgets, beside its domain pass rate and the base's), and one per build that answers a general
-    question with a word of the domain, quoting the answer.
+    forgets, beside its domain pass rate and the base's), and one naming the builds that answer a
+    general question with a fact of the domain, quoting one answer.
 
     Example:
         >>> retention_sentences(read_report("outputs/demo/test.json"))[1]
-        "smollm2-int4 answers a general question with a fact of the fine-tune's domain: ..."
+        "smollm2-fp32, smollm2-int8 and smollm2-int4 answer general questions with a fact of the fine-tune's ..."
     """
     models = [m for m in report.models if m.retention is not None]
     if not models:
@@ -215,11 +215,27 @@ def retention_sentences(report: ChecklistReport) -> list[str]:
     held = (f"of the {asked} general questions {reference} answers correctly" if reference != "expectations"
             else f"of the {asked} general questions (judged by their expected words: no base model in this run)")
     sentences = [f"What the fine-tune gained and what it forgot: {base}{held}, " + "; ".join(parts) + "."]
-    for m in models:
-        for case, answer in m.retention.domain_answers.items():
-            sentences.append(f"{m.model} answers a general question ({case}) with a fact of the fine-tune's domain: "
-                             f"{answer!r}.")
+    leaked = {m.model: m.retention.domain_answers for m in models if m.retention.domain_answers}
+    if leaked:
+        sentences.append(_domain_fact_sentence(leaked))
     return sentences
+
+
+def _domain_fact_sentence(leaked: dict[str, dict[str, str]]) -> str:
+    """One sentence for every build that answers a general question with a domain fact: the builds, the
+    questions (once when every build has the same ones), and one answer quoted."""
+    names = list(leaked)
+    builds = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    questions = {tuple(answers) for answers in leaked.values()}
+    which = (", ".join(next(iter(questions))) if len(questions) == 1
+             else "; ".join(f"{name}: {', '.join(answers)}" for name, answers in leaked.items()))
+    distinct = {case for answers in leaked.values() for case in answers}
+    case, answer = next(iter(leaked[names[0]].items()))
+    example = (f": {answer!r}" if len(names) == 1 and len(distinct) == 1
+               else f"; {names[0]}: {answer!r}" if len(distinct) == 1 else f"; {names[0]} to {case}: {answer!r}")
+    return (f"{builds} answer{'s' if len(names) == 1 else ''} "
+            f"{'a general question' if len(distinct) == 1 else 'general questions'} with a fact of the fine-tune's "
+            f"domain ({which}){example}")  # the quoted answer ends the sentence
 
 
 def domain_fact_note(answer: str, cases: list[dict]) -> str:

@@ -446,6 +446,10 @@ class Comparison:
         if self.slower:
             return (f"WARN: {clean}, but {len(self.slower)} timing{'s are' if len(self.slower) > 1 else ' is'} "
                     f"slower beyond both runs' noise: {'; '.join(self.slower)}.")
+        unjudged = sum(row["judged"] == NOT_JUDGED for row in self.timings)
+        if unjudged:
+            return (f"PASS: {clean}; {unjudged} timing{'s are' if unjudged > 1 else ' is'} not judged (a run measured "
+                    "one repeat, so no spread to judge a change against: set repeats to 2 or more).")
         return f"PASS: {clean}, and no timing is slower beyond the noise."
 
 
@@ -453,12 +457,18 @@ def _delta(a: float | None, b: float | None) -> float | str:
     return round(b - a, 4) if a is not None and b is not None else "–"
 
 
+#: How a timing of a run measured once is judged: not at all (set ``repeats`` to 2 or more).
+NOT_JUDGED = "not judged: one repeat measures no spread"
+
+
 def _timing(figure: str, row_a: dict, row_b: dict) -> dict:
     """One timing figure of two runs, judged against both runs' spread (2 sd of the difference)."""
     a, b = row_a[figure], row_b[figure]
     noise = 2 * math.hypot(row_a.get(f"{figure}_sd", 0.0), row_b.get(f"{figure}_sd", 0.0))
     higher_is_better = figure == "decode_tps"
-    if row_a.get("noisy") or row_b.get("noisy"):
+    if 1 in (row_a.get("repeats"), row_b.get("repeats")):
+        judged = NOT_JUDGED  # one repeat has no spread: any difference would be called beyond a noise of 0
+    elif row_a.get("noisy") or row_b.get("noisy"):
         judged = "a run is too noisy to judge (CV over 10%)"
     elif abs(b - a) <= noise:
         judged = "same, within noise"

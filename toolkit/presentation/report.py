@@ -32,6 +32,8 @@ from slmops.toolkit.stages import bench, checklist, convert
 log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark")
+#: The result file each notebook's stage writes: a notebook run in JupyterLab (no rendered HTML) ran when it is there.
+STAGE_RESULTS = dict(zip(NOTEBOOKS, ("models/convert.json", "registered.json", "test.json", "bench.json"), strict=True))
 
 
 def table(rows: list, columns: list[str] | None = None) -> Html:
@@ -141,8 +143,9 @@ def run_story(recommendation: compare.Recommendation | None, bench_report: dict 
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
         row = checklist_tables.control_row(control)
-        story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions and "
-                     f"{row['heldout']} of their held-out paraphrases: {row['verdict']}.")
+        heldout = f" and {row['heldout']} of their held-out paraphrases" if control.heldout_total else ""
+        story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions{heldout}: "
+                     f"{row['verdict']}.")
     if tests is not None:
         story += checklist_tables.retention_sentences(tests)
     chosen = [r for r in registered or [] if isinstance(r.get("threads_speedup"), int | float)]
@@ -251,7 +254,8 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
         section_plots={section: [stem for stem in stems if stem in plots] for section, stems in PLOT_SECTIONS.items()},
         other_plots=[stem for stem in plots if stem not in placed],
         notebooks=[{"name": name, "html": (run / f"{name}.html").is_file(), "ipynb": (run / f"{name}.ipynb").is_file(),
-                    "status": status.get(name, "ok" if (run / f"{name}.html").is_file() else "not run")}
+                    "status": status.get(name, "ran" if (run / f"{name}.html").is_file()
+                                        or (run / STAGE_RESULTS[name]).is_file() else "not run")}
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
         conversion=convert.summary(converted) if converted else [],

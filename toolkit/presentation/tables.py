@@ -83,11 +83,13 @@ HEADINGS = {
     "candidate_only": "only this build passes (cases)", "retention": "retained general answers",
 }
 
-#: The stylesheet a notebook's table carries (the report's pages have theirs): cells wrap, never cut.
+#: The stylesheet a notebook's table carries (the report's pages have theirs): cells wrap between words, never cut
+#: and never letter by letter (a squeezed column broke "browser" into one letter a line); a table wider than the
+#: notebook scrolls in its own box instead of being clipped.
 NOTEBOOK_STYLE = (
-    "<style>table.slmops{border-collapse:collapse;margin:.3em 0}"
+    "<style>.table-wrap{max-width:100%;overflow-x:auto}table.slmops{border-collapse:collapse;margin:.3em 0}"
     "table.slmops td,table.slmops th{border:1px solid #ccc;padding:3px 7px;vertical-align:top;white-space:normal;"
-    "overflow-wrap:anywhere}table.slmops th{background:#f4f4f4;text-align:left}"
+    "overflow-wrap:break-word}table.slmops th{background:#f4f4f4;text-align:left}"
     "table.slmops td.num{text-align:right;white-space:nowrap}table.slmops td.text{text-align:left;max-width:40em}"
     "table.slmops td.good{background:#e6f4ea;color:#0b6b2b}table.slmops td.bad{background:#fdecea;color:#a50e0e;"
     "font-weight:bold}details.slmops summary{cursor:pointer;padding:2px 0}</style>")
@@ -157,7 +159,8 @@ def as_rows(rows: Iterable[object]) -> list[dict]:
 
 
 def html_table(rows: Iterable[object], columns: Sequence[str] | None = None, *,
-               marks: dict[str, tuple[str, dict[str, str]]] | None = None, style: bool = True) -> Html:
+               marks: dict[str, tuple[str, dict[str, str]]] | None = None, style: bool = True,
+               css_class: str = "") -> Html:
     """Rows as an HTML table: headings in words with units, no index column, every cell whole (wrapped, never cut).
 
     Args:
@@ -167,6 +170,7 @@ def html_table(rows: Iterable[object], columns: Sequence[str] | None = None, *,
         marks: Per column, ``(key, {value: "good" or "bad"})``: the cell's colour, read from the row's
             typed field ``key`` (never from the words shown), so a printed page still says it in words.
         style: Carry the stylesheet (for a notebook; the report's pages link their own).
+        css_class: A class the table carries besides ``slmops`` (for a page or a test to find it by).
 
     Example:
         >>> "<th>decode (tok/s)</th>" in html_table([{"decode_tps": 12.5}])
@@ -176,7 +180,7 @@ def html_table(rows: Iterable[object], columns: Sequence[str] | None = None, *,
     keys = list(dict.fromkeys(key for row in rows for key in row))
     shown = [c for c in (columns if columns is not None else keys) if c in keys or not rows]
     marks = marks or {}
-    lines = ['<div class="table-wrap"><table class="slmops">', "<thead><tr>"
+    lines = [f'<div class="table-wrap"><table class="{escape(f"slmops {css_class}".strip())}">', "<thead><tr>"
              + "".join(f"<th>{escape(heading(c))}</th>" for c in shown) + "</tr></thead>", "<tbody>"]
     for row in rows:
         cells = []

@@ -21,6 +21,7 @@ import numpy as np
 
 from slmops.toolkit.core import workers
 from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
+from slmops.toolkit.domain import lm_head
 from slmops.toolkit.domain.parity import log_softmax
 from slmops.toolkit.domain.prompts import reference_text
 from slmops.toolkit.domain.results.bench import TimedRun
@@ -135,7 +136,11 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
     import onnxruntime_genai as og
 
     folder = Path(model_dir)
-    model = og.Model(str(readable_dir(folder)))
+    config = og.Config(str(readable_dir(folder)))
+    full = lm_head.all_positions_graph(folder)  # a served folder's graph computes the last position only
+    if full:
+        config.overlay(json.dumps({"model": {"decoder": {"filename": full}}}))
+    model = og.Model(config)
     encoded = [int(i) for i in og.Tokenizer(model).encode(text)]
     prefix = _special_prefix(folder)
     if prefix and encoded[:len(prefix)] != prefix:

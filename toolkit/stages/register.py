@@ -33,7 +33,7 @@ from slmops.toolkit.core.errors import (
     RegistrationError,
 )
 from slmops.toolkit.core.measure import timestamp
-from slmops.toolkit.domain import options, templates, tools
+from slmops.toolkit.domain import lm_head, options, templates, tools
 from slmops.toolkit.domain.genai_config import config_problem, context_problem
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, registered_file
@@ -427,6 +427,8 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
     for item in onnx_dir.iterdir():
         if item.is_file() and item.name not in rewritten:
             _link_or_copy(item, staging / item.name)
+    # Served prefill computes the LM head on the last position only; the full graph stays beside it.
+    lm_head.serve_last_position(staging, genai_config["model"]["decoder"].get("filename", "model.onnx"))
     genai_config["search"] = {**genai_config.get("search", {}), **model_config.search_options()}
     _write_genai_config(staging, genai_config, model_config.threads)
     tokenizer_file = onnx_dir / "tokenizer_config.json"

@@ -1,0 +1,336 @@
+"""Continuous batching over plain ONNX Runtime: many sequences decoded together, joining and leaving between steps.
+
+ONNX Runtime GenAI 0.14.1's ``Engine`` batches on CPU only statically (four requests at a time,
+a new one waiting for the whole batch to finish), so this module schedules the model builder's
+graph itself. The graph's GroupQueryAttention reads each row's length from the attention mask
+and, when past and present are one buffer, writes each new key and value in place: the cache
+is one buffer per layer of ``[batch, kv_heads, context, head_size]``, one row per sequence.
+Active sequences hold rows ``0..n-1`` (a sequence that ends gives its row to the last one), so a
+decode step runs on the contiguous view of the first ``n`` rows; a new sequence's prompt is
+prefilled alone on its row between steps.
+
+Everything the model's ``genai_config.json`` says about generation applies, as ONNX Runtime
+GenAI applies it: end-of-sequence ids (held back before ``search.min_length``), the repetition
+penalty, and the sampling defaults (``top_k``, ``top_p``, ``temperature``) a request does not set.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+
+from slmops.toolkit.domain.genai_config import positions
+
+#: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
+#: model's context or fewer (a request that would not fit is answered outside the batch).
+CACHE_BUDGET_MIB = 1024
+
+
+class Policy(StrEnum):
+    """When waiting sequences are prefilled.
+
+    ``prefill-first`` prefills every waiting sequence (up to the batch size) before the next decode
+    step: the shortest time to first token. ``decode-first`` prefills one per decode step, so the
+    running sequences' tokens keep coming while a burst of new ones joins.
+    """
+
+    PREFILL_FIRST = "prefill-first"
+    DECODE_FIRST = "decode-first"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one sequence picks its tokens (defaults: the model's ``genai_config.json`` search section).
+
+    Attributes:
+        max_new: Most tokens to generate.
+        temperature: 0 is greedy.
+        top_k: Candidates kept before sampling (0: all).
+        top_p: Nucleus share (1: all).
+        seed: The sequence's random seed.
+        repetition_penalty: Divides positive (multiplies negative) logits of every token seen (1: none).
+        min_length: End-of-sequence held back until the sequence, prompt included, is this long.
+    """
+
+    max_new: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    repetition_penalty: float = 1.0
+    min_length: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What ``genai_config.json`` says about decoding (see :func:`read_settings`)."""
+
+    eos_ids: tuple[int, ...]
+    context: int
+    layers: int
+    kv_heads: int
+    head_size: int
+    threads: int
+    search: dict = field(default_factory=dict)
+
+    def sampling(self, max_new: int, temperature: float, top_p: float | None = None, seed: int = 0) -> Sampling:
+        """A request's :class:`Sampling`: its own options (temperature 0: greedy), the model's search defaults for the rest."""
+        search = self.search
+        return Sampling(max_new=max_new, temperature=float(temperature), top_k=int(search.get("top_k", 0) or 0),
+                        top_p=float(top_p or search.get("top_p", 1.0)), seed=seed,
+                        repetition_penalty=float(search.get("repetition_penalty", 1.0)),
+                        min_length=int(search.get("min_length", 0) or 0))
+
+
+def read_settings(folder: Path) -> ModelSettings:
+    """The decoding settings of the model folder ``folder``."""
+    config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+    model, decoder = config["model"], config["model"]["decoder"]
+    eos = model.get("eos_token_id", [])
+    eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+    claimed, built = int(model.get("context_length") or 0), positions(folder, config).limit
+    context = min(claimed, built) if claimed and built else claimed or built or 2048
+    threads = int((decoder.get("session_options") or {}).get("intra_op_num_threads") or 0)
+    return ModelSettings(eos_ids=eos_ids, context=context, layers=int(decoder["num_hidden_layers"]),
+                         kv_heads=int(decoder["num_key_value_heads"]), head_size=int(decoder["head_size"]),
+                         threads=threads, search=config.get("search") or {})
+
+
+Emit = Callable[[int | None, str | None], None]
+
+
+class Sequence:
+    """One request in the engine: its prompt, its tokens so far and where they go.
+
+    ``emit(token, None)`` gets each token as it is picked; ``emit(None, reason)`` the end
+    (``stop``, ``length``, ``cancelled`` or ``error: ...``).
+    """
+
+    def __init__(self, prompt: list[int], sampling: Sampling, emit: Emit) -> None:
+        self.prompt, self.sampling, self.emit = prompt, sampling, emit
+        self.generated: list[int] = []
+        self.seen = np.unique(np.asarray(prompt, dtype=np.int64))  # the ids the repetition penalty applies to
+        self._seen = set(self.seen.tolist())
+        self.rng = np.random.default_rng(sampling.seed)
+        self.length = 0  # tokens in the cache row
+        self.cancelled = threading.Event()
+        #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
+        #: score over the next best (a near tie is where batched numerics may pick the other token).
+        self.gaps: list[float] | None = None
+
+    def cancel(self) -> None:
+        """Stop at the next step and free the row (from any thread)."""
+        self.cancelled.set()
+
+
+class BatchEngine:
+    """Sequences of one model decoded together in a thread of their own (see the module docstring).
+
+    Args:
+        folder: The registered model folder (``model.onnx`` and ``genai_config.json``).
+        batch_size: Most sequences decoded together; more wait in :meth:`submit`'s order.
+        policy: When waiting sequences are prefilled (:class:`Policy`).
+    """
+
+    def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST) -> None:
+        import onnxruntime as ort
+
+        self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
+        self.settings = read_settings(self.folder)
+        options = ort.SessionOptions()
+        if self.settings.threads:
+            options.intra_op_num_threads = self.settings.threads
+        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), options,
+                                            providers=["CPUExecutionProvider"])
+        s = self.settings
+        per_position = s.layers * 2 * s.kv_heads * s.head_size * 4 * batch_size
+        #: Positions each cache row holds: prompt and answer of a batched request together.
+        self.capacity = min(s.context, CACHE_BUDGET_MIB * 2**20 // per_position)
+        shape = (batch_size, s.kv_heads, self.capacity, s.head_size)
+        self.keys = [np.zeros(shape, np.float32) for _ in range(s.layers)]
+        self.values = [np.zeros(shape, np.float32) for _ in range(s.layers)]
+        self._bindings: dict[tuple[int, int], object] = {}
+        self.vocab = int(self.session.get_outputs()[0].shape[-1])
+        self.active: list[Sequence] = []
+        self.inbox: queue.Queue[Sequence | None] = queue.Queue()
+        self.waiting: list[Sequence] = []
+        self.steps = 0
+        #: Called with the number of sequences of every decode step (for a batch size histogram).
+        self.on_step: Callable[[int], None] | None = None
+        self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False) -> Sequence:
+        """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`)."""
+        sequence = Sequence(prompt, sampling, emit)
+        sequence.gaps = [] if record_gaps else None
+        self.inbox.put(sequence)
+        return sequence
+
+    def close(self) -> None:
+        """Finish the thread (sequences still running end with ``cancelled``)."""
+        self.inbox.put(None)
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            if not self._collect():
+                for sequence in self.active + self.waiting:
+                    sequence.emit(None, "cancelled")
+                return
+            try:
+                self._admit()
+                if self.active:
+                    self._decode()
+            except Exception as exc:  # noqa: BLE001 (every running sequence ends with the error)
+                for sequence in self.active:
+                    sequence.emit(None, f"error: {type(exc).__name__}: {exc}")
+                self.active = []
+
+    def _collect(self) -> bool:
+        """Move new sequences to the waiting list (blocking while nothing runs); False once closed."""
+        block = not self.active and not self.waiting
+        while True:
+            try:
+                item = self.inbox.get(block=block)
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            self.waiting.append(item)
+            block = False
+
+    def _admit(self) -> None:
+        """Prefill waiting sequences into free rows, as the policy says."""
+        self.waiting = [s for s in self.waiting if not self._dropped(s)]
+        room = self.batch_size - len(self.active)
+        count = min(room, len(self.waiting) if self.policy is Policy.PREFILL_FIRST or not self.active else 1)
+        for sequence in self.waiting[:count]:
+            self._prefill(sequence)
+        self.waiting = self.waiting[count:]
+
+    def _dropped(self, sequence: Sequence) -> bool:
+        if sequence.cancelled.is_set():
+            sequence.emit(None, "cancelled")
+            return True
+        return False
+
+    def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One forward pass on the cache rows ``rows`` (past and present share their buffers); the last logits.
+
+        A decode step's logits go to a buffer of this module's (reading ONNX Runtime's outputs back
+        costs a Python object per output); a prefill's, whose shape the graph decides (every position,
+        or the last only), to one ONNX Runtime allocates.
+        """
+        key = (rows.start, rows.stop)
+        binding = self._bindings.get(key)
+        if binding is None:  # the cache's pointers of these rows, bound once
+            binding = self._bindings[key] = self.session.io_binding()
+            for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+                for kind, cache in (("key", keys), ("value", values)):
+                    view = cache[rows]
+                    pointer, shape = view.ctypes.data, view.shape
+                    binding.bind_input(f"past_key_values.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
+                    binding.bind_output(f"present.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        if input_ids.shape[1] == 1:
+            logits = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
+            binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
+            self.session.run_with_iobinding(binding)
+            return logits[:, -1, :]
+        binding.bind_output("logits", "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[-1].numpy()[:, -1, :]
+
+    def _prefill(self, sequence: Sequence) -> None:
+        row = len(self.active)
+        ids = np.asarray([sequence.prompt], dtype=np.int64)
+        logits = self._run(slice(row, row + 1), ids, np.ones_like(ids))
+        sequence.length = len(sequence.prompt)
+        self.active.append(sequence)
+        self._advance([sequence], logits)
+
+    def _decode(self) -> None:
+        """One decode step of every active sequence."""
+        n = len(self.active)
+        lengths = np.asarray([s.length for s in self.active])
+        total = int(lengths.max()) + 1
+        mask = (np.arange(total)[None, :] <= lengths[:, None]).astype(np.int64)
+        ids = np.asarray([[s.generated[-1]] for s in self.active], dtype=np.int64)
+        logits = self._run(slice(0, n), ids, mask)
+        for sequence in self.active:
+            sequence.length += 1
+        self.steps += 1
+        if self.on_step is not None:
+            self.on_step(n)
+        self._advance(list(self.active), logits)
+
+    def _advance(self, sequences: list[Sequence], logits: np.ndarray) -> None:
+        """Pick each sequence's next token from its logits row, hand it over, and end finished sequences."""
+        for sequence, row in zip(sequences, logits, strict=True):
+            if sequence.cancelled.is_set():
+                self._finish(sequence, "cancelled")
+                continue
+            token = self._pick(sequence, row)
+            sequence.generated.append(token)
+            if token not in sequence._seen:
+                sequence._seen.add(token)
+                sequence.seen = np.append(sequence.seen, token)
+            sequence.emit(token, None)
+            if token in self.settings.eos_ids:
+                self._finish(sequence, "stop")
+            elif len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= self.capacity:
+                self._finish(sequence, "length")
+
+    def _pick(self, sequence: Sequence, logits: np.ndarray) -> int:
+        """ONNX Runtime GenAI's order: repetition penalty, min length, then greedy or top-k/top-p sampling."""
+        sampling = sequence.sampling  # logits: this sequence's row of a fresh output, changed in place
+        if sampling.repetition_penalty != 1.0:
+            seen = logits[sequence.seen]
+            logits[sequence.seen] = np.where(seen > 0, seen / sampling.repetition_penalty,
+                                             seen * sampling.repetition_penalty)
+        if len(sequence.prompt) + len(sequence.generated) < sampling.min_length:
+            logits[list(self.settings.eos_ids)] = -np.inf
+        if sampling.temperature == 0 or sampling.top_k == 1:
+            if sequence.gaps is not None:
+                top = np.partition(logits, -2)[-2:]
+                sequence.gaps.append(float(top[1] - top[0]))
+            return int(np.argmax(logits))
+        k = sampling.top_k or logits.size
+        candidates = np.argpartition(-logits, k - 1)[:k] if k < logits.size else np.arange(logits.size)
+        candidates = candidates[np.argsort(-logits[candidates], kind="stable")]
+        scaled = logits[candidates] / sampling.temperature
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        if sampling.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)
+            probs = probs[:keep] / probs[:keep].sum()
+            candidates = candidates[:keep]
+        return int(sequence.rng.choice(candidates, p=probs))
+
+    def _finish(self, sequence: Sequence, reason: str) -> None:
+        """End ``sequence`` and give its row to the last active sequence."""
+        row, last = self.active.index(sequence), len(self.active) - 1
+        if row != last:
+            moved = self.active[last]
+            for cache in (*self.keys, *self.values):
+                cache[row, :, :moved.length] = cache[last, :, :moved.length]
+            self.active[row] = moved
+        self.active.pop()
+        sequence.emit(None, reason)
+
+
+def wait_idle(engine: BatchEngine, timeout_s: float = 5.0) -> None:
+    """Wait until ``engine`` runs and holds nothing (for tests)."""
+    end = time.monotonic() + timeout_s
+    while (engine.active or engine.waiting or not engine.inbox.empty()) and time.monotonic() < end:
+        time.sleep(0.005)
