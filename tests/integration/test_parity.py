@@ -50,3 +50,39 @@ def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> N
     (result.output_dir / "manifest.json").write_text(json.dumps(manifest))
     assert not doctor.parity_check(result.output_dir).ok
     assert "not checked" in doctor.parity_check(tmp_path).detail
+
+
+def test_each_phase_of_the_check_runs_alone_and_the_gate_records_its_peak(tiny_model: Path, tmp_path: Path) -> None:
+    """The reference, the FP32 model (ONNX Runtime, weights as written) and the build (GenAI): one child each."""
+    result = C.convert(C.ConvertSpec(tiny_model, tmp_path / "int8", C.Precision.INT8), progress=False)
+    gate = result.manifest.parity
+    steps = gate.steps_mib
+    assert set(steps) == {"fp32 (onnxruntime)", "int8 (onnxruntime-genai)"} | (
+        {"reference (transformers)"} if "reference (transformers)" in steps else set())  # the reference may be cached
+    assert result.manifest.memory.measured_steps["parity"] == max(steps.values())
+    assert {check["build"]: check["top1_agreement"] for check in gate.checks}["fp32"] == 1.0
+
+
+@pytest.mark.parametrize("family", ["gemma3", "phi3", "qwen2.5"])
+def test_a_16_bit_checkpoint_is_computed_in_fp32_as_stored_with_the_logits_of_an_fp32_load(family: str,
+                                                                                         tmp_path: Path) -> None:
+    """Weights rest as stored (bf16) and are upcast a module at a time: not one logit differs from loading in FP32."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from slmops.toolkit.runtimes import reference
+    from tests.families import make_family_model
+
+    model = make_family_model(tmp_path / family, family)
+    for file in model.glob("*.safetensors"):
+        save_file({k: v.to(torch.bfloat16) for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text()) | {"dtype": "bfloat16"}
+    (model / "config.json").write_text(json.dumps(config))
+    job = reference.ParityJob(str(model), "The capital of France is Paris. " * 20, "float32", "", {})
+    _name, seqs, got = reference._reference_logits(job, lambda event: None)
+    fp32 = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for (_what, ids), logits in zip(seqs, got, strict=True):
+            assert np.array_equal(logits, fp32(torch.tensor([ids])).logits[0].numpy())

@@ -20,8 +20,10 @@ every measured peak fell under its prediction:
 * our tensor-by-tensor quantizer holds the largest FP32 tensor and slices of it, and its
   allocator keeps a little of every tensor it has seen (about a tenth of the FP32 model);
 * peft's merge loads the base in FP32 and keeps the merged copy while saving;
-* the parity check holds one model at a time: the source in transformers (FP32, or bf16 when
-  FP32 would not fit), then the FP32 build in ONNX Runtime GenAI, plus their logits.
+* the parity check runs one child at a time: the source in transformers as stored (computed in
+  FP32 a module at a time, so one tensor is upcast at once; bf16 when even that would not fit),
+  then each build: the FP32 model a quantizer started from in ONNX Runtime with its weights as
+  written, a delivered build in ONNX Runtime GenAI (an FP32 one 1.6 times over: its weights prepacked).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from slmops.toolkit.domain.options import Method, Precision
 _MIB = 2**20
 #: Interpreter, torch, transformers and the ONNX libraries in a builder or Olive child.
 EXPORT_BASE_MIB = 600.0
+#: Interpreter and ONNX Runtime (GenAI) in a parity check's child that runs a build.
+RUNTIME_BASE_MIB = 150.0
 #: Interpreter, ONNX and ONNX Runtime's quantizer in the quantizer child.
 QUANTIZE_BASE_MIB = 350.0
 #: Slices of one weight in flight in the quantizer (its ``CHUNK_BYTES`` with ORT's copies).
@@ -87,16 +91,16 @@ def estimate(*, parameters: int, largest_tensor: int, checkpoint_bytes: int, met
         quantized: Whether our quantizer runs after the route.
         adapter: Whether a LoRA adapter is merged into the checkpoint first (the merged
             folder is FP32, so the export then reads an FP32 checkpoint).
-        parity_bytes_per_weight: Bytes per weight of the reference model the parity check
-            loads in transformers (4: FP32; 2: bf16 when FP32 would not fit); 0: no check.
-        parity_logits: Logits the parity check holds at once (positions x vocabulary, three
-            copies: the reference's, the build's and one being compared).
+        parity_bytes_per_weight: Bytes per weight the parity check's reference computes in
+            (4: FP32; 2: bf16 when FP32 would not fit); 0: no check.
+        parity_logits: Logits of the parity check's sequences (positions x vocabulary), which
+            each of its children holds once beside its model.
 
     Example:
         >>> e = estimate(parameters=494_000_000, largest_tensor=136_000_000, checkpoint_bytes=988_000_000,
         ...              method=Method.BUILDER, route_precision=Precision.FP32, quantized=True)
         >>> e.peak_step
-        'parity check (transformers, then the build)'
+        'parity check: the reference (transformers)'
     """
     fp32_mib = parameters * 4 / _MIB
     largest_mib = largest_tensor * 4 / _MIB
@@ -115,10 +119,18 @@ def estimate(*, parameters: int, largest_tensor: int, checkpoint_bytes: int, met
     if quantized:
         steps.append(("quantize (tensor by tensor)",
                       QUANTIZE_BASE_MIB + 2 * largest_mib + QUANTIZE_SLICES_MIB + QUANTIZE_RESIDUE * fp32_mib))
-    if parity_bytes_per_weight:  # one model at a time: transformers', then each build's
-        steps.append(("parity check (transformers, then the build)",
-                      EXPORT_BASE_MIB + max(parity_bytes_per_weight, 4 if not quantized else 1) * parameters / _MIB
-                      + 3 * 4 * parity_logits / _MIB))
+    if parity_bytes_per_weight:  # one child at a time: transformers', then each build's
+        logits_mib = 4 * parity_logits / _MIB
+        upcast_mib = largest_mib if parity_bytes_per_weight == 4 else 0.0
+        steps.append(("parity check: the reference (transformers)", EXPORT_BASE_MIB + logits_mib + upcast_mib
+                      + min(checkpoint_mib, parity_bytes_per_weight * parameters / _MIB)))
+        if quantized:
+            build = ("parity check: the FP32 model (onnxruntime)", fp32_mib)
+        elif route_precision is Precision.FP32:
+            build = ("parity check: the build (onnxruntime-genai)", 1.6 * fp32_mib)  # prepacked: most of a second copy
+        else:
+            build = ("parity check: the build (onnxruntime-genai)", parameters / _MIB)
+        steps.append((build[0], RUNTIME_BASE_MIB + build[1] + logits_mib))
     basis = (f"{parameters / 1e9:.2f}B parameters, largest tensor {largest_tensor / 1e6:.0f}M, "
              f"checkpoint {checkpoint_bytes / 1e9:.2f} GB{', LoRA merge first' if adapter else ''}")
     return MemoryEstimate(tuple((name, mb * MARGIN) for name, mb in steps), basis)

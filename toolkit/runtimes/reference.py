@@ -1,10 +1,19 @@
 """transformers as the reference a build is compared with (child process entry point).
 
-:func:`check` runs one worker task that loads the source Hugging Face folder with
-transformers in FP32, computes its next-token logits on a few token sequences, frees it,
-then loads each ONNX build with ONNX Runtime GenAI and compares its logits on the same ids
-(:mod:`slmops.toolkit.domain.parity`). One model is held at a time, so the check's peak is the
-larger of the two models, not their sum.
+:func:`check` runs one child per phase, each gone before the next starts, so the check's
+peak is its largest phase, not their sum:
+
+* the reference: transformers loads the source as stored (bf16 or fp16, a 0.5B checkpoint's
+  1 GB rather than its 2 GB FP32 copy) and computes in FP32 all the same: each module's weights
+  are upcast while it runs and put back after (a 16-bit value is exact in FP32, so the logits
+  are those of the model loaded in FP32). Its next-token logits on a few token sequences go to
+  disk;
+* each candidate: the build reads the same ids, its logits are kept and the model freed
+  before the reference's are read back and compared (:mod:`slmops.toolkit.domain.parity`).
+  The delivered build runs in ONNX Runtime GenAI, as it will be served. The FP32 model a
+  quantizer started from (never delivered) runs in ONNX Runtime itself with its weights
+  memory-mapped as written (no prepacked copies, no folded transposes): GenAI cannot turn
+  prepacking off, which doubles an FP32 model.
 
 The sequences: the bundled reference text (with the special tokens the tokenizer adds,
 e.g. a BOS), cut to :data:`~slmops.toolkit.domain.parity.TEXT_POSITIONS`; and, when the model has
@@ -17,6 +26,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -104,29 +116,122 @@ class ParityResult:
         sequences: ``(what, positions)`` of each sequence compared.
         figures: Label to one :class:`~slmops.toolkit.domain.parity.Figures` per sequence.
         vocab: The reference's vocabulary size (logits per position).
+        steps: Each child's peak resident memory in MiB, by what it ran (``reference
+            (transformers)``, ``int4 (onnxruntime-genai)``...); a reference read from the cache has none.
     """
 
     reference: str
     sequences: tuple[tuple[str, int], ...]
     figures: dict[str, tuple[parity.Figures, ...]]
     vocab: int
+    steps: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The result as the child sends it."""
         return {"reference": self.reference, "sequences": [[what, positions] for what, positions in self.sequences],
                 "figures": {label: [asdict(part) for part in parts] for label, parts in self.figures.items()},
-                "vocab": self.vocab}
+                "vocab": self.vocab, "steps": dict(self.steps)}
 
     @classmethod
     def from_json(cls, data: dict) -> ParityResult:
         """A result as :meth:`to_json` wrote it."""
         return cls(str(data["reference"]), tuple((str(what), int(positions)) for what, positions in data["sequences"]),
                    {str(label): tuple(parity.Figures(**part) for part in parts)
-                    for label, parts in data["figures"].items()}, int(data["vocab"]))
+                    for label, parts in data["figures"].items()}, int(data["vocab"]),
+                   {str(what): float(mib) for what, mib in (data.get("steps") or {}).items()})
+
+
+@dataclass(frozen=True)
+class CandidateJob:
+    """One build to compare with the reference on disk (the ``candidate`` task's payload).
+
+    Attributes:
+        label: What it is (``fp32``, ``int4``...).
+        folder: Its ONNX model folder.
+        adapter: The ``.onnx_adapter`` file activated while it runs ("" for none).
+        reference: The reference's file (sequences and logits, written by the ``reference`` task).
+        lean: Run in ONNX Runtime itself with weights as written (a build that is not delivered).
+    """
+
+    label: str
+    folder: str
+    adapter: str
+    reference: str
+    lean: bool = False
+
+    def to_json(self) -> dict:
+        """The payload as the child reads it."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> CandidateJob:
+        """A job as :meth:`to_json` wrote it."""
+        return cls(str(data["label"]), str(data["folder"]), str(data["adapter"]), str(data["reference"]),
+                   bool(data["lean"]))
+
+
+def _float32_while_running(model: object, torch: object) -> None:
+    """Hooks that give each module its own floating weights and buffers in FP32 while it runs, and back after.
+
+    A module's forward then computes in FP32 what it would with the model loaded in FP32 (a 16-bit
+    value is exact in FP32), while the model rests in memory as stored: the stored tensor is put
+    back, not a copy. A plain embedding table is not upcast: the rows it gathers are (the same
+    values). Tied weights are one tensor: cast where used, put back before the next module.
+    """
+    def own(module: object):
+        for table in (module._parameters, module._buffers):
+            for tensor in table.values():
+                if tensor is not None and tensor.is_floating_point():
+                    yield tensor
+
+    def up(module: object, _args: object) -> None:
+        module._slmops_stored = [(tensor, tensor.data) for tensor in own(module)]
+        for tensor, stored in module._slmops_stored:
+            tensor.data = stored.float()
+
+    def down(module: object, _args: object, _output: object) -> None:
+        for tensor, stored in module.__dict__.pop("_slmops_stored", []):
+            tensor.data = stored
+
+    def gathered(_module: object, _args: object, output: object) -> object:
+        return output.float()
+
+    for module in model.modules():
+        if not any(tensor.dtype != torch.float32 for tensor in own(module)):
+            continue
+        if type(module) is torch.nn.Embedding:
+            module.register_forward_hook(gathered)
+        else:
+            module.register_forward_pre_hook(up)
+            module.register_forward_hook(down)
+
+
+def _init_buffers_in_float32(model: object, config: object, torch: object) -> None:
+    """Give ``model`` the FP32 values of the buffers a model computes when made (RoPE frequencies, scales).
+
+    Those are not in the checkpoint: a model made in 16 bits computed them in 16 bits, which no
+    upcast restores. They are computed again in a copy made in FP32 with its weights left unallocated.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    made = dict(skeleton.named_buffers())
+    for name, buffer in list(model.named_buffers()):
+        fresh = made.get(name)
+        if fresh is not None and buffer.is_floating_point() and fresh.dtype == torch.float32 and fresh.shape == buffer.shape:
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = fresh
+    del skeleton
 
 
 def _reference_logits(job: ParityJob, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
-    """transformers' logits on the check's sequences: ``(what it was, [(what, ids)], [float32 [T, vocab]])``."""
+    """transformers' logits on the check's sequences: ``(what it was, [(what, ids)], [float32 [T, vocab]])``.
+
+    For ``float32`` a 16-bit checkpoint is loaded as stored and computed in FP32 module by module
+    (:func:`_float32_while_running`), the same logits as loading it in FP32 for half the memory.
+    """
     import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -138,8 +243,12 @@ def _reference_logits(job: ParityJob, emit) -> tuple[str, list[tuple[str, list[i
     tokenizer = AutoTokenizer.from_pretrained(source)
     seqs = sequences(tokenizer, getattr(config, "text_config", None) or config, job.text)
     emit({"step": "reference"})
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, job.dtype))
+    as_stored = job.dtype == "float32"
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto" if as_stored else getattr(torch, job.dtype))
     model.eval()
+    if as_stored and any(p.dtype != torch.float32 for p in model.parameters()):
+        _init_buffers_in_float32(model, config, torch)
+        _float32_while_running(model, torch)
     logits = []
     with torch.no_grad():
         for _what, ids in seqs:
@@ -149,8 +258,8 @@ def _reference_logits(job: ParityJob, emit) -> tuple[str, list[tuple[str, list[i
     return f"transformers {transformers.__version__} ({job.dtype})", seqs, logits
 
 
-def _cached_reference(job: ParityJob, emit) -> tuple[str, list[tuple[str, list[int]]], list]:
-    """:func:`_reference_logits`, kept on disk by the source's fingerprint when small (a run builds one source often).
+def _cache_file(job: ParityJob) -> Path | None:
+    """Where the reference of ``job`` is kept on disk (None: no fingerprint, nothing kept).
 
     The key covers the source's files, the text, the dtype and the installed transformers
     version, so a cached reference is the one transformers would compute again.
@@ -159,85 +268,199 @@ def _cached_reference(job: ParityJob, emit) -> tuple[str, list[tuple[str, list[i
     import importlib.metadata
     import json
 
-    import numpy as np
-
-    key = job.fingerprint
-    if not key:
-        return _reference_logits(job, emit)
-    blob = json.dumps([key, job.text, job.dtype, parity.TEXT_POSITIONS, parity.PAST_WINDOW,
+    if not job.fingerprint:
+        return None
+    blob = json.dumps([job.fingerprint, job.text, job.dtype, parity.TEXT_POSITIONS, parity.PAST_WINDOW,
                        importlib.metadata.version("transformers")])
-    file = settings.home() / "cache" / "parity" / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
-    if file.is_file():
-        file.touch()  # recently used: pruned last
-        with np.load(file, allow_pickle=False) as saved:
-            meta = json.loads(str(saved["meta"]))
-            seqs = [(what, saved[f"ids{i}"].tolist()) for i, what in enumerate(meta["what"])]
-            return meta["reference"], seqs, [saved[f"logits{i}"] for i in range(len(seqs))]
-    reference, seqs, logits = _reference_logits(job, emit)
-    if sum(array.nbytes for array in logits) <= _CACHE_LIMIT_BYTES:
-        arrays = {f"logits{i}": array for i, array in enumerate(logits)}
-        arrays |= {f"ids{i}": np.asarray(ids, dtype=np.int64) for i, (_what, ids) in enumerate(seqs)}
-        meta = json.dumps({"reference": reference, "what": [what for what, _ in seqs]})
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with artifacts.atomic_path(file) as partial, partial.open("wb") as handle:
-            np.savez(handle, meta=np.asarray(meta), **arrays)
-        artifacts.prune_least_recent(file.parent, "*.npz", _CACHE_TOTAL_BYTES)
-    return reference, seqs, logits
+    return settings.home() / "cache" / "parity" / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.npz"
 
 
-def _parity_task(payload: dict, emit) -> dict:
-    """Worker task: reference logits from transformers, then each candidate's figures on the same ids (a :class:`ParityJob`)."""
+def _reference_task(payload: dict, emit) -> dict:
+    """Worker task: transformers' logits on the check's sequences, written to ``payload["out"]`` (a :class:`ParityJob`)."""
+    import json
+
     import numpy as np
-    import onnxruntime_genai as og
 
-    from slmops.toolkit.runtimes.genai import logits_for_ids
+    job = ParityJob.from_json(payload["job"])
+    reference, seqs, logits = _reference_logits(job, emit)
+    arrays = {f"logits{i}": array for i, array in enumerate(logits)}
+    arrays |= {f"ids{i}": np.asarray(ids, dtype=np.int64) for i, (_what, ids) in enumerate(seqs)}
+    meta = json.dumps({"reference": reference, "what": [what for what, _ in seqs]})
+    with artifacts.atomic_path(payload["out"]) as partial, partial.open("wb") as handle:
+        np.savez(handle, meta=np.asarray(meta), **arrays)
+    return {"bytes": sum(array.nbytes for array in logits)}
 
-    job = ParityJob.from_json(payload)
-    reference_name, seqs, reference = _cached_reference(job, emit)
-    results = {}
-    for label, folder in job.candidates.items():
-        emit({"step": label})
-        onnx_model = og.Model(str(folder))
-        adapter = job.adapters.get(label)
-        parts = [parity.figures(ref, logits_for_ids(onnx_model, ids, adapter))
-                 for ref, (_what, ids) in zip(reference, seqs)]
+
+def _read_reference(file: Path) -> tuple[str, list[tuple[str, list[int]]], int]:
+    """``(what the reference was, [(what, ids)], vocabulary)`` of a reference file (its logits stay on disk)."""
+    import json
+
+    import numpy as np
+
+    with np.load(file, allow_pickle=False) as saved:
+        meta = json.loads(str(saved["meta"]))
+        seqs = [(what, saved[f"ids{i}"].tolist()) for i, what in enumerate(meta["what"])]
+        with saved.zip.open("logits0.npy") as member:  # its header: the array stays on disk
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            vocab = int(read(member)[0][-1])
+    return meta["reference"], seqs, vocab
+
+
+def _lean_logits(folder: str, ids: list[int]) -> object | None:
+    """The FP32 model's logits in ONNX Runtime itself, weights as written (None: inputs it does not know).
+
+    Prepacking off (no packed copy of every weight), constant folding off (a tied table's
+    transpose is made while it runs, not kept), no arena, and the logits written straight into
+    the returned array. Inputs are those GenAI feeds a first prompt: the ids, an all-ones
+    attention mask, positions from 0 and empty past keys and values.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    session = ort.InferenceSession(str(Path(folder) / "model.onnx"), options, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=["ConstantFolding"])
+    types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+             "tensor(float16)": np.float16}
+    length = len(ids)
+    binding = session.io_binding()
+    for given in session.get_inputs():
+        kind = types.get(given.type)
+        if kind is None:
+            return None
+        if given.name == "input_ids":
+            value = np.asarray([ids], dtype=kind)
+        elif given.name == "attention_mask":
+            value = np.ones((1, length), dtype=kind)
+        elif given.name == "position_ids":
+            value = np.arange(length, dtype=kind)[None]
+        elif given.name.startswith("past_key_values."):
+            value = np.zeros([dim if isinstance(dim, int) else 1 if i == 0 else 0
+                              for i, dim in enumerate(given.shape)], dtype=kind)
+        else:
+            return None
+        binding.bind_cpu_input(given.name, value)
+    outputs = {out.name: out for out in session.get_outputs()}
+    vocab = outputs["logits"].shape[-1] if "logits" in outputs else None
+    if not isinstance(vocab, int) or outputs["logits"].type != "tensor(float)":
+        return None
+    logits = np.empty((1, length, vocab), dtype=np.float32)
+    binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+    for name in outputs:
+        if name != "logits":
+            binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)
+    del binding, session
+    return logits[0]
+
+
+def _candidate_task(payload: dict, emit) -> dict:
+    """Worker task: one candidate's figures against the reference file (a :class:`CandidateJob`)."""
+    import numpy as np
+
+    job = CandidateJob.from_json(payload)
+    _reference, seqs, _vocab = _read_reference(Path(job.reference))
+    emit({"step": job.label})
+    got = [_lean_logits(job.folder, ids) for _what, ids in seqs] if job.lean and not job.adapter else []
+    runtime = "onnxruntime"
+    if not got or any(logits is None for logits in got):
+        import onnxruntime_genai as og
+
+        from slmops.toolkit.runtimes.genai import logits_for_ids
+
+        runtime = "onnxruntime-genai"
+        onnx_model = og.Model(str(job.folder))
+        got = [logits_for_ids(onnx_model, ids, job.adapter or None) for _what, ids in seqs]
         del onnx_model
-        gc.collect()
-        results[label] = tuple(parts)
-    return ParityResult(reference_name, tuple((what, len(ids)) for what, ids in seqs), results,
-                        int(np.asarray(reference[0]).shape[-1])).to_json()
+    gc.collect()  # the build is gone before the reference's logits are read back
+    parts = []
+    with np.load(job.reference, allow_pickle=False) as saved:
+        for i in range(len(seqs)):
+            parts.append(asdict(parity.figures(saved[f"logits{i}"], got[i])))
+            got[i] = None
+    return {"figures": parts, "runtime": runtime}
+
+
+@contextmanager
+def _reference_file(job: ParityJob) -> Iterator[tuple[Path, bool]]:
+    """``(file, cached)``: the reference's file, kept under ``<home>/cache/parity`` when small, else scratch."""
+    cached = _cache_file(job)
+    if cached is not None and cached.is_file():
+        cached.touch()  # recently used: pruned last
+        yield cached, True
+        return
+    root = settings.home() / "cache" / "parity"
+    artifacts.remove_stale(root)
+    scratch = artifacts.staging_dir(root / "reference", "working")
+    try:
+        yield scratch / "reference.npz", False
+        file = scratch / "reference.npz"
+        if cached is not None and file.is_file() and file.stat().st_size <= _CACHE_LIMIT_BYTES + 2**20:
+            os.replace(file, cached)
+            artifacts.prune_least_recent(root, "*.npz", _CACHE_TOTAL_BYTES)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check(source: str | os.PathLike[str], candidates: dict[str, str | os.PathLike[str]], *,
           log_path: Path | None = None, text: str | None = None, dtype: str = "float32",
           fingerprint: str = "", adapters: dict[str, str | os.PathLike[str]] | None = None,
-          ) -> tuple[workers.ChildRun, ParityResult]:
-    """Compare each candidate build with transformers' forward pass of ``source``, in one child process.
+          lean: tuple[str, ...] = ()) -> tuple[workers.ChildRun, ParityResult]:
+    """Compare each candidate build with transformers' forward pass of ``source``, one child per phase.
 
     Args:
         source: The Hugging Face folder the builds came from (a merged fine-tune for an adapter).
         candidates: Label (``fp32``, ``int4``, ...) to ONNX model folder.
-        log_path: The child's log (kept with the conversion's logs).
+        log_path: The reference child's log (kept with the conversion's logs); each candidate's
+            beside it, named ``<stem>-<label>``.
         text: Text to read; the bundled reference text by default.
-        dtype: What transformers loads the source in (``float32``; ``bfloat16`` for a source
-            whose FP32 copy would not fit in memory).
+        dtype: What transformers computes in (``float32``, from a 16-bit checkpoint as stored;
+            ``bfloat16`` for a source whose 16-bit copy alone would not fit in memory).
         fingerprint: The source's content fingerprint; when given, a small reference is kept
             on disk under ``<home>/cache/parity`` and reused for the next build of the same source.
         adapters: Label to the ``.onnx_adapter`` file activated when that candidate runs (a
             build whose LoRA was kept apart, compared with ``source``, the merged fine-tune).
+        lean: Labels of candidates that are not delivered (the FP32 model a quantizer started
+            from): run in ONNX Runtime itself with weights as written, not in GenAI.
 
     Returns:
-        ``(run, result)``: the child's cost, and what it measured (:class:`ParityResult`).
+        ``(run, result)``: the check's cost (wall time of all its children, the largest peak;
+        ``result.steps`` has each child's), and what it measured (:class:`ParityResult`).
 
     Raises:
-        ToolFailedError: transformers or ONNX Runtime GenAI could not load or run a model.
+        ToolFailedError: transformers or ONNX Runtime could not load or run a model.
     """
     job = ParityJob(str(source), text or reference_text(), dtype, fingerprint,
                     {label: str(Path(folder).resolve()) for label, folder in candidates.items()},
                     {label: str(Path(file).resolve()) for label, file in (adapters or {}).items()})
-    run = workers.run_worker(_MODULE, "parity", job.to_json(), name="parity check against transformers",
-                             log_path=log_path, idle_timeout=1800)
-    return run, ParityResult.from_json(run.result)
+    runs: list[tuple[str, workers.ChildRun]] = []
+
+    def log_of(label: str) -> Path | None:
+        return None if log_path is None else log_path.with_name(f"{log_path.stem}-{label}{log_path.suffix}")
+
+    with _reference_file(job) as (file, cached):
+        if not cached:
+            runs.append(("reference (transformers)", workers.run_worker(
+                _MODULE, "reference", {"job": job.to_json(), "out": str(file)},
+                name="parity check's reference (transformers)", log_path=log_path, idle_timeout=1800)))
+        reference, seqs, vocab = _read_reference(file)
+        figures = {}
+        for label, folder in job.candidates.items():
+            run = workers.run_worker(_MODULE, "candidate",
+                                     CandidateJob(label, folder, job.adapters.get(label, ""), str(file),
+                                                  label in lean).to_json(),
+                                     name=f"parity check of {label} against transformers", log_path=log_of(label),
+                                     idle_timeout=1800)
+            figures[label] = tuple(parity.Figures(**part) for part in run.result["figures"])
+            runs.append((f"{label} ({run.result['runtime']})", run))
+    steps = {what: round(run.peak_rss_mib, 1) for what, run in runs}
+    total = workers.ChildRun(runs[-1][1].command, sum(run.wall_s for _what, run in runs),
+                             max(run.peak_rss_mib for _what, run in runs), runs[-1][1].log_path)
+    return total, ParityResult(reference, tuple((what, len(ids)) for what, ids in seqs), figures, vocab, steps)
 
 
 def judged(result: ParityResult, label: str, tolerance: parity.Tolerance) -> parity.ParityCheck:
@@ -246,4 +469,4 @@ def judged(result: ParityResult, label: str, tolerance: parity.Tolerance) -> par
 
 
 if __name__ == "__main__":
-    workers.serve({"parity": _parity_task})
+    workers.serve({"reference": _reference_task, "candidate": _candidate_task})

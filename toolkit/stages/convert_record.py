@@ -136,7 +136,8 @@ def parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None,
     candidates[str(spec.precision)] = build
     run, result = reference.check(spec.model_dir, candidates, log_path=log, dtype=dtype,
                                   fingerprint=source_fingerprint,
-                                  adapters={label: adapter_file for label in candidates} if adapter_file else None)
+                                  adapters={label: adapter_file for label in candidates} if adapter_file else None,
+                                  lean=(str(Precision.FP32),) if fp32_route is not None else ())
     exact = parity.EXACT if dtype == "float32" else parity.NEAR
     checks = []
     for label, folder in candidates.items():
@@ -145,7 +146,7 @@ def parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None,
         if check.verdict is not parity.Verdict.PASS:
             raise parity.refuse(check, source.architecture, str(spec.method), round(dir_size_mb(folder), 3))
         checks.append(check.to_json())
-    gate = ParityGate(str(parity.Verdict.PASS), tuple(checks), round(run.wall_s, 2))
+    gate = ParityGate(str(parity.Verdict.PASS), tuple(checks), round(run.wall_s, 2), steps_mib=dict(result.steps))
     return gate, round(run.peak_rss_mib, 1)
 
 

@@ -72,6 +72,8 @@ class ParityGate:
         wall_s: Seconds the check took.
         reason: Why it was not checked.
         more_adapters: The same check of each further adapter kept apart, by adapter name.
+        steps_mib: The peak RSS of each phase of the check (the reference in transformers, then each
+            build), in MiB: each runs in its own child, one after the other.
     """
 
     verdict: str = "not checked"
@@ -79,6 +81,7 @@ class ParityGate:
     wall_s: float | None = None
     reason: str = ""
     more_adapters: dict[str, ParityGate] = field(default_factory=dict)
+    steps_mib: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
