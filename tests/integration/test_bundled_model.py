@@ -46,7 +46,7 @@ def test_bundled_fp32_and_int4_through_foundry(fp32_int4: Builds) -> None:
     ratio = manifests[1].size_mb / manifests[0].size_mb
     assert 0.2 < ratio < 0.5  # INT4 with the FP32 embedding table kept (SPEC: 0.37x)
     rows = register.register_all(fp32_int4.folder / "convert.json", "smol")
-    assert [r["name"] for r in rows] == ["smol-fp32", "smol-int4"]
+    assert [r.name for r in rows] == ["smol-fp32", "smol-int4"]
     with LoadedModel("smol-int4") as model:
         answer = model.generate([{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
     assert "Paris" in answer.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar
@@ -133,3 +134,12 @@ def test_read_and_write_go_through_the_file(tmp_path) -> None:
 def test_types_other_than_records_load_too() -> None:
     assert codec.load(dict[str, float], {"a": 1}) == {"a": 1.0}
     assert codec.load(list[Row], [{"name": "a", "tps": 1}]) == [Row("a", 1.0)]
+
+
+def test_a_not_finite_figure_survives_the_round_trip_in_a_record_and_in_a_list_of_them() -> None:
+    """A garbage build's KL divergence is NaN or infinite: it must reach the check as such, never as null."""
+    for record in (Row("a", math.nan), [Row("a", math.nan), Row("b", math.inf)]):
+        back = codec.load(type(record) if not isinstance(record, list) else list[Row],
+                          json.loads(json.dumps(codec.dump(record))))
+        rows = back if isinstance(back, list) else [back]
+        assert math.isnan(rows[0].tps) and (len(rows) == 1 or rows[1].tps == math.inf)

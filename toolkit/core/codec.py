@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
+from pydantic_core import to_jsonable_python
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InputError
@@ -99,7 +100,12 @@ def dump(record: object) -> Any:
         >>> dump(Job((1, 2)))
         {'ids': [1, 2]}
     """
-    data = _adapter(type(record)).dump_python(record, mode="json")
+    if isinstance(record, (list, tuple, dict)):
+        # A container's items are serialized by inference, which writes NaN and infinity as null: keep
+        # them as Python's json module writes them (a garbage build's KL divergence is not finite).
+        data = to_jsonable_python(record, inf_nan_mode="constants")
+    else:
+        data = _adapter(type(record)).dump_python(record, mode="json")
     version = getattr(type(record), "SCHEMA_VERSION", None)
     if version is not None and isinstance(data, dict):
         return {VERSION_KEY: version, **data}
