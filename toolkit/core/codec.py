@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
-from pydantic_core import to_jsonable_python
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InputError
@@ -89,6 +88,20 @@ def version_of(data: dict, kind: str, current: int) -> int:
     return found
 
 
+def _declared_type(record: object) -> Any:
+    """The type to serialize ``record`` as: a list or dict of one record type as a list or dict of it.
+
+    pydantic serializes a bare container's items by inference, which writes NaN and infinity as null;
+    declared as ``list[Row]`` they stay as Python's json module writes them (a garbage build's KL
+    divergence is not finite, and must reach its check as such).
+    """
+    items = list(record.values()) if isinstance(record, dict) else record
+    if isinstance(record, (list, dict)) and items and len({type(item) for item in items}) == 1:
+        item = type(items[0])
+        return dict[Any, item] if isinstance(record, dict) else list[item]
+    return type(record)
+
+
 def dump(record: object) -> Any:
     """A record as JSON-able data; a versioned record's dict starts with its ``schema_version``.
 
@@ -100,12 +113,7 @@ def dump(record: object) -> Any:
         >>> dump(Job((1, 2)))
         {'ids': [1, 2]}
     """
-    if isinstance(record, (list, tuple, dict)):
-        # A container's items are serialized by inference, which writes NaN and infinity as null: keep
-        # them as Python's json module writes them (a garbage build's KL divergence is not finite).
-        data = to_jsonable_python(record, inf_nan_mode="constants")
-    else:
-        data = _adapter(type(record)).dump_python(record, mode="json")
+    data = _adapter(_declared_type(record)).dump_python(record, mode="json")
     version = getattr(type(record), "SCHEMA_VERSION", None)
     if version is not None and isinstance(data, dict):
         return {VERSION_KEY: version, **data}
