@@ -62,7 +62,7 @@ def main() -> None:
     registered = R.register(args.model_dir, args.name, force=True)
     config = json.loads((Path(registered.path) / "genai_config.json").read_text())
     options = config["model"]["decoder"].get("session_options", {})
-    print(f"registered {args.name}: threads {registered.threads}; session options {options}", flush=True)
+    print(f"registered {args.name}: threads {registered.threads.chosen}; session options {options}", flush=True)
     first, decode, rows = [], [], []
     try:
         for number in range(1, args.rounds + 1):
@@ -86,7 +86,7 @@ def main() -> None:
     append(args.markdown, section(
         "Foundry Local against the direct engine, as registered",
         ["round", "first token ms, Foundry Local / direct", "first token x", "decode tok/s, Foundry Local / direct",
-         "decode x"], rows, note=f"{summary}. Registered with threads {registered.threads}, session options "
+         "decode x"], rows, note=f"{summary}. Registered with threads {registered.threads.chosen}, session options "
                                   f"`{json.dumps(options)}`."))
 
 

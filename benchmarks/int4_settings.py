@@ -5,8 +5,8 @@ profile puts 85% of it in ``MatMulNBits`` (int8 compute, accuracy level 4, block
 variants of one as-registered INT4 folder (files hard-linked, only ``genai_config.json`` or the
 graphs rewritten), each a setting registration could write or make:
 
-- ONNX Runtime session options in ``genai_config.json``'s ``session_options.config_entries``
-  (what ONNX Runtime GenAI and Foundry Local pass to the session): intra-op spinning off,
+- ONNX Runtime session config entries as keys of ``genai_config.json``'s ``session_options``
+  (ONNX Runtime GenAI reads them there, not under a ``config_entries`` object): intra-op spinning off,
   ``session.dynamic_block_base`` (the thread pool's dynamic block scheduling),
   ``mlas.use_lut_gemm`` (MLAS's lookup-table low-bit GEMM);
 - ``MatMulNBits``' ``accuracy_level`` attribute rewritten in the graphs (0: unset, 2: FP16
@@ -70,14 +70,24 @@ def stage(source: Path, target: Path, kind: str, value: object) -> Path:
             os.link(item, target / item.name)
     if kind == "config":
         config = json.loads((source / "genai_config.json").read_text())
-        options = config["model"]["decoder"].setdefault("session_options", {})
-        options["config_entries"] = {**options.get("config_entries", {}), **value}
+        config["model"]["decoder"].setdefault("session_options", {}).update(value)
         (target / "genai_config.json").write_text(json.dumps(config, indent=4))
     else:
         for graph in GRAPHS:
             if (source / graph).is_file():
                 set_accuracy(source / graph, target / graph, int(value))
     return target
+
+
+def refusal(folder: Path) -> str:
+    """Why ONNX Runtime GenAI refuses ``folder``'s ``genai_config.json`` ("" when it reads it); no model is loaded."""
+    import onnxruntime_genai as og
+
+    try:
+        og.Config(str(folder))
+    except Exception as error:  # noqa: BLE001 (its parser's one error type is RuntimeError; any refusal is reported)
+        return str(error).splitlines()[0]
+    return ""
 
 
 def main() -> None:
@@ -99,6 +109,10 @@ def main() -> None:
     (base,) = registered_pairs((Pair("ours INT4", "int4", "Q4_0"),), args.models, args.out)
     staged = {name: stage(Path(base.folder), args.out / "variants" / name.replace(" ", "-"), *VARIANTS[name])
               for name in args.variants}
+    for name, folder in list(staged.items()):
+        if why := refusal(folder):
+            print(f"{name}: not measured, ONNX Runtime GenAI refuses its genai_config.json: {why}", flush=True)
+            del staged[name]
     if not args.no_kl:
         from slmops.toolkit.runtimes import genai
 
