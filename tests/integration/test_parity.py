@@ -72,7 +72,8 @@ def test_a_16_bit_checkpoint_is_computed_in_fp32_as_stored_with_the_logits_of_an
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from slmops.toolkit.runtimes import reference
+    from slmops.toolkit.runtimes import reference_model
+    from slmops.toolkit.runtimes.reference_jobs import ParityJob
     from tests.families import make_family_model
 
     model = make_family_model(tmp_path / family, family)
@@ -80,8 +81,8 @@ def test_a_16_bit_checkpoint_is_computed_in_fp32_as_stored_with_the_logits_of_an
         save_file({k: v.to(torch.bfloat16) for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
     config = json.loads((model / "config.json").read_text()) | {"dtype": "bfloat16"}
     (model / "config.json").write_text(json.dumps(config))
-    job = reference.ParityJob(str(model), "The capital of France is Paris. " * 20, "float32", "", {})
-    _name, seqs, got = reference._reference_logits(job, lambda event: None)
+    job = ParityJob(str(model), "The capital of France is Paris. " * 20, "float32", "", {})
+    _name, seqs, got = reference_model.reference_logits(job, lambda event: None)
     fp32 = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     with torch.no_grad():
         for (_what, ids), logits in zip(seqs, got, strict=True):

@@ -173,10 +173,10 @@ def _print_manifest(folder: Path, m: Manifest) -> None:
         print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) merged "
               f"into {adapter['base']} by {adapter['merge_route']}")
     gate = m.parity or ParityGate()
-    for check in gate.parity_checks():
+    for check in gate.checks:
         print(f"parity of the {check.build} model with the source in {check.reference}: {check.in_words()}")
     for name, other in gate.more_adapters.items():
-        for check in other.parity_checks():
+        for check in other.checks:
             print(f"parity of the {check.build} model with adapter {name} active, against its merge in "
                   f"{check.reference}: {check.in_words()}")
     return 0

@@ -104,15 +104,15 @@ class Recommendation:
         rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
             in words: recommended, or why it lost).
         failed: Per precision that failed a check, which, in words (its verdict without "lost: ").
-        paired: Each precision against FP32 per case family (:meth:`PairedComparison.to_json`: the
-            discordant counts, the test, its p-value and the difference it finds).
+        paired: Each precision against FP32 per case family (the discordant counts, the test, its p-value
+            and the difference it finds).
     """
 
     choice: str | None
     sentence: str
     rows: list[dict]
     failed: dict[str, str] = field(default_factory=dict)
-    paired: list[dict] = field(default_factory=list)
+    paired: list[PairedComparison] = field(default_factory=list)
 
 
 def _typical_ms(run: RunFigures, p: str) -> float | None:
@@ -255,7 +255,7 @@ def recommend(run: RunFigures) -> Recommendation:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
                               + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ")."
                               + _paired_words(comparisons, below), rows, reasons,
-                              [c.to_json() for cs in comparisons.values() for c in cs])
+                              [c for cs in comparisons.values() for c in cs])
     deployed = run.int4_recipe or run.params.get("int4_recipe")
     recipe = f", INT4 recipe {deployed}" if choice == "int4" and deployed else ""
     best = next(r for r in rows if r["precision"] == choice)
@@ -279,7 +279,7 @@ def recommend(run: RunFigures) -> Recommendation:
                 + (" " + "; ".join(others) + "." if others else "")
                 + (" " + "; ".join(slow) + "." if slow else ""))
     return Recommendation(choice, sentence + _paired_words(comparisons, below), rows, reasons,
-                          [c.to_json() for cs in comparisons.values() for c in cs])
+                          [c for cs in comparisons.values() for c in cs])
 
 
 def _paired_words(comparisons: dict[str, list[PairedComparison]], below: dict[str, list[str]]) -> str:

@@ -145,7 +145,7 @@ def parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None,
         check = reference.judged(result, label, tolerance)
         if check.verdict is not parity.Verdict.PASS:
             raise parity.refuse(check, source.architecture, str(spec.method), round(dir_size_mb(folder), 3))
-        checks.append(check.to_json())
+        checks.append(check)
     gate = ParityGate(str(parity.Verdict.PASS), tuple(checks), round(run.wall_s, 2), steps_mib=dict(result.steps))
     return gate, round(run.peak_rss_mib, 1)
 

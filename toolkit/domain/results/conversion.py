@@ -67,8 +67,7 @@ class ParityGate:
 
     Attributes:
         verdict: ``pass``, or ``not checked`` (a build for another execution provider).
-        checks: One record per build checked (:meth:`~slmops.toolkit.domain.parity.ParityCheck.to_json`):
-            the FP32 model a quantizer started from, then the build itself.
+        checks: One per build checked: the FP32 model a quantizer started from, then the build itself.
         wall_s: Seconds the check took.
         reason: Why it was not checked.
         more_adapters: The same check of each further adapter kept apart, by adapter name.
@@ -77,7 +76,7 @@ class ParityGate:
     """
 
     verdict: str = "not checked"
-    checks: tuple[dict, ...] = ()
+    checks: tuple[ParityCheck, ...] = ()
     wall_s: float | None = None
     reason: str = ""
     more_adapters: dict[str, ParityGate] = field(default_factory=dict)
@@ -94,15 +93,7 @@ class ParityGate:
         if not self.checks:
             return None
         own = self.checks[-1]
-        return own["top1_agreement"], own["max_diff_of_range"], own["kl_divergence"]
-
-    def parity_checks(self) -> list[ParityCheck]:
-        """The checks, typed.
-
-        Raises:
-            KeyError, TypeError, ValueError: a record that is not a parity check this toolkit reads.
-        """
-        return [ParityCheck.from_json(check) for check in self.checks]
+        return own.top1_agreement, own.max_diff_of_range, own.kl_divergence
 
 
 @dataclass(frozen=True)
