@@ -67,20 +67,20 @@ def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_ad
     result = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", convert.Precision.FP32),
                              progress=False)
     adapter = result.manifest.adapter
-    assert adapter["rank"] == 4 and adapter["merge_route"] == adapters.MERGE_ROUTE
-    assert {"q_proj", "v_proj", "down_proj"} <= set(adapter["target_modules"])
-    assert adapter["fingerprint"] == inspect_adapter(tiny_adapter.adapter).fingerprint
-    assert adapter["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-3  # peft's merge is exact in PyTorch
+    assert adapter.rank == 4 and adapter.merge_route == adapters.MERGE_ROUTE
+    assert {"q_proj", "v_proj", "down_proj"} <= set(adapter.target_modules)
+    assert adapter.fingerprint == inspect_adapter(tiny_adapter.adapter).fingerprint
+    assert adapter.merge_check.max_abs_diff_vs_unmerged < 1e-3  # peft's merge is exact in PyTorch
     check = result.manifest.parity.checks[0]  # the FP32 build against the merged model in transformers
-    assert check["positions"] > 10 and check["top1_agreement"] == 1.0 and check["max_diff_of_range"] < 1e-3
+    assert check.positions > 10 and check.top1_agreement == 1.0 and check.max_diff_of_range < 1e-3
     assert result.manifest.parity.verdict == "pass"
     # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
     merged = merged_folder(inspect_adapter(tiny_adapter.adapter))
     assert (merged / "config.json").is_file() and result.manifest.source_path == str(merged)
     int4 = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", convert.Precision.INT4),
                            progress=False)
-    assert int4.manifest.adapter["fingerprint"] == adapter["fingerprint"]
-    assert [c["build"] for c in int4.manifest.parity.checks] == ["fp32", "int4"]
+    assert int4.manifest.adapter.fingerprint == adapter.fingerprint
+    assert [c.build for c in int4.manifest.parity.checks] == ["fp32", "int4"]
 
 
 def _copy_adapter(source: Path, target: Path, **config) -> Path:

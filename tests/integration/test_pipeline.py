@@ -13,6 +13,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES
 from slmops.toolkit.orchestration import pipeline
@@ -79,9 +80,9 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     links = set(re.findall(r'(?:href|src)="([^"]+)"', page))
     assert links and {f"run/{link}" for link in links} <= names
     assert not any(n.endswith((".onnx", ".data")) for n in names) and "run/models/int4/manifest.json" in names
-    converted = json.loads((tmp_path / "run" / "models" / "convert.json").read_text())
-    assert all(m["adapter"]["path"] == str(adapter.resolve()) for m in converted)
-    assert [m["parity"]["checks"][0]["top1_agreement"] for m in converted if m["precision"] == "fp32"] == [1.0]
+    converted = read_conversions(tmp_path / "run" / "models" / "convert.json")
+    assert all(m.adapter.path == str(adapter.resolve()) for m in converted)
+    assert [m.parity.checks[0].top1_agreement for m in converted if m.precision == "fp32"] == [1.0]
     control = json.loads((tmp_path / "run" / "test.json").read_text())["control"]
     assert control["model"] == "tinypipe-base" and (control["trained_passed"], control["trained_total"]) == (0, 1)  # a random base knows no Quennport
     # A reviewer's view: the page in a real browser, screenshot and print in outputs/e2e/.

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -143,3 +144,27 @@ def test_a_not_finite_figure_survives_the_round_trip_in_a_record_and_in_a_list_o
                           json.loads(json.dumps(codec.dump(record))))
         rows = back if isinstance(back, list) else [back]
         assert math.isnan(rows[0].tps) and (len(rows) == 1 or rows[1].tps == math.inf)
+
+
+def test_a_manifest_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    """``manifest_v3.json``: written by 685c710, whose ``weights``, ``quantizer``, ``adapter`` and parity checks were dicts."""
+    from slmops.toolkit.domain.adapters import MergeRecord
+    from slmops.toolkit.domain.parity import ParityCheck, Verdict
+    from slmops.toolkit.domain.quant_plan import QuantPlan
+    from slmops.toolkit.domain.results.conversion import WeightSummary, read_manifest
+
+    written = json.loads((Path(__file__).parent / "manifest_v3.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(written))
+    manifest = read_manifest(tmp_path)
+    assert manifest.weights == WeightSummary({"int4": 1000, "fp32": 64}, "int4", "fp32")
+    assert isinstance(manifest.quantizer, QuantPlan) and manifest.quantizer.algorithm == "rtn"
+    fp32, int4 = manifest.parity.checks
+    assert isinstance(fp32, ParityCheck) and (fp32.build, int4.verdict) == ("fp32", Verdict.PASS)
+    assert fp32.sequences[0].what == "the reference text" and manifest.parity.own_figures()[0] == 1.0
+    adapter = manifest.adapter
+    assert isinstance(adapter, MergeRecord) and adapter.kept_apart and adapter.vocab_size.merged == 400
+    assert adapter.rank_pattern == {"v_proj": 8} and adapter.merge_check.allowed == 0.002
+    assert adapter.tokenizer.eos_token_ids_added == (2,) and manifest.more_adapters[0].merge_check is None
+    again = json.loads(json.dumps(codec.dump(manifest)))
+    added = {"merge_check": None, "tokenizer": None, "kept_apart": False}  # what the untyped entry left out
+    assert again == {**written, "more_adapters": [{**entry, **added} for entry in written["more_adapters"]]}

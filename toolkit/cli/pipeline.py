@@ -157,21 +157,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _print_manifest(folder: Path, m: Manifest) -> None:
     """What ``slmops convert`` says of a build: size, cost, where the weights went, its adapter and parity."""
-    weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m.weights["parameters"].items())
+    weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m.weights.parameters.items())
     print(f"{m.precision} model in {folder}: {m.size_mb:.1f} MB = {m.size_ratio_vs_fp32:.3f}x FP32 "
           f"({m.fp32_size_from}; tutorial table x{m.tutorial_size_ratio}), {m.wall_s:.1f} s, "
           f"peak RSS {m.peak_rss_mib:.0f} MiB (predicted {m.memory.predicted_peak_mib:.0f} MiB)\n"
-          f"weights: {weights}; LM head {m.weights['lm_head']}, embeddings {m.weights['embeddings']}")
+          f"weights: {weights}; LM head {m.weights.lm_head}, embeddings {m.weights.embeddings}")
     adapter = m.adapter
     if adapter and m.kept_apart:
         files = ", ".join(f"{f.path} ({f.bytes / 1e6:.3f} MB, {f.bits_per_weight:.2f} bits per weight with "
                           "the base)" for f in m.adapter_files)
-        print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) kept "
-              f"apart from its base {adapter['base']}: {files}; base {m.base_size_mb:.1f} MB, "
+        print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) kept "
+              f"apart from its base {adapter.base}: {files}; base {m.base_size_mb:.1f} MB, "
               f"{m.bits_per_weight:.2f} bits per weight counting the adapter")
     elif adapter:
-        print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) merged "
-              f"into {adapter['base']} by {adapter['merge_route']}")
+        print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) merged "
+              f"into {adapter.base} by {adapter.merge_route}")
     gate = m.parity or ParityGate()
     for check in gate.checks:
         print(f"parity of the {check.build} model with the source in {check.reference}: {check.in_words()}")

@@ -52,8 +52,8 @@ def fine_tune_probe(onnx_dir: Path) -> dict | None:
     from slmops.toolkit.domain import datasets
 
     made = read_manifest(onnx_dir)
-    adapter = (made.adapter if made else None) or {}
-    record = artifacts.read_json(Path(adapter.get("path", "")) / "finetune.json", {}) if adapter.get("path") else {}
+    adapter = made.adapter if made else None
+    record = artifacts.read_json(Path(adapter.path) / "finetune.json", {}) if adapter and adapter.path else {}
     data = record.get("data") if isinstance(record, dict) else None
     if not data:
         return None

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.domain.results.conversion import WeightSummary
 
-def weight_summary(model_file: Path) -> dict:
+
+def weight_summary(model_file: Path) -> WeightSummary:
     """Where the weights went: parameter counts per storage type, and the LM head's and table's precision.
 
     Read from the graph alone (no tensor data), so it reports what was built, not what was asked.
 
     Example:
-        >>> weight_summary(Path("int4/model.onnx"))["lm_head"]
+        >>> weight_summary(Path("int4/model.onnx")).lm_head
         'int4'
     """
     import onnx
@@ -36,7 +38,7 @@ def weight_summary(model_file: Path) -> dict:
             where["lm_head"] = kind
         elif node.name.startswith("/model/embed_tokens/"):
             where["embeddings"] = kind
-    return {"parameters": counts, **where}
+    return WeightSummary(counts, where["lm_head"], where["embeddings"])
 
 
 def lookup_only_mb(model_file: Path) -> float:
