@@ -168,3 +168,33 @@ def test_a_manifest_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp
     again = json.loads(json.dumps(codec.dump(manifest)))
     added = {"merge_check": None, "tokenizer": None, "kept_apart": False}  # what the untyped entry left out
     assert again == {**written, "more_adapters": [{**entry, **added} for entry in written["more_adapters"]]}
+
+
+#: ``.slmops-registration.json`` as 685c710's ``register`` wrote it (a dict built in place), threads probed.
+_REGISTRATION = {
+    "source": "/m/int4", "name": "m-int4", "version": 2, "template": "chatml", "notes": ["a note"],
+    "registered": "2026-12-07T12:00:00+00:00",
+    "stop_tokens": {"eos_token_id": [2, 7], "before": [2],
+                    "added": [{"id": 7, "token": "<|im_end|>", "from": "the chat template's end of turn"}],
+                    "generation_config": "/m/int4/generation_config.json"},
+    "threads": {"setting": "auto", "chosen": 2, "speedup_vs_default": 1.25,
+                "probe": [{"threads": 0, "decode_tps": 80.0, "ttft_ms": 30.0},
+                          {"threads": 2, "decode_tps": 100.0, "ttft_ms": 25.0}], "reused_probe": False},
+    "tool_calling": {"markers": ["<tool_call>", "</tool_call>"], "supports_tool_calling": True, "probe": "a call"},
+}
+
+
+def test_a_registration_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, read_registration, write_registration
+
+    (tmp_path / REGISTRATION_RECORD).write_text(json.dumps(_REGISTRATION))
+    record = read_registration(tmp_path)
+    assert record.version == 2 and record.threads.probe[1].decode_tps == 100.0 and record.tool_calling.markers[0]
+    assert record.stop_tokens.added[0]["token"] == "<|im_end|>" and "added <|im_end|> (7," in record.stop_tokens.note()
+    write_registration(tmp_path, record)
+    assert json.loads((tmp_path / REGISTRATION_RECORD).read_text()) == _REGISTRATION
+    plain = {**_REGISTRATION, "threads": {"setting": None}}  # registered with the runtime's default threads
+    (tmp_path / REGISTRATION_RECORD).write_text(json.dumps(plain))
+    assert read_registration(tmp_path).threads.setting is None
+    (tmp_path / REGISTRATION_RECORD).write_text("{not json")
+    assert read_registration(tmp_path) is None  # registered again as if it had none, as before

@@ -41,10 +41,6 @@ class ToolCalling:
     supports: bool
     detail: str
 
-    def as_json(self) -> dict:
-        """The registration record's ``tool_calling`` entry."""
-        return {"markers": list(self.markers), "supports_tool_calling": self.supports, "probe": self.detail}
-
 
 def fine_tune_probe(onnx_dir: Path) -> dict | None:
     """A tool case from the dataset the model was fine-tuned on (its manifest's adapter, that adapter's
