@@ -19,6 +19,7 @@ from slmops.toolkit.domain.verdicts import CASE_FAMILIES
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 from slmops.toolkit.stages import finetune
+from slmops.toolkit.stages.bench import read_results
 from tests.integration.test_browser import check_report_in_chromium
 
 
@@ -60,10 +61,10 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert html["01_convert"].count("data:image/png") >= 2  # sizes and recipes plots
     assert "Recommended INT4 recipe" in html["01_convert"] and "INT4 recipes against FP32" in page
     assert "chat with tinypipe-int4" in html["02_register"]
-    bench = json.loads((tmp_path / "run" / "bench.json").read_text())
-    assert {r["precision"] for r in bench["rows"]} == {"fp32", "int4"}
-    assert {r["engine"] for r in bench["rows"]} == {"foundry-local", "ort-genai"}
-    assert len(bench["engine_ratios"]) == 4 and bench["metadata"]["memory_bandwidth_gbs"] > 0
+    bench = read_results(tmp_path / "run" / "bench.json")
+    assert {r.precision for r in bench.rows} == {"fp32", "int4"}
+    assert {r.engine for r in bench.rows} == {"foundry-local", "ort-genai"}
+    assert len(bench.engine_ratios) == 4 and bench.metadata["memory_bandwidth_gbs"] > 0
     assert "int4: " in html["04_benchmark"] and "x fp32 decode speed" in html["04_benchmark"]  # generated summary
     for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "latency_vs_prompt.png", "peak_rss_mib.png",
                 "tradeoff.png", "rss_over_requests.png", "ms_per_token.png"):

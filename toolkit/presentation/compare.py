@@ -25,7 +25,6 @@ from slmops.toolkit.domain.deployment_choice import (
     side_by_side,
 )
 from slmops.toolkit.domain.provenance import differences, machine_differences
-from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import (
@@ -65,8 +64,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     manifests = read_conversions(run / "models" / "convert.json")
     sizes = {m.precision: m.size_mb for m in manifests}
     ratios = {m.precision: m.size_ratio_vs_fp32 for m in manifests}
-    report = read_json(run / "bench.json", {}) or {}
-    rows = [asdict(row) for row in rows_of(report)] if isinstance(report, dict) else []
+    report = bench.read_results(run / "bench.json")
+    rows = bench.rows_for(report, None) if report is not None else []
     precisions = _precisions(run, rows)
     quality: dict[str, dict] = {}
     verdicts = {}
