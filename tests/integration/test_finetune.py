@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
+from slmops.toolkit.domain.results.finetune import read_finetune
 from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist, convert, finetune
 from slmops.toolkit.stages import register as R
@@ -37,11 +38,11 @@ def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_finetune_trains_then_reuses(tiny_adapter: finetune.FinetuneResult, tiny_model: Path) -> None:
     assert not tiny_adapter.reused and len(tiny_adapter.losses) == 3 and tiny_adapter.examples == 4
     assert (tiny_adapter.adapter / "adapter_config.json").is_file()
-    record = json.loads((tiny_adapter.adapter / finetune.RECORD).read_text())
-    assert record["losses"] == tiny_adapter.losses and record["settings"]["rank"] == 4
+    record = read_finetune(tiny_adapter.adapter)
+    assert list(record.losses) == tiny_adapter.losses and record.settings.rank == 4
     config = json.loads((tiny_adapter.adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4
-    again = finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, data=Path(record["data"]),
+    again = finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, data=Path(record.data),
                                                     rank=4, steps=3, batch=2), progress=False)
     assert again.reused and again.losses == tiny_adapter.losses
     with pytest.raises(InputError, match="--rank"):

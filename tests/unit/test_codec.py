@@ -198,3 +198,16 @@ def test_a_registration_record_as_685c710_wrote_it_reads_typed_and_writes_back_t
     assert read_registration(tmp_path).threads.setting is None
     (tmp_path / REGISTRATION_RECORD).write_text("{not json")
     assert read_registration(tmp_path) is None  # registered again as if it had none, as before
+
+
+def test_a_finetune_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    from slmops.toolkit.domain.results.finetune import FINETUNE_RECORD, read_finetune, write_finetune
+
+    written = {"key": "abc", "base": "/m/base", "data": "veloria", "examples": 4, "tool_examples_skipped": 1,
+               "losses": [2.5, 1.25], "wall_s": 3.5,
+               "settings": {"rank": 4, "steps": 2, "batch": 2, "learning_rate": 0.002, "seed": 0}}
+    (tmp_path / FINETUNE_RECORD).write_text(json.dumps(written))
+    record = read_finetune(tmp_path)
+    assert record.losses == (2.5, 1.25) and record.settings.rank == 4 and record.data == "veloria"
+    write_finetune(tmp_path, record)
+    assert json.loads((tmp_path / FINETUNE_RECORD).read_text()) == written

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import (
     InputError,
 )
 from slmops.toolkit.domain import tools
 from slmops.toolkit.domain.results.conversion import read_manifest
+from slmops.toolkit.domain.results.finetune import read_finetune
 from slmops.toolkit.runtimes import foundry
 
 #: The default probe (a tool_call case): a call any general model that can call tools makes. A
@@ -49,8 +49,8 @@ def fine_tune_probe(onnx_dir: Path) -> dict | None:
 
     made = read_manifest(onnx_dir)
     adapter = made.adapter if made else None
-    record = artifacts.read_json(Path(adapter.path) / "finetune.json", {}) if adapter and adapter.path else {}
-    data = record.get("data") if isinstance(record, dict) else None
+    record = read_finetune(adapter.path) if adapter and adapter.path else None
+    data = record.data if record else None
     if not data:
         return None
     try:
