@@ -87,7 +87,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
             if best is None or abs(row["target_prompt_tokens"] - TYPICAL_PROMPT) < abs(
                     best["target_prompt_tokens"] - TYPICAL_PROMPT):
                 first_token[row["precision"]] = row
-    isa = (report.get("metadata", {}) if isinstance(report, dict) else {}).get("isa", {})
+    isa = report.metadata.get("isa", {}) if report is not None else {}
     adopted = next((m.recipe for m in manifests if m.precision == "int4"), "")
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
                       sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
