@@ -25,7 +25,7 @@ def weight_summary(model_file: Path) -> WeightSummary:
     dtypes = {init.name: onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name for init in graph.initializer}
     counts: dict[str, int] = {}
     counted: set[str] = set()
-    where = {"lm_head": "absent", "embeddings": "absent"}
+    lm_head = embeddings = "absent"
     for node in graph.node:
         found = _weight_of(node, dims, dtypes)
         if found is None:
@@ -35,10 +35,10 @@ def weight_summary(model_file: Path) -> WeightSummary:
             counts[kind] = counts.get(kind, 0) + parameters
             counted.add(name)
         if node.name.startswith("/lm_head/"):
-            where["lm_head"] = kind
+            lm_head = kind
         elif node.name.startswith("/model/embed_tokens/"):
-            where["embeddings"] = kind
-    return WeightSummary(counts, where["lm_head"], where["embeddings"])
+            embeddings = kind
+    return WeightSummary(counts, lm_head, embeddings)
 
 
 def lookup_only_mb(model_file: Path) -> float:
