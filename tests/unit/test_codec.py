@@ -211,3 +211,21 @@ def test_a_finetune_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_s
     assert record.losses == (2.5, 1.25) and record.settings.rank == 4 and record.data == "veloria"
     write_finetune(tmp_path, record)
     assert json.loads((tmp_path / FINETUNE_RECORD).read_text()) == written
+
+
+def test_a_run_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    from slmops.toolkit.domain.provenance import RUN_RECORD, read_run_record, write_run_record
+
+    written = {"inputs": {"model": {"path": "/m/SmolLM2", "fingerprint": "0123456789abcdef"},
+                          "cases": {"path": "(bundled) cases.jsonl", "sha256": "fedcba9876543210"}, "seed": 0,
+                          "params": {"precisions": ["fp32", "int4"], "repeats": 3}},
+               "versions": {"python": "3.11.9", "onnxruntime": "1.23.2"},
+               "machine": {"cpu": "x", "physical_cores": 2, "caches": {"L3": "32768K"}},
+               "recorded": "2026-12-07T12:00:00+00:00"}
+    (tmp_path / RUN_RECORD).write_text(json.dumps(written))
+    record = read_run_record(tmp_path)
+    assert record.inputs.model.fingerprint == "0123456789abcdef" and record.inputs.params["repeats"] == 3
+    write_run_record(tmp_path, record)
+    assert json.loads((tmp_path / RUN_RECORD).read_text()) == written
+    (tmp_path / RUN_RECORD).write_text(json.dumps({"inputs": {"seed": 1}}))  # before parameters were kept
+    assert read_run_record(tmp_path).inputs.params is None

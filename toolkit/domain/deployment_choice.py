@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from slmops.toolkit.domain.provenance import RunRecord
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES, PAIRED_TEST, Difference, PairedComparison, family_comparisons
 
 
@@ -22,7 +23,7 @@ class RunFigures:
     Attributes:
         name: The run folder's name.
         params: Its ``params.json``.
-        record: Its ``run.json`` (inputs' fingerprints, seed, versions, machine).
+        record: Its ``run.json`` (inputs' fingerprints, seed, versions, machine; None when it has none).
         sizes: Size on disk in MB.
         size_ratios: Size over the FP32 build's (measured, or estimated when FP32 was not built).
         quality: ``top1_agreement``, ``kl_divergence`` (nats) and ``perplexity`` against the FP32 build.
@@ -38,7 +39,7 @@ class RunFigures:
 
     name: str
     params: dict = field(default_factory=dict)
-    record: dict = field(default_factory=dict)
+    record: RunRecord | None = None
     sizes: dict = field(default_factory=dict)
     size_ratios: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)

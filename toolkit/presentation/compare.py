@@ -24,7 +24,7 @@ from slmops.toolkit.domain.deployment_choice import (
     recommend,
     side_by_side,
 )
-from slmops.toolkit.domain.provenance import differences, machine_differences
+from slmops.toolkit.domain.provenance import RunRecord, differences, machine_differences, read_run_record
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import (
@@ -89,7 +89,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
                 first_token[row["precision"]] = row
     isa = report.metadata.get("isa", {}) if report is not None else {}
     adopted = next((m.recipe for m in manifests if m.precision == "int4"), "")
-    return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
+    return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_run_record(run),
                       sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
 
 
@@ -226,7 +226,7 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
                 **judge_timing(figure, a.timings[key], b.timings[key])}
                for key in a.timings if key in b.timings for figure in ("decode_tps", "ttft_ms")]
     return Comparison(a.name, b.name, params, differences(a.record, b.record) if a.record and b.record else [],
-                      machine_differences(a.record, b.record), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),
+                      machine_differences(a.record or RunRecord(), b.record or RunRecord()), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),
                       sizes, quality, verdicts, timings, regressions,
                       {a.name: recommend(a).sentence, b.name: recommend(b).sentence})
 

@@ -18,6 +18,7 @@ from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
 from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
@@ -205,10 +206,9 @@ def run_versions(run_dir: str | os.PathLike[str]) -> dict[str, str]:
         '0.14.1'
     """
     run = Path(run_dir)
-    record = read_json(run / "run.json")
-    recorded = record.get("versions") if isinstance(record, dict) else None
-    if isinstance(recorded, dict) and recorded:
-        return recorded
+    record = read_run_record(run)
+    if record is not None and record.versions:
+        return dict(record.versions)
     written = read_json(run / "versions.json")
     return written if isinstance(written, dict) and written else versions()
 
