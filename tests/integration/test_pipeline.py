@@ -13,6 +13,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES
@@ -114,8 +115,8 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
         if row["outcome"] == "failed":
             assert tests["summary"][f"tinypipe-{row['precision']}"]["failed"]
     # The run is a recipe: rerun from its own folder, it gives the same non-timing figures and verdicts.
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["inputs"]["seed"] == 0 and record["inputs"]["model"]["path"] == str(tiny_model)
+    record = read_run_record(tmp_path / "run")
+    assert record.inputs.seed == 0 and record.inputs.model.path == str(tiny_model)
     assert cli.main(["rerun", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
     assert "differs from the recorded run" not in capsys.readouterr().err  # same inputs, nothing to say
     assert cli.main(["compare", str(tmp_path / "run"), str(tmp_path / "again"), "--out", str(tmp_path / "cmp")]) == 0
