@@ -229,3 +229,28 @@ def test_a_run_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(t
     assert json.loads((tmp_path / RUN_RECORD).read_text()) == written
     (tmp_path / RUN_RECORD).write_text(json.dumps({"inputs": {"seed": 1}}))  # before parameters were kept
     assert read_run_record(tmp_path).inputs.params is None
+
+
+def test_bench_json_sections_as_685c710_wrote_them_read_typed_and_write_back_the_same() -> None:
+    from slmops.toolkit.domain.results.bench import BenchFile
+
+    written = {"schema_version": 2, "metadata": {"cpu": "x", "memory_bandwidth_gbs": 20.0}, "rows": [],
+               "engine_ratios": [{"model": "m", "target_prompt_tokens": 16, "target_gen_tokens": 8, "threads": 2,
+                                  "foundry_decode_tps": 90.0, "direct_decode_tps": 100.0, "ratio": 0.9}],
+               "endpoint_ratios": [{"model": "m", "target_prompt_tokens": 16, "target_gen_tokens": 8,
+                                    "in_process_decode_tps": 90.0, "endpoint_decode_tps": 88.0, "decode_ratio": 0.978,
+                                    "in_process_ttft_ms": 30.0, "endpoint_ttft_ms": 32.5, "ttft_overhead_ms": 2.5}],
+               "ttft_breakdown": [{"model": "m", "target_prompt_tokens": 16, "threads": 2, "foundry_ttft_ms": 30.0,
+                                   "direct_ttft_ms": 25.0, "ratio": 1.2, "setup_ms": 1.0, "template_ms": 1.0,
+                                   "prefill_ms": 25.0, "harness_ms": 0.1, "runtime_other_ms": 2.9, "unmeasured": ""}],
+               "noisy": ["m/foundry-local/16/8/2"], "short": [], "max_harness_overhead_pct": 0.4,
+               "decode_ceiling": [{"model": "m", "engine": "foundry-local", "target_prompt_tokens": 16,
+                                   "target_gen_tokens": 8, "threads": 2, "weights_read_mb": 40.0, "bandwidth_gbs": 20.0,
+                                   "decode_tps": 90.0, "ceiling_tps": 500.0, "percent_of_ceiling": 18.0,
+                                   "above_bound_because": ""}]}
+    report = codec.load(BenchFile, written)
+    assert report.engine_ratios[0].ratio == 0.9 and report.ttft_breakdown[0].runtime_other_ms == 2.9
+    assert report.decode_ceiling[0].percent_of_ceiling == 18.0 and report.endpoint_ratios[0].ttft_overhead_ms == 2.5
+    assert json.loads(json.dumps(codec.dump(report))) == written
+    older = {**written, "schema_version": 1, "ttft_breakdown": [{"model": "m", "ratio": 1.2}]}  # before the parts
+    assert codec.load(BenchFile, older).ttft_breakdown[0].runtime_other_ms is None
