@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.presentation import plots
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import register as R
@@ -28,7 +29,7 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     assert {r.threads for r in rows} == {0}  # nothing registered: the runtime's default, on both engines
     # The builder's INT4 keeps an FP32 embedding table apart from the int4 LM head: decoding a
     # token reads one row of it, so it is left out of the weights read per token.
-    table_mb = json.loads((tiny_int4 / "manifest.json").read_text())["weights"]["parameters"]["fp32"] * 4 / 1e6
+    table_mb = read_manifest(tiny_int4).weights.parameters["fp32"] * 4 / 1e6
     assert lookup_only_mb(tiny_int4 / "model.onnx") == round(table_mb, 1) > 0
     assert all(r.weights_read_mb == round(r.size_mb - round(table_mb, 1), 1) for r in rows)
     for row in rows:

@@ -80,15 +80,15 @@ def test_builder_route_int4_equals_the_builders_own_int4(tmp_path: Path, tied: b
 
 
 def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4: Path) -> None:
-    memory = json.loads((tiny_int4 / "manifest.json").read_text())["memory"]
-    assert memory["measured_peak_mib"] > 0 and memory["checked"]
-    assert set(memory["steps"]) == {"export (model builder, fp32)", "quantize (tensor by tensor)",
+    memory = read_manifest(tiny_int4).memory
+    assert memory.measured_peak_mib > 0 and memory.checked
+    assert set(memory.steps) == {"export (model builder, fp32)", "quantize (tensor by tensor)",
                                     "parity check: the reference (transformers)",
                                     "parity check: the FP32 model (onnxruntime)"}
-    assert set(memory["measured_steps"]) == {"builder", "quantize", "parity"}
-    assert memory["measured_peak_mib"] == max(memory["measured_steps"].values())
+    assert set(memory.measured_steps) == {"builder", "quantize", "parity"}
+    assert memory.measured_peak_mib == max(memory.measured_steps.values())
     # On a tiny model both are the processes' own footprint: the prediction is in the right range.
-    assert 0.5 < memory["predicted_peak_mib"] / memory["measured_peak_mib"] < 3
+    assert 0.5 < memory.predicted_peak_mib / memory.measured_peak_mib < 3
 
 
 def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
