@@ -83,8 +83,8 @@ def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4:
     memory = read_manifest(tiny_int4).memory
     assert memory.measured_peak_mib > 0 and memory.checked
     assert set(memory.steps) == {"export (model builder, fp32)", "quantize (tensor by tensor)",
-                                    "parity check: the reference (transformers)",
-                                    "parity check: the FP32 model (onnxruntime)"}
+                                 "parity check: the reference (transformers)",
+                                 "parity check: the FP32 model (onnxruntime)"}
     assert set(memory.measured_steps) == {"builder", "quantize", "parity"}
     assert memory.measured_peak_mib == max(memory.measured_steps.values())
     # On a tiny model both are the processes' own footprint: the prediction is in the right range.
