@@ -69,7 +69,7 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
 
     int8 = convert.convert(convert.ConvertSpec(bundled, tmp_path / "int8" / "int8", convert.Precision.INT8,
                                                quantize_from=fp32_int4.folder / "fp32"), progress=False)
-    assert int8.manifest.weights["parameters"].keys() == {"int8"} and int8.manifest.quantized_from is not None
+    assert int8.manifest.weights.parameters.keys() == {"int8"} and int8.manifest.quantized_from is not None
     assert int8.manifest.size_ratio_vs_fp32 < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
     tokenizer = Tokenizer.from_file(str(bundled / "tokenizer.json"))
     messages = [{"role": "system", "content": "Answer in one sentence."},
