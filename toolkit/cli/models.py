@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
                          stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
                          request_timeout_s=args.request_timeout or None, batch_size=args.batch_size,
-                         policy=args.schedule)
+                         policy=args.schedule, log_requests=args.log_requests)
         return 0
     if args.address is not None or args.replicas != 1:
         raise InputError("--address and --replicas serve on Ray Serve: add --ray.")

@@ -130,7 +130,7 @@ def run_ray(names: Sequence[str], *, address: str | None = None, replicas: int =
             replica_cpus: float = DEFAULT_REPLICA_CPUS, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
             api_key: str | None = None, cache: str | Path | None = None, stream_interval_s: float = STREAM_INTERVAL_S,
             max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
-            batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY) -> None:
+            batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, log_requests: bool = False) -> None:
     """``slmops serve --ray``: serve ``names`` as Ray Serve replicas on the Ray cluster at ``address`` (None: a
     local Ray) until Ctrl-C or SIGTERM; see :mod:`slmops.toolkit.endpoint.replicas`.
 
@@ -141,7 +141,7 @@ def run_ray(names: Sequence[str], *, address: str | None = None, replicas: int =
     options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
                        request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
     serve_on_ray(names, address=address, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus,
-                 cache=settings.cache_dir(cache), api_key=api_key, options=options)
+                 cache=settings.cache_dir(cache), api_key=api_key, options=options, log_requests=log_requests)
 
 
 @dataclass(frozen=True)

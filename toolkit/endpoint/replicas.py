@@ -4,7 +4,7 @@ Each model is a deployment of its own (``--replicas`` copies, each taking ``--re
 node's CPUs); every replica runs the endpoint's application (:func:`~slmops.toolkit.endpoint.app.create_app`)
 for that model alone, loaded before the replica counts as running, so batching, back-pressure,
 cancellation, errors and ``/metrics`` are the single-machine endpoint's, per replica. An ingress
-deployment (what clients call, on Ray Serve's HTTP proxy) reads each request's model and hands the
+deployment (what clients call, on Ray Serve's HTTP proxy on the head node) reads each request's model and hands the
 whole HTTP request to one replica of that model through a Ray Serve handle (Ray Serve picks the
 less busy of two), streaming the answer back as it comes; a client that leaves cancels the call,
 and the replica's application sees the disconnect as it would under uvicorn.
@@ -107,7 +107,7 @@ async def _forwarded(request) -> Forwarded:
 
 
 def _deployments(names: Sequence[str], *, replicas: int, replica_cpus: float, cache: str | None,
-                 api_key: str | None, options: ServeOptions):
+                 api_key: str | None, options: ServeOptions, log_requests: bool):
     """The Ray Serve application: an ingress deployment bound to one replica set per model."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -120,13 +120,15 @@ def _deployments(names: Sequence[str], *, replicas: int, replica_cpus: float, ca
     class ModelReplica:
         """The endpoint's application for one model, loaded in the constructor (Ray waits for it)."""
 
-        def __init__(self, name: str, cache: str | None, api_key: str | None, settings: dict) -> None:
+        def __init__(self, name: str, cache: str | None, api_key: str | None, settings: dict,
+                     log_requests: bool) -> None:
             import ray
 
             from slmops.toolkit.endpoint.app import create_app
             from slmops.toolkit.endpoint.hosts import ModelState, load_all
 
-            self.app = create_app([name], cache=cache, api_key=api_key, options=ServeOptions(**settings))
+            self.app = create_app([name], cache=cache, api_key=api_key, options=ServeOptions(**settings),
+                                  log_requests=log_requests)
             self.hosts = self.app.state.hosts  # loaded here, not by the application's lifespan
             load_all(self.hosts)
             if any(host.state is not ModelState.READY for host in self.hosts.values()):
@@ -227,13 +229,14 @@ def _deployments(names: Sequence[str], *, replicas: int, replica_cpus: float, ca
             return await self._forward(name if isinstance(name, str) else next(iter(self.models)), request)
 
     settings = asdict(options)
-    models = {name: ModelReplica.options(name=f"model-{name}").bind(name, cache, api_key, settings) for name in names}
+    models = {name: ModelReplica.options(name=f"model-{name}").bind(name, cache, api_key, settings, log_requests)
+              for name in names}
     return Ingress.bind(**models)
 
 
 def deploy(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, replicas: int = 1,
            replica_cpus: float = DEFAULT_REPLICA_CPUS, cache: str | Path | None = None, api_key: str | None = None,
-           options: ServeOptions | None = None) -> str:
+           options: ServeOptions | None = None, log_requests: bool = False) -> str:
     """Start Ray Serve on the connected Ray cluster with ``names``; return the OpenAI base URL once every replica loaded.
 
     The caller has joined the cluster (:func:`slmops.toolkit.orchestration.cluster.connect`) and has
@@ -255,12 +258,12 @@ def deploy(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAUL
     serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
     cache_dir = str(cache) if cache is not None else None
     serve.run(_deployments(names, replicas=replicas, replica_cpus=replica_cpus, cache=cache_dir, api_key=api_key,
-                           options=options), name=APP_NAME, route_prefix="/")
+                           options=options, log_requests=log_requests), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}/v1"
 
 
 def run(names: Sequence[str], *, address: str | None, host: str, port: int, replicas: int, replica_cpus: float,
-        cache: str | Path | None, api_key: str | None, options: ServeOptions) -> None:
+        cache: str | Path | None, api_key: str | None, options: ServeOptions, log_requests: bool = False) -> None:
     """Serve ``names`` on Ray Serve until Ctrl-C or SIGTERM (``slmops serve --ray``)."""
     import signal
     import threading
@@ -269,7 +272,7 @@ def run(names: Sequence[str], *, address: str | None, host: str, port: int, repl
 
     cluster.connect(address)
     url = deploy(names, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus, cache=cache,
-                 api_key=api_key, options=options)
+                 api_key=api_key, options=options, log_requests=log_requests)
     print(f"Serving {', '.join(names)} on Ray Serve at {url} ({replicas} replica{'s' if replicas != 1 else ''} "
           "per model). Ctrl-C or SIGTERM stops it.", file=sys.stderr, flush=True)
     stop = threading.Event()
