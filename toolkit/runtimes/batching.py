@@ -163,9 +163,9 @@ class BatchEngine:
         if self.settings.threads:
             options.intra_op_num_threads = self.settings.threads
         graph, self.last_input = _graph(self.folder / "model.onnx")
-        if isinstance(graph, bytes):  # the edited copy reads its weights from the folder
+        if isinstance(graph, bytes):  # the edited copy reads its weights where the graph file's own path leads
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                             str(self.folder))
+                                             str((self.folder / "model.onnx").resolve().parent))
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         #: Whether one prefill run may hold prompts of different lengths (see the module docstring).
         self.mixed_lengths = self.last_input or self.session.get_outputs()[0].shape[1] != 1
