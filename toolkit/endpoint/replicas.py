@@ -26,9 +26,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fastapi import FastAPI, Request  # at module level: FastAPI resolves the routes' annotations here
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.options import DEFAULT_HOST, DEFAULT_PORT, ServeOptions
-from slmops.toolkit.endpoint.protocol import ApiError
+from slmops.toolkit.endpoint.protocol import ApiError, error_response
 
 #: Response header naming the replica that answered.
 REPLICA_HEADER = "x-slmops-replica"
@@ -109,11 +112,7 @@ async def _forwarded(request) -> Forwarded:
 def _deployments(names: Sequence[str], *, replicas: int, replica_cpus: float, cache: str | None,
                  api_key: str | None, options: ServeOptions, log_requests: bool):
     """The Ray Serve application: an ingress deployment bound to one replica set per model."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from ray import serve
-
-    from slmops.toolkit.endpoint.protocol import error_response
 
     @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus},
                       max_ongoing_requests=options.batch_size + options.max_queue + 8)
