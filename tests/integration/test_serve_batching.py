@@ -134,6 +134,19 @@ def test_prompts_of_different_lengths_are_prefilled_in_one_run_and_answer_as_alo
         engine.close()
 
 
+def test_decode_first_admits_one_per_step_and_answers_as_alone(tiny_int4: Path) -> None:
+    engine = BatchEngine(tiny_int4, batch_size=4, policy=Policy.DECODE_FIRST)
+    try:
+        prompts = _prompts(6)
+        alone = [_generate(engine, [prompt])[0] for prompt in prompts]
+        together = _generate(engine, prompts, stagger_s=0.01)
+        outcomes = [_same_or_near_tie(a, b) for a, b in zip(alone, together, strict=True)]
+        assert outcomes.count("same") >= len(prompts) - 1, outcomes
+        assert [reason for _, reason, _ in together] == [reason for _, reason, _ in alone]
+    finally:
+        engine.close()
+
+
 def test_end_of_sequence_waits_for_min_length_and_max_tokens_end_with_length(engine: BatchEngine) -> None:
     [(tokens, reason, _)] = _generate(engine, _prompts(1), max_new=40, min_length=10**6)
     assert len(tokens) == 40 and reason == "length"

@@ -233,7 +233,8 @@ class BatchEngine:
         """Prefill waiting sequences into free rows, as the policy says (together, within :data:`PREFILL_POSITIONS`)."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
-        count = min(room, len(self.waiting) if self.policy is Policy.PREFILL_FIRST or not self.active else 1)
+        count = min(room, len(self.waiting), len(self.waiting) if self.policy is Policy.PREFILL_FIRST or not self.active
+                    else 1)
         while count > 0:
             group, longest = self.waiting[:1], len(self.waiting[0].prompt)
             for sequence in self.waiting[1:count]:
