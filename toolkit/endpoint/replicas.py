@@ -16,8 +16,8 @@ Every answer from a replica carries :data:`REPLICA_HEADER` (the replica's id) an
 :data:`NODE_HEADER` (its Ray node's id).
 """
 
-from __future__ import annotations
-
+# No postponed annotations in this module: Ray Serve's class-based view hands FastAPI the routes' signatures, and
+# FastAPI would look their names up in Ray's module, not this one (the request became a query parameter: 422).
 import asyncio
 import contextlib
 import json
@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request  # at module level: FastAPI resolves the routes' annotations here
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slmops.toolkit.core.errors import InputError
