@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.weights import lm_head
 
 MODEL = "tiny-batch"
 NEAR_TIE = 1e-3  # logits this close may swap between a batch of one and a bigger batch
@@ -84,6 +86,65 @@ def test_greedy_tokens_decoded_together_equal_each_asked_alone(engine: BatchEngi
     print(outcomes)
     assert outcomes.count("same") >= len(prompts) - 1
     assert [reason for _, reason, _ in together] == [reason for _, reason, _ in alone]
+
+
+@pytest.fixture(scope="module")
+def pruned_int4(tiny_int4: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as registration serves it: the LM head on the last position only."""
+    folder = tmp_path_factory.mktemp("pruned") / "int4"
+    shutil.copytree(tiny_int4, folder)
+    assert lm_head.serve_last_position(folder)
+    return folder
+
+
+@pytest.mark.parametrize("graph", ["all-positions", "last-position"])
+def test_prompts_of_different_lengths_are_prefilled_in_one_run_and_answer_as_alone(
+        tiny_int4: Path, pruned_int4: Path, graph: str) -> None:
+    """Five prompts of 6 to 18 tokens that wait together are prefilled in one run (right-padded) beside a running
+    sequence, and each answers as asked alone, on the full graph and on the pruned one (whose last position is
+    the padded batch's, not each prompt's, unless the engine gives each row its own)."""
+    engine = BatchEngine(tiny_int4 if graph == "all-positions" else pruned_int4, batch_size=8)
+    try:
+        prompts = _prompts(5)
+        alone = [_generate(engine, [prompt])[0] for prompt in prompts]
+        held, release = threading.Event(), threading.Event()
+
+        def hold_engine(token, reason) -> None:  # the engine's thread waits here at the running sequence's first token
+            if token is not None and not held.is_set():
+                held.set()
+                assert release.wait(60)
+
+        running = engine.submit(_prompts(6)[5], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
+                                                                    min_length=10**6), hold_engine)
+        assert held.wait(30)
+        before, together = engine.prefills, []
+        waiter = threading.Thread(target=lambda: together.extend(_generate(engine, prompts)))
+        waiter.start()
+        end = time.monotonic() + 30
+        while engine.inbox.qsize() < len(prompts) and time.monotonic() < end:
+            time.sleep(0.001)
+        release.set()
+        waiter.join(120)
+        running.cancel()
+        assert engine.prefills - before == 1, f"{engine.prefills - before} prefill runs for {len(prompts)} prompts"
+        outcomes = [_same_or_near_tie(a, b) for a, b in zip(alone, together, strict=True)]
+        print(outcomes)
+        assert outcomes.count("same") >= len(prompts) - 1
+    finally:
+        engine.close()
+
+
+def test_decode_first_admits_one_per_step_and_answers_as_alone(tiny_int4: Path) -> None:
+    engine = BatchEngine(tiny_int4, batch_size=4, policy=Policy.DECODE_FIRST)
+    try:
+        prompts = _prompts(6)
+        alone = [_generate(engine, [prompt])[0] for prompt in prompts]
+        together = _generate(engine, prompts, stagger_s=0.01)
+        outcomes = [_same_or_near_tie(a, b) for a, b in zip(alone, together, strict=True)]
+        assert outcomes.count("same") >= len(prompts) - 1, outcomes
+        assert [reason for _, reason, _ in together] == [reason for _, reason, _ in alone]
+    finally:
+        engine.close()
 
 
 def test_end_of_sequence_waits_for_min_length_and_max_tokens_end_with_length(engine: BatchEngine) -> None:

@@ -130,6 +130,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.ray:
+        endpoint.run_ray(args.names, address=args.address, replicas=args.replicas, replica_cpus=args.replica_cpus,
+                         host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
+                         stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
+                         request_timeout_s=args.request_timeout or None, batch_size=args.batch_size,
+                         policy=args.schedule, log_requests=args.log_requests)
+        return 0
+    if args.address is not None or args.replicas != 1:
+        raise InputError("--address and --replicas serve on Ray Serve: add --ray.")
     endpoint.run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
               log_level="info" if flag(args, "debug") or flag(args, "verbose") else "warning",
               stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
@@ -215,6 +224,13 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
                    help="when waiting requests join the batch: prefill-first (all of them before the next decode "
                    "step: the shortest time to first token) or decode-first (one per decode step); default "
                    f"{endpoint.DEFAULT_POLICY}")
+    p.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve instead: each model a deployment of --replicas copies across the Ray "
+                   "cluster at --address (default: a local Ray), behind the same OpenAI API on --host/--port")
+    p.add_argument("--address", metavar="HOST:PORT", help="with --ray: the Ray cluster to join (default: a local Ray)")
+    p.add_argument("--replicas", type=whole(1, 64), default=1, help="with --ray: replicas of each model (default 1)")
+    p.add_argument("--replica-cpus", type=fraction(0, 64), default=endpoint.DEFAULT_REPLICA_CPUS,
+                   help=f"with --ray: CPUs each replica takes from its node (default {endpoint.DEFAULT_REPLICA_CPUS:g})")
     cache_option(p)
     p.set_defaults(func=cmd_serve)
 

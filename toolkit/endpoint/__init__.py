@@ -26,6 +26,8 @@ of them. Each model decodes up to ``batch_size`` requests together (continuous b
 ``response_format`` and ``tools`` run on Foundry Local one at a time. A request whose client
 leaves, streamed or not, stops at its next token and frees its slot (a waiting one leaves the queue).
 SIGTERM shuts down gracefully: in-flight requests finish, then the models unload.
+:func:`run_ray` (``slmops serve --ray``) serves the same application as Ray Serve replicas of
+each model across a Ray cluster (:mod:`.replicas`).
 
 The package is split as vLLM's OpenAI server is: :mod:`.protocol` (the wire format), :mod:`.hosts`
 and :mod:`.jobs` (the served models and one request's generation), :mod:`.serving` (the chat
@@ -45,6 +47,7 @@ from slmops.toolkit.endpoint.cli import (
     free_port,
     main,
     run,
+    run_ray,
 )
 from slmops.toolkit.endpoint.hosts import ModelHost, ModelState
 from slmops.toolkit.endpoint.options import (
@@ -60,6 +63,7 @@ from slmops.toolkit.endpoint.options import (
     ServeOptions,
 )
 from slmops.toolkit.endpoint.protocol import ApiError, ChatRequest
+from slmops.toolkit.endpoint.replicas import DEFAULT_REPLICA_CPUS
 from slmops.toolkit.runtimes.batching import Policy
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_POLICY",
     "DEFAULT_PORT",
+    "DEFAULT_REPLICA_CPUS",
     "DEFAULT_REQUEST_TIMEOUT_S",
     "DISCONNECT_POLL_S",
     "MAX_BODY_BYTES",
@@ -87,4 +92,5 @@ __all__ = [
     "free_port",
     "main",
     "run",
+    "run_ray",
 ]

@@ -28,6 +28,8 @@ from slmops.toolkit.endpoint.options import (
     STREAM_INTERVAL_S,
     ServeOptions,
 )
+from slmops.toolkit.endpoint.replicas import DEFAULT_REPLICA_CPUS
+from slmops.toolkit.endpoint.replicas import run as serve_on_ray
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.batching import Policy
 from slmops.toolkit.runtimes.foundry import find_model
@@ -84,6 +86,24 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     """
     import uvicorn
 
+    options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
+                       request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
+    if api_key is None and foundry.probe_web_service(names[0], cache).serves:
+        foundry.serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
+        return
+    app = create_app(names, cache=cache, api_key=api_key, options=options, log_requests=log_requests)
+    print(f"Serving {', '.join(names)} at http://{host}:{port}/v1 (OpenAI-compatible, "
+          f"{'bearer key required' if api_key else 'no key'}); loading. Ctrl-C or SIGTERM stops it once in-flight "
+          "requests finish.", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    uvicorn.Server(config).run()
+
+
+def _checked(names: Sequence[str], host: str, port: int, api_key: str | None, cache: str | Path | None, *,
+             stream_interval_s: float, max_queue: int, request_timeout_s: float | None, batch_size: int,
+             policy: str) -> ServeOptions:
+    """:func:`check_options` and the limits' ranges, and a free port; the :class:`ServeOptions`."""
     check_options(names, host, port, api_key, cache)
     if not 0 <= stream_interval_s <= 10:
         raise InputError(f"--stream-interval-ms {stream_interval_s * 1000:g} is out of range: use 0 to 10000.")
@@ -102,18 +122,26 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
             probe.bind((host, port))
         except OSError as exc:
             raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port.") from exc
-    if api_key is None and foundry.probe_web_service(names[0], cache).serves:
-        foundry.serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
-        return
-    options = ServeOptions(stream_interval_s=stream_interval_s, max_queue=max_queue, request_timeout_s=request_timeout_s,
-                           batch_size=batch_size, policy=Policy(policy))
-    app = create_app(names, cache=cache, api_key=api_key, options=options, log_requests=log_requests)
-    print(f"Serving {', '.join(names)} at http://{host}:{port}/v1 (OpenAI-compatible, "
-          f"{'bearer key required' if api_key else 'no key'}); loading. Ctrl-C or SIGTERM stops it once in-flight "
-          "requests finish.", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-    uvicorn.Server(config).run()
+    return ServeOptions(stream_interval_s=stream_interval_s, max_queue=max_queue, request_timeout_s=request_timeout_s,
+                        batch_size=batch_size, policy=Policy(policy))
+
+
+def run_ray(names: Sequence[str], *, address: str | None = None, replicas: int = 1,
+            replica_cpus: float = DEFAULT_REPLICA_CPUS, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+            api_key: str | None = None, cache: str | Path | None = None, stream_interval_s: float = STREAM_INTERVAL_S,
+            max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
+            batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, log_requests: bool = False) -> None:
+    """``slmops serve --ray``: serve ``names`` as Ray Serve replicas on the Ray cluster at ``address`` (None: a
+    local Ray) until Ctrl-C or SIGTERM; see :mod:`slmops.toolkit.endpoint.replicas`.
+
+    Raises:
+        InputError, ModelNotFoundError: as :func:`run`, before anything starts; Ray Serve missing or no
+            cluster at ``address``.
+    """
+    options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
+                       request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
+    serve_on_ray(names, address=address, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus,
+                 cache=settings.cache_dir(cache), api_key=api_key, options=options, log_requests=log_requests)
 
 
 @dataclass(frozen=True)

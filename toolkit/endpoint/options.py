@@ -25,6 +25,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 600.0
 DISCONNECT_POLL_S = 0.02
 # Requests each model decodes together (continuous batching); the benchmarks page has the measurement.
 DEFAULT_BATCH_SIZE = 16
+# When waiting requests join the batch; measured against decode-first on the benchmarks page.
 DEFAULT_POLICY = Policy.PREFILL_FIRST
 
 

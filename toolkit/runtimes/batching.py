@@ -6,8 +6,17 @@ graph itself. The graph's GroupQueryAttention reads each row's length from the a
 and, when past and present are one buffer, writes each new key and value in place: the cache
 is one buffer per layer of ``[batch, kv_heads, context, head_size]``, one row per sequence.
 Active sequences hold rows ``0..n-1`` (a sequence that ends gives its row to the last one), so a
-decode step runs on the contiguous view of the first ``n`` rows; a new sequence's prompt is
-prefilled alone on its row between steps.
+decode step runs on the contiguous view of the first ``n`` rows.
+
+Waiting sequences join between steps, their prompts prefilled together in one run on the next free
+rows: the prompts right-padded to the longest, the attention mask marking each row's own tokens
+(GroupQueryAttention takes each row's length from it; the padding's keys and values land past the
+row's length, where its first decode step writes over them). Each row's first token comes from its
+own last prompt position: of every position's logits, or, where registration pruned the LM head
+to the last position (:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in
+memory whose ``Gather`` of the last position becomes a ``GatherND`` of each row's own
+(:data:`LAST_POSITIONS`, an input this engine adds; the weights are read from the folder as
+before). A pruned graph this module cannot edit prefills only prompts of one length together.
 
 Everything the model's ``genai_config.json`` says about generation applies, as ONNX Runtime
 GenAI applies it: end-of-sequence ids (held back before ``search.min_length``), the repetition
@@ -32,14 +41,19 @@ from slmops.toolkit.weights.context_limit import positions
 #: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
 #: model's context or fewer (a request that would not fit is answered outside the batch).
 CACHE_BUDGET_MIB = 1024
+#: Most positions, padding included, that one prefill run computes (rows times the longest prompt);
+#: a sequence past it waits for the next run (a prompt longer than this is prefilled alone).
+PREFILL_POSITIONS = 4096
+#: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
+LAST_POSITIONS = "slmops_last_positions"
 
 
 class Policy(StrEnum):
     """When waiting sequences are prefilled.
 
-    ``prefill-first`` prefills every waiting sequence (up to the batch size) before the next decode
-    step: the shortest time to first token. ``decode-first`` prefills one per decode step, so the
-    running sequences' tokens keep coming while a burst of new ones joins.
+    ``prefill-first`` prefills every waiting sequence (up to the batch size, in one run) before the
+    next decode step: the shortest time to first token. ``decode-first`` prefills one per decode
+    step while sequences are running, so their tokens keep coming while a burst of new ones joins.
     """
 
     PREFILL_FIRST = "prefill-first"
@@ -148,8 +162,13 @@ class BatchEngine:
         options = ort.SessionOptions()
         if self.settings.threads:
             options.intra_op_num_threads = self.settings.threads
-        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        graph, self.last_input = _graph(self.folder / "model.onnx")
+        if isinstance(graph, bytes):  # the edited copy reads its weights where the graph file's own path leads
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str((self.folder / "model.onnx").resolve().parent))
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        #: Whether one prefill run may hold prompts of different lengths (see the module docstring).
+        self.mixed_lengths = self.last_input or self.session.get_outputs()[0].shape[1] != 1
         s = self.settings
         per_position = s.layers * 2 * s.kv_heads * s.head_size * 4 * batch_size
         #: Positions each cache row holds: prompt and answer of a batched request together.
@@ -163,6 +182,8 @@ class BatchEngine:
         self.inbox: queue.Queue[Sequence | None] = queue.Queue()
         self.waiting: list[Sequence] = []
         self.steps = 0
+        #: Prefill runs so far (each prefills one or more waiting sequences together).
+        self.prefills = 0
         #: Called with the number of sequences of every decode step (for a batch size histogram).
         self.on_step: Callable[[int], None] | None = None
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
@@ -209,13 +230,21 @@ class BatchEngine:
             block = False
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free rows, as the policy says."""
+        """Prefill waiting sequences into free rows, as the policy says (together, within :data:`PREFILL_POSITIONS`)."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
-        count = min(room, len(self.waiting) if self.policy is Policy.PREFILL_FIRST or not self.active else 1)
-        for sequence in self.waiting[:count]:
-            self._prefill(sequence)
-        self.waiting = self.waiting[count:]
+        count = min(room, len(self.waiting), len(self.waiting) if self.policy is Policy.PREFILL_FIRST or not self.active
+                    else 1)
+        while count > 0:
+            group, longest = self.waiting[:1], len(self.waiting[0].prompt)
+            for sequence in self.waiting[1:count]:
+                if (len(group) + 1) * max(longest, len(sequence.prompt)) > PREFILL_POSITIONS or (
+                        not self.mixed_lengths and len(sequence.prompt) != longest):
+                    break
+                group.append(sequence)
+                longest = max(longest, len(sequence.prompt))
+            self._prefill(group)
+            self.waiting, count = self.waiting[len(group):], count - len(group)
 
     def _dropped(self, sequence: Sequence) -> bool:
         if sequence.cancelled.is_set():
@@ -223,8 +252,13 @@ class BatchEngine:
             return True
         return False
 
-    def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One forward pass on the cache rows ``rows`` (past and present share their buffers); the last logits.
+    def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """One forward pass on the cache rows ``rows`` (past and present share their buffers); ``last``: each row's
+        last position, for a graph with :data:`LAST_POSITIONS`.
+
+        Returns:
+            A decode step's logits ``[rows, vocab]``; a prefill's as the graph gives them,
+            ``[rows, positions, vocab]`` (every position, or the last only).
 
         A decode step's logits go to a buffer of this module's (reading ONNX Runtime's outputs back
         costs a Python object per output); a prefill's, whose shape the graph decides (every position,
@@ -242,6 +276,8 @@ class BatchEngine:
                     binding.bind_output(f"present.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("attention_mask", mask)
+        if self.last_input:
+            binding.bind_cpu_input(LAST_POSITIONS, np.ascontiguousarray(last.reshape(-1, 1), dtype=np.int64))
         if input_ids.shape[1] == 1:
             logits = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
             binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
@@ -249,15 +285,26 @@ class BatchEngine:
             return logits[:, -1, :]
         binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[-1].numpy()[:, -1, :]
+        return binding.get_outputs()[-1].numpy()
 
-    def _prefill(self, sequence: Sequence) -> None:
-        row = len(self.active)
-        ids = np.asarray([sequence.prompt], dtype=np.int64)
-        logits = self._run(slice(row, row + 1), ids, np.ones_like(ids))
-        sequence.length = len(sequence.prompt)
-        self.active.append(sequence)
-        self._advance([sequence], logits)
+    def _prefill(self, group: list[Sequence]) -> None:
+        """Prefill ``group``'s prompts together on the next free rows (right-padded; see the module docstring)."""
+        first = len(self.active)
+        lengths = np.asarray([len(s.prompt) for s in group])
+        ids = np.zeros((len(group), int(lengths.max())), np.int64)
+        for row, sequence in enumerate(group):
+            ids[row, :len(sequence.prompt)] = sequence.prompt
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        logits = self._run(slice(first, first + len(group)), ids, mask, lengths - 1)
+        self.prefills += 1
+        if logits.shape[1] > 1:  # every position's: each row's own last
+            logits = logits[np.arange(len(group)), lengths - 1]
+        else:
+            logits = logits[:, -1]
+        for sequence in group:
+            sequence.length = len(sequence.prompt)
+        self.active.extend(group)
+        self._advance(group, logits)
 
     def _decode(self) -> None:
         """One decode step of every active sequence."""
@@ -266,7 +313,7 @@ class BatchEngine:
         total = int(lengths.max()) + 1
         mask = (np.arange(total)[None, :] <= lengths[:, None]).astype(np.int64)
         ids = np.asarray([[s.generated[-1]] for s in self.active], dtype=np.int64)
-        logits = self._run(slice(0, n), ids, mask)
+        logits = self._run(slice(0, n), ids, mask, np.zeros(n, np.int64))
         for sequence in self.active:
             sequence.length += 1
         self.steps += 1
@@ -327,6 +374,29 @@ class BatchEngine:
             self.active[row] = moved
         self.active.pop()
         sequence.emit(None, reason)
+
+
+def _graph(model_file: Path) -> tuple[str | bytes, bool]:
+    """What the engine loads: ``model_file``'s path, or, when its LM head is pruned to the last position, a
+    copy edited to take each row's last position (:data:`LAST_POSITIONS`); and whether it takes that input."""
+    from slmops.toolkit.weights import lm_head
+
+    if not lm_head.is_pruned(model_file):
+        return str(model_file), False
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    gather = next((node for node in model.graph.node if node.name == lm_head.GATHER and node.op_type == "Gather"),
+                  None)
+    if gather is None:
+        return str(model_file), False
+    gather.op_type, gather.input[1] = "GatherND", LAST_POSITIONS  # [batch, hidden] from [batch, sequence, hidden]
+    del gather.attribute[:]
+    gather.attribute.append(helper.make_attribute("batch_dims", 1))
+    model.graph.input.append(helper.make_tensor_value_info(LAST_POSITIONS, TensorProto.INT64, ["batch_size", 1]))
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == lm_head.LAST))
+    return model.SerializeToString(), True
 
 
 def wait_idle(engine: BatchEngine, timeout_s: float = 5.0) -> None:
