@@ -13,7 +13,8 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts, build_cache
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InvalidOptionError, ParityError
-from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
+from slmops.toolkit.domain import adapters
+from slmops.toolkit.domain.options import INT4_RECIPES, LORA_IN_GRAPH_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.conversion import (
     BuildCacheEntry,
     Manifest,
@@ -38,7 +39,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         model_dir: The Hugging Face model.
         out_dir: Where the recipe builds go; ``recipes.json`` is written there.
         reference_dir: The FP32 build of the same model.
-        recipes: Names from :data:`INT4_RECIPES` (all by default).
+        recipes: Names from :func:`recipe_names` (all by default): for a LoRA adapter, also the ways of
+            :data:`LORA_IN_GRAPH_RECIPES` (its LoRA an FP16 side branch in the graph, beside the merged recipes).
         method: Conversion route.
         reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
         progress: Show progress bars.
@@ -59,14 +61,13 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or INT4_RECIPES)
-    unknown = [n for n in names if n not in INT4_RECIPES]
+    names = list(recipes or recipe_names(model_dir))
+    unknown = [n for n in names if n not in recipe_names(model_dir)]
     if unknown:
-        raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
+        raise InvalidOptionError("recipe", unknown, f"names from {recipe_names(model_dir)}")
     out, reuse = Path(out_dir), dict(reuse or {})
     # Every recipe quantizes the same FP32 export: the reference build when it is one (checked by convert).
-    specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n],
-                            quantize_from=Path(reference_dir))
+    specs = {n: _recipe_spec(n, Path(model_dir), out / n, Method(method), Path(reference_dir))
              for n in names if n not in reuse}
     prepared = {name: prepare(spec) for name, spec in specs.items()}  # every recipe checked before any is built
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
@@ -103,7 +104,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         size = _size_mb(folders[name])
         a = agreement[name]
         results.append(RecipeResult(
-            recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
+            recipe=name, note=_note(name), output_dir=str(folders[name]), size_mb=round(size, 2),
             size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
             reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
             kl_divergence_to_base=a.kl_divergence_to_base,
@@ -111,6 +112,23 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         ))
     write_recipes(out / "recipes.json", results)
     return results
+
+
+def recipe_names(model_dir: str | os.PathLike[str]) -> list[str]:
+    """The recipes compared for ``model_dir``: :data:`INT4_RECIPES`, and for a LoRA adapter the ways that keep it in the graph."""
+    return [*INT4_RECIPES, *(LORA_IN_GRAPH_RECIPES if adapters.is_adapter(Path(model_dir)) else ())]
+
+
+def _recipe_spec(name: str, model_dir: Path, out: Path, method: Method, reference_dir: Path) -> ConvertSpec:
+    """A recipe's conversion: merged by its named options, or (a LoRA kept in the graph) by its base recipe's."""
+    if name in LORA_IN_GRAPH_RECIPES:
+        return ConvertSpec(model_dir, out, Precision.INT4, method, INT4_RECIPES[LORA_IN_GRAPH_RECIPES[name][0]],
+                           adapter_in_graph=True)
+    return ConvertSpec(model_dir, out, Precision.INT4, method, INT4_RECIPES[name], quantize_from=reference_dir)
+
+
+def _note(name: str) -> str:
+    return LORA_IN_GRAPH_RECIPES[name][1] if name in LORA_IN_GRAPH_RECIPES else RECIPE_NOTES[name]
 
 
 #: The build cache's kind for recipe builds, and the file an entry of a refused recipe holds instead.
@@ -134,6 +152,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
         calibration,
         gptq,
         head_and_table,
+        lora_apart,
         onnx_weights,
         quantize,
         rotate,
@@ -145,8 +164,9 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     made = read_manifest(reference_dir)
     common = (sources.fingerprint(model_dir), made.source_fingerprint if made else None, made.versions if made else None,
               build_cache.code_fingerprint(quantize, rotate, rotated, gptq, calibration, head_and_table,
-                                           table_layout, weight_store, onnx_weights, quant_plan, parity, options,
-                                           convert_stage, convert_plan, convert_checks, convert_record, genai_builder))
+                                           table_layout, weight_store, onnx_weights, lora_apart, quant_plan, parity,
+                                           options, convert_stage, convert_plan, convert_checks, convert_record,
+                                           genai_builder))
     return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)
             for name, spec in specs.items()}
 
@@ -167,7 +187,7 @@ def _refused(name: str, reason: str, record: dict, fp32_mb: float) -> RecipeResu
     """A recipe the parity gate refused, with the gate's figures (against the source model) and its reason."""
     size = float(record.get("size_mb") or 0.0)
     return RecipeResult(
-        recipe=name, note=RECIPE_NOTES[name], output_dir="", size_mb=round(size, 2),
+        recipe=name, note=_note(name), output_dir="", size_mb=round(size, 2),
         size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=float(record.get("top1_agreement", 0.0)),
         kl_divergence=float(record.get("kl_divergence", 0.0)), perplexity=None, reference_perplexity=None,
         decode_tps=None, refused=reason)

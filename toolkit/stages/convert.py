@@ -56,6 +56,7 @@ from slmops.toolkit.stages.convert_record import (
     BuildFacts,
     conversion_rows,
     fp32_reference,
+    in_graph_sizes,
     kept_apart_sizes,
     manifest,
     parity_gate,
@@ -245,7 +246,7 @@ def _reusable_fp32(spec: ConvertSpec, source_fingerprint: str) -> Path | None:
     """``spec.quantize_from`` when the quantizer may start from it (see :class:`ConvertSpec`), else None."""
     folder = spec.quantize_from
     # A kept-apart build's FP32 has LoRA inputs, a merged one has none: neither stands in for the other.
-    if folder is None or not needs_quantizer(spec) or spec.method is not Method.BUILDER or spec.keep_adapter:
+    if folder is None or not needs_quantizer(spec) or spec.method is not Method.BUILDER or spec.keeps_lora:
         return None
     made = read_manifest(folder)
     same = (made is not None and made.precision == str(Precision.FP32) and made.method == str(Method.BUILDER)
@@ -257,8 +258,11 @@ def _reusable_fp32(spec: ConvertSpec, source_fingerprint: str) -> Path | None:
 def _keep_lora_apart(job: _Job, work: Workspace, first: Path) -> tuple[Path, Path | None]:
     """Step (a LoRA kept apart): its matrices become graph inputs, their values an adapter file per adapter.
 
+    With ``adapter_in_graph`` the matrices stay constants of the graph's LoRA branch, stored in FP16 and
+    read through a Cast to float (the quantizer leaves the branch alone), and no adapter file is made.
+
     Returns:
-        The folder the build continues from, and the build's own adapter file (None when nothing is kept apart).
+        The folder the build continues from, and the build's own adapter file (None when none is made).
     """
     kept, spec = job.prepared.kept, job.spec
     if kept is None:
@@ -267,6 +271,13 @@ def _keep_lora_apart(job: _Job, work: Workspace, first: Path) -> tuple[Path, Pat
     for name in (*adapters.TOKENIZER_FILES, *adapters.TEMPLATE_FILES):
         if (first / name).is_file() and (spec.model_dir / name).is_file():
             shutil.copy2(spec.model_dir / name, first / name)
+    if spec.adapter_in_graph:
+        side_branch = work.scratch / "lora-fp16"
+        job = LoraJob(str(first / "model.onnx"), str(side_branch / "model.onnx"), "")
+        work.runs.append(workers.run_worker("slmops.toolkit.weights.lora_apart", "lora-fp16", codec.dump(job),
+                                            log_path=work.logs / "lora-fp16.log", name="LoRA side branch in FP16"))
+        _copy_support_files(first, side_branch)
+        return side_branch, None
     lora_out = work.scratch / "lora-inputs" if needs_quantizer(spec) else work.staging
     adapter_file = work.scratch / ADAPTERS_DIR / f"{kept.path.name}{ADAPTER_SUFFIX}"
     lora = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
@@ -324,11 +335,15 @@ def _record(job: _Job, work: Workspace, facts: BuildFacts, fp32_route: Path | No
     size_mb = dir_size_mb(staging)
     more_files = [staging / ADAPTERS_DIR / f"{other.path.name}{ADAPTER_SUFFIX}" for other in job.more]
     apart = kept_apart_sizes(staging, [adapter_file, *more_files], job.source.parameters) if adapter_file else None
+    if job.spec.adapter_in_graph:
+        apart = in_graph_sizes(staging, job.source.parameters)
     adapter = None
     if prepared.adapter is not None:
         adapter = artifacts.read_json(job.spec.model_dir / adapters.MERGE_RECORD, prepared.adapter.describe())
         if adapter_file is not None:
             adapter = {**adapter, "kept_apart": True}
+        elif job.spec.adapter_in_graph:
+            adapter = {**adapter, "kept_apart": True, "in_graph": True}
     more_records = tuple(artifacts.read_json(merged / adapters.MERGE_RECORD, other.describe())
                          for other, merged in zip(job.more, job.more_merged)) if adapter_file else ()
     work.step("parity check against transformers")
