@@ -180,6 +180,10 @@ def test_the_recipe_comparison_measures_the_lora_in_the_graph_beside_the_merged_
     adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
     assert recipes.recipe_names(adapter) == [*INT4_RECIPES, "mixed-lora"]
     assert recipes.recipe_names(tiny_model) == list(INT4_RECIPES)  # no LoRA to keep: the merged recipes only
+    assert recipes.recipe_names(adapter, "olive") == list(INT4_RECIPES)  # the builder builds the LoRA branch
+    # A retrained head only a merge applies: the comparison of that fine-tune builds the merged recipes only.
+    assert recipes.recipe_names(make_adapter(tiny_model, tmp_path / "head", modules_to_save=["lm_head"])) == list(
+        INT4_RECIPES)
     with pytest.raises(InvalidOptionError, match="mixed-lora"):
         recipes.compare_int4_recipes(tiny_model, tmp_path / "plain", tmp_path / "none", ["mixed-lora"], progress=False)
     merged_fp32 = tmp_path / "fp32"

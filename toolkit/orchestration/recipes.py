@@ -12,7 +12,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, build_cache
 from slmops.toolkit.core.artifacts import dir_size_mb
-from slmops.toolkit.core.errors import InvalidOptionError, ParityError
+from slmops.toolkit.core.errors import InputError, InvalidOptionError, ParityError
 from slmops.toolkit.domain import adapters
 from slmops.toolkit.domain.options import INT4_RECIPES, LORA_IN_GRAPH_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.conversion import (
@@ -25,7 +25,8 @@ from slmops.toolkit.domain.results.conversion import (
 )
 from slmops.toolkit.domain.results.recipes import RecipeResult, write_recipes
 from slmops.toolkit.runtimes import genai
-from slmops.toolkit.stages.convert import ConvertSpec, build, prepare
+from slmops.toolkit.stages.convert import ConvertSpec, build, check_keepable, prepare
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 
 
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -61,10 +62,11 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or recipe_names(model_dir))
-    unknown = [n for n in names if n not in recipe_names(model_dir)]
+    names = list(recipes or recipe_names(model_dir, method))
+    known = [*INT4_RECIPES, *(LORA_IN_GRAPH_RECIPES if adapters.is_adapter(Path(model_dir)) else ())]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise InvalidOptionError("recipe", unknown, f"names from {recipe_names(model_dir)}")
+        raise InvalidOptionError("recipe", unknown, f"names from {known}")
     out, reuse = Path(out_dir), dict(reuse or {})
     # Every recipe quantizes the same FP32 export: the reference build when it is one (checked by convert).
     specs = {n: _recipe_spec(n, Path(model_dir), out / n, Method(method), Path(reference_dir))
@@ -114,9 +116,16 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     return results
 
 
-def recipe_names(model_dir: str | os.PathLike[str]) -> list[str]:
-    """The recipes compared for ``model_dir``: :data:`INT4_RECIPES`, and for a LoRA adapter the ways that keep it in the graph."""
-    return [*INT4_RECIPES, *(LORA_IN_GRAPH_RECIPES if adapters.is_adapter(Path(model_dir)) else ())]
+def recipe_names(model_dir: str | os.PathLike[str], method: Method | str = Method.BUILDER) -> list[str]:
+    """The recipes compared by default: :data:`INT4_RECIPES`, and for a LoRA adapter that can stay apart from its
+    base (on the builder route) the ways of :data:`LORA_IN_GRAPH_RECIPES`, which keep it in the graph."""
+    if Method(method) is not Method.BUILDER or not adapters.is_adapter(Path(model_dir)):
+        return list(INT4_RECIPES)
+    try:
+        check_keepable(inspect_adapter(model_dir))
+    except InputError:  # a retrained head or added tokens: only a merge applies it
+        return list(INT4_RECIPES)
+    return [*INT4_RECIPES, *LORA_IN_GRAPH_RECIPES]
 
 
 def _recipe_spec(name: str, model_dir: Path, out: Path, method: Method, reference_dir: Path) -> ConvertSpec:
