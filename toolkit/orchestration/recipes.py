@@ -122,7 +122,7 @@ def recipe_names(model_dir: str | os.PathLike[str], method: Method | str = Metho
     if Method(method) is not Method.BUILDER or not adapters.is_adapter(Path(model_dir)):
         return list(INT4_RECIPES)
     try:
-        check_keepable(inspect_adapter(model_dir))
+        check_keepable(inspect_adapter(model_dir), in_graph=True)
     except InputError:  # a retrained head or added tokens: only a merge applies it
         return list(INT4_RECIPES)
     return [*INT4_RECIPES, *LORA_IN_GRAPH_RECIPES]

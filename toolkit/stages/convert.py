@@ -64,7 +64,7 @@ from slmops.toolkit.stages.convert_record import (
 from slmops.toolkit.stages.convert_workspace import Workspace, workspace
 from slmops.toolkit.weights.adapter_merge import merge
 from slmops.toolkit.weights.checkpoints import inspect_source
-from slmops.toolkit.weights.lora_apart import lora_matrices, write_onnx_adapter
+from slmops.toolkit.weights.lora_apart import lora_matrices, split_token_rows, token_rows, write_onnx_adapter
 
 __all__ = [
     "ADAPTERS_DIR",
@@ -227,8 +227,11 @@ def _run_route(job: _Job, work: Workspace) -> tuple[Path, Path | None]:
     reused = _reusable_fp32(spec, work.source_fingerprint.result())
     if reused is not None:
         return reused, reused  # the quantizer writes into staging
+    kept = job.prepared.kept
+    if kept is not None and token_rows(kept.path):  # trained token rows go into the base's table, as a merge puts them
+        kept = split_token_rows(kept, work.scratch / "token-rows")
     if spec.method is Method.BUILDER:
-        work.runs.append(workers.run_tool(builder_command(spec, first, work.scratch / "cache", job.prepared.kept),
+        work.runs.append(workers.run_tool(builder_command(spec, first, work.scratch / "cache", kept),
                                           log_path=work.logs / "builder.log", name="onnxruntime_genai builder"))
     elif spec.method is Method.OLIVE:
         work.runs.append(workers.run_tool(olive_command(spec, first), log_path=work.logs / "olive.log",

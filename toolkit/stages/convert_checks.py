@@ -38,6 +38,7 @@ from slmops.toolkit.stages.convert_plan import (
 )
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.checkpoints import inspect_source, tied_flag_contradicts_head
+from slmops.toolkit.weights.lora_apart import token_rows
 
 
 def check_source(model_dir: str | os.PathLike[str]) -> SourceModel:
@@ -182,7 +183,7 @@ def _check_source(spec: ConvertSpec) -> tuple[SourceModel, adapters.AdapterSourc
     if adapters.is_adapter(spec.model_dir):  # a LoRA adapter: its base must be convertible (and match it)
         adapter = inspect_adapter(spec.model_dir, spec.base)
         if spec.keeps_lora:
-            check_keepable(adapter)
+            check_keepable(adapter, in_graph=spec.adapter_in_graph)
             more = _check_more_adapters(adapter, spec.more_adapters)
         source = check_source(adapter.base)
     elif spec.base is not None:
@@ -234,16 +235,23 @@ def _check_build(spec: ConvertSpec, source: SourceModel) -> None:
         )
 
 
-def check_keepable(adapter: adapters.AdapterSource) -> None:
+def check_keepable(adapter: adapters.AdapterSource, *, in_graph: bool = False) -> None:
     """Refuse an adapter that cannot stay apart from its base.
 
     Only LoRA matrices on linear layers become graph inputs; a module saved whole
     (``modules_to_save``: a resized vocabulary, a retrained LM head) replaces base weights, and
     LoRA on the embedding table or LM head is not built as a side branch by the model builder.
 
+    Trained token rows (peft's ``trainable_token_indices``) go into the base's table with
+    ``in_graph`` (one graph, one fine-tune); an adapter file cannot carry them.
+
     Raises:
-        InputError: the adapter saves modules whole or adapts the embeddings or the LM head.
+        InputError: the adapter saves modules whole or adapts the embeddings or the LM head, or (apart from the
+            graph) trains token rows.
     """
+    if not in_graph and token_rows(adapter.path):
+        raise InputError(f"{adapter.path} trains token rows (trainable_token_indices), which an adapter file cannot "
+                         "carry: convert it with --adapter-in-graph, or without --keep-adapter (merged).")
     whole = list(adapter.modules_to_save)
     outer = [name for name in adapter.target_modules if name in {"lm_head", "embed_tokens"}]
     if whole or outer:

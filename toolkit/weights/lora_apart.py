@@ -65,6 +65,58 @@ def lora_matrices(adapter: AdapterSource, inputs: dict[str, list[int]]) -> dict[
     return matrices
 
 
+#: peft's trained token rows (``trainable_token_indices``): the new values of those rows of the embedding table.
+_TOKEN_ROWS = "trainable_tokens_delta"
+
+
+def token_rows(adapter: Path) -> list[int]:
+    """The embedding rows an adapter trains besides its LoRA (peft's ``trainable_token_indices``), or none."""
+    indices = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get("trainable_token_indices") or []
+    if isinstance(indices, dict):  # {"embed_tokens": [...]}: one table
+        indices = [i for rows in indices.values() for i in rows]
+    return [int(i) for i in indices]
+
+
+def split_token_rows(adapter: AdapterSource, out: Path) -> AdapterSource:
+    """An adapter that also trains token rows, as a base holding those rows and the adapter's LoRA alone over it.
+
+    The rows (:func:`token_rows`: new values of some rows of the embedding table, which a tied LM
+    head shares) are applied only by a merge: written into a copy of the base, as the merge writes
+    them, the LoRA can then stay apart over it (``--adapter-in-graph``).
+
+    Args:
+        adapter: A checked adapter with token rows.
+        out: Where the base copy (``out/base``) and the adapter's LoRA (``out/adapter``) go.
+
+    Returns:
+        The adapter without token rows, over the base with them.
+    """
+    import shutil
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    rows = token_rows(adapter.path)
+    base, lora = out / "base", out / "adapter"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(adapter.base, base)
+    tensors = load_file(adapter.path / "adapter_model.safetensors")
+    values = next(array for name, array in tensors.items() if name.endswith(_TOKEN_ROWS))
+    for file in base.glob("*.safetensors"):
+        weights = load_file(file)
+        table = next((name for name in weights if name.endswith("embed_tokens.weight")), None)
+        if table is not None:
+            weights[table][rows] = values.to(weights[table].dtype)
+            save_file(weights, file, metadata={"format": "pt"})
+    shutil.copytree(adapter.path, lora)
+    save_file({name: array for name, array in tensors.items() if not name.endswith(_TOKEN_ROWS)},
+              lora / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = json.loads((lora / ADAPTER_CONFIG).read_text())
+    config.pop("trainable_token_indices", None)
+    (lora / ADAPTER_CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": str(base)}, indent=2))
+    return replace(adapter, path=lora, base=base)
+
+
 #: How the model builder names the LoRA matrices it builds from a peft adapter
 #: (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``; ``lora_B`` holds B times the LoRA scaling), and
 #: (:data:`FP16_SUFFIX`) their FP16 copies in a graph whose LoRA stays in it.
