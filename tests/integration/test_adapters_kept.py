@@ -196,3 +196,23 @@ def test_the_recipe_comparison_measures_the_lora_in_the_graph_beside_the_merged_
     assert made["adapter"]["in_graph"] is True and made["options"] == json.loads(
         (tmp_path / "recipes" / "mixed" / "manifest.json").read_text())["options"]
     assert kept.size_mb > merged.size_mb  # the LoRA's bytes are in the build
+
+
+def test_a_fine_tune_that_trains_token_rows_keeps_its_lora_in_the_graph_over_a_base_holding_them(
+        tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's fine-tune trains the rows of its two marker tokens (peft's trainable_token_indices)."""
+    from transformers import AutoTokenizer
+
+    from slmops.toolkit.domain.prompts import reference_text
+
+    rows = sorted(set(AutoTokenizer.from_pretrained(tiny_model)(reference_text())["input_ids"][:40]))[-2:]
+    adapter = make_adapter(tiny_model, tmp_path / "tokens", token_rows=rows)  # ids the parity check reads
+    capsys.readouterr()
+    assert cli.main(["convert", str(adapter), "--keep-adapter", "--precision", "fp32", "--out", str(tmp_path / "f")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "trains token rows" in error and "--adapter-in-graph" in error
+    out = tmp_path / "in-graph"
+    assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int8", "--out", str(out)]) == 0
+    fp32_check, _ = json.loads((out / "manifest.json").read_text())["parity"]["checks"]
+    # The FP32 export with the LoRA in the graph matches the merge (LoRA and rows) exactly on ids holding those rows.
+    assert fp32_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range and fp32_check["top1_agreement"] == 1.0
