@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import TemplateError
 from slmops.toolkit.domain import jinja_render, template_resolve
 from slmops.toolkit.domain import templates as T
@@ -167,7 +168,7 @@ def test_presets_write_their_familys_bos_once(preset: T.Template, bos: str) -> N
         assert jinja_render.render_jinja(T.to_jinja(template), messages) == text
     folded = template.as_json()
     assert folded["system"].startswith(bos) and folded["prompt"].startswith(bos)
-    assert T.PromptTemplate.from_json(folded, bos) == template
+    assert codec.load(T.PromptTemplate, folded).unfolded(bos) == template
 
 
 def test_named_templates_and_the_jinja_file_are_read(tmp_path: Path) -> None:

@@ -342,12 +342,12 @@ def _record(job: _Job, work: Workspace, facts: BuildFacts, fp32_route: Path | No
         apart = in_graph_sizes(staging, job.source.parameters)
     adapter = None
     if prepared.adapter is not None:
-        adapter = artifacts.read_json(job.spec.model_dir / adapters.MERGE_RECORD, prepared.adapter.describe())
+        adapter = adapters.read_merge_record(job.spec.model_dir, prepared.adapter)
         if adapter_file is not None:
-            adapter = {**adapter, "kept_apart": True}
+            adapter = replace(adapter, kept_apart=True)
         elif job.spec.adapter_in_graph:
-            adapter = {**adapter, "kept_apart": True, "in_graph": True}
-    more_records = tuple(artifacts.read_json(merged / adapters.MERGE_RECORD, other.describe())
+            adapter = replace(adapter, kept_apart=True, in_graph=True)
+    more_records = tuple(adapters.read_merge_record(merged, other)
                          for other, merged in zip(job.more, job.more_merged)) if adapter_file else ()
     work.step("parity check against transformers")
     gate, peak = parity_gate(job.spec, job.source, fp32_route, staging, work.logs / "parity.log",

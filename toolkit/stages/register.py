@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.toolkit.core import artifacts, codec
+from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import (
     InvalidOptionError,
     ModelFolderError,
@@ -32,7 +32,12 @@ from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import (
     REGISTRATION_RECORD,
     RegisteredModel,
+    RegistrationRecord,
+    ThreadSetting,
+    ToolCallingRecord,
+    read_registration,
     write_registered,
+    write_registration,
 )
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry import models_root
@@ -40,7 +45,6 @@ from slmops.toolkit.stages.register_catalog import (
     INFERENCE_MODEL,
     MAX_NAME,
     list_models,
-    read_record,
     unregister,
     validate_name,
 )
@@ -262,10 +266,10 @@ def register(
         genai_config["model"]["bot_token_id"], genai_config["model"]["eot_token_id"] = markers.start_id, markers.end_id
     root = models_root(cache)
     target = root / name
-    record = read_record(target)
-    if record and record.get("source") != str(source) and not force:
+    record = read_registration(target)
+    if record and record.source != str(source) and not force:
         raise NameTakenError(
-            f"The name {name!r} is already registered to another model ({record.get('source')}). "
+            f"The name {name!r} is already registered to another model ({record.source}). "
             "Choose another --name, or pass --force to replace it."
         )
     artifacts.remove_stale(root)  # scratch of a registration that was killed
@@ -278,23 +282,19 @@ def register(
             threads = choose_threads(staging, context_length)
             model_config = replace(model_config, threads=threads.chosen)
             _write_genai_config(staging, genai_config, threads.chosen)
-        artifacts.write_json(staging / REGISTRATION_RECORD, {
-            "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
-            "notes": list(resolved.notes), "registered": timestamp(), "stop_tokens": stop.as_json(),
-            "threads": {"setting": "auto", "chosen": threads.chosen, "speedup_vs_default": threads.speedup,
-                        "probe": codec.dump(threads.probe), "reused_probe": threads.reused}
-            if threads else {"setting": model_config.threads},
-        })
+        write_registration(staging, RegistrationRecord(
+            str(source), name, version, str(resolved.choice), tuple(resolved.notes), timestamp(), stop,
+            ThreadSetting("auto", threads.chosen, threads.speedup, threads.probe, threads.reused)
+            if threads else ThreadSetting(model_config.threads)))
         try:
             artifacts.swap_into_place(staging, target,
                                       then=lambda: _catalog_register(target, name, version, cache, markers))
         except BaseException:
-            if record.get("version"):  # the previous folder is back: put its registration back as it was
+            if record and record.version:  # the previous folder is back: put its registration back as it was
                 with contextlib.suppress(Exception):  # the original error is the one to report
-                    _catalog_register(target, name, int(record["version"]), cache,
-                                      tools.registered_markers(target),
-                                      supports_tool_calling=bool(record.get("tool_calling", {}).get(
-                                          "supports_tool_calling")))
+                    _catalog_register(target, name, record.version, cache, tools.registered_markers(target),
+                                      supports_tool_calling=bool(record.tool_calling and
+                                                                 record.tool_calling.supports_tool_calling))
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -304,8 +304,9 @@ def register(
         if supports:
             _catalog_register(target, name, version, cache, markers, supports_tool_calling=True)
         tool_calling = ToolCalling((markers.start, markers.end), supports, detail)
-    record = read_record(target)
-    artifacts.write_json(target / REGISTRATION_RECORD, {**record, "tool_calling": tool_calling.as_json()})
+    record = read_registration(target) or RegistrationRecord()
+    write_registration(target, replace(record, tool_calling=ToolCallingRecord(
+        tool_calling.markers, tool_calling.supports, tool_calling.detail)))
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
                         (*resolved.notes, stop.note()), threads, stop, tool_calling)
 
