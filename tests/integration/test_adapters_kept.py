@@ -129,7 +129,7 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int4", "--recipe", "mixed",
                      "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["adapter"]["in_graph"] is True and manifest["adapter_files"] == []
+    assert manifest["adapter"]["kept_apart"] is True and manifest["adapter_files"] == []
     assert not (out / "adapters").exists()
     # The parity gate ran against the merged model in transformers: the FP32 export exactly, the INT4 build within
     # what quantization may change.
@@ -194,7 +194,7 @@ def test_the_recipe_comparison_measures_the_lora_in_the_graph_beside_the_merged_
     assert (merged.recipe, kept.recipe) == ("mixed", "mixed-lora") and not merged.refused and not kept.refused
     assert "side branch" in kept.note and kept.decode_tps > 0 and 0 < kept.kl_divergence < 1.5
     made = json.loads((tmp_path / "recipes" / "mixed-lora" / "manifest.json").read_text())
-    assert made["adapter"]["in_graph"] is True and made["options"] == json.loads(
+    assert made["adapter"]["kept_apart"] is True and made["adapter_files"] == [] and made["options"] == json.loads(
         (tmp_path / "recipes" / "mixed" / "manifest.json").read_text())["options"]
     assert kept.size_mb > merged.size_mb  # the LoRA's bytes are in the build
 

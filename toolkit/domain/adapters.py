@@ -365,8 +365,8 @@ class MergeRecord:
         merge_route: How it was merged (:data:`MERGE_ROUTE`).
         merge_check: The merge against the unmerged adapter (None: not merged here).
         tokenizer: Where the merged model's tokenizer, template and generation settings came from.
-        kept_apart: The build keeps the adapter apart from its base's weights (the manifest's entry only).
-        in_graph: Kept apart as a side branch inside the build's one graph (``--adapter-in-graph``; manifest only).
+        kept_apart: The build keeps the adapter apart from its base's weights (the manifest's entry only): in
+            adapter files (the manifest's ``adapter_files``), or with none as a side branch in its graph.
     """
 
     KIND: ClassVar[str] = "merge.json"
@@ -387,7 +387,6 @@ class MergeRecord:
     merge_check: MergeCheck | None = None
     tokenizer: TokenizerOrigin | None = None
     kept_apart: bool = False
-    in_graph: bool = False
 
 
 def read_merge_record(merged: str | os.PathLike[str], adapter: AdapterSource) -> MergeRecord:

@@ -346,7 +346,7 @@ def _record(job: _Job, work: Workspace, facts: BuildFacts, fp32_route: Path | No
         if adapter_file is not None:
             adapter = replace(adapter, kept_apart=True)
         elif job.spec.adapter_in_graph:
-            adapter = replace(adapter, kept_apart=True, in_graph=True)
+            adapter = replace(adapter, kept_apart=True)  # no adapter file: in the graph
     more_records = tuple(adapters.read_merge_record(merged, other)
                          for other, merged in zip(job.more, job.more_merged)) if adapter_file else ()
     work.step("parity check against transformers")
