@@ -4,6 +4,7 @@ merged model in transformers. Real peft adapters on the tiny random model, real 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,105 @@ def test_an_adapter_that_cannot_stay_apart_is_refused_in_one_line_before_any_wor
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "adapts o_proj" in error
     assert not out.exists() and not (Path.cwd() / "kept").exists()
+
+
+def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_foundry_local_answers_it(
+        tiny_model: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from slmops.toolkit.runtimes.foundry import LoadedModel
+    from slmops.toolkit.stages import register
+
+    adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
+    out = tmp_path / "in-graph"
+    assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int4", "--recipe", "mixed",
+                     "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["adapter"]["kept_apart"] is True and manifest["adapter_files"] == []
+    assert not (out / "adapters").exists()
+    # The parity gate ran against the merged model in transformers: the FP32 export exactly, the INT4 build within
+    # what quantization may change.
+    fp32_check, int4_check = manifest["parity"]["checks"]
+    assert manifest["parity"]["verdict"] == "pass" and fp32_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range
+    assert int4_check["build"] == "int4" and int4_check["top1_agreement"] >= parity.QUANTIZED.min_top1
+    # One graph: no LoRA inputs; each LoRA matrix an FP16 constant cast to float for a plain MatMul (not quantized),
+    # the base's MatMuls 4-bit.
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert not [value.name for value in graph.input if "lora" in value.name]
+    lora = {init.name: init for init in graph.initializer if ".lora_" in init.name}
+    assert len(lora) == 2 * 3 * 2  # 2 layers x 3 modules x (A, B)
+    assert all(init.data_type == onnx.TensorProto.FLOAT16 for init in lora.values())
+    casts = {node.output[0] for node in graph.node if node.op_type == "Cast" and node.input[0] in lora}
+    assert len(casts) == len(lora)
+    assert {node.op_type for node in graph.node for name in node.input if name in casts} == {"MatMul"}
+    assert sum(node.op_type == "MatMulNBits" for node in graph.node) >= 2 * 7
+    # Bits per weight count the LoRA's bytes: rank 4 on q, v, down of 2 layers, FP16.
+    lora_bytes = 2 * 4 * 2 * (128 + 96 + 192)
+    assert manifest["bits_per_weight"] - manifest["bits_per_weight_without_adapter"] == pytest.approx(
+        8 * lora_bytes / manifest["parameters"], abs=2e-3)
+    # Registered and answered in Foundry Local like any other build.
+    register.register(out, "tiny-lora-in-graph")
+    with LoadedModel("tiny-lora-in-graph") as model:
+        generation = model.generate([{"role": "user", "content": "capital of France"}], max_tokens=4)
+    assert generation.completion_tokens == 4
+
+
+def test_a_lora_in_the_graph_is_refused_where_it_cannot_apply_in_one_line(
+        tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    adapter = make_adapter(tiny_model, tmp_path / "support")
+    out = tmp_path / "in-graph"
+    capsys.readouterr()
+    for argv, words in (([str(adapter), "--precision", "fp32"], "int4 or int8"),
+                        ([str(adapter), "--keep-adapter"], "one graph holds one adapter"),
+                        ([str(tiny_model)], "adapter folder")):
+        assert cli.main(["convert", *argv, "--adapter-in-graph", "--out", str(out)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "adapter_in_graph" in error and words in error, error
+    assert not out.exists()
+
+
+def test_the_recipe_comparison_measures_the_lora_in_the_graph_beside_the_merged_recipes(tiny_model: Path,
+                                                                                       tmp_path: Path) -> None:
+    from slmops.toolkit.core.errors import InvalidOptionError
+    from slmops.toolkit.domain.options import INT4_RECIPES
+    from slmops.toolkit.orchestration import recipes
+
+    adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
+    assert recipes.recipe_names(adapter) == [*INT4_RECIPES, "mixed-lora"]
+    assert recipes.recipe_names(tiny_model) == list(INT4_RECIPES)  # no LoRA to keep: the merged recipes only
+    assert recipes.recipe_names(adapter, "olive") == list(INT4_RECIPES)  # the builder builds the LoRA branch
+    # A retrained head only a merge applies: the comparison of that fine-tune builds the merged recipes only.
+    assert recipes.recipe_names(make_adapter(tiny_model, tmp_path / "head", modules_to_save=["lm_head"])) == list(
+        INT4_RECIPES)
+    with pytest.raises(InvalidOptionError, match="mixed-lora"):
+        recipes.compare_int4_recipes(tiny_model, tmp_path / "plain", tmp_path / "none", ["mixed-lora"], progress=False)
+    merged_fp32 = tmp_path / "fp32"
+    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(merged_fp32)]) == 0
+    merged, kept = recipes.compare_int4_recipes(adapter, tmp_path / "recipes", merged_fp32, ["mixed", "mixed-lora"],
+                                                progress=False)
+    assert (merged.recipe, kept.recipe) == ("mixed", "mixed-lora") and not merged.refused and not kept.refused
+    assert "side branch" in kept.note and kept.decode_tps > 0 and 0 < kept.kl_divergence < 1.5
+    made = json.loads((tmp_path / "recipes" / "mixed-lora" / "manifest.json").read_text())
+    assert made["adapter"]["kept_apart"] is True and made["adapter_files"] == [] and made["options"] == json.loads(
+        (tmp_path / "recipes" / "mixed" / "manifest.json").read_text())["options"]
+    assert kept.size_mb > merged.size_mb  # the LoRA's bytes are in the build
+
+
+def test_a_fine_tune_that_trains_token_rows_keeps_its_lora_in_the_graph_over_a_base_holding_them(
+        tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's fine-tune trains the rows of its two marker tokens (peft's trainable_token_indices)."""
+    from transformers import AutoTokenizer
+
+    from slmops.toolkit.domain.prompts import reference_text
+
+    rows = sorted(set(AutoTokenizer.from_pretrained(tiny_model)(reference_text())["input_ids"][:40]))[-2:]
+    adapter = make_adapter(tiny_model, tmp_path / "tokens", token_rows=rows)  # ids the parity check reads
+    capsys.readouterr()
+    assert cli.main(["convert", str(adapter), "--keep-adapter", "--precision", "fp32", "--out", str(tmp_path / "f")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "trains token rows" in error and "--adapter-in-graph" in error
+    out = tmp_path / "in-graph"
+    assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int8", "--out", str(out)]) == 0
+    fp32_check, _ = json.loads((out / "manifest.json").read_text())["parity"]["checks"]
+    # The FP32 export with the LoRA in the graph matches the merge (LoRA and rows) exactly on ids holding those rows.
+    assert fp32_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range and fp32_check["top1_agreement"] == 1.0

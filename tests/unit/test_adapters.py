@@ -25,7 +25,8 @@ ADDED = ["<|tool|>", "<|end_turn|>"]
 def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_to_save: list[str] | None = None,
                  save_tokenizer: bool = False, template: str | None = None, eos: str | None = None,
                  seed: int = 0, save_embedding_layers: bool | str = "auto",
-                 target_modules: tuple[str, ...] = ("q_proj", "v_proj"), rank: int = 4) -> Path:
+                 target_modules: tuple[str, ...] = ("q_proj", "v_proj"), rank: int = 4,
+                 token_rows: list[int] | None = None) -> Path:
     """A LoRA adapter on ``base`` with random (nonzero) trained weights, saved as peft and trainers save it.
 
     Args:
@@ -40,6 +41,7 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
         save_embedding_layers: peft's option (``"auto"`` saves a resized model's embedding layers).
         target_modules: The modules LoRA adapts.
         rank: LoRA rank ``r`` (alpha is twice it).
+        token_rows: Embedding rows trained too (peft's ``trainable_token_indices``).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -55,7 +57,8 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
     if eos is not None:
         tokenizer.eos_token = eos
     peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target_modules),
-                                                  modules_to_save=modules_to_save))
+                                                  modules_to_save=modules_to_save,
+                                                  trainable_token_indices=token_rows))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in peft_model.parameters():

@@ -140,7 +140,7 @@ def int4_options(args: argparse.Namespace):
 def cmd_convert(args: argparse.Namespace) -> int:
     spec = convert.ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
                                int4_options(args), args.execution_provider, Path(args.base) if args.base else None,
-                               keep_adapter=args.keep_adapter,
+                               keep_adapter=args.keep_adapter, adapter_in_graph=args.adapter_in_graph,
                                more_adapters=tuple(Path(folder) for folder in args.also_adapter or ()))
     result = convert.convert(spec, dry_run=args.dry_run, memory_check=not args.skip_memory_check)
     if args.json:
@@ -169,6 +169,11 @@ def _print_manifest(folder: Path, m: Manifest) -> None:
         print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) kept "
               f"apart from its base {adapter.base}: {files}; base {m.base_size_mb:.1f} MB, "
               f"{m.bits_per_weight:.2f} bits per weight counting the adapter")
+    elif adapter and adapter.kept_apart:  # no adapter file: a side branch in the graph
+        print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) kept "
+              f"as an FP16 side branch in the graph over its base {adapter.base}: base {m.base_size_mb:.1f} MB, "
+              f"{m.bits_per_weight:.2f} bits per weight counting the adapter "
+              f"({m.bits_per_weight_without_adapter:.2f} without)")
     elif adapter:
         print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) merged "
               f"into {adapter.base} by {adapter.merge_route}")

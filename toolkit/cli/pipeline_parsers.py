@@ -22,6 +22,7 @@ from slmops.toolkit.domain.options import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
     INT4_RECIPES,
+    LORA_IN_GRAPH_RECIPES,
     RECIPE_NOTES,
     Int4Algorithm,
     Int4Mix,
@@ -194,6 +195,10 @@ def convert_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
                    help="with a LoRA adapter folder: build the base with LoRA inputs and the adapter as its own "
                    "adapters/NAME.onnx_adapter file (ONNX Runtime GenAI's Adapters API) instead of merging it; "
                    "checked with the adapter active against the merged model")
+    p.add_argument("--adapter-in-graph", action="store_true",
+                   help="with a LoRA adapter folder at int4 or int8: one graph (as Foundry Local loads) whose LoRA "
+                   "stays an FP16 side branch beside the quantized base weights (y = Wq x + B(A x)) instead of "
+                   "being merged into them and rounded; checked against the merged model")
     p.add_argument("--also-adapter", action="append", metavar="ADAPTER_DIR",
                    help="with --keep-adapter: another LoRA adapter of the same base, written as its own adapter "
                    "file for the same build and checked against its own merged model (repeatable)")
@@ -225,7 +230,8 @@ def recipes_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
     p.add_argument("model_dir", help="Hugging Face model folder")
     p.add_argument("--reference", required=True, help="the FP32 build of the same model (slmops convert --precision fp32)")
     out_option(p, "folder for the recipe builds and recipes.json", required=True)
-    p.add_argument("--recipe", action="append", choices=list(INT4_RECIPES), help="repeatable (default: all)")
+    p.add_argument("--recipe", action="append", choices=[*INT4_RECIPES, *LORA_IN_GRAPH_RECIPES],
+                   help="repeatable (default: all; the -lora ones, which keep the LoRA in the graph, for an adapter)")
     p.add_argument("--method", **{**run_param("method"), "choices": [x.value for x in Method], "type": str})
     p.add_argument("--rebuild", action="store_true",
                    help="build every recipe again instead of copying a build of the same source, options, packages "

@@ -365,7 +365,8 @@ class MergeRecord:
         merge_route: How it was merged (:data:`MERGE_ROUTE`).
         merge_check: The merge against the unmerged adapter (None: not merged here).
         tokenizer: Where the merged model's tokenizer, template and generation settings came from.
-        kept_apart: The build keeps the adapter apart from its base's weights (the manifest's entry only).
+        kept_apart: The build keeps the adapter apart from its base's weights (the manifest's entry only): in
+            adapter files (the manifest's ``adapter_files``), or with none as a side branch in its graph.
     """
 
     KIND: ClassVar[str] = "merge.json"

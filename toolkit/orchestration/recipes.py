@@ -12,8 +12,9 @@ from pathlib import Path
 
 from slmops.toolkit.core import build_cache, codec
 from slmops.toolkit.core.artifacts import dir_size_mb
-from slmops.toolkit.core.errors import InvalidOptionError, ParityError
-from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
+from slmops.toolkit.core.errors import InputError, InvalidOptionError, ParityError
+from slmops.toolkit.domain import adapters
+from slmops.toolkit.domain.options import INT4_RECIPES, LORA_IN_GRAPH_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.conversion import (
     BuildCacheEntry,
     Manifest,
@@ -24,7 +25,8 @@ from slmops.toolkit.domain.results.conversion import (
 )
 from slmops.toolkit.domain.results.recipes import RecipeResult, Refusal, RefusedFigures, write_recipes
 from slmops.toolkit.runtimes import genai
-from slmops.toolkit.stages.convert import ConvertSpec, build, prepare
+from slmops.toolkit.stages.convert import ConvertSpec, build, check_keepable, prepare
+from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 
 
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -38,7 +40,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         model_dir: The Hugging Face model.
         out_dir: Where the recipe builds go; ``recipes.json`` is written there.
         reference_dir: The FP32 build of the same model.
-        recipes: Names from :data:`INT4_RECIPES` (all by default).
+        recipes: Names from :func:`recipe_names` (all by default): for a LoRA adapter, also the ways of
+            :data:`LORA_IN_GRAPH_RECIPES` (its LoRA an FP16 side branch in the graph, beside the merged recipes).
         method: Conversion route.
         reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
         progress: Show progress bars.
@@ -59,14 +62,14 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or INT4_RECIPES)
-    unknown = [n for n in names if n not in INT4_RECIPES]
+    names = list(recipes or recipe_names(model_dir, method))
+    known = [*INT4_RECIPES, *(LORA_IN_GRAPH_RECIPES if adapters.is_adapter(Path(model_dir)) else ())]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
+        raise InvalidOptionError("recipe", unknown, f"names from {known}")
     out, reuse = Path(out_dir), dict(reuse or {})
     # Every recipe quantizes the same FP32 export: the reference build when it is one (checked by convert).
-    specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n],
-                            quantize_from=Path(reference_dir))
+    specs = {n: _recipe_spec(n, Path(model_dir), out / n, Method(method), Path(reference_dir))
              for n in names if n not in reuse}
     prepared = {name: prepare(spec) for name, spec in specs.items()}  # every recipe checked before any is built
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
@@ -103,7 +106,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         size = _size_mb(folders[name])
         a = agreement[name]
         results.append(RecipeResult(
-            recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
+            recipe=name, note=_note(name), output_dir=str(folders[name]), size_mb=round(size, 2),
             size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
             reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
             kl_divergence_to_base=a.kl_divergence_to_base,
@@ -111,6 +114,30 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         ))
     write_recipes(out / "recipes.json", results)
     return results
+
+
+def recipe_names(model_dir: str | os.PathLike[str], method: Method | str = Method.BUILDER) -> list[str]:
+    """The recipes compared by default: :data:`INT4_RECIPES`, and for a LoRA adapter that can stay apart from its
+    base (on the builder route) the ways of :data:`LORA_IN_GRAPH_RECIPES`, which keep it in the graph."""
+    if Method(method) is not Method.BUILDER or not adapters.is_adapter(Path(model_dir)):
+        return list(INT4_RECIPES)
+    try:
+        check_keepable(inspect_adapter(model_dir), in_graph=True)
+    except InputError:  # a retrained head or added tokens: only a merge applies it
+        return list(INT4_RECIPES)
+    return [*INT4_RECIPES, *LORA_IN_GRAPH_RECIPES]
+
+
+def _recipe_spec(name: str, model_dir: Path, out: Path, method: Method, reference_dir: Path) -> ConvertSpec:
+    """A recipe's conversion: merged by its named options, or (a LoRA kept in the graph) by its base recipe's."""
+    if name in LORA_IN_GRAPH_RECIPES:
+        return ConvertSpec(model_dir, out, Precision.INT4, method, INT4_RECIPES[LORA_IN_GRAPH_RECIPES[name][0]],
+                           adapter_in_graph=True)
+    return ConvertSpec(model_dir, out, Precision.INT4, method, INT4_RECIPES[name], quantize_from=reference_dir)
+
+
+def _note(name: str) -> str:
+    return LORA_IN_GRAPH_RECIPES[name][1] if name in LORA_IN_GRAPH_RECIPES else RECIPE_NOTES[name]
 
 
 #: The build cache's kind for recipe builds, and the file an entry of a refused recipe holds instead.
@@ -134,6 +161,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
         calibration,
         gptq,
         head_and_table,
+        lora_apart,
         onnx_weights,
         quantize,
         rotate,
@@ -145,8 +173,9 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     made = read_manifest(reference_dir)
     common = (sources.fingerprint(model_dir), made.source_fingerprint if made else None, made.versions if made else None,
               build_cache.code_fingerprint(quantize, rotate, rotated, gptq, calibration, head_and_table,
-                                           table_layout, weight_store, onnx_weights, quant_plan, parity, options,
-                                           convert_stage, convert_plan, convert_checks, convert_record, genai_builder))
+                                           table_layout, weight_store, onnx_weights, lora_apart, quant_plan, parity,
+                                           options, convert_stage, convert_plan, convert_checks, convert_record,
+                                           genai_builder))
     return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)
             for name, spec in specs.items()}
 
@@ -167,7 +196,7 @@ def _refused(name: str, reason: str, figures: RefusedFigures, fp32_mb: float) ->
     """A recipe the parity gate refused, with the gate's figures (against the source model) and its reason."""
     size = figures.size_mb or 0.0
     return RecipeResult(
-        recipe=name, note=RECIPE_NOTES[name], output_dir="", size_mb=round(size, 2),
+        recipe=name, note=_note(name), output_dir="", size_mb=round(size, 2),
         size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=figures.top1_agreement,
         kl_divergence=figures.kl_divergence, perplexity=None, reference_perplexity=None,
         decode_tps=None, refused=reason)

@@ -56,6 +56,7 @@ from slmops.toolkit.stages.convert_record import (
     BuildFacts,
     conversion_rows,
     fp32_reference,
+    in_graph_sizes,
     kept_apart_sizes,
     manifest,
     parity_gate,
@@ -63,7 +64,7 @@ from slmops.toolkit.stages.convert_record import (
 from slmops.toolkit.stages.convert_workspace import Workspace, workspace
 from slmops.toolkit.weights.adapter_merge import merge
 from slmops.toolkit.weights.checkpoints import inspect_source
-from slmops.toolkit.weights.lora_apart import lora_matrices, write_onnx_adapter
+from slmops.toolkit.weights.lora_apart import lora_matrices, split_token_rows, token_rows, write_onnx_adapter
 
 __all__ = [
     "ADAPTERS_DIR",
@@ -226,8 +227,11 @@ def _run_route(job: _Job, work: Workspace) -> tuple[Path, Path | None]:
     reused = _reusable_fp32(spec, work.source_fingerprint.result())
     if reused is not None:
         return reused, reused  # the quantizer writes into staging
+    kept = job.prepared.kept
+    if kept is not None and token_rows(kept.path):  # trained token rows go into the base's table, as a merge puts them
+        kept = split_token_rows(kept, work.scratch / "token-rows")
     if spec.method is Method.BUILDER:
-        work.runs.append(workers.run_tool(builder_command(spec, first, work.scratch / "cache", job.prepared.kept),
+        work.runs.append(workers.run_tool(builder_command(spec, first, work.scratch / "cache", kept),
                                           log_path=work.logs / "builder.log", name="onnxruntime_genai builder"))
     elif spec.method is Method.OLIVE:
         work.runs.append(workers.run_tool(olive_command(spec, first), log_path=work.logs / "olive.log",
@@ -245,7 +249,7 @@ def _reusable_fp32(spec: ConvertSpec, source_fingerprint: str) -> Path | None:
     """``spec.quantize_from`` when the quantizer may start from it (see :class:`ConvertSpec`), else None."""
     folder = spec.quantize_from
     # A kept-apart build's FP32 has LoRA inputs, a merged one has none: neither stands in for the other.
-    if folder is None or not needs_quantizer(spec) or spec.method is not Method.BUILDER or spec.keep_adapter:
+    if folder is None or not needs_quantizer(spec) or spec.method is not Method.BUILDER or spec.keeps_lora:
         return None
     made = read_manifest(folder)
     same = (made is not None and made.precision == str(Precision.FP32) and made.method == str(Method.BUILDER)
@@ -257,8 +261,11 @@ def _reusable_fp32(spec: ConvertSpec, source_fingerprint: str) -> Path | None:
 def _keep_lora_apart(job: _Job, work: Workspace, first: Path) -> tuple[Path, Path | None]:
     """Step (a LoRA kept apart): its matrices become graph inputs, their values an adapter file per adapter.
 
+    With ``adapter_in_graph`` the matrices stay constants of the graph's LoRA branch, stored in FP16 and
+    read through a Cast to float (the quantizer leaves the branch alone), and no adapter file is made.
+
     Returns:
-        The folder the build continues from, and the build's own adapter file (None when nothing is kept apart).
+        The folder the build continues from, and the build's own adapter file (None when none is made).
     """
     kept, spec = job.prepared.kept, job.spec
     if kept is None:
@@ -267,6 +274,13 @@ def _keep_lora_apart(job: _Job, work: Workspace, first: Path) -> tuple[Path, Pat
     for name in (*adapters.TOKENIZER_FILES, *adapters.TEMPLATE_FILES):
         if (first / name).is_file() and (spec.model_dir / name).is_file():
             shutil.copy2(spec.model_dir / name, first / name)
+    if spec.adapter_in_graph:
+        side_branch = work.scratch / "lora-fp16"
+        job = LoraJob(str(first / "model.onnx"), str(side_branch / "model.onnx"), "")
+        work.runs.append(workers.run_worker("slmops.toolkit.weights.lora_apart", "lora-fp16", codec.dump(job),
+                                            log_path=work.logs / "lora-fp16.log", name="LoRA side branch in FP16"))
+        _copy_support_files(first, side_branch)
+        return side_branch, None
     lora_out = work.scratch / "lora-inputs" if needs_quantizer(spec) else work.staging
     adapter_file = work.scratch / ADAPTERS_DIR / f"{kept.path.name}{ADAPTER_SUFFIX}"
     lora = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
@@ -324,11 +338,15 @@ def _record(job: _Job, work: Workspace, facts: BuildFacts, fp32_route: Path | No
     size_mb = dir_size_mb(staging)
     more_files = [staging / ADAPTERS_DIR / f"{other.path.name}{ADAPTER_SUFFIX}" for other in job.more]
     apart = kept_apart_sizes(staging, [adapter_file, *more_files], job.source.parameters) if adapter_file else None
+    if job.spec.adapter_in_graph:
+        apart = in_graph_sizes(staging, job.source.parameters)
     adapter = None
     if prepared.adapter is not None:
         adapter = adapters.read_merge_record(job.spec.model_dir, prepared.adapter)
         if adapter_file is not None:
             adapter = replace(adapter, kept_apart=True)
+        elif job.spec.adapter_in_graph:
+            adapter = replace(adapter, kept_apart=True)  # no adapter file: in the graph
     more_records = tuple(adapters.read_merge_record(merged, other)
                          for other, merged in zip(job.more, job.more_merged)) if adapter_file else ()
     work.step("parity check against transformers")

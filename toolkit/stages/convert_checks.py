@@ -38,6 +38,7 @@ from slmops.toolkit.stages.convert_plan import (
 )
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.checkpoints import inspect_source, tied_flag_contradicts_head
+from slmops.toolkit.weights.lora_apart import token_rows
 
 
 def check_source(model_dir: str | os.PathLike[str]) -> SourceModel:
@@ -99,7 +100,7 @@ class Prepared:
     @property
     def kept(self) -> adapters.AdapterSource | None:
         """The adapter, when it is kept apart from the build's weights."""
-        return self.adapter if self.spec.keep_adapter else None
+        return self.adapter if self.spec.keeps_lora else None
 
 
 def prepare(spec: ConvertSpec, *, memory_check: bool = True) -> Prepared:
@@ -155,15 +156,21 @@ def _check_choices(spec: ConvertSpec) -> ConvertSpec:
         ) from exc
     if spec.execution_provider not in _PROVIDERS:
         raise InvalidOptionError("execution_provider", spec.execution_provider, f"one of {sorted(_PROVIDERS)}")
-    if spec.keep_adapter and not adapters.is_adapter(spec.model_dir):
-        raise InvalidOptionError("keep_adapter", str(spec.model_dir),
+    kept = "adapter_in_graph" if spec.adapter_in_graph else "keep_adapter"
+    if spec.keeps_lora and not adapters.is_adapter(spec.model_dir):
+        raise InvalidOptionError(kept, str(spec.model_dir),
                                  "a PEFT LoRA adapter folder (adapter_config.json) as the model")
     if spec.more_adapters and not spec.keep_adapter:
         raise InvalidOptionError("more_adapters", ", ".join(map(str, spec.more_adapters)), "only with --keep-adapter")
-    if spec.keep_adapter and precision is Precision.INT4 and spec.int4.rotate:
+    if spec.adapter_in_graph and (spec.keep_adapter or precision not in {Precision.INT4, Precision.INT8}):
+        # One graph holds one adapter; at FP32 a side branch computes what the merged build does.
+        raise InvalidOptionError("adapter_in_graph", f"{precision}{' with --keep-adapter' * spec.keep_adapter}",
+                                 "--precision int4 or int8, without --keep-adapter (one graph holds one adapter)")
+    if spec.keeps_lora and precision is Precision.INT4 and spec.int4.rotate:
         # Rotation folds into the base's weights what the LoRA branch (a graph input) would also have to absorb.
-        raise InvalidOptionError("rotate", True, "off with --keep-adapter (the adapter's matrices are not rotated)")
-    if spec.keep_adapter and method is not Method.BUILDER:
+        raise InvalidOptionError("rotate", True, f"off with --{kept.replace('_', '-')} (the adapter's matrices "
+                                 "are not rotated)")
+    if spec.keeps_lora and method is not Method.BUILDER:
         raise InvalidOptionError("method", str(method), "builder with --keep-adapter (the model builder "
                                  "builds the LoRA inputs)")
     return replace(spec, precision=precision, method=method)
@@ -175,8 +182,8 @@ def _check_source(spec: ConvertSpec) -> tuple[SourceModel, adapters.AdapterSourc
     adapter, more = None, ()
     if adapters.is_adapter(spec.model_dir):  # a LoRA adapter: its base must be convertible (and match it)
         adapter = inspect_adapter(spec.model_dir, spec.base)
-        if spec.keep_adapter:
-            check_keepable(adapter)
+        if spec.keeps_lora:
+            check_keepable(adapter, in_graph=spec.adapter_in_graph)
             more = _check_more_adapters(adapter, spec.more_adapters)
         source = check_source(adapter.base)
     elif spec.base is not None:
@@ -228,16 +235,23 @@ def _check_build(spec: ConvertSpec, source: SourceModel) -> None:
         )
 
 
-def check_keepable(adapter: adapters.AdapterSource) -> None:
+def check_keepable(adapter: adapters.AdapterSource, *, in_graph: bool = False) -> None:
     """Refuse an adapter that cannot stay apart from its base.
 
     Only LoRA matrices on linear layers become graph inputs; a module saved whole
     (``modules_to_save``: a resized vocabulary, a retrained LM head) replaces base weights, and
     LoRA on the embedding table or LM head is not built as a side branch by the model builder.
 
+    Trained token rows (peft's ``trainable_token_indices``) go into the base's table with
+    ``in_graph`` (one graph, one fine-tune); an adapter file cannot carry them.
+
     Raises:
-        InputError: the adapter saves modules whole or adapts the embeddings or the LM head.
+        InputError: the adapter saves modules whole or adapts the embeddings or the LM head, or (apart from the
+            graph) trains token rows.
     """
+    if not in_graph and token_rows(adapter.path):
+        raise InputError(f"{adapter.path} trains token rows (trainable_token_indices), which an adapter file cannot "
+                         "carry: convert it with --adapter-in-graph, or without --keep-adapter (merged).")
     whole = list(adapter.modules_to_save)
     outer = [name for name in adapter.target_modules if name in {"lm_head", "embed_tokens"}]
     if whole or outer:

@@ -44,6 +44,11 @@ class ConvertSpec:
         more_adapters: With ``keep_adapter``: other LoRA adapters of the same base on (some of) the
             same modules, each written as its own adapter file for the same build and checked the
             same way against its own merged model.
+        adapter_in_graph: With a LoRA adapter as ``model_dir`` (builder route, INT4 or INT8): build the base
+            with the adapter as an FP16 side branch inside the one graph (``y = Wq x + B(A x)``, the LoRA
+            matrices FP16 constants read through a Cast to float, which the quantizer leaves alone) instead of merging it into the quantized
+            weights: one graph, as Foundry Local loads, that keeps what the fine-tune learned. Checked
+            against the merged model in transformers like any other build.
     """
 
     model_dir: Path
@@ -56,6 +61,12 @@ class ConvertSpec:
     quantize_from: Path | None = None
     keep_adapter: bool = False
     more_adapters: tuple[Path, ...] = ()
+    adapter_in_graph: bool = False
+
+    @property
+    def keeps_lora(self) -> bool:
+        """Whether the build keeps the LoRA apart from the base's weights (as an adapter file, or in the graph)."""
+        return self.keep_adapter or self.adapter_in_graph
 
 
 #: Where a build whose LoRA was kept apart holds its adapter files (``<name>.onnx_adapter``).

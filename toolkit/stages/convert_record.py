@@ -27,6 +27,7 @@ from slmops.toolkit.domain.results.conversion import (
 from slmops.toolkit.domain.sources import SourceModel
 from slmops.toolkit.runtimes import reference
 from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.weights.lora_apart import lora_bytes
 from slmops.toolkit.weights.weight_summary import weight_summary
 
 #: Packages whose versions a manifest records.
@@ -39,7 +40,7 @@ class KeptApartSizes:
 
     Attributes:
         files: The ``.onnx_adapter`` files, the build's own adapter first.
-        base_size_mb: The graph and its weights, MB.
+        base_size_mb: The graph and its weights, MB (without the LoRA's, when they are in the graph).
         bits_per_weight: Bits per weight over the base's parameters, counting the first adapter's bytes.
         bits_per_weight_without_adapter: The same without them.
     """
@@ -111,6 +112,19 @@ def kept_apart_sizes(build: Path, adapter_files: list[Path], parameters: int) ->
                               round((base_bytes + file.stat().st_size) * per_weight, 3)) for file in adapter_files)
     return KeptApartSizes(files, round(base_bytes / 1e6, 3), files[0].bits_per_weight,
                           round(base_bytes * per_weight, 3))
+
+
+def in_graph_sizes(build: Path, parameters: int) -> KeptApartSizes:
+    """The manifest's sizes of a build whose LoRA is a float side branch inside its graph (no adapter file).
+
+    Args:
+        build: The build folder (its ``model.onnx`` and data file hold the base's weights and the LoRA's).
+        parameters: The base model's parameter count.
+    """
+    total = sum(f.stat().st_size for f in build.glob("model.onnx*") if f.is_file())
+    base = total - lora_bytes(build / "model.onnx")
+    per_weight = 8 / parameters if parameters else 0.0
+    return KeptApartSizes((), round(base / 1e6, 3), round(total * per_weight, 3), round(base * per_weight, 3))
 
 
 def parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None, build: Path, log: Path,

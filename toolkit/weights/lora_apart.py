@@ -1,4 +1,5 @@
-"""LoRA kept apart from the base: the builder graph's LoRA matrices as graph inputs, and ``.onnx_adapter`` files.
+"""LoRA kept apart from the base: the builder graph's LoRA matrices as graph inputs, and ``.onnx_adapter`` files,
+or left as an FP16 side branch of the one graph (:func:`lora_in_fp16`).
 
 Runs as a worker task (``keep-lora-apart``, see :mod:`slmops.toolkit.core.workers`).
 """
@@ -64,9 +65,80 @@ def lora_matrices(adapter: AdapterSource, inputs: dict[str, list[int]]) -> dict[
     return matrices
 
 
+#: peft's trained token rows (``trainable_token_indices``): the new values of those rows of the embedding table.
+_TOKEN_ROWS = "trainable_tokens_delta"
+
+
+def token_rows(adapter: Path) -> list[int]:
+    """The embedding rows an adapter trains besides its LoRA (peft's ``trainable_token_indices``), or none."""
+    indices = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get("trainable_token_indices") or []
+    if isinstance(indices, dict):  # {"embed_tokens": [...]}: one table
+        indices = [i for rows in indices.values() for i in rows]
+    return [int(i) for i in indices]
+
+
+def split_token_rows(adapter: AdapterSource, out: Path) -> AdapterSource:
+    """An adapter that also trains token rows, as a base holding those rows and the adapter's LoRA alone over it.
+
+    The rows (:func:`token_rows`: new values of some rows of the embedding table, which a tied LM
+    head shares) are applied only by a merge: written into a copy of the base, as the merge writes
+    them, the LoRA can then stay apart over it (``--adapter-in-graph``).
+
+    Args:
+        adapter: A checked adapter with token rows.
+        out: Where the base copy (``out/base``) and the adapter's LoRA (``out/adapter``) go.
+
+    Returns:
+        The adapter without token rows, over the base with them.
+    """
+    import shutil
+    from dataclasses import replace
+
+    from safetensors.torch import load_file, save_file
+
+    rows = token_rows(adapter.path)
+    base, lora = out / "base", out / "adapter"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(adapter.base, base)
+    tensors = load_file(adapter.path / "adapter_model.safetensors")
+    values = next(array for name, array in tensors.items() if name.endswith(_TOKEN_ROWS))
+    for file in base.glob("*.safetensors"):
+        weights = load_file(file)
+        table = next((name for name in weights if name.endswith("embed_tokens.weight")), None)
+        if table is not None:
+            weights[table][rows] = values.to(weights[table].dtype)
+            save_file(weights, file, metadata={"format": "pt"})
+    shutil.copytree(adapter.path, lora)
+    save_file({name: array for name, array in tensors.items() if not name.endswith(_TOKEN_ROWS)},
+              lora / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = json.loads((lora / ADAPTER_CONFIG).read_text())
+    config.pop("trainable_token_indices", None)
+    (lora / ADAPTER_CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": str(base)}, indent=2))
+    return replace(adapter, path=lora, base=base)
+
+
 #: How the model builder names the LoRA matrices it builds from a peft adapter
-#: (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``; ``lora_B`` holds B times the LoRA scaling).
-_LORA_WEIGHT = re.compile(r"\.lora_([AB])\.MatMul\.weight$")
+#: (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``; ``lora_B`` holds B times the LoRA scaling), and
+#: (:data:`FP16_SUFFIX`) their FP16 copies in a graph whose LoRA stays in it.
+_LORA_WEIGHT = re.compile(r"\.lora_([AB])\.MatMul\.weight(?:_fp16)?$")
+
+#: The suffix of a LoRA matrix stored in FP16 (:func:`lora_in_fp16`), read through a Cast to float.
+FP16_SUFFIX = "_fp16"
+
+
+def is_lora_weight(name: str) -> bool:
+    """Whether ``name`` is a LoRA matrix of a builder graph (built with ``adapter_path``): kept in float, never quantized."""
+    return _LORA_WEIGHT.search(name) is not None
+
+
+def lora_bytes(model: Path) -> int:
+    """The bytes of the LoRA matrices stored as constants in the graph ``model`` (0 when it has none)."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return sum(int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+               for init in graph.initializer if is_lora_weight(init.name))
 
 
 #: The symbolic dimension of a LoRA input's rank (``lora_r.<module>``), one per module, so an adapter of
@@ -125,6 +197,47 @@ def keep_lora_apart(source: Path, target: Path, adapter_file: Path) -> dict[str,
     return {name: list(matrix.shape) for name, matrix in matrices.items()}
 
 
+def lora_in_fp16(source: Path, target: Path) -> int:
+    """Store the LoRA matrices of a builder graph in FP16, each read through a ``Cast`` to float: the side branch.
+
+    The graph then computes ``y = W x + B(A x)`` with A and B rounded to FP16 (half their FP32 bytes;
+    a LoRA matrix's values are far inside FP16's range) and the branch's arithmetic in float as
+    before. A ``MatMul`` reading a Cast's output is no constant-weight MatMul, so the quantizer that
+    follows leaves the branch alone. The other weights are copied tensor by tensor into ``target``'s data file.
+
+    Returns:
+        The number of LoRA matrices stored in FP16.
+
+    Raises:
+        ValueError: the graph holds no LoRA matrices (it was not built with ``adapter_path``).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(source), load_external_data=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    weights = WeightStore(source.parent, target.parent / f"{target.name}.data")
+    casts = []
+    try:
+        for init in model.graph.initializer:
+            if is_lora_weight(init.name):
+                half = weights.read(init).astype(np.float16)
+                name = init.name
+                init.CopyFrom(weights.write(name + FP16_SUFFIX, half))
+                casts.append(helper.make_node("Cast", [init.name], [name], name=f"{name}/Cast", to=TensorProto.FLOAT))
+                continue
+            nbytes = int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            (weights.inline if nbytes < INLINE_BYTES else weights.store)(init)
+    finally:
+        weights.close()
+    if not casts:
+        raise ValueError(f"{source} holds no LoRA matrices: build it with the adapter (adapter_path)")
+    for position, cast in enumerate(casts):  # first: the graph's nodes stay in topological order
+        model.graph.node.insert(position, cast)
+    onnx.save(model, str(target))
+    return len(casts)
+
+
 def write_onnx_adapter(file: Path, matrices: dict[str, np.ndarray]) -> None:
     """Save LoRA matrices (graph input name to array) as an ONNX Runtime ``.onnx_adapter`` file."""
     import onnxruntime as ort
@@ -145,5 +258,11 @@ def _keep_lora_apart_task(payload: dict, _emit) -> dict:
     return {"lora_inputs": keep_lora_apart(Path(job.source), Path(job.target), Path(job.adapter_file))}
 
 
+def _lora_fp16_task(payload: dict, _emit) -> dict:
+    """Worker task: :func:`lora_in_fp16` from a :class:`LoraJob`'s source to its target (no adapter file)."""
+    job = codec.load(LoraJob, payload)
+    return {"lora_matrices": lora_in_fp16(Path(job.source), Path(job.target))}
+
+
 if __name__ == "__main__":
-    workers.serve({"keep-lora-apart": _keep_lora_apart_task})
+    workers.serve({"keep-lora-apart": _keep_lora_apart_task, "lora-fp16": _lora_fp16_task})
