@@ -155,7 +155,8 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     register.register(out, "tiny-lora-in-graph")
     with LoadedModel("tiny-lora-in-graph") as model:
         generation = model.generate([{"role": "user", "content": "capital of France"}], max_tokens=4)
-    assert generation.completion_tokens == 4
+    # A random tiny model may pick its end token at any step: an answer is one token or more, ended by either.
+    assert 1 <= generation.completion_tokens <= 4 and generation.finish_reason in ("stop", "length")
 
 
 def test_a_lora_in_the_graph_is_refused_where_it_cannot_apply_in_one_line(

@@ -231,7 +231,8 @@ def recipes_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
     p.add_argument("--reference", required=True, help="the FP32 build of the same model (slmops convert --precision fp32)")
     out_option(p, "folder for the recipe builds and recipes.json", required=True)
     p.add_argument("--recipe", action="append", choices=[*INT4_RECIPES, *LORA_IN_GRAPH_RECIPES],
-                   help="repeatable (default: all; the -lora ones, which keep the LoRA in the graph, for an adapter)")
+                   help="repeatable (default: every merged recipe; the -lora ones, which keep an adapter's LoRA in "
+                        "the graph, only when named)")
     p.add_argument("--method", **{**run_param("method"), "choices": [x.value for x in Method], "type": str})
     p.add_argument("--rebuild", action="store_true",
                    help="build every recipe again instead of copying a build of the same source, options, packages "

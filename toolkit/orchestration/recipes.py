@@ -40,8 +40,10 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         model_dir: The Hugging Face model.
         out_dir: Where the recipe builds go; ``recipes.json`` is written there.
         reference_dir: The FP32 build of the same model.
-        recipes: Names from :func:`recipe_names` (all by default): for a LoRA adapter, also the ways of
-            :data:`LORA_IN_GRAPH_RECIPES` (its LoRA an FP16 side branch in the graph, beside the merged recipes).
+        recipes: Names from :func:`recipe_names`; by default the merged recipes of :data:`INT4_RECIPES`. The ways of
+            :data:`LORA_IN_GRAPH_RECIPES` (a LoRA adapter's LoRA an FP16 side branch in the graph) are compared
+            when named: each is one more build, and on a tiny model its rank against its merged twin turns on
+            timing noise, so two runs of the same parameters would deploy different builds.
         method: Conversion route.
         reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
         progress: Show progress bars.
@@ -62,7 +64,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or recipe_names(model_dir, method))
+    names = list(recipes or INT4_RECIPES)
     known = [*INT4_RECIPES, *(LORA_IN_GRAPH_RECIPES if adapters.is_adapter(Path(model_dir)) else ())]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -117,8 +119,8 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
 
 
 def recipe_names(model_dir: str | os.PathLike[str], method: Method | str = Method.BUILDER) -> list[str]:
-    """The recipes compared by default: :data:`INT4_RECIPES`, and for a LoRA adapter that can stay apart from its
-    base (on the builder route) the ways of :data:`LORA_IN_GRAPH_RECIPES`, which keep it in the graph."""
+    """The recipes this model can be compared on: :data:`INT4_RECIPES`, and for a LoRA adapter that can stay apart
+    from its base (on the builder route) the ways of :data:`LORA_IN_GRAPH_RECIPES`, which keep it in the graph."""
     if Method(method) is not Method.BUILDER or not adapters.is_adapter(Path(model_dir)):
         return list(INT4_RECIPES)
     try:
