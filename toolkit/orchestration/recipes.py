@@ -24,7 +24,54 @@ from slmops.toolkit.domain.results.conversion import (
 )
 from slmops.toolkit.domain.results.recipes import RecipeResult, write_recipes
 from slmops.toolkit.runtimes import genai
+from slmops.toolkit.runtimes.genai_jobs import Agreement
 from slmops.toolkit.stages.convert import ConvertSpec, build, prepare
+from slmops.toolkit.stages.convert_checks import Prepared
+
+
+def _recipe_names(recipes: list[str] | None) -> list[str]:
+    """The recipes to compare (all by default); refused when one is not in :data:`INT4_RECIPES`."""
+    names = list(recipes or INT4_RECIPES)
+    unknown = [n for n in names if n not in INT4_RECIPES]
+    if unknown:
+        raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
+    return names
+
+
+def _build_recipe(name: str, prepared: Prepared, folder: Path, fp32_mb: float, key: str | None) -> RecipeResult | None:
+    """Build one prepared recipe into ``folder`` (or take it from the build cache when ``key`` is given).
+
+    Returns:
+        The refusal when the parity gate refuses the build (now or when it was cached), else None.
+    """
+    kept = build_cache.lookup(_CACHE, key) if key is not None else None
+    if kept is not None and (kept / _REFUSAL).is_file():
+        record = artifacts.read_json(kept / _REFUSAL)
+        return _refused(name, record["reason"], record["record"], fp32_mb)
+    if kept is not None:
+        _copy_kept(kept, folder, key)
+        return None
+    try:
+        build(prepared, progress=False)
+    except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
+        if key is not None:  # kept too, so the same build is not made again to be refused
+            build_cache.store_json(_CACHE, key, _REFUSAL, {"reason": str(exc), "record": exc.record})
+        return _refused(name, str(exc), exc.record, fp32_mb)
+    if key is not None:
+        build_cache.store(_CACHE, key, folder)
+    return None
+
+
+def _measured(name: str, folder: Path, a: Agreement, decode_tps: float, fp32_mb: float) -> RecipeResult:
+    """A built recipe's result: its size, its agreement ``a`` with the FP32 build and its decode speed."""
+    size = _size_mb(folder)
+    return RecipeResult(
+        recipe=name, note=RECIPE_NOTES[name], output_dir=str(folder), size_mb=round(size, 2),
+        size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
+        reference_perplexity=a.reference_perplexity, decode_tps=decode_tps,
+        kl_divergence_to_base=a.kl_divergence_to_base,
+        moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
+    )
 
 
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -59,10 +106,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or INT4_RECIPES)
-    unknown = [n for n in names if n not in INT4_RECIPES]
-    if unknown:
-        raise InvalidOptionError("recipe", unknown, f"names from {list(INT4_RECIPES)}")
+    names = _recipe_names(recipes)
     out, reuse = Path(out_dir), dict(reuse or {})
     # Every recipe quantizes the same FP32 export: the reference build when it is one (checked by convert).
     specs = {n: ConvertSpec(Path(model_dir), out / n, Precision.INT4, Method(method), INT4_RECIPES[n],
@@ -71,44 +115,17 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     prepared = {name: prepare(spec) for name, spec in specs.items()}  # every recipe checked before any is built
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
     fp32_mb = _size_mb(Path(reference_dir))
-    refused: dict[str, RecipeResult] = {}
     keys = recipe_cache_keys(model_dir, reference_dir, specs) if cache and specs else {}
+    refused: dict[str, RecipeResult] = {}
     for name in tqdm(list(specs), desc="build recipes", disable=not progress):
-        kept = build_cache.lookup(_CACHE, keys[name]) if cache else None
-        if kept is not None and (kept / _REFUSAL).is_file():
-            record = artifacts.read_json(kept / _REFUSAL)
-            refused[name] = _refused(name, record["reason"], record["record"], fp32_mb)
-            continue
-        if kept is not None:
-            _copy_kept(kept, folders[name], keys[name])
-            continue
-        try:
-            build(prepared[name], progress=False)
-        except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
-            refused[name] = _refused(name, str(exc), exc.record, fp32_mb)
-            if cache:  # kept too, so the same build is not made again to be refused
-                build_cache.store_json(_CACHE, keys[name], _REFUSAL, {"reason": str(exc), "record": exc.record})
-            continue
-        if cache:
-            build_cache.store(_CACHE, keys[name], folders[name])
-    built = [n for n in names if n not in refused]
-    agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in built},
-                                                     base_dir=base_reference_dir)} if built else {}
-    speeds = genai.decode_speeds({n: folders[n] for n in built}) if built else {}
-    results = []
-    for name in names:
-        if name in refused:
-            results.append(refused[name])
-            continue
-        size = _size_mb(folders[name])
-        a = agreement[name]
-        results.append(RecipeResult(
-            recipe=name, note=RECIPE_NOTES[name], output_dir=str(folders[name]), size_mb=round(size, 2),
-            size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
-            reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
-            kl_divergence_to_base=a.kl_divergence_to_base,
-            moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
-        ))
+        refusal = _build_recipe(name, prepared[name], folders[name], fp32_mb, keys[name] if cache else None)
+        if refusal is not None:
+            refused[name] = refusal
+    built = {n: folders[n] for n in names if n not in refused}
+    agreement = {a.model: a for a in genai.agreement(reference_dir, built, base_dir=base_reference_dir)} if built else {}
+    speeds = genai.decode_speeds(built) if built else {}
+    results = [refused[name] if name in refused else _measured(name, folders[name], agreement[name], speeds[name], fp32_mb)
+               for name in names]
     write_recipes(out / "recipes.json", results)
     return results
 
