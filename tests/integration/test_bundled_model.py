@@ -10,8 +10,8 @@ from typing import NamedTuple
 import jsonschema
 import pytest
 
-from slmops.toolkit import endpoint as serve
 from slmops.toolkit.domain import datasets
+from slmops.toolkit.endpoint.cli import background
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages import bench, convert, register
@@ -133,7 +133,7 @@ def tuned(bundled: Path, tmp_path_factory: pytest.TempPathFactory):
                   progress=False).output_dir
     examples = datasets.load_dataset()
     registration = register.register(out, TUNED, tool_probe=datasets.tool_probe(examples))
-    with serve.background([TUNED]) as running:
+    with background([TUNED]) as running:
         yield registration, running, examples
 
 

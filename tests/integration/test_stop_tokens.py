@@ -94,11 +94,11 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
 
 
 def test_the_endpoint_answers_stop(scripted) -> None:
-    from slmops.toolkit import endpoint as serve
+    from slmops.toolkit.endpoint.cli import background
 
     source, onnx = scripted("chatml-endoftext")
     R.register(onnx, "stop-served", model_config=NO_PROBE)
-    with serve.background(["stop-served"]) as endpoint:
+    with background(["stop-served"]) as endpoint:
         answer = endpoint.client().chat.completions.create(model="stop-served", messages=PROBE_CONVERSATION, max_tokens=40,
                                                 temperature=0)
     assert answer.choices[0].finish_reason == "stop", answer

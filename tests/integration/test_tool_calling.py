@@ -15,9 +15,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from slmops.toolkit import endpoint as serve
 from slmops.toolkit.core.errors import FoundryRequestError
 from slmops.toolkit.domain import tools
+from slmops.toolkit.endpoint.cli import Endpoint, background
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.stages import register as R
 
@@ -45,7 +45,7 @@ def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
 
 @pytest.fixture(scope="module")
 def tiny_endpoint(tiny_tools: R.Registration):
-    with serve.background([TINY]) as running:
+    with background([TINY]) as running:
         yield running
 
 
@@ -85,7 +85,7 @@ def test_a_model_registered_without_markers_refuses_tools(tiny_int4: Path) -> No
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [PICK], "tool_choice": "always"}, "tool_choice"),
 ])
-def test_bad_tool_definitions_get_openai_400s(tiny_endpoint: serve.Endpoint, options: dict, param: str) -> None:
+def test_bad_tool_definitions_get_openai_400s(tiny_endpoint: Endpoint, options: dict, param: str) -> None:
     client = tiny_endpoint.client()
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=TINY, messages=ASK, max_tokens=4, **options)
@@ -94,7 +94,7 @@ def test_bad_tool_definitions_get_openai_400s(tiny_endpoint: serve.Endpoint, opt
     assert after.usage.completion_tokens >= 1 and after.choices[0].finish_reason in ("stop", "length")
 
 
-def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: serve.Endpoint) -> None:
+def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: Endpoint) -> None:
     client = tiny_endpoint.client()
     call = {"id": "call_1", "type": "function", "function": {"name": "pick_city", "arguments": '{"city": "Lunmere"}'}}
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -107,7 +107,7 @@ def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: serve.Endpo
                                        max_tokens=4)
 
 
-def test_a_plain_answer_equals_the_runtimes_own_non_streamed_answer(tiny_endpoint: serve.Endpoint) -> None:
+def test_a_plain_answer_equals_the_runtimes_own_non_streamed_answer(tiny_endpoint: Endpoint) -> None:
     """The endpoint builds a plain answer from the runtime's stream (so a client that leaves can stop it): it must
     be the answer the runtime's own non-streamed layer gives, and a failure its failure.
 
