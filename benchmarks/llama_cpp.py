@@ -61,6 +61,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from llama_cpp_native import LLAMA_CPP_PYTHON, isa_cmake_args, require_tools, tools_root, unpack_sources
 
+from slmops.toolkit.runtimes.genai_folders import load
+
 GGUF = "0.19.0"
 #: llama-cpp-python's build for the quality venv: only its libraries, AMX left out (see isa_cmake_args).
 CMAKE_ARGS = "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF"
@@ -450,7 +452,7 @@ def measure_speed(tools, chosen: tuple[Pair, ...], models: Path, ggufs: dict[str
 
     tokenizer = Tokenizer.from_file(str(models / chosen[0].folder / "tokenizer.json"))
     prompt = tokenizer.encode(prompt_text(tokenizer, args.prompt_tokens), add_special_tokens=False).ids
-    loaded = {p.ours: genai.load(models / p.folder, args.threads) for p in chosen}
+    loaded = {p.ours: load(models / p.folder, args.threads) for p in chosen}
     for pair in chosen:  # warm-up: one untimed run of ours (llama-bench warms up itself)
         genai.time_generation(loaded[pair.ours], prompt, args.gen_tokens, repeats=1, warmup=0)
 

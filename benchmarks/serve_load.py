@@ -43,6 +43,7 @@ from slmops.toolkit.endpoint.cli import background, free_port
 from slmops.toolkit.endpoint.options import DEFAULT_BATCH_SIZE, DEFAULT_POLICY
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.batching import Policy
+from slmops.toolkit.runtimes.foundry_session import find_model
 
 PROMPTS = ("Name a colour.", "Say hello in French.", "What is two plus two?", "Name a planet.",
            "Give me a fruit.", "Name an ocean.", "Say something kind.", "Name a tree.",
@@ -118,7 +119,7 @@ class LlamaServer:
 
 def default_gguf(model: str) -> Path:
     """The Q4_0 GGUF of ``model``'s source beside the llama.cpp tools (``<source folder>-q4_0.gguf``)."""
-    folder = Path(foundry.find_model(model).get_path())
+    folder = Path(find_model(model).get_path())
     source = json.loads((folder / "manifest.json").read_text()).get("source_path", "")
     return tools_root() / f"{Path(source).name}-q4_0.gguf"
 

@@ -24,6 +24,7 @@ from report_md import append, section
 
 from slmops.toolkit.stages import bench
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages.register_catalog import unregister
 
 
 def main() -> None:
@@ -52,8 +53,8 @@ def main() -> None:
             print(f"round {number}: default {base.decode_tps:.1f} tok/s, first token {base.ttft_ms:.0f} ms; "
                   f"auto ({auto.threads.chosen} threads) {fast.decode_tps:.1f} tok/s, {fast.ttft_ms:.0f} ms")
     finally:
-        R.unregister("threads-bench-auto")
-        R.unregister("threads-bench-default")
+        unregister("threads-bench-auto")
+        unregister("threads-bench-default")
     print(f"--threads auto against the runtime's default: decode {statistics.median(decode):.2f}x, "
           f"time to first token {statistics.median(ttft):.2f}x (medians of {args.rounds} rounds)")
     append(args.markdown, section(

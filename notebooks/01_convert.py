@@ -17,7 +17,7 @@ from IPython.display import Markdown, display
 from slmops.toolkit.domain import options
 from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import plots, report
-from slmops.toolkit.stages import convert
+from slmops.toolkit.stages.convert_record import conversion_rows
 from slmops.widgets import ModelPicker, PrecisionPicker, RunPanel
 
 run = runs.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
@@ -46,7 +46,7 @@ panel = RunPanel("convert", lambda: run_stages.convert(run, model=model.value, p
                      Markdown(run_stages.source_words(converted.source)),
                      report.figure(plots.plot_loss(converted.source.trained.losses), run.dir / "finetune_loss.png")
                      if converted.source.trained else None,
-                     report.table(convert.conversion_rows(converted.manifests)),
+                     report.table(conversion_rows(converted.manifests)),
                      report.figure(plots.plot_sizes(converted.manifests), run.dir / "sizes.png")),
                  then=[picker.refresh], interactive=run.interactive)
 display(panel) if run.interactive else None

@@ -15,7 +15,7 @@ from IPython.display import HTML, display
 from slmops.toolkit.endpoint.cli import ask_once, call_tool_once
 from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import checklist_tables, report
-from slmops.toolkit.stages import register
+from slmops.toolkit.stages.register_catalog import list_models
 from slmops.widgets import ChatBox, RunPanel, TemplatePicker
 
 run = runs.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
@@ -34,7 +34,7 @@ panel = RunPanel("register", lambda: run_stages.register(run, template=picker.va
                  show=lambda registered: (
                      report.table(registered.models,
                                   ["name", "model_id", "precision", "template", "threads", "threads_speedup", "notes"]),
-                     report.table(register.list_models(run.cache))),
+                     report.table(list_models(run.cache))),
                  then=[chat.refresh], interactive=run.interactive)
 display(panel) if run.interactive else None
 registered = panel.run()

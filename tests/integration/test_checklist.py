@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import checklist as E
 from slmops.toolkit.stages import register as R
 
 
 def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     fp32 = convert(ConvertSpec(tiny_model, tmp_path / "fp32", Precision.FP32), progress=False).output_dir
     R.register(fp32, "tiny-ref")

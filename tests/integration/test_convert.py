@@ -8,27 +8,29 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core import workers
+from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import (
     InsufficientMemoryError,
 )
-from slmops.toolkit.domain.options import INT4_RECIPES
+from slmops.toolkit.domain.options import INT4_RECIPES, Method, Precision
 from slmops.toolkit.domain.results.conversion import read_conversions, read_manifest
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages import convert as C
 from slmops.toolkit.stages import convert_checks
+from slmops.toolkit.stages.convert_plan import OLIVE_CONFIG, ConvertSpec
 from tests.unit.test_convert import spec
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, precision: str) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / precision, precision=C.Precision(precision)), progress=False)
+    result = C.convert(spec(tiny_model, tmp_path / precision, precision=Precision(precision)), progress=False)
     files = {p.name for p in result.output_dir.iterdir()}
     assert {"genai_config.json", "model.onnx", "tokenizer.json", "manifest.json"} <= files
     manifest = read_manifest(result.output_dir)
     assert manifest == result.manifest  # what was written is what the one reader reads back
     assert manifest.precision == precision and manifest.method == "builder"
     assert manifest.peak_rss_mib > 50 and manifest.wall_s > 0
-    assert manifest.size_mb == pytest.approx(C.dir_size_mb(result.output_dir) - 0.002, abs=0.01)
+    assert manifest.size_mb == pytest.approx(dir_size_mb(result.output_dir) - 0.002, abs=0.01)
     assert manifest.versions["onnxruntime-genai"] == "0.14.1"
     assert len(manifest.source_fingerprint) == 16
     assert [p.name for p in tmp_path.iterdir()] == [precision]  # no scratch left
@@ -37,7 +39,7 @@ def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, preci
 def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny_model: Path, tmp_path: Path) -> None:
     import onnx
 
-    int8 = C.convert(spec(tiny_model, tmp_path / "int8", precision=C.Precision.INT8), progress=False)
+    int8 = C.convert(spec(tiny_model, tmp_path / "int8", precision=Precision.INT8), progress=False)
     graph = onnx.load(str(int8.output_dir / "model.onnx"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {8}
@@ -102,7 +104,7 @@ def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
     assert "--skip-memory-check" in message and "more memory" in message
     assert not (tmp_path / "models").exists()
     with pytest.raises(InsufficientMemoryError, match="use --method builder"):
-        C.convert(spec(tiny_model, out, method=C.Method.OLIVE), progress=False)
+        C.convert(spec(tiny_model, out, method=Method.OLIVE), progress=False)
     assert not out.exists()
     # The user may insist: the prediction is still recorded, marked unchecked.
     done = C.convert(spec(tiny_model, out), progress=False, memory_check=False)
@@ -145,16 +147,16 @@ def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["olive", "olive-config"])
 def test_olive_routes_convert_for_real(tiny_model: Path, tmp_path: Path, method: str) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / method, method=C.Method(method)), progress=False)
+    result = C.convert(spec(tiny_model, tmp_path / method, method=Method(method)), progress=False)
     assert (result.output_dir / "genai_config.json").is_file()
     assert result.manifest.method == method
     if method == "olive-config":
-        assert (result.output_dir / C.OLIVE_CONFIG).is_file()
+        assert (result.output_dir / OLIVE_CONFIG).is_file()
     assert not list(tmp_path.glob(".*"))  # Olive's cache went with the scratch folder
 
 
 def test_fp16_builds_for_a_gpu_provider(tiny_model: Path, tmp_path: Path) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / "fp16", precision=C.Precision.FP16, execution_provider="cuda"),
+    result = C.convert(spec(tiny_model, tmp_path / "fp16", precision=Precision.FP16, execution_provider="cuda"),
                        progress=False)
     assert result.manifest.execution_provider == "cuda"
     assert result.manifest.weights["parameters"].keys() == {"fp16"}
@@ -177,7 +179,7 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
         assert not any("slmops.toolkit.runtimes.genai_builder" in c for c in made.commands)  # no export
         assert [c["build"] for c in made.parity.checks] == [precision]  # the FP32 passed its own check
     # The same bytes as an INT4 quantized from a fresh export.
-    fresh = C.convert(C.ConvertSpec(tiny_model, tmp_path / "fresh", C.Precision.INT4), progress=False)
+    fresh = C.convert(ConvertSpec(tiny_model, tmp_path / "fresh", Precision.INT4), progress=False)
     assert fresh.manifest.quantized_from is None
 
     def digest(folder: Path) -> str:
@@ -186,5 +188,5 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
     assert digest(tmp_path / "run" / "int4") == digest(fresh.output_dir)
     # An FP32 build of another model is not used: the export runs.
     other = make_tiny_model(tmp_path / "other" / "qwen2", seed=1)
-    spec = C.ConvertSpec(other, tmp_path / "other-int4", C.Precision.INT4, quantize_from=tmp_path / "run" / "fp32")
+    spec = ConvertSpec(other, tmp_path / "other-int4", Precision.INT4, quantize_from=tmp_path / "run" / "fp32")
     assert C.convert(spec, progress=False).manifest.quantized_from is None

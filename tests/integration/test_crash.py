@@ -18,9 +18,10 @@ import pytest
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import DiskFullError
-from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import convert as C
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from tests.unit.test_crash import SLMOPS, debris, run_until_killed
 
 
@@ -34,7 +35,7 @@ def digest(folder: Path) -> dict[str, str]:
 def built(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished int4 build: the 'earlier result' every crash must leave alone."""
     out = tmp_path_factory.mktemp("crash") / "int4"
-    C.convert(C.ConvertSpec(tiny_model, out), progress=False)
+    C.convert(ConvertSpec(tiny_model, out), progress=False)
     return out
 
 
@@ -54,7 +55,7 @@ def test_a_conversion_killed_at_any_point_keeps_the_earlier_build(built: Path, t
     assert not debris(built.parent)  # ...and the next run removes it, putting back what was moved aside
     if point != "swap-in-place":
         assert digest(built) == before
-    C.convert(C.ConvertSpec(tiny_model, built), progress=False)  # and converting again works
+    C.convert(ConvertSpec(tiny_model, built), progress=False)  # and converting again works
 
 
 @pytest.mark.parametrize("after_s", [1.0, 3.0])
@@ -74,7 +75,7 @@ def test_a_conversion_killed_at_a_random_moment_keeps_the_earlier_build_and_its_
             break
         time.sleep(0.2)
     assert not orphans, [p.info["cmdline"] for p in orphans]
-    C.convert(C.ConvertSpec(tiny_model, built), progress=False)
+    C.convert(ConvertSpec(tiny_model, built), progress=False)
     assert not debris(built.parent)  # the new conversion cleaned up after the dead one
 
 
@@ -125,5 +126,5 @@ def test_a_conversion_whose_disk_fills_while_writing_keeps_the_earlier_build(
 
     monkeypatch.setattr(artifacts.os, "fsync", no_space)
     with pytest.raises(DiskFullError, match="manifest.json"):
-        C.convert(C.ConvertSpec(tiny_model, built), progress=False)
+        C.convert(ConvertSpec(tiny_model, built), progress=False)
     assert digest(built) == before and not debris(built.parent)

@@ -15,9 +15,11 @@ from safetensors.numpy import save_file
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
+from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist, convert, finetune
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.adapter_merge import merged_folder
 from tests.unit.test_finetune import LINE
@@ -64,7 +66,7 @@ def test_two_processes_asking_for_one_fine_tune_at_once_train_it_once(tiny_model
 
 def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_adapter: finetune.FinetuneResult,
                                                                            tmp_path: Path) -> None:
-    result = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", convert.Precision.FP32),
+    result = convert.convert(ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", Precision.FP32),
                              progress=False)
     adapter = result.manifest.adapter
     assert adapter["rank"] == 4 and adapter["merge_route"] == adapters.MERGE_ROUTE
@@ -77,7 +79,7 @@ def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_ad
     # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
     merged = merged_folder(inspect_adapter(tiny_adapter.adapter))
     assert (merged / "config.json").is_file() and result.manifest.source_path == str(merged)
-    int4 = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", convert.Precision.INT4),
+    int4 = convert.convert(ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", Precision.INT4),
                            progress=False)
     assert int4.manifest.adapter["fingerprint"] == adapter["fingerprint"]
     assert [c["build"] for c in int4.manifest.parity.checks] == ["fp32", "int4"]
@@ -189,7 +191,7 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     assert source.parameters > 0 and source.tied_embeddings == (variant == "tied")
     if "sharded" in variant:
         assert len(list(folder.glob("*.safetensors"))) > 1
-    result = convert.convert(convert.ConvertSpec(folder, tmp_path / "int4", convert.Precision.INT4), progress=False)
+    result = convert.convert(ConvertSpec(folder, tmp_path / "int4", Precision.INT4), progress=False)
     assert result.manifest.parameters == source.parameters and result.size_mb > 0
     R.register(result.output_dir, f"tiny-{variant}", model_config=R.ModelConfig(threads=None))
     from slmops.toolkit.runtimes.foundry import LoadedModel

@@ -20,8 +20,12 @@ from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import jinja_render
 from slmops.toolkit.domain import params as P
 from slmops.toolkit.orchestration import pipeline
-from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_requests import Generation
 from slmops.toolkit.stages import register
+from slmops.toolkit.stages.convert_checks import validate
+from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_catalog import validate_name
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -42,7 +46,7 @@ def listing(folder: Path) -> list[str]:
 @given(name=st.one_of(hostile_text, st.text(max_size=80)))
 def test_names_are_accepted_only_when_safe(name: str) -> None:
     try:
-        assert register.validate_name(name) == name
+        assert validate_name(name) == name
     except InputError:
         return
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) and ".." not in name
@@ -236,7 +240,6 @@ def test_a_damaged_adapter_folder_is_checked_or_refused_in_one_line(lora_adapter
     """The checks ``convert`` runs on an adapter before it merges anything (the merge itself is not fuzzed: seconds)."""
     import tempfile
 
-    from slmops.toolkit.stages import convert
     from tests.integration.test_hostile import snapshot
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,7 +248,7 @@ def test_a_damaged_adapter_folder_is_checked_or_refused_in_one_line(lora_adapter
         what = damage(adapter, draw, ["adapter_config.json", "adapter_model.safetensors"])
         before, out = snapshot(adapter), Path(tmp) / "out"
         try:
-            convert.validate(convert.ConvertSpec(adapter, out, base=tiny_model))
+            validate(ConvertSpec(adapter, out, base=tiny_model))
         except InputError as exc:
             assert "\n" not in str(exc), what
         assert snapshot(adapter) == before and not out.exists(), what

@@ -7,6 +7,7 @@ from pathlib import Path
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages.register_catalog import unregister
 from slmops.toolkit.weights.lm_head import ALL_POSITIONS, is_pruned
 
 
@@ -24,4 +25,4 @@ def test_the_registered_graph_is_pruned_and_the_full_one_answers_for_every_posit
             parts = list(served_model.chat("hello", max_tokens=3, temperature=0))
         assert parts and parts[-1].prompt_tokens > 0
     finally:
-        R.unregister("tiny-served")
+        unregister("tiny-served")

@@ -17,8 +17,11 @@ from slmops.toolkit.core.errors import (
     RegistrationError,
 )
 from slmops.toolkit.domain import templates as T
-from slmops.toolkit.runtimes.foundry import LoadedModel, models_root
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages.register_catalog import list_models, unregister
+from slmops.toolkit.stages.register_threads import pick_threads, probe_counts
 
 
 def snapshot(folder: Path) -> dict[str, float]:
@@ -37,7 +40,7 @@ def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> No
     tokenizer_config = json.loads((reg.path / "tokenizer_config.json").read_text())
     assert tokenizer_config["chat_template"] == (reg.path / "chat_template.jinja").read_text()
     assert json.loads((reg.path / "genai_config.json").read_text())["search"]["max_length"] == 512
-    rows = {row["name"]: row for row in R.list_models()}
+    rows = {row["name"]: row for row in list_models()}
     assert rows["tiny-layout"]["registered"] and rows["tiny-layout"]["folder"]
     assert rows["tiny-layout"]["precision"] == "int4"
 
@@ -103,8 +106,8 @@ def test_unknown_model_and_unregister(tiny_int4: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="slmops register"):
         LoadedModel("never-registered")
     R.register(tiny_int4, "tiny-gone")
-    R.unregister("tiny-gone")
-    assert "tiny-gone" not in {row["name"] for row in R.list_models()}
+    unregister("tiny-gone")
+    assert "tiny-gone" not in {row["name"] for row in list_models()}
     assert not (models_root() / "tiny-gone").exists()
 
 
@@ -135,8 +138,8 @@ def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
 def test_threads_auto_probes_each_count_and_writes_the_fastest(tiny_int4: Path) -> None:
     reg = R.register(tiny_int4, "tiny-threads")  # auto is the default
     probe = reg.threads.probe
-    assert [row.threads for row in probe] == R.probe_counts() and all(row.decode_tps > 0 for row in probe)
-    assert reg.threads.chosen == R.pick_threads(list(probe)) >= 1 and reg.model_config.threads == reg.threads.chosen
+    assert [row.threads for row in probe] == probe_counts() and all(row.decode_tps > 0 for row in probe)
+    assert reg.threads.chosen == pick_threads(list(probe)) >= 1 and reg.model_config.threads == reg.threads.chosen
     session = json.loads((reg.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert session["intra_op_num_threads"] == reg.threads.chosen
     record = json.loads((reg.path / ".slmops-registration.json").read_text())["threads"]
@@ -212,4 +215,4 @@ def test_a_thread_probe_is_reused_for_the_same_graph_only(tiny_int4: Path, tmp_p
     R.register(other, "probe-c")
     assert threads("probe-c")["reused_probe"] is False
     for name in ("probe-a", "probe-b", "probe-c"):
-        R.unregister(name)
+        unregister(name)

@@ -34,7 +34,9 @@ LONG = 4000  # tokens: seconds of generation on this model; a short answer is mi
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory: pytest.TempPathFactory):
     """The registered name of a tiny model with an 8,192-token context that always generates ``max_tokens``."""
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
     from tests.models import make_tiny_model
 
     source = make_tiny_model(tmp_path_factory.mktemp("long") / "qwen2", context=8192)

@@ -17,7 +17,8 @@ import pytest
 
 from slmops.toolkit.core.errors import TemplateError
 from slmops.toolkit.domain import templates as T
-from slmops.toolkit.runtimes.foundry import LoadedModel, models_root
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages import register as R
 from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
@@ -28,7 +29,9 @@ from tests.unit.test_stop_tokens import NO_PROBE
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory):
     """``family -> (Hugging Face folder, FP32 ONNX folder)``, built on first use."""
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     root = tmp_path_factory.mktemp("scripted")
     built: dict[str, tuple[Path, Path]] = {}

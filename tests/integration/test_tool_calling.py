@@ -19,6 +19,7 @@ from slmops.toolkit.core.errors import FoundryRequestError
 from slmops.toolkit.domain import tools
 from slmops.toolkit.endpoint.cli import Endpoint, background
 from slmops.toolkit.runtimes import foundry
+from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages import register as R
 
 pytestmark = pytest.mark.slow  # every test here converts and loads a model
@@ -33,7 +34,9 @@ ASK = [{"role": "user", "content": "Pick a city."}]
 
 @pytest.fixture(scope="module")
 def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
     from tests.models import make_tiny_model
 
     # Foundry Local's tool protocol is about 1,000 of the tiny tokenizer's tokens: a longer context.
@@ -56,7 +59,7 @@ def test_registration_publishes_the_markers_and_does_not_claim_a_random_model_ca
     assert (config["bot_token_id"], config["eot_token_id"]) == (markers.start_id, markers.end_id)
     assert tiny_tools.tool_calling.markers == ("<tool_call>", "</tool_call>")
     assert not tiny_tools.tool_calling.supports and tiny_tools.tool_calling.detail.startswith("no ")
-    assert not foundry.find_model(TINY).supports_tool_calling
+    assert not find_model(TINY).supports_tool_calling
     record = json.loads((tiny_tools.path / ".slmops-registration.json").read_text())
     assert record["tool_calling"]["supports_tool_calling"] is False
     with foundry.LoadedModel(TINY) as model:

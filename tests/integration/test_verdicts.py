@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.runtimes import foundry
+from slmops.toolkit.runtimes.foundry_session import local_catalog
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import checklist as E
 from slmops.toolkit.stages import register
-from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+from slmops.toolkit.stages.convert import convert
+from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_catalog import list_models
 from tests.scripted_models import make_scripted_model
 
 
@@ -35,8 +39,8 @@ def test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens(scripted: str, t
     assert report["short"] == [] and {r["engine"] for r in report["decode_ceiling"]} == {"foundry-local", "ort-genai"}
     assert "isa" in report["metadata"]
     # The fixed-length registration is gone: nothing left in the catalog or the cache's listing.
-    assert [m.id for m in foundry.local_catalog().list_models() if foundry.FIXED_LENGTH_SUFFIX in m.id] == []
-    assert scripted in {row["name"] for row in register.list_models()}
+    assert [m.id for m in local_catalog().list_models() if foundry.FIXED_LENGTH_SUFFIX in m.id] == []
+    assert scripted in {row["name"] for row in list_models()}
 
 
 def test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_run(scripted: str) -> None:

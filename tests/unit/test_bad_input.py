@@ -18,7 +18,8 @@ from slmops.toolkit.core.errors import InconsistentCheckpointError, InputError, 
 from slmops.toolkit.domain import jinja_render, sources, template_resolve
 from slmops.toolkit.domain import templates as T
 from slmops.toolkit.stages import checklist
-from slmops.toolkit.stages.convert import ConvertSpec, validate
+from slmops.toolkit.stages.convert_checks import validate
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.weights import checkpoints, context_limit
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from tests.integration.test_hostile import snapshot

@@ -12,6 +12,7 @@ import pytest
 from slmops.toolkit.core.errors import SlmopsError
 from slmops.toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
 from slmops.toolkit.presentation import bench_text
+from slmops.toolkit.runtimes.genai_jobs import Agreement, BenchJob, DirectBench
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import checklist as E
 
@@ -87,14 +88,13 @@ def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
 def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:
     from slmops.toolkit.core import codec
     from slmops.toolkit.domain.results.bench import TimedRun
-    from slmops.toolkit.runtimes import genai
 
-    job = genai.BenchJob("models/int4", ((1, 2, 3), (4,)), (8, 16), repeats=3, warmup=1, threads=2)
-    assert codec.load(genai.BenchJob, json.loads(json.dumps(codec.dump(job)))) == job
+    job = BenchJob("models/int4", ((1, 2, 3), (4,)), (8, 16), repeats=3, warmup=1, threads=2)
+    assert codec.load(BenchJob, json.loads(json.dumps(codec.dump(job)))) == job
     run = TimedRun(ttft_s=0.1, total_s=0.5, gen_tokens=9, harness_s=0.001, cpu_percent=98.0)
-    measured = genai.DirectBench(1.5, 300.25, 812.0, (((run, run), (run,)),))
-    back = codec.load(genai.DirectBench, json.loads(json.dumps(codec.dump(measured))))
+    measured = DirectBench(1.5, 300.25, 812.0, (((run, run), (run,)),))
+    back = codec.load(DirectBench, json.loads(json.dumps(codec.dump(measured))))
     assert back == measured and back.runs[0][0][1].decode_tps == run.decode_tps == 20.0
-    agreement = genai.Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
-    assert codec.load(genai.Agreement, {**codec.dump(agreement), "extra": 1}) == agreement
+    agreement = Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
+    assert codec.load(Agreement, {**codec.dump(agreement), "extra": 1}) == agreement
     assert set(codec.dump(agreement)) >= {"top1_agreement", "kl_divergence"}

@@ -12,7 +12,7 @@ import pytest
 from slmops.toolkit.core.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.presentation import bench_text, compare
-from slmops.toolkit.runtimes.foundry import Generation
+from slmops.toolkit.runtimes.foundry_requests import Generation
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import checklist as E
 

@@ -14,8 +14,9 @@ from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import tools
 from slmops.toolkit.orchestration import doctor
 from slmops.toolkit.presentation.tables import text_table
-from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
-from slmops.toolkit.stages import register
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_requests import Generation
+from slmops.toolkit.stages.register_catalog import list_models, unregister
 from slmops.toolkit.weights.bundled import bundled_model
 
 COMMANDS = (
@@ -38,7 +39,7 @@ def cmd_bundled(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    register.unregister(args.name, cache=args.cache_dir, remove_files=not args.keep_files)
+    unregister(args.name, cache=args.cache_dir, remove_files=not args.keep_files)
     if args.json:
         print_json({"name": args.name, "unregistered": True, "files_removed": not args.keep_files})
     else:
@@ -47,7 +48,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    rows = register.list_models(args.cache_dir)
+    rows = list_models(args.cache_dir)
     if args.json:
         print_json(rows)
         return 0

@@ -33,6 +33,7 @@ from slmops.toolkit.orchestration import cluster, pipeline, recipes, run_stages,
 from slmops.toolkit.presentation import bench_text, checklist_tables, plots, report
 from slmops.toolkit.presentation.tables import text_table
 from slmops.toolkit.stages import checklist, convert, finetune, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 
 COMMANDS = (
     Command(Group.PIPELINE, "demo", "the whole pipeline on the bundled model (fp32, int8, int4)"),
@@ -137,7 +138,7 @@ def int4_options(args: argparse.Namespace):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    spec = convert.ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
+    spec = ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
                                int4_options(args), args.execution_provider, Path(args.base) if args.base else None,
                                keep_adapter=args.keep_adapter,
                                more_adapters=tuple(Path(folder) for folder in args.also_adapter or ()))

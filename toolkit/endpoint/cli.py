@@ -28,9 +28,9 @@ from slmops.toolkit.endpoint.options import (
     STREAM_INTERVAL_S,
     ServeOptions,
 )
-from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.batching import Policy
-from slmops.toolkit.runtimes.foundry import find_model
+from slmops.toolkit.runtimes.foundry_session import find_model
+from slmops.toolkit.runtimes.foundry_web import probe_web_service, serve_natively
 
 
 def is_loopback(host: str) -> bool:
@@ -102,8 +102,8 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
             probe.bind((host, port))
         except OSError as exc:
             raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port.") from exc
-    if api_key is None and foundry.probe_web_service(names[0], cache).serves:
-        foundry.serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
+    if api_key is None and probe_web_service(names[0], cache).serves:
+        serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
         return
     options = ServeOptions(stream_interval_s=stream_interval_s, max_queue=max_queue, request_timeout_s=request_timeout_s,
                            batch_size=batch_size, policy=Policy(policy))

@@ -17,8 +17,10 @@ from slmops.toolkit.domain import jinja_render, template_resolve, templates
 from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
-from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
-from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_web import probe_web_service
+from slmops.toolkit.stages.register import ModelConfig, register
+from slmops.toolkit.stages.register_stop import vocabulary_gap
 from slmops.toolkit.weights.context_limit import context_problem
 from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 

@@ -25,8 +25,9 @@ from slmops.toolkit.domain.results.conversion import (
 from slmops.toolkit.domain.results.recipes import RecipeResult, write_recipes
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.genai_jobs import Agreement
-from slmops.toolkit.stages.convert import ConvertSpec, build, prepare
-from slmops.toolkit.stages.convert_checks import Prepared
+from slmops.toolkit.stages.convert import build
+from slmops.toolkit.stages.convert_checks import Prepared, prepare
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 
 
 def _recipe_names(recipes: list[str] | None) -> list[str]:

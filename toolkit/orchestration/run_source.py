@@ -17,6 +17,7 @@ from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.domain.templates import PromptTemplate
 from slmops.toolkit.stages import convert, finetune, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.bundled import bundled_model
 
@@ -110,7 +111,7 @@ def convert_all(source: RunSource, picked: str | os.PathLike[str], precisions: l
     manifests = convert.convert_all(model, precisions, models_dir, base=source.base if fine_tuned else None,
                                     **convert_options)
     if fine_tuned:  # the base alone at FP32: the checklist's negative control
-        convert.convert(convert.ConvertSpec(source.base, Path(models_dir) / CONTROL_DIR, Precision.FP32),
+        convert.convert(ConvertSpec(source.base, Path(models_dir) / CONTROL_DIR, Precision.FP32),
                         progress=convert_options.get("progress", True))
     return manifests
 

@@ -30,6 +30,7 @@ from slmops.toolkit.presentation import compare as comparison
 from slmops.toolkit.stages import bench as bench_stage
 from slmops.toolkit.stages import checklist
 from slmops.toolkit.stages import register as register_stage
+from slmops.toolkit.stages.register_catalog import list_models
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def choose_reference(names: list[str], run: Run) -> str | None:
     precision = {m.name: m.precision for m in read_registered(file)} if file.is_file() else {}
     missing = [n for n in names if n.split(":")[0] not in precision]
     if missing:
-        precision.update({row["name"]: row.get("precision") for row in register_stage.list_models(run.cache)
+        precision.update({row["name"]: row.get("precision") for row in list_models(run.cache)
                           if row["name"] not in precision})
     return next((n for n in names if precision.get(n.split(":")[0]) == "fp32"), None)
 

@@ -26,7 +26,8 @@ from slmops.toolkit.domain.results.registration import RegisteredModel, read_reg
 from slmops.toolkit.presentation import bench_text, checklist_tables, compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.presentation.tables import Html, html_table
-from slmops.toolkit.stages import bench, checklist, convert
+from slmops.toolkit.stages import bench, checklist
+from slmops.toolkit.stages.convert_record import conversion_rows
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def run_story(recommendation: deployment_choice.Recommendation | None, bench_rep
     """"What this run shows": a few sentences generated from the run's own figures.
 
     Args:
-        recommendation: :func:`slmops.toolkit.presentation.deployment_choice.recommend` of the run.
+        recommendation: :func:`slmops.toolkit.domain.deployment_choice.recommend` of the run.
         bench_report: Its ``bench.json``.
         registered: Its ``registered.json`` (thread choices).
         control: ``test.json``'s negative control (the base model on the same domain cases), if any.
@@ -285,7 +286,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                                         or (run / STAGE_RESULTS[name]).is_file() else "not run")}
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
-        conversion=convert.conversion_rows(converted) if converted else [],
+        conversion=conversion_rows(converted) if converted else [],
         recipes=[codec.dump(r) for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         checklist_details=checklist_tables.checklist_details(tests.models, style=False) if tests else "",
@@ -303,7 +304,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
                       swept: list[str], placements: dict[str, dict] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
-    The table is :func:`slmops.toolkit.presentation.deployment_choice.side_by_side`, the one a comparison of two runs shows.
+    The table is :func:`slmops.toolkit.domain.deployment_choice.side_by_side`, the one a comparison of two runs shows.
 
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.

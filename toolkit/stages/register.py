@@ -34,42 +34,25 @@ from slmops.toolkit.domain.results.registration import (
     RegisteredModel,
     write_registered,
 )
-from slmops.toolkit.runtimes import foundry
-from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.runtimes.foundry_session import catalog_register, models_root
 from slmops.toolkit.stages.register_catalog import (
     INFERENCE_MODEL,
-    MAX_NAME,
-    list_models,
     read_record,
-    unregister,
     validate_name,
 )
-from slmops.toolkit.stages.register_stop import StopTokens, reconcile_stop_tokens, token_ids, vocabulary_gap
+from slmops.toolkit.stages.register_stop import StopTokens, reconcile_stop_tokens, token_ids
 from slmops.toolkit.stages.register_threads import (
     AUTO_THREADS,
-    PROBE_PROMPT_TOKENS,
-    KeptProbe,
     ThreadChoice,
     choose_threads,
-    pick_threads,
-    probe_counts,
 )
 from slmops.toolkit.stages.register_tools import (
-    PROBE_CASE,
-    PROBE_MAX_TOKENS,
     ToolCalling,
     fine_tune_probe,
     probe_tool_calling,
 )
 from slmops.toolkit.weights import lm_head
 from slmops.toolkit.weights.context_limit import context_problem
-
-__all__ = [
-    "AUTO_THREADS", "INFERENCE_MODEL", "MAX_NAME", "PROBE_CASE", "PROBE_MAX_TOKENS", "PROBE_PROMPT_TOKENS", "KeptProbe",
-    "ModelConfig", "Registration", "StopTokens", "ThreadChoice", "ToolCalling", "choose_threads", "fine_tune_probe",
-    "list_models", "pick_threads", "probe_counts", "probe_tool_calling", "reconcile_stop_tokens", "register",
-    "register_all", "unregister", "validate_name", "vocabulary_gap",
-]
 
 
 @dataclass(frozen=True)
@@ -358,7 +341,7 @@ def _catalog_register(path: Path, name: str, version: int, cache: str | Path | N
     artifacts.crash_point("register-catalog")
     model_id = f"{name}:{version}"
     try:
-        foundry.catalog_register(path, model_id, name, cache, markers=markers,
+        catalog_register(path, model_id, name, cache, markers=markers,
                                  supports_tool_calling=supports_tool_calling)
     except Exception as exc:  # the SDK raises FoundryLocalException with the native message
         raise RegistrationError(f"Foundry Local refused {model_id}: {exc}") from exc

@@ -20,7 +20,8 @@ from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.runtimes import genai
-from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
+from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration
+from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.weights.weight_summary import lookup_only_mb
 
 #: The worker module the children run.

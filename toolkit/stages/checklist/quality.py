@@ -25,7 +25,8 @@ from slmops.toolkit.domain.results.checklist import (
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD
 from slmops.toolkit.domain.sources import fingerprint
 from slmops.toolkit.runtimes import foundry, genai
-from slmops.toolkit.runtimes.foundry import LoadedModel, find_model
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages.checklist.answers import generation
 from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, judge
 from slmops.toolkit.stages.checklist.tool_calls import ask_tool_case, is_tool_case
