@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.domain.results.bench import rows_of
+from slmops.toolkit.domain.results.bench import NOISY_CV, rows_of
 from slmops.toolkit.presentation import plots
 from slmops.toolkit.stages import bench as B
 from slmops.toolkit.stages import register as R
@@ -36,7 +36,7 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
         assert row.precision == "int4" and row.repeats == 3 and row.target_gen_tokens == 8
         assert row.decode_tps > 0 and row.ttft_ms > 0 and row.e2e_ms >= row.ttft_ms
         assert 0 < row.tpot_ms_p50 <= row.tpot_ms_p90 and row.ttft_ms_p50 <= row.ttft_ms_p90  # latencies
-        assert row.noisy == (row.decode_cv > B.NOISY_CV)
+        assert row.noisy == (row.decode_cv > NOISY_CV)
         assert 20 < row.peak_rss_mib < 4000 and row.size_mb > 0 and row.load_s > 0 and row.load_rss_mib > 0
         assert row.cpu_percent > 10 and 0 <= row.system_cpu_percent <= 100  # ticks are 10 ms: tiny runs read 0
         assert 0 <= row.harness_overhead_pct < 100

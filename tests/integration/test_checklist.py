@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import checklist as E
 from slmops.toolkit.stages import register as R
@@ -38,10 +39,10 @@ def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path
     assert "perplexity" in by["quality", "kl-divergence"].detail  # information, not a verdict
     quality = result.quality
     assert quality is not None and by["quality", "top1-agreement"].value == quality.top1_agreement
-    report = E.dump_report(E.write_report([result], tmp_path / "test.json"))
+    report = dump_report(E.write_report([result], tmp_path / "test.json"))
     assert report["passed"] is False and "domain/c1" in report["summary"]["tiny-test"]["failed"]
     assert json.loads((tmp_path / "test.json").read_text())["series"]["tiny-test"]["rss_mib"] == result.rss_mib
-    assert E.read_report(tmp_path / "test.json") == E.load_report(report)
+    assert E.read_report(tmp_path / "test.json") == load_report(report)
 
 
 @pytest.mark.slow

@@ -10,11 +10,11 @@ from dataclasses import fields
 import pytest
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.domain.results.bench import TimedRun, decode_tps, rows_of, run_metrics
+from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, decode_tps, rows_of, run_metrics
+from slmops.toolkit.domain.results.checklist import ChecklistReport, ModelReport, QualityRecord
 from slmops.toolkit.presentation import bench_text
 from slmops.toolkit.runtimes.genai_jobs import Agreement, BenchJob, DirectBench
 from slmops.toolkit.stages import bench as B
-from slmops.toolkit.stages import checklist as E
 
 
 def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_file() -> None:
@@ -25,7 +25,7 @@ def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_f
     assert (figures["tpot_ms_p50"], figures["tpot_ms_p90"]) == (31.25, 62.5) and figures["ttft_ms_p90"] == 200.0
     assert decode_tps(1, 0.1, 1.0) == 0.0 and TimedRun(0.1, 0.1, 5).tpot_ms == 0.0  # nothing to time
     # bench.json before schema_version: memory under its MiB names, the throughput percentiles gone.
-    old = {"rows": [{**{f.name: f.default for f in fields(B.BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
+    old = {"rows": [{**{f.name: f.default for f in fields(BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
                      "decode_tps_p90": 99.0, "model": "m-int4"}]}
     for key in ("peak_rss_mib", "load_rss_mib", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90", "ttft_ms_p50", "ttft_ms_p90"):
         old["rows"][0].pop(key)
@@ -53,7 +53,7 @@ def test_summary_and_ceiling_from_a_report() -> None:
 
     report = {"rows": [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
                        row("int4", "ort-genai", 100.0, 200.0)]}
-    quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
+    quality = ChecklistReport([ModelReport("m-int4", [], quality=QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
     assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
@@ -80,7 +80,7 @@ def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
     head = B.headline_rows([short, direct])[0]
     assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
     assert [r["engine"] for r in B.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
-    rows = [B.BenchRow(**{f.name: 0 for f in fields(B.BenchRow)} | r) for r in (short, direct)]
+    rows = [BenchRow(**{f.name: 0 for f in fields(BenchRow)} | r) for r in (short, direct)]
     assert B.engine_ratios(rows) == []  # nothing to compare over four tokens
     assert B.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
 

@@ -219,7 +219,7 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
 
 
 def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:
-    from slmops.toolkit.domain.results import ResultVersionError
+    from slmops.toolkit.core.codec import ResultVersionError
     from slmops.toolkit.presentation import checklist_tables, report
     from slmops.toolkit.stages.checklist import read_report
 
@@ -258,7 +258,7 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
 
 def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_renders(tmp_path: Path) -> None:
     """Memory under ``_mb`` names (test.json version 2) and ``top1``/``kl`` (recipes.json version 1)."""
-    from slmops.toolkit.domain.results import ResultVersionError
+    from slmops.toolkit.core.codec import ResultVersionError
     from slmops.toolkit.domain.results.conversion import read_conversions
     from slmops.toolkit.domain.results.recipes import read_recipes
     from slmops.toolkit.presentation import report

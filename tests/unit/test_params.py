@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit import cli
-from slmops.toolkit.core.errors import ParamsError
+from slmops.toolkit.core.errors import ParamsError, SlmopsError
 from slmops.toolkit.domain import params as P
 from slmops.toolkit.orchestration import pipeline
 
@@ -93,7 +93,7 @@ def test_a_non_utf8_params_file_is_a_clear_error(tmp_path: Path) -> None:
     file.write_bytes(b"precisions: [\xff]\n")
     with pytest.raises(Exception, match="not UTF-8") as caught:
         pipeline.load_params(file)
-    assert isinstance(caught.value, cli.SlmopsError)
+    assert isinstance(caught.value, SlmopsError)
 
 
 def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty_and_int4_recipe(tmp_path: Path,

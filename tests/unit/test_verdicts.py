@@ -11,6 +11,9 @@ import pytest
 
 from slmops.toolkit.core.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
 from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.domain.results.bench import BenchRow
+from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, ModelReport, Thresholds, Unit, Verdict
+from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.presentation import bench_text, compare
 from slmops.toolkit.runtimes.foundry_requests import Generation
 from slmops.toolkit.stages import bench as B
@@ -60,7 +63,7 @@ class FakeModel:
 
 
 def test_the_memory_check_tells_an_arena_that_settles_from_a_leak() -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     # An arena: one 40 MB step late in the run, then flat: one window's growth never decides.
     arena = E.memory_check(FakeModel({35: 40_000_000}), 40, limits, 0, False, rss := [])
     assert arena.passed and "levels off" in arena.detail and len(rss) == 40
@@ -74,7 +77,7 @@ def test_the_memory_check_tells_an_arena_that_settles_from_a_leak() -> None:
 
 
 def test_time_per_token_is_judged_against_the_reference_rounds_of_the_same_run() -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     fp32 = [(30.0, 36.0), (30.5, 36.4), (29.8, 35.9), (30.2, 36.1)]  # attention adds 6 ms per token at 4096 tokens
     int4 = [(2.0, 7.8), (2.1, 8.0), (1.9, 7.7), (2.0, 7.9)]  # 3.9x its own short-input time: the same 6 ms
     assert not E.performance_check("m-int4", int4, limits, None, (64, 4096)).passed  # the absolute 3x rule fails it
@@ -95,17 +98,17 @@ def test_a_statistic_within_its_spread_of_the_threshold_is_inconclusive() -> Non
 
 
 def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_a_comparison(tmp_path: Path) -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     fp32 = [(30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0)]
     # INT4 adds 9.2 ms +- 3 ms where 9.2 are allowed (1.5 x 6 + 10% of 2 ms): a share of 1 +- 0.3, either side.
     int4 = [(2.0, 8.2), (2.0, 14.2), (2.0, 11.2), (2.0, 9.7), (2.0, 12.7)]
     check = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
     assert check.inconclusive and check.verdict == "inconclusive" and "inconclusive: rerun" in check.detail
     assert check.spread > abs(check.value - check.threshold)  # the threshold lies within the measured spread
-    domain = E.CheckResult("m-int4", E.Check.DOMAIN, "c1", 1.0, E.Unit.SHARE, 1.0, E.Bound.AT_LEAST, E.Verdict.PASS, "t")
-    report = E.ModelReport("m-int4", [check, domain])
+    domain = CheckResult("m-int4", Check.DOMAIN, "c1", 1.0, Unit.SHARE, 1.0, Bound.AT_LEAST, Verdict.PASS, "t")
+    report = ModelReport("m-int4", [check, domain])
     assert report.passed  # `slmops test` exits 0
-    written = E.dump_report(E.write_report([report], tmp_path / "test.json"))
+    written = dump_report(E.write_report([report], tmp_path / "test.json"))
     assert written["passed"] and written["summary"]["m-int4"]["inconclusive"] == ["performance/time-per-token"]
     assert written["checks"][0]["verdict"] == "inconclusive"
     # The same check passed in run a and is inconclusive in run b: no regression for --fail-on.
@@ -123,7 +126,7 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
 
 
 def test_a_burst_of_load_that_slows_whole_rounds_moves_neither_the_figure_nor_the_verdict() -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     fp32 = [(30.0, 36.0 * j) for j in (1.02, 0.98, 1.01, 0.99, 1.03, 0.97, 1.0)]
     int4 = [(2.0, 9.0 * j) for j in (1.0, 0.97, 1.03, 0.99, 1.01, 0.98, 1.02)]  # adds 7 ms of the 9.2 allowed
     quiet = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 1024))
@@ -138,7 +141,7 @@ def test_a_burst_of_load_that_slows_whole_rounds_moves_neither_the_figure_nor_th
 
 def test_an_arena_that_grows_in_shrinking_steps_is_not_called_a_leak() -> None:
     """The FP32 flip of the issue: +43.65 MB per 100 requests, then +16.61 over 200 more, then flat."""
-    limits = E.Thresholds()
+    limits = Thresholds()
     arena = FakeModel({130: 30_000_000, 170: 12_000_000, 290: 8_000_000})
     result = E.memory_check(arena, 200, limits, 0, False, rss := [])
     assert result.passed and "levels off" in result.detail and len(rss) <= 280  # decided before the last step
@@ -146,8 +149,8 @@ def test_an_arena_that_grows_in_shrinking_steps_is_not_called_a_leak() -> None:
     assert not leak.passed and not leak.inconclusive and "every window" in leak.detail
 
 
-def _bench_row(**values: object) -> B.BenchRow:
-    return B.BenchRow(**({f.name: 0 for f in fields(B.BenchRow)} | {"model": "m-int4", "precision": "int4",
+def _bench_row(**values: object) -> BenchRow:
+    return BenchRow(**({f.name: 0 for f in fields(BenchRow)} | {"model": "m-int4", "precision": "int4",
                                                                     "target_gen_tokens": 32, "gen_tokens": 32.0,
                                                                     "threads": 2} | values))
 
@@ -232,7 +235,7 @@ def test_extra_timing_rounds_time_only_the_undecided_models_and_their_reference(
     monkeypatch.setattr(timing, "per_token_ms", per_token_ms)
     monkeypatch.setattr(timing, "prompt_text", lambda _tokenizer, n: "long" if n == 1024 else "short")
     monkeypatch.setattr("tokenizers.Tokenizer.from_file", lambda _path: None)
-    limits = E.Thresholds()
+    limits = Thresholds()
     low, high = limits.timing_rounds
     checks, _curves, requests = timing.performance_checks(["m-fp32", "m-int8", "m-int4"], "m-fp32", None,
                                                           [64, 1024], limits, 0, False)

@@ -25,6 +25,7 @@ from slmops.toolkit.domain.options import (
 )
 from slmops.toolkit.domain.params import MAX_SWEEP_RUNS
 from slmops.toolkit.domain.results.bench import rows_of as bench_rows
+from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
 from slmops.toolkit.domain.results.registration import read_registered
@@ -260,7 +261,7 @@ def cli_run(args: argparse.Namespace, **params: object) -> runs.Run:
 def cmd_test(args: argparse.Namespace) -> int:
     run = cli_run(args, cases=str(Path(args.cases).resolve()) if args.cases else None, seed=args.seed,
                   checklist_requests=args.requests, cache_dir=args.cache_dir)
-    limits = checklist.Thresholds(leak_mib_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
+    limits = Thresholds(leak_mib_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
     reference = None if args.reference == NO_REFERENCE else args.reference or run_stages.AUTO
     written = run_stages.test(run, names=args.names or None, reference=reference, thresholds=limits,
                              lengths=args.lengths)

@@ -30,9 +30,10 @@ from slmops.toolkit.domain.options import (
     TablePrecision,
 )
 from slmops.toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
+from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.templates import TEMPLATE_NOTES, Template
 from slmops.toolkit.orchestration import pipeline
-from slmops.toolkit.stages import bench, checklist, finetune, register
+from slmops.toolkit.stages import bench, finetune, register
 from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.stages.register_threads import AUTO_THREADS
 
@@ -290,7 +291,7 @@ def test_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argument
     p.add_argument("--requests", **in_run(run_param("checklist_requests")))
     p.add_argument("--lengths", type=whole(1), nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., 1024 or half the context; give none to skip)")
-    limits = checklist.Thresholds()
+    limits = Thresholds()
     p.add_argument("--max-leak", type=fraction(0, 1e6), default=limits.leak_mib_per_100, help="MiB per 100 requests")
     p.add_argument("--max-slowdown", type=fraction(1, 1e6), default=limits.slowdown,
                    help="time per token, longest/shortest input")

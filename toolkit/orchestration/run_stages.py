@@ -18,7 +18,7 @@ from pathlib import Path
 from slmops.toolkit.core.errors import InputError, ParamsError
 from slmops.toolkit.domain import options, recipe_choice
 from slmops.toolkit.domain.options import Int4Options, Precision
-from slmops.toolkit.domain.results.checklist import ChecklistReport
+from slmops.toolkit.domain.results.checklist import ChecklistReport, Thresholds
 from slmops.toolkit.domain.results.conversion import Manifest, read_manifest
 from slmops.toolkit.domain.results.recipes import RecipeResult
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
@@ -242,7 +242,7 @@ def run_cases(run: Run) -> list[dict]:
 
 
 def test(run: Run, *, names: list[str] | None = None, reference: str | None = AUTO,
-         thresholds: checklist.Thresholds | None = None, lengths: list[int] | None = None,
+         thresholds: Thresholds | None = None, lengths: list[int] | None = None,
          progress: bool = True) -> ChecklistReport:
     """The quality checklist on the run's registered models, and the negative control; writes ``test.json``.
 
@@ -262,7 +262,7 @@ def test(run: Run, *, names: list[str] | None = None, reference: str | None = AU
     if reference == AUTO:
         reference = choose_reference(names, run)
     cases = run_cases(run)
-    limits = thresholds or checklist.Thresholds()
+    limits = thresholds or Thresholds()
     reports = checklist.run_checklists(names, reference=reference, cases=cases, cache=run.cache,
                                        requests=p.checklist_requests, lengths=lengths, thresholds=limits, seed=p.seed,
                                        progress=progress)
