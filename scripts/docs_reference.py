@@ -51,8 +51,10 @@ MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 #: order (a dotted name: a record another module defines).
 RESULT_FILES = (
     (("test.json",), "slmops.toolkit.domain.results.checklist_file",
-     ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
-      "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
+     ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "slmops.toolkit.domain.results.checklist.CheckResult",
+      "slmops.toolkit.domain.results.checklist.Thresholds", "slmops.toolkit.domain.results.checklist.QualityRecord", "RetentionEntry",
+      "slmops.toolkit.domain.results.checklist.ControlResult", "slmops.toolkit.domain.results.checklist.Check", "slmops.toolkit.domain.results.checklist.Verdict",
+      "slmops.toolkit.domain.results.checklist.Bound", "slmops.toolkit.domain.results.checklist.Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench", ("BenchFile", "BenchRow", "TimedRun")),
     (("registered.json",), "slmops.toolkit.domain.results.registration",
      ("RegisteredFile", "RegisteredModel", "ThreadSpeed")),
