@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slmops.toolkit.core import settings, workers
 from slmops.toolkit.domain.options import Method, Precision
-from slmops.toolkit.stages import convert as C
+from slmops.toolkit.stages import convert
 from slmops.toolkit.stages.convert_plan import ConvertSpec, builder_command, olive_command
 
 ROUTES = ("direct builder", "slmops builder", "direct olive", "slmops olive", "slmops olive-config")
@@ -67,7 +67,7 @@ def _direct_olive(spec: ConvertSpec, work: Path) -> None:
 
 
 def _slmops(spec: ConvertSpec, method: str) -> None:
-    C.convert(ConvertSpec(spec.model_dir, spec.output_dir, spec.precision, Method(method)), progress=False)
+    convert.convert(ConvertSpec(spec.model_dir, spec.output_dir, spec.precision, Method(method)), progress=False)
     shutil.rmtree(spec.output_dir)
 
 

@@ -42,8 +42,7 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.core.measure import available_mib
 from slmops.toolkit.domain import memory
 from slmops.toolkit.domain.options import Method, Precision
-from slmops.toolkit.stages import bench, convert
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import bench, convert, register
 from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.stages.register_catalog import unregister
 from slmops.toolkit.weights.checkpoints import inspect_source
@@ -131,7 +130,7 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
                    "kl": checks[precision].kl_divergence if precision in checks else None}
         if run_bench:
             registered = f"scale-{name}-{precision}".replace(".", "-")
-            R.register(out, registered, model_config=R.ModelConfig(threads=None), force=True)
+            register.register(out, registered, model_config=register.ModelConfig(threads=None), force=True)
             try:
                 rows = bench.bench([registered], engines=("foundry-local", "ort-genai"), prompt_lengths=[64],
                                    gen_lengths=[32], repeats=2, warmup=1, progress=False)

@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from report_md import append, section
 
-from slmops.toolkit.stages import bench
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import bench, register
 from slmops.toolkit.stages.register_catalog import unregister
 
 
@@ -35,8 +34,8 @@ def main() -> None:
     parser.add_argument("--markdown", metavar="FILE", help="append the rounds as a dated section of the benchmarks page")
     args = parser.parse_args()
 
-    auto = R.register(args.model_dir, "threads-bench-auto", model_config=R.ModelConfig(threads="auto"), force=True)
-    R.register(args.model_dir, "threads-bench-default", model_config=R.ModelConfig(threads=None), force=True)
+    auto = register.register(args.model_dir, "threads-bench-auto", model_config=register.ModelConfig(threads="auto"), force=True)
+    register.register(args.model_dir, "threads-bench-default", model_config=register.ModelConfig(threads=None), force=True)
     print(f"--threads auto chose {auto.threads.chosen}; probe: {list(auto.threads.probe)}")
     decode, ttft, table_rows = [], [], []
     try:

@@ -17,7 +17,7 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 from IPython.display import Markdown, display
 
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.domain.results.bench import rows_of as bench_rows
+from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import bench_text, compare, plots, report
 from slmops.toolkit.stages import checklist
@@ -28,7 +28,7 @@ panel = RunPanel("benchmark", lambda: run_stages.bench(run),
                  show=lambda results: (
                      Markdown("\n".join(f"- {line}" for line in bench_text.summary_lines(
                          results, checklist.read_report(run.dir / "test.json"))
-                         + bench_text.warnings(bench_rows(results)))),
+                         + bench_text.warnings(rows_of(results)))),
                      # Three tables of a dozen columns or fewer: each fits the notebook's width.
                      report.table(results["rows"], [
                          "model", "engine", "prompt_tokens", "gen_tokens", "threads", "ttft_ms", "ttft_ms_p90",

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from slmops.toolkit.cli import app
 from slmops.toolkit.cli.common import GROUP_TITLES, Group
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,11 +200,11 @@ def params_reference() -> str:
     header = ["| parameter | type | default | allowed | what it sets |", "|---|---|---|---|---|"]
     return "\n".join([
         "## Run parameters (`RunParams`)", "",
-        _rst_to_md(inspect.getdoc(run_params.RunParams) or ""), "",
-        *header, *_param_rows(run_params.RunParams), "",
+        _rst_to_md(inspect.getdoc(params.RunParams) or ""), "",
+        *header, *_param_rows(params.RunParams), "",
         "## The comparison notebook's parameters (`CompareParams`)", "",
-        _rst_to_md(inspect.getdoc(run_params.CompareParams) or ""), "",
-        *header, *_param_rows(run_params.CompareParams), "",
+        _rst_to_md(inspect.getdoc(params.CompareParams) or ""), "",
+        *header, *_param_rows(params.CompareParams), "",
     ])
 
 

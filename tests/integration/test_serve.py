@@ -18,8 +18,7 @@ import pytest
 from slmops.toolkit.core.errors import InputError, ModelNotFoundError
 from slmops.toolkit.endpoint.app import create_app
 from slmops.toolkit.endpoint.cli import Endpoint, background, check_options
-from slmops.toolkit.stages import bench
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import bench, register
 
 MODEL = "tiny-serve"
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
@@ -27,7 +26,7 @@ ASK = [{"role": "user", "content": "Tell me about the sea."}]
 
 @pytest.fixture(scope="module")
 def endpoint(tiny_int4: Path):
-    R.register(tiny_int4, MODEL)
+    register.register(tiny_int4, MODEL)
     with background([MODEL]) as running:
         yield running
 

@@ -22,7 +22,7 @@ from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
 from slmops.toolkit.endpoint.cli import background, run
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import register
 
 MODEL = "tiny-batch"
 NEAR_TIE = 1e-3  # logits this close may swap between a batch of one and a bigger batch
@@ -127,7 +127,7 @@ def test_stop_text_holds_back_a_possible_start_and_cuts_at_the_sequence() -> Non
 @pytest.fixture(scope="module")
 def endpoints(tiny_int4: Path):
     """The batched endpoint (batch size 4) and today's (batch size 0: each request on Foundry Local in turn)."""
-    R.register(tiny_int4, MODEL)
+    register.register(tiny_int4, MODEL)
     with background([MODEL], batch_size=4) as batched, background([MODEL], batch_size=0) as single:
         yield batched, single
 

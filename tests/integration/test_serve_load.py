@@ -24,7 +24,7 @@ from slmops.toolkit.endpoint.cli import Endpoint, background, free_port
 from slmops.toolkit.endpoint.hosts import ModelState
 from slmops.toolkit.endpoint.options import DEFAULT_HOST
 from slmops.toolkit.runtimes import foundry
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import register
 
 KEY = "load-key"
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
@@ -42,7 +42,7 @@ def long_model(tmp_path_factory: pytest.TempPathFactory):
     source = make_tiny_model(tmp_path_factory.mktemp("long") / "qwen2", context=8192)
     built = convert(ConvertSpec(source, tmp_path_factory.mktemp("long-int4") / "int4", Precision.INT4),
                     progress=False).output_dir
-    R.register(built, "tiny-long")
+    register.register(built, "tiny-long")
     with foundry.fixed_length_registration("tiny-long") as name:
         yield name
 

@@ -20,7 +20,7 @@ from slmops.toolkit.domain import tools
 from slmops.toolkit.endpoint.cli import Endpoint, background
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry_session import find_model
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import register
 
 pytestmark = pytest.mark.slow  # every test here converts and loads a model
 
@@ -33,7 +33,7 @@ ASK = [{"role": "user", "content": "Pick a city."}]
 
 
 @pytest.fixture(scope="module")
-def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
+def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> register.Registration:
     from slmops.toolkit.domain.options import Precision
     from slmops.toolkit.stages.convert import convert
     from slmops.toolkit.stages.convert_plan import ConvertSpec
@@ -43,17 +43,17 @@ def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
     source = make_tiny_model(tmp_path_factory.mktemp("tools") / "qwen2", tool_tokens=True, context=2048)
     out = convert(ConvertSpec(source, tmp_path_factory.mktemp("tools-int4") / "int4", Precision.INT4),
                   progress=False).output_dir
-    return R.register(out, TINY)  # threads auto: the pinned onnxruntime-genai reads the folder too
+    return register.register(out, TINY)  # threads auto: the pinned onnxruntime-genai reads the folder too
 
 
 @pytest.fixture(scope="module")
-def tiny_endpoint(tiny_tools: R.Registration):
+def tiny_endpoint(tiny_tools: register.Registration):
     with background([TINY]) as running:
         yield running
 
 
 def test_registration_publishes_the_markers_and_does_not_claim_a_random_model_can_call(
-        tiny_tools: R.Registration) -> None:
+        tiny_tools: register.Registration) -> None:
     config = json.loads((tiny_tools.path / "genai_config.json").read_text())["model"]
     markers = tools.find_markers(tiny_tools.path)
     assert (config["bot_token_id"], config["eot_token_id"]) == (markers.start_id, markers.end_id)
@@ -70,7 +70,7 @@ def test_registration_publishes_the_markers_and_does_not_claim_a_random_model_ca
 
 
 def test_a_model_registered_without_markers_refuses_tools(tiny_int4: Path) -> None:
-    R.register(tiny_int4, "tiny-no-tools")
+    register.register(tiny_int4, "tiny-no-tools")
     with foundry.LoadedModel("tiny-no-tools") as model:
         assert model.markers is None
         with pytest.raises(tools.ToolDefinitionError, match="--tool-markers"):

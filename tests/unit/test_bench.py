@@ -14,7 +14,7 @@ from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, decode_tps, 
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ModelReport, QualityRecord
 from slmops.toolkit.presentation import bench_text
 from slmops.toolkit.runtimes.genai_jobs import Agreement, BenchJob, DirectBench
-from slmops.toolkit.stages import bench as B
+from slmops.toolkit.stages import bench
 
 
 def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_file() -> None:
@@ -37,13 +37,13 @@ def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_f
 
 def test_bench_rejects_bad_settings() -> None:
     with pytest.raises(SlmopsError, match="repeats"):
-        B.bench(["x"], repeats=0)
+        bench.bench(["x"], repeats=0)
     with pytest.raises(SlmopsError, match="engines"):
-        B.bench(["x"], engines=("llama.cpp",))
+        bench.bench(["x"], engines=("llama.cpp",))
     with pytest.raises(SlmopsError, match="generation lengths"):
-        B.bench(["x"], gen_lengths=[1])
+        bench.bench(["x"], gen_lengths=[1])
     with pytest.raises(SlmopsError, match="Thread counts"):
-        B.bench(["x"], threads=[0])
+        bench.bench(["x"], threads=[0])
 
 
 def test_summary_and_ceiling_from_a_report() -> None:
@@ -57,16 +57,16 @@ def test_summary_and_ceiling_from_a_report() -> None:
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
     assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
-    ceiling = B.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
+    ceiling = bench.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
     assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0
     assert not any(row["above_bound_because"] for row in ceiling)
     # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
     rows = [{**row, "threads": 2} for row in report["rows"]]
-    ceiling = B.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
+    ceiling = bench.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
     assert ceiling[1]["bandwidth_gbs"] == 10.0 and ceiling[1]["percent_of_ceiling"] == 198.0
     assert "fit in the 256 MiB last-level cache" in ceiling[1]["above_bound_because"]
-    assert "under-measured" in B.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1]["above_bound_because"]
-    assert B.last_level_cache_mib({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
+    assert "under-measured" in bench.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1]["above_bound_because"]
+    assert bench.last_level_cache_mib({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
 
 
 def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
@@ -76,13 +76,13 @@ def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
                 "weights_read_mb": 180.0}
 
     short, direct = row("foundry-local", 9.0, 4.0), row("ort-genai", 240.0, 32.0)
-    assert B.timed_too_few(short) and not B.timed_too_few(direct)
-    head = B.headline_rows([short, direct])[0]
+    assert bench.timed_too_few(short) and not bench.timed_too_few(direct)
+    head = bench.headline_rows([short, direct])[0]
     assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
-    assert [r["engine"] for r in B.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
+    assert [r["engine"] for r in bench.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
     rows = [BenchRow(**{f.name: 0 for f in fields(BenchRow)} | r) for r in (short, direct)]
-    assert B.engine_ratios(rows) == []  # nothing to compare over four tokens
-    assert B.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
+    assert bench.engine_ratios(rows) == []  # nothing to compare over four tokens
+    assert bench.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
 
 
 def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:

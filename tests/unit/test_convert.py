@@ -19,7 +19,7 @@ from slmops.toolkit.domain import recipe_choice
 from slmops.toolkit.domain.options import INT4_RECIPES, Int4Options, Method, Precision
 from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.orchestration import recipes
-from slmops.toolkit.stages import convert as C
+from slmops.toolkit.stages import convert
 from slmops.toolkit.stages.convert_plan import (
     OLIVE_CONFIG,
     ConvertSpec,
@@ -97,7 +97,7 @@ def test_bad_options_are_refused_before_any_work(tiny_model: Path, tmp_path: Pat
     with pytest.raises(error, match=says):
         if "int4" in change:
             change = {**change, "int4": Int4Options(**change["int4"])}
-        C.convert(spec(tiny_model, out, **change), progress=False)
+        convert.convert(spec(tiny_model, out, **change), progress=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -147,10 +147,10 @@ def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
 
 def test_missing_and_non_hf_folders_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFolderError, match="no such folder"):
-        C.convert(spec(tmp_path / "nope", tmp_path / "out"), progress=False)
+        convert.convert(spec(tmp_path / "nope", tmp_path / "out"), progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFolderError, match="config.json"):
-        C.convert(spec(tmp_path / "empty", tmp_path / "out"), progress=False)
+        convert.convert(spec(tmp_path / "empty", tmp_path / "out"), progress=False)
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tiny_model: Path, tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_unsupported_architecture_lists_the_supported_ones(tiny_model: Path, tmp
     config = json.loads((tiny_model / "config.json").read_text())
     (fake / "config.json").write_text(json.dumps({**config, "architectures": ["FooForCausalLM"]}))
     with pytest.raises(UnsupportedArchitectureError) as caught:
-        C.convert(spec(fake, tmp_path / "out"), progress=False)
+        convert.convert(spec(fake, tmp_path / "out"), progress=False)
     assert "LlamaForCausalLM" in caught.value.supported and "Qwen2ForCausalLM" in str(caught.value)
 
 
@@ -177,7 +177,7 @@ def test_failed_tool_leaves_existing_model_untouched(tiny_model: Path, tmp_path:
 
     monkeypatch.setattr(workers, "run_tool", broken)
     with pytest.raises(ToolFailedError):
-        C.convert(spec(tiny_model, target), progress=False)
+        convert.convert(spec(tiny_model, target), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert (target / "genai_config.json").read_text() == "{\"good\": true}"
 
@@ -188,7 +188,7 @@ def test_interrupt_leaves_nothing_behind(tiny_model: Path, tmp_path: Path, monke
 
     monkeypatch.setattr(workers, "run_tool", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        C.convert(spec(tiny_model, tmp_path / "model"), progress=False)
+        convert.convert(spec(tiny_model, tmp_path / "model"), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -197,23 +197,23 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
     import onnx
     from onnx import helper, numpy_helper
 
-    from slmops.toolkit.weights import quantize as Q
+    from slmops.toolkit.weights import quantize
 
     weight = np.random.default_rng(1).normal(size=(64, 200)).astype(np.float32)
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul")
     opsets = [helper.make_opsetid("", 21)]
     for plan in (QuantPlan(), QuantPlan(bits=8), QuantPlan(symmetric=False), QuantPlan(algorithm="rtn"),
                  QuantPlan(algorithm="k_quant")):
-        whole_nodes, whole = Q._quantize_one(node, weight, plan, opsets)
-        monkeypatch.setattr(Q, "CHUNK_BYTES", 64 * 4 * 48)  # 48 columns a slice: 5 slices, the last one short
-        sliced_nodes, sliced = Q._quantize_one(node, weight, plan, opsets)
+        whole_nodes, whole = quantize._quantize_one(node, weight, plan, opsets)
+        monkeypatch.setattr(quantize, "CHUNK_BYTES", 64 * 4 * 48)  # 48 columns a slice: 5 slices, the last one short
+        sliced_nodes, sliced = quantize._quantize_one(node, weight, plan, opsets)
         monkeypatch.undo()
         assert [onnx.helper.printable_node(n) for n in sliced_nodes] == [onnx.helper.printable_node(n)
                                                                           for n in whole_nodes]
         assert [i.name for i in sliced] == [i.name for i in whole]
         for a, b in zip(sliced, whole, strict=True):
             assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)), (plan, a.name)
-    assert "hqq" not in Q.SLICEABLE  # its early stop looks at the whole tensor: quantized whole
+    assert "hqq" not in quantize.SLICEABLE  # its early stop looks at the whole tensor: quantized whole
 
 
 def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
@@ -250,7 +250,7 @@ def test_olive_runs_with_telemetry_off_before_its_heartbeat(monkeypatch) -> None
 
 
 def test_olive_config_dry_run_writes_config_only(tiny_model: Path, tmp_path: Path) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / "o", method=Method.OLIVE_CONFIG), progress=False, dry_run=True)
+    result = convert.convert(spec(tiny_model, tmp_path / "o", method=Method.OLIVE_CONFIG), progress=False, dry_run=True)
     assert [p.name for p in result.output_dir.iterdir()] == [OLIVE_CONFIG]
     config = json.loads((result.output_dir / OLIVE_CONFIG).read_text())
     assert config["passes"]["builder"]["type"] == "ModelBuilder"
@@ -263,5 +263,5 @@ def test_too_little_disk_is_refused_before_any_work(tiny_model: Path, tmp_path: 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 1000))
     with pytest.raises(ModelFolderError, match="MB free"):
-        C.convert(spec(tiny_model, tmp_path / "out"), progress=False)
+        convert.convert(spec(tiny_model, tmp_path / "out"), progress=False)
     assert list(tmp_path.iterdir()) == []

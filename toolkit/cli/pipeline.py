@@ -24,7 +24,7 @@ from slmops.toolkit.domain.options import (
     INT4_RECIPES,
 )
 from slmops.toolkit.domain.params import MAX_SWEEP_RUNS
-from slmops.toolkit.domain.results.bench import rows_of as bench_rows
+from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
@@ -314,7 +314,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                       endpoint=(server.url, server.api_key))
     else:
         results = run_stages.bench(run, names=names, engines=tuple(args.engines))
-    rows = bench_rows(results)
+    rows = rows_of(results)
     out = run.dir
     quality = checklist.read_report(out / "test.json")
     for stem, ax in plots.bench_figures(results, quality).items():

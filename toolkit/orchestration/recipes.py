@@ -146,8 +146,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     """
     from slmops.toolkit.domain import options, parity, quant_plan, sources
     from slmops.toolkit.runtimes import genai_builder
-    from slmops.toolkit.stages import convert as convert_stage
-    from slmops.toolkit.stages import convert_checks, convert_plan, convert_record
+    from slmops.toolkit.stages import convert, convert_checks, convert_plan, convert_record
     from slmops.toolkit.weights import (
         calibration,
         gptq,
@@ -164,7 +163,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     common = (sources.fingerprint(model_dir), made.source_fingerprint if made else None, made.versions if made else None,
               build_cache.code_fingerprint(quantize, rotate, rotated, gptq, calibration, head_and_table,
                                            table_layout, weight_store, onnx_weights, quant_plan, parity, options,
-                                           convert_stage, convert_plan, convert_checks, convert_record, genai_builder))
+                                           convert, convert_plan, convert_checks, convert_record, genai_builder))
     return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)
             for name, spec in specs.items()}
 
