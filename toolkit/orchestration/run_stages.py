@@ -26,10 +26,11 @@ from slmops.toolkit.domain.templates import PromptTemplate, Template
 from slmops.toolkit.orchestration import recipes, run_source
 from slmops.toolkit.orchestration.runs import RUN_FILE, Run, current, record
 from slmops.toolkit.presentation import checklist_tables
-from slmops.toolkit.presentation import compare as comparison
+from slmops.toolkit.presentation.compare import Comparison, compare_runs, load_run, write_comparison
 from slmops.toolkit.stages import bench as bench_stage
 from slmops.toolkit.stages import checklist
-from slmops.toolkit.stages import register as register_stage
+from slmops.toolkit.stages.bench.results import write_results
+from slmops.toolkit.stages.register import ModelConfig, register_all
 from slmops.toolkit.stages.register_catalog import list_models
 
 
@@ -187,8 +188,8 @@ def register(run: Run, *, template: Template | str | None = None, custom: Prompt
     if not (run.models / "convert.json").is_file():
         raise InputError(f"Nothing converted in {run.dir} yet: run the convert stage first (notebook 01).")
     p = run.params
-    config = register_stage.ModelConfig(repetition_penalty=p.repetition_penalty)
-    register_stage.register_all(run.models / "convert.json", p.name_prefix, template=chosen.value, custom_template=custom,
+    config = ModelConfig(repetition_penalty=p.repetition_penalty)
+    register_all(run.models / "convert.json", p.name_prefix, template=chosen.value, custom_template=custom,
                                 cache=run.cache, force=True, model_config=config, out_dir=run.dir, progress=progress)
     control = run_source.register_control(run.models, p.name_prefix, template=chosen.value, custom_template=custom,
                                           cache=run.cache, repetition_penalty=p.repetition_penalty)
@@ -294,12 +295,12 @@ def bench(run: Run, *, names: list[str] | None = None, engines: tuple[str, ...] 
                              threads=p.threads or None, repeats=p.repeats, warmup=p.warmup, cache=run.cache,
                              engines=engines, endpoint=endpoint, progress=progress)
     run.dir.mkdir(parents=True, exist_ok=True)
-    return bench_stage.write_results(rows, run.dir)
+    return write_results(rows, run.dir)
 
 
 def compare(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str] = "", out_dir: str | os.PathLike[str] = "",
             *, run_file: str | os.PathLike[str] = RUN_FILE,
-            fail_on: dict[str, float] | None = None) -> comparison.Comparison:
+            fail_on: dict[str, float] | None = None) -> Comparison:
     """Compare two run folders; write ``compare.html`` and ``compare.json`` to ``out_dir`` (default RUN_B/compare).
 
     Args:
@@ -320,6 +321,6 @@ def compare(run_a: str | os.PathLike[str], run_b: str | os.PathLike[str] = "", o
         if not (Path(folder) / RUN_FILE).is_file():
             raise InputError(f"{label} = {str(folder)!r} is no run folder (no {RUN_FILE}); use a folder that "
                              "`slmops demo`, `slmops run` or `slmops lab` wrote.")
-    result = comparison.compare_runs(comparison.load_run(run_a), comparison.load_run(run_b), fail_on=fail_on or {})
-    comparison.write_comparison(result, out_dir or Path(run_b) / "compare")
+    result = compare_runs(load_run(run_a), load_run(run_b), fail_on=fail_on or {})
+    write_comparison(result, out_dir or Path(run_b) / "compare")
     return result
