@@ -5,7 +5,7 @@ such as ``<!-- generated: cli -->`` gets the generated Markdown in its place:
 
 - ``cli``: every ``slmops`` command and option, read from the argparse parser itself
   (:func:`slmops.toolkit.cli.app.build_parser`), with the help and defaults ``--help`` prints;
-- ``params``: every run parameter of :class:`slmops.toolkit.domain.params.RunParams` (type,
+- ``params``: every run parameter of :class:`slmops.toolkit.domain.run_params.RunParams` (type,
   default, allowed values, help);
 - ``results``: every result file from its typed records (``slmops.toolkit.domain.results`` and
   ``compare.json``'s records): the version it is written at, its history and each field with
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from slmops.toolkit.cli import app
 from slmops.toolkit.cli.common import GROUP_TITLES, Group
-from slmops.toolkit.domain import params
+from slmops.toolkit.domain import run_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,11 +200,11 @@ def params_reference() -> str:
     header = ["| parameter | type | default | allowed | what it sets |", "|---|---|---|---|---|"]
     return "\n".join([
         "## Run parameters (`RunParams`)", "",
-        _rst_to_md(inspect.getdoc(params.RunParams) or ""), "",
-        *header, *_param_rows(params.RunParams), "",
+        _rst_to_md(inspect.getdoc(run_params.RunParams) or ""), "",
+        *header, *_param_rows(run_params.RunParams), "",
         "## The comparison notebook's parameters (`CompareParams`)", "",
-        _rst_to_md(inspect.getdoc(params.CompareParams) or ""), "",
-        *header, *_param_rows(params.CompareParams), "",
+        _rst_to_md(inspect.getdoc(run_params.CompareParams) or ""), "",
+        *header, *_param_rows(run_params.CompareParams), "",
     ])
 
 

@@ -34,7 +34,7 @@ _LAZY = {
     "Precision": "slmops.toolkit.domain.options",
     "Method": "slmops.toolkit.domain.options",
     "Int4Options": "slmops.toolkit.domain.options",
-    "RunParams": "slmops.toolkit.domain.params",
+    "RunParams": "slmops.toolkit.domain.run_params",
     "Template": "slmops.toolkit.domain.templates",
     "PromptTemplate": "slmops.toolkit.domain.templates",
     "LoadedModel": "slmops.toolkit.runtimes.foundry",

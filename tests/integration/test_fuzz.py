@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import jinja_render
-from slmops.toolkit.domain import params as P
+from slmops.toolkit.domain import jinja_render, run_params
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_requests import Generation
@@ -53,7 +52,7 @@ def test_names_are_accepted_only_when_safe(name: str) -> None:
 
 
 @FUZZ
-@given(mapping=st.dictionaries(st.sampled_from([f.name for f in fields(P.RunParams)]) | hostile_text, json_values,
+@given(mapping=st.dictionaries(st.sampled_from([f.name for f in fields(run_params.RunParams)]) | hostile_text, json_values,
                                max_size=5))
 def test_params_files_are_refused_with_the_parameter_named_or_fully_valid(mapping: dict, tmp_path: Path) -> None:
     file = tmp_path / "params.yaml"
@@ -64,9 +63,9 @@ def test_params_files_are_refused_with_the_parameter_named_or_fully_valid(mappin
     except InputError:
         assert listing(tmp_path) == before
         return
-    parsed = P.parse({k: v for k, v in loaded.items() if k != "sweep"})
+    parsed = run_params.parse({k: v for k, v in loaded.items() if k != "sweep"})
     for name, value in parsed.as_dict().items():
-        P.check_value(name, value)  # every accepted value has its parameter's type and range
+        run_params.check_value(name, value)  # every accepted value has its parameter's type and range
     assert listing(tmp_path) == before
 
 

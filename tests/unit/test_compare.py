@@ -11,7 +11,6 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain import deployment_choice, provenance
-from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
@@ -27,6 +26,7 @@ from slmops.toolkit.domain.results.checklist import (
 )
 from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
+from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.stages.checklist import quality_checks
 

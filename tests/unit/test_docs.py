@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from slmops.toolkit.cli import app
-from slmops.toolkit.domain import params
+from slmops.toolkit.domain import run_params
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -169,8 +169,8 @@ def test_the_hook_fills_the_reference_pages_and_leaves_no_marker():
 
 def test_the_parameter_reference_has_every_run_parameter_with_its_default():
     page = reference.params_reference()
-    defaults = params.DEFAULTS.as_dict()
-    for spec in fields(params.RunParams):
+    defaults = run_params.DEFAULTS.as_dict()
+    for spec in fields(run_params.RunParams):
         row = next((line for line in page.splitlines() if line.startswith(f"| `{spec.name}` |")), None)
         assert row is not None, f"{spec.name} is missing from the parameter reference"
         shown = "none" if defaults[spec.name] in ("", []) else f"`{defaults[spec.name]}`"

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from slmops.toolkit.core.errors import ParamsError
-from slmops.toolkit.domain import params
+from slmops.toolkit.domain import run_params
 
 
 class Group(StrEnum):
@@ -130,8 +130,8 @@ def fraction(low: float, high: float) -> Callable[[str], float]:
 
 def run_param(name: str) -> dict:
     """``add_argument`` keywords for an option that sets run parameter ``name``: type, range, default and help
-    all from :class:`~slmops.toolkit.domain.params.RunParams`, the one place they are declared."""
-    convert = params.item_parser(name)
+    all from :class:`~slmops.toolkit.domain.run_params.RunParams`, the one place they are declared."""
+    convert = run_params.item_parser(name)
 
     def parse(text: str) -> object:
         try:
@@ -140,8 +140,8 @@ def run_param(name: str) -> dict:
             raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
 
     parse.__name__ = convert.__name__
-    default = params.DEFAULTS.as_dict()[name]
-    kwargs = {"type": parse, "default": default, "help": params.describe(name)}
+    default = run_params.DEFAULTS.as_dict()[name]
+    kwargs = {"type": parse, "default": default, "help": run_params.describe(name)}
     if isinstance(default, list):
         kwargs["nargs"] = "+"
     return kwargs

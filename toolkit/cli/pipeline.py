@@ -18,17 +18,16 @@ from slmops.toolkit.cli.common import (
 from slmops.toolkit.cli.pipeline_parsers import NO_REFERENCE, PARSERS
 from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import params as run_params
-from slmops.toolkit.domain import recipe_choice
+from slmops.toolkit.domain import recipe_choice, run_params
 from slmops.toolkit.domain.options import (
     INT4_RECIPES,
 )
-from slmops.toolkit.domain.params import MAX_SWEEP_RUNS
 from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
 from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.domain.run_params import MAX_SWEEP_RUNS
 from slmops.toolkit.domain.templates import load_prompt_template
 from slmops.toolkit.orchestration import cluster, pipeline, recipes, run_stages, runs, workspace
 from slmops.toolkit.presentation import bench_text, checklist_tables, plots, report

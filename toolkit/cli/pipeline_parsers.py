@@ -29,8 +29,8 @@ from slmops.toolkit.domain.options import (
     Precision,
     TablePrecision,
 )
-from slmops.toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from slmops.toolkit.domain.results.checklist import Thresholds
+from slmops.toolkit.domain.run_params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from slmops.toolkit.domain.templates import TEMPLATE_NOTES, Template
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.stages import bench, finetune, register

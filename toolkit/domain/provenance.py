@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 from slmops.toolkit.core.measure import machine, timestamp, versions
-from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.prompts import BUNDLED_CASES
+from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.domain.sources import fingerprint
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts, platform, settings
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.core.measure import cpu_info
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InputError, SlmopsError
-from slmops.toolkit.domain import params as run_params
-from slmops.toolkit.domain import provenance
-from slmops.toolkit.domain.params import RunParams
+from slmops.toolkit.domain import provenance, run_params
+from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.weights.bundled import model_or_bundled
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.orchestration.runs import RUN_FILE, Run, write_record
 

@@ -11,7 +11,6 @@ from slmops.toolkit.core import artifacts, build_cache, codec
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import tools
 from slmops.toolkit.domain.datasets import HELDOUT, RETENTION, domain_terms
-from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
@@ -23,6 +22,7 @@ from slmops.toolkit.domain.results.checklist import (
     verdict_of,
 )
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD
+from slmops.toolkit.domain.run_params import DEFAULTS
 from slmops.toolkit.domain.sources import fingerprint
 from slmops.toolkit.runtimes import foundry, genai
 from slmops.toolkit.runtimes.foundry import LoadedModel

@@ -9,7 +9,6 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.core.measure import timestamp
-from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.results.checklist import (
     ChecklistReport,
     ControlResult,
@@ -18,6 +17,7 @@ from slmops.toolkit.domain.results.checklist import (
 )
 from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.domain.retention import with_retention
+from slmops.toolkit.domain.run_params import DEFAULTS
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages.checklist.answers import case_checks, requests_of
 from slmops.toolkit.stages.checklist.cases import load_cases
