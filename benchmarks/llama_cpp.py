@@ -391,10 +391,10 @@ def setup_quality(venv: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     if subprocess.run([str(python), "-c", "import llama_cpp"], check=False, capture_output=True).returncode == 0:
         return
-    from slmops.toolkit.core import platform
+    from slmops.toolkit.core import system
 
     env = {**os.environ, "PIP_NO_CACHE_DIR": "1",
-           "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", " ".join([CMAKE_ARGS, *isa_cmake_args(platform.cpu_flags())])),
+           "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", " ".join([CMAKE_ARGS, *isa_cmake_args(system.cpu_flags())])),
            "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))}
     print(f"Building llama-cpp-python {LLAMA_CPP_PYTHON} from source in {venv} (CMAKE_ARGS={env['CMAKE_ARGS']})",
           flush=True)
@@ -557,7 +557,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="append the benchmarks page's section to this file")
     args = parser.parse_args()
 
-    from slmops.toolkit.core import platform, settings
+    from slmops.toolkit.core import settings, system
 
     venv = args.llama_venv or settings.home() / "llama-cpp-venv"
     if args.setup or args.setup_quality:
@@ -599,8 +599,8 @@ def main() -> None:
                                                                     args.out, args.threads)
     speed = measure_speed(tools, timed, args.models, ggufs, args)
 
-    isa = machine_isa(platform.cpu_flags())
-    machine = (f"{platform.cpu_model()}; {', '.join(isa) or 'none of ' + ', '.join(ISA_SHOWN)}; "
+    isa = machine_isa(system.cpu_flags())
+    machine = (f"{system.cpu_model()}; {', '.join(isa) or 'none of ' + ', '.join(ISA_SHOWN)}; "
                f"{os.cpu_count()} CPUs; llama.cpp {tools.flavor} build ({' '.join(a for a in tools.cmake_args if 'GGML' in a)})")
     print()
     print(f"Same fine-tune ({hf.name}, {parameters:,} parameters); {args.prompt_tokens} prompt / {args.gen_tokens} "
@@ -624,7 +624,7 @@ def main() -> None:
     for goal in goals:
         print(f"quality: {goal['target']}: {goal['measured']} -> {goal['verdict'].upper()}")
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "hf_source": str(hf),
-              "parameters": parameters, "machine": machine, "cpu_model": platform.cpu_model(), "isa": isa,
+              "parameters": parameters, "machine": machine, "cpu_model": system.cpu_model(), "isa": isa,
               "llama_cpp_tools": {"flavor": str(tools.flavor), "cmake_args": list(tools.cmake_args),
                                   "llama_cpp_python_sdist": LLAMA_CPP_PYTHON},
               "settings": {"threads": args.threads, "prompt_tokens": args.prompt_tokens,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slmops.toolkit.core import measure, platform
+from slmops.toolkit.core import measure, system
 
 #: The instruction sets that decide quantized MatMul speed on a CPU (named as /proc/cpuinfo does).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
@@ -28,7 +28,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16
 def machine_line() -> str:
     """This machine in one line: CPU model, the instruction sets of :data:`ISA_FLAGS` it has, cores, memory."""
     info = measure.machine()
-    flags = [flag for flag in ISA_FLAGS if flag in platform.cpu_flags()]
+    flags = [flag for flag in ISA_FLAGS if flag in system.cpu_flags()]
     return (f"{info['cpu']}; {', '.join(flags) or 'none of ' + ', '.join(ISA_FLAGS)}; "
             f"{info['physical_cores']} cores ({info['logical_cpus']} logical), {info['memory_gb']} GB")
 

@@ -12,7 +12,7 @@ Three kinds of children, one machinery:
 Every child gets the offline environment, a log file (stdout and stderr), its own process
 group (a timeout or Ctrl-C ends it and anything it started), a tie to its parent (it dies
 with the toolkit even when the toolkit is killed with SIGKILL), and its own wall time and
-peak RSS (that child's alone); :mod:`slmops.toolkit.core.platform` does each the way the system allows. Failures are typed:
+peak RSS (that child's alone); :mod:`slmops.toolkit.core.system` does each the way the system allows. Failures are typed:
 :class:`~slmops.toolkit.core.errors.ToolFailedError` with the child's own error in one line (never
 its traceback, which stays in the log) and :class:`~slmops.toolkit.core.errors.ToolTimeoutError`.
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from slmops.toolkit.core import artifacts, platform, settings
+from slmops.toolkit.core import artifacts, settings, system
 from slmops.toolkit.core.child_failures import cause, error_fields, kept_log, log_tail, raise_typed
 from slmops.toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
 
@@ -82,7 +82,7 @@ def _end_group(proc: subprocess.Popen) -> None:
     for force, grace in ((False, 5.0), (True, 5.0)):
         if proc.poll() is not None:
             break
-        platform.signal_group(proc, force=force)
+        system.signal_group(proc, force=force)
         try:
             proc.wait(timeout=grace)
             break
@@ -99,8 +99,8 @@ def _run(command: list[str], *, log_path: Path, name: str, cwd: Path | None, tim
     start = time.monotonic()
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-                                env=env, **platform.own_group_kwargs())
-        watch = platform.ChildWatch(proc)
+                                env=env, **system.own_group_kwargs())
+        watch = system.ChildWatch(proc)
         idle_deadline = start + startup_s + idle_timeout if idle_timeout else None
         try:
             while True:
@@ -292,7 +292,7 @@ class Service:
     def stop(self, grace_s: float = 30.0) -> int:
         """SIGTERM (a graceful shutdown: in-flight work finishes), SIGKILL after ``grace_s``; the exit code."""
         if self.running:
-            platform.signal_group(self._proc)
+            system.signal_group(self._proc)
             try:
                 self._proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
@@ -318,7 +318,7 @@ def start_service(command: list[str], *, log_path: Path, name: str, ready: Calla
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                **platform.own_group_kwargs())
+                                **system.own_group_kwargs())
     service = Service(proc, command, log_path, name)
     deadline = time.monotonic() + startup_timeout
     try:
@@ -336,9 +336,9 @@ def start_service(command: list[str], *, log_path: Path, name: str, ready: Calla
 
 
 def _die_with_parent() -> None:
-    """End this process when its parent dies (see :func:`slmops.toolkit.core.platform.die_with_parent`); stop now if it has."""
+    """End this process when its parent dies (see :func:`slmops.toolkit.core.system.die_with_parent`); stop now if it has."""
     parent = os.environ.get(_PARENT)
-    platform.die_with_parent(int(parent) if parent else None)
+    system.die_with_parent(int(parent) if parent else None)
     if parent and os.getppid() != int(parent):
         sys.exit("the toolkit process that started this one has gone; stopping")
 

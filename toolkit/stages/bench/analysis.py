@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from slmops.toolkit.core import platform
+from slmops.toolkit.core import system
 from slmops.toolkit.domain.results.bench import BenchRow
 
 _MIB = 1 << 20
@@ -169,5 +169,5 @@ def instruction_sets() -> dict[str, bool]:
     quantized model's prefill (compute-bound) can be slower than FP32's while its decode
     (bandwidth-bound) is faster.
     """
-    flags = platform.cpu_flags()
+    flags = system.cpu_flags()
     return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}

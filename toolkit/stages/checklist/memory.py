@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from slmops.toolkit.core import platform
+from slmops.toolkit.core import system
 from slmops.toolkit.core.measure import rss_mib
 from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, Verdict
 from slmops.toolkit.runtimes.foundry import LoadedModel
@@ -51,14 +51,14 @@ def memory_check(model: LoadedModel, requests: int, limits: Thresholds, seed: in
     # Memory in use, not glibc's heaps keeping freed buffers: its self-raising mmap threshold made one
     # build's RSS step up 8.3 MiB every ~12 requests in some runs and stay flat in others, and with the
     # threshold fixed, 2 MiB steps of freed heap remained (a "leak" of +9 MiB per 100 requests in one run).
-    platform.fix_mmap_threshold()
+    system.fix_mmap_threshold()
     windows = max(4, limits.memory_windows)
     per = max(1, requests // windows)
 
     def measure(count: int, label: str) -> None:
         for _ in tqdm(range(count), desc=f"{model.name}: {label}", unit="req", disable=not progress):
             model.generate([{"role": "user", "content": "Say hello."}], max_tokens=4, seed=seed)
-            platform.release_free_memory()
+            system.release_free_memory()
             rss.append(rss_mib())
 
     measure(max(requests, per * windows), "memory")
