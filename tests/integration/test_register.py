@@ -15,6 +15,7 @@ from slmops.toolkit.core.errors import (
     InvalidPromptError,
     ModelNotFoundError,
     RegistrationError,
+    TemplateError,
 )
 from slmops.toolkit.domain import templates
 from slmops.toolkit.runtimes.foundry import LoadedModel
@@ -119,9 +120,9 @@ def test_hostile_or_broken_model_templates_change_nothing(tiny_int4: Path, tmp_p
     (hostile / "tokenizer_config.json").write_text(json.dumps(config))
     (hostile / "chat_template.jinja").unlink(missing_ok=True)  # it wins over tokenizer_config.json, as in transformers
     before = snapshot(models_root())
-    with pytest.raises(templates.TemplateError):
+    with pytest.raises(TemplateError):
         register.register(hostile, "tiny-hostile")
-    with pytest.raises(templates.TemplateError, match="exactly once"):
+    with pytest.raises(TemplateError, match="exactly once"):
         register.register(tiny_int4, "tiny-badcustom", template="custom",
                    custom_template=templates.PromptTemplate("S", "U{Content}", "A{Content}", "P{Content}"))
     assert snapshot(models_root()) == before

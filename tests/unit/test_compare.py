@@ -11,6 +11,7 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain import deployment_choice, provenance
+from slmops.toolkit.domain.deployment_choice import NOT_JUDGED
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
@@ -141,7 +142,7 @@ def test_a_timing_measured_once_is_not_judged_and_the_headline_says_so(tmp_path:
         bench["rows"] = [{**row, "repeats": 1, "decode_tps_sd": 0.0, "ttft_ms_sd": 0.0} for row in bench["rows"]]
         (run / "bench.json").write_text(json.dumps(bench))
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    assert {t["judged"] for t in result.timings} == {compare.NOT_JUDGED} and not result.slower
+    assert {t["judged"] for t in result.timings} == {NOT_JUDGED} and not result.slower
     assert result.headline.startswith("PASS: ") and "4 timings are not judged" in result.headline
 
 

@@ -18,7 +18,7 @@ from slmops.toolkit.core.errors import (
 from slmops.toolkit.domain import recipe_choice
 from slmops.toolkit.domain.options import INT4_RECIPES, Int4Options, Method, Precision
 from slmops.toolkit.domain.quant_plan import QuantPlan
-from slmops.toolkit.orchestration import recipes
+from slmops.toolkit.domain.results.recipes import RecipeResult
 from slmops.toolkit.stages import convert
 from slmops.toolkit.stages.convert_plan import (
     OLIVE_CONFIG,
@@ -217,8 +217,8 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
 
 
 def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
-    def result(name: str, ratio: float, top1: float, tps: float) -> recipes.RecipeResult:
-        return recipes.RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
+    def result(name: str, ratio: float, top1: float, tps: float) -> RecipeResult:
+        return RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
 
     fast_winner = [result("a", 0.37, 0.9, 100), result("b", 0.2, 0.88, 90), result("c", 0.15, 0.6, 110)]
     assert recipe_choice.recommend_recipe(fast_winner)[0] == "b"
