@@ -47,7 +47,9 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     assert all(r["ratio"] > 0 for r in report["engine_ratios"])
     # Foundry's first token, line by line: measured parts, the direct engine's prefill, and what remains.
     for line in report["ttft_breakdown"]:
-        assert line["setup_ms"] > 0 and line["template_ms"] > 0 and line["prefill_ms"] == line["direct_ttft_ms"]
+        assert line["setup_ms"] > 0 and line["template_ms"] > 0
+        # The direct engine's prefill stands in for Foundry's, unless Foundry's first token beat it (then unmeasured).
+        assert (line["prefill_ms"] == line["direct_ttft_ms"]) == (not line["unmeasured"])
         parts = line["setup_ms"] + line["template_ms"] + line["prefill_ms"] + line["harness_ms"]
         other = line["runtime_other_ms"]  # None: Foundry's prefill beat the direct engine's, given together
         assert abs(parts + (other or 0.0) - line["foundry_ttft_ms"]) < 0.02 and (other is None) == bool(line["unmeasured"])
