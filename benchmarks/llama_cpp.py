@@ -38,6 +38,13 @@ Inputs: ``--models`` holds our builds as the demo writes them (``fp32``, ``int8`
 ``recipes/NAME``), and ``--hf`` the FP32 merged fine-tune they were built from (default: the FP32
 build's manifest ``source_path``). Everything goes to ``OUT/llama_cpp.json``; ``--markdown FILE``
 appends the benchmarks page's section.
+
+``--shapes qwen2.5-0.5b qwen2.5-1.5b`` runs the size sweep instead (``benchmarks/llama_cpp_sizes.py``):
+random-weight models of those shapes, our INT4/INT8 as registered against Q4_0/Q8_0 at each of
+``--prompt-lengths``, decode also as a share of the memory-bandwidth bound; models, builds and GGUF
+files are kept under ``$SLMOPS_HOME/llama-cpp-sizes``::
+
+    flock /work/heavy.lock .venv/bin/python benchmarks/llama_cpp.py --shapes qwen2.5-0.5b --out /tmp/sizes
 """
 
 from __future__ import annotations
@@ -526,6 +533,21 @@ def measure_quality(models: Path, chosen: tuple[Pair, ...], ggufs: dict[str, Pat
     return rows + theirs, check
 
 
+def sweep_shapes(args: argparse.Namespace) -> None:
+    """``--shapes``: the size sweep of ``llama_cpp_sizes.py``, its shape names checked before any work."""
+    import llama_cpp_sizes
+    from scale import SHAPES
+
+    unknown = [name for name in args.shapes if name not in SHAPES]
+    if unknown:
+        sys.exit(f"--shapes {' '.join(unknown)}: name one of {', '.join(SHAPES)}")
+    if min(args.prompt_lengths, default=0) < 1 or min(args.rounds, args.reps, args.threads) < 1 or args.gen_tokens < 2:
+        sys.exit("--prompt-lengths, --rounds, --reps and --threads must be at least 1 and --gen-tokens at least 2")
+    if not (converter_deps() / "sentencepiece").is_dir():
+        sys.exit(f"the GGUF converter is not set up: run  {Path(sys.executable).name} {sys.argv[0]} --setup")
+    llama_cpp_sizes.run(args, require_tools())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -555,6 +577,11 @@ def main() -> None:
     parser.add_argument("--also", action="append", default=[], metavar="NAME=MODEL_DIR:QUANT",
                         help="also time this build against that llama.cpp quant (repeatable)")
     parser.add_argument("--markdown", type=Path, help="append the benchmarks page's section to this file")
+    parser.add_argument("--shapes", nargs="+", metavar="SHAPE",
+                        help="instead of the fine-tune: the size sweep on random-weight models of these shapes "
+                             "(benchmarks/scale.py's names, e.g. qwen2.5-0.5b qwen2.5-1.5b; see llama_cpp_sizes.py)")
+    parser.add_argument("--prompt-lengths", nargs="+", type=int, default=[128, 512],
+                        help="with --shapes: the prompt lengths of the sweep")
     args = parser.parse_args()
 
     from slmops.toolkit.core import settings, system
@@ -568,6 +595,8 @@ def main() -> None:
         if args.setup_quality:
             setup_quality(venv)
         return
+    if args.shapes:
+        return sweep_shapes(args)
     tools = require_tools()
     if min(args.rounds, args.reps, args.threads, args.prompt_tokens) < 1 or args.gen_tokens < 2:
         sys.exit("--rounds, --reps, --threads and --prompt-tokens must be at least 1 and --gen-tokens at least 2")

@@ -117,7 +117,7 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
         out = work / "onnx" / name / precision
         result = convert.convert(ConvertSpec(model, out, Precision(precision)), progress=True)
         m = result.manifest
-        checks = {check.build: check.figures for check in (m.parity.parity_checks() if m.parity else [])}
+        checks = {check.build: check.figures for check in (m.parity.checks if m.parity else ())}
         figures = {"wall_s": m.wall_s, "peak_rss_mib": m.peak_rss_mib,
                    "predicted_peak_mib": m.memory.predicted_peak_mib, "size_mb": round(m.size_mb),
                    "rss_per_checkpoint": round(m.peak_rss_mib * 2**20 / source.checkpoint_bytes, 2),

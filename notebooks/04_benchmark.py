@@ -17,7 +17,6 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 from IPython.display import Markdown, display
 
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.domain.results.bench import rows_of
 from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import bench_text, compare, plots, report
 from slmops.toolkit.stages import checklist
@@ -28,15 +27,15 @@ panel = RunPanel("benchmark", lambda: run_stages.bench(run),
                  show=lambda results: (
                      Markdown("\n".join(f"- {line}" for line in bench_text.summary_lines(
                          results, checklist.read_report(run.dir / "test.json"))
-                         + bench_text.warnings(rows_of(results)))),
+                         + bench_text.warnings(results.rows))),
                      # Three tables of a dozen columns or fewer: each fits the notebook's width.
-                     report.table(results["rows"], [
+                     report.table(list(results.rows), [
                          "model", "engine", "prompt_tokens", "gen_tokens", "threads", "ttft_ms", "ttft_ms_p90",
                          "prefill_tps", "decode_tps", "decode_tps_sd", "decode_cv", "noisy"]),
-                     report.table(results["rows"], [
+                     report.table(list(results.rows), [
                          "model", "engine", "prompt_tokens", "gen_tokens", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90",
                          "e2e_ms", "harness_overhead_pct"]),
-                     report.table(results["rows"], [
+                     report.table(list(results.rows), [
                          "model", "engine", "size_mb", "load_s", "load_rss_mib", "peak_rss_mib", "cpu_percent",
                          "system_cpu_percent"]),
                      Markdown("## Recommendation"),
@@ -46,13 +45,13 @@ panel = RunPanel("benchmark", lambda: run_stages.bench(run),
                      report.table(deployment_choice.recommend(compare.load_run(run.dir)).paired),
                      Markdown("Foundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no "
                               "overhead):"),
-                     report.table(results["engine_ratios"]),
+                     report.table(list(results.engine_ratios)),
                      Markdown("## Speed, latency and memory"),
                      *(report.figure(ax, run.dir / f"{stem}.png") for stem, ax in plots.bench_figures(
                          results, checklist.read_report(run.dir / "test.json")).items()),
                      Markdown("Decode reads every weight once per token, so measured memory bandwidth / model size "
                               "bounds decode speed:"),
-                     report.table(results["decode_ceiling"])),
+                     report.table(list(results.decode_ceiling))),
                  interactive=run.interactive)
 display(panel) if run.interactive else None
 results = panel.run()

@@ -12,6 +12,7 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import adapters
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.adapter_merge import merge
 from tests.unit.test_adapters import ADDED, make_adapter
@@ -37,9 +38,9 @@ def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny
     merged = merge(checked)  # was: the merge died with a truncated RuntimeError
     assert (checked.vocab_size, checked.base_vocab_size) == (402, 400)
     assert set(checked.modules_to_save) == {"embed_tokens", "lm_head"}
-    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
-    assert record["vocab_size"] == {"base": 400, "merged": 402} and record["tokenizer"]["vocab_size"] == 402
-    assert record["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
+    record = adapters.read_merge_record(merged, checked)
+    assert record.vocab_size == adapters.VocabSizes(400, 402) and record.tokenizer.vocab_size == 402
+    assert record.merge_check.max_abs_diff_vs_unmerged < 1e-4
     tokenizer = AutoTokenizer.from_pretrained(merged)
     new_ids = tokenizer.convert_tokens_to_ids(ADDED)
     assert len(tokenizer) == 402 and new_ids == [400, 401]
@@ -55,9 +56,9 @@ def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny
         assert torch.allclose(model(ids).logits, expected, atol=1e-4)
     out = tmp_path / "fp32"
     assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["adapter"]["vocab_size"]["merged"] == 402
-    assert manifest["adapter"]["tokenizer"]["tokenizer_from"] == "adapter"
+    manifest = read_manifest(out)
+    assert manifest.adapter.vocab_size.merged == 402
+    assert manifest.adapter.tokenizer.tokenizer_from == "adapter"
 
 
 def test_the_adapters_own_tokenizer_template_and_generation_config_win(tiny_model: Path, tmp_path: Path) -> None:
@@ -72,22 +73,23 @@ def test_the_adapters_own_tokenizer_template_and_generation_config_win(tiny_mode
     tokenizer = AutoTokenizer.from_pretrained(merged)
     assert tokenizer.chat_template == ADAPTER_TEMPLATE and tokenizer.eos_token == "<|endoftext|>"  # was: the base's
     assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(checked.own_files)
-    record = json.loads((merged / adapters.MERGE_RECORD).read_text())["tokenizer"]
-    assert (record["tokenizer_from"], record["chat_template_from"], record["generation_config_from"]) == (
+    record = adapters.read_merge_record(merged, checked).tokenizer
+    assert (record.tokenizer_from, record.chat_template_from, record.generation_config_from) == (
         "adapter", "adapter", "base")
     endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
-    assert record["eos_token_ids_added"] == [endoftext]  # the fine-tune's EOS joins the base's in generation_config
+    assert record.eos_token_ids_added == (endoftext,)  # the fine-tune's EOS joins the base's in generation_config
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, endoftext]
     # A generation_config.json and a template saved alone (no tokenizer files) win too; the base's tokenizer stays.
     template_only = make_adapter(tiny_model, tmp_path / "template-only", seed=1)
     (template_only / "chat_template.jinja").write_text(ADAPTER_TEMPLATE)
     (template_only / "generation_config.json").write_text(json.dumps({"eos_token_id": [im_end, 7], "do_sample": False}))
-    merged = merge(inspect_adapter(template_only))
+    template_checked = inspect_adapter(template_only)
+    merged = merge(template_checked)
     assert AutoTokenizer.from_pretrained(merged).chat_template == ADAPTER_TEMPLATE
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [im_end, 7]
-    record = json.loads((merged / adapters.MERGE_RECORD).read_text())
-    assert (record["tokenizer"]["tokenizer_from"], record["tokenizer"]["chat_template_from"]) == ("base", "adapter")
-    assert record["files_from_adapter"] == ["chat_template.jinja", "generation_config.json"]
+    record = adapters.read_merge_record(merged, template_checked)
+    assert (record.tokenizer.tokenizer_from, record.tokenizer.chat_template_from) == ("base", "adapter")
+    assert record.files_from_adapter == ("chat_template.jinja", "generation_config.json")
 
 
 def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model: Path, tmp_path: Path) -> None:
@@ -99,7 +101,7 @@ def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model:
     checked = inspect_adapter(adapter, base)  # was: "the base does not have q_proj"
     assert checked.target_modules == ("q_proj", "v_proj") and checked.base == base.resolve()
     merged = merge(checked)
-    assert json.loads((merged / adapters.MERGE_RECORD).read_text())["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-4
+    assert adapters.read_merge_record(merged, checked).merge_check.max_abs_diff_vs_unmerged < 1e-4
     wrong = tmp_path / "wrong"
     shutil.copytree(adapter, wrong)
     save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 32), np.float32),

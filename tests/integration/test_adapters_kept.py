@@ -4,7 +4,6 @@ merged model in transformers. Real peft adapters on the tiny random model, real 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import parity
+from slmops.toolkit.domain.results.conversion import read_manifest
 from tests.integration.test_adapters import ADAPTER_TEMPLATE
 from tests.unit.test_adapters import make_adapter
 
@@ -34,29 +34,29 @@ def test_an_adapter_kept_apart_at_fp32_matches_the_merged_model_and_changes_the_
     out = tmp_path / "kept"
     assert cli.main(["convert", str(adapter), "--keep-adapter", "--also-adapter", str(second),
                      "--precision", "fp32", "--out", str(out)]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["adapter"]["kept_apart"] is True
+    manifest = read_manifest(out)
+    assert manifest.adapter.kept_apart is True
     assert (out / "chat_template.jinja").read_text() == ADAPTER_TEMPLATE
-    entry, other = manifest["adapter_files"]
-    assert other["path"] == "adapters/legal.onnx_adapter" and other["bytes"] == (out / other["path"]).stat().st_size
+    entry, other = manifest.adapter_files
+    assert other.path == "adapters/legal.onnx_adapter" and other.bytes == (out / other.path).stat().st_size
     # Rank 8 on q_proj of 2 layers: (64 + 64) * 8 floats of 4 bytes per layer, plus a header.
-    assert 2 * 8 * 4 * 128 <= other["bytes"] < 2 * 2 * 8 * 4 * 128
-    [second_check] = manifest["parity"]["more_adapters"]["legal"]["checks"]
-    assert second_check["top1_agreement"] == 1.0 and second_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range
-    adapter_file = out / entry["path"]
-    assert entry["path"] == "adapters/support.onnx_adapter" and entry["bytes"] == adapter_file.stat().st_size > 0
+    assert 2 * 8 * 4 * 128 <= other.bytes < 2 * 2 * 8 * 4 * 128
+    [second_check] = manifest.parity.more_adapters["legal"].checks
+    assert second_check.top1_agreement == 1.0 and second_check.max_diff_of_range <= parity.EXACT.max_diff_of_range
+    adapter_file = out / entry.path
+    assert entry.path == "adapters/support.onnx_adapter" and entry.bytes == adapter_file.stat().st_size > 0
     # Rank 4 on 3 modules of 2 layers: (64+64)*4 + (64+32)*4 + (128+64)*4 floats of 4 bytes per layer, plus a header.
-    assert 2 * 4 * 4 * (128 + 96 + 192) <= entry["bytes"] < 2 * 2 * 4 * 4 * (128 + 96 + 192)
-    [check] = manifest["parity"]["checks"]
-    assert manifest["parity"]["verdict"] == "pass" and check["top1_agreement"] == 1.0
-    assert check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range
+    assert 2 * 4 * 4 * (128 + 96 + 192) <= entry.bytes < 2 * 2 * 4 * 4 * (128 + 96 + 192)
+    [check] = manifest.parity.checks
+    assert manifest.parity.verdict == "pass" and check.top1_agreement == 1.0
+    assert check.max_diff_of_range <= parity.EXACT.max_diff_of_range
     weights = sum(f.stat().st_size for f in out.glob("model.onnx*"))
-    assert manifest["base_size_mb"] == round(weights / 1e6, 3)
-    parameters = manifest["parameters"]
-    assert manifest["bits_per_weight"] == round(8 * (weights + entry["bytes"]) / parameters, 3)
-    assert manifest["bits_per_weight"] > manifest["bits_per_weight_without_adapter"] > 30  # FP32: ~32 bits
+    assert manifest.base_size_mb == round(weights / 1e6, 3)
+    parameters = manifest.parameters
+    assert manifest.bits_per_weight == round(8 * (weights + entry.bytes) / parameters, 3)
+    assert manifest.bits_per_weight > manifest.bits_per_weight_without_adapter > 30  # FP32: ~32 bits
     # The adapter is really applied: without it the same graph computes the base, and the two differ.
-    logits = _logits(out, _plain_fp32(tiny_model, tmp_path), adapter_file, out / other["path"], tmp_path)
+    logits = _logits(out, _plain_fp32(tiny_model, tmp_path), adapter_file, out / other.path, tmp_path)
     with_adapter, without, with_second = logits["first"], logits["none"], logits["second"]
     noise = np.abs(without - logits["base"]).max()  # two builds of one function: summation order
     assert noise < 1e-4

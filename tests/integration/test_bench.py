@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.domain.results.bench import NOISY_CV, rows_of
+from slmops.toolkit.domain.results.bench import NOISY_CV
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.presentation import plots
 from slmops.toolkit.stages import bench, register
 from slmops.toolkit.weights.weight_summary import lookup_only_mb
@@ -28,7 +29,7 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     assert {r.threads for r in rows} == {0}  # nothing registered: the runtime's default, on both engines
     # The builder's INT4 keeps an FP32 embedding table apart from the int4 LM head: decoding a
     # token reads one row of it, so it is left out of the weights read per token.
-    table_mb = json.loads((tiny_int4 / "manifest.json").read_text())["weights"]["parameters"]["fp32"] * 4 / 1e6
+    table_mb = read_manifest(tiny_int4).weights.parameters["fp32"] * 4 / 1e6
     assert lookup_only_mb(tiny_int4 / "model.onnx") == round(table_mb, 1) > 0
     assert all(r.weights_read_mb == round(r.size_mb - round(table_mb, 1), 1) for r in rows)
     for row in rows:
@@ -40,28 +41,29 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
         assert row.cpu_percent > 10 and 0 <= row.system_cpu_percent <= 100  # ticks are 10 ms: tiny runs read 0
         assert 0 <= row.harness_overhead_pct < 100
     report = bench.write_results(rows, tmp_path)
-    assert report["metadata"]["versions"]["foundry-local-sdk"] == "2.2.1"
-    assert report["metadata"]["physical_cores"] >= 1 and report["metadata"]["cpu"]
-    assert [(r["model"], r["target_prompt_tokens"]) for r in report["engine_ratios"]] == [("tiny-bench", 16),
-                                                                                         ("tiny-bench", 64)]
-    assert all(r["ratio"] > 0 for r in report["engine_ratios"])
+    assert report.metadata["versions"]["foundry-local-sdk"] == "2.2.1"
+    assert report.metadata["physical_cores"] >= 1 and report.metadata["cpu"]
+    assert [(r.model, r.target_prompt_tokens) for r in report.engine_ratios] == [("tiny-bench", 16),
+                                                                                ("tiny-bench", 64)]
+    assert all(r.ratio > 0 for r in report.engine_ratios)
     # Foundry's first token, line by line: measured parts, the direct engine's prefill, and what remains.
-    for line in report["ttft_breakdown"]:
-        assert line["setup_ms"] > 0 and line["template_ms"] > 0
+    for line in report.ttft_breakdown:
+        assert line.setup_ms > 0 and line.template_ms > 0
         # The direct engine's prefill stands in for Foundry's, unless Foundry's first token beat it (then unmeasured).
-        assert (line["prefill_ms"] == line["direct_ttft_ms"]) == (not line["unmeasured"])
-        parts = line["setup_ms"] + line["template_ms"] + line["prefill_ms"] + line["harness_ms"]
-        other = line["runtime_other_ms"]  # None: Foundry's prefill beat the direct engine's, given together
-        assert abs(parts + (other or 0.0) - line["foundry_ttft_ms"]) < 0.02 and (other is None) == bool(line["unmeasured"])
-    assert [line["target_prompt_tokens"] for line in report["ttft_breakdown"]] == [16, 64]
-    assert all(0 < r["bandwidth_gbs"] and r["percent_of_ceiling"] > 0 for r in report["decode_ceiling"])
-    assert report["metadata"]["caches"] and report["metadata"]["memory_bandwidth_gbs_by_threads"]["0"] > 1
-    assert report["max_harness_overhead_pct"] == max(r.harness_overhead_pct for r in rows)
+        assert (line.prefill_ms == line.direct_ttft_ms) == (not line.unmeasured)
+        parts = line.setup_ms + line.template_ms + line.prefill_ms + line.harness_ms
+        other = line.runtime_other_ms  # None: Foundry's prefill beat the direct engine's, given together
+        assert abs(parts + (other or 0.0) - line.foundry_ttft_ms) < 0.02 and (other is None) == bool(line.unmeasured)
+    assert [line.target_prompt_tokens for line in report.ttft_breakdown] == [16, 64]
+    assert all(0 < r.bandwidth_gbs and r.percent_of_ceiling > 0 for r in report.decode_ceiling)
+    assert report.metadata["caches"] and report.metadata["memory_bandwidth_gbs_by_threads"]["0"] > 1
+    assert report.max_harness_overhead_pct == max(r.harness_overhead_pct for r in rows)
     with (tmp_path / "bench.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
     stems = set(plots.bench_figures(report))
     assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mib", "tradeoff"}  # no sweeps asked
-    assert report["schema_version"] == 2 and rows_of(json.loads((tmp_path / "bench.json").read_text())) == rows
+    assert json.loads((tmp_path / "bench.json").read_text())["schema_version"] == 2
+    assert bench.read_results(tmp_path / "bench.json").rows == report.rows == tuple(rows)
 
 
 def test_bench_sweeps_generation_lengths_and_threads(tiny_int4: Path, tmp_path: Path) -> None:
@@ -78,7 +80,7 @@ def test_bench_sweeps_generation_lengths_and_threads(tiny_int4: Path, tmp_path: 
     assert [r.gen_tokens for r in rows if r.engine == "ort-genai"] == [4, 12, 4, 12]
     report = bench.write_results(rows, tmp_path)
     # Foundry runs with its registered 2 threads, so it is compared with the direct engine at 2 threads only.
-    assert [(r["target_gen_tokens"], r["threads"]) for r in report["engine_ratios"]] == [(4, 2), (12, 2)]
+    assert [(r.target_gen_tokens, r.threads) for r in report.engine_ratios] == [(4, 2), (12, 2)]
     assert {"latency_vs_generation", "decode_vs_threads"} <= set(plots.bench_figures(report))
     with pytest.raises(Exception, match="threads"):
         register.register(tiny_int4, "tiny-threads-bad", model_config=register.ModelConfig(threads=0))

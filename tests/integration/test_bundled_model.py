@@ -38,6 +38,12 @@ def fp32_int4(bundled: Path, tmp_path_factory: pytest.TempPathFactory) -> Builds
     return Builds(models, convert.convert_all(bundled, ["fp32", "int4"], models, progress=False))
 
 
+@pytest.fixture(scope="module")
+def smol(fp32_int4: Builds) -> list:
+    """Both builds registered once for this module (``smol-fp32``, ``smol-int4``): ``register_all``'s rows."""
+    return register.register_all(fp32_int4.folder / "convert.json", "smol")
+
+
 @pytest.mark.slow
 def test_bundled_model_is_a_real_hf_folder(bundled: Path) -> None:
     source = inspect_source(bundled)
@@ -45,12 +51,11 @@ def test_bundled_model_is_a_real_hf_folder(bundled: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bundled_fp32_and_int4_through_foundry(fp32_int4: Builds) -> None:
+def test_bundled_fp32_and_int4_through_foundry(fp32_int4: Builds, smol: list) -> None:
     manifests = fp32_int4.manifests
     ratio = manifests[1].size_mb / manifests[0].size_mb
     assert 0.2 < ratio < 0.5  # INT4 with the FP32 embedding table kept (SPEC: 0.37x)
-    rows = register.register_all(fp32_int4.folder / "convert.json", "smol")
-    assert [r.name for r in rows] == ["smol-fp32", "smol-int4"]
+    assert [r.name for r in smol] == ["smol-fp32", "smol-int4"]
     with LoadedModel("smol-int4") as model:
         answer = model.generate([{"role": "user", "content": "What is the capital of France?"}], max_tokens=16)
     assert "Paris" in answer.text
@@ -68,7 +73,7 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
 
     int8 = convert.convert(ConvertSpec(bundled, tmp_path / "int8" / "int8", Precision.INT8,
                                                quantize_from=fp32_int4.folder / "fp32"), progress=False)
-    assert int8.manifest.weights["parameters"].keys() == {"int8"} and int8.manifest.quantized_from is not None
+    assert int8.manifest.weights.parameters.keys() == {"int8"} and int8.manifest.quantized_from is not None
     assert int8.manifest.size_ratio_vs_fp32 < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
     tokenizer = Tokenizer.from_file(str(bundled / "tokenizer.json"))
     messages = [{"role": "system", "content": "Answer in one sentence."},
@@ -95,7 +100,8 @@ def reg_strings(folder: Path):
 
 
 @pytest.mark.slow
-def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4: Builds, tmp_path: Path) -> None:
+def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4: Builds, smol: list,
+                                                                      tmp_path: Path) -> None:
     import shutil
 
     import numpy as np
@@ -107,14 +113,15 @@ def test_checklist_passes_the_bundled_int4_and_fails_a_scrambled_copy(fp32_int4:
     data = np.fromfile(scrambled / "model.onnx.data", dtype=np.uint8)
     np.random.default_rng(0).shuffle(data)  # same bytes, wrong places: weights and scales garbage
     data.tofile(scrambled / "model.onnx.data")
-    register.register_all(fp32_int4.folder / "convert.json", "chk")
-    register.register(scrambled, "chk-scrambled")
+    register.register(scrambled, "smol-scrambled")
+    # Both in one checklist, as a run checks its builds: the FP32 reference's logits are read once for the two.
+    results = checklist.run_checklists(["smol-int4", "smol-scrambled"], requests=0, lengths=[], reference="smol-fp32",
+                                       progress=False)
     verdicts = {}
-    for name in ("chk-int4", "chk-scrambled"):
-        result = checklist.run_checklist(name, requests=0, lengths=[], reference="chk-fp32", progress=False)
-        verdicts[name] = {(c.check, c.case): c.passed for c in result.checks}
-        assert all(passed for (check, _), passed in verdicts[name].items() if check == "edge")  # alive, clear
-    good, bad = verdicts["chk-int4"], verdicts["chk-scrambled"]
+    for result in results:
+        verdicts[result.model] = {(c.check, c.case): c.passed for c in result.checks}
+        assert all(passed for (check, _), passed in verdicts[result.model].items() if check == "edge")  # alive, clear
+    good, bad = verdicts["smol-int4"], verdicts["smol-scrambled"]
     assert good["domain", "domain-overall"] and good["quality", "top1-agreement"] and good["quality", "kl-divergence"]
     assert not bad["domain", "domain-overall"]
     # Constrained decoding cannot steer garbage weights either: the runtime gives up, and the case fails.

@@ -3,13 +3,13 @@ contradict their weights refused in one line from the headers, before anything i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import sources
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.weights import checkpoints
 from tests.unit.test_checkpoints import as_bin
 
@@ -21,8 +21,8 @@ def test_a_bin_model_is_read_weights_only_and_converts_without_a_crash(tiny_mode
     reference = checkpoints.inspect_source(tiny_model)
     out = tmp_path / "int8"
     assert cli.main(["convert", str(folder), "--precision", "int8", "--out", str(out)]) == 0  # was: NoneType.__format__
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["parameters"] == reference.parameters and 0 < manifest["size_ratio_vs_fp32"] < 1
+    manifest = read_manifest(out)
+    assert manifest.parameters == reference.parameters and 0 < manifest.size_ratio_vs_fp32 < 1
     assert "x FP32" in capsys.readouterr().out
     source = checkpoints.inspect_source(folder)
     assert (source.parameters, source.largest_tensor) == (reference.parameters, reference.largest_tensor) > (0, 0)

@@ -42,11 +42,11 @@ def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny
     graph = onnx.load(str(int8.output_dir / "model.onnx"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {8}
-    assert int8.manifest.weights["parameters"].keys() == {"int8"}  # embeddings and LM head too
-    assert int8.manifest.quantizer["bits"] == 8
+    assert int8.manifest.weights.parameters.keys() == {"int8"}  # embeddings and LM head too
+    assert int8.manifest.quantizer.bits == 8
     int4 = convert.convert(spec(tiny_model, tmp_path / "int4"), progress=False)
-    assert int4.manifest.weights["lm_head"] == "int4" and int4.manifest.weights["embeddings"] == "fp32"
-    assert int4.manifest.quantizer["lm_head_with_body"]  # the builder's INT4, made tensor by tensor
+    assert int4.manifest.weights.lm_head == "int4" and int4.manifest.weights.embeddings == "fp32"
+    assert int4.manifest.quantizer.lm_head_with_body  # the builder's INT4, made tensor by tensor
 
 
 def _tensors_and_nodes(model_file: Path) -> tuple[dict, list]:
@@ -81,15 +81,15 @@ def test_builder_route_int4_equals_the_builders_own_int4(tmp_path: Path, tied: b
 
 
 def test_the_manifest_puts_the_predicted_peak_beside_the_measured_one(tiny_int4: Path) -> None:
-    memory = json.loads((tiny_int4 / "manifest.json").read_text())["memory"]
-    assert memory["measured_peak_mib"] > 0 and memory["checked"]
-    assert set(memory["steps"]) == {"export (model builder, fp32)", "quantize (tensor by tensor)",
-                                    "parity check: the reference (transformers)",
-                                    "parity check: the FP32 model (onnxruntime)"}
-    assert set(memory["measured_steps"]) == {"builder", "quantize", "parity"}
-    assert memory["measured_peak_mib"] == max(memory["measured_steps"].values())
+    memory = read_manifest(tiny_int4).memory
+    assert memory.measured_peak_mib > 0 and memory.checked
+    assert set(memory.steps) == {"export (model builder, fp32)", "quantize (tensor by tensor)",
+                                 "parity check: the reference (transformers)",
+                                 "parity check: the FP32 model (onnxruntime)"}
+    assert set(memory.measured_steps) == {"builder", "quantize", "parity"}
+    assert memory.measured_peak_mib == max(memory.measured_steps.values())
     # On a tiny model both are the processes' own footprint: the prediction is in the right range.
-    assert 0.5 < memory["predicted_peak_mib"] / memory["measured_peak_mib"] < 3
+    assert 0.5 < memory.predicted_peak_mib / memory.measured_peak_mib < 3
 
 
 def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
@@ -125,9 +125,9 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
     assert fp32.precision == "fp32" and int4.fp32_size_from.startswith("measured")
     assert int4.size_ratio_vs_fp32 == pytest.approx(int4.size_mb / fp32.size_mb, rel=0.01)
     weights = int4.weights
-    assert (weights["lm_head"], weights["embeddings"]) == ("int8", "int8")
-    vocab_x_hidden = fp32.weights["parameters"]["fp32"] - weights["parameters"]["int4"]
-    assert weights["parameters"]["int8"] == vocab_x_hidden  # one table, not two
+    assert (weights.lm_head, weights.embeddings) == ("int8", "int8")
+    vocab_x_hidden = fp32.weights.parameters["fp32"] - weights.parameters["int4"]
+    assert weights.parameters["int8"] == vocab_x_hidden  # one table, not two
     same, quantized = genai.agreement(tmp_path / "fp32", {"same": tmp_path / "fp32",
                                                                "int4": tmp_path / "int4"})
     assert same.top1_agreement == 1.0 and same.kl_divergence == pytest.approx(0, abs=1e-9)
@@ -158,7 +158,7 @@ def test_fp16_builds_for_a_gpu_provider(tiny_model: Path, tmp_path: Path) -> Non
     result = convert.convert(spec(tiny_model, tmp_path / "fp16", precision=Precision.FP16, execution_provider="cuda"),
                        progress=False)
     assert result.manifest.execution_provider == "cuda"
-    assert result.manifest.weights["parameters"].keys() == {"fp16"}
+    assert result.manifest.weights.parameters.keys() == {"fp16"}
     config = json.loads((result.output_dir / "genai_config.json").read_text())
     assert "cuda" in json.dumps(config["model"]["decoder"]["session_options"]["provider_options"])
 
@@ -176,7 +176,7 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
         made = by_precision[precision]
         assert made.quantized_from == fp32
         assert not any("slmops.toolkit.runtimes.genai_builder" in c for c in made.commands)  # no export
-        assert [c["build"] for c in made.parity.checks] == [precision]  # the FP32 passed its own check
+        assert [c.build for c in made.parity.checks] == [precision]  # the FP32 passed its own check
     # The same bytes as an INT4 quantized from a fresh export.
     fresh = convert.convert(ConvertSpec(tiny_model, tmp_path / "fresh", Precision.INT4), progress=False)
     assert fresh.manifest.quantized_from is None

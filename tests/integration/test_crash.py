@@ -18,6 +18,7 @@ import pytest
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import DiskFullError
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import convert, register
 from slmops.toolkit.stages.convert_plan import ConvertSpec
@@ -63,7 +64,7 @@ def test_a_conversion_killed_at_a_random_moment_keeps_the_earlier_build_and_its_
     before = digest(built)
     done = run_until_killed(["convert", str(tiny_model), "--precision", "int8", "--out", str(built)], after_s=after_s)
     if done.returncode == 0:  # finished before the kill: a complete new build
-        assert json.loads((built / "manifest.json").read_text())["precision"] == "int8"
+        assert read_manifest(built).precision == "int8"
     else:
         assert digest(built) == before
     deadline = time.monotonic() + 10

@@ -164,6 +164,6 @@ def test_the_olive_routes_build_them_exactly_through_the_parity_gate(family: str
     source = make_family_model(tmp_path / "hf", family)
     result = convert(ConvertSpec(source, tmp_path / "fp32", Precision.FP32, Method(method)), progress=False)
     check = result.manifest.parity.checks[0]
-    assert result.manifest.method == method and check["verdict"] == "pass"
-    assert check["top1_agreement"] == 1.0 and check["max_diff_of_range"] < TOLERANCE
-    assert any("sliding window" in s["what"] for s in check["sequences"]) == (family != "smollm3")
+    assert result.manifest.method == method and check.verdict == "pass"
+    assert check.top1_agreement == 1.0 and check.max_diff_of_range < TOLERANCE
+    assert any("sliding window" in s.what for s in check.sequences) == (family != "smollm3")

@@ -16,6 +16,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
 from slmops.toolkit.domain.options import Precision
+from slmops.toolkit.domain.results.finetune import read_finetune
 from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist, convert, finetune, register
 from slmops.toolkit.stages.convert_plan import ConvertSpec
@@ -38,11 +39,11 @@ def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_finetune_trains_then_reuses(tiny_adapter: finetune.FinetuneResult, tiny_model: Path) -> None:
     assert not tiny_adapter.reused and len(tiny_adapter.losses) == 3 and tiny_adapter.examples == 4
     assert (tiny_adapter.adapter / "adapter_config.json").is_file()
-    record = json.loads((tiny_adapter.adapter / finetune.RECORD).read_text())
-    assert record["losses"] == tiny_adapter.losses and record["settings"]["rank"] == 4
+    record = read_finetune(tiny_adapter.adapter)
+    assert list(record.losses) == tiny_adapter.losses and record.settings.rank == 4
     config = json.loads((tiny_adapter.adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4
-    again = finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, data=Path(record["data"]),
+    again = finetune.finetune(finetune.FinetuneSpec(base=tiny_model, out=tiny_adapter.adapter, data=Path(record.data),
                                                     rank=4, steps=3, batch=2), progress=False)
     assert again.reused and again.losses == tiny_adapter.losses
     with pytest.raises(InputError, match="--rank"):
@@ -68,20 +69,20 @@ def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_ad
     result = convert.convert(ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", Precision.FP32),
                              progress=False)
     adapter = result.manifest.adapter
-    assert adapter["rank"] == 4 and adapter["merge_route"] == adapters.MERGE_ROUTE
-    assert {"q_proj", "v_proj", "down_proj"} <= set(adapter["target_modules"])
-    assert adapter["fingerprint"] == inspect_adapter(tiny_adapter.adapter).fingerprint
-    assert adapter["merge_check"]["max_abs_diff_vs_unmerged"] < 1e-3  # peft's merge is exact in PyTorch
+    assert adapter.rank == 4 and adapter.merge_route == adapters.MERGE_ROUTE
+    assert {"q_proj", "v_proj", "down_proj"} <= set(adapter.target_modules)
+    assert adapter.fingerprint == inspect_adapter(tiny_adapter.adapter).fingerprint
+    assert adapter.merge_check.max_abs_diff_vs_unmerged < 1e-3  # peft's merge is exact in PyTorch
     check = result.manifest.parity.checks[0]  # the FP32 build against the merged model in transformers
-    assert check["positions"] > 10 and check["top1_agreement"] == 1.0 and check["max_diff_of_range"] < 1e-3
+    assert check.positions > 10 and check.top1_agreement == 1.0 and check.max_diff_of_range < 1e-3
     assert result.manifest.parity.verdict == "pass"
     # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
     merged = merged_folder(inspect_adapter(tiny_adapter.adapter))
     assert (merged / "config.json").is_file() and result.manifest.source_path == str(merged)
     int4 = convert.convert(ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", Precision.INT4),
                            progress=False)
-    assert int4.manifest.adapter["fingerprint"] == adapter["fingerprint"]
-    assert [c["build"] for c in int4.manifest.parity.checks] == ["fp32", "int4"]
+    assert int4.manifest.adapter.fingerprint == adapter.fingerprint
+    assert [c.build for c in int4.manifest.parity.checks] == ["fp32", "int4"]
 
 
 def _copy_adapter(source: Path, target: Path, **config) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.orchestration import pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SLMOPS_REAL_MODELS") != "1",
@@ -24,12 +25,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SLMOPS_REAL_M
 
 def test_gemma3_270m_demo(tmp_path: Path) -> None:
     run = pipeline.demo(tmp_path / "demo-gemma3", model="gemma3-270m", progress=False).parent
-    converted = json.loads((run / "models" / "convert.json").read_text())
-    assert [m["precision"] for m in converted] == ["fp32", "int8", "int4"]
-    fp32 = converted[0]["parity"]["checks"][0]
-    assert fp32["top1_agreement"] >= 0.999 and fp32["positions"] >= 1000 and fp32["max_diff_of_range"] < 1e-3
-    assert any("sliding window of 512" in s["what"] for s in fp32["sequences"])
-    assert all(m["parity"]["verdict"] == "pass" for m in converted)
+    converted = read_conversions(run / "models" / "convert.json")
+    assert [m.precision for m in converted] == ["fp32", "int8", "int4"]
+    fp32 = converted[0].parity.checks[0]
+    assert fp32.top1_agreement >= 0.999 and fp32.positions >= 1000 and fp32.max_diff_of_range < 1e-3
+    assert any("sliding window of 512" in s.what for s in fp32.sequences)
+    assert all(m.parity.verdict == "pass" for m in converted)
     tests = json.loads((run / "test.json").read_text())
     fp32 = tests["summary"]["gemma3-fp32"]
     assert fp32["rates"]["stop"]["passed"] == fp32["rates"]["stop"]["total"] == 32  # every answer ends its turn (<end_of_turn>, not <eos>)

@@ -58,4 +58,4 @@ def test_algorithm_gptq_reaches_the_quantizer_through_convert(tiny_model: Path, 
     assert not options.builder_native
     assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).algorithm == "gptq"
     built = convert(ConvertSpec(tiny_model, tmp_path / "gptq", Precision.INT4, int4=options), progress=False)
-    assert built.manifest.quantizer["algorithm"] == "gptq" and built.manifest.parity.verdict == "pass"
+    assert built.manifest.quantizer.algorithm == "gptq" and built.manifest.parity.verdict == "pass"

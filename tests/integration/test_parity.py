@@ -41,9 +41,9 @@ def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> N
     gate = result.manifest.parity
     assert gate.verdict == "pass"
     fp32, int8 = gate.checks  # the FP32 model the quantizer started from, then the build itself
-    assert (fp32["build"], int8["build"]) == ("fp32", "int8")
-    assert fp32["top1_agreement"] == 1.0 and fp32["max_diff_of_range"] < 1e-3
-    assert int8["kl_divergence"] < 0.01 and fp32["positions"] == int8["positions"] > 100
+    assert (fp32.build, int8.build) == ("fp32", "int8")
+    assert fp32.top1_agreement == 1.0 and fp32.max_diff_of_range < 1e-3
+    assert int8.kl_divergence < 0.01 and fp32.positions == int8.positions > 100
     assert result.manifest.memory.measured_steps["parity"] > 0
     shown = doctor.parity_check(result.output_dir)  # doctor shows the figures, and fails a failed record
     assert shown.ok and "int8 pass: top-1 agreement" in shown.detail
@@ -62,7 +62,7 @@ def test_each_phase_of_the_check_runs_alone_and_the_gate_records_its_peak(tiny_m
     assert set(steps) == {"fp32 (onnxruntime)", "int8 (onnxruntime-genai)"} | (
         {"reference (transformers)"} if "reference (transformers)" in steps else set())  # the reference may be cached
     assert result.manifest.memory.measured_steps["parity"] == max(steps.values())
-    assert {check["build"]: check["top1_agreement"] for check in gate.checks}["fp32"] == 1.0
+    assert {check.build: check.top1_agreement for check in gate.checks}["fp32"] == 1.0
 
 
 @pytest.mark.parametrize("family", ["gemma3", "phi3", "qwen2.5"])
@@ -74,7 +74,8 @@ def test_a_16_bit_checkpoint_is_computed_in_fp32_as_stored_with_the_logits_of_an
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from slmops.toolkit.runtimes import reference
+    from slmops.toolkit.runtimes import reference_model
+    from slmops.toolkit.runtimes.reference_jobs import ParityJob
     from tests.families import make_family_model
 
     model = make_family_model(tmp_path / family, family)
@@ -82,8 +83,8 @@ def test_a_16_bit_checkpoint_is_computed_in_fp32_as_stored_with_the_logits_of_an
         save_file({k: v.to(torch.bfloat16) for k, v in load_file(file).items()}, file, metadata={"format": "pt"})
     config = json.loads((model / "config.json").read_text()) | {"dtype": "bfloat16"}
     (model / "config.json").write_text(json.dumps(config))
-    job = reference.ParityJob(str(model), "The capital of France is Paris. " * 20, "float32", "", {})
-    _name, seqs, got = reference._reference_logits(job, lambda event: None)
+    job = ParityJob(str(model), "The capital of France is Paris. " * 20, "float32", "", {})
+    _name, seqs, got = reference_model.reference_logits(job, lambda event: None)
     fp32 = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     with torch.no_grad():
         for (_what, ids), logits in zip(seqs, got, strict=True):

@@ -13,11 +13,14 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.provenance import read_run_record
+from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 from slmops.toolkit.stages import finetune
+from slmops.toolkit.stages.bench import read_results
 from tests.integration.test_browser import check_report_in_chromium
 
 
@@ -59,10 +62,10 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert html["01_convert"].count("data:image/png") >= 2  # sizes and recipes plots
     assert "Recommended INT4 recipe" in html["01_convert"] and "INT4 recipes against FP32" in page
     assert "chat with tinypipe-int4" in html["02_register"]
-    bench = json.loads((tmp_path / "run" / "bench.json").read_text())
-    assert {r["precision"] for r in bench["rows"]} == {"fp32", "int4"}
-    assert {r["engine"] for r in bench["rows"]} == {"foundry-local", "ort-genai"}
-    assert len(bench["engine_ratios"]) == 4 and bench["metadata"]["memory_bandwidth_gbs"] > 0
+    bench = read_results(tmp_path / "run" / "bench.json")
+    assert {r.precision for r in bench.rows} == {"fp32", "int4"}
+    assert {r.engine for r in bench.rows} == {"foundry-local", "ort-genai"}
+    assert len(bench.engine_ratios) == 4 and bench.metadata["memory_bandwidth_gbs"] > 0
     assert "int4: " in html["04_benchmark"] and "x fp32 decode speed" in html["04_benchmark"]  # generated summary
     for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "latency_vs_prompt.png", "peak_rss_mib.png",
                 "tradeoff.png", "rss_over_requests.png", "ms_per_token.png"):
@@ -79,9 +82,9 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     links = set(re.findall(r'(?:href|src)="([^"]+)"', page))
     assert links and {f"run/{link}" for link in links} <= names
     assert not any(n.endswith((".onnx", ".data")) for n in names) and "run/models/int4/manifest.json" in names
-    converted = json.loads((tmp_path / "run" / "models" / "convert.json").read_text())
-    assert all(m["adapter"]["path"] == str(adapter.resolve()) for m in converted)
-    assert [m["parity"]["checks"][0]["top1_agreement"] for m in converted if m["precision"] == "fp32"] == [1.0]
+    converted = read_conversions(tmp_path / "run" / "models" / "convert.json")
+    assert all(m.adapter.path == str(adapter.resolve()) for m in converted)
+    assert [m.parity.checks[0].top1_agreement for m in converted if m.precision == "fp32"] == [1.0]
     control = json.loads((tmp_path / "run" / "test.json").read_text())["control"]
     assert control["model"] == "tinypipe-base" and (control["trained_passed"], control["trained_total"]) == (0, 1)  # a random base knows no Quennport
     # A reviewer's view: the page in a real browser, screenshot and print in outputs/e2e/.
@@ -112,8 +115,8 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
         if row["outcome"] == "failed":
             assert tests["summary"][f"tinypipe-{row['precision']}"]["failed"]
     # The run is a recipe: rerun from its own folder, it gives the same non-timing figures and verdicts.
-    record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["inputs"]["seed"] == 0 and record["inputs"]["model"]["path"] == str(tiny_model)
+    record = read_run_record(tmp_path / "run")
+    assert record.inputs.seed == 0 and record.inputs.model.path == str(tiny_model)
     assert cli.main(["rerun", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
     assert "differs from the recorded run" not in capsys.readouterr().err  # same inputs, nothing to say
     assert cli.main(["compare", str(tmp_path / "run"), str(tmp_path / "again"), "--out", str(tmp_path / "cmp")]) == 0

@@ -70,8 +70,8 @@ def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path
     options = INT4_RECIPES["mixed"]
     assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).mix == str(options.mix)
     built = convert(ConvertSpec(tiny_model, tmp_path / "mixed", Precision.INT4, int4=options), progress=False)
-    assert built.manifest.quantizer["mix"] == str(options.mix) and built.manifest.parity.verdict == "pass"
-    assert {"int4", "int8"} <= set(built.manifest.weights["parameters"])
+    assert built.manifest.quantizer.mix == str(options.mix) and built.manifest.parity.verdict == "pass"
+    assert {"int4", "int8"} <= set(built.manifest.weights.parameters)
     # Asymmetric: every body MatMulNBits has its zero points (the blocks of a de-quantized GGUF carry a minimum).
     import onnx
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from slmops.toolkit.core.errors import (
     TemplateError,
 )
 from slmops.toolkit.domain import templates
+from slmops.toolkit.domain.results.registration import ThreadSetting, read_registration
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import register
@@ -143,8 +143,8 @@ def test_threads_auto_probes_each_count_and_writes_the_fastest(tiny_int4: Path) 
     assert reg.threads.chosen == pick_threads(list(probe)) >= 1 and reg.model_config.threads == reg.threads.chosen
     session = json.loads((reg.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert session["intra_op_num_threads"] == reg.threads.chosen
-    record = json.loads((reg.path / ".slmops-registration.json").read_text())["threads"]
-    assert record["chosen"] == reg.threads.chosen and record["probe"] == [asdict(row) for row in probe]
+    record = read_registration(reg.path).threads
+    assert record.chosen == reg.threads.chosen and record.probe == tuple(probe)
     plain = register.register(tiny_int4, "tiny-threads", model_config=register.ModelConfig(threads=None))  # back to the default
     session = json.loads((plain.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert "intra_op_num_threads" not in session and plain.threads is None
@@ -201,19 +201,19 @@ def test_a_thread_probe_is_reused_for_the_same_graph_only(tiny_int4: Path, tmp_p
     # Probes are kept in <home>/cache/threads: start from none, whatever an earlier run (or test) kept.
     monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
 
-    def threads(name: str) -> dict:
-        return json.loads((models_root() / name / ".slmops-registration.json").read_text())["threads"]
+    def threads(name: str) -> ThreadSetting:
+        return read_registration(models_root() / name).threads
 
     register.register(tiny_int4, "probe-a")  # --threads auto, the default
     register.register(tiny_int4, "probe-b")
     first, second = threads("probe-a"), threads("probe-b")
-    assert second["reused_probe"] and (second["chosen"], second["probe"]) == (first["chosen"], first["probe"])
+    assert second.reused_probe and (second.chosen, second.probe) == (first.chosen, first.probe)
     other = tmp_path / "other"  # the same weights behind another graph: probed anew
     shutil.copytree(tiny_int4, other)
     graph = onnx.load(str(other / "model.onnx"), load_external_data=False)
     graph.doc_string = "another graph"
     onnx.save(graph, str(other / "model.onnx"))
     register.register(other, "probe-c")
-    assert threads("probe-c")["reused_probe"] is False
+    assert threads("probe-c").reused_probe is False
     for name in ("probe-a", "probe-b", "probe-c"):
         unregister(name)

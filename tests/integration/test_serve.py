@@ -238,8 +238,8 @@ def test_bench_endpoint_engine_measures_the_same_prompts(endpoint: Endpoint, tmp
     assert by_engine["endpoint"].prompt_tokens == by_engine["foundry-local"].prompt_tokens
     assert by_engine["endpoint"].decode_tps > 0 and by_engine["endpoint"].ttft_ms > 0
     report = bench.write_results(rows, tmp_path)
-    ratio = report["endpoint_ratios"][0]
-    assert ratio["decode_ratio"] == round(by_engine["endpoint"].decode_tps / by_engine["foundry-local"].decode_tps, 3)
+    ratio = report.endpoint_ratios[0]
+    assert ratio.decode_ratio == round(by_engine["endpoint"].decode_tps / by_engine["foundry-local"].decode_tps, 3)
     with pytest.raises(InputError, match="endpoint"):
         bench.bench([MODEL], engines=("endpoint",))
 

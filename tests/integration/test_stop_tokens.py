@@ -17,6 +17,7 @@ import pytest
 
 from slmops.toolkit.core.errors import TemplateError
 from slmops.toolkit.domain import templates
+from slmops.toolkit.domain.results.registration import read_registration
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import checklist, register
@@ -79,8 +80,7 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
     assert any(note.startswith("Stop tokens: added <|im_end|>") for note in registration.notes)
     folder = models_root() / "stop-chatml"
     assert im_end in json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"]
-    record = json.loads((folder / ".slmops-registration.json").read_text())
-    assert record["stop_tokens"]["added"][0]["id"] == im_end
+    assert read_registration(folder).stop_tokens.added[0]["id"] == im_end
     after = {c.name: c for c in diagnose(folder, load=False)}
     assert after["stop tokens"].ok, after["stop tokens"]
     with LoadedModel("stop-chatml") as model:

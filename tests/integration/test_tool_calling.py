@@ -17,6 +17,7 @@ import pytest
 
 from slmops.toolkit.core.errors import FoundryRequestError
 from slmops.toolkit.domain import tools
+from slmops.toolkit.domain.results.registration import read_registration
 from slmops.toolkit.endpoint.cli import Endpoint, background
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry_session import find_model
@@ -60,8 +61,7 @@ def test_registration_publishes_the_markers_and_does_not_claim_a_random_model_ca
     assert tiny_tools.tool_calling.markers == ("<tool_call>", "</tool_call>")
     assert not tiny_tools.tool_calling.supports and tiny_tools.tool_calling.detail.startswith("no ")
     assert not find_model(TINY).supports_tool_calling
-    record = json.loads((tiny_tools.path / ".slmops-registration.json").read_text())
-    assert record["tool_calling"]["supports_tool_calling"] is False
+    assert read_registration(tiny_tools.path).tool_calling.supports_tool_calling is False
     with foundry.LoadedModel(TINY) as model:
         assert model.markers == markers
         # The runtime renders the prompt as we do: our count is the runtime's own usage.

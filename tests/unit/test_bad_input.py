@@ -273,8 +273,8 @@ def test_an_rslora_adapters_rank_and_alpha_patterns_are_recorded(tiny_model: Pat
         alpha_pattern={"v_proj": 32}))
     peft_model.save_pretrained(tmp_path / "rslora")
     described = inspect_adapter(tmp_path / "rslora").describe()
-    assert (described["rank"], described["alpha"], described["use_rslora"]) == (4, 8.0, True)
-    assert described["rank_pattern"] == {"v_proj": 8} and described["alpha_pattern"] == {"v_proj": 32.0}
+    assert (described.rank, described.alpha, described.use_rslora) == (4, 8.0, True)
+    assert described.rank_pattern == {"v_proj": 8} and described.alpha_pattern == {"v_proj": 32.0}
 
 
 # --- also seen: auto on a Phi-4-mini template -------------------------------------------------------------------------

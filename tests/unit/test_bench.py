@@ -9,8 +9,9 @@ from dataclasses import fields
 
 import pytest
 
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, decode_tps, rows_of, run_metrics
+from slmops.toolkit.domain.results.bench import BenchFile, BenchRow, TimedRun, decode_tps, rows_of, run_metrics
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ModelReport, QualityRecord
 from slmops.toolkit.presentation import bench_text
 from slmops.toolkit.runtimes.genai_jobs import Agreement, BenchJob, DirectBench
@@ -51,21 +52,22 @@ def test_summary_and_ceiling_from_a_report() -> None:
         return {"model": f"m-{precision}", "precision": precision, "engine": engine, "target_prompt_tokens": 16,
                 "decode_tps": tps, "size_mb": size}
 
-    report = {"rows": [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
-                       row("int4", "ort-genai", 100.0, 200.0)]}
+    table = [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
+             row("int4", "ort-genai", 100.0, 200.0)]
+    report = codec.load(BenchFile, {"rows": table})
     quality = ChecklistReport([ModelReport("m-int4", [], quality=QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
     assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
-    ceiling = bench.decode_ceiling(report["rows"], bandwidth_gbs=20.0)
-    assert ceiling[1]["ceiling_tps"] == 100.0 and ceiling[1]["percent_of_ceiling"] == 99.0
-    assert not any(row["above_bound_because"] for row in ceiling)
+    ceiling = bench.decode_ceiling(table, bandwidth_gbs=20.0)
+    assert ceiling[1].ceiling_tps == 100.0 and ceiling[1].percent_of_ceiling == 99.0
+    assert not any(row.above_bound_because for row in ceiling)
     # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
-    rows = [{**row, "threads": 2} for row in report["rows"]]
+    rows = [{**row, "threads": 2} for row in table]
     ceiling = bench.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
-    assert ceiling[1]["bandwidth_gbs"] == 10.0 and ceiling[1]["percent_of_ceiling"] == 198.0
-    assert "fit in the 256 MiB last-level cache" in ceiling[1]["above_bound_because"]
-    assert "under-measured" in bench.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1]["above_bound_because"]
+    assert ceiling[1].bandwidth_gbs == 10.0 and ceiling[1].percent_of_ceiling == 198.0
+    assert "fit in the 256 MiB last-level cache" in ceiling[1].above_bound_because
+    assert "under-measured" in bench.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1].above_bound_because
     assert bench.last_level_cache_mib({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
 
 
@@ -79,7 +81,7 @@ def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
     assert bench.timed_too_few(short) and not bench.timed_too_few(direct)
     head = bench.headline_rows([short, direct])[0]
     assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
-    assert [r["engine"] for r in bench.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
+    assert [r.engine for r in bench.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
     rows = [BenchRow(**{f.name: 0 for f in fields(BenchRow)} | r) for r in (short, direct)]
     assert bench.engine_ratios(rows) == []  # nothing to compare over four tokens
     assert bench.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own

@@ -18,6 +18,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.cli import common, models, pipeline, runs
 from slmops.toolkit.core.errors import ParamsError
 from slmops.toolkit.domain import run_params
+from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.stages import bench, checklist
 
@@ -199,7 +200,7 @@ def test_every_result_command_prints_parseable_json(argv: list[str], tmp_path: P
                         lambda names, reference, **_: seen.setdefault("reference", reference) or [])
     monkeypatch.setattr(checklist, "write_report", lambda reports, path, limits, **_: ChecklistReport([]))
     monkeypatch.setattr(bench, "bench", lambda names, **_: [])
-    monkeypatch.setattr(bench, "write_results", lambda rows, out: {"rows": [], "warnings": []})
+    monkeypatch.setattr(bench, "write_results", lambda rows, out: BenchFile())
     monkeypatch.setattr(pipeline.plots, "bench_figures", lambda results, quality: {})
     monkeypatch.setattr(models, "bundled_model", lambda rebuild: Path("/somewhere/SmolLM2"))
     argv = [part.replace("{tmp}", str(tmp_path)).replace("{run}", str(run)) for part in argv]

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -143,3 +144,113 @@ def test_a_not_finite_figure_survives_the_round_trip_in_a_record_and_in_a_list_o
                           json.loads(json.dumps(codec.dump(record))))
         rows = back if isinstance(back, list) else [back]
         assert math.isnan(rows[0].tps) and (len(rows) == 1 or rows[1].tps == math.inf)
+
+
+def test_a_manifest_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    """``manifest_v3.json``: written by 685c710, whose ``weights``, ``quantizer``, ``adapter`` and parity checks were dicts."""
+    from slmops.toolkit.domain.adapters import MergeRecord
+    from slmops.toolkit.domain.parity import ParityCheck, Verdict
+    from slmops.toolkit.domain.quant_plan import QuantPlan
+    from slmops.toolkit.domain.results.conversion import WeightSummary, read_manifest
+
+    written = json.loads((Path(__file__).parent / "manifest_v3.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(written))
+    manifest = read_manifest(tmp_path)
+    assert manifest.weights == WeightSummary({"int4": 1000, "fp32": 64}, "int4", "fp32")
+    assert isinstance(manifest.quantizer, QuantPlan) and manifest.quantizer.algorithm == "rtn"
+    fp32, int4 = manifest.parity.checks
+    assert isinstance(fp32, ParityCheck) and (fp32.build, int4.verdict) == ("fp32", Verdict.PASS)
+    assert fp32.sequences[0].what == "the reference text" and manifest.parity.own_figures()[0] == 1.0
+    adapter = manifest.adapter
+    assert isinstance(adapter, MergeRecord) and adapter.kept_apart and adapter.vocab_size.merged == 400
+    assert adapter.rank_pattern == {"v_proj": 8} and adapter.merge_check.allowed == 0.002
+    assert adapter.tokenizer.eos_token_ids_added == (2,) and manifest.more_adapters[0].merge_check is None
+    again = json.loads(json.dumps(codec.dump(manifest)))
+    added = {"merge_check": None, "tokenizer": None, "kept_apart": False}  # what the untyped entry left out
+    assert again == {**written, "more_adapters": [{**entry, **added} for entry in written["more_adapters"]]}
+
+
+#: ``.slmops-registration.json`` as 685c710's ``register`` wrote it (a dict built in place), threads probed.
+_REGISTRATION = {
+    "source": "/m/int4", "name": "m-int4", "version": 2, "template": "chatml", "notes": ["a note"],
+    "registered": "2026-12-07T12:00:00+00:00",
+    "stop_tokens": {"eos_token_id": [2, 7], "before": [2],
+                    "added": [{"id": 7, "token": "<|im_end|>", "from": "the chat template's end of turn"}],
+                    "generation_config": "/m/int4/generation_config.json"},
+    "threads": {"setting": "auto", "chosen": 2, "speedup_vs_default": 1.25,
+                "probe": [{"threads": 0, "decode_tps": 80.0, "ttft_ms": 30.0},
+                          {"threads": 2, "decode_tps": 100.0, "ttft_ms": 25.0}], "reused_probe": False},
+    "tool_calling": {"markers": ["<tool_call>", "</tool_call>"], "supports_tool_calling": True, "probe": "a call"},
+}
+
+
+def test_a_registration_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD, read_registration, write_registration
+
+    (tmp_path / REGISTRATION_RECORD).write_text(json.dumps(_REGISTRATION))
+    record = read_registration(tmp_path)
+    assert record.version == 2 and record.threads.probe[1].decode_tps == 100.0 and record.tool_calling.markers[0]
+    assert record.stop_tokens.added[0]["token"] == "<|im_end|>" and "added <|im_end|> (7," in record.stop_tokens.note()
+    write_registration(tmp_path, record)
+    assert json.loads((tmp_path / REGISTRATION_RECORD).read_text()) == _REGISTRATION
+    plain = {**_REGISTRATION, "threads": {"setting": None}}  # registered with the runtime's default threads
+    (tmp_path / REGISTRATION_RECORD).write_text(json.dumps(plain))
+    assert read_registration(tmp_path).threads.setting is None
+    (tmp_path / REGISTRATION_RECORD).write_text("{not json")
+    assert read_registration(tmp_path) is None  # registered again as if it had none, as before
+
+
+def test_a_finetune_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    from slmops.toolkit.domain.results.finetune import FINETUNE_RECORD, read_finetune, write_finetune
+
+    written = {"key": "abc", "base": "/m/base", "data": "veloria", "examples": 4, "tool_examples_skipped": 1,
+               "losses": [2.5, 1.25], "wall_s": 3.5,
+               "settings": {"rank": 4, "steps": 2, "batch": 2, "learning_rate": 0.002, "seed": 0}}
+    (tmp_path / FINETUNE_RECORD).write_text(json.dumps(written))
+    record = read_finetune(tmp_path)
+    assert record.losses == (2.5, 1.25) and record.settings.rank == 4 and record.data == "veloria"
+    write_finetune(tmp_path, record)
+    assert json.loads((tmp_path / FINETUNE_RECORD).read_text()) == written
+
+
+def test_a_run_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
+    from slmops.toolkit.domain.provenance import RUN_RECORD, read_run_record, write_run_record
+
+    written = {"inputs": {"model": {"path": "/m/SmolLM2", "fingerprint": "0123456789abcdef"},
+                          "cases": {"path": "(bundled) cases.jsonl", "sha256": "fedcba9876543210"}, "seed": 0,
+                          "params": {"precisions": ["fp32", "int4"], "repeats": 3}},
+               "versions": {"python": "3.11.9", "onnxruntime": "1.23.2"},
+               "machine": {"cpu": "x", "physical_cores": 2, "caches": {"L3": "32768K"}},
+               "recorded": "2026-12-07T12:00:00+00:00"}
+    (tmp_path / RUN_RECORD).write_text(json.dumps(written))
+    record = read_run_record(tmp_path)
+    assert record.inputs.model.fingerprint == "0123456789abcdef" and record.inputs.params["repeats"] == 3
+    write_run_record(tmp_path, record)
+    assert json.loads((tmp_path / RUN_RECORD).read_text()) == written
+    (tmp_path / RUN_RECORD).write_text(json.dumps({"inputs": {"seed": 1}}))  # before parameters were kept
+    assert read_run_record(tmp_path).inputs.params is None
+
+
+def test_bench_json_sections_as_685c710_wrote_them_read_typed_and_write_back_the_same() -> None:
+    from slmops.toolkit.domain.results.bench import BenchFile
+
+    written = {"schema_version": 2, "metadata": {"cpu": "x", "memory_bandwidth_gbs": 20.0}, "rows": [],
+               "engine_ratios": [{"model": "m", "target_prompt_tokens": 16, "target_gen_tokens": 8, "threads": 2,
+                                  "foundry_decode_tps": 90.0, "direct_decode_tps": 100.0, "ratio": 0.9}],
+               "endpoint_ratios": [{"model": "m", "target_prompt_tokens": 16, "target_gen_tokens": 8,
+                                    "in_process_decode_tps": 90.0, "endpoint_decode_tps": 88.0, "decode_ratio": 0.978,
+                                    "in_process_ttft_ms": 30.0, "endpoint_ttft_ms": 32.5, "ttft_overhead_ms": 2.5}],
+               "ttft_breakdown": [{"model": "m", "target_prompt_tokens": 16, "threads": 2, "foundry_ttft_ms": 30.0,
+                                   "direct_ttft_ms": 25.0, "ratio": 1.2, "setup_ms": 1.0, "template_ms": 1.0,
+                                   "prefill_ms": 25.0, "harness_ms": 0.1, "runtime_other_ms": 2.9, "unmeasured": ""}],
+               "noisy": ["m/foundry-local/16/8/2"], "short": [], "max_harness_overhead_pct": 0.4,
+               "decode_ceiling": [{"model": "m", "engine": "foundry-local", "target_prompt_tokens": 16,
+                                   "target_gen_tokens": 8, "threads": 2, "weights_read_mb": 40.0, "bandwidth_gbs": 20.0,
+                                   "decode_tps": 90.0, "ceiling_tps": 500.0, "percent_of_ceiling": 18.0,
+                                   "above_bound_because": ""}]}
+    report = codec.load(BenchFile, written)
+    assert report.engine_ratios[0].ratio == 0.9 and report.ttft_breakdown[0].runtime_other_ms == 2.9
+    assert report.decode_ceiling[0].percent_of_ceiling == 18.0 and report.endpoint_ratios[0].ttft_overhead_ms == 2.5
+    assert json.loads(json.dumps(codec.dump(report))) == written
+    older = {**written, "schema_version": 1, "ttft_breakdown": [{"model": "m", "ratio": 1.2}]}  # before the parts
+    assert codec.load(BenchFile, older).ttft_breakdown[0].runtime_other_ms is None

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit import cli
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain import deployment_choice, provenance
 from slmops.toolkit.domain.deployment_choice import NOT_JUDGED
+from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
@@ -156,15 +158,15 @@ def test_a_rerun_on_another_cases_file_or_package_set_is_flagged(tiny_model: Pat
     now = provenance.run_record(params, tiny_model)
     changed = provenance.differences(recorded, now)
     assert len(changed) == 1 and changed[0].startswith("cases: ")
-    now["versions"]["onnxruntime"] = "9.9.9"
+    now = replace(now, versions={**now.versions, "onnxruntime": "9.9.9"})
     assert any(line.startswith("onnxruntime: ") for line in provenance.differences(recorded, now))
     # A params.json edited after the run (by hand, as a rerun's input): each changed parameter is named.
     assert provenance.parameter_differences(recorded, provenance.run_record(params, tiny_model)) == []
     edited = provenance.run_record(RunParams(model_dir=str(tiny_model), cases=str(cases), precisions=["int8", "fp32"]), tiny_model)
     assert provenance.parameter_differences(recorded, edited) == [
         "parameter precisions: ['fp32', 'int8', 'int4'] then, ['int8', 'fp32'] now"]
-    assert provenance.parameter_differences({"inputs": {}}, edited) == []  # recorded before parameters were kept
-    assert set(recorded["machine"]) >= {"cpu", "logical_cpus", "physical_cores", "memory_gb", "caches"}
+    assert provenance.parameter_differences(provenance.RunRecord(), edited) == []  # recorded before parameters were kept
+    assert set(recorded.machine) >= {"cpu", "logical_cpus", "physical_cores", "memory_gb", "caches"}
 
 
 def test_recommend_names_the_smallest_passing_precision_and_why_the_others_lost(
@@ -199,7 +201,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
                   "ttft_breakdown": [{"ratio": 1.01, "setup_ms": 0.3, "template_ms": 1.4, "runtime_other_ms": 2.0}]}
     registered = [RegisteredModel("r-int8", "r-int8:1", "int8", threads=2, threads_speedup=1.4),
                   RegisteredModel("r-int4", "r-int4:1", "int4", threads=2, threads_speedup=1.3)]
-    story = report.run_story(deployment_choice.recommend(compare.load_run(run)), bench_json, registered)
+    story = report.run_story(deployment_choice.recommend(compare.load_run(run)), codec.load(BenchFile, bench_json),
+                             registered)
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
     # A build that misses checks every build misses is never said to pass every item (the demo's story said so).
@@ -267,14 +270,18 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
 
     run = write_run(tmp_path / "old", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     (run / "bench.json").unlink()  # this fixture's is too thin for the page's tables
+    check = {"schema_version": 2, "build": "int4", "reference": "transformers 4.57.1 (float32)",
+             "sequences": [{"what": "the reference text", "positions": 430}], "positions": 430,
+             "top1_agreement": 0.998, "max_abs_diff": 0.02, "mean_abs_diff": 0.002, "logit_range": 20.0,
+             "max_diff_of_range": 0.001, "kl_divergence": 0.0004, "top1_up_to_ties": 0.998,
+             "tolerance": {"min_top1": 0.25, "max_diff_of_range": None, "max_kl": 1.5}, "verdict": "pass"}
 
     def manifest(precision: str, size: float, peak: float) -> dict:
         return {"schema_version": 3, "precision": precision, "method": "builder", "size_mb": size,
                 "size_ratio_vs_fp32": size / 100.0, "tutorial_size_ratio": 1.0, "size_vs_tutorial": 1.0,
                 "weights": {"lm_head": "fp32", "embeddings": "fp32"}, "wall_s": 3.0, "peak_rss_mib": peak,
                 "memory": {"predicted_peak_mib": 2345.6, "measured_peak_mib": peak, "available_mib_at_start": 9000.0},
-                "parity": {"verdict": "pass", "checks": [{"top1_agreement": 0.998, "max_diff_of_range": 0.001,
-                                                          "kl_divergence": 0.0004}]}}
+                "parity": {"verdict": "pass", "checks": [check]}}
 
     (run / "models" / "convert.json").write_text(json.dumps([manifest("fp32", 100.0, 1234.5),
                                                              manifest("int4", 40.0, 876.5)]))

@@ -9,6 +9,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, TemplateError
+from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.templates import PromptTemplate
 from slmops.toolkit.orchestration import pipeline, run_stages, runs, workspace
 from slmops.widgets import ChatBox, RunPanel, RunPicker
@@ -30,7 +31,7 @@ def test_lab_makes_a_workspace_with_the_notebooks_and_the_run_file(tmp_path: Pat
     assert params["run_dir"] == str(folder) and params["precisions"] == ["int4"] and params["interactive"] is True
     assert params["cases"] == str(tmp_path / "cases.jsonl")
     assert set(params) == set(pipeline.run_params.DEFAULTS.as_dict())
-    assert json.loads((folder / "run.json").read_text())["inputs"]["seed"] == 0  # recorded as `slmops run` does
+    assert read_run_record(folder).inputs.seed == 0  # recorded as `slmops run` does
     # Opened again, the user's notebooks and parameters are kept.
     (folder / "01_convert.ipynb").write_text("{}")
     assert cli.main(["lab", str(folder), "--print"]) == 0

@@ -6,8 +6,10 @@ import math
 
 import pytest
 
+from slmops.toolkit.core import codec
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.verdicts import (
+    PAIRED_TEST,
     TOP1_TARGET,
     Difference,
     Status,
@@ -41,7 +43,8 @@ def test_a_paired_comparison_counts_only_cases_both_builds_were_asked() -> None:
     assert result.cases == 3 and result.difference is Difference.NONE
     six = paired("domain", "fp32", "int4", {str(i): True for i in range(6)}, {str(i): False for i in range(6)})
     assert six.p_value == pytest.approx(0.03125) and six.difference is Difference.WORSE
-    assert "McNemar's exact test p = 0.03" in six.words() and six.to_json()["difference"] == "worse"
+    assert "McNemar's exact test p = 0.03" in six.words() and six.difference is Difference.WORSE
+    assert codec.dump(six)["difference"] == "worse" and codec.dump(six)["test"] == PAIRED_TEST  # as files hold it
 
 
 def test_statuses_are_pass_warn_or_fail_against_the_target() -> None:
@@ -76,8 +79,8 @@ def test_fp32_is_never_lost_to_two_cases_int4_passed_and_the_test_is_named() -> 
     assert "failed" not in verdicts["fp32"]
     assert "McNemar's exact test p = 0.50): no difference" in decision.sentence
     (comparison,) = decision.paired
-    assert (comparison["candidate"], comparison["reference_only"], comparison["candidate_only"],
-            comparison["p_value"]) == ("int4", 0, 2, 0.5)
+    assert (comparison.candidate, comparison.reference_only, comparison.candidate_only,
+            comparison.p_value) == ("int4", 0, 2, 0.5)
 
 
 def test_two_cases_int4_missed_do_not_sink_it_but_a_difference_beyond_chance_does() -> None:
@@ -103,13 +106,14 @@ def test_family_comparisons_leave_out_pass_rates_and_builds_without_the_referenc
 def _parity_folder(folder, top1: float, verdict: str = "pass"):
     import json
 
+    from slmops.toolkit.core import codec
     from slmops.toolkit.domain import parity
 
     figures = parity.Figures(positions=200, top1_agreement=top1, max_abs_diff=1.0, mean_abs_diff=0.1,
                              logit_range=20.0, kl_divergence=0.3)
     check = parity.judge("int4", "transformers fp32", [("text", 200)], [figures], parity.QUANTIZED)
     folder.mkdir()
-    (folder / "manifest.json").write_text(json.dumps({"parity": {"verdict": verdict, "checks": [check.to_json()]}}))
+    (folder / "manifest.json").write_text(json.dumps({"parity": {"verdict": verdict, "checks": [codec.dump(check)]}}))
     return folder
 
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.toolkit.core import settings
+from slmops.toolkit.core import codec, settings
+from slmops.toolkit.core.codec import RecordError
 from slmops.toolkit.core.errors import ToolFailedError
 from slmops.toolkit.domain import parity
 from slmops.toolkit.domain.options import Precision
-from slmops.toolkit.runtimes import reference
+from slmops.toolkit.runtimes import reference_model
 from slmops.toolkit.stages import convert
 from slmops.toolkit.stages.convert_plan import ConvertSpec
 
@@ -52,16 +53,27 @@ def test_top1_is_judged_up_to_near_ties_so_random_weights_pass_faithful_and_fail
     assert g.top1_agreement == g.top1_up_to_ties == pytest.approx(28 / 128)
     assert g.verdict(parity.QUANTIZED) is parity.Verdict.FAIL
     assert "up to near ties" in parity.judge("int4", "t", [("x", 128)], [f], parity.QUANTIZED).in_words()
-    old = {**parity.judge("int4", "t", [("x", 128)], [g], parity.QUANTIZED).to_json(), "schema_version": 1}
+    old = {**codec.dump(parity.judge("int4", "t", [("x", 128)], [g], parity.QUANTIZED)), "schema_version": 1}
     del old["top1_up_to_ties"]
-    assert parity.ParityCheck.from_json(old).figures.top1_up_to_ties == old["top1_agreement"]
+    assert codec.load(parity.ParityCheck, old).figures.top1_up_to_ties == old["top1_agreement"]
+
+
+#: A check as the manifest has kept it since version 2 (written by 685c710's ``ParityCheck.to_json``).
+_WRITTEN = {"schema_version": 2, "build": "fp32", "reference": "transformers 4.57.1 (float32)",
+            "sequences": [{"what": "the reference text", "positions": 3}], "positions": 3, "top1_agreement": 1.0,
+            "max_abs_diff": 0.01, "mean_abs_diff": 0.003333, "logit_range": 1.0, "max_diff_of_range": 0.01,
+            "kl_divergence": 1.226e-05, "top1_up_to_ties": 1.0,
+            "tolerance": {"min_top1": 0.99, "max_diff_of_range": 0.01, "max_kl": None}, "verdict": "pass"}
 
 
 def test_a_record_reads_back_and_says_which_version() -> None:
-    check = parity.judge("fp32", "transformers", [("text", 3)], [parity.figures(np.eye(3), np.eye(3))], parity.EXACT)
-    assert parity.ParityCheck.from_json(check.to_json()) == check
-    with pytest.raises(ValueError, match="version 0"):
-        parity.ParityCheck.from_json({**check.to_json(), "schema_version": 0})
+    check = parity.judge("fp32", "transformers 4.57.1 (float32)", [("the reference text", 3)],
+                         [parity.figures(np.eye(3), np.eye(3) * 1.01)], parity.EXACT)
+    assert codec.dump(check) == _WRITTEN  # the manifest's shape, rounding included
+    assert codec.load(parity.ParityCheck, _WRITTEN) == check
+    assert check.sequences[0].positions == 3 and check.figures.max_diff_of_range == pytest.approx(0.01)
+    with pytest.raises(RecordError, match="schema_version"):
+        codec.load(parity.ParityCheck, {**_WRITTEN, "schema_version": 3})
 
 
 class _Tokenizer:
@@ -75,12 +87,12 @@ class _Tokenizer:
 def test_a_model_with_a_sliding_window_is_read_past_it() -> None:
     windowed = type("Config", (), {"max_position_embeddings": 2048, "sliding_window": 128,
                                    "layer_types": ["sliding_attention", "full_attention"]})()
-    seqs = reference.sequences(_Tokenizer(), windowed, "abc " * 100)
+    seqs = reference_model.sequences(_Tokenizer(), windowed, "abc " * 100)
     assert [len(ids) for _, ids in seqs] == [401, 128 + parity.PAST_WINDOW]
     assert seqs[1][1][0] == 1 and seqs[1][1][1:5] == seqs[0][1][1:5]  # the BOS once, then the text repeated
     no_window = type("Config", (), {"max_position_embeddings": 2048, "sliding_window": 128,
                                     "layer_types": ["full_attention"] * 2})()
-    assert len(reference.sequences(_Tokenizer(), no_window, "abc")) == 1
+    assert len(reference_model.sequences(_Tokenizer(), no_window, "abc")) == 1
 
 
 def test_a_failed_child_is_one_line_and_its_log_outlives_the_command(tiny_model: Path, tmp_path: Path,

@@ -13,7 +13,7 @@ from slmops.toolkit.domain.datasets import Example
 from slmops.toolkit.domain.quant_plan import QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.domain.results.registration import ThreadSpeed
-from slmops.toolkit.runtimes import reference
+from slmops.toolkit.runtimes import reference_jobs
 from slmops.toolkit.runtimes.foundry_web import WebServiceJob, WebServiceSeen
 from slmops.toolkit.runtimes.genai_jobs import BandwidthJob, CompareJob, DecodeJob, ThreadJob
 from slmops.toolkit.stages import finetune
@@ -41,11 +41,15 @@ RECORDS = [
         Example("b", "Weather?", "", "Weather now?", ("Lunmere",), "", (_TOOL,),
                 {"name": "city_weather", "arguments": {"city": "Lunmere"}}, "Sunny."),
     ), rank=8, steps=40, batch=4, learning_rate=2e-4, seed=0),
-    reference.ParityJob("/m/hf", "Some text.", "float32", "abc123", {"fp32": "/m/fp32", "int4": "/m/int4"}),
-    reference.ParityResult("transformers 4.57.1 (float32)", (("text", 64), ("past the window", 600)),
-                           {"fp32": (_FIGURES, _FIGURES), "int4": (_FIGURES,)}, 49152,
-                           {"reference (transformers)": 812.5, "fp32 (onnxruntime)": 640.0}),
-    reference.CandidateJob("fp32", "/m/fp32", "", "/cache/parity/abc.npz", lean=True),
+    reference_jobs.ParityJob("/m/hf", "Some text.", "float32", "abc123", {"fp32": "/m/fp32", "int4": "/m/int4"}),
+    reference_jobs.ParityResult("transformers 4.57.1 (float32)", (("text", 64), ("past the window", 600)),
+                                {"fp32": (_FIGURES, _FIGURES), "int4": (_FIGURES,)}, 49152,
+                                {"reference (transformers)": 812.5, "fp32 (onnxruntime)": 640.0}),
+    reference_jobs.CandidateJob("fp32", "/m/fp32", "", "/cache/parity/abc.npz", lean=True),
+    reference_jobs.ReferenceTask(reference_jobs.ParityJob("/m/hf", "Some text.", "float32", "", {}), "/c/ref.npz"),
+    reference_jobs.ReferenceMeta("transformers 4.57.1 (float32)", ("the reference text", "past the sliding window")),
+    reference_jobs.ReferenceWritten(4 * 49152 * 64),
+    reference_jobs.CandidateFigures((_FIGURES, _FIGURES), "onnxruntime"),
     adapters.MergeJob("/m/lora", "/m/base", "/m/merged", 49153, ("chat_template.jinja", "tokenizer.json")),
     adapters.MergeResult(3.1e-6, adapters.TokenizerOrigin("adapter", "adapter", "base", ("tokenizer.json",), (2,),
                                                           49153)),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import TemplateError
 from slmops.toolkit.domain import jinja_render, template_resolve, templates
 
@@ -166,7 +167,7 @@ def test_presets_write_their_familys_bos_once(preset: templates.Template, bos: s
         assert jinja_render.render_jinja(templates.to_jinja(template), messages) == text
     folded = template.as_json()
     assert folded["system"].startswith(bos) and folded["prompt"].startswith(bos)
-    assert templates.PromptTemplate.from_json(folded, bos) == template
+    assert codec.load(templates.PromptTemplate, folded).unfolded(bos) == template
 
 
 def test_named_templates_and_the_jinja_file_are_read(tmp_path: Path) -> None:

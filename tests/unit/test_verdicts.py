@@ -159,9 +159,9 @@ def test_the_first_token_breakdown_adds_up_or_says_what_it_could_not_measure() -
                        template_ms=1.0),
             _bench_row(engine="ort-genai", target_prompt_tokens=128, ttft_ms=380.0, e2e_ms=700.0)]
     (line,) = bench.ttft_breakdown(rows)
-    assert line["runtime_other_ms"] is None and "cannot be measured apart" in line["unmeasured"]
-    parts = line["setup_ms"] + line["template_ms"] + line["prefill_ms"] + line["harness_ms"]
-    assert parts == pytest.approx(line["foundry_ttft_ms"], abs=0.02) and line["prefill_ms"] > 0
+    assert line.runtime_other_ms is None and "cannot be measured apart" in line.unmeasured
+    parts = line.setup_ms + line.template_ms + line.prefill_ms + line.harness_ms
+    assert parts == pytest.approx(line.foundry_ttft_ms, abs=0.02) and line.prefill_ms > 0
 
 
 def test_warnings_are_one_sentence_per_cause() -> None:

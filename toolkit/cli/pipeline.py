@@ -22,7 +22,7 @@ from slmops.toolkit.domain import recipe_choice, run_params
 from slmops.toolkit.domain.options import (
     INT4_RECIPES,
 )
-from slmops.toolkit.domain.results.bench import rows_of
+from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
@@ -157,26 +157,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _print_manifest(folder: Path, m: Manifest) -> None:
     """What ``slmops convert`` says of a build: size, cost, where the weights went, its adapter and parity."""
-    weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m.weights["parameters"].items())
+    weights = ", ".join(f"{kind} {count / 1e6:.1f}M" for kind, count in m.weights.parameters.items())
     print(f"{m.precision} model in {folder}: {m.size_mb:.1f} MB = {m.size_ratio_vs_fp32:.3f}x FP32 "
           f"({m.fp32_size_from}; tutorial table x{m.tutorial_size_ratio}), {m.wall_s:.1f} s, "
           f"peak RSS {m.peak_rss_mib:.0f} MiB (predicted {m.memory.predicted_peak_mib:.0f} MiB)\n"
-          f"weights: {weights}; LM head {m.weights['lm_head']}, embeddings {m.weights['embeddings']}")
+          f"weights: {weights}; LM head {m.weights.lm_head}, embeddings {m.weights.embeddings}")
     adapter = m.adapter
     if adapter and m.kept_apart:
         files = ", ".join(f"{f.path} ({f.bytes / 1e6:.3f} MB, {f.bits_per_weight:.2f} bits per weight with "
                           "the base)" for f in m.adapter_files)
-        print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) kept "
-              f"apart from its base {adapter['base']}: {files}; base {m.base_size_mb:.1f} MB, "
+        print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) kept "
+              f"apart from its base {adapter.base}: {files}; base {m.base_size_mb:.1f} MB, "
               f"{m.bits_per_weight:.2f} bits per weight counting the adapter")
     elif adapter:
-        print(f"LoRA adapter {adapter['path']} (rank {adapter['rank']}, {', '.join(adapter['target_modules'])}) merged "
-              f"into {adapter['base']} by {adapter['merge_route']}")
+        print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) merged "
+              f"into {adapter.base} by {adapter.merge_route}")
     gate = m.parity or ParityGate()
-    for check in gate.parity_checks():
+    for check in gate.checks:
         print(f"parity of the {check.build} model with the source in {check.reference}: {check.in_words()}")
     for name, other in gate.more_adapters.items():
-        for check in other.parity_checks():
+        for check in other.checks:
             print(f"parity of the {check.build} model with adapter {name} active, against its merge in "
                   f"{check.reference}: {check.in_words()}")
     return 0
@@ -276,30 +276,30 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0 if written.passed else 1
 
 
-def _print_bench(rows: list, results: dict, quality: dict | None) -> None:
+def _print_bench(rows: list, results: BenchFile, quality: dict | None) -> None:
     print(text_table([{**vars(r), "threads": r.threads or "default"} for r in rows], [
         ("model", "MODEL"), ("engine", "ENGINE"), ("prompt_tokens", "PROMPT"), ("gen_tokens", "GEN", ".0f"),
         ("threads", "THREADS"), ("ttft_ms", "TTFT ms", ".1f"), ("decode_tps", "DECODE tok/s", ".1f"),
         ("decode_tps_sd", "± sd", ".1f"), ("decode_cv", "CV", ".1%"), ("e2e_ms", "E2E ms", ".1f"),
         ("peak_rss_mib", "RSS MiB", ".0f"), ("cpu_percent", "CPU%", ".0f"), ("system_cpu_percent", "SYS%", ".0f")]))
-    for ratio in results["engine_ratios"]:
-        print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
-              f"tokens: Foundry Local decodes at {ratio['ratio']:.3f}x ONNX Runtime GenAI direct")
-    for line in results["ttft_breakdown"]:
-        print(f"{line['model']} at ~{line['target_prompt_tokens']} prompt tokens: Foundry Local's first token "
-              f"{line['foundry_ttft_ms']:.1f} ms ({line['ratio']:.2f}x direct) = session {line['setup_ms']:.2f} + "
-              f"template and tokenizer {line['template_ms']:.2f} + "
-              + (f"prefill and first token (direct) {line['prefill_ms']:.1f} + harness {line['harness_ms']:.2f} + "
-                 f"runtime other {line['runtime_other_ms']:+.1f} ms" if line["runtime_other_ms"] is not None else
-                 f"prefill and runtime together {line['prefill_ms']:.1f} + harness {line['harness_ms']:.2f} ms "
-                 f"({line['unmeasured']})"))
-    for ratio in results["endpoint_ratios"]:
-        print(f"{ratio['model']} at ~{ratio['target_prompt_tokens']} prompt / {ratio['target_gen_tokens']} generated "
-              f"tokens: through HTTP it decodes at {ratio['decode_ratio']:.3f}x in-process, first token "
-              f"{ratio['ttft_overhead_ms']:+.1f} ms")
+    for ratio in results.engine_ratios:
+        print(f"{ratio.model} at ~{ratio.target_prompt_tokens} prompt / {ratio.target_gen_tokens} generated "
+              f"tokens: Foundry Local decodes at {ratio.ratio:.3f}x ONNX Runtime GenAI direct")
+    for line in results.ttft_breakdown:
+        print(f"{line.model} at ~{line.target_prompt_tokens} prompt tokens: Foundry Local's first token "
+              f"{line.foundry_ttft_ms:.1f} ms ({line.ratio:.2f}x direct) = session {line.setup_ms:.2f} + "
+              f"template and tokenizer {line.template_ms:.2f} + "
+              + (f"prefill and first token (direct) {line.prefill_ms:.1f} + harness {line.harness_ms:.2f} + "
+                 f"runtime other {line.runtime_other_ms:+.1f} ms" if line.runtime_other_ms is not None else
+                 f"prefill and runtime together {line.prefill_ms:.1f} + harness {line.harness_ms:.2f} ms "
+                 f"({line.unmeasured})"))
+    for endpoint_ratio in results.endpoint_ratios:
+        print(f"{endpoint_ratio.model} at ~{endpoint_ratio.target_prompt_tokens} prompt / "
+              f"{endpoint_ratio.target_gen_tokens} generated tokens: through HTTP it decodes at "
+              f"{endpoint_ratio.decode_ratio:.3f}x in-process, first token {endpoint_ratio.ttft_overhead_ms:+.1f} ms")
     for line in bench_text.summary_lines(results, quality):
         print(line)
-    print(f"Harness overhead: at most {results['max_harness_overhead_pct']:.3f}% of decode time")
+    print(f"Harness overhead: at most {results.max_harness_overhead_pct:.3f}% of decode time")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -313,7 +313,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                       endpoint=(server.url, server.api_key))
     else:
         results = run_stages.bench(run, names=names, engines=tuple(args.engines))
-    rows = rows_of(results)
+    rows = results.rows
     out = run.dir
     quality = checklist.read_report(out / "test.json")
     for stem, ax in plots.bench_figures(results, quality).items():
@@ -321,7 +321,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for warning in bench_text.warnings(rows):
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print_json({"file": out / "bench.json", **results, "warnings": bench_text.warnings(rows)})
+        print_json({"file": out / "bench.json", **codec.dump(results), "warnings": bench_text.warnings(rows)})
         return 0
     _print_bench(rows, results, quality)
     print(f"Wrote {out / 'bench.json'}, bench.csv and plots")

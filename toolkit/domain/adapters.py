@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain.sources import TensorInfo, stores_lm_head
 
@@ -79,14 +81,12 @@ class AdapterSource:
     alpha_pattern: tuple[tuple[str, float], ...] = ()
     use_rslora: bool = False
 
-    def describe(self) -> dict:
-        """The manifest's ``adapter`` entry."""
-        return {"path": str(self.path), "fingerprint": self.fingerprint, "base": str(self.base), "rank": self.rank,
-                "alpha": self.alpha, "rank_pattern": dict(self.rank_pattern), "alpha_pattern": dict(self.alpha_pattern),
-                "use_rslora": self.use_rslora, "target_modules": list(self.target_modules),
-                "modules_to_save": list(self.modules_to_save),
-                "vocab_size": {"base": self.base_vocab_size, "merged": self.vocab_size or self.base_vocab_size},
-                "files_from_adapter": list(self.own_files), "merge_route": MERGE_ROUTE}
+    def describe(self) -> MergeRecord:
+        """The adapter as the manifest's ``adapter`` entry records it (before any merge check)."""
+        return MergeRecord(str(self.path), self.fingerprint, str(self.base), self.rank, self.alpha,
+                           dict(self.rank_pattern), dict(self.alpha_pattern), self.use_rslora, self.target_modules,
+                           self.modules_to_save, VocabSizes(self.base_vocab_size, self.vocab_size or self.base_vocab_size),
+                           self.own_files, MERGE_ROUTE)
 
 
 def is_adapter(path: str | os.PathLike[str]) -> bool:
@@ -315,3 +315,86 @@ class MergeResult:
     logit_range: float = 0.0
 
 
+
+
+@dataclass(frozen=True)
+class VocabSizes:
+    """The vocabularies of an adapter's base and of the merged model (embedding rows; 0 when unknown).
+
+    Attributes:
+        base: The base's.
+        merged: The merged model's.
+    """
+
+    base: int = 0
+    merged: int = 0
+
+
+@dataclass(frozen=True)
+class MergeCheck:
+    """The merged model against the unmerged adapter on the reference text (``merge.json``'s ``merge_check``).
+
+    Attributes:
+        max_abs_diff_vs_unmerged: Largest absolute logit difference.
+        logit_range: The unmerged model's largest minus smallest logit.
+        allowed: The largest difference allowed.
+    """
+
+    max_abs_diff_vs_unmerged: float
+    logit_range: float
+    allowed: float
+
+
+@dataclass(frozen=True)
+class MergeRecord:
+    """A LoRA adapter and its merge: ``merge.json`` in the merged folder, and the manifest's ``adapter`` entry.
+
+    Attributes:
+        path: The adapter folder.
+        fingerprint: SHA-256 prefix of its files.
+        base: The base model folder.
+        rank: LoRA rank ``r``.
+        alpha: LoRA alpha.
+        rank_pattern: Ranks of the modules (by peft's name pattern) whose rank is not ``rank``.
+        alpha_pattern: Alphas of the modules whose alpha is not ``alpha``.
+        use_rslora: Rank-stabilized LoRA.
+        target_modules: The base's modules it adapts.
+        modules_to_save: The base's modules it replaces whole.
+        vocab_size: The base's and the merged model's vocabularies.
+        files_from_adapter: The adapter folder's own files, which win over the base's.
+        merge_route: How it was merged (:data:`MERGE_ROUTE`).
+        merge_check: The merge against the unmerged adapter (None: not merged here).
+        tokenizer: Where the merged model's tokenizer, template and generation settings came from.
+        kept_apart: The build keeps the adapter apart from its base's weights (the manifest's entry only).
+    """
+
+    KIND: ClassVar[str] = "merge.json"
+
+    path: str = ""
+    fingerprint: str = ""
+    base: str = ""
+    rank: int = 0
+    alpha: float = 0.0
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    use_rslora: bool = False
+    target_modules: tuple[str, ...] = ()
+    modules_to_save: tuple[str, ...] = ()
+    vocab_size: VocabSizes = field(default_factory=VocabSizes)
+    files_from_adapter: tuple[str, ...] = ()
+    merge_route: str = ""
+    merge_check: MergeCheck | None = None
+    tokenizer: TokenizerOrigin | None = None
+    kept_apart: bool = False
+
+
+def read_merge_record(merged: str | os.PathLike[str], adapter: AdapterSource) -> MergeRecord:
+    """The ``merge.json`` of the merged folder ``merged``; the adapter's own description when it has none.
+
+    Raises:
+        InputError: not UTF-8 JSON.
+        RecordError: not a merge record.
+    """
+    file = Path(merged) / MERGE_RECORD
+    data = artifacts.read_json(file)
+    return adapter.describe() if data is None else codec.load(MergeRecord, data, kind=str(file))

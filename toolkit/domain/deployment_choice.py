@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from slmops.toolkit.domain.provenance import RunRecord
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES, PAIRED_TEST, Difference, PairedComparison, family_comparisons
 
 
@@ -22,7 +23,7 @@ class RunFigures:
     Attributes:
         name: The run folder's name.
         params: Its ``params.json``.
-        record: Its ``run.json`` (inputs' fingerprints, seed, versions, machine).
+        record: Its ``run.json`` (inputs' fingerprints, seed, versions, machine; None when it has none).
         sizes: Size on disk in MB.
         size_ratios: Size over the FP32 build's (measured, or estimated when FP32 was not built).
         quality: ``top1_agreement``, ``kl_divergence`` (nats) and ``perplexity`` against the FP32 build.
@@ -38,7 +39,7 @@ class RunFigures:
 
     name: str
     params: dict = field(default_factory=dict)
-    record: dict = field(default_factory=dict)
+    record: RunRecord | None = None
     sizes: dict = field(default_factory=dict)
     size_ratios: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)
@@ -104,15 +105,15 @@ class Recommendation:
         rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
             in words: recommended, or why it lost).
         failed: Per precision that failed a check, which, in words (its verdict without "lost: ").
-        paired: Each precision against FP32 per case family (:meth:`PairedComparison.to_json`: the
-            discordant counts, the test, its p-value and the difference it finds).
+        paired: Each precision against FP32 per case family (the discordant counts, the test, its p-value
+            and the difference it finds).
     """
 
     choice: str | None
     sentence: str
     rows: list[dict]
     failed: dict[str, str] = field(default_factory=dict)
-    paired: list[dict] = field(default_factory=list)
+    paired: list[PairedComparison] = field(default_factory=list)
 
 
 def _typical_ms(run: RunFigures, p: str) -> float | None:
@@ -341,7 +342,7 @@ def recommend(run: RunFigures) -> Recommendation:
     """
     standing = _standing(run)
     rows, reasons = _rows(run, standing)
-    paired = [c.to_json() for cs in standing.comparisons.values() for c in cs]
+    paired = [c for cs in standing.comparisons.values() for c in cs]
     if standing.choice is None:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
                               + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ")."

@@ -20,8 +20,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from slmops.toolkit.core import artifacts
+from slmops.toolkit.core import codec
 from slmops.toolkit.domain.options import DEFAULT_INT4_RECIPE, REPETITION_PENALTY
 
 MARKER = ".slmops-packaged.json"
@@ -113,7 +114,26 @@ def install_dir(key: str) -> Path:
     return Path(sys.prefix) / "share" / "slmops" / key
 
 
+@dataclass(frozen=True)
+class PackagedMarker:
+    """What a folder built from a packaged model says of it (:data:`MARKER` in the folder).
+
+    Attributes:
+        key: The packaged model's key.
+        packages: The packages it was built from.
+        sha256: The weights' SHA-256.
+        terms: The model's terms of use.
+    """
+
+    KIND: ClassVar[str] = MARKER
+
+    key: str = ""
+    packages: tuple[str, ...] = ()
+    sha256: str = ""
+    terms: str = ""
+
+
 def packaged_key(folder: str | Path) -> str | None:
     """The key of the packaged model ``folder`` was built from (None for any other folder)."""
-    record = artifacts.read_json(Path(folder) / MARKER, {})
-    return record.get("key") if isinstance(record, dict) else None
+    file = Path(folder) / MARKER
+    return codec.read(PackagedMarker, file).key or None if file.is_file() else None

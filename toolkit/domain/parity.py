@@ -28,11 +28,13 @@ same logits on the wrong tokens agrees on none, up to ties or not.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 import numpy as np
 
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import ParityError
 
 #: Version of the ``parity`` record in ``manifest.json`` (2 adds ``top1_up_to_ties``; a version 1
@@ -182,53 +184,72 @@ def merge(parts: list[Figures]) -> Figures:
 
 
 @dataclass(frozen=True)
+class SequenceRead:
+    """One token sequence a parity check read.
+
+    Attributes:
+        what: What it is (``the reference text``, ``past the sliding window of 512``).
+        positions: Its token positions.
+    """
+
+    what: str
+    positions: int
+
+
+@dataclass(frozen=True)
 class ParityCheck:
     """One build checked against its source: the record ``manifest.json`` keeps under ``parity``.
+
+    The figures over all sequences are flat fields, rounded as the manifest keeps them (:func:`judge`
+    rounds them); :attr:`figures` gives them as :class:`Figures`. Each record carries its own
+    ``schema_version`` (see :data:`SCHEMA_VERSION`): a version-1 record has no ``top1_up_to_ties``
+    and reads with it equal to ``top1_agreement``, its lower bound; a later version is refused.
 
     Attributes:
         build: What was checked (``fp32``, or e.g. ``int4`` for the final quantized model).
         reference: What it was compared with, in words (library, version, dtype).
-        sequences: ``(what, positions)`` of each token sequence read.
-        figures: The figures over all sequences.
+        sequences: Each token sequence read.
+        positions: Token positions compared over all sequences.
+        top1_agreement: Share of positions with the same greedy next token (0-1).
+        max_abs_diff: Largest absolute logit difference.
+        mean_abs_diff: Mean absolute logit difference.
+        logit_range: The reference's largest minus smallest logit.
+        kl_divergence: Mean KL divergence reference || candidate, nats.
         tolerance: The bounds applied.
         verdict: Pass or fail.
+        top1_up_to_ties: Top-1 agreement up to near ties (None when read: ``top1_agreement``).
+        schema_version: The record's version (1 or 2; written as 2).
+        max_diff_of_range: The largest difference as a share of the logit range (computed, written for readers).
     """
 
     build: str
     reference: str
-    sequences: tuple[tuple[str, int], ...]
-    figures: Figures
+    sequences: tuple[SequenceRead, ...]
+    positions: int
+    top1_agreement: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    logit_range: float
+    kl_divergence: float
     tolerance: Tolerance
     verdict: Verdict
+    top1_up_to_ties: float | None = None
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    max_diff_of_range: float = field(init=False, default=0.0)
 
-    def to_json(self) -> dict:
-        """A flat, versioned record (numbers stay numbers)."""
-        f = self.figures
-        return {
-            "schema_version": SCHEMA_VERSION, "build": self.build, "reference": self.reference,
-            "sequences": [{"what": what, "positions": n} for what, n in self.sequences],
-            "positions": f.positions, "top1_agreement": round(f.top1_agreement, 5),
-            "max_abs_diff": float(f"{f.max_abs_diff:.4g}"), "mean_abs_diff": float(f"{f.mean_abs_diff:.4g}"),
-            "logit_range": round(f.logit_range, 3), "max_diff_of_range": float(f"{f.max_diff_of_range:.4g}"),
-            "kl_divergence": float(f"{f.kl_divergence:.4g}"), "top1_up_to_ties": round(f.top1_up_to_ties, 5),
-            "tolerance": asdict(self.tolerance), "verdict": str(self.verdict),
-        }
+    def __post_init__(self) -> None:
+        if self.top1_up_to_ties is None:
+            object.__setattr__(self, "top1_up_to_ties", self.top1_agreement)
+        object.__setattr__(self, "schema_version", SCHEMA_VERSION)
+        share = self.max_abs_diff / self.logit_range if self.logit_range else 0.0
+        object.__setattr__(self, "max_diff_of_range", float(f"{share:.4g}"))
 
-    @classmethod
-    def from_json(cls, data: dict) -> ParityCheck:
-        """Read a record written by :meth:`to_json`.
-
-        Raises:
-            ValueError: a record of another schema version.
-        """
-        if data.get("schema_version") not in (1, SCHEMA_VERSION):
-            raise ValueError(f"parity record version {data.get('schema_version')} is not {SCHEMA_VERSION}")
-        figures_ = Figures(positions=data["positions"], top1_agreement=data["top1_agreement"],
-                           max_abs_diff=data["max_abs_diff"], mean_abs_diff=data["mean_abs_diff"],
-                           logit_range=data["logit_range"], kl_divergence=data["kl_divergence"],
-                           top1_up_to_ties=data.get("top1_up_to_ties", data["top1_agreement"]))
-        return cls(data["build"], data["reference"], tuple((s["what"], s["positions"]) for s in data["sequences"]),
-                   figures_, Tolerance(**data["tolerance"]), Verdict(data["verdict"]))
+    @property
+    def figures(self) -> Figures:
+        """The figures over all sequences."""
+        return Figures(positions=self.positions, top1_agreement=self.top1_agreement, max_abs_diff=self.max_abs_diff,
+                       mean_abs_diff=self.mean_abs_diff, logit_range=self.logit_range,
+                       kl_divergence=self.kl_divergence, top1_up_to_ties=self.top1_up_to_ties)
 
     def in_words(self) -> str:
         """One line for tables and ``doctor``: the figures and the verdict."""
@@ -241,15 +262,30 @@ class ParityCheck:
 
 def judge(build: str, reference: str, sequences: list[tuple[str, int]], parts: list[Figures],
           tolerance: Tolerance) -> ParityCheck:
-    """The :class:`ParityCheck` of one build from its per-sequence figures."""
+    """The :class:`ParityCheck` of one build from its per-sequence figures (judged before they are rounded).
+
+    Example:
+        >>> f = figures(np.eye(3), np.eye(3) * 1.01)
+        >>> check = judge("fp32", "transformers", [("text", 3)], [f], EXACT)
+        >>> str(check.verdict), check.sequences[0].positions, check.max_abs_diff
+        ('pass', 3, 0.01)
+    """
     total = merge(parts)
-    return ParityCheck(build, reference, tuple(sequences), total, tolerance, total.verdict(tolerance))
+
+    def sig4(value: float) -> float:
+        return float(f"{value:.4g}")
+
+    return ParityCheck(build, reference, tuple(SequenceRead(what, n) for what, n in sequences), total.positions,
+                       round(total.top1_agreement, 5), sig4(total.max_abs_diff), sig4(total.mean_abs_diff),
+                       round(total.logit_range, 3), sig4(total.kl_divergence), tolerance, total.verdict(tolerance),
+                       round(total.top1_up_to_ties, 5))
 
 
 def refuse(check: ParityCheck, architecture: str, route: str, size_mb: float | None = None) -> ParityError:
     """The one-line error for a build that failed its check: the architecture, the figure and what to do.
 
-    The error's ``record`` is the check's :meth:`ParityCheck.to_json` with the refused build's ``size_mb``
+    The error's ``record`` is the check as the manifest keeps it (:func:`~slmops.toolkit.core.codec.dump`) with the
+    refused build's ``size_mb``
     (for a caller that compares builds, such as the INT4 recipe comparison).
     """
     f = check.figures
@@ -258,7 +294,7 @@ def refuse(check: ParityCheck, architecture: str, route: str, size_mb: float | N
         bounds.append(f"largest difference at most {check.tolerance.max_diff_of_range:.0%} of the range")
     if check.tolerance.max_kl is not None:
         bounds.append(f"KL at most {check.tolerance.max_kl} nats")
-    where = ", ".join(f"{what} ({n})" for what, n in check.sequences)
+    where = ", ".join(f"{s.what} ({s.positions})" for s in check.sequences)
     return ParityError(
         f"The {check.build} build of {architecture} by the {route} route does not compute what its source model "
         f"computes in {check.reference}: top-1 agreement {f.top1_agreement:.4f} ({f.top1_up_to_ties:.4f} up to "
@@ -267,4 +303,4 @@ def refuse(check: ParityCheck, architecture: str, route: str, size_mb: float | N
         f"{f.kl_divergence:.3g} nats over {f.positions} positions of {where}; allowed: {'; '.join(bounds)}. "
         "Nothing was put in place. Try another route (--method builder or olive) or precision; if every route "
         "fails, this family is not converted exactly by the installed builder: report it with the manifest's "
-        "figures.", {**check.to_json(), "size_mb": size_mb})
+        "figures.", {**codec.dump(check), "size_mb": size_mb})

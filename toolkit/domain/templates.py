@@ -98,18 +98,16 @@ class PromptTemplate:
         """What follows an assistant turn's content: the end-of-turn marker (e.g. ``<|im_end|>\\n``)."""
         return self.assistant.split(PLACEHOLDER, 1)[1]
 
-    @classmethod
-    def from_json(cls, data: dict, bos_token: str = "") -> PromptTemplate:
-        """Read ``inference_model.json``'s four strings back, taking a BOS that :meth:`as_json` folded in out again.
+    def unfolded(self, bos_token: str) -> PromptTemplate:
+        """The template read back from :meth:`as_json`'s strings, with the BOS it folded in taken out again.
 
-        Raises:
-            TypeError: not the four string fields.
+        Example:
+            >>> PromptTemplate("<s>S{Content}", "U{Content}", "A{Content}", "<s>U{Content}A").unfolded("<s>").bos
+            '<s>'
         """
-        template = cls(**{name: data[name] for name in _FIELDS}) if set(data) >= set(_FIELDS) else cls(**data)
-        if bos_token and template.system.startswith(bos_token) and template.prompt.startswith(bos_token):
-            template = replace(template, system=template.system[len(bos_token):],
-                               prompt=template.prompt[len(bos_token):], bos=bos_token)
-        return template
+        if not (bos_token and self.system.startswith(bos_token) and self.prompt.startswith(bos_token)):
+            return self
+        return replace(self, system=self.system[len(bos_token):], prompt=self.prompt[len(bos_token):], bos=bos_token)
 
 
 def load_prompt_template(path: str | Path) -> PromptTemplate:

@@ -12,7 +12,7 @@ nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -87,6 +87,9 @@ class Difference(StrEnum):
 class PairedComparison:
     """A candidate build against the reference build on the cases of one family, case by case.
 
+    Result files hold it as the codec writes it (:func:`~slmops.toolkit.core.codec.dump`), the test's
+    name and the difference it finds included.
+
     Attributes:
         family: The family of cases (a checklist item such as ``domain``).
         reference: The reference (``fp32``).
@@ -95,8 +98,10 @@ class PairedComparison:
         reference_only: Cases the reference passes and the candidate fails (the test's ``b``).
         candidate_only: Cases the candidate passes and the reference fails (``c``).
         neither: Cases both fail.
-        p_value: Two-sided p-value of :data:`PAIRED_TEST` (0-1).
+        test: The paired test (:data:`PAIRED_TEST`).
+        p_value: Two-sided p-value of the test (0-1).
         alpha: Below this p-value the builds differ.
+        difference: Worse or better only when the test tells it from chance (``p_value < alpha``; computed).
     """
 
     family: str
@@ -106,20 +111,20 @@ class PairedComparison:
     reference_only: int
     candidate_only: int
     neither: int
+    test: str = field(init=False, default=PAIRED_TEST)
     p_value: float
     alpha: float = ALPHA
+    difference: Difference = field(init=False, default=Difference.NONE)
+
+    def __post_init__(self) -> None:
+        if self.p_value < self.alpha:
+            worse = self.reference_only > self.candidate_only
+            object.__setattr__(self, "difference", Difference.WORSE if worse else Difference.BETTER)
 
     @property
     def cases(self) -> int:
         """Cases both builds were asked."""
         return self.both + self.reference_only + self.candidate_only + self.neither
-
-    @property
-    def difference(self) -> Difference:
-        """Worse or better only when the test tells it from chance (``p_value < alpha``)."""
-        if self.p_value >= self.alpha:
-            return Difference.NONE
-        return Difference.WORSE if self.reference_only > self.candidate_only else Difference.BETTER
 
     def words(self) -> str:
         """The comparison in one clause.
@@ -132,13 +137,6 @@ class PairedComparison:
                 f"{self.reference}'s {self.both + self.reference_only}/{self.cases}; {self.reference_only} cases only "
                 f"{self.reference} passes, {self.candidate_only} only {self.candidate} ({PAIRED_TEST} p = "
                 f"{self.p_value:.2f}): {self.difference}")
-
-    def to_json(self) -> dict:
-        """The comparison as result files hold it (its difference included)."""
-        return {"family": self.family, "reference": self.reference, "candidate": self.candidate, "both": self.both,
-                "reference_only": self.reference_only, "candidate_only": self.candidate_only,
-                "neither": self.neither, "test": PAIRED_TEST, "p_value": round(self.p_value, 4),
-                "alpha": self.alpha, "difference": str(self.difference)}
 
 
 def paired(family: str, reference: str, candidate: str, reference_passed: dict[str, bool],

@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, settings
+from slmops.toolkit.core import artifacts, codec, settings
+from slmops.toolkit.core.codec import RecordError
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import jinja_render, template_resolve, templates
 from slmops.toolkit.domain.genai_config import config_problem
@@ -130,8 +131,9 @@ def runtime_check(folder: Path) -> list[Check]:
         info_file = folder / "inference_model.json"
         custom = None
         if info_file.is_file():  # keep a registered model's own strings
-            custom = templates.PromptTemplate.from_json(json.loads(info_file.read_text())["PromptTemplate"],
-                                                        template_resolve.special_tokens(folder)[0])
+            folded = codec.load(templates.PromptTemplate, json.loads(info_file.read_text())["PromptTemplate"],
+                                kind=f"PromptTemplate of {info_file}")
+            custom = folded.unfolded(template_resolve.special_tokens(folder)[0])
         try:
             register(folder, "doctor-probe", template="custom" if custom else "auto", custom_template=custom,
                      model_config=ModelConfig(threads=None), cache=cache)  # loading it is the check, not tuning
@@ -156,17 +158,17 @@ def parity_check(folder: Path) -> Check:
 
     A folder this toolkit did not convert has no record: reported, not failed (convert it here to check it).
     """
-    made = read_manifest(folder)
+    try:
+        made = read_manifest(folder)
+    except RecordError as exc:
+        return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
     if made is None or made.parity is None:
         return Check("parity", Status.WARN, "not checked: no parity record in manifest.json (not converted by this "
                      "toolkit); `slmops convert` checks every build against its source in transformers")
     gate = made.parity
     if not gate.checks:
         return Check("parity", Status.WARN, f"not checked: {gate.reason or 'no check recorded'}")
-    try:
-        checks = gate.parity_checks()
-    except (KeyError, TypeError, ValueError) as exc:
-        return Check("parity", Status.FAIL, f"unreadable parity record ({exc}); convert it again")
+    checks = gate.checks
     lines = [f"{check.build} {check.in_words()}" for check in checks]
     lowest = min([1.0, *(check.figures.top1_agreement for check in checks)])
     if not gate.passed:

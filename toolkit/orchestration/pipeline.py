@@ -77,8 +77,8 @@ def rerun_differences(params_file: str | os.PathLike[str], params: dict) -> tupl
         ``run.json``, and how this machine differs (both empty when ``params_file`` has no
         ``run.json`` beside it, i.e. it is not a run's own).
     """
-    recorded = artifacts.read_json(Path(params_file).parent / "run.json")
-    if not isinstance(recorded, dict):
+    recorded = provenance.read_run_record(Path(params_file).parent)
+    if recorded is None:
         return [], []
     parsed = run_params.parse({k: v for k, v in params.items() if k != "sweep"})
     current = provenance.run_record(parsed, model_or_bundled(parsed.model_dir))
@@ -139,7 +139,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "params.json", merged)
     # What a rerun needs beyond the parameters: inputs' fingerprints, seed, versions, machine.
-    artifacts.write_json(run_dir / "run.json", provenance.run_record(parsed := run_params.parse(merged), model_or_bundled(parsed.model_dir)))
+    provenance.write_run_record(run_dir, provenance.run_record(parsed := run_params.parse(merged), model_or_bundled(parsed.model_dir)))
     status: dict[str, str] = {}
     failure = None
     for number, name in enumerate(report.NOTEBOOKS, 1):

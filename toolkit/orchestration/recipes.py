@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, build_cache
+from slmops.toolkit.core import build_cache, codec
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InvalidOptionError, ParityError
 from slmops.toolkit.domain.options import INT4_RECIPES, RECIPE_NOTES, Method, Precision
@@ -22,7 +22,7 @@ from slmops.toolkit.domain.results.conversion import (
     write_conversions,
     write_manifest,
 )
-from slmops.toolkit.domain.results.recipes import RecipeResult, write_recipes
+from slmops.toolkit.domain.results.recipes import RecipeResult, Refusal, RefusedFigures, write_recipes
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.genai_jobs import Agreement
 from slmops.toolkit.stages.convert import build
@@ -47,8 +47,8 @@ def _build_recipe(name: str, prepared: Prepared, folder: Path, fp32_mb: float, k
     """
     kept = build_cache.lookup(_CACHE, key) if key is not None else None
     if kept is not None and (kept / _REFUSAL).is_file():
-        record = artifacts.read_json(kept / _REFUSAL)
-        return _refused(name, record["reason"], record["record"], fp32_mb)
+        refusal = codec.read(Refusal, kept / _REFUSAL)
+        return _refused(name, refusal.reason, refusal.record, fp32_mb)
     if kept is not None:
         _copy_kept(kept, folder, key)
         return None
@@ -57,7 +57,7 @@ def _build_recipe(name: str, prepared: Prepared, folder: Path, fp32_mb: float, k
     except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
         if key is not None:  # kept too, so the same build is not made again to be refused
             build_cache.store_json(_CACHE, key, _REFUSAL, {"reason": str(exc), "record": exc.record})
-        return _refused(name, str(exc), exc.record, fp32_mb)
+        return _refused(name, str(exc), codec.load(RefusedFigures, exc.record), fp32_mb)
     if key is not None:
         build_cache.store(_CACHE, key, folder)
     return None
@@ -180,13 +180,13 @@ def _size_mb(build: Path) -> float:
     return made.size_mb if made and made.size_mb else dir_size_mb(build)
 
 
-def _refused(name: str, reason: str, record: dict, fp32_mb: float) -> RecipeResult:
+def _refused(name: str, reason: str, figures: RefusedFigures, fp32_mb: float) -> RecipeResult:
     """A recipe the parity gate refused, with the gate's figures (against the source model) and its reason."""
-    size = float(record.get("size_mb") or 0.0)
+    size = figures.size_mb or 0.0
     return RecipeResult(
         recipe=name, note=RECIPE_NOTES[name], output_dir="", size_mb=round(size, 2),
-        size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=float(record.get("top1_agreement", 0.0)),
-        kl_divergence=float(record.get("kl_divergence", 0.0)), perplexity=None, reference_perplexity=None,
+        size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=figures.top1_agreement,
+        kl_divergence=figures.kl_divergence, perplexity=None, reference_perplexity=None,
         decode_tps=None, refused=reason)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from slmops.toolkit.core.errors import InputError, ParamsError
 from slmops.toolkit.domain import options, recipe_choice
 from slmops.toolkit.domain.options import Int4Options, Precision
+from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import ChecklistReport, Thresholds
 from slmops.toolkit.domain.results.conversion import Manifest, read_manifest
 from slmops.toolkit.domain.results.recipes import RecipeResult
@@ -283,11 +284,11 @@ def control_words(summary: ChecklistReport) -> str:
 
 
 def bench(run: Run, *, names: list[str] | None = None, engines: tuple[str, ...] = ("foundry-local", "ort-genai"),
-          endpoint: tuple[str, str] | None = None, progress: bool = True) -> dict:
+          endpoint: tuple[str, str] | None = None, progress: bool = True) -> BenchFile:
     """Benchmark the run's registered models with its sweep parameters; writes ``bench.json`` and ``bench.csv``.
 
     Returns:
-        ``bench.json``'s content (rows, engine ratios, decode ceiling ...).
+        ``bench.json``'s content, typed (rows, engine ratios, decode ceiling ...).
     """
     p = run.params
     names = names or [m.name for m in read_registered(run.dir / "registered.json")]

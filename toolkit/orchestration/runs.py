@@ -131,7 +131,7 @@ def write_record(run: Run) -> Path:
     """Write the run's ``params.json`` and ``run.json`` (as ``slmops run`` writes them); return the former."""
     run.dir.mkdir(parents=True, exist_ok=True)
     written = artifacts.write_json(run.dir / RUN_FILE, run.params.as_dict())
-    artifacts.write_json(run.dir / RECORD_FILE, provenance.run_record(run.params, model_or_bundled(run.params.model_dir)))
+    provenance.write_run_record(run.dir, provenance.run_record(run.params, model_or_bundled(run.params.model_dir)))
     return written
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from slmops.toolkit.domain.results.bench import NOISY_CV, BenchRow
+from slmops.toolkit.domain.results.bench import NOISY_CV, BenchFile, BenchRow
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least
-from slmops.toolkit.stages.bench import headline_rows
+from slmops.toolkit.stages.bench import headline_rows, rows_for
 
 
-def summary_lines(report: dict, quality: ChecklistReport | None = None, *, baseline: str = "fp32") -> list[str]:
+def summary_lines(report: BenchFile, quality: ChecklistReport | None = None, *, baseline: str = "fp32") -> list[str]:
     """One sentence per precision against the baseline precision (Foundry Local rows, shortest prompt).
 
     Args:
@@ -21,7 +21,7 @@ def summary_lines(report: dict, quality: ChecklistReport | None = None, *, basel
         >>> summary_lines(report)[0]
         'int4: 3.3x fp32 decode speed at 0.37x size'
     """
-    by_precision = {r["precision"]: r for r in headline_rows(report["rows"])}
+    by_precision = {r["precision"]: r for r in headline_rows(rows_for(report, None))}
     base = by_precision.get(baseline)
     top1 = quality.top1_agreement() if quality is not None else {}
     sentences = []

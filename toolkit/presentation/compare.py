@@ -24,8 +24,7 @@ from slmops.toolkit.domain.deployment_choice import (
     recommend,
     side_by_side,
 )
-from slmops.toolkit.domain.provenance import differences, machine_differences
-from slmops.toolkit.domain.results.bench import rows_of
+from slmops.toolkit.domain.provenance import RunRecord, differences, machine_differences, read_run_record
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import (
@@ -65,8 +64,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     manifests = read_conversions(run / "models" / "convert.json")
     sizes = {m.precision: m.size_mb for m in manifests}
     ratios = {m.precision: m.size_ratio_vs_fp32 for m in manifests}
-    report = read_json(run / "bench.json", {}) or {}
-    rows = [asdict(row) for row in rows_of(report)] if isinstance(report, dict) else []
+    report = bench.read_results(run / "bench.json")
+    rows = bench.rows_for(report, None) if report is not None else []
     precisions = _precisions(run, rows)
     quality: dict[str, dict] = {}
     verdicts = {}
@@ -88,9 +87,9 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
             if best is None or abs(row["target_prompt_tokens"] - TYPICAL_PROMPT) < abs(
                     best["target_prompt_tokens"] - TYPICAL_PROMPT):
                 first_token[row["precision"]] = row
-    isa = (report.get("metadata", {}) if isinstance(report, dict) else {}).get("isa", {})
+    isa = report.metadata.get("isa", {}) if report is not None else {}
     adopted = next((m.recipe for m in manifests if m.precision == "int4"), "")
-    return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_json(run / "run.json", {}) or {},
+    return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_run_record(run),
                       sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
 
 
@@ -227,7 +226,7 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
                 **judge_timing(figure, a.timings[key], b.timings[key])}
                for key in a.timings if key in b.timings for figure in ("decode_tps", "ttft_ms")]
     return Comparison(a.name, b.name, params, differences(a.record, b.record) if a.record and b.record else [],
-                      machine_differences(a.record, b.record), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),
+                      machine_differences(a.record or RunRecord(), b.record or RunRecord()), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),
                       sizes, quality, verdicts, timings, regressions,
                       {a.name: recommend(a).sentence, b.name: recommend(b).sentence})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.stages.bench import headline_rows, rows_for
@@ -158,15 +159,15 @@ def plot_per_token(reports: Sequence, *, ax=None):
     return ax
 
 
-def plot_tradeoff(report: dict, quality: ChecklistReport | None = None, *, engine: str = "foundry-local", ax=None):
+def plot_tradeoff(report: BenchFile, quality: ChecklistReport | None = None, *, engine: str = "foundry-local", ax=None):
     """Size against decode speed per model (shortest prompt), labelled with top-1 agreement.
 
     Example:
-        >>> plot_tradeoff(json.load(open("bench.json")), read_report("test.json")).figure.savefig("t.png")
+        >>> plot_tradeoff(read_results("bench.json"), read_report("test.json")).figure.savefig("t.png")
     """
     ax = _axes(ax)
     top1 = quality.top1_agreement() if quality is not None else {}
-    for r in headline_rows(report["rows"], engine):
+    for r in headline_rows(rows_for(report, None), engine):
         ax.scatter(r["size_mb"], r["decode_tps"], s=50)
         label = r["precision"] + (f"\ntop-1 {top1[r['model']]:.3f}" if r["model"] in top1 else "")
         ax.annotate(label, (r["size_mb"], r["decode_tps"]), xytext=(5, 3), textcoords="offset points",
@@ -179,7 +180,7 @@ def plot_tradeoff(report: dict, quality: ChecklistReport | None = None, *, engin
     return ax
 
 
-def bench_figures(report: dict, quality: ChecklistReport | None = None) -> dict[str, object]:
+def bench_figures(report: BenchFile, quality: ChecklistReport | None = None) -> dict[str, object]:
     """The benchmark's plots (matplotlib Axes) by file stem: speed, latency, memory, sweeps, trade-off.
 
     Sweeps appear only when the run swept them (several generation lengths or thread counts).
@@ -200,7 +201,7 @@ def bench_figures(report: dict, quality: ChecklistReport | None = None) -> dict[
             title=f"Latency against prompt length ({first_gen[0]['target_gen_tokens']} generated tokens)"),
         "peak_rss_mib": plot_metric(main, "peak_rss_mib", ylabel="peak process RSS (MiB)"),
     }
-    if len({r["target_gen_tokens"] for r in report["rows"]}) > 1:
+    if len({r.target_gen_tokens for r in report.rows}) > 1:
         out["latency_vs_generation"] = plot_lines(
             [r for r in main if r["target_prompt_tokens"] == main[0]["target_prompt_tokens"]],
             "target_gen_tokens", "e2e_ms", xlabel="generated tokens", ylabel="end-to-end latency (ms)",

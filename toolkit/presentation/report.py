@@ -18,7 +18,8 @@ from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.domain.results.bench import rows_of
+from slmops.toolkit.domain.provenance import read_run_record
+from slmops.toolkit.domain.results.bench import BenchFile, TtftLine
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.recipes import read_recipes
@@ -63,7 +64,7 @@ def figure(ax, path: str | os.PathLike[str]):
     return Image(filename=str(save_figure(ax, path)))
 
 
-def _bench_report(run: Path) -> dict | None:
+def _bench_report(run: Path) -> BenchFile | None:
     """The run's ``bench.json``, or None when it is missing or not the shape the benchmark writes."""
     return bench.read_results(run / "bench.json")
 
@@ -142,13 +143,13 @@ def _threads_sentence(registered: list[RegisteredModel] | None) -> list[str]:
              f"decoding {_span([r.threads_speedup for r in chosen], 'x')} the runtime's default.")]
 
 
-def _ttft_sentence(ttft: list[dict]) -> str:
+def _ttft_sentence(ttft: list[TtftLine]) -> str:
     """Foundry Local's first token against the direct engine's, split into its parts."""
-    other = [r["runtime_other_ms"] for r in ttft if r.get("runtime_other_ms") is not None]
-    together = [r for r in ttft if r.get("runtime_other_ms") is None]
-    return (f"Foundry Local's first token takes {_span([r['ratio'] for r in ttft], 'x')} the direct "
-            f"engine's on the same prompt tokens: session {_span([r['setup_ms'] for r in ttft], ' ms')}, "
-            f"template and tokenizer {_span([r['template_ms'] for r in ttft], ' ms')}, the prompt pass "
+    other = [r.runtime_other_ms for r in ttft if r.runtime_other_ms is not None]
+    together = [r for r in ttft if r.runtime_other_ms is None]
+    return (f"Foundry Local's first token takes {_span([r.ratio for r in ttft], 'x')} the direct "
+            f"engine's on the same prompt tokens: session {_span([r.setup_ms for r in ttft], ' ms')}, "
+            f"template and tokenizer {_span([r.template_ms for r in ttft], ' ms')}, the prompt pass "
             "itself (the direct engine's)"
             + (f", and {_span(other, ' ms', 1)} of the runtime's own request handling" if other else "")
             + (f"; in {len(together)} of {len(ttft)} rows Foundry Local's own build prefills faster than "
@@ -156,35 +157,35 @@ def _ttft_sentence(ttft: list[dict]) -> str:
                "measurable apart)" if together else "") + ".")
 
 
-def _bench_sentences(bench_report: dict) -> list[str]:
+def _bench_sentences(bench_report: BenchFile) -> list[str]:
     """What ``bench.json``'s analysis sections show: ceiling, engine ratios, first token, endpoint, noise."""
     story = []
-    ceiling = [r for r in bench_report.get("decode_ceiling", []) if r["engine"] == "foundry-local"]
+    ceiling = [r for r in bench_report.decode_ceiling if r.engine == "foundry-local"]
     if ceiling:
-        gbs = bench_report.get("metadata", {}).get("memory_bandwidth_gbs", 0)
-        story.append(f"Decode reaches {_span([r['percent_of_ceiling'] for r in ceiling], '%', 0)} of the "
+        gbs = bench_report.metadata.get("memory_bandwidth_gbs", 0)
+        story.append(f"Decode reaches {_span([r.percent_of_ceiling for r in ceiling], '%', 0)} of the "
                      f"memory-bandwidth bound ({gbs:.1f} GB/s, measured as decode reads); the rest is compute, "
                      "the KV cache and the runtime's own work.")
-    ratios = bench_report.get("engine_ratios", [])
+    ratios = bench_report.engine_ratios
     if ratios:
-        story.append(f"Foundry Local decodes at {_span([r['ratio'] for r in ratios], 'x')} ONNX Runtime GenAI "
+        story.append(f"Foundry Local decodes at {_span([r.ratio for r in ratios], 'x')} ONNX Runtime GenAI "
                      "directly on the same prompt tokens.")
-    ttft = bench_report.get("ttft_breakdown", [])
+    ttft = bench_report.ttft_breakdown
     if ttft:
         story.append(_ttft_sentence(ttft))
-    endpoint = bench_report.get("endpoint_ratios", [])
+    endpoint = bench_report.endpoint_ratios
     if endpoint:
-        story.append(f"Through the OpenAI-compatible endpoint: {_span([r['decode_ratio'] for r in endpoint], 'x')}"
-                     f" in-process decode, first token {_span([r['ttft_overhead_ms'] for r in endpoint], ' ms', 1)}"
+        story.append(f"Through the OpenAI-compatible endpoint: {_span([r.decode_ratio for r in endpoint], 'x')}"
+                     f" in-process decode, first token {_span([r.ttft_overhead_ms for r in endpoint], ' ms', 1)}"
                      " later.")
-    noisy = bench_report.get("noisy", [])
+    noisy = bench_report.noisy
     if noisy:
         story.append(f"{len(noisy)} benchmark figures varied over 10% between runs: rerun with more repeats on a "
                      "quieter machine before trusting small differences.")
     return story
 
 
-def run_story(recommendation: deployment_choice.Recommendation | None, bench_report: dict | None,
+def run_story(recommendation: deployment_choice.Recommendation | None, bench_report: BenchFile | None,
               registered: list[RegisteredModel] | None, control: ControlResult | None = None,
               tests: ChecklistReport | None = None) -> list[str]:
     """"What this run shows": a few sentences generated from the run's own figures.
@@ -235,10 +236,9 @@ def run_versions(run_dir: str | os.PathLike[str]) -> dict[str, str]:
         '0.14.1'
     """
     run = Path(run_dir)
-    record = read_json(run / "run.json")
-    recorded = record.get("versions") if isinstance(record, dict) else None
-    if isinstance(recorded, dict) and recorded:
-        return recorded
+    record = read_run_record(run)
+    if record is not None and record.versions:
+        return dict(record.versions)
     written = read_json(run / "versions.json")
     return written if isinstance(written, dict) and written else versions()
 
@@ -293,7 +293,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
         quality=checklist_tables.quality_rows(tests.models) if tests else [],
         control=checklist_tables.control_row(tests.control) if tests and tests.control else None, bench=bench_report,
         bench_summary=bench_text.summary_lines(bench_report, tests) if bench_report else [],
-        bench_warnings=bench_text.warnings(rows_of(bench_report)) if bench_report else [],
+        bench_warnings=bench_text.warnings(bench_report.rows) if bench_report else [],
         params=params,
         versions=[{"package": k, "version": v} for k, v in found.items()],
     )

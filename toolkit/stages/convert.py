@@ -291,10 +291,10 @@ def _record(job: _Job, work: Workspace, facts: BuildFacts, fp32_route: Path | No
     apart = kept_apart_sizes(staging, [adapter_file, *more_files], job.source.parameters) if adapter_file else None
     adapter = None
     if prepared.adapter is not None:
-        adapter = artifacts.read_json(job.spec.model_dir / adapters.MERGE_RECORD, prepared.adapter.describe())
+        adapter = adapters.read_merge_record(job.spec.model_dir, prepared.adapter)
         if adapter_file is not None:
-            adapter = {**adapter, "kept_apart": True}
-    more_records = tuple(artifacts.read_json(merged / adapters.MERGE_RECORD, other.describe())
+            adapter = replace(adapter, kept_apart=True)
+    more_records = tuple(adapters.read_merge_record(merged, other)
                          for other, merged in zip(job.more, job.more_merged)) if adapter_file else ()
     work.step("parity check against transformers")
     gate, peak = parity_gate(job.spec, job.source, fp32_route, staging, work.logs / "parity.log",

@@ -14,6 +14,7 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.measure import package_versions, timestamp
 from slmops.toolkit.domain import memory, parity, stop_tokens
+from slmops.toolkit.domain.adapters import MergeRecord
 from slmops.toolkit.domain.options import TUTORIAL_SIZE_RATIO, Precision
 from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.domain.results.conversion import (
@@ -145,13 +146,13 @@ def parity_gate(spec: ConvertSpec, source: SourceModel, fp32_route: Path | None,
         check = reference.judged(result, label, tolerance)
         if check.verdict is not parity.Verdict.PASS:
             raise parity.refuse(check, source.architecture, str(spec.method), round(dir_size_mb(folder), 3))
-        checks.append(check.to_json())
+        checks.append(check)
     gate = ParityGate(str(parity.Verdict.PASS), tuple(checks), round(run.wall_s, 2), steps_mib=dict(result.steps))
     return gate, round(run.peak_rss_mib, 1)
 
 
-def manifest(facts: BuildFacts, gate: ParityGate, parity_peaks: dict[str, float], *, adapter: dict | None,
-             more_adapters: tuple[dict, ...], apart: KeptApartSizes | None, size_mb: float) -> Manifest:
+def manifest(facts: BuildFacts, gate: ParityGate, parity_peaks: dict[str, float], *, adapter: MergeRecord | None,
+             more_adapters: tuple[MergeRecord, ...], apart: KeptApartSizes | None, size_mb: float) -> Manifest:
     """The build's one record, made once its files are staged and its parity checked.
 
     Args:
@@ -179,7 +180,7 @@ def manifest(facts: BuildFacts, gate: ParityGate, parity_peaks: dict[str, float]
         architecture=source.architecture, parameters=source.parameters, method=str(spec.method),
         precision=str(spec.precision), execution_provider=spec.execution_provider,
         options=asdict(spec.int4) if spec.precision is Precision.INT4 else {},
-        quantizer=asdict(facts.plan) if facts.plan else None,
+        quantizer=facts.plan,
         eos_token_id=tuple(facts.stop.ids), eos_token_id_from=facts.stop.source,
         weights=weight_summary(facts.staging / "model.onnx"),
         commands=tuple(tuple(run.command) for run in facts.runs), wall_s=round(facts.wall_s, 3),
@@ -212,7 +213,7 @@ def conversion_rows(manifests: list[Manifest]) -> list[dict]:
     return [{
         "precision": m.precision, "method": m.method, "size_mb": m.size_mb, "x_fp32": m.size_ratio_vs_fp32,
         "tutorial_x": m.tutorial_size_ratio, "vs_tutorial": m.size_vs_tutorial,
-        "lm_head": m.weights.get("lm_head"), "embeddings": m.weights.get("embeddings"), "wall_s": m.wall_s,
+        "lm_head": m.weights.lm_head, "embeddings": m.weights.embeddings, "wall_s": m.wall_s,
         "peak_rss_mib": m.peak_rss_mib, "predicted_peak_mib": m.memory.predicted_peak_mib or None,
         **_parity_columns(m.parity),
     } for m in manifests]

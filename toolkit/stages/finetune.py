@@ -27,10 +27,17 @@ from slmops.toolkit.core import artifacts, codec, settings, workers
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import packaged, tools
 from slmops.toolkit.domain.datasets import BUNDLED_DATASET, Example, load_dataset
+from slmops.toolkit.domain.results.finetune import (
+    FINETUNE_RECORD,
+    FinetuneRecord,
+    FinetuneSettings,
+    read_finetune,
+    write_finetune,
+)
 from slmops.toolkit.domain.sources import BUNDLED_NAME, fingerprint
 from slmops.toolkit.weights.checkpoints import inspect_source
 
-RECORD = "finetune.json"
+RECORD = FINETUNE_RECORD
 #: Steps of the bundled SmolLM2's demo fine-tune: the Veloria set with its tool examples (29) at
 #: batch 4 is about 8 passes, as its 16 questions had at 36 steps.
 BUNDLED_STEPS = 60
@@ -120,9 +127,9 @@ def finetune(spec: FinetuneSpec, *, progress: bool = True) -> FinetuneResult:
     out = Path(spec.out).expanduser().resolve()
     key = _key(spec, examples)
     with artifacts.built_once(out, "this fine-tune"):
-        record = artifacts.read_json(out / RECORD, {})
-        if isinstance(record, dict) and record.get("key") == key and (out / "adapter_config.json").is_file():
-            return FinetuneResult(out, record.get("losses", []), 0.0, True, len(examples))
+        record = read_finetune(out)
+        if record is not None and record.key == key and (out / "adapter_config.json").is_file():
+            return FinetuneResult(out, list(record.losses), 0.0, True, len(examples))
         return _train(spec, examples, out, key, skipped, progress=progress)
 
 
@@ -146,11 +153,10 @@ def _train(spec: FinetuneSpec, examples: list[Example], out: Path, key: str, ski
         losses = workers.run_worker("slmops.toolkit.stages.finetune", "train", codec.dump(job), name="LoRA fine-tune",
                                     idle_timeout=600, startup_s=120, on_event=on_event).result
         wall = time.perf_counter() - start
-        artifacts.write_json(staging / RECORD, {
-            "key": key, "base": str(spec.base), "data": str(spec.data) if spec.data else BUNDLED_DATASET,
-            "examples": len(examples), "tool_examples_skipped": skipped, "losses": losses, "wall_s": round(wall, 1),
-            "settings": {k: v for k, v in asdict(spec).items() if k not in ("base", "out", "data")},
-        })
+        write_finetune(staging, FinetuneRecord(
+            key, str(spec.base), str(spec.data) if spec.data else BUNDLED_DATASET, len(examples), skipped,
+            tuple(losses), round(wall, 1),
+            FinetuneSettings(spec.rank, spec.steps, spec.batch, spec.learning_rate, spec.seed)))
         artifacts.swap_into_place(staging, out)
     finally:
         bar.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.toolkit.core import artifacts, codec
+from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import (
     InvalidOptionError,
     ModelFolderError,
@@ -32,12 +32,16 @@ from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import (
     REGISTRATION_RECORD,
     RegisteredModel,
+    RegistrationRecord,
+    ThreadSetting,
+    ToolCallingRecord,
+    read_registration,
     write_registered,
+    write_registration,
 )
 from slmops.toolkit.runtimes.foundry_session import catalog_register, models_root
 from slmops.toolkit.stages.register_catalog import (
     INFERENCE_MODEL,
-    read_record,
     validate_name,
 )
 from slmops.toolkit.stages.register_stop import StopTokens, reconcile_stop_tokens, token_ids
@@ -207,12 +211,12 @@ def _publish_tokens(source: Path, genai_config: dict, resolved: template_resolve
     return stop, markers
 
 
-def _previous_record(target: Path, source: Path, name: str, force: bool) -> dict:
+def _previous_record(target: Path, source: Path, name: str, force: bool) -> RegistrationRecord | None:
     """The registration record already at ``target``; refused when it holds another model and ``force`` is off."""
-    record = read_record(target)
-    if record and record.get("source") != str(source) and not force:
+    record = read_registration(target)
+    if record and record.source != str(source) and not force:
         raise NameTakenError(
-            f"The name {name!r} is already registered to another model ({record.get('source')}). "
+            f"The name {name!r} is already registered to another model ({record.source}). "
             "Choose another --name, or pass --force to replace it."
         )
     return record
@@ -229,30 +233,27 @@ def _staged_threads(staging: Path, genai_config: dict, model_config: ModelConfig
 
 
 def _registration_record(source: Path, name: str, version: int, resolved: template_resolve.ResolvedTemplate,
-                         stop: StopTokens, threads: ThreadChoice | None, model_config: ModelConfig) -> dict:
+                         stop: StopTokens, threads: ThreadChoice | None,
+                         model_config: ModelConfig) -> RegistrationRecord:
     """The registration record written beside the model (:data:`REGISTRATION_RECORD`)."""
-    return {
-        "source": str(source), "name": name, "version": version, "template": str(resolved.choice),
-        "notes": list(resolved.notes), "registered": timestamp(), "stop_tokens": stop.as_json(),
-        "threads": {"setting": "auto", "chosen": threads.chosen, "speedup_vs_default": threads.speedup,
-                    "probe": codec.dump(threads.probe), "reused_probe": threads.reused}
-        if threads else {"setting": model_config.threads},
-    }
+    return RegistrationRecord(
+        str(source), name, version, str(resolved.choice), tuple(resolved.notes), timestamp(), stop,
+        ThreadSetting("auto", threads.chosen, threads.speedup, threads.probe, threads.reused)
+        if threads else ThreadSetting(model_config.threads))
 
 
 def _swap_in(staging: Path, target: Path, name: str, version: int, cache: str | Path | None,
-             markers: tools.Markers | None, record: dict) -> None:
+             markers: tools.Markers | None, record: RegistrationRecord | None) -> None:
     """Swap the staged folder into place and register it; on failure the previous registration is put back."""
     try:
         artifacts.swap_into_place(staging, target,
                                   then=lambda: _catalog_register(target, name, version, cache, markers))
     except BaseException:
-        if record.get("version"):  # the previous folder is back: put its registration back as it was
+        if record and record.version:  # the previous folder is back: put its registration back as it was
             with contextlib.suppress(Exception):  # the original error is the one to report
-                _catalog_register(target, name, int(record["version"]), cache,
-                                  tools.registered_markers(target),
-                                  supports_tool_calling=bool(record.get("tool_calling", {}).get(
-                                      "supports_tool_calling")))
+                _catalog_register(target, name, record.version, cache, tools.registered_markers(target),
+                                  supports_tool_calling=bool(record.tool_calling and
+                                                             record.tool_calling.supports_tool_calling))
         raise
 
 
@@ -265,8 +266,9 @@ def _probe_tools(target: Path, source: Path, name: str, version: int, cache: str
         if supports:
             _catalog_register(target, name, version, cache, markers, supports_tool_calling=True)
         tool_calling = ToolCalling((markers.start, markers.end), supports, detail)
-    record = read_record(target)
-    artifacts.write_json(target / REGISTRATION_RECORD, {**record, "tool_calling": tool_calling.as_json()})
+    record = read_registration(target) or RegistrationRecord()
+    write_registration(target, replace(record, tool_calling=ToolCallingRecord(
+        tool_calling.markers, tool_calling.supports, tool_calling.detail)))
     return tool_calling
 
 
@@ -318,8 +320,7 @@ def register(onnx_dir: str | os.PathLike[str], name: str, *, version: int = 1,
         with artifacts.disk_full_as_error(staging):
             _stage(source, staging, genai_config, resolved, model_config, name, version, description)
         threads, model_config = _staged_threads(staging, genai_config, model_config, context_length)
-        artifacts.write_json(staging / REGISTRATION_RECORD,
-                             _registration_record(source, name, version, resolved, stop, threads, model_config))
+        write_registration(staging, _registration_record(source, name, version, resolved, stop, threads, model_config))
         _swap_in(staging, target, name, version, cache, markers, record)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

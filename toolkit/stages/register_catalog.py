@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -11,9 +10,6 @@ from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InvalidNameError, ModelNotFoundError
 from slmops.toolkit.domain.results.conversion import read_manifest
-from slmops.toolkit.domain.results.registration import (
-    REGISTRATION_RECORD,
-)
 from slmops.toolkit.runtimes.foundry_session import local_catalog, models_root
 
 INFERENCE_MODEL = "inference_model.json"
@@ -43,14 +39,6 @@ def validate_name(name: str) -> str:
         )
     return name
 
-
-
-def read_record(folder: Path) -> dict:
-    file = folder / REGISTRATION_RECORD
-    try:
-        return json.loads(file.read_text()) if file.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
 
 
 def unregister(name: str, *, cache: str | Path | None = None, remove_files: bool = True) -> None:

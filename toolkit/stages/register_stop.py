@@ -3,7 +3,6 @@ and the source's generation settings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts
@@ -12,38 +11,8 @@ from slmops.toolkit.core.errors import (
 )
 from slmops.toolkit.domain import templates
 from slmops.toolkit.domain.results.conversion import read_manifest
+from slmops.toolkit.domain.results.registration import StopTokens
 from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
-
-
-@dataclass(frozen=True)
-class StopTokens:
-    """The token ids that end generation, reconciled at registration.
-
-    Attributes:
-        eos_token_id: ``genai_config.json``'s ``model.eos_token_id`` as registered.
-        before: What the converted model had.
-        added: ``{"id", "token", "from"}`` per id added: the chat template's end of turn, or
-            ``generation_config.json``'s EOS list.
-        generation_config: The ``generation_config.json`` read ('' when none was found).
-    """
-
-    eos_token_id: tuple[int, ...]
-    before: tuple[int, ...]
-    added: tuple[dict, ...]
-    generation_config: str = ""
-
-    def note(self) -> str:
-        """One line for the CLI: what was added, or that nothing was needed."""
-        if not self.added:
-            return f"Stop tokens: eos_token_id {list(self.eos_token_id)} already holds the end of turn; nothing added."
-        what = ", ".join(f"{row['token']} ({row['id']}, {row['from']})" for row in self.added)
-        return (f"Stop tokens: added {what} to genai_config.json's eos_token_id: {list(self.before)} -> "
-                f"{list(self.eos_token_id)}.")
-
-    def as_json(self) -> dict:
-        """The registration record's ``stop_tokens``."""
-        return {"eos_token_id": list(self.eos_token_id), "before": list(self.before), "added": list(self.added),
-                "generation_config": self.generation_config}
 
 
 def token_ids(value: object) -> list[int]:

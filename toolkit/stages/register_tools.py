@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import (
     InputError,
 )
 from slmops.toolkit.domain import tools
 from slmops.toolkit.domain.results.conversion import read_manifest
+from slmops.toolkit.domain.results.finetune import read_finetune
 from slmops.toolkit.runtimes import foundry
 
 #: The default probe (a tool_call case): a call any general model that can call tools makes. A
@@ -41,10 +41,6 @@ class ToolCalling:
     supports: bool
     detail: str
 
-    def as_json(self) -> dict:
-        """The registration record's ``tool_calling`` entry."""
-        return {"markers": list(self.markers), "supports_tool_calling": self.supports, "probe": self.detail}
-
 
 def fine_tune_probe(onnx_dir: Path) -> dict | None:
     """A tool case from the dataset the model was fine-tuned on (its manifest's adapter, that adapter's
@@ -52,9 +48,9 @@ def fine_tune_probe(onnx_dir: Path) -> dict | None:
     from slmops.toolkit.domain import datasets
 
     made = read_manifest(onnx_dir)
-    adapter = (made.adapter if made else None) or {}
-    record = artifacts.read_json(Path(adapter.get("path", "")) / "finetune.json", {}) if adapter.get("path") else {}
-    data = record.get("data") if isinstance(record, dict) else None
+    adapter = made.adapter if made else None
+    record = read_finetune(adapter.path) if adapter and adapter.path else None
+    data = record.data if record else None
     if not data:
         return None
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, codec, settings, workers
@@ -20,6 +21,7 @@ from slmops.toolkit.domain.adapters import (
     MERGE_RECORD,
     MERGE_TOLERANCE,
     AdapterSource,
+    MergeCheck,
     MergeJob,
     MergeResult,
     TokenizerOrigin,
@@ -71,10 +73,8 @@ def _merge_into(adapter: AdapterSource, target: Path) -> None:
                 f"difference {result.max_abs_diff_vs_unmerged:.4g} against the unmerged adapter, allowed "
                 f"{allowed:.3g}), so no build of it could be correct; nothing was kept. Check that the adapter "
                 "was trained on this base, and retrain it with plain LoRA on the linear layers.")
-        check = {"max_abs_diff_vs_unmerged": result.max_abs_diff_vs_unmerged, "logit_range": result.logit_range,
-                 "allowed": allowed}
-        artifacts.write_json(staging / MERGE_RECORD, {**adapter.describe(), "merge_check": check,
-                                                      "tokenizer": codec.dump(result.tokenizer)})
+        check = MergeCheck(result.max_abs_diff_vs_unmerged, result.logit_range, allowed)
+        codec.write(staging / MERGE_RECORD, replace(adapter.describe(), merge_check=check, tokenizer=result.tokenizer))
         artifacts.swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

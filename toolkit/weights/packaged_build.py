@@ -11,9 +11,9 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, settings
+from slmops.toolkit.core import artifacts, codec, settings
 from slmops.toolkit.core.errors import InputError, ModelFolderError
-from slmops.toolkit.domain.packaged import MARKER, PACKAGED, PackagedModel
+from slmops.toolkit.domain.packaged import MARKER, PACKAGED, PackagedMarker, PackagedModel
 from slmops.toolkit.weights.installer import install
 
 
@@ -74,8 +74,7 @@ def materialize(key: str, *, rebuild: bool = False) -> Path:
         plain.save_pretrained(staging)
         tokenizer.chat_template = model.chat_template
         tokenizer.save_pretrained(staging)
-        artifacts.write_json(staging / MARKER, {"key": model.key, "packages": list(model.packages),
-                                                 "sha256": model.sha256, "terms": model.terms})
+        codec.write(staging / MARKER, PackagedMarker(model.key, model.packages, model.sha256, model.terms))
         artifacts.swap_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -266,7 +266,7 @@ def _quantize_task(payload: dict, _emit) -> dict:
     job = codec.load(QuantizeJob, payload)
     target = Path(job.target)
     quantize(Path(job.source), target, job.plan)
-    return {"plan": codec.dump(job.plan), **weight_summary(target)}
+    return {"plan": codec.dump(job.plan), **codec.dump(weight_summary(target))}
 
 
 if __name__ == "__main__":

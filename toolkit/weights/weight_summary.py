@@ -6,14 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.domain.results.conversion import WeightSummary
 
-def weight_summary(model_file: Path) -> dict:
+
+def weight_summary(model_file: Path) -> WeightSummary:
     """Where the weights went: parameter counts per storage type, and the LM head's and table's precision.
 
     Read from the graph alone (no tensor data), so it reports what was built, not what was asked.
 
     Example:
-        >>> weight_summary(Path("int4/model.onnx"))["lm_head"]
+        >>> weight_summary(Path("int4/model.onnx")).lm_head
         'int4'
     """
     import onnx
@@ -23,7 +25,7 @@ def weight_summary(model_file: Path) -> dict:
     dtypes = {init.name: onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name for init in graph.initializer}
     counts: dict[str, int] = {}
     counted: set[str] = set()
-    where = {"lm_head": "absent", "embeddings": "absent"}
+    lm_head = embeddings = "absent"
     for node in graph.node:
         found = _weight_of(node, dims, dtypes)
         if found is None:
@@ -33,10 +35,10 @@ def weight_summary(model_file: Path) -> dict:
             counts[kind] = counts.get(kind, 0) + parameters
             counted.add(name)
         if node.name.startswith("/lm_head/"):
-            where["lm_head"] = kind
+            lm_head = kind
         elif node.name.startswith("/model/embed_tokens/"):
-            where["embeddings"] = kind
-    return {"parameters": counts, **where}
+            embeddings = kind
+    return WeightSummary(counts, lm_head, embeddings)
 
 
 def lookup_only_mb(model_file: Path) -> float:

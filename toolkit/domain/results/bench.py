@@ -208,10 +208,125 @@ def run_metrics(runs: list[TimedRun], prompt_tokens: int) -> dict[str, float | b
 
 
 @dataclass(frozen=True)
+class EngineRatio:
+    """Foundry Local's decode speed over the direct engine's at the same lengths and thread count.
+
+    Attributes:
+        model: The model.
+        target_prompt_tokens: The prompt length asked.
+        target_gen_tokens: The generation length asked.
+        threads: Intra-op threads (0: the runtime's default).
+        foundry_decode_tps: Foundry Local's decode tokens/s.
+        direct_decode_tps: ONNX Runtime GenAI's, called directly.
+        ratio: The first over the second.
+    """
+
+    model: str = ""
+    target_prompt_tokens: int = 0
+    target_gen_tokens: int = 0
+    threads: int = 0
+    foundry_decode_tps: float = 0.0
+    direct_decode_tps: float = 0.0
+    ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class EndpointRatio:
+    """The OpenAI-compatible endpoint against Foundry Local in-process at the same lengths.
+
+    Attributes:
+        model: The model.
+        target_prompt_tokens: The prompt length asked.
+        target_gen_tokens: The generation length asked.
+        in_process_decode_tps: Decode tokens/s in-process.
+        endpoint_decode_tps: Decode tokens/s through the endpoint.
+        decode_ratio: The second over the first.
+        in_process_ttft_ms: Time to first token in-process, ms.
+        endpoint_ttft_ms: Time to first token through the endpoint, ms.
+        ttft_overhead_ms: The second less the first, ms.
+    """
+
+    model: str = ""
+    target_prompt_tokens: int = 0
+    target_gen_tokens: int = 0
+    in_process_decode_tps: float = 0.0
+    endpoint_decode_tps: float = 0.0
+    decode_ratio: float = 0.0
+    in_process_ttft_ms: float = 0.0
+    endpoint_ttft_ms: float = 0.0
+    ttft_overhead_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class TtftLine:
+    """Foundry Local's time to first token, part by part, against the direct engine's on the same prompt ids.
+
+    Attributes:
+        model: The model.
+        target_prompt_tokens: The prompt length asked.
+        threads: Intra-op threads.
+        foundry_ttft_ms: Foundry Local's time to first token, ms.
+        direct_ttft_ms: The direct engine's, ms.
+        ratio: The first over the second.
+        setup_ms: Session setup, ms.
+        template_ms: Template and tokenizer, ms.
+        prefill_ms: The prompt pass and the first token (the direct engine's), ms.
+        harness_ms: The harness's own share, ms.
+        runtime_other_ms: What remains: the runtime's request handling, ms (None: not measurable apart).
+        unmeasured: Why ``runtime_other_ms`` is None, in words ("" otherwise).
+    """
+
+    model: str = ""
+    target_prompt_tokens: int = 0
+    threads: int = 0
+    foundry_ttft_ms: float = 0.0
+    direct_ttft_ms: float = 0.0
+    ratio: float = 0.0
+    setup_ms: float = 0.0
+    template_ms: float = 0.0
+    prefill_ms: float = 0.0
+    harness_ms: float = 0.0
+    runtime_other_ms: float | None = None
+    unmeasured: str = ""
+
+
+@dataclass(frozen=True)
+class CeilingRow:
+    """One row's decode speed against the memory-bandwidth bound (every token reads the weights once).
+
+    Attributes:
+        model: The model.
+        engine: The engine.
+        target_prompt_tokens: The prompt length asked.
+        target_gen_tokens: The generation length asked.
+        threads: Intra-op threads.
+        weights_read_mb: MB of weights read per token.
+        bandwidth_gbs: The read bandwidth at that thread count, GB/s.
+        decode_tps: Measured decode tokens/s.
+        ceiling_tps: The bound, tokens/s.
+        percent_of_ceiling: The first over the second, %.
+        above_bound_because: Why a row is above 100%, in words ("" otherwise).
+    """
+
+    model: str = ""
+    engine: str = ""
+    target_prompt_tokens: int = 0
+    target_gen_tokens: int = 0
+    threads: int = 0
+    weights_read_mb: float = 0.0
+    bandwidth_gbs: float = 0.0
+    decode_tps: float = 0.0
+    ceiling_tps: float = 0.0
+    percent_of_ceiling: float = 0.0
+    above_bound_because: str = ""
+
+
+@dataclass(frozen=True)
 class BenchFile:
     """``bench.json``: every row, the run's metadata, and what the rows say together.
 
-    A field a row lacks (a hand-written or partial file) reads as its type's zero.
+    A field a row or a section's line lacks (a hand-written or partial file, or one written before the field
+    was) reads as its type's zero.
 
     Attributes:
         metadata: The machine, packages and run (:func:`slmops.toolkit.core.measure.run_metadata`), its caches,
@@ -231,13 +346,13 @@ class BenchFile:
 
     metadata: dict = field(default_factory=dict)
     rows: tuple[BenchRow, ...] = ()
-    engine_ratios: list[dict] = field(default_factory=list)
-    endpoint_ratios: list[dict] = field(default_factory=list)
-    ttft_breakdown: list[dict] = field(default_factory=list)
-    noisy: list[str] = field(default_factory=list)
-    short: list[str] = field(default_factory=list)
+    engine_ratios: tuple[EngineRatio, ...] = ()
+    endpoint_ratios: tuple[EndpointRatio, ...] = ()
+    ttft_breakdown: tuple[TtftLine, ...] = ()
+    noisy: tuple[str, ...] = ()
+    short: tuple[str, ...] = ()
     max_harness_overhead_pct: float = 0.0
-    decode_ceiling: list[dict] = field(default_factory=list)
+    decode_ceiling: tuple[CeilingRow, ...] = ()
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:

@@ -28,7 +28,9 @@ from typing import ClassVar
 
 from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import MANIFEST
+from slmops.toolkit.domain.adapters import MergeRecord
 from slmops.toolkit.domain.parity import ParityCheck, Verdict
+from slmops.toolkit.domain.quant_plan import QuantPlan
 
 #: The version the conversion stage writes into each manifest.
 SCHEMA_VERSION = 3
@@ -67,8 +69,7 @@ class ParityGate:
 
     Attributes:
         verdict: ``pass``, or ``not checked`` (a build for another execution provider).
-        checks: One record per build checked (:meth:`~slmops.toolkit.domain.parity.ParityCheck.to_json`):
-            the FP32 model a quantizer started from, then the build itself.
+        checks: One per build checked: the FP32 model a quantizer started from, then the build itself.
         wall_s: Seconds the check took.
         reason: Why it was not checked.
         more_adapters: The same check of each further adapter kept apart, by adapter name.
@@ -77,7 +78,7 @@ class ParityGate:
     """
 
     verdict: str = "not checked"
-    checks: tuple[dict, ...] = ()
+    checks: tuple[ParityCheck, ...] = ()
     wall_s: float | None = None
     reason: str = ""
     more_adapters: dict[str, ParityGate] = field(default_factory=dict)
@@ -94,15 +95,22 @@ class ParityGate:
         if not self.checks:
             return None
         own = self.checks[-1]
-        return own["top1_agreement"], own["max_diff_of_range"], own["kl_divergence"]
+        return own.top1_agreement, own.max_diff_of_range, own.kl_divergence
 
-    def parity_checks(self) -> list[ParityCheck]:
-        """The checks, typed.
 
-        Raises:
-            KeyError, TypeError, ValueError: a record that is not a parity check this toolkit reads.
-        """
-        return [ParityCheck.from_json(check) for check in self.checks]
+@dataclass(frozen=True)
+class WeightSummary:
+    """Where a build's weights went, read from its graph (``weights`` in the manifest).
+
+    Attributes:
+        parameters: Parameter counts per storage type (``fp32``, ``int4``, ``int8``...).
+        lm_head: The LM head's storage type (``absent`` when the graph has none by that name).
+        embeddings: The embedding table's storage type.
+    """
+
+    parameters: dict[str, int] = field(default_factory=dict)
+    lm_head: str = "absent"
+    embeddings: str = "absent"
 
 
 @dataclass(frozen=True)
@@ -193,10 +201,10 @@ class Manifest:
     precision: str = ""
     execution_provider: str = "cpu"
     options: dict = field(default_factory=dict)
-    quantizer: dict | None = None
+    quantizer: QuantPlan | None = None
     eos_token_id: tuple[int, ...] = ()
     eos_token_id_from: str = ""
-    weights: dict = field(default_factory=dict)
+    weights: WeightSummary = field(default_factory=WeightSummary)
     commands: tuple[tuple[str, ...], ...] = ()
     wall_s: float = 0.0
     tool_wall_s: tuple[float, ...] = ()
@@ -214,12 +222,12 @@ class Manifest:
     memory: MemoryRecord = field(default_factory=MemoryRecord)
     parity: ParityGate | None = None
     quantized_from: str | None = None
-    adapter: dict | None = None
+    adapter: MergeRecord | None = None
     adapter_files: tuple[AdapterFile, ...] = ()
     base_size_mb: float | None = None
     bits_per_weight: float | None = None
     bits_per_weight_without_adapter: float | None = None
-    more_adapters: tuple[dict, ...] = ()
+    more_adapters: tuple[MergeRecord, ...] = ()
     recipe: str = ""
     build_cache: BuildCacheEntry | None = None
     output_dir: str = ""

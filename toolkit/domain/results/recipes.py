@@ -107,3 +107,33 @@ def read_recipes(path: str | os.PathLike[str]) -> list[RecipeResult]:
     """
     data = artifacts.read_json(Path(path), None)
     return list(codec.load(RecipesFile, data, kind=str(path)).recipes) if data is not None else []
+
+
+@dataclass(frozen=True)
+class RefusedFigures:
+    """What the parity gate measured of a build it refused (its error's ``record``: the check and the size).
+
+    Attributes:
+        top1_agreement: Top-1 agreement with the source model (0-1).
+        kl_divergence: Mean KL divergence from the source model, nats.
+        size_mb: The refused build's size on disk, MB (None: not measured).
+    """
+
+    top1_agreement: float = 0.0
+    kl_divergence: float = 0.0
+    size_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A recipe build the parity gate refused, kept in the build cache so it is not built again to be refused.
+
+    Attributes:
+        reason: The gate's error, in words.
+        record: What the gate measured.
+    """
+
+    KIND: ClassVar[str] = "refused.json"
+
+    reason: str
+    record: RefusedFigures

@@ -15,11 +15,12 @@ Version history of ``registered.json``:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from slmops.toolkit.core import codec
+from slmops.toolkit.core.errors import InputError
 
 #: The version :func:`write_registered` writes.
 SCHEMA_VERSION = 2
@@ -116,6 +117,109 @@ def read_registered(path: str | os.PathLike[str]) -> list[RegisteredModel]:
     found = codec.read(RegisteredFile, file, missing=f"No {file.name} at {file.parent}: register the run's models "
                        "first (notebook 02, `slmops run`, or `slmops demo`).")
     return list(found.models)
+
+
+@dataclass(frozen=True)
+class StopTokens:
+    """The token ids that end generation, reconciled at registration (the registration record's ``stop_tokens``).
+
+    Attributes:
+        eos_token_id: ``genai_config.json``'s ``model.eos_token_id`` as registered.
+        before: What the converted model had.
+        added: ``{"id", "token", "from"}`` per id added: the chat template's end of turn, or
+            ``generation_config.json``'s EOS list (a mapping: ``from`` cannot name a field).
+        generation_config: The ``generation_config.json`` read ('' when none was found).
+    """
+
+    eos_token_id: tuple[int, ...] = ()
+    before: tuple[int, ...] = ()
+    added: tuple[dict[str, int | str], ...] = ()
+    generation_config: str = ""
+
+    def note(self) -> str:
+        """One line for the CLI: what was added, or that nothing was needed."""
+        if not self.added:
+            return f"Stop tokens: eos_token_id {list(self.eos_token_id)} already holds the end of turn; nothing added."
+        what = ", ".join(f"{row['token']} ({row['id']}, {row['from']})" for row in self.added)
+        return (f"Stop tokens: added {what} to genai_config.json's eos_token_id: {list(self.before)} -> "
+                f"{list(self.eos_token_id)}.")
+
+
+@dataclass(frozen=True)
+class ThreadSetting:
+    """The intra-op threads a model was registered with (the registration record's ``threads``).
+
+    Attributes:
+        setting: ``auto`` (probed), a count, or None (the runtime's default).
+        chosen: The count the probe chose (``auto`` only).
+        speedup_vs_default: Its decode speed over the runtime's default (x).
+        probe: Each count tried, its decode speed and time to first token.
+        reused_probe: The probe was read back from an earlier one on the same graph.
+    """
+
+    setting: int | str | None = None
+    chosen: int | None = None
+    speedup_vs_default: float | None = None
+    probe: tuple[ThreadSpeed, ...] = ()
+    reused_probe: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCallingRecord:
+    """How tool calling was set up (the registration record's ``tool_calling``).
+
+    Attributes:
+        markers: The tool-call boundaries published to the runtime (empty: none).
+        supports_tool_calling: Whether the catalog says it calls tools (the probe got a valid call).
+        probe: What the probe saw, in words.
+    """
+
+    markers: tuple[str, ...] = ()
+    supports_tool_calling: bool = False
+    probe: str = ""
+
+
+@dataclass(frozen=True)
+class RegistrationRecord:
+    """How and when a model was registered: :data:`REGISTRATION_RECORD` beside it in Foundry Local's cache.
+
+    Attributes:
+        source: The ONNX model folder it was registered from.
+        name: The registered name.
+        version: The catalog version.
+        template: The prompt template chosen.
+        notes: What registration noted, in words.
+        registered: When (ISO 8601).
+        stop_tokens: The stop tokens reconciled.
+        threads: The intra-op threads.
+        tool_calling: How tool calling was set up (None until the registration's probe ran).
+    """
+
+    KIND: ClassVar[str] = REGISTRATION_RECORD
+
+    source: str = ""
+    name: str = ""
+    version: int = 0
+    template: str = ""
+    notes: tuple[str, ...] = ()
+    registered: str = ""
+    stop_tokens: StopTokens = field(default_factory=StopTokens)
+    threads: ThreadSetting = field(default_factory=ThreadSetting)
+    tool_calling: ToolCallingRecord | None = None
+
+
+def read_registration(folder: str | os.PathLike[str]) -> RegistrationRecord | None:
+    """The registration record beside the model in ``folder`` (None: none, or not one this toolkit reads)."""
+    file = Path(folder) / REGISTRATION_RECORD
+    try:
+        return codec.read(RegistrationRecord, file) if file.is_file() else None
+    except InputError:  # written by hand or cut short: registered again as if it had none
+        return None
+
+
+def write_registration(folder: str | os.PathLike[str], record: RegistrationRecord) -> Path:
+    """Write ``record`` beside the model in ``folder`` (atomically)."""
+    return codec.write(Path(folder) / REGISTRATION_RECORD, record)
 
 
 def reference_of(models: list[RegisteredModel]) -> str | None:

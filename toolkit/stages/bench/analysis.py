@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, replace
 
 from slmops.toolkit.core import system
-from slmops.toolkit.domain.results.bench import BenchRow
+from slmops.toolkit.domain.results.bench import BenchFile, BenchRow, CeilingRow, EndpointRatio, EngineRatio, TtftLine
 
 _MIB = 1 << 20
 
@@ -44,12 +45,12 @@ def headline_rows(rows: list[dict], engine: str = "foundry-local") -> list[dict]
     return list(picked.values())
 
 
-def rows_for(report: dict, engine: str = "foundry-local") -> list[dict]:
-    """The rows of a written ``bench.json`` report for one engine."""
-    return [row for row in report["rows"] if row["engine"] == engine]
+def rows_for(report: BenchFile, engine: str | None = "foundry-local") -> list[dict]:
+    """The rows of a ``bench.json`` for one engine (None: all) as a table, one mapping per row (plots, headline rows)."""
+    return [asdict(row) for row in report.rows if engine is None or row.engine == engine]
 
 
-def engine_ratios(rows: Sequence[BenchRow]) -> list[dict]:
+def engine_ratios(rows: Sequence[BenchRow]) -> list[EngineRatio]:
     """Foundry Local's decode tokens/s over the direct engine's at the same lengths and thread count."""
     direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads): r for r in rows
               if r.engine == "ort-genai"}
@@ -57,29 +58,25 @@ def engine_ratios(rows: Sequence[BenchRow]) -> list[dict]:
     for r in rows:
         other = direct.get((r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads))
         if r.engine == "foundry-local" and other is not None and other.decode_tps and not timed_too_few(r):
-            out.append({"model": r.model, "target_prompt_tokens": r.target_prompt_tokens,
-                        "target_gen_tokens": r.target_gen_tokens, "threads": r.threads,
-                        "foundry_decode_tps": r.decode_tps, "direct_decode_tps": other.decode_tps,
-                        "ratio": round(r.decode_tps / other.decode_tps, 3)})
+            out.append(EngineRatio(r.model, r.target_prompt_tokens, r.target_gen_tokens, r.threads, r.decode_tps,
+                                   other.decode_tps, round(r.decode_tps / other.decode_tps, 3)))
     return out
 
 
-def endpoint_ratios(rows: Sequence[BenchRow]) -> list[dict]:
+def endpoint_ratios(rows: Sequence[BenchRow]) -> list[EndpointRatio]:
     """The endpoint against Foundry Local in-process at the same lengths: decode ratio and first-token overhead."""
     direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens): r for r in rows if r.engine == "foundry-local"}
     out = []
     for r in rows:
         base = direct.get((r.model, r.target_prompt_tokens, r.target_gen_tokens))
         if r.engine == "endpoint" and base is not None and base.decode_tps and not timed_too_few(r):
-            out.append({"model": r.model, "target_prompt_tokens": r.target_prompt_tokens,
-                        "target_gen_tokens": r.target_gen_tokens, "in_process_decode_tps": base.decode_tps,
-                        "endpoint_decode_tps": r.decode_tps, "decode_ratio": round(r.decode_tps / base.decode_tps, 3),
-                        "in_process_ttft_ms": base.ttft_ms, "endpoint_ttft_ms": r.ttft_ms,
-                        "ttft_overhead_ms": round(r.ttft_ms - base.ttft_ms, 2)})
+            out.append(EndpointRatio(r.model, r.target_prompt_tokens, r.target_gen_tokens, base.decode_tps,
+                                     r.decode_tps, round(r.decode_tps / base.decode_tps, 3), base.ttft_ms, r.ttft_ms,
+                                     round(r.ttft_ms - base.ttft_ms, 2)))
     return out
 
 
-def ttft_breakdown(rows: Sequence[BenchRow]) -> list[dict]:
+def ttft_breakdown(rows: Sequence[BenchRow]) -> list[TtftLine]:
     """Foundry Local's time to first token, line by line, against the direct engine's on the same prompt ids.
 
     ``setup_ms`` and ``template_ms`` are measured (see :class:`BenchRow`) and ``harness_ms`` is
@@ -102,21 +99,18 @@ def ttft_breakdown(rows: Sequence[BenchRow]) -> list[dict]:
         harness = round(r.harness_overhead_pct / 100 * (r.e2e_ms - r.ttft_ms) / max(r.gen_tokens, 1), 3)
         measured = r.setup_ms + r.template_ms + harness
         remainder = round(r.ttft_ms - measured - other.ttft_ms, 2)
-        line = {"model": r.model, "target_prompt_tokens": r.target_prompt_tokens, "threads": r.threads,
-                "foundry_ttft_ms": r.ttft_ms, "direct_ttft_ms": other.ttft_ms,
-                "ratio": round(r.ttft_ms / other.ttft_ms, 3), "setup_ms": r.setup_ms,
-                "template_ms": r.template_ms, "prefill_ms": other.ttft_ms, "harness_ms": harness,
-                "runtime_other_ms": remainder, "unmeasured": ""}
+        line = TtftLine(r.model, r.target_prompt_tokens, r.threads, r.ttft_ms, other.ttft_ms,
+                        round(r.ttft_ms / other.ttft_ms, 3), r.setup_ms, r.template_ms, other.ttft_ms, harness, remainder)
         if remainder < 0:
-            line.update(prefill_ms=round(r.ttft_ms - measured, 2), runtime_other_ms=None,
-                        unmeasured=(f"Foundry Local's prefill is {-remainder:.0f} ms faster than the direct engine's "
-                                    f"({other.ttft_ms:.0f} ms): its prefill and its request handling are given "
-                                    "together, they cannot be measured apart"))
+            line = replace(line, prefill_ms=round(r.ttft_ms - measured, 2), runtime_other_ms=None,
+                           unmeasured=(f"Foundry Local's prefill is {-remainder:.0f} ms faster than the direct "
+                                       f"engine's ({other.ttft_ms:.0f} ms): its prefill and its request handling are "
+                                       "given together, they cannot be measured apart"))
         out.append(line)
     return out
 
 
-def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], llc_mib: float = 0.0) -> list[dict]:
+def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], llc_mib: float = 0.0) -> list[CeilingRow]:
     """Each row's decode speed against the bandwidth bound: every token reads the weights once.
 
     The bound is bandwidth / ``weights_read_mb`` (size on disk less tables only looked up by
@@ -145,10 +139,8 @@ def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], ll
             reason = (f"the weights read per token ({read_mb:.0f} MB) fit in the {llc_mib:.0f} MiB last-level cache"
                       if read_mb <= llc_mib * _MIB / 1e6 else "faster than the measured read bandwidth allows: the probe "
                       "under-measured this machine's bandwidth (rerun on a quieter machine)")
-        out.append({"model": row["model"], "engine": row["engine"], "target_prompt_tokens": row["target_prompt_tokens"],
-                    "target_gen_tokens": row.get("target_gen_tokens", 0), "threads": threads,
-                    "weights_read_mb": read_mb, "bandwidth_gbs": round(gbs, 2), "decode_tps": row["decode_tps"],
-                    "ceiling_tps": round(ceiling, 1), "percent_of_ceiling": percent, "above_bound_because": reason})
+        out.append(CeilingRow(row["model"], row["engine"], row["target_prompt_tokens"], row.get("target_gen_tokens", 0),
+                              threads, read_mb, round(gbs, 2), row["decode_tps"], round(ceiling, 1), percent, reason))
     return out
 
 

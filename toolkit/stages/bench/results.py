@@ -11,7 +11,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.measure import machine, run_metadata
-from slmops.toolkit.domain.results.bench import BenchFile, BenchRow, rows_of
+from slmops.toolkit.domain.results.bench import BenchFile, BenchRow
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages.bench.analysis import (
     decode_ceiling,
@@ -23,8 +23,8 @@ from slmops.toolkit.stages.bench.analysis import (
 )
 
 
-def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> dict:
-    """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``."""
+def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> BenchFile:
+    """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``; return what it holds."""
     out = Path(out_dir)
     meta = {**run_metadata(), "caches": machine()["caches"], "isa": instruction_sets()}
     # Measured the way decode reads, with each thread count the rows ran with.
@@ -32,29 +32,30 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
     meta["memory_bandwidth_gbs"] = max(bandwidths.values())
     meta["memory_bandwidth_gbs_by_threads"] = {str(t): gbs for t, gbs in bandwidths.items()}
     written = BenchFile(
-        meta, tuple(rows), engine_ratios(rows), endpoint_ratios(rows), ttft_breakdown(rows),
-        [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}" for r in rows if r.noisy],
-        [f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
-         for r in rows if r.gen_tokens < r.target_gen_tokens],
+        meta, tuple(rows), tuple(engine_ratios(rows)), tuple(endpoint_ratios(rows)), tuple(ttft_breakdown(rows)),
+        tuple(f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
+              for r in rows if r.noisy),
+        tuple(f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
+              for r in rows if r.gen_tokens < r.target_gen_tokens),
         max((r.harness_overhead_pct for r in rows), default=0.0),
-        decode_ceiling([asdict(r) for r in rows], bandwidths, last_level_cache_mib(meta["caches"])))
-    report = codec.dump(written)
-    artifacts.write_json(out / "bench.json", report)
+        tuple(decode_ceiling([asdict(r) for r in rows], bandwidths, last_level_cache_mib(meta["caches"]))))
+    codec.write(out / "bench.json", written)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])
     writer.writeheader()
     writer.writerows(asdict(r) for r in rows)
     artifacts.write_text(out / "bench.csv", table.getvalue())
-    return report
+    return written
 
 
-def read_results(path: str | os.PathLike[str]) -> dict | None:
+def read_results(path: str | os.PathLike[str]) -> BenchFile | None:
     """A written ``bench.json`` (any known version; its rows under today's names), or None when there is none.
 
     Raises:
         ResultVersionError: it was written by a newer toolkit.
+        RecordError: a row or section of the wrong shape.
     """
     found = artifacts.read_json(Path(path))
     if not isinstance(found, dict) or not isinstance(found.get("rows"), list):
         return None
-    return {**found, "rows": [asdict(row) for row in rows_of(found)]}
+    return codec.load(BenchFile, found, kind=str(path))

@@ -92,12 +92,6 @@ class ToolCaseResult:
     finish_reason: str
     valid_calls: int
 
-    def as_json(self) -> dict:
-        """The case as ``test.json`` stores it."""
-        return {"id": self.id, "group": self.group, "passed": self.passed, "problems": list(self.problems),
-                "calls": list(self.calls), "text": self.text, "finish_reason": self.finish_reason,
-                "valid_calls": self.valid_calls}
-
 
 def _looks_like_call(text: str, markers: tools.Markers | None) -> bool:
     """A text answer that is a tool call the runtime did not parse (no tools were offered)."""
