@@ -33,6 +33,7 @@ from slmops.toolkit.domain.results.registration import (
     REGISTRATION_RECORD,
     RegisteredModel,
     RegistrationRecord,
+    StopTokens,
     ThreadSetting,
     ToolCallingRecord,
     read_registration,
@@ -44,7 +45,7 @@ from slmops.toolkit.stages.register_catalog import (
     INFERENCE_MODEL,
     validate_name,
 )
-from slmops.toolkit.stages.register_stop import StopTokens, reconcile_stop_tokens, token_ids
+from slmops.toolkit.stages.register_stop import reconcile_stop_tokens, token_ids
 from slmops.toolkit.stages.register_threads import (
     AUTO_THREADS,
     ThreadChoice,
