@@ -31,7 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slmops.toolkit.core import settings, workers
-from slmops.toolkit.stages import convert as C
+from slmops.toolkit.domain.options import Method, Precision
+from slmops.toolkit.stages import convert
+from slmops.toolkit.stages.convert_plan import ConvertSpec, builder_command, olive_command
 
 ROUTES = ("direct builder", "slmops builder", "direct olive", "slmops olive", "slmops olive-config")
 
@@ -48,31 +50,31 @@ def _without_launcher(command: list[str]) -> list[str]:
     return [command[0], "-m", *command[3:]]
 
 
-def _direct_builder(spec: C.ConvertSpec, work: Path) -> None:
+def _direct_builder(spec: ConvertSpec, work: Path) -> None:
     out = work / "direct-builder"
-    command = _without_launcher(C.builder_command(spec, out, work / "cache"))
+    command = _without_launcher(builder_command(spec, out, work / "cache"))
     workers.run_tool(command, log_path=work / "direct-builder.log")
     shutil.rmtree(out)
 
 
-def _direct_olive(spec: C.ConvertSpec, work: Path) -> None:
+def _direct_olive(spec: ConvertSpec, work: Path) -> None:
     out = work / "direct-olive"
-    command = _without_launcher(C.olive_command(spec, out))
+    command = _without_launcher(olive_command(spec, out))
     command[2] = "olive"  # Olive's own CLI instead of our telemetry-off launcher
     workers.run_tool(command, log_path=work / "direct-olive.log", cwd=work)
     shutil.rmtree(out)
     shutil.rmtree(work / ".olive-cache", ignore_errors=True)
 
 
-def _slmops(spec: C.ConvertSpec, method: str) -> None:
-    C.convert(C.ConvertSpec(spec.model_dir, spec.output_dir, spec.precision, C.Method(method)), progress=False)
+def _slmops(spec: ConvertSpec, method: str) -> None:
+    convert.convert(ConvertSpec(spec.model_dir, spec.output_dir, spec.precision, Method(method)), progress=False)
     shutil.rmtree(spec.output_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (random, built here), 'bundled', or a HF folder")
-    parser.add_argument("--precision", default="int4", choices=[p.value for p in C.Precision])
+    parser.add_argument("--precision", default="int4", choices=[p.value for p in Precision])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=ROUTES)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             model = bundled_model()
         else:
             model = Path(args.model)
-        spec = C.ConvertSpec(model, work / "out", C.Precision(args.precision))
+        spec = ConvertSpec(model, work / "out", Precision(args.precision))
         runs = {
             "direct builder": lambda: _direct_builder(spec, work),
             "slmops builder": lambda: _slmops(spec, "builder"),

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from report_md import append, section
 
-from slmops.toolkit.stages import bench
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import bench, register
+from slmops.toolkit.stages.register_catalog import unregister
 
 LOW, HIGH = 0.9, 1.1  # Foundry Local / direct, first token and decode
 
@@ -59,7 +59,7 @@ def main() -> None:
     if min(args.rounds, args.repeats, args.prompt_tokens) < 1 or args.gen_tokens < 2:
         sys.exit("--rounds, --repeats and --prompt-tokens must be at least 1 and --gen-tokens at least 2")
 
-    registered = R.register(args.model_dir, args.name, force=True)
+    registered = register.register(args.model_dir, args.name, force=True)
     config = json.loads((Path(registered.path) / "genai_config.json").read_text())
     options = config["model"]["decoder"].get("session_options", {})
     print(f"registered {args.name}: threads {registered.threads.chosen}; session options {options}", flush=True)
@@ -77,7 +77,7 @@ def main() -> None:
             print(f"round {number}: first token {foundry.ttft_ms:.0f} / {direct.ttft_ms:.0f} ms ({first[-1]:.2f}x), "
                   f"decode {foundry.decode_tps:.1f} / {direct.decode_tps:.1f} tok/s ({decode[-1]:.2f}x)", flush=True)
     finally:
-        R.unregister(args.name)
+        unregister(args.name)
     summary = (f"Foundry Local / direct: first token {statistics.median(first):.2f}x ({min(first):.2f}-{max(first):.2f}) "
                f"-> {verdict(first).upper()}; decode {statistics.median(decode):.2f}x ({min(decode):.2f}-"
                f"{max(decode):.2f}) -> {verdict(decode).upper()} (target {LOW}-{HIGH}x; medians of {args.rounds} "

@@ -129,7 +129,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from slmops.toolkit.runtimes.foundry import models_root
+    from slmops.toolkit.runtimes.foundry_session import models_root
     from slmops.toolkit.stages import bench
 
     print(f"{'model':<14} {'prompt':>6} {'method':>8} {'foundry':>8} {'direct':>8} {'f/method':>9} {'d/method':>9}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from slmops.toolkit.domain.jinja_render import render_jinja
 from slmops.toolkit.domain.options import REPETITION_PENALTY
-from slmops.toolkit.runtimes.genai import readable_dir
+from slmops.toolkit.runtimes.genai_folders import readable_dir
 from slmops.toolkit.stages.checklist.cases import judge, load_cases
 
 MAX_NEW_TOKENS = 48

@@ -68,6 +68,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from llama_cpp_native import LLAMA_CPP_PYTHON, isa_cmake_args, require_tools, tools_root, unpack_sources
 
+from slmops.toolkit.runtimes.genai_folders import load
+
 GGUF = "0.19.0"
 #: llama-cpp-python's build for the quality venv: only its libraries, AMX left out (see isa_cmake_args).
 CMAKE_ARGS = "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF"
@@ -396,10 +398,10 @@ def setup_quality(venv: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     if subprocess.run([str(python), "-c", "import llama_cpp"], check=False, capture_output=True).returncode == 0:
         return
-    from slmops.toolkit.core import platform
+    from slmops.toolkit.core import system
 
     env = {**os.environ, "PIP_NO_CACHE_DIR": "1",
-           "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", " ".join([CMAKE_ARGS, *isa_cmake_args(platform.cpu_flags())])),
+           "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", " ".join([CMAKE_ARGS, *isa_cmake_args(system.cpu_flags())])),
            "CMAKE_BUILD_PARALLEL_LEVEL": os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))}
     print(f"Building llama-cpp-python {LLAMA_CPP_PYTHON} from source in {venv} (CMAKE_ARGS={env['CMAKE_ARGS']})",
           flush=True)
@@ -457,7 +459,7 @@ def measure_speed(tools, chosen: tuple[Pair, ...], models: Path, ggufs: dict[str
 
     tokenizer = Tokenizer.from_file(str(models / chosen[0].folder / "tokenizer.json"))
     prompt = tokenizer.encode(prompt_text(tokenizer, args.prompt_tokens), add_special_tokens=False).ids
-    loaded = {p.ours: genai.load(models / p.folder, args.threads) for p in chosen}
+    loaded = {p.ours: load(models / p.folder, args.threads) for p in chosen}
     for pair in chosen:  # warm-up: one untimed run of ours (llama-bench warms up itself)
         genai.time_generation(loaded[pair.ours], prompt, args.gen_tokens, repeats=1, warmup=0)
 
@@ -582,7 +584,7 @@ def main() -> None:
                         help="with --shapes: the prompt lengths of the sweep")
     args = parser.parse_args()
 
-    from slmops.toolkit.core import platform, settings
+    from slmops.toolkit.core import settings, system
 
     venv = args.llama_venv or settings.home() / "llama-cpp-venv"
     if args.setup or args.setup_quality:
@@ -626,8 +628,8 @@ def main() -> None:
                                                                     args.out, args.threads)
     speed = measure_speed(tools, timed, args.models, ggufs, args)
 
-    isa = machine_isa(platform.cpu_flags())
-    machine = (f"{platform.cpu_model()}; {', '.join(isa) or 'none of ' + ', '.join(ISA_SHOWN)}; "
+    isa = machine_isa(system.cpu_flags())
+    machine = (f"{system.cpu_model()}; {', '.join(isa) or 'none of ' + ', '.join(ISA_SHOWN)}; "
                f"{os.cpu_count()} CPUs; llama.cpp {tools.flavor} build ({' '.join(a for a in tools.cmake_args if 'GGML' in a)})")
     print()
     print(f"Same fine-tune ({hf.name}, {parameters:,} parameters); {args.prompt_tokens} prompt / {args.gen_tokens} "
@@ -651,7 +653,7 @@ def main() -> None:
     for goal in goals:
         print(f"quality: {goal['target']}: {goal['measured']} -> {goal['verdict'].upper()}")
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "hf_source": str(hf),
-              "parameters": parameters, "machine": machine, "cpu_model": platform.cpu_model(), "isa": isa,
+              "parameters": parameters, "machine": machine, "cpu_model": system.cpu_model(), "isa": isa,
               "llama_cpp_tools": {"flavor": str(tools.flavor), "cmake_args": list(tools.cmake_args),
                                   "llama_cpp_python_sdist": LLAMA_CPP_PYTHON},
               "settings": {"threads": args.threads, "prompt_tokens": args.prompt_tokens,

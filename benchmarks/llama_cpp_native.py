@@ -210,9 +210,9 @@ def probe(tools: Path, model: Path, threads: int = 2) -> tuple[bool, str]:
 
 def build(flavor: Flavor, source: Path, folder: Path, jobs: int) -> list[str]:
     """Configure and build :data:`TARGETS` of ``source`` into ``folder/build``; copy the binaries to ``folder/bin``."""
-    from slmops.toolkit.core import platform
+    from slmops.toolkit.core import system
 
-    args = cmake_args(flavor, platform.cpu_flags())
+    args = cmake_args(flavor, system.cpu_flags())
     build_dir = folder / "build"
     log = folder / "build.log"
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from slmops.toolkit.runtimes.genai_folders import load
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -129,7 +131,6 @@ def main() -> None:
     from tokenizers import Tokenizer
 
     from slmops.toolkit.domain.prompts import prompt_text
-    from slmops.toolkit.runtimes import genai
 
     first = next(iter(builds.values()))
     tokenizer = Tokenizer.from_file(str(first / "tokenizer.json"))
@@ -143,7 +144,7 @@ def main() -> None:
             kinds = sorted({(a["bits"], a["block_size"], a["accuracy_level"]) for a in attrs.values()})
             summary["matmulnbits"] = [{"bits": b, "block_size": s, "accuracy_level": a} for b, s, a in kinds]
             result[name] = summary
-    models = {name: genai.load(folder, args.threads) for name, folder in builds.items()}
+    models = {name: load(folder, args.threads) for name, folder in builds.items()}
     walls = prefill_ms(models, ids, args.runs)
     del models, og
     print(f"Prefill of {len(ids)} tokens, {args.threads} threads, {args.runs} profiled runs after one untimed; "

@@ -19,8 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slmops.toolkit.core import measure
-from slmops.toolkit.core import platform as system
+from slmops.toolkit.core import measure, system
 
 #: The instruction sets that decide quantized MatMul speed on a CPU (named as /proc/cpuinfo does).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")

@@ -42,8 +42,9 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.core.measure import available_mib
 from slmops.toolkit.domain import memory
 from slmops.toolkit.domain.options import Method, Precision
-from slmops.toolkit.stages import bench, convert
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import bench, convert, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_catalog import unregister
 from slmops.toolkit.weights.checkpoints import inspect_source
 from tests.models import make_shaped_model
 
@@ -114,7 +115,7 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
     print(f"{name}: builder's own int4: {row['baseline_int4']}", flush=True)
     for precision in precisions:
         out = work / "onnx" / name / precision
-        result = convert.convert(convert.ConvertSpec(model, out, Precision(precision)), progress=True)
+        result = convert.convert(ConvertSpec(model, out, Precision(precision)), progress=True)
         m = result.manifest
         checks = {check.build: check.figures for check in (m.parity.checks if m.parity else ())}
         figures = {"wall_s": m.wall_s, "peak_rss_mib": m.peak_rss_mib,
@@ -129,12 +130,12 @@ def measure_shape(name: str, work: Path, precisions: list[str], *, run_bench: bo
                    "kl": checks[precision].kl_divergence if precision in checks else None}
         if run_bench:
             registered = f"scale-{name}-{precision}".replace(".", "-")
-            R.register(out, registered, model_config=R.ModelConfig(threads=None), force=True)
+            register.register(out, registered, model_config=register.ModelConfig(threads=None), force=True)
             try:
                 rows = bench.bench([registered], engines=("foundry-local", "ort-genai"), prompt_lengths=[64],
                                    gen_lengths=[32], repeats=2, warmup=1, progress=False)
             finally:
-                R.unregister(registered)
+                unregister(registered)
             for r in rows:
                 key = "foundry" if r.engine == "foundry-local" else "direct"
                 figures |= {f"{key}_decode_tps": round(r.decode_tps, 1), f"{key}_ttft_ms": round(r.ttft_ms),

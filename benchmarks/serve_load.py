@@ -39,8 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llama_cpp_native import require_tools, tools_root
 from report_md import append, section
 
-from slmops.toolkit import endpoint as serve
+from slmops.toolkit.endpoint.cli import background, free_port
+from slmops.toolkit.endpoint.options import DEFAULT_BATCH_SIZE, DEFAULT_POLICY
 from slmops.toolkit.runtimes import foundry
+from slmops.toolkit.runtimes.batching import Policy
+from slmops.toolkit.runtimes.foundry_session import find_model
 
 PROMPTS = ("Name a colour.", "Say hello in French.", "What is two plus two?", "Name a planet.",
            "Give me a fruit.", "Name an ocean.", "Say something kind.", "Name a tree.",
@@ -89,7 +92,7 @@ class LlamaServer:
     """``llama-server`` on ``gguf`` in a child process (``-np`` slots, continuous batching, ``threads`` threads)."""
 
     def __init__(self, binary: Path, gguf: Path, slots: int, threads: int, context: int, log: Path) -> None:
-        self.port = serve.free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
                         "-np", str(slots), "-cb", "-t", str(threads), "-c", str(context * slots)]
@@ -116,7 +119,7 @@ class LlamaServer:
 
 def default_gguf(model: str) -> Path:
     """The Q4_0 GGUF of ``model``'s source beside the llama.cpp tools (``<source folder>-q4_0.gguf``)."""
-    folder = Path(foundry.find_model(model).get_path())
+    folder = Path(find_model(model).get_path())
     source = json.loads((folder / "manifest.json").read_text()).get("source_path", "")
     return tools_root() / f"{Path(source).name}-q4_0.gguf"
 
@@ -179,8 +182,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3, help="requests per client per level (default 3)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens each answer generates (default 64)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=serve.DEFAULT_BATCH_SIZE, help="ours (slmops serve)")
-    parser.add_argument("--schedule", default=serve.DEFAULT_POLICY, choices=list(serve.Policy), help="ours")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="ours (slmops serve)")
+    parser.add_argument("--schedule", default=DEFAULT_POLICY, choices=list(Policy), help="ours")
     parser.add_argument("--slots", type=int, default=8, help="llama-server's -np (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="llama-server's -t (ours: the registration's)")
     parser.add_argument("--no-today", action="store_true", help="skip the batch-size-0 baseline")
@@ -195,11 +198,11 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     runs: dict = {}
     with foundry.fixed_length_registration(args.model) as fixed, contextlib.ExitStack() as stack:
-        ours = stack.enter_context(serve.background([fixed], batch_size=args.batch_size, policy=args.schedule,
+        ours = stack.enter_context(background([fixed], batch_size=args.batch_size, policy=args.schedule,
                                                     max_queue=256, log_path=log_dir / "ours.log"))
         servers = {"ours": (ours.url, fixed, {"seed": 0}), "llama-server": (None, "q4_0", {"ignore_eos": True})}
         if not args.no_today:
-            today = stack.enter_context(serve.background([fixed], batch_size=0, max_queue=256,
+            today = stack.enter_context(background([fixed], batch_size=0, max_queue=256,
                                                          log_path=log_dir / "today.log"))
             servers["today"] = (today.url, fixed, {"seed": 0})
         llama = LlamaServer(tools.server, gguf, args.slots, args.threads, 512, log_dir / "llama-server.log")

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from report_md import append, section
 
-from slmops.toolkit.stages import bench
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import bench, register
+from slmops.toolkit.stages.register_catalog import unregister
 
 
 def main() -> None:
@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--markdown", metavar="FILE", help="append the rounds as a dated section of the benchmarks page")
     args = parser.parse_args()
 
-    auto = R.register(args.model_dir, "threads-bench-auto", model_config=R.ModelConfig(threads="auto"), force=True)
-    R.register(args.model_dir, "threads-bench-default", model_config=R.ModelConfig(threads=None), force=True)
+    auto = register.register(args.model_dir, "threads-bench-auto", model_config=register.ModelConfig(threads="auto"), force=True)
+    register.register(args.model_dir, "threads-bench-default", model_config=register.ModelConfig(threads=None), force=True)
     print(f"--threads auto chose {auto.threads.chosen}; probe: {list(auto.threads.probe)}")
     decode, ttft, table_rows = [], [], []
     try:
@@ -52,8 +52,8 @@ def main() -> None:
             print(f"round {number}: default {base.decode_tps:.1f} tok/s, first token {base.ttft_ms:.0f} ms; "
                   f"auto ({auto.threads.chosen} threads) {fast.decode_tps:.1f} tok/s, {fast.ttft_ms:.0f} ms")
     finally:
-        R.unregister("threads-bench-auto")
-        R.unregister("threads-bench-default")
+        unregister("threads-bench-auto")
+        unregister("threads-bench-default")
     print(f"--threads auto against the runtime's default: decode {statistics.median(decode):.2f}x, "
           f"time to first token {statistics.median(ttft):.2f}x (medians of {args.rounds} rounds)")
     append(args.markdown, section(

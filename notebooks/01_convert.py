@@ -15,12 +15,12 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 from IPython.display import Markdown, display
 
 from slmops.toolkit.domain import options
-from slmops.toolkit.orchestration import run as stages
+from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import plots, report
-from slmops.toolkit.stages import convert
+from slmops.toolkit.stages.convert_record import conversion_rows
 from slmops.widgets import ModelPicker, PrecisionPicker, RunPanel
 
-run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
+run = runs.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
 p = run.params
 model = ModelPicker(p.model_dir)
 picker = PrecisionPicker(p.precisions, recipe=p.int4_recipe,
@@ -40,13 +40,13 @@ display(model, picker) if run.interactive else (model.value, picker.value)
 # which is why its ratio sits well above ×0.125.
 
 # %%
-panel = RunPanel("convert", lambda: stages.convert(run, model=model.value, precisions=picker.value.precisions,
+panel = RunPanel("convert", lambda: run_stages.convert(run, model=model.value, precisions=picker.value.precisions,
                                                   int4=picker.value.int4),
                  show=lambda converted: (
-                     Markdown(stages.source_words(converted.source)),
+                     Markdown(run_stages.source_words(converted.source)),
                      report.figure(plots.plot_loss(converted.source.trained.losses), run.dir / "finetune_loss.png")
                      if converted.source.trained else None,
-                     report.table(convert.conversion_rows(converted.manifests)),
+                     report.table(conversion_rows(converted.manifests)),
                      report.figure(plots.plot_sizes(converted.manifests), run.dir / "sizes.png")),
                  then=[picker.refresh], interactive=run.interactive)
 display(panel) if run.interactive else None
@@ -62,10 +62,10 @@ converted = panel.run()
 # the precisions; press **Run recipes** once the builds exist.
 
 # %%
-recipes = RunPanel("recipes", lambda: stages.compare_recipes(run),
+recipes = RunPanel("recipes", lambda: run_stages.compare_recipes(run),
                    show=lambda results: (
                        report.table(results) if results else None,
-                       Markdown(stages.recipe_words(results, run)),
+                       Markdown(run_stages.recipe_words(results, run)),
                        report.figure(plots.plot_recipes(results), run.dir / "recipes.png") if results else None),
                    then=[picker.refresh], interactive=run.interactive)
 display(recipes) if run.interactive else None

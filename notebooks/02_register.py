@@ -12,15 +12,15 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 # %%
 from IPython.display import HTML, display
 
-from slmops.toolkit import endpoint as serve
-from slmops.toolkit.orchestration import run as stages
+from slmops.toolkit.endpoint.cli import ask_once, call_tool_once
+from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import checklist_tables, report
-from slmops.toolkit.stages import register
+from slmops.toolkit.stages.register_catalog import list_models
 from slmops.widgets import ChatBox, RunPanel, TemplatePicker
 
-run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
+run = runs.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
 picker = TemplatePicker(run.params.template, model_dir=run.models / run.params.precisions[0])
-chat = ChatBox(lambda: stages.registered_names(run), cache=run.cache, temperature=0)
+chat = ChatBox(lambda: run_stages.registered_names(run), cache=run.cache, temperature=0)
 display(picker if run.interactive else picker.value)
 
 # %% [markdown]
@@ -29,12 +29,12 @@ display(picker if run.interactive else picker.value)
 # probes thread counts, seconds per model; the bar counts the models.
 
 # %%
-panel = RunPanel("register", lambda: stages.register(run, template=picker.value.template,
+panel = RunPanel("register", lambda: run_stages.register(run, template=picker.value.template,
                                                     custom=picker.value.custom),
                  show=lambda registered: (
                      report.table(registered.models,
                                   ["name", "model_id", "precision", "template", "threads", "threads_speedup", "notes"]),
-                     report.table(register.list_models(run.cache))),
+                     report.table(list_models(run.cache))),
                  then=[chat.refresh], interactive=run.interactive)
 display(panel) if run.interactive else None
 registered = panel.run()
@@ -49,11 +49,11 @@ registered = panel.run()
 if run.interactive:
     display(chat)
 else:
-    chat.model = stages.registered_names(run, control=False)[-1]  # the smallest build, the one a run deploys
+    chat.model = run_stages.registered_names(run, control=False)[-1]  # the smallest build, the one a run deploys
     answer = chat.send("What is the capital of France?")
     display(HTML(chat.transcript_html()))
     chat.close()
-    print(checklist_tables.domain_fact_note(answer, stages.run_cases(run)))  # a general question: did the fine-tune forget?
+    print(checklist_tables.domain_fact_note(answer, run_stages.run_cases(run)))  # a general question: did the fine-tune forget?
 
 # %% [markdown]
 # ## Serve it to applications
@@ -63,7 +63,7 @@ else:
 # the run's last model, asks through the official `openai` client, and stops it.
 
 # %%
-endpoint = RunPanel("endpoint", lambda: serve.ask_once(stages.registered_names(run, control=False)[-1],
+endpoint = RunPanel("endpoint", lambda: ask_once(run_stages.registered_names(run, control=False)[-1],
                                                         "Name a city in France.", cache=run.cache),
                     show=print, interactive=run.interactive)
 display(endpoint) if run.interactive else None
@@ -77,8 +77,8 @@ answer = endpoint.run()
 # back as a `tool` message and the model answers from it.
 
 # %%
-tool = RunPanel("tool call", lambda: serve.call_tool_once(stages.registered_names(run, control=False)[0],
-                                                          stages.tool_case(run), cache=run.cache),
+tool = RunPanel("tool call", lambda: call_tool_once(run_stages.registered_names(run, control=False)[0],
+                                                          run_stages.tool_case(run), cache=run.cache),
                 show=lambda lines: print("\n".join(lines)), interactive=run.interactive)
 display(tool) if run.interactive else None
 tool_lines = tool.run()

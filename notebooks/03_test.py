@@ -15,17 +15,17 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 # %%
 from IPython.display import Markdown, display
 
-from slmops.toolkit.orchestration import run as stages
+from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import checklist_tables, plots, report
 from slmops.widgets import RunPanel
 
-run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
+run = runs.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
 # The models notebook 02 registered (read when the stage starts), FP32 as the reference, the base as control.
-panel = RunPanel("test", lambda: stages.test(run),
+panel = RunPanel("test", lambda: run_stages.test(run),
                  show=lambda summary: (
                      report.table(checklist_tables.summary_rows(summary)),
                      Markdown("## The negative control"),
-                     Markdown(stages.control_words(summary)),
+                     Markdown(run_stages.control_words(summary)),
                      report.table(checklist_tables.before_after(summary.control, summary.models[0])) if summary.control
                      else None,
                      Markdown("## What the fine-tune forgot\n\nGeneral questions the base model answers correctly "

@@ -17,13 +17,13 @@ run_file = "params.json"  # this run's parameters; papermill's injected paramete
 from IPython.display import Markdown, display
 
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.orchestration import run as stages
+from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import bench_text, compare, plots, report
 from slmops.toolkit.stages import checklist
 from slmops.widgets import RunPanel
 
-run = stages.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
-panel = RunPanel("benchmark", lambda: stages.bench(run),
+run = runs.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
+panel = RunPanel("benchmark", lambda: run_stages.bench(run),
                  show=lambda results: (
                      Markdown("\n".join(f"- {line}" for line in bench_text.summary_lines(
                          results, checklist.read_report(run.dir / "test.json"))

@@ -19,14 +19,14 @@ out_dir: str = ""  # folder for compare.html and compare.json; empty means RUN_B
 # %%
 from IPython.display import Markdown, display
 
-from slmops.toolkit.orchestration import run as stages
+from slmops.toolkit.orchestration import run_stages, runs
 from slmops.toolkit.presentation import report
 from slmops.widgets import RunPanel, RunPicker
 
-stages.show_errors_in_one_line()
-interactive = stages.waits_for_buttons(run_file, globals())  # papermill's injected parameters, if any, win
+runs.show_errors_in_one_line()
+interactive = runs.waits_for_buttons(run_file, globals())  # papermill's injected parameters, if any, win
 baseline = RunPicker(run_a, beside=run_b or run_file)  # the runs beside this one, offered
-panel = RunPanel("compare", lambda: stages.compare(baseline.value.folder, run_b, out_dir, run_file=run_file),
+panel = RunPanel("compare", lambda: run_stages.compare(baseline.value.folder, run_b, out_dir, run_file=run_file),
                  show=lambda result: (
                      Markdown(f"**{result.headline}**"),  # pass / warn / fail, agreeing with every table below
                      report.table(result.summary),

@@ -5,7 +5,7 @@ such as ``<!-- generated: cli -->`` gets the generated Markdown in its place:
 
 - ``cli``: every ``slmops`` command and option, read from the argparse parser itself
   (:func:`slmops.toolkit.cli.app.build_parser`), with the help and defaults ``--help`` prints;
-- ``params``: every run parameter of :class:`slmops.toolkit.domain.params.RunParams` (type,
+- ``params``: every run parameter of :class:`slmops.toolkit.domain.run_params.RunParams` (type,
   default, allowed values, help);
 - ``results``: every result file from its typed records (``slmops.toolkit.domain.results`` and
   ``compare.json``'s records): the version it is written at, its history and each field with
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from slmops.toolkit.cli import app
 from slmops.toolkit.cli.common import GROUP_TITLES, Group
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,8 +51,10 @@ MARKER = re.compile(r"^<!-- generated: (?P<what>[a-z]+) -->$", re.MULTILINE)
 #: order (a dotted name: a record another module defines).
 RESULT_FILES = (
     (("test.json",), "slmops.toolkit.domain.results.checklist_file",
-     ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "CheckResult", "Thresholds", "QualityRecord",
-      "RetentionEntry", "ControlResult", "Check", "Verdict", "Bound", "Unit")),
+     ("ChecklistFile", "ModelSummary", "RateSummary", "ModelSeries", "slmops.toolkit.domain.results.checklist.CheckResult",
+      "slmops.toolkit.domain.results.checklist.Thresholds", "slmops.toolkit.domain.results.checklist.QualityRecord", "RetentionEntry",
+      "slmops.toolkit.domain.results.checklist.ControlResult", "slmops.toolkit.domain.results.checklist.Check", "slmops.toolkit.domain.results.checklist.Verdict",
+      "slmops.toolkit.domain.results.checklist.Bound", "slmops.toolkit.domain.results.checklist.Unit")),
     (("bench.json", "bench.csv"), "slmops.toolkit.domain.results.bench",
      ("BenchFile", "BenchRow", "TimedRun", "EngineRatio", "EndpointRatio", "TtftLine", "CeilingRow")),
     (("registered.json",), "slmops.toolkit.domain.results.registration",

@@ -9,7 +9,8 @@ from pathlib import Path
 import ipywidgets as w
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_requests import Generation
 
 
 class ChatBox(w.VBox):

@@ -11,7 +11,7 @@ import ipywidgets as w
 import traitlets
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.stages.convert import check_source
+from slmops.toolkit.stages.convert_checks import check_source
 from slmops.toolkit.weights.bundled import bundled_model
 
 

@@ -15,7 +15,7 @@ import traitlets
 from IPython.display import display
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.orchestration.run import RUN_FILE
+from slmops.toolkit.orchestration.runs import RUN_FILE
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_int4(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     out = tmp_path_factory.mktemp("converted") / "int4"
     return convert(ConvertSpec(tiny_model, out, Precision.INT4), progress=False).output_dir

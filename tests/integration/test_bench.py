@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain.results.bench import NOISY_CV
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.presentation import plots
-from slmops.toolkit.stages import bench as B
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import bench, register
 from slmops.toolkit.weights.weight_summary import lookup_only_mb
 
 
 def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
-    R.register(tiny_int4, "tiny-bench", model_config=R.ModelConfig(threads=None))
-    rows = B.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_lengths=[8], repeats=3, warmup=1, progress=False)
+    register.register(tiny_int4, "tiny-bench", model_config=register.ModelConfig(threads=None))
+    rows = bench.bench(["tiny-bench"], prompt_lengths=[16, 64], gen_lengths=[8], repeats=3, warmup=1, progress=False)
     foundry = [r for r in rows if r.engine == "foundry-local"]
     direct = [r for r in rows if r.engine == "ort-genai"]
     assert [r.target_prompt_tokens for r in foundry] == [16, 64] == [r.target_prompt_tokens for r in direct]
@@ -36,11 +36,11 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
         assert row.precision == "int4" and row.repeats == 3 and row.target_gen_tokens == 8
         assert row.decode_tps > 0 and row.ttft_ms > 0 and row.e2e_ms >= row.ttft_ms
         assert 0 < row.tpot_ms_p50 <= row.tpot_ms_p90 and row.ttft_ms_p50 <= row.ttft_ms_p90  # latencies
-        assert row.noisy == (row.decode_cv > B.NOISY_CV)
+        assert row.noisy == (row.decode_cv > NOISY_CV)
         assert 20 < row.peak_rss_mib < 4000 and row.size_mb > 0 and row.load_s > 0 and row.load_rss_mib > 0
         assert row.cpu_percent > 10 and 0 <= row.system_cpu_percent <= 100  # ticks are 10 ms: tiny runs read 0
         assert 0 <= row.harness_overhead_pct < 100
-    report = B.write_results(rows, tmp_path)
+    report = bench.write_results(rows, tmp_path)
     assert report.metadata["versions"]["foundry-local-sdk"] == "2.2.1"
     assert report.metadata["physical_cores"] >= 1 and report.metadata["cpu"]
     assert [(r.model, r.target_prompt_tokens) for r in report.engine_ratios] == [("tiny-bench", 16),
@@ -63,24 +63,24 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
     stems = set(plots.bench_figures(report))
     assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mib", "tradeoff"}  # no sweeps asked
     assert json.loads((tmp_path / "bench.json").read_text())["schema_version"] == 2
-    assert B.read_results(tmp_path / "bench.json").rows == report.rows == tuple(rows)
+    assert bench.read_results(tmp_path / "bench.json").rows == report.rows == tuple(rows)
 
 
 def test_bench_sweeps_generation_lengths_and_threads(tiny_int4: Path, tmp_path: Path) -> None:
-    reg = R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads=2))
+    reg = register.register(tiny_int4, "tiny-threads", model_config=register.ModelConfig(threads=2))
     config = json.loads((reg.path / "genai_config.json").read_text())
     assert config["model"]["decoder"]["session_options"]["intra_op_num_threads"] == 2
     assert "threads" not in config["search"]
-    assert B.configured_threads(tiny_int4) == 0  # the source folder is untouched
-    rows = B.bench(["tiny-threads"], prompt_lengths=[16], gen_lengths=[4, 12], threads=[1, 2], repeats=2, warmup=0,
+    assert bench.configured_threads(tiny_int4) == 0  # the source folder is untouched
+    rows = bench.bench(["tiny-threads"], prompt_lengths=[16], gen_lengths=[4, 12], threads=[1, 2], repeats=2, warmup=0,
                    progress=False)
     cells = sorted((r.engine, r.target_gen_tokens, r.threads) for r in rows)
     assert cells == [("foundry-local", 4, 2), ("foundry-local", 12, 2), ("ort-genai", 4, 1), ("ort-genai", 4, 2),
                      ("ort-genai", 12, 1), ("ort-genai", 12, 2)]
     assert [r.gen_tokens for r in rows if r.engine == "ort-genai"] == [4, 12, 4, 12]
-    report = B.write_results(rows, tmp_path)
+    report = bench.write_results(rows, tmp_path)
     # Foundry runs with its registered 2 threads, so it is compared with the direct engine at 2 threads only.
     assert [(r.target_gen_tokens, r.threads) for r in report.engine_ratios] == [(4, 2), (12, 2)]
     assert {"latency_vs_generation", "decode_vs_threads"} <= set(plots.bench_figures(report))
     with pytest.raises(Exception, match="threads"):
-        R.register(tiny_int4, "tiny-threads-bad", model_config=R.ModelConfig(threads=0))
+        register.register(tiny_int4, "tiny-threads-bad", model_config=register.ModelConfig(threads=0))

@@ -10,11 +10,15 @@ from typing import NamedTuple
 import jsonschema
 import pytest
 
-from slmops.toolkit import endpoint as serve
 from slmops.toolkit.domain import datasets
+from slmops.toolkit.domain.options import Precision
+from slmops.toolkit.endpoint.cli import background
 from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages import bench, convert, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_catalog import list_models, unregister
 from slmops.toolkit.weights.checkpoints import inspect_source
 
 #: The bundled model and its fine-tune take minutes to build: ``make test`` starts this file first, on a worker
@@ -67,7 +71,7 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
 
     from slmops.toolkit.domain import templates
 
-    int8 = convert.convert(convert.ConvertSpec(bundled, tmp_path / "int8" / "int8", convert.Precision.INT8,
+    int8 = convert.convert(ConvertSpec(bundled, tmp_path / "int8" / "int8", Precision.INT8,
                                                quantize_from=fp32_int4.folder / "fp32"), progress=False)
     assert int8.manifest.weights.parameters.keys() == {"int8"} and int8.manifest.quantized_from is not None
     assert int8.manifest.size_ratio_vs_fp32 < 0.3  # estimated FP32: 134.5M parameters x 4 bytes
@@ -85,8 +89,8 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
         other = templates.render(templates.PRESETS[templates.Template.PHI3], messages)
         assert len(tokenizer.encode(other, add_special_tokens=False).ids) != answer.prompt_tokens
         assert register.register(folder, name).model_id == f"{name}:1"  # re-register in place
-        register.unregister(name)
-        assert name not in {row["name"] for row in register.list_models()}
+        unregister(name)
+        assert name not in {row["name"] for row in list_models()}
 
 
 def reg_strings(folder: Path):
@@ -132,7 +136,9 @@ TUNED = "veloria-tools-fp32"
 
 @pytest.fixture(scope="module")
 def tuned(bundled: Path, tmp_path_factory: pytest.TempPathFactory):
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
     from slmops.toolkit.stages.finetune import bundled_adapter
 
     adapter = bundled_adapter(bundled, progress=False).adapter
@@ -140,7 +146,7 @@ def tuned(bundled: Path, tmp_path_factory: pytest.TempPathFactory):
                   progress=False).output_dir
     examples = datasets.load_dataset()
     registration = register.register(out, TUNED, tool_probe=datasets.tool_probe(examples))
-    with serve.background([TUNED]) as running:
+    with background([TUNED]) as running:
         yield registration, running, examples
 
 
@@ -155,7 +161,7 @@ def _valid(call, offered: list[dict]) -> dict:
 @pytest.mark.slow
 def test_the_fine_tune_calls_through_the_openai_client(tuned) -> None:
     registration, endpoint, examples = tuned
-    assert registration.tool_calling.supports and foundry.find_model(TUNED).supports_tool_calling
+    assert registration.tool_calling.supports and find_model(TUNED).supports_tool_calling
     case = datasets.tool_probe(examples)
     offered, want = case["tools"], case["expect"]["call"]
     client = endpoint.client()
@@ -209,7 +215,7 @@ def test_tool_choice_named_required_and_none_are_honoured(tuned) -> None:
 @pytest.mark.slow
 def test_the_python_api_keeps_a_call_in_the_conversation_and_answers_its_result(tuned) -> None:
     """LoadedModel.chat, read as slmops chat reads it: up to the Generation, then the tool's result."""
-    from slmops.toolkit.runtimes.foundry import Generation
+    from slmops.toolkit.runtimes.foundry_requests import Generation
 
     _, _, examples = tuned
     case = datasets.tool_probe(examples)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit import cli
-from slmops.toolkit.domain import sources as S
+from slmops.toolkit.domain import sources
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.weights import checkpoints
 from tests.unit.test_checkpoints import as_bin
@@ -26,6 +26,6 @@ def test_a_bin_model_is_read_weights_only_and_converts_without_a_crash(tiny_mode
     assert "x FP32" in capsys.readouterr().out
     source = checkpoints.inspect_source(folder)
     assert (source.parameters, source.largest_tensor) == (reference.parameters, reference.largest_tensor) > (0, 0)
-    assert S.weight_files(folder) == [folder / "pytorch_model.bin"]
+    assert sources.weight_files(folder) == [folder / "pytorch_model.bin"]
     sharded = checkpoints.inspect_source(as_bin(tiny_model, tmp_path / "bin-sharded", shards=2))
     assert sharded.parameters == reference.parameters

@@ -18,15 +18,15 @@ def test_cli_convert_register_ls_doctor(tiny_model: Path, tmp_path: Path, capsys
     assert "tiny-cli:1" in listing and "int4" in listing
     assert cli.main(["doctor", str(out.parent.parent / "nope")]) == 1
     assert "FAIL  folder" in capsys.readouterr().out
-    from slmops.toolkit.runtimes.foundry import models_root
+    from slmops.toolkit.runtimes.foundry_session import models_root
 
     assert cli.main(["doctor", str(models_root() / "tiny-cli")]) == 0
     assert "FAIL" not in capsys.readouterr().out
 
 
 def test_cli_register_custom_file_and_rm(tiny_int4: Path, tmp_path: Path, capsys) -> None:
-    from slmops.toolkit.runtimes.foundry import models_root
-    from slmops.toolkit.stages.register import list_models
+    from slmops.toolkit.runtimes.foundry_session import models_root
+    from slmops.toolkit.stages.register_catalog import list_models
 
     strings = tmp_path / "t.json"
     strings.write_text('{"system": "S:{Content}\\n", "user": "U:{Content}\\n", "assistant": "A:{Content}\\n", '

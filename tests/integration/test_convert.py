@@ -8,27 +8,28 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core import workers
+from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import (
     InsufficientMemoryError,
 )
-from slmops.toolkit.domain.options import INT4_RECIPES
+from slmops.toolkit.domain.options import INT4_RECIPES, Method, Precision
 from slmops.toolkit.domain.results.conversion import read_conversions, read_manifest
 from slmops.toolkit.runtimes import genai
-from slmops.toolkit.stages import convert as C
-from slmops.toolkit.stages import convert_checks
+from slmops.toolkit.stages import convert, convert_checks
+from slmops.toolkit.stages.convert_plan import OLIVE_CONFIG, ConvertSpec
 from tests.unit.test_convert import spec
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, precision: str) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / precision, precision=C.Precision(precision)), progress=False)
+    result = convert.convert(spec(tiny_model, tmp_path / precision, precision=Precision(precision)), progress=False)
     files = {p.name for p in result.output_dir.iterdir()}
     assert {"genai_config.json", "model.onnx", "tokenizer.json", "manifest.json"} <= files
     manifest = read_manifest(result.output_dir)
     assert manifest == result.manifest  # what was written is what the one reader reads back
     assert manifest.precision == precision and manifest.method == "builder"
     assert manifest.peak_rss_mib > 50 and manifest.wall_s > 0
-    assert manifest.size_mb == pytest.approx(C.dir_size_mb(result.output_dir) - 0.002, abs=0.01)
+    assert manifest.size_mb == pytest.approx(dir_size_mb(result.output_dir) - 0.002, abs=0.01)
     assert manifest.versions["onnxruntime-genai"] == "0.14.1"
     assert len(manifest.source_fingerprint) == 16
     assert [p.name for p in tmp_path.iterdir()] == [precision]  # no scratch left
@@ -37,13 +38,13 @@ def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, preci
 def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny_model: Path, tmp_path: Path) -> None:
     import onnx
 
-    int8 = C.convert(spec(tiny_model, tmp_path / "int8", precision=C.Precision.INT8), progress=False)
+    int8 = convert.convert(spec(tiny_model, tmp_path / "int8", precision=Precision.INT8), progress=False)
     graph = onnx.load(str(int8.output_dir / "model.onnx"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {8}
     assert int8.manifest.weights.parameters.keys() == {"int8"}  # embeddings and LM head too
     assert int8.manifest.quantizer.bits == 8
-    int4 = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False)
+    int4 = convert.convert(spec(tiny_model, tmp_path / "int4"), progress=False)
     assert int4.manifest.weights.lm_head == "int4" and int4.manifest.weights.embeddings == "fp32"
     assert int4.manifest.quantizer.lm_head_with_body  # the builder's INT4, made tensor by tensor
 
@@ -67,7 +68,7 @@ def test_builder_route_int4_equals_the_builders_own_int4(tmp_path: Path, tied: b
     from tests.models import make_tiny_model
 
     model = make_tiny_model(tmp_path / "m", tie_embeddings=tied, seed=3)
-    ours = C.convert(spec(model, tmp_path / "ours"), progress=False).output_dir
+    ours = convert.convert(spec(model, tmp_path / "ours"), progress=False).output_dir
     own = workers.python_module("onnxruntime_genai.models.builder", "-i", str(model), "-o", str(tmp_path / "own"),
                                 "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "cache"),
                                 "--extra_options", "hf_token=false", "hf_remote=false")
@@ -96,16 +97,16 @@ def test_a_conversion_that_would_not_fit_is_refused_before_anything_starts(
     monkeypatch.setattr(convert_checks, "available_mib", lambda: 50.0)  # a machine with 50 MiB free
     out = tmp_path / "models" / "int4"
     with pytest.raises(InsufficientMemoryError) as refused:
-        C.convert_all(tiny_model, ["fp32", "int4"], tmp_path / "models", progress=False)
+        convert.convert_all(tiny_model, ["fp32", "int4"], tmp_path / "models", progress=False)
     message = str(refused.value)
     assert "needs about" in message and "0.0 GiB is available" in message and "Nothing was started" in message
     assert "--skip-memory-check" in message and "more memory" in message
     assert not (tmp_path / "models").exists()
     with pytest.raises(InsufficientMemoryError, match="use --method builder"):
-        C.convert(spec(tiny_model, out, method=C.Method.OLIVE), progress=False)
+        convert.convert(spec(tiny_model, out, method=Method.OLIVE), progress=False)
     assert not out.exists()
     # The user may insist: the prediction is still recorded, marked unchecked.
-    done = C.convert(spec(tiny_model, out), progress=False, memory_check=False)
+    done = convert.convert(spec(tiny_model, out), progress=False, memory_check=False)
     assert done.manifest.memory.checked is False
 
 
@@ -118,7 +119,7 @@ def tied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: Path) -> None:
 
-    manifests = C.convert_all(tied_model, ["int4", "fp32"], tmp_path, int4=INT4_RECIPES["int8-head"],
+    manifests = convert.convert_all(tied_model, ["int4", "fp32"], tmp_path, int4=INT4_RECIPES["int8-head"],
                               progress=False)
     fp32, int4 = manifests  # FP32 is built first whatever the order asked
     assert fp32.precision == "fp32" and int4.fp32_size_from.startswith("measured")
@@ -136,7 +137,7 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
 def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:
     from slmops.toolkit.weights.checkpoints import inspect_source
 
-    m = C.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
+    m = convert.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
     assert m.fp32_size_from.startswith("estimated")
     assert m.fp32_size_mb == pytest.approx(inspect_source(tiny_model).parameters * 4 / 1e6, abs=0.01)
     assert m.size_vs_tutorial == pytest.approx(m.size_ratio_vs_fp32 / 0.125, abs=0.01)
@@ -145,16 +146,16 @@ def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["olive", "olive-config"])
 def test_olive_routes_convert_for_real(tiny_model: Path, tmp_path: Path, method: str) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / method, method=C.Method(method)), progress=False)
+    result = convert.convert(spec(tiny_model, tmp_path / method, method=Method(method)), progress=False)
     assert (result.output_dir / "genai_config.json").is_file()
     assert result.manifest.method == method
     if method == "olive-config":
-        assert (result.output_dir / C.OLIVE_CONFIG).is_file()
+        assert (result.output_dir / OLIVE_CONFIG).is_file()
     assert not list(tmp_path.glob(".*"))  # Olive's cache went with the scratch folder
 
 
 def test_fp16_builds_for_a_gpu_provider(tiny_model: Path, tmp_path: Path) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / "fp16", precision=C.Precision.FP16, execution_provider="cuda"),
+    result = convert.convert(spec(tiny_model, tmp_path / "fp16", precision=Precision.FP16, execution_provider="cuda"),
                        progress=False)
     assert result.manifest.execution_provider == "cuda"
     assert result.manifest.weights.parameters.keys() == {"fp16"}
@@ -167,7 +168,7 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
 
     from tests.models import make_tiny_model
 
-    manifests = C.convert_all(tiny_model, ["int4", "fp32", "int8"], tmp_path / "run", progress=False)
+    manifests = convert.convert_all(tiny_model, ["int4", "fp32", "int8"], tmp_path / "run", progress=False)
     fp32 = str((tmp_path / "run" / "fp32").resolve())
     by_precision = {m.precision: m for m in manifests}
     assert read_conversions(tmp_path / "run" / "convert.json") == manifests  # written once, read by its one reader
@@ -177,7 +178,7 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
         assert not any("slmops.toolkit.runtimes.genai_builder" in c for c in made.commands)  # no export
         assert [c.build for c in made.parity.checks] == [precision]  # the FP32 passed its own check
     # The same bytes as an INT4 quantized from a fresh export.
-    fresh = C.convert(C.ConvertSpec(tiny_model, tmp_path / "fresh", C.Precision.INT4), progress=False)
+    fresh = convert.convert(ConvertSpec(tiny_model, tmp_path / "fresh", Precision.INT4), progress=False)
     assert fresh.manifest.quantized_from is None
 
     def digest(folder: Path) -> str:
@@ -186,5 +187,5 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
     assert digest(tmp_path / "run" / "int4") == digest(fresh.output_dir)
     # An FP32 build of another model is not used: the export runs.
     other = make_tiny_model(tmp_path / "other" / "qwen2", seed=1)
-    spec = C.ConvertSpec(other, tmp_path / "other-int4", C.Precision.INT4, quantize_from=tmp_path / "run" / "fp32")
-    assert C.convert(spec, progress=False).manifest.quantized_from is None
+    spec = ConvertSpec(other, tmp_path / "other-int4", Precision.INT4, quantize_from=tmp_path / "run" / "fp32")
+    assert convert.convert(spec, progress=False).manifest.quantized_from is None

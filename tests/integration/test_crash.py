@@ -19,9 +19,9 @@ import pytest
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import DiskFullError
 from slmops.toolkit.domain.results.conversion import read_manifest
-from slmops.toolkit.runtimes.foundry import models_root
-from slmops.toolkit.stages import convert as C
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.runtimes.foundry_session import models_root
+from slmops.toolkit.stages import convert, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from tests.unit.test_crash import SLMOPS, debris, run_until_killed
 
 
@@ -35,7 +35,7 @@ def digest(folder: Path) -> dict[str, str]:
 def built(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished int4 build: the 'earlier result' every crash must leave alone."""
     out = tmp_path_factory.mktemp("crash") / "int4"
-    C.convert(C.ConvertSpec(tiny_model, out), progress=False)
+    convert.convert(ConvertSpec(tiny_model, out), progress=False)
     return out
 
 
@@ -55,7 +55,7 @@ def test_a_conversion_killed_at_any_point_keeps_the_earlier_build(built: Path, t
     assert not debris(built.parent)  # ...and the next run removes it, putting back what was moved aside
     if point != "swap-in-place":
         assert digest(built) == before
-    C.convert(C.ConvertSpec(tiny_model, built), progress=False)  # and converting again works
+    convert.convert(ConvertSpec(tiny_model, built), progress=False)  # and converting again works
 
 
 @pytest.mark.parametrize("after_s", [1.0, 3.0])
@@ -75,7 +75,7 @@ def test_a_conversion_killed_at_a_random_moment_keeps_the_earlier_build_and_its_
             break
         time.sleep(0.2)
     assert not orphans, [p.info["cmdline"] for p in orphans]
-    C.convert(C.ConvertSpec(tiny_model, built), progress=False)
+    convert.convert(ConvertSpec(tiny_model, built), progress=False)
     assert not debris(built.parent)  # the new conversion cleaned up after the dead one
 
 
@@ -83,7 +83,7 @@ def test_a_conversion_killed_at_a_random_moment_keeps_the_earlier_build_and_its_
                                    "register-catalog"])
 def test_a_registration_killed_at_any_point_keeps_the_earlier_one(tiny_int4: Path, point: str) -> None:
     name = f"crashy-{point.replace(':', '-').replace('.', '')}"
-    R.register(tiny_int4, name, version=1)
+    register.register(tiny_int4, name, version=1)
     folder = models_root() / name
     before = digest(folder)
     done = run_until_killed(["register", str(tiny_int4), "--name", name, "--temperature", "0.2"], crash_at=point)
@@ -111,7 +111,7 @@ def test_a_registration_onto_a_full_disk_is_a_clear_error_and_changes_nothing(
     free = shutil.disk_usage(small_disk).free
     (small_disk / "filler").write_bytes(b"\0" * int(free - needed / 2))
     with pytest.raises(DiskFullError, match="No space left"):
-        R.register(tiny_int4, "too-big", cache=cache)
+        register.register(tiny_int4, "too-big", cache=cache)
     assert sorted(os.listdir(root)) == ["kept"] and (root / "kept" / "marker.txt").read_text()
     assert sorted(os.listdir(small_disk)) == ["cache", "filler"]
 
@@ -126,5 +126,5 @@ def test_a_conversion_whose_disk_fills_while_writing_keeps_the_earlier_build(
 
     monkeypatch.setattr(artifacts.os, "fsync", no_space)
     with pytest.raises(DiskFullError, match="manifest.json"):
-        C.convert(C.ConvertSpec(tiny_model, built), progress=False)
+        convert.convert(ConvertSpec(tiny_model, built), progress=False)
     assert digest(built) == before and not debris(built.parent)

@@ -25,7 +25,9 @@ def _drop_eos(folder: Path, *, tokenizer: bool = False) -> None:
 
 
 def test_a_config_without_eos_converts_with_the_tokenizers_eos(tiny_model: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     source = tmp_path / "no-eos"
     subprocess.run(["cp", "-r", str(tiny_model), str(source)], check=True)

@@ -103,7 +103,8 @@ def _build(command: list[str], log: Path) -> None:
 
 
 def _builder_command(model_dir: Path, out: Path, cache: Path) -> list[str]:
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, builder_command
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert_plan import ConvertSpec, builder_command
 
     return builder_command(ConvertSpec(model_dir, out, Precision.FP32), out, cache)
 
@@ -156,7 +157,9 @@ def test_per_layer_rope_the_builder_cannot_build_is_refused_in_one_line(tmp_path
 @pytest.mark.parametrize(("family", "method"), [("gemma2", "olive")])
 def test_the_olive_routes_build_them_exactly_through_the_parity_gate(family: str, method: str, tmp_path: Path) -> None:
     """Olive's in-process builder gets the same fixes (slmops.toolkit.runtimes.olive_cli), and the gate proves it."""
-    from slmops.toolkit.stages.convert import ConvertSpec, Method, Precision, convert
+    from slmops.toolkit.domain.options import Method, Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     source = make_family_model(tmp_path / "hf", family)
     result = convert(ConvertSpec(source, tmp_path / "fp32", Precision.FP32, Method(method)), progress=False)

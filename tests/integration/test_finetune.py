@@ -15,10 +15,11 @@ from safetensors.numpy import save_file
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
+from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.domain.results.finetune import read_finetune
 from slmops.toolkit.presentation import checklist_tables
-from slmops.toolkit.stages import checklist, convert, finetune
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import checklist, convert, finetune, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.adapter_merge import merged_folder
 from tests.unit.test_finetune import LINE
@@ -65,7 +66,7 @@ def test_two_processes_asking_for_one_fine_tune_at_once_train_it_once(tiny_model
 
 def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_adapter: finetune.FinetuneResult,
                                                                            tmp_path: Path) -> None:
-    result = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", convert.Precision.FP32),
+    result = convert.convert(ConvertSpec(tiny_adapter.adapter, tmp_path / "fp32", Precision.FP32),
                              progress=False)
     adapter = result.manifest.adapter
     assert adapter.rank == 4 and adapter.merge_route == adapters.MERGE_ROUTE
@@ -78,7 +79,7 @@ def test_an_adapter_converts_merged_and_matches_the_merged_pytorch_model(tiny_ad
     # The merged folder is an ordinary HF model, kept and reused; the INT4 build uses it too.
     merged = merged_folder(inspect_adapter(tiny_adapter.adapter))
     assert (merged / "config.json").is_file() and result.manifest.source_path == str(merged)
-    int4 = convert.convert(convert.ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", convert.Precision.INT4),
+    int4 = convert.convert(ConvertSpec(tiny_adapter.adapter, tmp_path / "int4", Precision.INT4),
                            progress=False)
     assert int4.manifest.adapter.fingerprint == adapter.fingerprint
     assert [c.build for c in int4.manifest.parity.checks] == ["fp32", "int4"]
@@ -120,7 +121,7 @@ def test_bad_adapters_are_refused_before_anything_is_written(tiny_adapter: finet
 
 
 def test_heldout_cases_are_scored_apart_and_the_base_is_a_control(tiny_int4: Path, tmp_path: Path) -> None:
-    R.register(tiny_int4, "tiny-control", model_config=R.ModelConfig(threads=None))
+    register.register(tiny_int4, "tiny-control", model_config=register.ModelConfig(threads=None))
     cases = datasets.cases(datasets.load_dataset())
     report = checklist.run_checklist("tiny-control", cases=cases["trained"][:3] + cases["heldout"][:2], requests=0,
                                      lengths=[8], progress=False)
@@ -147,7 +148,7 @@ def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
     from slmops.toolkit.stages.checklist import quality
 
     monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
-    R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None))
+    register.register(tiny_int4, "tiny-kept", model_config=register.ModelConfig(threads=None))
     cases = datasets.cases(datasets.load_dataset())
     chosen = cases["trained"][:2] + cases["heldout"][:1]
     asked = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
@@ -159,14 +160,14 @@ def test_a_kept_control_is_read_back_only_for_the_same_model_files_and_cases(
 
     monkeypatch.setattr(quality, "generation", nothing_asked)
     # Registered again as the next demo run does (new records with new times, the same files): read back.
-    R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None), force=True)
+    register.register(tiny_int4, "tiny-kept", model_config=register.ModelConfig(threads=None), force=True)
     kept = checklist.run_control("tiny-kept", chosen, progress=False, keep=True)
     assert kept.answers == asked.answers and kept.trained_total == 2 and kept.kept_from
     assert f"answers asked at {kept.kept_from}, kept" in checklist_tables.control_verdict(kept)
     # Other cases, or the model's files changed (here its search settings, as a new registration writes them): asked.
     monkeypatch.setattr(quality, "generation", real_generation)
     assert checklist.run_control("tiny-kept", chosen[:2], progress=False, keep=True).kept_from == ""
-    R.register(tiny_int4, "tiny-kept", model_config=R.ModelConfig(threads=None, max_length=64), force=True)
+    register.register(tiny_int4, "tiny-kept", model_config=register.ModelConfig(threads=None, max_length=64), force=True)
     assert checklist.run_control("tiny-kept", chosen, progress=False, keep=True).kept_from == ""
 
 
@@ -190,9 +191,9 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
     assert source.parameters > 0 and source.tied_embeddings == (variant == "tied")
     if "sharded" in variant:
         assert len(list(folder.glob("*.safetensors"))) > 1
-    result = convert.convert(convert.ConvertSpec(folder, tmp_path / "int4", convert.Precision.INT4), progress=False)
+    result = convert.convert(ConvertSpec(folder, tmp_path / "int4", Precision.INT4), progress=False)
     assert result.manifest.parameters == source.parameters and result.size_mb > 0
-    R.register(result.output_dir, f"tiny-{variant}", model_config=R.ModelConfig(threads=None))
+    register.register(result.output_dir, f"tiny-{variant}", model_config=register.ModelConfig(threads=None))
     from slmops.toolkit.runtimes.foundry import LoadedModel
 
     with LoadedModel(f"tiny-{variant}") as loaded:

@@ -17,11 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import jinja_render
-from slmops.toolkit.domain import params as P
+from slmops.toolkit.domain import jinja_render, run_params
 from slmops.toolkit.orchestration import pipeline
-from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_requests import Generation
 from slmops.toolkit.stages import register
+from slmops.toolkit.stages.convert_checks import validate
+from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_catalog import validate_name
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -42,14 +45,14 @@ def listing(folder: Path) -> list[str]:
 @given(name=st.one_of(hostile_text, st.text(max_size=80)))
 def test_names_are_accepted_only_when_safe(name: str) -> None:
     try:
-        assert register.validate_name(name) == name
+        assert validate_name(name) == name
     except InputError:
         return
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) and ".." not in name
 
 
 @FUZZ
-@given(mapping=st.dictionaries(st.sampled_from([f.name for f in fields(P.RunParams)]) | hostile_text, json_values,
+@given(mapping=st.dictionaries(st.sampled_from([f.name for f in fields(run_params.RunParams)]) | hostile_text, json_values,
                                max_size=5))
 def test_params_files_are_refused_with_the_parameter_named_or_fully_valid(mapping: dict, tmp_path: Path) -> None:
     file = tmp_path / "params.yaml"
@@ -60,9 +63,9 @@ def test_params_files_are_refused_with_the_parameter_named_or_fully_valid(mappin
     except InputError:
         assert listing(tmp_path) == before
         return
-    parsed = P.parse({k: v for k, v in loaded.items() if k != "sweep"})
+    parsed = run_params.parse({k: v for k, v in loaded.items() if k != "sweep"})
     for name, value in parsed.as_dict().items():
-        P.check_value(name, value)  # every accepted value has its parameter's type and range
+        run_params.check_value(name, value)  # every accepted value has its parameter's type and range
     assert listing(tmp_path) == before
 
 
@@ -236,7 +239,6 @@ def test_a_damaged_adapter_folder_is_checked_or_refused_in_one_line(lora_adapter
     """The checks ``convert`` runs on an adapter before it merges anything (the merge itself is not fuzzed: seconds)."""
     import tempfile
 
-    from slmops.toolkit.stages import convert
     from tests.integration.test_hostile import snapshot
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,7 +247,7 @@ def test_a_damaged_adapter_folder_is_checked_or_refused_in_one_line(lora_adapter
         what = damage(adapter, draw, ["adapter_config.json", "adapter_model.safetensors"])
         before, out = snapshot(adapter), Path(tmp) / "out"
         try:
-            convert.validate(convert.ConvertSpec(adapter, out, base=tiny_model))
+            validate(ConvertSpec(adapter, out, base=tiny_model))
         except InputError as exc:
             assert "\n" not in str(exc), what
         assert snapshot(adapter) == before and not out.exists(), what

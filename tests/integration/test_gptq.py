@@ -16,7 +16,8 @@ from slmops.toolkit.weights.quantize import quantize
 
 @pytest.fixture(scope="module")
 def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmops.toolkit.stages.convert import ConvertSpec, convert
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     out = tmp_path_factory.mktemp("fp32") / "fp32"
     return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
@@ -50,7 +51,8 @@ def test_gptq_build_is_closer_to_fp32_than_round_to_nearest_at_the_same_plan(tin
 
 @pytest.mark.slow
 def test_algorithm_gptq_reaches_the_quantizer_through_convert(tiny_model: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.stages.convert import ConvertSpec, convert, quant_plan
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec, quant_plan
 
     options = Int4Options(algorithm=Int4Algorithm.GPTQ, lm_head="int8", embeddings="int8", mix="v-all-down-more-bits")
     assert not options.builder_native

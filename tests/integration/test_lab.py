@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit import cli
-from slmops.toolkit.orchestration import run as stages
-from slmops.toolkit.orchestration import workspace
+from slmops.toolkit.orchestration import run_stages, runs, workspace
 
 
 def _verdicts(test_json: Path) -> dict[tuple[str, str, str], str]:
@@ -43,11 +42,11 @@ def test_the_cli_run_and_an_interactive_run_give_the_same_verdicts(tiny_model: P
     # values (here the run file's own).
     made = workspace.create(tmp_path / "lab", params)
     monkeypatch.chdir(made.folder)
-    run = stages.open_run("params.json", {})
-    stages.convert(run, model=str(tiny_model), precisions=["fp32", "int4"], int4=recipe_options(run.params.int4_recipe))
-    registered = stages.register(run, template="auto")
+    run = runs.open_run("params.json", {})
+    run_stages.convert(run, model=str(tiny_model), precisions=["fp32", "int4"], int4=recipe_options(run.params.int4_recipe))
+    registered = run_stages.register(run, template="auto")
     assert registered.names == ["labsame-fp32", "labsame-int4", "labsame-base"]  # the chat box's choices
-    interactive = stages.test(run)
+    interactive = run_stages.test(run)
     cli_run = json.loads((tmp_path / "cli" / "test.json").read_text())
     lab_run = json.loads((made.folder / "test.json").read_text())
     assert _verdicts(tmp_path / "cli" / "test.json") == _verdicts(made.folder / "test.json")

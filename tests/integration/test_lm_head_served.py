@@ -6,12 +6,13 @@ from pathlib import Path
 
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import register
+from slmops.toolkit.stages.register_catalog import unregister
 from slmops.toolkit.weights.lm_head import ALL_POSITIONS, is_pruned
 
 
 def test_the_registered_graph_is_pruned_and_the_full_one_answers_for_every_position(tiny_int4: Path) -> None:
-    reg = R.register(tiny_int4, "tiny-served", model_config=R.ModelConfig(threads=None))
+    reg = register.register(tiny_int4, "tiny-served", model_config=register.ModelConfig(threads=None))
     try:
         assert is_pruned(reg.path / "model.onnx") and not is_pruned(reg.path / ALL_POSITIONS)
         assert not is_pruned(tiny_int4 / "model.onnx")  # the converted folder keeps its graph
@@ -24,4 +25,4 @@ def test_the_registered_graph_is_pruned_and_the_full_one_answers_for_every_posit
             parts = list(served_model.chat("hello", max_tokens=3, temperature=0))
         assert parts and parts[-1].prompt_tokens > 0
     finally:
-        R.unregister("tiny-served")
+        unregister("tiny-served")

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import ParityError
+from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.orchestration import doctor
-from slmops.toolkit.stages import convert as C
+from slmops.toolkit.stages import convert
+from slmops.toolkit.stages.convert_plan import ConvertSpec, builder_command
 from tests.models import make_tiny_model
 
 
@@ -22,12 +24,12 @@ def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_build_that_differs_from_its_source_is_refused(tiny_model: Path, other_model: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The fault injected around the builder: it is handed other weights than the source's."""
-    real = C.builder_command
-    monkeypatch.setattr(C, "builder_command", lambda spec, out, cache, *rest: real(
-        C.ConvertSpec(other_model, spec.output_dir, spec.precision), out, cache, *rest))
+    real = builder_command
+    monkeypatch.setattr(convert, "builder_command", lambda spec, out, cache, *rest: real(
+        ConvertSpec(other_model, spec.output_dir, spec.precision), out, cache, *rest))
     target = tmp_path / "models" / "fp32"
     with pytest.raises(ParityError) as caught:
-        C.convert(C.ConvertSpec(tiny_model, target, C.Precision.FP32), progress=False)
+        convert.convert(ConvertSpec(tiny_model, target, Precision.FP32), progress=False)
     message = str(caught.value)
     assert "Qwen2ForCausalLM" in message and "top-1 agreement" in message and "Nothing was put in place" in message
     assert "\n" not in message
@@ -35,7 +37,7 @@ def test_a_build_that_differs_from_its_source_is_refused(tiny_model: Path, other
 
 
 def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> None:
-    result = C.convert(C.ConvertSpec(tiny_model, tmp_path / "int8", C.Precision.INT8), progress=False)
+    result = convert.convert(ConvertSpec(tiny_model, tmp_path / "int8", Precision.INT8), progress=False)
     gate = result.manifest.parity
     assert gate.verdict == "pass"
     fp32, int8 = gate.checks  # the FP32 model the quantizer started from, then the build itself
@@ -54,7 +56,7 @@ def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> N
 
 def test_each_phase_of_the_check_runs_alone_and_the_gate_records_its_peak(tiny_model: Path, tmp_path: Path) -> None:
     """The reference, the FP32 model (ONNX Runtime, weights as written) and the build (GenAI): one child each."""
-    result = C.convert(C.ConvertSpec(tiny_model, tmp_path / "int8", C.Precision.INT8), progress=False)
+    result = convert.convert(ConvertSpec(tiny_model, tmp_path / "int8", Precision.INT8), progress=False)
     gate = result.manifest.parity
     steps = gate.steps_mib
     assert set(steps) == {"fp32 (onnxruntime)", "int8 (onnxruntime-genai)"} | (

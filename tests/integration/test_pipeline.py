@@ -91,7 +91,7 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     check_report_in_chromium(index, "report_index")
     registered = read_registered(tmp_path / "run" / "registered.json")  # what notebooks 03 and 04 took their models from
     assert all(type(r.threads) is int and r.threads >= 1 for r in registered)  # --threads auto chose
-    from slmops.toolkit.runtimes.foundry import find_model
+    from slmops.toolkit.runtimes.foundry_session import find_model
 
     # The control answers with the threads its FP32 sibling was given (the same graph: the probe is read back).
     control_config = json.loads((Path(find_model("tinypipe-base").get_path()) / "genai_config.json").read_text())

@@ -14,7 +14,8 @@ from slmops.toolkit.weights.quantize import quantize
 
 @pytest.fixture(scope="module")
 def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmops.toolkit.stages.convert import ConvertSpec, convert
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     out = tmp_path_factory.mktemp("fp32") / "fp32"
     return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
@@ -63,7 +64,8 @@ def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_q
 
 
 def test_the_mixed_recipe_reaches_the_quantizer_through_convert(tiny_model: Path, tmp_path: Path) -> None:
-    from slmops.toolkit.stages.convert import ConvertSpec, convert, quant_plan
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec, quant_plan
 
     options = INT4_RECIPES["mixed"]
     assert quant_plan(ConvertSpec(tiny_model, tmp_path, Precision.INT4, int4=options)).mix == str(options.mix)
@@ -87,13 +89,12 @@ def test_a_recipe_the_parity_gate_refuses_stays_in_the_comparison_and_is_never_r
     from slmops.toolkit.domain import parity
     from slmops.toolkit.domain.results.recipes import read_recipes
     from slmops.toolkit.orchestration import recipes
-    from slmops.toolkit.stages import convert as convert_stage
 
     real_build, usual = recipes.build, parity.QUANTIZED
 
     def strict_for_compact(prepared, **kwargs):  # a fault injected into the real gate: compact's build cannot pass
         strict = prepared.spec.output_dir.name == "compact"
-        monkeypatch.setattr(convert_stage.parity, "QUANTIZED", parity.Tolerance(min_top1=1.01) if strict else usual)
+        monkeypatch.setattr(parity, "QUANTIZED", parity.Tolerance(min_top1=1.01) if strict else usual)
         return real_build(prepared, **kwargs)
 
     monkeypatch.setattr(recipes, "build", strict_for_compact)

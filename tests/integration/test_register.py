@@ -14,11 +14,15 @@ from slmops.toolkit.core.errors import (
     InvalidPromptError,
     ModelNotFoundError,
     RegistrationError,
+    TemplateError,
 )
-from slmops.toolkit.domain import templates as T
+from slmops.toolkit.domain import templates
 from slmops.toolkit.domain.results.registration import ThreadSetting, read_registration
-from slmops.toolkit.runtimes.foundry import LoadedModel, models_root
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_session import models_root
+from slmops.toolkit.stages import register
+from slmops.toolkit.stages.register_catalog import list_models, unregister
+from slmops.toolkit.stages.register_threads import pick_threads, probe_counts
 
 
 def snapshot(folder: Path) -> dict[str, float]:
@@ -26,7 +30,7 @@ def snapshot(folder: Path) -> dict[str, float]:
 
 
 def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> None:
-    reg = R.register(tiny_int4, "tiny-layout")
+    reg = register.register(tiny_int4, "tiny-layout")
     assert reg.model_id == "tiny-layout:1"
     assert reg.path == cache / "models" / "custom" / "tiny-layout"
     info = json.loads((reg.path / "inference_model.json").read_text())
@@ -37,7 +41,7 @@ def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> No
     tokenizer_config = json.loads((reg.path / "tokenizer_config.json").read_text())
     assert tokenizer_config["chat_template"] == (reg.path / "chat_template.jinja").read_text()
     assert json.loads((reg.path / "genai_config.json").read_text())["search"]["max_length"] == 512
-    rows = {row["name"]: row for row in R.list_models()}
+    rows = {row["name"]: row for row in list_models()}
     assert rows["tiny-layout"]["registered"] and rows["tiny-layout"]["folder"]
     assert rows["tiny-layout"]["precision"] == "int4"
 
@@ -45,27 +49,27 @@ def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> No
 def test_the_runtime_receives_the_chosen_template(tiny_int4: Path) -> None:
     from tokenizers import Tokenizer
 
-    R.register(tiny_int4, "tiny-phi3", template="phi3")
+    register.register(tiny_int4, "tiny-phi3", template="phi3")
     messages = [{"role": "user", "content": "capital of France"}]
     with LoadedModel("tiny-phi3") as model:
         generation = model.generate(messages, max_tokens=4)
-    expected = T.render(T.PRESETS[T.Template.PHI3], messages)
+    expected = templates.render(templates.PRESETS[templates.Template.PHI3], messages)
     tokens = Tokenizer.from_file(str(tiny_int4 / "tokenizer.json")).encode(expected, add_special_tokens=False)
     assert generation.prompt_tokens == len(tokens.ids)
     assert generation.completion_tokens == 4 and generation.finish_reason == "length"
 
 
 def test_reregister_updates_and_other_model_needs_force(tiny_int4: Path, tmp_path: Path) -> None:
-    R.register(tiny_int4, "tiny-again")
-    R.register(tiny_int4, "tiny-again", template="chatml")
+    register.register(tiny_int4, "tiny-again")
+    register.register(tiny_int4, "tiny-again", template="chatml")
     other = tmp_path / "other"
     shutil.copytree(tiny_int4, other)
     before = snapshot(models_root() / "tiny-again")
     with pytest.raises(RegistrationError, match="--force"):
-        R.register(other, "tiny-again")
+        register.register(other, "tiny-again")
     assert snapshot(models_root() / "tiny-again") == before
-    assert R.register(other, "tiny-again", force=True).name == "tiny-again"
-    v2 = R.register(other, "tiny-again", version=2, force=True)
+    assert register.register(other, "tiny-again", force=True).name == "tiny-again"
+    v2 = register.register(other, "tiny-again", version=2, force=True)
     assert v2.model_id == "tiny-again:2"
 
 
@@ -73,20 +77,20 @@ def test_reregister_updates_and_other_model_needs_force(tiny_int4: Path, tmp_pat
 def test_unsafe_names_are_refused_with_nothing_written(tiny_int4: Path, name: str) -> None:
     before = snapshot(models_root())
     with pytest.raises(InvalidNameError):
-        R.register(tiny_int4, name)
+        register.register(tiny_int4, name)
     assert snapshot(models_root()) == before
 
 
 def test_bad_model_config_is_refused(tiny_int4: Path) -> None:
     with pytest.raises(InvalidOptionError, match="context"):
-        R.register(tiny_int4, "tiny-long", model_config=R.ModelConfig(max_length=100_000))
+        register.register(tiny_int4, "tiny-long", model_config=register.ModelConfig(max_length=100_000))
     with pytest.raises(InvalidOptionError, match="top_p"):
-        R.register(tiny_int4, "tiny-topp", model_config=R.ModelConfig(max_length=256, top_p=0))
+        register.register(tiny_int4, "tiny-topp", model_config=register.ModelConfig(max_length=256, top_p=0))
     assert not (models_root() / "tiny-long").exists()
 
 
 def test_chat_is_multi_turn_and_resettable(tiny_int4: Path) -> None:
-    R.register(tiny_int4, "tiny-chat")
+    register.register(tiny_int4, "tiny-chat")
     with LoadedModel("tiny-chat") as model:
         first = list(model.chat("hello", system="Be brief.", max_tokens=3, temperature=0))
         second = list(model.chat("again", max_tokens=3, temperature=0))
@@ -102,9 +106,9 @@ def test_chat_is_multi_turn_and_resettable(tiny_int4: Path) -> None:
 def test_unknown_model_and_unregister(tiny_int4: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="slmops register"):
         LoadedModel("never-registered")
-    R.register(tiny_int4, "tiny-gone")
-    R.unregister("tiny-gone")
-    assert "tiny-gone" not in {row["name"] for row in R.list_models()}
+    register.register(tiny_int4, "tiny-gone")
+    unregister("tiny-gone")
+    assert "tiny-gone" not in {row["name"] for row in list_models()}
     assert not (models_root() / "tiny-gone").exists()
 
 
@@ -116,16 +120,16 @@ def test_hostile_or_broken_model_templates_change_nothing(tiny_int4: Path, tmp_p
     (hostile / "tokenizer_config.json").write_text(json.dumps(config))
     (hostile / "chat_template.jinja").unlink(missing_ok=True)  # it wins over tokenizer_config.json, as in transformers
     before = snapshot(models_root())
-    with pytest.raises(T.TemplateError):
-        R.register(hostile, "tiny-hostile")
-    with pytest.raises(T.TemplateError, match="exactly once"):
-        R.register(tiny_int4, "tiny-badcustom", template="custom",
-                   custom_template=T.PromptTemplate("S", "U{Content}", "A{Content}", "P{Content}"))
+    with pytest.raises(TemplateError):
+        register.register(hostile, "tiny-hostile")
+    with pytest.raises(TemplateError, match="exactly once"):
+        register.register(tiny_int4, "tiny-badcustom", template="custom",
+                   custom_template=templates.PromptTemplate("S", "U{Content}", "A{Content}", "P{Content}"))
     assert snapshot(models_root()) == before
 
 
 def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
-    reg = R.register(tiny_int4, "tiny-config", model_config=R.ModelConfig(temperature=0.2, top_p=0.5,
+    reg = register.register(tiny_int4, "tiny-config", model_config=register.ModelConfig(temperature=0.2, top_p=0.5,
                                                                           repetition_penalty=1.3))
     search = json.loads((reg.path / "genai_config.json").read_text())["search"]
     assert (search["max_length"], search["temperature"], search["top_p"], search["repetition_penalty"]) == \
@@ -133,20 +137,20 @@ def test_model_config_reaches_the_runtime_files(tiny_int4: Path) -> None:
 
 
 def test_threads_auto_probes_each_count_and_writes_the_fastest(tiny_int4: Path) -> None:
-    reg = R.register(tiny_int4, "tiny-threads")  # auto is the default
+    reg = register.register(tiny_int4, "tiny-threads")  # auto is the default
     probe = reg.threads.probe
-    assert [row.threads for row in probe] == R.probe_counts() and all(row.decode_tps > 0 for row in probe)
-    assert reg.threads.chosen == R.pick_threads(list(probe)) >= 1 and reg.model_config.threads == reg.threads.chosen
+    assert [row.threads for row in probe] == probe_counts() and all(row.decode_tps > 0 for row in probe)
+    assert reg.threads.chosen == pick_threads(list(probe)) >= 1 and reg.model_config.threads == reg.threads.chosen
     session = json.loads((reg.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert session["intra_op_num_threads"] == reg.threads.chosen
     record = read_registration(reg.path).threads
     assert record.chosen == reg.threads.chosen and record.probe == tuple(probe)
-    plain = R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads=None))  # back to the default
+    plain = register.register(tiny_int4, "tiny-threads", model_config=register.ModelConfig(threads=None))  # back to the default
     session = json.loads((plain.path / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
     assert "intra_op_num_threads" not in session and plain.threads is None
-    assert R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads=3)).model_config.threads == 3
+    assert register.register(tiny_int4, "tiny-threads", model_config=register.ModelConfig(threads=3)).model_config.threads == 3
     with pytest.raises(InvalidOptionError, match="threads"):
-        R.register(tiny_int4, "tiny-threads", model_config=R.ModelConfig(threads="fast"))
+        register.register(tiny_int4, "tiny-threads", model_config=register.ModelConfig(threads="fast"))
 
 
 def test_doctor_finds_truncated_nested_and_unloadable_models(tiny_int4: Path, tmp_path: Path) -> None:
@@ -177,7 +181,7 @@ def test_doctor_finds_truncated_nested_and_unloadable_models(tiny_int4: Path, tm
 def test_chat_box_streams_keeps_history_and_resets(tiny_int4: Path) -> None:
     from slmops.widgets import ChatBox
 
-    R.register(tiny_int4, "tiny-box")
+    register.register(tiny_int4, "tiny-box")
     box = ChatBox("tiny-box", max_tokens=3, temperature=0)
     try:
         answer = box.send("hello")
@@ -200,8 +204,8 @@ def test_a_thread_probe_is_reused_for_the_same_graph_only(tiny_int4: Path, tmp_p
     def threads(name: str) -> ThreadSetting:
         return read_registration(models_root() / name).threads
 
-    R.register(tiny_int4, "probe-a")  # --threads auto, the default
-    R.register(tiny_int4, "probe-b")
+    register.register(tiny_int4, "probe-a")  # --threads auto, the default
+    register.register(tiny_int4, "probe-b")
     first, second = threads("probe-a"), threads("probe-b")
     assert second.reused_probe and (second.chosen, second.probe) == (first.chosen, first.probe)
     other = tmp_path / "other"  # the same weights behind another graph: probed anew
@@ -209,7 +213,7 @@ def test_a_thread_probe_is_reused_for_the_same_graph_only(tiny_int4: Path, tmp_p
     graph = onnx.load(str(other / "model.onnx"), load_external_data=False)
     graph.doc_string = "another graph"
     onnx.save(graph, str(other / "model.onnx"))
-    R.register(other, "probe-c")
+    register.register(other, "probe-c")
     assert threads("probe-c").reused_probe is False
     for name in ("probe-a", "probe-b", "probe-c"):
-        R.unregister(name)
+        unregister(name)

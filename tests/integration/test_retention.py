@@ -20,8 +20,10 @@ from tests.scripted_models import make_scripted_model
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A scripted base that answers "Paris is the capital", and a scripted fine-tune that answers "brown fox"."""
+    from slmops.toolkit.domain.options import Precision
     from slmops.toolkit.stages import register
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     work = tmp_path_factory.mktemp("retention")
     names = []

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow  # each converts a tiny model (about 10 s)
 
 
 def _fp32(tmp_path: Path, family: str) -> Path:
-    from slmops.toolkit.stages.convert import ConvertSpec, convert
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     hf = make_family_model(tmp_path / "hf", family)
     return convert(ConvertSpec(hf, tmp_path / "fp32", Precision.FP32), progress=False).output_dir

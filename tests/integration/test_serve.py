@@ -15,10 +15,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from slmops.toolkit import endpoint as serve
 from slmops.toolkit.core.errors import InputError, ModelNotFoundError
-from slmops.toolkit.stages import bench
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.endpoint.app import create_app
+from slmops.toolkit.endpoint.cli import Endpoint, background, check_options
+from slmops.toolkit.stages import bench, register
 
 MODEL = "tiny-serve"
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
@@ -26,8 +26,8 @@ ASK = [{"role": "user", "content": "Tell me about the sea."}]
 
 @pytest.fixture(scope="module")
 def endpoint(tiny_int4: Path):
-    R.register(tiny_int4, MODEL)
-    with serve.background([MODEL]) as running:
+    register.register(tiny_int4, MODEL)
+    with background([MODEL]) as running:
         yield running
 
 
@@ -41,7 +41,7 @@ def _post(url: str, body: str | bytes, *extra: str) -> tuple[int, dict]:
     return int(status), json.loads(text)
 
 
-def test_sync_client_answers_with_usage_and_finish_reason(endpoint: serve.Endpoint) -> None:
+def test_sync_client_answers_with_usage_and_finish_reason(endpoint: Endpoint) -> None:
     client = endpoint.client()
     assert [m.id for m in client.models.list().data] == [MODEL]
     answer = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=12, temperature=0)
@@ -54,7 +54,7 @@ def test_sync_client_answers_with_usage_and_finish_reason(endpoint: serve.Endpoi
     assert again.choices[0].message.content == choice.message.content  # greedy is repeatable
 
 
-def test_without_max_tokens_an_answer_may_fill_the_context_and_chat_caps_its_default(endpoint: serve.Endpoint) -> None:
+def test_without_max_tokens_an_answer_may_fill_the_context_and_chat_caps_its_default(endpoint: Endpoint) -> None:
     """The runtime's own default (2048 tokens) does not fit a 512-token model: every plain call got a 500."""
     from slmops.toolkit.runtimes.foundry import LoadedModel
 
@@ -68,7 +68,7 @@ def test_without_max_tokens_an_answer_may_fill_the_context_and_chat_caps_its_def
         assert reply.prompt_tokens + reply.completion_tokens <= context
 
 
-def test_streaming_matches_the_plain_answer(endpoint: serve.Endpoint) -> None:
+def test_streaming_matches_the_plain_answer(endpoint: Endpoint) -> None:
     client = endpoint.client()
     plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=16, temperature=0)
     chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=16, temperature=0,
@@ -81,7 +81,7 @@ def test_streaming_matches_the_plain_answer(endpoint: serve.Endpoint) -> None:
     assert len({c.id for c in chunks}) == 1
 
 
-def test_sampling_options_and_stop(endpoint: serve.Endpoint) -> None:
+def test_sampling_options_and_stop(endpoint: Endpoint) -> None:
     client = endpoint.client()
 
     def ask(**options):
@@ -96,7 +96,7 @@ def test_sampling_options_and_stop(endpoint: serve.Endpoint) -> None:
     assert cut.finish_reason == "stop" and len(cut.message.content) < len(greedy)
 
 
-def test_concurrent_async_clients_get_their_own_answers(endpoint: serve.Endpoint) -> None:
+def test_concurrent_async_clients_get_their_own_answers(endpoint: Endpoint) -> None:
     prompts = [f"Item {i}: describe a {word}." for i, word in enumerate(["cat", "ship", "cloud", "stone", "tree"])]
     client = endpoint.client()
     alone = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=10,
@@ -118,7 +118,7 @@ def test_concurrent_async_clients_get_their_own_answers(endpoint: serve.Endpoint
     assert asyncio.run(together()) == alone * 2  # never interleaved inside one generation
 
 
-def test_curl_streams_server_sent_events(endpoint: serve.Endpoint) -> None:
+def test_curl_streams_server_sent_events(endpoint: Endpoint) -> None:
     body = json.dumps({"model": MODEL, "messages": ASK, "max_tokens": 5, "temperature": 0, "stream": True})
     out = subprocess.run(["curl", "-sN", "-H", "Content-Type: application/json", "-d", body,
                           f"{endpoint.url}/chat/completions"], capture_output=True, text=True, check=True).stdout
@@ -157,7 +157,7 @@ def test_curl_streams_server_sent_events(endpoint: serve.Endpoint) -> None:
     (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "word " * 400}]}), 400, "messages"),
     (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}), 413, None),
 ])
-def test_bad_requests_get_json_errors_and_the_server_keeps_serving(endpoint: serve.Endpoint, body: str,
+def test_bad_requests_get_json_errors_and_the_server_keeps_serving(endpoint: Endpoint, body: str,
                                                                     status: int, param: str | None) -> None:
     got, answer = _post(endpoint.url, body)
     assert got == status, answer
@@ -167,7 +167,7 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(endpoint: ser
     assert ok == 200 and after["choices"][0]["message"]["content"] is not None
 
 
-def test_unknown_routes_and_methods_are_json_errors(endpoint: serve.Endpoint) -> None:
+def test_unknown_routes_and_methods_are_json_errors(endpoint: Endpoint) -> None:
     for command, status in ((["curl", "-s", "-w", "\n%{http_code}", f"{endpoint.url}/embeddings"], 404),
                             (["curl", "-s", "-w", "\n%{http_code}", f"{endpoint.url}/chat/completions"], 405)):
         text, code = subprocess.run(command, capture_output=True, text=True, check=True).stdout.rsplit("\n", 1)
@@ -176,23 +176,23 @@ def test_unknown_routes_and_methods_are_json_errors(endpoint: serve.Endpoint) ->
         endpoint.client().chat.completions.create(model="nope", messages=ASK)
 
 
-def test_a_non_loopback_host_needs_a_key_and_the_key_is_checked(endpoint: serve.Endpoint) -> None:
+def test_a_non_loopback_host_needs_a_key_and_the_key_is_checked(endpoint: Endpoint) -> None:
     with pytest.raises(InputError, match="--api-key"):
-        serve.check_options([MODEL], "0.0.0.0", 8000, None)
+        check_options([MODEL], "0.0.0.0", 8000, None)
     with pytest.raises(InputError, match="api-key"):
-        serve.check_options([MODEL], "0.0.0.0", 8000, " ")
+        check_options([MODEL], "0.0.0.0", 8000, " ")
     with pytest.raises(ModelNotFoundError):
-        serve.check_options(["nope"], "127.0.0.1", 8000, None)
-    with serve.background([MODEL], api_key="s3cret") as keyed:
+        check_options(["nope"], "127.0.0.1", 8000, None)
+    with background([MODEL], api_key="s3cret") as keyed:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=keyed.url, api_key="wrong", max_retries=0).models.list()
         assert [m.id for m in keyed.client().models.list().data] == [MODEL]
 
 
-def test_503_while_the_model_loads(endpoint: serve.Endpoint) -> None:
+def test_503_while_the_model_loads(endpoint: Endpoint) -> None:
     from fastapi.testclient import TestClient
 
-    app = serve.create_app([MODEL])  # without entering its lifespan nothing has loaded yet
+    app = create_app([MODEL])  # without entering its lifespan nothing has loaded yet
     client = TestClient(app)
     answer = client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK})
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
@@ -201,8 +201,8 @@ def test_503_while_the_model_loads(endpoint: serve.Endpoint) -> None:
     assert client.get("/v1/models").json()["data"][0]["status"] == "loading"
 
 
-def test_sigterm_lets_in_flight_requests_finish(endpoint: serve.Endpoint) -> None:
-    with serve.background([MODEL]) as running:
+def test_sigterm_lets_in_flight_requests_finish(endpoint: Endpoint) -> None:
+    with background([MODEL]) as running:
         client = running.client()
         started = threading.Event()
         results: dict[int, list[str]] = {}
@@ -230,7 +230,7 @@ def test_sigterm_lets_in_flight_requests_finish(endpoint: serve.Endpoint) -> Non
     assert "Traceback" not in log and "in-flight requests finished, models unloaded" in log
 
 
-def test_bench_endpoint_engine_measures_the_same_prompts(endpoint: serve.Endpoint, tmp_path: Path) -> None:
+def test_bench_endpoint_engine_measures_the_same_prompts(endpoint: Endpoint, tmp_path: Path) -> None:
     rows = bench.bench([MODEL], engines=("foundry-local", "endpoint"), endpoint=(endpoint.url, endpoint.api_key),
                        prompt_lengths=[32], gen_lengths=[8], repeats=2, warmup=1, progress=False)
     by_engine = {r.engine: r for r in rows}
@@ -244,7 +244,7 @@ def test_bench_endpoint_engine_measures_the_same_prompts(endpoint: serve.Endpoin
         bench.bench([MODEL], engines=("endpoint",))
 
 
-def test_response_format_constrains_even_a_random_model(endpoint: serve.Endpoint) -> None:
+def test_response_format_constrains_even_a_random_model(endpoint: Endpoint) -> None:
     import jsonschema
 
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},

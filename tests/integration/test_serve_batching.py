@@ -19,11 +19,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from slmops.toolkit import endpoint as serve
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
+from slmops.toolkit.endpoint.cli import background, run
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import register
 from slmops.toolkit.weights import lm_head
 
 MODEL = "tiny-batch"
@@ -188,8 +188,8 @@ def test_stop_text_holds_back_a_possible_start_and_cuts_at_the_sequence() -> Non
 @pytest.fixture(scope="module")
 def endpoints(tiny_int4: Path):
     """The batched endpoint (batch size 4) and today's (batch size 0: each request on Foundry Local in turn)."""
-    R.register(tiny_int4, MODEL)
-    with serve.background([MODEL], batch_size=4) as batched, serve.background([MODEL], batch_size=0) as single:
+    register.register(tiny_int4, MODEL)
+    with background([MODEL], batch_size=4) as batched, background([MODEL], batch_size=0) as single:
         yield batched, single
 
 
@@ -237,7 +237,7 @@ def test_concurrent_clients_get_their_answers_alone_and_foundry_locals(endpoints
 
 def test_serve_refuses_a_bad_batch_size_or_policy_before_loading(endpoints) -> None:
     with pytest.raises(InputError, match="--batch-size"):
-        serve.run([MODEL], batch_size=-1)
+        run([MODEL], batch_size=-1)
     with pytest.raises(InputError, match="--schedule"):
-        serve.run([MODEL], policy="fastest")
+        run([MODEL], policy="fastest")
     assert [str(p) for p in Policy] == ["prefill-first", "decode-first"]

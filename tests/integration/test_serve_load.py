@@ -18,10 +18,13 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from slmops.toolkit import endpoint as serve
 from slmops.toolkit.core.errors import FoundryRequestError
+from slmops.toolkit.endpoint.app import create_app
+from slmops.toolkit.endpoint.cli import Endpoint, background, free_port
+from slmops.toolkit.endpoint.hosts import ModelState
+from slmops.toolkit.endpoint.options import DEFAULT_HOST
 from slmops.toolkit.runtimes import foundry
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import register
 
 KEY = "load-key"
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
@@ -31,13 +34,15 @@ LONG = 4000  # tokens: seconds of generation on this model; a short answer is mi
 @pytest.fixture(scope="module")
 def long_model(tmp_path_factory: pytest.TempPathFactory):
     """The registered name of a tiny model with an 8,192-token context that always generates ``max_tokens``."""
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
     from tests.models import make_tiny_model
 
     source = make_tiny_model(tmp_path_factory.mktemp("long") / "qwen2", context=8192)
     built = convert(ConvertSpec(source, tmp_path_factory.mktemp("long-int4") / "int4", Precision.INT4),
                     progress=False).output_dir
-    R.register(built, "tiny-long")
+    register.register(built, "tiny-long")
     with foundry.fixed_length_registration("tiny-long") as name:
         yield name
 
@@ -46,7 +51,7 @@ def long_model(tmp_path_factory: pytest.TempPathFactory):
 def busy(long_model: str, tmp_path_factory: pytest.TempPathFactory):
     """The endpoint with a key, a batch of one (decoded by the batching engine), a queue of one and an access log."""
     log = tmp_path_factory.mktemp("busy") / "serve.log"
-    with serve.background([long_model], api_key=KEY, max_queue=1, log_requests=True, log_path=log,
+    with background([long_model], api_key=KEY, max_queue=1, log_requests=True, log_path=log,
                           batch_size=1) as running:
         yield running
 
@@ -55,7 +60,7 @@ def _chat(model: str, max_tokens: int = 2, **extra) -> dict:
     return {"model": model, "messages": ASK, "max_tokens": max_tokens, "temperature": 0, **extra}
 
 
-def _client(endpoint: serve.Endpoint, **options) -> httpx.Client:
+def _client(endpoint: Endpoint, **options) -> httpx.Client:
     return httpx.Client(base_url=endpoint.url, headers={"Authorization": f"Bearer {endpoint.api_key}"},
                         timeout=60, **options)
 
@@ -75,11 +80,11 @@ def _wait_for(condition, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
-def _health(endpoint: serve.Endpoint, model: str) -> dict:
+def _health(endpoint: Endpoint, model: str) -> dict:
     return httpx.get(endpoint.url.removesuffix("/v1") + "/health").json()["models"][model]
 
 
-def test_after_every_error_the_same_connection_serves_the_next_request(busy: serve.Endpoint, long_model: str) -> None:
+def test_after_every_error_the_same_connection_serves_the_next_request(busy: Endpoint, long_model: str) -> None:
     """A 500 used to be followed by uvicorn closing the connection: the next request was reset, 8 of 20 times."""
     kinds = {
         "400 invalid JSON": lambda c: c.post("/chat/completions", content=b"{not json"),
@@ -110,14 +115,14 @@ def test_after_every_error_the_same_connection_serves_the_next_request(busy: ser
 @pytest.fixture
 def inproc(long_model: str):
     """The endpoint's application in this process under a real uvicorn (so the runtime can be made to fail)."""
-    app = serve.create_app([long_model])
-    port = serve.free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host=serve.DEFAULT_HOST, port=port, log_level="critical"))
+    app = create_app([long_model])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=DEFAULT_HOST, port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: server.started and app.state.hosts[long_model].state is serve.ModelState.READY, 60)
-        yield f"http://{serve.DEFAULT_HOST}:{port}/v1", app.state.hosts[long_model]
+        _wait_for(lambda: server.started and app.state.hosts[long_model].state is ModelState.READY, 60)
+        yield f"http://{DEFAULT_HOST}:{port}/v1", app.state.hosts[long_model]
     finally:
         server.should_exit = True
         thread.join(timeout=60)
@@ -152,11 +157,11 @@ def test_a_500_keeps_the_connection_too(inproc, long_model: str, monkeypatch: py
             assert served == 40 and len(peers) == 1, kind
 
 
-def _start_long(endpoint: serve.Endpoint, model: str, stream: bool) -> socket.socket:
+def _start_long(endpoint: Endpoint, model: str, stream: bool) -> socket.socket:
     """Send a long request on a raw socket (a client that can leave at any moment), return once it generates."""
     body = json.dumps(_chat(model, LONG, stream=stream)).encode()
     port = int(endpoint.url.rsplit(":", 1)[1].split("/")[0])
-    sock = socket.create_connection((serve.DEFAULT_HOST, port))
+    sock = socket.create_connection((DEFAULT_HOST, port))
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  + f"Authorization: Bearer {endpoint.api_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
     _wait_for(lambda: _health(endpoint, model)["in_flight"] == 1)
@@ -164,7 +169,7 @@ def _start_long(endpoint: serve.Endpoint, model: str, stream: bool) -> socket.so
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
-def test_a_client_that_leaves_frees_the_model_for_the_next(busy: serve.Endpoint, long_model: str,
+def test_a_client_that_leaves_frees_the_model_for_the_next(busy: Endpoint, long_model: str,
                                                           stream: bool) -> None:
     """A plain request's generation used to run to its end after its client left (the next waited seconds)."""
     with _client(busy) as client:
@@ -195,7 +200,7 @@ def test_a_client_that_leaves_frees_the_model_for_the_next(busy: serve.Endpoint,
     assert freed_ms < min(1000, full_s * 1000 / 3)  # the target is 150 ms; generous on a shared machine
 
 
-def test_past_the_queue_bound_a_503_with_retry_after(busy: serve.Endpoint, long_model: str) -> None:
+def test_past_the_queue_bound_a_503_with_retry_after(busy: Endpoint, long_model: str) -> None:
     leaver = _start_long(busy, long_model, False)
     with _client(busy) as client:
         queued = threading.Thread(target=lambda: _client(busy).post("/chat/completions", json=_chat(long_model)))
@@ -211,7 +216,7 @@ def test_past_the_queue_bound_a_503_with_retry_after(busy: serve.Endpoint, long_
 
 
 def test_a_request_past_its_timeout_gets_a_504_and_frees_the_model(long_model: str) -> None:
-    with serve.background([long_model], request_timeout_s=1) as running, _client(running) as client:
+    with background([long_model], request_timeout_s=1) as running, _client(running) as client:
         start = time.perf_counter()
         late = client.post("/chat/completions", json=_chat(long_model, 8000))
         late_s = time.perf_counter() - start
@@ -226,7 +231,7 @@ def test_a_request_past_its_timeout_gets_a_504_and_frees_the_model(long_model: s
         assert streamed.status_code == 200 and json.loads(events[-1][6:])["error"]["code"] == "timeout"
 
 
-def test_metrics_health_and_the_access_log(busy: serve.Endpoint, long_model: str) -> None:
+def test_metrics_health_and_the_access_log(busy: Endpoint, long_model: str) -> None:
     root = busy.url.removesuffix("/v1")
 
     def samples() -> dict:

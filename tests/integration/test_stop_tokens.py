@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import TemplateError
-from slmops.toolkit.domain import templates as T
+from slmops.toolkit.domain import templates
 from slmops.toolkit.domain.results.registration import read_registration
-from slmops.toolkit.runtimes.foundry import LoadedModel, models_root
-from slmops.toolkit.stages import checklist
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_session import models_root
+from slmops.toolkit.stages import checklist, register
 from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 from tests.scripted_models import FAMILIES, PROBE_CONVERSATION, answer_tokens, make_scripted_model
 from tests.unit.test_stop_tokens import NO_PROBE
@@ -29,7 +29,9 @@ from tests.unit.test_stop_tokens import NO_PROBE
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory):
     """``family -> (Hugging Face folder, FP32 ONNX folder)``, built on first use."""
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
 
     root = tmp_path_factory.mktemp("scripted")
     built: dict[str, tuple[Path, Path]] = {}
@@ -71,7 +73,7 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
 
     before = {c.name: c for c in diagnose(onnx, load=False)}
     assert not before["stop tokens"].ok and "<|im_end|>" in before["stop tokens"].detail  # as converted: never stops
-    registration = R.register(onnx, "stop-chatml", model_config=NO_PROBE)
+    registration = register.register(onnx, "stop-chatml", model_config=NO_PROBE)
     ids = json.loads((source / "tokenizer.json").read_text())
     im_end = next(t["id"] for t in ids["added_tokens"] if t["content"] == "<|im_end|>")
     assert registration.stop.added[0] == {"id": im_end, "token": "<|im_end|>", "from": "the chat template's end of turn"}
@@ -94,11 +96,11 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
 
 
 def test_the_endpoint_answers_stop(scripted) -> None:
-    from slmops.toolkit import endpoint as serve
+    from slmops.toolkit.endpoint.cli import background
 
     source, onnx = scripted("chatml-endoftext")
-    R.register(onnx, "stop-served", model_config=NO_PROBE)
-    with serve.background(["stop-served"]) as endpoint:
+    register.register(onnx, "stop-served", model_config=NO_PROBE)
+    with background(["stop-served"]) as endpoint:
         answer = endpoint.client().chat.completions.create(model="stop-served", messages=PROBE_CONVERSATION, max_tokens=40,
                                                 temperature=0)
     assert answer.choices[0].finish_reason == "stop", answer
@@ -110,7 +112,7 @@ def test_a_model_that_never_stops_fails_doctor_and_the_checklist(scripted) -> No
     from slmops.toolkit.orchestration.doctor import diagnose
 
     _, onnx = scripted("chatml-endoftext")
-    R.register(onnx, "stop-never", model_config=NO_PROBE)
+    register.register(onnx, "stop-never", model_config=NO_PROBE)
     folder = models_root() / "stop-never"  # a hand-edited copy: the end of turn taken out of eos_token_id again
     config = json.loads((folder / "genai_config.json").read_text())
     config["model"]["eos_token_id"] = config["model"]["eos_token_id"][:1]
@@ -128,10 +130,10 @@ def test_a_model_that_never_stops_fails_doctor_and_the_checklist(scripted) -> No
 def test_gemma_eos_vs_end_of_turn_stops_with_the_preset_and_counts_bos_once(scripted) -> None:
     source, onnx = scripted("gemma")
     with pytest.raises(TemplateError, match="--template gemma") as refused:
-        R.register(onnx, "stop-gemma", model_config=NO_PROBE)  # Gemma 2 raises on a system turn
+        register.register(onnx, "stop-gemma", model_config=NO_PROBE)  # Gemma 2 raises on a system turn
     assert "\n" not in str(refused.value) and "System role not supported" in str(refused.value)
     assert not (models_root() / "stop-gemma").exists()
-    registration = R.register(onnx, "stop-gemma", template="gemma", model_config=NO_PROBE)
+    registration = register.register(onnx, "stop-gemma", template="gemma", model_config=NO_PROBE)
     assert [row["token"] for row in registration.stop.added] == ["<end_of_turn>"]
     info = json.loads((models_root() / "stop-gemma" / "inference_model.json").read_text())
     assert info["PromptTemplate"]["prompt"].startswith("<bos><start_of_turn>user")
@@ -144,10 +146,10 @@ def test_gemma_eos_vs_end_of_turn_stops_with_the_preset_and_counts_bos_once(scri
 
 def test_llama3_template_with_bos_and_strftime_now_registers_with_auto(scripted) -> None:
     source, onnx = scripted("llama3", generation_eos=["<|end_of_text|>", "<|eot_id|>"])
-    registration = R.register(onnx, "stop-llama3", model_config=NO_PROBE)  # auto: BOS, strftime_now
+    registration = register.register(onnx, "stop-llama3", model_config=NO_PROBE)  # auto: BOS, strftime_now
     assert registration.template == "auto"
     eot = json.loads((source / "tokenizer_config.json").read_text())  # the builder already took generation_config's
-    assert end_of_turn_tokens(T.PRESETS[T.Template.LLAMA3], source / "tokenizer.json")[0][0] in \
+    assert end_of_turn_tokens(templates.PRESETS[templates.Template.LLAMA3], source / "tokenizer.json")[0][0] in \
         registration.stop.eos_token_id, (eot, registration.stop)
     with LoadedModel("stop-llama3") as model:
         answer = model.generate(PROBE_CONVERSATION, max_tokens=40, temperature=0)
@@ -161,7 +163,7 @@ def test_llama3_template_with_bos_and_strftime_now_registers_with_auto(scripted)
 
 def test_llama3_preset_counts_like_transformers_llama3_template(scripted, tmp_path: Path) -> None:
     source, onnx = scripted("llama3", generation_eos=["<|end_of_text|>", "<|eot_id|>"])
-    R.register(onnx, "stop-llama3-preset", template="llama3", model_config=NO_PROBE)
+    register.register(onnx, "stop-llama3-preset", template="llama3", model_config=NO_PROBE)
     llama30 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
                "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
                "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
@@ -178,7 +180,7 @@ def test_llama3_preset_counts_like_transformers_llama3_template(scripted, tmp_pa
 def test_a_generation_tag_template_registers_with_auto_and_stops(scripted, tmp_path: Path) -> None:
     source, onnx = scripted("chatml-endoftext")
     folder = _with_template(onnx, tmp_path / "generation", FAMILIES["chatml-generation"].template)
-    R.register(folder, "stop-generation-tag", model_config=NO_PROBE)
+    register.register(folder, "stop-generation-tag", model_config=NO_PROBE)
     with LoadedModel("stop-generation-tag") as model:
         answer = model.generate(PROBE_CONVERSATION, max_tokens=40, temperature=0)
     _assert_stops(answer, source)
@@ -190,7 +192,7 @@ def test_a_folded_system_template_is_refused_naming_the_gemma_preset(scripted, t
     _, onnx = scripted("gemma")
     folder = _with_template(onnx, tmp_path / "gemma3", FAMILIES["gemma3"].template)
     with pytest.raises(TemplateError, match="folds the system text into the first user turn.*--template gemma"):
-        R.register(folder, "stop-gemma3", model_config=NO_PROBE)
+        register.register(folder, "stop-gemma3", model_config=NO_PROBE)
     assert not (models_root() / "stop-gemma3").exists()
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import openai
 import pytest
 
-from slmops.toolkit import endpoint as serve
 from slmops.toolkit.core.errors import FoundryRequestError
 from slmops.toolkit.domain import tools
 from slmops.toolkit.domain.results.registration import read_registration
+from slmops.toolkit.endpoint.cli import Endpoint, background
 from slmops.toolkit.runtimes import foundry
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.runtimes.foundry_session import find_model
+from slmops.toolkit.stages import register
 
 pytestmark = pytest.mark.slow  # every test here converts and loads a model
 
@@ -33,31 +34,33 @@ ASK = [{"role": "user", "content": "Pick a city."}]
 
 
 @pytest.fixture(scope="module")
-def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> R.Registration:
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+def tiny_tools(tmp_path_factory: pytest.TempPathFactory) -> register.Registration:
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
     from tests.models import make_tiny_model
 
     # Foundry Local's tool protocol is about 1,000 of the tiny tokenizer's tokens: a longer context.
     source = make_tiny_model(tmp_path_factory.mktemp("tools") / "qwen2", tool_tokens=True, context=2048)
     out = convert(ConvertSpec(source, tmp_path_factory.mktemp("tools-int4") / "int4", Precision.INT4),
                   progress=False).output_dir
-    return R.register(out, TINY)  # threads auto: the pinned onnxruntime-genai reads the folder too
+    return register.register(out, TINY)  # threads auto: the pinned onnxruntime-genai reads the folder too
 
 
 @pytest.fixture(scope="module")
-def tiny_endpoint(tiny_tools: R.Registration):
-    with serve.background([TINY]) as running:
+def tiny_endpoint(tiny_tools: register.Registration):
+    with background([TINY]) as running:
         yield running
 
 
 def test_registration_publishes_the_markers_and_does_not_claim_a_random_model_can_call(
-        tiny_tools: R.Registration) -> None:
+        tiny_tools: register.Registration) -> None:
     config = json.loads((tiny_tools.path / "genai_config.json").read_text())["model"]
     markers = tools.find_markers(tiny_tools.path)
     assert (config["bot_token_id"], config["eot_token_id"]) == (markers.start_id, markers.end_id)
     assert tiny_tools.tool_calling.markers == ("<tool_call>", "</tool_call>")
     assert not tiny_tools.tool_calling.supports and tiny_tools.tool_calling.detail.startswith("no ")
-    assert not foundry.find_model(TINY).supports_tool_calling
+    assert not find_model(TINY).supports_tool_calling
     assert read_registration(tiny_tools.path).tool_calling.supports_tool_calling is False
     with foundry.LoadedModel(TINY) as model:
         assert model.markers == markers
@@ -67,7 +70,7 @@ def test_registration_publishes_the_markers_and_does_not_claim_a_random_model_ca
 
 
 def test_a_model_registered_without_markers_refuses_tools(tiny_int4: Path) -> None:
-    R.register(tiny_int4, "tiny-no-tools")
+    register.register(tiny_int4, "tiny-no-tools")
     with foundry.LoadedModel("tiny-no-tools") as model:
         assert model.markers is None
         with pytest.raises(tools.ToolDefinitionError, match="--tool-markers"):
@@ -85,7 +88,7 @@ def test_a_model_registered_without_markers_refuses_tools(tiny_int4: Path) -> No
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [PICK], "tool_choice": "always"}, "tool_choice"),
 ])
-def test_bad_tool_definitions_get_openai_400s(tiny_endpoint: serve.Endpoint, options: dict, param: str) -> None:
+def test_bad_tool_definitions_get_openai_400s(tiny_endpoint: Endpoint, options: dict, param: str) -> None:
     client = tiny_endpoint.client()
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=TINY, messages=ASK, max_tokens=4, **options)
@@ -94,7 +97,7 @@ def test_bad_tool_definitions_get_openai_400s(tiny_endpoint: serve.Endpoint, opt
     assert after.usage.completion_tokens >= 1 and after.choices[0].finish_reason in ("stop", "length")
 
 
-def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: serve.Endpoint) -> None:
+def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: Endpoint) -> None:
     client = tiny_endpoint.client()
     call = {"id": "call_1", "type": "function", "function": {"name": "pick_city", "arguments": '{"city": "Lunmere"}'}}
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -107,7 +110,7 @@ def test_a_history_with_calls_and_results_is_accepted(tiny_endpoint: serve.Endpo
                                        max_tokens=4)
 
 
-def test_a_plain_answer_equals_the_runtimes_own_non_streamed_answer(tiny_endpoint: serve.Endpoint) -> None:
+def test_a_plain_answer_equals_the_runtimes_own_non_streamed_answer(tiny_endpoint: Endpoint) -> None:
     """The endpoint builds a plain answer from the runtime's stream (so a client that leaves can stop it): it must
     be the answer the runtime's own non-streamed layer gives, and a failure its failure.
 

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.runtimes import foundry
-from slmops.toolkit.stages import bench as B
-from slmops.toolkit.stages import checklist as E
-from slmops.toolkit.stages import register
-from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+from slmops.toolkit.runtimes.foundry_session import local_catalog
+from slmops.toolkit.stages import bench, checklist, register
+from slmops.toolkit.stages.convert import convert
+from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_catalog import list_models
 from tests.scripted_models import make_scripted_model
 
 
@@ -28,21 +30,21 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens(scripted: str, tmp_path: Path) -> None:
     with foundry.LoadedModel(scripted) as model:
         assert model.generate([{"role": "user", "content": "Hi"}], max_tokens=24).completion_tokens < 4
-    rows = B.bench([scripted], prompt_lengths=[16, 64], gen_lengths=[24], repeats=2, warmup=0, progress=False)
+    rows = bench.bench([scripted], prompt_lengths=[16, 64], gen_lengths=[24], repeats=2, warmup=0, progress=False)
     assert [r.gen_tokens for r in rows if r.engine == "foundry-local"] == [24, 24]
-    report = B.write_results(rows, tmp_path)
+    report = bench.write_results(rows, tmp_path)
     assert [(r.target_prompt_tokens, r.ratio > 0) for r in report.engine_ratios] == [(16, True), (64, True)]
     assert report.short == () and {r.engine for r in report.decode_ceiling} == {"foundry-local", "ort-genai"}
     assert "isa" in report.metadata
     # The fixed-length registration is gone: nothing left in the catalog or the cache's listing.
-    assert [m.id for m in foundry.local_catalog().list_models() if foundry.FIXED_LENGTH_SUFFIX in m.id] == []
-    assert scripted in {row["name"] for row in register.list_models()}
+    assert [m.id for m in local_catalog().list_models() if foundry.FIXED_LENGTH_SUFFIX in m.id] == []
+    assert scripted in {row["name"] for row in list_models()}
 
 
 def test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_run(scripted: str) -> None:
     cases = [{"id": f"c{i}", "messages": [{"role": "user", "content": f"Question {i}?"}],
               "expect": {"contains_any": ["Hello"]}} for i in range(3)]
-    runs = [E.run_checklists([scripted], cases=cases, requests=20, lengths=[16, 64], progress=False)[0]
+    runs = [checklist.run_checklists([scripted], cases=cases, requests=20, lengths=[16, 64], progress=False)[0]
             for _ in range(2)]
     assert runs[0].generated == runs[1].generated and runs[0].generated[0][1:] == ["stop", 2]
     (perf,) = [c for c in runs[0].checks if c.check == "performance"]
@@ -84,7 +86,7 @@ def tiny_pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> lis
 def test_the_same_models_get_the_same_verdicts_in_five_runs(tiny_pair: list[str]) -> None:
     runs = []
     for _ in range(5):
-        reports = E.run_checklists(tiny_pair, reference=tiny_pair[0], requests=40, progress=False)
+        reports = checklist.run_checklists(tiny_pair, reference=tiny_pair[0], requests=40, progress=False)
         runs.append([(c.model, c.check, c.case, c.passed) for r in reports for c in r.checks])
     assert all(run == runs[0] for run in runs[1:]), [
         [v for v, w in zip(run, runs[0], strict=True) if v != w] for run in runs[1:]]

@@ -15,10 +15,10 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InconsistentCheckpointError, InputError, TemplateError
-from slmops.toolkit.domain import jinja_render, sources, template_resolve
-from slmops.toolkit.domain import templates as T
+from slmops.toolkit.domain import jinja_render, sources, template_resolve, templates
 from slmops.toolkit.stages import checklist
-from slmops.toolkit.stages.convert import ConvertSpec, validate
+from slmops.toolkit.stages.convert_checks import validate
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.weights import checkpoints, context_limit
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from tests.integration.test_hostile import snapshot
@@ -290,9 +290,9 @@ PHI4_MINI = ("{% for message in messages %}{% if message['role'] == 'system' and
 def test_auto_derives_phi4_minis_template_whose_closed_conversation_ends_with_the_eos() -> None:
     """Was: refused as "folds the system text into the first user turn", which it does not."""
     derived = template_resolve.derive(PHI4_MINI, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    assert derived == T.PromptTemplate("<|system|>{Content}<|end|>", "<|user|>{Content}<|end|>",
+    assert derived == templates.PromptTemplate("<|system|>{Content}<|end|>", "<|user|>{Content}<|end|>",
                                        "<|assistant|>{Content}<|end|>", "<|user|>{Content}<|end|><|assistant|>")
-    assert T.render(derived, template_resolve.PROBE) == jinja_render.render_jinja(PHI4_MINI, template_resolve.PROBE, eos_token="<|endoftext|>")
+    assert templates.render(derived, template_resolve.PROBE) == jinja_render.render_jinja(PHI4_MINI, template_resolve.PROBE, eos_token="<|endoftext|>")
     assert template_resolve.rendered_turn_end(PHI4_MINI, eos_token="<|endoftext|>") == "<|end|>"
 
 

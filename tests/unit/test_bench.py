@@ -11,10 +11,11 @@ import pytest
 
 from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.domain.results.bench import BenchFile, TimedRun, decode_tps, rows_of, run_metrics
+from slmops.toolkit.domain.results.bench import BenchFile, BenchRow, TimedRun, decode_tps, rows_of, run_metrics
+from slmops.toolkit.domain.results.checklist import ChecklistReport, ModelReport, QualityRecord
 from slmops.toolkit.presentation import bench_text
-from slmops.toolkit.stages import bench as B
-from slmops.toolkit.stages import checklist as E
+from slmops.toolkit.runtimes.genai_jobs import Agreement, BenchJob, DirectBench
+from slmops.toolkit.stages import bench
 
 
 def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_file() -> None:
@@ -25,7 +26,7 @@ def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_f
     assert (figures["tpot_ms_p50"], figures["tpot_ms_p90"]) == (31.25, 62.5) and figures["ttft_ms_p90"] == 200.0
     assert decode_tps(1, 0.1, 1.0) == 0.0 and TimedRun(0.1, 0.1, 5).tpot_ms == 0.0  # nothing to time
     # bench.json before schema_version: memory under its MiB names, the throughput percentiles gone.
-    old = {"rows": [{**{f.name: f.default for f in fields(B.BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
+    old = {"rows": [{**{f.name: f.default for f in fields(BenchRow)}, "peak_rss_mb": 512.0, "load_rss_mb": 64.0,
                      "decode_tps_p90": 99.0, "model": "m-int4"}]}
     for key in ("peak_rss_mib", "load_rss_mib", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90", "ttft_ms_p50", "ttft_ms_p90"):
         old["rows"][0].pop(key)
@@ -37,13 +38,13 @@ def test_one_metrics_function_gives_latency_percentiles_and_reads_an_old_bench_f
 
 def test_bench_rejects_bad_settings() -> None:
     with pytest.raises(SlmopsError, match="repeats"):
-        B.bench(["x"], repeats=0)
+        bench.bench(["x"], repeats=0)
     with pytest.raises(SlmopsError, match="engines"):
-        B.bench(["x"], engines=("llama.cpp",))
+        bench.bench(["x"], engines=("llama.cpp",))
     with pytest.raises(SlmopsError, match="generation lengths"):
-        B.bench(["x"], gen_lengths=[1])
+        bench.bench(["x"], gen_lengths=[1])
     with pytest.raises(SlmopsError, match="Thread counts"):
-        B.bench(["x"], threads=[0])
+        bench.bench(["x"], threads=[0])
 
 
 def test_summary_and_ceiling_from_a_report() -> None:
@@ -54,20 +55,20 @@ def test_summary_and_ceiling_from_a_report() -> None:
     table = [row("fp32", "foundry-local", 30.0, 540.0), row("int4", "foundry-local", 99.0, 200.0),
              row("int4", "ort-genai", 100.0, 200.0)]
     report = codec.load(BenchFile, {"rows": table})
-    quality = E.ChecklistReport([E.ModelReport("m-int4", [], quality=E.QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
+    quality = ChecklistReport([ModelReport("m-int4", [], quality=QualityRecord("m-fp32", 0.666, 0.2, 11.0, 10.0, 300))])
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
     assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
-    ceiling = B.decode_ceiling(table, bandwidth_gbs=20.0)
+    ceiling = bench.decode_ceiling(table, bandwidth_gbs=20.0)
     assert ceiling[1].ceiling_tps == 100.0 and ceiling[1].percent_of_ceiling == 99.0
     assert not any(row.above_bound_because for row in ceiling)
     # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
     rows = [{**row, "threads": 2} for row in table]
-    ceiling = B.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
+    ceiling = bench.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
     assert ceiling[1].bandwidth_gbs == 10.0 and ceiling[1].percent_of_ceiling == 198.0
     assert "fit in the 256 MiB last-level cache" in ceiling[1].above_bound_because
-    assert "under-measured" in B.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1].above_bound_because
-    assert B.last_level_cache_mib({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
+    assert "under-measured" in bench.decode_ceiling(rows, {2: 10.0}, llc_mib=32.0)[1].above_bound_because
+    assert bench.last_level_cache_mib({"L1d": "48K", "L2": "1024K", "L3": "32768K"}) == 32.0
 
 
 def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
@@ -77,26 +78,25 @@ def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
                 "weights_read_mb": 180.0}
 
     short, direct = row("foundry-local", 9.0, 4.0), row("ort-genai", 240.0, 32.0)
-    assert B.timed_too_few(short) and not B.timed_too_few(direct)
-    head = B.headline_rows([short, direct])[0]
+    assert bench.timed_too_few(short) and not bench.timed_too_few(direct)
+    head = bench.headline_rows([short, direct])[0]
     assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
-    assert [r.engine for r in B.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
-    rows = [B.BenchRow(**{f.name: 0 for f in fields(B.BenchRow)} | r) for r in (short, direct)]
-    assert B.engine_ratios(rows) == []  # nothing to compare over four tokens
-    assert B.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
+    assert [r.engine for r in bench.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
+    rows = [BenchRow(**{f.name: 0 for f in fields(BenchRow)} | r) for r in (short, direct)]
+    assert bench.engine_ratios(rows) == []  # nothing to compare over four tokens
+    assert bench.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
 
 
 def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:
     from slmops.toolkit.core import codec
     from slmops.toolkit.domain.results.bench import TimedRun
-    from slmops.toolkit.runtimes import genai
 
-    job = genai.BenchJob("models/int4", ((1, 2, 3), (4,)), (8, 16), repeats=3, warmup=1, threads=2)
-    assert codec.load(genai.BenchJob, json.loads(json.dumps(codec.dump(job)))) == job
+    job = BenchJob("models/int4", ((1, 2, 3), (4,)), (8, 16), repeats=3, warmup=1, threads=2)
+    assert codec.load(BenchJob, json.loads(json.dumps(codec.dump(job)))) == job
     run = TimedRun(ttft_s=0.1, total_s=0.5, gen_tokens=9, harness_s=0.001, cpu_percent=98.0)
-    measured = genai.DirectBench(1.5, 300.25, 812.0, (((run, run), (run,)),))
-    back = codec.load(genai.DirectBench, json.loads(json.dumps(codec.dump(measured))))
+    measured = DirectBench(1.5, 300.25, 812.0, (((run, run), (run,)),))
+    back = codec.load(DirectBench, json.loads(json.dumps(codec.dump(measured))))
     assert back == measured and back.runs[0][0][1].decode_tps == run.decode_tps == 20.0
-    agreement = genai.Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
-    assert codec.load(genai.Agreement, {**codec.dump(agreement), "extra": 1}) == agreement
+    agreement = Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
+    assert codec.load(Agreement, {**codec.dump(agreement), "extra": 1}) == agreement
     assert set(codec.dump(agreement)) >= {"top1_agreement", "kl_divergence"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.stages import checklist as E
+from slmops.toolkit.stages import checklist
 
 SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {"type": "integer"}}}
 
@@ -35,27 +35,27 @@ SCHEMA = {"type": "object", "required": ["name", "age"], "properties": {"age": {
     ],
 )
 def test_judge(answer: str, expect: dict, passed: bool) -> None:
-    assert E.judge(answer, expect)[0] is passed
+    assert checklist.judge(answer, expect)[0] is passed
 
 
 def test_bundled_cases_load_and_bad_files_say_why(tmp_path: Path) -> None:
-    cases = E.load_cases()
+    cases = checklist.load_cases()
     assert len(cases) >= 5 and all(c["messages"] for c in cases)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "robot", "content": "x"}]}\n')
     with pytest.raises(SlmopsError, match="bad.jsonl:1"):
-        E.load_cases(bad)
+        checklist.load_cases(bad)
     with pytest.raises(SlmopsError, match="No cases file"):
-        E.load_cases(tmp_path / "missing.jsonl")
+        checklist.load_cases(tmp_path / "missing.jsonl")
 
 
 def test_scores_and_growth_fit() -> None:
-    assert E.judge("Paris", {"contains_any": ["Paris"], "exact": "Lyon"}) == (
+    assert checklist.judge("Paris", {"contains_any": ["Paris"], "exact": "Lyon"}) == (
         False, "contains any of [Paris]; is exactly 'Lyon'", 0.5)
     flat_after_warmup = [300.0] * 20 + [700.0, 500.0] * 10 + [690.0] * 60
-    assert abs(E.growth_mib_per_100(flat_after_warmup)) < 0.5
-    assert E.growth_mib_per_100([100 + 0.1 * i for i in range(100)]) == pytest.approx(10.0)
-    assert E.input_lengths(512) == [64, 256]
+    assert abs(checklist.growth_mib_per_100(flat_after_warmup)) < 0.5
+    assert checklist.growth_mib_per_100([100 + 0.1 * i for i in range(100)]) == pytest.approx(10.0)
+    assert checklist.input_lengths(512) == [64, 256]
 
 
 def test_perplexity_on_the_generic_text_informs_but_never_fails_a_build() -> None:

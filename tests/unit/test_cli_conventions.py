@@ -17,7 +17,7 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.cli import common, models, pipeline, runs
 from slmops.toolkit.core.errors import ParamsError
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.stages import bench, checklist

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit import cli
+from slmops.toolkit.cli.pipeline import int4_options
 from slmops.toolkit.domain.options import INT4_RECIPES, Int4Algorithm, Int4Options, Precision, TablePrecision
 from slmops.toolkit.domain.templates import Template
 from slmops.widgets import ModelChoice, ModelPicker, PrecisionPicker, RunPanel, TemplatePicker
@@ -52,9 +53,9 @@ def test_precision_picker_value_follows_children() -> None:
 
 def test_convert_flags_override_the_recipe() -> None:
     args = cli.build_parser().parse_args(["convert", "m", "--out", "o", "--recipe", "compact", "--block-size", "64"])
-    assert cli._int4_options(args) == Int4Options(block_size=64, algorithm="rtn", embeddings="int4")
+    assert int4_options(args) == Int4Options(block_size=64, algorithm="rtn", embeddings="int4")
     args = cli.build_parser().parse_args(["convert", "m", "--out", "o", "--asymmetric", "--lm-head", "int8"])
-    assert cli._int4_options(args) == Int4Options(symmetric=False, lm_head="int8")
+    assert int4_options(args) == Int4Options(symmetric=False, lm_head="int8")
 
 
 def test_the_closest_int4_is_reachable_from_the_command_line(tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ def test_the_closest_int4_is_reachable_from_the_command_line(tmp_path: Path) -> 
     args = cli.build_parser().parse_args(["convert", "m", "--out", "o", "--recipe", "mixed", "--algorithm", "gptq",
                                           "--mix", "v-down-all", "--block-size", "64", "--rotate",
                                           "--calibration", str(text)])
-    options = cli._int4_options(args)
+    options = int4_options(args)
     options.validate()
     assert options == Int4Options(block_size=64, algorithm="gptq", lm_head="int8", embeddings="int8",
                                   mix="v-down-all", rotate=True, calibration=str(text))
@@ -76,7 +77,7 @@ def test_the_closest_int4_is_reachable_from_the_command_line(tmp_path: Path) -> 
                            (["--algorithm", "gptq", "--calibration", str(tmp_path / "none.txt")], "existing")):
         args = cli.build_parser().parse_args(["convert", "m", "--out", "o", *flags])
         with pytest.raises(InvalidOptionError, match=problem):
-            cli._int4_options(args).validate()
+            int4_options(args).validate()
 
 
 def test_template_picker_previews_the_prompt() -> None:

@@ -12,7 +12,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain import deployment_choice, provenance
-from slmops.toolkit.domain.params import RunParams
+from slmops.toolkit.domain.deployment_choice import NOT_JUDGED
 from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import (
     Bound,
@@ -29,6 +29,7 @@ from slmops.toolkit.domain.results.checklist import (
 )
 from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
+from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.stages.checklist import quality_checks
 
@@ -143,7 +144,7 @@ def test_a_timing_measured_once_is_not_judged_and_the_headline_says_so(tmp_path:
         bench["rows"] = [{**row, "repeats": 1, "decode_tps_sd": 0.0, "ttft_ms_sd": 0.0} for row in bench["rows"]]
         (run / "bench.json").write_text(json.dumps(bench))
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    assert {t["judged"] for t in result.timings} == {compare.NOT_JUDGED} and not result.slower
+    assert {t["judged"] for t in result.timings} == {NOT_JUDGED} and not result.slower
     assert result.headline.startswith("PASS: ") and "4 timings are not judged" in result.headline
 
 
@@ -222,7 +223,7 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
 
 
 def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_path: Path) -> None:
-    from slmops.toolkit.domain.results import ResultVersionError
+    from slmops.toolkit.core.codec import ResultVersionError
     from slmops.toolkit.presentation import checklist_tables, report
     from slmops.toolkit.stages.checklist import read_report
 
@@ -261,7 +262,7 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
 
 def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_renders(tmp_path: Path) -> None:
     """Memory under ``_mb`` names (test.json version 2) and ``top1``/``kl`` (recipes.json version 1)."""
-    from slmops.toolkit.domain.results import ResultVersionError
+    from slmops.toolkit.core.codec import ResultVersionError
     from slmops.toolkit.domain.results.conversion import read_conversions
     from slmops.toolkit.domain.results.recipes import read_recipes
     from slmops.toolkit.presentation import report

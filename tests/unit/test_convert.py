@@ -16,37 +16,46 @@ from slmops.toolkit.core.errors import (
     UnsupportedArchitectureError,
 )
 from slmops.toolkit.domain import recipe_choice
-from slmops.toolkit.domain.options import INT4_RECIPES
+from slmops.toolkit.domain.options import INT4_RECIPES, Int4Options, Method, Precision
 from slmops.toolkit.domain.quant_plan import QuantPlan
-from slmops.toolkit.orchestration import recipes
-from slmops.toolkit.stages import convert as C
+from slmops.toolkit.domain.results.recipes import RecipeResult
+from slmops.toolkit.stages import convert
+from slmops.toolkit.stages.convert_plan import (
+    OLIVE_CONFIG,
+    ConvertSpec,
+    build_olive_config,
+    builder_command,
+    needs_quantizer,
+    olive_command,
+    quant_plan,
+)
 
 
-def spec(model: Path, out: Path, **kw) -> C.ConvertSpec:
-    return C.ConvertSpec(model, out, **kw)
+def spec(model: Path, out: Path, **kw) -> ConvertSpec:
+    return ConvertSpec(model, out, **kw)
 
 
 def test_builder_int4_is_a_lean_fp32_export_then_the_quantizer_with_its_options(tmp_path: Path) -> None:
-    s = spec(Path("m"), Path("o"), int4=C.Int4Options(block_size=128, symmetric=False, accuracy_level=1))
-    command = C.builder_command(s, tmp_path / "o", tmp_path / "c")
+    s = spec(Path("m"), Path("o"), int4=Int4Options(block_size=128, symmetric=False, accuracy_level=1))
+    command = builder_command(s, tmp_path / "o", tmp_path / "c")
     assert command[2:4] == ["slmops.toolkit.core.workers", "slmops.toolkit.runtimes.genai_builder"]
     assert command[command.index("-p") + 1] == "fp32"
     assert command[command.index("-e") + 1] == "cpu"
     assert "hf_remote=false" in command[command.index("--extra_options") + 1:]
-    plan = C.quant_plan(s)
+    plan = quant_plan(s)
     assert (plan.bits, plan.block_size, plan.symmetric, plan.accuracy_level) == (4, 128, False, 1)
     assert plan.lm_head_with_body  # the builder's own INT4: the LM head through ORT's quantizer too
 
 
 def test_int8_is_built_as_fp32_first(tmp_path: Path) -> None:
-    command = C.builder_command(spec(Path("m"), Path("o"), precision=C.Precision.INT8), tmp_path, tmp_path)
+    command = builder_command(spec(Path("m"), Path("o"), precision=Precision.INT8), tmp_path, tmp_path)
     assert command[command.index("-p") + 1] == "fp32"
     assert not any(arg.startswith("int4_") for arg in command)
 
 
 def test_olive_config_follows_the_tutorial(tmp_path: Path) -> None:
-    config = C.build_olive_config(spec(Path("/m"), Path("o"), int4=C.Int4Options(block_size=128, symmetric=False),
-                                       method=C.Method.OLIVE_CONFIG), tmp_path / "out", tmp_path / "cache")
+    config = build_olive_config(spec(Path("/m"), Path("o"), int4=Int4Options(block_size=128, symmetric=False),
+                                       method=Method.OLIVE_CONFIG), tmp_path / "out", tmp_path / "cache")
     assert config["input_model"] == {"type": "HfModel", "model_path": "/m", "task": "text-generation"}
     system = config["systems"]["local_system"]
     assert system["type"] == "LocalSystem"
@@ -58,7 +67,7 @@ def test_olive_config_follows_the_tutorial(tmp_path: Path) -> None:
 
 
 def test_olive_command_is_the_tutorials_method_1() -> None:
-    command = C.olive_command(spec(Path("/m"), Path("o"), method=C.Method.OLIVE), Path("/o"))
+    command = olive_command(spec(Path("/m"), Path("o"), method=Method.OLIVE), Path("/o"))
     # Olive's CLI through our launcher: telemetry off from the start
     assert command[2:5] == ["slmops.toolkit.core.workers", "slmops.toolkit.runtimes.olive_cli", "auto-opt"]
     for flag, value in [("--model_name_or_path", "/m"), ("--device", "cpu"),
@@ -87,32 +96,32 @@ def test_bad_options_are_refused_before_any_work(tiny_model: Path, tmp_path: Pat
     out = tmp_path / "out"
     with pytest.raises(error, match=says):
         if "int4" in change:
-            change = {**change, "int4": C.Int4Options(**change["int4"])}
-        C.convert(spec(tiny_model, out, **change), progress=False)
+            change = {**change, "int4": Int4Options(**change["int4"])}
+        convert.convert(spec(tiny_model, out, **change), progress=False)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_routes_split_between_builder_and_quantizer(tmp_path: Path) -> None:
-    rtn = spec(Path("m"), Path("o"), int4=C.Int4Options(algorithm="rtn"), method=C.Method.OLIVE_CONFIG)
-    assert not C.needs_quantizer(rtn)  # Olive's builder pass makes it itself
-    assert C.build_olive_config(rtn, tmp_path, tmp_path)["passes"]["builder"]["extra_options"] == {
+    rtn = spec(Path("m"), Path("o"), int4=Int4Options(algorithm="rtn"), method=Method.OLIVE_CONFIG)
+    assert not needs_quantizer(rtn)  # Olive's builder pass makes it itself
+    assert build_olive_config(rtn, tmp_path, tmp_path)["passes"]["builder"]["extra_options"] == {
         "shared_embeddings": False}
-    assert C.needs_quantizer(spec(Path("m"), Path("o"), int4=C.Int4Options(algorithm="rtn")))
-    for options in [INT4_RECIPES["compact"], INT4_RECIPES["hqq"], C.Int4Options(algorithm="k_quant"),
-                    C.Int4Options(lm_head="fp32")]:
+    assert needs_quantizer(spec(Path("m"), Path("o"), int4=Int4Options(algorithm="rtn")))
+    for options in [INT4_RECIPES["compact"], INT4_RECIPES["hqq"], Int4Options(algorithm="k_quant"),
+                    Int4Options(lm_head="fp32")]:
         s = spec(Path("m"), Path("o"), int4=options)
-        assert C.needs_quantizer(s)
-        command = C.builder_command(s, tmp_path, tmp_path)
+        assert needs_quantizer(s)
+        command = builder_command(s, tmp_path, tmp_path)
         assert command[command.index("-p") + 1] == "fp32"
-        assert C.build_olive_config(s, tmp_path, tmp_path)["passes"]["builder"] == {"type": "ModelBuilder",
+        assert build_olive_config(s, tmp_path, tmp_path)["passes"]["builder"] == {"type": "ModelBuilder",
                                                                                     "precision": "fp32"}
     # olive auto-opt takes no INT4 options, so non-default ones go through the quantizer there too.
-    assert C.needs_quantizer(spec(Path("m"), Path("o"), method=C.Method.OLIVE, int4=C.Int4Options(block_size=64)))
-    assert not C.needs_quantizer(spec(Path("m"), Path("o"), method=C.Method.OLIVE))
-    plan = C.quant_plan(spec(Path("m"), Path("o"), int4=INT4_RECIPES["hqq"]))
+    assert needs_quantizer(spec(Path("m"), Path("o"), method=Method.OLIVE, int4=Int4Options(block_size=64)))
+    assert not needs_quantizer(spec(Path("m"), Path("o"), method=Method.OLIVE))
+    plan = quant_plan(spec(Path("m"), Path("o"), int4=INT4_RECIPES["hqq"]))
     assert (plan.bits, plan.algorithm, plan.lm_head_bits, plan.embedding_bits) == (4, "hqq", 8, 8)
-    plan = C.quant_plan(spec(Path("m"), Path("o"), precision=C.Precision.INT8), hidden_size=576)
+    plan = quant_plan(spec(Path("m"), Path("o"), precision=Precision.INT8), hidden_size=576)
     assert (plan.bits, plan.lm_head_bits, plan.embedding_bits) == (8, 8, 8)
 
 
@@ -138,10 +147,10 @@ def test_table_quantization_round_trips_within_half_a_step(bits: int) -> None:
 
 def test_missing_and_non_hf_folders_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFolderError, match="no such folder"):
-        C.convert(spec(tmp_path / "nope", tmp_path / "out"), progress=False)
+        convert.convert(spec(tmp_path / "nope", tmp_path / "out"), progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFolderError, match="config.json"):
-        C.convert(spec(tmp_path / "empty", tmp_path / "out"), progress=False)
+        convert.convert(spec(tmp_path / "empty", tmp_path / "out"), progress=False)
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tiny_model: Path, tmp_path: Path) -> None:
@@ -150,7 +159,7 @@ def test_unsupported_architecture_lists_the_supported_ones(tiny_model: Path, tmp
     config = json.loads((tiny_model / "config.json").read_text())
     (fake / "config.json").write_text(json.dumps({**config, "architectures": ["FooForCausalLM"]}))
     with pytest.raises(UnsupportedArchitectureError) as caught:
-        C.convert(spec(fake, tmp_path / "out"), progress=False)
+        convert.convert(spec(fake, tmp_path / "out"), progress=False)
     assert "LlamaForCausalLM" in caught.value.supported and "Qwen2ForCausalLM" in str(caught.value)
 
 
@@ -168,7 +177,7 @@ def test_failed_tool_leaves_existing_model_untouched(tiny_model: Path, tmp_path:
 
     monkeypatch.setattr(workers, "run_tool", broken)
     with pytest.raises(ToolFailedError):
-        C.convert(spec(tiny_model, target), progress=False)
+        convert.convert(spec(tiny_model, target), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert (target / "genai_config.json").read_text() == "{\"good\": true}"
 
@@ -179,7 +188,7 @@ def test_interrupt_leaves_nothing_behind(tiny_model: Path, tmp_path: Path, monke
 
     monkeypatch.setattr(workers, "run_tool", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        C.convert(spec(tiny_model, tmp_path / "model"), progress=False)
+        convert.convert(spec(tiny_model, tmp_path / "model"), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -188,28 +197,28 @@ def test_a_large_weight_is_quantized_in_slices_that_stack_to_the_whole(monkeypat
     import onnx
     from onnx import helper, numpy_helper
 
-    from slmops.toolkit.weights import quantize as Q
+    from slmops.toolkit.weights import quantize
 
     weight = np.random.default_rng(1).normal(size=(64, 200)).astype(np.float32)
     node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul")
     opsets = [helper.make_opsetid("", 21)]
     for plan in (QuantPlan(), QuantPlan(bits=8), QuantPlan(symmetric=False), QuantPlan(algorithm="rtn"),
                  QuantPlan(algorithm="k_quant")):
-        whole_nodes, whole = Q._quantize_one(node, weight, plan, opsets)
-        monkeypatch.setattr(Q, "CHUNK_BYTES", 64 * 4 * 48)  # 48 columns a slice: 5 slices, the last one short
-        sliced_nodes, sliced = Q._quantize_one(node, weight, plan, opsets)
+        whole_nodes, whole = quantize._quantize_one(node, weight, plan, opsets)
+        monkeypatch.setattr(quantize, "CHUNK_BYTES", 64 * 4 * 48)  # 48 columns a slice: 5 slices, the last one short
+        sliced_nodes, sliced = quantize._quantize_one(node, weight, plan, opsets)
         monkeypatch.undo()
         assert [onnx.helper.printable_node(n) for n in sliced_nodes] == [onnx.helper.printable_node(n)
                                                                           for n in whole_nodes]
         assert [i.name for i in sliced] == [i.name for i in whole]
         for a, b in zip(sliced, whole, strict=True):
             assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b)), (plan, a.name)
-    assert "hqq" not in Q.SLICEABLE  # its early stop looks at the whole tensor: quantized whole
+    assert "hqq" not in quantize.SLICEABLE  # its early stop looks at the whole tensor: quantized whole
 
 
 def test_recommendation_prefers_fast_recipes_that_meet_the_targets() -> None:
-    def result(name: str, ratio: float, top1: float, tps: float) -> recipes.RecipeResult:
-        return recipes.RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
+    def result(name: str, ratio: float, top1: float, tps: float) -> RecipeResult:
+        return RecipeResult(name, "", "", 100 * ratio, ratio, top1, 0.1, 10, 9, tps)
 
     fast_winner = [result("a", 0.37, 0.9, 100), result("b", 0.2, 0.88, 90), result("c", 0.15, 0.6, 110)]
     assert recipe_choice.recommend_recipe(fast_winner)[0] == "b"
@@ -241,9 +250,9 @@ def test_olive_runs_with_telemetry_off_before_its_heartbeat(monkeypatch) -> None
 
 
 def test_olive_config_dry_run_writes_config_only(tiny_model: Path, tmp_path: Path) -> None:
-    result = C.convert(spec(tiny_model, tmp_path / "o", method=C.Method.OLIVE_CONFIG), progress=False, dry_run=True)
-    assert [p.name for p in result.output_dir.iterdir()] == [C.OLIVE_CONFIG]
-    config = json.loads((result.output_dir / C.OLIVE_CONFIG).read_text())
+    result = convert.convert(spec(tiny_model, tmp_path / "o", method=Method.OLIVE_CONFIG), progress=False, dry_run=True)
+    assert [p.name for p in result.output_dir.iterdir()] == [OLIVE_CONFIG]
+    config = json.loads((result.output_dir / OLIVE_CONFIG).read_text())
     assert config["passes"]["builder"]["type"] == "ModelBuilder"
 
 
@@ -254,5 +263,5 @@ def test_too_little_disk_is_refused_before_any_work(tiny_model: Path, tmp_path: 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 1000))
     with pytest.raises(ModelFolderError, match="MB free"):
-        C.convert(spec(tiny_model, tmp_path / "out"), progress=False)
+        convert.convert(spec(tiny_model, tmp_path / "out"), progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.core import artifacts, measure, workers
+from slmops.toolkit.core import artifacts, child_failures, measure, workers
 from slmops.toolkit.core.errors import InvalidPromptError, SlmopsError, ToolFailedError, ToolTimeoutError
 from slmops.toolkit.presentation.tables import text_table
 
@@ -42,7 +42,7 @@ def test_a_failed_child_leaves_no_scratch_folder_and_its_log_where_the_error_say
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     monkeypatch.setenv("SLMOPS_HOME", str(home))
-    monkeypatch.setattr(workers, "KEPT_LOGS", 2)
+    monkeypatch.setattr(child_failures, "KEPT_LOGS", 2)
     logs = []
     for task, error in (("crash", ToolFailedError), ("die", ToolFailedError), ("hang", ToolTimeoutError)):
         with pytest.raises(error) as caught:

@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from slmops.toolkit.cli import app
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

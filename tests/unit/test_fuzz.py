@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slmops.toolkit.core.errors import InputError, TemplateError
-from slmops.toolkit.domain import jinja_render
-from slmops.toolkit.domain import templates as T
+from slmops.toolkit.domain import jinja_render, templates
 from slmops.toolkit.stages import checklist
 from tests.integration.test_fuzz import FUZZ, hostile_text, json_values
 
@@ -21,13 +20,13 @@ from tests.integration.test_fuzz import FUZZ, hostile_text, json_values
        messages=st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
                                                 "content": hostile_text}), min_size=1, max_size=4))
 def test_prompt_templates_either_refuse_or_render_the_same_both_ways(strings: list[str], messages: list[dict]) -> None:
-    template = T.PromptTemplate(*strings)
+    template = templates.PromptTemplate(*strings)
     try:
         template.validate()
     except TemplateError:
         return
     # Accepted strings must give a Jinja template that renders exactly what the four strings do.
-    assert jinja_render.render_jinja(T.to_jinja(template), messages) == T.render(template, messages)
+    assert jinja_render.render_jinja(templates.to_jinja(template), messages) == templates.render(template, messages)
 
 
 @FUZZ

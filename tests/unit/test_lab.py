@@ -11,8 +11,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError, TemplateError
 from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.templates import PromptTemplate
-from slmops.toolkit.orchestration import pipeline, workspace
-from slmops.toolkit.orchestration import run as stages
+from slmops.toolkit.orchestration import pipeline, run_stages, runs, workspace
 from slmops.widgets import ChatBox, RunPanel, RunPicker
 
 
@@ -59,31 +58,31 @@ def test_run_help_counts_the_notebooks_right(capsys) -> None:
 def test_notebooks_read_the_run_file_and_injected_parameters_win(tmp_path: Path, monkeypatch) -> None:
     made = workspace.create(tmp_path / "lab", {"repeats": 2, "precisions": ["fp32", "int4"]})
     monkeypatch.chdir(made.folder)  # a notebook's cwd is its folder; its run_file is relative
-    run = stages.open_run("params.json", {"repeats": 5, "run_file": "params.json", "stages": object()})
+    run = runs.open_run("params.json", {"repeats": 5, "run_file": "params.json", "stages": object()})
     assert run.params.repeats == 5 and run.params.precisions == ["fp32", "int4"] and run.dir == made.folder
     assert json.loads((made.folder / "params.json").read_text())["repeats"] == 2  # injected values are not written
     # A widget's choice is recorded as `slmops run` records a run, so `rerun` repeats what was run.
-    chosen = stages.record(run, precisions=["int4"])
+    chosen = runs.record(run, precisions=["int4"])
     assert chosen.params.precisions == ["int4"]
     assert pipeline.load_params(made.folder / "params.json")["precisions"] == ["int4"]
     # No run file at all (a notebook opened elsewhere): the defaults, the notebook's folder, and a run file written.
     bare = tmp_path / "bare"
     bare.mkdir()
     monkeypatch.chdir(bare)
-    assert stages.open_run("params.json", {}).dir == bare and (bare / "params.json").is_file()
+    assert runs.open_run("params.json", {}).dir == bare and (bare / "params.json").is_file()
     # Never the toolkit's own notebooks: working there would write into the checkout or the package.
     monkeypatch.chdir(pipeline.notebooks_dir())
     with pytest.raises(InputError, match="slmops lab"):
-        stages.open_run("params.json", {})
+        runs.open_run("params.json", {})
     assert not (pipeline.notebooks_dir() / "params.json").exists()
 
 
 def test_compare_says_what_to_pass(tmp_path: Path) -> None:
     made = workspace.create(tmp_path / "lab")
     with pytest.raises(InputError, match="set run_a to a run folder"):
-        stages.compare("", run_file=made.run_file)
+        run_stages.compare("", run_file=made.run_file)
     with pytest.raises(InputError, match="no run folder"):
-        stages.compare(str(tmp_path / "nowhere"), run_file=made.run_file)
+        run_stages.compare(str(tmp_path / "nowhere"), run_file=made.run_file)
 
 
 def test_notebook_05_offers_the_runs_beside_this_one_and_waits_for_its_button_in_a_workspace(tmp_path: Path) -> None:
@@ -97,19 +96,19 @@ def test_notebook_05_offers_the_runs_beside_this_one_and_waits_for_its_button_in
     picker._folder.value = str(tmp_path / "cli")
     assert picker.value.folder == str(tmp_path / "cli") and not picker.value.error
     # A workspace's notebook waits for its button; papermill's injected value wins; no run file: straight through.
-    assert stages.waits_for_buttons(lab.run_file) is True
-    assert stages.waits_for_buttons(lab.run_file, {"interactive": False}) is False
-    assert stages.waits_for_buttons(tmp_path / "cli" / "params.json") is False
-    assert stages.waits_for_buttons(tmp_path / "nowhere" / "params.json") is False
+    assert runs.waits_for_buttons(lab.run_file) is True
+    assert runs.waits_for_buttons(lab.run_file, {"interactive": False}) is False
+    assert runs.waits_for_buttons(tmp_path / "cli" / "params.json") is False
+    assert runs.waits_for_buttons(tmp_path / "nowhere" / "params.json") is False
     assert not (tmp_path / "nowhere").exists()  # nothing written
 
 
 def test_a_malformed_template_is_refused_in_one_line_before_anything_registers(tmp_path: Path) -> None:
-    run = stages.open_run(workspace.create(tmp_path / "lab").run_file)
+    run = runs.open_run(workspace.create(tmp_path / "lab").run_file)
     broken = PromptTemplate(system="SYS\n", user="<u>{Content}</u>", assistant="{Content}", prompt="{Content}")
     with pytest.raises(TemplateError, match="exactly once"):
-        stages.register(run, template="custom", custom=broken)
-    panel = RunPanel("register", lambda: stages.register(run, template="custom", custom=broken))
+        run_stages.register(run, template="custom", custom=broken)
+    panel = RunPanel("register", lambda: run_stages.register(run, template="custom", custom=broken))
     assert panel.run() is None and panel.value is None  # interactive: waits for the button
     panel._button.click()
     assert panel.value.ok is False and "exactly once" in panel._status.value
@@ -158,7 +157,7 @@ def test_toolkit_errors_show_in_one_line_in_ipython(tmp_path: Path) -> None:
 
     shell = InteractiveShell.instance()
     try:
-        stages.show_errors_in_one_line()
+        runs.show_errors_in_one_line()
         with capture_output() as captured:
             result = shell.run_cell("from slmops.toolkit.core.errors import InputError\nraise InputError('set run_a')")
         assert not result.success  # the cell still fails (papermill records it)
@@ -169,8 +168,8 @@ def test_toolkit_errors_show_in_one_line_in_ipython(tmp_path: Path) -> None:
 
 
 def test_a_later_stage_takes_the_choices_an_earlier_button_recorded(tmp_path: Path) -> None:
-    run = stages.open_run(workspace.create(tmp_path / "lab", {"int4_recipe": "builder-default"}).run_file)
-    stages.record(run, int4_recipe="compact", precisions=["int4"])  # the convert button, as notebook 01 calls it
-    later = stages.current(run)  # the recipes button of the same notebook holds the run it opened
+    run = runs.open_run(workspace.create(tmp_path / "lab", {"int4_recipe": "builder-default"}).run_file)
+    runs.record(run, int4_recipe="compact", precisions=["int4"])  # the convert button, as notebook 01 calls it
+    later = runs.current(run)  # the recipes button of the same notebook holds the run it opened
     assert (later.params.int4_recipe, later.params.precisions) == ("compact", ["int4"])
     assert later.params.repeats == run.params.repeats

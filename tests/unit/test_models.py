@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core.errors import ModelFolderError
-from slmops.toolkit.domain import sources as M
+from slmops.toolkit.domain import sources
 from slmops.toolkit.weights import bundled, checkpoints
 from tests.models import make_shaped_model, make_tiny_model
 
@@ -42,9 +42,9 @@ def test_completeness_marker_detects_missing_and_truncated_files(tmp_path: Path)
 
 def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("1")
-    first = M.fingerprint(tmp_path)
+    first = sources.fingerprint(tmp_path)
     (tmp_path / "a").write_text("2")
-    assert M.fingerprint(tmp_path) != first
+    assert sources.fingerprint(tmp_path) != first
 
 
 def test_missing_bundled_package_says_how_to_install(monkeypatch, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from slmops.toolkit.core import codec
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.verdicts import (
     PAIRED_TEST,
+    TOP1_TARGET,
     Difference,
     Status,
     family_comparisons,
@@ -121,9 +122,9 @@ def test_doctor_warns_below_its_target_and_never_calls_it_ok(tmp_path) -> None:
 
     low = doctor.parity_check(_parity_folder(tmp_path / "low", 0.66))
     assert low.status is Status.WARN and low.ok  # usable, short of the target, and the target is stated
-    assert f"below the target: top-1 agreement >= {doctor.TOP1_TARGET}" in low.detail
+    assert f"below the target: top-1 agreement >= {TOP1_TARGET}" in low.detail
     high = doctor.parity_check(_parity_folder(tmp_path / "high", 0.97))
-    assert high.status is Status.PASS and f">= {doctor.TOP1_TARGET}" in high.detail
+    assert high.status is Status.PASS and f">= {TOP1_TARGET}" in high.detail
     refused = doctor.parity_check(_parity_folder(tmp_path / "refused", 0.97, verdict="fail"))
     assert refused.status is Status.FAIL and not refused.ok
     assert doctor.parity_check(tmp_path).status is Status.WARN  # no record: not checked is no pass

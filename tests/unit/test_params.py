@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit import cli
-from slmops.toolkit.core.errors import ParamsError
-from slmops.toolkit.domain import params as P
+from slmops.toolkit.core.errors import ParamsError, SlmopsError
+from slmops.toolkit.domain import run_params
 from slmops.toolkit.orchestration import pipeline
 
 
@@ -32,17 +32,17 @@ from slmops.toolkit.orchestration import pipeline
 ])
 def test_wrong_values_are_refused_with_the_parameter_named(mapping: dict, says: str) -> None:
     with pytest.raises(ParamsError, match=says):
-        P.parse(mapping, source="p.yaml")
+        run_params.parse(mapping, source="p.yaml")
 
 
 def test_defaults_are_the_demo_and_round_trip() -> None:
-    defaults = P.DEFAULTS.as_dict()
-    assert P.parse(defaults) == P.DEFAULTS
+    defaults = run_params.DEFAULTS.as_dict()
+    assert run_params.parse(defaults) == run_params.DEFAULTS
     assert defaults["precisions"] == ["fp32", "int8", "int4"] and defaults["checklist_requests"] == 120
     assert defaults["finetune"] is True and defaults["adapter"] == ""  # the demo deploys the bundled fine-tune
-    assert P.parse({"precisions": ["int4"]}).precisions == ["int4"]
-    assert P.RunParams().precisions is not P.RunParams().precisions  # no shared mutable default
-    assert set(P.PATH_PARAMS) == {"model_dir", "adapter", "cases", "cache_dir"}
+    assert run_params.parse({"precisions": ["int4"]}).precisions == ["int4"]
+    assert run_params.RunParams().precisions is not run_params.RunParams().precisions  # no shared mutable default
+    assert set(run_params.PATH_PARAMS) == {"model_dir", "adapter", "cases", "cache_dir"}
 
 
 def test_the_cli_takes_its_defaults_from_the_model(tmp_path: Path) -> None:
@@ -53,10 +53,10 @@ def test_the_cli_takes_its_defaults_from_the_model(tmp_path: Path) -> None:
     bench = parser.parse_args(["bench", "m", "--out", str(tmp_path)])
     run = cli_run(bench, prompt_lengths=bench.prompt_lengths, repeats=bench.repeats, warmup=bench.warmup,
                   gen_lengths=bench.gen_tokens).params
-    assert run.prompt_lengths == P.DEFAULTS.prompt_lengths and run.repeats == P.DEFAULTS.repeats
-    assert run.warmup == P.DEFAULTS.warmup and run.gen_lengths == P.DEFAULTS.gen_lengths
+    assert run.prompt_lengths == run_params.DEFAULTS.prompt_lengths and run.repeats == run_params.DEFAULTS.repeats
+    assert run.warmup == run_params.DEFAULTS.warmup and run.gen_lengths == run_params.DEFAULTS.gen_lengths
     test = parser.parse_args(["test", "m", "--out", str(tmp_path)])
-    assert cli_run(test, checklist_requests=test.requests).params.checklist_requests == P.DEFAULTS.checklist_requests
+    assert cli_run(test, checklist_requests=test.requests).params.checklist_requests == run_params.DEFAULTS.checklist_requests
     (tmp_path / "params.json").write_text(json.dumps({"checklist_requests": 7, "run_dir": str(tmp_path)}))
     assert cli_run(test, checklist_requests=test.requests).params.checklist_requests == 7  # the run's own
     given = parser.parse_args(["test", "m", "--out", str(tmp_path), "--requests", "9"])
@@ -93,7 +93,7 @@ def test_a_non_utf8_params_file_is_a_clear_error(tmp_path: Path) -> None:
     file.write_bytes(b"precisions: [\xff]\n")
     with pytest.raises(Exception, match="not UTF-8") as caught:
         pipeline.load_params(file)
-    assert isinstance(caught.value, cli.SlmopsError)
+    assert isinstance(caught.value, SlmopsError)
 
 
 def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty_and_int4_recipe(tmp_path: Path,
@@ -106,7 +106,7 @@ def test_a_packaged_models_demo_registers_with_its_own_repetition_penalty_and_in
     monkeypatch.setattr(pipeline, "run_pipeline", lambda params, out, progress: seen.update(params) or Path(out))
     pipeline.demo(tmp_path / "gemma", model="gemma3-270m", progress=False)
     assert seen["repetition_penalty"] == 1.0 and seen["template"] == "gemma"
-    assert seen["int4_recipe"] == "mixed" != P.DEFAULTS.int4_recipe  # the builder's INT4 fails Gemma's parity gate
-    assert P.DEFAULTS.repetition_penalty == register.ModelConfig().repetition_penalty == 1.1  # one source: the tutorial's
-    assert P.parse({"repetition_penalty": 1}).repetition_penalty == 1  # a whole number is a number
-    assert P.parse_assignment("repetition_penalty=1.05") == ("repetition_penalty", 1.05)
+    assert seen["int4_recipe"] == "mixed" != run_params.DEFAULTS.int4_recipe  # the builder's INT4 fails Gemma's parity gate
+    assert run_params.DEFAULTS.repetition_penalty == register.ModelConfig().repetition_penalty == 1.1  # one source: the tutorial's
+    assert run_params.parse({"repetition_penalty": 1}).repetition_penalty == 1  # a whole number is a number
+    assert run_params.parse_assignment("repetition_penalty=1.05") == ("repetition_penalty", 1.05)

@@ -12,8 +12,10 @@ from slmops.toolkit.core import codec, settings
 from slmops.toolkit.core.codec import RecordError
 from slmops.toolkit.core.errors import ToolFailedError
 from slmops.toolkit.domain import parity
+from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.runtimes import reference_model
-from slmops.toolkit.stages import convert as C
+from slmops.toolkit.stages import convert
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 
 
 def test_figures_measure_what_they_name() -> None:
@@ -98,9 +100,9 @@ def test_a_failed_child_is_one_line_and_its_log_outlives_the_command(tiny_model:
     monkeypatch.setenv("SLMOPS_HOME", str(tmp_path / "home"))
     crash = "import sys; print('Traceback (most recent call last):'); print('  File x'); " \
             "print(\"KeyError: 'position_ids'\"); sys.exit(1)"
-    monkeypatch.setattr(C, "builder_command", lambda *_: [sys.executable, "-c", crash])
+    monkeypatch.setattr(convert, "builder_command", lambda *_: [sys.executable, "-c", crash])
     with pytest.raises(ToolFailedError) as caught:
-        C.convert(C.ConvertSpec(tiny_model, tmp_path / "out" / "fp32", C.Precision.FP32), progress=False)
+        convert.convert(ConvertSpec(tiny_model, tmp_path / "out" / "fp32", Precision.FP32), progress=False)
     first, log_line = str(caught.value).split("\n")
     assert first.endswith("KeyError: 'position_ids'") and "Traceback" not in first
     log = Path(log_line.removeprefix("Full log: "))

@@ -12,7 +12,10 @@ from slmops.toolkit.domain import adapters, parity
 from slmops.toolkit.domain.datasets import Example
 from slmops.toolkit.domain.quant_plan import QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
-from slmops.toolkit.runtimes import foundry, genai, reference_jobs
+from slmops.toolkit.domain.results.registration import ThreadSpeed
+from slmops.toolkit.runtimes import reference_jobs
+from slmops.toolkit.runtimes.foundry_web import WebServiceJob, WebServiceSeen
+from slmops.toolkit.runtimes.genai_jobs import BandwidthJob, CompareJob, DecodeJob, ThreadJob
 from slmops.toolkit.stages import finetune
 from slmops.toolkit.stages.bench import engines
 from slmops.toolkit.stages.checklist import edge
@@ -28,11 +31,11 @@ _ROW = BenchRow(model="smollm2-int4", precision="int4", engine="foundry-local", 
 _MESSAGES = (({"role": "user", "content": "Some text."},), ({"role": "user", "content": "Some longer text."},))
 
 RECORDS = [
-    genai.CompareJob("/m/fp32", "Some text.", {"int4": "/m/int4", "int8": "/m/int8"}),
-    genai.DecodeJob({"int4": "/m/int4"}),
-    genai.ThreadJob("/m/int4", (1, 2, 3), (0, 1, 2, 4)),
-    genai.ThreadSpeed(2, 118.2, 35.5),
-    genai.BandwidthJob((0, 2, 4)),
+    CompareJob("/m/fp32", "Some text.", {"int4": "/m/int4", "int8": "/m/int8"}),
+    DecodeJob({"int4": "/m/int4"}),
+    ThreadJob("/m/int4", (1, 2, 3), (0, 1, 2, 4)),
+    ThreadSpeed(2, 118.2, 35.5),
+    BandwidthJob((0, 2, 4)),
     finetune.TrainJob("/m/base", "/m/out", (
         Example("a", "Q?", "A.", "Q again?", ("a",)),
         Example("b", "Weather?", "", "Weather now?", ("Lunmere",), "", (_TOOL,),
@@ -50,8 +53,8 @@ RECORDS = [
     adapters.MergeJob("/m/lora", "/m/base", "/m/merged", 49153, ("chat_template.jinja", "tokenizer.json")),
     adapters.MergeResult(3.1e-6, adapters.TokenizerOrigin("adapter", "adapter", "base", ("tokenizer.json",), (2,),
                                                           49153)),
-    foundry.WebServiceJob("smollm2-int4", "/cache"),
-    foundry.WebServiceSeen(("smollm2-int4", "other"), 404),
+    WebServiceJob("smollm2-int4", "/cache"),
+    WebServiceSeen(("smollm2-int4", "other"), 404),
     QuantizeJob("/m/fp32/model.onnx", "/m/int4/model.onnx", QuantPlan(bits=4, algorithm="gptq", mix="v")),
     _FACTS,
     engines.MeasureJob("smollm2-int4", (16, 64), (8, 32), repeats=3, warmup=1, cache="/cache"),
@@ -88,7 +91,7 @@ def test_payload_json_keeps_the_shapes_children_and_files_read() -> None:
     origin = codec.dump(adapters.TokenizerOrigin("base", "base", "base", (), (), 10))
     assert list(origin) == ["tokenizer_from", "chat_template_from", "generation_config_from", "files_from_adapter",
                             "eos_token_ids_added", "vocab_size"]  # merge.json's ``tokenizer`` entry
-    assert list(codec.dump(genai.ThreadSpeed(0, 1.0, 2.0))) == ["threads", "decode_tps", "ttft_ms"]  # registration's probe
+    assert list(codec.dump(ThreadSpeed(0, 1.0, 2.0))) == ["threads", "decode_tps", "ttft_ms"]  # registration's probe
     assert codec.dump(QuantizeJob("s", "t", QuantPlan()))["plan"] == json.loads(json.dumps(QuantPlan().__dict__))
 
 

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.domain.params import CompareParams, parameters_cell, parse
+from slmops.toolkit.domain.run_params import CompareParams, parameters_cell, parse
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 

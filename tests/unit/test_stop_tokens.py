@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.runtimes.foundry import models_root
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.runtimes.foundry_session import models_root
+from slmops.toolkit.stages import register
 
-NO_PROBE = R.ModelConfig(threads=None)  # the thread probe is not what these tests check
+NO_PROBE = register.ModelConfig(threads=None)  # the thread probe is not what these tests check
 
 
 def test_an_end_of_turn_token_past_the_vocabulary_is_refused_at_registration(tmp_path: Path) -> None:
@@ -21,8 +21,10 @@ def test_an_end_of_turn_token_past_the_vocabulary_is_refused_at_registration(tmp
     from transformers import AutoTokenizer
 
     from slmops.toolkit.core.errors import InputError
+    from slmops.toolkit.domain.options import Precision
     from slmops.toolkit.orchestration import doctor
-    from slmops.toolkit.stages.convert import ConvertSpec, Precision, convert
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
     from tests.models import make_tiny_model
 
     source = make_tiny_model(tmp_path / "grown")
@@ -41,5 +43,5 @@ def test_an_end_of_turn_token_past_the_vocabulary_is_refused_at_registration(tmp
     assert not check.ok and f"past the model's {rows}-token vocabulary" in check.detail
     target = models_root(None) / "grown-fp32"
     with pytest.raises(InputError, match=rf"<\|end\|> .* is token {end}, past the model's {rows}-token vocabulary"):
-        R.register(built, "grown-fp32", model_config=NO_PROBE)
+        register.register(built, "grown-fp32", model_config=NO_PROBE)
     assert not target.exists()

@@ -9,28 +9,27 @@ import pytest
 
 from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import TemplateError
-from slmops.toolkit.domain import jinja_render, template_resolve
-from slmops.toolkit.domain import templates as T
+from slmops.toolkit.domain import jinja_render, template_resolve, templates
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
 
 
-@pytest.mark.parametrize("preset", [t for t in T.PRESETS])
-def test_presets_render_the_same_both_ways(preset: T.Template) -> None:
-    template = T.PRESETS[preset]
-    assert T.render(template, CONVERSATION) == jinja_render.render_jinja(T.to_jinja(template), CONVERSATION)
+@pytest.mark.parametrize("preset", [t for t in templates.PRESETS])
+def test_presets_render_the_same_both_ways(preset: templates.Template) -> None:
+    template = templates.PRESETS[preset]
+    assert templates.render(template, CONVERSATION) == jinja_render.render_jinja(templates.to_jinja(template), CONVERSATION)
 
 
 def test_chatml_matches_the_tutorial_apart_from_trailing_newlines() -> None:
-    chatml = T.PRESETS[T.Template.CHATML]
+    chatml = templates.PRESETS[templates.Template.CHATML]
     assert chatml.user.rstrip("\n") == "<|im_start|>user\n{Content}<|im_end|>"
     assert chatml.prompt.startswith("<|im_start|>user\n{Content}<|im_end|>\n<|im_start|>assistant")
 
 
 def test_auto_derives_from_the_models_own_template(tiny_model: Path) -> None:
     resolved = template_resolve.resolve("auto", tiny_model)
-    assert resolved.prompt_template == T.PRESETS[T.Template.CHATML]
+    assert resolved.prompt_template == templates.PRESETS[templates.Template.CHATML]
     template_resolve.check_consistency(resolved)
 
 
@@ -43,12 +42,12 @@ def test_auto_without_a_chat_template_says_what_to_do(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        T.PromptTemplate("sys", "<u>{Content}", "<a>{Content}", "<u>{Content}<a>"),
-        T.PromptTemplate("<s>{Content}", "<u>{Content}{Content}", "<a>{Content}", "<u>{Content}<a>"),
-        T.PromptTemplate("<s>{Content}", "<u>{Content}", "<a>{Content} {Name}", "<u>{Content}<a>"),
+        templates.PromptTemplate("sys", "<u>{Content}", "<a>{Content}", "<u>{Content}<a>"),
+        templates.PromptTemplate("<s>{Content}", "<u>{Content}{Content}", "<a>{Content}", "<u>{Content}<a>"),
+        templates.PromptTemplate("<s>{Content}", "<u>{Content}", "<a>{Content} {Name}", "<u>{Content}<a>"),
     ],
 )
-def test_malformed_custom_templates_are_refused(bad: T.PromptTemplate, tiny_model: Path) -> None:
+def test_malformed_custom_templates_are_refused(bad: templates.PromptTemplate, tiny_model: Path) -> None:
     with pytest.raises(TemplateError):
         template_resolve.resolve("custom", tiny_model, bad)
 
@@ -65,8 +64,8 @@ def test_hostile_jinja_is_sandboxed() -> None:
 
 
 def test_consistency_check_catches_a_mismatch() -> None:
-    chatml = T.PRESETS[T.Template.CHATML]
-    resolved = template_resolve.ResolvedTemplate(T.Template.CHATML, chatml, T.to_jinja(T.PRESETS[T.Template.PHI3]))
+    chatml = templates.PRESETS[templates.Template.CHATML]
+    resolved = template_resolve.ResolvedTemplate(templates.Template.CHATML, chatml, templates.to_jinja(templates.PRESETS[templates.Template.PHI3]))
     with pytest.raises(TemplateError, match="disagree"):
         template_resolve.check_consistency(resolved)
 
@@ -84,7 +83,7 @@ def test_auto_notes_a_default_system_prompt_only_the_jinja_adds(tmp_path: Path) 
 
     model = make_tiny_model(tmp_path / "smollm-like", chat_template=SMOLLM_LIKE)
     resolved = template_resolve.resolve("auto", model)
-    assert resolved.prompt_template == T.PRESETS[T.Template.SMOLLM]
+    assert resolved.prompt_template == templates.PRESETS[templates.Template.SMOLLM]
     template_resolve.check_consistency(resolved)  # the issue's probe (with a system turn) agrees
     assert len(resolved.notes) == 1 and "You are a helpful AI assistant." in resolved.notes[0]
 
@@ -93,14 +92,14 @@ def test_template_files_are_read_and_checked(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text('{"system": "S:{Content}\\n", "user": "U:{Content}\\n", "assistant": "A:{Content}\\n", '
                     '"prompt": "U:{Content}\\nA:"}')
-    assert T.load_prompt_template(good).prompt == "U:{Content}\nA:"
+    assert templates.load_prompt_template(good).prompt == "U:{Content}\nA:"
     for text, says in [("{not json", "Cannot read"), ('{"system": "x"}', "exactly the string keys"),
                        ('{"system": "S", "user": "U:{Content}", "assistant": "A:{Content}", "prompt": "P:{Content}"}',
                         "exactly once")]:
         bad = tmp_path / "bad.json"
         bad.write_text(text)
         with pytest.raises(TemplateError, match=says):
-            T.load_prompt_template(bad)
+            templates.load_prompt_template(bad)
 
 
 # --- Rendered as transformers renders them (issue 24) ---
@@ -155,20 +154,20 @@ def test_auto_with_a_bos_template_passes_its_own_consistency_check(tmp_path: Pat
     resolved = template_resolve.resolve("auto", tmp_path)
     template_resolve.check_consistency(resolved)  # rendered with the model's BOS, as derived
     assert resolved.prompt_template.bos == "<|begin_of_text|>"
-    assert T.render(resolved.prompt_template, _CONVERSATION).count("<|begin_of_text|>") == 1
+    assert templates.render(resolved.prompt_template, _CONVERSATION).count("<|begin_of_text|>") == 1
 
 
-@pytest.mark.parametrize(("preset", "bos"), [(T.Template.LLAMA3, "<|begin_of_text|>"), (T.Template.GEMMA, "<bos>"),
-                                             (T.Template.MISTRAL, "<s>"), (T.Template.CHATML, "")])
-def test_presets_write_their_familys_bos_once(preset: T.Template, bos: str) -> None:
-    template = T.PRESETS[preset]
+@pytest.mark.parametrize(("preset", "bos"), [(templates.Template.LLAMA3, "<|begin_of_text|>"), (templates.Template.GEMMA, "<bos>"),
+                                             (templates.Template.MISTRAL, "<s>"), (templates.Template.CHATML, "")])
+def test_presets_write_their_familys_bos_once(preset: templates.Template, bos: str) -> None:
+    template = templates.PRESETS[preset]
     for messages in (_CONVERSATION, _CONVERSATION[1:2]):
-        text = T.render(template, messages)
+        text = templates.render(template, messages)
         assert text.startswith(bos) and (not bos or text.count(bos) == 1)
-        assert jinja_render.render_jinja(T.to_jinja(template), messages) == text
+        assert jinja_render.render_jinja(templates.to_jinja(template), messages) == text
     folded = template.as_json()
     assert folded["system"].startswith(bos) and folded["prompt"].startswith(bos)
-    assert codec.load(T.PromptTemplate, folded).unfolded(bos) == template
+    assert codec.load(templates.PromptTemplate, folded).unfolded(bos) == template
 
 
 def test_named_templates_and_the_jinja_file_are_read(tmp_path: Path) -> None:
@@ -186,8 +185,8 @@ def test_named_templates_and_the_jinja_file_are_read(tmp_path: Path) -> None:
 def test_a_bos_that_only_looks_like_the_first_turns_start_is_not_taken_for_one() -> None:
     """SmolLM2's BOS is ``<|im_start|>``, which its ChatML template never writes as a BOS: no BOS is derived,
     else the foundry CLI's strings would start a conversation without a system message with it twice."""
-    derived = template_resolve.derive(T.to_jinja(T.PRESETS[T.Template.CHATML]), bos_token="<|im_start|>", eos_token="<|im_end|>")
-    assert derived.bos == "" and derived == T.PRESETS[T.Template.CHATML]
-    assert T.render(derived, [{"role": "user", "content": "Hi"}]).startswith("<|im_start|>user")
-    writes_bos = "{{ bos_token }}" + T.to_jinja(T.PRESETS[T.Template.CHATML])
+    derived = template_resolve.derive(templates.to_jinja(templates.PRESETS[templates.Template.CHATML]), bos_token="<|im_start|>", eos_token="<|im_end|>")
+    assert derived.bos == "" and derived == templates.PRESETS[templates.Template.CHATML]
+    assert templates.render(derived, [{"role": "user", "content": "Hi"}]).startswith("<|im_start|>user")
+    writes_bos = "{{ bos_token }}" + templates.to_jinja(templates.PRESETS[templates.Template.CHATML])
     assert template_resolve.derive(writes_bos, bos_token="<|im_start|>").bos == "<|im_start|>"

@@ -13,6 +13,7 @@ import pytest
 
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import datasets, tools
+from slmops.toolkit.runtimes.genai_folders import readable_dir
 
 WEATHER = {"type": "function", "function": {
     "name": "city_weather", "description": "The current weather in a city of Veloria.",
@@ -147,15 +148,14 @@ def test_bad_tool_examples_are_refused_naming_the_line(tmp_path: Path, line: dic
 
 def test_a_folder_with_tool_token_ids_is_readable_by_the_pinned_genai(tmp_path: Path) -> None:
     """Foundry Local's runtime reads bot/eot_token_id; the pinned onnxruntime-genai 0.14.1 refuses unknown keys."""
-    from slmops.toolkit.runtimes import genai
 
     config = {"model": {"eos_token_id": 2, "bot_token_id": 5, "eot_token_id": 6, "decoder": {}}, "search": {}}
     (tmp_path / "genai_config.json").write_text(json.dumps(config))
     (tmp_path / "model.onnx").write_bytes(b"graph")
-    shadow = genai.readable_dir(tmp_path)
+    shadow = readable_dir(tmp_path)
     assert shadow != tmp_path and (shadow / "model.onnx").resolve() == (tmp_path / "model.onnx").resolve()
     assert json.loads((shadow / "genai_config.json").read_text())["model"] == {"eos_token_id": 2, "decoder": {}}
-    assert genai.readable_dir(tmp_path) == shadow  # made once
+    assert readable_dir(tmp_path) == shadow  # made once
     # Its model folder deleted, the shadow goes when the next one is made (with a dead process's scratch).
     other = tmp_path / "other"
     other.mkdir()
@@ -163,10 +163,10 @@ def test_a_folder_with_tool_token_ids_is_readable_by_the_pinned_genai(tmp_path: 
     (tmp_path / "model.onnx").unlink()
     dead = shadow.parent / f".{shadow.name}.999999999"
     dead.mkdir()
-    assert genai.readable_dir(other).is_dir() and not shadow.exists() and not dead.exists()
+    assert readable_dir(other).is_dir() and not shadow.exists() and not dead.exists()
     del config["model"]["bot_token_id"], config["model"]["eot_token_id"]
     (tmp_path / "genai_config.json").write_text(json.dumps(config))
-    assert genai.readable_dir(tmp_path) == tmp_path
+    assert readable_dir(tmp_path) == tmp_path
 
 
 def test_tool_batches_share_their_prompt_and_lose_nothing(tiny_model: Path) -> None:
@@ -227,7 +227,7 @@ class _Scripted:
 
     def generate(self, messages, **_options):
         from slmops.toolkit.core.errors import FoundryRequestError
-        from slmops.toolkit.runtimes.foundry import Generation
+        from slmops.toolkit.runtimes.foundry_requests import Generation
 
         answer = self.answers[messages[-1]["content"]]
         if isinstance(answer, Exception):

@@ -11,10 +11,12 @@ import pytest
 
 from slmops.toolkit.core.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
 from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.domain.results.bench import BenchRow
+from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, ModelReport, Thresholds, Unit, Verdict
+from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.presentation import bench_text, compare
-from slmops.toolkit.runtimes.foundry import Generation
-from slmops.toolkit.stages import bench as B
-from slmops.toolkit.stages import checklist as E
+from slmops.toolkit.runtimes.foundry_requests import Generation
+from slmops.toolkit.stages import bench, checklist
 
 
 def answer(tokens: int = 3) -> Generation:
@@ -22,20 +24,20 @@ def answer(tokens: int = 3) -> Generation:
 
 
 def test_valid_edge_inputs_must_be_answered_and_invalid_ones_refused_with_the_right_error() -> None:
-    assert E.edge_verdict("unicode", answer())[1]
-    assert not E.edge_verdict("unicode", error=FoundryRequestError("runtime crashed"))[1]  # the runtime's failure
-    assert not E.edge_verdict("long-history", error=InvalidPromptError("refused"))[1]  # refusing valid input
-    assert E.edge_verdict("empty-prompt", error=InvalidPromptError("empty"))[1]
-    assert not E.edge_verdict("empty-prompt", answer())[1]  # answering what must be refused
-    assert not E.edge_verdict("over-context", error=InvalidOptionError("x", 1, "y"))[1]  # the wrong refusal
-    assert E.edge_verdict("over-context", error=PromptTooLongError(600, 8, 512))[1]
-    assert E.edge_verdict("max-tokens-1", answer(1))[1] and not E.edge_verdict("max-tokens-1", answer(2))[1]
-    assert set(E.MUST_REFUSE) < {case for case, _ in E.EDGE_CASES}
+    assert checklist.edge_verdict("unicode", answer())[1]
+    assert not checklist.edge_verdict("unicode", error=FoundryRequestError("runtime crashed"))[1]  # the runtime's failure
+    assert not checklist.edge_verdict("long-history", error=InvalidPromptError("refused"))[1]  # refusing valid input
+    assert checklist.edge_verdict("empty-prompt", error=InvalidPromptError("empty"))[1]
+    assert not checklist.edge_verdict("empty-prompt", answer())[1]  # answering what must be refused
+    assert not checklist.edge_verdict("over-context", error=InvalidOptionError("x", 1, "y"))[1]  # the wrong refusal
+    assert checklist.edge_verdict("over-context", error=PromptTooLongError(600, 8, 512))[1]
+    assert checklist.edge_verdict("max-tokens-1", answer(1))[1] and not checklist.edge_verdict("max-tokens-1", answer(2))[1]
+    assert set(checklist.MUST_REFUSE) < {case for case, _ in checklist.EDGE_CASES}
 
 
 def test_the_long_history_fits_the_context_it_is_built_for() -> None:
     for context in (512, 2048, 8192):
-        turns, _ = E.edge_request("long-history", context)
+        turns, _ = checklist.edge_request("long-history", context)
         assert len(turns) % 2 == 1 and turns[-1]["role"] == "user" and 12 * len(turns) <= context // 2 + 12
 
 
@@ -60,52 +62,52 @@ class FakeModel:
 
 
 def test_the_memory_check_tells_an_arena_that_settles_from_a_leak() -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     # An arena: one 40 MB step late in the run, then flat: one window's growth never decides.
-    arena = E.memory_check(FakeModel({35: 40_000_000}), 40, limits, 0, False, rss := [])
+    arena = checklist.memory_check(FakeModel({35: 40_000_000}), 40, limits, 0, False, rss := [])
     assert arena.passed and "levels off" in arena.detail and len(rss) == 40
     assert arena.unit == "MiB per 100 requests" and arena.value < arena.threshold == limits.leak_mib_per_100
     # A leak: 1 MB kept by every request grows in every window.
-    leak = E.memory_check(FakeModel({0: 1_000_000}), 40, limits, 0, False, [])
+    leak = checklist.memory_check(FakeModel({0: 1_000_000}), 40, limits, 0, False, [])
     assert not leak.passed and not leak.inconclusive and "a leak" in leak.detail and leak.value > leak.threshold
     assert "rose on 32 of 32 requests after warm-up, by 1.0 MiB" in leak.detail  # how it grew: on every request
-    quiet = E.memory_check(FakeModel({}), 40, limits, 0, False, rss := [])
+    quiet = checklist.memory_check(FakeModel({}), 40, limits, 0, False, rss := [])
     assert quiet.passed and len(rss) == 40  # no more windows when nothing grew
 
 
 def test_time_per_token_is_judged_against_the_reference_rounds_of_the_same_run() -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     fp32 = [(30.0, 36.0), (30.5, 36.4), (29.8, 35.9), (30.2, 36.1)]  # attention adds 6 ms per token at 4096 tokens
     int4 = [(2.0, 7.8), (2.1, 8.0), (1.9, 7.7), (2.0, 7.9)]  # 3.9x its own short-input time: the same 6 ms
-    assert not E.performance_check("m-int4", int4, limits, None, (64, 4096)).passed  # the absolute 3x rule fails it
-    judged = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
+    assert not checklist.performance_check("m-int4", int4, limits, None, (64, 4096)).passed  # the absolute 3x rule fails it
+    judged = checklist.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
     assert judged.passed and "m-fp32" in judged.criterion and judged.unit == "ratio" and judged.value <= 1.0
     slow = [(2.0, 20.0), (2.1, 20.5), (1.9, 19.8), (2.0, 20.2)]  # adds 18 ms where FP32 adds 6: a real degradation
-    assert not E.performance_check("m-int4", slow, limits, ("m-fp32", fp32), (64, 4096)).passed
-    assert E.performance_check("m-fp32", fp32, limits, ("m-fp32", fp32), (64, 4096)).passed  # absolute rule
+    assert not checklist.performance_check("m-int4", slow, limits, ("m-fp32", fp32), (64, 4096)).passed
+    assert checklist.performance_check("m-fp32", fp32, limits, ("m-fp32", fp32), (64, 4096)).passed  # absolute rule
 
 
 def test_a_statistic_within_its_spread_of_the_threshold_is_inconclusive() -> None:
-    assert E.decide([1.0, 1.2, 0.9, 1.1, 1.0], 5.0).verdict == "pass"
-    assert E.decide([9.0, 9.5, 8.8, 9.2], 5.0).verdict == "fail"
-    near = E.decide([3.0, 7.0, 4.5, 6.0, 5.2], 5.0)  # the median is a coin flip away from the threshold
+    assert checklist.decide([1.0, 1.2, 0.9, 1.1, 1.0], 5.0).verdict == "pass"
+    assert checklist.decide([9.0, 9.5, 8.8, 9.2], 5.0).verdict == "fail"
+    near = checklist.decide([3.0, 7.0, 4.5, 6.0, 5.2], 5.0)  # the median is a coin flip away from the threshold
     assert near.verdict == "inconclusive" and near.spread > abs(near.value - near.threshold)
     # One slow round (a burst of load) moves neither the median nor the robust spread much.
-    assert E.decide([1.0, 1.1, 0.9, 1.0, 30.0], 5.0).verdict == "pass"
+    assert checklist.decide([1.0, 1.1, 0.9, 1.0, 30.0], 5.0).verdict == "pass"
 
 
 def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_a_comparison(tmp_path: Path) -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     fp32 = [(30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0), (30.0, 36.0)]
     # INT4 adds 9.2 ms +- 3 ms where 9.2 are allowed (1.5 x 6 + 10% of 2 ms): a share of 1 +- 0.3, either side.
     int4 = [(2.0, 8.2), (2.0, 14.2), (2.0, 11.2), (2.0, 9.7), (2.0, 12.7)]
-    check = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
+    check = checklist.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 4096))
     assert check.inconclusive and check.verdict == "inconclusive" and "inconclusive: rerun" in check.detail
     assert check.spread > abs(check.value - check.threshold)  # the threshold lies within the measured spread
-    domain = E.CheckResult("m-int4", E.Check.DOMAIN, "c1", 1.0, E.Unit.SHARE, 1.0, E.Bound.AT_LEAST, E.Verdict.PASS, "t")
-    report = E.ModelReport("m-int4", [check, domain])
+    domain = CheckResult("m-int4", Check.DOMAIN, "c1", 1.0, Unit.SHARE, 1.0, Bound.AT_LEAST, Verdict.PASS, "t")
+    report = ModelReport("m-int4", [check, domain])
     assert report.passed  # `slmops test` exits 0
-    written = E.dump_report(E.write_report([report], tmp_path / "test.json"))
+    written = dump_report(checklist.write_report([report], tmp_path / "test.json"))
     assert written["passed"] and written["summary"]["m-int4"]["inconclusive"] == ["performance/time-per-token"]
     assert written["checks"][0]["verdict"] == "inconclusive"
     # The same check passed in run a and is inconclusive in run b: no regression for --fail-on.
@@ -123,13 +125,13 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
 
 
 def test_a_burst_of_load_that_slows_whole_rounds_moves_neither_the_figure_nor_the_verdict() -> None:
-    limits = E.Thresholds()
+    limits = Thresholds()
     fp32 = [(30.0, 36.0 * j) for j in (1.02, 0.98, 1.01, 0.99, 1.03, 0.97, 1.0)]
     int4 = [(2.0, 9.0 * j) for j in (1.0, 0.97, 1.03, 0.99, 1.01, 0.98, 1.02)]  # adds 7 ms of the 9.2 allowed
-    quiet = E.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 1024))
+    quiet = checklist.performance_check("m-int4", int4, limits, ("m-fp32", fp32), (64, 1024))
     # The same rounds while other processes took the cores: every request of a round k times slower.
     loads = (1.0, 1.7, 2.6, 1.2, 3.1, 2.0, 1.0)
-    busy = E.performance_check("m-int4", [(s * k, l * k) for (s, l), k in zip(int4, loads, strict=True)], limits,
+    busy = checklist.performance_check("m-int4", [(s * k, l * k) for (s, l), k in zip(int4, loads, strict=True)], limits,
                                ("m-fp32", [(s * k, l * k) for (s, l), k in zip(fp32, loads, strict=True)]), (64, 1024))
     assert quiet.verdict == busy.verdict == "pass" and quiet.unit == busy.unit == "ratio"
     assert busy.value == pytest.approx(quiet.value, abs=0.01) and busy.spread == pytest.approx(quiet.spread, abs=0.01)
@@ -138,16 +140,16 @@ def test_a_burst_of_load_that_slows_whole_rounds_moves_neither_the_figure_nor_th
 
 def test_an_arena_that_grows_in_shrinking_steps_is_not_called_a_leak() -> None:
     """The FP32 flip of the issue: +43.65 MB per 100 requests, then +16.61 over 200 more, then flat."""
-    limits = E.Thresholds()
+    limits = Thresholds()
     arena = FakeModel({130: 30_000_000, 170: 12_000_000, 290: 8_000_000})
-    result = E.memory_check(arena, 200, limits, 0, False, rss := [])
+    result = checklist.memory_check(arena, 200, limits, 0, False, rss := [])
     assert result.passed and "levels off" in result.detail and len(rss) <= 280  # decided before the last step
-    leak = E.memory_check(FakeModel({0: 300_000}), 200, limits, 0, False, [])  # 30 MB per 100 requests
+    leak = checklist.memory_check(FakeModel({0: 300_000}), 200, limits, 0, False, [])  # 30 MB per 100 requests
     assert not leak.passed and not leak.inconclusive and "every window" in leak.detail
 
 
-def _bench_row(**values: object) -> B.BenchRow:
-    return B.BenchRow(**({f.name: 0 for f in fields(B.BenchRow)} | {"model": "m-int4", "precision": "int4",
+def _bench_row(**values: object) -> BenchRow:
+    return BenchRow(**({f.name: 0 for f in fields(BenchRow)} | {"model": "m-int4", "precision": "int4",
                                                                     "target_gen_tokens": 32, "gen_tokens": 32.0,
                                                                     "threads": 2} | values))
 
@@ -156,7 +158,7 @@ def test_the_first_token_breakdown_adds_up_or_says_what_it_could_not_measure() -
     rows = [_bench_row(engine="foundry-local", target_prompt_tokens=128, ttft_ms=300.0, e2e_ms=600.0, setup_ms=2.0,
                        template_ms=1.0),
             _bench_row(engine="ort-genai", target_prompt_tokens=128, ttft_ms=380.0, e2e_ms=700.0)]
-    (line,) = B.ttft_breakdown(rows)
+    (line,) = bench.ttft_breakdown(rows)
     assert line.runtime_other_ms is None and "cannot be measured apart" in line.unmeasured
     parts = line.setup_ms + line.template_ms + line.prefill_ms + line.harness_ms
     assert parts == pytest.approx(line.foundry_ttft_ms, abs=0.02) and line.prefill_ms > 0
@@ -232,7 +234,7 @@ def test_extra_timing_rounds_time_only_the_undecided_models_and_their_reference(
     monkeypatch.setattr(timing, "per_token_ms", per_token_ms)
     monkeypatch.setattr(timing, "prompt_text", lambda _tokenizer, n: "long" if n == 1024 else "short")
     monkeypatch.setattr("tokenizers.Tokenizer.from_file", lambda _path: None)
-    limits = E.Thresholds()
+    limits = Thresholds()
     low, high = limits.timing_rounds
     checks, _curves, requests = timing.performance_checks(["m-fp32", "m-int8", "m-int4"], "m-fp32", None,
                                                           [64, 1024], limits, 0, False)

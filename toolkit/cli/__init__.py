@@ -8,7 +8,5 @@ entry point in :mod:`~slmops.toolkit.cli.app`.
 from __future__ import annotations
 
 from slmops.toolkit.cli.app import build_parser, main, version
-from slmops.toolkit.cli.pipeline import int4_options as _int4_options
-from slmops.toolkit.core.errors import SlmopsError
 
-__all__ = ["SlmopsError", "_int4_options", "build_parser", "main", "version"]
+__all__ = ["build_parser", "main", "version"]

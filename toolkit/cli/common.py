@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from slmops.toolkit.core.errors import ParamsError
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 
 
 class Group(StrEnum):
@@ -130,7 +130,7 @@ def fraction(low: float, high: float) -> Callable[[str], float]:
 
 def run_param(name: str) -> dict:
     """``add_argument`` keywords for an option that sets run parameter ``name``: type, range, default and help
-    all from :class:`~slmops.toolkit.domain.params.RunParams`, the one place they are declared."""
+    all from :class:`~slmops.toolkit.domain.run_params.RunParams`, the one place they are declared."""
     convert = run_params.item_parser(name)
 
     def parse(text: str) -> object:

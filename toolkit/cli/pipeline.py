@@ -18,22 +18,22 @@ from slmops.toolkit.cli.common import (
 from slmops.toolkit.cli.pipeline_parsers import NO_REFERENCE, PARSERS
 from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import params as run_params
-from slmops.toolkit.domain import recipe_choice
+from slmops.toolkit.domain import recipe_choice, run_params
 from slmops.toolkit.domain.options import (
     INT4_RECIPES,
 )
-from slmops.toolkit.domain.params import MAX_SWEEP_RUNS
 from slmops.toolkit.domain.results.bench import BenchFile
+from slmops.toolkit.domain.results.checklist import Thresholds
 from slmops.toolkit.domain.results.checklist_file import dump_report
 from slmops.toolkit.domain.results.conversion import Manifest, ParityGate
 from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.domain.run_params import MAX_SWEEP_RUNS
 from slmops.toolkit.domain.templates import load_prompt_template
-from slmops.toolkit.orchestration import cluster, pipeline, recipes, workspace
-from slmops.toolkit.orchestration import run as stage_api
+from slmops.toolkit.orchestration import cluster, pipeline, recipes, run_stages, runs, workspace
 from slmops.toolkit.presentation import bench_text, checklist_tables, plots, report
 from slmops.toolkit.presentation.tables import text_table
 from slmops.toolkit.stages import checklist, convert, finetune, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 
 COMMANDS = (
     Command(Group.PIPELINE, "demo", "the whole pipeline on the bundled model (fp32, int8, int4)"),
@@ -138,7 +138,7 @@ def int4_options(args: argparse.Namespace):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    spec = convert.ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
+    spec = ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
                                int4_options(args), args.execution_provider, Path(args.base) if args.base else None,
                                keep_adapter=args.keep_adapter, adapter_in_graph=args.adapter_in_graph,
                                more_adapters=tuple(Path(folder) for folder in args.also_adapter or ()))
@@ -251,23 +251,23 @@ def registered_names(args: argparse.Namespace) -> list[str]:
     return args.names or [m.name for m in read_registered(Path(args.out) / "registered.json")]
 
 
-def cli_run(args: argparse.Namespace, **params: object) -> stage_api.Run:
+def cli_run(args: argparse.Namespace, **params: object) -> runs.Run:
     """The run in ``--out``: its own ``params.json`` when it is a run folder, with the options given on top."""
     out = Path(args.out)
     given = {k: v for k, v in params.items() if v is not None}
-    if not (out / stage_api.RUN_FILE).is_file():
+    if not (out / runs.RUN_FILE).is_file():
         # Not a run folder: a plain set of models, checked on the bundled cases unless --cases names others.
         given.setdefault("finetune", False)
-        return stage_api.Run(run_params.parse({**given, "run_dir": str(out.resolve())}))
-    return stage_api.open_run(out / stage_api.RUN_FILE, given)
+        return runs.Run(run_params.parse({**given, "run_dir": str(out.resolve())}))
+    return runs.open_run(out / runs.RUN_FILE, given)
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     run = cli_run(args, cases=str(Path(args.cases).resolve()) if args.cases else None, seed=args.seed,
                   checklist_requests=args.requests, cache_dir=args.cache_dir)
-    limits = checklist.Thresholds(leak_mib_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
-    reference = None if args.reference == NO_REFERENCE else args.reference or stage_api.AUTO
-    written = stage_api.test(run, names=args.names or None, reference=reference, thresholds=limits,
+    limits = Thresholds(leak_mib_per_100=args.max_leak, slowdown=args.max_slowdown, top1_min=args.min_top1)
+    reference = None if args.reference == NO_REFERENCE else args.reference or run_stages.AUTO
+    written = run_stages.test(run, names=args.names or None, reference=reference, thresholds=limits,
                              lengths=args.lengths)
     out = run.dir
     if args.json:
@@ -314,10 +314,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if "endpoint" in args.engines:  # the endpoint runs in its own process, as an application would reach it
         names = registered_names(args)
         with endpoint.background(names, cache=args.cache_dir) as server:
-            results = stage_api.bench(run, names=names, engines=tuple(args.engines),
+            results = run_stages.bench(run, names=names, engines=tuple(args.engines),
                                       endpoint=(server.url, server.api_key))
     else:
-        results = stage_api.bench(run, names=names, engines=tuple(args.engines))
+        results = run_stages.bench(run, names=names, engines=tuple(args.engines))
     rows = results.rows
     out = run.dir
     quality = checklist.read_report(out / "test.json")

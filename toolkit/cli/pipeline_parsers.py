@@ -30,10 +30,13 @@ from slmops.toolkit.domain.options import (
     Precision,
     TablePrecision,
 )
-from slmops.toolkit.domain.params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
+from slmops.toolkit.domain.results.checklist import Thresholds
+from slmops.toolkit.domain.run_params import DEFAULTS, MAX_SWEEP_RUNS, RunParams
 from slmops.toolkit.domain.templates import TEMPLATE_NOTES, Template
 from slmops.toolkit.orchestration import pipeline
-from slmops.toolkit.stages import bench, checklist, convert, finetune, register
+from slmops.toolkit.stages import bench, finetune, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_threads import AUTO_THREADS
 
 #: ``slmops test --reference none``: no quality check against an FP32 model.
 NO_REFERENCE = "none"
@@ -49,7 +52,7 @@ def in_run(option: dict) -> dict:
 
 def threads_setting(text: str) -> int | str | None:
     """An argparse type for ``register --threads``: ``auto``, ``default`` (None) or a count from 1 to 1024."""
-    if text in (register.AUTO_THREADS, "default"):
+    if text in (AUTO_THREADS, "default"):
         return None if text == "default" else text
     try:
         return whole(1, 1024)(text)
@@ -203,15 +206,15 @@ def convert_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
                    help="with --keep-adapter: another LoRA adapter of the same base, written as its own adapter "
                    "file for the same build and checked against its own merged model (repeatable)")
     p.add_argument("--precision", choices=[x.value for x in Precision],
-                   default=default_of(convert.ConvertSpec, "precision"),
+                   default=default_of(ConvertSpec, "precision"),
                    help="int4 (default; see INT4 options), int8 (8-bit weights, MatMulNBits), fp32 (reference), "
                    "fp16 (GPUs only: with --execution-provider cuda)")
     out_option(p, "model folder to write (replaced only when the conversion succeeds)", required=True)
-    p.add_argument("--method", choices=[x.value for x in Method], default=default_of(convert.ConvertSpec, "method"),
+    p.add_argument("--method", choices=[x.value for x in Method], default=default_of(ConvertSpec, "method"),
                    help="builder: ONNX Runtime GenAI builder; olive: olive auto-opt; olive-config: olive run --config")
     int4_arguments(p)
     p.add_argument("--execution-provider", choices=["cpu", "cuda"],
-                   default=default_of(convert.ConvertSpec, "execution_provider"),
+                   default=default_of(ConvertSpec, "execution_provider"),
                    help="cuda builds for NVIDIA GPUs (needed for fp16); cpu for Foundry Local on CPU")
     p.add_argument("--dry-run", action="store_true", help="with --method olive-config: write the config only")
     p.add_argument("--skip-memory-check", action="store_true",
@@ -295,7 +298,7 @@ def test_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argument
     p.add_argument("--requests", **in_run(run_param("checklist_requests")))
     p.add_argument("--lengths", type=whole(1), nargs="*", help="input lengths in tokens for the performance check "
                    "(default: 64, x4 ..., 1024 or half the context; give none to skip)")
-    limits = checklist.Thresholds()
+    limits = Thresholds()
     p.add_argument("--max-leak", type=fraction(0, 1e6), default=limits.leak_mib_per_100, help="MiB per 100 requests")
     p.add_argument("--max-slowdown", type=fraction(1, 1e6), default=limits.slowdown,
                    help="time per token, longest/shortest input")

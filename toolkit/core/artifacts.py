@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from slmops.toolkit.core import platform, settings
+from slmops.toolkit.core import settings, system
 from slmops.toolkit.core.errors import DiskFullError, InputError, ModelFolderError
 
 #: The file beside every converted model that says how it was made.
@@ -44,7 +44,7 @@ _SCRATCH = re.compile(rf"^\.(?P<name>.+)\.(?P<kind>{'|'.join((*SCRATCH_KINDS, 'o
 def crash_point(name: str) -> None:
     """Kill this process here with SIGKILL when ``$SLMOPS_CRASH_AT`` names this point (crash tests only)."""
     if os.environ.get("SLMOPS_CRASH_AT") == name:
-        platform.kill_self()
+        system.kill_self()
 
 
 @contextlib.contextmanager

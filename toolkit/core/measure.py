@@ -13,7 +13,7 @@ import time
 
 import psutil
 
-from slmops.toolkit.core import platform as system
+from slmops.toolkit.core import system
 
 _MIB = 1 << 20
 
@@ -45,7 +45,7 @@ def available_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (see :func:`slmops.toolkit.core.platform.peak_rss_mib`)."""
+    """This process's peak resident memory so far, in MiB (see :func:`slmops.toolkit.core.system.peak_rss_mib`)."""
     return system.peak_rss_mib()
 
 

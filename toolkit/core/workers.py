@@ -12,7 +12,7 @@ Three kinds of children, one machinery:
 Every child gets the offline environment, a log file (stdout and stderr), its own process
 group (a timeout or Ctrl-C ends it and anything it started), a tie to its parent (it dies
 with the toolkit even when the toolkit is killed with SIGKILL), and its own wall time and
-peak RSS (that child's alone); :mod:`slmops.toolkit.core.platform` does each the way the system allows. Failures are typed:
+peak RSS (that child's alone); :mod:`slmops.toolkit.core.system` does each the way the system allows. Failures are typed:
 :class:`~slmops.toolkit.core.errors.ToolFailedError` with the child's own error in one line (never
 its traceback, which stays in the log) and :class:`~slmops.toolkit.core.errors.ToolTimeoutError`.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
-import re
 import runpy
 import shutil
 import subprocess
@@ -40,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from slmops.toolkit.core import artifacts, errors, settings
-from slmops.toolkit.core import platform as system
+from slmops.toolkit.core import artifacts, settings, system
+from slmops.toolkit.core.child_failures import cause, error_fields, kept_log, log_tail, raise_typed
 from slmops.toolkit.core.errors import SlmopsError, ToolFailedError, ToolTimeoutError
 
 _PARENT = "SLMOPS_PARENT_PID"
@@ -76,13 +75,6 @@ def python_module(module: str, *args: str) -> list[str]:
         ['-m', 'slmops.toolkit.core.workers', 'onnxruntime_genai.models.builder']
     """
     return [sys.executable, "-m", "slmops.toolkit.core.workers", module, *args]
-
-
-def _log_tail(log_path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _end_group(proc: subprocess.Popen) -> None:
@@ -142,30 +134,12 @@ def run_tool(command: list[str], *, log_path: Path, name: str | None = None, cwd
     code, wall, peak = _run(command, log_path=log_path, name=name, cwd=cwd, timeout=timeout, idle_timeout=None,
                             progress=None)
     if code != 0:
-        tail = _log_tail(log_path, 60)
+        tail = log_tail(log_path, 60)
         if "No space left on device" in tail:
             raise ToolFailedError(name, code, log_path, "the disk is full: free some space and run again")
         fallback = f"it was killed by signal {-code}" if code < 0 else "it printed no error"
         raise ToolFailedError(name, code, log_path, cause(tail) or fallback)
     return ChildRun(tuple(command), wall, peak, log_path)
-
-
-#: A Python exception line as a traceback ends (``KeyError: 'position_ids'``, ``a.b.SomeError: ...``).
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$")
-
-
-def cause(log_text: str) -> str:
-    """The one line of a child's log that says why it failed: its last exception line, else its last line.
-
-    Example:
-        >>> cause("Traceback (most recent call last):\\n  File 'x'\\nKeyError: 'position_ids'\\n")
-        "KeyError: 'position_ids'"
-    """
-    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if _EXCEPTION_LINE.match(line):
-            return line[:500]
-    return lines[-1][:500] if lines else ""
 
 
 class _Events:
@@ -203,7 +177,8 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
         payload: JSON-able input.
         name: What it is, in words, for errors (e.g. "benchmark of smollm2-int4").
         log_path: Where its log goes (default: a scratch folder, removed whatever happens; on a
-            failure the log is first moved to :func:`kept_log`, which the error names).
+            failure the log is first moved to
+            :func:`~slmops.toolkit.core.child_failures.kept_log`, which the error names).
         timeout: Seconds it may take in all.
         idle_timeout: Seconds it may go without an event.
         startup_s: Extra seconds before the first event (e.g. to load a model).
@@ -230,11 +205,11 @@ def run_worker(module: str, task: str, payload: dict, *, name: str, log_path: Pa
         if code != 0 or "result" not in output:
             error = output.get("error")
             if error:
-                _raise_typed(error)
+                raise_typed(error)
                 detail = f"{error['type']}: {error['message']}"
             else:
                 detail = ("the process died" + (f" (signal {-code})" if code < 0 else "") + ": "
-                          + (cause(_log_tail(log, 60)) or "it printed no error"))
+                          + (cause(log_tail(log, 60)) or "it printed no error"))
             raise ToolFailedError(name, code, log, detail)
         return ChildRun(tuple(command), wall, peak, log, output["result"])
     except ToolFailedError as exc:
@@ -258,54 +233,6 @@ def _scratch(task: str) -> Path:
     root = settings.home() / "workers"
     artifacts.remove_stale(root)
     return artifacts.staging_dir(root / task, "working")
-
-
-#: Failed children's logs kept under ``<home>/logs``; older ones are deleted.
-KEPT_LOGS = 50
-
-
-def kept_log(task: str, log: Path) -> Path:
-    """Move a failed child's log out of its scratch folder into ``<home>/logs`` and return where it went.
-
-    Each failure gets its own file (``worker-<task>-<time>-<pid>.log``), so an error's log is the
-    one it names; only the newest :data:`KEPT_LOGS` are kept, so failed runs leave no growing debris.
-    """
-    folder = settings.home() / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    kept = folder / f"worker-{task}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.perf_counter_ns() % 10**6}.log"
-    if log.is_file():
-        shutil.move(str(log), str(kept))
-    else:
-        kept.write_text("(the child wrote no log)\n")
-    for old in sorted(folder.glob("worker-*.log"), key=lambda f: f.stat().st_mtime)[:-KEPT_LOGS]:
-        old.unlink(missing_ok=True)
-    return kept
-
-
-def _raise_typed(error: dict) -> None:
-    """Raise a child's own :class:`~slmops.toolkit.core.errors.SlmopsError` as the same class here, so its exit code holds.
-
-    Its message and its fields (``InvalidOptionError.name``, ``ModelFolderError.path``, ...: those
-    the child could send as JSON) come back with it.
-    """
-    cls = getattr(errors, str(error.get("type")), None)
-    if isinstance(cls, type) and issubclass(cls, SlmopsError) and not issubclass(cls, ToolFailedError):
-        exc = cls.__new__(cls)
-        Exception.__init__(exc, error["message"])
-        exc.__dict__.update(error.get("fields") or {})
-        raise exc
-
-
-def _fields(exc: BaseException) -> dict:
-    """An error's own attributes that JSON can carry (the rest stay behind)."""
-    out = {}
-    for key, value in vars(exc).items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        out[key] = value
-    return out
 
 
 def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) -> None:
@@ -335,7 +262,7 @@ def serve(tasks: dict[str, Callable[[dict, Callable[[dict], None]], object]]) ->
             # Our own errors are written as messages for the user; another's first line is its cause.
             message = str(exc) if isinstance(exc, SlmopsError) else (str(exc).splitlines() or [""])[0]
             output, code = {"error": {"type": type(exc).__name__, "message": message or type(exc).__name__,
-                                      "fields": _fields(exc) if isinstance(exc, SlmopsError) else {}}}, 1
+                                      "fields": error_fields(exc) if isinstance(exc, SlmopsError) else {}}}, 1
     (work / "output.json.partial").write_text(json.dumps(output))
     (work / "output.json.partial").replace(work / "output.json")
     sys.exit(code)
@@ -398,7 +325,7 @@ def start_service(command: list[str], *, log_path: Path, name: str, ready: Calla
         while not ready():
             if not service.running:
                 raise ToolFailedError(name, proc.returncode, log_path,
-                                      f"it stopped before it was ready; last lines of its log:\n{_log_tail(log_path, 5)}")
+                                      f"it stopped before it was ready; last lines of its log:\n{log_tail(log_path, 5)}")
             if time.monotonic() > deadline:
                 raise ToolTimeoutError(name, startup_timeout, log_path)
             time.sleep(0.1)
@@ -409,7 +336,7 @@ def start_service(command: list[str], *, log_path: Path, name: str, ready: Calla
 
 
 def _die_with_parent() -> None:
-    """End this process when its parent dies (see :func:`slmops.toolkit.core.platform.die_with_parent`); stop now if it has."""
+    """End this process when its parent dies (see :func:`slmops.toolkit.core.system.die_with_parent`); stop now if it has."""
     parent = os.environ.get(_PARENT)
     system.die_with_parent(int(parent) if parent else None)
     if parent and os.getppid() != int(parent):

@@ -159,6 +159,162 @@ def failed_words(failed: list[tuple[str, str]]) -> str:
         f" and {len(failed) - 3} more" if len(failed) > 3 else "")
 
 
+def _decode(run: RunFigures, p: str) -> float:
+    """Precision ``p``'s headline decode speed (tokens/s), 0 when not measured."""
+    value = run.headline.get(p, {}).get("decode_tps")
+    return value if isinstance(value, int | float) else 0.0
+
+
+@dataclass(frozen=True)
+class _Standing:
+    """Where each checked precision stands before the rows are written (each dict by precision).
+
+    Attributes:
+        checked: Precisions with any verdict, in the run's order.
+        comparisons: Each precision against FP32 per case family (the paired tests).
+        worse: The families a precision loses to FP32 by the paired test.
+        shared: ``(check, case)`` every build failed, FP32 among them: the model's own miss.
+        failed: The ``(check, case)`` a precision failed, outside the paired families and the shared misses.
+        below: The paired families whose overall check a precision failed.
+        unsure: A precision's inconclusive checks, as ``check/case``.
+        typical: A passing precision's typical request time in ms (:func:`_typical_ms`).
+        quick: The passing precisions within :data:`LATENCY_SLACK` of the fastest, smallest first.
+        choice: The recommended precision, if any.
+    """
+
+    checked: list[str]
+    comparisons: dict[str, list[PairedComparison]]
+    worse: dict[str, list[PairedComparison]]
+    shared: list[tuple[str, str]]
+    failed: dict[str, list[tuple[str, str]]]
+    below: dict[str, list[str]]
+    unsure: dict[str, list[str]]
+    typical: dict[str, float | None]
+    quick: list[str]
+    choice: str | None
+
+
+def _standing(run: RunFigures) -> _Standing:
+    """Apply :func:`recommend`'s rules to ``run``'s verdicts and timings: who passes, who is quick, which is chosen."""
+    checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
+    # Case families are decided against FP32 by a paired test over their cases, never by single cases:
+    # FP32 is the reference (it loses no family), and a build loses one only where the test tells it from chance.
+    comparisons = family_comparisons(run.verdicts, "fp32")
+    # Only families FP32 was asked are paired; a family without FP32's answers counts case by case.
+    paired_families = {check for q, check, _ in run.verdicts if q == "fp32" and check in CASE_FAMILIES}
+    worse = {p: [c for c in comparisons.get(p, []) if c.difference is Difference.WORSE] for p in checked}
+    # A miss of every build, FP32 among them, is the model's own: it tells no precision from another.
+    ran: dict[tuple[str, str], list[str]] = {}
+    for (q, check, case), v in run.verdicts.items():
+        ran.setdefault((check, case), []).append(v)
+    shared = [key for key, verdicts in ran.items() if len(verdicts) > 1 and set(verdicts) == {"fail"}
+              and run.verdicts.get(("fp32", *key)) == "fail"]
+    failed = {p: [(check, case) for (q, check, case), v in run.verdicts.items()
+                  if q == p and v == "fail" and (check, case) not in shared
+                  and check not in paired_families] for p in checked}
+    below = {p: [check for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"
+                 and check in paired_families and case == f"{check}-overall"] for p in checked}
+    unsure = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "inconclusive"]
+              for p in checked}
+    passing = sorted((p for p in checked if not failed[p] and not worse[p]),
+                     key=lambda p: (run.sizes.get(p, math.inf), -_decode(run, p)))
+    typical = {p: _typical_ms(run, p) for p in passing}
+    timed = [t for t in typical.values() if t is not None]
+    fastest = min(timed) if timed else None
+    quick = [p for p in passing if fastest is None or typical[p] is None or typical[p] <= LATENCY_SLACK * fastest]
+    return _Standing(checked, comparisons, worse, shared, failed, below, unsure, typical, quick,
+                     quick[0] if quick else None)
+
+
+def _typical_words(run: RunFigures, standing: _Standing, p: str) -> str:
+    """Precision ``p``'s typical request in words: its time, first token and decode speed."""
+    row = run.first_token.get(p) or run.headline.get(p) or {}
+    return (f"a typical request {standing.typical[p]:.0f} ms: first token {row.get('ttft_ms', 0):.0f} ms at "
+            f"{row.get('target_prompt_tokens')} prompt tokens, {_decode(run, p) or row.get('decode_tps', 0):.0f} tok/s")
+
+
+def _failed_reason(run: RunFigures, standing: _Standing, p: str) -> str:
+    """Why precision ``p`` failed, in words: the checks it failed and the families it loses to FP32."""
+    failed = standing.failed[p] if standing.failed.get(p) else []
+    why = "; ".join([*([failed_words(failed)] if failed else []),
+                     *(f"worse than fp32 on {c.family} ({c.reference_only} cases only fp32 passes, "
+                       f"{c.candidate_only} only {p}; {PAIRED_TEST} p = {c.p_value:.3f})" for c in standing.worse[p])])
+    structured = [v for (q, check, _), v in run.verdicts.items() if q == p and check == "structured"]
+    if (structured and all(v == "pass" for v in structured) and standing.failed[p]
+            and all(check == "format" for check, _ in standing.failed[p])):
+        why += " (passes with response_format: deployable where the application asks for structured output)"
+    return why
+
+
+def _outcome(run: RunFigures, standing: _Standing, p: str) -> tuple[Outcome, str]:
+    """Precision ``p``'s outcome and its verdict in words (for a failed one: "lost: " and its reason)."""
+    choice = standing.choice
+    if p == choice:
+        return Outcome.RECOMMENDED, "recommended"
+    if standing.failed.get(p) or standing.worse.get(p):
+        return Outcome.FAILED, "lost: " + _failed_reason(run, standing, p)
+    if p not in standing.failed:
+        return Outcome.NOT_CHECKED, "not checked"
+    if run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):
+        return Outcome.LARGER, f"lost: larger ({run.sizes[p]:.1f} MB against {run.sizes[choice]:.1f})"
+    if p not in standing.quick:
+        return Outcome.SLOWER, (f"lost: slower ({_typical_words(run, standing, p)}; against "
+                                f"{standing.typical[choice]:.0f} ms)" if choice and
+                                standing.typical.get(choice) is not None else "lost: slower")
+    return Outcome.SLOWER, f"lost: slower ({_decode(run, p):.0f} tok/s against {_decode(run, choice):.0f})"
+
+
+def _rows(run: RunFigures, standing: _Standing) -> tuple[list[dict], dict[str, str]]:
+    """One row per precision (its figures, outcome and verdict), and the reason of each that failed."""
+    rows = []
+    reasons: dict[str, str] = {}
+    for row in side_by_side([("", run)]):
+        p = row.pop("precision")
+        del row["run"]
+        row["ttft_typical_ms"] = (run.first_token.get(p) or {}).get("ttft_ms", "–")
+        outcome, verdict = _outcome(run, standing, p)
+        if outcome is Outcome.FAILED:
+            reasons[p] = verdict.removeprefix("lost: ")
+        if standing.unsure.get(p) and not standing.failed.get(p) and not standing.worse.get(p):
+            verdict += f"; inconclusive: rerun ({', '.join(standing.unsure[p][:3])})"
+        rows.append({"precision": p, **row, "outcome": str(outcome), "verdict": verdict})
+    return rows, reasons
+
+
+def _chosen_figures(run: RunFigures, standing: _Standing, rows: list[dict]) -> list[str]:
+    """The chosen precision's figures for the sentence: size, ratio to FP32, decode, first token, checks passed."""
+    choice, unsure = standing.choice, standing.unsure
+    best = next(r for r in rows if r["precision"] == choice)
+    first = run.first_token.get(choice, {})
+    return [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
+            f"{best['x_fp32']:.2f}x FP32" if isinstance(best["x_fp32"], int | float) else "",
+            f"{_decode(run, choice):.0f} tok/s" if _decode(run, choice) else "",
+            f"first token {first['ttft_ms']:.0f} ms at {first['target_prompt_tokens']} prompt tokens"
+            if first.get("ttft_ms") else "",
+            f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
+            if not unsure.get(choice) and not standing.shared and not standing.below.get(choice)
+            else f"passes {sum(1 for (q, _, _), v in run.verdicts.items() if q == choice and v == 'pass')} "
+                 f"of {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
+                 + (f", {len(unsure[choice])} inconclusive" if unsure.get(choice) else "")]
+
+
+def _deploy_sentence(run: RunFigures, standing: _Standing, rows: list[dict]) -> str:
+    """"Deploy ..." with the chosen precision's figures, the model's own misses, why each other lost, slow starts."""
+    choice = standing.choice
+    deployed = run.int4_recipe or run.params.get("int4_recipe")
+    recipe = f", INT4 recipe {deployed}" if choice == "int4" and deployed else ""
+    figures = _chosen_figures(run, standing, rows)
+    others = [f"{r['precision']} {r['verdict']}" for r in rows if r["precision"] != choice]
+    slow = [text for p in standing.checked
+            if (text := _slow_start(run, p)) and run.sizes.get(p, 0) < run.sizes.get("fp32", 0)]
+    inherited = [f"{check}/{case}" for check, case in standing.shared if run.verdicts.get((choice, check, case)) == "fail"]
+    return (f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})."
+            + (f" Every build, FP32 included, fails {', '.join(inherited)}: the model's own miss, not a "
+               "loss of precision." if inherited else "")
+            + (" " + "; ".join(others) + "." if others else "")
+            + (" " + "; ".join(slow) + "." if slow else ""))
+
+
 def recommend(run: RunFigures) -> Recommendation:
     """The smallest precision of ``run`` that loses no checklist item FP32 passes and is not slow to answer.
 
@@ -184,103 +340,16 @@ def recommend(run: RunFigures) -> Recommendation:
         >>> recommend(load_run("outputs/demo")).sentence
         'Deploy int8 (157.3 MB, 0.29x FP32, 133 tok/s, first token 120 ms, passes all 26 checks). fp32 lost: ...'
     """
-    def decode(p: str) -> float:
-        value = run.headline.get(p, {}).get("decode_tps")
-        return value if isinstance(value, int | float) else 0.0
-
-    checked = list(dict.fromkeys(p for p, _, _ in run.verdicts))
-    # Case families are decided against FP32 by a paired test over their cases, never by single cases:
-    # FP32 is the reference (it loses no family), and a build loses one only where the test tells it from chance.
-    comparisons = family_comparisons(run.verdicts, "fp32")
-    # Only families FP32 was asked are paired; a family without FP32's answers counts case by case.
-    paired_families = {check for q, check, _ in run.verdicts if q == "fp32" and check in CASE_FAMILIES}
-    worse = {p: [c for c in comparisons.get(p, []) if c.difference is Difference.WORSE] for p in checked}
-    # A miss of every build, FP32 among them, is the model's own: it tells no precision from another.
-    ran: dict[tuple[str, str], list[str]] = {}
-    for (q, check, case), v in run.verdicts.items():
-        ran.setdefault((check, case), []).append(v)
-    shared = [key for key, verdicts in ran.items() if len(verdicts) > 1 and set(verdicts) == {"fail"}
-              and run.verdicts.get(("fp32", *key)) == "fail"]
-    failed = {p: [(check, case) for (q, check, case), v in run.verdicts.items()
-                  if q == p and v == "fail" and (check, case) not in shared
-                  and check not in paired_families] for p in checked}
-    below = {p: [check for (q, check, case), v in run.verdicts.items() if q == p and v == "fail"
-                 and check in paired_families and case == f"{check}-overall"] for p in checked}
-    unsure = {p: [f"{check}/{case}" for (q, check, case), v in run.verdicts.items() if q == p and v == "inconclusive"]
-              for p in checked}
-    passing = sorted((p for p in checked if not failed[p] and not worse[p]), key=lambda p: (run.sizes.get(p, math.inf), -decode(p)))
-    typical = {p: _typical_ms(run, p) for p in passing}
-    timed = [t for t in typical.values() if t is not None]
-    fastest = min(timed) if timed else None
-    quick = [p for p in passing if fastest is None or typical[p] is None or typical[p] <= LATENCY_SLACK * fastest]
-    choice = quick[0] if quick else None
-
-    def typical_words(p: str) -> str:
-        row = run.first_token.get(p) or run.headline.get(p) or {}
-        return (f"a typical request {typical[p]:.0f} ms: first token {row.get('ttft_ms', 0):.0f} ms at "
-                f"{row.get('target_prompt_tokens')} prompt tokens, {decode(p) or row.get('decode_tps', 0):.0f} tok/s")
-
-    rows = []
-    reasons: dict[str, str] = {}
-    for row in side_by_side([("", run)]):
-        p = row.pop("precision")
-        del row["run"]
-        row["ttft_typical_ms"] = (run.first_token.get(p) or {}).get("ttft_ms", "–")
-        if p == choice:
-            outcome, verdict = Outcome.RECOMMENDED, "recommended"
-        elif failed.get(p) or worse.get(p):
-            outcome = Outcome.FAILED
-            why = "; ".join([*([failed_words(failed[p])] if failed.get(p) else []),
-                             *(f"worse than fp32 on {c.family} ({c.reference_only} cases only fp32 passes, "
-                               f"{c.candidate_only} only {p}; {PAIRED_TEST} p = {c.p_value:.3f})" for c in worse[p])])
-            structured = [v for (q, check, _), v in run.verdicts.items() if q == p and check == "structured"]
-            if (structured and all(v == "pass" for v in structured) and failed[p]
-                    and all(check == "format" for check, _ in failed[p])):
-                why += " (passes with response_format: deployable where the application asks for structured output)"
-            reasons[p] = why
-            verdict = "lost: " + why
-        elif p not in failed:
-            outcome, verdict = Outcome.NOT_CHECKED, "not checked"
-        elif run.sizes.get(p, math.inf) > run.sizes.get(choice, math.inf):
-            outcome, verdict = Outcome.LARGER, f"lost: larger ({run.sizes[p]:.1f} MB against {run.sizes[choice]:.1f})"
-        elif p not in quick:
-            outcome = Outcome.SLOWER
-            verdict = (f"lost: slower ({typical_words(p)}; against {typical[choice]:.0f} ms)" if choice and
-                       typical.get(choice) is not None else "lost: slower")
-        else:
-            outcome, verdict = Outcome.SLOWER, f"lost: slower ({decode(p):.0f} tok/s against {decode(choice):.0f})"
-        if unsure.get(p) and not failed.get(p) and not worse.get(p):
-            verdict += f"; inconclusive: rerun ({', '.join(unsure[p][:3])})"
-        rows.append({"precision": p, **row, "outcome": str(outcome), "verdict": verdict})
-    if choice is None:
+    standing = _standing(run)
+    rows, reasons = _rows(run, standing)
+    paired = [c for cs in standing.comparisons.values() for c in cs]
+    if standing.choice is None:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
                               + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ")."
-                              + _paired_words(comparisons, below), rows, reasons,
-                              [c for cs in comparisons.values() for c in cs])
-    deployed = run.int4_recipe or run.params.get("int4_recipe")
-    recipe = f", INT4 recipe {deployed}" if choice == "int4" and deployed else ""
-    best = next(r for r in rows if r["precision"] == choice)
-    first = run.first_token.get(choice, {})
-    figures = [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
-               f"{best['x_fp32']:.2f}x FP32" if isinstance(best["x_fp32"], int | float) else "",
-               f"{decode(choice):.0f} tok/s" if decode(choice) else "",
-               f"first token {first['ttft_ms']:.0f} ms at {first['target_prompt_tokens']} prompt tokens"
-               if first.get("ttft_ms") else "",
-               f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
-               if not unsure.get(choice) and not shared and not below.get(choice)
-               else f"passes {sum(1 for (q, _, _), v in run.verdicts.items() if q == choice and v == 'pass')} "
-                    f"of {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
-                    + (f", {len(unsure[choice])} inconclusive" if unsure.get(choice) else "")]
-    others = [f"{r['precision']} {r['verdict']}" for r in rows if r["precision"] != choice]
-    slow = [text for p in checked if (text := _slow_start(run, p)) and run.sizes.get(p, 0) < run.sizes.get("fp32", 0)]
-    inherited = [f"{check}/{case}" for check, case in shared if run.verdicts.get((choice, check, case)) == "fail"]
-    sentence = (f"Deploy {choice} ({', '.join(f for f in figures if f)}{recipe})."
-                + (f" Every build, FP32 included, fails {', '.join(inherited)}: the model's own miss, not a "
-                   "loss of precision." if inherited else "")
-                + (" " + "; ".join(others) + "." if others else "")
-                + (" " + "; ".join(slow) + "." if slow else ""))
-    return Recommendation(choice, sentence + _paired_words(comparisons, below), rows, reasons,
-                          [c for cs in comparisons.values() for c in cs])
+                              + _paired_words(standing.comparisons, standing.below), rows, reasons, paired)
+    sentence = _deploy_sentence(run, standing, rows)
+    return Recommendation(standing.choice, sentence + _paired_words(standing.comparisons, standing.below), rows,
+                          reasons, paired)
 
 
 def _paired_words(comparisons: dict[str, list[PairedComparison]], below: dict[str, list[str]]) -> str:

@@ -35,12 +35,10 @@ class _TemplateDict:
         return dict.fromkeys(*args, **kwargs)
 
 
-@functools.lru_cache(maxsize=32)
-def _compile(jinja_template: str):
-    """Compile a chat template in the environment transformers 5 uses (``utils/chat_template_utils.py``)."""
+def _generation_tag():
+    """transformers' ``{% generation %}...{% endgeneration %}`` extension (a Jinja extension class)."""
     import jinja2
     import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class GenerationTag(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}``: marks the assistant's tokens for training; renders its body."""
@@ -54,6 +52,16 @@ def _compile(jinja_template: str):
 
         def _body(self, caller) -> str:
             return caller()
+
+    return GenerationTag
+
+
+@functools.lru_cache(maxsize=32)
+def _compile(jinja_template: str):
+    """Compile a chat template in the environment transformers 5 uses (``utils/chat_template_utils.py``)."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Namespace(jinja2.utils.Namespace):
         """transformers' namespace: no underscore-prefixed attributes."""
@@ -93,7 +101,7 @@ def _compile(jinja_template: str):
             finally:
                 _RENDERING.depth = depth
 
-    env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env = LimitedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[_generation_tag(), jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt),
                        dict=_TemplateDict(), namespace=Namespace)

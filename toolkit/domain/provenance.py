@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 from slmops.toolkit.core import codec
 from slmops.toolkit.core.measure import machine, timestamp, versions
-from slmops.toolkit.domain.params import RunParams
 from slmops.toolkit.domain.prompts import BUNDLED_CASES
+from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.domain.sources import fingerprint
 
 

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
-from slmops.toolkit.runtimes.foundry import LoadedModel, Usage
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_requests import Usage
 
 #: How many tokens before the newest the incremental detokenizer decodes with it (as vLLM's), so that a
 #: piece that depends on its left neighbour (a SentencePiece word's leading space) comes out right.

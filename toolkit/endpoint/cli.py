@@ -30,9 +30,9 @@ from slmops.toolkit.endpoint.options import (
 )
 from slmops.toolkit.endpoint.replicas import DEFAULT_REPLICA_CPUS
 from slmops.toolkit.endpoint.replicas import run as serve_on_ray
-from slmops.toolkit.runtimes import foundry
 from slmops.toolkit.runtimes.batching import Policy
-from slmops.toolkit.runtimes.foundry import find_model
+from slmops.toolkit.runtimes.foundry_session import find_model
+from slmops.toolkit.runtimes.foundry_web import probe_web_service, serve_natively
 
 
 def is_loopback(host: str) -> bool:
@@ -88,8 +88,8 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
 
     options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
                        request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
-    if api_key is None and foundry.probe_web_service(names[0], cache).serves:
-        foundry.serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
+    if api_key is None and probe_web_service(names[0], cache).serves:
+        serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
         return
     app = create_app(names, cache=cache, api_key=api_key, options=options, log_requests=log_requests)
     print(f"Serving {', '.join(names)} at http://{host}:{port}/v1 (OpenAI-compatible, "

@@ -16,7 +16,8 @@ from slmops.toolkit.core.errors import InputError, PromptTooLongError
 from slmops.toolkit.endpoint.batched import BatchedChat
 from slmops.toolkit.endpoint.protocol import ApiError, ChatRequest, plain_messages
 from slmops.toolkit.runtimes.batching import Policy
-from slmops.toolkit.runtimes.foundry import LoadedModel, Usage
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_requests import Usage
 
 
 class ModelState(StrEnum):

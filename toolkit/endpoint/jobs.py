@@ -14,7 +14,7 @@ from slmops.toolkit.endpoint.hosts import ModelHost
 from slmops.toolkit.endpoint.metrics import Metrics
 from slmops.toolkit.endpoint.options import DISCONNECT_POLL_S
 from slmops.toolkit.endpoint.protocol import ApiError, runtime_failure
-from slmops.toolkit.runtimes.foundry import Usage
+from slmops.toolkit.runtimes.foundry_requests import Usage
 
 
 class Gone(Exception):

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slmops.toolkit.core.errors import SlmopsError
-from slmops.toolkit.runtimes.foundry import Usage, merge_tool_call_deltas
+from slmops.toolkit.runtimes.foundry_requests import Usage, merge_tool_call_deltas
 
 
 class ApiError(Exception):

@@ -25,10 +25,10 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, platform, settings
+from slmops.toolkit.core import artifacts, settings, system
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.core.measure import cpu_info
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 
@@ -114,7 +114,7 @@ def _clean_scratch() -> None:
     """Remove the scratch of points whose process is gone (a killed worker's)."""
     for folder in SCRATCH.glob("*-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not platform.pid_alive(int(pid)):
+        if pid.isdigit() and not system.pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 

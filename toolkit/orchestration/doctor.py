@@ -18,8 +18,10 @@ from slmops.toolkit.domain import jinja_render, template_resolve, templates
 from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, Status, status_at_least
-from slmops.toolkit.runtimes.foundry import LoadedModel, probe_web_service
-from slmops.toolkit.stages.register import ModelConfig, register, vocabulary_gap
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_web import probe_web_service
+from slmops.toolkit.stages.register import ModelConfig, register
+from slmops.toolkit.stages.register_stop import vocabulary_gap
 from slmops.toolkit.weights.context_limit import context_problem
 from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 
@@ -178,32 +180,27 @@ def parity_check(folder: Path) -> Check:
                  "use int8"))
 
 
-def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
-    """Run every check on ``folder`` (an ONNX model, or a registered ``models/custom/NAME``).
-
-    Args:
-        folder: The model folder.
-        load: Also load it with the installed Foundry Local runtime (a few seconds).
-    """
-    folder = Path(folder).expanduser().resolve()
+def _config_or_failure(folder: Path) -> dict | Check:
+    """The folder's ``genai_config.json`` when present and valid, else the one check that fails it."""
     if not folder.is_dir():
-        return [Check("folder", Status.FAIL, f"{folder} does not exist; check the path (`slmops ls` shows registered ones)")]
+        return Check("folder", Status.FAIL, f"{folder} does not exist; check the path (`slmops ls` shows registered ones)")
     config_file = folder / "genai_config.json"
     if not config_file.is_file():
-        return [Check("genai_config.json", Status.FAIL, f"missing in {folder}; convert with `slmops convert`")]
+        return Check("genai_config.json", Status.FAIL, f"missing in {folder}; convert with `slmops convert`")
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return [Check("genai_config.json", Status.FAIL, f"not a valid genai config ({exc}); re-run the conversion")]
+        return Check("genai_config.json", Status.FAIL, f"not a valid genai config ({exc}); re-run the conversion")
     problem = config_problem(config)
     if problem:
-        return [Check("genai_config.json", Status.FAIL, f"{problem}; re-run the conversion")]
-    problem = context_problem(folder, config)
-    context = 0 if problem else int(config["model"].get("context_length") or 0)
-    checks = [Check("genai_config.json", Status.PASS, f"present, valid, context {context} tokens"),
-              Check("context length", status_of(not problem), problem or "within the positions the model was built for")]
+        return Check("genai_config.json", Status.FAIL, f"{problem}; re-run the conversion")
+    return config
+
+
+def _file_checks(folder: Path, config: dict) -> list[Check]:
+    """The folder is its own (no links out, nothing shared) and holds every model file the config names."""
     ok, detail = _own_folder(folder)
-    checks.append(Check("own folder", status_of(ok), detail))
+    checks = [Check("own folder", status_of(ok), detail)]
     leaving = artifacts.links_leaving(folder)
     checks.append(Check("links", status_of(not leaving), "none leads outside the folder" if not leaving else
                         f"{', '.join(str(p.relative_to(folder)) for p in leaving[:3])} lead outside it: copy the real "
@@ -215,39 +212,72 @@ def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
     else:
         ok, detail = False, f"{filename} missing; re-run the conversion"
     checks.append(Check("model files", status_of(ok), detail))
-    checks.append(parity_check(folder))
+    return checks
+
+
+def _template_checks(folder: Path, config: dict) -> list[Check]:
+    """The chat template the runtime reads is non-empty and renders a conversation; then its stop tokens."""
     try:
         jinja = template_resolve.read_chat_template(folder, runtime=True)
         if jinja.strip():  # rendered once, within the limits every rendering has (a runaway template fails here)
             bos, eos = template_resolve.special_tokens(folder)
             jinja_render.render_jinja(jinja, template_resolve.PROBE[1:2], bos_token=bos, eos_token=eos)
-        checks.append(Check("chat template", status_of(bool(jinja.strip())), "non-empty, renders a conversation"
-                            if jinja.strip()
-                            else "empty: ChatSession fails with 'Empty chat template'; register with --template"))
+        checks = [Check("chat template", status_of(bool(jinja.strip())), "non-empty, renders a conversation"
+                        if jinja.strip()
+                        else "empty: ChatSession fails with 'Empty chat template'; register with --template")]
         if jinja.strip():
             checks.append(stop_check(folder, config))
+        return checks
     except InputError as exc:
-        checks.append(Check("chat template", Status.FAIL, f"{exc} Re-register with `slmops register`."))
-    info_file = folder / "inference_model.json"
+        return [Check("chat template", Status.FAIL, f"{exc} Re-register with `slmops register`.")]
+
+
+def _registration_checks(folder: Path, context: int) -> tuple[list[Check], bool]:
+    """``inference_model.json``'s prompt template and max length; False when the file cannot be read at all."""
     try:
-        info = artifacts.read_json(info_file)
+        info = artifacts.read_json(folder / "inference_model.json")
     except InputError as exc:
-        return [*checks, Check("inference_model.json", Status.FAIL, f"{exc} Re-register with `slmops register`.")]
-    if isinstance(info, dict):
-        try:
-            templates.PromptTemplate(**info["PromptTemplate"]).validate()
-            checks.append(Check("PromptTemplate", Status.PASS, "every field has one {Content} and no other placeholder"))
-        except (TypeError, KeyError, SlmopsError) as exc:
-            checks.append(Check("PromptTemplate", Status.FAIL, f"{exc}; re-register with `slmops register`"))
-        max_length = (info.get("ModelConfig") or {}).get("max_length", 0)
-        ok = type(max_length) is int and 0 < max_length <= (context or max_length)
-        checks.append(Check("max_length", status_of(ok), f"{max_length} within context {context}" if ok
-                            else f"{max_length} exceeds the model's context {context}; lower --max-length"))
-    elif info is not None:
-        checks.append(Check("inference_model.json", Status.FAIL, "not a JSON object; re-register with `slmops register`"))
-    else:
-        checks.append(Check("inference_model.json", Status.PASS, "not registered yet (the foundry CLI lists a model once "
-                            "`slmops register` writes it)"))
+        return [Check("inference_model.json", Status.FAIL, f"{exc} Re-register with `slmops register`.")], False
+    if info is None:
+        return [Check("inference_model.json", Status.PASS, "not registered yet (the foundry CLI lists a model once "
+                      "`slmops register` writes it)")], True
+    if not isinstance(info, dict):
+        return [Check("inference_model.json", Status.FAIL, "not a JSON object; re-register with `slmops register`")], True
+    checks = []
+    try:
+        templates.PromptTemplate(**info["PromptTemplate"]).validate()
+        checks.append(Check("PromptTemplate", Status.PASS, "every field has one {Content} and no other placeholder"))
+    except (TypeError, KeyError, SlmopsError) as exc:
+        checks.append(Check("PromptTemplate", Status.FAIL, f"{exc}; re-register with `slmops register`"))
+    max_length = (info.get("ModelConfig") or {}).get("max_length", 0)
+    ok = type(max_length) is int and 0 < max_length <= (context or max_length)
+    checks.append(Check("max_length", status_of(ok), f"{max_length} within context {context}" if ok
+                        else f"{max_length} exceeds the model's context {context}; lower --max-length"))
+    return checks, True
+
+
+def diagnose(folder: Path, *, load: bool = True) -> list[Check]:
+    """Run every check on ``folder`` (an ONNX model, or a registered ``models/custom/NAME``).
+
+    Args:
+        folder: The model folder.
+        load: Also load it with the installed Foundry Local runtime (a few seconds).
+    """
+    folder = Path(folder).expanduser().resolve()
+    config = _config_or_failure(folder)
+    if isinstance(config, Check):
+        return [config]
+    problem = context_problem(folder, config)
+    context = 0 if problem else int(config["model"].get("context_length") or 0)
+    checks = [Check("genai_config.json", Status.PASS, f"present, valid, context {context} tokens"),
+              Check("context length", status_of(not problem), problem or "within the positions the model was built for")]
+    checks += _file_checks(folder, config)
+    checks.append(parity_check(folder))
+    checks += _template_checks(folder, config)
+    registration, readable = _registration_checks(folder, context)
+    checks += registration
+    if not readable:
+        return checks
     if load and all(c.ok for c in checks):
         checks += runtime_check(folder)
     return checks

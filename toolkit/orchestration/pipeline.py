@@ -10,8 +10,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.errors import ParamsError, SlmopsError
-from slmops.toolkit.domain import packaged, provenance
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import packaged, provenance, run_params
 from slmops.toolkit.presentation import report
 from slmops.toolkit.weights import packaged_build
 from slmops.toolkit.weights.bundled import model_or_bundled

@@ -25,8 +25,58 @@ from slmops.toolkit.domain.results.conversion import (
 )
 from slmops.toolkit.domain.results.recipes import RecipeResult, Refusal, RefusedFigures, write_recipes
 from slmops.toolkit.runtimes import genai
-from slmops.toolkit.stages.convert import ConvertSpec, build, check_keepable, prepare
+from slmops.toolkit.runtimes.genai_jobs import Agreement
+from slmops.toolkit.stages.convert import build
+from slmops.toolkit.stages.convert_checks import Prepared, check_keepable, prepare
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
+
+
+def _recipe_names(recipes: list[str] | None, model_dir: Path) -> list[str]:
+    """The recipes to compare (the merged ones by default); refused when one is not in :data:`INT4_RECIPES` or,
+    for a LoRA adapter, :data:`LORA_IN_GRAPH_RECIPES`."""
+    names = list(recipes or INT4_RECIPES)
+    known = [*INT4_RECIPES, *(LORA_IN_GRAPH_RECIPES if adapters.is_adapter(model_dir) else ())]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidOptionError("recipe", unknown, f"names from {known}")
+    return names
+
+
+def _build_recipe(name: str, prepared: Prepared, folder: Path, fp32_mb: float, key: str | None) -> RecipeResult | None:
+    """Build one prepared recipe into ``folder`` (or take it from the build cache when ``key`` is given).
+
+    Returns:
+        The refusal when the parity gate refuses the build (now or when it was cached), else None.
+    """
+    kept = build_cache.lookup(_CACHE, key) if key is not None else None
+    if kept is not None and (kept / _REFUSAL).is_file():
+        refusal = codec.read(Refusal, kept / _REFUSAL)
+        return _refused(name, refusal.reason, refusal.record, fp32_mb)
+    if kept is not None:
+        _copy_kept(kept, folder, key)
+        return None
+    try:
+        build(prepared, progress=False)
+    except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
+        if key is not None:  # kept too, so the same build is not made again to be refused
+            build_cache.store_json(_CACHE, key, _REFUSAL, {"reason": str(exc), "record": exc.record})
+        return _refused(name, str(exc), codec.load(RefusedFigures, exc.record), fp32_mb)
+    if key is not None:
+        build_cache.store(_CACHE, key, folder)
+    return None
+
+
+def _measured(name: str, folder: Path, a: Agreement, decode_tps: float, fp32_mb: float) -> RecipeResult:
+    """A built recipe's result: its size, its agreement ``a`` with the FP32 build and its decode speed."""
+    size = _size_mb(folder)
+    return RecipeResult(
+        recipe=name, note=_note(name), output_dir=str(folder), size_mb=round(size, 2),
+        size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
+        reference_perplexity=a.reference_perplexity, decode_tps=decode_tps,
+        kl_divergence_to_base=a.kl_divergence_to_base,
+        moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
+    )
 
 
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -64,11 +114,7 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     """
     from tqdm.auto import tqdm
 
-    names = list(recipes or INT4_RECIPES)
-    known = [*INT4_RECIPES, *(LORA_IN_GRAPH_RECIPES if adapters.is_adapter(Path(model_dir)) else ())]
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise InvalidOptionError("recipe", unknown, f"names from {known}")
+    names = _recipe_names(recipes, Path(model_dir))
     out, reuse = Path(out_dir), dict(reuse or {})
     # Every recipe quantizes the same FP32 export: the reference build when it is one (checked by convert).
     specs = {n: _recipe_spec(n, Path(model_dir), out / n, Method(method), Path(reference_dir))
@@ -76,44 +122,17 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
     prepared = {name: prepare(spec) for name, spec in specs.items()}  # every recipe checked before any is built
     folders = {n: Path(reuse[n]) if n in reuse else out / n for n in names}
     fp32_mb = _size_mb(Path(reference_dir))
-    refused: dict[str, RecipeResult] = {}
     keys = recipe_cache_keys(model_dir, reference_dir, specs) if cache and specs else {}
+    refused: dict[str, RecipeResult] = {}
     for name in tqdm(list(specs), desc="build recipes", disable=not progress):
-        kept = build_cache.lookup(_CACHE, keys[name]) if cache else None
-        if kept is not None and (kept / _REFUSAL).is_file():
-            refusal = codec.read(Refusal, kept / _REFUSAL)
-            refused[name] = _refused(name, refusal.reason, refusal.record, fp32_mb)
-            continue
-        if kept is not None:
-            _copy_kept(kept, folders[name], keys[name])
-            continue
-        try:
-            build(prepared[name], progress=False)
-        except ParityError as exc:  # the comparison shows it, refused, and goes on with the others
-            refused[name] = _refused(name, str(exc), codec.load(RefusedFigures, exc.record), fp32_mb)
-            if cache:  # kept too, so the same build is not made again to be refused
-                build_cache.store_json(_CACHE, keys[name], _REFUSAL, {"reason": str(exc), "record": exc.record})
-            continue
-        if cache:
-            build_cache.store(_CACHE, keys[name], folders[name])
-    built = [n for n in names if n not in refused]
-    agreement = {a.model: a for a in genai.agreement(reference_dir, {n: folders[n] for n in built},
-                                                     base_dir=base_reference_dir)} if built else {}
-    speeds = genai.decode_speeds({n: folders[n] for n in built}) if built else {}
-    results = []
-    for name in names:
-        if name in refused:
-            results.append(refused[name])
-            continue
-        size = _size_mb(folders[name])
-        a = agreement[name]
-        results.append(RecipeResult(
-            recipe=name, note=_note(name), output_dir=str(folders[name]), size_mb=round(size, 2),
-            size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
-            reference_perplexity=a.reference_perplexity, decode_tps=speeds[name],
-            kl_divergence_to_base=a.kl_divergence_to_base,
-            moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
-        ))
+        refusal = _build_recipe(name, prepared[name], folders[name], fp32_mb, keys[name] if cache else None)
+        if refusal is not None:
+            refused[name] = refusal
+    built = {n: folders[n] for n in names if n not in refused}
+    agreement = {a.model: a for a in genai.agreement(reference_dir, built, base_dir=base_reference_dir)} if built else {}
+    speeds = genai.decode_speeds(built) if built else {}
+    results = [refused[name] if name in refused else _measured(name, folders[name], agreement[name], speeds[name], fp32_mb)
+               for name in names]
     write_recipes(out / "recipes.json", results)
     return results
 
@@ -157,8 +176,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     """
     from slmops.toolkit.domain import options, parity, quant_plan, sources
     from slmops.toolkit.runtimes import genai_builder
-    from slmops.toolkit.stages import convert as convert_stage
-    from slmops.toolkit.stages import convert_checks, convert_plan, convert_record
+    from slmops.toolkit.stages import convert, convert_checks, convert_plan, convert_record
     from slmops.toolkit.weights import (
         calibration,
         gptq,
@@ -176,7 +194,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     common = (sources.fingerprint(model_dir), made.source_fingerprint if made else None, made.versions if made else None,
               build_cache.code_fingerprint(quantize, rotate, rotated, gptq, calibration, head_and_table,
                                            table_layout, weight_store, onnx_weights, lora_apart, quant_plan, parity,
-                                           options, convert_stage, convert_plan, convert_checks, convert_record,
+                                           options, convert, convert_plan, convert_checks, convert_record,
                                            genai_builder))
     return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)
             for name, spec in specs.items()}

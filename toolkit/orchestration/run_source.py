@@ -17,6 +17,7 @@ from slmops.toolkit.domain.options import Precision
 from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.domain.templates import PromptTemplate
 from slmops.toolkit.stages import convert, finetune, register
+from slmops.toolkit.stages.convert_plan import ConvertSpec
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.bundled import bundled_model
 
@@ -100,18 +101,18 @@ def convert_from(picked: str | os.PathLike[str], source: RunSource) -> Path:
 
 
 def convert_all(source: RunSource, picked: str | os.PathLike[str], precisions: list[str],
-                models_dir: str | os.PathLike[str], **options) -> list[Manifest]:
+                models_dir: str | os.PathLike[str], **convert_options) -> list[Manifest]:
     """Convert what was picked (the fine-tune when its base is picked) at each precision, and the control.
 
-    ``options`` go to :func:`slmops.toolkit.stages.convert.convert_all` (method, INT4 options).
+    ``convert_options`` go to :func:`slmops.toolkit.stages.convert.convert_all` (method, INT4 options).
     """
     model = convert_from(picked, source)
     fine_tuned = source.adapter is not None and model == source.model
     manifests = convert.convert_all(model, precisions, models_dir, base=source.base if fine_tuned else None,
-                                    **options)
+                                    **convert_options)
     if fine_tuned:  # the base alone at FP32: the checklist's negative control
-        convert.convert(convert.ConvertSpec(source.base, Path(models_dir) / CONTROL_DIR, Precision.FP32),
-                        progress=options.get("progress", True))
+        convert.convert(ConvertSpec(source.base, Path(models_dir) / CONTROL_DIR, Precision.FP32),
+                        progress=convert_options.get("progress", True))
     return manifests
 
 

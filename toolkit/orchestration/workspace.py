@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.domain import params as run_params
+from slmops.toolkit.domain import run_params
 from slmops.toolkit.orchestration import pipeline
-from slmops.toolkit.orchestration.run import RUN_FILE, Run, write_record
+from slmops.toolkit.orchestration.runs import RUN_FILE, Run, write_record
 
 #: The notebooks a workspace holds, in the order they run.
 NOTEBOOKS = ("01_convert", "02_register", "03_test", "04_benchmark", "05_compare")

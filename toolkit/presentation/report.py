@@ -19,7 +19,7 @@ from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.provenance import read_run_record
-from slmops.toolkit.domain.results.bench import BenchFile
+from slmops.toolkit.domain.results.bench import BenchFile, TtftLine
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.recipes import read_recipes
@@ -27,7 +27,8 @@ from slmops.toolkit.domain.results.registration import RegisteredModel, read_reg
 from slmops.toolkit.presentation import bench_text, checklist_tables, compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.presentation.tables import Html, html_table
-from slmops.toolkit.stages import bench, checklist, convert
+from slmops.toolkit.stages import bench, checklist
+from slmops.toolkit.stages.convert_record import conversion_rows
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,89 @@ def _checks_sentence(kept: list[dict]) -> str:
             "what every build misses is the model's own (the recommendation lists it)")
 
 
+def _number(row: dict, key: str) -> float | None:
+    """``row[key]`` when it is a non-zero number, else None."""
+    value = row.get(key)
+    return value if isinstance(value, int | float) and value else None
+
+
+def _size_speed_sentence(rows: list[dict]) -> list[str]:
+    """Each precision's size and decode speed against FP32's, when FP32 has both."""
+    base = next((r for r in rows if r["precision"] == "fp32"), None)
+    if not (base and _number(base, "decode_tps") and _number(base, "size_mb")):
+        return []
+    parts = [f"{r['precision']} is {r['size_mb'] / base['size_mb']:.2f}x the size and decodes "
+             f"{r['decode_tps'] / base['decode_tps']:.2f}x as fast" for r in rows
+             if r is not base and _number(r, "size_mb") and _number(r, "decode_tps")]
+    return ["Against FP32: " + "; ".join(parts) + "."] if parts else []
+
+
+def _control_sentence(control: ControlResult) -> str:
+    """What the base model, not fine-tuned, answers of the domain cases."""
+    row = checklist_tables.control_row(control)
+    heldout = f" and {row['heldout']} of their held-out paraphrases" if control.heldout_total else ""
+    return (f"The base model, not fine-tuned, answers {row['trained']} of the trained questions{heldout}: "
+            f"{row['verdict']}.")
+
+
+def _threads_sentence(registered: list[RegisteredModel] | None) -> list[str]:
+    """The thread counts chosen by probe and their speedup over the runtime's default."""
+    chosen = [r for r in registered or [] if r.threads_speedup is not None]
+    if not chosen:
+        return []
+    return [(f"Threads chosen by probe (--threads auto): {', '.join(str(r.threads) for r in chosen)}, "
+             f"decoding {_span([r.threads_speedup for r in chosen], 'x')} the runtime's default.")]
+
+
+def _ttft_sentence(ttft: list[TtftLine]) -> str:
+    """Foundry Local's first token against the direct engine's, split into its parts."""
+    other = [r.runtime_other_ms for r in ttft if r.runtime_other_ms is not None]
+    together = [r for r in ttft if r.runtime_other_ms is None]
+    return (f"Foundry Local's first token takes {_span([r.ratio for r in ttft], 'x')} the direct "
+            f"engine's on the same prompt tokens: session {_span([r.setup_ms for r in ttft], ' ms')}, "
+            f"template and tokenizer {_span([r.template_ms for r in ttft], ' ms')}, the prompt pass "
+            "itself (the direct engine's)"
+            + (f", and {_span(other, ' ms', 1)} of the runtime's own request handling" if other else "")
+            + (f"; in {len(together)} of {len(ttft)} rows Foundry Local's own build prefills faster than "
+               "the direct engine, so its prefill and request handling are given together (not "
+               "measurable apart)" if together else "") + ".")
+
+
+def _bench_sentences(bench_report: BenchFile) -> list[str]:
+    """What ``bench.json``'s analysis sections show: ceiling, engine ratios, first token, endpoint, noise."""
+    story = []
+    ceiling = [r for r in bench_report.decode_ceiling if r.engine == "foundry-local"]
+    if ceiling:
+        gbs = bench_report.metadata.get("memory_bandwidth_gbs", 0)
+        story.append(f"Decode reaches {_span([r.percent_of_ceiling for r in ceiling], '%', 0)} of the "
+                     f"memory-bandwidth bound ({gbs:.1f} GB/s, measured as decode reads); the rest is compute, "
+                     "the KV cache and the runtime's own work.")
+    ratios = bench_report.engine_ratios
+    if ratios:
+        story.append(f"Foundry Local decodes at {_span([r.ratio for r in ratios], 'x')} ONNX Runtime GenAI "
+                     "directly on the same prompt tokens.")
+    ttft = bench_report.ttft_breakdown
+    if ttft:
+        story.append(_ttft_sentence(ttft))
+    endpoint = bench_report.endpoint_ratios
+    if endpoint:
+        story.append(f"Through the OpenAI-compatible endpoint: {_span([r.decode_ratio for r in endpoint], 'x')}"
+                     f" in-process decode, first token {_span([r.ttft_overhead_ms for r in endpoint], ' ms', 1)}"
+                     " later.")
+    noisy = bench_report.noisy
+    if noisy:
+        story.append(f"{len(noisy)} benchmark figures varied over 10% between runs: rerun with more repeats on a "
+                     "quieter machine before trusting small differences.")
+    return story
+
+
 def run_story(recommendation: deployment_choice.Recommendation | None, bench_report: BenchFile | None,
               registered: list[RegisteredModel] | None, control: ControlResult | None = None,
               tests: ChecklistReport | None = None) -> list[str]:
     """"What this run shows": a few sentences generated from the run's own figures.
 
     Args:
-        recommendation: :func:`slmops.toolkit.presentation.deployment_choice.recommend` of the run.
+        recommendation: :func:`slmops.toolkit.domain.deployment_choice.recommend` of the run.
         bench_report: Its ``bench.json``.
         registered: Its ``registered.json`` (thread choices).
         control: ``test.json``'s negative control (the base model on the same domain cases), if any.
@@ -124,66 +201,19 @@ def run_story(recommendation: deployment_choice.Recommendation | None, bench_rep
         >>> run_story(recommend(load_run(run)), bench_json, registered)[0]
         'Against FP32: int8 is 0.29x the size and decodes 2.20x as fast; int4 is 0.37x the size and ...'
     """
-    story = []
     rows = recommendation.rows if recommendation else []
-    base = next((r for r in rows if r["precision"] == "fp32"), None)
-    def number(row: dict, key: str) -> float | None:
-        value = row.get(key)
-        return value if isinstance(value, int | float) and value else None
-
-    if base and number(base, "decode_tps") and number(base, "size_mb"):
-        parts = [f"{r['precision']} is {r['size_mb'] / base['size_mb']:.2f}x the size and decodes "
-                 f"{r['decode_tps'] / base['decode_tps']:.2f}x as fast" for r in rows
-                 if r is not base and number(r, "size_mb") and number(r, "decode_tps")]
-        if parts:
-            story.append("Against FP32: " + "; ".join(parts) + ".")
+    story = _size_speed_sentence(rows)
     failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
     kept = [r for r in rows if r["outcome"] not in (deployment_choice.Outcome.FAILED, deployment_choice.Outcome.NOT_CHECKED)]
     if rows:
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
-        row = checklist_tables.control_row(control)
-        heldout = f" and {row['heldout']} of their held-out paraphrases" if control.heldout_total else ""
-        story.append(f"The base model, not fine-tuned, answers {row['trained']} of the trained questions{heldout}: "
-                     f"{row['verdict']}.")
+        story.append(_control_sentence(control))
     if tests is not None:
         story += checklist_tables.retention_sentences(tests)
-    chosen = [r for r in registered or [] if r.threads_speedup is not None]
-    if chosen:
-        story.append(f"Threads chosen by probe (--threads auto): {', '.join(str(r.threads) for r in chosen)}, "
-                     f"decoding {_span([r.threads_speedup for r in chosen], 'x')} the runtime's default.")
+    story += _threads_sentence(registered)
     if bench_report:
-        ceiling = [r for r in bench_report.decode_ceiling if r.engine == "foundry-local"]
-        if ceiling:
-            gbs = bench_report.metadata.get("memory_bandwidth_gbs", 0)
-            story.append(f"Decode reaches {_span([r.percent_of_ceiling for r in ceiling], '%', 0)} of the "
-                         f"memory-bandwidth bound ({gbs:.1f} GB/s, measured as decode reads); the rest is compute, "
-                         "the KV cache and the runtime's own work.")
-        ratios = bench_report.engine_ratios
-        if ratios:
-            story.append(f"Foundry Local decodes at {_span([r.ratio for r in ratios], 'x')} ONNX Runtime GenAI "
-                         "directly on the same prompt tokens.")
-        ttft = bench_report.ttft_breakdown
-        if ttft:
-            other = [r.runtime_other_ms for r in ttft if r.runtime_other_ms is not None]
-            together = [r for r in ttft if r.runtime_other_ms is None]
-            story.append(f"Foundry Local's first token takes {_span([r.ratio for r in ttft], 'x')} the direct "
-                         f"engine's on the same prompt tokens: session {_span([r.setup_ms for r in ttft], ' ms')}, "
-                         f"template and tokenizer {_span([r.template_ms for r in ttft], ' ms')}, the prompt pass "
-                         "itself (the direct engine's)"
-                         + (f", and {_span(other, ' ms', 1)} of the runtime's own request handling" if other else "")
-                         + (f"; in {len(together)} of {len(ttft)} rows Foundry Local's own build prefills faster than "
-                            "the direct engine, so its prefill and request handling are given together (not "
-                            "measurable apart)" if together else "") + ".")
-        endpoint = bench_report.endpoint_ratios
-        if endpoint:
-            story.append(f"Through the OpenAI-compatible endpoint: {_span([r.decode_ratio for r in endpoint], 'x')}"
-                         f" in-process decode, first token {_span([r.ttft_overhead_ms for r in endpoint], ' ms', 1)}"
-                         " later.")
-        noisy = bench_report.noisy
-        if noisy:
-            story.append(f"{len(noisy)} benchmark figures varied over 10% between runs: rerun with more repeats on a "
-                         "quieter machine before trusting small differences.")
+        story += _bench_sentences(bench_report)
     return story
 
 
@@ -256,7 +286,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                                         or (run / STAGE_RESULTS[name]).is_file() else "not run")}
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
-        conversion=convert.conversion_rows(converted) if converted else [],
+        conversion=conversion_rows(converted) if converted else [],
         recipes=[codec.dump(r) for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         checklist_details=checklist_tables.checklist_details(tests.models, style=False) if tests else "",
@@ -274,7 +304,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
                       swept: list[str], placements: dict[str, dict] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
-    The table is :func:`slmops.toolkit.presentation.deployment_choice.side_by_side`, the one a comparison of two runs shows.
+    The table is :func:`slmops.toolkit.domain.deployment_choice.side_by_side`, the one a comparison of two runs shows.
 
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.

@@ -33,28 +33,11 @@ from slmops.toolkit.runtimes.foundry_requests import (
     well_formed,
 )
 from slmops.toolkit.runtimes.foundry_session import (
-    APP_NAME,
     catalog_register,
     find_model,
     local_catalog,
-    manager,
-    models_root,
-)
-from slmops.toolkit.runtimes.foundry_web import (
-    WebServiceJob,
-    WebServiceProbe,
-    WebServiceSeen,
-    probe_web_service,
-    serve_natively,
 )
 from slmops.toolkit.weights.context_limit import positions
-
-__all__ = [
-    "APP_NAME", "FIXED_LENGTH_SUFFIX", "Generation", "LoadedModel", "Usage", "WebServiceJob", "WebServiceProbe",
-    "WebServiceSeen", "catalog_register", "check_response_format", "find_model", "fixed_length_registration",
-    "local_catalog", "manager", "merge_tool_call_deltas", "models_root", "native_response_format",
-    "probe_web_service", "serve_natively",
-]
 
 
 class LoadedModel:

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import codec, platform, settings, workers
+from slmops.toolkit.core import codec, settings, system, workers
 from slmops.toolkit.core.errors import SlmopsError
 from slmops.toolkit.runtimes.foundry_session import find_model, manager
 
@@ -117,11 +117,11 @@ def serve_natively(names: list[str], host: str, port: int, cache: str | Path | N
     models = [find_model(name, cache) for name in names]
     for model in models:
         model.load()
-    platform.block_stop_signals()
+    system.block_stop_signals()
     service.start_web_service()
     print(f"Foundry Local's web service: {', '.join(service.urls)}/v1 serving {', '.join(names)}", flush=True)
     try:
-        platform.wait_for_stop()
+        system.wait_for_stop()
     finally:
         service.stop_web_service()
         for model in models:

@@ -114,9 +114,15 @@ def install_compat() -> None:
     * Gemma's embedding scale: the builder rounds sqrt(hidden_size) to two decimals (25.3 for
       25.2982 at Gemma 3 270M); transformers multiplies by the exact value.
     """
-    import numpy as np
     from builders import base, gemma, smollm
 
+    _patch_layers(base, gemma, smollm)
+    _patch_gemma_scale(gemma)
+    _patch_gemma3_caches(base, gemma)
+
+
+def _patch_layers(base, gemma, smollm) -> None:
+    """Each layer's window and RoPE from the config (``layer_types``, ``no_rope_layers``), for every family."""
     model_init = base.Model.__init__
     make_attention = base.Model.make_attention
 
@@ -166,6 +172,11 @@ def install_compat() -> None:
     gemma.Gemma2Model.is_local = lambda self, layer_id: sliding(self, layer_id, gemma2_local)
     gemma.Gemma3Model.is_local = lambda self, layer_id: sliding(self, layer_id, gemma3_local)
 
+
+def _patch_gemma_scale(gemma) -> None:
+    """Gemma's embedding scale: the exact sqrt(hidden_size) in float32, as transformers multiplies by."""
+    import numpy as np
+
     gemma_init = gemma.GemmaModel.__init__
 
     def gemma_model_init(self, config, *args, **kwargs):
@@ -174,6 +185,9 @@ def install_compat() -> None:
 
     gemma.GemmaModel.__init__ = gemma_model_init
 
+
+def _patch_gemma3_caches(base, gemma) -> None:
+    """Gemma 3's global and local cos/sin caches, each from its own layer type's RoPE entry."""
     def gemma3_caches(self):
         per_type = self.slmops_rope_by_type or {}
         local_theta = self.rope_local_theta

@@ -20,7 +20,7 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts, codec, workers
 from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb
 from slmops.toolkit.core.errors import InvalidOptionError, ModelFolderError
-from slmops.toolkit.domain import adapters, parity, stop_tokens
+from slmops.toolkit.domain import adapters, stop_tokens
 from slmops.toolkit.domain.options import Int4Options, Method, Precision
 from slmops.toolkit.domain.quant_plan import LoraJob, QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.conversion import (
@@ -33,11 +33,7 @@ from slmops.toolkit.domain.results.conversion import (
 from slmops.toolkit.domain.sources import SourceModel, fingerprint
 from slmops.toolkit.stages.convert_checks import (
     Prepared,
-    check_keepable,
-    check_source,
-    memory_estimate,
     prepare,
-    validate,
 )
 from slmops.toolkit.stages.convert_plan import (
     ADAPTER_SUFFIX,
@@ -50,12 +46,9 @@ from slmops.toolkit.stages.convert_plan import (
     olive_command,
     quant_plan,
     route_precision,
-    supported_architectures,
 )
 from slmops.toolkit.stages.convert_record import (
     BuildFacts,
-    conversion_rows,
-    fp32_reference,
     in_graph_sizes,
     kept_apart_sizes,
     manifest,
@@ -65,34 +58,6 @@ from slmops.toolkit.stages.convert_workspace import Workspace, workspace
 from slmops.toolkit.weights.adapter_merge import merge
 from slmops.toolkit.weights.checkpoints import inspect_source
 from slmops.toolkit.weights.lora_apart import lora_matrices, split_token_rows, token_rows, write_onnx_adapter
-
-__all__ = [
-    "ADAPTERS_DIR",
-    "ADAPTER_SUFFIX",
-    "OLIVE_CONFIG",
-    "ConvertResult",
-    "ConvertSpec",
-    "Prepared",
-    "build",
-    "build_olive_config",
-    "builder_command",
-    "check_keepable",
-    "check_source",
-    "conversion_rows",
-    "convert",
-    "convert_all",
-    "fp32_reference",
-    "kept_apart_sizes",
-    "memory_estimate",
-    "needs_quantizer",
-    "olive_command",
-    "parity",
-    "prepare",
-    "quant_plan",
-    "route_precision",
-    "supported_architectures",
-    "validate",
-]
 
 
 @dataclass(frozen=True)

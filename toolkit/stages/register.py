@@ -33,47 +33,31 @@ from slmops.toolkit.domain.results.registration import (
     REGISTRATION_RECORD,
     RegisteredModel,
     RegistrationRecord,
+    StopTokens,
     ThreadSetting,
     ToolCallingRecord,
     read_registration,
     write_registered,
     write_registration,
 )
-from slmops.toolkit.runtimes import foundry
-from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.runtimes.foundry_session import catalog_register, models_root
 from slmops.toolkit.stages.register_catalog import (
     INFERENCE_MODEL,
-    MAX_NAME,
-    list_models,
-    unregister,
     validate_name,
 )
-from slmops.toolkit.stages.register_stop import StopTokens, reconcile_stop_tokens, token_ids, vocabulary_gap
+from slmops.toolkit.stages.register_stop import reconcile_stop_tokens, token_ids
 from slmops.toolkit.stages.register_threads import (
     AUTO_THREADS,
-    PROBE_PROMPT_TOKENS,
-    KeptProbe,
     ThreadChoice,
     choose_threads,
-    pick_threads,
-    probe_counts,
 )
 from slmops.toolkit.stages.register_tools import (
-    PROBE_CASE,
-    PROBE_MAX_TOKENS,
     ToolCalling,
     fine_tune_probe,
     probe_tool_calling,
 )
 from slmops.toolkit.weights import lm_head
 from slmops.toolkit.weights.context_limit import context_problem
-
-__all__ = [
-    "AUTO_THREADS", "INFERENCE_MODEL", "MAX_NAME", "PROBE_CASE", "PROBE_MAX_TOKENS", "PROBE_PROMPT_TOKENS", "KeptProbe",
-    "ModelConfig", "Registration", "StopTokens", "ThreadChoice", "ToolCalling", "choose_threads", "fine_tune_probe",
-    "list_models", "pick_threads", "probe_counts", "probe_tool_calling", "reconcile_stop_tokens", "register",
-    "register_all", "unregister", "validate_name", "vocabulary_gap",
-]
 
 
 @dataclass(frozen=True)
@@ -206,20 +190,94 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
     (staging / INFERENCE_MODEL).write_text(json.dumps(inference_model, indent=2, ensure_ascii=False))
 
 
-def register(
-    onnx_dir: str | os.PathLike[str],
-    name: str,
-    *,
-    version: int = 1,
-    template: templates.Template | str = templates.Template.AUTO,
-    custom_template: templates.PromptTemplate | None = None,
-    model_config: ModelConfig | None = None,
-    description: str = "",
-    cache: str | Path | None = None,
-    force: bool = False,
-    tool_markers: tuple[str, str] | None = None,
-    tool_probe: dict | None = None,
-) -> Registration:
+def _checked_config(source: Path) -> tuple[dict, int]:
+    """The complete converted model's ``genai_config.json`` and its context length; refused when it is not."""
+    genai_config = _check_onnx_dir(source)
+    problem = context_problem(source, genai_config)
+    if problem:
+        raise ModelFolderError(source, problem, "Nothing was registered.")
+    return genai_config, int(genai_config["model"].get("context_length", 0))
+
+
+def _publish_tokens(source: Path, genai_config: dict, resolved: template_resolve.ResolvedTemplate,
+                    tool_markers: tuple[str, str] | None) -> tuple[StopTokens, tools.Markers | None]:
+    """Put the stop tokens and the tool-call markers (when the tokenizer has them) into ``genai_config``."""
+    stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
+    genai_config["model"]["eos_token_id"] = list(stop.eos_token_id)
+    markers = tools.find_markers(source, *(tool_markers or (None, None)))
+    for key in ("bot_token_id", "eot_token_id"):
+        genai_config["model"].pop(key, None)
+    if markers is not None:
+        genai_config["model"]["bot_token_id"], genai_config["model"]["eot_token_id"] = markers.start_id, markers.end_id
+    return stop, markers
+
+
+def _previous_record(target: Path, source: Path, name: str, force: bool) -> RegistrationRecord | None:
+    """The registration record already at ``target``; refused when it holds another model and ``force`` is off."""
+    record = read_registration(target)
+    if record and record.source != str(source) and not force:
+        raise NameTakenError(
+            f"The name {name!r} is already registered to another model ({record.source}). "
+            "Choose another --name, or pass --force to replace it."
+        )
+    return record
+
+
+def _staged_threads(staging: Path, genai_config: dict, model_config: ModelConfig,
+                    context_length: int) -> tuple[ThreadChoice | None, ModelConfig]:
+    """With ``--threads auto``, probe the staged folder (before anything is replaced) and write the chosen count."""
+    if model_config.threads != AUTO_THREADS:
+        return None, model_config
+    threads = choose_threads(staging, context_length)
+    _write_genai_config(staging, genai_config, threads.chosen)
+    return threads, replace(model_config, threads=threads.chosen)
+
+
+def _registration_record(source: Path, name: str, version: int, resolved: template_resolve.ResolvedTemplate,
+                         stop: StopTokens, threads: ThreadChoice | None,
+                         model_config: ModelConfig) -> RegistrationRecord:
+    """The registration record written beside the model (:data:`REGISTRATION_RECORD`)."""
+    return RegistrationRecord(
+        str(source), name, version, str(resolved.choice), tuple(resolved.notes), timestamp(), stop,
+        ThreadSetting("auto", threads.chosen, threads.speedup, threads.probe, threads.reused)
+        if threads else ThreadSetting(model_config.threads))
+
+
+def _swap_in(staging: Path, target: Path, name: str, version: int, cache: str | Path | None,
+             markers: tools.Markers | None, record: RegistrationRecord | None) -> None:
+    """Swap the staged folder into place and register it; on failure the previous registration is put back."""
+    try:
+        artifacts.swap_into_place(staging, target,
+                                  then=lambda: _catalog_register(target, name, version, cache, markers))
+    except BaseException:
+        if record and record.version:  # the previous folder is back: put its registration back as it was
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                _catalog_register(target, name, record.version, cache, tools.registered_markers(target),
+                                  supports_tool_calling=bool(record.tool_calling and
+                                                             record.tool_calling.supports_tool_calling))
+        raise
+
+
+def _probe_tools(target: Path, source: Path, name: str, version: int, cache: str | Path | None,
+                 markers: tools.Markers | None, tool_probe: dict | None) -> ToolCalling:
+    """Probe tool calling when the tokenizer has markers, mark the catalog entry, and record the outcome."""
+    tool_calling = ToolCalling((), False, "no tool-call tokens in the tokenizer (pass --tool-markers START END)")
+    if markers is not None:
+        supports, detail = probe_tool_calling(f"{name}:{version}", cache, tool_probe or fine_tune_probe(source))
+        if supports:
+            _catalog_register(target, name, version, cache, markers, supports_tool_calling=True)
+        tool_calling = ToolCalling((markers.start, markers.end), supports, detail)
+    record = read_registration(target) or RegistrationRecord()
+    write_registration(target, replace(record, tool_calling=ToolCallingRecord(
+        tool_calling.markers, tool_calling.supports, tool_calling.detail)))
+    return tool_calling
+
+
+def register(onnx_dir: str | os.PathLike[str], name: str, *, version: int = 1,
+             template: templates.Template | str = templates.Template.AUTO,
+             custom_template: templates.PromptTemplate | None = None, model_config: ModelConfig | None = None,
+             description: str = "", cache: str | Path | None = None, force: bool = False,
+             tool_markers: tuple[str, str] | None = None, tool_probe: dict | None = None) -> Registration:
     """Register a converted model with Foundry Local as ``NAME:VERSION``.
 
     Re-registering the same source updates the folder and the registration in place;
@@ -248,65 +306,26 @@ def register(
     if not isinstance(version, int) or version < 1:
         raise InvalidOptionError("version", version, "a whole number >= 1")
     source = Path(onnx_dir).expanduser().resolve()
-    genai_config = _check_onnx_dir(source)
-    problem = context_problem(source, genai_config)
-    if problem:
-        raise ModelFolderError(source, problem, "Nothing was registered.")
-    context_length = int(genai_config["model"].get("context_length", 0))
+    genai_config, context_length = _checked_config(source)
     model_config = (model_config or ModelConfig()).for_context(context_length)
     model_config.validate(context_length)
     resolved = template_resolve.resolve(template, source, custom_template)
     template_resolve.check_consistency(resolved)
-    stop = reconcile_stop_tokens(source, genai_config, resolved.prompt_template)
-    genai_config["model"]["eos_token_id"] = list(stop.eos_token_id)
-    markers = tools.find_markers(source, *(tool_markers or (None, None)))
-    for key in ("bot_token_id", "eot_token_id"):
-        genai_config["model"].pop(key, None)
-    if markers is not None:
-        genai_config["model"]["bot_token_id"], genai_config["model"]["eot_token_id"] = markers.start_id, markers.end_id
+    stop, markers = _publish_tokens(source, genai_config, resolved, tool_markers)
     root = models_root(cache)
     target = root / name
-    record = read_registration(target)
-    if record and record.source != str(source) and not force:
-        raise NameTakenError(
-            f"The name {name!r} is already registered to another model ({record.source}). "
-            "Choose another --name, or pass --force to replace it."
-        )
+    record = _previous_record(target, source, name, force)
     artifacts.remove_stale(root)  # scratch of a registration that was killed
     staging = artifacts.staging_dir(target, "staging")
     try:
         with artifacts.disk_full_as_error(staging):
             _stage(source, staging, genai_config, resolved, model_config, name, version, description)
-        threads = None
-        if model_config.threads == AUTO_THREADS:  # measured on the staged folder, before anything is replaced
-            threads = choose_threads(staging, context_length)
-            model_config = replace(model_config, threads=threads.chosen)
-            _write_genai_config(staging, genai_config, threads.chosen)
-        write_registration(staging, RegistrationRecord(
-            str(source), name, version, str(resolved.choice), tuple(resolved.notes), timestamp(), stop,
-            ThreadSetting("auto", threads.chosen, threads.speedup, threads.probe, threads.reused)
-            if threads else ThreadSetting(model_config.threads)))
-        try:
-            artifacts.swap_into_place(staging, target,
-                                      then=lambda: _catalog_register(target, name, version, cache, markers))
-        except BaseException:
-            if record and record.version:  # the previous folder is back: put its registration back as it was
-                with contextlib.suppress(Exception):  # the original error is the one to report
-                    _catalog_register(target, name, record.version, cache, tools.registered_markers(target),
-                                      supports_tool_calling=bool(record.tool_calling and
-                                                                 record.tool_calling.supports_tool_calling))
-            raise
+        threads, model_config = _staged_threads(staging, genai_config, model_config, context_length)
+        write_registration(staging, _registration_record(source, name, version, resolved, stop, threads, model_config))
+        _swap_in(staging, target, name, version, cache, markers, record)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    tool_calling = ToolCalling((), False, "no tool-call tokens in the tokenizer (pass --tool-markers START END)")
-    if markers is not None:
-        supports, detail = probe_tool_calling(f"{name}:{version}", cache, tool_probe or fine_tune_probe(source))
-        if supports:
-            _catalog_register(target, name, version, cache, markers, supports_tool_calling=True)
-        tool_calling = ToolCalling((markers.start, markers.end), supports, detail)
-    record = read_registration(target) or RegistrationRecord()
-    write_registration(target, replace(record, tool_calling=ToolCallingRecord(
-        tool_calling.markers, tool_calling.supports, tool_calling.detail)))
+    tool_calling = _probe_tools(target, source, name, version, cache, markers, tool_probe)
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
                         (*resolved.notes, stop.note()), threads, stop, tool_calling)
 
@@ -324,7 +343,7 @@ def _catalog_register(path: Path, name: str, version: int, cache: str | Path | N
     artifacts.crash_point("register-catalog")
     model_id = f"{name}:{version}"
     try:
-        foundry.catalog_register(path, model_id, name, cache, markers=markers,
+        catalog_register(path, model_id, name, cache, markers=markers,
                                  supports_tool_calling=supports_tool_calling)
     except Exception as exc:  # the SDK raises FoundryLocalException with the native message
         raise RegistrationError(f"Foundry Local refused {model_id}: {exc}") from exc

@@ -10,8 +10,7 @@ from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InvalidNameError, ModelNotFoundError
 from slmops.toolkit.domain.results.conversion import read_manifest
-from slmops.toolkit.runtimes import foundry
-from slmops.toolkit.runtimes.foundry import models_root
+from slmops.toolkit.runtimes.foundry_session import local_catalog, models_root
 
 INFERENCE_MODEL = "inference_model.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -49,7 +48,7 @@ def unregister(name: str, *, cache: str | Path | None = None, remove_files: bool
         ModelNotFoundError: nothing of that name is registered.
     """
     validate_name(name)
-    catalog = foundry.local_catalog(cache)
+    catalog = local_catalog(cache)
     ids = [m.id for m in catalog.list_models() if m.id.split(":")[0] == name]
     folder = models_root(cache) / name
     if not ids and not folder.exists():
@@ -68,7 +67,7 @@ def list_models(cache: str | Path | None = None) -> list[dict]:
         ``folder`` (has the Foundry layout), ``precision``, ``method``, ``size_mb``, ``path``.
     """
     rows: dict[str, dict] = {}
-    catalog = foundry.local_catalog(cache)  # opening the cache first recovers what a killed process left
+    catalog = local_catalog(cache)  # opening the cache first recovers what a killed process left
     root = models_root(cache)
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):

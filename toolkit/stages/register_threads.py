@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmops.toolkit.core import codec, platform, settings
+from slmops.toolkit.core import codec, settings, system
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.registration import (
     ThreadSpeed,
@@ -99,7 +99,7 @@ def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
     # model.onnx.data), so a probe is kept by the graph's hash and reused, which also keeps the choice
     # the same run to run.
     key = hashlib.sha256(json.dumps([
-        hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(), len(ids), counts, platform.cpu_model(),
+        hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(), len(ids), counts, system.cpu_model(),
         os.cpu_count(), importlib.metadata.version("onnxruntime-genai")]).encode()).hexdigest()[:20]
     kept = settings.home() / "cache" / "threads" / f"{key}.json"
     if kept.is_file():

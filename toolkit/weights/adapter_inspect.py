@@ -26,21 +26,14 @@ from slmops.toolkit.domain.adapters import (
     own_files,
     saved_modules,
 )
-from slmops.toolkit.domain.sources import fingerprint, stores_lm_head
+from slmops.toolkit.domain.sources import SourceModel, fingerprint, stores_lm_head
 from slmops.toolkit.weights.checkpoints import inspect_source, read_tensors
 
 log = logging.getLogger(__name__)
 
 
-def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> AdapterSource:
-    """Check a LoRA adapter folder and its base, and describe them.
-
-    Raises:
-        ModelFolderError: no or malformed ``adapter_config.json``, or no adapter weights.
-        InputError: an adapter kind that cannot be merged, no reachable base, or a base that
-            does not match the adapter (a missing module or other shapes).
-    """
-    folder = Path(path).expanduser().resolve()
+def _lora_config(folder: Path) -> dict:
+    """The folder's ``adapter_config.json`` when it describes a plain LoRA adapter with safetensors weights."""
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_text())
     except FileNotFoundError as exc:
@@ -58,11 +51,14 @@ def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] |
                          "Train a LoRA adapter instead.")
     if config.get("use_dora"):
         raise InputError(f"{folder}: DoRA adapters are not supported yet; train plain LoRA (use_dora=False).")
-    weights = folder / "adapter_model.safetensors"
-    if not weights.is_file():
+    if not (folder / "adapter_model.safetensors").is_file():
         raise ModelFolderError(folder, "no adapter_model.safetensors", "Re-save the adapter with "
                                "save_pretrained(safe_serialization=True).")
-    artifacts.check_no_links_leaving(folder)
+    return config
+
+
+def _local_base(folder: Path, config: dict, base: str | os.PathLike[str] | None) -> SourceModel:
+    """The base to merge into (``base``, else the one the adapter names): a local, unquantized model folder."""
     trained_on = config.get("base_model_name_or_path")
     if (base and trained_on and (Path(str(trained_on)).expanduser() / "config.json").is_file()
             and Path(str(trained_on)).expanduser().resolve() != Path(base).expanduser().resolve()):
@@ -76,12 +72,27 @@ def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] |
                             if named and not base else "")
                          + ": pass --base DIR, the Hugging Face folder it was trained on.")
     try:
-        base_source = inspect_source(Path(str(named)))
+        return inspect_source(Path(str(named)))
     except QuantizedCheckpointError as exc:
         raise InputError(
             f"The adapter's base {exc.path} is an already-quantized checkpoint ({exc.method}), as QLoRA trains on: "
             "the merge needs the 16-bit model it was quantized from; pass it with --base DIR"
             + (f" ({exc.original}, saved with save_pretrained)." if exc.original else ".")) from exc
+
+
+def inspect_adapter(path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> AdapterSource:
+    """Check a LoRA adapter folder and its base, and describe them.
+
+    Raises:
+        ModelFolderError: no or malformed ``adapter_config.json``, or no adapter weights.
+        InputError: an adapter kind that cannot be merged, no reachable base, or a base that
+            does not match the adapter (a missing module or other shapes).
+    """
+    folder = Path(path).expanduser().resolve()
+    config = _lora_config(folder)
+    weights = folder / "adapter_model.safetensors"
+    artifacts.check_no_links_leaving(folder)
+    base_source = _local_base(folder, config, base)
     try:
         adapter_tensors = {name: list(info.shape) for name, info in read_tensors(folder, [weights]).items()}
         base_tensors = read_tensors(base_source.path)

@@ -29,6 +29,26 @@ from slmops.toolkit.domain.sources import (
 )
 
 
+def _model_config(folder: Path) -> dict:
+    """The folder's ``config.json``, refused when the folder or the file is missing or not a JSON object."""
+    if not folder.is_dir():
+        raise ModelFolderError(folder, "a file, not a model folder" if folder.exists() else "no such folder",
+                               "Point at the folder that holds config.json, or use `slmops bundled`.")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ModelFolderError(
+            folder, "no config.json, so this is not a Hugging Face model folder",
+            "Point at the folder that `save_pretrained` wrote.",
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFolderError(folder, f"config.json is not valid UTF-8 JSON ({exc})", "Re-save the model.") from exc
+    if not isinstance(config, dict):
+        raise ModelFolderError(folder, "config.json is not a JSON object", "Re-save the model.")
+    return config
+
+
 def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
     """Check that ``path`` is a Hugging Face model folder this toolkit can convert, and describe it.
 
@@ -49,21 +69,7 @@ def inspect_source(path: str | os.PathLike[str]) -> SourceModel:
         'llama'
     """
     folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ModelFolderError(folder, "a file, not a model folder" if folder.exists() else "no such folder",
-                               "Point at the folder that holds config.json, or use `slmops bundled`.")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ModelFolderError(
-            folder, "no config.json, so this is not a Hugging Face model folder",
-            "Point at the folder that `save_pretrained` wrote.",
-        )
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFolderError(folder, f"config.json is not valid UTF-8 JSON ({exc})", "Re-save the model.") from exc
-    if not isinstance(config, dict):
-        raise ModelFolderError(folder, "config.json is not a JSON object", "Re-save the model.")
+    config = _model_config(folder)
     check_fields(folder, config)
     files = weight_files(folder)
     if not files:

@@ -67,6 +67,166 @@ def random_orthogonal(size: int, seed: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+class _Weights:
+    """A loaded graph's initializers, who reads and writes each tensor, and the weights changed so far.
+
+    Changes are kept in float32 (one copy of each changed weight) and written back by :meth:`commit`.
+    """
+
+    def __init__(self, graph) -> None:
+        self.graph = graph
+        self.inits = {init.name: init for init in graph.initializer}
+        self.consumers: dict[str, list] = defaultdict(list)
+        for node in graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def weight(self, name: str) -> np.ndarray:
+        """A float64 copy of initializer ``name`` as changed so far (changes are kept in float32)."""
+        from onnx import numpy_helper
+
+        if name not in self.arrays:
+            self.arrays[name] = numpy_helper.to_array(self.inits[name]).astype(np.float32)
+        return self.arrays[name].astype(np.float64)
+
+    def store(self, name: str, value: np.ndarray) -> None:
+        self.arrays[name] = value.astype(np.float32)
+
+    def constant_matmul(self, node) -> bool:
+        return node is not None and node.op_type == "MatMul" and node.input[1] in self.inits
+
+    def commit(self) -> None:
+        """Write the changed weights into the graph, one at a time (the old and new copies never all coexist)."""
+        from onnx import numpy_helper
+
+        for name in list(self.arrays):
+            self.inits[name].CopyFrom(numpy_helper.from_array(self.arrays.pop(name), name))
+
+
+def _load(source: Path):
+    """``source`` with every initializer inside the graph, so the save writes every one to the new data file."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.external_data:
+            tensor.CopyFrom(numpy_helper.from_array(read_initializer(tensor, source.parent), tensor.name))
+    return model
+
+
+def _landmarks(w: _Weights) -> tuple[list, object, object, bool]:
+    """The graph's RMS norms, embedding Gather and LM head MatMul, and whether the head shares the table."""
+    graph = w.graph
+    norms = [node for node in graph.node if node.op_type in NORMS]
+    if not norms:
+        raise UnsupportedGraph("no RMS norms in the graph")
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.name.startswith("/model/embed_tokens")), None)
+    if gather is None:
+        raise UnsupportedGraph("no embedding Gather")
+    head = next((n for n in graph.node if n.name == LM_HEAD), None)
+    if not w.constant_matmul(head):
+        raise UnsupportedGraph("no constant LM head MatMul")
+    transpose = w.producer.get(gather.input[0])
+    tied = transpose is not None and transpose.op_type == "Transpose" and transpose.input[0] == head.input[1]
+    return norms, gather, head, tied
+
+
+def _stream_writers(w: _Weights, norms: list, gather) -> list:
+    """The MatMuls that write to the residual stream, once it is checked to be read only by the norms.
+
+    The stream: the embedding's output, each Skip norm's sum, and what writes into the Skip norms.
+    """
+    stream = {gather.output[0]} | {n.output[3] for n in norms if len(n.output) > 3 and n.output[3]}
+    writers = []
+    for node in norms:
+        if node.op_type == "SkipSimplifiedLayerNormalization":
+            if len(node.input) > 3 and node.input[3]:
+                raise UnsupportedGraph(f"{node.name} has a bias")
+            for name in node.input[:2]:
+                if name in stream:
+                    continue
+                writer = w.producer.get(name)
+                if not w.constant_matmul(writer):
+                    raise UnsupportedGraph(f"{node.name} reads {name}, not written by a MatMul")
+                writers.append(writer)
+                stream.add(name)
+        elif node.input[0] not in stream:
+            raise UnsupportedGraph(f"{node.name} normalizes {node.input[0]}, which is not the residual stream")
+    for name in stream:
+        for reader in w.consumers[name]:
+            if reader.op_type not in NORMS:
+                raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads the residual stream {name}")
+    return writers
+
+
+def _fold_readers(w: _Weights, norms: list, head, r: np.ndarray) -> tuple[list, np.ndarray]:
+    """Fold each norm's gain into the MatMuls reading it, rotated on their input side (``R^T diag(g) W``).
+
+    Returns:
+        The readers changed, and the final norm's gain (the LM head's, folded by :func:`_rotate_head`).
+    """
+    readers, final_gain = [], None
+    for node in norms:
+        gain_name = node.input[NORMS[node.op_type]]
+        gain = w.weight(gain_name)
+        for reader in w.consumers[node.output[0]]:
+            if reader is head:
+                final_gain = gain
+            elif w.constant_matmul(reader) and reader.input[0] == node.output[0]:
+                w.store(reader.input[1], r.T @ (gain[:, None] * w.weight(reader.input[1])))
+                readers.append(reader)
+            else:
+                raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads norm {node.name}")
+        w.store(gain_name, np.ones_like(gain))
+    if final_gain is None:
+        raise UnsupportedGraph("the LM head does not read a norm")
+    return readers, final_gain
+
+
+def _rotate_head(w: _Weights, head, gather, final_gain: np.ndarray, r: np.ndarray, tied: bool) -> None:
+    """The final norm's gain folded into an untied LM head, or one FP32 MatMul before a tied one; the table ``E R``."""
+    from onnx import helper, numpy_helper
+
+    if tied:
+        # Table E R (the head's weight is E^T), and R^T diag(g) R before the head keeps it shared.
+        w.store(head.input[1], r.T @ w.weight(head.input[1]))
+        name = ROTATION_PREFIX + "final_norm_gain"
+        w.graph.initializer.append(numpy_helper.from_array((r.T @ (final_gain[:, None] * r)).astype(np.float32), name))
+        mid = ROTATION_PREFIX + "final_norm_gain/output_0"
+        w.graph.node.insert(list(w.graph.node).index(head),
+                            helper.make_node("MatMul", [head.input[0], name], [mid], name=ROTATION_PREFIX + "MatMul"))
+        head.input[0] = mid
+    else:
+        w.store(head.input[1], r.T @ (final_gain[:, None] * w.weight(head.input[1])))
+        table = gather.input[0]
+        if table not in w.inits:
+            raise UnsupportedGraph("the embedding table is not a constant")
+        w.store(table, w.weight(table) @ r)
+
+
+def _rotate_values(w: _Weights, head_dim: int, value_columns: int, seed: int) -> int:
+    """Rotate the value/output projections per attention head by ``Q``; returns the output projections rotated."""
+    heads = 0
+    q = random_orthogonal(head_dim, seed + 1)
+    blocks = np.kron(np.eye(value_columns // head_dim), q)
+    for node in w.graph.node:
+        if "/o_proj/" in node.name and w.constant_matmul(node):
+            weight = w.weight(node.input[1])
+            w.store(node.input[1], np.kron(np.eye(weight.shape[0] // head_dim), q).T @ weight)
+            heads += 1
+        elif w.constant_matmul(node) and ("/qkv_proj/" in node.name or "/v_proj/" in node.name):
+            # The value columns (the last ones of a fused qkv_proj) and their bias, if any.
+            for name in [node.input[1]] + [i for c in w.consumers[node.output[0]] if c.op_type == "Add"
+                                           for i in c.input if i in w.inits]:
+                weight = w.weight(name)
+                weight[..., weight.shape[-1] - value_columns:] = weight[..., weight.shape[-1] - value_columns:] @ blocks
+                w.store(name, weight)
+    return heads
+
+
 def rotate(source: Path, target: Path, *, seed: int = 0, head_dim: int = 0, value_columns: int = 0) -> Rotation:
     """Write ``source`` (an FP32 ``model.onnx``) to ``target`` with its residual stream rotated.
 
@@ -81,122 +241,19 @@ def rotate(source: Path, target: Path, *, seed: int = 0, head_dim: int = 0, valu
         UnsupportedGraph: The stream is read or written other than through RMS norms and MatMuls.
     """
     import onnx
-    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(source), load_external_data=False)
-    graph = model.graph
-    for tensor in graph.initializer:  # all inside the graph, so the save writes every one to the new data file
-        if tensor.external_data:
-            tensor.CopyFrom(numpy_helper.from_array(read_initializer(tensor, source.parent), tensor.name))
-    inits = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-    producer = {out: node for node in graph.node for out in node.output}
-    arrays: dict[str, np.ndarray] = {}
-
-    def weight(name: str) -> np.ndarray:
-        """A float64 copy of initializer ``name`` as changed so far (changes are kept in float32)."""
-        if name not in arrays:
-            arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float32)
-        return arrays[name].astype(np.float64)
-
-    def store(name: str, value: np.ndarray) -> None:
-        arrays[name] = value.astype(np.float32)
-
-    def constant_matmul(node) -> bool:
-        return node is not None and node.op_type == "MatMul" and node.input[1] in inits
-
-    norms = [node for node in graph.node if node.op_type in NORMS]
-    if not norms:
-        raise UnsupportedGraph("no RMS norms in the graph")
-    gather = next((n for n in graph.node if n.op_type == "Gather" and n.name.startswith("/model/embed_tokens")), None)
-    if gather is None:
-        raise UnsupportedGraph("no embedding Gather")
-    head = next((n for n in graph.node if n.name == LM_HEAD), None)
-    if not constant_matmul(head):
-        raise UnsupportedGraph("no constant LM head MatMul")
-    transpose = producer.get(gather.input[0])
-    tied = transpose is not None and transpose.op_type == "Transpose" and transpose.input[0] == head.input[1]
-    hidden = weight(head.input[1]).shape[0]
+    model = _load(source)
+    w = _Weights(model.graph)
+    norms, gather, head, tied = _landmarks(w)
+    hidden = w.weight(head.input[1]).shape[0]
     r = random_orthogonal(hidden, seed)
-
-    # The stream: the embedding's output, each Skip norm's sum, and what writes into the Skip norms.
-    stream = {gather.output[0]} | {n.output[3] for n in norms if len(n.output) > 3 and n.output[3]}
-    writers = []
-    for node in norms:
-        if node.op_type == "SkipSimplifiedLayerNormalization":
-            if len(node.input) > 3 and node.input[3]:
-                raise UnsupportedGraph(f"{node.name} has a bias")
-            for name in node.input[:2]:
-                if name in stream:
-                    continue
-                writer = producer.get(name)
-                if not constant_matmul(writer):
-                    raise UnsupportedGraph(f"{node.name} reads {name}, not written by a MatMul")
-                writers.append(writer)
-                stream.add(name)
-        elif node.input[0] not in stream:
-            raise UnsupportedGraph(f"{node.name} normalizes {node.input[0]}, which is not the residual stream")
-    for name in stream:
-        for reader in consumers[name]:
-            if reader.op_type not in NORMS:
-                raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads the residual stream {name}")
-
-    readers, final_gain = [], None
-    for node in norms:
-        gain_name = node.input[NORMS[node.op_type]]
-        gain = weight(gain_name)
-        for reader in consumers[node.output[0]]:
-            if reader is head:
-                final_gain = gain
-            elif constant_matmul(reader) and reader.input[0] == node.output[0]:
-                store(reader.input[1], r.T @ (gain[:, None] * weight(reader.input[1])))
-                readers.append(reader)
-            else:
-                raise UnsupportedGraph(f"{reader.name} ({reader.op_type}) reads norm {node.name}")
-        store(gain_name, np.ones_like(gain))
-    if final_gain is None:
-        raise UnsupportedGraph("the LM head does not read a norm")
+    writers = _stream_writers(w, norms, gather)
+    readers, final_gain = _fold_readers(w, norms, head, r)
     for writer in writers:
-        store(writer.input[1], weight(writer.input[1]) @ r)
-
-    if tied:
-        # Table E R (the head's weight is E^T), and R^T diag(g) R before the head keeps it shared.
-        store(head.input[1], r.T @ weight(head.input[1]))
-        name = ROTATION_PREFIX + "final_norm_gain"
-        graph.initializer.append(numpy_helper.from_array((r.T @ (final_gain[:, None] * r)).astype(np.float32), name))
-        mid = ROTATION_PREFIX + "final_norm_gain/output_0"
-        graph.node.insert(list(graph.node).index(head),
-                          helper.make_node("MatMul", [head.input[0], name], [mid], name=ROTATION_PREFIX + "MatMul"))
-        head.input[0] = mid
-    else:
-        store(head.input[1], r.T @ (final_gain[:, None] * weight(head.input[1])))
-        table = gather.input[0]
-        if table not in inits:
-            raise UnsupportedGraph("the embedding table is not a constant")
-        store(table, weight(table) @ r)
-
-    heads = 0
-    if head_dim and value_columns:
-        q = random_orthogonal(head_dim, seed + 1)
-        blocks = np.kron(np.eye(value_columns // head_dim), q)
-        for node in graph.node:
-            if "/o_proj/" in node.name and constant_matmul(node):
-                w = weight(node.input[1])
-                store(node.input[1], np.kron(np.eye(w.shape[0] // head_dim), q).T @ w)
-                heads += 1
-            elif constant_matmul(node) and ("/qkv_proj/" in node.name or "/v_proj/" in node.name):
-                # The value columns (the last ones of a fused qkv_proj) and their bias, if any.
-                for name in [node.input[1]] + [i for c in consumers[node.output[0]] if c.op_type == "Add"
-                                               for i in c.input if i in inits]:
-                    w = weight(name)
-                    w[..., w.shape[-1] - value_columns:] = w[..., w.shape[-1] - value_columns:] @ blocks
-                    store(name, w)
-
-    for name in list(arrays):  # one at a time, so the old and new copies of the weights never all coexist
-        inits[name].CopyFrom(numpy_helper.from_array(arrays.pop(name), name))
+        w.store(writer.input[1], w.weight(writer.input[1]) @ r)
+    _rotate_head(w, head, gather, final_gain, r, tied)
+    heads = _rotate_values(w, head_dim, value_columns, seed) if head_dim and value_columns else 0
+    w.commit()
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
               location=f"{target.name}.data", size_threshold=1024)

@@ -6,10 +6,3 @@ by guessing at a dict's shape or parsing a figure out of text. The fields of eve
 are documented in the docs site's result files reference (``docs/reference/results.md``),
 generated from these modules' records and docstrings.
 """
-
-from __future__ import annotations
-
-from slmops.toolkit.core.codec import ResultVersionError
-from slmops.toolkit.core.codec import version_of as schema_version
-
-__all__ = ["ResultVersionError", "schema_version"]

@@ -31,7 +31,6 @@ from slmops.toolkit.core import codec
 from slmops.toolkit.domain.results.checklist import (
     SCHEMA_VERSION,
     Bound,
-    Check,
     ChecklistReport,
     CheckResult,
     ControlResult,
@@ -43,11 +42,6 @@ from slmops.toolkit.domain.results.checklist import (
     Verdict,
     verdict_of,
 )
-
-# The records the file holds, importable (and documented) from here with the file's own.
-__all__ = ["SCHEMA_VERSION", "Bound", "Check", "CheckResult", "ChecklistFile", "ControlResult", "ModelSeries",
-           "ModelSummary", "QualityRecord", "RateSummary", "RetentionEntry", "Thresholds", "Unit", "Verdict",
-           "dump_report", "load_report"]
 
 
 @dataclass(frozen=True)

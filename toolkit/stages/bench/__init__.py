@@ -22,7 +22,6 @@ together); :mod:`~slmops.toolkit.stages.bench.results` (``bench.json``, ``bench.
 
 from __future__ import annotations
 
-from slmops.toolkit.domain.results.bench import NOISY_CV, BenchRow, TimedRun, run_metrics
 from slmops.toolkit.stages.bench.analysis import (
     decode_ceiling,
     endpoint_ratios,
@@ -45,7 +44,7 @@ from slmops.toolkit.stages.bench.engines import (
 from slmops.toolkit.stages.bench.results import read_results, write_results
 
 __all__ = [
-    "ENGINES", "NOISY_CV", "BenchRow", "TimedRun", "bench", "configured_threads", "decode_ceiling", "endpoint_ratios",
+    "ENGINES", "bench", "configured_threads", "decode_ceiling", "endpoint_ratios",
     "engine_ratios", "headline_rows", "instruction_sets", "last_level_cache_mib", "measure_direct", "measure_endpoint",
-    "measure_model", "read_results", "rows_for", "run_metrics", "timed_too_few", "ttft_breakdown", "write_results",
+    "measure_model", "read_results", "rows_for", "timed_too_few", "ttft_breakdown", "write_results",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
-from slmops.toolkit.core import platform
+from slmops.toolkit.core import system
 from slmops.toolkit.domain.results.bench import BenchFile, BenchRow, CeilingRow, EndpointRatio, EngineRatio, TtftLine
 
 _MIB = 1 << 20
@@ -161,5 +161,5 @@ def instruction_sets() -> dict[str, bool]:
     quantized model's prefill (compute-bound) can be slower than FP32's while its decode
     (bandwidth-bound) is faster.
     """
-    flags = platform.cpu_flags()
+    flags = system.cpu_flags()
     return {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}

@@ -15,12 +15,13 @@ from slmops.toolkit.core import codec, settings, workers
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InputError, ModelNotFoundError
 from slmops.toolkit.core.measure import CpuMeter, peak_rss_mib, rss_mib
-from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.prompts import prompt_text
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
 from slmops.toolkit.domain.results.conversion import read_manifest
+from slmops.toolkit.domain.run_params import DEFAULTS
 from slmops.toolkit.runtimes import genai
-from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration, models_root
+from slmops.toolkit.runtimes.foundry import LoadedModel, fixed_length_registration
+from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.weights.weight_summary import lookup_only_mb
 
 #: The worker module the children run.

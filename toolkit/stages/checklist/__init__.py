@@ -51,19 +51,6 @@ Where each part lives (one module per concern):
 
 from __future__ import annotations
 
-from slmops.toolkit.domain.results.checklist import (
-    Bound,
-    Check,
-    ChecklistReport,
-    CheckResult,
-    ControlResult,
-    ModelReport,
-    QualityRecord,
-    Thresholds,
-    Unit,
-    Verdict,
-)
-from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.stages.checklist.answers import CASE_CHECKS, CaseCheck, case_checks, stop_check
 from slmops.toolkit.stages.checklist.cases import (
     CONTENT_RULES,
@@ -90,29 +77,17 @@ __all__ = [
     "FORMAT_RULES",
     "MUST_REFUSE",
     "RULES",
-    "Bound",
     "CaseCheck",
-    "Check",
-    "CheckResult",
-    "ChecklistReport",
-    "ControlResult",
     "Decision",
-    "ModelReport",
-    "QualityRecord",
     "Rule",
-    "Thresholds",
-    "Unit",
-    "Verdict",
     "case_checks",
     "decide",
-    "dump_report",
     "edge_request",
     "edge_verdict",
     "growth_mib_per_100",
     "input_lengths",
     "judge",
     "load_cases",
-    "load_report",
     "memory_check",
     "performance_check",
     "performance_checks",

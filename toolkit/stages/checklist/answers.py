@@ -16,8 +16,7 @@ from slmops.toolkit.domain.datasets import HELDOUT, RETENTION
 from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, Thresholds, Unit, verdict_of
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, FORMAT_RULES, judge
-from slmops.toolkit.stages.checklist.tool_calls import MAX_TOKENS as TOOL_MAX_TOKENS
-from slmops.toolkit.stages.checklist.tool_calls import is_tool_case, tool_call_checks
+from slmops.toolkit.stages.checklist.tool_calls import TOOL_MAX_TOKENS, is_tool_case, tool_call_checks
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain.datasets import HELDOUT, RETENTION
 from slmops.toolkit.domain.prompts import BUNDLED_CASES
-from slmops.toolkit.runtimes.foundry import check_response_format
+from slmops.toolkit.runtimes.foundry_requests import check_response_format
 from slmops.toolkit.stages.checklist.tool_calls import is_tool_case, parse_tool_case
 
 

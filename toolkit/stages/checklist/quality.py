@@ -11,7 +11,6 @@ from slmops.toolkit.core import artifacts, build_cache, codec
 from slmops.toolkit.core.measure import timestamp
 from slmops.toolkit.domain import tools
 from slmops.toolkit.domain.datasets import HELDOUT, RETENTION, domain_terms
-from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
@@ -23,9 +22,11 @@ from slmops.toolkit.domain.results.checklist import (
     verdict_of,
 )
 from slmops.toolkit.domain.results.registration import REGISTRATION_RECORD
+from slmops.toolkit.domain.run_params import DEFAULTS
 from slmops.toolkit.domain.sources import fingerprint
 from slmops.toolkit.runtimes import foundry, genai
-from slmops.toolkit.runtimes.foundry import LoadedModel, find_model
+from slmops.toolkit.runtimes.foundry import LoadedModel
+from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages.checklist.answers import generation
 from slmops.toolkit.stages.checklist.cases import CONTENT_RULES, judge
 from slmops.toolkit.stages.checklist.tool_calls import ask_tool_case, is_tool_case

@@ -9,7 +9,6 @@ from pathlib import Path
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.core.measure import timestamp
-from slmops.toolkit.domain.params import DEFAULTS
 from slmops.toolkit.domain.results.checklist import (
     ChecklistReport,
     ControlResult,
@@ -18,6 +17,7 @@ from slmops.toolkit.domain.results.checklist import (
 )
 from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
 from slmops.toolkit.domain.retention import with_retention
+from slmops.toolkit.domain.run_params import DEFAULTS
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.stages.checklist.answers import case_checks, requests_of
 from slmops.toolkit.stages.checklist.cases import load_cases
@@ -69,6 +69,22 @@ def _check_options(requests: object, max_tokens: object, lengths: object) -> Non
         raise InvalidOptionError("lengths", lengths, "input lengths in tokens, each a whole number >= 1")
 
 
+def _model_part(name: str, cases: list[dict], cache: str | Path | None, limits: Thresholds, max_tokens: int,
+                seed: int, requests: int, progress: bool) -> dict:
+    """One model's own checks (the cases, then the memory windows), with the model loaded once for them."""
+    clock = _Clock()
+    rss: list[float] = []
+    generated: list[list] = []
+    with LoadedModel(name, cache) as model:
+        checks = case_checks(model, cases, limits, max_tokens, seed, progress, generated)
+        sent = requests_of(cases)
+        clock.lap("cases")
+        if requests:
+            checks.append(memory_check(model, requests, limits, seed, progress, rss))
+            clock.lap("memory")
+    return {"checks": checks, "rss": rss, "generated": generated, "requests": sent + len(rss), "clock": clock}
+
+
 def run_checklists(names: list[str], *, reference: str | None = None, cases: list[dict] | None = None,
                    cache: str | Path | None = None, max_tokens: int = 48, seed: int = 0,
                    requests: int = DEFAULTS.checklist_requests, lengths: list[int] | None = None,
@@ -95,20 +111,7 @@ def run_checklists(names: list[str], *, reference: str | None = None, cases: lis
     _check_options(requests, max_tokens, lengths)
     limits = thresholds or Thresholds()
     cases = cases if cases is not None else load_cases()
-    parts: dict[str, dict] = {}
-    for name in names:
-        clock = _Clock()
-        rss: list[float] = []
-        generated: list[list] = []
-        with LoadedModel(name, cache) as model:
-            checks = case_checks(model, cases, limits, max_tokens, seed, progress, generated)
-            sent = requests_of(cases)
-            clock.lap("cases")
-            if requests:
-                checks.append(memory_check(model, requests, limits, seed, progress, rss))
-                clock.lap("memory")
-        parts[name] = {"checks": checks, "rss": rss, "generated": generated, "requests": sent + len(rss),
-                       "clock": clock}
+    parts = {name: _model_part(name, cases, cache, limits, max_tokens, seed, requests, progress) for name in names}
     shared = _Clock()
     performance, curves, timed = ({}, {}, {}) if lengths == [] else performance_checks(
         names, reference, cache, lengths, limits, seed, progress)

@@ -139,6 +139,47 @@ def per_token_ms(model: LoadedModel, prompt: str, tokens: int, seed: int) -> flo
     return 1000 / rate if rate else None
 
 
+def _judged_lengths(lengths: list[int] | None, context: int) -> list[int]:
+    """The input lengths to time, shortest first: ``lengths``, or by default up to :data:`DECISIVE_LONG`.
+
+    The judged ratio (what a long input adds against what it adds to FP32) does not depend on
+    the length: attention's cost grows linearly with it for every precision alike. So by default
+    the long input is where that cost is already well resolved (DECISIVE_LONG), not half the context.
+    """
+    return sorted(set(lengths) if lengths is not None else
+                  {n for n in input_lengths(context) if n < DECISIVE_LONG} | {min(DECISIVE_LONG, context // 2)})
+
+
+def _time_round(model: LoadedModel, prompts: dict[int, str], wanted: list[int], index: int, tokens: int, seed: int,
+                rounds: list[tuple[float, float]], curve: dict[int, float]) -> int:
+    """One model's turn in round ``index``: the shortest and the longest input (their order turns each round).
+
+    The pair goes to ``rounds`` when both were timed; in the first round the lengths between are
+    timed once into ``curve``, for the plot only. Returns the requests sent.
+    """
+    shortest, longest = wanted[0], wanted[-1]
+    figures = {}
+    sent = 0
+    for length in ((shortest, longest) if index % 2 == 0 else (longest, shortest)):
+        figures[length] = per_token_ms(model, prompts[length], tokens, seed)
+        sent += 1
+    if figures[shortest] is not None and figures[longest] is not None:
+        rounds.append((figures[shortest], figures[longest]))
+    if index == 0:
+        for length in wanted[1:-1]:  # the curve between: once, for the plot
+            curve[length] = per_token_ms(model, prompts[length], tokens, seed)
+            sent += 1
+    return sent
+
+
+def _curve(curve: dict[int, float], rounds: list[tuple[float, float]], shortest: int, longest: int) -> dict[int, float]:
+    """A model's curve: the medians over rounds at the shortest and longest input, with the lengths between."""
+    if rounds:
+        curve[shortest] = round(statistics.median(s for s, _ in rounds), 3)
+        curve[longest] = round(statistics.median(l for _, l in rounds), 3)
+    return {k: round(v, 3) for k, v in sorted(curve.items()) if v is not None}
+
+
 def performance_checks(names: list[str], reference: str | None, cache: str | Path | None,
                         lengths: list[int] | None, limits: Thresholds, seed: int, progress: bool,
                         tokens: int = 16) -> tuple[dict[str, CheckResult], dict[str, dict[int, float]], dict[str, int]]:
@@ -167,11 +208,7 @@ def performance_checks(names: list[str], reference: str | None, cache: str | Pat
         first = models[timed[0]]
         tokenizer = Tokenizer.from_file(str(Path(first.model.get_path()) / "tokenizer.json"))
         context = min(m.context_length or (1 << 20) for m in models.values())
-        # The judged ratio (what a long input adds against what it adds to FP32) does not depend on
-        # the length: attention's cost grows linearly with it for every precision alike. So by default
-        # the long input is where that cost is already well resolved (DECISIVE_LONG), not half the context.
-        wanted = sorted(set(lengths) if lengths is not None else
-                        {n for n in input_lengths(context) if n < DECISIVE_LONG} | {min(DECISIVE_LONG, context // 2)})
+        wanted = _judged_lengths(lengths, context)
         if not wanted:
             return {}, {}, {}
         shortest, longest = wanted[0], wanted[-1]
@@ -186,17 +223,7 @@ def performance_checks(names: list[str], reference: str | None, cache: str | Pat
         for index in range(high):
             turn = index % len(active)
             for n in active[turn:] + active[:turn]:
-                pair = []
-                for length in ((shortest, longest) if index % 2 == 0 else (longest, shortest)):
-                    pair.append((length, per_token_ms(models[n], prompts[length], tokens, seed)))
-                    requests[n] += 1
-                figures = dict(pair)
-                if figures[shortest] is not None and figures[longest] is not None:
-                    rounds[n].append((figures[shortest], figures[longest]))
-                if index == 0:
-                    for length in wanted[1:-1]:  # the curve between: once, for the plot
-                        curves[n][length] = per_token_ms(models[n], prompts[length], tokens, seed)
-                        requests[n] += 1
+                requests[n] += _time_round(models[n], prompts, wanted, index, tokens, seed, rounds[n], curves[n])
             bar.update()
             ref_rounds = rounds.get(reference, []) if reference else []
             checks = {n: performance_check(n, rounds[n], limits, (reference, ref_rounds) if reference else None,
@@ -208,9 +235,4 @@ def performance_checks(names: list[str], reference: str | None, cache: str | Pat
                 undecided = {n for n, c in checks.items() if c.inconclusive}
                 active = [n for n in timed if n in undecided or n == reference]
         bar.close()
-    for n in timed:
-        if rounds[n]:
-            curves[n][shortest] = round(statistics.median(s for s, _ in rounds[n]), 3)
-            curves[n][longest] = round(statistics.median(l for _, l in rounds[n]), 3)
-        curves[n] = {k: round(v, 3) for k, v in sorted(curves[n].items()) if v is not None}
-    return checks, curves, requests
+    return checks, {n: _curve(curves[n], rounds[n], shortest, longest) for n in timed}, requests

@@ -28,7 +28,7 @@ from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, T
 TOOL_CALL = "tool_call"
 #: Most tokens a tool case may generate (the demo's calls are 21 tokens, its text answers under 20; a base that
 #: never closes a call runs to this, so it bounds the negative control's cost).
-MAX_TOKENS = 40
+TOOL_MAX_TOKENS = 40
 
 
 def is_tool_case(case: dict) -> bool:
@@ -100,7 +100,7 @@ def _looks_like_call(text: str, markers: tools.Markers | None) -> bool:
     return re.search(r'\[\s*\{\s*"name"\s*:\s*"[^"]*"\s*,\s*"parameters"', text) is not None
 
 
-def ask_tool_case(model, case: dict, *, max_tokens: int = MAX_TOKENS) -> ToolCaseResult:
+def ask_tool_case(model, case: dict, *, max_tokens: int = TOOL_MAX_TOKENS) -> ToolCaseResult:
     """Ask one ``tool_call`` case (greedy) and score the answer (see the module docstring)."""
     offered = case.get("tools") or []
     expect = case["expect"]
@@ -124,7 +124,7 @@ def ask_tool_case(model, case: dict, *, max_tokens: int = MAX_TOKENS) -> ToolCas
                           answer.text, answer.finish_reason, valid)
 
 
-def run_tool_cases(model, cases: list[dict], *, max_tokens: int = MAX_TOKENS) -> list[ToolCaseResult]:
+def run_tool_cases(model, cases: list[dict], *, max_tokens: int = TOOL_MAX_TOKENS) -> list[ToolCaseResult]:
     """Ask every ``tool_call`` case of ``cases`` (the others are skipped)."""
     return [ask_tool_case(model, case, max_tokens=max_tokens) for case in cases if is_tool_case(case)]
 

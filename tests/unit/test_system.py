@@ -1,4 +1,4 @@
-"""The platform module: Linux for real, macOS and Windows by simulation (sys.platform and modules patched)."""
+"""The system module (what differs between operating systems): Linux for real, macOS and Windows by simulation (sys.platform and modules patched)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from slmops.toolkit.core import measure, settings
-from slmops.toolkit.core import platform as system
+from slmops.toolkit.core import measure, settings, system
 
 _MIB = 1 << 20
 
@@ -223,7 +222,7 @@ def test_nothing_outside_the_platform_module_calls_linux_only_apis() -> None:
     needles = re.compile(r"\bimport (resource|fcntl)\b|prctl|/proc/|/sys/|killpg|wait4|start_new_session")
     offenders = [f"{path.relative_to(root)}: {found.group()}"
                  for package in ("toolkit", "widgets") for path in (root / package).rglob("*.py")
-                 if path.name != "platform.py" for found in needles.finditer(path.read_text())]
+                 if path.name != "system.py" for found in needles.finditer(path.read_text())]
     assert offenders == []
 
 
@@ -233,9 +232,9 @@ def test_the_mmap_threshold_fix_returns_freed_buffers_to_the_system() -> None:
     memory check read as a leak in some runs); with it the buffer goes back. Each in a fresh process."""
     script = textwrap.dedent("""
         import sys, psutil
-        from slmops.toolkit.core import platform
+        from slmops.toolkit.core import system
         if sys.argv[1] == "fixed":
-            assert platform.fix_mmap_threshold()
+            assert system.fix_mmap_threshold()
         process = psutil.Process()
         block = bytearray(16 << 20); del block  # mapped, then freed: glibc raises its threshold to 16 MiB
         before = process.memory_info().rss
@@ -252,13 +251,13 @@ def test_releasing_free_memory_returns_a_fragmented_heaps_free_pages() -> None:
     """Freed small blocks between live ones stay resident (RSS counts them) until the heap is trimmed."""
     script = textwrap.dedent("""
         import sys, psutil
-        from slmops.toolkit.core import platform
+        from slmops.toolkit.core import system
         process = psutil.Process()
         blocks = [bytearray(4000) for _ in range(20000)]  # 80 MB of small blocks from the heap
         kept = blocks[::50]; del blocks  # a live block every 200 kB: the heap cannot shrink from its top
         before = process.memory_info().rss
         if sys.argv[1] == "released":
-            assert platform.release_free_memory()
+            assert system.release_free_memory()
         print((before - process.memory_info().rss) / 2**20)
     """)
     returned = {how: float(subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True,
