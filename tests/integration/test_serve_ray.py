@@ -17,7 +17,7 @@ from slmops.toolkit.endpoint import replicas
 from slmops.toolkit.endpoint.cli import free_port
 from slmops.toolkit.endpoint.options import ServeOptions
 from slmops.toolkit.orchestration import cluster
-from slmops.toolkit.stages import register as R
+from slmops.toolkit.stages import register
 
 MODEL = "tiny-ray"
 
@@ -30,7 +30,7 @@ def served(tiny_int4: Path):
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    R.register(tiny_int4, MODEL)
+    register.register(tiny_int4, MODEL)
     small = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
     ray_cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
     ray_cluster.add_node(**small)

@@ -28,8 +28,7 @@ from slmops.toolkit.endpoint.options import (
     STREAM_INTERVAL_S,
     ServeOptions,
 )
-from slmops.toolkit.endpoint.replicas import DEFAULT_REPLICA_CPUS
-from slmops.toolkit.endpoint.replicas import run as serve_on_ray
+from slmops.toolkit.endpoint.replicas import DEFAULT_REPLICA_CPUS, serve_replicas
 from slmops.toolkit.runtimes.batching import Policy
 from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.runtimes.foundry_web import probe_web_service, serve_natively
@@ -140,7 +139,7 @@ def run_ray(names: Sequence[str], *, address: str | None = None, replicas: int =
     """
     options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
                        request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
-    serve_on_ray(names, address=address, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus,
+    serve_replicas(names, address=address, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus,
                  cache=settings.cache_dir(cache), api_key=api_key, options=options, log_requests=log_requests)
 
 

@@ -261,7 +261,7 @@ def deploy(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAUL
     return f"http://{host}:{port}/v1"
 
 
-def run(names: Sequence[str], *, address: str | None, host: str, port: int, replicas: int, replica_cpus: float,
+def serve_replicas(names: Sequence[str], *, address: str | None, host: str, port: int, replicas: int, replica_cpus: float,
         cache: str | Path | None, api_key: str | None, options: ServeOptions, log_requests: bool = False) -> None:
     """Serve ``names`` on Ray Serve until Ctrl-C or SIGTERM (``slmops serve --ray``)."""
     import signal
