@@ -13,6 +13,7 @@ from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import adapters
 from slmops.toolkit.domain.results.conversion import read_manifest
+from slmops.toolkit.domain.results.merge import VocabSizes
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.adapter_merge import merge
 from tests.unit.test_adapters import ADDED, make_adapter
@@ -39,7 +40,7 @@ def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny
     assert (checked.vocab_size, checked.base_vocab_size) == (402, 400)
     assert set(checked.modules_to_save) == {"embed_tokens", "lm_head"}
     record = adapters.read_merge_record(merged, checked)
-    assert record.vocab_size == adapters.VocabSizes(400, 402) and record.tokenizer.vocab_size == 402
+    assert record.vocab_size == VocabSizes(400, 402) and record.tokenizer.vocab_size == 402
     assert record.merge_check.max_abs_diff_vs_unmerged < 1e-4
     tokenizer = AutoTokenizer.from_pretrained(merged)
     new_ids = tokenizer.convert_tokens_to_ids(ADDED)

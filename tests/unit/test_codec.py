@@ -148,10 +148,10 @@ def test_a_not_finite_figure_survives_the_round_trip_in_a_record_and_in_a_list_o
 
 def test_a_manifest_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
     """``manifest_v3.json``: written by 685c710, whose ``weights``, ``quantizer``, ``adapter`` and parity checks were dicts."""
-    from slmops.toolkit.domain.adapters import MergeRecord
     from slmops.toolkit.domain.parity import ParityCheck, Verdict
     from slmops.toolkit.domain.quant_plan import QuantPlan
     from slmops.toolkit.domain.results.conversion import WeightSummary, read_manifest
+    from slmops.toolkit.domain.results.merge import MergeRecord
 
     written = json.loads((Path(__file__).parent / "manifest_v3.json").read_text())
     (tmp_path / "manifest.json").write_text(json.dumps(written))

@@ -12,6 +12,7 @@ from slmops.toolkit.domain import adapters, parity
 from slmops.toolkit.domain.datasets import Example
 from slmops.toolkit.domain.quant_plan import QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.bench import BenchRow, TimedRun, run_metrics
+from slmops.toolkit.domain.results.merge import TokenizerOrigin
 from slmops.toolkit.domain.results.registration import ThreadSpeed
 from slmops.toolkit.runtimes import reference_jobs
 from slmops.toolkit.runtimes.foundry_web import WebServiceJob, WebServiceSeen
@@ -51,7 +52,7 @@ RECORDS = [
     reference_jobs.ReferenceWritten(4 * 49152 * 64),
     reference_jobs.CandidateFigures((_FIGURES, _FIGURES), "onnxruntime"),
     adapters.MergeJob("/m/lora", "/m/base", "/m/merged", 49153, ("chat_template.jinja", "tokenizer.json")),
-    adapters.MergeResult(3.1e-6, adapters.TokenizerOrigin("adapter", "adapter", "base", ("tokenizer.json",), (2,),
+    adapters.MergeResult(3.1e-6, TokenizerOrigin("adapter", "adapter", "base", ("tokenizer.json",), (2,),
                                                           49153)),
     WebServiceJob("smollm2-int4", "/cache"),
     WebServiceSeen(("smollm2-int4", "other"), 404),
@@ -88,7 +89,7 @@ def test_payload_json_keeps_the_shapes_children_and_files_read() -> None:
     train = codec.dump(finetune.TrainJob("/b", "/o", (Example("a", "Q?", "A.", "Q2?", ("a",)),), 8, 40, 4, 2e-4, 0))
     assert set(train) == {"base", "out", "examples", "rank", "steps", "batch", "learning_rate", "seed"}
     assert train["examples"][0]["expect"] == ["a"]
-    origin = codec.dump(adapters.TokenizerOrigin("base", "base", "base", (), (), 10))
+    origin = codec.dump(TokenizerOrigin("base", "base", "base", (), (), 10))
     assert list(origin) == ["tokenizer_from", "chat_template_from", "generation_config_from", "files_from_adapter",
                             "eos_token_ids_added", "vocab_size"]  # merge.json's ``tokenizer`` entry
     assert list(codec.dump(ThreadSpeed(0, 1.0, 2.0))) == ["threads", "decode_tps", "ttft_ms"]  # registration's probe

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.weights import lm_head
 from slmops.toolkit.weights.context_limit import positions
 
 #: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
@@ -162,7 +162,8 @@ class BatchEngine:
         options = ort.SessionOptions()
         if self.settings.threads:
             options.intra_op_num_threads = self.settings.threads
-        graph, self.last_input = _graph(self.folder / "model.onnx")
+        edited = lm_head.gather_each_row(self.folder / "model.onnx", LAST_POSITIONS)
+        graph, self.last_input = (str(self.folder / "model.onnx"), False) if edited is None else (edited, True)
         if isinstance(graph, bytes):  # the edited copy reads its weights where the graph file's own path leads
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              str((self.folder / "model.onnx").resolve().parent))
@@ -375,32 +376,3 @@ class BatchEngine:
         self.active.pop()
         sequence.emit(None, reason)
 
-
-def _graph(model_file: Path) -> tuple[str | bytes, bool]:
-    """What the engine loads: ``model_file``'s path, or, when its LM head is pruned to the last position, a
-    copy edited to take each row's last position (:data:`LAST_POSITIONS`); and whether it takes that input."""
-    from slmops.toolkit.weights import lm_head
-
-    if not lm_head.is_pruned(model_file):
-        return str(model_file), False
-    import onnx
-    from onnx import TensorProto, helper
-
-    model = onnx.load(str(model_file), load_external_data=False)
-    gather = next((node for node in model.graph.node if node.name == lm_head.GATHER and node.op_type == "Gather"),
-                  None)
-    if gather is None:
-        return str(model_file), False
-    gather.op_type, gather.input[1] = "GatherND", LAST_POSITIONS  # [batch, hidden] from [batch, sequence, hidden]
-    del gather.attribute[:]
-    gather.attribute.append(helper.make_attribute("batch_dims", 1))
-    model.graph.input.append(helper.make_tensor_value_info(LAST_POSITIONS, TensorProto.INT64, ["batch_size", 1]))
-    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == lm_head.LAST))
-    return model.SerializeToString(), True
-
-
-def wait_idle(engine: BatchEngine, timeout_s: float = 5.0) -> None:
-    """Wait until ``engine`` runs and holds nothing (for tests)."""
-    end = time.monotonic() + timeout_s
-    while (engine.active or engine.waiting or not engine.inbox.empty()) and time.monotonic() < end:
-        time.sleep(0.005)

@@ -14,7 +14,6 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.measure import package_versions, timestamp
 from slmops.toolkit.domain import memory, parity, stop_tokens
-from slmops.toolkit.domain.adapters import MergeRecord
 from slmops.toolkit.domain.options import TUTORIAL_SIZE_RATIO, Precision
 from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.domain.results.conversion import (
@@ -24,6 +23,7 @@ from slmops.toolkit.domain.results.conversion import (
     ParityGate,
     read_manifest,
 )
+from slmops.toolkit.domain.results.merge import MergeRecord
 from slmops.toolkit.domain.sources import SourceModel
 from slmops.toolkit.runtimes import reference
 from slmops.toolkit.stages.convert_plan import ConvertSpec

@@ -21,13 +21,12 @@ from slmops.toolkit.domain.adapters import (
     MERGE_RECORD,
     MERGE_TOLERANCE,
     AdapterSource,
-    MergeCheck,
     MergeJob,
     MergeResult,
-    TokenizerOrigin,
     has_tokenizer,
 )
 from slmops.toolkit.domain.prompts import reference_text
+from slmops.toolkit.domain.results.merge import MergeCheck, TokenizerOrigin
 from slmops.toolkit.domain.sources import fingerprint
 
 

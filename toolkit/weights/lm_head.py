@@ -123,3 +123,31 @@ def serve_last_position(folder: str | os.PathLike[str], filename: str = "model.o
 def all_positions_graph(folder: str | os.PathLike[str]) -> str | None:
     """The file name of the graph that gives every position's logits, when it is not the configured one."""
     return ALL_POSITIONS if (Path(folder) / ALL_POSITIONS).is_file() else None
+
+
+def gather_each_row(model_file: str | os.PathLike[str], positions_input: str) -> bytes | None:
+    """A copy of ``model_file``, whose LM head is pruned to the last position, that takes each row's own position.
+
+    The pruned graph's ``Gather`` of the last position becomes a ``GatherND`` (``batch_dims=1``) of the
+    positions in the new int64 input ``positions_input`` (``[batch, 1]``), so right-padded prompts of
+    different lengths are prefilled in one run. The weights stay in the folder's external data.
+
+    Returns:
+        The edited graph's bytes (load with the folder as the working directory's external-data base),
+        or None when the graph is not pruned or not in this module's form.
+    """
+    if not is_pruned(model_file):
+        return None
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    gather = next((node for node in model.graph.node if node.name == GATHER and node.op_type == "Gather"), None)
+    if gather is None:
+        return None
+    gather.op_type, gather.input[1] = "GatherND", positions_input  # [batch, hidden] from [batch, sequence, hidden]
+    del gather.attribute[:]
+    gather.attribute.append(helper.make_attribute("batch_dims", 1))
+    model.graph.input.append(helper.make_tensor_value_info(positions_input, TensorProto.INT64, ["batch_size", 1]))
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == LAST))
+    return model.SerializeToString()

@@ -28,9 +28,9 @@ from typing import ClassVar
 
 from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import MANIFEST
-from slmops.toolkit.domain.adapters import MergeRecord
 from slmops.toolkit.domain.parity import ParityCheck, Verdict
 from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.domain.results.merge import MergeRecord
 
 #: The version the conversion stage writes into each manifest.
 SCHEMA_VERSION = 3
