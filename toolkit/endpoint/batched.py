@@ -85,13 +85,14 @@ class BatchedChat:
         model: The model loaded in Foundry Local (its prompt rendering, as ChatSession renders).
         batch_size: Most requests decoded together.
         policy: When waiting requests are prefilled.
+        **engine: :class:`~slmops.toolkit.runtimes.batching.BatchEngine`'s ``shared`` and ``inputs`` (an adapter's).
     """
 
-    def __init__(self, model: LoadedModel, batch_size: int, policy: Policy) -> None:
+    def __init__(self, model: LoadedModel, batch_size: int, policy: Policy, **engine: object) -> None:
         from tokenizers import Tokenizer
 
         folder = Path(model.model.get_path())
-        self.model, self.engine = model, BatchEngine(folder, batch_size, policy)
+        self.model, self.engine = model, BatchEngine(folder, batch_size, policy, **engine)
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
 
     def close(self) -> None:

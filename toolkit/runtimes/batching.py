@@ -152,22 +152,21 @@ class BatchEngine:
         folder: The registered model folder (``model.onnx`` and ``genai_config.json``).
         batch_size: Most sequences decoded together; more wait in :meth:`submit`'s order.
         policy: When waiting sequences are prefilled (:class:`Policy`).
+        shared: Another engine of the same folder whose loaded session this one runs (its own cache rows,
+            thread and batches); None: load the session.
+        inputs: Graph inputs bound on every run besides the engine's own, by name (``OrtValue``: an
+            adapter's LoRA matrices, see :mod:`slmops.toolkit.runtimes.adapter_weights`).
     """
 
-    def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST, *,
+                 shared: BatchEngine | None = None, inputs: dict[str, object] | None = None) -> None:
         self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
         self.settings = read_settings(self.folder)
-        options = ort.SessionOptions()
-        if self.settings.threads:
-            options.intra_op_num_threads = self.settings.threads
-        edited = lm_head.gather_each_row(self.folder / "model.onnx", LAST_POSITIONS)
-        graph, self.last_input = (str(self.folder / "model.onnx"), False) if edited is None else (edited, True)
-        if isinstance(graph, bytes):  # the edited copy reads its weights where the graph file's own path leads
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                             str((self.folder / "model.onnx").resolve().parent))
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.inputs = dict(inputs or {})
+        if shared is None:
+            self.session, self.last_input = self._load()
+        else:
+            self.session, self.last_input = shared.session, shared.last_input
         #: Whether one prefill run may hold prompts of different lengths (see the module docstring).
         self.mixed_lengths = self.last_input or self.session.get_outputs()[0].shape[1] != 1
         s = self.settings
@@ -189,6 +188,20 @@ class BatchEngine:
         self.on_step: Callable[[int], None] | None = None
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
         self.thread.start()
+
+    def _load(self) -> tuple[object, bool]:
+        """The folder's session, and whether it takes :data:`LAST_POSITIONS` (see the module docstring)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.settings.threads:
+            options.intra_op_num_threads = self.settings.threads
+        edited = lm_head.gather_each_row(self.folder / "model.onnx", LAST_POSITIONS)
+        graph, last_input = (str(self.folder / "model.onnx"), False) if edited is None else (edited, True)
+        if isinstance(graph, bytes):  # the edited copy reads its weights where the graph file's own path leads
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str((self.folder / "model.onnx").resolve().parent))
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]), last_input
 
     def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False) -> Sequence:
         """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`)."""
@@ -275,6 +288,8 @@ class BatchEngine:
                     pointer, shape = view.ctypes.data, view.shape
                     binding.bind_input(f"past_key_values.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
                     binding.bind_output(f"present.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
+            for name, value in self.inputs.items():
+                binding.bind_ortvalue_input(name, value)
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("attention_mask", mask)
         if self.last_input:
