@@ -38,8 +38,8 @@ def builds(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
                          "fp32", "--out", str(kept)]) == 0
         register.register(kept, BASE)
         for name, adapter in (("support", support), ("legal", legal)):
-            assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(work / name)]) == 0
-            register.register(work / name, MERGED[name])
+            assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(work / f"merged-{name}")]) == 0
+            register.register(work / f"merged-{name}", MERGED[name])
     return {"support": kept / "adapters" / "support.onnx_adapter", "legal": kept / "adapters" / "legal.onnx_adapter",
             "kept": kept}
 
