@@ -108,7 +108,6 @@ class AdapterHost(ModelHost):
                  on_step: Callable[[int], None] | None = None) -> None:
         super().__init__(adapter.name, base.cache, base.batch_size, base.policy, on_step)
         self.base, self.weights = base, adapter.weights
-        self.slot = asyncio.Semaphore(0)  # never used: every request this host takes is decoded in its batch
 
     def load(self) -> None:
         """Start the adapter's batch engine on the base's session (the base is loaded by then)."""
