@@ -3,22 +3,22 @@
 Each adapter is a model of its own name (``GET /v1/models`` lists it with its ``parent``, the base, as vLLM
 lists its LoRA modules); a client picks it with ``model``. The base is loaded once (Foundry Local for its
 chat template and request checks, and the batch engine's ONNX Runtime session); each adapter's matrices are
-read once (:mod:`slmops.toolkit.runtimes.adapter_weights`) and bound as the base graph's LoRA inputs by a
-batch engine of its own that runs the base's session (:class:`AdapterHost`): requests of one adapter are
-decoded together, those of different adapters in separate batches, and switching adapters between requests
-reloads nothing. Foundry Local, which runs constrained decoding (``response_format``) and tool calls, cannot
+read once (:mod:`slmops.toolkit.runtimes.adapter_weights`) and bound as the base graph's LoRA inputs on the
+runs of its requests by the base's own batch engine (:class:`AdapterHost`): one session, one set of cache rows
+and one thread for the base and every adapter. A batch holds one adapter's requests (one set of inputs per
+run): requests of one adapter are decoded together, another adapter's wait until the running batch has drained
+(in arrival order), and switching adapters between requests reloads nothing. Foundry Local, which runs constrained decoding (``response_format``) and tool calls, cannot
 apply an adapter, so an adapter refuses those requests (400) rather than answer them as the base.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.endpoint.batched import BatchedChat
 from slmops.toolkit.endpoint.hosts import ModelHost, ModelState
 from slmops.toolkit.endpoint.protocol import ApiError
 from slmops.toolkit.runtimes.adapter_weights import AdapterWeights, load_adapter, lora_inputs
@@ -95,40 +95,31 @@ def base_graph(base: str, cache: str | Path | None) -> Path:
 
 
 class AdapterHost(ModelHost):
-    """One adapter served under its own name over the base's loaded model (see the module docstring).
+    """One adapter served under its own name over the base's loaded model and batch engine (see the module docstring).
 
     Args:
         adapter: The adapter and its name.
         base: The base's host (loaded before this one: :func:`~slmops.toolkit.endpoint.hosts.load_all` goes in
-            order).
-        on_step: Called with the adapter's batch size at every decode step.
+            order). Its batch size histogram counts the adapters' decode steps too.
     """
 
-    def __init__(self, adapter: ServedAdapter, base: ModelHost,
-                 on_step: Callable[[int], None] | None = None) -> None:
-        super().__init__(adapter.name, base.cache, base.batch_size, base.policy, on_step)
+    def __init__(self, adapter: ServedAdapter, base: ModelHost) -> None:
+        super().__init__(adapter.name, base.cache, base.batch_size, base.policy)
         self.base, self.weights = base, adapter.weights
 
     def load(self) -> None:
-        """Start the adapter's batch engine on the base's session (the base is loaded by then)."""
+        """Give the base's batch engine the adapter's inputs (the base is loaded by then)."""
         if self.base.state is not ModelState.READY or self.base.batched is None:
             self.error = f"its base {self.base.name!r} did not load: {self.base.error or 'no batch engine'}"
             self.state = ModelState.FAILED
             return
-        try:
-            self.model = self.base.model
-            self.batched = BatchedChat(self.model, self.batch_size, self.policy, shared=self.base.batched.engine,
-                                       inputs=self.weights.values)
-            self.batched.engine.on_step = self.on_step
-            self.state = ModelState.READY
-        except Exception as exc:  # noqa: BLE001 (served to clients as a 503)
-            self.error, self.state = f"{type(exc).__name__}: {exc}", ModelState.FAILED
+        self.model, self.batched = self.base.model, self.base.batched
+        self.batched.engine.adapters[self.name] = self.weights.values
+        self.state = ModelState.READY
 
     def close(self) -> None:
-        """Let queued requests finish and stop the adapter's engine (the base unloads with its own host)."""
+        """Let queued requests finish (the base's host stops the engine and unloads the model)."""
         self.executor.shutdown(wait=True)
-        if self.batched is not None:
-            self.batched.close()
 
     def slot_for(self, body: dict) -> asyncio.Semaphore:
         """A batch slot; ``max_tokens`` cut to what the cache row leaves.
@@ -153,14 +144,13 @@ class AdapterHost(ModelHost):
 
     def stream(self, body: dict, batched: bool):
         """The adapter's answer in its batch (chunks name the adapter)."""
-        return self.batched.stream({**body, "model": self.name})
+        return self.batched.stream({**body, "model": self.name}, adapter=self.name)
 
     def describe(self) -> dict:
         """The adapter's ``/v1/models`` entry: the base is its ``parent``."""
         return {**super().describe(), "parent": self.base.name}
 
 
-def adapter_hosts(adapters: Sequence[ServedAdapter], base: ModelHost,
-                  on_step: Callable[[str], Callable[[int], None]]) -> dict[str, AdapterHost]:
-    """The adapters' hosts by name (``on_step(name)``: each one's batch size observer)."""
-    return {a.name: AdapterHost(a, base, on_step(a.name)) for a in adapters}
+def adapter_hosts(adapters: Sequence[ServedAdapter], base: ModelHost) -> dict[str, AdapterHost]:
+    """The adapters' hosts by name."""
+    return {a.name: AdapterHost(a, base) for a in adapters}

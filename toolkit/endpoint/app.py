@@ -147,7 +147,7 @@ def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key
     hosts = {name: ModelHost(name, cache, options.batch_size, options.policy, on_step=metrics.batch_size.labels(
         model=name).observe) for name in names}
     if adapters:
-        hosts |= adapter_hosts(adapters, hosts[names[0]], lambda name: metrics.batch_size.labels(model=name).observe)
+        hosts |= adapter_hosts(adapters, hosts[names[0]])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -85,14 +85,13 @@ class BatchedChat:
         model: The model loaded in Foundry Local (its prompt rendering, as ChatSession renders).
         batch_size: Most requests decoded together.
         policy: When waiting requests are prefilled.
-        **engine: :class:`~slmops.toolkit.runtimes.batching.BatchEngine`'s ``shared`` and ``inputs`` (an adapter's).
     """
 
-    def __init__(self, model: LoadedModel, batch_size: int, policy: Policy, **engine: object) -> None:
+    def __init__(self, model: LoadedModel, batch_size: int, policy: Policy) -> None:
         from tokenizers import Tokenizer
 
         folder = Path(model.model.get_path())
-        self.model, self.engine = model, BatchEngine(folder, batch_size, policy, **engine)
+        self.model, self.engine = model, BatchEngine(folder, batch_size, policy)
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
 
     def close(self) -> None:
@@ -106,15 +105,17 @@ class BatchedChat:
         prompt = len(self.model.prompt_ids(body["messages"]))
         return prompt + int(body.get("max_tokens") or 1) <= self.engine.capacity
 
-    def stream(self, body: dict) -> Iterator[str | Usage]:
-        """The chunks of ``body``'s answer as JSON text, then its :class:`Usage` (closing the iterator cancels it)."""
+    def stream(self, body: dict, adapter: str = "") -> Iterator[str | Usage]:
+        """The chunks of ``body``'s answer as JSON text, then its :class:`Usage` (closing the iterator cancels it);
+        ``adapter``: the engine's adapter it runs with (``""``: none)."""
         prompt = self.model.prompt_ids(body["messages"])
         max_tokens = int(body.get("max_tokens") or self.engine.capacity - len(prompt))
         greedy = body.get("metadata", {}).get("top_k") == "1"
         sampling = self.engine.settings.sampling(max_tokens, 0.0 if greedy else body["temperature"],
                                                  body.get("top_p"), body["seed"])
         tokens: queue.SimpleQueue = queue.SimpleQueue()
-        sequence = self.engine.submit(prompt, sampling, lambda token, reason: tokens.put((token, reason)))
+        sequence = self.engine.submit(prompt, sampling, lambda token, reason: tokens.put((token, reason)),
+                                      adapter=adapter)
         chunk = _Chunks(body["model"])
         try:
             yield chunk.role()

@@ -5,9 +5,10 @@ matrix (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``), each defaulting to
 (the base alone), and one ``.onnx_adapter`` file per fine-tune holding those inputs' values. ONNX Runtime's
 own reader (``onnxruntime.AdapterFormat``) loads a file's matrices once as ``OrtValue`` s; the batch engine
 binds them beside its own inputs on every run of that adapter's sequences
-(:class:`~slmops.toolkit.runtimes.batching.BatchEngine`'s ``inputs``), so one loaded session serves every
-adapter and switching costs nothing. ``RunOptions.add_active_adapter`` does the same for ``InferenceSession.run``
-but not for runs with an I/O binding, which the engine's cache needs.
+(:attr:`~slmops.toolkit.runtimes.batching.BatchEngine.adapters`), so one loaded session serves every adapter
+and switching costs nothing. ``RunOptions.add_active_adapter`` does the same for ``InferenceSession.run`` but
+not for runs with an I/O binding, which the engine's cache needs (ONNX Runtime 1.31 warns that it has no effect
+there).
 """
 
 from __future__ import annotations
