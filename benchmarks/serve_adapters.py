@@ -27,7 +27,10 @@ and none of the others'; switched-per-request median TTFT within 1.2x the one-ad
         --markdown /tmp/serve-adapters.md
 
 ``--prepare-only`` trains and builds (minutes, reused when ``OUT`` has them) and stops, so the serving runs
-can hold the lock on their own.
+can hold the lock on their own. ``--runtime-check ADAPTER`` compares, on that adapter's domain questions, the
+greedy tokens of the serving engine with the adapter (:class:`~slmops.toolkit.runtimes.batching.BatchEngine`,
+one request at a time) with ONNX Runtime GenAI's own adapter support (``og.Adapters``, ``set_active_adapter``)
+on the same build and prompt ids, 48 tokens each, and stops.
 """
 
 from __future__ import annotations
@@ -138,6 +141,74 @@ def merged_name(adapter: str) -> str:
     return f"smollm2-{adapter}-merged"
 
 
+#: In a child (Foundry Local for the prompt ids): the serving engine's greedy tokens with the adapter.
+_ENGINE = """
+import json, sys, threading
+from pathlib import Path
+from slmops.toolkit.runtimes.adapter_weights import load_adapter, lora_inputs
+from slmops.toolkit.runtimes.batching import BatchEngine
+from slmops.toolkit.runtimes.foundry import LoadedModel
+base, name, file, cases, saved = sys.argv[1:6]
+model = LoadedModel(base)
+folder = Path(model.model.get_path())
+prompts = [model.prompt_ids(case["messages"]) for case in json.loads(Path(cases).read_text())]
+engine = BatchEngine(folder, 4)
+engine.adapters[name] = load_adapter(Path(file), lora_inputs(folder / "model.onnx"), base).values
+answers = []
+for prompt in prompts:
+    tokens, done = [], threading.Event()
+    engine.submit(prompt, engine.settings.sampling(48, 0.0), lambda t, r: tokens.append(t) if t is not None
+                  else done.set(), adapter=name)
+    done.wait()
+    answers.append(tokens)
+engine.close()
+Path(saved).write_text(json.dumps({"prompts": prompts, "tokens": answers,
+                                   "penalty": engine.settings.search.get("repetition_penalty", 1.0)}))
+"""
+
+#: In a child (ONNX Runtime GenAI cannot share a process with Foundry Local's copy): og's greedy tokens.
+_GENAI = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import onnxruntime_genai as og
+build, file, saved = sys.argv[1:4]
+done = json.loads(Path(saved).read_text())
+model = og.Model(build)
+adapters = og.Adapters(model)
+adapters.load(file, "adapter")
+answers = []
+for prompt in done["prompts"]:
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 48, do_sample=False, top_k=1,
+                              repetition_penalty=done["penalty"])
+    generator = og.Generator(model, params)
+    generator.set_active_adapter(adapters, "adapter")
+    generator.append_tokens(np.asarray(prompt, dtype=np.int32))
+    tokens = []
+    while not generator.is_done() and len(tokens) < 48:
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    answers.append(tokens)
+Path(saved).write_text(json.dumps({**done, "genai": answers}))
+"""
+
+
+def runtime_check(out: Path, name: str, file: Path, cases: list[dict]) -> None:
+    """Print how many of ``cases`` the serving engine and ONNX Runtime GenAI answer with the same greedy tokens."""
+    import subprocess
+
+    saved, questions = out / f"runtime-{name}.json", out / f"runtime-{name}-cases.json"
+    questions.write_text(json.dumps(cases))
+    for code, args in ((_ENGINE, [BASE, name, str(file), str(questions), str(saved)]),
+                       (_GENAI, [str(out / "kept"), str(file), str(saved)])):
+        subprocess.run([sys.executable, "-c", code, *args], check=True)
+    done = json.loads(saved.read_text())
+    same = sum(a == b for a, b in zip(done["tokens"], done["genai"], strict=True))
+    print(f"{name}: the serving engine's greedy tokens equal ONNX Runtime GenAI's (og.Adapters) on {same} of "
+          f"{len(cases)} domain questions (48 tokens each)")
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of ``pid`` and its children, MiB."""
     import psutil
@@ -190,12 +261,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/serve-adapters"), help="adapters, build, JSON")
     parser.add_argument("--rounds", type=int, default=12, help="TTFT requests per server (alternating servers)")
     parser.add_argument("--prepare-only", action="store_true", help="train and build, then stop")
+    parser.add_argument("--runtime-check", metavar="ADAPTER", help="compare the serving engine with ONNX Runtime "
+                        "GenAI's adapters on this adapter's questions, then stop")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
     args = parser.parse_args()
     from slmops.toolkit.endpoint.cli import background
 
     _kept, files, cases = prepare(args.out)
     if args.prepare_only:
+        return
+    if args.runtime_check:
+        runtime_check(args.out, args.runtime_check, files[args.runtime_check], cases[args.runtime_check])
         return
     adapter_bytes = {name: file.stat().st_size for name, file in files.items()}
     flags = [f"{name}={file}" for name, file in files.items()]
