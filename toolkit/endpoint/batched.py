@@ -3,8 +3,9 @@
 A request without ``response_format`` or ``tools`` whose prompt and ``max_tokens`` fit the
 engine's cache rows is decoded in the batch; it streams the same chunks, ``Usage`` and finish
 reasons as Foundry Local's own layer (:meth:`LoadedModel.native_stream`), so the endpoint's jobs
-and responses do not tell the two apart. Constrained decoding and tool calls stay on Foundry
-Local, one request at a time.
+and responses do not tell the two apart. The base's constrained decoding and tool calls stay on
+Foundry Local, one request at a time; an adapter's (which Foundry Local cannot apply) are constrained
+here (:mod:`slmops.toolkit.runtimes.constrained`), a tool request's answer sent whole at its end.
 """
 
 from __future__ import annotations
