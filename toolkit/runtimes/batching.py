@@ -43,10 +43,10 @@ from slmops.toolkit.weights.context_limit import positions
 CACHE_BUDGET_MIB = 1024
 #: Most positions, padding included, that one prefill run computes (rows times the longest prompt);
 #: a sequence past it waits for the next step's run (a prompt longer than this is prefilled alone).
-#: Prefill costs about the same per position in a run of one prompt or of eight (the benchmarks
-#: page), so a small run gives its first tokens sooner and lets the running sequences step
-#: between runs; it also spreads requests that arrived together over different steps.
-PREFILL_POSITIONS = 128
+#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a
+#: small run gives its first tokens sooner and lets the running sequences step between runs; it
+#: also spreads requests that arrived together over different steps, so they do not end together.
+PREFILL_POSITIONS = 64
 #: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
 LAST_POSITIONS = "slmops_last_positions"
 
