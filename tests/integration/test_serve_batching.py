@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
 from slmops.toolkit.endpoint.cli import background, run
-from slmops.toolkit.runtimes import batching
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
 from slmops.toolkit.stages import register
 from slmops.toolkit.weights import lm_head
@@ -152,7 +151,7 @@ def test_prompts_waiting_together_past_the_run_cap_are_prefilled_a_run_per_step(
         running = engine.submit(_prompts(1)[0], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
                                                                     min_length=10**6), hold_engine)
         assert held.wait(30)
-        before, length = engine.prefills, batching.PREFILL_POSITIONS // 3
+        before, length = engine.prefills, 21  # three prompts of 21 fit a run of PREFILL_POSITIONS (64), not four
         for i in range(6):
             engine.submit([5 + (11 * i + j) % 200 for j in range(length)], engine.settings.sampling(3, 0.0),
                           lambda token, reason, i=i: firsts.setdefault(i, (engine.prefills - before, engine.steps)))
