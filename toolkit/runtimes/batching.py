@@ -9,14 +9,14 @@ Active sequences hold rows ``0..n-1`` (a sequence that ends gives its row to the
 decode step runs on the contiguous view of the first ``n`` rows.
 
 Waiting sequences join between steps, their prompts prefilled together (one run per step, within
-:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the attention mask marking each row's own tokens
-(GroupQueryAttention takes each row's length from it; the padding's keys and values land past the
-row's length, where its first decode step writes over them). Each row's first token comes from its
-own last prompt position: of every position's logits, or, where registration pruned the LM head
-to the last position (:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in
-memory whose ``Gather`` of the last position becomes a ``GatherND`` of each row's own
-(:data:`LAST_POSITIONS`, an input this engine adds; the weights are read from the folder as
-before). A pruned graph this module cannot edit prefills only prompts of one length together.
+:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the
+attention mask marking each row's own tokens (GroupQueryAttention takes each row's length from
+it; the padding's keys and values land past the row's length, where its first decode step writes
+over them). Each row's first token comes from its own last prompt position: of every position's
+logits, or, where registration pruned the LM head to the last position
+(:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in memory whose
+``Gather`` of the last position becomes a ``GatherND`` of each row's own (:data:`LAST_POSITIONS`,
+an input this engine adds; the weights are read from the folder as before). A pruned graph this module cannot edit prefills only prompts of one length together.
 
 Everything the model's ``genai_config.json`` says about generation applies, as ONNX Runtime
 GenAI applies it: end-of-sequence ids (held back before ``search.min_length``), the repetition
