@@ -1,8 +1,12 @@
-"""Stage 2 without a model: the rules that pick the thread count a registration writes."""
+"""Stage 2 without a model: the rules that pick the thread count a registration writes, and the prompt graph."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from slmops.toolkit.domain.results.registration import ThreadSpeed
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH, serve_prompt_graph
 from slmops.toolkit.stages.register_threads import ThreadChoice, pick_threads, probe_counts
 
 
@@ -12,3 +16,60 @@ def test_thread_choice_rules() -> None:
              ThreadSpeed(4, 238.0, 150.0)]
     assert pick_threads(probe) == 4  # never the default; a tie goes to the quicker first token
     assert ThreadChoice(4, tuple(probe)).speedup == round(238 / 300, 3)
+
+
+def _matmul_graph(path: Path, levels_and_bits: list[tuple[int, int]]) -> None:
+    """A graph of ``MatMulNBits`` nodes, one per ``(accuracy_level, bits)``, chained from ``x``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, previous = [], "x"
+    for index, (level, bits) in enumerate(levels_and_bits):
+        nodes.append(helper.make_node("MatMulNBits", [previous, f"w{index}", f"s{index}"], [f"y{index}"],
+                                      domain="com.microsoft", K=32, N=32, bits=bits, block_size=32,
+                                      accuracy_level=level))
+        previous = f"y{index}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 32])])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def _levels(path: Path) -> list[tuple[int, int]]:
+    import onnx
+
+    return [({a.name: a.i for a in n.attribute}["accuracy_level"], {a.name: a.i for a in n.attribute}["bits"])
+            for n in onnx.load(str(path)).graph.node]
+
+
+def test_an_int4_graph_in_int8_compute_gets_a_prompt_graph_in_fp32_compute(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    _matmul_graph(source / "model.onnx", [(4, 4), (4, 8), (4, 4)])
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    os.link(source / "model.onnx", folder / "model.onnx")
+    os.link(source / "model.onnx", folder / PROMPT_GRAPH)  # a stale link is replaced, never written through
+    config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx", "session_options": {}}}}
+
+    assert serve_prompt_graph(folder, config)
+    assert _levels(folder / PROMPT_GRAPH) == [(0, 4), (4, 8), (0, 4)]  # 8-bit layers keep int8 compute
+    assert _levels(folder / "model.onnx") == _levels(source / "model.onnx") == [(4, 4), (4, 8), (4, 4)]
+    assert config["model"]["type"] == "decoder-pipeline"
+    prompt, tokens = (next(iter(stage.values())) for stage in config["model"]["decoder"]["pipeline"])
+    assert (prompt["filename"], prompt["run_on_prompt"], prompt["run_on_token_gen"]) == (PROMPT_GRAPH, True, False)
+    assert (tokens["filename"], tokens["run_on_prompt"], tokens["run_on_token_gen"]) == ("model.onnx", False, True)
+    assert prompt["inputs"] == tokens["inputs"] == ["x"] and prompt["outputs"] == ["y2"]
+    assert not serve_prompt_graph(folder, config)  # already a pipeline: left as it is
+
+
+def test_graphs_without_int4_in_int8_compute_are_served_as_one_graph(tmp_path: Path) -> None:
+    for name, nodes in {"int8": [(4, 8)], "fp32 compute": [(0, 4)]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        _matmul_graph(folder / "model.onnx", nodes)
+        config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}
+        assert not serve_prompt_graph(folder, config) and not (folder / PROMPT_GRAPH).exists()
+        assert config == {"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}
+    _matmul_graph(tmp_path / "cuda.onnx", [(4, 4)])
+    cuda = {"model": {"decoder": {"filename": "cuda.onnx", "session_options": {"provider_options": [{"cuda": {}}]}}}}
+    assert not serve_prompt_graph(tmp_path, cuda) and "pipeline" not in cuda["model"]["decoder"]
