@@ -70,6 +70,10 @@ def test_graphs_without_int4_in_int8_compute_are_served_as_one_graph(tmp_path: P
         config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}
         assert not serve_prompt_graph(folder, config) and not (folder / PROMPT_GRAPH).exists()
         assert config == {"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}
-    _matmul_graph(tmp_path / "cuda.onnx", [(4, 4)])
-    cuda = {"model": {"decoder": {"filename": "cuda.onnx", "session_options": {"provider_options": [{"cuda": {}}]}}}}
-    assert not serve_prompt_graph(tmp_path, cuda) and "pipeline" not in cuda["model"]["decoder"]
+    _matmul_graph(tmp_path / "int4.onnx", [(4, 4)])
+    cuda = {"model": {"type": "llama", "decoder": {"filename": "int4.onnx",
+                                                   "session_options": {"provider_options": [{"cuda": {}}]}}}}
+    unknown = {"model": {"type": "no-such-architecture", "decoder": {"filename": "int4.onnx"}}}
+    for config in (cuda, unknown):  # another device; a type the runtime would not load is not hidden behind a pipeline
+        assert not serve_prompt_graph(tmp_path, config) and "pipeline" not in config["model"]["decoder"]
+    assert unknown["model"]["type"] == "no-such-architecture" and not (tmp_path / PROMPT_GRAPH).exists()

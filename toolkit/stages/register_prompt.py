@@ -20,6 +20,9 @@ PROMPT_GRAPH = "model_prompt.onnx"
 PIPELINE_TYPE = "decoder-pipeline"
 PROMPT_STAGE, TOKEN_STAGE = "prompt", "tokens"
 INT8_COMPUTE, FP32_COMPUTE = 4, 0
+#: Model types ONNX Runtime GenAI runs with its plain decoder class, as the pipeline does; any other
+#: type (one with its own class, or one the runtime does not know) is served as it is.
+PLAIN_DECODER_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "olmo", "smollm3"})
 
 
 def _attribute(node, name: str, default: int) -> int:
@@ -62,14 +65,15 @@ def _io_names(graph: Path) -> tuple[list[str], list[str]]:
 def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
     """Give the staged ``folder`` :data:`PROMPT_GRAPH` and make ``genai_config`` the two-stage pipeline.
 
-    Left as it is (returns False) when the decoder already is a pipeline, runs on another
-    execution provider than the CPU, or its graph has no INT4 ``MatMulNBits`` in int8 compute.
+    Left as it is (returns False) when the model type is not in :data:`PLAIN_DECODER_TYPES` (a
+    pipeline already, among others), the decoder runs on another execution provider than the CPU,
+    or its graph has no INT4 ``MatMulNBits`` in int8 compute.
     ``genai_config`` is changed in place; the caller writes it.
     """
     model = genai_config["model"]
     decoder = model["decoder"]
-    if model.get("type") == PIPELINE_TYPE or decoder.get("pipeline") or decoder.get("session_options", {}).get(
-            "provider_options"):
+    if model.get("type") not in PLAIN_DECODER_TYPES or decoder.get("pipeline") or decoder.get(
+            "session_options", {}).get("provider_options"):
         return False
     filename = decoder.get("filename", "model.onnx")
     if not write_prompt_graph(folder / filename, folder / PROMPT_GRAPH):
