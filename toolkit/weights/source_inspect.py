@@ -139,9 +139,16 @@ def _load(folder: Path, what: str, load: Callable[[], T]) -> T:
 
 
 def _first_line(exc: BaseException) -> str:
-    """An exception in one short line, without the folder's path."""
+    """An exception in one short line: its first line, or its cause when the first only introduces it.
+
+    transformers' config validation says ``Validation error for field 'x':`` and then, on the next
+    line, ``TypeError: Field 'x' expected int, got NoneType``; the second is the one to read.
+    """
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip(": ")
+    if len(lines) > 1 and lines[0].endswith(":"):
+        text = lines[-1]
+    else:
+        text = f"{type(exc).__name__}: {lines[0] if lines else ''}".strip(": ")
     return text if len(text) <= 200 else text[:197] + "..."
 
 
