@@ -219,3 +219,19 @@ def test_odd_but_sound_inputs_still_pass(tiny_model: Path, tmp_path: Path, kind:
 def test_every_familys_real_config_passes(tmp_path: Path, family: str) -> None:
     model = make_family_model(tmp_path / family, family)
     assert validate(ConvertSpec(model, tmp_path / "out"), memory_check=False).path == model.resolve()
+
+
+def test_a_run_refuses_a_model_without_a_chat_template_before_its_first_notebook(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was: notebook 01 converted the model, then 02's registration (template ``auto``, the default) failed on
+    ``The model has no chat template``."""
+    import papermill
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a notebook started")
+
+    monkeypatch.setattr(papermill, "execute_notebook", started)
+    model = _faulty(tiny_model, tmp_path / "m", FINE["no chat template"])
+    line = refused(["run", "--set", f"model_dir={model}", "--set", "finetune=false", "-o", str(tmp_path / "run")],
+                   "no chat template", "--template")
+    assert "notebook" not in line and not (tmp_path / "run").exists()
