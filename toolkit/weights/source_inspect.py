@@ -39,7 +39,14 @@ def check_loads(folder: str | os.PathLike[str], tensors: dict[str, TensorInfo]) 
     Refused: a config, generation config or tokenizer transformers cannot load; ``model_type`` naming another
     family than ``architectures``; a model it cannot build from the config; a tokenizer with more tokens than the
     embedding table has rows; and weights that lack a parameter the model builds (it would start from random
-    numbers), hold one it has no place for (dropped without a word), or store one in another shape.
+    numbers), hold one it has no place for (dropped without a word), or store one in another shape. Only the
+    shapes are compared for a family whose checkpoints transformers renames as it loads them (Gemma 3's
+    multimodal one, say), and tensors of another modality are left out.
+
+    Args:
+        folder: A Hugging Face model folder that passed
+            :func:`~slmops.toolkit.weights.checkpoints.inspect_source`.
+        tensors: Its weights' names, dtypes and shapes (:func:`~slmops.toolkit.weights.checkpoints.read_tensors`).
 
     Raises:
         ModelFolderError: a file transformers cannot load (the message names it).
