@@ -8,15 +8,15 @@ is one buffer per layer of ``[batch, kv_heads, context, head_size]``, one row pe
 Active sequences hold rows ``0..n-1`` (a sequence that ends gives its row to the last one), so a
 decode step runs on the contiguous view of the first ``n`` rows.
 
-Waiting sequences join between steps, their prompts prefilled together in one run on the next free
-rows: the prompts right-padded to the longest, the attention mask marking each row's own tokens
-(GroupQueryAttention takes each row's length from it; the padding's keys and values land past the
-row's length, where its first decode step writes over them). Each row's first token comes from its
-own last prompt position: of every position's logits, or, where registration pruned the LM head
-to the last position (:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in
-memory whose ``Gather`` of the last position becomes a ``GatherND`` of each row's own
-(:data:`LAST_POSITIONS`, an input this engine adds; the weights are read from the folder as
-before). A pruned graph this module cannot edit prefills only prompts of one length together.
+Waiting sequences join between steps, their prompts prefilled together (one run per step, within
+:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the
+attention mask marking each row's own tokens (GroupQueryAttention takes each row's length from
+it; the padding's keys and values land past the row's length, where its first decode step writes
+over them). Each row's first token comes from its own last prompt position: of every position's
+logits, or, where registration pruned the LM head to the last position
+(:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in memory whose
+``Gather`` of the last position becomes a ``GatherND`` of each row's own (:data:`LAST_POSITIONS`,
+an input this engine adds; the weights are read from the folder as before). A pruned graph this module cannot edit prefills only prompts of one length together.
 
 Everything the model's ``genai_config.json`` says about generation applies, as ONNX Runtime
 GenAI applies it: end-of-sequence ids (held back before ``search.min_length``), the repetition
@@ -42,8 +42,11 @@ from slmops.toolkit.weights.context_limit import positions
 #: model's context or fewer (a request that would not fit is answered outside the batch).
 CACHE_BUDGET_MIB = 1024
 #: Most positions, padding included, that one prefill run computes (rows times the longest prompt);
-#: a sequence past it waits for the next run (a prompt longer than this is prefilled alone).
-PREFILL_POSITIONS = 4096
+#: a sequence past it waits for the next step's run (a prompt longer than this is prefilled alone).
+#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a
+#: small run gives its first tokens sooner and lets the running sequences step between runs; it
+#: also spreads requests that arrived together over different steps, so they do not end together.
+PREFILL_POSITIONS = 64
 #: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
 LAST_POSITIONS = "slmops_last_positions"
 
@@ -51,9 +54,9 @@ LAST_POSITIONS = "slmops_last_positions"
 class Policy(StrEnum):
     """When waiting sequences are prefilled.
 
-    ``prefill-first`` prefills every waiting sequence (up to the batch size, in one run) before the
-    next decode step: the shortest time to first token. ``decode-first`` prefills one per decode
-    step while sequences are running, so their tokens keep coming while a burst of new ones joins.
+    Either prefills one run per decode step. ``prefill-first``'s run holds as many waiting sequences
+    as fit in the engine's ``prefill_positions`` (:data:`PREFILL_POSITIONS`); ``decode-first``'s holds
+    one while sequences are running, so their tokens keep coming while a burst of new ones joins.
     """
 
     PREFILL_FIRST = "prefill-first"
@@ -135,6 +138,7 @@ class Sequence:
         self._seen = set(self.seen.tolist())
         self.rng = np.random.default_rng(sampling.seed)
         self.length = 0  # tokens in the cache row
+        self.adapter = ""  # the adapter it runs with (a key of BatchEngine.adapters; "": the graph alone)
         self.cancelled = threading.Event()
         #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
         #: score over the next best (a near tie is where batched numerics may pick the other token).
@@ -152,12 +156,15 @@ class BatchEngine:
         folder: The registered model folder (``model.onnx`` and ``genai_config.json``).
         batch_size: Most sequences decoded together; more wait in :meth:`submit`'s order.
         policy: When waiting sequences are prefilled (:class:`Policy`).
+        prefill_positions: Most positions, padding included, of one prefill run (:data:`PREFILL_POSITIONS`).
     """
 
-    def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST) -> None:
+    def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST,
+                 prefill_positions: int = PREFILL_POSITIONS) -> None:
         import onnxruntime as ort
 
         self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
+        self.prefill_positions = prefill_positions
         self.settings = read_settings(self.folder)
         options = ort.SessionOptions()
         if self.settings.threads:
@@ -177,9 +184,12 @@ class BatchEngine:
         shape = (batch_size, s.kv_heads, self.capacity, s.head_size)
         self.keys = [np.zeros(shape, np.float32) for _ in range(s.layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(s.layers)]
-        self._bindings: dict[tuple[int, int], object] = {}
+        self._bindings: dict[tuple[int, int, str], object] = {}
         self.vocab = int(self.session.get_outputs()[0].shape[-1])
         self.active: list[Sequence] = []
+        #: Graph inputs bound on the runs of each adapter's sequences, by adapter name (an adapter's LoRA matrices as
+        #: ``OrtValue`` s, see :mod:`slmops.toolkit.runtimes.adapter_weights`); one batch runs one adapter.
+        self.adapters: dict[str, dict[str, object]] = {}
         self.inbox: queue.Queue[Sequence | None] = queue.Queue()
         self.waiting: list[Sequence] = []
         self.steps = 0
@@ -190,9 +200,12 @@ class BatchEngine:
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False) -> Sequence:
-        """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`)."""
+    def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False,
+               adapter: str = "") -> Sequence:
+        """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`), each
+        computed with ``adapter``'s inputs (:attr:`adapters`; ``""``: the graph alone)."""
         sequence = Sequence(prompt, sampling, emit)
+        sequence.adapter = adapter
         sequence.gaps = [] if record_gaps else None
         self.inbox.put(sequence)
         return sequence
@@ -231,21 +244,26 @@ class BatchEngine:
             block = False
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free rows, as the policy says (together, within :data:`PREFILL_POSITIONS`)."""
+        """Prefill waiting sequences into free rows: one run per step, as the policy says (see :class:`Policy`)."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
-        count = min(room, len(self.waiting), len(self.waiting) if self.policy is Policy.PREFILL_FIRST or not self.active
-                    else 1)
-        while count > 0:
-            group, longest = self.waiting[:1], len(self.waiting[0].prompt)
-            for sequence in self.waiting[1:count]:
-                if (len(group) + 1) * max(longest, len(sequence.prompt)) > PREFILL_POSITIONS or (
+        # One adapter per batch: the running batch's (else the first waiting sequence's) sequences that came before
+        # any other adapter's join; the others wait until the batch has drained.
+        head = self.active or self.waiting
+        adapter = head[0].adapter if head else ""
+        room = min(room, next((i for i, s in enumerate(self.waiting) if s.adapter != adapter), len(self.waiting)))
+        if room <= 0:
+            return
+        group, longest = self.waiting[:1], len(self.waiting[0].prompt)
+        if self.policy is Policy.PREFILL_FIRST or not self.active:
+            for sequence in self.waiting[1:room]:
+                if (len(group) + 1) * max(longest, len(sequence.prompt)) > self.prefill_positions or (
                         not self.mixed_lengths and len(sequence.prompt) != longest):
                     break
                 group.append(sequence)
                 longest = max(longest, len(sequence.prompt))
-            self._prefill(group)
-            self.waiting, count = self.waiting[len(group):], count - len(group)
+        self._prefill(group)
+        self.waiting = self.waiting[len(group):]
 
     def _dropped(self, sequence: Sequence) -> bool:
         if sequence.cancelled.is_set():
@@ -253,9 +271,10 @@ class BatchEngine:
             return True
         return False
 
-    def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray, last: np.ndarray) -> np.ndarray:
+    def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray, last: np.ndarray,
+             adapter: str = "") -> np.ndarray:
         """One forward pass on the cache rows ``rows`` (past and present share their buffers); ``last``: each row's
-        last position, for a graph with :data:`LAST_POSITIONS`.
+        last position, for a graph with :data:`LAST_POSITIONS`; ``adapter``: whose inputs (:attr:`adapters`).
 
         Returns:
             A decode step's logits ``[rows, vocab]``; a prefill's as the graph gives them,
@@ -265,9 +284,9 @@ class BatchEngine:
         costs a Python object per output); a prefill's, whose shape the graph decides (every position,
         or the last only), to one ONNX Runtime allocates.
         """
-        key = (rows.start, rows.stop)
+        key = (rows.start, rows.stop, adapter)
         binding = self._bindings.get(key)
-        if binding is None:  # the cache's pointers of these rows, bound once
+        if binding is None:  # the cache's pointers of these rows (and the adapter's inputs), bound once
             binding = self._bindings[key] = self.session.io_binding()
             for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
                 for kind, cache in (("key", keys), ("value", values)):
@@ -275,6 +294,8 @@ class BatchEngine:
                     pointer, shape = view.ctypes.data, view.shape
                     binding.bind_input(f"past_key_values.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
                     binding.bind_output(f"present.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
+            for name, value in self.adapters.get(adapter, {}).items():
+                binding.bind_ortvalue_input(name, value)
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("attention_mask", mask)
         if self.last_input:
@@ -296,7 +317,7 @@ class BatchEngine:
         for row, sequence in enumerate(group):
             ids[row, :len(sequence.prompt)] = sequence.prompt
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-        logits = self._run(slice(first, first + len(group)), ids, mask, lengths - 1)
+        logits = self._run(slice(first, first + len(group)), ids, mask, lengths - 1, group[0].adapter)
         self.prefills += 1
         if logits.shape[1] > 1:  # every position's: each row's own last
             logits = logits[np.arange(len(group)), lengths - 1]
@@ -314,7 +335,7 @@ class BatchEngine:
         total = int(lengths.max()) + 1
         mask = (np.arange(total)[None, :] <= lengths[:, None]).astype(np.int64)
         ids = np.asarray([[s.generated[-1]] for s in self.active], dtype=np.int64)
-        logits = self._run(slice(0, n), ids, mask, np.zeros(n, np.int64))
+        logits = self._run(slice(0, n), ids, mask, np.zeros(n, np.int64), self.active[0].adapter)
         for sequence in self.active:
             sequence.length += 1
         self.steps += 1
