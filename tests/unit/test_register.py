@@ -77,3 +77,23 @@ def test_graphs_without_int4_in_int8_compute_are_served_as_one_graph(tmp_path: P
     for config in (cuda, unknown):  # another device; a type the runtime would not load is not hidden behind a pipeline
         assert not serve_prompt_graph(tmp_path, config) and "pipeline" not in config["model"]["decoder"]
     assert unknown["model"]["type"] == "no-such-architecture" and not (tmp_path / PROMPT_GRAPH).exists()
+
+
+def test_a_kept_thread_probe_is_reused_only_for_the_same_graphs(tiny_model: Path, slmops_home: Path,
+                                                                  monkeypatch) -> None:
+    from slmops.toolkit.runtimes import genai
+    from slmops.toolkit.stages import register_threads
+
+    folder = slmops_home / "served"
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_bytes((tiny_model / "tokenizer.json").read_bytes())
+    (folder / "model.onnx").write_bytes(b"token graph")
+    probes: list[Path] = []
+    monkeypatch.setattr(genai, "probe_threads", lambda model_dir, ids, counts: probes.append(model_dir) or
+                        [ThreadSpeed(1, 100.0, 20.0), ThreadSpeed(2, 150.0, 15.0)])
+
+    first = register_threads.choose_threads(folder, 2048)
+    again = register_threads.choose_threads(folder, 2048)
+    assert (first.chosen, first.reused, again.chosen, again.reused, len(probes)) == (2, False, 2, True, 1)
+    (folder / PROMPT_GRAPH).write_bytes(b"prompt graph")  # a pipeline times differently: probed again
+    assert not register_threads.choose_threads(folder, 2048).reused and len(probes) == 2
