@@ -17,9 +17,10 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.domain.results.checklist_file import load_report
+from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.orchestration import cluster, pipeline
 from slmops.toolkit.presentation import compare
+from slmops.toolkit.stages.checklist import read_report
 from tests.unit.test_pipeline import NOTEBOOKS
 
 #: The serial tiny sweep both sweeps here compare with takes minutes: ``make test`` starts this file first, on a
@@ -118,15 +119,14 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
         for ours, theirs in zip(deployment_choice.side_by_side([(label, ray_run)]), deployment_choice.side_by_side([(label, serial_run)]),
                                 strict=True):
             for figure in ("precision", "size_mb", "x_fp32", "top1_agreement"):
-                assert ours[figure] == theirs[figure], (label, figure)
+                assert getattr(ours, figure) == getattr(theirs, figure), (label, figure)
         ray_verdicts, serial_verdicts = (
-            {(c.model, c.check, c.case): c.verdict for c in load_report(
-                json.loads((run / label / "test.json").read_text())).checks if c.spread is None}
+            {(c.model, c.check, c.case): c.verdict for c in read_report(run / label / "test.json").checks
+             if c.spread is None}
             for run in (tmp_path / "sweep", serial))
         assert ray_verdicts and ray_verdicts == serial_verdicts, label
-        manifest = json.loads((tmp_path / "sweep" / label / "models" / "int4" / "manifest.json").read_text())
-        assert manifest["options"] == json.loads((serial / label / "models" / "int4" / "manifest.json")
-                                                 .read_text())["options"]
+        manifest = read_manifest(tmp_path / "sweep" / label / "models" / "int4")
+        assert manifest.options == read_manifest(serial / label / "models" / "int4").options
         assert not list((tmp_path / "sweep" / label / "models").rglob("*.onnx"))  # weights stayed on the node
 
 
@@ -142,17 +142,17 @@ def test_a_sweep_runs_each_set_and_compares_them(tiny_sweep: tuple[Path, Path, s
     for number, block in ((1, 32), (2, 64)):
         label = f"{number}-int4_block_size={block}"
         assert f'href="{label}/index.html"' in page
-        manifest = json.loads((sweep / label / "models" / "int4" / "manifest.json").read_text())
-        assert manifest["options"]["block_size"] == block  # each run really built its own block size
+        manifest = read_manifest(sweep / label / "models" / "int4")
+        assert manifest.options.block_size == block  # each run really built its own block size
         assert (sweep / label / "index.html").is_file()
     assert page.count("<td>int4</td>") == 2
     # The two runs differ in one INT4 option (and, by design, their registered names): exactly that shows.
     runs = [sweep / "1-int4_block_size=32", sweep / "2-int4_block_size=64"]
     assert cli.main(["compare", *map(str, runs), "--out", str(tmp_path / "cmp")]) in (0, 1)
-    found = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert [p["parameter"] for p in found["params"]] == ["int4_block_size", "name_prefix"]
-    assert not found["inputs"] and [s["precision"] for s in found["sizes"]] == ["int4"]
-    assert found["sizes"][0]["delta"] != 0  # block 64 has fewer scales than block 32
+    found = compare.read_comparison(tmp_path / "cmp" / "compare.json")
+    assert [p.parameter for p in found.params] == ["int4_block_size", "name_prefix"]
+    assert not found.inputs and [s.precision for s in found.sizes] == ["int4"]
+    assert found.sizes[0].delta != 0  # block 64 has fewer scales than block 32
     # Notebook 05 does the same in a real kernel.
     notebook = tmp_path / "05_compare.ipynb"
     papermill.execute_notebook(str(NOTEBOOKS / "05_compare.ipynb"), str(notebook), kernel_name="python3",
@@ -160,4 +160,4 @@ def test_a_sweep_runs_each_set_and_compares_them(tiny_sweep: tuple[Path, Path, s
                                            "out_dir": str(tmp_path / "cmp-nb")}, progress_bar=False)
     executed = nbformat.read(notebook, as_version=4)
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert json.loads((tmp_path / "cmp-nb" / "compare.json").read_text())["params"] == found["params"]
+    assert compare.read_comparison(tmp_path / "cmp-nb" / "compare.json").params == found.params

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -59,11 +59,11 @@ def test_summary_and_ceiling_from_a_report() -> None:
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
     assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
-    ceiling = bench.decode_ceiling(table, bandwidth_gbs=20.0)
+    ceiling = bench.decode_ceiling(report.rows, bandwidth_gbs=20.0)
     assert ceiling[1].ceiling_tps == 100.0 and ceiling[1].percent_of_ceiling == 99.0
     assert not any(row.above_bound_because for row in ceiling)
     # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
-    rows = [{**row, "threads": 2} for row in table]
+    rows = [replace(row, threads=2) for row in report.rows]
     ceiling = bench.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
     assert ceiling[1].bandwidth_gbs == 10.0 and ceiling[1].percent_of_ceiling == 198.0
     assert "fit in the 256 MiB last-level cache" in ceiling[1].above_bound_because
@@ -72,19 +72,18 @@ def test_summary_and_ceiling_from_a_report() -> None:
 
 
 def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
-    def row(engine: str, tps: float, gen: float) -> dict:
-        return {"model": "m-int4", "precision": "int4", "engine": engine, "target_prompt_tokens": 16,
-                "target_gen_tokens": 32, "gen_tokens": gen, "threads": 2, "decode_tps": tps, "size_mb": 200.0,
-                "weights_read_mb": 180.0}
+    def row(engine: str, tps: float, gen: float) -> BenchRow:
+        return BenchRow(model="m-int4", precision="int4", engine=engine, target_prompt_tokens=16, target_gen_tokens=32,
+                        gen_tokens=gen, threads=2, decode_tps=tps, size_mb=200.0, weights_read_mb=180.0)
 
     short, direct = row("foundry-local", 9.0, 4.0), row("ort-genai", 240.0, 32.0)
     assert bench.timed_too_few(short) and not bench.timed_too_few(direct)
     head = bench.headline_rows([short, direct])[0]
-    assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
+    assert (head.decode_tps, head.decode_from, head.engine) == (240.0, "ort-genai", "foundry-local")
     assert [r.engine for r in bench.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
-    rows = [BenchRow(**{f.name: 0 for f in fields(BenchRow)} | r) for r in (short, direct)]
-    assert bench.engine_ratios(rows) == []  # nothing to compare over four tokens
-    assert bench.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
+    assert bench.engine_ratios([short, direct]) == []  # nothing to compare over four tokens
+    own = bench.headline_rows([replace(short, gen_tokens=30.0), direct])[0]  # long enough: its own
+    assert (own.decode_tps, own.decode_from) == (9.0, "")
 
 
 def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:

@@ -56,10 +56,12 @@ def test_notebooks_get_the_reports_renderer() -> None:
 
 
 def test_the_precision_pickers_table_is_drawn_by_the_same_renderer() -> None:
+    from slmops.toolkit.domain.deployment_choice import PrecisionFigures
     from slmops.toolkit.domain.options import Precision
     from slmops.widgets import pickers
 
-    page = pickers.tradeoff_table((Precision.FP32, Precision.INT4), {"fp32": {"size_mb": 540.0, "x_fp32": 1.0}})
+    page = pickers.tradeoff_table((Precision.FP32, Precision.INT4),
+                                  {"fp32": PrecisionFigures("", "fp32", size_mb=540.0, x_fp32=1.0)})
     assert 'class="slmops slmops-tradeoff"' in page and "<thead>" in page  # a heading row, not a first body row
     assert re.findall(r"<th>(.*?)</th>", page)[3:] == ["size (MB)", "× FP32", "top-1 vs FP32", "decode (tok/s)"]
     assert "–" not in page and _cells(page)[-1] == "-"  # an INT4 not built yet: nothing measured, said as "-"
@@ -122,3 +124,16 @@ def test_the_report_page_has_no_index_nan_or_cut_cell_and_stacks_tables_above_pl
     assert "reference" in fp32  # FP32's top-1 cell against itself
     css = (Path(report.__file__).parent / "pages" / "report.css").read_text()
     assert "minmax(0, 3fr)" not in css and "overflow-wrap: anywhere" in css  # no table squeezed beside a plot
+
+
+def test_whole_numbers_read_whole_in_every_engines_rows() -> None:
+    """Foundry Local's generated tokens are a mean written as 4.0, the direct engine's a count written as 4: both
+    read 4, and a mean that is not whole keeps its decimals."""
+    from slmops.toolkit.core import codec
+    from slmops.toolkit.domain.results.bench import BenchFile
+
+    bench = codec.load(BenchFile, {"rows": [{"engine": "foundry-local", "gen_tokens": 4.0},
+                                            {"engine": "ort-genai", "gen_tokens": 4},
+                                            {"engine": "foundry-local", "gen_tokens": 3.75}]})
+    cells = re.findall(r'<td class="num">([^<]*)</td>', html_table(list(bench.rows), ["gen_tokens"]))
+    assert cells == ["4", "4", "3.75"]

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, codec
@@ -18,6 +19,7 @@ from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
 from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.domain.deployment_choice import PrecisionFigures, PrecisionOutcome
 from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.results.bench import BenchFile, TtftLine
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
@@ -69,14 +71,14 @@ def _bench_report(run: Path) -> BenchFile | None:
     return bench.read_results(run / "bench.json")
 
 
-def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
+def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, PrecisionFigures]:
     """:func:`run_summary` by precision: what a run has measured so far (a precision appears once converted).
 
     Example:
-        >>> measured_figures("outputs/demo")["int4"]["size_mb"]
+        >>> measured_figures("outputs/demo")["int4"].size_mb
         203.283
     """
-    return {row["precision"]: row for row in run_summary(run_dir)}
+    return {row.precision: row for row in run_summary(run_dir)}
 
 
 #: Which section of the index each plot stands beside (by file stem); any other plot goes last.
@@ -96,33 +98,32 @@ def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
     return text + unit
 
 
-def _checks_sentence(kept: list[dict]) -> str:
+def _checks_sentence(kept: list[PrecisionOutcome]) -> str:
     """Which precisions lose no check to another: "pass every checklist item" only when they miss none at all."""
     if not kept:
         return "No precision passes every checklist item"
-    names = " and ".join(r["precision"] for r in kept)
-    counts = [str(r.get("checks_passed") or "").partition(" ")[0].split("/") for r in kept]
+    names = " and ".join(r.precision for r in kept)
+    counts = [r.checks_passed.partition(" ")[0].split("/") for r in kept]
     if all(len(c) == 2 and c[0] == c[1] for c in counts):
         return f"{names} pass every checklist item"
-    shown = ", ".join(f"{r['precision']} {r['checks_passed']}" for r in kept)
+    shown = ", ".join(f"{r.precision} {r.checks_passed}" for r in kept)
     return (f"{names} lose no check to another precision that the paired tests tell from chance ({shown} passed); "
             "what every build misses is the model's own (the recommendation lists it)")
 
 
-def _number(row: dict, key: str) -> float | None:
-    """``row[key]`` when it is a non-zero number, else None."""
-    value = row.get(key)
+def _number(value: float | str) -> float | None:
+    """``value`` when it is a non-zero number (not ``–``), else None."""
     return value if isinstance(value, int | float) and value else None
 
 
-def _size_speed_sentence(rows: list[dict]) -> list[str]:
+def _size_speed_sentence(rows: list[PrecisionOutcome]) -> list[str]:
     """Each precision's size and decode speed against FP32's, when FP32 has both."""
-    base = next((r for r in rows if r["precision"] == "fp32"), None)
-    if not (base and _number(base, "decode_tps") and _number(base, "size_mb")):
+    base = next((r for r in rows if r.precision == "fp32"), None)
+    if not (base and _number(base.decode_tps) and _number(base.size_mb)):
         return []
-    parts = [f"{r['precision']} is {r['size_mb'] / base['size_mb']:.2f}x the size and decodes "
-             f"{r['decode_tps'] / base['decode_tps']:.2f}x as fast" for r in rows
-             if r is not base and _number(r, "size_mb") and _number(r, "decode_tps")]
+    parts = [f"{r.precision} is {r.size_mb / base.size_mb:.2f}x the size and decodes "
+             f"{r.decode_tps / base.decode_tps:.2f}x as fast" for r in rows
+             if r is not base and _number(r.size_mb) and _number(r.decode_tps)]
     return ["Against FP32: " + "; ".join(parts) + "."] if parts else []
 
 
@@ -204,7 +205,7 @@ def run_story(recommendation: deployment_choice.Recommendation | None, bench_rep
     rows = recommendation.rows if recommendation else []
     story = _size_speed_sentence(rows)
     failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
-    kept = [r for r in rows if r["outcome"] not in (deployment_choice.Outcome.FAILED, deployment_choice.Outcome.NOT_CHECKED)]
+    kept = [r for r in rows if r.outcome not in (deployment_choice.Outcome.FAILED, deployment_choice.Outcome.NOT_CHECKED)]
     if rows:
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
@@ -222,10 +223,10 @@ RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/r
                 "registered.json", "test.json", "bench.json", "bench.csv")
 
 
-def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
+def run_summary(run_dir: str | os.PathLike[str]) -> list[PrecisionFigures]:
     """One row per precision of a run: size, checks passed, top-1 agreement, decode speed, latency, memory."""
     rows = deployment_choice.side_by_side([("", compare.load_run(run_dir))])
-    return [{k: v for k, v in row.items() if k != "run"} for row in rows if row["precision"] != "–"]
+    return [row for row in rows if row.precision != deployment_choice.NOT_MEASURED]
 
 
 def run_versions(run_dir: str | os.PathLike[str]) -> dict[str, str]:
@@ -322,7 +323,7 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
         ran = ({"node": f"{where['host']} ({where['node']})", "node_type": where["node_type"],
                 "attempts": where["attempts"]} if where else {})
         for row in deployment_choice.side_by_side([(label, compare.load_run(out / label))]):
-            rows.append({"label": label, **varied, "status": state, **ran, **row})
+            rows.append({"label": label, **varied, "status": state, **ran, **asdict(row)})
     columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
                "x_fp32", "checks_passed", "top1_agreement", "decode_tps", "ttft_ms", "peak_rss_mib"]
     node_types = sorted({where["node_type"] for where in placements.values() if where["status"] == "ok"})
