@@ -99,3 +99,34 @@ def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> 
     agreement = Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
     assert codec.load(Agreement, {**codec.dump(agreement), "extra": 1}) == agreement
     assert set(codec.dump(agreement)) >= {"top1_agreement", "kl_divergence"}
+
+
+def test_notebook_4s_page_is_one_call_on_the_typed_results_and_one_recommendation(tmp_path) -> None:
+    """The page takes bench.json, test.json and the recommendation as given (computed once by the notebook) and
+    reads nothing from the run folder; the notebook holds only that call."""
+    from pathlib import Path
+
+    from slmops.toolkit.domain import deployment_choice
+    from slmops.toolkit.presentation import bench_page
+
+    def row(precision: str, engine: str, tps: float, gen: float) -> BenchRow:
+        return BenchRow(model=f"m-{precision}", precision=precision, engine=engine, target_prompt_tokens=16,
+                        prompt_tokens=16, target_gen_tokens=4, gen_tokens=gen, decode_tps=tps, ttft_ms=20.0,
+                        e2e_ms=60.0, size_mb={"fp32": 540.0, "int4": 200.0}[precision], repeats=2)
+
+    rows = (row("fp32", "foundry-local", 30.0, 4.0), row("int4", "foundry-local", 90.0, 4.0),
+            row("fp32", "ort-genai", 31.0, 4), row("int4", "ort-genai", 95.0, 4))
+    results = BenchFile(rows=rows, engine_ratios=tuple(bench.engine_ratios(rows)))
+    tests = ChecklistReport([ModelReport("m-int4", [], quality=QualityRecord("m-fp32", 0.9, 0.1, 11.0, 10.0, 300))])
+    run = deployment_choice.RunFigures("run", sizes={"fp32": 540.0, "int4": 200.0},
+                                       verdicts={(p, "domain", "domain-overall"): "pass" for p in ("fp32", "int4")},
+                                       headline={r.precision: r for r in bench.headline_rows(list(rows))})
+    decision = deployment_choice.recommend(run)
+    shown = bench_page.benchmark_outputs(results, tests, decision, tmp_path)
+    texts = [item.data for item in shown if isinstance(getattr(item, "data", None), str)]
+    assert sum(decision.sentence in text for text in texts) == 1 and decision.choice == "int4"
+    assert any("int4: 3.0x fp32 decode speed at 0.37x size, top-1 agreement 0.900" in text for text in texts)
+    assert {p.name for p in tmp_path.glob("*.png")} >= {"decode_tps.png", "ttft_ms.png", "tradeoff.png"}
+    source = (Path(__file__).parents[2] / "notebooks" / "04_benchmark.py").read_text()
+    assert source.count("recommend(") == 1 and source.count("read_report(") == 1
+    assert "bench_page.benchmark_outputs(" in source
