@@ -148,8 +148,8 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     assert sum(node.op_type == "MatMulNBits" for node in graph.node) >= 2 * 7
     # Bits per weight count the LoRA's bytes: rank 4 on q, v, down of 2 layers, FP16.
     lora_bytes = 2 * 4 * 2 * (128 + 96 + 192)
-    assert manifest["bits_per_weight"] - manifest["bits_per_weight_without_adapter"] == pytest.approx(
-        8 * lora_bytes / manifest["parameters"], abs=2e-3)
+    assert manifest.bits_per_weight - manifest.bits_per_weight_without_adapter == pytest.approx(
+        8 * lora_bytes / manifest.parameters, abs=2e-3)
     # Registered and answered in Foundry Local like any other build.
     register.register(out, "tiny-lora-in-graph")
     with LoadedModel("tiny-lora-in-graph") as model:

@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from slmops.toolkit import cli
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
 from slmops.toolkit.domain.options import Precision
@@ -58,8 +59,8 @@ def test_two_processes_asking_for_one_fine_tune_at_once_train_it_once(tiny_model
             "-o", str(tmp_path / "lora"), "--steps", "3", "--batch", "1", "--rank", "4", "--json"]
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
-    reused = sorted((json.loads(out)["reused"], "waiting for another process building this fine-tune" in err)
-                    for out, err in outputs)
+    reused = sorted((codec.load(finetune.FinetuneResult, json.loads(out)).reused,
+                     "waiting for another process building this fine-tune" in err) for out, err in outputs)
     assert reused == [(False, False), (True, True)], outputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["facts.jsonl", "lora"]  # no scratch, no lock file
 

@@ -3,7 +3,6 @@ CPUs); the Ray sweep is checked against the serial one."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -18,6 +17,7 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.conversion import read_manifest
+from slmops.toolkit.domain.results.sweep import read_placements
 from slmops.toolkit.orchestration import cluster, pipeline
 from slmops.toolkit.presentation import compare
 from slmops.toolkit.stages.checklist import read_report
@@ -34,7 +34,7 @@ def test_no_address_starts_a_local_ray_with_this_machines_cpus() -> None:
     try:
         cluster.connect(None)
         nodes = cluster._nodes()
-        assert [node["cpus"] for node in nodes.values()] == [os.cpu_count()]
+        assert [node.cpus for node in nodes.values()] == [os.cpu_count()]
     finally:
         ray.shutdown()
 
@@ -97,22 +97,22 @@ def test_a_sweep_runs_on_a_two_node_ray_cluster_and_survives_a_killed_worker(
     assert code == 0, printed
     assert killed, "the fault was never injected"
     assert f"[ray] {first}: try 1 on " in printed and f"[ray] {first}: try 2 on " in printed
-    placements = {p["label"]: p for p in json.loads((tmp_path / "sweep" / "placements.json").read_text())}
-    assert placements[first]["attempts"] == 2 and "WorkerCrashedError" in placements[first]["lost"][0]
-    assert all(p["status"] == "ok" for p in placements.values())
+    placements = {p.label: p for p in read_placements(tmp_path / "sweep")}
+    assert placements[first].attempts == 2 and "WorkerCrashedError" in placements[first].lost[0]
+    assert all(p.status == "ok" for p in placements.values())
     # Each task held its whole node: 1 CPU on the head, 2 on the other.
-    assert {p["cpus"] for p in placements.values()} <= {1, 2}
+    assert {p.cpus for p in placements.values()} <= {1, 2}
     assert not list(cluster.SCRATCH.glob(f"{first}-{killed[0]}"))  # the killed try's scratch is cleaned
 
     page = (tmp_path / "sweep" / "index.html").read_text()
-    types = {p["node_type"] for p in placements.values()}
+    types = {p.node_type for p in placements.values()}
     if len(types) > 1:
         assert "Timings compare machines as well as settings" in page
     else:
         assert "All ran on one kind of node" in page
     assert f"{first} was run again" in page
     for label, placement in placements.items():
-        assert f'href="{label}/index.html"' in page and placement["host"] in page
+        assert f'href="{label}/index.html"' in page and placement.host in page
         # Everything that does not depend on the machine equals the serial sweep's: sizes, agreement and
         # every verdict but those of timing and memory statistics (a loaded machine may leave them inconclusive).
         ray_run, serial_run = compare.load_run(tmp_path / "sweep" / label), compare.load_run(serial / label)

@@ -26,6 +26,7 @@ from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResu
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.recipes import read_recipes
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
+from slmops.toolkit.domain.results.sweep import Placement
 from slmops.toolkit.presentation import bench_text, checklist_tables, compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.presentation.tables import Html, html_table
@@ -302,7 +303,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
 
 
 def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dict, str]], *,
-                      swept: list[str], placements: dict[str, dict] | None = None) -> Path:
+                      swept: list[str], placements: list[Placement] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
     The table is :func:`slmops.toolkit.domain.deployment_choice.side_by_side`, the one a comparison of two runs shows.
@@ -310,24 +311,23 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.
         swept: The parameter names the sweep varied (shown as columns).
-        placements: Per label, where a distributed sweep ran it (``host``, ``node``,
-            ``node_type``, ``attempts``, ``lost``): shown as columns, with a warning when the
+        placements: Where a distributed sweep ran each run: shown as columns, with a warning when the
             runs' timings come from different kinds of node.
     """
     out = Path(out_dir)
-    placements = placements or {}
+    placements_by_label = {p.label: p for p in placements or []}
     rows = []
     for label, params, state in runs:
         varied = {name: json.dumps(params.get(name)) for name in swept}
-        where = placements.get(label)
-        ran = ({"node": f"{where['host']} ({where['node']})", "node_type": where["node_type"],
-                "attempts": where["attempts"]} if where else {})
+        where = placements_by_label.get(label)
+        ran = ({"node": f"{where.host} ({where.node})", "node_type": where.node_type, "attempts": where.attempts}
+               if where else {})
         for row in deployment_choice.side_by_side([(label, compare.load_run(out / label))]):
             rows.append({"label": label, **varied, "status": state, **ran, **asdict(row)})
     columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
                "x_fp32", "checks_passed", "top1_agreement", "decode_tps", "ttft_ms", "peak_rss_mib"]
-    node_types = sorted({where["node_type"] for where in placements.values() if where["status"] == "ok"})
-    retried = [(label, where["lost"]) for label, where in placements.items() if where["lost"]]
+    node_types = sorted({where.node_type for where in placements_by_label.values() if where.status == "ok"})
+    retried = [(label, where.lost) for label, where in placements_by_label.items() if where.lost]
     page = render_page("sweep.html.j2", sweep_name=out.name, run_count=len(runs), swept=swept, columns=columns,
                        rows=rows, node_types=node_types, retried=retried, distributed=bool(placements))
     return artifacts.write_text(out / "index.html", page)
