@@ -113,18 +113,31 @@ def jupyterlab(tmp_path: Path, cache: Path):
         log.close()
 
 
-def _open(page, base: str, token: str, notebook: str) -> None:
-    """Open ``notebook`` in JupyterLab (its kernel started) and Run All."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+def _kernel_idle(base: str, token: str, notebook: str) -> bool:
+    """Whether the Jupyter server holds a session of ``notebook`` whose kernel has started and is idle."""
+    with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as response:
+        sessions = json.load(response)  # the Jupyter server's REST API: its own session models
+    return any(s["path"].endswith(notebook) and (s.get("kernel") or {}).get("execution_state") == "idle"
+               for s in sessions)
+
+
+def _open(page, base: str, token: str, notebook: str, timeout_s: float = 120.0) -> None:
+    """Open ``notebook`` in JupyterLab, wait until its kernel is started and idle, and Run All.
+
+    Ready is the server's word: the notebook's session with an idle kernel. A JupyterLab that asks which kernel
+    to start instead (an older one did, for a fresh workspace) is answered with the notebook's own (python3).
+    """
     from playwright.sync_api import expect
 
     page.goto(f"{base}/lab/tree/{notebook}?token={token}")
     expect(page.locator(".jp-Notebook").last).to_be_visible()  # JupyterLab restores the tabs opened before
     dialog = page.get_by_role("dialog").filter(has_text="Select Kernel")
-    try:  # a fresh JupyterLab may ask which kernel to start: the notebook's own (python3)
-        dialog.get_by_role("button", name="Select", exact=True).click(timeout=10_000)
-    except PlaywrightTimeout:
-        pass
+    deadline = time.monotonic() + timeout_s
+    while not _kernel_idle(base, token, notebook):
+        if dialog.count():
+            dialog.get_by_role("button", name="Select", exact=True).click()
+        assert time.monotonic() < deadline, f"{notebook}'s kernel was not idle within {timeout_s:.0f} s"
+        page.wait_for_timeout(100)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_text("Run All Cells", exact=True).click()
 
