@@ -67,10 +67,10 @@ RESULT_FILES = (
       "slmops.toolkit.domain.results.merge.MergeRecord", "slmops.toolkit.domain.results.merge.MergeCheck",
       "slmops.toolkit.domain.results.merge.VocabSizes", "slmops.toolkit.domain.results.merge.TokenizerOrigin")),
     (("compare.json",), "slmops.toolkit.presentation.compare",
-     ("Comparison", "ParamChange", "slmops.toolkit.domain.deployment_choice.PrecisionFigures", "SizeChange",
-      "QualityChange", "VerdictChange", "TimingChange", "slmops.toolkit.domain.deployment_choice.TimingJudgement",
+     ("Comparison", "ParamChange", "slmops.toolkit.domain.results.deployment.PrecisionFigures", "SizeChange",
+      "QualityChange", "VerdictChange", "TimingChange", "slmops.toolkit.domain.results.deployment.TimingJudgement",
       "slmops.toolkit.domain.deployment_choice.RunFigures", "slmops.toolkit.domain.deployment_choice.Recommendation",
-      "slmops.toolkit.domain.deployment_choice.PrecisionOutcome", "slmops.toolkit.domain.deployment_choice.Outcome")),
+      "slmops.toolkit.domain.results.deployment.PrecisionOutcome", "slmops.toolkit.domain.results.deployment.Outcome")),
     (("placements.json",), "slmops.toolkit.domain.results.sweep", ("Placement",)),
 )
 

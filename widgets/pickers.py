@@ -14,7 +14,6 @@ import ipywidgets as w
 import traitlets
 
 from slmops.toolkit.core.errors import TemplateError
-from slmops.toolkit.domain.deployment_choice import PrecisionFigures
 from slmops.toolkit.domain.options import (
     BLOCK_SIZES,
     INT4_RECIPES,
@@ -28,6 +27,7 @@ from slmops.toolkit.domain.options import (
     TablePrecision,
 )
 from slmops.toolkit.domain.results.checklist import Thresholds
+from slmops.toolkit.domain.results.deployment import PrecisionFigures
 from slmops.toolkit.domain.template_resolve import resolve
 from slmops.toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least

@@ -12,8 +12,8 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.cli.pipeline import int4_options
-from slmops.toolkit.domain.deployment_choice import PrecisionFigures
 from slmops.toolkit.domain.options import INT4_RECIPES, Int4Algorithm, Int4Options, Precision, TablePrecision
+from slmops.toolkit.domain.results.deployment import PrecisionFigures
 from slmops.toolkit.domain.templates import Template
 from slmops.widgets import ModelChoice, ModelPicker, PrecisionPicker, RunPanel, TemplatePicker
 

@@ -28,6 +28,7 @@ from slmops.toolkit.domain.results.checklist import (
     verdict_of,
 )
 from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
+from slmops.toolkit.domain.results.deployment import Outcome, PrecisionOutcome
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
 from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.presentation import compare
@@ -205,9 +206,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
     # A build that misses checks every build misses is never said to pass every item (the demo's story said so).
-    missing = [deployment_choice.PrecisionOutcome("fp32", checks_passed="94/105", outcome=deployment_choice.Outcome.LARGER),
-               deployment_choice.PrecisionOutcome("int4", checks_passed="99/107",
-                                                  outcome=deployment_choice.Outcome.RECOMMENDED)]
+    missing = [PrecisionOutcome("fp32", checks_passed="94/105", outcome=Outcome.LARGER),
+               PrecisionOutcome("int4", checks_passed="99/107", outcome=Outcome.RECOMMENDED)]
     assert "pass every checklist item" not in report._checks_sentence(missing)
     assert "fp32 94/105, int4 99/107 passed" in report._checks_sentence(missing)
     assert "1.30-1.40x the runtime's default" in story[2] and "30-60% of the memory-bandwidth bound" in story[3]

@@ -199,8 +199,8 @@ def test_the_run_deploys_the_recipe_its_comparison_recommends(tmp_path) -> None:
 
 
 def test_the_picker_shows_a_built_int4s_measured_size_and_its_status_against_the_target() -> None:
-    from slmops.toolkit.domain.deployment_choice import PrecisionFigures
     from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.domain.results.deployment import PrecisionFigures
     from slmops.widgets import pickers
 
     measured = {"int4": PrecisionFigures("", "int4", size_mb=203.3, x_fp32=0.376, top1_agreement=0.66),

@@ -56,8 +56,8 @@ def test_notebooks_get_the_reports_renderer() -> None:
 
 
 def test_the_precision_pickers_table_is_drawn_by_the_same_renderer() -> None:
-    from slmops.toolkit.domain.deployment_choice import PrecisionFigures
     from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.domain.results.deployment import PrecisionFigures
     from slmops.widgets import pickers
 
     page = pickers.tradeoff_table((Precision.FP32, Precision.INT4),

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from slmops.toolkit.domain.provenance import RunRecord
 from slmops.toolkit.domain.results.bench import BenchRow
 from slmops.toolkit.domain.results.checklist import QualityRecord
+from slmops.toolkit.domain.results.deployment import (
+    NOT_MEASURED,
+    Outcome,
+    PrecisionFigures,
+    PrecisionOutcome,
+    TimingJudgement,
+)
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES, PAIRED_TEST, Difference, PairedComparison, family_comparisons
 
 
@@ -62,37 +68,6 @@ TYPICAL_PROMPT = 128
 LATENCY_SLACK = 1.25
 
 
-#: A figure a run has not measured (or a text in its place: ``reference``) shows as this.
-NOT_MEASURED = "–"
-
-
-@dataclass(frozen=True)
-class PrecisionFigures:
-    """One run's figures for one precision: a row of :func:`side_by_side` (a figure not measured is ``–``).
-
-    Attributes:
-        run: The run's label.
-        precision: The precision (``–`` for a run with none).
-        size_mb: Size on disk, MB.
-        x_fp32: Size over the FP32 build's.
-        checks_passed: ``passed/checked`` (and how many were inconclusive).
-        top1_agreement: Top-1 agreement with FP32 (``reference`` for FP32 itself).
-        decode_tps: Headline decode speed, tokens/s.
-        ttft_ms: Headline time to first token, ms.
-        peak_rss_mib: Headline peak RSS, MiB.
-    """
-
-    run: str
-    precision: str
-    size_mb: float | str = NOT_MEASURED
-    x_fp32: float | str = NOT_MEASURED
-    checks_passed: str = NOT_MEASURED
-    top1_agreement: float | str = NOT_MEASURED
-    decode_tps: float | str = NOT_MEASURED
-    ttft_ms: float | str = NOT_MEASURED
-    peak_rss_mib: float | str = NOT_MEASURED
-
-
 def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[PrecisionFigures]:
     """One row per run and precision: size, checks passed, top-1 agreement, decode, TTFT, peak RSS.
 
@@ -115,41 +90,6 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[PrecisionFigures]:
                 **({"decode_tps": head.decode_tps, "ttft_ms": head.ttft_ms, "peak_rss_mib": head.peak_rss_mib}
                    if head else {})))
     return rows
-
-
-class Outcome(StrEnum):
-    """Where a precision stands in a recommendation (the row's ``outcome``; its ``verdict`` says it in words)."""
-
-    RECOMMENDED = "recommended"
-    FAILED = "failed"  # failed a check
-    LARGER = "larger"
-    SLOWER = "slower"
-    NOT_CHECKED = "not_checked"
-
-
-@dataclass(frozen=True)
-class PrecisionOutcome:
-    """One precision in a :class:`Recommendation`: its figures (as :class:`PrecisionFigures`), outcome and verdict.
-
-    Attributes:
-        precision: The precision.
-        size_mb, x_fp32, checks_passed, top1_agreement, decode_tps, ttft_ms, peak_rss_mib: As :class:`PrecisionFigures`.
-        ttft_typical_ms: Time to first token at about :data:`TYPICAL_PROMPT` prompt tokens, ms.
-        outcome: Where it stands (:class:`Outcome`).
-        verdict: The outcome in words: recommended, or why it lost.
-    """
-
-    precision: str
-    size_mb: float | str = NOT_MEASURED
-    x_fp32: float | str = NOT_MEASURED
-    checks_passed: str = NOT_MEASURED
-    top1_agreement: float | str = NOT_MEASURED
-    decode_tps: float | str = NOT_MEASURED
-    ttft_ms: float | str = NOT_MEASURED
-    peak_rss_mib: float | str = NOT_MEASURED
-    ttft_typical_ms: float | str = NOT_MEASURED
-    outcome: Outcome = Outcome.NOT_CHECKED
-    verdict: str = ""
 
 
 @dataclass(frozen=True)
@@ -429,27 +369,6 @@ def _paired_words(comparisons: dict[str, list[PairedComparison]], below: dict[st
 
 #: How a timing of a run measured once is judged: not at all (set ``repeats`` to 2 or more).
 NOT_JUDGED = "not judged: one repeat measures no spread"
-
-
-@dataclass(frozen=True)
-class TimingJudgement:
-    """One timing figure of two runs, judged against both runs' spread (:func:`judge_timing`).
-
-    Attributes:
-        figure: The :class:`BenchRow` field (``decode_tps`` or ``ttft_ms``).
-        a: Run a's figure.
-        b: Run b's figure.
-        change_pct: b against a, % (``–`` when a is 0).
-        noise: Two standard deviations of the difference.
-        judged: ``faster``, ``slower``, ``same, within noise``, or why it was not judged.
-    """
-
-    figure: str
-    a: float
-    b: float
-    change_pct: float | str
-    noise: float
-    judged: str
 
 
 def judge_timing(figure: str, row_a: BenchRow, row_b: BenchRow) -> TimingJudgement:

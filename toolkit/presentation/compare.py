@@ -19,9 +19,7 @@ from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain.deployment_choice import (
     NOT_JUDGED,
-    NOT_MEASURED,
     TYPICAL_PROMPT,
-    PrecisionFigures,
     RunFigures,
     judge_timing,
     recommend,
@@ -31,6 +29,7 @@ from slmops.toolkit.domain.provenance import RunRecord, differences, machine_dif
 from slmops.toolkit.domain.results.bench import BenchRow
 from slmops.toolkit.domain.results.checklist import QualityRecord
 from slmops.toolkit.domain.results.conversion import read_conversions
+from slmops.toolkit.domain.results.deployment import NOT_MEASURED, PrecisionFigures
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import (
     Status,
@@ -174,7 +173,7 @@ class VerdictChange:
 @dataclass(frozen=True)
 class TimingChange:
     """One timing of the same bench row in two runs, judged against both runs' spread
-    (:class:`~slmops.toolkit.domain.deployment_choice.TimingJudgement`'s fields after the row's).
+    (:class:`~slmops.toolkit.domain.results.deployment.TimingJudgement`'s fields after the row's).
 
     Attributes:
         precision: The precision.
@@ -182,7 +181,7 @@ class TimingChange:
         prompt: Prompt tokens asked.
         gen: Generated tokens asked.
         threads: Intra-op threads.
-        figure, a, b, change_pct, noise, judged: As :class:`~slmops.toolkit.domain.deployment_choice.TimingJudgement`.
+        figure, a, b, change_pct, noise, judged: As :class:`~slmops.toolkit.domain.results.deployment.TimingJudgement`.
     """
 
     precision: str

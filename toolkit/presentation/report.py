@@ -19,11 +19,11 @@ from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
 from slmops.toolkit.domain import deployment_choice
-from slmops.toolkit.domain.deployment_choice import PrecisionFigures, PrecisionOutcome
 from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.results.bench import BenchFile, TtftLine
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
+from slmops.toolkit.domain.results.deployment import NOT_MEASURED, Outcome, PrecisionFigures, PrecisionOutcome
 from slmops.toolkit.domain.results.recipes import read_recipes
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
 from slmops.toolkit.domain.results.sweep import Placement
@@ -206,7 +206,7 @@ def run_story(recommendation: deployment_choice.Recommendation | None, bench_rep
     rows = recommendation.rows if recommendation else []
     story = _size_speed_sentence(rows)
     failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
-    kept = [r for r in rows if r.outcome not in (deployment_choice.Outcome.FAILED, deployment_choice.Outcome.NOT_CHECKED)]
+    kept = [r for r in rows if r.outcome not in (Outcome.FAILED, Outcome.NOT_CHECKED)]
     if rows:
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
@@ -227,7 +227,7 @@ RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/r
 def run_summary(run_dir: str | os.PathLike[str]) -> list[PrecisionFigures]:
     """One row per precision of a run: size, checks passed, top-1 agreement, decode speed, latency, memory."""
     rows = deployment_choice.side_by_side([("", compare.load_run(run_dir))])
-    return [row for row in rows if row.precision != deployment_choice.NOT_MEASURED]
+    return [row for row in rows if row.precision != NOT_MEASURED]
 
 
 def run_versions(run_dir: str | os.PathLike[str]) -> dict[str, str]:
