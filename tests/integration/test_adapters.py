@@ -27,6 +27,18 @@ ADAPTER_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] + 
                     "'<|end_turn|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}")
 
 
+def test_an_adapter_saving_the_head_of_a_tied_base_converts_and_passes_parity(tmp_path: Path) -> None:
+    """The merge of tests/unit/test_adapters.py's tied-head adapter, converted: its FP32 build passes the parity gate."""
+    from tests.models import make_tiny_model
+
+    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
+    adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
+                           modules_to_save=["embed_tokens", "lm_head"])
+    out = tmp_path / "fp32"
+    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
+    assert read_manifest(out).parity.verdict == "pass"
+
+
 def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny_model: Path, tmp_path: Path) -> None:
     import torch
     from peft import PeftModel

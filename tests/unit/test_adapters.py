@@ -90,9 +90,7 @@ def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Pa
     ids = torch.tensor([[5, 400, 17, 401, 3]])
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, PeftModel.from_pretrained(base, adapter)(ids).logits, atol=1e-4)
-    out = tmp_path / "fp32"
-    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
-    assert json.loads((out / "manifest.json").read_text())["parity"]["verdict"] == "pass"
+    # Converted, its build passes the parity gate: tests/integration/test_adapters.py (a conversion is not fast).
 
 
 def test_lora_on_a_tied_head_is_refused_and_a_merge_that_changes_the_model_is_never_kept(

@@ -3,6 +3,10 @@
 One record, :class:`Placement`, written and read with the codec (:mod:`slmops.toolkit.core.codec`):
 :func:`write_placements` is its writer, :func:`read_placements` its reader. The file is a list, one
 entry per point, each with its ``node_type`` beside the fields (for a reader without the toolkit).
+
+Version history of ``placements.json``:
+
+1. A list of placements (a list carries no ``schema_version``: it is version 1).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, codec
 
+#: The version :func:`write_placements` writes (the file is a list: no ``schema_version`` in it).
+SCHEMA_VERSION = 1
 #: Where a distributed sweep records its points' placements, in the sweep's folder.
 PLACEMENTS = "placements.json"
 
