@@ -199,3 +199,19 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
 
     with LoadedModel(f"tiny-{variant}") as loaded:
         assert loaded.generate([{"role": "user", "content": "hello"}], max_tokens=3).completion_tokens >= 1
+
+
+def test_an_adapter_trained_from_a_relative_base_finds_it_from_anywhere(tiny_model: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finetune data.jsonl --base tiny`` wrote "tiny" into adapter_config.json: found from no other folder."""
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text(json.dumps(LINE) + "\n")
+    monkeypatch.chdir(tiny_model.parent)
+    result = finetune.finetune(finetune.FinetuneSpec(base=Path(tiny_model.name), out=tmp_path / "lora",
+                                                     data=data, rank=2, steps=1, batch=1),
+                               progress=False)
+    config = json.loads((result.adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert inspect_adapter(result.adapter).base == tiny_model.resolve()
