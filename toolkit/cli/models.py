@@ -131,6 +131,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.ray and args.adapter:
+        raise InputError("--adapter is not served on Ray yet: leave out --ray to serve the adapters over one base.")
     if args.ray:
         endpoint.run_ray(args.names, address=args.address, replicas=args.replicas, replica_cpus=args.replica_cpus,
                          host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
@@ -144,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               log_level="info" if flag(args, "debug") or flag(args, "verbose") else "warning",
               stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
               request_timeout_s=args.request_timeout or None, log_requests=args.log_requests,
-              batch_size=args.batch_size, policy=args.schedule)
+              batch_size=args.batch_size, policy=args.schedule, adapters=args.adapter)
     return 0
 
 
@@ -236,6 +238,11 @@ def _serve_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argume
                    help="when waiting requests join the batch: prefill-first (all of them before the next decode "
                    "step: the shortest time to first token) or decode-first (one per decode step); default "
                    f"{endpoint.DEFAULT_POLICY}")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=FILE",
+                   help="serve a fine-tune as model NAME over the one NAME given (its base, built with `slmops convert "
+                   "ADAPTER --keep-adapter`): FILE is an .onnx_adapter file of that build (repeatable). The base "
+                   "loads once; each request runs its model's adapter, switched with no reload (requests of one "
+                   "adapter are decoded together); response_format and tools need the merged build")
     p.add_argument("--ray", action="store_true",
                    help="serve on Ray Serve instead: each model a deployment of --replicas copies across the Ray "
                    "cluster at --address (default: a local Ray), behind the same OpenAI API on --host/--port")

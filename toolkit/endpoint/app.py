@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from slmops.toolkit.endpoint.adapters import ServedAdapter, adapter_hosts
 from slmops.toolkit.endpoint.hosts import ModelHost, ModelState, load_all
 from slmops.toolkit.endpoint.metrics import Metrics
 from slmops.toolkit.endpoint.options import ServeOptions
@@ -128,7 +129,8 @@ ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/v1/chat/completions"}
 
 
 def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key: str | None = None,
-               options: ServeOptions | None = None, log_requests: bool = False, **limits):
+               options: ServeOptions | None = None, log_requests: bool = False,
+               adapters: Sequence[ServedAdapter] = (), **limits):
     """The ASGI application serving ``names`` (loaded in the background when it starts).
 
     Args:
@@ -137,12 +139,15 @@ def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key
         api_key: When set, every request but ``/health`` and ``/metrics`` needs ``Authorization: Bearer <api_key>``.
         options: Limits and timings (:class:`~slmops.toolkit.endpoint.options.ServeOptions`).
         log_requests: Write one access-log line per request to stderr.
+        adapters: Fine-tunes served by name over the one model of ``names`` (:mod:`.adapters`).
         **limits: Single :class:`~slmops.toolkit.endpoint.options.ServeOptions` fields, instead of ``options``.
     """
     options = options or ServeOptions(**limits)
-    metrics = Metrics(names)
+    metrics = Metrics([*names, *(a.name for a in adapters)])
     hosts = {name: ModelHost(name, cache, options.batch_size, options.policy, on_step=metrics.batch_size.labels(
         model=name).observe) for name in names}
+    if adapters:
+        hosts |= adapter_hosts(adapters, hosts[names[0]])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -105,15 +105,17 @@ class BatchedChat:
         prompt = len(self.model.prompt_ids(body["messages"]))
         return prompt + int(body.get("max_tokens") or 1) <= self.engine.capacity
 
-    def stream(self, body: dict) -> Iterator[str | Usage]:
-        """The chunks of ``body``'s answer as JSON text, then its :class:`Usage` (closing the iterator cancels it)."""
+    def stream(self, body: dict, adapter: str = "") -> Iterator[str | Usage]:
+        """The chunks of ``body``'s answer as JSON text, then its :class:`Usage` (closing the iterator cancels it);
+        ``adapter``: the engine's adapter it runs with (``""``: none)."""
         prompt = self.model.prompt_ids(body["messages"])
         max_tokens = int(body.get("max_tokens") or self.engine.capacity - len(prompt))
         greedy = body.get("metadata", {}).get("top_k") == "1"
         sampling = self.engine.settings.sampling(max_tokens, 0.0 if greedy else body["temperature"],
                                                  body.get("top_p"), body["seed"])
         tokens: queue.SimpleQueue = queue.SimpleQueue()
-        sequence = self.engine.submit(prompt, sampling, lambda token, reason: tokens.put((token, reason)))
+        sequence = self.engine.submit(prompt, sampling, lambda token, reason: tokens.put((token, reason)),
+                                      adapter=adapter)
         chunk = _Chunks(body["model"])
         try:
             yield chunk.role()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import settings, workers
 from slmops.toolkit.core.errors import InputError, SlmopsError
+from slmops.toolkit.endpoint.adapters import check_adapters
 from slmops.toolkit.endpoint.app import create_app
 from slmops.toolkit.endpoint.options import (
     DEFAULT_BATCH_SIZE,
@@ -76,21 +77,27 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
         cache: str | Path | None = None, log_level: str = "warning",
         stream_interval_s: float = STREAM_INTERVAL_S, max_queue: int = DEFAULT_MAX_QUEUE,
         request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY) -> None:
+        batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, adapters: Sequence[str] = ()) -> None:
     """Serve ``names`` until SIGTERM or Ctrl-C (both graceful); see :mod:`slmops.toolkit.endpoint`.
+
+    ``adapters`` (``NAME=FILE`` each, ``--adapter``) serves fine-tunes by name over the one model of ``names``
+    (:mod:`slmops.toolkit.endpoint.adapters`).
 
     Raises:
         InputError, ModelNotFoundError: from :func:`check_options`, before anything starts.
-        InputError: the port is taken, or an option is out of range.
+        InputError: the port is taken, an option is out of range, or an adapter cannot be served
+            (:func:`~slmops.toolkit.endpoint.adapters.check_adapters`).
     """
     import uvicorn
 
     options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
                        request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
-    if api_key is None and probe_web_service(names[0], cache).serves:
+    served = check_adapters(names, adapters, cache, batch_size)
+    if api_key is None and not served and probe_web_service(names[0], cache).serves:
         serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
         return
-    app = create_app(names, cache=cache, api_key=api_key, options=options, log_requests=log_requests)
+    app = create_app(names, cache=cache, api_key=api_key, options=options, log_requests=log_requests, adapters=served)
+    names = [*names, *(f"{a.name} (adapter)" for a in served)]
     print(f"Serving {', '.join(names)} at http://{host}:{port}/v1 (OpenAI-compatible, "
           f"{'bearer key required' if api_key else 'no key'}); loading. Ctrl-C or SIGTERM stops it once in-flight "
           "requests finish.", file=sys.stderr, flush=True)
@@ -180,17 +187,18 @@ def healthy(url: str) -> bool:
 def background(names: Sequence[str], *, port: int | None = None, cache: str | Path | None = None,
                api_key: str | None = None, log_path: Path | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False,
-               batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY):
+               batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, adapters: Sequence[str] = ()):
     """Start the endpoint for ``names`` in a child process, yield an :class:`Endpoint` once every model is loaded.
 
     ``max_queue``, ``request_timeout_s``, ``batch_size`` and ``policy`` are :class:`ServeOptions` fields,
-    ``log_requests`` :func:`create_app`'s (the log goes to ``log_path``).
+    ``log_requests`` :func:`create_app`'s (the log goes to ``log_path``), ``adapters`` :func:`run`'s.
 
     Example:
         >>> with background(["smollm2-int4"]) as endpoint:
         ...     endpoint.client().chat.completions.create(model="smollm2-int4", messages=[...])
     """
     check_options(names, DEFAULT_HOST, port or 0, api_key, cache)
+    check_adapters(names, adapters, cache, batch_size)
     port = port or free_port()
     root = f"http://{DEFAULT_HOST}:{port}"
     args = [*names, "--host", DEFAULT_HOST, "--port", str(port), "--cache-dir", str(settings.cache_dir(cache))]
@@ -200,6 +208,8 @@ def background(names: Sequence[str], *, port: int | None = None, cache: str | Pa
              "--batch-size", str(batch_size), "--schedule", str(policy)]
     if log_requests:
         args.append("--log-requests")
+    for adapter in adapters:
+        args.append(f"--adapter={adapter}")
     log = log_path or settings.cache_dir(cache) / ".logs" / f"serve-{port}.log"
     service = workers.start_service(workers.python_module("slmops.toolkit.endpoint", *args), log_path=log,
                                     name=f"endpoint for {', '.join(names)}", ready=lambda: healthy(root))
@@ -253,7 +263,7 @@ def call_tool_once(name: str, case: dict | None, *, cache: str | Path | None = N
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m slmops.toolkit.endpoint NAME... [--host H] [--port N] [--api-key K] [--cache-dir D] [--max-queue N]
-    [--request-timeout S] [--log-requests]`` (the child)."""
+    [--request-timeout S] [--log-requests] [--adapter NAME=FILE]...`` (the child)."""
     parser = argparse.ArgumentParser(prog="python -m slmops.toolkit.endpoint")
     parser.add_argument("names", nargs="+")
     parser.add_argument("--host", default=DEFAULT_HOST)
@@ -265,11 +275,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--log-requests", action="store_true")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--schedule", default=DEFAULT_POLICY)
+    parser.add_argument("--adapter", action="append", default=[])
     args = parser.parse_args(argv)
     try:
         run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
             max_queue=args.max_queue, request_timeout_s=args.request_timeout or None, log_requests=args.log_requests,
-            batch_size=args.batch_size, policy=args.schedule)
+            batch_size=args.batch_size, policy=args.schedule, adapters=args.adapter)
     except SlmopsError as exc:
         sys.exit(str(exc))
 

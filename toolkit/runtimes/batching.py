@@ -135,6 +135,7 @@ class Sequence:
         self._seen = set(self.seen.tolist())
         self.rng = np.random.default_rng(sampling.seed)
         self.length = 0  # tokens in the cache row
+        self.adapter = ""  # the adapter it runs with (a key of BatchEngine.adapters; "": the graph alone)
         self.cancelled = threading.Event()
         #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
         #: score over the next best (a near tie is where batched numerics may pick the other token).
@@ -177,9 +178,12 @@ class BatchEngine:
         shape = (batch_size, s.kv_heads, self.capacity, s.head_size)
         self.keys = [np.zeros(shape, np.float32) for _ in range(s.layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(s.layers)]
-        self._bindings: dict[tuple[int, int], object] = {}
+        self._bindings: dict[tuple[int, int, str], object] = {}
         self.vocab = int(self.session.get_outputs()[0].shape[-1])
         self.active: list[Sequence] = []
+        #: Graph inputs bound on the runs of each adapter's sequences, by adapter name (an adapter's LoRA matrices as
+        #: ``OrtValue`` s, see :mod:`slmops.toolkit.runtimes.adapter_weights`); one batch runs one adapter.
+        self.adapters: dict[str, dict[str, object]] = {}
         self.inbox: queue.Queue[Sequence | None] = queue.Queue()
         self.waiting: list[Sequence] = []
         self.steps = 0
@@ -190,9 +194,12 @@ class BatchEngine:
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
         self.thread.start()
 
-    def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False) -> Sequence:
-        """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`)."""
+    def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False,
+               adapter: str = "") -> Sequence:
+        """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`), each
+        computed with ``adapter``'s inputs (:attr:`adapters`; ``""``: the graph alone)."""
         sequence = Sequence(prompt, sampling, emit)
+        sequence.adapter = adapter
         sequence.gaps = [] if record_gaps else None
         self.inbox.put(sequence)
         return sequence
@@ -234,8 +241,12 @@ class BatchEngine:
         """Prefill waiting sequences into free rows, as the policy says (together, within :data:`PREFILL_POSITIONS`)."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
-        count = min(room, len(self.waiting), len(self.waiting) if self.policy is Policy.PREFILL_FIRST or not self.active
-                    else 1)
+        # One adapter per batch: the running batch's (else the first waiting sequence's) sequences that came before
+        # any other adapter's join; the others wait until the batch has drained.
+        head = self.active or self.waiting
+        adapter = head[0].adapter if head else ""
+        same = next((i for i, s in enumerate(self.waiting) if s.adapter != adapter), len(self.waiting))
+        count = min(room, same, same if self.policy is Policy.PREFILL_FIRST or not self.active else 1)
         while count > 0:
             group, longest = self.waiting[:1], len(self.waiting[0].prompt)
             for sequence in self.waiting[1:count]:
@@ -253,9 +264,10 @@ class BatchEngine:
             return True
         return False
 
-    def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray, last: np.ndarray) -> np.ndarray:
+    def _run(self, rows: slice, input_ids: np.ndarray, mask: np.ndarray, last: np.ndarray,
+             adapter: str = "") -> np.ndarray:
         """One forward pass on the cache rows ``rows`` (past and present share their buffers); ``last``: each row's
-        last position, for a graph with :data:`LAST_POSITIONS`.
+        last position, for a graph with :data:`LAST_POSITIONS`; ``adapter``: whose inputs (:attr:`adapters`).
 
         Returns:
             A decode step's logits ``[rows, vocab]``; a prefill's as the graph gives them,
@@ -265,9 +277,9 @@ class BatchEngine:
         costs a Python object per output); a prefill's, whose shape the graph decides (every position,
         or the last only), to one ONNX Runtime allocates.
         """
-        key = (rows.start, rows.stop)
+        key = (rows.start, rows.stop, adapter)
         binding = self._bindings.get(key)
-        if binding is None:  # the cache's pointers of these rows, bound once
+        if binding is None:  # the cache's pointers of these rows (and the adapter's inputs), bound once
             binding = self._bindings[key] = self.session.io_binding()
             for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
                 for kind, cache in (("key", keys), ("value", values)):
@@ -275,6 +287,8 @@ class BatchEngine:
                     pointer, shape = view.ctypes.data, view.shape
                     binding.bind_input(f"past_key_values.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
                     binding.bind_output(f"present.{layer}.{kind}", "cpu", 0, np.float32, shape, pointer)
+            for name, value in self.adapters.get(adapter, {}).items():
+                binding.bind_ortvalue_input(name, value)
         binding.bind_cpu_input("input_ids", input_ids)
         binding.bind_cpu_input("attention_mask", mask)
         if self.last_input:
@@ -296,7 +310,7 @@ class BatchEngine:
         for row, sequence in enumerate(group):
             ids[row, :len(sequence.prompt)] = sequence.prompt
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-        logits = self._run(slice(first, first + len(group)), ids, mask, lengths - 1)
+        logits = self._run(slice(first, first + len(group)), ids, mask, lengths - 1, group[0].adapter)
         self.prefills += 1
         if logits.shape[1] > 1:  # every position's: each row's own last
             logits = logits[np.arange(len(group)), lengths - 1]
@@ -314,7 +328,7 @@ class BatchEngine:
         total = int(lengths.max()) + 1
         mask = (np.arange(total)[None, :] <= lengths[:, None]).astype(np.int64)
         ids = np.asarray([[s.generated[-1]] for s in self.active], dtype=np.int64)
-        logits = self._run(slice(0, n), ids, mask, np.zeros(n, np.int64))
+        logits = self._run(slice(0, n), ids, mask, np.zeros(n, np.int64), self.active[0].adapter)
         for sequence in self.active:
             sequence.length += 1
         self.steps += 1
