@@ -122,3 +122,47 @@ def test_adapters_that_cannot_be_served_are_refused_in_one_line_before_serving(
     assert cli.main(["serve", BASE, "--adapter", f"support={builds['kept'] / 'model.onnx'}"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "--keep-adapter" in error, error
+
+
+def test_one_batch_holds_one_adapter_and_another_adapters_request_waits_its_turn_in_arrival_order(builds) -> None:
+    """The engine's schedule: a request of another adapter waits for the running batch to drain, and one of the
+    running adapter that came after it waits behind it; each answers as it does alone."""
+    import threading
+    import time
+
+    from slmops.toolkit.runtimes.adapter_weights import load_adapter, lora_inputs
+    from slmops.toolkit.runtimes.batching import BatchEngine
+
+    engine = BatchEngine(builds["kept"], batch_size=4)
+    inputs = lora_inputs(builds["kept"] / "model.onnx")
+    for name in ("support", "legal"):
+        engine.adapters[name] = load_adapter(builds[name], inputs, BASE).values
+    prompt = [5 + i for i in range(12)]
+
+    def run(order: list[str]) -> list[tuple[list[int], float]]:
+        results: list = [None] * len(order)
+        done = threading.Semaphore(0)
+        for i, adapter in enumerate(order):
+            tokens: list[int] = []
+
+            def emit(token, reason, i=i, tokens=tokens):
+                if token is not None:
+                    tokens.append((token, time.perf_counter()))
+                else:
+                    results[i] = ([t for t, _ in tokens], tokens[0][1])
+                    done.release()
+
+            engine.submit(prompt, engine.settings.sampling(12, 0.0), emit, adapter=adapter)
+        for _ in order:
+            assert done.acquire(timeout=120)
+        return results
+
+    try:
+        alone = {name: run([name])[0][0] for name in ("support", "legal", "")}
+        assert len(set(map(tuple, alone.values()))) == 3  # the adapters change the answer
+        mixed = run(["support", "support", "legal", "support", ""])
+        assert [tokens for tokens, _ in mixed] == [alone[a] for a in ("support", "support", "legal", "support", "")]
+        first = [start for _, start in mixed]
+        assert first[1] < first[2] < first[3] < first[4]  # legal before the later support, the base last
+    finally:
+        engine.close()

@@ -103,7 +103,8 @@ def test_prompts_of_different_lengths_are_prefilled_in_one_run_and_answer_as_alo
     """Five prompts of 6 to 18 tokens that wait together are prefilled in one run (right-padded) beside a running
     sequence, and each answers as asked alone, on the full graph and on the pruned one (whose last position is
     the padded batch's, not each prompt's, unless the engine gives each row its own)."""
-    engine = BatchEngine(tiny_int4 if graph == "all-positions" else pruned_int4, batch_size=8)
+    engine = BatchEngine(tiny_int4 if graph == "all-positions" else pruned_int4, batch_size=8,
+                         prefill_positions=5 * 18)
     try:
         prompts = _prompts(5)
         alone = [_generate(engine, [prompt])[0] for prompt in prompts]
@@ -130,6 +131,39 @@ def test_prompts_of_different_lengths_are_prefilled_in_one_run_and_answer_as_alo
         outcomes = [_same_or_near_tie(a, b) for a, b in zip(alone, together, strict=True)]
         print(outcomes)
         assert outcomes.count("same") >= len(prompts) - 1
+    finally:
+        engine.close()
+
+
+def test_prompts_waiting_together_past_the_run_cap_are_prefilled_a_run_per_step(tiny_int4: Path) -> None:
+    """Six prompts that wait together, twice what one prefill run holds (:data:`PREFILL_POSITIONS`), are prefilled in
+    two runs with a decode step of the running sequence between them: the first run's first tokens do not wait for
+    the second run (before, every waiting prompt was prefilled in one run ahead of the next decode step)."""
+    engine = BatchEngine(tiny_int4, batch_size=8)
+    try:
+        held, release, firsts = threading.Event(), threading.Event(), {}
+
+        def hold_engine(token, reason) -> None:  # the engine's thread waits here at the running sequence's first token
+            if token is not None and not held.is_set():
+                held.set()
+                assert release.wait(60)
+
+        running = engine.submit(_prompts(1)[0], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
+                                                                    min_length=10**6), hold_engine)
+        assert held.wait(30)
+        before, length = engine.prefills, 21  # three prompts of 21 fit a run of PREFILL_POSITIONS (64), not four
+        for i in range(6):
+            engine.submit([5 + (11 * i + j) % 200 for j in range(length)], engine.settings.sampling(3, 0.0),
+                          lambda token, reason, i=i: firsts.setdefault(i, (engine.prefills - before, engine.steps)))
+        end = time.monotonic() + 30
+        while engine.inbox.qsize() < 6 and time.monotonic() < end:
+            time.sleep(0.001)
+        release.set()
+        while len(firsts) < 6 and time.monotonic() < end:
+            time.sleep(0.001)
+        running.cancel()
+        assert [firsts[i][0] for i in range(6)] == [1, 1, 1, 2, 2, 2], firsts
+        assert firsts[3][1] > firsts[0][1], firsts  # a decode step between the two runs
     finally:
         engine.close()
 
@@ -162,7 +196,9 @@ def test_a_cancelled_sequence_frees_its_row_within_one_decode_step(tiny_int4: Pa
         assert started.wait(30)
         waiting = engine.submit(_prompts(2)[1], engine.settings.sampling(4, 0.0),
                                 lambda token, reason: first_of_next.append(engine.steps) if token is not None else 0)
-        time.sleep(0.05)
+        end = time.monotonic() + 30
+        while engine.steps < 5 and time.monotonic() < end:  # a few steps, well before the row's capacity
+            time.sleep(0.0005)
         assert not first_of_next  # the one row is taken
         cancelled_at = engine.steps
         leaving.cancel()

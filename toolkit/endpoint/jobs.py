@@ -114,14 +114,16 @@ class Job:
         Args:
             request: Watched for a client that leaves (None: not watched, as a streamed response is
                 watched by Starlette itself).
-            poll_s: How often the connection and the deadline are checked, in seconds.
+            poll_s: How often the connection is checked, in seconds (the deadline ends the wait in any case).
 
         Raises:
             Gone: the client left (the job is dropped).
             ApiError: 504 when the request's deadline passed before its answer was ready (the job is dropped).
         """
         while True:
-            wait = poll_s if self.deadline is None else max(0.0, min(poll_s, self.deadline - time.monotonic()))
+            # Without a connection to watch only the deadline ends the wait: no wake-up every poll_s per stream.
+            left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+            wait = min((t for t in (poll_s if request is not None else None, left) if t is not None), default=None)
             try:
                 return await asyncio.wait_for(self.queue.get(), timeout=wait)
             except TimeoutError:

@@ -16,8 +16,8 @@ Every answer from a replica carries :data:`REPLICA_HEADER` (the replica's id) an
 :data:`NODE_HEADER` (its Ray node's id).
 """
 
-# No postponed annotations in this module: Ray Serve's class-based view hands FastAPI the routes' signatures, and
-# FastAPI would look their names up in Ray's module, not this one (the request became a query parameter: 422).
+# No postponed annotations in this module: FastAPI reads the routes' signatures (their ``Annotated`` dependency
+# included) when it builds the application.
 import asyncio
 import contextlib
 import json
@@ -25,8 +25,9 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slmops.toolkit.core.errors import InputError
@@ -109,128 +110,156 @@ async def _forwarded(request) -> Forwarded:
                      await request.body())
 
 
-def _deployments(names: Sequence[str], *, replicas: int, replica_cpus: float, cache: str | None,
-                 api_key: str | None, options: ServeOptions, log_requests: bool):
-    """The Ray Serve application: an ingress deployment bound to one replica set per model."""
+class ModelReplica:
+    """The endpoint's application for one model, loaded in the constructor (Ray waits for it).
+
+    A Ray Serve deployment once :func:`_deployments` wraps it (``--replicas`` copies of ``--replica-cpus`` each).
+    """
+
+    def __init__(self, name: str, cache: str | None, api_key: str | None, settings: dict, log_requests: bool) -> None:
+        import ray
+        from ray import serve
+
+        from slmops.toolkit.endpoint.app import create_app
+        from slmops.toolkit.endpoint.hosts import ModelState, load_all
+
+        self.app = create_app([name], cache=cache, api_key=api_key, options=ServeOptions(**settings),
+                              log_requests=log_requests)
+        self.hosts = self.app.state.hosts  # loaded here, not by the application's lifespan
+        load_all(self.hosts)
+        if any(host.state is not ModelState.READY for host in self.hosts.values()):
+            raise RuntimeError(f"{name} did not load: {self.hosts[name].error}")
+        context = serve.get_replica_context()
+        self.headers = ((REPLICA_HEADER.encode(), context.replica_id.unique_id.encode()),
+                        (NODE_HEADER.encode(), ray.get_runtime_context().get_node_id().encode()))
+
+    async def handle(self, request: Forwarded) -> AsyncIterator[dict]:
+        """``request``'s response messages (streamed through the handle)."""
+        async for message in call_asgi(self.app, request, self.headers):
+            yield message
+
+    def __del__(self) -> None:
+        for host in getattr(self, "hosts", {}).values():
+            host.close()
+
+
+class Ingress:
+    """Routes each request to a replica of its model: the ingress deployment, its routes the functions of :data:`_ROUTES`.
+
+    Args:
+        models: Each model's name and the Ray Serve handle of its replicas.
+    """
+
+    def __init__(self, **models) -> None:
+        self.models = models  # name -> DeploymentHandle
+
+    async def forward(self, name: str, request: Request) -> Response:
+        """``request`` answered by a replica of ``name``, streamed back as it comes (a client that leaves cancels it)."""
+        forwarded = await _forwarded(request)
+        call = self.models[name].options(stream=True, method_name="handle").remote(forwarded)
+        try:
+            start = await call.__anext__()
+        except BaseException:
+            call.cancel()
+            raise
+        headers = {k.decode(): v.decode() for k, v in start["headers"] if k.lower() != b"content-length"}
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for message in call:
+                    if message.get("body"):
+                        yield message["body"]
+            finally:
+                call.cancel()
+
+        return StreamingResponse(body(), status_code=start["status"], headers=headers)
+
+    async def gather(self, path: str, request: Request) -> list[tuple[int, dict]]:
+        """Each model's answer to ``GET path`` (one replica each): status and JSON body."""
+        answers = []
+        for name in self.models:
+            forwarded = Forwarded("GET", path, b"", tuple(request.headers.raw), b"")
+            chunks, status = [], 500
+            async for message in self.models[name].options(stream=True, method_name="handle").remote(forwarded):
+                status = message.get("status", status)
+                chunks.append(message.get("body", b""))
+            answers.append((status, json.loads(b"".join(chunks) or b"{}")))
+        return answers
+
+
+def _ingress() -> Ingress:
+    """The ingress replica serving the request (a FastAPI dependency of the routes)."""
     from ray import serve
 
-    @serve.deployment(num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus},
-                      max_ongoing_requests=options.batch_size + options.max_queue + 8)
-    class ModelReplica:
-        """The endpoint's application for one model, loaded in the constructor (Ray waits for it)."""
+    return serve.get_replica_context().servable_object
 
-        def __init__(self, name: str, cache: str | None, api_key: str | None, settings: dict,
-                     log_requests: bool) -> None:
-            import ray
 
-            from slmops.toolkit.endpoint.app import create_app
-            from slmops.toolkit.endpoint.hosts import ModelState, load_all
+#: A route's parameter that FastAPI fills with the ingress replica.
+TheIngress = Annotated[Ingress, Depends(_ingress)]
 
-            self.app = create_app([name], cache=cache, api_key=api_key, options=ServeOptions(**settings),
-                                  log_requests=log_requests)
-            self.hosts = self.app.state.hosts  # loaded here, not by the application's lifespan
-            load_all(self.hosts)
-            if any(host.state is not ModelState.READY for host in self.hosts.values()):
-                raise RuntimeError(f"{name} did not load: {self.hosts[name].error}")
-            context = serve.get_replica_context()
-            self.headers = ((REPLICA_HEADER.encode(), context.replica_id.unique_id.encode()),
-                            (NODE_HEADER.encode(), ray.get_runtime_context().get_node_id().encode()))
+# The routes are functions of this module, not methods: Ray Serve pickles the application, and these are found by
+# name in the replica, with their signatures (a method's ``self`` made a dependency in the driver was lost there).
+async def health(request: Request, ingress: TheIngress):
+    """Each model's ``/health`` (one replica each); 200 once all are ready."""
+    answers = await ingress.gather("/health", request)
+    models = {name: entry for _, answer in answers for name, entry in answer.get("models", {}).items()}
+    ok = all(status == 200 for status, _ in answers)
+    return JSONResponse({"status": "ok" if ok else "loading", "models": models}, status_code=200 if ok else 503)
 
-        async def handle(self, request: Forwarded) -> AsyncIterator[dict]:
-            """``request``'s response messages (streamed through the handle)."""
-            async for message in call_asgi(self.app, request, self.headers):
-                yield message
 
-        def __del__(self) -> None:
-            for host in getattr(self, "hosts", {}).values():
-                host.close()
+async def list_models(request: Request, ingress: TheIngress):
+    """OpenAI's model list: every model's."""
+    answers = await ingress.gather("/v1/models", request)
+    if any(status != 200 for status, _ in answers):
+        return JSONResponse(next(a for s, a in answers if s != 200), status_code=next(s for s, _ in answers if s != 200))
+    return {"object": "list", "data": [model for _, answer in answers for model in answer["data"]]}
+
+
+async def get_model(name: str, request: Request, ingress: TheIngress):
+    """One model (404 for any other)."""
+    return await ingress.forward(name if name in ingress.models else next(iter(ingress.models)), request)
+
+
+async def metrics(request: Request, ingress: TheIngress, model: str | None = None):
+    """One replica's Prometheus text, of ``model`` (default: the first)."""
+    if model is not None and model not in ingress.models:
+        return error_response(ApiError(404, f"No model {model!r} is served here.", code="model_not_found"))
+    return await ingress.forward(model or next(iter(ingress.models)), request)
+
+
+async def chat_completions(request: Request, ingress: TheIngress):
+    """To a replica of the body's model (a body that names none goes to the first, which says what is wrong)."""
+    try:
+        name = json.loads(await request.body()).get("model")
+    except (ValueError, AttributeError):
+        name = None
+    if isinstance(name, str) and name not in ingress.models:
+        return error_response(ApiError(404, f"The model {name!r} does not exist here: this endpoint serves "
+                                       f"{', '.join(ingress.models)}.", param="model", code="model_not_found"))
+    return await ingress.forward(name if isinstance(name, str) else next(iter(ingress.models)), request)
+
+
+#: The ingress's routes: method, path and function.
+_ROUTES = (("GET", "/health", health), ("GET", "/v1/models", list_models), ("GET", "/v1/models/{name}", get_model),
+           ("GET", "/metrics", metrics), ("POST", "/v1/chat/completions", chat_completions))
+
+
+def _deployments(names: Sequence[str], *, replicas: int, replica_cpus: float, cache: str | None,
+                 api_key: str | None, options: ServeOptions, log_requests: bool):
+    """The Ray Serve application: the :class:`Ingress` deployment bound to a :class:`ModelReplica` set per model."""
+    from ray import serve
 
     api = FastAPI(title="slmops OpenAI-compatible endpoint on Ray Serve", docs_url=None, redoc_url=None)
-
-    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
-    @serve.ingress(api)
-    class Ingress:
-        """Routes each request to a replica of its model."""
-
-        def __init__(self, **models) -> None:
-            self.models = models  # name -> DeploymentHandle
-
-        async def _forward(self, name: str, request: Request) -> Response:
-            forwarded = await _forwarded(request)
-            call = self.models[name].options(stream=True, method_name="handle").remote(forwarded)
-            try:
-                start = await call.__anext__()
-            except BaseException:
-                call.cancel()
-                raise
-            headers = {k.decode(): v.decode() for k, v in start["headers"] if k.lower() != b"content-length"}
-
-            async def body() -> AsyncIterator[bytes]:
-                try:
-                    async for message in call:
-                        if message.get("body"):
-                            yield message["body"]
-                finally:
-                    call.cancel()
-
-            return StreamingResponse(body(), status_code=start["status"], headers=headers)
-
-        async def _gather(self, path: str, request: Request) -> list[tuple[int, dict]]:
-            answers = []
-            for name in self.models:
-                forwarded = Forwarded("GET", path, b"", tuple(request.headers.raw), b"")
-                chunks, status = [], 500
-                async for message in self.models[name].options(stream=True, method_name="handle").remote(forwarded):
-                    status = message.get("status", status)
-                    chunks.append(message.get("body", b""))
-                answers.append((status, json.loads(b"".join(chunks) or b"{}")))
-            return answers
-
-        @api.get("/health")
-        async def health(self, request: Request):
-            """Each model's ``/health`` (one replica each); 200 once all are ready."""
-            answers = await self._gather("/health", request)
-            models = {name: entry for _, answer in answers for name, entry in answer.get("models", {}).items()}
-            ok = all(status == 200 for status, _ in answers)
-            return JSONResponse({"status": "ok" if ok else "loading", "models": models}, status_code=200 if ok else 503)
-
-        @api.get("/v1/models")
-        async def list_models(self, request: Request):
-            """OpenAI's model list: every model's."""
-            answers = await self._gather("/v1/models", request)
-            if any(status != 200 for status, _ in answers):
-                return JSONResponse(next(a for s, a in answers if s != 200),
-                                    status_code=next(s for s, _ in answers if s != 200))
-            return {"object": "list", "data": [model for _, answer in answers for model in answer["data"]]}
-
-        @api.get("/v1/models/{name}")
-        async def get_model(self, name: str, request: Request):
-            """One model (404 for any other)."""
-            return await self._forward(name if name in self.models else next(iter(self.models)), request)
-
-        @api.get("/metrics")
-        async def metrics(self, request: Request, model: str | None = None):
-            """One replica's Prometheus text, of ``model`` (default: the first)."""
-            if model is not None and model not in self.models:
-                return error_response(ApiError(404, f"No model {model!r} is served here.", code="model_not_found"))
-            return await self._forward(model or next(iter(self.models)), request)
-
-        @api.post("/v1/chat/completions")
-        async def chat_completions(self, request: Request):
-            """To a replica of the body's model (a body that names none goes to the first, which says what is wrong)."""
-            try:
-                name = json.loads(await request.body()).get("model")
-            except (ValueError, AttributeError):
-                name = None
-            if isinstance(name, str) and name not in self.models:
-                return error_response(ApiError(404, f"The model {name!r} does not exist here: this endpoint serves "
-                                               f"{', '.join(self.models)}.", param="model", code="model_not_found"))
-            return await self._forward(name if isinstance(name, str) else next(iter(self.models)), request)
-
+    for method, path, endpoint in _ROUTES:
+        api.add_api_route(path, endpoint, methods=[method])
+    ingress = serve.deployment(serve.ingress(api)(Ingress)).options(
+        num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+    replica = serve.deployment(ModelReplica).options(
+        num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus},
+        max_ongoing_requests=options.batch_size + options.max_queue + 8)
     settings = asdict(options)
-    models = {name: ModelReplica.options(name=f"model-{name}").bind(name, cache, api_key, settings, log_requests)
-              for name in names}
-    return Ingress.bind(**models)
+    return ingress.bind(**{name: replica.options(name=f"model-{name}").bind(name, cache, api_key, settings,
+                                                                           log_requests) for name in names})
 
 
 def deploy(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, replicas: int = 1,

@@ -8,15 +8,15 @@ is one buffer per layer of ``[batch, kv_heads, context, head_size]``, one row pe
 Active sequences hold rows ``0..n-1`` (a sequence that ends gives its row to the last one), so a
 decode step runs on the contiguous view of the first ``n`` rows.
 
-Waiting sequences join between steps, their prompts prefilled together in one run on the next free
-rows: the prompts right-padded to the longest, the attention mask marking each row's own tokens
-(GroupQueryAttention takes each row's length from it; the padding's keys and values land past the
-row's length, where its first decode step writes over them). Each row's first token comes from its
-own last prompt position: of every position's logits, or, where registration pruned the LM head
-to the last position (:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in
-memory whose ``Gather`` of the last position becomes a ``GatherND`` of each row's own
-(:data:`LAST_POSITIONS`, an input this engine adds; the weights are read from the folder as
-before). A pruned graph this module cannot edit prefills only prompts of one length together.
+Waiting sequences join between steps, their prompts prefilled together (one run per step, within
+:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the
+attention mask marking each row's own tokens (GroupQueryAttention takes each row's length from
+it; the padding's keys and values land past the row's length, where its first decode step writes
+over them). Each row's first token comes from its own last prompt position: of every position's
+logits, or, where registration pruned the LM head to the last position
+(:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in memory whose
+``Gather`` of the last position becomes a ``GatherND`` of each row's own (:data:`LAST_POSITIONS`,
+an input this engine adds; the weights are read from the folder as before). A pruned graph this module cannot edit prefills only prompts of one length together.
 
 Everything the model's ``genai_config.json`` says about generation applies, as ONNX Runtime
 GenAI applies it: end-of-sequence ids (held back before ``search.min_length``), the repetition
@@ -42,8 +42,11 @@ from slmops.toolkit.weights.context_limit import positions
 #: model's context or fewer (a request that would not fit is answered outside the batch).
 CACHE_BUDGET_MIB = 1024
 #: Most positions, padding included, that one prefill run computes (rows times the longest prompt);
-#: a sequence past it waits for the next run (a prompt longer than this is prefilled alone).
-PREFILL_POSITIONS = 4096
+#: a sequence past it waits for the next step's run (a prompt longer than this is prefilled alone).
+#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a
+#: small run gives its first tokens sooner and lets the running sequences step between runs; it
+#: also spreads requests that arrived together over different steps, so they do not end together.
+PREFILL_POSITIONS = 64
 #: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
 LAST_POSITIONS = "slmops_last_positions"
 
@@ -51,9 +54,9 @@ LAST_POSITIONS = "slmops_last_positions"
 class Policy(StrEnum):
     """When waiting sequences are prefilled.
 
-    ``prefill-first`` prefills every waiting sequence (up to the batch size, in one run) before the
-    next decode step: the shortest time to first token. ``decode-first`` prefills one per decode
-    step while sequences are running, so their tokens keep coming while a burst of new ones joins.
+    Either prefills one run per decode step. ``prefill-first``'s run holds as many waiting sequences
+    as fit in the engine's ``prefill_positions`` (:data:`PREFILL_POSITIONS`); ``decode-first``'s holds
+    one while sequences are running, so their tokens keep coming while a burst of new ones joins.
     """
 
     PREFILL_FIRST = "prefill-first"
@@ -153,12 +156,15 @@ class BatchEngine:
         folder: The registered model folder (``model.onnx`` and ``genai_config.json``).
         batch_size: Most sequences decoded together; more wait in :meth:`submit`'s order.
         policy: When waiting sequences are prefilled (:class:`Policy`).
+        prefill_positions: Most positions, padding included, of one prefill run (:data:`PREFILL_POSITIONS`).
     """
 
-    def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST) -> None:
+    def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST,
+                 prefill_positions: int = PREFILL_POSITIONS) -> None:
         import onnxruntime as ort
 
         self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
+        self.prefill_positions = prefill_positions
         self.settings = read_settings(self.folder)
         options = ort.SessionOptions()
         if self.settings.threads:
@@ -238,25 +244,26 @@ class BatchEngine:
             block = False
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free rows, as the policy says (together, within :data:`PREFILL_POSITIONS`)."""
+        """Prefill waiting sequences into free rows: one run per step, as the policy says (see :class:`Policy`)."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
         # One adapter per batch: the running batch's (else the first waiting sequence's) sequences that came before
         # any other adapter's join; the others wait until the batch has drained.
         head = self.active or self.waiting
         adapter = head[0].adapter if head else ""
-        same = next((i for i, s in enumerate(self.waiting) if s.adapter != adapter), len(self.waiting))
-        count = min(room, same, same if self.policy is Policy.PREFILL_FIRST or not self.active else 1)
-        while count > 0:
-            group, longest = self.waiting[:1], len(self.waiting[0].prompt)
-            for sequence in self.waiting[1:count]:
-                if (len(group) + 1) * max(longest, len(sequence.prompt)) > PREFILL_POSITIONS or (
+        room = min(room, next((i for i, s in enumerate(self.waiting) if s.adapter != adapter), len(self.waiting)))
+        if room <= 0:
+            return
+        group, longest = self.waiting[:1], len(self.waiting[0].prompt)
+        if self.policy is Policy.PREFILL_FIRST or not self.active:
+            for sequence in self.waiting[1:room]:
+                if (len(group) + 1) * max(longest, len(sequence.prompt)) > self.prefill_positions or (
                         not self.mixed_lengths and len(sequence.prompt) != longest):
                     break
                 group.append(sequence)
                 longest = max(longest, len(sequence.prompt))
-            self._prefill(group)
-            self.waiting, count = self.waiting[len(group):], count - len(group)
+        self._prefill(group)
+        self.waiting = self.waiting[len(group):]
 
     def _dropped(self, sequence: Sequence) -> bool:
         if sequence.cancelled.is_set():
