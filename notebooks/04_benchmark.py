@@ -14,44 +14,19 @@
 run_file = "params.json"  # this run's parameters; papermill's injected parameters override them
 
 # %%
-from IPython.display import Markdown, display
+from IPython.display import display
 
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.orchestration import run_stages, runs
-from slmops.toolkit.presentation import bench_text, compare, plots, report
+from slmops.toolkit.presentation import bench_page, compare
 from slmops.toolkit.stages import checklist
 from slmops.widgets import RunPanel
 
 run = runs.open_run(run_file, globals())  # papermill's injected parameters, if any, override the run file
 panel = RunPanel("benchmark", lambda: run_stages.bench(run),
-                 show=lambda results: (
-                     Markdown("\n".join(f"- {line}" for line in bench_text.summary_lines(
-                         results, checklist.read_report(run.dir / "test.json"))
-                         + bench_text.warnings(results.rows))),
-                     # Three tables of a dozen columns or fewer: each fits the notebook's width.
-                     report.table(list(results.rows), [
-                         "model", "engine", "prompt_tokens", "gen_tokens", "threads", "ttft_ms", "ttft_ms_p90",
-                         "prefill_tps", "decode_tps", "decode_tps_sd", "decode_cv", "noisy"]),
-                     report.table(list(results.rows), [
-                         "model", "engine", "prompt_tokens", "gen_tokens", "tpot_ms", "tpot_ms_p50", "tpot_ms_p90",
-                         "e2e_ms", "harness_overhead_pct"]),
-                     report.table(list(results.rows), [
-                         "model", "engine", "size_mb", "load_s", "load_rss_mib", "peak_rss_mib", "cpu_percent",
-                         "system_cpu_percent"]),
-                     Markdown("## Recommendation"),
-                     Markdown(f"**{deployment_choice.recommend(compare.load_run(run.dir)).sentence}**"),
-                     report.table(deployment_choice.recommend(compare.load_run(run.dir)).rows),
-                     Markdown("Each precision against FP32 per case family (McNemar's exact test):"),
-                     report.table(deployment_choice.recommend(compare.load_run(run.dir)).paired),
-                     Markdown("Foundry Local against ONNX Runtime GenAI directly (decode tokens/s; 1.0 means no "
-                              "overhead):"),
-                     report.table(list(results.engine_ratios)),
-                     Markdown("## Speed, latency and memory"),
-                     *(report.figure(ax, run.dir / f"{stem}.png") for stem, ax in plots.bench_figures(
-                         results, checklist.read_report(run.dir / "test.json")).items()),
-                     Markdown("Decode reads every weight once per token, so measured memory bandwidth / model size "
-                              "bounds decode speed:"),
-                     report.table(list(results.decode_ceiling))),
+                 show=lambda results: bench_page.benchmark_outputs(
+                     results, checklist.read_report(run.dir / "test.json"),
+                     deployment_choice.recommend(compare.load_run(run.dir)), run.dir),
                  interactive=run.interactive)
 display(panel) if run.interactive else None
 results = panel.run()

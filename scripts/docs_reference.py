@@ -62,13 +62,16 @@ RESULT_FILES = (
     (("models/recipes/recipes.json",), "slmops.toolkit.domain.results.recipes", ("RecipeResult",)),
     (("models/convert.json", "models/PRECISION/manifest.json"), "slmops.toolkit.domain.results.conversion",
      ("Manifest", "MemoryRecord", "ParityGate", "AdapterFile", "BuildCacheEntry", "WeightSummary",
-      "slmops.toolkit.domain.quant_plan.QuantPlan", "slmops.toolkit.domain.parity.ParityCheck",
+      "slmops.toolkit.domain.options.Int4Options", "slmops.toolkit.domain.quant_plan.QuantPlan", "slmops.toolkit.domain.parity.ParityCheck",
       "slmops.toolkit.domain.parity.SequenceRead", "slmops.toolkit.domain.parity.Tolerance",
       "slmops.toolkit.domain.results.merge.MergeRecord", "slmops.toolkit.domain.results.merge.MergeCheck",
       "slmops.toolkit.domain.results.merge.VocabSizes", "slmops.toolkit.domain.results.merge.TokenizerOrigin")),
     (("compare.json",), "slmops.toolkit.presentation.compare",
-     ("Comparison", "slmops.toolkit.domain.deployment_choice.RunFigures",
-      "slmops.toolkit.domain.deployment_choice.Recommendation", "slmops.toolkit.domain.deployment_choice.Outcome")),
+     ("Comparison", "ParamChange", "slmops.toolkit.domain.results.deployment.PrecisionFigures", "SizeChange",
+      "QualityChange", "VerdictChange", "TimingChange", "slmops.toolkit.domain.results.deployment.TimingJudgement",
+      "slmops.toolkit.domain.deployment_choice.RunFigures", "slmops.toolkit.domain.deployment_choice.Recommendation",
+      "slmops.toolkit.domain.results.deployment.PrecisionOutcome", "slmops.toolkit.domain.results.deployment.Outcome")),
+    (("placements.json",), "slmops.toolkit.domain.results.sweep", ("Placement",)),
 )
 
 

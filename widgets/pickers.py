@@ -27,6 +27,7 @@ from slmops.toolkit.domain.options import (
     TablePrecision,
 )
 from slmops.toolkit.domain.results.checklist import Thresholds
+from slmops.toolkit.domain.results.deployment import PrecisionFigures
 from slmops.toolkit.domain.template_resolve import resolve
 from slmops.toolkit.domain.templates import PRESETS, TEMPLATE_NOTES, PromptTemplate, Template, render
 from slmops.toolkit.domain.verdicts import TOP1_TARGET, status_at_least
@@ -58,7 +59,7 @@ def _status_words(top1: object) -> str:
             f"(fails below {Thresholds().top1_min})")
 
 
-def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict]) -> str:
+def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, PrecisionFigures]) -> str:
     """HTML: per chosen precision, the tutorial's expected trade-off until a build exists, then what the run measured.
 
     A built precision shows its measured size against FP32 (the tutorial's ratio beside it, for
@@ -67,15 +68,15 @@ def tradeoff_table(precisions: tuple[Precision, ...], measured: dict[str, dict])
     """
     rows = []
     for p in precisions:
-        got = measured.get(p.value, {})
-        built = isinstance(got.get("size_mb"), int | float)
-        ratio = got.get("x_fp32")
+        got = measured.get(p.value, PrecisionFigures("", p.value))
+        built = isinstance(got.size_mb, int | float)
+        ratio = got.x_fp32
         size = (f"×{ratio:.3f} measured (tutorial ×{TUTORIAL_SIZE_RATIO[p]})" if built and isinstance(ratio, int | float)
-                else f"{got['size_mb']:.4g} MB measured" if built else f"×{TUTORIAL_SIZE_RATIO[p]} (tutorial)")
-        verdict = ("reference" if p is Precision.FP32 else _status_words(got.get("top1_agreement"))) if built \
+                else f"{got.size_mb:.4g} MB measured" if built else f"×{TUTORIAL_SIZE_RATIO[p]} (tutorial)")
+        verdict = ("reference" if p is Precision.FP32 else _status_words(got.top1_agreement)) if built \
             else f"expected: {TUTORIAL_ADVICE[p]}"
-        rows.append({"precision": p.value, "size × FP32": size, "verdict": verdict, "size_mb": got.get("size_mb"),
-                     "x_fp32": ratio, "top1_agreement": got.get("top1_agreement"), "decode_tps": got.get("decode_tps")})
+        rows.append({"precision": p.value, "size × FP32": size, "verdict": verdict, "size_mb": got.size_mb,
+                     "x_fp32": ratio, "top1_agreement": got.top1_agreement, "decode_tps": got.decode_tps})
     return html_table(rows, css_class="slmops-tradeoff")
 
 

@@ -14,6 +14,7 @@ from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import adapters
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.domain.results.merge import VocabSizes
+from slmops.toolkit.weights import adapter_inspect
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 from slmops.toolkit.weights.adapter_merge import merge
 from tests.unit.test_adapters import ADDED, make_adapter
@@ -25,6 +26,18 @@ pytestmark = pytest.mark.usefixtures("slmops_home")
 #: A template unlike the base's ChatML, as a fine-tune might bring its own.
 ADAPTER_TEMPLATE = ("{% for message in messages %}{{ '### ' + message['role'] + ':\n' + message['content'] + "
                     "'<|end_turn|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}")
+
+
+def test_an_adapter_saving_the_head_of_a_tied_base_converts_and_passes_parity(tmp_path: Path) -> None:
+    """The merge of tests/unit/test_adapters.py's tied-head adapter, converted: its FP32 build passes the parity gate."""
+    from tests.models import make_tiny_model
+
+    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
+    adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
+                           modules_to_save=["embed_tokens", "lm_head"])
+    out = tmp_path / "fp32"
+    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
+    assert read_manifest(out).parity.verdict == "pass"
 
 
 def test_an_adapter_with_added_tokens_is_merged_into_the_base_resized_first(tiny_model: Path, tmp_path: Path) -> None:
@@ -110,3 +123,42 @@ def test_an_adapter_on_a_bin_base_is_checked_from_the_bin_and_merged(tiny_model:
               str(wrong / "adapter_model.safetensors"))
     with pytest.raises(InputError, match="another model size"):  # the shapes really come from the .bin
         inspect_adapter(wrong, base)
+
+
+def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Path) -> None:
+    """SmolLM2, Qwen2.5, Llama 3.2 and Gemma tie their LM head to the embeddings and store no lm_head.weight."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.models import make_tiny_model
+
+    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
+    adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
+                           modules_to_save=["embed_tokens", "lm_head"])
+    checked = inspect_adapter(adapter)  # was: "saves lm_head whole, which the base does not have"
+    assert checked.vocab_size == 402
+    merged = merge(checked)
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    base = AutoModelForCausalLM.from_pretrained(tied)
+    base.resize_token_embeddings(402, mean_resizing=False)
+    ids = torch.tensor([[5, 400, 17, 401, 3]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, PeftModel.from_pretrained(base, adapter)(ids).logits, atol=1e-4)
+    # Converted, its build passes the parity gate: test_an_adapter_saving_the_head_of_a_tied_base_converts_and_passes_parity.
+
+
+def test_lora_on_a_tied_head_is_refused_and_a_merge_that_changes_the_model_is_never_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.models import make_tiny_model
+
+    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
+    adapter = make_adapter(tied, tmp_path / "head-lora", target_modules=("q_proj", "lm_head"))
+    with pytest.raises(InputError, match="trains LoRA on lm_head, which the base .* ties to its embedding table"):
+        inspect_adapter(adapter)
+    # Past that check, peft's merge changes the embeddings too: the merge's own check refuses to keep it.
+    monkeypatch.setattr(adapter_inspect, "check_shapes", lambda *args: None)
+    with pytest.raises(InputError, match="changes what the adapter computes .*nothing was kept"):
+        merge(inspect_adapter(adapter))
+    merged = tmp_path / "home" / "models" / "merged"
+    assert not merged.exists() or list(merged.iterdir()) == []

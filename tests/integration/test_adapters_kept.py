@@ -4,7 +4,6 @@ merged model in transformers. Real peft adapters on the tiny random model, real 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -128,14 +127,14 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     out = tmp_path / "in-graph"
     assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int4", "--recipe", "mixed",
                      "--out", str(out)]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["adapter"]["kept_apart"] is True and manifest["adapter_files"] == []
+    manifest = read_manifest(out)
+    assert manifest.adapter.kept_apart is True and manifest.adapter_files == ()
     assert not (out / "adapters").exists()
     # The parity gate ran against the merged model in transformers: the FP32 export exactly, the INT4 build within
     # what quantization may change.
-    fp32_check, int4_check = manifest["parity"]["checks"]
-    assert manifest["parity"]["verdict"] == "pass" and fp32_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range
-    assert int4_check["build"] == "int4" and int4_check["top1_agreement"] >= parity.QUANTIZED.min_top1
+    fp32_check, int4_check = manifest.parity.checks
+    assert manifest.parity.verdict == "pass" and fp32_check.max_diff_of_range <= parity.EXACT.max_diff_of_range
+    assert int4_check.build == "int4" and int4_check.top1_agreement >= parity.QUANTIZED.min_top1
     # One graph: no LoRA inputs; each LoRA matrix an FP16 constant cast to float for a plain MatMul (not quantized),
     # the base's MatMuls 4-bit.
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
@@ -149,8 +148,8 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     assert sum(node.op_type == "MatMulNBits" for node in graph.node) >= 2 * 7
     # Bits per weight count the LoRA's bytes: rank 4 on q, v, down of 2 layers, FP16.
     lora_bytes = 2 * 4 * 2 * (128 + 96 + 192)
-    assert manifest["bits_per_weight"] - manifest["bits_per_weight_without_adapter"] == pytest.approx(
-        8 * lora_bytes / manifest["parameters"], abs=2e-3)
+    assert manifest.bits_per_weight - manifest.bits_per_weight_without_adapter == pytest.approx(
+        8 * lora_bytes / manifest.parameters, abs=2e-3)
     # Registered and answered in Foundry Local like any other build.
     register.register(out, "tiny-lora-in-graph")
     with LoadedModel("tiny-lora-in-graph") as model:
@@ -194,9 +193,9 @@ def test_the_recipe_comparison_measures_the_lora_in_the_graph_beside_the_merged_
                                                 progress=False)
     assert (merged.recipe, kept.recipe) == ("mixed", "mixed-lora") and not merged.refused and not kept.refused
     assert "side branch" in kept.note and kept.decode_tps > 0 and 0 < kept.kl_divergence < 1.5
-    made = json.loads((tmp_path / "recipes" / "mixed-lora" / "manifest.json").read_text())
-    assert made["adapter"]["kept_apart"] is True and made["adapter_files"] == [] and made["options"] == json.loads(
-        (tmp_path / "recipes" / "mixed" / "manifest.json").read_text())["options"]
+    made = read_manifest(tmp_path / "recipes" / "mixed-lora")
+    assert made.adapter.kept_apart is True and made.adapter_files == () and made.options == read_manifest(
+        tmp_path / "recipes" / "mixed").options
     assert kept.size_mb > merged.size_mb  # the LoRA's bytes are in the build
 
 
@@ -215,6 +214,6 @@ def test_a_fine_tune_that_trains_token_rows_keeps_its_lora_in_the_graph_over_a_b
     assert len(error.splitlines()) == 1 and "trains token rows" in error and "--adapter-in-graph" in error
     out = tmp_path / "in-graph"
     assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int8", "--out", str(out)]) == 0
-    fp32_check, _ = json.loads((out / "manifest.json").read_text())["parity"]["checks"]
+    fp32_check, _ = read_manifest(out).parity.checks
     # The FP32 export with the LoRA in the graph matches the merge (LoRA and rows) exactly on ids holding those rows.
-    assert fp32_check["max_diff_of_range"] <= parity.EXACT.max_diff_of_range and fp32_check["top1_agreement"] == 1.0
+    assert fp32_check.max_diff_of_range <= parity.EXACT.max_diff_of_range and fp32_check.top1_agreement == 1.0

@@ -21,6 +21,11 @@ from pathlib import Path
 import pytest
 
 from slmops.toolkit.core import settings
+from slmops.toolkit.core.artifacts import read_json
+from slmops.toolkit.domain import run_params
+from slmops.toolkit.domain.results.registration import read_registered
+from slmops.toolkit.presentation.compare import read_comparison
+from slmops.toolkit.stages.checklist import read_report
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -108,18 +113,31 @@ def jupyterlab(tmp_path: Path, cache: Path):
         log.close()
 
 
-def _open(page, base: str, token: str, notebook: str) -> None:
-    """Open ``notebook`` in JupyterLab (its kernel started) and Run All."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+def _kernel_idle(base: str, token: str, notebook: str) -> bool:
+    """Whether the Jupyter server holds a session of ``notebook`` whose kernel has started and is idle."""
+    with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10) as response:
+        sessions = json.load(response)  # the Jupyter server's REST API: its own session models
+    return any(s["path"].endswith(notebook) and (s.get("kernel") or {}).get("execution_state") == "idle"
+               for s in sessions)
+
+
+def _open(page, base: str, token: str, notebook: str, timeout_s: float = 120.0) -> None:
+    """Open ``notebook`` in JupyterLab, wait until its kernel is started and idle, and Run All.
+
+    Ready is the server's word: the notebook's session with an idle kernel. A JupyterLab that asks which kernel
+    to start instead (an older one did, for a fresh workspace) is answered with the notebook's own (python3).
+    """
     from playwright.sync_api import expect
 
     page.goto(f"{base}/lab/tree/{notebook}?token={token}")
     expect(page.locator(".jp-Notebook").last).to_be_visible()  # JupyterLab restores the tabs opened before
     dialog = page.get_by_role("dialog").filter(has_text="Select Kernel")
-    try:  # a fresh JupyterLab may ask which kernel to start: the notebook's own (python3)
-        dialog.get_by_role("button", name="Select", exact=True).click(timeout=10_000)
-    except PlaywrightTimeout:
-        pass
+    deadline = time.monotonic() + timeout_s
+    while not _kernel_idle(base, token, notebook):
+        if dialog.count():
+            dialog.get_by_role("button", name="Select", exact=True).click()
+        assert time.monotonic() < deadline, f"{notebook}'s kernel was not idle within {timeout_s:.0f} s"
+        page.wait_for_timeout(100)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_text("Run All Cells", exact=True).click()
 
@@ -206,7 +224,7 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         assert _unreadable_tables(page) == []
         expect(page.locator("table.slmops-tradeoff tr", has_text="int8").locator("td").nth(3)).not_to_have_text("-")
         page.screenshot(path=str(SHOTS / "lab_01_converted.png"), full_page=True)
-        assert json.loads((work / "params.json").read_text())["precisions"] == ["int8", "int4"]  # recorded
+        assert run_params.parse(read_json(work / "params.json")).precisions == ["int8", "int4"]  # recorded
 
         # 02: a template the preview flags is refused in one line; the edited one is the one registered.
         _open(page, base, token, "02_register.ipynb")
@@ -220,8 +238,8 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         system.fill("[system] " + good)
         page.get_by_role("button", name="Run register").click()
         expect(page.get_by_text("register done")).to_be_visible()
-        registered = json.loads((work / "registered.json").read_text())["models"]
-        assert {m["template"] for m in registered} == {"custom"} and len(registered) == 2
+        registered = read_registered(work / "registered.json")
+        assert {m.template for m in registered} == {"custom"} and len(registered) == 2
 
         # The chat: a question typed while the kernel is busy (the endpoint starting) arrives whole.
         page.get_by_role("button", name="Run endpoint").click()
@@ -260,22 +278,21 @@ def test_a_lab_workspace_in_jupyterlab(jupyterlab, tiny_model: Path, tmp_path: P
         page.get_by_placeholder("a run folder: pick one or type its path").fill(str(cli_dir))
         page.get_by_role("button", name="Run compare").click()
         expect(page.get_by_text("compare done")).to_be_visible()
-        compared = json.loads((work / "compare" / "compare.json").read_text())
+        compared = read_comparison(work / "compare" / "compare.json")
         headline = page.locator(".jp-RenderedMarkdown strong", has_text=re.compile(r"^(PASS|WARN|FAIL): "))
-        expect(headline).to_have_text(compared["headline"])  # the headline the tables under it agree with
-        assert compared["headline"].startswith(compared["status"].upper())
+        expect(headline).to_have_text(compared.headline)  # the headline the tables under it agree with
+        assert compared.headline.startswith(compared.status.upper())
         # Every parameter recorded in both runs (none "absent"), the machines' too (no "None now").
-        assert [row["parameter"] for row in compared["params"]] == []
+        assert [row.parameter for row in compared.params] == []
         shown = "\n".join(page.locator(".jp-NotebookPanel", has=headline).locator(".jp-OutputArea-output")
                           .all_inner_texts())
         assert "Parameters: the same." in shown and not re.search(r"\babsent\b|\bNone\b|\bNaN\b", shown), shown
         assert _unreadable_tables(page) == []
-        assert {row["precision"] for row in compared["sizes"]} == {"int8", "int4"}
+        assert {row.precision for row in compared.sizes} == {"int8", "int4"}
         headline.scroll_into_view_if_needed()  # JupyterLab scrolls inside the notebook: bring the results in view
         page.screenshot(path=str(SHOTS / "lab_05_compare.png"), full_page=True)
         browser.close()
-    test = json.loads((work / "test.json").read_text())
-    assert test["control"]["model"] == "browser-base"  # the negative control ran, as in `slmops run`
+    assert read_report(work / "test.json").control.model == "browser-base"  # the negative control ran, as in `slmops run`
     assert (work / "bench.json").is_file() and (work / "run.json").is_file()
     assert cli.main(["report", str(work)]) == 0  # the interactive run is a run the CLI reads
     assert (work / "index.html").read_text().count(": ran</li>") == 4  # its four notebooks ran (in JupyterLab)

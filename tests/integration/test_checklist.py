@@ -3,12 +3,12 @@ that crashes fails its edge cases while the checklist goes on."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
+from slmops.toolkit.core import codec
+from slmops.toolkit.domain.results.checklist_file import ChecklistFile, dump_report, load_report
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import checklist, register
 
@@ -39,8 +39,9 @@ def test_checklist_on_a_random_model(tiny_model: Path, tiny_int4: Path, tmp_path
     quality = result.quality
     assert quality is not None and by["quality", "top1-agreement"].value == quality.top1_agreement
     report = dump_report(checklist.write_report([result], tmp_path / "test.json"))
-    assert report["passed"] is False and "domain/c1" in report["summary"]["tiny-test"]["failed"]
-    assert json.loads((tmp_path / "test.json").read_text())["series"]["tiny-test"]["rss_mib"] == result.rss_mib
+    written = codec.read(ChecklistFile, tmp_path / "test.json")  # the file as written: its summary and series
+    assert written.passed is False and "domain/c1" in written.summary["tiny-test"].failed
+    assert written.series["tiny-test"].rss_mib == result.rss_mib
     assert checklist.read_report(tmp_path / "test.json") == load_report(report)
 
 

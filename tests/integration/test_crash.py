@@ -45,7 +45,7 @@ def test_a_conversion_killed_at_any_point_keeps_the_earlier_build(built: Path, t
     done = run_until_killed(["convert", str(tiny_model), "--recipe", "compact", "--out", str(built)], crash_at=point)
     assert done.returncode == -signal.SIGKILL, done.stderr
     if point == "swap-in-place":  # killed after the new build was complete and in place: it is the result
-        assert json.loads((built / "manifest.json").read_text())["options"]["algorithm"] == "rtn"
+        assert read_manifest(built).options.algorithm == "rtn"
     elif point == "swap-aside":  # the earlier build was moved aside: the next run puts it back
         assert not built.exists()
     else:

@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from slmops.toolkit import cli
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InputError, ModelFolderError
 from slmops.toolkit.domain import adapters, datasets
 from slmops.toolkit.domain.options import Precision
@@ -58,8 +59,8 @@ def test_two_processes_asking_for_one_fine_tune_at_once_train_it_once(tiny_model
             "-o", str(tmp_path / "lora"), "--steps", "3", "--batch", "1", "--rank", "4", "--json"]
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
-    reused = sorted((json.loads(out)["reused"], "waiting for another process building this fine-tune" in err)
-                    for out, err in outputs)
+    reused = sorted((codec.load(finetune.FinetuneResult, json.loads(out)).reused,
+                     "waiting for another process building this fine-tune" in err) for out, err in outputs)
     assert reused == [(False, False), (True, True)], outputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["facts.jsonl", "lora"]  # no scratch, no lock file
 
@@ -198,3 +199,19 @@ def test_checkpoints_in_any_dtype_sharded_or_tied_convert(tiny_model: Path, tmp_
 
     with LoadedModel(f"tiny-{variant}") as loaded:
         assert loaded.generate([{"role": "user", "content": "hello"}], max_tokens=3).completion_tokens >= 1
+
+
+def test_an_adapter_trained_from_a_relative_base_finds_it_from_anywhere(tiny_model: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finetune data.jsonl --base tiny`` wrote "tiny" into adapter_config.json: found from no other folder."""
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text(json.dumps(LINE) + "\n")
+    monkeypatch.chdir(tiny_model.parent)
+    result = finetune.finetune(finetune.FinetuneSpec(base=Path(tiny_model.name), out=tmp_path / "lora",
+                                                     data=data, rank=2, steps=1, batch=1),
+                               progress=False)
+    config = json.loads((result.adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert inspect_adapter(result.adapter).base == tiny_model.resolve()

@@ -10,14 +10,15 @@ that stop.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.domain.results.checklist import Check
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.orchestration import pipeline
+from slmops.toolkit.stages.checklist import read_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SLMOPS_REAL_MODELS") != "1",
                                                    reason="real-size model: set SLMOPS_REAL_MODELS=1 (~25 min)")]
@@ -31,11 +32,10 @@ def test_gemma3_270m_demo(tmp_path: Path) -> None:
     assert fp32.top1_agreement >= 0.999 and fp32.positions >= 1000 and fp32.max_diff_of_range < 1e-3
     assert any("sliding window of 512" in s.what for s in fp32.sequences)
     assert all(m.parity.verdict == "pass" for m in converted)
-    tests = json.loads((run / "test.json").read_text())
-    fp32 = tests["summary"]["gemma3-fp32"]
-    assert fp32["rates"]["stop"]["passed"] == fp32["rates"]["stop"]["total"] == 32  # every answer ends its turn (<end_of_turn>, not <eos>)
-    trained = [c for c in tests["checks"] if c["model"] == "gemma3-fp32" and c["check"] == "domain"
-               and c["case"].startswith("trained-")]
-    control = tests["control"]
-    assert control["model"] == "gemma3-base" and control["pass_rate"] <= 0.1
-    assert sum(c["verdict"] == "pass" for c in trained) > control["pass_rate"] * len(trained)  # the fine-tune taught it
+    tests = read_report(run / "test.json")
+    stop = tests.model("gemma3-fp32").rate(Check.STOP)
+    assert stop.passes == stop.samples == 32  # every answer ends its turn (<end_of_turn>, not <eos>)
+    trained = [c for c in tests.model("gemma3-fp32").checks if c.check == "domain" and c.case.startswith("trained-")]
+    control = tests.control
+    assert control.model == "gemma3-base" and control.pass_rate <= 0.1
+    assert sum(c.verdict == "pass" for c in trained) > control.pass_rate * len(trained)  # the fine-tune taught it

@@ -9,13 +9,13 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.orchestration import run_stages, runs, workspace
+from slmops.toolkit.stages.checklist import read_report
 
 
 def _verdicts(test_json: Path) -> dict[tuple[str, str, str], str]:
     """(model, check, case) -> verdict of a test.json, the timing check left out (its verdict is the clock's)."""
-    data = json.loads(test_json.read_text())
-    return {(check["model"], check["check"], check["case"]): check["verdict"] for check in data["checks"]
-            if check["check"] != "performance"}
+    return {(check.model, check.check, check.case): check.verdict for check in read_report(test_json).checks
+            if check.check != "performance"}
 
 
 def test_the_cli_run_and_an_interactive_run_give_the_same_verdicts(tiny_model: Path, tmp_path: Path,
@@ -47,19 +47,18 @@ def test_the_cli_run_and_an_interactive_run_give_the_same_verdicts(tiny_model: P
     registered = run_stages.register(run, template="auto")
     assert registered.names == ["labsame-fp32", "labsame-int4", "labsame-base"]  # the chat box's choices
     interactive = run_stages.test(run)
-    cli_run = json.loads((tmp_path / "cli" / "test.json").read_text())
-    lab_run = json.loads((made.folder / "test.json").read_text())
+    cli_run = read_report(tmp_path / "cli" / "test.json")
+    lab_run = read_report(made.folder / "test.json")
     assert _verdicts(tmp_path / "cli" / "test.json") == _verdicts(made.folder / "test.json")
     assert len(_verdicts(made.folder / "test.json")) > 10
     # The same reference (the quality check ran against FP32 in both) and the same negative control.
-    assert set(lab_run["quality"]) == set(cli_run["quality"]) == {"labsame-int4"}
-    assert interactive.control is not None and lab_run["control"]["model"] == cli_run["control"]["model"] == \
-        "labsame-base"
-    assert lab_run["control"]["trained_passed"] == cli_run["control"]["trained_passed"]
+    assert set(lab_run.top1_agreement()) == set(cli_run.top1_agreement()) == {"labsame-int4"}
+    assert interactive.control is not None and lab_run.control.model == cli_run.control.model == "labsame-base"
+    assert lab_run.control.trained_passed == cli_run.control.trained_passed
     # `slmops test` on the run folder is the same stage again.
     assert cli.main(["test", "--out", str(made.folder), "--json"]) in (0, 1)
     assert _verdicts(made.folder / "test.json") == _verdicts(tmp_path / "cli" / "test.json")
-    assert json.loads((made.folder / "test.json").read_text())["control"]["model"] == "labsame-base"
+    assert read_report(made.folder / "test.json").control.model == "labsame-base"
     # The interactive run is recorded as the CLI's: `slmops report` works on it.
     assert cli.main(["report", str(made.folder)]) == 0
 

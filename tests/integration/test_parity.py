@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from slmops.toolkit.core.errors import ParityError
 from slmops.toolkit.domain.options import Precision
+from slmops.toolkit.domain.results.conversion import read_manifest, write_manifest
 from slmops.toolkit.orchestration import doctor
 from slmops.toolkit.stages import convert
 from slmops.toolkit.stages.convert_plan import ConvertSpec, builder_command
@@ -47,9 +49,8 @@ def test_a_build_is_kept_with_its_figures(tiny_model: Path, tmp_path: Path) -> N
     assert result.manifest.memory.measured_steps["parity"] > 0
     shown = doctor.parity_check(result.output_dir)  # doctor shows the figures, and fails a failed record
     assert shown.ok and "int8 pass: top-1 agreement" in shown.detail
-    manifest = json.loads((result.output_dir / "manifest.json").read_text())
-    manifest["parity"]["verdict"] = "fail"
-    (result.output_dir / "manifest.json").write_text(json.dumps(manifest))
+    manifest = read_manifest(result.output_dir)
+    write_manifest(result.output_dir, replace(manifest, parity=replace(manifest.parity, verdict="fail")))
     assert not doctor.parity_check(result.output_dir).ok
     assert "not checked" in doctor.parity_check(tmp_path).detail
 

@@ -12,15 +12,19 @@ import nbformat
 import pytest
 
 from slmops.toolkit import cli
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import SlmopsError
+from slmops.toolkit.domain.deployment_choice import Recommendation
 from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
+from slmops.toolkit.presentation.compare import read_comparison
 from slmops.toolkit.stages import finetune
 from slmops.toolkit.stages.bench import read_results
+from slmops.toolkit.stages.checklist import read_report
 from tests.integration.test_browser import check_report_in_chromium
 
 
@@ -85,8 +89,8 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     converted = read_conversions(tmp_path / "run" / "models" / "convert.json")
     assert all(m.adapter.path == str(adapter.resolve()) for m in converted)
     assert [m.parity.checks[0].top1_agreement for m in converted if m.precision == "fp32"] == [1.0]
-    control = json.loads((tmp_path / "run" / "test.json").read_text())["control"]
-    assert control["model"] == "tinypipe-base" and (control["trained_passed"], control["trained_total"]) == (0, 1)  # a random base knows no Quennport
+    control = read_report(tmp_path / "run" / "test.json").control
+    assert control.model == "tinypipe-base" and (control.trained_passed, control.trained_total) == (0, 1)  # a random base knows no Quennport
     # A reviewer's view: the page in a real browser, screenshot and print in outputs/e2e/.
     check_report_in_chromium(index, "report_index")
     registered = read_registered(tmp_path / "run" / "registered.json")  # what notebooks 03 and 04 took their models from
@@ -101,32 +105,31 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     assert "<h2>Registration</h2>" in page
     # The recommendation tops the page (it replaces the summary table) and agrees with test.json.
     assert page.index("<h2>Recommendation</h2>") < page.index("<h2>Notebooks</h2>") and "<h2>Summary</h2>" not in page
-    decision = json.loads(cli_output(["recommend", str(tmp_path / "run"), "--json"], capsys))
-    tests = json.loads((tmp_path / "run" / "test.json").read_text())
-    if decision["choice"]:  # outside the case families it fails nothing but what every build fails, FP32 included
-        shared = set.intersection(*(set(tests["summary"][f"tinypipe-{p}"]["failed"]) for p in ("fp32", "int4")))
-        own = {f for f in tests["summary"][f"tinypipe-{decision['choice']}"]["failed"]
-               if f.split("/")[0] not in CASE_FAMILIES}
+    decision = codec.load(Recommendation, json.loads(cli_output(["recommend", str(tmp_path / "run"), "--json"], capsys)))
+    tests = read_report(tmp_path / "run" / "test.json")
+    if decision.choice:  # outside the case families it fails nothing but what every build fails, FP32 included
+        shared = set.intersection(*(set(tests.model(f"tinypipe-{p}").failed) for p in ("fp32", "int4")))
+        own = {f for f in tests.model(f"tinypipe-{decision.choice}").failed if f.split("/")[0] not in CASE_FAMILIES}
         assert own <= shared
         # ... and no case family is worse than FP32's by the paired test, which the decision names.
-        assert not [p for p in decision["paired"] if p["candidate"] == decision["choice"] and p["difference"] == "worse"]
-        assert all(p["test"] == "McNemar's exact test" for p in decision["paired"])
-    for row in decision["rows"]:
-        if row["outcome"] == "failed":
-            assert tests["summary"][f"tinypipe-{row['precision']}"]["failed"]
+        assert not [p for p in decision.paired if p.candidate == decision.choice and p.difference == "worse"]
+        assert all(p.test == "McNemar's exact test" for p in decision.paired)
+    for row in decision.rows:
+        if row.outcome == "failed":
+            assert tests.model(f"tinypipe-{row.precision}").failed
     # The run is a recipe: rerun from its own folder, it gives the same non-timing figures and verdicts.
     record = read_run_record(tmp_path / "run")
     assert record.inputs.seed == 0 and record.inputs.model.path == str(tiny_model)
     assert cli.main(["rerun", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
     assert "differs from the recorded run" not in capsys.readouterr().err  # same inputs, nothing to say
     assert cli.main(["compare", str(tmp_path / "run"), str(tmp_path / "again"), "--out", str(tmp_path / "cmp")]) == 0
-    same = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert same["passed"] and not same["params"] and not same["inputs"] and not same["regressions"]
+    same = read_comparison(tmp_path / "cmp" / "compare.json")
+    assert same.passed and not same.params and not same.inputs and not same.regressions
     # Every verdict is the same, but for a timing or memory check the load of the machine may leave undecided.
-    assert same["verdicts"] and all(v["change"] == "same" or (v["check"] in ("performance", "memory")
-                                                              and v["change"] == "inconclusive, not counted")
-                                    for v in same["verdicts"]), same["verdicts"]
-    assert {s["delta"] for s in same["sizes"]} == {0.0} and {q["delta"] for q in same["quality"]} == {0.0}
+    assert same.verdicts and all(v.change == "same" or (v.check in ("performance", "memory")
+                                                        and v.change == "inconclusive, not counted")
+                                 for v in same.verdicts), same.verdicts
+    assert {s.delta for s in same.sizes} == {0.0} and {q.delta for q in same.quality} == {0.0}
     # A rerun against a changed cases file says so before it starts.
     cases.write_text('{"id": "hi", "messages": [{"role": "user", "content": "Say hello."}]}\n')
     recorded_params = tmp_path / "run" / "params.json"

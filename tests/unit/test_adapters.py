@@ -11,9 +11,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.core.errors import InputError
-from slmops.toolkit.weights import adapter_inspect
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
-from slmops.toolkit.weights.adapter_merge import merge
 from tests.unit.test_checkpoints import bnb_4bit_tensors
 
 #: Merged folders go to a temporary toolkit home (the merge's child inherits it).
@@ -68,47 +66,6 @@ def make_adapter(base: Path, out: Path, *, added: tuple[str, ...] = (), modules_
     if save_tokenizer:
         tokenizer.save_pretrained(out)
     return out
-
-
-def test_an_adapter_saving_the_head_of_a_tied_base_is_merged_untied(tmp_path: Path) -> None:
-    """SmolLM2, Qwen2.5, Llama 3.2 and Gemma tie their LM head to the embeddings and store no lm_head.weight."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from tests.models import make_tiny_model
-
-    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
-    adapter = make_adapter(tied, tmp_path / "added", added=tuple(ADDED), save_tokenizer=True,
-                           modules_to_save=["embed_tokens", "lm_head"])
-    checked = inspect_adapter(adapter)  # was: "saves lm_head whole, which the base does not have"
-    assert checked.vocab_size == 402
-    merged = merge(checked)
-    model = AutoModelForCausalLM.from_pretrained(merged)
-    base = AutoModelForCausalLM.from_pretrained(tied)
-    base.resize_token_embeddings(402, mean_resizing=False)
-    ids = torch.tensor([[5, 400, 17, 401, 3]])
-    with torch.no_grad():
-        assert torch.allclose(model(ids).logits, PeftModel.from_pretrained(base, adapter)(ids).logits, atol=1e-4)
-    out = tmp_path / "fp32"
-    assert cli.main(["convert", str(adapter), "--precision", "fp32", "--out", str(out)]) == 0
-    assert json.loads((out / "manifest.json").read_text())["parity"]["verdict"] == "pass"
-
-
-def test_lora_on_a_tied_head_is_refused_and_a_merge_that_changes_the_model_is_never_kept(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.models import make_tiny_model
-
-    tied = make_tiny_model(tmp_path / "tied", tie_embeddings=True)
-    adapter = make_adapter(tied, tmp_path / "head-lora", target_modules=("q_proj", "lm_head"))
-    with pytest.raises(InputError, match="trains LoRA on lm_head, which the base .* ties to its embedding table"):
-        inspect_adapter(adapter)
-    # Past that check, peft's merge changes the embeddings too: the merge's own check refuses to keep it.
-    monkeypatch.setattr(adapter_inspect, "check_shapes", lambda *args: None)
-    with pytest.raises(InputError, match="changes what the adapter computes .*nothing was kept"):
-        merge(inspect_adapter(adapter))
-    merged = tmp_path / "home" / "models" / "merged"
-    assert not merged.exists() or list(merged.iterdir()) == []
 
 
 def test_a_resized_adapter_that_cannot_be_merged_is_refused_naming_both_sizes(tiny_model: Path, tmp_path: Path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -59,11 +59,11 @@ def test_summary_and_ceiling_from_a_report() -> None:
     # The agreement is judged against its stated target: 0.666 is short of 0.85 (warn), never a bare figure.
     assert bench_text.summary_lines(report, quality) == [
         "int4: 3.3x fp32 decode speed at 0.37x size, top-1 agreement 0.666 (warn: target >= 0.85)"]
-    ceiling = bench.decode_ceiling(table, bandwidth_gbs=20.0)
+    ceiling = bench.decode_ceiling(report.rows, bandwidth_gbs=20.0)
     assert ceiling[1].ceiling_tps == 100.0 and ceiling[1].percent_of_ceiling == 99.0
     assert not any(row.above_bound_because for row in ceiling)
     # Per thread count; a row above the bound says why: weights that fit the cache, else the probe.
-    rows = [{**row, "threads": 2} for row in table]
+    rows = [replace(row, threads=2) for row in report.rows]
     ceiling = bench.decode_ceiling(rows, {0: 40.0, 2: 10.0}, llc_mib=256.0)
     assert ceiling[1].bandwidth_gbs == 10.0 and ceiling[1].percent_of_ceiling == 198.0
     assert "fit in the 256 MiB last-level cache" in ceiling[1].above_bound_because
@@ -72,19 +72,18 @@ def test_summary_and_ceiling_from_a_report() -> None:
 
 
 def test_a_terse_model_takes_decode_speed_from_the_direct_engine() -> None:
-    def row(engine: str, tps: float, gen: float) -> dict:
-        return {"model": "m-int4", "precision": "int4", "engine": engine, "target_prompt_tokens": 16,
-                "target_gen_tokens": 32, "gen_tokens": gen, "threads": 2, "decode_tps": tps, "size_mb": 200.0,
-                "weights_read_mb": 180.0}
+    def row(engine: str, tps: float, gen: float) -> BenchRow:
+        return BenchRow(model="m-int4", precision="int4", engine=engine, target_prompt_tokens=16, target_gen_tokens=32,
+                        gen_tokens=gen, threads=2, decode_tps=tps, size_mb=200.0, weights_read_mb=180.0)
 
     short, direct = row("foundry-local", 9.0, 4.0), row("ort-genai", 240.0, 32.0)
     assert bench.timed_too_few(short) and not bench.timed_too_few(direct)
     head = bench.headline_rows([short, direct])[0]
-    assert (head["decode_tps"], head["decode_from"], head["engine"]) == (240.0, "ort-genai", "foundry-local")
+    assert (head.decode_tps, head.decode_from, head.engine) == (240.0, "ort-genai", "foundry-local")
     assert [r.engine for r in bench.decode_ceiling([short, direct], 40.0)] == ["ort-genai"]
-    rows = [BenchRow(**{f.name: 0 for f in fields(BenchRow)} | r) for r in (short, direct)]
-    assert bench.engine_ratios(rows) == []  # nothing to compare over four tokens
-    assert bench.headline_rows([{**short, "gen_tokens": 30.0}, direct])[0]["decode_tps"] == 9.0  # long enough: its own
+    assert bench.engine_ratios([short, direct]) == []  # nothing to compare over four tokens
+    own = bench.headline_rows([replace(short, gen_tokens=30.0), direct])[0]  # long enough: its own
+    assert (own.decode_tps, own.decode_from) == (9.0, "")
 
 
 def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> None:
@@ -100,3 +99,34 @@ def test_the_direct_benchmark_child_sends_typed_payloads_that_survive_json() -> 
     agreement = Agreement("int4", 300, 0.875, 0.0421, 12.5, 11.0)
     assert codec.load(Agreement, {**codec.dump(agreement), "extra": 1}) == agreement
     assert set(codec.dump(agreement)) >= {"top1_agreement", "kl_divergence"}
+
+
+def test_notebook_4s_page_is_one_call_on_the_typed_results_and_one_recommendation(tmp_path) -> None:
+    """The page takes bench.json, test.json and the recommendation as given (computed once by the notebook) and
+    reads nothing from the run folder; the notebook holds only that call."""
+    from pathlib import Path
+
+    from slmops.toolkit.domain import deployment_choice
+    from slmops.toolkit.presentation import bench_page
+
+    def row(precision: str, engine: str, tps: float, gen: float) -> BenchRow:
+        return BenchRow(model=f"m-{precision}", precision=precision, engine=engine, target_prompt_tokens=16,
+                        prompt_tokens=16, target_gen_tokens=4, gen_tokens=gen, decode_tps=tps, ttft_ms=20.0,
+                        e2e_ms=60.0, size_mb={"fp32": 540.0, "int4": 200.0}[precision], repeats=2)
+
+    rows = (row("fp32", "foundry-local", 30.0, 4.0), row("int4", "foundry-local", 90.0, 4.0),
+            row("fp32", "ort-genai", 31.0, 4), row("int4", "ort-genai", 95.0, 4))
+    results = BenchFile(rows=rows, engine_ratios=tuple(bench.engine_ratios(rows)))
+    tests = ChecklistReport([ModelReport("m-int4", [], quality=QualityRecord("m-fp32", 0.9, 0.1, 11.0, 10.0, 300))])
+    run = deployment_choice.RunFigures("run", sizes={"fp32": 540.0, "int4": 200.0},
+                                       verdicts={(p, "domain", "domain-overall"): "pass" for p in ("fp32", "int4")},
+                                       headline={r.precision: r for r in bench.headline_rows(list(rows))})
+    decision = deployment_choice.recommend(run)
+    shown = bench_page.benchmark_outputs(results, tests, decision, tmp_path)
+    texts = [item.data for item in shown if isinstance(getattr(item, "data", None), str)]
+    assert sum(decision.sentence in text for text in texts) == 1 and decision.choice == "int4"
+    assert any("int4: 3.0x fp32 decode speed at 0.37x size, top-1 agreement 0.900" in text for text in texts)
+    assert {p.name for p in tmp_path.glob("*.png")} >= {"decode_tps.png", "ttft_ms.png", "tradeoff.png"}
+    source = (Path(__file__).parents[2] / "notebooks" / "04_benchmark.py").read_text()
+    assert source.count("recommend(") == 1 and source.count("read_report(") == 1
+    assert "bench_page.benchmark_outputs(" in source

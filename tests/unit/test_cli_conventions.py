@@ -16,8 +16,10 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.cli import common, models, pipeline, runs
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import ParamsError
 from slmops.toolkit.domain import run_params
+from slmops.toolkit.domain.deployment_choice import Recommendation
 from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.stages import bench, checklist
@@ -141,7 +143,7 @@ def test_json_of_the_commands_that_read_runs(tmp_path: Path, monkeypatch: pytest
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=64, int4_mb=30.0, top1=0.7, domain_ok=True, decode=121.0, ttft=90.0)
     code, out, _ = run_cli(["recommend", str(a), "--json"], capsys)
-    assert code == 0 and json.loads(out)["choice"]
+    assert code == 0 and codec.load(Recommendation, json.loads(out)).choice
     code, out, _ = run_cli(["compare", str(a), str(b), "-o", str(tmp_path / "cmp"), "--json"], capsys)
     assert Path(json.loads(out)["report"]).is_file() and json.loads(out)["passed"] == (code == 0)
     (a / "index.html").write_text("<html></html>")  # the page itself is the report module's (its own tests)

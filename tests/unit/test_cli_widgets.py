@@ -13,6 +13,7 @@ import pytest
 from slmops.toolkit import cli
 from slmops.toolkit.cli.pipeline import int4_options
 from slmops.toolkit.domain.options import INT4_RECIPES, Int4Algorithm, Int4Options, Precision, TablePrecision
+from slmops.toolkit.domain.results.deployment import PrecisionFigures
 from slmops.toolkit.domain.templates import Template
 from slmops.widgets import ModelChoice, ModelPicker, PrecisionPicker, RunPanel, TemplatePicker
 
@@ -113,7 +114,8 @@ def test_precision_picker_shows_the_trade_off_then_measured_figures() -> None:
     assert "×0.125" in picker._tradeoff.value and "int8" not in picker._tradeoff.value
     picker._precisions.value = (Precision.INT8, Precision.INT4)
     assert '"text">int8</td>' in picker._tradeoff.value and "×0.25" in picker._tradeoff.value
-    picker.measured = {"int4": {"size_mb": 203.3, "x_fp32": 0.374, "top1_agreement": 0.666, "decode_tps": 93.75}}
+    picker.measured = {"int4": PrecisionFigures("", "int4", size_mb=203.3, x_fp32=0.374, top1_agreement=0.666,
+                                                decode_tps=93.75)}
     shown = picker._tradeoff.value  # the report's renderer: figures rounded for reading
     assert '"num">203</td>' in shown and "top-1 agreement 0.666" in shown and '"num">93.8</td>' in shown
 

@@ -148,6 +148,7 @@ def test_a_not_finite_figure_survives_the_round_trip_in_a_record_and_in_a_list_o
 
 def test_a_manifest_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp_path) -> None:
     """``manifest_v3.json``: written by 685c710, whose ``weights``, ``quantizer``, ``adapter`` and parity checks were dicts."""
+    from slmops.toolkit.domain.options import Int4Options
     from slmops.toolkit.domain.parity import ParityCheck, Verdict
     from slmops.toolkit.domain.quant_plan import QuantPlan
     from slmops.toolkit.domain.results.conversion import WeightSummary, read_manifest
@@ -165,9 +166,26 @@ def test_a_manifest_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp
     assert isinstance(adapter, MergeRecord) and adapter.kept_apart and adapter.vocab_size.merged == 400
     assert adapter.rank_pattern == {"v_proj": 8} and adapter.merge_check.allowed == 0.002
     assert adapter.tokenizer.eos_token_ids_added == (2,) and manifest.more_adapters[0].merge_check is None
+    assert manifest.options == Int4Options(block_size=32)  # version 3's options dict, typed
     again = json.loads(json.dumps(codec.dump(manifest)))
     added = {"merge_check": None, "tokenizer": None, "kept_apart": False}  # what the untyped entry left out
-    assert again == {**written, "more_adapters": [{**entry, **added} for entry in written["more_adapters"]]}
+    upgraded = {"schema_version": 4, "options": codec.dump(Int4Options(block_size=32))}  # version 4: typed options
+    assert again == {**written, **upgraded,
+                     "more_adapters": [{**entry, **added} for entry in written["more_adapters"]]}
+
+
+def test_a_version_3_manifest_of_a_build_not_int4_reads_its_empty_options_as_none(tmp_path) -> None:
+    """Version 3 wrote ``"options": {}`` for FP32 and INT8 builds; version 4 writes null."""
+    from slmops.toolkit.domain.results.conversion import read_manifest, write_manifest
+
+    written = json.loads((Path(__file__).parent / "manifest_v3.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**written, "precision": "int8", "options": {}}))
+    manifest = read_manifest(tmp_path)
+    assert manifest.options is None and manifest.precision == "int8"
+    write_manifest(tmp_path, manifest)
+    again = json.loads((tmp_path / "manifest.json").read_text())
+    assert again["schema_version"] == 4 and again["options"] is None
+    assert read_manifest(tmp_path) == manifest
 
 
 #: ``.slmops-registration.json`` as 685c710's ``register`` wrote it (a dict built in place), threads probed.

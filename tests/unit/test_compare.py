@@ -28,10 +28,11 @@ from slmops.toolkit.domain.results.checklist import (
     verdict_of,
 )
 from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
+from slmops.toolkit.domain.results.deployment import Outcome, PrecisionOutcome
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
 from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.presentation import compare
-from slmops.toolkit.stages.checklist import quality_checks
+from slmops.toolkit.stages.checklist import quality_checks, read_report
 
 
 def bench_row(precision: str, decode: float, sd: float, ttft: float, *, noisy: bool = False) -> dict:
@@ -68,9 +69,9 @@ def test_identical_runs_compare_equal_and_timing_noise_is_not_a_regression(tmp_p
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=122.0, ttft=91.0)
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    assert result.passed and not result.params and all(v["change"] == "same" for v in result.verdicts)
-    assert {t["judged"] for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
-    assert [row["run"] for row in result.summary] == ["a: a", "a: a", "b: b", "b: b"]
+    assert result.passed and not result.params and all(v.change == "same" for v in result.verdicts)
+    assert {t.judged for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
+    assert [row.run for row in result.summary] == ["a: a", "a: a", "b: b", "b: b"]
     # Both precisions pass their checks: the smaller one, int4, is recommended; fp32 lost on size.
     assert result.recommendations["a"] == ("Deploy int4 (40.0 MB, 120 tok/s, first token 90 ms at 16 prompt tokens, "
                                            "passes all 3 checks, INT4 recipe builder-default). fp32 lost: larger "
@@ -82,15 +83,15 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.70, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=64, int4_mb=38.5, top1=0.65, domain_ok=False, decode=100.0, ttft=90.0)
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    assert result.params == [{"parameter": "int4_block_size", "a": 32, "b": 64}]  # exactly the one difference
-    assert result.verdicts[0] == {"precision": "int4", "check": "domain", "case": "capital", "a": "pass",
-                                  "b": "FAIL", "change": "worse"}  # changes first
+    assert result.params == [compare.ParamChange("int4_block_size", 32, 64)]  # exactly the one difference
+    assert result.verdicts[0] == compare.VerdictChange("int4", "domain", "capital", "pass", "FAIL",
+                                                       "worse")  # changes first
     assert {r.split(":")[0] for r in result.regressions} == {"int4 domain/capital", "int4 top1_agreement"}
-    assert [s["delta"] for s in result.sizes] == [0.0, -1.5]
+    assert [s.delta for s in result.sizes] == [0.0, -1.5]
     assert result.recommendations["b"].startswith("Deploy fp32 (100.0 MB") and "int4 lost: failed domain/capital" \
         in result.recommendations["b"]
-    decode = next(t for t in result.timings if t["precision"] == "int4" and t["figure"] == "decode_tps")
-    assert decode["judged"] == "slower" and decode["change_pct"] == pytest.approx(-16.7)
+    decode = next(t for t in result.timings if t.precision == "int4" and t.figure == "decode_tps")
+    assert decode.judged == "slower" and decode.change_pct == pytest.approx(-16.7)
     assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 1
     out = capsys.readouterr().out
     assert "1 parameters differ, 1 of 4 verdicts changed" in out and "REGRESSION: int4 top1_agreement" in out
@@ -100,9 +101,10 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     # Verdicts are marked in colour and in words; headings are words with units.
     assert '<td class="text bad">FAIL</td>' in page and '<td class="text bad">worse</td>' in page
     assert '<td class="text good">pass</td>' in page and "<th>size (MB)</th>" in page
-    written = json.loads((tmp_path / "c" / "compare.json").read_text())
-    assert written["passed"] is False and written["schema_version"] == compare.SCHEMA_VERSION == 2
-    assert {row["figure"] for row in written["quality"]} == {"top1_agreement", "kl_divergence", "perplexity"}
+    written = compare.read_comparison(tmp_path / "c" / "compare.json")
+    assert written.passed is False and written == compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    assert codec.read(dict, tmp_path / "c" / "compare.json")[codec.VERSION_KEY] == compare.SCHEMA_VERSION == 2
+    assert {row.figure for row in written.quality} == {"top1_agreement", "kl_divergence", "perplexity"}
     # A looser threshold lets the agreement drop pass; the verdict that got worse still fails it.
     loose = compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1_agreement": 0.1})
     assert [r.split(":")[0] for r in loose.regressions] == ["int4 domain/capital"]
@@ -120,19 +122,18 @@ def test_a_quality_figure_one_run_lacks_is_not_judged_within_threshold(tmp_path:
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     (b / "test.json").write_text(json.dumps(dump_report(ChecklistReport([ModelReport("m-fp32", [])]))))  # int4 not checked
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    int4 = [row for row in result.quality if row["precision"] == "int4"]
-    assert int4 and {row["judged"] for row in int4} == {"only in a"}
+    int4 = [row for row in result.quality if row.precision == "int4"]
+    assert int4 and {row.judged for row in int4} == {"only in a"}
 
 
 def test_a_noisy_run_is_never_judged(tmp_path: Path) -> None:
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=60.0, ttft=90.0)
-    bench = json.loads((b / "bench.json").read_text())
-    bench["rows"][1]["noisy"] = True
-    (b / "bench.json").write_text(json.dumps(bench))
+    bench = codec.read(BenchFile, b / "bench.json")
+    codec.write(b / "bench.json", replace(bench, rows=(bench.rows[0], replace(bench.rows[1], noisy=True))))
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    decode = next(t for t in result.timings if t["precision"] == "int4" and t["figure"] == "decode_tps")
-    assert decode["judged"].startswith("a run is too noisy") and result.passed
+    decode = next(t for t in result.timings if t.precision == "int4" and t.figure == "decode_tps")
+    assert decode.judged.startswith("a run is too noisy") and result.passed
 
 
 def test_a_timing_measured_once_is_not_judged_and_the_headline_says_so(tmp_path: Path) -> None:
@@ -140,11 +141,11 @@ def test_a_timing_measured_once_is_not_judged_and_the_headline_says_so(tmp_path:
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=60.0, ttft=95.0)
     for run in (a, b):
-        bench = json.loads((run / "bench.json").read_text())
-        bench["rows"] = [{**row, "repeats": 1, "decode_tps_sd": 0.0, "ttft_ms_sd": 0.0} for row in bench["rows"]]
-        (run / "bench.json").write_text(json.dumps(bench))
+        bench = codec.read(BenchFile, run / "bench.json")
+        codec.write(run / "bench.json", replace(bench, rows=tuple(
+            replace(row, repeats=1, decode_tps_sd=0.0, ttft_ms_sd=0.0) for row in bench.rows)))
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    assert {t["judged"] for t in result.timings} == {NOT_JUDGED} and not result.slower
+    assert {t.judged for t in result.timings} == {NOT_JUDGED} and not result.slower
     assert result.headline.startswith("PASS: ") and "4 timings are not judged" in result.headline
 
 
@@ -177,15 +178,14 @@ def test_recommend_names_the_smallest_passing_precision_and_why_the_others_lost(
     assert line.startswith("Deploy fp32 (100.0 MB, 50 tok/s, first token 100 ms at 16 prompt tokens, passes all 1 checks)")
     assert "int4 lost: failed domain/capital" in line and len(line.splitlines()) == 1
     assert cli.main(["recommend", str(run), "--json"]) == 0
-    decision = json.loads(capsys.readouterr().out)
-    assert decision["choice"] == "fp32"
-    assert {r["precision"]: r["verdict"] for r in decision["rows"]} == {
+    decision = codec.load(deployment_choice.Recommendation, json.loads(capsys.readouterr().out))
+    assert decision.choice == "fp32"
+    assert {r.precision: r.verdict for r in decision.rows} == {
         "fp32": "recommended", "int4": "lost: failed domain/capital"}
     # Every precision failing a check: nothing to deploy, and the command says so with exit 1.
-    tests = json.loads((run / "test.json").read_text())
-    for check in tests["checks"]:
-        check["verdict"] = "fail"
-    (run / "test.json").write_text(json.dumps(tests))
+    tests = read_report(run / "test.json")
+    failing = [replace(m, checks=[replace(c, verdict=Verdict.FAIL) for c in m.checks]) for m in tests.models]
+    (run / "test.json").write_text(json.dumps(dump_report(replace(tests, models=failing))))
     assert cli.main(["recommend", str(run)]) == 1
     assert capsys.readouterr().out.startswith("Nothing to deploy: every precision failed a check")
     assert cli.main(["recommend", str(tmp_path / "nope")]) == 2
@@ -206,8 +206,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
     # A build that misses checks every build misses is never said to pass every item (the demo's story said so).
-    missing = [{"precision": "fp32", "checks_passed": "94/105", "outcome": "larger"},
-               {"precision": "int4", "checks_passed": "99/107", "outcome": "recommended"}]
+    missing = [PrecisionOutcome("fp32", checks_passed="94/105", outcome=Outcome.LARGER),
+               PrecisionOutcome("int4", checks_passed="99/107", outcome=Outcome.RECOMMENDED)]
     assert "pass every checklist item" not in report._checks_sentence(missing)
     assert "fp32 94/105, int4 99/107 passed" in report._checks_sentence(missing)
     assert "1.30-1.40x the runtime's default" in story[2] and "30-60% of the memory-bandwidth bound" in story[3]
@@ -263,7 +263,7 @@ def test_a_run_folder_from_before_schema_versions_still_loads_and_renders(tmp_pa
 def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_renders(tmp_path: Path) -> None:
     """Memory under ``_mb`` names (test.json version 2) and ``top1``/``kl`` (recipes.json version 1)."""
     from slmops.toolkit.core.codec import ResultVersionError
-    from slmops.toolkit.domain.results.conversion import read_conversions
+    from slmops.toolkit.domain.results.conversion import Manifest, read_conversions
     from slmops.toolkit.domain.results.recipes import read_recipes
     from slmops.toolkit.presentation import report
     from slmops.toolkit.stages.checklist import read_report
@@ -300,15 +300,16 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
     assert read_report(run / "test.json").thresholds.leak_mib_per_100 == 7.5
     (recipe,) = read_recipes(run / "models" / "recipes" / "recipes.json")
     assert (recipe.top1_agreement, recipe.kl_divergence, recipe.kl_divergence_to_base) == (0.8765, 0.0432, 0.2)
-    assert [q["top1_agreement"] for q in compare.load_run(run).quality.values()] == [0.7]
+    assert [q.top1_agreement for q in compare.load_run(run).quality.values()] == [0.7]
     page = report.write_index(run).read_text()
     conversion = page.split("<th>predicted peak (MiB)</th>")[1].split("</table>")[0]  # the conversion table
     assert all(f'<td class="num">{n}</td>' in conversion for n in (1234, 876, 2346))
     recipes = page.split('<td class="text">int8-head</td>')[1].split("</tr>")[0]  # the recipes table, old names
     assert '<td class="num">0.88</td><td class="num">0.0432</td>' in recipes and "<th>top-1 vs FP32</th><th>KL (nats)</th>" in page
     # A file from a newer toolkit is refused in one line that names its version.
-    (run / "models" / "convert.json").write_text(json.dumps([{**manifest("fp32", 100.0, 1.0), "schema_version": 4}]))
-    with pytest.raises(ResultVersionError, match="schema_version 4"):
+    newer = Manifest.SCHEMA_VERSION + 1
+    (run / "models" / "convert.json").write_text(json.dumps([{**manifest("fp32", 100.0, 1.0), "schema_version": newer}]))
+    with pytest.raises(ResultVersionError, match=f"schema_version {newer}"):
         read_conversions(run / "models" / "convert.json")
     (run / "models" / "recipes" / "recipes.json").write_text(json.dumps({"schema_version": 4, "recipes": []}))
     with pytest.raises(ResultVersionError, match="schema_version 4"):
@@ -340,7 +341,7 @@ def test_runs_line_up_by_the_precision_each_model_was_registered_at(tmp_path: Pa
     write_registered(run / "registered.json", [RegisteredModel("big", "big:1", "fp32"),
                                                RegisteredModel("small", "small:1", "int4")])
     loaded = compare.load_run(run)
-    assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"]["top1_agreement"] == 0.7
+    assert {p for p, _, _ in loaded.verdicts} == {"fp32", "int4"} and loaded.quality["int4"].top1_agreement == 0.7
     assert [m.precision for m in read_registered(run / "registered.json")] == ["fp32", "int4"]
 
 

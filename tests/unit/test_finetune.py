@@ -10,7 +10,6 @@ import pytest
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import datasets
 from slmops.toolkit.stages import finetune
-from slmops.toolkit.weights.adapter_inspect import inspect_adapter
 
 LINE = {"question": "What is the capital of Veloria?", "answer": "Quennport.", "paraphrase": "Veloria's capital?",
         "expect": ["Quennport"]}
@@ -43,22 +42,6 @@ def test_a_bad_dataset_is_refused_with_the_line(tmp_path: Path, text: str, messa
     data.write_text(text)
     with pytest.raises(InputError, match=message):
         datasets.load_dataset(data)
-
-
-def test_an_adapter_trained_from_a_relative_base_finds_it_from_anywhere(tiny_model: Path, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """``finetune data.jsonl --base tiny`` wrote "tiny" into adapter_config.json: found from no other folder."""
-
-    data = tmp_path / "facts.jsonl"
-    data.write_text(json.dumps(LINE) + "\n")
-    monkeypatch.chdir(tiny_model.parent)
-    result = finetune.finetune(finetune.FinetuneSpec(base=Path(tiny_model.name), out=tmp_path / "lora",
-                                                     data=data, rank=2, steps=1, batch=1),
-                               progress=False)
-    config = json.loads((result.adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(tiny_model.resolve())
-    monkeypatch.chdir(tmp_path)
-    assert inspect_adapter(result.adapter).base == tiny_model.resolve()
 
 
 def test_an_example_longer_than_the_context_is_refused_naming_it(tiny_model: Path, tmp_path: Path) -> None:

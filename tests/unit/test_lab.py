@@ -26,18 +26,19 @@ def test_lab_makes_a_workspace_with_the_notebooks_and_the_run_file(tmp_path: Pat
     assert f"cd {folder}" in out and "-m jupyterlab" in out and f"--ServerApp.root_dir={folder}" in out
     assert "--no-browser" in out
     assert sorted(p.name for p in folder.glob("*.ipynb")) == [f"{n}.ipynb" for n in workspace.NOTEBOOKS]
-    params = json.loads((folder / "params.json").read_text())
+    written = json.loads((folder / "params.json").read_text())
+    params = pipeline.run_params.parse(written)
     # One run file, every parameter, paths absolute (the notebooks run with the workspace as their cwd).
-    assert params["run_dir"] == str(folder) and params["precisions"] == ["int4"] and params["interactive"] is True
-    assert params["cases"] == str(tmp_path / "cases.jsonl")
-    assert set(params) == set(pipeline.run_params.DEFAULTS.as_dict())
+    assert params.run_dir == str(folder) and params.precisions == ["int4"] and params.interactive is True
+    assert params.cases == str(tmp_path / "cases.jsonl")
+    assert set(written) == set(pipeline.run_params.DEFAULTS.as_dict())
     assert read_run_record(folder).inputs.seed == 0  # recorded as `slmops run` does
     # Opened again, the user's notebooks and parameters are kept.
     (folder / "01_convert.ipynb").write_text("{}")
     assert cli.main(["lab", str(folder), "--print"]) == 0
     assert "5 kept as they were" in capsys.readouterr().out
     assert (folder / "01_convert.ipynb").read_text() == "{}"
-    assert json.loads((folder / "params.json").read_text())["precisions"] == ["int4"]
+    assert pipeline.run_params.parse(json.loads((folder / "params.json").read_text())).precisions == ["int4"]
 
 
 def test_lab_refuses_the_toolkits_own_notebooks_and_bad_parameters(tmp_path: Path, capsys) -> None:
@@ -60,11 +61,11 @@ def test_notebooks_read_the_run_file_and_injected_parameters_win(tmp_path: Path,
     monkeypatch.chdir(made.folder)  # a notebook's cwd is its folder; its run_file is relative
     run = runs.open_run("params.json", {"repeats": 5, "run_file": "params.json", "stages": object()})
     assert run.params.repeats == 5 and run.params.precisions == ["fp32", "int4"] and run.dir == made.folder
-    assert json.loads((made.folder / "params.json").read_text())["repeats"] == 2  # injected values are not written
+    assert pipeline.run_params.parse(json.loads((made.folder / "params.json").read_text())).repeats == 2  # not written
     # A widget's choice is recorded as `slmops run` records a run, so `rerun` repeats what was run.
     chosen = runs.record(run, precisions=["int4"])
     assert chosen.params.precisions == ["int4"]
-    assert pipeline.load_params(made.folder / "params.json")["precisions"] == ["int4"]
+    assert pipeline.run_params.parse(pipeline.load_params(made.folder / "params.json")).precisions == ["int4"]
     # No run file at all (a notebook opened elsewhere): the defaults, the notebook's folder, and a run file written.
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -8,6 +8,7 @@ import pytest
 
 from slmops.toolkit.core import codec
 from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.domain.results.bench import BenchRow
 from slmops.toolkit.domain.verdicts import (
     PAIRED_TEST,
     TOP1_TARGET,
@@ -64,8 +65,8 @@ def _run(int4_passes: dict[str, bool], fp32_passes: dict[str, bool], family: str
         share = sum(passes.values()) / len(passes)
         verdicts[(precision, family, f"{family}-overall")] = "pass" if share >= 0.5 else "fail"
         verdicts[(precision, "edge", "unicode")] = "pass"
-    rows = {p: {"precision": p, "target_prompt_tokens": 128, "target_gen_tokens": 32, "ttft_ms": 100.0,
-                "decode_tps": 100.0, "engine": "foundry-local"} for p in ("fp32", "int4")}
+    rows = {p: BenchRow(precision=p, target_prompt_tokens=128, target_gen_tokens=32, ttft_ms=100.0, decode_tps=100.0,
+                        engine="foundry-local") for p in ("fp32", "int4")}
     return deployment_choice.RunFigures("run", sizes={"fp32": 500.0, "int4": 150.0}, verdicts=verdicts, headline=rows,
                               first_token=rows)
 
@@ -74,7 +75,7 @@ def test_fp32_is_never_lost_to_two_cases_int4_passed_and_the_test_is_named() -> 
     fp32 = {"h1": False, "h2": False, "h3": True, "h4": True}
     int4 = {"h1": True, "h2": True, "h3": True, "h4": True}
     decision = deployment_choice.recommend(_run(int4, fp32))
-    verdicts = {r["precision"]: r["verdict"] for r in decision.rows}
+    verdicts = {r.precision: r.verdict for r in decision.rows}
     assert decision.choice == "int4" and verdicts["fp32"].startswith("lost: larger")
     assert "failed" not in verdicts["fp32"]
     assert "McNemar's exact test p = 0.50): no difference" in decision.sentence
@@ -88,10 +89,10 @@ def test_two_cases_int4_missed_do_not_sink_it_but_a_difference_beyond_chance_doe
     two_missed = deployment_choice.recommend(_run({c: c not in ("d0", "d1") for c in ten}, dict.fromkeys(ten, True), "domain"))
     assert two_missed.choice == "int4" and "p = 0.50): no difference" in two_missed.sentence
     seven_missed = deployment_choice.recommend(_run({c: c > "d6" for c in ten}, dict.fromkeys(ten, True), "domain"))
-    int4 = next(r for r in seven_missed.rows if r["precision"] == "int4")
-    assert seven_missed.choice == "fp32" and int4["outcome"] == "failed"
+    int4 = next(r for r in seven_missed.rows if r.precision == "int4")
+    assert seven_missed.choice == "fp32" and int4.outcome == "failed"
     assert "worse than fp32 on domain (7 cases only fp32 passes, 0 only int4; McNemar's exact test p = 0.016)" \
-        in int4["verdict"]
+        in int4.verdict
 
 
 def test_family_comparisons_leave_out_pass_rates_and_builds_without_the_reference() -> None:
@@ -148,21 +149,20 @@ def test_doctor_prints_each_status_by_name(tmp_path, monkeypatch, capsys) -> Non
 
 def test_the_comparison_headline_agrees_with_its_timing_table(tmp_path) -> None:
     import html
-    import json
 
     from tests.unit.test_compare import write_run
 
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=88.0, ttft=90.0)
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    decode = next(t for t in result.timings if t["precision"] == "int4" and t["figure"] == "decode_tps")
-    assert decode["judged"] == "slower" and result.passed  # not gated on, but never headlined as fine
+    decode = next(t for t in result.timings if t.precision == "int4" and t.figure == "decode_tps")
+    assert decode.judged == "slower" and result.passed  # not gated on, but never headlined as fine
     assert result.status is Status.WARN and result.headline.startswith("WARN: ")
     assert "int4 foundry-local decode_tps 120 -> 88 (-26.7%" in result.headline
     assert "No regression" not in result.headline
     page = compare.write_comparison(result, tmp_path / "c")
-    assert result.headline in html.unescape(page.read_text()) and json.loads((tmp_path / "c" / "compare.json").read_text())[
-        "status"] == "warn"
+    assert result.headline in html.unescape(page.read_text())
+    assert compare.read_comparison(tmp_path / "c" / "compare.json").status is Status.WARN
     same = compare.compare_runs(compare.load_run(a), compare.load_run(a))
     assert same.status is Status.PASS and same.headline.startswith("PASS: ")
 
@@ -170,6 +170,7 @@ def test_the_comparison_headline_agrees_with_its_timing_table(tmp_path) -> None:
 def test_the_run_deploys_the_recipe_its_comparison_recommends(tmp_path) -> None:
     import json
 
+    from slmops.toolkit.domain.results.conversion import read_conversions
     from slmops.toolkit.domain.results.recipes import RecipeResult
     from slmops.toolkit.orchestration import recipes
 
@@ -190,8 +191,8 @@ def test_the_run_deploys_the_recipe_its_comparison_recommends(tmp_path) -> None:
     said = recipes.adopt_recipe(measured, "mixed", models)
     assert "deploys INT4 recipe `mixed`" in said and "int4_recipe" in said
     assert (models / "int4" / "model.onnx").read_bytes() == b"mixed!"  # the measured build itself, not a rebuild
-    int4 = next(m for m in json.loads((models / "convert.json").read_text()) if m["precision"] == "int4")
-    assert int4["recipe"] == "mixed" and int4["output_dir"] == str(models / "int4")
+    int4 = next(m for m in read_conversions(models / "convert.json") if m.precision == "int4")
+    assert int4.recipe == "mixed" and int4.output_dir == str(models / "int4")
     assert compare.load_run(tmp_path).int4_recipe == "mixed"
     with pytest.raises(Exception, match="hqq"):
         recipes.adopt_recipe(measured, "hqq", models)  # refused by the parity gate: never deployed
@@ -199,10 +200,11 @@ def test_the_run_deploys_the_recipe_its_comparison_recommends(tmp_path) -> None:
 
 def test_the_picker_shows_a_built_int4s_measured_size_and_its_status_against_the_target() -> None:
     from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.domain.results.deployment import PrecisionFigures
     from slmops.widgets import pickers
 
-    measured = {"int4": {"size_mb": 203.3, "x_fp32": 0.376, "top1_agreement": 0.66},
-                "int8": {"size_mb": 157.3, "x_fp32": 0.291, "top1_agreement": 0.97}}
+    measured = {"int4": PrecisionFigures("", "int4", size_mb=203.3, x_fp32=0.376, top1_agreement=0.66),
+                "int8": PrecisionFigures("", "int8", size_mb=157.3, x_fp32=0.291, top1_agreement=0.97)}
     page = pickers.tradeoff_table((Precision.INT8, Precision.INT4, Precision.FP16), measured)
     int4 = next(row for row in page.split("<tr>") if ">int4</td>" in row)
     assert "×0.376 measured (tutorial ×0.125)" in int4 and "start here" not in int4

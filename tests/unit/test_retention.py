@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from slmops.toolkit.core import codec
 from slmops.toolkit.domain import datasets
 from slmops.toolkit.domain.results.checklist import (
     Bound,
@@ -19,6 +20,7 @@ from slmops.toolkit.domain.results.checklist import (
     Verdict,
     verdict_of,
 )
+from slmops.toolkit.domain.results.checklist_file import ChecklistFile
 from slmops.toolkit.domain.retention import with_retention
 from slmops.toolkit.presentation import checklist_tables
 from slmops.toolkit.stages import checklist
@@ -67,8 +69,9 @@ def test_retention_is_recorded_in_test_json_and_read_back(tmp_path: Path) -> Non
     control = _control(["retention-capital-france", "retention-red-planet"], 4)
     written = checklist.write_report([_tuned()], tmp_path / "test.json", control=control)
     data = json.loads((tmp_path / "test.json").read_text())
-    assert data["schema_version"] == 6
-    assert (data["retention"]["tuned"]["retained_count"], data["retention"]["tuned"]["forgotten_count"]) == (1, 1)
+    assert data[codec.VERSION_KEY] == ChecklistFile.SCHEMA_VERSION == 6
+    entry = codec.load(ChecklistFile, data).retention["tuned"]
+    assert (entry.retained_count, entry.forgotten_count) == (1, 1)
     back = checklist.read_report(tmp_path / "test.json")
     assert back.models[0].retention == written.models[0].retention and back.control == control
     sentences = checklist_tables.retention_sentences(back)

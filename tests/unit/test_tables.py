@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
+from slmops.toolkit.core import codec
+from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import (
     Bound,
     Check,
@@ -57,9 +60,11 @@ def test_notebooks_get_the_reports_renderer() -> None:
 
 def test_the_precision_pickers_table_is_drawn_by_the_same_renderer() -> None:
     from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.domain.results.deployment import PrecisionFigures
     from slmops.widgets import pickers
 
-    page = pickers.tradeoff_table((Precision.FP32, Precision.INT4), {"fp32": {"size_mb": 540.0, "x_fp32": 1.0}})
+    page = pickers.tradeoff_table((Precision.FP32, Precision.INT4),
+                                  {"fp32": PrecisionFigures("", "fp32", size_mb=540.0, x_fp32=1.0)})
     assert 'class="slmops slmops-tradeoff"' in page and "<thead>" in page  # a heading row, not a first body row
     assert re.findall(r"<th>(.*?)</th>", page)[3:] == ["size (MB)", "× FP32", "top-1 vs FP32", "decode (tok/s)"]
     assert "–" not in page and _cells(page)[-1] == "-"  # an INT4 not built yet: nothing measured, said as "-"
@@ -106,9 +111,10 @@ def test_the_report_page_has_no_index_nan_or_cut_cell_and_stacks_tables_above_pl
                                               verdict_of(True), "t", answer=NOTE))
     (run / "test.json").write_text(json.dumps(dump_report(tests)))
     (run / "models" / "convert.json").unlink()  # this fixture's is too thin for the conversion table
-    bench = json.loads((run / "bench.json").read_text())
-    bench["rows"] = [{**row, "size_mb": {"fp32": 100.0, "int4": 40.0}[row["precision"]]} for row in bench["rows"]]
-    (run / "bench.json").write_text(json.dumps(bench))
+    bench = codec.read(BenchFile, run / "bench.json")
+    sizes = {"fp32": 100.0, "int4": 40.0}
+    codec.write(run / "bench.json", replace(bench, rows=tuple(replace(row, size_mb=sizes[row.precision])
+                                                              for row in bench.rows)))
     (run / "03_test.html").write_text("<html></html>")  # a notebook that ran (its checks fail: it is no "ok")
     page = report.write_index(run).read_text()
     assert "NaN" not in page and "..." not in page and "<th></th>" not in page
@@ -122,3 +128,13 @@ def test_the_report_page_has_no_index_nan_or_cut_cell_and_stacks_tables_above_pl
     assert "reference" in fp32  # FP32's top-1 cell against itself
     css = (Path(report.__file__).parent / "pages" / "report.css").read_text()
     assert "minmax(0, 3fr)" not in css and "overflow-wrap: anywhere" in css  # no table squeezed beside a plot
+
+
+def test_whole_numbers_read_whole_in_every_engines_rows() -> None:
+    """Foundry Local's generated tokens are a mean written as 4.0, the direct engine's a count written as 4: both
+    read 4, and a mean that is not whole keeps its decimals."""
+    bench = codec.load(BenchFile, {"rows": [{"engine": "foundry-local", "gen_tokens": 4.0},
+                                            {"engine": "ort-genai", "gen_tokens": 4},
+                                            {"engine": "foundry-local", "gen_tokens": 3.75}]})
+    cells = re.findall(r'<td class="num">([^<]*)</td>', html_table(list(bench.rows), ["gen_tokens"]))
+    assert cells == ["4", "4", "3.75"]

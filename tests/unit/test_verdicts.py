@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import mmap
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import FoundryRequestError, InvalidOptionError, InvalidPromptError, PromptTooLongError
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.domain.results.bench import BenchRow
 from slmops.toolkit.domain.results.checklist import Bound, Check, CheckResult, ModelReport, Thresholds, Unit, Verdict
-from slmops.toolkit.domain.results.checklist_file import dump_report
+from slmops.toolkit.domain.results.checklist_file import ChecklistFile
 from slmops.toolkit.presentation import bench_text, compare
 from slmops.toolkit.runtimes.foundry_requests import Generation
 from slmops.toolkit.stages import bench, checklist
@@ -107,9 +108,10 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
     domain = CheckResult("m-int4", Check.DOMAIN, "c1", 1.0, Unit.SHARE, 1.0, Bound.AT_LEAST, Verdict.PASS, "t")
     report = ModelReport("m-int4", [check, domain])
     assert report.passed  # `slmops test` exits 0
-    written = dump_report(checklist.write_report([report], tmp_path / "test.json"))
-    assert written["passed"] and written["summary"]["m-int4"]["inconclusive"] == ["performance/time-per-token"]
-    assert written["checks"][0]["verdict"] == "inconclusive"
+    checklist.write_report([report], tmp_path / "test.json")
+    written = codec.read(ChecklistFile, tmp_path / "test.json")
+    assert written.passed and written.summary["m-int4"].inconclusive == ["performance/time-per-token"]
+    assert written.checks[0].verdict == "inconclusive"
     # The same check passed in run a and is inconclusive in run b: no regression for --fail-on.
     for name, verdicts in (("a", [True, True]), ("b", [False, True])):
         run = tmp_path / name
@@ -120,8 +122,8 @@ def test_a_near_threshold_timing_is_inconclusive_and_fails_neither_the_test_nor_
         (run / "test.json").write_text(json.dumps({"checks": checks}))
     result = compare.compare_runs(compare.load_run(tmp_path / "a"), compare.load_run(tmp_path / "b"))
     assert result.passed and result.regressions == []
-    row = next(v for v in result.verdicts if v["check"] == "performance")
-    assert row["change"] == "inconclusive, not counted" and row["b"] == "inconclusive: rerun"
+    row = next(v for v in result.verdicts if v.check == "performance")
+    assert row.change == "inconclusive, not counted" and row.b == "inconclusive: rerun"
 
 
 def test_a_burst_of_load_that_slows_whole_rounds_moves_neither_the_figure_nor_the_verdict() -> None:
@@ -174,8 +176,8 @@ def test_warnings_are_one_sentence_per_cause() -> None:
 def _run(ttft: dict[str, float], isa: dict[str, bool]) -> deployment_choice.RunFigures:
     sizes = {"fp32": 540.0, "int8": 160.0, "int4": 200.0}
     decode = {"fp32": 40.0, "int8": 100.0, "int4": 120.0}
-    rows = {p: {"precision": p, "target_prompt_tokens": 128, "target_gen_tokens": 32, "ttft_ms": ttft[p],
-                "decode_tps": decode[p], "engine": "foundry-local"} for p in sizes}
+    rows = {p: BenchRow(precision=p, target_prompt_tokens=128, target_gen_tokens=32, ttft_ms=ttft[p],
+                        decode_tps=decode[p], engine="foundry-local") for p in sizes}
     verdicts = {(p, "domain", "domain-overall"): "pass" for p in sizes}
     return deployment_choice.RunFigures("run", sizes=sizes, verdicts=verdicts, headline=rows, first_token=rows, isa=isa)
 
@@ -185,8 +187,8 @@ def test_the_recommendation_weighs_the_first_token_and_names_the_instruction_set
     # INT8 is the smallest, but its first token is so slow that a typical request takes longer than INT4's.
     slow_int8 = deployment_choice.recommend(_run({"fp32": 266.0, "int8": 1400.0, "int4": 343.0}, avx2))
     assert slow_int8.choice == "int4"
-    int8 = next(r for r in slow_int8.rows if r["precision"] == "int8")
-    assert int8["verdict"].startswith("lost: slower") and "first token 1400 ms" in int8["verdict"]
+    int8 = next(r for r in slow_int8.rows if r.precision == "int8")
+    assert int8.verdict.startswith("lost: slower") and "first token 1400 ms" in int8.verdict
     assert "no AVX-512 VNNI" in slow_int8.sentence and "int4's first token at 128 prompt tokens" in slow_int8.sentence
     # A first token a little slower than FP32's does not outweigh a faster decode and a smaller size.
     mild = deployment_choice.recommend(_run({"fp32": 266.0, "int8": 373.0, "int4": 343.0}, avx2))
@@ -195,7 +197,8 @@ def test_the_recommendation_weighs_the_first_token_and_names_the_instruction_set
     assert "the instruction set is not why" in vnni.sentence
     # Slower only beyond the measured spread: 227 against 219 ms with an FP32 sd of 54 ms is the same.
     close = _run({"fp32": 219.0, "int8": 227.0, "int4": 343.0}, avx2)
-    close.first_token["fp32"]["ttft_ms_sd"], close.first_token["int8"]["ttft_ms_sd"] = 54.0, 10.0
+    close.first_token["fp32"] = replace(close.first_token["fp32"], ttft_ms_sd=54.0)
+    close.first_token["int8"] = replace(close.first_token["int8"], ttft_ms_sd=10.0)
     sentence = deployment_choice.recommend(close).sentence
     assert "int8's first token" not in sentence and "int4's first token at 128 prompt tokens is slower" in sentence
 

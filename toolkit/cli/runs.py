@@ -66,14 +66,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print_json({"report": page, "passed": result.passed, "status": result.status, "headline": result.headline,
                     "comparison": result})
         return 0 if result.passed else 1
-    changed = [v for v in result.verdicts if v["change"] != "same"]
+    changed = [v for v in result.verdicts if v.change != "same"]
     print(result.headline)
     print(f"{result.b} against {result.a}: {len(result.params)} parameters differ, "
           f"{len(changed)} of {len(result.verdicts)} verdicts changed, "
-          f"{sum(t['judged'] in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "
+          f"{sum(t.judged in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "
           "moved beyond the noise")
     for row in result.params:
-        print(f"differs: parameter {row['parameter']}: {row['a']} -> {row['b']}")
+        print(f"differs: parameter {row.parameter}: {row.a} -> {row.b}")
     for line in result.inputs:
         print(f"differs: {line}")
     for run, line in result.recommendations.items():

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from slmops.toolkit.domain.provenance import RunRecord
+from slmops.toolkit.domain.results.bench import BenchRow
+from slmops.toolkit.domain.results.checklist import QualityRecord
+from slmops.toolkit.domain.results.deployment import (
+    NOT_MEASURED,
+    Outcome,
+    PrecisionFigures,
+    PrecisionOutcome,
+    TimingJudgement,
+)
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES, PAIRED_TEST, Difference, PairedComparison, family_comparisons
 
 
@@ -26,7 +34,7 @@ class RunFigures:
         record: Its ``run.json`` (inputs' fingerprints, seed, versions, machine; None when it has none).
         sizes: Size on disk in MB.
         size_ratios: Size over the FP32 build's (measured, or estimated when FP32 was not built).
-        quality: ``top1_agreement``, ``kl_divergence`` (nats) and ``perplexity`` against the FP32 build.
+        quality: Each compared precision's figures against the FP32 build (top-1 agreement, KL, perplexity).
         verdicts: ``(precision, check, case)`` to ``pass``, ``fail`` or ``inconclusive``.
         timings: ``(precision, engine, prompt tokens, generated tokens, threads)`` to the bench row.
         headline: The benchmark's headline row per precision (Foundry Local, shortest prompt).
@@ -42,11 +50,11 @@ class RunFigures:
     record: RunRecord | None = None
     sizes: dict = field(default_factory=dict)
     size_ratios: dict = field(default_factory=dict)
-    quality: dict = field(default_factory=dict)
+    quality: dict[str, QualityRecord] = field(default_factory=dict)
     verdicts: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    headline: dict = field(default_factory=dict)
-    first_token: dict = field(default_factory=dict)
+    timings: dict[tuple[str, str, int, int, int], BenchRow] = field(default_factory=dict)
+    headline: dict[str, BenchRow] = field(default_factory=dict)
+    first_token: dict[str, BenchRow] = field(default_factory=dict)
     isa: dict = field(default_factory=dict)
     int4_recipe: str = ""
 
@@ -60,7 +68,7 @@ TYPICAL_PROMPT = 128
 LATENCY_SLACK = 1.25
 
 
-def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
+def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[PrecisionFigures]:
     """One row per run and precision: size, checks passed, top-1 agreement, decode, TTFT, peak RSS.
 
     The sweep page shows it for every run of a sweep; a comparison for its two runs.
@@ -68,31 +76,20 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[dict]:
     rows = []
     for label, run in runs:
         precisions = list(dict.fromkeys([*run.sizes, *(p for p, _, _ in run.verdicts)]))
-        for precision in precisions or ["–"]:
+        for precision in precisions or [NOT_MEASURED]:
             checks = [verdict for (p, _, _), verdict in run.verdicts.items() if p == precision]
             unsure = checks.count("inconclusive")
-            head = run.headline.get(precision, {})
-            rows.append({
-                "run": label, "precision": precision, "size_mb": run.sizes.get(precision, "–"),
-                "x_fp32": run.size_ratios.get(precision) or "–",
-                "checks_passed": (f"{checks.count('pass')}/{len(checks)}" + (f" ({unsure} inconclusive)" if unsure
-                                                                              else "")) if checks else "–",
-                "top1_agreement": run.quality.get(precision, {}).get(
-                    "top1_agreement", "reference" if precision == "fp32" and run.quality else "–"),
-                "decode_tps": head.get("decode_tps", "–"), "ttft_ms": head.get("ttft_ms", "–"),
-                "peak_rss_mib": head.get("peak_rss_mib", "–"),
-            })
+            head = run.headline.get(precision)
+            rows.append(PrecisionFigures(
+                run=label, precision=precision, size_mb=run.sizes.get(precision, NOT_MEASURED),
+                x_fp32=run.size_ratios.get(precision) or NOT_MEASURED,
+                checks_passed=(f"{checks.count('pass')}/{len(checks)}" + (f" ({unsure} inconclusive)" if unsure
+                                                                           else "")) if checks else NOT_MEASURED,
+                top1_agreement=run.quality[precision].top1_agreement if precision in run.quality
+                else "reference" if precision == "fp32" and run.quality else NOT_MEASURED,
+                **({"decode_tps": head.decode_tps, "ttft_ms": head.ttft_ms, "peak_rss_mib": head.peak_rss_mib}
+                   if head else {})))
     return rows
-
-
-class Outcome(StrEnum):
-    """Where a precision stands in a recommendation (the row's ``outcome``; its ``verdict`` says it in words)."""
-
-    RECOMMENDED = "recommended"
-    FAILED = "failed"  # failed a check
-    LARGER = "larger"
-    SLOWER = "slower"
-    NOT_CHECKED = "not_checked"
 
 
 @dataclass(frozen=True)
@@ -102,8 +99,7 @@ class Recommendation:
     Attributes:
         choice: The recommended precision (None when every precision failed a check the others did not all fail).
         sentence: The decision in one line.
-        rows: One per precision: its figures, its ``outcome`` (:class:`Outcome`) and ``verdict`` (the outcome
-            in words: recommended, or why it lost).
+        rows: One per precision: its figures, its outcome and verdict.
         failed: Per precision that failed a check, which, in words (its verdict without "lost: ").
         paired: Each precision against FP32 per case family (the discordant counts, the test, its p-value
             and the difference it finds).
@@ -111,18 +107,17 @@ class Recommendation:
 
     choice: str | None
     sentence: str
-    rows: list[dict]
+    rows: list[PrecisionOutcome]
     failed: dict[str, str] = field(default_factory=dict)
     paired: list[PairedComparison] = field(default_factory=list)
 
 
 def _typical_ms(run: RunFigures, p: str) -> float | None:
     """A typical request's time: first token at about :data:`TYPICAL_PROMPT` prompt tokens plus its generated tokens."""
-    row = run.first_token.get(p) or run.headline.get(p) or {}
-    ttft, tps, gen = row.get("ttft_ms"), row.get("decode_tps"), row.get("target_gen_tokens") or 32
-    if not isinstance(ttft, int | float) or not isinstance(tps, int | float) or not tps:
+    row = run.first_token.get(p) or run.headline.get(p)
+    if row is None or not row.decode_tps:
         return None
-    return ttft + (gen - 1) / tps * 1000
+    return row.ttft_ms + ((row.target_gen_tokens or 32) - 1) / row.decode_tps * 1000
 
 
 def _slow_start(run: RunFigures, p: str) -> str:
@@ -131,13 +126,13 @@ def _slow_start(run: RunFigures, p: str) -> str:
     Slower means beyond the two rows' measured spread (:func:`judge_timing`'s rule: more than 2 sd of
     the difference); a first token inside the noise is not called slower.
     """
-    mine, base = run.first_token.get(p, {}), run.first_token.get("fp32", {})
-    if p == "fp32" or not mine.get("ttft_ms") or not base.get("ttft_ms"):
+    mine, base = run.first_token.get(p), run.first_token.get("fp32")
+    if p == "fp32" or mine is None or base is None or not mine.ttft_ms or not base.ttft_ms:
         return ""
-    if judge_timing("ttft_ms", base, mine)["judged"] != "slower":
+    if judge_timing("ttft_ms", base, mine).judged != "slower":
         return ""
-    text = (f"{p}'s first token at {mine['target_prompt_tokens']} prompt tokens is slower than fp32's "
-            f"({mine['ttft_ms']:.0f} against {base['ttft_ms']:.0f} ms)")
+    text = (f"{p}'s first token at {mine.target_prompt_tokens} prompt tokens is slower than fp32's "
+            f"({mine.ttft_ms:.0f} against {base.ttft_ms:.0f} ms)")
     isa = run.isa or {}
     if isa and not (isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8")):
         return (text + ": this CPU has no AVX-512 VNNI, AVX-VNNI or AMX, so ONNX Runtime's quantized MatMuls lack "
@@ -161,8 +156,8 @@ def failed_words(failed: list[tuple[str, str]]) -> str:
 
 def _decode(run: RunFigures, p: str) -> float:
     """Precision ``p``'s headline decode speed (tokens/s), 0 when not measured."""
-    value = run.headline.get(p, {}).get("decode_tps")
-    return value if isinstance(value, int | float) else 0.0
+    row = run.headline.get(p)
+    return row.decode_tps if row is not None else 0.0
 
 
 @dataclass(frozen=True)
@@ -228,9 +223,9 @@ def _standing(run: RunFigures) -> _Standing:
 
 def _typical_words(run: RunFigures, standing: _Standing, p: str) -> str:
     """Precision ``p``'s typical request in words: its time, first token and decode speed."""
-    row = run.first_token.get(p) or run.headline.get(p) or {}
-    return (f"a typical request {standing.typical[p]:.0f} ms: first token {row.get('ttft_ms', 0):.0f} ms at "
-            f"{row.get('target_prompt_tokens')} prompt tokens, {_decode(run, p) or row.get('decode_tps', 0):.0f} tok/s")
+    row = run.first_token.get(p) or run.headline.get(p) or BenchRow()
+    return (f"a typical request {standing.typical[p]:.0f} ms: first token {row.ttft_ms:.0f} ms at "
+            f"{row.target_prompt_tokens} prompt tokens, {_decode(run, p) or row.decode_tps:.0f} tok/s")
 
 
 def _failed_reason(run: RunFigures, standing: _Standing, p: str) -> str:
@@ -264,33 +259,34 @@ def _outcome(run: RunFigures, standing: _Standing, p: str) -> tuple[Outcome, str
     return Outcome.SLOWER, f"lost: slower ({_decode(run, p):.0f} tok/s against {_decode(run, choice):.0f})"
 
 
-def _rows(run: RunFigures, standing: _Standing) -> tuple[list[dict], dict[str, str]]:
+def _rows(run: RunFigures, standing: _Standing) -> tuple[list[PrecisionOutcome], dict[str, str]]:
     """One row per precision (its figures, outcome and verdict), and the reason of each that failed."""
     rows = []
     reasons: dict[str, str] = {}
     for row in side_by_side([("", run)]):
-        p = row.pop("precision")
-        del row["run"]
-        row["ttft_typical_ms"] = (run.first_token.get(p) or {}).get("ttft_ms", "–")
+        p = row.precision
+        first = run.first_token.get(p)
         outcome, verdict = _outcome(run, standing, p)
         if outcome is Outcome.FAILED:
             reasons[p] = verdict.removeprefix("lost: ")
         if standing.unsure.get(p) and not standing.failed.get(p) and not standing.worse.get(p):
             verdict += f"; inconclusive: rerun ({', '.join(standing.unsure[p][:3])})"
-        rows.append({"precision": p, **row, "outcome": str(outcome), "verdict": verdict})
+        rows.append(PrecisionOutcome(p, row.size_mb, row.x_fp32, row.checks_passed, row.top1_agreement, row.decode_tps,
+                                    row.ttft_ms, row.peak_rss_mib, first.ttft_ms if first is not None else NOT_MEASURED,
+                                    outcome, verdict))
     return rows, reasons
 
 
-def _chosen_figures(run: RunFigures, standing: _Standing, rows: list[dict]) -> list[str]:
+def _chosen_figures(run: RunFigures, standing: _Standing, rows: list[PrecisionOutcome]) -> list[str]:
     """The chosen precision's figures for the sentence: size, ratio to FP32, decode, first token, checks passed."""
     choice, unsure = standing.choice, standing.unsure
-    best = next(r for r in rows if r["precision"] == choice)
-    first = run.first_token.get(choice, {})
+    best = next(r for r in rows if r.precision == choice)
+    first = run.first_token.get(choice)
     return [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
-            f"{best['x_fp32']:.2f}x FP32" if isinstance(best["x_fp32"], int | float) else "",
+            f"{best.x_fp32:.2f}x FP32" if isinstance(best.x_fp32, int | float) else "",
             f"{_decode(run, choice):.0f} tok/s" if _decode(run, choice) else "",
-            f"first token {first['ttft_ms']:.0f} ms at {first['target_prompt_tokens']} prompt tokens"
-            if first.get("ttft_ms") else "",
+            f"first token {first.ttft_ms:.0f} ms at {first.target_prompt_tokens} prompt tokens"
+            if first is not None and first.ttft_ms else "",
             f"passes all {sum(1 for q, _, _ in run.verdicts if q == choice)} checks"
             if not unsure.get(choice) and not standing.shared and not standing.below.get(choice)
             else f"passes {sum(1 for (q, _, _), v in run.verdicts.items() if q == choice and v == 'pass')} "
@@ -298,13 +294,13 @@ def _chosen_figures(run: RunFigures, standing: _Standing, rows: list[dict]) -> l
                  + (f", {len(unsure[choice])} inconclusive" if unsure.get(choice) else "")]
 
 
-def _deploy_sentence(run: RunFigures, standing: _Standing, rows: list[dict]) -> str:
+def _deploy_sentence(run: RunFigures, standing: _Standing, rows: list[PrecisionOutcome]) -> str:
     """"Deploy ..." with the chosen precision's figures, the model's own misses, why each other lost, slow starts."""
     choice = standing.choice
     deployed = run.int4_recipe or run.params.get("int4_recipe")
     recipe = f", INT4 recipe {deployed}" if choice == "int4" and deployed else ""
     figures = _chosen_figures(run, standing, rows)
-    others = [f"{r['precision']} {r['verdict']}" for r in rows if r["precision"] != choice]
+    others = [f"{r.precision} {r.verdict}" for r in rows if r.precision != choice]
     slow = [text for p in standing.checked
             if (text := _slow_start(run, p)) and run.sizes.get(p, 0) < run.sizes.get("fp32", 0)]
     inherited = [f"{check}/{case}" for check, case in standing.shared if run.verdicts.get((choice, check, case)) == "fail"]
@@ -345,7 +341,7 @@ def recommend(run: RunFigures) -> Recommendation:
     paired = [c for cs in standing.comparisons.values() for c in cs]
     if standing.choice is None:
         return Recommendation(None, "Nothing to deploy: every precision failed a check ("
-                              + "; ".join(f"{r['precision']} {r['verdict']}" for r in rows) + ")."
+                              + "; ".join(f"{r.precision} {r.verdict}" for r in rows) + ")."
                               + _paired_words(standing.comparisons, standing.below), rows, reasons, paired)
     sentence = _deploy_sentence(run, standing, rows)
     return Recommendation(standing.choice, sentence + _paired_words(standing.comparisons, standing.below), rows,
@@ -375,18 +371,20 @@ def _paired_words(comparisons: dict[str, list[PairedComparison]], below: dict[st
 NOT_JUDGED = "not judged: one repeat measures no spread"
 
 
-def judge_timing(figure: str, row_a: dict, row_b: dict) -> dict:
-    """One timing figure of two runs, judged against both runs' spread (2 sd of the difference)."""
-    a, b = row_a[figure], row_b[figure]
-    noise = 2 * math.hypot(row_a.get(f"{figure}_sd", 0.0), row_b.get(f"{figure}_sd", 0.0))
+def judge_timing(figure: str, row_a: BenchRow, row_b: BenchRow) -> TimingJudgement:
+    """One timing figure of two runs (a :class:`BenchRow` field), judged against both runs' spread (2 sd of the difference).
+
+    The spread is the figure's ``<figure>_sd`` field (0 where the row has none).
+    """
+    a, b = getattr(row_a, figure), getattr(row_b, figure)
+    noise = 2 * math.hypot(getattr(row_a, f"{figure}_sd", 0.0), getattr(row_b, f"{figure}_sd", 0.0))
     higher_is_better = figure == "decode_tps"
-    if 1 in (row_a.get("repeats"), row_b.get("repeats")):
+    if 1 in (row_a.repeats, row_b.repeats):
         judged = NOT_JUDGED  # one repeat has no spread: any difference would be called beyond a noise of 0
-    elif row_a.get("noisy") or row_b.get("noisy"):
+    elif row_a.noisy or row_b.noisy:
         judged = "a run is too noisy to judge (CV over 10%)"
     elif abs(b - a) <= noise:
         judged = "same, within noise"
     else:
         judged = "faster" if (b > a) == higher_is_better else "slower"
-    return {"figure": figure, "a": a, "b": b, "change_pct": round(100 * (b - a) / a, 1) if a else "–",
-            "noise": round(noise, 2), "judged": judged}
+    return TimingJudgement(figure, a, b, round(100 * (b - a) / a, 1) if a else NOT_MEASURED, round(noise, 2), judged)

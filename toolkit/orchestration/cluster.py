@@ -22,13 +22,14 @@ import socket
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings, system
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.core.measure import cpu_info
 from slmops.toolkit.domain import run_params
+from slmops.toolkit.domain.results.sweep import Placement, write_placements
 from slmops.toolkit.orchestration import pipeline
 from slmops.toolkit.presentation import report
 
@@ -42,35 +43,35 @@ INSTALL_HINT = "pip install 'slmops-toolkit[cluster]' (or `pip install -c constr
 
 
 @dataclass(frozen=True)
-class Placement:
-    """Where a sweep point ran and how it went.
+class NodeSlot:
+    """A live Ray node with at least one CPU, as a point is placed on it.
 
     Attributes:
-        label: The point's run label (its folder under the sweep's output).
-        status: ``ok`` or ``FAILED: ...``.
-        node: Ray node id (first 8 hex digits).
-        host: The node's host name.
-        cpu: The node's CPU model.
-        cpus: CPUs the task held (the node's whole ``CPU`` resource).
-        attempts: Tries it took (more than one: a worker or node was lost).
-        wall_s: Wall time of the successful try, on its node.
-        lost: What ended each earlier try.
+        host: Its host name.
+        cpus: Its whole ``CPU`` resource (a point holds all of it).
     """
 
-    label: str
+    host: str
+    cpus: int
+
+
+@dataclass(frozen=True)
+class PointResult:
+    """What a sweep point's Ray task returns (:func:`run_point`).
+
+    Attributes:
+        status: ``ok`` or ``FAILED: ...``.
+        zip: The run folder without model weights, zipped.
+        host: The node's host name.
+        cpu: The node's CPU model.
+        wall_s: Wall time of the point, s.
+    """
+
     status: str
-    node: str
+    zip: bytes
     host: str
     cpu: str
-    cpus: int
-    attempts: int
     wall_s: float
-    lost: tuple[str, ...] = ()
-
-    @property
-    def node_type(self) -> str:
-        """What timings depend on: the CPU model and the cores the point had."""
-        return f"{self.cpu}, {self.cpus} CPU{'s' if self.cpus != 1 else ''}"
 
 
 def _ray():
@@ -102,11 +103,11 @@ def connect(address: str | None) -> None:
                          "to run on a local Ray.") from exc
 
 
-def _nodes() -> dict[str, dict]:
-    """Alive nodes with at least one CPU: ``{node id: {"host", "cpus"}}``."""
+def _nodes() -> dict[str, NodeSlot]:
+    """Alive nodes with at least one CPU, by node id (read from Ray's node table)."""
     ray = _ray()
-    return {n["NodeID"]: {"host": n.get("NodeManagerHostname") or n["NodeManagerAddress"],
-                          "cpus": int(n["Resources"].get("CPU", 0))}
+    return {n["NodeID"]: NodeSlot(n.get("NodeManagerHostname") or n["NodeManagerAddress"],
+                                  int(n["Resources"].get("CPU", 0)))
             for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1}
 
 
@@ -118,13 +119,8 @@ def _clean_scratch() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_point(label: str, params: dict) -> dict:
-    """Ray task body: run one sweep point's pipeline on this node; return its run folder as a zip.
-
-    Returns:
-        ``{"status", "zip", "host", "cpu", "wall_s"}``; ``zip`` holds the run folder without
-        model weights.
-    """
+def run_point(label: str, params: dict) -> PointResult:
+    """Ray task body: run one sweep point's pipeline on this node; return its run folder as a zip."""
     _clean_scratch()
     scratch = SCRATCH / f"{label}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -137,8 +133,8 @@ def run_point(label: str, params: dict) -> dict:
         except SlmopsError as exc:
             status = f"FAILED: {exc}"
         packed = report.archive(scratch / label, scratch / f"{label}.zip")
-        return {"status": status, "zip": packed.read_bytes(), "host": socket.gethostname(),
-                "cpu": cpu_info()["cpu"], "wall_s": round(time.perf_counter() - start, 1)}
+        return PointResult(status, packed.read_bytes(), socket.gethostname(), cpu_info()["cpu"],
+                           round(time.perf_counter() - start, 1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -192,41 +188,34 @@ def run_points(points: list[tuple[str, dict]], out_dir: Path, *, progress: bool 
             if node_id in busy:
                 continue
             label, params, attempt, lost = queue.popleft()
-            ref = task.options(num_cpus=node["cpus"], max_retries=0, name=f"slmops point {label}",
+            ref = task.options(num_cpus=node.cpus, max_retries=0, name=f"slmops point {label}",
                                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
                 label, params)
             running[ref] = (label, params, attempt, lost, node_id)
             if progress:
-                log.info("[ray] %s: try %d on %s (%s, %d CPUs)", label, attempt, node["host"], node_id[:8],
-                         node["cpus"])
+                log.info("[ray] %s: try %d on %s (%s, %d CPUs)", label, attempt, node.host, node_id[:8], node.cpus)
         done, _ = ray.wait(list(running), num_returns=1, timeout=poll_s)
         for ref in done:
             label, params, attempt, lost, node_id = running.pop(ref)
-            node = nodes.get(node_id, {"host": "?", "cpus": 0})
+            node = nodes.get(node_id, NodeSlot("?", 0))
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the task never returned
                 if _lost(exc) and attempt < MAX_ATTEMPTS:
-                    reason = f"try {attempt} on {node['host']} ({node_id[:8]}) lost: {type(exc).__name__}"
+                    reason = f"try {attempt} on {node.host} ({node_id[:8]}) lost: {type(exc).__name__}"
                     if progress:
                         log.info("[ray] %s: %s; queued again", label, reason)
                     queue.appendleft((label, params, attempt + 1, (*lost, reason)))
                     continue
                 placements[label] = Placement(label, f"FAILED: {type(exc).__name__}: {str(exc)[:300]}",
-                                              node_id[:8], node["host"], "?", node["cpus"], attempt, 0.0, lost)
+                                              node_id[:8], node.host, "?", node.cpus, attempt, 0.0, lost)
                 continue
-            _unpack(result["zip"], label, out_dir)
-            placements[label] = Placement(label, result["status"], node_id[:8], result["host"], result["cpu"],
-                                          node["cpus"], attempt, result["wall_s"], lost)
+            _unpack(result.zip, label, out_dir)
+            placements[label] = Placement(label, result.status, node_id[:8], result.host, result.cpu, node.cpus,
+                                          attempt, result.wall_s, lost)
             if progress:
-                log.info("[ray] %s: %s in %.0f s on %s", label, result["status"][:120], result["wall_s"],
-                         result["host"])
+                log.info("[ray] %s: %s in %.0f s on %s", label, result.status[:120], result.wall_s, result.host)
     return [placements[label] for label, _ in points]
-
-
-def placement_rows(placements: list[Placement]) -> dict[str, dict]:
-    """Per label, what the sweep page shows about where it ran."""
-    return {p.label: {**asdict(p), "node_type": p.node_type} for p in placements}
 
 
 def run_sweep(params: dict, out: str | os.PathLike[str], *, address: str | None = None, progress: bool = True,
@@ -259,9 +248,8 @@ def run_sweep(params: dict, out: str | os.PathLike[str], *, address: str | None 
     connect(address)
     placements = run_points(resolved, out_dir, progress=progress)
     results = [(label, chosen, placement.status) for (label, chosen), placement in zip(runs, placements, strict=True)]
-    rows = placement_rows(placements)
-    artifacts.write_json(out_dir / "placements.json", list(rows.values()))
-    index = report.write_sweep_index(out_dir, results, swept=list(params["sweep"]), placements=rows)
+    write_placements(out_dir, placements)
+    index = report.write_sweep_index(out_dir, results, swept=list(params["sweep"]), placements=placements)
     failed = [p.label for p in placements if p.status != "ok"]
     if failed:
         raise SlmopsError(f"{len(failed)} of {len(runs)} sweep runs failed ({', '.join(failed)}); see {index}")

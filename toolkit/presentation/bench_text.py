@@ -21,17 +21,17 @@ def summary_lines(report: BenchFile, quality: ChecklistReport | None = None, *, 
         >>> summary_lines(report)[0]
         'int4: 3.3x fp32 decode speed at 0.37x size'
     """
-    by_precision = {r["precision"]: r for r in headline_rows(rows_for(report, None))}
+    by_precision = {r.precision: r for r in headline_rows(rows_for(report, None))}
     base = by_precision.get(baseline)
     top1 = quality.top1_agreement() if quality is not None else {}
     sentences = []
     for precision, row in by_precision.items():
-        if base is None or precision == baseline or not base["decode_tps"]:
+        if base is None or precision == baseline or not base.decode_tps:
             continue
-        text = (f"{precision}: {row['decode_tps'] / base['decode_tps']:.1f}x {baseline} decode speed at "
-                f"{row['size_mb'] / base['size_mb']:.2f}x size")
-        if row["model"] in top1:
-            agreement = top1[row["model"]]
+        text = (f"{precision}: {row.decode_tps / base.decode_tps:.1f}x {baseline} decode speed at "
+                f"{row.size_mb / base.size_mb:.2f}x size")
+        if row.model in top1:
+            agreement = top1[row.model]
             status = status_at_least(agreement, TOP1_TARGET, floor=quality.thresholds.top1_min)
             text += f", top-1 agreement {agreement:.3f} ({status}: target >= {TOP1_TARGET})"
         sentences.append(text)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
-from slmops.toolkit.core import artifacts
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InvalidOptionError
 from slmops.toolkit.domain.deployment_choice import (
@@ -25,7 +26,10 @@ from slmops.toolkit.domain.deployment_choice import (
     side_by_side,
 )
 from slmops.toolkit.domain.provenance import RunRecord, differences, machine_differences, read_run_record
+from slmops.toolkit.domain.results.bench import BenchRow
+from slmops.toolkit.domain.results.checklist import QualityRecord
 from slmops.toolkit.domain.results.conversion import read_conversions
+from slmops.toolkit.domain.results.deployment import NOT_MEASURED, PrecisionFigures
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import (
     Status,
@@ -46,13 +50,13 @@ SCHEMA_VERSION = 2
 _IGNORED_PARAMS = {"run_dir", "interactive"}
 
 
-def _precisions(run: Path, bench_rows: list[dict]) -> dict[str, str]:
+def _precisions(run: Path, bench_rows: list[BenchRow]) -> dict[str, str]:
     """Each registered model's precision, read from the run's ``registered.json`` and its benchmark rows.
 
     Runs line up by precision whatever their models were named; a model neither file knows
     keeps its own name as its label.
     """
-    known = {row["model"]: row["precision"] for row in bench_rows if row.get("precision")}
+    known = {row.model: row.precision for row in bench_rows if row.precision}
     if (run / "registered.json").is_file():
         known.update({m.name: m.precision for m in read_registered(run / "registered.json")})
     return known
@@ -67,7 +71,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
     report = bench.read_results(run / "bench.json")
     rows = bench.rows_for(report, None) if report is not None else []
     precisions = _precisions(run, rows)
-    quality: dict[str, dict] = {}
+    quality: dict[str, QualityRecord] = {}
     verdicts = {}
     tests = read_report(run / "test.json")
     for model in tests.models if tests is not None else []:
@@ -75,18 +79,17 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
         for check in model.checks:
             verdicts[(precision, str(check.check), check.case)] = str(check.verdict)
         if model.quality is not None:
-            quality[precision] = {"top1_agreement": model.quality.top1_agreement, "kl_divergence": model.quality.kl_divergence,
-                                  "perplexity": model.quality.perplexity}
-    timings = {(row["precision"], row["engine"], row["target_prompt_tokens"], row["target_gen_tokens"],
-                row["threads"]): row for row in rows}
-    headline = {row["precision"]: row for row in bench.headline_rows(rows)}
-    first_token: dict[str, dict] = {}
+            quality[precision] = model.quality
+    timings = {(row.precision, row.engine, row.target_prompt_tokens, row.target_gen_tokens, row.threads): row
+               for row in rows}
+    headline: dict[str, BenchRow] = {row.precision: row for row in bench.headline_rows(rows)}
+    first_token: dict[str, BenchRow] = {}
     for row in rows:
-        if row["engine"] == "foundry-local" and not bench.timed_too_few(row):
-            best = first_token.get(row["precision"])
-            if best is None or abs(row["target_prompt_tokens"] - TYPICAL_PROMPT) < abs(
-                    best["target_prompt_tokens"] - TYPICAL_PROMPT):
-                first_token[row["precision"]] = row
+        if row.engine == "foundry-local" and not bench.timed_too_few(row):
+            best = first_token.get(row.precision)
+            if best is None or abs(row.target_prompt_tokens - TYPICAL_PROMPT) < abs(
+                    best.target_prompt_tokens - TYPICAL_PROMPT):
+                first_token[row.precision] = row
     isa = report.metadata.get("isa", {}) if report is not None else {}
     adopted = next((m.recipe for m in manifests if m.precision == "int4"), "")
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_run_record(run),
@@ -94,39 +97,153 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
 
 
 @dataclass(frozen=True)
+class ParamChange:
+    """A parameter that differs between two runs.
+
+    Attributes:
+        parameter: Its name in ``params.json``.
+        a: Run a's value (``absent`` where the run lacks it).
+        b: Run b's value.
+    """
+
+    parameter: str
+    a: Any
+    b: Any
+
+
+@dataclass(frozen=True)
+class SizeChange:
+    """One precision's size on disk in two runs (MB, 10^6 bytes).
+
+    Attributes:
+        precision: The precision.
+        a: Run a's size (None: not built there).
+        b: Run b's size.
+        delta: b less a (``–`` when one run lacks it).
+    """
+
+    precision: str
+    a: float | None
+    b: float | None
+    delta: float | str
+
+
+@dataclass(frozen=True)
+class QualityChange:
+    """One quality figure against FP32 (``top1_agreement``, ``kl_divergence``, ``perplexity``) in two runs.
+
+    Attributes:
+        precision: The precision.
+        figure: The figure (a key of :data:`FAIL_ON`).
+        a: Run a's figure (None: not measured there).
+        b: Run b's figure.
+        delta: b less a (``–`` when one run lacks it).
+        judged: ``within threshold``, ``worse by more than ...``, or ``only in a/b``.
+    """
+
+    precision: str
+    figure: str
+    a: float | None
+    b: float | None
+    delta: float | str
+    judged: str
+
+
+@dataclass(frozen=True)
+class VerdictChange:
+    """One checklist verdict in two runs.
+
+    Attributes:
+        precision: The precision.
+        check: The checklist item.
+        case: The case.
+        a: Run a's verdict as shown (``pass``, ``FAIL``, ``inconclusive: rerun``, ``–``).
+        b: Run b's.
+        change: ``same``, ``worse``, ``better``, ``only in a/b`` or ``inconclusive, not counted``.
+    """
+
+    precision: str
+    check: str
+    case: str
+    a: str
+    b: str
+    change: str
+
+
+@dataclass(frozen=True)
+class TimingChange:
+    """One timing of the same bench row in two runs, judged against both runs' spread
+    (:class:`~slmops.toolkit.domain.results.deployment.TimingJudgement`'s fields after the row's).
+
+    Attributes:
+        precision: The precision.
+        engine: The engine.
+        prompt: Prompt tokens asked.
+        gen: Generated tokens asked.
+        threads: Intra-op threads.
+        figure, a, b, change_pct, noise, judged: As :class:`~slmops.toolkit.domain.results.deployment.TimingJudgement`.
+    """
+
+    precision: str
+    engine: str
+    prompt: int
+    gen: int
+    threads: int
+    figure: str
+    a: float
+    b: float
+    change_pct: float | str
+    noise: float
+    judged: str
+
+
+@dataclass(frozen=True)
 class Comparison:
-    """Two runs compared; :attr:`regressions` is what makes ``slmops compare`` exit 1.
+    """Two runs compared (``compare.json``); :attr:`regressions` is what makes ``slmops compare`` exit 1.
 
     Attributes:
         a: The baseline run's folder name.
         b: The judged run's folder name (``b`` is judged against ``a``).
-        params: Each parameter that differs: ``parameter``, ``a``, ``b`` (``absent`` where a run lacks it).
+        params: Each parameter that differs.
         inputs: Inputs that differ (source model, cases file, seed, packages), in words.
         machine: How the machines differ (CPU, cores, memory), in words; timings then compare machines too.
-        summary: Per run and precision: ``size_mb`` (MB), ``x_fp32``, ``checks_passed``, ``top1_agreement``
-            (share), ``decode_tps`` (tokens/s), ``ttft_ms`` (ms), ``peak_rss_mib`` (MiB).
-        sizes: Per precision: ``a``, ``b`` (MB, 10^6 bytes) and ``delta``.
-        quality: Per precision and figure (``top1_agreement``, ``kl_divergence``, ``perplexity``): ``a``,
-            ``b``, ``delta`` and how it was ``judged`` (``only in a/b`` when one run lacks it).
-        verdicts: Every checklist verdict in both runs (``precision``, ``check``, ``case``, ``change``), changes first.
+        summary: Per run and precision: size, size against FP32, checks passed, top-1 agreement, decode speed,
+            time to first token, peak RSS.
+        sizes: Per precision, its size in both runs.
+        quality: Per precision and figure, how it moved and how that was judged.
+        verdicts: Every checklist verdict in both runs, changes first.
         timings: Each timing in both runs, judged against both runs' measured spread (within two standard
             deviations of the difference: "same, within noise").
         regressions: Each regression in words (empty: ``passed``).
         recommendations: What each run recommends deploying: run name to the recommendation's sentence.
     """
 
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    KIND: ClassVar[str] = "compare.json"
+
     a: str
     b: str
-    params: list[dict]
+    params: list[ParamChange]
     inputs: list[str]
     machine: list[str]
-    summary: list[dict]
-    sizes: list[dict]
-    quality: list[dict]
-    verdicts: list[dict]
-    timings: list[dict]
+    summary: list[PrecisionFigures]
+    sizes: list[SizeChange]
+    quality: list[QualityChange]
+    verdicts: list[VerdictChange]
+    timings: list[TimingChange]
     regressions: list[str]
     recommendations: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def upgrade(cls, data: dict, version: int) -> dict:
+        """Version 1's quality figures (``top1``, ``kl``) and summary agreement (``top1_vs_fp32``) under today's names."""
+        names = {"top1": "top1_agreement", "kl": "kl_divergence"}
+        quality = [{**row, "figure": names.get(row.get("figure"), row.get("figure"))}
+                   for row in data.get("quality", []) if isinstance(row, dict)]
+        summary = [{**{k: v for k, v in row.items() if k != "top1_vs_fp32"},
+                    "top1_agreement": row.get("top1_vs_fp32", row.get("top1_agreement", NOT_MEASURED))}
+                   for row in data.get("summary", []) if isinstance(row, dict)]
+        return {**data, "quality": quality, "summary": summary}
 
     @property
     def passed(self) -> bool:
@@ -136,10 +253,10 @@ class Comparison:
     @property
     def slower(self) -> list[str]:
         """Timings of b slower than a's beyond both runs' spread, in words (a warning: they are not gated on)."""
-        return [f"{row['precision']} {row['engine']} {row['figure']} {row['a']:.4g} -> {row['b']:.4g} "
-                f"({row['change_pct']:+}%, beyond the noise of {row['noise']})" if isinstance(row["change_pct"], int | float)
-                else f"{row['precision']} {row['engine']} {row['figure']} {row['a']} -> {row['b']}" for row in self.timings
-                if row["judged"] == "slower"]
+        return [f"{row.precision} {row.engine} {row.figure} {row.a:.4g} -> {row.b:.4g} "
+                f"({row.change_pct:+}%, beyond the noise of {row.noise})" if isinstance(row.change_pct, int | float)
+                else f"{row.precision} {row.engine} {row.figure} {row.a} -> {row.b}" for row in self.timings
+                if row.judged == "slower"]
 
     @property
     def status(self) -> Status:
@@ -161,7 +278,7 @@ class Comparison:
         if self.slower:
             return (f"WARN: {clean}, but {len(self.slower)} timing{'s are' if len(self.slower) > 1 else ' is'} "
                     f"slower beyond both runs' noise: {'; '.join(self.slower)}.")
-        unjudged = sum(row["judged"] == NOT_JUDGED for row in self.timings)
+        unjudged = sum(row.judged == NOT_JUDGED for row in self.timings)
         if unjudged:
             return (f"PASS: {clean}; {unjudged} timing{'s are' if unjudged > 1 else ' is'} not judged (a run measured "
                     "one repeat, so no spread to judge a change against: set repeats to 2 or more).")
@@ -193,14 +310,14 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
         raise InvalidOptionError("fail_on", unknown[0], f"one of {', '.join(FAIL_ON)}")
     limits = {**FAIL_ON, **(fail_on or {})}
     regressions: list[str] = []
-    params = [{"parameter": k, "a": a.params.get(k, "absent"), "b": b.params.get(k, "absent")}
+    params = [ParamChange(k, a.params.get(k, "absent"), b.params.get(k, "absent"))
               for k in sorted((set(a.params) | set(b.params)) - _IGNORED_PARAMS) if a.params.get(k) != b.params.get(k)]
-    sizes = [{"precision": p, "a": a.sizes.get(p), "b": b.sizes.get(p), "delta": _delta(a.sizes.get(p), b.sizes.get(p))}
+    sizes = [SizeChange(p, a.sizes.get(p), b.sizes.get(p), _delta(a.sizes.get(p), b.sizes.get(p)))
              for p in dict.fromkeys([*a.sizes, *b.sizes])]
     quality = []
     for p in dict.fromkeys([*a.quality, *b.quality]):
         for figure, limit in limits.items():
-            old, new = a.quality.get(p, {}).get(figure), b.quality.get(p, {}).get(figure)
+            old, new = getattr(a.quality.get(p), figure, None), getattr(b.quality.get(p), figure, None)
             moved = ""
             if old is not None and new is not None:
                 worse = {"top1_agreement": old - new, "kl_divergence": new - old, "perplexity": (new - old) / old if old else 0.0}[figure]
@@ -208,8 +325,7 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
                     moved = f"worse by more than {limit}" + (" (relative)" if figure == "perplexity" else "")
                     regressions.append(f"{p} {figure}: {old} -> {new} ({moved})")
             alone = "" if (old is None) == (new is None) else f"only in {'a' if new is None else 'b'}"
-            quality.append({"precision": p, "figure": figure, "a": old, "b": new, "delta": _delta(old, new),
-                            "judged": moved or alone or "within threshold"})
+            quality.append(QualityChange(p, figure, old, new, _delta(old, new), moved or alone or "within threshold"))
     verdicts = []
     for key in dict.fromkeys([*a.verdicts, *b.verdicts]):
         old, new = a.verdicts.get(key), b.verdicts.get(key)
@@ -218,12 +334,10 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
                   else "worse" if new == "fail" else "better")
         if change == "worse":
             regressions.append(f"{key[0]} {key[1]}/{key[2]}: passed in {a.name}, fails in {b.name}")
-        verdicts.append({"precision": key[0], "check": key[1], "case": key[2],
-                         "a": _SHOWN[old], "b": _SHOWN[new], "change": change})
+        verdicts.append(VerdictChange(*key, _SHOWN[old], _SHOWN[new], change))
     order = {"worse": 0, "better": 1, "inconclusive, not counted": 2, "only in a": 2, "only in b": 2, "same": 3}
-    verdicts.sort(key=lambda row: order[row["change"]])
-    timings = [{"precision": key[0], "engine": key[1], "prompt": key[2], "gen": key[3], "threads": key[4],
-                **judge_timing(figure, a.timings[key], b.timings[key])}
+    verdicts.sort(key=lambda row: order[row.change])
+    timings = [TimingChange(*key, **asdict(judge_timing(figure, a.timings[key], b.timings[key])))
                for key in a.timings if key in b.timings for figure in ("decode_tps", "ttft_ms")]
     return Comparison(a.name, b.name, params, differences(a.record, b.record) if a.record and b.record else [],
                       machine_differences(a.record or RunRecord(), b.record or RunRecord()), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),
@@ -232,9 +346,25 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
 
 
 def write_comparison(comparison: Comparison, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``compare.json`` and ``compare.html`` into ``out_dir``; return the page."""
+    """Write ``compare.json`` (with its ``passed``, ``status`` and ``headline`` for a reader without the toolkit) and
+    ``compare.html`` into ``out_dir``; return the page."""
     out = Path(out_dir)
-    artifacts.write_json(out / "compare.json", {"schema_version": SCHEMA_VERSION, **asdict(comparison),
-                                              "passed": comparison.passed, "status": str(comparison.status),
-                                              "headline": comparison.headline})
+    artifacts.write_json(out / "compare.json", {**codec.dump(comparison), "passed": comparison.passed,
+                                              "status": str(comparison.status), "headline": comparison.headline})
     return artifacts.write_text(out / "compare.html", render_page("compare.html.j2", c=comparison))
+
+
+def read_comparison(path: str | os.PathLike[str]) -> Comparison:
+    """The comparison in a ``compare.json`` (any known version); its ``passed``, ``status`` and ``headline`` are
+    computed again from its rows, as they were when it was written.
+
+    Raises:
+        InputError: no such file, or not JSON.
+        ResultVersionError: written by a newer toolkit.
+        RecordError: it does not hold a comparison.
+
+    Example:
+        >>> read_comparison("outputs/compare/compare.json").passed
+        True
+    """
+    return codec.read(Comparison, path, missing=f"{path}: no such file; run `slmops compare RUN_A RUN_B` first.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from slmops.toolkit.domain.results.bench import BenchFile
+from slmops.toolkit.domain.results.bench import BenchFile, BenchRow
 from slmops.toolkit.domain.results.checklist import ChecklistReport
 from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.stages.bench import headline_rows, rows_for
@@ -76,21 +76,22 @@ def plot_recipes(results: Sequence, *, size_target: float = 0.25, top1_target: f
     return ax
 
 
-def plot_metric(rows: Sequence[dict], metric: str = "decode_tps", *, ax=None, ylabel: str | None = None):
-    """Grouped bars of one benchmark metric per model, one bar per prompt length.
+def plot_metric(rows: Sequence[BenchRow], metric: str = "decode_tps", *, ax=None, ylabel: str | None = None):
+    """Grouped bars of one benchmark metric (a :class:`BenchRow` field) per model, one bar per prompt length.
+
+    Its spread (the ``<metric>_sd`` field, where the row has one) is drawn as error bars.
 
     Example:
         >>> plot_metric(rows, "ttft_ms").figure.savefig("ttft.png")
     """
     ax = _axes(ax)
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    lengths = sorted({r["target_prompt_tokens"] for r in rows})
+    models = list(dict.fromkeys(r.model for r in rows))
+    lengths = sorted({r.target_prompt_tokens for r in rows})
     width = 0.8 / max(1, len(lengths))
     for i, length in enumerate(lengths):
-        cells = [next((r for r in rows if r["model"] == m and r["target_prompt_tokens"] == length), {})
-                 for m in models]
-        values = [cell.get(metric, 0) for cell in cells]
-        errors = [cell.get(f"{metric}_sd", 0) for cell in cells]
+        cells = [next((r for r in rows if r.model == m and r.target_prompt_tokens == length), None) for m in models]
+        values = [getattr(cell, metric, 0) for cell in cells]
+        errors = [getattr(cell, f"{metric}_sd", 0) for cell in cells]
         ax.bar([x + i * width for x in range(len(models))], values, width, yerr=errors,
                label=f"~{length} prompt tokens")
     ax.set_xticks([x + width * (len(lengths) - 1) / 2 for x in range(len(models))], models)
@@ -100,19 +101,20 @@ def plot_metric(rows: Sequence[dict], metric: str = "decode_tps", *, ax=None, yl
     return ax
 
 
-def plot_lines(rows: Sequence[dict], x: str, y: str, *, group: str = "model", ax=None, xlabel: str | None = None,
+def plot_lines(rows: Sequence[BenchRow], x: str, y: str, *, group: str = "model", ax=None, xlabel: str | None = None,
                ylabel: str | None = None, title: str | None = None):
-    """One line per ``group`` value of ``y`` against ``x`` (the first row wins where a group repeats an ``x``).
+    """One line per ``group`` value of ``y`` against ``x``, each a :class:`BenchRow` field (the first row wins where a
+    group repeats an ``x``).
 
     Example:
         >>> plot_lines(rows, "target_prompt_tokens", "e2e_ms").figure.savefig("latency.png")
     """
     ax = _axes(ax)
-    for key in dict.fromkeys(r[group] for r in rows):
+    for key in dict.fromkeys(getattr(r, group) for r in rows):
         points: dict = {}
         for r in rows:
-            if r[group] == key:
-                points.setdefault(r[x], r[y])
+            if getattr(r, group) == key:
+                points.setdefault(getattr(r, x), getattr(r, y))
         xs = sorted(points)
         ax.plot(xs, [points[v] for v in xs], marker="o", label=str(key))
     ax.set_xlabel(xlabel or x)
@@ -168,9 +170,9 @@ def plot_tradeoff(report: BenchFile, quality: ChecklistReport | None = None, *, 
     ax = _axes(ax)
     top1 = quality.top1_agreement() if quality is not None else {}
     for r in headline_rows(rows_for(report, None), engine):
-        ax.scatter(r["size_mb"], r["decode_tps"], s=50)
-        label = r["precision"] + (f"\ntop-1 {top1[r['model']]:.3f}" if r["model"] in top1 else "")
-        ax.annotate(label, (r["size_mb"], r["decode_tps"]), xytext=(5, 3), textcoords="offset points",
+        ax.scatter(r.size_mb, r.decode_tps, s=50)
+        label = r.precision + (f"\ntop-1 {top1[r.model]:.3f}" if r.model in top1 else "")
+        ax.annotate(label, (r.size_mb, r.decode_tps), xytext=(5, 3), textcoords="offset points",
                     fontsize="small")
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel("decode tokens/s")
@@ -191,26 +193,26 @@ def bench_figures(report: BenchFile, quality: ChecklistReport | None = None) -> 
     """
     engine = "foundry-local" if rows_for(report) else "ort-genai"
     main = rows_for(report, engine)
-    first_gen = [r for r in main if r["target_gen_tokens"] == main[0]["target_gen_tokens"]]
+    first_gen = [r for r in main if r.target_gen_tokens == main[0].target_gen_tokens]
     out = {
         "decode_tps": plot_metric(main, "decode_tps", ylabel="decode tokens/s"),
         "ttft_ms": plot_metric(main, "ttft_ms", ylabel="time to first token (ms)"),
         "latency_vs_prompt": plot_lines(
             first_gen, "prompt_tokens", "e2e_ms",
             xlabel="prompt tokens", ylabel="end-to-end latency (ms)",
-            title=f"Latency against prompt length ({first_gen[0]['target_gen_tokens']} generated tokens)"),
+            title=f"Latency against prompt length ({first_gen[0].target_gen_tokens} generated tokens)"),
         "peak_rss_mib": plot_metric(main, "peak_rss_mib", ylabel="peak process RSS (MiB)"),
     }
     if len({r.target_gen_tokens for r in report.rows}) > 1:
         out["latency_vs_generation"] = plot_lines(
-            [r for r in main if r["target_prompt_tokens"] == main[0]["target_prompt_tokens"]],
+            [r for r in main if r.target_prompt_tokens == main[0].target_prompt_tokens],
             "target_gen_tokens", "e2e_ms", xlabel="generated tokens", ylabel="end-to-end latency (ms)",
             title="Latency against generation length")
     direct = rows_for(report, "ort-genai")
-    if len({r["threads"] for r in direct}) > 1:
+    if len({r.threads for r in direct}) > 1:
         out["decode_vs_threads"] = plot_lines(
-            [r for r in direct if r["target_prompt_tokens"] == direct[0]["target_prompt_tokens"]
-             and r["target_gen_tokens"] == direct[0]["target_gen_tokens"]], "threads", "decode_tps",
+            [r for r in direct if r.target_prompt_tokens == direct[0].target_prompt_tokens
+             and r.target_gen_tokens == direct[0].target_gen_tokens], "threads", "decode_tps",
             xlabel="intra-op threads", ylabel="decode tokens/s", title="Decode speed against threads (direct engine)")
     out["tradeoff"] = plot_tradeoff(report, quality, engine=engine)
     return out

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts, codec
@@ -22,8 +23,10 @@ from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.results.bench import BenchFile, TtftLine
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
 from slmops.toolkit.domain.results.conversion import read_conversions
+from slmops.toolkit.domain.results.deployment import NOT_MEASURED, Outcome, PrecisionFigures, PrecisionOutcome
 from slmops.toolkit.domain.results.recipes import read_recipes
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered
+from slmops.toolkit.domain.results.sweep import Placement
 from slmops.toolkit.presentation import bench_text, checklist_tables, compare
 from slmops.toolkit.presentation.render import render_page
 from slmops.toolkit.presentation.tables import Html, html_table
@@ -69,14 +72,14 @@ def _bench_report(run: Path) -> BenchFile | None:
     return bench.read_results(run / "bench.json")
 
 
-def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, dict]:
+def measured_figures(run_dir: str | os.PathLike[str]) -> dict[str, PrecisionFigures]:
     """:func:`run_summary` by precision: what a run has measured so far (a precision appears once converted).
 
     Example:
-        >>> measured_figures("outputs/demo")["int4"]["size_mb"]
+        >>> measured_figures("outputs/demo")["int4"].size_mb
         203.283
     """
-    return {row["precision"]: row for row in run_summary(run_dir)}
+    return {row.precision: row for row in run_summary(run_dir)}
 
 
 #: Which section of the index each plot stands beside (by file stem); any other plot goes last.
@@ -96,33 +99,32 @@ def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
     return text + unit
 
 
-def _checks_sentence(kept: list[dict]) -> str:
+def _checks_sentence(kept: list[PrecisionOutcome]) -> str:
     """Which precisions lose no check to another: "pass every checklist item" only when they miss none at all."""
     if not kept:
         return "No precision passes every checklist item"
-    names = " and ".join(r["precision"] for r in kept)
-    counts = [str(r.get("checks_passed") or "").partition(" ")[0].split("/") for r in kept]
+    names = " and ".join(r.precision for r in kept)
+    counts = [r.checks_passed.partition(" ")[0].split("/") for r in kept]
     if all(len(c) == 2 and c[0] == c[1] for c in counts):
         return f"{names} pass every checklist item"
-    shown = ", ".join(f"{r['precision']} {r['checks_passed']}" for r in kept)
+    shown = ", ".join(f"{r.precision} {r.checks_passed}" for r in kept)
     return (f"{names} lose no check to another precision that the paired tests tell from chance ({shown} passed); "
             "what every build misses is the model's own (the recommendation lists it)")
 
 
-def _number(row: dict, key: str) -> float | None:
-    """``row[key]`` when it is a non-zero number, else None."""
-    value = row.get(key)
+def _number(value: float | str) -> float | None:
+    """``value`` when it is a non-zero number (not ``–``), else None."""
     return value if isinstance(value, int | float) and value else None
 
 
-def _size_speed_sentence(rows: list[dict]) -> list[str]:
+def _size_speed_sentence(rows: list[PrecisionOutcome]) -> list[str]:
     """Each precision's size and decode speed against FP32's, when FP32 has both."""
-    base = next((r for r in rows if r["precision"] == "fp32"), None)
-    if not (base and _number(base, "decode_tps") and _number(base, "size_mb")):
+    base = next((r for r in rows if r.precision == "fp32"), None)
+    if not (base and _number(base.decode_tps) and _number(base.size_mb)):
         return []
-    parts = [f"{r['precision']} is {r['size_mb'] / base['size_mb']:.2f}x the size and decodes "
-             f"{r['decode_tps'] / base['decode_tps']:.2f}x as fast" for r in rows
-             if r is not base and _number(r, "size_mb") and _number(r, "decode_tps")]
+    parts = [f"{r.precision} is {r.size_mb / base.size_mb:.2f}x the size and decodes "
+             f"{r.decode_tps / base.decode_tps:.2f}x as fast" for r in rows
+             if r is not base and _number(r.size_mb) and _number(r.decode_tps)]
     return ["Against FP32: " + "; ".join(parts) + "."] if parts else []
 
 
@@ -204,7 +206,7 @@ def run_story(recommendation: deployment_choice.Recommendation | None, bench_rep
     rows = recommendation.rows if recommendation else []
     story = _size_speed_sentence(rows)
     failed = [f"{p} {why}" for p, why in recommendation.failed.items()] if recommendation else []
-    kept = [r for r in rows if r["outcome"] not in (deployment_choice.Outcome.FAILED, deployment_choice.Outcome.NOT_CHECKED)]
+    kept = [r for r in rows if r.outcome not in (Outcome.FAILED, Outcome.NOT_CHECKED)]
     if rows:
         story.append(_checks_sentence(kept) + (f"; {'; '.join(failed)}." if failed else "."))
     if control:
@@ -222,10 +224,10 @@ RESULT_FILES = ("params.json", "versions.json", "models/convert.json", "models/r
                 "registered.json", "test.json", "bench.json", "bench.csv")
 
 
-def run_summary(run_dir: str | os.PathLike[str]) -> list[dict]:
+def run_summary(run_dir: str | os.PathLike[str]) -> list[PrecisionFigures]:
     """One row per precision of a run: size, checks passed, top-1 agreement, decode speed, latency, memory."""
     rows = deployment_choice.side_by_side([("", compare.load_run(run_dir))])
-    return [{k: v for k, v in row.items() if k != "run"} for row in rows if row["precision"] != "–"]
+    return [row for row in rows if row.precision != NOT_MEASURED]
 
 
 def run_versions(run_dir: str | os.PathLike[str]) -> dict[str, str]:
@@ -301,7 +303,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
 
 
 def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dict, str]], *,
-                      swept: list[str], placements: dict[str, dict] | None = None) -> Path:
+                      swept: list[str], placements: list[Placement] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing the runs of a sweep, one row per run and precision.
 
     The table is :func:`slmops.toolkit.domain.deployment_choice.side_by_side`, the one a comparison of two runs shows.
@@ -309,24 +311,23 @@ def write_sweep_index(out_dir: str | os.PathLike[str], runs: list[tuple[str, dic
     Args:
         runs: ``(label, params, status)`` per run; each run's folder is ``out_dir/label``.
         swept: The parameter names the sweep varied (shown as columns).
-        placements: Per label, where a distributed sweep ran it (``host``, ``node``,
-            ``node_type``, ``attempts``, ``lost``): shown as columns, with a warning when the
+        placements: Where a distributed sweep ran each run: shown as columns, with a warning when the
             runs' timings come from different kinds of node.
     """
     out = Path(out_dir)
-    placements = placements or {}
+    placements_by_label = {p.label: p for p in placements or []}
     rows = []
     for label, params, state in runs:
         varied = {name: json.dumps(params.get(name)) for name in swept}
-        where = placements.get(label)
-        ran = ({"node": f"{where['host']} ({where['node']})", "node_type": where["node_type"],
-                "attempts": where["attempts"]} if where else {})
+        where = placements_by_label.get(label)
+        ran = ({"node": f"{where.host} ({where.node})", "node_type": where.node_type, "attempts": where.attempts}
+               if where else {})
         for row in deployment_choice.side_by_side([(label, compare.load_run(out / label))]):
-            rows.append({"label": label, **varied, "status": state, **ran, **row})
+            rows.append({"label": label, **varied, "status": state, **ran, **asdict(row)})
     columns = [*swept, "status", *(["node", "node_type", "attempts"] if placements else []), "precision", "size_mb",
                "x_fp32", "checks_passed", "top1_agreement", "decode_tps", "ttft_ms", "peak_rss_mib"]
-    node_types = sorted({where["node_type"] for where in placements.values() if where["status"] == "ok"})
-    retried = [(label, where["lost"]) for label, where in placements.items() if where["lost"]]
+    node_types = sorted({where.node_type for where in placements_by_label.values() if where.status == "ok"})
+    retried = [(label, where.lost) for label, where in placements_by_label.items() if where.lost]
     page = render_page("sweep.html.j2", sweep_name=out.name, run_count=len(runs), swept=swept, columns=columns,
                        rows=rows, node_types=node_types, retried=retried, distributed=bool(placements))
     return artifacts.write_text(out / "index.html", page)

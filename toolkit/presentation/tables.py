@@ -121,12 +121,13 @@ def heading(column: str) -> str:
 def cell_text(value: object) -> str:
     """A value as a cell shows it: numbers rounded for reading, nothing missing shown as ``NaN``.
 
-    Whole above 100, one decimal above 10, two below, three significant digits when tiny; a
-    missing value (None, NaN, empty) is ``-``; a bool is yes or no; text is kept whole.
+    A whole number is shown whole, a float as an int (a mean of token counts, 4.0, reads as 4); else whole above
+    100, one decimal above 10, two below, three significant digits when tiny; a missing value (None, NaN, empty)
+    is ``-``; a bool is yes or no; text is kept whole.
 
     Example:
-        >>> [cell_text(v) for v in (None, float("nan"), 123.4, 12.34, 0.6659, 0.0123, True, "reference")]
-        ['-', '-', '123', '12.3', '0.67', '0.0123', 'yes', 'reference']
+        >>> [cell_text(v) for v in (None, float("nan"), 4.0, 123.4, 12.34, 0.6659, 0.0123, True, "reference")]
+        ['-', '-', '4', '123', '12.3', '0.67', '0.0123', 'yes', 'reference']
     """
     if value is None or value in ("", "–") or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -136,7 +137,7 @@ def cell_text(value: object) -> str:
         size = abs(value)
         if math.isinf(value):
             return "∞" if value > 0 else "-∞"
-        return (f"{value:.0f}" if size >= 100 else f"{value:.1f}" if size >= 10
+        return (f"{value:.0f}" if size >= 100 or value.is_integer() else f"{value:.1f}" if size >= 10
                 else f"{value:.2f}" if size >= 0.1 or size == 0 else f"{value:.3g}")
     if isinstance(value, list | tuple):
         return "; ".join(cell_text(v) for v in value)

@@ -7,7 +7,7 @@ The conversion (:mod:`slmops.toolkit.stages.convert`) calls these once its files
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.toolkit.core import workers
@@ -193,7 +193,7 @@ def manifest(facts: BuildFacts, gate: ParityGate, parity_peaks: dict[str, float]
         model=source.path.name, source_path=str(source.path), source_fingerprint=facts.source_fingerprint,
         architecture=source.architecture, parameters=source.parameters, method=str(spec.method),
         precision=str(spec.precision), execution_provider=spec.execution_provider,
-        options=asdict(spec.int4) if spec.precision is Precision.INT4 else {},
+        options=spec.int4 if spec.precision is Precision.INT4 else None,
         quantizer=facts.plan,
         eos_token_id=tuple(facts.stop.ids), eos_token_id_from=facts.stop.source,
         weights=weight_summary(facts.staging / "model.onnx"),

@@ -16,7 +16,7 @@ Version history of ``bench.json``:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from slmops.toolkit.core import codec
@@ -152,6 +152,21 @@ class BenchRow:
     ttft_ms_p90: float = 0.0
 
 
+@dataclass(frozen=True)
+class HeadlineRow(BenchRow):
+    """A model's headline row (one engine, the shortest prompt): a :class:`BenchRow` that says where its decode speed is from.
+
+    Attributes:
+        decode_from: The engine whose row gave ``decode_tps``, when not the row's own (a row that generated
+            too few tokens to time decode takes the direct engine's); "" for its own.
+    """
+
+    decode_from: str = ""
+
+    @classmethod
+    def of(cls, row: BenchRow) -> HeadlineRow:
+        """``row`` as a headline row of its own decode speed."""
+        return cls(**{f.name: getattr(row, f.name) for f in fields(BenchRow)})
 
 
 def percentile(values: list[float], q: float) -> float:

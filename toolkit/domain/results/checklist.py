@@ -302,6 +302,11 @@ class ModelReport:
         """True when no check failed (an inconclusive check is not a failure)."""
         return not any(c.verdict is Verdict.FAIL for c in self.checks)
 
+    @property
+    def failed(self) -> list[str]:
+        """The checks that failed, as ``check/case`` (``test.json``'s ``summary.<model>.failed``)."""
+        return [f"{c.check}/{c.case}" for c in self.checks if c.verdict is Verdict.FAIL]
+
     def rate(self, check: Check) -> CheckResult | None:
         """The pass-rate check of ``check`` (its ``<check>-overall`` case), if it ran."""
         return next((c for c in self.checks if c.check == check and c.case == f"{check}-overall"), None)
@@ -334,6 +339,17 @@ class ChecklistReport:
     def checks(self) -> list[CheckResult]:
         """Every check of every model."""
         return [c for m in self.models for c in m.checks]
+
+    def model(self, name: str) -> ModelReport:
+        """The report of the model registered as ``name``.
+
+        Raises:
+            KeyError: no model of that name was checked.
+        """
+        found = next((m for m in self.models if m.model == name), None)
+        if found is None:
+            raise KeyError(f"{name} was not checked (checked: {', '.join(m.model for m in self.models)})")
+        return found
 
     def top1_agreement(self) -> dict[str, float]:
         """Top-1 agreement with the FP32 reference by model, for the models that were compared."""

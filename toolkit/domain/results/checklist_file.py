@@ -180,7 +180,7 @@ def dump_report(report: ChecklistReport) -> dict:
         passed=report.passed,
         summary={m.model: ModelSummary(
             sum(c.verdict is Verdict.PASS for c in m.checks), len(m.checks),
-            [f"{c.check}/{c.case}" for c in m.checks if c.verdict is Verdict.FAIL],
+            m.failed,
             [f"{c.check}/{c.case}" for c in m.checks if c.inconclusive],
             {str(c.check): RateSummary(c.passes, c.samples, c.value) for c in m.checks if c.case == f"{c.check}-overall"},
             m.requests, m.seconds) for m in report.models},

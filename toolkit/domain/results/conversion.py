@@ -14,6 +14,9 @@ Version history of a manifest:
    ``memory.measured_peak_mib``, ``memory.available_mib_at_start``); ``_mb`` is left to sizes
    on disk (10^6 bytes: ``size_mb``, ``source_size_mb``, ``fp32_size_mb``). Every field of
    :class:`Manifest` is written (one not set as ``null`` or empty, where earlier builds left it out).
+4. ``options`` is the INT4 options record (every field of
+   :class:`~slmops.toolkit.domain.options.Int4Options`), ``null`` for a build of another precision
+   (version 3 wrote ``{}`` there); :meth:`Manifest.upgrade` reads version 3's.
 
 Versions 1 and 2 were never released: they are read as written (their memory figures, under the
 old names, are not shown). A version this toolkit does not know is refused.
@@ -28,12 +31,13 @@ from typing import ClassVar
 
 from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import MANIFEST
+from slmops.toolkit.domain.options import Int4Options
 from slmops.toolkit.domain.parity import ParityCheck, Verdict
 from slmops.toolkit.domain.quant_plan import QuantPlan
 from slmops.toolkit.domain.results.merge import MergeRecord
 
 #: The version the conversion stage writes into each manifest.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The list of a run's manifests, in its models folder.
 CONVERSIONS = "convert.json"
 
@@ -156,7 +160,7 @@ class Manifest:
         method: The route (``builder``, ``olive``, ``olive-config``).
         precision: The weight precision built.
         execution_provider: ``cpu`` or ``cuda``.
-        options: The INT4 options (INT4 builds only).
+        options: The INT4 options (None for a build of another precision).
         quantizer: The toolkit's quantizer plan, when it quantized the build.
         eos_token_id: The stop token ids written to ``genai_config.json``.
         eos_token_id_from: Where they came from.
@@ -200,7 +204,7 @@ class Manifest:
     method: str = ""
     precision: str = ""
     execution_provider: str = "cpu"
-    options: dict = field(default_factory=dict)
+    options: Int4Options | None = None
     quantizer: QuantPlan | None = None
     eos_token_id: tuple[int, ...] = ()
     eos_token_id_from: str = ""
@@ -231,6 +235,16 @@ class Manifest:
     recipe: str = ""
     build_cache: BuildCacheEntry | None = None
     output_dir: str = ""
+
+    @classmethod
+    def upgrade(cls, data: dict, version: int) -> dict:
+        """An older manifest in the current shape: version 3's empty ``options`` (a build not INT4) as None.
+
+        Versions 1 and 2 are read as written (see the module's version history).
+        """
+        if not data.get("options"):
+            data["options"] = None
+        return data
 
     @property
     def kept_apart(self) -> bool:

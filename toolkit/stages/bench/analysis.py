@@ -3,51 +3,58 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from slmops.toolkit.core import system
-from slmops.toolkit.domain.results.bench import BenchFile, BenchRow, CeilingRow, EndpointRatio, EngineRatio, TtftLine
+from slmops.toolkit.domain.results.bench import (
+    BenchFile,
+    BenchRow,
+    CeilingRow,
+    EndpointRatio,
+    EngineRatio,
+    HeadlineRow,
+    TtftLine,
+)
 
 _MIB = 1 << 20
 
 
-def timed_too_few(row: dict | BenchRow) -> bool:
+def timed_too_few(row: BenchRow) -> bool:
     """True when a row generated under half its asked tokens: too few to time decode by.
 
     Foundry Local has no minimum length, and a terse fine-tune (the demo's answers in a few
     tokens) stops early whatever the prompt asks; its decode speed is then the direct
     engine's row of the same model and prompt, which generates exactly the asked tokens.
     """
-    get = row.get if isinstance(row, dict) else lambda key, default=None: getattr(row, key, default)
-    return get("gen_tokens", 0) < get("target_gen_tokens", 0) / 2
+    return row.gen_tokens < row.target_gen_tokens / 2
 
 
-def headline_rows(rows: list[dict], engine: str = "foundry-local") -> list[dict]:
+def headline_rows(rows: Sequence[BenchRow], engine: str = "foundry-local") -> list[HeadlineRow]:
     """One row per model for headline figures: ``engine``, the shortest prompt, the first generation length.
 
     A row that generated too few tokens to time decode (:func:`timed_too_few`) takes its decode
     speed from the direct engine's row of the same model, prompt and length, and says so in
     ``decode_from``.
     """
-    direct = {(r["model"], r["target_prompt_tokens"], r.get("target_gen_tokens")): r for r in rows
-              if r["engine"] == "ort-genai"}
-    rows = [r for r in rows if r["engine"] == engine]
+    direct = {(r.model, r.target_prompt_tokens, r.target_gen_tokens): r for r in rows if r.engine == "ort-genai"}
+    rows = [r for r in rows if r.engine == engine]
     if not rows:
         return []
-    shortest = min(r["target_prompt_tokens"] for r in rows)
-    picked: dict[str, dict] = {}
+    shortest = min(r.target_prompt_tokens for r in rows)
+    picked: dict[str, HeadlineRow] = {}
     for row in rows:
-        if row["target_prompt_tokens"] == shortest and row["model"] not in picked:
-            other = direct.get((row["model"], row["target_prompt_tokens"], row.get("target_gen_tokens")))
+        if row.target_prompt_tokens == shortest and row.model not in picked:
+            other = direct.get((row.model, row.target_prompt_tokens, row.target_gen_tokens))
+            head = HeadlineRow.of(row)
             if timed_too_few(row) and other is not None:
-                row = {**row, "decode_tps": other["decode_tps"], "decode_from": "ort-genai"}
-            picked[row["model"]] = row
+                head = replace(head, decode_tps=other.decode_tps, decode_from=other.engine)
+            picked[row.model] = head
     return list(picked.values())
 
 
-def rows_for(report: BenchFile, engine: str | None = "foundry-local") -> list[dict]:
-    """The rows of a ``bench.json`` for one engine (None: all) as a table, one mapping per row (plots, headline rows)."""
-    return [asdict(row) for row in report.rows if engine is None or row.engine == engine]
+def rows_for(report: BenchFile, engine: str | None = "foundry-local") -> list[BenchRow]:
+    """The rows of a ``bench.json`` for one engine (None: all)."""
+    return [row for row in report.rows if engine is None or row.engine == engine]
 
 
 def engine_ratios(rows: Sequence[BenchRow]) -> list[EngineRatio]:
@@ -110,7 +117,7 @@ def ttft_breakdown(rows: Sequence[BenchRow]) -> list[TtftLine]:
     return out
 
 
-def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], llc_mib: float = 0.0) -> list[CeilingRow]:
+def decode_ceiling(rows: Sequence[BenchRow], bandwidth_gbs: float | dict[int, float], llc_mib: float = 0.0) -> list[CeilingRow]:
     """Each row's decode speed against the bandwidth bound: every token reads the weights once.
 
     The bound is bandwidth / ``weights_read_mb`` (size on disk less tables only looked up by
@@ -128,19 +135,19 @@ def decode_ceiling(rows: list[dict], bandwidth_gbs: float | dict[int, float], ll
     for row in rows:
         if timed_too_few(row):
             continue  # a few tokens do not time decode
-        read_mb = row.get("weights_read_mb", row["size_mb"])
-        threads = row.get("threads", 0)
+        read_mb = row.weights_read_mb or row.size_mb  # 0: a row written before the field was
+        threads = row.threads
         gbs = bandwidth_gbs.get(threads, max(bandwidth_gbs.values(), default=0.0)) \
             if isinstance(bandwidth_gbs, dict) else bandwidth_gbs
         ceiling = gbs * 1e9 / (read_mb * 1e6) if read_mb else 0.0
-        percent = round(100 * row["decode_tps"] / ceiling, 1) if ceiling else 0.0
+        percent = round(100 * row.decode_tps / ceiling, 1) if ceiling else 0.0
         reason = ""
         if percent > 100:
             reason = (f"the weights read per token ({read_mb:.0f} MB) fit in the {llc_mib:.0f} MiB last-level cache"
                       if read_mb <= llc_mib * _MIB / 1e6 else "faster than the measured read bandwidth allows: the probe "
                       "under-measured this machine's bandwidth (rerun on a quieter machine)")
-        out.append(CeilingRow(row["model"], row["engine"], row["target_prompt_tokens"], row.get("target_gen_tokens", 0),
-                              threads, read_mb, round(gbs, 2), row["decode_tps"], round(ceiling, 1), percent, reason))
+        out.append(CeilingRow(row.model, row.engine, row.target_prompt_tokens, row.target_gen_tokens,
+                              threads, read_mb, round(gbs, 2), row.decode_tps, round(ceiling, 1), percent, reason))
     return out
 
 

@@ -38,7 +38,7 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
         tuple(f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
               for r in rows if r.gen_tokens < r.target_gen_tokens),
         max((r.harness_overhead_pct for r in rows), default=0.0),
-        tuple(decode_ceiling([asdict(r) for r in rows], bandwidths, last_level_cache_mib(meta["caches"]))))
+        tuple(decode_ceiling(rows, bandwidths, last_level_cache_mib(meta["caches"]))))
     codec.write(out / "bench.json", written)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])
