@@ -62,7 +62,11 @@ def main() -> None:
     registered = register.register(args.model_dir, args.name, force=True)
     config = json.loads((Path(registered.path) / "genai_config.json").read_text())
     options = config["model"]["decoder"].get("session_options", {})
-    print(f"registered {args.name}: threads {registered.threads.chosen}; session options {options}", flush=True)
+    stages = [f"{name}: {stage['filename']}" for step in config["model"]["decoder"].get("pipeline", [])
+              for name, stage in step.items()]
+    graphs = f"pipeline ({', '.join(stages)})" if stages else f"one graph ({config['model']['decoder']['filename']})"
+    print(f"registered {args.name}: threads {registered.threads.chosen}; session options {options}; {graphs}",
+          flush=True)
     first, decode, rows = [], [], []
     try:
         for number in range(1, args.rounds + 1):
@@ -87,7 +91,7 @@ def main() -> None:
         "Foundry Local against the direct engine, as registered",
         ["round", "first token ms, Foundry Local / direct", "first token x", "decode tok/s, Foundry Local / direct",
          "decode x"], rows, note=f"{summary}. Registered with threads {registered.threads.chosen}, session options "
-                                  f"`{json.dumps(options)}`."))
+                                  f"`{json.dumps(options)}`, {graphs}."))
 
 
 if __name__ == "__main__":

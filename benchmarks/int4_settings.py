@@ -3,15 +3,18 @@
 Issue 45's INT4 first-token gap: the registered builder INT4's prefill trails Q4_0's, and the
 profile puts 85% of it in ``MatMulNBits`` (int8 compute, accuracy level 4, block 32). This stages
 variants of one as-registered INT4 folder (files hard-linked, only ``genai_config.json`` or the
-graphs rewritten), each a setting registration could write or make:
+graphs rewritten; as registered, the prompt runs ``model_prompt.onnx`` in FP32 compute and the
+tokens the served graph in int8 compute), each a setting registration could write or make:
+
+- one graph in int8 compute for prompt and tokens (registration before the prompt graph);
 
 - ONNX Runtime session config entries as keys of ``genai_config.json``'s ``session_options``
   (ONNX Runtime GenAI reads them there, not under a ``config_entries`` object): intra-op spinning off,
   ``session.dynamic_block_base`` (the thread pool's dynamic block scheduling),
   ``mlas.use_lut_gemm`` (MLAS's lookup-table low-bit GEMM);
-- ``MatMulNBits``' ``accuracy_level`` attribute rewritten in the graphs (0: unset, 2: FP16
-  compute, which the CPU runs as FP32; the builder's default is 4, int8 compute), the weights
-  unchanged;
+- ``MatMulNBits``' ``accuracy_level`` attribute rewritten in every graph, prompt graph included
+  (0: unset, 2: FP16 compute, which the CPU runs as FP32; the builder's default is 4, int8
+  compute), the weights unchanged;
 
 then runs ``llama_cpp.py --only Q4_0 --as-registered --also NAME=VARIANT:Q4_0 ...`` (alternating
 rounds against Q4_0, first token and decode ratios) and reports each variant's KL divergence and
@@ -32,15 +35,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-#: name -> ("config", config entries) or ("accuracy", level).
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH
+
+#: name -> ("config", config entries), ("accuracy", level) or ("one graph", None: the build's model type).
 VARIANTS: dict[str, tuple[str, object]] = {
+    "one graph in int8 compute": ("one graph", None),
     "spinning off": ("config", {"session.intra_op.allow_spinning": "0"}),
     "dynamic block base 4": ("config", {"session.dynamic_block_base": "4"}),
     "LUT GEMM": ("config", {"mlas.use_lut_gemm": "1"}),
     "accuracy level 2": ("accuracy", 2),
     "accuracy level 0": ("accuracy", 0),
 }
-GRAPHS = ("model.onnx", "model_all_positions.onnx")
+GRAPHS = ("model.onnx", "model_all_positions.onnx", PROMPT_GRAPH)
 
 
 def set_accuracy(source: Path, target: Path, level: int) -> int:
@@ -64,13 +70,18 @@ def stage(source: Path, target: Path, kind: str, value: object) -> Path:
     if (target / "genai_config.json").is_file():
         return target
     target.mkdir(parents=True, exist_ok=True)
-    rewritten = {"genai_config.json"} if kind == "config" else set(GRAPHS)
+    rewritten = {"genai_config.json", PROMPT_GRAPH} if kind == "one graph" else \
+        {"genai_config.json"} if kind == "config" else set(GRAPHS)
     for item in source.iterdir():
         if item.is_file() and item.name not in rewritten:
             os.link(item, target / item.name)
+    config = json.loads((source / "genai_config.json").read_text())
     if kind == "config":
-        config = json.loads((source / "genai_config.json").read_text())
         config["model"]["decoder"].setdefault("session_options", {}).update(value)
+        (target / "genai_config.json").write_text(json.dumps(config, indent=4))
+    elif kind == "one graph":  # registration before the prompt graph: the served graph for prompt and tokens
+        config["model"]["decoder"].pop("pipeline", None)
+        config["model"]["type"] = value
         (target / "genai_config.json").write_text(json.dumps(config, indent=4))
     else:
         for graph in GRAPHS:
@@ -107,7 +118,9 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (base,) = registered_pairs((Pair("ours INT4", "int4", "Q4_0"),), args.models, args.out)
-    staged = {name: stage(Path(base.folder), args.out / "variants" / name.replace(" ", "-"), *VARIANTS[name])
+    built_type = json.loads((args.models / "int4" / "genai_config.json").read_text())["model"]["type"]
+    settings = {name: (kind, built_type if kind == "one graph" else value) for name, (kind, value) in VARIANTS.items()}
+    staged = {name: stage(Path(base.folder), args.out / "variants" / name.replace(" ", "-"), *settings[name])
               for name in args.variants}
     for name, folder in list(staged.items()):
         if why := refusal(folder):

@@ -18,10 +18,12 @@ from slmops.toolkit.core.errors import (
 )
 from slmops.toolkit.domain import templates
 from slmops.toolkit.domain.results.registration import ThreadSetting, read_registration
+from slmops.toolkit.runtimes import genai
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import register
 from slmops.toolkit.stages.register_catalog import list_models, unregister
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH
 from slmops.toolkit.stages.register_threads import pick_threads, probe_counts
 
 
@@ -44,6 +46,12 @@ def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> No
     rows = {row["name"]: row for row in list_models()}
     assert rows["tiny-layout"]["registered"] and rows["tiny-layout"]["folder"]
     assert rows["tiny-layout"]["precision"] == "int4"
+    # INT4 in int8 compute: the prompt runs a graph in FP32 compute, the tokens the served graph;
+    # what reads every position's logits still loads the full graph alone.
+    served = json.loads((reg.path / "genai_config.json").read_text())
+    assert served["model"]["type"] == "decoder-pipeline" and (reg.path / PROMPT_GRAPH).is_file()
+    (row,) = genai.agreement(tiny_int4, {"registered": reg.path})  # the full graph, in a child process
+    assert row.tokens > 1 and row.top1_agreement == 1.0 and row.kl_divergence == 0.0
 
 
 def test_the_runtime_receives_the_chosen_template(tiny_int4: Path) -> None:

@@ -19,6 +19,7 @@ from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.cli import background, run
 from slmops.toolkit.stages import register
 from slmops.toolkit.weights.lora_apart import write_onnx_adapter
+from tests.models import make_tiny_model
 from tests.unit.test_adapters import make_adapter
 
 BASE, MERGED = "tiny-lora-base", {"support": "tiny-merged-support", "legal": "tiny-merged-legal"}
@@ -89,11 +90,6 @@ def test_each_adapter_answers_as_its_merged_build_switched_per_request_streamed_
         mixed = asyncio.run(together())
         assert mixed == [answer for i in range(len(PROMPTS))
                          for answer in (expected["support"][i], expected["legal"][i], base[i])]
-        # Constrained decoding and tool calls run on Foundry Local, which cannot apply an adapter: refused, not
-        # answered as the base.
-        with pytest.raises(openai.BadRequestError, match="cannot apply an adapter"):
-            client.chat.completions.create(model="support", messages=[{"role": "user", "content": "Hi"}],
-                                           response_format={"type": "json_object"}, max_tokens=4)
 
 
 def test_adapters_that_cannot_be_served_are_refused_in_one_line_before_serving(
@@ -166,3 +162,80 @@ def test_one_batch_holds_one_adapter_and_another_adapters_request_waits_its_turn
         assert first[1] < first[2] < first[3] < first[4]  # legal before the later support, the base last
     finally:
         engine.close()
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]},
+                                           "count": {"type": "integer", "minimum": 0, "maximum": 99},
+                                           "note": {"type": "string", "maxLength": 12}},
+          "required": ["answer", "count", "note"], "additionalProperties": False}
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                            "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+           "required": ["city", "days"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The forecast of a city.",
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "description": "The time now.",
+                                           "parameters": {"type": "object", "properties": {}}}}]
+
+
+@pytest.fixture(scope="module")
+def tool_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base with ``<tool_call>`` markers and room for Foundry Local's tool protocol, one adapter kept apart."""
+    work = tmp_path_factory.mktemp("serve-adapters-tools")
+    model = make_tiny_model(work / "qwen2-tools", tool_tokens=True, context=2048)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLMOPS_HOME", str(work / "home"))
+        adapter = make_adapter(model, work / "support", target_modules=("q_proj", "v_proj", "down_proj"))
+        assert cli.main(["convert", str(adapter), "--keep-adapter", "--precision", "fp32", "--out",
+                         str(work / "kept")]) == 0
+        register.register(work / "kept", "tiny-lora-tools")
+    return work / "kept" / "adapters" / "support.onnx_adapter"
+
+
+def _answer(client: openai.OpenAI, stream: bool, **options) -> tuple[str | None, list[dict], str]:
+    """The answer's text, its tool calls (as dicts) and finish reason, streamed or not."""
+    options = {"model": "support", "messages": [{"role": "user", "content": "Weather in Oslo for 3 days?"}],
+               "max_tokens": 120, "temperature": 0, **options}
+    if not stream:
+        choice = client.chat.completions.create(**options).choices[0]
+        return (choice.message.content, [c.model_dump() for c in choice.message.tool_calls or []],
+                choice.finish_reason)
+    text, calls, reason = "", {}, None
+    for chunk in client.chat.completions.create(stream=True, **options):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        text += delta.content or ""
+        for piece in delta.tool_calls or []:
+            call = calls.setdefault(piece.index, {"id": "", "type": "function",
+                                                  "function": {"name": "", "arguments": ""}})
+            call["id"] = piece.id or call["id"]
+            call["function"]["name"] += piece.function.name or ""
+            call["function"]["arguments"] += piece.function.arguments or ""
+        reason = chunk.choices[0].finish_reason or reason
+    return text, [calls[i] for i in sorted(calls)], reason
+
+
+def test_an_adapter_answers_structured_output_and_tool_calls_constrained_in_the_batch_engine(tool_base) -> None:
+    """``response_format`` and ``tools`` with an adapter (which Foundry Local cannot apply): a random model's answer,
+    constrained by the engine's grammar, is JSON of the schema / a well-formed call of a declared tool."""
+    import json
+
+    import jsonschema
+
+    with background(["tiny-lora-tools"], adapters=[f"support={tool_base}"], batch_size=4) as served:
+        client = served.client()
+        for stream in (False, True):
+            text, calls, reason = _answer(client, stream, response_format={
+                "type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA, "strict": True}})
+            jsonschema.validate(json.loads(text), SCHEMA)
+            assert not calls and reason == "stop", (text, reason)
+            text, _, _ = _answer(client, stream, response_format={"type": "json_object"})
+            assert isinstance(json.loads(text), dict), text
+            for choice, names in (("required", {"get_weather", "get_time"}),
+                                  ({"type": "function", "function": {"name": "get_weather"}}, {"get_weather"})):
+                text, calls, reason = _answer(client, stream, tools=TOOLS, tool_choice=choice)
+                assert reason == "tool_calls" and calls and not text, (text, calls, reason)
+                for call in calls:
+                    assert call["id"] and call["type"] == "function" and call["function"]["name"] in names, call
+                    schema = WEATHER if call["function"]["name"] == "get_weather" else TOOLS[1]["function"]["parameters"]
+                    jsonschema.validate(json.loads(call["function"]["arguments"]), schema)

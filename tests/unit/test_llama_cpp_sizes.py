@@ -87,10 +87,12 @@ def test_a_variant_changes_only_what_it_names_and_links_the_rest(tmp_path):
     settings = _load("int4_settings")
     source = tmp_path / "registered"
     source.mkdir()
-    (source / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"session_options": {"log_id": "x"}}}}))
+    (source / "genai_config.json").write_text(json.dumps({"model": {"type": "decoder-pipeline", "decoder": {
+        "session_options": {"log_id": "x"}, "pipeline": [{"prompt": {"filename": "model_prompt.onnx"}}]}}}))
     (source / "model.onnx.data").write_bytes(b"weights")
     _graph(source / "model.onnx", 4)
     _graph(source / "model_all_positions.onnx", 4)
+    _graph(source / "model_prompt.onnx", 4)
 
     spin = settings.stage(source, tmp_path / "spin", "config", {"session.intra_op.allow_spinning": "0"})
     options = json.loads((spin / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
@@ -105,3 +107,8 @@ def test_a_variant_changes_only_what_it_names_and_links_the_rest(tmp_path):
         (kept,) = onnx.load(str(source / graph)).graph.node
         assert {a.name: a.i for a in kept.attribute}["accuracy_level"] == 4
     assert (level / "model.onnx.data").samefile(source / "model.onnx.data")
+
+    one = settings.stage(source, tmp_path / "one", "one graph", "llama")  # as registered before the prompt graph
+    assert json.loads((one / "genai_config.json").read_text())["model"] == {
+        "type": "llama", "decoder": {"session_options": {"log_id": "x"}}}
+    assert not (one / "model_prompt.onnx").exists() and (one / "model.onnx").samefile(source / "model.onnx")

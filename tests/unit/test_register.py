@@ -1,8 +1,12 @@
-"""Stage 2 without a model: the rules that pick the thread count a registration writes."""
+"""Stage 2 without a model: the rules that pick the thread count a registration writes, and the prompt graph."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from slmops.toolkit.domain.results.registration import ThreadSpeed
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH, serve_prompt_graph
 from slmops.toolkit.stages.register_threads import ThreadChoice, pick_threads, probe_counts
 
 
@@ -12,3 +16,84 @@ def test_thread_choice_rules() -> None:
              ThreadSpeed(4, 238.0, 150.0)]
     assert pick_threads(probe) == 4  # never the default; a tie goes to the quicker first token
     assert ThreadChoice(4, tuple(probe)).speedup == round(238 / 300, 3)
+
+
+def _matmul_graph(path: Path, levels_and_bits: list[tuple[int, int]]) -> None:
+    """A graph of ``MatMulNBits`` nodes, one per ``(accuracy_level, bits)``, chained from ``x``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, previous = [], "x"
+    for index, (level, bits) in enumerate(levels_and_bits):
+        nodes.append(helper.make_node("MatMulNBits", [previous, f"w{index}", f"s{index}"], [f"y{index}"],
+                                      domain="com.microsoft", K=32, N=32, bits=bits, block_size=32,
+                                      accuracy_level=level))
+        previous = f"y{index}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 32])])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def _levels(path: Path) -> list[tuple[int, int]]:
+    import onnx
+
+    return [({a.name: a.i for a in n.attribute}["accuracy_level"], {a.name: a.i for a in n.attribute}["bits"])
+            for n in onnx.load(str(path)).graph.node]
+
+
+def test_an_int4_graph_in_int8_compute_gets_a_prompt_graph_in_fp32_compute(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    _matmul_graph(source / "model.onnx", [(4, 4), (4, 8), (4, 4)])
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    os.link(source / "model.onnx", folder / "model.onnx")
+    os.link(source / "model.onnx", folder / PROMPT_GRAPH)  # a stale link is replaced, never written through
+    config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx", "session_options": {}}}}
+
+    assert serve_prompt_graph(folder, config)
+    assert _levels(folder / PROMPT_GRAPH) == [(0, 4), (4, 8), (0, 4)]  # 8-bit layers keep int8 compute
+    assert _levels(folder / "model.onnx") == _levels(source / "model.onnx") == [(4, 4), (4, 8), (4, 4)]
+    assert config["model"]["type"] == "decoder-pipeline"
+    prompt, tokens = (next(iter(stage.values())) for stage in config["model"]["decoder"]["pipeline"])
+    assert (prompt["filename"], prompt["run_on_prompt"], prompt["run_on_token_gen"]) == (PROMPT_GRAPH, True, False)
+    assert (tokens["filename"], tokens["run_on_prompt"], tokens["run_on_token_gen"]) == ("model.onnx", False, True)
+    assert prompt["inputs"] == tokens["inputs"] == ["x"] and prompt["outputs"] == ["y2"]
+    assert not serve_prompt_graph(folder, config)  # already a pipeline: left as it is
+
+
+def test_graphs_without_int4_in_int8_compute_are_served_as_one_graph(tmp_path: Path) -> None:
+    for name, nodes in {"int8": [(4, 8)], "fp32 compute": [(0, 4)]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        _matmul_graph(folder / "model.onnx", nodes)
+        config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}
+        assert not serve_prompt_graph(folder, config) and not (folder / PROMPT_GRAPH).exists()
+        assert config == {"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}
+    _matmul_graph(tmp_path / "int4.onnx", [(4, 4)])
+    cuda = {"model": {"type": "llama", "decoder": {"filename": "int4.onnx",
+                                                   "session_options": {"provider_options": [{"cuda": {}}]}}}}
+    unknown = {"model": {"type": "no-such-architecture", "decoder": {"filename": "int4.onnx"}}}
+    for config in (cuda, unknown):  # another device; a type the runtime would not load is not hidden behind a pipeline
+        assert not serve_prompt_graph(tmp_path, config) and "pipeline" not in config["model"]["decoder"]
+    assert unknown["model"]["type"] == "no-such-architecture" and not (tmp_path / PROMPT_GRAPH).exists()
+
+
+def test_a_kept_thread_probe_is_reused_only_for_the_same_graphs(tiny_model: Path, slmops_home: Path,
+                                                                  monkeypatch) -> None:
+    from slmops.toolkit.runtimes import genai
+    from slmops.toolkit.stages import register_threads
+
+    folder = slmops_home / "served"
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_bytes((tiny_model / "tokenizer.json").read_bytes())
+    (folder / "model.onnx").write_bytes(b"token graph")
+    probes: list[Path] = []
+    monkeypatch.setattr(genai, "probe_threads", lambda model_dir, ids, counts: probes.append(model_dir) or
+                        [ThreadSpeed(1, 100.0, 20.0), ThreadSpeed(2, 150.0, 15.0)])
+
+    first = register_threads.choose_threads(folder, 2048)
+    again = register_threads.choose_threads(folder, 2048)
+    assert (first.chosen, first.reused, again.chosen, again.reused, len(probes)) == (2, False, 2, True, 1)
+    (folder / PROMPT_GRAPH).write_bytes(b"prompt graph")  # a pipeline times differently: probed again
+    assert not register_threads.choose_threads(folder, 2048).reused and len(probes) == 2

@@ -89,13 +89,34 @@ def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
         found = sorted(folder.glob(pattern))
         if not found:
             continue
-        try:
-            named = set(json.loads((folder / index).read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        if not (folder / index).is_file():
             return found
-        listed = [folder / name for name in sorted(named) if (folder / name).is_file()]
-        return listed or found
+        named = _index_files(folder, index)
+        missing = [name for name in named if not (folder / name).is_file()]
+        if missing:  # transformers and the builder open every file the index names: they would fail mid-load
+            raise ModelFolderError(folder, f"{index} names {len(missing)} weight file(s) the folder lacks "
+                                   f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})",
+                                   "Download or copy the missing shards into the folder.")
+        return [folder / name for name in named]
     return []
+
+
+def _index_files(folder: Path, index: str) -> list[str]:
+    """The weight files a sharded checkpoint's index names (sorted), refusing an index transformers could not read.
+
+    Raises:
+        ModelFolderError: the index is not JSON with a ``weight_map`` of tensor names to file names in the folder.
+    """
+    try:
+        weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
+        named = sorted(set(weight_map.values()))
+        if not named or not all(isinstance(n, str) and n and Path(n).name == n for n in named):
+            raise ValueError("its file names are not names of files in the folder")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelFolderError(folder, f"{index} is not a readable shard index ({type(exc).__name__}: "
+                               f"{str(exc)[:120]})", "Save the model again (save_pretrained writes the index "
+                               "with its shards), or delete the index if one file holds all the weights.") from exc
+    return named
 
 
 def safetensors_tensors(file: Path) -> dict[str, TensorInfo]:
@@ -236,6 +257,57 @@ def check_fields(folder: Path, config: dict) -> None:
         tied = fields.get("tie_word_embeddings")
         if tied is not None and not isinstance(tied, bool):
             refuse(where + "tie_word_embeddings", tied, "true or false")
+    if "quantization_config" in config and not (isinstance(config["quantization_config"], dict)
+                                                and config["quantization_config"]):
+        # The builder reads quantization_config["quant_method"] whenever the field is there.
+        raise InconsistentCheckpointError(folder, f"config.json has quantization_config "
+                                          f"{config['quantization_config']!r}, which names no quantization",
+                                          "Remove quantization_config from config.json (the weights are plain).")
+    check_shape_fields(folder, text_config(config))
+
+
+def check_shape_fields(folder: Path, fields: dict) -> None:
+    """Refuse attention and RoPE fields no model can be built from (checked after their types, by :func:`check_fields`).
+
+    ``num_key_value_heads`` must divide ``num_attention_heads`` (each key/value head serves a whole group of
+    query heads), ``hidden_size`` must split into ``num_attention_heads`` heads when ``head_dim`` is left out,
+    layers that slide need a window, and RoPE's ``rope_theta`` is a number. Each was found failing after the build
+    (in the builder, or in transformers' forward pass of the parity check).
+
+    Raises:
+        InconsistentCheckpointError: the fields contradict each other (the message names them and the fix).
+    """
+    heads, groups, width = (fields.get(k) for k in ("num_attention_heads", "num_key_value_heads", "hidden_size"))
+    if isinstance(heads, int) and isinstance(groups, int) and heads % groups:
+        raise InconsistentCheckpointError(
+            folder, f"config.json says num_key_value_heads {groups}, which does not divide num_attention_heads {heads}",
+            "Save the config.json that came with these weights (each key/value head serves a whole number of "
+            "query heads).")
+    if isinstance(heads, int) and isinstance(width, int) and fields.get("head_dim") is None and width % heads:
+        raise InconsistentCheckpointError(
+            folder, f"config.json sets no head_dim, and hidden_size {width} does not split into num_attention_heads "
+            f"{heads} heads", "Set head_dim in config.json (the weights' q_proj rows over num_attention_heads).")
+    types = fields.get("layer_types")
+    window = fields.get("sliding_window")
+    if isinstance(types, list) and "sliding_attention" in types and not (type(window) is int and window > 0):
+        raise InconsistentCheckpointError(
+            folder, f"config.json's layer_types has sliding_attention layers, but sliding_window is {window!r}",
+            "Set sliding_window in config.json to the window the model was trained with, or make those layers "
+            "full_attention.")
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = fields.get(key)
+        entries = [rope] if isinstance(rope, dict) and "rope_theta" in rope else (
+            [v for v in rope.values() if isinstance(v, dict)] if isinstance(rope, dict) else [])
+        for entry in entries:
+            theta = entry.get("rope_theta", 1.0)
+            if isinstance(theta, bool) or not isinstance(theta, int | float) or theta <= 0:
+                raise InconsistentCheckpointError(
+                    folder, f"config.json's {key} has rope_theta {theta!r}, not a number above zero",
+                    "Set rope_theta to the model's RoPE base (10000.0 unless the model card says otherwise).")
+    theta = fields.get("rope_theta", 1.0)
+    if isinstance(theta, bool) or not isinstance(theta, int | float) or theta <= 0:
+        raise InconsistentCheckpointError(folder, f"config.json's rope_theta is {theta!r}, not a number above zero",
+                                          "Set rope_theta to the model's RoPE base, or remove the field.")
 
 
 def text_config(config: dict) -> dict:

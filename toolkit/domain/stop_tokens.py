@@ -123,6 +123,64 @@ def require(folder: str | os.PathLike[str]) -> StopTokens:
     return found
 
 
+#: The special token ids a config names; each indexes the embedding table (a pad id past it fails the builder).
+SPECIAL_IDS = ("eos_token_id", "bos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def check_files(folder: str | os.PathLike[str]) -> None:
+    """Refuse a ``generation_config.json`` that is not a JSON object (checked before any work).
+
+    Transformers' ``generate`` and the model builder read it; the builder failed on one that is a list
+    (``TypeError: 'list' object is not a mapping``) after loading the model, and an unreadable one was
+    silently skipped here, so the stop tokens came from elsewhere.
+
+    Raises:
+        ModelFolderError: the file is there but not a readable JSON object.
+    """
+    file = Path(folder) / GENERATION_CONFIG
+    if not file.is_file():
+        return
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(folder, f"{GENERATION_CONFIG} is not valid JSON ({exc})",
+                               f"Fix {GENERATION_CONFIG} or delete it (its stop tokens and sampling settings are "
+                               "read at conversion).") from exc
+    if not isinstance(data, dict):
+        raise ModelFolderError(folder, f"{GENERATION_CONFIG} is a JSON {type(data).__name__}, not an object",
+                               f"Save it with GenerationConfig.save_pretrained, or delete {GENERATION_CONFIG}.")
+
+
+def check_ids_in_vocab(folder: str | os.PathLike[str], vocab: int) -> None:
+    """Refuse special token ids (:data:`SPECIAL_IDS`) in ``config.json`` or ``generation_config.json`` past ``vocab``.
+
+    An end-of-sequence id the model cannot produce never stops generation; a pad id past the table fails the
+    builder (``Padding_idx must be within num_embeddings``); a string id fails its config parsing.
+
+    Args:
+        folder: The model folder.
+        vocab: Rows of the embedding table (ids ``0 .. vocab - 1`` exist).
+
+    Raises:
+        ModelFolderError: an id that is not a token id, or past the table (the message names the file and field).
+    """
+    folder = Path(folder)
+    for name in (GENERATION_CONFIG, CONFIG):
+        data = _read_object(folder / name)
+        for where, fields in (("", data), ("text_config.", data.get("text_config"))):
+            if not isinstance(fields, dict):
+                continue
+            for key in SPECIAL_IDS:
+                value = fields.get(key)
+                items = value if isinstance(value, list) else [value]
+                bad = [item for item in items if item is not None and (type(item) is not int or item >= vocab)]
+                if bad:
+                    raise ModelFolderError(
+                        folder, f"{name}'s {where}{key} is {value!r}, but token ids are whole numbers below {vocab} "
+                        f"(the embedding table's rows)",
+                        f"Set {key} in {name} to the id of that token in the tokenizer.")
+
+
 def complete_genai_config(folder: str | os.PathLike[str], stop: StopTokens) -> bool:
     """Fill ``genai_config.json``'s missing or ``null`` ``eos_token_id`` (and ``pad_token_id``) from ``stop``.
 

@@ -7,8 +7,9 @@ read once (:mod:`slmops.toolkit.runtimes.adapter_weights`) and bound as the base
 runs of its requests by the base's own batch engine (:class:`AdapterHost`): one session, one set of cache rows
 and one thread for the base and every adapter. A batch holds one adapter's requests (one set of inputs per
 run): requests of one adapter are decoded together, another adapter's wait until the running batch has drained
-(in arrival order), and switching adapters between requests reloads nothing. Foundry Local, which runs constrained decoding (``response_format``) and tool calls, cannot
-apply an adapter, so an adapter refuses those requests (400) rather than answer them as the base.
+(in arrival order), and switching adapters between requests reloads nothing. Foundry Local, which runs constrained
+decoding (``response_format``) and tool calls for the base, cannot apply an adapter, so an adapter's such requests
+are constrained in the batch engine itself, with the same grammars (:mod:`slmops.toolkit.runtimes.constrained`).
 """
 
 from __future__ import annotations
@@ -125,16 +126,10 @@ class AdapterHost(ModelHost):
         """A batch slot; ``max_tokens`` cut to what the cache row leaves.
 
         Raises:
-            ApiError: 400 for ``response_format`` or ``tools`` (Foundry Local's, which cannot apply the
-                adapter), or a prompt longer than the cache row.
+            ApiError: 400 for a prompt (tool protocol included) longer than the cache row.
         """
-        for param in ("response_format", "tools"):
-            if body.get(param):
-                raise ApiError(400, f"{param} runs on Foundry Local's constrained decoding, which cannot apply an "
-                                    f"adapter, so {self.name!r} (an adapter over {self.base.name!r}) does not take it: "
-                                    "send it to a build of this fine-tune merged (`slmops convert ADAPTER`, "
-                                    "registered) or leave it out.", param=param, code="unsupported_for_adapter")
-        room = self.batched.engine.capacity - len(self.model.prompt_ids(body["messages"]))
+        prompt = self.model.prompt_ids(body["messages"], body.get("tools"), body.get("tool_choice"))
+        room = self.batched.engine.capacity - len(prompt)
         if room < 1:
             raise ApiError(400, f"The prompt does not fit {self.name!r}'s cache rows "
                                 f"({self.batched.engine.capacity} positions): send a shorter one.",

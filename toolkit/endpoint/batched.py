@@ -3,8 +3,9 @@
 A request without ``response_format`` or ``tools`` whose prompt and ``max_tokens`` fit the
 engine's cache rows is decoded in the batch; it streams the same chunks, ``Usage`` and finish
 reasons as Foundry Local's own layer (:meth:`LoadedModel.native_stream`), so the endpoint's jobs
-and responses do not tell the two apart. Constrained decoding and tool calls stay on Foundry
-Local, one request at a time.
+and responses do not tell the two apart. The base's constrained decoding and tool calls stay on
+Foundry Local, one request at a time; an adapter's (which Foundry Local cannot apply) are constrained
+here (:mod:`slmops.toolkit.runtimes.constrained`), a tool request's answer sent whole at its end.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from slmops.toolkit.domain.tools import MESSAGE_FRAME
+from slmops.toolkit.runtimes import constrained
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_requests import Usage
@@ -93,6 +96,16 @@ class BatchedChat:
         folder = Path(model.model.get_path())
         self.model, self.engine = model, BatchEngine(folder, batch_size, policy)
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._grammars: constrained.Grammars | None = None
+
+    def constraint(self, body: dict) -> constrained.Constraint | None:
+        """The grammar ``body``'s tokens must follow (``response_format``, ``tools``; see :mod:`.constrained`)."""
+        if not body.get("response_format") and not body.get("tools"):
+            return None
+        if self._grammars is None:  # the tokenizer's tables, built on the first constrained request
+            engine = self.engine
+            self._grammars = constrained.Grammars(engine.folder, engine.vocab, engine.settings.eos_ids)
+        return self._grammars.constraint(body, self.model.markers)
 
     def close(self) -> None:
         """Stop the engine."""
@@ -108,17 +121,21 @@ class BatchedChat:
     def stream(self, body: dict, adapter: str = "") -> Iterator[str | Usage]:
         """The chunks of ``body``'s answer as JSON text, then its :class:`Usage` (closing the iterator cancels it);
         ``adapter``: the engine's adapter it runs with (``""``: none)."""
-        prompt = self.model.prompt_ids(body["messages"])
+        prompt = self.model.prompt_ids(body["messages"], body.get("tools"), body.get("tool_choice"))
         max_tokens = int(body.get("max_tokens") or self.engine.capacity - len(prompt))
         greedy = body.get("metadata", {}).get("top_k") == "1"
         sampling = self.engine.settings.sampling(max_tokens, 0.0 if greedy else body["temperature"],
                                                  body.get("top_p"), body["seed"])
         tokens: queue.SimpleQueue = queue.SimpleQueue()
+        calls = constrained.calling(body, self.model.markers)
         sequence = self.engine.submit(prompt, sampling, lambda token, reason: tokens.put((token, reason)),
-                                      adapter=adapter)
+                                      adapter=adapter, constraint=self.constraint(body))
         chunk = _Chunks(body["model"])
         try:
             yield chunk.role()
+            if calls:
+                yield from self._calls(tokens, prompt, chunk)
+                return
             text, stop = Detokenizer(self.tokenizer, prompt), StopText(_stops(body.get("stop")))
             count, reason = 0, None
             while reason is None:
@@ -142,6 +159,27 @@ class BatchedChat:
             sequence.cancel()  # a no-op once it has ended
 
 
+    def _calls(self, tokens: queue.SimpleQueue, prompt: list[int], chunk: _Chunks) -> Iterator[str | Usage]:
+        """A tool request's answer, whole: its calls (``<start>[...]<end>``) or its text (the frame cut off)."""
+        generated, reason = [], None
+        while reason is None:
+            token, reason = tokens.get()
+            if token is not None:
+                generated.append(token)
+        if reason.startswith("error"):
+            raise RuntimeError(f"The batch engine failed: {reason.removeprefix('error: ')}")
+        count = sum(token not in self.engine.settings.eos_ids for token in generated)
+        markers = self.model.markers
+        if generated and generated[0] == markers.start_id and markers.end_id in generated:
+            end = generated.index(markers.end_id)
+            yield chunk.calls(constrained.tool_calls(self.tokenizer.decode(generated[1:end])))
+            reason = "tool_calls"
+        elif text := self.tokenizer.decode(generated, skip_special_tokens=True).removeprefix(MESSAGE_FRAME):
+            yield chunk.content(text)
+        yield chunk.end(reason)
+        yield Usage(len(prompt), count, reason)
+
+
 def _stops(stop: object) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
@@ -162,6 +200,9 @@ class _Chunks:
 
     def content(self, text: str) -> str:
         return self._chunk({"content": text})
+
+    def calls(self, calls: list[dict]) -> str:
+        return self._chunk({"tool_calls": calls})
 
     def end(self, reason: str) -> str:
         return self._chunk({}, reason)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts, settings
 from slmops.toolkit.core.errors import ParamsError, SlmopsError
-from slmops.toolkit.domain import packaged, provenance, run_params
+from slmops.toolkit.domain import packaged, provenance, run_params, template_resolve
 from slmops.toolkit.presentation import report
 from slmops.toolkit.weights import packaged_build
 from slmops.toolkit.weights.bundled import model_or_bundled
@@ -136,6 +136,9 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     # Headless: notebooks show chosen values instead of widgets that would not render in HTML.
     merged = run_params.parse({**params, "run_dir": str(run_dir), "interactive": False}).as_dict()
     merged = run_params.with_absolute_paths(merged)  # notebooks run with the run folder as their cwd
+    parsed = run_params.parse(merged)
+    if not parsed.adapter and parsed.template != "custom":  # registration resolves it after the build: resolved now
+        template_resolve.resolve(parsed.template, model_or_bundled(parsed.model_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "params.json", merged)
     # What a rerun needs beyond the parameters: inputs' fingerprints, seed, versions, machine.

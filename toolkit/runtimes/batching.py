@@ -81,6 +81,8 @@ class Sequence:
         self.length = 0  # tokens in the cache row
         self.adapter = ""  # the adapter it runs with (a key of BatchEngine.adapters; "": the graph alone)
         self.cancelled = threading.Event()
+        #: A grammar its tokens must follow (:class:`~slmops.toolkit.runtimes.constrained.Constraint`; None: any).
+        self.constraint = None
         #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
         #: score over the next best (a near tie is where batched numerics may pick the other token).
         self.gaps: list[float] | None = None
@@ -146,11 +148,12 @@ class BatchEngine:
         self.thread.start()
 
     def submit(self, prompt: list[int], sampling: Sampling, emit: Emit, record_gaps: bool = False,
-               adapter: str = "") -> Sequence:
+               adapter: str = "", constraint=None) -> Sequence:
         """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`), each
-        computed with ``adapter``'s inputs (:attr:`adapters`; ``""``: the graph alone)."""
+        computed with ``adapter``'s inputs (:attr:`adapters`; ``""``: the graph alone) and allowed by ``constraint``
+        (:attr:`Sequence.constraint`)."""
         sequence = Sequence(prompt, sampling, emit)
-        sequence.adapter = adapter
+        sequence.adapter, sequence.constraint = adapter, constraint
         sequence.gaps = [] if record_gaps else None
         self.inbox.put(sequence)
         return sequence
@@ -308,12 +311,14 @@ class BatchEngine:
                 self._finish(sequence, "cancelled")
                 continue
             token = self._pick(sequence, row)
+            if sequence.constraint is not None:
+                sequence.constraint.advance(token)
             sequence.generated.append(token)
             if token not in sequence._seen:
                 sequence._seen.add(token)
                 sequence.seen = np.append(sequence.seen, token)
             sequence.emit(token, None)
-            if token in self.settings.eos_ids:
+            if token in self.settings.eos_ids or (sequence.constraint is not None and sequence.constraint.done):
                 self._finish(sequence, "stop")
             elif len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= self.capacity:
                 self._finish(sequence, "length")
@@ -327,6 +332,8 @@ class BatchEngine:
                                              seen * sampling.repetition_penalty)
         if len(sequence.prompt) + len(sequence.generated) < sampling.min_length:
             logits[list(self.settings.eos_ids)] = -np.inf
+        if sequence.constraint is not None:
+            sequence.constraint.mask(logits)
         if sampling.temperature == 0 or sampling.top_k == 1:
             if sequence.gaps is not None:
                 top = np.partition(logits, -2)[-2:]

@@ -26,7 +26,7 @@ from slmops.toolkit.domain.parity import log_softmax
 from slmops.toolkit.domain.prompts import reference_text
 from slmops.toolkit.domain.results.bench import TimedRun
 from slmops.toolkit.domain.results.registration import ThreadSpeed
-from slmops.toolkit.runtimes.genai_folders import load, readable_dir
+from slmops.toolkit.runtimes.genai_folders import load, readable_dir, single_graph_overlay
 from slmops.toolkit.runtimes.genai_jobs import (
     Agreement,
     BandwidthJob,
@@ -87,7 +87,7 @@ def logits(model_dir: str | os.PathLike[str], text: str) -> tuple[np.ndarray, np
     config = og.Config(str(readable_dir(folder)))
     full = lm_head.all_positions_graph(folder)  # a served folder's graph computes the last position only
     if full:
-        config.overlay(json.dumps({"model": {"decoder": {"filename": full}}}))
+        config.overlay(single_graph_overlay(folder, full))
     model = og.Model(config)
     encoded = [int(i) for i in og.Tokenizer(model).encode(text)]
     prefix = _special_prefix(folder)

@@ -80,3 +80,17 @@ def load(model_dir: str | os.PathLike[str], threads: int = 0):
     if threads:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     return og.Model(config)
+
+
+def single_graph_overlay(folder: Path, filename: str) -> str:
+    """An ``og.Config.overlay`` loading ``folder``'s ``filename`` as its one decoder graph.
+
+    A registered folder may be a ``decoder-pipeline`` (a prompt graph and a token graph, both on
+    the last position only); the model type only picks ONNX Runtime GenAI's decoder class, the same
+    for every decoder-only model, so such a folder's full graph is loaded as ``llama``.
+    """
+    config = json.loads((folder / "genai_config.json").read_text())
+    overlay: dict = {"model": {"decoder": {"filename": filename}}}
+    if config["model"].get("type") == "decoder-pipeline":
+        overlay["model"]["type"] = "llama"
+    return json.dumps(overlay)

@@ -25,7 +25,7 @@ from slmops.toolkit.core.errors import (
 from slmops.toolkit.core.measure import available_mib
 from slmops.toolkit.domain import adapters, memory, parity, stop_tokens
 from slmops.toolkit.domain.options import BLOCK_SIZES, Method, Precision
-from slmops.toolkit.domain.sources import SourceModel
+from slmops.toolkit.domain.sources import SourceModel, text_config
 from slmops.toolkit.stages.convert_plan import (
     _PROVIDERS,
     ADAPTER_SUFFIX,
@@ -34,11 +34,13 @@ from slmops.toolkit.stages.convert_plan import (
     needs_quantizer,
     quant_plan,
     route_precision,
+    supported_activations,
     supported_architectures,
 )
 from slmops.toolkit.weights.adapter_inspect import inspect_adapter
-from slmops.toolkit.weights.checkpoints import inspect_source, tied_flag_contradicts_head
+from slmops.toolkit.weights.checkpoints import inspect_source, read_tensors, tied_flag_contradicts_head
 from slmops.toolkit.weights.lora_apart import token_rows
+from slmops.toolkit.weights.source_inspect import check_loads
 
 
 def check_source(model_dir: str | os.PathLike[str]) -> SourceModel:
@@ -49,10 +51,53 @@ def check_source(model_dir: str | os.PathLike[str]) -> SourceModel:
         UnsupportedArchitectureError: the builder cannot convert this architecture.
     """
     source = inspect_source(model_dir)
+    config = artifacts.read_json(source.path / "config.json", {})
+    fields = text_config(config)
     supported = supported_architectures()
+    if not config.get("architectures"):
+        raise ModelFolderError(source.path, "config.json names no architectures (the builder picks the model's "
+                               "graph by it)", 'Set "architectures" to the class the model was saved from, '
+                               f"for example {_architecture_hint(source.model_type)}.")
     if supported and source.architecture not in supported:
         raise UnsupportedArchitectureError(source.architecture, supported)
+    # What the build would meet later (the builder and the parity check load the folder with transformers), met now.
+    stop_tokens.check_files(source.path)
+    if type(fields.get("vocab_size")) is int:
+        stop_tokens.check_ids_in_vocab(source.path, fields["vocab_size"])
+    check_loads(source.path, read_tensors(source.path))
+    _check_builder_fields(source.path, fields)
     return source
+
+
+def _architecture_hint(model_type: str) -> str:
+    """``["<the causal LM class of model_type>"]`` as JSON, or a generic example."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    return f'["{name}"]' if isinstance(name, str) else '["LlamaForCausalLM"]'
+
+
+def _check_builder_fields(folder: Path, fields: dict) -> None:
+    """Refuse config values transformers takes but the pinned model builder fails on (after loading the model).
+
+    Raises:
+        InconsistentCheckpointError: an activation the builder has no graph for, or a LongRoPE setting without the
+            ``type`` field the builder reads.
+    """
+    activation = fields.get("hidden_activation") or fields.get("hidden_act")
+    activations = supported_activations()
+    if isinstance(activation, str) and activations and activation not in activations:
+        raise InconsistentCheckpointError(
+            folder, f"config.json's hidden_act {activation!r} is not an activation the ONNX Runtime GenAI builder "
+            f"builds ({', '.join(activations)})",
+            "Convert a model whose MLP uses one of those (the builder cannot build this one).")
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = fields.get(key)
+        if isinstance(rope, dict) and "short_factor" in rope and "type" not in rope:
+            kind = rope.get("rope_type", "longrope")
+            raise InconsistentCheckpointError(
+                folder, f"config.json's {key} is LongRoPE (short_factor, long_factor) without the type field the "
+                "builder reads", f'Add "type": "{kind}" to {key} in config.json (as Phi-3\'s configs have it).')
 
 
 def memory_estimate(spec: ConvertSpec, source: SourceModel, reference_dtype: str = "float32") -> memory.MemoryEstimate:

@@ -91,6 +91,18 @@ def supported_architectures() -> list[str]:
     return sorted(set(re.findall(r'architectures\[0\] == "(\w+)"', source.read_text())))
 
 
+def supported_activations() -> list[str]:
+    """The ``hidden_act`` values the installed ONNX Runtime GenAI builder builds an MLP with (read from its source)."""
+    spec = importlib.util.find_spec("onnxruntime_genai")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    source = Path(next(iter(spec.submodule_search_locations))) / "models" / "builders" / "base.py"
+    if not source.is_file():
+        return []
+    sets = re.findall(r"self\.activation in \{([^}]*)\}", source.read_text())
+    return sorted({name for found in sets for name in re.findall(r'"(\w+)"', found)})
+
+
 def needs_quantizer(spec: ConvertSpec) -> bool:
     """Whether ``spec`` is built as FP32 by the route and then quantized by :mod:`slmops.toolkit.weights.quantize`.
 

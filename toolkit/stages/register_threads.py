@@ -97,10 +97,10 @@ def choose_threads(folder: Path, context_length: int) -> ThreadChoice:
     # The fastest count depends on the compute graph and the machine, not on the weights' values: a
     # fine-tune and its base at one precision share a graph (model.onnx holds it; the weights sit in
     # model.onnx.data), so a probe is kept by the graph's hash and reused, which also keeps the choice
-    # the same run to run.
-    key = hashlib.sha256(json.dumps([
-        hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(), len(ids), counts, system.cpu_model(),
-        os.cpu_count(), importlib.metadata.version("onnxruntime-genai")]).encode()).hexdigest()[:20]
+    # the same run to run. Every graph counts: a pipeline's prompt graph beside model.onnx changes the timing.
+    graphs = [(graph.name, hashlib.sha256(graph.read_bytes()).hexdigest()) for graph in sorted(folder.glob("*.onnx"))]
+    key = hashlib.sha256(json.dumps([graphs, len(ids), counts, system.cpu_model(), os.cpu_count(),
+                                     importlib.metadata.version("onnxruntime-genai")]).encode()).hexdigest()[:20]
     kept = settings.home() / "cache" / "threads" / f"{key}.json"
     if kept.is_file():
         probe = codec.read(KeptProbe, kept).probe

@@ -1,0 +1,89 @@
+"""Registration's prompt graph: the prompt in FP32 compute, the generated tokens in int8 compute.
+
+An INT4 ``MatMulNBits`` at ``accuracy_level`` 4 (the builder's default) quantizes its input to
+int8 and multiplies in int8: the faster kernel for one token at a time (decode), the slower one
+for a whole prompt, where ONNX Runtime's CPU kernel at ``accuracy_level`` 0 unpacks the weights
+and runs an FP32 GEMM (an 8-bit ``MatMulNBits`` is the other way round: int8 compute is the
+faster on a prompt too, so those keep it). The served folder keeps both: its graph for the generated tokens, and
+:data:`PROMPT_GRAPH`, the same nodes and weights file with ``accuracy_level`` 0, for the prompt;
+``genai_config.json`` becomes an ONNX Runtime GenAI ``decoder-pipeline`` that runs the first on
+token generation only and the second on the prompt only (``run_on_prompt``/``run_on_token_gen``),
+both on the same key/value cache. Each graph is its own ONNX Runtime session, so the weights are
+unpacked twice in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROMPT_GRAPH = "model_prompt.onnx"
+PIPELINE_TYPE = "decoder-pipeline"
+PROMPT_STAGE, TOKEN_STAGE = "prompt", "tokens"
+INT8_COMPUTE, FP32_COMPUTE = 4, 0
+#: Model types ONNX Runtime GenAI runs with its plain decoder class, as the pipeline does; any other
+#: type (one with its own class, or one the runtime does not know) is served as it is.
+PLAIN_DECODER_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "olmo", "smollm3"})
+
+
+def _attribute(node, name: str, default: int) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), default)
+
+
+def write_prompt_graph(graph: Path, target: Path) -> bool:
+    """``graph`` with its INT4 ``MatMulNBits`` in int8 compute set to FP32 compute, written to ``target``.
+
+    Only ``bits`` 4 nodes at ``accuracy_level`` 4 change (to 0); 8-bit ones (an INT8 build, a mixed
+    recipe's 8-bit layers, LM head) keep int8 compute, which is the faster for them on a prompt too.
+    The weights file is shared.
+
+    Returns:
+        Whether it was written: not when ``graph`` has no such node (nothing would change).
+    """
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"
+             and _attribute(n, "bits", 4) == 4 and _attribute(n, "accuracy_level", 0) == INT8_COMPUTE]
+    if not nodes:
+        return False
+    for node in nodes:
+        kept = [a for a in node.attribute if a.name != "accuracy_level"]
+        del node.attribute[:]
+        node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", FP32_COMPUTE)])
+    target.unlink(missing_ok=True)  # a hard link to another folder's file is replaced, not written through
+    onnx.save(model, str(target))
+    return True
+
+
+def _io_names(graph: Path) -> tuple[list[str], list[str]]:
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+
+
+def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
+    """Give the staged ``folder`` :data:`PROMPT_GRAPH` and make ``genai_config`` the two-stage pipeline.
+
+    Left as it is (returns False) when the model type is not in :data:`PLAIN_DECODER_TYPES` (a
+    pipeline already, among others), the decoder runs on another execution provider than the CPU,
+    or its graph has no INT4 ``MatMulNBits`` in int8 compute.
+    ``genai_config`` is changed in place; the caller writes it.
+    """
+    model = genai_config["model"]
+    decoder = model["decoder"]
+    if model.get("type") not in PLAIN_DECODER_TYPES or decoder.get("pipeline") or decoder.get(
+            "session_options", {}).get("provider_options"):
+        return False
+    filename = decoder.get("filename", "model.onnx")
+    if not write_prompt_graph(folder / filename, folder / PROMPT_GRAPH):
+        return False
+    inputs, outputs = _io_names(folder / filename)
+    stage = {"inputs": inputs, "outputs": outputs}
+    decoder["pipeline"] = [
+        {PROMPT_STAGE: {"filename": PROMPT_GRAPH, **stage, "run_on_prompt": True, "run_on_token_gen": False}},
+        {TOKEN_STAGE: {"filename": filename, **stage, "run_on_prompt": False, "run_on_token_gen": True}},
+    ]
+    model["type"] = PIPELINE_TYPE
+    return True
+
