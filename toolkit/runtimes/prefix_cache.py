@@ -4,8 +4,9 @@ Requests to a served model mostly begin alike (the chat template's system prompt
 each prefilled prompt's keys and values, and a new prompt sharing a prefix with a kept one (the longest
 common prefix in token ids, with the same adapter) gets them copied into its cache row; only the rest
 of the prompt is prefilled, as a multi-token run on the row's past (GroupQueryAttention places the new
-positions after each row's past, as the attention mask says). At least one position is always
-prefilled, for the first token's logits. The kept prompts take at most ``budget_mib``; the least
+positions after each row's past, as the attention mask says). At least the last two positions are
+always prefilled: a one-position run takes the INT4 MatMul's single-row path, whose numbers differ
+from a prompt's enough to change greedy answers. The kept prompts take at most ``budget_mib``; the least
 recently used go first.
 """
 
@@ -46,8 +47,8 @@ class PrefixCache:
         return best, best_key
 
     def match(self, prompt: list[int], adapter: str) -> int:
-        """How many of ``prompt``'s first positions a kept prompt holds (at most all but the last)."""
-        return min(self._longest(prompt, adapter)[0], len(prompt) - 1)
+        """How many of ``prompt``'s first positions a kept prompt holds (at most all but the last two)."""
+        return max(0, min(self._longest(prompt, adapter)[0], len(prompt) - 2))
 
     def load(self, prompt: list[int], adapter: str, reuse: int, caches: list[np.ndarray], row: int) -> None:
         """Copy the first ``reuse`` positions of ``prompt`` (at most :meth:`match`'s) into ``row`` of ``caches``."""
