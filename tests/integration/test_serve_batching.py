@@ -104,7 +104,7 @@ def test_prompts_of_different_lengths_are_prefilled_in_one_run_and_answer_as_alo
     sequence, and each answers as asked alone, on the full graph and on the pruned one (whose last position is
     the padded batch's, not each prompt's, unless the engine gives each row its own)."""
     engine = BatchEngine(tiny_int4 if graph == "all-positions" else pruned_int4, batch_size=8,
-                         prefill_positions=5 * 18)
+                         prefill_positions=5 * 18, prefix_cache_mib=0)  # asked alone first: no kept prompts here
     try:
         prompts = _prompts(5)
         alone = [_generate(engine, [prompt])[0] for prompt in prompts]
@@ -139,7 +139,7 @@ def test_prompts_waiting_together_past_the_run_cap_are_prefilled_a_run_per_step(
     """Six prompts that wait together, twice what one prefill run holds (:data:`PREFILL_POSITIONS`), are prefilled in
     two runs with a decode step of the running sequence between them: the first run's first tokens do not wait for
     the second run (before, every waiting prompt was prefilled in one run ahead of the next decode step)."""
-    engine = BatchEngine(tiny_int4, batch_size=8)
+    engine = BatchEngine(tiny_int4, batch_size=8, prefix_cache_mib=0)  # the prompts share the running one's prefix
     try:
         held, release, firsts = threading.Event(), threading.Event(), {}
 
@@ -164,6 +164,38 @@ def test_prompts_waiting_together_past_the_run_cap_are_prefilled_a_run_per_step(
         running.cancel()
         assert [firsts[i][0] for i in range(6)] == [1, 1, 1, 2, 2, 2], firsts
         assert firsts[3][1] > firsts[0][1], firsts  # a decode step between the two runs
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("graph", ["all-positions", "last-position"])
+def test_prompts_sharing_a_kept_prefix_prefill_only_the_rest_and_answer_as_alone(
+        tiny_int4: Path, pruned_int4: Path, graph: str) -> None:
+    """Prompts that begin with the same 24 tokens (a chat template's system prompt) take them from the prefix cache:
+    after the first, only each prompt's own tokens are prefilled, and each answers as asked alone without it."""
+    folder = tiny_int4 if graph == "all-positions" else pruned_int4
+    prefix = [5 + (3 * j) % 190 for j in range(24)]
+    prompts = [prefix + [100 + 17 * i + j for j in range(3 + 2 * i)] for i in range(5)]
+    plain = BatchEngine(folder, batch_size=4, prefix_cache_mib=0)
+    try:
+        alone = [_generate(plain, [prompt])[0] for prompt in prompts]
+        assert plain.prefilled == sum(map(len, prompts))
+    finally:
+        plain.close()
+    engine = BatchEngine(folder, batch_size=4, prefix_cache_mib=64)
+    try:
+        first = _generate(engine, prompts[:1])
+        assert engine.prefilled == len(prompts[0])
+        rest = _generate(engine, prompts[1:], stagger_s=0.01)
+        assert engine.prefilled - len(prompts[0]) == sum(len(prompt) - len(prefix) for prompt in prompts[1:])
+        outcomes = [_same_or_near_tie(a, b) for a, b in zip(alone, first + rest, strict=True)]
+        print(outcomes)
+        assert outcomes.count("same") >= len(prompts) - 1
+        assert [reason for _, reason, _ in first + rest] == [reason for _, reason, _ in alone]
+        before = engine.prefilled
+        again = _generate(engine, prompts[2:3])  # the whole prompt kept: only its last two positions run again
+        assert engine.prefilled - before == 2
+        assert _same_or_near_tie(alone[2], again[0])
     finally:
         engine.close()
 

@@ -25,18 +25,17 @@ penalty, and the sampling defaults (``top_k``, ``top_p``, ``temperature``) a req
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.runtimes.decode_settings import Sampling, read_settings
+from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB, PrefixCache
 from slmops.toolkit.weights import lm_head
-from slmops.toolkit.weights.context_limit import positions
 
 #: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
 #: model's context or fewer (a request that would not fit is answered outside the batch).
@@ -61,64 +60,6 @@ class Policy(StrEnum):
 
     PREFILL_FIRST = "prefill-first"
     DECODE_FIRST = "decode-first"
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one sequence picks its tokens (defaults: the model's ``genai_config.json`` search section).
-
-    Attributes:
-        max_new: Most tokens to generate.
-        temperature: 0 is greedy.
-        top_k: Candidates kept before sampling (0: all).
-        top_p: Nucleus share (1: all).
-        seed: The sequence's random seed.
-        repetition_penalty: Divides positive (multiplies negative) logits of every token seen (1: none).
-        min_length: End-of-sequence held back until the sequence, prompt included, is this long.
-    """
-
-    max_new: int
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    repetition_penalty: float = 1.0
-    min_length: int = 0
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """What ``genai_config.json`` says about decoding (see :func:`read_settings`)."""
-
-    eos_ids: tuple[int, ...]
-    context: int
-    layers: int
-    kv_heads: int
-    head_size: int
-    threads: int
-    search: dict = field(default_factory=dict)
-
-    def sampling(self, max_new: int, temperature: float, top_p: float | None = None, seed: int = 0) -> Sampling:
-        """A request's :class:`Sampling`: its own options (temperature 0: greedy), the model's search defaults for the rest."""
-        search = self.search
-        return Sampling(max_new=max_new, temperature=float(temperature), top_k=int(search.get("top_k", 0) or 0),
-                        top_p=float(top_p or search.get("top_p", 1.0)), seed=seed,
-                        repetition_penalty=float(search.get("repetition_penalty", 1.0)),
-                        min_length=int(search.get("min_length", 0) or 0))
-
-
-def read_settings(folder: Path) -> ModelSettings:
-    """The decoding settings of the model folder ``folder``."""
-    config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
-    model, decoder = config["model"], config["model"]["decoder"]
-    eos = model.get("eos_token_id", [])
-    eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
-    claimed, built = int(model.get("context_length") or 0), positions(folder, config).limit
-    context = min(claimed, built) if claimed and built else claimed or built or 2048
-    threads = int((decoder.get("session_options") or {}).get("intra_op_num_threads") or 0)
-    return ModelSettings(eos_ids=eos_ids, context=context, layers=int(decoder["num_hidden_layers"]),
-                         kv_heads=int(decoder["num_key_value_heads"]), head_size=int(decoder["head_size"]),
-                         threads=threads, search=config.get("search") or {})
 
 
 Emit = Callable[[int | None, str | None], None]
@@ -159,10 +100,11 @@ class BatchEngine:
         batch_size: Most sequences decoded together; more wait in :meth:`submit`'s order.
         policy: When waiting sequences are prefilled (:class:`Policy`).
         prefill_positions: Most positions, padding included, of one prefill run (:data:`PREFILL_POSITIONS`).
+        prefix_cache_mib: Memory for kept prompts' keys and values (:mod:`~slmops.toolkit.runtimes.prefix_cache`).
     """
 
     def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST,
-                 prefill_positions: int = PREFILL_POSITIONS) -> None:
+                 prefill_positions: int = PREFILL_POSITIONS, prefix_cache_mib: int = PREFIX_CACHE_MIB) -> None:
         import onnxruntime as ort
 
         self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
@@ -197,6 +139,9 @@ class BatchEngine:
         self.steps = 0
         #: Prefill runs so far (each prefills one or more waiting sequences together).
         self.prefills = 0
+        #: Prompt positions prefilled so far (a prefix taken from :attr:`prefixes` is not prefilled again).
+        self.prefilled = 0
+        self.prefixes = PrefixCache(prefix_cache_mib)
         #: Called with the number of sequences of every decode step (for a batch size histogram).
         self.on_step: Callable[[int], None] | None = None
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
@@ -257,16 +202,24 @@ class BatchEngine:
         room = min(room, next((i for i, s in enumerate(self.waiting) if s.adapter != adapter), len(self.waiting)))
         if room <= 0:
             return
-        group, longest = self.waiting[:1], len(self.waiting[0].prompt)
-        if self.policy is Policy.PREFILL_FIRST or not self.active:
+        reuse = self._reuse()
+        group, longest = self.waiting[:len(reuse) or 1], len(self.waiting[0].prompt)
+        if not reuse and (self.policy is Policy.PREFILL_FIRST or not self.active):
             for sequence in self.waiting[1:room]:
                 if (len(group) + 1) * max(longest, len(sequence.prompt)) > self.prefill_positions or (
                         not self.mixed_lengths and len(sequence.prompt) != longest):
                     break
                 group.append(sequence)
                 longest = max(longest, len(sequence.prompt))
-        self._prefill(group)
+        self._prefill(group, reuse or [0] * len(group))
         self.waiting = self.waiting[len(group):]
+
+    def _reuse(self) -> list[int]:
+        """Positions the first waiting sequence takes from :attr:`prefixes` (none: ``[]``); one that takes any is
+        prefilled alone (GroupQueryAttention runs several new positions on a past for one row at a time)."""
+        first = self.waiting[0]
+        common = self.prefixes.match(first.prompt, first.adapter)
+        return [common] if common else []
 
     def _dropped(self, sequence: Sequence) -> bool:
         if sequence.cancelled.is_set():
@@ -312,22 +265,27 @@ class BatchEngine:
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[-1].numpy()
 
-    def _prefill(self, group: list[Sequence]) -> None:
-        """Prefill ``group``'s prompts together on the next free rows (right-padded; see the module docstring)."""
-        first = len(self.active)
+    def _prefill(self, group: list[Sequence], reuse: list[int]) -> None:
+        """Prefill ``group``'s prompts together on the next free rows (right-padded; see the module docstring), each
+        row's first ``reuse`` positions copied from :attr:`prefixes` instead."""
+        first, caches = len(self.active), [*self.keys, *self.values]
         lengths = np.asarray([len(s.prompt) for s in group])
-        ids = np.zeros((len(group), int(lengths.max())), np.int64)
-        for row, sequence in enumerate(group):
-            ids[row, :len(sequence.prompt)] = sequence.prompt
-        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-        logits = self._run(slice(first, first + len(group)), ids, mask, lengths - 1, group[0].adapter)
+        rest = lengths - np.asarray(reuse)
+        ids = np.zeros((len(group), int(rest.max())), np.int64)
+        for row, (sequence, skip) in enumerate(zip(group, reuse, strict=True)):
+            ids[row, :len(sequence.prompt) - skip] = sequence.prompt[skip:]
+            if skip:
+                self.prefixes.load(sequence.prompt, sequence.adapter, skip, caches, first + row)
+        mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+        logits = self._run(slice(first, first + len(group)), ids, mask, rest - 1, group[0].adapter)
         self.prefills += 1
-        if logits.shape[1] > 1:  # every position's: each row's own last
-            logits = logits[np.arange(len(group)), lengths - 1]
-        else:
-            logits = logits[:, -1]
-        for sequence in group:
+        self.prefilled += int(rest.sum())
+        if logits.ndim == 3:  # else one position each (a whole prompt kept but its last): a decode step's logits
+            # every position's: each row's own last; or the last position's only
+            logits = logits[np.arange(len(group)), rest - 1] if logits.shape[1] > 1 else logits[:, -1]
+        for row, sequence in enumerate(group):
             sequence.length = len(sequence.prompt)
+            self.prefixes.store(sequence.prompt, sequence.adapter, caches, first + row)
         self.active.extend(group)
         self._advance(group, logits)
 
