@@ -113,12 +113,11 @@ class BatchEngine:
         options = ort.SessionOptions()
         if self.settings.threads:
             options.intra_op_num_threads = self.settings.threads
-        edited = lm_head.gather_each_row(self.folder / "model.onnx", LAST_POSITIONS)
-        graph, self.last_input = (str(self.folder / "model.onnx"), False) if edited is None else (edited, True)
-        if isinstance(graph, bytes):  # the edited copy reads its weights where the graph file's own path leads
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                             str((self.folder / "model.onnx").resolve().parent))
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.session, self.last_input = _session(self.folder / "model.onnx", options)
+        #: What prompts run on: a pipeline's prompt graph (as ONNX Runtime GenAI and Foundry Local run them, so
+        #: greedy answers stay theirs), else the one graph.
+        self.prompt_session = (_session(self.folder / self.settings.prompt_graph, options)[0]
+                               if self.settings.prompt_graph else self.session)
         #: Whether one prefill run may hold prompts of different lengths (see the module docstring).
         self.mixed_lengths = self.last_input or self.session.get_outputs()[0].shape[1] != 1
         s = self.settings
@@ -128,7 +127,7 @@ class BatchEngine:
         shape = (batch_size, s.kv_heads, self.capacity, s.head_size)
         self.keys = [np.zeros(shape, np.float32) for _ in range(s.layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(s.layers)]
-        self._bindings: dict[tuple[int, int, str], object] = {}
+        self._bindings: dict[tuple[int, int, str, bool], object] = {}
         self.vocab = int(self.session.get_outputs()[0].shape[-1])
         self.active: list[Sequence] = []
         #: Graph inputs bound on the runs of each adapter's sequences, by adapter name (an adapter's LoRA matrices as
@@ -240,10 +239,11 @@ class BatchEngine:
         costs a Python object per output); a prefill's, whose shape the graph decides (every position,
         or the last only), to one ONNX Runtime allocates.
         """
-        key = (rows.start, rows.stop, adapter)
+        session = self.session if input_ids.shape[1] == 1 else self.prompt_session
+        key = (rows.start, rows.stop, adapter, session is self.session)
         binding = self._bindings.get(key)
         if binding is None:  # the cache's pointers of these rows (and the adapter's inputs), bound once
-            binding = self._bindings[key] = self.session.io_binding()
+            binding = self._bindings[key] = session.io_binding()
             for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
                 for kind, cache in (("key", keys), ("value", values)):
                     view = cache[rows]
@@ -259,10 +259,10 @@ class BatchEngine:
         if input_ids.shape[1] == 1:
             logits = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
             binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             return logits[:, -1, :]
         binding.bind_output("logits", "cpu")
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.get_outputs()[-1].numpy()
 
     def _prefill(self, group: list[Sequence], reuse: list[int]) -> None:
@@ -362,3 +362,15 @@ class BatchEngine:
         self.active.pop()
         sequence.emit(None, reason)
 
+
+def _session(graph_file: Path, options: object) -> tuple[object, bool]:
+    """An ONNX Runtime session of ``graph_file``, edited to take each row's last position where its LM head is
+    pruned (:func:`~slmops.toolkit.weights.lm_head.gather_each_row`); and whether it takes :data:`LAST_POSITIONS`."""
+    import onnxruntime as ort
+
+    edited = lm_head.gather_each_row(graph_file, LAST_POSITIONS)
+    if edited is not None:  # the edited copy reads its weights where the graph file's own path leads
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(graph_file.resolve().parent))
+    return ort.InferenceSession(str(graph_file) if edited is None else edited, options,
+                                providers=["CPUExecutionProvider"]), edited is not None

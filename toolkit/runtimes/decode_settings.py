@@ -43,6 +43,8 @@ class ModelSettings:
     head_size: int
     threads: int
     search: dict = field(default_factory=dict)
+    #: The graph a ``decoder-pipeline`` runs on the prompt (the token graph is ``model.onnx``); "": one graph.
+    prompt_graph: str = ""
 
     def sampling(self, max_new: int, temperature: float, top_p: float | None = None, seed: int = 0) -> Sampling:
         """A request's :class:`Sampling`: its own options (temperature 0: greedy), the model's search defaults for the rest."""
@@ -62,6 +64,9 @@ def read_settings(folder: Path) -> ModelSettings:
     claimed, built = int(model.get("context_length") or 0), positions(folder, config).limit
     context = min(claimed, built) if claimed and built else claimed or built or 2048
     threads = int((decoder.get("session_options") or {}).get("intra_op_num_threads") or 0)
+    prompt = [stage for entry in decoder.get("pipeline") or [] for stage in entry.values()
+              if stage.get("run_on_prompt") and not stage.get("run_on_token_gen")]
     return ModelSettings(eos_ids=eos_ids, context=context, layers=int(decoder["num_hidden_layers"]),
                          kv_heads=int(decoder["num_key_value_heads"]), head_size=int(decoder["head_size"]),
-                         threads=threads, search=config.get("search") or {})
+                         threads=threads, search=config.get("search") or {},
+                         prompt_graph=prompt[0]["filename"] if prompt else "")
