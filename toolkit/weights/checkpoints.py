@@ -15,13 +15,10 @@ from pathlib import Path
 
 from slmops.toolkit.core import artifacts
 from slmops.toolkit.core.errors import ModelFolderError
+from slmops.toolkit.domain.source_checks import check_consistency, check_dtype, check_fields, check_quantization
 from slmops.toolkit.domain.sources import (
     SourceModel,
     TensorInfo,
-    check_consistency,
-    check_dtype,
-    check_fields,
-    check_quantization,
     safetensors_tensors,
     stores_lm_head,
     text_config,
