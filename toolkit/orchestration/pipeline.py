@@ -137,8 +137,11 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     merged = run_params.parse({**params, "run_dir": str(run_dir), "interactive": False}).as_dict()
     merged = run_params.with_absolute_paths(merged)  # notebooks run with the run folder as their cwd
     parsed = run_params.parse(merged)
-    if not parsed.adapter and parsed.template != "custom":  # registration resolves it after the build: resolved now
-        template_resolve.resolve(parsed.template, model_or_bundled(parsed.model_dir))
+    model = model_or_bundled(parsed.model_dir)
+    # Registration resolves the template after the build: resolved now. A folder that is not there is left to
+    # convert's own checks, whose refusal names it (the first notebook fails with it).
+    if not parsed.adapter and parsed.template != "custom" and model.is_dir():
+        template_resolve.resolve(parsed.template, model)
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "params.json", merged)
     # What a rerun needs beyond the parameters: inputs' fingerprints, seed, versions, machine.
