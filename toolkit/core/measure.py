@@ -10,6 +10,7 @@ import importlib.metadata
 import os
 import platform
 import time
+from dataclasses import asdict, dataclass
 
 import psutil
 
@@ -73,15 +74,35 @@ class CpuMeter:
                 "system_cpu_percent": (total - idle) / total * 100 if total > 0 else 0.0}
 
 
-def cpu_info() -> dict:
-    """CPU model, logical CPUs and physical cores of this machine."""
-    return {"cpu": system.cpu_model(), "logical_cpus": os.cpu_count(),
-            "physical_cores": psutil.cpu_count(logical=False) or os.cpu_count()}
+@dataclass(frozen=True)
+class CpuInfo:
+    """This machine's CPU.
+
+    Attributes:
+        cpu: Its model.
+        logical_cpus: Logical CPUs.
+        physical_cores: Physical cores.
+    """
+
+    cpu: str
+    logical_cpus: int
+    physical_cores: int
+
+
+def cpu_info() -> CpuInfo:
+    """CPU model, logical CPUs and physical cores of this machine.
+
+    Example:
+        >>> cpu_info().logical_cpus >= cpu_info().physical_cores >= 1
+        True
+    """
+    logical = os.cpu_count() or 1
+    return CpuInfo(system.cpu_model(), logical, psutil.cpu_count(logical=False) or logical)
 
 
 def machine() -> dict:
     """This machine as a run records it: CPU, cores, cache sizes and memory."""
-    return {**cpu_info(), "caches": system.cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
+    return {**asdict(cpu_info()), "caches": system.cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
 
 
 def package_versions(names: tuple[str, ...] | list[str] = VERSIONED) -> dict[str, str]:
@@ -103,8 +124,3 @@ def package_versions(names: tuple[str, ...] | list[str] = VERSIONED) -> dict[str
 def versions() -> dict[str, str]:
     """Python, the platform and the versions of the packages that shape a run's figures."""
     return {"python": platform.python_version(), "platform": platform.platform(), **package_versions()}
-
-
-def run_metadata() -> dict:
-    """CPU, versions and time of this run, for result files."""
-    return {**cpu_info(), "versions": versions(), "timestamp": timestamp()}
