@@ -38,7 +38,7 @@ def test_a_terse_fine_tune_is_benchmarked_over_the_asked_tokens(scripted: str, t
     assert "avx2" in report.metadata.isa
     # The fixed-length registration is gone: nothing left in the catalog or the cache's listing.
     assert [m.id for m in local_catalog().list_models() if foundry.FIXED_LENGTH_SUFFIX in m.id] == []
-    assert scripted in {row["name"] for row in list_models()}
+    assert scripted in {row.name for row in list_models()}
 
 
 def test_the_checklist_sends_the_same_requests_and_gets_the_same_lengths_run_to_run(scripted: str) -> None:

@@ -208,7 +208,7 @@ def test_a_registration_record_as_685c710_wrote_it_reads_typed_and_writes_back_t
     (tmp_path / REGISTRATION_RECORD).write_text(json.dumps(_REGISTRATION))
     record = read_registration(tmp_path)
     assert record.version == 2 and record.threads.probe[1].decode_tps == 100.0 and record.tool_calling.markers[0]
-    assert record.stop_tokens.added[0]["token"] == "<|im_end|>" and "added <|im_end|> (7," in record.stop_tokens.note()
+    assert record.stop_tokens.added[0].token == "<|im_end|>" and "added <|im_end|> (7," in record.stop_tokens.note()
     write_registration(tmp_path, record)
     assert json.loads((tmp_path / REGISTRATION_RECORD).read_text()) == _REGISTRATION
     plain = {**_REGISTRATION, "threads": {"setting": None}}  # registered with the runtime's default threads

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from slmops.toolkit import endpoint
 from slmops.toolkit.cli.common import Command, Group, cache_option, flag, fraction, json_option, print_json, whole
-from slmops.toolkit.core import settings
+from slmops.toolkit.core import codec, settings
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import tools
 from slmops.toolkit.orchestration import doctor
@@ -48,7 +48,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    rows = list_models(args.cache_dir)
+    rows = codec.dump(list_models(args.cache_dir))
     if args.json:
         print_json(rows)
         return 0
