@@ -104,16 +104,11 @@ def _declared_type(record: object) -> Any:
 
 
 def json_key(key: str) -> Any:
-    """A field's JSON key when it cannot be the field's name, for ``Annotated[type, json_key("from")]``.
+    """A field's JSON key when it cannot be the field's name: :func:`load` reads it and :func:`dump` writes it::
 
-    Example:
-        >>> from dataclasses import dataclass
-        >>> from typing import Annotated
-        >>> @dataclass(frozen=True)
-        ... class Row:
-        ...     origin: Annotated[str, json_key("from")]
-        >>> dump(load(Row, {"from": "x"}))
-        {'from': 'x'}
+        @dataclass(frozen=True)
+        class AddedStopToken:
+            origin: Annotated[str, codec.json_key("from")]      # {"from": ...} in the file
     """
     return pydantic.Field(alias=key)
 

@@ -64,11 +64,12 @@ class BenchMetadata:
 
 
 def upgrade_metadata(metadata: object) -> object:
-    """A version-1 or -2 ``metadata`` with its bandwidth by thread count as :class:`Bandwidth` rows.
+    """A version-1 or -2 ``metadata`` with its bandwidth by thread count as :class:`Bandwidth` rows (each count
+    as the JSON key held it, read as a number by :class:`Bandwidth`).
 
     Example:
         >>> upgrade_metadata({"cpu": "x", "memory_bandwidth_gbs_by_threads": {"0": 12.5}})
-        {'cpu': 'x', 'bandwidth_by_threads': [{'threads': 0, 'gbs': 12.5}]}
+        {'cpu': 'x', 'bandwidth_by_threads': [{'threads': '0', 'gbs': 12.5}]}
     """
     if not isinstance(metadata, dict):
         return metadata
