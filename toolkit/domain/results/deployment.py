@@ -65,7 +65,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class PrecisionOutcome:
-    """One precision in a :class:`~slmops.toolkit.domain.deployment_choice.Recommendation`: its figures, outcome and verdict.
+    """One precision in a :class:`Recommendation`: its figures, outcome and verdict.
 
     Attributes:
         figures: Its figures (the run's label left empty: a recommendation is of one run).
