@@ -50,28 +50,41 @@ def peak_rss_mib() -> float:
     return system.peak_rss_mib()
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU use over a stretch of time (:class:`CpuMeter`).
+
+    Attributes:
+        cpu_percent: This process's CPU time over wall time (100 = one core busy).
+        system_cpu_percent: All CPUs' busy time over the same time (100 = the whole machine busy).
+    """
+
+    cpu_percent: float
+    system_cpu_percent: float
+
+
 class CpuMeter:
     """Process and whole-machine CPU use between :meth:`start` and :meth:`stop`.
 
     Example:
         >>> meter = CpuMeter()
         >>> meter.start()
-        >>> sorted(meter.stop())
-        ['cpu_percent', 'system_cpu_percent']
+        >>> 0 <= meter.stop().system_cpu_percent <= 100
+        True
     """
 
     def start(self) -> None:
         """Take the starting readings."""
         self._cpu, self._system, self._wall = time.process_time(), psutil.cpu_times(), time.perf_counter()
 
-    def stop(self) -> dict:
-        """``{"cpu_percent", "system_cpu_percent"}`` since :meth:`start` (100 = one core / the whole machine)."""
+    def stop(self) -> CpuUse:
+        """The CPU use since :meth:`start`."""
         wall = time.perf_counter() - self._wall
         now = psutil.cpu_times()
         total = sum(now) - sum(self._system)
         idle = (now.idle + getattr(now, "iowait", 0.0)) - (self._system.idle + getattr(self._system, "iowait", 0.0))
-        return {"cpu_percent": (time.process_time() - self._cpu) / wall * 100 if wall > 0 else 0.0,
-                "system_cpu_percent": (total - idle) / total * 100 if total > 0 else 0.0}
+        return CpuUse((time.process_time() - self._cpu) / wall * 100 if wall > 0 else 0.0,
+                      (total - idle) / total * 100 if total > 0 else 0.0)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,7 @@ def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup
         end = time.perf_counter()
         if index >= warmup:
             measured.append(TimedRun(first - begin, end - begin, produced, harness_s=(end - first) - in_steps,
-                                     **meter.stop()))
+                                     **asdict(meter.stop())))
         del generator
     return measured
 
