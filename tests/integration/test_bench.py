@@ -62,7 +62,7 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
         assert len(list(csv.DictReader(handle))) == 4
     stems = set(plots.bench_figures(report))
     assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mib", "tradeoff"}  # no sweeps asked
-    assert json.loads((tmp_path / "bench.json").read_text())["schema_version"] == 2
+    assert json.loads((tmp_path / "bench.json").read_text())["schema_version"] == 3
     assert bench.read_results(tmp_path / "bench.json").rows == report.rows == tuple(rows)
 
 

@@ -81,7 +81,7 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
     assert any(note.startswith("Stop tokens: added <|im_end|>") for note in registration.notes)
     folder = models_root() / "stop-chatml"
     assert im_end in json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"]
-    assert read_registration(folder).stop_tokens.added[0]["id"] == im_end
+    assert read_registration(folder).stop_tokens.added[0].id == im_end
     after = {c.name: c for c in diagnose(folder, load=False)}
     assert after["stop tokens"].ok, after["stop tokens"]
     with LoadedModel("stop-chatml") as model:
@@ -135,7 +135,7 @@ def test_gemma_eos_vs_end_of_turn_stops_with_the_preset_and_counts_bos_once(scri
     assert "\n" not in str(refused.value) and "System role not supported" in str(refused.value)
     assert not (models_root() / "stop-gemma").exists()
     registration = register.register(onnx, "stop-gemma", template="gemma", model_config=NO_PROBE)
-    assert [row["token"] for row in registration.stop.added] == ["<end_of_turn>"]
+    assert [row.token for row in registration.stop.added] == ["<end_of_turn>"]
     info = json.loads((models_root() / "stop-gemma" / "inference_model.json").read_text())
     assert info["PromptTemplate"]["prompt"].startswith("<bos><start_of_turn>user")
     with LoadedModel("stop-gemma") as model:
