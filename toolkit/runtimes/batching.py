@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -60,6 +61,16 @@ class Policy(StrEnum):
 
     PREFILL_FIRST = "prefill-first"
     DECODE_FIRST = "decode-first"
+
+
+class Phase(StrEnum):
+    """Where the engine's thread spends its time (:attr:`BatchEngine.seconds`)."""
+
+    PREFILL = "prefill"  # ONNX Runtime running prompts
+    DECODE = "decode"  # ONNX Runtime running decode steps
+    PICK = "pick"  # picking each row's token, handing it over, ending finished sequences
+    OTHER = "other"  # admission, masks, prefix cache copies
+    IDLE = "idle"  # nothing to run: waiting for a request
 
 
 Emit = Callable[[int | None, str | None], None]
@@ -141,6 +152,8 @@ class BatchEngine:
         #: Prompt positions prefilled so far (a prefix taken from :attr:`prefixes` is not prefilled again).
         self.prefilled = 0
         self.prefixes = PrefixCache(prefix_cache_mib)
+        #: Seconds the engine's thread has spent in each :class:`Phase` (read from any thread: a profile of a load).
+        self.seconds = dict.fromkeys(Phase, 0.0)
         #: Called with the number of sequences of every decode step (for a batch size histogram).
         self.on_step: Callable[[int], None] | None = None
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
@@ -164,6 +177,7 @@ class BatchEngine:
 
     def _loop(self) -> None:
         while True:
+            start, timed = time.perf_counter(), sum(self.seconds.values())
             if not self._collect():
                 for sequence in self.active + self.waiting:
                     sequence.emit(None, "cancelled")
@@ -176,15 +190,20 @@ class BatchEngine:
                 for sequence in self.active:
                     sequence.emit(None, f"error: {type(exc).__name__}: {exc}")
                 self.active = []
+            self.seconds[Phase.OTHER] += time.perf_counter() - start - (sum(self.seconds.values()) - timed)
 
     def _collect(self) -> bool:
         """Move new sequences to the waiting list (blocking while nothing runs); False once closed."""
         block = not self.active and not self.waiting
         while True:
+            start = time.perf_counter()
             try:
                 item = self.inbox.get(block=block)
             except queue.Empty:
                 return True
+            finally:
+                if block:
+                    self.seconds[Phase.IDLE] += time.perf_counter() - start
             if item is None:
                 return False
             self.waiting.append(item)
@@ -256,13 +275,16 @@ class BatchEngine:
         binding.bind_cpu_input("attention_mask", mask)
         if self.last_input:
             binding.bind_cpu_input(LAST_POSITIONS, np.ascontiguousarray(last.reshape(-1, 1), dtype=np.int64))
+        start = time.perf_counter()
         if input_ids.shape[1] == 1:
             logits = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
             binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
             session.run_with_iobinding(binding)
+            self.seconds[Phase.DECODE if session is self.session else Phase.PREFILL] += time.perf_counter() - start
             return logits[:, -1, :]
         binding.bind_output("logits", "cpu")
         session.run_with_iobinding(binding)
+        self.seconds[Phase.PREFILL] += time.perf_counter() - start
         return binding.get_outputs()[-1].numpy()
 
     def _prefill(self, group: list[Sequence], reuse: list[int]) -> None:
@@ -306,6 +328,11 @@ class BatchEngine:
 
     def _advance(self, sequences: list[Sequence], logits: np.ndarray) -> None:
         """Pick each sequence's next token from its logits row, hand it over, and end finished sequences."""
+        start = time.perf_counter()
+        self._pick_all(sequences, logits)
+        self.seconds[Phase.PICK] += time.perf_counter() - start
+
+    def _pick_all(self, sequences: list[Sequence], logits: np.ndarray) -> None:
         for sequence, row in zip(sequences, logits, strict=True):
             if sequence.cancelled.is_set():
                 self._finish(sequence, "cancelled")
