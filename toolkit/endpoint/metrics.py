@@ -80,7 +80,7 @@ class EngineCounters:
             engine = source()
             if engine is None:
                 continue
-            for phase, value in list(engine.seconds.items()):
+            for phase, value in engine.phase_seconds().items():
                 seconds.add_metric([model, str(phase)], value)
             runs.add_metric([model, "prefill"], engine.prefills)
             runs.add_metric([model, "decode"], engine.steps)
