@@ -47,6 +47,11 @@ CACHE_BUDGET_MIB = 1024
 #: small run gives its first tokens sooner and lets the running sequences step between runs; it
 #: also spreads requests that arrived together over different steps, so they do not end together.
 PREFILL_POSITIONS = 64
+#: ONNX Runtime's session option that stops a session's threads spinning once its run returns. The prompt graph
+#: and the token graph are two sessions with a thread pool each; left spinning, one pool's threads hold the
+#: cores while the other's run (and while the engine's Python picks tokens), which made prefill runs and
+#: decode steps take up to twice as long under load (the benchmarks page).
+SPIN_STOP = "session.force_spinning_stop"
 #: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
 LAST_POSITIONS = "slmops_last_positions"
 
@@ -124,6 +129,8 @@ class BatchEngine:
         options = ort.SessionOptions()
         if self.settings.threads:
             options.intra_op_num_threads = self.settings.threads
+        if self.settings.prompt_graph:  # two sessions, two thread pools: see SPIN_STOP
+            options.add_session_config_entry(SPIN_STOP, "1")
         self.session, self.last_input = _session(self.folder / "model.onnx", options)
         #: What prompts run on: a pipeline's prompt graph (as ONNX Runtime GenAI and Foundry Local run them, so
         #: greedy answers stay theirs), else the one graph.
