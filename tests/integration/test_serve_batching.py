@@ -23,7 +23,8 @@ from slmops.toolkit.cli import app
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
 from slmops.toolkit.endpoint.cli import background, run
-from slmops.toolkit.runtimes.batching import BatchEngine, Policy
+from slmops.toolkit.runtimes.batching import SPIN_STOP, BatchEngine, Policy
+from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages import register
 from slmops.toolkit.weights import lm_head
 
@@ -348,3 +349,18 @@ def test_prefix_cache_size_reaches_the_engine_and_the_engine_shows_its_time_on_m
             seconds = {phase: delta[f"slmops_engine_seconds_total[('model', 'tiny-batch'), ('phase', '{phase}')]"]
                        for phase in ("prefill", "decode", "pick", "other", "idle")}
             assert min(seconds.values()) >= 0 and seconds["prefill"] > 0 < seconds["decode"], seconds
+
+
+def test_the_prompt_and_token_graphs_stop_their_threads_spinning_when_a_run_returns(endpoints) -> None:
+    """The registered model prefills on its prompt graph and decodes on its token graph: two sessions, each with a
+    thread pool. Left spinning after its run, one pool's threads hold the cores while the other's run (prefill runs
+    and decode steps took up to twice as long under load; the benchmarks page), so both stop."""
+    engine = BatchEngine(Path(find_model(MODEL).get_path()), batch_size=2)
+    try:
+        assert engine.prompt_session is not engine.session
+        for session in (engine.session, engine.prompt_session):
+            assert session.get_session_options().get_session_config_entry(SPIN_STOP) == "1"
+        tokens = _generate(engine, _prompts(2), max_new=4, min_length=10**6)
+        assert [reason for _, reason, _ in tokens] == ["length", "length"]
+    finally:
+        engine.close()
