@@ -23,7 +23,7 @@ from slmops.toolkit.cli import app
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
 from slmops.toolkit.endpoint.cli import background, run
-from slmops.toolkit.runtimes.batching import SPIN_STOP, BatchEngine, Policy
+from slmops.toolkit.runtimes.batching import BatchEngine, Policy
 from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages import register
 from slmops.toolkit.weights import lm_head
@@ -359,7 +359,7 @@ def test_the_prompt_and_token_graphs_stop_their_threads_spinning_when_a_run_retu
     try:
         assert engine.prompt_session is not engine.session
         for session in (engine.session, engine.prompt_session):
-            assert session.get_session_options().get_session_config_entry(SPIN_STOP) == "1"
+            assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
         tokens = _generate(engine, _prompts(2), max_new=4, min_length=10**6)
         assert [reason for _, reason, _ in tokens] == ["length", "length"]
     finally:
