@@ -73,13 +73,10 @@ def test_a_case_longer_than_the_context_is_refused_by_name_before_any_is_asked(
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    out = tmp_path_factory.mktemp("verdicts")
-    names = []
-    for precision in (Precision.FP32, Precision.INT4):
-        built = convert(ConvertSpec(tiny_model, out / str(precision), precision), progress=False).output_dir
-        names.append(register.register(built, f"verdict-{precision}", force=True).name)
-    return names
+def tiny_pair(tiny_fp32: Path, tiny_int4: Path) -> list[str]:
+    """The tiny model's FP32 and INT4 builds (the session's), registered."""
+    return [register.register(built, f"verdict-{precision}", force=True).name
+            for precision, built in ((Precision.FP32, tiny_fp32), (Precision.INT4, tiny_int4))]
 
 
 @pytest.mark.slow
