@@ -99,7 +99,7 @@ def test_a_kept_thread_probe_is_reused_only_for_the_same_graphs(tiny_model: Path
     assert not register_threads.choose_threads(folder, 2048).reused and len(probes) == 2
 
 
-def _siblings_graph(folder: Path) -> None:
+def _siblings_graph(folder: Path, opset: int = 17) -> None:
     """Two 4-bit ``MatMulNBits`` in int8 compute reading the same input (an MLP's gate and up), weights in a file."""
     import numpy as np
     import onnx
@@ -116,7 +116,7 @@ def _siblings_graph(folder: Path) -> None:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], weights)
     model = helper.make_model(graph, ir_version=10,
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+                              opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
     onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
               size_threshold=0)
 
@@ -126,7 +126,7 @@ def test_gate_and_up_projections_are_served_as_one_node_with_the_same_outputs(tm
     import onnx
     import onnxruntime as ort
 
-    from slmops.toolkit.stages.register_fuse import FUSED_DATA
+    from slmops.toolkit.stages.register_fuse import FUSED_DATA, fuse_siblings
     from slmops.toolkit.stages.register_prompt import serve_graphs
 
     source, folder = tmp_path / "source", tmp_path / "staged"
@@ -151,3 +151,7 @@ def test_gate_and_up_projections_are_served_as_one_node_with_the_same_outputs(tm
         assert [n.op_type for n in nodes] == ["MatMulNBits", "Split", "Sigmoid", "Mul"], graph
     assert (folder / FUSED_DATA).is_file() and (source / "model.onnx.data").read_bytes() == data_before
     assert sorted(p.name for p in source.iterdir()) == ["model.onnx", "model.onnx.data"]  # the build is untouched
+    old = tmp_path / "opset 11"  # Split takes its sizes as an input from opset 13: an older graph is left unfused
+    old.mkdir()
+    _siblings_graph(old, opset=11)
+    assert fuse_siblings(old, ["model.onnx"]) == 0 and not (old / FUSED_DATA).exists()

@@ -20,6 +20,11 @@ from pathlib import Path
 
 FUSED_DATA = "model_fused.onnx.data"
 _ALIGN = 4096
+_SPLIT_SIZES_AS_INPUT = 13  # the ONNX opset from which Split takes its sizes as an input
+
+
+def _default_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,8 @@ def fuse_siblings(folder: Path, filenames: list[str]) -> int:
     rewritten (unlinked first, so a hard link's source is untouched).
 
     Returns:
-        How many nodes were fused away in the first graph (0: nothing to fuse, nothing written).
+        How many nodes were fused away in the first graph (0: nothing to fuse, or a graph's ONNX
+        opset older than 13; nothing written).
     """
     import copy
 
@@ -135,7 +141,7 @@ def fuse_siblings(folder: Path, filenames: list[str]) -> int:
 
     models = {name: onnx.load(str(folder / name), load_external_data=False) for name in filenames}
     groups = _siblings(models[filenames[0]])
-    if not groups:
+    if not groups or min(_default_opset(model) for model in models.values()) < _SPLIT_SIZES_AS_INPUT:
         return 0
     (folder / FUSED_DATA).unlink(missing_ok=True)
     weights, offset = {}, 0
