@@ -129,3 +129,14 @@ class LoraJob:
     source: str
     target: str
     adapter_file: str
+
+
+@dataclass(frozen=True)
+class LoraKept:
+    """What the keep-apart child made (the ``keep-lora-apart`` task's result).
+
+    Attributes:
+        lora_inputs: Each LoRA matrix moved out of the graph: its graph input name to its shape.
+    """
+
+    lora_inputs: dict[str, list[int]]
