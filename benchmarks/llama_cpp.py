@@ -107,8 +107,8 @@ class Pair:
 def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple[Pair, ...]:
     """Each of ``chosen`` staged as registration serves it, in ``out``.
 
-    Files linked; the LM head on the last position; an INT4 graph in int8 compute also gets the
-    prompt graph in FP32 compute (:mod:`slmops.toolkit.stages.register_prompt`).
+    Files linked; the LM head on the last position; gate and up projections fused; an INT4 graph in
+    int8 compute also gets the prompt graph in FP32 compute (:mod:`slmops.toolkit.stages.register_prompt`).
     """
     from slmops.toolkit.stages import register_prompt
     from slmops.toolkit.weights import lm_head
@@ -123,7 +123,7 @@ def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple
                     os.link(item, target / item.name)
             lm_head.serve_last_position(target)
             config = json.loads((target / "genai_config.json").read_text())
-            if register_prompt.serve_prompt_graph(target, config):  # as registration: the prompt in FP32 compute
+            if register_prompt.serve_graphs(target, config):  # as registration: fused gate/up, the prompt in FP32 compute
                 (target / "genai_config.json").unlink()  # a hard link to the source's: replaced, not written through
                 (target / "genai_config.json").write_text(json.dumps(config, indent=4))
         staged.append(Pair(f"{pair.ours}, as registered", str(target), pair.quant))

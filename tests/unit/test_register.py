@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from slmops.toolkit.domain.results.registration import ThreadSpeed
-from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH, serve_prompt_graph
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH, serve_prompt_graph, write_prompt_graph
 from slmops.toolkit.stages.register_threads import ThreadChoice, pick_threads, probe_counts
 
 
@@ -97,3 +97,61 @@ def test_a_kept_thread_probe_is_reused_only_for_the_same_graphs(tiny_model: Path
     assert (first.chosen, first.reused, again.chosen, again.reused, len(probes)) == (2, False, 2, True, 1)
     (folder / PROMPT_GRAPH).write_bytes(b"prompt graph")  # a pipeline times differently: probed again
     assert not register_threads.choose_threads(folder, 2048).reused and len(probes) == 2
+
+
+def _siblings_graph(folder: Path, opset: int = 17) -> None:
+    """Two 4-bit ``MatMulNBits`` in int8 compute reading the same input (an MLP's gate and up), weights in a file."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights, nodes = [], []
+    for name, n in (("gate", 32), ("up", 32)):
+        weights += [numpy_helper.from_array(rng.integers(0, 256, (n, 2, 16), dtype=np.uint8), f"{name}.q"),
+                    numpy_helper.from_array(rng.random((n, 2), dtype=np.float32), f"{name}.scales")]
+        nodes.append(helper.make_node("MatMulNBits", ["x", f"{name}.q", f"{name}.scales"], [f"{name}.out"], name=name,
+                                      domain="com.microsoft", K=64, N=n, bits=4, block_size=32, accuracy_level=4))
+    nodes += [helper.make_node("Sigmoid", ["gate.out"], ["act"]), helper.make_node("Mul", ["act", "up.out"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], weights)
+    model = helper.make_model(graph, ir_version=10,
+                              opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+
+
+def test_gate_and_up_projections_are_served_as_one_node_with_the_same_outputs(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from slmops.toolkit.stages.register_fuse import FUSED_DATA, fuse_siblings
+    from slmops.toolkit.stages.register_prompt import serve_graphs
+
+    source, folder = tmp_path / "source", tmp_path / "staged"
+    source.mkdir(), folder.mkdir()
+    _siblings_graph(source)
+    for name in ("model.onnx", "model.onnx.data"):
+        os.link(source / name, folder / name)  # registration's staged folder links the build's files
+    data_before = (source / "model.onnx.data").read_bytes()
+    config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx", "session_options": {}}}}
+
+    assert serve_graphs(folder, config)  # fused, then the prompt graph made from the fused graph
+    reference = tmp_path / "reference"  # the unfused graphs: the build's, and its prompt graph made the old way
+    reference.mkdir()
+    os.link(source / "model.onnx.data", reference / "model.onnx.data")
+    write_prompt_graph(source / "model.onnx", reference / PROMPT_GRAPH)
+    x = {"x": np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)}
+    for graph, unfused in (("model.onnx", source / "model.onnx"), (PROMPT_GRAPH, reference / PROMPT_GRAPH)):
+        expected = ort.InferenceSession(str(unfused), providers=["CPUExecutionProvider"]).run(None, x)[0]
+        got = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"]).run(None, x)[0]
+        assert np.array_equal(got, expected), graph  # the same values exactly
+        nodes = onnx.load(str(folder / graph), load_external_data=False).graph.node
+        assert [n.op_type for n in nodes] == ["MatMulNBits", "Split", "Sigmoid", "Mul"], graph
+    assert (folder / FUSED_DATA).is_file() and (source / "model.onnx.data").read_bytes() == data_before
+    assert sorted(p.name for p in source.iterdir()) == ["model.onnx", "model.onnx.data"]  # the build is untouched
+    old = tmp_path / "opset 11"  # Split takes its sizes as an input from opset 13: an older graph is left unfused
+    old.mkdir()
+    _siblings_graph(old, opset=11)
+    assert fuse_siblings(old, ["model.onnx"]) == 0 and not (old / FUSED_DATA).exists()

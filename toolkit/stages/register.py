@@ -45,7 +45,7 @@ from slmops.toolkit.stages.register_catalog import (
     INFERENCE_MODEL,
     validate_name,
 )
-from slmops.toolkit.stages.register_prompt import serve_prompt_graph
+from slmops.toolkit.stages.register_prompt import serve_graphs
 from slmops.toolkit.stages.register_stop import reconcile_stop_tokens, token_ids
 from slmops.toolkit.stages.register_threads import (
     AUTO_THREADS,
@@ -174,7 +174,7 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
             _link_or_copy(item, staging / item.name)
     # Served prefill computes the LM head on the last position only; the full graph stays beside it.
     lm_head.serve_last_position(staging, genai_config["model"]["decoder"].get("filename", "model.onnx"))
-    serve_prompt_graph(staging, genai_config)  # INT4: the prompt in FP32 compute, the tokens in int8
+    serve_graphs(staging, genai_config)  # fused gate/up; INT4: the prompt in FP32 compute, the tokens in int8
     genai_config["search"] = {**genai_config.get("search", {}), **model_config.search_options()}
     _write_genai_config(staging, genai_config, model_config.threads)
     tokenizer_file = onnx_dir / "tokenizer_config.json"

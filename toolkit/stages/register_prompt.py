@@ -62,6 +62,34 @@ def _io_names(graph: Path) -> tuple[list[str], list[str]]:
     return [i.name for i in model.graph.input], [o.name for o in model.graph.output]
 
 
+def _plain_cpu_decoder(genai_config: dict) -> bool:
+    """A model type in :data:`PLAIN_DECODER_TYPES`, one graph (not a pipeline), on the CPU."""
+    model = genai_config["model"]
+    decoder = model["decoder"]
+    return model.get("type") in PLAIN_DECODER_TYPES and not decoder.get("pipeline") and not decoder.get(
+        "session_options", {}).get("provider_options")
+
+
+def serve_graphs(folder: Path, genai_config: dict) -> bool:
+    """Registration's graph edits on a staged CPU ``folder``: fused projections, then the prompt graph.
+
+    Sibling ``MatMulNBits`` (an MLP's gate and up projections) are fused in the served graph and
+    in :data:`~slmops.toolkit.weights.lm_head.ALL_POSITIONS` when there is one
+    (:mod:`slmops.toolkit.stages.register_fuse`: the same values, fewer kernel calls per token);
+    then :func:`serve_prompt_graph`, whose prompt graph is made from the fused graph.
+
+    Returns:
+        Whether ``genai_config`` became a pipeline (:func:`serve_prompt_graph`).
+    """
+    from slmops.toolkit.stages.register_fuse import fuse_siblings
+    from slmops.toolkit.weights.lm_head import ALL_POSITIONS
+
+    if _plain_cpu_decoder(genai_config):
+        filename = genai_config["model"]["decoder"].get("filename", "model.onnx")
+        fuse_siblings(folder, [name for name in (filename, ALL_POSITIONS) if (folder / name).is_file()])
+    return serve_prompt_graph(folder, genai_config)
+
+
 def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
     """Give the staged ``folder`` :data:`PROMPT_GRAPH` and make ``genai_config`` the two-stage pipeline.
 
@@ -72,8 +100,7 @@ def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
     """
     model = genai_config["model"]
     decoder = model["decoder"]
-    if model.get("type") not in PLAIN_DECODER_TYPES or decoder.get("pipeline") or decoder.get(
-            "session_options", {}).get("provider_options"):
+    if not _plain_cpu_decoder(genai_config):
         return False
     filename = decoder.get("filename", "model.onnx")
     if not write_prompt_graph(folder / filename, folder / PROMPT_GRAPH):

@@ -1,0 +1,159 @@
+"""Registration's fused projections: sibling ``MatMulNBits`` on the same input become one wider node.
+
+ONNX Runtime GenAI's builder packs Q, K and V into one ``MatMulNBits`` but leaves an MLP's gate and
+up projections apart: two nodes reading the same input, each one call into the CPU kernel and its
+thread pool. On one token at a time (decode) those calls are short and their fixed cost is a large
+part of them; one node of the summed width does the same work in one call. The fused node's
+weights and scales are the two nodes' rows, one after the other (the layout stores each output
+column's blocks on their own, so concatenating along N changes no value), and a ``Split`` gives
+back the two outputs under their own names: every output column is computed by the same kernel
+from the same bytes as before.
+
+The fused weights go to :data:`FUSED_DATA`, a new file beside the graph; the graph's own weights
+file may be a hard link into the build folder and is never written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FUSED_DATA = "model_fused.onnx.data"
+_ALIGN = 4096
+_SPLIT_SIZES_AS_INPUT = 13  # the ONNX opset from which Split takes its sizes as an input
+
+
+def _default_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+@dataclass(frozen=True)
+class _Sibling:
+    """A fusable ``MatMulNBits``: its node, and its weight and scale initializers."""
+
+    node: object
+    weight: object
+    scales: object
+
+    @property
+    def key(self) -> tuple:
+        """What two nodes must share to be fused: input, K, bits, block size, accuracy level, scale type."""
+        attrs = {a.name: a.i for a in self.node.attribute}
+        return (self.node.input[0], attrs.get("K"), attrs.get("bits", 4), attrs.get("block_size"),
+                attrs.get("accuracy_level", 0), self.scales.data_type, self.weight.data_type)
+
+    @property
+    def n(self) -> int:
+        """The node's output width N."""
+        return next(a.i for a in self.node.attribute if a.name == "N")
+
+
+def _siblings(model) -> list[list[_Sibling]]:
+    """Groups of two or more plain ``MatMulNBits`` (A, and weights and scales in a weights file) sharing input and attributes."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    groups: dict[tuple, list[_Sibling]] = {}
+    for node in model.graph.node:
+        if (node.op_type != "MatMulNBits" or len(node.input) != 3
+                or not all(name in initializers and initializers[name].external_data for name in node.input[1:])):
+            continue
+        sibling = _Sibling(node, initializers[node.input[1]], initializers[node.input[2]])
+        groups.setdefault(sibling.key, []).append(sibling)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _array(tensor, folder: Path):
+    """An external initializer's values, read from its file (which may be a hard link: registration's folders are)."""
+    import numpy as np
+    from onnx import helper
+
+    info = {e.key: e.value for e in tensor.external_data}
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    with open(folder / info["location"], "rb") as data:
+        data.seek(int(info.get("offset", 0)))
+        raw = data.read(int(info["length"]))
+    return np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.dims))
+
+
+def _external(name: str, array, data, offset: int):
+    """``array`` as an initializer named ``name`` stored in ``data`` (an open file) at ``offset``; returns it and the next offset."""
+    from onnx import TensorProto, helper
+
+    raw = array.tobytes()
+    data.seek(offset)
+    data.write(raw)
+    tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", FUSED_DATA), ("offset", str(offset)), ("length", str(len(raw)))):
+        tensor.external_data.add(key=key, value=value)
+    return tensor, -(-(offset + len(raw)) // _ALIGN) * _ALIGN
+
+
+def _fused_weights(group: list[_Sibling], folder: Path, data, offset: int) -> tuple[list, int]:
+    """The group's weights and scales concatenated along N, written to ``data`` from ``offset``."""
+    import numpy as np
+
+    name = group[0].node.name + "/fused"
+    weight, offset = _external(name + ".weight", np.concatenate([_array(s.weight, folder) for s in group]), data, offset)
+    scales, offset = _external(name + ".scales", np.concatenate([_array(s.scales, folder) for s in group]), data, offset)
+    return [weight, scales], offset
+
+
+def _fuse_group(model, group: list[_Sibling], weights: list) -> None:
+    """Replace the group's nodes in ``model`` by one ``MatMulNBits`` on ``weights`` and a ``Split``."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    first = group[0].node
+    name = first.name + "/fused"
+    widths = numpy_helper.from_array(np.array([s.n for s in group], dtype=np.int64), name + ".widths")
+    model.graph.initializer.extend([*weights, widths])
+    attrs = {a.name: helper.get_attribute_value(a) for a in first.attribute}
+    fused = helper.make_node("MatMulNBits", [first.input[0], weights[0].name, weights[1].name], [name + "/output_0"],
+                             name=name, domain=first.domain, **{**attrs, "N": sum(s.n for s in group)})
+    split = helper.make_node("Split", [fused.output[0], widths.name], [s.node.output[0] for s in group],
+                             name=name + "/Split", axis=-1)
+    nodes = list(model.graph.node)
+    at = next(i for i, n in enumerate(nodes) if n.name == first.name)
+    gone = {s.node.name for s in group}
+    kept = [n for n in nodes[:at] if n.name not in gone] + [fused, split] + [n for n in nodes[at:] if n.name not in gone]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    unused = {s.weight.name for s in group} | {s.scales.name for s in group}
+    remaining = [t for t in model.graph.initializer if t.name not in unused]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(remaining)
+
+
+def fuse_siblings(folder: Path, filenames: list[str]) -> int:
+    """Fuse sibling ``MatMulNBits`` in each of ``filenames`` in ``folder`` (graphs with the same weights).
+
+    The first graph's groups are fused and their weights written once to :data:`FUSED_DATA`; the
+    same groups (same node names) in the other graphs read them from there. Every graph is
+    rewritten (unlinked first, so a hard link's source is untouched).
+
+    Returns:
+        How many nodes were fused away in the first graph (0: nothing to fuse, or a graph's ONNX
+        opset older than 13; nothing written).
+    """
+    import copy
+
+    import onnx
+
+    models = {name: onnx.load(str(folder / name), load_external_data=False) for name in filenames}
+    groups = _siblings(models[filenames[0]])
+    if not groups or min(_default_opset(model) for model in models.values()) < _SPLIT_SIZES_AS_INPUT:
+        return 0
+    (folder / FUSED_DATA).unlink(missing_ok=True)
+    weights, offset = {}, 0
+    with open(folder / FUSED_DATA, "wb") as data:
+        for group in groups:
+            weights[group[0].node.name], offset = _fused_weights(group, folder, data, offset)
+    for model in models.values():
+        by_name = {s.node.name: s for group in _siblings(model) for s in group}
+        for group in groups:
+            if all(s.node.name in by_name for s in group):
+                _fuse_group(model, [by_name[s.node.name] for s in group], copy.deepcopy(weights[group[0].node.name]))
+    for name, model in models.items():
+        (folder / name).unlink()
+        onnx.save(model, str(folder / name))
+    return sum(len(group) - 1 for group in groups)
