@@ -184,6 +184,12 @@ LORA_IN_GRAPH_RECIPES: dict[str, tuple[str, str]] = {
                             "into the int4 weights (fine-tunes only)")),
 }
 
+#: The rank each LoRA side branch in the graph gains for its quantized base's rounding error (``--error-rank``),
+#: and how the branch is stored (``--branch-bits``: 16, FP16 constants; 8, 8-bit MatMulNBits).
+LORA_ERROR_RANK = 8
+LORA_BRANCH_BITS = 16
+BRANCH_BITS = (16, 8)
+
 #: The INT4 recipe a run uses unless told otherwise: the tutorial's.
 DEFAULT_INT4_RECIPE = "builder-default"
 
