@@ -146,8 +146,14 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     assert len(casts) == len(lora)
     assert {node.op_type for node in graph.node for name in node.input if name in casts} == {"MatMul"}
     assert sum(node.op_type == "MatMulNBits" for node in graph.node) >= 2 * 7
-    # Bits per weight count the LoRA's bytes: rank 4 on q, v, down of 2 layers, FP16.
-    lora_bytes = 2 * 4 * 2 * (128 + 96 + 192)
+    # Each branch over a 4-bit base also carries the rank-8 SVD of that base's rounding error (--error-rank's
+    # default); over an 8-bit base (the recipe's v and some down projections) the fine-tune's rank 4 alone.
+    bits = {node.input[1].rsplit(".MatMul.", 1)[0]: attribute.i for node in graph.node if node.op_type == "MatMulNBits"
+            for attribute in node.attribute if attribute.name == "bits"}
+    ranks = {name.split(".lora_A.")[0]: list(init.dims)[1] for name, init in lora.items() if ".lora_A." in name}
+    assert ranks == {module: 4 + 8 * (bits[module] == 4) for module in ranks} and 4 + 8 in ranks.values()
+    # Bits per weight count the LoRA's bytes, FP16.
+    lora_bytes = sum(2 * int(np.prod(init.dims)) for init in lora.values())
     assert manifest.bits_per_weight - manifest.bits_per_weight_without_adapter == pytest.approx(
         8 * lora_bytes / manifest.parameters, abs=2e-3)
     # Registered and answered in Foundry Local like any other build.
