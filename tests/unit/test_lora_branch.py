@@ -136,3 +136,50 @@ def test_an_8_bit_branch_computes_what_the_fp16_branch_does_in_matmulnbits(tmp_p
     assert abs(_merged_error(eight) - _merged_error(half)) < 0.1 * _merged_error(half)
     with pytest.raises(ValueError, match="branch bits 4"):
         side_branch(quantized, fp16, tmp_path / "b4" / "model.onnx", 8, bits=4)
+
+
+def test_an_8_bit_branch_of_projections_reading_one_input_is_fused(tmp_path: Path) -> None:
+    """q, k and v of one input: bases packed per bit width, one A, one block-diagonal B, one Add, one Split."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    sizes = {"q_proj": 96, "k_proj": 32, "v_proj": 32}
+    weights, nodes = {}, []
+    for name, out in sizes.items():
+        prefix = f"model.layers.0.attn.{name}"
+        weights[f"{prefix}.MatMul.weight"] = rng.standard_normal((HIDDEN, out)).astype(np.float32)
+        weights[f"{prefix}.lora_A.MatMul.weight"] = rng.standard_normal((HIDDEN, RANK)).astype(np.float32) / 4
+        weights[f"{prefix}.lora_B.MatMul.weight"] = rng.standard_normal((RANK, out)).astype(np.float32) / 4
+        nodes += [helper.make_node("MatMul", ["x", f"{prefix}.MatMul.weight"], [f"{name}.base"],
+                                   name=f"/model/layers.0/attn/{name}/MatMul"),
+                  helper.make_node("MatMul", ["x", f"{prefix}.lora_A.MatMul.weight"], [f"{name}.xa"],
+                                   name=f"/model/layers.0/attn/{name}/lora_A/MatMul"),
+                  helper.make_node("MatMul", [f"{name}.xa", f"{prefix}.lora_B.MatMul.weight"], [f"{name}.delta"],
+                                   name=f"/model/layers.0/attn/{name}/lora_B/MatMul"),
+                  helper.make_node("Add", [f"{name}.base", f"{name}.delta"], [name],
+                                   name=f"/model/layers.0/attn/{name}/lora/Add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", HIDDEN])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", out])
+                               for name, out in sizes.items()],
+                              [numpy_helper.from_array(array, name) for name, array in weights.items()])
+    (tmp_path / "fp32").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+              str(tmp_path / "fp32" / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    fp16 = tmp_path / "fp16" / "model.onnx"
+    lora_in_fp16(tmp_path / "fp32" / "model.onnx", fp16)
+    quantized = tmp_path / "int4" / "model.onnx"
+    # The recipe's mix: v at 8 bits, q and k at 4 (two packed bases, concatenated).
+    quantize(fp16, quantized, QuantPlan(symmetric=False, lm_head_bits=32, mix="v-all-down-more-bits"))
+    half, fused = tmp_path / "b16" / "model.onnx", tmp_path / "b8" / "model.onnx"
+    side_branch(quantized, fp16, half, 8)
+    assert side_branch(quantized, fp16, fused, 8, bits=8) == {"branches": 3, "grown": 2}
+    ops = [node.op_type for node in onnx.load(str(fused), load_external_data=False).graph.node]
+    assert sorted(ops) == sorted(["MatMulNBits", "MatMulNBits", "Concat", "MatMulNBits", "MatMulNBits", "Add", "Split"])
+    x = np.random.default_rng(5).standard_normal((16, HIDDEN)).astype(np.float32)
+    import onnxruntime as ort
+
+    outputs = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"]).run(None, {"x": x}) for m in (half, fused)]
+    for a, b in zip(*outputs, strict=True):
+        assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
