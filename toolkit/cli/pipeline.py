@@ -172,7 +172,7 @@ def _print_manifest(folder: Path, m: Manifest) -> None:
               f"{m.bits_per_weight:.2f} bits per weight counting the adapter")
     elif adapter and adapter.kept_apart:  # no adapter file: a side branch in the graph
         print(f"LoRA adapter {adapter.path} (rank {adapter.rank}, {', '.join(adapter.target_modules)}) kept "
-              f"as a side branch in the graph over its base {adapter.base}: base {m.base_size_mb:.1f} MB, "
+              f"as an FP16 side branch in the graph over its base {adapter.base}: base {m.base_size_mb:.1f} MB, "
               f"{m.bits_per_weight:.2f} bits per weight counting the adapter "
               f"({m.bits_per_weight_without_adapter:.2f} without)")
     elif adapter:

@@ -181,7 +181,7 @@ INT4_RECIPES: dict[str, Int4Options] = {
 #: The recipe comparison measures them beside the merged recipes when the model is an adapter.
 LORA_IN_GRAPH_RECIPES: dict[str, tuple[str, str]] = {
     "mixed-lora": ("mixed", ("the `mixed` recipe's base with the LoRA as an FP16 side branch in the graph, not merged "
-                            "into the int4 weights, the base's rounding error made up for in it (fine-tunes only)")),
+                            "into the int4 weights (fine-tunes only)")),
 }
 
 #: The rank each LoRA side branch in the graph gains for its quantized base's rounding error (``--error-rank``),

@@ -133,82 +133,6 @@ def _nbits_matmul(node, weight: np.ndarray, bits: int, accuracy_level: int, opse
     return list(done.node), list(done.initializer)
 
 
-def _packable(node) -> tuple:
-    """What ``MatMulNBits`` nodes must share to be packed into one along ``N``."""
-    attributes = tuple(sorted((a.name, a.i) for a in node.attribute if a.name != "N"))
-    return node.domain, attributes, tuple(bool(name) for name in node.input[3:])
-
-
-def _fused(group: list[Branch], matrices: list[tuple[np.ndarray, np.ndarray]], read, bits: int, level: int,
-           opsets) -> tuple[list, dict[str, np.ndarray]]:
-    """The nodes of projections reading one input (q, k, v; gate, up), each ``MatMulNBits`` plus its branch, fused.
-
-    Their bases are packed into one ``MatMulNBits`` per bit width (concatenated), their ``A`` matrices read as one,
-    their ``B`` matrices placed block-diagonally in one (the zeros are stored too), then one Add and a Split back to
-    each projection's own output (the nodes reading them are unchanged): fewer, larger nodes at each decode step.
-
-    Returns:
-        The nodes, and the initializers to write (name to array).
-    """
-    import onnx
-    from onnx import helper
-
-    order = {}
-    for branch, pair in zip(group, matrices, strict=True):
-        order.setdefault(_packable(branch.base), []).append((branch, pair))
-    members = [member for run in order.values() for member in run]
-    stem = "/".join(members[0][0].add.name.split("/")[:-3]) + "/" + "_".join(
-        b.add.name.split("/")[-3] for b, _ in members)
-    nodes, made, packed = [], {}, []
-    for index, run in enumerate(order.values()):
-        first = run[0][0].base
-        if len(run) == 1:
-            nodes.append(first)
-            packed.append(first.output[0])
-            continue
-        name = f"{stem}/MatMulNBits_{index}"
-        inputs = [first.input[0]]
-        for position, source in enumerate(first.input[1:], start=1):
-            if source:
-                arrays = [read(b.base.input[position]) for b, _ in run]
-                joined = np.concatenate([a.reshape(_attribute(b.base, "N"), -1)
-                                         for a, (b, _) in zip(arrays, run, strict=True)])
-                made[f"{name}.{position}"] = joined.reshape((-1, *arrays[0].shape[1:]) if arrays[0].ndim > 1 else -1)
-            inputs.append(f"{name}.{position}" if source else "")
-        node = helper.make_node("MatMulNBits", inputs, [f"{name}/output_0"], name=name, domain=first.domain)
-        node.attribute.extend(a for a in first.attribute if a.name != "N")
-        node.attribute.append(helper.make_attribute("N", sum(_attribute(b.base, "N") for b, _ in run)))
-        nodes.append(node)
-        packed.append(node.output[0])
-    base = packed[0]
-    if len(packed) > 1:
-        base = f"{stem}/Concat/output_0"
-        nodes.append(helper.make_node("Concat", packed, [base], name=f"{stem}/Concat", axis=-1))
-    weight = members[0][0].a_weight.split(".lora_A.")[0].rsplit(".", 1)[0] + "." + "_".join(
-        b.a_weight.split(".lora_A.")[0].rsplit(".", 1)[1] for b, _ in members)
-    a = np.concatenate([pair[0] for _, pair in members], axis=1)
-    b = np.zeros((a.shape[1], sum(pair[1].shape[1] for _, pair in members)), np.float32)
-    row = column = 0
-    for _, (_, block) in members:
-        b[row:row + block.shape[0], column:column + block.shape[1]] = block
-        row, column = row + block.shape[0], column + block.shape[1]
-    x = members[0][0].base.input[0]
-    for side, array, source, out in (("A", a, x, f"{stem}/lora_A/output_0"),
-                                      ("B", b, f"{stem}/lora_A/output_0", f"{stem}/lora_B/output_0")):
-        plain = helper.make_node("MatMul", [source, f"{weight}.lora_{side}.MatMul.weight"], [out],
-                                 name=f"{stem}/lora_{side}/MatMul")
-        done, inits = _nbits_matmul(plain, array, bits, level, opsets)
-        nodes += done
-        made.update({init.name: onnx.numpy_helper.to_array(init) for init in inits})
-    nodes.append(helper.make_node("Add", [base, f"{stem}/lora_B/output_0"], [f"{stem}/lora/Add/output_0"],
-                                  name=f"{stem}/lora/Add"))
-    sizes = f"{stem}/Split/sizes"
-    made[sizes] = np.array([_attribute(b.base, "N") for b, _ in members], np.int64)
-    nodes.append(helper.make_node("Split", [f"{stem}/lora/Add/output_0", sizes], [b.add.output[0] for b, _ in members],
-                                  name=f"{stem}/Split", axis=-1))
-    return nodes, made
-
-
 def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 16) -> dict[str, int]:
     """Rewrite the quantized graph ``source`` (its LoRA an FP16 side branch) into ``target``, the base's error made up for.
 
@@ -238,50 +162,37 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
     branches = find_branches(graph)
     fp32_inits = ({init.name: init for init in onnx.load(str(fp32), load_external_data=False).graph.initializer}
                   if rank else {})
-    grown, new_nodes, new_inits, dropped = 0, {}, [], set()
+    grown, new_nodes, new_inits = 0, {}, []
 
     def read(name: str) -> np.ndarray:
         return weights.read(inits[name])
 
     try:
-        matrices = {}
         for branch in branches:
             original = fp32_inits.get(branch.base.input[1].rsplit("_Q", 1)[0])
-            if (rank > 0 and original is not None and branch.base.op_type == "MatMulNBits"
-                    and _attribute(branch.base, "bits") < 8):
-                matrices[id(branch)] = _grow(read, branch, read_initializer(original, fp32.parent).astype(np.float32),
-                                             rank)
+            grow = (rank > 0 and original is not None and branch.base.op_type == "MatMulNBits"
+                    and _attribute(branch.base, "bits") < 8)
+            if grow:
+                a, b = _grow(read, branch, read_initializer(original, fp32.parent).astype(np.float32), rank)
                 grown += 1
-                if bits == 16:
-                    for name, array in zip((branch.a_weight, branch.b_weight), matrices[id(branch)], strict=True):
-                        inits[name].CopyFrom(weights.write(name, array.astype(np.float16)))
+            elif bits != 16:
+                a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
             else:
-                matrices[id(branch)] = (read(branch.a_weight).astype(np.float32),
-                                        read(branch.b_weight).astype(np.float32))
-        groups: dict[str, list[Branch]] = {}
-        for branch in branches if bits != 16 else ():
-            fusable = branch.base.op_type == "MatMulNBits"
-            groups.setdefault(branch.base.input[0] if fusable else str(id(branch)), []).append(branch)
-        for group in groups.values():
-            level = _attribute(group[0].base, "accuracy_level")
-            if len(group) > 1:
-                nodes, made = _fused(group, [matrices[id(b)] for b in group], read, bits, level, model.opset_import)
-                new_nodes[id(group[0].base)] = nodes
-                dropped.update(id(node) for b in group for node in (b.base, b.lora_a, b.lora_b, b.add))
-                new_inits += [weights.write(name, array) if array.nbytes >= INLINE_BYTES
-                              else onnx.numpy_helper.from_array(array, name) for name, array in made.items()]
                 continue
-            [branch] = group
-            for node, array, name in zip((branch.lora_a, branch.lora_b), matrices[id(branch)],
-                                         (branch.a_weight, branch.b_weight), strict=True):
+            if bits == 16:
+                for name, array in ((branch.a_weight, a), (branch.b_weight, b)):
+                    inits[name].CopyFrom(weights.write(name, array.astype(np.float16)))
+                continue
+            level = _attribute(branch.base, "accuracy_level") if branch.base.op_type == "MatMulNBits" else 0
+            for node, array, name in ((branch.lora_a, a, branch.a_weight), (branch.lora_b, b, branch.b_weight)):
                 stem = name.removesuffix(FP16_SUFFIX)
                 plain = helper.make_node("MatMul", [node.input[0], stem], list(node.output), name=node.name)
                 nodes, made = _nbits_matmul(plain, array, bits, level, model.opset_import)
                 new_nodes[id(node)] = nodes
                 new_inits += [weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made]
         kept_nodes = []
-        for node in graph.node:  # a fused group's nodes where its first base was (its input is ready there)
-            kept_nodes += new_nodes.get(id(node), [] if id(node) in dropped else [node])
+        for node in graph.node:
+            kept_nodes += new_nodes.get(id(node), [node])
         used = {name for node in kept_nodes for name in node.input}
         kept_nodes = [n for n in kept_nodes if n.op_type != "Cast" or n.output[0] in used]
         used = {name for node in kept_nodes for name in node.input}
