@@ -186,8 +186,8 @@ LORA_IN_GRAPH_RECIPES: dict[str, tuple[str, str]] = {
 
 #: The rank each LoRA side branch in the graph gains for its quantized base's rounding error (``--error-rank``),
 #: and how the branch is stored (``--branch-bits``: 16, FP16 constants; 8, 8-bit MatMulNBits).
-LORA_ERROR_RANK = 8
-LORA_BRANCH_BITS = 16
+LORA_ERROR_RANK = 16
+LORA_BRANCH_BITS = 8
 BRANCH_BITS = (16, 8)
 
 #: The INT4 recipe a run uses unless told otherwise: the tutorial's.
