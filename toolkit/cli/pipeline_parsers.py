@@ -201,7 +201,7 @@ def convert_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
                    "checked with the adapter active against the merged model")
     p.add_argument("--adapter-in-graph", action="store_true",
                    help="with a LoRA adapter folder at int4 or int8: one graph (as Foundry Local loads) whose LoRA "
-                   "stays an FP16 side branch beside the quantized base weights (y = Wq x + B(A x)) instead of "
+                   "stays a side branch beside the quantized base weights (y = Wq x + B(A x)) instead of "
                    "being merged into them and rounded; checked against the merged model")
     p.add_argument("--error-rank", type=whole(0, 256), default=default_of(ConvertSpec, "error_rank"),
                    help="with --adapter-in-graph: rank added to each LoRA side branch for its quantized base weight's "

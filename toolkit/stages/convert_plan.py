@@ -53,8 +53,8 @@ class ConvertSpec:
             same modules, each written as its own adapter file for the same build and checked the
             same way against its own merged model.
         adapter_in_graph: With a LoRA adapter as ``model_dir`` (builder route, INT4 or INT8): build the base
-            with the adapter as an FP16 side branch inside the one graph (``y = Wq x + B(A x)``, the LoRA
-            matrices FP16 constants read through a Cast to float, which the quantizer leaves alone) instead of merging it into the quantized
+            with the adapter as a side branch inside the one graph (``y = Wq x + B(A x)``, the LoRA
+            matrices FP16 constants read through a Cast to float, which the quantizer leaves alone, then ``branch_bits``) instead of merging it into the quantized
             weights: one graph, as Foundry Local loads, that keeps what the fine-tune learned. Checked
             against the merged model in transformers like any other build.
         error_rank: With ``adapter_in_graph``: the rank ``r'`` added to each side branch for its quantized base's
