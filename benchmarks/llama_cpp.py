@@ -253,12 +253,9 @@ def llama_round(tests: list[dict], prompt: int, gen: int) -> dict:
     return {"first_token_ms": min(pp[0]["ms"]), "decode_tps": max(tg[0]["tps"])}
 
 
-def ours_round(runs: list[dict]) -> dict:
-    """The best first token ms and decode tokens/s of one round's timed runs (``ttft_s``, ``total_s``, ``gen_tokens``)."""
-    from slmops.toolkit.domain.results.bench import TimedRun
-
-    timed = [TimedRun(ttft_s=r["ttft_s"], total_s=r["total_s"], gen_tokens=r["gen_tokens"]) for r in runs]
-    return {"first_token_ms": min(t.ttft_s for t in timed) * 1000, "decode_tps": max(t.decode_tps for t in timed)}
+def ours_round(runs: list) -> dict:
+    """The best first token ms and decode tokens/s of one round's timed runs (``TimedRun`` each)."""
+    return {"first_token_ms": min(t.ttft_s for t in runs) * 1000, "decode_tps": max(t.decode_tps for t in runs)}
 
 
 def spread(values: list[float]) -> dict:

@@ -83,7 +83,7 @@ async def _level(url: str, model: str, clients: int, requests: int, max_tokens: 
     wall = time.perf_counter() - start
     await client.close()
     ok = [r for r in results if r["error"] is None]
-    return {"rps": len(ok) / wall, "p50_ms": statistics.median(r["latency_s"] * 1000 for r in ok) if ok else 0.0,
+    return {"rps": len(ok) / wall, "wall_s": wall, "p50_ms": statistics.median(r["latency_s"] * 1000 for r in ok) if ok else 0.0,
             "ttft_ms": statistics.median(r["ttft_s"] * 1000 for r in ok) if ok else 0.0,
             "errors": [r["error"] for r in results if r["error"]], "answers": [(r["prompt"], r["text"]) for r in ok]}
 
@@ -132,15 +132,65 @@ def _verdict(ok: bool, close: bool = False) -> str:
     return "pass" if ok else "warn" if close else "fail"
 
 
+def engine_counters(url: str, model: str) -> dict[str, float]:
+    """Our endpoint's batch engine counters for ``model`` from its ``/metrics`` (see ``metrics.EngineCounters``):
+    seconds by phase, prefill runs, decode steps, prefilled positions, and the rows of all decode steps."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
+                continue
+            if sample.name == "slmops_engine_seconds_total":
+                out[sample.labels["phase"]] = sample.value
+            elif sample.name == "slmops_engine_runs_total":
+                out[f"{sample.labels['kind']} runs"] = sample.value
+            elif sample.name == "slmops_prefill_positions_total":
+                out["positions"] = sample.value
+            elif sample.name == "slmops_batch_size_sum":
+                out["rows"] = sample.value
+    return out
+
+
+PHASES = ("prefill", "decode", "pick", "other", "idle")
+
+
 def _round(servers: dict, levels: list[int], args, round_: int, out: dict) -> None:
-    """One round: every level on every server, the servers' order alternating by round and level."""
+    """One round: every level on every server, the servers' order alternating by round and level; ours with its
+    engine's counters over the level (where its time went)."""
     for level in levels:
         names = [name for name in servers if name != "today" or level == 1]
         order = names if (round_ + level) % 2 == 0 else names[::-1]
         for name in order:
             url, model, extra = servers[name]
-            out.setdefault((name, level), []).append(
-                asyncio.run(_level(url, model, level, args.requests, args.max_tokens, extra)))
+            before = engine_counters(url, model) if name == "ours" else {}
+            result = asyncio.run(_level(url, model, level, args.requests, args.max_tokens, extra))
+            if name == "ours":
+                after = engine_counters(url, model)
+                result["engine"] = {key: after[key] - before.get(key, 0.0) for key in after}
+            out.setdefault((name, level), []).append(result)
+
+
+def _profile(runs: dict, levels: list[int]) -> tuple[list[str], list[list]]:
+    """Where ours' wall time went at each level (medians over rounds): the engine thread's seconds by phase
+    (prefill and decode: ONNX Runtime runs; pick: choosing and handing over tokens; other: admission, masks,
+    prefix copies; idle: nothing to run), its prefill runs and decode steps, rows per step, positions per run."""
+    header = ["clients", "wall s", *(f"{phase} s" for phase in PHASES), "prefill runs", "positions/run",
+              "decode steps", "rows/step", "ms/step"]
+    rows = []
+    for level in levels:
+        rs = runs[("ours", level)]
+        med = {key: statistics.median(r["engine"].get(key, 0.0) for r in rs) for key in rs[0]["engine"]}
+        wall = statistics.median(r["wall_s"] for r in rs)
+        steps, prefills = med.get("decode runs", 0.0), med.get("prefill runs", 0.0)
+        rows.append([level, f"{wall:.2f}", *(f"{med.get(phase, 0.0):.2f}" for phase in PHASES), f"{prefills:.0f}",
+                     f"{med.get('positions', 0.0) / prefills:.1f}" if prefills else "-", f"{steps:.0f}",
+                     f"{med.get('rows', 0.0) / steps:.1f}" if steps else "-",
+                     f"{1000 * med.get('decode', 0.0) / steps:.1f}" if steps else "-"])
+    return header, rows
 
 
 def _summary(runs: dict, levels: list[int], alone: dict[str, str]) -> tuple[list[list], list[str]]:
@@ -150,11 +200,12 @@ def _summary(runs: dict, levels: list[int], alone: dict[str, str]) -> tuple[list
     rows = []
     for level in levels:
         ours, theirs = med[("ours", level)], med[("llama-server", level)]
-        errors = sum(len(r["errors"]) for key in (("ours", level), ("llama-server", level)) for r in runs[key])
+        errors = sum(len(r["errors"]) for r in runs[("ours", level)])
+        their_errors = sum(len(r["errors"]) for r in runs[("llama-server", level)])
         changed = sum(text != alone[prompt] for r in runs[("ours", level)] for prompt, text in r["answers"])
         rows.append([level, f"{ours['rps']:.2f}", f"{theirs['rps']:.2f}", f"{_ratio(ours['rps'], theirs['rps']):.2f}",
                      f"{_ratio(ours['p50_ms'], theirs['p50_ms']):.2f}", f"{ours['ttft_ms']:.0f}",
-                     f"{theirs['ttft_ms']:.0f}", errors, changed])
+                     f"{theirs['ttft_ms']:.0f}", their_errors, errors, changed])
     lines = []
     for level in (8, 16):
         if level in levels:
@@ -169,7 +220,7 @@ def _summary(runs: dict, levels: list[int], alone: dict[str, str]) -> tuple[list
         lines.append(f"one client {one:.3f}x today's requests/s (batch size 0; target >= 0.95): "
                      f"{_verdict(one >= 0.95, one >= 0.9)}")
     bad = sum(row[-1] + row[-2] for row in rows)
-    lines.append(f"errors and changed answers: {bad} (target 0): {_verdict(bad == 0)}")
+    lines.append(f"our errors and changed answers: {bad} (target 0): {_verdict(bad == 0)}")
     return rows, lines
 
 
@@ -218,7 +269,8 @@ def main() -> None:
             print(f"round {round_ + 1}/{args.rounds} done", flush=True)
     rows, lines = _summary(runs, args.clients, alone)
     header = ["clients", "ours req/s", "llama-server req/s", "req/s ours/llama", "p50 latency ours/llama",
-              "ours TTFT p50 ms", "llama TTFT p50 ms", "errors", "changed answers"]
+              "ours TTFT p50 ms", "llama TTFT p50 ms", "llama errors", "our errors",
+              "changed answers"]
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(str(cell) for cell in row))
@@ -228,6 +280,11 @@ def main() -> None:
         for error in sorted({e for r in rs for e in r["errors"]})[:3]:
             print(f"error ({name}, {level} clients): {error}")
     print("\n".join(lines))
+    profile_header, profile_rows = _profile(runs, args.clients)
+    print("where ours' time went (the engine's thread, medians over rounds):")
+    print(" | ".join(profile_header))
+    for row in profile_rows:
+        print(" | ".join(str(cell) for cell in row))
     append(args.markdown, section("Serving under load: slmops serve and llama-server", header, rows,
                                   note="; ".join(lines)))
 

@@ -20,6 +20,17 @@ def tiny_int4(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's FP32 build, made once per test process for the files that only read it."""
+    from slmops.toolkit.domain.options import Precision
+    from slmops.toolkit.stages.convert import convert
+    from slmops.toolkit.stages.convert_plan import ConvertSpec
+
+    out = tmp_path_factory.mktemp("fp32") / "fp32"
+    return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
+
+
+@pytest.fixture(scope="session")
 def bundled() -> Path:
     from slmops.toolkit.weights.bundled import bundled_model
 

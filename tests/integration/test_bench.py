@@ -41,8 +41,8 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
         assert row.cpu_percent > 10 and 0 <= row.system_cpu_percent <= 100  # ticks are 10 ms: tiny runs read 0
         assert 0 <= row.harness_overhead_pct < 100
     report = bench.write_results(rows, tmp_path)
-    assert report.metadata["versions"]["foundry-local-sdk"] == "2.2.1"
-    assert report.metadata["physical_cores"] >= 1 and report.metadata["cpu"]
+    assert report.metadata.versions["foundry-local-sdk"] == "2.2.1"
+    assert report.metadata.physical_cores >= 1 and report.metadata.cpu
     assert [(r.model, r.target_prompt_tokens) for r in report.engine_ratios] == [("tiny-bench", 16),
                                                                                 ("tiny-bench", 64)]
     assert all(r.ratio > 0 for r in report.engine_ratios)
@@ -56,13 +56,13 @@ def test_bench_rows_and_files(tiny_int4: Path, tmp_path: Path) -> None:
         assert abs(parts + (other or 0.0) - line.foundry_ttft_ms) < 0.02 and (other is None) == bool(line.unmeasured)
     assert [line.target_prompt_tokens for line in report.ttft_breakdown] == [16, 64]
     assert all(0 < r.bandwidth_gbs and r.percent_of_ceiling > 0 for r in report.decode_ceiling)
-    assert report.metadata["caches"] and report.metadata["memory_bandwidth_gbs_by_threads"]["0"] > 1
+    assert report.metadata.caches and report.metadata.bandwidth_gbs(0) > 1
     assert report.max_harness_overhead_pct == max(r.harness_overhead_pct for r in rows)
     with (tmp_path / "bench.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
     stems = set(plots.bench_figures(report))
     assert stems == {"decode_tps", "ttft_ms", "latency_vs_prompt", "peak_rss_mib", "tradeoff"}  # no sweeps asked
-    assert json.loads((tmp_path / "bench.json").read_text())["schema_version"] == 2
+    assert json.loads((tmp_path / "bench.json").read_text())["schema_version"] == 3
     assert bench.read_results(tmp_path / "bench.json").rows == report.rows == tuple(rows)
 
 

@@ -90,7 +90,7 @@ def test_bundled_int8_and_int4_answer_and_the_prompt_matches_the_preview(bundled
         assert len(tokenizer.encode(other, add_special_tokens=False).ids) != answer.prompt_tokens
         assert register.register(folder, name).model_id == f"{name}:1"  # re-register in place
         unregister(name)
-        assert name not in {row["name"] for row in list_models()}
+        assert name not in {row.name for row in list_models()}
 
 
 def reg_strings(folder: Path):

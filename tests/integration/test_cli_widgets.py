@@ -36,6 +36,6 @@ def test_cli_register_custom_file_and_rm(tiny_int4: Path, tmp_path: Path, capsys
     info = json.loads((models_root() / "tiny-file" / "inference_model.json").read_text())
     assert info["PromptTemplate"]["prompt"] == "U:{Content}\nA:" and info["ModelConfig"]["temperature"] == 0.3
     assert cli.main(["rm", "tiny-file"]) == 0
-    assert "tiny-file" not in {row["name"] for row in list_models()}
+    assert "tiny-file" not in {row.name for row in list_models()}
     assert cli.main(["register", str(tiny_int4), "--name", "tiny-x", "--top-p", "0"]) == 2
     assert "top_p" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,22 @@ from slmops.toolkit.stages.convert_plan import OLIVE_CONFIG, ConvertSpec
 from tests.unit.test_convert import spec
 
 
+@pytest.fixture(scope="module")
+def build_once(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], convert.ConvertResult]:
+    """``build_once(precision)``: the tiny model converted at ``precision`` with the default options, alone in a
+    folder of its own; made on first use and shared by this module's tests, which only read it."""
+
+    @functools.cache
+    def build(precision: str) -> convert.ConvertResult:
+        out = tmp_path_factory.mktemp(f"built-{precision}") / precision
+        return convert.convert(spec(tiny_model, out, precision=Precision(precision)), progress=False)
+
+    return build
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
-def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, precision: str) -> None:
-    result = convert.convert(spec(tiny_model, tmp_path / precision, precision=Precision(precision)), progress=False)
+def test_builder_route_converts_for_real(build_once: Callable[[str], convert.ConvertResult], precision: str) -> None:
+    result = build_once(precision)
     files = {p.name for p in result.output_dir.iterdir()}
     assert {"genai_config.json", "model.onnx", "tokenizer.json", "manifest.json"} <= files
     manifest = read_manifest(result.output_dir)
@@ -32,19 +47,20 @@ def test_builder_route_converts_for_real(tiny_model: Path, tmp_path: Path, preci
     assert manifest.size_mb == pytest.approx(dir_size_mb(result.output_dir) - 0.002, abs=0.01)
     assert manifest.versions["onnxruntime-genai"] == "0.14.1"
     assert len(manifest.source_fingerprint) == 16
-    assert [p.name for p in tmp_path.iterdir()] == [precision]  # no scratch left
+    assert [p.name for p in result.output_dir.parent.iterdir()] == [precision]  # no scratch left
 
 
-def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(tiny_model: Path, tmp_path: Path) -> None:
+def test_int8_is_8bit_weights_everywhere_and_int4_keeps_the_builders_layout(
+        build_once: Callable[[str], convert.ConvertResult]) -> None:
     import onnx
 
-    int8 = convert.convert(spec(tiny_model, tmp_path / "int8", precision=Precision.INT8), progress=False)
+    int8 = build_once("int8")
     graph = onnx.load(str(int8.output_dir / "model.onnx"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {8}
     assert int8.manifest.weights.parameters.keys() == {"int8"}  # embeddings and LM head too
     assert int8.manifest.quantizer.bits == 8
-    int4 = convert.convert(spec(tiny_model, tmp_path / "int4"), progress=False)
+    int4 = build_once("int4")
     assert int4.manifest.weights.lm_head == "int4" and int4.manifest.weights.embeddings == "fp32"
     assert int4.manifest.quantizer.lm_head_with_body  # the builder's INT4, made tensor by tensor
 
@@ -134,10 +150,11 @@ def test_tied_table_is_stored_once_and_follows_fp32(tied_model: Path, tmp_path: 
     assert 0 < quantized.kl_divergence < 0.05 and quantized.top1_agreement > 0.5
 
 
-def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path, tmp_path: Path) -> None:
+def test_manifest_estimates_fp32_size_without_a_sibling_build(tiny_model: Path,
+                                                               build_once: Callable[[str], convert.ConvertResult]) -> None:
     from slmops.toolkit.weights.checkpoints import inspect_source
 
-    m = convert.convert(spec(tiny_model, tmp_path / "int4"), progress=False).manifest
+    m = build_once("int4").manifest
     assert m.fp32_size_from.startswith("estimated")
     assert m.fp32_size_mb == pytest.approx(inspect_source(tiny_model).parameters * 4 / 1e6, abs=0.01)
     assert m.size_vs_tutorial == pytest.approx(m.size_ratio_vs_fp32 / 0.125, abs=0.01)
@@ -163,7 +180,8 @@ def test_fp16_builds_for_a_gpu_provider(tiny_model: Path, tmp_path: Path) -> Non
     assert "cuda" in json.dumps(config["model"]["decoder"]["session_options"]["provider_options"])
 
 
-def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(tiny_model: Path, tmp_path: Path) -> None:
+def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(
+        tiny_model: Path, tmp_path: Path, build_once: Callable[[str], convert.ConvertResult]) -> None:
     import hashlib
 
     from tests.models import make_tiny_model
@@ -178,7 +196,7 @@ def test_int8_and_int4_quantize_the_runs_fp32_build_instead_of_exporting_again(t
         assert not any("slmops.toolkit.runtimes.genai_builder" in c for c in made.commands)  # no export
         assert [c.build for c in made.parity.checks] == [precision]  # the FP32 passed its own check
     # The same bytes as an INT4 quantized from a fresh export.
-    fresh = convert.convert(ConvertSpec(tiny_model, tmp_path / "fresh", Precision.INT4), progress=False)
+    fresh = build_once("int4")  # ConvertSpec(tiny_model, OUT, Precision.INT4): exported afresh
     assert fresh.manifest.quantized_from is None
 
     def digest(folder: Path) -> str:

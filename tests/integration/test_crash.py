@@ -16,12 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from slmops.toolkit.core import artifacts
+from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.errors import DiskFullError
 from slmops.toolkit.domain.results.conversion import read_manifest
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import convert, register
 from slmops.toolkit.stages.convert_plan import ConvertSpec
+from slmops.toolkit.stages.register_catalog import CatalogEntry
 from tests.unit.test_crash import SLMOPS, debris, run_until_killed
 
 
@@ -90,8 +91,8 @@ def test_a_registration_killed_at_any_point_keeps_the_earlier_one(tiny_int4: Pat
     assert done.returncode == -signal.SIGKILL, done.stderr
     # Any later use of the cache recovers: here `slmops ls` in a new process.
     listed = subprocess.run([*SLMOPS, "ls", "--json"], capture_output=True, text=True, check=True)
-    row = next(r for r in json.loads(listed.stdout) if r["name"] == name)
-    assert row["registered"] and row["folder"]
+    row = next(r for r in codec.load(list[CatalogEntry], json.loads(listed.stdout)) if r.name == name)
+    assert row.registered and row.folder
     assert not debris(models_root())
     if point == "swap-in-place" or point == "register-catalog":  # the new, complete folder is the result
         assert json.loads((folder / "inference_model.json").read_text())["ModelConfig"]["temperature"] == 0.2

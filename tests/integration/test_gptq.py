@@ -14,15 +14,6 @@ from slmops.toolkit.weights import calibration
 from slmops.toolkit.weights.quantize import quantize
 
 
-@pytest.fixture(scope="module")
-def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmops.toolkit.stages.convert import convert
-    from slmops.toolkit.stages.convert_plan import ConvertSpec
-
-    out = tmp_path_factory.mktemp("fp32") / "fp32"
-    return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
-
-
 def test_gptq_build_is_closer_to_fp32_than_round_to_nearest_at_the_same_plan(tiny_fp32: Path, tmp_path: Path) -> None:
     from slmops.toolkit.runtimes import genai
 

@@ -69,7 +69,7 @@ def test_pipeline_on_a_tiny_model(tiny_model: Path, tmp_path: Path, capsys: pyte
     bench = read_results(tmp_path / "run" / "bench.json")
     assert {r.precision for r in bench.rows} == {"fp32", "int4"}
     assert {r.engine for r in bench.rows} == {"foundry-local", "ort-genai"}
-    assert len(bench.engine_ratios) == 4 and bench.metadata["memory_bandwidth_gbs"] > 0
+    assert len(bench.engine_ratios) == 4 and bench.metadata.memory_bandwidth_gbs > 0
     assert "int4: " in html["04_benchmark"] and "x fp32 decode speed" in html["04_benchmark"]  # generated summary
     for png in ("sizes.png", "recipes.png", "decode_tps.png", "ttft_ms.png", "latency_vs_prompt.png", "peak_rss_mib.png",
                 "tradeoff.png", "rss_over_requests.png", "ms_per_token.png"):

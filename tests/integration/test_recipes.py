@@ -12,15 +12,6 @@ from slmops.toolkit.domain.quant_plan import QuantPlan, use_more_bits
 from slmops.toolkit.weights.quantize import quantize
 
 
-@pytest.fixture(scope="module")
-def tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slmops.toolkit.stages.convert import convert
-    from slmops.toolkit.stages.convert_plan import ConvertSpec
-
-    out = tmp_path_factory.mktemp("fp32") / "fp32"
-    return convert(ConvertSpec(tiny_model, out, Precision.FP32), progress=False).output_dir
-
-
 def test_mixed_plan_keeps_chosen_matmuls_at_8_bits_and_splits_the_value_out_of_qkv(tiny_fp32: Path,
                                                                                     tmp_path: Path) -> None:
     import shutil

@@ -43,9 +43,9 @@ def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> No
     tokenizer_config = json.loads((reg.path / "tokenizer_config.json").read_text())
     assert tokenizer_config["chat_template"] == (reg.path / "chat_template.jinja").read_text()
     assert json.loads((reg.path / "genai_config.json").read_text())["search"]["max_length"] == 512
-    rows = {row["name"]: row for row in list_models()}
-    assert rows["tiny-layout"]["registered"] and rows["tiny-layout"]["folder"]
-    assert rows["tiny-layout"]["precision"] == "int4"
+    rows = {row.name: row for row in list_models()}
+    assert rows["tiny-layout"].registered and rows["tiny-layout"].folder
+    assert rows["tiny-layout"].precision == "int4"
     # INT4 in int8 compute: the prompt runs a graph in FP32 compute, the tokens the served graph;
     # what reads every position's logits still loads the full graph alone.
     served = json.loads((reg.path / "genai_config.json").read_text())
@@ -116,7 +116,7 @@ def test_unknown_model_and_unregister(tiny_int4: Path) -> None:
         LoadedModel("never-registered")
     register.register(tiny_int4, "tiny-gone")
     unregister("tiny-gone")
-    assert "tiny-gone" not in {row["name"] for row in list_models()}
+    assert "tiny-gone" not in {row.name for row in list_models()}
     assert not (models_root() / "tiny-gone").exists()
 
 

@@ -19,10 +19,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from slmops.toolkit.cli import app
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
 from slmops.toolkit.endpoint.cli import background, run
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
+from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages import register
 from slmops.toolkit.weights import lm_head
 
@@ -303,9 +305,62 @@ def test_concurrent_clients_get_their_answers_alone_and_foundry_locals(endpoints
     assert sizes["slmops_batch_size_sum"] > sizes["slmops_batch_size_count"] > 0  # some steps decoded several
 
 
-def test_serve_refuses_a_bad_batch_size_or_policy_before_loading(endpoints) -> None:
+def test_serve_refuses_a_bad_batch_size_policy_or_prefix_cache_before_loading(
+        endpoints, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(InputError, match="--batch-size"):
         run([MODEL], batch_size=-1)
     with pytest.raises(InputError, match="--schedule"):
         run([MODEL], policy="fastest")
+    with pytest.raises(InputError, match=r"--prefix-cache-mib -1 is out of range: use a whole number of MiB from 0"):
+        run([MODEL], prefix_cache_mib=-1)
     assert [str(p) for p in Policy] == ["prefill-first", "decode-first"]
+    for bad in ("-1", "64.5", "many"):
+        assert app.main(["serve", MODEL, "--prefix-cache-mib", bad]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slmops:")]
+        assert len(errors) == 1 and errors[0].startswith("slmops: error: argument --prefix-cache-mib:"), errors
+
+
+def _engine_counters(endpoint) -> dict[str, float]:
+    text = httpx.get(endpoint.url.removesuffix("/v1") + "/metrics").text
+    return {f"{s.name}{sorted(s.labels.items())}": s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name.startswith(("slmops_engine", "slmops_prefill")) and s.labels["model"] == MODEL}
+
+
+def test_prefix_cache_size_reaches_the_engine_and_the_engine_shows_its_time_on_metrics(endpoints) -> None:
+    """``--prefix-cache-mib 0`` prefills a prompt asked again whole; the default keeps it and prefills its last two
+    positions only. ``/metrics`` counts the prefilled positions, prefill runs and decode steps, and the engine
+    thread's seconds by phase (where a load's time goes)."""
+    batched, _ = endpoints
+    label = "[('model', 'tiny-batch')]"
+    with background([MODEL], batch_size=4, prefix_cache_mib=0) as uncached:
+        for endpoint, again in ((uncached, None), (batched, 2)):
+            counters = [_engine_counters(endpoint)]
+            for _ in range(2):
+                answer = endpoint.client().chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "Name a colour, please."}], max_tokens=3,
+                    temperature=0)
+                counters.append(_engine_counters(endpoint))
+            prompt = answer.usage.prompt_tokens
+            delta = {key: counters[2][key] - counters[1][key] for key in counters[2]}  # the prompt asked again
+            assert delta[f"slmops_prefill_positions_total{label}"] == (again or prompt)
+            runs = {kind: delta[f"slmops_engine_runs_total[('kind', '{kind}'), ('model', 'tiny-batch')]"]
+                    for kind in ("prefill", "decode")}
+            assert runs == {"prefill": 1, "decode": 2}, runs  # 3 tokens: the prefill's, then two decode steps
+            seconds = {phase: delta[f"slmops_engine_seconds_total[('model', 'tiny-batch'), ('phase', '{phase}')]"]
+                       for phase in ("prefill", "decode", "pick", "other", "idle")}
+            assert min(seconds.values()) >= 0 and seconds["prefill"] > 0 < seconds["decode"], seconds
+
+
+def test_the_prompt_and_token_graphs_stop_their_threads_spinning_when_a_run_returns(endpoints) -> None:
+    """The registered model prefills on its prompt graph and decodes on its token graph: two sessions, each with a
+    thread pool. Left spinning after its run, one pool's threads hold the cores while the other's run (prefill runs
+    and decode steps took up to twice as long under load; the benchmarks page), so both stop."""
+    engine = BatchEngine(Path(find_model(MODEL).get_path()), batch_size=2)
+    try:
+        assert engine.prompt_session is not engine.session
+        for session in (engine.session, engine.prompt_session):
+            assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+        tokens = _generate(engine, _prompts(2), max_new=4, min_length=10**6)
+        assert [reason for _, reason, _ in tokens] == ["length", "length"]
+    finally:
+        engine.close()

@@ -17,7 +17,7 @@ import pytest
 
 from slmops.toolkit.core.errors import TemplateError
 from slmops.toolkit.domain import templates
-from slmops.toolkit.domain.results.registration import read_registration
+from slmops.toolkit.domain.results.registration import AddedStopToken, read_registration
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_session import models_root
 from slmops.toolkit.stages import checklist, register
@@ -77,11 +77,11 @@ def test_a_chatml_fine_tune_with_endoftext_as_eos_stops_in_chat_endpoint_and_che
     registration = register.register(onnx, "stop-chatml", model_config=NO_PROBE)
     ids = json.loads((source / "tokenizer.json").read_text())
     im_end = next(t["id"] for t in ids["added_tokens"] if t["content"] == "<|im_end|>")
-    assert registration.stop.added[0] == {"id": im_end, "token": "<|im_end|>", "from": "the chat template's end of turn"}
+    assert registration.stop.added[0] == AddedStopToken(im_end, "<|im_end|>", "the chat template's end of turn")
     assert any(note.startswith("Stop tokens: added <|im_end|>") for note in registration.notes)
     folder = models_root() / "stop-chatml"
     assert im_end in json.loads((folder / "genai_config.json").read_text())["model"]["eos_token_id"]
-    assert read_registration(folder).stop_tokens.added[0]["id"] == im_end
+    assert read_registration(folder).stop_tokens.added[0].id == im_end
     after = {c.name: c for c in diagnose(folder, load=False)}
     assert after["stop tokens"].ok, after["stop tokens"]
     with LoadedModel("stop-chatml") as model:
@@ -135,7 +135,7 @@ def test_gemma_eos_vs_end_of_turn_stops_with_the_preset_and_counts_bos_once(scri
     assert "\n" not in str(refused.value) and "System role not supported" in str(refused.value)
     assert not (models_root() / "stop-gemma").exists()
     registration = register.register(onnx, "stop-gemma", template="gemma", model_config=NO_PROBE)
-    assert [row["token"] for row in registration.stop.added] == ["<end_of_turn>"]
+    assert [row.token for row in registration.stop.added] == ["<end_of_turn>"]
     info = json.loads((models_root() / "stop-gemma" / "inference_model.json").read_text())
     assert info["PromptTemplate"]["prompt"].startswith("<bos><start_of_turn>user")
     with LoadedModel("stop-gemma") as model:

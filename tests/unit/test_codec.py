@@ -208,7 +208,7 @@ def test_a_registration_record_as_685c710_wrote_it_reads_typed_and_writes_back_t
     (tmp_path / REGISTRATION_RECORD).write_text(json.dumps(_REGISTRATION))
     record = read_registration(tmp_path)
     assert record.version == 2 and record.threads.probe[1].decode_tps == 100.0 and record.tool_calling.markers[0]
-    assert record.stop_tokens.added[0]["token"] == "<|im_end|>" and "added <|im_end|> (7," in record.stop_tokens.note()
+    assert record.stop_tokens.added[0].token == "<|im_end|>" and "added <|im_end|> (7," in record.stop_tokens.note()
     write_registration(tmp_path, record)
     assert json.loads((tmp_path / REGISTRATION_RECORD).read_text()) == _REGISTRATION
     plain = {**_REGISTRATION, "threads": {"setting": None}}  # registered with the runtime's default threads
@@ -252,7 +252,12 @@ def test_a_run_record_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(t
 def test_bench_json_sections_as_685c710_wrote_them_read_typed_and_write_back_the_same() -> None:
     from slmops.toolkit.domain.results.bench import BenchFile
 
-    written = {"schema_version": 2, "metadata": {"cpu": "x", "memory_bandwidth_gbs": 20.0}, "rows": [],
+    written = {"schema_version": 3, "metadata": {"cpu": "x", "logical_cpus": 4, "physical_cores": 2,
+                                                 "versions": {"onnxruntime": "1.23.2"}, "timestamp": "t",
+                                                 "caches": {"L3": "32768K"}, "isa": {"avx2": True},
+                                                 "memory_bandwidth_gbs": 20.0,
+                                                 "bandwidth_by_threads": [{"threads": 0, "gbs": 18.0},
+                                                                          {"threads": 2, "gbs": 20.0}]}, "rows": [],
                "engine_ratios": [{"model": "m", "target_prompt_tokens": 16, "target_gen_tokens": 8, "threads": 2,
                                   "foundry_decode_tps": 90.0, "direct_decode_tps": 100.0, "ratio": 0.9}],
                "endpoint_ratios": [{"model": "m", "target_prompt_tokens": 16, "target_gen_tokens": 8,
@@ -272,3 +277,24 @@ def test_bench_json_sections_as_685c710_wrote_them_read_typed_and_write_back_the
     assert json.loads(json.dumps(codec.dump(report))) == written
     older = {**written, "schema_version": 1, "ttft_breakdown": [{"model": "m", "ratio": 1.2}]}  # before the parts
     assert codec.load(BenchFile, older).ttft_breakdown[0].runtime_other_ms is None
+
+
+def test_bench_json_metadata_of_version_2_reads_typed_with_its_bandwidth_by_thread_count_as_rows() -> None:
+    """Version 2's metadata (f19f3fa's ``run_metadata()`` with caches, ISA and bandwidth keyed by the count as text)."""
+    from slmops.toolkit.domain.results.bench import BenchFile
+    from slmops.toolkit.domain.results.bench_metadata import Bandwidth
+
+    metadata = {"cpu": "x", "logical_cpus": 4, "physical_cores": 2, "versions": {"python": "3.11.9"},
+                "timestamp": "2026-12-07T12:00:00+0000", "caches": {"L3": "32768K"},
+                "isa": {"avx2": True, "avx512f": False}, "memory_bandwidth_gbs": 20.0,
+                "memory_bandwidth_gbs_by_threads": {"0": 18.0, "2": 20.0}}
+    report = codec.load(BenchFile, {"schema_version": 2, "metadata": metadata, "rows": []})
+    assert report.metadata.bandwidth_by_threads == (Bandwidth(0, 18.0), Bandwidth(2, 20.0))
+    assert report.metadata.bandwidth_gbs(2) == 20.0 and report.metadata.bandwidth_gbs(4) is None
+    assert (report.metadata.cpu, report.metadata.physical_cores, report.metadata.caches) == ("x", 2, {"L3": "32768K"})
+    assert report.metadata.isa == {"avx2": True, "avx512f": False} and report.metadata.versions["python"] == "3.11.9"
+    again = codec.dump(report)
+    assert again["schema_version"] == 3 and "memory_bandwidth_gbs_by_threads" not in again["metadata"]
+    assert codec.load(BenchFile, again) == report
+    bare = codec.load(BenchFile, {"rows": [], "metadata": {"memory_bandwidth_gbs": 40.0}})  # version 1, hand-written
+    assert bare.metadata.memory_bandwidth_gbs == 40.0 and bare.metadata.bandwidth_by_threads == ()

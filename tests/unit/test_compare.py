@@ -28,7 +28,7 @@ from slmops.toolkit.domain.results.checklist import (
     verdict_of,
 )
 from slmops.toolkit.domain.results.checklist_file import dump_report, load_report
-from slmops.toolkit.domain.results.deployment import Outcome, PrecisionOutcome
+from slmops.toolkit.domain.results.deployment import Outcome, PrecisionFigures, PrecisionOutcome
 from slmops.toolkit.domain.results.registration import RegisteredModel, read_registered, write_registered
 from slmops.toolkit.domain.run_params import RunParams
 from slmops.toolkit.presentation import compare
@@ -70,7 +70,7 @@ def test_identical_runs_compare_equal_and_timing_noise_is_not_a_regression(tmp_p
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=122.0, ttft=91.0)
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
     assert result.passed and not result.params and all(v.change == "same" for v in result.verdicts)
-    assert {t.judged for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
+    assert {t.judgement.judged for t in result.timings} == {"same, within noise"}  # 2 tok/s within 2 x hypot(2, 2)
     assert [row.run for row in result.summary] == ["a: a", "a: a", "b: b", "b: b"]
     # Both precisions pass their checks: the smaller one, int4, is recommended; fp32 lost on size.
     assert result.recommendations["a"] == ("Deploy int4 (40.0 MB, 120 tok/s, first token 90 ms at 16 prompt tokens, "
@@ -90,7 +90,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert [s.delta for s in result.sizes] == [0.0, -1.5]
     assert result.recommendations["b"].startswith("Deploy fp32 (100.0 MB") and "int4 lost: failed domain/capital" \
         in result.recommendations["b"]
-    decode = next(t for t in result.timings if t.precision == "int4" and t.figure == "decode_tps")
+    decode = next(t.judgement for t in result.timings if t.precision == "int4" and t.judgement.figure == "decode_tps")
     assert decode.judged == "slower" and decode.change_pct == pytest.approx(-16.7)
     assert cli.main(["compare", str(a), str(b), "--out", str(tmp_path / "c")]) == 1
     out = capsys.readouterr().out
@@ -103,7 +103,7 @@ def test_a_worse_verdict_or_quality_figure_is_a_regression_and_fails_the_command
     assert '<td class="text good">pass</td>' in page and "<th>size (MB)</th>" in page
     written = compare.read_comparison(tmp_path / "c" / "compare.json")
     assert written.passed is False and written == compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    assert codec.read(dict, tmp_path / "c" / "compare.json")[codec.VERSION_KEY] == compare.SCHEMA_VERSION == 2
+    assert codec.read(dict, tmp_path / "c" / "compare.json")[codec.VERSION_KEY] == compare.SCHEMA_VERSION == 3
     assert {row.figure for row in written.quality} == {"top1_agreement", "kl_divergence", "perplexity"}
     # A looser threshold lets the agreement drop pass; the verdict that got worse still fails it.
     loose = compare.compare_runs(compare.load_run(a), compare.load_run(b), fail_on={"top1_agreement": 0.1})
@@ -132,7 +132,7 @@ def test_a_noisy_run_is_never_judged(tmp_path: Path) -> None:
     bench = codec.read(BenchFile, b / "bench.json")
     codec.write(b / "bench.json", replace(bench, rows=(bench.rows[0], replace(bench.rows[1], noisy=True))))
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    decode = next(t for t in result.timings if t.precision == "int4" and t.figure == "decode_tps")
+    decode = next(t.judgement for t in result.timings if t.precision == "int4" and t.judgement.figure == "decode_tps")
     assert decode.judged.startswith("a run is too noisy") and result.passed
 
 
@@ -145,7 +145,7 @@ def test_a_timing_measured_once_is_not_judged_and_the_headline_says_so(tmp_path:
         codec.write(run / "bench.json", replace(bench, rows=tuple(
             replace(row, repeats=1, decode_tps_sd=0.0, ttft_ms_sd=0.0) for row in bench.rows)))
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    assert {t.judged for t in result.timings} == {NOT_JUDGED} and not result.slower
+    assert {t.judgement.judged for t in result.timings} == {NOT_JUDGED} and not result.slower
     assert result.headline.startswith("PASS: ") and "4 timings are not judged" in result.headline
 
 
@@ -206,8 +206,8 @@ def test_the_story_is_generated_from_the_figures(tmp_path: Path) -> None:
     assert story[0] == "Against FP32: int4 is 0.40x the size and decodes 2.40x as fast."
     assert story[1] == "fp32 pass every checklist item; int4 failed domain/capital."
     # A build that misses checks every build misses is never said to pass every item (the demo's story said so).
-    missing = [PrecisionOutcome("fp32", checks_passed="94/105", outcome=Outcome.LARGER),
-               PrecisionOutcome("int4", checks_passed="99/107", outcome=Outcome.RECOMMENDED)]
+    missing = [PrecisionOutcome(PrecisionFigures("", "fp32", checks_passed="94/105"), outcome=Outcome.LARGER),
+               PrecisionOutcome(PrecisionFigures("", "int4", checks_passed="99/107"), outcome=Outcome.RECOMMENDED)]
     assert "pass every checklist item" not in report._checks_sentence(missing)
     assert "fp32 94/105, int4 99/107 passed" in report._checks_sentence(missing)
     assert "1.30-1.40x the runtime's default" in story[2] and "30-60% of the memory-bandwidth bound" in story[3]
@@ -378,3 +378,22 @@ def test_a_miss_every_precision_shares_is_the_models_own_and_disqualifies_none(
     assert decision.choice == "int4" and decision.failed == {}
     assert "int4 heldout: 0/2 against fp32's 1/2; 1 cases only fp32 passes, 0 only int4 (McNemar's exact test " \
         "p = 1.00): no difference" in decision.sentence
+
+
+def test_a_compare_json_and_a_recommendation_of_the_flat_row_versions_read_as_today_s(tmp_path: Path) -> None:
+    """compare.json version 2 (each timing's judgement in the row itself) and the recommendation of version 1 (each
+    row's figures in the row itself), as f19f3fa wrote them for these two runs, read as what the runs give today."""
+    a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
+    b = write_run(tmp_path / "b", block=64, int4_mb=38.0, top1=0.6, domain_ok=False, decode=90.0, ttft=140.0)
+    old = compare.read_comparison(Path(__file__).parent / "compare_v2.json")
+    now = compare.compare_runs(compare.load_run(a), compare.load_run(b))
+    assert old.timings == now.timings and old.summary == now.summary and old.headline == now.headline
+    assert old.timings[0].judgement.noise == 2.83 and old.slower == now.slower != []
+    compare.write_comparison(old, tmp_path / "again")
+    written = json.loads((tmp_path / "again" / "compare.json").read_text())
+    assert written["schema_version"] == 3 and written["timings"][0]["judgement"]["judged"] == "same, within noise"
+    flat = json.loads((Path(__file__).parent / "recommendation_v1.json").read_text())
+    decision = codec.load(deployment_choice.Recommendation, flat)
+    assert decision == deployment_choice.recommend(compare.load_run(b))
+    assert decision.rows[1].figures.size_mb == 38.0 and decision.rows[1].precision == "int4"
+    assert codec.dump(decision)["schema_version"] == 2

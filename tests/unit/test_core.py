@@ -169,10 +169,10 @@ def test_measurements_are_plausible() -> None:
     cpu = meter.stop()
     # The process's share counts all its threads: in a full run, threads earlier tests left in this
     # process add theirs (111% was seen), up to every core of the machine.
-    assert 20 < cpu["cpu_percent"] <= 100 * (os.cpu_count() or 1) + 10 and 0 <= cpu["system_cpu_percent"] <= 100
+    assert 20 < cpu.cpu_percent <= 100 * (os.cpu_count() or 1) + 10 and 0 <= cpu.system_cpu_percent <= 100
     assert 1 < measure.rss_mib() <= measure.peak_rss_mib() + 1
     info = measure.cpu_info()
-    assert info["logical_cpus"] >= info["physical_cores"] >= 1 and info["cpu"]
+    assert info.logical_cpus >= info.physical_cores >= 1 and info.cpu
     assert measure.versions()["foundry-local-sdk"] == "2.2.1"
 
 

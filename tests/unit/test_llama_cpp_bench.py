@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slmops.toolkit.domain.results.bench import TimedRun
+
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "llama_cpp.py"
 _SPEC = importlib.util.spec_from_file_location("llama_cpp_bench", _PATH)
 bench = importlib.util.module_from_spec(_SPEC)
@@ -93,8 +95,8 @@ def test_llama_bench_json_is_parsed_and_the_round_picks_its_two_tests():
 
 def test_our_runs_become_the_rounds_best_first_token_ms_and_decode_tokens_per_second():
     # 127 tokens after the first in 1.27 s: 100 tok/s, as llama-bench's tg counts its steps.
-    runs = [{"ttft_s": 0.095, "total_s": 1.365, "gen_tokens": 128}, {"ttft_s": 0.3, "total_s": 2.84, "gen_tokens": 128},
-            {"ttft_s": 0.12, "total_s": 2.66, "gen_tokens": 128}]
+    runs = [TimedRun(ttft_s=0.095, total_s=1.365, gen_tokens=128), TimedRun(ttft_s=0.3, total_s=2.84, gen_tokens=128),
+            TimedRun(ttft_s=0.12, total_s=2.66, gen_tokens=128)]
     assert bench.ours_round(runs) == pytest.approx({"first_token_ms": 95.0, "decode_tps": 100.0})
     assert bench.ours_round(runs[1:]) == pytest.approx({"first_token_ms": 120.0, "decode_tps": 50.0})
 

@@ -155,7 +155,7 @@ def test_the_comparison_headline_agrees_with_its_timing_table(tmp_path) -> None:
     a = write_run(tmp_path / "a", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=120.0, ttft=90.0)
     b = write_run(tmp_path / "b", block=32, int4_mb=40.0, top1=0.7, domain_ok=True, decode=88.0, ttft=90.0)
     result = compare.compare_runs(compare.load_run(a), compare.load_run(b))
-    decode = next(t for t in result.timings if t.precision == "int4" and t.figure == "decode_tps")
+    decode = next(t.judgement for t in result.timings if t.precision == "int4" and t.judgement.figure == "decode_tps")
     assert decode.judged == "slower" and result.passed  # not gated on, but never headlined as fine
     assert result.status is Status.WARN and result.headline.startswith("WARN: ")
     assert "int4 foundry-local decode_tps 120 -> 88 (-26.7%" in result.headline

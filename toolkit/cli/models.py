@@ -9,7 +9,7 @@ from pathlib import Path
 
 from slmops.toolkit import endpoint
 from slmops.toolkit.cli.common import Command, Group, cache_option, flag, fraction, json_option, print_json, whole
-from slmops.toolkit.core import settings
+from slmops.toolkit.core import codec, settings
 from slmops.toolkit.core.errors import InputError, SlmopsError
 from slmops.toolkit.domain import tools
 from slmops.toolkit.orchestration import doctor
@@ -48,7 +48,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    rows = list_models(args.cache_dir)
+    rows = codec.dump(list_models(args.cache_dir))
     if args.json:
         print_json(rows)
         return 0
@@ -138,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
                          stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
                          request_timeout_s=args.request_timeout or None, batch_size=args.batch_size,
-                         policy=args.schedule, log_requests=args.log_requests)
+                         policy=args.schedule, log_requests=args.log_requests, prefix_cache_mib=args.prefix_cache_mib)
         return 0
     if args.address is not None or args.replicas != 1:
         raise InputError("--address and --replicas serve on Ray Serve: add --ray.")
@@ -146,7 +146,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               log_level="info" if flag(args, "debug") or flag(args, "verbose") else "warning",
               stream_interval_s=args.stream_interval_ms / 1000, max_queue=args.max_queue,
               request_timeout_s=args.request_timeout or None, log_requests=args.log_requests,
-              batch_size=args.batch_size, policy=args.schedule, adapters=args.adapter)
+              batch_size=args.batch_size, policy=args.schedule, adapters=args.adapter,
+              prefix_cache_mib=args.prefix_cache_mib)
     return 0
 
 
@@ -235,9 +236,15 @@ def _serve_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argume
                    f"between decode steps; default {endpoint.DEFAULT_BATCH_SIZE}; 0: one at a time on Foundry Local). "
                    "response_format and tools run on Foundry Local one at a time")
     p.add_argument("--schedule", choices=list(endpoint.Policy), default=endpoint.DEFAULT_POLICY,
-                   help="when waiting requests join the batch: prefill-first (all of them before the next decode "
-                   "step: the shortest time to first token) or decode-first (one per decode step); default "
+                   help="when waiting requests join the batch, one prefill run between decode steps: prefill-first "
+                   "(the run takes as many waiting prompts as fit its cap of positions) or decode-first (one "
+                   "prompt per run while others decode); default "
                    f"{endpoint.DEFAULT_POLICY}")
+    p.add_argument("--prefix-cache-mib", type=whole(0, endpoint.MAX_PREFIX_CACHE_MIB),
+                   default=endpoint.DEFAULT_PREFIX_CACHE_MIB, metavar="MIB",
+                   help="memory each model keeps recent prompts' keys and values in, so that a request beginning "
+                   "like a recent one (the chat template's system prompt) prefills only the rest (default "
+                   f"{endpoint.DEFAULT_PREFIX_CACHE_MIB}; 0: no prefix caching)")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=FILE",
                    help="serve a fine-tune as model NAME over the one NAME given (its base, built with `slmops convert "
                    "ADAPTER --keep-adapter`): FILE is an .onnx_adapter file of that build (repeatable). The base "

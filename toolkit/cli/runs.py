@@ -8,6 +8,7 @@ from pathlib import Path
 
 from slmops.toolkit.cli.common import Command, Group, json_option, out_option, print_json
 from slmops.toolkit.cli.pipeline import say_what_differs
+from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import deployment_choice
 from slmops.toolkit.orchestration import pipeline
@@ -64,13 +65,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     page = compare.write_comparison(result, out)
     if args.json:
         print_json({"report": page, "passed": result.passed, "status": result.status, "headline": result.headline,
-                    "comparison": result})
+                    "comparison": codec.dump(result)})
         return 0 if result.passed else 1
     changed = [v for v in result.verdicts if v.change != "same"]
     print(result.headline)
     print(f"{result.b} against {result.a}: {len(result.params)} parameters differ, "
           f"{len(changed)} of {len(result.verdicts)} verdicts changed, "
-          f"{sum(t.judged in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "
+          f"{sum(t.judgement.judged in ('faster', 'slower') for t in result.timings)} of {len(result.timings)} timings "
           "moved beyond the noise")
     for row in result.params:
         print(f"differs: parameter {row.parameter}: {row.a} -> {row.b}")
@@ -90,7 +91,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                          "`slmops run`) or `slmops test` there first.")
     decision = deployment_choice.recommend(compare.load_run(args.run_dir))
     if args.json:
-        print_json(decision)
+        print_json(codec.dump(decision))
     else:
         print(decision.sentence)
     return 0 if decision.choice else 1

@@ -23,7 +23,8 @@ still be read, how to bring them up to date::
 refuses a newer one (:class:`ResultVersionError`), and calls ``upgrade`` for an older one (also for
 data that is not a JSON object, taken as version 1: a file that was once a bare list): the one
 place a format's history is handled. Child payloads declare no version (parent and child are the
-same install) and are dumped without one.
+same install) and are dumped without one. A field whose JSON key is no Python name (``from``) declares it
+with :func:`json_key`.
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ def _declared_type(record: object) -> Any:
     return type(record)
 
 
+def json_key(key: str) -> Any:
+    """A field's JSON key when it cannot be the field's name: :func:`load` reads it and :func:`dump` writes it::
+
+        @dataclass(frozen=True)
+        class AddedStopToken:
+            origin: Annotated[str, codec.json_key("from")]      # {"from": ...} in the file
+    """
+    return pydantic.Field(alias=key)
+
+
 def dump(record: object) -> Any:
     """A record as JSON-able data; a versioned record's dict starts with its ``schema_version``.
 
@@ -113,7 +124,7 @@ def dump(record: object) -> Any:
         >>> dump(Job((1, 2)))
         {'ids': [1, 2]}
     """
-    data = _adapter(_declared_type(record)).dump_python(record, mode="json")
+    data = _adapter(_declared_type(record)).dump_python(record, mode="json", by_alias=True)
     version = getattr(type(record), "SCHEMA_VERSION", None)
     if version is not None and isinstance(data, dict):
         return {VERSION_KEY: version, **data}

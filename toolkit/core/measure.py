@@ -10,6 +10,7 @@ import importlib.metadata
 import os
 import platform
 import time
+from dataclasses import asdict, dataclass
 
 import psutil
 
@@ -49,39 +50,72 @@ def peak_rss_mib() -> float:
     return system.peak_rss_mib()
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU use over a stretch of time (:class:`CpuMeter`).
+
+    Attributes:
+        cpu_percent: This process's CPU time over wall time (100 = one core busy).
+        system_cpu_percent: All CPUs' busy time over the same time (100 = the whole machine busy).
+    """
+
+    cpu_percent: float
+    system_cpu_percent: float
+
+
 class CpuMeter:
     """Process and whole-machine CPU use between :meth:`start` and :meth:`stop`.
 
     Example:
         >>> meter = CpuMeter()
         >>> meter.start()
-        >>> sorted(meter.stop())
-        ['cpu_percent', 'system_cpu_percent']
+        >>> 0 <= meter.stop().system_cpu_percent <= 100
+        True
     """
 
     def start(self) -> None:
         """Take the starting readings."""
         self._cpu, self._system, self._wall = time.process_time(), psutil.cpu_times(), time.perf_counter()
 
-    def stop(self) -> dict:
-        """``{"cpu_percent", "system_cpu_percent"}`` since :meth:`start` (100 = one core / the whole machine)."""
+    def stop(self) -> CpuUse:
+        """The CPU use since :meth:`start`."""
         wall = time.perf_counter() - self._wall
         now = psutil.cpu_times()
         total = sum(now) - sum(self._system)
         idle = (now.idle + getattr(now, "iowait", 0.0)) - (self._system.idle + getattr(self._system, "iowait", 0.0))
-        return {"cpu_percent": (time.process_time() - self._cpu) / wall * 100 if wall > 0 else 0.0,
-                "system_cpu_percent": (total - idle) / total * 100 if total > 0 else 0.0}
+        return CpuUse((time.process_time() - self._cpu) / wall * 100 if wall > 0 else 0.0,
+                      (total - idle) / total * 100 if total > 0 else 0.0)
 
 
-def cpu_info() -> dict:
-    """CPU model, logical CPUs and physical cores of this machine."""
-    return {"cpu": system.cpu_model(), "logical_cpus": os.cpu_count(),
-            "physical_cores": psutil.cpu_count(logical=False) or os.cpu_count()}
+@dataclass(frozen=True)
+class CpuInfo:
+    """This machine's CPU.
+
+    Attributes:
+        cpu: Its model.
+        logical_cpus: Logical CPUs.
+        physical_cores: Physical cores.
+    """
+
+    cpu: str
+    logical_cpus: int
+    physical_cores: int
+
+
+def cpu_info() -> CpuInfo:
+    """CPU model, logical CPUs and physical cores of this machine.
+
+    Example:
+        >>> cpu_info().logical_cpus >= cpu_info().physical_cores >= 1
+        True
+    """
+    logical = os.cpu_count() or 1
+    return CpuInfo(system.cpu_model(), logical, psutil.cpu_count(logical=False) or logical)
 
 
 def machine() -> dict:
     """This machine as a run records it: CPU, cores, cache sizes and memory."""
-    return {**cpu_info(), "caches": system.cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
+    return {**asdict(cpu_info()), "caches": system.cache_sizes(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)}
 
 
 def package_versions(names: tuple[str, ...] | list[str] = VERSIONED) -> dict[str, str]:
@@ -103,8 +137,3 @@ def package_versions(names: tuple[str, ...] | list[str] = VERSIONED) -> dict[str
 def versions() -> dict[str, str]:
     """Python, the platform and the versions of the packages that shape a run's figures."""
     return {"python": platform.python_version(), "platform": platform.platform(), **package_versions()}
-
-
-def run_metadata() -> dict:
-    """CPU, versions and time of this run, for result files."""
-    return {**cpu_info(), "versions": versions(), "timestamp": timestamp()}

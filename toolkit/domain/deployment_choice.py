@@ -19,6 +19,7 @@ from slmops.toolkit.domain.results.deployment import (
     Outcome,
     PrecisionFigures,
     PrecisionOutcome,
+    Recommendation,
     TimingJudgement,
 )
 from slmops.toolkit.domain.verdicts import CASE_FAMILIES, PAIRED_TEST, Difference, PairedComparison, family_comparisons
@@ -90,26 +91,6 @@ def side_by_side(runs: list[tuple[str, RunFigures]]) -> list[PrecisionFigures]:
                 **({"decode_tps": head.decode_tps, "ttft_ms": head.ttft_ms, "peak_rss_mib": head.peak_rss_mib}
                    if head else {})))
     return rows
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """The precision to deploy from one run, its figures beside the alternatives', and why each lost.
-
-    Attributes:
-        choice: The recommended precision (None when every precision failed a check the others did not all fail).
-        sentence: The decision in one line.
-        rows: One per precision: its figures, its outcome and verdict.
-        failed: Per precision that failed a check, which, in words (its verdict without "lost: ").
-        paired: Each precision against FP32 per case family (the discordant counts, the test, its p-value
-            and the difference it finds).
-    """
-
-    choice: str | None
-    sentence: str
-    rows: list[PrecisionOutcome]
-    failed: dict[str, str] = field(default_factory=dict)
-    paired: list[PairedComparison] = field(default_factory=list)
 
 
 def _typical_ms(run: RunFigures, p: str) -> float | None:
@@ -271,9 +252,7 @@ def _rows(run: RunFigures, standing: _Standing) -> tuple[list[PrecisionOutcome],
             reasons[p] = verdict.removeprefix("lost: ")
         if standing.unsure.get(p) and not standing.failed.get(p) and not standing.worse.get(p):
             verdict += f"; inconclusive: rerun ({', '.join(standing.unsure[p][:3])})"
-        rows.append(PrecisionOutcome(p, row.size_mb, row.x_fp32, row.checks_passed, row.top1_agreement, row.decode_tps,
-                                    row.ttft_ms, row.peak_rss_mib, first.ttft_ms if first is not None else NOT_MEASURED,
-                                    outcome, verdict))
+        rows.append(PrecisionOutcome(row, first.ttft_ms if first is not None else NOT_MEASURED, outcome, verdict))
     return rows, reasons
 
 
@@ -283,7 +262,7 @@ def _chosen_figures(run: RunFigures, standing: _Standing, rows: list[PrecisionOu
     best = next(r for r in rows if r.precision == choice)
     first = run.first_token.get(choice)
     return [f"{run.sizes[choice]:.1f} MB" if choice in run.sizes else "",
-            f"{best.x_fp32:.2f}x FP32" if isinstance(best.x_fp32, int | float) else "",
+            f"{best.figures.x_fp32:.2f}x FP32" if isinstance(best.figures.x_fp32, int | float) else "",
             f"{_decode(run, choice):.0f} tok/s" if _decode(run, choice) else "",
             f"first token {first.ttft_ms:.0f} ms at {first.target_prompt_tokens} prompt tokens"
             if first is not None and first.ttft_ms else "",

@@ -132,6 +132,17 @@ class LoraJob:
 
 
 @dataclass(frozen=True)
+class LoraKept:
+    """What the keep-apart child made (the ``keep-lora-apart`` task's result).
+
+    Attributes:
+        lora_inputs: Each LoRA matrix moved out of the graph: its graph input name to its shape.
+    """
+
+    lora_inputs: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
 class LoraBranchJob:
     """What the side-branch child is asked (the ``lora-side-branch`` task's payload).
 

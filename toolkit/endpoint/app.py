@@ -145,7 +145,9 @@ def create_app(names: Sequence[str], *, cache: str | Path | None = None, api_key
     options = options or ServeOptions(**limits)
     metrics = Metrics([*names, *(a.name for a in adapters)])
     hosts = {name: ModelHost(name, cache, options.batch_size, options.policy, on_step=metrics.batch_size.labels(
-        model=name).observe) for name in names}
+        model=name).observe, prefix_cache_mib=options.prefix_cache_mib) for name in names}
+    for name, host in hosts.items():
+        metrics.engines.add(name, lambda host=host: host.batched.engine if host.batched is not None else None)
     if adapters:
         hosts |= adapter_hosts(adapters, hosts[names[0]])
 

@@ -22,6 +22,7 @@ from slmops.toolkit.runtimes import constrained
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_requests import Usage
+from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB
 
 #: How many tokens before the newest the incremental detokenizer decodes with it (as vLLM's), so that a
 #: piece that depends on its left neighbour (a SentencePiece word's leading space) comes out right.
@@ -88,13 +89,16 @@ class BatchedChat:
         model: The model loaded in Foundry Local (its prompt rendering, as ChatSession renders).
         batch_size: Most requests decoded together.
         policy: When waiting requests are prefilled.
+        prefix_cache_mib: Memory for kept prompts' keys and values (:mod:`~slmops.toolkit.runtimes.prefix_cache`).
     """
 
-    def __init__(self, model: LoadedModel, batch_size: int, policy: Policy) -> None:
+    def __init__(self, model: LoadedModel, batch_size: int, policy: Policy,
+                 prefix_cache_mib: int = PREFIX_CACHE_MIB) -> None:
         from tokenizers import Tokenizer
 
         folder = Path(model.model.get_path())
-        self.model, self.engine = model, BatchEngine(folder, batch_size, policy)
+        self.model = model
+        self.engine = BatchEngine(folder, batch_size, policy, prefix_cache_mib=prefix_cache_mib)
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._grammars: constrained.Grammars | None = None
 

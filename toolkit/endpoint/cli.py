@@ -24,7 +24,9 @@ from slmops.toolkit.endpoint.options import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_POLICY,
     DEFAULT_PORT,
+    DEFAULT_PREFIX_CACHE_MIB,
     DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_PREFIX_CACHE_MIB,
     SHUTDOWN_GRACE_S,
     STREAM_INTERVAL_S,
     ServeOptions,
@@ -77,7 +79,8 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
         cache: str | Path | None = None, log_level: str = "warning",
         stream_interval_s: float = STREAM_INTERVAL_S, max_queue: int = DEFAULT_MAX_QUEUE,
         request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False,
-        batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, adapters: Sequence[str] = ()) -> None:
+        batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, adapters: Sequence[str] = (),
+        prefix_cache_mib: int = DEFAULT_PREFIX_CACHE_MIB) -> None:
     """Serve ``names`` until SIGTERM or Ctrl-C (both graceful); see :mod:`slmops.toolkit.endpoint`.
 
     ``adapters`` (``NAME=FILE`` each, ``--adapter``) serves fine-tunes by name over the one model of ``names``
@@ -91,7 +94,8 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
     import uvicorn
 
     options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
-                       request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
+                       request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy,
+                       prefix_cache_mib=prefix_cache_mib)
     served = check_adapters(names, adapters, cache, batch_size)
     if api_key is None and not served and probe_web_service(names[0], cache).serves:
         serve_natively(list(names), host, port, cache)  # the runtime's own service (it has no API keys)
@@ -108,7 +112,7 @@ def run(names: Sequence[str], *, host: str = DEFAULT_HOST, port: int = DEFAULT_P
 
 def _checked(names: Sequence[str], host: str, port: int, api_key: str | None, cache: str | Path | None, *,
              stream_interval_s: float, max_queue: int, request_timeout_s: float | None, batch_size: int,
-             policy: str) -> ServeOptions:
+             policy: str, prefix_cache_mib: int = DEFAULT_PREFIX_CACHE_MIB) -> ServeOptions:
     """:func:`check_options` and the limits' ranges, and a free port; the :class:`ServeOptions`."""
     check_options(names, host, port, api_key, cache)
     if not 0 <= stream_interval_s <= 10:
@@ -120,6 +124,9 @@ def _checked(names: Sequence[str], host: str, port: int, api_key: str | None, ca
                          "to 256.")
     if policy not in tuple(Policy):
         raise InputError(f"--schedule {policy!r} is not a policy: use one of {', '.join(Policy)}.")
+    if type(prefix_cache_mib) is not int or not 0 <= prefix_cache_mib <= MAX_PREFIX_CACHE_MIB:
+        raise InputError(f"--prefix-cache-mib {prefix_cache_mib!r} is out of range: use a whole number of MiB from 0 "
+                         f"(no prefix caching) to {MAX_PREFIX_CACHE_MIB}.")
     if request_timeout_s is not None and not request_timeout_s > 0:
         raise InputError(f"--request-timeout {request_timeout_s!r} is out of range: use seconds above 0 "
                          "(or leave it out for the default).")
@@ -129,14 +136,15 @@ def _checked(names: Sequence[str], host: str, port: int, api_key: str | None, ca
         except OSError as exc:
             raise InputError(f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port.") from exc
     return ServeOptions(stream_interval_s=stream_interval_s, max_queue=max_queue, request_timeout_s=request_timeout_s,
-                        batch_size=batch_size, policy=Policy(policy))
+                        batch_size=batch_size, policy=Policy(policy), prefix_cache_mib=prefix_cache_mib)
 
 
 def run_ray(names: Sequence[str], *, address: str | None = None, replicas: int = 1,
             replica_cpus: float = DEFAULT_REPLICA_CPUS, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
             api_key: str | None = None, cache: str | Path | None = None, stream_interval_s: float = STREAM_INTERVAL_S,
             max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S,
-            batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, log_requests: bool = False) -> None:
+            batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, log_requests: bool = False,
+            prefix_cache_mib: int = DEFAULT_PREFIX_CACHE_MIB) -> None:
     """``slmops serve --ray``: serve ``names`` as Ray Serve replicas on the Ray cluster at ``address`` (None: a
     local Ray) until Ctrl-C or SIGTERM; see :mod:`slmops.toolkit.endpoint.replicas`.
 
@@ -145,7 +153,8 @@ def run_ray(names: Sequence[str], *, address: str | None = None, replicas: int =
             cluster at ``address``.
     """
     options = _checked(names, host, port, api_key, cache, stream_interval_s=stream_interval_s, max_queue=max_queue,
-                       request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy)
+                       request_timeout_s=request_timeout_s, batch_size=batch_size, policy=policy,
+                       prefix_cache_mib=prefix_cache_mib)
     serve_replicas(names, address=address, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus,
                  cache=settings.cache_dir(cache), api_key=api_key, options=options, log_requests=log_requests)
 
@@ -187,10 +196,12 @@ def healthy(url: str) -> bool:
 def background(names: Sequence[str], *, port: int | None = None, cache: str | Path | None = None,
                api_key: str | None = None, log_path: Path | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, log_requests: bool = False,
-               batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, adapters: Sequence[str] = ()):
+               batch_size: int = DEFAULT_BATCH_SIZE, policy: str = DEFAULT_POLICY, adapters: Sequence[str] = (),
+               prefix_cache_mib: int = DEFAULT_PREFIX_CACHE_MIB):
     """Start the endpoint for ``names`` in a child process, yield an :class:`Endpoint` once every model is loaded.
 
-    ``max_queue``, ``request_timeout_s``, ``batch_size`` and ``policy`` are :class:`ServeOptions` fields,
+    ``max_queue``, ``request_timeout_s``, ``batch_size``, ``policy`` and ``prefix_cache_mib`` are :class:`ServeOptions`
+    fields,
     ``log_requests`` :func:`create_app`'s (the log goes to ``log_path``), ``adapters`` :func:`run`'s.
 
     Example:
@@ -205,7 +216,7 @@ def background(names: Sequence[str], *, port: int | None = None, cache: str | Pa
     if api_key:
         args += ["--api-key", api_key]
     args += ["--max-queue", str(max_queue), "--request-timeout", str(request_timeout_s or 0),
-             "--batch-size", str(batch_size), "--schedule", str(policy)]
+             "--batch-size", str(batch_size), "--schedule", str(policy), "--prefix-cache-mib", str(prefix_cache_mib)]
     if log_requests:
         args.append("--log-requests")
     for adapter in adapters:
@@ -275,12 +286,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--log-requests", action="store_true")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--schedule", default=DEFAULT_POLICY)
+    parser.add_argument("--prefix-cache-mib", type=int, default=DEFAULT_PREFIX_CACHE_MIB)
     parser.add_argument("--adapter", action="append", default=[])
     args = parser.parse_args(argv)
     try:
         run(args.names, host=args.host, port=args.port, api_key=args.api_key, cache=args.cache_dir,
             max_queue=args.max_queue, request_timeout_s=args.request_timeout or None, log_requests=args.log_requests,
-            batch_size=args.batch_size, policy=args.schedule, adapters=args.adapter)
+            batch_size=args.batch_size, policy=args.schedule, adapters=args.adapter,
+            prefix_cache_mib=args.prefix_cache_mib)
     except SlmopsError as exc:
         sys.exit(str(exc))
 

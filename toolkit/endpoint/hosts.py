@@ -18,6 +18,7 @@ from slmops.toolkit.endpoint.protocol import ApiError, ChatRequest, plain_messag
 from slmops.toolkit.runtimes.batching import Policy
 from slmops.toolkit.runtimes.foundry import LoadedModel
 from slmops.toolkit.runtimes.foundry_requests import Usage
+from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB
 
 
 class ModelState(StrEnum):
@@ -41,11 +42,14 @@ class ModelHost:
         batch_size: Most requests decoded together (0: none batched, each on Foundry Local in turn).
         policy: When waiting requests join the batch.
         on_step: Called with the batch's size at every decode step.
+        prefix_cache_mib: Memory the batch engine keeps recent prompts' keys and values in (0: none).
     """
 
     def __init__(self, name: str, cache: str | Path | None, batch_size: int = 0,
-                 policy: Policy = Policy.PREFILL_FIRST, on_step: Callable[[int], None] | None = None) -> None:
+                 policy: Policy = Policy.PREFILL_FIRST, on_step: Callable[[int], None] | None = None,
+                 prefix_cache_mib: int = PREFIX_CACHE_MIB) -> None:
         self.name, self.cache, self.batch_size, self.policy, self.on_step = name, cache, batch_size, policy, on_step
+        self.prefix_cache_mib = prefix_cache_mib
         self.state = ModelState.LOADING
         self.error = ""
         self.model: LoadedModel | None = None
@@ -78,7 +82,7 @@ class ModelHost:
         try:
             self.model = LoadedModel(self.name, self.cache)
             if self.batch_size:
-                self.batched = BatchedChat(self.model, self.batch_size, self.policy)
+                self.batched = BatchedChat(self.model, self.batch_size, self.policy, self.prefix_cache_mib)
                 self.batched.engine.on_step = self.on_step
             self.state = ModelState.READY
         except Exception as exc:  # noqa: BLE001 (the failure is served to clients as a 503)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class Metrics:
@@ -35,6 +35,9 @@ class Metrics:
                                          registry=self.registry)
         self.batch_size = Histogram("slmops_batch_size", "Requests decoded together, per decode step", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        #: Each model's batch engine counters (:meth:`EngineCounters.add`).
+        self.engines = EngineCounters()
+        self.registry.register(self.engines)
         for name in names:  # every served model's series exist from the start (at 0), so rates are defined
             for family in (self.waiting, self.in_flight, self.ttft, self.tpot, self.prompt_tokens,
                            self.generation_tokens, self.batch_size):
@@ -46,3 +49,40 @@ class Metrics:
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+
+
+class EngineCounters:
+    """A Prometheus collector of each model's batch engine counters, read when scraped.
+
+    ``slmops_engine_seconds_total{model, phase}``: seconds the engine's thread spent in each phase
+    (:class:`~slmops.toolkit.runtimes.batching.Phase`); ``slmops_engine_runs_total{model, kind}``:
+    prefill runs and decode steps; ``slmops_prefill_positions_total{model}``: prompt positions prefilled.
+    """
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], object]] = {}
+
+    def add(self, model: str, engine: Callable[[], object]) -> None:
+        """Count ``model``'s engine, as ``engine()`` returns it when scraped (None: no engine yet)."""
+        self.sources[model] = engine
+
+    def collect(self):
+        """The counters' families (the collector protocol of ``prometheus_client``)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        seconds = CounterMetricFamily("slmops_engine_seconds", "Seconds the batch engine's thread spent, by phase",
+                                      labels=["model", "phase"])
+        runs = CounterMetricFamily("slmops_engine_runs", "Batch engine runs: prefill runs and decode steps",
+                                   labels=["model", "kind"])
+        positions = CounterMetricFamily("slmops_prefill_positions", "Prompt positions the batch engine prefilled",
+                                        labels=["model"])
+        for model, source in self.sources.items():
+            engine = source()
+            if engine is None:
+                continue
+            for phase, value in engine.phase_seconds().items():
+                seconds.add_metric([model, str(phase)], value)
+            runs.add_metric([model, "prefill"], engine.prefills)
+            runs.add_metric([model, "decode"], engine.steps)
+            positions.add_metric([model], engine.prefilled)
+        yield from (seconds, runs, positions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slmops.toolkit.runtimes.batching import Policy
+from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -27,6 +28,10 @@ DISCONNECT_POLL_S = 0.02
 DEFAULT_BATCH_SIZE = 16
 # When waiting requests join the batch; measured against decode-first on the benchmarks page.
 DEFAULT_POLICY = Policy.PREFILL_FIRST
+# Memory each model's batch engine keeps recent prompts' keys and values in (prefix caching), in MiB.
+DEFAULT_PREFIX_CACHE_MIB = PREFIX_CACHE_MIB
+#: The largest --prefix-cache-mib accepted (64 GiB).
+MAX_PREFIX_CACHE_MIB = 65536
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,8 @@ class ServeOptions:
             streaming had begun).
         batch_size: Requests each model decodes together (0: one at a time on Foundry Local).
         policy: When waiting requests join the batch.
+        prefix_cache_mib: Memory each model's batch engine keeps recent prompts' keys and values in, in MiB
+            (0: no prefix caching; see :mod:`slmops.toolkit.runtimes.prefix_cache`).
     """
 
     max_body_bytes: int = MAX_BODY_BYTES
@@ -51,3 +58,4 @@ class ServeOptions:
     request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S
     batch_size: int = DEFAULT_BATCH_SIZE
     policy: Policy = DEFAULT_POLICY
+    prefix_cache_mib: int = DEFAULT_PREFIX_CACHE_MIB

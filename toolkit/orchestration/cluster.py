@@ -133,7 +133,7 @@ def run_point(label: str, params: dict) -> PointResult:
         except SlmopsError as exc:
             status = f"FAILED: {exc}"
         packed = report.archive(scratch / label, scratch / f"{label}.zip")
-        return PointResult(status, packed.read_bytes(), socket.gethostname(), cpu_info()["cpu"],
+        return PointResult(status, packed.read_bytes(), socket.gethostname(), cpu_info().cpu,
                            round(time.perf_counter() - start, 1))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

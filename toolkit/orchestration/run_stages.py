@@ -231,8 +231,7 @@ def choose_reference(names: list[str], run: Run) -> str | None:
     precision = {m.name: m.precision for m in read_registered(file)} if file.is_file() else {}
     missing = [n for n in names if n.split(":")[0] not in precision]
     if missing:
-        precision.update({row["name"]: row.get("precision") for row in list_models(run.cache)
-                          if row["name"] not in precision})
+        precision.update({row.name: row.precision for row in list_models(run.cache) if row.name not in precision})
     return next((n for n in names if precision.get(n.split(":")[0]) == "fp32"), None)
 
 

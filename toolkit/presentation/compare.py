@@ -10,7 +10,7 @@ runs' own measured spread: a change inside the noise is labelled so, never as a 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +29,7 @@ from slmops.toolkit.domain.provenance import RunRecord, differences, machine_dif
 from slmops.toolkit.domain.results.bench import BenchRow
 from slmops.toolkit.domain.results.checklist import QualityRecord
 from slmops.toolkit.domain.results.conversion import read_conversions
-from slmops.toolkit.domain.results.deployment import NOT_MEASURED, PrecisionFigures
+from slmops.toolkit.domain.results.deployment import NOT_MEASURED, PrecisionFigures, TimingJudgement
 from slmops.toolkit.domain.results.registration import read_registered
 from slmops.toolkit.domain.verdicts import (
     Status,
@@ -44,8 +44,12 @@ from slmops.toolkit.stages.checklist import read_report
 FAIL_ON = {"top1_agreement": 0.02, "kl_divergence": 0.05, "perplexity": 0.05}
 
 #: The version of ``compare.json`` :func:`write_comparison` writes (1: before it was recorded, quality figures
-#: named ``top1`` and ``kl`` and the summary's agreement ``top1_vs_fp32``).
-SCHEMA_VERSION = 2
+#: named ``top1`` and ``kl`` and the summary's agreement ``top1_vs_fp32``; 2: each timing's judgement in the row
+#: itself; 3: under the row's ``judgement``).
+SCHEMA_VERSION = 3
+
+#: The fields of a version-2 timing row that are its judgement's.
+_JUDGEMENT = tuple(f.name for f in fields(TimingJudgement))
 
 _IGNORED_PARAMS = {"run_dir", "interactive"}
 
@@ -90,7 +94,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunFigures:
             if best is None or abs(row.target_prompt_tokens - TYPICAL_PROMPT) < abs(
                     best.target_prompt_tokens - TYPICAL_PROMPT):
                 first_token[row.precision] = row
-    isa = report.metadata.get("isa", {}) if report is not None else {}
+    isa = report.metadata.isa if report is not None else {}
     adopted = next((m.recipe for m in manifests if m.precision == "int4"), "")
     return RunFigures(run.name, read_json(run / "params.json", {}) or {}, read_run_record(run),
                       sizes, ratios, quality, verdicts, timings, headline, first_token, isa, adopted)
@@ -172,8 +176,7 @@ class VerdictChange:
 
 @dataclass(frozen=True)
 class TimingChange:
-    """One timing of the same bench row in two runs, judged against both runs' spread
-    (:class:`~slmops.toolkit.domain.results.deployment.TimingJudgement`'s fields after the row's).
+    """One timing of the same bench row in two runs, judged against both runs' spread.
 
     Attributes:
         precision: The precision.
@@ -181,7 +184,7 @@ class TimingChange:
         prompt: Prompt tokens asked.
         gen: Generated tokens asked.
         threads: Intra-op threads.
-        figure, a, b, change_pct, noise, judged: As :class:`~slmops.toolkit.domain.results.deployment.TimingJudgement`.
+        judgement: The figure in both runs and how its change was judged.
     """
 
     precision: str
@@ -189,12 +192,24 @@ class TimingChange:
     prompt: int
     gen: int
     threads: int
-    figure: str
-    a: float
-    b: float
-    change_pct: float | str
-    noise: float
-    judged: str
+    judgement: TimingJudgement
+
+    def table_row(self) -> dict[str, object]:
+        """The row as a table shows it: the bench row's key, then the judgement's fields."""
+        key = {name: value for name, value in asdict(self).items() if name != "judgement"}
+        return {**key, **asdict(self.judgement)}
+
+
+def _names_of_version_1(data: dict) -> dict:
+    """A version-1 ``compare.json``'s quality figures (``top1``, ``kl``) and summary agreement (``top1_vs_fp32``)
+    under today's names."""
+    names = {"top1": "top1_agreement", "kl": "kl_divergence"}
+    quality = [{**row, "figure": names.get(row.get("figure"), row.get("figure"))}
+               for row in data.get("quality", []) if isinstance(row, dict)]
+    summary = [{**{k: v for k, v in row.items() if k != "top1_vs_fp32"},
+                "top1_agreement": row.get("top1_vs_fp32", row.get("top1_agreement", NOT_MEASURED))}
+               for row in data.get("summary", []) if isinstance(row, dict)]
+    return {**data, "quality": quality, "summary": summary}
 
 
 @dataclass(frozen=True)
@@ -236,14 +251,15 @@ class Comparison:
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:
-        """Version 1's quality figures (``top1``, ``kl``) and summary agreement (``top1_vs_fp32``) under today's names."""
-        names = {"top1": "top1_agreement", "kl": "kl_divergence"}
-        quality = [{**row, "figure": names.get(row.get("figure"), row.get("figure"))}
-                   for row in data.get("quality", []) if isinstance(row, dict)]
-        summary = [{**{k: v for k, v in row.items() if k != "top1_vs_fp32"},
-                    "top1_agreement": row.get("top1_vs_fp32", row.get("top1_agreement", NOT_MEASURED))}
-                   for row in data.get("summary", []) if isinstance(row, dict)]
-        return {**data, "quality": quality, "summary": summary}
+        """Version 1's quality figures (``top1``, ``kl``) and summary agreement (``top1_vs_fp32``) under today's
+        names; versions 1 and 2's timings, which held their judgement's fields themselves, with them under
+        ``judgement``."""
+        if version == 1:
+            data = _names_of_version_1(data)
+        timings = [{**{k: v for k, v in row.items() if k not in _JUDGEMENT},
+                    "judgement": {k: row[k] for k in _JUDGEMENT if k in row}}
+                   if isinstance(row, dict) and "judgement" not in row else row for row in data.get("timings", [])]
+        return {**data, "timings": timings}
 
     @property
     def passed(self) -> bool:
@@ -253,10 +269,10 @@ class Comparison:
     @property
     def slower(self) -> list[str]:
         """Timings of b slower than a's beyond both runs' spread, in words (a warning: they are not gated on)."""
-        return [f"{row.precision} {row.engine} {row.figure} {row.a:.4g} -> {row.b:.4g} "
-                f"({row.change_pct:+}%, beyond the noise of {row.noise})" if isinstance(row.change_pct, int | float)
-                else f"{row.precision} {row.engine} {row.figure} {row.a} -> {row.b}" for row in self.timings
-                if row.judged == "slower"]
+        return [f"{row.precision} {row.engine} {t.figure} {t.a:.4g} -> {t.b:.4g} "
+                f"({t.change_pct:+}%, beyond the noise of {t.noise})" if isinstance(t.change_pct, int | float)
+                else f"{row.precision} {row.engine} {t.figure} {t.a} -> {t.b}"
+                for row, t in ((row, row.judgement) for row in self.timings) if t.judged == "slower"]
 
     @property
     def status(self) -> Status:
@@ -278,7 +294,7 @@ class Comparison:
         if self.slower:
             return (f"WARN: {clean}, but {len(self.slower)} timing{'s are' if len(self.slower) > 1 else ' is'} "
                     f"slower beyond both runs' noise: {'; '.join(self.slower)}.")
-        unjudged = sum(row.judged == NOT_JUDGED for row in self.timings)
+        unjudged = sum(row.judgement.judged == NOT_JUDGED for row in self.timings)
         if unjudged:
             return (f"PASS: {clean}; {unjudged} timing{'s are' if unjudged > 1 else ' is'} not judged (a run measured "
                     "one repeat, so no spread to judge a change against: set repeats to 2 or more).")
@@ -337,7 +353,7 @@ def compare_runs(a: RunFigures, b: RunFigures, fail_on: dict[str, float] | None 
         verdicts.append(VerdictChange(*key, _SHOWN[old], _SHOWN[new], change))
     order = {"worse": 0, "better": 1, "inconclusive, not counted": 2, "only in a": 2, "only in b": 2, "same": 3}
     verdicts.sort(key=lambda row: order[row.change])
-    timings = [TimingChange(*key, **asdict(judge_timing(figure, a.timings[key], b.timings[key])))
+    timings = [TimingChange(*key, judge_timing(figure, a.timings[key], b.timings[key]))
                for key in a.timings if key in b.timings for figure in ("decode_tps", "ttft_ms")]
     return Comparison(a.name, b.name, params, differences(a.record, b.record) if a.record and b.record else [],
                       machine_differences(a.record or RunRecord(), b.record or RunRecord()), side_by_side([("a: " + a.name, a), ("b: " + b.name, b)]),

@@ -104,10 +104,10 @@ def _checks_sentence(kept: list[PrecisionOutcome]) -> str:
     if not kept:
         return "No precision passes every checklist item"
     names = " and ".join(r.precision for r in kept)
-    counts = [r.checks_passed.partition(" ")[0].split("/") for r in kept]
+    counts = [r.figures.checks_passed.partition(" ")[0].split("/") for r in kept]
     if all(len(c) == 2 and c[0] == c[1] for c in counts):
         return f"{names} pass every checklist item"
-    shown = ", ".join(f"{r.precision} {r.checks_passed}" for r in kept)
+    shown = ", ".join(f"{r.precision} {r.figures.checks_passed}" for r in kept)
     return (f"{names} lose no check to another precision that the paired tests tell from chance ({shown} passed); "
             "what every build misses is the model's own (the recommendation lists it)")
 
@@ -119,11 +119,12 @@ def _number(value: float | str) -> float | None:
 
 def _size_speed_sentence(rows: list[PrecisionOutcome]) -> list[str]:
     """Each precision's size and decode speed against FP32's, when FP32 has both."""
-    base = next((r for r in rows if r.precision == "fp32"), None)
+    figures = [r.figures for r in rows]
+    base = next((r for r in figures if r.precision == "fp32"), None)
     if not (base and _number(base.decode_tps) and _number(base.size_mb)):
         return []
     parts = [f"{r.precision} is {r.size_mb / base.size_mb:.2f}x the size and decodes "
-             f"{r.decode_tps / base.decode_tps:.2f}x as fast" for r in rows
+             f"{r.decode_tps / base.decode_tps:.2f}x as fast" for r in figures
              if r is not base and _number(r.size_mb) and _number(r.decode_tps)]
     return ["Against FP32: " + "; ".join(parts) + "."] if parts else []
 
@@ -164,7 +165,7 @@ def _bench_sentences(bench_report: BenchFile) -> list[str]:
     story = []
     ceiling = [r for r in bench_report.decode_ceiling if r.engine == "foundry-local"]
     if ceiling:
-        gbs = bench_report.metadata.get("memory_bandwidth_gbs", 0)
+        gbs = bench_report.metadata.memory_bandwidth_gbs
         story.append(f"Decode reaches {_span([r.percent_of_ceiling for r in ceiling], '%', 0)} of the "
                      f"memory-bandwidth bound ({gbs:.1f} GB/s, measured as decode reads); the rest is compute, "
                      "the KV cache and the runtime's own work.")

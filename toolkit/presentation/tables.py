@@ -145,13 +145,14 @@ def cell_text(value: object) -> str:
 
 
 def as_rows(rows: Iterable[object]) -> list[dict]:
-    """Rows as dicts: a dict as it is, a dataclass by its fields (``to_json`` when it has one)."""
+    """Rows as dicts: a dict as it is, a dataclass by its fields (its ``table_row()`` when it has one: a row that
+    holds another record shown flat)."""
     out = []
     for row in rows:
         if isinstance(row, dict):
             out.append(row)
-        elif hasattr(row, "to_json"):
-            out.append(row.to_json())
+        elif hasattr(row, "table_row"):
+            out.append(row.table_row())
         elif dataclasses.is_dataclass(row) and not isinstance(row, type):
             out.append(dataclasses.asdict(row))
         else:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -46,6 +47,11 @@ CACHE_BUDGET_MIB = 1024
 #: small run gives its first tokens sooner and lets the running sequences step between runs; it
 #: also spreads requests that arrived together over different steps, so they do not end together.
 PREFILL_POSITIONS = 64
+#: ONNX Runtime's session option that stops a session's threads spinning once its run returns. The prompt graph
+#: and the token graph are two sessions with a thread pool each; left spinning, one pool's threads hold the
+#: cores while the other's run (and while the engine's Python picks tokens), which made prefill runs and
+#: decode steps take up to twice as long under load (the benchmarks page).
+SPIN_STOP = "session.force_spinning_stop"
 #: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
 LAST_POSITIONS = "slmops_last_positions"
 
@@ -60,6 +66,16 @@ class Policy(StrEnum):
 
     PREFILL_FIRST = "prefill-first"
     DECODE_FIRST = "decode-first"
+
+
+class Phase(StrEnum):
+    """Where the engine's thread spends its time (:attr:`BatchEngine.seconds`)."""
+
+    PREFILL = "prefill"  # ONNX Runtime running prompts
+    DECODE = "decode"  # ONNX Runtime running decode steps
+    PICK = "pick"  # picking each row's token, handing it over, ending finished sequences
+    OTHER = "other"  # admission, masks, prefix cache copies
+    IDLE = "idle"  # nothing to run: waiting for a request
 
 
 Emit = Callable[[int | None, str | None], None]
@@ -113,6 +129,8 @@ class BatchEngine:
         options = ort.SessionOptions()
         if self.settings.threads:
             options.intra_op_num_threads = self.settings.threads
+        if self.settings.prompt_graph:  # two sessions, two thread pools: see SPIN_STOP
+            options.add_session_config_entry(SPIN_STOP, "1")
         self.session, self.last_input = _session(self.folder / "model.onnx", options)
         #: What prompts run on: a pipeline's prompt graph (as ONNX Runtime GenAI and Foundry Local run them, so
         #: greedy answers stay theirs), else the one graph.
@@ -128,6 +146,7 @@ class BatchEngine:
         self.keys = [np.zeros(shape, np.float32) for _ in range(s.layers)]
         self.values = [np.zeros(shape, np.float32) for _ in range(s.layers)]
         self._bindings: dict[tuple[int, int, str, bool], object] = {}
+        self._logits: dict[int, np.ndarray] = {}
         self.vocab = int(self.session.get_outputs()[0].shape[-1])
         self.active: list[Sequence] = []
         #: Graph inputs bound on the runs of each adapter's sequences, by adapter name (an adapter's LoRA matrices as
@@ -141,6 +160,9 @@ class BatchEngine:
         #: Prompt positions prefilled so far (a prefix taken from :attr:`prefixes` is not prefilled again).
         self.prefilled = 0
         self.prefixes = PrefixCache(prefix_cache_mib)
+        #: Seconds the engine's thread has spent in each :class:`Phase` (:meth:`phase_seconds` adds a wait under way).
+        self.seconds = dict.fromkeys(Phase, 0.0)
+        self._idle_since: float | None = None
         #: Called with the number of sequences of every decode step (for a batch size histogram).
         self.on_step: Callable[[int], None] | None = None
         self.thread = threading.Thread(target=self._loop, name=f"batch-{self.folder.name}", daemon=True)
@@ -157,6 +179,14 @@ class BatchEngine:
         self.inbox.put(sequence)
         return sequence
 
+    def phase_seconds(self) -> dict[Phase, float]:
+        """:attr:`seconds` as of now, from any thread (an idle wait under way counted up to now)."""
+        since = self._idle_since
+        seconds = dict(self.seconds)
+        if since is not None and self._idle_since is since:
+            seconds[Phase.IDLE] += time.perf_counter() - since
+        return seconds
+
     def close(self) -> None:
         """Finish the thread (sequences still running end with ``cancelled``)."""
         self.inbox.put(None)
@@ -164,6 +194,7 @@ class BatchEngine:
 
     def _loop(self) -> None:
         while True:
+            start, timed = time.perf_counter(), sum(self.seconds.values())
             if not self._collect():
                 for sequence in self.active + self.waiting:
                     sequence.emit(None, "cancelled")
@@ -176,15 +207,22 @@ class BatchEngine:
                 for sequence in self.active:
                     sequence.emit(None, f"error: {type(exc).__name__}: {exc}")
                 self.active = []
+            self.seconds[Phase.OTHER] += time.perf_counter() - start - (sum(self.seconds.values()) - timed)
 
     def _collect(self) -> bool:
         """Move new sequences to the waiting list (blocking while nothing runs); False once closed."""
         block = not self.active and not self.waiting
         while True:
+            if block:
+                self._idle_since = time.perf_counter()
             try:
                 item = self.inbox.get(block=block)
             except queue.Empty:
                 return True
+            finally:
+                if block:
+                    since, self._idle_since = self._idle_since, None
+                    self.seconds[Phase.IDLE] += time.perf_counter() - since
             if item is None:
                 return False
             self.waiting.append(item)
@@ -256,13 +294,18 @@ class BatchEngine:
         binding.bind_cpu_input("attention_mask", mask)
         if self.last_input:
             binding.bind_cpu_input(LAST_POSITIONS, np.ascontiguousarray(last.reshape(-1, 1), dtype=np.int64))
+        start = time.perf_counter()
         if input_ids.shape[1] == 1:
-            logits = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
+            logits = self._logits.get(input_ids.shape[0])
+            if logits is None:  # one buffer per row count, written over by every step of that many rows
+                logits = self._logits[input_ids.shape[0]] = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
             binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
             session.run_with_iobinding(binding)
+            self.seconds[Phase.DECODE if session is self.session else Phase.PREFILL] += time.perf_counter() - start
             return logits[:, -1, :]
         binding.bind_output("logits", "cpu")
         session.run_with_iobinding(binding)
+        self.seconds[Phase.PREFILL] += time.perf_counter() - start
         return binding.get_outputs()[-1].numpy()
 
     def _prefill(self, group: list[Sequence], reuse: list[int]) -> None:
@@ -305,12 +348,19 @@ class BatchEngine:
         self._advance(list(self.active), logits)
 
     def _advance(self, sequences: list[Sequence], logits: np.ndarray) -> None:
-        """Pick each sequence's next token from its logits row, hand it over, and end finished sequences."""
-        for sequence, row in zip(sequences, logits, strict=True):
-            if sequence.cancelled.is_set():
+        """Pick each sequence's next token from its logits row, hand it over, and end finished sequences.
+
+        Every token of the step is picked before any is handed over: a reader woken by its token does not take
+        the interpreter from the engine's thread in the middle of the step (it runs while ONNX Runtime does).
+        """
+        start = time.perf_counter()
+        gone = [sequence.cancelled.is_set() for sequence in sequences]  # read once: another thread may cancel
+        live = [(row, sequence) for row, (sequence, left) in enumerate(zip(sequences, gone, strict=True)) if not left]
+        tokens = self._pick_rows(live, logits)
+        for sequence, left in zip(sequences, gone, strict=True):
+            if left:
                 self._finish(sequence, "cancelled")
-                continue
-            token = self._pick(sequence, row)
+        for (_, sequence), token in zip(live, tokens, strict=True):
             if sequence.constraint is not None:
                 sequence.constraint.advance(token)
             sequence.generated.append(token)
@@ -322,9 +372,27 @@ class BatchEngine:
                 self._finish(sequence, "stop")
             elif len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= self.capacity:
                 self._finish(sequence, "length")
+        self.seconds[Phase.PICK] += time.perf_counter() - start
 
-    def _pick(self, sequence: Sequence, logits: np.ndarray) -> int:
-        """ONNX Runtime GenAI's order: repetition penalty, min length, then greedy or top-k/top-p sampling."""
+    def _pick_rows(self, live: list[tuple[int, Sequence]], logits: np.ndarray) -> list[int]:
+        """The tokens of ``live``'s ``(logits row, sequence)`` pairs: the greedy rows without a grammar or recorded
+        gaps in one ``argmax`` (the same token as each row's own), the others one by one (:meth:`_pick`)."""
+        plain = []
+        for row, sequence in live:
+            self._adjust(sequence, logits[row])
+            plain.append(sequence.constraint is None and sequence.gaps is None and _greedy(sequence.sampling))
+        rows = [row for (row, _), simple in zip(live, plain, strict=True) if simple]
+        if len(rows) == len(logits):
+            best = logits.argmax(axis=1)
+        elif rows:
+            best = np.empty(len(logits), np.int64)
+            best[rows] = logits[rows].argmax(axis=1)
+        return [int(best[row]) if simple else self._pick(sequence, logits[row])
+                for (row, sequence), simple in zip(live, plain, strict=True)]
+
+    def _adjust(self, sequence: Sequence, logits: np.ndarray) -> None:
+        """ONNX Runtime GenAI's first steps, in place: the repetition penalty, then end-of-sequence held back
+        before ``min_length``."""
         sampling = sequence.sampling  # logits: this sequence's row of a fresh output, changed in place
         if sampling.repetition_penalty != 1.0:
             seen = logits[sequence.seen]
@@ -332,9 +400,14 @@ class BatchEngine:
                                              seen * sampling.repetition_penalty)
         if len(sequence.prompt) + len(sequence.generated) < sampling.min_length:
             logits[list(self.settings.eos_ids)] = -np.inf
+
+    def _pick(self, sequence: Sequence, logits: np.ndarray) -> int:
+        """After :meth:`_adjust`, ONNX Runtime GenAI's order: the grammar's mask, then greedy or top-k/top-p
+        sampling."""
+        sampling = sequence.sampling
         if sequence.constraint is not None:
             sequence.constraint.mask(logits)
-        if sampling.temperature == 0 or sampling.top_k == 1:
+        if _greedy(sampling):
             if sequence.gaps is not None:
                 top = np.partition(logits, -2)[-2:]
                 sequence.gaps.append(float(top[1] - top[0]))
@@ -361,6 +434,10 @@ class BatchEngine:
             self.active[row] = moved
         self.active.pop()
         sequence.emit(None, reason)
+
+
+def _greedy(sampling: Sampling) -> bool:
+    return sampling.temperature == 0 or sampling.top_k == 1
 
 
 def _session(graph_file: Path, options: object) -> tuple[object, bool]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -165,12 +166,12 @@ def bench_model(model_dir: str | os.PathLike[str], prompts: list[list[int]], gen
     rss0, start = rss_mib(), time.perf_counter()
     model = load(model_dir, threads)
     load_s, load_rss = time.perf_counter() - start, rss_mib() - rss0
-    runs = tuple(tuple(tuple(codec.load(TimedRun, run) for run in time_generation(model, list(ids), gen, repeats, warmup))
-                       for gen in gen_lengths) for ids in prompts)
+    runs = tuple(tuple(tuple(time_generation(model, list(ids), gen, repeats, warmup)) for gen in gen_lengths)
+                 for ids in prompts)
     return DirectBench(load_s, load_rss, peak_rss_mib(), runs)
 
 
-def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup: int) -> list[dict]:
+def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup: int) -> list[TimedRun]:
     """Timed greedy runs of exactly ``gen_tokens`` tokens after ``ids`` on a loaded ``og.Model``.
 
     See :func:`bench_model` for the method and each run's keys.
@@ -197,8 +198,8 @@ def time_generation(model, ids: list[int], gen_tokens: int, repeats: int, warmup
             produced += 1
         end = time.perf_counter()
         if index >= warmup:
-            measured.append({"ttft_s": first - begin, "total_s": end - begin, "gen_tokens": produced,
-                             "harness_s": (end - first) - in_steps, **meter.stop()})
+            measured.append(TimedRun(first - begin, end - begin, produced, harness_s=(end - first) - in_steps,
+                                     **asdict(meter.stop())))
         del generator
     return measured
 
@@ -312,10 +313,9 @@ def thread_probe(model_dir: str | os.PathLike[str], ids: list[int], counts: list
     for turn, order in enumerate((counts, counts[::-1])):
         for count in order:
             for run in time_generation(models[count], ids, gen_tokens, repeats, warmup=1 if turn == 0 else 0):
-                decode = codec.load(TimedRun, run).decode_tps
                 current = best.get(count, ThreadSpeed(count, 0.0, float("inf")))
-                best[count] = ThreadSpeed(count, round(max(current.decode_tps, decode), 1),
-                                          round(min(current.ttft_ms, run["ttft_s"] * 1000), 1))
+                best[count] = ThreadSpeed(count, round(max(current.decode_tps, run.decode_tps), 1),
+                                          round(min(current.ttft_ms, run.ttft_s * 1000), 1))
     return [best[count] for count in counts]
 
 

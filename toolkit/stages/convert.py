@@ -22,7 +22,7 @@ from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb
 from slmops.toolkit.core.errors import InvalidOptionError, ModelFolderError
 from slmops.toolkit.domain import adapters, stop_tokens
 from slmops.toolkit.domain.options import Int4Options, Method, Precision
-from slmops.toolkit.domain.quant_plan import LoraBranchJob, LoraJob, QuantizeJob, QuantPlan
+from slmops.toolkit.domain.quant_plan import LoraBranchJob, LoraJob, LoraKept, QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.conversion import (
     CONVERSIONS,
     Manifest,
@@ -252,7 +252,7 @@ def _keep_lora_apart(job: _Job, work: Workspace, first: Path) -> tuple[Path, Pat
     lora = LoraJob(str(first / "model.onnx"), str(lora_out / "model.onnx"), str(adapter_file))
     work.runs.append(workers.run_worker("slmops.toolkit.weights.lora_apart", "keep-lora-apart", codec.dump(lora),
                                         log_path=work.logs / "keep-lora-apart.log", name="LoRA kept apart"))
-    inputs = work.runs[-1].result["lora_inputs"]
+    inputs = codec.load(LoraKept, work.runs[-1].result).lora_inputs
     for other in job.more:  # the same inputs, another adapter's values
         write_onnx_adapter(adapter_file.parent / f"{other.path.name}{ADAPTER_SUFFIX}",
                            lora_matrices(other, inputs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slmops.toolkit.core import artifacts
@@ -52,41 +53,58 @@ def unregister(name: str, *, cache: str | Path | None = None, remove_files: bool
     ids = [m.id for m in catalog.list_models() if m.id.split(":")[0] == name]
     folder = models_root(cache) / name
     if not ids and not folder.exists():
-        raise ModelNotFoundError(name, [row["name"] for row in list_models(cache)])
+        raise ModelNotFoundError(name, [row.name for row in list_models(cache)])
     for model_id in ids:
         catalog.unregister_model(model_id)
     if remove_files and folder.exists():
         shutil.rmtree(folder)
 
 
-def list_models(cache: str | Path | None = None) -> list[dict]:
-    """What Foundry Local has: the ``models/custom`` folders and the SDK's local catalog.
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One model Foundry Local has: a ``models/custom`` folder, a catalog entry, or both (a row of ``slmops ls``).
 
-    Returns:
-        One row per model: ``name``, ``model_id``, ``registered`` (in the catalog),
-        ``folder`` (has the Foundry layout), ``precision``, ``method``, ``size_mb``, ``path``.
+    Attributes:
+        name: The folder's (and the model id's) name.
+        model_id: The catalog id, ``NAME:VERSION`` (``NAME:?`` for a folder with no version).
+        registered: In the SDK's local catalog.
+        folder: The folder has the Foundry layout (an ``inference_model.json``).
+        precision: The precision it was converted at (its manifest's; ``?`` when unknown).
+        method: How it was quantized (its manifest's; ``?`` when unknown).
+        size_mb: The folder on disk, MB (None: no folder).
+        path: The folder ('' when none).
     """
-    rows: dict[str, dict] = {}
+
+    name: str
+    model_id: str
+    registered: bool
+    folder: bool
+    precision: str = "?"
+    method: str = "?"
+    size_mb: float | None = None
+    path: str = ""
+
+
+def _folder_entry(folder: Path) -> CatalogEntry:
+    """A ``models/custom`` folder as a row (registered or not: the catalog says)."""
+    info_file = folder / INFERENCE_MODEL
+    info = artifacts.read_json(info_file, {})
+    made = read_manifest(folder)
+    return CatalogEntry(folder.name, f"{folder.name}:{info.get('Version', '?')}", False, info_file.is_file(),
+                        (made.precision if made else "") or "?", (made.method if made else "") or "?",
+                        round(dir_size_mb(folder), 1), str(folder))
+
+
+def list_models(cache: str | Path | None = None) -> list[CatalogEntry]:
+    """What Foundry Local has: the ``models/custom`` folders and the SDK's local catalog, by name."""
+    rows: dict[str, CatalogEntry] = {}
     catalog = local_catalog(cache)  # opening the cache first recovers what a killed process left
     root = models_root(cache)
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            info_file = folder / INFERENCE_MODEL
-            info = artifacts.read_json(info_file, {})
-            made = read_manifest(folder)
-            rows[folder.name] = {
-                "name": folder.name, "model_id": f"{folder.name}:{info.get('Version', '?')}",
-                "registered": False, "folder": info_file.is_file(),
-                "precision": (made.precision if made else "") or "?", "method": (made.method if made else "") or "?",
-                "size_mb": round(dir_size_mb(folder), 1), "path": str(folder),
-            }
+            rows[folder.name] = _folder_entry(folder)
     for model in catalog.list_models():
         name = model.id.split(":")[0]
-        row = rows.setdefault(name, {
-            "name": name, "model_id": model.id, "registered": True, "folder": False,
-            "precision": "?", "method": "?", "size_mb": None, "path": "",
-        })
-        row["registered"] = True
-        row["model_id"] = model.id
-    return sorted(rows.values(), key=lambda row: row["name"])
-
+        rows[name] = replace(rows.get(name) or CatalogEntry(name, model.id, True, False), registered=True,
+                             model_id=model.id)
+    return sorted(rows.values(), key=lambda row: row.name)

@@ -11,7 +11,7 @@ from slmops.toolkit.core.errors import (
 )
 from slmops.toolkit.domain import templates
 from slmops.toolkit.domain.results.conversion import read_manifest
-from slmops.toolkit.domain.results.registration import StopTokens
+from slmops.toolkit.domain.results.registration import AddedStopToken, StopTokens
 from slmops.toolkit.weights.turn_tokens import end_of_turn_tokens
 
 
@@ -60,7 +60,7 @@ def reconcile_stop_tokens(onnx_dir: Path, genai_config: dict, template: template
     for token_id, token, origin in found:
         if token_id not in eos:
             eos.append(token_id)
-            added.append({"id": token_id, "token": token, "from": origin})
+            added.append(AddedStopToken(token_id, token, origin))
     return StopTokens(tuple(eos), tuple(before), tuple(added), str(generation_file or ""))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from slmops.toolkit.core import codec, workers
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain.adapters import ADAPTER_CONFIG, AdapterSource
-from slmops.toolkit.domain.quant_plan import LoraJob
+from slmops.toolkit.domain.quant_plan import LoraJob, LoraKept
 from slmops.toolkit.weights.weight_store import INLINE_BYTES, WeightStore
 
 #: A LoRA matrix's layer, module and side, in peft's names (``...layers.0.self_attn.q_proj.lora_A.weight``) and in
@@ -256,7 +256,7 @@ def write_onnx_adapter(file: Path, matrices: dict[str, np.ndarray]) -> None:
 def _keep_lora_apart_task(payload: dict, _emit) -> dict:
     """Worker task: :func:`keep_lora_apart` for a :class:`LoraJob`; returns the inputs made and their shapes."""
     job = codec.load(LoraJob, payload)
-    return {"lora_inputs": keep_lora_apart(Path(job.source), Path(job.target), Path(job.adapter_file))}
+    return codec.dump(LoraKept(keep_lora_apart(Path(job.source), Path(job.target), Path(job.adapter_file))))
 
 
 def _lora_fp16_task(payload: dict, _emit) -> dict:

@@ -11,6 +11,8 @@ Version history of ``bench.json``:
    throughput) and ``peak_rss_mb``/``load_rss_mb`` (MiB); still loaded (:meth:`BenchFile.upgrade`):
    memory under its ``_mib`` name, the throughput percentiles dropped, the latency percentiles absent (0).
 2. rows with ``tpot_ms`` and latency percentiles, memory in ``_mib``.
+3. ``metadata`` a :class:`~slmops.toolkit.domain.results.bench_metadata.BenchMetadata`, its bandwidth by thread
+   count as rows (:func:`~slmops.toolkit.domain.results.bench_metadata.upgrade_metadata` reads 1 and 2's).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from slmops.toolkit.core import codec
+from slmops.toolkit.domain.results.bench_metadata import BenchMetadata, upgrade_metadata
 
 #: The version :func:`slmops.toolkit.stages.bench.write_results` writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Coefficient of variation of decode tokens/s above which a figure is flagged as too noisy to trust.
 NOISY_CV = 0.10
@@ -78,7 +81,6 @@ class TimedRun:
         """Time per output token after the first, ms (0 when it cannot be timed)."""
         rate = self.decode_tps
         return 1000 / rate if rate else 0.0
-
 
 
 @dataclass(frozen=True)
@@ -344,8 +346,7 @@ class BenchFile:
     was) reads as its type's zero.
 
     Attributes:
-        metadata: The machine, packages and run (:func:`slmops.toolkit.core.measure.run_metadata`), its caches,
-            instruction sets and memory bandwidth (GB/s, overall and by thread count).
+        metadata: The machine, packages and run, its caches, instruction sets and memory bandwidth.
         rows: One per model, engine, prompt length, generation length and thread count.
         engine_ratios: Foundry Local over the direct engine, per model and lengths.
         endpoint_ratios: The endpoint over Foundry Local in-process, per model and lengths.
@@ -359,7 +360,7 @@ class BenchFile:
     SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
     KIND: ClassVar[str] = "bench.json"
 
-    metadata: dict = field(default_factory=dict)
+    metadata: BenchMetadata = field(default_factory=BenchMetadata)
     rows: tuple[BenchRow, ...] = ()
     engine_ratios: tuple[EngineRatio, ...] = ()
     endpoint_ratios: tuple[EndpointRatio, ...] = ()
@@ -371,19 +372,12 @@ class BenchFile:
 
     @classmethod
     def upgrade(cls, data: dict, version: int) -> dict:
-        """Version 1's rows with their memory under the ``_mib`` names."""
-        rows = [{**row, "peak_rss_mib": row.get("peak_rss_mb", 0.0), "load_rss_mib": row.get("load_rss_mb", 0.0)}
-                for row in data.get("rows", []) if isinstance(row, dict)]
-        return {**data, "rows": rows}
-
-
-def bench_version(data: dict) -> int:
-    """The ``schema_version`` of a loaded ``bench.json`` (1 when absent).
-
-    Raises:
-        ResultVersionError: a version newer than this toolkit knows.
-    """
-    return codec.version_of(data, "bench.json", SCHEMA_VERSION)
+        """Version 1's rows with their memory under the ``_mib`` names; 1 and 2's metadata as version 3's."""
+        if version == 1:
+            data = {**data, "rows": [{**row, "peak_rss_mib": row.get("peak_rss_mb", 0.0),
+                                      "load_rss_mib": row.get("load_rss_mb", 0.0)}
+                                     for row in data.get("rows", []) if isinstance(row, dict)]}
+        return {**data, "metadata": upgrade_metadata(data.get("metadata", {}))}
 
 
 def rows_of(data: dict) -> list[BenchRow]:

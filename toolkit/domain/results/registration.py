@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from slmops.toolkit.core import codec
 from slmops.toolkit.core.errors import InputError
@@ -120,27 +120,42 @@ def read_registered(path: str | os.PathLike[str]) -> list[RegisteredModel]:
 
 
 @dataclass(frozen=True)
+class AddedStopToken:
+    """A stop token registration added to the converted model's EOS list.
+
+    Attributes:
+        id: The token id.
+        token: Its text.
+        origin: Where it came from, in words: the chat template's end of turn, or ``generation_config.json``
+            (``from`` in the file).
+    """
+
+    id: int
+    token: str
+    origin: Annotated[str, codec.json_key("from")] = ""
+
+
+@dataclass(frozen=True)
 class StopTokens:
     """The token ids that end generation, reconciled at registration (the registration record's ``stop_tokens``).
 
     Attributes:
         eos_token_id: ``genai_config.json``'s ``model.eos_token_id`` as registered.
         before: What the converted model had.
-        added: ``{"id", "token", "from"}`` per id added: the chat template's end of turn, or
-            ``generation_config.json``'s EOS list (a mapping: ``from`` cannot name a field).
+        added: Each id added: the chat template's end of turn, or ``generation_config.json``'s EOS list.
         generation_config: The ``generation_config.json`` read ('' when none was found).
     """
 
     eos_token_id: tuple[int, ...] = ()
     before: tuple[int, ...] = ()
-    added: tuple[dict[str, int | str], ...] = ()
+    added: tuple[AddedStopToken, ...] = ()
     generation_config: str = ""
 
     def note(self) -> str:
         """One line for the CLI: what was added, or that nothing was needed."""
         if not self.added:
             return f"Stop tokens: eos_token_id {list(self.eos_token_id)} already holds the end of turn; nothing added."
-        what = ", ".join(f"{row['token']} ({row['id']}, {row['from']})" for row in self.added)
+        what = ", ".join(f"{row.token} ({row.id}, {row.origin})" for row in self.added)
         return (f"Stop tokens: added {what} to genai_config.json's eos_token_id: {list(self.before)} -> "
                 f"{list(self.eos_token_id)}.")
 

@@ -8,7 +8,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from slmops.toolkit.core import codec, settings, workers
@@ -180,7 +180,7 @@ def measure_model(name: str, prompt_lengths: Sequence[int], gen_lengths: Sequenc
                     meter.start()
                     g = model.generate(messages, max_tokens=gen)
                     runs.append(TimedRun(g.ttft_s, g.total_s, g.completion_tokens, g.prompt_tokens, g.harness_s,
-                                         g.setup_s, **meter.stop()))
+                                         g.setup_s, **asdict(meter.stop())))
                 measured.append((length, gen, runs))
     finally:
         model.close()
@@ -249,7 +249,7 @@ def measure_endpoint(job: EndpointJob) -> list[BenchRow]:
             for _ in range(job.repeats):
                 meter.start()
                 run = once(list(messages), gen)
-                runs.append(replace(run, **meter.stop()))  # the CPU figures of the same run
+                runs.append(replace(run, **asdict(meter.stop())))  # the CPU figures of the same run
             rows.append(_row(job.model, "endpoint", length, gen, runs[0].prompt_tokens, runs, threads=job.threads,
                              load_s=0.0, load_rss_mib=0.0, peak_rss_mib=0.0))
     return rows

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from slmops.toolkit.core import artifacts, codec
-from slmops.toolkit.core.measure import machine, run_metadata
+from slmops.toolkit.core import artifacts, codec, system
+from slmops.toolkit.core.measure import cpu_info, timestamp, versions
 from slmops.toolkit.domain.results.bench import BenchFile, BenchRow
+from slmops.toolkit.domain.results.bench_metadata import Bandwidth, BenchMetadata
 from slmops.toolkit.runtimes import genai
 from slmops.toolkit.stages.bench.analysis import (
     decode_ceiling,
@@ -26,11 +27,11 @@ from slmops.toolkit.stages.bench.analysis import (
 def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> BenchFile:
     """Write ``bench.json`` (rows, run metadata, ratios, ceiling, warnings) and ``bench.csv`` into ``out_dir``; return what it holds."""
     out = Path(out_dir)
-    meta = {**run_metadata(), "caches": machine()["caches"], "isa": instruction_sets()}
     # Measured the way decode reads, with each thread count the rows ran with.
     bandwidths = genai.read_bandwidths([r.threads for r in rows] or [0])
-    meta["memory_bandwidth_gbs"] = max(bandwidths.values())
-    meta["memory_bandwidth_gbs_by_threads"] = {str(t): gbs for t, gbs in bandwidths.items()}
+    meta = BenchMetadata(**asdict(cpu_info()), versions=versions(), timestamp=timestamp(), caches=system.cache_sizes(),
+                         isa=instruction_sets(), memory_bandwidth_gbs=max(bandwidths.values()),
+                         bandwidth_by_threads=tuple(Bandwidth(t, gbs) for t, gbs in bandwidths.items()))
     written = BenchFile(
         meta, tuple(rows), tuple(engine_ratios(rows)), tuple(endpoint_ratios(rows)), tuple(ttft_breakdown(rows)),
         tuple(f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}/{r.threads}"
@@ -38,7 +39,7 @@ def write_results(rows: Sequence[BenchRow], out_dir: str | os.PathLike[str]) -> 
         tuple(f"{r.model}/{r.engine}/{r.target_prompt_tokens}/{r.target_gen_tokens}"
               for r in rows if r.gen_tokens < r.target_gen_tokens),
         max((r.harness_overhead_pct for r in rows), default=0.0),
-        tuple(decode_ceiling(rows, bandwidths, last_level_cache_mib(meta["caches"]))))
+        tuple(decode_ceiling(rows, bandwidths, last_level_cache_mib(meta.caches))))
     codec.write(out / "bench.json", written)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=[f.name for f in fields(BenchRow)])
