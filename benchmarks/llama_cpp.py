@@ -495,14 +495,20 @@ def measure_speed(tools, chosen: tuple[Pair, ...], models: Path, ggufs: dict[str
 
 
 def measure_quality(models: Path, chosen: tuple[Pair, ...], ggufs: dict[str, Path], parameters: int, venv: Path,
-                    out: Path, threads: int) -> tuple[list[dict], list[dict]]:
-    """Size, bits per weight, top-1 and KL against our FP32 for our builds and the GGUF files; and the formula check."""
+                    out: Path, threads: int, lora_in_graph: Path | None = None) -> tuple[list[dict], list[dict]]:
+    """Size, bits per weight, top-1 and KL against our FP32 for our builds and the GGUF files; and the formula check.
+
+    ``lora_in_graph``: a build of the same fine-tune with its LoRA kept in the graph (``slmops convert ADAPTER
+    --adapter-in-graph``, its LoRA's bytes counted), measured as one of ours (issue 44).
+    """
     from slmops.toolkit.domain.prompts import reference_text
     from slmops.toolkit.runtimes import genai
 
     fp32 = models / "fp32"
     rows = [{"build": p.ours, "kind": "int8" if p.quant == "Q8_0" else "int4", "folder": str(models / p.folder)}
             for p in chosen]
+    if lora_in_graph is not None:
+        rows.append({"build": f"{lora_in_graph.name} (LoRA in the graph)", "kind": "int4", "folder": str(lora_in_graph)})
     for row in rows:
         row["size_bytes"] = sum(f.stat().st_size for f in Path(row["folder"]).glob("model.onnx*"))
     theirs = [{"build": f"llama.cpp {quant}", "kind": quant, "file": str(gguf), "size_bytes": gguf.stat().st_size}
@@ -583,6 +589,8 @@ def main() -> None:
     parser.add_argument("--also", action="append", default=[], metavar="NAME=MODEL_DIR:QUANT",
                         help="also time this build against that llama.cpp quant (repeatable)")
     parser.add_argument("--markdown", type=Path, help="append the benchmarks page's section to this file")
+    parser.add_argument("--lora-in-graph", type=Path, help="a build of the fine-tune with its LoRA in the graph "
+                        "(slmops convert ADAPTER --adapter-in-graph): one more row of the quality table")
     parser.add_argument("--shapes", nargs="+", metavar="SHAPE",
                         help="instead of the fine-tune: the size sweep on random-weight models of these shapes "
                              "(benchmarks/scale.py's names, e.g. qwen2.5-0.5b qwen2.5-1.5b; see llama_cpp_sizes.py)")
@@ -631,7 +639,7 @@ def main() -> None:
     ggufs = {p.quant: quantize(tools.quantize, f32, p.quant, args.threads) for p in timed}
 
     rows, check = ([], []) if args.no_quality else measure_quality(args.models, chosen, ggufs, parameters, venv,
-                                                                    args.out, args.threads)
+                                                                    args.out, args.threads, args.lora_in_graph)
     speed = measure_speed(tools, timed, args.models, ggufs, args)
 
     isa = machine_isa(system.cpu_flags())

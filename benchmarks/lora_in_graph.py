@@ -44,7 +44,7 @@ from llama_cpp_native import tools_root
 
 from slmops.toolkit.core.artifacts import MANIFEST
 from slmops.toolkit.domain import datasets
-from slmops.toolkit.domain.options import INT4_RECIPES, Precision
+from slmops.toolkit.domain.options import BRANCH_BITS, INT4_RECIPES, LORA_BRANCH_BITS, LORA_ERROR_RANK, Precision
 from slmops.toolkit.stages.checklist.cases import judge
 
 KL_TO_BASE_SHARE = 0.9  # the kept-apart build's KL to the base, at least this share of the merged FP32's
@@ -57,7 +57,8 @@ def bits_per_weight(folder: Path, parameters: int) -> float:
 
 
 def build(adapter: Path, out: Path, precision: Precision, *, recipe: str = "", in_graph: bool = False,
-          base: Path | None = None, fp32: Path | None = None) -> Path:
+          base: Path | None = None, fp32: Path | None = None, error_rank: int = LORA_ERROR_RANK,
+          branch_bits: int = LORA_BRANCH_BITS) -> Path:
     """One build through ``slmops convert``'s code (kept when its manifest is there)."""
     from slmops.toolkit.stages.convert import ConvertSpec, convert
 
@@ -66,7 +67,7 @@ def build(adapter: Path, out: Path, precision: Precision, *, recipe: str = "", i
     model = base if base is not None else adapter
     options = INT4_RECIPES[recipe] if recipe else INT4_RECIPES["builder-default"]
     spec = ConvertSpec(model, out, precision, int4=options, adapter_in_graph=in_graph,
-                       quantize_from=fp32 if not in_graph else None)
+                       quantize_from=fp32 if not in_graph else None, error_rank=error_rank, branch_bits=branch_bits)
     print(f"building {out.name}", flush=True)
     return convert(spec, progress=False).output_dir
 
@@ -88,7 +89,7 @@ def domain(builds: dict[str, Path]) -> dict[str, dict]:
 
 
 def decode_ratios(pairs: dict[str, tuple[Path, Path]], rounds: int) -> dict[str, dict]:
-    """Per recipe, decode tokens/s of both builds per round (order alternating) and the kept-apart / merged ratio."""
+    """Per kept-apart build, decode tokens/s of it and its merged build per round (order alternating), and the ratio."""
     from slmops.toolkit.runtimes import genai
 
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
@@ -190,6 +191,11 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, help="llama.cpp's Q4_K_M of the merged fine-tune (default: the one "
                         "benchmarks/llama_cpp.py made for the demo)")
     parser.add_argument("--llama-venv", type=Path, default=Path.home() / ".slmops" / "llama-cpp-venv")
+    parser.add_argument("--error-rank", type=int, action="append",
+                        help=f"the kept-apart build's rank for the base's rounding error (repeatable; default: "
+                        f"{LORA_ERROR_RANK}, slmops convert's)")
+    parser.add_argument("--branch-bits", type=int, action="append", choices=BRANCH_BITS,
+                        help=f"the kept-apart build's side branch storage (repeatable; default: {LORA_BRANCH_BITS})")
     parser.add_argument("--rounds", type=int, default=3, help="decode rounds")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads for its logits")
     parser.add_argument("--no-domain", action="store_true", help="skip the domain and held-out cases")
@@ -212,10 +218,15 @@ def main() -> None:
     made = json.loads((fp32 / MANIFEST).read_text())
     parameters, merged_source = made["parameters"], Path(made["source_path"])  # the merge, named by its content
     builds = {"merged FP32": fp32}
+    kept_of: dict[str, str] = {}  # kept-apart label -> recipe
     for recipe in recipes:
         builds[f"{recipe}, merged"] = build(args.adapter, out / recipe, Precision.INT4, recipe=recipe, fp32=fp32)
-        builds[f"{recipe}, LoRA in graph"] = build(args.adapter, out / f"{recipe}-lora", Precision.INT4,
-                                                   recipe=recipe, in_graph=True)
+        for rank in args.error_rank or [LORA_ERROR_RANK]:
+            for bits in args.branch_bits or [LORA_BRANCH_BITS]:
+                label = f"{recipe}, LoRA in graph (r'={rank}, {bits}-bit branch)"
+                builds[label] = build(args.adapter, out / f"{recipe}-lora-r{rank}-b{bits}", Precision.INT4,
+                                      recipe=recipe, in_graph=True, error_rank=rank, branch_bits=bits)
+                kept_of[label] = recipe
     rows = [{"build": label, "folder": str(folder), "bpw": bits_per_weight(folder, parameters)}
             for label, folder in builds.items()]
     gguf = args.gguf or tools_root() / f"{merged_source.name}-q4_k_m.gguf"
@@ -239,16 +250,17 @@ def main() -> None:
         for label, figures in domain(builds).items():
             by_label[label]["domain"] = figures
     print("decode", flush=True)
-    speeds = decode_ratios({r: (builds[f"{r}, merged"], builds[f"{r}, LoRA in graph"]) for r in recipes}, args.rounds)
-    for recipe, figures in speeds.items():
-        by_label[f"{recipe}, LoRA in graph"]["decode"] = figures
+    speeds = decode_ratios({label: (builds[f"{recipe}, merged"], builds[label]) for label, recipe in kept_of.items()},
+                           args.rounds)
+    for label, figures in speeds.items():
+        by_label[label]["decode"] = figures
     q4_k_m = rows[-1] if gguf.is_file() else None
     fp32_to_base = by_label["merged FP32"]["kl_divergence_to_base"]
     targets = []
-    for recipe in recipes:
-        merged, kept = by_label[f"{recipe}, merged"], by_label[f"{recipe}, LoRA in graph"]
+    for label, recipe in kept_of.items():
+        merged, kept = by_label[f"{recipe}, merged"], by_label[label]
         targets.append({
-            "recipe": recipe,
+            "build": label,
             "kl_below_merged": verdict(kept["kl_divergence"] < merged["kl_divergence"]),
             "kl_to_base_kept": verdict(kept["kl_divergence_to_base"] >= KL_TO_BASE_SHARE * fp32_to_base),
             "domain_kept": verdict(not kept["domain"]["lost"]) if "domain" in kept else "not measured",
@@ -257,9 +269,9 @@ def main() -> None:
                             if q4_k_m and "kl_divergence" in q4_k_m else "not measured"),
         })
     lines = table(rows)
-    lines += ["", ("| recipe | KL below merged's | KL to base >= 0.9x merged FP32's | domain + held-out as FP32 | "
+    lines += ["", ("| build | KL below merged's | KL to base >= 0.9x merged FP32's | domain + held-out as FP32 | "
               "decode >= 0.85x merged | goal: Q4_K_M's KL at its bits |"), "|---|---|---|---|---|---|"]
-    lines += [f"| {t['recipe']} | {t['kl_below_merged']} | {t['kl_to_base_kept']} | {t['domain_kept']} | "
+    lines += [f"| {t['build']} | {t['kl_below_merged']} | {t['kl_to_base_kept']} | {t['domain_kept']} | "
               f"{t['decode']} | {t['q4_k_m_goal']} |" for t in targets]
     print("\n".join(lines))
     (out / "lora_in_graph.json").write_text(json.dumps({"rows": rows, "targets": targets, "adapter": str(args.adapter),

@@ -13,6 +13,7 @@ import pytest
 
 from slmops.toolkit import cli
 from slmops.toolkit.domain import parity
+from slmops.toolkit.domain.options import LORA_ERROR_RANK
 from slmops.toolkit.domain.results.conversion import read_manifest
 from tests.integration.test_adapters import ADAPTER_TEMPLATE
 from tests.unit.test_adapters import make_adapter
@@ -116,7 +117,7 @@ def test_an_adapter_that_cannot_stay_apart_is_refused_in_one_line_before_any_wor
     assert not out.exists() and not (Path.cwd() / "kept").exists()
 
 
-def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_foundry_local_answers_it(
+def test_an_int4_build_keeps_its_lora_as_an_fp16_side_branch_in_one_graph_and_foundry_local_answers_it(
         tiny_model: Path, tmp_path: Path) -> None:
     import onnx
 
@@ -126,7 +127,7 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
     out = tmp_path / "in-graph"
     assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int4", "--recipe", "mixed",
-                     "--out", str(out)]) == 0
+                     "--branch-bits", "16", "--out", str(out)]) == 0
     manifest = read_manifest(out)
     assert manifest.adapter.kept_apart is True and manifest.adapter_files == ()
     assert not (out / "adapters").exists()
@@ -146,8 +147,15 @@ def test_an_int4_build_keeps_its_lora_as_a_float_side_branch_in_one_graph_and_fo
     assert len(casts) == len(lora)
     assert {node.op_type for node in graph.node for name in node.input if name in casts} == {"MatMul"}
     assert sum(node.op_type == "MatMulNBits" for node in graph.node) >= 2 * 7
-    # Bits per weight count the LoRA's bytes: rank 4 on q, v, down of 2 layers, FP16.
-    lora_bytes = 2 * 4 * 2 * (128 + 96 + 192)
+    # Each branch over a 4-bit base also carries the rank-r' SVD of that base's rounding error (--error-rank's
+    # default); over an 8-bit base (the recipe's v and some down projections) the fine-tune's rank 4 alone.
+    bits = {node.input[1].rsplit(".MatMul.", 1)[0]: attribute.i for node in graph.node if node.op_type == "MatMulNBits"
+            for attribute in node.attribute if attribute.name == "bits"}
+    ranks = {name.split(".lora_A.")[0]: list(init.dims)[1] for name, init in lora.items() if ".lora_A." in name}
+    assert ranks == {module: 4 + LORA_ERROR_RANK * (bits[module] == 4) for module in ranks}
+    assert 4 + LORA_ERROR_RANK in ranks.values()
+    # Bits per weight count the LoRA's bytes, FP16.
+    lora_bytes = sum(2 * int(np.prod(init.dims)) for init in lora.values())
     assert manifest.bits_per_weight - manifest.bits_per_weight_without_adapter == pytest.approx(
         8 * lora_bytes / manifest.parameters, abs=2e-3)
     # Registered and answered in Foundry Local like any other build.

@@ -141,6 +141,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     spec = ConvertSpec(Path(args.model_dir), Path(args.out), args.precision, args.method,
                                int4_options(args), args.execution_provider, Path(args.base) if args.base else None,
                                keep_adapter=args.keep_adapter, adapter_in_graph=args.adapter_in_graph,
+                               error_rank=args.error_rank, branch_bits=args.branch_bits,
                                more_adapters=tuple(Path(folder) for folder in args.also_adapter or ()))
     result = convert.convert(spec, dry_run=args.dry_run, memory_check=not args.skip_memory_check)
     if args.json:

@@ -21,6 +21,7 @@ from slmops.toolkit.cli.common import (
 from slmops.toolkit.domain.options import (
     ACCURACY_LEVELS,
     BLOCK_SIZES,
+    BRANCH_BITS,
     INT4_RECIPES,
     LORA_IN_GRAPH_RECIPES,
     RECIPE_NOTES,
@@ -200,8 +201,13 @@ def convert_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
                    "checked with the adapter active against the merged model")
     p.add_argument("--adapter-in-graph", action="store_true",
                    help="with a LoRA adapter folder at int4 or int8: one graph (as Foundry Local loads) whose LoRA "
-                   "stays an FP16 side branch beside the quantized base weights (y = Wq x + B(A x)) instead of "
+                   "stays a side branch beside the quantized base weights (y = Wq x + B(A x)) instead of "
                    "being merged into them and rounded; checked against the merged model")
+    p.add_argument("--error-rank", type=whole(0, 256), default=default_of(ConvertSpec, "error_rank"),
+                   help="with --adapter-in-graph: rank added to each LoRA side branch for its quantized base weight's "
+                   "rounding error (truncated SVD, as LoftQ); 0 keeps the fine-tune's LoRA alone")
+    p.add_argument("--branch-bits", type=int, choices=BRANCH_BITS, default=default_of(ConvertSpec, "branch_bits"),
+                   help="with --adapter-in-graph: the side branch stored as FP16 (16) or as 8-bit MatMulNBits (8)")
     p.add_argument("--also-adapter", action="append", metavar="ADAPTER_DIR",
                    help="with --keep-adapter: another LoRA adapter of the same base, written as its own adapter "
                    "file for the same build and checked against its own merged model (repeatable)")

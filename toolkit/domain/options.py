@@ -176,13 +176,19 @@ INT4_RECIPES: dict[str, Int4Options] = {
                          mix=Int4Mix.V_ALL_DOWN_MORE_BITS),
 }
 
-#: Recipes of a fine-tune (a LoRA adapter as the model) whose LoRA stays an FP16 side branch in the one graph
+#: Recipes of a fine-tune (a LoRA adapter as the model) whose LoRA stays a side branch in the one graph
 #: (``slmops convert --adapter-in-graph``), each with the named recipe its base's weights follow, and its note.
 #: The recipe comparison measures them beside the merged recipes when the model is an adapter.
 LORA_IN_GRAPH_RECIPES: dict[str, tuple[str, str]] = {
-    "mixed-lora": ("mixed", ("the `mixed` recipe's base with the LoRA as an FP16 side branch in the graph, not merged "
+    "mixed-lora": ("mixed", ("the `mixed` recipe's base with the LoRA as a side branch in the graph, not merged "
                             "into the int4 weights (fine-tunes only)")),
 }
+
+#: The rank each LoRA side branch in the graph gains for its quantized base's rounding error (``--error-rank``),
+#: and how the branch is stored (``--branch-bits``: 16, FP16 constants; 8, 8-bit MatMulNBits).
+LORA_ERROR_RANK = 16
+LORA_BRANCH_BITS = 8
+BRANCH_BITS = (16, 8)
 
 #: The INT4 recipe a run uses unless told otherwise: the tutorial's.
 DEFAULT_INT4_RECIPE = "builder-default"

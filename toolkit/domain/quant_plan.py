@@ -140,3 +140,22 @@ class LoraKept:
     """
 
     lora_inputs: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class LoraBranchJob:
+    """What the side-branch child is asked (the ``lora-side-branch`` task's payload).
+
+    Attributes:
+        source: The quantized ``model.onnx`` whose LoRA is an FP16 side branch in the graph.
+        fp32: The ``model.onnx`` it was quantized from (the base's FP32 weights under the same names).
+        target: The ``model.onnx`` to write.
+        error_rank: Rank added to each branch for the base's rounding error (0: none).
+        bits: The branch's storage: 16 (FP16 constants, float MatMuls) or 8 (8-bit ``MatMulNBits``).
+    """
+
+    source: str
+    target: str
+    fp32: str
+    error_rank: int
+    bits: int = 16

@@ -22,7 +22,7 @@ from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb
 from slmops.toolkit.core.errors import InvalidOptionError, ModelFolderError
 from slmops.toolkit.domain import adapters, stop_tokens
 from slmops.toolkit.domain.options import Int4Options, Method, Precision
-from slmops.toolkit.domain.quant_plan import LoraJob, LoraKept, QuantizeJob, QuantPlan
+from slmops.toolkit.domain.quant_plan import LoraBranchJob, LoraJob, LoraKept, QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.conversion import (
     CONVERSIONS,
     Manifest,
@@ -151,6 +151,7 @@ def build(prepared: Prepared, *, progress: bool = True, dry_run: bool = False) -
         first, adapter_file = _keep_lora_apart(job, work, first)
         work.bar.update()
         plan = _quantize(job, work, first)
+        _side_branch(job, work, first)
         facts = BuildFacts(job.spec, job.source, work.source_fingerprint.result(), work.staging, target,
                            tuple(work.runs), time.perf_counter() - start, plan, stop, prepared.estimate,
                            prepared.available_mib, prepared.memory_checked, reused)
@@ -266,12 +267,29 @@ def _quantize(job: _Job, work: Workspace, first: Path) -> QuantPlan | None:
     plan = quant_plan(job.spec, job.source.hidden_size)
     work.step(work.steps[2])
     work.staging.mkdir()
-    quantize = QuantizeJob(str(first / "model.onnx"), str(work.staging / "model.onnx"), plan)
+    # A LoRA in the graph is rewritten once its base is quantized (:func:`_side_branch`), from scratch into staging.
+    out = work.scratch / "quantized" if job.spec.adapter_in_graph else work.staging
+    quantize = QuantizeJob(str(first / "model.onnx"), str(out / "model.onnx"), plan)
     work.runs.append(workers.run_worker("slmops.toolkit.weights.quantize", "quantize", codec.dump(quantize),
                                         log_path=work.logs / "quantize.log", name="weight quantizer"))
     _copy_support_files(first, work.staging)
     work.bar.update()
     return plan
+
+
+def _side_branch(job: _Job, work: Workspace, fp32: Path) -> None:
+    """Step (a LoRA in the graph, quantized): the base's rounding error made up for in the side branch.
+
+    :mod:`slmops.toolkit.weights.lora_branch` adds the error's rank-``error_rank`` part to each branch and stores the
+    branch in ``branch_bits``, from the quantized graph into staging (``fp32``: the graph the quantizer read).
+    """
+    spec = job.spec
+    if not spec.adapter_in_graph or not needs_quantizer(spec):
+        return
+    branch = LoraBranchJob(str(work.scratch / "quantized" / "model.onnx"), str(work.staging / "model.onnx"),
+                           str(fp32 / "model.onnx"), spec.error_rank, spec.branch_bits)
+    work.runs.append(workers.run_worker("slmops.toolkit.weights.lora_branch", "lora-side-branch", codec.dump(branch),
+                                        log_path=work.logs / "lora-side-branch.log", name="LoRA side branch"))
 
 
 def _stage_files(job: _Job, work: Workspace, adapter_file: Path | None) -> Path | None:

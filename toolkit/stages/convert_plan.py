@@ -14,7 +14,15 @@ from pathlib import Path
 
 from slmops.toolkit.core import workers
 from slmops.toolkit.domain import adapters
-from slmops.toolkit.domain.options import Int4Algorithm, Int4Mix, Int4Options, Method, Precision
+from slmops.toolkit.domain.options import (
+    LORA_BRANCH_BITS,
+    LORA_ERROR_RANK,
+    Int4Algorithm,
+    Int4Mix,
+    Int4Options,
+    Method,
+    Precision,
+)
 from slmops.toolkit.domain.quant_plan import QuantPlan
 
 OLIVE_CONFIG = "finetuned_conversion_config.json"
@@ -45,10 +53,14 @@ class ConvertSpec:
             same modules, each written as its own adapter file for the same build and checked the
             same way against its own merged model.
         adapter_in_graph: With a LoRA adapter as ``model_dir`` (builder route, INT4 or INT8): build the base
-            with the adapter as an FP16 side branch inside the one graph (``y = Wq x + B(A x)``, the LoRA
-            matrices FP16 constants read through a Cast to float, which the quantizer leaves alone) instead of merging it into the quantized
+            with the adapter as a side branch inside the one graph (``y = Wq x + B(A x)``, the LoRA
+            matrices FP16 constants read through a Cast to float, which the quantizer leaves alone, then ``branch_bits``) instead of merging it into the quantized
             weights: one graph, as Foundry Local loads, that keeps what the fine-tune learned. Checked
             against the merged model in transformers like any other build.
+        error_rank: With ``adapter_in_graph``: the rank ``r'`` added to each side branch for its quantized base's
+            rounding error (:mod:`slmops.toolkit.weights.lora_branch`; 0: the fine-tune's LoRA alone).
+        branch_bits: With ``adapter_in_graph``: how the side branch is stored, 16 (FP16 constants, float MatMuls)
+            or 8 (8-bit ``MatMulNBits``).
     """
 
     model_dir: Path
@@ -62,6 +74,8 @@ class ConvertSpec:
     keep_adapter: bool = False
     more_adapters: tuple[Path, ...] = ()
     adapter_in_graph: bool = False
+    error_rank: int = LORA_ERROR_RANK
+    branch_bits: int = LORA_BRANCH_BITS
 
     @property
     def keeps_lora(self) -> bool:

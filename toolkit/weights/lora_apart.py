@@ -119,8 +119,9 @@ def split_token_rows(adapter: AdapterSource, out: Path) -> AdapterSource:
 
 #: How the model builder names the LoRA matrices it builds from a peft adapter
 #: (``model.layers.0.attn.q_proj.lora_A.MatMul.weight``; ``lora_B`` holds B times the LoRA scaling), and
-#: (:data:`FP16_SUFFIX`) their FP16 copies in a graph whose LoRA stays in it.
-_LORA_WEIGHT = re.compile(r"\.lora_([AB])\.MatMul\.weight(?:_fp16)?$")
+#: (:data:`FP16_SUFFIX`) their FP16 copies in a graph whose LoRA stays in it, or their 8-bit codes, scales and zero
+#: points (:mod:`slmops.toolkit.weights.lora_branch`).
+_LORA_WEIGHT = re.compile(r"\.lora_([AB])\.MatMul\.weight(?:_fp16|_Q\d+|_scales|_zero_points)?$")
 
 #: The suffix of a LoRA matrix stored in FP16 (:func:`lora_in_fp16`), read through a Cast to float.
 FP16_SUFFIX = "_fp16"

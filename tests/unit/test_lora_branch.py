@@ -1,0 +1,138 @@
+"""The LoRA side branch of one graph once its base is quantized (issue 44): the base's rounding error made up for.
+
+A hand-made graph in the model builder's names (``...q_proj.MatMul`` beside ``...q_proj.lora_A.MatMul`` and
+``lora_B``), its LoRA stored in FP16 and its base quantized by the toolkit's own steps, then run in ONNX Runtime
+against the merged weights ``W + A B`` in float.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.weights.lora_apart import lora_bytes, lora_in_fp16
+from slmops.toolkit.weights.lora_branch import dequantize_nbits, error_factors, find_branches, side_branch
+from slmops.toolkit.weights.quantize import quantize
+
+HIDDEN, OUT, RANK = 128, 96, 4
+PREFIX = "model.layers.0.attn.q_proj"
+
+
+def _weights() -> dict[str, np.ndarray]:
+    """A base weight with a few large input rows (as real models' outlier channels), and a LoRA."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((HIDDEN, OUT)).astype(np.float32)
+    weight[:4] *= 8
+    return {f"{PREFIX}.MatMul.weight": weight,
+            f"{PREFIX}.lora_A.MatMul.weight": rng.standard_normal((HIDDEN, RANK)).astype(np.float32) / 4,
+            f"{PREFIX}.lora_B.MatMul.weight": rng.standard_normal((RANK, OUT)).astype(np.float32) / 4}
+
+
+def _builder_like_graph(folder: Path) -> Path:
+    """``y = x W + (x A) B`` named as the model builder names it (external data)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = list(_weights())
+    nodes = [helper.make_node("MatMul", ["x", names[0]], ["base"], name="/q_proj/MatMul"),
+             helper.make_node("MatMul", ["x", names[1]], ["xa"], name="/q_proj/lora_A/MatMul"),
+             helper.make_node("MatMul", ["xa", names[2]], ["delta"], name="/q_proj/lora_B/MatMul"),
+             helper.make_node("Add", ["base", "delta"], ["y"], name="/q_proj/lora/Add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", HIDDEN])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", OUT])],
+                              [numpy_helper.from_array(array, name) for name, array in _weights().items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=10)
+    folder.mkdir(parents=True)
+    onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    return folder / "model.onnx"
+
+
+def _quantized(tmp_path: Path, bits: int = 4) -> tuple[Path, Path]:
+    """The graph's LoRA in FP16 (its base still FP32), and that graph with its base quantized (asymmetric blocks)."""
+    fp16 = tmp_path / "fp16" / "model.onnx"
+    lora_in_fp16(_builder_like_graph(tmp_path / "fp32"), fp16)
+    target = tmp_path / f"int{bits}" / "model.onnx"
+    quantize(fp16, target, QuantPlan(bits=bits, symmetric=False, lm_head_bits=32))
+    return fp16, target
+
+
+def _run(model: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _merged_error(model: Path) -> float:
+    """How far the graph's output is from ``x (W + A B)`` in float, on inputs with the same large channels."""
+    x = np.random.default_rng(1).standard_normal((64, HIDDEN)).astype(np.float32)
+    w, a, b = _weights().values()
+    merged = x @ (w + a @ b)
+    return float(np.linalg.norm(_run(model, x) - merged) / np.linalg.norm(merged))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_matmulnbits_weight_is_read_back_as_the_runtime_computes_with_it(tmp_path: Path, bits: int) -> None:
+    import onnx
+
+    _, target = _quantized(tmp_path, bits)
+    model = onnx.load(str(target))
+    [branch] = find_branches(model.graph)
+    arrays = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    weight = dequantize_nbits(branch.base, arrays.__getitem__)
+    assert weight.shape == (HIDDEN, OUT)
+    x = np.random.default_rng(2).standard_normal((8, HIDDEN)).astype(np.float32)
+    a, b = (arrays[name].astype(np.float32) for name in (branch.a_weight, branch.b_weight))
+    # ORT's MatMulNBits rounds its inputs to 8 bits (accuracy level 4): close, not exact.
+    expected = _run(target, x)
+    assert np.abs(x @ weight + (x @ a) @ b - expected).max() < 2e-2 * np.abs(expected).max()
+    assert 0 < np.abs(weight - _weights()[f"{PREFIX}.MatMul.weight"]).max() < (0.5 if bits == 4 else 0.05) * 8
+
+
+def test_the_error_factors_are_the_best_low_rank_stand_in() -> None:
+    error = np.random.default_rng(3).standard_normal((HIDDEN, OUT)).astype(np.float32)
+    u, v = error_factors(error, 8)
+    assert u.shape == (HIDDEN, 8) and v.shape == (8, OUT)
+    values = np.linalg.svd(error, compute_uv=False)
+    # Eckart-Young: the residual's norm is that of the dropped singular values.
+    assert np.linalg.norm(error - u @ v) == pytest.approx(np.sqrt(np.sum(values[8:] ** 2)), rel=1e-4)
+
+
+def test_the_branch_carrying_the_bases_rounding_error_brings_the_int4_graph_closer_to_the_merged_weights(
+        tmp_path: Path) -> None:
+    import onnx
+
+    fp16, quantized = _quantized(tmp_path)
+    before = _merged_error(quantized)  # the LoRA alone beside the 4-bit base: what the build computed before
+    errors = {}
+    for rank in (0, 8, 32):
+        target = tmp_path / f"r{rank}" / "model.onnx"
+        assert side_branch(quantized, fp16, target, rank) == {"branches": 1, "grown": int(rank > 0)}
+        errors[rank] = _merged_error(target)
+        graph = onnx.load(str(target), load_external_data=False).graph
+        shapes = {init.name: list(init.dims) for init in graph.initializer if ".lora_" in init.name}
+        assert shapes == {f"{PREFIX}.lora_A.MatMul.weight_fp16": [HIDDEN, RANK + rank],
+                          f"{PREFIX}.lora_B.MatMul.weight_fp16": [RANK + rank, OUT]}
+        assert lora_bytes(target) == 2 * (RANK + rank) * (HIDDEN + OUT)  # counted in bits per weight
+    assert errors[0] == pytest.approx(before, rel=1e-3)  # rank 0: the graph as it was
+    assert errors[8] < 0.85 * before and errors[32] < 0.7 * errors[8]
+
+
+def test_an_8_bit_branch_computes_what_the_fp16_branch_does_in_matmulnbits(tmp_path: Path) -> None:
+    import onnx
+
+    fp16, quantized = _quantized(tmp_path)
+    half, eight = tmp_path / "b16" / "model.onnx", tmp_path / "b8" / "model.onnx"
+    side_branch(quantized, fp16, half, 8)
+    side_branch(quantized, fp16, eight, 8, bits=8)
+    graph = onnx.load(str(eight), load_external_data=False).graph
+    assert [node.op_type for node in graph.node] == ["MatMulNBits"] * 3 + ["Add"]
+    assert not [node for node in graph.node if node.op_type == "Cast"]
+    assert lora_bytes(eight) < 0.7 * lora_bytes(half)
+    assert abs(_merged_error(eight) - _merged_error(half)) < 0.1 * _merged_error(half)
+    with pytest.raises(ValueError, match="branch bits 4"):
+        side_branch(quantized, fp16, tmp_path / "b4" / "model.onnx", 8, bits=4)

@@ -1,0 +1,224 @@
+"""The LoRA side branch of one graph (``--adapter-in-graph``) once its base is quantized: the base's rounding error
+made up for in the branch.
+
+``y = W4 x + B (A x)`` keeps the fine-tune's ``B A`` exact, but the base's own rounding ``W - W4`` stays: it is
+what an INT4 build loses, merged or not. As LoftQ (Li et al., 2023, "LoftQ: LoRA-Fine-Tuning-Aware Quantization
+for Large Language Models") and LQ-LoRA (Guo et al., 2023, "LQ-LoRA: Low-rank plus Quantized Matrix
+Decomposition") do for the LoRA of a quantized base, and LQER (Zhang et al., 2024, "LQER: Low-Rank Quantization
+Error Reconstruction for LLMs"), the branch also carries the best rank-``r'`` approximation ``U V`` of that error
+(truncated SVD): ``A' = [A | U]``, ``B' = [B ; V]``. The fine-tune's matrices are unchanged (their columns and
+rows come first); the branch is rank ``r + r'``, stored as the fine-tune's.
+
+Runs as a worker task (``lora-side-branch``, see :mod:`slmops.toolkit.core.workers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slmops.toolkit.core import codec, workers
+from slmops.toolkit.domain.options import BRANCH_BITS
+from slmops.toolkit.domain.quant_plan import LoraBranchJob
+from slmops.toolkit.weights.lora_apart import FP16_SUFFIX, is_lora_weight
+from slmops.toolkit.weights.onnx_weights import read_initializer
+from slmops.toolkit.weights.weight_store import INLINE_BYTES, WeightStore
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One projection with its LoRA side branch, as the model builder lays it out.
+
+    Attributes:
+        add: The Add of the base's output and the branch's (its output is the projection's).
+        base: The base's MatMul (``MatMulNBits`` once quantized).
+        lora_a: The branch's first MatMul (``x A``).
+        lora_b: The branch's second MatMul (``(x A) B``).
+        a_weight: The FP16 initializer of ``A`` (``[in, r]``).
+        b_weight: The FP16 initializer of ``B`` (``[r, out]``, the LoRA scaling in it).
+    """
+
+    add: object
+    base: object
+    lora_a: object
+    lora_b: object
+    a_weight: str
+    b_weight: str
+
+
+def find_branches(graph) -> list[Branch]:
+    """Every projection of ``graph`` whose output is the base's MatMul plus a LoRA branch read from FP16 constants."""
+    producer = {out: node for node in graph.node for out in node.output}
+    casts = {node.output[0]: node.input[0] for node in graph.node
+             if node.op_type == "Cast" and node.input[0].endswith(FP16_SUFFIX) and is_lora_weight(node.input[0])}
+    branches = []
+    for node in graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        base, lora_b = producer.get(node.input[0]), producer.get(node.input[1])
+        lora_a = producer.get(lora_b.input[0]) if lora_b is not None and lora_b.op_type == "MatMul" else None
+        if (base is None or lora_a is None or lora_a.op_type != "MatMul" or base.op_type not in {"MatMul", "MatMulNBits"}
+                or lora_a.input[0] != base.input[0] or lora_a.input[1] not in casts or lora_b.input[1] not in casts):
+            continue
+        branches.append(Branch(node, base, lora_a, lora_b, casts[lora_a.input[1]], casts[lora_b.input[1]]))
+    return branches
+
+
+def _attribute(node, name: str, default: int = 0) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def dequantize_nbits(node, read) -> np.ndarray:
+    """The ``[K, N]`` float weight a ``MatMulNBits`` node computes with (``read``: initializer name to array).
+
+    ``B`` is ``[N, blocks, block_size * bits / 8]`` codes (two 4-bit codes a byte, the lower ``K`` index in the
+    low nibble), ``scales`` one per block, ``zero_points`` packed as the codes per column (absent: the middle
+    code, ``2^(bits-1)``).
+    """
+    k, n, bits, block = (_attribute(node, name) for name in ("K", "N", "bits", "block_size"))
+    codes = read(node.input[1])
+    blocks = codes.shape[1]
+    if bits == 4:
+        codes = np.stack([codes & 15, codes >> 4], axis=-1)
+    codes = codes.reshape(n, blocks, block).astype(np.float32)
+    scales = read(node.input[2]).reshape(n, blocks).astype(np.float32)
+    if len(node.input) > 3 and node.input[3]:
+        zero = read(node.input[3]).reshape(n, -1)
+        if zero.dtype == np.uint8:
+            zero = np.stack([zero & 15, zero >> 4], axis=-1).reshape(n, -1) if bits == 4 else zero
+            zero = zero[:, :blocks].astype(np.float32)
+        else:  # float zero points (HQQ): the value of code 0 is -zero * scale
+            zero = zero.astype(np.float32)
+    else:
+        zero = np.full((n, blocks), 2.0 ** (bits - 1), np.float32)
+    weight = (codes - zero[..., None]) * scales[..., None]
+    return np.ascontiguousarray(weight.reshape(n, blocks * block)[:, :k].T)
+
+
+def error_factors(error: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``U [K, rank]`` and ``V [rank, N]`` whose product is the best rank-``rank`` approximation of ``error`` (SVD).
+
+    The singular values are split evenly between the two, so neither factor's values outgrow FP16's range.
+    """
+    left, values, right = np.linalg.svd(error.astype(np.float64), full_matrices=False)
+    root = np.sqrt(values[:rank])
+    return (left[:, :rank] * root).astype(np.float32), (root[:, None] * right[:rank]).astype(np.float32)
+
+
+def _grow(read, branch: Branch, weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``branch``'s ``A`` and ``B`` (float32) with the rank-``rank`` stand-in for its base's rounding error appended."""
+    a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
+    u, v = error_factors(weight - dequantize_nbits(branch.base, read), rank)
+    return np.concatenate([a, u], axis=1), np.concatenate([b, v], axis=0)
+
+
+def _nbits_matmul(node, weight: np.ndarray, bits: int, accuracy_level: int, opsets) -> tuple[list, list]:
+    """``node`` (a MatMul of ``weight`` ``[K, N]``) as ``MatMulNBits`` by ONNX Runtime's quantizer (symmetric blocks of
+    32 inputs, or 16 when ``K`` is no multiple of 32, so a rank-16 ``B`` is not padded)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import matmul_nbits_quantizer as q
+
+    block = 32 if weight.shape[0] % 32 == 0 else 16
+    graph = helper.make_graph(
+        [node], "one_matmul", [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ascontiguousarray(weight), node.input[1])])
+    config = q.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level,
+                                            bits=bits, op_types_to_quantize=("MatMul",))
+    quantizer = q.MatMulNBitsQuantizer(helper.make_model(graph, opset_imports=opsets), algo_config=config)
+    quantizer.process()
+    done = quantizer.model.model.graph
+    return list(done.node), list(done.initializer)
+
+
+def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 16) -> dict[str, int]:
+    """Rewrite the quantized graph ``source`` (its LoRA an FP16 side branch) into ``target``, the base's error made up for.
+
+    Args:
+        source: The quantized ``model.onnx`` whose LoRA is an FP16 side branch (:func:`~slmops.toolkit.weights.
+            lora_apart.lora_in_fp16`, then the quantizer).
+        fp32: The ``model.onnx`` it was quantized from (the base's FP32 weights, under the same names).
+        target: The ``model.onnx`` to write (its weights beside it).
+        rank: ``r'``, the rank added to each branch whose base is a ``MatMulNBits`` of under 8 bits (0: none).
+        bits: The branch's storage (one of :data:`~slmops.toolkit.domain.options.BRANCH_BITS`): 16 keeps the FP16
+            constants (float MatMuls), 8 makes each of its MatMuls an 8-bit ``MatMulNBits`` (a fourth of the bytes a
+            float branch reads at each decode step).
+
+    Returns:
+        How many branches there are, and how many grew.
+    """
+    import onnx
+    from onnx import helper
+
+    if bits not in BRANCH_BITS:
+        raise ValueError(f"branch bits {bits}: one of {BRANCH_BITS}")
+    model = onnx.load(str(source), load_external_data=False)
+    graph = model.graph
+    target.parent.mkdir(parents=True, exist_ok=True)
+    weights = WeightStore(source.parent, target.parent / f"{target.name}.data")
+    inits = {init.name: init for init in graph.initializer}
+    branches = find_branches(graph)
+    fp32_inits = ({init.name: init for init in onnx.load(str(fp32), load_external_data=False).graph.initializer}
+                  if rank else {})
+    grown, new_nodes, new_inits = 0, {}, []
+
+    def read(name: str) -> np.ndarray:
+        return weights.read(inits[name])
+
+    try:
+        for branch in branches:
+            original = fp32_inits.get(branch.base.input[1].rsplit("_Q", 1)[0])
+            grow = (rank > 0 and original is not None and branch.base.op_type == "MatMulNBits"
+                    and _attribute(branch.base, "bits") < 8)
+            if grow:
+                a, b = _grow(read, branch, read_initializer(original, fp32.parent).astype(np.float32), rank)
+                grown += 1
+            elif bits != 16:
+                a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
+            else:
+                continue
+            if bits == 16:
+                for name, array in ((branch.a_weight, a), (branch.b_weight, b)):
+                    inits[name].CopyFrom(weights.write(name, array.astype(np.float16)))
+                continue
+            level = _attribute(branch.base, "accuracy_level") if branch.base.op_type == "MatMulNBits" else 0
+            for node, array, name in ((branch.lora_a, a, branch.a_weight), (branch.lora_b, b, branch.b_weight)):
+                stem = name.removesuffix(FP16_SUFFIX)
+                plain = helper.make_node("MatMul", [node.input[0], stem], list(node.output), name=node.name)
+                nodes, made = _nbits_matmul(plain, array, bits, level, model.opset_import)
+                new_nodes[id(node)] = nodes
+                new_inits += [weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made]
+        kept_nodes = []
+        for node in graph.node:
+            kept_nodes += new_nodes.get(id(node), [node])
+        used = {name for node in kept_nodes for name in node.input}
+        kept_nodes = [n for n in kept_nodes if n.op_type != "Cast" or n.output[0] in used]
+        used = {name for node in kept_nodes for name in node.input}
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+        kept = [init for init in graph.initializer if init.name in used]
+        del graph.initializer[:]
+        for init in kept:
+            if init.name not in weights.stored:
+                nbytes = int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+                (weights.inline if nbytes < INLINE_BYTES else weights.store)(init)
+        graph.initializer.extend([*kept, *new_inits])
+        # Shapes the builder noted for the branch's outputs hold its old rank.
+        for info in [info for info in graph.value_info if "/lora_A/" in info.name or "/lora_B/" in info.name]:
+            graph.value_info.remove(info)
+    finally:
+        weights.close()
+    onnx.save(model, str(target))
+    return {"branches": len(branches), "grown": grown}
+
+
+def _side_branch_task(payload: dict, _emit) -> dict:
+    """Worker task: :func:`side_branch` for a :class:`LoraBranchJob`."""
+    job = codec.load(LoraBranchJob, payload)
+    return side_branch(Path(job.source), Path(job.fp32), Path(job.target), job.error_rank, job.bits)
+
+
+if __name__ == "__main__":
+    workers.serve({"lora-side-branch": _side_branch_task})
