@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.domain.quant_plan import LoraBranched, QuantPlan
 from slmops.toolkit.weights.lora_apart import lora_bytes, lora_in_fp16
 from slmops.toolkit.weights.lora_branch import dequantize_nbits, error_factors, find_branches, side_branch
 from slmops.toolkit.weights.quantize import quantize
@@ -111,7 +111,7 @@ def test_the_branch_carrying_the_bases_rounding_error_brings_the_int4_graph_clos
     errors = {}
     for rank in (0, 8, 32):
         target = tmp_path / f"r{rank}" / "model.onnx"
-        assert side_branch(quantized, fp16, target, rank) == {"branches": 1, "grown": int(rank > 0)}
+        assert side_branch(quantized, fp16, target, rank) == LoraBranched(branches=1, grown=int(rank > 0))
         errors[rank] = _merged_error(target)
         graph = onnx.load(str(target), load_external_data=False).graph
         shapes = {init.name: list(init.dims) for init in graph.initializer if ".lora_" in init.name}

@@ -143,6 +143,19 @@ class LoraKept:
 
 
 @dataclass(frozen=True)
+class LoraBranched:
+    """What the side-branch child made (the ``lora-side-branch`` task's result).
+
+    Attributes:
+        branches: LoRA side branches in the graph.
+        grown: Those that grew by the base's rounding error's rank (their base is a ``MatMulNBits`` under 8 bits).
+    """
+
+    branches: int
+    grown: int
+
+
+@dataclass(frozen=True)
 class LoraBranchJob:
     """What the side-branch child is asked (the ``lora-side-branch`` task's payload).
 

@@ -145,7 +145,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(run_dir / "params.json", merged)
     # What a rerun needs beyond the parameters: inputs' fingerprints, seed, versions, machine.
-    provenance.write_run_record(run_dir, provenance.run_record(parsed := run_params.parse(merged), model_or_bundled(parsed.model_dir)))
+    provenance.write_run_record(run_dir, provenance.run_record(parsed, model))
     status: dict[str, str] = {}
     failure = None
     for number, name in enumerate(report.NOTEBOOKS, 1):
@@ -157,8 +157,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
             papermill.execute_notebook(
                 # The notebooks read every parameter from the run file written above (as in a `slmops lab` workspace).
                 str(notebooks_dir() / f"{name}.ipynb"), str(target), parameters={"run_file": str(run_dir / "params.json")},
-                kernel_name="python3",
-                progress_bar=False, cwd=str(run_dir),
+                kernel_name="python3", progress_bar=False, cwd=str(run_dir),
                 # The kernel's own startup warnings (plain TCP on localhost) are not the user's concern.
                 extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )

@@ -36,6 +36,7 @@ import numpy as np
 
 from slmops.toolkit.runtimes.decode_settings import Sampling, read_settings
 from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB, PrefixCache
+from slmops.toolkit.runtimes.sequences import Emit, Sequence, pick_rows
 from slmops.toolkit.weights import lm_head
 
 #: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
@@ -76,36 +77,6 @@ class Phase(StrEnum):
     PICK = "pick"  # picking each row's token, handing it over, ending finished sequences
     OTHER = "other"  # admission, masks, prefix cache copies
     IDLE = "idle"  # nothing to run: waiting for a request
-
-
-Emit = Callable[[int | None, str | None], None]
-
-
-class Sequence:
-    """One request in the engine: its prompt, its tokens so far and where they go.
-
-    ``emit(token, None)`` gets each token as it is picked; ``emit(None, reason)`` the end
-    (``stop``, ``length``, ``cancelled`` or ``error: ...``).
-    """
-
-    def __init__(self, prompt: list[int], sampling: Sampling, emit: Emit) -> None:
-        self.prompt, self.sampling, self.emit = prompt, sampling, emit
-        self.generated: list[int] = []
-        self.seen = np.unique(np.asarray(prompt, dtype=np.int64))  # the ids the repetition penalty applies to
-        self._seen = set(self.seen.tolist())
-        self.rng = np.random.default_rng(sampling.seed)
-        self.length = 0  # tokens in the cache row
-        self.adapter = ""  # the adapter it runs with (a key of BatchEngine.adapters; "": the graph alone)
-        self.cancelled = threading.Event()
-        #: A grammar its tokens must follow (:class:`~slmops.toolkit.runtimes.constrained.Constraint`; None: any).
-        self.constraint = None
-        #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
-        #: score over the next best (a near tie is where batched numerics may pick the other token).
-        self.gaps: list[float] | None = None
-
-    def cancel(self) -> None:
-        """Stop at the next step and free the row (from any thread)."""
-        self.cancelled.set()
 
 
 class BatchEngine:
@@ -356,7 +327,7 @@ class BatchEngine:
         start = time.perf_counter()
         gone = [sequence.cancelled.is_set() for sequence in sequences]  # read once: another thread may cancel
         live = [(row, sequence) for row, (sequence, left) in enumerate(zip(sequences, gone, strict=True)) if not left]
-        tokens = self._pick_rows(live, logits)
+        tokens = pick_rows(live, logits, self.settings.eos_ids)
         for sequence, left in zip(sequences, gone, strict=True):
             if left:
                 self._finish(sequence, "cancelled")
@@ -374,56 +345,6 @@ class BatchEngine:
                 self._finish(sequence, "length")
         self.seconds[Phase.PICK] += time.perf_counter() - start
 
-    def _pick_rows(self, live: list[tuple[int, Sequence]], logits: np.ndarray) -> list[int]:
-        """The tokens of ``live``'s ``(logits row, sequence)`` pairs: the greedy rows without a grammar or recorded
-        gaps in one ``argmax`` (the same token as each row's own), the others one by one (:meth:`_pick`)."""
-        plain = []
-        for row, sequence in live:
-            self._adjust(sequence, logits[row])
-            plain.append(sequence.constraint is None and sequence.gaps is None and _greedy(sequence.sampling))
-        rows = [row for (row, _), simple in zip(live, plain, strict=True) if simple]
-        if len(rows) == len(logits):
-            best = logits.argmax(axis=1)
-        elif rows:
-            best = np.empty(len(logits), np.int64)
-            best[rows] = logits[rows].argmax(axis=1)
-        return [int(best[row]) if simple else self._pick(sequence, logits[row])
-                for (row, sequence), simple in zip(live, plain, strict=True)]
-
-    def _adjust(self, sequence: Sequence, logits: np.ndarray) -> None:
-        """ONNX Runtime GenAI's first steps, in place: the repetition penalty, then end-of-sequence held back
-        before ``min_length``."""
-        sampling = sequence.sampling  # logits: this sequence's row of a fresh output, changed in place
-        if sampling.repetition_penalty != 1.0:
-            seen = logits[sequence.seen]
-            logits[sequence.seen] = np.where(seen > 0, seen / sampling.repetition_penalty,
-                                             seen * sampling.repetition_penalty)
-        if len(sequence.prompt) + len(sequence.generated) < sampling.min_length:
-            logits[list(self.settings.eos_ids)] = -np.inf
-
-    def _pick(self, sequence: Sequence, logits: np.ndarray) -> int:
-        """After :meth:`_adjust`, ONNX Runtime GenAI's order: the grammar's mask, then greedy or top-k/top-p
-        sampling."""
-        sampling = sequence.sampling
-        if sequence.constraint is not None:
-            sequence.constraint.mask(logits)
-        if _greedy(sampling):
-            if sequence.gaps is not None:
-                top = np.partition(logits, -2)[-2:]
-                sequence.gaps.append(float(top[1] - top[0]))
-            return int(np.argmax(logits))
-        k = sampling.top_k or logits.size
-        candidates = np.argpartition(-logits, k - 1)[:k] if k < logits.size else np.arange(logits.size)
-        candidates = candidates[np.argsort(-logits[candidates], kind="stable")]
-        scaled = logits[candidates] / sampling.temperature
-        probs = np.exp(scaled - scaled.max())
-        probs /= probs.sum()
-        if sampling.top_p < 1.0:
-            keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)
-            probs = probs[:keep] / probs[:keep].sum()
-            candidates = candidates[:keep]
-        return int(sequence.rng.choice(candidates, p=probs))
-
     def _finish(self, sequence: Sequence, reason: str) -> None:
         """End ``sequence`` and give its row to the last active sequence."""
         row, last = self.active.index(sequence), len(self.active) - 1
@@ -434,10 +355,6 @@ class BatchEngine:
             self.active[row] = moved
         self.active.pop()
         sequence.emit(None, reason)
-
-
-def _greedy(sampling: Sampling) -> bool:
-    return sampling.temperature == 0 or sampling.top_k == 1
 
 
 def _session(graph_file: Path, options: object) -> tuple[object, bool]:

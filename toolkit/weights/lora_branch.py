@@ -21,7 +21,7 @@ import numpy as np
 
 from slmops.toolkit.core import codec, workers
 from slmops.toolkit.domain.options import BRANCH_BITS
-from slmops.toolkit.domain.quant_plan import LoraBranchJob
+from slmops.toolkit.domain.quant_plan import LoraBranched, LoraBranchJob
 from slmops.toolkit.weights.lora_apart import FP16_SUFFIX, is_lora_weight
 from slmops.toolkit.weights.onnx_weights import read_initializer
 from slmops.toolkit.weights.weight_store import INLINE_BYTES, WeightStore
@@ -133,7 +133,7 @@ def _nbits_matmul(node, weight: np.ndarray, bits: int, accuracy_level: int, opse
     return list(done.node), list(done.initializer)
 
 
-def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 16) -> dict[str, int]:
+def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 16) -> LoraBranched:
     """Rewrite the quantized graph ``source`` (its LoRA an FP16 side branch) into ``target``, the base's error made up for.
 
     Args:
@@ -142,12 +142,11 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
         fp32: The ``model.onnx`` it was quantized from (the base's FP32 weights, under the same names).
         target: The ``model.onnx`` to write (its weights beside it).
         rank: ``r'``, the rank added to each branch whose base is a ``MatMulNBits`` of under 8 bits (0: none).
-        bits: The branch's storage (one of :data:`~slmops.toolkit.domain.options.BRANCH_BITS`): 16 keeps the FP16
-            constants (float MatMuls), 8 makes each of its MatMuls an 8-bit ``MatMulNBits`` (a fourth of the bytes a
-            float branch reads at each decode step).
+        bits: The branch's storage (:data:`~slmops.toolkit.domain.options.BRANCH_BITS`): 16 keeps FP16 constants
+            (float MatMuls), 8 makes each of its MatMuls an 8-bit ``MatMulNBits`` (a fourth of a float branch's bytes).
 
     Returns:
-        How many branches there are, and how many grew.
+        How many branches there are, and how many grew (:class:`~slmops.toolkit.domain.quant_plan.LoraBranched`).
     """
     import onnx
     from onnx import helper
@@ -155,11 +154,10 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
     if bits not in BRANCH_BITS:
         raise ValueError(f"branch bits {bits}: one of {BRANCH_BITS}")
     model = onnx.load(str(source), load_external_data=False)
-    graph = model.graph
     target.parent.mkdir(parents=True, exist_ok=True)
     weights = WeightStore(source.parent, target.parent / f"{target.name}.data")
-    inits = {init.name: init for init in graph.initializer}
-    branches = find_branches(graph)
+    inits = {init.name: init for init in model.graph.initializer}
+    branches = find_branches(model.graph)
     fp32_inits = ({init.name: init for init in onnx.load(str(fp32), load_external_data=False).graph.initializer}
                   if rank else {})
     grown, new_nodes, new_inits = 0, {}, []
@@ -190,34 +188,42 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
                 nodes, made = _nbits_matmul(plain, array, bits, level, model.opset_import)
                 new_nodes[id(node)] = nodes
                 new_inits += [weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made]
-        kept_nodes = []
-        for node in graph.node:
-            kept_nodes += new_nodes.get(id(node), [node])
-        used = {name for node in kept_nodes for name in node.input}
-        kept_nodes = [n for n in kept_nodes if n.op_type != "Cast" or n.output[0] in used]
-        used = {name for node in kept_nodes for name in node.input}
-        del graph.node[:]
-        graph.node.extend(kept_nodes)
-        kept = [init for init in graph.initializer if init.name in used]
-        del graph.initializer[:]
-        for init in kept:
-            if init.name not in weights.stored:
-                nbytes = int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-                (weights.inline if nbytes < INLINE_BYTES else weights.store)(init)
-        graph.initializer.extend([*kept, *new_inits])
-        # Shapes the builder noted for the branch's outputs hold its old rank.
-        for info in [info for info in graph.value_info if "/lora_A/" in info.name or "/lora_B/" in info.name]:
-            graph.value_info.remove(info)
+        _replace_nodes(model.graph, new_nodes, new_inits, weights)
     finally:
         weights.close()
     onnx.save(model, str(target))
-    return {"branches": len(branches), "grown": grown}
+    return LoraBranched(branches=len(branches), grown=grown)
+
+
+def _replace_nodes(graph, new_nodes: dict[int, list], new_inits: list, weights: WeightStore) -> None:
+    """Put ``new_nodes`` (by the ``id`` of the node each replaces) in ``graph``, drop what no node reads any more
+    (the branch's old ``Cast`` nodes and constants), store the kept initializers and add ``new_inits``."""
+    from onnx import helper
+
+    kept_nodes = []
+    for node in graph.node:
+        kept_nodes += new_nodes.get(id(node), [node])
+    used = {name for node in kept_nodes for name in node.input}
+    kept_nodes = [n for n in kept_nodes if n.op_type != "Cast" or n.output[0] in used]
+    used = {name for node in kept_nodes for name in node.input}
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    for init in kept:
+        if init.name not in weights.stored:
+            nbytes = int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+            (weights.inline if nbytes < INLINE_BYTES else weights.store)(init)
+    graph.initializer.extend([*kept, *new_inits])
+    # Shapes the builder noted for the branch's outputs hold its old rank.
+    for info in [info for info in graph.value_info if "/lora_A/" in info.name or "/lora_B/" in info.name]:
+        graph.value_info.remove(info)
 
 
 def _side_branch_task(payload: dict, _emit) -> dict:
     """Worker task: :func:`side_branch` for a :class:`LoraBranchJob`."""
     job = codec.load(LoraBranchJob, payload)
-    return side_branch(Path(job.source), Path(job.fp32), Path(job.target), job.error_rank, job.bits)
+    return codec.dump(side_branch(Path(job.source), Path(job.fp32), Path(job.target), job.error_rank, job.bits))
 
 
 if __name__ == "__main__":
