@@ -152,7 +152,7 @@ def run_pipeline(params: dict, out: str | os.PathLike[str], *, progress: bool = 
         target = run_dir / f"{name}.ipynb"
         start = time.perf_counter()
         if progress:  # one line per stage, instead of papermill's cell counter
-            log.info("[%d/%d] %s: %s ...", number, len(report.NOTEBOOKS), _STAGES[name], ", ".join(merged["precisions"]))
+            log.info("[%d/%d] %s: %s ...", number, len(report.NOTEBOOKS), _STAGES[name], ", ".join(parsed.precisions))
         try:
             papermill.execute_notebook(
                 # The notebooks read every parameter from the run file written above (as in a `slmops lab` workspace).
