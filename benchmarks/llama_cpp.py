@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import struct
 import subprocess
@@ -109,6 +110,7 @@ def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple
 
     Files linked; the LM head on the last position; gate and up projections fused; an INT4 graph in
     int8 compute also gets the prompt graph in FP32 compute (:mod:`slmops.toolkit.stages.register_prompt`).
+    Staged afresh on every run, so a folder staged by an older registration is never measured as today's.
     """
     from slmops.toolkit.stages import register_prompt
     from slmops.toolkit.weights import lm_head
@@ -116,16 +118,16 @@ def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple
     staged = []
     for pair in chosen:
         source, target = models / pair.folder, out / "as-registered" / pair.folder
-        if not (target / "genai_config.json").is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            for item in source.iterdir():
-                if item.is_file() and not (target / item.name).exists():
-                    os.link(item, target / item.name)
-            lm_head.serve_last_position(target)
-            config = json.loads((target / "genai_config.json").read_text())
-            if register_prompt.serve_graphs(target, config):  # as registration: fused gate/up, the prompt in FP32 compute
-                (target / "genai_config.json").unlink()  # a hard link to the source's: replaced, not written through
-                (target / "genai_config.json").write_text(json.dumps(config, indent=4))
+        shutil.rmtree(target, ignore_errors=True)  # only links and our own edits: cheap to stage again
+        target.mkdir(parents=True)
+        for item in source.iterdir():
+            if item.is_file() and not (target / item.name).exists():
+                os.link(item, target / item.name)
+        lm_head.serve_last_position(target)
+        config = json.loads((target / "genai_config.json").read_text())
+        if register_prompt.serve_graphs(target, config):  # as registration: fused gate/up, the prompt in FP32 compute
+            (target / "genai_config.json").unlink()  # a hard link to the source's: replaced, not written through
+            (target / "genai_config.json").write_text(json.dumps(config, indent=4))
         staged.append(Pair(f"{pair.ours}, as registered", str(target), pair.quant))
     return tuple(staged)
 

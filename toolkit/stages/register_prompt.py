@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slmops.toolkit.stages.register_fuse import fuse_siblings
+from slmops.toolkit.weights.lm_head import ALL_POSITIONS
+
 PROMPT_GRAPH = "model_prompt.onnx"
 PIPELINE_TYPE = "decoder-pipeline"
 PROMPT_STAGE, TOKEN_STAGE = "prompt", "tokens"
@@ -81,9 +84,6 @@ def serve_graphs(folder: Path, genai_config: dict) -> bool:
     Returns:
         Whether ``genai_config`` became a pipeline (:func:`serve_prompt_graph`).
     """
-    from slmops.toolkit.stages.register_fuse import fuse_siblings
-    from slmops.toolkit.weights.lm_head import ALL_POSITIONS
-
     if _plain_cpu_decoder(genai_config):
         filename = genai_config["model"]["decoder"].get("filename", "model.onnx")
         fuse_siblings(folder, [name for name in (filename, ALL_POSITIONS) if (folder / name).is_file()])
