@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmops.toolkit.weights.weight_store import WeightStore
+
 FUSED_DATA = "model_fused.onnx.data"
-_ALIGN = 4096
 _SPLIT_SIZES_AS_INPUT = 13  # the ONNX opset from which Split takes its sizes as an input
 
 
@@ -61,41 +62,13 @@ def _siblings(model) -> list[list[_Sibling]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def _array(tensor, folder: Path):
-    """An external initializer's values, read from its file (which may be a hard link: registration's folders are)."""
-    import numpy as np
-    from onnx import helper
-
-    info = {e.key: e.value for e in tensor.external_data}
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    with open(folder / info["location"], "rb") as data:
-        data.seek(int(info.get("offset", 0)))
-        raw = data.read(int(info["length"]))
-    return np.frombuffer(raw, dtype=dtype).reshape(tuple(tensor.dims))
-
-
-def _external(name: str, array, data, offset: int):
-    """``array`` as an initializer named ``name`` stored in ``data`` (an open file) at ``offset``; returns it and the next offset."""
-    from onnx import TensorProto, helper
-
-    raw = array.tobytes()
-    data.seek(offset)
-    data.write(raw)
-    tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", FUSED_DATA), ("offset", str(offset)), ("length", str(len(raw)))):
-        tensor.external_data.add(key=key, value=value)
-    return tensor, -(-(offset + len(raw)) // _ALIGN) * _ALIGN
-
-
-def _fused_weights(group: list[_Sibling], folder: Path, data, offset: int) -> tuple[list, int]:
-    """The group's weights and scales concatenated along N, written to ``data`` from ``offset``."""
+def _fused_weights(group: list[_Sibling], store: WeightStore) -> list:
+    """The group's weights and scales concatenated along N, appended to ``store``'s data file."""
     import numpy as np
 
     name = group[0].node.name + "/fused"
-    weight, offset = _external(name + ".weight", np.concatenate([_array(s.weight, folder) for s in group]), data, offset)
-    scales, offset = _external(name + ".scales", np.concatenate([_array(s.scales, folder) for s in group]), data, offset)
-    return [weight, scales], offset
+    return [store.write(f"{name}.{part}", np.concatenate([store.read(getattr(s, part)) for s in group]))
+            for part in ("weight", "scales")]
 
 
 def _fuse_group(model, group: list[_Sibling], weights: list) -> None:
@@ -144,10 +117,11 @@ def fuse_siblings(folder: Path, filenames: list[str]) -> int:
     if not groups or min(_default_opset(model) for model in models.values()) < _SPLIT_SIZES_AS_INPUT:
         return 0
     (folder / FUSED_DATA).unlink(missing_ok=True)
-    weights, offset = {}, 0
-    with open(folder / FUSED_DATA, "wb") as data:
-        for group in groups:
-            weights[group[0].node.name], offset = _fused_weights(group, folder, data, offset)
+    store = WeightStore(folder, folder / FUSED_DATA)
+    try:
+        weights = {group[0].node.name: _fused_weights(group, store) for group in groups}
+    finally:
+        store.close()
     for model in models.values():
         by_name = {s.node.name: s for group in _siblings(model) for s in group}
         for group in groups:
