@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from slmops.toolkit.domain.results.registration import ThreadSpeed
-from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH, serve_prompt_graph, write_prompt_graph
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH, STOP_SPINNING, serve_prompt_graph, write_prompt_graph
 from slmops.toolkit.stages.register_threads import ThreadChoice, pick_threads, probe_counts
 
 
@@ -38,7 +38,7 @@ def _levels(path: Path) -> list[tuple[int, int]]:
     import onnx
 
     return [({a.name: a.i for a in n.attribute}["accuracy_level"], {a.name: a.i for a in n.attribute}["bits"])
-            for n in onnx.load(str(path)).graph.node]
+            for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
 
 
 def test_an_int4_graph_in_int8_compute_gets_a_prompt_graph_in_fp32_compute(tmp_path: Path) -> None:
@@ -55,11 +55,26 @@ def test_an_int4_graph_in_int8_compute_gets_a_prompt_graph_in_fp32_compute(tmp_p
     assert _levels(folder / PROMPT_GRAPH) == [(0, 4), (4, 8), (0, 4)]  # 8-bit layers keep int8 compute
     assert _levels(folder / "model.onnx") == _levels(source / "model.onnx") == [(4, 4), (4, 8), (4, 4)]
     assert config["model"]["type"] == "decoder-pipeline"
+    # two sessions, two thread pools: each stops spinning when its run returns (both stages read the decoder's options)
+    assert config["model"]["decoder"]["session_options"] == STOP_SPINNING
     prompt, tokens = (next(iter(stage.values())) for stage in config["model"]["decoder"]["pipeline"])
     assert (prompt["filename"], prompt["run_on_prompt"], prompt["run_on_token_gen"]) == (PROMPT_GRAPH, True, False)
     assert (tokens["filename"], tokens["run_on_prompt"], tokens["run_on_token_gen"]) == ("model.onnx", False, True)
     assert prompt["inputs"] == tokens["inputs"] == ["x"] and prompt["outputs"] == ["y2"]
     assert not serve_prompt_graph(folder, config)  # already a pipeline: left as it is
+
+
+def test_the_last_position_head_keeps_int8_compute_in_the_prompt_graph(tmp_path: Path) -> None:
+    from slmops.toolkit.weights.lm_head import prune_lm_head
+
+    _matmul_graph(tmp_path / "full.onnx", [(4, 4), (4, 4)])
+    assert prune_lm_head(tmp_path / "full.onnx", tmp_path / "model.onnx", logits="y1")  # as registration serves it
+
+    assert write_prompt_graph(tmp_path / "model.onnx", tmp_path / PROMPT_GRAPH)
+    # the body multiplies the prompt's rows in FP32 compute; the head reads one row, a decode step's shape
+    assert _levels(tmp_path / PROMPT_GRAPH) == [(0, 4), (4, 4)]
+    write_prompt_graph(tmp_path / "full.onnx", tmp_path / "every_position.onnx")
+    assert _levels(tmp_path / "every_position.onnx") == [(0, 4), (0, 4)]  # a head on every position: the prompt's rows
 
 
 def test_graphs_without_int4_in_int8_compute_are_served_as_one_graph(tmp_path: Path) -> None:

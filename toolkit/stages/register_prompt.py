@@ -9,7 +9,8 @@ faster on a prompt too, so those keep it). The served folder keeps both: its gra
 ``genai_config.json`` becomes an ONNX Runtime GenAI ``decoder-pipeline`` that runs the first on
 token generation only and the second on the prompt only (``run_on_prompt``/``run_on_token_gen``),
 both on the same key/value cache. Each graph is its own ONNX Runtime session, so the weights are
-unpacked twice in memory.
+unpacked twice in memory, and each has its own intra-op threads: their spinning stops when a run
+returns (:data:`STOP_SPINNING`), so one session's idle threads do not take the cores the other runs on.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmops.toolkit.stages.register_fuse import fuse_siblings
-from slmops.toolkit.weights.lm_head import ALL_POSITIONS
+from slmops.toolkit.weights.lm_head import ALL_POSITIONS, UNSQUEEZE
 
 PROMPT_GRAPH = "model_prompt.onnx"
 PIPELINE_TYPE = "decoder-pipeline"
 PROMPT_STAGE, TOKEN_STAGE = "prompt", "tokens"
 INT8_COMPUTE, FP32_COMPUTE = 4, 0
+#: ONNX Runtime's session option that ends a session's thread-pool spinning when its run returns.
+#: Each stage is its own session with its own intra-op threads; without it, the prompt session's
+#: threads spin on after the prompt, taking cores from the first generated tokens, and the token
+#: session's threads spin on after the last token, taking cores from the next prompt.
+STOP_SPINNING = {"session.force_spinning_stop": "1"}
 #: Model types ONNX Runtime GenAI runs with its plain decoder class, as the pipeline does; any other
 #: type (one with its own class, or one the runtime does not know) is served as it is.
 PLAIN_DECODER_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "olmo", "smollm3"})
@@ -32,12 +38,18 @@ def _attribute(node, name: str, default: int) -> int:
     return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
+#: The output of the last-position edit (:mod:`slmops.toolkit.weights.lm_head`): one row, whatever the prompt's length.
+ONE_ROW = f"{UNSQUEEZE}/output_0"
+
+
 def write_prompt_graph(graph: Path, target: Path) -> bool:
     """``graph`` with its INT4 ``MatMulNBits`` in int8 compute set to FP32 compute, written to ``target``.
 
-    Only ``bits`` 4 nodes at ``accuracy_level`` 4 change (to 0); 8-bit ones (an INT8 build, a mixed
-    recipe's 8-bit layers, LM head) keep int8 compute, which is the faster for them on a prompt too.
-    The weights file is shared.
+    Only ``bits`` 4 nodes at ``accuracy_level`` 4 that multiply the prompt's rows change (to 0);
+    8-bit ones (an INT8 build, a mixed recipe's 8-bit layers, LM head) keep int8 compute, which is
+    the faster for them on a prompt too, and so does a head reading only the last position
+    (:data:`ONE_ROW`): one row is a decode step's shape, where FP32 compute unpacks the whole
+    vocabulary's weights for a single row. The weights file is shared.
 
     Returns:
         Whether it was written: not when ``graph`` has no such node (nothing would change).
@@ -46,7 +58,8 @@ def write_prompt_graph(graph: Path, target: Path) -> bool:
 
     model = onnx.load(str(graph), load_external_data=False)
     nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"
-             and _attribute(n, "bits", 4) == 4 and _attribute(n, "accuracy_level", 0) == INT8_COMPUTE]
+             and _attribute(n, "bits", 4) == 4 and _attribute(n, "accuracy_level", 0) == INT8_COMPUTE
+             and n.input[0] != ONE_ROW]
     if not nodes:
         return False
     for node in nodes:
@@ -111,6 +124,7 @@ def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
         {PROMPT_STAGE: {"filename": PROMPT_GRAPH, **stage, "run_on_prompt": True, "run_on_token_gen": False}},
         {TOKEN_STAGE: {"filename": filename, **stage, "run_on_prompt": False, "run_on_token_gen": True}},
     ]
+    decoder.setdefault("session_options", {}).update(STOP_SPINNING)  # both stages read the decoder's options
     model["type"] = PIPELINE_TYPE
     return True
 
