@@ -44,7 +44,15 @@ from llama_cpp_native import tools_root
 
 from slmops.toolkit.core.artifacts import MANIFEST
 from slmops.toolkit.domain import datasets
-from slmops.toolkit.domain.options import BRANCH_BITS, INT4_RECIPES, LORA_BRANCH_BITS, LORA_ERROR_RANK, Precision
+from slmops.toolkit.domain.options import (
+    BRANCH_BITS,
+    INT4_RECIPES,
+    LORA_BRANCH_BITS,
+    LORA_BRANCH_LAYOUT,
+    LORA_ERROR_RANK,
+    BranchLayout,
+    Precision,
+)
 from slmops.toolkit.stages.checklist.cases import judge
 
 KL_TO_BASE_SHARE = 0.9  # the kept-apart build's KL to the base, at least this share of the merged FP32's
@@ -58,7 +66,7 @@ def bits_per_weight(folder: Path, parameters: int) -> float:
 
 def build(adapter: Path, out: Path, precision: Precision, *, recipe: str = "", in_graph: bool = False,
           base: Path | None = None, fp32: Path | None = None, error_rank: int = LORA_ERROR_RANK,
-          branch_bits: int = LORA_BRANCH_BITS) -> Path:
+          branch_bits: int = LORA_BRANCH_BITS, layout: BranchLayout = LORA_BRANCH_LAYOUT) -> Path:
     """One build through ``slmops convert``'s code (kept when its manifest is there)."""
     from slmops.toolkit.stages.convert import ConvertSpec, convert
 
@@ -67,7 +75,8 @@ def build(adapter: Path, out: Path, precision: Precision, *, recipe: str = "", i
     model = base if base is not None else adapter
     options = INT4_RECIPES[recipe] if recipe else INT4_RECIPES["builder-default"]
     spec = ConvertSpec(model, out, precision, int4=options, adapter_in_graph=in_graph,
-                       quantize_from=fp32 if not in_graph else None, error_rank=error_rank, branch_bits=branch_bits)
+                       quantize_from=fp32 if not in_graph else None, error_rank=error_rank, branch_bits=branch_bits,
+                       branch_layout=layout)
     print(f"building {out.name}", flush=True)
     return convert(spec, progress=False).output_dir
 
@@ -196,6 +205,9 @@ def main() -> None:
                         f"{LORA_ERROR_RANK}, slmops convert's)")
     parser.add_argument("--branch-bits", type=int, action="append", choices=BRANCH_BITS,
                         help=f"the kept-apart build's side branch storage (repeatable; default: {LORA_BRANCH_BITS})")
+    parser.add_argument("--branch-layout", action="append", choices=[x.value for x in BranchLayout],
+                        help=f"how the kept-apart build's branch joins its base (repeatable; default: "
+                        f"{LORA_BRANCH_LAYOUT})")
     parser.add_argument("--rounds", type=int, default=3, help="decode rounds")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads for its logits")
     parser.add_argument("--no-domain", action="store_true", help="skip the domain and held-out cases")
@@ -223,10 +235,12 @@ def main() -> None:
         builds[f"{recipe}, merged"] = build(args.adapter, out / recipe, Precision.INT4, recipe=recipe, fp32=fp32)
         for rank in args.error_rank or [LORA_ERROR_RANK]:
             for bits in args.branch_bits or [LORA_BRANCH_BITS]:
-                label = f"{recipe}, LoRA in graph (r'={rank}, {bits}-bit branch)"
-                builds[label] = build(args.adapter, out / f"{recipe}-lora-r{rank}-b{bits}", Precision.INT4,
-                                      recipe=recipe, in_graph=True, error_rank=rank, branch_bits=bits)
-                kept_of[label] = recipe
+                for layout in map(BranchLayout, args.branch_layout or [LORA_BRANCH_LAYOUT]):
+                    label = f"{recipe}, LoRA in graph (r'={rank}, {bits}-bit branch, {layout})"
+                    folder = out / f"{recipe}-lora-r{rank}-b{bits}-{layout}"
+                    builds[label] = build(args.adapter, folder, Precision.INT4, recipe=recipe, in_graph=True,
+                                          error_rank=rank, branch_bits=bits, layout=layout)
+                    kept_of[label] = recipe
     rows = [{"build": label, "folder": str(folder), "bpw": bits_per_weight(folder, parameters)}
             for label, folder in builds.items()]
     gguf = args.gguf or tools_root() / f"{merged_source.name}-q4_k_m.gguf"

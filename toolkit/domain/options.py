@@ -190,6 +190,21 @@ LORA_ERROR_RANK = 16
 LORA_BRANCH_BITS = 8
 BRANCH_BITS = (16, 8)
 
+
+class BranchLayout(StrEnum):
+    """How a LoRA side branch in the graph joins its base's output (``--branch-layout``).
+
+    ``add``: ``A`` and ``B`` each their own MatMul, summed with the base's by an Add. ``folded``: ``B``'s rows
+    appended to the base's ``MatMulNBits`` weight (their own blocks and scales, at the base's bits) and the base
+    reading ``[x, x A]``, so only ``A`` and a Concat remain beside the base.
+    """
+
+    ADD = "add"
+    FOLDED = "folded"
+
+
+LORA_BRANCH_LAYOUT = BranchLayout.FOLDED
+
 #: The INT4 recipe a run uses unless told otherwise: the tutorial's.
 DEFAULT_INT4_RECIPE = "builder-default"
 

@@ -165,6 +165,7 @@ class LoraBranchJob:
         target: The ``model.onnx`` to write.
         error_rank: Rank added to each branch for the base's rounding error (0: none).
         bits: The branch's storage: 16 (FP16 constants, float MatMuls) or 8 (8-bit ``MatMulNBits``).
+        layout: How the branch joins its base (a :class:`~slmops.toolkit.domain.options.BranchLayout` value).
     """
 
     source: str
@@ -172,3 +173,4 @@ class LoraBranchJob:
     fp32: str
     error_rank: int
     bits: int = 16
+    layout: str = "add"

@@ -287,7 +287,8 @@ def _side_branch(job: _Job, work: Workspace, fp32: Path) -> None:
     if not spec.adapter_in_graph or not needs_quantizer(spec):
         return
     branch = LoraBranchJob(str(work.scratch / "quantized" / "model.onnx"), str(work.staging / "model.onnx"),
-                           str(fp32 / "model.onnx"), spec.error_rank, spec.branch_bits)
+                           str(fp32 / "model.onnx"), spec.error_rank, spec.branch_bits,
+                           str(spec.branch_layout))
     work.runs.append(workers.run_worker("slmops.toolkit.weights.lora_branch", "lora-side-branch", codec.dump(branch),
                                         log_path=work.logs / "lora-side-branch.log", name="LoRA side branch"))
 

@@ -9,6 +9,11 @@ Error Reconstruction for LLMs"), the branch also carries the best rank-``r'`` ap
 (truncated SVD): ``A' = [A | U]``, ``B' = [B ; V]``. The fine-tune's matrices are unchanged (their columns and
 rows come first); the branch is rank ``r + r'``, stored as the fine-tune's.
 
+Laid out folded (:attr:`~slmops.toolkit.domain.options.BranchLayout.FOLDED`), ``W4 x + B' (A' x)`` is one
+``MatMulNBits`` of ``[W4 ; B']`` over ``[x, A' x]``: ``B'``'s rows are appended along ``K`` in blocks of their own
+(their own scales, at the base's bits), so the branch's second MatMul and its Add are gone and only ``A'`` and a
+Concat remain beside the base. Decode of a small model pays per node more than per byte of a small MatMul.
+
 Runs as a worker task (``lora-side-branch``, see :mod:`slmops.toolkit.core.workers`).
 """
 
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from slmops.toolkit.core import codec, workers
-from slmops.toolkit.domain.options import BRANCH_BITS
+from slmops.toolkit.domain.options import BRANCH_BITS, BranchLayout
 from slmops.toolkit.domain.quant_plan import LoraBranched, LoraBranchJob
 from slmops.toolkit.weights.lora_apart import FP16_SUFFIX, is_lora_weight
 from slmops.toolkit.weights.onnx_weights import read_initializer
@@ -133,7 +138,76 @@ def _nbits_matmul(node, weight: np.ndarray, bits: int, accuracy_level: int, opse
     return list(done.node), list(done.initializer)
 
 
-def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 16) -> LoraBranched:
+def _foldable(node) -> bool:
+    """Whether ``node`` is a ``MatMulNBits`` whose ``K`` is whole blocks (rows appended start a block of their own)."""
+    return node.op_type == "MatMulNBits" and _attribute(node, "K") % _attribute(node, "block_size") == 0
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Codes ``[..., n]`` (one a byte) packed as ``MatMulNBits`` stores them (4 bits: two a byte, the first low)."""
+    codes = codes.astype(np.uint8)
+    return codes if bits == 8 else codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def quantize_rows(rows: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` (``[r, N]``, float) as ``MatMulNBits`` blocks along ``r``: symmetric, zero point ``2^(bits-1)``.
+
+    ``r`` is padded with zero rows to whole blocks.
+
+    Returns:
+        The packed codes ``[N, blocks, block * bits / 8]`` and the scales ``[N, blocks]`` (float32).
+    """
+    count, width = rows.shape
+    blocks = -(-count // block)
+    padded = np.zeros((blocks * block, width), np.float32)
+    padded[:count] = rows
+    grouped = padded.T.reshape(width, blocks, block)
+    scales = np.abs(grouped).max(axis=-1) / (2 ** (bits - 1) - 1)
+    codes = np.rint(grouped / np.where(scales > 0, scales, 1)[..., None]) + 2 ** (bits - 1)
+    return _pack(np.clip(codes, 0, 2 ** bits - 1), bits), scales.astype(np.float32)
+
+
+def _fold_rows(branch: Branch, rows: np.ndarray, joined: str, read) -> tuple[object, list]:
+    """``branch``'s base ``MatMulNBits`` reading ``joined`` (``[x, x A]``) with ``rows`` (``[r, N]``, ``B``'s, ``r``
+    whole blocks) appended along ``K``: their own blocks, scales and zero points, at the base's bits.
+
+    The node keeps the base's name and writes the Add's output; its weights are new initializers (``..._folded``).
+    """
+    from onnx import helper, numpy_helper
+
+    base = branch.base
+    k, n, bits, block = (_attribute(base, name) for name in ("K", "N", "bits", "block_size"))
+    codes, scales = read(base.input[1]), read(base.input[2])
+    blocks = codes.shape[1]
+    extra_codes, extra_scales = quantize_rows(rows, bits, block)
+    added = extra_codes.shape[1]
+    arrays = [np.concatenate([codes, extra_codes], axis=1),
+              np.concatenate([scales.reshape(n, blocks), extra_scales.astype(scales.dtype)], axis=1)]
+    arrays[1] = arrays[1].reshape(-1) if scales.ndim == 1 else arrays[1]
+    if len(base.input) > 3 and base.input[3]:
+        zero = read(base.input[3])
+        middle = 2 ** (bits - 1)
+        if zero.dtype == np.uint8:
+            unpacked = (np.stack([zero.reshape(n, -1) & 15, zero.reshape(n, -1) >> 4], axis=-1).reshape(n, -1)
+                        if bits == 4 else zero.reshape(n, -1))
+            whole = np.concatenate([unpacked[:, :blocks], np.full((n, added), middle, np.uint8)], axis=1)
+            if bits == 4 and whole.shape[1] % 2:
+                whole = np.concatenate([whole, np.full((n, 1), middle, np.uint8)], axis=1)
+            whole = _pack(whole, bits)
+        else:  # float zero points (HQQ)
+            whole = np.concatenate([zero.reshape(n, blocks), np.full((n, added), middle, zero.dtype)], axis=1)
+        arrays.append(whole.reshape(-1) if zero.ndim == 1 else whole)
+    names = [f"{name}_folded" for name in base.input[1:1 + len(arrays)]]
+    attributes = {a.name: helper.get_attribute_value(a) for a in base.attribute}
+    attributes["K"] = k + added * block
+    folded = helper.make_node("MatMulNBits", [joined, *names, *base.input[1 + len(arrays):]], list(branch.add.output),
+                              name=base.name, domain=base.domain, **attributes)
+    return folded, [numpy_helper.from_array(np.ascontiguousarray(array), name)
+                    for array, name in zip(arrays, names, strict=True)]
+
+
+def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 16,
+                layout: BranchLayout = BranchLayout.ADD) -> LoraBranched:
     """Rewrite the quantized graph ``source`` (its LoRA an FP16 side branch) into ``target``, the base's error made up for.
 
     Args:
@@ -144,6 +218,9 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
         rank: ``r'``, the rank added to each branch whose base is a ``MatMulNBits`` of under 8 bits (0: none).
         bits: The branch's storage (:data:`~slmops.toolkit.domain.options.BRANCH_BITS`): 16 keeps FP16 constants
             (float MatMuls), 8 makes each of its MatMuls an 8-bit ``MatMulNBits`` (a fourth of a float branch's bytes).
+        layout: :class:`~slmops.toolkit.domain.options.BranchLayout`: folded, ``B`` joins each ``MatMulNBits``
+            base whose ``K`` is whole blocks (its rows at the base's bits; ``bits`` is then ``A``'s storage); the
+            other branches stay added.
 
     Returns:
         How many branches there are, and how many grew (:class:`~slmops.toolkit.domain.quant_plan.LoraBranched`).
@@ -165,6 +242,19 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
     def read(name: str) -> np.ndarray:
         return weights.read(inits[name])
 
+    def store_a(node, a: np.ndarray, a_weight: str, level: int) -> list:
+        """The nodes of ``node`` (``x A``) computing with ``a``: its FP16 constant rewritten, or ``MatMulNBits``."""
+        if bits == 16:
+            inits[a_weight].CopyFrom(weights.write(a_weight, a.astype(np.float16)))
+            return [node]
+        plain = helper.make_node("MatMul", [node.input[0], a_weight.removesuffix(FP16_SUFFIX)], list(node.output),
+                                 name=node.name)
+        nodes, made = _nbits_matmul(plain, a, bits, level, model.opset_import)
+        new_inits.extend(weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made)
+        return nodes
+
+    order = {id(node): index for index, node in enumerate(model.graph.node)}
+    to_fold: dict[str, list[tuple[Branch, np.ndarray, np.ndarray]]] = {}
     try:
         for branch in branches:
             original = fp32_inits.get(branch.base.input[1].rsplit("_Q", 1)[0])
@@ -173,21 +263,41 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
             if grow:
                 a, b = _grow(read, branch, read_initializer(original, fp32.parent).astype(np.float32), rank)
                 grown += 1
-            elif bits != 16:
+            elif bits != 16 or layout == BranchLayout.FOLDED:
                 a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
             else:
                 continue
-            if bits == 16:
-                for name, array in ((branch.a_weight, a), (branch.b_weight, b)):
-                    inits[name].CopyFrom(weights.write(name, array.astype(np.float16)))
+            if layout == BranchLayout.FOLDED and _foldable(branch.base):
+                key = f"{branch.base.input[0]}/{_attribute(branch.base, 'block_size')}"
+                to_fold.setdefault(key, []).append((branch, a, b))
                 continue
             level = _attribute(branch.base, "accuracy_level") if branch.base.op_type == "MatMulNBits" else 0
-            for node, array, name in ((branch.lora_a, a, branch.a_weight), (branch.lora_b, b, branch.b_weight)):
-                stem = name.removesuffix(FP16_SUFFIX)
-                plain = helper.make_node("MatMul", [node.input[0], stem], list(node.output), name=node.name)
-                nodes, made = _nbits_matmul(plain, array, bits, level, model.opset_import)
-                new_nodes[id(node)] = nodes
-                new_inits += [weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made]
+            new_nodes[id(branch.lora_a)] = store_a(branch.lora_a, a, branch.a_weight, level)
+            if bits == 16:
+                inits[branch.b_weight].CopyFrom(weights.write(branch.b_weight, b.astype(np.float16)))
+            else:
+                new_nodes[id(branch.lora_b)] = store_a(branch.lora_b, b, branch.b_weight, level)
+        for group in to_fold.values():
+            # One A for the branches that read one input (q, k, v; gate, up), its columns padded to whole
+            # blocks; each base reads all of x A, B's rows at its own columns' place, zeros elsewhere.
+            group.sort(key=lambda item: order[id(item[0].base)])
+            first = group[0][0]
+            block = _attribute(first.base, "block_size")
+            a = np.concatenate([item[1] for item in group], axis=1)
+            a = np.pad(a, ((0, 0), (0, -a.shape[1] % block)))
+            joined = f"{first.base.output[0]}/lora_concat"
+            nodes = [*store_a(first.lora_a, a, first.a_weight, _attribute(first.base, "accuracy_level")),
+                     helper.make_node("Concat", [first.base.input[0], first.lora_a.output[0]], [joined],
+                                      name=f"{first.base.name}/lora_concat", axis=-1)]
+            start = 0
+            for branch, part, b in group:
+                rows = np.zeros((a.shape[1], b.shape[1]), np.float32)
+                rows[start:start + part.shape[1]] = b
+                start += part.shape[1]
+                folded, made = _fold_rows(branch, rows, joined, read)
+                new_inits.extend(weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made)
+                new_nodes[id(branch.base)] = [*nodes, folded] if branch is first else [folded]
+                new_nodes[id(branch.lora_a)] = new_nodes[id(branch.lora_b)] = new_nodes[id(branch.add)] = []
         _replace_nodes(model.graph, new_nodes, new_inits, weights)
     finally:
         weights.close()
@@ -215,15 +325,18 @@ def _replace_nodes(graph, new_nodes: dict[int, list], new_inits: list, weights: 
             nbytes = int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
             (weights.inline if nbytes < INLINE_BYTES else weights.store)(init)
     graph.initializer.extend([*kept, *new_inits])
-    # Shapes the builder noted for the branch's outputs hold its old rank.
-    for info in [info for info in graph.value_info if "/lora_A/" in info.name or "/lora_B/" in info.name]:
+    # Shapes the builder noted for the branch's outputs hold its old rank; a folded base's old output is gone.
+    made = {name for node in kept_nodes for name in node.output}
+    for info in [info for info in graph.value_info
+                 if "/lora_A/" in info.name or "/lora_B/" in info.name or info.name not in made]:
         graph.value_info.remove(info)
 
 
 def _side_branch_task(payload: dict, _emit) -> dict:
     """Worker task: :func:`side_branch` for a :class:`LoraBranchJob`."""
     job = codec.load(LoraBranchJob, payload)
-    return codec.dump(side_branch(Path(job.source), Path(job.fp32), Path(job.target), job.error_rank, job.bits))
+    return codec.dump(side_branch(Path(job.source), Path(job.fp32), Path(job.target), job.error_rank, job.bits,
+                                   BranchLayout(job.layout)))
 
 
 if __name__ == "__main__":
