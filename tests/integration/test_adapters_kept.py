@@ -127,8 +127,11 @@ def test_an_int4_build_keeps_its_lora_as_an_fp16_side_branch_in_one_graph_and_fo
     adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
     out = tmp_path / "in-graph"
     assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int4", "--recipe", "mixed",
-                     "--branch-bits", "16", "--out", str(out)]) == 0
+                     "--branch-bits", "16", "--branch-layout", "add", "--out", str(out)]) == 0
     manifest = read_manifest(out)
+    branched = manifest.lora_branch  # how the branch was built, in its record
+    assert (branched.branches, branched.error_rank, branched.branch_bits, branched.layout) == (
+        2 * 3, LORA_ERROR_RANK, 16, "add")
     assert manifest.adapter.kept_apart is True and manifest.adapter_files == ()
     assert not (out / "adapters").exists()
     # The parity gate ran against the merged model in transformers: the FP32 export exactly, the INT4 build within

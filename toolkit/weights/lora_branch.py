@@ -302,7 +302,8 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
     finally:
         weights.close()
     onnx.save(model, str(target))
-    return LoraBranched(branches=len(branches), grown=grown)
+    return LoraBranched(branches=len(branches), grown=grown, error_rank=rank, branch_bits=bits, layout=str(layout),
+                        folded=sum(len(group) for group in to_fold.values()))
 
 
 def _replace_nodes(graph, new_nodes: dict[int, list], new_inits: list, weights: WeightStore) -> None:
