@@ -203,3 +203,18 @@ def test_folded_branches_that_read_one_input_share_one_a_and_one_concat(tmp_path
     for seed, module in enumerate(modules):
         assert abs(_merged_error(folded, module, seed) - _merged_error(added, module, seed)) < 0.05 * _merged_error(
             added, module, seed)
+
+
+def test_over_an_8_bit_base_folded_merge8_merges_the_lora_into_the_base_as_a_merged_build_rounds_it(
+        tmp_path: Path) -> None:
+    import onnx
+
+    fp16, quantized = _quantized(tmp_path, bits=8)
+    added, merged = tmp_path / "add" / "model.onnx", tmp_path / "merge8" / "model.onnx"
+    side_branch(quantized, fp16, added, 8, bits=8)
+    made = side_branch(quantized, fp16, merged, 8, bits=8, layout=BranchLayout.FOLDED_MERGE8)
+    assert (made.merged, made.folded, made.grown) == (1, 0, 0)
+    graph = onnx.load(str(merged), load_external_data=False).graph
+    assert [node.op_type for node in graph.node] == ["MatMulNBits"]
+    assert not [init.name for init in graph.initializer if ".lora_" in init.name]
+    assert _merged_error(merged) < 0.01 and _merged_error(added) < 0.01  # 8 bits hold the LoRA either way

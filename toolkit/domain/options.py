@@ -196,11 +196,14 @@ class BranchLayout(StrEnum):
 
     ``add``: ``A`` and ``B`` each their own MatMul, summed with the base's by an Add. ``folded``: ``B``'s rows
     appended to the base's ``MatMulNBits`` weight (their own blocks and scales, at the base's bits) and the base
-    reading ``[x, x A]``, so only ``A`` and a Concat remain beside the base.
+    reading ``[x, x A]``, so only ``A`` and a Concat remain beside the base. ``folded-merge8``: folded, except over
+    an 8-bit base, where the LoRA is merged into the base's weights before they are rounded (as a merged build
+    does: 8 bits hold it), so no branch is left there.
     """
 
     ADD = "add"
     FOLDED = "folded"
+    FOLDED_MERGE8 = "folded-merge8"
 
 
 LORA_BRANCH_LAYOUT = BranchLayout.FOLDED

@@ -152,7 +152,8 @@ class LoraBranched:
         error_rank: The rank each grown branch gained for the base's rounding error (``--error-rank``).
         branch_bits: How the branch's ``A`` (and, added, its ``B``) is stored: 16 (FP16) or 8 (``MatMulNBits``).
         layout: How the branch joins its base (a :class:`~slmops.toolkit.domain.options.BranchLayout` value).
-        folded: Those whose ``B`` was folded into the base's ``MatMulNBits`` (the rest are added).
+        folded: Those whose ``B`` was folded into the base's ``MatMulNBits``.
+        merged: Those merged into their 8-bit base (``folded-merge8``; the rest are added).
     """
 
     branches: int
@@ -161,6 +162,7 @@ class LoraBranched:
     branch_bits: int = 16
     layout: str = "add"
     folded: int = 0
+    merged: int = 0
 
 
 @dataclass(frozen=True)

@@ -119,18 +119,20 @@ def _grow(read, branch: Branch, weight: np.ndarray, rank: int) -> tuple[np.ndarr
     return np.concatenate([a, u], axis=1), np.concatenate([b, v], axis=0)
 
 
-def _nbits_matmul(node, weight: np.ndarray, bits: int, accuracy_level: int, opsets) -> tuple[list, list]:
-    """``node`` (a MatMul of ``weight`` ``[K, N]``) as ``MatMulNBits`` by ONNX Runtime's quantizer (symmetric blocks of
-    32 inputs, or 16 when ``K`` is no multiple of 32, so a rank-16 ``B`` is not padded)."""
+def _nbits_matmul(node, weight: np.ndarray, bits: int, accuracy_level: int, opsets,
+                  symmetric: bool = True, block: int = 0) -> tuple[list, list]:
+    """``node`` (a MatMul of ``weight`` ``[K, N]``) as ``MatMulNBits`` by ONNX Runtime's quantizer (blocks of 32 inputs,
+    or 16 when ``K`` is no multiple of 32, so a rank-16 ``B`` is not padded, unless ``block`` is given; symmetric
+    unless told)."""
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import matmul_nbits_quantizer as q
 
-    block = 32 if weight.shape[0] % 32 == 0 else 16
+    block = block or (32 if weight.shape[0] % 32 == 0 else 16)
     graph = helper.make_graph(
         [node], "one_matmul", [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.ascontiguousarray(weight), node.input[1])])
-    config = q.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level,
+    config = q.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=symmetric, accuracy_level=accuracy_level,
                                             bits=bits, op_types_to_quantize=("MatMul",))
     quantizer = q.MatMulNBitsQuantizer(helper.make_model(graph, opset_imports=opsets), algo_config=config)
     quantizer.process()
@@ -165,6 +167,24 @@ def quantize_rows(rows: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, 
     scales = np.abs(grouped).max(axis=-1) / (2 ** (bits - 1) - 1)
     codes = np.rint(grouped / np.where(scales > 0, scales, 1)[..., None]) + 2 ** (bits - 1)
     return _pack(np.clip(codes, 0, 2 ** bits - 1), bits), scales.astype(np.float32)
+
+
+def _merged_8bit(branch: Branch, read, weight: np.ndarray, weights: WeightStore, new_inits: list, opsets) -> list:
+    """``branch``'s base re-quantized to 8 bits from its FP32 weight with the LoRA merged (``W + A B``), as a merged
+    build rounds it (ONNX Runtime's quantizer, the base's block size, zero points where the base has them); the
+    node writes the Add's output. Its initializers are new (``..._merged``)."""
+    import onnx
+    from onnx import helper
+
+    base = branch.base
+    a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
+    stem = f"{base.input[1].rsplit('_Q', 1)[0]}_merged"
+    plain = helper.make_node("MatMul", [base.input[0], stem], list(branch.add.output), name=base.name)
+    symmetric = not (len(base.input) > 3 and base.input[3])
+    nodes, made = _nbits_matmul(plain, weight.astype(np.float32) + a @ b, 8, _attribute(base, "accuracy_level"),
+                                opsets, symmetric=symmetric, block=_attribute(base, "block_size"))
+    new_inits.extend(weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made)
+    return nodes
 
 
 def _fold_rows(branch: Branch, rows: np.ndarray, joined: str, read) -> tuple[object, list]:
@@ -235,8 +255,10 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
     weights = WeightStore(source.parent, target.parent / f"{target.name}.data")
     inits = {init.name: init for init in model.graph.initializer}
     branches = find_branches(model.graph)
+    merge8 = layout == BranchLayout.FOLDED_MERGE8
     fp32_inits = ({init.name: init for init in onnx.load(str(fp32), load_external_data=False).graph.initializer}
-                  if rank else {})
+                  if rank or merge8 else {})
+    merged = 0
     grown, new_nodes, new_inits = 0, {}, []
 
     def read(name: str) -> np.ndarray:
@@ -258,6 +280,12 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
     try:
         for branch in branches:
             original = fp32_inits.get(branch.base.input[1].rsplit("_Q", 1)[0])
+            if merge8 and original is not None and _foldable(branch.base) and _attribute(branch.base, "bits") == 8:
+                new_nodes[id(branch.base)] = _merged_8bit(branch, read, read_initializer(original, fp32.parent),
+                                                          weights, new_inits, model.opset_import)
+                new_nodes[id(branch.lora_a)] = new_nodes[id(branch.lora_b)] = new_nodes[id(branch.add)] = []
+                merged += 1
+                continue
             grow = (rank > 0 and original is not None and branch.base.op_type == "MatMulNBits"
                     and _attribute(branch.base, "bits") < 8)
             if grow:
@@ -267,7 +295,7 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
                 a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
             else:
                 continue
-            if layout == BranchLayout.FOLDED and _foldable(branch.base):
+            if layout != BranchLayout.ADD and _foldable(branch.base):
                 key = f"{branch.base.input[0]}/{_attribute(branch.base, 'block_size')}"
                 to_fold.setdefault(key, []).append((branch, a, b))
                 continue
@@ -303,7 +331,7 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
         weights.close()
     onnx.save(model, str(target))
     return LoraBranched(branches=len(branches), grown=grown, error_rank=rank, branch_bits=bits, layout=str(layout),
-                        folded=sum(len(group) for group in to_fold.values()))
+                        folded=sum(len(group) for group in to_fold.values()), merged=merged)
 
 
 def _replace_nodes(graph, new_nodes: dict[int, list], new_inits: list, weights: WeightStore) -> None:
