@@ -8,8 +8,9 @@ as ``slmops recipes`` does): top-1 agreement, KL divergence, and the KL divergen
 (how far the build stays from the base: a fine-tune rounded away falls back toward it). Bits per weight are the
 graph's files (the LoRA's bytes included) x 8 / the base's parameters. Domain: the Veloria fine-tune's trained
 and held-out questions, answered greedily and judged by the checklist's rules (``benchmarks/int4_domain.py``).
-Decode: ONNX Runtime GenAI's decode probe, ``--rounds`` rounds alternating the two builds; the ratio
-(kept apart / merged) is taken per round and reported as its median and range.
+Decode: ONNX Runtime GenAI, each build loaded once and warmed up, then ``--rounds`` rounds of one greedy run of 64
+tokens of each build, in alternating order; the ratio (kept apart / merged) is taken per round and reported as its
+median and range.
 
 Targets (issue 44), per recipe: the kept-apart build's KL below the merged build's; its KL to the base at
 least the merged FP32's minus 10%; every domain and held-out case FP32 passes, passed; decode at least 0.85x
@@ -57,6 +58,7 @@ from slmops.toolkit.stages.checklist.cases import judge
 
 KL_TO_BASE_SHARE = 0.9  # the kept-apart build's KL to the base, at least this share of the merged FP32's
 DECODE_TARGET = 0.85  # kept apart / merged decode tokens/s, at least
+DECODE_TOKENS = 64  # tokens a decode round times, per build
 
 
 def bits_per_weight(folder: Path, parameters: int) -> float:
@@ -97,23 +99,82 @@ def domain(builds: dict[str, Path]) -> dict[str, dict]:
             for label, row in passed.items()}
 
 
-def decode_ratios(pairs: dict[str, tuple[Path, Path]], rounds: int) -> dict[str, dict]:
-    """Per kept-apart build, decode tokens/s of it and its merged build per round (order alternating), and the ratio."""
-    from slmops.toolkit.runtimes import genai
+def decode_ratios(pairs: dict[str, tuple[Path, Path]], rounds: int, tokens: int = DECODE_TOKENS) -> dict[str, dict]:
+    """Per kept-apart build, decode tokens/s of it and its merged build per round, and the ratio (kept / merged).
 
+    Each build is loaded once (ONNX Runtime GenAI, the runtime's default threads) and warmed up by one run; a round
+    times one greedy run of ``tokens`` tokens of each, in alternating order (:func:`~slmops.toolkit.runtimes.genai.
+    time_generation`, tokens after the first).
+    """
+    import onnxruntime_genai as og
+
+    from slmops.toolkit.domain.prompts import reference_text
+    from slmops.toolkit.runtimes import genai
+    from slmops.toolkit.runtimes.genai_folders import load
+
+    folders = {folder for pair in pairs.values() for folder in pair}
+    models = {folder: load(folder) for folder in folders}
+    ids = list(og.Tokenizer(next(iter(models.values()))).encode(reference_text()[:200]))
+
+    def speed(folder: Path, warmup: int = 0) -> float:
+        return genai.time_generation(models[folder], ids, tokens, 1, warmup)[0].decode_tps
+
+    for folder in folders:
+        speed(folder, warmup=1)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
     for round_ in range(rounds):
         for name, (merged, kept) in pairs.items():
-            order = {"merged": merged, "kept": kept} if round_ % 2 == 0 else {"kept": kept, "merged": merged}
-            speeds = genai.decode_speeds(order)
-            runs[name].append((speeds["merged"], speeds["kept"]))
+            if round_ % 2 == 0:
+                first = speed(merged)
+                runs[name].append((first, speed(kept)))
+            else:
+                second = speed(kept)
+                runs[name].append((speed(merged), second))
     out = {}
     for name, figures in runs.items():
         ratios = [kept / merged for merged, kept in figures]
         out[name] = {"merged_tps": statistics.median(m for m, _ in figures),
                      "kept_tps": statistics.median(k for _, k in figures),
-                     "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
+                     "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)], "tokens": tokens}
     return out
+
+
+def profile_token(folder: Path, past: int = 128, runs: int = 50) -> dict[str, dict]:
+    """ONNX Runtime's profiler over one decoded token (``past`` cached positions) of a build's graph, per operator.
+
+    The graph runs directly in an ``onnxruntime`` session (2 intra-op threads, the machine's cores) on one new token
+    with random cached keys and values, ``runs`` times. Figures per token: each operator's kernel time (ms, the
+    profiler's own cost per node included) and its node count.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = 2, True
+    options.profile_file_prefix = str(folder.parent / f"{folder.name}-profile")
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for value in session.get_inputs():
+        if value.name == "input_ids":
+            feeds[value.name] = np.array([[42]], np.int64)
+        elif value.name == "attention_mask":
+            feeds[value.name] = np.ones((1, past + 1), np.int64)
+        elif value.name == "position_ids":
+            feeds[value.name] = np.array([[past]], np.int64)
+        elif value.name.startswith("past_key_values"):
+            feeds[value.name] = np.random.default_rng(0).random((1, value.shape[1], past, value.shape[3]), np.float32)
+    for _ in range(runs):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    ops: dict[str, dict] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = ops.setdefault(event["args"]["op_name"], {"ms": 0.0, "nodes": 0})
+            op["ms"] += event["dur"] / 1000 / runs
+            op["nodes"] += 1
+    return {name: {"ms": round(op["ms"], 3), "nodes": op["nodes"] // runs}
+            for name, op in sorted(ops.items(), key=lambda item: -item[1]["ms"])}
 
 
 def llama_cpp_row(gguf: Path, fp32: Path, base_fp32: Path, venv: Path, out: Path, threads: int) -> dict | None:
@@ -208,10 +269,12 @@ def main() -> None:
     parser.add_argument("--branch-layout", action="append", choices=[x.value for x in BranchLayout],
                         help=f"how the kept-apart build's branch joins its base (repeatable; default: "
                         f"{LORA_BRANCH_LAYOUT})")
-    parser.add_argument("--rounds", type=int, default=3, help="decode rounds")
+    parser.add_argument("--rounds", type=int, default=9, help="decode rounds (one timed run of each build a round)")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads for its logits")
     parser.add_argument("--no-domain", action="store_true", help="skip the domain and held-out cases")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="also ONNX Runtime's profile of one decoded token of each INT4 build, per operator")
     args = parser.parse_args()
     from slmops.toolkit.runtimes import genai
     from slmops.toolkit.weights.adapter_inspect import inspect_adapter
@@ -268,6 +331,15 @@ def main() -> None:
                            args.rounds)
     for label, figures in speeds.items():
         by_label[label]["decode"] = figures
+    if args.profile:
+        print("profile of one decoded token (ms per token, nodes)", flush=True)
+        for label, folder in builds.items():
+            if label in kept_of or label.endswith(", merged"):
+                by_label[label]["profile"] = profile_token(folder)
+                total = sum(op["ms"] for op in by_label[label]["profile"].values())
+                print(f"  {label}: {total:.2f} ms, " + ", ".join(
+                    f"{name} {op['ms']:.2f} ({op['nodes']})" for name, op in by_label[label]["profile"].items()
+                    if op["ms"] >= 0.1), flush=True)
     q4_k_m = rows[-1] if gguf.is_file() else None
     fp32_to_base = by_label["merged FP32"]["kl_divergence_to_base"]
     targets = []
