@@ -184,11 +184,12 @@ def test_a_side_branch_builds_error_rank_bits_and_layout_are_a_typed_field_of_it
     written = json.loads((Path(__file__).parent / "manifest_v3.json").read_text())
     (tmp_path / "manifest.json").write_text(json.dumps(written))
     assert read_manifest(tmp_path).lora_branch is None
-    branched = LoraBranched(branches=210, grown=166, error_rank=16, branch_bits=8, layout="folded", folded=210)
+    branched = LoraBranched(branches=210, grown=166, error_rank=16, branch_bits=8, layout="folded-merge8", folded=166,
+                            merged=44)
     write_manifest(tmp_path, replace(read_manifest(tmp_path), lora_branch=branched))
     again = json.loads((tmp_path / "manifest.json").read_text())
     assert again["lora_branch"] == {"branches": 210, "grown": 166, "error_rank": 16, "branch_bits": 8,
-                                    "layout": "folded", "folded": 210}
+                                    "layout": "folded-merge8", "folded": 166, "merged": 44}
     assert read_manifest(tmp_path).lora_branch == branched
 
 

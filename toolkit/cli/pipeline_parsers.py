@@ -212,7 +212,8 @@ def convert_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
     p.add_argument("--branch-layout", choices=[x.value for x in BranchLayout],
                    default=default_of(ConvertSpec, "branch_layout"),
                    help="with --adapter-in-graph: the branch's B folded into its base's MatMulNBits (its rows in "
-                   "blocks of their own, the base reading [x, xA]) or a MatMul of its own added to the base's")
+                   "blocks of their own, the base reading [x, xA]; folded-merge8 also merges the LoRA into 8-bit "
+                   "bases) or a MatMul of its own added to the base's")
     p.add_argument("--also-adapter", action="append", metavar="ADAPTER_DIR",
                    help="with --keep-adapter: another LoRA adapter of the same base, written as its own adapter "
                    "file for the same build and checked against its own merged model (repeatable)")

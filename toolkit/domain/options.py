@@ -206,7 +206,7 @@ class BranchLayout(StrEnum):
     FOLDED_MERGE8 = "folded-merge8"
 
 
-LORA_BRANCH_LAYOUT = BranchLayout.FOLDED
+LORA_BRANCH_LAYOUT = BranchLayout.FOLDED_MERGE8
 
 #: The INT4 recipe a run uses unless told otherwise: the tutorial's.
 DEFAULT_INT4_RECIPE = "builder-default"
