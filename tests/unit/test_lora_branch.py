@@ -65,12 +65,13 @@ def _builder_like_graph(folder: Path, modules: tuple[str, ...] = ("q_proj",)) ->
     return folder / "model.onnx"
 
 
-def _quantized(tmp_path: Path, bits: int = 4, modules: tuple[str, ...] = ("q_proj",)) -> tuple[Path, Path]:
+def _quantized(tmp_path: Path, bits: int = 4, modules: tuple[str, ...] = ("q_proj",),
+               algorithm: str = "default") -> tuple[Path, Path]:
     """The graph's LoRA in FP16 (its base still FP32), and that graph with its base quantized (asymmetric blocks)."""
     fp16 = tmp_path / "fp16" / "model.onnx"
     lora_in_fp16(_builder_like_graph(tmp_path / "fp32", modules), fp16)
     target = tmp_path / f"int{bits}" / "model.onnx"
-    quantize(fp16, target, QuantPlan(bits=bits, symmetric=False, lm_head_bits=32))
+    quantize(fp16, target, QuantPlan(bits=bits, symmetric=False, lm_head_bits=32, algorithm=algorithm))
     return fp16, target
 
 
@@ -188,11 +189,12 @@ def test_a_folded_branch_is_one_base_matmulnbits_over_x_and_xa_and_computes_what
     assert abs(_merged_error(folded) - _merged_error(added)) < 0.05 * _merged_error(added)
 
 
-def test_folded_branches_that_read_one_input_share_one_a_and_one_concat(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["default", "hqq"])  # zero points packed in 4 bits; HQQ's in float
+def test_folded_branches_that_read_one_input_share_one_a_and_one_concat(tmp_path: Path, algorithm: str) -> None:
     import onnx
 
     modules = ("q_proj", "k_proj")
-    fp16, quantized = _quantized(tmp_path, modules=modules)
+    fp16, quantized = _quantized(tmp_path, modules=modules, algorithm=algorithm)
     added, folded = tmp_path / "add" / "model.onnx", tmp_path / "folded" / "model.onnx"
     side_branch(quantized, fp16, added, 8, bits=8)
     assert side_branch(quantized, fp16, folded, 8, bits=8, layout=BranchLayout.FOLDED).folded == 2
