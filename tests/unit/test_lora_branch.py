@@ -220,3 +220,19 @@ def test_over_an_8_bit_base_folded_merge8_merges_the_lora_into_the_base_as_a_mer
     assert [node.op_type for node in graph.node] == ["MatMulNBits"]
     assert not [init.name for init in graph.initializer if ".lora_" in init.name]
     assert _merged_error(merged) < 0.01 and _merged_error(added) < 0.01  # 8 bits hold the LoRA either way
+
+
+def test_the_bytes_of_a_folded_branch_count_its_rows_in_the_base(tmp_path: Path) -> None:
+    """Bits per weight without the adapter leave out ``B``'s rows folded into the base, as they leave out an added B."""
+    fp16, quantized = _quantized(tmp_path)
+    added, folded = tmp_path / "add" / "model.onnx", tmp_path / "folded" / "model.onnx"
+    side_branch(quantized, fp16, added, 28, bits=8)  # rank 4 + 28: one whole block, no padding either way
+    side_branch(quantized, fp16, folded, 28, bits=8, layout=BranchLayout.FOLDED)
+
+    def total(model: Path) -> int:
+        return sum(f.stat().st_size for f in model.parent.glob("model.onnx*"))
+
+    # The base's own bytes are the same in both; B's 32 rows in 4 bits take about half their 8-bit bytes.
+    base_added, base_folded = total(added) - lora_bytes(added), total(folded) - lora_bytes(folded)
+    assert abs(base_folded - base_added) < 0.05 * base_added  # the graphs' own bytes differ a little
+    assert 0 < lora_bytes(folded) < lora_bytes(added)

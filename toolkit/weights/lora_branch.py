@@ -179,7 +179,8 @@ def _merged_8bit(branch: Branch, read, weight: np.ndarray, weights: WeightStore,
     base = branch.base
     a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
     stem = f"{base.input[1].rsplit('_Q', 1)[0]}_merged"
-    plain = helper.make_node("MatMul", [base.input[0], stem], list(branch.add.output), name=base.name)
+    plain = helper.make_node("MatMul", [base.input[0], stem], list(branch.add.output),
+                             name=base.name.rsplit("_Q", 1)[0])
     symmetric = not (len(base.input) > 3 and base.input[3])
     nodes, made = _nbits_matmul(plain, weight.astype(np.float32) + a @ b, 8, _attribute(base, "accuracy_level"),
                                 opsets, symmetric=symmetric, block=_attribute(base, "block_size"))
