@@ -140,6 +140,11 @@ def _nbits_matmul(node, weight: np.ndarray, bits: int, accuracy_level: int, opse
     return list(done.node), list(done.initializer)
 
 
+def _grows(node, rank: int) -> bool:
+    """Whether ``node``'s branch carries its rounding error at rank ``rank``: a ``MatMulNBits`` of under 8 bits."""
+    return rank > 0 and node.op_type == "MatMulNBits" and _attribute(node, "bits") < 8
+
+
 def _foldable(node) -> bool:
     """Whether ``node`` is a ``MatMulNBits`` whose ``K`` is whole blocks (rows appended start a block of their own)."""
     return node.op_type == "MatMulNBits" and _attribute(node, "K") % _attribute(node, "block_size") == 0
@@ -167,25 +172,6 @@ def quantize_rows(rows: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, 
     scales = np.abs(grouped).max(axis=-1) / (2 ** (bits - 1) - 1)
     codes = np.rint(grouped / np.where(scales > 0, scales, 1)[..., None]) + 2 ** (bits - 1)
     return _pack(np.clip(codes, 0, 2 ** bits - 1), bits), scales.astype(np.float32)
-
-
-def _merged_8bit(branch: Branch, read, weight: np.ndarray, weights: WeightStore, new_inits: list, opsets) -> list:
-    """``branch``'s base re-quantized to 8 bits from its FP32 weight with the LoRA merged (``W + A B``), as a merged
-    build rounds it (ONNX Runtime's quantizer, the base's block size, zero points where the base has them); the
-    node writes the Add's output. Its initializers are new (``..._merged``)."""
-    import onnx
-    from onnx import helper
-
-    base = branch.base
-    a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
-    stem = f"{base.input[1].rsplit('_Q', 1)[0]}_merged"
-    plain = helper.make_node("MatMul", [base.input[0], stem], list(branch.add.output),
-                             name=base.name.rsplit("_Q", 1)[0])
-    symmetric = not (len(base.input) > 3 and base.input[3])
-    nodes, made = _nbits_matmul(plain, weight.astype(np.float32) + a @ b, 8, _attribute(base, "accuracy_level"),
-                                opsets, symmetric=symmetric, block=_attribute(base, "block_size"))
-    new_inits.extend(weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made)
-    return nodes
 
 
 def _fold_rows(branch: Branch, rows: np.ndarray, joined: str, read) -> tuple[object, list]:
@@ -227,6 +213,94 @@ def _fold_rows(branch: Branch, rows: np.ndarray, joined: str, read) -> tuple[obj
                     for array, name in zip(arrays, names, strict=True)]
 
 
+class _Rewrite:
+    """The side branches of one graph being rewritten: its weights read and written, and the nodes that replace
+    others (by the ``id`` of the node each replaces; an empty list drops it)."""
+
+    def __init__(self, model, weights: WeightStore, bits: int) -> None:
+        self.model, self.weights, self.bits = model, weights, bits
+        self.inits = {init.name: init for init in model.graph.initializer}
+        self.order = {id(node): index for index, node in enumerate(model.graph.node)}
+        self.new_nodes: dict[int, list] = {}
+        self.new_inits: list = []
+
+    def read(self, name: str) -> np.ndarray:
+        return self.weights.read(self.inits[name])
+
+    def keep(self, made: list) -> None:
+        """Store the initializers ``made`` beside the graph (external data where large) as new ones."""
+        import onnx
+
+        self.new_inits.extend(self.weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made)
+
+    def drop_branch(self, branch: Branch) -> None:
+        """Remove ``branch``'s own MatMuls and Add (its base's replacement writes the Add's output)."""
+        self.new_nodes[id(branch.lora_a)] = self.new_nodes[id(branch.lora_b)] = self.new_nodes[id(branch.add)] = []
+
+    def store_a(self, node, a: np.ndarray, a_weight: str, level: int) -> list:
+        """The nodes of ``node`` (``x A``) computing with ``a``: its FP16 constant rewritten, or ``MatMulNBits``."""
+        from onnx import helper
+
+        if self.bits == 16:
+            self.inits[a_weight].CopyFrom(self.weights.write(a_weight, a.astype(np.float16)))
+            return [node]
+        plain = helper.make_node("MatMul", [node.input[0], a_weight.removesuffix(FP16_SUFFIX)], list(node.output),
+                                 name=node.name)
+        nodes, made = _nbits_matmul(plain, a, self.bits, level, self.model.opset_import)
+        self.keep(made)
+        return nodes
+
+    def merge_8bit(self, branch: Branch, weight: np.ndarray) -> None:
+        """``branch`` merged into its base, re-quantized to 8 bits from FP32 ``weight`` + ``A B`` as a merged build
+        rounds it (the base's block size and zero points), writing the Add's output (new ``..._merged`` weights)."""
+        from onnx import helper
+
+        base = branch.base
+        a, b = self.read(branch.a_weight).astype(np.float32), self.read(branch.b_weight).astype(np.float32)
+        plain = helper.make_node("MatMul", [base.input[0], f"{base.input[1].rsplit('_Q', 1)[0]}_merged"],
+                                 list(branch.add.output), name=base.name.rsplit("_Q", 1)[0])
+        symmetric = not (len(base.input) > 3 and base.input[3])
+        nodes, made = _nbits_matmul(plain, weight.astype(np.float32) + a @ b, 8, _attribute(base, "accuracy_level"),
+                                    self.model.opset_import, symmetric=symmetric, block=_attribute(base, "block_size"))
+        self.keep(made)
+        self.new_nodes[id(base)] = nodes
+        self.drop_branch(branch)
+
+    def add_branch(self, branch: Branch, a: np.ndarray, b: np.ndarray) -> None:
+        """``branch`` kept added (``x A`` then ``B``, then the Add), computing with ``a`` and ``b``."""
+        level = _attribute(branch.base, "accuracy_level") if branch.base.op_type == "MatMulNBits" else 0
+        self.new_nodes[id(branch.lora_a)] = self.store_a(branch.lora_a, a, branch.a_weight, level)
+        if self.bits == 16:
+            self.inits[branch.b_weight].CopyFrom(self.weights.write(branch.b_weight, b.astype(np.float16)))
+        else:
+            self.new_nodes[id(branch.lora_b)] = self.store_a(branch.lora_b, b, branch.b_weight, level)
+
+    def fold(self, group: list[tuple[Branch, np.ndarray, np.ndarray]]) -> None:
+        """The branches of ``group`` (they read one input: q, k, v or gate, up) folded into their bases: one ``A`` for
+        all (in graph order), its columns padded to whole blocks; each base reads all of ``x A``, ``B``'s rows at its
+        own columns' place and zeros elsewhere."""
+        from onnx import helper
+
+        group = sorted(group, key=lambda item: self.order[id(item[0].base)])
+        first = group[0][0]
+        block = _attribute(first.base, "block_size")
+        a = np.concatenate([item[1] for item in group], axis=1)
+        a = np.pad(a, ((0, 0), (0, -a.shape[1] % block)))
+        joined = f"{first.base.output[0]}/lora_concat"
+        nodes = [*self.store_a(first.lora_a, a, first.a_weight, _attribute(first.base, "accuracy_level")),
+                 helper.make_node("Concat", [first.base.input[0], first.lora_a.output[0]], [joined],
+                                  name=f"{first.base.name}/lora_concat", axis=-1)]
+        start = 0
+        for branch, part, b in group:
+            rows = np.zeros((a.shape[1], b.shape[1]), np.float32)
+            rows[start:start + part.shape[1]] = b
+            start += part.shape[1]
+            folded, made = _fold_rows(branch, rows, joined, self.read)
+            self.keep(made)
+            self.new_nodes[id(branch.base)] = [*nodes, folded] if branch is first else [folded]
+            self.drop_branch(branch)
+
+
 def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 16,
                 layout: BranchLayout = BranchLayout.ADD) -> LoraBranched:
     """Rewrite the quantized graph ``source`` (its LoRA an FP16 side branch) into ``target``, the base's error made up for.
@@ -247,87 +321,40 @@ def side_branch(source: Path, fp32: Path, target: Path, rank: int, bits: int = 1
         How many branches there are, and how many grew (:class:`~slmops.toolkit.domain.quant_plan.LoraBranched`).
     """
     import onnx
-    from onnx import helper
 
     if bits not in BRANCH_BITS:
         raise ValueError(f"branch bits {bits}: one of {BRANCH_BITS}")
     model = onnx.load(str(source), load_external_data=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     weights = WeightStore(source.parent, target.parent / f"{target.name}.data")
-    inits = {init.name: init for init in model.graph.initializer}
     branches = find_branches(model.graph)
     merge8 = layout == BranchLayout.FOLDED_MERGE8
     fp32_inits = ({init.name: init for init in onnx.load(str(fp32), load_external_data=False).graph.initializer}
                   if rank or merge8 else {})
-    merged = 0
-    grown, new_nodes, new_inits = 0, {}, []
-
-    def read(name: str) -> np.ndarray:
-        return weights.read(inits[name])
-
-    def store_a(node, a: np.ndarray, a_weight: str, level: int) -> list:
-        """The nodes of ``node`` (``x A``) computing with ``a``: its FP16 constant rewritten, or ``MatMulNBits``."""
-        if bits == 16:
-            inits[a_weight].CopyFrom(weights.write(a_weight, a.astype(np.float16)))
-            return [node]
-        plain = helper.make_node("MatMul", [node.input[0], a_weight.removesuffix(FP16_SUFFIX)], list(node.output),
-                                 name=node.name)
-        nodes, made = _nbits_matmul(plain, a, bits, level, model.opset_import)
-        new_inits.extend(weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made)
-        return nodes
-
-    order = {id(node): index for index, node in enumerate(model.graph.node)}
-    to_fold: dict[str, list[tuple[Branch, np.ndarray, np.ndarray]]] = {}
+    rewrite = _Rewrite(model, weights, bits)
+    grown = merged = 0
+    to_fold: dict[tuple[str, int], list[tuple[Branch, np.ndarray, np.ndarray]]] = {}
     try:
         for branch in branches:
             original = fp32_inits.get(branch.base.input[1].rsplit("_Q", 1)[0])
             if merge8 and original is not None and _foldable(branch.base) and _attribute(branch.base, "bits") == 8:
-                new_nodes[id(branch.base)] = _merged_8bit(branch, read, read_initializer(original, fp32.parent),
-                                                          weights, new_inits, model.opset_import)
-                new_nodes[id(branch.lora_a)] = new_nodes[id(branch.lora_b)] = new_nodes[id(branch.add)] = []
+                rewrite.merge_8bit(branch, read_initializer(original, fp32.parent))
                 merged += 1
                 continue
-            grow = (rank > 0 and original is not None and branch.base.op_type == "MatMulNBits"
-                    and _attribute(branch.base, "bits") < 8)
-            if grow:
-                a, b = _grow(read, branch, read_initializer(original, fp32.parent).astype(np.float32), rank)
+            if original is not None and _grows(branch.base, rank):
+                a, b = _grow(rewrite.read, branch, read_initializer(original, fp32.parent).astype(np.float32), rank)
                 grown += 1
             elif bits != 16 or layout == BranchLayout.FOLDED:
-                a, b = read(branch.a_weight).astype(np.float32), read(branch.b_weight).astype(np.float32)
+                a, b = rewrite.read(branch.a_weight).astype(np.float32), rewrite.read(branch.b_weight).astype(np.float32)
             else:
                 continue
-            if layout != BranchLayout.ADD and _foldable(branch.base):
-                key = f"{branch.base.input[0]}/{_attribute(branch.base, 'block_size')}"
-                to_fold.setdefault(key, []).append((branch, a, b))
-                continue
-            level = _attribute(branch.base, "accuracy_level") if branch.base.op_type == "MatMulNBits" else 0
-            new_nodes[id(branch.lora_a)] = store_a(branch.lora_a, a, branch.a_weight, level)
-            if bits == 16:
-                inits[branch.b_weight].CopyFrom(weights.write(branch.b_weight, b.astype(np.float16)))
+            if layout != BranchLayout.ADD and _foldable(branch.base):  # grouped by input and block size
+                to_fold.setdefault((branch.base.input[0], _attribute(branch.base, "block_size")), []).append((branch, a, b))
             else:
-                new_nodes[id(branch.lora_b)] = store_a(branch.lora_b, b, branch.b_weight, level)
+                rewrite.add_branch(branch, a, b)
         for group in to_fold.values():
-            # One A for the branches that read one input (q, k, v; gate, up), its columns padded to whole
-            # blocks; each base reads all of x A, B's rows at its own columns' place, zeros elsewhere.
-            group.sort(key=lambda item: order[id(item[0].base)])
-            first = group[0][0]
-            block = _attribute(first.base, "block_size")
-            a = np.concatenate([item[1] for item in group], axis=1)
-            a = np.pad(a, ((0, 0), (0, -a.shape[1] % block)))
-            joined = f"{first.base.output[0]}/lora_concat"
-            nodes = [*store_a(first.lora_a, a, first.a_weight, _attribute(first.base, "accuracy_level")),
-                     helper.make_node("Concat", [first.base.input[0], first.lora_a.output[0]], [joined],
-                                      name=f"{first.base.name}/lora_concat", axis=-1)]
-            start = 0
-            for branch, part, b in group:
-                rows = np.zeros((a.shape[1], b.shape[1]), np.float32)
-                rows[start:start + part.shape[1]] = b
-                start += part.shape[1]
-                folded, made = _fold_rows(branch, rows, joined, read)
-                new_inits.extend(weights.write(init.name, onnx.numpy_helper.to_array(init)) for init in made)
-                new_nodes[id(branch.base)] = [*nodes, folded] if branch is first else [folded]
-                new_nodes[id(branch.lora_a)] = new_nodes[id(branch.lora_b)] = new_nodes[id(branch.add)] = []
-        _replace_nodes(model.graph, new_nodes, new_inits, weights)
+            rewrite.fold(group)
+        _replace_nodes(model.graph, rewrite.new_nodes, rewrite.new_inits, weights)
     finally:
         weights.close()
     onnx.save(model, str(target))
