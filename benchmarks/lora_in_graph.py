@@ -8,8 +8,9 @@ as ``slmops recipes`` does): top-1 agreement, KL divergence, and the KL divergen
 (how far the build stays from the base: a fine-tune rounded away falls back toward it). Bits per weight are the
 graph's files (the LoRA's bytes included) x 8 / the base's parameters. Domain: the Veloria fine-tune's trained
 and held-out questions, answered greedily and judged by the checklist's rules (``benchmarks/int4_domain.py``).
-Decode: ONNX Runtime GenAI's decode probe, ``--rounds`` rounds alternating the two builds; the ratio
-(kept apart / merged) is taken per round and reported as its median and range.
+Decode: ONNX Runtime GenAI, each build loaded once and warmed up, then ``--rounds`` rounds of one greedy run of 64
+tokens of each build, in alternating order; the ratio (kept apart / merged) is taken per round and reported as its
+median and range.
 
 Targets (issue 44), per recipe: the kept-apart build's KL below the merged build's; its KL to the base at
 least the merged FP32's minus 10%; every domain and held-out case FP32 passes, passed; decode at least 0.85x
@@ -44,11 +45,20 @@ from llama_cpp_native import tools_root
 
 from slmops.toolkit.core.artifacts import MANIFEST
 from slmops.toolkit.domain import datasets
-from slmops.toolkit.domain.options import BRANCH_BITS, INT4_RECIPES, LORA_BRANCH_BITS, LORA_ERROR_RANK, Precision
+from slmops.toolkit.domain.options import (
+    BRANCH_BITS,
+    INT4_RECIPES,
+    LORA_BRANCH_BITS,
+    LORA_BRANCH_LAYOUT,
+    LORA_ERROR_RANK,
+    BranchLayout,
+    Precision,
+)
 from slmops.toolkit.stages.checklist.cases import judge
 
 KL_TO_BASE_SHARE = 0.9  # the kept-apart build's KL to the base, at least this share of the merged FP32's
 DECODE_TARGET = 0.85  # kept apart / merged decode tokens/s, at least
+DECODE_TOKENS = 64  # tokens a decode round times, per build
 
 
 def bits_per_weight(folder: Path, parameters: int) -> float:
@@ -58,7 +68,7 @@ def bits_per_weight(folder: Path, parameters: int) -> float:
 
 def build(adapter: Path, out: Path, precision: Precision, *, recipe: str = "", in_graph: bool = False,
           base: Path | None = None, fp32: Path | None = None, error_rank: int = LORA_ERROR_RANK,
-          branch_bits: int = LORA_BRANCH_BITS) -> Path:
+          branch_bits: int = LORA_BRANCH_BITS, layout: BranchLayout = LORA_BRANCH_LAYOUT) -> Path:
     """One build through ``slmops convert``'s code (kept when its manifest is there)."""
     from slmops.toolkit.stages.convert import ConvertSpec, convert
 
@@ -67,7 +77,8 @@ def build(adapter: Path, out: Path, precision: Precision, *, recipe: str = "", i
     model = base if base is not None else adapter
     options = INT4_RECIPES[recipe] if recipe else INT4_RECIPES["builder-default"]
     spec = ConvertSpec(model, out, precision, int4=options, adapter_in_graph=in_graph,
-                       quantize_from=fp32 if not in_graph else None, error_rank=error_rank, branch_bits=branch_bits)
+                       quantize_from=fp32 if not in_graph else None, error_rank=error_rank, branch_bits=branch_bits,
+                       branch_layout=layout)
     print(f"building {out.name}", flush=True)
     return convert(spec, progress=False).output_dir
 
@@ -88,23 +99,82 @@ def domain(builds: dict[str, Path]) -> dict[str, dict]:
             for label, row in passed.items()}
 
 
-def decode_ratios(pairs: dict[str, tuple[Path, Path]], rounds: int) -> dict[str, dict]:
-    """Per kept-apart build, decode tokens/s of it and its merged build per round (order alternating), and the ratio."""
-    from slmops.toolkit.runtimes import genai
+def decode_ratios(pairs: dict[str, tuple[Path, Path]], rounds: int, tokens: int = DECODE_TOKENS) -> dict[str, dict]:
+    """Per kept-apart build, decode tokens/s of it and its merged build per round, and the ratio (kept / merged).
 
+    Each build is loaded once (ONNX Runtime GenAI, the runtime's default threads) and warmed up by one run; a round
+    times one greedy run of ``tokens`` tokens of each, in alternating order (:func:`~slmops.toolkit.runtimes.genai.
+    time_generation`, tokens after the first).
+    """
+    import onnxruntime_genai as og
+
+    from slmops.toolkit.domain.prompts import reference_text
+    from slmops.toolkit.runtimes import genai
+    from slmops.toolkit.runtimes.genai_folders import load
+
+    folders = {folder for pair in pairs.values() for folder in pair}
+    models = {folder: load(folder) for folder in folders}
+    ids = list(og.Tokenizer(next(iter(models.values()))).encode(reference_text()[:200]))
+
+    def speed(folder: Path, warmup: int = 0) -> float:
+        return genai.time_generation(models[folder], ids, tokens, 1, warmup)[0].decode_tps
+
+    for folder in folders:
+        speed(folder, warmup=1)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
     for round_ in range(rounds):
         for name, (merged, kept) in pairs.items():
-            order = {"merged": merged, "kept": kept} if round_ % 2 == 0 else {"kept": kept, "merged": merged}
-            speeds = genai.decode_speeds(order)
-            runs[name].append((speeds["merged"], speeds["kept"]))
+            if round_ % 2 == 0:
+                first = speed(merged)
+                runs[name].append((first, speed(kept)))
+            else:
+                second = speed(kept)
+                runs[name].append((speed(merged), second))
     out = {}
     for name, figures in runs.items():
         ratios = [kept / merged for merged, kept in figures]
         out[name] = {"merged_tps": statistics.median(m for m, _ in figures),
                      "kept_tps": statistics.median(k for _, k in figures),
-                     "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
+                     "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)], "tokens": tokens}
     return out
+
+
+def profile_token(folder: Path, past: int = 128, runs: int = 50) -> dict[str, dict]:
+    """ONNX Runtime's profiler over one decoded token (``past`` cached positions) of a build's graph, per operator.
+
+    The graph runs directly in an ``onnxruntime`` session (2 intra-op threads, the machine's cores) on one new token
+    with random cached keys and values, ``runs`` times. Figures per token: each operator's kernel time (ms, the
+    profiler's own cost per node included) and its node count.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = 2, True
+    options.profile_file_prefix = str(folder.parent / f"{folder.name}-profile")
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for value in session.get_inputs():
+        if value.name == "input_ids":
+            feeds[value.name] = np.array([[42]], np.int64)
+        elif value.name == "attention_mask":
+            feeds[value.name] = np.ones((1, past + 1), np.int64)
+        elif value.name == "position_ids":
+            feeds[value.name] = np.array([[past]], np.int64)
+        elif value.name.startswith("past_key_values"):
+            feeds[value.name] = np.random.default_rng(0).random((1, value.shape[1], past, value.shape[3]), np.float32)
+    for _ in range(runs):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    ops: dict[str, dict] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = ops.setdefault(event["args"]["op_name"], {"ms": 0.0, "nodes": 0})
+            op["ms"] += event["dur"] / 1000 / runs
+            op["nodes"] += 1
+    return {name: {"ms": round(op["ms"], 3), "nodes": op["nodes"] // runs}
+            for name, op in sorted(ops.items(), key=lambda item: -item[1]["ms"])}
 
 
 def llama_cpp_row(gguf: Path, fp32: Path, base_fp32: Path, venv: Path, out: Path, threads: int) -> dict | None:
@@ -196,10 +266,15 @@ def main() -> None:
                         f"{LORA_ERROR_RANK}, slmops convert's)")
     parser.add_argument("--branch-bits", type=int, action="append", choices=BRANCH_BITS,
                         help=f"the kept-apart build's side branch storage (repeatable; default: {LORA_BRANCH_BITS})")
-    parser.add_argument("--rounds", type=int, default=3, help="decode rounds")
+    parser.add_argument("--branch-layout", action="append", choices=[x.value for x in BranchLayout],
+                        help=f"how the kept-apart build's branch joins its base (repeatable; default: "
+                        f"{LORA_BRANCH_LAYOUT})")
+    parser.add_argument("--rounds", type=int, default=9, help="decode rounds (one timed run of each build a round)")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads for its logits")
     parser.add_argument("--no-domain", action="store_true", help="skip the domain and held-out cases")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="also ONNX Runtime's profile of one decoded token of each INT4 build, per operator")
     args = parser.parse_args()
     from slmops.toolkit.runtimes import genai
     from slmops.toolkit.weights.adapter_inspect import inspect_adapter
@@ -223,10 +298,12 @@ def main() -> None:
         builds[f"{recipe}, merged"] = build(args.adapter, out / recipe, Precision.INT4, recipe=recipe, fp32=fp32)
         for rank in args.error_rank or [LORA_ERROR_RANK]:
             for bits in args.branch_bits or [LORA_BRANCH_BITS]:
-                label = f"{recipe}, LoRA in graph (r'={rank}, {bits}-bit branch)"
-                builds[label] = build(args.adapter, out / f"{recipe}-lora-r{rank}-b{bits}", Precision.INT4,
-                                      recipe=recipe, in_graph=True, error_rank=rank, branch_bits=bits)
-                kept_of[label] = recipe
+                for layout in map(BranchLayout, args.branch_layout or [LORA_BRANCH_LAYOUT]):
+                    label = f"{recipe}, LoRA in graph (r'={rank}, {bits}-bit branch, {layout})"
+                    folder = out / f"{recipe}-lora-r{rank}-b{bits}-{layout}"
+                    builds[label] = build(args.adapter, folder, Precision.INT4, recipe=recipe, in_graph=True,
+                                          error_rank=rank, branch_bits=bits, layout=layout)
+                    kept_of[label] = recipe
     rows = [{"build": label, "folder": str(folder), "bpw": bits_per_weight(folder, parameters)}
             for label, folder in builds.items()]
     gguf = args.gguf or tools_root() / f"{merged_source.name}-q4_k_m.gguf"
@@ -254,6 +331,15 @@ def main() -> None:
                            args.rounds)
     for label, figures in speeds.items():
         by_label[label]["decode"] = figures
+    if args.profile:
+        print("profile of one decoded token (ms per token, nodes)", flush=True)
+        for label, folder in builds.items():
+            if label in kept_of or label.endswith(", merged"):
+                by_label[label]["profile"] = profile_token(folder)
+                total = sum(op["ms"] for op in by_label[label]["profile"].values())
+                print(f"  {label}: {total:.2f} ms, " + ", ".join(
+                    f"{name} {op['ms']:.2f} ({op['nodes']})" for name, op in by_label[label]["profile"].items()
+                    if op["ms"] >= 0.1), flush=True)
     q4_k_m = rows[-1] if gguf.is_file() else None
     fp32_to_base = by_label["merged FP32"]["kl_divergence_to_base"]
     targets = []

@@ -127,8 +127,11 @@ def test_an_int4_build_keeps_its_lora_as_an_fp16_side_branch_in_one_graph_and_fo
     adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
     out = tmp_path / "in-graph"
     assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int4", "--recipe", "mixed",
-                     "--branch-bits", "16", "--out", str(out)]) == 0
+                     "--branch-bits", "16", "--branch-layout", "add", "--out", str(out)]) == 0
     manifest = read_manifest(out)
+    branched = manifest.lora_branch  # how the branch was built, in its record
+    assert (branched.branches, branched.error_rank, branched.branch_bits, branched.layout) == (
+        2 * 3, LORA_ERROR_RANK, 16, "add")
     assert manifest.adapter.kept_apart is True and manifest.adapter_files == ()
     assert not (out / "adapters").exists()
     # The parity gate ran against the merged model in transformers: the FP32 export exactly, the INT4 build within
@@ -163,6 +166,33 @@ def test_an_int4_build_keeps_its_lora_as_an_fp16_side_branch_in_one_graph_and_fo
     with LoadedModel("tiny-lora-in-graph") as model:
         generation = model.generate([{"role": "user", "content": "capital of France"}], max_tokens=4)
     # A random tiny model may pick its end token at any step: an answer is one token or more, ended by either.
+    assert 1 <= generation.completion_tokens <= 4 and generation.finish_reason in ("stop", "length")
+
+
+def test_by_default_the_side_branch_is_folded_into_its_bases_and_foundry_local_answers_it(
+        tiny_model: Path, tmp_path: Path) -> None:
+    """``folded-merge8``: over a 4-bit base B's rows join the base's MatMulNBits, over an 8-bit base the LoRA is merged."""
+    import onnx
+
+    from slmops.toolkit.runtimes.foundry import LoadedModel
+    from slmops.toolkit.stages import register
+
+    adapter = make_adapter(tiny_model, tmp_path / "support", target_modules=("q_proj", "v_proj", "down_proj"))
+    out = tmp_path / "in-graph"
+    assert cli.main(["convert", str(adapter), "--adapter-in-graph", "--precision", "int4", "--recipe", "mixed",
+                     "--out", str(out)]) == 0
+    manifest = read_manifest(out)
+    branched = manifest.lora_branch
+    assert (branched.layout, branched.branch_bits, branched.error_rank) == ("folded-merge8", 8, LORA_ERROR_RANK)
+    assert branched.folded + branched.merged == branched.branches == 2 * 3 and branched.merged >= 2  # v is 8-bit
+    assert manifest.parity.verdict == "pass"
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert not [node for node in graph.node if node.op_type == "Add" and "lora" in node.name]
+    concats = sum(node.op_type == "Concat" and node.name.endswith("/lora_concat") for node in graph.node)
+    assert 0 < concats <= branched.folded  # one a group of folded branches reading one input
+    register.register(out, "tiny-lora-folded")
+    with LoadedModel("tiny-lora-folded") as model:
+        generation = model.generate([{"role": "user", "content": "capital of France"}], max_tokens=4)
     assert 1 <= generation.completion_tokens <= 4 and generation.finish_reason in ("stop", "length")
 
 

@@ -170,8 +170,27 @@ def test_a_manifest_as_685c710_wrote_it_reads_typed_and_writes_back_the_same(tmp
     again = json.loads(json.dumps(codec.dump(manifest)))
     added = {"merge_check": None, "tokenizer": None, "kept_apart": False}  # what the untyped entry left out
     upgraded = {"schema_version": 4, "options": codec.dump(Int4Options(block_size=32))}  # version 4: typed options
-    assert again == {**written, **upgraded,
+    assert again == {**written, **upgraded, "lora_branch": None,  # recorded later in version 4: none here
                      "more_adapters": [{**entry, **added} for entry in written["more_adapters"]]}
+
+
+def test_a_side_branch_builds_error_rank_bits_and_layout_are_a_typed_field_of_its_manifest(tmp_path) -> None:
+    """``lora_branch`` (``--adapter-in-graph``): written and read back typed; a manifest written before it reads None."""
+    from dataclasses import replace
+
+    from slmops.toolkit.domain.quant_plan import LoraBranched
+    from slmops.toolkit.domain.results.conversion import read_manifest, write_manifest
+
+    written = json.loads((Path(__file__).parent / "manifest_v3.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(written))
+    assert read_manifest(tmp_path).lora_branch is None
+    branched = LoraBranched(branches=210, grown=166, error_rank=16, branch_bits=8, layout="folded-merge8", folded=166,
+                            merged=44)
+    write_manifest(tmp_path, replace(read_manifest(tmp_path), lora_branch=branched))
+    again = json.loads((tmp_path / "manifest.json").read_text())
+    assert again["lora_branch"] == {"branches": 210, "grown": 166, "error_rank": 16, "branch_bits": 8,
+                                    "layout": "folded-merge8", "folded": 166, "merged": 44}
+    assert read_manifest(tmp_path).lora_branch == branched
 
 
 def test_a_version_3_manifest_of_a_build_not_int4_reads_its_empty_options_as_none(tmp_path) -> None:

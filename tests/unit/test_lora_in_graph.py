@@ -86,3 +86,15 @@ def test_a_graph_without_lora_matrices_is_refused(tmp_path: Path) -> None:
     onnx.save(model, str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="holds no LoRA matrices"):
         lora_in_fp16(tmp_path / "plain.onnx", tmp_path / "out" / "model.onnx")
+
+
+def test_a_cached_recipe_build_is_not_reused_once_the_side_branchs_code_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe comparison's ``mixed-lora`` build is rewritten by ``lora_branch``: its code is in the cache key."""
+    from slmops.toolkit.orchestration import recipes
+    from slmops.toolkit.weights import lora_branch
+
+    seen: list = []
+    monkeypatch.setattr(recipes.build_cache, "code_fingerprint", lambda *modules: seen.extend(modules) or "code")
+    recipes.recipe_cache_keys(tmp_path, tmp_path, {})
+    assert lora_branch in seen

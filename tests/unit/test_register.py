@@ -114,59 +114,100 @@ def test_a_kept_thread_probe_is_reused_only_for_the_same_graphs(tiny_model: Path
     assert not register_threads.choose_threads(folder, 2048).reused and len(probes) == 2
 
 
-def _siblings_graph(folder: Path, opset: int = 17) -> None:
-    """Two 4-bit ``MatMulNBits`` in int8 compute reading the same input (an MLP's gate and up), weights in a file."""
+def _siblings_graph(folder: Path, opset: int = 17, zero_points: tuple[bool, bool] = (False, False),
+                    bits: int = 4) -> None:
+    """Two ``MatMulNBits`` of ``bits`` in int8 compute reading the same input (an MLP's gate and up, 32 and 48 wide,
+    both outputs read), weights in a file; each with zero points where ``zero_points`` says (K = 96: three blocks, so
+    a row's 4-bit zero points end in half a byte of padding)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weights, nodes = [], []
-    for name, n in (("gate", 32), ("up", 32)):
-        weights += [numpy_helper.from_array(rng.integers(0, 256, (n, 2, 16), dtype=np.uint8), f"{name}.q"),
-                    numpy_helper.from_array(rng.random((n, 2), dtype=np.float32), f"{name}.scales")]
-        nodes.append(helper.make_node("MatMulNBits", ["x", f"{name}.q", f"{name}.scales"], [f"{name}.out"], name=name,
-                                      domain="com.microsoft", K=64, N=n, bits=4, block_size=32, accuracy_level=4))
-    nodes += [helper.make_node("Sigmoid", ["gate.out"], ["act"]), helper.make_node("Mul", ["act", "up.out"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], weights)
+    blocks, blob = 3, 32 * bits // 8
+    for (name, n), zero in zip((("gate", 32), ("up", 48)), zero_points, strict=True):
+        weights += [numpy_helper.from_array(rng.integers(0, 256, (n, blocks, blob), dtype=np.uint8), f"{name}.q"),
+                    numpy_helper.from_array(rng.random((n, blocks), dtype=np.float32), f"{name}.scales")]
+        inputs = ["x", f"{name}.q", f"{name}.scales"]
+        if zero:
+            packed = -(-blocks * bits // 8)
+            weights.append(numpy_helper.from_array(rng.integers(0, 256, (n, packed), dtype=np.uint8), f"{name}.zp"))
+            inputs.append(f"{name}.zp")
+        nodes.append(helper.make_node("MatMulNBits", inputs, [f"{name}.out"], name=name, domain="com.microsoft",
+                                      K=32 * blocks, N=n, bits=bits, block_size=32, accuracy_level=4))
+    nodes.append(helper.make_node("Sigmoid", ["gate.out"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 96])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", 32]),
+                               helper.make_tensor_value_info("up.out", TensorProto.FLOAT, ["m", 48])], weights)
     model = helper.make_model(graph, ir_version=10,
                               opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
     onnx.save(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
               size_threshold=0)
 
 
-def test_gate_and_up_projections_are_served_as_one_node_with_the_same_outputs(tmp_path: Path) -> None:
+def _served_against_unfused(tmp_path: Path, **graph) -> list[list[str]]:
+    """Register's graphs (the token graph, and the prompt graph of a 4-bit build) of a :func:`_siblings_graph` folder,
+    each run against the unfused build's on one and on three rows: asserts the same values exactly and the build
+    untouched.
+
+    Returns:
+        Each served graph's node types.
+    """
     import numpy as np
     import onnx
     import onnxruntime as ort
 
-    from slmops.toolkit.stages.register_fuse import FUSED_DATA, fuse_siblings
+    from slmops.toolkit.stages.register_fuse import FUSED_DATA
     from slmops.toolkit.stages.register_prompt import serve_graphs
 
     source, folder = tmp_path / "source", tmp_path / "staged"
-    source.mkdir(), folder.mkdir()
-    _siblings_graph(source)
+    source.mkdir(parents=True), folder.mkdir()
+    _siblings_graph(source, **graph)
     for name in ("model.onnx", "model.onnx.data"):
         os.link(source / name, folder / name)  # registration's staged folder links the build's files
     data_before = (source / "model.onnx.data").read_bytes()
     config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx", "session_options": {}}}}
 
-    assert serve_graphs(folder, config)  # fused, then the prompt graph made from the fused graph
+    # fused, then the prompt graph made from the fused graph (an 8-bit build has none)
+    assert serve_graphs(folder, config) == (graph.get("bits", 4) == 4)
     reference = tmp_path / "reference"  # the unfused graphs: the build's, and its prompt graph made the old way
     reference.mkdir()
     os.link(source / "model.onnx.data", reference / "model.onnx.data")
-    write_prompt_graph(source / "model.onnx", reference / PROMPT_GRAPH)
-    x = {"x": np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)}
-    for graph, unfused in (("model.onnx", source / "model.onnx"), (PROMPT_GRAPH, reference / PROMPT_GRAPH)):
-        expected = ort.InferenceSession(str(unfused), providers=["CPUExecutionProvider"]).run(None, x)[0]
-        got = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"]).run(None, x)[0]
-        assert np.array_equal(got, expected), graph  # the same values exactly
-        nodes = onnx.load(str(folder / graph), load_external_data=False).graph.node
-        assert [n.op_type for n in nodes] == ["MatMulNBits", "Split", "Sigmoid", "Mul"], graph
-    assert (folder / FUSED_DATA).is_file() and (source / "model.onnx.data").read_bytes() == data_before
+    graphs = [("model.onnx", source / "model.onnx")]
+    if write_prompt_graph(source / "model.onnx", reference / PROMPT_GRAPH):
+        graphs.append((PROMPT_GRAPH, reference / PROMPT_GRAPH))
+    types = []
+    for graph_name, unfused in graphs:
+        for rows in (1, 3):  # one row and several take different kernels
+            x = {"x": np.random.default_rng(rows).standard_normal((rows, 96)).astype(np.float32)}
+            expected = ort.InferenceSession(str(unfused), providers=["CPUExecutionProvider"]).run(None, x)
+            got = ort.InferenceSession(str(folder / graph_name), providers=["CPUExecutionProvider"]).run(None, x)
+            assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True)), (graph_name, rows)
+        types.append([n.op_type for n in onnx.load(str(folder / graph_name), load_external_data=False).graph.node])
+    assert (source / "model.onnx.data").read_bytes() == data_before
     assert sorted(p.name for p in source.iterdir()) == ["model.onnx", "model.onnx.data"]  # the build is untouched
+    assert (folder / FUSED_DATA).is_file() == ("Split" in types[0])
+    return types
+
+
+FUSED = ["MatMulNBits", "Split", "Sigmoid"]
+
+
+def test_gate_and_up_projections_are_served_as_one_node_with_the_same_outputs(tmp_path: Path) -> None:
+    from slmops.toolkit.stages.register_fuse import FUSED_DATA, fuse_siblings
+
+    assert _served_against_unfused(tmp_path) == [FUSED, FUSED]
     old = tmp_path / "opset 11"  # Split takes its sizes as an input from opset 13: an older graph is left unfused
     old.mkdir()
     _siblings_graph(old, opset=11)
     assert fuse_siblings(old, ["model.onnx"]) == 0 and not (old / FUSED_DATA).exists()
+
+
+def test_gate_and_up_projections_with_zero_points_are_fused_with_the_same_outputs(tmp_path: Path) -> None:
+    # the mixed recipe's asymmetric 4-bit gate and up; 8-bit siblings (a build without a prompt graph)
+    assert _served_against_unfused(tmp_path / "4", zero_points=(True, True)) == [FUSED, FUSED]
+    assert _served_against_unfused(tmp_path / "8", zero_points=(True, True), bits=8) == [FUSED]
+    # zero points on one of the two only: left apart, each node as it was
+    unfused = ["MatMulNBits", "MatMulNBits", "Sigmoid"]
+    assert _served_against_unfused(tmp_path / "one", zero_points=(True, False)) == [unfused, unfused]

@@ -21,6 +21,7 @@ from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.domain import recipe_choice, run_params
 from slmops.toolkit.domain.options import (
     INT4_RECIPES,
+    BranchLayout,
 )
 from slmops.toolkit.domain.results.bench import BenchFile
 from slmops.toolkit.domain.results.checklist import Thresholds
@@ -142,6 +143,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                                int4_options(args), args.execution_provider, Path(args.base) if args.base else None,
                                keep_adapter=args.keep_adapter, adapter_in_graph=args.adapter_in_graph,
                                error_rank=args.error_rank, branch_bits=args.branch_bits,
+                               branch_layout=BranchLayout(args.branch_layout),
                                more_adapters=tuple(Path(folder) for folder in args.also_adapter or ()))
     result = convert.convert(spec, dry_run=args.dry_run, memory_check=not args.skip_memory_check)
     if args.json:

@@ -25,6 +25,7 @@ from slmops.toolkit.domain.options import (
     INT4_RECIPES,
     LORA_IN_GRAPH_RECIPES,
     RECIPE_NOTES,
+    BranchLayout,
     Int4Algorithm,
     Int4Mix,
     Method,
@@ -208,6 +209,11 @@ def convert_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argum
                    "rounding error (truncated SVD, as LoftQ); 0 keeps the fine-tune's LoRA alone")
     p.add_argument("--branch-bits", type=int, choices=BRANCH_BITS, default=default_of(ConvertSpec, "branch_bits"),
                    help="with --adapter-in-graph: the side branch stored as FP16 (16) or as 8-bit MatMulNBits (8)")
+    p.add_argument("--branch-layout", choices=[x.value for x in BranchLayout],
+                   default=default_of(ConvertSpec, "branch_layout"),
+                   help="with --adapter-in-graph: the branch's B folded into its base's MatMulNBits (its rows in "
+                   "blocks of their own, the base reading [x, xA]; folded-merge8 also merges the LoRA into 8-bit "
+                   "bases) or a MatMul of its own added to the base's")
     p.add_argument("--also-adapter", action="append", metavar="ADAPTER_DIR",
                    help="with --keep-adapter: another LoRA adapter of the same base, written as its own adapter "
                    "file for the same build and checked against its own merged model (repeatable)")

@@ -190,6 +190,24 @@ LORA_ERROR_RANK = 16
 LORA_BRANCH_BITS = 8
 BRANCH_BITS = (16, 8)
 
+
+class BranchLayout(StrEnum):
+    """How a LoRA side branch in the graph joins its base's output (``--branch-layout``).
+
+    ``add``: ``A`` and ``B`` each their own MatMul, summed with the base's by an Add. ``folded``: ``B``'s rows
+    appended to the base's ``MatMulNBits`` weight (their own blocks and scales, at the base's bits) and the base
+    reading ``[x, x A]``, so only ``A`` and a Concat remain beside the base. ``folded-merge8``: folded, except over
+    an 8-bit base, where the LoRA is merged into the base's weights before they are rounded (as a merged build
+    does: 8 bits hold it), so no branch is left there.
+    """
+
+    ADD = "add"
+    FOLDED = "folded"
+    FOLDED_MERGE8 = "folded-merge8"
+
+
+LORA_BRANCH_LAYOUT = BranchLayout.FOLDED_MERGE8
+
 #: The INT4 recipe a run uses unless told otherwise: the tutorial's.
 DEFAULT_INT4_RECIPE = "builder-default"
 

@@ -144,15 +144,25 @@ class LoraKept:
 
 @dataclass(frozen=True)
 class LoraBranched:
-    """What the side-branch child made (the ``lora-side-branch`` task's result).
+    """What the side-branch child made (the ``lora-side-branch`` task's result), kept in the build's manifest.
 
     Attributes:
         branches: LoRA side branches in the graph.
         grown: Those that grew by the base's rounding error's rank (their base is a ``MatMulNBits`` under 8 bits).
+        error_rank: The rank each grown branch gained for the base's rounding error (``--error-rank``).
+        branch_bits: How the branch's ``A`` (and, added, its ``B``) is stored: 16 (FP16) or 8 (``MatMulNBits``).
+        layout: How the branch joins its base (a :class:`~slmops.toolkit.domain.options.BranchLayout` value).
+        folded: Those whose ``B`` was folded into the base's ``MatMulNBits``.
+        merged: Those merged into their 8-bit base (``folded-merge8``; the rest are added).
     """
 
     branches: int
     grown: int
+    error_rank: int = 0
+    branch_bits: int = 16
+    layout: str = "add"
+    folded: int = 0
+    merged: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,7 @@ class LoraBranchJob:
         target: The ``model.onnx`` to write.
         error_rank: Rank added to each branch for the base's rounding error (0: none).
         bits: The branch's storage: 16 (FP16 constants, float MatMuls) or 8 (8-bit ``MatMulNBits``).
+        layout: How the branch joins its base (a :class:`~slmops.toolkit.domain.options.BranchLayout` value).
     """
 
     source: str
@@ -172,3 +183,4 @@ class LoraBranchJob:
     fp32: str
     error_rank: int
     bits: int = 16
+    layout: str = "add"

@@ -182,6 +182,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
         gptq,
         head_and_table,
         lora_apart,
+        lora_branch,
         onnx_weights,
         quantize,
         rotate,
@@ -193,7 +194,7 @@ def recipe_cache_keys(model_dir: str | os.PathLike[str], reference_dir: str | os
     made = read_manifest(reference_dir)
     common = (sources.fingerprint(model_dir), made.source_fingerprint if made else None, made.versions if made else None,
               build_cache.code_fingerprint(quantize, rotate, rotated, gptq, calibration, head_and_table,
-                                           table_layout, weight_store, onnx_weights, lora_apart, quant_plan, parity,
+                                           table_layout, weight_store, onnx_weights, lora_apart, lora_branch, quant_plan, parity,
                                            options, convert, convert_plan, convert_checks, convert_record,
                                            genai_builder))
     return {name: build_cache.key_of(*common, name, asdict(spec.int4), str(spec.method), spec.execution_provider)

@@ -34,6 +34,8 @@ class PrefixCache:
         self.entries: OrderedDict[tuple[str, tuple[int, ...]], list[np.ndarray]] = OrderedDict()
 
     def _longest(self, prompt: list[int], adapter: str) -> tuple[int, tuple[str, tuple[int, ...]] | None]:
+        if (whole := (adapter, tuple(prompt))) in self.entries:  # a prompt asked again: no longer prefix can match
+            return len(prompt), whole
         best, best_key = 0, None
         for key in self.entries:
             if key[0] != adapter:

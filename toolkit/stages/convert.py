@@ -22,7 +22,7 @@ from slmops.toolkit.core.artifacts import MANIFEST, dir_size_mb
 from slmops.toolkit.core.errors import InvalidOptionError, ModelFolderError
 from slmops.toolkit.domain import adapters, stop_tokens
 from slmops.toolkit.domain.options import Int4Options, Method, Precision
-from slmops.toolkit.domain.quant_plan import LoraBranchJob, LoraJob, LoraKept, QuantizeJob, QuantPlan
+from slmops.toolkit.domain.quant_plan import LoraBranched, LoraBranchJob, LoraJob, LoraKept, QuantizeJob, QuantPlan
 from slmops.toolkit.domain.results.conversion import (
     CONVERSIONS,
     Manifest,
@@ -151,10 +151,10 @@ def build(prepared: Prepared, *, progress: bool = True, dry_run: bool = False) -
         first, adapter_file = _keep_lora_apart(job, work, first)
         work.bar.update()
         plan = _quantize(job, work, first)
-        _side_branch(job, work, first)
+        branched = _side_branch(job, work, first)
         facts = BuildFacts(job.spec, job.source, work.source_fingerprint.result(), work.staging, target,
                            tuple(work.runs), time.perf_counter() - start, plan, stop, prepared.estimate,
-                           prepared.available_mib, prepared.memory_checked, reused)
+                           prepared.available_mib, prepared.memory_checked, reused, branched)
         work.step(work.steps[-1])
         adapter_file = _stage_files(job, work, adapter_file)
         built = _record(job, work, facts, first if needs_quantizer(job.spec) and reused is None else None,
@@ -277,19 +277,25 @@ def _quantize(job: _Job, work: Workspace, first: Path) -> QuantPlan | None:
     return plan
 
 
-def _side_branch(job: _Job, work: Workspace, fp32: Path) -> None:
+def _side_branch(job: _Job, work: Workspace, fp32: Path) -> LoraBranched | None:
     """Step (a LoRA in the graph, quantized): the base's rounding error made up for in the side branch.
 
     :mod:`slmops.toolkit.weights.lora_branch` adds the error's rank-``error_rank`` part to each branch and stores the
     branch in ``branch_bits``, from the quantized graph into staging (``fp32``: the graph the quantizer read).
+
+    Returns:
+        What it made, for the manifest (None: no side branch to rewrite).
     """
     spec = job.spec
     if not spec.adapter_in_graph or not needs_quantizer(spec):
-        return
+        return None
     branch = LoraBranchJob(str(work.scratch / "quantized" / "model.onnx"), str(work.staging / "model.onnx"),
-                           str(fp32 / "model.onnx"), spec.error_rank, spec.branch_bits)
-    work.runs.append(workers.run_worker("slmops.toolkit.weights.lora_branch", "lora-side-branch", codec.dump(branch),
-                                        log_path=work.logs / "lora-side-branch.log", name="LoRA side branch"))
+                           str(fp32 / "model.onnx"), spec.error_rank, spec.branch_bits,
+                           str(spec.branch_layout))
+    run = workers.run_worker("slmops.toolkit.weights.lora_branch", "lora-side-branch", codec.dump(branch),
+                             log_path=work.logs / "lora-side-branch.log", name="LoRA side branch")
+    work.runs.append(run)
+    return codec.load(LoraBranched, run.result)
 
 
 def _stage_files(job: _Job, work: Workspace, adapter_file: Path | None) -> Path | None:

@@ -16,7 +16,9 @@ from slmops.toolkit.core import workers
 from slmops.toolkit.domain import adapters
 from slmops.toolkit.domain.options import (
     LORA_BRANCH_BITS,
+    LORA_BRANCH_LAYOUT,
     LORA_ERROR_RANK,
+    BranchLayout,
     Int4Algorithm,
     Int4Mix,
     Int4Options,
@@ -61,6 +63,8 @@ class ConvertSpec:
             rounding error (:mod:`slmops.toolkit.weights.lora_branch`; 0: the fine-tune's LoRA alone).
         branch_bits: With ``adapter_in_graph``: how the side branch is stored, 16 (FP16 constants, float MatMuls)
             or 8 (8-bit ``MatMulNBits``).
+        branch_layout: With ``adapter_in_graph``: how the side branch joins its base
+            (:class:`~slmops.toolkit.domain.options.BranchLayout`; folded: ``B`` in the base's ``MatMulNBits``).
     """
 
     model_dir: Path
@@ -76,6 +80,7 @@ class ConvertSpec:
     adapter_in_graph: bool = False
     error_rank: int = LORA_ERROR_RANK
     branch_bits: int = LORA_BRANCH_BITS
+    branch_layout: BranchLayout = LORA_BRANCH_LAYOUT
 
     @property
     def keeps_lora(self) -> bool:

@@ -15,7 +15,7 @@ from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.measure import package_versions, timestamp
 from slmops.toolkit.domain import memory, parity, stop_tokens
 from slmops.toolkit.domain.options import TUTORIAL_SIZE_RATIO, Precision
-from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.domain.quant_plan import LoraBranched, QuantPlan
 from slmops.toolkit.domain.results.conversion import (
     AdapterFile,
     Manifest,
@@ -69,6 +69,7 @@ class BuildFacts:
         available_mib: Memory available when it was checked.
         memory_checked: Whether the estimate was checked against it.
         reused: The FP32 build the quantizer started from, when one was reused.
+        lora_branch: What the side-branch step made (a LoRA in the graph, quantized).
     """
 
     spec: ConvertSpec
@@ -84,6 +85,7 @@ class BuildFacts:
     available_mib: float
     memory_checked: bool
     reused: Path | None
+    lora_branch: LoraBranched | None = None
 
 
 def fp32_reference(source: SourceModel, target: Path, source_fingerprint: str) -> tuple[float, str]:
@@ -214,7 +216,8 @@ def manifest(facts: BuildFacts, gate: ParityGate, parity_peaks: dict[str, float]
         adapter=adapter, more_adapters=more_adapters,
         adapter_files=apart.files if apart else (), base_size_mb=apart.base_size_mb if apart else None,
         bits_per_weight=apart.bits_per_weight if apart else None,
-        bits_per_weight_without_adapter=apart.bits_per_weight_without_adapter if apart else None)
+        bits_per_weight_without_adapter=apart.bits_per_weight_without_adapter if apart else None,
+        lora_branch=facts.lora_branch)
 
 
 def conversion_rows(manifests: list[Manifest]) -> list[dict]:

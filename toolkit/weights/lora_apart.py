@@ -133,13 +133,36 @@ def is_lora_weight(name: str) -> bool:
 
 
 def lora_bytes(model: Path) -> int:
-    """The bytes of the LoRA matrices stored as constants in the graph ``model`` (0 when it has none)."""
+    """The bytes of the LoRA matrices stored as constants in the graph ``model`` (0 when it has none).
+
+    A side branch folded into its base (:mod:`slmops.toolkit.weights.lora_branch`: ``B``'s rows appended along ``K``
+    to the base's ``MatMulNBits`` weights, named ``..._folded``) counts those rows' share of the base's bytes: the
+    width of ``x A`` it reads over its ``K``. A LoRA merged into an 8-bit base costs no bytes of its own.
+    """
     import onnx
     from onnx import helper
 
     graph = onnx.load(str(model), load_external_data=False).graph
-    return sum(int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
-               for init in graph.initializer if is_lora_weight(init.name))
+    sizes = {init.name: int(np.prod(init.dims)) * helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+             for init in graph.initializer}
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def width(node) -> int:  # the columns of x A that ``node`` (the branch's A) writes
+        if node.op_type == "MatMulNBits":
+            return next(a.i for a in node.attribute if a.name == "N")
+        weight = producer.get(node.input[1])  # a Cast of the FP16 constant
+        return dims[weight.input[0] if weight is not None else node.input[1]][1]
+
+    folded = 0.0
+    for node in graph.node:
+        concat = producer.get(node.input[0]) if node.op_type == "MatMulNBits" and node.input else None
+        if concat is None or concat.op_type != "Concat" or not node.input[1].endswith("_folded"):
+            continue
+        k = next(a.i for a in node.attribute if a.name == "K")
+        folded += width(producer[concat.input[1]]) / k * sum(sizes[name] for name in node.input[1:4]
+                                                             if name.endswith("_folded"))
+    return sum(size for name, size in sizes.items() if is_lora_weight(name)) + round(folded)
 
 
 #: The symbolic dimension of a LoRA input's rank (``lora_r.<module>``), one per module, so an adapter of

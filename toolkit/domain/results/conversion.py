@@ -16,7 +16,8 @@ Version history of a manifest:
    :class:`Manifest` is written (one not set as ``null`` or empty, where earlier builds left it out).
 4. ``options`` is the INT4 options record (every field of
    :class:`~slmops.toolkit.domain.options.Int4Options`), ``null`` for a build of another precision
-   (version 3 wrote ``{}`` there); :meth:`Manifest.upgrade` reads version 3's.
+   (version 3 wrote ``{}`` there); :meth:`Manifest.upgrade` reads version 3's. ``lora_branch`` came later in
+   version 4 (a manifest without it reads as ``null``).
 
 Versions 1 and 2 were never released: they are read as written (their memory figures, under the
 old names, are not shown). A version this toolkit does not know is refused.
@@ -33,7 +34,7 @@ from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import MANIFEST
 from slmops.toolkit.domain.options import Int4Options
 from slmops.toolkit.domain.parity import ParityCheck, Verdict
-from slmops.toolkit.domain.quant_plan import QuantPlan
+from slmops.toolkit.domain.quant_plan import LoraBranched, QuantPlan
 from slmops.toolkit.domain.results.merge import MergeRecord
 
 #: The version the conversion stage writes into each manifest.
@@ -188,6 +189,9 @@ class Manifest:
         bits_per_weight: With the LoRA kept apart: bits per weight counting the first adapter.
         bits_per_weight_without_adapter: With the LoRA kept apart: bits per weight of the base alone.
         more_adapters: Merge records of further adapters kept apart beside the first.
+        lora_branch: With the LoRA a side branch in the graph (``--adapter-in-graph``, quantized): its error rank,
+            storage bits and layout, and how many branches grew and were folded (None: no branch, or a manifest
+            written before it was recorded).
         recipe: The INT4 recipe this build was adopted as (the recipe comparison), if any.
         build_cache: Where a build copied from the build cache came from.
         output_dir: The build's folder (in ``convert.json``).
@@ -232,6 +236,7 @@ class Manifest:
     bits_per_weight: float | None = None
     bits_per_weight_without_adapter: float | None = None
     more_adapters: tuple[MergeRecord, ...] = ()
+    lora_branch: LoraBranched | None = None
     recipe: str = ""
     build_cache: BuildCacheEntry | None = None
     output_dir: str = ""
