@@ -109,8 +109,7 @@ def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple
     """Each of ``chosen`` staged as registration serves it, in ``out``.
 
     Files linked; the LM head on the last position; gate and up projections fused; an INT4 graph in
-    int8 compute also gets the prompt graph, each shape in the compute type registration's probe chooses
-    (:mod:`slmops.toolkit.stages.register_prompt`).
+    int8 compute also gets the prompt graph in FP32 compute (:mod:`slmops.toolkit.stages.register_prompt`).
     Staged afresh on every run, so a folder staged by an older registration is never measured as today's.
     """
     from slmops.toolkit.stages import register_prompt
@@ -126,9 +125,7 @@ def registered_pairs(chosen: tuple[Pair, ...], models: Path, out: Path) -> tuple
                 os.link(item, target / item.name)
         lm_head.serve_last_position(target)
         config = json.loads((target / "genai_config.json").read_text())
-        compute = register_prompt.serve_graphs(target, config)  # as registration: fused gate/up, the prompt graph
-        if compute:
-            print(f"{pair.ours}: {compute.note()}", flush=True)
+        if register_prompt.serve_graphs(target, config):  # as registration: fused gate/up, the prompt in FP32 compute
             (target / "genai_config.json").unlink()  # a hard link to the source's: replaced, not written through
             (target / "genai_config.json").write_text(json.dumps(config, indent=4))
         staged.append(Pair(f"{pair.ours}, as registered", str(target), pair.quant))

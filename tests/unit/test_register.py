@@ -5,16 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from slmops.toolkit.domain.results.registration import ThreadSpeed
-from slmops.toolkit.stages.register_prompt import (
-    PROMPT_GRAPH,
-    STOP_SPINNING,
-    prompt_shapes,
-    serve_prompt_graph,
-    write_prompt_graph,
-)
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH, STOP_SPINNING, serve_prompt_graph, write_prompt_graph
 from slmops.toolkit.stages.register_threads import ThreadChoice, pick_threads, probe_counts
 
 
@@ -26,35 +18,20 @@ def test_thread_choice_rules() -> None:
     assert ThreadChoice(4, tuple(probe)).speedup == round(238 / 300, 3)
 
 
-@pytest.fixture
-def fp32_faster(monkeypatch) -> None:
-    """The compute-type probe finds FP32 compute the faster for every shape."""
-    from slmops.toolkit.stages import register_compute
-
-    monkeypatch.setattr(register_compute, "time_levels", lambda shape, rows, threads: (1.0, 2.0))
-
-
-def _matmul_graph(path: Path, levels_and_bits: list[tuple[int, int]], widths: list[int] | None = None) -> None:
-    """A graph of ``MatMulNBits`` nodes, one per ``(accuracy_level, bits)``, chained from ``x`` (each node's N:
-    ``widths``, 32 by default; its K the previous node's N)."""
-    import numpy as np
+def _matmul_graph(path: Path, levels_and_bits: list[tuple[int, int]]) -> None:
+    """A graph of ``MatMulNBits`` nodes, one per ``(accuracy_level, bits)``, chained from ``x``."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes, weights, previous, k = [], [], "x", 32
+    nodes, previous = [], "x"
     for index, (level, bits) in enumerate(levels_and_bits):
-        n = widths[index] if widths else 32
-        weights += [numpy_helper.from_array(np.full((n, k // 32, 32 * bits // 8), 0x88, np.uint8), f"w{index}"),
-                    numpy_helper.from_array(np.full((n, k // 32), 0.01, np.float32), f"s{index}")]
         nodes.append(helper.make_node("MatMulNBits", [previous, f"w{index}", f"s{index}"], [f"y{index}"],
-                                      domain="com.microsoft", K=k, N=n, bits=bits, block_size=32,
+                                      domain="com.microsoft", K=32, N=32, bits=bits, block_size=32,
                                       accuracy_level=level))
-        previous, k = f"y{index}", n
+        previous = f"y{index}"
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
-                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, k])], weights)
-    onnx.save(helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17),
-                                                                     helper.make_opsetid("com.microsoft", 1)]),
-              str(path))
+                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [1, 32])])
+    onnx.save(helper.make_model(graph), str(path))
 
 
 def _levels(path: Path) -> list[tuple[int, int]]:
@@ -64,7 +41,7 @@ def _levels(path: Path) -> list[tuple[int, int]]:
             for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
 
 
-def test_an_int4_graph_in_int8_compute_gets_a_prompt_graph_in_fp32_compute(tmp_path: Path, fp32_faster) -> None:
+def test_an_int4_graph_in_int8_compute_gets_a_prompt_graph_in_fp32_compute(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
     _matmul_graph(source / "model.onnx", [(4, 4), (4, 8), (4, 4)])
@@ -87,7 +64,7 @@ def test_an_int4_graph_in_int8_compute_gets_a_prompt_graph_in_fp32_compute(tmp_p
     assert not serve_prompt_graph(folder, config)  # already a pipeline: left as it is
 
 
-def test_the_last_position_head_keeps_int8_compute_in_the_prompt_graph(tmp_path: Path, fp32_faster) -> None:
+def test_the_last_position_head_keeps_int8_compute_in_the_prompt_graph(tmp_path: Path) -> None:
     from slmops.toolkit.weights.lm_head import prune_lm_head
 
     _matmul_graph(tmp_path / "full.onnx", [(4, 4), (4, 4)])
@@ -98,56 +75,6 @@ def test_the_last_position_head_keeps_int8_compute_in_the_prompt_graph(tmp_path:
     assert _levels(tmp_path / PROMPT_GRAPH) == [(0, 4), (4, 4)]
     write_prompt_graph(tmp_path / "full.onnx", tmp_path / "every_position.onnx")
     assert _levels(tmp_path / "every_position.onnx") == [(0, 4), (0, 4)]  # a head on every position: the prompt's rows
-
-
-def test_the_probes_choice_per_shape_is_applied_to_the_prompt_graph_and_recorded(tmp_path: Path,
-                                                                                 monkeypatch) -> None:
-    from slmops.toolkit.core import codec
-    from slmops.toolkit.domain.results.registration import RegistrationRecord, read_registration, write_registration
-    from slmops.toolkit.stages import register_compute
-
-    # QKV-, O- and MLP-like shapes: 32 -> 64 -> 32 (twice) -> 48; the 32 x 32 and 48-wide ones measure faster in int8
-    _matmul_graph(tmp_path / "model.onnx", [(4, 4)] * 5, widths=[64, 32, 64, 32, 48])
-    timed: list[tuple[int, int]] = []
-
-    def time_levels(shape, rows, threads):
-        timed.append((shape.k, shape.n))
-        return (2.0, 1.0) if shape.n in (48,) or shape.k == 64 else (1.0, 2.0)
-
-    monkeypatch.setattr(register_compute, "time_levels", time_levels)
-    config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx", "session_options": {}}}}
-    compute = serve_prompt_graph(tmp_path, config)
-    assert sorted(timed) == [(32, 48), (32, 64), (64, 32)]  # once per shape, not per node
-    # per node, each shape's faster type: 32x64 FP32, 64x32 int8, 32x48 int8; the token graph keeps int8 compute
-    assert _levels(tmp_path / PROMPT_GRAPH) == [(0, 4), (4, 4), (0, 4), (4, 4), (4, 4)]
-    assert _levels(tmp_path / "model.onnx") == [(4, 4)] * 5
-    assert [(g.k, g.n, g.nodes, g.accuracy_level) for g in compute.groups] == [(32, 64, 2, 0), (64, 32, 2, 4),
-                                                                             (32, 48, 1, 4)]
-    assert compute.rows == register_compute.PROBE_ROWS and "int8 (2.00 ms FP32, 1.00 ms int8)" in compute.note()
-    write_registration(tmp_path, RegistrationRecord(name="m", prompt_compute=compute))  # typed, one codec
-    assert read_registration(tmp_path).prompt_compute == compute
-    assert codec.load(RegistrationRecord, {}).prompt_compute is None  # a record written before reads as none
-
-    # a choice given rather than measured: the given accuracy_level on every node of that shape
-    forced = {shape.key: 4 for shape in prompt_shapes(tmp_path / "model.onnx") if shape.n == 64}
-    timed.clear()
-    config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx", "session_options": {}}}}
-    compute = serve_prompt_graph(tmp_path, config, forced=forced)
-    assert _levels(tmp_path / PROMPT_GRAPH) == [(4, 4), (4, 4), (4, 4), (4, 4), (4, 4)]
-    assert sorted(timed) == [(32, 48), (64, 32)] and compute.groups[0].fp32_ms == 0 and "(given)" in compute.note()
-
-
-def test_the_compute_probe_times_both_kernels_on_a_real_node(tmp_path: Path) -> None:
-    from slmops.toolkit.stages import register_compute
-
-    _matmul_graph(tmp_path / "model.onnx", [(4, 4)], widths=[64])
-    (shape,) = prompt_shapes(tmp_path / "model.onnx")
-    fp32_ms, int8_ms = register_compute.time_levels(shape, rows=16, threads=1)
-    assert fp32_ms > 0 and int8_ms > 0
-    compute, levels = register_compute.choose_compute([shape], rows=16, threads=1)
-    (group,) = compute.groups
-    assert levels == {shape.key: group.accuracy_level} and group.accuracy_level in (0, 4)
-    assert group.accuracy_level == (4 if group.int8_ms < group.fp32_ms else 0)
 
 
 def test_graphs_without_int4_in_int8_compute_are_served_as_one_graph(tmp_path: Path) -> None:
@@ -243,7 +170,7 @@ def _served_against_unfused(tmp_path: Path, **graph) -> list[list[str]]:
     config = {"model": {"type": "llama", "decoder": {"filename": "model.onnx", "session_options": {}}}}
 
     # fused, then the prompt graph made from the fused graph (an 8-bit build has none)
-    assert bool(serve_graphs(folder, config)) == (graph.get("bits", 4) == 4)
+    assert serve_graphs(folder, config) == (graph.get("bits", 4) == 4)
     reference = tmp_path / "reference"  # the unfused graphs: the build's, and its prompt graph made the old way
     reference.mkdir()
     os.link(source / "model.onnx.data", reference / "model.onnx.data")
@@ -267,7 +194,6 @@ def _served_against_unfused(tmp_path: Path, **graph) -> list[list[str]]:
 FUSED = ["MatMulNBits", "Split", "Sigmoid"]
 
 
-@pytest.mark.usefixtures("fp32_faster")  # the unfused reference's prompt graph: FP32 compute
 def test_gate_and_up_projections_are_served_as_one_node_with_the_same_outputs(tmp_path: Path) -> None:
     from slmops.toolkit.stages.register_fuse import FUSED_DATA, fuse_siblings
 
@@ -278,7 +204,6 @@ def test_gate_and_up_projections_are_served_as_one_node_with_the_same_outputs(tm
     assert fuse_siblings(old, ["model.onnx"]) == 0 and not (old / FUSED_DATA).exists()
 
 
-@pytest.mark.usefixtures("fp32_faster")  # the unfused reference's prompt graph: FP32 compute
 def test_gate_and_up_projections_with_zero_points_are_fused_with_the_same_outputs(tmp_path: Path) -> None:
     # the mixed recipe's asymmetric 4-bit gate and up; 8-bit siblings (a build without a prompt graph)
     assert _served_against_unfused(tmp_path / "4", zero_points=(True, True)) == [FUSED, FUSED]

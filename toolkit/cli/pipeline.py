@@ -242,8 +242,6 @@ def cmd_register(args: argparse.Namespace) -> int:
         tried = ", ".join(f"{row.threads or 'default'}: {row.decode_tps:.0f} tok/s, first token "
                           f"{row.ttft_ms:.0f} ms" for row in reg.threads.probe)
         print(f"Threads: {reg.threads.chosen} ({reg.threads.speedup:.2f}x the runtime's default decode; tried {tried})")
-    if reg.prompt_compute:
-        print(reg.prompt_compute.note())
     if reg.tool_calling:
         calls = "supports tool calling" if reg.tool_calling.supports else "tool calling not marked as supported"
         markers = " ".join(reg.tool_calling.markers) or "none"

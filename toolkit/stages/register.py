@@ -31,7 +31,6 @@ from slmops.toolkit.domain.genai_config import config_problem
 from slmops.toolkit.domain.results.conversion import read_conversions
 from slmops.toolkit.domain.results.registration import (
     REGISTRATION_RECORD,
-    PromptCompute,
     RegisteredModel,
     RegistrationRecord,
     StopTokens,
@@ -128,7 +127,6 @@ class Registration:
     threads: ThreadChoice | None = None
     stop: StopTokens | None = None
     tool_calling: ToolCalling | None = None
-    prompt_compute: PromptCompute | None = None
 
 
 def _check_onnx_dir(onnx_dir: Path) -> dict:
@@ -169,15 +167,14 @@ def _write_genai_config(folder: Path, genai_config: dict, threads: int | str | N
 
 
 def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template_resolve.ResolvedTemplate,
-           model_config: ModelConfig, name: str, version: int, description: str) -> PromptCompute | None:
+           model_config: ModelConfig, name: str, version: int, description: str) -> None:
     rewritten = {"genai_config.json", "tokenizer_config.json", "chat_template.jinja", INFERENCE_MODEL, REGISTRATION_RECORD}
     for item in onnx_dir.iterdir():
         if item.is_file() and item.name not in rewritten:
             _link_or_copy(item, staging / item.name)
     # Served prefill computes the LM head on the last position only; the full graph stays beside it.
     lm_head.serve_last_position(staging, genai_config["model"]["decoder"].get("filename", "model.onnx"))
-    # fused gate/up; INT4: the prompt in each shape's faster compute type (probed), the tokens in int8 compute
-    compute = serve_graphs(staging, genai_config, model_config.threads if type(model_config.threads) is int else 0)
+    serve_graphs(staging, genai_config)  # fused gate/up; INT4: the prompt in FP32 compute, the tokens in int8
     genai_config["search"] = {**genai_config.get("search", {}), **model_config.search_options()}
     _write_genai_config(staging, genai_config, model_config.threads)
     tokenizer_file = onnx_dir / "tokenizer_config.json"
@@ -193,7 +190,6 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
         "ModelConfig": model_config.search_options(),
     }
     (staging / INFERENCE_MODEL).write_text(json.dumps(inference_model, indent=2, ensure_ascii=False))
-    return compute
 
 
 def _checked_config(source: Path) -> tuple[dict, int]:
@@ -241,12 +237,12 @@ def _staged_threads(staging: Path, genai_config: dict, model_config: ModelConfig
 
 def _registration_record(source: Path, name: str, version: int, resolved: template_resolve.ResolvedTemplate,
                          stop: StopTokens, threads: ThreadChoice | None,
-                         model_config: ModelConfig, compute: PromptCompute | None = None) -> RegistrationRecord:
+                         model_config: ModelConfig) -> RegistrationRecord:
     """The registration record written beside the model (:data:`REGISTRATION_RECORD`)."""
     return RegistrationRecord(
         str(source), name, version, str(resolved.choice), tuple(resolved.notes), timestamp(), stop,
         ThreadSetting("auto", threads.chosen, threads.speedup, threads.probe, threads.reused)
-        if threads else ThreadSetting(model_config.threads), prompt_compute=compute)
+        if threads else ThreadSetting(model_config.threads))
 
 
 def _swap_in(staging: Path, target: Path, name: str, version: int, cache: str | Path | None,
@@ -325,16 +321,15 @@ def register(onnx_dir: str | os.PathLike[str], name: str, *, version: int = 1,
     staging = artifacts.staging_dir(target, "staging")
     try:
         with artifacts.disk_full_as_error(staging):
-            compute = _stage(source, staging, genai_config, resolved, model_config, name, version, description)
+            _stage(source, staging, genai_config, resolved, model_config, name, version, description)
         threads, model_config = _staged_threads(staging, genai_config, model_config, context_length)
-        write_registration(staging, _registration_record(source, name, version, resolved, stop, threads, model_config,
-                                                         compute))
+        write_registration(staging, _registration_record(source, name, version, resolved, stop, threads, model_config))
         _swap_in(staging, target, name, version, cache, markers, record)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     tool_calling = _probe_tools(target, source, name, version, cache, markers, tool_probe)
     return Registration(name, version, f"{name}:{version}", target, str(resolved.choice), model_config,
-                        (*resolved.notes, stop.note()), threads, stop, tool_calling, compute)
+                        (*resolved.notes, stop.note()), threads, stop, tool_calling)
 
 
 def _tool_calling_words(tool_calling: ToolCalling | None) -> str:

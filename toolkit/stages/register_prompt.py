@@ -1,13 +1,11 @@
-"""Registration's prompt graph: the prompt in the faster compute type per projection shape, the tokens in int8 compute.
+"""Registration's prompt graph: the prompt in FP32 compute, the generated tokens in int8 compute.
 
 An INT4 ``MatMulNBits`` at ``accuracy_level`` 4 (the builder's default) quantizes its input to
-int8 and multiplies in int8: the faster kernel for one token at a time (decode); on a whole prompt
-ONNX Runtime's CPU kernel at ``accuracy_level`` 0 (it unpacks the weights and runs an FP32 GEMM) is
-often the faster one, but not for every projection's shape on every machine, so registration
-measures it per shape (:mod:`slmops.toolkit.stages.register_compute`). An 8-bit ``MatMulNBits``
-keeps int8 compute, the faster on a prompt too. The served folder keeps both: its graph for the
-generated tokens, and :data:`PROMPT_GRAPH`, the same nodes and weights file with each shape's chosen
-``accuracy_level``, for the prompt;
+int8 and multiplies in int8: the faster kernel for one token at a time (decode), the slower one
+for a whole prompt, where ONNX Runtime's CPU kernel at ``accuracy_level`` 0 unpacks the weights
+and runs an FP32 GEMM (an 8-bit ``MatMulNBits`` is the other way round: int8 compute is the
+faster on a prompt too, so those keep it). The served folder keeps both: its graph for the generated tokens, and
+:data:`PROMPT_GRAPH`, the same nodes and weights file with ``accuracy_level`` 0, for the prompt;
 ``genai_config.json`` becomes an ONNX Runtime GenAI ``decoder-pipeline`` that runs the first on
 token generation only and the second on the prompt only (``run_on_prompt``/``run_on_token_gen``),
 both on the same key/value cache. Each graph is its own ONNX Runtime session, so the weights are
@@ -19,14 +17,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops.toolkit.domain.results.registration import PromptCompute
-from slmops.toolkit.stages.register_compute import FP32_COMPUTE, INT8_COMPUTE, NodeShape, choose_compute, node_shape
 from slmops.toolkit.stages.register_fuse import fuse_siblings
 from slmops.toolkit.weights.lm_head import ALL_POSITIONS, UNSQUEEZE
 
 PROMPT_GRAPH = "model_prompt.onnx"
 PIPELINE_TYPE = "decoder-pipeline"
 PROMPT_STAGE, TOKEN_STAGE = "prompt", "tokens"
+INT8_COMPUTE, FP32_COMPUTE = 4, 0
 #: ONNX Runtime's session option that ends a session's thread-pool spinning when its run returns.
 #: Each stage is its own session with its own intra-op threads; without it, the prompt session's
 #: threads spin on after the prompt, taking cores from the first generated tokens, and the token
@@ -45,34 +42,14 @@ def _attribute(node, name: str, default: int) -> int:
 ONE_ROW = f"{UNSQUEEZE}/output_0"
 
 
-def _prompt_nodes(model) -> list:
-    """The INT4 ``MatMulNBits`` in int8 compute of ``model`` that multiply the prompt's rows.
+def write_prompt_graph(graph: Path, target: Path) -> bool:
+    """``graph`` with its INT4 ``MatMulNBits`` in int8 compute set to FP32 compute, written to ``target``.
 
-    Only ``bits`` 4 nodes at ``accuracy_level`` 4: 8-bit ones (an INT8 build, a mixed recipe's 8-bit
-    layers, LM head) keep int8 compute, which is the faster for them on a prompt too, and so does a
-    head reading only the last position (:data:`ONE_ROW`): one row is a decode step's shape, where FP32
-    compute unpacks the whole vocabulary's weights for a single row.
-    """
-    return [n for n in model.graph.node if n.op_type == "MatMulNBits"
-            and _attribute(n, "bits", 4) == 4 and _attribute(n, "accuracy_level", 0) == INT8_COMPUTE
-            and n.input[0] != ONE_ROW]
-
-
-def prompt_shapes(graph: Path) -> list[NodeShape]:
-    """The shape of each node of ``graph`` whose compute type the prompt graph chooses (:func:`_prompt_nodes`)."""
-    import onnx
-
-    model = onnx.load(str(graph), load_external_data=False)
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    return [node_shape(node, initializers) for node in _prompt_nodes(model)]
-
-
-def write_prompt_graph(graph: Path, target: Path, levels: dict[tuple, int] | None = None) -> bool:
-    """``graph`` with its INT4 ``MatMulNBits`` in int8 compute given the prompt's compute type, written to ``target``.
-
-    Each node of :func:`_prompt_nodes` takes its shape's ``accuracy_level`` from ``levels`` (by
-    :attr:`~slmops.toolkit.stages.register_compute.NodeShape.key`; FP32 compute, 0, for a shape not
-    in it); the others are left as they are. The weights file is shared.
+    Only ``bits`` 4 nodes at ``accuracy_level`` 4 that multiply the prompt's rows change (to 0);
+    8-bit ones (an INT8 build, a mixed recipe's 8-bit layers, LM head) keep int8 compute, which is
+    the faster for them on a prompt too, and so does a head reading only the last position
+    (:data:`ONE_ROW`): one row is a decode step's shape, where FP32 compute unpacks the whole
+    vocabulary's weights for a single row. The weights file is shared.
 
     Returns:
         Whether it was written: not when ``graph`` has no such node (nothing would change).
@@ -80,15 +57,15 @@ def write_prompt_graph(graph: Path, target: Path, levels: dict[tuple, int] | Non
     import onnx
 
     model = onnx.load(str(graph), load_external_data=False)
-    nodes = _prompt_nodes(model)
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"
+             and _attribute(n, "bits", 4) == 4 and _attribute(n, "accuracy_level", 0) == INT8_COMPUTE
+             and n.input[0] != ONE_ROW]
     if not nodes:
         return False
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     for node in nodes:
-        level = (levels or {}).get(node_shape(node, initializers).key, FP32_COMPUTE)
         kept = [a for a in node.attribute if a.name != "accuracy_level"]
         del node.attribute[:]
-        node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", level)])
+        node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", FP32_COMPUTE)])
     target.unlink(missing_ok=True)  # a hard link to another folder's file is replaced, not written through
     onnx.save(model, str(target))
     return True
@@ -109,7 +86,7 @@ def _plain_cpu_decoder(genai_config: dict) -> bool:
         "session_options", {}).get("provider_options")
 
 
-def serve_graphs(folder: Path, genai_config: dict, threads: int = 0) -> PromptCompute | None:
+def serve_graphs(folder: Path, genai_config: dict) -> bool:
     """Registration's graph edits on a staged CPU ``folder``: fused projections, then the prompt graph.
 
     Sibling ``MatMulNBits`` (an MLP's gate and up projections) are fused in the served graph and
@@ -118,39 +95,29 @@ def serve_graphs(folder: Path, genai_config: dict, threads: int = 0) -> PromptCo
     then :func:`serve_prompt_graph`, whose prompt graph is made from the fused graph.
 
     Returns:
-        The prompt graph's compute type per shape when ``genai_config`` became a pipeline, else None
-        (:func:`serve_prompt_graph`).
+        Whether ``genai_config`` became a pipeline (:func:`serve_prompt_graph`).
     """
     if _plain_cpu_decoder(genai_config):
         filename = genai_config["model"]["decoder"].get("filename", "model.onnx")
         fuse_siblings(folder, [name for name in (filename, ALL_POSITIONS) if (folder / name).is_file()])
-    return serve_prompt_graph(folder, genai_config, threads)
+    return serve_prompt_graph(folder, genai_config)
 
 
-def serve_prompt_graph(folder: Path, genai_config: dict, threads: int = 0,
-                       forced: dict[tuple, int] | None = None) -> PromptCompute | None:
+def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
     """Give the staged ``folder`` :data:`PROMPT_GRAPH` and make ``genai_config`` the two-stage pipeline.
 
-    Each shape's compute type in the prompt graph is measured on this machine at ``threads`` intra-op
-    threads (:func:`~slmops.toolkit.stages.register_compute.choose_compute`; ``forced``: given
-    rather than measured, by shape key). Left as it is (returns None) when the model type is not in :data:`PLAIN_DECODER_TYPES` (a
+    Left as it is (returns False) when the model type is not in :data:`PLAIN_DECODER_TYPES` (a
     pipeline already, among others), the decoder runs on another execution provider than the CPU,
     or its graph has no INT4 ``MatMulNBits`` in int8 compute.
     ``genai_config`` is changed in place; the caller writes it.
-
-    Returns:
-        What the probe measured and chose, or None.
     """
     model = genai_config["model"]
     decoder = model["decoder"]
     if not _plain_cpu_decoder(genai_config):
-        return None
+        return False
     filename = decoder.get("filename", "model.onnx")
-    shapes = prompt_shapes(folder / filename)
-    if not shapes:
-        return None
-    compute, levels = choose_compute(shapes, threads=threads, forced=forced)
-    write_prompt_graph(folder / filename, folder / PROMPT_GRAPH, levels)
+    if not write_prompt_graph(folder / filename, folder / PROMPT_GRAPH):
+        return False
     inputs, outputs = _io_names(folder / filename)
     stage = {"inputs": inputs, "outputs": outputs}
     decoder["pipeline"] = [
@@ -159,5 +126,5 @@ def serve_prompt_graph(folder: Path, genai_config: dict, threads: int = 0,
     ]
     decoder.setdefault("session_options", {}).update(STOP_SPINNING)  # both stages read the decoder's options
     model["type"] = PIPELINE_TYPE
-    return compute
+    return True
 

@@ -180,55 +180,6 @@ class ThreadSetting:
 
 
 @dataclass(frozen=True)
-class ComputeGroup:
-    """One shape of the prompt graph's 4-bit ``MatMulNBits`` and the compute type chosen for it by measurement.
-
-    Attributes:
-        k: Input features.
-        n: Output features.
-        bits: Weight bits.
-        block_size: Elements per quantization block.
-        nodes: How many of the graph's nodes have this shape.
-        fp32_ms: Median time of one such node on the probe's rows in FP32 compute (``accuracy_level`` 0);
-            0 when the choice was given, not measured.
-        int8_ms: The same in int8 compute (``accuracy_level`` 4).
-        accuracy_level: The one chosen for these nodes in the prompt graph.
-    """
-
-    k: int
-    n: int
-    bits: int
-    block_size: int
-    nodes: int
-    fp32_ms: float
-    int8_ms: float
-    accuracy_level: int
-
-
-@dataclass(frozen=True)
-class PromptCompute:
-    """The prompt graph's compute type per projection shape (the registration record's ``prompt_compute``).
-
-    Attributes:
-        rows: The prompt length the probe timed.
-        threads: The probe's intra-op threads (0: ONNX Runtime's default).
-        groups: Each shape, its timings and its choice.
-    """
-
-    rows: int = 0
-    threads: int = 0
-    groups: tuple[ComputeGroup, ...] = ()
-
-    def note(self) -> str:
-        """One line for the CLI: each shape's choice and timings."""
-        words = {0: "FP32", 4: "int8"}
-        shapes = "; ".join(f"K {g.k} x N {g.n} ({g.nodes} nodes): {words.get(g.accuracy_level, g.accuracy_level)}"
-                           + (f" ({g.fp32_ms:.2f} ms FP32, {g.int8_ms:.2f} ms int8)" if g.fp32_ms else " (given)")
-                           for g in self.groups)
-        return f"Prompt graph compute per 4-bit shape, probed on {self.rows} rows: {shapes}"
-
-
-@dataclass(frozen=True)
 class ToolCallingRecord:
     """How tool calling was set up (the registration record's ``tool_calling``).
 
@@ -257,7 +208,6 @@ class RegistrationRecord:
         stop_tokens: The stop tokens reconciled.
         threads: The intra-op threads.
         tool_calling: How tool calling was set up (None until the registration's probe ran).
-        prompt_compute: The prompt graph's compute type per 4-bit shape (None: no prompt graph).
     """
 
     KIND: ClassVar[str] = REGISTRATION_RECORD
@@ -271,7 +221,6 @@ class RegistrationRecord:
     stop_tokens: StopTokens = field(default_factory=StopTokens)
     threads: ThreadSetting = field(default_factory=ThreadSetting)
     tool_calling: ToolCallingRecord | None = None
-    prompt_compute: PromptCompute | None = None
 
 
 def read_registration(folder: str | os.PathLike[str]) -> RegistrationRecord | None:
