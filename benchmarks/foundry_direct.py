@@ -10,7 +10,7 @@ Foundry Local / direct are taken per round and reported as medians with their ra
 token (time to first token, each engine's median of ``--repeats``) and decode tokens/s. Target
 for both: 0.9-1.1x (pass when every round is inside, fail when none is, warn otherwise).
 
-    flock /work/heavy.lock .venv/bin/python benchmarks/foundry_direct.py --model-dir outputs/demo/models/int4
+    .venv/bin/python benchmarks/foundry_direct.py --model-dir outputs/demo/models/int4
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ at ``<end_of_turn>`` or ``<eos>``, 48 tokens at most, and the registration's rep
 token already in the sequence, prompt included, as transformers does). Each answer is judged
 by the checklist's content rules (:func:`toolkit.stages.checklist.cases.judge`).
 
-    flock /tmp/heavy.lock timeout 1800 .venv/bin/python benchmarks/gemma_domain.py \
+    .venv/bin/python benchmarks/gemma_domain.py \
         --steps 72 --learning-rate 5e-4 [--rank 16] [--penalty 1.0 1.1] [--adapter DIR]
 
 The FP32 build equals transformers (parity top-1 1.000 over 1,066 positions), so the rate with

@@ -8,7 +8,7 @@ build's end-of-turn tokens. Each answer is judged by the checklist's rules
 (:func:`slmops.toolkit.stages.checklist.cases.judge`). Prints, per build, the cases passed and
 the cases FP32 passes that the build fails.
 
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/int4_domain.py --cases outputs/demo/cases.jsonl \\
+    .venv/bin/python benchmarks/int4_domain.py --cases outputs/demo/cases.jsonl \\
         fp32=outputs/demo/models/fp32 int4=outputs/demo/models/int4 rotated=/tmp/rotated-int4
 """
 

@@ -9,7 +9,7 @@ KL against the base's FP32, decode tokens/s against the builder's INT4 in the sa
 the build time. The ``-rotated`` variants rotate the residual stream and the values per head first
 (``QuantPlan(rotate=True)``, :mod:`slmops.toolkit.weights.rotate`).
 
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/int4_gptq.py --fp32 FT_FP32_DIR --base-fp32 BASE_FP32_DIR
+    .venv/bin/python benchmarks/int4_gptq.py --fp32 FT_FP32_DIR --base-fp32 BASE_FP32_DIR
 
 The FP32 builds are those of ``benchmarks/int4_mix.py`` (``make demo`` leaves them in
 ``outputs/demo/models/fp32`` and ``control-fp32``).

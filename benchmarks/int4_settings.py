@@ -21,7 +21,7 @@ rounds against Q4_0, first token and decode ratios) and reports each variant's K
 top-1 agreement against the FP32 build (teacher-forced on the bundled reference text, every
 position's logits) beside it::
 
-    flock /work/heavy.lock .venv/bin/python benchmarks/int4_settings.py --models DIR --out /tmp/int4-settings
+    .venv/bin/python benchmarks/int4_settings.py --models DIR --out /tmp/int4-settings
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ project's Python, which has torch and transformers, with the converter's own ``g
 ``llama-quantize``; kept in ``--out`` and reused.
 
     .venv/bin/python benchmarks/llama_cpp.py --setup      # once: native llama.cpp tools, the converter
-    flock /work/heavy.lock .venv/bin/python benchmarks/llama_cpp.py --models DIR --out /tmp/llama-cpp-bench
+    .venv/bin/python benchmarks/llama_cpp.py --models DIR --out /tmp/llama-cpp-bench
 
 Inputs: ``--models`` holds our builds as the demo writes them (``fp32``, ``int8``, ``int4`` and
 ``recipes/NAME``), and ``--hf`` the FP32 merged fine-tune they were built from (default: the FP32
@@ -44,7 +44,7 @@ random-weight models of those shapes, our INT4/INT8 as registered against Q4_0/Q
 ``--prompt-lengths``, decode also as a share of the memory-bandwidth bound; models, builds and GGUF
 files are kept under ``$SLMOPS_HOME/llama-cpp-sizes``::
 
-    flock /work/heavy.lock .venv/bin/python benchmarks/llama_cpp.py --shapes qwen2.5-0.5b --out /tmp/sizes
+    .venv/bin/python benchmarks/llama_cpp.py --shapes qwen2.5-0.5b --out /tmp/sizes
 """
 
 from __future__ import annotations

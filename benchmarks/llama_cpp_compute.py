@@ -10,7 +10,7 @@ compute type per shape (K, N) do better? For each shape this measures, alternati
 - **the node alone**: one ``MatMulNBits`` of that shape (random weights of the node's shapes and types)
   in a session of its own, on the same number of rows, at level 0 and 4: what a cheap probe would time.
 
-    flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/llama_cpp_compute.py MODEL_DIR --rounds 6 --threads 2
+    .venv/bin/python benchmarks/llama_cpp_compute.py MODEL_DIR --rounds 6 --threads 2
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ after one untimed prefill, and the profile's node events are summed per operator
 the ``MatMulNBits`` nodes split into the LM head and the body, and their ``accuracy_level``
 and ``block_size`` read from the graph. Ratios are shares of each build's own prefill time.
 
-    flock /work/heavy.lock .venv/bin/python benchmarks/llama_cpp_profile.py int4=DIR int4-b64=DIR --threads 2
+    .venv/bin/python benchmarks/llama_cpp_profile.py int4=DIR int4-b64=DIR --threads 2
 
 Each build also reports its median prefill wall time (first token, as ``genai.time_generation`` counts
 it) without the profiler, alternating builds, so the shares can be read against it.

@@ -20,7 +20,7 @@ made), read on the same ids through llama-cpp-python when its venv is there (``b
 and read through the same code (llama.cpp's own runtime also rounds the activations to 8 bits in its matrix
 products, which this leaves out). The goal is its KL at or under its bits per weight.
 
-    flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/lora_in_graph.py --out /tmp/lora-in-graph \\
+    .venv/bin/python benchmarks/lora_in_graph.py --out /tmp/lora-in-graph \\
         --recipe mixed --recipe builder-default
 
 Everything goes to ``OUT/lora_in_graph.json``; the FP32 builds and the recipe builds are kept in ``OUT`` and reused.

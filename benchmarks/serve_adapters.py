@@ -23,7 +23,7 @@ Targets (issue 44): resident memory of the three-adapter server at most (base se
 bytes) x 1.10; each adapter passes at least as many of its own domain's questions as its merged INT4 build,
 and none of the others'; switched-per-request median TTFT within 1.2x the one-adapter server's.
 
-    flock /work/heavy.lock nice -n 5 .venv/bin/python benchmarks/serve_adapters.py --out /tmp/serve-adapters \\
+    .venv/bin/python benchmarks/serve_adapters.py --out /tmp/serve-adapters \\
         --markdown /tmp/serve-adapters.md
 
 ``--prepare-only`` trains and builds (minutes, reused when ``OUT`` has them) and stops, so the serving runs
