@@ -85,15 +85,12 @@ def dequantize_nbits(node, read) -> np.ndarray:
     k, n, bits, block = (_attribute(node, name) for name in ("K", "N", "bits", "block_size"))
     codes = read(node.input[1])
     blocks = codes.shape[1]
-    if bits == 4:
-        codes = np.stack([codes & 15, codes >> 4], axis=-1)
-    codes = codes.reshape(n, blocks, block).astype(np.float32)
+    codes = _unpack(codes, bits).reshape(n, blocks, block).astype(np.float32)
     scales = read(node.input[2]).reshape(n, blocks).astype(np.float32)
     if len(node.input) > 3 and node.input[3]:
         zero = read(node.input[3]).reshape(n, -1)
         if zero.dtype == np.uint8:
-            zero = np.stack([zero & 15, zero >> 4], axis=-1).reshape(n, -1) if bits == 4 else zero
-            zero = zero[:, :blocks].astype(np.float32)
+            zero = _unpack(zero, bits)[:, :blocks].astype(np.float32)
         else:  # float zero points (HQQ): the value of code 0 is -zero * scale
             zero = zero.astype(np.float32)
     else:
@@ -156,6 +153,11 @@ def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return codes if bits == 8 else codes[..., 0::2] | (codes[..., 1::2] << 4)
 
 
+def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """The inverse of :func:`_pack`: ``[..., m]`` bytes to ``[..., 2 m]`` codes at 4 bits (as they are at 8)."""
+    return packed if bits == 8 else np.stack([packed & 15, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+
+
 def quantize_rows(rows: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """``rows`` (``[r, N]``, float) as ``MatMulNBits`` blocks along ``r``: symmetric, zero point ``2^(bits-1)``.
 
@@ -195,9 +197,7 @@ def _fold_rows(branch: Branch, rows: np.ndarray, joined: str, read) -> tuple[obj
         zero = read(base.input[3])
         middle = 2 ** (bits - 1)
         if zero.dtype == np.uint8:
-            unpacked = (np.stack([zero.reshape(n, -1) & 15, zero.reshape(n, -1) >> 4], axis=-1).reshape(n, -1)
-                        if bits == 4 else zero.reshape(n, -1))
-            whole = np.concatenate([unpacked[:, :blocks], np.full((n, added), middle, np.uint8)], axis=1)
+            whole = np.concatenate([_unpack(zero.reshape(n, -1), bits)[:, :blocks], np.full((n, added), middle, np.uint8)], axis=1)
             if bits == 4 and whole.shape[1] % 2:
                 whole = np.concatenate([whole, np.full((n, 1), middle, np.uint8)], axis=1)
             whole = _pack(whole, bits)
