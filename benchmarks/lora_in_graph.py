@@ -124,12 +124,9 @@ def decode_ratios(pairs: dict[str, tuple[Path, Path]], rounds: int, tokens: int 
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
     for round_ in range(rounds):
         for name, (merged, kept) in pairs.items():
-            if round_ % 2 == 0:
-                first = speed(merged)
-                runs[name].append((first, speed(kept)))
-            else:
-                second = speed(kept)
-                runs[name].append((speed(merged), second))
+            order = (merged, kept) if round_ % 2 == 0 else (kept, merged)  # who goes first alternates
+            timed = {folder: speed(folder) for folder in order}
+            runs[name].append((timed[merged], timed[kept]))
     out = {}
     for name, figures in runs.items():
         ratios = [kept / merged for merged, kept in figures]
