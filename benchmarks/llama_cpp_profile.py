@@ -84,10 +84,11 @@ def profile(folder: Path, ids: list[int], threads: int, runs: int, work: Path) -
         generator.append_tokens(ids)
         del generator
     del model
-    found = sorted(work.glob(f"{prefix.name}*.json"), key=lambda p: p.stat().st_mtime)
+    found = [json.loads(path.read_text()) for path in work.glob(f"{prefix.name}*.json")]
     if not found:
         raise FileNotFoundError(f"ONNX Runtime wrote no profile for {folder} (looked for {prefix}*.json)")
-    return json.loads(found[-1].read_text())
+    # A registered pipeline writes one profile per stage's session; the prompt stage's holds the prefills.
+    return max(found, key=lambda events: sum(e.get("name") == "model_run" for e in events))
 
 
 def prefill_ms(models: dict, ids: list[int], runs: int) -> dict[str, float]:

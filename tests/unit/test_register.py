@@ -211,3 +211,50 @@ def test_gate_and_up_projections_with_zero_points_are_fused_with_the_same_output
     # zero points on one of the two only: left apart, each node as it was
     unfused = ["MatMulNBits", "MatMulNBits", "Sigmoid"]
     assert _served_against_unfused(tmp_path / "one", zero_points=(True, False)) == [unfused, unfused]
+
+
+def test_the_prompt_graph_runs_4_bit_projections_as_8_bit_ones_in_int8_compute(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from slmops.toolkit.stages.register_prompt import PROMPT_BLOCK, PROMPT_DATA, requantized
+
+    source, folder = tmp_path / "source", tmp_path / "staged"
+    source.mkdir(), folder.mkdir()
+    _siblings_graph(source, zero_points=(True, False))  # an asymmetric node and a symmetric one, K = 96
+    os.link(source / "model.onnx.data", folder / "model.onnx.data")
+    data_before = (source / "model.onnx.data").read_bytes()
+    assert write_prompt_graph(source / "model.onnx", folder / PROMPT_GRAPH)
+    nodes = [n for n in onnx.load(str(folder / PROMPT_GRAPH), load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    assert [({a.name: a.i for a in n.attribute}["bits"], {a.name: a.i for a in n.attribute}["block_size"],
+             {a.name: a.i for a in n.attribute}["accuracy_level"], len(n.input)) for n in nodes] == [
+        (8, PROMPT_BLOCK, 4, 3)] * 2  # no zero points: symmetric
+    assert (folder / PROMPT_DATA).is_file() and (source / "model.onnx.data").read_bytes() == data_before
+
+    # the same products as the build's 4-bit weights in FP32 compute, within the 8-bit and int8-compute rounding
+    def products(graph: Path, level: int | None) -> list:
+        model = onnx.load(str(graph), load_external_data=False)
+        for attribute in (a for n in model.graph.node for a in n.attribute if a.name == "accuracy_level"):
+            attribute.i = attribute.i if level is None else level
+        model.graph.output.append(onnx.helper.make_tensor_value_info("gate.out", onnx.TensorProto.FLOAT, ["m", 32]))
+        onnx.save(model, str(graph.parent / "products.onnx"))
+        session = ort.InferenceSession(str(graph.parent / "products.onnx"), providers=["CPUExecutionProvider"])
+        x = {"x": np.random.default_rng(5).standard_normal((5, 96)).astype(np.float32)}
+        return [session.run(["gate.out"], x)[0], session.run(["up.out"], x)[0]]
+
+    for got, expected in zip(products(folder / PROMPT_GRAPH, None), products(source / "model.onnx", 0), strict=True):
+        assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
+
+    # each weight within half an 8-bit step of its 4-bit value: scale x (code - zero point), K padded with zeros
+    rng = np.random.default_rng(1)
+    codes, scales, zero = (rng.integers(0, 256, (4, 3, 16), dtype=np.uint8), rng.random((4, 3), dtype=np.float32),
+                           rng.integers(0, 256, (4, 2), dtype=np.uint8))
+    nibbles = np.stack([codes & 15, codes >> 4], axis=-1).reshape(4, 3, 32).astype(np.float32)
+    zeros = np.stack([zero & 15, zero >> 4], axis=-1).reshape(4, 4)[:, :3].astype(np.float32)
+    values = ((nibbles - zeros[:, :, None]) * scales[:, :, None]).reshape(4, 96)
+    codes_8, steps = requantized(codes, scales, zero, 96, 32)
+    assert codes_8.shape == (4, 1, PROMPT_BLOCK) and steps.shape == (4, 1)
+    back = ((codes_8.astype(np.float32) - 128) * steps[:, :, None]).reshape(4, PROMPT_BLOCK)
+    assert np.all(np.abs(back[:, :96] - values) <= steps / 2 + 1e-6) and np.all(back[:, 96:] == 0)
