@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from slmops.toolkit.runtimes.genai_folders import load
+from slmops.toolkit.stages.register_prompt import PROMPT_GRAPH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -139,7 +140,8 @@ def main() -> None:
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, folder in builds.items():
-            attrs = node_attributes(folder / "model.onnx")
+            prompt = folder / PROMPT_GRAPH  # a registered pipeline prefills through its prompt graph
+            attrs = node_attributes(prompt if prompt.is_file() else folder / "model.onnx")
             head = {n for n in attrs if "lm_head" in n}
             summary = summarize_profile(profile(folder, ids, args.threads, args.runs, Path(tmp)), head)
             kinds = sorted({(a["bits"], a["block_size"], a["accuracy_level"]) for a in attrs.values()})

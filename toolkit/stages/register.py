@@ -174,7 +174,7 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
             _link_or_copy(item, staging / item.name)
     # Served prefill computes the LM head on the last position only; the full graph stays beside it.
     lm_head.serve_last_position(staging, genai_config["model"]["decoder"].get("filename", "model.onnx"))
-    serve_graphs(staging, genai_config)  # fused gate/up; INT4: the prompt in FP32 compute, the tokens in int8
+    serve_graphs(staging, genai_config)  # fused gate/up; INT4: the prompt in 8-bit, the tokens in 4-bit, both int8 compute
     genai_config["search"] = {**genai_config.get("search", {}), **model_config.search_options()}
     _write_genai_config(staging, genai_config, model_config.threads)
     tokenizer_file = onnx_dir / "tokenizer_config.json"
