@@ -65,6 +65,8 @@ def plot_recipes(results: Sequence, *, size_target: float = 0.25, top1_target: f
     for r in results:  # a recipe the parity gate refused: a cross at the gate's figures
         ax.scatter(r.size_ratio_vs_fp32, r.top1_agreement, s=40, marker="x" if r.refused else "o")
         label = "refused by the parity gate" if r.refused else f"{r.decode_tps:.0f} tok/s"
+        if getattr(r, "lora_in_graph", False):  # measured beside the merged recipes, never adopted
+            label += ", LoRA in the graph (not adopted)"
         ax.annotate(f"{r.recipe}\n{label}", (r.size_ratio_vs_fp32, r.top1_agreement), fontsize="small",
                     xytext=(5, -4), textcoords="offset points")
     ax.set_xlim(0, max(0.5, max(r.size_ratio_vs_fp32 for r in results) * 1.3))
