@@ -77,7 +77,7 @@ def test_a_lora_in_the_graph_ranked_first_is_never_recommended_nor_adopted(tmp_p
     assert recommend_recipe(results, top1_target=0.99)[0] == "mixed"  # no target met: still a merged one
     with pytest.raises(InvalidOptionError, match="mixed-lora"):
         recipes.adopt_recipe(results, "mixed-lora", tmp_path / "models")
-    with pytest.raises(ValueError, match="merged"):  # nothing merged left to recommend
+    with pytest.raises(ValueError, match="LoRA in the graph"):  # nothing merged left to recommend
         recommend_recipe([_in_graph()])
     # The run's recipe stage adopts the recommended merged recipe, not the in-graph build ranked first.
     run = runs.open_run(tmp_path / "params.json", {"run_dir": str(tmp_path), "finetune": False})

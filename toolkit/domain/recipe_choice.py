@@ -83,7 +83,7 @@ def recommend_recipe(results: list[RecipeResult], *, size_target: float = 0.25, 
     refused = [r for r in results if r.refused and not r.lora_in_graph]
     results = [r for r in results if adoptable(r)]
     if not results:
-        raise ValueError("every merged INT4 recipe was refused by the parity gate")
+        raise ValueError("every INT4 recipe was refused by the parity gate or keeps its LoRA in the graph (never recommended)")
     fastest = max(r.decode_tps for r in results)
     fast = [r for r in results if r.decode_tps >= speed_floor * fastest] or results
     on_target = [r for r in results if r.size_ratio_vs_fp32 <= size_target and r.top1_agreement >= top1_target]
