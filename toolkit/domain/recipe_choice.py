@@ -17,8 +17,8 @@ def adoptable(r: RecipeResult) -> bool:
     """Whether the run may recommend and deploy ``r``: built (not refused) and its LoRA merged.
 
     A build whose LoRA stays a side branch in the graph (``lora_in_graph``) is measured and shown beside the
-    merged recipes but never adopted: on a small model its rank against its merged twin turns on timing noise,
-    so two runs of the same parameters would deploy different builds.
+    merged recipes but never adopted: the run deploys a merged build whichever way the comparison ranks it (on a
+    tiny model that rank against its merged twin can turn on the decode probe's timing noise).
     """
     return not r.refused and not r.lora_in_graph
 
