@@ -148,3 +148,17 @@ def test_the_report_and_the_notebook_show_the_lora_in_the_graph_labelled_with_it
          if k not in ("lora_in_graph", "bits_per_weight", "parity_top1_agreement", "parity_kl_divergence")}]}))
     (old,) = read_recipes(run / "models" / "recipes" / "recipes.json")
     assert not old.lora_in_graph and old.bits_per_weight is None and old.parity_kl_divergence is None
+
+
+def test_the_recipes_plot_names_every_point_in_its_legend_without_labels_that_can_overlap() -> None:
+    """Two recipes of one size and agreement (hqq and mixed on Gemma 3 270M) drew their labels on top of each
+    other; each point is named in the legend instead, the in-graph one marked as not adopted."""
+    from slmops.toolkit.presentation.plots import plot_recipes
+
+    results = [_result("hqq", top1=0.745, kl=0.41, perplexity=74.0, tps=6.0),
+               _result("mixed", top1=0.744, kl=0.45, perplexity=50.0, tps=38.0), _in_graph()]
+    ax = plot_recipes(results)
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [n.split(":")[0] for n in names[1:]] == ["hqq", "mixed", "mixed-lora"]
+    assert "not adopted" in names[-1]
+    assert not ax.texts  # no label drawn on the points
