@@ -46,7 +46,7 @@ def test_register_lays_out_the_foundry_cache(tiny_int4: Path, cache: Path) -> No
     rows = {row.name: row for row in list_models()}
     assert rows["tiny-layout"].registered and rows["tiny-layout"].folder
     assert rows["tiny-layout"].precision == "int4"
-    # INT4 in int8 compute: the prompt runs a graph in FP32 compute, the tokens the served graph;
+    # INT4 in int8 compute: the prompt runs its own graph (8-bit, int8 compute), the tokens the served graph;
     # what reads every position's logits still loads the full graph alone.
     served = json.loads((reg.path / "genai_config.json").read_text())
     assert served["model"]["type"] == "decoder-pipeline" and (reg.path / PROMPT_GRAPH).is_file()
