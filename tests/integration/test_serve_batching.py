@@ -195,9 +195,32 @@ def test_prompts_sharing_a_kept_prefix_prefill_only_the_rest_and_answer_as_alone
         assert outcomes.count("same") >= len(prompts) - 1
         assert [reason for _, reason, _ in first + rest] == [reason for _, reason, _ in alone]
         before = engine.prefilled
-        again = _generate(engine, prompts[2:3])  # the whole prompt kept: only its last two positions run again
-        assert engine.prefilled - before == 2
-        assert _same_or_near_tie(alone[2], again[0])
+        again = _generate(engine, prompts[2:3])  # the whole prompt kept with its first logits: nothing runs again
+        assert engine.prefilled - before == 0
+        assert again[0][:2] == (first + rest)[2][:2]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("graph", ["all-positions", "last-position"])
+def test_prompts_asked_again_whole_join_together_without_a_run_and_answer_as_before(
+        tiny_int4: Path, pruned_int4: Path, graph: str) -> None:
+    """Prompts asked again whole (a client's retry, a benchmark's rounds) take their keys, values and first token's
+    logits from the prefix cache: five that wait together all join in one step with no prefill run, and each answers
+    token for token as the first time (before, each ran its last two positions alone, a prompt-graph run apiece)."""
+    engine = BatchEngine(tiny_int4 if graph == "all-positions" else pruned_int4, batch_size=8, prefix_cache_mib=64)
+    try:
+        prompts = _prompts(5)
+        before = [_generate(engine, [prompt])[0] for prompt in prompts]
+        runs, admitted, steps = engine.prefills, engine.kept_admissions, engine.steps
+        again = _generate(engine, prompts)
+        assert engine.prefills - runs == 0 and engine.kept_admissions - admitted == len(prompts)
+        assert [tokens for tokens, _, _ in again] == [tokens for tokens, _, _ in before]
+        assert [reason for _, reason, _ in again] == [reason for _, reason, _ in before]
+        assert engine.steps - steps <= 24 + 1  # joined within a step or two of each other, decoded together
+        mixed = _generate(engine, [prompts[0], [7, 8, 9, 10, 11, 12, 13], prompts[3]])  # a new prompt among them
+        assert engine.prefills - runs == 1
+        assert [mixed[0][0], mixed[2][0]] == [before[0][0], before[3][0]]
     finally:
         engine.close()
 
@@ -327,13 +350,13 @@ def _engine_counters(endpoint) -> dict[str, float]:
 
 
 def test_prefix_cache_size_reaches_the_engine_and_the_engine_shows_its_time_on_metrics(endpoints) -> None:
-    """``--prefix-cache-mib 0`` prefills a prompt asked again whole; the default keeps it and prefills its last two
-    positions only. ``/metrics`` counts the prefilled positions, prefill runs and decode steps, and the engine
+    """``--prefix-cache-mib 0`` prefills a prompt asked again whole; the default keeps it with its first token's
+    logits and runs nothing for it. ``/metrics`` counts the prefilled positions, prefill runs and decode steps, and the engine
     thread's seconds by phase (where a load's time goes)."""
     batched, _ = endpoints
     label = "[('model', 'tiny-batch')]"
     with background([MODEL], batch_size=4, prefix_cache_mib=0) as uncached:
-        for endpoint, again in ((uncached, None), (batched, 2)):
+        for endpoint, again in ((uncached, None), (batched, 0)):
             counters = [_engine_counters(endpoint)]
             for _ in range(2):
                 answer = endpoint.client().chat.completions.create(
@@ -342,13 +365,15 @@ def test_prefix_cache_size_reaches_the_engine_and_the_engine_shows_its_time_on_m
                 counters.append(_engine_counters(endpoint))
             prompt = answer.usage.prompt_tokens
             delta = {key: counters[2][key] - counters[1][key] for key in counters[2]}  # the prompt asked again
-            assert delta[f"slmops_prefill_positions_total{label}"] == (again or prompt)
+            assert delta[f"slmops_prefill_positions_total{label}"] == (prompt if again is None else again)
             runs = {kind: delta[f"slmops_engine_runs_total[('kind', '{kind}'), ('model', 'tiny-batch')]"]
                     for kind in ("prefill", "decode")}
-            assert runs == {"prefill": 1, "decode": 2}, runs  # 3 tokens: the prefill's, then two decode steps
+            # 3 tokens: the prefill's (none for a prompt kept whole: its kept logits), then two decode steps
+            assert runs == {"prefill": 1 if again is None else 0, "decode": 2}, runs
             seconds = {phase: delta[f"slmops_engine_seconds_total[('model', 'tiny-batch'), ('phase', '{phase}')]"]
                        for phase in ("prefill", "decode", "pick", "other", "idle")}
-            assert min(seconds.values()) >= 0 and seconds["prefill"] > 0 < seconds["decode"], seconds
+            assert min(seconds.values()) >= 0 and seconds["decode"] > 0, seconds
+            assert seconds["prefill"] > 0 if again is None else seconds["prefill"] == 0, seconds
 
 
 def test_the_prompt_and_token_graphs_stop_their_threads_spinning_when_a_run_returns(endpoints) -> None:

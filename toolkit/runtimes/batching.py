@@ -12,7 +12,8 @@ Waiting sequences join between steps, their prompts prefilled together (one run 
 :data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the
 attention mask marking each row's own tokens (GroupQueryAttention takes each row's length from
 it; the padding's keys and values land past the row's length, where its first decode step writes
-over them). Each row's first token comes from its own last prompt position: of every position's
+over them); a prompt asked again whole joins without a run, its keys, values and first token's logits
+copied from the prefix cache (:mod:`~slmops.toolkit.runtimes.prefix_cache`). Each row's first token comes from its own last prompt position: of every position's
 logits, or, where registration pruned the LM head to the last position
 (:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in memory whose
 ``Gather`` of the last position becomes a ``GatherND`` of each row's own (:data:`LAST_POSITIONS`,
@@ -130,6 +131,8 @@ class BatchEngine:
         self.prefills = 0
         #: Prompt positions prefilled so far (a prefix taken from :attr:`prefixes` is not prefilled again).
         self.prefilled = 0
+        #: Sequences admitted without a run: their whole prompt kept with its first token's logits (:attr:`prefixes`).
+        self.kept_admissions = 0
         self.prefixes = PrefixCache(prefix_cache_mib)
         #: Seconds the engine's thread has spent in each :class:`Phase` (:meth:`phase_seconds` adds a wait under way).
         self.seconds = dict.fromkeys(Phase, 0.0)
@@ -200,7 +203,8 @@ class BatchEngine:
             block = False
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free rows: one run per step, as the policy says (see :class:`Policy`)."""
+        """Prefill waiting sequences into free rows: those whose whole prompt is kept without a run, the others one
+        run per step, as the policy says (see :class:`Policy`)."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
         # One adapter per batch: the running batch's (else the first waiting sequence's) sequences that came before
@@ -209,6 +213,9 @@ class BatchEngine:
         adapter = head[0].adapter if head else ""
         room = min(room, next((i for i, s in enumerate(self.waiting) if s.adapter != adapter), len(self.waiting)))
         if room <= 0:
+            return
+        room -= self._admit_kept(room)
+        if room <= 0 or not self.waiting:
             return
         reuse = self._reuse()
         group, longest = self.waiting[:len(reuse) or 1], len(self.waiting[0].prompt)
@@ -221,6 +228,26 @@ class BatchEngine:
                 longest = max(longest, len(sequence.prompt))
         self._prefill(group, reuse or [0] * len(group))
         self.waiting = self.waiting[len(group):]
+
+    def _admit_kept(self, room: int) -> int:
+        """Admit, without a run, the sequences among the first ``room`` waiting whose whole prompt is kept with its
+        first token's logits (:meth:`PrefixCache.first_logits`): their keys and values are copied into the next
+        free rows and their first tokens picked from the kept logits. Returns how many were admitted."""
+        found = [(sequence, logits) for sequence in self.waiting[:room]
+                 if (logits := self.prefixes.first_logits(sequence.prompt, sequence.adapter)) is not None]
+        if not found:
+            return 0
+        first, caches = len(self.active), [*self.keys, *self.values]
+        group = [sequence for sequence, _ in found]
+        for row, sequence in enumerate(group):
+            self.prefixes.load(sequence.prompt, sequence.adapter, len(sequence.prompt), caches, first + row)
+            sequence.length = len(sequence.prompt)
+        admitted = {id(sequence) for sequence in group}
+        self.waiting = [sequence for sequence in self.waiting if id(sequence) not in admitted]
+        self.active.extend(group)
+        self.kept_admissions += len(group)
+        self._advance(group, np.stack([logits for _, logits in found]))
+        return len(group)
 
     def _reuse(self) -> list[int]:
         """Positions the first waiting sequence takes from :attr:`prefixes` (none: ``[]``); one that takes any is
@@ -299,7 +326,7 @@ class BatchEngine:
             logits = logits[np.arange(len(group)), rest - 1] if logits.shape[1] > 1 else logits[:, -1]
         for row, sequence in enumerate(group):
             sequence.length = len(sequence.prompt)
-            self.prefixes.store(sequence.prompt, sequence.adapter, caches, first + row)
+            self.prefixes.store(sequence.prompt, sequence.adapter, caches, first + row, logits[row])
         self.active.extend(group)
         self._advance(group, logits)
 
