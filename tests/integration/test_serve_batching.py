@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -236,6 +237,27 @@ def test_decode_first_admits_one_per_step_and_answers_as_alone(tiny_int4: Path) 
         assert [reason for _, reason, _ in together] == [reason for _, reason, _ in alone]
     finally:
         engine.close()
+
+
+def test_tokens_are_handed_over_as_the_next_run_starts(engine: BatchEngine) -> None:
+    """A step's tokens reach their readers just before the next ONNX Runtime run (which lets go of the interpreter),
+    not while the engine's thread still admits sequences and builds that run's inputs; the last ones, and the end,
+    before the thread waits for work (before, each token was handed over as the step's picking ended)."""
+    handed, done = [], threading.Event()
+
+    def emit(token, reason) -> None:
+        frame, names = sys._getframe(1), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        handed.append((token, reason, "_run" in names))
+        if reason is not None:
+            done.set()
+
+    engine.submit(_prompts(1)[0], dataclasses.replace(engine.settings.sampling(6, 0.0), min_length=10**6), emit)
+    assert done.wait(60)
+    assert [reason for _, reason, _ in handed] == [None] * 6 + ["length"]
+    assert [within for _, _, within in handed] == [True] * 5 + [False] * 2, handed
 
 
 def test_end_of_sequence_waits_for_min_length_and_max_tokens_end_with_length(engine: BatchEngine) -> None:
