@@ -215,7 +215,8 @@ def test_prompts_asked_again_whole_join_together_without_a_run_and_answer_as_bef
         before = [_generate(engine, [prompt])[0] for prompt in prompts]
         runs, admitted, steps = engine.prefills, engine.kept_admissions, engine.steps
         again = _generate(engine, prompts)
-        assert engine.prefills - runs == 0 and engine.kept_admissions - admitted == len(prompts)
+        assert engine.prefills - runs == 0
+        assert engine.kept_admissions - admitted == len(prompts)
         assert [tokens for tokens, _, _ in again] == [tokens for tokens, _, _ in before]
         assert [reason for _, reason, _ in again] == [reason for _, reason, _ in before]
         assert engine.steps - steps <= 24 + 1  # joined within a step or two of each other, decoded together
