@@ -412,3 +412,22 @@ def test_the_prompt_and_token_graphs_stop_their_threads_spinning_when_a_run_retu
         assert [reason for _, reason, _ in tokens] == ["length", "length"]
     finally:
         engine.close()
+
+
+def test_a_prompt_asked_again_is_not_rendered_and_tokenized_again(endpoints, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A served request asks for its prompt's ids three times (admission, checks, generation), and a tokenizer's
+    encode took about 1 ms on the event loop: recent prompts' ids are kept, the same ids as rendered anew."""
+    from slmops.toolkit.domain import jinja_render
+    from slmops.toolkit.runtimes.foundry import LoadedModel
+
+    renders, render = [], jinja_render.render_jinja
+    monkeypatch.setattr(jinja_render, "render_jinja", lambda *a, **k: renders.append(1) or render(*a, **k))
+    ask = [{"role": "user", "content": "Name a colour, please."}]
+    with LoadedModel(MODEL) as model:
+        first = model.prompt_ids(ask)
+        assert model.prompt_ids(ask) == first and model.prompt_tokens(ask) == len(first)
+        assert len(renders) == 1
+        other = model.prompt_ids([{"role": "user", "content": "Name a tree."}])
+        assert len(renders) == 2 and other != first
+    with LoadedModel(MODEL) as fresh:
+        assert fresh.prompt_ids(ask) == first
