@@ -255,10 +255,46 @@ def test_tokens_are_handed_over_as_the_next_run_starts(engine: BatchEngine) -> N
         if reason is not None:
             done.set()
 
-    engine.submit(_prompts(1)[0], dataclasses.replace(engine.settings.sampling(6, 0.0), min_length=10**6), emit)
+    fresh = [200 - j for j in range(9)]  # asked nowhere else: not kept whole (see the test after)
+    engine.submit(fresh, dataclasses.replace(engine.settings.sampling(6, 0.0), min_length=10**6), emit)
     assert done.wait(60)
     assert [reason for _, reason, _ in handed] == [None] * 6 + ["length"]
     assert [within for _, _, within in handed] == [True] * 5 + [False] * 2, handed
+
+
+def test_a_prompt_kept_whole_gets_its_first_token_while_the_engine_is_busy(tiny_int4: Path) -> None:
+    """A prompt asked again whole gets its first token at submit, from the kept logits, while the engine's thread is
+    still in a step (held here), then joins the batch and answers as the first time; a new prompt waits for the
+    step (before, a kept prompt's first token also waited for the step to end)."""
+    engine = BatchEngine(tiny_int4, batch_size=4, prefix_cache_mib=64)
+    try:
+        prompt, other = _prompts(3)[1], _prompts(3)[2]
+        [before] = _generate(engine, [prompt])
+        held, release = threading.Event(), threading.Event()
+
+        def hold_engine(token, reason) -> None:  # the engine's thread waits here at the running sequence's first token
+            if token is not None and not held.is_set():
+                held.set()
+                assert release.wait(60)
+
+        running = engine.submit(_prompts(5)[4], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
+                                                                    min_length=10**6), hold_engine)
+        assert held.wait(30)
+        firsts: dict[str, list] = {"kept": [], "new": []}
+        again = engine.submit(prompt, engine.settings.sampling(24, 0.0),
+                              lambda token, reason: firsts["kept"].append((token, reason)))
+        engine.submit(other, engine.settings.sampling(3, 0.0), lambda token, reason: firsts["new"].append(token))
+        time.sleep(0.2)
+        assert firsts["kept"] == [(before[0][0], None)] and firsts["new"] == [], firsts
+        release.set()
+        end = time.monotonic() + 30
+        while (not firsts["kept"] or firsts["kept"][-1][1] is None) and time.monotonic() < end:
+            time.sleep(0.001)
+        running.cancel()
+        assert [token for token, _ in firsts["kept"][:-1]] == before[0]
+        assert firsts["kept"][-1] == (None, before[1]) and again.length > len(prompt)
+    finally:
+        engine.close()
 
 
 def test_end_of_sequence_waits_for_min_length_and_max_tokens_end_with_length(engine: BatchEngine) -> None:

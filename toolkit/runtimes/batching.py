@@ -148,10 +148,23 @@ class BatchEngine:
                adapter: str = "", constraint=None) -> Sequence:
         """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`), each
         computed with ``adapter``'s inputs (:attr:`adapters`; ``""``: the graph alone) and allowed by ``constraint``
-        (:attr:`Sequence.constraint`)."""
+        (:attr:`Sequence.constraint`).
+
+        A prompt asked again whole (:meth:`PrefixCache.kept_whole`) gets its first token here, in the caller's
+        thread, from the kept logits: it does not wait for the running step to end before it joins the batch.
+        """
         sequence = Sequence(prompt, sampling, emit)
         sequence.adapter, sequence.constraint = adapter, constraint
         sequence.gaps = [] if record_gaps else None
+        kept = self.prefixes.kept_whole(prompt, adapter)
+        if kept is not None:
+            sequence.kept, sequence.length = kept, len(prompt)
+            [token] = pick_rows([(0, sequence)], kept.logits[None].copy(), self.settings.eos_ids)
+            reason = self._take(sequence, token)
+            emit(token, None)
+            if reason is not None:  # ended at its first token: it never needs a row
+                emit(None, reason)
+                return sequence
         self.inbox.put(sequence)
         return sequence
 
@@ -237,22 +250,30 @@ class BatchEngine:
 
     def _admit_kept(self, room: int) -> int:
         """Admit, without a run, the sequences among the first ``room`` waiting whose whole prompt is kept with its
-        first token's logits (:meth:`PrefixCache.first_logits`): their keys and values are copied into the next
-        free rows and their first tokens picked from the kept logits. Returns how many were admitted."""
-        found = [(sequence, logits) for sequence in self.waiting[:room]
-                 if (logits := self.prefixes.first_logits(sequence.prompt, sequence.adapter)) is not None]
-        if not found:
+        first token's logits: their keys and values are copied into the next free rows; their first tokens were
+        picked at :meth:`submit`, or (a prompt kept after its sequence came) are picked now from the kept logits
+        (:meth:`PrefixCache.first_logits`). Returns how many were admitted."""
+        picked = [sequence for sequence in self.waiting[:room] if sequence.kept is not None]
+        found = [(sequence, logits) for sequence in self.waiting[:room] if sequence.kept is None
+                 and (logits := self.prefixes.first_logits(sequence.prompt, sequence.adapter)) is not None]
+        if not picked and not found:
             return 0
         first, caches = len(self.active), [*self.keys, *self.values]
-        group = [sequence for sequence, _ in found]
+        group = [*picked, *(sequence for sequence, _ in found)]
         for row, sequence in enumerate(group):
-            self.prefixes.load(sequence.prompt, sequence.adapter, len(sequence.prompt), caches, first + row)
+            if sequence.kept is not None:  # held since submit, even if the cache has dropped it since
+                self.prefixes.touch(sequence.prompt, sequence.adapter)
+                for cache, kept in zip(caches, sequence.kept.arrays, strict=True):
+                    cache[first + row, :, :len(sequence.prompt)] = kept
+            else:
+                self.prefixes.load(sequence.prompt, sequence.adapter, len(sequence.prompt), caches, first + row)
             sequence.length = len(sequence.prompt)
         admitted = {id(sequence) for sequence in group}
         self.waiting = [sequence for sequence in self.waiting if id(sequence) not in admitted]
         self.active.extend(group)
         self.kept_admissions += len(group)
-        self._advance(group, np.stack([logits for _, logits in found]))
+        if found:
+            self._advance(group[len(picked):], np.stack([logits for _, logits in found]))
         return len(group)
 
     def _reuse(self) -> list[int]:
@@ -366,18 +387,26 @@ class BatchEngine:
             if left:
                 self._finish(sequence, "cancelled")
         for (_, sequence), token in zip(live, tokens, strict=True):
-            if sequence.constraint is not None:
-                sequence.constraint.advance(token)
-            sequence.generated.append(token)
-            if token not in sequence._seen:
-                sequence._seen.add(token)
-                sequence.seen = np.append(sequence.seen, token)
+            reason = self._take(sequence, token)
             self._outbox.append((sequence, token, None))
-            if token in self.settings.eos_ids or (sequence.constraint is not None and sequence.constraint.done):
-                self._finish(sequence, "stop")
-            elif len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= self.capacity:
-                self._finish(sequence, "length")
+            if reason is not None:
+                self._finish(sequence, reason)
         self.seconds[Phase.PICK] += time.perf_counter() - start
+
+    def _take(self, sequence: Sequence, token: int) -> str | None:
+        """Add ``token`` to ``sequence``'s answer (its grammar and the repetition penalty's ids follow); returns why
+        the sequence ends with it (``stop``, ``length``), or None."""
+        if sequence.constraint is not None:
+            sequence.constraint.advance(token)
+        sequence.generated.append(token)
+        if token not in sequence._seen:
+            sequence._seen.add(token)
+            sequence.seen = np.append(sequence.seen, token)
+        if token in self.settings.eos_ids or (sequence.constraint is not None and sequence.constraint.done):
+            return "stop"
+        if len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= self.capacity:
+            return "length"
+        return None
 
     def _finish(self, sequence: Sequence, reason: str) -> None:
         """End ``sequence`` and give its row to the last active sequence."""

@@ -66,6 +66,17 @@ class PrefixCache:
         """How many of ``prompt``'s first positions a kept prompt holds (at most all but the last two)."""
         return max(0, min(self._longest(prompt, adapter)[0], len(prompt) - 2))
 
+    def kept_whole(self, prompt: list[int], adapter: str) -> Kept | None:
+        """What is kept of ``prompt`` asked again whole, with its first token's logits (else None); from any thread
+        (a read: an entry dropped later stays whole in the caller's hands)."""
+        kept = self.entries.get((adapter, tuple(prompt)))
+        return kept if kept is not None and kept.logits is not None else None
+
+    def touch(self, prompt: list[int], adapter: str) -> None:
+        """Mark ``prompt`` kept whole as just used (the least recently used go first)."""
+        if (key := (adapter, tuple(prompt))) in self.entries:
+            self.entries.move_to_end(key)
+
     def first_logits(self, prompt: list[int], adapter: str) -> np.ndarray | None:
         """The first token's logits of ``prompt`` kept whole (its keys and values all in :meth:`load`'s reach), else
         None; the caller may change the array returned (a copy)."""

@@ -32,6 +32,9 @@ class Sequence:
         self.length = 0  # tokens in the cache row
         self.adapter = ""  # the adapter it runs with (a key of BatchEngine.adapters; "": the graph alone)
         self.cancelled = threading.Event()
+        #: Its whole prompt as the prefix cache kept it, when its first token came from the kept logits at submit
+        #: (a :class:`~slmops.toolkit.runtimes.prefix_cache.Kept`; None: picked in the batch).
+        self.kept = None
         #: A grammar its tokens must follow (:class:`~slmops.toolkit.runtimes.constrained.Constraint`; None: any).
         self.constraint = None
         #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
