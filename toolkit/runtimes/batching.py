@@ -13,8 +13,9 @@ Waiting sequences join between steps, their prompts prefilled together (one run 
 attention mask marking each row's own tokens (GroupQueryAttention takes each row's length from
 it; the padding's keys and values land past the row's length, where its first decode step writes
 over them); a prompt asked again whole joins without a run, its keys, values and first token's logits
-copied from the prefix cache (:mod:`~slmops.toolkit.runtimes.prefix_cache`). Each row's first token comes from its own last prompt position: of every position's
-logits, or, where registration pruned the LM head to the last position
+copied from the prefix cache (:mod:`~slmops.toolkit.runtimes.prefix_cache`). Each row's first token comes
+from its own last prompt position: of every position's logits, or, where registration pruned the LM head to
+the last position
 (:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in memory whose
 ``Gather`` of the last position becomes a ``GatherND`` of each row's own (:data:`LAST_POSITIONS`,
 an input this engine adds; the weights are read from the folder as before). A pruned graph this module cannot edit prefills only prompts of one length together.
