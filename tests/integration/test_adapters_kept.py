@@ -235,6 +235,10 @@ def test_the_recipe_comparison_measures_the_lora_in_the_graph_beside_the_merged_
     assert made.adapter.kept_apart is True and made.adapter_files == () and made.options == read_manifest(
         tmp_path / "recipes" / "mixed").options
     assert kept.size_mb > merged.size_mb  # the LoRA's bytes are in the build
+    # Shown beside the merged recipe with its own parity figure and bits per weight (the branch counted).
+    assert kept.lora_in_graph and not merged.lora_in_graph and kept.bits_per_weight > merged.bits_per_weight > 0
+    assert kept.parity_top1_agreement is not None and kept.parity_kl_divergence is not None
+    assert recipes.recipe_choice.recommend_recipe([merged, kept])[0] == "mixed"
 
 
 def test_a_fine_tune_that_trains_token_rows_keeps_its_lora_in_the_graph_over_a_base_holding_them(

@@ -311,8 +311,8 @@ def test_a_run_folder_with_the_old_unit_and_agreement_names_still_loads_and_rend
     (run / "models" / "convert.json").write_text(json.dumps([{**manifest("fp32", 100.0, 1.0), "schema_version": newer}]))
     with pytest.raises(ResultVersionError, match=f"schema_version {newer}"):
         read_conversions(run / "models" / "convert.json")
-    (run / "models" / "recipes" / "recipes.json").write_text(json.dumps({"schema_version": 4, "recipes": []}))
-    with pytest.raises(ResultVersionError, match="schema_version 4"):
+    (run / "models" / "recipes" / "recipes.json").write_text(json.dumps({"schema_version": 5, "recipes": []}))
+    with pytest.raises(ResultVersionError, match="schema_version 5"):
         read_recipes(run / "models" / "recipes" / "recipes.json")
 
 

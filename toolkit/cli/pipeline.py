@@ -209,7 +209,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     results = recipes.compare_int4_recipes(args.model_dir, args.out, args.reference, args.recipe or None,
                                            method=args.method, cache=not args.rebuild)
-    best = recipe_choice.recommend_recipe(results)
+    try:
+        best = recipe_choice.recommend_recipe(results)
+    except ValueError as exc:  # only LoRA-in-the-graph builds named, or every merged one refused: shown, not ranked
+        best = (None, f"No recipe to recommend: {exc}.")
     if args.json:
         print_json({"recipes": [vars(r) for r in results], "recommendation": best[1],
                     "file": Path(args.out) / "recipes.json"})

@@ -13,7 +13,7 @@ from pathlib import Path
 from slmops.toolkit.core import build_cache, codec
 from slmops.toolkit.core.artifacts import dir_size_mb
 from slmops.toolkit.core.errors import InputError, InvalidOptionError, ParityError
-from slmops.toolkit.domain import adapters
+from slmops.toolkit.domain import adapters, recipe_choice
 from slmops.toolkit.domain.options import INT4_RECIPES, LORA_IN_GRAPH_RECIPES, RECIPE_NOTES, Method, Precision
 from slmops.toolkit.domain.results.conversion import (
     BuildCacheEntry,
@@ -68,15 +68,30 @@ def _build_recipe(name: str, prepared: Prepared, folder: Path, fp32_mb: float, k
 
 
 def _measured(name: str, folder: Path, a: Agreement, decode_tps: float, fp32_mb: float) -> RecipeResult:
-    """A built recipe's result: its size, its agreement ``a`` with the FP32 build and its decode speed."""
+    """A built recipe's result: its size and bits per weight, its own parity figures, its agreement ``a`` with the
+    FP32 build and its decode speed."""
     size = _size_mb(folder)
+    made = read_manifest(folder)
+    own = made.parity.own_figures() if made and made.parity else None
     return RecipeResult(
         recipe=name, note=_note(name), output_dir=str(folder), size_mb=round(size, 2),
         size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=a.top1_agreement, kl_divergence=a.kl_divergence, perplexity=a.perplexity,
         reference_perplexity=a.reference_perplexity, decode_tps=decode_tps,
         kl_divergence_to_base=a.kl_divergence_to_base,
         moved_toward_base=a.kl_divergence_to_base is not None and a.kl_divergence_to_base < a.kl_divergence,
+        lora_in_graph=name in LORA_IN_GRAPH_RECIPES, bits_per_weight=_bits_per_weight(folder, made),
+        parity_top1_agreement=own[0] if own else None, parity_kl_divergence=own[2] if own else None,
     )
+
+
+def _bits_per_weight(folder: Path, made: Manifest | None) -> float | None:
+    """A build's bits per weight: its manifest's (a LoRA kept apart or in the graph counted), else its graph's
+    files x 8 over the source's parameters; None without a manifest giving the parameter count."""
+    if made is None or not made.parameters:
+        return None
+    if made.bits_per_weight is not None:
+        return made.bits_per_weight
+    return round(sum(f.stat().st_size for f in folder.glob("model.onnx*") if f.is_file()) * 8 / made.parameters, 3)
 
 
 def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -92,8 +107,9 @@ def compare_int4_recipes(model_dir: str | os.PathLike[str], out_dir: str | os.Pa
         reference_dir: The FP32 build of the same model.
         recipes: Names from :func:`recipe_names`; by default the merged recipes of :data:`INT4_RECIPES`. The ways of
             :data:`LORA_IN_GRAPH_RECIPES` (a LoRA adapter's LoRA an FP16 side branch in the graph) are compared
-            when named: each is one more build, and on a tiny model its rank against its merged twin turns on
-            timing noise, so two runs of the same parameters would deploy different builds.
+            when named (the run's recipe stage names them for a fine-tune): their results carry ``lora_in_graph``,
+            and they are shown, never recommended or adopted (on a tiny model their rank against the merged
+            twin turns on timing noise).
         method: Conversion route.
         reuse: Recipe name to an existing build of it (e.g. the pipeline's ``int4``).
         progress: Show progress bars.
@@ -220,7 +236,7 @@ def _refused(name: str, reason: str, figures: RefusedFigures, fp32_mb: float) ->
         recipe=name, note=_note(name), output_dir="", size_mb=round(size, 2),
         size_ratio_vs_fp32=round(size / fp32_mb, 4), top1_agreement=figures.top1_agreement,
         kl_divergence=figures.kl_divergence, perplexity=None, reference_perplexity=None,
-        decode_tps=None, refused=reason)
+        decode_tps=None, refused=reason, lora_in_graph=name in LORA_IN_GRAPH_RECIPES)
 
 
 def adopt_recipe(results: list[RecipeResult], name: str, models_dir: str | os.PathLike[str]) -> str:
@@ -241,11 +257,13 @@ def adopt_recipe(results: list[RecipeResult], name: str, models_dir: str | os.Pa
         What the run now deploys, in one sentence.
 
     Raises:
-        InvalidOptionError: ``name`` was not measured, or the parity gate refused it.
+        InvalidOptionError: ``name`` was not measured, the parity gate refused it, or its LoRA stays in the graph
+            (shown, never adopted: :func:`~slmops.toolkit.domain.recipe_choice.adoptable`).
     """
-    chosen = next((r for r in results if r.recipe == name and not r.refused), None)
+    chosen = next((r for r in results if r.recipe == name and recipe_choice.adoptable(r)), None)
     if chosen is None:
-        raise InvalidOptionError("recipe", name, f"a measured, unrefused recipe: {[r.recipe for r in results if not r.refused]}")
+        raise InvalidOptionError("recipe", name, "a measured, unrefused recipe with its LoRA merged: "
+                                 f"{[r.recipe for r in results if recipe_choice.adoptable(r)]}")
     models = Path(models_dir)
     target = models / str(Precision.INT4)
     source = Path(chosen.output_dir).resolve()

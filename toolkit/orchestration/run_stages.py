@@ -106,7 +106,10 @@ def source_words(source: run_source.RunSource) -> str:
 def compare_recipes(run: Run, *, progress: bool = True) -> list[RecipeResult]:
     """Build every INT4 recipe and measure it against the run's FP32 build (with ``compare_recipes``).
 
-    The run's own INT4 build is reused for its recipe.
+    The run's own INT4 build is reused for its recipe. For a LoRA fine-tune whose LoRA can stay in the graph,
+    the ways of :data:`~slmops.toolkit.domain.options.LORA_IN_GRAPH_RECIPES` are built and measured too (each
+    through the parity gate against the merged fine-tune); they are shown, and the run adopts only a merged
+    recipe (:func:`~slmops.toolkit.domain.recipe_choice.adoptable`).
 
     Returns:
         One result per recipe (``models/recipes/recipes.json``); none when the run does not compare
@@ -121,11 +124,12 @@ def compare_recipes(run: Run, *, progress: bool = True) -> list[RecipeResult]:
     built = options.recipe_name(options.recipe_options(p.int4_recipe, block_size=p.int4_block_size))
     reuse = {built: run.models / "int4"} if built and (run.models / "int4").is_dir() else {}
     control = run.models / run_source.CONTROL_DIR  # the base: a recipe closer to it than to the fine-tune is flagged
-    results = recipes.compare_int4_recipes(source.model, run.models / "recipes", fp32, method=p.method, reuse=reuse,
+    names = recipes.recipe_names(source.model, p.method)  # the merged recipes, and the LoRA in the graph of a fine-tune
+    results = recipes.compare_int4_recipes(source.model, run.models / "recipes", fp32, names, method=p.method, reuse=reuse,
                                            base_reference_dir=control if control.is_dir() else None, cache=True,
                                            progress=progress)
     # The run deploys what it recommends: the recommended recipe's build becomes the run's int4.
-    if (run.models / "int4").is_dir() and any(not r.refused for r in results):
+    if (run.models / "int4").is_dir() and any(recipe_choice.adoptable(r) for r in results):
         recipes.adopt_recipe(results, recipe_choice.recommend_recipe(results)[0], run.models)
     return results
 
@@ -134,13 +138,14 @@ def recipe_words(results: list[RecipeResult], run: Run | None = None) -> str:
     """The recipe comparison in a sentence: the recommendation (and that the run deploys it), or why there is none."""
     if not results:
         return "Recipe comparison skipped: set compare_recipes: true and include fp32 in precisions."
-    if all(r.refused for r in results):
-        return "Every INT4 recipe was refused by the parity gate (the table gives the gate's figures)."
+    shown = "".join(f" {sentence}" for sentence in recipe_choice.in_graph_words(results))
+    if not any(recipe_choice.adoptable(r) for r in results):
+        return "Every merged INT4 recipe was refused by the parity gate (the table gives the gate's figures)." + shown
     recommended, why = recipe_choice.recommend_recipe(results)
     deployed = run is not None and (made := read_manifest(run.models / "int4")) is not None and made.recipe == recommended
     return (f"**Recommended INT4 recipe: `{recommended}`.** {why}" + (
         f" The run deploys it as its int4 (`{run.models / 'int4'}`); the tutorial's `builder-default` stays "
-        "available: set int4_recipe and compare_recipes: false." if deployed else ""))
+        "available: set int4_recipe and compare_recipes: false." if deployed else "") + shown)
 
 
 @dataclass(frozen=True)

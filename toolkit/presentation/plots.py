@@ -10,12 +10,12 @@ from slmops.toolkit.domain.results.conversion import Manifest
 from slmops.toolkit.stages.bench import headline_rows, rows_for
 
 
-def _axes(ax):
+def _axes(ax, figsize: tuple[float, float] = (6, 3.5)):
     if ax is not None:
         return ax
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(6, 3.5), layout="constrained").subplots()
+    return Figure(figsize=figsize, layout="constrained").subplots()
 
 
 def plot_sizes(manifests: Sequence[Manifest], *, ax=None):
@@ -55,24 +55,28 @@ def plot_loss(losses: Sequence[float], *, ax=None):
 def plot_recipes(results: Sequence, *, size_target: float = 0.25, top1_target: float = 0.85, ax=None):
     """INT4 recipes as points: size against FP32 (x) and top-1 agreement (y), the targets as a box.
 
+    Each point is named in the legend beside the axes (recipes of one size and agreement sit on top of each
+    other, where labels on the points would overlap).
+
     Example:
         >>> plot_recipes(compare_int4_recipes(model, "out/recipes", "out/fp32")).figure.savefig("recipes.png")
     """
-    ax = _axes(ax)
+    ax = _axes(ax, figsize=(8.5, 3.8))
     ax.axvspan(0, size_target, ymin=0, ymax=1, alpha=0.08, color="green")
     ax.axhline(top1_target, color="green", linestyle="--", linewidth=1, label=f"targets: <= {size_target}x, "
                f">= {top1_target} agreement")
     for r in results:  # a recipe the parity gate refused: a cross at the gate's figures
-        ax.scatter(r.size_ratio_vs_fp32, r.top1_agreement, s=40, marker="x" if r.refused else "o")
         label = "refused by the parity gate" if r.refused else f"{r.decode_tps:.0f} tok/s"
-        ax.annotate(f"{r.recipe}\n{label}", (r.size_ratio_vs_fp32, r.top1_agreement), fontsize="small",
-                    xytext=(5, -4), textcoords="offset points")
-    ax.set_xlim(0, max(0.5, max(r.size_ratio_vs_fp32 for r in results) * 1.3))
+        if getattr(r, "lora_in_graph", False):  # measured beside the merged recipes, never adopted
+            label += ", LoRA in the graph (not adopted)"
+        ax.scatter(r.size_ratio_vs_fp32, r.top1_agreement, s=40, marker="x" if r.refused else "o",
+                   label=f"{r.recipe}: {label}")
+    ax.set_xlim(0, max(0.5, max(r.size_ratio_vs_fp32 for r in results) * 1.1))
     ax.set_ylim(min(0.5, min(r.top1_agreement for r in results) - 0.05), 1.03)
     ax.set_xlabel("size / FP32 build")
     ax.set_ylabel("top-1 agreement with FP32")
     ax.set_title("INT4 recipes: size against fidelity")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return ax
 
 

@@ -18,7 +18,7 @@ from slmops.toolkit.core import artifacts, codec
 from slmops.toolkit.core.artifacts import read_json
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.core.measure import versions
-from slmops.toolkit.domain import deployment_choice
+from slmops.toolkit.domain import deployment_choice, recipe_choice
 from slmops.toolkit.domain.provenance import read_run_record
 from slmops.toolkit.domain.results.bench import BenchFile, TtftLine
 from slmops.toolkit.domain.results.checklist import ChecklistReport, ControlResult
@@ -273,6 +273,7 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
     converted = read_conversions(run / "models" / "convert.json")
     registered = read_registered(run / "registered.json") if (run / "registered.json").is_file() else []
     recommendation = deployment_choice.recommend(compare.load_run(run)) if tests else None
+    recipes = read_recipes(run / "models" / "recipes" / "recipes.json")
     plots = [png.stem for png in sorted(run.glob("*.png"))]
     placed = {stem for stems in PLOT_SECTIONS.values() for stem in stems}
     page = render_page(
@@ -290,7 +291,9 @@ def write_index(run_dir: str | os.PathLike[str], *, params: dict | None = None,
                    for name in NOTEBOOKS],
         result_files=[f for f in RESULT_FILES if (run / f).is_file()],
         conversion=conversion_rows(converted) if converted else [],
-        recipes=[codec.dump(r) for r in read_recipes(run / "models" / "recipes" / "recipes.json")],
+        recipes=[{**codec.dump(r), "recipe": f"{r.recipe} ({recipe_choice.IN_GRAPH_LABEL})" if r.lora_in_graph else r.recipe}
+                 for r in recipes],
+        recipes_in_graph=recipe_choice.in_graph_words(recipes),
         checklist=checklist_tables.summary_rows(tests) if tests else [],
         checklist_details=checklist_tables.checklist_details(tests.models, style=False) if tests else "",
         quality=checklist_tables.quality_rows(tests.models) if tests else [],

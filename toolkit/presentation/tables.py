@@ -81,6 +81,8 @@ HEADINGS = {
     "tool_call": "tool calls", "tool_call_heldout": "tool calls, held-out", "model_id": "model id",
     "perplexity_ratio": "perplexity (× FP32's)", "p_value": "p-value", "reference_only": "only FP32 passes (cases)",
     "candidate_only": "only this build passes (cases)", "retention": "retained general answers",
+    "bits_per_weight": "bits per weight", "parity_top1_agreement": "parity gate: top-1 vs source",
+    "parity_kl_divergence": "parity gate: KL vs source (nats)", "lora_in_graph": "LoRA in the graph (shown, not adopted)",
 }
 
 #: The stylesheet a notebook's table carries (the report's pages have theirs): cells wrap between words, never cut

@@ -9,6 +9,10 @@ Version history of ``recipes.json``:
 3. ``refused``: a recipe whose build the parity gate refused stays in the comparison with the
    gate's figures, the reason, and no perplexity or decode speed (``None``); older files load
    with ``refused`` empty.
+4. ``lora_in_graph``, ``bits_per_weight``, ``parity_top1_agreement`` and ``parity_kl_divergence``: a fine-tune's
+   build whose LoRA stays a side branch in the graph is measured beside the merged recipes, shown, and never
+   recommended or adopted; each build's bits per weight (counting the branch) and its own parity figures
+   against the source model in transformers. Older files load with ``lora_in_graph`` false and the others None.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import ClassVar
 from slmops.toolkit.core import artifacts, codec
 
 #: The version :func:`write_recipes` writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Version-1 field names and their names since version 2.
 _RENAMED = {"top1": "top1_agreement", "kl": "kl_divergence", "kl_to_base": "kl_divergence_to_base"}
@@ -49,6 +53,14 @@ class RecipeResult:
         pass_rate: Share of domain cases passed, when measured (None otherwise).
         refused: Why the parity gate refused the recipe's build (nothing was kept, nothing else measured);
             empty when it was built.
+        lora_in_graph: The fine-tune's LoRA stays a side branch in the graph (a recipe of
+            :data:`~slmops.toolkit.domain.options.LORA_IN_GRAPH_RECIPES`): measured and shown beside the merged
+            recipes, never recommended or adopted.
+        bits_per_weight: The graph's files x 8 over the source's parameters (the branch counted); None when refused
+            or not measured.
+        parity_top1_agreement: The build's own parity check: top-1 agreement with the source model (for a
+            fine-tune, the merged fine-tune) in transformers; None when not checked.
+        parity_kl_divergence: The same check's mean KL divergence, nats; None when not checked.
     """
 
     recipe: str
@@ -65,6 +77,10 @@ class RecipeResult:
     moved_toward_base: bool = False
     pass_rate: float | None = None
     refused: str = ""
+    lora_in_graph: bool = False
+    bits_per_weight: float | None = None
+    parity_top1_agreement: float | None = None
+    parity_kl_divergence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,8 @@ class RecipesFile:
 
     @classmethod
     def upgrade(cls, data: object, version: int) -> object:
-        """Version 1 was a bare list with the old names; version 2 had no ``refused`` (read as empty)."""
+        """Version 1 was a bare list with the old names; version 2 had no ``refused`` (read as empty), version 3 no
+        ``lora_in_graph`` (false) nor bits per weight and parity figures (None)."""
         if isinstance(data, list):
             return {"recipes": [{_RENAMED.get(k, k): v for k, v in row.items()} if isinstance(row, dict) else row
                                 for row in data]}
