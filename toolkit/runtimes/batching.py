@@ -9,16 +9,14 @@ Active sequences hold rows ``0..n-1`` (a sequence that ends gives its row to the
 decode step runs on the contiguous view of the first ``n`` rows.
 
 Waiting sequences join between steps, their prompts prefilled together (one run per step, within
-:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the
-attention mask marking each row's own tokens (GroupQueryAttention takes each row's length from
-it; the padding's keys and values land past the row's length, where its first decode step writes
-over them); a prompt asked again whole joins without a run, its keys, values and first token's logits
-copied from the prefix cache (:mod:`~slmops.toolkit.runtimes.prefix_cache`). Each row's first token comes
-from its own last prompt position: of every position's logits, or, where registration pruned the LM head to
-the last position
-(:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in memory whose
-``Gather`` of the last position becomes a ``GatherND`` of each row's own (:data:`LAST_POSITIONS`,
-an input this engine adds; the weights are read from the folder as before). A pruned graph this module cannot edit prefills only prompts of one length together.
+:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the attention mask
+marking each row's own tokens (GroupQueryAttention takes each row's length from it; the padding's keys and
+values land past the row's length, where its first decode step writes over them). A prompt asked again whole
+joins without a run, its keys, values and first token's logits copied from the prefix cache
+(:mod:`~slmops.toolkit.runtimes.prefix_cache`). Each row's first token comes from its own last prompt position:
+of every position's logits, or, where registration pruned the LM head to the last position, of a graph edited
+to take each row's own (:mod:`~slmops.toolkit.runtimes.batch_sessions`); a pruned graph that cannot be edited
+prefills only prompts of one length together.
 
 Everything the model's ``genai_config.json`` says about generation applies, as ONNX Runtime
 GenAI applies it: end-of-sequence ids (held back before ``search.min_length``), the repetition
@@ -36,28 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.runtimes import batch_sessions
+from slmops.toolkit.runtimes.batch_sessions import LAST_POSITIONS
 from slmops.toolkit.runtimes.decode_settings import Sampling, read_settings
 from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB, PrefixCache
-from slmops.toolkit.runtimes.sequences import Emit, Sequence, pick_rows
-from slmops.toolkit.weights import lm_head
+from slmops.toolkit.runtimes.sequences import Emit, Sequence, pick_rows, take
 
 #: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
 #: model's context or fewer (a request that would not fit is answered outside the batch).
 CACHE_BUDGET_MIB = 1024
 #: Most positions, padding included, that one prefill run computes (rows times the longest prompt);
 #: a sequence past it waits for the next step's run (a prompt longer than this is prefilled alone).
-#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a
-#: small run gives its first tokens sooner and lets the running sequences step between runs; it
-#: also spreads requests that arrived together over different steps, so they do not end together.
+#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a small run gives
+#: its first tokens sooner, lets the running sequences step between runs and spreads requests that came together.
 PREFILL_POSITIONS = 64
-#: ONNX Runtime's session option that stops a session's threads spinning once its run returns. The prompt graph
-#: and the token graph are two sessions with a thread pool each; left spinning, one pool's threads hold the
-#: cores while the other's run (and while the engine's Python picks tokens), which made prefill runs and
-#: decode steps take up to twice as long under load (the benchmarks page).
-SPIN_STOP = "session.force_spinning_stop"
-#: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
-LAST_POSITIONS = "slmops_last_positions"
-
 
 class Policy(StrEnum):
     """When waiting sequences are prefilled.
@@ -94,21 +84,12 @@ class BatchEngine:
 
     def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST,
                  prefill_positions: int = PREFILL_POSITIONS, prefix_cache_mib: int = PREFIX_CACHE_MIB) -> None:
-        import onnxruntime as ort
-
         self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
         self.prefill_positions = prefill_positions
         self.settings = read_settings(self.folder)
-        options = ort.SessionOptions()
-        if self.settings.threads:
-            options.intra_op_num_threads = self.settings.threads
-        if self.settings.prompt_graph:  # two sessions, two thread pools: see SPIN_STOP
-            options.add_session_config_entry(SPIN_STOP, "1")
-        self.session, self.last_input = _session(self.folder / "model.onnx", options)
-        #: What prompts run on: a pipeline's prompt graph (as ONNX Runtime GenAI and Foundry Local run them, so
-        #: greedy answers stay theirs), else the one graph.
-        self.prompt_session = (_session(self.folder / self.settings.prompt_graph, options)[0]
-                               if self.settings.prompt_graph else self.session)
+        #: ``prompt_session``: what prompts run on (a pipeline's prompt graph, else the one graph); ``last_input``:
+        #: whether the graphs take each row's last position (:data:`LAST_POSITIONS`).
+        self.session, self.prompt_session, self.last_input = batch_sessions.open_sessions(self.folder, self.settings)
         #: Whether one prefill run may hold prompts of different lengths (see the module docstring).
         self.mixed_lengths = self.last_input or self.session.get_outputs()[0].shape[1] != 1
         s = self.settings
@@ -161,7 +142,7 @@ class BatchEngine:
         if kept is not None:
             sequence.kept, sequence.length = kept, len(prompt)
             [token] = pick_rows([(0, sequence)], kept.logits[None].copy(), self.settings.eos_ids)
-            reason = self._take(sequence, token)
+            reason = take(sequence, token, self.settings.eos_ids, self.capacity)
             emit(token, None)
             if reason is not None:  # ended at its first token: it never needs a row
                 emit(None, reason)
@@ -388,26 +369,11 @@ class BatchEngine:
             if left:
                 self._finish(sequence, "cancelled")
         for (_, sequence), token in zip(live, tokens, strict=True):
-            reason = self._take(sequence, token)
+            reason = take(sequence, token, self.settings.eos_ids, self.capacity)
             self._outbox.append((sequence, token, None))
             if reason is not None:
                 self._finish(sequence, reason)
         self.seconds[Phase.PICK] += time.perf_counter() - start
-
-    def _take(self, sequence: Sequence, token: int) -> str | None:
-        """Add ``token`` to ``sequence``'s answer (its grammar and the repetition penalty's ids follow); returns why
-        the sequence ends with it (``stop``, ``length``), or None."""
-        if sequence.constraint is not None:
-            sequence.constraint.advance(token)
-        sequence.generated.append(token)
-        if token not in sequence._seen:
-            sequence._seen.add(token)
-            sequence.seen = np.append(sequence.seen, token)
-        if token in self.settings.eos_ids or (sequence.constraint is not None and sequence.constraint.done):
-            return "stop"
-        if len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= self.capacity:
-            return "length"
-        return None
 
     def _finish(self, sequence: Sequence, reason: str) -> None:
         """End ``sequence`` and give its row to the last active sequence."""
@@ -424,8 +390,7 @@ class BatchEngine:
         """Give the tokens and ends picked since the last run to their sequences' ``emit``.
 
         Called just before the next ONNX Runtime run (and before the thread waits for work): a reader woken by its
-        token then takes the interpreter while ONNX Runtime runs without it, not while this thread admits sequences
-        and builds the next step's inputs (16 readers woken at the step's end held this thread's Python work back).
+        token then takes the interpreter while ONNX Runtime runs without it, not while this thread builds the step.
         """
         start = time.perf_counter()
         outbox, self._outbox = self._outbox, []
@@ -433,15 +398,3 @@ class BatchEngine:
             sequence.emit(token, reason)
         self.seconds[Phase.PICK] += time.perf_counter() - start
 
-
-def _session(graph_file: Path, options: object) -> tuple[object, bool]:
-    """An ONNX Runtime session of ``graph_file``, edited to take each row's last position where its LM head is
-    pruned (:func:`~slmops.toolkit.weights.lm_head.gather_each_row`); and whether it takes :data:`LAST_POSITIONS`."""
-    import onnxruntime as ort
-
-    edited = lm_head.gather_each_row(graph_file, LAST_POSITIONS)
-    if edited is not None:  # the edited copy reads its weights where the graph file's own path leads
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         str(graph_file.resolve().parent))
-    return ort.InferenceSession(str(graph_file) if edited is None else edited, options,
-                                providers=["CPUExecutionProvider"]), edited is not None

@@ -110,9 +110,8 @@ class LoadedModel:
             jinja = template_resolve.read_chat_template(folder, runtime=True)  # as ChatSession reads it
             bos, eos = template_resolve.special_tokens(folder)
 
-            # A served request asks for its prompt's ids three times (admission, checks, generation) and a
-            # tokenizer's encode took about 1 ms on a one-line prompt: the recent prompts' ids are kept by their text
-            # (not where the template reads the clock).
+            # A served request asks for its prompt's ids three times (admission, checks, generation), each a render
+            # and an encode: the recent prompts' ids are kept by their text (not where the template reads the clock).
             def encode(msgs: list[dict]) -> tuple[int, ...]:
                 rendered = jinja_render.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos)
                 return tuple(tokenizer.encode(rendered, add_special_tokens=False).ids)

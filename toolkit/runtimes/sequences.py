@@ -46,6 +46,26 @@ class Sequence:
         self.cancelled.set()
 
 
+def take(sequence: Sequence, token: int, eos_ids: tuple[int, ...], capacity: int) -> str | None:
+    """Add ``token`` to ``sequence``'s answer (its grammar and the repetition penalty's ids follow).
+
+    Returns:
+        Why the sequence ends with it: ``stop`` (an end-of-sequence id or its grammar done), ``length`` (its
+        ``max_new`` tokens, or its cache row of ``capacity`` positions full); else None.
+    """
+    if sequence.constraint is not None:
+        sequence.constraint.advance(token)
+    sequence.generated.append(token)
+    if token not in sequence._seen:
+        sequence._seen.add(token)
+        sequence.seen = np.append(sequence.seen, token)
+    if token in eos_ids or (sequence.constraint is not None and sequence.constraint.done):
+        return "stop"
+    if len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= capacity:
+        return "length"
+    return None
+
+
 def greedy(sampling: Sampling) -> bool:
     return sampling.temperature == 0 or sampling.top_k == 1
 
