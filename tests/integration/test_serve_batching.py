@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -195,9 +196,32 @@ def test_prompts_sharing_a_kept_prefix_prefill_only_the_rest_and_answer_as_alone
         assert outcomes.count("same") >= len(prompts) - 1
         assert [reason for _, reason, _ in first + rest] == [reason for _, reason, _ in alone]
         before = engine.prefilled
-        again = _generate(engine, prompts[2:3])  # the whole prompt kept: only its last two positions run again
-        assert engine.prefilled - before == 2
-        assert _same_or_near_tie(alone[2], again[0])
+        again = _generate(engine, prompts[2:3])  # the whole prompt kept with its first logits: nothing runs again
+        assert engine.prefilled - before == 0
+        assert again[0][:2] == (first + rest)[2][:2]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("graph", ["all-positions", "last-position"])
+def test_prompts_asked_again_whole_join_together_without_a_run_and_answer_as_before(
+        tiny_int4: Path, pruned_int4: Path, graph: str) -> None:
+    """Prompts asked again whole (a client's retry, a benchmark's rounds) take their keys, values and first token's
+    logits from the prefix cache: five asked together all join with no prefill run, and each answers token for token
+    as the first time (before, each ran its last two positions alone, a prompt-graph run apiece)."""
+    engine = BatchEngine(tiny_int4 if graph == "all-positions" else pruned_int4, batch_size=8, prefix_cache_mib=64)
+    try:
+        prompts = _prompts(5)
+        before = [_generate(engine, [prompt])[0] for prompt in prompts]
+        runs, admitted = engine.prefills, engine.kept_admissions
+        again = _generate(engine, prompts)
+        assert engine.prefills - runs == 0
+        assert engine.kept_admissions - admitted == len(prompts)
+        assert [tokens for tokens, _, _ in again] == [tokens for tokens, _, _ in before]
+        assert [reason for _, reason, _ in again] == [reason for _, reason, _ in before]
+        mixed = _generate(engine, [prompts[0], [7, 8, 9, 10, 11, 12, 13], prompts[3]])  # a new prompt among them
+        assert engine.prefills - runs == 1
+        assert [mixed[0][0], mixed[2][0]] == [before[0][0], before[3][0]]
     finally:
         engine.close()
 
@@ -211,6 +235,63 @@ def test_decode_first_admits_one_per_step_and_answers_as_alone(tiny_int4: Path) 
         outcomes = [_same_or_near_tie(a, b) for a, b in zip(alone, together, strict=True)]
         assert outcomes.count("same") >= len(prompts) - 1, outcomes
         assert [reason for _, reason, _ in together] == [reason for _, reason, _ in alone]
+    finally:
+        engine.close()
+
+
+def test_tokens_are_handed_over_as_the_next_run_starts(engine: BatchEngine) -> None:
+    """A step's tokens reach their readers just before the next ONNX Runtime run (which lets go of the interpreter),
+    not while the engine's thread still admits sequences and builds that run's inputs; the last ones, and the end,
+    before the thread waits for work (before, each token was handed over as the step's picking ended)."""
+    handed, done = [], threading.Event()
+
+    def emit(token, reason) -> None:
+        frame, names = sys._getframe(1), set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        handed.append((token, reason, "_run" in names))
+        if reason is not None:
+            done.set()
+
+    fresh = [200 - j for j in range(9)]  # asked nowhere else: not kept whole (see the test after)
+    engine.submit(fresh, dataclasses.replace(engine.settings.sampling(6, 0.0), min_length=10**6), emit)
+    assert done.wait(60)
+    assert [reason for _, reason, _ in handed] == [None] * 6 + ["length"]
+    assert [within for _, _, within in handed] == [True] * 5 + [False] * 2, handed
+
+
+def test_a_prompt_kept_whole_gets_its_first_token_while_the_engine_is_busy(tiny_int4: Path) -> None:
+    """A prompt asked again whole gets its first token at submit, from the kept logits, while the engine's thread is
+    still in a step (held here), then joins the batch and answers as the first time; a new prompt waits for the
+    step (before, a kept prompt's first token also waited for the step to end)."""
+    engine = BatchEngine(tiny_int4, batch_size=4, prefix_cache_mib=64)
+    try:
+        prompt, other = _prompts(3)[1], _prompts(3)[2]
+        [before] = _generate(engine, [prompt])
+        held, release = threading.Event(), threading.Event()
+
+        def hold_engine(token, reason) -> None:  # the engine's thread waits here at the running sequence's first token
+            if token is not None and not held.is_set():
+                held.set()
+                assert release.wait(60)
+
+        running = engine.submit(_prompts(5)[4], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
+                                                                    min_length=10**6), hold_engine)
+        assert held.wait(30)
+        firsts: dict[str, list] = {"kept": [], "new": []}
+        again = engine.submit(prompt, engine.settings.sampling(24, 0.0),
+                              lambda token, reason: firsts["kept"].append((token, reason)))
+        engine.submit(other, engine.settings.sampling(3, 0.0), lambda token, reason: firsts["new"].append(token))
+        time.sleep(0.2)
+        assert firsts["kept"] == [(before[0][0], None)] and firsts["new"] == [], firsts
+        release.set()
+        end = time.monotonic() + 30
+        while (not firsts["kept"] or firsts["kept"][-1][1] is None) and time.monotonic() < end:
+            time.sleep(0.001)
+        running.cancel()
+        assert [token for token, _ in firsts["kept"][:-1]] == before[0]
+        assert firsts["kept"][-1] == (None, before[1]) and again.length > len(prompt)
     finally:
         engine.close()
 
@@ -327,13 +408,13 @@ def _engine_counters(endpoint) -> dict[str, float]:
 
 
 def test_prefix_cache_size_reaches_the_engine_and_the_engine_shows_its_time_on_metrics(endpoints) -> None:
-    """``--prefix-cache-mib 0`` prefills a prompt asked again whole; the default keeps it and prefills its last two
-    positions only. ``/metrics`` counts the prefilled positions, prefill runs and decode steps, and the engine
+    """``--prefix-cache-mib 0`` prefills a prompt asked again whole; the default keeps it with its first token's
+    logits and runs nothing for it. ``/metrics`` counts the prefilled positions, prefill runs and decode steps, and the engine
     thread's seconds by phase (where a load's time goes)."""
     batched, _ = endpoints
     label = "[('model', 'tiny-batch')]"
     with background([MODEL], batch_size=4, prefix_cache_mib=0) as uncached:
-        for endpoint, again in ((uncached, None), (batched, 2)):
+        for endpoint, again in ((uncached, None), (batched, 0)):
             counters = [_engine_counters(endpoint)]
             for _ in range(2):
                 answer = endpoint.client().chat.completions.create(
@@ -342,13 +423,15 @@ def test_prefix_cache_size_reaches_the_engine_and_the_engine_shows_its_time_on_m
                 counters.append(_engine_counters(endpoint))
             prompt = answer.usage.prompt_tokens
             delta = {key: counters[2][key] - counters[1][key] for key in counters[2]}  # the prompt asked again
-            assert delta[f"slmops_prefill_positions_total{label}"] == (again or prompt)
+            assert delta[f"slmops_prefill_positions_total{label}"] == (prompt if again is None else again)
             runs = {kind: delta[f"slmops_engine_runs_total[('kind', '{kind}'), ('model', 'tiny-batch')]"]
                     for kind in ("prefill", "decode")}
-            assert runs == {"prefill": 1, "decode": 2}, runs  # 3 tokens: the prefill's, then two decode steps
+            # 3 tokens: the prefill's (none for a prompt kept whole: its kept logits), then two decode steps
+            assert runs == {"prefill": 1 if again is None else 0, "decode": 2}, runs
             seconds = {phase: delta[f"slmops_engine_seconds_total[('model', 'tiny-batch'), ('phase', '{phase}')]"]
                        for phase in ("prefill", "decode", "pick", "other", "idle")}
-            assert min(seconds.values()) >= 0 and seconds["prefill"] > 0 < seconds["decode"], seconds
+            assert min(seconds.values()) >= 0 and seconds["decode"] > 0, seconds
+            assert seconds["prefill"] > 0 if again is None else seconds["prefill"] == 0, seconds
 
 
 def test_the_prompt_and_token_graphs_stop_their_threads_spinning_when_a_run_returns(endpoints) -> None:
@@ -364,3 +447,22 @@ def test_the_prompt_and_token_graphs_stop_their_threads_spinning_when_a_run_retu
         assert [reason for _, reason, _ in tokens] == ["length", "length"]
     finally:
         engine.close()
+
+
+def test_a_prompt_asked_again_is_not_rendered_and_tokenized_again(endpoints, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A served request asks for its prompt's ids three times (admission, checks, generation), and a tokenizer's
+    encode took about 1 ms on the event loop: recent prompts' ids are kept, the same ids as rendered anew."""
+    from slmops.toolkit.domain import jinja_render
+    from slmops.toolkit.runtimes.foundry import LoadedModel
+
+    renders, render = [], jinja_render.render_jinja
+    monkeypatch.setattr(jinja_render, "render_jinja", lambda *a, **k: renders.append(1) or render(*a, **k))
+    ask = [{"role": "user", "content": "Name a colour, please."}]
+    with LoadedModel(MODEL) as model:
+        first = model.prompt_ids(ask)
+        assert model.prompt_ids(ask) == first and model.prompt_tokens(ask) == len(first)
+        assert len(renders) == 1
+        other = model.prompt_ids([{"role": "user", "content": "Name a tree."}])
+        assert len(renders) == 2 and other != first
+    with LoadedModel(MODEL) as fresh:
+        assert fresh.prompt_ids(ask) == first

@@ -9,14 +9,14 @@ Active sequences hold rows ``0..n-1`` (a sequence that ends gives its row to the
 decode step runs on the contiguous view of the first ``n`` rows.
 
 Waiting sequences join between steps, their prompts prefilled together (one run per step, within
-:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the
-attention mask marking each row's own tokens (GroupQueryAttention takes each row's length from
-it; the padding's keys and values land past the row's length, where its first decode step writes
-over them). Each row's first token comes from its own last prompt position: of every position's
-logits, or, where registration pruned the LM head to the last position
-(:mod:`slmops.toolkit.weights.lm_head`), from a copy of that graph edited in memory whose
-``Gather`` of the last position becomes a ``GatherND`` of each row's own (:data:`LAST_POSITIONS`,
-an input this engine adds; the weights are read from the folder as before). A pruned graph this module cannot edit prefills only prompts of one length together.
+:data:`PREFILL_POSITIONS`) on the next free rows: the prompts right-padded to the longest, the attention mask
+marking each row's own tokens (GroupQueryAttention takes each row's length from it; the padding's keys and
+values land past the row's length, where its first decode step writes over them). A prompt asked again whole
+joins without a run, its keys, values and first token's logits copied from the prefix cache
+(:mod:`~slmops.toolkit.runtimes.prefix_cache`). Each row's first token comes from its own last prompt position:
+of every position's logits, or, where registration pruned the LM head to the last position, of a graph edited
+to take each row's own (:mod:`~slmops.toolkit.runtimes.batch_sessions`); a pruned graph that cannot be edited
+prefills only prompts of one length together.
 
 Everything the model's ``genai_config.json`` says about generation applies, as ONNX Runtime
 GenAI applies it: end-of-sequence ids (held back before ``search.min_length``), the repetition
@@ -34,28 +34,20 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.toolkit.runtimes import batch_sessions
+from slmops.toolkit.runtimes.batch_sessions import LAST_POSITIONS
 from slmops.toolkit.runtimes.decode_settings import Sampling, read_settings
 from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB, PrefixCache
-from slmops.toolkit.runtimes.sequences import Emit, Sequence, pick_rows
-from slmops.toolkit.weights import lm_head
+from slmops.toolkit.runtimes.sequences import Emit, Sequence, pick_rows, take
 
 #: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
 #: model's context or fewer (a request that would not fit is answered outside the batch).
 CACHE_BUDGET_MIB = 1024
 #: Most positions, padding included, that one prefill run computes (rows times the longest prompt);
 #: a sequence past it waits for the next step's run (a prompt longer than this is prefilled alone).
-#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a
-#: small run gives its first tokens sooner and lets the running sequences step between runs; it
-#: also spreads requests that arrived together over different steps, so they do not end together.
+#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a small run gives
+#: its first tokens sooner, lets the running sequences step between runs and spreads requests that came together.
 PREFILL_POSITIONS = 64
-#: ONNX Runtime's session option that stops a session's threads spinning once its run returns. The prompt graph
-#: and the token graph are two sessions with a thread pool each; left spinning, one pool's threads hold the
-#: cores while the other's run (and while the engine's Python picks tokens), which made prefill runs and
-#: decode steps take up to twice as long under load (the benchmarks page).
-SPIN_STOP = "session.force_spinning_stop"
-#: The input this engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
-LAST_POSITIONS = "slmops_last_positions"
-
 
 class Policy(StrEnum):
     """When waiting sequences are prefilled.
@@ -92,21 +84,12 @@ class BatchEngine:
 
     def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST,
                  prefill_positions: int = PREFILL_POSITIONS, prefix_cache_mib: int = PREFIX_CACHE_MIB) -> None:
-        import onnxruntime as ort
-
         self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
         self.prefill_positions = prefill_positions
         self.settings = read_settings(self.folder)
-        options = ort.SessionOptions()
-        if self.settings.threads:
-            options.intra_op_num_threads = self.settings.threads
-        if self.settings.prompt_graph:  # two sessions, two thread pools: see SPIN_STOP
-            options.add_session_config_entry(SPIN_STOP, "1")
-        self.session, self.last_input = _session(self.folder / "model.onnx", options)
-        #: What prompts run on: a pipeline's prompt graph (as ONNX Runtime GenAI and Foundry Local run them, so
-        #: greedy answers stay theirs), else the one graph.
-        self.prompt_session = (_session(self.folder / self.settings.prompt_graph, options)[0]
-                               if self.settings.prompt_graph else self.session)
+        #: ``prompt_session``: what prompts run on (a pipeline's prompt graph, else the one graph); ``last_input``:
+        #: whether the graphs take each row's last position (:data:`LAST_POSITIONS`).
+        self.session, self.prompt_session, self.last_input = batch_sessions.open_sessions(self.folder, self.settings)
         #: Whether one prefill run may hold prompts of different lengths (see the module docstring).
         self.mixed_lengths = self.last_input or self.session.get_outputs()[0].shape[1] != 1
         s = self.settings
@@ -125,11 +108,15 @@ class BatchEngine:
         self.adapters: dict[str, dict[str, object]] = {}
         self.inbox: queue.Queue[Sequence | None] = queue.Queue()
         self.waiting: list[Sequence] = []
+        #: Tokens and ends picked but not yet handed over (see :meth:`_hand_over`).
+        self._outbox: list[tuple[Sequence, int | None, str | None]] = []
         self.steps = 0
         #: Prefill runs so far (each prefills one or more waiting sequences together).
         self.prefills = 0
         #: Prompt positions prefilled so far (a prefix taken from :attr:`prefixes` is not prefilled again).
         self.prefilled = 0
+        #: Sequences admitted without a run: their whole prompt kept with its first token's logits (:attr:`prefixes`).
+        self.kept_admissions = 0
         self.prefixes = PrefixCache(prefix_cache_mib)
         #: Seconds the engine's thread has spent in each :class:`Phase` (:meth:`phase_seconds` adds a wait under way).
         self.seconds = dict.fromkeys(Phase, 0.0)
@@ -143,10 +130,23 @@ class BatchEngine:
                adapter: str = "", constraint=None) -> Sequence:
         """Queue a sequence; its tokens go to ``emit`` from the engine's thread (see :attr:`Sequence.gaps`), each
         computed with ``adapter``'s inputs (:attr:`adapters`; ``""``: the graph alone) and allowed by ``constraint``
-        (:attr:`Sequence.constraint`)."""
+        (:attr:`Sequence.constraint`).
+
+        A prompt asked again whole (:meth:`PrefixCache.kept_whole`) gets its first token here, in the caller's
+        thread, from the kept logits: it does not wait for the running step to end before it joins the batch.
+        """
         sequence = Sequence(prompt, sampling, emit)
         sequence.adapter, sequence.constraint = adapter, constraint
         sequence.gaps = [] if record_gaps else None
+        kept = self.prefixes.kept_whole(prompt, adapter)
+        if kept is not None:
+            sequence.kept, sequence.length = kept, len(prompt)
+            [token] = pick_rows([(0, sequence)], kept.logits[None].copy(), self.settings.eos_ids)
+            reason = take(sequence, token, self.settings.eos_ids, self.capacity)
+            emit(token, None)
+            if reason is not None:  # ended at its first token: it never needs a row
+                emit(None, reason)
+                return sequence
         self.inbox.put(sequence)
         return sequence
 
@@ -167,6 +167,7 @@ class BatchEngine:
         while True:
             start, timed = time.perf_counter(), sum(self.seconds.values())
             if not self._collect():
+                self._hand_over()
                 for sequence in self.active + self.waiting:
                     sequence.emit(None, "cancelled")
                 return
@@ -175,6 +176,7 @@ class BatchEngine:
                 if self.active:
                     self._decode()
             except Exception as exc:  # noqa: BLE001 (every running sequence ends with the error)
+                self._hand_over()
                 for sequence in self.active:
                     sequence.emit(None, f"error: {type(exc).__name__}: {exc}")
                 self.active = []
@@ -183,6 +185,8 @@ class BatchEngine:
     def _collect(self) -> bool:
         """Move new sequences to the waiting list (blocking while nothing runs); False once closed."""
         block = not self.active and not self.waiting
+        if block:
+            self._hand_over()
         while True:
             if block:
                 self._idle_since = time.perf_counter()
@@ -200,7 +204,8 @@ class BatchEngine:
             block = False
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free rows: one run per step, as the policy says (see :class:`Policy`)."""
+        """Prefill waiting sequences into free rows: those whose whole prompt is kept without a run, the others one
+        run per step, as the policy says (see :class:`Policy`)."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
         # One adapter per batch: the running batch's (else the first waiting sequence's) sequences that came before
@@ -209,6 +214,9 @@ class BatchEngine:
         adapter = head[0].adapter if head else ""
         room = min(room, next((i for i, s in enumerate(self.waiting) if s.adapter != adapter), len(self.waiting)))
         if room <= 0:
+            return
+        room -= self._admit_kept(room)
+        if room <= 0 or not self.waiting:
             return
         reuse = self._reuse()
         group, longest = self.waiting[:len(reuse) or 1], len(self.waiting[0].prompt)
@@ -221,6 +229,34 @@ class BatchEngine:
                 longest = max(longest, len(sequence.prompt))
         self._prefill(group, reuse or [0] * len(group))
         self.waiting = self.waiting[len(group):]
+
+    def _admit_kept(self, room: int) -> int:
+        """Admit, without a run, the sequences among the first ``room`` waiting whose whole prompt is kept with its
+        first token's logits: their keys and values are copied into the next free rows; their first tokens were
+        picked at :meth:`submit`, or (a prompt kept after its sequence came) are picked now from the kept logits
+        (:meth:`PrefixCache.first_logits`). Returns how many were admitted."""
+        picked = [sequence for sequence in self.waiting[:room] if sequence.kept is not None]
+        found = [(sequence, logits) for sequence in self.waiting[:room] if sequence.kept is None
+                 and (logits := self.prefixes.first_logits(sequence.prompt, sequence.adapter)) is not None]
+        if not picked and not found:
+            return 0
+        first, caches = len(self.active), [*self.keys, *self.values]
+        group = [*picked, *(sequence for sequence, _ in found)]
+        for row, sequence in enumerate(group):
+            if sequence.kept is not None:  # held since submit, even if the cache has dropped it since
+                self.prefixes.touch(sequence.prompt, sequence.adapter)
+                for cache, kept in zip(caches, sequence.kept.arrays, strict=True):
+                    cache[first + row, :, :len(sequence.prompt)] = kept
+            else:
+                self.prefixes.load(sequence.prompt, sequence.adapter, len(sequence.prompt), caches, first + row)
+            sequence.length = len(sequence.prompt)
+        admitted = {id(sequence) for sequence in group}
+        self.waiting = [sequence for sequence in self.waiting if id(sequence) not in admitted]
+        self.active.extend(group)
+        self.kept_admissions += len(group)
+        if found:
+            self._advance(group[len(picked):], np.stack([logits for _, logits in found]))
+        return len(group)
 
     def _reuse(self) -> list[int]:
         """Positions the first waiting sequence takes from :attr:`prefixes` (none: ``[]``); one that takes any is
@@ -265,6 +301,7 @@ class BatchEngine:
         binding.bind_cpu_input("attention_mask", mask)
         if self.last_input:
             binding.bind_cpu_input(LAST_POSITIONS, np.ascontiguousarray(last.reshape(-1, 1), dtype=np.int64))
+        self._hand_over()  # the tokens picked since the last run, as this run lets the readers have the interpreter
         start = time.perf_counter()
         if input_ids.shape[1] == 1:
             logits = self._logits.get(input_ids.shape[0])
@@ -299,7 +336,7 @@ class BatchEngine:
             logits = logits[np.arange(len(group)), rest - 1] if logits.shape[1] > 1 else logits[:, -1]
         for row, sequence in enumerate(group):
             sequence.length = len(sequence.prompt)
-            self.prefixes.store(sequence.prompt, sequence.adapter, caches, first + row)
+            self.prefixes.store(sequence.prompt, sequence.adapter, caches, first + row, logits[row])
         self.active.extend(group)
         self._advance(group, logits)
 
@@ -321,8 +358,8 @@ class BatchEngine:
     def _advance(self, sequences: list[Sequence], logits: np.ndarray) -> None:
         """Pick each sequence's next token from its logits row, hand it over, and end finished sequences.
 
-        Every token of the step is picked before any is handed over: a reader woken by its token does not take
-        the interpreter from the engine's thread in the middle of the step (it runs while ONNX Runtime does).
+        The tokens are handed over just before the next run (:meth:`_hand_over`): a reader woken by its token does
+        not take the interpreter from the engine's thread between runs (it runs while ONNX Runtime does).
         """
         start = time.perf_counter()
         gone = [sequence.cancelled.is_set() for sequence in sequences]  # read once: another thread may cancel
@@ -332,17 +369,10 @@ class BatchEngine:
             if left:
                 self._finish(sequence, "cancelled")
         for (_, sequence), token in zip(live, tokens, strict=True):
-            if sequence.constraint is not None:
-                sequence.constraint.advance(token)
-            sequence.generated.append(token)
-            if token not in sequence._seen:
-                sequence._seen.add(token)
-                sequence.seen = np.append(sequence.seen, token)
-            sequence.emit(token, None)
-            if token in self.settings.eos_ids or (sequence.constraint is not None and sequence.constraint.done):
-                self._finish(sequence, "stop")
-            elif len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= self.capacity:
-                self._finish(sequence, "length")
+            reason = take(sequence, token, self.settings.eos_ids, self.capacity)
+            self._outbox.append((sequence, token, None))
+            if reason is not None:
+                self._finish(sequence, reason)
         self.seconds[Phase.PICK] += time.perf_counter() - start
 
     def _finish(self, sequence: Sequence, reason: str) -> None:
@@ -354,17 +384,17 @@ class BatchEngine:
                 cache[row, :, :moved.length] = cache[last, :, :moved.length]
             self.active[row] = moved
         self.active.pop()
-        sequence.emit(None, reason)
+        self._outbox.append((sequence, None, reason))
 
+    def _hand_over(self) -> None:
+        """Give the tokens and ends picked since the last run to their sequences' ``emit``.
 
-def _session(graph_file: Path, options: object) -> tuple[object, bool]:
-    """An ONNX Runtime session of ``graph_file``, edited to take each row's last position where its LM head is
-    pruned (:func:`~slmops.toolkit.weights.lm_head.gather_each_row`); and whether it takes :data:`LAST_POSITIONS`."""
-    import onnxruntime as ort
+        Called just before the next ONNX Runtime run (and before the thread waits for work): a reader woken by its
+        token then takes the interpreter while ONNX Runtime runs without it, not while this thread builds the step.
+        """
+        start = time.perf_counter()
+        outbox, self._outbox = self._outbox, []
+        for sequence, token, reason in outbox:
+            sequence.emit(token, reason)
+        self.seconds[Phase.PICK] += time.perf_counter() - start
 
-    edited = lm_head.gather_each_row(graph_file, LAST_POSITIONS)
-    if edited is not None:  # the edited copy reads its weights where the graph file's own path leads
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                         str(graph_file.resolve().parent))
-    return ort.InferenceSession(str(graph_file) if edited is None else edited, options,
-                                providers=["CPUExecutionProvider"]), edited is not None

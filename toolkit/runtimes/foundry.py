@@ -39,6 +39,9 @@ from slmops.toolkit.runtimes.foundry_session import (
 )
 from slmops.toolkit.weights.context_limit import positions
 
+#: How many recent prompts' token ids a loaded model keeps (:meth:`LoadedModel.prompt_ids`).
+PROMPT_IDS_KEPT = 256
+
 
 class LoadedModel:
     """A registered model loaded in Foundry Local, answering chat requests.
@@ -106,8 +109,15 @@ class LoadedModel:
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
             jinja = template_resolve.read_chat_template(folder, runtime=True)  # as ChatSession reads it
             bos, eos = template_resolve.special_tokens(folder)
-            self._encode = lambda msgs: tokenizer.encode(
-                jinja_render.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos), add_special_tokens=False).ids
+
+            # A served request asks for its prompt's ids three times (admission, checks, generation), each a render
+            # and an encode: the recent prompts' ids are kept by their text (not where the template reads the clock).
+            def encode(msgs: list[dict]) -> tuple[int, ...]:
+                rendered = jinja_render.render_jinja(jinja, msgs, bos_token=bos, eos_token=eos)
+                return tuple(tokenizer.encode(rendered, add_special_tokens=False).ids)
+
+            kept = functools.lru_cache(maxsize=PROMPT_IDS_KEPT)(lambda key: encode(json.loads(key)))
+            self._encode = encode if "strftime_now" in jinja else lambda msgs: kept(json.dumps(msgs, ensure_ascii=False))
         return list(self._encode(messages))
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:

@@ -13,11 +13,25 @@ recently used go first.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
 #: Memory the kept prompts' keys and values of one model may take, in MiB (0: no prefix caching).
 PREFIX_CACHE_MIB = 64
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One kept prompt: each layer's keys and values ``[kv_heads, positions, head_size]``, and the logits its
+    prefill gave for the first token (``[vocab]``, before any penalty; None where they were not kept)."""
+
+    arrays: list[np.ndarray]
+    logits: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.arrays) + (0 if self.logits is None else self.logits.nbytes)
 
 
 class PrefixCache:
@@ -30,8 +44,8 @@ class PrefixCache:
     def __init__(self, budget_mib: int = PREFIX_CACHE_MIB) -> None:
         self.budget = budget_mib * 2**20
         self.size = 0
-        #: ``(adapter, prompt tokens)``: each layer's keys and values ``[kv_heads, positions, head_size]``.
-        self.entries: OrderedDict[tuple[str, tuple[int, ...]], list[np.ndarray]] = OrderedDict()
+        #: ``(adapter, prompt tokens)``: what is kept of that prompt (:class:`Kept`).
+        self.entries: OrderedDict[tuple[str, tuple[int, ...]], Kept] = OrderedDict()
 
     def _longest(self, prompt: list[int], adapter: str) -> tuple[int, tuple[str, tuple[int, ...]] | None]:
         if (whole := (adapter, tuple(prompt))) in self.entries:  # a prompt asked again: no longer prefix can match
@@ -52,23 +66,51 @@ class PrefixCache:
         """How many of ``prompt``'s first positions a kept prompt holds (at most all but the last two)."""
         return max(0, min(self._longest(prompt, adapter)[0], len(prompt) - 2))
 
+    def kept_whole(self, prompt: list[int], adapter: str) -> Kept | None:
+        """What is kept of ``prompt`` asked again whole, with its first token's logits (else None); from any thread
+        (a read: an entry dropped later stays whole in the caller's hands)."""
+        kept = self.entries.get((adapter, tuple(prompt)))
+        return kept if kept is not None and kept.logits is not None else None
+
+    def touch(self, prompt: list[int], adapter: str) -> None:
+        """Mark ``prompt`` kept whole as just used (the least recently used go first)."""
+        if (key := (adapter, tuple(prompt))) in self.entries:
+            self.entries.move_to_end(key)
+
+    def first_logits(self, prompt: list[int], adapter: str) -> np.ndarray | None:
+        """The first token's logits of ``prompt`` kept whole (its keys and values all in :meth:`load`'s reach), else
+        None; the caller may change the array returned (a copy)."""
+        kept = self.entries.get((adapter, tuple(prompt)))
+        return None if kept is None or kept.logits is None else kept.logits.copy()
+
     def load(self, prompt: list[int], adapter: str, reuse: int, caches: list[np.ndarray], row: int) -> None:
-        """Copy the first ``reuse`` positions of ``prompt`` (at most :meth:`match`'s) into ``row`` of ``caches``."""
+        """Copy the first ``reuse`` positions of ``prompt`` (at most :meth:`match`'s, or all of a prompt
+        :meth:`first_logits` finds) into ``row`` of ``caches``."""
         common, key = self._longest(prompt, adapter)
         assert key is not None and reuse <= common
         self.entries.move_to_end(key)
-        for cache, kept in zip(caches, self.entries[key], strict=True):
+        for cache, kept in zip(caches, self.entries[key].arrays, strict=True):
             cache[row, :, :reuse] = kept[:, :reuse]
 
-    def store(self, prompt: list[int], adapter: str, caches: list[np.ndarray], row: int) -> None:
-        """Keep ``prompt``'s keys and values from ``row`` of ``caches`` (unless a kept prompt holds them all)."""
+    def store(self, prompt: list[int], adapter: str, caches: list[np.ndarray], row: int,
+              logits: np.ndarray | None = None) -> None:
+        """Keep ``prompt``'s keys and values from ``row`` of ``caches`` (unless a kept prompt holds them all) and
+        ``logits``, the first token's logits its prefill gave (kept as a copy; None: not kept)."""
+        key = (adapter, tuple(prompt))
         if self._longest(prompt, adapter)[0] >= len(prompt):
+            kept = self.entries.get(key)
+            if kept is not None and kept.logits is None and logits is not None:
+                self._put(key, Kept(kept.arrays, logits.copy()))
             return
-        kept = [cache[row, :, :len(prompt)].copy() for cache in caches]
-        nbytes = sum(array.nbytes for array in kept)
-        if nbytes > self.budget:
+        self._put(key, Kept([cache[row, :, :len(prompt)].copy() for cache in caches],
+                            None if logits is None else logits.copy()))
+
+    def _put(self, key: tuple[str, tuple[int, ...]], kept: Kept) -> None:
+        if (old := self.entries.pop(key, None)) is not None:
+            self.size -= old.nbytes
+        if kept.nbytes > self.budget:
             return
-        while self.size + nbytes > self.budget:
-            self.size -= sum(array.nbytes for array in self.entries.popitem(last=False)[1])
-        self.entries[(adapter, tuple(prompt))] = kept
-        self.size += nbytes
+        while self.size + kept.nbytes > self.budget:
+            self.size -= self.entries.popitem(last=False)[1].nbytes
+        self.entries[key] = kept
+        self.size += kept.nbytes

@@ -32,6 +32,9 @@ class Sequence:
         self.length = 0  # tokens in the cache row
         self.adapter = ""  # the adapter it runs with (a key of BatchEngine.adapters; "": the graph alone)
         self.cancelled = threading.Event()
+        #: Its whole prompt as the prefix cache kept it, when its first token came from the kept logits at submit
+        #: (a :class:`~slmops.toolkit.runtimes.prefix_cache.Kept`; None: picked in the batch).
+        self.kept = None
         #: A grammar its tokens must follow (:class:`~slmops.toolkit.runtimes.constrained.Constraint`; None: any).
         self.constraint = None
         #: With :meth:`BatchEngine.submit`'s ``record_gaps``: each greedy step's margin of the chosen token's
@@ -41,6 +44,26 @@ class Sequence:
     def cancel(self) -> None:
         """Stop at the next step and free the row (from any thread)."""
         self.cancelled.set()
+
+
+def take(sequence: Sequence, token: int, eos_ids: tuple[int, ...], capacity: int) -> str | None:
+    """Add ``token`` to ``sequence``'s answer (its grammar and the repetition penalty's ids follow).
+
+    Returns:
+        Why the sequence ends with it: ``stop`` (an end-of-sequence id or its grammar done), ``length`` (its
+        ``max_new`` tokens, or its cache row of ``capacity`` positions full); else None.
+    """
+    if sequence.constraint is not None:
+        sequence.constraint.advance(token)
+    sequence.generated.append(token)
+    if token not in sequence._seen:
+        sequence._seen.add(token)
+        sequence.seen = np.append(sequence.seen, token)
+    if token in eos_ids or (sequence.constraint is not None and sequence.constraint.done):
+        return "stop"
+    if len(sequence.generated) >= sequence.sampling.max_new or sequence.length + 1 >= capacity:
+        return "length"
+    return None
 
 
 def greedy(sampling: Sampling) -> bool:

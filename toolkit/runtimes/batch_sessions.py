@@ -1,0 +1,55 @@
+"""The batch engine's ONNX Runtime sessions: the token graph and, for a pipeline, the prompt graph.
+
+A graph whose LM head registration pruned to the last position (:mod:`slmops.toolkit.weights.lm_head`) is
+opened as a copy edited in memory whose ``Gather`` of the last position becomes a ``GatherND`` of each row's own
+(:data:`LAST_POSITIONS`), so one prefill run can hold prompts of different lengths; the weights are read from
+the folder as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmops.toolkit.runtimes.decode_settings import ModelSettings
+from slmops.toolkit.weights import lm_head
+
+#: ONNX Runtime's session option that stops a session's threads spinning once its run returns. The prompt graph
+#: and the token graph are two sessions with a thread pool each; left spinning, one pool's threads hold the
+#: cores while the other's run (and while the engine's Python picks tokens), which made prefill runs and
+#: decode steps take up to twice as long under load (the benchmarks page).
+SPIN_STOP = "session.force_spinning_stop"
+#: The input the engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
+LAST_POSITIONS = "slmops_last_positions"
+
+
+def open_sessions(folder: Path, settings: ModelSettings) -> tuple[object, object, bool]:
+    """The sessions of a registered model folder, with its tuned thread count.
+
+    Returns:
+        The token graph's session (``model.onnx``); what prompts run on (a pipeline's prompt graph, as ONNX
+        Runtime GenAI and Foundry Local run them, so greedy answers stay theirs; else the same session); and
+        whether the graphs take :data:`LAST_POSITIONS`.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if settings.threads:
+        options.intra_op_num_threads = settings.threads
+    if settings.prompt_graph:  # two sessions, two thread pools: see SPIN_STOP
+        options.add_session_config_entry(SPIN_STOP, "1")
+    session, last_input = _session(folder / "model.onnx", options)
+    prompt_session = _session(folder / settings.prompt_graph, options)[0] if settings.prompt_graph else session
+    return session, prompt_session, last_input
+
+
+def _session(graph_file: Path, options: object) -> tuple[object, bool]:
+    """An ONNX Runtime session of ``graph_file``, edited to take each row's last position where its LM head is
+    pruned (:func:`~slmops.toolkit.weights.lm_head.gather_each_row`); and whether it takes :data:`LAST_POSITIONS`."""
+    import onnxruntime as ort
+
+    edited = lm_head.gather_each_row(graph_file, LAST_POSITIONS)
+    if edited is not None:  # the edited copy reads its weights where the graph file's own path leads
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(graph_file.resolve().parent))
+    return ort.InferenceSession(str(graph_file) if edited is None else edited, options,
+                                providers=["CPUExecutionProvider"]), edited is not None
