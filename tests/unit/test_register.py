@@ -258,3 +258,31 @@ def test_the_prompt_graph_runs_4_bit_projections_as_8_bit_ones_in_int8_compute(t
     assert codes_8.shape == (4, 1, PROMPT_BLOCK) and steps.shape == (4, 1)
     back = ((codes_8.astype(np.float32) - 128) * steps[:, :, None]).reshape(4, PROMPT_BLOCK)
     assert np.all(np.abs(back[:, :96] - values) <= steps / 2 + 1e-6) and np.all(back[:, 96:] == 0)
+
+
+def test_register_prompt_bits_4_keeps_the_builds_4_bit_weights_in_fp32_compute(tmp_path: Path) -> None:
+    """``--prompt-bits 4`` trades the 8-bit prompt graph's faster first token for the smaller memory: no 8-bit copy of
+    the projections, the build's own 4-bit nodes in FP32 compute; it reaches registration through ModelConfig."""
+    import onnx
+    import pytest
+
+    from slmops.toolkit import cli
+    from slmops.toolkit.core.errors import InvalidOptionError
+    from slmops.toolkit.stages.register import ModelConfig
+    from slmops.toolkit.stages.register_prompt import PROMPT_DATA
+
+    source, folder = tmp_path / "source", tmp_path / "staged"
+    source.mkdir(), folder.mkdir()
+    _siblings_graph(source, zero_points=(True, False))
+    assert write_prompt_graph(source / "model.onnx", folder / PROMPT_GRAPH, prompt_bits=4)
+    nodes = [n for n in onnx.load(str(folder / PROMPT_GRAPH), load_external_data=False).graph.node
+             if n.op_type == "MatMulNBits"]
+    assert [({a.name: a.i for a in n.attribute}["bits"], {a.name: a.i for a in n.attribute}["accuracy_level"])
+            for n in nodes] == [(4, 0)] * 2
+    assert not (folder / PROMPT_DATA).exists()
+
+    args = cli.build_parser().parse_args(["register", "m", "--name", "n", "--prompt-bits", "4"])
+    assert args.prompt_bits == 4 and ModelConfig().prompt_bits == 8
+    assert "prompt_bits" not in ModelConfig(prompt_bits=4).search_options()  # not a generation default
+    with pytest.raises(InvalidOptionError, match="prompt_bits"):
+        ModelConfig(max_length=16, prompt_bits=6).validate(32)

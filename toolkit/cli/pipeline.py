@@ -229,7 +229,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     custom = load_prompt_template(args.template_file) if args.template_file else None
     template = "custom" if custom and args.template == "auto" else args.template
     config = register.ModelConfig(max_length=args.max_length, temperature=args.temperature, top_p=args.top_p,
-                                  repetition_penalty=args.repetition_penalty, threads=args.threads)
+                                  repetition_penalty=args.repetition_penalty, threads=args.threads,
+                                  prompt_bits=args.prompt_bits)
     reg = register.register(args.onnx_dir, args.name, version=args.version, template=template,
                             custom_template=custom, model_config=config, cache=args.cache_dir, force=args.force,
                             description=args.description,

@@ -279,6 +279,10 @@ def register_parser(sub: argparse._SubParsersAction, parents: list[argparse.Argu
                    help="CPU threads per request, written to genai_config.json's session options: auto (the "
                    "default) probes decode speed and time to first token at each count and writes the fastest; "
                    "default leaves ONNX Runtime's own choice; N fixes it (compare with `slmops bench --threads`)")
+    g.add_argument("--prompt-bits", type=int, choices=register.PROMPT_BITS, default=config.prompt_bits,
+                   help="bits the served prompt graph's INT4 projections run in: 8 (the default) re-expresses them in "
+                   "8 bits with int8 compute, a faster first token for more memory (the prompt session holds 8-bit "
+                   "weights); 4 keeps the build's 4-bit weights in FP32 compute")
     p.add_argument("--description", default="", help="a line of description in the catalog (default: none)")
     p.add_argument("--tool-markers", nargs=2, metavar=("START", "END"),
                    help="the tokens the model opens and closes a tool call with, each one token of its tokenizer "

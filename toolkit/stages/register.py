@@ -45,7 +45,7 @@ from slmops.toolkit.stages.register_catalog import (
     INFERENCE_MODEL,
     validate_name,
 )
-from slmops.toolkit.stages.register_prompt import serve_graphs
+from slmops.toolkit.stages.register_prompt import PROMPT_BITS, serve_graphs
 from slmops.toolkit.stages.register_stop import reconcile_stop_tokens, token_ids
 from slmops.toolkit.stages.register_threads import (
     AUTO_THREADS,
@@ -76,6 +76,8 @@ class ModelConfig:
             of decode speed and time to first token at each count picks the fastest, see
             :func:`pick_threads`), or None for the runtime's default (which may use fewer
             threads than there are cores).
+        prompt_bits: The bits the served prompt graph's 4-bit projections run in (:data:`PROMPT_BITS`): 8 for the
+            faster prompt (the prompt session then holds 8-bit weights), 4 for the smaller memory.
     """
 
     max_length: int | None = None
@@ -83,11 +85,12 @@ class ModelConfig:
     top_p: float = 0.9
     repetition_penalty: float = options.REPETITION_PENALTY
     threads: int | str | None = AUTO_THREADS
+    prompt_bits: int = PROMPT_BITS[0]
 
     def search_options(self) -> dict:
-        """The generation defaults for ``search`` and ``inference_model.json`` (everything but ``threads``)."""
+        """The generation defaults for ``search`` and ``inference_model.json`` (all but ``threads`` and ``prompt_bits``)."""
         options = asdict(self)
-        del options["threads"]
+        del options["threads"], options["prompt_bits"]
         return options
 
     def for_context(self, context_length: int) -> ModelConfig:
@@ -111,6 +114,8 @@ class ModelConfig:
             raise InvalidOptionError("repetition_penalty", self.repetition_penalty, "1..2")
         if self.threads not in (None, AUTO_THREADS) and (type(self.threads) is not int or not 1 <= self.threads <= 256):
             raise InvalidOptionError("threads", self.threads, "a whole number from 1 to 256, 'auto', or unset")
+        if self.prompt_bits not in PROMPT_BITS:
+            raise InvalidOptionError("prompt_bits", self.prompt_bits, f"one of {list(PROMPT_BITS)}")
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,7 @@ def _stage(onnx_dir: Path, staging: Path, genai_config: dict, resolved: template
             _link_or_copy(item, staging / item.name)
     # Served prefill computes the LM head on the last position only; the full graph stays beside it.
     lm_head.serve_last_position(staging, genai_config["model"]["decoder"].get("filename", "model.onnx"))
-    serve_graphs(staging, genai_config)  # fused gate/up; INT4: the prompt in 8-bit, the tokens in 4-bit, both int8 compute
+    serve_graphs(staging, genai_config, model_config.prompt_bits)  # fused gate/up; INT4: the prompt graph
     genai_config["search"] = {**genai_config.get("search", {}), **model_config.search_options()}
     _write_genai_config(staging, genai_config, model_config.threads)
     tokenizer_file = onnx_dir / "tokenizer_config.json"

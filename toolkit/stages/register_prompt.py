@@ -32,6 +32,9 @@ PROMPT_GRAPH = "model_prompt.onnx"
 PROMPT_DATA = "model_prompt.onnx.data"
 #: The block size of the prompt graph's 8-bit projections (ONNX Runtime takes 16 to 256).
 PROMPT_BLOCK = 128
+#: The bits the prompt graph's 4-bit projections run in: 8 (re-expressed, int8 compute: the faster prompt, the
+#: prompt session holding 8-bit weights) or 4 (the build's own, FP32 compute: the smaller memory).
+PROMPT_BITS = (8, 4)
 PIPELINE_TYPE = "decoder-pipeline"
 PROMPT_STAGE, TOKEN_STAGE = "prompt", "tokens"
 INT8_COMPUTE, FP32_COMPUTE = 4, 0
@@ -119,13 +122,13 @@ def _as_8_bit(model, node, store) -> bool:
     return True
 
 
-def write_prompt_graph(graph: Path, target: Path) -> bool:
+def write_prompt_graph(graph: Path, target: Path, prompt_bits: int = PROMPT_BITS[0]) -> bool:
     """``graph`` with its INT4 ``MatMulNBits`` in int8 compute re-expressed for the prompt, written to ``target``.
 
-    Only ``bits`` 4 nodes at ``accuracy_level`` 4 that multiply the prompt's rows change: each
-    becomes an 8-bit node in blocks of :data:`PROMPT_BLOCK` in int8 compute, its weights in
-    :data:`PROMPT_DATA` beside ``target`` (one whose weights are not the graph's initializers:
-    FP32 compute, ``accuracy_level`` 0). 8-bit ones (an INT8 build, a mixed recipe's 8-bit layers,
+    Only ``bits`` 4 nodes at ``accuracy_level`` 4 that multiply the prompt's rows change: with ``prompt_bits`` 8
+    each becomes an 8-bit node in blocks of :data:`PROMPT_BLOCK` in int8 compute, its weights in
+    :data:`PROMPT_DATA` beside ``target`` (one whose weights are not the graph's initializers, and every one with
+    ``prompt_bits`` 4: FP32 compute, ``accuracy_level`` 0, on the build's own weights). 8-bit ones (an INT8 build, a mixed recipe's 8-bit layers,
     LM head) are left as they are, and so is a head reading only the last position
     (:data:`ONE_ROW`): one row is a decode step's shape. The graph's own weights file is shared.
 
@@ -147,7 +150,7 @@ def write_prompt_graph(graph: Path, target: Path) -> bool:
     store = WeightStore(graph.parent, data)
     try:
         for node in nodes:
-            if not _as_8_bit(model, node, store):
+            if prompt_bits == 4 or not _as_8_bit(model, node, store):
                 kept = [a for a in node.attribute if a.name != "accuracy_level"]
                 del node.attribute[:]
                 node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", FP32_COMPUTE)])
@@ -180,13 +183,14 @@ def _plain_cpu_decoder(genai_config: dict) -> bool:
         "session_options", {}).get("provider_options")
 
 
-def serve_graphs(folder: Path, genai_config: dict) -> bool:
+def serve_graphs(folder: Path, genai_config: dict, prompt_bits: int = PROMPT_BITS[0]) -> bool:
     """Registration's graph edits on a staged CPU ``folder``: fused projections, then the prompt graph.
 
     Sibling ``MatMulNBits`` (an MLP's gate and up projections) are fused in the served graph and
     in :data:`~slmops.toolkit.weights.lm_head.ALL_POSITIONS` when there is one
     (:mod:`slmops.toolkit.stages.register_fuse`: the same values, fewer kernel calls per token);
-    then :func:`serve_prompt_graph`, whose prompt graph is made from the fused graph.
+    then :func:`serve_prompt_graph`, whose prompt graph is made from the fused graph (its projections in
+    ``prompt_bits``, :data:`PROMPT_BITS`).
 
     Returns:
         Whether ``genai_config`` became a pipeline (:func:`serve_prompt_graph`).
@@ -194,10 +198,10 @@ def serve_graphs(folder: Path, genai_config: dict) -> bool:
     if _plain_cpu_decoder(genai_config):
         filename = genai_config["model"]["decoder"].get("filename", "model.onnx")
         fuse_siblings(folder, [name for name in (filename, ALL_POSITIONS) if (folder / name).is_file()])
-    return serve_prompt_graph(folder, genai_config)
+    return serve_prompt_graph(folder, genai_config, prompt_bits)
 
 
-def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
+def serve_prompt_graph(folder: Path, genai_config: dict, prompt_bits: int = PROMPT_BITS[0]) -> bool:
     """Give the staged ``folder`` :data:`PROMPT_GRAPH` and make ``genai_config`` the two-stage pipeline.
 
     Left as it is (returns False) when the model type is not in :data:`PLAIN_DECODER_TYPES` (a
@@ -210,7 +214,7 @@ def serve_prompt_graph(folder: Path, genai_config: dict) -> bool:
     if not _plain_cpu_decoder(genai_config):
         return False
     filename = decoder.get("filename", "model.onnx")
-    if not write_prompt_graph(folder / filename, folder / PROMPT_GRAPH):
+    if not write_prompt_graph(folder / filename, folder / PROMPT_GRAPH, prompt_bits):
         return False
     inputs, outputs = _io_names(folder / filename)
     stage = {"inputs": inputs, "outputs": outputs}
