@@ -24,7 +24,6 @@ from slmops.toolkit.cli import app
 from slmops.toolkit.core.errors import InputError
 from slmops.toolkit.endpoint.batched import StopText
 from slmops.toolkit.endpoint.cli import background, run
-from slmops.toolkit.runtimes import batch_sessions
 from slmops.toolkit.runtimes.batching import BatchEngine, Policy
 from slmops.toolkit.runtimes.foundry_session import find_model
 from slmops.toolkit.stages import register
@@ -467,24 +466,3 @@ def test_a_prompt_asked_again_is_not_rendered_and_tokenized_again(endpoints, mon
         assert len(renders) == 2 and other != first
     with LoadedModel(MODEL) as fresh:
         assert fresh.prompt_ids(ask) == first
-
-
-def test_a_decode_step_of_many_rows_runs_on_the_prompt_graph_and_answers_as_alone(endpoints) -> None:
-    """A decode step of at least ``PROMPT_GRAPH_ROWS`` rows runs on the registered prompt graph (its 8-bit
-    projections in blocks of 128 the faster kernel on many rows), a smaller one on the token graph; each row's
-    logits are its own (the pruned head's position is each row's one new position), so greedy tokens decoded
-    together equal each prompt asked alone (on the token graph)."""
-    rows = batch_sessions.PROMPT_GRAPH_ROWS
-    engine = BatchEngine(Path(find_model(MODEL).get_path()), batch_size=rows, prefix_cache_mib=0)
-    try:
-        assert engine.prompt_session is not engine.session and engine.last_input
-        prompts = _prompts(rows)
-        alone = [_generate(engine, [prompt], min_length=10**6)[0] for prompt in prompts]
-        assert {key[1] - key[0] for key in engine._bindings if key[3]} == {1}  # alone: every step on the token graph
-        together = _generate(engine, prompts, min_length=10**6)
-        # the IO bindings the engine made, keyed (first row, rows end, adapter, on the token graph): the steps of
-        # all the rows (no prefill run holds them all: PREFILL_POSITIONS) ran on the prompt graph only
-        assert {key[3] for key in engine._bindings if key[1] - key[0] == rows} == {False}
-        assert [tokens for tokens, _, _ in together] == [tokens for tokens, _, _ in alone]
-    finally:
-        engine.close()

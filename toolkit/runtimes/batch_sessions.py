@@ -20,10 +20,6 @@ from slmops.toolkit.weights import lm_head
 SPIN_STOP = "session.force_spinning_stop"
 #: The input the engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
 LAST_POSITIONS = "slmops_last_positions"
-#: Fewest rows of a decode step that runs on the prompt graph (a pipeline's, :func:`open_sessions`) instead of the
-#: token graph. The token graph's 4-bit ``MatMulNBits`` in blocks of 32 in int8 compute is the faster kernel on few
-#: rows; the prompt graph's 8-bit ones in blocks of 128 are faster on many (the benchmarks page's serving section).
-PROMPT_GRAPH_ROWS = 12
 
 
 def open_sessions(folder: Path, settings: ModelSettings) -> tuple[object, object, bool]:
@@ -44,14 +40,6 @@ def open_sessions(folder: Path, settings: ModelSettings) -> tuple[object, object
     session, last_input = _session(folder / "model.onnx", options)
     prompt_session = _session(folder / settings.prompt_graph, options)[0] if settings.prompt_graph else session
     return session, prompt_session, last_input
-
-
-def step_session(session: object, prompt_session: object, rows: int, positions: int) -> object:
-    """What a run of ``rows`` rows of ``positions`` new positions each runs on: a prompt (more than one position)
-    or a decode step of at least :data:`PROMPT_GRAPH_ROWS` rows on ``prompt_session``, a smaller step on
-    ``session`` (the token graph). Both take the same inputs; a pruned head gives each row's logits at its own
-    position (:data:`LAST_POSITIONS`), a decode step's only one."""
-    return session if positions == 1 and rows < PROMPT_GRAPH_ROWS else prompt_session
 
 
 def _session(graph_file: Path, options: object) -> tuple[object, bool]:

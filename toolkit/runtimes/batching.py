@@ -284,7 +284,7 @@ class BatchEngine:
         costs a Python object per output); a prefill's, whose shape the graph decides (every position,
         or the last only), to one ONNX Runtime allocates.
         """
-        session = batch_sessions.step_session(self.session, self.prompt_session, *input_ids.shape)
+        session = self.session if input_ids.shape[1] == 1 else self.prompt_session
         key = (rows.start, rows.stop, adapter, session is self.session)
         binding = self._bindings.get(key)
         if binding is None:  # the cache's pointers of these rows (and the adapter's inputs), bound once
@@ -309,7 +309,7 @@ class BatchEngine:
                 logits = self._logits[input_ids.shape[0]] = np.empty((input_ids.shape[0], 1, self.vocab), np.float32)
             binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
             session.run_with_iobinding(binding)
-            self.seconds[Phase.DECODE] += time.perf_counter() - start
+            self.seconds[Phase.DECODE if session is self.session else Phase.PREFILL] += time.perf_counter() - start
             return logits[:, -1, :]
         binding.bind_output("logits", "cpu")
         session.run_with_iobinding(binding)
