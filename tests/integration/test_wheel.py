@@ -73,6 +73,8 @@ def test_the_wheel_carries_the_notebooks_and_templates(wheel: Path) -> None:
     assert NOTEBOOKS and all(f"slmops/toolkit/notebooks/{name}" in names for name in NOTEBOOKS)
     assert "slmops/toolkit/presentation/pages/index.html.j2" in names and "slmops/toolkit/domain/data/veloria.jsonl" in names
     assert all(name.startswith(("slmops/", "slmops_toolkit-")) for name in names)  # one namespace, nothing else
+    # JupyterLab's settings defaults for the environment: offline, no news and no update checks
+    assert any(name.endswith(".data/data/share/jupyter/lab/settings/overrides.d/slmops-toolkit.json") for name in names)
     assert not any(name.startswith(("tests/", "notebooks/", "outputs/")) for name in names)
     # Every package folder (setup.py discovers them), with each of its modules.
     modules = {"slmops/" + path.relative_to(ROOT).as_posix() for package in ("toolkit", "widgets")

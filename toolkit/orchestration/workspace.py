@@ -91,9 +91,11 @@ def lab_command(workspace: Workspace, *, browser: bool = True) -> list[str]:
     """The command that starts JupyterLab in ``workspace`` (this Python's, so the toolkit's kernel is at hand).
 
     As root (a container's usual user) it adds ``--allow-root``, without which JupyterLab refuses to start;
-    it still listens on localhost only, behind its token.
+    it still listens on localhost only, behind its token. Offline, its server neither checks for updates nor
+    fetches Jupyter's news (the installed settings defaults stop the page asking for them).
     """
-    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={workspace.folder}"]
+    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={workspace.folder}",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=None"]
     return command + ([] if browser else ["--no-browser"]) + (["--allow-root"] if os.geteuid() == 0 else [])
 
 
