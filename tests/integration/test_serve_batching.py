@@ -337,6 +337,47 @@ def test_stop_text_holds_back_a_possible_start_and_cuts_at_the_sequence() -> Non
 
 
 @pytest.fixture(scope="module")
+def served_int4(tiny_int4: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as registration serves it: its LM head pruned, gate/up fused and the prompt graph whose 4-bit
+    projections run as 8-bit ones in blocks of 128 (int8 compute)."""
+    import json
+
+    from slmops.toolkit.stages.register_prompt import serve_graphs
+
+    folder = tmp_path_factory.mktemp("served") / "int4"
+    shutil.copytree(tiny_int4, folder)
+    assert lm_head.serve_last_position(folder)
+    genai_config = json.loads((folder / "genai_config.json").read_text())
+    assert serve_graphs(folder, genai_config)
+    (folder / "genai_config.json").write_text(json.dumps(genai_config))
+    return folder
+
+
+def test_a_prompt_graph_whose_rows_change_each_other_prefills_each_prompt_whole_and_as_alone(served_int4: Path) -> None:
+    """Registration's 8-bit prompt graph gives a row slightly other products beside other rows (int8 compute in
+    blocks of 128), and greedy decoding carried that to other tokens: on the bundled fine-tune, 2 of 16 prompts
+    whose rest was prefilled on a kept system prompt answered otherwise than the whole prompt. The engine runs
+    such a graph one whole prompt per run (no run of several prompts, no rest of a prompt on a kept prefix), so
+    every answer is the one asked alone."""
+    from slmops.toolkit.runtimes.batch_sessions import rows_coupled
+
+    assert rows_coupled(served_int4 / "model_prompt.onnx") and not rows_coupled(served_int4 / "model.onnx")
+    engine = BatchEngine(served_int4, batch_size=8, prefill_positions=5 * 18, prefix_cache_mib=64)
+    try:
+        prompts = _prompts(5)
+        alone = [_generate(engine, [prompt])[0][:2] for prompt in prompts]
+        engine.prefixes.entries.clear()  # asked again below as new prompts, each sharing no kept whole prompt
+        before, kept = engine.prefills, engine.kept_admissions
+        engine.prefixes.store([*prompts[4][:-3], 1, 2, 3], "", [*engine.keys, *engine.values], 0)  # a shared prefix
+        together = [answer[:2] for answer in _generate(engine, prompts)]
+        assert engine.prefills - before == len(prompts), f"{engine.prefills - before} runs for {len(prompts)} prompts"
+        assert engine.kept_admissions == kept and engine.prefixes.match(prompts[4], "") == 0
+        assert together == alone
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
 def endpoints(tiny_int4: Path):
     """The batched endpoint (batch size 4) and today's (batch size 0: each request on Foundry Local in turn)."""
     register.register(tiny_int4, MODEL)

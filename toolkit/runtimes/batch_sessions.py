@@ -20,15 +20,21 @@ from slmops.toolkit.weights import lm_head
 SPIN_STOP = "session.force_spinning_stop"
 #: The input the engine adds to a pruned graph: each row's last prompt position, ``[batch, 1]``.
 LAST_POSITIONS = "slmops_last_positions"
+#: The largest block of 8-bit ``MatMulNBits`` weights in int8 compute whose rows ONNX Runtime computes apart. In larger
+#: blocks (registration's 8-bit prompt graph: 128) a row's products change slightly with the rows run beside it,
+#: and greedy decoding can carry that to other tokens: prompts whose rest was prefilled on a kept prefix answered
+#: otherwise than the whole prompt prefilled at once (the benchmarks page).
+ROWS_APART_BLOCK = 32
 
 
-def open_sessions(folder: Path, settings: ModelSettings) -> tuple[object, object, bool]:
+def open_sessions(folder: Path, settings: ModelSettings) -> tuple[object, object, bool, bool]:
     """The sessions of a registered model folder, with its tuned thread count.
 
     Returns:
         The token graph's session (``model.onnx``); what prompts run on (a pipeline's prompt graph, as ONNX
-        Runtime GenAI and Foundry Local run them, so greedy answers stay theirs; else the same session); and
-        whether the graphs take :data:`LAST_POSITIONS`.
+        Runtime GenAI and Foundry Local run them, so greedy answers stay theirs; else the same session); whether
+        the graphs take :data:`LAST_POSITIONS`; and whether the prompt graph's rows change each other's results
+        (:func:`rows_coupled`).
     """
     import onnxruntime as ort
 
@@ -38,8 +44,23 @@ def open_sessions(folder: Path, settings: ModelSettings) -> tuple[object, object
     if settings.prompt_graph:  # two sessions, two thread pools: see SPIN_STOP
         options.add_session_config_entry(SPIN_STOP, "1")
     session, last_input = _session(folder / "model.onnx", options)
-    prompt_session = _session(folder / settings.prompt_graph, options)[0] if settings.prompt_graph else session
-    return session, prompt_session, last_input
+    if not settings.prompt_graph:
+        return session, session, last_input, False
+    prompt_graph = folder / settings.prompt_graph
+    return session, _session(prompt_graph, options)[0], last_input, rows_coupled(prompt_graph)
+
+
+def rows_coupled(graph_file: Path) -> bool:
+    """Whether a run of ``graph_file`` may give a row other results beside other rows than alone: it has an 8-bit
+    ``MatMulNBits`` in int8 compute in blocks over :data:`ROWS_APART_BLOCK`."""
+    import onnx
+
+    def attribute(node, name: str, default: int) -> int:
+        return next((a.i for a in node.attribute if a.name == name), default)
+
+    nodes = [n for n in onnx.load(str(graph_file), load_external_data=False).graph.node if n.op_type == "MatMulNBits"]
+    return any(attribute(n, "bits", 4) == 8 and attribute(n, "accuracy_level", 0) == 4
+               and attribute(n, "block_size", 32) > ROWS_APART_BLOCK for n in nodes)
 
 
 def _session(graph_file: Path, options: object) -> tuple[object, bool]:

@@ -40,14 +40,15 @@ from slmops.toolkit.runtimes.decode_settings import Sampling, read_settings
 from slmops.toolkit.runtimes.prefix_cache import PREFIX_CACHE_MIB, PrefixCache
 from slmops.toolkit.runtimes.sequences import Emit, Sequence, pick_rows, take
 
-#: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the
-#: model's context or fewer (a request that would not fit is answered outside the batch).
+#: Memory the cache rows of one model may take, in MiB: each row holds ``capacity`` positions, the model's context
+#: or fewer (a request that would not fit is answered outside the batch).
 CACHE_BUDGET_MIB = 1024
-#: Most positions, padding included, that one prefill run computes (rows times the longest prompt);
-#: a sequence past it waits for the next step's run (a prompt longer than this is prefilled alone).
-#: A prompt costs about as much prefilled alone as in a run of eight (the benchmarks page), so a small run gives
-#: its first tokens sooner, lets the running sequences step between runs and spreads requests that came together.
+#: Most positions, padding included, that one prefill run computes (rows times the longest prompt); a sequence past
+#: it waits for the next step's run (a longer prompt is prefilled alone). A prompt costs about as much prefilled
+#: alone as in a run of eight (the benchmarks page), so a small run gives its first tokens sooner, lets the running
+#: sequences step between runs and spreads requests that came together.
 PREFILL_POSITIONS = 64
+
 
 class Policy(StrEnum):
     """When waiting sequences are prefilled.
@@ -85,14 +86,13 @@ class BatchEngine:
     def __init__(self, folder: str | Path, batch_size: int = 8, policy: Policy = Policy.PREFILL_FIRST,
                  prefill_positions: int = PREFILL_POSITIONS, prefix_cache_mib: int = PREFIX_CACHE_MIB) -> None:
         self.folder, self.batch_size, self.policy = Path(folder), batch_size, Policy(policy)
-        self.prefill_positions = prefill_positions
-        self.settings = read_settings(self.folder)
-        #: ``prompt_session``: what prompts run on (a pipeline's prompt graph, else the one graph); ``last_input``:
-        #: whether the graphs take each row's last position (:data:`LAST_POSITIONS`).
-        self.session, self.prompt_session, self.last_input = batch_sessions.open_sessions(self.folder, self.settings)
+        self.settings = s = read_settings(self.folder)
+        # Prompts run on a pipeline's prompt graph; one whose rows change each other's results (``coupled``) prefills
+        # one whole prompt per run, as if alone. ``last_input``: see :data:`LAST_POSITIONS`.
+        self.session, self.prompt_session, self.last_input, coupled = batch_sessions.open_sessions(self.folder, s)
+        self.prefill_positions = 0 if coupled else prefill_positions
         #: Whether one prefill run may hold prompts of different lengths (see the module docstring).
         self.mixed_lengths = self.last_input or self.session.get_outputs()[0].shape[1] != 1
-        s = self.settings
         per_position = s.layers * 2 * s.kv_heads * s.head_size * 4 * batch_size
         #: Positions each cache row holds: prompt and answer of a batched request together.
         self.capacity = min(s.context, CACHE_BUDGET_MIB * 2**20 // per_position)
@@ -117,7 +117,7 @@ class BatchEngine:
         self.prefilled = 0
         #: Sequences admitted without a run: their whole prompt kept with its first token's logits (:attr:`prefixes`).
         self.kept_admissions = 0
-        self.prefixes = PrefixCache(prefix_cache_mib)
+        self.prefixes = PrefixCache(prefix_cache_mib, whole_only=coupled)
         #: Seconds the engine's thread has spent in each :class:`Phase` (:meth:`phase_seconds` adds a wait under way).
         self.seconds = dict.fromkeys(Phase, 0.0)
         self._idle_since: float | None = None
@@ -204,8 +204,7 @@ class BatchEngine:
             block = False
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free rows: those whose whole prompt is kept without a run, the others one
-        run per step, as the policy says (see :class:`Policy`)."""
+        """Prefill waiting sequences into free rows (one kept whole without a run), as :class:`Policy` says."""
         self.waiting = [s for s in self.waiting if not self._dropped(s)]
         room = self.batch_size - len(self.active)
         # One adapter per batch: the running batch's (else the first waiting sequence's) sequences that came before

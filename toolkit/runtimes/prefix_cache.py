@@ -41,9 +41,12 @@ class PrefixCache:
         budget_mib: Most memory the kept keys and values take, in MiB.
     """
 
-    def __init__(self, budget_mib: int = PREFIX_CACHE_MIB) -> None:
+    def __init__(self, budget_mib: int = PREFIX_CACHE_MIB, *, whole_only: bool = False) -> None:
         self.budget = budget_mib * 2**20
         self.size = 0
+        #: Whether only a prompt asked again whole is taken (:meth:`match` finds no shorter prefix): where a prompt's
+        #: rest computed on a kept prefix would not give what the whole prompt gives (see the engine).
+        self.whole_only = whole_only
         #: ``(adapter, prompt tokens)``: what is kept of that prompt (:class:`Kept`).
         self.entries: OrderedDict[tuple[str, tuple[int, ...]], Kept] = OrderedDict()
 
@@ -63,8 +66,9 @@ class PrefixCache:
         return best, best_key
 
     def match(self, prompt: list[int], adapter: str) -> int:
-        """How many of ``prompt``'s first positions a kept prompt holds (at most all but the last two)."""
-        return max(0, min(self._longest(prompt, adapter)[0], len(prompt) - 2))
+        """How many of ``prompt``'s first positions a kept prompt holds (at most all but the last two; none with
+        :attr:`whole_only`)."""
+        return 0 if self.whole_only else max(0, min(self._longest(prompt, adapter)[0], len(prompt) - 2))
 
     def kept_whole(self, prompt: list[int], adapter: str) -> Kept | None:
         """What is kept of ``prompt`` asked again whole, with its first token's logits (else None); from any thread
