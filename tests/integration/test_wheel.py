@@ -50,9 +50,9 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     (site / "dependencies-from-the-test-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # Their data files too (nbconvert's templates and Jupyter's kernelspecs live in <prefix>/share/jupyter).
-    (env_dir / "share").mkdir()
-    (env_dir / "share" / "jupyter").symlink_to(Path(sys.prefix) / "share" / "jupyter")
+    # Their data files too (nbconvert's templates and Jupyter's kernelspecs live in <prefix>/share/jupyter), beside
+    # the wheel's own (JupyterLab's settings defaults in share/jupyter/lab/settings).
+    _link_missing(Path(sys.prefix) / "share" / "jupyter", env_dir / "share" / "jupyter")
     # The bundled model's package as a first use would have fetched it (this venv's copy; fetching is tested below).
     shared = packaged.install_dir(sources.BUNDLED_KEY)
     if shared.is_dir():
@@ -60,6 +60,16 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         target.parent.mkdir()
         target.symlink_to(shared)
     return env_dir
+
+
+def _link_missing(source: Path, target: Path) -> None:
+    """Link each entry of ``source`` into ``target`` that ``target`` lacks, going into folders both have."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if (target / entry.name).is_dir() and entry.is_dir():
+            _link_missing(entry, target / entry.name)
+        elif not (target / entry.name).exists():
+            (target / entry.name).symlink_to(entry)
 
 
 def run_in(venv: Path, cwd: Path, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
