@@ -62,6 +62,21 @@ def _generate(engine: BatchEngine, prompts: list[list[int]], max_new: int = 24, 
     return [(tokens, reason, sequence.gaps) for (tokens, reason), sequence in zip(results, sequences, strict=True)]
 
 
+def _hold_engine(engine: BatchEngine, prompt: list[int]) -> tuple[object, threading.Event]:
+    """Submit ``prompt`` as a sequence that never ends by itself and hold the engine's thread at its first token
+    until the event returned is set; returns the running sequence (cancel it when done) and that event."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(token, reason) -> None:
+        if token is not None and not held.is_set():
+            held.set()
+            assert release.wait(60)
+
+    running = engine.submit(prompt, dataclasses.replace(engine.settings.sampling(10**5, 0.0), min_length=10**6), hold)
+    assert held.wait(30)
+    return running, release
+
+
 def _same_or_near_tie(alone: tuple, batched: tuple) -> str:
     """``"same"``, or where they part a near tie (else the test fails with the step's margins)."""
     (a, _, a_gaps), (b, _, b_gaps) = alone, batched
@@ -111,16 +126,7 @@ def test_prompts_of_different_lengths_are_prefilled_in_one_run_and_answer_as_alo
     try:
         prompts = _prompts(5)
         alone = [_generate(engine, [prompt])[0] for prompt in prompts]
-        held, release = threading.Event(), threading.Event()
-
-        def hold_engine(token, reason) -> None:  # the engine's thread waits here at the running sequence's first token
-            if token is not None and not held.is_set():
-                held.set()
-                assert release.wait(60)
-
-        running = engine.submit(_prompts(6)[5], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
-                                                                    min_length=10**6), hold_engine)
-        assert held.wait(30)
+        running, release = _hold_engine(engine, _prompts(6)[5])
         before, together = engine.prefills, []
         waiter = threading.Thread(target=lambda: together.extend(_generate(engine, prompts)))
         waiter.start()
@@ -144,16 +150,8 @@ def test_prompts_waiting_together_past_the_run_cap_are_prefilled_a_run_per_step(
     the second run (before, every waiting prompt was prefilled in one run ahead of the next decode step)."""
     engine = BatchEngine(tiny_int4, batch_size=8, prefix_cache_mib=0)  # the prompts share the running one's prefix
     try:
-        held, release, firsts = threading.Event(), threading.Event(), {}
-
-        def hold_engine(token, reason) -> None:  # the engine's thread waits here at the running sequence's first token
-            if token is not None and not held.is_set():
-                held.set()
-                assert release.wait(60)
-
-        running = engine.submit(_prompts(1)[0], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
-                                                                    min_length=10**6), hold_engine)
-        assert held.wait(30)
+        firsts = {}
+        running, release = _hold_engine(engine, _prompts(1)[0])
         before, length = engine.prefills, 21  # three prompts of 21 fit a run of PREFILL_POSITIONS (64), not four
         for i in range(6):
             engine.submit([5 + (11 * i + j) % 200 for j in range(length)], engine.settings.sampling(3, 0.0),
@@ -269,16 +267,7 @@ def test_a_prompt_kept_whole_gets_its_first_token_while_the_engine_is_busy(tiny_
     try:
         prompt, other = _prompts(3)[1], _prompts(3)[2]
         [before] = _generate(engine, [prompt])
-        held, release = threading.Event(), threading.Event()
-
-        def hold_engine(token, reason) -> None:  # the engine's thread waits here at the running sequence's first token
-            if token is not None and not held.is_set():
-                held.set()
-                assert release.wait(60)
-
-        running = engine.submit(_prompts(5)[4], dataclasses.replace(engine.settings.sampling(10**5, 0.0),
-                                                                    min_length=10**6), hold_engine)
-        assert held.wait(30)
+        running, release = _hold_engine(engine, _prompts(5)[4])
         firsts: dict[str, list] = {"kept": [], "new": []}
         again = engine.submit(prompt, engine.settings.sampling(24, 0.0),
                               lambda token, reason: firsts["kept"].append((token, reason)))
